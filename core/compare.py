@@ -1,0 +1,389 @@
+"""Compare a TFLite variant's outputs with the reference model's: per-sample records and metrics."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from core.errors import InvalidTFLiteModel
+from core.types import Agreement
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+
+# DESIGN §6: a row is a distribution when it sums to 1 within this tolerance.
+SUM_TOLERANCE = 1e-3
+# KL(ref||tfl) clips the TFLite probabilities here so a hard zero gives a large, finite value.
+KL_EPSILON = 1e-12
+Z95 = 1.959963984540054
+
+
+def _as_2d_float(outputs: npt.ArrayLike, name: str) -> FloatArray:
+    arr = np.asarray(outputs, dtype=np.float64)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D [N, C] array, got shape {arr.shape}")
+    return arr
+
+
+def _bad_rows(arr: FloatArray) -> BoolArray:
+    """Rows holding any NaN or Inf: such an output cannot be compared."""
+    return np.asarray(~np.isfinite(arr).all(axis=1), dtype=np.bool_)
+
+
+def to_probabilities(outputs: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Turn a model's [N, C] outputs into float64 probabilities.
+
+    The decision is taken once for the whole array (a model emits either logits or
+    probabilities, not a mix): softmax is applied to every row if any finite value lies
+    outside [0, 1] or any all-finite row does not sum to 1 within 1e-3. Rows holding NaN or
+    Inf become all-NaN either way, so they can never agree with anything.
+
+    Args:
+        outputs: [N, C] model outputs (already dequantized if the model is quantized).
+
+    Returns:
+        (probabilities, softmax_applied).
+
+    Raises:
+        ValueError: if `outputs` is not 2-D.
+    """
+    arr = _as_2d_float(outputs, "outputs")
+    bad = _bad_rows(arr)
+    good = arr[~bad]
+    if good.size == 0:
+        needs_softmax = False
+    else:
+        out_of_range = bool(np.any((good < 0.0) | (good > 1.0)))
+        sums_off = bool(np.any(np.abs(good.sum(axis=1) - 1.0) > SUM_TOLERANCE))
+        needs_softmax = out_of_range or sums_off
+    probs = arr.copy()
+    if needs_softmax and good.size:
+        # Subtracting the row max keeps exp() from overflowing on large logits.
+        shifted = good - good.max(axis=1, keepdims=True)
+        e = np.exp(shifted)
+        probs[~bad] = e / e.sum(axis=1, keepdims=True)
+    probs[bad] = np.nan
+    return probs, needs_softmax
+
+
+def top1(probs: np.ndarray) -> np.ndarray:
+    """Index of the largest probability per row (int64).
+
+    Ties go to the lowest index (np.argmax keeps the first maximum); rows holding NaN or
+    Inf get -1, which matches no class.
+    """
+    arr = _as_2d_float(probs, "probs")
+    out = np.full(arr.shape[0], -1, dtype=np.int64)
+    if arr.shape[1] == 0:
+        return out
+    bad = _bad_rows(arr)
+    out[~bad] = np.argmax(arr[~bad], axis=1)
+    return out
+
+
+def topk_indices(probs: np.ndarray, k: int) -> np.ndarray:
+    """The k most probable class indices per row, most probable first ([N, k] int64).
+
+    k is clipped to the number of classes. The sort is stable, so ties go to the lowest
+    index. Rows holding NaN or Inf are all -1.
+
+    Raises:
+        ValueError: if k < 1.
+    """
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    arr = _as_2d_float(probs, "probs")
+    k = min(k, arr.shape[1])
+    out = np.full((arr.shape[0], k), -1, dtype=np.int64)
+    bad = _bad_rows(arr)
+    order = np.argsort(-arr[~bad], axis=1, kind="stable")[:, :k]
+    out[~bad] = order
+    return out
+
+
+def wilson_interval(successes: int, n: int, *, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion, as fractions in [0, 1].
+
+    Unlike the normal approximation it stays inside [0, 1] and is honest at 0 % and 100 %,
+    which is exactly where agreement numbers live. n == 0 gives the uninformative (0, 1).
+
+    Raises:
+        ValueError: if not 0 <= successes <= n.
+    """
+    if n < 0 or successes < 0 or successes > n:
+        raise ValueError(f"need 0 <= successes <= n, got successes={successes}, n={n}")
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    z2 = z * z
+    denom = 1.0 + z2 / n
+    center = (p + z2 / (2 * n)) / denom
+    half = z / denom * math.sqrt(p * (1.0 - p) / n + z2 / (4 * n * n))
+    # At 0 % and 100 % the bound is exactly 0 or 1; pin it so rounding cannot exclude p itself.
+    lo = 0.0 if successes == 0 else max(0.0, center - half)
+    hi = 1.0 if successes == n else min(1.0, center + half)
+    return lo, hi
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value on the discordant pairs.
+
+    Args:
+        b: samples the reference got right and the TFLite model got wrong.
+        c: samples the reference got wrong and the TFLite model got right.
+
+    Returns:
+        min(1, 2 * P(X <= min(b, c))) with X ~ Binomial(b + c, 1/2); 1.0 when b + c == 0.
+
+    Raises:
+        ValueError: if b or c is negative.
+    """
+    if b < 0 or c < 0:
+        raise ValueError(f"discordant counts must be >= 0, got b={b}, c={c}")
+    n = b + c
+    if n == 0:
+        return 1.0
+    # Imported here: scipy.stats is slow to import and only this function needs it.
+    from scipy.stats import binom  # type: ignore[import-untyped]
+
+    return float(min(1.0, 2.0 * float(binom.cdf(min(b, c), n, 0.5))))
+
+
+@dataclass(frozen=True)
+class SampleRecords:
+    """Per-sample comparison of one variant with the reference; every array has length N.
+
+    A model's top-1 is -1 (and its top-1 probability NaN) on rows where its own output held
+    NaN/Inf; `agree` is False and every delta is NaN on rows where either output did.
+    """
+
+    ref_top1: IntArray
+    ref_top1_prob: FloatArray
+    ref_margin: FloatArray  # reference top-1 minus top-2 probability
+    tfl_top1: IntArray
+    tfl_top1_prob: FloatArray  # TFLite's probability of its own top-1
+    agree: BoolArray
+    max_abs_delta: FloatArray  # max over classes |p_ref - p_tfl|
+    top1_prob_delta: FloatArray  # p_tfl[ref_top1] - p_ref[ref_top1]
+    kl: FloatArray  # KL(ref || tfl), natural log
+
+    def __len__(self) -> int:
+        return int(self.agree.shape[0])
+
+
+def _prob_at(arr: FloatArray, idx: IntArray) -> FloatArray:
+    """arr[i, idx[i]] per row, NaN where idx is -1."""
+    out = np.full(arr.shape[0], np.nan, dtype=np.float64)
+    ok = idx >= 0
+    out[ok] = arr[np.nonzero(ok)[0], idx[ok]]
+    return out
+
+
+def _margin(arr: FloatArray) -> FloatArray:
+    """Top-1 minus top-2 probability per row (top-1 itself for a one-class model)."""
+    out = np.full(arr.shape[0], np.nan, dtype=np.float64)
+    if arr.shape[1] == 0:
+        return out
+    ok = ~_bad_rows(arr)
+    ranked = -np.sort(-arr[ok], axis=1)
+    second = ranked[:, 1] if arr.shape[1] > 1 else np.zeros(ranked.shape[0])
+    out[ok] = ranked[:, 0] - second
+    return out
+
+
+def sample_records(ref_probs: np.ndarray, tfl_probs: np.ndarray) -> SampleRecords:
+    """Per-sample records of a variant against the reference (both as probabilities).
+
+    Raises:
+        ValueError: if the arrays are not 2-D or their shapes differ.
+    """
+    ref = _as_2d_float(ref_probs, "ref_probs")
+    tfl = _as_2d_float(tfl_probs, "tfl_probs")
+    if ref.shape != tfl.shape:
+        raise ValueError(
+            f"reference and TFLite outputs differ in shape: {ref.shape} vs {tfl.shape}"
+        )
+    bad = _bad_rows(ref) | _bad_rows(tfl)
+    ref_top1 = top1(ref)
+    tfl_top1 = top1(tfl)
+    agree = np.asarray((ref_top1 == tfl_top1) & ~bad, dtype=np.bool_)
+
+    with np.errstate(invalid="ignore"):
+        diff = np.abs(ref - tfl)
+    max_abs = np.full(ref.shape[0], np.nan, dtype=np.float64)
+    if ref.shape[1]:
+        max_abs[~bad] = diff[~bad].max(axis=1)
+
+    top1_delta = _prob_at(tfl, ref_top1) - _prob_at(ref, ref_top1)
+    top1_delta[bad] = np.nan
+
+    kl = np.full(ref.shape[0], np.nan, dtype=np.float64)
+    r, t = ref[~bad], tfl[~bad]
+    positive = r > 0.0
+    # 0 * log 0 = 0: terms with p_ref == 0 contribute nothing, whatever p_tfl is.
+    safe_r = np.where(positive, r, 1.0)
+    terms = np.where(positive, r * (np.log(safe_r) - np.log(np.clip(t, KL_EPSILON, None))), 0.0)
+    kl[~bad] = terms.sum(axis=1)
+
+    return SampleRecords(
+        ref_top1=ref_top1,
+        ref_top1_prob=_prob_at(ref, ref_top1),
+        ref_margin=_margin(ref),
+        tfl_top1=tfl_top1,
+        tfl_top1_prob=_prob_at(tfl, tfl_top1),
+        agree=agree,
+        max_abs_delta=max_abs,
+        top1_prob_delta=top1_delta,
+        kl=kl,
+    )
+
+
+def _nan_stat(values: FloatArray, how: str) -> float:
+    """nanmax / nanmean without the all-NaN RuntimeWarning: NaN when nothing is finite."""
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return math.nan
+    return float(finite.max() if how == "max" else finite.mean())
+
+
+def agreement(
+    ref_probs: np.ndarray,
+    tfl_probs: np.ndarray,
+    *,
+    labels: np.ndarray | None = None,
+    k: int = 5,
+) -> Agreement:
+    """Aggregate metrics of one variant against the reference (DESIGN §6).
+
+    Args:
+        ref_probs: [N, C] reference probabilities (see `to_probabilities`).
+        tfl_probs: [N, C] TFLite probabilities, dequantized.
+        labels: optional [N] int class labels; negative entries mean "unlabelled" and are
+            left out of the accuracy figures.
+        k: top-k size; clipped to C.
+
+    Returns:
+        An `Agreement`. Percentages (and the Wilson 95 % interval) are 0..100.
+        `nan_outputs` counts samples where either output held NaN/Inf; they are
+        disagreements but stay out of the flip matrix, so
+        `disagreements == sum(flip_matrix) + nan_outputs`.
+        Accuracy fields are None unless at least one sample is labelled.
+
+    Raises:
+        ValueError: on shape mismatches, N == 0, or k < 1.
+    """
+    records = sample_records(ref_probs, tfl_probs)
+    ref = np.asarray(ref_probs, dtype=np.float64)
+    tfl = np.asarray(tfl_probs, dtype=np.float64)
+    n, num_classes = ref.shape
+    if n == 0:
+        raise ValueError("agreement needs at least one sample; got an empty output array")
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    k = min(k, num_classes)
+
+    agree_count = int(records.agree.sum())
+    lo, hi = wilson_interval(agree_count, n)
+
+    valid = (records.ref_top1 >= 0) & (records.tfl_top1 >= 0)
+    topk = topk_indices(tfl, k)
+    in_topk = (topk == records.ref_top1[:, None]).any(axis=1) & valid
+
+    flips = np.zeros((num_classes, num_classes), dtype=np.int64)
+    flipped = valid & ~records.agree
+    np.add.at(flips, (records.ref_top1[flipped], records.tfl_top1[flipped]), 1)
+
+    ref_acc = tfl_acc = acc_delta = p_value = None
+    labelled_n = 0
+    if labels is not None:
+        lab = np.asarray(labels)
+        if lab.shape != (n,):
+            raise ValueError(f"labels must have shape ({n},), got {lab.shape}")
+        lab = lab.astype(np.int64)
+        labelled = lab >= 0
+        labelled_n = int(labelled.sum())
+        if labelled_n:
+            # A NaN row has top-1 -1, which never equals a label: it counts as wrong.
+            ref_ok = (records.ref_top1 == lab)[labelled]
+            tfl_ok = (records.tfl_top1 == lab)[labelled]
+            ref_acc = 100.0 * float(ref_ok.mean())
+            tfl_acc = 100.0 * float(tfl_ok.mean())
+            acc_delta = tfl_acc - ref_acc
+            p_value = mcnemar_exact(int((ref_ok & ~tfl_ok).sum()), int((~ref_ok & tfl_ok).sum()))
+
+    return Agreement(
+        n=n,
+        top1_agreement_pct=100.0 * agree_count / n,
+        top1_agreement_ci95=(100.0 * lo, 100.0 * hi),
+        k=k,
+        topk_agreement_pct=100.0 * float(in_topk.sum()) / n,
+        disagreements=n - agree_count,
+        max_abs_prob_delta=_nan_stat(records.max_abs_delta, "max"),
+        mean_abs_top1_prob_delta=_nan_stat(np.abs(records.top1_prob_delta), "mean"),
+        mean_kl=_nan_stat(records.kl, "mean"),
+        nan_outputs=int((~valid).sum()),
+        flip_matrix=tuple(tuple(int(v) for v in row) for row in flips),
+        reference_accuracy_pct=ref_acc,
+        tflite_accuracy_pct=tfl_acc,
+        accuracy_delta_pct=acc_delta,
+        mcnemar_p=p_value,
+        labelled_n=labelled_n,
+    )
+
+
+def records_table(records: SampleRecords) -> dict[str, np.ndarray]:
+    """The variant's per-sample CSV columns, in file order (see core/rundir.py)."""
+    return {
+        "tfl_top1": records.tfl_top1,
+        "tfl_top1_prob": records.tfl_top1_prob,
+        "agree": records.agree,
+        "max_abs_delta": records.max_abs_delta,
+        "top1_prob_delta": records.top1_prob_delta,
+        "kl": records.kl,
+    }
+
+
+def _check_scale(scale: float, which: str) -> float:
+    s = float(scale)
+    if s == 0.0 or not math.isfinite(s):
+        raise InvalidTFLiteModel(
+            f"{which} tensor has a zero quantization scale; the model is broken, re-convert it"
+        )
+    return s
+
+
+def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """Float32 values of a quantized tensor: (q - zero_point) * scale.
+
+    The subtraction is done in int32 so uint8/int8 values cannot wrap around.
+
+    Raises:
+        InvalidTFLiteModel: if scale is zero or not finite.
+    """
+    s = _check_scale(scale, "output")
+    wide = np.asarray(q).astype(np.int32) - np.int32(zero_point)
+    return np.asarray(wide.astype(np.float64) * s, dtype=np.float32)
+
+
+def quantize(x: np.ndarray, scale: float, zero_point: int, dtype: npt.DTypeLike) -> np.ndarray:
+    """Quantize float values for an integer input tensor: clip(round(x / scale) + zp).
+
+    Rounds half away from zero before adding the zero point, as TFLite's own Quantize kernel
+    does (std::round), so our inputs match what the converter's calibration assumed.
+
+    Raises:
+        InvalidTFLiteModel: if scale is zero or not finite.
+        ValueError: if dtype is not an integer type.
+    """
+    s = _check_scale(scale, "input")
+    target = np.dtype(dtype)
+    if target.kind not in "iu":
+        raise ValueError(f"quantize needs an integer dtype, got {target}")
+    info = np.iinfo(target)
+    scaled = np.asarray(x, dtype=np.float64) / s
+    rounded = np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)
+    return np.asarray(np.clip(rounded + int(zero_point), info.min, info.max).astype(target))
