@@ -1,0 +1,238 @@
+"""The command line: `python -m core run|demo|history` (DESIGN §7)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from core import rundir
+from core.errors import QuantLensError
+from core.types import JobSpec, Preset, ProgressEvent, RunStatus, VariantSpec
+
+EXIT_PASS, EXIT_BELOW_THRESHOLD, EXIT_BAD_INPUT = 0, 1, 2
+DEFAULT_MODES = "float32,dynamic,float16,int8"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m core",
+        description="Convert a TensorFlow image classifier to TFLite and compare it with the original.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="convert, compare and time a model (the demo when MODEL is omitted)")
+    run.add_argument("model", nargs="?", help="SavedModel folder, .keras file or .zip of a SavedModel")
+    run.add_argument("--data", help="CSV (filepath,label), class-folder tree or .zip of either")
+    run.add_argument("--modes", default=DEFAULT_MODES, help=f"comma-separated variants (default {DEFAULT_MODES}); also int8-uint8, int8-float32, int16x8; append +tf to allow SELECT_TF_OPS")
+    run.add_argument("--samples", type=int, default=None, help="evaluate at most N images (seeded draw)")
+    run.add_argument("--calibration-samples", type=int, default=100)
+    run.add_argument("--preprocess", default=str(Preset.MOBILENET_V2), choices=[str(p) for p in Preset])
+    run.add_argument("--threads", type=int, default=None, help="threads for both models (default: all cores)")
+    run.add_argument("--min-agreement", type=float, default=95.0, help="top-1 agreement %% a variant needs to PASS")
+    run.add_argument("--out", default=None, help="run folder for report.json and the .tflite files")
+    run.add_argument("--labels", default=None, help="labels.txt with one class name per line")
+    run.add_argument("--input-size", default=None, help="HxW, for models whose spatial size is None")
+    run.add_argument("--select-tf-ops", action="store_true", help="allow the SELECT_TF_OPS fallback for every mode")
+    run.add_argument("--trusted", action="store_true", help="allow Lambda layers, custom objects and file ops: only for models you trust")
+    run.add_argument("--latency-runs", type=int, default=50)
+    run.add_argument("--name", default="", help="a name for the run in the history")
+    run.add_argument("--timeout", type=float, default=None, help="wall-clock limit of the job in seconds")
+    run.add_argument("--memory-gb", type=float, default=None, help="memory limit of the worker")
+    run.add_argument("--report", choices=["json", "html"], default="json", help="html also writes report.html")
+
+    demo = sub.add_parser("demo", help="build the embedded demo model and data set")
+    demo.add_argument("--out", default=None, help="demo folder (default <workspace>/demo)")
+
+    history = sub.add_parser("history", help="list stored runs")
+    history.add_argument("--search", default=None)
+    history.add_argument("--limit", type=int, default=50)
+    return parser
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def _job_from_args(args: argparse.Namespace) -> JobSpec:
+    from core.demo import build_demo, demo_paths
+
+    model, data, labels = args.model, args.data, args.labels
+    if model is None or data is None:
+        paths = demo_paths()
+        if not paths.ready():
+            print("building the embedded demo (about a minute, once)...", file=sys.stderr)
+            _build_demo_in_worker(paths.root)
+        model = model or str(paths.saved_model)
+        data = data or str(paths.data_csv)
+    for what, path in (("model", model), ("data", data)):
+        if not Path(path).exists():
+            raise QuantLensError(f"{what} path {path} does not exist; check the path")
+    variants = tuple(
+        VariantSpec.parse(v + ("+tf" if args.select_tf_ops and not v.endswith("+tf") else "")).name
+        for v in args.modes.split(",")
+        if v.strip()
+    )
+    if not variants:
+        raise QuantLensError("--modes is empty; give at least one of float32,dynamic,float16,int8,int16x8")
+    if len(set(variants)) != len(variants):
+        raise QuantLensError(f"--modes names a variant twice ({args.modes}); list each once")
+    for flag, value, low in (("--samples", args.samples, 1), ("--calibration-samples", args.calibration_samples, 1), ("--threads", args.threads, 1), ("--latency-runs", args.latency_runs, 1)):
+        if value is not None and value < low:
+            raise QuantLensError(f"{flag} must be at least {low}; got {value}")
+    if not 0 <= args.min_agreement <= 100:
+        raise QuantLensError(f"--min-agreement is a percentage from 0 to 100; got {args.min_agreement:g}")
+    input_size = None
+    if args.input_size:
+        try:
+            h, w = (int(v) for v in args.input_size.lower().split("x"))
+        except ValueError:
+            raise QuantLensError(f"--input-size takes HxW such as 224x224; got {args.input_size!r}") from None
+        input_size = (h, w)
+    return JobSpec(
+        model_path=str(Path(model).resolve()),
+        data_path=str(Path(data).resolve()),
+        variants=variants,
+        preset=Preset(args.preprocess),
+        calibration_samples=args.calibration_samples,
+        max_samples=args.samples,
+        threads=args.threads,
+        min_agreement_pct=args.min_agreement,
+        latency_runs=args.latency_runs,
+        labels_file=str(Path(labels).resolve()) if labels else None,
+        trusted=args.trusted,
+        name=args.name,
+        input_size=input_size,
+    )
+
+
+def _build_demo_in_worker(root: Path) -> None:
+    """Model work stays in a worker process, also for the CLI."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-m", "core.worker", "demo", str(root)], check=False)
+    if done.returncode != 0:
+        raise QuantLensError("building the demo failed (see the output above); run `python -m core demo` again")
+
+
+class ProgressPrinter:
+    """tqdm bars on a terminal; one line per finished variant otherwise (CI logs stay short)."""
+
+    def __init__(self) -> None:
+        self.interactive = sys.stderr.isatty()
+        self.bar: Any = None
+        self.key: tuple[str, str | None] | None = None
+
+    def __call__(self, event: ProgressEvent) -> None:
+        if not self.interactive:
+            if event.step in ("variant", "done") or (event.step == "load"):
+                print(event.message, file=sys.stderr, flush=True)
+            return
+        from tqdm import tqdm
+
+        key = (event.step, event.variant)
+        if key != self.key:
+            self.close()
+            self.key = key
+            label = f"{event.variant}: {event.step}" if event.variant else event.step
+            self.bar = tqdm(total=100, desc=label, unit="%", leave=False, file=sys.stderr, bar_format="{desc:<22} {bar} {percentage:3.0f}% {postfix}")
+        self.bar.n = round(event.fraction * 100)
+        self.bar.set_postfix_str(event.message[-60:], refresh=True)
+        if event.step in ("variant", "done"):
+            self.close()
+            print(event.message, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from core.jobs import DEFAULT_MEMORY_LIMIT_GB, DEFAULT_TIMEOUT_S, Supervisor, create_run, read_status, recover_interrupted
+    from core.report import exit_status, format_table
+
+    job = _job_from_args(args)
+    recover_interrupted()
+    out = Path(args.out).resolve() if args.out else None
+    run_id = create_run(job, directory=out)
+    directory = out or rundir.runs_root() / run_id
+    printer = ProgressPrinter()
+    supervisor = Supervisor(
+        directory,
+        timeout_s=args.timeout or DEFAULT_TIMEOUT_S,
+        memory_limit_gb=args.memory_gb or DEFAULT_MEMORY_LIMIT_GB,
+        on_event=printer,
+    )
+    status = supervisor.run()
+    printer.close()
+    report_path = directory / rundir.REPORT
+    if status is RunStatus.FAILED and not _any_variant_done(report_path):
+        return _fail(read_status(directory).get("error") or "the job failed")
+    if not report_path.exists():
+        return _fail(read_status(directory).get("error") or f"the job ended as {status} before writing a report")
+    report = rundir.read_json(report_path)
+    print(format_table(report))
+    if args.report == "html":
+        from core.report_html import write_report_html
+
+        print(f"report: {write_report_html(directory)}")
+    print(f"run {run_id}: {report_path}")
+    return exit_status(report)
+
+
+def _any_variant_done(report_path: Path) -> bool:
+    if not report_path.exists():
+        return False
+    return any(v.get("status") == "done" for v in rundir.read_json(report_path)["variants"])
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from core.demo import demo_paths, demo_root
+
+    root = Path(args.out).resolve() if args.out else demo_root()
+    _build_demo_in_worker(root)
+    paths = demo_paths(root=root)
+    print(f"demo model:  {paths.saved_model}\n             {paths.keras_model}\ndemo data:   {paths.data_csv}")
+    print(f"try:         python -m core run {paths.saved_model} --data {paths.data_csv}")
+    return EXIT_PASS
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from core.store import open_store
+
+    store = open_store()
+    try:
+        rows = store.list_runs(search=args.search, limit=args.limit)
+    finally:
+        store.close()
+    if not rows:
+        print("no runs stored yet; start one with `python -m core run`")
+        return EXIT_PASS
+    header = f"{'id':<24} {'created':<20} {'status':<10} {'best agreement':>14}  name"
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        best = "-" if row.best_agreement_pct is None else f"{row.best_agreement_pct:.2f}%"
+        print(f"{row.id:<24} {str(row.created)[:19]:<20} {row.status:<10} {best:>14}  {row.name}")
+    return EXIT_PASS
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "demo":
+            return cmd_demo(args)
+        return cmd_history(args)
+    except QuantLensError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return _fail("interrupted")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

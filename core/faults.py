@@ -1,0 +1,36 @@
+"""Test-only fault injection: make the worker segfault, abort, hang or exhaust memory at a step.
+
+Enabled only when the environment variable QUANTLENS_FAULT is set, as `KIND@STEP` or
+`KIND@STEP:VARIANT`, e.g. `segv@convert:int8`. KIND is segv, abort, hang or oom. Nothing in
+normal use sets it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+FAULT_ENV = "QUANTLENS_FAULT"
+
+
+def maybe_inject(step: str, variant: str | None = None) -> None:
+    """Trigger the configured fault if it targets this step (and variant)."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    kind, _, where = spec.partition("@")
+    target_step, _, target_variant = where.partition(":")
+    if target_step != step or (target_variant and target_variant != variant):
+        return
+    if kind == "segv":
+        os.kill(os.getpid(), signal.SIGSEGV)
+    elif kind == "abort":
+        os.abort()
+    elif kind == "hang":
+        while True:
+            time.sleep(3600)
+    elif kind == "oom":
+        hoard = []
+        while True:  # grows until the memory limit stops it
+            hoard.append(bytearray(256 * 2**20))

@@ -1,0 +1,527 @@
+"""Start, watch, cancel and recover jobs; supervise the worker process and map how it ended.
+
+This module never imports TensorFlow: the web server and the CLI call it, and it runs the
+model work in `python -m core.worker` children. A child that dies by a signal, runs out of
+memory or outlives its time limit is turned into a one-line outcome for the variant it was
+working on; the supervisor then starts a fresh worker for the variants still to do, so one
+variant's crash never loses another's results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from core import rundir
+from core.errors import QuantLensError, UnsupportedModel
+from core.types import JobSpec, ModelSignature, ProgressEvent, RunStatus
+from core.worker import EXIT_BAD_INPUT, EXIT_OK, EXIT_OOM, MEMORY_LIMIT_ENV, write_status
+
+DEFAULT_TIMEOUT_S = 3600.0
+DEFAULT_MEMORY_LIMIT_GB = 16.0
+CANCEL_FLAG = "cancel"
+ACTIVE_RUN = "active_run"
+STDERR_TAIL_LINES = 12
+SIGNAL_NAMES = {signal.SIGSEGV: "SIGSEGV", signal.SIGABRT: "SIGABRT", signal.SIGBUS: "SIGBUS", signal.SIGILL: "SIGILL", signal.SIGFPE: "SIGFPE", signal.SIGKILL: "SIGKILL", signal.SIGTERM: "SIGTERM"}
+STEP_WORDS = {
+    "load": "model loading",
+    "decode": "image decoding",
+    "reference": "reference inference",
+    "convert": "conversion",
+    "infer": "TFLite inference",
+    "latency": "latency timing",
+}
+
+
+def _home(home: Path | None) -> Path:
+    return (home or rundir.workspace_home()).resolve()
+
+
+def run_dir(run_id: str, *, home: Path | None = None) -> Path:
+    """The run directory of a run id in the workspace."""
+    return rundir.runs_root(_home(home)) / run_id
+
+
+def new_run_id() -> str:
+    """Sortable by time, unique across processes."""
+    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
+def _store(home: Path | None) -> Any:
+    from core.store import open_store
+
+    return open_store(_home(home))
+
+
+def create_run(job: JobSpec, *, home: Path | None = None, directory: Path | None = None) -> str:
+    """Create the run's directory and its store row (status queued) before any work starts.
+
+    Args:
+        job: what to run.
+        home: the workspace; default $QUANTLENS_HOME or ./workspace.
+        directory: where the run's files go (the CLI's --out); default runs/<run_id>.
+
+    Returns:
+        The new run id.
+    """
+    run_id = new_run_id()
+    target = (directory or run_dir(run_id, home=home)).resolve()
+    target.mkdir(parents=True, exist_ok=True)
+    for stale in (rundir.PROGRESS, rundir.REPORT, CANCEL_FLAG, rundir.STATUS, rundir.WORKER_LOG):
+        (target / stale).unlink(missing_ok=True)
+    rundir.write_json_atomic(target / rundir.JOB, job.to_dict())
+    rundir.write_json_atomic(
+        target / rundir.STATUS,
+        {"status": str(RunStatus.QUEUED), "error": None, "run_id": run_id, "created": time.time(), "finished": None},
+    )
+    store = _store(home)
+    try:
+        store.create_run(run_id, name=job.name or _default_name(job), run_dir=target, job=job.to_dict())
+    finally:
+        store.close()
+    return run_id
+
+
+def _default_name(job: JobSpec) -> str:
+    return f"{Path(job.model_path).name} · {', '.join(job.variants)}"
+
+
+def read_status(directory: Path) -> dict[str, Any]:
+    """status.json of a run directory: status, error, started, finished (missing: queued)."""
+    path = directory / rundir.STATUS
+    try:
+        return dict(rundir.read_json(path))
+    except (OSError, json.JSONDecodeError):
+        return {"status": str(RunStatus.QUEUED), "error": None, "started": None, "finished": None}
+
+
+def read_progress(directory: Path) -> list[ProgressEvent]:
+    """Every progress event the worker wrote, oldest first (a half-written last line is ignored)."""
+    events: list[ProgressEvent] = []
+    try:
+        lines = (directory / rundir.PROGRESS).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return events
+    for line in lines:
+        try:
+            events.append(ProgressEvent(**json.loads(line)))
+        except (json.JSONDecodeError, TypeError):
+            continue
+    return events
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped) still answers kill(0); treat it as gone.
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def active_run_id(*, home: Path | None = None) -> str | None:
+    """The queued or running run launched from this workspace, if its supervisor is alive."""
+    marker = _home(home) / ACTIVE_RUN
+    try:
+        run_id = marker.read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    status = read_status(run_dir(run_id, home=home))
+    if RunStatus(status.get("status", "queued")).finished:
+        return None
+    if status.get("status") == str(RunStatus.QUEUED) and time.time() - float(status.get("created") or 0) < 30:
+        return run_id  # the supervisor is starting
+    return run_id if _pid_alive(status.get("supervisor_pid")) else None
+
+
+def launch_run(run_id: str, *, home: Path | None = None, timeout_s: float | None = None, memory_limit_gb: float | None = None) -> None:
+    """Start a detached supervisor for the run and return at once; the job outlives the browser tab."""
+    home_path = _home(home)
+    directory = run_dir(run_id, home=home_path)
+    command = [sys.executable, "-m", "core.jobs", "supervise", str(directory), "--home", str(home_path)]
+    if timeout_s is not None:
+        command += ["--timeout", str(timeout_s)]
+    if memory_limit_gb is not None:
+        command += ["--memory-gb", str(memory_limit_gb)]
+    rundir.write_atomic(home_path / ACTIVE_RUN, run_id.encode())
+    with (directory / "supervisor.log").open("ab") as log:
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            cwd=str(Path(__file__).resolve().parent.parent),
+        )
+    # Reap it when it ends so no zombie outlives the job in the server process.
+    threading.Thread(target=process.wait, daemon=True).start()
+
+
+def cancel_run(run_id: str, *, home: Path | None = None) -> None:
+    """Ask the supervisor to stop the run; a run with no live supervisor is marked cancelled now."""
+    directory = run_dir(run_id, home=home)
+    (directory / CANCEL_FLAG).touch()
+    status = read_status(directory)
+    if not RunStatus(status.get("status", "queued")).finished and not _pid_alive(status.get("supervisor_pid")):
+        _finish_run(directory, RunStatus.CANCELLED, "cancelled before it started", home=home)
+
+
+def recover_interrupted(*, home: Path | None = None) -> list[str]:
+    """Mark runs whose supervisor died (server killed, machine rebooted) as failed: "interrupted"."""
+    store = _store(home)
+    recovered: list[str] = []
+    try:
+        for row in store.list_runs(limit=10_000):
+            if row.status not in (str(RunStatus.QUEUED), str(RunStatus.RUNNING)):
+                continue
+            status = read_status(Path(row.run_dir))
+            if _pid_alive(status.get("supervisor_pid")):
+                continue
+            if status.get("status") == str(RunStatus.QUEUED) and time.time() - float(status.get("created") or 0) < 30:
+                continue
+            write_status(Path(row.run_dir), RunStatus.FAILED, error="interrupted")
+            store.set_status(row.id, RunStatus.FAILED, error="interrupted")
+            recovered.append(row.id)
+    finally:
+        store.close()
+    return recovered
+
+
+def _finish_run(directory: Path, status: RunStatus, error: str | None, *, home: Path | None) -> None:
+    write_status(directory, status, error=error)
+    report_path = directory / rundir.REPORT
+    store = _store(home)
+    try:
+        run_id = read_status(directory).get("run_id") or directory.name
+        if report_path.exists():
+            report = rundir.read_json(report_path)
+            report["run"]["status"] = str(status)
+            report["run"]["id"] = run_id
+            rundir.write_json_atomic(report_path, report)
+            store.sync_report(run_id, report)
+        store.set_status(run_id, status, error=error)
+    finally:
+        store.close()
+
+
+def _stderr_tail(directory: Path, *, since: int) -> str:
+    try:
+        with (directory / rundir.WORKER_LOG).open("rb") as f:
+            f.seek(since)
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return "\n".join(lines[-STDERR_TAIL_LINES:])
+
+
+def describe_exit(returncode: int, *, step: str | None, timed_out: bool, limit_gb: float, stderr_tail: str) -> tuple[RunStatus, str]:
+    """Map how a worker ended to an outcome and its one-line reason (the stderr tail is kept apart)."""
+    where = f" during {STEP_WORDS.get(step or '', step or 'start-up')}"
+    if timed_out:
+        return RunStatus.TIMEOUT, f"timeout: stopped after the time limit{where}"
+    out_of_memory = returncode == EXIT_OOM or "MemoryError" in stderr_tail or "bad_alloc" in stderr_tail
+    if out_of_memory:
+        return RunStatus.FAILED, f"out of memory (limit {limit_gb:g} GB){where}"
+    if returncode < 0:
+        name = SIGNAL_NAMES.get(signal.Signals(-returncode), signal.Signals(-returncode).name)
+        return RunStatus.CRASHED, f"crashed ({name}){where}"
+    return RunStatus.CRASHED, f"worker exited with status {returncode}{where}"
+
+
+class Supervisor:
+    """Runs a job's worker(s) to the end, mapping crashes to per-variant outcomes."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        home: Path | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        memory_limit_gb: float = DEFAULT_MEMORY_LIMIT_GB,
+        on_event: Callable[[ProgressEvent], None] | None = None,
+    ) -> None:
+        self.directory = directory
+        self.home = home
+        self.timeout_s = timeout_s
+        self.memory_limit_gb = memory_limit_gb
+        self.on_event = on_event
+        self._events_seen = 0
+        self.last_event: ProgressEvent | None = None
+
+    def _poll_events(self) -> None:
+        events = read_progress(self.directory)
+        for event in events[self._events_seen :]:
+            self.last_event = event
+            if self.on_event is not None:
+                self.on_event(event)
+        self._events_seen = len(events)
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        env = dict(os.environ)
+        env[MEMORY_LIMIT_ENV] = str(int(self.memory_limit_gb * 2**30))
+        env.setdefault("QUANTLENS_HOME", str(_home(self.home)))
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        log = (self.directory / rundir.WORKER_LOG).open("ab")
+        try:
+            return subprocess.Popen(
+                [sys.executable, "-m", "core.worker", "run", str(self.directory)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=env,
+                start_new_session=True,  # its own process group, killed as a whole
+                cwd=str(Path(__file__).resolve().parent.parent),
+            )
+        finally:
+            log.close()
+
+    @staticmethod
+    def _kill_group(process: subprocess.Popen[bytes]) -> None:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait()
+
+    def run(self) -> RunStatus:
+        """Supervise until the job ends; returns the run's final status."""
+        started = time.time()
+        status = read_status(self.directory)
+        status.update({"status": str(RunStatus.RUNNING), "started": started, "supervisor_pid": os.getpid()})
+        rundir.write_json_atomic(self.directory / rundir.STATUS, status)
+        self._set_store_status(RunStatus.RUNNING)
+        deadline = started + self.timeout_s
+        for _attempt in range(64):  # one restart per crashed variant at most
+            log_offset = (self.directory / rundir.WORKER_LOG).stat().st_size if (self.directory / rundir.WORKER_LOG).exists() else 0
+            process = self._spawn()
+            status["worker_pid"] = process.pid
+            rundir.write_json_atomic(self.directory / rundir.STATUS, {**read_status(self.directory), "worker_pid": process.pid})
+            timed_out = cancelled = False
+            while process.poll() is None:
+                self._poll_events()
+                if (self.directory / CANCEL_FLAG).exists():
+                    cancelled = True
+                    self._kill_group(process)
+                    break
+                if time.time() > deadline:
+                    timed_out = True
+                    self._kill_group(process)
+                    break
+                time.sleep(0.2)
+            self._poll_events()
+            self._sync_report_to_store()
+            returncode = process.returncode
+            if cancelled:
+                self._mark_unfinished_variants("cancelled", "cancelled by the user")
+                _finish_run(self.directory, RunStatus.CANCELLED, "cancelled by the user", home=self.home)
+                return RunStatus.CANCELLED
+            if returncode == EXIT_OK:
+                _finish_run(self.directory, RunStatus.DONE, None, home=self.home)
+                return RunStatus.DONE
+            if returncode == EXIT_BAD_INPUT:
+                error = read_status(self.directory).get("error") or "the job failed"
+                self._mark_unfinished_variants("failed", "not run: " + error)
+                _finish_run(self.directory, RunStatus.FAILED, error, home=self.home)
+                return RunStatus.FAILED
+            tail = _stderr_tail(self.directory, since=log_offset)
+            step = self.last_event.step if self.last_event else None
+            outcome, reason = describe_exit(returncode, step=step, timed_out=timed_out, limit_gb=self.memory_limit_gb, stderr_tail=tail)
+            variant = self._running_variant()
+            if variant is None or timed_out:
+                # Outside a variant (or out of time) nothing more can be saved by a restart.
+                if variant is not None:
+                    self._mark_variant(variant, str(outcome), reason, tail)
+                self._mark_unfinished_variants(str(outcome), f"not run: {reason}")
+                _finish_run(self.directory, outcome, reason, home=self.home)
+                return outcome
+            self._mark_variant(variant, str(outcome), reason, tail)
+            self._write_event(ProgressEvent(step="variant", fraction=1.0, message=f"{variant}: {reason}", variant=variant, time=time.time()))
+        _finish_run(self.directory, RunStatus.CRASHED, "the worker kept crashing", home=self.home)
+        return RunStatus.CRASHED
+
+    def _write_event(self, event: ProgressEvent) -> None:
+        with (self.directory / rundir.PROGRESS).open("a", encoding="utf-8") as f:
+            f.write(json.dumps(event.to_dict()) + "\n")
+
+    def _report(self) -> dict[str, Any] | None:
+        path = self.directory / rundir.REPORT
+        return rundir.read_json(path) if path.exists() else None
+
+    def _running_variant(self) -> str | None:
+        report = self._report()
+        if report is None:
+            return None
+        return next((v["name"] for v in report["variants"] if v["status"] == "running"), None)
+
+    def _mark_variant(self, name: str, status: str, reason: str, tail: str) -> None:
+        report = self._report()
+        if report is None:
+            return
+        for variant in report["variants"]:
+            if variant["name"] == name:
+                variant["status"] = status
+                variant["error"] = reason
+                variant["stderr_tail"] = tail
+        rundir.write_json_atomic(self.directory / rundir.REPORT, report)
+        self._sync_report_to_store()
+
+    def _mark_unfinished_variants(self, status: str, reason: str) -> None:
+        report = self._report()
+        if report is None:
+            return
+        for variant in report["variants"]:
+            if variant["status"] in ("pending", "running"):
+                variant["status"] = status
+                variant["error"] = reason
+        rundir.write_json_atomic(self.directory / rundir.REPORT, report)
+
+    def _run_id(self) -> str:
+        return str(read_status(self.directory).get("run_id") or self.directory.name)
+
+    def _set_store_status(self, status: RunStatus) -> None:
+        store = _store(self.home)
+        try:
+            store.set_status(self._run_id(), status)
+        finally:
+            store.close()
+
+    def _sync_report_to_store(self) -> None:
+        report = self._report()
+        if report is None:
+            return
+        store = _store(self.home)
+        try:
+            store.sync_report(self._run_id(), report)
+        except QuantLensError as exc:  # a locked store must not stop the job; the files hold it all
+            print(f"store not updated: {exc}", file=sys.stderr)
+        finally:
+            store.close()
+
+
+def inspect_model(path: str, *, timeout_s: float = 120, trusted: bool = False, input_size: tuple[int, int] | None = None) -> ModelSignature:
+    """Read a model's signature in a worker process (the caller never loads TensorFlow).
+
+    Raises:
+        QuantLensError subclasses with the worker's one-line message; UnsupportedModel when the
+        worker crashes or times out on the model.
+    """
+    from core import errors
+
+    command = [sys.executable, "-m", "core.worker", "inspect", path]
+    if trusted:
+        command.append("--trusted")
+    if input_size:
+        command += ["--input-size", f"{input_size[0]}x{input_size[1]}"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env.setdefault(MEMORY_LIMIT_ENV, str(int(DEFAULT_MEMORY_LIMIT_GB * 2**30)))
+    try:
+        done = subprocess.run(command, capture_output=True, timeout=timeout_s, env=env, check=False, start_new_session=True, cwd=str(Path(__file__).resolve().parent.parent))
+    except subprocess.TimeoutExpired:
+        raise UnsupportedModel(f"reading the model took longer than {timeout_s:g} s; check the path or the model") from None
+    for line in reversed(done.stdout.decode("utf-8", "replace").splitlines()):
+        try:
+            answer = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "signature" in answer:
+            sig = answer["signature"]
+            sig["input_shape"] = tuple(sig["input_shape"])
+            return ModelSignature(**sig)
+        if "error" in answer:
+            cls = getattr(errors, answer.get("kind", ""), QuantLensError)
+            if not (isinstance(cls, type) and issubclass(cls, QuantLensError)):
+                cls = QuantLensError
+            raise cls(answer["error"])
+    _, reason = describe_exit(done.returncode, step="load", timed_out=False, limit_gb=DEFAULT_MEMORY_LIMIT_GB, stderr_tail=done.stderr.decode("utf-8", "replace"))
+    raise UnsupportedModel(f"the model could not be read: {reason}")
+
+
+# -- the embedded demo, built in a worker ------------------------------------------------------
+def _demo_dir(home: Path | None) -> Path:
+    from core.demo import demo_root
+
+    return demo_root(_home(home))
+
+
+def demo_build_state(*, home: Path | None = None) -> tuple[str, str]:
+    """("ready" | "building" | "failed" | "missing", the last progress message)."""
+    from core.demo import demo_paths
+
+    root = _demo_dir(home)
+    if demo_paths(_home(home)).ready():
+        return "ready", "the demo is built"
+    log = root.parent / "demo-build.log"
+    pid_file = root.parent / "demo-build.pid"
+    message = ""
+    if log.exists():
+        lines = [ln for ln in log.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+        message = lines[-1] if lines else ""
+    if pid_file.exists():
+        try:
+            pid = int(pid_file.read_text().strip())
+        except ValueError:
+            pid = 0
+        if _pid_alive(pid):
+            return "building", message.partition(" ")[2] or "starting"
+        return "failed", message or "the demo build stopped"
+    return "missing", ""
+
+
+def start_demo_build(*, home: Path | None = None) -> None:
+    """Build the demo in a detached worker unless it is ready or already being built."""
+    state, _ = demo_build_state(home=home)
+    if state in ("ready", "building"):
+        return
+    root = _demo_dir(home)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with (root.parent / "demo-build.log").open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "core.worker", "demo", str(root)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=str(Path(__file__).resolve().parent.parent),
+            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+        )
+    (root.parent / "demo-build.pid").write_text(str(process.pid))
+    threading.Thread(target=process.wait, daemon=True).start()
+
+
+def main(argv: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m core.jobs")
+    parser.add_argument("command", choices=["supervise"])
+    parser.add_argument("run_dir")
+    parser.add_argument("--home", default=None)
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S)
+    parser.add_argument("--memory-gb", type=float, default=DEFAULT_MEMORY_LIMIT_GB)
+    args = parser.parse_args(argv)
+    home = Path(args.home) if args.home else None
+    supervisor = Supervisor(Path(args.run_dir), home=home, timeout_s=args.timeout, memory_limit_gb=args.memory_gb)
+    status = supervisor.run()
+    return 0 if status is RunStatus.DONE else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,548 @@
+"""Run one job inside the worker: decode once, reference once, then convert, infer and time each variant.
+
+Images are decoded once, in a streaming pass, into an on-disk uint8 cache in the run
+directory; every variant then reads that cache batch by batch, so memory does not grow with
+the number of images beyond the per-sample records. Each finished variant is written to
+report.json at once (atomically), so a crash in a later variant loses nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core import rundir
+from core.compare import agreement, records_table, sample_records, to_probabilities, top1
+from core.errors import QuantLensError
+from core.faults import maybe_inject
+from core.latency import latency_stats, time_invocations
+from core.types import (
+    Dataset,
+    JobSpec,
+    LatencyStats,
+    ProgressEvent,
+    RunStatus,
+    Sample,
+    SkippedSample,
+    VariantSpec,
+)
+
+ProgressFn = Callable[[ProgressEvent], None]
+BATCH = 32
+DECODED_CACHE = ".decoded.u8"  # raw uint8 [N,H,W,C], removed when the job ends
+DECODE_STATE = ".decoded.json"
+CALIBRATION_CACHE = ".calibration.npy"
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The resolved model and data of a job (zips extracted, paths checked)."""
+
+    model_path: Path
+    dataset: Dataset
+
+
+def _event(progress: ProgressFn, step: str, fraction: float, message: str, variant: str | None = None) -> None:
+    progress(ProgressEvent(step=step, fraction=fraction, message=message, variant=variant, time=time.time()))
+
+
+def resolve_inputs(job: JobSpec, run_dir: Path) -> Inputs:
+    """Extract zipped models or data into the run directory and enumerate the data set."""
+    from core.archives import find_saved_model_dir, safe_extract
+    from core.data import load_dataset
+    from core.errors import UnsupportedModel
+    from core.paths import allowed_roots_from_env, require_under_roots
+
+    roots = allowed_roots_from_env()
+    model_path = require_under_roots(Path(job.model_path), roots, what="model")
+    if model_path.suffix.lower() == ".zip":
+        target = run_dir / "model"
+        if not target.exists():
+            safe_extract(model_path, target)
+        kerases = sorted(p for p in target.rglob("*.keras") if "__MACOSX" not in p.parts)
+        if (list(target.rglob("saved_model.pb"))) or not kerases:
+            model_path = find_saved_model_dir(target)
+        elif len(kerases) == 1:
+            model_path = kerases[0]
+        else:
+            raise UnsupportedModel(f"{Path(job.model_path).name} holds {len(kerases)} .keras files; zip one model")
+    dataset = load_dataset(
+        job.data_path, labels_file=job.labels_file, extract_dir=run_dir / "data", allowed_roots=roots
+    )
+    return Inputs(model_path=model_path, dataset=dataset)
+
+
+def select_samples(samples: Sequence[Sample], count: int | None, *, seed: int) -> list[Sample]:
+    """`count` samples drawn with a fixed seed, in data set order; all of them when count is None."""
+    if count is None or count >= len(samples):
+        return list(samples)
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(len(samples), size=max(count, 0), replace=False))
+    return [samples[i] for i in chosen]
+
+
+class DecodedCache:
+    """Decoded uint8 images on disk, written once and read back in batches without mmap.
+
+    Reading with explicit file reads keeps the resident set to one batch; a memory map would
+    keep every touched page resident and grow with the data set.
+    """
+
+    def __init__(self, path: Path, shape: tuple[int, int, int]) -> None:
+        self.path = path
+        self.shape = shape
+        self.item = int(np.prod(shape))
+
+    def append(self, images: np.ndarray) -> None:
+        with self.path.open("ab") as f:
+            f.write(np.ascontiguousarray(images, dtype=np.uint8).tobytes())
+
+    def __len__(self) -> int:
+        return self.path.stat().st_size // self.item if self.path.exists() else 0
+
+    def batches(self, size: int = BATCH) -> Iterator[np.ndarray]:
+        total = len(self)
+        with self.path.open("rb") as f:
+            for start in range(0, total, size):
+                count = min(size, total - start)
+                data = np.frombuffer(f.read(count * self.item), dtype=np.uint8)
+                yield data.reshape((count, *self.shape))
+
+
+def _decode_batch(
+    samples: Sequence[Sample], *, height: int, width: int, channels: int
+) -> tuple[list[Sample], list[np.ndarray], list[SkippedSample]]:
+    from core.data import decode_image
+    from core.errors import ImageDecodeError
+
+    kept: list[Sample] = []
+    images: list[np.ndarray] = []
+    skipped: list[SkippedSample] = []
+    for sample in samples:
+        try:
+            images.append(decode_image(sample.path, height=height, width=width, channels=channels))
+            kept.append(sample)
+        except ImageDecodeError as exc:
+            skipped.append(SkippedSample(relpath=sample.relpath, reason=str(exc)))
+    return kept, images, skipped
+
+
+def _write_csv(path: Path, columns: dict[str, Sequence[Any]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    names = list(columns)
+    writer.writerow(names)
+    for row in zip(*(columns[n] for n in names), strict=True):
+        writer.writerow([_csv_value(v) for v in row])
+    rundir.write_atomic(path, buffer.getvalue().encode("utf-8"))
+
+
+def _csv_value(value: Any) -> Any:
+    if isinstance(value, (float, np.floating)):
+        return "" if not np.isfinite(value) else f"{float(value):.6g}"
+    if isinstance(value, (bool, np.bool_)):
+        return int(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    rundir.write_atomic(path, buffer.getvalue())
+
+
+class JobRunner:
+    """The state of one job in the worker; `run()` does the work and keeps report.json current."""
+
+    def __init__(self, job: JobSpec, run_dir: Path, *, progress: ProgressFn, cache_dir: Path | None) -> None:
+        self.job = job
+        self.run_dir = run_dir
+        self.progress = progress
+        self.cache_dir = cache_dir
+        self.specs = [VariantSpec.parse(name) for name in job.variants]
+        report_path = run_dir / rundir.REPORT
+        # A restarted worker (after a crash in one variant) continues the same report.
+        self.report: dict[str, Any] = rundir.read_json(report_path) if report_path.exists() else {}
+
+    # -- report ---------------------------------------------------------------------------
+    def save_report(self) -> None:
+        from core.report import fill_float32_reductions
+
+        fill_float32_reductions(self.report)
+        rundir.write_json_atomic(self.run_dir / rundir.REPORT, self.report)
+
+    def variant_entry(self, name: str) -> dict[str, Any]:
+        return next(v for v in self.report["variants"] if v["name"] == name)
+
+    # -- phases ---------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        import tensorflow as tf
+
+        from core.models import load_reference, model_sha256, model_size_bytes
+        from core.report import SCHEMA_VERSION, environment, pending_variant
+
+        job = self.job
+        _event(self.progress, "load", 0.0, "reading the data set and the model")
+        maybe_inject("load")
+        inputs = resolve_inputs(job, self.run_dir)
+        input_size = tuple(job.input_size) if job.input_size else None
+        model = load_reference(inputs.model_path, trusted=job.trusted, input_size=input_size)  # type: ignore[arg-type]
+        sig = model.signature
+        self.model = model
+        self.model_sha = model_sha256(inputs.model_path)
+        if not self.report:
+            from core.data import preset_value_range
+
+            self.report = {
+                "schema_version": SCHEMA_VERSION,
+                "run": {
+                    "id": self.run_dir.name,
+                    "name": job.name,
+                    "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                    "status": str(RunStatus.RUNNING),
+                    "command": reproduce_command(job),
+                    "trusted": job.trusted,
+                },
+                "reference": {
+                    "path": str(inputs.model_path),
+                    "format": sig.format,
+                    "size_bytes": model_size_bytes(inputs.model_path),
+                    "sha256": self.model_sha,
+                    "input_shape": list(sig.input_shape),
+                    "input_dtype": sig.input_dtype,
+                    "num_classes": sig.num_classes,
+                    "outputs_probabilities": sig.outputs_probabilities,
+                    "accuracy_pct": None,
+                    "latency_ms": None,
+                },
+                "dataset": {
+                    "path": inputs.dataset.path,
+                    "kind": inputs.dataset.kind,
+                    "num_samples": 0,
+                    "num_skipped": len(inputs.dataset.skipped),
+                    "has_labels": inputs.dataset.has_labels,
+                    "class_names": list(inputs.dataset.class_names) if inputs.dataset.class_names else None,
+                    "skipped": [s.to_dict() for s in inputs.dataset.skipped],
+                },
+                "preprocessing": {
+                    "preset": str(job.preset),
+                    "height": sig.height,
+                    "width": sig.width,
+                    "channels": sig.channels,
+                    "value_range": list(preset_value_range(job.preset)),
+                },
+                "options": {
+                    "calibration_samples": job.calibration_samples,
+                    "max_samples": job.max_samples,
+                    "threads": job.threads,
+                    "min_agreement_pct": job.min_agreement_pct,
+                    "seed": job.seed,
+                    "latency_runs": job.latency_runs,
+                    "warmup_runs": job.warmup_runs,
+                },
+                "variants": [pending_variant(spec) for spec in self.specs],
+                "environment": environment(threads=job.threads),
+                "warnings": [],
+            }
+            self._check_classes(inputs.dataset, sig.num_classes)
+            self.save_report()
+        if inputs.dataset.class_names:
+            rundir.write_atomic(
+                self.run_dir / rundir.LABELS, ("\n".join(inputs.dataset.class_names) + "\n").encode()
+            )
+        self.labels, self.calibration = self._decode_and_reference(inputs.dataset)
+        self.reference_latency = self._reference_latency(tf)
+        for spec in self.specs:
+            entry = self.variant_entry(spec.name)
+            if entry["status"] in ("done", "failed", "crashed", "timeout", "cancelled"):
+                continue
+            self._run_variant(spec)
+        self._finish()
+        return self.report
+
+    def _check_classes(self, dataset: Dataset, num_classes: int) -> None:
+        names = dataset.class_names
+        if names and len(names) != num_classes:
+            self.report["warnings"].append(
+                f"the data set names {len(names)} classes but the model outputs {num_classes}; "
+                "check labels.txt or the class folders"
+            )
+
+    def _decode_and_reference(self, dataset: Dataset) -> tuple[np.ndarray, np.ndarray | None]:
+        """Decode every evaluation image once, run the reference on each batch, keep calibration."""
+        from core.data import apply_preset
+        from core.report import reduction_pct  # noqa: F401  (keeps report import warm for later)
+
+        sig = self.model.signature
+        shape = (sig.height, sig.width, sig.channels)
+        cache = DecodedCache(self.run_dir / DECODED_CACHE, shape)
+        state_path = self.run_dir / DECODE_STATE
+        probs_path = self.run_dir / rundir.REFERENCE_PROBS
+        if state_path.exists() and probs_path.exists():
+            state = rundir.read_json(state_path)
+            calibration = np.load(self.run_dir / CALIBRATION_CACHE) if state["has_calibration"] else None
+            self.ref_probs = np.load(probs_path).astype(np.float64)
+            return np.asarray(state["labels"], dtype=np.int64), calibration
+
+        evaluated = select_samples(dataset.samples, self.job.max_samples, seed=self.job.seed)
+        wanted_calibration = {
+            s.index for s in select_samples(dataset.samples, self.job.calibration_samples, seed=self.job.seed + 1)
+        }
+        cache.path.unlink(missing_ok=True)
+        kept_samples: list[Sample] = []
+        skipped: list[SkippedSample] = list(dataset.skipped)
+        calibration: list[np.ndarray] = []
+        outputs: list[np.ndarray] = []
+        total = len(evaluated)
+        for start in range(0, total, BATCH):
+            maybe_inject("decode")
+            batch_samples = evaluated[start : start + BATCH]
+            kept, images, bad = _decode_batch(batch_samples, height=sig.height, width=sig.width, channels=sig.channels)
+            skipped.extend(bad)
+            if not kept:
+                continue
+            pixels = np.stack(images)
+            cache.append(pixels)
+            floats = apply_preset(pixels, self.job.preset)
+            maybe_inject("reference")
+            outputs.append(self.model.predict(floats))
+            kept_samples.extend(kept)
+            calibration.extend(floats[i] for i, s in enumerate(kept) if s.index in wanted_calibration)
+            wanted_calibration -= {s.index for s in kept}
+            done = min(start + BATCH, total)
+            _event(self.progress, "reference", done / total, f"decoded and ran the original on {done}/{total} images")
+        if not kept_samples:
+            from core.errors import DatasetError
+
+            reasons = sorted({s.reason for s in skipped})
+            raise DatasetError(
+                f"none of the {total} images could be decoded ({'; '.join(reasons[:3])}); check the data set"
+            )
+        # Calibration images outside the evaluation subset are decoded on their own.
+        extra = [s for s in dataset.samples if s.index in wanted_calibration]
+        if extra:
+            _, images, _ = _decode_batch(extra, height=sig.height, width=sig.width, channels=sig.channels)
+            if images:
+                calibration.extend(apply_preset(np.stack(images), self.job.preset))
+        calibration_array = np.stack(calibration).astype(np.float32) if calibration else None
+
+        raw = np.concatenate(outputs)
+        ref_probs, softmaxed = to_probabilities(raw)
+        self.ref_probs = ref_probs
+        labels = np.asarray([-1 if s.label is None else s.label for s in kept_samples], dtype=np.int64)
+        self._write_reference(kept_samples, labels, ref_probs, softmaxed, skipped)
+        if calibration_array is not None:
+            _save_npy(self.run_dir / CALIBRATION_CACHE, calibration_array)
+        rundir.write_json_atomic(
+            state_path, {"labels": labels.tolist(), "has_calibration": calibration_array is not None}
+        )
+        return labels, calibration_array
+
+    def _write_reference(
+        self,
+        samples: list[Sample],
+        labels: np.ndarray,
+        probs: np.ndarray,
+        softmaxed: bool,
+        skipped: list[SkippedSample],
+    ) -> None:
+        ref_top1 = top1(probs)
+        ordered = np.sort(np.nan_to_num(probs, nan=-1.0), axis=1)
+        margin = ordered[:, -1] - (ordered[:, -2] if probs.shape[1] > 1 else 0.0)
+        top_prob = np.take_along_axis(np.nan_to_num(probs, nan=np.nan), np.maximum(ref_top1, 0)[:, None], axis=1)[:, 0]
+        _write_csv(
+            self.run_dir / rundir.SAMPLES,
+            {
+                "index": [s.index for s in samples],
+                "relpath": [s.relpath for s in samples],
+                "label": ["" if s.label is None else s.label for s in samples],
+                "ref_top1": ref_top1,
+                "ref_top1_prob": top_prob,
+                "ref_margin": margin,
+            },
+        )
+        _write_csv(
+            self.run_dir / rundir.SKIPPED,
+            {"relpath": [s.relpath for s in skipped], "reason": [s.reason for s in skipped]},
+        )
+        _save_npy(self.run_dir / rundir.REFERENCE_PROBS, probs.astype(np.float32))
+        labelled = labels >= 0
+        reference = self.report["reference"]
+        reference["softmax_applied"] = softmaxed
+        reference["accuracy_pct"] = (
+            float(100.0 * np.mean(ref_top1[labelled] == labels[labelled])) if labelled.any() else None
+        )
+        dataset = self.report["dataset"]
+        dataset["num_samples"] = len(samples)
+        dataset["num_skipped"] = len(skipped)
+        dataset["skipped"] = [s.to_dict() for s in skipped]
+        classes = probs.shape[1]
+        if reference["accuracy_pct"] is not None and reference["accuracy_pct"] < 1.5 * 100.0 / classes:
+            self.report["warnings"].append(
+                f"the original model is only {reference['accuracy_pct']:.1f}% accurate on these labels "
+                f"(chance is {100.0 / classes:.1f}%): the preprocessing preset or the labels are probably wrong"
+            )
+        self.save_report()
+
+    def _first_image(self) -> np.ndarray:
+        from core.data import apply_preset
+
+        sig = self.model.signature
+        cache = DecodedCache(self.run_dir / DECODED_CACHE, (sig.height, sig.width, sig.channels))
+        first = next(cache.batches(1))
+        return apply_preset(first, self.job.preset)
+
+    def _reference_latency(self, tf: Any) -> LatencyStats:
+        reference = self.report["reference"]
+        path = self.run_dir / rundir.REFERENCE_LATENCY
+        if reference.get("latency_ms") and path.exists():
+            return latency_stats(np.load(path))
+        _event(self.progress, "latency", 0.0, "timing the original model at batch 1")
+        x = tf.constant(self._first_image())
+        serve = self.model.concrete_function
+        samples = time_invocations(lambda: serve(x), runs=self.job.latency_runs, warmup=self.job.warmup_runs)
+        _save_npy(path, samples)
+        stats = latency_stats(samples)
+        reference["latency_ms"] = stats.to_dict()
+        self.save_report()
+        return stats
+
+    def _run_variant(self, spec: VariantSpec) -> None:
+        entry = self.variant_entry(spec.name)
+        entry["status"] = "running"
+        self.save_report()
+        try:
+            self._measure_variant(spec)
+        except QuantLensError as exc:
+            entry = self.variant_entry(spec.name)
+            entry["status"] = "failed"
+            entry["error"] = str(exc)
+            self.save_report()
+            _event(self.progress, "variant", 1.0, f"{spec.name} failed: {exc}", spec.name)
+
+    def _measure_variant(self, spec: VariantSpec) -> None:
+        from core.convert import tflite_from_reference
+        from core.data import apply_preset
+        from core.report import finished_variant
+        from core.runtime import TFLiteRunner
+
+        name = spec.name
+        _event(self.progress, "convert", 0.0, f"converting to {name}", name)
+        maybe_inject("convert", name)
+        result = tflite_from_reference(
+            self.model,
+            spec,
+            model_sha256=self.model_sha,
+            calibration=self.calibration,
+            cache_dir=self.cache_dir,
+        )
+        rundir.write_atomic(rundir.tflite_path(self.run_dir, name), result.tflite)
+        _event(self.progress, "convert", 1.0, f"converted {name} ({result.size_bytes / 1e6:.2f} MB)", name)
+
+        maybe_inject("infer", name)
+        runner = TFLiteRunner(result.tflite, threads=self.job.threads, name=f"{name}.tflite")
+        sig = self.model.signature
+        cache = DecodedCache(self.run_dir / DECODED_CACHE, (sig.height, sig.width, sig.channels))
+        total = len(cache)
+        rows = np.empty((total, sig.num_classes), dtype=np.float32)
+        done = 0
+        last_report = 0.0
+        for pixels in cache.batches():
+            for image in apply_preset(pixels, self.job.preset):
+                rows[done] = runner.run(image)
+                done += 1
+            if time.monotonic() - last_report > 0.5 or done == total:
+                last_report = time.monotonic()
+                _event(self.progress, "infer", done / total, f"{name}: ran {done}/{total} images", name)
+        probs, softmaxed = to_probabilities(rows)
+        records = sample_records(self.ref_probs, probs)
+        columns: dict[str, Sequence[Any]] = {"index": self._sample_indices()}
+        columns.update(records_table(records))
+        _write_csv(rundir.variant_samples_path(self.run_dir, name), columns)
+        _save_npy(rundir.probs_path(self.run_dir, name), probs.astype(np.float32))
+        labels = self.labels if (self.labels >= 0).any() else None
+        metrics = agreement(self.ref_probs, probs, labels=labels)
+
+        _event(self.progress, "latency", 0.0, f"timing {name} at batch 1", name)
+        maybe_inject("latency", name)
+        invoke = runner.timed_invoke(self._first_image()[0])
+        samples = time_invocations(invoke, runs=self.job.latency_runs, warmup=self.job.warmup_runs)
+        _save_npy(rundir.latency_path(self.run_dir, name), samples)
+        entry = finished_variant(
+            self.variant_entry(name),
+            size_bytes=result.size_bytes,
+            reference_size=self.report["reference"]["size_bytes"],
+            agreement=metrics,
+            latency=latency_stats(samples),
+            reference_latency=self.reference_latency,
+            min_agreement_pct=self.job.min_agreement_pct,
+            conversion_seconds=result.seconds,
+            conversion_cached=result.cached,
+            select_tf_ops_used=result.select_tf_ops_used,
+            softmax_applied=softmaxed,
+            io=runner.describe(),
+        )
+        self.report["variants"] = [entry if v["name"] == name else v for v in self.report["variants"]]
+        self.save_report()
+        verdict = "PASS" if entry["passed"] else "FAIL"
+        _event(
+            self.progress,
+            "variant",
+            1.0,
+            f"{name}: {metrics.top1_agreement_pct:.2f}% agreement (n={metrics.n}) {verdict}",
+            name,
+        )
+
+    def _sample_indices(self) -> list[int]:
+        with (self.run_dir / rundir.SAMPLES).open(encoding="utf-8") as f:
+            return [int(row["index"]) for row in csv.DictReader(f)]
+
+    def _finish(self) -> None:
+        from core.report import run_status
+
+        self.report["run"]["status"] = str(run_status(self.report))
+        self.save_report()
+        for leftover in (DECODED_CACHE, DECODE_STATE, CALIBRATION_CACHE):
+            (self.run_dir / leftover).unlink(missing_ok=True)
+        _event(self.progress, "done", 1.0, "all variants finished")
+
+
+def reproduce_command(job: JobSpec) -> str:
+    """The CLI command that reproduces this job."""
+    import shlex
+
+    parts = [
+        "python -m core run",
+        shlex.quote(job.model_path),
+        "--data",
+        shlex.quote(job.data_path),
+        "--modes",
+        ",".join(job.variants),
+        "--preprocess",
+        str(job.preset),
+        "--calibration-samples",
+        str(job.calibration_samples),
+        "--min-agreement",
+        f"{job.min_agreement_pct:g}",
+    ]
+    if job.max_samples is not None:
+        parts += ["--samples", str(job.max_samples)]
+    if job.threads is not None:
+        parts += ["--threads", str(job.threads)]
+    if job.input_size:
+        parts += ["--input-size", f"{job.input_size[0]}x{job.input_size[1]}"]
+    if job.labels_file:
+        parts += ["--labels", shlex.quote(job.labels_file)]
+    if job.trusted:
+        parts.append("--trusted")
+    return " ".join(parts)

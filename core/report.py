@@ -1,0 +1,222 @@
+"""report.json (DESIGN §7): its variant entries, the verdict, the CLI table and the exit status."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from typing import Any
+
+from core.types import Agreement, LatencyStats, RunStatus, VariantSpec
+
+SCHEMA_VERSION = 1
+FINISHED_VARIANT = frozenset({"done", "failed", "crashed", "timeout", "cancelled"})
+
+
+def environment(*, threads: int | None) -> dict[str, Any]:
+    """Library versions, CPU and thread count; imports TF, so call it in the worker only."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import numpy as np
+
+    def installed(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    return {
+        "tensorflow": installed("tensorflow-cpu") or installed("tensorflow"),
+        "litert": installed("ai-edge-litert"),
+        "keras": installed("keras"),
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "threads": threads,
+    }
+
+
+def cpu_name() -> str:
+    """The CPU model name from /proc/cpuinfo (Linux), else what platform reports."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def pending_variant(spec: VariantSpec) -> dict[str, Any]:
+    """A variant entry before its work starts: every metric null."""
+    return {
+        **spec.to_dict(),
+        "status": "pending",
+        "error": None,
+        "size_bytes": None,
+        "size_reduction_pct": None,
+        "size_reduction_vs_float32_pct": None,
+        "n": None,
+        "top1_agreement_pct": None,
+        "top1_agreement_ci95": None,
+        "k": None,
+        "topk_agreement_pct": None,
+        "disagreements": None,
+        "reference_accuracy_pct": None,
+        "tflite_accuracy_pct": None,
+        "accuracy_delta_pct": None,
+        "mcnemar_p": None,
+        "max_abs_prob_delta": None,
+        "mean_abs_top1_prob_delta": None,
+        "mean_kl": None,
+        "nan_outputs": None,
+        "flip_matrix": None,
+        "latency_ms": None,
+        "speedup_vs_reference": None,
+        "conversion_seconds": None,
+        "conversion_cached": None,
+        "select_tf_ops_used": [],
+        "softmax_applied": None,
+        "io": None,
+        "passed": None,
+    }
+
+
+def reduction_pct(size: int, baseline: int | None) -> float | None:
+    """How much smaller `size` is than `baseline`, in percent (negative when larger)."""
+    if not baseline:
+        return None
+    return 100.0 * (1.0 - size / baseline)
+
+
+def finished_variant(
+    entry: dict[str, Any],
+    *,
+    size_bytes: int,
+    reference_size: int,
+    agreement: Agreement,
+    latency: LatencyStats,
+    reference_latency: LatencyStats | None,
+    min_agreement_pct: float,
+    conversion_seconds: float,
+    conversion_cached: bool,
+    select_tf_ops_used: tuple[str, ...],
+    softmax_applied: bool,
+    io: dict[str, Any],
+) -> dict[str, Any]:
+    """Fill a variant entry with its measured results and verdict."""
+    metrics = agreement.to_dict()
+    metrics.pop("labelled_n", None)
+    entry = {
+        **entry,
+        **metrics,
+        "status": "done",
+        "error": None,
+        "size_bytes": size_bytes,
+        "size_reduction_pct": reduction_pct(size_bytes, reference_size),
+        "latency_ms": latency.to_dict(),
+        "speedup_vs_reference": (
+            reference_latency.p50 / latency.p50 if reference_latency and latency.p50 > 0 else None
+        ),
+        "conversion_seconds": conversion_seconds,
+        "conversion_cached": conversion_cached,
+        "select_tf_ops_used": list(select_tf_ops_used),
+        "softmax_applied": softmax_applied,
+        "io": io,
+        "passed": agreement.top1_agreement_pct >= min_agreement_pct,
+    }
+    return entry
+
+
+def fill_float32_reductions(report: dict[str, Any]) -> None:
+    """Reduction against the float32 TFLite baseline, once that variant exists."""
+    baseline = next(
+        (v["size_bytes"] for v in report["variants"] if v["mode"] == "float32" and v["size_bytes"]),
+        None,
+    )
+    for variant in report["variants"]:
+        if variant["size_bytes"]:
+            variant["size_reduction_vs_float32_pct"] = reduction_pct(variant["size_bytes"], baseline)
+
+
+def exit_status(report: dict[str, Any]) -> int:
+    """0: every variant meets the threshold; 1: some variant is below it or did not finish."""
+    variants = report.get("variants", [])
+    if variants and all(v.get("passed") is True for v in variants):
+        return 0
+    return 1
+
+
+def _fmt(value: float | None, pattern: str, missing: str = "-") -> str:
+    return missing if value is None else pattern.format(value)
+
+
+def format_mb(size_bytes: int | None) -> str:
+    return "-" if size_bytes is None else f"{size_bytes / 1e6:.2f} MB"
+
+
+def verdict(variant: dict[str, Any]) -> str:
+    """PASS / FAIL for a finished variant, else its status in capitals (CRASHED, TIMEOUT, ...)."""
+    if variant.get("status") != "done":
+        return str(variant.get("status", "pending")).upper()
+    return "PASS" if variant.get("passed") else "FAIL"
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The CLI's human table: one row per variant, then each failed variant's reason."""
+    ref = report["reference"]
+    threshold = report["options"]["min_agreement_pct"]
+    header = ["variant", "size", "reduction", "top-1 agreement (95% CI)", "accuracy", "p50 latency", "verdict"]
+    rows = [
+        [
+            "original",
+            format_mb(ref.get("size_bytes")),
+            "",
+            "",
+            _fmt(ref.get("accuracy_pct"), "{:.1f}%"),
+            _fmt((ref.get("latency_ms") or {}).get("p50"), "{:.2f} ms"),
+            "",
+        ]
+    ]
+    for v in report["variants"]:
+        ci = v.get("top1_agreement_ci95")
+        agreement = (
+            f"{v['top1_agreement_pct']:.2f}% [{ci[0]:.1f}, {ci[1]:.1f}] n={v['n']}"
+            if v.get("top1_agreement_pct") is not None and ci
+            else "-"
+        )
+        rows.append(
+            [
+                v["name"],
+                format_mb(v.get("size_bytes")),
+                _fmt(v.get("size_reduction_pct"), "{:.1f}%"),
+                agreement,
+                _fmt(v.get("tflite_accuracy_pct"), "{:.1f}%"),
+                _fmt((v.get("latency_ms") or {}).get("p50"), "{:.2f} ms"),
+                verdict(v),
+            ]
+        )
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    data = report["dataset"]
+    lines.append("")
+    lines.append(
+        f"{data['num_samples']} images compared, {data['num_skipped']} skipped; "
+        f"threshold {threshold:g}% top-1 agreement; {report['environment'].get('threads') or 'all'} threads"
+    )
+    for v in report["variants"]:
+        if v.get("error"):
+            lines.append(f"{v['name']}: {v['error']}")
+    for warning in report.get("warnings", []):
+        lines.append(f"warning: {warning}")
+    return "\n".join(lines)
+
+
+def run_status(report: dict[str, Any]) -> RunStatus:
+    """The run's own status: done when every variant ended, whatever each variant's outcome."""
+    statuses = {v["status"] for v in report["variants"]}
+    return RunStatus.DONE if statuses <= FINISHED_VARIANT else RunStatus.RUNNING

@@ -1,0 +1,123 @@
+"""Run a `.tflite` model with the LiteRT interpreter: quantize inputs, dequantize outputs, batch 1."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from core.compare import dequantize, quantize
+from core.convert import flex_ops
+from core.errors import InvalidTFLiteModel
+
+# Every .tflite flatbuffer carries this file identifier at bytes 4..8.
+TFLITE_IDENTIFIER = b"TFL3"
+
+
+def check_tflite_bytes(data: bytes, *, name: str = "model") -> None:
+    """Refuse bytes that cannot be a TFLite flatbuffer before the interpreter sees them.
+
+    Raises:
+        InvalidTFLiteModel: empty, text, or without the TFL3 identifier.
+    """
+    if len(data) == 0:
+        raise InvalidTFLiteModel(f"{name} is empty (0 bytes); convert the model again")
+    if len(data) < 8 or data[4:8] != TFLITE_IDENTIFIER:
+        raise InvalidTFLiteModel(
+            f"{name} is not a TFLite flatbuffer (no TFL3 identifier); give a .tflite file made by "
+            "the TFLite converter"
+        )
+
+
+def _quantization(detail: dict[str, Any]) -> tuple[float, int]:
+    scale, zero_point = detail["quantization"]
+    return float(scale), int(zero_point)
+
+
+class TFLiteRunner:
+    """One LiteRT interpreter, prepared for batch-1 inference on float32 images.
+
+    Inputs are quantized and outputs dequantized with the tensors' own (scale, zero_point),
+    never with a hard-coded formula, so int8, uint8 and float I/O all compare as float.
+    """
+
+    def __init__(self, tflite: bytes, *, threads: int | None = None, name: str = "model") -> None:
+        check_tflite_bytes(tflite, name=name)
+        self.name = name
+        if flex_ops(tflite):
+            # ai_edge_litert has no Flex delegate; TensorFlow's interpreter links it in.
+            import tensorflow as tf
+
+            interpreter_cls: Any = tf.lite.Interpreter
+        else:
+            from ai_edge_litert.interpreter import Interpreter
+
+            interpreter_cls = Interpreter
+        try:
+            self._interpreter = interpreter_cls(model_content=tflite, num_threads=threads)
+        except (ValueError, RuntimeError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise InvalidTFLiteModel(f"{name} cannot be read by LiteRT ({first}); the file is truncated or damaged") from None
+        inputs = self._interpreter.get_input_details()
+        outputs = self._interpreter.get_output_details()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise InvalidTFLiteModel(
+                f"{name} has {len(inputs)} inputs and {len(outputs)} outputs; QuantLens runs "
+                "single-input, single-output classifiers"
+            )
+        self._input = inputs[0]
+        shape = list(self._input["shape"])
+        if shape and shape[0] != 1:
+            shape[0] = 1
+            self._interpreter.resize_tensor_input(self._input["index"], shape)
+        try:
+            self._interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            first = next((ln for ln in lines if "fail" in ln.lower() or "error" in ln.lower()), lines[0] if lines else type(exc).__name__)
+            raise InvalidTFLiteModel(
+                f"the LiteRT kernels refused {name} when preparing it ({first[:200]}); this mode does "
+                "not run on this model, choose another"
+            ) from None
+        self._input = self._interpreter.get_input_details()[0]
+        self._output = self._interpreter.get_output_details()[0]
+        self.input_dtype = np.dtype(self._input["dtype"])
+        self.output_dtype = np.dtype(self._output["dtype"])
+        self.input_quantization = _quantization(self._input)
+        self.output_quantization = _quantization(self._output)
+        self.input_shape = tuple(int(d) for d in self._input["shape"])
+
+    def _feed(self, image: np.ndarray) -> None:
+        x = np.asarray(image, dtype=np.float32).reshape(self.input_shape)
+        if self.input_dtype != np.float32:
+            scale, zero_point = self.input_quantization
+            x = quantize(x, scale, zero_point, self.input_dtype)
+        self._interpreter.set_tensor(self._input["index"], x)
+
+    def _read(self) -> np.ndarray:
+        out = self._interpreter.get_tensor(self._output["index"])
+        if self.output_dtype != np.float32:
+            scale, zero_point = self.output_quantization
+            return dequantize(out, scale, zero_point).reshape(-1)
+        return np.asarray(out, dtype=np.float32).reshape(-1)
+
+    def run(self, image: np.ndarray) -> np.ndarray:
+        """Float32 outputs for one float32 image [H,W,C] or [1,H,W,C]."""
+        self._feed(image)
+        self._interpreter.invoke()
+        return self._read()
+
+    def timed_invoke(self, image: np.ndarray) -> Callable[[], None]:
+        """An invoke with `image` already set, for latency runs (the same input every time)."""
+        self._feed(image)
+        return self._interpreter.invoke
+
+    def describe(self) -> dict[str, Any]:
+        """Input/output types and quantization, for the report."""
+        return {
+            "input_dtype": self.input_dtype.name,
+            "input_quantization": list(self.input_quantization),
+            "output_dtype": self.output_dtype.name,
+            "output_quantization": list(self.output_quantization),
+        }

@@ -1,0 +1,135 @@
+"""The worker process: all model work (load, convert, calibrate, infer, time) runs here, never in the server.
+
+    python -m core.worker run RUN_DIR        run the job in RUN_DIR/job.json
+    python -m core.worker inspect MODEL      print the model's signature as JSON
+    python -m core.worker demo DEMO_DIR      build the embedded demo
+
+The supervisor (core.jobs) starts it in its own process group with a wall-clock timeout and,
+through QUANTLENS_MEMORY_LIMIT_BYTES, an address-space limit it applies to itself first.
+Exit codes: 0 done, 2 a QuantLensError (written to status.json), 3 out of memory, 4 a bug.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from core import rundir
+from core.errors import QuantLensError
+from core.types import JobSpec, ProgressEvent, RunStatus
+
+MEMORY_LIMIT_ENV = "QUANTLENS_MEMORY_LIMIT_BYTES"
+EXIT_OK, EXIT_BAD_INPUT, EXIT_OOM, EXIT_BUG = 0, 2, 3, 4
+
+
+def apply_memory_limit() -> None:
+    """Cap this process's address space so a runaway model fails here, not on the machine."""
+    limit = os.environ.get(MEMORY_LIMIT_ENV)
+    if limit:
+        resource.setrlimit(resource.RLIMIT_AS, (int(limit), int(limit)))
+
+
+def configure_threads(threads: int | None) -> None:
+    """Same thread count for TensorFlow as for the interpreter, set before any op runs."""
+    import tensorflow as tf
+
+    if threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+
+
+def quiet_tensorflow() -> None:
+    """TF's C++ and absl logs drown the worker's stderr tail, which users read after a crash."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    import warnings
+
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+
+
+def progress_writer(run_dir: Path):  # type: ignore[no-untyped-def]
+    """A progress callback that appends each event to progress.jsonl as one line."""
+    path = run_dir / rundir.PROGRESS
+
+    def write(event: ProgressEvent) -> None:
+        with path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(event.to_dict()) + "\n")
+
+    return write
+
+
+def write_status(run_dir: Path, status: RunStatus, *, error: str | None = None) -> None:
+    path = run_dir / rundir.STATUS
+    current = rundir.read_json(path) if path.exists() else {}
+    current.update({"status": str(status), "error": error})
+    if status.finished:
+        current["finished"] = time.time()
+    rundir.write_json_atomic(path, current)
+
+
+def run_job(run_dir: Path) -> int:
+    from core.pipeline import JobRunner
+
+    job = JobSpec.from_dict(rundir.read_json(run_dir / rundir.JOB))
+    configure_threads(job.threads)
+    cache_dir = Path(os.environ["QUANTLENS_CACHE"]) if os.environ.get("QUANTLENS_CACHE") else rundir.cache_root() / "tflite"
+    runner = JobRunner(job, run_dir, progress=progress_writer(run_dir), cache_dir=cache_dir)
+    try:
+        runner.run()
+    except QuantLensError as exc:
+        write_status(run_dir, RunStatus.FAILED, error=str(exc))
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return EXIT_OK
+
+
+def inspect(model: str, *, trusted: bool, input_size: tuple[int, int] | None) -> int:
+    from core.models import load_reference
+
+    try:
+        signature = load_reference(Path(model), trusted=trusted, input_size=input_size)
+    except QuantLensError as exc:
+        print(json.dumps({"error": str(exc), "kind": type(exc).__name__}))
+        return EXIT_BAD_INPUT
+    print(json.dumps({"signature": signature.signature.to_dict()}))
+    return EXIT_OK
+
+
+def main(argv: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m core.worker")
+    parser.add_argument("command", choices=["run", "inspect", "demo"])
+    parser.add_argument("target")
+    parser.add_argument("--trusted", action="store_true")
+    parser.add_argument("--input-size", default=None, help="HxW for models with None spatial dims")
+    args = parser.parse_args(argv)
+    quiet_tensorflow()
+    apply_memory_limit()
+    target = Path(args.target)
+    try:
+        if args.command == "run":
+            return run_job(target)
+        if args.command == "inspect":
+            size = tuple(int(v) for v in args.input_size.split("x")) if args.input_size else None
+            return inspect(str(target), trusted=args.trusted, input_size=size)  # type: ignore[arg-type]
+        from core.demo import build_demo
+
+        build_demo(target, progress=lambda f, m: print(f"{f:.2f} {m}", flush=True))
+        return EXIT_OK
+    except MemoryError:
+        print("MemoryError: out of memory", file=sys.stderr)
+        return EXIT_OOM
+    except Exception:
+        traceback.print_exc()
+        return EXIT_BUG
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
