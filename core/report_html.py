@@ -1,0 +1,580 @@
+"""Render a run directory as one self-contained report.html that opens offline."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import math
+import shlex
+from pathlib import Path
+from typing import Any
+
+from core import rundir
+from core.errors import QuantLensError
+from core.paths import resolve_inside
+
+THUMB_PX = 96
+MAX_GALLERY = 12
+MAX_SKIPPED_LISTED = 20
+# Images bigger than this are not opened for a thumbnail (the report must stay quick to build).
+MAX_THUMB_SOURCE_BYTES = 20_000_000
+
+# The plotly config every chart uses: no logo (it links to plotly.com), no cloud export.
+_PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans-serif;
+       margin: 24px auto; max-width: 1200px; padding: 0 16px; color: #1f2328; }
+h1 { font-size: 1.6em; margin-bottom: 0.1em; } h2 { margin-top: 1.6em; border-bottom: 1px solid
+#d0d7de; padding-bottom: 0.2em; } h3 { margin-bottom: 0.3em; }
+.sub { color: #57606a; margin-top: 0; }
+table { border-collapse: collapse; font-size: 0.92em; margin: 0.5em 0; }
+th, td { border: 1px solid #d0d7de; padding: 4px 8px; text-align: left; vertical-align: top; }
+th { background: #f6f8fa; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+.pass { color: #1e8e3e; font-weight: 700; } .fail { color: #c62828; font-weight: 700; }
+.na { color: #57606a; } .err { color: #c62828; font-family: monospace; font-size: 0.9em; }
+.warn { background: #fff8c5; border: 1px solid #d4a72c; padding: 8px 12px; border-radius: 6px; }
+.banner { padding: 10px 14px; border-radius: 6px; font-size: 1.1em; margin: 0.8em 0; }
+.banner.pass { background: #e6f4ea; border: 1px solid #1e8e3e; }
+.banner.fail { background: #fdecea; border: 1px solid #c62828; }
+.gallery { display: flex; flex-wrap: wrap; gap: 10px; }
+.card { border: 1px solid #d0d7de; border-radius: 6px; padding: 6px; width: 180px;
+        font-size: 0.82em; }
+.card img, .card .ph { width: 96px; height: 96px; image-rendering: pixelated; display: block;
+        margin: 0 auto 4px auto; object-fit: contain; background: #f6f8fa; }
+.card .ph { display: flex; align-items: center; justify-content: center; color: #57606a;
+        border: 1px dashed #d0d7de; text-align: center; font-size: 0.8em; }
+.card .path { color: #57606a; word-break: break-all; }
+pre { background: #f6f8fa; padding: 10px; overflow-x: auto; white-space: pre-wrap;
+      word-break: break-all; }
+.wide { overflow-x: auto; }
+.chart { margin: 0.5em 0 1.5em 0; }
+"""
+
+
+def render_report_html(run_dir: Path, *, name: str | None = None) -> str:
+    """Build the self-contained HTML report of a run directory.
+
+    Args:
+        run_dir: a run directory holding `report.json` (plus samples.csv and
+            `<variant>.samples.csv` for the disagreement gallery, when present).
+        name: the run name to show; defaults to `report["run"]["name"]` (the store may hold a
+            newer name after a rename).
+
+    Returns:
+        One HTML document: plotly.js inlined once, images as data URIs, no external URL.
+
+    Raises:
+        QuantLensError: report.json is missing or not valid JSON.
+    """
+    run_dir = Path(run_dir)
+    report = _read_report(run_dir)
+    run = report.get("run") or {}
+    title_name = name if name is not None else str(run.get("name") or run.get("id") or "")
+    variants = [v for v in report.get("variants") or [] if isinstance(v, dict)]
+    threshold = _threshold(report)
+
+    parts: list[str] = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>QuantLens report — {_e(title_name)}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>QuantLens report — {_e(title_name)}</h1>",
+        _subtitle(report),
+        _verdict_banner(variants, threshold),
+        _chance_warning(report),
+        "<h2>Verdict per variant</h2>",
+        _verdict_table(report, variants, threshold),
+        _reference_table(report),
+        "<h2>Charts</h2>",
+        _charts(report, variants, threshold),
+        "<h2>Top disagreements</h2>",
+        _galleries(run_dir, report, variants),
+        "<h2>Data set</h2>",
+        _dataset_section(report),
+        "<h2>Environment</h2>",
+        _environment_table(report),
+        "<h2>Reproduce this run</h2>",
+        _command_section(report),
+        "</body></html>",
+    ]
+    return "\n".join(p for p in parts if p)
+
+
+def write_report_html(run_dir: Path, *, name: str | None = None) -> Path:
+    """Render the report and write it atomically to `<run_dir>/report.html`.
+
+    Returns:
+        The path of the written file.
+
+    Raises:
+        QuantLensError: report.json is missing or not valid JSON.
+    """
+    text = render_report_html(run_dir, name=name)
+    path = Path(run_dir) / rundir.REPORT_HTML
+    rundir.write_atomic(path, text.encode("utf-8"))
+    return path
+
+
+# -- reading -------------------------------------------------------------------------------------
+
+
+def _read_report(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / rundir.REPORT
+    try:
+        report = rundir.read_json(path)
+    except FileNotFoundError:
+        raise QuantLensError(
+            f"{path} does not exist; the run has not written results yet, wait or re-run it"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise QuantLensError(f"cannot read {path} ({exc}); re-run the job") from None
+    if not isinstance(report, dict):
+        raise QuantLensError(f"{path} is not a QuantLens report; re-run the job")
+    return report
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    """Rows of a CSV as dicts; a missing or unreadable file gives no rows (the report goes on)."""
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
+
+
+def _threshold(report: dict[str, Any]) -> float:
+    value = (report.get("options") or {}).get("min_agreement_pct")
+    return 95.0 if value is None else float(value)
+
+
+def _dataset_root(report: dict[str, Any]) -> Path | None:
+    """The folder sample relpaths are relative to: the data set folder, or a CSV's folder."""
+    dataset = report.get("dataset") or {}
+    raw = dataset.get("path")
+    if not raw:
+        return None
+    path = Path(str(raw))
+    if dataset.get("kind") == "csv" or path.suffix.lower() == ".csv" or path.is_file():
+        return path.parent
+    return path
+
+
+# -- formatting ----------------------------------------------------------------------------------
+
+
+def _e(value: Any) -> str:
+    """HTML-escape any value; user text (names, paths, errors) is always shown as text."""
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _num(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else f
+
+
+def _fmt(value: Any, spec: str = ".2f", unit: str = "") -> str:
+    f = _num(value)
+    return '<span class="na">—</span>' if f is None else f"{f:{spec}}{unit}"
+
+
+def _class_label(report: dict[str, Any], index: Any) -> str:
+    names = (report.get("dataset") or {}).get("class_names") or []
+    try:
+        i = int(index)
+    except (TypeError, ValueError):
+        return str(index)
+    if 0 <= i < len(names):
+        return f"{names[i]} ({i})"
+    return str(i)
+
+
+def _verdict(variant: dict[str, Any], threshold: float) -> str:
+    passed = variant.get("passed")
+    if passed is None and variant.get("status") == "done":
+        agreement = _num(variant.get("top1_agreement_pct"))
+        passed = None if agreement is None else agreement >= threshold
+    if passed is True:
+        return '<span class="pass">PASS</span>'
+    if passed is False:
+        return '<span class="fail">FAIL</span>'
+    return '<span class="na">—</span>'
+
+
+# -- sections ------------------------------------------------------------------------------------
+
+
+def _subtitle(report: dict[str, Any]) -> str:
+    run = report.get("run") or {}
+    ref = report.get("reference") or {}
+    dataset = report.get("dataset") or {}
+    bits = [
+        f"run <code>{_e(run.get('id'))}</code>" if run.get("id") else "",
+        f"created {_e(run.get('created'))}" if run.get("created") else "",
+        f"status {_e(run.get('status'))}" if run.get("status") else "",
+        f"model <code>{_e(ref.get('path'))}</code>" if ref.get("path") else "",
+        f"data <code>{_e(dataset.get('path'))}</code>" if dataset.get("path") else "",
+        "<strong>trusted mode was on</strong>" if run.get("trusted") else "",
+    ]
+    return '<p class="sub">' + " · ".join(b for b in bits if b) + "</p>"
+
+
+def _verdict_banner(variants: list[dict[str, Any]], threshold: float) -> str:
+    if not variants:
+        return '<p class="banner fail">No variant was run.</p>'
+    failing = [
+        str(v.get("name") or v.get("mode"))
+        for v in variants
+        if v.get("passed") is not True or v.get("status") != "done"
+    ]
+    if not failing:
+        return (
+            f'<p class="banner pass">Every variant meets the {threshold:g} % top-1 agreement '
+            "threshold.</p>"
+        )
+    return (
+        f'<p class="banner fail">{len(failing)} of {len(variants)} variant(s) do not meet the '
+        f"{threshold:g} % threshold or did not finish: {_e(', '.join(failing))}.</p>"
+    )
+
+
+def _chance_warning(report: dict[str, Any]) -> str:
+    """Warn when the reference is near chance: wrong preprocessing looks like agreement."""
+    ref = report.get("reference") or {}
+    acc = _num(ref.get("accuracy_pct"))
+    classes = _num(ref.get("num_classes"))
+    if acc is None or not classes or classes < 2:
+        return ""
+    chance = 100.0 / classes
+    if acc > 1.5 * chance:
+        return ""
+    return (
+        f'<p class="warn">The original model is only {acc:.1f} % accurate on these labels '
+        f"(chance is {chance:.1f} %). Check the preprocessing preset and the labels: two models "
+        "fed garbage agree with each other.</p>"
+    )
+
+
+def _verdict_table(report: dict[str, Any], variants: list[dict[str, Any]], threshold: float) -> str:
+    ks = {v.get("k") for v in variants if v.get("k") is not None}
+    common_k = ks.pop() if len(ks) == 1 else None
+    topk_head = "top-k" if common_k is None else f"top-{_e(common_k)}"
+    head = (
+        "<tr><th>variant</th><th>status</th><th>verdict</th><th>size (MB)</th>"
+        "<th>size reduction</th><th>top-1 agreement (95 % CI)</th><th>n</th>"
+        f"<th>{topk_head} agreement</th>"
+        "<th>accuracy original / TFLite</th><th>disagreements</th><th>p50 (ms)</th>"
+        "<th>p99 (ms)</th></tr>"
+    )
+    rows = []
+    for v in variants:
+        size = _num(v.get("size_bytes"))
+        ci = v.get("top1_agreement_ci95") or [None, None]
+        ci_text = (
+            f" <br><small>({_fmt(ci[0])} &ndash; {_fmt(ci[1])})</small>"
+            if isinstance(ci, list | tuple) and len(ci) == 2 and _num(ci[0]) is not None
+            else ""
+        )
+        agreement = _num(v.get("top1_agreement_pct"))
+        agreement_text = (
+            '<span class="na">—</span>' if agreement is None else f"{agreement:.2f} %{ci_text}"
+        )
+        k = v.get("k")
+        topk = _fmt(v.get("topk_agreement_pct"), ".2f", " %")
+        if common_k is None and k is not None and _num(v.get("topk_agreement_pct")) is not None:
+            topk = f"top-{_e(k)}: {topk}"
+        latency = v.get("latency_ms") or {}
+        reduction = _fmt(v.get("size_reduction_pct"), ".1f", " %")
+        vs_f32 = _num(v.get("size_reduction_vs_float32_pct"))
+        if vs_f32 is not None:
+            reduction += f" <br><small>{vs_f32:.1f} % vs float32 TFLite</small>"
+        rows.append(
+            "<tr>"
+            f"<td><strong>{_e(v.get('name') or v.get('mode'))}</strong></td>"
+            f"<td>{_e(v.get('status'))}</td>"
+            f"<td>{_verdict(v, threshold)}</td>"
+            f'<td class="num">{_fmt(None if size is None else size / 1e6, ".3f")}</td>'
+            f'<td class="num">{reduction}</td>'
+            f'<td class="num">{agreement_text}</td>'
+            f'<td class="num">{_fmt(v.get("n"), ".0f")}</td>'
+            f'<td class="num">{topk}</td>'
+            f'<td class="num">{_fmt(v.get("reference_accuracy_pct"), ".2f", " %")} / '
+            f"{_fmt(v.get('tflite_accuracy_pct'), '.2f', ' %')}</td>"
+            f'<td class="num">{_fmt(v.get("disagreements"), ".0f")}</td>'
+            f'<td class="num">{_fmt(latency.get("p50"), ".3f")}</td>'
+            f'<td class="num">{_fmt(latency.get("p99"), ".3f")}</td>'
+            "</tr>"
+        )
+        if v.get("error"):
+            # A full-width row under the variant: error text is long and must stay readable.
+            rows.append(
+                f'<tr class="errrow"><td>{_e(v.get("name") or v.get("mode"))} error</td>'
+                f'<td colspan="11" class="err">{_e(v["error"])}</td></tr>'
+            )
+    return (
+        f"<p>Pass threshold: top-1 agreement ≥ {threshold:g} %. Sizes in MB (10<sup>6</sup> "
+        "bytes); reduction against the original model.</p>"
+        f'<div class="wide"><table id="verdict">{head}{"".join(rows)}</table></div>'
+    )
+
+
+def _reference_table(report: dict[str, Any]) -> str:
+    ref = report.get("reference") or {}
+    if not ref:
+        return ""
+    latency = ref.get("latency_ms") or {}
+    size = _num(ref.get("size_bytes"))
+    rows = [
+        ("path", _e(ref.get("path"))),
+        ("format", _e(ref.get("format"))),
+        ("size (MB)", _fmt(None if size is None else size / 1e6, ".3f")),
+        ("sha256", f"<code>{_e(ref.get('sha256'))}</code>"),
+        ("input", f"{_e(ref.get('input_shape'))} {_e(ref.get('input_dtype'))}"),
+        ("classes", _e(ref.get("num_classes"))),
+        ("outputs", "probabilities" if ref.get("outputs_probabilities") else "logits (softmaxed)"),
+        ("accuracy", _fmt(ref.get("accuracy_pct"), ".2f", " %")),
+        (
+            "latency p50 / p99 (ms)",
+            f"{_fmt(latency.get('p50'), '.3f')} / {_fmt(latency.get('p99'), '.3f')}",
+        ),
+    ]
+    body = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
+    return f'<h3>Original model</h3><table id="reference">{body}</table>'
+
+
+def _charts(report: dict[str, Any], variants: list[dict[str, Any]], threshold: float) -> str:
+    # Imported here: plotly is only needed when a report is rendered.
+    from core.figures import (
+        ORIGINAL_LABEL,
+        agreement_figure,
+        latency_percentiles_figure,
+        size_figure,
+    )
+
+    ref = report.get("reference") or {}
+    names = [str(v.get("name") or v.get("mode")) for v in variants]
+    figures = []
+
+    sizes: dict[str, int] = {}
+    if _num(ref.get("size_bytes")) is not None:
+        sizes[ORIGINAL_LABEL] = int(ref["size_bytes"])
+    reductions: dict[str, float | None] = {}
+    for name, v in zip(names, variants, strict=True):
+        if _num(v.get("size_bytes")) is not None:
+            sizes[name] = int(v["size_bytes"])
+            reductions[name] = _num(v.get("size_reduction_pct"))
+    if len(sizes) > 1 or (sizes and ORIGINAL_LABEL not in sizes):
+        figures.append(size_figure(sizes, reductions_pct=reductions))
+
+    agreed = [
+        (name, v)
+        for name, v in zip(names, variants, strict=True)
+        if _num(v.get("top1_agreement_pct")) is not None
+    ]
+    if agreed:
+        ci95: list[tuple[float, float] | None] = []
+        for _, v in agreed:
+            ci: Any = v.get("top1_agreement_ci95")
+            ok = isinstance(ci, list | tuple) and len(ci) == 2 and None not in ci
+            ci95.append((float(ci[0]), float(ci[1])) if ok else None)
+        figures.append(
+            agreement_figure(
+                [n for n, _ in agreed],
+                [float(v["top1_agreement_pct"]) for _, v in agreed],
+                ci95,
+                threshold_pct=threshold,
+                n=[v.get("n") for _, v in agreed],
+            )
+        )
+
+    percentiles: dict[str, dict[str, float | None]] = {}
+    if ref.get("latency_ms"):
+        percentiles[ORIGINAL_LABEL] = {k: _num(ref["latency_ms"].get(k)) for k in _PCTS}
+    for name, v in zip(names, variants, strict=True):
+        if v.get("latency_ms"):
+            percentiles[name] = {k: _num(v["latency_ms"].get(k)) for k in _PCTS}
+    if percentiles:
+        figures.append(latency_percentiles_figure(percentiles))
+
+    if not figures:
+        return '<p class="na">No measurements to chart yet.</p>'
+    out = []
+    for i, fig in enumerate(figures):
+        # plotly.js goes in once, with the first chart; the others reuse it.
+        out.append(
+            '<div class="chart">'
+            + fig.to_html(
+                full_html=False,
+                include_plotlyjs=(i == 0),
+                config=_PLOTLY_CONFIG,
+                div_id=f"chart-{i}",  # stable ids: the same run renders the same bytes
+            )
+            + "</div>"
+        )
+    return "\n".join(out)
+
+
+_PCTS = ("p50", "p90", "p99")
+
+
+def _galleries(run_dir: Path, report: dict[str, Any], variants: list[dict[str, Any]]) -> str:
+    reference_rows = {r.get("index"): r for r in _read_csv(run_dir / rundir.SAMPLES)}
+    root = _dataset_root(report)
+    out = []
+    for v in variants:
+        name = str(v.get("name") or v.get("mode"))
+        rows = _read_csv(rundir.variant_samples_path(run_dir, name))
+        if not rows:
+            if v.get("status") == "done":
+                out.append(f"<h3>{_e(name)}</h3><p class='na'>No per-sample table.</p>")
+            continue
+        disagreeing = [r for r in rows if not _truthy(r.get("agree"))]
+        # Most different first: the flips a reviewer should look at before shipping.
+        disagreeing.sort(key=lambda r: -(_num(r.get("max_abs_delta")) or 0.0))
+        header = (
+            f"<h3>{_e(name)}: {len(disagreeing)} of {len(rows)} samples disagree</h3>"
+            if disagreeing
+            else f"<h3>{_e(name)}: every sample agrees</h3>"
+        )
+        cards = []
+        for r in disagreeing[:MAX_GALLERY]:
+            ref = reference_rows.get(r.get("index"), {})
+            relpath = ref.get("relpath") or ""
+            cards.append(
+                '<div class="card">'
+                + _thumbnail(root, relpath)
+                + f'<div class="path">{_e(relpath or "sample " + str(r.get("index")))}</div>'
+                + f"<div>original: <strong>{_e(_class_label(report, ref.get('ref_top1')))}"
+                f"</strong> {_fmt(ref.get('ref_top1_prob'), '.3f')}</div>"
+                + f"<div>TFLite: <strong>{_e(_class_label(report, r.get('tfl_top1')))}"
+                f"</strong> {_fmt(r.get('tfl_top1_prob'), '.3f')}</div>"
+                + (
+                    f"<div>label: {_e(_class_label(report, ref.get('label')))}</div>"
+                    if ref.get("label") not in (None, "")
+                    else ""
+                )
+                + "</div>"
+            )
+        gallery = f'<div class="gallery">{"".join(cards)}</div>' if cards else ""
+        out.append(header + gallery)
+    return "\n".join(out) or '<p class="na">No per-sample results yet.</p>'
+
+
+def _truthy(value: Any) -> bool:
+    return str(value).strip().lower() in ("1", "true", "yes", "1.0")
+
+
+def _thumbnail(root: Path | None, relpath: str) -> str:
+    """An <img> with a PNG data URI, or a placeholder when the image cannot be shown."""
+    path = None if root is None or not relpath else resolve_inside(root, relpath)
+    if path is None:
+        return '<div class="ph">no image</div>'
+    try:
+        uri = thumbnail_data_uri(path)
+    except Exception:
+        # Any failure to decode (missing, truncated, bomb, odd mode) must not stop the report.
+        return '<div class="ph">image unavailable</div>'
+    return f'<img alt="{_e(relpath)}" src="{uri}">'
+
+
+def thumbnail_data_uri(path: Path, *, size: int = THUMB_PX) -> str:
+    """A PNG thumbnail of an image file as a `data:` URI, longest side `size` pixels.
+
+    EXIF orientation is applied, alpha is composited over white, 16-bit grey keeps its
+    content, and images smaller than `size` are upscaled with nearest-neighbour.
+
+    Raises:
+        OSError, ValueError, PIL errors: the file cannot be read or decoded (callers that must
+        not fail, like the report, catch them and show a placeholder).
+    """
+    from PIL import Image, ImageOps
+
+    if path.stat().st_size > MAX_THUMB_SOURCE_BYTES:
+        raise ValueError("image too large for a thumbnail")
+    with Image.open(path) as source:
+        im: Image.Image = ImageOps.exif_transpose(source)
+        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+            rgba = im.convert("RGBA")
+            # Alpha over white, as the engine decodes it (RELIABILITY 5).
+            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            im = Image.alpha_composite(white, rgba).convert("RGB")
+        elif im.mode.startswith("I"):
+            # 16-bit grey: keep the top 8 bits so the content survives instead of clipping white.
+            im = im.convert("I").point(lambda v: v / 256).convert("L").convert("RGB")
+        else:
+            im = im.convert("RGB")
+        scale = size / max(im.size)
+        target = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
+        # Tiny images (CIFAR-like) are upscaled with nearest so their pixels stay honest.
+        resample = Image.Resampling.NEAREST if scale > 1 else Image.Resampling.LANCZOS
+        im = im.resize(target, resample)
+        buf = io.BytesIO()
+        im.save(buf, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _dataset_section(report: dict[str, Any]) -> str:
+    dataset = report.get("dataset") or {}
+    prep = report.get("preprocessing") or {}
+    options = report.get("options") or {}
+    skipped = [s for s in dataset.get("skipped") or [] if isinstance(s, dict)]
+    num_skipped = dataset.get("num_skipped")
+    if num_skipped is None:
+        num_skipped = len(skipped)
+    rows = [
+        ("path", _e(dataset.get("path"))),
+        ("kind", _e(dataset.get("kind"))),
+        ("samples evaluated", _e(dataset.get("num_samples"))),
+        ("samples skipped", _e(num_skipped)),
+        ("labels", "yes" if dataset.get("has_labels") else "no"),
+        (
+            "preprocessing",
+            f"{_e(prep.get('preset'))} · {_e(prep.get('height'))}&times;{_e(prep.get('width'))}"
+            f"&times;{_e(prep.get('channels'))} · range {_e(prep.get('value_range'))}",
+        ),
+        ("calibration samples", _e(options.get("calibration_samples"))),
+        ("seed", _e(options.get("seed"))),
+    ]
+    body = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
+    out = f'<table id="dataset">{body}</table>'
+    if skipped:
+        items = "".join(
+            f"<tr><td>{_e(s.get('relpath'))}</td><td>{_e(s.get('reason'))}</td></tr>"
+            for s in skipped[:MAX_SKIPPED_LISTED]
+        )
+        more = (
+            f"<p>… and {len(skipped) - MAX_SKIPPED_LISTED} more (see skipped.csv).</p>"
+            if len(skipped) > MAX_SKIPPED_LISTED
+            else ""
+        )
+        out += (
+            f'<h3>Skipped samples</h3><table id="skipped"><tr><th>file</th><th>reason</th></tr>'
+            f"{items}</table>{more}"
+        )
+    return out
+
+
+def _environment_table(report: dict[str, Any]) -> str:
+    env = report.get("environment") or {}
+    if not env:
+        return '<p class="na">Not recorded.</p>'
+    body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in env.items())
+    return f'<table id="environment">{body}</table>'
+
+
+def _command_section(report: dict[str, Any]) -> str:
+    command = (report.get("run") or {}).get("command")
+    if isinstance(command, list | tuple):
+        command = shlex.join(str(c) for c in command)
+    if not command:
+        return '<p class="na">The command was not recorded.</p>'
+    return f'<pre id="command"><code>{_e(command)}</code></pre>'

@@ -1,0 +1,942 @@
+"""The durable run history: an SQLite database (WAL) of runs, variants and latency summaries."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from core.errors import StoreError
+from core.rundir import runs_root, workspace_home
+from core.types import RunStatus
+
+DB_NAME = "quantlens.db"
+DEFAULT_BUSY_TIMEOUT_MS = 5000
+
+# SQLite result codes (primary code = extended code & 0xFF) that we map to specific behaviour.
+_SQLITE_BUSY = 5
+_SQLITE_LOCKED = 6
+_SQLITE_CORRUPT = 11
+_SQLITE_NOTADB = 26
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_WAL_MAGICS = (b"\x37\x7f\x06\x82", b"\x37\x7f\x06\x83")  # big-endian, two checksum orders
+
+# Forward migrations: MIGRATIONS[i] takes a database from user_version i to i + 1. Each step runs
+# in one transaction together with the user_version bump, so a crash mid-migration leaves the old
+# version intact. Never edit a released step; append a new one.
+MIGRATIONS: list[tuple[str, ...]] = [
+    # 0 -> 1: the first schema (no trust flag, no latency table).
+    (
+        """
+        CREATE TABLE runs (
+            id            TEXT PRIMARY KEY,
+            name          TEXT NOT NULL DEFAULT '',
+            created       TEXT NOT NULL,
+            finished      TEXT,
+            status        TEXT NOT NULL,
+            model_path    TEXT,
+            model_format  TEXT,
+            model_sha256  TEXT,
+            data_path     TEXT,
+            data_sha256   TEXT,
+            preset        TEXT,
+            options_json  TEXT,
+            job_json      TEXT,
+            versions_json TEXT,
+            cpu           TEXT,
+            threads       INTEGER,
+            error         TEXT,
+            run_dir       TEXT NOT NULL
+        )
+        """,
+        "CREATE INDEX runs_created ON runs (created)",
+        """
+        CREATE TABLE variants (
+            run_id             TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+            name               TEXT NOT NULL,
+            mode               TEXT,
+            io_type            TEXT,
+            options_json       TEXT,
+            status             TEXT NOT NULL,
+            error              TEXT,
+            size_bytes         INTEGER,
+            metrics_json       TEXT,
+            top1_agreement_pct REAL,
+            passed             INTEGER,
+            PRIMARY KEY (run_id, name)
+        )
+        """,
+    ),
+    # 1 -> 2: trusted-mode flag on runs (RELIABILITY 1) and per-model latency summaries.
+    (
+        "ALTER TABLE runs ADD COLUMN trusted INTEGER NOT NULL DEFAULT 0",
+        """
+        CREATE TABLE latency (
+            run_id TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+            model  TEXT NOT NULL,
+            "min"  REAL,
+            p50    REAL,
+            p90    REAL,
+            p99    REAL,
+            mean   REAL,
+            std    REAL,
+            n      INTEGER,
+            PRIMARY KEY (run_id, model)
+        )
+        """,
+    ),
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_LATENCY_KEYS = ("min", "p50", "p90", "p99", "mean", "std", "n")
+_JOB_OPTION_KEYS = (
+    "calibration_samples",
+    "max_samples",
+    "threads",
+    "min_agreement_pct",
+    "seed",
+    "latency_runs",
+    "warmup_runs",
+    "labels_file",
+)
+# A unit separator cannot appear in a variant name, so it safely joins them in group_concat.
+_SEP = "\x1f"
+
+_SELECT_RUNS = f"""
+    SELECT r.id, r.name, r.created, r.finished, r.status, r.model_path, r.model_format,
+           r.data_path, r.preset, r.job_json, r.trusted, r.error, r.run_dir,
+           r.model_sha256, r.data_sha256, r.cpu, r.threads,
+           v.names, v.best, v.passed_min, v.n_passed
+    FROM runs AS r
+    LEFT JOIN (
+        SELECT run_id,
+               group_concat(name, '{_SEP}') AS names,
+               max(CASE WHEN status = 'done' THEN top1_agreement_pct END) AS best,
+               min(passed) AS passed_min,
+               count(passed) AS n_passed
+        FROM variants GROUP BY run_id
+    ) AS v ON v.run_id = r.id
+"""
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """One run as the history page lists it."""
+
+    id: str
+    name: str
+    created: str  # ISO 8601, UTC
+    finished: str | None
+    status: RunStatus
+    model_path: str
+    data_path: str
+    modes: list[str]  # variant names: requested by the job, then any others that have a row
+    best_agreement_pct: float | None  # best top-1 agreement over finished variants
+    all_passed: bool | None  # every judged variant passed; None when none was judged
+    run_dir: Path
+    error: str | None = None
+    preset: str | None = None
+    model_format: str | None = None
+    model_sha256: str | None = None
+    data_sha256: str | None = None
+    cpu: str | None = None
+    threads: int | None = None
+    trusted: bool = False
+
+
+def open_store(
+    home: Path | None = None, *, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS
+) -> RunStore:
+    """Open (creating or migrating if needed) the run database `<home>/quantlens.db`.
+
+    Args:
+        home: the workspace folder; defaults to `core.rundir.workspace_home()`.
+        busy_timeout_ms: how long a write waits for another process's lock.
+
+    Raises:
+        StoreError: the database cannot be opened, is locked, or is from a newer QuantLens.
+    """
+    root = home if home is not None else workspace_home()
+    return RunStore(root / DB_NAME, busy_timeout_ms=busy_timeout_ms)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def _dumps(obj: Any) -> str | None:
+    return None if obj is None else json.dumps(obj, sort_keys=True, default=str)
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _code(exc: sqlite3.Error) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return None if code is None else code & 0xFF
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    if _code(exc) in (_SQLITE_BUSY, _SQLITE_LOCKED):
+        return True
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+def _is_corrupt(exc: sqlite3.Error) -> bool:
+    if _code(exc) in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+        return True
+    text = str(exc)
+    return "not a database" in text or "malformed" in text
+
+
+def _like(text: str) -> str:
+    """A LIKE pattern matching `text` anywhere, with its own % and _ taken literally."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+class _Corrupt(Exception):
+    """Internal: the file on disk is not a healthy SQLite database."""
+
+
+class RunStore:
+    """SQLite-backed run history. Thread-safe within a process; safe across processes (WAL).
+
+    Every write is one short `BEGIN IMMEDIATE` transaction. A corrupt file is moved aside to
+    `quantlens.db.corrupt-<timestamp>` (with its -wal/-shm) and a fresh database is created;
+    `recovered_from` then names the moved file so the app can say so.
+    """
+
+    def __init__(
+        self,
+        db_path: Path,
+        *,
+        busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
+        check_integrity: bool = True,
+    ) -> None:
+        """Open the database at `db_path`, recovering from corruption and migrating the schema.
+
+        Args:
+            db_path: the SQLite file; its folder is created if missing.
+            busy_timeout_ms: how long a statement waits for another connection's lock.
+            check_integrity: run `PRAGMA integrity_check` on open (cheap: the store is small).
+
+        Raises:
+            StoreError: the file cannot be opened, stays locked, or has a newer schema.
+        """
+        self.db_path = Path(db_path)
+        self.busy_timeout_ms = int(busy_timeout_ms)
+        self.recovered_from: Path | None = None
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+        try:
+            self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create the workspace folder {self.db_path.parent}: {exc.strerror}; "
+                "set QUANTLENS_HOME to a writable folder"
+            ) from None
+        try:
+            self._conn = self._connect(check_integrity=check_integrity)
+        except _Corrupt:
+            self.recovered_from = self._move_aside()
+            try:
+                self._conn = self._connect(check_integrity=False)
+            except _Corrupt:
+                raise StoreError(
+                    f"a fresh run database at {self.db_path} is unusable; "
+                    "check the disk and set QUANTLENS_HOME to another folder"
+                ) from None
+
+    # -- opening ---------------------------------------------------------------------------
+
+    @property
+    def home(self) -> Path:
+        """The workspace folder that holds the database and `runs/`."""
+        return self.db_path.parent
+
+    def _locked_message(self) -> str:
+        seconds = f"{self.busy_timeout_ms / 1000:g}"
+        return (
+            f"the run database is locked by another process for more than {seconds} s; "
+            "retry, or stop the other QuantLens process"
+        )
+
+    def _probe(self, *, check_integrity: bool) -> None:
+        """Raise _Corrupt if the existing file is not a healthy database, without changing it.
+
+        The magic bytes are checked by hand and the rest through a read-only connection,
+        because a read-write connection "repairs" on open: SQLite silently deletes a -wal file
+        it cannot make sense of, which would destroy part of what we promise to keep aside.
+        """
+        if not self.db_path.exists():
+            return
+        try:
+            with self.db_path.open("rb") as f:
+                head = f.read(len(_SQLITE_MAGIC))
+            wal = Path(f"{self.db_path}-wal")
+            wal_head = b""
+            if wal.exists():
+                with wal.open("rb") as f:
+                    wal_head = f.read(4)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot read the run database at {self.db_path}: {exc.strerror}; "
+                "check the file's permissions or set QUANTLENS_HOME to another folder"
+            ) from None
+        if head and head != _SQLITE_MAGIC:
+            raise _Corrupt()
+        if wal_head and wal_head not in _WAL_MAGICS:
+            raise _Corrupt()
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = sqlite3.connect(
+                self.db_path.resolve().as_uri() + "?mode=ro",
+                uri=True,
+                timeout=self.busy_timeout_ms / 1000,
+            )
+            conn.execute("PRAGMA user_version").fetchone()
+            if check_integrity:
+                rows = conn.execute("PRAGMA integrity_check").fetchall()
+                if [r[0] for r in rows] != ["ok"]:
+                    raise _Corrupt()
+        except sqlite3.Error as exc:
+            if _is_corrupt(exc):
+                raise _Corrupt() from exc
+            if _is_busy(exc):
+                raise StoreError(self._locked_message()) from None
+            raise StoreError(
+                f"cannot open the run database at {self.db_path}: {exc}; "
+                "check the file's permissions or set QUANTLENS_HOME to another folder"
+            ) from None
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def _connect(self, *, check_integrity: bool) -> sqlite3.Connection:
+        self._probe(check_integrity=check_integrity)
+        conn: sqlite3.Connection | None = None
+        try:
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction is exactly
+            # as long as we say and DDL in migrations is transactional too.
+            conn = sqlite3.connect(
+                self.db_path,
+                timeout=self.busy_timeout_ms / 1000,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(
+                    f"the run database at {self.db_path} cannot use WAL mode ({mode}); "
+                    "put QUANTLENS_HOME on a local disk"
+                )
+            # FULL: a committed run survives a power cut too; writes are few and small.
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            self._migrate(conn)
+            return conn
+        except _Corrupt:
+            if conn is not None:
+                conn.close()
+            raise
+        except sqlite3.Error as exc:
+            if conn is not None:
+                conn.close()
+            if _is_corrupt(exc):
+                raise _Corrupt() from exc
+            if _is_busy(exc):
+                raise StoreError(self._locked_message()) from None
+            raise StoreError(
+                f"cannot open the run database at {self.db_path}: {exc}; "
+                "check the file's permissions or set QUANTLENS_HOME to another folder"
+            ) from None
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            raise
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"the run database at {self.db_path} has schema v{version}, newer than this "
+                f"QuantLens reads (v{SCHEMA_VERSION}); upgrade QuantLens or use another "
+                "QUANTLENS_HOME"
+            )
+        while version < SCHEMA_VERSION:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                # Re-read under the write lock: another process may have migrated meanwhile.
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if version < SCHEMA_VERSION:
+                    for statement in MIGRATIONS[version]:
+                        conn.execute(statement)
+                    version += 1
+                    conn.execute(f"PRAGMA user_version = {version}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    def _move_aside(self) -> Path:
+        """Rename the corrupt file (and its -wal/-shm) to a unique, never-overwritten name."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = self.db_path.with_name(f"{self.db_path.name}.corrupt-{stamp}")
+        counter = 1
+        while any(Path(f"{aside}{suffix}").exists() for suffix in ("", "-wal", "-shm")):
+            counter += 1
+            aside = self.db_path.with_name(f"{self.db_path.name}.corrupt-{stamp}-{counter}")
+        try:
+            # The -wal and -shm names follow the main file so SQLite can still open the copy.
+            for suffix in ("-wal", "-shm", ""):
+                src = Path(f"{self.db_path}{suffix}")
+                if src.exists():
+                    os.rename(src, f"{aside}{suffix}")
+        except OSError as exc:
+            raise StoreError(
+                f"the run database at {self.db_path} is corrupt and cannot be moved aside "
+                f"({exc.strerror}); move it away by hand and restart"
+            ) from None
+        return aside
+
+    # -- transactions ----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One short write transaction; a lock held past the busy timeout becomes StoreError."""
+        with self._lock:
+            conn = self._connection()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if _is_busy(exc):
+                    raise StoreError(self._locked_message()) from None
+                raise self._error(exc) from None
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise self._error(exc) from None
+                raise
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            conn = self._connection()
+            try:
+                yield conn
+            except sqlite3.Error as exc:
+                raise self._error(exc) from None
+
+    def _connection(self) -> sqlite3.Connection:
+        conn = self._conn
+        if conn is None:
+            raise StoreError("the run store is closed; open it again with open_store()")
+        return conn
+
+    def _error(self, exc: sqlite3.Error) -> StoreError:
+        if _is_busy(exc):
+            return StoreError(self._locked_message())
+        if _is_corrupt(exc):
+            return StoreError(
+                f"the run database at {self.db_path} is damaged ({exc}); "
+                "restart QuantLens to move it aside and start a fresh one"
+            )
+        return StoreError(f"the run database failed: {exc}; retry, or restart QuantLens")
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def create_run(self, run_id: str, *, name: str, run_dir: Path, job: dict[str, Any]) -> None:
+        """Insert a `queued` run before any work starts (RELIABILITY 8).
+
+        Args:
+            run_id: the run's unique id (also its folder name under `runs/`).
+            name: the user's label for the run, stored verbatim.
+            run_dir: the folder holding the run's files.
+            job: the job spec dict (`JobSpec.to_dict()`).
+
+        Raises:
+            StoreError: the id exists already, or the database is locked.
+        """
+        options = {k: job[k] for k in _JOB_OPTION_KEYS if k in job}
+        try:
+            with self._write() as conn:
+                conn.execute(
+                    """
+                    INSERT INTO runs (id, name, created, status, model_path, data_path, preset,
+                                      options_json, job_json, threads, trusted, run_dir)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    """,
+                    (
+                        run_id,
+                        name,
+                        _now(),
+                        str(RunStatus.QUEUED),
+                        job.get("model_path"),
+                        job.get("data_path"),
+                        None if job.get("preset") is None else str(job["preset"]),
+                        _dumps(options),
+                        _dumps(job),
+                        job.get("threads"),
+                        int(bool(job.get("trusted", False))),
+                        str(run_dir),
+                    ),
+                )
+        except StoreError as exc:
+            if "UNIQUE" in str(exc):
+                raise StoreError(
+                    f"a run with id {run_id!r} exists already; pick a new run id"
+                ) from None
+            raise
+
+    def set_status(self, run_id: str, status: RunStatus, *, error: str | None = None) -> None:
+        """Move a run to `status`; a finished status also stamps `finished`.
+
+        Raises:
+            StoreError: no such run, or the database is locked.
+        """
+        status = RunStatus(status)
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE runs SET status = ?, error = ?, finished = ? WHERE id = ?",
+                (str(status), error, _now() if status.finished else None, run_id),
+            )
+            self._require(cur, run_id)
+
+    def set_identity(
+        self,
+        run_id: str,
+        *,
+        model_sha256: str | None,
+        data_sha256: str | None,
+        model_format: str | None,
+        versions: dict[str, Any],
+        cpu: str | None,
+        threads: int | None,
+    ) -> None:
+        """Record what exactly was measured: content hashes, format, library versions, CPU.
+
+        Raises:
+            StoreError: no such run, or the database is locked.
+        """
+        with self._write() as conn:
+            cur = conn.execute(
+                """
+                UPDATE runs SET model_sha256 = ?, data_sha256 = ?, model_format = ?,
+                                versions_json = ?, cpu = ?, threads = ?
+                WHERE id = ?
+                """,
+                (
+                    model_sha256,
+                    data_sha256,
+                    model_format,
+                    _dumps(versions),
+                    cpu,
+                    threads,
+                    run_id,
+                ),
+            )
+            self._require(cur, run_id)
+
+    def upsert_variant(self, run_id: str, variant: dict[str, Any]) -> None:
+        """Insert or replace one variant (a report.json variant dict) and its latency summary.
+
+        Raises:
+            StoreError: no such run, the dict has no name, or the database is locked.
+        """
+        with self._write() as conn:
+            self._require_run(conn, run_id)
+            self._upsert_variant(conn, run_id, variant)
+
+    def sync_report(self, run_id: str, report: dict[str, Any]) -> None:
+        """Store identity, variants and latency summaries of a report.json dict atomically.
+
+        The run's name and status are left alone: the user may have renamed the run, and the
+        status is the worker's to set. Variants missing from the report are removed.
+
+        Raises:
+            StoreError: no such run, or the database is locked.
+        """
+        reference = report.get("reference") or {}
+        dataset = report.get("dataset") or {}
+        env = report.get("environment") or {}
+        prep = report.get("preprocessing") or {}
+        run = report.get("run") or {}
+        variants = [v for v in report.get("variants") or [] if v.get("name") or v.get("mode")]
+        with self._write() as conn:
+            self._require_run(conn, run_id)
+            conn.execute(
+                """
+                UPDATE runs SET
+                    model_path = coalesce(?, model_path),
+                    model_format = coalesce(?, model_format),
+                    model_sha256 = coalesce(?, model_sha256),
+                    data_path = coalesce(?, data_path),
+                    data_sha256 = coalesce(?, data_sha256),
+                    preset = coalesce(?, preset),
+                    options_json = coalesce(?, options_json),
+                    versions_json = coalesce(?, versions_json),
+                    cpu = coalesce(?, cpu),
+                    threads = coalesce(?, threads),
+                    trusted = coalesce(?, trusted)
+                WHERE id = ?
+                """,
+                (
+                    reference.get("path"),
+                    reference.get("format"),
+                    reference.get("sha256"),
+                    dataset.get("path"),
+                    dataset.get("sha256"),
+                    prep.get("preset"),
+                    _dumps(report.get("options")),
+                    _dumps(env) if env else None,
+                    env.get("cpu"),
+                    env.get("threads"),
+                    None if run.get("trusted") is None else int(bool(run["trusted"])),
+                    run_id,
+                ),
+            )
+            names = [str(v.get("name") or v.get("mode")) for v in variants]
+            placeholders = ",".join("?" * len(names))
+            conn.execute(
+                f"DELETE FROM variants WHERE run_id = ? AND name NOT IN ({placeholders})",
+                (run_id, *names),
+            )
+            # The reference's latency row always stays; a dropped variant's row goes.
+            conn.execute(
+                f"DELETE FROM latency WHERE run_id = ? AND model NOT IN (?{',?' * len(names)})",
+                (run_id, "reference", *names),
+            )
+            for variant in variants:
+                self._upsert_variant(conn, run_id, variant)
+            self._upsert_latency(conn, run_id, "reference", reference.get("latency_ms"))
+
+    def rename_run(self, run_id: str, name: str) -> None:
+        """Give a run a new name, stored verbatim.
+
+        Raises:
+            StoreError: the name is blank, no such run, or the database is locked.
+        """
+        if not name.strip():
+            raise StoreError("a run name cannot be blank; type a name")
+        with self._write() as conn:
+            cur = conn.execute("UPDATE runs SET name = ? WHERE id = ?", (name, run_id))
+            self._require(cur, run_id)
+
+    def delete_run(self, run_id: str) -> None:
+        """Delete a finished run: its rows and its run directory on disk.
+
+        The directory is first renamed to a hidden trash name (atomic), then the rows go, then
+        the files; a crash in between leaves either the whole run or a trash folder, never a
+        row pointing at half a directory. A directory outside the workspace's `runs/` folder is
+        left on disk (only rows are removed): the store never deletes files it does not own.
+
+        Raises:
+            StoreError: no such run, the run is still queued/running, or the files cannot go.
+        """
+        row = self.get_run(run_id)
+        if row is None:
+            raise StoreError(f"no run {run_id!r} in the run database; refresh the run list")
+        if not row.status.finished:
+            raise StoreError(
+                f"run {row.name or run_id!r} is still {row.status}; cancel it, then delete it"
+            )
+        trash: Path | None = None
+        run_dir = row.run_dir.resolve()
+        root = runs_root(self.home).resolve()
+        if run_dir.is_dir() and run_dir != root and run_dir.is_relative_to(root):
+            trash = run_dir.with_name(f".deleted-{run_dir.name}-{os.getpid()}")
+            try:
+                os.rename(run_dir, trash)
+            except OSError as exc:
+                raise StoreError(
+                    f"cannot delete the run folder {run_dir}: {exc.strerror}; "
+                    "close programs using it and retry"
+                ) from None
+        try:
+            with self._write() as conn:
+                conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+        except BaseException:
+            if trash is not None:
+                os.rename(trash, run_dir)  # put the files back: the rows are still there
+            raise
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
+
+    def mark_interrupted(
+        self, *, still_running: Callable[[str, Path], bool] | None = None
+    ) -> list[str]:
+        """Turn every queued/running run into `failed` with error "interrupted".
+
+        Call at server start and CLI start: a run in flight when the process died must not
+        stay a ghost (RELIABILITY 8). Its unfinished variants become `failed` as well.
+
+        Args:
+            still_running: optional `(run_id, run_dir) -> bool`; a run for which it returns
+                True (e.g. its worker pid is alive) is left alone.
+
+        Returns:
+            The ids of the runs that were marked.
+        """
+        with self._write() as conn:
+            rows = conn.execute(
+                "SELECT id, run_dir FROM runs WHERE status IN (?, ?)",
+                (str(RunStatus.QUEUED), str(RunStatus.RUNNING)),
+            ).fetchall()
+            ids = [
+                rid
+                for rid, run_dir in rows
+                if still_running is None or not still_running(rid, Path(run_dir))
+            ]
+            now = _now()
+            for rid in ids:
+                conn.execute(
+                    "UPDATE runs SET status = ?, error = 'interrupted', finished = ? WHERE id = ?",
+                    (str(RunStatus.FAILED), now, rid),
+                )
+                conn.execute(
+                    """
+                    UPDATE variants SET status = 'failed', error = coalesce(error, 'interrupted')
+                    WHERE run_id = ? AND status IN ('pending', 'running', 'queued')
+                    """,
+                    (rid,),
+                )
+        return ids
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def list_runs(self, *, search: str | None = None, limit: int = 500) -> list[RunRow]:
+        """Runs newest first, optionally filtered, in one query.
+
+        Args:
+            search: case-insensitive substring of the name, model path, data path or a
+                variant/mode name; blank means no filter.
+            limit: at most this many rows.
+        """
+        sql = _SELECT_RUNS
+        params: list[Any] = []
+        if search and search.strip():
+            pattern = _like(search.strip())
+            sql += """
+                WHERE r.name LIKE ? ESCAPE '\\'
+                   OR r.model_path LIKE ? ESCAPE '\\'
+                   OR r.data_path LIKE ? ESCAPE '\\'
+                   OR EXISTS (SELECT 1 FROM variants AS x
+                              WHERE x.run_id = r.id
+                                AND (x.name LIKE ? ESCAPE '\\' OR x.mode LIKE ? ESCAPE '\\'))
+                   OR EXISTS (SELECT 1 FROM json_each(r.job_json, '$.variants') AS j
+                              WHERE j.value LIKE ? ESCAPE '\\')
+            """
+            params += [pattern] * 6
+        sql += " ORDER BY r.created DESC, r.rowid DESC LIMIT ?"
+        params.append(int(limit))
+        with self._read() as conn:
+            rows = conn.execute(sql, params).fetchall()
+        return [self._row(r) for r in rows]
+
+    def get_run(self, run_id: str) -> RunRow | None:
+        """One run, or None when the id is unknown."""
+        with self._read() as conn:
+            row = conn.execute(_SELECT_RUNS + " WHERE r.id = ?", (run_id,)).fetchone()
+        return None if row is None else self._row(row)
+
+    def variants(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's variants as report.json variant dicts, in the order they were first written.
+
+        Columns the store keeps (status, error, size, agreement, passed) override the stored
+        dict, so a status set later (e.g. "interrupted") shows.
+        """
+        with self._read() as conn:
+            rows = conn.execute(
+                """
+                SELECT name, mode, io_type, options_json, status, error, size_bytes,
+                       metrics_json, top1_agreement_pct, passed
+                FROM variants WHERE run_id = ? ORDER BY rowid
+                """,
+                (run_id,),
+            ).fetchall()
+        out = []
+        for (
+            name,
+            mode,
+            io_type,
+            options,
+            status,
+            error,
+            size,
+            metrics,
+            agree,
+            passed,
+        ) in rows:
+            d: dict[str, Any] = dict(_loads(metrics) or {})
+            d.update(_loads(options) or {})
+            d.update(
+                name=name,
+                mode=mode,
+                io_type=io_type,
+                status=status,
+                error=error,
+                size_bytes=size,
+                top1_agreement_pct=agree,
+                passed=None if passed is None else bool(passed),
+            )
+            out.append(d)
+        return out
+
+    def latency(self, run_id: str) -> dict[str, dict[str, float | int | None]]:
+        """Latency summaries of a run keyed by model ("reference" or a variant name)."""
+        with self._read() as conn:
+            rows = conn.execute(
+                'SELECT model, "min", p50, p90, p99, mean, std, n FROM latency WHERE run_id = ?',
+                (run_id,),
+            ).fetchall()
+        return {r[0]: dict(zip(_LATENCY_KEYS, r[1:], strict=True)) for r in rows}
+
+    def close(self) -> None:
+        """Close the connection (later calls raise StoreError)."""
+        with self._lock:
+            conn = self._conn
+            self._conn = None
+            if conn is not None:
+                conn.close()
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _require(cur: sqlite3.Cursor, run_id: str) -> None:
+        if cur.rowcount == 0:
+            raise StoreError(f"no run {run_id!r} in the run database; refresh the run list")
+
+    @staticmethod
+    def _require_run(conn: sqlite3.Connection, run_id: str) -> None:
+        if conn.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
+            raise StoreError(f"no run {run_id!r} in the run database; refresh the run list")
+
+    def _upsert_variant(
+        self, conn: sqlite3.Connection, run_id: str, variant: dict[str, Any]
+    ) -> None:
+        name = variant.get("name") or variant.get("mode")
+        if not name:
+            raise StoreError("a variant dict needs a 'name' (e.g. 'int8'); pass a report variant")
+        passed = variant.get("passed")
+        options = {
+            k: variant[k] for k in ("allow_select_tf_ops", "select_tf_ops_used") if k in variant
+        }
+        conn.execute(
+            """
+            INSERT INTO variants (run_id, name, mode, io_type, options_json, status, error,
+                                  size_bytes, metrics_json, top1_agreement_pct, passed)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            ON CONFLICT (run_id, name) DO UPDATE SET
+                mode = excluded.mode, io_type = excluded.io_type,
+                options_json = excluded.options_json, status = excluded.status,
+                error = excluded.error, size_bytes = excluded.size_bytes,
+                metrics_json = excluded.metrics_json,
+                top1_agreement_pct = excluded.top1_agreement_pct, passed = excluded.passed
+            """,
+            (
+                run_id,
+                str(name),
+                variant.get("mode"),
+                variant.get("io_type"),
+                _dumps(options),
+                str(variant.get("status") or "pending"),
+                variant.get("error"),
+                variant.get("size_bytes"),
+                _dumps(variant),
+                variant.get("top1_agreement_pct"),
+                None if passed is None else int(bool(passed)),
+            ),
+        )
+        self._upsert_latency(conn, run_id, str(name), variant.get("latency_ms"))
+
+    @staticmethod
+    def _upsert_latency(
+        conn: sqlite3.Connection, run_id: str, model: str, stats: dict[str, Any] | None
+    ) -> None:
+        if not stats:
+            return
+        conn.execute(
+            """
+            INSERT OR REPLACE INTO latency (run_id, model, "min", p50, p90, p99, mean, std, n)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+            """,
+            (run_id, model, *(stats.get(k) for k in _LATENCY_KEYS)),
+        )
+
+    @staticmethod
+    def _row(r: tuple[Any, ...]) -> RunRow:
+        (
+            rid,
+            name,
+            created,
+            finished,
+            status,
+            model_path,
+            model_format,
+            data_path,
+            preset,
+            job_json,
+            trusted,
+            error,
+            run_dir,
+            model_sha,
+            data_sha,
+            cpu,
+            threads,
+            names,
+            best,
+            passed_min,
+            n_passed,
+        ) = r
+        # Requested variants first, in the job's order; then any others the worker wrote.
+        modes: list[str] = []
+        try:
+            job = _loads(job_json) or {}
+        except ValueError:
+            job = {}
+        for m in list(job.get("variants") or []) + (names.split(_SEP) if names else []):
+            if m not in modes:
+                modes.append(str(m))
+        return RunRow(
+            id=rid,
+            name=name,
+            created=created,
+            finished=finished,
+            status=RunStatus(status),
+            model_path=model_path or "",
+            data_path=data_path or "",
+            modes=modes,
+            best_agreement_pct=best,
+            all_passed=None if not n_passed else bool(passed_min),
+            run_dir=Path(run_dir),
+            error=error,
+            preset=preset,
+            model_format=model_format,
+            model_sha256=model_sha,
+            data_sha256=data_sha,
+            cpu=cpu,
+            threads=threads,
+            trusted=bool(trusted),
+        )
