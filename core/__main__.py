@@ -22,25 +22,58 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="convert, compare and time a model (the demo when MODEL is omitted)")
-    run.add_argument("model", nargs="?", help="SavedModel folder, .keras file or .zip of a SavedModel")
+    run = sub.add_parser(
+        "run", help="convert, compare and time a model (the demo when MODEL is omitted)"
+    )
+    run.add_argument(
+        "model", nargs="?", help="SavedModel folder, .keras file or .zip of a SavedModel"
+    )
     run.add_argument("--data", help="CSV (filepath,label), class-folder tree or .zip of either")
-    run.add_argument("--modes", default=DEFAULT_MODES, help=f"comma-separated variants (default {DEFAULT_MODES}); also int8-uint8, int8-float32, int16x8; append +tf to allow SELECT_TF_OPS")
-    run.add_argument("--samples", type=int, default=None, help="evaluate at most N images (seeded draw)")
+    run.add_argument(
+        "--modes",
+        default=DEFAULT_MODES,
+        help=f"comma-separated variants (default {DEFAULT_MODES}); also int8-uint8, int8-float32, int16x8; append +tf to allow SELECT_TF_OPS",
+    )
+    run.add_argument(
+        "--samples", type=int, default=None, help="evaluate at most N images (seeded draw)"
+    )
     run.add_argument("--calibration-samples", type=int, default=100)
-    run.add_argument("--preprocess", default=str(Preset.MOBILENET_V2), choices=[str(p) for p in Preset])
-    run.add_argument("--threads", type=int, default=None, help="threads for both models (default: all cores)")
-    run.add_argument("--min-agreement", type=float, default=95.0, help="top-1 agreement %% a variant needs to PASS")
+    run.add_argument(
+        "--preprocess", default=str(Preset.MOBILENET_V2), choices=[str(p) for p in Preset]
+    )
+    run.add_argument(
+        "--threads", type=int, default=None, help="threads for both models (default: all cores)"
+    )
+    run.add_argument(
+        "--min-agreement",
+        type=float,
+        default=95.0,
+        help="top-1 agreement %% a variant needs to PASS",
+    )
     run.add_argument("--out", default=None, help="run folder for report.json and the .tflite files")
     run.add_argument("--labels", default=None, help="labels.txt with one class name per line")
-    run.add_argument("--input-size", default=None, help="HxW, for models whose spatial size is None")
-    run.add_argument("--select-tf-ops", action="store_true", help="allow the SELECT_TF_OPS fallback for every mode")
-    run.add_argument("--trusted", action="store_true", help="allow Lambda layers, custom objects and file ops: only for models you trust")
+    run.add_argument(
+        "--input-size", default=None, help="HxW, for models whose spatial size is None"
+    )
+    run.add_argument(
+        "--select-tf-ops",
+        action="store_true",
+        help="allow the SELECT_TF_OPS fallback for every mode",
+    )
+    run.add_argument(
+        "--trusted",
+        action="store_true",
+        help="allow Lambda layers, custom objects and file ops: only for models you trust",
+    )
     run.add_argument("--latency-runs", type=int, default=50)
     run.add_argument("--name", default="", help="a name for the run in the history")
-    run.add_argument("--timeout", type=float, default=None, help="wall-clock limit of the job in seconds")
+    run.add_argument(
+        "--timeout", type=float, default=None, help="wall-clock limit of the job in seconds"
+    )
     run.add_argument("--memory-gb", type=float, default=None, help="memory limit of the worker")
-    run.add_argument("--report", choices=["json", "html"], default="json", help="html also writes report.html")
+    run.add_argument(
+        "--report", choices=["json", "html"], default="json", help="html also writes report.html"
+    )
 
     demo = sub.add_parser("demo", help="build the embedded demo model and data set")
     demo.add_argument("--out", default=None, help="demo folder (default <workspace>/demo)")
@@ -57,7 +90,7 @@ def _fail(message: str) -> int:
 
 
 def _job_from_args(args: argparse.Namespace) -> JobSpec:
-    from core.demo import build_demo, demo_paths
+    from core.demo import demo_paths
 
     model, data, labels = args.model, args.data, args.labels
     if model is None or data is None:
@@ -76,20 +109,31 @@ def _job_from_args(args: argparse.Namespace) -> JobSpec:
         if v.strip()
     )
     if not variants:
-        raise QuantLensError("--modes is empty; give at least one of float32,dynamic,float16,int8,int16x8")
+        raise QuantLensError(
+            "--modes is empty; give at least one of float32,dynamic,float16,int8,int16x8"
+        )
     if len(set(variants)) != len(variants):
         raise QuantLensError(f"--modes names a variant twice ({args.modes}); list each once")
-    for flag, value, low in (("--samples", args.samples, 1), ("--calibration-samples", args.calibration_samples, 1), ("--threads", args.threads, 1), ("--latency-runs", args.latency_runs, 1)):
+    for flag, value, low in (
+        ("--samples", args.samples, 1),
+        ("--calibration-samples", args.calibration_samples, 1),
+        ("--threads", args.threads, 1),
+        ("--latency-runs", args.latency_runs, 1),
+    ):
         if value is not None and value < low:
             raise QuantLensError(f"{flag} must be at least {low}; got {value}")
     if not 0 <= args.min_agreement <= 100:
-        raise QuantLensError(f"--min-agreement is a percentage from 0 to 100; got {args.min_agreement:g}")
+        raise QuantLensError(
+            f"--min-agreement is a percentage from 0 to 100; got {args.min_agreement:g}"
+        )
     input_size = None
     if args.input_size:
         try:
             h, w = (int(v) for v in args.input_size.lower().split("x"))
         except ValueError:
-            raise QuantLensError(f"--input-size takes HxW such as 224x224; got {args.input_size!r}") from None
+            raise QuantLensError(
+                f"--input-size takes HxW such as 224x224; got {args.input_size!r}"
+            ) from None
         input_size = (h, w)
     return JobSpec(
         model_path=str(Path(model).resolve()),
@@ -114,7 +158,9 @@ def _build_demo_in_worker(root: Path) -> None:
 
     done = subprocess.run([sys.executable, "-m", "core.worker", "demo", str(root)], check=False)
     if done.returncode != 0:
-        raise QuantLensError("building the demo failed (see the output above); run `python -m core demo` again")
+        raise QuantLensError(
+            "building the demo failed (see the output above); run `python -m core demo` again"
+        )
 
 
 class ProgressPrinter:
@@ -137,7 +183,14 @@ class ProgressPrinter:
             self.close()
             self.key = key
             label = f"{event.variant}: {event.step}" if event.variant else event.step
-            self.bar = tqdm(total=100, desc=label, unit="%", leave=False, file=sys.stderr, bar_format="{desc:<22} {bar} {percentage:3.0f}% {postfix}")
+            self.bar = tqdm(
+                total=100,
+                desc=label,
+                unit="%",
+                leave=False,
+                file=sys.stderr,
+                bar_format="{desc:<22} {bar} {percentage:3.0f}% {postfix}",
+            )
         self.bar.n = round(event.fraction * 100)
         self.bar.set_postfix_str(event.message[-60:], refresh=True)
         if event.step in ("variant", "done"):
@@ -151,7 +204,14 @@ class ProgressPrinter:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from core.jobs import DEFAULT_MEMORY_LIMIT_GB, DEFAULT_TIMEOUT_S, Supervisor, create_run, read_status, recover_interrupted
+    from core.jobs import (
+        DEFAULT_MEMORY_LIMIT_GB,
+        DEFAULT_TIMEOUT_S,
+        Supervisor,
+        create_run,
+        read_status,
+        recover_interrupted,
+    )
     from core.report import exit_status, format_table
 
     job = _job_from_args(args)
@@ -172,7 +232,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if status is RunStatus.FAILED and not _any_variant_done(report_path):
         return _fail(read_status(directory).get("error") or "the job failed")
     if not report_path.exists():
-        return _fail(read_status(directory).get("error") or f"the job ended as {status} before writing a report")
+        return _fail(
+            read_status(directory).get("error")
+            or f"the job ended as {status} before writing a report"
+        )
     report = rundir.read_json(report_path)
     print(format_table(report))
     if args.report == "html":
@@ -195,7 +258,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     root = Path(args.out).resolve() if args.out else demo_root()
     _build_demo_in_worker(root)
     paths = demo_paths(root=root)
-    print(f"demo model:  {paths.saved_model}\n             {paths.keras_model}\ndemo data:   {paths.data_csv}")
+    print(
+        f"demo model:  {paths.saved_model}\n             {paths.keras_model}\ndemo data:   {paths.data_csv}"
+    )
     print(f"try:         python -m core run {paths.saved_model} --data {paths.data_csv}")
     return EXIT_PASS
 

@@ -148,7 +148,7 @@ def mcnemar_exact(b: int, c: int) -> float:
     if n == 0:
         return 1.0
     # Imported here: scipy.stats is slow to import and only this function needs it.
-    from scipy.stats import binom  # type: ignore[import-untyped]
+    from scipy.stats import binom
 
     return float(min(1.0, 2.0 * float(binom.cdf(min(b, c), n, 0.5))))
 

@@ -41,14 +41,19 @@ class ConversionResult:
 
 def library_versions() -> dict[str, str]:
     """Versions that change converter output; part of every cache key."""
-    import tensorflow as tf
     from importlib.metadata import version
+
+    import tensorflow as tf
 
     return {"tensorflow": tf.__version__, "litert": version("ai-edge-litert")}
 
 
 def cache_key(
-    *, model_sha256: str, spec: VariantSpec, calibration: np.ndarray | None, input_shape: tuple[int, ...]
+    *,
+    model_sha256: str,
+    spec: VariantSpec,
+    calibration: np.ndarray | None,
+    input_shape: tuple[int, ...],
 ) -> str:
     """Content hash of everything that determines the converter's output.
 
@@ -136,7 +141,9 @@ def _conversion_error(spec: VariantSpec, exc: Exception) -> ConversionFailed:
             "--select-tf-ops) or replace those ops"
         )
     lines = [ln.strip() for ln in text.splitlines() if "error" in ln.lower() and ln.strip()]
-    first = (lines or [ln.strip() for ln in text.splitlines() if ln.strip()] or [type(exc).__name__])[0]
+    first = (
+        lines or [ln.strip() for ln in text.splitlines() if ln.strip()] or [type(exc).__name__]
+    )[0]
     return ConversionFailed(f"{spec.name}: the TFLite converter failed: {first[:300]}")
 
 
@@ -179,7 +186,9 @@ def tflite_from_reference(
     cached_file = cache_dir / f"{key}.tflite" if cache_dir is not None else None
     if cached_file is not None and cached_file.is_file():
         data = cached_file.read_bytes()
-        return ConversionResult(spec=spec, tflite=data, seconds=0.0, cached=True, select_tf_ops_used=flex_ops(data))
+        return ConversionResult(
+            spec=spec, tflite=data, seconds=0.0, cached=True, select_tf_ops_used=flex_ops(data)
+        )
 
     started = time.perf_counter()
     converter = tf.lite.TFLiteConverter.from_concrete_functions(

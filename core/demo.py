@@ -22,7 +22,7 @@ from core.rundir import workspace_home
 INPUT_SIZE = 32  # digits are 8x8; 32x32 leaves room for three stride-2 blocks
 HELD_OUT_FRACTION = 0.35
 SEED = 7
-EPOCHS = 40
+EPOCHS = 20
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,11 @@ class DemoPaths:
     labels: Path
 
     def ready(self) -> bool:
-        return (self.saved_model / "saved_model.pb").is_file() and self.keras_model.is_file() and self.data_csv.is_file()
+        return (
+            (self.saved_model / "saved_model.pb").is_file()
+            and self.keras_model.is_file()
+            and self.data_csv.is_file()
+        )
 
 
 def demo_root(home: Path | None = None) -> Path:
@@ -77,7 +81,9 @@ def write_digit_images(data_dir: Path) -> tuple[Path, Path]:
             writer = csv.writer(f)
             writer.writerow(["filepath", "label"])
             writer.writerows(entries)
-    (data_dir / "labels.txt").write_text("\n".join(str(d) for d in range(10)) + "\n", encoding="utf-8")
+    (data_dir / "labels.txt").write_text(
+        "\n".join(str(d) for d in range(10)) + "\n", encoding="utf-8"
+    )
     return data_dir / "train.csv", data_dir / "digits.csv"
 
 
@@ -88,7 +94,10 @@ def load_split(csv_path: Path) -> tuple[np.ndarray, np.ndarray]:
 
     dataset = load_dataset(csv_path)
     images = np.stack(
-        [decode_image(s.path, height=INPUT_SIZE, width=INPUT_SIZE, channels=3) for s in dataset.samples]
+        [
+            decode_image(s.path, height=INPUT_SIZE, width=INPUT_SIZE, channels=3)
+            for s in dataset.samples
+        ]
     )
     labels = np.asarray([s.label for s in dataset.samples], dtype=np.int64)
     return apply_preset(images, Preset.MOBILENET_V2), labels
@@ -123,7 +132,10 @@ def mobilenet_like(num_classes: int = 10) -> Any:
 
 
 def build_demo(
-    root: Path | None = None, *, progress: Callable[[float, str], None] | None = None, epochs: int = EPOCHS
+    root: Path | None = None,
+    *,
+    progress: Callable[[float, str], None] | None = None,
+    epochs: int = EPOCHS,
 ) -> DemoPaths:
     """Build the demo into `root` (default <workspace>/demo) unless it is already there.
 
@@ -166,12 +178,25 @@ def build_demo(
         class Progress(keras.callbacks.Callback):  # type: ignore[misc]
             def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
                 accuracy = (logs or {}).get("accuracy", float("nan"))
-                report(0.1 + 0.8 * (epoch + 1) / epochs, f"training epoch {epoch + 1}/{epochs} (train accuracy {accuracy:.3f})")
+                report(
+                    0.1 + 0.8 * (epoch + 1) / epochs,
+                    f"training epoch {epoch + 1}/{epochs} (train accuracy {accuracy:.3f})",
+                )
 
-        model.fit(x_train, y_train, batch_size=32, epochs=epochs, verbose=0, shuffle=True, callbacks=[Progress()])
+        model.fit(
+            x_train,
+            y_train,
+            batch_size=32,
+            epochs=epochs,
+            verbose=0,
+            shuffle=True,
+            callbacks=[Progress()],
+        )
         _, accuracy = model.evaluate(x_test, y_test, verbose=0)
         if accuracy < 0.95:
-            raise RuntimeError(f"demo model reached only {accuracy:.1%} held-out accuracy; expected >= 95%")
+            raise RuntimeError(
+                f"demo model reached only {accuracy:.1%} held-out accuracy; expected >= 95%"
+            )
         report(0.92, f"held-out accuracy {accuracy:.1%} on {len(y_test)} images; saving the model")
         staged.keras_model.parent.mkdir(parents=True, exist_ok=True)
         model.save(staged.keras_model)

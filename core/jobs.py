@@ -9,6 +9,7 @@ variant's crash never loses another's results.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -32,7 +33,15 @@ DEFAULT_MEMORY_LIMIT_GB = 16.0
 CANCEL_FLAG = "cancel"
 ACTIVE_RUN = "active_run"
 STDERR_TAIL_LINES = 12
-SIGNAL_NAMES = {signal.SIGSEGV: "SIGSEGV", signal.SIGABRT: "SIGABRT", signal.SIGBUS: "SIGBUS", signal.SIGILL: "SIGILL", signal.SIGFPE: "SIGFPE", signal.SIGKILL: "SIGKILL", signal.SIGTERM: "SIGTERM"}
+SIGNAL_NAMES = {
+    signal.SIGSEGV: "SIGSEGV",
+    signal.SIGABRT: "SIGABRT",
+    signal.SIGBUS: "SIGBUS",
+    signal.SIGILL: "SIGILL",
+    signal.SIGFPE: "SIGFPE",
+    signal.SIGKILL: "SIGKILL",
+    signal.SIGTERM: "SIGTERM",
+}
 STEP_WORDS = {
     "load": "model loading",
     "decode": "image decoding",
@@ -82,11 +91,19 @@ def create_run(job: JobSpec, *, home: Path | None = None, directory: Path | None
     rundir.write_json_atomic(target / rundir.JOB, job.to_dict())
     rundir.write_json_atomic(
         target / rundir.STATUS,
-        {"status": str(RunStatus.QUEUED), "error": None, "run_id": run_id, "created": time.time(), "finished": None},
+        {
+            "status": str(RunStatus.QUEUED),
+            "error": None,
+            "run_id": run_id,
+            "created": time.time(),
+            "finished": None,
+        },
     )
     store = _store(home)
     try:
-        store.create_run(run_id, name=job.name or _default_name(job), run_dir=target, job=job.to_dict())
+        store.create_run(
+            run_id, name=job.name or _default_name(job), run_dir=target, job=job.to_dict()
+        )
     finally:
         store.close()
     return run_id
@@ -147,16 +164,33 @@ def active_run_id(*, home: Path | None = None) -> str | None:
     status = read_status(run_dir(run_id, home=home))
     if RunStatus(status.get("status", "queued")).finished:
         return None
-    if status.get("status") == str(RunStatus.QUEUED) and time.time() - float(status.get("created") or 0) < 30:
+    if (
+        status.get("status") == str(RunStatus.QUEUED)
+        and time.time() - float(status.get("created") or 0) < 30
+    ):
         return run_id  # the supervisor is starting
     return run_id if _pid_alive(status.get("supervisor_pid")) else None
 
 
-def launch_run(run_id: str, *, home: Path | None = None, timeout_s: float | None = None, memory_limit_gb: float | None = None) -> None:
+def launch_run(
+    run_id: str,
+    *,
+    home: Path | None = None,
+    timeout_s: float | None = None,
+    memory_limit_gb: float | None = None,
+) -> None:
     """Start a detached supervisor for the run and return at once; the job outlives the browser tab."""
     home_path = _home(home)
     directory = run_dir(run_id, home=home_path)
-    command = [sys.executable, "-m", "core.jobs", "supervise", str(directory), "--home", str(home_path)]
+    command = [
+        sys.executable,
+        "-m",
+        "core.jobs",
+        "supervise",
+        str(directory),
+        "--home",
+        str(home_path),
+    ]
     if timeout_s is not None:
         command += ["--timeout", str(timeout_s)]
     if memory_limit_gb is not None:
@@ -180,32 +214,38 @@ def cancel_run(run_id: str, *, home: Path | None = None) -> None:
     directory = run_dir(run_id, home=home)
     (directory / CANCEL_FLAG).touch()
     status = read_status(directory)
-    if not RunStatus(status.get("status", "queued")).finished and not _pid_alive(status.get("supervisor_pid")):
+    if not RunStatus(status.get("status", "queued")).finished and not _pid_alive(
+        status.get("supervisor_pid")
+    ):
         _finish_run(directory, RunStatus.CANCELLED, "cancelled before it started", home=home)
+
+
+def _supervisor_alive(run_id: str, directory: Path) -> bool:
+    status = read_status(directory)
+    starting = (
+        status.get("status") == str(RunStatus.QUEUED)
+        and time.time() - float(status.get("created") or 0) < 30
+    )
+    return starting or _pid_alive(status.get("supervisor_pid"))
 
 
 def recover_interrupted(*, home: Path | None = None) -> list[str]:
     """Mark runs whose supervisor died (server killed, machine rebooted) as failed: "interrupted"."""
     store = _store(home)
-    recovered: list[str] = []
     try:
-        for row in store.list_runs(limit=10_000):
-            if row.status not in (str(RunStatus.QUEUED), str(RunStatus.RUNNING)):
-                continue
-            status = read_status(Path(row.run_dir))
-            if _pid_alive(status.get("supervisor_pid")):
-                continue
-            if status.get("status") == str(RunStatus.QUEUED) and time.time() - float(status.get("created") or 0) < 30:
-                continue
-            write_status(Path(row.run_dir), RunStatus.FAILED, error="interrupted")
-            store.set_status(row.id, RunStatus.FAILED, error="interrupted")
-            recovered.append(row.id)
+        recovered: list[str] = store.mark_interrupted(still_running=_supervisor_alive)
     finally:
         store.close()
+    for run_id in recovered:
+        directory = run_dir(run_id, home=home)
+        if directory.exists():
+            write_status(directory, RunStatus.FAILED, error="interrupted")
     return recovered
 
 
-def _finish_run(directory: Path, status: RunStatus, error: str | None, *, home: Path | None) -> None:
+def _finish_run(
+    directory: Path, status: RunStatus, error: str | None, *, home: Path | None
+) -> None:
     write_status(directory, status, error=error)
     report_path = directory / rundir.REPORT
     store = _store(home)
@@ -233,12 +273,16 @@ def _stderr_tail(directory: Path, *, since: int) -> str:
     return "\n".join(lines[-STDERR_TAIL_LINES:])
 
 
-def describe_exit(returncode: int, *, step: str | None, timed_out: bool, limit_gb: float, stderr_tail: str) -> tuple[RunStatus, str]:
+def describe_exit(
+    returncode: int, *, step: str | None, timed_out: bool, limit_gb: float, stderr_tail: str
+) -> tuple[RunStatus, str]:
     """Map how a worker ended to an outcome and its one-line reason (the stderr tail is kept apart)."""
     where = f" during {STEP_WORDS.get(step or '', step or 'start-up')}"
     if timed_out:
         return RunStatus.TIMEOUT, f"timeout: stopped after the time limit{where}"
-    out_of_memory = returncode == EXIT_OOM or "MemoryError" in stderr_tail or "bad_alloc" in stderr_tail
+    out_of_memory = (
+        returncode == EXIT_OOM or "MemoryError" in stderr_tail or "bad_alloc" in stderr_tail
+    )
     if out_of_memory:
         return RunStatus.FAILED, f"out of memory (limit {limit_gb:g} GB){where}"
     if returncode < 0:
@@ -296,43 +340,56 @@ class Supervisor:
 
     @staticmethod
     def _kill_group(process: subprocess.Popen[bytes]) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         process.wait()
 
     def run(self) -> RunStatus:
         """Supervise until the job ends; returns the run's final status."""
         started = time.time()
         status = read_status(self.directory)
-        status.update({"status": str(RunStatus.RUNNING), "started": started, "supervisor_pid": os.getpid()})
+        status.update(
+            {"status": str(RunStatus.RUNNING), "started": started, "supervisor_pid": os.getpid()}
+        )
         rundir.write_json_atomic(self.directory / rundir.STATUS, status)
         self._set_store_status(RunStatus.RUNNING)
         deadline = started + self.timeout_s
         for _attempt in range(64):  # one restart per crashed variant at most
-            log_offset = (self.directory / rundir.WORKER_LOG).stat().st_size if (self.directory / rundir.WORKER_LOG).exists() else 0
+            log_offset = (
+                (self.directory / rundir.WORKER_LOG).stat().st_size
+                if (self.directory / rundir.WORKER_LOG).exists()
+                else 0
+            )
             process = self._spawn()
             status["worker_pid"] = process.pid
-            rundir.write_json_atomic(self.directory / rundir.STATUS, {**read_status(self.directory), "worker_pid": process.pid})
+            rundir.write_json_atomic(
+                self.directory / rundir.STATUS,
+                {**read_status(self.directory), "worker_pid": process.pid},
+            )
             timed_out = cancelled = False
-            while process.poll() is None:
-                self._poll_events()
-                if (self.directory / CANCEL_FLAG).exists():
-                    cancelled = True
-                    self._kill_group(process)
-                    break
-                if time.time() > deadline:
-                    timed_out = True
-                    self._kill_group(process)
-                    break
-                time.sleep(0.2)
+            try:
+                while process.poll() is None:
+                    self._poll_events()
+                    if (self.directory / CANCEL_FLAG).exists():
+                        cancelled = True
+                        self._kill_group(process)
+                        break
+                    if time.time() > deadline:
+                        timed_out = True
+                        self._kill_group(process)
+                        break
+                    time.sleep(0.2)
+            except KeyboardInterrupt:  # Ctrl-C in the CLI: the worker is in its own group
+                self._kill_group(process)
+                cancelled = True
             self._poll_events()
             self._sync_report_to_store()
             returncode = process.returncode
             if cancelled:
                 self._mark_unfinished_variants("cancelled", "cancelled by the user")
-                _finish_run(self.directory, RunStatus.CANCELLED, "cancelled by the user", home=self.home)
+                _finish_run(
+                    self.directory, RunStatus.CANCELLED, "cancelled by the user", home=self.home
+                )
                 return RunStatus.CANCELLED
             if returncode == EXIT_OK:
                 _finish_run(self.directory, RunStatus.DONE, None, home=self.home)
@@ -344,7 +401,13 @@ class Supervisor:
                 return RunStatus.FAILED
             tail = _stderr_tail(self.directory, since=log_offset)
             step = self.last_event.step if self.last_event else None
-            outcome, reason = describe_exit(returncode, step=step, timed_out=timed_out, limit_gb=self.memory_limit_gb, stderr_tail=tail)
+            outcome, reason = describe_exit(
+                returncode,
+                step=step,
+                timed_out=timed_out,
+                limit_gb=self.memory_limit_gb,
+                stderr_tail=tail,
+            )
             variant = self._running_variant()
             if variant is None or timed_out:
                 # Outside a variant (or out of time) nothing more can be saved by a restart.
@@ -354,7 +417,15 @@ class Supervisor:
                 _finish_run(self.directory, outcome, reason, home=self.home)
                 return outcome
             self._mark_variant(variant, str(outcome), reason, tail)
-            self._write_event(ProgressEvent(step="variant", fraction=1.0, message=f"{variant}: {reason}", variant=variant, time=time.time()))
+            self._write_event(
+                ProgressEvent(
+                    step="variant",
+                    fraction=1.0,
+                    message=f"{variant}: {reason}",
+                    variant=variant,
+                    time=time.time(),
+                )
+            )
         _finish_run(self.directory, RunStatus.CRASHED, "the worker kept crashing", home=self.home)
         return RunStatus.CRASHED
 
@@ -417,7 +488,13 @@ class Supervisor:
             store.close()
 
 
-def inspect_model(path: str, *, timeout_s: float = 120, trusted: bool = False, input_size: tuple[int, int] | None = None) -> ModelSignature:
+def inspect_model(
+    path: str,
+    *,
+    timeout_s: float = 120,
+    trusted: bool = False,
+    input_size: tuple[int, int] | None = None,
+) -> ModelSignature:
     """Read a model's signature in a worker process (the caller never loads TensorFlow).
 
     Raises:
@@ -434,9 +511,19 @@ def inspect_model(path: str, *, timeout_s: float = 120, trusted: bool = False, i
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     env.setdefault(MEMORY_LIMIT_ENV, str(int(DEFAULT_MEMORY_LIMIT_GB * 2**30)))
     try:
-        done = subprocess.run(command, capture_output=True, timeout=timeout_s, env=env, check=False, start_new_session=True, cwd=str(Path(__file__).resolve().parent.parent))
+        done = subprocess.run(
+            command,
+            capture_output=True,
+            timeout=timeout_s,
+            env=env,
+            check=False,
+            start_new_session=True,
+            cwd=str(Path(__file__).resolve().parent.parent),
+        )
     except subprocess.TimeoutExpired:
-        raise UnsupportedModel(f"reading the model took longer than {timeout_s:g} s; check the path or the model") from None
+        raise UnsupportedModel(
+            f"reading the model took longer than {timeout_s:g} s; check the path or the model"
+        ) from None
     for line in reversed(done.stdout.decode("utf-8", "replace").splitlines()):
         try:
             answer = json.loads(line)
@@ -451,7 +538,13 @@ def inspect_model(path: str, *, timeout_s: float = 120, trusted: bool = False, i
             if not (isinstance(cls, type) and issubclass(cls, QuantLensError)):
                 cls = QuantLensError
             raise cls(answer["error"])
-    _, reason = describe_exit(done.returncode, step="load", timed_out=False, limit_gb=DEFAULT_MEMORY_LIMIT_GB, stderr_tail=done.stderr.decode("utf-8", "replace"))
+    _, reason = describe_exit(
+        done.returncode,
+        step="load",
+        timed_out=False,
+        limit_gb=DEFAULT_MEMORY_LIMIT_GB,
+        stderr_tail=done.stderr.decode("utf-8", "replace"),
+    )
     raise UnsupportedModel(f"the model could not be read: {reason}")
 
 
@@ -473,7 +566,11 @@ def demo_build_state(*, home: Path | None = None) -> tuple[str, str]:
     pid_file = root.parent / "demo-build.pid"
     message = ""
     if log.exists():
-        lines = [ln for ln in log.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+        lines = [
+            ln
+            for ln in log.read_text(encoding="utf-8", errors="replace").splitlines()
+            if ln.strip()
+        ]
         message = lines[-1] if lines else ""
     if pid_file.exists():
         try:
@@ -518,7 +615,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--memory-gb", type=float, default=DEFAULT_MEMORY_LIMIT_GB)
     args = parser.parse_args(argv)
     home = Path(args.home) if args.home else None
-    supervisor = Supervisor(Path(args.run_dir), home=home, timeout_s=args.timeout, memory_limit_gb=args.memory_gb)
+    supervisor = Supervisor(
+        Path(args.run_dir), home=home, timeout_s=args.timeout, memory_limit_gb=args.memory_gb
+    )
     status = supervisor.run()
     return 0 if status is RunStatus.DONE else 1
 

@@ -48,7 +48,9 @@ def detect_format(path: Path) -> str:
         UnsafeModel: a legacy `.h5` file (it cannot be loaded in safe mode).
     """
     if not path.exists():
-        raise UnsupportedModel(f"model path {path} does not exist; give a SavedModel folder or a .keras file")
+        raise UnsupportedModel(
+            f"model path {path} does not exist; give a SavedModel folder or a .keras file"
+        )
     if path.is_dir():
         if (path / "saved_model.pb").is_file():
             return SAVED_MODEL_FORMAT
@@ -126,10 +128,12 @@ def serving_ops(path: Path) -> set[str]:
         seen_nodes: set[str] = set()
         seen_functions: set[str] = set()
 
-        def visit(node: Any) -> None:
+        def visit(
+            node: Any, functions: dict[str, Any] = functions, queue: list[str] = pending_functions
+        ) -> None:
             ops.add(node.op)
             called = [node.op] + [a.func.name for a in node.attr.values() if a.HasField("func")]
-            pending_functions.extend(c for c in called if c in functions)
+            queue.extend(c for c in called if c in functions)
 
         while pending_nodes or pending_functions:
             if pending_nodes:
@@ -178,7 +182,7 @@ class ReferenceModel:
 def _keras_error_message(path: Path, exc: Exception) -> str:
     text = str(exc)
     layer = re.search(r"`(\w+)` layer", text)
-    if "Lambda" in text or "lambda" in text.lower() and "safe_mode" in text:
+    if "Lambda" in text or ("lambda" in text.lower() and "safe_mode" in text):
         return (
             f"{path.name} has a Lambda layer, which runs arbitrary Python code when loaded; "
             "refused in safe mode. Replace it with built-in layers, or enable trusted mode if you "
@@ -212,7 +216,9 @@ def _pick_signature(signatures: dict[str, Any], path: Path, key: str | None) -> 
     keys = sorted(signatures)
     if key is not None:
         if key not in signatures:
-            raise UnsupportedModel(f"{path.name} has no signature {key!r}; choose one of {', '.join(keys)}")
+            raise UnsupportedModel(
+                f"{path.name} has no signature {key!r}; choose one of {', '.join(keys)}"
+            )
         return key
     if not keys:
         raise UnsupportedModel(
@@ -263,7 +269,9 @@ def _single(items: dict[str, Any], what: str, path: Path) -> tuple[str, Any]:
     return next(iter(items.items()))
 
 
-def _output_is_probabilities(serve: Callable[[Any], Any], height: int, width: int, channels: int) -> bool:
+def _output_is_probabilities(
+    serve: Callable[[Any], Any], height: int, width: int, channels: int
+) -> bool:
     import tensorflow as tf
 
     rng = np.random.default_rng(0)
@@ -311,7 +319,9 @@ def load_reference(
             loaded = tf.saved_model.load(str(path))
         except Exception as exc:  # TF raises many types for broken SavedModels
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-            raise UnsupportedModel(f"{path.name} cannot be loaded as a SavedModel ({first}); re-export it") from None
+            raise UnsupportedModel(
+                f"{path.name} cannot be loaded as a SavedModel ({first}); re-export it"
+            ) from None
         key = _pick_signature(dict(loaded.signatures), path, signature_key)
         function = loaded.signatures[key]
         input_name, spec = _single(function.structured_input_signature[1], "input", path)
@@ -357,13 +367,13 @@ def load_reference(
     if fmt == SAVED_MODEL_FORMAT:
         signature_fn = function
 
-        @tf.function(input_signature=[fixed])
+        @tf.function(input_signature=[fixed])  # type: ignore[untyped-decorator]
         def serve(x: Any) -> Any:
             return signature_fn(**{input_name: tf.cast(x, spec.dtype)})[output_name]
 
     else:
 
-        @tf.function(input_signature=[fixed])
+        @tf.function(input_signature=[fixed])  # type: ignore[untyped-decorator]
         def serve(x: Any) -> Any:
             return trackable(tf.cast(x, spec.dtype), training=False)
 

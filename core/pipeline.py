@@ -50,8 +50,14 @@ class Inputs:
     dataset: Dataset
 
 
-def _event(progress: ProgressFn, step: str, fraction: float, message: str, variant: str | None = None) -> None:
-    progress(ProgressEvent(step=step, fraction=fraction, message=message, variant=variant, time=time.time()))
+def _event(
+    progress: ProgressFn, step: str, fraction: float, message: str, variant: str | None = None
+) -> None:
+    progress(
+        ProgressEvent(
+            step=step, fraction=fraction, message=message, variant=variant, time=time.time()
+        )
+    )
 
 
 def resolve_inputs(job: JobSpec, run_dir: Path) -> Inputs:
@@ -73,10 +79,18 @@ def resolve_inputs(job: JobSpec, run_dir: Path) -> Inputs:
         elif len(kerases) == 1:
             model_path = kerases[0]
         else:
-            raise UnsupportedModel(f"{Path(job.model_path).name} holds {len(kerases)} .keras files; zip one model")
-    dataset = load_dataset(
-        job.data_path, labels_file=job.labels_file, extract_dir=run_dir / "data", allowed_roots=roots
-    )
+            raise UnsupportedModel(
+                f"{Path(job.model_path).name} holds {len(kerases)} .keras files; zip one model"
+            )
+    data_path = Path(job.data_path)
+    extracted = run_dir / "data"
+    if data_path.suffix.lower() == ".zip" and extracted.is_dir() and any(extracted.iterdir()):
+        # A restarted worker reuses the archive it already checked and extracted.
+        dataset = load_dataset(extracted, labels_file=job.labels_file)
+    else:
+        dataset = load_dataset(
+            data_path, labels_file=job.labels_file, extract_dir=extracted, allowed_roots=roots
+        )
     return Inputs(model_path=model_path, dataset=dataset)
 
 
@@ -87,6 +101,24 @@ def select_samples(samples: Sequence[Sample], count: int | None, *, seed: int) -
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(len(samples), size=max(count, 0), replace=False))
     return [samples[i] for i in chosen]
+
+
+def drop_labels_outside(dataset: Dataset, num_classes: int) -> Dataset:
+    """Skip samples whose integer label the model cannot predict; they are listed, not scored."""
+    from dataclasses import replace
+
+    kept = tuple(s for s in dataset.samples if s.label is None or s.label < num_classes)
+    if len(kept) == len(dataset.samples):
+        return dataset
+    skipped = tuple(
+        SkippedSample(
+            relpath=s.relpath,
+            reason=f"label {s.label} is outside the model's {num_classes} classes",
+        )
+        for s in dataset.samples
+        if s.label is not None and s.label >= num_classes
+    )
+    return replace(dataset, samples=kept, skipped=dataset.skipped + skipped)
 
 
 class DecodedCache:
@@ -135,7 +167,7 @@ def _decode_batch(
     return kept, images, skipped
 
 
-def _write_csv(path: Path, columns: dict[str, Sequence[Any]]) -> None:
+def _write_csv(path: Path, columns: dict[str, Any]) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     names = list(columns)
@@ -164,7 +196,9 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 class JobRunner:
     """The state of one job in the worker; `run()` does the work and keeps report.json current."""
 
-    def __init__(self, job: JobSpec, run_dir: Path, *, progress: ProgressFn, cache_dir: Path | None) -> None:
+    def __init__(
+        self, job: JobSpec, run_dir: Path, *, progress: ProgressFn, cache_dir: Path | None
+    ) -> None:
         self.job = job
         self.run_dir = run_dir
         self.progress = progress
@@ -231,7 +265,9 @@ class JobRunner:
                     "num_samples": 0,
                     "num_skipped": len(inputs.dataset.skipped),
                     "has_labels": inputs.dataset.has_labels,
-                    "class_names": list(inputs.dataset.class_names) if inputs.dataset.class_names else None,
+                    "class_names": list(inputs.dataset.class_names)
+                    if inputs.dataset.class_names
+                    else None,
                     "skipped": [s.to_dict() for s in inputs.dataset.skipped],
                 },
                 "preprocessing": {
@@ -258,9 +294,11 @@ class JobRunner:
             self.save_report()
         if inputs.dataset.class_names:
             rundir.write_atomic(
-                self.run_dir / rundir.LABELS, ("\n".join(inputs.dataset.class_names) + "\n").encode()
+                self.run_dir / rundir.LABELS,
+                ("\n".join(inputs.dataset.class_names) + "\n").encode(),
             )
-        self.labels, self.calibration = self._decode_and_reference(inputs.dataset)
+        dataset = drop_labels_outside(inputs.dataset, sig.num_classes)
+        self.labels, self.calibration = self._decode_and_reference(dataset)
         self.reference_latency = self._reference_latency(tf)
         for spec in self.specs:
             entry = self.variant_entry(spec.name)
@@ -281,7 +319,6 @@ class JobRunner:
     def _decode_and_reference(self, dataset: Dataset) -> tuple[np.ndarray, np.ndarray | None]:
         """Decode every evaluation image once, run the reference on each batch, keep calibration."""
         from core.data import apply_preset
-        from core.report import reduction_pct  # noqa: F401  (keeps report import warm for later)
 
         sig = self.model.signature
         shape = (sig.height, sig.width, sig.channels)
@@ -290,13 +327,16 @@ class JobRunner:
         probs_path = self.run_dir / rundir.REFERENCE_PROBS
         if state_path.exists() and probs_path.exists():
             state = rundir.read_json(state_path)
-            calibration = np.load(self.run_dir / CALIBRATION_CACHE) if state["has_calibration"] else None
+            saved = np.load(self.run_dir / CALIBRATION_CACHE) if state["has_calibration"] else None
             self.ref_probs = np.load(probs_path).astype(np.float64)
-            return np.asarray(state["labels"], dtype=np.int64), calibration
+            return np.asarray(state["labels"], dtype=np.int64), saved
 
         evaluated = select_samples(dataset.samples, self.job.max_samples, seed=self.job.seed)
         wanted_calibration = {
-            s.index for s in select_samples(dataset.samples, self.job.calibration_samples, seed=self.job.seed + 1)
+            s.index
+            for s in select_samples(
+                dataset.samples, self.job.calibration_samples, seed=self.job.seed + 1
+            )
         }
         cache.path.unlink(missing_ok=True)
         kept_samples: list[Sample] = []
@@ -307,7 +347,9 @@ class JobRunner:
         for start in range(0, total, BATCH):
             maybe_inject("decode")
             batch_samples = evaluated[start : start + BATCH]
-            kept, images, bad = _decode_batch(batch_samples, height=sig.height, width=sig.width, channels=sig.channels)
+            kept, images, bad = _decode_batch(
+                batch_samples, height=sig.height, width=sig.width, channels=sig.channels
+            )
             skipped.extend(bad)
             if not kept:
                 continue
@@ -317,10 +359,17 @@ class JobRunner:
             maybe_inject("reference")
             outputs.append(self.model.predict(floats))
             kept_samples.extend(kept)
-            calibration.extend(floats[i] for i, s in enumerate(kept) if s.index in wanted_calibration)
+            calibration.extend(
+                floats[i] for i, s in enumerate(kept) if s.index in wanted_calibration
+            )
             wanted_calibration -= {s.index for s in kept}
             done = min(start + BATCH, total)
-            _event(self.progress, "reference", done / total, f"decoded and ran the original on {done}/{total} images")
+            _event(
+                self.progress,
+                "reference",
+                done / total,
+                f"decoded and ran the original on {done}/{total} images",
+            )
         if not kept_samples:
             from core.errors import DatasetError
 
@@ -331,7 +380,9 @@ class JobRunner:
         # Calibration images outside the evaluation subset are decoded on their own.
         extra = [s for s in dataset.samples if s.index in wanted_calibration]
         if extra:
-            _, images, _ = _decode_batch(extra, height=sig.height, width=sig.width, channels=sig.channels)
+            _, images, _ = _decode_batch(
+                extra, height=sig.height, width=sig.width, channels=sig.channels
+            )
             if images:
                 calibration.extend(apply_preset(np.stack(images), self.job.preset))
         calibration_array = np.stack(calibration).astype(np.float32) if calibration else None
@@ -339,12 +390,15 @@ class JobRunner:
         raw = np.concatenate(outputs)
         ref_probs, softmaxed = to_probabilities(raw)
         self.ref_probs = ref_probs
-        labels = np.asarray([-1 if s.label is None else s.label for s in kept_samples], dtype=np.int64)
+        labels = np.asarray(
+            [-1 if s.label is None else s.label for s in kept_samples], dtype=np.int64
+        )
         self._write_reference(kept_samples, labels, ref_probs, softmaxed, skipped)
         if calibration_array is not None:
             _save_npy(self.run_dir / CALIBRATION_CACHE, calibration_array)
         rundir.write_json_atomic(
-            state_path, {"labels": labels.tolist(), "has_calibration": calibration_array is not None}
+            state_path,
+            {"labels": labels.tolist(), "has_calibration": calibration_array is not None},
         )
         return labels, calibration_array
 
@@ -359,7 +413,9 @@ class JobRunner:
         ref_top1 = top1(probs)
         ordered = np.sort(np.nan_to_num(probs, nan=-1.0), axis=1)
         margin = ordered[:, -1] - (ordered[:, -2] if probs.shape[1] > 1 else 0.0)
-        top_prob = np.take_along_axis(np.nan_to_num(probs, nan=np.nan), np.maximum(ref_top1, 0)[:, None], axis=1)[:, 0]
+        top_prob = np.take_along_axis(
+            np.nan_to_num(probs, nan=np.nan), np.maximum(ref_top1, 0)[:, None], axis=1
+        )[:, 0]
         _write_csv(
             self.run_dir / rundir.SAMPLES,
             {
@@ -380,14 +436,19 @@ class JobRunner:
         reference = self.report["reference"]
         reference["softmax_applied"] = softmaxed
         reference["accuracy_pct"] = (
-            float(100.0 * np.mean(ref_top1[labelled] == labels[labelled])) if labelled.any() else None
+            float(100.0 * np.mean(ref_top1[labelled] == labels[labelled]))
+            if labelled.any()
+            else None
         )
         dataset = self.report["dataset"]
         dataset["num_samples"] = len(samples)
         dataset["num_skipped"] = len(skipped)
         dataset["skipped"] = [s.to_dict() for s in skipped]
         classes = probs.shape[1]
-        if reference["accuracy_pct"] is not None and reference["accuracy_pct"] < 1.5 * 100.0 / classes:
+        if (
+            reference["accuracy_pct"] is not None
+            and reference["accuracy_pct"] < 1.5 * 100.0 / classes
+        ):
             self.report["warnings"].append(
                 f"the original model is only {reference['accuracy_pct']:.1f}% accurate on these labels "
                 f"(chance is {100.0 / classes:.1f}%): the preprocessing preset or the labels are probably wrong"
@@ -410,7 +471,9 @@ class JobRunner:
         _event(self.progress, "latency", 0.0, "timing the original model at batch 1")
         x = tf.constant(self._first_image())
         serve = self.model.concrete_function
-        samples = time_invocations(lambda: serve(x), runs=self.job.latency_runs, warmup=self.job.warmup_runs)
+        samples = time_invocations(
+            lambda: serve(x), runs=self.job.latency_runs, warmup=self.job.warmup_runs
+        )
         _save_npy(path, samples)
         stats = latency_stats(samples)
         reference["latency_ms"] = stats.to_dict()
@@ -447,7 +510,13 @@ class JobRunner:
             cache_dir=self.cache_dir,
         )
         rundir.write_atomic(rundir.tflite_path(self.run_dir, name), result.tflite)
-        _event(self.progress, "convert", 1.0, f"converted {name} ({result.size_bytes / 1e6:.2f} MB)", name)
+        _event(
+            self.progress,
+            "convert",
+            1.0,
+            f"converted {name} ({result.size_bytes / 1e6:.2f} MB)",
+            name,
+        )
 
         maybe_inject("infer", name)
         runner = TFLiteRunner(result.tflite, threads=self.job.threads, name=f"{name}.tflite")
@@ -463,10 +532,12 @@ class JobRunner:
                 done += 1
             if time.monotonic() - last_report > 0.5 or done == total:
                 last_report = time.monotonic()
-                _event(self.progress, "infer", done / total, f"{name}: ran {done}/{total} images", name)
+                _event(
+                    self.progress, "infer", done / total, f"{name}: ran {done}/{total} images", name
+                )
         probs, softmaxed = to_probabilities(rows)
         records = sample_records(self.ref_probs, probs)
-        columns: dict[str, Sequence[Any]] = {"index": self._sample_indices()}
+        columns: dict[str, Any] = {"index": self._sample_indices()}
         columns.update(records_table(records))
         _write_csv(rundir.variant_samples_path(self.run_dir, name), columns)
         _save_npy(rundir.probs_path(self.run_dir, name), probs.astype(np.float32))
@@ -492,7 +563,9 @@ class JobRunner:
             softmax_applied=softmaxed,
             io=runner.describe(),
         )
-        self.report["variants"] = [entry if v["name"] == name else v for v in self.report["variants"]]
+        self.report["variants"] = [
+            entry if v["name"] == name else v for v in self.report["variants"]
+        ]
         self.save_report()
         verdict = "PASS" if entry["passed"] else "FAIL"
         _event(

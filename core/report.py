@@ -139,7 +139,9 @@ def fill_float32_reductions(report: dict[str, Any]) -> None:
     )
     for variant in report["variants"]:
         if variant["size_bytes"]:
-            variant["size_reduction_vs_float32_pct"] = reduction_pct(variant["size_bytes"], baseline)
+            variant["size_reduction_vs_float32_pct"] = reduction_pct(
+                variant["size_bytes"], baseline
+            )
 
 
 def exit_status(report: dict[str, Any]) -> int:
@@ -169,7 +171,15 @@ def format_table(report: dict[str, Any]) -> str:
     """The CLI's human table: one row per variant, then each failed variant's reason."""
     ref = report["reference"]
     threshold = report["options"]["min_agreement_pct"]
-    header = ["variant", "size", "reduction", "top-1 agreement (95% CI)", "accuracy", "p50 latency", "verdict"]
+    header = [
+        "variant",
+        "size",
+        "reduction",
+        "top-1 agreement (95% CI)",
+        "accuracy",
+        "p50 latency",
+        "verdict",
+    ]
     rows = [
         [
             "original",
@@ -200,7 +210,10 @@ def format_table(report: dict[str, Any]) -> str:
             ]
         )
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
+    lines = [
+        "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+        for r in [header, *rows]
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     data = report["dataset"]
     lines.append("")

@@ -58,7 +58,9 @@ class TFLiteRunner:
             self._interpreter = interpreter_cls(model_content=tflite, num_threads=threads)
         except (ValueError, RuntimeError) as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-            raise InvalidTFLiteModel(f"{name} cannot be read by LiteRT ({first}); the file is truncated or damaged") from None
+            raise InvalidTFLiteModel(
+                f"{name} cannot be read by LiteRT ({first}); the file is truncated or damaged"
+            ) from None
         inputs = self._interpreter.get_input_details()
         outputs = self._interpreter.get_output_details()
         if len(inputs) != 1 or len(outputs) != 1:
@@ -75,7 +77,10 @@ class TFLiteRunner:
             self._interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-            first = next((ln for ln in lines if "fail" in ln.lower() or "error" in ln.lower()), lines[0] if lines else type(exc).__name__)
+            first = next(
+                (ln for ln in lines if "fail" in ln.lower() or "error" in ln.lower()),
+                lines[0] if lines else type(exc).__name__,
+            )
             raise InvalidTFLiteModel(
                 f"the LiteRT kernels refused {name} when preparing it ({first[:200]}); this mode does "
                 "not run on this model, choose another"
@@ -111,7 +116,8 @@ class TFLiteRunner:
     def timed_invoke(self, image: np.ndarray) -> Callable[[], None]:
         """An invoke with `image` already set, for latency runs (the same input every time)."""
         self._feed(image)
-        return self._interpreter.invoke
+        invoke: Callable[[], None] = self._interpreter.invoke
+        return invoke
 
     def describe(self) -> dict[str, Any]:
         """Input/output types and quantization, for the report."""

@@ -78,7 +78,11 @@ def run_job(run_dir: Path) -> int:
 
     job = JobSpec.from_dict(rundir.read_json(run_dir / rundir.JOB))
     configure_threads(job.threads)
-    cache_dir = Path(os.environ["QUANTLENS_CACHE"]) if os.environ.get("QUANTLENS_CACHE") else rundir.cache_root() / "tflite"
+    cache_dir = (
+        Path(os.environ["QUANTLENS_CACHE"])
+        if os.environ.get("QUANTLENS_CACHE")
+        else rundir.cache_root() / "tflite"
+    )
     runner = JobRunner(job, run_dir, progress=progress_writer(run_dir), cache_dir=cache_dir)
     try:
         runner.run()

@@ -1,0 +1,366 @@
+"""Pure plotly figure builders for the dashboard: plain numbers in, a `go.Figure` out."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+
+# One colour per side of the comparison, used by every chart so a reader learns it once.
+ORIGINAL_COLOR = "#2F5D8A"  # the reference TensorFlow model
+TFLITE_COLOR = "#E07A1F"  # any converted TFLite variant
+PASS_COLOR = "#1E8E3E"
+FAIL_COLOR = "#C62828"
+GRID_COLOR = "#E6E8EB"
+ORIGINAL_LABEL = "original"
+
+_FONT = {"family": "Inter, Segoe UI, Helvetica, Arial, sans-serif", "size": 13}
+
+
+def _layout(fig: go.Figure, *, title: str, x_title: str, y_title: str, height: int) -> go.Figure:
+    """Shared look: white background, light grid, titles with units, compact margins."""
+    fig.update_layout(
+        title={"text": title, "x": 0.0, "xanchor": "left", "font": {"size": 16}},
+        font=_FONT,
+        plot_bgcolor="white",
+        paper_bgcolor="white",
+        height=height,
+        margin={"l": 60, "r": 20, "t": 60, "b": 60},
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "right", "x": 1},
+    )
+    fig.update_xaxes(title_text=x_title, gridcolor=GRID_COLOR, zeroline=False)
+    fig.update_yaxes(title_text=y_title, gridcolor=GRID_COLOR, zeroline=False)
+    return fig
+
+
+def model_color(name: str) -> str:
+    """The fixed colour of a model: the original has one, every TFLite variant shares another."""
+    return ORIGINAL_COLOR if name == ORIGINAL_LABEL else TFLITE_COLOR
+
+
+def size_figure(
+    sizes_bytes: Mapping[str, int],
+    *,
+    reductions_pct: Mapping[str, float | None] | None = None,
+    height: int = 380,
+) -> go.Figure:
+    """Bar chart of model sizes in MB; `sizes_bytes` holds "original" first, then each variant.
+
+    Args:
+        sizes_bytes: model name -> size in bytes, in display order.
+        reductions_pct: variant name -> size reduction vs the original in %, shown as bar labels.
+        height: figure height in pixels.
+
+    Returns:
+        A figure with one bar trace; x = model names, y = sizes in MB (10^6 bytes).
+    """
+    names = list(sizes_bytes)
+    mb = [sizes_bytes[n] / 1e6 for n in names]
+    reductions = reductions_pct or {}
+    labels = []
+    for n, v in zip(names, mb, strict=True):
+        red = reductions.get(n)
+        labels.append(f"{v:.2f} MB" if red is None else f"{v:.2f} MB<br>−{red:.1f} %")
+    fig = go.Figure(
+        go.Bar(
+            x=names,
+            y=mb,
+            text=labels,
+            textposition="outside",
+            cliponaxis=False,
+            marker_color=[model_color(n) for n in names],
+            hovertemplate="%{x}: %{y:.3f} MB<extra></extra>",
+        )
+    )
+    _layout(fig, title="Model size", x_title="model", y_title="size (MB)", height=height)
+    fig.update_yaxes(rangemode="tozero")
+    fig.update_layout(showlegend=False)
+    return fig
+
+
+def agreement_figure(
+    names: Sequence[str],
+    agreement_pct: Sequence[float | None],
+    ci95: Sequence[tuple[float, float] | None],
+    *,
+    threshold_pct: float,
+    n: Sequence[int | None] | None = None,
+    height: int = 380,
+) -> go.Figure:
+    """Top-1 agreement per variant with its 95 % Wilson interval as asymmetric error bars.
+
+    Args:
+        names: variant names.
+        agreement_pct: top-1 agreement in % (None for a variant that did not finish).
+        ci95: (low, high) bounds in % per variant.
+        threshold_pct: the pass threshold, drawn as a dashed line.
+        n: sample count per variant, shown on hover.
+        height: figure height in pixels.
+    """
+    ys = [np.nan if a is None else a for a in agreement_pct]
+    plus = [np.nan if c is None or a is None else c[1] - a for a, c in zip(agreement_pct, ci95, strict=True)]
+    minus = [np.nan if c is None or a is None else a - c[0] for a, c in zip(agreement_pct, ci95, strict=True)]
+    counts = list(n) if n is not None else [None] * len(names)
+    colors = [
+        FAIL_COLOR if (a is not None and a < threshold_pct) else TFLITE_COLOR for a in agreement_pct
+    ]
+    fig = go.Figure(
+        go.Bar(
+            x=list(names),
+            y=ys,
+            name="top-1 agreement",
+            marker_color=colors,
+            error_y={"type": "data", "symmetric": False, "array": plus, "arrayminus": minus},
+            customdata=[[c] for c in counts],
+            hovertemplate="%{x}: %{y:.2f} % (n=%{customdata[0]})<extra></extra>",
+        )
+    )
+    fig.add_hline(
+        y=threshold_pct,
+        line_dash="dash",
+        line_color=FAIL_COLOR,
+        annotation_text=f"threshold {threshold_pct:g} %",
+        annotation_position="bottom right",
+    )
+    finite = [v for v in ys if not np.isnan(v)] + [threshold_pct]
+    low = max(0.0, min(finite) - 5.0)
+    _layout(
+        fig, title="Top-1 agreement with the original (95 % CI)", x_title="variant",
+        y_title="agreement (%)", height=height,
+    )
+    fig.update_yaxes(range=[low, 100.5])
+    fig.update_layout(showlegend=False)
+    return fig
+
+
+def accuracy_figure(
+    names: Sequence[str],
+    reference_accuracy_pct: float | None,
+    tflite_accuracy_pct: Sequence[float | None],
+    *,
+    height: int = 360,
+) -> go.Figure:
+    """Grouped bars: accuracy against the labels of the original and of each variant, in %."""
+    ref = [reference_accuracy_pct for _ in names]
+    fig = go.Figure(
+        [
+            go.Bar(
+                x=list(names), y=[np.nan if v is None else v for v in ref], name=ORIGINAL_LABEL,
+                marker_color=ORIGINAL_COLOR,
+                hovertemplate="original: %{y:.2f} %<extra></extra>",
+            ),
+            go.Bar(
+                x=list(names), y=[np.nan if v is None else v for v in tflite_accuracy_pct],
+                name="TFLite", marker_color=TFLITE_COLOR,
+                hovertemplate="%{x}: %{y:.2f} %<extra></extra>",
+            ),
+        ]
+    )
+    _layout(fig, title="Accuracy against labels", x_title="variant", y_title="accuracy (%)",
+            height=height)
+    fig.update_layout(barmode="group")
+    fig.update_yaxes(range=[0, 100.5])
+    return fig
+
+
+def flip_matrix_figure(
+    matrix: Sequence[Sequence[int]],
+    class_names: Sequence[str],
+    *,
+    height: int | None = None,
+) -> go.Figure:
+    """Heatmap of disagreements: rows = original's class, columns = TFLite's class, cell = count.
+
+    Zero cells are left blank so the few flips stand out; `customdata` holds (ref, tfl) indices
+    so a selected cell maps back to classes without string parsing.
+    """
+    m = np.asarray(matrix, dtype=float)
+    c = m.shape[0]
+    labels = [str(x) for x in class_names][:c]
+    z = np.where(m > 0, m, np.nan)
+    text = [[("" if v == 0 else str(int(v))) for v in row] for row in m]
+    custom = [[[i, j] for j in range(c)] for i in range(c)]
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=labels,
+            y=labels,
+            text=text,
+            texttemplate="%{text}",
+            customdata=custom,
+            colorscale=[[0, "#FDE9D6"], [1, TFLITE_COLOR]],
+            colorbar={"title": {"text": "samples"}},
+            hovertemplate="original %{y} → TFLite %{x}: %{z} samples<extra></extra>",
+            xgap=1,
+            ygap=1,
+        )
+    )
+    size = height or max(360, min(900, 60 + 28 * c))
+    _layout(fig, title="Flip matrix (disagreeing samples only)", x_title="TFLite top-1 class",
+            y_title="original top-1 class", height=size)
+    fig.update_yaxes(autorange="reversed", type="category", showgrid=False)
+    fig.update_xaxes(type="category", showgrid=False)
+    return fig
+
+
+def histogram_bins(values: np.ndarray, *, bins: int = 30, lo: float | None = None,
+                   hi: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Counts and edges of `values` over [lo, hi] (the data's range when not given)."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    low = float(v.min()) if lo is None and v.size else (lo or 0.0)
+    high = float(v.max()) if hi is None and v.size else (hi if hi is not None else 1.0)
+    if high <= low:
+        high = low + 1e-6
+    counts, edges = np.histogram(v, bins=bins, range=(low, high))
+    return counts, edges
+
+
+def delta_histogram_figure(
+    deltas: Mapping[str, np.ndarray],
+    *,
+    metric: str,
+    bins: int = 30,
+    height: int | None = None,
+) -> go.Figure:
+    """One histogram row per variant of a per-sample probability delta, on a shared x range.
+
+    Bars (not plotly's own histogram) so a selected bar carries its bin edges in `customdata`
+    and the page can find exactly those samples. `metric` is the column name shown in the title
+    (`max_abs_delta` or `top1_prob_delta`).
+    """
+    names = list(deltas)
+    allv = np.concatenate([np.asarray(deltas[n], dtype=float) for n in names]) if names else np.zeros(0)
+    allv = allv[np.isfinite(allv)]
+    lo = float(allv.min()) if allv.size else 0.0
+    hi = float(allv.max()) if allv.size else 1.0
+    rows = max(1, len(names))
+    fig = go.Figure()
+    fig.set_subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=0.08 if rows > 1 else 0,
+                     subplot_titles=names or None)
+    for i, name in enumerate(names, start=1):
+        counts, edges = histogram_bins(np.asarray(deltas[name]), bins=bins, lo=lo, hi=hi)
+        centers = (edges[:-1] + edges[1:]) / 2
+        fig.add_trace(
+            go.Bar(
+                x=centers,
+                y=counts,
+                width=edges[1:] - edges[:-1],
+                name=name,
+                marker_color=TFLITE_COLOR,
+                marker_line_width=0,
+                customdata=np.stack([edges[:-1], edges[1:]], axis=1),
+                hovertemplate=(
+                    f"{name}<br>%{{customdata[0]:.4f}} … %{{customdata[1]:.4f}}"
+                    "<br>%{y} samples<extra></extra>"
+                ),
+            ),
+            row=i,
+            col=1,
+        )
+        fig.update_yaxes(title_text="samples", row=i, col=1)
+    pretty = {"max_abs_delta": "max |Δ probability| over classes",
+              "top1_prob_delta": "Δ probability of the original's top-1 class (TFLite − original)"}
+    _layout(fig, title=pretty.get(metric, metric), x_title="", y_title="samples",
+            height=height or 140 + 170 * rows)
+    for i in range(1, rows + 1):
+        fig.update_yaxes(title_text="samples", row=i, col=1)
+    fig.update_xaxes(title_text=f"{metric} (probability)", row=rows, col=1)
+    fig.update_layout(showlegend=False, bargap=0.05)
+    return fig
+
+
+def latency_distribution_figure(
+    latencies_ms: Mapping[str, np.ndarray],
+    *,
+    height: int = 420,
+) -> go.Figure:
+    """Box plots of per-invoke wall time per model ("original" first), in milliseconds."""
+    fig = go.Figure()
+    for name, values in latencies_ms.items():
+        v = np.asarray(values, dtype=float)
+        fig.add_trace(
+            go.Box(
+                y=v,
+                name=name,
+                marker_color=model_color(name),
+                boxpoints="outliers",
+                hovertemplate=f"{name}: %{{y:.3f}} ms<extra></extra>",
+            )
+        )
+    _layout(fig, title="Per-invoke latency at batch 1", x_title="model", y_title="latency (ms)",
+            height=height)
+    fig.update_layout(showlegend=False)
+    fig.update_yaxes(rangemode="tozero")
+    return fig
+
+
+def latency_percentiles_figure(
+    percentiles_ms: Mapping[str, Mapping[str, float | None]],
+    *,
+    keys: Sequence[str] = ("p50", "p90", "p99"),
+    height: int = 380,
+) -> go.Figure:
+    """Grouped bars of latency percentiles (ms) per model: one trace per percentile."""
+    names = list(percentiles_ms)
+    shades = {"p50": 1.0, "p90": 0.7, "p99": 0.45}
+    fig = go.Figure()
+    for key in keys:
+        ys = [percentiles_ms[n].get(key) for n in names]
+        fig.add_trace(
+            go.Bar(
+                x=names,
+                y=[np.nan if y is None else y for y in ys],
+                name=key,
+                marker_color=[model_color(n) for n in names],
+                marker_opacity=shades.get(key, 1.0),
+                text=[key for _ in names],
+                textposition="inside",
+                hovertemplate=f"%{{x}} {key}: %{{y:.3f}} ms<extra></extra>",
+            )
+        )
+    _layout(fig, title="Latency percentiles", x_title="model", y_title="latency (ms)",
+            height=height)
+    fig.update_layout(barmode="group")
+    return fig
+
+
+def topk_figure(
+    reference_probs: np.ndarray,
+    tflite_probs: np.ndarray,
+    class_names: Sequence[str],
+    *,
+    k: int = 5,
+    height: int = 300,
+) -> go.Figure:
+    """Two horizontal bar panels: the original's and the TFLite model's top-k probabilities."""
+    ref = np.asarray(reference_probs, dtype=float)
+    tfl = np.asarray(tflite_probs, dtype=float)
+    k = min(k, ref.shape[0])
+    fig = go.Figure()
+    fig.set_subplots(rows=1, cols=2, subplot_titles=(f"original top-{k}", f"TFLite top-{k}"),
+                     horizontal_spacing=0.25)
+    for col, (probs, color, label) in enumerate(
+        ((ref, ORIGINAL_COLOR, ORIGINAL_LABEL), (tfl, TFLITE_COLOR, "TFLite")), start=1
+    ):
+        order = np.argsort(-np.nan_to_num(probs, nan=-1.0), kind="stable")[:k]
+        fig.add_trace(
+            go.Bar(
+                x=probs[order],
+                y=[str(class_names[i]) for i in order],
+                orientation="h",
+                marker_color=color,
+                name=label,
+                text=[f"{p:.3f}" for p in probs[order]],
+                textposition="auto",
+                hovertemplate="%{y}: %{x:.4f}<extra></extra>",
+            ),
+            row=1,
+            col=col,
+        )
+        fig.update_yaxes(autorange="reversed", type="category", row=1, col=col)
+        fig.update_xaxes(range=[0, 1], title_text="probability", row=1, col=col)
+    _layout(fig, title="", x_title="probability", y_title="", height=height)
+    fig.update_layout(showlegend=False, margin={"l": 80, "r": 20, "t": 40, "b": 50})
+    return fig

@@ -1,0 +1,283 @@
+"""Read a run directory back into a small read-only view for the dashboard and reports."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from core import rundir
+from core.errors import QuantLensError
+from core.paths import resolve_inside
+
+REFERENCE = "reference"  # file-name stem of the reference model's arrays
+_FINISHED_OK = "done"
+
+
+@dataclass(frozen=True, eq=False)
+class RunResults:
+    """Everything one run wrote, read lazily: the report eagerly, tables and arrays on demand.
+
+    Instances are immutable from the outside; `_memo` only remembers what was already read so a
+    page that asks twice does not read the disk twice.
+    """
+
+    run_dir: Path
+    report: dict[str, Any]
+    _memo: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    # ---- report fields -------------------------------------------------------------------
+    @property
+    def run_id(self) -> str:
+        return str(self.report.get("run", {}).get("id") or self.run_dir.name)
+
+    @property
+    def run_name(self) -> str:
+        return str(self.report.get("run", {}).get("name") or "")
+
+    @property
+    def reference(self) -> dict[str, Any]:
+        return dict(self.report.get("reference") or {})
+
+    @property
+    def dataset(self) -> dict[str, Any]:
+        return dict(self.report.get("dataset") or {})
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.report.get("options") or {})
+
+    @property
+    def environment(self) -> dict[str, Any]:
+        return dict(self.report.get("environment") or {})
+
+    @property
+    def threshold_pct(self) -> float:
+        """The agreement a variant needs to pass, in % (default 95)."""
+        value = self.options.get("min_agreement_pct")
+        return 95.0 if value is None else float(value)
+
+    @property
+    def variants(self) -> list[dict[str, Any]]:
+        return [dict(v) for v in self.report.get("variants") or []]
+
+    def variant_names(self, *, finished_only: bool = False) -> list[str]:
+        """Variant names in report order; with `finished_only`, only those whose status is done."""
+        return [
+            str(v.get("name") or v.get("mode"))
+            for v in self.variants
+            if not finished_only or v.get("status", _FINISHED_OK) == _FINISHED_OK
+        ]
+
+    def variant(self, name: str) -> dict[str, Any]:
+        """The report entry of one variant.
+
+        Raises:
+            QuantLensError: no variant of that name in this run.
+        """
+        for v in self.variants:
+            if (v.get("name") or v.get("mode")) == name:
+                return v
+        raise QuantLensError(f"run {self.run_id} has no variant {name!r}; pick one of "
+                             f"{', '.join(self.variant_names()) or 'none'}")
+
+    @property
+    def num_classes(self) -> int:
+        n = self.reference.get("num_classes")
+        if n:
+            return int(n)
+        return len(self.class_names)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """Class names from the report, else labels.txt, else the indices as text."""
+        if "class_names" not in self._memo:
+            names = self.dataset.get("class_names")
+            if not names:
+                labels = self.run_dir / rundir.LABELS
+                if labels.is_file():
+                    names = [ln.strip() for ln in labels.read_text(encoding="utf-8").splitlines()
+                             if ln.strip()]
+            n = int(self.reference.get("num_classes") or 0)
+            if not names or (n and len(names) != n):
+                names = [str(i) for i in range(n)]
+            self._memo["class_names"] = tuple(str(x) for x in names)
+        names_t: tuple[str, ...] = self._memo["class_names"]
+        return names_t
+
+    def class_name(self, index: int | None) -> str:
+        """The display name of a class index ("?" when unknown)."""
+        if index is None or index < 0:
+            return "?"
+        names = self.class_names
+        return names[index] if index < len(names) else str(index)
+
+    @property
+    def reference_near_chance(self) -> bool:
+        """True when the original's accuracy is below 1.5 x chance: preprocessing is suspect."""
+        acc = self.reference.get("accuracy_pct")
+        c = self.num_classes
+        return acc is not None and c > 1 and float(acc) < 1.5 * 100.0 / c
+
+    # ---- per-sample tables ---------------------------------------------------------------
+    @property
+    def samples(self) -> pd.DataFrame:
+        """samples.csv: index, relpath, label, ref_top1, ref_top1_prob, ref_margin (empty if absent)."""
+        if "samples" not in self._memo:
+            path = self.run_dir / rundir.SAMPLES
+            cols = ["index", "relpath", "label", "ref_top1", "ref_top1_prob", "ref_margin"]
+            df = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=cols)
+            self._memo["samples"] = df
+        out: pd.DataFrame = self._memo["samples"]
+        return out
+
+    def variant_samples(self, name: str) -> pd.DataFrame:
+        """samples.csv joined with `<variant>.samples.csv` on `index` (empty if not written yet).
+
+        Adds `row` (position in the probability arrays) and `abs_top1_prob_delta`.
+        """
+        key = f"samples:{name}"
+        if key not in self._memo:
+            base = self.samples.reset_index(drop=True).copy()
+            base["row"] = np.arange(len(base))
+            path = rundir.variant_samples_path(self.run_dir, name)
+            if not path.is_file() or base.empty:
+                self._memo[key] = base.iloc[0:0].assign(
+                    tfl_top1=[], tfl_top1_prob=[], agree=[], max_abs_delta=[],
+                    top1_prob_delta=[], kl=[], abs_top1_prob_delta=[],
+                )
+            else:
+                var = pd.read_csv(path)
+                df = base.merge(var, on="index", how="inner", validate="one_to_one")
+                df["agree"] = df["agree"].astype(str).str.lower().isin(["true", "1", "1.0"])
+                df["abs_top1_prob_delta"] = df["top1_prob_delta"].abs()
+                self._memo[key] = df
+        out: pd.DataFrame = self._memo[key]
+        return out
+
+    # ---- arrays ---------------------------------------------------------------------------
+    def probs(self, name: str) -> np.ndarray | None:
+        """[N, C] probabilities of `reference` or a variant, memory-mapped; None if absent."""
+        key = f"probs:{name}"
+        if key not in self._memo:
+            path = rundir.probs_path(self.run_dir, name)
+            self._memo[key] = np.load(path, mmap_mode="r") if path.is_file() else None
+        arr: np.ndarray | None = self._memo[key]
+        return arr
+
+    def latency(self, name: str) -> np.ndarray | None:
+        """Per-invoke milliseconds of `reference` or a variant; None if absent."""
+        key = f"latency:{name}"
+        if key not in self._memo:
+            path = rundir.latency_path(self.run_dir, name)
+            self._memo[key] = np.load(path) if path.is_file() else None
+        arr: np.ndarray | None = self._memo[key]
+        return arr
+
+    # ---- images ---------------------------------------------------------------------------
+    @property
+    def dataset_root(self) -> Path | None:
+        """The folder sample `relpath`s are relative to (a CSV data set: the CSV's folder)."""
+        raw = self.dataset.get("path")
+        if not raw:
+            return None
+        p = Path(str(raw))
+        return p.parent if p.suffix.lower() == ".csv" or p.is_file() else p
+
+    def image_path(self, relpath: str) -> Path | None:
+        """Absolute path of a sample image, or None if missing or outside the data set root."""
+        root = self.dataset_root
+        if root is None:
+            return None
+        p = resolve_inside(root, str(relpath))
+        return p if p is not None and p.is_file() else None
+
+
+def load_results(run_dir: Path) -> RunResults:
+    """Read `run_dir/report.json` into a RunResults.
+
+    Raises:
+        QuantLensError: the run has no report yet, or the report is not valid JSON.
+    """
+    path = Path(run_dir) / rundir.REPORT
+    if not path.is_file():
+        raise QuantLensError(
+            f"run {Path(run_dir).name} has no report yet; wait for it to finish or pick another run"
+        )
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise QuantLensError(f"report of run {Path(run_dir).name} is unreadable ({exc}); "
+                             "re-run the job") from None
+    if not isinstance(report, dict):
+        raise QuantLensError(f"report of run {Path(run_dir).name} is not a JSON object; re-run it")
+    return RunResults(run_dir=Path(run_dir), report=report)
+
+
+def report_mtime(run_dir: Path) -> float:
+    """Modification time of the run's report.json (0.0 if absent): the cache key of its view."""
+    try:
+        return (Path(run_dir) / rundir.REPORT).stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def run_ids(home: Path | None = None) -> list[str]:
+    """Ids of every run directory in the workspace, newest first (by job.json time)."""
+    root = rundir.runs_root(home)
+    if not root.is_dir():
+        return []
+    found: list[tuple[float, str]] = []
+    for d in root.iterdir():
+        job = d / rundir.JOB
+        if d.is_dir() and job.is_file():
+            found.append((job.stat().st_mtime, d.name))
+    found.sort(reverse=True)
+    return [name for _, name in found]
+
+
+SORTS = {
+    "largest |Δp| of the original's class": ("abs_top1_prob_delta", False),
+    "largest max |Δp|": ("max_abs_delta", False),
+    "smallest original margin": ("ref_margin", True),
+    "sample order": ("index", True),
+}
+
+
+def pick_samples(
+    df: pd.DataFrame,
+    *,
+    at_risk_margin: float | None = None,
+    ref_class: int | None = None,
+    flip: tuple[int, int] | None = None,
+    sort: str = "largest |Δp| of the original's class",
+) -> pd.DataFrame:
+    """The gallery's rows of a `variant_samples` table.
+
+    Args:
+        df: a `RunResults.variant_samples` table.
+        at_risk_margin: None shows disagreements; a number shows samples that still agree but
+            whose original margin (top-1 − top-2) is below it.
+        ref_class: keep only samples whose original top-1 is this class.
+        flip: keep only disagreements original class -> TFLite class (a flip-matrix cell).
+        sort: a key of `SORTS`.
+
+    Returns:
+        The filtered, sorted rows.
+    """
+    if df.empty:
+        return df
+    if at_risk_margin is None:
+        out = df[~df["agree"]]
+    else:
+        out = df[df["agree"] & (df["ref_margin"] < at_risk_margin)]
+    if ref_class is not None:
+        out = out[out["ref_top1"] == ref_class]
+    if flip is not None:
+        out = out[(out["ref_top1"] == flip[0]) & (out["tfl_top1"] == flip[1]) & ~out["agree"]]
+    column, ascending = SORTS.get(sort, ("index", True))
+    return out.sort_values([column, "index"], ascending=[ascending, True], kind="stable")

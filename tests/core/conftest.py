@@ -1,0 +1,87 @@
+"""Tiny real models and image sets, built by the tests (conv + batch norm + depthwise, so fusion
+and quantization really happen)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+TINY_SIZE = 16
+TINY_CLASSES = 4
+
+
+def build_tiny_model(*, softmax: bool = True, seed: int = 0, spatial: int | None = TINY_SIZE):  # type: ignore[no-untyped-def]
+    """A few-KB MobileNet-style classifier with deterministic random weights."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((spatial, spatial, 3), name="image")
+    x = layers.Conv2D(24, 3, padding="same", use_bias=False)(inputs)
+    x = layers.BatchNormalization()(x)
+    x = layers.ReLU(6.0)(x)
+    x = layers.DepthwiseConv2D(3, padding="same", use_bias=False)(x)
+    x = layers.BatchNormalization()(x)
+    x = layers.ReLU(6.0)(x)
+    x = layers.Conv2D(48, 1, use_bias=False)(x)
+    x = layers.BatchNormalization()(x)
+    x = layers.ReLU(6.0)(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dense(64, activation="relu")(x)
+    outputs = layers.Dense(TINY_CLASSES, activation="softmax" if softmax else None, name="scores")(x)
+    return keras.Model(inputs, outputs)
+
+
+def write_tiny_images(root: Path, *, per_class: int = 6, seed: int = 0) -> Path:
+    """Class-coloured noise images in folders plus a CSV (filepath,label); returns the CSV."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for label in range(TINY_CLASSES):
+        for i in range(per_class):
+            base = np.zeros((20, 20, 3), dtype=np.float64)
+            base[..., label % 3] = 160 + 60 * (label // 3)
+            pixels = np.clip(base + rng.normal(0, 40, base.shape), 0, 255).astype(np.uint8)
+            relpath = f"images/c{label}/{i}.png"
+            (root / relpath).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(root / relpath)
+            rows.append((relpath, label))
+    csv_path = root / "data.csv"
+    with csv_path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["filepath", "label"])
+        writer.writerows(rows)
+    return csv_path
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The same tiny model as `.keras` and as a SavedModel, plus a logits-output SavedModel."""
+    root = tmp_path_factory.mktemp("tiny_models")
+    model = build_tiny_model()
+    model.save(root / "tiny.keras")
+    model.export(str(root / "tiny_saved_model"), verbose=False)
+    logits = build_tiny_model(softmax=False, seed=1)
+    logits.export(str(root / "logits_saved_model"), verbose=False)
+    return {
+        "keras": root / "tiny.keras",
+        "saved_model": root / "tiny_saved_model",
+        "logits_saved_model": root / "logits_saved_model",
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CSV data set of 24 labelled PNG images; returns the CSV path."""
+    return write_tiny_images(tmp_path_factory.mktemp("tiny_data"))
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh QUANTLENS_HOME for one test (store, runs, conversion cache)."""
+    home = tmp_path / "workspace"
+    monkeypatch.setenv("QUANTLENS_HOME", str(home))
+    return home

@@ -1,0 +1,175 @@
+"""`python -m core run` end to end on a tiny real model: the table, report.json recomputed
+independently from the files it wrote, skipped images, and the exit codes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.slow
+
+
+def run_cli(*args: str, home: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, "QUANTLENS_HOME": str(home), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "core", *args],
+        cwd=REPO,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+def wilson(k: int, n: int) -> tuple[float, float]:
+    z = 1.959963984540054
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return 100 * max(0.0, centre - half), 100 * min(1.0, centre + half)
+
+
+@pytest.fixture(scope="module")
+def data_with_broken_images(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny data set plus a truncated PNG and a text file named .jpg."""
+    root = tmp_path_factory.mktemp("broken_data")
+    shutil.copytree(tiny_data.parent, root, dirs_exist_ok=True)
+    good = (root / "images/c0/0.png").read_bytes()
+    (root / "images/c0/truncated.png").write_bytes(good[: len(good) // 2])
+    (root / "images/c1/notes.jpg").write_text("this is not a picture", encoding="utf-8")
+    with (root / "data.csv").open("a", encoding="utf-8") as f:
+        f.write("images/c0/truncated.png,0\nimages/c1/notes.jpg,1\n")
+    return root / "data.csv"
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_models: dict[str, Path], data_with_broken_images: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path, Path]:
+    home = tmp_path_factory.mktemp("home")
+    out = home / "out"
+    done = run_cli(
+        "run", str(tiny_models["saved_model"]),
+        "--data", str(data_with_broken_images),
+        "--modes", "float32,float16,int8",
+        "--preprocess", "unit",
+        "--min-agreement", "99.99",
+        "--latency-runs", "10",
+        "--threads", "1",
+        "--out", str(out),
+        home=home,
+    )
+    return done, out, home
+
+
+def test_run_prints_table_and_writes_files(finished_run: tuple[subprocess.CompletedProcess[str], Path, Path]) -> None:
+    done, out, _ = finished_run
+    assert done.returncode in (0, 1), done.stderr
+    assert "Traceback" not in done.stderr
+    for name in ("float32", "float16", "int8"):
+        assert (out / f"{name}.tflite").read_bytes()[4:8] == b"TFL3"
+        assert any(line.startswith(name) and ("PASS" in line or "FAIL" in line) for line in done.stdout.splitlines())
+    assert "24 images compared, 2 skipped" in done.stdout
+
+
+def test_report_numbers_recompute_from_the_written_arrays(finished_run: tuple[subprocess.CompletedProcess[str], Path, Path]) -> None:
+    _, out, _ = finished_run
+    report = json.loads((out / "report.json").read_text())
+    ref = np.load(out / "reference.probs.npy").astype(np.float64)
+    with (out / "samples.csv").open() as f:
+        labels = np.array([int(r["label"]) for r in csv.DictReader(f)])
+    ref_top1 = ref.argmax(axis=1)
+    assert report["reference"]["accuracy_pct"] == pytest.approx(100 * np.mean(ref_top1 == labels))
+    for variant in report["variants"]:
+        assert variant["status"] == "done", variant["error"]
+        tfl = np.load(out / f"{variant['name']}.probs.npy").astype(np.float64)
+        tfl_top1 = tfl.argmax(axis=1)
+        agree = int(np.sum(ref_top1 == tfl_top1))
+        n = len(ref)
+        assert variant["n"] == n == 24
+        assert variant["top1_agreement_pct"] == pytest.approx(100 * agree / n)
+        assert variant["top1_agreement_ci95"] == pytest.approx(list(wilson(agree, n)), abs=1e-9)
+        assert variant["disagreements"] == n - agree
+        assert variant["max_abs_prob_delta"] == pytest.approx(np.max(np.abs(ref - tfl)), abs=1e-6)
+        assert variant["tflite_accuracy_pct"] == pytest.approx(100 * np.mean(tfl_top1 == labels))
+        assert variant["size_bytes"] == (out / f"{variant['name']}.tflite").stat().st_size
+        assert variant["passed"] == (100 * agree / n >= 99.99)
+        with (out / f"{variant['name']}.samples.csv").open() as f:
+            flags = [int(r["agree"]) for r in csv.DictReader(f)]
+        assert sum(flags) == agree
+        latency = np.load(out / f"{variant['name']}.latency.npy")
+        assert variant["latency_ms"]["n"] == len(latency) == 10
+        assert variant["latency_ms"]["p50"] == pytest.approx(float(np.percentile(latency, 50)))
+    sizes = {v["name"]: v["size_bytes"] for v in report["variants"]}
+    assert sizes["int8"] < sizes["float16"] < sizes["float32"]
+    float32 = sizes["float32"]
+    int8 = next(v for v in report["variants"] if v["name"] == "int8")
+    assert int8["size_reduction_vs_float32_pct"] == pytest.approx(100 * (1 - sizes["int8"] / float32))
+
+
+def test_exit_status_follows_the_threshold(finished_run: tuple[subprocess.CompletedProcess[str], Path, Path]) -> None:
+    done, out, _ = finished_run
+    report = json.loads((out / "report.json").read_text())
+    all_pass = all(v["top1_agreement_pct"] >= 99.99 for v in report["variants"])
+    assert done.returncode == (0 if all_pass else 1)
+
+
+def test_broken_images_are_skipped_with_reasons(finished_run: tuple[subprocess.CompletedProcess[str], Path, Path]) -> None:
+    _, out, _ = finished_run
+    report = json.loads((out / "report.json").read_text())
+    assert report["dataset"]["num_skipped"] == 2
+    with (out / "skipped.csv").open() as f:
+        reasons = {r["relpath"]: r["reason"] for r in csv.DictReader(f)}
+    assert reasons["images/c1/notes.jpg"] == "not an image file (format not recognised)"
+    assert "truncated" in reasons["images/c0/truncated.png"]
+
+
+def test_history_lists_the_cli_run(finished_run: tuple[subprocess.CompletedProcess[str], Path, Path]) -> None:
+    _, out, home = finished_run
+    listing = run_cli("history", home=home)
+    report = json.loads((out / "report.json").read_text())
+    assert listing.returncode == 0
+    assert report["run"]["id"] in listing.stdout
+    assert "done" in listing.stdout
+
+
+def test_threshold_zero_passes_with_exit_0(tiny_models: dict[str, Path], tiny_data: Path, tmp_path: Path) -> None:
+    done = run_cli(
+        "run", str(tiny_models["keras"]), "--data", str(tiny_data), "--modes", "dynamic",
+        "--min-agreement", "0", "--latency-runs", "3", "--out", str(tmp_path / "out"),
+        home=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["reference"]["format"] == "keras"
+    assert report["variants"][0]["passed"] is True
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "/nonexistent/model", "--data", "/nonexistent.csv"], "error: model path /nonexistent/model does not exist; check the path"),
+        (["run", "MODEL", "--data", "DATA", "--modes", "int4"], "error: unknown mode 'int4'; choose from float32, dynamic, float16, int8, int16x8"),
+        (["run", "MODEL", "--data", "DATA", "--samples", "0"], "error: --samples must be at least 1; got 0"),
+        (["run", "NOISE", "--data", "DATA"], "error: noise.keras is not a valid .keras file (it is not a zip archive)"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(args: list[str], message: str, tiny_models: dict[str, Path], tiny_data: Path, tmp_path: Path) -> None:
+    noise = tmp_path / "noise.keras"
+    noise.write_bytes(os.urandom(2048))
+    replace = {"MODEL": str(tiny_models["saved_model"]), "DATA": str(tiny_data), "NOISE": str(noise)}
+    done = run_cli(*[replace.get(a, a) for a in args], "--out", str(tmp_path / "out"), home=tmp_path)
+    assert done.returncode == 2
+    lines = [ln for ln in done.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and lines[0].startswith(message)
+    assert "Traceback" not in done.stderr
