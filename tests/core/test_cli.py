@@ -20,7 +20,9 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-def run_cli(*args: str, home: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, home: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     environment = {**os.environ, "QUANTLENS_HOME": str(home), **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "core", *args],
@@ -55,34 +57,53 @@ def data_with_broken_images(tiny_data: Path, tmp_path_factory: pytest.TempPathFa
 
 
 @pytest.fixture(scope="module")
-def finished_run(tiny_models: dict[str, Path], data_with_broken_images: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path, Path]:
+def finished_run(
+    tiny_models: dict[str, Path],
+    data_with_broken_images: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[subprocess.CompletedProcess[str], Path, Path]:
     home = tmp_path_factory.mktemp("home")
     out = home / "out"
     done = run_cli(
-        "run", str(tiny_models["saved_model"]),
-        "--data", str(data_with_broken_images),
-        "--modes", "float32,float16,int8",
-        "--preprocess", "unit",
-        "--min-agreement", "99.99",
-        "--latency-runs", "10",
-        "--threads", "1",
-        "--out", str(out),
+        "run",
+        str(tiny_models["saved_model"]),
+        "--data",
+        str(data_with_broken_images),
+        "--modes",
+        "float32,float16,int8",
+        "--preprocess",
+        "unit",
+        "--min-agreement",
+        "99.99",
+        "--latency-runs",
+        "10",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
         home=home,
     )
     return done, out, home
 
 
-def test_run_prints_table_and_writes_files(finished_run: tuple[subprocess.CompletedProcess[str], Path, Path]) -> None:
+def test_run_prints_table_and_writes_files(
+    finished_run: tuple[subprocess.CompletedProcess[str], Path, Path],
+) -> None:
     done, out, _ = finished_run
     assert done.returncode in (0, 1), done.stderr
     assert "Traceback" not in done.stderr
     for name in ("float32", "float16", "int8"):
         assert (out / f"{name}.tflite").read_bytes()[4:8] == b"TFL3"
-        assert any(line.startswith(name) and ("PASS" in line or "FAIL" in line) for line in done.stdout.splitlines())
+        assert any(
+            line.startswith(name) and ("PASS" in line or "FAIL" in line)
+            for line in done.stdout.splitlines()
+        )
     assert "24 images compared, 2 skipped" in done.stdout
 
 
-def test_report_numbers_recompute_from_the_written_arrays(finished_run: tuple[subprocess.CompletedProcess[str], Path, Path]) -> None:
+def test_report_numbers_recompute_from_the_written_arrays(
+    finished_run: tuple[subprocess.CompletedProcess[str], Path, Path],
+) -> None:
     _, out, _ = finished_run
     report = json.loads((out / "report.json").read_text())
     ref = np.load(out / "reference.probs.npy").astype(np.float64)
@@ -114,17 +135,23 @@ def test_report_numbers_recompute_from_the_written_arrays(finished_run: tuple[su
     assert sizes["int8"] < sizes["float16"] < sizes["float32"]
     float32 = sizes["float32"]
     int8 = next(v for v in report["variants"] if v["name"] == "int8")
-    assert int8["size_reduction_vs_float32_pct"] == pytest.approx(100 * (1 - sizes["int8"] / float32))
+    assert int8["size_reduction_vs_float32_pct"] == pytest.approx(
+        100 * (1 - sizes["int8"] / float32)
+    )
 
 
-def test_exit_status_follows_the_threshold(finished_run: tuple[subprocess.CompletedProcess[str], Path, Path]) -> None:
+def test_exit_status_follows_the_threshold(
+    finished_run: tuple[subprocess.CompletedProcess[str], Path, Path],
+) -> None:
     done, out, _ = finished_run
     report = json.loads((out / "report.json").read_text())
     all_pass = all(v["top1_agreement_pct"] >= 99.99 for v in report["variants"])
     assert done.returncode == (0 if all_pass else 1)
 
 
-def test_broken_images_are_skipped_with_reasons(finished_run: tuple[subprocess.CompletedProcess[str], Path, Path]) -> None:
+def test_broken_images_are_skipped_with_reasons(
+    finished_run: tuple[subprocess.CompletedProcess[str], Path, Path],
+) -> None:
     _, out, _ = finished_run
     report = json.loads((out / "report.json").read_text())
     assert report["dataset"]["num_skipped"] == 2
@@ -134,7 +161,9 @@ def test_broken_images_are_skipped_with_reasons(finished_run: tuple[subprocess.C
     assert "truncated" in reasons["images/c0/truncated.png"]
 
 
-def test_history_lists_the_cli_run(finished_run: tuple[subprocess.CompletedProcess[str], Path, Path]) -> None:
+def test_history_lists_the_cli_run(
+    finished_run: tuple[subprocess.CompletedProcess[str], Path, Path],
+) -> None:
     _, out, home = finished_run
     listing = run_cli("history", home=home)
     report = json.loads((out / "report.json").read_text())
@@ -143,10 +172,22 @@ def test_history_lists_the_cli_run(finished_run: tuple[subprocess.CompletedProce
     assert "done" in listing.stdout
 
 
-def test_threshold_zero_passes_with_exit_0(tiny_models: dict[str, Path], tiny_data: Path, tmp_path: Path) -> None:
+def test_threshold_zero_passes_with_exit_0(
+    tiny_models: dict[str, Path], tiny_data: Path, tmp_path: Path
+) -> None:
     done = run_cli(
-        "run", str(tiny_models["keras"]), "--data", str(tiny_data), "--modes", "dynamic",
-        "--min-agreement", "0", "--latency-runs", "3", "--out", str(tmp_path / "out"),
+        "run",
+        str(tiny_models["keras"]),
+        "--data",
+        str(tiny_data),
+        "--modes",
+        "dynamic",
+        "--min-agreement",
+        "0",
+        "--latency-runs",
+        "3",
+        "--out",
+        str(tmp_path / "out"),
         home=tmp_path,
     )
     assert done.returncode == 0, done.stderr
@@ -158,17 +199,37 @@ def test_threshold_zero_passes_with_exit_0(tiny_models: dict[str, Path], tiny_da
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["run", "/nonexistent/model", "--data", "/nonexistent.csv"], "error: model path /nonexistent/model does not exist; check the path"),
-        (["run", "MODEL", "--data", "DATA", "--modes", "int4"], "error: unknown mode 'int4'; choose from float32, dynamic, float16, int8, int16x8"),
-        (["run", "MODEL", "--data", "DATA", "--samples", "0"], "error: --samples must be at least 1; got 0"),
-        (["run", "NOISE", "--data", "DATA"], "error: noise.keras is not a valid .keras file (it is not a zip archive)"),
+        (
+            ["run", "/nonexistent/model", "--data", "/nonexistent.csv"],
+            "error: model path /nonexistent/model does not exist; check the path",
+        ),
+        (
+            ["run", "MODEL", "--data", "DATA", "--modes", "int4"],
+            "error: unknown mode 'int4'; choose from float32, dynamic, float16, int8, int16x8",
+        ),
+        (
+            ["run", "MODEL", "--data", "DATA", "--samples", "0"],
+            "error: --samples must be at least 1; got 0",
+        ),
+        (
+            ["run", "NOISE", "--data", "DATA"],
+            "error: noise.keras is not a valid .keras file (it is not a zip archive)",
+        ),
     ],
 )
-def test_bad_input_exits_2_with_one_line(args: list[str], message: str, tiny_models: dict[str, Path], tiny_data: Path, tmp_path: Path) -> None:
+def test_bad_input_exits_2_with_one_line(
+    args: list[str], message: str, tiny_models: dict[str, Path], tiny_data: Path, tmp_path: Path
+) -> None:
     noise = tmp_path / "noise.keras"
     noise.write_bytes(os.urandom(2048))
-    replace = {"MODEL": str(tiny_models["saved_model"]), "DATA": str(tiny_data), "NOISE": str(noise)}
-    done = run_cli(*[replace.get(a, a) for a in args], "--out", str(tmp_path / "out"), home=tmp_path)
+    replace = {
+        "MODEL": str(tiny_models["saved_model"]),
+        "DATA": str(tiny_data),
+        "NOISE": str(noise),
+    }
+    done = run_cli(
+        *[replace.get(a, a) for a in args], "--out", str(tmp_path / "out"), home=tmp_path
+    )
     assert done.returncode == 2
     lines = [ln for ln in done.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and lines[0].startswith(message)

@@ -1,0 +1,253 @@
+"""Benchmark: `python -m core run` against the compute floor and a naive tutorial loop.
+
+On a MobileNetV2 at 224x224 (weights=None, 10 classes, saved as a SavedModel) and N generated
+JPEG files, with modes float32,float16,dynamic,int8, this measures in one session:
+
+- ours:  wall time of `python -m core run` (a subprocess: process start, TF import, decoding,
+         reference pass, four conversions, inference, latency runs, metrics, files);
+- floor: the unavoidable compute, in this process: the four conversions, one batched
+         reference pass, one invoke per image per variant, decoding each image once;
+- naive: a loop as a tutorial writes it: the same four conversions, then per image: load it,
+         `model.predict` on one sample, and invoke each interpreter;
+- memory: the worker's peak RSS for N/5 and for N images (it must not grow with N beyond
+         the per-sample records).
+
+The machine is shared and noisy, so only ratios measured in the same run are meaningful.
+Usage: python bench/pipeline.py [--images 500] [--size 224] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+MODES = ("float32", "float16", "dynamic", "int8")
+CALIBRATION = 100
+
+
+def make_model(root: Path, size: int) -> Path:
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.applications.MobileNetV2(weights=None, input_shape=(size, size, 3), classes=10)
+    path = root / "mobilenet_v2"
+    model.export(str(path), verbose=False)
+    return path
+
+
+def make_images(root: Path, count: int, size: int) -> Path:
+    """Smooth random colour fields saved as JPEG (photo-like sizes, not noise)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(count):
+        small = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+        image = Image.fromarray(small).resize((size + 32, size + 16), Image.BICUBIC)
+        relpath = f"images/{i:04d}.jpg"
+        (root / relpath).parent.mkdir(parents=True, exist_ok=True)
+        image.save(root / relpath, quality=90)
+        rows.append((relpath, i % 10))
+    csv_path = root / "data.csv"
+    with csv_path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["filepath", "label"])
+        writer.writerows(rows)
+    return csv_path
+
+
+def run_ours(
+    model: Path, data: Path, home: Path, *, threads: int, samples: int | None
+) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of the worker for one `core run` with a cold cache."""
+    args = [
+        sys.executable,
+        "-m",
+        "core",
+        "run",
+        str(model),
+        "--data",
+        str(data),
+        "--modes",
+        ",".join(MODES),
+        "--threads",
+        str(threads),
+        "--calibration-samples",
+        str(CALIBRATION),
+        "--out",
+        str(home / "run"),
+    ]
+    if samples:
+        args += ["--samples", str(samples)]
+    env = {**os.environ, "QUANTLENS_HOME": str(home), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    started = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - started
+    if done.returncode not in (0, 1):
+        raise SystemExit(f"core run failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    # ru_maxrss of waited-for descendants: the largest is the worker (KB on Linux).
+    peak = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+    return seconds, peak
+
+
+def decode(path: Path, size: int) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return (
+            np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.float32)
+            / 127.5
+            - 1
+        )
+
+
+def convert_all(model: Path, calibration: np.ndarray) -> dict[str, bytes]:
+    import tensorflow as tf
+
+    out = {}
+    for mode in MODES:
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(model))
+        if mode != "float32":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if mode == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        if mode == "int8":
+            converter.representative_dataset = lambda: (
+                [calibration[i : i + 1]] for i in range(len(calibration))
+            )
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+        out[mode] = converter.convert()
+    return out
+
+
+def interpreters(models: dict[str, bytes], threads: int) -> dict[str, object]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    result = {}
+    for mode, data in models.items():
+        it = Interpreter(model_content=data, num_threads=threads)
+        it.allocate_tensors()
+        result[mode] = it
+    return result
+
+
+def invoke(it: object, x: np.ndarray) -> np.ndarray:
+    inp = it.get_input_details()[0]  # type: ignore[attr-defined]
+    out = it.get_output_details()[0]  # type: ignore[attr-defined]
+    if inp["dtype"] != np.float32:
+        scale, zp = inp["quantization"]
+        x = np.clip(np.round(x / scale + zp), -128, 127).astype(inp["dtype"])
+    it.set_tensor(inp["index"], x)  # type: ignore[attr-defined]
+    it.invoke()  # type: ignore[attr-defined]
+    return it.get_tensor(out["index"])  # type: ignore[attr-defined,no-any-return]
+
+
+def floor(model: Path, paths: list[Path], size: int, threads: int) -> float:
+    """The unavoidable compute: decode once, one batched reference pass, 4 conversions, N invokes each."""
+    import tensorflow as tf
+
+    started = time.perf_counter()
+    images = np.stack([decode(p, size) for p in paths])
+    serve = tf.saved_model.load(str(model)).signatures["serving_default"]
+    name = next(iter(serve.structured_input_signature[1]))
+    for start in range(0, len(images), 32):
+        serve(**{name: tf.constant(images[start : start + 32])})
+    rng = np.random.default_rng(1)
+    calibration = images[rng.choice(len(images), size=min(CALIBRATION, len(images)), replace=False)]
+    for it in interpreters(convert_all(model, calibration), threads).values():
+        for image in images:
+            invoke(it, image[None])
+    return time.perf_counter() - started
+
+
+def naive(model: Path, paths: list[Path], size: int, threads: int) -> float:
+    """The tutorial loop: convert, then per image load it, model.predict one sample, invoke each."""
+    import keras
+    import tensorflow as tf
+
+    started = time.perf_counter()
+    rng = np.random.default_rng(1)
+    calibration = np.stack(
+        [
+            decode(paths[i], size)
+            for i in rng.choice(len(paths), size=min(CALIBRATION, len(paths)), replace=False)
+        ]
+    )
+    its = interpreters(convert_all(model, calibration), threads)
+    reference = keras.layers.TFSMLayer(str(model), call_endpoint="serving_default")
+    wrapped = keras.Sequential([keras.Input((size, size, 3)), reference])
+    for path in paths:
+        x = decode(path, size)[None]
+        wrapped.predict(x, verbose=0)
+        for it in its.values():
+            invoke(it, x)
+    del tf
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=500)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    args = parser.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    work = Path(tempfile.mkdtemp(prefix="quantlens-bench-"))
+    print(f"bench folder: {work}", flush=True)
+    model = make_model(work, args.size)
+    data = make_images(work / "data", args.images, args.size)
+    paths = [data.parent / f"images/{i:04d}.jpg" for i in range(args.images)]
+
+    ours_s, ours_rss = run_ours(model, data, work / "home_full", threads=args.threads, samples=None)
+    print(
+        f"ours:  {ours_s:7.1f} s  (peak worker RSS {ours_rss:.0f} MB, {args.images} images)",
+        flush=True,
+    )
+    small = max(args.images // 5, 1)
+    _, small_rss = run_ours(model, data, work / "home_small", threads=args.threads, samples=small)
+    print(f"       peak worker RSS {small_rss:.0f} MB with {small} images", flush=True)
+    # TensorFlow in this process already runs on every core (make_model initialised it), which
+    # is what --threads defaults to; pass --threads equal to the core count for a fair floor.
+    floor_s = floor(model, paths, args.size, args.threads)
+    print(f"floor: {floor_s:7.1f} s", flush=True)
+    naive_s = naive(model, paths, args.size, args.threads)
+    print(f"naive: {naive_s:7.1f} s", flush=True)
+    results = {
+        "images": args.images,
+        "size": args.size,
+        "threads": args.threads,
+        "ours_s": ours_s,
+        "floor_s": floor_s,
+        "naive_s": naive_s,
+        "ours_over_floor": ours_s / floor_s,
+        "naive_over_ours": naive_s / ours_s,
+        "peak_rss_mb": {str(small): small_rss, str(args.images): ours_rss},
+        "rss_growth_mb_per_100_images": (ours_rss - small_rss) / ((args.images - small) / 100),
+    }
+    print(
+        f"\nours / floor = {results['ours_over_floor']:.2f}x (target <= 1.3x)\n"
+        f"naive / ours = {results['naive_over_ours']:.2f}x (target >= 5x)\n"
+        f"peak RSS {small_rss:.0f} MB at {small} images vs {ours_rss:.0f} MB at {args.images} images "
+        f"({results['rss_growth_mb_per_100_images']:+.1f} MB per 100 images)"
+    )
+    out = REPO / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "pipeline.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

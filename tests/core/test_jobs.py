@@ -1,0 +1,165 @@
+"""Jobs as the dashboard starts them: detached, watchable, cancellable, recovered after a kill."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from core import rundir
+from core.jobs import (
+    active_run_id,
+    cancel_run,
+    create_run,
+    launch_run,
+    read_progress,
+    read_status,
+    recover_interrupted,
+    run_dir,
+)
+from core.store import open_store
+from core.types import JobSpec, RunStatus
+
+
+def wait_for(predicate, *, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def process_group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def tiny_job(tiny_models: dict[str, Path], tiny_data: Path, **options: object) -> JobSpec:
+    return JobSpec(
+        model_path=str(tiny_models["saved_model"]),
+        data_path=str(tiny_data),
+        variants=("float16",),
+        latency_runs=3,
+        warmup_runs=1,
+        name="tiny",
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def test_create_run_registers_a_queued_row_before_work(
+    workspace: Path, tiny_models: dict[str, Path], tiny_data: Path
+) -> None:
+    run_id = create_run(tiny_job(tiny_models, tiny_data), home=workspace)
+    directory = run_dir(run_id, home=workspace)
+    assert read_status(directory)["status"] == "queued"
+    assert JobSpec.from_dict(rundir.read_json(directory / rundir.JOB)).variants == ("float16",)
+    store = open_store(workspace)
+    try:
+        row = store.get_run(run_id)
+    finally:
+        store.close()
+    assert row is not None and row.status == RunStatus.QUEUED and row.name == "tiny"
+
+
+@pytest.mark.slow
+def test_launched_run_finishes_detached_and_is_no_longer_active(
+    workspace: Path, tiny_models: dict[str, Path], tiny_data: Path
+) -> None:
+    run_id = create_run(tiny_job(tiny_models, tiny_data), home=workspace)
+    launch_run(run_id, home=workspace)
+    assert active_run_id(home=workspace) == run_id
+    directory = run_dir(run_id, home=workspace)
+    wait_for(
+        lambda: RunStatus(read_status(directory)["status"]).finished,
+        timeout=300,
+        what="the run to finish",
+    )
+    assert read_status(directory)["status"] == "done"
+    events = read_progress(directory)
+    assert events[-1].step == "done"
+    assert any(e.step == "convert" and e.variant == "float16" for e in events)
+    assert active_run_id(home=workspace) is None
+    report = rundir.read_json(directory / rundir.REPORT)
+    assert report["variants"][0]["status"] == "done"
+    store = open_store(workspace)
+    try:
+        assert store.get_run(run_id).status == RunStatus.DONE  # type: ignore[union-attr]
+    finally:
+        store.close()
+
+
+@pytest.mark.slow
+def test_cancel_stops_the_worker_group_and_marks_the_run(
+    workspace: Path, tiny_models: dict[str, Path], tiny_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QUANTLENS_FAULT", "hang@convert:float16")
+    run_id = create_run(tiny_job(tiny_models, tiny_data), home=workspace)
+    launch_run(run_id, home=workspace)
+    directory = run_dir(run_id, home=workspace)
+    wait_for(
+        lambda: any(e.step == "convert" for e in read_progress(directory)),
+        timeout=180,
+        what="the conversion step",
+    )
+    worker_pid = read_status(directory)["worker_pid"]
+    cancel_run(run_id, home=workspace)
+    wait_for(
+        lambda: read_status(directory)["status"] == "cancelled", timeout=30, what="cancellation"
+    )
+    wait_for(
+        lambda: not process_group_alive(worker_pid), timeout=10, what="the worker group to exit"
+    )
+    report = rundir.read_json(directory / rundir.REPORT)
+    assert report["variants"][0]["status"] == "cancelled"
+    assert active_run_id(home=workspace) is None
+
+
+def test_a_run_whose_supervisor_died_becomes_failed_interrupted(
+    workspace: Path, tiny_models: dict[str, Path], tiny_data: Path
+) -> None:
+    run_id = create_run(tiny_job(tiny_models, tiny_data), home=workspace)
+    directory = run_dir(run_id, home=workspace)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    status = read_status(directory)
+    status.update({"status": "running", "supervisor_pid": dead.pid, "created": time.time() - 3600})
+    rundir.write_json_atomic(directory / rundir.STATUS, status)
+    store = open_store(workspace)
+    try:
+        store.set_status(run_id, RunStatus.RUNNING)
+    finally:
+        store.close()
+
+    assert recover_interrupted(home=workspace) == [run_id]
+
+    assert read_status(directory) | {"status": "failed", "error": "interrupted"} == read_status(
+        directory
+    )
+    store = open_store(workspace)
+    try:
+        row = store.get_run(run_id)
+    finally:
+        store.close()
+    assert row is not None and row.status == RunStatus.FAILED and row.error == "interrupted"
+
+
+def test_a_live_supervisor_is_not_marked_interrupted(
+    workspace: Path, tiny_models: dict[str, Path], tiny_data: Path
+) -> None:
+    run_id = create_run(tiny_job(tiny_models, tiny_data), home=workspace)
+    directory = run_dir(run_id, home=workspace)
+    status = read_status(directory)
+    status.update(
+        {"status": "running", "supervisor_pid": os.getpid(), "created": time.time() - 3600}
+    )
+    rundir.write_json_atomic(directory / rundir.STATUS, status)
+    assert recover_interrupted(home=workspace) == []
+    assert read_status(directory)["status"] == "running"
