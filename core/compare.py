@@ -34,7 +34,7 @@ def _bad_rows(arr: FloatArray) -> BoolArray:
     return np.asarray(~np.isfinite(arr).all(axis=1), dtype=np.bool_)
 
 
-def to_probabilities(outputs: np.ndarray) -> tuple[np.ndarray, bool]:
+def to_probabilities(outputs: np.ndarray, *, quantization_step: float = 0.0) -> tuple[np.ndarray, bool]:
     """Turn a model's [N, C] outputs into float64 probabilities.
 
     The decision is taken once for the whole array (a model emits either logits or
@@ -42,8 +42,13 @@ def to_probabilities(outputs: np.ndarray) -> tuple[np.ndarray, bool]:
     outside [0, 1] or any all-finite row does not sum to 1 within 1e-3. Rows holding NaN or
     Inf become all-NaN either way, so they can never agree with anything.
 
+    A quantized softmax output is still a distribution, but each of its C values carries up
+    to half a quantization step of rounding, so its rows may miss 1 by up to C * step / 2;
+    the tolerance widens by that much, or int8 probabilities would be softmaxed a second time.
+
     Args:
         outputs: [N, C] model outputs (already dequantized if the model is quantized).
+        quantization_step: the output tensor's scale when it is quantized, else 0.
 
     Returns:
         (probabilities, softmax_applied).
@@ -58,7 +63,8 @@ def to_probabilities(outputs: np.ndarray) -> tuple[np.ndarray, bool]:
         needs_softmax = False
     else:
         out_of_range = bool(np.any((good < 0.0) | (good > 1.0)))
-        sums_off = bool(np.any(np.abs(good.sum(axis=1) - 1.0) > SUM_TOLERANCE))
+        tolerance = SUM_TOLERANCE + good.shape[1] * quantization_step / 2
+        sums_off = bool(np.any(np.abs(good.sum(axis=1) - 1.0) > tolerance))
         needs_softmax = out_of_range or sums_off
     probs = arr.copy()
     if needs_softmax and good.size:

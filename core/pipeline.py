@@ -535,7 +535,9 @@ class JobRunner:
                 _event(
                     self.progress, "infer", done / total, f"{name}: ran {done}/{total} images", name
                 )
-        probs, softmaxed = to_probabilities(rows)
+        quantized = runner.output_dtype != np.float32
+        step = runner.output_quantization[0] if quantized else 0.0
+        probs, softmaxed = to_probabilities(rows, quantization_step=step)
         records = sample_records(self.ref_probs, probs)
         columns: dict[str, Any] = {"index": self._sample_indices()}
         columns.update(records_table(records))

@@ -113,6 +113,8 @@ def test_report_numbers_recompute_from_the_written_arrays(
     assert report["reference"]["accuracy_pct"] == pytest.approx(100 * np.mean(ref_top1 == labels))
     for variant in report["variants"]:
         assert variant["status"] == "done", variant["error"]
+        # The model ends in softmax: int8's dequantized output is still a distribution.
+        assert variant["softmax_applied"] is False
         tfl = np.load(out / f"{variant['name']}.probs.npy").astype(np.float64)
         tfl_top1 = tfl.argmax(axis=1)
         agree = int(np.sum(ref_top1 == tfl_top1))

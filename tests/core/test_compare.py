@@ -464,3 +464,18 @@ def test_zero_scale_raises_with_message(scale: float) -> None:
 def test_quantize_refuses_float_dtype() -> None:
     with pytest.raises(ValueError, match="integer dtype"):
         quantize(np.array([0.5]), 0.1, 0, np.float32)
+
+
+def test_quantized_probabilities_are_not_softmaxed_twice() -> None:
+    # An int8 softmax output (scale 1/256, zero point -128) dequantized: each value is off by
+    # up to half a step, so the row sums 0.99609375, outside 1 +/- 1e-3.
+    scale = 1 / 256
+    q = np.array([[-128 + 230, -128 + 10, -128 + 15]], dtype=np.int8)
+    dequantized = (q.astype(np.float64) + 128) * scale
+    assert abs(dequantized.sum() - 1.0) > 1e-3
+    probs, softmaxed = to_probabilities(dequantized, quantization_step=scale)
+    assert softmaxed is False
+    np.testing.assert_allclose(probs, dequantized)
+    # The same values treated as float outputs still fail the 1e-3 rule and are softmaxed.
+    _, float_softmaxed = to_probabilities(dequantized)
+    assert float_softmaxed is True
