@@ -99,8 +99,14 @@ def agreement_figure(
         height: figure height in pixels.
     """
     ys = [np.nan if a is None else a for a in agreement_pct]
-    plus = [np.nan if c is None or a is None else c[1] - a for a, c in zip(agreement_pct, ci95, strict=True)]
-    minus = [np.nan if c is None or a is None else a - c[0] for a, c in zip(agreement_pct, ci95, strict=True)]
+    plus = [
+        np.nan if c is None or a is None else c[1] - a
+        for a, c in zip(agreement_pct, ci95, strict=True)
+    ]
+    minus = [
+        np.nan if c is None or a is None else a - c[0]
+        for a, c in zip(agreement_pct, ci95, strict=True)
+    ]
     counts = list(n) if n is not None else [None] * len(names)
     colors = [
         FAIL_COLOR if (a is not None and a < threshold_pct) else TFLITE_COLOR for a in agreement_pct
@@ -126,8 +132,11 @@ def agreement_figure(
     finite = [v for v in ys if not np.isnan(v)] + [threshold_pct]
     low = max(0.0, min(finite) - 5.0)
     _layout(
-        fig, title="Top-1 agreement with the original (95 % CI)", x_title="variant",
-        y_title="agreement (%)", height=height,
+        fig,
+        title="Top-1 agreement with the original (95 % CI)",
+        x_title="variant",
+        y_title="agreement (%)",
+        height=height,
     )
     fig.update_yaxes(range=[low, 100.5])
     fig.update_layout(showlegend=False)
@@ -146,19 +155,28 @@ def accuracy_figure(
     fig = go.Figure(
         [
             go.Bar(
-                x=list(names), y=[np.nan if v is None else v for v in ref], name=ORIGINAL_LABEL,
+                x=list(names),
+                y=[np.nan if v is None else v for v in ref],
+                name=ORIGINAL_LABEL,
                 marker_color=ORIGINAL_COLOR,
                 hovertemplate="original: %{y:.2f} %<extra></extra>",
             ),
             go.Bar(
-                x=list(names), y=[np.nan if v is None else v for v in tflite_accuracy_pct],
-                name="TFLite", marker_color=TFLITE_COLOR,
+                x=list(names),
+                y=[np.nan if v is None else v for v in tflite_accuracy_pct],
+                name="TFLite",
+                marker_color=TFLITE_COLOR,
                 hovertemplate="%{x}: %{y:.2f} %<extra></extra>",
             ),
         ]
     )
-    _layout(fig, title="Accuracy against labels", x_title="variant", y_title="accuracy (%)",
-            height=height)
+    _layout(
+        fig,
+        title="Accuracy against labels",
+        x_title="variant",
+        y_title="accuracy (%)",
+        height=height,
+    )
     fig.update_layout(barmode="group")
     fig.update_yaxes(range=[0, 100.5])
     return fig
@@ -197,15 +215,21 @@ def flip_matrix_figure(
         )
     )
     size = height or max(360, min(900, 60 + 28 * c))
-    _layout(fig, title="Flip matrix (disagreeing samples only)", x_title="TFLite top-1 class",
-            y_title="original top-1 class", height=size)
+    _layout(
+        fig,
+        title="Flip matrix (disagreeing samples only)",
+        x_title="TFLite top-1 class",
+        y_title="original top-1 class",
+        height=size,
+    )
     fig.update_yaxes(autorange="reversed", type="category", showgrid=False)
     fig.update_xaxes(type="category", showgrid=False)
     return fig
 
 
-def histogram_bins(values: np.ndarray, *, bins: int = 30, lo: float | None = None,
-                   hi: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+def histogram_bins(
+    values: np.ndarray, *, bins: int = 30, lo: float | None = None, hi: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Counts and edges of `values` over [lo, hi] (the data's range when not given)."""
     v = np.asarray(values, dtype=float)
     v = v[np.isfinite(v)]
@@ -231,14 +255,23 @@ def delta_histogram_figure(
     (`max_abs_delta` or `top1_prob_delta`).
     """
     names = list(deltas)
-    allv = np.concatenate([np.asarray(deltas[n], dtype=float) for n in names]) if names else np.zeros(0)
+    allv = (
+        np.concatenate([np.asarray(deltas[n], dtype=float) for n in names])
+        if names
+        else np.zeros(0)
+    )
     allv = allv[np.isfinite(allv)]
     lo = float(allv.min()) if allv.size else 0.0
     hi = float(allv.max()) if allv.size else 1.0
     rows = max(1, len(names))
     fig = go.Figure()
-    fig.set_subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=0.08 if rows > 1 else 0,
-                     subplot_titles=names or None)
+    fig.set_subplots(
+        rows=rows,
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.08 if rows > 1 else 0,
+        subplot_titles=names or None,
+    )
     for i, name in enumerate(names, start=1):
         counts, edges = histogram_bins(np.asarray(deltas[name]), bins=bins, lo=lo, hi=hi)
         centers = (edges[:-1] + edges[1:]) / 2
@@ -260,10 +293,17 @@ def delta_histogram_figure(
             col=1,
         )
         fig.update_yaxes(title_text="samples", row=i, col=1)
-    pretty = {"max_abs_delta": "max |Δ probability| over classes",
-              "top1_prob_delta": "Δ probability of the original's top-1 class (TFLite − original)"}
-    _layout(fig, title=pretty.get(metric, metric), x_title="", y_title="samples",
-            height=height or 140 + 170 * rows)
+    pretty = {
+        "max_abs_delta": "max |Δ probability| over classes",
+        "top1_prob_delta": "Δ probability of the original's top-1 class (TFLite − original)",
+    }
+    _layout(
+        fig,
+        title=pretty.get(metric, metric),
+        x_title="",
+        y_title="samples",
+        height=height or 140 + 170 * rows,
+    )
     for i in range(1, rows + 1):
         fig.update_yaxes(title_text="samples", row=i, col=1)
     fig.update_xaxes(title_text=f"{metric} (probability)", row=rows, col=1)
@@ -274,6 +314,7 @@ def delta_histogram_figure(
 def latency_distribution_figure(
     latencies_ms: Mapping[str, np.ndarray],
     *,
+    log_y: bool = False,
     height: int = 420,
 ) -> go.Figure:
     """Box plots of per-invoke wall time per model ("original" first), in milliseconds."""
@@ -289,10 +330,18 @@ def latency_distribution_figure(
                 hovertemplate=f"{name}: %{{y:.3f}} ms<extra></extra>",
             )
         )
-    _layout(fig, title="Per-invoke latency at batch 1", x_title="model", y_title="latency (ms)",
-            height=height)
+    _layout(
+        fig,
+        title="Per-invoke latency at batch 1",
+        x_title="model",
+        y_title="latency (ms, log scale)" if log_y else "latency (ms)",
+        height=height,
+    )
     fig.update_layout(showlegend=False)
-    fig.update_yaxes(rangemode="tozero")
+    if log_y:
+        fig.update_yaxes(type="log")
+    else:
+        fig.update_yaxes(rangemode="tozero")
     return fig
 
 
@@ -300,7 +349,8 @@ def latency_percentiles_figure(
     percentiles_ms: Mapping[str, Mapping[str, float | None]],
     *,
     keys: Sequence[str] = ("p50", "p90", "p99"),
-    height: int = 380,
+    log_y: bool = False,
+    height: int = 420,
 ) -> go.Figure:
     """Grouped bars of latency percentiles (ms) per model: one trace per percentile."""
     names = list(percentiles_ms)
@@ -316,13 +366,23 @@ def latency_percentiles_figure(
                 marker_color=[model_color(n) for n in names],
                 marker_opacity=shades.get(key, 1.0),
                 text=[key for _ in names],
-                textposition="inside",
+                textposition="outside",
+                textfont={"size": 10},
+                cliponaxis=False,
                 hovertemplate=f"%{{x}} {key}: %{{y:.3f}} ms<extra></extra>",
             )
         )
-    _layout(fig, title="Latency percentiles", x_title="model", y_title="latency (ms)",
-            height=height)
-    fig.update_layout(barmode="group")
+    _layout(
+        fig,
+        title="Latency percentiles (p50, p90, p99)",
+        x_title="model",
+        y_title="latency (ms, log scale)" if log_y else "latency (ms)",
+        height=height,
+    )
+    # Colours say original vs TFLite; the bar labels say which percentile.
+    fig.update_layout(barmode="group", showlegend=False)
+    if log_y:
+        fig.update_yaxes(type="log")
     return fig
 
 
@@ -339,8 +399,12 @@ def topk_figure(
     tfl = np.asarray(tflite_probs, dtype=float)
     k = min(k, ref.shape[0])
     fig = go.Figure()
-    fig.set_subplots(rows=1, cols=2, subplot_titles=(f"original top-{k}", f"TFLite top-{k}"),
-                     horizontal_spacing=0.25)
+    fig.set_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=(f"original top-{k}", f"TFLite top-{k}"),
+        horizontal_spacing=0.25,
+    )
     for col, (probs, color, label) in enumerate(
         ((ref, ORIGINAL_COLOR, ORIGINAL_LABEL), (tfl, TFLITE_COLOR, "TFLite")), start=1
     ):

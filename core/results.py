@@ -82,8 +82,10 @@ class RunResults:
         for v in self.variants:
             if (v.get("name") or v.get("mode")) == name:
                 return v
-        raise QuantLensError(f"run {self.run_id} has no variant {name!r}; pick one of "
-                             f"{', '.join(self.variant_names()) or 'none'}")
+        raise QuantLensError(
+            f"run {self.run_id} has no variant {name!r}; pick one of "
+            f"{', '.join(self.variant_names()) or 'none'}"
+        )
 
     @property
     def num_classes(self) -> int:
@@ -100,8 +102,11 @@ class RunResults:
             if not names:
                 labels = self.run_dir / rundir.LABELS
                 if labels.is_file():
-                    names = [ln.strip() for ln in labels.read_text(encoding="utf-8").splitlines()
-                             if ln.strip()]
+                    names = [
+                        ln.strip()
+                        for ln in labels.read_text(encoding="utf-8").splitlines()
+                        if ln.strip()
+                    ]
             n = int(self.reference.get("num_classes") or 0)
             if not names or (n and len(names) != n):
                 names = [str(i) for i in range(n)]
@@ -147,8 +152,13 @@ class RunResults:
             path = rundir.variant_samples_path(self.run_dir, name)
             if not path.is_file() or base.empty:
                 self._memo[key] = base.iloc[0:0].assign(
-                    tfl_top1=[], tfl_top1_prob=[], agree=[], max_abs_delta=[],
-                    top1_prob_delta=[], kl=[], abs_top1_prob_delta=[],
+                    tfl_top1=[],
+                    tfl_top1_prob=[],
+                    agree=[],
+                    max_abs_delta=[],
+                    top1_prob_delta=[],
+                    kl=[],
+                    abs_top1_prob_delta=[],
                 )
             else:
                 var = pd.read_csv(path)
@@ -211,8 +221,9 @@ def load_results(run_dir: Path) -> RunResults:
     try:
         report = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise QuantLensError(f"report of run {Path(run_dir).name} is unreadable ({exc}); "
-                             "re-run the job") from None
+        raise QuantLensError(
+            f"report of run {Path(run_dir).name} is unreadable ({exc}); re-run the job"
+        ) from None
     if not isinstance(report, dict):
         raise QuantLensError(f"report of run {Path(run_dir).name} is not a JSON object; re-run it")
     return RunResults(run_dir=Path(run_dir), report=report)

@@ -1,0 +1,30 @@
+"""QuantLens entry point: page config, navigation and the shared sidebar; nothing else."""
+
+import streamlit as st
+
+from ui.history import recover_once
+from ui.runs import sidebar
+
+st.set_page_config(page_title="QuantLens", page_icon=":material/compare:", layout="wide")
+
+# Add a page by appending one st.Page to a section; History and Compare slot in under "Runs".
+PAGES: dict[str, list[st.Page]] = {
+    "Runs": [
+        st.Page("pages/setup.py", title="Setup", icon=":material/tune:", default=True),
+        st.Page("pages/history.py", title="History", icon=":material/history:"),
+        st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
+    ],
+    "Results": [
+        st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:"),
+        st.Page("pages/size.py", title="Size", icon=":material/straighten:"),
+        st.Page("pages/agreement.py", title="Agreement", icon=":material/handshake:"),
+        st.Page("pages/disagreements.py", title="Disagreements", icon=":material/image_search:"),
+        st.Page("pages/deltas.py", title="Probability deltas", icon=":material/bar_chart:"),
+        st.Page("pages/latency.py", title="Latency", icon=":material/speed:"),
+    ],
+}
+
+recover_once()  # runs killed with the last server become failed: interrupted
+navigation = st.navigation(PAGES)
+sidebar()
+navigation.run()

@@ -1,0 +1,255 @@
+"""What changed between runs or variants, and their headline numbers side by side (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from core.errors import QuantLensError
+
+MISSING = "—"
+# Modes whose converter reads the representative data set; for the others the count is unused.
+CALIBRATED_MODES = frozenset({"int8", "int16x8"})
+
+
+@dataclass(frozen=True, eq=False)
+class Compared:
+    """One column of a comparison: a variant of a run, with the run's report.json dict."""
+
+    label: str  # unique display label, "run name · variant"
+    run_id: str
+    run_name: str
+    variant_name: str
+    report: Mapping[str, Any]
+
+    @property
+    def variant(self) -> dict[str, Any]:
+        """The variant's entry in the report."""
+        for v in self.report.get("variants") or []:
+            if (v.get("name") or v.get("mode")) == self.variant_name:
+                return dict(v)
+        return {}
+
+
+@dataclass(frozen=True)
+class ChangeRow:
+    """One compared property: its display values per item and whether they differ."""
+
+    group: str
+    field: str
+    values: tuple[str, ...]
+    differs: bool
+
+
+def item_label(run_name: str, variant: str) -> str:
+    """The display label of a run's variant: "run name · variant"."""
+    return f"{run_name or 'unnamed run'} · {variant}"
+
+
+def unique_labels(items: Sequence[tuple[str, str, str]]) -> list[str]:
+    """Labels for (run_id, run_name, variant) triples, made unique with the run id when needed.
+
+    Two runs may share a name; the label must still tell them apart in tables and charts.
+    """
+    base = [item_label(name, variant) for _, name, variant in items]
+    counts: dict[str, int] = {}
+    for b in base:
+        counts[b] = counts.get(b, 0) + 1
+    return [
+        f"{b} [{rid}]" if counts[b] > 1 else b for b, (rid, _, _) in zip(base, items, strict=True)
+    ]
+
+
+def compared_items(
+    selections: Sequence[tuple[str, str, str, Mapping[str, Any]]],
+) -> list[Compared]:
+    """Build comparison columns from (run_id, run_name, variant, report) tuples.
+
+    Raises:
+        QuantLensError: a report has no variant of the requested name.
+    """
+    labels = unique_labels([(rid, name, variant) for rid, name, variant, _ in selections])
+    out: list[Compared] = []
+    for label, (rid, name, variant, report) in zip(labels, selections, strict=True):
+        names = [v.get("name") or v.get("mode") for v in report.get("variants") or []]
+        if variant not in names:
+            raise QuantLensError(
+                f"run {name or rid!r} has no variant {variant!r}; pick one of "
+                f"{', '.join(str(n) for n in names) or 'none'}"
+            )
+        out.append(Compared(label, rid, name, variant, report))
+    return out
+
+
+def _num(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def summary_rows(items: Sequence[Compared]) -> list[dict[str, Any]]:
+    """One row of headline numbers per item; plain values (None when unknown), units in names."""
+    rows = []
+    for item in items:
+        v = item.variant
+        lat = v.get("latency_ms") or {}
+        ci = v.get("top1_agreement_ci95") or [None, None]
+        size = _num(v.get("size_bytes"))
+        rows.append(
+            {
+                "run · variant": item.label,
+                "status": str(v.get("status") or MISSING),
+                "size (MB)": None if size is None else size / 1e6,
+                "reduction vs original (%)": _num(v.get("size_reduction_pct")),
+                "top-1 agreement (%)": _num(v.get("top1_agreement_pct")),
+                "CI low (%)": _num(ci[0]) if len(ci) == 2 else None,
+                "CI high (%)": _num(ci[1]) if len(ci) == 2 else None,
+                "n": v.get("n"),
+                "top-k agreement (%)": _num(v.get("topk_agreement_pct")),
+                "k": v.get("k"),
+                "accuracy original (%)": _num(v.get("reference_accuracy_pct")),
+                "accuracy TFLite (%)": _num(v.get("tflite_accuracy_pct")),
+                "disagreements": v.get("disagreements"),
+                "p50 (ms)": _num(lat.get("p50")),
+                "p99 (ms)": _num(lat.get("p99")),
+            }
+        )
+    return rows
+
+
+def _get(*path: str) -> Callable[[Compared], Any]:
+    def read(item: Compared) -> Any:
+        node: Any = item.report
+        for key in path:
+            if not isinstance(node, Mapping):
+                return None
+            node = node.get(key)
+        return node
+
+    return read
+
+
+def _variant(key: str) -> Callable[[Compared], Any]:
+    return lambda item: item.variant.get(key)
+
+
+def _input_size(item: Compared) -> Any:
+    p = item.report.get("preprocessing") or {}
+    dims = [p.get("height"), p.get("width"), p.get("channels")]
+    return None if all(d is None for d in dims) else "×".join(str(d) for d in dims)
+
+
+def _threads(item: Compared) -> Any:
+    opt = (item.report.get("options") or {}).get("threads")
+    env = (item.report.get("environment") or {}).get("threads")
+    return opt if opt is not None else env
+
+
+# (group, field, getter): what can make two measurements differ, in reading order.
+CHANGE_FIELDS: tuple[tuple[str, str, Callable[[Compared], Any]], ...] = (
+    ("model", "model path", _get("reference", "path")),
+    ("model", "model sha256", _get("reference", "sha256")),
+    ("model", "model format", _get("reference", "format")),
+    ("variant", "mode", _variant("mode")),
+    ("variant", "I/O type", _variant("io_type")),
+    ("variant", "SELECT_TF_OPS allowed", _variant("allow_select_tf_ops")),
+    ("variant", "calibration samples", _get("options", "calibration_samples")),
+    ("preprocessing", "preset", _get("preprocessing", "preset")),
+    ("preprocessing", "input size (H×W×C)", _input_size),
+    ("preprocessing", "value range", _get("preprocessing", "value_range")),
+    ("data", "data path", _get("dataset", "path")),
+    ("data", "data sha256", _get("dataset", "sha256")),
+    ("data", "samples evaluated", _get("dataset", "num_samples")),
+    ("data", "samples skipped", _get("dataset", "num_skipped")),
+    ("options", "max samples", _get("options", "max_samples")),
+    ("options", "threads", _threads),
+    ("options", "seed", _get("options", "seed")),
+    ("options", "latency runs", _get("options", "latency_runs")),
+    ("options", "warm-up runs", _get("options", "warmup_runs")),
+    ("options", "min agreement (%)", _get("options", "min_agreement_pct")),
+    ("environment", "tensorflow", _get("environment", "tensorflow")),
+    ("environment", "litert", _get("environment", "litert")),
+    ("environment", "keras", _get("environment", "keras")),
+    ("environment", "numpy", _get("environment", "numpy")),
+    ("environment", "python", _get("environment", "python")),
+    ("environment", "platform", _get("environment", "platform")),
+    ("environment", "cpu", _get("environment", "cpu")),
+)
+
+
+def _display(field: str, value: Any, item: Compared) -> str:
+    if value is None:
+        text = "all" if field == "threads" else MISSING
+    elif isinstance(value, bool):
+        text = "yes" if value else "no"
+    elif isinstance(value, list | tuple):
+        text = "[" + ", ".join(f"{x:g}" if isinstance(x, float) else str(x) for x in value) + "]"
+    elif isinstance(value, float):
+        text = f"{value:g}"
+    else:
+        text = str(value)
+    if field == "calibration samples":
+        mode = str(item.variant.get("mode") or "")
+        if mode and mode not in CALIBRATED_MODES:
+            text += f" (unused by {mode})"
+    return text
+
+
+def what_changed(items: Sequence[Compared], *, only_changed: bool = False) -> list[ChangeRow]:
+    """Every property in CHANGE_FIELDS with its value per item and whether the items differ.
+
+    Values are compared raw (a hash, a number), so two values that display alike but differ
+    are still marked. A property unknown for every item is left out.
+
+    Args:
+        items: the compared variants, in column order.
+        only_changed: keep only the rows whose values differ.
+    """
+    rows: list[ChangeRow] = []
+    for group, field, getter in CHANGE_FIELDS:
+        raw = [getter(item) for item in items]
+        if all(r is None for r in raw) and field != "threads":
+            continue
+        # json-ish values (lists) are unhashable; their repr compares them faithfully enough.
+        differs = len({repr(r) for r in raw}) > 1
+        if only_changed and not differs:
+            continue
+        values = tuple(_display(field, r, item) for r, item in zip(raw, items, strict=True))
+        rows.append(ChangeRow(group=group, field=field, values=values, differs=differs))
+    return rows
+
+
+def changed_fields(items: Sequence[Compared]) -> list[str]:
+    """Names of the properties whose values differ between the items."""
+    return [row.field for row in what_changed(items) if row.differs]
+
+
+def sizes_bytes(items: Sequence[Compared]) -> dict[str, int]:
+    """label -> .tflite size in bytes, for the items that have one (input of `size_figure`)."""
+    out: dict[str, int] = {}
+    for item in items:
+        size = _num(item.variant.get("size_bytes"))
+        if size is not None:
+            out[item.label] = int(size)
+    return out
+
+
+def latency_percentiles(items: Sequence[Compared]) -> dict[str, dict[str, float | None]]:
+    """label -> {"p50", "p90", "p99"} in ms, for items with a latency summary."""
+    out: dict[str, dict[str, float | None]] = {}
+    for item in items:
+        lat = item.variant.get("latency_ms") or {}
+        if any(lat.get(k) is not None for k in ("p50", "p90", "p99")):
+            out[item.label] = {k: _num(lat.get(k)) for k in ("p50", "p90", "p99")}
+    return out
+
+
+def threshold_pct(items: Sequence[Compared]) -> float:
+    """The strictest agreement threshold among the items' runs (default 95 %)."""
+    values = [_num((item.report.get("options") or {}).get("min_agreement_pct")) for item in items]
+    known = [v for v in values if v is not None]
+    return max(known) if known else 95.0

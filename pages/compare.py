@@ -1,0 +1,191 @@
+"""Compare: two or more runs or variants side by side, and what changed between them."""
+
+import pandas as pd
+import streamlit as st
+
+from core.errors import QuantLensError
+from core.figures import agreement_figure, latency_percentiles_figure, size_figure
+from core.run_compare import (
+    compared_items,
+    latency_percentiles,
+    sizes_bytes,
+    summary_rows,
+    threshold_pct,
+    unique_labels,
+    what_changed,
+)
+from ui import fmt, history, keys
+
+_CHANGED_BG = "background-color: #FFF1C2"
+_DEFAULT_RUNS = 2
+
+st.title("Compare runs")
+try:
+    rows = history.list_runs()
+except QuantLensError as exc:
+    st.error(str(exc))
+    st.stop()
+if not rows:
+    st.info("No runs stored yet. Run a model on **Setup** first.", icon=":material/info:")
+    st.stop()
+
+by_id = {r.id: r for r in rows}
+triples = [(r.id, r.name, mode) for r in rows for mode in r.modes]
+options = [f"{rid}/{mode}" for rid, _, mode in triples]
+labels = dict(zip(options, unique_labels(triples), strict=True))
+
+# A selection carried over from History may name runs deleted since; a multiselect refuses
+# values outside its options, so drop them before the widget is drawn.
+chosen = st.session_state.get(keys.COMPARE_ITEMS)
+if chosen is None:
+    newest = [r for r in rows if r.best_agreement_pct is not None][:_DEFAULT_RUNS]
+    chosen = [f"{r.id}/{m}" for r in newest for m in r.modes][:6]
+st.session_state[keys.COMPARE_ITEMS] = [c for c in chosen if c in labels]
+
+picked = st.multiselect(
+    "Runs and variants",
+    options,
+    key=keys.COMPARE_ITEMS,
+    format_func=lambda o: labels.get(o, o),
+    placeholder="Pick two or more (run name · variant)",
+    help="Each entry is one variant of one stored run; mix runs and variants freely.",
+)
+
+selections = []
+for option in picked:
+    rid, _, variant = option.partition("/")
+    row = by_id.get(rid)
+    if row is None:
+        continue
+    report = history.report(row)
+    if report is None:
+        st.caption(f"{fmt.text(labels[option])}: no report yet, left out.")
+        continue
+    names = [v.get("name") or v.get("mode") for v in report.get("variants") or []]
+    if variant not in names:
+        st.caption(f"{fmt.text(labels[option])}: not in the run's report yet, left out.")
+        continue
+    selections.append((rid, row.name, variant, report))
+
+if len(selections) < 2:
+    st.info(
+        "Pick at least two variants above — from one run or from several. Tip: on **History**, "
+        "select runs and press **Compare their variants**.",
+        icon=":material/compare_arrows:",
+    )
+    st.stop()
+
+try:
+    items = compared_items(selections)
+except QuantLensError as exc:
+    st.error(str(exc))
+    st.stop()
+
+# ---- what changed ------------------------------------------------------------------------------------
+st.subheader("What changed")
+only_changed = st.toggle("Only rows that differ", key=keys.COMPARE_ONLY_CHANGED, value=False)
+changes = what_changed(items, only_changed=only_changed)
+differing = [c.field for c in what_changed(items) if c.differs]
+if differing:
+    st.markdown("Differs: **" + fmt.text(", ".join(differing)) + "**")
+else:
+    st.markdown("Same model, data, settings and library versions: only the numbers differ.")
+item_labels = [i.label for i in items]
+changes_df = pd.DataFrame(
+    [
+        {
+            "changed": "≠" if c.differs else "",
+            "group": c.group,
+            "property": c.field,
+            **dict(zip(item_labels, c.values, strict=True)),
+        }
+        for c in changes
+    ],
+    columns=["changed", "group", "property", *item_labels],
+)
+
+
+def _mark(frame: pd.DataFrame) -> pd.DataFrame:
+    """Cell styles: differing rows' values highlighted, so the eye lands on what changed."""
+    styles = pd.DataFrame("", index=frame.index, columns=frame.columns)
+    mask = frame["changed"] == "≠"
+    styles.loc[mask, item_labels] = _CHANGED_BG
+    styles.loc[mask, "property"] = "font-weight: bold"
+    return styles
+
+
+st.dataframe(
+    changes_df.style.apply(_mark, axis=None),
+    hide_index=True,
+    key="compare.changes",
+    height=35 * (len(changes_df) + 1) + 3,  # every row visible: nothing that changed scrolls away
+    column_config={"changed": st.column_config.TextColumn(width="small")},
+)
+
+# ---- summary ----------------------------------------------------------------------------------------
+st.subheader("Summary")
+summary = pd.DataFrame(summary_rows(items))
+summary.insert(
+    summary.columns.get_loc("n"),
+    "95 % CI",
+    [
+        fmt.ci([lo, hi])
+        for lo, hi in zip(summary["CI low (%)"], summary["CI high (%)"], strict=True)
+    ],
+)
+summary = summary.drop(columns=["CI low (%)", "CI high (%)"])
+two = st.column_config.NumberColumn(format="%.2f")
+st.dataframe(
+    summary,
+    hide_index=True,
+    key="compare.summary",
+    column_config={
+        "size (MB)": st.column_config.NumberColumn(format="%.3f"),
+        "reduction vs original (%)": st.column_config.NumberColumn(format="%.1f"),
+        "top-1 agreement (%)": two,
+        "top-k agreement (%)": two,
+        "accuracy original (%)": two,
+        "accuracy TFLite (%)": two,
+        "p50 (ms)": st.column_config.NumberColumn(format="%.3f"),
+        "p99 (ms)": st.column_config.NumberColumn(format="%.3f"),
+    },
+)
+st.caption(
+    "Agreement: share of samples where the TFLite top-1 class equals the original's, with a "
+    "95 % Wilson interval over n samples. Sizes in MB (10⁶ bytes); latency per invoke at batch 1."
+)
+
+# ---- charts ------------------------------------------------------------------------------------------
+left, right = st.columns(2)
+sizes = sizes_bytes(items)
+with left:
+    if sizes:
+        reductions = {i.label: i.variant.get("size_reduction_pct") for i in items}
+        st.plotly_chart(size_figure(sizes, reductions_pct=reductions), key="compare.sizes_chart")
+    else:
+        st.info("No variant has a size yet.")
+with right:
+    agreement = [i.variant.get("top1_agreement_pct") for i in items]
+    if any(a is not None for a in agreement):
+        st.plotly_chart(
+            agreement_figure(
+                item_labels,
+                agreement,
+                [i.variant.get("top1_agreement_ci95") for i in items],
+                threshold_pct=threshold_pct(items),
+                n=[i.variant.get("n") for i in items],
+            ),
+            key="compare.agreement_chart",
+        )
+    else:
+        st.info("No variant has finished scoring yet.")
+percentiles = latency_percentiles(items)
+if percentiles:
+    log_y = st.toggle("Log scale", key=keys.COMPARE_LOG, value=False)
+    st.plotly_chart(
+        latency_percentiles_figure(percentiles, log_y=log_y), key="compare.latency_chart"
+    )
+    st.caption(
+        "Latency is only comparable between runs measured on the same CPU with the same "
+        "thread count — check **What changed** above."
+    )

@@ -1,0 +1,72 @@
+"""Probability deltas: per-variant histograms; a selected bar shows its samples below."""
+
+import numpy as np
+import streamlit as st
+
+from core.figures import delta_histogram_figure
+from ui import keys, widgets
+
+METRICS = {
+    "max_abs_delta": "max |Δ probability| over classes",
+    "top1_prob_delta": "Δ probability of the original's top-1 class",
+}
+BINS = 30
+STRIP = 12
+
+st.title("Probability deltas")
+res = widgets.require_results()
+widgets.run_header(res)
+
+names = res.variant_names(finished_only=True)
+if not names:
+    st.info("No variant has finished yet.")
+    st.stop()
+c1, c2 = st.columns([1, 2])
+metric = c1.radio("Metric", list(METRICS), key=keys.DELTAS_METRIC, format_func=lambda m: METRICS[m])
+shown = c2.multiselect("Variants", names, default=names, key=keys.DELTAS_VARIANTS)
+if not shown:
+    st.info("Pick at least one variant.")
+    st.stop()
+
+tables = {n: res.variant_samples(n) for n in shown}
+values = {n: t[metric].to_numpy(dtype=float) for n, t in tables.items()}
+st.caption("Per sample, in probability units (0..1). Click a bar to see its samples.")
+event = st.plotly_chart(
+    delta_histogram_figure(values, metric=str(metric), bins=BINS),
+    key=keys.DELTAS_CHART,
+    on_select="rerun",
+    selection_mode="points",
+)
+stats = [
+    {
+        "variant": n,
+        "n": len(v),
+        "mean": float(np.nanmean(v)) if len(v) else None,
+        "p99": float(np.nanpercentile(v, 99)) if len(v) else None,
+        "max |value|": float(np.nanmax(np.abs(v))) if len(v) else None,
+    }
+    for n, v in values.items()
+]
+st.dataframe(
+    stats,
+    hide_index=True,
+    key="deltas.stats",
+    column_config={
+        c: st.column_config.NumberColumn(format="%.5f") for c in ("mean", "p99", "max |value|")
+    },
+)
+
+points = (event.selection or {}).get("points", []) if event else []
+if points:
+    point = points[0]
+    variant = shown[int(point.get("curve_number", 0))]
+    lo, hi = (float(x) for x in point["customdata"])
+    t = tables[variant]
+    col = t[metric]
+    # Bins share one range over all variants; only the last bin includes its right edge.
+    global_max = max(float(np.nanmax(v)) for v in values.values() if len(v))
+    last_bin = hi >= global_max or bool(np.isclose(hi, global_max))
+    mask = (col >= lo) & ((col <= hi) if last_bin else (col < hi))
+    picked = t[mask].sort_values("abs_top1_prob_delta", ascending=False)
+    st.subheader(f"{variant}: {metric} in [{lo:.4f}, {hi:.4f}] — {len(picked)} samples")
+    widgets.gallery(res, variant, picked, key="deltas", page_size=STRIP, columns=6)

@@ -1,0 +1,107 @@
+"""Disagreements: a gallery of samples where a variant and the original pick different classes."""
+
+import math
+
+import streamlit as st
+
+from core.results import SORTS, pick_samples
+from ui import keys, widgets
+
+PAGE_SIZE = 24
+
+st.title("Disagreements")
+res = widgets.require_results()
+widgets.run_header(res)
+
+names = res.variant_names(finished_only=True)
+if not names:
+    st.info("No variant has finished yet.")
+    st.stop()
+
+flip = st.session_state.get(keys.DISAGREE_FLIP)
+counts = {n: int(res.variant(n).get("disagreements") or 0) for n in names}
+if st.session_state.get(keys.DISAGREE_VARIANT) not in names:
+    # Open on the variant with the most flips: that is what a user came to look at.
+    st.session_state[keys.DISAGREE_VARIANT] = max(names, key=lambda n: counts[n])
+c1, c2, c3 = st.columns([1, 1.4, 1])
+variant = c1.selectbox(
+    "Variant", names, key=keys.DISAGREE_VARIANT, format_func=lambda n: f"{n} — {counts[n]} disagree"
+)
+sort = c2.selectbox("Sort by", list(SORTS), key=keys.DISAGREE_SORT)
+class_options = ["all classes", *range(res.num_classes)]
+ref_class = c3.selectbox(
+    "Original's class",
+    class_options,
+    key=keys.DISAGREE_CLASS,
+    format_func=lambda c: c if isinstance(c, str) else f"{c}: {res.class_name(c)}",
+)
+c4, c5 = st.columns([1, 3])
+at_risk = c4.toggle(
+    "At risk instead",
+    key=keys.DISAGREE_AT_RISK,
+    help="Samples that still agree, but where the original's top-1 margin is "
+    "small: the next quantization step may flip them.",
+)
+margin = c5.slider(
+    "Margin below (probability)",
+    0.0,
+    1.0,
+    0.1,
+    0.01,
+    key=keys.DISAGREE_MARGIN,
+    disabled=not at_risk,
+)
+
+flip_cells = None
+if flip and flip[0] == variant and not at_risk:
+    flip_cells = (int(flip[1]), int(flip[2]))
+    st.info(
+        f"Showing only original **{res.class_name(flip_cells[0])}** → TFLite "
+        f"**{res.class_name(flip_cells[1])}** (selected in the flip matrix).",
+        icon=":material/filter_alt:",
+    )
+    if st.button("Clear this filter", key=keys.DISAGREE_CLEAR_FLIP, icon=":material/close:"):
+        st.session_state.pop(keys.DISAGREE_FLIP, None)
+        st.rerun()
+
+table = res.variant_samples(variant)
+rows = pick_samples(
+    table,
+    at_risk_margin=float(margin) if at_risk else None,
+    ref_class=None if isinstance(ref_class, str) else int(ref_class),
+    flip=flip_cells,
+    sort=str(sort),
+)
+v = res.variant(variant)
+n = len(table)
+if rows.empty:
+    if at_risk:
+        st.success(
+            f"No agreeing sample has a margin below {margin:.2f} (n = {n}).",
+            icon=":material/check_circle:",
+        )
+    elif int(v.get("disagreements") or 0) == 0:
+        st.success(f"No disagreements — all {n} samples agree.", icon=":material/check_circle:")
+    else:
+        st.info("No disagreement matches these filters.")
+    st.stop()
+
+what = ("at-risk sample" if at_risk else "disagreement") + ("" if len(rows) == 1 else "s")
+pages = max(1, math.ceil(len(rows) / PAGE_SIZE))
+c6, c7 = st.columns([3, 1])
+c6.markdown(
+    f"**{len(rows)}** {what} of **{n}** samples for **{variant}**"
+    f" (in total {v.get('disagreements')} disagree)."
+)
+if int(st.session_state.get(keys.DISAGREE_PAGE, 1)) > pages:
+    st.session_state[keys.DISAGREE_PAGE] = 1  # filters shrank the list below the current page
+page = (
+    int(
+        c7.number_input(
+            f"Page (of {pages})", min_value=1, max_value=pages, value=1, key=keys.DISAGREE_PAGE
+        )
+    )
+    if pages > 1
+    else 1
+)
+widgets.gallery(res, variant, rows, key="disagreements", page_size=PAGE_SIZE, page=page)

@@ -1,0 +1,83 @@
+"""Latency: per-invoke time distributions and percentiles for the original and each variant."""
+
+import numpy as np
+import streamlit as st
+
+from core.figures import ORIGINAL_LABEL, latency_distribution_figure, latency_percentiles_figure
+from ui import fmt, keys, widgets
+
+st.title("Latency")
+res = widgets.require_results()
+widgets.run_header(res)
+
+arrays: dict[str, np.ndarray] = {}
+percentiles: dict[str, dict[str, float | None]] = {}
+ref_arr = res.latency("reference")
+if ref_arr is not None and ref_arr.size:
+    arrays[ORIGINAL_LABEL] = ref_arr
+if res.reference.get("latency_ms"):
+    percentiles[ORIGINAL_LABEL] = dict(res.reference["latency_ms"])
+for name in res.variant_names(finished_only=True):
+    arr = res.latency(name)
+    if arr is not None and arr.size:
+        arrays[name] = arr
+    lat = res.variant(name).get("latency_ms")
+    if lat:
+        percentiles[name] = dict(lat)
+
+if not arrays and not percentiles:
+    st.info("No latency measurements yet.")
+    st.stop()
+
+log_y = st.toggle(
+    "Log scale",
+    value=True,
+    key=keys.LATENCY_LOG,
+    help="The original is often 10× slower; a log axis keeps every model readable.",
+)
+left, right = st.columns(2)
+with left:
+    if arrays:
+        st.plotly_chart(
+            latency_distribution_figure(arrays, log_y=log_y), key="latency.distribution"
+        )
+    else:
+        st.info("Per-invoke samples were not saved for this run; percentiles only.")
+with right:
+    st.plotly_chart(latency_percentiles_figure(percentiles, log_y=log_y), key="latency.percentiles")
+
+rows = []
+ref_p50 = (percentiles.get(ORIGINAL_LABEL) or {}).get("p50")
+for name, p in percentiles.items():
+    speed = None if not ref_p50 or not p.get("p50") else ref_p50 / float(p["p50"])
+    rows.append(
+        {
+            "model": name,
+            "n": p.get("n"),
+            "min (ms)": p.get("min"),
+            "p50 (ms)": p.get("p50"),
+            "p90 (ms)": p.get("p90"),
+            "p99 (ms)": p.get("p99"),
+            "mean (ms)": p.get("mean"),
+            "std (ms)": p.get("std"),
+            "speed-up vs original": "—" if name == ORIGINAL_LABEL else fmt.speedup(speed),
+        }
+    )
+st.dataframe(
+    rows,
+    hide_index=True,
+    key="latency.table",
+    column_config={
+        c: st.column_config.NumberColumn(format="%.3f")
+        for c in ("min (ms)", "p50 (ms)", "p90 (ms)", "p99 (ms)", "mean (ms)", "std (ms)")
+    },
+)
+env, opts = res.environment, res.options
+st.caption(
+    f"Batch 1, same input, after {opts.get('warmup_runs', '?')} warm-up runs; "
+    f"{opts.get('latency_runs', '?')} timed runs per model; "
+    f"threads {env.get('threads', opts.get('threads', '?'))}. "
+    f"TensorFlow {env.get('tensorflow', '?')} · LiteRT {env.get('litert', '?')} · "
+    f"Keras {env.get('keras', '?')} · Python {env.get('python', '?')} · "
+    f"CPU {fmt.text(env.get('cpu', '?'))}. The original runs through its serving signature."
+)

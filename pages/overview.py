@@ -1,0 +1,64 @@
+"""Overview: a verdict card per variant and the summary table of the selected run."""
+
+import streamlit as st
+
+from ui import fmt, keys, runs, widgets
+from ui.downloads import render_downloads
+
+st.title("Overview")
+res = widgets.require_results()
+widgets.run_header(res)
+widgets.chance_warning(res)
+
+if runs.run_status(res.run_id).get("status") in ("queued", "running"):
+    runs.live_progress(res.run_id)
+
+variants = res.variants
+passed = [v for v in variants if v.get("passed") is True]
+failed = [v for v in variants if v.get("passed") is False]
+st.markdown(
+    f"**{len(passed)} of {len(variants)}** variant(s) meet the **{res.threshold_pct:g} %** "
+    f"top-1 agreement threshold" + (f"; {len(failed)} fall below it." if failed else ".")
+)
+
+per_row = 4
+for start in range(0, len(variants), per_row):
+    cols = st.columns(per_row)
+    for col, v in zip(cols, variants[start : start + per_row], strict=False):
+        with col:
+            widgets.verdict_card(res, v)
+
+st.subheader("Summary")
+table = widgets.summary_table(res)
+pct = st.column_config.NumberColumn(format="%.2f")
+st.dataframe(
+    table,
+    hide_index=True,
+    key=keys.OVERVIEW_TABLE,
+    column_config={
+        "size (MB)": st.column_config.NumberColumn(format="%.3f"),
+        "reduction vs original (%)": st.column_config.NumberColumn(format="%.1f"),
+        "reduction vs float32 TFLite (%)": st.column_config.NumberColumn(format="%.1f"),
+        "top-1 agreement (%)": pct,
+        "top-k agreement (%)": pct,
+        "accuracy original (%)": pct,
+        "accuracy TFLite (%)": pct,
+        "p50 (ms)": st.column_config.NumberColumn(format="%.3f"),
+        "p99 (ms)": st.column_config.NumberColumn(format="%.3f"),
+    },
+)
+k = next((v.get("k") for v in variants if v.get("k")), None)
+ref = res.reference
+st.caption(
+    f"Agreement: the TFLite top-1 class equals the original's; top-{k or 'k'}: the original's "
+    f"top-1 is among the TFLite top-{k or 'k'}. 95 % Wilson intervals. Original accuracy "
+    f"{fmt.pct(ref.get('accuracy_pct'), digits=2)} on the labelled samples. "
+    f"Sizes in MB (10⁶ bytes); latency per invoke at batch 1."
+)
+command = res.report.get("run", {}).get("command")
+if command:
+    with st.expander("Reproduce this run from the command line"):
+        st.code(str(command), language="bash")
+
+with st.expander("Downloads", icon=":material/download:"):
+    render_downloads(res.run_dir)

@@ -1,0 +1,88 @@
+"""Setup: pick a model, data, preset and quantization modes, then run; shows live progress."""
+
+import streamlit as st
+
+from core import jobs
+from core.errors import QuantLensError
+from core.types import Preset
+from ui import cache, keys, runs, setup_form
+
+st.title("Set up a comparison")
+st.caption(
+    "Convert a TensorFlow image classifier to TFLite and see what each quantization "
+    "mode gains and loses on your images."
+)
+
+demo_ok = setup_form.demo_ready()
+
+model = setup_form.model_section(demo_ok)
+signature = None
+if model.error:
+    st.error(model.error)
+elif model.path:
+    try:
+        with st.spinner("Reading the model signature…"):
+            signature = cache.model_signature(model.path)
+        setup_form.show_signature(signature)
+    except QuantLensError as exc:
+        st.error(str(exc))
+
+data, labels = setup_form.data_section(demo_ok)
+dataset = None
+if data.error:
+    st.error(data.error)
+elif data.path:
+    try:
+        dataset = cache.dataset(data.path, labels_file=labels)
+        setup_form.show_dataset(dataset)
+    except QuantLensError as exc:
+        st.error(str(exc))
+
+# The demo model is trained on mobilenet_v2 input ([-1, 1]), the common Keras default.
+preset = setup_form.preset_section(signature, dataset, Preset.MOBILENET_V2)
+variants = setup_form.variants_section()
+options = setup_form.options_section(None if dataset is None else len(dataset.samples))
+
+st.divider()
+active = runs.active_run()
+problems = []
+if signature is None:
+    problems.append("a readable model")
+if dataset is None or not dataset.samples:
+    problems.append("a data set with at least one image")
+if not variants:
+    problems.append("at least one quantization mode")
+left, right = st.columns([1, 3])
+clicked = left.button(
+    "Run",
+    key=keys.SETUP_RUN,
+    type="primary",
+    icon=":material/play_arrow:",
+    disabled=bool(active) or bool(problems),
+    width="stretch",
+)
+if active:
+    right.caption("A run is in progress; wait for it to finish or cancel it.")
+    if right.button("Cancel run", key=keys.SETUP_CANCEL, icon=":material/stop:"):
+        try:
+            jobs.cancel_run(active)
+        except QuantLensError as exc:
+            st.error(str(exc))
+elif problems:
+    right.caption("Needs " + ", ".join(problems) + ".")
+else:
+    right.caption(f"{len(variants)} variant(s): {', '.join(variants)}")
+
+if clicked and model.path and data.path and not active:
+    setup_form.launch(model.path, data.path, labels, variants, preset, options)
+if st.session_state.get(keys.SETUP_LAUNCH_ERROR):
+    st.error(st.session_state[keys.SETUP_LAUNCH_ERROR])
+
+if active:
+    runs.select_run(active)
+    runs.live_progress(active)
+else:
+    shown = runs.selected_run_id()
+    if shown:
+        runs.draw_progress(shown)
+        st.page_link("pages/overview.py", label="Open the overview", icon=":material/dashboard:")

@@ -1,0 +1,115 @@
+"""AppTest fixtures: a workspace per test with a hand-built run, and a page opener."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tests.app.fixtures import build_run
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty QuantLens workspace."""
+    h = tmp_path / "ws"
+    h.mkdir()
+    monkeypatch.setenv("QUANTLENS_HOME", str(h))
+    return h
+
+
+@pytest.fixture
+def crafted(home: Path) -> Path:
+    """A workspace holding one hand-built run (float16 agrees, int8 flips 6 of 40, int16x8 crashed)."""
+    return build_run(home, flips={"float16": 0, "int8": 6})
+
+
+OpenPage = Callable[..., AppTest]
+
+
+@pytest.fixture
+def open_page() -> OpenPage:
+    """Open app.py, then switch to `pages/<name>.py`; optional session values set before."""
+
+    def _open(name: str, *, state: dict[str, object] | None = None, timeout: float = 60) -> AppTest:
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=timeout)
+        for k, v in (state or {}).items():
+            at.session_state[k] = v
+        at.switch_page(f"pages/{name}.py")
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        return at
+
+    return _open
+
+
+@pytest.fixture(scope="session")
+def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workspace with the real demo built and one real run (float16, int8) in runs/.
+
+    Built once per session with the real engine (`python -m core demo`, `python -m core run`):
+    a couple of minutes on two cores.
+    """
+    import os
+    import subprocess
+    import sys
+
+    h = tmp_path_factory.mktemp("demo_home")
+    env = dict(os.environ, QUANTLENS_HOME=str(h), TF_CPP_MIN_LOG_LEVEL="3")
+    subprocess.run(
+        [sys.executable, "-m", "core", "demo"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=900,
+    )
+    from core.demo import demo_paths
+
+    paths = demo_paths(h)
+    out = h / "runs" / "20250101-000000-demo01"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "core",
+            "run",
+            str(paths.saved_model),
+            "--data",
+            str(paths.data_csv),
+            "--modes",
+            "float16,int8",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        timeout=900,
+        check=False,
+    )
+    assert done.returncode in (0, 1), done.stderr.decode()[-2000:]
+    assert (out / "report.json").is_file() and (out / "job.json").is_file()
+    return h
+
+
+@pytest.fixture
+def real_home(demo_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point the app at the session's real-engine workspace."""
+    monkeypatch.setenv("QUANTLENS_HOME", str(demo_home))
+    return demo_home
+
+
+@pytest.fixture
+def fresh_demo_home(demo_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A new workspace holding a copy of the built demo and no runs (for launching a run)."""
+    import shutil
+
+    h = tmp_path / "ws"
+    shutil.copytree(demo_home / "demo", h / "demo", symlinks=True)
+    monkeypatch.setenv("QUANTLENS_HOME", str(h))
+    return h

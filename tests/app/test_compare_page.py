@@ -1,0 +1,102 @@
+"""Compare page: two real runs side by side; numbers equal report.json; what changed is marked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.store import open_store
+from tests.app.conftest import OpenPage
+from tests.app.history_fixtures import copy_workspace, reports, two_run_home
+from ui import fmt, keys
+
+
+@pytest.fixture
+def two_runs(
+    demo_home: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Path:
+    """A private copy of the workspace holding the real runs "A" (float16) and "B" (int8)."""
+    h = copy_workspace(two_run_home(demo_home, tmp_path_factory), tmp_path / "ws")
+    monkeypatch.setenv("QUANTLENS_HOME", str(h))
+    return h
+
+
+def _ids(home: Path) -> dict[str, str]:
+    with open_store(home) as store:
+        return {r.name: r.id for r in store.list_runs()}
+
+
+def _frame(at: AppTest, column: str) -> pd.DataFrame:
+    return next(d for d in at.dataframe if column in d.value.columns).value
+
+
+@pytest.mark.slow
+def test_compare_shows_report_numbers_and_marks_what_changed(
+    two_runs: Path, open_page: OpenPage
+) -> None:
+    ids = _ids(two_runs)
+    items = [f"{ids['A']}/float16", f"{ids['B']}/int8"]
+    at = open_page("compare", state={keys.COMPARE_ITEMS: items})
+    reps = reports(two_runs)
+    a, b = reps["A"]["variants"][0], reps["B"]["variants"][0]
+
+    summary = _frame(at, "top-1 agreement (%)")
+    assert list(summary["run · variant"]) == ["A · float16", "B · int8"]
+    assert list(summary["top-1 agreement (%)"]) == [
+        a["top1_agreement_pct"],
+        b["top1_agreement_pct"],
+    ]
+    assert list(summary["n"]) == [a["n"], b["n"]]
+    assert list(summary["95 % CI"]) == [
+        fmt.ci(a["top1_agreement_ci95"]),
+        fmt.ci(b["top1_agreement_ci95"]),
+    ]
+    assert list(summary["size (MB)"]) == pytest.approx(
+        [a["size_bytes"] / 1e6, b["size_bytes"] / 1e6]
+    )
+
+    changes = _frame(at, "property").set_index("property")
+    assert changes.loc["mode", "changed"] == "≠"
+    assert changes.loc["calibration samples", "changed"] == "≠"
+    assert changes.loc["calibration samples", "B · int8"] == "50"
+    assert changes.loc["model sha256", "changed"] == ""  # same demo model
+    assert changes.loc["tensorflow", "changed"] == ""
+    assert changes.loc["mode", "A · float16"] == "float16"
+    assert "calibration samples" in at.markdown[0].value
+
+    charts = {str(c.proto.id).split("-")[-1] for c in at.get("plotly_chart")}
+    assert len(at.get("plotly_chart")) == 3, charts  # sizes, agreement, latency
+
+
+@pytest.mark.slow
+def test_only_changed_rows_toggle(two_runs: Path, open_page: OpenPage) -> None:
+    ids = _ids(two_runs)
+    at = open_page(
+        "compare",
+        state={keys.COMPARE_ITEMS: [f"{ids['A']}/float16", f"{ids['B']}/int8"]},
+    )
+    at.toggle(key=keys.COMPARE_ONLY_CHANGED).set_value(True).run()
+    changes = _frame(at, "property")
+    assert set(changes["changed"]) == {"≠"}
+    assert {"mode", "calibration samples"} <= set(changes["property"])
+
+
+@pytest.mark.slow
+def test_one_pick_asks_for_a_second_and_deleted_runs_are_dropped(
+    two_runs: Path, open_page: OpenPage
+) -> None:
+    ids = _ids(two_runs)
+    at = open_page("compare", state={keys.COMPARE_ITEMS: [f"{ids['A']}/float16", "gone-run/int8"]})
+    assert at.multiselect(key=keys.COMPARE_ITEMS).value == [f"{ids['A']}/float16"]
+    assert "Pick at least two variants" in at.info[0].value
+
+
+def test_empty_workspace(home: Path, open_page: OpenPage) -> None:
+    at = open_page("compare")
+    assert "No runs stored yet" in at.info[0].value

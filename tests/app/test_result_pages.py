@@ -1,0 +1,176 @@
+"""Result pages against a hand-built run: what a user reads matches report.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.app.conftest import OpenPage
+from tests.app.fixtures import build_run, read_report
+from ui import fmt, keys
+
+
+def _tiles(at) -> int:  # type: ignore[no-untyped-def]
+    return sum(1 for b in at.button if str(b.key).startswith("disagreements.tile."))
+
+
+def test_overview_verdicts_and_metrics_match_the_report(crafted: Path, open_page: OpenPage) -> None:
+    rep = read_report(crafted)
+    at = open_page("overview")
+    md = [m.value for m in at.markdown]
+    for v in rep["variants"]:
+        if v["status"] != "done":
+            continue
+        badge = "PASS" if v["passed"] else "FAIL"
+        idx = md.index(f"#### {v['name']}")
+        assert badge in md[idx + 1]
+    agreements = [m.value for m in at.metric if m.label == "Top-1 agreement"]
+    assert agreements == [
+        fmt.pct(v["top1_agreement_pct"], digits=2) for v in rep["variants"] if v["status"] == "done"
+    ]
+    sizes = [m.value for m in at.metric if m.label == "Size"]
+    assert sizes == [fmt.mb(v["size_bytes"]) for v in rep["variants"] if v["status"] == "done"]
+    # the crashed variant says why, in one line
+    crashed = next(v for v in rep["variants"] if v["status"] == "crashed")
+    assert any(c.value == fmt.text(crashed["error"]) for c in at.caption)
+    passed = sum(1 for v in rep["variants"] if v.get("passed") is True)
+    assert md[0].startswith(f"**{passed} of {len(rep['variants'])}**")
+    table = at.dataframe[0].value
+    assert list(table["model"]) == ["original", "float16", "int8", "int16x8"]
+    assert table.loc[table["model"] == "int8", "disagreements"].item() == 6
+    assert not at.error  # accuracy is far from chance here
+
+
+def test_overview_warns_loudly_when_accuracy_is_near_chance(
+    home: Path, open_page: OpenPage
+) -> None:
+    build_run(home, near_chance=True)
+    at = open_page("overview")
+    assert any("preprocessing is probably wrong" in e.value for e in at.error)
+
+
+def test_run_name_is_shown_as_text_not_html(crafted: Path, open_page: OpenPage) -> None:
+    at = open_page("overview")
+    header = at.caption[0].value
+    assert "\\<b\\>fixture\\</b\\>" in header  # markdown-escaped, so the tags show literally
+
+
+def test_empty_workspace_explains_what_to_do(home: Path, open_page: OpenPage) -> None:
+    at = open_page("overview")
+    assert "No run yet" in at.info[0].value
+
+
+def test_gallery_shows_one_tile_per_disagreement(crafted: Path, open_page: OpenPage) -> None:
+    rep = read_report(crafted)
+    at = open_page("disagreements", state={keys.DISAGREE_VARIANT: "int8"})
+    n_dis = next(v["disagreements"] for v in rep["variants"] if v["name"] == "int8")
+    assert _tiles(at) == n_dis == 6
+    assert len(at.get("image")) == n_dis
+    assert f"**{n_dis}** disagreements of **40** samples" in at.markdown[0].value
+
+
+def test_gallery_empty_state_when_everything_agrees(crafted: Path, open_page: OpenPage) -> None:
+    at = open_page("disagreements", state={keys.DISAGREE_VARIANT: "float16"})
+    assert at.success[0].value == "No disagreements — all 40 samples agree."
+    assert _tiles(at) == 0
+
+
+def test_gallery_pages_by_24(home: Path, open_page: OpenPage) -> None:
+    build_run(home, flips={"int8": 30})
+    at = open_page("disagreements", state={keys.DISAGREE_VARIANT: "int8"})
+    rep = read_report(home / "runs" / "run-fixture")
+    n_dis = rep["variants"][0]["disagreements"]
+    assert n_dis > 24
+    assert _tiles(at) == 24
+    at.number_input(key=keys.DISAGREE_PAGE).set_value(2).run()
+    assert _tiles(at) == n_dis - 24
+
+
+def test_flip_filter_from_the_matrix_narrows_the_gallery(
+    crafted: Path, open_page: OpenPage
+) -> None:
+    rep = read_report(crafted)
+    m = next(v["flip_matrix"] for v in rep["variants"] if v["name"] == "int8")
+    r, c = max(((i, j) for i in range(10) for j in range(10)), key=lambda ij: m[ij[0]][ij[1]])
+    at = open_page(
+        "disagreements", state={keys.DISAGREE_VARIANT: "int8", keys.DISAGREE_FLIP: ("int8", r, c)}
+    )
+    assert _tiles(at) == m[r][c] > 0
+    at.button(key=keys.DISAGREE_CLEAR_FLIP).click().run()
+    assert _tiles(at) == 6
+
+
+def test_at_risk_shows_agreeing_samples_with_small_margin(
+    crafted: Path, open_page: OpenPage
+) -> None:
+    import pandas as pd
+
+    at = open_page("disagreements", state={keys.DISAGREE_VARIANT: "int8"})
+    at.toggle(key=keys.DISAGREE_AT_RISK).set_value(True).run()
+    at.slider(key=keys.DISAGREE_MARGIN).set_value(0.9).run()
+    s = pd.read_csv(crafted / "samples.csv").merge(
+        pd.read_csv(crafted / "int8.samples.csv"), on="index"
+    )
+    expected = int((s["agree"] & (s["ref_margin"] < 0.9)).sum())
+    assert expected > 0
+    assert _tiles(at) == min(expected, 24)
+
+
+def test_tile_opens_a_dialog_with_both_top5_lists(crafted: Path, open_page: OpenPage) -> None:
+    at = open_page("disagreements", state={keys.DISAGREE_VARIANT: "int8"})
+    first = next(b for b in at.button if str(b.key).startswith("disagreements.tile."))
+    first.click().run()
+    assert not at.exception
+    row = str(first.key).rsplit(".", 1)[1]
+    assert any(
+        str(getattr(e, "key", "")) == f"dialog.topk.int8.{row}" for e in at.get("plotly_chart")
+    )
+
+
+def test_size_table_lists_original_and_converted_variants(
+    crafted: Path, open_page: OpenPage
+) -> None:
+    rep = read_report(crafted)
+    at = open_page("size")
+    rows = at.dataframe[0].value
+    assert list(rows["model"]) == ["original", "float16", "int8"]
+    assert list(rows["bytes"]) == [rep["reference"]["size_bytes"]] + [
+        v["size_bytes"] for v in rep["variants"] if v["size_bytes"]
+    ]
+
+
+def test_latency_table_matches_report(crafted: Path, open_page: OpenPage) -> None:
+    rep = read_report(crafted)
+    at = open_page("latency")
+    rows = at.dataframe[0].value
+    assert list(rows["model"]) == ["original", "float16", "int8"]
+    assert rows["p50 (ms)"].tolist() == pytest.approx(
+        [rep["reference"]["latency_ms"]["p50"]]
+        + [v["latency_ms"]["p50"] for v in rep["variants"] if v["status"] == "done"]
+    )
+    assert "threads 2" in at.caption[-1].value and "LiteRT 2.3.0" in at.caption[-1].value
+
+
+def test_agreement_page_shows_accuracy_and_flip_matrix(crafted: Path, open_page: OpenPage) -> None:
+    rep = read_report(crafted)
+    at = open_page("agreement", state={keys.AGREEMENT_VARIANT: "int8"})
+    rows = at.dataframe[0].value
+    assert list(rows["variant"]) == ["float16", "int8"]
+    int8 = next(v for v in rep["variants"] if v["name"] == "int8")
+    assert rows["accuracy TFLite"].tolist()[1] == fmt.pct(int8["tflite_accuracy_pct"], digits=2)
+    keys_drawn = [str(getattr(e, "key", "")) for e in at.get("plotly_chart")]
+    assert keys.AGREEMENT_FLIP_CHART in keys_drawn
+    at.selectbox(key=keys.AGREEMENT_VARIANT).set_value("float16").run()
+    assert at.success[0].value == "No disagreements — all 40 samples agree."
+
+
+def test_deltas_page_summarises_each_variant(crafted: Path, open_page: OpenPage) -> None:
+    import pandas as pd
+
+    at = open_page("deltas")
+    stats = at.dataframe[0].value
+    assert list(stats["variant"]) == ["float16", "int8"]
+    assert list(stats["n"]) == [40, 40]
+    mx = pd.read_csv(crafted / "int8.samples.csv")["max_abs_delta"]
+    assert stats["max |value|"].tolist()[1] == pytest.approx(float(mx.abs().max()))

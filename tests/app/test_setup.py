@@ -1,0 +1,94 @@
+"""The Setup page: signature shown, one-line errors for bad inputs, Run launches a real job."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from core import jobs
+from tests.app.conftest import OpenPage
+from ui import keys
+
+
+def test_missing_server_paths_are_one_line_errors(home: Path, open_page: OpenPage) -> None:
+    # no demo here and a dead build pid: the demo is "failed", so server paths are the default
+    (home / "demo-build.pid").write_text("999999")
+    at = open_page("setup")
+    assert any("demo could not be built" in e.value for e in at.error)
+    assert "Demo model" not in at.radio(key=keys.SETUP_MODEL_SOURCE).options
+    at.text_input(key=keys.SETUP_MODEL_PATH).input(str(home / "nope.keras")).run()
+    at.text_input(key=keys.SETUP_DATA_PATH).input(str(home / "nope.csv")).run()
+    errors = [e.value for e in at.error]
+    assert f"model path {home / 'nope.keras'} does not exist; check the path" in errors
+    assert f"data set path {home / 'nope.csv'} does not exist; check the path" in errors
+    assert at.button(key=keys.SETUP_RUN).disabled
+
+
+@pytest.mark.slow
+def test_garbage_keras_file_is_refused_with_one_line(home: Path, open_page: OpenPage) -> None:
+    (home / "demo-build.pid").write_text("999999")
+    bad = home / "random.keras"
+    bad.write_bytes(b"\x00not a zip at all" * 64)
+    at = open_page("setup", timeout=180)
+    at.text_input(key=keys.SETUP_MODEL_PATH).input(str(bad)).run(timeout=180)
+    errs = [e.value for e in at.error if "random.keras" in e.value]
+    assert len(errs) == 1 and "\n" not in errs[0]
+    assert not at.metric  # no signature shown for a broken model
+
+
+@pytest.mark.slow
+def test_demo_is_preselected_and_one_click_runs(fresh_demo_home: Path, open_page: OpenPage) -> None:
+    at = open_page("setup", timeout=180)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Input"] == "32×32×3" and metrics["Classes"] == "10"
+    assert metrics["Samples"] == str(
+        len((fresh_demo_home / "demo/data/digits.csv").read_text().strip().splitlines()) - 1
+    )
+    assert len(at.get("image")) == 3  # the preset preview
+    at.multiselect(key=keys.SETUP_MODES).set_value(["float16"]).run()
+    run = at.button(key=keys.SETUP_RUN)
+    assert not run.disabled
+    run.click().run(timeout=60)
+    rid = at.session_state[keys.SELECTED_RUN]
+    assert (fresh_demo_home / "runs" / rid / "job.json").is_file()
+    deadline = time.time() + 300
+    while jobs.active_run_id() is not None and time.time() < deadline:
+        time.sleep(2)
+    assert jobs.read_status(fresh_demo_home / "runs" / rid)["status"] == "done"
+    at.run(timeout=60)
+    assert not at.button(key=keys.SETUP_RUN).disabled
+    assert any("float16" in m.value and "done" in m.value for m in at.markdown)
+
+
+def test_last_run_status_lists_each_variant_and_crash_reason(
+    crafted: Path, open_page: OpenPage
+) -> None:
+    from tests.app.fixtures import read_report
+    from ui import fmt
+
+    (crafted.parents[1] / "demo-build.pid").write_text("999999")
+    rep = read_report(crafted)
+    at = open_page("setup")
+    lines = [m.value for m in at.markdown]
+    crashed = next(v for v in rep["variants"] if v["status"] == "crashed")
+    assert any(fmt.text(crashed["error"]) in line and line.startswith(":red[") for line in lines)
+    int8 = next(v for v in rep["variants"] if v["name"] == "int8")
+    assert any(
+        "**int8**" in line and fmt.text(fmt.pct(int8["top1_agreement_pct"], digits=2)) in line
+        for line in lines
+    )
+
+
+def test_first_launch_waits_for_the_demo_build(home: Path, open_page: OpenPage) -> None:
+    import os
+
+    # a live pid and no demo yet: the build is in progress
+    (home / "demo-build.pid").write_text(str(os.getpid()))
+    at = open_page("setup")
+    assert any("Building the demo model" in s.label for s in at.get("status"))
+    assert [b.key for b in at.button] == [keys.SETUP_SKIP_DEMO_BUTTON]
+    at.button(key=keys.SETUP_SKIP_DEMO_BUTTON).click().run()
+    assert at.radio(key=keys.SETUP_MODEL_SOURCE).value == "Path on the server"
+    assert at.button(key=keys.SETUP_RUN).disabled

@@ -1,0 +1,97 @@
+"""Figure builders: the traces carry the numbers they were given, and every axis has a unit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from core import figures
+
+
+def test_size_figure_bars_in_mb_with_reduction_labels() -> None:
+    fig = figures.size_figure(
+        {"original": 2_500_000, "int8": 640_000}, reductions_pct={"int8": 74.4}
+    )
+    bar = fig.data[0]
+    assert list(bar.x) == ["original", "int8"]
+    assert list(bar.y) == pytest.approx([2.5, 0.64])
+    assert "−74.4 %" in bar.text[1] and "%" not in bar.text[0]
+    assert list(bar.marker.color) == [figures.ORIGINAL_COLOR, figures.TFLITE_COLOR]
+    assert fig.layout.yaxis.title.text == "size (MB)"
+
+
+def test_agreement_figure_asymmetric_error_bars_and_threshold() -> None:
+    fig = figures.agreement_figure(
+        ["float16", "int8"],
+        [100.0, 90.0],
+        [(97.0, 100.0), (80.0, 95.5)],
+        threshold_pct=95.0,
+        n=[40, 40],
+    )
+    bar = fig.data[0]
+    assert list(bar.y) == [100.0, 90.0]
+    assert list(bar.error_y.array) == pytest.approx([0.0, 5.5])
+    assert list(bar.error_y.arrayminus) == pytest.approx([3.0, 10.0])
+    # the failing variant is drawn in the fail colour
+    assert list(bar.marker.color) == [figures.TFLITE_COLOR, figures.FAIL_COLOR]
+    assert fig.layout.shapes[0].y0 == 95.0
+    assert fig.layout.yaxis.title.text == "agreement (%)"
+
+
+def test_flip_matrix_figure_blanks_zeros_and_keeps_class_names() -> None:
+    m = [[0, 2, 0], [0, 0, 0], [1, 0, 0]]
+    fig = figures.flip_matrix_figure(m, ["cat", "dog", "cow"])
+    hm = fig.data[0]
+    assert list(hm.x) == ["cat", "dog", "cow"] and list(hm.y) == ["cat", "dog", "cow"]
+    z = np.asarray(hm.z, dtype=float)
+    assert z[0, 1] == 2 and z[2, 0] == 1 and np.isnan(z[0, 0])
+    assert list(hm.customdata[2][0]) == [2, 0]
+    assert "TFLite" in fig.layout.xaxis.title.text and "original" in fig.layout.yaxis.title.text
+
+
+def test_delta_histogram_counts_match_numpy_and_bins_are_shared() -> None:
+    a = np.array([0.0, 0.01, 0.02, 0.5])
+    b = np.array([0.1, 0.2])
+    fig = figures.delta_histogram_figure({"float16": a, "int8": b}, metric="max_abs_delta", bins=5)
+    assert len(fig.data) == 2
+    expected, edges = np.histogram(a, bins=5, range=(0.0, 0.5))
+    assert list(fig.data[0].y) == list(expected)
+    assert sum(fig.data[1].y) == 2
+    assert np.asarray(fig.data[1].customdata)[0, 0] == pytest.approx(edges[0])
+    assert fig.layout.xaxis2.title.text == "max_abs_delta (probability)"
+    assert fig.layout.yaxis.title.text == "samples"
+
+
+def test_latency_figures_use_ms_and_fixed_colours() -> None:
+    lat = {"original": np.array([3.0, 4.0, 5.0]), "int8": np.array([1.0, 1.5])}
+    box = figures.latency_distribution_figure(lat)
+    assert [t.name for t in box.data] == ["original", "int8"]
+    assert list(box.data[1].y) == [1.0, 1.5]
+    assert box.data[0].marker.color == figures.ORIGINAL_COLOR
+    assert box.layout.yaxis.title.text == "latency (ms)"
+    pct = figures.latency_percentiles_figure(
+        {
+            "original": {"p50": 4.0, "p90": 4.8, "p99": 5.0},
+            "int8": {"p50": 1.2, "p90": 1.4, "p99": 1.5},
+        }
+    )
+    assert [t.name for t in pct.data] == ["p50", "p90", "p99"]
+    assert list(pct.data[2].y) == [5.0, 1.5]
+    assert pct.layout.yaxis.title.text == "latency (ms)"
+
+
+def test_topk_figure_orders_by_probability() -> None:
+    ref = np.array([0.1, 0.6, 0.3])
+    tfl = np.array([0.5, 0.2, 0.3])
+    fig = figures.topk_figure(ref, tfl, ["a", "b", "c"], k=2)
+    assert list(fig.data[0].y) == ["b", "c"]
+    assert list(fig.data[1].y) == ["a", "c"]
+    assert list(fig.data[1].x) == pytest.approx([0.5, 0.3])
+    assert fig.layout.xaxis.title.text == "probability"
+
+
+def test_accuracy_figure_groups_original_and_tflite() -> None:
+    fig = figures.accuracy_figure(["float16", "int8"], 91.0, [91.0, 88.5])
+    assert [t.name for t in fig.data] == ["original", "TFLite"]
+    assert list(fig.data[1].y) == [91.0, 88.5]
+    assert fig.layout.yaxis.title.text == "accuracy (%)"

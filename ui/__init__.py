@@ -1,0 +1,1 @@
+"""Streamlit glue for the QuantLens dashboard: session keys, cached adapters, shared widgets."""

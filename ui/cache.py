@@ -1,0 +1,151 @@
+"""Bounded caches between the pages and core: results, thumbnails, signatures, data sets."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+from PIL import Image, ImageOps
+
+from core import rundir
+from core.results import RunResults, load_results, report_mtime
+from core.types import Dataset, ModelSignature, Preset
+
+THUMB_PX = 112
+LARGE_PX = 320
+
+
+def run_path(run_id: str) -> Path:
+    """The run directory of `run_id` in the current workspace."""
+    return rundir.runs_root() / run_id
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _results(run_dir: str, mtime: float) -> RunResults:
+    # mtime is part of the key only: a rewritten report.json yields a fresh view.
+    del mtime
+    return load_results(Path(run_dir))
+
+
+def results(run_id: str) -> RunResults:
+    """The run's results, read once per version of its report.json.
+
+    Raises:
+        QuantLensError: the run has no readable report yet.
+    """
+    d = run_path(run_id)
+    return _results(str(d), report_mtime(d))
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+@st.cache_data(max_entries=1024, show_spinner=False)
+def _thumbnail(path: str, mtime: float, size: int) -> bytes | None:
+    del mtime
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("RGBA", "LA", "P"):
+                im = im.convert("RGBA")
+                bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+                im = Image.alpha_composite(bg, im)
+            if im.mode == "I;16" or im.mode == "I":
+                arr = np.asarray(im, dtype=np.float64)
+                hi = arr.max() or 1.0
+                im = Image.fromarray((arr / hi * 255).astype(np.uint8))
+            im = im.convert("RGB")
+            return _fit_png(np.asarray(im), size)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+def _fit_png(arr: np.ndarray, size: int) -> bytes:
+    """Scale an RGB/grey uint8 image so its longer side is `size` px, keeping aspect ratio.
+
+    Small images (8x8 digits) are enlarged with NEAREST so pixels stay crisp; large ones are
+    reduced with LANCZOS.
+    """
+    im = Image.fromarray(arr)
+    w, h = im.size
+    scale = size / max(w, h)
+    new = (max(1, round(w * scale)), max(1, round(h * scale)))
+    resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.LANCZOS
+    im = im.resize(new, resample)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def thumbnail(path: Path | None, *, size: int = THUMB_PX) -> bytes | None:
+    """PNG bytes of the image at `path` fitted to `size` px (None if missing or undecodable)."""
+    if path is None:
+        return None
+    return _thumbnail(str(path), _mtime(path), size)
+
+
+def array_png(arr: np.ndarray, *, size: int = THUMB_PX) -> bytes:
+    """PNG bytes of a uint8 HxWxC (or HxW) array fitted to `size` px."""
+    a = np.asarray(arr)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    return _fit_png(a.astype(np.uint8), size)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _signature(path: str, mtime: float) -> ModelSignature:
+    del mtime
+    from core.jobs import inspect_model
+
+    return inspect_model(path)
+
+
+def model_signature(path: str) -> ModelSignature:
+    """The model's signature, read in a worker subprocess once per (path, mtime).
+
+    Raises:
+        QuantLensError: the model cannot be read (one-line reason).
+    """
+    return _signature(path, _mtime(Path(path)))
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _dataset(path: str, mtime: float, labels_file: str | None) -> Dataset:
+    del mtime
+    from core.data import load_dataset
+
+    return load_dataset(path, labels_file=labels_file)
+
+
+def dataset(path: str, *, labels_file: str | None = None) -> Dataset:
+    """The enumerated data set at `path`, cached by (path, mtime, labels file).
+
+    Raises:
+        QuantLensError: the data set cannot be read.
+    """
+    return _dataset(path, _mtime(Path(path)), labels_file or None)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def preview(
+    paths: tuple[str, ...], height: int, width: int, channels: int, preset: str
+) -> list[tuple[np.ndarray, float, float]]:
+    """Decoded, resized images and the (min, max) of their preset output, as the model sees them.
+
+    Raises:
+        QuantLensError: an image cannot be decoded.
+    """
+    from core.data import apply_preset, decode_image
+
+    out: list[tuple[np.ndarray, float, float]] = []
+    for p in paths:
+        img = decode_image(p, height=height, width=width, channels=channels)
+        x = apply_preset(img[None, ...], Preset(preset))
+        out.append((np.asarray(img), float(np.min(x)), float(np.max(x))))
+    return out

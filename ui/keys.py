@@ -1,0 +1,76 @@
+"""Session-state key names, one constant each, namespaced by page ("setup.modes")."""
+
+# app-wide
+SELECTED_RUN = "app.selected_run"
+SIDEBAR_RUN = "app.sidebar_run"
+
+# setup
+SETUP_MODEL_SOURCE = "setup.model_source"
+SETUP_MODEL_PATH = "setup.model_path"
+SETUP_MODEL_UPLOAD = "setup.model_upload"
+SETUP_DATA_SOURCE = "setup.data_source"
+SETUP_DATA_PATH = "setup.data_path"
+SETUP_DATA_UPLOAD = "setup.data_upload"
+SETUP_LABELS_PATH = "setup.labels_path"
+SETUP_PRESET = "setup.preset"
+SETUP_MODES = "setup.modes"
+SETUP_INT8_IO = "setup.int8_io"
+SETUP_SELECT_TF_OPS = "setup.select_tf_ops"
+SETUP_CALIBRATION = "setup.calibration_samples"
+SETUP_MAX_SAMPLES = "setup.max_samples"
+SETUP_THREADS = "setup.threads"
+SETUP_THRESHOLD = "setup.threshold"
+SETUP_RUN_NAME = "setup.run_name"
+SETUP_TRUSTED = "setup.trusted"
+SETUP_RUN = "setup.run"
+SETUP_CANCEL = "setup.cancel"
+SETUP_LAUNCH_ERROR = "setup.launch_error"
+SETUP_SKIP_DEMO = "setup.skip_demo"
+SETUP_SKIP_DEMO_BUTTON = "setup.skip_demo_button"
+
+# overview
+OVERVIEW_TABLE = "overview.table"
+
+# agreement
+AGREEMENT_VARIANT = "agreement.variant"
+AGREEMENT_FLIP_CHART = "agreement.flip_chart"
+
+# disagreements
+DISAGREE_VARIANT = "disagreements.variant"
+DISAGREE_SORT = "disagreements.sort"
+DISAGREE_CLASS = "disagreements.class"
+DISAGREE_AT_RISK = "disagreements.at_risk"
+DISAGREE_MARGIN = "disagreements.margin"
+DISAGREE_PAGE = "disagreements.page"
+DISAGREE_FLIP = "disagreements.flip"  # (variant, ref_class, tfl_class) set by the agreement page
+DISAGREE_CLEAR_FLIP = "disagreements.clear_flip"
+
+# probability deltas
+DELTAS_METRIC = "deltas.metric"
+DELTAS_VARIANTS = "deltas.variants"
+DELTAS_CHART = "deltas.chart"
+
+# latency
+LATENCY_LOG = "latency.log_scale"
+
+# history
+HISTORY_SEARCH = "history.search"
+HISTORY_TABLE = "history.table"  # + "." + digest of the listed ids (see ui.history.table_key)
+HISTORY_OPEN = "history.open"
+HISTORY_RENAME = "history.rename"
+HISTORY_RENAME_SAVE = "history.rename_save"
+HISTORY_DELETE = "history.delete"
+HISTORY_CONFIRM_DELETE = "history.confirm_delete"  # run ids waiting for "Yes, delete"
+HISTORY_DELETE_YES = "history.delete_yes"
+HISTORY_DELETE_NO = "history.delete_no"
+HISTORY_CANCEL = "history.cancel"
+HISTORY_COMPARE = "history.compare"
+HISTORY_FLASH = "history.flash"  # one message shown after an action's rerun
+
+# compare
+COMPARE_ITEMS = "compare.items"  # list of "<run_id>/<variant>" option ids
+COMPARE_ONLY_CHANGED = "compare.only_changed"
+COMPARE_LOG = "compare.log_scale"
+
+# downloads (buttons are keyed "<prefix>.<run folder>.<file>")
+DOWNLOADS = "downloads"

@@ -1,0 +1,163 @@
+"""Which run the pages show, and the live progress panel of the active job."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from core import jobs
+from core.errors import QuantLensError
+from core.results import run_ids
+from core.types import ProgressEvent, RunStatus
+from ui import fmt, keys
+from ui.cache import run_path
+
+_ICONS = {
+    "done": ":material/check_circle:",
+    "failed": ":material/error:",
+    "crashed": ":material/dangerous:",
+    "timeout": ":material/timer_off:",
+    "cancelled": ":material/block:",
+    "running": ":material/progress_activity:",
+    "pending": ":material/schedule:",
+}
+
+
+def active_run() -> str | None:
+    """The queued/running run of this workspace, if any (shared by every tab)."""
+    return jobs.active_run_id()
+
+
+def selected_run_id() -> str | None:
+    """The run the result pages show: the one chosen in session, else the active, else newest."""
+    chosen = st.session_state.get(keys.SELECTED_RUN)
+    if chosen and run_path(str(chosen)).is_dir():
+        return str(chosen)
+    rid = active_run() or next(iter(run_ids()), None)
+    if rid:
+        st.session_state[keys.SELECTED_RUN] = rid
+    return rid
+
+
+def select_run(run_id: str) -> None:
+    """Make `run_id` the run every result page shows."""
+    st.session_state[keys.SELECTED_RUN] = run_id
+
+
+def run_status(run_id: str) -> dict[str, Any]:
+    """status.json of a run ({"status": "queued", ...} when it is not written yet)."""
+    d = run_path(run_id)
+    try:
+        return jobs.read_status(d)
+    except (QuantLensError, OSError, ValueError):
+        return {"status": RunStatus.QUEUED.value, "error": None, "started": 0.0, "finished": None}
+
+
+def _variant_lines(run_dir: Path, events: list[ProgressEvent]) -> list[tuple[str, str, str]]:
+    """(variant, state, detail) per variant: from report.json when written, else from events."""
+    from core.results import load_results
+
+    rows: dict[str, tuple[str, str]] = {}
+    for ev in events:
+        if ev.variant:
+            rows[ev.variant] = ("running", f"{ev.step}: {ev.message}")
+    try:
+        res = load_results(run_dir)
+    except QuantLensError:
+        res = None
+    if res is not None:
+        for v in res.variants:
+            name = str(v.get("name") or v.get("mode"))
+            status = str(v.get("status") or "pending")
+            if status == "done":
+                detail = (
+                    f"agreement {fmt.pct(v.get('top1_agreement_pct'), digits=2)} "
+                    f"(n={v.get('n')}) · {fmt.mb(v.get('size_bytes'))} · "
+                    f"p50 {fmt.ms((v.get('latency_ms') or {}).get('p50'))}"
+                )
+            elif status in ("failed", "crashed", "timeout", "cancelled"):
+                detail = str(v.get("error") or status)
+            else:
+                detail = rows.get(name, ("", status))[1]
+            rows[name] = (status, detail)
+    return [(name, state, detail) for name, (state, detail) in rows.items()]
+
+
+def draw_progress(run_id: str) -> bool:
+    """Draw the status box of a run; return True while it is still queued or running."""
+    d = run_path(run_id)
+    status = run_status(run_id)
+    state = str(status.get("status") or "queued")
+    try:
+        events = jobs.read_progress(d)
+    except (QuantLensError, OSError, ValueError):
+        events = []
+    last = events[-1] if events else None
+    running = state in (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
+    if running:
+        label = "Queued…" if last is None else f"Running — {last.step}"
+        if last is not None and last.variant:
+            label += f" · {last.variant}"
+        box_state = "running"
+    elif state == RunStatus.DONE.value:
+        label, box_state = "Run finished", "complete"
+    else:
+        label, box_state = f"Run {state}", "error"
+    with st.status(label, state=box_state, expanded=True):  # type: ignore[arg-type]
+        if running:
+            frac = 0.0 if last is None else min(1.0, max(0.0, float(last.fraction)))
+            st.progress(frac, text=fmt.text(last.message) if last else "waiting for the worker")
+        if status.get("error"):
+            st.error(str(status["error"]))
+        for name, vstate, detail in _variant_lines(d, events):
+            icon = _ICONS.get(vstate, ":material/schedule:")
+            line = f"{icon} **{fmt.text(name)}** — {fmt.text(vstate)}: {fmt.text(detail)}"
+            if vstate in ("failed", "crashed", "timeout"):
+                st.markdown(f":red[{line}]")
+            else:
+                st.markdown(line)
+    return running
+
+
+@st.fragment(run_every=1.0)
+def live_progress(run_id: str) -> None:
+    """Poll the run once a second; when it ends, rerun the whole page to show the results."""
+    if not draw_progress(run_id):
+        st.rerun(scope="app")
+
+
+def _run_label(run_id: str) -> str:
+    """A short label such as `11-27 05:12:18 · done` (ids look like 20261127-051218-29a7eb)."""
+    status = run_status(run_id).get("status") or "?"
+    m = re.fullmatch(r"\d{4}(\d{2})(\d{2})-(\d{2})(\d{2})(\d{2})-\w+", run_id)
+    when = f"{m[1]}-{m[2]} {m[3]}:{m[4]}:{m[5]}" if m else run_id
+    return f"{when} · {status}"
+
+
+def sidebar() -> None:
+    """The shared sidebar: product name, the run shown on result pages, and a live badge."""
+    with st.sidebar:
+        st.markdown("### :material/compare: QuantLens")
+        st.caption("TensorFlow → TFLite: what you gain, what you lose.")
+        ids = run_ids()[:30]
+        selected = selected_run_id()
+        if not ids:
+            st.caption("No runs yet.")
+            return
+        if selected and selected not in ids:
+            ids.insert(0, selected)
+        if selected and st.session_state.get(keys.SIDEBAR_RUN) != selected:
+            st.session_state[keys.SIDEBAR_RUN] = selected
+
+        def _changed() -> None:
+            select_run(str(st.session_state[keys.SIDEBAR_RUN]))
+
+        st.selectbox(
+            "Run shown", ids, key=keys.SIDEBAR_RUN, format_func=_run_label, on_change=_changed
+        )
+        active = active_run()
+        if active:
+            st.info(f"Run {active} is in progress.", icon=":material/hourglass_top:")

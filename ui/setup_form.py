@@ -1,0 +1,383 @@
+"""The Setup page's sections: model, data, preprocessing, variants, options and the Run button."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+
+from core import jobs
+from core.errors import QuantLensError
+from core.paths import allowed_roots_from_env, require_under_roots
+from core.rundir import workspace_home
+from core.types import Dataset, IOType, JobSpec, Mode, ModelSignature, Preset, VariantSpec
+from ui import cache, fmt, keys, runs
+
+MODEL_SOURCES = ("Demo model", "Path on the server", "Upload")
+DATA_SOURCES = ("Demo data", "CSV file on the server", "Image folder on the server", "Upload .zip")
+MODE_HELP = {
+    "float32": "plain conversion, the honest TFLite baseline",
+    "dynamic": "int8 weights, float activations",
+    "float16": "float16 weights",
+    "int8": "full integer; needs calibration images",
+    "int16x8": "int16 activations, int8 weights",
+}
+PRESET_HELP = {
+    "mobilenet_v2": "[-1, 1]",
+    "unit": "[0, 1]",
+    "raw": "[0, 255]",
+    "caffe": "BGR minus ImageNet mean",
+    "torch": "ImageNet mean / std",
+}
+
+
+@dataclass(frozen=True)
+class Picked:
+    """A resolved model or data path, or the one-line reason there is none."""
+
+    path: str | None
+    error: str | None = None
+
+
+def demo_ready() -> bool:
+    """Start the demo build on first launch and report whether the demo is usable."""
+    try:
+        state, message = jobs.demo_build_state()
+        if state == "missing":
+            jobs.start_demo_build()
+            state, message = "building", "starting"
+    except QuantLensError as exc:
+        st.error(str(exc))
+        return False
+    if state == "ready":
+        return True
+    if state == "failed":
+        st.error(f"The demo could not be built: {message}. Use a model and data on the server.")
+        return False
+    _demo_wait()
+    # Wait for the demo (so the form opens preselected and one click on Run works), unless
+    # the user wants to point at their own model meanwhile.
+    if not st.session_state.get(keys.SETUP_SKIP_DEMO):
+        if st.button(
+            "Use my own model meanwhile",
+            key=keys.SETUP_SKIP_DEMO_BUTTON,
+            icon=":material/folder_open:",
+        ):
+            st.session_state[keys.SETUP_SKIP_DEMO] = True
+            st.rerun()
+        st.stop()
+    return False
+
+
+@st.fragment(run_every=2.0)
+def _demo_wait() -> None:
+    state, message = jobs.demo_build_state()
+    if state == "ready":
+        st.rerun(scope="app")
+    with st.status("Building the demo model and data set (first launch only)…", state="running"):
+        st.write(fmt.text(message or "working"))
+
+
+def _save_upload(upload: st.runtime.uploaded_file_manager.UploadedFile) -> Path:
+    """Store an upload under the workspace by content hash (the same file is stored once)."""
+    data = upload.getvalue()
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    dest = workspace_home() / "uploads" / digest
+    dest.mkdir(parents=True, exist_ok=True)
+    target = dest / Path(upload.name).name
+    if not target.is_file():
+        target.write_bytes(data)
+    return target
+
+
+def _extract(zip_path: Path) -> Path:
+    from core.archives import safe_extract
+
+    dest = zip_path.parent / "extracted"
+    if dest.is_dir() and any(dest.iterdir()):
+        return dest
+    return safe_extract(zip_path, dest)
+
+
+def _server_path(raw: str, *, what: str) -> Picked:
+    if not raw.strip():
+        return Picked(None, None)
+    try:
+        p = require_under_roots(raw.strip(), allowed_roots_from_env(), what=what)
+    except QuantLensError as exc:
+        return Picked(None, str(exc))
+    if not p.exists():
+        return Picked(None, f"{what} path {raw.strip()} does not exist; check the path")
+    return Picked(str(p))
+
+
+def model_section(demo_ok: bool) -> Picked:
+    """Model source radio and its input; returns the chosen model path."""
+    st.subheader("1 · Model")
+    options = MODEL_SOURCES if demo_ok else MODEL_SOURCES[1:]
+    source = st.radio("Model source", options, key=keys.SETUP_MODEL_SOURCE, horizontal=True)
+    if source == "Demo model":
+        from core.demo import demo_paths
+
+        paths = demo_paths()
+        p = paths.saved_model if paths.saved_model.exists() else paths.keras_model
+        st.caption(f"Embedded demo classifier: {fmt.code(p)}")
+        return Picked(str(p))
+    if source == "Path on the server":
+        raw = st.text_input(
+            "SavedModel folder or .keras file",
+            key=keys.SETUP_MODEL_PATH,
+            placeholder="/models/my_classifier or /models/net.keras",
+        )
+        return _server_path(raw, what="model")
+    up = st.file_uploader(
+        "A .keras file, or a .zip holding a SavedModel folder",
+        type=["keras", "zip"],
+        key=keys.SETUP_MODEL_UPLOAD,
+    )
+    if up is None:
+        return Picked(None)
+    try:
+        saved = _save_upload(up)
+        if saved.suffix.lower() == ".zip":
+            from core.archives import find_saved_model_dir
+
+            return Picked(str(find_saved_model_dir(_extract(saved))))
+        return Picked(str(saved))
+    except QuantLensError as exc:
+        return Picked(None, str(exc))
+
+
+def show_signature(sig: ModelSignature) -> None:
+    """Input shape/dtype, class count and output kind as four small metrics."""
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("Input", f"{sig.height}×{sig.width}×{sig.channels}")
+    c2.metric("Input dtype", sig.input_dtype)
+    c3.metric("Classes", sig.num_classes)
+    c4.metric("Output", "probabilities" if sig.outputs_probabilities else "logits")
+    st.caption(
+        f"Format {sig.format} · declared input shape {tuple(sig.input_shape)}"
+        + ("" if sig.outputs_probabilities else " · softmax is applied before comparing")
+    )
+
+
+def data_section(demo_ok: bool) -> tuple[Picked, str | None]:
+    """Data source radio and its input; returns the data path and an optional labels file."""
+    st.subheader("2 · Data")
+    options = DATA_SOURCES if demo_ok else DATA_SOURCES[1:]
+    source = st.radio("Data source", options, key=keys.SETUP_DATA_SOURCE, horizontal=True)
+    labels: str | None = None
+    if source == "Demo data":
+        from core.demo import demo_paths
+
+        p = demo_paths().data_csv
+        st.caption(f"Embedded demo data set: {fmt.code(p)}")
+        return Picked(str(p)), None
+    if source in ("CSV file on the server", "Image folder on the server"):
+        is_csv = source.startswith("CSV")
+        raw = st.text_input(
+            "CSV with filepath,label (paths relative to the CSV)"
+            if is_csv
+            else "Folder with one sub-folder per class",
+            key=keys.SETUP_DATA_PATH,
+            placeholder="/data/val.csv" if is_csv else "/data/val/",
+        )
+        lab = st.text_input(
+            "labels.txt (optional, one class name per line)", key=keys.SETUP_LABELS_PATH
+        )
+        if lab.strip():
+            labels = lab.strip()
+        return _server_path(raw, what="data set"), labels
+    up = st.file_uploader(
+        "A .zip of a CSV data set or of class folders", type=["zip"], key=keys.SETUP_DATA_UPLOAD
+    )
+    if up is None:
+        return Picked(None), None
+    try:
+        root = _extract(_save_upload(up))
+    except QuantLensError as exc:
+        return Picked(None, str(exc)), None
+    csvs = sorted(root.glob("*.csv"))
+    inner = [d for d in root.iterdir() if d.is_dir() and not d.name.startswith((".", "__"))]
+    if not csvs and len(inner) == 1 and not any(inner[0].glob("*.*")):
+        root = inner[0]  # a zip of a wrapper folder holding the class folders
+    if (root / "labels.txt").is_file():
+        labels = str(root / "labels.txt")
+    return Picked(str(csvs[0]) if len(csvs) == 1 else str(root)), labels
+
+
+def show_dataset(ds: Dataset) -> None:
+    """Sample count, labels and skipped rows of the chosen data set."""
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Samples", len(ds.samples))
+    c2.metric("Skipped", len(ds.skipped))
+    c3.metric("Classes", "—" if not ds.class_names else len(ds.class_names))
+    if not ds.has_labels:
+        st.caption("No labels: accuracy cannot be computed; only agreement is measured.")
+    if ds.skipped:
+        with st.expander(f"{len(ds.skipped)} skipped rows"):
+            st.dataframe(
+                [{"file": s.relpath, "reason": s.reason} for s in ds.skipped[:500]],
+                hide_index=True,
+                key="setup.skipped_table",
+            )
+
+
+def preset_section(sig: ModelSignature | None, ds: Dataset | None, default: Preset) -> Preset:
+    """Preset selectbox and three samples as the model will see them."""
+    st.subheader("3 · Preprocessing")
+    names = [p.value for p in Preset]
+    if keys.SETUP_PRESET not in st.session_state:
+        st.session_state[keys.SETUP_PRESET] = default.value
+    preset = Preset(
+        st.selectbox(
+            "Preset",
+            names,
+            key=keys.SETUP_PRESET,
+            format_func=lambda n: f"{n}  ({PRESET_HELP.get(n, '')})",
+            help="How decoded RGB pixels become the float input; the same array feeds both models.",
+        )
+    )
+    if sig is None or ds is None or not ds.samples:
+        st.caption("Pick a model and data to preview the input.")
+        return preset
+    try:
+        from core.data import preset_value_range
+
+        lo, hi = preset_value_range(preset)
+        shots = cache.preview(
+            tuple(s.path for s in ds.samples[:3]), sig.height, sig.width, sig.channels, preset.value
+        )
+    except QuantLensError as exc:
+        st.error(str(exc))
+        return preset
+    st.caption(
+        f"Model input {sig.height}×{sig.width}×{sig.channels}, values in "
+        f"[{lo:g}, {hi:g}] for this preset. Three samples as the model sees them:"
+    )
+    cols = st.columns(6)
+    for col, (img, vmin, vmax), sample in zip(cols, shots, ds.samples[:3], strict=False):
+        with col:
+            st.image(cache.array_png(img), width=cache.THUMB_PX)
+            st.caption(f"{fmt.text(Path(sample.relpath).name)}  \nmin {vmin:.2f} · max {vmax:.2f}")
+    return preset
+
+
+def variants_section() -> list[str]:
+    """Mode multiselect (+ int8 I/O type); returns variant names such as `int8-uint8`."""
+    st.subheader("4 · Variants")
+    modes = [m.value for m in Mode]
+    if keys.SETUP_MODES not in st.session_state:
+        st.session_state[keys.SETUP_MODES] = ["float32", "dynamic", "float16", "int8"]
+    c1, c2, c3 = st.columns([3, 1, 1])
+    chosen = c1.multiselect(
+        "Quantization modes",
+        modes,
+        key=keys.SETUP_MODES,
+        help="  \n".join(f"**{m}**: {MODE_HELP[m]}" for m in modes),
+    )
+    io = c2.selectbox(
+        "int8 I/O type",
+        [t.value for t in IOType],
+        key=keys.SETUP_INT8_IO,
+        disabled="int8" not in chosen,
+        help="Tensor type of the int8 model's input and output.",
+    )
+    select_ops = c3.toggle(
+        "Allow SELECT_TF_OPS",
+        key=keys.SETUP_SELECT_TF_OPS,
+        help="Fall back to TensorFlow ops the TFLite builtins lack.",
+    )
+    names = []
+    for m in chosen:
+        spec = VariantSpec(
+            mode=Mode(m),
+            io_type=IOType(io) if m == "int8" else None,
+            allow_select_tf_ops=bool(select_ops),
+        )
+        names.append(spec.name)
+    return names
+
+
+def options_section(num_samples: int | None) -> dict[str, object]:
+    """Calibration count, evaluation cap, threads, threshold, run name and trusted mode."""
+    st.subheader("5 · Options")
+    c1, c2, c3, c4 = st.columns(4)
+    calib = c1.number_input(
+        "Calibration samples",
+        min_value=1,
+        max_value=10_000,
+        value=100,
+        step=10,
+        key=keys.SETUP_CALIBRATION,
+        help="Drawn from the data with a fixed seed (int8, int16x8).",
+    )
+    cap = c2.number_input(
+        "Evaluation sample cap (0 = all)",
+        min_value=0,
+        value=0,
+        step=100,
+        key=keys.SETUP_MAX_SAMPLES,
+        help=f"The data set has {num_samples} samples." if num_samples else None,
+    )
+    threads = c3.number_input(
+        "Threads",
+        min_value=1,
+        max_value=max(1, os.cpu_count() or 1),
+        value=max(1, os.cpu_count() or 1),
+        key=keys.SETUP_THREADS,
+    )
+    threshold = c4.slider(
+        "Agreement threshold (%)",
+        min_value=50.0,
+        max_value=100.0,
+        value=95.0,
+        step=0.5,
+        key=keys.SETUP_THRESHOLD,
+    )
+    c5, c6 = st.columns([3, 1])
+    name = c5.text_input("Run name (optional)", key=keys.SETUP_RUN_NAME, max_chars=120)
+    trusted = c6.toggle(
+        "Trusted model",
+        key=keys.SETUP_TRUSTED,
+        help="Allow Lambda layers and custom objects. Only for models you wrote.",
+    )
+    return {
+        "calibration_samples": int(calib),
+        "max_samples": int(cap) or None,
+        "threads": int(threads),
+        "min_agreement_pct": float(threshold),
+        "name": str(name),
+        "trusted": bool(trusted),
+    }
+
+
+def launch(
+    model: str,
+    data: str,
+    labels: str | None,
+    variants: list[str],
+    preset: Preset,
+    options: dict[str, object],
+) -> None:
+    """Create and launch the run, make it the selected one, and rerun the page."""
+    spec = JobSpec(
+        model_path=model,
+        data_path=data,
+        variants=tuple(variants),
+        preset=preset,
+        labels_file=labels,
+        **options,
+    )  # type: ignore[arg-type]
+    try:
+        rid = jobs.create_run(spec)
+        jobs.launch_run(rid)
+    except QuantLensError as exc:
+        st.session_state[keys.SETUP_LAUNCH_ERROR] = str(exc)
+        return
+    st.session_state.pop(keys.SETUP_LAUNCH_ERROR, None)
+    runs.select_run(rid)
+    st.rerun()
