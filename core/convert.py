@@ -22,6 +22,9 @@ from core.rundir import write_atomic
 from core.types import IOType, Mode, VariantSpec
 
 NEEDS_CALIBRATION = frozenset({Mode.INT8, Mode.INT16X8})
+# Part of every cache key: bump it when QuantLens changes how it converts, so bytes made by an
+# older (possibly wrong) recipe are never served again. 2: Keras weights frozen correctly.
+CONVERTER_RECIPE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ def cache_key(
                 "variant": spec.to_dict(),
                 "input_shape": list(input_shape),
                 "versions": library_versions(),
+                "recipe": CONVERTER_RECIPE_VERSION,
             },
             sort_keys=True,
         ).encode()
@@ -129,16 +133,42 @@ def _configure(converter: Any, spec: VariantSpec, calibration: np.ndarray | None
 
 
 _TF_OP = re.compile(r"\btf\.(\w+)")
+# The converter's own summary lines: "TF Select ops: A, B" (SELECT_TF_OPS would provide them) and
+# "Custom ops: C" (no op set provides them). Raw MLIR also says `tf.entry_function`, so the
+# summaries name ops more precisely than every `tf.X` in the text.
+_SELECT_OPS = re.compile(r"TF Select ops: ([\w, ]+)")
+_CUSTOM_OPS = re.compile(r"Custom ops: ([\w, ]+)")
+_NOT_FLEX = re.compile(r"'tf\.(\w+)' op is neither a custom op nor a flex op")
+
+
+def _op_names(pattern: re.Pattern[str], text: str) -> list[str]:
+    return sorted({op.strip() for m in pattern.findall(text) for op in m.split(",") if op.strip()})
 
 
 def _conversion_error(spec: VariantSpec, exc: Exception) -> ConversionFailed:
     text = str(exc)
-    missing = sorted(set(_TF_OP.findall(text)))
-    if missing and not spec.allow_select_tf_ops and "not supported" in text:
+    select = _op_names(_SELECT_OPS, text)
+    custom = _op_names(_CUSTOM_OPS, text)
+    if not select and not custom and "not supported" in text:
+        select = sorted(set(_TF_OP.findall(text)) - {"entry_function"})
+    if select and not spec.allow_select_tf_ops:
         return ConversionFailed(
             f"{spec.name}: the model uses TensorFlow ops that TFLite builtins lack "
-            f"({', '.join(missing)}); allow the SELECT_TF_OPS fallback (variant {spec.name}+tf, "
+            f"({', '.join(select)}); allow the SELECT_TF_OPS fallback (variant {spec.name}+tf, "
             "--select-tf-ops) or replace those ops"
+        )
+    custom = custom or (_op_names(_NOT_FLEX, text) if not select else [])
+    if custom:
+        return ConversionFailed(
+            f"{spec.name}: the model uses TensorFlow ops that neither TFLite builtins nor the "
+            f"SELECT_TF_OPS fallback provide ({', '.join(custom)}); replace those ops"
+        )
+    if "Flex delegate" in text:
+        # Calibration runs the model in LiteRT, and this build cannot run TensorFlow (Flex) ops.
+        return ConversionFailed(
+            f"{spec.name}: calibration has to run the model's TensorFlow (SELECT_TF_OPS) ops and "
+            "this LiteRT build has no Flex delegate; choose float16+tf or dynamic+tf, or replace "
+            "those ops"
         )
     lines = [ln.strip() for ln in text.splitlines() if "error" in ln.lower() and ln.strip()]
     first = (

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 
 FAULT_ENV = "QUANTLENS_FAULT"
@@ -28,6 +30,11 @@ def maybe_inject(step: str, variant: str | None = None) -> None:
     elif kind == "abort":
         os.abort()
     elif kind == "hang":
+        # A child in the worker's process group, as a graph op that starts a process would
+        # make: a timeout must end it too. Its pid goes to stderr so a test can check.
+        child = subprocess.Popen(["sleep", "3600"], stdin=subprocess.DEVNULL)
+        sys.stderr.write(f"fault: hanging with child process {child.pid}\n")
+        sys.stderr.flush()
         while True:
             time.sleep(3600)
     elif kind == "oom":

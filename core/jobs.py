@@ -33,6 +33,7 @@ DEFAULT_MEMORY_LIMIT_GB = 16.0
 CANCEL_FLAG = "cancel"
 ACTIVE_RUN = "active_run"
 STDERR_TAIL_LINES = 12
+WORKER_TMP = ".tmp"  # the worker's TMPDIR inside its run directory
 SIGNAL_NAMES = {
     signal.SIGSEGV: "SIGSEGV",
     signal.SIGABRT: "SIGABRT",
@@ -243,9 +244,25 @@ def recover_interrupted(*, home: Path | None = None) -> list[str]:
     return recovered
 
 
+def _remove_scratch(directory: Path) -> None:
+    """Delete the worker's scratch (decoded images, calibration, converter temp dirs).
+
+    A worker that finishes removes them itself; one that crashed, timed out or was cancelled
+    cannot, so the supervisor does it when the run ends.
+    """
+    import shutil
+
+    from core.pipeline import CALIBRATION_CACHE, DECODE_STATE, DECODED_CACHE
+
+    for name in (DECODED_CACHE, DECODE_STATE, CALIBRATION_CACHE):
+        (directory / name).unlink(missing_ok=True)
+    shutil.rmtree(directory / WORKER_TMP, ignore_errors=True)
+
+
 def _finish_run(
     directory: Path, status: RunStatus, error: str | None, *, home: Path | None
 ) -> None:
+    _remove_scratch(directory)
     write_status(directory, status, error=error)
     report_path = directory / rundir.REPORT
     store = _store(home)
@@ -324,6 +341,11 @@ class Supervisor:
         env[MEMORY_LIMIT_ENV] = str(int(self.memory_limit_gb * 2**30))
         env.setdefault("QUANTLENS_HOME", str(_home(self.home)))
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        # The converter writes a SavedModel copy to TMPDIR and a native crash leaves it behind;
+        # inside the run directory it is removed with the run's other scratch.
+        scratch = self.directory / WORKER_TMP
+        scratch.mkdir(exist_ok=True)
+        env["TMPDIR"] = str(scratch)
         log = (self.directory / rundir.WORKER_LOG).open("ab")
         try:
             return subprocess.Popen(

@@ -40,12 +40,14 @@ KERAS_FORMAT = "keras"
 SAVED_MODEL_FORMAT = "saved_model"
 
 
-def detect_format(path: Path) -> str:
+def detect_format(path: Path, *, trusted: bool = False) -> str:
     """Return "keras" or "saved_model" for a model path, or explain what it should be.
+
+    A legacy `.h5` file is "keras" in trusted mode (Keras loads it without safe mode).
 
     Raises:
         UnsupportedModel: the path is missing or is not a model format QuantLens loads.
-        UnsafeModel: a legacy `.h5` file (it cannot be loaded in safe mode).
+        UnsafeModel: a legacy `.h5` file and `trusted` is False.
     """
     if not path.exists():
         raise UnsupportedModel(
@@ -59,6 +61,8 @@ def detect_format(path: Path) -> str:
         )
     suffix = path.suffix.lower()
     if suffix in (".h5", ".hdf5"):
+        if trusted:
+            return KERAS_FORMAT
         raise UnsafeModel(
             f"{path.name} is a legacy HDF5 model, which cannot be loaded in safe mode; "
             "re-save it as .keras (model.save('model.keras')) or enable trusted mode"
@@ -190,10 +194,12 @@ def _keras_error_message(path: Path, exc: Exception) -> str:
         )
     unknown = re.search(r"Could not locate (?:class|function) '([^']+)'", text)
     if unknown:
+        # Keras imports classes only from its own packages, so trusted mode cannot help here;
+        # a SavedModel export carries the graph and needs no Python class.
         return (
-            f"{path.name} needs the custom object '{unknown.group(1)}', which is not registered; "
-            "refused in safe mode. Use built-in layers, or enable trusted mode and make the class "
-            "importable"
+            f"{path.name} needs the custom object '{unknown.group(1)}', which is not registered "
+            "and QuantLens does not import model code; export the model as a SavedModel "
+            "(model.export(dir)) or rebuild it with built-in layers"
         )
     if layer:
         return f"{path.name} cannot be loaded: layer `{layer.group(1)}` is refused in safe mode; enable trusted mode only if you trust the file"
@@ -307,7 +313,7 @@ def load_reference(
     """
     import tensorflow as tf
 
-    fmt = detect_format(path)
+    fmt = detect_format(path, trusted=trusted)
     if fmt == SAVED_MODEL_FORMAT:
         bad_ops = unsafe_ops(path)
         if bad_ops and not trusted:
@@ -336,7 +342,11 @@ def load_reference(
             )
         outputs = list(model.outputs)
         if len(outputs) != 1:
-            names = ", ".join(getattr(o, "name", "?") for o in outputs)
+            # Layer names (what the user chose), not Keras's generated tensor names.
+            layer_names = getattr(model, "output_names", None) or [
+                getattr(o, "name", "?") for o in outputs
+            ]
+            names = ", ".join(str(n) for n in layer_names)
             raise UnsupportedModel(
                 f"{path.name} has {len(outputs)} outputs ({names}); QuantLens compares single-output "
                 "classifiers: build a model with one output"
@@ -346,7 +356,12 @@ def load_reference(
         output_name = outputs[0].name
         spec = tf.TensorSpec(tuple(inputs[0].shape), tf.as_dtype(inputs[0].dtype), name="input")
         out_spec = tf.TensorSpec(tuple(outputs[0].shape), tf.as_dtype(outputs[0].dtype))
-        trackable = model
+        # Keras 3 variables are not trackables the converter can freeze: handed the model, it
+        # keeps uninitialised resource variables (NaN outputs, READ_VARIABLE failing during
+        # calibration). A module tracking their tf.Variable values lets it freeze the weights.
+        trackable = tf.Module()
+        trackable.tf_variables = [getattr(v, "value", v) for v in model.variables]
+        trackable.keras_model = model
 
     shape = tuple(None if d is None else int(d) for d in spec.shape)
     height, width, channels = _check_image_input(shape, input_name, path, input_size)
@@ -375,7 +390,7 @@ def load_reference(
 
         @tf.function(input_signature=[fixed])  # type: ignore[untyped-decorator]
         def serve(x: Any) -> Any:
-            return trackable(tf.cast(x, spec.dtype), training=False)
+            return model(tf.cast(x, spec.dtype), training=False)
 
     concrete = serve.get_concrete_function()
     probabilities = _output_is_probabilities(serve, height, width, channels)

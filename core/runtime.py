@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +36,31 @@ def _quantization(detail: dict[str, Any]) -> tuple[float, int]:
     return float(scale), int(zero_point)
 
 
+def _litert_interpreter() -> Any:
+    from ai_edge_litert.interpreter import Interpreter
+
+    return Interpreter
+
+
+def _refused(name: str, tflite: bytes, exc: Exception) -> InvalidTFLiteModel:
+    """The one-line reason the interpreter would not prepare a model."""
+    if "Flex delegate" in str(exc):
+        return InvalidTFLiteModel(
+            f"{name} needs TensorFlow (SELECT_TF_OPS) ops ({', '.join(flex_ops(tflite))}) "
+            "that this LiteRT build cannot run (no Flex delegate); run the saved .tflite "
+            "with a runtime that links the Flex delegate, or replace those ops"
+        )
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    first = next(
+        (ln for ln in lines if "fail" in ln.lower() or "error" in ln.lower()),
+        lines[0] if lines else type(exc).__name__,
+    )
+    return InvalidTFLiteModel(
+        f"the LiteRT kernels refused {name} when preparing it ({first[:200]}); this mode does "
+        "not run on this model, choose another"
+    )
+
+
 class TFLiteRunner:
     """One LiteRT interpreter, prepared for batch-1 inference on float32 images.
 
@@ -51,40 +77,22 @@ class TFLiteRunner:
 
             interpreter_cls: Any = tf.lite.Interpreter
         else:
-            from ai_edge_litert.interpreter import Interpreter
-
-            interpreter_cls = Interpreter
+            interpreter_cls = _litert_interpreter()
+        self._interpreter = self._open(interpreter_cls, tflite, threads, name, delegates=True)
+        self.xnnpack = True
         try:
-            self._interpreter = interpreter_cls(model_content=tflite, num_threads=threads)
+            self._allocate(name)
         except (ValueError, RuntimeError) as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-            raise InvalidTFLiteModel(
-                f"{name} cannot be read by LiteRT ({first}); the file is truncated or damaged"
-            ) from None
-        inputs = self._interpreter.get_input_details()
-        outputs = self._interpreter.get_output_details()
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise InvalidTFLiteModel(
-                f"{name} has {len(inputs)} inputs and {len(outputs)} outputs; QuantLens runs "
-                "single-input, single-output classifiers"
-            )
-        self._input = inputs[0]
-        shape = list(self._input["shape"])
-        if shape and shape[0] != 1:
-            shape[0] = 1
-            self._interpreter.resize_tensor_input(self._input["index"], shape)
-        try:
-            self._interpreter.allocate_tensors()
-        except (ValueError, RuntimeError) as exc:
-            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-            first = next(
-                (ln for ln in lines if "fail" in ln.lower() or "error" in ln.lower()),
-                lines[0] if lines else type(exc).__name__,
-            )
-            raise InvalidTFLiteModel(
-                f"the LiteRT kernels refused {name} when preparing it ({first[:200]}); this mode does "
-                "not run on this model, choose another"
-            ) from None
+            if "XNNPACK" not in str(exc) or interpreter_cls is not _litert_interpreter():
+                raise _refused(name, tflite, exc) from None
+            # XNNPACK refuses some quantized graphs (e.g. a tiny activation scale) that the
+            # built-in reference kernels run; fall back to them rather than lose the variant.
+            self._interpreter = self._open(interpreter_cls, tflite, threads, name, delegates=False)
+            self.xnnpack = False
+            try:
+                self._allocate(name)
+            except (ValueError, RuntimeError) as again:
+                raise _refused(name, tflite, again) from None
         self._input = self._interpreter.get_input_details()[0]
         self._output = self._interpreter.get_output_details()[0]
         self.input_dtype = np.dtype(self._input["dtype"])
@@ -92,6 +100,49 @@ class TFLiteRunner:
         self.input_quantization = _quantization(self._input)
         self.output_quantization = _quantization(self._output)
         self.input_shape = tuple(int(d) for d in self._input["shape"])
+        for which, dtype, (scale, _) in (
+            ("input", self.input_dtype, self.input_quantization),
+            ("output", self.output_dtype, self.output_quantization),
+        ):
+            # Checked here, once, so a damaged file fails before inference with its own name.
+            if dtype.kind in "iu" and not (math.isfinite(scale) and scale > 0):
+                raise InvalidTFLiteModel(
+                    f"{name}: the {which} tensor's quantization scale is {scale:g}, not a "
+                    "positive number; the file is damaged, convert the model again"
+                )
+
+    @staticmethod
+    def _open(
+        interpreter_cls: Any, tflite: bytes, threads: int | None, name: str, *, delegates: bool
+    ) -> Any:
+        kwargs: dict[str, Any] = {"model_content": tflite, "num_threads": threads}
+        if not delegates:
+            from ai_edge_litert.interpreter import OpResolverType
+
+            kwargs["experimental_op_resolver_type"] = (
+                OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+            )
+        try:
+            return interpreter_cls(**kwargs)
+        except (ValueError, RuntimeError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise InvalidTFLiteModel(
+                f"{name} cannot be read by LiteRT ({first}); the file is truncated or damaged"
+            ) from None
+
+    def _allocate(self, name: str) -> None:
+        inputs = self._interpreter.get_input_details()
+        outputs = self._interpreter.get_output_details()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise InvalidTFLiteModel(
+                f"{name} has {len(inputs)} inputs and {len(outputs)} outputs; QuantLens runs "
+                "single-input, single-output classifiers"
+            )
+        shape = list(inputs[0]["shape"])
+        if shape and shape[0] != 1:
+            shape[0] = 1
+            self._interpreter.resize_tensor_input(inputs[0]["index"], shape)
+        self._interpreter.allocate_tensors()
 
     def _feed(self, image: np.ndarray) -> None:
         x = np.asarray(image, dtype=np.float32).reshape(self.input_shape)
@@ -126,4 +177,5 @@ class TFLiteRunner:
             "input_quantization": list(self.input_quantization),
             "output_dtype": self.output_dtype.name,
             "output_quantization": list(self.output_quantization),
+            "delegate": "xnnpack" if self.xnnpack else "none (XNNPACK refused the model)",
         }

@@ -11,6 +11,7 @@ Exit codes: 0 done, 2 a QuantLensError (written to status.json), 3 out of memory
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import resource
@@ -74,10 +75,10 @@ def write_status(run_dir: Path, status: RunStatus, *, error: str | None = None) 
 
 
 def run_job(run_dir: Path) -> int:
-    from core.pipeline import JobRunner
+    from core.pipeline import JobRunner, effective_threads
 
     job = JobSpec.from_dict(rundir.read_json(run_dir / rundir.JOB))
-    configure_threads(job.threads)
+    configure_threads(effective_threads(job))
     cache_dir = (
         Path(os.environ["QUANTLENS_CACHE"])
         if os.environ.get("QUANTLENS_CACHE")
@@ -114,6 +115,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--trusted", action="store_true")
     parser.add_argument("--input-size", default=None, help="HxW for models with None spatial dims")
     args = parser.parse_args(argv)
+    # A native crash (SIGSEGV/SIGABRT in the converter or interpreter) then leaves the Python
+    # stack in stderr, whose tail the supervisor saves with the crashed variant.
+    faulthandler.enable()
     quiet_tensorflow()
     apply_memory_limit()
     target = Path(args.target)
