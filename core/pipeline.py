@@ -287,7 +287,7 @@ class JobRunner:
                     "warmup_runs": job.warmup_runs,
                 },
                 "variants": [pending_variant(spec) for spec in self.specs],
-                "environment": environment(threads=job.threads),
+                "environment": environment(threads=effective_threads(job)),
                 "warnings": [],
             }
             self._check_classes(inputs.dataset, sig.num_classes)
@@ -519,7 +519,7 @@ class JobRunner:
         )
 
         maybe_inject("infer", name)
-        runner = TFLiteRunner(result.tflite, threads=self.job.threads, name=f"{name}.tflite")
+        runner = TFLiteRunner(result.tflite, threads=effective_threads(self.job), name=f"{name}.tflite")
         sig = self.model.signature
         cache = DecodedCache(self.run_dir / DECODED_CACHE, (sig.height, sig.width, sig.channels))
         total = len(cache)
@@ -590,6 +590,13 @@ class JobRunner:
         for leftover in (DECODED_CACHE, DECODE_STATE, CALIBRATION_CACHE):
             (self.run_dir / leftover).unlink(missing_ok=True)
         _event(self.progress, "done", 1.0, "all variants finished")
+
+
+def effective_threads(job: JobSpec) -> int:
+    """The thread count both models run with: the job's, else every core."""
+    import os
+
+    return job.threads or os.cpu_count() or 1
 
 
 def reproduce_command(job: JobSpec) -> str:
