@@ -56,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
         "--input-size", default=None, help="HxW, for models whose spatial size is None"
     )
     run.add_argument(
+        "--signature",
+        default=None,
+        help="SavedModel signature to compare (default serving_default)",
+    )
+    run.add_argument(
         "--select-tf-ops",
         action="store_true",
         help="allow the SELECT_TF_OPS fallback for every mode",
@@ -149,6 +154,7 @@ def _job_from_args(args: argparse.Namespace) -> JobSpec:
         trusted=args.trusted,
         name=args.name,
         input_size=input_size,
+        signature_key=args.signature,
     )
 
 

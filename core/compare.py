@@ -34,7 +34,9 @@ def _bad_rows(arr: FloatArray) -> BoolArray:
     return np.asarray(~np.isfinite(arr).all(axis=1), dtype=np.bool_)
 
 
-def to_probabilities(outputs: np.ndarray, *, quantization_step: float = 0.0) -> tuple[np.ndarray, bool]:
+def to_probabilities(
+    outputs: np.ndarray, *, quantization_step: float = 0.0
+) -> tuple[np.ndarray, bool]:
     """Turn a model's [N, C] outputs into float64 probabilities.
 
     The decision is taken once for the whole array (a model emits either logits or

@@ -263,11 +263,10 @@ def _finish_run(
     directory: Path, status: RunStatus, error: str | None, *, home: Path | None
 ) -> None:
     _remove_scratch(directory)
-    write_status(directory, status, error=error)
     report_path = directory / rundir.REPORT
+    run_id = read_status(directory).get("run_id") or directory.name
     store = _store(home)
     try:
-        run_id = read_status(directory).get("run_id") or directory.name
         if report_path.exists():
             report = rundir.read_json(report_path)
             report["run"]["status"] = str(status)
@@ -277,6 +276,9 @@ def _finish_run(
         store.set_status(run_id, status, error=error)
     finally:
         store.close()
+    # status.json is what watchers poll: it turns final only once the report and the store
+    # already say the same.
+    write_status(directory, status, error=error)
 
 
 def _stderr_tail(directory: Path, *, since: int) -> str:
@@ -516,6 +518,7 @@ def inspect_model(
     timeout_s: float = 120,
     trusted: bool = False,
     input_size: tuple[int, int] | None = None,
+    signature_key: str | None = None,
 ) -> ModelSignature:
     """Read a model's signature in a worker process (the caller never loads TensorFlow).
 
@@ -530,6 +533,8 @@ def inspect_model(
         command.append("--trusted")
     if input_size:
         command += ["--input-size", f"{input_size[0]}x{input_size[1]}"]
+    if signature_key:
+        command += ["--signature", signature_key]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     env.setdefault(MEMORY_LIMIT_ENV, str(int(DEFAULT_MEMORY_LIMIT_GB * 2**30)))
     try:

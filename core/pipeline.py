@@ -140,6 +140,12 @@ class DecodedCache:
     def __len__(self) -> int:
         return self.path.stat().st_size // self.item if self.path.exists() else 0
 
+    def read(self, position: int) -> np.ndarray:
+        """One decoded image by its position in the cache."""
+        with self.path.open("rb") as f:
+            f.seek(position * self.item)
+            return np.frombuffer(f.read(self.item), dtype=np.uint8).reshape(self.shape)
+
     def batches(self, size: int = BATCH) -> Iterator[np.ndarray]:
         total = len(self)
         with self.path.open("rb") as f:
@@ -230,7 +236,12 @@ class JobRunner:
         maybe_inject("load")
         inputs = resolve_inputs(job, self.run_dir)
         input_size = tuple(job.input_size) if job.input_size else None
-        model = load_reference(inputs.model_path, trusted=job.trusted, input_size=input_size)  # type: ignore[arg-type]
+        model = load_reference(
+            inputs.model_path,
+            trusted=job.trusted,
+            input_size=input_size,  # type: ignore[arg-type]
+            signature_key=job.signature_key,
+        )
         sig = model.signature
         self.model = model
         self.model_sha = model_sha256(inputs.model_path)
@@ -332,19 +343,19 @@ class JobRunner:
             return np.asarray(state["labels"], dtype=np.int64), saved
 
         evaluated = select_samples(dataset.samples, self.job.max_samples, seed=self.job.seed)
-        wanted_calibration = {
-            s.index
-            for s in select_samples(
-                dataset.samples, self.job.calibration_samples, seed=self.job.seed + 1
-            )
-        }
         cache.path.unlink(missing_ok=True)
         kept_samples: list[Sample] = []
         skipped: list[SkippedSample] = list(dataset.skipped)
-        calibration: list[np.ndarray] = []
         outputs: list[np.ndarray] = []
         total = len(evaluated)
         for start in range(0, total, BATCH):
+            # Each event names the step about to run, so a crash inside it is reported there.
+            _event(
+                self.progress,
+                "decode",
+                start / total,
+                f"decoding images {start + 1}-{min(start + BATCH, total)} of {total}",
+            )
             maybe_inject("decode")
             batch_samples = evaluated[start : start + BATCH]
             kept, images, bad = _decode_batch(
@@ -356,20 +367,16 @@ class JobRunner:
             pixels = np.stack(images)
             cache.append(pixels)
             floats = apply_preset(pixels, self.job.preset)
-            maybe_inject("reference")
-            outputs.append(self.model.predict(floats))
-            kept_samples.extend(kept)
-            calibration.extend(
-                floats[i] for i, s in enumerate(kept) if s.index in wanted_calibration
-            )
-            wanted_calibration -= {s.index for s in kept}
             done = min(start + BATCH, total)
             _event(
                 self.progress,
                 "reference",
                 done / total,
-                f"decoded and ran the original on {done}/{total} images",
+                f"running the original on {done}/{total} images",
             )
+            maybe_inject("reference")
+            outputs.append(self.model.predict(floats))
+            kept_samples.extend(kept)
         if not kept_samples:
             from core.errors import DatasetError
 
@@ -377,15 +384,7 @@ class JobRunner:
             raise DatasetError(
                 f"none of the {total} images could be decoded ({'; '.join(reasons[:3])}); check the data set"
             )
-        # Calibration images outside the evaluation subset are decoded on their own.
-        extra = [s for s in dataset.samples if s.index in wanted_calibration]
-        if extra:
-            _, images, _ = _decode_batch(
-                extra, height=sig.height, width=sig.width, channels=sig.channels
-            )
-            if images:
-                calibration.extend(apply_preset(np.stack(images), self.job.preset))
-        calibration_array = np.stack(calibration).astype(np.float32) if calibration else None
+        calibration_array = self._calibration_set(dataset, evaluated, kept_samples, cache)
 
         raw = np.concatenate(outputs)
         ref_probs, softmaxed = to_probabilities(raw)
@@ -401,6 +400,43 @@ class JobRunner:
             {"labels": labels.tolist(), "has_calibration": calibration_array is not None},
         )
         return labels, calibration_array
+
+    def _calibration_set(
+        self, dataset: Dataset, evaluated: list[Sample], kept: list[Sample], cache: DecodedCache
+    ) -> np.ndarray | None:
+        """`calibration_samples` images drawn from the whole data set with a fixed seed.
+
+        Drawn images that cannot be decoded are replaced by the next ones in the same seeded
+        order, so a few broken files never starve int8 of calibration data. Images already
+        decoded for evaluation are read back from the cache, not decoded again.
+        """
+        from core.data import apply_preset, decode_image
+        from core.errors import ImageDecodeError
+
+        sig = self.model.signature
+        wanted = self.job.calibration_samples
+        position = {s.index: i for i, s in enumerate(kept)}
+        evaluated_ids = {s.index for s in evaluated}
+        order = np.random.default_rng(self.job.seed + 1).permutation(len(dataset.samples))
+        chosen: list[np.ndarray] = []
+        for i in order:
+            if len(chosen) >= wanted:
+                break
+            sample = dataset.samples[int(i)]
+            if sample.index in position:
+                chosen.append(cache.read(position[sample.index]))
+            elif sample.index not in evaluated_ids:  # evaluated but undecodable: skip it
+                try:
+                    chosen.append(
+                        decode_image(
+                            sample.path, height=sig.height, width=sig.width, channels=sig.channels
+                        )
+                    )
+                except ImageDecodeError:
+                    continue
+        if not chosen:
+            return None
+        return apply_preset(np.stack(chosen), self.job.preset).astype(np.float32)
 
     def _write_reference(
         self,
@@ -518,8 +554,11 @@ class JobRunner:
             name,
         )
 
+        _event(self.progress, "infer", 0.0, f"{name}: preparing the interpreter", name)
         maybe_inject("infer", name)
-        runner = TFLiteRunner(result.tflite, threads=effective_threads(self.job), name=f"{name}.tflite")
+        runner = TFLiteRunner(
+            result.tflite, threads=effective_threads(self.job), name=f"{name}.tflite"
+        )
         sig = self.model.signature
         cache = DecodedCache(self.run_dir / DECODED_CACHE, (sig.height, sig.width, sig.channels))
         total = len(cache)
@@ -623,6 +662,8 @@ def reproduce_command(job: JobSpec) -> str:
         parts += ["--threads", str(job.threads)]
     if job.input_size:
         parts += ["--input-size", f"{job.input_size[0]}x{job.input_size[1]}"]
+    if job.signature_key:
+        parts += ["--signature", shlex.quote(job.signature_key)]
     if job.labels_file:
         parts += ["--labels", shlex.quote(job.labels_file)]
     if job.trusted:

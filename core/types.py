@@ -240,6 +240,7 @@ class JobSpec:
     trusted: bool = False  # run Lambda layers / custom objects / file ops; recorded on the run
     name: str = ""
     input_size: tuple[int, int] | None = None  # (height, width) for models with None spatial dims
+    signature_key: str | None = None  # SavedModel signature; None: serving_default or the only one
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

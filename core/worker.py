@@ -94,11 +94,19 @@ def run_job(run_dir: Path) -> int:
     return EXIT_OK
 
 
-def inspect(model: str, *, trusted: bool, input_size: tuple[int, int] | None) -> int:
+def inspect(
+    model: str,
+    *,
+    trusted: bool,
+    input_size: tuple[int, int] | None,
+    signature_key: str | None = None,
+) -> int:
     from core.models import load_reference
 
     try:
-        signature = load_reference(Path(model), trusted=trusted, input_size=input_size)
+        signature = load_reference(
+            Path(model), trusted=trusted, input_size=input_size, signature_key=signature_key
+        )
     except QuantLensError as exc:
         print(json.dumps({"error": str(exc), "kind": type(exc).__name__}))
         return EXIT_BAD_INPUT
@@ -114,6 +122,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("target")
     parser.add_argument("--trusted", action="store_true")
     parser.add_argument("--input-size", default=None, help="HxW for models with None spatial dims")
+    parser.add_argument("--signature", default=None, help="SavedModel signature key")
     args = parser.parse_args(argv)
     # A native crash (SIGSEGV/SIGABRT in the converter or interpreter) then leaves the Python
     # stack in stderr, whose tail the supervisor saves with the crashed variant.
@@ -126,7 +135,12 @@ def main(argv: list[str]) -> int:
             return run_job(target)
         if args.command == "inspect":
             size = tuple(int(v) for v in args.input_size.split("x")) if args.input_size else None
-            return inspect(str(target), trusted=args.trusted, input_size=size)  # type: ignore[arg-type]
+            return inspect(
+                str(target),
+                trusted=args.trusted,
+                input_size=size,  # type: ignore[arg-type]
+                signature_key=args.signature,
+            )
         from core.demo import build_demo
 
         build_demo(target, progress=lambda f, m: print(f"{f:.2f} {m}", flush=True))
