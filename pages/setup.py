@@ -22,7 +22,7 @@ if model.error:
 elif model.path:
     try:
         with st.spinner("Reading the model signature…"):
-            signature = cache.model_signature(model.path)
+            signature = cache.model_signature(model.path, trusted=setup_form.trusted_requested())
         setup_form.show_signature(signature)
     except QuantLensError as exc:
         st.error(str(exc))

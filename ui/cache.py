@@ -99,20 +99,20 @@ def array_png(arr: np.ndarray, *, size: int = THUMB_PX) -> bytes:
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def _signature(path: str, mtime: float) -> ModelSignature:
+def _signature(path: str, mtime: float, trusted: bool) -> ModelSignature:
     del mtime
     from core.jobs import inspect_model
 
-    return inspect_model(path)
+    return inspect_model(path, trusted=trusted)
 
 
-def model_signature(path: str) -> ModelSignature:
-    """The model's signature, read in a worker subprocess once per (path, mtime).
+def model_signature(path: str, *, trusted: bool = False) -> ModelSignature:
+    """The model's signature, read in a worker subprocess once per (path, mtime, trust).
 
     Raises:
         QuantLensError: the model cannot be read (one-line reason).
     """
-    return _signature(path, _mtime(Path(path)))
+    return _signature(path, _mtime(Path(path)), trusted)
 
 
 @st.cache_data(max_entries=8, show_spinner=False)

@@ -16,6 +16,8 @@ from core.rundir import workspace_home
 from core.types import Dataset, IOType, JobSpec, Mode, ModelSignature, Preset, VariantSpec
 from ui import cache, fmt, keys, runs
 
+# The operator's switch for trusted mode (off unless set to 1); users then confirm per run.
+TRUSTED_ENV = "QUANTLENS_ALLOW_TRUSTED"
 MODEL_SOURCES = ("Demo model", "Path on the server", "Upload")
 DATA_SOURCES = ("Demo data", "CSV file on the server", "Image folder on the server", "Upload .zip")
 MODE_HELP = {
@@ -32,6 +34,21 @@ PRESET_HELP = {
     "caffe": "BGR minus ImageNet mean",
     "torch": "ImageNet mean / std",
 }
+
+
+def trusted_allowed() -> bool:
+    """Whether this server lets users run a model's own code (an explicit operator setting)."""
+    return os.environ.get(TRUSTED_ENV) == "1"
+
+
+def trusted_requested() -> bool:
+    """Trusted mode for this run: allowed by the server, switched on, and confirmed."""
+    state = st.session_state
+    return (
+        trusted_allowed()
+        and bool(state.get(keys.SETUP_TRUSTED))
+        and bool(state.get(keys.SETUP_TRUSTED_CONFIRM))
+    )
 
 
 @dataclass(frozen=True)
@@ -340,11 +357,28 @@ def options_section(num_samples: int | None) -> dict[str, object]:
     )
     c5, c6 = st.columns([3, 1])
     name = c5.text_input("Run name (optional)", key=keys.SETUP_RUN_NAME, max_chars=120)
-    trusted = c6.toggle(
-        "Trusted model",
-        key=keys.SETUP_TRUSTED,
-        help="Allow Lambda layers and custom objects. Only for models you wrote.",
-    )
+    if trusted_allowed():
+        wanted = c6.toggle(
+            "Trusted model",
+            key=keys.SETUP_TRUSTED,
+            help="Runs the model's own code: Lambda layers, custom objects, .h5 files and "
+            "file-system ops. Only for models whose author you trust.",
+        )
+        if wanted:
+            st.checkbox(
+                "I trust this model's author: let it run its own code on this server for this run",
+                key=keys.SETUP_TRUSTED_CONFIRM,
+            )
+            if not trusted_requested():
+                st.warning(
+                    "Trusted mode is not on until you confirm above; the run uses safe mode."
+                )
+    else:
+        c6.caption(
+            "Safe mode: Lambda layers, custom objects, .h5 files and file-system ops are refused. "
+            f"An operator can allow trusted mode with {TRUSTED_ENV}=1."
+        )
+    trusted = trusted_requested()
     return {
         "calibration_samples": int(calib),
         "max_samples": int(cap) or None,

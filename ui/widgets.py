@@ -52,6 +52,11 @@ def run_header(res: RunResults) -> None:
         f"({fmt.text(ref.get('format', '?'))}) · data {fmt.code(ds.get('path', '?'))} · "
         f"{ds.get('num_samples', '?')} samples, {ds.get('num_skipped', 0)} skipped · "
         f"{res.num_classes} classes"
+        + (
+            " · **trusted mode** (the model's own code was allowed to run)"
+            if res.report.get("run", {}).get("trusted")
+            else ""
+        )
     )
 
 

@@ -92,3 +92,27 @@ def test_first_launch_waits_for_the_demo_build(home: Path, open_page: OpenPage) 
     at.button(key=keys.SETUP_SKIP_DEMO_BUTTON).click().run()
     assert at.radio(key=keys.SETUP_MODEL_SOURCE).value == "Path on the server"
     assert at.button(key=keys.SETUP_RUN).disabled
+
+
+def test_trusted_mode_is_off_unless_the_server_allows_it(
+    home: Path, open_page: OpenPage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("QUANTLENS_ALLOW_TRUSTED", raising=False)
+    (home / "demo-build.pid").write_text("999999")  # no demo build in this test
+    at = open_page("setup")
+    assert not [t for t in at.toggle if t.label == "Trusted model"]
+    assert any("QUANTLENS_ALLOW_TRUSTED=1" in c.value for c in at.caption)
+
+
+def test_trusted_mode_needs_a_per_run_confirmation(
+    home: Path, open_page: OpenPage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ui import keys
+
+    monkeypatch.setenv("QUANTLENS_ALLOW_TRUSTED", "1")
+    (home / "demo-build.pid").write_text("999999")  # no demo build in this test
+    at = open_page("setup", state={keys.SETUP_TRUSTED: True})
+    assert [c for c in at.checkbox if c.key == keys.SETUP_TRUSTED_CONFIRM]
+    assert any("not on until you confirm" in w.value for w in at.warning)
+    at.checkbox(key=keys.SETUP_TRUSTED_CONFIRM).check().run()
+    assert not any("not on until you confirm" in w.value for w in at.warning)
