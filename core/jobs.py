@@ -512,6 +512,37 @@ class Supervisor:
             store.close()
 
 
+def signature_cache_file(
+    path: str,
+    *,
+    trusted: bool = False,
+    input_size: tuple[int, int] | None = None,
+    signature_key: str | None = None,
+) -> Path | None:
+    """Where a model's signature is remembered: keyed by path, modification time and options.
+
+    Reading a signature costs a worker start and a TensorFlow import (seconds); the Setup page
+    asks for it on every visit, so the answer is kept on disk. None when the path is missing.
+    """
+    import hashlib
+
+    model = Path(path).resolve()
+    marker = model / "saved_model.pb" if model.is_dir() else model
+    try:
+        stat = marker.stat()
+    except OSError:
+        return None
+    key = json.dumps(
+        [str(model), stat.st_mtime_ns, stat.st_size, trusted, input_size, signature_key]
+    )
+    digest = hashlib.sha256(key.encode()).hexdigest()[:32]
+    return rundir.cache_root() / "signatures" / f"{digest}.json"
+
+
+def _signature_from_json(data: dict[str, Any]) -> ModelSignature:
+    return ModelSignature(**{**data, "input_shape": tuple(data["input_shape"])})
+
+
 def inspect_model(
     path: str,
     *,
@@ -528,6 +559,14 @@ def inspect_model(
     """
     from core import errors
 
+    cached = signature_cache_file(
+        path, trusted=trusted, input_size=input_size, signature_key=signature_key
+    )
+    if cached is not None and cached.is_file():
+        try:
+            return _signature_from_json(json.loads(cached.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError):
+            pass  # a damaged cache entry is read again from the model
     command = [sys.executable, "-m", "core.worker", "inspect", path]
     if trusted:
         command.append("--trusted")
@@ -557,9 +596,9 @@ def inspect_model(
         except json.JSONDecodeError:
             continue
         if "signature" in answer:
-            sig = answer["signature"]
-            sig["input_shape"] = tuple(sig["input_shape"])
-            return ModelSignature(**sig)
+            if cached is not None:
+                rundir.write_json_atomic(cached, answer["signature"])
+            return _signature_from_json(answer["signature"])
         if "error" in answer:
             cls = getattr(errors, answer.get("kind", ""), QuantLensError)
             if not (isinstance(cls, type) and issubclass(cls, QuantLensError)):
@@ -625,7 +664,7 @@ def start_demo_build(*, home: Path | None = None) -> None:
             stderr=subprocess.STDOUT,
             start_new_session=True,
             cwd=str(Path(__file__).resolve().parent.parent),
-            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", QUANTLENS_HOME=str(_home(home))),
         )
     (root.parent / "demo-build.pid").write_text(str(process.pid))
     threading.Thread(target=process.wait, daemon=True).start()

@@ -114,6 +114,16 @@ def inspect(
     return EXIT_OK
 
 
+def remember_demo_signature(model: Path) -> None:
+    """Warm the signature cache, so the dashboard shows the fresh demo without a second TF start."""
+    from core.jobs import signature_cache_file
+    from core.models import load_reference
+
+    target = signature_cache_file(str(model))
+    if target is not None:
+        rundir.write_json_atomic(target, load_reference(model).signature.to_dict())
+
+
 def main(argv: list[str]) -> int:
     import argparse
 
@@ -143,7 +153,8 @@ def main(argv: list[str]) -> int:
             )
         from core.demo import build_demo
 
-        build_demo(target, progress=lambda f, m: print(f"{f:.2f} {m}", flush=True))
+        paths = build_demo(target, progress=lambda f, m: print(f"{f:.2f} {m}", flush=True))
+        remember_demo_signature(paths.saved_model)
         return EXIT_OK
     except MemoryError:
         print("MemoryError: out of memory", file=sys.stderr)

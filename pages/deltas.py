@@ -17,10 +17,7 @@ st.title("Probability deltas")
 res = widgets.require_results()
 widgets.run_header(res)
 
-names = res.variant_names(finished_only=True)
-if not names:
-    st.info("No variant has finished yet.")
-    st.stop()
+names = widgets.finished_variants_or_stop(res)
 c1, c2 = st.columns([1, 2])
 metric = c1.radio("Metric", list(METRICS), key=keys.DELTAS_METRIC, format_func=lambda m: METRICS[m])
 shown = c2.multiselect("Variants", names, default=names, key=keys.DELTAS_VARIANTS)

@@ -13,10 +13,7 @@ st.title("Disagreements")
 res = widgets.require_results()
 widgets.run_header(res)
 
-names = res.variant_names(finished_only=True)
-if not names:
-    st.info("No variant has finished yet.")
-    st.stop()
+names = widgets.finished_variants_or_stop(res)
 
 flip = st.session_state.get(keys.DISAGREE_FLIP)
 counts = {n: int(res.variant(n).get("disagreements") or 0) for n in names}

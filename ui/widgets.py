@@ -60,6 +60,15 @@ def run_header(res: RunResults) -> None:
     )
 
 
+def finished_variants_or_stop(res: RunResults) -> list[str]:
+    """The variants with results; the page says so and stops when there is none yet."""
+    names = res.variant_names(finished_only=True)
+    if not names:
+        st.info("No variant has finished yet.")
+        st.stop()
+    return names
+
+
 def chance_warning(res: RunResults) -> None:
     """A loud error when the original's accuracy is near chance: the preset is probably wrong."""
     if res.reference_near_chance:

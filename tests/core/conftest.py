@@ -32,7 +32,9 @@ def build_tiny_model(*, softmax: bool = True, seed: int = 0, spatial: int | None
     x = layers.ReLU(6.0)(x)
     x = layers.GlobalAveragePooling2D()(x)
     x = layers.Dense(64, activation="relu")(x)
-    outputs = layers.Dense(TINY_CLASSES, activation="softmax" if softmax else None, name="scores")(x)
+    outputs = layers.Dense(TINY_CLASSES, activation="softmax" if softmax else None, name="scores")(
+        x
+    )
     return keras.Model(inputs, outputs)
 
 

@@ -163,3 +163,22 @@ def test_a_live_supervisor_is_not_marked_interrupted(
     rundir.write_json_atomic(directory / rundir.STATUS, status)
     assert recover_interrupted(home=workspace) == []
     assert read_status(directory)["status"] == "running"
+
+
+@pytest.mark.slow
+def test_a_models_signature_is_read_once_then_remembered(
+    workspace: Path, tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core import jobs
+
+    first = jobs.inspect_model(str(tiny_models["keras"]))
+    assert (first.height, first.width, first.channels, first.num_classes) == (16, 16, 3, 4)
+
+    def no_worker(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the worker was started again")
+
+    monkeypatch.setattr(jobs.subprocess, "run", no_worker)
+    assert jobs.inspect_model(str(tiny_models["keras"])) == first
+    # Another option (trusted) is another answer: it is not taken from the cache.
+    with pytest.raises(AssertionError, match="started again"):
+        jobs.inspect_model(str(tiny_models["keras"]), trusted=True)

@@ -39,7 +39,9 @@ def _free_port() -> int:
 def server(tmp_path: Path) -> Iterator[str]:
     """A real `streamlit run app.py` on a free port, with an empty workspace."""
     if not Path(CHROMIUM).exists():
-        pytest.skip("Debian chromium is not installed")
+        if os.environ.get("CI"):  # CI installs it (.ci/run): a missing browser is a failure there
+            pytest.fail("Debian chromium is missing: apt-get install -y chromium")
+        pytest.skip("Debian chromium is not installed (apt-get install -y chromium)")
     port = _free_port()
     env = dict(os.environ, QUANTLENS_HOME=str(tmp_path / "ws"), TF_CPP_MIN_LOG_LEVEL="3")
     log = (tmp_path / "server.log").open("wb")
@@ -90,7 +92,32 @@ def _settle(page, ms: int = 1500) -> None:  # type: ignore[no-untyped-def]
     page.wait_for_timeout(ms)
 
 
-def test_demo_loop(server: str) -> None:
+def _check_report_offline(browser, report_file: Path) -> None:  # type: ignore[no-untyped-def]
+    """report.html renders its charts and images with every network request refused."""
+    context = browser.new_context()
+    requested: list[str] = []
+
+    def refuse(route) -> None:  # type: ignore[no-untyped-def]
+        requested.append(route.request.url)
+        route.abort()
+
+    context.route(re.compile(r"^(https?|wss?)://"), refuse)
+    page = context.new_page()
+    page.goto(report_file.as_uri())
+    page.wait_for_selector(".js-plotly-plot .main-svg", timeout=60_000)
+    page.wait_for_timeout(1500)
+    assert page.locator(".js-plotly-plot").count() >= 3
+    widths = page.locator("img").evaluate_all(
+        "els => els.map(e => e.complete ? e.naturalWidth : 0)"
+    )
+    assert widths and all(w > 0 for w in widths), widths
+    assert "PASS" in page.content() or "FAIL" in page.content()
+    page.screenshot(path=str(ARTIFACTS / "07-report-offline.png"), full_page=True)
+    context.close()
+    assert requested == [], requested
+
+
+def test_demo_loop(server: str, tmp_path: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)
@@ -120,6 +147,15 @@ def test_demo_loop(server: str) -> None:
         badges = page.get_by_text(re.compile(r"\b(PASS|FAIL)\b"))
         assert badges.count() >= 2, badges.all_inner_texts()
         page.screenshot(path=str(ARTIFACTS / "04-overview.png"), full_page=True)
+
+        # The report a stakeholder gets: downloaded from the dashboard, opened with no network.
+        page.get_by_text("Downloads", exact=True).first.click()
+        _settle(page, 500)
+        with page.expect_download(timeout=120_000) as download:
+            page.get_by_role("button", name="report.html").click()
+        report_file = tmp_path / "report.html"
+        download.value.save_as(report_file)
+        _check_report_offline(browser, report_file)
 
         page.get_by_text("Disagreements", exact=True).first.click()
         _settle(page, 2500)
