@@ -227,7 +227,6 @@ def tflite_from_reference(
     Raises:
         ConversionFailed: the converter refused the model, or calibration data is unusable.
     """
-    import tensorflow as tf
 
     calibration = _check_calibration(spec, calibration)
     sig = model.signature

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 FAULT_ENV = "QUANTLENS_FAULT"
@@ -26,7 +27,8 @@ def maybe_inject(step: str, variant: str | None = None) -> None:
     if target_step != step or (target_variant and target_variant != variant):
         return
     if kind == "segv":
-        os.kill(os.getpid(), signal.SIGSEGV)
+        # A real segfault hits the faulting thread; os.kill would hit an arbitrary one.
+        signal.pthread_kill(threading.get_ident(), signal.SIGSEGV)
     elif kind == "abort":
         os.abort()
     elif kind == "hang":

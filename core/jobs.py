@@ -252,9 +252,9 @@ def _remove_scratch(directory: Path) -> None:
     """
     import shutil
 
-    from core.pipeline import CALIBRATION_CACHE, DECODE_STATE, DECODED_CACHE
+    from core.pipeline import CALIBRATION_CACHE, CONVERTING, DECODE_STATE, DECODED_CACHE
 
-    for name in (DECODED_CACHE, DECODE_STATE, CALIBRATION_CACHE):
+    for name in (DECODED_CACHE, DECODE_STATE, CALIBRATION_CACHE, CONVERTING):
         (directory / name).unlink(missing_ok=True)
     shutil.rmtree(directory / WORKER_TMP, ignore_errors=True)
 
@@ -281,15 +281,46 @@ def _finish_run(
     write_status(directory, status, error=error)
 
 
-def _stderr_tail(directory: Path, *, since: int) -> str:
+def _stderr_text(directory: Path, *, since: int) -> str:
+    """What the worker wrote to stderr since `since` (its last 256 KB at most)."""
     try:
         with (directory / rundir.WORKER_LOG).open("rb") as f:
-            f.seek(since)
-            text = f.read().decode("utf-8", "replace")
+            f.seek(max(since, f.seek(0, os.SEEK_END) - 256 * 1024))
+            return f.read().decode("utf-8", "replace")
     except OSError:
         return ""
-    lines = [ln for ln in text.splitlines() if ln.strip()]
+
+
+def _tail(text: str) -> str:
+    """The part of a dead worker's stderr worth showing: the fatal error and where it happened.
+
+    faulthandler dumps every thread and a very long list of extension modules; the useful
+    part is its first line and the faulting ("Current") thread's innermost frames.
+    """
+    fatal = next((ln for ln in text.splitlines() if ln.startswith("Fatal Python error")), None)
+    _, found, rest = text.rpartition("Current thread ")
+    if fatal and found:
+        frames = [ln for ln in rest.split("\n\n", 1)[0].splitlines()[1:] if ln.strip()]
+        return "\n".join(
+            [fatal, "Current thread (most recent call first):", *frames[: STDERR_TAIL_LINES - 2]]
+        )
+    lines = [
+        ln for ln in text.splitlines() if ln.strip() and not ln.startswith("Extension modules")
+    ]
     return "\n".join(lines[-STDERR_TAIL_LINES:])
+
+
+def crashed_on_conversion_thread(stderr: str) -> bool:
+    """Whether faulthandler's dump shows the crash on the conversion thread.
+
+    faulthandler prints every thread and marks the faulting one "Current thread"; the
+    conversion thread runs core.pipeline.convert_in_background.
+    """
+    _, found, rest = stderr.rpartition("Current thread ")
+    if not found:
+        return False
+    block = rest.split("\n\n", 1)[0]
+    return "in convert_in_background" in block
 
 
 def describe_exit(
@@ -423,8 +454,9 @@ class Supervisor:
                 self._mark_unfinished_variants("failed", "not run: " + error)
                 _finish_run(self.directory, RunStatus.FAILED, error, home=self.home)
                 return RunStatus.FAILED
-            tail = _stderr_tail(self.directory, since=log_offset)
-            step = self.last_event.step if self.last_event else None
+            stderr = _stderr_text(self.directory, since=log_offset)
+            tail = _tail(stderr)
+            variant, step = self._crash_site(stderr, returncode)
             outcome, reason = describe_exit(
                 returncode,
                 step=step,
@@ -432,7 +464,6 @@ class Supervisor:
                 limit_gb=self.memory_limit_gb,
                 stderr_tail=tail,
             )
-            variant = self._running_variant()
             if variant is None or timed_out:
                 # Outside a variant (or out of time) nothing more can be saved by a restart.
                 if variant is not None:
@@ -460,6 +491,27 @@ class Supervisor:
     def _report(self) -> dict[str, Any] | None:
         path = self.directory / rundir.REPORT
         return rundir.read_json(path) if path.exists() else None
+
+    def _crash_site(self, stderr: str, returncode: int) -> tuple[str | None, str | None]:
+        """(variant, step) a dead worker was in: the conversion thread's, or the main thread's.
+
+        Running out of memory while a conversion is in flight is blamed on the conversion: it
+        is by far the most memory-hungry step, and the main thread often only trips over the
+        exhausted limit.
+        """
+        from core.pipeline import CONVERTING
+
+        marker = self.directory / CONVERTING
+        out_of_memory = returncode == EXIT_OOM or "MemoryError" in stderr
+        if marker.exists() and (crashed_on_conversion_thread(stderr) or out_of_memory):
+            return marker.read_text(encoding="utf-8").strip(), "convert"
+        variant = self._running_variant()
+        # Conversion events of other variants come from the conversion thread; the main
+        # thread's step is the last event that is not one of those.
+        for event in reversed(read_progress(self.directory)):
+            if event.step != "convert" or event.variant == variant:
+                return variant, event.step
+        return variant, None
 
     def _running_variant(self) -> str | None:
         report = self._report()

@@ -12,6 +12,7 @@ import csv
 import io
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +22,7 @@ import numpy as np
 
 from core import rundir
 from core.compare import agreement, records_table, sample_records, to_probabilities, top1
+from core.convert import NEEDS_CALIBRATION, ConversionResult
 from core.errors import QuantLensError
 from core.faults import maybe_inject
 from core.latency import latency_stats, time_invocations
@@ -40,6 +42,8 @@ BATCH = 32
 DECODED_CACHE = ".decoded.u8"  # raw uint8 [N,H,W,C], removed when the job ends
 DECODE_STATE = ".decoded.json"
 CALIBRATION_CACHE = ".calibration.npy"
+CONVERTING = ".converting"  # the variant the conversion thread is working on
+FINISHED = frozenset({"done", "failed", "crashed", "timeout", "cancelled"})
 
 
 @dataclass(frozen=True)
@@ -309,13 +313,27 @@ class JobRunner:
                 ("\n".join(inputs.dataset.class_names) + "\n").encode(),
             )
         dataset = drop_labels_outside(inputs.dataset, sig.num_classes)
-        self.labels, self.calibration = self._decode_and_reference(dataset)
-        self.reference_latency = self._reference_latency(tf)
-        for spec in self.specs:
-            entry = self.variant_entry(spec.name)
-            if entry["status"] in ("done", "failed", "crashed", "timeout", "cancelled"):
-                continue
-            self._run_variant(spec)
+        pending = [s for s in self.specs if self.variant_entry(s.name)["status"] not in FINISHED]
+        # Conversions run one after another on a second thread (the converter releases the
+        # GIL) while this thread decodes, runs the original and runs each converted model.
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="quantlens-convert")
+        futures: dict[str, Future[ConversionResult]] = {}
+        try:
+            for spec in pending:
+                if spec.mode not in NEEDS_CALIBRATION:
+                    futures[spec.name] = pool.submit(convert_in_background, self, spec, None)
+            self.labels, self.calibration = self._decode_and_reference(dataset)
+            for spec in pending:
+                if spec.name not in futures:
+                    futures[spec.name] = pool.submit(
+                        convert_in_background, self, spec, self.calibration
+                    )
+            for spec in pending:
+                self._run_variant(spec, futures[spec.name])
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+        # Timing waits until no conversion competes for the cores.
+        self._time_models(tf)
         self._finish()
         return self.report
 
@@ -499,6 +517,33 @@ class JobRunner:
         first = next(cache.batches(1))
         return apply_preset(first, self.job.preset)
 
+    def _time_models(self, tf: Any) -> None:
+        """Per-invoke latency of the original and every finished variant, on a quiet machine."""
+        from core.runtime import TFLiteRunner
+
+        reference = self._reference_latency(tf)
+        image = self._first_image()[0]
+        for spec in self.specs:
+            entry = self.variant_entry(spec.name)
+            if entry["status"] != "done" or entry.get("latency_ms"):
+                continue
+            name = spec.name
+            _event(self.progress, "latency", 0.0, f"timing {name} at batch 1", name)
+            maybe_inject("latency", name)
+            tflite = rundir.tflite_path(self.run_dir, name).read_bytes()
+            runner = TFLiteRunner(
+                tflite, threads=effective_threads(self.job), name=f"{name}.tflite"
+            )
+            invoke = runner.timed_invoke(image)
+            samples = time_invocations(
+                invoke, runs=self.job.latency_runs, warmup=self.job.warmup_runs
+            )
+            _save_npy(rundir.latency_path(self.run_dir, name), samples)
+            stats = latency_stats(samples)
+            entry["latency_ms"] = stats.to_dict()
+            entry["speedup_vs_reference"] = reference.p50 / stats.p50 if stats.p50 > 0 else None
+            self.save_report()
+
     def _reference_latency(self, tf: Any) -> LatencyStats:
         reference = self.report["reference"]
         path = self.run_dir / rundir.REFERENCE_LATENCY
@@ -516,12 +561,16 @@ class JobRunner:
         self.save_report()
         return stats
 
-    def _run_variant(self, spec: VariantSpec) -> None:
+    def _run_variant(self, spec: VariantSpec, conversion: Future[ConversionResult]) -> None:
         entry = self.variant_entry(spec.name)
         entry["status"] = "running"
         self.save_report()
         try:
-            self._measure_variant(spec)
+            if not conversion.done():
+                _event(
+                    self.progress, "convert", 0.0, f"waiting for {spec.name} to convert", spec.name
+                )
+            self._measure_variant(spec, conversion.result())
         except QuantLensError as exc:
             entry = self.variant_entry(spec.name)
             entry["status"] = "failed"
@@ -529,31 +578,12 @@ class JobRunner:
             self.save_report()
             _event(self.progress, "variant", 1.0, f"{spec.name} failed: {exc}", spec.name)
 
-    def _measure_variant(self, spec: VariantSpec) -> None:
-        from core.convert import tflite_from_reference
+    def _measure_variant(self, spec: VariantSpec, result: ConversionResult) -> None:
         from core.data import apply_preset
         from core.report import finished_variant
         from core.runtime import TFLiteRunner
 
         name = spec.name
-        _event(self.progress, "convert", 0.0, f"converting to {name}", name)
-        maybe_inject("convert", name)
-        result = tflite_from_reference(
-            self.model,
-            spec,
-            model_sha256=self.model_sha,
-            calibration=self.calibration,
-            cache_dir=self.cache_dir,
-        )
-        rundir.write_atomic(rundir.tflite_path(self.run_dir, name), result.tflite)
-        _event(
-            self.progress,
-            "convert",
-            1.0,
-            f"converted {name} ({result.size_bytes / 1e6:.2f} MB)",
-            name,
-        )
-
         _event(self.progress, "infer", 0.0, f"{name}: preparing the interpreter", name)
         maybe_inject("infer", name)
         runner = TFLiteRunner(
@@ -584,19 +614,11 @@ class JobRunner:
         _save_npy(rundir.probs_path(self.run_dir, name), probs.astype(np.float32))
         labels = self.labels if (self.labels >= 0).any() else None
         metrics = agreement(self.ref_probs, probs, labels=labels)
-
-        _event(self.progress, "latency", 0.0, f"timing {name} at batch 1", name)
-        maybe_inject("latency", name)
-        invoke = runner.timed_invoke(self._first_image()[0])
-        samples = time_invocations(invoke, runs=self.job.latency_runs, warmup=self.job.warmup_runs)
-        _save_npy(rundir.latency_path(self.run_dir, name), samples)
         entry = finished_variant(
             self.variant_entry(name),
             size_bytes=result.size_bytes,
             reference_size=self.report["reference"]["size_bytes"],
             agreement=metrics,
-            latency=latency_stats(samples),
-            reference_latency=self.reference_latency,
             min_agreement_pct=self.job.min_agreement_pct,
             conversion_seconds=result.seconds,
             conversion_cached=result.cached,
@@ -636,6 +658,54 @@ def effective_threads(job: JobSpec) -> int:
     import os
 
     return job.threads or os.cpu_count() or 1
+
+
+def convert_in_background(
+    runner: JobRunner, spec: VariantSpec, calibration: np.ndarray | None
+) -> ConversionResult:
+    """Convert one variant on the conversion thread and write its .tflite file.
+
+    Keep this name: core.jobs looks for it in a crash dump to tell a converter crash (blame
+    the variant named in CONVERTING) from a crash on the main thread (blame the running one).
+    """
+    from core.convert import tflite_from_reference
+
+    name = spec.name
+    marker = runner.run_dir / CONVERTING
+    rundir.write_atomic(marker, name.encode())
+    _event(runner.progress, "convert", 0.0, f"converting to {name}", name)
+    try:
+        maybe_inject("convert", name)
+        result = tflite_from_reference(
+            runner.model,
+            spec,
+            model_sha256=runner.model_sha,
+            calibration=calibration,
+            cache_dir=runner.cache_dir,
+        )
+    except MemoryError:
+        # Out of memory in the converter: end the worker at once with the marker still
+        # naming this variant, as a native crash would; the supervisor reports it and
+        # restarts the worker for the other variants.
+        import os
+        import sys
+
+        from core.worker import EXIT_OOM
+
+        sys.stderr.write(f"MemoryError: out of memory while converting {name}\n")
+        sys.stderr.flush()
+        os._exit(EXIT_OOM)
+    finally:
+        marker.unlink(missing_ok=True)
+    rundir.write_atomic(rundir.tflite_path(runner.run_dir, name), result.tflite)
+    _event(
+        runner.progress,
+        "convert",
+        1.0,
+        f"converted {name} ({result.size_bytes / 1e6:.2f} MB)",
+        name,
+    )
+    return result
 
 
 def reproduce_command(job: JobSpec) -> str:

@@ -7,7 +7,7 @@ import platform
 import sys
 from typing import Any
 
-from core.types import Agreement, LatencyStats, RunStatus, VariantSpec
+from core.types import Agreement, RunStatus, VariantSpec
 
 SCHEMA_VERSION = 1
 FINISHED_VARIANT = frozenset({"done", "failed", "crashed", "timeout", "cancelled"})
@@ -98,8 +98,6 @@ def finished_variant(
     size_bytes: int,
     reference_size: int,
     agreement: Agreement,
-    latency: LatencyStats,
-    reference_latency: LatencyStats | None,
     min_agreement_pct: float,
     conversion_seconds: float,
     conversion_cached: bool,
@@ -107,7 +105,7 @@ def finished_variant(
     softmax_applied: bool,
     io: dict[str, Any],
 ) -> dict[str, Any]:
-    """Fill a variant entry with its measured results and verdict."""
+    """Fill a variant entry with its comparison results and verdict (latency comes later)."""
     metrics = agreement.to_dict()
     metrics.pop("labelled_n", None)
     entry = {
@@ -117,10 +115,9 @@ def finished_variant(
         "error": None,
         "size_bytes": size_bytes,
         "size_reduction_pct": reduction_pct(size_bytes, reference_size),
-        "latency_ms": latency.to_dict(),
-        "speedup_vs_reference": (
-            reference_latency.p50 / latency.p50 if reference_latency and latency.p50 > 0 else None
-        ),
+        # Filled in by the timing phase, once no conversion competes for the cores.
+        "latency_ms": None,
+        "speedup_vs_reference": None,
         "conversion_seconds": conversion_seconds,
         "conversion_cached": conversion_cached,
         "select_tf_ops_used": list(select_tf_ops_used),

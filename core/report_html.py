@@ -152,18 +152,6 @@ def _threshold(report: dict[str, Any]) -> float:
     return 95.0 if value is None else float(value)
 
 
-def _dataset_root(report: dict[str, Any]) -> Path | None:
-    """The folder sample relpaths are relative to: the data set folder, or a CSV's folder."""
-    dataset = report.get("dataset") or {}
-    raw = dataset.get("path")
-    if not raw:
-        return None
-    path = Path(str(raw))
-    if dataset.get("kind") == "csv" or path.suffix.lower() == ".csv" or path.is_file():
-        return path.parent
-    return path
-
-
 # -- formatting ----------------------------------------------------------------------------------
 
 
@@ -428,7 +416,7 @@ _PCTS = ("p50", "p90", "p99")
 
 def _galleries(run_dir: Path, report: dict[str, Any], variants: list[dict[str, Any]]) -> str:
     reference_rows = {r.get("index"): r for r in _read_csv(run_dir / rundir.SAMPLES)}
-    root = _dataset_root(report)
+    root = rundir.dataset_root(report.get("dataset") or {})
     out = []
     for v in variants:
         name = str(v.get("name") or v.get("mode"))

@@ -192,11 +192,7 @@ class RunResults:
     @property
     def dataset_root(self) -> Path | None:
         """The folder sample `relpath`s are relative to (a CSV data set: the CSV's folder)."""
-        raw = self.dataset.get("path")
-        if not raw:
-            return None
-        p = Path(str(raw))
-        return p.parent if p.suffix.lower() == ".csv" or p.is_file() else p
+        return rundir.dataset_root(self.dataset)
 
     def image_path(self, relpath: str) -> Path | None:
         """Absolute path of a sample image, or None if missing or outside the data set root."""

@@ -57,6 +57,19 @@ def latency_path(run_dir: Path, variant: str) -> Path:
     return run_dir / f"{variant}.latency.npy"
 
 
+def dataset_root(dataset: dict[str, Any]) -> Path | None:
+    """The folder a report's sample `relpath`s are relative to.
+
+    report.json records the data set's root folder; older or hand-made reports may name the
+    CSV file itself, whose folder is then the root.
+    """
+    raw = dataset.get("path")
+    if not raw:
+        return None
+    path = Path(str(raw))
+    return path.parent if path.suffix.lower() == ".csv" or path.is_file() else path
+
+
 def workspace_home() -> Path:
     """The workspace folder: `$QUANTLENS_HOME`, default `./workspace` (DESIGN §8)."""
     return Path(os.environ.get("QUANTLENS_HOME", "workspace")).resolve()

@@ -165,4 +165,9 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    code = main(sys.argv[1:])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # A conversion still running on its thread (after an error on the main thread) must not
+    # hold the exit until it finishes; everything worth keeping is already on disk.
+    os._exit(code)

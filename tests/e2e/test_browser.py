@@ -110,8 +110,13 @@ def _check_report_offline(browser, report_file: Path) -> None:  # type: ignore[n
     widths = page.locator("img").evaluate_all(
         "els => els.map(e => e.complete ? e.naturalWidth : 0)"
     )
-    assert widths and all(w > 0 for w in widths), widths
-    assert "PASS" in page.content() or "FAIL" in page.content()
+    content = page.content()
+    flips = len(re.findall(r"\d+ of \d+ samples disagree", content))
+    if flips:  # the top disagreements are inlined images that really decode
+        assert widths and all(w > 0 for w in widths), widths
+    else:
+        assert "every sample agrees" in content
+    assert "PASS" in content or "FAIL" in content
     page.screenshot(path=str(ARTIFACTS / "07-report-offline.png"), full_page=True)
     context.close()
     assert requested == [], requested
