@@ -154,7 +154,7 @@ with actions[0]:
         disabled=folder_id is None,
         help=None
         if folder_id
-        else "This run has no report under the workspace's runs/ folder to show.",
+        else "This run has no report.json to show (its folder was moved or deleted).",
     ):
         runs.select_run(str(folder_id))
         st.switch_page("pages/overview.py")

@@ -18,8 +18,31 @@ LARGE_PX = 320
 
 
 def run_path(run_id: str) -> Path:
-    """The run directory of `run_id` in the current workspace."""
-    return rundir.runs_root() / run_id
+    """The run directory of `run_id`: runs/<id> in the workspace, else where the store says.
+
+    A CLI run made with `--out DIR` keeps its files in DIR; the store remembers the folder.
+    """
+    local = rundir.runs_root() / run_id
+    if local.is_dir():
+        return local
+    stored = _stored_run_dir(str(rundir.workspace_home()), run_id)
+    return Path(stored) if stored else local
+
+
+@st.cache_data(max_entries=256, ttl=60, show_spinner=False)
+def _stored_run_dir(home: str, run_id: str) -> str | None:
+    from core.errors import QuantLensError
+    from core.store import open_store
+
+    try:
+        store = open_store(Path(home))
+    except QuantLensError:
+        return None
+    try:
+        row = store.get_run(run_id)
+    finally:
+        store.close()
+    return str(row.run_dir) if row is not None else None
 
 
 @st.cache_resource(max_entries=4, show_spinner=False)

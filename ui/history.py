@@ -179,19 +179,21 @@ def selected_ids(ids: Sequence[str], event: Any) -> list[str]:
 
 # ---- actions ------------------------------------------------------------------------------------
 def folder_run_id(row: RunRow) -> str | None:
-    """The id the result pages use for this run (its folder under runs/), or None if elsewhere.
+    """The id the result pages use for this run, or None when its report is missing.
 
-    Runs made with `python -m core run --out DIR` may live outside the workspace; the result
-    pages read `runs/<id>/` only.
+    Runs made with `python -m core run --out DIR` live outside the workspace; the pages find
+    them through the store by run id.
     """
     try:
         run_dir = row.run_dir.resolve()
         root = rundir.runs_root(home()).resolve()
     except OSError:
         return None
-    if run_dir.parent == root and (run_dir / rundir.REPORT).is_file():
-        return run_dir.name
-    return None
+    if not (run_dir / rundir.REPORT).is_file():
+        return None
+    # Under runs/ the folder name is the id the pages use; elsewhere (a CLI `--out DIR`)
+    # the run id, which the pages resolve through the store.
+    return run_dir.name if run_dir.parent == root else row.id
 
 
 def rename(row: RunRow, name: str) -> None:

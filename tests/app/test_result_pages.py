@@ -174,3 +174,27 @@ def test_deltas_page_summarises_each_variant(crafted: Path, open_page: OpenPage)
     assert list(stats["n"]) == [40, 40]
     mx = pd.read_csv(crafted / "int8.samples.csv")["max_abs_delta"]
     assert stats["max |value|"].tolist()[1] == pytest.approx(float(mx.abs().max()))
+
+
+def test_a_cli_run_kept_outside_the_workspace_opens_through_the_store(
+    crafted: Path, home: Path, open_page: OpenPage, tmp_path: Path
+) -> None:
+    import json
+    import shutil
+
+    from core.store import open_store
+    from ui import keys
+
+    elsewhere = tmp_path / "ci-artifacts" / "run"
+    shutil.move(str(home / "runs" / "run-fixture"), elsewhere)
+    report = json.loads((elsewhere / "report.json").read_text())
+    store = open_store(home)
+    try:
+        store.create_run("cli-run-1", name="from CI", run_dir=elsewhere, job={})
+        store.sync_report("cli-run-1", report)
+    finally:
+        store.close()
+    at = open_page("overview", state={keys.SELECTED_RUN: "cli-run-1"})
+    agreement = next(v for v in report["variants"] if v["name"] == "int8")["top1_agreement_pct"]
+    shown = [m.value for m in at.metric]
+    assert any(f"{agreement:.2f}" in str(value) for value in shown), shown
