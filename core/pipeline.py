@@ -314,20 +314,22 @@ class JobRunner:
             )
         dataset = drop_labels_outside(inputs.dataset, sig.num_classes)
         pending = [s for s in self.specs if self.variant_entry(s.name)["status"] not in FINISHED]
+        self.labels, self.calibration = self._decode_and_reference(dataset)
         # Conversions run one after another on a second thread (the converter releases the
-        # GIL) while this thread decodes, runs the original and runs each converted model.
+        # GIL) while this thread runs each converted model on the images. They start after
+        # the original's pass so the two largest memory users never overlap: peak memory is
+        # one conversion's, whatever the number of images.
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="quantlens-convert")
-        futures: dict[str, Future[ConversionResult]] = {}
         try:
-            for spec in pending:
-                if spec.mode not in NEEDS_CALIBRATION:
-                    futures[spec.name] = pool.submit(convert_in_background, self, spec, None)
-            self.labels, self.calibration = self._decode_and_reference(dataset)
-            for spec in pending:
-                if spec.name not in futures:
-                    futures[spec.name] = pool.submit(
-                        convert_in_background, self, spec, self.calibration
-                    )
+            futures: dict[str, Future[ConversionResult]] = {
+                spec.name: pool.submit(
+                    convert_in_background,
+                    self,
+                    spec,
+                    self.calibration if spec.mode in NEEDS_CALIBRATION else None,
+                )
+                for spec in pending
+            }
             for spec in pending:
                 self._run_variant(spec, futures[spec.name])
         finally:
