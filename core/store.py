@@ -311,17 +311,21 @@ class RunStore:
                 if [r[0] for r in rows] != ["ok"]:
                     raise _Corrupt()
         except sqlite3.Error as exc:
-            if _is_corrupt(exc):
-                raise _Corrupt() from exc
-            if _is_busy(exc):
-                raise StoreError(self._locked_message()) from None
-            raise StoreError(
-                f"cannot open the run database at {self.db_path}: {exc}; "
-                "check the file's permissions or set QUANTLENS_HOME to another folder"
-            ) from None
+            raise self._open_error(exc) from (exc if _is_corrupt(exc) else None)
         finally:
             if conn is not None:
                 conn.close()
+
+    def _open_error(self, exc: sqlite3.Error) -> Exception:
+        """What opening the database failed with: corrupt (moved aside later), locked, or other."""
+        if _is_corrupt(exc):
+            return _Corrupt()
+        if _is_busy(exc):
+            return StoreError(self._locked_message())
+        return StoreError(
+            f"cannot open the run database at {self.db_path}: {exc}; "
+            "check the file's permissions or set QUANTLENS_HOME to another folder"
+        )
 
     def _connect(self, *, check_integrity: bool) -> sqlite3.Connection:
         self._probe(check_integrity=check_integrity)
@@ -354,14 +358,7 @@ class RunStore:
         except sqlite3.Error as exc:
             if conn is not None:
                 conn.close()
-            if _is_corrupt(exc):
-                raise _Corrupt() from exc
-            if _is_busy(exc):
-                raise StoreError(self._locked_message()) from None
-            raise StoreError(
-                f"cannot open the run database at {self.db_path}: {exc}; "
-                "check the file's permissions or set QUANTLENS_HOME to another folder"
-            ) from None
+            raise self._open_error(exc) from (exc if _is_corrupt(exc) else None)
         except BaseException:
             if conn is not None:
                 conn.close()
