@@ -359,13 +359,11 @@ class Supervisor:
         self.memory_limit_gb = memory_limit_gb
         self.on_event = on_event
         self._events_seen = 0
-        self.last_event: ProgressEvent | None = None
 
     def _poll_events(self) -> None:
         events = read_progress(self.directory)
-        for event in events[self._events_seen :]:
-            self.last_event = event
-            if self.on_event is not None:
+        if self.on_event is not None:
+            for event in events[self._events_seen :]:
                 self.on_event(event)
         self._events_seen = len(events)
 
@@ -416,7 +414,6 @@ class Supervisor:
                 else 0
             )
             process = self._spawn()
-            status["worker_pid"] = process.pid
             rundir.write_json_atomic(
                 self.directory / rundir.STATUS,
                 {**read_status(self.directory), "worker_pid": process.pid},

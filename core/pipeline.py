@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -610,7 +611,7 @@ class JobRunner:
         step = runner.output_quantization[0] if quantized else 0.0
         probs, softmaxed = to_probabilities(rows, quantization_step=step)
         records = sample_records(self.ref_probs, probs)
-        columns: dict[str, Any] = {"index": self._sample_indices()}
+        columns: dict[str, Any] = {"index": self.sample_indices}
         columns.update(records_table(records))
         _write_csv(rundir.variant_samples_path(self.run_dir, name), columns)
         _save_npy(rundir.probs_path(self.run_dir, name), probs.astype(np.float32))
@@ -641,7 +642,9 @@ class JobRunner:
             name,
         )
 
-    def _sample_indices(self) -> list[int]:
+    @cached_property
+    def sample_indices(self) -> list[int]:
+        """Data set indices of the evaluated samples, in row order (read once per worker)."""
         with (self.run_dir / rundir.SAMPLES).open(encoding="utf-8") as f:
             return [int(row["index"]) for row in csv.DictReader(f)]
 

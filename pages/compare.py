@@ -14,7 +14,7 @@ from core.run_compare import (
     unique_labels,
     what_changed,
 )
-from ui import fmt, history, keys
+from ui import fmt, history, keys, widgets
 
 _CHANGED_BG = "background-color: #FFF1C2"
 _DEFAULT_RUNS = 2
@@ -134,21 +134,8 @@ summary.insert(
     ],
 )
 summary = summary.drop(columns=["CI low (%)", "CI high (%)"])
-two = st.column_config.NumberColumn(format="%.2f")
 st.dataframe(
-    summary,
-    hide_index=True,
-    key="compare.summary",
-    column_config={
-        "size (MB)": st.column_config.NumberColumn(format="%.3f"),
-        "reduction vs original (%)": st.column_config.NumberColumn(format="%.1f"),
-        "top-1 agreement (%)": two,
-        "top-k agreement (%)": two,
-        "accuracy original (%)": two,
-        "accuracy TFLite (%)": two,
-        "p50 (ms)": st.column_config.NumberColumn(format="%.3f"),
-        "p99 (ms)": st.column_config.NumberColumn(format="%.3f"),
-    },
+    summary, hide_index=True, key="compare.summary", column_config=widgets.summary_columns()
 )
 st.caption(
     "Agreement: share of samples where the TFLite top-1 class equals the original's, with a "

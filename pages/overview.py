@@ -30,22 +30,8 @@ for start in range(0, len(variants), per_row):
 
 st.subheader("Summary")
 table = widgets.summary_table(res)
-pct = st.column_config.NumberColumn(format="%.2f")
 st.dataframe(
-    table,
-    hide_index=True,
-    key=keys.OVERVIEW_TABLE,
-    column_config={
-        "size (MB)": st.column_config.NumberColumn(format="%.3f"),
-        "reduction vs original (%)": st.column_config.NumberColumn(format="%.1f"),
-        "reduction vs float32 TFLite (%)": st.column_config.NumberColumn(format="%.1f"),
-        "top-1 agreement (%)": pct,
-        "top-k agreement (%)": pct,
-        "accuracy original (%)": pct,
-        "accuracy TFLite (%)": pct,
-        "p50 (ms)": st.column_config.NumberColumn(format="%.3f"),
-        "p99 (ms)": st.column_config.NumberColumn(format="%.3f"),
-    },
+    table, hide_index=True, key=keys.OVERVIEW_TABLE, column_config=widgets.summary_columns()
 )
 k = next((v.get("k") for v in variants if v.get("k")), None)
 ref = res.reference

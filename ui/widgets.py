@@ -130,6 +130,24 @@ def verdict_card(res: RunResults, v: dict[str, Any]) -> None:
         )
 
 
+def summary_columns() -> dict[str, Any]:
+    """Number formats of the summary tables (Overview and Compare share their column names)."""
+    mb = st.column_config.NumberColumn(format="%.3f")
+    share = st.column_config.NumberColumn(format="%.1f")
+    pct = st.column_config.NumberColumn(format="%.2f")
+    return {
+        "size (MB)": mb,
+        "reduction vs original (%)": share,
+        "reduction vs float32 TFLite (%)": share,
+        "top-1 agreement (%)": pct,
+        "top-k agreement (%)": pct,
+        "accuracy original (%)": pct,
+        "accuracy TFLite (%)": pct,
+        "p50 (ms)": mb,
+        "p99 (ms)": mb,
+    }
+
+
 def summary_table(res: RunResults) -> pd.DataFrame:
     """One row per variant with the headline numbers (plain values; formatting by column config)."""
     rows = []

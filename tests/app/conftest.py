@@ -113,3 +113,18 @@ def fresh_demo_home(demo_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyP
     shutil.copytree(demo_home / "demo", h / "demo", symlinks=True)
     monkeypatch.setenv("QUANTLENS_HOME", str(h))
     return h
+
+
+@pytest.fixture
+def two_runs(
+    demo_home: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Path:
+    """A private copy of the workspace holding the real runs "A" (float16) and "B" (int8)."""
+    from tests.app.history_fixtures import copy_workspace, two_run_home
+
+    h = copy_workspace(two_run_home(demo_home, tmp_path_factory), tmp_path / "ws")
+    monkeypatch.setenv("QUANTLENS_HOME", str(h))
+    return h

@@ -10,21 +10,8 @@ from streamlit.testing.v1 import AppTest
 
 from core.store import open_store
 from tests.app.conftest import OpenPage
-from tests.app.history_fixtures import copy_workspace, reports, two_run_home
+from tests.app.history_fixtures import reports
 from ui import fmt, keys
-
-
-@pytest.fixture
-def two_runs(
-    demo_home: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Path:
-    """A private copy of the workspace holding the real runs "A" (float16) and "B" (int8)."""
-    h = copy_workspace(two_run_home(demo_home, tmp_path_factory), tmp_path / "ws")
-    monkeypatch.setenv("QUANTLENS_HOME", str(h))
-    return h
 
 
 def _ids(home: Path) -> dict[str, str]:

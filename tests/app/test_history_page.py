@@ -14,24 +14,11 @@ from core import jobs, rundir
 from core.store import DB_NAME, open_store
 from core.types import JobSpec, RunStatus
 from tests.app.conftest import OpenPage
-from tests.app.history_fixtures import copy_workspace, reports, two_run_home
+from tests.app.history_fixtures import reports
 from ui import fmt, history, keys
 from ui.downloads import per_sample_csv, report_html
 
 NASTY = '<script>alert(1)</script> "q" \'); DROP TABLE runs;--'
-
-
-@pytest.fixture
-def two_runs(
-    demo_home: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Path:
-    """A private copy of the workspace holding the real runs "A" (float16) and "B" (int8)."""
-    h = copy_workspace(two_run_home(demo_home, tmp_path_factory), tmp_path / "ws")
-    monkeypatch.setenv("QUANTLENS_HOME", str(h))
-    return h
 
 
 def _table(at: AppTest) -> pd.DataFrame:
