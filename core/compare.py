@@ -34,48 +34,51 @@ def _bad_rows(arr: FloatArray) -> BoolArray:
     return np.asarray(~np.isfinite(arr).all(axis=1), dtype=np.bool_)
 
 
-def to_probabilities(
-    outputs: np.ndarray, *, quantization_step: float = 0.0
-) -> tuple[np.ndarray, bool]:
-    """Turn a model's [N, C] outputs into float64 probabilities.
+def outputs_are_probabilities(outputs: np.ndarray) -> bool:
+    """Whether a model's [N, C] outputs already are probabilities (DESIGN §6).
 
-    The decision is taken once for the whole array (a model emits either logits or
-    probabilities, not a mix): softmax is applied to every row if any finite value lies
-    outside [0, 1] or any all-finite row does not sum to 1 within 1e-3. Rows holding NaN or
-    Inf become all-NaN either way, so they can never agree with anything.
+    They are when every finite value lies in [0, 1] and every all-finite row sums to 1
+    within 1e-3; rows holding NaN or Inf are left out of the decision. Ask this once, of the
+    reference model, and apply the answer to every variant (`to_probabilities`): a quantized
+    variant's softmax output sits on a 1/256 grid whose rows miss 1 by more than 1e-3, and
+    asking it again would softmax its probabilities a second time.
 
-    A quantized softmax output is still a distribution, but each of its C values carries up
-    to half a quantization step of rounding, so its rows may miss 1 by up to C * step / 2;
-    the tolerance widens by that much, or int8 probabilities would be softmaxed a second time.
+    Raises:
+        ValueError: if `outputs` is not 2-D.
+    """
+    arr = _as_2d_float(outputs, "outputs")
+    good = arr[~_bad_rows(arr)]
+    if good.size == 0:
+        return True
+    in_range = bool(np.all((good >= 0.0) & (good <= 1.0)))
+    sums_to_one = bool(np.all(np.abs(good.sum(axis=1) - 1.0) <= SUM_TOLERANCE))
+    return in_range and sums_to_one
+
+
+def to_probabilities(outputs: np.ndarray, *, softmax: bool) -> np.ndarray:
+    """A model's [N, C] outputs as float64 probabilities, softmaxed or not as decided.
+
+    The decision is the reference model's (`outputs_are_probabilities`), taken once and
+    applied to every model of the run, never re-guessed from a variant's own output. Rows
+    holding NaN or Inf become all-NaN either way, so they can never agree with anything.
 
     Args:
         outputs: [N, C] model outputs (already dequantized if the model is quantized).
-        quantization_step: the output tensor's scale when it is quantized, else 0.
-
-    Returns:
-        (probabilities, softmax_applied).
+        softmax: True when the reference emits logits: softmax every row.
 
     Raises:
         ValueError: if `outputs` is not 2-D.
     """
     arr = _as_2d_float(outputs, "outputs")
     bad = _bad_rows(arr)
-    good = arr[~bad]
-    if good.size == 0:
-        needs_softmax = False
-    else:
-        out_of_range = bool(np.any((good < 0.0) | (good > 1.0)))
-        tolerance = SUM_TOLERANCE + good.shape[1] * quantization_step / 2
-        sums_off = bool(np.any(np.abs(good.sum(axis=1) - 1.0) > tolerance))
-        needs_softmax = out_of_range or sums_off
     probs = arr.copy()
-    if needs_softmax and good.size:
+    good = arr[~bad]
+    if softmax and good.size:
         # Subtracting the row max keeps exp() from overflowing on large logits.
-        shifted = good - good.max(axis=1, keepdims=True)
-        e = np.exp(shifted)
+        e = np.exp(good - good.max(axis=1, keepdims=True))
         probs[~bad] = e / e.sum(axis=1, keepdims=True)
     probs[bad] = np.nan
-    return probs, needs_softmax
+    return probs
 
 
 def top1(probs: np.ndarray) -> np.ndarray:

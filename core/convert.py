@@ -19,12 +19,20 @@ import numpy as np
 from core.errors import ConversionFailed
 from core.models import ReferenceModel
 from core.rundir import write_atomic
-from core.types import IOType, Mode, VariantSpec
+from core.types import IOType, Mode, ModelSignature, VariantSpec
 
 NEEDS_CALIBRATION = frozenset({Mode.INT8, Mode.INT16X8})
 # Part of every cache key: bump it when QuantLens changes how it converts, so bytes made by an
 # older (possibly wrong) recipe are never served again. 2: Keras weights frozen correctly.
-CONVERTER_RECIPE_VERSION = 3
+# 4: the key names the signature and the route; bytes whose outputs are NaN are never cached.
+CONVERTER_RECIPE_VERSION = 4
+# How the converter reaches the model (DESIGN §4, QUANTIZATION_NOTES): straight from the
+# SavedModel folder, or from the serving function QuantLens traced with a module owning the
+# variables. Recorded on each variant as `conversion_route`.
+SAVED_MODEL_DIR = "saved_model_dir"
+TRACED_FUNCTION = "traced_function"
+# Images each fresh conversion is run on before it is accepted (non-finite outputs = broken).
+PROBE_IMAGES = 8
 
 
 @dataclass(frozen=True)
@@ -36,6 +44,7 @@ class ConversionResult:
     seconds: float
     cached: bool
     select_tf_ops_used: tuple[str, ...] = field(default=())
+    route: str = TRACED_FUNCTION
 
     @property
     def size_bytes(self) -> int:
@@ -56,27 +65,42 @@ def cache_key(
     model_sha256: str,
     spec: VariantSpec,
     calibration: np.ndarray | None,
-    input_shape: tuple[int, ...],
+    signature: ModelSignature,
+    route: str,
+    preset: str | None = None,
 ) -> str:
     """Content hash of everything that determines the converter's output.
 
-    The calibration tensors themselves are hashed (not their file names), so the same images
-    under another preprocessing preset are a different key.
+    Besides the model's bytes and the variant: the signature served (one SavedModel can hold
+    several, with different outputs), its input and output tensor names, the input size and
+    dtype, the conversion route, the library versions and QuantLens's recipe version. Modes
+    that calibrate also hash the calibration tensors themselves (not their file names) and
+    name the preprocessing preset that made them, so the same images under another preset are
+    another key; modes that do not calibrate ignore both.
     """
+    calibrated = calibration is not None and spec.mode in NEEDS_CALIBRATION
     digest = hashlib.sha256()
     digest.update(
         json.dumps(
             {
                 "model": model_sha256,
                 "variant": spec.to_dict(),
-                "input_shape": list(input_shape),
+                "signature": {
+                    "key": signature.signature_key,
+                    "input": signature.input_name,
+                    "output": signature.output_name,
+                    "input_dtype": signature.input_dtype,
+                    "input_size": [signature.height, signature.width, signature.channels],
+                },
+                "route": route,
+                "calibration_preset": preset if calibrated else None,
                 "versions": library_versions(),
                 "recipe": CONVERTER_RECIPE_VERSION,
             },
             sort_keys=True,
         ).encode()
     )
-    if calibration is not None and spec.mode in NEEDS_CALIBRATION:
+    if calibrated:
         digest.update(np.ascontiguousarray(calibration, dtype=np.float32).tobytes())
     return digest.hexdigest()
 
@@ -183,27 +207,78 @@ def flex_ops(tflite: bytes) -> tuple[str, ...]:
     return tuple(found)
 
 
-def _converter_for(model: ReferenceModel) -> Any:
-    """The converter for the reference model's serving function.
+def conversion_routes(model: ReferenceModel) -> tuple[str, ...]:
+    """The routes that can convert this model, preferred first.
 
     A float32 SavedModel with a fixed image size converts straight from its folder, which is
-    about 20 % faster than re-tracing it; Keras models, other input dtypes and models whose
-    size was given by the user go through the traced function QuantLens serves.
+    about 20 % faster than re-tracing it; the traced serving function is the fallback when
+    that route loses the variables (a Keras 3 model saved through a plain tf.Module converts
+    to NaN outputs). Keras models, other input dtypes and models whose size was given by the
+    user have only the traced function.
     """
-    import tensorflow as tf
-
     sig = model.signature
     direct = (
         sig.format == "saved_model"
         and sig.input_dtype == "float32"
         and None not in sig.input_shape[1:]
     )
-    if direct:
+    return (SAVED_MODEL_DIR, TRACED_FUNCTION) if direct else (TRACED_FUNCTION,)
+
+
+def _converter_for(model: ReferenceModel, route: str) -> Any:
+    """The converter for the reference model's serving function, reached by `route`."""
+    import tensorflow as tf
+
+    if route == SAVED_MODEL_DIR:
         return tf.lite.TFLiteConverter.from_saved_model(
-            str(model.path), signature_keys=[sig.signature_key]
+            str(model.path), signature_keys=[model.signature.signature_key]
         )
     return tf.lite.TFLiteConverter.from_concrete_functions(
         [model.concrete_function], model.trackable
+    )
+
+
+def _convert_by(model: ReferenceModel, spec: VariantSpec, calibration: Any, route: str) -> bytes:
+    converter = _converter_for(model, route)
+    _configure(converter, spec, calibration)
+    try:
+        data: bytes = converter.convert()
+    except Exception as exc:  # ConverterError, ValueError, RuntimeError from MLIR
+        raise _conversion_error(spec, exc) from None
+    return data
+
+
+def nonfinite_outputs(tflite: bytes, images: np.ndarray, *, expected: np.ndarray) -> int | None:
+    """How many images the converted model answers with NaN/Inf where the original does not.
+
+    Args:
+        tflite: the converted model.
+        images: float32 [N,H,W,C] preprocessed images.
+        expected: [N] bool, True where the original's output is finite.
+
+    Returns:
+        The count, or None when LiteRT cannot run the model at all: the evaluation then
+        reports that reason for the variant, as it would without this check.
+    """
+    from core.errors import InvalidTFLiteModel
+    from core.runtime import TFLiteRunner
+
+    try:
+        # One thread: this runs beside the evaluation of the previous variant.
+        runner = TFLiteRunner(tflite, threads=1, name="the converted model")
+        outputs = np.stack([runner.run(image) for image in images])
+    except (InvalidTFLiteModel, ValueError, RuntimeError):
+        return None
+    finite = np.isfinite(outputs.reshape(len(images), -1)).all(axis=1)
+    return int((~finite & expected).sum())
+
+
+def _nonfinite_error(spec: VariantSpec, bad: int, total: int, routes: tuple[str, ...]) -> str:
+    return (
+        f"{spec.name}: the converted model outputs NaN/Inf on {bad} of {total} probe images "
+        f"where the original's outputs are finite (tried {' and '.join(routes)}); the converter "
+        "probably lost the model's variables: re-export it with model.export(dir) or save it as "
+        ".keras"
     )
 
 
@@ -213,46 +288,78 @@ def tflite_from_reference(
     *,
     model_sha256: str,
     calibration: np.ndarray | None = None,
+    preset: str | None = None,
+    probe: np.ndarray | None = None,
     cache_dir: Path | None = None,
 ) -> ConversionResult:
     """Convert the reference model for one variant, or return the cached bytes.
 
+    The routes of `conversion_routes` are tried in order: a route whose model outputs NaN/Inf
+    on a probe image where the original's output is finite is dropped for the next one, and
+    such bytes are never cached.
+
     Args:
-        model: the loaded reference model (its traced serving function is converted).
+        model: the loaded reference model.
         spec: mode and options.
         model_sha256: content hash of the model files, for the cache key.
         calibration: float32 [N,H,W,C] preprocessed images; required for int8 and int16x8.
+        preset: the preprocessing preset that made `calibration` (part of the cache key).
+        probe: float32 [N,H,W,C] preprocessed images to check each conversion on (the first
+            PROBE_IMAGES are used); None skips the check.
         cache_dir: where converted models are kept by content hash; None disables the cache.
 
     Raises:
-        ConversionFailed: the converter refused the model, or calibration data is unusable.
+        ConversionFailed: the converter refused the model, calibration data is unusable, or
+            every route gives NaN/Inf outputs.
     """
 
     calibration = _check_calibration(spec, calibration)
-    sig = model.signature
-    key = cache_key(
-        model_sha256=model_sha256,
-        spec=spec,
-        calibration=calibration,
-        input_shape=(1, sig.height, sig.width, sig.channels),
-    )
-    cached_file = cache_dir / f"{key}.tflite" if cache_dir is not None else None
-    if cached_file is not None and cached_file.is_file():
-        data = cached_file.read_bytes()
-        return ConversionResult(
-            spec=spec, tflite=data, seconds=0.0, cached=True, select_tf_ops_used=flex_ops(data)
+    probe = None if probe is None or len(probe) == 0 else probe[:PROBE_IMAGES]
+    expected = None if probe is None else np.isfinite(model.predict(probe)).all(axis=1)
+    routes = conversion_routes(model)
+    seconds = 0.0
+    bad = 0
+    for route in routes:
+        key = cache_key(
+            model_sha256=model_sha256,
+            spec=spec,
+            calibration=calibration,
+            signature=model.signature,
+            route=route,
+            preset=preset,
         )
-
-    started = time.perf_counter()
-    converter = _converter_for(model)
-    _configure(converter, spec, calibration)
-    try:
-        data = converter.convert()
-    except Exception as exc:  # ConverterError, ValueError, RuntimeError from MLIR
-        raise _conversion_error(spec, exc) from None
-    seconds = time.perf_counter() - started
-    if cached_file is not None:
-        write_atomic(cached_file, data)
-    return ConversionResult(
-        spec=spec, tflite=data, seconds=seconds, cached=False, select_tf_ops_used=flex_ops(data)
+        cached_file = cache_dir / f"{key}.tflite" if cache_dir is not None else None
+        cached = cached_file is not None and cached_file.is_file()
+        started = time.perf_counter()
+        data = _read_or_convert(model, spec, calibration, route, cached_file if cached else None)
+        seconds += time.perf_counter() - started if not cached else 0.0
+        if probe is not None and expected is not None:
+            bad = nonfinite_outputs(data, probe, expected=expected) or 0
+            if bad:
+                continue  # never cached: the next route may convert it correctly
+        if cached_file is not None and not cached:
+            write_atomic(cached_file, data)
+        return ConversionResult(
+            spec=spec,
+            tflite=data,
+            seconds=seconds,
+            cached=cached,
+            select_tf_ops_used=flex_ops(data),
+            route=route,
+        )
+    # Only the probe rejects a route, so there was one.
+    raise ConversionFailed(
+        _nonfinite_error(spec, bad, PROBE_IMAGES if probe is None else len(probe), routes)
     )
+
+
+def _read_or_convert(
+    model: ReferenceModel,
+    spec: VariantSpec,
+    calibration: np.ndarray | None,
+    route: str,
+    cached_file: Path | None,
+) -> bytes:
+    if cached_file is not None:
+        return cached_file.read_bytes()
+    return _convert_by(model, spec, calibration, route)

@@ -22,8 +22,15 @@ from typing import Any
 import numpy as np
 
 from core import rundir
-from core.compare import agreement, records_table, sample_records, to_probabilities, top1
-from core.convert import NEEDS_CALIBRATION, ConversionResult
+from core.compare import (
+    agreement,
+    outputs_are_probabilities,
+    records_table,
+    sample_records,
+    to_probabilities,
+    top1,
+)
+from core.convert import NEEDS_CALIBRATION, PROBE_IMAGES, ConversionResult
 from core.errors import QuantLensError
 from core.faults import maybe_inject
 from core.latency import latency_stats, time_invocations
@@ -321,6 +328,7 @@ class JobRunner:
         # the original's pass so the two largest memory users never overlap: peak memory is
         # one conversion's, whatever the number of images.
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="quantlens-convert")
+        probe = self._first_images(PROBE_IMAGES)
         try:
             futures: dict[str, Future[ConversionResult]] = {
                 spec.name: pool.submit(
@@ -328,6 +336,7 @@ class JobRunner:
                     self,
                     spec,
                     self.calibration if spec.mode in NEEDS_CALIBRATION else None,
+                    probe,
                 )
                 for spec in pending
             }
@@ -361,6 +370,7 @@ class JobRunner:
             state = rundir.read_json(state_path)
             saved = np.load(self.run_dir / CALIBRATION_CACHE) if state["has_calibration"] else None
             self.ref_probs = np.load(probs_path).astype(np.float64)
+            self.softmax = bool(state["softmax"])
             return np.asarray(state["labels"], dtype=np.int64), saved
 
         evaluated = select_samples(dataset.samples, self.job.max_samples, seed=self.job.seed)
@@ -408,17 +418,24 @@ class JobRunner:
         calibration_array = self._calibration_set(dataset, evaluated, kept_samples, cache)
 
         raw = np.concatenate(outputs)
-        ref_probs, softmaxed = to_probabilities(raw)
+        # Logits or probabilities is decided here, once, from the original's outputs; every
+        # variant inherits the decision (a quantized softmax must not be softmaxed again).
+        self.softmax = not outputs_are_probabilities(raw)
+        ref_probs = to_probabilities(raw, softmax=self.softmax)
         self.ref_probs = ref_probs
         labels = np.asarray(
             [-1 if s.label is None else s.label for s in kept_samples], dtype=np.int64
         )
-        self._write_reference(kept_samples, labels, ref_probs, softmaxed, skipped)
+        self._write_reference(kept_samples, labels, ref_probs, self.softmax, skipped)
         if calibration_array is not None:
             _save_npy(self.run_dir / CALIBRATION_CACHE, calibration_array)
         rundir.write_json_atomic(
             state_path,
-            {"labels": labels.tolist(), "has_calibration": calibration_array is not None},
+            {
+                "labels": labels.tolist(),
+                "has_calibration": calibration_array is not None,
+                "softmax": self.softmax,
+            },
         )
         return labels, calibration_array
 
@@ -492,6 +509,7 @@ class JobRunner:
         labelled = labels >= 0
         reference = self.report["reference"]
         reference["softmax_applied"] = softmaxed
+        self.report["warnings"].extend(nonfinite_warnings(probs, "the original model"))
         reference["accuracy_pct"] = (
             float(100.0 * np.mean(ref_top1[labelled] == labels[labelled]))
             if labelled.any()
@@ -512,20 +530,21 @@ class JobRunner:
             )
         self.save_report()
 
-    def _first_image(self) -> np.ndarray:
+    def _first_images(self, count: int) -> np.ndarray:
+        """The first `count` evaluation images, preprocessed (float32 [N,H,W,C])."""
         from core.data import apply_preset
 
         sig = self.model.signature
         cache = DecodedCache(self.run_dir / DECODED_CACHE, (sig.height, sig.width, sig.channels))
-        first = next(cache.batches(1))
-        return apply_preset(first, self.job.preset)
+        first = next(cache.batches(count))
+        return apply_preset(first, self.job.preset).astype(np.float32)
 
     def _time_models(self, tf: Any) -> None:
         """Per-invoke latency of the original and every finished variant, on a quiet machine."""
         from core.runtime import TFLiteRunner
 
         reference = self._reference_latency(tf)
-        image = self._first_image()[0]
+        image = self._first_images(1)[0]
         for spec in self.specs:
             entry = self.variant_entry(spec.name)
             if entry["status"] != "done" or entry.get("latency_ms"):
@@ -553,7 +572,7 @@ class JobRunner:
         if reference.get("latency_ms") and path.exists():
             return latency_stats(np.load(path))
         _event(self.progress, "latency", 0.0, "timing the original model at batch 1")
-        x = tf.constant(self._first_image())
+        x = tf.constant(self._first_images(1))
         serve = self.model.concrete_function
         samples = time_invocations(
             lambda: serve(x), runs=self.job.latency_runs, warmup=self.job.warmup_runs
@@ -607,9 +626,7 @@ class JobRunner:
                 _event(
                     self.progress, "infer", done / total, f"{name}: ran {done}/{total} images", name
                 )
-        quantized = runner.output_dtype != np.float32
-        step = runner.output_quantization[0] if quantized else 0.0
-        probs, softmaxed = to_probabilities(rows, quantization_step=step)
+        probs = to_probabilities(rows, softmax=self.softmax)
         records = sample_records(self.ref_probs, probs)
         columns: dict[str, Any] = {"index": self.sample_indices}
         columns.update(records_table(records))
@@ -625,9 +642,11 @@ class JobRunner:
             min_agreement_pct=self.job.min_agreement_pct,
             conversion_seconds=result.seconds,
             conversion_cached=result.cached,
+            conversion_route=result.route,
             select_tf_ops_used=result.select_tf_ops_used,
-            softmax_applied=softmaxed,
+            softmax_applied=self.softmax,
             io=runner.describe(),
+            warnings=nonfinite_warnings(rows, "the converted model"),
         )
         self.report["variants"] = [
             entry if v["name"] == name else v for v in self.report["variants"]
@@ -658,6 +677,17 @@ class JobRunner:
         _event(self.progress, "done", 1.0, "all variants finished")
 
 
+def nonfinite_warnings(outputs: np.ndarray, who: str) -> list[str]:
+    """A one-line warning when some of a model's [N, C] outputs hold NaN or Inf, else none."""
+    bad = int((~np.isfinite(outputs).all(axis=1)).sum())
+    if not bad:
+        return []
+    return [
+        f"{who} outputs NaN/Inf on {bad} of {len(outputs)} images; "
+        "they count as disagreements and are left out of the probability deltas"
+    ]
+
+
 def effective_threads(job: JobSpec) -> int:
     """The thread count both models run with: the job's, else every core."""
     import os
@@ -666,9 +696,11 @@ def effective_threads(job: JobSpec) -> int:
 
 
 def convert_in_background(
-    runner: JobRunner, spec: VariantSpec, calibration: np.ndarray | None
+    runner: JobRunner, spec: VariantSpec, calibration: np.ndarray | None, probe: np.ndarray
 ) -> ConversionResult:
     """Convert one variant on the conversion thread and write its .tflite file.
+
+    `probe` holds a few evaluation images the new model must answer with finite outputs.
 
     Keep this name: core.jobs looks for it in a crash dump to tell a converter crash (blame
     the variant named in CONVERTING) from a crash on the main thread (blame the running one).
@@ -686,6 +718,8 @@ def convert_in_background(
             spec,
             model_sha256=runner.model_sha,
             calibration=calibration,
+            preset=str(runner.job.preset),
+            probe=probe,
             cache_dir=runner.cache_dir,
         )
     except MemoryError:

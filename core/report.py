@@ -78,9 +78,11 @@ def pending_variant(spec: VariantSpec) -> dict[str, Any]:
         "speedup_vs_reference": None,
         "conversion_seconds": None,
         "conversion_cached": None,
+        "conversion_route": None,
         "select_tf_ops_used": [],
         "softmax_applied": None,
         "io": None,
+        "warnings": [],
         "passed": None,
     }
 
@@ -101,9 +103,11 @@ def finished_variant(
     min_agreement_pct: float,
     conversion_seconds: float,
     conversion_cached: bool,
+    conversion_route: str,
     select_tf_ops_used: tuple[str, ...],
     softmax_applied: bool,
     io: dict[str, Any],
+    warnings: list[str],
 ) -> dict[str, Any]:
     """Fill a variant entry with its comparison results and verdict (latency comes later)."""
     metrics = agreement.to_dict()
@@ -120,9 +124,11 @@ def finished_variant(
         "speedup_vs_reference": None,
         "conversion_seconds": conversion_seconds,
         "conversion_cached": conversion_cached,
+        "conversion_route": conversion_route,
         "select_tf_ops_used": list(select_tf_ops_used),
         "softmax_applied": softmax_applied,
         "io": io,
+        "warnings": warnings,
         "passed": agreement.top1_agreement_pct >= min_agreement_pct,
     }
     return entry
@@ -221,6 +227,8 @@ def format_table(report: dict[str, Any]) -> str:
     for v in report["variants"]:
         if v.get("error"):
             lines.append(f"{v['name']}: {v['error']}")
+        for warning in v.get("warnings") or []:
+            lines.append(f"warning: {v['name']}: {warning}")
     for warning in report.get("warnings", []):
         lines.append(f"warning: {warning}")
     return "\n".join(lines)

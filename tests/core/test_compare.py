@@ -13,6 +13,7 @@ from core.compare import (
     agreement,
     dequantize,
     mcnemar_exact,
+    outputs_are_probabilities,
     quantize,
     records_table,
     sample_records,
@@ -62,22 +63,22 @@ def _softmax_row(row: list[float]) -> list[float]:
 
 
 def test_probabilities_are_kept_as_they_are() -> None:
-    probs, applied = to_probabilities(REF.astype(np.float32))
-    assert applied is False
+    assert outputs_are_probabilities(REF.astype(np.float32)) is True
+    probs = to_probabilities(REF.astype(np.float32), softmax=False)
     assert probs.dtype == np.float64
     np.testing.assert_allclose(probs, REF, atol=1e-7)
 
 
-def test_rows_summing_to_one_within_tolerance_are_kept() -> None:
+def test_rows_summing_to_one_within_tolerance_are_probabilities() -> None:
     out = np.array([[0.5, 0.5005, 0.0], [0.2, 0.3, 0.4995]])
-    probs, applied = to_probabilities(out)
-    assert applied is False
-    np.testing.assert_array_equal(probs, out)
+    assert outputs_are_probabilities(out) is True
+    np.testing.assert_array_equal(to_probabilities(out, softmax=False), out)
 
 
-def test_logits_are_softmaxed() -> None:
-    probs, applied = to_probabilities(np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]]))
-    assert applied is True
+def test_logits_are_detected_and_softmaxed() -> None:
+    out = np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
+    assert outputs_are_probabilities(out) is False
+    probs = to_probabilities(out, softmax=True)
     e1, e2, e3 = math.exp(1), math.exp(2), math.exp(3)
     np.testing.assert_allclose(
         probs[0], [e1 / (e1 + e2 + e3), e2 / (e1 + e2 + e3), e3 / (e1 + e2 + e3)]
@@ -85,41 +86,51 @@ def test_logits_are_softmaxed() -> None:
     np.testing.assert_allclose(probs[1], [1 / 3, 1 / 3, 1 / 3])
 
 
-def test_in_range_rows_not_summing_to_one_are_softmaxed_whole_array() -> None:
+def test_in_range_rows_not_summing_to_one_make_the_whole_array_logits() -> None:
     # Row 0 sums to 0.6, so the model does not emit distributions: row 1, which happens to
     # sum to 1, must be softmaxed as well (one decision per model, not per row).
     out = np.array([[0.2, 0.2, 0.2], [0.1, 0.1, 0.8]])
-    probs, applied = to_probabilities(out)
-    assert applied is True
+    assert outputs_are_probabilities(out) is False
+    probs = to_probabilities(out, softmax=True)
     np.testing.assert_allclose(probs[0], [1 / 3, 1 / 3, 1 / 3])
     np.testing.assert_allclose(probs[1], _softmax_row([0.1, 0.1, 0.8]))
 
 
 def test_huge_logits_do_not_overflow() -> None:
     with np.errstate(over="raise", invalid="raise"):
-        probs, applied = to_probabilities(np.array([[1000.0, 0.0], [-1000.0, -999.0]]))
-    assert applied is True
+        probs = to_probabilities(np.array([[1000.0, 0.0], [-1000.0, -999.0]]), softmax=True)
     np.testing.assert_allclose(probs[0], [1.0, 0.0], atol=1e-300)
     np.testing.assert_allclose(probs[1], [1 / (1 + math.e), math.e / (1 + math.e)])
 
 
-def test_nan_rows_stay_nan_and_do_not_trigger_softmax() -> None:
-    probs, applied = to_probabilities(np.array([[NAN, 0.5, 0.5], [0.3, 0.3, 0.4]]))
-    assert applied is False
+def test_nan_rows_stay_nan_and_do_not_sway_the_decision() -> None:
+    out = np.array([[NAN, 0.5, 0.5], [0.3, 0.3, 0.4]])
+    assert outputs_are_probabilities(out) is True
+    probs = to_probabilities(out, softmax=False)
     assert np.isnan(probs[0]).all()
     np.testing.assert_array_equal(probs[1], [0.3, 0.3, 0.4])
 
 
 def test_inf_row_becomes_nan_when_logits_are_softmaxed() -> None:
-    probs, applied = to_probabilities(np.array([[math.inf, 0.0, 0.0], [1.0, 2.0, 3.0]]))
-    assert applied is True
+    out = np.array([[math.inf, 0.0, 0.0], [1.0, 2.0, 3.0]])
+    assert outputs_are_probabilities(out) is False
+    probs = to_probabilities(out, softmax=True)
     assert np.isnan(probs[0]).all()
     np.testing.assert_allclose(probs[1], _softmax_row([1.0, 2.0, 3.0]))
 
 
+def test_all_nan_outputs_decide_nothing_and_stay_nan() -> None:
+    out = np.full((2, 3), NAN)
+    assert outputs_are_probabilities(out) is True
+    for softmax in (False, True):
+        assert np.isnan(to_probabilities(out, softmax=softmax)).all()
+
+
 def test_non_2d_outputs_are_refused() -> None:
     with pytest.raises(ValueError, match="2-D"):
-        to_probabilities(np.zeros(3))
+        to_probabilities(np.zeros(3), softmax=False)
+    with pytest.raises(ValueError, match="2-D"):
+        outputs_are_probabilities(np.zeros(3))
 
 
 # --- argmax and top-k ------------------------------------------------------------------------
@@ -401,15 +412,15 @@ def test_uint8_outputs_are_dequantized_before_any_delta() -> None:
     deq = dequantize(q, 1 / 255, 0)
     assert deq.dtype == np.float32
     np.testing.assert_allclose(deq, [[0.2, 0.8], [1.0, 0.0]], atol=1e-7)
-    tfl, applied = to_probabilities(deq)
-    assert applied is False  # a distribution once dequantized
+    assert outputs_are_probabilities(deq) is True  # a distribution once dequantized
+    tfl = to_probabilities(deq, softmax=False)
     ref = np.array([[0.2, 0.8], [1.0, 0.0]])
     rec = sample_records(ref, tfl)
     assert rec.agree.all()
     assert np.max(rec.max_abs_delta) < 1e-6
     # Read raw, the same bytes look like logits: softmax saturates and the deltas are wrong.
-    raw, raw_applied = to_probabilities(q)
-    assert raw_applied is True
+    assert outputs_are_probabilities(q) is False
+    raw = to_probabilities(q, softmax=True)
     assert sample_records(ref, raw).max_abs_delta[0] == pytest.approx(0.2)
 
 
@@ -466,16 +477,13 @@ def test_quantize_refuses_float_dtype() -> None:
         quantize(np.array([0.5]), 0.1, 0, np.float32)
 
 
-def test_quantized_probabilities_are_not_softmaxed_twice() -> None:
-    # An int8 softmax output (scale 1/256, zero point -128) dequantized: each value is off by
-    # up to half a step, so the row sums 0.99609375, outside 1 +/- 1e-3.
+def test_quantized_probabilities_are_kept_when_the_reference_emits_probabilities() -> None:
+    # An int8-float32 softmax output (scale 1/256, zero point -128), dequantized: each value is
+    # off by up to half a step, so the row sums 0.99609375. Judged on its own it looks like
+    # logits; the reference's decision (probabilities) keeps it as it is.
     scale = 1 / 256
     q = np.array([[-128 + 230, -128 + 10, -128 + 15]], dtype=np.int8)
     dequantized = (q.astype(np.float64) + 128) * scale
     assert abs(dequantized.sum() - 1.0) > 1e-3
-    probs, softmaxed = to_probabilities(dequantized, quantization_step=scale)
-    assert softmaxed is False
-    np.testing.assert_allclose(probs, dequantized)
-    # The same values treated as float outputs still fail the 1e-3 rule and are softmaxed.
-    _, float_softmaxed = to_probabilities(dequantized)
-    assert float_softmaxed is True
+    assert outputs_are_probabilities(dequantized) is False  # why it must never be re-asked
+    np.testing.assert_allclose(to_probabilities(dequantized, softmax=False), dequantized)
