@@ -294,9 +294,10 @@ def tflite_from_reference(
 ) -> ConversionResult:
     """Convert the reference model for one variant, or return the cached bytes.
 
-    The routes of `conversion_routes` are tried in order: a route whose model outputs NaN/Inf
-    on a probe image where the original's output is finite is dropped for the next one, and
-    such bytes are never cached.
+    The routes of `conversion_routes` are tried in order: a route the converter refuses, or
+    whose model outputs NaN/Inf on a probe image where the original's output is finite, is
+    dropped for the next one; such bytes are never cached. When every route is refused, the
+    first route's reason is raised.
 
     Args:
         model: the loaded reference model.
@@ -319,6 +320,7 @@ def tflite_from_reference(
     routes = conversion_routes(model)
     seconds = 0.0
     bad = 0
+    refused: ConversionFailed | None = None
     for route in routes:
         key = cache_key(
             model_sha256=model_sha256,
@@ -331,8 +333,16 @@ def tflite_from_reference(
         cached_file = cache_dir / f"{key}.tflite" if cache_dir is not None else None
         cached = cached_file is not None and cached_file.is_file()
         started = time.perf_counter()
-        data = _read_or_convert(model, spec, calibration, route, cached_file if cached else None)
-        seconds += time.perf_counter() - started if not cached else 0.0
+        try:
+            data = _read_or_convert(
+                model, spec, calibration, route, cached_file if cached else None
+            )
+        except ConversionFailed as exc:
+            # Lost variables can also fail calibration (READ_VARIABLE); the next route may work.
+            refused = refused or exc
+            continue
+        finally:
+            seconds += time.perf_counter() - started if not cached else 0.0
         if probe is not None and expected is not None:
             bad = nonfinite_outputs(data, probe, expected=expected) or 0
             if bad:
@@ -347,7 +357,8 @@ def tflite_from_reference(
             select_tf_ops_used=flex_ops(data),
             route=route,
         )
-    # Only the probe rejects a route, so there was one.
+    if refused is not None and not bad:
+        raise refused  # the first route's reason: every route failed to convert
     raise ConversionFailed(
         _nonfinite_error(spec, bad, PROBE_IMAGES if probe is None else len(probe), routes)
     )
