@@ -763,8 +763,10 @@ def reproduce_command(job: JobSpec) -> str:
         "--calibration-samples",
         str(job.calibration_samples),
         "--min-agreement",
-        f"{job.min_agreement_pct:g}",
+        _exact_number(job.min_agreement_pct),
     ]
+    if job.latency_runs != JobSpec.latency_runs:
+        parts += ["--latency-runs", str(job.latency_runs)]
     if job.max_samples is not None:
         parts += ["--samples", str(job.max_samples)]
     if job.threads is not None:
@@ -778,3 +780,9 @@ def reproduce_command(job: JobSpec) -> str:
     if job.trusted:
         parts.append("--trusted")
     return " ".join(parts)
+
+
+def _exact_number(value: float) -> str:
+    """`95` rather than `95.0`, but never rounded: `:g` alone turns 99.99999 into 100."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(value)

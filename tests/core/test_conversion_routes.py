@@ -32,9 +32,7 @@ def _keras_through_plain_module(path: Path) -> None:
             super().__init__()
             self.model = model
 
-        @tf.function(
-            input_signature=[tf.TensorSpec([None, TINY_SIZE, TINY_SIZE, 3], tf.float32)]
-        )
+        @tf.function(input_signature=[tf.TensorSpec([None, TINY_SIZE, TINY_SIZE, 3], tf.float32)])
         def serve(self, x: Any) -> Any:
             return {"scores": self.model(x, training=False)}
 
