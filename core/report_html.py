@@ -308,6 +308,12 @@ def _verdict_table(report: dict[str, Any], variants: list[dict[str, Any]], thres
                 f'<tr class="errrow"><td>{_e(v.get("name") or v.get("mode"))} error</td>'
                 f'<td colspan="11" class="err">{_e(v["error"])}</td></tr>'
             )
+        for warning in v.get("warnings") or []:
+            # NaN/Inf outputs on some images: counted as disagreements, so say how many.
+            rows.append(
+                f'<tr class="errrow"><td>{_e(v.get("name") or v.get("mode"))} warning</td>'
+                f'<td colspan="11" class="err">{_e(warning)}</td></tr>'
+            )
     return (
         f"<p>Pass threshold: top-1 agreement ≥ {threshold:g} %. Sizes in MB (10<sup>6</sup> "
         "bytes); reduction against the original model.</p>"

@@ -474,6 +474,21 @@ def test_run_without_samples_or_charts_still_renders(tmp_path: Path) -> None:
     assert not parsed.scripts
 
 
+def test_variant_warnings_get_a_row_of_their_own(tmp_path: Path) -> None:
+    run = tmp_path / "r"
+    run.mkdir()
+    warning = "the converted model outputs NaN/Inf on 3 of 40 images; they count as disagreements"
+    report = {
+        "run": {"id": "r", "name": "nan", "status": "done"},
+        "dataset": {"path": str(tmp_path / "nowhere"), "num_skipped": 0},
+        "variants": [_variant("float16", warnings=[warning]), _variant("int8")],
+    }
+    (run / "report.json").write_text(json.dumps(report))
+    parsed = _parse(render_report_html(run))
+    assert _row(parsed, "verdict", "float16 warning")[-1] == warning
+    assert not [r for r in parsed.tables["verdict"] if r[0] == "int8 warning"]
+
+
 def test_missing_report_is_a_one_line_error(tmp_path: Path) -> None:
     with pytest.raises(QuantLensError, match=r"report\.json does not exist; the run has not"):
         render_report_html(tmp_path)
