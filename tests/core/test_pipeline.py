@@ -358,3 +358,49 @@ def test_report_is_written_after_each_variant(tiny_data: Path, tmp_path: Path) -
     final = {v["name"]: v for v in report["variants"]}
     for name in variants:
         assert seen[name][name]["top1_agreement_pct"] == final[name]["top1_agreement_pct"]
+
+
+@pytest.mark.slow
+def test_a_restarted_worker_keeps_the_reference_decision(
+    tiny_models: dict[str, Path], tiny_data: Path, tmp_path: Path
+) -> None:
+    """After a crash, the next worker reads the decision back with the reference's outputs."""
+    from core import rundir
+    from core.pipeline import DECODE_STATE
+    from core.types import ProgressEvent
+
+    class Crash(Exception):
+        pass
+
+    def crash_in_float16(event: ProgressEvent) -> None:
+        if event.step == "infer" and event.variant == "float16":
+            raise Crash
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    job = JobSpec(
+        model_path=str(tiny_models["logits_saved_model"]),
+        data_path=str(tiny_data),
+        variants=("float32", "float16"),
+        preset=Preset.UNIT,
+        threads=1,
+        latency_runs=2,
+        warmup_runs=1,
+    )
+    with pytest.raises(Crash):
+        JobRunner(job, run_dir, progress=crash_in_float16, cache_dir=None).run()
+    assert (run_dir / DECODE_STATE).exists()  # the restart takes the saved reference pass
+    JobRunner(job, run_dir, progress=lambda _e: None, cache_dir=None).run()
+    report = rundir.read_json(run_dir / rundir.REPORT)
+    assert report["reference"]["softmax_applied"] is True
+    inputs = _unit_inputs(tiny_data)
+    for variant in report["variants"]:
+        assert variant["status"] == "done", variant["error"]
+        assert variant["softmax_applied"] is True
+        raw = _litert_raw((run_dir / f"{variant['name']}.tflite").read_bytes(), inputs)
+        e = np.exp(raw - raw.max(axis=1, keepdims=True))
+        np.testing.assert_allclose(
+            np.load(run_dir / f"{variant['name']}.probs.npy"),
+            e / e.sum(axis=1, keepdims=True),
+            atol=1e-6,
+        )
