@@ -238,7 +238,9 @@ def _converter_for(model: ReferenceModel, route: str) -> Any:
     )
 
 
-def _convert_by(model: ReferenceModel, spec: VariantSpec, calibration: Any, route: str) -> bytes:
+def _convert_by(
+    model: ReferenceModel, spec: VariantSpec, calibration: np.ndarray | None, route: str
+) -> bytes:
     converter = _converter_for(model, route)
     _configure(converter, spec, calibration)
     try:
@@ -332,17 +334,18 @@ def tflite_from_reference(
         )
         cached_file = cache_dir / f"{key}.tflite" if cache_dir is not None else None
         cached = cached_file is not None and cached_file.is_file()
-        started = time.perf_counter()
-        try:
-            data = _read_or_convert(
-                model, spec, calibration, route, cached_file if cached else None
-            )
-        except ConversionFailed as exc:
-            # Lost variables can also fail calibration (READ_VARIABLE); the next route may work.
-            refused = refused or exc
-            continue
-        finally:
-            seconds += time.perf_counter() - started if not cached else 0.0
+        if cached_file is not None and cached:
+            data = cached_file.read_bytes()
+        else:
+            started = time.perf_counter()
+            try:
+                data = _convert_by(model, spec, calibration, route)
+            except ConversionFailed as exc:
+                # Lost variables can also fail calibration (READ_VARIABLE); the next route may work.
+                refused = refused or exc
+                continue
+            finally:
+                seconds += time.perf_counter() - started
         if probe is not None and expected is not None:
             bad = nonfinite_outputs(data, probe, expected=expected) or 0
             if bad:
@@ -362,15 +365,3 @@ def tflite_from_reference(
     raise ConversionFailed(
         _nonfinite_error(spec, bad, PROBE_IMAGES if probe is None else len(probe), routes)
     )
-
-
-def _read_or_convert(
-    model: ReferenceModel,
-    spec: VariantSpec,
-    calibration: np.ndarray | None,
-    route: str,
-    cached_file: Path | None,
-) -> bytes:
-    if cached_file is not None:
-        return cached_file.read_bytes()
-    return _convert_by(model, spec, calibration, route)
