@@ -162,6 +162,7 @@ CHANGE_FIELDS: tuple[tuple[str, str, Callable[[Compared], Any]], ...] = (
     ("preprocessing", "input size (H×W×C)", _input_size),
     ("preprocessing", "value range", _get("preprocessing", "value_range")),
     ("data", "data path", _get("dataset", "path")),
+    ("data", "data file", _get("dataset", "file")),
     ("data", "data sha256", _get("dataset", "sha256")),
     ("data", "samples evaluated", _get("dataset", "num_samples")),
     ("data", "samples skipped", _get("dataset", "num_skipped")),
@@ -221,6 +222,12 @@ def what_changed(items: Sequence[Compared], *, only_changed: bool = False) -> li
         values = tuple(_display(field, r, item) for r, item in zip(raw, items, strict=True))
         rows.append(ChangeRow(group=group, field=field, values=values, differs=differs))
     return rows
+
+
+def data_unverified(items: Sequence[Compared]) -> bool:
+    """True when some item's report has no data content hash (runs made before it was recorded):
+    equal paths then do not prove equal data."""
+    return any(not _get("dataset", "sha256")(item) for item in items)
 
 
 def changed_fields(items: Sequence[Compared]) -> list[str]:

@@ -19,6 +19,14 @@ from ui import keys
 _OCTET = "application/octet-stream"
 
 
+PER_SAMPLE_COLUMNS = (
+    "Per-sample CSV: `max_abs_delta` is the largest |Δp| over classes, `top1_prob_delta` the "
+    "change of the original's top-1 probability, `kl` is KL(original‖TFLite) in nats, clamped "
+    "at 0 (float rounding makes it a hair negative for near-identical outputs), `ref_margin` "
+    "the original's top-1 − top-2."
+)
+
+
 def per_sample_csv(run_dir: Path, variant: str) -> bytes:
     """samples.csv joined with `<variant>.samples.csv` on `index`, as CSV bytes.
 
@@ -143,6 +151,7 @@ def render_downloads(run_dir: Path | str, *, name: str | None = None) -> None:
     if not variants:
         return
     st.markdown("**Per variant**")
+    st.caption(PER_SAMPLE_COLUMNS)
     for variant in variants:
         tflite = rundir.tflite_path(d, variant)
         table = rundir.variant_samples_path(d, variant)
