@@ -10,8 +10,9 @@ from streamlit.testing.v1 import AppTest
 
 from core.store import open_store
 from tests.app.conftest import OpenPage
+from tests.app.expected import interval
 from tests.app.history_fixtures import reports
-from ui import fmt, keys
+from ui import keys
 
 
 def _ids(home: Path) -> dict[str, str]:
@@ -41,8 +42,8 @@ def test_compare_shows_report_numbers_and_marks_what_changed(
     ]
     assert list(summary["n"]) == [a["n"], b["n"]]
     assert list(summary["95 % CI"]) == [
-        fmt.ci(a["top1_agreement_ci95"]),
-        fmt.ci(b["top1_agreement_ci95"]),
+        interval(a["top1_agreement_ci95"]),
+        interval(b["top1_agreement_ci95"]),
     ]
     assert list(summary["size (MB)"]) == pytest.approx(
         [a["size_bytes"] / 1e6, b["size_bytes"] / 1e6]
