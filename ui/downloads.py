@@ -155,10 +155,10 @@ def render_downloads(run_dir: Path | str, *, name: str | None = None) -> None:
     for variant in variants:
         tflite = rundir.tflite_path(d, variant)
         table = rundir.variant_samples_path(d, variant)
-        cols = st.columns([1, 2, 2])
-        cols[0].text(variant)  # a variant name is data: shown as plain text
+        row = st.columns([1, 2, 2])
+        row[0].text(variant)  # a variant name is data: shown as plain text
         if tflite.is_file():
-            with cols[1]:
+            with row[1]:
                 _button(
                     tflite.name,
                     functools.partial(_read, tflite),
@@ -167,10 +167,10 @@ def render_downloads(run_dir: Path | str, *, name: str | None = None) -> None:
                     key=f"{prefix}.{variant}.tflite",
                 )
         else:
-            cols[1].caption("no .tflite (variant did not convert)")
+            row[1].caption("no .tflite (variant did not convert)")
         if table.is_file() and (d / rundir.SAMPLES).is_file():
             csv_name = f"{variant}.per_sample.csv"
-            with cols[2]:
+            with row[2]:
                 _button(
                     csv_name,
                     functools.partial(per_sample_csv, d, variant),
@@ -179,4 +179,4 @@ def render_downloads(run_dir: Path | str, *, name: str | None = None) -> None:
                     key=f"{prefix}.{variant}.csv",
                 )
         else:
-            cols[2].caption("no per-sample table")
+            row[2].caption("no per-sample table")

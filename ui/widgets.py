@@ -233,6 +233,16 @@ def summary_table(res: RunResults) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def selected_points(event: Any) -> list[dict[str, Any]]:
+    """The points a user selected in an `on_select="rerun"` chart (empty when none).
+
+    The event is a read-only mapping whose "selection" may be missing or empty on first draw.
+    """
+    selection = event.get("selection") if event else None
+    points = selection.get("points") if selection else None
+    return [dict(p) for p in points or []]
+
+
 # ---- gallery ---------------------------------------------------------------------------------
 def model_channels(res: RunResults) -> int:
     """1 for a grayscale model, else 3: tiles show the image in the colours the model saw."""
