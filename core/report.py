@@ -161,6 +161,11 @@ def finished_variant(
     return entry
 
 
+def size_change_pct(reduction_pct: float | None) -> float | None:
+    """A size reduction as a signed change: 75 % smaller is -75.0, 5 % larger is +5.0."""
+    return None if reduction_pct is None else -float(reduction_pct)
+
+
 def size_change_label(reduction_pct: float) -> str:
     """A size reduction as the change a reader expects: "−86.1 %" smaller, "+5.0 %" larger."""
     change = -float(reduction_pct)

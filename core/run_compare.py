@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.errors import QuantLensError
+from core.report import size_change_pct
 
 MISSING = "—"
 # Modes whose converter reads the representative data set; for the others the count is unused.
@@ -104,7 +105,7 @@ def summary_rows(items: Sequence[Compared]) -> list[dict[str, Any]]:
                 "run · variant": item.label,
                 "status": str(v.get("status") or MISSING),
                 "size (MB)": None if size is None else size / 1e6,
-                "reduction vs original (%)": _num(v.get("size_reduction_pct")),
+                "size change vs original (%)": size_change_pct(_num(v.get("size_reduction_pct"))),
                 "top-1 agreement (%)": _num(v.get("top1_agreement_pct")),
                 "CI low (%)": _num(ci[0]) if len(ci) == 2 else None,
                 "CI high (%)": _num(ci[1]) if len(ci) == 2 else None,

@@ -10,7 +10,7 @@ import streamlit as st
 
 from core.errors import QuantLensError
 from core.figures import topk_figure
-from core.report import NO_VERDICT, no_verdict_reason
+from core.report import NO_VERDICT, no_verdict_reason, size_change_pct
 from core.results import RunResults
 from ui import cache, fmt, runs
 
@@ -150,11 +150,15 @@ def verdict_card(res: RunResults, v: dict[str, Any]) -> None:
         st.metric(
             "p50 latency",
             fmt.ms(lat.get("p50")),
-            delta=None
-            if time_change is None
-            else f"{fmt.change(time_change)} vs original ({fmt.speedup(sp)})",
+            delta=None if time_change is None else f"{fmt.change(time_change)} ({_times(sp)})",
             delta_color=_lower_is_better(time_change),
         )
+
+
+def _times(speedup: Any) -> str:
+    """A speed-up as a short card label: 3.2× faster, 1.3× slower."""
+    v = float(speedup)
+    return f"{v:.1f}× faster" if v >= 1 else f"{1 / v:.1f}× slower"
 
 
 def _lower_is_better(change_pct: float | None) -> Literal["inverse", "off"]:
@@ -171,12 +175,13 @@ def _lower_is_better(change_pct: float | None) -> Literal["inverse", "off"]:
 def summary_columns() -> dict[str, Any]:
     """Number formats of the summary tables (Overview and Compare share their column names)."""
     mb = st.column_config.NumberColumn(format="%.3f")
-    share = st.column_config.NumberColumn(format="%.1f")
+    # Signed like the cards and the Size chart: -75.0 is smaller, +5.0 larger.
+    change = st.column_config.NumberColumn(format="%+.1f")
     pct = st.column_config.NumberColumn(format="%.2f")
     return {
         "size (MB)": mb,
-        "reduction vs original (%)": share,
-        "reduction vs float32 TFLite (%)": share,
+        "size change vs original (%)": change,
+        "size change vs float32 TFLite (%)": change,
         "top-1 agreement (%)": pct,
         "top-k agreement (%)": pct,
         "accuracy original (%)": pct,
@@ -196,8 +201,8 @@ def summary_table(res: RunResults) -> pd.DataFrame:
             "status": "reference",
             "verdict": "",
             "size (MB)": (ref.get("size_bytes") or 0) / 1e6,
-            "reduction vs original (%)": None,
-            "reduction vs float32 TFLite (%)": None,
+            "size change vs original (%)": None,
+            "size change vs float32 TFLite (%)": None,
             "top-1 agreement (%)": None,
             "95 % CI": "",
             "top-k agreement (%)": None,
@@ -217,8 +222,10 @@ def summary_table(res: RunResults) -> pd.DataFrame:
                 "status": str(v.get("status")),
                 "verdict": variant_verdict(res, v),
                 "size (MB)": None if v.get("size_bytes") is None else v["size_bytes"] / 1e6,
-                "reduction vs original (%)": v.get("size_reduction_pct"),
-                "reduction vs float32 TFLite (%)": v.get("size_reduction_vs_float32_pct"),
+                "size change vs original (%)": size_change_pct(v.get("size_reduction_pct")),
+                "size change vs float32 TFLite (%)": size_change_pct(
+                    v.get("size_reduction_vs_float32_pct")
+                ),
                 "top-1 agreement (%)": v.get("top1_agreement_pct"),
                 "95 % CI": fmt.ci(v.get("top1_agreement_ci95")),
                 "top-k agreement (%)": v.get("topk_agreement_pct"),

@@ -97,6 +97,9 @@ def test_a_larger_model_is_shown_as_a_red_increase(home: Path, open_page: OpenPa
     assert smaller.proto.delta == "-75.0 % vs original"
     assert smaller.proto.color == Metric.MetricColor.GREEN
     assert smaller.proto.direction == Metric.MetricDirection.DOWN
+    table = at.dataframe[0].value.set_index("model")
+    changes = table["size change vs original (%)"]
+    assert changes["float16"] == pytest.approx(5.0) and changes["int8"] == pytest.approx(-75.0)
 
 
 def test_latency_card_colours_follow_the_time_change(home: Path, open_page: OpenPage) -> None:
@@ -110,7 +113,9 @@ def test_latency_card_colours_follow_the_time_change(home: Path, open_page: Open
     assert len(cards) == len(done)
     for card, v in zip(cards, done, strict=True):
         change = 100.0 * (v["latency_ms"]["p50"] / rep["reference"]["latency_ms"]["p50"] - 1.0)
-        assert card.proto.delta.startswith(f"{change:+.1f} % vs original")
+        speed = rep["reference"]["latency_ms"]["p50"] / v["latency_ms"]["p50"]
+        times = f"{speed:.1f}× faster" if speed >= 1 else f"{1 / speed:.1f}× slower"
+        assert card.proto.delta == f"{change:+.1f} % ({times})"
         faster = change < 0
         assert card.proto.color == (Metric.MetricColor.GREEN if faster else Metric.MetricColor.RED)
 
@@ -214,6 +219,8 @@ def test_size_chart_labels_carry_the_true_sign(home: Path, open_page: OpenPage) 
     labels = fig["data"][0]["text"]
     # original 2.4 MB; float16 5 % larger; int8 75 % smaller
     assert labels == ["2.40 MB", "2.52 MB<br>+5.0 %", "0.60 MB<br>\u221275.0 %"]
+    table = at.dataframe[0].value
+    assert list(table["change vs original"]) == ["—", "+5.0 %", "\u221275.0 %"]
 
 
 def test_latency_table_matches_report(crafted: Path, open_page: OpenPage) -> None:
