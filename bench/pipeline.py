@@ -53,7 +53,7 @@ def make_images(root: Path, count: int, size: int) -> Path:
     rows = []
     for i in range(count):
         small = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
-        image = Image.fromarray(small).resize((size + 32, size + 16), Image.BICUBIC)
+        image = Image.fromarray(small).resize((size + 32, size + 16), Image.Resampling.BICUBIC)
         relpath = f"images/{i:04d}.jpg"
         (root / relpath).parent.mkdir(parents=True, exist_ok=True)
         image.save(root / relpath, quality=90)
@@ -121,7 +121,9 @@ def decode(path: Path, size: int) -> np.ndarray:
 
     with Image.open(path) as im:
         return (
-            np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.float32)
+            np.asarray(
+                im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32
+            )
             / 127.5
             - 1
         )

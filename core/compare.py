@@ -238,7 +238,9 @@ def sample_records(ref_probs: np.ndarray, tfl_probs: np.ndarray) -> SampleRecord
     # 0 * log 0 = 0: terms with p_ref == 0 contribute nothing, whatever p_tfl is.
     safe_r = np.where(positive, r, 1.0)
     terms = np.where(positive, r * (np.log(safe_r) - np.log(np.clip(t, KL_EPSILON, None))), 0.0)
-    kl[~bad] = terms.sum(axis=1)
+    # KL is >= 0 in exact arithmetic; float32 rows that sum to 1 only within rounding give
+    # values like -1e-8 for identical distributions. Clamp so no reader sees a negative KL.
+    kl[~bad] = np.maximum(terms.sum(axis=1), 0.0)
 
     return SampleRecords(
         ref_top1=ref_top1,

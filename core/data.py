@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import os
 import posixpath
@@ -464,6 +465,35 @@ def load_dataset(
     )
 
 
+def dataset_sha256(dataset: Dataset) -> str:
+    """A content hash of what a run is evaluated on: every listed sample and the class names.
+
+    Hashes each sample's relative path, label and image *bytes* (not mtimes: a data set copied
+    to another machine is the same data), the skipped rows' paths and reasons, and the class
+    names. Two CSVs in one folder that list different images or labels hash differently; a
+    reformatted CSV with the same rows does not. Reading the bytes costs one pass over the
+    images, which the decode step makes anyway (and finds in the page cache afterwards).
+    """
+    digest = hashlib.sha256()
+
+    def add(*parts: object) -> None:
+        for part in parts:
+            digest.update(str(part).encode("utf-8", "surrogateescape"))
+            digest.update(b"\0")
+
+    add("classes", *(dataset.class_names or ()))
+    for sample in dataset.samples:
+        add("sample", sample.relpath, "" if sample.label is None else sample.label)
+        try:
+            with open(sample.path, "rb") as f:
+                digest.update(hashlib.file_digest(f, "sha256").digest())
+        except OSError as exc:  # listed but unreadable now: decoding will skip it, say so here
+            add("unreadable", type(exc).__name__)
+    for skipped in dataset.skipped:
+        add("skipped", skipped.relpath, skipped.reason)
+    return digest.hexdigest()
+
+
 # --------------------------------------------------------------------------------------------
 # Decoding images
 
@@ -566,11 +596,9 @@ def decode_image(
 ) -> np.ndarray:
     """Decode one image file to a uint8 array (height, width, channels), the same way every time.
 
-    The file size is checked before reading. EXIF orientation is applied; transparency is
-    composited over white; CMYK, palette, 1-bit, 16-bit and float images are converted so their
-    content survives. Pillow's decompression-bomb limit is kept (its warning is an error here,
-    too) and truncated files are refused. Resizing is bilinear: "stretch" to the target size (as
-    Keras image_dataset_from_directory does) or "crop" to its aspect ratio first.
+    `decode_pixels` decodes (EXIF, alpha over white, CMYK / palette / 16-bit / float content
+    kept, bomb and truncation checks); this then resizes bilinearly: "stretch" to the target
+    size (as Keras image_dataset_from_directory does) or "crop" to its aspect ratio first.
 
     Args:
         path: the image file.
@@ -587,15 +615,46 @@ def decode_image(
         ImageDecodeError: the file cannot be used; the message is a short reason for users.
         QuantLensError: `channels`, `resize` or the size are not supported.
     """
+    if resize not in RESIZE_POLICIES:
+        raise QuantLensError(f"unknown resize policy {resize!r}; choose stretch or crop")
+    if height <= 0 or width <= 0:
+        raise QuantLensError(f"image size {height}x{width} is not usable; check the model input")
+    pixels = decode_pixels(path, channels=channels, max_bytes=max_bytes)
+    flat = Image.fromarray(pixels[:, :, 0] if channels == 1 else pixels)
+    array = np.array(_resize(flat, height=height, width=width, resize=resize), dtype=np.uint8)
+    if array.ndim == 2:
+        array = array[:, :, np.newaxis]
+    return array
+
+
+def decode_pixels(
+    path: str | Path, *, channels: int = 3, max_bytes: int = 64 * 2**20
+) -> np.ndarray:
+    """Decode one image file at its own size: the one decoder behind the model and every view.
+
+    The file size is checked before reading. EXIF orientation is applied; transparency is
+    composited over white; CMYK, palette, 1-bit, 16-bit and float images are converted so their
+    content survives. Pillow's decompression-bomb limit is kept (its warning is an error here,
+    too) and truncated files are refused. The gallery and the report call this too, so what
+    they show is what the model was fed, before resizing.
+
+    Args:
+        path: the image file.
+        channels: 3 (RGB) or 1 (grayscale, ITU-R 601-2 luma as Keras color_mode="grayscale").
+        max_bytes: refuse files larger than this.
+
+    Returns:
+        A new, writable uint8 array of shape (H, W, channels) at the image's own size.
+
+    Raises:
+        ImageDecodeError: the file cannot be used; the message is a short reason for users.
+        QuantLensError: `channels` is not supported.
+    """
     if channels not in (1, 3):
         raise QuantLensError(
             f"models with {channels} input channels are not supported; "
             "QuantLens feeds RGB (3) or grayscale (1) images"
         )
-    if resize not in RESIZE_POLICIES:
-        raise QuantLensError(f"unknown resize policy {resize!r}; choose stretch or crop")
-    if height <= 0 or width <= 0:
-        raise QuantLensError(f"image size {height}x{width} is not usable; check the model input")
 
     file = Path(path)
     limit_text = _size_text(max_bytes)
@@ -658,11 +717,38 @@ def decode_image(
             flat = flat.convert("RGB")
         elif channels == 1 and flat.mode != "L":
             flat = flat.convert("L")  # ITU-R 601-2 luma, as Keras color_mode="grayscale"
-        out = _resize(flat, height=height, width=width, resize=resize)
-        array = np.array(out, dtype=np.uint8)
+        array = np.array(flat, dtype=np.uint8)
     if array.ndim == 2:
         array = array[:, :, np.newaxis]
     return array
+
+
+def fit_png(pixels: np.ndarray, size: int) -> bytes:
+    """PNG bytes of decoded uint8 pixels scaled so the longer side is `size` px, aspect kept.
+
+    The one display resize: small images (8x8 digits) are enlarged with NEAREST so every pixel
+    the model saw stays a crisp block; large ones are reduced with LANCZOS.
+    """
+    a = np.asarray(pixels, dtype=np.uint8)
+    im = Image.fromarray(a[:, :, 0] if a.ndim == 3 and a.shape[2] == 1 else a)
+    w, h = im.size
+    scale = size / max(w, h)
+    new = (max(1, round(w * scale)), max(1, round(h * scale)))
+    resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.LANCZOS
+    buf = io.BytesIO()
+    im.resize(new, resample).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def thumbnail_png(
+    path: str | Path, *, size: int, channels: int = 3, max_bytes: int = 64 * 2**20
+) -> bytes:
+    """A PNG of the image as `decode_pixels` decodes it for the model, fitted to `size` px.
+
+    Raises:
+        ImageDecodeError: the file cannot be used (the same reasons a run would skip it).
+    """
+    return fit_png(decode_pixels(path, channels=channels, max_bytes=max_bytes), size)
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,6 +7,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
+from core.report import size_change_label
+
 # One colour per side of the comparison, used by every chart so a reader learns it once.
 ORIGINAL_COLOR = "#2F5D8A"  # the reference TensorFlow model
 TFLITE_COLOR = "#E07A1F"  # any converted TFLite variant
@@ -49,7 +51,8 @@ def size_figure(
 
     Args:
         sizes_bytes: model name -> size in bytes, in display order.
-        reductions_pct: variant name -> size reduction vs the original in %, shown as bar labels.
+        reductions_pct: variant name -> size reduction vs the original in %, shown as bar labels
+            with the sign of the change ("−86.1 %" smaller, "+5.0 %" larger).
         height: figure height in pixels.
 
     Returns:
@@ -61,7 +64,7 @@ def size_figure(
     labels = []
     for n, v in zip(names, mb, strict=True):
         red = reductions.get(n)
-        labels.append(f"{v:.2f} MB" if red is None else f"{v:.2f} MB<br>−{red:.1f} %")
+        labels.append(f"{v:.2f} MB" if red is None else f"{v:.2f} MB<br>{size_change_label(red)}")
     fig = go.Figure(
         go.Bar(
             x=names,

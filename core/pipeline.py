@@ -258,7 +258,7 @@ class JobRunner:
         self.model = model
         self.model_sha = model_sha256(inputs.model_path)
         if not self.report:
-            from core.data import preset_value_range
+            from core.data import dataset_sha256, preset_value_range
 
             self.report = {
                 "schema_version": SCHEMA_VERSION,
@@ -284,6 +284,8 @@ class JobRunner:
                 },
                 "dataset": {
                     "path": inputs.dataset.path,
+                    "file": job.data_path,  # the CSV (or folder, zip) the user named
+                    "sha256": dataset_sha256(inputs.dataset),
                     "kind": inputs.dataset.kind,
                     "num_samples": 0,
                     "num_skipped": len(inputs.dataset.skipped),
@@ -484,6 +486,8 @@ class JobRunner:
         softmaxed: bool,
         skipped: list[SkippedSample],
     ) -> None:
+        from core.report import near_chance
+
         ref_top1 = top1(probs)
         ordered = np.sort(np.nan_to_num(probs, nan=-1.0), axis=1)
         margin = ordered[:, -1] - (ordered[:, -2] if probs.shape[1] > 1 else 0.0)
@@ -520,10 +524,7 @@ class JobRunner:
         dataset["num_skipped"] = len(skipped)
         dataset["skipped"] = [s.to_dict() for s in skipped]
         classes = probs.shape[1]
-        if (
-            reference["accuracy_pct"] is not None
-            and reference["accuracy_pct"] < 1.5 * 100.0 / classes
-        ):
+        if near_chance(reference["accuracy_pct"], classes):
             self.report["warnings"].append(
                 f"the original model is only {reference['accuracy_pct']:.1f}% accurate on these labels "
                 f"(chance is {100.0 / classes:.1f}%): the preprocessing preset or the labels are probably wrong"
@@ -602,7 +603,7 @@ class JobRunner:
 
     def _measure_variant(self, spec: VariantSpec, result: ConversionResult) -> None:
         from core.data import apply_preset
-        from core.report import finished_variant
+        from core.report import finished_variant, verdict
         from core.runtime import TFLiteRunner
 
         name = spec.name
@@ -639,6 +640,7 @@ class JobRunner:
             size_bytes=result.size_bytes,
             reference_size=self.report["reference"]["size_bytes"],
             agreement=metrics,
+            num_classes=probs.shape[1],
             min_agreement_pct=self.job.min_agreement_pct,
             conversion_seconds=result.seconds,
             conversion_cached=result.cached,
@@ -652,12 +654,11 @@ class JobRunner:
             entry if v["name"] == name else v for v in self.report["variants"]
         ]
         self.save_report()
-        verdict = "PASS" if entry["passed"] else "FAIL"
         _event(
             self.progress,
             "variant",
             1.0,
-            f"{name}: {metrics.top1_agreement_pct:.2f}% agreement (n={metrics.n}) {verdict}",
+            f"{name}: {metrics.top1_agreement_pct:.2f}% agreement (n={metrics.n}) {verdict(entry)}",
             name,
         )
 

@@ -84,6 +84,7 @@ def pending_variant(spec: VariantSpec) -> dict[str, Any]:
         "io": None,
         "warnings": [],
         "passed": None,
+        "verdict_reason": None,
     }
 
 
@@ -94,12 +95,38 @@ def reduction_pct(size: int, baseline: int | None) -> float | None:
     return 100.0 * (1.0 - size / baseline)
 
 
+# The original counts as "near chance" below this multiple of 100 / classes: one wrong preset
+# (e.g. [0, 255] pixels into a [-1, 1] model) lands a 10-class model here, a working one never.
+NEAR_CHANCE_FACTOR = 1.5
+
+
+def near_chance(accuracy_pct: float | None, num_classes: int | None) -> bool:
+    """True when labels exist and the original's accuracy is below 1.5 x chance (100 / C %).
+
+    The one rule behind the pipeline's warning, the verdict and every page's warning.
+    """
+    if accuracy_pct is None or not num_classes or num_classes < 2:
+        return False
+    return float(accuracy_pct) < NEAR_CHANCE_FACTOR * 100.0 / num_classes
+
+
+def no_verdict_reason(accuracy_pct: float | None, num_classes: int | None) -> str | None:
+    """Why no variant can pass when the original is near chance, else None."""
+    if accuracy_pct is None or num_classes is None or not near_chance(accuracy_pct, num_classes):
+        return None
+    return (
+        f"the original is {float(accuracy_pct):.1f} % accurate, near chance "
+        f"({100.0 / num_classes:.1f} %): check the preprocessing preset or the labels"
+    )
+
+
 def finished_variant(
     entry: dict[str, Any],
     *,
     size_bytes: int,
     reference_size: int,
     agreement: Agreement,
+    num_classes: int,
     min_agreement_pct: float,
     conversion_seconds: float,
     conversion_cached: bool,
@@ -109,7 +136,12 @@ def finished_variant(
     io: dict[str, Any],
     warnings: list[str],
 ) -> dict[str, Any]:
-    """Fill a variant entry with its comparison results and verdict (latency comes later)."""
+    """Fill a variant entry with its comparison results and verdict (latency comes later).
+
+    Agreement with an original that is near chance means nothing (both models agree on
+    garbage), so such a variant never passes: `passed` is False and `verdict_reason` says why.
+    """
+    reason = no_verdict_reason(agreement.reference_accuracy_pct, num_classes)
     metrics = agreement.to_dict()
     metrics.pop("labelled_n", None)
     entry = {
@@ -129,9 +161,23 @@ def finished_variant(
         "softmax_applied": softmax_applied,
         "io": io,
         "warnings": warnings,
-        "passed": agreement.top1_agreement_pct >= min_agreement_pct,
+        "passed": reason is None and agreement.top1_agreement_pct >= min_agreement_pct,
+        "verdict_reason": reason,
     }
     return entry
+
+
+def size_change_pct(reduction_pct: float | None) -> float | None:
+    """A size reduction as a signed change: 75 % smaller is -75.0, 5 % larger is +5.0."""
+    return None if reduction_pct is None else -float(reduction_pct)
+
+
+def size_change_label(reduction_pct: float) -> str:
+    """A size reduction as the change a reader expects: "−86.1 %" smaller, "+5.0 %" larger."""
+    change = -float(reduction_pct)
+    if round(change, 1) == 0.0:
+        return "±0.0 %"
+    return f"{change:+.1f} %".replace("-", "−")
 
 
 def fill_float32_reductions(report: dict[str, Any]) -> None:
@@ -163,11 +209,16 @@ def format_mb(size_bytes: int | None) -> str:
     return "-" if size_bytes is None else f"{size_bytes / 1e6:.2f} MB"
 
 
+NO_VERDICT = "NO VERDICT"
+
+
 def verdict(variant: dict[str, Any]) -> str:
-    """PASS / FAIL for a finished variant, else its status in capitals (CRASHED, TIMEOUT, ...)."""
+    """PASS / FAIL / NO VERDICT for a finished variant, else its status in capitals (CRASHED, ...)."""
     if variant.get("status") != "done":
         return str(variant.get("status", "pending")).upper()
-    return "PASS" if variant.get("passed") else "FAIL"
+    if variant.get("verdict_reason"):
+        return NO_VERDICT
+    return "PASS" if variant.get("passed") is True else "FAIL"
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -227,6 +278,8 @@ def format_table(report: dict[str, Any]) -> str:
     for v in report["variants"]:
         if v.get("error"):
             lines.append(f"{v['name']}: {v['error']}")
+        elif v.get("verdict_reason"):
+            lines.append(f"{v['name']}: {NO_VERDICT} — {v['verdict_reason']}")
         for warning in v.get("warnings") or []:
             lines.append(f"warning: {v['name']}: {warning}")
     for warning in report.get("warnings", []):

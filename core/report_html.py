@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import csv
 import html
-import io
 import math
 import shlex
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 from core import rundir
 from core.errors import QuantLensError
 from core.paths import resolve_inside
+from core.report import NO_VERDICT, near_chance, size_change_label
 
 THUMB_PX = 96
 MAX_GALLERY = 12
@@ -186,7 +186,17 @@ def _class_label(report: dict[str, Any], index: Any) -> str:
     return str(i)
 
 
+def _size_change(reduction_pct: float | None) -> str:
+    """The size change vs the original, signed as a reader expects; a larger model in red."""
+    if reduction_pct is None:
+        return '<span class="na">—</span>'
+    label = size_change_label(reduction_pct)
+    return f'<span class="fail">{label}</span>' if label.startswith("+") else label
+
+
 def _verdict(variant: dict[str, Any], threshold: float) -> str:
+    if variant.get("verdict_reason"):
+        return f'<span class="na" title="{_e(variant["verdict_reason"])}">{NO_VERDICT}</span>'
     passed = variant.get("passed")
     if passed is None and variant.get("status") == "done":
         agreement = _num(variant.get("top1_agreement_pct"))
@@ -240,11 +250,9 @@ def _chance_warning(report: dict[str, Any]) -> str:
     ref = report.get("reference") or {}
     acc = _num(ref.get("accuracy_pct"))
     classes = _num(ref.get("num_classes"))
-    if acc is None or not classes or classes < 2:
+    if acc is None or not classes or not near_chance(acc, int(classes)):
         return ""
     chance = 100.0 / classes
-    if acc > 1.5 * chance:
-        return ""
     return (
         f'<p class="warn">The original model is only {acc:.1f} % accurate on these labels '
         f"(chance is {chance:.1f} %). Check the preprocessing preset and the labels: two models "
@@ -258,7 +266,7 @@ def _verdict_table(report: dict[str, Any], variants: list[dict[str, Any]], thres
     topk_head = "top-k" if common_k is None else f"top-{_e(common_k)}"
     head = (
         "<tr><th>variant</th><th>status</th><th>verdict</th><th>size (MB)</th>"
-        "<th>size reduction</th><th>top-1 agreement (95 % CI)</th><th>n</th>"
+        "<th>size vs original</th><th>top-1 agreement (95 % CI)</th><th>n</th>"
         f"<th>{topk_head} agreement</th>"
         "<th>accuracy original / TFLite</th><th>disagreements</th><th>p50 (ms)</th>"
         "<th>p99 (ms)</th></tr>"
@@ -281,10 +289,10 @@ def _verdict_table(report: dict[str, Any], variants: list[dict[str, Any]], thres
         if common_k is None and k is not None and _num(v.get("topk_agreement_pct")) is not None:
             topk = f"top-{_e(k)}: {topk}"
         latency = v.get("latency_ms") or {}
-        reduction = _fmt(v.get("size_reduction_pct"), ".1f", " %")
+        reduction = _size_change(_num(v.get("size_reduction_pct")))
         vs_f32 = _num(v.get("size_reduction_vs_float32_pct"))
         if vs_f32 is not None:
-            reduction += f" <br><small>{vs_f32:.1f} % vs float32 TFLite</small>"
+            reduction += f" <br><small>{size_change_label(vs_f32)} vs float32 TFLite</small>"
         rows.append(
             "<tr>"
             f"<td><strong>{_e(v.get('name') or v.get('mode'))}</strong></td>"
@@ -308,6 +316,11 @@ def _verdict_table(report: dict[str, Any], variants: list[dict[str, Any]], thres
                 f'<tr class="errrow"><td>{_e(v.get("name") or v.get("mode"))} error</td>'
                 f'<td colspan="11" class="err">{_e(v["error"])}</td></tr>'
             )
+        elif v.get("verdict_reason"):
+            rows.append(
+                f'<tr class="errrow"><td>{_e(v.get("name") or v.get("mode"))} {NO_VERDICT}</td>'
+                f'<td colspan="11" class="err">{_e(v["verdict_reason"])}</td></tr>'
+            )
         for warning in v.get("warnings") or []:
             # NaN/Inf outputs on some images: counted as disagreements, so say how many.
             rows.append(
@@ -316,7 +329,7 @@ def _verdict_table(report: dict[str, Any], variants: list[dict[str, Any]], thres
             )
     return (
         f"<p>Pass threshold: top-1 agreement ≥ {threshold:g} %. Sizes in MB (10<sup>6</sup> "
-        "bytes); reduction against the original model.</p>"
+        "bytes); size change against the original model (−: smaller).</p>"
         f'<div class="wide"><table id="verdict">{head}{"".join(rows)}</table></div>'
     )
 
@@ -483,37 +496,18 @@ def _thumbnail(root: Path | None, relpath: str) -> str:
 def thumbnail_data_uri(path: Path, *, size: int = THUMB_PX) -> str:
     """A PNG thumbnail of an image file as a `data:` URI, longest side `size` pixels.
 
-    EXIF orientation is applied, alpha is composited over white, 16-bit grey keeps its
-    content, and images smaller than `size` are upscaled with nearest-neighbour.
+    Decoded by the model's own decoder (EXIF, alpha over white, 16-bit and palette content
+    kept), so the report shows the pixels the model was fed; small images are upscaled with
+    nearest-neighbour.
 
     Raises:
-        OSError, ValueError, PIL errors: the file cannot be read or decoded (callers that must
-        not fail, like the report, catch them and show a placeholder).
+        QuantLensError: the file cannot be read or decoded (callers that must not fail, like
+        the report, catch it and show a placeholder).
     """
-    from PIL import Image, ImageOps
+    from core.data import thumbnail_png
 
-    if path.stat().st_size > MAX_THUMB_SOURCE_BYTES:
-        raise ValueError("image too large for a thumbnail")
-    with Image.open(path) as source:
-        im: Image.Image = ImageOps.exif_transpose(source)
-        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-            rgba = im.convert("RGBA")
-            # Alpha over white, as the engine decodes it (RELIABILITY 5).
-            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            im = Image.alpha_composite(white, rgba).convert("RGB")
-        elif im.mode.startswith("I"):
-            # 16-bit grey: keep the top 8 bits so the content survives instead of clipping white.
-            im = im.convert("I").point(lambda v: v / 256).convert("L").convert("RGB")
-        else:
-            im = im.convert("RGB")
-        scale = size / max(im.size)
-        target = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
-        # Tiny images (CIFAR-like) are upscaled with nearest so their pixels stay honest.
-        resample = Image.Resampling.NEAREST if scale > 1 else Image.Resampling.LANCZOS
-        im = im.resize(target, resample)
-        buf = io.BytesIO()
-        im.save(buf, format="PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    png = thumbnail_png(path, size=size, max_bytes=MAX_THUMB_SOURCE_BYTES)
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 def _dataset_section(report: dict[str, Any]) -> str:

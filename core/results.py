@@ -13,6 +13,7 @@ import pandas as pd
 from core import rundir
 from core.errors import QuantLensError
 from core.paths import resolve_inside
+from core.report import near_chance
 
 REFERENCE = "reference"  # file-name stem of the reference model's arrays
 _FINISHED_OK = "done"
@@ -124,9 +125,7 @@ class RunResults:
     @property
     def reference_near_chance(self) -> bool:
         """True when the original's accuracy is below 1.5 x chance: preprocessing is suspect."""
-        acc = self.reference.get("accuracy_pct")
-        c = self.num_classes
-        return acc is not None and c > 1 and float(acc) < 1.5 * 100.0 / c
+        return near_chance(self.reference.get("accuracy_pct"), self.num_classes)
 
     # ---- per-sample tables ---------------------------------------------------------------
     @property

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.errors import QuantLensError
+from core.report import size_change_pct
 
 MISSING = "—"
 # Modes whose converter reads the representative data set; for the others the count is unused.
@@ -104,7 +105,7 @@ def summary_rows(items: Sequence[Compared]) -> list[dict[str, Any]]:
                 "run · variant": item.label,
                 "status": str(v.get("status") or MISSING),
                 "size (MB)": None if size is None else size / 1e6,
-                "reduction vs original (%)": _num(v.get("size_reduction_pct")),
+                "size change vs original (%)": size_change_pct(_num(v.get("size_reduction_pct"))),
                 "top-1 agreement (%)": _num(v.get("top1_agreement_pct")),
                 "CI low (%)": _num(ci[0]) if len(ci) == 2 else None,
                 "CI high (%)": _num(ci[1]) if len(ci) == 2 else None,
@@ -162,6 +163,7 @@ CHANGE_FIELDS: tuple[tuple[str, str, Callable[[Compared], Any]], ...] = (
     ("preprocessing", "input size (H×W×C)", _input_size),
     ("preprocessing", "value range", _get("preprocessing", "value_range")),
     ("data", "data path", _get("dataset", "path")),
+    ("data", "data file", _get("dataset", "file")),
     ("data", "data sha256", _get("dataset", "sha256")),
     ("data", "samples evaluated", _get("dataset", "num_samples")),
     ("data", "samples skipped", _get("dataset", "num_skipped")),
@@ -221,6 +223,12 @@ def what_changed(items: Sequence[Compared], *, only_changed: bool = False) -> li
         values = tuple(_display(field, r, item) for r, item in zip(raw, items, strict=True))
         rows.append(ChangeRow(group=group, field=field, values=values, differs=differs))
     return rows
+
+
+def data_unverified(items: Sequence[Compared]) -> bool:
+    """True when some item's report has no data content hash (runs made before it was recorded):
+    equal paths then do not prove equal data."""
+    return any(not _get("dataset", "sha256")(item) for item in items)
 
 
 def changed_fields(items: Sequence[Compared]) -> list[str]:

@@ -80,7 +80,7 @@ event = st.plotly_chart(
     on_select="rerun",
     selection_mode="points",
 )
-points = (event.selection or {}).get("points", []) if event else []
+points = widgets.selected_points(event)
 if points:
     cell = points[0].get("customdata")
     if cell is None:  # heatmap points may report x/y labels only

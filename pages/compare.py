@@ -7,6 +7,7 @@ from core.errors import QuantLensError
 from core.figures import agreement_figure, latency_percentiles_figure, size_figure
 from core.run_compare import (
     compared_items,
+    data_unverified,
     latency_percentiles,
     sizes_bytes,
     summary_rows,
@@ -88,6 +89,11 @@ changes = what_changed(items, only_changed=only_changed)
 differing = [c.field for c in what_changed(items) if c.differs]
 if differing:
     st.markdown("Differs: **" + fmt.text(", ".join(differing)) + "**")
+elif data_unverified(items):
+    st.markdown(
+        "Same model, settings and library versions. The data's content hash is missing from an "
+        "older run, so only the data path could be compared."
+    )
 else:
     st.markdown("Same model, data, settings and library versions: only the numbers differ.")
 item_labels = [i.label for i in items]

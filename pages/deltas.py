@@ -53,7 +53,7 @@ st.dataframe(
     },
 )
 
-points = (event.selection or {}).get("points", []) if event else []
+points = widgets.selected_points(event)
 if points:
     point = points[0]
     variant = shown[int(point.get("curve_number", 0))]

@@ -49,7 +49,8 @@ with right:
 rows = []
 ref_p50 = (percentiles.get(ORIGINAL_LABEL) or {}).get("p50")
 for name, p in percentiles.items():
-    speed = None if not ref_p50 or not p.get("p50") else ref_p50 / float(p["p50"])
+    p50 = p.get("p50")
+    speed = ref_p50 / float(p50) if ref_p50 and p50 else None
     rows.append(
         {
             "model": name,

@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from core.report import NO_VERDICT
 from ui import fmt, keys, runs, widgets
 from ui.downloads import render_downloads
 
@@ -14,12 +15,19 @@ if runs.run_status(res.run_id).get("status") in ("queued", "running"):
     runs.live_progress(res.run_id)
 
 variants = res.variants
-passed = [v for v in variants if v.get("passed") is True]
-failed = [v for v in variants if v.get("passed") is False]
-st.markdown(
-    f"**{len(passed)} of {len(variants)}** variant(s) meet the **{res.threshold_pct:g} %** "
-    f"top-1 agreement threshold" + (f"; {len(failed)} fall below it." if failed else ".")
-)
+verdicts = [widgets.variant_verdict(res, v) for v in variants]
+if NO_VERDICT in verdicts:
+    st.markdown(
+        f"**No verdict** for {verdicts.count(NO_VERDICT)} of {len(variants)} variant(s): "
+        "agreement with an original that is near chance means nothing."
+    )
+else:
+    failed = verdicts.count("FAIL")
+    st.markdown(
+        f"**{verdicts.count('PASS')} of {len(variants)}** variant(s) meet the "
+        f"**{res.threshold_pct:g} %** top-1 agreement threshold"
+        + (f"; {failed} fall below it." if failed else ".")
+    )
 
 per_row = 4
 for start in range(0, len(variants), per_row):

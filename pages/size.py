@@ -3,6 +3,7 @@
 import streamlit as st
 
 from core.figures import size_figure
+from core.report import size_change_label
 from ui import fmt, widgets
 
 st.title("Model size")
@@ -22,15 +23,19 @@ if not sizes:
     st.info("No sizes yet: no variant has been converted.")
     st.stop()
 st.plotly_chart(size_figure(sizes, reductions_pct=reductions), key="size.chart")
+
+
+def _change(reduction_pct: float | None) -> str:
+    return "—" if reduction_pct is None else size_change_label(reduction_pct)
+
+
 rows = [
     {
         "model": name,
         "size": fmt.mb(b),
         "bytes": b,
-        "reduction vs original": fmt.pct(reductions.get(name)) if name != "original" else "—",
-        "reduction vs float32 TFLite": fmt.pct(
-            res.variant(name).get("size_reduction_vs_float32_pct")
-        )
+        "change vs original": _change(reductions.get(name)) if name != "original" else "—",
+        "change vs float32 TFLite": _change(res.variant(name).get("size_reduction_vs_float32_pct"))
         if name != "original"
         else "—",
     }
@@ -39,5 +44,5 @@ rows = [
 st.dataframe(rows, hide_index=True, key="size.table")
 st.caption(
     "Original: the .keras file or the SavedModel folder's total bytes; variants: the "
-    ".tflite file. MB = 10⁶ bytes."
+    ".tflite file. MB = 10⁶ bytes. Changes are signed: −75.0 % is smaller, +5.0 % larger."
 )

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 import streamlit as st
-from PIL import Image, ImageOps
 
 from core import rundir
+from core.data import fit_png, thumbnail_png
+from core.errors import QuantLensError
 from core.results import RunResults, load_results, report_mtime
 from core.types import Dataset, ModelSignature, Preset
 
@@ -31,7 +31,6 @@ def run_path(run_id: str) -> Path:
 
 @st.cache_data(max_entries=256, ttl=60, show_spinner=False)
 def _stored_run_dir(home: str, run_id: str) -> str | None:
-    from core.errors import QuantLensError
     from core.store import open_store
 
     try:
@@ -70,55 +69,28 @@ def _mtime(path: Path) -> float:
 
 
 @st.cache_data(max_entries=1024, show_spinner=False)
-def _thumbnail(path: str, mtime: float, size: int) -> bytes | None:
+def _thumbnail(path: str, mtime: float, size: int, channels: int) -> bytes | None:
     del mtime
     try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            if im.mode in ("RGBA", "LA", "P"):
-                im = im.convert("RGBA")
-                bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                im = Image.alpha_composite(bg, im)
-            if im.mode == "I;16" or im.mode == "I":
-                arr = np.asarray(im, dtype=np.float64)
-                hi = arr.max() or 1.0
-                im = Image.fromarray((arr / hi * 255).astype(np.uint8))
-            im = im.convert("RGB")
-            return _fit_png(np.asarray(im), size)
-    except (OSError, ValueError, Image.DecompressionBombError):
+        # The model's own decoder, so the gallery shows the pixels the model was fed.
+        return thumbnail_png(path, size=size, channels=channels)
+    except QuantLensError:
         return None
 
 
-def _fit_png(arr: np.ndarray, size: int) -> bytes:
-    """Scale an RGB/grey uint8 image so its longer side is `size` px, keeping aspect ratio.
+def thumbnail(path: Path | None, *, size: int = THUMB_PX, channels: int = 3) -> bytes | None:
+    """PNG bytes of the image at `path` as the model decodes it, fitted to `size` px.
 
-    Small images (8x8 digits) are enlarged with NEAREST so pixels stay crisp; large ones are
-    reduced with LANCZOS.
+    None if the file is missing or undecodable. `channels` 1 shows what a grayscale model saw.
     """
-    im = Image.fromarray(arr)
-    w, h = im.size
-    scale = size / max(w, h)
-    new = (max(1, round(w * scale)), max(1, round(h * scale)))
-    resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.LANCZOS
-    im = im.resize(new, resample)
-    buf = io.BytesIO()
-    im.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def thumbnail(path: Path | None, *, size: int = THUMB_PX) -> bytes | None:
-    """PNG bytes of the image at `path` fitted to `size` px (None if missing or undecodable)."""
     if path is None:
         return None
-    return _thumbnail(str(path), _mtime(path), size)
+    return _thumbnail(str(path), _mtime(path), size, channels)
 
 
 def array_png(arr: np.ndarray, *, size: int = THUMB_PX) -> bytes:
-    """PNG bytes of a uint8 HxWxC (or HxW) array fitted to `size` px."""
-    a = np.asarray(arr)
-    if a.ndim == 3 and a.shape[2] == 1:
-        a = a[:, :, 0]
-    return _fit_png(a.astype(np.uint8), size)
+    """PNG bytes of a decoded uint8 HxWxC (or HxW) array fitted to `size` px."""
+    return fit_png(np.asarray(arr), size)
 
 
 @st.cache_data(max_entries=16, show_spinner=False)

@@ -19,6 +19,14 @@ from ui import keys
 _OCTET = "application/octet-stream"
 
 
+PER_SAMPLE_COLUMNS = (
+    "Per-sample CSV: `max_abs_delta` is the largest |Δp| over classes, `top1_prob_delta` the "
+    "change of the original's top-1 probability, `kl` is KL(original‖TFLite) in nats, clamped "
+    "at 0 (float rounding makes it a hair negative for near-identical outputs), `ref_margin` "
+    "the original's top-1 − top-2."
+)
+
+
 def per_sample_csv(run_dir: Path, variant: str) -> bytes:
     """samples.csv joined with `<variant>.samples.csv` on `index`, as CSV bytes.
 
@@ -143,13 +151,14 @@ def render_downloads(run_dir: Path | str, *, name: str | None = None) -> None:
     if not variants:
         return
     st.markdown("**Per variant**")
+    st.caption(PER_SAMPLE_COLUMNS)
     for variant in variants:
         tflite = rundir.tflite_path(d, variant)
         table = rundir.variant_samples_path(d, variant)
-        cols = st.columns([1, 2, 2])
-        cols[0].text(variant)  # a variant name is data: shown as plain text
+        row = st.columns([1, 2, 2])
+        row[0].text(variant)  # a variant name is data: shown as plain text
         if tflite.is_file():
-            with cols[1]:
+            with row[1]:
                 _button(
                     tflite.name,
                     functools.partial(_read, tflite),
@@ -158,10 +167,10 @@ def render_downloads(run_dir: Path | str, *, name: str | None = None) -> None:
                     key=f"{prefix}.{variant}.tflite",
                 )
         else:
-            cols[1].caption("no .tflite (variant did not convert)")
+            row[1].caption("no .tflite (variant did not convert)")
         if table.is_file() and (d / rundir.SAMPLES).is_file():
             csv_name = f"{variant}.per_sample.csv"
-            with cols[2]:
+            with row[2]:
                 _button(
                     csv_name,
                     functools.partial(per_sample_csv, d, variant),
@@ -170,4 +179,4 @@ def render_downloads(run_dir: Path | str, *, name: str | None = None) -> None:
                     key=f"{prefix}.{variant}.csv",
                 )
         else:
-            cols[2].caption("no per-sample table")
+            row[2].caption("no per-sample table")

@@ -42,6 +42,14 @@ def ci(bounds: list[float] | tuple[float, float] | None) -> str:
     return f"{float(bounds[0]):.1f}–{float(bounds[1]):.1f} %"
 
 
+def change(value_pct: float) -> str:
+    """A relative change with its true sign: "-86.1 %" (smaller), "+5.0 %" (larger).
+
+    ASCII signs on purpose: st.metric picks its arrow and colour from a leading "-".
+    """
+    return f"{float(value_pct):+.1f} %"
+
+
 def speedup(value: float | None) -> str:
     """A speed-up factor as "3.2× faster" / "0.8× (slower)"."""
     if value is None:

@@ -6,6 +6,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 import streamlit as st
 
@@ -319,7 +320,18 @@ def variants_section() -> list[str]:
     return names
 
 
-def options_section(num_samples: int | None) -> dict[str, object]:
+class RunOptions(TypedDict):
+    """The Options section's values, named as JobSpec's fields."""
+
+    calibration_samples: int
+    max_samples: int | None
+    threads: int
+    min_agreement_pct: float
+    name: str
+    trusted: bool
+
+
+def options_section(num_samples: int | None) -> RunOptions:
     """Calibration count, evaluation cap, threads, threshold, run name and trusted mode."""
     st.subheader("5 · Options")
     c1, c2, c3, c4 = st.columns(4)
@@ -395,7 +407,7 @@ def launch(
     labels: str | None,
     variants: list[str],
     preset: Preset,
-    options: dict[str, object],
+    options: RunOptions,
 ) -> None:
     """Create and launch the run, make it the selected one, and rerun the page."""
     spec = JobSpec(
@@ -405,7 +417,7 @@ def launch(
         preset=preset,
         labels_file=labels,
         **options,
-    )  # type: ignore[arg-type]
+    )
     try:
         rid = jobs.create_run(spec)
         jobs.launch_run(rid)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -10,6 +10,7 @@ import streamlit as st
 
 from core.errors import QuantLensError
 from core.figures import topk_figure
+from core.report import NO_VERDICT, no_verdict_reason, size_change_pct
 from core.results import RunResults
 from ui import cache, fmt, runs
 
@@ -83,6 +84,26 @@ def chance_warning(res: RunResults) -> None:
         )
 
 
+def variant_verdict(res: RunResults, v: dict[str, Any]) -> str:
+    """PASS, FAIL or NO VERDICT for a finished variant ("" while it has no result).
+
+    A run whose original is near chance never shows PASS, even when its report predates the
+    engine's own no-verdict rule.
+    """
+    if v.get("verdict_reason") or (v.get("passed") is not None and res.reference_near_chance):
+        return NO_VERDICT
+    passed = v.get("passed")
+    return "PASS" if passed is True else "FAIL" if passed is False else ""
+
+
+def no_verdict_text(res: RunResults, v: dict[str, Any]) -> str:
+    """Why a variant has no verdict: the report's reason, else one rebuilt from the original."""
+    reason = v.get("verdict_reason") or no_verdict_reason(
+        res.reference.get("accuracy_pct"), res.num_classes
+    )
+    return str(reason or "no verdict")
+
+
 def verdict_card(res: RunResults, v: dict[str, Any]) -> None:
     """A bordered card: PASS/FAIL badge, agreement with CI and n, size, p50 latency."""
     name = str(v.get("name") or v.get("mode"))
@@ -96,13 +117,14 @@ def verdict_card(res: RunResults, v: dict[str, Any]) -> None:
         if status != "done":
             st.badge(status.upper(), color="gray", icon=":material/schedule:")
             return
-        passed = v.get("passed")
-        if passed is True:
+        shown = variant_verdict(res, v)
+        if shown == "PASS":
             st.badge("PASS", color="green", icon=":material/check:")
-        elif passed is False:
+        elif shown == "FAIL":
             st.badge("FAIL", color="red", icon=":material/close:")
         else:
-            st.badge("NO VERDICT", color="gray")
+            st.badge(NO_VERDICT, color="orange", icon=":material/warning:")
+            st.caption(fmt.text(no_verdict_text(res, v)))
         st.metric(
             "Top-1 agreement",
             fmt.pct(v.get("top1_agreement_pct"), digits=2),
@@ -114,31 +136,52 @@ def verdict_card(res: RunResults, v: dict[str, Any]) -> None:
             f"{v.get('disagreements')} disagree"
         )
         red = v.get("size_reduction_pct")
+        size_change = None if red is None else -float(red)
         st.metric(
             "Size",
             fmt.mb(v.get("size_bytes")),
-            delta=None if red is None else f"-{float(red):.1f} % vs original",
-            delta_color="inverse",
+            delta=None if size_change is None else fmt.change(size_change) + " vs original",
+            delta_color=_lower_is_better(size_change),
         )
         lat = v.get("latency_ms") or {}
         sp = v.get("speedup_vs_reference")
+        # A speed-up s means p50 changed by (1/s − 1): 2× faster is −50 %, 0.8× is +25 %.
+        time_change = None if not sp else 100.0 * (1.0 / float(sp) - 1.0)
         st.metric(
             "p50 latency",
             fmt.ms(lat.get("p50")),
-            delta=None if sp is None else fmt.speedup(sp),
-            delta_color="normal" if sp is None or float(sp) >= 1 else "inverse",
+            delta=None if time_change is None else f"{fmt.change(time_change)} ({_times(sp)})",
+            delta_color=_lower_is_better(time_change),
         )
+
+
+def _times(speedup: Any) -> str:
+    """A speed-up as a short card label: 3.2× faster, 1.3× slower."""
+    v = float(speedup)
+    return f"{v:.1f}× faster" if v >= 1 else f"{1 / v:.1f}× slower"
+
+
+def _lower_is_better(change_pct: float | None) -> Literal["inverse", "off"]:
+    """Metric colours for a size or time change: a decrease is green, an increase red.
+
+    Streamlit reads the arrow and the colour from the sign that starts the delta text, so the
+    text must carry the true sign ("+5.0 %" for a larger model), never a "−" glued in front.
+    """
+    if change_pct is None or round(change_pct, 1) == 0.0:
+        return "off"
+    return "inverse"
 
 
 def summary_columns() -> dict[str, Any]:
     """Number formats of the summary tables (Overview and Compare share their column names)."""
     mb = st.column_config.NumberColumn(format="%.3f")
-    share = st.column_config.NumberColumn(format="%.1f")
+    # Signed like the cards and the Size chart: -75.0 is smaller, +5.0 larger.
+    change = st.column_config.NumberColumn(format="%+.1f")
     pct = st.column_config.NumberColumn(format="%.2f")
     return {
         "size (MB)": mb,
-        "reduction vs original (%)": share,
-        "reduction vs float32 TFLite (%)": share,
+        "size change vs original (%)": change,
+        "size change vs float32 TFLite (%)": change,
         "top-1 agreement (%)": pct,
         "top-k agreement (%)": pct,
         "accuracy original (%)": pct,
@@ -158,8 +201,8 @@ def summary_table(res: RunResults) -> pd.DataFrame:
             "status": "reference",
             "verdict": "",
             "size (MB)": (ref.get("size_bytes") or 0) / 1e6,
-            "reduction vs original (%)": None,
-            "reduction vs float32 TFLite (%)": None,
+            "size change vs original (%)": None,
+            "size change vs float32 TFLite (%)": None,
             "top-1 agreement (%)": None,
             "95 % CI": "",
             "top-k agreement (%)": None,
@@ -173,15 +216,16 @@ def summary_table(res: RunResults) -> pd.DataFrame:
     )
     for v in res.variants:
         lat = v.get("latency_ms") or {}
-        passed = v.get("passed")
         rows.append(
             {
                 "model": str(v.get("name") or v.get("mode")),
                 "status": str(v.get("status")),
-                "verdict": "PASS" if passed is True else "FAIL" if passed is False else "",
+                "verdict": variant_verdict(res, v),
                 "size (MB)": None if v.get("size_bytes") is None else v["size_bytes"] / 1e6,
-                "reduction vs original (%)": v.get("size_reduction_pct"),
-                "reduction vs float32 TFLite (%)": v.get("size_reduction_vs_float32_pct"),
+                "size change vs original (%)": size_change_pct(v.get("size_reduction_pct")),
+                "size change vs float32 TFLite (%)": size_change_pct(
+                    v.get("size_reduction_vs_float32_pct")
+                ),
                 "top-1 agreement (%)": v.get("top1_agreement_pct"),
                 "95 % CI": fmt.ci(v.get("top1_agreement_ci95")),
                 "top-k agreement (%)": v.get("topk_agreement_pct"),
@@ -196,7 +240,23 @@ def summary_table(res: RunResults) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def selected_points(event: Any) -> list[dict[str, Any]]:
+    """The points a user selected in an `on_select="rerun"` chart (empty when none).
+
+    The event is a read-only mapping whose "selection" may be missing or empty on first draw.
+    """
+    selection = event.get("selection") if event else None
+    points = selection.get("points") if selection else None
+    return [dict(p) for p in points or []]
+
+
 # ---- gallery ---------------------------------------------------------------------------------
+def model_channels(res: RunResults) -> int:
+    """1 for a grayscale model, else 3: tiles show the image in the colours the model saw."""
+    channels = (res.report.get("preprocessing") or {}).get("channels")
+    return 1 if channels == 1 else 3
+
+
 @st.dialog("Sample", width="large")
 def sample_dialog(run_id: str, variant: str, row: int) -> None:
     """A larger image and both top-5 lists of one sample."""
@@ -213,7 +273,9 @@ def sample_dialog(run_id: str, variant: str, row: int) -> None:
     r = rec.iloc[0]
     left, right = st.columns([1, 2])
     with left:
-        img = cache.thumbnail(res.image_path(str(r["relpath"])), size=cache.LARGE_PX)
+        img = cache.thumbnail(
+            res.image_path(str(r["relpath"])), size=cache.LARGE_PX, channels=model_channels(res)
+        )
         if img is None:
             st.warning("Image file not found.")
         else:
@@ -266,7 +328,9 @@ def gallery(
             cols, chunk.iloc[offset : offset + columns].iterrows(), strict=False
         ):
             with col, st.container(border=True):
-                img = cache.thumbnail(res.image_path(str(r["relpath"])))
+                img = cache.thumbnail(
+                    res.image_path(str(r["relpath"])), channels=model_channels(res)
+                )
                 if img is None:
                     st.caption(":gray[image missing]")
                 else:

@@ -11,6 +11,7 @@ import pandas as pd
 from PIL import Image
 
 from core import rundir
+from tests.app.expected import mcnemar_p
 
 CLASSES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
@@ -62,12 +63,17 @@ def build_run(
     failed_variant: str | None = "int16x8",
     status: str = "done",
     seed: int = 0,
+    sizes: dict[str, int] | None = None,
+    legacy_report: bool = False,
 ) -> Path:
     """Write a complete, self-consistent run directory under `home/runs/run_id`.
 
     `flips` maps variant name -> how many samples that variant flips to another class (so a
     variant with 0 flips agrees everywhere). Every report number is computed from the arrays
-    written here, the way the engine defines it.
+    written here, the way the engine defines it. `near_chance` shifts the original's
+    predictions off the labels; the variants then carry the engine's no-verdict reason, unless
+    `legacy_report` writes them as a report from before that rule (passed by agreement alone).
+    `sizes` overrides variant sizes in bytes (the original is 2.4 MB).
     """
     flips = {"float16": 0, "int8": 5} if flips is None else flips
     rng = np.random.default_rng(seed)
@@ -101,7 +107,20 @@ def build_run(
     ref_acc = 100 * float((ref_top == labels).mean())
 
     variants = []
-    sizes = {"float32": 2_300_000, "dynamic": 700_000, "float16": 1_200_000, "int8": 650_000}
+    sizes = {
+        "float32": 2_300_000,
+        "dynamic": 700_000,
+        "float16": 1_200_000,
+        "int8": 650_000,
+        **(sizes or {}),
+    }
+    chance = 100.0 / c
+    no_verdict = (
+        f"the original is {ref_acc:.1f} % accurate, near chance ({chance:.1f} %): "
+        "check the preprocessing preset or the labels"
+        if ref_acc < 1.5 * chance and not legacy_report
+        else None
+    )
     for name, k_flip in flips.items():
         noisy = ref + rng.normal(0, 0.01, ref.shape)
         flipped = rng.choice(n, size=k_flip, replace=False) if k_flip else np.array([], int)
@@ -156,7 +175,10 @@ def build_run(
                 "reference_accuracy_pct": ref_acc,
                 "tflite_accuracy_pct": tfl_acc,
                 "accuracy_delta_pct": tfl_acc - ref_acc,
-                "mcnemar_p": 1.0,
+                "mcnemar_p": mcnemar_p(
+                    int(((ref_top == labels) & (tfl_top != labels)).sum()),
+                    int(((ref_top != labels) & (tfl_top == labels)).sum()),
+                ),
                 "max_abs_prob_delta": float(delta.max()),
                 "mean_kl": float(kl.mean()),
                 "nan_outputs": 0,
@@ -165,7 +187,8 @@ def build_run(
                 "speedup_vs_reference": float(np.percentile(ref_lat, 50) / np.percentile(lat, 50)),
                 "conversion_seconds": 1.5,
                 "select_tf_ops_used": [],
-                "passed": agree_pct >= 95.0,
+                "passed": no_verdict is None and agree_pct >= 95.0,
+                "verdict_reason": no_verdict,
             }
         )
     if failed_variant:

@@ -10,8 +10,9 @@ from streamlit.testing.v1 import AppTest
 
 from core.store import open_store
 from tests.app.conftest import OpenPage
+from tests.app.expected import interval
 from tests.app.history_fixtures import reports
-from ui import fmt, keys
+from ui import keys
 
 
 def _ids(home: Path) -> dict[str, str]:
@@ -41,8 +42,8 @@ def test_compare_shows_report_numbers_and_marks_what_changed(
     ]
     assert list(summary["n"]) == [a["n"], b["n"]]
     assert list(summary["95 % CI"]) == [
-        fmt.ci(a["top1_agreement_ci95"]),
-        fmt.ci(b["top1_agreement_ci95"]),
+        interval(a["top1_agreement_ci95"]),
+        interval(b["top1_agreement_ci95"]),
     ]
     assert list(summary["size (MB)"]) == pytest.approx(
         [a["size_bytes"] / 1e6, b["size_bytes"] / 1e6]
@@ -87,3 +88,46 @@ def test_one_pick_asks_for_a_second_and_deleted_runs_are_dropped(
 def test_empty_workspace(home: Path, open_page: OpenPage) -> None:
     at = open_page("compare")
     assert "No runs stored yet" in at.info[0].value
+
+
+def _stored_fixture_run(home: Path, run_id: str, dataset: dict[str, str | None]) -> None:
+    """A hand-built run registered in the store, its report's data identity set to `dataset`."""
+    import json
+
+    from tests.app.fixtures import build_run
+
+    d = build_run(home, run_id=run_id, flips={"int8": 2}, failed_variant=None)
+    report = json.loads((d / "report.json").read_text())
+    report["dataset"].update(dataset)
+    (d / "report.json").write_text(json.dumps(report))
+    with open_store(home) as store:
+        store.create_run(run_id, name=run_id, run_dir=d, job={"variants": ["int8"]})
+        store.sync_report(run_id, report)
+
+
+def test_two_csvs_in_one_folder_are_not_called_the_same_data(
+    home: Path, open_page: OpenPage
+) -> None:
+    folder = str(home / "data")
+    _stored_fixture_run(home, "run-a", {"file": f"{folder}/a.csv", "sha256": "a" * 64})
+    _stored_fixture_run(home, "run-b", {"file": f"{folder}/b.csv", "sha256": "b" * 64})
+    at = open_page("compare", state={keys.COMPARE_ITEMS: ["run-a/int8", "run-b/int8"]})
+    changes = _frame(at, "property").set_index("property")
+    assert changes.loc["data path", "changed"] == ""  # the same folder ...
+    assert changes.loc["data file", "changed"] == "≠"  # ... but two CSVs
+    assert changes.loc["data sha256", "changed"] == "≠"
+    assert changes.loc["data file", "run-a · int8"] == f"{folder}/a.csv"
+    assert "Same model, data" not in at.markdown[0].value
+    assert "data file" in at.markdown[0].value and "data sha256" in at.markdown[0].value
+
+
+def test_runs_without_a_data_hash_are_not_called_the_same_data(
+    home: Path, open_page: OpenPage
+) -> None:
+    # Reports written before the hash existed: same folder, nothing else to tell them apart.
+    _stored_fixture_run(home, "run-a", {"sha256": None})
+    _stored_fixture_run(home, "run-b", {"sha256": None})
+    at = open_page("compare", state={keys.COMPARE_ITEMS: ["run-a/int8", "run-b/int8"]})
+    text = at.markdown[0].value
+    assert "Same model, data" not in text
+    assert "content hash is missing" in text

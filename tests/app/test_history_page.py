@@ -14,8 +14,9 @@ from core import jobs, rundir
 from core.store import DB_NAME, open_store
 from core.types import JobSpec, RunStatus
 from tests.app.conftest import OpenPage
+from tests.app.expected import pct2, shown_as_text
 from tests.app.history_fixtures import reports
-from ui import fmt, history, keys
+from ui import history, keys
 from ui.downloads import per_sample_csv, report_html
 
 NASTY = '<script>alert(1)</script> "q" \'); DROP TABLE runs;--'
@@ -80,7 +81,7 @@ def test_rename_to_markup_and_sql_shows_verbatim(two_runs: Path, open_page: Open
     assert at.success[0].value == "Run renamed."
     # the table holds the exact text, and no markdown element carries raw markup
     assert NASTY in list(_table(at)["name"])
-    assert at.subheader[0].value == fmt.text(NASTY)
+    assert shown_as_text(at.subheader[0].value, NASTY)
     for el in [*at.markdown, *at.caption, *at.subheader]:
         assert "<script>" not in el.value
     with open_store(two_runs) as store:
@@ -98,7 +99,7 @@ def test_open_selects_the_run_for_the_result_pages(two_runs: Path, open_page: Op
     assert at.title[0].value == "Overview"
     rep = reports(two_runs)["A"]
     agreements = [m.value for m in at.metric if m.label == "Top-1 agreement"]
-    assert agreements == [fmt.pct(rep["variants"][0]["top1_agreement_pct"], digits=2)]
+    assert agreements == [pct2(rep["variants"][0]["top1_agreement_pct"])]
 
 
 @pytest.mark.slow

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from tests.app.conftest import OpenPage
-from ui import fmt, keys
+from tests.app.expected import pct2
+from ui import keys
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +28,7 @@ def test_overview_shows_real_verdicts(real_home: Path, open_page: OpenPage) -> N
         idx = md.index(f"#### {v['name']}")
         assert ("PASS" if v["passed"] else "FAIL") in md[idx + 1]
     got = [m.value for m in at.metric if m.label == "Top-1 agreement"]
-    assert got == [fmt.pct(v["top1_agreement_pct"], digits=2) for v in rep["variants"]]
+    assert got == [pct2(v["top1_agreement_pct"]) for v in rep["variants"]]
     got_n = [c.value for c in at.caption if c.value.startswith("95 % CI")]
     assert [f"n = {v['n']}" in c for c, v in zip(got_n, rep["variants"], strict=True)] == [
         True

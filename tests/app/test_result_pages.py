@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from tests.app.conftest import OpenPage
+from tests.app.expected import megabytes, pct2, shown_as_text
 from tests.app.fixtures import build_run, read_report
-from ui import fmt, keys
+from ui import keys
 
 
 def _tiles(at) -> int:  # type: ignore[no-untyped-def]
@@ -26,14 +27,15 @@ def test_overview_verdicts_and_metrics_match_the_report(crafted: Path, open_page
         idx = md.index(f"#### {v['name']}")
         assert badge in md[idx + 1]
     agreements = [m.value for m in at.metric if m.label == "Top-1 agreement"]
-    assert agreements == [
-        fmt.pct(v["top1_agreement_pct"], digits=2) for v in rep["variants"] if v["status"] == "done"
-    ]
+    done = [v for v in rep["variants"] if v["status"] == "done"]
+    assert agreements == [pct2(v["top1_agreement_pct"]) for v in done]
+    # float16 agrees everywhere (40/40), int8 flips 6 of 40: 34/40 = 85 %.
+    assert agreements == ["100.00 %", "85.00 %"]
     sizes = [m.value for m in at.metric if m.label == "Size"]
-    assert sizes == [fmt.mb(v["size_bytes"]) for v in rep["variants"] if v["status"] == "done"]
-    # the crashed variant says why, in one line
+    assert sizes == [megabytes(v["size_bytes"]) for v in done] == ["1.20 MB", "0.650 MB"]
+    # the crashed variant says why, in one line, as text
     crashed = next(v for v in rep["variants"] if v["status"] == "crashed")
-    assert any(c.value == fmt.text(crashed["error"]) for c in at.caption)
+    assert any(shown_as_text(c.value, crashed["error"]) for c in at.caption)
     passed = sum(1 for v in rep["variants"] if v.get("passed") is True)
     assert md[0].startswith(f"**{passed} of {len(rep['variants'])}**")
     table = at.dataframe[0].value
@@ -48,6 +50,74 @@ def test_overview_warns_loudly_when_accuracy_is_near_chance(
     build_run(home, near_chance=True)
     at = open_page("overview")
     assert any("preprocessing is probably wrong" in e.value for e in at.error)
+
+
+def _card_badges(at) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """variant name -> the markdown right under its card title (the badge)."""
+    md = [m.value for m in at.markdown]
+    return {m[5:]: md[i + 1] for i, m in enumerate(md) if m.startswith("#### ")}
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["engine-reason", "report-before-the-rule"])
+def test_near_chance_run_shows_no_pass_anywhere(
+    home: Path, open_page: OpenPage, legacy: bool
+) -> None:
+    d = build_run(home, near_chance=True, legacy_report=legacy)
+    rep = read_report(d)
+    assert rep["reference"]["accuracy_pct"] < 15.0  # 10 classes: chance is 10 %
+    float16 = next(v for v in rep["variants"] if v["name"] == "float16")
+    assert float16["top1_agreement_pct"] == 100.0  # agreement alone would pass
+    at = open_page("overview")
+    badges = _card_badges(at)
+    for name in ("float16", "int8"):
+        assert "NO VERDICT" in badges[name] and "PASS" not in badges[name].replace("NO VERDICT", "")
+    acc = rep["reference"]["accuracy_pct"]
+    reason = (
+        f"the original is {acc:.1f} % accurate, near chance (10.0 %): "
+        "check the preprocessing preset or the labels"
+    )
+    assert sum(shown_as_text(c.value, reason) for c in at.caption) == 2
+    table = at.dataframe[0].value
+    assert list(table["verdict"]) == ["", "NO VERDICT", "NO VERDICT", ""]
+    assert "**No verdict** for 2 of 3 variant(s)" in at.markdown[0].value
+    assert not any("PASS" in m.value for m in at.markdown)
+
+
+def test_a_larger_model_is_shown_as_a_red_increase(home: Path, open_page: OpenPage) -> None:
+    from streamlit.proto.Metric_pb2 import Metric
+
+    # The original is 2.4 MB: float16 at 2.52 MB is 5 % larger, int8 at 0.6 MB 75 % smaller.
+    build_run(home, sizes={"float16": 2_520_000, "int8": 600_000})
+    at = open_page("overview")
+    cards = {m.value: m for m in at.metric if m.label == "Size"}
+    larger, smaller = cards["2.52 MB"], cards["0.600 MB"]
+    assert larger.proto.delta == "+5.0 % vs original"
+    assert larger.proto.color == Metric.MetricColor.RED
+    assert larger.proto.direction == Metric.MetricDirection.UP
+    assert smaller.proto.delta == "-75.0 % vs original"
+    assert smaller.proto.color == Metric.MetricColor.GREEN
+    assert smaller.proto.direction == Metric.MetricDirection.DOWN
+    table = at.dataframe[0].value.set_index("model")
+    changes = table["size change vs original (%)"]
+    assert changes["float16"] == pytest.approx(5.0) and changes["int8"] == pytest.approx(-75.0)
+
+
+def test_latency_card_colours_follow_the_time_change(home: Path, open_page: OpenPage) -> None:
+    from streamlit.proto.Metric_pb2 import Metric
+
+    d = build_run(home)
+    rep = read_report(d)
+    at = open_page("overview")
+    cards = [m for m in at.metric if m.label == "p50 latency"]
+    done = [v for v in rep["variants"] if v["status"] == "done"]
+    assert len(cards) == len(done)
+    for card, v in zip(cards, done, strict=True):
+        change = 100.0 * (v["latency_ms"]["p50"] / rep["reference"]["latency_ms"]["p50"] - 1.0)
+        speed = rep["reference"]["latency_ms"]["p50"] / v["latency_ms"]["p50"]
+        times = f"{speed:.1f}× faster" if speed >= 1 else f"{1 / speed:.1f}× slower"
+        assert card.proto.delta == f"{change:+.1f} % ({times})"
+        faster = change < 0
+        assert card.proto.color == (Metric.MetricColor.GREEN if faster else Metric.MetricColor.RED)
 
 
 def test_run_name_is_shown_as_text_not_html(crafted: Path, open_page: OpenPage) -> None:
@@ -140,6 +210,19 @@ def test_size_table_lists_original_and_converted_variants(
     ]
 
 
+def test_size_chart_labels_carry_the_true_sign(home: Path, open_page: OpenPage) -> None:
+    import json
+
+    build_run(home, sizes={"float16": 2_520_000, "int8": 600_000})
+    at = open_page("size")
+    fig = json.loads(at.get("plotly_chart")[0].proto.spec)
+    labels = fig["data"][0]["text"]
+    # original 2.4 MB; float16 5 % larger; int8 75 % smaller
+    assert labels == ["2.40 MB", "2.52 MB<br>+5.0 %", "0.60 MB<br>\u221275.0 %"]
+    table = at.dataframe[0].value
+    assert list(table["change vs original"]) == ["—", "+5.0 %", "\u221275.0 %"]
+
+
 def test_latency_table_matches_report(crafted: Path, open_page: OpenPage) -> None:
     rep = read_report(crafted)
     at = open_page("latency")
@@ -158,7 +241,7 @@ def test_agreement_page_shows_accuracy_and_flip_matrix(crafted: Path, open_page:
     rows = at.dataframe[0].value
     assert list(rows["variant"]) == ["float16", "int8"]
     int8 = next(v for v in rep["variants"] if v["name"] == "int8")
-    assert rows["accuracy TFLite"].tolist()[1] == fmt.pct(int8["tflite_accuracy_pct"], digits=2)
+    assert rows["accuracy TFLite"].tolist()[1] == pct2(int8["tflite_accuracy_pct"])
     keys_drawn = [str(getattr(e, "key", "")) for e in at.get("plotly_chart")]
     assert keys.AGREEMENT_FLIP_CHART in keys_drawn
     at.selectbox(key=keys.AGREEMENT_VARIANT).set_value("float16").run()

@@ -65,18 +65,20 @@ def test_demo_is_preselected_and_one_click_runs(fresh_demo_home: Path, open_page
 def test_last_run_status_lists_each_variant_and_crash_reason(
     crafted: Path, open_page: OpenPage
 ) -> None:
+    from tests.app.expected import contains_escaped, pct2
     from tests.app.fixtures import read_report
-    from ui import fmt
 
     (crafted.parents[1] / "demo-build.pid").write_text("999999")
     rep = read_report(crafted)
     at = open_page("setup")
     lines = [m.value for m in at.markdown]
     crashed = next(v for v in rep["variants"] if v["status"] == "crashed")
-    assert any(fmt.text(crashed["error"]) in line and line.startswith(":red[") for line in lines)
+    assert any(
+        contains_escaped(line, crashed["error"]) and line.startswith(":red[") for line in lines
+    )
     int8 = next(v for v in rep["variants"] if v["name"] == "int8")
     assert any(
-        "**int8**" in line and fmt.text(fmt.pct(int8["top1_agreement_pct"], digits=2)) in line
+        "**int8**" in line and contains_escaped(line, pct2(int8["top1_agreement_pct"]))
         for line in lines
     )
 

@@ -54,6 +54,7 @@ def tiny_job(tiny_models: dict[str, Path], tiny_data: Path, **options: object) -
     )
 
 
+@pytest.mark.slow  # the tiny_models fixture builds real models: TensorFlow
 def test_create_run_registers_a_queued_row_before_work(
     workspace: Path, tiny_models: dict[str, Path], tiny_data: Path
 ) -> None:
@@ -122,6 +123,7 @@ def test_cancel_stops_the_worker_group_and_marks_the_run(
     assert active_run_id(home=workspace) is None
 
 
+@pytest.mark.slow  # the tiny_models fixture builds real models: TensorFlow
 def test_a_run_whose_supervisor_died_becomes_failed_interrupted(
     workspace: Path, tiny_models: dict[str, Path], tiny_data: Path
 ) -> None:
@@ -151,6 +153,7 @@ def test_a_run_whose_supervisor_died_becomes_failed_interrupted(
     assert row is not None and row.status == RunStatus.FAILED and row.error == "interrupted"
 
 
+@pytest.mark.slow  # the tiny_models fixture builds real models: TensorFlow
 def test_a_live_supervisor_is_not_marked_interrupted(
     workspace: Path, tiny_models: dict[str, Path], tiny_data: Path
 ) -> None:

@@ -329,7 +329,8 @@ def test_verdict_table_shows_report_values(run_dir: Path) -> None:
     for v in report["variants"][:2]:
         row = _row(parsed, "verdict", v["name"])
         assert row[col["size (MB)"]] == f"{v['size_bytes'] / 1e6:.3f}"
-        assert row[col["size reduction"]].startswith(f"{v['size_reduction_pct']:.1f} %")
+        assert v["size_reduction_pct"] > 0  # smaller than the original: a minus sign
+        assert row[col["size vs original"]].startswith(f"\u2212{v['size_reduction_pct']:.1f} %")
         lo, hi = v["top1_agreement_ci95"]
         assert row[col["top-1 agreement (95 % CI)"]] == (
             f"{v['top1_agreement_pct']:.2f} % ({lo:.2f} \u2013 {hi:.2f})"
@@ -344,7 +345,8 @@ def test_verdict_table_shows_report_values(run_dir: Path) -> None:
         )
     assert _row(parsed, "verdict", "float16")[col["verdict"]] == "PASS"
     assert _row(parsed, "verdict", "int8")[col["verdict"]] == "FAIL"
-    assert "74.0 % vs float32 TFLite" in _row(parsed, "verdict", "int8")[col["size reduction"]]
+    int8_size = _row(parsed, "verdict", "int8")[col["size vs original"]]
+    assert "\u221274.0 % vs float32 TFLite" in int8_size
     crashed = _row(parsed, "verdict", "int16x8")
     assert crashed[col["status"]] == "crashed"
     assert _row(parsed, "verdict", "int16x8 error") == [
@@ -542,5 +544,5 @@ def test_thumbnail_modes(tmp_path: Path, name: str, make: Any, size: tuple, pixe
 def test_thumbnail_of_a_non_image_raises_for_the_caller(tmp_path: Path) -> None:
     path = tmp_path / "fake.png"
     path.write_text("hello")
-    with pytest.raises(OSError):
+    with pytest.raises(QuantLensError, match="not an image file"):
         thumbnail_data_uri(path)

@@ -1,0 +1,210 @@
+"""core.report: the verdict (and the one near-chance rule), size changes, the CLI table and the
+exit status, on hand-made entries whose expected values are worked out here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from core.report import (
+    exit_status,
+    fill_float32_reductions,
+    finished_variant,
+    format_table,
+    near_chance,
+    no_verdict_reason,
+    pending_variant,
+    reduction_pct,
+    run_status,
+    size_change_label,
+    verdict,
+)
+from core.types import Agreement, RunStatus, VariantSpec
+
+
+def _agreement(*, agree_pct: float, ref_acc: float | None) -> Agreement:
+    return Agreement(
+        n=100,
+        top1_agreement_pct=agree_pct,
+        top1_agreement_ci95=(agree_pct - 3.0, min(100.0, agree_pct + 1.0)),
+        k=5,
+        topk_agreement_pct=100.0,
+        disagreements=round(100 - agree_pct),
+        max_abs_prob_delta=0.01,
+        mean_abs_top1_prob_delta=0.001,
+        mean_kl=0.0001,
+        nan_outputs=0,
+        flip_matrix=((0, 0), (0, 0)),
+        reference_accuracy_pct=ref_acc,
+        tflite_accuracy_pct=ref_acc,
+        accuracy_delta_pct=None if ref_acc is None else 0.0,
+        mcnemar_p=None if ref_acc is None else 1.0,
+        labelled_n=0 if ref_acc is None else 100,
+    )
+
+
+def _finished(
+    *, agree_pct: float, ref_acc: float | None, classes: int = 10, name: str = "int8"
+) -> dict[str, Any]:
+    return finished_variant(
+        pending_variant(VariantSpec.parse(name)),
+        size_bytes=250_000,
+        reference_size=1_000_000,
+        agreement=_agreement(agree_pct=agree_pct, ref_acc=ref_acc),
+        num_classes=classes,
+        min_agreement_pct=95.0,
+        conversion_seconds=1.0,
+        conversion_cached=False,
+        select_tf_ops_used=(),
+        softmax_applied=False,
+        io={},
+    )
+
+
+@pytest.mark.parametrize(
+    ("accuracy", "classes", "expected"),
+    [
+        (8.0, 10, True),  # the issue's case: 8 % on 10 classes
+        (14.99, 10, True),  # just under 1.5 x 10 %
+        (15.0, 10, False),  # 1.5 x chance exactly is not "below"
+        (97.3, 10, False),
+        (37.4, 4, True),  # 1.5 x 25 % = 37.5 %
+        (None, 10, False),  # no labels: no rule
+        (0.0, 1, False),  # one class has no chance level
+    ],
+)
+def test_near_chance_is_below_one_and_a_half_times_chance(
+    accuracy: float | None, classes: int, expected: bool
+) -> None:
+    assert near_chance(accuracy, classes) is expected
+
+
+def test_no_verdict_reason_says_what_and_what_to_do() -> None:
+    assert no_verdict_reason(8.0, 10) == (
+        "the original is 8.0 % accurate, near chance (10.0 %): "
+        "check the preprocessing preset or the labels"
+    )
+    assert no_verdict_reason(90.0, 10) is None
+    assert no_verdict_reason(None, 10) is None
+
+
+def test_a_near_chance_original_means_no_pass_even_at_full_agreement() -> None:
+    entry = _finished(agree_pct=100.0, ref_acc=8.0)
+    assert entry["passed"] is False
+    assert entry["verdict_reason"] == no_verdict_reason(8.0, 10)
+    assert verdict(entry) == "NO VERDICT"
+    assert exit_status({"variants": [entry]}) == 1
+
+
+@pytest.mark.parametrize(
+    ("agree_pct", "ref_acc", "passed", "shown"),
+    [
+        (96.0, 90.0, True, "PASS"),
+        (95.0, 90.0, True, "PASS"),  # the threshold itself passes
+        (94.99, 90.0, False, "FAIL"),
+        (99.0, None, True, "PASS"),  # unlabelled data: agreement alone decides
+    ],
+)
+def test_verdict_against_the_threshold(
+    agree_pct: float, ref_acc: float | None, passed: bool, shown: str
+) -> None:
+    entry = _finished(agree_pct=agree_pct, ref_acc=ref_acc)
+    assert entry["passed"] is passed
+    assert entry["verdict_reason"] is None
+    assert verdict(entry) == shown
+    assert entry["size_reduction_pct"] == pytest.approx(75.0)  # 250 kB of 1 MB
+
+
+def test_unfinished_variants_show_their_status() -> None:
+    pending = pending_variant(VariantSpec.parse("float16"))
+    assert pending["passed"] is None and pending["verdict_reason"] is None
+    assert verdict(pending) == "PENDING"
+    assert verdict({**pending, "status": "crashed"}) == "CRASHED"
+
+
+def test_exit_status_is_0_only_when_every_variant_passes() -> None:
+    good = _finished(agree_pct=99.0, ref_acc=90.0)
+    bad = _finished(agree_pct=80.0, ref_acc=90.0)
+    assert exit_status({"variants": [good, good]}) == 0
+    assert exit_status({"variants": [good, bad]}) == 1
+    assert exit_status({"variants": [good, {**good, "status": "crashed", "passed": None}]}) == 1
+    assert exit_status({"variants": []}) == 1  # nothing was judged: not a pass
+
+
+@pytest.mark.parametrize(
+    ("size", "baseline", "expected"),
+    [(250, 1000, 75.0), (1050, 1000, -5.0), (1000, 1000, 0.0), (10, 0, None), (10, None, None)],
+)
+def test_reduction_pct(size: int, baseline: int | None, expected: float | None) -> None:
+    got = reduction_pct(size, baseline)
+    assert got == (None if expected is None else pytest.approx(expected))
+
+
+@pytest.mark.parametrize(
+    ("reduction", "label"),
+    [(86.14, "−86.1 %"), (-5.0, "+5.0 %"), (0.01, "±0.0 %"), (-0.04, "±0.0 %")],
+)
+def test_size_change_label_carries_the_true_sign(reduction: float, label: str) -> None:
+    assert size_change_label(reduction) == label
+
+
+def test_float32_reductions_use_the_float32_variant_as_baseline() -> None:
+    report = {
+        "variants": [
+            {"mode": "float32", "size_bytes": 400},
+            {"mode": "int8", "size_bytes": 100},
+            {"mode": "float16", "size_bytes": None},
+        ]
+    }
+    fill_float32_reductions(report)
+    assert report["variants"][0]["size_reduction_vs_float32_pct"] == pytest.approx(0.0)
+    assert report["variants"][1]["size_reduction_vs_float32_pct"] == pytest.approx(75.0)
+    assert "size_reduction_vs_float32_pct" not in report["variants"][2]
+
+
+def _report(variants: list[dict[str, Any]], *, accuracy: float) -> dict[str, Any]:
+    return {
+        "reference": {"size_bytes": 1_000_000, "accuracy_pct": accuracy, "latency_ms": None},
+        "options": {"min_agreement_pct": 95.0},
+        "dataset": {"num_samples": 100, "num_skipped": 2},
+        "environment": {"threads": 2},
+        "variants": variants,
+    }
+
+
+def test_cli_table_names_the_no_verdict_reason_on_its_own_line() -> None:
+    variants = [
+        _finished(agree_pct=100.0, ref_acc=8.0, name="float16"),
+        _finished(agree_pct=99.0, ref_acc=8.0, name="int8"),
+    ]
+    lines = format_table(_report(variants, accuracy=8.0)).splitlines()
+    header, _, original, float16, int8 = lines[:5]
+    assert header.split()[-1] == "verdict"
+    assert original.split()[:3] == ["original", "1.00", "MB"] and "8.0%" in original
+    assert float16.endswith("NO VERDICT") and int8.endswith("NO VERDICT")
+    assert "100.00% [97.0, 100.0] n=100" in float16
+    assert "0.25 MB  75.0%" in int8
+    assert lines[6] == "100 images compared, 2 skipped; threshold 95% top-1 agreement; 2 threads"
+    reason = (
+        "NO VERDICT — the original is 8.0 % accurate, near chance (10.0 %): "
+        "check the preprocessing preset or the labels"
+    )
+    assert lines[7:] == [f"float16: {reason}", f"int8: {reason}"]
+
+
+def test_cli_table_prefers_the_error_of_a_failed_variant() -> None:
+    failed = {
+        **pending_variant(VariantSpec.parse("int16x8")),
+        "status": "crashed",
+        "error": "crashed (SIGABRT) during conversion",
+    }
+    lines = format_table(_report([failed], accuracy=90.0)).splitlines()
+    assert lines[3].endswith("CRASHED")
+    assert lines[-1] == "int16x8: crashed (SIGABRT) during conversion"
+
+
+def test_run_status_is_done_once_every_variant_ended() -> None:
+    done = {"status": "done"}
+    assert run_status({"variants": [done, {"status": "crashed"}]}) is RunStatus.DONE
+    assert run_status({"variants": [done, {"status": "running"}]}) is RunStatus.RUNNING
