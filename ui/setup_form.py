@@ -499,3 +499,13 @@ def launch(
     st.session_state.pop(keys.SETUP_LAUNCH_ERROR, None)
     runs.select_run(rid)
     st.rerun()
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _clean_uploads(home_dir: str) -> tuple[str, ...]:
+    return tuple(str(p) for p in uploads.clean_workspace_uploads(home=Path(home_dir)))
+
+
+def clean_uploads_once() -> tuple[str, ...]:
+    """At server start (once per workspace), remove uploads no stored run needs any more."""
+    return _clean_uploads(str(workspace_home()))
