@@ -8,8 +8,9 @@ Layout, in the workspace:
     uploads/<sha256[:16]>/used-by/<id>   one empty file per run launched with it
 
 Lifetime, applied at server start (`remove_stale_uploads`): an upload that a run in the store
-still points at is kept as long as that run exists; one whose runs were all deleted is removed;
-one never used by a run is removed after `MAX_IDLE_HOURS` without being picked again.
+points at, or that a run folder launched with it still exists for, is kept as long as that run
+exists; one whose runs were all deleted is removed; one never used by a run is removed after
+`MAX_IDLE_HOURS` without being picked again.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from core.rundir import workspace_home
+from core.rundir import runs_root, workspace_home
 
 UPLOADS = "uploads"
 EXTRACTED = "extracted"
@@ -81,6 +82,13 @@ def bind_to_run(paths: Iterable[str | None], run_id: str, *, home: Path | None =
             (folder / USED_BY / run_id).touch()
 
 
+def _recorded_runs(folder: Path) -> list[str]:
+    try:
+        return [p.name for p in (folder / USED_BY).iterdir()]
+    except OSError:
+        return []
+
+
 def _idle_hours(folder: Path, now: float) -> float:
     marker = folder / PICKED
     try:
@@ -112,13 +120,16 @@ def remove_stale_uploads(
     if not root.is_dir():
         return []
     now = time.time() if now is None else now
+    runs = runs_root(home or workspace_home())
     kept = {folder for p in referenced if (folder := upload_folder(p, home=home)) is not None}
     removed: list[Path] = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink()):
         if folder.resolve() in kept:
             continue
-        used_before = (folder / USED_BY).is_dir() and any((folder / USED_BY).iterdir())
-        if used_before or _idle_hours(folder, now) > max_idle_hours:
+        users = _recorded_runs(folder)
+        if any((runs / run_id).exists() for run_id in users):
+            continue  # a run folder still holds it (e.g. its row is in a database moved aside)
+        if users or _idle_hours(folder, now) > max_idle_hours:
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     return removed
