@@ -7,7 +7,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import streamlit as st
-from pandas.io.formats.style import Styler
 
 from core.errors import QuantLensError
 from core.figures import topk_figure
@@ -132,30 +131,43 @@ def verdict_card(res: RunResults, v: dict[str, Any]) -> None:
 
 
 EMPTY_CELL = "—"  # an unknown or not-applicable number: never Streamlit's grey "None"
-_SUMMARY_FORMATS = {
-    "size (MB)": "{:.3f}",
-    "reduction vs original (%)": "{:.1f}",
-    "reduction vs float32 TFLite (%)": "{:.1f}",
-    "top-1 agreement (%)": "{:.2f}",
-    "top-k agreement (%)": "{:.2f}",
-    "accuracy original (%)": "{:.2f}",
-    "accuracy TFLite (%)": "{:.2f}",
-    "p50 (ms)": "{:.3f}",
-    "p99 (ms)": "{:.3f}",
+
+
+def summary_columns() -> dict[str, Any]:
+    """Number formats of the summary tables (Overview and Compare share their column names)."""
+    mb = st.column_config.NumberColumn(format="%.3f")
+    share = st.column_config.NumberColumn(format="%.1f")
+    pct = st.column_config.NumberColumn(format="%.2f")
     # Integers in a column with a gap become floats in pandas: show them without ".0".
-    "n": "{:.0f}",
-    "k": "{:.0f}",
-    "disagreements": "{:.0f}",
-}
+    count = st.column_config.NumberColumn(format="%d")
+    return {
+        "size (MB)": mb,
+        "reduction vs original (%)": share,
+        "reduction vs float32 TFLite (%)": share,
+        "top-1 agreement (%)": pct,
+        "top-k agreement (%)": pct,
+        "accuracy original (%)": pct,
+        "accuracy TFLite (%)": pct,
+        "p50 (ms)": mb,
+        "p99 (ms)": mb,
+        "n": count,
+        "k": count,
+        "disagreements": count,
+    }
 
 
-def summary_styled(table: pd.DataFrame) -> Styler:
-    """A summary table (Overview, Compare) with number formats and "—" in empty cells.
+def summary_dataframe(table: pd.DataFrame, *, key: str) -> None:
+    """Draw a summary table (Overview, Compare): formatted numbers, "—" in empty cells.
 
     The values stay numbers, so sorting a column in the browser still sorts by value.
     """
-    formats = {c: f for c, f in _SUMMARY_FORMATS.items() if c in table.columns}
-    return table.style.format(formats, na_rep=EMPTY_CELL)
+    st.dataframe(
+        table,
+        hide_index=True,
+        key=key,
+        column_config=summary_columns(),
+        placeholder=EMPTY_CELL,
+    )
 
 
 def summary_table(res: RunResults) -> pd.DataFrame:
