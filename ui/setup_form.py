@@ -44,6 +44,7 @@ PRESET_HELP = {
 FORM_FILE = "setup-form.json"
 _SOURCES = {keys.SETUP_MODEL_SOURCE: MODEL_SOURCES, keys.SETUP_DATA_SOURCE: DATA_SOURCES}
 _TEXTS = (keys.SETUP_MODEL_PATH, keys.SETUP_DATA_PATH, keys.SETUP_LABELS_PATH)
+_UPLOADED = (keys.SETUP_MODEL_UPLOADED, keys.SETUP_DATA_UPLOADED)
 _INT_RANGES = {
     keys.SETUP_CALIBRATION: (1, 10_000),
     keys.SETUP_MAX_SAMPLES: (0, 10**9),
@@ -58,7 +59,7 @@ _FORM_DEFAULTS: dict[str, object] = {
     keys.SETUP_THREADS: max(1, os.cpu_count() or 1),
     keys.SETUP_THRESHOLD: 95.0,
 }
-REMEMBERED = (*_SOURCES, *_TEXTS, keys.SETUP_PRESET, *_FORM_DEFAULTS)
+REMEMBERED = (*_SOURCES, *_TEXTS, *_UPLOADED, keys.SETUP_PRESET, *_FORM_DEFAULTS)
 
 
 def _form_path() -> Path:
@@ -79,6 +80,8 @@ def _usable(key: str, value: object) -> bool:
         return value in _SOURCES[key]
     if key in _TEXTS:
         return isinstance(value, str)
+    if key in _UPLOADED:
+        return isinstance(value, str) and _is_stored_upload(value)
     if key == keys.SETUP_PRESET:
         return value in {p.value for p in Preset}
     if key == keys.SETUP_MODES:
@@ -191,6 +194,28 @@ def _save_upload(upload: st.runtime.uploaded_file_manager.UploadedFile) -> Path:
     return uploads.save_upload(upload.getvalue(), upload.name)
 
 
+def _picked_upload(
+    up: st.runtime.uploaded_file_manager.UploadedFile | None, remembered: str
+) -> Path | None:
+    """The file just uploaded, else the one uploaded earlier (a reload empties the uploader)."""
+    if up is not None:
+        saved = _save_upload(up)
+        st.session_state[remembered] = str(saved)
+        return saved
+    earlier = st.session_state.get(remembered)
+    if not (isinstance(earlier, str) and _is_stored_upload(earlier)):
+        return None
+    st.caption(
+        f"Using {fmt.code(Path(earlier).name)}, uploaded earlier; upload a file to replace it."
+    )
+    return Path(earlier)
+
+
+def _is_stored_upload(path: str) -> bool:
+    """A file the upload store holds (uploads are removed when no run needs them any more)."""
+    return uploads.upload_folder(path) is not None and Path(path).is_file()
+
+
 def _server_path(raw: str, *, what: str) -> Picked:
     """Check a typed path against the server's allowed folders before anything reads it."""
     if not raw.strip():
@@ -230,10 +255,10 @@ def model_section(demo_ok: bool) -> Picked:
         type=["keras", "zip"],
         key=keys.SETUP_MODEL_UPLOAD,
     )
-    if up is None:
+    saved = _picked_upload(up, keys.SETUP_MODEL_UPLOADED)
+    if saved is None:
         return Picked(None)
     try:
-        saved = _save_upload(up)
         if saved.suffix.lower() == ".zip":
             from core.archives import find_saved_model_dir
 
@@ -294,11 +319,11 @@ def data_section(demo_ok: bool) -> tuple[Picked, str | None]:
     up = st.file_uploader(
         "A .zip of a CSV data set or of class folders", type=["zip"], key=keys.SETUP_DATA_UPLOAD
     )
-    if up is None:
+    saved = _picked_upload(up, keys.SETUP_DATA_UPLOADED)
+    if saved is None:
         return Picked(None), None
     # The run gets the zip itself and extracts it into its own folder exactly as the CLI does
     # (core.data.data_root_from_zip); the preview extracts it once next to the upload.
-    saved = _save_upload(up)
     return Picked(str(saved), extract_dir=str(uploads.extracted_dir(saved))), None
 
 

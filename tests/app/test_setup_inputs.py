@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import time
 import zipfile
 from pathlib import Path
@@ -177,6 +178,27 @@ def test_a_reload_keeps_what_the_user_picked(
     assert again.text_input(key=keys.SETUP_RUN_NAME).value == ""  # a run name is per run
     assert _metrics(again)["Samples"] == "40"  # the restored path is read again
     assert not again.warning  # no "value set via Session State API" warning
+
+
+def test_a_reload_keeps_the_uploaded_data_set(
+    home: Path, tmp_path: Path, open_page: OpenPage
+) -> None:
+    payload = _zip_bytes(_csv_data_set(tmp_path / "set"), prefix="set/")
+    _no_demo(home)
+    at = open_page("setup")
+    at.radio(key=keys.SETUP_DATA_SOURCE).set_value(UPLOAD).run()
+    at.file_uploader(key=keys.SETUP_DATA_UPLOAD).upload("set.zip", payload).run()
+    assert _metrics(at)["Samples"] == "40"
+
+    again = open_page("setup")  # a reload: the browser's uploader is empty again
+    assert again.radio(key=keys.SETUP_DATA_SOURCE).value == UPLOAD
+    assert any("set.zip" in c.value and "uploaded earlier" in c.value for c in again.caption)
+    assert _metrics(again) == _metrics(at)
+    # once the upload is gone (cleaned up), the form no longer offers it
+    shutil.rmtree(home / "uploads")
+    third = open_page("setup")
+    assert "Samples" not in _metrics(third)
+    assert not _errors(third)
 
 
 def test_a_damaged_or_stale_saved_form_opens_with_defaults(home: Path, open_page: OpenPage) -> None:
