@@ -4,6 +4,7 @@ import streamlit as st
 
 from ui.history import recover_once
 from ui.runs import sidebar
+from ui.setup_form import clean_uploads_once
 
 st.set_page_config(page_title="QuantLens", page_icon=":material/compare:", layout="wide")
 
@@ -25,6 +26,7 @@ PAGES: dict[str, list[st.Page]] = {
 }
 
 recover_once()  # runs killed with the last server become failed: interrupted
+clean_uploads_once()  # uploads whose runs were deleted, or never run and idle for a day
 navigation = st.navigation(PAGES)
 sidebar()
 navigation.run()

@@ -6,6 +6,7 @@ import errno
 import os
 import shutil
 import stat
+import uuid
 import zipfile
 import zlib
 from pathlib import Path
@@ -296,3 +297,39 @@ def find_saved_model_dir(root: Path) -> Path:
             f"{root.name} holds several SavedModels ({listed}); upload one at a time"
         )
     return found[0]
+
+
+def extract_once(zip_path: Path, dest: Path) -> Path:
+    """Extract a user's zip into `dest` unless an earlier call already did, and return `dest`.
+
+    The archive is extracted into a hidden sibling folder and renamed into place, so `dest`
+    exists only when complete: a worker restarted after a crash (or a second tab extracting the
+    same upload) reuses it and reads exactly what the first one read.
+
+    Args:
+        zip_path: the archive.
+        dest: where the extracted files live; reused as-is when it already exists.
+
+    Returns:
+        `dest`.
+
+    Raises:
+        UnsafeArchive: the archive is refused or corrupt; nothing is left behind.
+        QuantLensError: `zip_path` is missing or the folder cannot be written.
+    """
+    dest = Path(dest)
+    if dest.is_dir():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = dest.parent / f".{dest.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    safe_extract(zip_path, staging)
+    try:
+        staging.rename(dest)
+    except OSError:
+        # Another process finished the same extraction first: keep its copy, drop ours.
+        shutil.rmtree(staging, ignore_errors=True)
+        if not dest.is_dir():
+            raise QuantLensError(
+                f"cannot extract {Path(zip_path).name} into {dest}; check the folder is writable"
+            ) from None
+    return dest

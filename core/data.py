@@ -16,7 +16,7 @@ from types import MappingProxyType
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from core.archives import safe_extract
+from core.archives import extract_once
 from core.errors import DatasetError, ImageDecodeError, QuantLensError
 from core.paths import require_under_roots, resolve_inside
 from core.types import Dataset, Preset, Sample, SkippedSample
@@ -392,6 +392,27 @@ def _unwrap(root: Path) -> Path:
         root = root / entries[0]
 
 
+def data_root_from_zip(zip_path: Path, extract_dir: Path) -> Path:
+    """Extract a zipped data set (once) and return its data root, below any wrapper folders.
+
+    The one way a zip becomes a data set: the CLI, the worker, a restarted worker and the
+    Setup page all call it, so `digits48/val.csv` zipped in a wrapper folder reads the same
+    as `val.csv` zipped at the root, and a second call reads what the first extracted.
+
+    Args:
+        zip_path: the archive.
+        extract_dir: where it is (or was already) extracted.
+
+    Returns:
+        The folder holding the CSV listing, the class folders or the images.
+
+    Raises:
+        UnsafeArchive: the archive is refused.
+        QuantLensError: the folder cannot be written.
+    """
+    return _unwrap(extract_once(zip_path, extract_dir).resolve())
+
+
 def load_dataset(
     path: str | Path,
     *,
@@ -414,7 +435,8 @@ def load_dataset(
     Args:
         path: the CSV, folder or zip.
         labels_file: a labels.txt to use instead of the one in the data root.
-        extract_dir: an empty or new folder to extract a zip into (required for zips).
+        extract_dir: the folder a zip is extracted into (required for zips); an earlier,
+            complete extraction there is reused.
         allowed_roots: if given, `path` (and `labels_file`) must lie under one of these.
 
     Returns:
@@ -453,8 +475,9 @@ def load_dataset(
                 raise QuantLensError(
                     f"cannot open {source.name}: a zip data set needs a folder to extract into"
                 )
-            root = safe_extract(source, Path(extract_dir)).resolve()
-            return _from_folder(_unwrap(root), labels, labels_source)
+            return _from_folder(
+                data_root_from_zip(source, Path(extract_dir)), labels, labels_source
+            )
     except OSError as exc:  # permission denied, a link loop, an I/O error while listing
         raise DatasetError(
             f"cannot read {exc.filename or path} ({exc.strerror or exc}); check it is readable"

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from core import rundir
+from core import posix, rundir
 from core.errors import QuantLensError, UnsupportedModel
 from core.types import JobSpec, ModelSignature, ProgressEvent, RunStatus
 from core.worker import EXIT_BAD_INPUT, EXIT_OK, EXIT_OOM, MEMORY_LIMIT_ENV, write_status
@@ -138,21 +138,7 @@ def read_progress(directory: Path) -> list[ProgressEvent]:
     return events
 
 
-def _pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (exited, not yet reaped) still answers kill(0); treat it as gone.
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
+_pid_alive = posix.pid_alive  # a zombie (exited, not yet reaped) counts as gone
 
 
 def active_run_id(*, home: Path | None = None) -> str | None:
@@ -394,7 +380,7 @@ class Supervisor:
     @staticmethod
     def _kill_group(process: subprocess.Popen[bytes]) -> None:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
+            posix.kill_group(process.pid)
         process.wait()
 
     def run(self) -> RunStatus:

@@ -57,6 +57,24 @@ def allowed_roots_from_env() -> list[Path] | None:
     return roots or None
 
 
+def allowed_roots() -> list[Path] | None:
+    """The folders users may read on this server: `$QUANTLENS_ALLOWED_ROOTS` plus the workspace.
+
+    The workspace is always allowed once roots are set: the demo and every upload live there,
+    and refusing them would break the default run and every upload on a locked-down server.
+
+    Returns:
+        None when `$QUANTLENS_ALLOWED_ROOTS` is unset or blank (no restriction).
+    """
+    from core.rundir import workspace_home
+
+    roots = allowed_roots_from_env()
+    if roots is None:
+        return None
+    home = workspace_home()
+    return roots if home in roots else [*roots, home]
+
+
 def require_under_roots(path: Path | str, roots: Sequence[Path] | None, *, what: str) -> Path:
     """Resolve `path` and check that it lies under one of `roots`.
 

@@ -74,17 +74,15 @@ def _event(
 
 def resolve_inputs(job: JobSpec, run_dir: Path) -> Inputs:
     """Extract zipped models or data into the run directory and enumerate the data set."""
-    from core.archives import find_saved_model_dir, safe_extract
+    from core.archives import extract_once, find_saved_model_dir
     from core.data import load_dataset
     from core.errors import UnsupportedModel
-    from core.paths import allowed_roots_from_env, require_under_roots
+    from core.paths import allowed_roots, require_under_roots
 
-    roots = allowed_roots_from_env()
+    roots = allowed_roots()
     model_path = require_under_roots(Path(job.model_path), roots, what="model")
     if model_path.suffix.lower() == ".zip":
-        target = run_dir / "model"
-        if not target.exists():
-            safe_extract(model_path, target)
+        target = extract_once(model_path, run_dir / "model")
         kerases = sorted(p for p in target.rglob("*.keras") if "__MACOSX" not in p.parts)
         if (list(target.rglob("saved_model.pb"))) or not kerases:
             model_path = find_saved_model_dir(target)
@@ -94,15 +92,13 @@ def resolve_inputs(job: JobSpec, run_dir: Path) -> Inputs:
             raise UnsupportedModel(
                 f"{Path(job.model_path).name} holds {len(kerases)} .keras files; zip one model"
             )
-    data_path = Path(job.data_path)
-    extracted = run_dir / "data"
-    if data_path.suffix.lower() == ".zip" and extracted.is_dir() and any(extracted.iterdir()):
-        # A restarted worker reuses the archive it already checked and extracted.
-        dataset = load_dataset(extracted, labels_file=job.labels_file)
-    else:
-        dataset = load_dataset(
-            data_path, labels_file=job.labels_file, extract_dir=extracted, allowed_roots=roots
-        )
+    # A restarted worker reuses run_dir/data through the same call, so it reads the same samples.
+    dataset = load_dataset(
+        job.data_path,
+        labels_file=job.labels_file,
+        extract_dir=run_dir / "data",
+        allowed_roots=roots,
+    )
     return Inputs(model_path=model_path, dataset=dataset)
 
 

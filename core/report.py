@@ -39,15 +39,10 @@ def environment(*, threads: int | None) -> dict[str, Any]:
 
 
 def cpu_name() -> str:
-    """The CPU model name from /proc/cpuinfo (Linux), else what platform reports."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU model name (Linux /proc/cpuinfo, macOS sysctl, else what platform reports)."""
+    from core.posix import cpu_name as posix_cpu_name
+
+    return posix_cpu_name()
 
 
 def pending_variant(spec: VariantSpec) -> dict[str, Any]:

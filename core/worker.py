@@ -14,13 +14,12 @@ from __future__ import annotations
 import faulthandler
 import json
 import os
-import resource
 import sys
 import time
 import traceback
 from pathlib import Path
 
-from core import rundir
+from core import posix, rundir
 from core.errors import QuantLensError
 from core.types import JobSpec, ProgressEvent, RunStatus
 
@@ -32,7 +31,7 @@ def apply_memory_limit() -> None:
     """Cap this process's address space so a runaway model fails here, not on the machine."""
     limit = os.environ.get(MEMORY_LIMIT_ENV)
     if limit:
-        resource.setrlimit(resource.RLIMIT_AS, (int(limit), int(limit)))
+        posix.limit_address_space(int(limit))
 
 
 def configure_threads(threads: int | None) -> None:

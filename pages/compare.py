@@ -140,9 +140,7 @@ summary.insert(
     ],
 )
 summary = summary.drop(columns=["CI low (%)", "CI high (%)"])
-st.dataframe(
-    summary, hide_index=True, key="compare.summary", column_config=widgets.summary_columns()
-)
+widgets.summary_dataframe(summary, key="compare.summary")
 st.caption(
     "Agreement: share of samples where the TFLite top-1 class equals the original's, with a "
     "95 % Wilson interval over n samples. Sizes in MB (10⁶ bytes); latency per invoke at batch 1."

@@ -62,17 +62,32 @@ if flip and flip[0] == variant and not at_risk:
         st.rerun()
 
 table = res.variant_samples(variant)
+risk_margin = float(margin) if at_risk else None
+chosen_class = None if isinstance(ref_class, str) else int(ref_class)
 rows = pick_samples(
-    table,
-    at_risk_margin=float(margin) if at_risk else None,
-    ref_class=None if isinstance(ref_class, str) else int(ref_class),
-    flip=flip_cells,
-    sort=str(sort),
+    table, at_risk_margin=risk_margin, ref_class=chosen_class, flip=flip_cells, sort=str(sort)
 )
 v = res.variant(variant)
 n = len(table)
 if rows.empty:
-    if at_risk:
+    # Name the filter that emptied the list, not the margin or the run.
+    kind = "at-risk sample" if at_risk else "disagreement"
+    other_classes = pick_samples(table, at_risk_margin=risk_margin, flip=flip_cells)
+    other_cells = pick_samples(table, at_risk_margin=risk_margin)
+    if chosen_class is not None and not other_classes.empty:
+        st.info(
+            f"No {kind} where the original predicts **{res.class_name(chosen_class)}**: the "
+            f"class filter emptied the list ({len(other_classes)} in other classes). "
+            "Choose **all classes** to see them.",
+            icon=":material/filter_alt:",
+        )
+    elif flip_cells is not None and not other_cells.empty:
+        st.info(
+            f"No {kind} in the selected flip-matrix cell matches the class filter; "
+            "clear one of the filters.",
+            icon=":material/filter_alt:",
+        )
+    elif at_risk:
         st.success(
             f"No agreeing sample has a margin below {margin:.2f} (n = {n}).",
             icon=":material/check_circle:",

@@ -38,9 +38,7 @@ for start in range(0, len(variants), per_row):
 
 st.subheader("Summary")
 table = widgets.summary_table(res)
-st.dataframe(
-    table, hide_index=True, key=keys.OVERVIEW_TABLE, column_config=widgets.summary_columns()
-)
+widgets.summary_dataframe(table, key=keys.OVERVIEW_TABLE)
 k = next((v.get("k") for v in variants if v.get("k")), None)
 ref = res.reference
 st.caption(

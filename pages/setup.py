@@ -13,6 +13,7 @@ st.caption(
     "mode gains and loses on your images."
 )
 
+setup_form.restore_form()  # a reload is a new session: reopen the form as the user left it
 demo_ok = setup_form.demo_ready()
 
 model = setup_form.model_section(demo_ok)
@@ -33,8 +34,8 @@ if data.error:
     st.error(data.error)
 elif data.path:
     try:
-        dataset = cache.dataset(data.path, labels_file=labels)
-        setup_form.show_dataset(dataset)
+        dataset = cache.dataset(data.path, labels_file=labels, extract_dir=data.extract_dir)
+        setup_form.show_dataset(dataset, signature)
     except QuantLensError as exc:
         st.error(str(exc))
 
@@ -42,6 +43,7 @@ elif data.path:
 preset = setup_form.preset_section(signature, dataset, Preset.MOBILENET_V2)
 variants = setup_form.variants_section()
 options = setup_form.options_section(None if dataset is None else len(dataset.samples))
+setup_form.remember_form()
 
 st.divider()
 active = runs.active_run()

@@ -111,20 +111,24 @@ def model_signature(path: str, *, trusted: bool = False) -> ModelSignature:
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
-def _dataset(path: str, mtime: float, labels_file: str | None) -> Dataset:
+def _dataset(path: str, mtime: float, labels_file: str | None, extract_dir: str | None) -> Dataset:
     del mtime
     from core.data import load_dataset
 
-    return load_dataset(path, labels_file=labels_file)
+    return load_dataset(
+        path, labels_file=labels_file, extract_dir=Path(extract_dir) if extract_dir else None
+    )
 
 
-def dataset(path: str, *, labels_file: str | None = None) -> Dataset:
-    """The enumerated data set at `path`, cached by (path, mtime, labels file).
+def dataset(
+    path: str, *, labels_file: str | None = None, extract_dir: str | None = None
+) -> Dataset:
+    """The enumerated data set at `path` (a zip is extracted into `extract_dir`), cached.
 
     Raises:
         QuantLensError: the data set cannot be read.
     """
-    return _dataset(path, _mtime(Path(path)), labels_file or None)
+    return _dataset(path, _mtime(Path(path)), labels_file or None, extract_dir)
 
 
 @st.cache_data(max_entries=16, show_spinner=False)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,10 +11,11 @@ from typing import TypedDict
 
 import streamlit as st
 
-from core import jobs
+from core import jobs, uploads
+from core.archives import extract_once
 from core.errors import QuantLensError
-from core.paths import allowed_roots_from_env, require_under_roots
-from core.rundir import workspace_home
+from core.paths import allowed_roots, require_under_roots
+from core.rundir import workspace_home, write_json_atomic
 from core.types import Dataset, IOType, JobSpec, Mode, ModelSignature, Preset, VariantSpec
 from ui import cache, fmt, keys, runs
 
@@ -37,6 +39,90 @@ PRESET_HELP = {
 }
 
 
+# The form's choices, kept in the workspace so a reload (a new session) or a page switch
+# (Streamlit drops the state of widgets it does not draw) opens Setup as the user left it.
+# Run name and trusted mode are per run and deliberately not kept.
+FORM_FILE = "setup-form.json"
+_SOURCES = {keys.SETUP_MODEL_SOURCE: MODEL_SOURCES, keys.SETUP_DATA_SOURCE: DATA_SOURCES}
+_TEXTS = (keys.SETUP_MODEL_PATH, keys.SETUP_DATA_PATH, keys.SETUP_LABELS_PATH)
+_UPLOADED = (keys.SETUP_MODEL_UPLOADED, keys.SETUP_DATA_UPLOADED)
+_INT_RANGES = {
+    keys.SETUP_CALIBRATION: (1, 10_000),
+    keys.SETUP_MAX_SAMPLES: (0, 10**9),
+    keys.SETUP_THREADS: (1, max(1, os.cpu_count() or 1)),
+}
+_FORM_DEFAULTS: dict[str, object] = {
+    keys.SETUP_MODES: ["float32", "dynamic", "float16", "int8"],
+    keys.SETUP_INT8_IO: IOType.INT8.value,
+    keys.SETUP_SELECT_TF_OPS: False,
+    keys.SETUP_CALIBRATION: 100,
+    keys.SETUP_MAX_SAMPLES: 0,
+    keys.SETUP_THREADS: max(1, os.cpu_count() or 1),
+    keys.SETUP_THRESHOLD: 95.0,
+}
+REMEMBERED = (*_SOURCES, *_TEXTS, *_UPLOADED, keys.SETUP_PRESET, *_FORM_DEFAULTS)
+
+
+def _form_path() -> Path:
+    return workspace_home() / FORM_FILE
+
+
+def _saved_form() -> dict[str, object]:
+    try:
+        saved = json.loads(_form_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return saved if isinstance(saved, dict) else {}
+
+
+def _usable(key: str, value: object) -> bool:
+    """Whether a remembered value still fits its widget (options and limits can change)."""
+    if key in _SOURCES:
+        return value in _SOURCES[key]
+    if key in _TEXTS:
+        return isinstance(value, str)
+    if key in _UPLOADED:
+        return isinstance(value, str) and _is_stored_upload(value)
+    if key == keys.SETUP_PRESET:
+        return value in {p.value for p in Preset}
+    if key == keys.SETUP_MODES:
+        modes = {m.value for m in Mode}
+        return isinstance(value, list) and all(v in modes for v in value)
+    if key == keys.SETUP_INT8_IO:
+        return value in {t.value for t in IOType}
+    if key == keys.SETUP_SELECT_TF_OPS:
+        return isinstance(value, bool)
+    if key in _INT_RANGES:
+        lo, hi = _INT_RANGES[key]
+        return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+    if key == keys.SETUP_THRESHOLD:
+        return isinstance(value, float) and 50.0 <= value <= 100.0
+    return False
+
+
+def restore_form() -> None:
+    """Fill the form's unset keys with the last choices saved in the workspace, else defaults."""
+    saved = _saved_form()
+    state = st.session_state
+    for key in REMEMBERED:
+        if key in state:
+            continue
+        if key in saved and _usable(key, saved[key]):
+            state[key] = saved[key]
+        elif key in _FORM_DEFAULTS:
+            state[key] = _FORM_DEFAULTS[key]
+
+
+def remember_form() -> None:
+    """Save the form's current choices to the workspace when they changed."""
+    state = st.session_state
+    current = {key: state[key] for key in REMEMBERED if key in state}
+    if current != _saved_form():
+        # A read-only workspace only loses the convenience, never the run.
+        with contextlib.suppress(OSError):
+            write_json_atomic(_form_path(), current)
+
+
 def trusted_allowed() -> bool:
     """Whether this server lets users run a model's own code (an explicit operator setting)."""
     return os.environ.get(TRUSTED_ENV) == "1"
@@ -54,10 +140,15 @@ def trusted_requested() -> bool:
 
 @dataclass(frozen=True)
 class Picked:
-    """A resolved model or data path, or the one-line reason there is none."""
+    """A resolved model or data path, or the one-line reason there is none.
+
+    `extract_dir` is set for an uploaded zip data set: where Setup extracts it for the preview
+    (the run extracts its own copy into its folder, through the same function).
+    """
 
     path: str | None
     error: str | None = None
+    extract_dir: str | None = None
 
 
 def demo_ready() -> bool:
@@ -101,30 +192,37 @@ def _demo_wait() -> None:
 
 def _save_upload(upload: st.runtime.uploaded_file_manager.UploadedFile) -> Path:
     """Store an upload under the workspace by content hash (the same file is stored once)."""
-    data = upload.getvalue()
-    digest = hashlib.sha256(data).hexdigest()[:16]
-    dest = workspace_home() / "uploads" / digest
-    dest.mkdir(parents=True, exist_ok=True)
-    target = dest / Path(upload.name).name
-    if not target.is_file():
-        target.write_bytes(data)
-    return target
+    return uploads.save_upload(upload.getvalue(), upload.name)
 
 
-def _extract(zip_path: Path) -> Path:
-    from core.archives import safe_extract
+def _picked_upload(
+    up: st.runtime.uploaded_file_manager.UploadedFile | None, remembered: str
+) -> Path | None:
+    """The file just uploaded, else the one uploaded earlier (a reload empties the uploader)."""
+    if up is not None:
+        saved = _save_upload(up)
+        st.session_state[remembered] = str(saved)
+        return saved
+    earlier = st.session_state.get(remembered)
+    if not (isinstance(earlier, str) and _is_stored_upload(earlier)):
+        return None
+    st.caption(
+        f"Using {fmt.code(Path(earlier).name)}, uploaded earlier; upload a file to replace it."
+    )
+    return Path(earlier)
 
-    dest = zip_path.parent / "extracted"
-    if dest.is_dir() and any(dest.iterdir()):
-        return dest
-    return safe_extract(zip_path, dest)
+
+def _is_stored_upload(path: str) -> bool:
+    """A file the upload store holds (uploads are removed when no run needs them any more)."""
+    return uploads.upload_folder(path) is not None and Path(path).is_file()
 
 
 def _server_path(raw: str, *, what: str) -> Picked:
+    """Check a typed path against the server's allowed folders before anything reads it."""
     if not raw.strip():
         return Picked(None, None)
     try:
-        p = require_under_roots(raw.strip(), allowed_roots_from_env(), what=what)
+        p = require_under_roots(raw.strip(), allowed_roots(), what=what)
     except QuantLensError as exc:
         return Picked(None, str(exc))
     if not p.exists():
@@ -136,6 +234,8 @@ def model_section(demo_ok: bool) -> Picked:
     """Model source radio and its input; returns the chosen model path."""
     st.subheader("1 · Model")
     options = MODEL_SOURCES if demo_ok else MODEL_SOURCES[1:]
+    if st.session_state.get(keys.SETUP_MODEL_SOURCE) not in options:
+        st.session_state.pop(keys.SETUP_MODEL_SOURCE, None)
     source = st.radio("Model source", options, key=keys.SETUP_MODEL_SOURCE, horizontal=True)
     if source == "Demo model":
         from core.demo import demo_paths
@@ -156,14 +256,16 @@ def model_section(demo_ok: bool) -> Picked:
         type=["keras", "zip"],
         key=keys.SETUP_MODEL_UPLOAD,
     )
-    if up is None:
+    saved = _picked_upload(up, keys.SETUP_MODEL_UPLOADED)
+    if saved is None:
         return Picked(None)
     try:
-        saved = _save_upload(up)
         if saved.suffix.lower() == ".zip":
             from core.archives import find_saved_model_dir
 
-            return Picked(str(find_saved_model_dir(_extract(saved))))
+            return Picked(
+                str(find_saved_model_dir(extract_once(saved, uploads.extracted_dir(saved))))
+            )
         return Picked(str(saved))
     except QuantLensError as exc:
         return Picked(None, str(exc))
@@ -186,6 +288,8 @@ def data_section(demo_ok: bool) -> tuple[Picked, str | None]:
     """Data source radio and its input; returns the data path and an optional labels file."""
     st.subheader("2 · Data")
     options = DATA_SOURCES if demo_ok else DATA_SOURCES[1:]
+    if st.session_state.get(keys.SETUP_DATA_SOURCE) not in options:
+        st.session_state.pop(keys.SETUP_DATA_SOURCE, None)
     source = st.radio("Data source", options, key=keys.SETUP_DATA_SOURCE, horizontal=True)
     labels: str | None = None
     if source == "Demo data":
@@ -206,35 +310,45 @@ def data_section(demo_ok: bool) -> tuple[Picked, str | None]:
         lab = st.text_input(
             "labels.txt (optional, one class name per line)", key=keys.SETUP_LABELS_PATH
         )
+        data = _server_path(raw, what="data set")
         if lab.strip():
-            labels = lab.strip()
-        return _server_path(raw, what="data set"), labels
+            checked = _server_path(lab, what="labels file")
+            if checked.error:
+                return Picked(None, checked.error), None
+            labels = checked.path
+        return data, labels
     up = st.file_uploader(
         "A .zip of a CSV data set or of class folders", type=["zip"], key=keys.SETUP_DATA_UPLOAD
     )
-    if up is None:
+    saved = _picked_upload(up, keys.SETUP_DATA_UPLOADED)
+    if saved is None:
         return Picked(None), None
-    try:
-        root = _extract(_save_upload(up))
-    except QuantLensError as exc:
-        return Picked(None, str(exc)), None
-    csvs = sorted(root.glob("*.csv"))
-    inner = [d for d in root.iterdir() if d.is_dir() and not d.name.startswith((".", "__"))]
-    if not csvs and len(inner) == 1 and not any(inner[0].glob("*.*")):
-        root = inner[0]  # a zip of a wrapper folder holding the class folders
-    if (root / "labels.txt").is_file():
-        labels = str(root / "labels.txt")
-    return Picked(str(csvs[0]) if len(csvs) == 1 else str(root)), labels
+    # The run gets the zip itself and extracts it into its own folder exactly as the CLI does
+    # (core.data.data_root_from_zip); the preview extracts it once next to the upload.
+    return Picked(str(saved), extract_dir=str(uploads.extracted_dir(saved))), None
 
 
-def show_dataset(ds: Dataset) -> None:
-    """Sample count, labels and skipped rows of the chosen data set."""
+def show_dataset(ds: Dataset, sig: ModelSignature | None = None) -> None:
+    """Sample count, labels and skipped rows of the chosen data set, and what looks wrong."""
     c1, c2, c3 = st.columns(3)
     c1.metric("Samples", len(ds.samples))
     c2.metric("Skipped", len(ds.skipped))
     c3.metric("Classes", "—" if not ds.class_names else len(ds.class_names))
     if not ds.has_labels:
         st.caption("No labels: accuracy cannot be computed; only agreement is measured.")
+    names = ds.class_names or ()
+    if ds.has_labels and len(names) == 1:
+        st.warning(
+            f"The data set has a single class ({fmt.text(names[0])}): accuracy will be "
+            "meaningless. Check the layout: one sub-folder per class, or a CSV with filepath,label.",
+            icon=":material/warning:",
+        )
+    elif sig is not None and names and len(names) != sig.num_classes:
+        st.warning(
+            f"The data set names {len(names)} classes but the model outputs {sig.num_classes}; "
+            "check labels.txt or the class folders.",
+            icon=":material/warning:",
+        )
     if ds.skipped:
         with st.expander(f"{len(ds.skipped)} skipped rows"):
             st.dataframe(
@@ -288,8 +402,6 @@ def variants_section() -> list[str]:
     """Mode multiselect (+ int8 I/O type); returns variant names such as `int8-uint8`."""
     st.subheader("4 · Variants")
     modes = [m.value for m in Mode]
-    if keys.SETUP_MODES not in st.session_state:
-        st.session_state[keys.SETUP_MODES] = ["float32", "dynamic", "float16", "int8"]
     c1, c2, c3 = st.columns([3, 1, 1])
     chosen = c1.multiselect(
         "Quantization modes",
@@ -339,7 +451,6 @@ def options_section(num_samples: int | None) -> RunOptions:
         "Calibration samples",
         min_value=1,
         max_value=10_000,
-        value=100,
         step=10,
         key=keys.SETUP_CALIBRATION,
         help="Drawn from the data with a fixed seed (int8, int16x8).",
@@ -347,7 +458,6 @@ def options_section(num_samples: int | None) -> RunOptions:
     cap = c2.number_input(
         "Evaluation sample cap (0 = all)",
         min_value=0,
-        value=0,
         step=100,
         key=keys.SETUP_MAX_SAMPLES,
         help=f"The data set has {num_samples} samples." if num_samples else None,
@@ -356,14 +466,12 @@ def options_section(num_samples: int | None) -> RunOptions:
         "Threads",
         min_value=1,
         max_value=max(1, os.cpu_count() or 1),
-        value=max(1, os.cpu_count() or 1),
         key=keys.SETUP_THREADS,
     )
     threshold = c4.slider(
         "Agreement threshold (%)",
         min_value=50.0,
         max_value=100.0,
-        value=95.0,
         step=0.5,
         key=keys.SETUP_THRESHOLD,
     )
@@ -420,6 +528,7 @@ def launch(
     )
     try:
         rid = jobs.create_run(spec)
+        uploads.bind_to_run((model, data, labels), rid)
         jobs.launch_run(rid)
     except QuantLensError as exc:
         st.session_state[keys.SETUP_LAUNCH_ERROR] = str(exc)
@@ -427,3 +536,13 @@ def launch(
     st.session_state.pop(keys.SETUP_LAUNCH_ERROR, None)
     runs.select_run(rid)
     st.rerun()
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _clean_uploads(home_dir: str) -> tuple[str, ...]:
+    return tuple(str(p) for p in uploads.clean_workspace_uploads(home=Path(home_dir)))
+
+
+def clean_uploads_once() -> tuple[str, ...]:
+    """At server start (once per workspace), remove uploads no stored run needs any more."""
+    return _clean_uploads(str(workspace_home()))

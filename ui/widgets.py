@@ -172,12 +172,17 @@ def _lower_is_better(change_pct: float | None) -> Literal["inverse", "off"]:
     return "inverse"
 
 
+EMPTY_CELL = "—"  # an unknown or not-applicable number: never Streamlit's grey "None"
+
+
 def summary_columns() -> dict[str, Any]:
     """Number formats of the summary tables (Overview and Compare share their column names)."""
     mb = st.column_config.NumberColumn(format="%.3f")
     # Signed like the cards and the Size chart: -75.0 is smaller, +5.0 larger.
     change = st.column_config.NumberColumn(format="%+.1f")
     pct = st.column_config.NumberColumn(format="%.2f")
+    # Integers in a column with a gap become floats in pandas: show them without ".0".
+    count = st.column_config.NumberColumn(format="%d")
     return {
         "size (MB)": mb,
         "size change vs original (%)": change,
@@ -188,7 +193,24 @@ def summary_columns() -> dict[str, Any]:
         "accuracy TFLite (%)": pct,
         "p50 (ms)": mb,
         "p99 (ms)": mb,
+        "n": count,
+        "k": count,
+        "disagreements": count,
     }
+
+
+def summary_dataframe(table: pd.DataFrame, *, key: str) -> None:
+    """Draw a summary table (Overview, Compare): formatted numbers, "—" in empty cells.
+
+    The values stay numbers, so sorting a column in the browser still sorts by value.
+    """
+    st.dataframe(
+        table,
+        hide_index=True,
+        key=key,
+        column_config=summary_columns(),
+        placeholder=EMPTY_CELL,
+    )
 
 
 def summary_table(res: RunResults) -> pd.DataFrame:

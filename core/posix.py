@@ -1,0 +1,106 @@
+"""The operating-system calls QuantLens needs that only POSIX systems have, in one place.
+
+Supported: Linux (tested). macOS has every call used here except /proc, for which each
+function below has a fallback (`ps`, `sysctl`); there the kernel accepts the address-space
+limit but does not enforce it. Windows has no process groups or rlimits: use WSL2.
+
+Subprocesses are started with `start_new_session=True` (a new process group, so a timeout or a
+cancel kills everything a model's graph ops may have started); Popen ignores it on Windows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+PROC = Path("/proc")  # a module attribute so tests can take /proc away, as on macOS
+
+
+def kill_group(pid: int) -> None:
+    """SIGKILL the process group led by `pid` (a worker started with start_new_session=True).
+
+    Children the worker started (a graph op may start processes) die with it. A group that is
+    already gone is not an error.
+    """
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def limit_address_space(limit_bytes: int) -> bool:
+    """Cap this process's address space, so a runaway model fails here and not on the machine.
+
+    Returns:
+        True when the limit was set; False when the system refuses it (the run goes on
+        without a memory cap rather than not at all).
+    """
+    import resource
+
+    try:
+        resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
+    except (ValueError, OSError):
+        return False
+    return True
+
+
+def _is_zombie(pid: int) -> bool:
+    """Whether `pid` has exited but not been reaped yet (it still answers kill(pid, 0))."""
+    stat = PROC / str(pid) / "stat"
+    if PROC.is_dir():
+        try:
+            # The state letter follows the command name, which is in parentheses and may hold
+            # spaces or parentheses itself: split after the last ")".
+            return stat.read_text(encoding="utf-8").rpartition(")")[2].split()[0] == "Z"
+        except (OSError, IndexError):
+            return False
+    try:
+        done = subprocess.run(
+            ["ps", "-o", "stat=", "-p", str(pid)],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.stdout.strip().startswith("Z")
+
+
+def pid_alive(pid: int | None) -> bool:
+    """Whether process `pid` is running: it exists, and it is not a zombie.
+
+    A process owned by another user counts as alive (kill answers EPERM).
+    """
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not _is_zombie(pid)
+
+
+def cpu_name() -> str:
+    """The CPU model name: /proc/cpuinfo on Linux, sysctl on macOS, else what platform says."""
+    with contextlib.suppress(OSError), (PROC / "cpuinfo").open(encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    if sys.platform == "darwin":
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            done = subprocess.run(
+                ["sysctl", "-n", "machdep.cpu.brand_string"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                check=False,
+            )
+            if done.stdout.strip():
+                return done.stdout.strip()
+    return platform.processor() or platform.machine()

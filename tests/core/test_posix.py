@@ -1,0 +1,113 @@
+"""The POSIX-only calls, on the real kernel: group kill, memory cap, pid/zombie checks, CPU name.
+
+Each /proc-based answer is also checked with /proc taken away, as on macOS.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from core import posix
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _state(pid: int) -> str | None:
+    """The kernel's state letter for `pid` (read here, not through core.posix), None if gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text.rpartition(")")[2].split()[0]
+
+
+def _wait_for(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _zombie() -> subprocess.Popen[bytes]:
+    """A child that has exited and that nobody has reaped yet."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    assert _wait_for(lambda: _state(child.pid) == "Z")
+    return child
+
+
+@pytest.fixture(params=["proc", "no-proc"])
+def proc(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    """Run the test with /proc (Linux) and without it (what macOS has)."""
+    if request.param == "no-proc":
+        monkeypatch.setattr(posix, "PROC", tmp_path / "no-proc")
+    return str(request.param)
+
+
+def test_pid_alive_tells_running_reaped_and_zombie_processes_apart(proc: str) -> None:
+    assert posix.pid_alive(os.getpid())
+    assert not posix.pid_alive(None) and not posix.pid_alive(0)
+    zombie = _zombie()
+    try:
+        assert not posix.pid_alive(zombie.pid)  # exited: kill(0) still answers for it
+    finally:
+        zombie.wait()
+    assert not posix.pid_alive(zombie.pid)  # reaped: gone
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        assert posix.pid_alive(sleeper.pid)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_kill_group_ends_the_worker_and_what_it_started() -> None:
+    script = (
+        "import subprocess, sys, time\n"
+        "p = subprocess.Popen(['sleep', '60'])\n"
+        "print(p.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    leader = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, start_new_session=True
+    )
+    assert leader.stdout is not None
+    grandchild = int(leader.stdout.readline())
+    assert _state(grandchild) not in (None, "Z")
+    posix.kill_group(leader.pid)
+    leader.wait(timeout=10)
+    assert leader.returncode == -9
+    # the orphaned grandchild died too (gone, or a zombie waiting for init to reap it)
+    assert _wait_for(lambda: _state(grandchild) in (None, "Z"))
+    posix.kill_group(leader.pid)  # a group that is gone is not an error
+
+
+def test_the_memory_limit_stops_an_allocation_above_it() -> None:
+    script = (
+        "from core.posix import limit_address_space\n"
+        "assert limit_address_space(1 << 30)\n"
+        "hoard = bytearray(2 << 30)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1 and "MemoryError" in done.stderr
+
+
+@pytest.mark.skipif(shutil.which("lscpu") is None, reason="lscpu is not installed")
+def test_cpu_name_is_the_model_name_the_system_reports(proc: str) -> None:
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    model = next(ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if "Model name" in ln)
+    name = posix.cpu_name()
+    if proc == "proc":
+        assert name == model
+    else:  # no /proc and not macOS: what the platform module knows, never empty
+        assert name and "\n" not in name
