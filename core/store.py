@@ -841,6 +841,15 @@ class RunStore:
             rows = conn.execute(sql, params).fetchall()
         return [self._row(r) for r in rows]
 
+    def unfinished_runs(self) -> list[RunRow]:
+        """Queued and running runs, oldest first (the order they take turns in)."""
+        with self._read() as conn:
+            rows = conn.execute(
+                _SELECT_RUNS + " WHERE r.status IN (?, ?) ORDER BY r.created, r.rowid",
+                (str(RunStatus.QUEUED), str(RunStatus.RUNNING)),
+            ).fetchall()
+        return [self._row(r) for r in rows]
+
     def get_run(self, run_id: str) -> RunRow | None:
         """One run, or None when the id is unknown."""
         with self._read() as conn:
