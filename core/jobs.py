@@ -351,12 +351,37 @@ def _finish_run(
             report = rundir.read_json(report_path)
             report["run"]["status"] = str(status)
             report["run"]["id"] = run_id
+            if status is not RunStatus.DONE:
+                _note_untimed_variants(report, status)
             rundir.write_json_atomic(report_path, report)
             store.sync_report(run_id, report)
         store.set_status(run_id, status, error=error)
     # status.json is what watchers poll: it turns final only once the report and the store
     # already say the same.
     write_status(directory, status, error=error)
+
+
+_ENDED_WORDS = {
+    RunStatus.CANCELLED: "was cancelled",
+    RunStatus.FAILED: "failed",
+    RunStatus.CRASHED: "crashed",
+    RunStatus.TIMEOUT: "timed out",
+}
+
+
+def _note_untimed_variants(report: dict[str, Any], status: RunStatus) -> None:
+    """Say why a finished variant has no latency when the run ended before its timing step.
+
+    Timing runs last, once every conversion is over, so no conversion shares the cores with
+    it; timing after a cancel would go against what the user asked for.
+    """
+    ended = _ENDED_WORDS.get(status, f"ended ({status})")
+    for variant in report["variants"]:
+        if variant.get("status") == "done" and not variant.get("latency_ms"):
+            variant["latency_note"] = (
+                f"not timed: the run {ended} before its timing step, which runs last "
+                "so no conversion shares the cores"
+            )
 
 
 def _stderr_text(directory: Path, *, since: int) -> str:

@@ -96,6 +96,8 @@ def _variant_lines(run_dir: Path, events: list[ProgressEvent]) -> list[tuple[str
                     f"(n={v.get('n')}) · {fmt.mb(v.get('size_bytes'))} · "
                     f"p50 {fmt.ms((v.get('latency_ms') or {}).get('p50'))}"
                 )
+                if v.get("latency_note"):
+                    detail += f" ({v['latency_note']})"
             elif status in ("failed", "crashed", "timeout", "cancelled"):
                 detail = str(v.get("error") or status)
             else:

@@ -128,6 +128,8 @@ def verdict_card(res: RunResults, v: dict[str, Any]) -> None:
             delta=None if sp is None else fmt.speedup(sp),
             delta_color="normal" if sp is None or float(sp) >= 1 else "inverse",
         )
+        if not lat and v.get("latency_note"):  # e.g. the run was cancelled before timing
+            st.caption(fmt.text(v["latency_note"]))
 
 
 def summary_columns() -> dict[str, Any]:
