@@ -30,7 +30,10 @@ _ICONS = {
 
 def active_run() -> str | None:
     """The run whose worker runs now, else the first queued one (shared by every tab)."""
-    return jobs.active_run_id(home=history.home())
+    try:
+        return jobs.active_run_id(home=history.home())
+    except QuantLensError:  # an unreadable store is reported by the page that needs it
+        return None
 
 
 def active_runs() -> list[RunRow]:

@@ -721,3 +721,27 @@ def test_a_corrupt_file_another_process_has_open_is_never_moved(tmp_path: Path) 
     finally:
         holder.kill()
         holder.wait(timeout=10)
+
+
+def test_a_forked_child_opens_its_own_connection_and_leaves_the_parents_alone(
+    tmp_path: Path,
+) -> None:
+    parent = open_store(tmp_path)
+    try:
+        _new_run(parent, tmp_path, "parent")
+        pid = os.fork()
+        if pid == 0:  # the child: a fresh registry, its own connection, closed on the way out
+            code = 1
+            try:
+                child = open_store(tmp_path)
+                code = 0 if child._shared is not parent._shared else 3
+                _new_run(child, tmp_path, "child")
+                child.close()
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert (tmp_path / f"{DB_NAME}-wal").exists()
+        assert sorted(r.id for r in parent.list_runs()) == ["child", "parent"]
+    finally:
+        parent.close()

@@ -50,6 +50,18 @@ def history_cells(page) -> list[str]:  # type: ignore[no-untyped-def]
     return [c.strip() for c in page.locator("[role=gridcell]").all_inner_texts()]
 
 
+def select_only_history_row(page, search: str) -> None:  # type: ignore[no-untyped-def]
+    """Filter History to one run and tick its row (the table is a canvas: click its box)."""
+    box = page.locator("[data-testid=stMain] [data-testid=stTextInput] input").first
+    box.fill(search)
+    box.press("Enter")
+    settle(page)
+    grid = page.locator("[data-testid=stDataFrame]").first.bounding_box()
+    assert grid is not None
+    page.mouse.click(grid["x"] + 17, grid["y"] + 52)  # the row marker of the first row
+    settle(page)
+
+
 def sidebar_labels(page) -> list[str]:  # type: ignore[no-untyped-def]
     box = page.locator("[data-testid=stSidebar] [data-testid=stSelectbox]")
     box.click()
@@ -76,11 +88,11 @@ def prepare_setup(page, modes: tuple[str, ...], name: str) -> None:  # type: ign
         if mode not in modes:
             page.get_by_role("button", name=f"Remove {mode}").click()
             settle(page, 300)
-    cap = page.get_by_label("Evaluation sample cap (0 = all)")
+    cap = page.get_by_label("Evaluation sample cap (0 = all)", exact=True)
     cap.fill(SAMPLES)
     cap.press("Enter")
     settle(page, 300)
-    run_name = page.get_by_label("Run name (optional)")
+    run_name = page.get_by_label("Run name (optional)", exact=True)
     run_name.fill(name)
     run_name.press("Enter")
     settle(page, 300)
@@ -181,12 +193,8 @@ def test_cli_runs_next_to_the_dashboard_show_up_and_a_rename_survives_a_restart(
         for run_id in ids:
             assert label_of(labels, run_id).endswith(" · done")
 
-        # Rename the run saved elsewhere: select its row (the box left of its name cell).
-        name_cell = page.locator("[role=gridcell]", has_text="cli elsewhere").first
-        box = name_cell.bounding_box()
-        assert box is not None
-        page.mouse.click(box["x"] - 15, box["y"] + box["height"] / 2)
-        settle(page)
+        # Rename the run saved elsewhere: search for it, then tick its row.
+        select_only_history_row(page, "cli elsewhere")
         rename = page.get_by_label("Rename")
         rename.fill("renamed <b>before</b> restart")
         page.get_by_role("button", name="Save name").click()
