@@ -237,8 +237,12 @@ def test_two_tabs_each_run_the_demo_one_waits_and_history_lists_both(
         press_run(tab_b)
         expect(tab_b.get_by_text(re.compile(r"Queued"))).to_be_visible(timeout=60_000)
         expect(tab_b.get_by_text("Running and queued")).to_be_visible()
-        expect(tab_a.get_by_text("Run finished")).to_be_visible(timeout=RUN_TIMEOUT_MS)
-        expect(tab_b.get_by_text("Run finished")).to_be_visible(timeout=RUN_TIMEOUT_MS)
+        expect(tab_a.get_by_text("Run finished", exact=True).first).to_be_visible(
+            timeout=RUN_TIMEOUT_MS
+        )
+        expect(tab_b.get_by_text("Run finished", exact=True).first).to_be_visible(
+            timeout=RUN_TIMEOUT_MS
+        )
         tab_b.reload()
         settle(tab_b)
         cells = history_cells(tab_b)
@@ -279,11 +283,11 @@ def test_cancel_then_reload_says_cancelled_everywhere(
         run_dir = home / "runs" / run_id
         wait_until(lambda: converting_int8(run_dir), timeout=240, what="the int8 conversion")
         page.get_by_role("button", name="Cancel").first.click()
-        expect(page.get_by_text("Run cancelled")).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("Run cancelled", exact=True).first).to_be_visible(timeout=60_000)
 
         page.reload()
         settle(page)
-        expect(page.get_by_text("Run cancelled")).to_be_visible()
+        expect(page.get_by_text("Run cancelled", exact=True).first).to_be_visible()
         assert page.get_by_text(re.compile(r"^(Running|Queued)")).count() == 0
         assert label_of(sidebar_labels(page), run_id).endswith(" · cancelled")
         cells = history_cells(page)
@@ -336,7 +340,7 @@ def test_kill_everything_mid_run_then_restart_says_interrupted_everywhere(
         server.start()
         page = open_app(browser, server.url)
         go(page, "Setup")
-        expect(page.get_by_text("Run failed")).to_be_visible()
+        expect(page.get_by_text("Run failed", exact=True).first).to_be_visible()
         expect(page.get_by_text("interrupted").first).to_be_visible()
         assert page.get_by_text(re.compile(r"^(Running|Queued)")).count() == 0
         assert label_of(sidebar_labels(page), run_id).endswith(" · failed")
