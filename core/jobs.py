@@ -524,47 +524,43 @@ class Supervisor:
         Runs of a workspace take turns, oldest first, so two runs never time their models on
         the same cores at once. The flock on runner.lock makes the claim atomic across
         processes; the store's queue order keeps it fair.
+
+        Returns:
+            The descriptor holding the runner lock (closing it lets the next run go), or None.
         """
         status = read_status(self.directory)
-        status["supervisor_pid"] = os.getpid()
+        status["supervisor_pid"] = os.getpid()  # from now on the run counts as alive
         rundir.write_json_atomic(self.directory / rundir.STATUS, status)
-        lock_path = _home(self.home) / RUNNER_LOCK
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        fd = os.open(_home(self.home) / RUNNER_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            if self._queue_until_free(fd):
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+        _finish_run(self.directory, RunStatus.CANCELLED, "cancelled while queued", home=self.home)
+        return None
+
+    def _queue_until_free(self, fd: int) -> bool:
+        """True once this run holds the runner lock; False when cancelled while queued."""
         said = None
         try:
-            while True:
-                if (self.directory / CANCEL_FLAG).exists():
-                    _finish_run(
-                        self.directory,
-                        RunStatus.CANCELLED,
-                        "cancelled while queued",
-                        home=self.home,
-                    )
-                    os.close(fd)
-                    return None
+            while not (self.directory / CANCEL_FLAG).exists():
                 ahead = self._runs_ahead()
                 if not any(r.status is RunStatus.QUEUED for r in ahead):
                     with contextlib.suppress(BlockingIOError):
                         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                        return fd
+                        return True
                 message = _queue_message(ahead)
                 if message != said and self.on_event is not None:
-                    self.on_event(
-                        ProgressEvent(
-                            step="queued", fraction=0.0, message=message, time=time.time()
-                        )
-                    )
+                    event = ProgressEvent("queued", 0.0, message, time=time.time())
+                    self.on_event(event)
                 said = message
                 time.sleep(QUEUE_POLL_S)
         except KeyboardInterrupt:  # Ctrl-C in the CLI while queued: the run never started
-            os.close(fd)
-            _finish_run(
-                self.directory, RunStatus.CANCELLED, "cancelled while queued", home=self.home
-            )
-            return None
-        except BaseException:
-            os.close(fd)
-            raise
+            pass
+        return False
 
     def _runs_ahead(self) -> list[RunRow]:
         rows = active_runs(home=self.home)

@@ -158,6 +158,9 @@ def open_store(
 ) -> RunStore:
     """Open (creating or migrating if needed) the run database `<home>/quantlens.db`.
 
+    Every store of one database in a process shares the process's one connection; close the
+    returned handle when done (the connection closes with its last handle).
+
     Args:
         home: the workspace folder; defaults to `core.rundir.workspace_home()`.
         busy_timeout_ms: how long a write waits for another process's lock.
