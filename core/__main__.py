@@ -11,7 +11,12 @@ from core import rundir
 from core.errors import QuantLensError
 from core.types import JobSpec, Preset, ProgressEvent, RunStatus, VariantSpec
 
-EXIT_PASS, EXIT_BELOW_THRESHOLD, EXIT_BAD_INPUT = 0, 1, 2
+# The exit status table (README "Exit status"); every row is tested through the real CLI.
+EXIT_PASS = 0  # every variant was judged and meets --min-agreement
+EXIT_BELOW_THRESHOLD = 1  # the job finished; some variant is below the bar or failed on its own
+EXIT_BAD_INPUT = 2  # an argument, path, model, data set or the workspace was refused
+EXIT_JOB_FAILED = 3  # the job itself did not finish: crash, out of memory or time outside a variant
+EXIT_CANCELLED = 130  # stopped by the user: Ctrl-C, or Cancel in the dashboard
 DEFAULT_MODES = "float32,dynamic,float16,int8"
 
 
@@ -73,9 +78,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--latency-runs", type=int, default=50)
     run.add_argument("--name", default="", help="a name for the run in the history")
     run.add_argument(
-        "--timeout", type=float, default=None, help="wall-clock limit of the job in seconds"
+        "--timeout",
+        type=float,
+        default=None,
+        help="wall-clock limit of the job in seconds, > 0 (default 3600)",
     )
-    run.add_argument("--memory-gb", type=float, default=None, help="memory limit of the worker")
+    run.add_argument(
+        "--memory-gb", type=float, default=None, help="memory limit of the worker, > 0 (default 16)"
+    )
     run.add_argument(
         "--report", choices=["json", "html"], default="json", help="html also writes report.html"
     )
@@ -89,9 +99,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
     print(f"error: {message}", file=sys.stderr)
-    return EXIT_BAD_INPUT
+    return code
+
+
+def _check_limits(args: argparse.Namespace) -> None:
+    """A limit of 0 would stop every job at once; there is no "no limit" value, only large ones."""
+    for flag, value in (("--timeout", args.timeout), ("--memory-gb", args.memory_gb)):
+        if value is not None and not value > 0:  # also refuses NaN
+            raise QuantLensError(
+                f"{flag} must be greater than 0; got {value:g} (leave it out for the default)"
+            )
 
 
 def _job_from_args(args: argparse.Namespace) -> JobSpec:
@@ -179,7 +198,7 @@ class ProgressPrinter:
 
     def __call__(self, event: ProgressEvent) -> None:
         if not self.interactive:
-            if event.step in ("variant", "done") or (event.step == "load"):
+            if event.step in ("variant", "done", "load", "queued"):
                 print(event.message, file=sys.stderr, flush=True)
             return
         from tqdm import tqdm
@@ -220,6 +239,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     from core.report import exit_status, format_table
 
+    _check_limits(args)
     job = _job_from_args(args)
     recover_interrupted()
     out = Path(args.out).resolve() if args.out else None
@@ -235,27 +255,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     status = supervisor.run()
     printer.close()
     report_path = directory / rundir.REPORT
-    if status is RunStatus.FAILED and not _any_variant_done(report_path):
-        return _fail(read_status(directory).get("error") or "the job failed")
-    if not report_path.exists():
-        return _fail(
-            read_status(directory).get("error")
-            or f"the job ended as {status} before writing a report"
-        )
-    report = rundir.read_json(report_path)
-    print(format_table(report))
-    if args.report == "html":
-        from core.report_html import write_report_html
+    error = read_status(directory).get("error") or f"the job ended as {status}"
+    if status is RunStatus.DONE and report_path.exists():
+        report = rundir.read_json(report_path)
+        print(format_table(report))
+        if args.report == "html":
+            from core.report_html import write_report_html
 
-        print(f"report: {write_report_html(directory)}")
-    print(f"run {run_id}: {report_path}")
-    return exit_status(report)
-
-
-def _any_variant_done(report_path: Path) -> bool:
-    if not report_path.exists():
-        return False
-    return any(v.get("status") == "done" for v in rundir.read_json(report_path)["variants"])
+            print(f"report: {write_report_html(directory)}")
+        print(f"run {run_id}: {report_path}")
+        return exit_status(report)
+    if report_path.exists():  # each variant's outcome and reason is still worth seeing
+        print(format_table(rundir.read_json(report_path)))
+        print(f"run {run_id}: {report_path}")
+    if status is RunStatus.CANCELLED:
+        return _fail(error, EXIT_CANCELLED)
+    if supervisor.bad_input:
+        return _fail(error)
+    log = directory / rundir.WORKER_LOG
+    return _fail(f"{error}; the worker's output is in {log}", EXIT_JOB_FAILED)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -302,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     except QuantLensError as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:
-        return _fail("interrupted")
+        return _fail("interrupted", EXIT_CANCELLED)
 
 
 if __name__ == "__main__":

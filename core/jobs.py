@@ -10,6 +10,7 @@ variant's crash never loses another's results.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -18,20 +19,23 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from core import posix, rundir
 from core.errors import QuantLensError, UnsupportedModel
+from core.store import RunRow, RunStore, open_store
 from core.types import JobSpec, ModelSignature, ProgressEvent, RunStatus
 from core.worker import EXIT_BAD_INPUT, EXIT_OK, EXIT_OOM, MEMORY_LIMIT_ENV, write_status
 
 DEFAULT_TIMEOUT_S = 3600.0
 DEFAULT_MEMORY_LIMIT_GB = 16.0
 CANCEL_FLAG = "cancel"
-ACTIVE_RUN = "active_run"
+RUNNER_LOCK = "runner.lock"  # in the workspace: held by the one supervisor whose worker runs
+QUEUE_POLL_S = 0.5
+STARTING_GRACE_S = 30.0  # a queued run this young counts as alive before its supervisor writes
 STDERR_TAIL_LINES = 12
 WORKER_TMP = ".tmp"  # the worker's TMPDIR inside its run directory
 SIGNAL_NAMES = {
@@ -67,10 +71,17 @@ def new_run_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
 
 
-def _store(home: Path | None) -> Any:
-    from core.store import open_store
-
+def _store(home: Path | None) -> RunStore:
     return open_store(_home(home))
+
+
+@contextlib.contextmanager
+def _opened_store(home: Path | None) -> Iterator[RunStore]:
+    store = _store(home)
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 def create_run(job: JobSpec, *, home: Path | None = None, directory: Path | None = None) -> str:
@@ -86,6 +97,21 @@ def create_run(job: JobSpec, *, home: Path | None = None, directory: Path | None
     """
     run_id = new_run_id()
     target = (directory or run_dir(run_id, home=home)).resolve()
+    try:
+        _prepare_run_folder(target, job, run_id)
+    except OSError as exc:
+        raise QuantLensError(
+            f"cannot write the run folder {target}: {exc.strerror or exc}; "
+            "choose a writable folder (--out, or QUANTLENS_HOME)"
+        ) from None
+    with _opened_store(home) as store:
+        store.create_run(
+            run_id, name=job.name or _default_name(job), run_dir=target, job=job.to_dict()
+        )
+    return run_id
+
+
+def _prepare_run_folder(target: Path, job: JobSpec, run_id: str) -> None:
     target.mkdir(parents=True, exist_ok=True)
     for stale in (rundir.PROGRESS, rundir.REPORT, CANCEL_FLAG, rundir.STATUS, rundir.WORKER_LOG):
         (target / stale).unlink(missing_ok=True)
@@ -100,14 +126,6 @@ def create_run(job: JobSpec, *, home: Path | None = None, directory: Path | None
             "finished": None,
         },
     )
-    store = _store(home)
-    try:
-        store.create_run(
-            run_id, name=job.name or _default_name(job), run_dir=target, job=job.to_dict()
-        )
-    finally:
-        store.close()
-    return run_id
 
 
 def _default_name(job: JobSpec) -> str:
@@ -141,22 +159,41 @@ def read_progress(directory: Path) -> list[ProgressEvent]:
 _pid_alive = posix.pid_alive  # a zombie (exited, not yet reaped) counts as gone
 
 
+def active_runs(*, home: Path | None = None) -> list[RunRow]:
+    """Queued and running runs of the workspace whose supervisor is alive, oldest first.
+
+    The store is the one list: dashboard runs and CLI runs (wherever their --out folder is).
+    """
+    with _opened_store(home) as store:
+        rows = store.unfinished_runs()
+    return [r for r in rows if _supervisor_alive(r.id, r.run_dir)]
+
+
 def active_run_id(*, home: Path | None = None) -> str | None:
-    """The queued or running run launched from this workspace, if its supervisor is alive."""
-    marker = _home(home) / ACTIVE_RUN
-    try:
-        run_id = marker.read_text(encoding="utf-8").strip()
-    except OSError:
+    """The run whose worker runs now, else the first in the queue, else None."""
+    rows = active_runs(home=home)
+    running = [r for r in rows if r.status is RunStatus.RUNNING]
+    first = next(iter(running or rows), None)
+    return None if first is None else first.id
+
+
+def queue_position(run_id: str, *, home: Path | None = None) -> int | None:
+    """How many live runs are ahead of a queued run (None when it is not queued)."""
+    rows = active_runs(home=home)
+    me = next((r for r in rows if r.id == run_id), None)
+    if me is None or me.status is not RunStatus.QUEUED:
         return None
-    status = read_status(run_dir(run_id, home=home))
-    if RunStatus(status.get("status", "queued")).finished:
-        return None
-    if (
-        status.get("status") == str(RunStatus.QUEUED)
-        and time.time() - float(status.get("created") or 0) < 30
-    ):
-        return run_id  # the supervisor is starting
-    return run_id if _pid_alive(status.get("supervisor_pid")) else None
+    return len(_ahead_of(me, rows))
+
+
+def _ahead_of(me: RunRow, rows: list[RunRow]) -> list[RunRow]:
+    """The live runs a queued run waits for: the running ones, and those queued before it."""
+    return [
+        r
+        for r in rows
+        if r.id != me.id
+        and (r.status is RunStatus.RUNNING or (r.created, r.id) < (me.created, me.id))
+    ]
 
 
 def launch_run(
@@ -182,7 +219,6 @@ def launch_run(
         command += ["--timeout", str(timeout_s)]
     if memory_limit_gb is not None:
         command += ["--memory-gb", str(memory_limit_gb)]
-    rundir.write_atomic(home_path / ACTIVE_RUN, run_id.encode())
     with (directory / "supervisor.log").open("ab") as log:
         process = subprocess.Popen(
             command,
@@ -198,7 +234,10 @@ def launch_run(
 
 def cancel_run(run_id: str, *, home: Path | None = None) -> None:
     """Ask the supervisor to stop the run; a run with no live supervisor is marked cancelled now."""
-    directory = run_dir(run_id, home=home)
+    with _opened_store(home) as store:
+        row = store.get_run(run_id)
+    # A CLI run keeps its files in its --out folder; the store knows where.
+    directory = row.run_dir if row is not None else run_dir(run_id, home=home)
     (directory / CANCEL_FLAG).touch()
     status = read_status(directory)
     if not RunStatus(status.get("status", "queued")).finished and not _pid_alive(
@@ -209,25 +248,67 @@ def cancel_run(run_id: str, *, home: Path | None = None) -> None:
 
 def _supervisor_alive(run_id: str, directory: Path) -> bool:
     status = read_status(directory)
-    starting = (
+    if _pid_alive(status.get("supervisor_pid")):
+        return True
+    # Just created: its supervisor may not have written its pid yet.
+    return (
         status.get("status") == str(RunStatus.QUEUED)
-        and time.time() - float(status.get("created") or 0) < 30
+        and not status.get("supervisor_pid")
+        and time.time() - float(status.get("created") or 0) < STARTING_GRACE_S
     )
-    return starting or _pid_alive(status.get("supervisor_pid"))
 
 
 def recover_interrupted(*, home: Path | None = None) -> list[str]:
-    """Mark runs whose supervisor died (server killed, machine rebooted) as failed: "interrupted"."""
-    store = _store(home)
-    try:
+    """Finish runs whose supervisor died (server killed, machine rebooted) as failed: "interrupted".
+
+    The store, report.json (no variant stays pending or running) and status.json all end up
+    saying the same, and a worker left behind by the dead supervisor is stopped.
+    """
+    with _opened_store(home) as store:
         recovered: list[str] = store.mark_interrupted(still_running=_supervisor_alive)
-    finally:
-        store.close()
-    for run_id in recovered:
-        directory = run_dir(run_id, home=home)
-        if directory.exists():
-            write_status(directory, RunStatus.FAILED, error="interrupted")
+        rows = [store.get_run(run_id) for run_id in recovered]
+    for row in rows:
+        if row is None or not row.run_dir.is_dir():
+            continue
+        _stop_orphan_worker(row.run_dir)
+        _close_unfinished_variants(row.run_dir, "failed", "interrupted")
+        _finish_run(row.run_dir, RunStatus.FAILED, "interrupted", home=home)
     return recovered
+
+
+def _stop_orphan_worker(directory: Path) -> None:
+    """Kill the worker group of a run whose supervisor died, if it still runs this run."""
+    pid = read_status(directory).get("worker_pid")
+    if not isinstance(pid, int) or not _pid_alive(pid):
+        return
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return
+    # A recycled pid belongs to another program: only a worker of this very run is stopped.
+    if b"core.worker" in cmdline and str(directory).encode() in cmdline:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+
+
+def _close_unfinished_variants(directory: Path, status: str, reason: str) -> None:
+    """Give every pending/running variant of report.json its final status and reason."""
+    path = directory / rundir.REPORT
+    if not path.exists():
+        return
+    report = rundir.read_json(path)
+    for variant in report["variants"]:
+        if variant["status"] in ("pending", "running"):
+            variant["status"] = status
+            variant["error"] = reason
+    rundir.write_json_atomic(path, report)
+
+
+def _queue_message(ahead: list[RunRow]) -> str:
+    if not ahead:
+        return "queued: waiting for the run in progress to finish"
+    names = ", ".join(r.id for r in ahead)
+    return f"queued: waiting for {len(ahead)} run(s) ahead ({names})"
 
 
 def _remove_scratch(directory: Path) -> None:
@@ -251,20 +332,42 @@ def _finish_run(
     _remove_scratch(directory)
     report_path = directory / rundir.REPORT
     run_id = read_status(directory).get("run_id") or directory.name
-    store = _store(home)
-    try:
+    with _opened_store(home) as store:
         if report_path.exists():
             report = rundir.read_json(report_path)
             report["run"]["status"] = str(status)
             report["run"]["id"] = run_id
+            if status is not RunStatus.DONE:
+                _note_untimed_variants(report, status)
             rundir.write_json_atomic(report_path, report)
             store.sync_report(run_id, report)
         store.set_status(run_id, status, error=error)
-    finally:
-        store.close()
     # status.json is what watchers poll: it turns final only once the report and the store
     # already say the same.
     write_status(directory, status, error=error)
+
+
+_ENDED_WORDS = {
+    RunStatus.CANCELLED: "was cancelled",
+    RunStatus.FAILED: "failed",
+    RunStatus.CRASHED: "crashed",
+    RunStatus.TIMEOUT: "timed out",
+}
+
+
+def _note_untimed_variants(report: dict[str, Any], status: RunStatus) -> None:
+    """Say why a finished variant has no latency when the run ended before its timing step.
+
+    Timing runs last, once every conversion is over, so no conversion shares the cores with
+    it; timing after a cancel would go against what the user asked for.
+    """
+    ended = _ENDED_WORDS.get(status, f"ended ({status})")
+    for variant in report["variants"]:
+        if variant.get("status") == "done" and not variant.get("latency_ms"):
+            variant["latency_note"] = (
+                f"not timed: the run {ended} before its timing step, which runs last "
+                "so no conversion shares the cores"
+            )
 
 
 def _stderr_text(directory: Path, *, since: int) -> str:
@@ -345,6 +448,8 @@ class Supervisor:
         self.memory_limit_gb = memory_limit_gb
         self.on_event = on_event
         self._events_seen = 0
+        # The worker refused the job's input (a QuantLensError): the CLI's exit status 2.
+        self.bad_input = False
 
     def _poll_events(self) -> None:
         events = read_progress(self.directory)
@@ -384,7 +489,73 @@ class Supervisor:
         process.wait()
 
     def run(self) -> RunStatus:
-        """Supervise until the job ends; returns the run's final status."""
+        """Wait for this run's turn, then supervise it until the job ends.
+
+        Returns:
+            The run's final status.
+        """
+        # One store handle for the run's life: every store use inside shares its connection.
+        with _opened_store(self.home):
+            slot = self._wait_for_turn()
+            if slot is None:
+                return RunStatus.CANCELLED
+            try:
+                return self._run_worker()
+            finally:
+                os.close(slot)  # closing the descriptor releases the flock
+
+    def _wait_for_turn(self) -> int | None:
+        """Block until this run may use the machine; None when it was cancelled while queued.
+
+        Runs of a workspace take turns, oldest first, so two runs never time their models on
+        the same cores at once. The flock on runner.lock makes the claim atomic across
+        processes; the store's queue order keeps it fair.
+
+        Returns:
+            The descriptor holding the runner lock (closing it lets the next run go), or None.
+        """
+        status = read_status(self.directory)
+        status["supervisor_pid"] = os.getpid()  # from now on the run counts as alive
+        rundir.write_json_atomic(self.directory / rundir.STATUS, status)
+        fd = os.open(_home(self.home) / RUNNER_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            if self._queue_until_free(fd):
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+        _finish_run(self.directory, RunStatus.CANCELLED, "cancelled while queued", home=self.home)
+        return None
+
+    def _queue_until_free(self, fd: int) -> bool:
+        """True once this run holds the runner lock; False when cancelled while queued."""
+        said = None
+        try:
+            while not (self.directory / CANCEL_FLAG).exists():
+                ahead = self._runs_ahead()
+                if not any(r.status is RunStatus.QUEUED for r in ahead):
+                    with contextlib.suppress(BlockingIOError):
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        return True
+                message = _queue_message(ahead)
+                if message != said and self.on_event is not None:
+                    event = ProgressEvent("queued", 0.0, message, time=time.time())
+                    self.on_event(event)
+                said = message
+                time.sleep(QUEUE_POLL_S)
+        except KeyboardInterrupt:  # Ctrl-C in the CLI while queued: the run never started
+            pass
+        return False
+
+    def _runs_ahead(self) -> list[RunRow]:
+        rows = active_runs(home=self.home)
+        me = next((r for r in rows if r.id == self._run_id()), None)
+        if me is None:  # not in the store: wait for whatever runs
+            return [r for r in rows if r.status is RunStatus.RUNNING]
+        return _ahead_of(me, rows)
+
+    def _run_worker(self) -> RunStatus:
         started = time.time()
         status = read_status(self.directory)
         status.update(
@@ -433,6 +604,7 @@ class Supervisor:
                 _finish_run(self.directory, RunStatus.DONE, None, home=self.home)
                 return RunStatus.DONE
             if returncode == EXIT_BAD_INPUT:
+                self.bad_input = True
                 error = read_status(self.directory).get("error") or "the job failed"
                 self._mark_unfinished_variants("failed", "not run: " + error)
                 _finish_run(self.directory, RunStatus.FAILED, error, home=self.home)
@@ -515,36 +687,24 @@ class Supervisor:
         self._sync_report_to_store()
 
     def _mark_unfinished_variants(self, status: str, reason: str) -> None:
-        report = self._report()
-        if report is None:
-            return
-        for variant in report["variants"]:
-            if variant["status"] in ("pending", "running"):
-                variant["status"] = status
-                variant["error"] = reason
-        rundir.write_json_atomic(self.directory / rundir.REPORT, report)
+        _close_unfinished_variants(self.directory, status, reason)
 
     def _run_id(self) -> str:
         return str(read_status(self.directory).get("run_id") or self.directory.name)
 
     def _set_store_status(self, status: RunStatus) -> None:
-        store = _store(self.home)
-        try:
+        with _opened_store(self.home) as store:
             store.set_status(self._run_id(), status)
-        finally:
-            store.close()
 
     def _sync_report_to_store(self) -> None:
         report = self._report()
         if report is None:
             return
-        store = _store(self.home)
         try:
-            store.sync_report(self._run_id(), report)
+            with _opened_store(self.home) as store:
+                store.sync_report(self._run_id(), report)
         except QuantLensError as exc:  # a locked store must not stop the job; the files hold it all
             print(f"store not updated: {exc}", file=sys.stderr)
-        finally:
-            store.close()
 
 
 def signature_cache_file(

@@ -232,20 +232,6 @@ def report_mtime(run_dir: Path) -> float:
         return 0.0
 
 
-def run_ids(home: Path | None = None) -> list[str]:
-    """Ids of every run directory in the workspace, newest first (by job.json time)."""
-    root = rundir.runs_root(home)
-    if not root.is_dir():
-        return []
-    found: list[tuple[float, str]] = []
-    for d in root.iterdir():
-        job = d / rundir.JOB
-        if d.is_dir() and job.is_file():
-            found.append((job.stat().st_mtime, d.name))
-    found.sort(reverse=True)
-    return [name for _, name in found]
-
-
 SORTS = {
     "largest |Δp| of the original's class": ("abs_top1_prob_delta", False),
     "largest max |Δp|": ("max_abs_delta", False),

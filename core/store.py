@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -27,8 +28,7 @@ _SQLITE_BUSY = 5
 _SQLITE_LOCKED = 6
 _SQLITE_CORRUPT = 11
 _SQLITE_NOTADB = 26
-_SQLITE_MAGIC = b"SQLite format 3\x00"
-_WAL_MAGICS = (b"\x37\x7f\x06\x82", b"\x37\x7f\x06\x83")  # big-endian, two checksum orders
+_CONFIRM_PAUSE_S = 0.25  # between the two looks that must both find a file corrupt
 
 # Forward migrations: MIGRATIONS[i] takes a database from user_version i to i + 1. Each step runs
 # in one transaction together with the user_version bump, so a crash mid-migration leaves the old
@@ -158,6 +158,9 @@ def open_store(
 ) -> RunStore:
     """Open (creating or migrating if needed) the run database `<home>/quantlens.db`.
 
+    Every store of one database in a process shares the process's one connection; close the
+    returned handle when done (the connection closes with its last handle).
+
     Args:
         home: the workspace folder; defaults to `core.rundir.workspace_home()`.
         busy_timeout_ms: how long a write waits for another process's lock.
@@ -209,12 +212,53 @@ class _Corrupt(Exception):
     """Internal: the file on disk is not a healthy SQLite database."""
 
 
+@dataclass
+class _Shared:
+    """This process's one connection to one database file, shared by every RunStore of it.
+
+    One connection per process matters on POSIX: fcntl locks belong to the process, so a second
+    connection (or any open()/close() of the file) can drop the first one's locks, and another
+    process then deletes the -wal under it.
+    """
+
+    conn: sqlite3.Connection
+    lock: threading.RLock
+    marker_fd: int  # holds a shared flock on `<db>.lock` while this process uses the database
+    busy_timeout_ms: int
+    recovered_from: Path | None
+    users: int = 0
+
+
+_REGISTRY: dict[Path, _Shared] = {}
+_REGISTRY_LOCK = threading.Lock()
+_INHERITED: list[_Shared] = []  # a forked child's copies: kept, never used, never closed
+
+
+def _forget_after_fork() -> None:
+    """A forked child starts fresh: closing the parent's connections would checkpoint under it."""
+    global _REGISTRY_LOCK
+    _INHERITED.extend(_REGISTRY.values())
+    _REGISTRY.clear()
+    _REGISTRY_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+def _marker_path(db_path: Path) -> Path:
+    # A separate file: flock on it never touches SQLite's own fcntl locks on the database.
+    return db_path.with_name(f"{db_path.name}.lock")
+
+
 class RunStore:
     """SQLite-backed run history. Thread-safe within a process; safe across processes (WAL).
 
-    Every write is one short `BEGIN IMMEDIATE` transaction. A corrupt file is moved aside to
-    `quantlens.db.corrupt-<timestamp>` (with its -wal/-shm) and a fresh database is created;
-    `recovered_from` then names the moved file so the app can say so.
+    Every RunStore of one database path in a process shares one connection (`close()` releases
+    this handle; the connection closes with its last user). Every write is one short
+    `BEGIN IMMEDIATE` transaction. A file that two SQLite connections in a row find corrupt is
+    moved aside to `quantlens.db.corrupt-<timestamp>` (with its -wal/-shm), unless another
+    process has it open; a fresh database is then created and `recovered_from` names the
+    moved file so the app can say so.
     """
 
     def __init__(
@@ -232,13 +276,11 @@ class RunStore:
             check_integrity: run `PRAGMA integrity_check` on open (cheap: the store is small).
 
         Raises:
-            StoreError: the file cannot be opened, stays locked, or has a newer schema.
+            StoreError: the file cannot be opened, stays locked, has a newer schema, or is
+                damaged while another process has it open.
         """
         self.db_path = Path(db_path)
         self.busy_timeout_ms = int(busy_timeout_ms)
-        self.recovered_from: Path | None = None
-        self._lock = threading.RLock()
-        self._conn: sqlite3.Connection | None = None
         try:
             self.db_path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -246,17 +288,16 @@ class RunStore:
                 f"cannot create the workspace folder {self.db_path.parent}: {exc.strerror}; "
                 "set QUANTLENS_HOME to a writable folder"
             ) from None
-        try:
-            self._conn = self._connect(check_integrity=check_integrity)
-        except _Corrupt:
-            self.recovered_from = self._move_aside()
-            try:
-                self._conn = self._connect(check_integrity=False)
-            except _Corrupt:
-                raise StoreError(
-                    f"a fresh run database at {self.db_path} is unusable; "
-                    "check the disk and set QUANTLENS_HOME to another folder"
-                ) from None
+        key = self.db_path.resolve()
+        with _REGISTRY_LOCK:
+            shared = _REGISTRY.get(key)
+            if shared is None:
+                shared = self._open_shared(check_integrity=check_integrity)
+                _REGISTRY[key] = shared
+            shared.users += 1
+        self._key = key
+        self._shared: _Shared | None = shared
+        self.recovered_from: Path | None = shared.recovered_from
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -272,32 +313,68 @@ class RunStore:
             "retry, or stop the other QuantLens process"
         )
 
-    def _probe(self, *, check_integrity: bool) -> None:
-        """Raise _Corrupt if the existing file is not a healthy database, without changing it.
+    def _open_shared(self, *, check_integrity: bool) -> _Shared:
+        """This process's first connection to the file: checked, recovered, migrated."""
+        marker_fd = self._hold_marker()
+        try:
+            recovered_from = None
+            try:
+                conn = self._connect(check_integrity=check_integrity)
+            except _Corrupt:
+                recovered_from = self._move_aside(marker_fd)
+                try:
+                    conn = self._connect(check_integrity=False)
+                except _Corrupt:
+                    raise StoreError(
+                        f"a fresh run database at {self.db_path} is unusable; "
+                        "check the disk and set QUANTLENS_HOME to another folder"
+                    ) from None
+        except BaseException:
+            os.close(marker_fd)
+            raise
+        return _Shared(
+            conn=conn,
+            lock=threading.RLock(),
+            marker_fd=marker_fd,
+            busy_timeout_ms=self.busy_timeout_ms,
+            recovered_from=recovered_from,
+        )
 
-        The magic bytes are checked by hand and the rest through a read-only connection,
-        because a read-write connection "repairs" on open: SQLite silently deletes a -wal file
-        it cannot make sense of, which would destroy part of what we promise to keep aside.
+    def _hold_marker(self) -> int:
+        """Open `<db>.lock` with a shared flock: proof to other processes that this one uses it."""
+        path = _marker_path(self.db_path)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot open {path}: {exc.strerror}; "
+                "check the folder's permissions or set QUANTLENS_HOME to another folder"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        except OSError:
+            os.close(fd)
+            raise
+        return fd
+
+    def _probe(self, *, check_integrity: bool) -> None:
+        """Raise _Corrupt if two read-only connections in a row find the file unhealthy.
+
+        Only SQLite ever opens the file: a plain open()/close() would drop this process's
+        fcntl locks on it. Read-only, because a read-write connection "repairs" on close: it
+        checkpoints and deletes a -wal it cannot make sense of, which would destroy part of
+        what we promise to keep aside. A second look after a pause rules out a transient
+        state (another process mid-checkpoint) being taken for corruption.
         """
         if not self.db_path.exists():
             return
         try:
-            with self.db_path.open("rb") as f:
-                head = f.read(len(_SQLITE_MAGIC))
-            wal = Path(f"{self.db_path}-wal")
-            wal_head = b""
-            if wal.exists():
-                with wal.open("rb") as f:
-                    wal_head = f.read(4)
-        except OSError as exc:
-            raise StoreError(
-                f"cannot read the run database at {self.db_path}: {exc.strerror}; "
-                "check the file's permissions or set QUANTLENS_HOME to another folder"
-            ) from None
-        if head and head != _SQLITE_MAGIC:
-            raise _Corrupt()
-        if wal_head and wal_head not in _WAL_MAGICS:
-            raise _Corrupt()
+            self._probe_once(check_integrity=check_integrity)
+        except _Corrupt:
+            time.sleep(_CONFIRM_PAUSE_S)
+            self._probe_once(check_integrity=check_integrity)
+
+    def _probe_once(self, *, check_integrity: bool) -> None:
         conn: sqlite3.Connection | None = None
         try:
             conn = sqlite3.connect(
@@ -387,8 +464,25 @@ class RunStore:
                 conn.execute("ROLLBACK")
                 raise
 
-    def _move_aside(self) -> Path:
-        """Rename the corrupt file (and its -wal/-shm) to a unique, never-overwritten name."""
+    def _move_aside(self, marker_fd: int) -> Path:
+        """Rename the corrupt file (and its -wal/-shm) to a unique, never-overwritten name.
+
+        Only when no other process uses the database: moving a file from under a live
+        connection loses what that connection writes next. In doubt, refuse.
+        """
+        try:
+            fcntl.flock(marker_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise StoreError(
+                f"the run database at {self.db_path} looks damaged, but another QuantLens "
+                "process has it open; stop the other QuantLens processes and start again"
+            ) from None
+        try:
+            return self._rename_aside()
+        finally:
+            fcntl.flock(marker_fd, fcntl.LOCK_SH)
+
+    def _rename_aside(self) -> Path:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         aside = self.db_path.with_name(f"{self.db_path.name}.corrupt-{stamp}")
         counter = 1
@@ -413,8 +507,7 @@ class RunStore:
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One short write transaction; a lock held past the busy timeout becomes StoreError."""
-        with self._lock:
-            conn = self._connection()
+        with self._locked_connection() as conn:
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
@@ -433,18 +526,23 @@ class RunStore:
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            conn = self._connection()
+        with self._locked_connection() as conn:
             try:
                 yield conn
             except sqlite3.Error as exc:
                 raise self._error(exc) from None
 
-    def _connection(self) -> sqlite3.Connection:
-        conn = self._conn
-        if conn is None:
+    @contextlib.contextmanager
+    def _locked_connection(self) -> Iterator[sqlite3.Connection]:
+        """The shared connection, held by this thread, with this handle's busy timeout."""
+        shared = self._shared
+        if shared is None:
             raise StoreError("the run store is closed; open it again with open_store()")
-        return conn
+        with shared.lock:
+            if shared.busy_timeout_ms != self.busy_timeout_ms:
+                shared.conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
+                shared.busy_timeout_ms = self.busy_timeout_ms
+            yield shared.conn
 
     def _error(self, exc: sqlite3.Error) -> StoreError:
         if _is_busy(exc):
@@ -746,6 +844,15 @@ class RunStore:
             rows = conn.execute(sql, params).fetchall()
         return [self._row(r) for r in rows]
 
+    def unfinished_runs(self) -> list[RunRow]:
+        """Queued and running runs, oldest first (the order they take turns in)."""
+        with self._read() as conn:
+            rows = conn.execute(
+                _SELECT_RUNS + " WHERE r.status IN (?, ?) ORDER BY r.created, r.rowid",
+                (str(RunStatus.QUEUED), str(RunStatus.RUNNING)),
+            ).fetchall()
+        return [self._row(r) for r in rows]
+
     def get_run(self, run_id: str) -> RunRow | None:
         """One run, or None when the id is unknown."""
         with self._read() as conn:
@@ -805,12 +912,23 @@ class RunStore:
         return {r[0]: dict(zip(_LATENCY_KEYS, r[1:], strict=True)) for r in rows}
 
     def close(self) -> None:
-        """Close the connection (later calls raise StoreError)."""
-        with self._lock:
-            conn = self._conn
-            self._conn = None
-            if conn is not None:
-                conn.close()
+        """Release this handle (later calls on it raise StoreError).
+
+        The process's connection stays open while another handle of the same file uses it,
+        and closes with the last one.
+        """
+        with _REGISTRY_LOCK:
+            shared, self._shared = self._shared, None
+            if shared is None:
+                return
+            shared.users -= 1
+            if shared.users > 0:
+                return
+            if _REGISTRY.get(self._key) is shared:
+                del _REGISTRY[self._key]
+        with shared.lock:
+            shared.conn.close()
+        os.close(shared.marker_fd)
 
     def __enter__(self) -> RunStore:
         return self

@@ -4,8 +4,8 @@ import streamlit as st
 
 from core import jobs
 from core.errors import QuantLensError
-from core.types import Preset
-from ui import cache, keys, runs, setup_form
+from core.types import Preset, RunStatus
+from ui import cache, fmt, history, keys, runs, setup_form
 
 st.title("Set up a comparison")
 st.caption(
@@ -46,7 +46,7 @@ options = setup_form.options_section(None if dataset is None else len(dataset.sa
 setup_form.remember_form()
 
 st.divider()
-active = runs.active_run()
+active = runs.active_runs()
 problems = []
 if signature is None:
     problems.append("a readable model")
@@ -60,31 +60,45 @@ clicked = left.button(
     key=keys.SETUP_RUN,
     type="primary",
     icon=":material/play_arrow:",
-    disabled=bool(active) or bool(problems),
+    disabled=bool(problems),
     width="stretch",
 )
-if active:
-    right.caption("A run is in progress; wait for it to finish or cancel it.")
-    if right.button("Cancel run", key=keys.SETUP_CANCEL, icon=":material/stop:"):
-        try:
-            jobs.cancel_run(active)
-        except QuantLensError as exc:
-            st.error(str(exc))
-elif problems:
+if problems:
     right.caption("Needs " + ", ".join(problems) + ".")
+elif active:
+    # Runs take turns so their latencies never share the cores; a new one waits in line.
+    right.caption(
+        f"{len(variants)} variant(s): {', '.join(variants)}. "
+        f"{len(active)} run(s) in progress or queued: Run queues this one after them."
+    )
 else:
     right.caption(f"{len(variants)} variant(s): {', '.join(variants)}")
 
-if clicked and model.path and data.path and not active:
+if clicked and model.path and data.path:
     setup_form.launch(model.path, data.path, labels, variants, preset, options)
 if st.session_state.get(keys.SETUP_LAUNCH_ERROR):
     st.error(st.session_state[keys.SETUP_LAUNCH_ERROR])
 
 if active:
-    runs.select_run(active)
-    runs.live_progress(active)
-else:
-    shown = runs.selected_run_id()
-    if shown:
-        runs.draw_progress(shown)
-        st.page_link("pages/overview.py", label="Open the overview", icon=":material/dashboard:")
+    st.markdown("**Running and queued**")
+    for place, row in enumerate(active):
+        line, button = st.columns([5, 1])
+        if row.status is RunStatus.RUNNING:
+            state = "running"
+        else:
+            state = f"queued, {place} run(s) ahead" if place else "queued, starting next"
+        line.markdown(f"{fmt.text(runs.run_label(row))} — {state}")
+        if button.button("Cancel", key=f"{keys.SETUP_CANCEL}.{row.id}", icon=":material/stop:"):
+            try:
+                jobs.cancel_run(row.id, home=history.home())
+            except QuantLensError as exc:
+                st.error(str(exc))
+            else:
+                history.invalidate()
+
+shown = runs.selected_run_id()
+if shown and shown in {r.id for r in active}:
+    runs.live_progress(shown)
+elif shown:
+    runs.draw_progress(shown)
+    st.page_link("pages/overview.py", label="Open the overview", icon=":material/dashboard:")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -10,10 +9,13 @@ import streamlit as st
 
 from core import jobs
 from core.errors import QuantLensError
-from core.results import run_ids
+from core.store import RunRow
 from core.types import ProgressEvent, RunStatus
-from ui import fmt, keys
+from ui import fmt, history, keys
 from ui.cache import run_path
+
+SIDEBAR_RUNS = 30
+_LABEL_NAME_CHARS = 28
 
 _ICONS = {
     "done": ":material/check_circle:",
@@ -27,8 +29,27 @@ _ICONS = {
 
 
 def active_run() -> str | None:
-    """The queued/running run of this workspace, if any (shared by every tab)."""
-    return jobs.active_run_id()
+    """The run whose worker runs now, else the first queued one (shared by every tab)."""
+    try:
+        return jobs.active_run_id(home=history.home())
+    except QuantLensError:  # an unreadable store is reported by the page that needs it
+        return None
+
+
+def active_runs() -> list[RunRow]:
+    """Every running and queued run of the workspace, oldest first (empty if the store fails)."""
+    try:
+        return jobs.active_runs(home=history.home())
+    except QuantLensError:
+        return []
+
+
+def recent_runs(limit: int = SIDEBAR_RUNS) -> list[RunRow]:
+    """The newest runs from the store, read fresh (the one list: dashboard and CLI runs alike)."""
+    try:
+        return history.store().list_runs(limit=limit)
+    except QuantLensError:
+        return []
 
 
 def selected_run_id() -> str | None:
@@ -36,7 +57,7 @@ def selected_run_id() -> str | None:
     chosen = st.session_state.get(keys.SELECTED_RUN)
     if chosen and run_path(str(chosen)).is_dir():
         return str(chosen)
-    rid = active_run() or next(iter(run_ids()), None)
+    rid = active_run() or next((r.id for r in recent_runs(1)), None)
     if rid:
         st.session_state[keys.SELECTED_RUN] = rid
     return rid
@@ -78,6 +99,8 @@ def _variant_lines(run_dir: Path, events: list[ProgressEvent]) -> list[tuple[str
                     f"(n={v.get('n')}) · {fmt.mb(v.get('size_bytes'))} · "
                     f"p50 {fmt.ms((v.get('latency_ms') or {}).get('p50'))}"
                 )
+                if v.get("latency_note"):
+                    detail += f" ({v['latency_note']})"
             elif status in ("failed", "crashed", "timeout", "cancelled"):
                 detail = str(v.get("error") or status)
             else:
@@ -98,9 +121,7 @@ def draw_progress(run_id: str) -> bool:
     last = events[-1] if events else None
     running = state in (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
     if running:
-        label = "Queued…" if last is None else f"Running — {last.step}"
-        if last is not None and last.variant:
-            label += f" · {last.variant}"
+        label = _running_label(run_id, state, last)
         box_state = "running"
     elif state == RunStatus.DONE.value:
         label, box_state = "Run finished", "complete"
@@ -122,6 +143,19 @@ def draw_progress(run_id: str) -> bool:
     return running
 
 
+def _running_label(run_id: str, state: str, last: ProgressEvent | None) -> str:
+    if state == RunStatus.QUEUED.value:
+        try:
+            ahead = jobs.queue_position(run_id, home=history.home())
+        except QuantLensError:
+            ahead = None
+        return "Queued…" if not ahead else f"Queued — {ahead} run(s) ahead"
+    label = "Starting…" if last is None else f"Running — {last.step}"
+    if last is not None and last.variant:
+        label += f" · {last.variant}"
+    return label
+
+
 @st.fragment(run_every=1.0)
 def live_progress(run_id: str) -> None:
     """Poll the run once a second; when it ends, rerun the whole page to show the results."""
@@ -129,12 +163,15 @@ def live_progress(run_id: str) -> None:
         st.rerun(scope="app")
 
 
-def _run_label(run_id: str) -> str:
-    """A short label such as `11-27 05:12:18 · done` (ids look like 20261127-051218-29a7eb)."""
-    status = run_status(run_id).get("status") or "?"
-    m = re.fullmatch(r"\d{4}(\d{2})(\d{2})-(\d{2})(\d{2})(\d{2})-\w+", run_id)
-    when = f"{m[1]}-{m[2]} {m[3]}:{m[4]}:{m[5]}" if m else run_id
-    return f"{when} · {status}"
+def run_label(row: RunRow) -> str:
+    """A distinct, current label: `name · MM-DD HH:MM:SS · short id · status`.
+
+    The short id (the random end of the run id) keeps two runs started in the same second
+    apart; the status is the store's at this render, not a cached one.
+    """
+    name = row.name if len(row.name) <= _LABEL_NAME_CHARS else row.name[:_LABEL_NAME_CHARS] + "…"
+    when = history.when(row.created)[5:]  # drop the year: MM-DD HH:MM:SS
+    return f"{name} · {when} · {row.id[-6:]} · {row.status}"
 
 
 def sidebar() -> None:
@@ -142,13 +179,17 @@ def sidebar() -> None:
     with st.sidebar:
         st.markdown("### :material/compare: QuantLens")
         st.caption("TensorFlow → TFLite: what you gain, what you lose.")
-        ids = run_ids()[:30]
+        rows = {r.id: r for r in recent_runs()}
         selected = selected_run_id()
-        if not ids:
+        if not rows:
             st.caption("No runs yet.")
             return
-        if selected and selected not in ids:
-            ids.insert(0, selected)
+        ids = list(rows)
+        if selected and selected not in rows:
+            row = history.get_run(selected)
+            if row is not None:
+                rows[selected] = row
+                ids.insert(0, selected)
         if selected and st.session_state.get(keys.SIDEBAR_RUN) != selected:
             st.session_state[keys.SIDEBAR_RUN] = selected
 
@@ -156,8 +197,15 @@ def sidebar() -> None:
             select_run(str(st.session_state[keys.SIDEBAR_RUN]))
 
         st.selectbox(
-            "Run shown", ids, key=keys.SIDEBAR_RUN, format_func=_run_label, on_change=_changed
+            "Run shown",
+            ids,
+            key=keys.SIDEBAR_RUN,
+            format_func=lambda rid: run_label(rows[rid]) if rid in rows else rid,
+            on_change=_changed,
         )
-        active = active_run()
+        active = active_runs()
         if active:
-            st.info(f"Run {active} is in progress.", icon=":material/hourglass_top:")
+            st.info(
+                "In progress: " + "; ".join(fmt.text(run_label(r)) for r in active),
+                icon=":material/hourglass_top:",
+            )

@@ -153,6 +153,8 @@ def verdict_card(res: RunResults, v: dict[str, Any]) -> None:
             delta=None if time_change is None else f"{fmt.change(time_change)} ({_times(sp)})",
             delta_color=_lower_is_better(time_change),
         )
+        if not lat and v.get("latency_note"):  # e.g. the run was cancelled before timing
+            st.caption(fmt.text(v["latency_note"]))
 
 
 def _times(speedup: Any) -> str:

@@ -273,7 +273,25 @@ def build_run(
         {"status": status, "pid": None, "started": now, "finished": now, "error": None},
     )
     (d / rundir.PROGRESS).write_text("", encoding="utf-8")
+    _register(home, d, report)
     return d
+
+
+def _register(home: Path, run_dir: Path, report: dict) -> None:
+    """Give the run its store row, as every real run has (the sidebar lists the store)."""
+    from core.store import open_store
+    from core.types import RunStatus
+
+    run = report["run"]
+    with open_store(home) as store:
+        if store.get_run(run["id"]) is None:
+            job = {
+                "model_path": report["reference"]["path"],
+                "data_path": report["dataset"]["path"],
+            }
+            store.create_run(run["id"], name=run["name"], run_dir=run_dir, job=job)
+        store.sync_report(run["id"], report)
+        store.set_status(run["id"], RunStatus(run["status"]))
 
 
 def read_report(run_dir: Path) -> dict:

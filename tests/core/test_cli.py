@@ -8,8 +8,10 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -217,6 +219,14 @@ def test_threshold_zero_passes_with_exit_0(
             ["run", "NOISE", "--data", "DATA"],
             "error: noise.keras is not a valid .keras file (it is not a zip archive)",
         ),
+        (
+            ["run", "MODEL", "--data", "DATA", "--timeout", "0"],
+            "error: --timeout must be greater than 0; got 0 (leave it out for the default)",
+        ),
+        (
+            ["run", "MODEL", "--data", "DATA", "--memory-gb", "0"],
+            "error: --memory-gb must be greater than 0; got 0 (leave it out for the default)",
+        ),
     ],
 )
 def test_bad_input_exits_2_with_one_line(
@@ -236,3 +246,114 @@ def test_bad_input_exits_2_with_one_line(
     lines = [ln for ln in done.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and lines[0].startswith(message)
     assert "Traceback" not in done.stderr
+
+
+# -- the exit status table (README "Exit status"): every row through the real CLI ---------------
+
+
+def one_error_line(stderr: str) -> str:
+    lines = [ln for ln in stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, stderr[-3000:]
+    assert "Traceback" not in stderr
+    return lines[0]
+
+
+def test_an_unwritable_out_folder_is_bad_input(
+    tiny_models: dict[str, Path], tiny_data: Path, tmp_path: Path
+) -> None:
+    done = run_cli(
+        "run", str(tiny_models["keras"]), "--data", str(tiny_data), "--modes", "float16",
+        "--out", "/dev/null/x", home=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert one_error_line(done.stderr) == (
+        "error: cannot write the run folder /dev/null/x: Not a directory; "
+        "choose a writable folder (--out, or QUANTLENS_HOME)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("fault", "extra", "message"),
+    [
+        ("segv@load", [], "error: crashed (SIGSEGV) during model loading; "),
+        (
+            "oom@load",
+            ["--memory-gb", "3"],
+            "error: out of memory (limit 3 GB) during model loading; ",
+        ),
+        (
+            "hang@reference",
+            ["--timeout", "40"],
+            "error: timeout: stopped after the time limit during reference inference; ",
+        ),
+    ],
+)
+def test_a_job_that_dies_outside_any_variant_exits_3(
+    fault: str,
+    extra: list[str],
+    message: str,
+    tiny_models: dict[str, Path],
+    tiny_data: Path,
+    tmp_path: Path,
+) -> None:
+    """Out of memory, a segfault or the time limit at the same step: one outcome, exit 3."""
+    out = tmp_path / "out"
+    done = run_cli(
+        "run", str(tiny_models["keras"]), "--data", str(tiny_data), "--modes", "float16",
+        "--out", str(out), *extra, home=tmp_path, env={"QUANTLENS_FAULT": fault},
+    )  # fmt: skip
+    assert done.returncode == 3, done.stderr[-3000:]
+    line = one_error_line(done.stderr)
+    assert line.startswith(message), line
+    assert line.endswith(f"the worker's output is in {out / 'worker.log'}")
+
+
+def test_a_variant_that_crashes_alone_exits_1(
+    tiny_models: dict[str, Path], tiny_data: Path, tmp_path: Path
+) -> None:
+    """The job finishes; the crashed variant did not meet the bar."""
+    out = tmp_path / "out"
+    done = run_cli(
+        "run", str(tiny_models["keras"]), "--data", str(tiny_data), "--modes", "float16",
+        "--min-agreement", "0", "--latency-runs", "3", "--out", str(out),
+        home=tmp_path, env={"QUANTLENS_FAULT": "segv@infer:float16"},
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["run"]["status"] == "done"
+    assert report["variants"][0]["status"] == "crashed"
+
+
+def test_ctrl_c_cancels_the_run_and_exits_130(
+    tiny_models: dict[str, Path], tiny_data: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    env = {**os.environ, "QUANTLENS_HOME": str(tmp_path), "QUANTLENS_FAULT": "hang@convert"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "core", "run", str(tiny_models["keras"]), "--data",
+         str(tiny_data), "--modes", "float16", "--out", str(out)],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and b'"convert"' not in _read(out / "progress.jsonl"):
+            time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr[-3000:]
+    assert one_error_line(stderr) == "error: cancelled by the user"
+    status = json.loads((out / "status.json").read_text())
+    assert status["status"] == "cancelled"
+    report = json.loads((out / "report.json").read_text())
+    assert report["run"]["status"] == "cancelled"
+    assert report["variants"][0]["status"] == "cancelled"
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""

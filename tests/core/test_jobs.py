@@ -13,9 +13,11 @@ import pytest
 from core import rundir
 from core.jobs import (
     active_run_id,
+    active_runs,
     cancel_run,
     create_run,
     launch_run,
+    queue_position,
     read_progress,
     read_status,
     recover_interrupted,
@@ -185,3 +187,110 @@ def test_a_models_signature_is_read_once_then_remembered(
     # Another option (trusted) is another answer: it is not taken from the cache.
     with pytest.raises(AssertionError, match="started again"):
         jobs.inspect_model(str(tiny_models["keras"]), trusted=True)
+
+
+def variants_by_name(directory: Path) -> dict[str, dict]:
+    report = rundir.read_json(directory / rundir.REPORT)
+    return {v["name"]: v for v in report["variants"]}
+
+
+@pytest.mark.slow
+def test_recovery_finishes_report_status_and_store_and_stops_the_orphan_worker(
+    workspace: Path, tiny_models: dict[str, Path], tiny_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The supervisor is killed mid-run (server crash): recovery leaves no variant pending or
+    running anywhere, and the worker it left behind does not go on writing (issue 9.3)."""
+    monkeypatch.setenv("QUANTLENS_FAULT", "hang@convert:int8")
+    job = tiny_job(tiny_models, tiny_data)
+    job = JobSpec.from_dict({**job.to_dict(), "variants": ["float16", "int8"]})
+    run_id = create_run(job, home=workspace)
+    launch_run(run_id, home=workspace)
+    directory = run_dir(run_id, home=workspace)
+    wait_for(
+        lambda: any(e.step == "convert" and e.variant == "int8" for e in read_progress(directory)),
+        timeout=240,
+        what="the int8 conversion",
+    )
+    status = read_status(directory)
+    os.kill(status["supervisor_pid"], 9)
+    wait_for(lambda: not _alive(status["supervisor_pid"]), timeout=10, what="the supervisor")
+    assert variants_by_name(directory)["int8"]["status"] in ("pending", "running")
+
+    assert recover_interrupted(home=workspace) == [run_id]
+
+    wait_for(lambda: not process_group_alive(status["worker_pid"]), timeout=10, what="the worker")
+    assert read_status(directory)["status"] == "failed"
+    assert read_status(directory)["error"] == "interrupted"
+    report = rundir.read_json(directory / rundir.REPORT)
+    assert report["run"]["status"] == "failed"
+    states = {v["name"]: (v["status"], v["error"]) for v in report["variants"]}
+    assert states["int8"] == ("failed", "interrupted")
+    assert states["float16"][0] in ("done", "failed")
+    float16 = next(v for v in report["variants"] if v["name"] == "float16")
+    if float16["status"] == "done":  # finished, but timing runs last: it says why it has none
+        assert float16.get("latency_ms") is None
+        assert float16["latency_note"].startswith("not timed: the run failed before its timing step")
+    assert all(s not in ("pending", "running") for s, _ in states.values())
+    store = open_store(workspace)
+    try:
+        row = store.get_run(run_id)
+        stored = {v["name"]: v["status"] for v in store.variants(run_id)}
+    finally:
+        store.close()
+    assert row is not None and (row.status, row.error) == (RunStatus.FAILED, "interrupted")
+    assert stored == {name: s for name, (s, _) in states.items()}
+    assert active_run_id(home=workspace) is None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_a_second_run_waits_its_turn_and_a_queued_run_can_be_cancelled(
+    workspace: Path, tiny_models: dict[str, Path], tiny_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two Runs pressed at once: the second is queued (position 1) until the first ends, so
+    their latencies never share the cores; a third is cancelled while queued (issue 9.2)."""
+    monkeypatch.setenv("QUANTLENS_FAULT", "hang@convert:float16")
+    first = create_run(tiny_job(tiny_models, tiny_data), home=workspace)
+    job = JobSpec.from_dict({**tiny_job(tiny_models, tiny_data).to_dict(), "variants": ["dynamic"]})
+    second = create_run(job, home=workspace)
+    third = create_run(job, home=workspace)
+    for run_id in (first, second, third):
+        launch_run(run_id, home=workspace)
+    first_dir, second_dir, third_dir = (run_dir(r, home=workspace) for r in (first, second, third))
+    wait_for(
+        lambda: any(e.step == "convert" for e in read_progress(first_dir)),
+        timeout=240,
+        what="the first run's conversion",
+    )
+    time.sleep(2)  # the others poll twice a second: give them time to (wrongly) start
+    assert read_status(second_dir)["status"] == "queued"
+    assert "worker_pid" not in read_status(second_dir)
+    assert queue_position(second, home=workspace) == 1
+    assert queue_position(third, home=workspace) == 2
+    assert [r.id for r in active_runs(home=workspace)] == [first, second, third]
+
+    cancel_run(third, home=workspace)
+    wait_for(lambda: read_status(third_dir)["status"] == "cancelled", timeout=30, what="cancel")
+    assert read_status(third_dir)["error"] == "cancelled while queued"
+    cancel_run(first, home=workspace)
+    wait_for(
+        lambda: read_status(second_dir)["status"] == "done", timeout=300, what="the second run"
+    )
+    assert read_status(first_dir)["status"] == "cancelled"
+    assert read_status(second_dir)["started"] >= read_status(first_dir)["finished"]
+    store = open_store(workspace)
+    try:
+        statuses = [store.get_run(r).status for r in (first, second, third)]  # type: ignore[union-attr]
+    finally:
+        store.close()
+    assert statuses == [RunStatus.CANCELLED, RunStatus.DONE, RunStatus.CANCELLED]

@@ -10,7 +10,7 @@ import pytest
 
 from core import rundir
 from core.errors import QuantLensError
-from core.results import load_results, pick_samples, run_ids
+from core.results import load_results, pick_samples
 from tests.app.fixtures import CLASSES, build_run
 
 
@@ -75,14 +75,3 @@ def test_missing_report_is_a_one_line_error(tmp_path: Path) -> None:
 def test_near_chance_flag(tmp_path: Path) -> None:
     assert load_results(build_run(tmp_path / "a")).reference_near_chance is False
     assert load_results(build_run(tmp_path / "b", near_chance=True)).reference_near_chance
-
-
-def test_run_ids_newest_first(tmp_path: Path) -> None:
-    build_run(tmp_path, run_id="old")
-    import os
-    import time
-
-    old_job = tmp_path / "runs" / "old" / "job.json"
-    os.utime(old_job, (time.time() - 100, time.time() - 100))
-    build_run(tmp_path, run_id="new")
-    assert run_ids(tmp_path) == ["new", "old"]

@@ -367,12 +367,13 @@ def test_two_hundred_runs_list_fast(tmp_path: Path, store: RunStore) -> None:
         _new_run(store, tmp_path, f"r{i:03d}", name=f"run {i}")
         store.upsert_variant(f"r{i:03d}", _variant("int8", 90.0 + i % 10))
     statements: list[str] = []
-    assert store._conn is not None
-    store._conn.set_trace_callback(statements.append)
+    assert store._shared is not None
+    conn = store._shared.conn
+    conn.set_trace_callback(statements.append)
     t0 = time.perf_counter()
     rows = store.list_runs()
     elapsed = time.perf_counter() - t0
-    store._conn.set_trace_callback(None)
+    conn.set_trace_callback(None)
     assert len(statements) == 1  # one query for the whole list, no per-run look-ups
     print(f"list_runs over 200 runs: {elapsed * 1000:.1f} ms")  # noqa: T201
     assert len(rows) == 200
@@ -621,3 +622,126 @@ def test_closed_store_says_so(tmp_path: Path) -> None:
     s.close()
     with pytest.raises(StoreError, match=r"^the run store is closed; open it again"):
         s.list_runs()
+
+
+# -- one connection per process ---------------------------------------------------------------
+
+_WRITE_ONE_RUN = """
+import sys
+from pathlib import Path
+from core.store import open_store
+
+home, run_id = Path(sys.argv[1]), sys.argv[2]
+s = open_store(home)
+s.create_run(run_id, name=run_id, run_dir=home / "runs" / run_id, job={"variants": ["int8"]})
+s.close()
+"""
+
+
+def test_a_long_lived_store_sees_every_write_of_other_stores_and_processes(
+    tmp_path: Path,
+) -> None:
+    """The server's connection, extra stores in the same process, and a CLI that writes and
+    closes: the server sees every run, and no process deletes the WAL under it (issue 9.1)."""
+    wal = tmp_path / f"{DB_NAME}-wal"
+    server = open_store(tmp_path)
+    try:
+        _new_run(server, tmp_path, "dashboard-0")
+        expected = ["dashboard-0"]
+        for i in range(3):
+            extra = open_store(tmp_path)  # e.g. jobs.create_run or recovery in the server
+            extra.close()
+            assert server.list_runs(), "closing another handle must not close the shared one"
+            run_id = f"cli-{i}"
+            subprocess.run(
+                [sys.executable, "-c", _WRITE_ONE_RUN, str(tmp_path), run_id],
+                check=True,
+                env=_env(),
+                timeout=60,
+            )
+            expected.append(run_id)
+            # The CLI was not the last connection, so it must not have removed the WAL.
+            assert wal.exists()
+            assert sorted(r.id for r in server.list_runs()) == sorted(expected)
+            _new_run(server, tmp_path, f"dashboard-{i + 1}")
+            expected.append(f"dashboard-{i + 1}")
+    finally:
+        server.close()
+    with open_store(tmp_path) as fresh:
+        assert sorted(r.id for r in fresh.list_runs()) == sorted(expected)
+    assert not list(tmp_path.glob(f"{DB_NAME}.corrupt-*"))
+
+
+def test_stores_of_one_path_share_one_connection_until_the_last_closes(tmp_path: Path) -> None:
+    first = open_store(tmp_path)
+    second = open_store(tmp_path)
+    assert first._shared is second._shared
+    first.close()
+    with pytest.raises(StoreError, match=r"^the run store is closed"):
+        first.list_runs()
+    _new_run(second, tmp_path, "still-open")  # the other user's connection is untouched
+    second.close()
+    third = open_store(tmp_path)
+    try:
+        assert [r.id for r in third.list_runs()] == ["still-open"]
+    finally:
+        third.close()
+
+
+def test_a_corrupt_file_another_process_has_open_is_never_moved(tmp_path: Path) -> None:
+    """If another QuantLens process may be using the file, refuse with one line; move nothing."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from core.store import open_store; "
+            "s = open_store(Path(sys.argv[1])); print('open', flush=True); time.sleep(30)",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "open"
+        # Every page into the main file, then damage it under the other process.
+        con = sqlite3.connect(tmp_path / DB_NAME)
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        con.close()
+        garbage = os.urandom(8192)
+        (tmp_path / DB_NAME).write_bytes(garbage)
+        with pytest.raises(StoreError) as info:
+            open_store(tmp_path)
+        message = str(info.value)
+        assert "\n" not in message
+        assert message.startswith(f"the run database at {tmp_path / DB_NAME} looks damaged")
+        assert (tmp_path / DB_NAME).read_bytes() == garbage
+        assert not list(tmp_path.glob(f"{DB_NAME}.corrupt-*"))
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+
+
+def test_a_forked_child_opens_its_own_connection_and_leaves_the_parents_alone(
+    tmp_path: Path,
+) -> None:
+    parent = open_store(tmp_path)
+    try:
+        _new_run(parent, tmp_path, "parent")
+        pid = os.fork()
+        if pid == 0:  # the child: a fresh registry, its own connection, closed on the way out
+            code = 1
+            try:
+                child = open_store(tmp_path)
+                code = 0 if child._shared is not parent._shared else 3
+                _new_run(child, tmp_path, "child")
+                child.close()
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert (tmp_path / f"{DB_NAME}-wal").exists()
+        assert sorted(r.id for r in parent.list_runs()) == ["child", "parent"]
+    finally:
+        parent.close()

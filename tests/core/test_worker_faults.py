@@ -181,7 +181,7 @@ def test_hang_hits_the_timeout_and_the_whole_process_group_is_killed(
         tiny_models["keras"], tiny_data, out, home, "--timeout", str(HANG_TIMEOUT_S),
         modes="float16,int8", fault="hang@convert",
     )  # fmt: skip
-    assert done.returncode == 1, done.stderr[-2000:]
+    assert done.returncode == 3, done.stderr[-2000:]  # the job did not finish: not a verdict
     reason = "timeout: stopped after the time limit during conversion"
     assert f"float16: {reason}" in done.stdout
     result = variants(out)
