@@ -397,3 +397,14 @@ def test_runner_refusal_names_the_kernel(tmp_path: Path) -> None:
         TFLiteRunner(result.tflite, name="int16x8_q.tflite")
     assert "\n" not in str(info.value)
     assert "no_integer_overflow_from_quantization" in str(info.value)
+
+
+def test_calibration_takes_the_converters_ranges(wide_model: Path) -> None:
+    """Same images, same statistic (min/max over all of them): on a wide Dense, where the
+    quantizer's default per-image moving average clips the logits, int8_q answers as the
+    converter's int8 does, within one step of the output grid."""
+    model = load_reference(wide_model)
+    images = np.random.default_rng(3).uniform(-1, 1, (12, 16, 16, 3)).astype(np.float32)
+    converter = _float_outputs(_convert(model, wide_model, "int8", images).tflite, images)
+    quantizer = _float_outputs(_convert(model, wide_model, "int8_q", images).tflite, images)
+    np.testing.assert_allclose(quantizer, converter, atol=INT8_STEP)
