@@ -61,9 +61,15 @@ def tflite_from_quantizer(
     if spec.backend is not Backend.QUANTIZER:
         raise ValueError(f"{spec.name} is not a quantizer variant")
     calibration = _check_calibration(spec, calibration)
-    float_result = tflite_from_reference(
-        model, VariantSpec(mode=Mode.FLOAT32), model_sha256=model_sha256, cache_dir=cache_dir
-    )
+    try:
+        float_result = tflite_from_reference(
+            model, VariantSpec(mode=Mode.FLOAT32), model_sha256=model_sha256, cache_dir=cache_dir
+        )
+    except ConversionFailed as exc:
+        raise ConversionFailed(
+            f"{spec.name}: the quantizer starts from the float32 model and that conversion "
+            f"failed: {exc}"
+        ) from None
     # A float conversion made for this variant is part of what it cost; a cached one is not.
     float_seconds = 0.0 if float_result.cached else float_result.seconds
     key = quantizer_cache_key(float_result.tflite, spec, calibration)
@@ -80,7 +86,9 @@ def tflite_from_quantizer(
     return ConversionResult(spec=spec, tflite=data, seconds=seconds, cached=False)
 
 
-def quantizer_cache_key(float_tflite: bytes, spec: VariantSpec, calibration: Any) -> str:
+def quantizer_cache_key(
+    float_tflite: bytes, spec: VariantSpec, calibration: np.ndarray | None
+) -> str:
     """Content hash of everything that determines the quantizer's output."""
     from importlib.metadata import version
 

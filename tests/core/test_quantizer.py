@@ -408,3 +408,18 @@ def test_calibration_takes_the_converters_ranges(wide_model: Path) -> None:
     converter = _float_outputs(_convert(model, wide_model, "int8", images).tflite, images)
     quantizer = _float_outputs(_convert(model, wide_model, "int8_q", images).tflite, images)
     np.testing.assert_allclose(quantizer, converter, atol=INT8_STEP)
+
+
+def test_float_conversion_failure_is_named_on_the_quantizer_variant(tmp_path: Path) -> None:
+    from tests.core.test_convert import _op_saved_model
+
+    _op_saved_model(tmp_path / "det", "det")
+    model = load_reference(tmp_path / "det")
+    with pytest.raises(ConversionFailed) as info:
+        _convert(model, tmp_path / "det", "dynamic_q", None)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(
+        "dynamic_q: the quantizer starts from the float32 model and that conversion failed: "
+        "float32: the model uses TensorFlow ops that TFLite builtins lack (MatrixDeterminant)"
+    )
