@@ -158,7 +158,9 @@ def _min_max_ranges(
     The quantizer's own `calibrate` averages each image's range instead (a moving average over
     batch-1 steps), which clips what a few images reach: on a wide Dense model that cost 0.19
     in probability against the converter's 0.004. Same images, same statistic: the two
-    backends then differ only in their recipes.
+    backends then differ only in their recipes. The profiler-based calibrator tracks the
+    ranges in C++ (3 s instead of 15 s for 100 MobileNetV2-224 images here); it keeps every
+    tensor's range, which is all min/max needs.
     """
     from litert_quantizer import calibrator, recipe_manager
     from litert_quantizer.utils import qsv_utils
@@ -168,6 +170,7 @@ def _min_max_ranges(
     calib = calibrator.Calibrator(
         bytearray(float_tflite),
         num_threads=os.cpu_count() or 1,
+        mode=calibrator.CalibrationMode.CALIBRATION_PROFILER_BASED,
         qsv_update_func=qsv_utils.min_max_update,
     )
     calib.calibrate(inputs, recipes)
