@@ -136,3 +136,15 @@ def test_cli_refuses_int4w_on_the_converter_before_any_work(tmp_path: Path) -> N
         "error: int4w runs on the quantizer backend only; use int4w_q (--backend quantizer or both)"
     )
     assert done.stdout == ""
+
+
+def test_importing_the_quantizer_backend_loads_no_framework() -> None:
+    code = (
+        "import sys, core.quantizer, core.convert;"
+        "print(','.join(m for m in ('tensorflow', 'keras', 'ai_edge_litert', 'litert_quantizer')"
+        " if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == ""
