@@ -124,8 +124,8 @@ def quantize_float_tflite(
 
     layers = layer_scopes(float_tflite)
     quantizer = Quantizer(bytearray(float_tflite))
-    _configure(quantizer, spec, layers)
     try:
+        _configure(quantizer, spec, layers)
         with _quantizer_output_to_stderr():
             qsvs = None
             if quantizer.need_calibration:
