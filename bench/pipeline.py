@@ -10,7 +10,10 @@ JPEG files, with modes float32,float16,dynamic,int8, this measures in one sessio
 - naive: a loop as a tutorial writes it: the same four conversions, then per image: load it,
          `model.predict` on one sample, and invoke each interpreter;
 - memory: the worker's peak RSS for N/5 and for N images (it must not grow with N beyond
-         the per-sample records).
+         the per-sample records);
+- quantizer: the same run with `--backend quantizer` (float32 from the converter once, then
+         LiteRT Quantizer recipes for float16, dynamic and int8), its wall time against the
+         floor, and per mode and backend the seconds per conversion and the top-1 agreement.
 
 The machine is shared and noisy, so only ratios measured in the same run are meaningful.
 Usage: python bench/pipeline.py [--images 500] [--size 224] [--threads 2]
@@ -67,7 +70,13 @@ def make_images(root: Path, count: int, size: int) -> Path:
 
 
 def run_ours(
-    model: Path, data: Path, home: Path, *, threads: int, samples: int | None
+    model: Path,
+    data: Path,
+    home: Path,
+    *,
+    threads: int,
+    samples: int | None,
+    backend: str = "converter",
 ) -> tuple[float, float]:
     """Wall seconds and peak RSS (MB) of the worker for one `core run` with a cold cache."""
     args = [
@@ -86,6 +95,8 @@ def run_ours(
         str(CALIBRATION),
         "--out",
         str(home / "run"),
+        "--backend",
+        backend,
     ]
     if samples:
         args += ["--samples", str(samples)]
@@ -114,6 +125,18 @@ def run_ours(
         int(line.split()[1]) for line in done.stdout.splitlines() if line.startswith("PEAK_KB")
     )
     return seconds, peak_kb / 1024
+
+
+def per_mode(report_path: Path) -> dict[str, dict[str, float | None]]:
+    """Mode -> conversion seconds and top-1 agreement of one run's variants."""
+    report = json.loads(report_path.read_text())
+    return {
+        v["mode"]: {
+            "conversion_s": v["conversion_seconds"],
+            "agreement_pct": v["top1_agreement_pct"],
+        }
+        for v in report["variants"]
+    }
 
 
 def decode(path: Path, size: int) -> np.ndarray:
@@ -221,6 +244,21 @@ def naive(model: Path, paths: list[Path], size: int, threads: int) -> dict[str, 
     return {"convert": converted - started, "loop": end - converted, "total": end - started}
 
 
+def print_per_mode(table: dict[str, dict[str, dict[str, float | None]]]) -> None:
+    def cell(value: float | None, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
+    print(f"{'mode':<9} {'convert s':>10} {'quantize s':>11} {'agree conv':>11} {'agree q':>9}")
+    for mode in MODES:
+        conv = table["converter"].get(mode, {})
+        quant = table["quantizer"].get(mode, {})
+        print(
+            f"{mode:<9} {cell(conv.get('conversion_s'), '10.2f')} "
+            f"{cell(quant.get('conversion_s'), '11.2f')} "
+            f"{cell(conv.get('agreement_pct'), '10.2f')}% {cell(quant.get('agreement_pct'), '8.2f')}%"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=500)
@@ -239,6 +277,15 @@ def main() -> None:
         f"ours:  {ours_s:7.1f} s  (peak worker RSS {ours_rss:.0f} MB, {args.images} images)",
         flush=True,
     )
+    quant_s, quant_rss = run_ours(
+        model,
+        data,
+        work / "home_quantizer",
+        threads=args.threads,
+        samples=None,
+        backend="quantizer",
+    )
+    print(f"quantizer: {quant_s:7.1f} s  (peak worker RSS {quant_rss:.0f} MB)", flush=True)
     small = max(args.images // 5, 1)
     _, small_rss = run_ours(model, data, work / "home_small", threads=args.threads, samples=small)
     print(f"       peak worker RSS {small_rss:.0f} MB with {small} images", flush=True)
@@ -270,6 +317,13 @@ def main() -> None:
         "floor_phases_s": floor_phases,
         "naive_phases_s": naive_phases,
         "naive_loop_over_ours_without_conversions": naive_phases["loop"] / ours_eval,
+        "quantizer_s": quant_s,
+        "quantizer_over_floor": quant_s / floor_s,
+        "quantizer_over_ours": quant_s / ours_s,
+        "per_mode": {
+            "converter": per_mode(work / "home_full" / "run" / "report.json"),
+            "quantizer": per_mode(work / "home_quantizer" / "run" / "report.json"),
+        },
         "peak_rss_mb": {str(small): small_rss, str(args.images): ours_rss},
         "rss_growth_mb_per_100_images": (ours_rss - small_rss) / ((args.images - small) / 100),
     }
@@ -280,6 +334,11 @@ def main() -> None:
         f"peak RSS {small_rss:.0f} MB at {small} images vs {ours_rss:.0f} MB at {args.images} images "
         f"({results['rss_growth_mb_per_100_images']:+.1f} MB per 100 images)"
     )
+    print(
+        f"quantizer / floor = {results['quantizer_over_floor']:.2f}x (target <= 0.6x); "
+        f"quantizer / ours = {results['quantizer_over_ours']:.2f}x\n"
+    )
+    print_per_mode(results["per_mode"])
     out = REPO / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / "pipeline.json").write_text(json.dumps(results, indent=2))

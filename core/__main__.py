@@ -9,7 +9,14 @@ from typing import Any
 
 from core import rundir
 from core.errors import QuantLensError
-from core.types import JobSpec, Preset, ProgressEvent, RunStatus, VariantSpec
+from core.types import (
+    BACKEND_CHOICES,
+    JobSpec,
+    Preset,
+    ProgressEvent,
+    RunStatus,
+    variants_for_backend,
+)
 
 # The exit status table (README "Exit status"); every row is tested through the real CLI.
 EXIT_PASS = 0  # every variant was judged and meets --min-agreement
@@ -37,7 +44,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--modes",
         default=DEFAULT_MODES,
-        help=f"comma-separated variants (default {DEFAULT_MODES}); also int8-uint8, int8-float32, int16x8; append +tf to allow SELECT_TF_OPS",
+        help=f"comma-separated variants (default {DEFAULT_MODES}); also int8-uint8, int8-float32, int16x8, int4w (quantizer only); append +tf to allow SELECT_TF_OPS; on the quantizer, :keep=LAYER+LAYER keeps layers in float and :int16=LAYER gives them int16 activations",
+    )
+    run.add_argument(
+        "--backend",
+        default="converter",
+        choices=list(BACKEND_CHOICES),
+        help="converter (a TFLiteConverter run per mode, default), quantizer (LiteRT Quantizer recipes on one float32 conversion; names end in _q) or both side by side",
     )
     run.add_argument(
         "--samples", type=int, default=None, help="evaluate at most N images (seeded draw)"
@@ -127,11 +140,10 @@ def _job_from_args(args: argparse.Namespace) -> JobSpec:
     for what, path in (("model", model), ("data", data)):
         if not Path(path).exists():
             raise QuantLensError(f"{what} path {path} does not exist; check the path")
-    variants = tuple(
-        VariantSpec.parse(v + ("+tf" if args.select_tf_ops and not v.endswith("+tf") else "")).name
-        for v in args.modes.split(",")
-        if v.strip()
-    )
+    names = [v.strip() for v in args.modes.split(",") if v.strip()]
+    if args.select_tf_ops:
+        names = [_with_select_tf_ops(v) for v in names]
+    variants = variants_for_backend(names, args.backend)
     if not variants:
         raise QuantLensError(
             "--modes is empty; give at least one of float32,dynamic,float16,int8,int16x8"
@@ -175,6 +187,12 @@ def _job_from_args(args: argparse.Namespace) -> JobSpec:
         input_size=input_size,
         signature_key=args.signature,
     )
+
+
+def _with_select_tf_ops(name: str) -> str:
+    """`int8` -> `int8+tf`; the flag goes before any per-layer override (`:keep=...`)."""
+    head, sep, rest = name.partition(":")
+    return (head if head.endswith("+tf") else head + "+tf") + sep + rest
 
 
 def _build_demo_in_worker(root: Path) -> None:

@@ -1,7 +1,7 @@
 """Turn the reference model into `.tflite` bytes for one quantization mode, with a content-hash cache.
 
-One function per backend (today: the TFLiteConverter); a second backend (LiteRT Quantizer
-recipes applied to the float32 model, DESIGN §4) plugs in beside `tflite_from_reference`.
+One function per backend: the TFLiteConverter here; LiteRT Quantizer recipes applied to the
+float32 model in core.quantizer, reached through the same `tflite_from_reference`.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import numpy as np
 from core.errors import ConversionFailed
 from core.models import ReferenceModel
 from core.rundir import write_atomic
-from core.types import IOType, Mode, ModelSignature, VariantSpec
+from core.types import Backend, IOType, Mode, ModelSignature, VariantSpec
 
-NEEDS_CALIBRATION = frozenset({Mode.INT8, Mode.INT16X8})
+NEEDS_CALIBRATION = frozenset({Mode.INT8, Mode.INT16X8})  # on both backends
 # Part of every cache key: bump it when QuantLens changes how it converts, so bytes made by an
 # older (possibly wrong) recipe are never served again. 2: Keras weights frozen correctly.
 # 4: the key names the signature and the route; bytes whose outputs are NaN are never cached.
@@ -315,7 +315,18 @@ def tflite_from_reference(
         ConversionFailed: the converter refused the model, calibration data is unusable, or
             every route gives NaN/Inf outputs.
     """
+    if spec.backend is Backend.QUANTIZER:
+        from core.quantizer import tflite_from_quantizer
 
+        return tflite_from_quantizer(
+            model,
+            spec,
+            model_sha256=model_sha256,
+            calibration=calibration,
+            preset=preset,
+            probe=probe,
+            cache_dir=cache_dir,
+        )
     calibration = _check_calibration(spec, calibration)
     probe = None if probe is None or len(probe) == 0 else probe[:PROBE_IMAGES]
     expected = None if probe is None else np.isfinite(model.predict(probe)).all(axis=1)

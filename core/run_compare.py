@@ -138,6 +138,16 @@ def _variant(key: str) -> Callable[[Compared], Any]:
     return lambda item: item.variant.get(key)
 
 
+def _backend(item: Compared) -> Any:
+    # Reports written before the quantizer backend existed were all made by the converter.
+    return item.variant.get("backend") or "converter"
+
+
+def _layers(key: str) -> Callable[[Compared], Any]:
+    # Absent (older reports) and empty mean the same: no layer overridden.
+    return lambda item: ", ".join(item.variant.get(key) or []) or "none"
+
+
 def _input_size(item: Compared) -> Any:
     p = item.report.get("preprocessing") or {}
     dims = [p.get("height"), p.get("width"), p.get("channels")]
@@ -156,6 +166,9 @@ CHANGE_FIELDS: tuple[tuple[str, str, Callable[[Compared], Any]], ...] = (
     ("model", "model sha256", _get("reference", "sha256")),
     ("model", "model format", _get("reference", "format")),
     ("variant", "mode", _variant("mode")),
+    ("variant", "backend", _backend),
+    ("variant", "layers kept in float", _layers("float_layers")),
+    ("variant", "layers with int16 activations", _layers("int16_layers")),
     ("variant", "I/O type", _variant("io_type")),
     ("variant", "SELECT_TF_OPS allowed", _variant("allow_select_tf_ops")),
     ("variant", "calibration samples", _get("options", "calibration_samples")),

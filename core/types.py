@@ -3,18 +3,37 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 
 class Mode(enum.StrEnum):
-    """Quantization modes of the converter backend (DESIGN §4)."""
+    """Quantization modes (DESIGN §4); `int4w` runs on the quantizer backend only."""
 
     FLOAT32 = "float32"
     DYNAMIC = "dynamic"
     FLOAT16 = "float16"
     INT8 = "int8"
     INT16X8 = "int16x8"
+    INT4W = "int4w"  # int4 weights, float activations (LiteRT Quantizer)
+
+
+class Backend(enum.StrEnum):
+    """What makes a variant's `.tflite`: the TFLiteConverter per mode, or LiteRT Quantizer
+    recipes applied to the converter's one float32 model."""
+
+    CONVERTER = "converter"
+    QUANTIZER = "quantizer"
+
+
+# The CLI's and Setup's backend choices: one backend, or both side by side.
+BACKEND_CHOICES = ("converter", "quantizer", "both")
+# Appended to a quantizer variant's mode: `int8_q`. Short, ASCII and safe in file names.
+QUANTIZER_SUFFIX = "_q"
+QUANTIZER_ONLY_MODES = frozenset({Mode.INT4W})
+# Per-layer overrides in a variant name: `int8_q:keep=conv2d+dense:int16=conv2d_1`.
+_OVERRIDE_KEYS = ("keep", "int16")
 
 
 class IOType(enum.StrEnum):
@@ -53,32 +72,58 @@ class RunStatus(enum.StrEnum):
 
 @dataclass(frozen=True)
 class VariantSpec:
-    """One conversion to make: a mode plus its options.
+    """One conversion to make: a mode, its backend and its options.
 
     Its `name` is the variant's identity in files and tables: `int8` (int8 I/O), `int8-uint8`,
-    `int8-float32`, and the mode name for every other mode; `+tf` is appended when the
-    SELECT_TF_OPS fallback is allowed.
+    `int8-float32`, and the mode name for every other mode; `_q` is appended on the quantizer
+    backend (`int8_q`), `+tf` when the SELECT_TF_OPS fallback is allowed, then the per-layer
+    overrides: `:keep=A+B` (layers kept in float) and `:int16=C` (layers given int16
+    activations), each list sorted. `parse(spec.name) == spec` for every valid spec.
     """
 
     mode: Mode
     io_type: IOType | None = None
     allow_select_tf_ops: bool = False
+    backend: Backend = Backend.CONVERTER
+    float_layers: tuple[str, ...] = ()  # Keras layer names kept in float
+    int16_layers: tuple[str, ...] = ()  # Keras layer names given int16 activations
 
     @property
     def name(self) -> str:
         base = str(self.mode)
         if self.mode is Mode.INT8 and self.io_type not in (None, IOType.INT8):
             base = f"{base}-{self.io_type}"
-        return base + ("+tf" if self.allow_select_tf_ops else "")
+        if self.backend is Backend.QUANTIZER:
+            base += QUANTIZER_SUFFIX
+        base += "+tf" if self.allow_select_tf_ops else ""
+        for key, layers in (("keep", self.float_layers), ("int16", self.int16_layers)):
+            if layers:
+                base += f":{key}={'+'.join(layers)}"
+        return base
 
     @classmethod
     def parse(cls, text: str) -> VariantSpec:
-        """Parse a variant name such as `int8-uint8` or `float16+tf` (the inverse of `name`)."""
+        """Parse a variant name such as `int8-uint8`, `float16+tf` or `int8_q:keep=conv2d`.
+
+        The inverse of `name`; layer lists may come in any order and are sorted.
+
+        Raises:
+            QuantLensError: unknown mode, I/O type or override, or options the backend lacks.
+        """
+        spec = cls._parse_unchecked(text)
+        spec.check()
+        return spec
+
+    @classmethod
+    def _parse_unchecked(cls, text: str) -> VariantSpec:
         from core.errors import QuantLensError
 
-        raw = text.strip().lower()
+        head, *overrides = text.strip().split(":")
+        raw = head.strip().lower()
         select = raw.endswith("+tf")
         raw = raw.removesuffix("+tf")
+        quantizer = raw.endswith(QUANTIZER_SUFFIX)
+        raw = raw.removesuffix(QUANTIZER_SUFFIX)
         mode_text, _, io_text = raw.partition("-")
         try:
             mode = Mode(mode_text)
@@ -99,7 +144,64 @@ class VariantSpec:
                 ) from None
         if mode is Mode.INT8 and io_type is None:
             io_type = IOType.INT8
-        return cls(mode=mode, io_type=io_type, allow_select_tf_ops=select)
+        layers = _parse_overrides(text, overrides)
+        return cls(
+            mode=mode,
+            io_type=io_type,
+            allow_select_tf_ops=select,
+            backend=Backend.QUANTIZER if quantizer else Backend.CONVERTER,
+            float_layers=layers["keep"],
+            int16_layers=layers["int16"],
+        )
+
+    def check(self) -> None:
+        """Refuse combinations no backend can make, with one line saying what to use instead.
+
+        Raises:
+            QuantLensError: the backend lacks the mode or an option, or the overrides clash.
+        """
+        from core.errors import QuantLensError
+
+        name = self.name
+        overrides = self.float_layers or self.int16_layers
+        if overrides and self.mode is Mode.FLOAT32:
+            raise QuantLensError(
+                f"{name}: float32 quantizes nothing, so no layer can be kept in float; give "
+                "keep= to a quantized mode such as int8_q"
+            )
+        if self.backend is Backend.CONVERTER:
+            if self.mode in QUANTIZER_ONLY_MODES:
+                raise QuantLensError(
+                    f"{self.mode} runs on the quantizer backend only; use {self.mode}"
+                    f"{QUANTIZER_SUFFIX} (--backend quantizer or both)"
+                )
+            if overrides:
+                raise QuantLensError(
+                    f"{name}: per-layer overrides (keep=, int16=) need the quantizer backend; "
+                    f"write {self.mode!s}{QUANTIZER_SUFFIX}:... or use --backend quantizer"
+                )
+            return
+        if self.mode is Mode.FLOAT32:
+            raise QuantLensError(
+                "float32 is the converter's model the quantizer starts from, so it has no "
+                "quantizer variant; use float32"
+            )
+        if self.allow_select_tf_ops:
+            raise QuantLensError(
+                f"{name}: the quantizer backend cannot calibrate or run SELECT_TF_OPS models; "
+                "drop +tf or use the converter backend"
+            )
+        if self.int16_layers and self.mode is not Mode.INT8:
+            raise QuantLensError(
+                f"{name}: int16= gives int16 activations to layers of an int8 model; use it "
+                "with int8_q"
+            )
+        both = sorted(set(self.float_layers) & set(self.int16_layers))
+        if both:
+            raise QuantLensError(
+                f"{name}: {', '.join(both)} cannot be both kept in float and given int16 "
+                "activations; name each layer once"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -107,7 +209,67 @@ class VariantSpec:
             "mode": str(self.mode),
             "io_type": None if self.io_type is None else str(self.io_type),
             "allow_select_tf_ops": self.allow_select_tf_ops,
+            "backend": str(self.backend),
+            "float_layers": list(self.float_layers),
+            "int16_layers": list(self.int16_layers),
         }
+
+
+def _parse_overrides(text: str, overrides: list[str]) -> dict[str, tuple[str, ...]]:
+    """`keep=A+B` and `int16=C` parts of a variant name, each list sorted and de-duplicated."""
+    from core.errors import QuantLensError
+
+    found: dict[str, tuple[str, ...]] = {key: () for key in _OVERRIDE_KEYS}
+    for part in overrides:
+        key, sep, value = part.partition("=")
+        key = key.strip().lower()
+        names = tuple(sorted({n.strip() for n in value.split("+") if n.strip()}))
+        if not sep or key not in found or not names:
+            raise QuantLensError(
+                f"cannot read {part!r} in variant {text!r}; write keep=LAYER+LAYER or "
+                "int16=LAYER after the mode, e.g. int8_q:keep=conv2d+dense"
+            )
+        if found[key]:
+            raise QuantLensError(f"variant {text!r} gives {key}= twice; list its layers once")
+        found[key] = names
+    return found
+
+
+def variants_for_backend(names: Sequence[str], backend: str) -> tuple[str, ...]:
+    """Variant names for the chosen backend (`converter`, `quantizer` or `both`).
+
+    A name that already says its backend (`int8_q`) is kept as written. With `both`, each
+    other name yields its converter variant then its quantizer variant, side by side; modes
+    only the quantizer has yield only that one. float32 is always the converter's model, the
+    baseline both backends share.
+
+    Raises:
+        QuantLensError: an unknown backend, or a name no backend can make.
+    """
+    from core.errors import QuantLensError
+
+    if backend not in BACKEND_CHOICES:
+        raise QuantLensError(f"unknown backend {backend!r}; choose {', '.join(BACKEND_CHOICES)}")
+    out: list[str] = []
+    for text in names:
+        head = text.split(":", 1)[0].strip().lower().removesuffix("+tf")
+        explicit = head.endswith(QUANTIZER_SUFFIX)
+        parsed = VariantSpec._parse_unchecked(text)  # checked once the backend is known
+        if explicit:
+            candidates = [parsed]
+        elif backend == "converter" or parsed.mode is Mode.FLOAT32:
+            # float32 is the baseline both backends share: the converter's model.
+            candidates = [replace(parsed, backend=Backend.CONVERTER)]
+        elif backend == "quantizer":
+            candidates = [replace(parsed, backend=Backend.QUANTIZER)]
+        else:
+            candidates = [replace(parsed, backend=b) for b in Backend]
+            if parsed.mode in QUANTIZER_ONLY_MODES or parsed.float_layers or parsed.int16_layers:
+                candidates = candidates[1:]
+        for spec in candidates:
+            spec.check()
+            out.append(spec.name)
+    return tuple(out)
 
 
 @dataclass(frozen=True)

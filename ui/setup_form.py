@@ -16,7 +16,17 @@ from core.archives import extract_once
 from core.errors import QuantLensError
 from core.paths import allowed_roots, require_under_roots
 from core.rundir import workspace_home, write_json_atomic
-from core.types import Dataset, IOType, JobSpec, Mode, ModelSignature, Preset, VariantSpec
+from core.types import (
+    BACKEND_CHOICES,
+    Dataset,
+    IOType,
+    JobSpec,
+    Mode,
+    ModelSignature,
+    Preset,
+    VariantSpec,
+    variants_for_backend,
+)
 from ui import cache, fmt, keys, runs
 
 # The operator's switch for trusted mode (off unless set to 1); users then confirm per run.
@@ -29,6 +39,7 @@ MODE_HELP = {
     "float16": "float16 weights",
     "int8": "full integer; needs calibration images",
     "int16x8": "int16 activations, int8 weights",
+    "int4w": "int4 weights, float activations; quantizer backend only",
 }
 PRESET_HELP = {
     "mobilenet_v2": "[-1, 1]",
@@ -421,6 +432,14 @@ def variants_section() -> list[str]:
         key=keys.SETUP_SELECT_TF_OPS,
         help="Fall back to TensorFlow ops the TFLite builtins lack.",
     )
+    backend = st.radio(
+        "Backend",
+        BACKEND_CHOICES,
+        horizontal=True,
+        key=keys.SETUP_BACKEND,
+        help="converter: a TFLiteConverter run per mode. quantizer: LiteRT Quantizer recipes "
+        "on one float32 conversion (variant names end in _q). both: side by side.",
+    )
     names = []
     for m in chosen:
         spec = VariantSpec(
@@ -429,7 +448,11 @@ def variants_section() -> list[str]:
             allow_select_tf_ops=bool(select_ops),
         )
         names.append(spec.name)
-    return names
+    try:
+        return list(variants_for_backend(names, str(backend)))
+    except QuantLensError as exc:
+        st.error(str(exc))
+        return []
 
 
 class RunOptions(TypedDict):

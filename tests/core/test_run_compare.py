@@ -99,6 +99,22 @@ def test_same_run_two_variants_differ_only_in_variant_fields() -> None:
     assert changed == {"mode", "I/O type"}
 
 
+def test_what_changed_names_the_backend_and_the_kept_layers() -> None:
+    """int8 against int8_q:keep=dense differ in backend and kept layers only; a report from
+    before the quantizer backend (no `backend`) reads as the converter's."""
+    old = _report(mode="int8")
+    new = copy.deepcopy(old)
+    new["variants"][0].update(
+        name="int8_q:keep=dense", backend="quantizer", float_layers=["dense"], int16_layers=[]
+    )
+    items = compared_items([("r1", "A", "int8", old), ("r2", "B", "int8_q:keep=dense", new)])
+    rows = {r.field: r for r in what_changed(items)}
+    assert {f for f, r in rows.items() if r.differs} == {"backend", "layers kept in float"}
+    assert rows["backend"].values == ("converter", "quantizer")
+    assert rows["layers kept in float"].values == ("none", "dense")
+    assert rows["layers with int16 activations"].values == ("none", "none")
+
+
 def test_unknown_variant_is_a_one_line_error() -> None:
     with pytest.raises(QuantLensError, match="has no variant 'int8'; pick one of float16"):
         compared_items([("r1", "A", "int8", _report())])
