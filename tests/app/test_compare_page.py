@@ -100,8 +100,8 @@ def _stored_fixture_run(home: Path, run_id: str, dataset: dict[str, str | None])
     report = json.loads((d / "report.json").read_text())
     report["dataset"].update(dataset)
     (d / "report.json").write_text(json.dumps(report))
-    with open_store(home) as store:
-        store.create_run(run_id, name=run_id, run_dir=d, job={"variants": ["int8"]})
+    with open_store(home) as store:  # build_run registered the run; store the new identity
+        store.rename_run(run_id, run_id)
         store.sync_report(run_id, report)
 
 

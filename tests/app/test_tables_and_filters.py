@@ -22,7 +22,7 @@ def test_summary_table_draws_a_dash_in_empty_cells(crafted: Path, open_page: Ope
     data = table.value.set_index("model")
     # the original has no agreement or reduction of its own; the crashed variant has no size
     assert pd.isna(data.loc["original", "top-1 agreement (%)"])
-    assert pd.isna(data.loc["original", "reduction vs original (%)"])
+    assert pd.isna(data.loc["original", "size change vs original (%)"])
     assert pd.isna(data.loc["int16x8", "size (MB)"])
     int8 = next(v for v in rep["variants"] if v["name"] == "int8")
     assert data.loc["int8", "top-1 agreement (%)"] == int8["top1_agreement_pct"]

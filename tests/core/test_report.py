@@ -56,8 +56,10 @@ def _finished(
         min_agreement_pct=95.0,
         conversion_seconds=1.0,
         conversion_cached=False,
+        conversion_route="traced_function",
         select_tf_ops_used=(),
         softmax_applied=False,
+        warnings=[],
         io={},
     )
 
