@@ -4,6 +4,7 @@ and quantization really happen)."""
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,22 @@ def write_tiny_images(root: Path, *, per_class: int = 6, seed: int = 0) -> Path:
         writer.writerow(["filepath", "label"])
         writer.writerows(rows)
     return csv_path
+
+
+def unlabelled_copy(csv_path: Path, dest: Path) -> Path:
+    """The CSV's images copied to `dest`, listed without labels; returns the new CSV.
+
+    For runs that are not about accuracy: the tiny model's random weights are near chance on
+    any labels, and then no variant may PASS (a meaningless run), so such a run exits 1.
+    """
+    with csv_path.open(encoding="utf-8", newline="") as f:
+        relpaths = [row["filepath"] for row in csv.DictReader(f)]
+    for rel in relpaths:
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(csv_path.parent / rel, dest / rel)
+    out = dest / "unlabelled.csv"
+    out.write_text("filepath\n" + "".join(f"{rel}\n" for rel in relpaths), encoding="utf-8")
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.core.conftest import unlabelled_copy
 from tests.core.test_cli import run_cli
 
 pytestmark = pytest.mark.slow
@@ -30,7 +31,9 @@ def test_zipped_saved_model_in_a_wrapper_folder_and_zipped_data_run(
     model_zip = zip_folder(
         tiny_models["saved_model"], tmp_path / "model.zip", prefix="export/my_model", junk=True
     )
-    data_zip = zip_folder(tiny_data.parent, tmp_path / "data.zip", prefix="dataset")
+    # Unlabelled: the tiny model is random, so on labels it is near chance and cannot PASS.
+    unlabelled = unlabelled_copy(tiny_data, tmp_path / "unlabelled").parent
+    data_zip = zip_folder(unlabelled, tmp_path / "data.zip", prefix="dataset")
     out = tmp_path / "out"
     done = run_cli(
         "run",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -63,14 +64,17 @@ def two_runs(
     (every other row) in the same folder."""
     root = tmp_path_factory.mktemp("colour")
     model = build_colour_model(root / "colour.keras")
-    rows = (tiny_data.parent / "data.csv").read_text(encoding="utf-8").splitlines()
-    half = tiny_data.parent / "half.csv"
+    # A private copy: other tests zip or list the shared tiny data folder.
+    folder = root / "data"
+    shutil.copytree(tiny_data.parent, folder)
+    rows = (folder / "data.csv").read_text(encoding="utf-8").splitlines()
+    half = folder / "half.csv"
     half.write_text("\n".join([rows[0], *rows[1::2]]) + "\n", encoding="utf-8")
     home = root / "home"
     done: dict[str, subprocess.CompletedProcess[str]] = {}
     reports: dict[str, dict] = {}
     for name, data, preset, modes in (
-        ("wrong", tiny_data, "raw", "float32,int8"),
+        ("wrong", folder / "data.csv", "raw", "float32,int8"),
         ("right", half, "unit", "float32"),
     ):
         out = root / name
@@ -137,8 +141,9 @@ def test_two_csvs_in_one_folder_are_different_data(two_runs, tiny_data: Path) ->
     home, _, reports = two_runs
     wrong, right = reports["wrong"]["dataset"], reports["right"]["dataset"]
     assert wrong["path"] == right["path"]  # the same folder ...
-    assert wrong["file"] == str(tiny_data)
-    assert right["file"] == str(tiny_data.parent / "half.csv")
+    folder = Path(wrong["path"])
+    assert wrong["file"] == str(folder / "data.csv")
+    assert right["file"] == str(folder / "half.csv")
     assert len(wrong["sha256"]) == 64 and len(right["sha256"]) == 64
     assert wrong["sha256"] != right["sha256"]  # ... but not the same data
     with open_store(home) as store:

@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 
+from tests.core.conftest import unlabelled_copy
+
 REPO = Path(__file__).resolve().parents[2]
 SCRATCH = (".decoded.u8", ".decoded.json", ".calibration.npy", ".tmp")
 # A worker peaks near 1.9 GB of address space (TensorFlow's import, then the tiny model's
@@ -118,6 +120,7 @@ def assert_nothing_left(run_dir: Path, home: Path) -> None:
 def assert_good_run_after(earlier: Path, model: Path, data: Path, home: Path, out: Path) -> None:
     """The service still works: a clean run in the same workspace, earlier files untouched."""
     before = snapshot(earlier)
+    data = unlabelled_copy(data, out.parent / "unlabelled")  # a random model: labels -> no PASS
     done = run_tiny(model, data, out, home, modes="float16")
     assert done.returncode == 0, done.stderr[-2000:]
     assert variants(out)["float16"]["status"] == "done"
