@@ -226,7 +226,9 @@ def test_recovery_finishes_report_status_and_store_and_stops_the_orphan_worker(
     float16 = next(v for v in report["variants"] if v["name"] == "float16")
     if float16["status"] == "done":  # finished, but timing runs last: it says why it has none
         assert float16.get("latency_ms") is None
-        assert float16["latency_note"].startswith("not timed: the run failed before its timing step")
+        assert float16["latency_note"].startswith(
+            "not timed: the run failed before its timing step"
+        )
     assert all(s not in ("pending", "running") for s, _ in states.values())
     store = open_store(workspace)
     try:
