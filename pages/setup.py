@@ -87,7 +87,7 @@ if active:
             state = "running"
         else:
             state = f"queued, {place} run(s) ahead" if place else "queued, starting next"
-        line.markdown(f"{fmt.text(runs.run_label(row))} — {state}")
+        line.markdown(f"{fmt.text(row.name or row.id)} · {row.id[-6:]} — {state}")
         if button.button("Cancel", key=f"{keys.SETUP_CANCEL}.{row.id}", icon=":material/stop:"):
             try:
                 jobs.cancel_run(row.id, home=history.home())

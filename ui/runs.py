@@ -15,7 +15,7 @@ from ui import fmt, history, keys
 from ui.cache import run_path
 
 SIDEBAR_RUNS = 30
-_LABEL_NAME_CHARS = 28
+_LABEL_NAME_CHARS = 20
 
 _ICONS = {
     "done": ":material/check_circle:",
@@ -164,14 +164,15 @@ def live_progress(run_id: str) -> None:
 
 
 def run_label(row: RunRow) -> str:
-    """A distinct, current label: `name · MM-DD HH:MM:SS · short id · status`.
+    """A distinct, current label: `status · name · HH:MM:SS · short id`.
 
-    The short id (the random end of the run id) keeps two runs started in the same second
-    apart; the status is the store's at this render, not a cached one.
+    The status comes first so the narrow sidebar never cuts it off, and it is the store's at
+    this render, not a cached one; the short id (the random end of the run id) keeps two runs
+    started in the same second apart.
     """
     name = row.name if len(row.name) <= _LABEL_NAME_CHARS else row.name[:_LABEL_NAME_CHARS] + "…"
-    when = history.when(row.created)[5:]  # drop the year: MM-DD HH:MM:SS
-    return f"{name} · {when} · {row.id[-6:]} · {row.status}"
+    when = history.when(row.created)[-8:]  # HH:MM:SS, local time
+    return f"{row.status} · {name} · {when} · {row.id[-6:]}"
 
 
 def sidebar() -> None:

@@ -73,7 +73,7 @@ def sidebar_labels(page) -> list[str]:  # type: ignore[no-untyped-def]
 
 
 def label_of(labels: list[str], run_id: str) -> str:
-    found = [label for label in labels if f" · {run_id[-6:]} · " in label]
+    found = [label for label in labels if label.endswith(f" · {run_id[-6:]}")]
     assert len(found) == 1, (run_id, labels)
     return found[0]
 
@@ -190,7 +190,7 @@ def test_cli_runs_next_to_the_dashboard_show_up_and_a_rename_survives_a_restart(
         assert cells.count("done") == 2, cells
         labels = sidebar_labels(page)
         for run_id in ids:
-            assert label_of(labels, run_id).endswith(" · done")
+            assert label_of(labels, run_id).startswith("done · ")
         assert "queued: waiting for" in err2  # the second CLI run waited for the first
 
         # Rename the run saved elsewhere: search for it, then tick its row.
@@ -255,8 +255,7 @@ def test_two_tabs_each_run_the_demo_one_waits_and_history_lists_both(
     for name, run in by_name.items():
         assert run["row"].status.value == "done"
         assert name in cells and run["row"].id in cells
-        assert label_of(labels, run["row"].id).startswith(f"{name} · ")
-        assert label_of(labels, run["row"].id).endswith(" · done")
+        assert label_of(labels, run["row"].id).startswith(f"done · {name} · ")
     assert len(set(labels)) == len(labels)
     a, b = (read_json(by_name[n]["row"].run_dir / "status.json") for n in ("tab A", "tab B"))
     first, later = sorted((a, b), key=lambda s: s["started"])
@@ -289,13 +288,13 @@ def test_cancel_then_reload_says_cancelled_everywhere(
         settle(page)
         expect(page.get_by_text("Run cancelled", exact=True).first).to_be_visible()
         assert page.get_by_text(re.compile(r"^(Running|Queued)")).count() == 0
-        assert label_of(sidebar_labels(page), run_id).endswith(" · cancelled")
         cells = history_cells(page)
         assert any(c.startswith("cancelled") for c in cells), cells
         go(page, "Overview", 2500)
         overview = page.locator("[data-testid=stMain]").inner_text()
         assert "CANCELLED" in overview
         assert "RUNNING" not in overview and "PENDING" not in overview
+        assert label_of(sidebar_labels(page), run_id).startswith("cancelled · ")
         browser.close()
     report = read_json(run_dir / "report.json")
     status = read_json(run_dir / "status.json")
@@ -338,18 +337,20 @@ def test_kill_everything_mid_run_then_restart_says_interrupted_everywhere(
         assert {v["status"] for v in report["variants"]} & {"pending", "running"}
 
         server.start()
-        page = open_app(browser, server.url)
+        page = open_app(browser, server.url)  # the first page load recovers the run
+        recovered = read_json(run_dir / "report.json")
+        assert not {v["status"] for v in recovered["variants"]} & {"pending", "running"}
         go(page, "Setup")
         expect(page.get_by_text("Run failed", exact=True).first).to_be_visible()
         expect(page.get_by_text("interrupted").first).to_be_visible()
         assert page.get_by_text(re.compile(r"^(Running|Queued)")).count() == 0
-        assert label_of(sidebar_labels(page), run_id).endswith(" · failed")
         cells = history_cells(page)
         assert "failed: interrupted" in cells, cells
         go(page, "Overview", 2500)
         overview = page.locator("[data-testid=stMain]").inner_text()
         assert "RUNNING" not in overview and "PENDING" not in overview
         assert "Running —" not in overview
+        assert label_of(sidebar_labels(page), run_id).startswith("failed · ")
         browser.close()
     report = read_json(run_dir / "report.json")
     status = read_json(run_dir / "status.json")
