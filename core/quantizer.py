@@ -30,7 +30,7 @@ from core.rundir import write_atomic
 from core.types import Backend, IOType, Mode, VariantSpec
 
 # Part of every quantizer cache key: bump it when QuantLens changes a recipe.
-QUANTIZER_RECIPE_VERSION = 1
+QUANTIZER_RECIPE_VERSION = 2  # 2: min/max calibration, as the converter
 # Keras 3 names each layer's TF scope `<layer>_<n>` (conv2d -> conv2d_1, conv2d_1 -> conv2d_1_2).
 _KERAS_SCOPE = re.compile(r"^(.+)_\d+$")
 _INT8_ZERO_POINT_TO_UINT8 = 128
