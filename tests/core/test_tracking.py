@@ -175,6 +175,8 @@ def mlflow_server(tmp_path: Path) -> Any:
             "--artifacts-destination", str(tmp_path / "server-artifacts"),
         ],
         stdout=log, stderr=log, start_new_session=True,
+        # No background job runners (GenAI jobs): this machine's cores are for the run.
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
