@@ -115,7 +115,7 @@ def _log(run_dir: Path, report: dict[str, Any], uri: str) -> dict[str, Any]:
     run_id = quantlens_run_id(run_dir, report)
     parent = client.create_run(
         experiment_id,
-        run_name=report["run"].get("name") or run_id,
+        run_name=_run_name(run_dir, report),
         tags={"quantlens.run_id": run_id, "quantlens.status": str(report["run"].get("status"))},
     ).info.run_id
     try:
@@ -128,6 +128,16 @@ def _log(run_dir: Path, report: dict[str, Any], uri: str) -> dict[str, Any]:
         raise
     client.set_terminated(parent, _RUN_STATUS.get(str(report["run"].get("status")), "FAILED"))
     return {"uri": uri, "experiment_id": experiment_id, "run_id": parent, "error": None}
+
+
+def _run_name(run_dir: Path, report: dict[str, Any]) -> str:
+    """The name History shows: the user's, else the store's default name for the job."""
+    from core.jobs import _default_name  # the one rule that names an unnamed run
+    from core.types import JobSpec
+
+    if report["run"].get("name"):
+        return str(report["run"]["name"])
+    return _default_name(JobSpec.from_dict(rundir.read_json(run_dir / rundir.JOB)))
 
 
 def quantlens_run_id(run_dir: Path, report: dict[str, Any]) -> str:
@@ -264,8 +274,14 @@ def run_metrics(report: dict[str, Any]) -> dict[str, float]:
 
 def variant_params(report: dict[str, Any], variant: dict[str, Any]) -> dict[str, str]:
     """A variant's identity (DESIGN §9) and the run inputs it shares, so each child stands alone."""
+    from core.convert import NEEDS_CALIBRATION
+    from core.types import Mode
+
     shared = run_params(report)
+    calibrated = Mode(variant["mode"]) in NEEDS_CALIBRATION
     return {
+        # Only the modes that calibrate used the images: "-" says so where a count would mislead.
+        "calibration_samples": shared["calibration_samples"] if calibrated else "-",
         "variant": _param(variant["name"]),
         "mode": _param(variant.get("mode")),
         "backend": _param(variant.get("backend")),
@@ -277,7 +293,6 @@ def variant_params(report: dict[str, Any], variant: dict[str, Any]) -> dict[str,
         **{
             k: shared[k]
             for k in (
-                "calibration_samples",
                 "preprocessing_preset",
                 "model_sha256",
                 "data_sha256",

@@ -111,6 +111,8 @@ def check_logged_run(uri: str, out: Path, tmp_path: Path) -> None:
         assert params["backend"] == "converter"
         assert params["io_type"] == ("int8" if variant["name"] == "int8" else "-")
         assert params["float_layers"] == "-"
+        # Only int8 calibrates: float32 used no calibration images.
+        assert params["calibration_samples"] == ("100" if variant["name"] == "int8" else "-")
         assert params["preprocessing_preset"] == "unit"
         lo, hi = variant["top1_agreement_ci95"]
         assert metrics["top1_agreement_pct"] == variant["top1_agreement_pct"]
