@@ -12,6 +12,7 @@ line in report.json's `warnings` and its `tracking` entry, which the CLI and Ove
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -87,9 +88,11 @@ def log_finished_run(run_dir: Path, uri: str, *, status: str | None = None) -> d
         entry = _log(run_dir, report, uri)
     except Exception as exc:  # any failure of the tracking side; the run itself is complete
         entry = {"uri": uri, "error": short_reason(exc)}
+        local = uri.startswith(("sqlite:", "file:"))
+        fix = "the store is writable" if local else "the tracking server is up"
         report.setdefault("warnings", []).append(
             f"MLflow logging to {uri} failed: {entry['error']}; the run's results are complete "
-            "in its folder (check that the tracking server is up)"
+            f"in its folder (check that {fix})"
         )
     report["tracking"] = entry
     rundir.write_json_atomic(report_path, report)
@@ -124,7 +127,8 @@ def _log(run_dir: Path, report: dict[str, Any], uri: str) -> dict[str, Any]:
             _log_variant(client, experiment_id, parent, run_dir, report, variant)
         _log_reports(client, parent, run_dir)
     except BaseException:
-        client.set_terminated(parent, "FAILED")
+        with contextlib.suppress(Exception):  # the store may be what failed
+            client.set_terminated(parent, "FAILED")
         raise
     client.set_terminated(parent, _RUN_STATUS.get(str(report["run"].get("status")), "FAILED"))
     return {"uri": uri, "experiment_id": experiment_id, "run_id": parent, "error": None}
@@ -185,7 +189,8 @@ def _log_variant(
         if tflite.is_file():
             client.log_artifact(child, str(tflite))
     except BaseException:
-        client.set_terminated(child, "FAILED")
+        with contextlib.suppress(Exception):
+            client.set_terminated(child, "FAILED")
         raise
     client.set_terminated(child, _RUN_STATUS.get(str(variant.get("status")), "FAILED"))
 

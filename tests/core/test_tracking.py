@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from core.tracking import resolve_uri, short_reason
+from core.tracking import log_finished_run, resolve_uri, short_reason
 
 REPO = Path(__file__).resolve().parents[2]
 # The tiny random model is near chance on its labels, so no variant passes: the run exits 1
@@ -283,3 +283,26 @@ def test_an_mlflow_error_becomes_one_short_line() -> None:
     other = PermissionError("RESOURCE_DOES_NOT_EXIST:\n  " + "x" * 400)
     reason = short_reason(other)
     assert "\n" not in reason and len(reason) == 203 and reason.endswith("...")
+
+
+@pytest.mark.slow
+def test_a_store_that_cannot_be_written_is_one_warning_on_the_report(tmp_path: Path) -> None:
+    """A hand-built finished run logged to a store under a read-only place: the report keeps
+    its results and gains one warning saying what to check."""
+    from tests.app.fixtures import build_run
+
+    build_run(tmp_path)
+    run_dir = tmp_path / "runs" / "run-fixture"
+    before = json.loads((run_dir / "report.json").read_text())
+    uri = "sqlite:////proc/quantlens-no-such-dir/mlflow.db"
+    entry = log_finished_run(run_dir, uri)
+    after = json.loads((run_dir / "report.json").read_text())
+    assert entry["uri"] == uri and entry["error"]
+    assert "\n" not in entry["error"]
+    assert after["tracking"] == entry
+    assert after["warnings"] == [
+        *before.get("warnings", []),
+        f"MLflow logging to {uri} failed: {entry['error']}; the run's results are complete in "
+        "its folder (check that the store is writable)",
+    ]
+    assert after["variants"] == before["variants"]
