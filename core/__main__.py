@@ -102,6 +102,16 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--report", choices=["json", "html"], default="json", help="html also writes report.html"
     )
+    run.add_argument(
+        "--mlflow",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="URI",
+        help="log the run to MLflow, a nested run per variant: alone, the workspace store "
+        "(sqlite:///<workspace>/mlflow.db); or a tracking URI such as http://host:5000 "
+        "(write --mlflow=URI before MODEL)",
+    )
 
     demo = sub.add_parser("demo", help="build the embedded demo model and data set")
     demo.add_argument("--out", default=None, help="demo folder (default <workspace>/demo)")
@@ -128,6 +138,7 @@ def _check_limits(args: argparse.Namespace) -> None:
 
 def _job_from_args(args: argparse.Namespace) -> JobSpec:
     from core.demo import demo_paths
+    from core.tracking import resolve_uri
 
     model, data, labels = args.model, args.data, args.labels
     if model is None or data is None:
@@ -186,6 +197,7 @@ def _job_from_args(args: argparse.Namespace) -> JobSpec:
         name=args.name,
         input_size=input_size,
         signature_key=args.signature,
+        mlflow_uri=resolve_uri(args.mlflow),
     )
 
 
@@ -282,16 +294,26 @@ def cmd_run(args: argparse.Namespace) -> int:
 
             print(f"report: {write_report_html(directory)}")
         print(f"run {run_id}: {report_path}")
+        _print_tracking(report)
         return exit_status(report)
     if report_path.exists():  # each variant's outcome and reason is still worth seeing
-        print(format_table(rundir.read_json(report_path)))
+        report = rundir.read_json(report_path)
+        print(format_table(report))
         print(f"run {run_id}: {report_path}")
+        _print_tracking(report)
     if status is RunStatus.CANCELLED:
         return _fail(error, EXIT_CANCELLED)
     if supervisor.bad_input:
         return _fail(error)
     log = directory / rundir.WORKER_LOG
     return _fail(f"{error}; the worker's output is in {log}", EXIT_JOB_FAILED)
+
+
+def _print_tracking(report: dict[str, Any]) -> None:
+    """Where the run was logged; a logging failure is already among the table's warnings."""
+    tracking = report.get("tracking") or {}
+    if tracking.get("run_id"):
+        print(f"mlflow: run {tracking['run_id']} at {tracking['uri']}")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -32,6 +32,7 @@ from core.worker import EXIT_BAD_INPUT, EXIT_OK, EXIT_OOM, MEMORY_LIMIT_ENV, wri
 
 DEFAULT_TIMEOUT_S = 3600.0
 DEFAULT_MEMORY_LIMIT_GB = 16.0
+TRACKING_TIMEOUT_S = 300.0  # logging a run that ended abnormally to MLflow
 CANCEL_FLAG = "cancel"
 RUNNER_LOCK = "runner.lock"  # in the workspace: held by the one supervisor whose worker runs
 QUEUE_POLL_S = 0.5
@@ -596,9 +597,7 @@ class Supervisor:
             returncode = process.returncode
             if cancelled:
                 self._mark_unfinished_variants("cancelled", "cancelled by the user")
-                _finish_run(
-                    self.directory, RunStatus.CANCELLED, "cancelled by the user", home=self.home
-                )
+                self._end(RunStatus.CANCELLED, "cancelled by the user")
                 return RunStatus.CANCELLED
             if returncode == EXIT_OK:
                 _finish_run(self.directory, RunStatus.DONE, None, home=self.home)
@@ -607,7 +606,7 @@ class Supervisor:
                 self.bad_input = True
                 error = read_status(self.directory).get("error") or "the job failed"
                 self._mark_unfinished_variants("failed", "not run: " + error)
-                _finish_run(self.directory, RunStatus.FAILED, error, home=self.home)
+                self._end(RunStatus.FAILED, error)
                 return RunStatus.FAILED
             stderr = _stderr_text(self.directory, since=log_offset)
             tail = _tail(stderr)
@@ -624,7 +623,7 @@ class Supervisor:
                 if variant is not None:
                     self._mark_variant(variant, str(outcome), reason, tail)
                 self._mark_unfinished_variants(str(outcome), f"not run: {reason}")
-                _finish_run(self.directory, outcome, reason, home=self.home)
+                self._end(outcome, reason)
                 return outcome
             self._mark_variant(variant, str(outcome), reason, tail)
             self._write_event(
@@ -636,8 +635,37 @@ class Supervisor:
                     time=time.time(),
                 )
             )
-        _finish_run(self.directory, RunStatus.CRASHED, "the worker kept crashing", home=self.home)
+        self._end(RunStatus.CRASHED, "the worker kept crashing")
         return RunStatus.CRASHED
+
+    def _end(self, status: RunStatus, reason: str) -> None:
+        """Finish a run that ended abnormally, logging what it has to MLflow first."""
+        self._track(status)
+        _finish_run(self.directory, status, reason, home=self.home)
+
+    def _track(self, status: RunStatus) -> None:
+        """Log a run the worker could not log itself (it did not finish) to MLflow, if asked.
+
+        MLflow runs in its own short-lived process, never in the supervisor (which the web
+        server starts) or the server; a failure becomes a warning in report.json.
+        """
+        job = rundir.read_json(self.directory / rundir.JOB)
+        if not job.get("mlflow_uri") or not (self.directory / rundir.REPORT).exists():
+            return
+        command = [sys.executable, "-m", "core.tracking", str(self.directory)]
+        with (self.directory / rundir.WORKER_LOG).open("ab") as log:
+            try:
+                subprocess.run(
+                    [*command, "--status", str(status)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    timeout=TRACKING_TIMEOUT_S,
+                    check=False,
+                    cwd=str(Path(__file__).resolve().parent.parent),
+                )
+            except subprocess.TimeoutExpired:
+                print("MLflow logging timed out", file=sys.stderr)
 
     def _write_event(self, event: ProgressEvent) -> None:
         with (self.directory / rundir.PROGRESS).open("a", encoding="utf-8") as f:

@@ -776,6 +776,8 @@ def reproduce_command(job: JobSpec) -> str:
         parts += ["--labels", shlex.quote(job.labels_file)]
     if job.trusted:
         parts.append("--trusted")
+    if job.mlflow_uri:
+        parts.append(f"--mlflow={shlex.quote(job.mlflow_uri)}")
     return " ".join(parts)
 
 

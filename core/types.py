@@ -403,6 +403,9 @@ class JobSpec:
     name: str = ""
     input_size: tuple[int, int] | None = None  # (height, width) for models with None spatial dims
     signature_key: str | None = None  # SavedModel signature; None: serving_default or the only one
+    mlflow_uri: str | None = (
+        None  # log the finished run to this MLflow tracking URI (core.tracking)
+    )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -90,7 +90,22 @@ def run_job(run_dir: Path) -> int:
         write_status(run_dir, RunStatus.FAILED, error=str(exc))
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if job.mlflow_uri:
+        track_run(run_dir, job.mlflow_uri)
     return EXIT_OK
+
+
+def track_run(run_dir: Path, uri: str) -> None:
+    """Log the finished run to MLflow; a failure is a warning in report.json, never the run's."""
+    from core.tracking import log_finished_run
+
+    try:
+        entry = log_finished_run(run_dir, uri)
+    except Exception as exc:  # the run is complete: a tracking bug must not turn it into a crash
+        print(f"warning: MLflow logging to {uri} failed: {exc}", file=sys.stderr)
+        return
+    if entry.get("error"):
+        print(f"warning: MLflow logging to {uri} failed: {entry['error']}", file=sys.stderr)
 
 
 def inspect(

@@ -10,6 +10,7 @@ st.title("Overview")
 res = widgets.require_results()
 widgets.run_header(res)
 widgets.chance_warning(res)
+widgets.tracking_note(res)
 
 if runs.run_status(res.run_id).get("status") in ("queued", "running"):
     runs.live_progress(res.run_id)

@@ -54,6 +54,8 @@ if dataset is None or not dataset.samples:
     problems.append("a data set with at least one image")
 if not variants:
     problems.append("at least one quantization mode")
+if setup_form.tracking_uri_refused():
+    problems.append("an http(s) MLflow tracking server, or a blank one")
 left, right = st.columns([1, 3])
 clicked = left.button(
     "Run",

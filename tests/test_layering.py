@@ -47,9 +47,10 @@ def test_core_never_imports_streamlit() -> None:
 # What a module may load when it is imported: core stays a plain package (no streamlit, and
 # the model frameworks only inside the functions that need them); the web layer never loads a
 # model framework, since the server must stay light and never run a user's model.
+# MLflow too: it is loaded only by the process that logs a finished run (core.tracking).
 FORBIDDEN = {
-    "core": HEAVY | {"streamlit"},
-    "web": HEAVY,
+    "core": HEAVY | {"streamlit", "mlflow"},
+    "web": HEAVY | {"mlflow"},
 }
 
 # Imports each name in a fresh interpreter and prints the forbidden modules that got loaded.

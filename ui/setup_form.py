@@ -16,6 +16,7 @@ from core.archives import extract_once
 from core.errors import QuantLensError
 from core.paths import allowed_roots, require_under_roots
 from core.rundir import workspace_home, write_json_atomic
+from core.tracking import resolve_uri
 from core.types import (
     BACKEND_CHOICES,
     Dataset,
@@ -464,6 +465,40 @@ class RunOptions(TypedDict):
     min_agreement_pct: float
     name: str
     trusted: bool
+    mlflow_uri: str | None
+
+
+def tracking_option() -> str | None:
+    """MLflow tracking: the workspace store, or a tracking server's http(s) URI; None when off.
+
+    Local stores other than the workspace's are the CLI's (`--mlflow PATH`): a web form does
+    not get to write files anywhere on the server.
+    """
+    c1, c2 = st.columns([1, 3])
+    on = c1.toggle(
+        "Log to MLflow",
+        key=keys.SETUP_MLFLOW,
+        help="One MLflow run for this run and a nested run per variant, with the .tflite "
+        "files and reports, logged by the worker once the run ends.",
+    )
+    if not on:
+        return None
+    raw = c2.text_input(
+        "MLflow tracking server (blank: the workspace store)",
+        key=keys.SETUP_MLFLOW_URI,
+        placeholder="http://mlflow.example:5000",
+    ).strip()
+    if tracking_uri_refused():
+        c2.error("Give an http:// or https:// tracking server, or leave it blank.")
+        return None
+    return resolve_uri(raw)
+
+
+def tracking_uri_refused() -> bool:
+    """True when MLflow logging is on with a URI that is not a tracking server's."""
+    raw = str(st.session_state.get(keys.SETUP_MLFLOW_URI) or "").strip()
+    on = bool(st.session_state.get(keys.SETUP_MLFLOW))
+    return on and bool(raw) and not raw.lower().startswith(("http://", "https://"))
 
 
 def options_section(num_samples: int | None) -> RunOptions:
@@ -522,6 +557,7 @@ def options_section(num_samples: int | None) -> RunOptions:
             f"An operator can allow trusted mode with {TRUSTED_ENV}=1."
         )
     trusted = trusted_requested()
+    mlflow_uri = tracking_option()
     return {
         "calibration_samples": int(calib),
         "max_samples": int(cap) or None,
@@ -529,6 +565,7 @@ def options_section(num_samples: int | None) -> RunOptions:
         "min_agreement_pct": float(threshold),
         "name": str(name),
         "trusted": bool(trusted),
+        "mlflow_uri": mlflow_uri,
     }
 
 

@@ -84,6 +84,19 @@ def chance_warning(res: RunResults) -> None:
         )
 
 
+def tracking_note(res: RunResults) -> None:
+    """Where the run was logged in MLflow, or the one line saying why logging failed."""
+    tracking = res.report.get("tracking") or {}
+    uri = tracking.get("uri")
+    if tracking.get("error"):
+        st.warning(
+            f"MLflow logging to {uri} failed: {tracking['error']}. The run itself is complete.",
+            icon=":material/cloud_off:",
+        )
+    elif tracking.get("run_id"):
+        st.caption(f"Logged to MLflow: run `{tracking['run_id']}` at `{uri}`.")
+
+
 def variant_verdict(res: RunResults, v: dict[str, Any]) -> str:
     """PASS, FAIL or NO VERDICT for a finished variant ("" while it has no result).
 

@@ -218,6 +218,7 @@ def test_reproduce_command_round_trips_through_the_cli_parser(tmp_path: Path) ->
         trusted=True,
         input_size=(96, 128),
         signature_key="my sig",
+        mlflow_uri="http://mlflow.test:5000",  # the reproduced run is logged as this one was
     )
     argv = shlex.split(reproduce_command(job))
     assert argv[:3] == ["python", "-m", "core"]

@@ -1,0 +1,363 @@
+"""Experiment tracking: a finished run logged to MLflow, one nested MLflow run per variant.
+
+    python -m core.tracking RUN_DIR [--status STATUS]   log a run folder (used by the supervisor)
+
+The worker logs a run once it is finished; the supervisor logs a run that ended abnormally
+(crashed, timed out, failed or cancelled) through this module's command, in its own process.
+MLflow is imported inside the functions only: `import core` and the web server never load it.
+
+A tracking server that is down or refuses the write never fails the run: the error becomes one
+line in report.json's `warnings` and its `tracking` entry, which the CLI and Overview show.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from core import rundir
+
+EXPERIMENT = "QuantLens"
+EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"  # MLflow's own variable names another experiment
+STORE_FILE = (
+    "mlflow.db"  # MLflow 3's recommended local store is SQLite (the file store is deprecated)
+)
+ARTIFACTS_DIR = "mlartifacts"
+# A server that is down must cost seconds, not MLflow's default of 7 retries x 120 s.
+_HTTP_LIMITS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+_MAX_PARAM = 500  # MLflow allows 6000 characters; long layer lists are cut with "..."
+_RUN_STATUS = {"done": "FINISHED", "cancelled": "KILLED"}  # every other end is FAILED
+_LATENCY_KEYS = ("min", "p50", "p90", "p99", "mean", "std")
+
+
+def default_uri(home: Path | None = None) -> str:
+    """The workspace's own store: `sqlite:///<workspace>/mlflow.db`."""
+    return f"sqlite:///{(home or rundir.workspace_home()).resolve() / STORE_FILE}"
+
+
+def resolve_uri(value: str | None, home: Path | None = None) -> str | None:
+    """The tracking URI a run logs to; None: no tracking.
+
+    An empty value (`--mlflow` alone) is the workspace store. Local stores are made absolute
+    here, since the worker runs in another working folder: a plain path ending in `.db` is a
+    SQLite store, any other plain path MLflow's file store, and `sqlite:///x.db` is relative to
+    the folder the command ran in, as MLflow reads it.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if not text:
+        return default_uri(home)
+    if "://" not in text:
+        path = Path(text).expanduser().resolve()
+        return f"sqlite:///{path}" if path.suffix == ".db" else path.as_uri()
+    if text.startswith("sqlite:///") and not text.startswith("sqlite:////"):
+        return f"sqlite:///{Path(text.removeprefix('sqlite:///')).resolve()}"
+    return text
+
+
+def log_finished_run(run_dir: Path, uri: str, *, status: str | None = None) -> dict[str, Any]:
+    """Log the run in `run_dir` to MLflow and record the outcome in its report.json.
+
+    Never raises for a tracking failure: the run's results stay what they are, and the
+    failure becomes one line in `warnings`.
+
+    Args:
+        run_dir: a run folder holding report.json.
+        uri: the MLflow tracking URI.
+        status: the run's final status when the report does not say it yet (the supervisor's).
+
+    Returns:
+        The `tracking` entry written to report.json: uri, experiment and run ids, or error.
+    """
+    report_path = run_dir / rundir.REPORT
+    report = rundir.read_json(report_path)
+    if status is not None:
+        report["run"]["status"] = status
+    try:
+        entry = _log(run_dir, report, uri)
+    except Exception as exc:  # any failure of the tracking side; the run itself is complete
+        entry = {"uri": uri, "error": short_reason(exc)}
+        local = uri.startswith(("sqlite:", "file:"))
+        fix = "the store is writable" if local else "the tracking server is up"
+        report.setdefault("warnings", []).append(
+            f"MLflow logging to {uri} failed: {entry['error']}; the run's results are complete "
+            f"in its folder (check that {fix})"
+        )
+    report["tracking"] = entry
+    rundir.write_json_atomic(report_path, report)
+    return entry
+
+
+def short_reason(exc: BaseException) -> str:
+    """One short line for an MLflow error; its messages hold whole retry histories."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    for known in ("Connection refused", "Name or service not known", "timed out"):
+        if known.lower() in text.lower():
+            return known.lower()
+    return text[:200] + ("..." if len(text) > 200 else "")
+
+
+def _log(run_dir: Path, report: dict[str, Any], uri: str) -> dict[str, Any]:
+    for name, value in _HTTP_LIMITS.items():
+        os.environ.setdefault(name, value)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    experiment_id = _experiment_id(client, uri)
+    run_id = quantlens_run_id(run_dir, report)
+    parent = client.create_run(
+        experiment_id,
+        run_name=_run_name(run_dir, report),
+        tags={"quantlens.run_id": run_id, "quantlens.status": str(report["run"].get("status"))},
+    ).info.run_id
+    try:
+        _log_values(client, parent, run_params(report), run_metrics(report))
+        for variant in report["variants"]:
+            _log_variant(client, experiment_id, parent, run_dir, report, variant)
+        _log_reports(client, parent, run_dir)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the store may be what failed
+            client.set_terminated(parent, "FAILED")
+        raise
+    client.set_terminated(parent, _RUN_STATUS.get(str(report["run"].get("status")), "FAILED"))
+    return {"uri": uri, "experiment_id": experiment_id, "run_id": parent, "error": None}
+
+
+def _run_name(run_dir: Path, report: dict[str, Any]) -> str:
+    """The name History shows: the user's, else the store's default name for the job."""
+    from core.jobs import _default_name  # the one rule that names an unnamed run
+    from core.types import JobSpec
+
+    if report["run"].get("name"):
+        return str(report["run"]["name"])
+    return _default_name(JobSpec.from_dict(rundir.read_json(run_dir / rundir.JOB)))
+
+
+def quantlens_run_id(run_dir: Path, report: dict[str, Any]) -> str:
+    """The store's id of the run: status.json knows it for a CLI run kept in an --out folder."""
+    status = run_dir / rundir.STATUS
+    known = rundir.read_json(status).get("run_id") if status.exists() else None
+    return str(known or report["run"].get("id") or run_dir.name)
+
+
+def _experiment_id(client: Any, uri: str) -> str:
+    """The experiment's id, creating it (with its artefacts next to a local SQLite store)."""
+    name = os.environ.get(EXPERIMENT_ENV) or EXPERIMENT
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return str(found.experiment_id)
+    location = None
+    if uri.startswith("sqlite:///"):
+        # Without a location MLflow puts artefacts in ./mlruns of the worker's working folder.
+        location = (Path(uri.removeprefix("sqlite:///")).parent / ARTIFACTS_DIR).as_uri()
+    return str(client.create_experiment(name, artifact_location=location))
+
+
+def _log_variant(
+    client: Any,
+    experiment_id: str,
+    parent: str,
+    run_dir: Path,
+    report: dict[str, Any],
+    variant: dict[str, Any],
+) -> None:
+    run_id = quantlens_run_id(run_dir, report)
+    child = client.create_run(
+        experiment_id,
+        run_name=variant["name"],
+        tags={
+            "mlflow.parentRunId": parent,
+            "quantlens.run_id": run_id,
+            "quantlens.variant": variant["name"],
+            "quantlens.status": str(variant.get("status")),
+        },
+    ).info.run_id
+    try:
+        _log_values(client, child, variant_params(report, variant), variant_metrics(variant))
+        tflite = rundir.tflite_path(run_dir, variant["name"])
+        if tflite.is_file():
+            client.log_artifact(child, str(tflite))
+    except BaseException:
+        with contextlib.suppress(Exception):
+            client.set_terminated(child, "FAILED")
+        raise
+    client.set_terminated(child, _RUN_STATUS.get(str(variant.get("status")), "FAILED"))
+
+
+def _log_reports(client: Any, parent: str, run_dir: Path) -> None:
+    """report.json, and report.html rendered for the run (MLflow's artefact view shows it)."""
+    from core.report_html import render_report_html
+
+    client.log_artifact(parent, str(run_dir / rundir.REPORT))
+    with tempfile.TemporaryDirectory(prefix="quantlens-mlflow-") as scratch:
+        html = Path(scratch) / rundir.REPORT_HTML
+        html.write_text(render_report_html(run_dir), encoding="utf-8")
+        client.log_artifact(parent, str(html))
+
+
+def _log_values(
+    client: Any, run_id: str, params: dict[str, str], metrics: dict[str, float]
+) -> None:
+    from mlflow.entities import Metric, Param
+
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()],
+        params=[Param(k, v) for k, v in params.items()],
+    )
+
+
+def _param(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        value = ",".join(str(v) for v in value) or "-"
+    text = "-" if value is None else str(value)
+    return text if len(text) <= _MAX_PARAM else text[: _MAX_PARAM - 3] + "..."
+
+
+def _numbers(pairs: Iterable[tuple[str, Any]]) -> dict[str, float]:
+    """Metrics that have a finite value: MLflow has no null, and a missing number is not 0."""
+    out: dict[str, float] = {}
+    for key, value in pairs:
+        if isinstance(value, bool):
+            value = int(value)
+        if isinstance(value, int | float) and math.isfinite(value):
+            out[key] = float(value)
+    return out
+
+
+def run_params(report: dict[str, Any]) -> dict[str, str]:
+    """The whole run's inputs: model, data, preprocessing and options."""
+    ref, data, options = report["reference"], report["dataset"], report["options"]
+    return {
+        k: _param(v)
+        for k, v in {
+            "model_path": ref.get("path"),
+            "model_format": ref.get("format"),
+            "model_sha256": ref.get("sha256"),
+            "data_path": data.get("file") or data.get("path"),
+            "data_sha256": data.get("sha256"),
+            "preprocessing_preset": report["preprocessing"].get("preset"),
+            "calibration_samples": options.get("calibration_samples"),
+            "max_samples": options.get("max_samples"),
+            "min_agreement_pct": options.get("min_agreement_pct"),
+            "threads": report.get("environment", {}).get("threads"),
+            "seed": options.get("seed"),
+            "latency_runs": options.get("latency_runs"),
+            "variants": [v["name"] for v in report["variants"]],
+            "tensorflow": report.get("environment", {}).get("tensorflow"),
+            "litert": report.get("environment", {}).get("litert"),
+        }.items()
+    }
+
+
+def run_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """The original model's numbers and the run's counts."""
+    ref, data = report["reference"], report["dataset"]
+    latency = ref.get("latency_ms") or {}
+    return _numbers(
+        [
+            ("reference_accuracy_pct", ref.get("accuracy_pct")),
+            ("reference_size_bytes", ref.get("size_bytes")),
+            ("num_samples", data.get("num_samples")),
+            ("num_skipped", data.get("num_skipped")),
+            ("variants_passed", sum(v.get("passed") is True for v in report["variants"])),
+            *((f"reference_latency_{k}_ms", latency.get(k)) for k in _LATENCY_KEYS),
+        ]
+    )
+
+
+def variant_params(report: dict[str, Any], variant: dict[str, Any]) -> dict[str, str]:
+    """A variant's identity (DESIGN §9) and the run inputs it shares, so each child stands alone."""
+    from core.convert import NEEDS_CALIBRATION
+    from core.types import Mode
+
+    shared = run_params(report)
+    calibrated = Mode(variant["mode"]) in NEEDS_CALIBRATION
+    return {
+        # Only the modes that calibrate used the images: "-" says so where a count would mislead.
+        "calibration_samples": shared["calibration_samples"] if calibrated else "-",
+        "variant": _param(variant["name"]),
+        "mode": _param(variant.get("mode")),
+        "backend": _param(variant.get("backend")),
+        "io_type": _param(variant.get("io_type")),
+        "select_tf_ops": _param(variant.get("allow_select_tf_ops")),
+        "float_layers": _param(variant.get("float_layers")),
+        "int16_layers": _param(variant.get("int16_layers")),
+        "conversion_route": _param(variant.get("conversion_route")),
+        **{
+            k: shared[k]
+            for k in (
+                "preprocessing_preset",
+                "model_sha256",
+                "data_sha256",
+                "seed",
+                "threads",
+            )
+        },
+    }
+
+
+def variant_metrics(variant: dict[str, Any]) -> dict[str, float]:
+    """Agreement with its 95 % bounds and n, accuracy of both models, size, latency, KL, Δp."""
+    from core.report import size_change_pct
+
+    ci = variant.get("top1_agreement_ci95") or (None, None)
+    latency = variant.get("latency_ms") or {}
+    return _numbers(
+        [
+            ("top1_agreement_pct", variant.get("top1_agreement_pct")),
+            ("top1_agreement_ci95_low", ci[0]),
+            ("top1_agreement_ci95_high", ci[1]),
+            ("n", variant.get("n")),
+            ("topk_agreement_pct", variant.get("topk_agreement_pct")),
+            ("k", variant.get("k")),
+            ("disagreements", variant.get("disagreements")),
+            ("reference_accuracy_pct", variant.get("reference_accuracy_pct")),
+            ("tflite_accuracy_pct", variant.get("tflite_accuracy_pct")),
+            ("accuracy_delta_pct", variant.get("accuracy_delta_pct")),
+            ("size_bytes", variant.get("size_bytes")),
+            ("size_change_pct", size_change_pct(variant.get("size_reduction_pct"))),
+            (
+                "size_change_vs_float32_pct",
+                size_change_pct(variant.get("size_reduction_vs_float32_pct")),
+            ),
+            ("mean_kl", variant.get("mean_kl")),
+            ("max_abs_prob_delta", variant.get("max_abs_prob_delta")),
+            ("mean_abs_top1_prob_delta", variant.get("mean_abs_top1_prob_delta")),
+            ("nan_outputs", variant.get("nan_outputs")),
+            ("speedup_vs_reference", variant.get("speedup_vs_reference")),
+            ("passed", variant.get("passed")),
+            *((f"latency_{k}_ms", latency.get(k)) for k in _LATENCY_KEYS),
+        ]
+    )
+
+
+def main(argv: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m core.tracking")
+    parser.add_argument("run_dir")
+    parser.add_argument("--status", default=None, help="the run's final status")
+    args = parser.parse_args(argv)
+    run_dir = Path(args.run_dir)
+    job = rundir.read_json(run_dir / rundir.JOB)
+    uri = job.get("mlflow_uri")
+    if not uri or not (run_dir / rundir.REPORT).exists():
+        return 0
+    entry = log_finished_run(run_dir, uri, status=args.status)
+    return 0 if entry.get("error") is None else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
