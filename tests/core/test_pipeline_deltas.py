@@ -176,9 +176,15 @@ def test_every_per_sample_delta_matches_an_independent_recomputation(
         "agree": (tfl.argmax(axis=1) == ref_top1).astype(float),
         "max_abs_delta": np.abs(ref - tfl).max(axis=1),
         "top1_prob_delta": tfl[rows, ref_top1] - ref[rows, ref_top1],
-        "kl": np.sum(
-            np.where(ref > 0, ref * np.log(np.where(ref > 0, ref, 1) / np.clip(tfl, 1e-12, 1)), 0),
-            axis=1,
+        # KL is never negative; float rounding can make the sum -1e-9, reported as 0.
+        "kl": np.maximum(
+            np.sum(
+                np.where(
+                    ref > 0, ref * np.log(np.where(ref > 0, ref, 1) / np.clip(tfl, 1e-12, 1)), 0
+                ),
+                axis=1,
+            ),
+            0.0,
         ),
     }
     written = _read_samples(run_dir / f"{variant}.samples.csv")
