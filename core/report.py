@@ -55,11 +55,12 @@ PIVOT_SPEC = VariantSpec(Mode.FLOAT32)  # the converter's float32 TFLite, `float
 def with_pivot(specs: list[VariantSpec]) -> list[VariantSpec]:
     """The job's variants plus the float32 pivot when a quantized variant needs it.
 
-    The pivot comes first when added, so its outputs exist before any variant is split.
+    An added pivot is listed after the user's variants (the pipeline still runs it first, so
+    its outputs exist before any variant is split).
     """
     if any(s == PIVOT_SPEC for s in specs) or all(s.mode is Mode.FLOAT32 for s in specs):
         return specs
-    return [PIVOT_SPEC, *specs]
+    return [*specs, PIVOT_SPEC]
 
 
 def pivot_name(specs: list[VariantSpec]) -> str | None:

@@ -286,7 +286,7 @@ def summary_table(res: RunResults) -> pd.DataFrame:
         lat = v.get("latency_ms") or {}
         rows.append(
             {
-                "model": display_name(res.report, v),
+                "model": str(v.get("name") or v.get("mode")),
                 "status": str(v.get("status")),
                 "verdict": variant_verdict(res, v),
                 "size (MB)": None if v.get("size_bytes") is None else v["size_bytes"] / 1e6,

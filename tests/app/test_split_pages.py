@@ -27,7 +27,7 @@ def _causes(run_dir: Path) -> np.ndarray:
 @pytest.fixture
 def pivoted(home: Path) -> Path:
     """A run of int8 alone: float32 is the pivot QuantLens added; both flip 10 of 40."""
-    run_dir = build_run(home, flips={"float32": 10, "int8": 10}, failed_variant=None)
+    run_dir = build_run(home, flips={"int8": 10, "float32": 10}, failed_variant=None)
     report = read_report(run_dir)
     causes = _causes(run_dir)
     samples = pd.read_csv(rundir.variant_samples_path(run_dir, "int8"))
@@ -36,9 +36,9 @@ def pivoted(home: Path) -> Path:
     report["pivot"] = "float32"
     for v in report["variants"]:
         v["role"] = "pivot" if v["name"] == "float32" else "selected"
-    pivot = report["variants"][0]
+    pivot = report["variants"][1]
     pivot["passed"] = None
-    report["variants"][1]["disagreement_split"] = {
+    report["variants"][0]["disagreement_split"] = {
         "conversion": int((causes == "conversion").sum()),
         "quantization": int((causes == "quantization").sum()),
     }
@@ -48,7 +48,7 @@ def pivoted(home: Path) -> Path:
 
 
 def test_fixture_has_both_causes(pivoted: Path) -> None:
-    split = read_report(pivoted)["variants"][1]["disagreement_split"]
+    split = read_report(pivoted)["variants"][0]["disagreement_split"]
     assert split["conversion"] > 0 and split["quantization"] > 0
     assert split["conversion"] + split["quantization"] == 10
 
@@ -71,8 +71,8 @@ def test_overview_shows_the_split_line_and_a_pivot_that_is_not_judged(
         f"{quantization} quantization-caused"
     ]
     table = at.dataframe[0].value
-    assert list(table["model"]) == ["original", "float32 (pivot)", "int8"]
-    assert list(table["verdict"]) == ["", "PIVOT", "FAIL"]
+    assert list(table["model"]) == ["original", "int8", "float32"]
+    assert list(table["verdict"]) == ["", "FAIL", "PIVOT"]
 
 
 def test_agreement_page_tables_the_split(pivoted: Path, open_page: OpenPage) -> None:

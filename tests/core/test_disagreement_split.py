@@ -90,8 +90,8 @@ def test_the_pivot_joins_only_when_a_variant_is_quantized() -> None:
     def names(text: str) -> list[str]:
         return [s.name for s in with_pivot([VariantSpec.parse(n) for n in text.split(",")])]
 
-    assert names("int8") == ["float32", "int8"]
-    assert names("float16,int8_q") == ["float32", "float16", "int8_q"]
+    assert names("int8") == ["int8", "float32"]
+    assert names("float16,int8_q") == ["float16", "int8_q", "float32"]
     assert names("int8,float32") == ["int8", "float32"]  # selected: kept where the user put it
     assert names("float32") == ["float32"]  # nothing to split
     assert pivot_name([VariantSpec.parse("float32")]) is None
@@ -171,7 +171,7 @@ def test_cli_run_of_int8_alone_writes_the_pivot_and_a_split_that_recomputes(
     report = json.loads((out / "report.json").read_text())
     assert report["pivot"] == "float32"
     entries = {v["name"]: v for v in report["variants"]}
-    assert list(entries) == ["float32", "int8"]
+    assert list(entries) == ["int8", "float32"]  # the user's variants first
     pivot, int8 = entries["float32"], entries["int8"]
     assert pivot["role"] == "pivot" and pivot["status"] == "done"
     assert pivot["passed"] is None and pivot["disagreement_split"] is None
