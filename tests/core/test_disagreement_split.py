@@ -197,3 +197,17 @@ def test_cli_run_of_int8_alone_writes_the_pivot_and_a_split_that_recomputes(
     assert f"int8: {int8['disagreements']} disagreements: {conversion} conversion-caused" in (
         done.stdout
     )
+
+
+def test_history_best_agreement_leaves_out_the_pivot(tmp_path: Path) -> None:
+    from core.store import open_store
+
+    pivot = _finished(ROLE_PIVOT, 100.0)
+    int8 = {**_finished(ROLE_SELECTED, 91.0), "name": "int8", "mode": "int8"}
+    with open_store(tmp_path) as store:
+        store.create_run("r1", name="r1", run_dir=tmp_path / "r1", job={})
+        store.sync_report("r1", {"run": {"id": "r1"}, "variants": [int8, pivot]})
+        row = store.get_run("r1")
+    assert row is not None
+    assert row.best_agreement_pct == 91.0  # not the unjudged pivot's 100 %
+    assert row.all_passed is False
