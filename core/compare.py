@@ -400,3 +400,42 @@ def quantize(x: np.ndarray, scale: float, zero_point: int, dtype: npt.DTypeLike)
     scaled = np.asarray(x, dtype=np.float64) / s
     rounded = np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)
     return np.asarray(np.clip(rounded + int(zero_point), info.min, info.max).astype(target))
+
+
+# A quantized variant's disagreement with the original is "conversion"-caused when the float32
+# TFLite pivot already disagrees on that image, "quantization"-caused when the pivot agrees.
+CAUSE_CONVERSION = "conversion"
+CAUSE_QUANTIZATION = "quantization"
+
+
+def disagreement_causes(variant_agree: np.ndarray, pivot_agree: np.ndarray) -> np.ndarray:
+    """Per sample, why a quantized variant disagrees with the original ("" where it agrees).
+
+    Both arguments are `SampleRecords.agree` arrays against the same original, so a row where
+    any model output NaN/Inf already counts as a disagreement: a NaN from the quantized
+    variant alone is quantization-caused, a NaN from the pivot (or the original) is
+    conversion-caused. Every disagreement gets exactly one cause, so the two counts of
+    `split_counts` always add up to the variant's disagreements.
+
+    Raises:
+        ValueError: if the arrays differ in shape.
+    """
+    variant = np.asarray(variant_agree, dtype=np.bool_)
+    pivot = np.asarray(pivot_agree, dtype=np.bool_)
+    if variant.shape != pivot.shape:
+        raise ValueError(
+            f"variant and pivot cover different samples: {variant.shape} vs {pivot.shape}"
+        )
+    causes = np.full(variant.shape, "", dtype=object)
+    causes[~variant & ~pivot] = CAUSE_CONVERSION
+    causes[~variant & pivot] = CAUSE_QUANTIZATION
+    return causes
+
+
+def split_counts(causes: np.ndarray) -> dict[str, int]:
+    """The report's `disagreement_split`: how many disagreements each cause explains."""
+    values = np.asarray(causes, dtype=object)
+    return {
+        CAUSE_CONVERSION: int((values == CAUSE_CONVERSION).sum()),
+        CAUSE_QUANTIZATION: int((values == CAUSE_QUANTIZATION).sum()),
+    }

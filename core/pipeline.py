@@ -24,9 +24,11 @@ import numpy as np
 from core import rundir
 from core.compare import (
     agreement,
+    disagreement_causes,
     outputs_are_probabilities,
     records_table,
     sample_records,
+    split_counts,
     to_probabilities,
     top1,
 )
@@ -38,6 +40,7 @@ from core.types import (
     Dataset,
     JobSpec,
     LatencyStats,
+    Mode,
     ProgressEvent,
     RunStatus,
     Sample,
@@ -217,7 +220,12 @@ class JobRunner:
         self.run_dir = run_dir
         self.progress = progress
         self.cache_dir = cache_dir
-        self.specs = [VariantSpec.parse(name) for name in job.variants]
+        from core.report import with_pivot
+
+        selected = [VariantSpec.parse(name) for name in job.variants]
+        # The float32 pivot joins whenever a variant is quantized (see core.report.with_pivot).
+        self.specs = with_pivot(selected)
+        self.selected_names = {spec.name for spec in selected}
         report_path = run_dir / rundir.REPORT
         # A restarted worker (after a crash in one variant) continues the same report.
         self.report: dict[str, Any] = rundir.read_json(report_path) if report_path.exists() else {}
@@ -237,7 +245,14 @@ class JobRunner:
         import tensorflow as tf
 
         from core.models import load_reference, model_sha256, model_size_bytes
-        from core.report import SCHEMA_VERSION, environment, pending_variant
+        from core.report import (
+            ROLE_PIVOT,
+            ROLE_SELECTED,
+            SCHEMA_VERSION,
+            environment,
+            pending_variant,
+            pivot_name,
+        )
 
         job = self.job
         _event(self.progress, "load", 0.0, "reading the data set and the model")
@@ -307,7 +322,14 @@ class JobRunner:
                     "latency_runs": job.latency_runs,
                     "warmup_runs": job.warmup_runs,
                 },
-                "variants": [pending_variant(spec) for spec in self.specs],
+                "pivot": pivot_name(self.specs),
+                "variants": [
+                    pending_variant(
+                        spec,
+                        role=ROLE_SELECTED if spec.name in self.selected_names else ROLE_PIVOT,
+                    )
+                    for spec in self.specs
+                ],
                 "environment": environment(threads=effective_threads(job)),
                 "warnings": [],
             }
@@ -320,6 +342,8 @@ class JobRunner:
             )
         dataset = drop_labels_outside(inputs.dataset, sig.num_classes)
         pending = [s for s in self.specs if self.variant_entry(s.name)["status"] not in FINISHED]
+        # The pivot runs first, so its outputs exist when each quantized variant is split.
+        pending.sort(key=lambda s: s.name != self.report.get("pivot"))
         self.labels, self.calibration = self._decode_and_reference(dataset)
         # Conversions run one after another on a second thread (the converter releases the
         # GIL) while this thread runs each converted model on the images. They start after
@@ -627,6 +651,9 @@ class JobRunner:
         records = sample_records(self.ref_probs, probs)
         columns: dict[str, Any] = {"index": self.sample_indices}
         columns.update(records_table(records))
+        causes = self._disagreement_causes(spec, records.agree)
+        if causes is not None:
+            columns["cause"] = causes
         _write_csv(rundir.variant_samples_path(self.run_dir, name), columns)
         _save_npy(rundir.probs_path(self.run_dir, name), probs.astype(np.float32))
         labels = self.labels if (self.labels >= 0).any() else None
@@ -644,7 +671,9 @@ class JobRunner:
             select_tf_ops_used=result.select_tf_ops_used,
             softmax_applied=self.softmax,
             io=runner.describe(),
-            warnings=nonfinite_warnings(rows, "the converted model"),
+            warnings=nonfinite_warnings(rows, "the converted model")
+            + self._split_warnings(spec, causes),
+            disagreement_split=None if causes is None else split_counts(causes),
         )
         self.report["variants"] = [
             entry if v["name"] == name else v for v in self.report["variants"]
@@ -657,6 +686,28 @@ class JobRunner:
             f"{name}: {metrics.top1_agreement_pct:.2f}% agreement (n={metrics.n}) {verdict(entry)}",
             name,
         )
+
+    def _disagreement_causes(self, spec: VariantSpec, agree: np.ndarray) -> np.ndarray | None:
+        """Per sample, "conversion", "quantization" or "" for a quantized variant; None when
+        the variant is float32 or the pivot has no outputs (it failed)."""
+        pivot = self.report.get("pivot")
+        if spec.mode is Mode.FLOAT32 or not pivot:
+            return None
+        path = rundir.variant_samples_path(self.run_dir, pivot)
+        if self.variant_entry(pivot)["status"] != "done" or not path.exists():
+            return None
+        # The pivot's own written `agree` column, so the split matches what its row reports.
+        with path.open(encoding="utf-8") as f:
+            pivot_agree = np.array([row["agree"] == "1" for row in csv.DictReader(f)])
+        return disagreement_causes(agree, pivot_agree)
+
+    def _split_warnings(self, spec: VariantSpec, causes: np.ndarray | None) -> list[str]:
+        if causes is not None or spec.mode is Mode.FLOAT32 or not self.report.get("pivot"):
+            return []
+        return [
+            "no conversion/quantization split: the float32 TFLite pivot did not finish "
+            "(see its error)"
+        ]
 
     @cached_property
     def sample_indices(self) -> list[int]:

@@ -7,7 +7,7 @@ import platform
 import sys
 from typing import Any
 
-from core.types import Agreement, RunStatus, VariantSpec
+from core.types import Agreement, Mode, RunStatus, VariantSpec
 
 SCHEMA_VERSION = 1
 FINISHED_VARIANT = frozenset({"done", "failed", "crashed", "timeout", "cancelled"})
@@ -45,10 +45,52 @@ def cpu_name() -> str:
     return posix_cpu_name()
 
 
-def pending_variant(spec: VariantSpec) -> dict[str, Any]:
+# A variant's `role`: chosen by the user and judged, or the float32 pivot QuantLens added itself
+# to split the quantized variants' disagreements (evaluated like any variant, never judged).
+ROLE_SELECTED = "selected"
+ROLE_PIVOT = "pivot"
+PIVOT_SPEC = VariantSpec(Mode.FLOAT32)  # the converter's float32 TFLite, `float32.tflite`
+
+
+def with_pivot(specs: list[VariantSpec]) -> list[VariantSpec]:
+    """The job's variants plus the float32 pivot when a quantized variant needs it.
+
+    An added pivot is listed after the user's variants (the pipeline still runs it first, so
+    its outputs exist before any variant is split).
+    """
+    if any(s == PIVOT_SPEC for s in specs) or all(s.mode is Mode.FLOAT32 for s in specs):
+        return specs
+    return [*specs, PIVOT_SPEC]
+
+
+def pivot_name(specs: list[VariantSpec]) -> str | None:
+    """The pivot's variant name when some variant is quantized, else None (nothing to split)."""
+    if all(s.mode is Mode.FLOAT32 for s in specs) or PIVOT_SPEC not in specs:
+        return None
+    return PIVOT_SPEC.name
+
+
+def is_pivot_only(variant: dict[str, Any]) -> bool:
+    """True for a pivot the user did not select: shown, never judged."""
+    return variant.get("role") == ROLE_PIVOT
+
+
+def judged_variants(variants: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The variants a verdict, the exit status and "N of M meet the threshold" count."""
+    return [v for v in variants if not is_pivot_only(v)]
+
+
+def display_name(report: dict[str, Any], variant: dict[str, Any]) -> str:
+    """A variant's name as listed: `float32 (pivot)` for the run's pivot."""
+    name = str(variant.get("name") or variant.get("mode"))
+    return f"{name} (pivot)" if name == report.get("pivot") else name
+
+
+def pending_variant(spec: VariantSpec, *, role: str = ROLE_SELECTED) -> dict[str, Any]:
     """A variant entry before its work starts: every metric null."""
     return {
         **spec.to_dict(),
+        "role": role,
         "status": "pending",
         "error": None,
         "size_bytes": None,
@@ -69,6 +111,7 @@ def pending_variant(spec: VariantSpec) -> dict[str, Any]:
         "mean_kl": None,
         "nan_outputs": None,
         "flip_matrix": None,
+        "disagreement_split": None,
         "latency_ms": None,
         "speedup_vs_reference": None,
         "conversion_seconds": None,
@@ -130,13 +173,21 @@ def finished_variant(
     softmax_applied: bool,
     io: dict[str, Any],
     warnings: list[str],
+    disagreement_split: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Fill a variant entry with its comparison results and verdict (latency comes later).
 
     Agreement with an original that is near chance means nothing (both models agree on
     garbage), so such a variant never passes: `passed` is False and `verdict_reason` says why.
+    A pivot the user did not select is never judged: `passed` stays None.
     """
-    reason = no_verdict_reason(agreement.reference_accuracy_pct, num_classes)
+    pivot_only = is_pivot_only(entry)
+    reason = (
+        None if pivot_only else no_verdict_reason(agreement.reference_accuracy_pct, num_classes)
+    )
+    passed = (
+        None if pivot_only else reason is None and agreement.top1_agreement_pct >= min_agreement_pct
+    )
     metrics = agreement.to_dict()
     metrics.pop("labelled_n", None)
     entry = {
@@ -156,7 +207,8 @@ def finished_variant(
         "softmax_applied": softmax_applied,
         "io": io,
         "warnings": warnings,
-        "passed": reason is None and agreement.top1_agreement_pct >= min_agreement_pct,
+        "disagreement_split": disagreement_split,
+        "passed": passed,
         "verdict_reason": reason,
     }
     return entry
@@ -189,8 +241,11 @@ def fill_float32_reductions(report: dict[str, Any]) -> None:
 
 
 def exit_status(report: dict[str, Any]) -> int:
-    """0: every variant meets the threshold; 1: some variant is below it or did not finish."""
-    variants = report.get("variants", [])
+    """0: every judged variant meets the threshold; 1: some is below it or did not finish.
+
+    The float32 pivot QuantLens added on its own is not judged, so it never decides the status.
+    """
+    variants = judged_variants(report.get("variants", []))
     if variants and all(v.get("passed") is True for v in variants):
         return 0
     return 1
@@ -205,12 +260,15 @@ def format_mb(size_bytes: int | None) -> str:
 
 
 NO_VERDICT = "NO VERDICT"
+PIVOT = "PIVOT"
 
 
 def verdict(variant: dict[str, Any]) -> str:
     """PASS / FAIL / NO VERDICT for a finished variant, else its status in capitals (CRASHED, ...)."""
     if variant.get("status") != "done":
         return str(variant.get("status", "pending")).upper()
+    if is_pivot_only(variant):
+        return PIVOT
     if variant.get("verdict_reason"):
         return NO_VERDICT
     return "PASS" if variant.get("passed") is True else "FAIL"
@@ -249,7 +307,7 @@ def format_table(report: dict[str, Any]) -> str:
         )
         rows.append(
             [
-                v["name"],
+                display_name(report, v),
                 format_mb(v.get("size_bytes")),
                 _fmt(v.get("size_reduction_pct"), "{:.1f}%"),
                 agreement,
@@ -271,6 +329,9 @@ def format_table(report: dict[str, Any]) -> str:
         f"threshold {threshold:g}% top-1 agreement; {report['environment'].get('threads') or 'all'} threads"
     )
     for v in report["variants"]:
+        split = v.get("disagreement_split")
+        if split and v.get("disagreements"):
+            lines.append(f"{v['name']}: {split_sentence(split)}")
         if v.get("error"):
             lines.append(f"{v['name']}: {v['error']}")
         elif v.get("verdict_reason"):
@@ -280,6 +341,16 @@ def format_table(report: dict[str, Any]) -> str:
     for warning in report.get("warnings", []):
         lines.append(f"warning: {warning}")
     return "\n".join(lines)
+
+
+def split_sentence(split: dict[str, int]) -> str:
+    """The three-way split in words, e.g. "4 disagreements: 1 conversion-caused, 3 ..."."""
+    conversion, quantization = int(split["conversion"]), int(split["quantization"])
+    total = conversion + quantization
+    return (
+        f"{total} disagreement{'' if total == 1 else 's'}: {conversion} conversion-caused "
+        f"(the float32 TFLite already disagrees), {quantization} quantization-caused"
+    )
 
 
 def run_status(report: dict[str, Any]) -> RunStatus:

@@ -13,7 +13,15 @@ from typing import Any
 from core import rundir
 from core.errors import QuantLensError
 from core.paths import resolve_inside
-from core.report import NO_VERDICT, near_chance, size_change_label
+from core.report import (
+    NO_VERDICT,
+    PIVOT,
+    display_name,
+    is_pivot_only,
+    judged_variants,
+    near_chance,
+    size_change_label,
+)
 
 THUMB_PX = 96
 MAX_GALLERY = 12
@@ -48,6 +56,7 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: now
 .card .ph { display: flex; align-items: center; justify-content: center; color: #57606a;
         border: 1px dashed #d0d7de; text-align: center; font-size: 0.8em; }
 .card .path { color: #57606a; word-break: break-all; }
+.card .cause { display: inline-block; padding: 0 6px; border-radius: 8px; background: #fff1e5; color: #953800; font-size: 12px; }
 pre { background: #f6f8fa; padding: 10px; overflow-x: auto; white-space: pre-wrap;
       word-break: break-all; }
 .wide { overflow-x: auto; }
@@ -85,7 +94,7 @@ def render_report_html(run_dir: Path, *, name: str | None = None) -> str:
         f"<style>{_CSS}</style></head><body>",
         f"<h1>QuantLens report — {_e(title_name)}</h1>",
         _subtitle(report),
-        _verdict_banner(variants, threshold),
+        _verdict_banner(judged_variants(variants), threshold),
         _chance_warning(report),
         "<h2>Verdict per variant</h2>",
         _verdict_table(report, variants, threshold),
@@ -195,6 +204,10 @@ def _size_change(reduction_pct: float | None) -> str:
 
 
 def _verdict(variant: dict[str, Any], threshold: float) -> str:
+    if is_pivot_only(variant):
+        return (
+            f'<span class="na" title="splits the quantized variants\' disagreements">{PIVOT}</span>'
+        )
     if variant.get("verdict_reason"):
         return f'<span class="na" title="{_e(variant["verdict_reason"])}">{NO_VERDICT}</span>'
     passed = variant.get("passed")
@@ -295,7 +308,7 @@ def _verdict_table(report: dict[str, Any], variants: list[dict[str, Any]], thres
             reduction += f" <br><small>{size_change_label(vs_f32)} vs float32 TFLite</small>"
         rows.append(
             "<tr>"
-            f"<td><strong>{_e(v.get('name') or v.get('mode'))}</strong></td>"
+            f"<td><strong>{_e(display_name(report, v))}</strong></td>"
             f"<td>{_e(v.get('status'))}</td>"
             f"<td>{_verdict(v, threshold)}</td>"
             f'<td class="num">{_fmt(None if size is None else size / 1e6, ".3f")}</td>'
@@ -305,7 +318,7 @@ def _verdict_table(report: dict[str, Any], variants: list[dict[str, Any]], thres
             f'<td class="num">{topk}</td>'
             f'<td class="num">{_fmt(v.get("reference_accuracy_pct"), ".2f", " %")} / '
             f"{_fmt(v.get('tflite_accuracy_pct'), '.2f', ' %')}</td>"
-            f'<td class="num">{_fmt(v.get("disagreements"), ".0f")}</td>'
+            f'<td class="num">{_fmt(v.get("disagreements"), ".0f")}{_split_cell(v)}</td>'
             f'<td class="num">{_fmt(latency.get("p50"), ".3f")}</td>'
             f'<td class="num">{_fmt(latency.get("p99"), ".3f")}</td>'
             "</tr>"
@@ -433,6 +446,17 @@ def _charts(report: dict[str, Any], variants: list[dict[str, Any]], threshold: f
 _PCTS = ("p50", "p90", "p99")
 
 
+def _split_cell(variant: dict[str, Any]) -> str:
+    """The three-way split under a quantized variant's disagreement count."""
+    split = variant.get("disagreement_split")
+    if not isinstance(split, dict) or not variant.get("disagreements"):
+        return ""
+    return (
+        f"<br><small>{_e(split.get('conversion'))} conversion · "
+        f"{_e(split.get('quantization'))} quantization</small>"
+    )
+
+
 def _galleries(run_dir: Path, report: dict[str, Any], variants: list[dict[str, Any]]) -> str:
     reference_rows = {r.get("index"): r for r in _read_csv(run_dir / rundir.SAMPLES)}
     root = rundir.dataset_root(report.get("dataset") or {})
@@ -464,6 +488,7 @@ def _galleries(run_dir: Path, report: dict[str, Any], variants: list[dict[str, A
                 f"</strong> {_fmt(ref.get('ref_top1_prob'), '.3f')}</div>"
                 + f"<div>TFLite: <strong>{_e(_class_label(report, r.get('tfl_top1')))}"
                 f"</strong> {_fmt(r.get('tfl_top1_prob'), '.3f')}</div>"
+                + (f'<div class="cause">{_e(r["cause"])}</div>' if r.get("cause") else "")
                 + (
                     f"<div>label: {_e(_class_label(report, ref.get('label')))}</div>"
                     if ref.get("label") not in (None, "")

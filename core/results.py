@@ -158,12 +158,15 @@ class RunResults:
                     top1_prob_delta=[],
                     kl=[],
                     abs_top1_prob_delta=[],
+                    cause=[],
                 )
             else:
                 var = pd.read_csv(path)
                 df = base.merge(var, on="index", how="inner", validate="one_to_one")
                 df["agree"] = df["agree"].astype(str).str.lower().isin(["true", "1", "1.0"])
                 df["abs_top1_prob_delta"] = df["top1_prob_delta"].abs()
+                # "" where the variant agrees, or when the run has no pivot to split against.
+                df["cause"] = df["cause"].fillna("").astype(str) if "cause" in df else ""
                 self._memo[key] = df
         out: pd.DataFrame = self._memo[key]
         return out

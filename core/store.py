@@ -120,7 +120,10 @@ _SELECT_RUNS = f"""
     LEFT JOIN (
         SELECT run_id,
                group_concat(name, '{_SEP}') AS names,
-               max(CASE WHEN status = 'done' THEN top1_agreement_pct END) AS best,
+               -- passed is NULL on a float32 pivot the run added on its own: not judged,
+               -- so its agreement is not the run's best.
+               max(CASE WHEN status = 'done' AND passed IS NOT NULL
+                        THEN top1_agreement_pct END) AS best,
                min(passed) AS passed_min,
                count(passed) AS n_passed
         FROM variants GROUP BY run_id
@@ -140,7 +143,7 @@ class RunRow:
     model_path: str
     data_path: str
     modes: list[str]  # variant names: requested by the job, then any others that have a row
-    best_agreement_pct: float | None  # best top-1 agreement over finished variants
+    best_agreement_pct: float | None  # best top-1 agreement over finished, judged variants
     all_passed: bool | None  # every judged variant passed; None when none was judged
     run_dir: Path
     error: str | None = None

@@ -55,6 +55,16 @@ with right:
     else:
         st.info("The data set has no labels, so accuracy cannot be measured; agreement only.")
 
+split_rows = widgets.split_rows(done)
+if split_rows:
+    st.subheader("Conversion or quantization?")
+    st.caption(
+        "Each disagreement of a quantized variant, split by the float32 TFLite pivot: "
+        "conversion-caused where the float32 TFLite already disagrees with the original, "
+        "quantization-caused where it agrees and the quantized variant does not."
+    )
+    st.dataframe(split_rows, hide_index=True, key="agreement.split")
+
 st.subheader("Which classes flip")
 counts = {str(v.get("name") or v.get("mode")): int(v.get("disagreements") or 0) for v in done}
 if st.session_state.get(keys.AGREEMENT_VARIANT) not in names:

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from core.report import NO_VERDICT
+from core.report import NO_VERDICT, judged_variants
 from ui import fmt, keys, runs, widgets
 from ui.downloads import render_downloads
 
@@ -16,16 +16,18 @@ if runs.run_status(res.run_id).get("status") in ("queued", "running"):
     runs.live_progress(res.run_id)
 
 variants = res.variants
-verdicts = [widgets.variant_verdict(res, v) for v in variants]
+# The float32 pivot QuantLens added on its own is shown, never judged, so never counted here.
+judged = judged_variants(variants)
+verdicts = [widgets.variant_verdict(res, v) for v in judged]
 if NO_VERDICT in verdicts:
     st.markdown(
-        f"**No verdict** for {verdicts.count(NO_VERDICT)} of {len(variants)} variant(s): "
+        f"**No verdict** for {verdicts.count(NO_VERDICT)} of {len(judged)} variant(s): "
         "agreement with an original that is near chance means nothing."
     )
 else:
     failed = verdicts.count("FAIL")
     st.markdown(
-        f"**{verdicts.count('PASS')} of {len(variants)}** variant(s) meet the "
+        f"**{verdicts.count('PASS')} of {len(judged)}** variant(s) meet the "
         f"**{res.threshold_pct:g} %** top-1 agreement threshold"
         + (f"; {failed} fall below it." if failed else ".")
     )

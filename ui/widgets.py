@@ -8,9 +8,17 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from core.compare import CAUSE_CONVERSION, CAUSE_QUANTIZATION
 from core.errors import QuantLensError
 from core.figures import topk_figure
-from core.report import NO_VERDICT, no_verdict_reason, size_change_pct
+from core.report import (
+    NO_VERDICT,
+    PIVOT,
+    display_name,
+    is_pivot_only,
+    no_verdict_reason,
+    size_change_pct,
+)
 from core.results import RunResults
 from ui import cache, fmt, runs
 
@@ -98,11 +106,13 @@ def tracking_note(res: RunResults) -> None:
 
 
 def variant_verdict(res: RunResults, v: dict[str, Any]) -> str:
-    """PASS, FAIL or NO VERDICT for a finished variant ("" while it has no result).
+    """PASS, FAIL, NO VERDICT, or PIVOT for the float32 pivot the user did not select.
 
     A run whose original is near chance never shows PASS, even when its report predates the
     engine's own no-verdict rule.
     """
+    if is_pivot_only(v):
+        return PIVOT
     if v.get("verdict_reason") or (v.get("passed") is not None and res.reference_near_chance):
         return NO_VERDICT
     passed = v.get("passed")
@@ -119,10 +129,9 @@ def no_verdict_text(res: RunResults, v: dict[str, Any]) -> str:
 
 def verdict_card(res: RunResults, v: dict[str, Any]) -> None:
     """A bordered card: PASS/FAIL badge, agreement with CI and n, size, p50 latency."""
-    name = str(v.get("name") or v.get("mode"))
     status = str(v.get("status") or "done")
     with st.container(border=True):
-        st.markdown(f"#### {fmt.text(name)}")
+        st.markdown(f"#### {fmt.text(display_name(res.report, v))}")
         if status in _BAD_STATES:
             st.badge(status.upper(), color="red", icon=":material/error:")
             st.caption(fmt.text(v.get("error") or f"variant {status}"))
@@ -131,7 +140,10 @@ def verdict_card(res: RunResults, v: dict[str, Any]) -> None:
             st.badge(status.upper(), color="gray", icon=":material/schedule:")
             return
         shown = variant_verdict(res, v)
-        if shown == "PASS":
+        if shown == PIVOT:
+            st.badge(PIVOT, color="gray", icon=":material/call_split:")
+            st.caption("Added to split each quantized variant's disagreements; not judged.")
+        elif shown == "PASS":
             st.badge("PASS", color="green", icon=":material/check:")
         elif shown == "FAIL":
             st.badge("FAIL", color="red", icon=":material/close:")
@@ -148,6 +160,9 @@ def verdict_card(res: RunResults, v: dict[str, Any]) -> None:
             f"95 % CI {fmt.ci(v.get('top1_agreement_ci95'))} · n = {v.get('n')} · "
             f"{v.get('disagreements')} disagree"
         )
+        split = split_line(v)
+        if split:
+            st.caption(split)
         red = v.get("size_reduction_pct")
         size_change = None if red is None else -float(red)
         st.metric(
@@ -168,6 +183,35 @@ def verdict_card(res: RunResults, v: dict[str, Any]) -> None:
         )
         if not lat and v.get("latency_note"):  # e.g. the run was cancelled before timing
             st.caption(fmt.text(v["latency_note"]))
+
+
+def split_line(v: dict[str, Any]) -> str:
+    """The card line of the three-way split ("" for float32 or a run without a pivot)."""
+    split = v.get("disagreement_split")
+    if not split or not v.get("disagreements"):
+        return ""
+    return (
+        f"of which {split.get('conversion')} conversion-caused "
+        f"(float32 TFLite already disagrees) · {split.get('quantization')} quantization-caused"
+    )
+
+
+def split_rows(variants: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per split variant for the Agreement table (none when the run has no pivot)."""
+    rows = []
+    for v in variants:
+        split = v.get("disagreement_split")
+        if not split:
+            continue
+        rows.append(
+            {
+                "variant": str(v.get("name") or v.get("mode")),
+                "disagreements": v.get("disagreements"),
+                "conversion-caused": split.get("conversion"),
+                "quantization-caused": split.get("quantization"),
+            }
+        )
+    return rows
 
 
 def _times(speedup: Any) -> str:
@@ -346,6 +390,18 @@ def tile_caption(res: RunResults, r: pd.Series) -> str:
     )
 
 
+CAUSE_COLORS: dict[str, Literal["violet", "orange"]] = {
+    CAUSE_CONVERSION: "violet",
+    CAUSE_QUANTIZATION: "orange",
+}
+
+
+def cause_badge(cause: str) -> None:
+    """A tile's "conversion" / "quantization" badge: who caused this disagreement."""
+    if cause in CAUSE_COLORS:
+        st.badge(cause, color=CAUSE_COLORS[cause])
+
+
 def gallery(
     res: RunResults,
     variant: str,
@@ -373,6 +429,7 @@ def gallery(
                 else:
                     st.image(img, width=cache.THUMB_PX)
                 st.caption(tile_caption(res, r))
+                cause_badge(str(r.get("cause") or ""))
                 if st.button(
                     "Details",
                     key=f"{key}.tile.{int(r['row'])}",

@@ -99,7 +99,9 @@ def test_open_selects_the_run_for_the_result_pages(two_runs: Path, open_page: Op
     assert at.title[0].value == "Overview"
     rep = reports(two_runs)["A"]
     agreements = [m.value for m in at.metric if m.label == "Top-1 agreement"]
-    assert agreements == [pct2(rep["variants"][0]["top1_agreement_pct"])]
+    # float16, then the float32 pivot the run added for the conversion/quantization split.
+    assert agreements == [pct2(v["top1_agreement_pct"]) for v in rep["variants"]]
+    assert [v["name"] for v in rep["variants"]] == ["float16", "float32"]
 
 
 @pytest.mark.slow
@@ -138,6 +140,9 @@ def test_finished_run_offers_delete_not_cancel_and_its_downloads(
         f"{prefix}.report_html": "report.html",
         f"{prefix}.float16.tflite": "float16.tflite",
         f"{prefix}.float16.csv": "float16.per_sample.csv",
+        # the float32 pivot of the conversion/quantization split is a variant with files too
+        f"{prefix}.float32.tflite": "float32.tflite",
+        f"{prefix}.float32.csv": "float32.per_sample.csv",
     }
     if (two_runs / "runs" / rid / rundir.LABELS).is_file():
         expected[f"{prefix}.labels"] = "labels.txt"
@@ -164,7 +169,10 @@ def test_two_selected_runs_go_to_compare(two_runs: Path, open_page: OpenPage) ->
     assert at.subheader[0].value == "2 runs selected"
     at.button(key=keys.HISTORY_COMPARE).click().run()
     a, b = _id(two_runs, "A"), _id(two_runs, "B")
-    assert sorted(at.session_state[keys.COMPARE_ITEMS]) == sorted([f"{a}/float16", f"{b}/int8"])
+    # Each run's float32 pivot (added for the split) is one of its variants too.
+    assert sorted(at.session_state[keys.COMPARE_ITEMS]) == sorted(
+        [f"{a}/float16", f"{a}/float32", f"{b}/int8", f"{b}/float32"]
+    )
     assert at.title[0].value == "Compare runs"
 
 

@@ -46,11 +46,23 @@ def test_both_backends_run_side_by_side(fresh_demo_home: Path, open_page: OpenPa
     assert jobs.read_status(run_dir)["status"] == "done"
     report = json.loads((run_dir / "report.json").read_text())
     backends = {v["name"]: v["backend"] for v in report["variants"]}
-    assert backends == {"int8": "converter", "int8_q": "quantizer", "int4w_q": "quantizer"}
+    # float32 joins as the pivot of the conversion/quantization split, on the converter.
+    assert backends == {
+        "int8": "converter",
+        "int8_q": "quantizer",
+        "int4w_q": "quantizer",
+        "float32": "converter",
+    }
 
     overview = open_page("overview", state={keys.SELECTED_RUN: rid})
     headings = [m.value for m in overview.markdown]
     # Markdown escapes the underscore, so the page shows `int8_q`.
     assert "#### int8" in headings and "#### int8\\_q" in headings
     latency = open_page("latency", state={keys.SELECTED_RUN: rid})
-    assert list(latency.dataframe[0].value["model"]) == ["original", "int8", "int8_q", "int4w_q"]
+    assert list(latency.dataframe[0].value["model"]) == [
+        "original",
+        "int8",
+        "int8_q",
+        "int4w_q",
+        "float32",
+    ]

@@ -124,14 +124,17 @@ def test_quantizer_run_reproduces_from_the_written_files(
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads((out / "report.json").read_text())
     names = [v["name"] for v in report["variants"]]
-    assert names == ["float16_q", "dynamic_q", "int8_q", "int4w_q"]
+    # float32 joins as the pivot of the conversion/quantization split.
+    assert names == ["float16_q", "dynamic_q", "int8_q", "int4w_q", "float32"]
     images = _inputs(images_at_model_size)
     ref = _reference_probs(tiny_models["saved_model"], images)
     ref_top1 = ref.argmax(axis=1)
     for variant in report["variants"]:
         name = variant["name"]
         assert variant["status"] == "done", variant["error"]
-        assert variant["backend"] == "quantizer" and variant["float_layers"] == []
+        pivot = name == "float32"  # the converter's float32, every quantizer variant's start
+        assert variant["backend"] == ("converter" if pivot else "quantizer")
+        assert variant["float_layers"] == []
         path = out / f"{name}.tflite"
         assert variant["size_bytes"] == path.stat().st_size
         assert variant["size_reduction_pct"] == pytest.approx(
