@@ -81,6 +81,14 @@ if clicked and model.path and data.path:
 if st.session_state.get(keys.SETUP_LAUNCH_ERROR):
     st.error(st.session_state[keys.SETUP_LAUNCH_ERROR])
 
+shown = runs.selected_run_id()
+if shown and shown in {r.id for r in active}:
+    runs.live_progress(shown)
+elif shown:
+    runs.draw_progress(shown)
+    st.page_link("pages/overview.py", label="Open the overview", icon=":material/dashboard:")
+
+# Below the progress box, so the box keeps its place on the page when its run ends.
 if active:
     st.markdown("**Running and queued**")
     for place, row in enumerate(active):
@@ -97,10 +105,3 @@ if active:
                 st.error(str(exc))
             else:
                 history.invalidate()
-
-shown = runs.selected_run_id()
-if shown and shown in {r.id for r in active}:
-    runs.live_progress(shown)
-elif shown:
-    runs.draw_progress(shown)
-    st.page_link("pages/overview.py", label="Open the overview", icon=":material/dashboard:")

@@ -47,7 +47,11 @@ def go(page, title: str, ms: int = 1500) -> None:  # type: ignore[no-untyped-def
 def history_cells(page) -> list[str]:  # type: ignore[no-untyped-def]
     """Every visible cell of the History table (name, when, status, …, id per row)."""
     go(page, "History", 2500)
-    return [c.strip() for c in page.locator("[role=gridcell]").all_inner_texts()]
+    cells = page.locator("[role=gridcell]")
+    # The table draws after the script ends; on a loaded machine that takes a while.
+    if page.get_by_text("No runs stored yet").count() == 0:
+        cells.first.wait_for(state="attached", timeout=30_000)
+    return [c.strip() for c in cells.all_inner_texts()]
 
 
 def select_only_history_row(page, search: str) -> None:  # type: ignore[no-untyped-def]
