@@ -2,94 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import re
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.e2e.conftest import CHROMIUM, FLAGS, settle
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1800)]
 
-ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[str]:
-    """A real `streamlit run app.py` on a free port, with an empty workspace."""
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI"):  # CI installs it (.ci/run): a missing browser is a failure there
-            pytest.fail("Debian chromium is missing: apt-get install -y chromium")
-        pytest.skip("Debian chromium is not installed (apt-get install -y chromium)")
-    port = _free_port()
-    env = dict(os.environ, QUANTLENS_HOME=str(tmp_path / "ws"), TF_CPP_MIN_LOG_LEVEL="3")
-    log = (tmp_path / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            "app.py",
-            "--server.port",
-            str(port),
-            "--server.headless",
-            "true",
-            "--server.fileWatcherType",
-            "none",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-
-
-def _settle(page, ms: int = 1500) -> None:  # type: ignore[no-untyped-def]
-    page.wait_for_selector("[data-testid=stApp]", timeout=60_000)
-    for _ in range(240):
-        page.wait_for_timeout(250)
-        if page.locator("[data-testid=stStatusWidget]").count() == 0:
-            break
-    page.wait_for_timeout(ms)
 
 
 def _assert_no_error_on(page, where: str) -> None:  # type: ignore[no-untyped-def]
@@ -102,7 +24,7 @@ def _assert_no_error_on(page, where: str) -> None:  # type: ignore[no-untyped-de
 def _visit(page, title: str, ms: int = 1500) -> None:  # type: ignore[no-untyped-def]
     """Open a page from the sidebar, let it settle, and check it for errors."""
     page.get_by_text(title, exact=True).first.click()
-    _settle(page, ms)
+    settle(page, ms)
     _assert_no_error_on(page, title)
 
 
@@ -148,11 +70,11 @@ def test_demo_loop(server: str, tmp_path: Path) -> None:
         expect(page.get_by_text("Building the demo model")).to_be_visible(timeout=60_000)
         page.screenshot(path=str(ARTIFACTS / "01-demo-building.png"))
         expect(page.get_by_text("4 · Variants")).to_be_visible(timeout=900_000)
-        _settle(page)
+        settle(page)
         _assert_no_error_on(page, "Setup")
         for mode in ("float32", "dynamic"):
             page.get_by_role("button", name=f"Remove {mode}").click()
-            _settle(page, 500)
+            settle(page, 500)
         run = page.get_by_role("button", name="Run", exact=True)
         expect(run).to_be_enabled(timeout=120_000)
         page.screenshot(path=str(ARTIFACTS / "02-setup.png"), full_page=True)
@@ -170,7 +92,7 @@ def test_demo_loop(server: str, tmp_path: Path) -> None:
 
         # The report a stakeholder gets: downloaded from the dashboard, opened with no network.
         page.get_by_text("Downloads", exact=True).first.click()
-        _settle(page, 500)
+        settle(page, 500)
         with page.expect_download(timeout=120_000) as download:
             page.get_by_role("button", name="report.html").click()
         report_file = tmp_path / "report.html"
