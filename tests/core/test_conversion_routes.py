@@ -25,6 +25,7 @@ pytestmark = pytest.mark.slow  # real TensorFlow conversions
 def _keras_through_plain_module(path: Path) -> None:
     """The reproduction: a Keras 3 model wrapped in a tf.Module, saved with tf.saved_model.save."""
     import tensorflow as tf
+
     from tests.core.conftest import TINY_SIZE, build_tiny_model
 
     class Wrapper(tf.Module):
