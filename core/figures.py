@@ -314,6 +314,24 @@ def delta_histogram_figure(
     return fig
 
 
+def per_class_agreement_figure(
+    classes: Sequence[str],
+    agreement_pct: Sequence[float],
+    ci95: Sequence[tuple[float, float]],
+    n: Sequence[int],
+    *,
+    threshold_pct: float,
+    height: int = 380,
+) -> go.Figure:
+    """Agreement per reference class with its 95 % interval, in the order given (worst first)."""
+    fig = agreement_figure(
+        classes, agreement_pct, ci95, threshold_pct=threshold_pct, n=n, height=height
+    )
+    fig.update_layout(title_text="Agreement per class of the original (95 % CI)")
+    fig.update_xaxes(title_text="original's top-1 class", type="category")
+    return fig
+
+
 def latency_distribution_figure(
     latencies_ms: Mapping[str, np.ndarray],
     *,

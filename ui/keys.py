@@ -38,6 +38,8 @@ OVERVIEW_TABLE = "overview.table"
 # agreement
 AGREEMENT_VARIANT = "agreement.variant"
 AGREEMENT_FLIP_CHART = "agreement.flip_chart"
+AGREEMENT_CLASS = "agreement.class"  # the class picked to open in the gallery
+AGREEMENT_OPEN_CLASS = "agreement.open_class"
 
 # disagreements
 DISAGREE_VARIANT = "disagreements.variant"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from tests.app.conftest import OpenPage
@@ -281,3 +282,34 @@ def test_a_cli_run_kept_outside_the_workspace_opens_through_the_store(
     agreement = next(v for v in report["variants"] if v["name"] == "int8")["top1_agreement_pct"]
     shown = [m.value for m in at.metric]
     assert any(f"{agreement:.2f}" in str(value) for value in shown), shown
+
+
+def test_agreement_per_class_table_worst_first_and_opens_the_gallery(
+    crafted: Path, open_page: OpenPage
+) -> None:
+    # Expected counts straight from the files the run wrote, without core.results.
+    ref = pd.read_csv(crafted / "samples.csv")
+    var = pd.read_csv(crafted / "int8.samples.csv")
+    joined = ref.merge(var, on="index")
+    counts: dict[int, list[int]] = {}
+    for cls, agree in zip(joined["ref_top1"], joined["agree"], strict=True):
+        counts.setdefault(int(cls), [0, 0])
+        counts[int(cls)][0] += 1
+        counts[int(cls)][1] += int(str(agree).lower() in ("true", "1"))
+    at = open_page("agreement", state={keys.AGREEMENT_VARIANT: "int8"})
+    table = next(d.value for d in at.dataframe if "agreement (%)" in d.value.columns)
+    assert sum(table["n"]) == 40 and sum(table["agree"]) == 34
+    shown = {
+        int(str(c).split(":")[0]): (n, a)
+        for c, n, a in zip(table["class"], table["n"], table["agree"], strict=True)
+    }
+    assert shown == {c: (n, a) for c, (n, a) in counts.items()}
+    pct = table["agreement (%)"].tolist()
+    assert pct == sorted(pct) and pct[0] < 100.0
+    worst = int(str(table["class"].iloc[0]).split(":")[0])
+    assert at.selectbox(key=keys.AGREEMENT_CLASS).value == worst
+    at.button(key=keys.AGREEMENT_OPEN_CLASS).click().run()
+    assert at.session_state[keys.DISAGREE_CLASS] == worst
+    assert at.selectbox(key=keys.DISAGREE_CLASS).value == worst
+    worst_disagree = counts[worst][0] - counts[worst][1]
+    assert _tiles(at) == worst_disagree
