@@ -88,6 +88,12 @@ def tail_latency(stats: Mapping[str, Any]) -> tuple[str, float | None]:
     return "max", None if value is None else float(value)
 
 
+def quotable_p99(stats: Mapping[str, Any]) -> float | None:
+    """p99 when the summary has at least P99_MIN_RUNS runs behind it, else None (quote max)."""
+    label, value = tail_latency(stats)
+    return value if label == "p99" else None
+
+
 def unstable_timing(samples_ms: npt.ArrayLike) -> str | None:
     """Why these per-invoke times cannot be quoted as one number, or None when they can.
 
