@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -26,6 +27,12 @@ P99_MIN_RUNS = 100  # below this the 99th percentile is the largest sample or ne
 SPREAD_RATIO = 2.0
 GAP_RATIO = 2.0
 GAP_MIN_SHARE = 0.1
+
+
+def default_threads() -> int:
+    """Every core but one (one on a one-core machine), so timing is not at the mercy of whoever
+    is watching: the spare core serves the dashboard's polling and the desktop."""
+    return max(1, (os.cpu_count() or 1) - 1)
 
 
 def time_invocations(

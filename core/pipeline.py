@@ -723,14 +723,10 @@ def nonfinite_warnings(outputs: np.ndarray, who: str) -> list[str]:
 
 
 def effective_threads(job: JobSpec) -> int:
-    """The thread count both models run with: the job's, else every core but one.
+    """The thread count both models run with: the job's, else every core but one."""
+    from core.latency import default_threads
 
-    The spare core keeps the dashboard's polling (and the rest of the desktop) off the cores
-    being timed; on a one-core machine there is nothing to spare.
-    """
-    import os
-
-    return job.threads or max(1, (os.cpu_count() or 1) - 1)
+    return job.threads or default_threads()
 
 
 def convert_in_background(

@@ -75,6 +75,7 @@ HISTORY_FLASH = "history.flash"  # one message shown after an action's rerun
 
 # compare
 COMPARE_ITEMS = "compare.items"  # list of "<run_id>/<variant>" option ids
+COMPARE_PICKS = "compare.picks"  # the same, kept when the widget is not drawn
 COMPARE_ONLY_CHANGED = "compare.only_changed"
 COMPARE_LOG = "compare.log_scale"
 
