@@ -27,6 +27,7 @@ P99_MIN_RUNS = 100  # below this the 99th percentile is the largest sample or ne
 SPREAD_RATIO = 2.0
 GAP_RATIO = 2.0
 GAP_MIN_SHARE = 0.1
+STABILITY_MIN_RUNS = 20  # fewer runs cannot tell a busy machine from one slow call
 
 
 def default_threads() -> int:
@@ -109,7 +110,7 @@ def unstable_timing(samples_ms: npt.ArrayLike) -> str | None:
     Rare slow outliers (under GAP_MIN_SHARE, above p90) are normal and not flagged.
     """
     arr = np.sort(np.asarray(samples_ms, dtype=np.float64).ravel())
-    if arr.size < 2 or arr[0] <= 0:
+    if arr.size < STABILITY_MIN_RUNS or arr[0] <= 0:
         return None
     p50, p90 = np.percentile(arr, [50.0, 90.0])
     if p90 / p50 > SPREAD_RATIO:
