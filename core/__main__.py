@@ -60,7 +60,10 @@ def _parser() -> argparse.ArgumentParser:
         "--preprocess", default=str(Preset.MOBILENET_V2), choices=[str(p) for p in Preset]
     )
     run.add_argument(
-        "--threads", type=int, default=None, help="threads for both models (default: all cores)"
+        "--threads",
+        type=int,
+        default=None,
+        help="threads for both models (default: every core but one)",
     )
     run.add_argument(
         "--min-agreement",
@@ -88,7 +91,18 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow Lambda layers, custom objects and file ops: only for models you trust",
     )
-    run.add_argument("--latency-runs", type=int, default=50)
+    run.add_argument(
+        "--latency-runs",
+        type=int,
+        default=None,
+        help="timed runs per model (default: as many as fit in --latency-budget, 10 to 1000)",
+    )
+    run.add_argument(
+        "--latency-budget",
+        type=float,
+        default=JobSpec.latency_budget_s,
+        help="seconds of timing per model when --latency-runs is not given (default: 2)",
+    )
     run.add_argument("--name", default="", help="a name for the run in the history")
     run.add_argument(
         "--timeout",
@@ -166,6 +180,7 @@ def _job_from_args(args: argparse.Namespace) -> JobSpec:
         ("--calibration-samples", args.calibration_samples, 1),
         ("--threads", args.threads, 1),
         ("--latency-runs", args.latency_runs, 1),
+        ("--latency-budget", args.latency_budget, 0.01),
     ):
         if value is not None and value < low:
             raise QuantLensError(f"{flag} must be at least {low}; got {value}")
@@ -192,6 +207,7 @@ def _job_from_args(args: argparse.Namespace) -> JobSpec:
         threads=args.threads,
         min_agreement_pct=args.min_agreement,
         latency_runs=args.latency_runs,
+        latency_budget_s=args.latency_budget,
         labels_file=str(Path(labels).resolve()) if labels else None,
         trusted=args.trusted,
         name=args.name,

@@ -10,6 +10,7 @@ variant's crash never loses another's results.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -97,6 +98,8 @@ def create_run(job: JobSpec, *, home: Path | None = None, directory: Path | None
         The new run id.
     """
     run_id = new_run_id()
+    if not job.name:  # named once here, so job.json, report.json and the store agree
+        job = dataclasses.replace(job, name=default_run_name(job.model_path, datetime.now()))
     target = (directory or run_dir(run_id, home=home)).resolve()
     try:
         _prepare_run_folder(target, job, run_id)
@@ -106,9 +109,7 @@ def create_run(job: JobSpec, *, home: Path | None = None, directory: Path | None
             "choose a writable folder (--out, or QUANTLENS_HOME)"
         ) from None
     with _opened_store(home) as store:
-        store.create_run(
-            run_id, name=job.name or _default_name(job), run_dir=target, job=job.to_dict()
-        )
+        store.create_run(run_id, name=job.name, run_dir=target, job=job.to_dict())
     return run_id
 
 
@@ -129,8 +130,18 @@ def _prepare_run_folder(target: Path, job: JobSpec, run_id: str) -> None:
     )
 
 
-def _default_name(job: JobSpec) -> str:
-    return f"{Path(job.model_path).name} · {', '.join(job.variants)}"
+MODEL_SUFFIXES = (".keras", ".h5", ".zip")  # dropped from a default name: the stem says it
+
+
+def default_run_name(model_path: str, when: datetime) -> str:
+    """`model · HH:MM` (local time): short enough for a History row or a Compare label.
+
+    The variants are left out (the run lists them); the time tells two runs of one model apart
+    on the day a user compares them. A SavedModel folder keeps its name ("saved_model").
+    """
+    path = Path(model_path)
+    model = path.stem if path.suffix.lower() in MODEL_SUFFIXES else path.name
+    return f"{model or 'model'} · {when:%H:%M}"
 
 
 def read_status(directory: Path) -> dict[str, Any]:

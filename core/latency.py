@@ -2,17 +2,48 @@
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from core.types import LatencyStats
 
+# Without --latency-runs a model is timed for up to BUDGET_S seconds, between MIN_BUDGETED_RUNS
+# and MAX_BUDGETED_RUNS calls: a model under 10 ms gets well over the P99_MIN_RUNS a p99 needs,
+# and a slow original does not hold the machine for minutes.
+BUDGET_S = 2.0
+MIN_BUDGETED_RUNS = 10
+MAX_BUDGETED_RUNS = 1000
+P99_MIN_RUNS = 100  # below this the 99th percentile is the largest sample or next to it
 
-def time_invocations(invoke: Callable[[], object], *, runs: int, warmup: int) -> np.ndarray:
-    """Call `invoke` `warmup` times untimed, then `runs` times, timing each call.
+# Unstable timing (DESIGN: latency is only quotable on a quiet machine). p90/p50 above
+# SPREAD_RATIO means the typical call is not typical; a gap of GAP_RATIO between neighbouring
+# sorted samples with at least GAP_MIN_SHARE of the runs on each side is a bimodal split (the
+# machine was busy for part of the measurement, e.g. 0.3 ms vs 7.7 ms).
+SPREAD_RATIO = 2.0
+GAP_RATIO = 2.0
+GAP_MIN_SHARE = 0.1
+STABILITY_MIN_RUNS = 20  # fewer runs cannot tell a busy machine from one slow call
+
+
+def default_threads() -> int:
+    """Every core but one (one on a one-core machine), so timing is not at the mercy of whoever
+    is watching: the spare core serves the dashboard's polling and the desktop."""
+    return max(1, (os.cpu_count() or 1) - 1)
+
+
+def time_invocations(
+    invoke: Callable[[], object],
+    *,
+    runs: int | None,
+    warmup: int,
+    budget_s: float = BUDGET_S,
+) -> np.ndarray:
+    """Call `invoke` `warmup` times untimed, then time each of the following calls.
 
     Warm-up calls absorb one-off costs (graph tracing, allocation, cache fills) that would
     otherwise land in the first timed sample. Each call is timed on its own with
@@ -20,8 +51,10 @@ def time_invocations(invoke: Callable[[], object], *, runs: int, warmup: int) ->
 
     Args:
         invoke: a zero-argument callable that runs the model once on a fixed input.
-        runs: number of timed calls (>= 1).
+        runs: number of timed calls (>= 1); None times for `budget_s` seconds, at least
+            MIN_BUDGETED_RUNS and at most MAX_BUDGETED_RUNS calls.
         warmup: number of untimed calls before them (>= 0).
+        budget_s: the time budget when `runs` is None.
 
     Returns:
         float64 milliseconds, one per timed call, in call order.
@@ -29,18 +62,67 @@ def time_invocations(invoke: Callable[[], object], *, runs: int, warmup: int) ->
     Raises:
         ValueError: if runs < 1 or warmup < 0.
     """
-    if runs < 1:
+    if runs is not None and runs < 1:
         raise ValueError(f"runs must be at least 1, got {runs}")
     if warmup < 0:
         raise ValueError(f"warmup must be >= 0, got {warmup}")
     for _ in range(warmup):
         invoke()
-    elapsed_ns = np.empty(runs, dtype=np.int64)
-    for i in range(runs):
+    most = MAX_BUDGETED_RUNS if runs is None else runs
+    deadline = time.perf_counter_ns() + int(budget_s * 1e9) if runs is None else None
+    elapsed_ns = np.empty(most, dtype=np.int64)
+    done = 0
+    while done < most:
         start = time.perf_counter_ns()
         invoke()
-        elapsed_ns[i] = time.perf_counter_ns() - start
-    return elapsed_ns.astype(np.float64) / 1e6
+        end = time.perf_counter_ns()
+        elapsed_ns[done] = end - start
+        done += 1
+        if deadline is not None and end >= deadline and done >= MIN_BUDGETED_RUNS:
+            break
+    return elapsed_ns[:done].astype(np.float64) / 1e6
+
+
+def tail_latency(stats: Mapping[str, Any]) -> tuple[str, float | None]:
+    """The tail figure to quote for a latency summary: ("p99", v) from 100 runs, else ("max", v).
+
+    With fewer than P99_MIN_RUNS runs a "p99" is the slowest sample in disguise; calling it max
+    says what it is. A summary from before `max` was recorded gives ("max", None).
+    """
+    n = int(stats.get("n") or 0)
+    if n >= P99_MIN_RUNS and stats.get("p99") is not None:
+        return "p99", float(stats["p99"])
+    value = stats.get("max")
+    return "max", None if value is None else float(value)
+
+
+def quotable_p99(stats: Mapping[str, Any]) -> float | None:
+    """p99 when the summary has at least P99_MIN_RUNS runs behind it, else None (quote max)."""
+    label, value = tail_latency(stats)
+    return value if label == "p99" else None
+
+
+def unstable_timing(samples_ms: npt.ArrayLike) -> str | None:
+    """Why these per-invoke times cannot be quoted as one number, or None when they can.
+
+    Flags a wide spread (p90/p50 above SPREAD_RATIO) and a bimodal split (a GAP_RATIO jump
+    between neighbouring sorted samples with at least GAP_MIN_SHARE of runs on each side).
+    Rare slow outliers (under GAP_MIN_SHARE, above p90) are normal and not flagged.
+    """
+    arr = np.sort(np.asarray(samples_ms, dtype=np.float64).ravel())
+    if arr.size < STABILITY_MIN_RUNS or arr[0] <= 0:
+        return None
+    p50, p90 = np.percentile(arr, [50.0, 90.0])
+    if p90 / p50 > SPREAD_RATIO:
+        return f"wide spread: p90 is {p90 / p50:.1f}× p50"
+    edge = max(1, int(np.ceil(GAP_MIN_SHARE * arr.size)))
+    inner = arr[edge - 1 : arr.size - edge + 1]  # neighbours with >= edge samples either side
+    if inner.size >= 2:
+        ratios = inner[1:] / inner[:-1]
+        i = int(np.argmax(ratios))
+        if ratios[i] > GAP_RATIO:
+            return f"two clusters: around {inner[i]:.3g} ms and from {inner[i + 1]:.3g} ms"
+    return None
 
 
 def latency_stats(samples_ms: npt.ArrayLike) -> LatencyStats:
@@ -64,6 +146,7 @@ def latency_stats(samples_ms: npt.ArrayLike) -> LatencyStats:
         p50=float(p50),
         p90=float(p90),
         p99=float(p99),
+        max=float(arr.max()),
         mean=float(arr.mean()),
         std=float(arr.std(ddof=0)),
         n=int(arr.size),

@@ -35,7 +35,7 @@ from core.compare import (
 from core.convert import NEEDS_CALIBRATION, PROBE_IMAGES, ConversionResult
 from core.errors import QuantLensError
 from core.faults import maybe_inject
-from core.latency import latency_stats, time_invocations
+from core.latency import latency_stats, time_invocations, unstable_timing
 from core.types import (
     Dataset,
     JobSpec,
@@ -319,7 +319,8 @@ class JobRunner:
                     "threads": job.threads,
                     "min_agreement_pct": job.min_agreement_pct,
                     "seed": job.seed,
-                    "latency_runs": job.latency_runs,
+                    "latency_runs": job.latency_runs,  # None: as many as the budget allows
+                    "latency_budget_s": None if job.latency_runs else job.latency_budget_s,
                     "warmup_runs": job.warmup_runs,
                 },
                 "pivot": pivot_name(self.specs),
@@ -561,7 +562,23 @@ class JobRunner:
         return apply_preset(first, self.job.preset).astype(np.float32)
 
     def _time_models(self, tf: Any) -> None:
-        """Per-invoke latency of the original and every finished variant, on a quiet machine."""
+        """Per-invoke latency of the original and every finished variant, on a quiet machine.
+
+        The host-wide lock keeps two QuantLens jobs (other workspaces, a CLI run elsewhere) from
+        timing at the same moment on the same cores; the workspace queue only orders runs of
+        one workspace.
+        """
+        from core import posix
+
+        def say_waiting() -> None:
+            _event(
+                self.progress, "latency", 0.0, "waiting for another QuantLens job to finish timing"
+            )
+
+        with posix.host_lock(posix.TIMING_LOCK, on_wait=say_waiting):
+            self._time_all(tf)
+
+    def _time_all(self, tf: Any) -> None:
         from core.runtime import TFLiteRunner
 
         reference = self._reference_latency(tf)
@@ -577,15 +594,36 @@ class JobRunner:
             runner = TFLiteRunner(
                 tflite, threads=effective_threads(self.job), name=f"{name}.tflite"
             )
-            invoke = runner.timed_invoke(image)
-            samples = time_invocations(
-                invoke, runs=self.job.latency_runs, warmup=self.job.warmup_runs
-            )
+            samples, warning = self._stable_samples(runner.timed_invoke(image), name)
             _save_npy(rundir.latency_path(self.run_dir, name), samples)
             stats = latency_stats(samples)
             entry["latency_ms"] = stats.to_dict()
+            entry["latency_warning"] = warning
             entry["speedup_vs_reference"] = reference.p50 / stats.p50 if stats.p50 > 0 else None
             self.save_report()
+
+    def _stable_samples(
+        self, invoke: Callable[[], object], who: str | None
+    ) -> tuple[np.ndarray, str | None]:
+        """Time `invoke`; if the spread says the machine was busy, time it once more.
+
+        Returns the samples and, when the second measurement is still unstable, a one-line
+        warning for the card (the numbers are kept: a flagged number beats no number).
+        """
+        runs, warmup = self.job.latency_runs, self.job.warmup_runs
+        budget = self.job.latency_budget_s
+        samples = time_invocations(invoke, runs=runs, warmup=warmup, budget_s=budget)
+        if unstable_timing(samples) is None:
+            return samples, None
+        _event(self.progress, "latency", 0.5, "timing was unstable; measuring again", who)
+        samples = time_invocations(invoke, runs=runs, warmup=warmup, budget_s=budget)
+        reason = unstable_timing(samples)
+        if reason is None:
+            return samples, None
+        return (
+            samples,
+            f"unstable timing ({reason}), measured twice; another load was likely running",
+        )
 
     def _reference_latency(self, tf: Any) -> LatencyStats:
         reference = self.report["reference"]
@@ -595,12 +633,11 @@ class JobRunner:
         _event(self.progress, "latency", 0.0, "timing the original model at batch 1")
         x = tf.constant(self._first_images(1))
         serve = self.model.concrete_function
-        samples = time_invocations(
-            lambda: serve(x), runs=self.job.latency_runs, warmup=self.job.warmup_runs
-        )
+        samples, warning = self._stable_samples(lambda: serve(x), None)
         _save_npy(path, samples)
         stats = latency_stats(samples)
         reference["latency_ms"] = stats.to_dict()
+        reference["latency_warning"] = warning
         self.save_report()
         return stats
 
@@ -737,10 +774,10 @@ def nonfinite_warnings(outputs: np.ndarray, who: str) -> list[str]:
 
 
 def effective_threads(job: JobSpec) -> int:
-    """The thread count both models run with: the job's, else every core."""
-    import os
+    """The thread count both models run with: the job's, else every core but one."""
+    from core.latency import default_threads
 
-    return job.threads or os.cpu_count() or 1
+    return job.threads or default_threads()
 
 
 def convert_in_background(
@@ -813,8 +850,10 @@ def reproduce_command(job: JobSpec) -> str:
         "--min-agreement",
         _exact_number(job.min_agreement_pct),
     ]
-    if job.latency_runs != JobSpec.latency_runs:
+    if job.latency_runs is not None:
         parts += ["--latency-runs", str(job.latency_runs)]
+    if job.latency_budget_s != JobSpec.latency_budget_s:
+        parts += ["--latency-budget", _exact_number(job.latency_budget_s)]
     if job.max_samples is not None:
         parts += ["--samples", str(job.max_samples)]
     if job.threads is not None:

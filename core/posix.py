@@ -16,9 +16,14 @@ import platform
 import signal
 import subprocess
 import sys
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 PROC = Path("/proc")  # a module attribute so tests can take /proc away, as on macOS
+# One lock file for the whole host, in the system temp folder every user and workspace shares.
+TIMING_LOCK = Path(tempfile.gettempdir()) / "quantlens-timing.lock"
 
 
 def kill_group(pid: int) -> None:
@@ -104,3 +109,30 @@ def cpu_name() -> str:
             if done.stdout.strip():
                 return done.stdout.strip()
     return platform.processor() or platform.machine()
+
+
+@contextlib.contextmanager
+def host_lock(path: Path, on_wait: Callable[[], None]) -> Iterator[None]:
+    """Hold an exclusive `flock` on `path` for the block; wait for it if another process has it.
+
+    `on_wait` is called once, before blocking, only when the lock is taken, so the caller can
+    say why it stands still. The kernel drops the lock when the holder exits, even on SIGKILL:
+    a crashed job never leaves the next one waiting forever.
+    """
+    import fcntl
+
+    handle: IO[bytes]
+    try:
+        handle = path.open("a+b")
+    except PermissionError:  # another user's lock file: flock works on a read-only handle too
+        handle = path.open("rb")
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            on_wait()
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -338,6 +338,9 @@ def format_table(report: dict[str, Any]) -> str:
             lines.append(f"{v['name']}: {NO_VERDICT} — {v['verdict_reason']}")
         for warning in v.get("warnings") or []:
             lines.append(f"warning: {v['name']}: {warning}")
+    for name, who in (("original", ref), *((str(v["name"]), v) for v in report["variants"])):
+        if who.get("latency_warning"):
+            lines.append(f"warning: {name} latency: {who['latency_warning']}")
     for warning in report.get("warnings", []):
         lines.append(f"warning: {warning}")
     return "\n".join(lines)

@@ -276,3 +276,41 @@ def pick_samples(
         out = out[(out["ref_top1"] == flip[0]) & (out["tfl_top1"] == flip[1]) & ~out["agree"]]
     column, ascending = SORTS.get(sort, ("index", True))
     return out.sort_values([column, "index"], ascending=[ascending, True], kind="stable")
+
+
+PER_CLASS_COLUMNS = ["class", "n", "agree", "agreement_pct", "ci95_low_pct", "ci95_high_pct"]
+
+
+def per_class_agreement(df: pd.DataFrame) -> pd.DataFrame:
+    """Top-1 agreement per reference class (the original's top-1), worst class first.
+
+    Each row holds the class index, n (samples the original put in that class), how many of
+    them the variant agrees on, the agreement in percent and its 95 % Wilson interval. Worst
+    first means lowest agreement; among equals the class with more samples comes first (more
+    evidence of the same loss), then the lower class index.
+
+    Args:
+        df: a `RunResults.variant_samples` table (needs `ref_top1` and `agree`).
+    """
+    from core.compare import wilson_interval
+
+    if df.empty:
+        return pd.DataFrame(columns=PER_CLASS_COLUMNS)
+    grouped = df.groupby(df["ref_top1"].astype(int))["agree"].agg(["size", "sum"])
+    rows = []
+    for cls, (n, agree) in grouped.iterrows():
+        lo, hi = wilson_interval(int(agree), int(n))
+        rows.append(
+            {
+                "class": int(cls),
+                "n": int(n),
+                "agree": int(agree),
+                "agreement_pct": 100.0 * int(agree) / int(n),
+                "ci95_low_pct": 100.0 * lo,
+                "ci95_high_pct": 100.0 * hi,
+            }
+        )
+    out = pd.DataFrame(rows, columns=PER_CLASS_COLUMNS)
+    return out.sort_values(
+        ["agreement_pct", "n", "class"], ascending=[True, False, True], kind="stable"
+    ).reset_index(drop=True)

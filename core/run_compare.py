@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.errors import QuantLensError
+from core.latency import quotable_p99
 from core.report import size_change_pct
 
 MISSING = "—"
@@ -116,7 +117,8 @@ def summary_rows(items: Sequence[Compared]) -> list[dict[str, Any]]:
                 "accuracy TFLite (%)": _num(v.get("tflite_accuracy_pct")),
                 "disagreements": v.get("disagreements"),
                 "p50 (ms)": _num(lat.get("p50")),
-                "p99 (ms)": _num(lat.get("p99")),
+                "p99 (ms)": quotable_p99(lat),  # only from 100 runs; below, max says it
+                "max (ms)": _num(lat.get("max")),
             }
         )
     return rows
@@ -260,12 +262,12 @@ def sizes_bytes(items: Sequence[Compared]) -> dict[str, int]:
 
 
 def latency_percentiles(items: Sequence[Compared]) -> dict[str, dict[str, float | None]]:
-    """label -> {"p50", "p90", "p99"} in ms, for items with a latency summary."""
+    """label -> {"p50", "p90", "p99", "max", "n"} (ms; n runs), for items with latency."""
     out: dict[str, dict[str, float | None]] = {}
     for item in items:
         lat = item.variant.get("latency_ms") or {}
         if any(lat.get(k) is not None for k in ("p50", "p90", "p99")):
-            out[item.label] = {k: _num(lat.get(k)) for k in ("p50", "p90", "p99")}
+            out[item.label] = {k: _num(lat.get(k)) for k in ("p50", "p90", "p99", "max", "n")}
     return out
 
 

@@ -336,6 +336,7 @@ class LatencyStats:
     mean: float
     std: float
     n: int
+    max: float | None = None  # None in summaries written before it was recorded
 
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)
@@ -393,9 +394,10 @@ class JobSpec:
     preset: Preset = Preset.MOBILENET_V2
     calibration_samples: int = 100
     max_samples: int | None = None  # evaluation cap; None evaluates every sample
-    threads: int | None = None  # None: every core
+    threads: int | None = None  # None: every core but one (core.pipeline.effective_threads)
     min_agreement_pct: float = 95.0
-    latency_runs: int = 50
+    latency_runs: int | None = None  # None: time each model for latency_budget_s seconds
+    latency_budget_s: float = 2.0
     warmup_runs: int = 5
     seed: int = 0
     labels_file: str | None = None

@@ -2,8 +2,16 @@
 
 import streamlit as st
 
-from core.figures import accuracy_figure, agreement_figure, flip_matrix_figure
+from core.figures import (
+    accuracy_figure,
+    agreement_figure,
+    flip_matrix_figure,
+    per_class_agreement_figure,
+)
+from core.results import per_class_agreement
 from ui import fmt, keys, widgets
+
+PER_CLASS_CHART_LIMIT = 30  # more bars than this are unreadable; the table lists every class
 
 st.title("Agreement")
 res = widgets.require_results()
@@ -65,7 +73,7 @@ if split_rows:
     )
     st.dataframe(split_rows, hide_index=True, key="agreement.split")
 
-st.subheader("Which classes flip")
+st.subheader("Which variant")
 counts = {str(v.get("name") or v.get("mode")): int(v.get("disagreements") or 0) for v in done}
 if st.session_state.get(keys.AGREEMENT_VARIANT) not in names:
     # Open on the variant with the most flips: an all-zero matrix tells nothing.
@@ -77,6 +85,74 @@ variant = st.selectbox(
     format_func=lambda n: f"{n} — {counts[n]} disagree",
 )
 v = res.variant(variant)
+
+st.subheader("Agreement per class")
+per_class = per_class_agreement(res.variant_samples(variant))
+if per_class.empty:
+    st.info("Per-sample results of this variant were not saved; no per-class view.")
+else:
+    labels = [f"{c}: {res.class_name(c)}" for c in per_class["class"]]
+    shown = min(len(per_class), PER_CLASS_CHART_LIMIT)
+    st.plotly_chart(
+        per_class_agreement_figure(
+            labels[:shown],
+            per_class["agreement_pct"].tolist()[:shown],
+            list(
+                zip(
+                    per_class["ci95_low_pct"][:shown],
+                    per_class["ci95_high_pct"][:shown],
+                    strict=True,
+                )
+            ),
+            per_class["n"].tolist()[:shown],
+            threshold_pct=res.threshold_pct,
+        ),
+        key="agreement.per_class_chart",
+    )
+    st.caption(
+        "Classes are the original's top-1 on each sample; worst first"
+        + (
+            f" (the chart shows the worst {shown} of {len(per_class)})."
+            if shown < len(per_class)
+            else "."
+        )
+        + " Few samples in a class give a wide interval: read n before blaming a class."
+    )
+    st.dataframe(
+        [
+            {
+                "class": label,
+                "n": int(row.n),
+                "agree": int(row.agree),
+                "agreement (%)": float(row.agreement_pct),
+                "95 % CI (%)": f"{row.ci95_low_pct:.1f}–{row.ci95_high_pct:.1f}",
+            }
+            for label, row in zip(labels, per_class.itertuples(index=False), strict=True)
+        ],
+        hide_index=True,
+        key="agreement.per_class_table",
+        column_config={"agreement (%)": st.column_config.NumberColumn(format="%.1f")},
+    )
+    if st.session_state.get(keys.AGREEMENT_CLASS) not in per_class["class"].tolist():
+        st.session_state.pop(keys.AGREEMENT_CLASS, None)  # from another variant: start at worst
+    pick_col, go_col = st.columns([3, 1], vertical_alignment="bottom")
+    picked = pick_col.selectbox(
+        "Class to inspect",
+        per_class["class"].tolist(),
+        key=keys.AGREEMENT_CLASS,
+        format_func=lambda c: labels[per_class["class"].tolist().index(c)],
+    )
+    if go_col.button(
+        "Open in the gallery", key=keys.AGREEMENT_OPEN_CLASS, icon=":material/photo_library:"
+    ):
+        st.session_state[keys.DISAGREE_CLASS] = int(picked)
+        st.session_state[keys.DISAGREE_FLIP] = None
+        st.session_state[keys.DISAGREE_VARIANT] = variant
+        st.session_state[keys.DISAGREE_AT_RISK] = False
+        st.session_state[keys.DISAGREE_PAGE] = 1
+        st.switch_page("pages/disagreements.py")
+
+st.subheader("Flips between classes")
 matrix = v.get("flip_matrix")
 if not matrix or int(v.get("disagreements") or 0) == 0:
     st.success(

@@ -15,7 +15,7 @@ from core.run_compare import (
     unique_labels,
     what_changed,
 )
-from ui import fmt, history, keys, widgets
+from ui import compare_picks, fmt, history, keys, widgets
 
 _CHANGED_BG = "background-color: #FFF1C2"
 _DEFAULT_RUNS = 2
@@ -37,7 +37,7 @@ labels = dict(zip(options, unique_labels(triples), strict=True))
 
 # A selection carried over from History may name runs deleted since; a multiselect refuses
 # values outside its options, so drop them before the widget is drawn.
-chosen = st.session_state.get(keys.COMPARE_ITEMS)
+chosen = compare_picks.remembered()
 if chosen is None:
     newest = [r for r in rows if r.best_agreement_pct is not None][:_DEFAULT_RUNS]
     chosen = [f"{r.id}/{m}" for r in newest for m in r.modes][:6]
@@ -51,6 +51,7 @@ picked = st.multiselect(
     placeholder="Pick two or more (run name · variant)",
     help="Each entry is one variant of one stored run; mix runs and variants freely.",
 )
+compare_picks.remember(picked)
 
 selections = []
 for option in picked:

@@ -4,6 +4,7 @@ import numpy as np
 import streamlit as st
 
 from core.figures import ORIGINAL_LABEL, latency_distribution_figure, latency_percentiles_figure
+from core.latency import MAX_BUDGETED_RUNS, MIN_BUDGETED_RUNS, P99_MIN_RUNS, quotable_p99
 from ui import fmt, keys, widgets
 
 st.title("Latency")
@@ -58,7 +59,8 @@ for name, p in percentiles.items():
             "min (ms)": p.get("min"),
             "p50 (ms)": p.get("p50"),
             "p90 (ms)": p.get("p90"),
-            "p99 (ms)": p.get("p99"),
+            "p99 (ms)": quotable_p99(p),  # None under 100 runs: max is the honest tail
+            "max (ms)": p.get("max"),
             "mean (ms)": p.get("mean"),
             "std (ms)": p.get("std"),
             "speed-up vs original": "—" if name == ORIGINAL_LABEL else fmt.speedup(speed),
@@ -70,13 +72,37 @@ st.dataframe(
     key="latency.table",
     column_config={
         c: st.column_config.NumberColumn(format="%.3f")
-        for c in ("min (ms)", "p50 (ms)", "p90 (ms)", "p99 (ms)", "mean (ms)", "std (ms)")
+        for c in (
+            "min (ms)",
+            "p50 (ms)",
+            "p90 (ms)",
+            "p99 (ms)",
+            "max (ms)",
+            "mean (ms)",
+            "std (ms)",
+        )
     },
+    placeholder="—",
 )
+warnings = {
+    ORIGINAL_LABEL: res.reference.get("latency_warning"),
+    **{n: res.variant(n).get("latency_warning") for n in res.variant_names(finished_only=True)},
+}
+for name, warning in warnings.items():
+    if warning:
+        st.warning(f"**{fmt.text(name)}**: {fmt.text(warning)}", icon=":material/speed:")
 env, opts = res.environment, res.options
+runs = (
+    f"{opts['latency_runs']} timed runs per model"
+    if opts.get("latency_runs")
+    else f"each model timed for {opts.get('latency_budget_s', '?')} s "
+    f" ({MIN_BUDGETED_RUNS} to {MAX_BUDGETED_RUNS} runs, n above)"
+)
 st.caption(
-    f"Batch 1, same input, after {opts.get('warmup_runs', '?')} warm-up runs; "
-    f"{opts.get('latency_runs', '?')} timed runs per model; "
+    "Speed-up compares one LiteRT interpreter invoke of each variant with one TensorFlow "
+    "serving call of the original (p50 against p50). "
+    f"Batch 1, same input, after {opts.get('warmup_runs', '?')} warm-up runs; {runs}; "
+    f"p99 is shown from {P99_MIN_RUNS} runs, below that only max; "
     f"threads {env.get('threads', opts.get('threads', '?'))}. "
     f"TensorFlow {env.get('tensorflow', '?')} · LiteRT {env.get('litert', '?')} · "
     f"Keras {env.get('keras', '?')} · Python {env.get('python', '?')} · "

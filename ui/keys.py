@@ -40,6 +40,8 @@ OVERVIEW_TABLE = "overview.table"
 # agreement
 AGREEMENT_VARIANT = "agreement.variant"
 AGREEMENT_FLIP_CHART = "agreement.flip_chart"
+AGREEMENT_CLASS = "agreement.class"  # the class picked to open in the gallery
+AGREEMENT_OPEN_CLASS = "agreement.open_class"
 
 # disagreements
 DISAGREE_VARIANT = "disagreements.variant"
@@ -75,6 +77,7 @@ HISTORY_FLASH = "history.flash"  # one message shown after an action's rerun
 
 # compare
 COMPARE_ITEMS = "compare.items"  # list of "<run_id>/<variant>" option ids
+COMPARE_PICKS = "compare.picks"  # the same, kept when the widget is not drawn
 COMPARE_ONLY_CHANGED = "compare.only_changed"
 COMPARE_LOG = "compare.log_scale"
 

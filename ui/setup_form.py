@@ -14,6 +14,7 @@ import streamlit as st
 from core import jobs, uploads
 from core.archives import extract_once
 from core.errors import QuantLensError
+from core.latency import default_threads
 from core.paths import allowed_roots, require_under_roots
 from core.rundir import workspace_home, write_json_atomic
 from core.tracking import resolve_uri
@@ -69,7 +70,7 @@ _FORM_DEFAULTS: dict[str, object] = {
     keys.SETUP_SELECT_TF_OPS: False,
     keys.SETUP_CALIBRATION: 100,
     keys.SETUP_MAX_SAMPLES: 0,
-    keys.SETUP_THREADS: max(1, os.cpu_count() or 1),
+    keys.SETUP_THREADS: default_threads(),  # every core but one: the server keeps its own
     keys.SETUP_THRESHOLD: 95.0,
 }
 REMEMBERED = (*_SOURCES, *_TEXTS, *_UPLOADED, keys.SETUP_PRESET, *_FORM_DEFAULTS)
@@ -534,7 +535,12 @@ def options_section(num_samples: int | None) -> RunOptions:
         key=keys.SETUP_THRESHOLD,
     )
     c5, c6 = st.columns([3, 1])
-    name = c5.text_input("Run name (optional)", key=keys.SETUP_RUN_NAME, max_chars=120)
+    name = c5.text_input(
+        "Run name (optional)",
+        key=keys.SETUP_RUN_NAME,
+        max_chars=120,
+        help="Left empty, the run is named after the model and the time: saved_model · 14:03.",
+    )
     if trusted_allowed():
         wanted = c6.toggle(
             "Trusted model",

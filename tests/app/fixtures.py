@@ -31,6 +31,7 @@ def _latency(arr: np.ndarray) -> dict[str, float | int]:
         "p50": float(np.percentile(arr, 50)),
         "p90": float(np.percentile(arr, 90)),
         "p99": float(np.percentile(arr, 99)),
+        "max": float(arr.max()),
         "mean": float(arr.mean()),
         "std": float(arr.std()),
         "n": int(arr.size),

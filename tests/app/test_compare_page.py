@@ -131,3 +131,28 @@ def test_runs_without_a_data_hash_are_not_called_the_same_data(
     text = at.markdown[0].value
     assert "Same model, data" not in text
     assert "content hash is missing" in text
+
+
+def test_compare_keeps_its_picks_across_page_switches_and_reloads(
+    home: Path, open_page: OpenPage
+) -> None:
+    from tests.app.fixtures import build_run
+
+    build_run(home, run_id="run-one", flips={"float16": 0, "int8": 3})
+    build_run(home, run_id="run-two", flips={"float16": 1, "int8": 5}, seed=1)
+    picks = ["run-one/int8", "run-two/float16"]
+    at = open_page("compare")
+    assert at.multiselect(key=keys.COMPARE_ITEMS).value != picks  # not the default already
+    at.multiselect(key=keys.COMPARE_ITEMS).set_value(picks).run()
+    # Away and back: Streamlit forgets the state of a widget it does not draw.
+    at.switch_page("pages/latency.py").run()
+    at.switch_page("pages/compare.py").run()
+    assert not at.exception
+    assert at.multiselect(key=keys.COMPARE_ITEMS).value == picks
+    # A reload is a new session: the picks come back from the workspace.
+    again = open_page("compare")
+    assert again.multiselect(key=keys.COMPARE_ITEMS).value == picks
+    # Runs deleted since are dropped, not an error.
+    (home / "compare-picks.json").write_text('["gone/int8", "run-one/float16"]', encoding="utf-8")
+    third = open_page("compare")
+    assert third.multiselect(key=keys.COMPARE_ITEMS).value == ["run-one/float16"]

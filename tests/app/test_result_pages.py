@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from tests.app.conftest import OpenPage
@@ -281,3 +283,72 @@ def test_a_cli_run_kept_outside_the_workspace_opens_through_the_store(
     agreement = next(v for v in report["variants"] if v["name"] == "int8")["top1_agreement_pct"]
     shown = [m.value for m in at.metric]
     assert any(f"{agreement:.2f}" in str(value) for value in shown), shown
+
+
+def test_agreement_per_class_table_worst_first_and_opens_the_gallery(
+    crafted: Path, open_page: OpenPage
+) -> None:
+    # Expected counts straight from the files the run wrote, without core.results.
+    ref = pd.read_csv(crafted / "samples.csv")
+    var = pd.read_csv(crafted / "int8.samples.csv")
+    joined = ref.merge(var, on="index")
+    counts: dict[int, list[int]] = {}
+    for cls, agree in zip(joined["ref_top1"], joined["agree"], strict=True):
+        counts.setdefault(int(cls), [0, 0])
+        counts[int(cls)][0] += 1
+        counts[int(cls)][1] += int(str(agree).lower() in ("true", "1"))
+    at = open_page("agreement", state={keys.AGREEMENT_VARIANT: "int8"})
+    table = next(d.value for d in at.dataframe if "agreement (%)" in d.value.columns)
+    assert sum(table["n"]) == 40 and sum(table["agree"]) == 34
+    shown = {
+        int(str(c).split(":")[0]): (n, a)
+        for c, n, a in zip(table["class"], table["n"], table["agree"], strict=True)
+    }
+    assert shown == {c: (n, a) for c, (n, a) in counts.items()}
+    pct = table["agreement (%)"].tolist()
+    assert pct == sorted(pct) and pct[0] < 100.0
+    worst = int(str(table["class"].iloc[0]).split(":")[0])
+    assert at.selectbox(key=keys.AGREEMENT_CLASS).value == worst
+    at.button(key=keys.AGREEMENT_OPEN_CLASS).click().run()
+    assert at.session_state[keys.DISAGREE_CLASS] == worst
+    assert at.selectbox(key=keys.DISAGREE_CLASS).value == worst
+    worst_disagree = counts[worst][0] - counts[worst][1]
+    assert _tiles(at) == worst_disagree
+
+
+def test_latency_quotes_p99_from_100_runs_and_max_below(crafted: Path, open_page: OpenPage) -> None:
+    import json
+
+    from core import rundir
+
+    rep = read_report(crafted)
+    # float16 is re-labelled as timed 120 times; the others keep the fixture's 60 runs.
+    float16 = next(v for v in rep["variants"] if v["name"] == "float16")
+    float16["latency_ms"]["n"] = 120
+    float16["latency_warning"] = "unstable timing (two clusters), measured twice"
+    (crafted / rundir.REPORT).write_text(json.dumps(rep), encoding="utf-8")
+    at = open_page("latency")
+    rows = at.dataframe[0].value.set_index("model")
+    int8_samples = np.load(rundir.latency_path(crafted, "int8"))
+    assert rows.loc["float16", "p99 (ms)"] == pytest.approx(float16["latency_ms"]["p99"])
+    assert pd.isna(rows.loc["int8", "p99 (ms)"]) and pd.isna(rows.loc["original", "p99 (ms)"])
+    assert rows.loc["int8", "max (ms)"] == pytest.approx(float(int8_samples.max()))
+    caption = at.caption[-1].value
+    assert "LiteRT interpreter invoke" in caption and "TensorFlow serving call" in caption
+    assert any("float16" in w.value and "unstable timing" in w.value for w in at.warning)
+
+
+def test_card_says_what_the_speed_up_compares_and_warns_on_unstable_timing(
+    crafted: Path, open_page: OpenPage
+) -> None:
+    import json
+
+    from core import rundir
+
+    rep = read_report(crafted)
+    int8 = next(v for v in rep["variants"] if v["name"] == "int8")
+    int8["latency_warning"] = "unstable timing (wide spread), measured twice"
+    (crafted / rundir.REPORT).write_text(json.dumps(rep), encoding="utf-8")
+    at = open_page("overview")
+    assert any("TensorFlow serving call" in c.value for c in at.caption)
+    assert [w.value for w in at.warning if "unstable timing" in w.value]

@@ -118,3 +118,13 @@ def test_trusted_mode_needs_a_per_run_confirmation(
     assert any("not on until you confirm" in w.value for w in at.warning)
     at.checkbox(key=keys.SETUP_TRUSTED_CONFIRM).check().run()
     assert not any("not on until you confirm" in w.value for w in at.warning)
+
+
+def test_setup_threads_default_leaves_a_core_for_the_server(
+    home: Path, open_page: OpenPage
+) -> None:
+    import os
+
+    (home / "demo-build.pid").write_text("999999")  # no demo: the form alone
+    at = open_page("setup")
+    assert at.number_input(key=keys.SETUP_THREADS).value == max(1, (os.cpu_count() or 1) - 1)

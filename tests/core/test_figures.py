@@ -71,13 +71,33 @@ def test_latency_figures_use_ms_and_fixed_colours() -> None:
     assert box.layout.yaxis.title.text == "latency (ms)"
     pct = figures.latency_percentiles_figure(
         {
-            "original": {"p50": 4.0, "p90": 4.8, "p99": 5.0},
-            "int8": {"p50": 1.2, "p90": 1.4, "p99": 1.5},
+            "original": {"p50": 4.0, "p90": 4.8, "p99": 5.0, "max": 5.5, "n": 100},
+            "int8": {"p50": 1.2, "p90": 1.4, "p99": 1.5, "max": 1.9, "n": 50},
         }
     )
-    assert [t.name for t in pct.data] == ["p50", "p90", "p99"]
-    assert list(pct.data[2].y) == [5.0, 1.5]
+    assert [t.name for t in pct.data] == ["p50", "p90", "tail"]
+    # 100 runs quote p99; 50 runs quote their max, and the bar says so.
+    assert list(pct.data[2].y) == [5.0, 1.9]
+    assert list(pct.data[2].text) == ["p99", "max"]
     assert pct.layout.yaxis.title.text == "latency (ms)"
+
+
+def test_log_latency_axes_label_every_decade() -> None:
+    lat = {"original": np.array([3.1, 7.7, 12.0]), "int8": np.array([0.3, 0.31])}
+    box = figures.latency_distribution_figure(lat, log_y=True)
+    assert box.layout.yaxis.type == "log"
+    assert list(box.layout.yaxis.tickvals) == pytest.approx([0.1, 1.0, 10.0, 100.0])
+    assert list(box.layout.yaxis.ticktext) == ["0.1", "1", "10", "100"]
+    pct = figures.latency_percentiles_figure(
+        {"original": {"p50": 0.04, "p90": 0.05, "p99": 0.06, "n": 200}, "x": {"p50": 1500.0}},
+        log_y=True,
+    )
+    assert list(pct.layout.yaxis.ticktext) == ["0.01", "0.1", "1", "10", "100", "1,000", "10,000"]
+
+
+def test_decades_of_a_single_value_still_span_one_decade() -> None:
+    assert figures.decade_ticks([1.0]) == ([1.0, 10.0], ["1", "10"])
+    assert figures.decade_ticks([None, 0.0]) == ([], [])
 
 
 def test_topk_figure_orders_by_probability() -> None:

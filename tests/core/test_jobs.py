@@ -296,3 +296,32 @@ def test_a_second_run_waits_its_turn_and_a_queued_run_can_be_cancelled(
     finally:
         store.close()
     assert statuses == [RunStatus.CANCELLED, RunStatus.DONE, RunStatus.CANCELLED]
+
+
+def test_default_run_name_is_model_and_time() -> None:
+    from datetime import datetime
+
+    from core.jobs import default_run_name
+
+    at = datetime(2026, 12, 1, 14, 3, 59)
+    assert default_run_name("/data/models/saved_model", at) == "saved_model · 14:03"
+    assert default_run_name("/data/mobilenet_v2.keras", at) == "mobilenet_v2 · 14:03"
+    assert default_run_name("/uploads/classifier.ZIP", at) == "classifier · 14:03"
+
+
+def test_an_unnamed_run_gets_the_default_name_in_job_and_store(tmp_path: Path) -> None:
+    from datetime import datetime
+
+    before = datetime.now()
+    job = JobSpec(model_path=str(tmp_path / "saved_model"), data_path=str(tmp_path / "d.csv"))
+    run_id = create_run(job, home=tmp_path)
+    after = datetime.now()
+    stored_job = JobSpec.from_dict(rundir.read_json(run_dir(run_id, home=tmp_path) / rundir.JOB))
+    store = open_store(tmp_path)
+    try:
+        row = store.get_run(run_id)
+    finally:
+        store.close()
+    # Either minute is right if the clock turned while the run was created.
+    expected = {f"saved_model · {t:%H:%M}" for t in (before, after)}
+    assert row is not None and row.name in expected and stored_job.name == row.name

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from core.latency import latency_stats, time_invocations
+from core.latency import latency_stats, tail_latency, time_invocations, unstable_timing
 from core.types import LatencyStats
 
 
@@ -43,6 +43,7 @@ def test_stats_do_not_depend_on_order_and_serialise() -> None:
         "mean": stats.mean,
         "std": stats.std,
         "n": 100,
+        "max": 100.0,
     }
 
 
@@ -99,3 +100,67 @@ def test_time_invocations_refuses_bad_counts() -> None:
         time_invocations(lambda: None, runs=0, warmup=0)
     with pytest.raises(ValueError, match="warmup must be >= 0"):
         time_invocations(lambda: None, runs=1, warmup=-1)
+
+
+def test_stats_record_the_slowest_run() -> None:
+    assert latency_stats([3.0, 1.0, 7.5, 2.0]).max == 7.5
+
+
+def test_without_a_run_count_timing_stops_at_the_budget() -> None:
+    calls = 0
+
+    def sleep_5ms() -> None:
+        nonlocal calls
+        calls += 1
+        time.sleep(0.005)
+
+    samples = time_invocations(sleep_5ms, runs=None, warmup=0, budget_s=0.3)
+    # 0.3 s of 5 ms calls is at most 60 calls (fewer when sleep oversleeps on a busy box).
+    assert 10 <= samples.size <= 61 and calls == samples.size
+    assert samples.sum() >= 300 * 0.9
+
+
+def test_without_a_run_count_a_fast_model_stops_at_the_run_cap() -> None:
+    samples = time_invocations(lambda: None, runs=None, warmup=0, budget_s=30.0)
+    assert samples.size == 1000
+
+
+def test_without_a_run_count_a_slow_model_still_gets_ten_runs() -> None:
+    samples = time_invocations(lambda: time.sleep(0.02), runs=None, warmup=0, budget_s=0.01)
+    assert samples.size == 10
+
+
+def test_tail_is_p99_from_100_runs_and_max_below() -> None:
+    assert tail_latency({"n": 100, "p99": 9.9, "max": 12.0}) == ("p99", 9.9)
+    assert tail_latency({"n": 99, "p99": 9.9, "max": 12.0}) == ("max", 12.0)
+    assert tail_latency({"n": 50, "p99": 9.9}) == ("max", None)  # written before max existed
+
+
+def test_bimodal_timing_is_flagged() -> None:
+    rng = np.random.default_rng(0)
+    # The case: samples split between 0.30 ms and 7.7 ms, in either proportion.
+    for fast_share in (0.3, 0.5, 0.7, 0.85):
+        fast = int(200 * fast_share)
+        samples = np.concatenate([rng.normal(0.30, 0.01, fast), rng.normal(7.7, 0.2, 200 - fast)])
+        assert unstable_timing(rng.permutation(samples)) is not None, fast_share
+
+
+def test_tight_timing_is_not_flagged() -> None:
+    rng = np.random.default_rng(1)
+    assert unstable_timing(rng.normal(1.0, 0.05, 200)) is None
+    # A few slow outliers (under 10 % of runs) are what any machine does: not flagged.
+    spiky = np.concatenate([rng.normal(1.0, 0.05, 195), [4.0, 5.0, 6.0, 8.0, 9.0]])
+    assert unstable_timing(spiky) is None
+
+
+def test_wide_spread_is_flagged() -> None:
+    # Evenly spread on a log scale from 0.5 to 8 ms: no gap, but p50 = 2 ms and p90 = 6 ms,
+    # so the typical call is not typical.
+    samples = np.geomspace(0.5, 8.0, 200)
+    assert unstable_timing(samples) is not None
+
+
+def test_a_handful_of_runs_is_not_judged() -> None:
+    # Two or five runs (tests, a slow original) cannot show a busy machine: no re-measure.
+    assert unstable_timing([0.3, 7.7]) is None
+    assert unstable_timing([0.3, 0.3, 7.7, 7.7, 7.7]) is None

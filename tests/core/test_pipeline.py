@@ -214,6 +214,7 @@ def test_reproduce_command_round_trips_through_the_cli_parser(tmp_path: Path) ->
         threads=3,
         min_agreement_pct=99.99999,  # `:g` alone would print 100
         latency_runs=7,
+        latency_budget_s=0.75,
         labels_file=str(folder / "labels.txt"),
         trusted=True,
         input_size=(96, 128),
@@ -405,3 +406,62 @@ def test_a_restarted_worker_keeps_the_reference_decision(
             e / e.sum(axis=1, keepdims=True),
             atol=1e-6,
         )
+
+
+_LOCK_HOLDER = """
+import sys, time
+from pathlib import Path
+from core import posix
+with posix.host_lock(Path(sys.argv[1]), on_wait=lambda: None):
+    print("acquired", flush=True)
+    time.sleep(3.0)
+    print("released", time.time(), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_timing_waits_for_another_job_and_records_how_it_timed(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process holding the host-wide timing lock delays timing, and the job says why;
+    without --latency-runs the job times for its budget on every core but one."""
+    import os
+    import subprocess
+    import sys
+
+    from core import posix, rundir
+    from core.types import ProgressEvent
+
+    lock = tmp_path / "timing.lock"
+    monkeypatch.setattr(posix, "TIMING_LOCK", lock)
+    _many_class_model(tmp_path / "model", classes=4, softmax=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _LOCK_HOLDER, str(lock)],
+        cwd=Path(__file__).resolve().parents[2],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline() == "acquired\n"
+    events: list[ProgressEvent] = []
+    job = JobSpec(
+        model_path=str(tmp_path / "model"),
+        data_path=str(tiny_data),
+        variants=("float16",),
+        preset=Preset.UNIT,
+        latency_budget_s=0.2,
+        warmup_runs=1,
+    )
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    JobRunner(job, run_dir, progress=events.append, cache_dir=None).run()
+    released = float(holder.communicate(timeout=60)[0].split()[-1])
+    messages = [e.message for e in events]
+    assert "waiting for another QuantLens job to finish timing" in messages
+    first_timing = next(e for e in events if e.message.startswith("timing the original"))
+    assert first_timing.time >= released
+    report = rundir.read_json(run_dir / rundir.REPORT)
+    assert report["options"]["latency_runs"] is None
+    assert report["options"]["latency_budget_s"] == 0.2
+    assert report["environment"]["threads"] == max(1, (os.cpu_count() or 1) - 1)
+    for lat in (report["reference"]["latency_ms"], report["variants"][0]["latency_ms"]):
+        assert lat["n"] >= 10 and lat["max"] >= lat["p50"]

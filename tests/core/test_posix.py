@@ -111,3 +111,53 @@ def test_cpu_name_is_the_model_name_the_system_reports(proc: str) -> None:
         assert name == model
     else:  # no /proc and not macOS: what the platform module knows, never empty
         assert name and "\n" not in name
+
+
+_HOLDER = """
+import sys, time
+from pathlib import Path
+from core import posix
+with posix.host_lock(Path(sys.argv[1]), on_wait=lambda: print("waiting", flush=True)):
+    print("acquired", time.time(), flush=True)
+    time.sleep(float(sys.argv[2]))
+    print("released", time.time(), flush=True)
+"""
+
+
+def _holder(lock: Path, hold_s: float) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(lock), str(hold_s)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_host_lock_makes_a_second_process_wait_and_say_so(tmp_path: Path) -> None:
+    lock = tmp_path / "timing.lock"
+    first = _holder(lock, 1.5)
+    assert first.stdout is not None
+    assert first.stdout.readline().startswith("acquired")  # the first holds it now
+    second = _holder(lock, 0.0)
+    out_second, _ = second.communicate(timeout=60)
+    out_first, _ = first.communicate(timeout=60)
+    lines = out_second.splitlines()
+    assert lines[0] == "waiting"
+    released = float(out_first.split()[-1])
+    acquired = float(lines[1].split()[1])
+    assert acquired >= released  # never both timing at once
+
+
+def test_host_lock_taken_freely_says_nothing(tmp_path: Path) -> None:
+    out, _ = _holder(tmp_path / "timing.lock", 0.0).communicate(timeout=60)
+    assert out.splitlines()[0].startswith("acquired")
+
+
+def test_a_killed_holder_does_not_block_the_next_job(tmp_path: Path) -> None:
+    lock = tmp_path / "timing.lock"
+    first = _holder(lock, 60.0)
+    assert first.stdout is not None and first.stdout.readline().startswith("acquired")
+    first.kill()
+    first.wait(timeout=30)
+    out, _ = _holder(lock, 0.0).communicate(timeout=60)
+    assert out.splitlines()[0].startswith("acquired")

@@ -210,3 +210,15 @@ def test_run_status_is_done_once_every_variant_ended() -> None:
     done = {"status": "done"}
     assert run_status({"variants": [done, {"status": "crashed"}]}) is RunStatus.DONE
     assert run_status({"variants": [done, {"status": "running"}]}) is RunStatus.RUNNING
+
+
+def test_cli_table_warns_about_unstable_latency() -> None:
+    v = _finished(agree_pct=99.0, ref_acc=90.0, name="dynamic")
+    v["latency_warning"] = "unstable timing (two clusters), measured twice"
+    report = _report([v], accuracy=90.0)
+    report["reference"]["latency_warning"] = "unstable timing (wide spread), measured twice"
+    lines = format_table(report).splitlines()
+    assert lines[-2:] == [
+        "warning: original latency: unstable timing (wide spread), measured twice",
+        "warning: dynamic latency: unstable timing (two clusters), measured twice",
+    ]

@@ -10,7 +10,7 @@ import pytest
 
 from core import rundir
 from core.errors import QuantLensError
-from core.results import load_results, pick_samples
+from core.results import load_results, per_class_agreement, pick_samples
 from tests.app.fixtures import CLASSES, build_run
 
 
@@ -75,3 +75,26 @@ def test_missing_report_is_a_one_line_error(tmp_path: Path) -> None:
 def test_near_chance_flag(tmp_path: Path) -> None:
     assert load_results(build_run(tmp_path / "a")).reference_near_chance is False
     assert load_results(build_run(tmp_path / "b", near_chance=True)).reference_near_chance
+
+
+def test_per_class_agreement_worst_first_with_wilson_intervals() -> None:
+    # class 0: 5/5 agree, class 1: 3/4, class 2: 1/2, class 3: 2/4 (ties class 2 at 50 %).
+    ref = [0] * 5 + [1] * 4 + [2] * 2 + [3] * 4
+    agree = [True] * 5 + [True, True, True, False] + [False, True] + [True, False, False, True]
+    df = pd.DataFrame({"ref_top1": ref, "agree": agree})
+    table = per_class_agreement(df)
+    # Worst first; the 50 % tie puts the class with more samples first.
+    assert table["class"].tolist() == [3, 2, 1, 0]
+    assert table["n"].tolist() == [4, 2, 4, 5]
+    assert table["agree"].tolist() == [2, 1, 3, 5]
+    assert table["agreement_pct"].tolist() == [50.0, 50.0, 75.0, 100.0]
+    # 95 % Wilson intervals from published tables: 2/4 -> 15.00-85.00 %, 1/2 -> 9.45-90.55 %,
+    # 3/4 -> 30.06-95.44 %, 5/5 -> 56.55-100 %.
+    expected = [(15.00, 85.00), (9.45, 90.55), (30.06, 95.44), (56.55, 100.0)]
+    got = list(zip(table["ci95_low_pct"], table["ci95_high_pct"], strict=True))
+    for (lo, hi), (elo, ehi) in zip(got, expected, strict=True):
+        assert lo == pytest.approx(elo, abs=0.01) and hi == pytest.approx(ehi, abs=0.01)
+
+
+def test_per_class_agreement_of_an_empty_table_is_empty() -> None:
+    assert per_class_agreement(pd.DataFrame(columns=["ref_top1", "agree"])).empty
