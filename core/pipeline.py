@@ -303,6 +303,7 @@ class JobRunner:
                     "max_samples": job.max_samples,
                     "threads": job.threads,
                     "min_agreement_pct": job.min_agreement_pct,
+                    "verdict": job.verdict,
                     "seed": job.seed,
                     "latency_runs": job.latency_runs,
                     "warmup_runs": job.warmup_runs,
@@ -645,6 +646,7 @@ class JobRunner:
             softmax_applied=self.softmax,
             io=runner.describe(),
             warnings=nonfinite_warnings(rows, "the converted model"),
+            verdict_rule=self.job.verdict,
         )
         self.report["variants"] = [
             entry if v["name"] == name else v for v in self.report["variants"]
@@ -665,9 +667,11 @@ class JobRunner:
             return [int(row["index"]) for row in csv.DictReader(f)]
 
     def _finish(self) -> None:
+        from core.recommend import recommendation
         from core.report import run_status
 
         self.report["run"]["status"] = str(run_status(self.report))
+        self.report["recommendation"] = recommendation(self.report)
         self.save_report()
         for leftover in (DECODED_CACHE, DECODE_STATE, CALIBRATION_CACHE):
             (self.run_dir / leftover).unlink(missing_ok=True)
@@ -762,6 +766,8 @@ def reproduce_command(job: JobSpec) -> str:
         "--min-agreement",
         _exact_number(job.min_agreement_pct),
     ]
+    if job.verdict != JobSpec.verdict:
+        parts += ["--verdict", job.verdict]
     if job.latency_runs != JobSpec.latency_runs:
         parts += ["--latency-runs", str(job.latency_runs)]
     if job.max_samples is not None:

@@ -403,6 +403,7 @@ class JobSpec:
     name: str = ""
     input_size: tuple[int, int] | None = None  # (height, width) for models with None spatial dims
     signature_key: str | None = None  # SavedModel signature; None: serving_default or the only one
+    verdict: str = "point"  # "point" or "lower-bound" (core.report.VERDICT_RULES)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
