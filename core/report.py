@@ -399,7 +399,13 @@ def verdict_rule_of(report: dict[str, Any]) -> str:
 
 def sample_counts(report: dict[str, Any]) -> list[int]:
     """The distinct n of the judged variants (one per run, unless a variant saw fewer images)."""
-    return sorted({int(v["n"]) for v in report.get("variants", []) if v.get("n") is not None})
+    return sorted(
+        {
+            int(v["n"])
+            for v in report.get("variants") or []
+            if isinstance(v, dict) and isinstance(v.get("n"), int)
+        }
+    )
 
 
 def recommendation_lines(rec: dict[str, Any] | None) -> list[str]:

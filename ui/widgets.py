@@ -10,7 +10,14 @@ import streamlit as st
 
 from core.errors import QuantLensError
 from core.figures import topk_figure
-from core.report import NO_VERDICT, no_verdict_reason, size_change_pct
+from core.report import (
+    NO_VERDICT,
+    fail_reason,
+    no_verdict_reason,
+    size_change_pct,
+    too_few_samples_note,
+    verdict_rule_of,
+)
 from core.results import RunResults
 from ui import cache, fmt, runs
 
@@ -135,6 +142,12 @@ def verdict_card(res: RunResults, v: dict[str, Any]) -> None:
             f"95 % CI {fmt.ci(v.get('top1_agreement_ci95'))} · n = {v.get('n')} · "
             f"{v.get('disagreements')} disagree"
         )
+        reason = fail_reason(v, res.threshold_pct, verdict_rule_of(res.report))
+        if shown == "FAIL" and reason:
+            st.caption(fmt.text(f"FAIL: {reason}"))
+        small_n = too_few_samples_note(v.get("n"), res.threshold_pct)
+        if small_n:
+            st.caption(fmt.text(f"Too few images: {small_n}"))
         red = v.get("size_reduction_pct")
         size_change = None if red is None else -float(red)
         st.metric(

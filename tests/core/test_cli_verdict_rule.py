@@ -111,14 +111,16 @@ def test_recommendation_names_none_and_the_closest_when_nothing_clears_95(runs) 
 def test_recommendation_picks_the_smaller_file_when_both_clear_80(runs) -> None:  # type: ignore[no-untyped-def]
     done, report, folder = runs["lower80"]
     assert done.returncode == 0, done.stdout + done.stderr[-2000:]
-    # Sizes straight from the files on disk, not from report.json.
+    # 20 of 20 gives a lower bound of 83.9 % >= 80 %: both qualify, so the smaller file wins
+    # (on a model this tiny float16's dequantize ops make it the larger one). Sizes come
+    # straight from the files on disk, not from report.json.
     on_disk = {name: (folder / f"{name}.tflite").stat().st_size for name in ("float32", "float16")}
-    assert on_disk["float16"] < on_disk["float32"]
+    assert on_disk["float16"] != on_disk["float32"]
+    smaller, larger = sorted(on_disk, key=lambda name: on_disk[name])
     rec = report["recommendation"]
-    assert rec["variant"] == "float16"
-    assert rec["runner_up"] == "float32"
+    assert rec["variant"] == smaller
+    assert rec["runner_up"] == larger
     assert "lower 95 % Wilson bound of top-1 agreement is at least 80 %" in rec["rule"]
-    assert "recommended: float16 (runner-up: float32)" in done.stdout
-    assert math.isclose(
-        report["variants"][1]["top1_agreement_ci95"][0], _lower_bound_at_100_pct(20)
-    )
+    assert f"recommended: {smaller} (runner-up: {larger})" in done.stdout
+    for variant in report["variants"]:
+        assert math.isclose(variant["top1_agreement_ci95"][0], _lower_bound_at_100_pct(20))
