@@ -71,6 +71,13 @@ def _parser() -> argparse.ArgumentParser:
         default=95.0,
         help="top-1 agreement %% a variant needs to PASS",
     )
+    run.add_argument(
+        "--verdict",
+        default="point",
+        choices=["point", "lower-bound"],
+        help="judge each variant by its agreement (point, default) or by the lower end of its "
+        "95 %% Wilson interval (lower-bound: a PASS that sampling noise cannot explain)",
+    )
     run.add_argument("--out", default=None, help="run folder for report.json and the .tflite files")
     run.add_argument("--labels", default=None, help="labels.txt with one class name per line")
     run.add_argument(
@@ -214,6 +221,7 @@ def _job_from_args(args: argparse.Namespace) -> JobSpec:
         input_size=input_size,
         signature_key=args.signature,
         mlflow_uri=resolve_uri(args.mlflow),
+        verdict=args.verdict,
     )
 
 

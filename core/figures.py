@@ -8,6 +8,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from core.latency import tail_latency
+from core.recommend import TradeoffPoint
 from core.report import size_change_label
 
 # One colour per side of the comparison, used by every chart so a reader learns it once.
@@ -183,6 +184,105 @@ def accuracy_figure(
     )
     fig.update_layout(barmode="group")
     fig.update_yaxes(range=[0, 100.5])
+    return fig
+
+
+def tradeoff_figure(
+    points: Sequence[TradeoffPoint],
+    *,
+    frontier: Sequence[str],
+    pick: str | None = None,
+    height: int = 460,
+) -> go.Figure:
+    """Every finished variant as a point: size (MB) on x, p50 latency (ms) on y, agreement as colour.
+
+    Args:
+        points: the variants to draw (`core.recommend.tradeoff_points`).
+        frontier: names of the points on the Pareto frontier, joined by a dashed line in the
+            given order (smallest first).
+        pick: the recommended variant's name, ringed and labelled, or None.
+        height: figure height in pixels.
+
+    Returns:
+        A figure whose first trace holds the points; hover shows each variant's card numbers
+        (size, p50, agreement with its 95 % CI and n, verdict). Both axes are linear from 0.
+    """
+    by_name = {p.name: p for p in points}
+    agreement = [p.agreement_pct for p in points]
+    custom = [
+        [
+            p.size_mb,
+            p.p50_ms,
+            p.agreement_pct,
+            "-" if p.ci95 is None else f"{p.ci95[0]:.1f}–{p.ci95[1]:.1f} %",
+            "-" if p.n is None else str(p.n),
+            p.verdict,
+        ]
+        for p in points
+    ]
+    fig = go.Figure(
+        go.Scatter(
+            x=[p.size_mb for p in points],
+            y=[p.p50_ms for p in points],
+            mode="markers+text",
+            name="variants",
+            text=[p.name for p in points],
+            textposition="top center",
+            customdata=custom,
+            marker={
+                "size": 14,
+                "color": agreement,
+                "colorscale": "Viridis",
+                "cmin": min(agreement, default=0.0),
+                "cmax": max(agreement, default=100.0),
+                "colorbar": {"title": {"text": "top-1 agreement (%)"}, "ticksuffix": " %"},
+                "line": {"width": 1, "color": "#333333"},
+            },
+            hovertemplate=(
+                "<b>%{text}</b><br>size %{customdata[0]:.2f} MB<br>"
+                "p50 %{customdata[1]:.3f} ms<br>"
+                "agreement %{customdata[2]:.2f} % (95 % CI %{customdata[3]}, n=%{customdata[4]})"
+                "<br>verdict %{customdata[5]}<extra></extra>"
+            ),
+        )
+    )
+    on_frontier = [by_name[n] for n in frontier if n in by_name]
+    fig.add_trace(
+        go.Scatter(
+            x=[p.size_mb for p in on_frontier],
+            y=[p.p50_ms for p in on_frontier],
+            mode="lines",
+            name="Pareto frontier",
+            line={"dash": "dash", "color": "#555555", "width": 1.5},
+            hoverinfo="skip",
+        )
+    )
+    if pick in by_name:
+        chosen = by_name[pick]
+        fig.add_trace(
+            go.Scatter(
+                x=[chosen.size_mb],
+                y=[chosen.p50_ms],
+                mode="markers",
+                name=f"recommended: {pick}",
+                marker={
+                    "size": 26,
+                    "symbol": "circle-open",
+                    "color": PASS_COLOR,
+                    "line": {"width": 3},
+                },
+                hoverinfo="skip",
+            )
+        )
+    _layout(
+        fig,
+        title="Trade-off: size, latency and agreement",
+        x_title="size (MB)",
+        y_title="p50 latency (ms)",
+        height=height,
+    )
+    fig.update_xaxes(rangemode="tozero")
+    fig.update_yaxes(rangemode="tozero")
     return fig
 
 

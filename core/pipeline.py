@@ -318,6 +318,7 @@ class JobRunner:
                     "max_samples": job.max_samples,
                     "threads": job.threads,
                     "min_agreement_pct": job.min_agreement_pct,
+                    "verdict": job.verdict,
                     "seed": job.seed,
                     "latency_runs": job.latency_runs,  # None: as many as the budget allows
                     "latency_budget_s": None if job.latency_runs else job.latency_budget_s,
@@ -711,6 +712,7 @@ class JobRunner:
             warnings=nonfinite_warnings(rows, "the converted model")
             + self._split_warnings(spec, causes),
             disagreement_split=None if causes is None else split_counts(causes),
+            verdict_rule=self.job.verdict,
         )
         self.report["variants"] = [
             entry if v["name"] == name else v for v in self.report["variants"]
@@ -753,9 +755,11 @@ class JobRunner:
             return [int(row["index"]) for row in csv.DictReader(f)]
 
     def _finish(self) -> None:
+        from core.recommend import recommendation
         from core.report import run_status
 
         self.report["run"]["status"] = str(run_status(self.report))
+        self.report["recommendation"] = recommendation(self.report)
         self.save_report()
         for leftover in (DECODED_CACHE, DECODE_STATE, CALIBRATION_CACHE):
             (self.run_dir / leftover).unlink(missing_ok=True)
@@ -850,6 +854,8 @@ def reproduce_command(job: JobSpec) -> str:
         "--min-agreement",
         _exact_number(job.min_agreement_pct),
     ]
+    if job.verdict != JobSpec.verdict:
+        parts += ["--verdict", job.verdict]
     if job.latency_runs is not None:
         parts += ["--latency-runs", str(job.latency_runs)]
     if job.latency_budget_s != JobSpec.latency_budget_s:

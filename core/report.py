@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import sys
@@ -123,6 +124,7 @@ def pending_variant(spec: VariantSpec, *, role: str = ROLE_SELECTED) -> dict[str
         "warnings": [],
         "passed": None,
         "verdict_reason": None,
+        "n_needed": None,
     }
 
 
@@ -158,6 +160,89 @@ def no_verdict_reason(accuracy_pct: float | None, num_classes: int | None) -> st
     )
 
 
+# How a variant is judged against the threshold (`--verdict`): its point estimate of top-1
+# agreement, or the lower end of its 95 % Wilson interval (a PASS that survives sampling noise).
+VERDICT_POINT = "point"
+VERDICT_LOWER_BOUND = "lower-bound"
+VERDICT_RULES = (VERDICT_POINT, VERDICT_LOWER_BOUND)
+
+
+def verdict_rule_text(rule: str, threshold_pct: float) -> str:
+    """The verdict rule in words, for the CLI, the cards and report.html."""
+    if rule == VERDICT_LOWER_BOUND:
+        return f"PASS when the lower 95 % Wilson bound of top-1 agreement is at least {threshold_pct:g} %"
+    return f"PASS when top-1 agreement (the point estimate) is at least {threshold_pct:g} %"
+
+
+def meets_threshold(
+    agreement_pct: float,
+    ci95: tuple[float, float] | list[float] | None,
+    threshold_pct: float,
+    rule: str,
+) -> bool:
+    """Whether a variant's agreement meets the threshold under `rule` (point or lower-bound)."""
+    if rule == VERDICT_LOWER_BOUND:
+        return ci95 is not None and float(ci95[0]) >= threshold_pct
+    return agreement_pct >= threshold_pct
+
+
+def samples_needed(threshold_pct: float) -> int | None:
+    """The fewest images whose lower 95 % Wilson bound can reach `threshold_pct` at 100 % agreement.
+
+    At k = n the Wilson lower bound is n / (n + z²), so n >= z² t / (1 − t); the closed form is
+    then checked against `wilson_interval` itself so the two can never disagree by one.
+    None when no n suffices (a threshold of 100 %: the bound never reaches 1).
+    """
+    from core.compare import Z95, wilson_interval
+
+    t = threshold_pct / 100.0
+    if t <= 0:
+        return 0
+    if t >= 1:
+        return None
+    n = max(1, math.ceil(Z95 * Z95 * t / (1.0 - t)))
+    # Compared in percent, exactly as `meets_threshold` compares the stored interval.
+    while n > 1 and 100.0 * wilson_interval(n - 1, n - 1)[0] >= threshold_pct:
+        n -= 1
+    while 100.0 * wilson_interval(n, n)[0] < threshold_pct:
+        n += 1
+    return n
+
+
+def too_few_samples_note(n: int | None, threshold_pct: float) -> str | None:
+    """A one-line warning when n images cannot clear the threshold's lower bound, else None."""
+    if n is None:
+        return None
+    needed = samples_needed(threshold_pct)
+    if needed is None:
+        return (
+            f"the lower 95 % bound never reaches {threshold_pct:g} %, whatever the number of "
+            "images; use a threshold below 100 % with --verdict lower-bound"
+        )
+    if n >= needed:
+        return None
+    return (
+        f"{n} images are too few for the lower 95 % bound to reach {threshold_pct:g} % even at "
+        f"100 % agreement; at least {needed} are needed"
+    )
+
+
+def fail_reason(variant: dict[str, Any], threshold_pct: float, rule: str) -> str | None:
+    """Why a finished, judged variant fails under `rule`, in one line; None when it passes."""
+    if variant.get("status") != "done" or variant.get("passed") is not False:
+        return None
+    if variant.get("verdict_reason"):
+        return None
+    pct = variant.get("top1_agreement_pct")
+    ci = variant.get("top1_agreement_ci95")
+    if rule == VERDICT_LOWER_BOUND and ci:
+        return (
+            f"lower 95 % bound {float(ci[0]):.1f} % is below {threshold_pct:g} % "
+            f"(agreement {float(pct or 0):.2f} %, n={variant.get('n')})"
+        )
+    return f"agreement {float(pct or 0):.2f} % is below {threshold_pct:g} %"
+
+
 def finished_variant(
     entry: dict[str, Any],
     *,
@@ -174,19 +259,31 @@ def finished_variant(
     io: dict[str, Any],
     warnings: list[str],
     disagreement_split: dict[str, int] | None = None,
+    verdict_rule: str = VERDICT_POINT,
 ) -> dict[str, Any]:
     """Fill a variant entry with its comparison results and verdict (latency comes later).
 
-    Agreement with an original that is near chance means nothing (both models agree on
-    garbage), so such a variant never passes: `passed` is False and `verdict_reason` says why.
-    A pivot the user did not select is never judged: `passed` stays None.
+    `passed` follows `verdict_rule` (the point estimate or the lower 95 % bound against
+    `min_agreement_pct`). Agreement with an original that is near chance means nothing (both
+    models agree on garbage), so such a variant never passes: `passed` is False and
+    `verdict_reason` says why. A pivot the user did not select is never judged: `passed` stays
+    None. `n_needed` is the image count the lower bound would need to reach the threshold at
+    100 % agreement, when n is below it (else None).
     """
     pivot_only = is_pivot_only(entry)
     reason = (
         None if pivot_only else no_verdict_reason(agreement.reference_accuracy_pct, num_classes)
     )
     passed = (
-        None if pivot_only else reason is None and agreement.top1_agreement_pct >= min_agreement_pct
+        None
+        if pivot_only
+        else reason is None
+        and meets_threshold(
+            agreement.top1_agreement_pct,
+            agreement.top1_agreement_ci95,
+            min_agreement_pct,
+            verdict_rule,
+        )
     )
     metrics = agreement.to_dict()
     metrics.pop("labelled_n", None)
@@ -210,8 +307,14 @@ def finished_variant(
         "disagreement_split": disagreement_split,
         "passed": passed,
         "verdict_reason": reason,
+        "n_needed": _n_needed(agreement.n, min_agreement_pct),
     }
     return entry
+
+
+def _n_needed(n: int, threshold_pct: float) -> int | None:
+    needed = samples_needed(threshold_pct)
+    return needed if needed is not None and n < needed else None
 
 
 def size_change_pct(reduction_pct: float | None) -> float | None:
@@ -328,6 +431,8 @@ def format_table(report: dict[str, Any]) -> str:
         f"{data['num_samples']} images compared, {data['num_skipped']} skipped; "
         f"threshold {threshold:g}% top-1 agreement; {report['environment'].get('threads') or 'all'} threads"
     )
+    rule = verdict_rule_of(report)
+    lines.append(f"verdict: {verdict_rule_text(rule, threshold)}")
     for v in report["variants"]:
         split = v.get("disagreement_split")
         if split and v.get("disagreements"):
@@ -336,13 +441,20 @@ def format_table(report: dict[str, Any]) -> str:
             lines.append(f"{v['name']}: {v['error']}")
         elif v.get("verdict_reason"):
             lines.append(f"{v['name']}: {NO_VERDICT} — {v['verdict_reason']}")
+        elif reason := fail_reason(v, threshold, rule):
+            lines.append(f"{v['name']}: FAIL — {reason}")
         for warning in v.get("warnings") or []:
             lines.append(f"warning: {v['name']}: {warning}")
     for name, who in (("original", ref), *((str(v["name"]), v) for v in report["variants"])):
         if who.get("latency_warning"):
             lines.append(f"warning: {name} latency: {who['latency_warning']}")
+    for note in sorted(
+        {note for n in sample_counts(report) if (note := too_few_samples_note(n, threshold))}
+    ):
+        lines.append(f"note: {note}")
     for warning in report.get("warnings", []):
         lines.append(f"warning: {warning}")
+    lines.extend(recommendation_lines(report.get("recommendation")))
     return "\n".join(lines)
 
 
@@ -354,6 +466,35 @@ def split_sentence(split: dict[str, int]) -> str:
         f"{total} disagreement{'' if total == 1 else 's'}: {conversion} conversion-caused "
         f"(the float32 TFLite already disagrees), {quantization} quantization-caused"
     )
+
+
+def verdict_rule_of(report: dict[str, Any]) -> str:
+    """The verdict rule a report was judged by; reports older than `--verdict` used the point."""
+    return str(report.get("options", {}).get("verdict") or VERDICT_POINT)
+
+
+def sample_counts(report: dict[str, Any]) -> list[int]:
+    """The distinct n of the judged variants (one per run, unless a variant saw fewer images)."""
+    return sorted(
+        {
+            int(v["n"])
+            for v in report.get("variants") or []
+            if isinstance(v, dict) and isinstance(v.get("n"), int)
+        }
+    )
+
+
+def recommendation_lines(rec: dict[str, Any] | None) -> list[str]:
+    """The pick and its rule in words, as the CLI prints them (nothing for older reports)."""
+    if not rec:
+        return []
+    if rec.get("variant"):
+        head = f"recommended: {rec['variant']}"
+        if rec.get("runner_up"):
+            head += f" (runner-up: {rec['runner_up']})"
+    else:
+        head = "recommended: none"
+    return [head, f"  rule: {rec['rule']}", f"  why: {rec['reason']}"]
 
 
 def run_status(report: dict[str, Any]) -> RunStatus:

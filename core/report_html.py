@@ -18,10 +18,15 @@ from core.report import (
     NO_VERDICT,
     PIVOT,
     display_name,
+    fail_reason,
     is_pivot_only,
     judged_variants,
     near_chance,
+    sample_counts,
     size_change_label,
+    too_few_samples_note,
+    verdict_rule_of,
+    verdict_rule_text,
 )
 
 THUMB_PX = 96
@@ -99,6 +104,9 @@ def render_report_html(run_dir: Path, *, name: str | None = None) -> str:
         _chance_warning(report),
         "<h2>Verdict per variant</h2>",
         _verdict_table(report, variants, threshold),
+        _verdict_rule_notes(report, threshold),
+        "<h2>Recommendation</h2>",
+        _recommendation_section(report),
         _reference_table(report),
         "<h2>Charts</h2>",
         _charts(report, variants, threshold),
@@ -259,6 +267,43 @@ def _verdict_banner(variants: list[dict[str, Any]], threshold: float) -> str:
     )
 
 
+def _verdict_rule_notes(report: dict[str, Any], threshold: float) -> str:
+    """The verdict rule in words, each failing variant's reason and any too-small-n note."""
+    rule = verdict_rule_of(report)
+    lines = [f"Verdict: {_e(verdict_rule_text(rule, threshold))}."]
+    for v in report.get("variants") or []:
+        reason = fail_reason(v, threshold, rule) if isinstance(v, dict) else None
+        if reason:
+            lines.append(f"{_e(v.get('name'))}: FAIL — {_e(reason)}.")
+    for n in sample_counts(report):
+        note = too_few_samples_note(n, threshold)
+        if note:
+            lines.append(f"<strong>Too few images:</strong> {_e(note)}.")
+    return '<p class="sub">' + "<br>".join(lines) + "</p>"
+
+
+def _recommendation_section(report: dict[str, Any]) -> str:
+    """The pick (or none and the closest), the rule in words, and the frontier's dominance rule."""
+    from core.recommend import FRONTIER_RULE, recommendation
+
+    if not report.get("variants") or "options" not in report:
+        return '<p class="na">No variant to recommend yet.</p>'
+    rec = report.get("recommendation") or recommendation(report)
+    if rec.get("variant"):
+        head = f'<p class="banner pass">Recommended: <strong>{_e(rec["variant"])}</strong>'
+        if rec.get("runner_up"):
+            head += f" · runner-up {_e(rec['runner_up'])}"
+        head += "</p>"
+    else:
+        head = '<p class="banner fail">No variant qualifies for a recommendation.</p>'
+    return (
+        head
+        + f'<p class="sub">Rule: {_e(rec["rule"])}. {_e(rec["reason"])}.<br>'
+        + "Trade-off chart (below, with the other charts): the dashed line is the Pareto "
+        + f"frontier — {_e(FRONTIER_RULE)}.</p>"
+    )
+
+
 def _chance_warning(report: dict[str, Any]) -> str:
     """Warn when the reference is near chance: wrong preprocessing looks like agreement."""
     ref = report.get("reference") or {}
@@ -377,7 +422,9 @@ def _charts(report: dict[str, Any], variants: list[dict[str, Any]], threshold: f
         agreement_figure,
         latency_percentiles_figure,
         size_figure,
+        tradeoff_figure,
     )
+    from core.recommend import pareto_frontier, tradeoff_points
 
     ref = report.get("reference") or {}
     names = [str(v.get("name") or v.get("mode")) for v in variants]
@@ -423,6 +470,11 @@ def _charts(report: dict[str, Any], variants: list[dict[str, Any]], threshold: f
             percentiles[name] = {k: _num(v["latency_ms"].get(k)) for k in _LATENCY_KEYS}
     if percentiles:
         figures.append(latency_percentiles_figure(percentiles))
+
+    points = tradeoff_points(variants)
+    if points:
+        pick = (report.get("recommendation") or {}).get("variant")
+        figures.append(tradeoff_figure(points, frontier=pareto_frontier(points), pick=pick))
 
     if not figures:
         return '<p class="na">No measurements to chart yet.</p>'

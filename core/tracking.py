@@ -135,13 +135,8 @@ def _log(run_dir: Path, report: dict[str, Any], uri: str) -> dict[str, Any]:
 
 
 def _run_name(run_dir: Path, report: dict[str, Any]) -> str:
-    """The name History shows: the user's, else the store's default name for the job."""
-    from core.jobs import _default_name  # the one rule that names an unnamed run
-    from core.types import JobSpec
-
-    if report["run"].get("name"):
-        return str(report["run"]["name"])
-    return _default_name(JobSpec.from_dict(rundir.read_json(run_dir / rundir.JOB)))
+    """The name History shows: `create_run` names every run (by default `model · HH:MM`)."""
+    return str(report["run"].get("name") or run_dir.name)
 
 
 def quantlens_run_id(run_dir: Path, report: dict[str, Any]) -> str:

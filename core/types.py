@@ -408,6 +408,7 @@ class JobSpec:
     mlflow_uri: str | None = (
         None  # log the finished run to this MLflow tracking URI (core.tracking)
     )
+    verdict: str = "point"  # "point" or "lower-bound" (core.report.VERDICT_RULES)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

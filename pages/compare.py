@@ -15,7 +15,7 @@ from core.run_compare import (
     unique_labels,
     what_changed,
 )
-from ui import compare_picks, fmt, history, keys, widgets
+from ui import choose, compare_picks, fmt, history, keys, widgets
 
 _CHANGED_BG = "background-color: #FFF1C2"
 _DEFAULT_RUNS = 2
@@ -171,6 +171,8 @@ with right:
         )
     else:
         st.info("No variant has finished scoring yet.")
+st.subheader("Trade-off across runs")
+choose.tradeoff_chart([{**i.variant, "name": i.label} for i in items], key="compare.tradeoff_chart")
 percentiles = latency_percentiles(items)
 if percentiles:
     log_y = st.toggle("Log scale", key=keys.COMPARE_LOG, value=False)

@@ -2,8 +2,8 @@
 
 import streamlit as st
 
-from core.report import NO_VERDICT, judged_variants
-from ui import fmt, keys, runs, widgets
+from core.report import NO_VERDICT, judged_variants, verdict_rule_of, verdict_rule_text
+from ui import choose, fmt, keys, runs, widgets
 from ui.downloads import render_downloads
 
 st.title("Overview")
@@ -31,6 +31,7 @@ else:
         f"**{res.threshold_pct:g} %** top-1 agreement threshold"
         + (f"; {failed} fall below it." if failed else ".")
     )
+st.caption(f"Verdict: {verdict_rule_text(verdict_rule_of(res.report), res.threshold_pct)}.")
 
 per_row = 4
 for start in range(0, len(variants), per_row):
@@ -38,6 +39,16 @@ for start in range(0, len(variants), per_row):
     for col, v in zip(cols, variants[start : start + per_row], strict=False):
         with col:
             widgets.verdict_card(res, v)
+
+st.subheader("Trade-off and recommendation")
+finished = runs.run_status(res.run_id).get("status") not in ("queued", "running")
+if finished:
+    choose.recommendation_box(res.report)
+choose.tradeoff_chart(
+    variants,
+    key="overview.tradeoff_chart",
+    pick=choose.report_recommendation(res.report).get("variant") if finished else None,
+)
 
 st.subheader("Summary")
 table = widgets.summary_table(res)

@@ -16,6 +16,7 @@ from core.archives import extract_once
 from core.errors import QuantLensError
 from core.latency import default_threads
 from core.paths import allowed_roots, require_under_roots
+from core.report import VERDICT_LOWER_BOUND, VERDICT_POINT, VERDICT_RULES
 from core.rundir import workspace_home, write_json_atomic
 from core.tracking import resolve_uri
 from core.types import (
@@ -56,6 +57,10 @@ PRESET_HELP = {
 # (Streamlit drops the state of widgets it does not draw) opens Setup as the user left it.
 # Run name and trusted mode are per run and deliberately not kept.
 FORM_FILE = "setup-form.json"
+_VERDICT_LABELS = {
+    VERDICT_POINT: "point: agreement ≥ threshold",
+    VERDICT_LOWER_BOUND: "lower bound: 95 % CI low end ≥ threshold",
+}
 _SOURCES = {keys.SETUP_MODEL_SOURCE: MODEL_SOURCES, keys.SETUP_DATA_SOURCE: DATA_SOURCES}
 _TEXTS = (keys.SETUP_MODEL_PATH, keys.SETUP_DATA_PATH, keys.SETUP_LABELS_PATH)
 _UPLOADED = (keys.SETUP_MODEL_UPLOADED, keys.SETUP_DATA_UPLOADED)
@@ -72,6 +77,7 @@ _FORM_DEFAULTS: dict[str, object] = {
     keys.SETUP_MAX_SAMPLES: 0,
     keys.SETUP_THREADS: default_threads(),  # every core but one: the server keeps its own
     keys.SETUP_THRESHOLD: 95.0,
+    keys.SETUP_VERDICT: VERDICT_POINT,
 }
 REMEMBERED = (*_SOURCES, *_TEXTS, *_UPLOADED, keys.SETUP_PRESET, *_FORM_DEFAULTS)
 
@@ -110,6 +116,8 @@ def _usable(key: str, value: object) -> bool:
         return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
     if key == keys.SETUP_THRESHOLD:
         return isinstance(value, float) and 50.0 <= value <= 100.0
+    if key == keys.SETUP_VERDICT:
+        return value in VERDICT_RULES
     return False
 
 
@@ -464,6 +472,7 @@ class RunOptions(TypedDict):
     max_samples: int | None
     threads: int
     min_agreement_pct: float
+    verdict: str
     name: str
     trusted: bool
     mlflow_uri: str | None
@@ -534,6 +543,15 @@ def options_section(num_samples: int | None) -> RunOptions:
         step=0.5,
         key=keys.SETUP_THRESHOLD,
     )
+    verdict = st.radio(
+        "Verdict",
+        VERDICT_RULES,
+        key=keys.SETUP_VERDICT,
+        horizontal=True,
+        format_func=_VERDICT_LABELS.get,
+        help="Lower bound: a variant passes only when the low end of its 95 % Wilson interval "
+        "meets the threshold, so a PASS on a few images cannot be luck. Exit codes follow it.",
+    )
     c5, c6 = st.columns([3, 1])
     name = c5.text_input(
         "Run name (optional)",
@@ -569,6 +587,7 @@ def options_section(num_samples: int | None) -> RunOptions:
         "max_samples": int(cap) or None,
         "threads": int(threads),
         "min_agreement_pct": float(threshold),
+        "verdict": str(verdict),
         "name": str(name),
         "trusted": bool(trusted),
         "mlflow_uri": mlflow_uri,

@@ -16,9 +16,12 @@ from core.report import (
     NO_VERDICT,
     PIVOT,
     display_name,
+    fail_reason,
     is_pivot_only,
     no_verdict_reason,
     size_change_pct,
+    too_few_samples_note,
+    verdict_rule_of,
 )
 from core.results import RunResults
 from ui import cache, fmt, runs
@@ -164,6 +167,12 @@ def verdict_card(res: RunResults, v: dict[str, Any]) -> None:
         split = split_line(v)
         if split:
             st.caption(split)
+        reason = fail_reason(v, res.threshold_pct, verdict_rule_of(res.report))
+        if shown == "FAIL" and reason:
+            st.caption(fmt.text(f"FAIL: {reason}"))
+        small_n = too_few_samples_note(v.get("n"), res.threshold_pct)
+        if small_n:
+            st.caption(fmt.text(f"Too few images: {small_n}"))
         red = v.get("size_reduction_pct")
         size_change = None if red is None else -float(red)
         st.metric(

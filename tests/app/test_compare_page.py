@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -59,7 +60,16 @@ def test_compare_shows_report_numbers_and_marks_what_changed(
     assert "calibration samples" in at.markdown[0].value
 
     charts = {str(c.proto.id).split("-")[-1] for c in at.get("plotly_chart")}
-    assert len(at.get("plotly_chart")) == 3, charts  # sizes, agreement, latency
+    assert len(at.get("plotly_chart")) == 4, charts  # sizes, agreement, trade-off, latency
+    # The trade-off chart across runs: one point per item, at its size and p50, coloured by
+    # its agreement, named "run · variant".
+    specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    tradeoff = next(f for f in specs if "Trade-off" in f["layout"]["title"]["text"])
+    points = tradeoff["data"][0]
+    assert points["text"] == ["A · float16", "B · int8"]
+    assert points["x"] == pytest.approx([a["size_bytes"] / 1e6, b["size_bytes"] / 1e6])
+    assert points["y"] == pytest.approx([a["latency_ms"]["p50"], b["latency_ms"]["p50"]])
+    assert points["marker"]["color"] == [a["top1_agreement_pct"], b["top1_agreement_pct"]]
 
 
 @pytest.mark.slow

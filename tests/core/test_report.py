@@ -192,7 +192,8 @@ def test_cli_table_names_the_no_verdict_reason_on_its_own_line() -> None:
         "NO VERDICT — the original is 8.0 % accurate, near chance (10.0 %): "
         "check the preprocessing preset or the labels"
     )
-    assert lines[7:] == [f"float16: {reason}", f"int8: {reason}"]
+    assert lines[7] == ("verdict: PASS when top-1 agreement (the point estimate) is at least 95 %")
+    assert lines[8:] == [f"float16: {reason}", f"int8: {reason}"]
 
 
 def test_cli_table_prefers_the_error_of_a_failed_variant() -> None:

@@ -377,11 +377,12 @@ def test_is_self_contained_with_plotly_inlined_once(run_dir: Path) -> None:
     assert "http://" not in outside
     assert "https://" not in outside
     assert "url(" not in outside  # no CSS fetches (fonts, backgrounds)
-    # One big script is the plotly bundle; three small ones draw the three charts.
+    # One big script is the plotly bundle; four small ones draw the four charts (size,
+    # agreement, latency, trade-off).
     big = [s for s in parsed.scripts if len(s) > 500_000]
     assert len(big) == 1
-    assert page.count("Plotly.newPlot") >= 3
-    assert sum(s.count("Plotly.newPlot") for s in parsed.scripts if len(s) < 500_000) == 3
+    assert page.count("Plotly.newPlot") >= 4
+    assert sum(s.count("Plotly.newPlot") for s in parsed.scripts if len(s) < 500_000) == 4
 
 
 def test_images_are_small_png_data_uris_with_placeholders(run_dir: Path) -> None:

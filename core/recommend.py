@@ -1,0 +1,168 @@
+"""Choosing a variant: the size/latency/agreement trade-off, its Pareto frontier, and the pick."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from core.report import is_pivot_only, verdict
+
+# The dominance rule of the frontier, stated once for the captions and report.html.
+FRONTIER_RULE = (
+    "a variant is on the Pareto frontier when no other variant is at least as small, at least "
+    "as fast (p50) and agrees at least as often, and strictly better in one of the three"
+)
+
+
+def pick_rule_text(threshold_pct: float) -> str:
+    """The recommendation rule in words."""
+    return (
+        f"among variants whose lower 95 % Wilson bound of top-1 agreement is at least "
+        f"{threshold_pct:g} %, the smallest, then the fastest (p50)"
+    )
+
+
+@dataclass(frozen=True)
+class TradeoffPoint:
+    """One finished variant on the trade-off chart: what its card shows, in chart units."""
+
+    name: str
+    size_mb: float
+    p50_ms: float
+    agreement_pct: float
+    ci95: tuple[float, float] | None
+    n: int | None
+    verdict: str
+
+
+def dominates(a: TradeoffPoint, b: TradeoffPoint) -> bool:
+    """True when `a` is no worse than `b` on size, latency and agreement, and better on one."""
+    no_worse = (
+        a.size_mb <= b.size_mb and a.p50_ms <= b.p50_ms and a.agreement_pct >= b.agreement_pct
+    )
+    better = a.size_mb < b.size_mb or a.p50_ms < b.p50_ms or a.agreement_pct > b.agreement_pct
+    return no_worse and better
+
+
+def pareto_frontier(points: Sequence[TradeoffPoint]) -> list[str]:
+    """Names of the points no other point dominates, smallest first (then fastest).
+
+    Two identical points are both on the frontier: neither is strictly better.
+    """
+    kept = [p for p in points if not any(dominates(q, p) for q in points if q is not p)]
+    return [p.name for p in sorted(kept, key=lambda p: (p.size_mb, p.p50_ms, p.name))]
+
+
+def tradeoff_points(
+    variants: Sequence[Mapping[str, Any]], *, label: str = "{name}"
+) -> list[TradeoffPoint]:
+    """The chart's points: every finished variant that has a size, a p50 and an agreement.
+
+    Args:
+        variants: report.json variant entries (any backend, any kind).
+        label: how to name a point; "{name}" is the variant's name (Compare prefixes the run).
+    """
+    points = []
+    for v in variants:
+        p50 = (v.get("latency_ms") or {}).get("p50")
+        if v.get("status") != "done" or not v.get("size_bytes") or p50 is None:
+            continue
+        if v.get("top1_agreement_pct") is None:
+            continue
+        ci = v.get("top1_agreement_ci95")
+        points.append(
+            TradeoffPoint(
+                name=label.format(name=v.get("name")),
+                size_mb=float(v["size_bytes"]) / 1e6,
+                p50_ms=float(p50),
+                agreement_pct=float(v["top1_agreement_pct"]),
+                ci95=(float(ci[0]), float(ci[1])) if ci else None,
+                n=v.get("n"),
+                verdict=verdict(dict(v)),
+            )
+        )
+    return points
+
+
+def judged(variant: Mapping[str, Any]) -> bool:
+    """Whether a variant was judged at all: finished, with an interval, not a no-verdict or pivot.
+
+    A failed conversion, a variant whose original is near chance (NO VERDICT) and the float32
+    pivot the user did not select (`role: pivot`, never judged) are never candidates.
+    """
+    return (
+        variant.get("status") == "done"
+        and variant.get("passed") is not None
+        and not variant.get("verdict_reason")
+        and not is_pivot_only(dict(variant))
+        and bool(variant.get("top1_agreement_ci95"))
+        and bool(variant.get("size_bytes"))
+    )
+
+
+def _lower(v: Mapping[str, Any]) -> float:
+    return float(v["top1_agreement_ci95"][0])
+
+
+def _p50(v: Mapping[str, Any]) -> float:
+    """A variant's p50 in ms; one never timed sorts after every timed one."""
+    p50 = (v.get("latency_ms") or {}).get("p50")
+    return float("inf") if p50 is None else float(p50)
+
+
+def _smallest_then_fastest(v: Mapping[str, Any]) -> tuple[int, float, str]:
+    return int(v["size_bytes"]), _p50(v), str(v["name"])
+
+
+def recommendation(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The recommended variant of a report, with the rule, the runner-up and the reason.
+
+    Rule: among judged variants whose lower 95 % Wilson bound of top-1 agreement meets the
+    threshold, the smallest, then the fastest. When none qualifies `variant` is None and
+    `closest` names the judged variant with the highest lower bound (then the smallest).
+
+    Returns:
+        {"variant", "rule", "runner_up", "reason", "closest"}; names are variant names.
+    """
+    threshold = float(report["options"]["min_agreement_pct"])
+    rule = pick_rule_text(threshold)
+    candidates = [v for v in report.get("variants", []) if judged(v)]
+    qualified = sorted(
+        (v for v in candidates if _lower(v) >= threshold), key=_smallest_then_fastest
+    )
+    if qualified:
+        pick = qualified[0]
+        runner_up = qualified[1] if len(qualified) > 1 else None
+        reason = (
+            f"{pick['name']}: lower 95 % bound {_lower(pick):.1f} % ≥ {threshold:g} % at "
+            f"{int(pick['size_bytes']) / 1e6:.2f} MB"
+        )
+        if runner_up is not None:
+            reason += f"; next: {runner_up['name']} at {int(runner_up['size_bytes']) / 1e6:.2f} MB"
+        return {
+            "variant": pick["name"],
+            "rule": rule,
+            "runner_up": None if runner_up is None else runner_up["name"],
+            "reason": reason,
+            "closest": None,
+        }
+    if not candidates:
+        return {
+            "variant": None,
+            "rule": rule,
+            "runner_up": None,
+            "reason": "no variant was judged (none finished with a verdict)",
+            "closest": None,
+        }
+    closest = min(candidates, key=lambda v: (-_lower(v), *_smallest_then_fastest(v)))
+    return {
+        "variant": None,
+        "rule": rule,
+        "runner_up": None,
+        "reason": (
+            f"no variant's lower 95 % bound reaches {threshold:g} %; closest: "
+            f"{closest['name']} at {_lower(closest):.1f} % (n={closest.get('n')})"
+        ),
+        "closest": closest["name"],
+    }
