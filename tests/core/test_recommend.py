@@ -93,7 +93,7 @@ def test_unjudged_variants_are_never_picked() -> None:
     report = _report(
         _variant("tiny_failed", size=100, p50=0.1, lower=99.0, status="failed"),
         _variant("near_chance", size=200, p50=0.1, lower=99.0, verdict_reason="near chance"),
-        _variant("pivot", size=300, p50=0.1, lower=99.0, pivot=True),
+        _variant("pivot", size=300, p50=0.1, lower=99.0, role="pivot"),
         _variant("float16", size=2_000_000, p50=2.0, lower=98.0),
     )
     rec = recommendation(report)
