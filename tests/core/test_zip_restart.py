@@ -42,7 +42,11 @@ def test_a_restarted_worker_and_a_wrapper_zip_see_the_inputs_of_a_root_zip(
         "run", model, "--data", str(root_zip), *common, "--out", str(tmp_path / "plain"),
         home=tmp_path,
     )  # fmt: skip
-    assert plain.returncode == 0, plain.stderr
+    # Exit 1 is the tiny random model's NO VERDICT (near chance on the class folders' labels);
+    # what matters here is that every variant ran.
+    assert plain.returncode in (0, 1), plain.stderr
+    plain_report = json.loads((tmp_path / "plain" / "report.json").read_text())
+    assert {v["status"] for v in plain_report["variants"]} == {"done"}
     # float16's conversion segfaults: the supervisor starts a fresh worker for float32, which
     # resolves the zipped data set a second time from the run folder.
     restarted = run_cli(
