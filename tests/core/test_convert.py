@@ -334,8 +334,8 @@ def test_int16x8_refused_by_the_kernels_is_one_line(tmp_path: Path) -> None:
     np.testing.assert_allclose(out, model.predict(_flat_images(1))[0], atol=0.02)
 
 
-def test_int16x8_refusal_is_a_variant_result_not_a_crash(tmp_path: Path) -> None:
-    """Through the job code: int16x8 ends `failed` with the kernel's line; float32 is done."""
+def run_dead_depthwise_job(tmp_path: Path, variants: tuple[str, ...]) -> dict[str, Any]:
+    """Run the job code on `_dead_depthwise_model` over ten flat images; returns report.json."""
     import csv
 
     from PIL import Image
@@ -357,13 +357,19 @@ def test_int16x8_refusal_is_a_variant_result_not_a_crash(tmp_path: Path) -> None
     job = JobSpec(
         model_path=str(tmp_path / "dead.keras"),
         data_path=str(tmp_path / "flat.csv"),
-        variants=("int16x8", "float32"),
+        variants=variants,
         preset=Preset.MOBILENET_V2,
         latency_runs=2,
         warmup_runs=1,
     )
     JobRunner(job, run_dir, progress=lambda _event: None, cache_dir=None).run()
-    report = rundir.read_json(run_dir / rundir.REPORT)
+    report: dict[str, Any] = rundir.read_json(run_dir / rundir.REPORT)
+    return report
+
+
+def test_int16x8_refusal_is_a_variant_result_not_a_crash(tmp_path: Path) -> None:
+    """Through the job code: int16x8 ends `failed` with the kernel's line; float32 is done."""
+    report = run_dead_depthwise_job(tmp_path, ("int16x8", "float32"))
     by_name = {v["name"]: v for v in report["variants"]}
     assert by_name["float32"]["status"] == "done"
     assert by_name["int16x8"]["status"] == "failed"

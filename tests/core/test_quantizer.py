@@ -17,6 +17,7 @@ from core.errors import ConversionFailed, InvalidTFLiteModel
 from core.models import ReferenceModel, load_reference, model_sha256
 from core.runtime import TFLiteRunner
 from core.types import VariantSpec
+from tests.core.test_convert import _dead_depthwise_model, run_dead_depthwise_job
 
 pytestmark = pytest.mark.slow  # real TensorFlow conversions and LiteRT Quantizer recipes
 
@@ -331,51 +332,8 @@ def test_quantizer_prints_nothing_on_stdout(
     assert captured.out == ""
 
 
-def _dead_depthwise_model(path: Path) -> None:
-    """A depthwise conv whose int16 output scale is so small the kernel refuses it (see
-    test_convert._dead_depthwise_model)."""
-    import keras
-    from keras import layers
-
-    inp = keras.Input((8, 8, 3), name="image")
-    depthwise = layers.DepthwiseConv2D(3, padding="valid", use_bias=False)
-    x = layers.GlobalAveragePooling2D()(layers.ReLU(6.0)(depthwise(inp)))
-    model = keras.Model(inp, layers.Dense(4, activation="softmax")(x))
-    kernel = np.ones((3, 3), np.float32)
-    kernel[1, 1] = -8 + 1e-6
-    depthwise.set_weights([np.repeat(kernel[:, :, None, None], 3, axis=2)])
-    model.save(path)
-
-
 def test_recipe_the_kernels_refuse_fails_that_variant_alone(tmp_path: Path) -> None:
-    import csv
-
-    from PIL import Image
-
-    from core import rundir
-    from core.pipeline import JobRunner
-    from core.types import JobSpec, Preset
-
-    _dead_depthwise_model(tmp_path / "dead.keras")
-    colours = np.random.default_rng(2).integers(0, 256, (10, 3))
-    with (tmp_path / "flat.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["filepath", "label"])
-        for i, colour in enumerate(colours):
-            Image.new("RGB", (8, 8), tuple(int(c) for c in colour)).save(tmp_path / f"{i}.png")
-            writer.writerow([f"{i}.png", i % 4])
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    job = JobSpec(
-        model_path=str(tmp_path / "dead.keras"),
-        data_path=str(tmp_path / "flat.csv"),
-        variants=("int16x8_q", "float16_q"),
-        preset=Preset.MOBILENET_V2,
-        latency_runs=2,
-        warmup_runs=1,
-    )
-    JobRunner(job, run_dir, progress=lambda _event: None, cache_dir=None).run()
-    report = rundir.read_json(run_dir / rundir.REPORT)
+    report = run_dead_depthwise_job(tmp_path, ("int16x8_q", "float16_q"))
     by_name = {v["name"]: v for v in report["variants"]}
     assert by_name["float16_q"]["status"] == "done"
     assert by_name["float16_q"]["backend"] == "quantizer"
