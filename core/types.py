@@ -394,7 +394,7 @@ class JobSpec:
     preset: Preset = Preset.MOBILENET_V2
     calibration_samples: int = 100
     max_samples: int | None = None  # evaluation cap; None evaluates every sample
-    threads: int | None = None  # None: every core but one (core.pipeline.effective_threads)
+    threads: int | None = None  # None: every core but one (core.engine.pipeline.effective_threads)
     min_agreement_pct: float = 95.0
     latency_runs: int | None = None  # None: time each model for latency_budget_s seconds
     latency_budget_s: float = 2.0
@@ -406,9 +406,9 @@ class JobSpec:
     input_size: tuple[int, int] | None = None  # (height, width) for models with None spatial dims
     signature_key: str | None = None  # SavedModel signature; None: serving_default or the only one
     mlflow_uri: str | None = (
-        None  # log the finished run to this MLflow tracking URI (core.tracking)
+        None  # log the finished run to this MLflow tracking URI (core.reporting.tracking)
     )
-    verdict: str = "point"  # "point" or "lower-bound" (core.report.VERDICT_RULES)
+    verdict: str = "point"  # "point" or "lower-bound" (core.reporting.report.VERDICT_RULES)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

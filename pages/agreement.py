@@ -2,13 +2,13 @@
 
 import streamlit as st
 
-from core.figures import (
+from core.reporting.figures import (
     accuracy_figure,
     agreement_figure,
     flip_matrix_figure,
     per_class_agreement_figure,
 )
-from core.results import per_class_agreement
+from core.reporting.results import per_class_agreement
 from ui import fmt, keys, widgets
 
 PER_CLASS_CHART_LIMIT = 30  # more bars than this are unreadable; the table lists every class

@@ -4,8 +4,8 @@ import pandas as pd
 import streamlit as st
 
 from core.errors import QuantLensError
-from core.figures import agreement_figure, latency_percentiles_figure, size_figure
-from core.run_compare import (
+from core.reporting.figures import agreement_figure, latency_percentiles_figure, size_figure
+from core.reporting.run_compare import (
     compared_items,
     data_unverified,
     latency_percentiles,

@@ -3,7 +3,7 @@
 import numpy as np
 import streamlit as st
 
-from core.figures import delta_histogram_figure
+from core.reporting.figures import delta_histogram_figure
 from ui import keys, widgets
 
 METRICS = {

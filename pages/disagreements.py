@@ -4,7 +4,7 @@ import math
 
 import streamlit as st
 
-from core.results import SORTS, pick_samples
+from core.reporting.results import SORTS, pick_samples
 from ui import keys, widgets
 
 PAGE_SIZE = 24

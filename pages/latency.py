@@ -3,8 +3,12 @@
 import numpy as np
 import streamlit as st
 
-from core.figures import ORIGINAL_LABEL, latency_distribution_figure, latency_percentiles_figure
-from core.latency import MAX_BUDGETED_RUNS, MIN_BUDGETED_RUNS, P99_MIN_RUNS, quotable_p99
+from core.metrics.latency import MAX_BUDGETED_RUNS, MIN_BUDGETED_RUNS, P99_MIN_RUNS, quotable_p99
+from core.reporting.figures import (
+    ORIGINAL_LABEL,
+    latency_distribution_figure,
+    latency_percentiles_figure,
+)
 from ui import fmt, keys, widgets
 
 st.title("Latency")

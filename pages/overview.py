@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from core.report import NO_VERDICT, judged_variants, verdict_rule_of, verdict_rule_text
+from core.reporting.report import NO_VERDICT, judged_variants, verdict_rule_of, verdict_rule_text
 from ui import choose, fmt, keys, runs, widgets
 from ui.downloads import render_downloads
 

@@ -2,8 +2,8 @@
 
 import streamlit as st
 
-from core import jobs
 from core.errors import QuantLensError
+from core.jobs import launch as jobs
 from core.types import Preset, RunStatus
 from ui import cache, fmt, history, keys, runs, setup_form
 

@@ -2,8 +2,8 @@
 
 import streamlit as st
 
-from core.figures import size_figure
-from core.report import size_change_label
+from core.reporting.figures import size_figure
+from core.reporting.report import size_change_label
 from ui import fmt, widgets
 
 st.title("Model size")

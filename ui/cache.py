@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from core import rundir
-from core.data import fit_png, thumbnail_png
 from core.errors import QuantLensError
-from core.results import RunResults, load_results, report_mtime
+from core.inputs import rundir
+from core.inputs.data import fit_png, thumbnail_png
+from core.reporting.results import RunResults, load_results, report_mtime
 from core.types import Dataset, ModelSignature, Preset
 
 THUMB_PX = 112
@@ -31,7 +31,7 @@ def run_path(run_id: str) -> Path:
 
 @st.cache_data(max_entries=256, ttl=60, show_spinner=False)
 def _stored_run_dir(home: str, run_id: str) -> str | None:
-    from core.store import open_store
+    from core.history.store import open_store
 
     try:
         store = open_store(Path(home))
@@ -96,7 +96,7 @@ def array_png(arr: np.ndarray, *, size: int = THUMB_PX) -> bytes:
 @st.cache_data(max_entries=16, show_spinner=False)
 def _signature(path: str, mtime: float, trusted: bool) -> ModelSignature:
     del mtime
-    from core.jobs import inspect_model
+    from core.jobs.launch import inspect_model
 
     return inspect_model(path, trusted=trusted)
 
@@ -113,7 +113,7 @@ def model_signature(path: str, *, trusted: bool = False) -> ModelSignature:
 @st.cache_data(max_entries=8, show_spinner=False)
 def _dataset(path: str, mtime: float, labels_file: str | None, extract_dir: str | None) -> Dataset:
     del mtime
-    from core.data import load_dataset
+    from core.inputs.data import load_dataset
 
     return load_dataset(
         path, labels_file=labels_file, extract_dir=Path(extract_dir) if extract_dir else None
@@ -140,7 +140,7 @@ def preview(
     Raises:
         QuantLensError: an image cannot be decoded.
     """
-    from core.data import apply_preset, decode_image
+    from core.inputs.data import apply_preset, decode_image
 
     out: list[tuple[np.ndarray, float, float]] = []
     for p in paths:

@@ -7,8 +7,8 @@ from typing import Any
 
 import streamlit as st
 
-from core.figures import tradeoff_figure
-from core.recommend import FRONTIER_RULE, pareto_frontier, recommendation, tradeoff_points
+from core.reporting.figures import tradeoff_figure
+from core.reporting.recommend import FRONTIER_RULE, pareto_frontier, recommendation, tradeoff_points
 from ui import fmt
 
 

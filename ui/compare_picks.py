@@ -9,7 +9,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.rundir import workspace_home, write_json_atomic
+from core.inputs.rundir import workspace_home, write_json_atomic
 from ui import keys
 
 PICKS_FILE = "compare-picks.json"

@@ -10,10 +10,10 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core import rundir
 from core.errors import QuantLensError
-from core.report_html import render_report_html
-from core.results import report_mtime
+from core.inputs import rundir
+from core.reporting.html import render_report_html
+from core.reporting.results import report_mtime
 from ui import keys
 
 _OCTET = "application/octet-stream"

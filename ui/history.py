@@ -13,10 +13,11 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from core import jobs, rundir
 from core.errors import QuantLensError
-from core.results import report_mtime
-from core.store import RunRow, RunStore, open_store
+from core.history.store import RunRow, RunStore, open_store
+from core.inputs import rundir
+from core.jobs import launch as jobs
+from core.reporting.results import report_mtime
 from core.types import RunStatus
 from ui import keys
 

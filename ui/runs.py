@@ -7,9 +7,9 @@ from typing import Any
 
 import streamlit as st
 
-from core import jobs
 from core.errors import QuantLensError
-from core.store import RunRow
+from core.history.store import RunRow
+from core.jobs import launch as jobs
 from core.types import ProgressEvent, RunStatus
 from ui import fmt, history, keys
 from ui.cache import run_path
@@ -79,7 +79,7 @@ def run_status(run_id: str) -> dict[str, Any]:
 
 def _variant_lines(run_dir: Path, events: list[ProgressEvent]) -> list[tuple[str, str, str]]:
     """(variant, state, detail) per variant: from report.json when written, else from events."""
-    from core.results import load_results
+    from core.reporting.results import load_results
 
     rows: dict[str, tuple[str, str]] = {}
     for ev in events:

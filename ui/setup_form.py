@@ -11,14 +11,15 @@ from typing import TypedDict
 
 import streamlit as st
 
-from core import jobs, uploads
-from core.archives import extract_once
 from core.errors import QuantLensError
-from core.latency import default_threads
-from core.paths import allowed_roots, require_under_roots
-from core.report import VERDICT_LOWER_BOUND, VERDICT_POINT, VERDICT_RULES
-from core.rundir import workspace_home, write_json_atomic
-from core.tracking import resolve_uri
+from core.inputs import uploads
+from core.inputs.archives import extract_once
+from core.inputs.paths import allowed_roots, require_under_roots
+from core.inputs.rundir import workspace_home, write_json_atomic
+from core.jobs import launch as jobs
+from core.metrics.latency import default_threads
+from core.reporting.report import VERDICT_LOWER_BOUND, VERDICT_POINT, VERDICT_RULES
+from core.reporting.tracking import resolve_uri
 from core.types import (
     BACKEND_CHOICES,
     Dataset,
@@ -259,7 +260,7 @@ def model_section(demo_ok: bool) -> Picked:
         st.session_state.pop(keys.SETUP_MODEL_SOURCE, None)
     source = st.radio("Model source", options, key=keys.SETUP_MODEL_SOURCE, horizontal=True)
     if source == "Demo model":
-        from core.demo import demo_paths
+        from core.engine.demo import demo_paths
 
         paths = demo_paths()
         p = paths.saved_model if paths.saved_model.exists() else paths.keras_model
@@ -282,7 +283,7 @@ def model_section(demo_ok: bool) -> Picked:
         return Picked(None)
     try:
         if saved.suffix.lower() == ".zip":
-            from core.archives import find_saved_model_dir
+            from core.inputs.archives import find_saved_model_dir
 
             return Picked(
                 str(find_saved_model_dir(extract_once(saved, uploads.extracted_dir(saved))))
@@ -314,7 +315,7 @@ def data_section(demo_ok: bool) -> tuple[Picked, str | None]:
     source = st.radio("Data source", options, key=keys.SETUP_DATA_SOURCE, horizontal=True)
     labels: str | None = None
     if source == "Demo data":
-        from core.demo import demo_paths
+        from core.engine.demo import demo_paths
 
         p = demo_paths().data_csv
         st.caption(f"Embedded demo data set: {fmt.code(p)}")
@@ -345,7 +346,7 @@ def data_section(demo_ok: bool) -> tuple[Picked, str | None]:
     if saved is None:
         return Picked(None), None
     # The run gets the zip itself and extracts it into its own folder exactly as the CLI does
-    # (core.data.data_root_from_zip); the preview extracts it once next to the upload.
+    # (core.inputs.data.data_root_from_zip); the preview extracts it once next to the upload.
     return Picked(str(saved), extract_dir=str(uploads.extracted_dir(saved))), None
 
 
@@ -398,7 +399,7 @@ def preset_section(sig: ModelSignature | None, ds: Dataset | None, default: Pres
         st.caption("Pick a model and data to preview the input.")
         return preset
     try:
-        from core.data import preset_value_range
+        from core.inputs.data import preset_value_range
 
         lo, hi = preset_value_range(preset)
         shots = cache.preview(

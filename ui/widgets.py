@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.compare import CAUSE_CONVERSION, CAUSE_QUANTIZATION
 from core.errors import QuantLensError
-from core.figures import topk_figure
-from core.latency import quotable_p99
-from core.report import (
+from core.metrics.agreement import CAUSE_CONVERSION, CAUSE_QUANTIZATION
+from core.metrics.latency import quotable_p99
+from core.reporting.figures import topk_figure
+from core.reporting.report import (
     NO_VERDICT,
     PIVOT,
     display_name,
@@ -23,7 +23,7 @@ from core.report import (
     too_few_samples_note,
     verdict_rule_of,
 )
-from core.results import RunResults
+from core.reporting.results import RunResults
 from ui import cache, fmt, runs
 
 _BAD_STATES = ("failed", "crashed", "timeout", "cancelled")

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from core import rundir
+from core.inputs import rundir
 from tests.app.expected import mcnemar_p
 
 CLASSES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -280,7 +280,7 @@ def build_run(
 
 def _register(home: Path, run_dir: Path, report: dict) -> None:
     """Give the run its store row, as every real run has (the sidebar lists the store)."""
-    from core.store import open_store
+    from core.history.store import open_store
     from core.types import RunStatus
 
     run = report["run"]

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from core.store import DB_NAME
+from core.history.store import DB_NAME
 
 ROOT = Path(__file__).resolve().parents[2]
 _BUILT: dict[str, Path] = {}

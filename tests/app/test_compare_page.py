@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.store import open_store
+from core.history.store import open_store
 from tests.app.conftest import OpenPage
 from tests.app.expected import interval
 from tests.app.history_fixtures import reports

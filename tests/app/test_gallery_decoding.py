@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.data import decode_image
-from core.report_html import thumbnail_data_uri
+from core.inputs.data import decode_image
+from core.reporting.html import thumbnail_data_uri
 from ui import cache
 
 SIDE = 16  # 112 / 16 = 7 and 320 / 16 = 20: thumbnails are whole-pixel enlargements

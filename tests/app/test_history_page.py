@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import jobs, rundir
-from core.store import DB_NAME, open_store
+from core.history.store import DB_NAME, open_store
+from core.inputs import rundir
+from core.jobs import launch as jobs
 from core.types import JobSpec, RunStatus
 from tests.app.conftest import OpenPage
 from tests.app.expected import pct2, shown_as_text

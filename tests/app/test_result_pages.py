@@ -267,7 +267,7 @@ def test_a_cli_run_kept_outside_the_workspace_opens_through_the_store(
     import json
     import shutil
 
-    from core.store import open_store
+    from core.history.store import open_store
     from ui import keys
 
     elsewhere = tmp_path / "ci-artifacts" / "run"
@@ -288,7 +288,7 @@ def test_a_cli_run_kept_outside_the_workspace_opens_through_the_store(
 def test_agreement_per_class_table_worst_first_and_opens_the_gallery(
     crafted: Path, open_page: OpenPage
 ) -> None:
-    # Expected counts straight from the files the run wrote, without core.results.
+    # Expected counts straight from the files the run wrote, without core.reporting.results.
     ref = pd.read_csv(crafted / "samples.csv")
     var = pd.read_csv(crafted / "int8.samples.csv")
     joined = ref.merge(var, on="index")
@@ -319,7 +319,7 @@ def test_agreement_per_class_table_worst_first_and_opens_the_gallery(
 def test_latency_quotes_p99_from_100_runs_and_max_below(crafted: Path, open_page: OpenPage) -> None:
     import json
 
-    from core import rundir
+    from core.inputs import rundir
 
     rep = read_report(crafted)
     # float16 is re-labelled as timed 120 times; the others keep the fixture's 60 runs.
@@ -343,7 +343,7 @@ def test_card_says_what_the_speed_up_compares_and_warns_on_unstable_timing(
 ) -> None:
     import json
 
-    from core import rundir
+    from core.inputs import rundir
 
     rep = read_report(crafted)
     int8 = next(v for v in rep["variants"] if v["name"] == "int8")

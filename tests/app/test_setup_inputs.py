@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from core import jobs
+from core.jobs import launch as jobs
 from tests.app.conftest import OpenPage
 from tests.app.fixtures import CLASSES, build_data
 from ui import keys

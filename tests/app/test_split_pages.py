@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import rundir
+from core.inputs import rundir
 from tests.app.conftest import OpenPage
 from tests.app.fixtures import _register, build_run, read_report
 from ui import keys
@@ -111,7 +111,7 @@ def test_the_pivot_gallery_has_no_cause_badges(pivoted: Path, open_page: OpenPag
 def test_report_html_lists_the_pivot_unjudged_and_the_split(pivoted: Path) -> None:
     import re
 
-    from core.report_html import render_report_html
+    from core.reporting.html import render_report_html
 
     causes = _causes(pivoted)
     conversion, quantization = (causes == "conversion").sum(), (causes == "quantization").sum()

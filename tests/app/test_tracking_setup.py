@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from core import jobs
+from core.jobs import launch as jobs
 from tests.app.conftest import OpenPage
 from tests.app.fixtures import build_run
 from ui import keys

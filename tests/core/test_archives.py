@@ -1,4 +1,4 @@
-"""Tests for core.archives: unsafe zips are refused whole, and leave nothing behind."""
+"""Tests for core.inputs.archives: unsafe zips are refused whole, and leave nothing behind."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from core.archives import find_saved_model_dir, safe_extract
 from core.errors import QuantLensError, UnsafeArchive, UnsupportedModel
+from core.inputs.archives import find_saved_model_dir, safe_extract
 
 Member = tuple[str | zipfile.ZipInfo, bytes]
 

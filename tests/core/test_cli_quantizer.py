@@ -1,6 +1,6 @@
 """`python -m core run --backend quantizer|both` end to end: what report.json says about each
 variant is recomputed here from the written `.tflite` files with ai_edge_litert and numpy, and
-the reference with TensorFlow, never with core.compare."""
+the reference with TensorFlow, never with core.metrics.agreement."""
 
 from __future__ import annotations
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.run_compare import compared_items, what_changed
-from core.store import open_store
+from core.history.store import open_store
+from core.reporting.run_compare import compared_items, what_changed
 from tests.core.conftest import TINY_CLASSES, TINY_SIZE
 from tests.core.test_cli import run_cli
 

@@ -8,7 +8,8 @@ import re
 import numpy as np
 import pytest
 
-from core.compare import (
+from core.errors import InvalidTFLiteModel
+from core.metrics.agreement import (
     SampleRecords,
     agreement,
     dequantize,
@@ -22,7 +23,6 @@ from core.compare import (
     topk_indices,
     wilson_interval,
 )
-from core.errors import InvalidTFLiteModel
 
 NAN = math.nan
 
@@ -46,7 +46,7 @@ TFL = np.array(
 
 
 def _wilson_textbook(x: int, n: int, z: float) -> tuple[float, float]:
-    """Wilson (1927) in its textbook form, written out independently of core.compare."""
+    """Wilson (1927) in its textbook form, written out independently of core.metrics.agreement."""
     p = x / n
     root = z * math.sqrt(p * (1 - p) / n + z**2 / (4 * n**2))
     lo = (p + z**2 / (2 * n) - root) / (1 + z**2 / n)

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from core.convert import SAVED_MODEL_DIR, TRACED_FUNCTION, cache_key
+from core.engine.convert import SAVED_MODEL_DIR, TRACED_FUNCTION, cache_key
 from core.types import ModelSignature, VariantSpec
 
 pytestmark = pytest.mark.slow  # the key names the TensorFlow version, so it imports TensorFlow
@@ -126,8 +126,8 @@ def _expected(signature: str, csv_path: Path) -> np.ndarray:
 def test_two_signatures_never_share_a_cached_tflite(
     first: str, tiny_data: Path, tmp_path: Path
 ) -> None:
-    from core import rundir
-    from core.pipeline import JobRunner
+    from core.engine.pipeline import JobRunner
+    from core.inputs import rundir
     from core.types import JobSpec, Preset
 
     _two_signature_model(tmp_path / "two_heads")

@@ -9,14 +9,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from core.convert import (
+from core.engine.convert import (
     SAVED_MODEL_DIR,
     TRACED_FUNCTION,
     nonfinite_outputs,
     tflite_from_reference,
 )
+from core.engine.models import load_reference
 from core.errors import ConversionFailed
-from core.models import load_reference
 from core.types import VariantSpec
 
 pytestmark = pytest.mark.slow  # real TensorFlow conversions
@@ -121,8 +121,8 @@ def test_no_route_with_finite_outputs_fails_with_one_line(tiny_models: dict[str,
 
 
 def _run(model_path: Path, data: Path, run_dir: Path, variants: tuple[str, ...]) -> dict[str, Any]:
-    from core import rundir
-    from core.pipeline import JobRunner
+    from core.engine.pipeline import JobRunner
+    from core.inputs import rundir
     from core.types import JobSpec, Preset
 
     run_dir.mkdir()
@@ -176,7 +176,7 @@ def _nan_on_bright_images(path: Path, threshold: float) -> None:
 def test_nan_outputs_on_some_images_are_named_on_the_variant_and_the_cli_table(
     tiny_data: Path, tmp_path: Path
 ) -> None:
-    from core.report import format_table
+    from core.reporting.report import format_table
 
     _nan_on_bright_images(tmp_path / "gated", threshold=-0.42)
     report = _run(tmp_path / "gated", tiny_data, tmp_path / "run", ("float32",))

@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from core.convert import tflite_from_reference
+from core.engine.convert import tflite_from_reference
+from core.engine.models import ReferenceModel, load_reference, model_sha256
+from core.engine.runtime import TFLiteRunner
 from core.errors import ConversionFailed, InvalidTFLiteModel
-from core.models import ReferenceModel, load_reference, model_sha256
-from core.runtime import TFLiteRunner
 from core.types import Mode, VariantSpec
 
 pytestmark = pytest.mark.slow  # real TensorFlow conversions
@@ -35,7 +35,7 @@ def _convert(
 
 
 def _litert_outputs(tflite: bytes, images: np.ndarray) -> np.ndarray:
-    """Run bytes straight through ai_edge_litert (not core.runtime), dequantizing by hand."""
+    """Run bytes straight through ai_edge_litert (not core.engine.runtime), dequantizing by hand."""
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_content=tflite)
@@ -66,7 +66,7 @@ def tiny_ref(tiny_models: dict[str, Path]) -> ReferenceModel:
 
 @pytest.fixture(scope="module")
 def calibration(tiny_data: Path) -> np.ndarray:
-    from core.data import apply_preset, decode_image, load_dataset
+    from core.inputs.data import apply_preset, decode_image, load_dataset
     from core.types import Preset
 
     samples = load_dataset(tiny_data).samples
@@ -340,8 +340,8 @@ def run_dead_depthwise_job(tmp_path: Path, variants: tuple[str, ...]) -> dict[st
 
     from PIL import Image
 
-    from core import rundir
-    from core.pipeline import JobRunner
+    from core.engine.pipeline import JobRunner
+    from core.inputs import rundir
     from core.types import JobSpec, Preset
 
     _dead_depthwise_model(tmp_path / "dead.keras")

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from core.data import load_dataset
 from core.errors import DatasetError, QuantLensError, UnsafeArchive
+from core.inputs.data import load_dataset
 from core.types import Dataset
 
 

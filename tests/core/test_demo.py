@@ -1,4 +1,4 @@
-"""core.demo without training: its paths, when it counts as ready, and the digit images it
+"""core.engine.demo without training: its paths, when it counts as ready, and the digit images it
 writes (the model build itself is exercised by the app and e2e tests)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.demo import HELD_OUT_FRACTION, demo_paths, demo_root, write_digit_images
+from core.engine.demo import HELD_OUT_FRACTION, demo_paths, demo_root, write_digit_images
 
 
 def test_demo_lives_in_the_workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

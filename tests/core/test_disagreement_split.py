@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.compare import disagreement_causes, sample_records, split_counts
-from core.report import (
+from core.metrics.agreement import disagreement_causes, sample_records, split_counts
+from core.reporting.report import (
     PIVOT_SPEC,
     ROLE_PIVOT,
     ROLE_SELECTED,
@@ -200,7 +200,7 @@ def test_cli_run_of_int8_alone_writes_the_pivot_and_a_split_that_recomputes(
 
 
 def test_history_best_agreement_leaves_out_the_pivot(tmp_path: Path) -> None:
-    from core.store import open_store
+    from core.history.store import open_store
 
     pivot = _finished(ROLE_PIVOT, 100.0)
     int8 = {**_finished(ROLE_SELECTED, 91.0), "name": "int8", "mode": "int8"}

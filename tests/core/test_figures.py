@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core import figures
+from core.reporting import figures
 
 
 def test_size_figure_bars_in_mb_with_reduction_labels() -> None:

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from core.data import (
+from core.errors import ImageDecodeError, QuantLensError
+from core.inputs.data import (
     IMAGE_EXTENSIONS,
     PRESETS,
     apply_preset,
     decode_image,
     preset_value_range,
 )
-from core.errors import ImageDecodeError, QuantLensError
 from core.types import Preset
 
 
@@ -57,7 +57,7 @@ def test_truncated_jpeg_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ImageDecodeError) as info:
         decode_image(path, height=8, width=8)
     assert str(info.value) == "truncated image file"
-    assert ImageFile.LOAD_TRUNCATED_IMAGES is False  # importing core.data did not relax it
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False  # importing core.inputs.data did not relax it
 
 
 def test_truncated_png_is_refused(tmp_path: Path) -> None:

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from core import rundir
-from core.jobs import (
+from core.history.store import open_store
+from core.inputs import rundir
+from core.jobs.launch import (
     active_run_id,
     active_runs,
     cancel_run,
@@ -23,7 +24,6 @@ from core.jobs import (
     recover_interrupted,
     run_dir,
 )
-from core.store import open_store
 from core.types import JobSpec, RunStatus
 
 
@@ -174,7 +174,7 @@ def test_a_live_supervisor_is_not_marked_interrupted(
 def test_a_models_signature_is_read_once_then_remembered(
     workspace: Path, tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from core import jobs
+    from core.jobs import launch as jobs
 
     first = jobs.inspect_model(str(tiny_models["keras"]))
     assert (first.height, first.width, first.channels, first.num_classes) == (16, 16, 3, 4)
@@ -301,7 +301,7 @@ def test_a_second_run_waits_its_turn_and_a_queued_run_can_be_cancelled(
 def test_default_run_name_is_model_and_time() -> None:
     from datetime import datetime
 
-    from core.jobs import default_run_name
+    from core.jobs.launch import default_run_name
 
     at = datetime(2026, 12, 1, 14, 3, 59)
     assert default_run_name("/data/models/saved_model", at) == "saved_model · 14:03"

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.compare import sample_records
-from core.data import dataset_sha256, load_dataset
+from core.inputs.data import dataset_sha256, load_dataset
+from core.metrics.agreement import sample_records
 
 
 def test_kl_is_clamped_at_zero_for_rows_that_sum_just_above_one() -> None:

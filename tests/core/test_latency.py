@@ -8,7 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from core.latency import latency_stats, tail_latency, time_invocations, unstable_timing
+from core.engine.timing import time_invocations
+from core.metrics.latency import latency_stats, tail_latency, unstable_timing
 from core.types import LatencyStats
 
 

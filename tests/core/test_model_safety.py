@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from core.engine.models import DANGEROUS_OPS, load_reference, unsafe_ops
 from core.errors import UnsafeModel
-from core.models import DANGEROUS_OPS, load_reference, unsafe_ops
 
 pytestmark = pytest.mark.slow  # builds real Keras models and SavedModels
 
@@ -120,7 +120,7 @@ def test_lambda_refusal_crosses_the_worker_and_the_caller_never_loads_tensorflow
     canary = unsafe_models["root"] / "lambda.canary"
     script = (
         "import json, sys\n"
-        "from core.jobs import inspect_model\n"
+        "from core.jobs.launch import inspect_model\n"
         "from core.errors import QuantLensError\n"
         "try:\n"
         f"    inspect_model({str(unsafe_models['lambda'])!r})\n"

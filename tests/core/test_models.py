@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from core.engine.models import load_reference
 from core.errors import UnsafeModel, UnsupportedModel
-from core.models import load_reference
 
 pytestmark = pytest.mark.slow  # builds real Keras models and SavedModels
 
@@ -239,9 +239,9 @@ def test_logits_model_report_applies_softmax(
     tiny_models: dict[str, Path], tiny_data: Path, tmp_path: Path
 ) -> None:
     """End to end (the worker's job code, in-process): the report says softmax was applied."""
-    from core import rundir
-    from core.data import apply_preset, decode_image, load_dataset
-    from core.pipeline import JobRunner
+    from core.engine.pipeline import JobRunner
+    from core.inputs import rundir
+    from core.inputs.data import apply_preset, decode_image, load_dataset
     from core.types import JobSpec, Preset
 
     run_dir = tmp_path / "run"

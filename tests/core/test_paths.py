@@ -1,4 +1,4 @@
-"""Tests for core.paths: user paths stay inside their root, server paths inside allowed roots."""
+"""Tests for core.inputs.paths: user paths stay inside their root, server paths inside allowed roots."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from core.errors import QuantLensError
-from core.paths import allowed_roots_from_env, require_under_roots, resolve_inside
+from core.inputs.paths import allowed_roots_from_env, require_under_roots, resolve_inside
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.pipeline import (
+from core.engine.pipeline import (
     DECODED_CACHE,
     DecodedCache,
     JobRunner,
@@ -130,7 +130,7 @@ def mixed_data(tmp_path: Path) -> Path:
 def _runner_for_calibration(
     tmp_path: Path, data: Path, wanted: int, evaluate: int
 ) -> tuple[JobRunner, Dataset, list[Sample], list[Sample], DecodedCache]:
-    from core.data import load_dataset
+    from core.inputs.data import load_dataset
 
     job = JobSpec(
         model_path="unused",
@@ -197,7 +197,7 @@ def test_calibration_takes_every_decodable_image_when_asked_for_more(
 
 # -- reproduce_command ------------------------------------------------------------------------
 def test_reproduce_command_round_trips_through_the_cli_parser(tmp_path: Path) -> None:
-    from core.__main__ import _job_from_args, _parser
+    from core.cli import _job_from_args, _parser
 
     folder = tmp_path / "with space's"
     folder.mkdir()
@@ -228,7 +228,7 @@ def test_reproduce_command_round_trips_through_the_cli_parser(tmp_path: Path) ->
 
 
 def test_reproduce_command_of_a_default_job_round_trips(tmp_path: Path) -> None:
-    from core.__main__ import _job_from_args, _parser
+    from core.cli import _job_from_args, _parser
 
     (tmp_path / "m.keras").write_bytes(b"")
     (tmp_path / "d.csv").write_text("filepath,label\n", encoding="utf-8")
@@ -287,7 +287,7 @@ def _run_job(
     variants: tuple[str, ...],
     progress: Callable[[Any], None] = lambda _event: None,
 ) -> dict[str, Any]:
-    from core import rundir
+    from core.inputs import rundir
 
     run_dir.mkdir()
     job = JobSpec(
@@ -335,7 +335,7 @@ def test_variants_inherit_the_reference_decision_with_many_classes(
 @pytest.mark.slow
 def test_report_is_written_after_each_variant(tiny_data: Path, tmp_path: Path) -> None:
     """When a variant's finished event fires, report.json on disk already holds its numbers."""
-    from core import rundir
+    from core.inputs import rundir
     from core.types import ProgressEvent
 
     _many_class_model(tmp_path / "model", classes=4, softmax=True)
@@ -367,8 +367,8 @@ def test_a_restarted_worker_keeps_the_reference_decision(
     tiny_models: dict[str, Path], tiny_data: Path, tmp_path: Path
 ) -> None:
     """After a crash, the next worker reads the decision back with the reference's outputs."""
-    from core import rundir
-    from core.pipeline import DECODE_STATE
+    from core.engine.pipeline import DECODE_STATE
+    from core.inputs import rundir
     from core.types import ProgressEvent
 
     class Crash(Exception):
@@ -429,7 +429,8 @@ def test_timing_waits_for_another_job_and_records_how_it_timed(
     import subprocess
     import sys
 
-    from core import posix, rundir
+    from core import posix
+    from core.inputs import rundir
     from core.types import ProgressEvent
 
     lock = tmp_path / "timing.lock"

@@ -4,7 +4,7 @@ A held-out model (built, trained and exported by this file only) is run through 
 JobRunner. Then, for each variant, the test runs the written `.tflite` itself with
 `ai_edge_litert`, quantizing inputs and dequantizing outputs with the tensors' own parameters,
 and recomputes max |Δp|, Δp of the original's top-1, KL and agreement with a few lines of
-numpy. Nothing from core.compare, core.runtime or core.data is used for the expected values.
+numpy. Nothing from core.metrics.agreement, core.engine.runtime or core.inputs.data is used for the expected values.
 """
 
 from __future__ import annotations
@@ -61,8 +61,8 @@ def _train_model(images: np.ndarray, labels: np.ndarray) -> Any:
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    from core import rundir
-    from core.pipeline import JobRunner
+    from core.engine.pipeline import JobRunner
+    from core.inputs import rundir
     from core.types import JobSpec, Preset
 
     root = tmp_path_factory.mktemp("held_out")

@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from core.convert import tflite_from_reference
+from core.engine.convert import tflite_from_reference
+from core.engine.models import ReferenceModel, load_reference, model_sha256
+from core.engine.runtime import TFLiteRunner
 from core.errors import ConversionFailed, InvalidTFLiteModel
-from core.models import ReferenceModel, load_reference, model_sha256
-from core.runtime import TFLiteRunner
 from core.types import VariantSpec
 from tests.core.test_convert import _dead_depthwise_model, run_dead_depthwise_job
 
@@ -121,7 +121,7 @@ def tiny_ref(tiny_models: dict[str, Path]) -> ReferenceModel:
 
 @pytest.fixture(scope="module")
 def calibration(tiny_data: Path) -> np.ndarray:
-    from core.data import apply_preset, decode_image, load_dataset
+    from core.inputs.data import apply_preset, decode_image, load_dataset
     from core.types import Preset
 
     samples = load_dataset(tiny_data).samples
@@ -292,7 +292,7 @@ def test_unknown_layer_is_one_line_with_the_nearest_names(
 
 
 def test_layer_names_read_from_keras_scopes() -> None:
-    from core.quantizer import layers_in_tensor_name
+    from core.engine.quantizer import layers_in_tensor_name
 
     name = (
         "functional_1/re_lu_1_2/Relu6;functional_1/batch_normalization_1_2/batchnorm/mul_1;"

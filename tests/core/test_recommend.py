@@ -1,11 +1,11 @@
-"""core.recommend: the Pareto frontier on crafted points and the recommended pick on crafted
+"""core.reporting.recommend: the Pareto frontier on crafted points and the recommended pick on crafted
 reports; every expected frontier and pick is worked out by hand in the comments."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from core.recommend import (
+from core.reporting.recommend import (
     TradeoffPoint,
     dominates,
     pareto_frontier,

@@ -1,4 +1,4 @@
-"""core.report: the verdict (and the one near-chance rule), size changes, the CLI table and the
+"""core.reporting.report: the verdict (and the one near-chance rule), size changes, the CLI table and the
 exit status, on hand-made entries whose expected values are worked out here."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from core.report import (
+from core.reporting.report import (
     exit_status,
     fill_float32_reductions,
     finished_variant,

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from core.errors import QuantLensError
-from core.report_html import render_report_html, thumbnail_data_uri, write_report_html
+from core.reporting.html import render_report_html, thumbnail_data_uri, write_report_html
 
 EVIL_NAME = '<script>alert("pwned")</script> & co'
 COMMAND = "python -m core run /models/m.keras --data /data/set --modes float16,int8 --samples 6"

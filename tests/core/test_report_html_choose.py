@@ -7,7 +7,7 @@ import json
 import re
 from pathlib import Path
 
-from core.report_html import render_report_html
+from core.reporting.html import render_report_html
 from tests.app.fixtures import build_run
 
 Z = 1.959963984540054

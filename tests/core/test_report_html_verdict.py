@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from core.report_html import render_report_html
+from core.reporting.html import render_report_html
 from tests.app.fixtures import build_run, read_report
 
 

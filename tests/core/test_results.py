@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import rundir
 from core.errors import QuantLensError
-from core.results import load_results, per_class_agreement, pick_samples
+from core.inputs import rundir
+from core.reporting.results import load_results, per_class_agreement, pick_samples
 from tests.app.fixtures import CLASSES, build_run
 
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from core import figures
 from core.errors import QuantLensError
-from core.run_compare import (
+from core.reporting import figures
+from core.reporting.run_compare import (
     compared_items,
     latency_percentiles,
     sizes_bytes,

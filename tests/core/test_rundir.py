@@ -1,4 +1,4 @@
-"""core.rundir: the run-folder layout, the workspace location and atomic writes."""
+"""core.inputs.rundir: the run-folder layout, the workspace location and atomic writes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from core import rundir
+from core.inputs import rundir
 
 
 def test_variant_files_are_named_after_the_variant(tmp_path: Path) -> None:

@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from core.compare import quantize
+from core.engine.runtime import TFLiteRunner, check_tflite_bytes
 from core.errors import InvalidTFLiteModel
-from core.runtime import TFLiteRunner, check_tflite_bytes
+from core.metrics.agreement import quantize
 
 NOT_A_FLATBUFFER = (
     "m.tflite is not a TFLite flatbuffer (no TFL3 identifier); give a .tflite file made by the "
@@ -38,9 +38,9 @@ def test_text_and_junk_are_refused_by_the_runner(data: bytes) -> None:
 @pytest.fixture(scope="module")
 def converted(tiny_models: dict[str, Path], tiny_data: Path) -> dict[str, Any]:
     """The tiny model as float32, int8 and int8-uint8 TFLite, plus 24 preprocessed images."""
-    from core.convert import tflite_from_reference
-    from core.data import apply_preset, decode_image, load_dataset
-    from core.models import load_reference, model_sha256
+    from core.engine.convert import tflite_from_reference
+    from core.engine.models import load_reference, model_sha256
+    from core.inputs.data import apply_preset, decode_image, load_dataset
     from core.types import Preset, VariantSpec
 
     model = load_reference(tiny_models["keras"])
@@ -197,8 +197,8 @@ def test_confident_model_int8_probabilities_are_not_softmaxed_again(
     Its dequantized rows sum to 1 only within C * scale / 2, not 1e-3; a softmax on top would
     flatten them and report a false probability delta of about 0.5.
     """
-    from core import rundir
-    from core.pipeline import JobRunner
+    from core.engine.pipeline import JobRunner
+    from core.inputs import rundir
     from core.types import JobSpec, Preset
     from tests.core.conftest import build_tiny_model
 

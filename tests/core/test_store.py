@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from core.errors import StoreError
-from core.rundir import runs_root
-from core.store import DB_NAME, SCHEMA_VERSION, RunStore, open_store
+from core.history.store import DB_NAME, SCHEMA_VERSION, RunStore, open_store
+from core.inputs.rundir import runs_root
 from core.types import RunStatus
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -497,7 +497,7 @@ def test_default_locked_message_says_five_seconds(tmp_path: Path, store: RunStor
 _CRASHING_WRITER = """
 import sys
 from pathlib import Path
-from core.store import open_store
+from core.history.store import open_store
 from core.types import RunStatus
 
 home = Path(sys.argv[1])
@@ -629,7 +629,7 @@ def test_closed_store_says_so(tmp_path: Path) -> None:
 _WRITE_ONE_RUN = """
 import sys
 from pathlib import Path
-from core.store import open_store
+from core.history.store import open_store
 
 home, run_id = Path(sys.argv[1]), sys.argv[2]
 s = open_store(home)
@@ -694,7 +694,7 @@ def test_a_corrupt_file_another_process_has_open_is_never_moved(tmp_path: Path) 
         [
             sys.executable,
             "-c",
-            "import sys, time; from pathlib import Path; from core.store import open_store; "
+            "import sys, time; from pathlib import Path; from core.history.store import open_store; "
             "s = open_store(Path(sys.argv[1])); print('open', flush=True); time.sleep(30)",
             str(tmp_path),
         ],

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from core.tracking import log_finished_run, resolve_uri, short_reason
+from core.reporting.tracking import log_finished_run, resolve_uri, short_reason
 
 REPO = Path(__file__).resolve().parents[2]
 # The tiny random model is near chance on its labels, so no variant passes: the run exits 1

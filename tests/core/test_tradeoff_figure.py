@@ -1,10 +1,10 @@
-"""core.figures.tradeoff_figure: points in chart units, the frontier line, the ringed pick, units
+"""core.reporting.figures.tradeoff_figure: points in chart units, the frontier line, the ringed pick, units
 on every axis and the colour bar, and the card numbers on hover."""
 
 from __future__ import annotations
 
-from core.figures import tradeoff_figure
-from core.recommend import TradeoffPoint
+from core.reporting.figures import tradeoff_figure
+from core.reporting.recommend import TradeoffPoint
 
 POINTS = [
     TradeoffPoint("float32", 4.0, 2.0, 100.0, (99.2, 100.0), 500, "PASS"),

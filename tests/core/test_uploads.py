@@ -8,8 +8,8 @@ import os
 import time
 from pathlib import Path
 
-from core import uploads
-from core.store import open_store
+from core.history.store import open_store
+from core.inputs import uploads
 from core.types import JobSpec, RunStatus
 
 HOUR = 3600.0

@@ -140,7 +140,7 @@ def test_cli_refuses_int4w_on_the_converter_before_any_work(tmp_path: Path) -> N
 
 def test_importing_the_quantizer_backend_loads_no_framework() -> None:
     code = (
-        "import sys, core.quantizer, core.convert;"
+        "import sys, core.engine.quantizer, core.engine.convert;"
         "print(','.join(m for m in ('tensorflow', 'keras', 'ai_edge_litert', 'litert_quantizer')"
         " if m in sys.modules))"
     )

@@ -1,4 +1,4 @@
-"""`--verdict point|lower-bound` in core.report: the rule, the n a lower bound needs (checked
+"""`--verdict point|lower-bound` in core.reporting.report: the rule, the n a lower bound needs (checked
 against a brute-force Wilson bound written here), the CLI lines that say why, and exit codes."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from core.report import (
+from core.reporting.report import (
     exit_status,
     finished_variant,
     format_table,

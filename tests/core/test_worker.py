@@ -1,4 +1,4 @@
-"""core.worker's pure helpers: the status file, the progress log and the memory limit."""
+"""core.jobs.worker's pure helpers: the status file, the progress log and the memory limit."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from core import rundir
+from core.inputs import rundir
+from core.jobs.worker import MEMORY_LIMIT_ENV, progress_writer, write_status
 from core.types import ProgressEvent, RunStatus
-from core.worker import MEMORY_LIMIT_ENV, progress_writer, write_status
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -72,7 +72,7 @@ def _limit_in_child(value: str | None) -> list[int]:
     if value is not None:
         env[MEMORY_LIMIT_ENV] = value
     code = (
-        "import json, resource; from core.worker import apply_memory_limit; "
+        "import json, resource; from core.jobs.worker import apply_memory_limit; "
         "apply_memory_limit(); print(json.dumps(resource.getrlimit(resource.RLIMIT_AS)))"
     )
     out = subprocess.run(

@@ -1,6 +1,6 @@
 """Native crashes, hangs and memory exhaustion in the worker, through the real CLI.
 
-The test-only fault hook (core.faults, QUANTLENS_FAULT=kind@step[:variant]) makes the worker
+The test-only fault hook (core.engine.faults, QUANTLENS_FAULT=kind@step[:variant]) makes the worker
 segfault, abort, hang or hoard memory at one step. Each test checks the one-line outcome of the
 hit variant, that the other variant finished, that nothing is left behind (scratch files, temp
 files, processes), and that a good run in the same workspace then completes without touching the

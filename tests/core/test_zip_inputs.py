@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.archives import extract_once
-from core.data import data_root_from_zip, load_dataset
+from core.engine.pipeline import resolve_inputs
 from core.errors import QuantLensError, UnsafeArchive
-from core.pipeline import resolve_inputs
+from core.inputs.archives import extract_once
+from core.inputs.data import data_root_from_zip, load_dataset
 from core.types import JobSpec
 
 CLASSES = ("cat", "dog", "owl")

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from core.store import DB_NAME, open_store
+from core.history.store import DB_NAME, open_store
 from tests.e2e.conftest import CHROMIUM, FLAGS, ROOT, Server, settle
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]

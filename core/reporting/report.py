@@ -193,7 +193,7 @@ def samples_needed(threshold_pct: float) -> int | None:
     then checked against `wilson_interval` itself so the two can never disagree by one.
     None when no n suffices (a threshold of 100 %: the bound never reaches 1).
     """
-    from core.compare import Z95, wilson_interval
+    from core.metrics.agreement import Z95, wilson_interval
 
     t = threshold_pct / 100.0
     if t <= 0:

@@ -1,6 +1,6 @@
 """The quantizer backend: LiteRT Quantizer recipes applied to the converter's one float32 `.tflite`.
 
-The float32 model comes from `core.convert` (and its content-hash cache), so every quantizer
+The float32 model comes from `core.engine.convert` (and its content-hash cache), so every quantizer
 variant of a run starts from the same bytes; each recipe then takes a fraction of a second
 where a converter run takes seconds. Outputs are cached by content hash too: the float model's
 bytes, the recipe (mode, I/O type, per-layer overrides), the calibration tensors and the
@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from core.convert import ConversionResult, _check_calibration, tflite_from_reference
+from core.engine.convert import ConversionResult, _check_calibration, tflite_from_reference
+from core.engine.models import ReferenceModel
 from core.errors import ConversionFailed
-from core.models import ReferenceModel
-from core.rundir import write_atomic
+from core.inputs.rundir import write_atomic
 from core.types import Backend, IOType, Mode, VariantSpec
 
 # Part of every quantizer cache key: bump it when QuantLens changes a recipe.

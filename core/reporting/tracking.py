@@ -1,6 +1,6 @@
 """Experiment tracking: a finished run logged to MLflow, one nested MLflow run per variant.
 
-    python -m core.tracking RUN_DIR [--status STATUS]   log a run folder (used by the supervisor)
+    python -m core.reporting.tracking RUN_DIR [--status STATUS]   log a run folder (used by the supervisor)
 
 The worker logs a run once it is finished; the supervisor logs a run that ended abnormally
 (crashed, timed out, failed or cancelled) through this module's command, in its own process.
@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from core import rundir
+from core.inputs import rundir
 
 EXPERIMENT = "QuantLens"
 EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"  # MLflow's own variable names another experiment
@@ -192,7 +192,7 @@ def _log_variant(
 
 def _log_reports(client: Any, parent: str, run_dir: Path) -> None:
     """report.json, and report.html rendered for the run (MLflow's artefact view shows it)."""
-    from core.report_html import render_report_html
+    from core.reporting.html import render_report_html
 
     client.log_artifact(parent, str(run_dir / rundir.REPORT))
     with tempfile.TemporaryDirectory(prefix="quantlens-mlflow-") as scratch:
@@ -274,7 +274,7 @@ def run_metrics(report: dict[str, Any]) -> dict[str, float]:
 
 def variant_params(report: dict[str, Any], variant: dict[str, Any]) -> dict[str, str]:
     """A variant's identity (DESIGN §9) and the run inputs it shares, so each child stands alone."""
-    from core.convert import NEEDS_CALIBRATION
+    from core.engine.convert import NEEDS_CALIBRATION
     from core.types import Mode
 
     shared = run_params(report)
@@ -305,7 +305,7 @@ def variant_params(report: dict[str, Any], variant: dict[str, Any]) -> dict[str,
 
 def variant_metrics(variant: dict[str, Any]) -> dict[str, float]:
     """Agreement with its 95 % bounds and n, accuracy of both models, size, latency, KL, Δp."""
-    from core.report import size_change_pct
+    from core.reporting.report import size_change_pct
 
     ci = variant.get("top1_agreement_ci95") or (None, None)
     latency = variant.get("latency_ms") or {}
@@ -341,7 +341,7 @@ def variant_metrics(variant: dict[str, Any]) -> dict[str, float]:
 def main(argv: list[str]) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m core.tracking")
+    parser = argparse.ArgumentParser(prog="python -m core.reporting.tracking")
     parser.add_argument("run_dir")
     parser.add_argument("--status", default=None, help="the run's final status")
     args = parser.parse_args(argv)

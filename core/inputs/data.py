@@ -16,9 +16,9 @@ from types import MappingProxyType
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from core.archives import extract_once
 from core.errors import DatasetError, ImageDecodeError, QuantLensError
-from core.paths import require_under_roots, resolve_inside
+from core.inputs.archives import extract_once
+from core.inputs.paths import require_under_roots, resolve_inside
 from core.types import Dataset, Preset, Sample, SkippedSample
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(

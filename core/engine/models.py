@@ -283,7 +283,7 @@ def _output_is_probabilities(
     rng = np.random.default_rng(0)
     probe = rng.uniform(-1, 1, size=(4, height, width, channels)).astype(np.float32)
     out = np.asarray(serve(tf.constant(probe)), dtype=np.float64)
-    from core.compare import outputs_are_probabilities
+    from core.metrics.agreement import outputs_are_probabilities
 
     return outputs_are_probabilities(out)
 

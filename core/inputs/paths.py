@@ -66,7 +66,7 @@ def allowed_roots() -> list[Path] | None:
     Returns:
         None when `$QUANTLENS_ALLOWED_ROOTS` is unset or blank (no restriction).
     """
-    from core.rundir import workspace_home
+    from core.inputs.rundir import workspace_home
 
     roots = allowed_roots_from_env()
     if roots is None:

@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from core.rundir import runs_root, workspace_home
+from core.inputs.rundir import runs_root, workspace_home
 
 UPLOADS = "uploads"
 EXTRACTED = "extracted"
@@ -51,7 +51,7 @@ def save_upload(data: bytes, name: str, *, home: Path | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / (Path(name).name or "upload")
     if not target.is_file():
-        from core.rundir import write_atomic
+        from core.inputs.rundir import write_atomic
 
         write_atomic(target, data)
     (folder / PICKED).touch()
@@ -142,7 +142,7 @@ def clean_workspace_uploads(*, home: Path | None = None) -> list[Path]:
     to be unused.
     """
     from core.errors import QuantLensError
-    from core.store import open_store
+    from core.history.store import open_store
 
     try:
         store = open_store(home or workspace_home())

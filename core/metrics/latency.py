@@ -1,10 +1,12 @@
-"""Time a model's single invocations after warm-up and summarise them as percentiles."""
+"""The latency protocol (budget, thread count, p99 rule) and the percentiles of timed calls.
+
+The timing loop itself is core.engine.timing; this module is pure numpy so the dashboard can
+read it."""
 
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -34,53 +36,6 @@ def default_threads() -> int:
     """Every core but one (one on a one-core machine), so timing is not at the mercy of whoever
     is watching: the spare core serves the dashboard's polling and the desktop."""
     return max(1, (os.cpu_count() or 1) - 1)
-
-
-def time_invocations(
-    invoke: Callable[[], object],
-    *,
-    runs: int | None,
-    warmup: int,
-    budget_s: float = BUDGET_S,
-) -> np.ndarray:
-    """Call `invoke` `warmup` times untimed, then time each of the following calls.
-
-    Warm-up calls absorb one-off costs (graph tracing, allocation, cache fills) that would
-    otherwise land in the first timed sample. Each call is timed on its own with
-    `time.perf_counter_ns`, so the result is a distribution, not just a mean.
-
-    Args:
-        invoke: a zero-argument callable that runs the model once on a fixed input.
-        runs: number of timed calls (>= 1); None times for `budget_s` seconds, at least
-            MIN_BUDGETED_RUNS and at most MAX_BUDGETED_RUNS calls.
-        warmup: number of untimed calls before them (>= 0).
-        budget_s: the time budget when `runs` is None.
-
-    Returns:
-        float64 milliseconds, one per timed call, in call order.
-
-    Raises:
-        ValueError: if runs < 1 or warmup < 0.
-    """
-    if runs is not None and runs < 1:
-        raise ValueError(f"runs must be at least 1, got {runs}")
-    if warmup < 0:
-        raise ValueError(f"warmup must be >= 0, got {warmup}")
-    for _ in range(warmup):
-        invoke()
-    most = MAX_BUDGETED_RUNS if runs is None else runs
-    deadline = time.perf_counter_ns() + int(budget_s * 1e9) if runs is None else None
-    elapsed_ns = np.empty(most, dtype=np.int64)
-    done = 0
-    while done < most:
-        start = time.perf_counter_ns()
-        invoke()
-        end = time.perf_counter_ns()
-        elapsed_ns[done] = end - start
-        done += 1
-        if deadline is not None and end >= deadline and done >= MIN_BUDGETED_RUNS:
-            break
-    return elapsed_ns[:done].astype(np.float64) / 1e6
 
 
 def tail_latency(stats: Mapping[str, Any]) -> tuple[str, float | None]:

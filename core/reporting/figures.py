@@ -7,9 +7,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from core.latency import tail_latency
-from core.recommend import TradeoffPoint
-from core.report import size_change_label
+from core.metrics.latency import tail_latency
+from core.reporting.recommend import TradeoffPoint
+from core.reporting.report import size_change_label
 
 # One colour per side of the comparison, used by every chart so a reader learns it once.
 ORIGINAL_COLOR = "#2F5D8A"  # the reference TensorFlow model
@@ -197,7 +197,7 @@ def tradeoff_figure(
     """Every finished variant as a point: size (MB) on x, p50 latency (ms) on y, agreement as colour.
 
     Args:
-        points: the variants to draw (`core.recommend.tradeoff_points`).
+        points: the variants to draw (`core.reporting.recommend.tradeoff_points`).
         frontier: names of the points on the Pareto frontier, joined by a dashed line in the
             given order (smallest first).
         pick: the recommended variant's name, ringed and labelled, or None.

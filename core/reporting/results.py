@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from core import rundir
 from core.errors import QuantLensError
-from core.paths import resolve_inside
-from core.report import near_chance
+from core.inputs import rundir
+from core.inputs.paths import resolve_inside
+from core.reporting.report import near_chance
 
 REFERENCE = "reference"  # file-name stem of the reference model's arrays
 _FINISHED_OK = "done"
@@ -292,7 +292,7 @@ def per_class_agreement(df: pd.DataFrame) -> pd.DataFrame:
     Args:
         df: a `RunResults.variant_samples` table (needs `ref_top1` and `agree`).
     """
-    from core.compare import wilson_interval
+    from core.metrics.agreement import wilson_interval
 
     if df.empty:
         return pd.DataFrame(columns=PER_CLASS_COLUMNS)

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.errors import QuantLensError
-from core.latency import quotable_p99
-from core.report import size_change_pct
+from core.metrics.latency import quotable_p99
+from core.reporting.report import size_change_pct
 
 MISSING = "—"
 # Modes whose converter reads the representative data set; for the others the count is unused.

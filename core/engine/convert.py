@@ -1,7 +1,7 @@
 """Turn the reference model into `.tflite` bytes for one quantization mode, with a content-hash cache.
 
 One function per backend: the TFLiteConverter here; LiteRT Quantizer recipes applied to the
-float32 model in core.quantizer, reached through the same `tflite_from_reference`.
+float32 model in core.engine.quantizer, reached through the same `tflite_from_reference`.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from core.engine.models import ReferenceModel
 from core.errors import ConversionFailed
-from core.models import ReferenceModel
-from core.rundir import write_atomic
+from core.inputs.rundir import write_atomic
 from core.types import Backend, IOType, Mode, ModelSignature, VariantSpec
 
 NEEDS_CALIBRATION = frozenset({Mode.INT8, Mode.INT16X8})  # on both backends
@@ -262,8 +262,8 @@ def nonfinite_outputs(tflite: bytes, images: np.ndarray, *, expected: np.ndarray
         The count, or None when LiteRT cannot run the model at all: the evaluation then
         reports that reason for the variant, as it would without this check.
     """
+    from core.engine.runtime import TFLiteRunner
     from core.errors import InvalidTFLiteModel
-    from core.runtime import TFLiteRunner
 
     try:
         # One thread: this runs beside the evaluation of the previous variant.
@@ -316,7 +316,7 @@ def tflite_from_reference(
             every route gives NaN/Inf outputs.
     """
     if spec.backend is Backend.QUANTIZER:
-        from core.quantizer import tflite_from_quantizer
+        from core.engine.quantizer import tflite_from_quantizer
 
         return tflite_from_quantizer(
             model,

@@ -2,7 +2,7 @@
 MobileNet-style classifier trained on them, saved as a SavedModel and as a `.keras` file.
 
 The images go through exactly the decoding and preprocessing a user's data set gets
-(core.data), so the demo's reference accuracy is honest and int8 flips are real.
+(core.inputs.data), so the demo's reference accuracy is honest and int8 flips are real.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from core.rundir import workspace_home
+from core.inputs.rundir import workspace_home
 
 INPUT_SIZE = 32  # digits are 8x8; 32x32 leaves room for three stride-2 blocks
 HELD_OUT_FRACTION = 0.35
@@ -88,8 +88,8 @@ def write_digit_images(data_dir: Path) -> tuple[Path, Path]:
 
 
 def load_split(csv_path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Decode a split through the same path as evaluation (core.data), preprocessed for MobileNetV2."""
-    from core.data import apply_preset, decode_image, load_dataset
+    """Decode a split through the same path as evaluation (core.inputs.data), preprocessed for MobileNetV2."""
+    from core.inputs.data import apply_preset, decode_image, load_dataset
     from core.types import Preset
 
     dataset = load_dataset(csv_path)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import StoreError
-from core.rundir import runs_root, workspace_home
+from core.inputs.rundir import runs_root, workspace_home
 from core.types import RunStatus
 
 DB_NAME = "quantlens.db"
@@ -165,7 +165,7 @@ def open_store(
     returned handle when done (the connection closes with its last handle).
 
     Args:
-        home: the workspace folder; defaults to `core.rundir.workspace_home()`.
+        home: the workspace folder; defaults to `core.inputs.rundir.workspace_home()`.
         busy_timeout_ms: how long a write waits for another process's lock.
 
     Raises:

@@ -10,11 +10,11 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from core import rundir
 from core.errors import QuantLensError
-from core.latency import tail_latency
-from core.paths import resolve_inside
-from core.report import (
+from core.inputs import rundir
+from core.inputs.paths import resolve_inside
+from core.metrics.latency import tail_latency
+from core.reporting.report import (
     NO_VERDICT,
     PIVOT,
     display_name,
@@ -284,7 +284,7 @@ def _verdict_rule_notes(report: dict[str, Any], threshold: float) -> str:
 
 def _recommendation_section(report: dict[str, Any]) -> str:
     """The pick (or none and the closest), the rule in words, and the frontier's dominance rule."""
-    from core.recommend import FRONTIER_RULE, recommendation
+    from core.reporting.recommend import FRONTIER_RULE, recommendation
 
     if not report.get("variants") or "options" not in report:
         return '<p class="na">No variant to recommend yet.</p>'
@@ -417,14 +417,14 @@ def _reference_table(report: dict[str, Any]) -> str:
 
 def _charts(report: dict[str, Any], variants: list[dict[str, Any]], threshold: float) -> str:
     # Imported here: plotly is only needed when a report is rendered.
-    from core.figures import (
+    from core.reporting.figures import (
         ORIGINAL_LABEL,
         agreement_figure,
         latency_percentiles_figure,
         size_figure,
         tradeoff_figure,
     )
-    from core.recommend import pareto_frontier, tradeoff_points
+    from core.reporting.recommend import pareto_frontier, tradeoff_points
 
     ref = report.get("reference") or {}
     names = [str(v.get("name") or v.get("mode")) for v in variants]
@@ -588,7 +588,7 @@ def thumbnail_data_uri(path: Path, *, size: int = THUMB_PX) -> str:
         QuantLensError: the file cannot be read or decoded (callers that must not fail, like
         the report, catch it and show a placeholder).
     """
-    from core.data import thumbnail_png
+    from core.inputs.data import thumbnail_png
 
     png = thumbnail_png(path, size=size, max_bytes=MAX_THUMB_SOURCE_BYTES)
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from core.report import is_pivot_only, verdict
+from core.reporting.report import is_pivot_only, verdict
 
 # The dominance rule of the frontier, stated once for the captions and report.html.
 FRONTIER_RULE = (

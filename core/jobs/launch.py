@@ -1,7 +1,7 @@
 """Start, watch, cancel and recover jobs; supervise the worker process and map how it ended.
 
 This module never imports TensorFlow: the web server and the CLI call it, and it runs the
-model work in `python -m core.worker` children. A child that dies by a signal, runs out of
+model work in `python -m core.jobs.worker` children. A child that dies by a signal, runs out of
 memory or outlives its time limit is turned into a one-line outcome for the variant it was
 working on; the supervisor then starts a fresh worker for the variants still to do, so one
 variant's crash never loses another's results.
@@ -25,11 +25,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from core import posix, rundir
+from core import posix
 from core.errors import QuantLensError, UnsupportedModel
-from core.store import RunRow, RunStore, open_store
+from core.history.store import RunRow, RunStore, open_store
+from core.inputs import rundir
+from core.jobs.worker import EXIT_BAD_INPUT, EXIT_OK, EXIT_OOM, MEMORY_LIMIT_ENV, write_status
 from core.types import JobSpec, ModelSignature, ProgressEvent, RunStatus
-from core.worker import EXIT_BAD_INPUT, EXIT_OK, EXIT_OOM, MEMORY_LIMIT_ENV, write_status
 
 DEFAULT_TIMEOUT_S = 3600.0
 DEFAULT_MEMORY_LIMIT_GB = 16.0
@@ -221,7 +222,7 @@ def launch_run(
     command = [
         sys.executable,
         "-m",
-        "core.jobs",
+        "core.jobs.launch",
         "supervise",
         str(directory),
         "--home",
@@ -298,7 +299,7 @@ def _stop_orphan_worker(directory: Path) -> None:
     except OSError:
         return
     # A recycled pid belongs to another program: only a worker of this very run is stopped.
-    if b"core.worker" in cmdline and str(directory).encode() in cmdline:
+    if b"core.jobs.worker" in cmdline and str(directory).encode() in cmdline:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
 
@@ -331,7 +332,7 @@ def _remove_scratch(directory: Path) -> None:
     """
     import shutil
 
-    from core.pipeline import CALIBRATION_CACHE, CONVERTING, DECODE_STATE, DECODED_CACHE
+    from core.engine.pipeline import CALIBRATION_CACHE, CONVERTING, DECODE_STATE, DECODED_CACHE
 
     for name in (DECODED_CACHE, DECODE_STATE, CALIBRATION_CACHE, CONVERTING):
         (directory / name).unlink(missing_ok=True)
@@ -415,7 +416,7 @@ def crashed_on_conversion_thread(stderr: str) -> bool:
     """Whether faulthandler's dump shows the crash on the conversion thread.
 
     faulthandler prints every thread and marks the faulting one "Current thread"; the
-    conversion thread runs core.pipeline.convert_in_background.
+    conversion thread runs core.engine.pipeline.convert_in_background.
     """
     _, found, rest = stderr.rpartition("Current thread ")
     if not found:
@@ -483,7 +484,7 @@ class Supervisor:
         log = (self.directory / rundir.WORKER_LOG).open("ab")
         try:
             return subprocess.Popen(
-                [sys.executable, "-m", "core.worker", "run", str(self.directory)],
+                [sys.executable, "-m", "core.jobs.worker", "run", str(self.directory)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
@@ -663,7 +664,7 @@ class Supervisor:
         job = rundir.read_json(self.directory / rundir.JOB)
         if not job.get("mlflow_uri") or not (self.directory / rundir.REPORT).exists():
             return
-        command = [sys.executable, "-m", "core.tracking", str(self.directory)]
+        command = [sys.executable, "-m", "core.reporting.tracking", str(self.directory)]
         with (self.directory / rundir.WORKER_LOG).open("ab") as log:
             try:
                 subprocess.run(
@@ -693,7 +694,7 @@ class Supervisor:
         is by far the most memory-hungry step, and the main thread often only trips over the
         exhausted limit.
         """
-        from core.pipeline import CONVERTING
+        from core.engine.pipeline import CONVERTING
 
         marker = self.directory / CONVERTING
         out_of_memory = returncode == EXIT_OOM or "MemoryError" in stderr
@@ -801,7 +802,7 @@ def inspect_model(
             return _signature_from_json(json.loads(cached.read_text(encoding="utf-8")))
         except (OSError, ValueError, TypeError):
             pass  # a damaged cache entry is read again from the model
-    command = [sys.executable, "-m", "core.worker", "inspect", path]
+    command = [sys.executable, "-m", "core.jobs.worker", "inspect", path]
     if trusted:
         command.append("--trusted")
     if input_size:
@@ -850,14 +851,14 @@ def inspect_model(
 
 # -- the embedded demo, built in a worker ------------------------------------------------------
 def _demo_dir(home: Path | None) -> Path:
-    from core.demo import demo_root
+    from core.engine.demo import demo_root
 
     return demo_root(_home(home))
 
 
 def demo_build_state(*, home: Path | None = None) -> tuple[str, str]:
     """("ready" | "building" | "failed" | "missing", the last progress message)."""
-    from core.demo import demo_paths
+    from core.engine.demo import demo_paths
 
     root = _demo_dir(home)
     if demo_paths(_home(home)).ready():
@@ -892,7 +893,7 @@ def start_demo_build(*, home: Path | None = None) -> None:
     root.parent.mkdir(parents=True, exist_ok=True)
     with (root.parent / "demo-build.log").open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "core.worker", "demo", str(root)],
+            [sys.executable, "-m", "core.jobs.worker", "demo", str(root)],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -907,7 +908,7 @@ def start_demo_build(*, home: Path | None = None) -> None:
 def main(argv: list[str]) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m core.jobs")
+    parser = argparse.ArgumentParser(prog="python -m core.jobs.launch")
     parser.add_argument("command", choices=["supervise"])
     parser.add_argument("run_dir")
     parser.add_argument("--home", default=None)

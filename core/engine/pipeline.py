@@ -21,8 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from core import rundir
-from core.compare import (
+from core.engine.convert import NEEDS_CALIBRATION, PROBE_IMAGES, ConversionResult
+from core.engine.faults import maybe_inject
+from core.engine.timing import time_invocations
+from core.errors import QuantLensError
+from core.inputs import rundir
+from core.metrics.agreement import (
     agreement,
     disagreement_causes,
     outputs_are_probabilities,
@@ -32,10 +36,7 @@ from core.compare import (
     to_probabilities,
     top1,
 )
-from core.convert import NEEDS_CALIBRATION, PROBE_IMAGES, ConversionResult
-from core.errors import QuantLensError
-from core.faults import maybe_inject
-from core.latency import latency_stats, time_invocations, unstable_timing
+from core.metrics.latency import latency_stats, unstable_timing
 from core.types import (
     Dataset,
     JobSpec,
@@ -77,10 +78,10 @@ def _event(
 
 def resolve_inputs(job: JobSpec, run_dir: Path) -> Inputs:
     """Extract zipped models or data into the run directory and enumerate the data set."""
-    from core.archives import extract_once, find_saved_model_dir
-    from core.data import load_dataset
     from core.errors import UnsupportedModel
-    from core.paths import allowed_roots, require_under_roots
+    from core.inputs.archives import extract_once, find_saved_model_dir
+    from core.inputs.data import load_dataset
+    from core.inputs.paths import allowed_roots, require_under_roots
 
     roots = allowed_roots()
     model_path = require_under_roots(Path(job.model_path), roots, what="model")
@@ -169,8 +170,8 @@ class DecodedCache:
 def _decode_batch(
     samples: Sequence[Sample], *, height: int, width: int, channels: int
 ) -> tuple[list[Sample], list[np.ndarray], list[SkippedSample]]:
-    from core.data import decode_image
     from core.errors import ImageDecodeError
+    from core.inputs.data import decode_image
 
     kept: list[Sample] = []
     images: list[np.ndarray] = []
@@ -220,10 +221,10 @@ class JobRunner:
         self.run_dir = run_dir
         self.progress = progress
         self.cache_dir = cache_dir
-        from core.report import with_pivot
+        from core.reporting.report import with_pivot
 
         selected = [VariantSpec.parse(name) for name in job.variants]
-        # The float32 pivot joins whenever a variant is quantized (see core.report.with_pivot).
+        # The float32 pivot joins whenever a variant is quantized (see core.reporting.report.with_pivot).
         self.specs = with_pivot(selected)
         self.selected_names = {spec.name for spec in selected}
         report_path = run_dir / rundir.REPORT
@@ -232,7 +233,7 @@ class JobRunner:
 
     # -- report ---------------------------------------------------------------------------
     def save_report(self) -> None:
-        from core.report import fill_float32_reductions
+        from core.reporting.report import fill_float32_reductions
 
         fill_float32_reductions(self.report)
         rundir.write_json_atomic(self.run_dir / rundir.REPORT, self.report)
@@ -244,8 +245,8 @@ class JobRunner:
     def run(self) -> dict[str, Any]:
         import tensorflow as tf
 
-        from core.models import load_reference, model_sha256, model_size_bytes
-        from core.report import (
+        from core.engine.models import load_reference, model_sha256, model_size_bytes
+        from core.reporting.report import (
             ROLE_PIVOT,
             ROLE_SELECTED,
             SCHEMA_VERSION,
@@ -269,7 +270,7 @@ class JobRunner:
         self.model = model
         self.model_sha = model_sha256(inputs.model_path)
         if not self.report:
-            from core.data import dataset_sha256, preset_value_range
+            from core.inputs.data import dataset_sha256, preset_value_range
 
             self.report = {
                 "schema_version": SCHEMA_VERSION,
@@ -383,7 +384,7 @@ class JobRunner:
 
     def _decode_and_reference(self, dataset: Dataset) -> tuple[np.ndarray, np.ndarray | None]:
         """Decode every evaluation image once, run the reference on each batch, keep calibration."""
-        from core.data import apply_preset
+        from core.inputs.data import apply_preset
 
         sig = self.model.signature
         shape = (sig.height, sig.width, sig.channels)
@@ -472,8 +473,8 @@ class JobRunner:
         order, so a few broken files never starve int8 of calibration data. Images already
         decoded for evaluation are read back from the cache, not decoded again.
         """
-        from core.data import apply_preset, decode_image
         from core.errors import ImageDecodeError
+        from core.inputs.data import apply_preset, decode_image
 
         sig = self.model.signature
         wanted = self.job.calibration_samples
@@ -508,7 +509,7 @@ class JobRunner:
         softmaxed: bool,
         skipped: list[SkippedSample],
     ) -> None:
-        from core.report import near_chance
+        from core.reporting.report import near_chance
 
         ref_top1 = top1(probs)
         ordered = np.sort(np.nan_to_num(probs, nan=-1.0), axis=1)
@@ -555,7 +556,7 @@ class JobRunner:
 
     def _first_images(self, count: int) -> np.ndarray:
         """The first `count` evaluation images, preprocessed (float32 [N,H,W,C])."""
-        from core.data import apply_preset
+        from core.inputs.data import apply_preset
 
         sig = self.model.signature
         cache = DecodedCache(self.run_dir / DECODED_CACHE, (sig.height, sig.width, sig.channels))
@@ -580,7 +581,7 @@ class JobRunner:
             self._time_all(tf)
 
     def _time_all(self, tf: Any) -> None:
-        from core.runtime import TFLiteRunner
+        from core.engine.runtime import TFLiteRunner
 
         reference = self._reference_latency(tf)
         image = self._first_images(1)[0]
@@ -660,9 +661,9 @@ class JobRunner:
             _event(self.progress, "variant", 1.0, f"{spec.name} failed: {exc}", spec.name)
 
     def _measure_variant(self, spec: VariantSpec, result: ConversionResult) -> None:
-        from core.data import apply_preset
-        from core.report import finished_variant, verdict
-        from core.runtime import TFLiteRunner
+        from core.engine.runtime import TFLiteRunner
+        from core.inputs.data import apply_preset
+        from core.reporting.report import finished_variant, verdict
 
         name = spec.name
         _event(self.progress, "infer", 0.0, f"{name}: preparing the interpreter", name)
@@ -755,8 +756,8 @@ class JobRunner:
             return [int(row["index"]) for row in csv.DictReader(f)]
 
     def _finish(self) -> None:
-        from core.recommend import recommendation
-        from core.report import run_status
+        from core.reporting.recommend import recommendation
+        from core.reporting.report import run_status
 
         self.report["run"]["status"] = str(run_status(self.report))
         self.report["recommendation"] = recommendation(self.report)
@@ -779,7 +780,7 @@ def nonfinite_warnings(outputs: np.ndarray, who: str) -> list[str]:
 
 def effective_threads(job: JobSpec) -> int:
     """The thread count both models run with: the job's, else every core but one."""
-    from core.latency import default_threads
+    from core.metrics.latency import default_threads
 
     return job.threads or default_threads()
 
@@ -791,10 +792,10 @@ def convert_in_background(
 
     `probe` holds a few evaluation images the new model must answer with finite outputs.
 
-    Keep this name: core.jobs looks for it in a crash dump to tell a converter crash (blame
+    Keep this name: core.jobs.launch looks for it in a crash dump to tell a converter crash (blame
     the variant named in CONVERTING) from a crash on the main thread (blame the running one).
     """
-    from core.convert import tflite_from_reference
+    from core.engine.convert import tflite_from_reference
 
     name = spec.name
     marker = runner.run_dir / CONVERTING
@@ -818,7 +819,7 @@ def convert_in_background(
         import os
         import sys
 
-        from core.worker import EXIT_OOM
+        from core.jobs.worker import EXIT_OOM
 
         sys.stderr.write(f"MemoryError: out of memory while converting {name}\n")
         sys.stderr.flush()

@@ -1,10 +1,10 @@
 """The worker process: all model work (load, convert, calibrate, infer, time) runs here, never in the server.
 
-    python -m core.worker run RUN_DIR        run the job in RUN_DIR/job.json
-    python -m core.worker inspect MODEL      print the model's signature as JSON
-    python -m core.worker demo DEMO_DIR      build the embedded demo
+    python -m core.jobs.worker run RUN_DIR        run the job in RUN_DIR/job.json
+    python -m core.jobs.worker inspect MODEL      print the model's signature as JSON
+    python -m core.jobs.worker demo DEMO_DIR      build the embedded demo
 
-The supervisor (core.jobs) starts it in its own process group with a wall-clock timeout and,
+The supervisor (core.jobs.launch) starts it in its own process group with a wall-clock timeout and,
 through QUANTLENS_MEMORY_LIMIT_BYTES, an address-space limit it applies to itself first.
 Exit codes: 0 done, 2 a QuantLensError (written to status.json), 3 out of memory, 4 a bug.
 """
@@ -19,8 +19,9 @@ import time
 import traceback
 from pathlib import Path
 
-from core import posix, rundir
+from core import posix
 from core.errors import QuantLensError
+from core.inputs import rundir
 from core.types import JobSpec, ProgressEvent, RunStatus
 
 MEMORY_LIMIT_ENV = "QUANTLENS_MEMORY_LIMIT_BYTES"
@@ -74,7 +75,7 @@ def write_status(run_dir: Path, status: RunStatus, *, error: str | None = None) 
 
 
 def run_job(run_dir: Path) -> int:
-    from core.pipeline import JobRunner, effective_threads
+    from core.engine.pipeline import JobRunner, effective_threads
 
     job = JobSpec.from_dict(rundir.read_json(run_dir / rundir.JOB))
     configure_threads(effective_threads(job))
@@ -97,7 +98,7 @@ def run_job(run_dir: Path) -> int:
 
 def track_run(run_dir: Path, uri: str) -> None:
     """Log the finished run to MLflow; a failure is a warning in report.json, never the run's."""
-    from core.tracking import log_finished_run
+    from core.reporting.tracking import log_finished_run
 
     try:
         entry = log_finished_run(run_dir, uri)
@@ -115,7 +116,7 @@ def inspect(
     input_size: tuple[int, int] | None,
     signature_key: str | None = None,
 ) -> int:
-    from core.models import load_reference
+    from core.engine.models import load_reference
 
     try:
         signature = load_reference(
@@ -130,8 +131,8 @@ def inspect(
 
 def remember_demo_signature(model: Path) -> None:
     """Warm the signature cache, so the dashboard shows the fresh demo without a second TF start."""
-    from core.jobs import signature_cache_file
-    from core.models import load_reference
+    from core.engine.models import load_reference
+    from core.jobs.launch import signature_cache_file
 
     target = signature_cache_file(str(model))
     if target is not None:
@@ -141,7 +142,7 @@ def remember_demo_signature(model: Path) -> None:
 def main(argv: list[str]) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m core.worker")
+    parser = argparse.ArgumentParser(prog="python -m core.jobs.worker")
     parser.add_argument("command", choices=["run", "inspect", "demo"])
     parser.add_argument("target")
     parser.add_argument("--trusted", action="store_true")
@@ -165,7 +166,7 @@ def main(argv: list[str]) -> int:
                 input_size=size,  # type: ignore[arg-type]
                 signature_key=args.signature,
             )
-        from core.demo import build_demo
+        from core.engine.demo import build_demo
 
         paths = build_demo(target, progress=lambda f, m: print(f"{f:.2f} {m}", flush=True))
         remember_demo_signature(paths.saved_model)

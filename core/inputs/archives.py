@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import IO
 
 from core.errors import QuantLensError, UnsafeArchive, UnsupportedModel
-from core.paths import is_absolute_anywhere
+from core.inputs.paths import is_absolute_anywhere
 
 # Below this many extracted bytes a member cannot be a bomb whatever its ratio: small text
 # files (a CSV of repeated paths, a labels.txt) legitimately compress more than 200:1.

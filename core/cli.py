@@ -1,0 +1,389 @@
+"""The command line: `python -m core run|demo|history` (DESIGN §7)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from core.errors import QuantLensError
+from core.inputs import rundir
+from core.types import (
+    BACKEND_CHOICES,
+    JobSpec,
+    Preset,
+    ProgressEvent,
+    RunStatus,
+    variants_for_backend,
+)
+
+# The exit status table (README "Exit status"); every row is tested through the real CLI.
+EXIT_PASS = 0  # every variant was judged and meets --min-agreement
+EXIT_BELOW_THRESHOLD = 1  # the job finished; some variant is below the bar or failed on its own
+EXIT_BAD_INPUT = 2  # an argument, path, model, data set or the workspace was refused
+EXIT_JOB_FAILED = 3  # the job itself did not finish: crash, out of memory or time outside a variant
+EXIT_CANCELLED = 130  # stopped by the user: Ctrl-C, or Cancel in the dashboard
+DEFAULT_MODES = "float32,dynamic,float16,int8"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m core",
+        description="Convert a TensorFlow image classifier to TFLite and compare it with the original.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser(
+        "run", help="convert, compare and time a model (the demo when MODEL is omitted)"
+    )
+    run.add_argument(
+        "model", nargs="?", help="SavedModel folder, .keras file or .zip of a SavedModel"
+    )
+    run.add_argument("--data", help="CSV (filepath,label), class-folder tree or .zip of either")
+    run.add_argument(
+        "--modes",
+        default=DEFAULT_MODES,
+        help=f"comma-separated variants (default {DEFAULT_MODES}); also int8-uint8, int8-float32, int16x8, int4w (quantizer only); append +tf to allow SELECT_TF_OPS; on the quantizer, :keep=LAYER+LAYER keeps layers in float and :int16=LAYER gives them int16 activations",
+    )
+    run.add_argument(
+        "--backend",
+        default="converter",
+        choices=list(BACKEND_CHOICES),
+        help="converter (a TFLiteConverter run per mode, default), quantizer (LiteRT Quantizer recipes on one float32 conversion; names end in _q) or both side by side",
+    )
+    run.add_argument(
+        "--samples", type=int, default=None, help="evaluate at most N images (seeded draw)"
+    )
+    run.add_argument("--calibration-samples", type=int, default=100)
+    run.add_argument(
+        "--preprocess", default=str(Preset.MOBILENET_V2), choices=[str(p) for p in Preset]
+    )
+    run.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="threads for both models (default: every core but one)",
+    )
+    run.add_argument(
+        "--min-agreement",
+        type=float,
+        default=95.0,
+        help="top-1 agreement %% a variant needs to PASS",
+    )
+    run.add_argument(
+        "--verdict",
+        default="point",
+        choices=["point", "lower-bound"],
+        help="judge each variant by its agreement (point, default) or by the lower end of its "
+        "95 %% Wilson interval (lower-bound: a PASS that sampling noise cannot explain)",
+    )
+    run.add_argument("--out", default=None, help="run folder for report.json and the .tflite files")
+    run.add_argument("--labels", default=None, help="labels.txt with one class name per line")
+    run.add_argument(
+        "--input-size", default=None, help="HxW, for models whose spatial size is None"
+    )
+    run.add_argument(
+        "--signature",
+        default=None,
+        help="SavedModel signature to compare (default serving_default)",
+    )
+    run.add_argument(
+        "--select-tf-ops",
+        action="store_true",
+        help="allow the SELECT_TF_OPS fallback for every mode",
+    )
+    run.add_argument(
+        "--trusted",
+        action="store_true",
+        help="allow Lambda layers, custom objects and file ops: only for models you trust",
+    )
+    run.add_argument(
+        "--latency-runs",
+        type=int,
+        default=None,
+        help="timed runs per model (default: as many as fit in --latency-budget, 10 to 1000)",
+    )
+    run.add_argument(
+        "--latency-budget",
+        type=float,
+        default=JobSpec.latency_budget_s,
+        help="seconds of timing per model when --latency-runs is not given (default: 2)",
+    )
+    run.add_argument("--name", default="", help="a name for the run in the history")
+    run.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="wall-clock limit of the job in seconds, > 0 (default 3600)",
+    )
+    run.add_argument(
+        "--memory-gb", type=float, default=None, help="memory limit of the worker, > 0 (default 16)"
+    )
+    run.add_argument(
+        "--report", choices=["json", "html"], default="json", help="html also writes report.html"
+    )
+    run.add_argument(
+        "--mlflow",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="URI",
+        help="log the run to MLflow, a nested run per variant: alone, the workspace store "
+        "(sqlite:///<workspace>/mlflow.db); or a tracking URI such as http://host:5000 "
+        "(write --mlflow=URI before MODEL)",
+    )
+
+    demo = sub.add_parser("demo", help="build the embedded demo model and data set")
+    demo.add_argument("--out", default=None, help="demo folder (default <workspace>/demo)")
+
+    history = sub.add_parser("history", help="list stored runs")
+    history.add_argument("--search", default=None)
+    history.add_argument("--limit", type=int, default=50)
+    return parser
+
+
+def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def _check_limits(args: argparse.Namespace) -> None:
+    """A limit of 0 would stop every job at once; there is no "no limit" value, only large ones."""
+    for flag, value in (("--timeout", args.timeout), ("--memory-gb", args.memory_gb)):
+        if value is not None and not value > 0:  # also refuses NaN
+            raise QuantLensError(
+                f"{flag} must be greater than 0; got {value:g} (leave it out for the default)"
+            )
+
+
+def _job_from_args(args: argparse.Namespace) -> JobSpec:
+    from core.engine.demo import demo_paths
+    from core.reporting.tracking import resolve_uri
+
+    model, data, labels = args.model, args.data, args.labels
+    if model is None or data is None:
+        paths = demo_paths()
+        if not paths.ready():
+            print("building the embedded demo (about a minute, once)...", file=sys.stderr)
+            _build_demo_in_worker(paths.root)
+        model = model or str(paths.saved_model)
+        data = data or str(paths.data_csv)
+    for what, path in (("model", model), ("data", data)):
+        if not Path(path).exists():
+            raise QuantLensError(f"{what} path {path} does not exist; check the path")
+    names = [v.strip() for v in args.modes.split(",") if v.strip()]
+    if args.select_tf_ops:
+        names = [_with_select_tf_ops(v) for v in names]
+    variants = variants_for_backend(names, args.backend)
+    if not variants:
+        raise QuantLensError(
+            "--modes is empty; give at least one of float32,dynamic,float16,int8,int16x8"
+        )
+    if len(set(variants)) != len(variants):
+        raise QuantLensError(f"--modes names a variant twice ({args.modes}); list each once")
+    for flag, value, low in (
+        ("--samples", args.samples, 1),
+        ("--calibration-samples", args.calibration_samples, 1),
+        ("--threads", args.threads, 1),
+        ("--latency-runs", args.latency_runs, 1),
+        ("--latency-budget", args.latency_budget, 0.01),
+    ):
+        if value is not None and value < low:
+            raise QuantLensError(f"{flag} must be at least {low}; got {value}")
+    if not 0 <= args.min_agreement <= 100:
+        raise QuantLensError(
+            f"--min-agreement is a percentage from 0 to 100; got {args.min_agreement:g}"
+        )
+    input_size = None
+    if args.input_size:
+        try:
+            h, w = (int(v) for v in args.input_size.lower().split("x"))
+        except ValueError:
+            raise QuantLensError(
+                f"--input-size takes HxW such as 224x224; got {args.input_size!r}"
+            ) from None
+        input_size = (h, w)
+    return JobSpec(
+        model_path=str(Path(model).resolve()),
+        data_path=str(Path(data).resolve()),
+        variants=variants,
+        preset=Preset(args.preprocess),
+        calibration_samples=args.calibration_samples,
+        max_samples=args.samples,
+        threads=args.threads,
+        min_agreement_pct=args.min_agreement,
+        latency_runs=args.latency_runs,
+        latency_budget_s=args.latency_budget,
+        labels_file=str(Path(labels).resolve()) if labels else None,
+        trusted=args.trusted,
+        name=args.name,
+        input_size=input_size,
+        signature_key=args.signature,
+        mlflow_uri=resolve_uri(args.mlflow),
+        verdict=args.verdict,
+    )
+
+
+def _with_select_tf_ops(name: str) -> str:
+    """`int8` -> `int8+tf`; the flag goes before any per-layer override (`:keep=...`)."""
+    head, sep, rest = name.partition(":")
+    return (head if head.endswith("+tf") else head + "+tf") + sep + rest
+
+
+def _build_demo_in_worker(root: Path) -> None:
+    """Model work stays in a worker process, also for the CLI."""
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-m", "core.jobs.worker", "demo", str(root)], check=False
+    )
+    if done.returncode != 0:
+        raise QuantLensError(
+            "building the demo failed (see the output above); run `python -m core demo` again"
+        )
+
+
+class ProgressPrinter:
+    """tqdm bars on a terminal; one line per finished variant otherwise (CI logs stay short)."""
+
+    def __init__(self) -> None:
+        self.interactive = sys.stderr.isatty()
+        self.bar: Any = None
+        self.key: tuple[str, str | None] | None = None
+
+    def __call__(self, event: ProgressEvent) -> None:
+        if not self.interactive:
+            if event.step in ("variant", "done", "load", "queued"):
+                print(event.message, file=sys.stderr, flush=True)
+            return
+        from tqdm import tqdm
+
+        key = (event.step, event.variant)
+        if key != self.key:
+            self.close()
+            self.key = key
+            label = f"{event.variant}: {event.step}" if event.variant else event.step
+            self.bar = tqdm(
+                total=100,
+                desc=label,
+                unit="%",
+                leave=False,
+                file=sys.stderr,
+                bar_format="{desc:<22} {bar} {percentage:3.0f}% {postfix}",
+            )
+        self.bar.n = round(event.fraction * 100)
+        self.bar.set_postfix_str(event.message[-60:], refresh=True)
+        if event.step in ("variant", "done"):
+            self.close()
+            print(event.message, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from core.jobs.launch import (
+        DEFAULT_MEMORY_LIMIT_GB,
+        DEFAULT_TIMEOUT_S,
+        Supervisor,
+        create_run,
+        read_status,
+        recover_interrupted,
+    )
+    from core.reporting.report import exit_status, format_table
+
+    _check_limits(args)
+    job = _job_from_args(args)
+    recover_interrupted()
+    out = Path(args.out).resolve() if args.out else None
+    run_id = create_run(job, directory=out)
+    directory = out or rundir.runs_root() / run_id
+    printer = ProgressPrinter()
+    supervisor = Supervisor(
+        directory,
+        timeout_s=args.timeout or DEFAULT_TIMEOUT_S,
+        memory_limit_gb=args.memory_gb or DEFAULT_MEMORY_LIMIT_GB,
+        on_event=printer,
+    )
+    status = supervisor.run()
+    printer.close()
+    report_path = directory / rundir.REPORT
+    error = read_status(directory).get("error") or f"the job ended as {status}"
+    if status is RunStatus.DONE and report_path.exists():
+        report = rundir.read_json(report_path)
+        print(format_table(report))
+        if args.report == "html":
+            from core.reporting.html import write_report_html
+
+            print(f"report: {write_report_html(directory)}")
+        print(f"run {run_id}: {report_path}")
+        _print_tracking(report)
+        return exit_status(report)
+    if report_path.exists():  # each variant's outcome and reason is still worth seeing
+        report = rundir.read_json(report_path)
+        print(format_table(report))
+        print(f"run {run_id}: {report_path}")
+        _print_tracking(report)
+    if status is RunStatus.CANCELLED:
+        return _fail(error, EXIT_CANCELLED)
+    if supervisor.bad_input:
+        return _fail(error)
+    log = directory / rundir.WORKER_LOG
+    return _fail(f"{error}; the worker's output is in {log}", EXIT_JOB_FAILED)
+
+
+def _print_tracking(report: dict[str, Any]) -> None:
+    """Where the run was logged; a logging failure is already among the table's warnings."""
+    tracking = report.get("tracking") or {}
+    if tracking.get("run_id"):
+        print(f"mlflow: run {tracking['run_id']} at {tracking['uri']}")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from core.engine.demo import demo_paths, demo_root
+
+    root = Path(args.out).resolve() if args.out else demo_root()
+    _build_demo_in_worker(root)
+    paths = demo_paths(root=root)
+    print(
+        f"demo model:  {paths.saved_model}\n             {paths.keras_model}\ndemo data:   {paths.data_csv}"
+    )
+    print(f"try:         python -m core run {paths.saved_model} --data {paths.data_csv}")
+    return EXIT_PASS
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from core.history.store import open_store
+
+    store = open_store()
+    try:
+        rows = store.list_runs(search=args.search, limit=args.limit)
+    finally:
+        store.close()
+    if not rows:
+        print("no runs stored yet; start one with `python -m core run`")
+        return EXIT_PASS
+    header = f"{'id':<24} {'created':<20} {'status':<10} {'best agreement':>14}  name"
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        best = "-" if row.best_agreement_pct is None else f"{row.best_agreement_pct:.2f}%"
+        print(f"{row.id:<24} {str(row.created)[:19]:<20} {row.status:<10} {best:>14}  {row.name}")
+    return EXIT_PASS
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "demo":
+            return cmd_demo(args)
+        return cmd_history(args)
+    except QuantLensError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return _fail("interrupted", EXIT_CANCELLED)

@@ -1,0 +1,1 @@
+"""The run history: the SQLite index over the run folders."""

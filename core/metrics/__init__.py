@@ -1,0 +1,1 @@
+"""Pure numbers: agreement and its intervals, deltas, KL, latency percentiles."""
