@@ -59,6 +59,10 @@ STEP_WORDS = {
     "latency": "latency timing",
 }
 
+# The directory that holds core/: worker subprocesses start there so `-m core...` resolves to
+# this source tree, whatever the caller's working directory.
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
+
 
 def _home(home: Path | None) -> Path:
     return (home or rundir.workspace_home()).resolve()
@@ -239,7 +243,7 @@ def launch_run(
             stdout=log,
             stderr=log,
             start_new_session=True,
-            cwd=str(Path(__file__).resolve().parent.parent),
+            cwd=str(SOURCE_ROOT),
         )
     # Reap it when it ends so no zombie outlives the job in the server process.
     threading.Thread(target=process.wait, daemon=True).start()
@@ -490,7 +494,7 @@ class Supervisor:
                 stderr=log,
                 env=env,
                 start_new_session=True,  # its own process group, killed as a whole
-                cwd=str(Path(__file__).resolve().parent.parent),
+                cwd=str(SOURCE_ROOT),
             )
         finally:
             log.close()
@@ -674,7 +678,7 @@ class Supervisor:
                     stderr=log,
                     timeout=TRACKING_TIMEOUT_S,
                     check=False,
-                    cwd=str(Path(__file__).resolve().parent.parent),
+                    cwd=str(SOURCE_ROOT),
                 )
             except subprocess.TimeoutExpired:
                 print("MLflow logging timed out", file=sys.stderr)
@@ -819,7 +823,7 @@ def inspect_model(
             env=env,
             check=False,
             start_new_session=True,
-            cwd=str(Path(__file__).resolve().parent.parent),
+            cwd=str(SOURCE_ROOT),
         )
     except subprocess.TimeoutExpired:
         raise UnsupportedModel(
@@ -898,7 +902,7 @@ def start_demo_build(*, home: Path | None = None) -> None:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            cwd=str(Path(__file__).resolve().parent.parent),
+            cwd=str(SOURCE_ROOT),
             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", QUANTLENS_HOME=str(_home(home))),
         )
     (root.parent / "demo-build.pid").write_text(str(process.pid))
