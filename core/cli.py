@@ -27,9 +27,14 @@ EXIT_CANCELLED = 130  # stopped by the user: Ctrl-C, or Cancel in the dashboard
 DEFAULT_MODES = "float32,dynamic,float16,int8"
 
 
+def _program_name() -> str:
+    """What the user typed: the `quantlens` console script or `python -m core` (same CLI)."""
+    return "quantlens" if Path(sys.argv[0]).name == "quantlens" else "python -m core"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m core",
+        prog=_program_name(),
         description="Convert a TensorFlow image classifier to TFLite and compare it with the original.",
     )
     sub = parser.add_subparsers(dest="command", required=True)

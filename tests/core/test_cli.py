@@ -364,3 +364,17 @@ def _read(path: Path) -> bytes:
         return path.read_bytes()
     except OSError:
         return b""
+
+
+def test_the_quantlens_console_script_is_the_same_command_line(tmp_path: Path) -> None:
+    """`make install` installs `quantlens` next to `python -m core`; both run core.cli."""
+    script = Path(sys.executable).parent / "quantlens"
+    assert script.exists(), "the quantlens console script is missing: run `make install`"
+    env = {**os.environ, "QUANTLENS_HOME": str(tmp_path / "ws")}
+    shown = subprocess.run(
+        [str(script), "history"], capture_output=True, text=True, env=env, check=False
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.strip() == "no runs stored yet; start one with `python -m core run`"
+    usage = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=False)
+    assert usage.stdout.startswith("usage: quantlens ")

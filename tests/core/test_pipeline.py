@@ -412,9 +412,13 @@ _LOCK_HOLDER = """
 import sys, time
 from pathlib import Path
 from core import posix
+# Holds the lock until the job says it is waiting (the release file appears), at most 120 s:
+# a fixed hold would be over before a job on a busy machine reaches its timing.
 with posix.host_lock(Path(sys.argv[1]), on_wait=lambda: None):
     print("acquired", flush=True)
-    time.sleep(3.0)
+    deadline = time.time() + 120
+    while not Path(sys.argv[2]).exists() and time.time() < deadline:
+        time.sleep(0.05)
     print("released", time.time(), flush=True)
 """
 
@@ -437,7 +441,7 @@ def test_timing_waits_for_another_job_and_records_how_it_timed(
     monkeypatch.setattr(posix, "TIMING_LOCK", lock)
     _many_class_model(tmp_path / "model", classes=4, softmax=True)
     holder = subprocess.Popen(
-        [sys.executable, "-c", _LOCK_HOLDER, str(lock)],
+        [sys.executable, "-c", _LOCK_HOLDER, str(lock), str(tmp_path / "release")],
         cwd=Path(__file__).resolve().parents[2],
         stdout=subprocess.PIPE,
         text=True,
@@ -454,10 +458,17 @@ def test_timing_waits_for_another_job_and_records_how_it_timed(
     )
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    JobRunner(job, run_dir, progress=events.append, cache_dir=None).run()
+    waiting = "waiting for another QuantLens job to finish timing"
+
+    def record(event: ProgressEvent) -> None:
+        events.append(event)
+        if event.message == waiting:
+            (tmp_path / "release").touch()
+
+    JobRunner(job, run_dir, progress=record, cache_dir=None).run()
     released = float(holder.communicate(timeout=60)[0].split()[-1])
     messages = [e.message for e in events]
-    assert "waiting for another QuantLens job to finish timing" in messages
+    assert waiting in messages
     first_timing = next(e for e in events if e.message.startswith("timing the original"))
     assert first_timing.time >= released
     report = rundir.read_json(run_dir / rundir.REPORT)
