@@ -346,7 +346,7 @@ def data_section(demo_ok: bool) -> tuple[Picked, str | None]:
     if saved is None:
         return Picked(None), None
     # The run gets the zip itself and extracts it into its own folder exactly as the CLI does
-    # (core.inputs.data.data_root_from_zip); the preview extracts it once next to the upload.
+    # (core.inputs.datasets.data_root_from_zip); the preview extracts it once next to the upload.
     return Picked(str(saved), extract_dir=str(uploads.extracted_dir(saved))), None
 
 
@@ -399,7 +399,7 @@ def preset_section(sig: ModelSignature | None, ds: Dataset | None, default: Pres
         st.caption("Pick a model and data to preview the input.")
         return preset
     try:
-        from core.inputs.data import preset_value_range
+        from core.inputs.presets import preset_value_range
 
         lo, hi = preset_value_range(preset)
         shots = cache.preview(
