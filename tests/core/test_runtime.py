@@ -10,7 +10,7 @@ import pytest
 
 from core.engine.runtime import TFLiteRunner, check_tflite_bytes
 from core.errors import InvalidTFLiteModel
-from core.metrics.agreement import quantize
+from core.engine.tensors import quantize
 
 NOT_A_FLATBUFFER = (
     "m.tflite is not a TFLite flatbuffer (no TFL3 identifier); give a .tflite file made by the "
