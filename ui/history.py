@@ -14,6 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from core.errors import QuantLensError
+from core.history import cleanup
 from core.history.store import RunRow, RunStore, open_store
 from core.inputs import rundir
 from core.jobs import launch as jobs
@@ -223,7 +224,7 @@ def delete(run_ids: Sequence[str]) -> list[str]:
     problems = []
     for rid in run_ids:
         try:
-            store().delete_run(rid)
+            cleanup.delete_run(store(), rid)
         except QuantLensError as exc:
             problems.append(str(exc))
     invalidate()

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from core.engine.runtime import TFLiteRunner, check_tflite_bytes
-from core.errors import InvalidTFLiteModel
 from core.engine.tensors import quantize
+from core.errors import InvalidTFLiteModel
 
 NOT_A_FLATBUFFER = (
     "m.tflite is not a TFLite flatbuffer (no TFL3 identifier); give a .tflite file made by the "

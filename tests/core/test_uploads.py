@@ -8,6 +8,7 @@ import os
 import time
 from pathlib import Path
 
+from core.history import cleanup
 from core.history.store import open_store
 from core.inputs import uploads
 from core.types import JobSpec, RunStatus
@@ -34,7 +35,7 @@ def _stored_run(home: Path, run_id: str, *, model: str, data: str) -> None:
 def _delete_run(home: Path, run_id: str) -> None:
     store = open_store(home)
     try:
-        store.delete_run(run_id)
+        cleanup.delete_run(store, run_id)
     finally:
         store.close()
 
