@@ -396,3 +396,21 @@ def split_counts(causes: np.ndarray) -> dict[str, int]:
         CAUSE_CONVERSION: int((values == CAUSE_CONVERSION).sum()),
         CAUSE_QUANTIZATION: int((values == CAUSE_QUANTIZATION).sum()),
     }
+
+
+def delta_stats(values: np.ndarray) -> dict[str, float | int | None]:
+    """n, mean, p99 and largest |value| of one per-sample delta column (NaN left out).
+
+    Returns:
+        {"n", "mean", "p99", "max |value|"} (the Probability deltas table's columns); the
+        statistics are None for an empty column.
+    """
+    v = np.asarray(values, dtype=float)
+    if not len(v):
+        return {"n": 0, "mean": None, "p99": None, "max |value|": None}
+    return {
+        "n": len(v),
+        "mean": float(np.nanmean(v)),
+        "p99": float(np.nanpercentile(v, 99)),
+        "max |value|": float(np.nanmax(np.abs(v))),
+    }

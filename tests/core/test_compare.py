@@ -11,6 +11,7 @@ from core.engine.tensors import dequantize
 from core.metrics.agreement import (
     SampleRecords,
     agreement,
+    delta_stats,
     mcnemar_exact,
     outputs_are_probabilities,
     records_table,
@@ -431,3 +432,13 @@ def test_quantized_probabilities_are_kept_when_the_reference_emits_probabilities
     assert abs(dequantized.sum() - 1.0) > 1e-3
     assert outputs_are_probabilities(dequantized) is False  # why it must never be re-asked
     np.testing.assert_allclose(to_probabilities(dequantized, softmax=False), dequantized)
+
+
+def test_delta_stats_by_hand() -> None:
+    stats = delta_stats(np.array([-0.4, 0.1, 0.2, np.nan]))
+    assert stats["n"] == 4  # NaN rows are counted, left out of the statistics
+    assert stats["mean"] == pytest.approx((-0.4 + 0.1 + 0.2) / 3)
+    # p99 of three values, linear interpolation: 0.1 + 0.98 * (0.2 - 0.1)
+    assert stats["p99"] == pytest.approx(0.198)
+    assert stats["max |value|"] == pytest.approx(0.4)
+    assert delta_stats(np.array([])) == {"n": 0, "mean": None, "p99": None, "max |value|": None}
