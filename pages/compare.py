@@ -15,9 +15,8 @@ from core.reporting.run_compare import (
     unique_labels,
     what_changed,
 )
-from ui import choose, compare_picks, fmt, history, keys, widgets
+from ui import changes, choose, compare_picks, fmt, history, keys, widgets
 
-_CHANGED_BG = "background-color: #FFF1C2"
 _DEFAULT_RUNS = 2
 
 st.title("Compare runs")
@@ -86,46 +85,14 @@ except QuantLensError as exc:
 # ---- what changed ------------------------------------------------------------------------------------
 st.subheader("What changed")
 only_changed = st.toggle("Only rows that differ", key=keys.COMPARE_ONLY_CHANGED, value=False)
-changes = what_changed(items, only_changed=only_changed)
-differing = [c.field for c in what_changed(items) if c.differs]
-if differing:
-    st.markdown("Differs: **" + fmt.text(", ".join(differing)) + "**")
-elif data_unverified(items):
-    st.markdown(
-        "Same model, settings and library versions. The data's content hash is missing from an "
-        "older run, so only the data path could be compared."
-    )
-else:
-    st.markdown("Same model, data, settings and library versions: only the numbers differ.")
+st.markdown(changes.headline(what_changed(items), data_unverified=data_unverified(items)))
 item_labels = [i.label for i in items]
-changes_df = pd.DataFrame(
-    [
-        {
-            "changed": "≠" if c.differs else "",
-            "group": c.group,
-            "property": c.field,
-            **dict(zip(item_labels, c.values, strict=True)),
-        }
-        for c in changes
-    ],
-    columns=["changed", "group", "property", *item_labels],
-)
-
-
-def _mark(frame: pd.DataFrame) -> pd.DataFrame:
-    """Cell styles: differing rows' values highlighted, so the eye lands on what changed."""
-    styles = pd.DataFrame("", index=frame.index, columns=frame.columns)
-    mask = frame["changed"] == "≠"
-    styles.loc[mask, item_labels] = _CHANGED_BG
-    styles.loc[mask, "property"] = "font-weight: bold"
-    return styles
-
-
+changes_df = changes.changes_frame(what_changed(items, only_changed=only_changed), item_labels)
 st.dataframe(
-    changes_df.style.apply(_mark, axis=None),
+    changes.styled(changes_df, item_labels),
     hide_index=True,
     key="compare.changes",
-    height=35 * (len(changes_df) + 1) + 3,  # every row visible: nothing that changed scrolls away
+    height=changes.table_height(changes_df),
     column_config={"changed": st.column_config.TextColumn(width="small")},
 )
 

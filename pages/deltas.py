@@ -1,9 +1,9 @@
 """Probability deltas: per-variant histograms; a selected bar shows its samples below."""
 
-import numpy as np
 import streamlit as st
 
-from core.reporting.figures import delta_histogram_figure
+from core.metrics.agreement import delta_stats
+from core.reporting.figures import delta_bar_mask, delta_histogram_figure
 from ui import keys, widgets
 
 METRICS = {
@@ -34,18 +34,8 @@ event = st.plotly_chart(
     on_select="rerun",
     selection_mode="points",
 )
-stats = [
-    {
-        "variant": n,
-        "n": len(v),
-        "mean": float(np.nanmean(v)) if len(v) else None,
-        "p99": float(np.nanpercentile(v, 99)) if len(v) else None,
-        "max |value|": float(np.nanmax(np.abs(v))) if len(v) else None,
-    }
-    for n, v in values.items()
-]
 st.dataframe(
-    stats,
+    [{"variant": n, **delta_stats(v)} for n, v in values.items()],
     hide_index=True,
     key="deltas.stats",
     column_config={
@@ -59,11 +49,7 @@ if points:
     variant = shown[int(point.get("curve_number", 0))]
     lo, hi = (float(x) for x in point["customdata"])
     t = tables[variant]
-    col = t[metric]
-    # Bins share one range over all variants; only the last bin includes its right edge.
-    global_max = max(float(np.nanmax(v)) for v in values.values() if len(v))
-    last_bin = hi >= global_max or bool(np.isclose(hi, global_max))
-    mask = (col >= lo) & ((col <= hi) if last_bin else (col < hi))
-    picked = t[mask].sort_values("abs_top1_prob_delta", ascending=False)
+    picked = t[delta_bar_mask(t[metric].to_numpy(dtype=float), lo, hi, deltas=values)]
+    picked = picked.sort_values("abs_top1_prob_delta", ascending=False)
     st.subheader(f"{variant}: {metric} in [{lo:.4f}, {hi:.4f}] — {len(picked)} samples")
     widgets.gallery(res, variant, picked, key="deltas", page_size=STRIP, columns=6)

@@ -75,30 +75,7 @@ event = st.dataframe(
 )
 selected = history.selected_ids(ids, event)
 
-# ---- delete confirmation (a separate step, so one click never deletes) ----------------------------
-pending = [rid for rid in st.session_state.get(keys.HISTORY_CONFIRM_DELETE) or [] if rid in by_id]
-if pending:
-    with st.container(border=True):
-        st.warning(
-            f"Delete {len(pending)} run(s)? Their database rows and run folders (models, "
-            "tables, reports) are removed for good.",
-            icon=":material/delete_forever:",
-        )
-        for rid in pending:
-            st.text(f"• {by_id[rid].name or rid}  ({rid})")
-        yes, no = st.columns([1, 5])
-        if yes.button("Yes, delete", key=keys.HISTORY_DELETE_YES, type="primary"):
-            problems = history.delete(pending)
-            st.session_state.pop(keys.HISTORY_CONFIRM_DELETE, None)
-            if problems:
-                for p in problems:
-                    st.error(p)
-            else:
-                st.session_state[keys.HISTORY_FLASH] = f"Deleted {len(pending)} run(s)."
-                st.rerun()
-        if no.button("Keep", key=keys.HISTORY_DELETE_NO):
-            st.session_state.pop(keys.HISTORY_CONFIRM_DELETE, None)
-            st.rerun()
+history.delete_confirmation(by_id)  # while a delete waits for its confirmation
 
 if not selected:
     st.caption("Select a row (the box at its left) to see its actions.")
@@ -127,8 +104,7 @@ if len(selected) > 1:
             icon=":material/delete:",
             disabled=not finished,
         ):
-            st.session_state[keys.HISTORY_CONFIRM_DELETE] = finished
-            st.rerun()
+            history.ask_to_delete(finished)
     st.stop()
 
 # ---- one run ----------------------------------------------------------------------------------------
@@ -161,8 +137,7 @@ with actions[0]:
 with actions[1]:
     if row.status.finished:
         if st.button("Delete…", key=keys.HISTORY_DELETE, icon=":material/delete:"):
-            st.session_state[keys.HISTORY_CONFIRM_DELETE] = [row.id]
-            st.rerun()
+            history.ask_to_delete([row.id])
     elif st.button("Cancel run", key=keys.HISTORY_CANCEL, icon=":material/stop_circle:"):
         try:
             history.cancel(row)

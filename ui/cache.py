@@ -9,7 +9,7 @@ import streamlit as st
 
 from core.errors import QuantLensError
 from core.inputs import rundir
-from core.inputs.data import fit_png, thumbnail_png
+from core.inputs.images import fit_png, thumbnail_png
 from core.reporting.results import RunResults, load_results, report_mtime
 from core.types import Dataset, ModelSignature, Preset
 
@@ -113,7 +113,7 @@ def model_signature(path: str, *, trusted: bool = False) -> ModelSignature:
 @st.cache_data(max_entries=8, show_spinner=False)
 def _dataset(path: str, mtime: float, labels_file: str | None, extract_dir: str | None) -> Dataset:
     del mtime
-    from core.inputs.data import load_dataset
+    from core.inputs.datasets import load_dataset
 
     return load_dataset(
         path, labels_file=labels_file, extract_dir=Path(extract_dir) if extract_dir else None
@@ -140,7 +140,8 @@ def preview(
     Raises:
         QuantLensError: an image cannot be decoded.
     """
-    from core.inputs.data import apply_preset, decode_image
+    from core.inputs.images import decode_image
+    from core.inputs.presets import apply_preset
 
     out: list[tuple[np.ndarray, float, float]] = []
     for p in paths:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from core.errors import QuantLensError
+from core.history import cleanup
 from core.history.store import RunRow, RunStore, open_store
 from core.inputs import rundir
 from core.jobs import launch as jobs
@@ -223,11 +224,52 @@ def delete(run_ids: Sequence[str]) -> list[str]:
     problems = []
     for rid in run_ids:
         try:
-            store().delete_run(rid)
+            cleanup.delete_run(store(), rid)
         except QuantLensError as exc:
             problems.append(str(exc))
     invalidate()
     return problems
+
+
+def pending_deletes(requested: object, shown: Collection[str]) -> list[str]:
+    """The runs a delete confirmation asks about: those requested that are still listed."""
+    if not isinstance(requested, list | tuple):
+        return []
+    return [rid for rid in requested if rid in shown]
+
+
+def ask_to_delete(run_ids: Sequence[str]) -> None:
+    """Open the delete confirmation for these runs (a separate step: one click never deletes)."""
+    st.session_state[keys.HISTORY_CONFIRM_DELETE] = list(run_ids)
+    st.rerun()
+
+
+def delete_confirmation(by_id: Mapping[str, RunRow]) -> None:
+    """The "Delete N run(s)?" box while a delete waits for "Yes, delete" or "Keep"."""
+    pending = pending_deletes(st.session_state.get(keys.HISTORY_CONFIRM_DELETE), by_id)
+    if not pending:
+        return
+    with st.container(border=True):
+        st.warning(
+            f"Delete {len(pending)} run(s)? Their database rows and run folders (models, "
+            "tables, reports) are removed for good.",
+            icon=":material/delete_forever:",
+        )
+        for rid in pending:
+            st.text(f"• {by_id[rid].name or rid}  ({rid})")
+        yes, no = st.columns([1, 5])
+        if yes.button("Yes, delete", key=keys.HISTORY_DELETE_YES, type="primary"):
+            problems = delete(pending)
+            st.session_state.pop(keys.HISTORY_CONFIRM_DELETE, None)
+            if problems:
+                for p in problems:
+                    st.error(p)
+            else:
+                st.session_state[keys.HISTORY_FLASH] = f"Deleted {len(pending)} run(s)."
+                st.rerun()
+        if no.button("Keep", key=keys.HISTORY_DELETE_NO):
+            st.session_state.pop(keys.HISTORY_CONFIRM_DELETE, None)
+            st.rerun()
 
 
 def cancel(row: RunRow) -> None:

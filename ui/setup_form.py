@@ -13,8 +13,7 @@ import streamlit as st
 
 from core.errors import QuantLensError
 from core.inputs import uploads
-from core.inputs.archives import extract_once
-from core.inputs.paths import allowed_roots, require_under_roots
+from core.inputs.paths import allowed_roots, existing_under_roots
 from core.inputs.rundir import workspace_home, write_json_atomic
 from core.jobs import launch as jobs
 from core.metrics.latency import default_threads
@@ -102,7 +101,7 @@ def _usable(key: str, value: object) -> bool:
     if key in _TEXTS:
         return isinstance(value, str)
     if key in _UPLOADED:
-        return isinstance(value, str) and _is_stored_upload(value)
+        return isinstance(value, str) and uploads.is_stored_upload(value)
     if key == keys.SETUP_PRESET:
         return value in {p.value for p in Preset}
     if key == keys.SETUP_MODES:
@@ -212,21 +211,16 @@ def _demo_wait() -> None:
         st.write(fmt.text(message or "working"))
 
 
-def _save_upload(upload: st.runtime.uploaded_file_manager.UploadedFile) -> Path:
-    """Store an upload under the workspace by content hash (the same file is stored once)."""
-    return uploads.save_upload(upload.getvalue(), upload.name)
-
-
 def _picked_upload(
     up: st.runtime.uploaded_file_manager.UploadedFile | None, remembered: str
 ) -> Path | None:
     """The file just uploaded, else the one uploaded earlier (a reload empties the uploader)."""
     if up is not None:
-        saved = _save_upload(up)
+        saved = uploads.save_upload(up.getvalue(), up.name)
         st.session_state[remembered] = str(saved)
         return saved
     earlier = st.session_state.get(remembered)
-    if not (isinstance(earlier, str) and _is_stored_upload(earlier)):
+    if not (isinstance(earlier, str) and uploads.is_stored_upload(earlier)):
         return None
     st.caption(
         f"Using {fmt.code(Path(earlier).name)}, uploaded earlier; upload a file to replace it."
@@ -234,22 +228,14 @@ def _picked_upload(
     return Path(earlier)
 
 
-def _is_stored_upload(path: str) -> bool:
-    """A file the upload store holds (uploads are removed when no run needs them any more)."""
-    return uploads.upload_folder(path) is not None and Path(path).is_file()
-
-
 def _server_path(raw: str, *, what: str) -> Picked:
     """Check a typed path against the server's allowed folders before anything reads it."""
     if not raw.strip():
         return Picked(None, None)
     try:
-        p = require_under_roots(raw.strip(), allowed_roots(), what=what)
+        return Picked(str(existing_under_roots(raw.strip(), allowed_roots(), what=what)))
     except QuantLensError as exc:
         return Picked(None, str(exc))
-    if not p.exists():
-        return Picked(None, f"{what} path {raw.strip()} does not exist; check the path")
-    return Picked(str(p))
 
 
 def model_section(demo_ok: bool) -> Picked:
@@ -282,13 +268,7 @@ def model_section(demo_ok: bool) -> Picked:
     if saved is None:
         return Picked(None)
     try:
-        if saved.suffix.lower() == ".zip":
-            from core.inputs.archives import find_saved_model_dir
-
-            return Picked(
-                str(find_saved_model_dir(extract_once(saved, uploads.extracted_dir(saved))))
-            )
-        return Picked(str(saved))
+        return Picked(str(uploads.model_from_upload(saved)))
     except QuantLensError as exc:
         return Picked(None, str(exc))
 
@@ -346,7 +326,7 @@ def data_section(demo_ok: bool) -> tuple[Picked, str | None]:
     if saved is None:
         return Picked(None), None
     # The run gets the zip itself and extracts it into its own folder exactly as the CLI does
-    # (core.inputs.data.data_root_from_zip); the preview extracts it once next to the upload.
+    # (core.inputs.datasets.data_root_from_zip); the preview extracts it once next to the upload.
     return Picked(str(saved), extract_dir=str(uploads.extracted_dir(saved))), None
 
 
@@ -399,7 +379,7 @@ def preset_section(sig: ModelSignature | None, ds: Dataset | None, default: Pres
         st.caption("Pick a model and data to preview the input.")
         return preset
     try:
-        from core.inputs.data import preset_value_range
+        from core.inputs.presets import preset_value_range
 
         lo, hi = preset_value_range(preset)
         shots = cache.preview(

@@ -2,7 +2,7 @@
 MobileNet-style classifier trained on them, saved as a SavedModel and as a `.keras` file.
 
 The images go through exactly the decoding and preprocessing a user's data set gets
-(core.inputs.data), so the demo's reference accuracy is honest and int8 flips are real.
+(core.inputs.images and presets), so the demo's reference accuracy is honest and int8 flips are real.
 """
 
 from __future__ import annotations
@@ -88,8 +88,10 @@ def write_digit_images(data_dir: Path) -> tuple[Path, Path]:
 
 
 def load_split(csv_path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Decode a split through the same path as evaluation (core.inputs.data), preprocessed for MobileNetV2."""
-    from core.inputs.data import apply_preset, decode_image, load_dataset
+    """Decode a split through the same path as evaluation (core.inputs), preprocessed for MobileNetV2."""
+    from core.inputs.datasets import load_dataset
+    from core.inputs.images import decode_image
+    from core.inputs.presets import apply_preset
     from core.types import Preset
 
     dataset = load_dataset(csv_path)

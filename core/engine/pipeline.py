@@ -80,7 +80,7 @@ def resolve_inputs(job: JobSpec, run_dir: Path) -> Inputs:
     """Extract zipped models or data into the run directory and enumerate the data set."""
     from core.errors import UnsupportedModel
     from core.inputs.archives import extract_once, find_saved_model_dir
-    from core.inputs.data import load_dataset
+    from core.inputs.datasets import load_dataset
     from core.inputs.paths import allowed_roots, require_under_roots
 
     roots = allowed_roots()
@@ -171,7 +171,7 @@ def _decode_batch(
     samples: Sequence[Sample], *, height: int, width: int, channels: int
 ) -> tuple[list[Sample], list[np.ndarray], list[SkippedSample]]:
     from core.errors import ImageDecodeError
-    from core.inputs.data import decode_image
+    from core.inputs.images import decode_image
 
     kept: list[Sample] = []
     images: list[np.ndarray] = []
@@ -270,7 +270,8 @@ class JobRunner:
         self.model = model
         self.model_sha = model_sha256(inputs.model_path)
         if not self.report:
-            from core.inputs.data import dataset_sha256, preset_value_range
+            from core.inputs.datasets import dataset_sha256
+            from core.inputs.presets import preset_value_range
 
             self.report = {
                 "schema_version": SCHEMA_VERSION,
@@ -384,7 +385,7 @@ class JobRunner:
 
     def _decode_and_reference(self, dataset: Dataset) -> tuple[np.ndarray, np.ndarray | None]:
         """Decode every evaluation image once, run the reference on each batch, keep calibration."""
-        from core.inputs.data import apply_preset
+        from core.inputs.presets import apply_preset
 
         sig = self.model.signature
         shape = (sig.height, sig.width, sig.channels)
@@ -474,7 +475,8 @@ class JobRunner:
         decoded for evaluation are read back from the cache, not decoded again.
         """
         from core.errors import ImageDecodeError
-        from core.inputs.data import apply_preset, decode_image
+        from core.inputs.images import decode_image
+        from core.inputs.presets import apply_preset
 
         sig = self.model.signature
         wanted = self.job.calibration_samples
@@ -556,7 +558,7 @@ class JobRunner:
 
     def _first_images(self, count: int) -> np.ndarray:
         """The first `count` evaluation images, preprocessed (float32 [N,H,W,C])."""
-        from core.inputs.data import apply_preset
+        from core.inputs.presets import apply_preset
 
         sig = self.model.signature
         cache = DecodedCache(self.run_dir / DECODED_CACHE, (sig.height, sig.width, sig.channels))
@@ -662,7 +664,7 @@ class JobRunner:
 
     def _measure_variant(self, spec: VariantSpec, result: ConversionResult) -> None:
         from core.engine.runtime import TFLiteRunner
-        from core.inputs.data import apply_preset
+        from core.inputs.presets import apply_preset
         from core.reporting.report import finished_variant, verdict
 
         name = spec.name

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 
 from core.engine.convert import flex_ops
+from core.engine.tensors import dequantize, quantize
 from core.errors import InvalidTFLiteModel
-from core.metrics.agreement import dequantize, quantize
 
 # Every .tflite flatbuffer carries this file identifier at bytes 4..8.
 TFLITE_IDENTIFIER = b"TFL3"

@@ -6,7 +6,6 @@ import contextlib
 import fcntl
 import json
 import os
-import shutil
 import sqlite3
 import threading
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import StoreError
-from core.inputs.rundir import runs_root, workspace_home
+from core.inputs.rundir import workspace_home
 from core.types import RunStatus
 
 DB_NAME = "quantlens.db"
@@ -736,45 +735,16 @@ class RunStore:
             cur = conn.execute("UPDATE runs SET name = ? WHERE id = ?", (name, run_id))
             self._require(cur, run_id)
 
-    def delete_run(self, run_id: str) -> None:
-        """Delete a finished run: its rows and its run directory on disk.
+    def remove_run(self, run_id: str) -> None:
+        """Remove a run's rows (its variants and latency go with it); files are not touched.
 
-        The directory is first renamed to a hidden trash name (atomic), then the rows go, then
-        the files; a crash in between leaves either the whole run or a trash folder, never a
-        row pointing at half a directory. A directory outside the workspace's `runs/` folder is
-        left on disk (only rows are removed): the store never deletes files it does not own.
+        Deleting a run, folder included, is `core.history.cleanup.delete_run`.
 
         Raises:
-            StoreError: no such run, the run is still queued/running, or the files cannot go.
+            StoreError: the database is locked or cannot be written.
         """
-        row = self.get_run(run_id)
-        if row is None:
-            raise StoreError(f"no run {run_id!r} in the run database; refresh the run list")
-        if not row.status.finished:
-            raise StoreError(
-                f"run {row.name or run_id!r} is still {row.status}; cancel it, then delete it"
-            )
-        trash: Path | None = None
-        run_dir = row.run_dir.resolve()
-        root = runs_root(self.home).resolve()
-        if run_dir.is_dir() and run_dir != root and run_dir.is_relative_to(root):
-            trash = run_dir.with_name(f".deleted-{run_dir.name}-{os.getpid()}")
-            try:
-                os.rename(run_dir, trash)
-            except OSError as exc:
-                raise StoreError(
-                    f"cannot delete the run folder {run_dir}: {exc.strerror}; "
-                    "close programs using it and retry"
-                ) from None
-        try:
-            with self._write() as conn:
-                conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
-        except BaseException:
-            if trash is not None:
-                os.rename(trash, run_dir)  # put the files back: the rows are still there
-            raise
-        if trash is not None:
-            shutil.rmtree(trash, ignore_errors=True)
+        with self._write() as conn:
+            conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
 
     def mark_interrupted(
         self, *, still_running: Callable[[str, Path], bool] | None = None

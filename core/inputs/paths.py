@@ -100,3 +100,15 @@ def require_under_roots(path: Path | str, roots: Sequence[Path] | None, *, what:
         f"{what} {path} is outside the allowed folders ({listed}); "
         f"set {ALLOWED_ROOTS_ENV} or copy it there"
     )
+
+
+def existing_under_roots(path: Path | str, roots: Sequence[Path] | None, *, what: str) -> Path:
+    """`require_under_roots`, and the path must exist: a typed server path checked before use.
+
+    Raises:
+        QuantLensError: the path is outside `roots`, or does not exist.
+    """
+    resolved = require_under_roots(path, roots, what=what)
+    if not resolved.exists():
+        raise QuantLensError(f"{what} path {path} does not exist; check the path")
+    return resolved

@@ -73,6 +73,29 @@ def upload_folder(path: str | Path, *, home: Path | None = None) -> Path | None:
     return root / relative.parts[0] if relative.parts else None
 
 
+def is_stored_upload(path: str | Path, *, home: Path | None = None) -> bool:
+    """Whether `path` is a file the upload store still holds (stale uploads are removed)."""
+    return upload_folder(path, home=home) is not None and Path(path).is_file()
+
+
+def model_from_upload(upload: Path) -> Path:
+    """The model path a run gets for an uploaded model file.
+
+    A `.keras` file is used as it is; a `.zip` is extracted once next to it (see
+    `extracted_dir`) and the SavedModel folder inside, below any wrapper folders, is used.
+
+    Raises:
+        UnsafeArchive: the zip is refused or corrupt.
+        UnsupportedModel: the zip holds no SavedModel, or more than one.
+        QuantLensError: the upload folder cannot be written.
+    """
+    if upload.suffix.lower() != ".zip":
+        return upload
+    from core.inputs.archives import extract_once, find_saved_model_dir
+
+    return find_saved_model_dir(extract_once(upload, extracted_dir(upload)))
+
+
 def bind_to_run(paths: Iterable[str | None], run_id: str, *, home: Path | None = None) -> None:
     """Record that run `run_id` used the uploads among `paths` (others are ignored)."""
     for path in paths:

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from core.errors import InvalidTFLiteModel
 from core.types import Agreement
 
 FloatArray = npt.NDArray[np.float64]
@@ -360,48 +359,6 @@ def records_table(records: SampleRecords) -> dict[str, np.ndarray]:
     }
 
 
-def _check_scale(scale: float, which: str) -> float:
-    s = float(scale)
-    if s == 0.0 or not math.isfinite(s):
-        raise InvalidTFLiteModel(
-            f"{which} tensor has a zero quantization scale; the model is broken, re-convert it"
-        )
-    return s
-
-
-def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
-    """Float32 values of a quantized tensor: (q - zero_point) * scale.
-
-    The subtraction is done in int32 so uint8/int8 values cannot wrap around.
-
-    Raises:
-        InvalidTFLiteModel: if scale is zero or not finite.
-    """
-    s = _check_scale(scale, "output")
-    wide = np.asarray(q).astype(np.int32) - np.int32(zero_point)
-    return np.asarray(wide.astype(np.float64) * s, dtype=np.float32)
-
-
-def quantize(x: np.ndarray, scale: float, zero_point: int, dtype: npt.DTypeLike) -> np.ndarray:
-    """Quantize float values for an integer input tensor: clip(round(x / scale) + zp).
-
-    Rounds half away from zero before adding the zero point, as TFLite's own Quantize kernel
-    does (std::round), so our inputs match what the converter's calibration assumed.
-
-    Raises:
-        InvalidTFLiteModel: if scale is zero or not finite.
-        ValueError: if dtype is not an integer type.
-    """
-    s = _check_scale(scale, "input")
-    target = np.dtype(dtype)
-    if target.kind not in "iu":
-        raise ValueError(f"quantize needs an integer dtype, got {target}")
-    info = np.iinfo(target)
-    scaled = np.asarray(x, dtype=np.float64) / s
-    rounded = np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)
-    return np.asarray(np.clip(rounded + int(zero_point), info.min, info.max).astype(target))
-
-
 # A quantized variant's disagreement with the original is "conversion"-caused when the float32
 # TFLite pivot already disagrees on that image, "quantization"-caused when the pivot agrees.
 CAUSE_CONVERSION = "conversion"
@@ -438,4 +395,22 @@ def split_counts(causes: np.ndarray) -> dict[str, int]:
     return {
         CAUSE_CONVERSION: int((values == CAUSE_CONVERSION).sum()),
         CAUSE_QUANTIZATION: int((values == CAUSE_QUANTIZATION).sum()),
+    }
+
+
+def delta_stats(values: np.ndarray) -> dict[str, float | int | None]:
+    """n, mean, p99 and largest |value| of one per-sample delta column (NaN left out).
+
+    Returns:
+        {"n", "mean", "p99", "max |value|"} (the Probability deltas table's columns); the
+        statistics are None for an empty column.
+    """
+    v = np.asarray(values, dtype=float)
+    if not len(v):
+        return {"n": 0, "mean": None, "p99": None, "max |value|": None}
+    return {
+        "n": len(v),
+        "mean": float(np.nanmean(v)),
+        "p99": float(np.nanpercentile(v, 99)),
+        "max |value|": float(np.nanmax(np.abs(v))),
     }

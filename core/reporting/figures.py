@@ -345,6 +345,34 @@ def histogram_bins(
     return counts, edges
 
 
+def delta_range(deltas: Mapping[str, np.ndarray]) -> tuple[float, float]:
+    """The x range every row of `delta_histogram_figure` shares: the finite values' min and max.
+
+    (0, 1) when there is no finite value; NaN and infinite deltas fall in no bar.
+    """
+    arrays = [np.asarray(v, dtype=float).ravel() for v in deltas.values()]
+    allv = np.concatenate(arrays) if arrays else np.zeros(0)
+    allv = allv[np.isfinite(allv)]
+    lo = float(allv.min()) if allv.size else 0.0
+    hi = float(allv.max()) if allv.size else 1.0
+    return lo, hi
+
+
+def delta_bar_mask(
+    values: np.ndarray, lo: float, hi: float, *, deltas: Mapping[str, np.ndarray]
+) -> np.ndarray:
+    """Which of `values` fall in the bar [lo, hi] selected in `delta_histogram_figure(deltas)`.
+
+    np.histogram's rule: a bar holds lo <= x < hi, the last bar also its right edge. The last
+    bar is the one reaching the shared range's top (`delta_range`); its edge may come back
+    from the browser a rounding away, hence isclose.
+    """
+    _, top = delta_range(deltas)
+    last = hi >= top or bool(np.isclose(hi, top))
+    v = np.asarray(values, dtype=float)  # NaN compares False: in no bar, as in the figure
+    return (v >= lo) & ((v <= hi) if last else (v < hi))
+
+
 def delta_histogram_figure(
     deltas: Mapping[str, np.ndarray],
     *,
@@ -359,14 +387,7 @@ def delta_histogram_figure(
     (`max_abs_delta` or `top1_prob_delta`).
     """
     names = list(deltas)
-    allv = (
-        np.concatenate([np.asarray(deltas[n], dtype=float) for n in names])
-        if names
-        else np.zeros(0)
-    )
-    allv = allv[np.isfinite(allv)]
-    lo = float(allv.min()) if allv.size else 0.0
-    hi = float(allv.max()) if allv.size else 1.0
+    lo, hi = delta_range(deltas)
     rows = max(1, len(names))
     fig = go.Figure()
     fig.set_subplots(

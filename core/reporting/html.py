@@ -588,7 +588,7 @@ def thumbnail_data_uri(path: Path, *, size: int = THUMB_PX) -> str:
         QuantLensError: the file cannot be read or decoded (callers that must not fail, like
         the report, catch it and show a placeholder).
     """
-    from core.inputs.data import thumbnail_png
+    from core.inputs.images import thumbnail_png
 
     png = thumbnail_png(path, size=size, max_bytes=MAX_THUMB_SOURCE_BYTES)
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.inputs.data import decode_image
+from core.inputs.images import decode_image
 from core.reporting.html import thumbnail_data_uri
 from ui import cache
 

@@ -213,3 +213,34 @@ def test_corrupt_database_is_moved_aside_and_said(home: Path, open_page: OpenPag
     aside = list(home.glob(f"{DB_NAME}.corrupt-*"))
     assert len(aside) == 1 and aside[0].name in warning
     assert "No runs stored yet" in at.info[0].value
+
+
+def test_pending_deletes_keep_only_listed_runs() -> None:
+    assert history.pending_deletes(["a", "gone", "b"], {"a": 1, "b": 2}) == ["a", "b"]
+    assert history.pending_deletes(None, {"a": 1}) == []
+    assert history.pending_deletes("a", {"a": 1}) == []  # a stray string is no list of ids
+
+
+def test_two_finished_runs_are_deleted_after_one_confirmation(
+    home: Path, open_page: OpenPage
+) -> None:
+    folders = {}
+    with open_store(home) as store:
+        for rid, name, status in (("r1", "first", RunStatus.DONE), ("r2", "second", "failed")):
+            folders[rid] = home / "runs" / rid
+            folders[rid].mkdir(parents=True)
+            (folders[rid] / "int8.tflite").write_bytes(b"model")
+            store.create_run(rid, name=name, run_dir=folders[rid], job={})
+            store.set_status(rid, RunStatus(status))
+    at = _select(open_page("history"), ["first", "second"])
+    at.button(key=keys.HISTORY_DELETE).click().run()
+    assert "Delete 2 run(s)?" in at.warning[0].value
+    listed = [t.value for t in at.text]
+    assert "• first  (r1)" in listed and "• second  (r2)" in listed
+    assert all(f.is_dir() for f in folders.values())  # nothing gone before "Yes, delete"
+    at.button(key=keys.HISTORY_DELETE_YES).click().run()
+    assert not at.exception
+    assert not any(f.exists() for f in folders.values())
+    with open_store(home) as store:
+        assert store.list_runs() == []
+    assert at.success[0].value == "Deleted 2 run(s)."

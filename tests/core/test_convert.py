@@ -66,7 +66,9 @@ def tiny_ref(tiny_models: dict[str, Path]) -> ReferenceModel:
 
 @pytest.fixture(scope="module")
 def calibration(tiny_data: Path) -> np.ndarray:
-    from core.inputs.data import apply_preset, decode_image, load_dataset
+    from core.inputs.datasets import load_dataset
+    from core.inputs.images import decode_image
+    from core.inputs.presets import apply_preset
     from core.types import Preset
 
     samples = load_dataset(tiny_data).samples

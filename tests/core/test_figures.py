@@ -115,3 +115,38 @@ def test_accuracy_figure_groups_original_and_tflite() -> None:
     assert [t.name for t in fig.data] == ["original", "TFLite"]
     assert list(fig.data[1].y) == [91.0, 88.5]
     assert fig.layout.yaxis.title.text == "accuracy (%)"
+
+
+def test_a_selected_delta_bar_holds_the_samples_it_counted() -> None:
+    # Four bars over [0, 1]: [0, .25) [.25, .5) [.5, .75) [.75, 1]; worked out by hand.
+    a = np.array([0.0, 0.25, 0.3, 0.5, 1.0, np.nan])
+    b = np.array([0.74, 0.75])
+    deltas = {"float16": a, "int8": b}
+    assert figures.delta_range(deltas) == (0.0, 1.0)
+    mask = figures.delta_bar_mask
+    assert mask(a, 0.25, 0.5, deltas=deltas).tolist() == [0, 1, 1, 0, 0, 0]
+    assert mask(a, 0.75, 1.0, deltas=deltas).tolist() == [0, 0, 0, 0, 1, 0]  # right edge in
+    assert mask(b, 0.5, 0.75, deltas=deltas).tolist() == [1, 0]  # an inner edge is not
+    # Every bar of the figure, for every variant: the selection is exactly the bar's height.
+    fig = figures.delta_histogram_figure(deltas, metric="max_abs_delta", bins=4)
+    for trace, values in zip(fig.data, deltas.values(), strict=True):
+        for (lo, hi), count in zip(np.asarray(trace.customdata), trace.y, strict=True):
+            assert int(mask(values, float(lo), float(hi), deltas=deltas).sum()) == count
+
+
+def test_an_infinite_delta_does_not_hide_the_top_of_the_last_bar() -> None:
+    # The figure bins finite values only; +inf must not make the top sample fall out of the
+    # last bar's selection (the bar would say 2 samples and the gallery show 1).
+    deltas = {"int8": np.array([0.1, 0.5, np.inf])}
+    fig = figures.delta_histogram_figure(deltas, metric="max_abs_delta", bins=2)
+    lo, hi = np.asarray(fig.data[0].customdata)[-1]
+    assert list(fig.data[0].y) == [1, 1]
+    assert figures.delta_bar_mask(deltas["int8"], lo, hi, deltas=deltas).tolist() == [0, 1, 0]
+
+
+def test_a_single_valued_delta_column_is_one_selectable_bar() -> None:
+    deltas = {"float16": np.array([0.0, 0.0, 0.0])}
+    fig = figures.delta_histogram_figure(deltas, metric="max_abs_delta", bins=3)
+    (lo, hi), *_ = np.asarray(fig.data[0].customdata)
+    assert fig.data[0].y[0] == 3
+    assert figures.delta_bar_mask(deltas["float16"], lo, hi, deltas=deltas).all()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.inputs.data import dataset_sha256, load_dataset
+from core.inputs.datasets import dataset_sha256, load_dataset
 from core.metrics.agreement import sample_records
 
 

@@ -241,7 +241,9 @@ def test_logits_model_report_applies_softmax(
     """End to end (the worker's job code, in-process): the report says softmax was applied."""
     from core.engine.pipeline import JobRunner
     from core.inputs import rundir
-    from core.inputs.data import apply_preset, decode_image, load_dataset
+    from core.inputs.datasets import load_dataset
+    from core.inputs.images import decode_image
+    from core.inputs.presets import apply_preset
     from core.types import JobSpec, Preset
 
     run_dir = tmp_path / "run"

@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 
 from core.errors import QuantLensError
-from core.inputs.paths import allowed_roots_from_env, require_under_roots, resolve_inside
+from core.inputs.paths import (
+    allowed_roots_from_env,
+    existing_under_roots,
+    require_under_roots,
+    resolve_inside,
+)
 
 
 @pytest.fixture
@@ -126,3 +131,15 @@ def test_allowed_roots_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     a, b = tmp_path / "a", tmp_path / "b"
     monkeypatch.setenv("QUANTLENS_ALLOWED_ROOTS", f"{a}{os.pathsep}{os.pathsep} {b} ")
     assert allowed_roots_from_env() == [a.resolve(), b.resolve()]
+
+
+def test_existing_under_roots_needs_the_path_to_exist(tmp_path: Path) -> None:
+    allowed = tmp_path / "allowed"
+    (allowed / "val").mkdir(parents=True)
+    assert existing_under_roots(allowed / "val", [allowed], what="data set") == allowed / "val"
+    missing = allowed / "val.csv"
+    with pytest.raises(QuantLensError) as info:
+        existing_under_roots(str(missing), None, what="data set")
+    assert str(info.value) == f"data set path {missing} does not exist; check the path"
+    with pytest.raises(QuantLensError, match="is outside the allowed folders"):
+        existing_under_roots(tmp_path / "elsewhere", [allowed], what="model")

@@ -130,7 +130,7 @@ def mixed_data(tmp_path: Path) -> Path:
 def _runner_for_calibration(
     tmp_path: Path, data: Path, wanted: int, evaluate: int
 ) -> tuple[JobRunner, Dataset, list[Sample], list[Sample], DecodedCache]:
-    from core.inputs.data import load_dataset
+    from core.inputs.datasets import load_dataset
 
     job = JobSpec(
         model_path="unused",

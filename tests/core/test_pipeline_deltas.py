@@ -4,7 +4,7 @@ A held-out model (built, trained and exported by this file only) is run through 
 JobRunner. Then, for each variant, the test runs the written `.tflite` itself with
 `ai_edge_litert`, quantizing inputs and dequantizing outputs with the tensors' own parameters,
 and recomputes max |Δp|, Δp of the original's top-1, KL and agreement with a few lines of
-numpy. Nothing from core.metrics.agreement, core.engine.runtime or core.inputs.data is used for the expected values.
+numpy. Nothing from core.metrics.agreement, core.engine.runtime or core.inputs (images, presets) is used for the expected values.
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from core.engine.runtime import TFLiteRunner, check_tflite_bytes
+from core.engine.tensors import quantize
 from core.errors import InvalidTFLiteModel
-from core.metrics.agreement import quantize
 
 NOT_A_FLATBUFFER = (
     "m.tflite is not a TFLite flatbuffer (no TFL3 identifier); give a .tflite file made by the "
@@ -40,7 +40,9 @@ def converted(tiny_models: dict[str, Path], tiny_data: Path) -> dict[str, Any]:
     """The tiny model as float32, int8 and int8-uint8 TFLite, plus 24 preprocessed images."""
     from core.engine.convert import tflite_from_reference
     from core.engine.models import load_reference, model_sha256
-    from core.inputs.data import apply_preset, decode_image, load_dataset
+    from core.inputs.datasets import load_dataset
+    from core.inputs.images import decode_image
+    from core.inputs.presets import apply_preset
     from core.types import Preset, VariantSpec
 
     model = load_reference(tiny_models["keras"])

@@ -322,46 +322,6 @@ def test_rename_rejects_blank(tmp_path: Path, store: RunStore) -> None:
         store.rename_run("x", "name")
 
 
-def test_delete_removes_rows_and_files(tmp_path: Path, store: RunStore) -> None:
-    run_dir = _new_run(store, tmp_path, "gone")
-    keep_dir = _new_run(store, tmp_path, "kept")
-    (run_dir / "int8.tflite").write_bytes(b"x" * 100)
-    (run_dir / "sub").mkdir()
-    (run_dir / "sub" / "f.txt").write_text("y")
-    store.upsert_variant("gone", _variant("int8", 99.0))
-
-    with pytest.raises(StoreError, match=r"is still queued; cancel it, then delete it$"):
-        store.delete_run("gone")
-    assert run_dir.is_dir()
-
-    store.set_status("gone", RunStatus.DONE)
-    store.delete_run("gone")
-    assert store.get_run("gone") is None
-    assert not run_dir.exists()
-    assert not list(runs_root(tmp_path).glob(".deleted-*"))
-    assert keep_dir.is_dir()
-    con = sqlite3.connect(tmp_path / DB_NAME)
-    try:
-        assert con.execute("SELECT count(*) FROM variants WHERE run_id='gone'").fetchone() == (0,)
-        assert con.execute("SELECT count(*) FROM latency WHERE run_id='gone'").fetchone() == (0,)
-    finally:
-        con.close()
-    with pytest.raises(StoreError, match=r"^no run 'gone'"):
-        store.delete_run("gone")
-
-
-def test_delete_never_removes_a_folder_outside_the_workspace(tmp_path: Path) -> None:
-    outside = tmp_path / "precious"
-    outside.mkdir()
-    (outside / "keep.txt").write_text("mine")
-    with open_store(tmp_path / "ws") as s:
-        s.create_run("r", name="r", run_dir=outside, job=_job())
-        s.set_status("r", RunStatus.FAILED, error="boom")
-        s.delete_run("r")
-        assert s.get_run("r") is None
-    assert (outside / "keep.txt").read_text() == "mine"
-
-
 def test_two_hundred_runs_list_fast(tmp_path: Path, store: RunStore) -> None:
     for i in range(200):
         _new_run(store, tmp_path, f"r{i:03d}", name=f"run {i}")
@@ -745,3 +705,13 @@ def test_a_forked_child_opens_its_own_connection_and_leaves_the_parents_alone(
         assert sorted(r.id for r in parent.list_runs()) == ["child", "parent"]
     finally:
         parent.close()
+
+
+def test_remove_run_removes_rows_only(tmp_path: Path, store: RunStore) -> None:
+    run_dir = _new_run(store, tmp_path, "r")
+    (run_dir / "int8.tflite").write_bytes(b"model")
+    store.upsert_variant("r", _variant("int8", 99.0))
+    store.remove_run("r")
+    assert store.get_run("r") is None
+    assert store.variants("r") == []
+    assert (run_dir / "int8.tflite").read_bytes() == b"model"  # files are cleanup's job

@@ -6,8 +6,13 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+import zipfile
 from pathlib import Path
 
+import pytest
+
+from core.errors import UnsupportedModel
+from core.history import cleanup
 from core.history.store import open_store
 from core.inputs import uploads
 from core.types import JobSpec, RunStatus
@@ -34,7 +39,7 @@ def _stored_run(home: Path, run_id: str, *, model: str, data: str) -> None:
 def _delete_run(home: Path, run_id: str) -> None:
     store = open_store(home)
     try:
-        store.delete_run(run_id)
+        cleanup.delete_run(store, run_id)
     finally:
         store.close()
 
@@ -105,3 +110,53 @@ def test_an_upload_whose_run_folder_still_exists_is_kept_without_a_store_row(
     _age(upload.parent, 100)
     assert uploads.clean_workspace_uploads(home=home) == []
     assert upload.is_file()
+
+
+def _zip(path: Path, members: dict[str, bytes]) -> bytes:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path.read_bytes()
+
+
+def test_a_zipped_saved_model_is_extracted_once_and_its_folder_is_the_model(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "ws"
+    data = _zip(
+        tmp_path / "m.zip",
+        {"export/net/saved_model.pb": b"pb", "export/net/variables/variables.index": b"i"},
+    )
+    upload = uploads.save_upload(data, "m.zip", home=home)
+    model = uploads.model_from_upload(upload)
+    assert model == upload.parent / "extracted" / "export" / "net"
+    assert (model / "saved_model.pb").read_bytes() == b"pb"
+    (model / "marker").write_text("first extraction")
+    assert uploads.model_from_upload(upload) == model  # a second pick reuses the extraction
+    assert (model / "marker").read_text() == "first extraction"
+
+
+def test_an_uploaded_keras_file_is_the_model_itself(tmp_path: Path) -> None:
+    upload = uploads.save_upload(b"keras bytes", "net.keras", home=tmp_path / "ws")
+    assert uploads.model_from_upload(upload) == upload
+    assert not uploads.extracted_dir(upload).exists()
+
+
+def test_a_zip_without_a_saved_model_is_one_line(tmp_path: Path) -> None:
+    data = _zip(tmp_path / "m.zip", {"weights/readme.txt": b"no model here"})
+    upload = uploads.save_upload(data, "m.zip", home=tmp_path / "ws")
+    with pytest.raises(UnsupportedModel, match=r"^no saved_model\.pb found in extracted; zip"):
+        uploads.model_from_upload(upload)
+
+
+def test_only_files_in_the_upload_store_count_as_stored_uploads(tmp_path: Path) -> None:
+    home = tmp_path / "ws"
+    stored = uploads.save_upload(b"bytes", "d.zip", home=home)
+    elsewhere = tmp_path / "d.zip"
+    elsewhere.write_bytes(b"bytes")
+    assert uploads.is_stored_upload(stored, home=home)
+    assert uploads.is_stored_upload(str(stored), home=home)
+    assert not uploads.is_stored_upload(elsewhere, home=home)
+    assert not uploads.is_stored_upload(stored.parent, home=home)  # the folder is no upload
+    stored.unlink()
+    assert not uploads.is_stored_upload(stored, home=home)  # removed as stale

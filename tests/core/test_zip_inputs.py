@@ -13,7 +13,7 @@ from PIL import Image
 from core.engine.pipeline import resolve_inputs
 from core.errors import QuantLensError, UnsafeArchive
 from core.inputs.archives import extract_once
-from core.inputs.data import data_root_from_zip, load_dataset
+from core.inputs.datasets import data_root_from_zip, load_dataset
 from core.types import JobSpec
 
 CLASSES = ("cat", "dog", "owl")

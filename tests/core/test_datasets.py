@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from core.errors import DatasetError, QuantLensError, UnsafeArchive
-from core.inputs.data import load_dataset
+from core.inputs.datasets import load_dataset
 from core.types import Dataset
 
 
