@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from core.engine.convert import NEEDS_CALIBRATION, PROBE_IMAGES, ConversionResult
+from core.engine.convert import PROBE_IMAGES, ConversionResult
 from core.engine.faults import maybe_inject
 from core.engine.timing import time_invocations
 from core.errors import QuantLensError
@@ -38,6 +38,7 @@ from core.metrics.agreement import (
 )
 from core.metrics.latency import latency_stats, unstable_timing
 from core.types import (
+    NEEDS_CALIBRATION,
     Dataset,
     JobSpec,
     LatencyStats,
@@ -795,7 +796,7 @@ def convert_in_background(
     Keep this name: core.jobs.launch looks for it in a crash dump to tell a converter crash (blame
     the variant named in CONVERTING) from a crash on the main thread (blame the running one).
     """
-    from core.engine.convert import tflite_from_reference
+    from core.engine.backends import tflite_from_reference
 
     name = spec.name
     marker = runner.run_dir / CONVERTING
