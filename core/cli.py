@@ -158,7 +158,7 @@ def _check_limits(args: argparse.Namespace) -> None:
 
 
 def _job_from_args(args: argparse.Namespace) -> JobSpec:
-    from core.engine.demo import demo_paths
+    from core.inputs.demo import demo_paths
     from core.reporting.tracking import resolve_uri
 
     model, data, labels = args.model, args.data, args.labels
@@ -343,7 +343,7 @@ def _print_tracking(report: dict[str, Any]) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from core.engine.demo import demo_paths, demo_root
+    from core.inputs.demo import demo_paths, demo_root
 
     root = Path(args.out).resolve() if args.out else demo_root()
     _build_demo_in_worker(root)
