@@ -285,14 +285,9 @@ class ProgressPrinter:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from core.jobs.launch import (
-        DEFAULT_MEMORY_LIMIT_GB,
-        DEFAULT_TIMEOUT_S,
-        Supervisor,
-        create_run,
-        read_status,
-        recover_interrupted,
-    )
+    from core.jobs.launch import create_run, read_status, recover_interrupted
+    from core.jobs.protocol import DEFAULT_MEMORY_LIMIT_GB, DEFAULT_TIMEOUT_S
+    from core.jobs.supervisor import Supervisor
     from core.reporting.report import exit_status, format_table
 
     _check_limits(args)
