@@ -163,7 +163,7 @@ def _check_limits(args: argparse.Namespace) -> None:
 
 
 def _job_from_args(args: argparse.Namespace) -> JobSpec:
-    from core.engine.demo import demo_paths
+    from core.inputs.demo import demo_paths
     from core.reporting.tracking import resolve_uri
 
     model, data, labels = args.model, args.data, args.labels
@@ -290,14 +290,9 @@ class ProgressPrinter:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from core.jobs.launch import (
-        DEFAULT_MEMORY_LIMIT_GB,
-        DEFAULT_TIMEOUT_S,
-        Supervisor,
-        create_run,
-        read_status,
-        recover_interrupted,
-    )
+    from core.jobs.launch import create_run, read_status, recover_interrupted
+    from core.jobs.protocol import DEFAULT_MEMORY_LIMIT_GB, DEFAULT_TIMEOUT_S
+    from core.jobs.supervisor import Supervisor
     from core.reporting.report import exit_status, format_table
 
     _check_limits(args)
@@ -348,7 +343,7 @@ def _print_tracking(report: dict[str, Any]) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from core.engine.demo import demo_paths, demo_root
+    from core.inputs.demo import demo_paths, demo_root
 
     root = Path(args.out).resolve() if args.out else demo_root()
     _build_demo_in_worker(root)

@@ -32,6 +32,7 @@ BACKEND_CHOICES = ("converter", "quantizer", "both")
 # Appended to a quantizer variant's mode: `int8_q`. Short, ASCII and safe in file names.
 QUANTIZER_SUFFIX = "_q"
 QUANTIZER_ONLY_MODES = frozenset({Mode.INT4W})
+NEEDS_CALIBRATION = frozenset({Mode.INT8, Mode.INT16X8})  # on both backends
 # Per-layer overrides in a variant name: `int8_q:keep=conv2d+dense:int16=conv2d_1`.
 _OVERRIDE_KEYS = ("keep", "int16")
 

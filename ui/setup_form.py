@@ -246,7 +246,7 @@ def model_section(demo_ok: bool) -> Picked:
         st.session_state.pop(keys.SETUP_MODEL_SOURCE, None)
     source = st.radio("Model source", options, key=keys.SETUP_MODEL_SOURCE, horizontal=True)
     if source == "Demo model":
-        from core.engine.demo import demo_paths
+        from core.inputs.demo import demo_paths
 
         paths = demo_paths()
         p = paths.saved_model if paths.saved_model.exists() else paths.keras_model
@@ -295,7 +295,7 @@ def data_section(demo_ok: bool) -> tuple[Picked, str | None]:
     source = st.radio("Data source", options, key=keys.SETUP_DATA_SOURCE, horizontal=True)
     labels: str | None = None
     if source == "Demo data":
-        from core.engine.demo import demo_paths
+        from core.inputs.demo import demo_paths
 
         p = demo_paths().data_csv
         st.caption(f"Embedded demo data set: {fmt.code(p)}")

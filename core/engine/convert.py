@@ -1,7 +1,7 @@
 """Turn the reference model into `.tflite` bytes for one quantization mode, with a content-hash cache.
 
-One function per backend: the TFLiteConverter here; LiteRT Quantizer recipes applied to the
-float32 model in core.engine.quantizer, reached through the same `tflite_from_reference`.
+The TFLiteConverter backend. LiteRT Quantizer recipes, applied to the float32 model made here,
+are core.engine.quantizer; core.engine.backends picks between the two for a variant.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from core.engine.flatbuffer import flex_ops
 from core.engine.models import ReferenceModel
 from core.errors import ConversionFailed
 from core.inputs.rundir import write_atomic
-from core.types import Backend, IOType, Mode, ModelSignature, VariantSpec
+from core.types import NEEDS_CALIBRATION, Backend, IOType, Mode, ModelSignature, VariantSpec
 
-NEEDS_CALIBRATION = frozenset({Mode.INT8, Mode.INT16X8})  # on both backends
 # Part of every cache key: bump it when QuantLens changes how it converts, so bytes made by an
 # older (possibly wrong) recipe are never served again. 2: Keras weights frozen correctly.
 # 4: the key names the signature and the route; bytes whose outputs are NaN are never cached.
@@ -201,12 +201,6 @@ def _conversion_error(spec: VariantSpec, exc: Exception) -> ConversionFailed:
     return ConversionFailed(f"{spec.name}: the TFLite converter failed: {first[:300]}")
 
 
-def flex_ops(tflite: bytes) -> tuple[str, ...]:
-    """Names of the TensorFlow (Flex) ops a converted model falls back to."""
-    found = sorted({m.decode() for m in re.findall(rb"Flex([A-Z][A-Za-z0-9]+)", tflite)})
-    return tuple(found)
-
-
 def conversion_routes(model: ReferenceModel) -> tuple[str, ...]:
     """The routes that can convert this model, preferred first.
 
@@ -284,7 +278,7 @@ def _nonfinite_error(spec: VariantSpec, bad: int, total: int, routes: tuple[str,
     )
 
 
-def tflite_from_reference(
+def tflite_from_converter(
     model: ReferenceModel,
     spec: VariantSpec,
     *,
@@ -294,7 +288,7 @@ def tflite_from_reference(
     probe: np.ndarray | None = None,
     cache_dir: Path | None = None,
 ) -> ConversionResult:
-    """Convert the reference model for one variant, or return the cached bytes.
+    """Convert the reference model for one converter variant, or return the cached bytes.
 
     The routes of `conversion_routes` are tried in order: a route the converter refuses, or
     whose model outputs NaN/Inf on a probe image where the original's output is finite, is
@@ -314,19 +308,10 @@ def tflite_from_reference(
     Raises:
         ConversionFailed: the converter refused the model, calibration data is unusable, or
             every route gives NaN/Inf outputs.
+        ValueError: `spec` is a quantizer variant (core.engine.backends routes those).
     """
-    if spec.backend is Backend.QUANTIZER:
-        from core.engine.quantizer import tflite_from_quantizer
-
-        return tflite_from_quantizer(
-            model,
-            spec,
-            model_sha256=model_sha256,
-            calibration=calibration,
-            preset=preset,
-            probe=probe,
-            cache_dir=cache_dir,
-        )
+    if spec.backend is not Backend.CONVERTER:
+        raise ValueError(f"{spec.name} is not a converter variant")
     calibration = _check_calibration(spec, calibration)
     probe = None if probe is None or len(probe) == 0 else probe[:PROBE_IMAGES]
     expected = None if probe is None else np.isfinite(model.predict(probe)).all(axis=1)

@@ -11,52 +11,17 @@ import csv
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from core.inputs.rundir import workspace_home
+from core.inputs.demo import DemoPaths, demo_paths, demo_root
 
 INPUT_SIZE = 32  # digits are 8x8; 32x32 leaves room for three stride-2 blocks
 HELD_OUT_FRACTION = 0.35
 SEED = 7
 EPOCHS = 20
-
-
-@dataclass(frozen=True)
-class DemoPaths:
-    """Where the demo's model and data live."""
-
-    root: Path
-    saved_model: Path
-    keras_model: Path
-    data_csv: Path
-    labels: Path
-
-    def ready(self) -> bool:
-        return (
-            (self.saved_model / "saved_model.pb").is_file()
-            and self.keras_model.is_file()
-            and self.data_csv.is_file()
-        )
-
-
-def demo_root(home: Path | None = None) -> Path:
-    return (home or workspace_home()) / "demo"
-
-
-def demo_paths(home: Path | None = None, *, root: Path | None = None) -> DemoPaths:
-    """The demo's paths (nothing is built or imported here)."""
-    base = root or demo_root(home)
-    return DemoPaths(
-        root=base,
-        saved_model=base / "model" / "saved_model",
-        keras_model=base / "model" / "digits.keras",
-        data_csv=base / "data" / "digits.csv",
-        labels=base / "data" / "labels.txt",
-    )
 
 
 def write_digit_images(data_dir: Path) -> tuple[Path, Path]:

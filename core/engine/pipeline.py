@@ -21,11 +21,19 @@ from typing import Any
 
 import numpy as np
 
-from core.engine.convert import NEEDS_CALIBRATION, PROBE_IMAGES, ConversionResult
+from core.engine.convert import PROBE_IMAGES, ConversionResult
 from core.engine.faults import maybe_inject
 from core.engine.timing import time_invocations
 from core.errors import QuantLensError
 from core.inputs import rundir
+from core.jobs.protocol import (
+    CALIBRATION_CACHE,
+    DECODE_STATE,
+    DECODED_CACHE,
+    EXIT_OOM,
+    clear_converting,
+    mark_converting,
+)
 from core.metrics.agreement import (
     agreement,
     disagreement_causes,
@@ -38,6 +46,7 @@ from core.metrics.agreement import (
 )
 from core.metrics.latency import latency_stats, unstable_timing
 from core.types import (
+    NEEDS_CALIBRATION,
     Dataset,
     JobSpec,
     LatencyStats,
@@ -51,10 +60,6 @@ from core.types import (
 
 ProgressFn = Callable[[ProgressEvent], None]
 BATCH = 32
-DECODED_CACHE = ".decoded.u8"  # raw uint8 [N,H,W,C], removed when the job ends
-DECODE_STATE = ".decoded.json"
-CALIBRATION_CACHE = ".calibration.npy"
-CONVERTING = ".converting"  # the variant the conversion thread is working on
 FINISHED = frozenset({"done", "failed", "crashed", "timeout", "cancelled"})
 
 
@@ -794,14 +799,13 @@ def convert_in_background(
 
     `probe` holds a few evaluation images the new model must answer with finite outputs.
 
-    Keep this name: core.jobs.launch looks for it in a crash dump to tell a converter crash (blame
-    the variant named in CONVERTING) from a crash on the main thread (blame the running one).
+    The conversion marker names this variant and this thread while it runs: the supervisor
+    blames a crash on this thread on the variant, and one on the main thread on the running one.
     """
-    from core.engine.convert import tflite_from_reference
+    from core.engine.backends import tflite_from_reference
 
     name = spec.name
-    marker = runner.run_dir / CONVERTING
-    rundir.write_atomic(marker, name.encode())
+    mark_converting(runner.run_dir, name)
     _event(runner.progress, "convert", 0.0, f"converting to {name}", name)
     try:
         maybe_inject("convert", name)
@@ -821,13 +825,11 @@ def convert_in_background(
         import os
         import sys
 
-        from core.jobs.worker import EXIT_OOM
-
         sys.stderr.write(f"MemoryError: out of memory while converting {name}\n")
         sys.stderr.flush()
         os._exit(EXIT_OOM)
     finally:
-        marker.unlink(missing_ok=True)
+        clear_converting(runner.run_dir)
     rundir.write_atomic(rundir.tflite_path(runner.run_dir, name), result.tflite)
     _event(
         runner.progress,

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from core.engine.convert import ConversionResult, _check_calibration, tflite_from_reference
+from core.engine.convert import ConversionResult, _check_calibration, tflite_from_converter
 from core.engine.models import ReferenceModel
 from core.errors import ConversionFailed
 from core.inputs.rundir import write_atomic
@@ -66,7 +66,7 @@ def tflite_from_quantizer(
         raise ValueError(f"{spec.name} is not a quantizer variant")
     calibration = _check_calibration(spec, calibration)
     try:
-        float_result = tflite_from_reference(
+        float_result = tflite_from_converter(
             model,
             VariantSpec(mode=Mode.FLOAT32),
             model_sha256=model_sha256,

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from core.engine.convert import flex_ops
+from core.engine.flatbuffer import flex_ops
 from core.engine.tensors import dequantize, quantize
 from core.errors import InvalidTFLiteModel
 

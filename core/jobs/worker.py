@@ -4,28 +4,31 @@
     python -m core.jobs.worker inspect MODEL      print the model's signature as JSON
     python -m core.jobs.worker demo DEMO_DIR      build the embedded demo
 
-The supervisor (core.jobs.launch) starts it in its own process group with a wall-clock timeout and,
-through QUANTLENS_MEMORY_LIMIT_BYTES, an address-space limit it applies to itself first.
+The supervisor (core.jobs.supervisor) starts it in its own process group with a wall-clock
+timeout and, through QUANTLENS_MEMORY_LIMIT_BYTES, an address-space limit it applies to itself
+first. It only drives: the model work is core.engine's, and what it tells its supervisor (exit
+codes, status.json, progress, the conversion marker) is core.jobs.protocol's.
 Exit codes: 0 done, 2 a QuantLensError (written to status.json), 3 out of memory, 4 a bug.
 """
 
 from __future__ import annotations
 
 import faulthandler
+import functools
 import json
 import os
 import sys
-import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 from core import posix
+from core.engine.frameworks import configure_threads, quiet_tensorflow
 from core.errors import QuantLensError
 from core.inputs import rundir
+from core.jobs import protocol
+from core.jobs.protocol import EXIT_BAD_INPUT, EXIT_BUG, EXIT_OK, EXIT_OOM, MEMORY_LIMIT_ENV
 from core.types import JobSpec, ProgressEvent, RunStatus
-
-MEMORY_LIMIT_ENV = "QUANTLENS_MEMORY_LIMIT_BYTES"
-EXIT_OK, EXIT_BAD_INPUT, EXIT_OOM, EXIT_BUG = 0, 2, 3, 4
 
 
 def apply_memory_limit() -> None:
@@ -35,43 +38,9 @@ def apply_memory_limit() -> None:
         posix.limit_address_space(int(limit))
 
 
-def configure_threads(threads: int | None) -> None:
-    """Same thread count for TensorFlow as for the interpreter, set before any op runs."""
-    import tensorflow as tf
-
-    if threads:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-
-
-def quiet_tensorflow() -> None:
-    """TF's C++ and absl logs drown the worker's stderr tail, which users read after a crash."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-    import warnings
-
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=UserWarning)
-
-
-def progress_writer(run_dir: Path):  # type: ignore[no-untyped-def]
+def progress_writer(run_dir: Path) -> Callable[[ProgressEvent], None]:
     """A progress callback that appends each event to progress.jsonl as one line."""
-    path = run_dir / rundir.PROGRESS
-
-    def write(event: ProgressEvent) -> None:
-        with path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(event.to_dict()) + "\n")
-
-    return write
-
-
-def write_status(run_dir: Path, status: RunStatus, *, error: str | None = None) -> None:
-    path = run_dir / rundir.STATUS
-    current = rundir.read_json(path) if path.exists() else {}
-    current.update({"status": str(status), "error": error})
-    if status.finished:
-        current["finished"] = time.time()
-    rundir.write_json_atomic(path, current)
+    return functools.partial(protocol.append_progress, run_dir)
 
 
 def run_job(run_dir: Path) -> int:
@@ -88,7 +57,7 @@ def run_job(run_dir: Path) -> int:
     try:
         runner.run()
     except QuantLensError as exc:
-        write_status(run_dir, RunStatus.FAILED, error=str(exc))
+        protocol.write_status(run_dir, RunStatus.FAILED, error=str(exc))
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if job.mlflow_uri:
@@ -132,9 +101,8 @@ def inspect(
 def remember_demo_signature(model: Path) -> None:
     """Warm the signature cache, so the dashboard shows the fresh demo without a second TF start."""
     from core.engine.models import load_reference
-    from core.jobs.launch import signature_cache_file
 
-    target = signature_cache_file(str(model))
+    target = protocol.signature_cache_file(str(model))
     if target is not None:
         rundir.write_json_atomic(target, load_reference(model).signature.to_dict())
 

@@ -274,8 +274,7 @@ def run_metrics(report: dict[str, Any]) -> dict[str, float]:
 
 def variant_params(report: dict[str, Any], variant: dict[str, Any]) -> dict[str, str]:
     """A variant's identity (DESIGN §9) and the run inputs it shares, so each child stands alone."""
-    from core.engine.convert import NEEDS_CALIBRATION
-    from core.types import Mode
+    from core.types import NEEDS_CALIBRATION, Mode
 
     shared = run_params(report)
     calibrated = Mode(variant["mode"]) in NEEDS_CALIBRATION

@@ -9,12 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from core.engine.convert import (
-    SAVED_MODEL_DIR,
-    TRACED_FUNCTION,
-    nonfinite_outputs,
-    tflite_from_reference,
-)
+from core.engine.backends import tflite_from_reference
+from core.engine.convert import SAVED_MODEL_DIR, TRACED_FUNCTION, nonfinite_outputs
 from core.engine.models import load_reference
 from core.errors import ConversionFailed
 from core.types import VariantSpec

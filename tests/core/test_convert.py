@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from core.engine.convert import tflite_from_reference
+from core.engine.backends import tflite_from_reference
 from core.engine.models import ReferenceModel, load_reference, model_sha256
 from core.engine.runtime import TFLiteRunner
 from core.errors import ConversionFailed, InvalidTFLiteModel

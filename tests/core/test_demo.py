@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.engine.demo import HELD_OUT_FRACTION, demo_paths, demo_root, write_digit_images
+from core.engine.demo import HELD_OUT_FRACTION, write_digit_images
+from core.inputs.demo import demo_paths, demo_root
 
 
 def test_demo_lives_in_the_workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

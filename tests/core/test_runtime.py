@@ -38,7 +38,7 @@ def test_text_and_junk_are_refused_by_the_runner(data: bytes) -> None:
 @pytest.fixture(scope="module")
 def converted(tiny_models: dict[str, Path], tiny_data: Path) -> dict[str, Any]:
     """The tiny model as float32, int8 and int8-uint8 TFLite, plus 24 preprocessed images."""
-    from core.engine.convert import tflite_from_reference
+    from core.engine.backends import tflite_from_reference
     from core.engine.models import load_reference, model_sha256
     from core.inputs.datasets import load_dataset
     from core.inputs.images import decode_image

@@ -1,0 +1,46 @@
+"""Make a variant's `.tflite` with the backend it names: the TFLiteConverter or LiteRT Quantizer.
+
+The quantizer starts from the converter's float32 model, so it builds on core.engine.convert;
+choosing between them happens here, above both, which keeps the two modules free of a cycle.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from core.engine.convert import ConversionResult, tflite_from_converter
+from core.engine.models import ReferenceModel
+from core.engine.quantizer import tflite_from_quantizer
+from core.types import Backend, VariantSpec
+
+
+def tflite_from_reference(
+    model: ReferenceModel,
+    spec: VariantSpec,
+    *,
+    model_sha256: str,
+    calibration: np.ndarray | None = None,
+    preset: str | None = None,
+    probe: np.ndarray | None = None,
+    cache_dir: Path | None = None,
+) -> ConversionResult:
+    """Convert the reference model for one variant on its backend, or return the cached bytes.
+
+    The arguments are those of core.engine.convert.tflite_from_converter, which documents them.
+
+    Raises:
+        ConversionFailed: the backend refused the model or the calibration data, or every
+            conversion route gives NaN/Inf outputs.
+    """
+    make = tflite_from_quantizer if spec.backend is Backend.QUANTIZER else tflite_from_converter
+    return make(
+        model,
+        spec,
+        model_sha256=model_sha256,
+        calibration=calibration,
+        preset=preset,
+        probe=probe,
+        cache_dir=cache_dir,
+    )

@@ -1,0 +1,120 @@
+"""Write down how a run, or one of its variants, ended: report.json, the store and status.json.
+
+The supervisor uses it when a worker ends; the launcher when a run is cancelled before it
+started or is found interrupted. Whoever ends a run, the three records end up saying the same.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from core.errors import QuantLensError
+from core.inputs import rundir
+from core.jobs import protocol
+from core.jobs.workspace import opened_store
+from core.types import RunStatus
+
+_ENDED_WORDS = {
+    RunStatus.CANCELLED: "was cancelled",
+    RunStatus.FAILED: "failed",
+    RunStatus.CRASHED: "crashed",
+    RunStatus.TIMEOUT: "timed out",
+}
+
+
+def run_id_of(directory: Path) -> str:
+    """The run's id, as its status.json records it (its folder's name for older runs)."""
+    return str(protocol.read_status(directory).get("run_id") or directory.name)
+
+
+def read_report(directory: Path) -> dict[str, Any] | None:
+    path = directory / rundir.REPORT
+    return rundir.read_json(path) if path.exists() else None
+
+
+def finish_run(directory: Path, status: RunStatus, error: str | None, *, home: Path | None) -> None:
+    """Give the run its final status everywhere, and delete the worker's scratch."""
+    remove_scratch(directory)
+    report = read_report(directory)
+    run_id = run_id_of(directory)
+    with opened_store(home) as store:
+        if report is not None:
+            report["run"]["status"] = str(status)
+            report["run"]["id"] = run_id
+            if status is not RunStatus.DONE:
+                note_untimed_variants(report, status)
+            rundir.write_json_atomic(directory / rundir.REPORT, report)
+            store.sync_report(run_id, report)
+        store.set_status(run_id, status, error=error)
+    # status.json is what watchers poll: it turns final only once the report and the store
+    # already say the same.
+    protocol.write_status(directory, status, error=error)
+
+
+def remove_scratch(directory: Path) -> None:
+    """Delete the worker's scratch (decoded images, calibration, converter temp dirs).
+
+    A worker that finishes removes them itself; one that crashed, timed out or was cancelled
+    cannot, so the run's end does it.
+    """
+    for name in protocol.SCRATCH_FILES:
+        (directory / name).unlink(missing_ok=True)
+    shutil.rmtree(directory / protocol.WORKER_TMP, ignore_errors=True)
+
+
+def note_untimed_variants(report: dict[str, Any], status: RunStatus) -> None:
+    """Say why a finished variant has no latency when the run ended before its timing step.
+
+    Timing runs last, once every conversion is over, so no conversion shares the cores with
+    it; timing after a cancel would go against what the user asked for.
+    """
+    ended = _ENDED_WORDS.get(status, f"ended ({status})")
+    for variant in report["variants"]:
+        if variant.get("status") == "done" and not variant.get("latency_ms"):
+            variant["latency_note"] = (
+                f"not timed: the run {ended} before its timing step, which runs last "
+                "so no conversion shares the cores"
+            )
+
+
+def close_unfinished_variants(directory: Path, status: str, reason: str) -> None:
+    """Give every pending/running variant of report.json its final status and reason."""
+    report = read_report(directory)
+    if report is None:
+        return
+    for variant in report["variants"]:
+        if variant["status"] in ("pending", "running"):
+            variant["status"] = status
+            variant["error"] = reason
+    rundir.write_json_atomic(directory / rundir.REPORT, report)
+
+
+def mark_variant(
+    directory: Path, name: str, status: str, reason: str, tail: str, *, home: Path | None
+) -> None:
+    """Record one variant's end (a crash, a timeout) with the worker's stderr tail."""
+    report = read_report(directory)
+    if report is None:
+        return
+    for variant in report["variants"]:
+        if variant["name"] == name:
+            variant["status"] = status
+            variant["error"] = reason
+            variant["stderr_tail"] = tail
+    rundir.write_json_atomic(directory / rundir.REPORT, report)
+    sync_report_to_store(directory, home=home)
+
+
+def sync_report_to_store(directory: Path, *, home: Path | None) -> None:
+    """Copy report.json's variants to the store, so History shows them as they finish."""
+    report = read_report(directory)
+    if report is None:
+        return
+    try:
+        with opened_store(home) as store:
+            store.sync_report(run_id_of(directory), report)
+    except QuantLensError as exc:  # a locked store must not stop the job; the files hold it all
+        print(f"store not updated: {exc}", file=sys.stderr)
