@@ -38,6 +38,7 @@ from core.metrics.agreement import (
 )
 from core.metrics.latency import latency_stats, unstable_timing
 from core.types import (
+    FINISHED_STATUSES,
     Dataset,
     JobSpec,
     LatencyStats,
@@ -55,7 +56,7 @@ DECODED_CACHE = ".decoded.u8"  # raw uint8 [N,H,W,C], removed when the job ends
 DECODE_STATE = ".decoded.json"
 CALIBRATION_CACHE = ".calibration.npy"
 CONVERTING = ".converting"  # the variant the conversion thread is working on
-FINISHED = frozenset({"done", "failed", "crashed", "timeout", "cancelled"})
+FINISHED = FINISHED_STATUSES
 
 
 @dataclass(frozen=True)
@@ -234,9 +235,10 @@ class JobRunner:
     # -- report ---------------------------------------------------------------------------
     def save_report(self) -> None:
         from core.reporting.report import fill_float32_reductions
+        from core.reporting.runmodel import write_report
 
         fill_float32_reductions(self.report)
-        rundir.write_json_atomic(self.run_dir / rundir.REPORT, self.report)
+        write_report(self.run_dir, self.report)
 
     def variant_entry(self, name: str) -> dict[str, Any]:
         return next(v for v in self.report["variants"] if v["name"] == name)
