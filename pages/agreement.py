@@ -18,11 +18,11 @@ res = widgets.require_results()
 widgets.run_header(res)
 widgets.chance_warning(res)
 
-done = [v for v in res.variants if v.get("status", "done") == "done"]
+done = [v for v in res.variants if v.result.finished_ok]
 if not done:
     st.info("No variant has finished yet.")
     st.stop()
-names = [str(v.get("name") or v.get("mode")) for v in done]
+names = [v.name for v in done]
 left, right = st.columns(2)
 with left:
     st.plotly_chart(
@@ -74,7 +74,7 @@ if split_rows:
     st.dataframe(split_rows, hide_index=True, key="agreement.split")
 
 st.subheader("Which variant")
-counts = {str(v.get("name") or v.get("mode")): int(v.get("disagreements") or 0) for v in done}
+counts = {v.name: int(v.result.disagreements or 0) for v in done}
 if st.session_state.get(keys.AGREEMENT_VARIANT) not in names:
     # Open on the variant with the most flips: an all-zero matrix tells nothing.
     st.session_state[keys.AGREEMENT_VARIANT] = max(names, key=lambda n: counts[n])

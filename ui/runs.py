@@ -10,7 +10,7 @@ import streamlit as st
 from core.errors import QuantLensError
 from core.history.store import RunRow
 from core.jobs import launch as jobs
-from core.types import ProgressEvent, RunStatus
+from core.types import UNSUCCESSFUL_STATUSES, ProgressEvent, RunStatus
 from ui import fmt, history, keys
 from ui.cache import run_path
 
@@ -91,8 +91,8 @@ def _variant_lines(run_dir: Path, events: list[ProgressEvent]) -> list[tuple[str
         res = None
     if res is not None:
         for v in res.variants:
-            name = str(v.get("name") or v.get("mode"))
-            status = str(v.get("status") or "pending")
+            name = v.name
+            status = v.status
             if status == "done":
                 detail = (
                     f"agreement {fmt.pct(v.get('top1_agreement_pct'), digits=2)} "
@@ -101,7 +101,7 @@ def _variant_lines(run_dir: Path, events: list[ProgressEvent]) -> list[tuple[str
                 )
                 if v.get("latency_note"):
                     detail += f" ({v['latency_note']})"
-            elif status in ("failed", "crashed", "timeout", "cancelled"):
+            elif status in UNSUCCESSFUL_STATUSES:
                 detail = str(v.get("error") or status)
             else:
                 detail = rows.get(name, ("", status))[1]

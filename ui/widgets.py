@@ -24,9 +24,11 @@ from core.reporting.report import (
     verdict_rule_of,
 )
 from core.reporting.results import RunResults
+from core.reporting.runmodel import Variant
+from core.types import UNSUCCESSFUL_STATUSES
 from ui import cache, fmt, runs
 
-_BAD_STATES = ("failed", "crashed", "timeout", "cancelled")
+_BAD_STATES = UNSUCCESSFUL_STATUSES
 
 
 def require_results() -> RunResults:
@@ -109,7 +111,7 @@ def tracking_note(res: RunResults) -> None:
         st.caption(f"Logged to MLflow: run `{tracking['run_id']}` at `{uri}`.")
 
 
-def variant_verdict(res: RunResults, v: dict[str, Any]) -> str:
+def variant_verdict(res: RunResults, v: Variant) -> str:
     """PASS, FAIL, NO VERDICT, or PIVOT for the float32 pivot the user did not select.
 
     A run whose original is near chance never shows PASS, even when its report predates the
@@ -123,7 +125,7 @@ def variant_verdict(res: RunResults, v: dict[str, Any]) -> str:
     return "PASS" if passed is True else "FAIL" if passed is False else ""
 
 
-def no_verdict_text(res: RunResults, v: dict[str, Any]) -> str:
+def no_verdict_text(res: RunResults, v: Variant) -> str:
     """Why a variant has no verdict: the report's reason, else one rebuilt from the original."""
     reason = v.get("verdict_reason") or no_verdict_reason(
         res.reference.get("accuracy_pct"), res.num_classes
@@ -131,9 +133,9 @@ def no_verdict_text(res: RunResults, v: dict[str, Any]) -> str:
     return str(reason or "no verdict")
 
 
-def verdict_card(res: RunResults, v: dict[str, Any]) -> None:
+def verdict_card(res: RunResults, v: Variant) -> None:
     """A bordered card: PASS/FAIL badge, agreement with CI and n, size, p50 latency."""
-    status = str(v.get("status") or "done")
+    status = v.status
     with st.container(border=True):
         st.markdown(f"#### {fmt.text(display_name(res.report, v))}")
         if status in _BAD_STATES:
@@ -200,7 +202,7 @@ def verdict_card(res: RunResults, v: dict[str, Any]) -> None:
             st.caption(fmt.text(v["latency_note"]))
 
 
-def split_line(v: dict[str, Any]) -> str:
+def split_line(v: Variant) -> str:
     """The card line of the three-way split ("" for float32 or a run without a pivot)."""
     split = v.get("disagreement_split")
     if not split or not v.get("disagreements"):
@@ -211,7 +213,7 @@ def split_line(v: dict[str, Any]) -> str:
     )
 
 
-def split_rows(variants: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def split_rows(variants: list[Variant]) -> list[dict[str, Any]]:
     """One row per split variant for the Agreement table (none when the run has no pivot)."""
     rows = []
     for v in variants:
@@ -220,7 +222,7 @@ def split_rows(variants: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         rows.append(
             {
-                "variant": str(v.get("name") or v.get("mode")),
+                "variant": v.name,
                 "disagreements": v.get("disagreements"),
                 "conversion-caused": split.get("conversion"),
                 "quantization-caused": split.get("quantization"),
@@ -322,7 +324,7 @@ def summary_table(res: RunResults) -> pd.DataFrame:
         lat = v.get("latency_ms") or {}
         rows.append(
             {
-                "model": str(v.get("name") or v.get("mode")),
+                "model": v.name,
                 "status": str(v.get("status")),
                 "verdict": variant_verdict(res, v),
                 "size (MB)": None if v.get("size_bytes") is None else v["size_bytes"] / 1e6,

@@ -423,12 +423,11 @@ def format_table(report: RunReport | Mapping[str, Any]) -> str:
             lines.append(f"{v.name}: FAIL — {reason}")
         for warning in r.warnings:
             lines.append(f"warning: {v.name}: {warning}")
-    latency_warnings = [("original", ref.get("latency_warning"))] + [
-        (v.name, v.result.latency_warning) for v in report.variants
-    ]
-    for name, warning in latency_warnings:
-        if warning:
-            lines.append(f"warning: {name} latency: {warning}")
+    latency_warnings: list[tuple[str, str | None]] = [("original", ref.get("latency_warning"))]
+    latency_warnings += [(v.name, v.result.latency_warning) for v in report.variants]
+    for who, latency_warning in latency_warnings:
+        if latency_warning:
+            lines.append(f"warning: {who} latency: {latency_warning}")
     for note in sorted(
         {note for n in sample_counts(report) if (note := too_few_samples_note(n, threshold))}
     ):
