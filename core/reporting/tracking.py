@@ -285,7 +285,7 @@ def variant_params(report: RunReport, variant: Variant) -> dict[str, str]:
         # Only the modes that calibrate used the images: "-" says so where a count would mislead.
         "calibration_samples": _param(calibration_samples) if calibrated else "-",
         "variant": _param(variant.name),
-        "mode": _param(ident["mode"]),
+        "mode": _param(str(ident.mode)),
         "backend": _param(ident["backend"]),
         "io_type": _param(ident["io_type"]),
         "select_tf_ops": _param(ident.allow_select_tf_ops),
