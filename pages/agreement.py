@@ -28,13 +28,10 @@ with left:
     st.plotly_chart(
         agreement_figure(
             names,
-            [v.get("top1_agreement_pct") for v in done],
-            [
-                tuple(v["top1_agreement_ci95"]) if v.get("top1_agreement_ci95") else None
-                for v in done
-            ],
+            [v.result.top1_agreement_pct for v in done],
+            [v.result.top1_agreement_ci95 for v in done],
             threshold_pct=res.threshold_pct,
-            n=[v.get("n") for v in done],
+            n=[v.result.n for v in done],
         ),
         key="agreement.bars",
     )
@@ -44,18 +41,18 @@ with right:
             accuracy_figure(
                 names,
                 res.reference.get("accuracy_pct"),
-                [v.get("tflite_accuracy_pct") for v in done],
+                [v.result.tflite_accuracy_pct for v in done],
             ),
             key="agreement.accuracy",
         )
         rows = [
             {
                 "variant": n_,
-                "accuracy original": fmt.pct(v.get("reference_accuracy_pct"), digits=2),
-                "accuracy TFLite": fmt.pct(v.get("tflite_accuracy_pct"), digits=2),
-                "Δ (pp)": v.get("accuracy_delta_pct"),
-                "McNemar p": v.get("mcnemar_p"),
-                "n": v.get("n"),
+                "accuracy original": fmt.pct(v.result.reference_accuracy_pct, digits=2),
+                "accuracy TFLite": fmt.pct(v.result.tflite_accuracy_pct, digits=2),
+                "Δ (pp)": v.result.accuracy_delta_pct,
+                "McNemar p": v.result.mcnemar_p,
+                "n": v.result.n,
             }
             for n_, v in zip(names, done, strict=True)
         ]
@@ -153,10 +150,10 @@ else:
         st.switch_page("pages/disagreements.py")
 
 st.subheader("Flips between classes")
-matrix = v.get("flip_matrix")
-if not matrix or int(v.get("disagreements") or 0) == 0:
+matrix = v.result.flip_matrix
+if not matrix or int(v.result.disagreements or 0) == 0:
     st.success(
-        f"No disagreements — all {v.get('n')} samples agree.", icon=":material/check_circle:"
+        f"No disagreements — all {v.result.n} samples agree.", icon=":material/check_circle:"
     )
     st.stop()
 st.caption("Click a cell to see those samples in the Disagreements gallery.")

@@ -95,14 +95,14 @@ def _variant_lines(run_dir: Path, events: list[ProgressEvent]) -> list[tuple[str
             status = v.status
             if status == "done":
                 detail = (
-                    f"agreement {fmt.pct(v.get('top1_agreement_pct'), digits=2)} "
-                    f"(n={v.get('n')}) · {fmt.mb(v.get('size_bytes'))} · "
-                    f"p50 {fmt.ms((v.get('latency_ms') or {}).get('p50'))}"
+                    f"agreement {fmt.pct(v.result.top1_agreement_pct, digits=2)} "
+                    f"(n={v.result.n}) · {fmt.mb(v.result.size_bytes)} · "
+                    f"p50 {fmt.ms((v.result.latency_ms or {}).get('p50'))}"
                 )
-                if v.get("latency_note"):
-                    detail += f" ({v['latency_note']})"
+                if v.result.latency_note:
+                    detail += f" ({v.result.latency_note})"
             elif status in UNSUCCESSFUL_STATUSES:
-                detail = str(v.get("error") or status)
+                detail = str(v.result.error or status)
             else:
                 detail = rows.get(name, ("", status))[1]
             rows[name] = (status, detail)
