@@ -16,7 +16,7 @@ widgets.run_header(res)
 names = widgets.finished_variants_or_stop(res)
 
 flip = st.session_state.get(keys.DISAGREE_FLIP)
-counts = {n: int(res.variant(n).get("disagreements") or 0) for n in names}
+counts = {n: int(res.variant(n).result.disagreements or 0) for n in names}
 if st.session_state.get(keys.DISAGREE_VARIANT) not in names:
     # Open on the variant with the most flips: that is what a user came to look at.
     st.session_state[keys.DISAGREE_VARIANT] = max(names, key=lambda n: counts[n])

@@ -34,7 +34,7 @@ rows = [
         "size": fmt.mb(b),
         "bytes": b,
         "change vs original": _change(reductions.get(name)) if name != "original" else "—",
-        "change vs float32 TFLite": _change(res.variant(name).get("size_reduction_vs_float32_pct"))
+        "change vs float32 TFLite": _change(res.variant(name).result.size_reduction_vs_float32_pct)
         if name != "original"
         else "—",
     }
