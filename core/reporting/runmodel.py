@@ -64,6 +64,30 @@ class _MappingView(Mapping[str, Any]):
         return len(self._as_dict)
 
 
+def _as_read(obj: Any, d: dict[str, Any]) -> dict[str, Any]:
+    """`d` without the keys the file it was read from lacked and that still hold their default.
+
+    A report rewritten (a rename, an MLflow note) then keeps exactly the keys it had; an object
+    built in code (`present` None) writes every key.
+    """
+    present: frozenset[str] | None = obj.present
+    if present is None:
+        return d
+    defaults = {f.name: f for f in dataclasses.fields(obj)}
+
+    def default(key: str) -> Any:
+        f = defaults.get(key)
+        if f is None or key in ("present", "extra"):
+            return dataclasses.MISSING
+        if f.default is not dataclasses.MISSING:
+            return _jsonable(f.default)
+        if f.default_factory is not dataclasses.MISSING:
+            return _jsonable(f.default_factory())
+        return dataclasses.MISSING
+
+    return {k: v for k, v in d.items() if k in present or v != default(k)}
+
+
 def _split(entry: Mapping[str, Any], known: tuple[str, ...]) -> dict[str, Any]:
     """The entries of `entry` whose keys are not in `known`, in their order."""
     return {k: v for k, v in entry.items() if k not in known}
@@ -92,6 +116,8 @@ class VariantIdentity(_MappingView):
     parent: str | None = None
     calibration_samples: int | None = None
     calibration_seed: int | None = None
+    # The keys of the entry this was read from (None: built in code); see `_as_read`.
+    present: frozenset[str] | None = field(default=None, compare=False, repr=False)
 
     # Keys of a variant entry that belong to its identity, in report.json order.
     KEYS = (
@@ -143,6 +169,7 @@ class VariantIdentity(_MappingView):
             parent=entry.get("parent"),
             calibration_samples=entry.get("calibration_samples"),
             calibration_seed=entry.get("calibration_seed"),
+            present=frozenset(entry),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -161,7 +188,7 @@ class VariantIdentity(_MappingView):
             if value is not None:
                 d[key] = value
         d["role"] = self.role
-        return d
+        return _as_read(self, d)
 
     @property
     def is_pivot(self) -> bool:
@@ -229,10 +256,11 @@ class VariantResult(_MappingView):
     latency_warning: str | None = None
     latency_note: str | None = None
     stderr_tail: str | None = None
+    present: frozenset[str] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def keys_in_order(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in dataclasses.fields(cls))
+        return tuple(f.name for f in dataclasses.fields(cls) if f.name != "present")
 
     @classmethod
     def from_dict(cls, entry: Mapping[str, Any]) -> VariantResult:
@@ -245,7 +273,7 @@ class VariantResult(_MappingView):
         for key in ("select_tf_ops_used", "warnings"):
             values[key] = tuple(values.get(key) or ())
         values["status"] = str(values.get("status") or "pending")
-        return cls(**values)
+        return cls(**values, present=frozenset(entry))
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {}
@@ -257,7 +285,7 @@ class VariantResult(_MappingView):
             if key == "latency_warning" and value is None and self.latency_ms is None:
                 continue
             d[key] = _jsonable(value)
-        return d
+        return _as_read(self, d)
 
     @property
     def finished_ok(self) -> bool:
@@ -347,6 +375,7 @@ class RunInfo(_MappingView):
     command: str | None = None
     trusted: bool | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    present: frozenset[str] | None = field(default=None, compare=False, repr=False)
 
     KEYS = ("id", "name", "created", "status", "command", "trusted")
 
@@ -355,11 +384,11 @@ class RunInfo(_MappingView):
         values = {k: entry[k] for k in cls.KEYS if k in entry}
         for key in ("id", "name"):
             values[key] = str(values.get(key) or "")
-        return cls(**values, extra=_split(entry, cls.KEYS))
+        return cls(**values, extra=_split(entry, cls.KEYS), present=frozenset(entry))
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.KEYS}
-        return {**d, **dict(self.extra)}
+        return {**_as_read(self, d), **dict(self.extra)}
 
 
 # Top-level keys the model reads into typed fields, in report.json order.
@@ -399,6 +428,7 @@ class RunReport(_MappingView):
     recommendation: Mapping[str, Any] | None = None
     schema_version: int = SCHEMA_VERSION
     extra: Mapping[str, Any] = field(default_factory=dict)
+    present: frozenset[str] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunReport:
@@ -429,6 +459,7 @@ class RunReport(_MappingView):
             recommendation=data.get("recommendation"),
             schema_version=version,
             extra=_split(data, _RUN_KEYS),
+            present=frozenset(data) | {"schema_version"},  # always written
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -447,7 +478,7 @@ class RunReport(_MappingView):
         }
         if self.recommendation is not None:
             d["recommendation"] = _jsonable(self.recommendation)
-        return {**d, **_jsonable(self.extra)}
+        return {**_as_read(self, d), **_jsonable(self.extra)}
 
     def __getitem__(self, key: str) -> Any:
         # Readers that index the report get the typed variants, not their dicts.

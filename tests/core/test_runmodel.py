@@ -224,3 +224,18 @@ def test_report_html_of_a_schema_1_run_shows_its_numbers(tmp_path: Path) -> None
         )
         assert row[9] == f"{entry['disagreements']}{below}"  # the split is on a line below
         assert row[10] == f"{entry['latency_ms']['p50']:.3f}"
+
+
+def test_a_report_missing_keys_is_rewritten_with_the_keys_it_had(tmp_path: Path) -> None:
+    run = _copy(tmp_path)
+    raw = _raw()
+    del raw["pivot"], raw["run"]["command"]
+    for entry in raw["variants"]:
+        for key in ("role", "backend", "disagreement_split", "n_needed", "int16_layers"):
+            del entry[key]
+    (run / "report.json").write_text(json.dumps(raw), encoding="utf-8")
+    write_report(run, read_report(run))
+    out = _written(run)
+    assert out.pop("schema_version") == 2
+    raw.pop("schema_version")
+    assert out == raw
