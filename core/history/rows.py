@@ -70,7 +70,9 @@ def variant_row(variant: Variant) -> VariantRow:
     ident, result = variant.identity, variant.result
     entry = variant.to_dict()
     # The options a History search or filter reads without opening the metrics JSON.
-    options = {k: entry[k] for k in ("allow_select_tf_ops", "select_tf_ops_used") if k in entry}
+    options: dict[str, Any] = {
+        k: entry[k] for k in ("allow_select_tf_ops", "select_tf_ops_used") if k in entry
+    }
     return VariantRow(
         name=variant.name,
         mode=str(ident.mode),

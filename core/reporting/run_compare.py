@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -146,8 +147,13 @@ def _get(*path: str) -> Callable[[Compared], Any]:
 
 
 def _identity(key: str) -> Callable[[Compared], Any]:
-    """A field of the variant's identity, as report.json writes it (None when absent)."""
-    return lambda item: None if item.identity is None else item.identity.get(key)
+    """A field of the variant's identity (enums as their text; None without a variant)."""
+
+    def read(item: Compared) -> Any:
+        value = None if item.identity is None else getattr(item.identity, key)
+        return str(value) if isinstance(value, enum.Enum) else value
+
+    return read
 
 
 def _layers(key: str) -> Callable[[Compared], Any]:

@@ -286,11 +286,11 @@ def variant_params(report: RunReport, variant: Variant) -> dict[str, str]:
         "calibration_samples": _param(calibration_samples) if calibrated else "-",
         "variant": _param(variant.name),
         "mode": _param(str(ident.mode)),
-        "backend": _param(ident["backend"]),
-        "io_type": _param(ident["io_type"]),
+        "backend": _param(str(ident.backend)),
+        "io_type": _param(None if ident.io_type is None else str(ident.io_type)),
         "select_tf_ops": _param(ident.allow_select_tf_ops),
-        "float_layers": _param(ident["float_layers"]),
-        "int16_layers": _param(ident["int16_layers"]),
+        "float_layers": _param(list(ident.float_layers)),
+        "int16_layers": _param(list(ident.int16_layers)),
         "conversion_route": _param(variant.result.conversion_route),
         **{
             k: shared[k]
