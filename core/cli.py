@@ -9,8 +9,10 @@ from typing import Any
 
 from core.errors import QuantLensError
 from core.inputs import rundir
+from core.reporting.runmodel import RunReport
 from core.types import (
     BACKEND_CHOICES,
+    DEFAULT_MIN_AGREEMENT_PCT,
     JobSpec,
     Preset,
     ProgressEvent,
@@ -73,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--min-agreement",
         type=float,
-        default=95.0,
+        default=DEFAULT_MIN_AGREEMENT_PCT,
         help="top-1 agreement %% a variant needs to PASS",
     )
     run.add_argument(
@@ -294,6 +296,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from core.jobs.protocol import DEFAULT_MEMORY_LIMIT_GB, DEFAULT_TIMEOUT_S
     from core.jobs.supervisor import Supervisor
     from core.reporting.report import exit_status, format_table
+    from core.reporting.runmodel import read_report
 
     _check_limits(args)
     job = _job_from_args(args)
@@ -313,7 +316,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     report_path = directory / rundir.REPORT
     error = read_status(directory).get("error") or f"the job ended as {status}"
     if status is RunStatus.DONE and report_path.exists():
-        report = rundir.read_json(report_path)
+        report = read_report(directory)
         print(format_table(report))
         if args.report == "html":
             from core.reporting.html import write_report_html
@@ -323,7 +326,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _print_tracking(report)
         return exit_status(report)
     if report_path.exists():  # each variant's outcome and reason is still worth seeing
-        report = rundir.read_json(report_path)
+        report = read_report(directory)
         print(format_table(report))
         print(f"run {run_id}: {report_path}")
         _print_tracking(report)
@@ -335,9 +338,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _fail(f"{error}; the worker's output is in {log}", EXIT_JOB_FAILED)
 
 
-def _print_tracking(report: dict[str, Any]) -> None:
+def _print_tracking(report: RunReport) -> None:
     """Where the run was logged; a logging failure is already among the table's warnings."""
-    tracking = report.get("tracking") or {}
+    tracking = report.extra.get("tracking") or {}
     if tracking.get("run_id"):
         print(f"mlflow: run {tracking['run_id']} at {tracking['uri']}")
 

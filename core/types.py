@@ -71,6 +71,14 @@ class RunStatus(enum.StrEnum):
         return self not in (RunStatus.QUEUED, RunStatus.RUNNING)
 
 
+# The statuses a run or a variant ends in (DESIGN §8), and those of them that are no success.
+FINISHED_STATUSES = frozenset(str(s) for s in RunStatus if s.finished)
+UNSUCCESSFUL_STATUSES = FINISHED_STATUSES - {str(RunStatus.DONE)}
+
+# The top-1 agreement (%) a variant needs to pass when the user names none (DESIGN §1).
+DEFAULT_MIN_AGREEMENT_PCT = 95.0
+
+
 @dataclass(frozen=True)
 class VariantSpec:
     """One conversion to make: a mode, its backend and its options.
@@ -396,7 +404,7 @@ class JobSpec:
     calibration_samples: int = 100
     max_samples: int | None = None  # evaluation cap; None evaluates every sample
     threads: int | None = None  # None: every core but one (core.engine.pipeline.effective_threads)
-    min_agreement_pct: float = 95.0
+    min_agreement_pct: float = DEFAULT_MIN_AGREEMENT_PCT
     latency_runs: int | None = None  # None: time each model for latency_budget_s seconds
     latency_budget_s: float = 2.0
     warmup_runs: int = 5

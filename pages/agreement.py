@@ -18,23 +18,20 @@ res = widgets.require_results()
 widgets.run_header(res)
 widgets.chance_warning(res)
 
-done = [v for v in res.variants if v.get("status", "done") == "done"]
+done = [v for v in res.variants if v.result.finished_ok]
 if not done:
     st.info("No variant has finished yet.")
     st.stop()
-names = [str(v.get("name") or v.get("mode")) for v in done]
+names = [v.name for v in done]
 left, right = st.columns(2)
 with left:
     st.plotly_chart(
         agreement_figure(
             names,
-            [v.get("top1_agreement_pct") for v in done],
-            [
-                tuple(v["top1_agreement_ci95"]) if v.get("top1_agreement_ci95") else None
-                for v in done
-            ],
+            [v.result.top1_agreement_pct for v in done],
+            [v.result.top1_agreement_ci95 for v in done],
             threshold_pct=res.threshold_pct,
-            n=[v.get("n") for v in done],
+            n=[v.result.n for v in done],
         ),
         key="agreement.bars",
     )
@@ -44,18 +41,18 @@ with right:
             accuracy_figure(
                 names,
                 res.reference.get("accuracy_pct"),
-                [v.get("tflite_accuracy_pct") for v in done],
+                [v.result.tflite_accuracy_pct for v in done],
             ),
             key="agreement.accuracy",
         )
         rows = [
             {
                 "variant": n_,
-                "accuracy original": fmt.pct(v.get("reference_accuracy_pct"), digits=2),
-                "accuracy TFLite": fmt.pct(v.get("tflite_accuracy_pct"), digits=2),
-                "Δ (pp)": v.get("accuracy_delta_pct"),
-                "McNemar p": v.get("mcnemar_p"),
-                "n": v.get("n"),
+                "accuracy original": fmt.pct(v.result.reference_accuracy_pct, digits=2),
+                "accuracy TFLite": fmt.pct(v.result.tflite_accuracy_pct, digits=2),
+                "Δ (pp)": v.result.accuracy_delta_pct,
+                "McNemar p": v.result.mcnemar_p,
+                "n": v.result.n,
             }
             for n_, v in zip(names, done, strict=True)
         ]
@@ -74,7 +71,7 @@ if split_rows:
     st.dataframe(split_rows, hide_index=True, key="agreement.split")
 
 st.subheader("Which variant")
-counts = {str(v.get("name") or v.get("mode")): int(v.get("disagreements") or 0) for v in done}
+counts = {v.name: int(v.result.disagreements or 0) for v in done}
 if st.session_state.get(keys.AGREEMENT_VARIANT) not in names:
     # Open on the variant with the most flips: an all-zero matrix tells nothing.
     st.session_state[keys.AGREEMENT_VARIANT] = max(names, key=lambda n: counts[n])
@@ -153,10 +150,10 @@ else:
         st.switch_page("pages/disagreements.py")
 
 st.subheader("Flips between classes")
-matrix = v.get("flip_matrix")
-if not matrix or int(v.get("disagreements") or 0) == 0:
+matrix = v.result.flip_matrix
+if not matrix or int(v.result.disagreements or 0) == 0:
     st.success(
-        f"No disagreements — all {v.get('n')} samples agree.", icon=":material/check_circle:"
+        f"No disagreements — all {v.result.n} samples agree.", icon=":material/check_circle:"
     )
     st.stop()
 st.caption("Click a cell to see those samples in the Disagreements gallery.")

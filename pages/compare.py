@@ -62,8 +62,7 @@ for option in picked:
     if report is None:
         st.caption(f"{fmt.text(labels[option])}: no report yet, left out.")
         continue
-    names = [v.get("name") or v.get("mode") for v in report.get("variants") or []]
-    if variant not in names:
+    if report.variant(variant) is None:
         st.caption(f"{fmt.text(labels[option])}: not in the run's report yet, left out.")
         continue
     selections.append((rid, row.name, variant, report))

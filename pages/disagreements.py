@@ -16,7 +16,7 @@ widgets.run_header(res)
 names = widgets.finished_variants_or_stop(res)
 
 flip = st.session_state.get(keys.DISAGREE_FLIP)
-counts = {n: int(res.variant(n).get("disagreements") or 0) for n in names}
+counts = {n: int(res.variant(n).result.disagreements or 0) for n in names}
 if st.session_state.get(keys.DISAGREE_VARIANT) not in names:
     # Open on the variant with the most flips: that is what a user came to look at.
     st.session_state[keys.DISAGREE_VARIANT] = max(names, key=lambda n: counts[n])
@@ -92,7 +92,7 @@ if rows.empty:
             f"No agreeing sample has a margin below {margin:.2f} (n = {n}).",
             icon=":material/check_circle:",
         )
-    elif int(v.get("disagreements") or 0) == 0:
+    elif int(v.result.disagreements or 0) == 0:
         st.success(f"No disagreements — all {n} samples agree.", icon=":material/check_circle:")
     else:
         st.info("No disagreement matches these filters.")
@@ -103,7 +103,7 @@ pages = max(1, math.ceil(len(rows) / PAGE_SIZE))
 c6, c7 = st.columns([3, 1])
 c6.markdown(
     f"**{len(rows)}** {what} of **{n}** samples for **{variant}**"
-    f" (in total {v.get('disagreements')} disagree)."
+    f" (in total {v.result.disagreements} disagree)."
 )
 if int(st.session_state.get(keys.DISAGREE_PAGE, 1)) > pages:
     st.session_state[keys.DISAGREE_PAGE] = 1  # filters shrank the list below the current page

@@ -26,7 +26,7 @@ for name in res.variant_names(finished_only=True):
     arr = res.latency(name)
     if arr is not None and arr.size:
         arrays[name] = arr
-    lat = res.variant(name).get("latency_ms")
+    lat = res.variant(name).result.latency_ms
     if lat:
         percentiles[name] = dict(lat)
 
@@ -90,7 +90,7 @@ st.dataframe(
 )
 warnings = {
     ORIGINAL_LABEL: res.reference.get("latency_warning"),
-    **{n: res.variant(n).get("latency_warning") for n in res.variant_names(finished_only=True)},
+    **{n: res.variant(n).result.latency_warning for n in res.variant_names(finished_only=True)},
 }
 for name, warning in warnings.items():
     if warning:

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from core.reporting.report import NO_VERDICT, judged_variants, verdict_rule_of, verdict_rule_text
+from core.reporting.report import NO_VERDICT, judged_variants, verdict_rule_text
 from ui import choose, fmt, keys, runs, widgets
 from ui.downloads import render_downloads
 
@@ -31,7 +31,7 @@ else:
         f"**{res.threshold_pct:g} %** top-1 agreement threshold"
         + (f"; {failed} fall below it." if failed else ".")
     )
-st.caption(f"Verdict: {verdict_rule_text(verdict_rule_of(res.report), res.threshold_pct)}.")
+st.caption(f"Verdict: {verdict_rule_text(res.report.verdict_rule, res.threshold_pct)}.")
 
 per_row = 4
 for start in range(0, len(variants), per_row):
@@ -53,7 +53,7 @@ choose.tradeoff_chart(
 st.subheader("Summary")
 table = widgets.summary_table(res)
 widgets.summary_dataframe(table, key=keys.OVERVIEW_TABLE)
-k = next((v.get("k") for v in variants if v.get("k")), None)
+k = next((v.result.k for v in variants if v.result.k), None)
 ref = res.reference
 st.caption(
     f"Agreement: the TFLite top-1 class equals the original's; top-{k or 'k'}: the original's "
@@ -61,7 +61,7 @@ st.caption(
     f"{fmt.pct(ref.get('accuracy_pct'), digits=2)} on the labelled samples. "
     f"Sizes in MB (10⁶ bytes); latency per invoke at batch 1."
 )
-command = res.report.get("run", {}).get("command")
+command = res.report.run.command
 if command:
     with st.expander("Reproduce this run from the command line"):
         st.code(str(command), language="bash")

@@ -15,10 +15,9 @@ reductions: dict[str, float | None] = {}
 if res.reference.get("size_bytes"):
     sizes["original"] = int(res.reference["size_bytes"])
 for v in res.variants:
-    if v.get("size_bytes"):
-        name = str(v.get("name") or v.get("mode"))
-        sizes[name] = int(v["size_bytes"])
-        reductions[name] = v.get("size_reduction_pct")
+    if v.result.size_bytes:
+        sizes[v.name] = int(v.result.size_bytes)
+        reductions[v.name] = v.result.size_reduction_pct
 if not sizes:
     st.info("No sizes yet: no variant has been converted.")
     st.stop()
@@ -35,7 +34,7 @@ rows = [
         "size": fmt.mb(b),
         "bytes": b,
         "change vs original": _change(reductions.get(name)) if name != "original" else "—",
-        "change vs float32 TFLite": _change(res.variant(name).get("size_reduction_vs_float32_pct"))
+        "change vs float32 TFLite": _change(res.variant(name).result.size_reduction_vs_float32_pct)
         if name != "original"
         else "—",
     }

@@ -9,16 +9,17 @@ import streamlit as st
 
 from core.reporting.figures import tradeoff_figure
 from core.reporting.recommend import FRONTIER_RULE, pareto_frontier, recommendation, tradeoff_points
+from core.reporting.runmodel import RunReport, Variant
 from ui import fmt
 
 
-def report_recommendation(report: Mapping[str, Any]) -> dict[str, Any]:
+def report_recommendation(report: RunReport) -> dict[str, Any]:
     """The pick stored in report.json; runs older than the pick get it computed the same way."""
-    stored = report.get("recommendation")
+    stored = report.recommendation
     return dict(stored) if stored else recommendation(report)
 
 
-def recommendation_box(report: Mapping[str, Any]) -> None:
+def recommendation_box(report: RunReport) -> None:
     """The pick (or "none" and the closest variant) with its rule in words and the reason."""
     rec = report_recommendation(report)
     if rec.get("variant"):
@@ -30,7 +31,7 @@ def recommendation_box(report: Mapping[str, Any]) -> None:
 
 
 def tradeoff_chart(
-    variants: Sequence[Mapping[str, Any]], *, key: str, pick: str | None = None
+    variants: Sequence[Variant | Mapping[str, Any]], *, key: str, pick: str | None = None
 ) -> None:
     """Every finished variant at (size, p50) coloured by agreement, with the frontier drawn."""
     points = tradeoff_points(variants)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import io
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -14,6 +13,7 @@ from core.errors import QuantLensError
 from core.inputs import rundir
 from core.reporting.html import render_report_html
 from core.reporting.results import report_mtime
+from core.reporting.runmodel import RunReport, read_report
 from ui import keys
 
 _OCTET = "application/octet-stream"
@@ -65,12 +65,11 @@ def _read(path: Path) -> bytes:
     return path.read_bytes()
 
 
-def stored_name(run_dir: Path, report: dict[str, object]) -> str | None:
+def stored_name(run_dir: Path, report: RunReport) -> str | None:
     """The run's name as the store has it (a rename may be newer than report.json)."""
     from ui.history import store
 
-    run = report.get("run")
-    candidates = [run.get("id") if isinstance(run, dict) else None, run_dir.name]
+    candidates = [report.run.id, run_dir.name]
     try:
         for rid in candidates:
             if rid:
@@ -110,13 +109,13 @@ def render_downloads(run_dir: Path | str, *, name: str | None = None) -> None:
         st.caption("Downloads appear when the run has written its report.")
         return
     try:
-        report = json.loads(report_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        report = read_report(d)
+    except QuantLensError:
         st.caption("This run's report.json is unreadable; nothing to download.")
         return
     prefix = f"{keys.DOWNLOADS}.{d.name}"
     if name is None:
-        name = stored_name(d, report) or (report.get("run") or {}).get("name") or None
+        name = stored_name(d, report) or report.run.name or None
 
     st.markdown("**Run files**")
     cols = st.columns(3)
@@ -147,7 +146,7 @@ def render_downloads(run_dir: Path | str, *, name: str | None = None) -> None:
                 key=f"{prefix}.labels",
             )
 
-    variants = [str(v.get("name") or v.get("mode")) for v in report.get("variants") or []]
+    variants = report.variant_names
     if not variants:
         return
     st.markdown("**Per variant**")

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from core.history.store import RunRow, RunStore, open_store
 from core.inputs import rundir
 from core.jobs import launch as jobs
 from core.reporting.results import report_mtime
+from core.reporting.runmodel import RunReport, read_report, write_report
 from core.types import RunStatus
 from ui import keys
 
@@ -209,13 +210,11 @@ def rename(row: RunRow, name: str) -> None:
     """
     store().rename_run(row.id, name)
     invalidate()
-    report_path = row.run_dir / rundir.REPORT
-    if row.status.finished and report_path.is_file():
+    if row.status.finished and (row.run_dir / rundir.REPORT).is_file():
         try:
-            report = rundir.read_json(report_path)
-            report.setdefault("run", {})["name"] = name
-            rundir.write_json_atomic(report_path, report)
-        except (OSError, ValueError, AttributeError):
+            report = read_report(row.run_dir)
+            write_report(row.run_dir, replace(report, run=replace(report.run, name=name)))
+        except (OSError, QuantLensError):
             pass  # the store holds the name; an unreadable report keeps its old one
 
 
@@ -289,15 +288,14 @@ def cancel(row: RunRow) -> None:
 
 # ---- reports for the compare page -------------------------------------------------------------------
 @st.cache_data(max_entries=32, show_spinner=False)
-def _report(run_dir: str, mtime: float) -> dict[str, Any] | None:
+def _report(run_dir: str, mtime: float) -> RunReport | None:
     del mtime  # part of the key only: a rewritten report is read again
     try:
-        data = json.loads((Path(run_dir) / rundir.REPORT).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return read_report(Path(run_dir))
+    except QuantLensError:
         return None
-    return data if isinstance(data, dict) else None
 
 
-def report(row: RunRow) -> dict[str, Any] | None:
-    """The run's report.json as a dict (None while it has none or it is unreadable)."""
+def report(row: RunRow) -> RunReport | None:
+    """The run's typed report (None while it has none or it is unreadable)."""
     return _report(str(row.run_dir), report_mtime(row.run_dir))

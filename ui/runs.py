@@ -10,7 +10,7 @@ import streamlit as st
 from core.errors import QuantLensError
 from core.history.store import RunRow
 from core.jobs import launch as jobs
-from core.types import ProgressEvent, RunStatus
+from core.types import UNSUCCESSFUL_STATUSES, ProgressEvent, RunStatus
 from ui import fmt, history, keys
 from ui.cache import run_path
 
@@ -91,18 +91,18 @@ def _variant_lines(run_dir: Path, events: list[ProgressEvent]) -> list[tuple[str
         res = None
     if res is not None:
         for v in res.variants:
-            name = str(v.get("name") or v.get("mode"))
-            status = str(v.get("status") or "pending")
+            name = v.name
+            status = v.status
             if status == "done":
                 detail = (
-                    f"agreement {fmt.pct(v.get('top1_agreement_pct'), digits=2)} "
-                    f"(n={v.get('n')}) · {fmt.mb(v.get('size_bytes'))} · "
-                    f"p50 {fmt.ms((v.get('latency_ms') or {}).get('p50'))}"
+                    f"agreement {fmt.pct(v.result.top1_agreement_pct, digits=2)} "
+                    f"(n={v.result.n}) · {fmt.mb(v.result.size_bytes)} · "
+                    f"p50 {fmt.ms((v.result.latency_ms or {}).get('p50'))}"
                 )
-                if v.get("latency_note"):
-                    detail += f" ({v['latency_note']})"
-            elif status in ("failed", "crashed", "timeout", "cancelled"):
-                detail = str(v.get("error") or status)
+                if v.result.latency_note:
+                    detail += f" ({v.result.latency_note})"
+            elif status in UNSUCCESSFUL_STATUSES:
+                detail = str(v.result.error or status)
             else:
                 detail = rows.get(name, ("", status))[1]
             rows[name] = (status, detail)

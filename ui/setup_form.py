@@ -21,6 +21,7 @@ from core.reporting.report import VERDICT_LOWER_BOUND, VERDICT_POINT, VERDICT_RU
 from core.reporting.tracking import resolve_uri
 from core.types import (
     BACKEND_CHOICES,
+    DEFAULT_MIN_AGREEMENT_PCT,
     Dataset,
     IOType,
     JobSpec,
@@ -76,7 +77,7 @@ _FORM_DEFAULTS: dict[str, object] = {
     keys.SETUP_CALIBRATION: 100,
     keys.SETUP_MAX_SAMPLES: 0,
     keys.SETUP_THREADS: default_threads(),  # every core but one: the server keeps its own
-    keys.SETUP_THRESHOLD: 95.0,
+    keys.SETUP_THRESHOLD: DEFAULT_MIN_AGREEMENT_PCT,
     keys.SETUP_VERDICT: VERDICT_POINT,
 }
 REMEMBERED = (*_SOURCES, *_TEXTS, *_UPLOADED, keys.SETUP_PRESET, *_FORM_DEFAULTS)

@@ -21,12 +21,13 @@ from core.reporting.report import (
     no_verdict_reason,
     size_change_pct,
     too_few_samples_note,
-    verdict_rule_of,
 )
 from core.reporting.results import RunResults
+from core.reporting.runmodel import Variant
+from core.types import UNSUCCESSFUL_STATUSES
 from ui import cache, fmt, runs
 
-_BAD_STATES = ("failed", "crashed", "timeout", "cancelled")
+_BAD_STATES = UNSUCCESSFUL_STATUSES
 
 
 def require_results() -> RunResults:
@@ -59,7 +60,7 @@ def run_header(res: RunResults) -> None:
     """One caption line naming the run, its model, data and sample count."""
     ref, ds = res.reference, res.dataset
     name = res.run_name or res.run_id
-    status = runs.run_status(res.run_id).get("status") or res.report.get("run", {}).get("status")
+    status = runs.run_status(res.run_id).get("status") or res.report.run.status
     st.caption(
         f"Run **{fmt.text(name)}** ({fmt.text(status)}) · model {fmt.code(ref.get('path', '?'))} "
         f"({fmt.text(ref.get('format', '?'))}) · data {fmt.code(ds.get('path', '?'))} · "
@@ -67,7 +68,7 @@ def run_header(res: RunResults) -> None:
         f"{res.num_classes} classes"
         + (
             " · **trusted mode** (the model's own code was allowed to run)"
-            if res.report.get("run", {}).get("trusted")
+            if res.report.run.trusted
             else ""
         )
     )
@@ -90,7 +91,7 @@ def chance_warning(res: RunResults) -> None:
             f"**Original model accuracy is {fmt.pct(res.reference.get('accuracy_pct'))}, near "
             f"chance ({100.0 / c:.1f} % for {c} classes): preprocessing is probably wrong.** "
             "Agreement numbers are meaningless when both models see garbage. Check the preset "
-            f"(this run used {fmt.code(res.report.get('preprocessing', {}).get('preset', '?'))}) "
+            f"(this run used {fmt.code(res.report.preprocessing.get('preset', '?'))}) "
             "and the labels.",
             icon=":material/warning:",
         )
@@ -98,7 +99,7 @@ def chance_warning(res: RunResults) -> None:
 
 def tracking_note(res: RunResults) -> None:
     """Where the run was logged in MLflow, or the one line saying why logging failed."""
-    tracking = res.report.get("tracking") or {}
+    tracking = res.report.extra.get("tracking") or {}
     uri = tracking.get("uri")
     if tracking.get("error"):
         st.warning(
@@ -109,7 +110,7 @@ def tracking_note(res: RunResults) -> None:
         st.caption(f"Logged to MLflow: run `{tracking['run_id']}` at `{uri}`.")
 
 
-def variant_verdict(res: RunResults, v: dict[str, Any]) -> str:
+def variant_verdict(res: RunResults, v: Variant) -> str:
     """PASS, FAIL, NO VERDICT, or PIVOT for the float32 pivot the user did not select.
 
     A run whose original is near chance never shows PASS, even when its report predates the
@@ -117,28 +118,28 @@ def variant_verdict(res: RunResults, v: dict[str, Any]) -> str:
     """
     if is_pivot_only(v):
         return PIVOT
-    if v.get("verdict_reason") or (v.get("passed") is not None and res.reference_near_chance):
+    if v.result.verdict_reason or (v.result.passed is not None and res.reference_near_chance):
         return NO_VERDICT
-    passed = v.get("passed")
+    passed = v.result.passed
     return "PASS" if passed is True else "FAIL" if passed is False else ""
 
 
-def no_verdict_text(res: RunResults, v: dict[str, Any]) -> str:
+def no_verdict_text(res: RunResults, v: Variant) -> str:
     """Why a variant has no verdict: the report's reason, else one rebuilt from the original."""
-    reason = v.get("verdict_reason") or no_verdict_reason(
+    reason = v.result.verdict_reason or no_verdict_reason(
         res.reference.get("accuracy_pct"), res.num_classes
     )
     return str(reason or "no verdict")
 
 
-def verdict_card(res: RunResults, v: dict[str, Any]) -> None:
+def verdict_card(res: RunResults, v: Variant) -> None:
     """A bordered card: PASS/FAIL badge, agreement with CI and n, size, p50 latency."""
-    status = str(v.get("status") or "done")
+    status = v.status
     with st.container(border=True):
         st.markdown(f"#### {fmt.text(display_name(res.report, v))}")
         if status in _BAD_STATES:
             st.badge(status.upper(), color="red", icon=":material/error:")
-            st.caption(fmt.text(v.get("error") or f"variant {status}"))
+            st.caption(fmt.text(v.result.error or f"variant {status}"))
             return
         if status != "done":
             st.badge(status.upper(), color="gray", icon=":material/schedule:")
@@ -156,33 +157,33 @@ def verdict_card(res: RunResults, v: dict[str, Any]) -> None:
             st.caption(fmt.text(no_verdict_text(res, v)))
         st.metric(
             "Top-1 agreement",
-            fmt.pct(v.get("top1_agreement_pct"), digits=2),
+            fmt.pct(v.result.top1_agreement_pct, digits=2),
             help=f"Share of samples where both models pick the same class; threshold "
             f"{res.threshold_pct:g} %.",
         )
         st.caption(
-            f"95 % CI {fmt.ci(v.get('top1_agreement_ci95'))} · n = {v.get('n')} · "
-            f"{v.get('disagreements')} disagree"
+            f"95 % CI {fmt.ci(v.result.top1_agreement_ci95)} · n = {v.result.n} · "
+            f"{v.result.disagreements} disagree"
         )
         split = split_line(v)
         if split:
             st.caption(split)
-        reason = fail_reason(v, res.threshold_pct, verdict_rule_of(res.report))
+        reason = fail_reason(v, res.threshold_pct, res.report.verdict_rule)
         if shown == "FAIL" and reason:
             st.caption(fmt.text(f"FAIL: {reason}"))
-        small_n = too_few_samples_note(v.get("n"), res.threshold_pct)
+        small_n = too_few_samples_note(v.result.n, res.threshold_pct)
         if small_n:
             st.caption(fmt.text(f"Too few images: {small_n}"))
-        red = v.get("size_reduction_pct")
+        red = v.result.size_reduction_pct
         size_change = None if red is None else -float(red)
         st.metric(
             "Size",
-            fmt.mb(v.get("size_bytes")),
+            fmt.mb(v.result.size_bytes),
             delta=None if size_change is None else fmt.change(size_change) + " vs original",
             delta_color=_lower_is_better(size_change),
         )
-        lat = v.get("latency_ms") or {}
-        sp = v.get("speedup_vs_reference")
+        lat = v.result.latency_ms or {}
+        sp = v.result.speedup_vs_reference
         # A speed-up s means p50 changed by (1/s − 1): 2× faster is −50 %, 0.8× is +25 %.
         time_change = None if not sp else 100.0 * (1.0 / float(sp) - 1.0)
         st.metric(
@@ -194,16 +195,16 @@ def verdict_card(res: RunResults, v: dict[str, Any]) -> None:
         )
         if sp:
             st.caption("LiteRT invoke vs the original's TensorFlow serving call, batch 1")
-        if v.get("latency_warning"):
-            st.warning(fmt.text(v["latency_warning"]), icon=":material/speed:")
-        if not lat and v.get("latency_note"):  # e.g. the run was cancelled before timing
-            st.caption(fmt.text(v["latency_note"]))
+        if v.result.latency_warning:
+            st.warning(fmt.text(v.result.latency_warning), icon=":material/speed:")
+        if not lat and v.result.latency_note:  # e.g. the run was cancelled before timing
+            st.caption(fmt.text(v.result.latency_note))
 
 
-def split_line(v: dict[str, Any]) -> str:
+def split_line(v: Variant) -> str:
     """The card line of the three-way split ("" for float32 or a run without a pivot)."""
-    split = v.get("disagreement_split")
-    if not split or not v.get("disagreements"):
+    split = v.result.disagreement_split
+    if not split or not v.result.disagreements:
         return ""
     return (
         f"of which {split.get('conversion')} conversion-caused "
@@ -211,17 +212,17 @@ def split_line(v: dict[str, Any]) -> str:
     )
 
 
-def split_rows(variants: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def split_rows(variants: list[Variant]) -> list[dict[str, Any]]:
     """One row per split variant for the Agreement table (none when the run has no pivot)."""
     rows = []
     for v in variants:
-        split = v.get("disagreement_split")
+        split = v.result.disagreement_split
         if not split:
             continue
         rows.append(
             {
-                "variant": str(v.get("name") or v.get("mode")),
-                "disagreements": v.get("disagreements"),
+                "variant": v.name,
+                "disagreements": v.result.disagreements,
                 "conversion-caused": split.get("conversion"),
                 "quantization-caused": split.get("quantization"),
             }
@@ -319,24 +320,24 @@ def summary_table(res: RunResults) -> pd.DataFrame:
         }
     )
     for v in res.variants:
-        lat = v.get("latency_ms") or {}
+        lat = v.result.latency_ms or {}
         rows.append(
             {
-                "model": str(v.get("name") or v.get("mode")),
-                "status": str(v.get("status")),
+                "model": v.name,
+                "status": str(v.result.status),
                 "verdict": variant_verdict(res, v),
-                "size (MB)": None if v.get("size_bytes") is None else v["size_bytes"] / 1e6,
-                "size change vs original (%)": size_change_pct(v.get("size_reduction_pct")),
+                "size (MB)": None if v.result.size_bytes is None else v.result.size_bytes / 1e6,
+                "size change vs original (%)": size_change_pct(v.result.size_reduction_pct),
                 "size change vs float32 TFLite (%)": size_change_pct(
-                    v.get("size_reduction_vs_float32_pct")
+                    v.result.size_reduction_vs_float32_pct
                 ),
-                "top-1 agreement (%)": v.get("top1_agreement_pct"),
-                "95 % CI": fmt.ci(v.get("top1_agreement_ci95")),
-                "top-k agreement (%)": v.get("topk_agreement_pct"),
-                "accuracy original (%)": v.get("reference_accuracy_pct"),
-                "accuracy TFLite (%)": v.get("tflite_accuracy_pct"),
-                "disagreements": v.get("disagreements"),
-                "n": v.get("n"),
+                "top-1 agreement (%)": v.result.top1_agreement_pct,
+                "95 % CI": fmt.ci(v.result.top1_agreement_ci95),
+                "top-k agreement (%)": v.result.topk_agreement_pct,
+                "accuracy original (%)": v.result.reference_accuracy_pct,
+                "accuracy TFLite (%)": v.result.tflite_accuracy_pct,
+                "disagreements": v.result.disagreements,
+                "n": v.result.n,
                 "p50 (ms)": lat.get("p50"),
                 "p99 (ms)": quotable_p99(lat),  # only from 100 runs; below, max says it
                 "max (ms)": lat.get("max"),
@@ -358,7 +359,7 @@ def selected_points(event: Any) -> list[dict[str, Any]]:
 # ---- gallery ---------------------------------------------------------------------------------
 def model_channels(res: RunResults) -> int:
     """1 for a grayscale model, else 3: tiles show the image in the colours the model saw."""
-    channels = (res.report.get("preprocessing") or {}).get("channels")
+    channels = res.report.preprocessing.get("channels")
     return 1 if channels == 1 else 3
 
 

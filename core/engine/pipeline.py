@@ -46,6 +46,7 @@ from core.metrics.agreement import (
 )
 from core.metrics.latency import latency_stats, unstable_timing
 from core.types import (
+    FINISHED_STATUSES,
     NEEDS_CALIBRATION,
     Dataset,
     JobSpec,
@@ -60,7 +61,7 @@ from core.types import (
 
 ProgressFn = Callable[[ProgressEvent], None]
 BATCH = 32
-FINISHED = frozenset({"done", "failed", "crashed", "timeout", "cancelled"})
+FINISHED = FINISHED_STATUSES
 
 
 @dataclass(frozen=True)
@@ -239,9 +240,10 @@ class JobRunner:
     # -- report ---------------------------------------------------------------------------
     def save_report(self) -> None:
         from core.reporting.report import fill_float32_reductions
+        from core.reporting.runmodel import write_report
 
         fill_float32_reductions(self.report)
-        rundir.write_json_atomic(self.run_dir / rundir.REPORT, self.report)
+        write_report(self.run_dir, self.report)
 
     def variant_entry(self, name: str) -> dict[str, Any]:
         return next(v for v in self.report["variants"] if v["name"] == name)

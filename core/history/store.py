@@ -9,14 +9,23 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from core.errors import StoreError
+from core.history.rows import (
+    LATENCY_KEYS,
+    VariantRow,
+    latency_values,
+    run_columns,
+    variant_row,
+)
 from core.inputs.rundir import workspace_home
+from core.reporting.report import variant_of
+from core.reporting.runmodel import RunReport, Variant, report_from
 from core.types import RunStatus
 
 DB_NAME = "quantlens.db"
@@ -96,7 +105,6 @@ MIGRATIONS: list[tuple[str, ...]] = [
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
-_LATENCY_KEYS = ("min", "p50", "p90", "p99", "mean", "std", "n")
 _JOB_OPTION_KEYS = (
     "calibration_samples",
     "max_samples",
@@ -650,18 +658,20 @@ class RunStore:
             )
             self._require(cur, run_id)
 
-    def upsert_variant(self, run_id: str, variant: dict[str, Any]) -> None:
-        """Insert or replace one variant (a report.json variant dict) and its latency summary.
+    def upsert_variant(self, run_id: str, variant: Variant | Mapping[str, Any]) -> None:
+        """Insert or replace one variant and its latency summary.
 
         Raises:
-            StoreError: no such run, the dict has no name, or the database is locked.
+            StoreError: no such run, or the database is locked.
+            QuantLensError: a variant dict without a mode (not a report.json entry).
         """
+        row = variant_row(variant_of(variant))
         with self._write() as conn:
             self._require_run(conn, run_id)
-            self._upsert_variant(conn, run_id, variant)
+            self._upsert_variant(conn, run_id, row)
 
-    def sync_report(self, run_id: str, report: dict[str, Any]) -> None:
-        """Store identity, variants and latency summaries of a report.json dict atomically.
+    def sync_report(self, run_id: str, report: RunReport | Mapping[str, Any]) -> None:
+        """Store identity, variants and latency summaries of a run's report atomically.
 
         The run's name and status are left alone: the user may have renamed the run, and the
         status is the worker's to set. Variants missing from the report are removed.
@@ -669,12 +679,9 @@ class RunStore:
         Raises:
             StoreError: no such run, or the database is locked.
         """
-        reference = report.get("reference") or {}
-        dataset = report.get("dataset") or {}
-        env = report.get("environment") or {}
-        prep = report.get("preprocessing") or {}
-        run = report.get("run") or {}
-        variants = [v for v in report.get("variants") or [] if v.get("name") or v.get("mode")]
+        typed = report_from(report)
+        run = run_columns(typed)
+        variants = [variant_row(v) for v in typed.variants]
         with self._write() as conn:
             self._require_run(conn, run_id)
             conn.execute(
@@ -694,21 +701,21 @@ class RunStore:
                 WHERE id = ?
                 """,
                 (
-                    reference.get("path"),
-                    reference.get("format"),
-                    reference.get("sha256"),
-                    dataset.get("path"),
-                    dataset.get("sha256"),
-                    prep.get("preset"),
-                    _dumps(report.get("options")),
-                    _dumps(env) if env else None,
-                    env.get("cpu"),
-                    env.get("threads"),
-                    None if run.get("trusted") is None else int(bool(run["trusted"])),
+                    run.model_path,
+                    run.model_format,
+                    run.model_sha256,
+                    run.data_path,
+                    run.data_sha256,
+                    run.preset,
+                    _dumps(run.options),
+                    _dumps(run.versions),
+                    run.cpu,
+                    run.threads,
+                    run.trusted,
                     run_id,
                 ),
             )
-            names = [str(v.get("name") or v.get("mode")) for v in variants]
+            names = [v.name for v in variants]
             placeholders = ",".join("?" * len(names))
             conn.execute(
                 f"DELETE FROM variants WHERE run_id = ? AND name NOT IN ({placeholders})",
@@ -721,7 +728,7 @@ class RunStore:
             )
             for variant in variants:
                 self._upsert_variant(conn, run_id, variant)
-            self._upsert_latency(conn, run_id, "reference", reference.get("latency_ms"))
+            self._upsert_latency(conn, run_id, "reference", typed.reference.get("latency_ms"))
 
     def rename_run(self, run_id: str, name: str) -> None:
         """Give a run a new name, stored verbatim.
@@ -882,7 +889,7 @@ class RunStore:
                 'SELECT model, "min", p50, p90, p99, mean, std, n FROM latency WHERE run_id = ?',
                 (run_id,),
             ).fetchall()
-        return {r[0]: dict(zip(_LATENCY_KEYS, r[1:], strict=True)) for r in rows}
+        return {r[0]: dict(zip(LATENCY_KEYS, r[1:], strict=True)) for r in rows}
 
     def close(self) -> None:
         """Release this handle (later calls on it raise StoreError).
@@ -921,16 +928,7 @@ class RunStore:
         if conn.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
             raise StoreError(f"no run {run_id!r} in the run database; refresh the run list")
 
-    def _upsert_variant(
-        self, conn: sqlite3.Connection, run_id: str, variant: dict[str, Any]
-    ) -> None:
-        name = variant.get("name") or variant.get("mode")
-        if not name:
-            raise StoreError("a variant dict needs a 'name' (e.g. 'int8'); pass a report variant")
-        passed = variant.get("passed")
-        options = {
-            k: variant[k] for k in ("allow_select_tf_ops", "select_tf_ops_used") if k in variant
-        }
+    def _upsert_variant(self, conn: sqlite3.Connection, run_id: str, row: VariantRow) -> None:
         conn.execute(
             """
             INSERT INTO variants (run_id, name, mode, io_type, options_json, status, error,
@@ -945,23 +943,23 @@ class RunStore:
             """,
             (
                 run_id,
-                str(name),
-                variant.get("mode"),
-                variant.get("io_type"),
-                _dumps(options),
-                str(variant.get("status") or "pending"),
-                variant.get("error"),
-                variant.get("size_bytes"),
-                _dumps(variant),
-                variant.get("top1_agreement_pct"),
-                None if passed is None else int(bool(passed)),
+                row.name,
+                row.mode,
+                row.io_type,
+                _dumps(row.options),
+                row.status,
+                row.error,
+                row.size_bytes,
+                _dumps(row.metrics),
+                row.top1_agreement_pct,
+                row.passed,
             ),
         )
-        self._upsert_latency(conn, run_id, str(name), variant.get("latency_ms"))
+        self._upsert_latency(conn, run_id, row.name, row.latency)
 
     @staticmethod
     def _upsert_latency(
-        conn: sqlite3.Connection, run_id: str, model: str, stats: dict[str, Any] | None
+        conn: sqlite3.Connection, run_id: str, model: str, stats: Mapping[str, Any] | None
     ) -> None:
         if not stats:
             return
@@ -970,7 +968,7 @@ class RunStore:
             INSERT OR REPLACE INTO latency (run_id, model, "min", p50, p90, p99, mean, std, n)
             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
             """,
-            (run_id, model, *(stats.get(k) for k in _LATENCY_KEYS)),
+            (run_id, model, *latency_values(stats)),
         )
 
     @staticmethod

@@ -15,6 +15,7 @@ from core.errors import QuantLensError
 from core.inputs import rundir
 from core.jobs import protocol
 from core.jobs.workspace import opened_store
+from core.reporting import runmodel
 from core.types import RunStatus
 
 _ENDED_WORDS = {
@@ -31,8 +32,9 @@ def run_id_of(directory: Path) -> str:
 
 
 def read_report(directory: Path) -> dict[str, Any] | None:
+    """report.json through the one reader (any schema), as a dict the run's end can amend."""
     path = directory / rundir.REPORT
-    return rundir.read_json(path) if path.exists() else None
+    return runmodel.read_report(directory).to_dict() if path.exists() else None
 
 
 def finish_run(directory: Path, status: RunStatus, error: str | None, *, home: Path | None) -> None:
@@ -46,7 +48,7 @@ def finish_run(directory: Path, status: RunStatus, error: str | None, *, home: P
             report["run"]["id"] = run_id
             if status is not RunStatus.DONE:
                 note_untimed_variants(report, status)
-            rundir.write_json_atomic(directory / rundir.REPORT, report)
+            runmodel.write_report(directory, report)
             store.sync_report(run_id, report)
         store.set_status(run_id, status, error=error)
     # status.json is what watchers poll: it turns final only once the report and the store
@@ -89,7 +91,7 @@ def close_unfinished_variants(directory: Path, status: str, reason: str) -> None
         if variant["status"] in ("pending", "running"):
             variant["status"] = status
             variant["error"] = reason
-    rundir.write_json_atomic(directory / rundir.REPORT, report)
+    runmodel.write_report(directory, report)
 
 
 def mark_variant(
@@ -104,7 +106,7 @@ def mark_variant(
             variant["status"] = status
             variant["error"] = reason
             variant["stderr_tail"] = tail
-    rundir.write_json_atomic(directory / rundir.REPORT, report)
+    runmodel.write_report(directory, report)
     sync_report_to_store(directory, home=home)
 
 

@@ -10,7 +10,6 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from core.errors import QuantLensError
 from core.inputs import rundir
 from core.inputs.paths import resolve_inside
 from core.metrics.latency import tail_latency
@@ -28,6 +27,7 @@ from core.reporting.report import (
     verdict_rule_of,
     verdict_rule_text,
 )
+from core.reporting.runmodel import RunReport, Variant, read_report
 
 THUMB_PX = 96
 MAX_GALLERY = 12
@@ -86,11 +86,10 @@ def render_report_html(run_dir: Path, *, name: str | None = None) -> str:
         QuantLensError: report.json is missing or not valid JSON.
     """
     run_dir = Path(run_dir)
-    report = _read_report(run_dir)
-    run = report.get("run") or {}
-    title_name = name if name is not None else str(run.get("name") or run.get("id") or "")
-    variants = [v for v in report.get("variants") or [] if isinstance(v, dict)]
-    threshold = _threshold(report)
+    report = read_report(run_dir)
+    title_name = name if name is not None else (report.run.name or report.run.id)
+    variants = list(report.variants)
+    threshold = report.threshold_pct
 
     parts: list[str] = [
         "<!DOCTYPE html>",
@@ -141,21 +140,6 @@ def write_report_html(run_dir: Path, *, name: str | None = None) -> Path:
 # -- reading -------------------------------------------------------------------------------------
 
 
-def _read_report(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / rundir.REPORT
-    try:
-        report = rundir.read_json(path)
-    except FileNotFoundError:
-        raise QuantLensError(
-            f"{path} does not exist; the run has not written results yet, wait or re-run it"
-        ) from None
-    except (OSError, ValueError) as exc:
-        raise QuantLensError(f"cannot read {path} ({exc}); re-run the job") from None
-    if not isinstance(report, dict):
-        raise QuantLensError(f"{path} is not a QuantLens report; re-run the job")
-    return report
-
-
 def _read_csv(path: Path) -> list[dict[str, str]]:
     """Rows of a CSV as dicts; a missing or unreadable file gives no rows (the report goes on)."""
     try:
@@ -163,11 +147,6 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
             return list(csv.DictReader(f))
     except (OSError, UnicodeDecodeError, csv.Error):
         return []
-
-
-def _threshold(report: dict[str, Any]) -> float:
-    value = (report.get("options") or {}).get("min_agreement_pct")
-    return 95.0 if value is None else float(value)
 
 
 # -- formatting ----------------------------------------------------------------------------------
@@ -193,7 +172,7 @@ def _fmt(value: Any, spec: str = ".2f", unit: str = "") -> str:
     return '<span class="na">—</span>' if f is None else f"{f:{spec}}{unit}"
 
 
-def _class_label(report: dict[str, Any], index: Any) -> str:
+def _class_label(report: RunReport, index: Any) -> str:
     names = (report.get("dataset") or {}).get("class_names") or []
     try:
         i = int(index)
@@ -212,7 +191,7 @@ def _size_change(reduction_pct: float | None) -> str:
     return f'<span class="fail">{label}</span>' if label.startswith("+") else label
 
 
-def _verdict(variant: dict[str, Any], threshold: float) -> str:
+def _verdict(variant: Variant, threshold: float) -> str:
     if is_pivot_only(variant):
         return (
             f'<span class="na" title="splits the quantized variants\' disagreements">{PIVOT}</span>'
@@ -233,7 +212,7 @@ def _verdict(variant: dict[str, Any], threshold: float) -> str:
 # -- sections ------------------------------------------------------------------------------------
 
 
-def _subtitle(report: dict[str, Any]) -> str:
+def _subtitle(report: RunReport) -> str:
     run = report.get("run") or {}
     ref = report.get("reference") or {}
     dataset = report.get("dataset") or {}
@@ -248,14 +227,10 @@ def _subtitle(report: dict[str, Any]) -> str:
     return '<p class="sub">' + " · ".join(b for b in bits if b) + "</p>"
 
 
-def _verdict_banner(variants: list[dict[str, Any]], threshold: float) -> str:
+def _verdict_banner(variants: list[Variant], threshold: float) -> str:
     if not variants:
         return '<p class="banner fail">No variant was run.</p>'
-    failing = [
-        str(v.get("name") or v.get("mode"))
-        for v in variants
-        if v.get("passed") is not True or v.get("status") != "done"
-    ]
+    failing = [v.name for v in variants if v.result.passed is not True or v.status != "done"]
     if not failing:
         return (
             f'<p class="banner pass">Every variant meets the {threshold:g} % top-1 agreement '
@@ -267,14 +242,13 @@ def _verdict_banner(variants: list[dict[str, Any]], threshold: float) -> str:
     )
 
 
-def _verdict_rule_notes(report: dict[str, Any], threshold: float) -> str:
+def _verdict_rule_notes(report: RunReport, threshold: float) -> str:
     """The verdict rule in words, each failing variant's reason and any too-small-n note."""
     rule = verdict_rule_of(report)
     lines = [f"Verdict: {_e(verdict_rule_text(rule, threshold))}."]
-    for v in report.get("variants") or []:
-        reason = fail_reason(v, threshold, rule) if isinstance(v, dict) else None
-        if reason:
-            lines.append(f"{_e(v.get('name'))}: FAIL — {_e(reason)}.")
+    for v in report.variants:
+        if reason := fail_reason(v, threshold, rule):
+            lines.append(f"{_e(v.name)}: FAIL — {_e(reason)}.")
     for n in sample_counts(report):
         note = too_few_samples_note(n, threshold)
         if note:
@@ -282,11 +256,11 @@ def _verdict_rule_notes(report: dict[str, Any], threshold: float) -> str:
     return '<p class="sub">' + "<br>".join(lines) + "</p>"
 
 
-def _recommendation_section(report: dict[str, Any]) -> str:
+def _recommendation_section(report: RunReport) -> str:
     """The pick (or none and the closest), the rule in words, and the frontier's dominance rule."""
     from core.reporting.recommend import FRONTIER_RULE, recommendation
 
-    if not report.get("variants") or "options" not in report:
+    if not report.variants or "min_agreement_pct" not in report.options:
         return '<p class="na">No variant to recommend yet.</p>'
     rec = report.get("recommendation") or recommendation(report)
     if rec.get("variant"):
@@ -304,7 +278,7 @@ def _recommendation_section(report: dict[str, Any]) -> str:
     )
 
 
-def _chance_warning(report: dict[str, Any]) -> str:
+def _chance_warning(report: RunReport) -> str:
     """Warn when the reference is near chance: wrong preprocessing looks like agreement."""
     ref = report.get("reference") or {}
     acc = _num(ref.get("accuracy_pct"))
@@ -319,7 +293,7 @@ def _chance_warning(report: dict[str, Any]) -> str:
     )
 
 
-def _verdict_table(report: dict[str, Any], variants: list[dict[str, Any]], threshold: float) -> str:
+def _verdict_table(report: RunReport, variants: list[Variant], threshold: float) -> str:
     ks = {v.get("k") for v in variants if v.get("k") is not None}
     common_k = ks.pop() if len(ks) == 1 else None
     topk_head = "top-k" if common_k is None else f"top-{_e(common_k)}"
@@ -372,18 +346,18 @@ def _verdict_table(report: dict[str, Any], variants: list[dict[str, Any]], thres
         if v.get("error"):
             # A full-width row under the variant: error text is long and must stay readable.
             rows.append(
-                f'<tr class="errrow"><td>{_e(v.get("name") or v.get("mode"))} error</td>'
+                f'<tr class="errrow"><td>{_e(v.name)} error</td>'
                 f'<td colspan="11" class="err">{_e(v["error"])}</td></tr>'
             )
         elif v.get("verdict_reason"):
             rows.append(
-                f'<tr class="errrow"><td>{_e(v.get("name") or v.get("mode"))} {NO_VERDICT}</td>'
+                f'<tr class="errrow"><td>{_e(v.name)} {NO_VERDICT}</td>'
                 f'<td colspan="11" class="err">{_e(v["verdict_reason"])}</td></tr>'
             )
         for warning in v.get("warnings") or []:
             # NaN/Inf outputs on some images: counted as disagreements, so say how many.
             rows.append(
-                f'<tr class="errrow"><td>{_e(v.get("name") or v.get("mode"))} warning</td>'
+                f'<tr class="errrow"><td>{_e(v.name)} warning</td>'
                 f'<td colspan="11" class="err">{_e(warning)}</td></tr>'
             )
     return (
@@ -393,7 +367,7 @@ def _verdict_table(report: dict[str, Any], variants: list[dict[str, Any]], thres
     )
 
 
-def _reference_table(report: dict[str, Any]) -> str:
+def _reference_table(report: RunReport) -> str:
     ref = report.get("reference") or {}
     if not ref:
         return ""
@@ -415,7 +389,7 @@ def _reference_table(report: dict[str, Any]) -> str:
     return f'<h3>Original model</h3><table id="reference">{body}</table>'
 
 
-def _charts(report: dict[str, Any], variants: list[dict[str, Any]], threshold: float) -> str:
+def _charts(report: RunReport, variants: list[Variant], threshold: float) -> str:
     # Imported here: plotly is only needed when a report is rendered.
     from core.reporting.figures import (
         ORIGINAL_LABEL,
@@ -427,7 +401,7 @@ def _charts(report: dict[str, Any], variants: list[dict[str, Any]], threshold: f
     from core.reporting.recommend import pareto_frontier, tradeoff_points
 
     ref = report.get("reference") or {}
-    names = [str(v.get("name") or v.get("mode")) for v in variants]
+    names = [v.name for v in variants]
     figures = []
 
     sizes: dict[str, int] = {}
@@ -505,7 +479,7 @@ def _tail(latency: dict[str, Any]) -> str:
     return f"{label} {_fmt(value, '.3f')}"
 
 
-def _split_cell(variant: dict[str, Any]) -> str:
+def _split_cell(variant: Variant) -> str:
     """The three-way split under a quantized variant's disagreement count."""
     split = variant.get("disagreement_split")
     if not isinstance(split, dict) or not variant.get("disagreements"):
@@ -516,12 +490,12 @@ def _split_cell(variant: dict[str, Any]) -> str:
     )
 
 
-def _galleries(run_dir: Path, report: dict[str, Any], variants: list[dict[str, Any]]) -> str:
+def _galleries(run_dir: Path, report: RunReport, variants: list[Variant]) -> str:
     reference_rows = {r.get("index"): r for r in _read_csv(run_dir / rundir.SAMPLES)}
     root = rundir.dataset_root(report.get("dataset") or {})
     out = []
     for v in variants:
-        name = str(v.get("name") or v.get("mode"))
+        name = v.name
         rows = _read_csv(rundir.variant_samples_path(run_dir, name))
         if not rows:
             if v.get("status") == "done":
@@ -594,7 +568,7 @@ def thumbnail_data_uri(path: Path, *, size: int = THUMB_PX) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def _dataset_section(report: dict[str, Any]) -> str:
+def _dataset_section(report: RunReport) -> str:
     dataset = report.get("dataset") or {}
     prep = report.get("preprocessing") or {}
     options = report.get("options") or {}
@@ -635,7 +609,7 @@ def _dataset_section(report: dict[str, Any]) -> str:
     return out
 
 
-def _environment_table(report: dict[str, Any]) -> str:
+def _environment_table(report: RunReport) -> str:
     env = report.get("environment") or {}
     if not env:
         return '<p class="na">Not recorded.</p>'
@@ -643,7 +617,7 @@ def _environment_table(report: dict[str, Any]) -> str:
     return f'<table id="environment">{body}</table>'
 
 
-def _command_section(report: dict[str, Any]) -> str:
+def _command_section(report: RunReport) -> str:
     command = (report.get("run") or {}).get("command")
     if isinstance(command, list | tuple):
         command = shlex.join(str(c) for c in command)

@@ -6,7 +6,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from core.reporting.report import is_pivot_only, verdict
+from core.reporting.report import variant_of, verdict
+from core.reporting.runmodel import RunReport, Variant, report_from
 
 # The dominance rule of the frontier, stated once for the captions and report.html.
 FRONTIER_RULE = (
@@ -55,67 +56,74 @@ def pareto_frontier(points: Sequence[TradeoffPoint]) -> list[str]:
 
 
 def tradeoff_points(
-    variants: Sequence[Mapping[str, Any]], *, label: str = "{name}"
+    variants: Sequence[Variant | Mapping[str, Any]], *, label: str = "{name}"
 ) -> list[TradeoffPoint]:
     """The chart's points: every finished variant that has a size, a p50 and an agreement.
 
     Args:
-        variants: report.json variant entries (any backend, any kind).
+        variants: the run's variants (any backend, any kind).
         label: how to name a point; "{name}" is the variant's name (Compare prefixes the run).
     """
     points = []
-    for v in variants:
-        p50 = (v.get("latency_ms") or {}).get("p50")
-        if v.get("status") != "done" or not v.get("size_bytes") or p50 is None:
+    for v in map(variant_of, variants):
+        r = v.result
+        if r.status != "done" or not r.size_bytes or r.p50_ms is None:
             continue
-        if v.get("top1_agreement_pct") is None:
+        if r.top1_agreement_pct is None:
             continue
-        ci = v.get("top1_agreement_ci95")
+        ci = r.top1_agreement_ci95
         points.append(
             TradeoffPoint(
-                name=label.format(name=v.get("name")),
-                size_mb=float(v["size_bytes"]) / 1e6,
-                p50_ms=float(p50),
-                agreement_pct=float(v["top1_agreement_pct"]),
+                name=label.format(name=v.name),
+                size_mb=float(r.size_bytes) / 1e6,
+                p50_ms=r.p50_ms,
+                agreement_pct=float(r.top1_agreement_pct),
                 ci95=(float(ci[0]), float(ci[1])) if ci else None,
-                n=v.get("n"),
-                verdict=verdict(dict(v)),
+                n=r.n,
+                verdict=verdict(v),
             )
         )
     return points
 
 
-def judged(variant: Mapping[str, Any]) -> bool:
+def judged(variant: Variant) -> bool:
     """Whether a variant was judged at all: finished, with an interval, not a no-verdict or pivot.
 
     A failed conversion, a variant whose original is near chance (NO VERDICT) and the float32
     pivot the user did not select (`role: pivot`, never judged) are never candidates.
     """
+    r = variant.result
     return (
-        variant.get("status") == "done"
-        and variant.get("passed") is not None
-        and not variant.get("verdict_reason")
-        and not is_pivot_only(dict(variant))
-        and bool(variant.get("top1_agreement_ci95"))
-        and bool(variant.get("size_bytes"))
+        r.status == "done"
+        and r.passed is not None
+        and not r.verdict_reason
+        and not variant.is_pivot
+        and bool(r.top1_agreement_ci95)
+        and bool(r.size_bytes)
     )
 
 
-def _lower(v: Mapping[str, Any]) -> float:
-    return float(v["top1_agreement_ci95"][0])
+def _lower(v: Variant) -> float:
+    ci = v.result.top1_agreement_ci95
+    assert ci is not None  # only judged variants are ranked, and they all have an interval
+    return float(ci[0])
 
 
-def _p50(v: Mapping[str, Any]) -> float:
+def _p50(v: Variant) -> float:
     """A variant's p50 in ms; one never timed sorts after every timed one."""
-    p50 = (v.get("latency_ms") or {}).get("p50")
-    return float("inf") if p50 is None else float(p50)
+    p50 = v.result.p50_ms
+    return float("inf") if p50 is None else p50
 
 
-def _smallest_then_fastest(v: Mapping[str, Any]) -> tuple[int, float, str]:
-    return int(v["size_bytes"]), _p50(v), str(v["name"])
+def _smallest_then_fastest(v: Variant) -> tuple[int, float, str]:
+    return int(v.result.size_bytes or 0), _p50(v), v.name
 
 
-def recommendation(report: Mapping[str, Any]) -> dict[str, Any]:
+def _mb(v: Variant) -> str:
+    return f"{int(v.result.size_bytes or 0) / 1e6:.2f} MB"
+
+
+def recommendation(report: RunReport | Mapping[str, Any]) -> dict[str, Any]:
     """The recommended variant of a report, with the rule, the runner-up and the reason.
 
     Rule: among judged variants whose lower 95 % Wilson bound of top-1 agreement meets the
@@ -125,9 +133,10 @@ def recommendation(report: Mapping[str, Any]) -> dict[str, Any]:
     Returns:
         {"variant", "rule", "runner_up", "reason", "closest"}; names are variant names.
     """
-    threshold = float(report["options"]["min_agreement_pct"])
+    typed = report_from(report)
+    threshold = float(typed.options["min_agreement_pct"])
     rule = pick_rule_text(threshold)
-    candidates = [v for v in report.get("variants", []) if judged(v)]
+    candidates = [v for v in typed.variants if judged(v)]
     qualified = sorted(
         (v for v in candidates if _lower(v) >= threshold), key=_smallest_then_fastest
     )
@@ -135,15 +144,14 @@ def recommendation(report: Mapping[str, Any]) -> dict[str, Any]:
         pick = qualified[0]
         runner_up = qualified[1] if len(qualified) > 1 else None
         reason = (
-            f"{pick['name']}: lower 95 % bound {_lower(pick):.1f} % ≥ {threshold:g} % at "
-            f"{int(pick['size_bytes']) / 1e6:.2f} MB"
+            f"{pick.name}: lower 95 % bound {_lower(pick):.1f} % ≥ {threshold:g} % at {_mb(pick)}"
         )
         if runner_up is not None:
-            reason += f"; next: {runner_up['name']} at {int(runner_up['size_bytes']) / 1e6:.2f} MB"
+            reason += f"; next: {runner_up.name} at {_mb(runner_up)}"
         return {
-            "variant": pick["name"],
+            "variant": pick.name,
             "rule": rule,
-            "runner_up": None if runner_up is None else runner_up["name"],
+            "runner_up": None if runner_up is None else runner_up.name,
             "reason": reason,
             "closest": None,
         }
@@ -162,7 +170,7 @@ def recommendation(report: Mapping[str, Any]) -> dict[str, Any]:
         "runner_up": None,
         "reason": (
             f"no variant's lower 95 % bound reaches {threshold:g} %; closest: "
-            f"{closest['name']} at {_lower(closest):.1f} % (n={closest.get('n')})"
+            f"{closest.name} at {_lower(closest):.1f} % (n={closest.result.n})"
         ),
-        "closest": closest["name"],
+        "closest": closest.name,
     }

@@ -6,12 +6,22 @@ import math
 import os
 import platform
 import sys
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from core.types import Agreement, Mode, RunStatus, VariantSpec
+from core.reporting.runmodel import (
+    ROLE_PIVOT,
+    ROLE_SELECTED,
+    SCHEMA_VERSION,
+    VERDICT_POINT,
+    RunReport,
+    Variant,
+    VariantIdentity,
+    report_from,
+)
+from core.types import FINISHED_STATUSES, Agreement, Mode, RunStatus, VariantSpec
 
-SCHEMA_VERSION = 1
-FINISHED_VARIANT = frozenset({"done", "failed", "crashed", "timeout", "cancelled"})
+__all__ = ["ROLE_PIVOT", "ROLE_SELECTED", "SCHEMA_VERSION", "VERDICT_POINT"]
 
 
 def environment(*, threads: int | None) -> dict[str, Any]:
@@ -46,10 +56,6 @@ def cpu_name() -> str:
     return posix_cpu_name()
 
 
-# A variant's `role`: chosen by the user and judged, or the float32 pivot QuantLens added itself
-# to split the quantized variants' disagreements (evaluated like any variant, never judged).
-ROLE_SELECTED = "selected"
-ROLE_PIVOT = "pivot"
 PIVOT_SPEC = VariantSpec(Mode.FLOAT32)  # the converter's float32 TFLite, `float32.tflite`
 
 
@@ -71,61 +77,29 @@ def pivot_name(specs: list[VariantSpec]) -> str | None:
     return PIVOT_SPEC.name
 
 
-def is_pivot_only(variant: dict[str, Any]) -> bool:
+def variant_of(entry: Variant | Mapping[str, Any]) -> Variant:
+    """The typed variant of a report.json variant entry (the entry itself when typed)."""
+    return entry if isinstance(entry, Variant) else Variant.from_dict(entry)
+
+
+def is_pivot_only(variant: Variant | Mapping[str, Any]) -> bool:
     """True for a pivot the user did not select: shown, never judged."""
-    return variant.get("role") == ROLE_PIVOT
+    return variant_of(variant).is_pivot
 
 
-def judged_variants(variants: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def judged_variants(variants: Sequence[Variant]) -> list[Variant]:
     """The variants a verdict, the exit status and "N of M meet the threshold" count."""
-    return [v for v in variants if not is_pivot_only(v)]
+    return [v for v in variants if not v.is_pivot]
 
 
-def display_name(report: dict[str, Any], variant: dict[str, Any]) -> str:
+def display_name(report: RunReport | Mapping[str, Any], variant: Variant) -> str:
     """A variant's name as listed: `float32 (pivot)` for the run's pivot."""
-    name = str(variant.get("name") or variant.get("mode"))
-    return f"{name} (pivot)" if name == report.get("pivot") else name
+    return report_from(report).display_name(variant)
 
 
 def pending_variant(spec: VariantSpec, *, role: str = ROLE_SELECTED) -> dict[str, Any]:
     """A variant entry before its work starts: every metric null."""
-    return {
-        **spec.to_dict(),
-        "role": role,
-        "status": "pending",
-        "error": None,
-        "size_bytes": None,
-        "size_reduction_pct": None,
-        "size_reduction_vs_float32_pct": None,
-        "n": None,
-        "top1_agreement_pct": None,
-        "top1_agreement_ci95": None,
-        "k": None,
-        "topk_agreement_pct": None,
-        "disagreements": None,
-        "reference_accuracy_pct": None,
-        "tflite_accuracy_pct": None,
-        "accuracy_delta_pct": None,
-        "mcnemar_p": None,
-        "max_abs_prob_delta": None,
-        "mean_abs_top1_prob_delta": None,
-        "mean_kl": None,
-        "nan_outputs": None,
-        "flip_matrix": None,
-        "disagreement_split": None,
-        "latency_ms": None,
-        "speedup_vs_reference": None,
-        "conversion_seconds": None,
-        "conversion_cached": None,
-        "conversion_route": None,
-        "select_tf_ops_used": [],
-        "softmax_applied": None,
-        "io": None,
-        "warnings": [],
-        "passed": None,
-        "verdict_reason": None,
-        "n_needed": None,
-    }
+    return Variant(VariantIdentity.from_spec(spec, role=role)).to_dict()
 
 
 def reduction_pct(size: int, baseline: int | None) -> float | None:
@@ -162,7 +136,6 @@ def no_verdict_reason(accuracy_pct: float | None, num_classes: int | None) -> st
 
 # How a variant is judged against the threshold (`--verdict`): its point estimate of top-1
 # agreement, or the lower end of its 95 % Wilson interval (a PASS that survives sampling noise).
-VERDICT_POINT = "point"
 VERDICT_LOWER_BOUND = "lower-bound"
 VERDICT_RULES = (VERDICT_POINT, VERDICT_LOWER_BOUND)
 
@@ -227,18 +200,17 @@ def too_few_samples_note(n: int | None, threshold_pct: float) -> str | None:
     )
 
 
-def fail_reason(variant: dict[str, Any], threshold_pct: float, rule: str) -> str | None:
+def fail_reason(variant: Variant, threshold_pct: float, rule: str) -> str | None:
     """Why a finished, judged variant fails under `rule`, in one line; None when it passes."""
-    if variant.get("status") != "done" or variant.get("passed") is not False:
+    result = variant.result
+    if result.status != "done" or result.passed is not False or result.verdict_reason:
         return None
-    if variant.get("verdict_reason"):
-        return None
-    pct = variant.get("top1_agreement_pct")
-    ci = variant.get("top1_agreement_ci95")
+    pct = result.top1_agreement_pct
+    ci = result.top1_agreement_ci95
     if rule == VERDICT_LOWER_BOUND and ci:
         return (
             f"lower 95 % bound {float(ci[0]):.1f} % is below {threshold_pct:g} % "
-            f"(agreement {float(pct or 0):.2f} %, n={variant.get('n')})"
+            f"(agreement {float(pct or 0):.2f} %, n={result.n})"
         )
     return f"agreement {float(pct or 0):.2f} % is below {threshold_pct:g} %"
 
@@ -270,7 +242,8 @@ def finished_variant(
     None. `n_needed` is the image count the lower bound would need to reach the threshold at
     100 % agreement, when n is below it (else None).
     """
-    pivot_only = is_pivot_only(entry)
+    typed = Variant.from_dict(entry)
+    pivot_only = typed.is_pivot
     reason = (
         None if pivot_only else no_verdict_reason(agreement.reference_accuracy_pct, num_classes)
     )
@@ -287,29 +260,30 @@ def finished_variant(
     )
     metrics = agreement.to_dict()
     metrics.pop("labelled_n", None)
-    entry = {
-        **entry,
+    metrics["top1_agreement_ci95"] = agreement.top1_agreement_ci95
+    metrics["flip_matrix"] = agreement.flip_matrix
+    done = typed.with_result(
         **metrics,
-        "status": "done",
-        "error": None,
-        "size_bytes": size_bytes,
-        "size_reduction_pct": reduction_pct(size_bytes, reference_size),
+        status="done",
+        error=None,
+        size_bytes=size_bytes,
+        size_reduction_pct=reduction_pct(size_bytes, reference_size),
         # Filled in by the timing phase, once no conversion competes for the cores.
-        "latency_ms": None,
-        "speedup_vs_reference": None,
-        "conversion_seconds": conversion_seconds,
-        "conversion_cached": conversion_cached,
-        "conversion_route": conversion_route,
-        "select_tf_ops_used": list(select_tf_ops_used),
-        "softmax_applied": softmax_applied,
-        "io": io,
-        "warnings": warnings,
-        "disagreement_split": disagreement_split,
-        "passed": passed,
-        "verdict_reason": reason,
-        "n_needed": _n_needed(agreement.n, min_agreement_pct),
-    }
-    return entry
+        latency_ms=None,
+        speedup_vs_reference=None,
+        conversion_seconds=conversion_seconds,
+        conversion_cached=conversion_cached,
+        conversion_route=conversion_route,
+        select_tf_ops_used=tuple(select_tf_ops_used),
+        softmax_applied=softmax_applied,
+        io=io,
+        warnings=tuple(warnings),
+        disagreement_split=disagreement_split,
+        passed=passed,
+        verdict_reason=reason,
+        n_needed=_n_needed(agreement.n, min_agreement_pct),
+    )
+    return done.to_dict()
 
 
 def _n_needed(n: int, threshold_pct: float) -> int | None:
@@ -343,13 +317,13 @@ def fill_float32_reductions(report: dict[str, Any]) -> None:
             )
 
 
-def exit_status(report: dict[str, Any]) -> int:
+def exit_status(report: RunReport | Mapping[str, Any]) -> int:
     """0: every judged variant meets the threshold; 1: some is below it or did not finish.
 
     The float32 pivot QuantLens added on its own is not judged, so it never decides the status.
     """
-    variants = judged_variants(report.get("variants", []))
-    if variants and all(v.get("passed") is True for v in variants):
+    variants = judged_variants(report_from(report).variants)
+    if variants and all(v.result.passed is True for v in variants):
         return 0
     return 1
 
@@ -366,21 +340,24 @@ NO_VERDICT = "NO VERDICT"
 PIVOT = "PIVOT"
 
 
-def verdict(variant: dict[str, Any]) -> str:
+def verdict(variant: Variant | Mapping[str, Any]) -> str:
     """PASS / FAIL / NO VERDICT for a finished variant, else its status in capitals (CRASHED, ...)."""
-    if variant.get("status") != "done":
-        return str(variant.get("status", "pending")).upper()
-    if is_pivot_only(variant):
+    typed = variant_of(variant)
+    result = typed.result
+    if result.status != "done":
+        return result.status.upper()
+    if typed.is_pivot:
         return PIVOT
-    if variant.get("verdict_reason"):
+    if result.verdict_reason:
         return NO_VERDICT
-    return "PASS" if variant.get("passed") is True else "FAIL"
+    return "PASS" if result.passed is True else "FAIL"
 
 
-def format_table(report: dict[str, Any]) -> str:
+def format_table(report: RunReport | Mapping[str, Any]) -> str:
     """The CLI's human table: one row per variant, then each failed variant's reason."""
-    ref = report["reference"]
-    threshold = report["options"]["min_agreement_pct"]
+    report = report_from(report)
+    ref = report.reference
+    threshold = report.threshold_pct
     header = [
         "variant",
         "size",
@@ -401,21 +378,22 @@ def format_table(report: dict[str, Any]) -> str:
             "",
         ]
     ]
-    for v in report["variants"]:
-        ci = v.get("top1_agreement_ci95")
+    for v in report.variants:
+        r = v.result
+        ci = r.top1_agreement_ci95
         agreement = (
-            f"{v['top1_agreement_pct']:.2f}% [{ci[0]:.1f}, {ci[1]:.1f}] n={v['n']}"
-            if v.get("top1_agreement_pct") is not None and ci
+            f"{r.top1_agreement_pct:.2f}% [{ci[0]:.1f}, {ci[1]:.1f}] n={r.n}"
+            if r.top1_agreement_pct is not None and ci
             else "-"
         )
         rows.append(
             [
-                display_name(report, v),
-                format_mb(v.get("size_bytes")),
-                _fmt(v.get("size_reduction_pct"), "{:.1f}%"),
+                report.display_name(v),
+                format_mb(r.size_bytes),
+                _fmt(r.size_reduction_pct, "{:.1f}%"),
                 agreement,
-                _fmt(v.get("tflite_accuracy_pct"), "{:.1f}%"),
-                _fmt((v.get("latency_ms") or {}).get("p50"), "{:.2f} ms"),
+                _fmt(r.tflite_accuracy_pct, "{:.1f}%"),
+                _fmt(r.p50_ms, "{:.2f} ms"),
                 verdict(v),
             ]
         )
@@ -425,40 +403,42 @@ def format_table(report: dict[str, Any]) -> str:
         for r in [header, *rows]
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    data = report["dataset"]
+    data = report.dataset
     lines.append("")
     lines.append(
         f"{data['num_samples']} images compared, {data['num_skipped']} skipped; "
-        f"threshold {threshold:g}% top-1 agreement; {report['environment'].get('threads') or 'all'} threads"
+        f"threshold {threshold:g}% top-1 agreement; {report.environment.get('threads') or 'all'} threads"
     )
-    rule = verdict_rule_of(report)
+    rule = report.verdict_rule
     lines.append(f"verdict: {verdict_rule_text(rule, threshold)}")
-    for v in report["variants"]:
-        split = v.get("disagreement_split")
-        if split and v.get("disagreements"):
-            lines.append(f"{v['name']}: {split_sentence(split)}")
-        if v.get("error"):
-            lines.append(f"{v['name']}: {v['error']}")
-        elif v.get("verdict_reason"):
-            lines.append(f"{v['name']}: {NO_VERDICT} — {v['verdict_reason']}")
+    for v in report.variants:
+        r = v.result
+        if r.disagreement_split and r.disagreements:
+            lines.append(f"{v.name}: {split_sentence(r.disagreement_split)}")
+        if r.error:
+            lines.append(f"{v.name}: {r.error}")
+        elif r.verdict_reason:
+            lines.append(f"{v.name}: {NO_VERDICT} — {r.verdict_reason}")
         elif reason := fail_reason(v, threshold, rule):
-            lines.append(f"{v['name']}: FAIL — {reason}")
-        for warning in v.get("warnings") or []:
-            lines.append(f"warning: {v['name']}: {warning}")
-    for name, who in (("original", ref), *((str(v["name"]), v) for v in report["variants"])):
-        if who.get("latency_warning"):
-            lines.append(f"warning: {name} latency: {who['latency_warning']}")
+            lines.append(f"{v.name}: FAIL — {reason}")
+        for warning in r.warnings:
+            lines.append(f"warning: {v.name}: {warning}")
+    latency_warnings: list[tuple[str, str | None]] = [("original", ref.get("latency_warning"))]
+    latency_warnings += [(v.name, v.result.latency_warning) for v in report.variants]
+    for who, latency_warning in latency_warnings:
+        if latency_warning:
+            lines.append(f"warning: {who} latency: {latency_warning}")
     for note in sorted(
         {note for n in sample_counts(report) if (note := too_few_samples_note(n, threshold))}
     ):
         lines.append(f"note: {note}")
-    for warning in report.get("warnings", []):
+    for warning in report.warnings:
         lines.append(f"warning: {warning}")
-    lines.extend(recommendation_lines(report.get("recommendation")))
+    lines.extend(recommendation_lines(report.recommendation))
     return "\n".join(lines)
 
 
-def split_sentence(split: dict[str, int]) -> str:
+def split_sentence(split: Mapping[str, int]) -> str:
     """The three-way split in words, e.g. "4 disagreements: 1 conversion-caused, 3 ..."."""
     conversion, quantization = int(split["conversion"]), int(split["quantization"])
     total = conversion + quantization
@@ -468,23 +448,19 @@ def split_sentence(split: dict[str, int]) -> str:
     )
 
 
-def verdict_rule_of(report: dict[str, Any]) -> str:
+def verdict_rule_of(report: RunReport | Mapping[str, Any]) -> str:
     """The verdict rule a report was judged by; reports older than `--verdict` used the point."""
-    return str(report.get("options", {}).get("verdict") or VERDICT_POINT)
+    return report_from(report).verdict_rule
 
 
-def sample_counts(report: dict[str, Any]) -> list[int]:
+def sample_counts(report: RunReport | Mapping[str, Any]) -> list[int]:
     """The distinct n of the judged variants (one per run, unless a variant saw fewer images)."""
     return sorted(
-        {
-            int(v["n"])
-            for v in report.get("variants") or []
-            if isinstance(v, dict) and isinstance(v.get("n"), int)
-        }
+        {int(v.result.n) for v in report_from(report).variants if isinstance(v.result.n, int)}
     )
 
 
-def recommendation_lines(rec: dict[str, Any] | None) -> list[str]:
+def recommendation_lines(rec: Mapping[str, Any] | None) -> list[str]:
     """The pick and its rule in words, as the CLI prints them (nothing for older reports)."""
     if not rec:
         return []
@@ -497,7 +473,7 @@ def recommendation_lines(rec: dict[str, Any] | None) -> list[str]:
     return [head, f"  rule: {rec['rule']}", f"  why: {rec['reason']}"]
 
 
-def run_status(report: dict[str, Any]) -> RunStatus:
+def run_status(report: RunReport | Mapping[str, Any]) -> RunStatus:
     """The run's own status: done when every variant ended, whatever each variant's outcome."""
-    statuses = {v["status"] for v in report["variants"]}
-    return RunStatus.DONE if statuses <= FINISHED_VARIANT else RunStatus.RUNNING
+    statuses = {v.status for v in report_from(report).variants}
+    return RunStatus.DONE if statuses <= FINISHED_STATUSES else RunStatus.RUNNING

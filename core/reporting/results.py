@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,9 +14,9 @@ from core.errors import QuantLensError
 from core.inputs import rundir
 from core.inputs.paths import resolve_inside
 from core.reporting.report import near_chance
+from core.reporting.runmodel import RunReport, Variant, read_report, report_from
 
 REFERENCE = "reference"  # file-name stem of the reference model's arrays
-_FINISHED_OK = "done"
 
 
 @dataclass(frozen=True, eq=False)
@@ -28,61 +28,61 @@ class RunResults:
     """
 
     run_dir: Path
-    report: dict[str, Any]
+    report: RunReport
     _memo: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        # Callers may hand in a report.json dict; readers always see the typed report.
+        if not isinstance(self.report, RunReport):
+            object.__setattr__(self, "report", report_from(self.report))
 
     # ---- report fields -------------------------------------------------------------------
     @property
     def run_id(self) -> str:
-        return str(self.report.get("run", {}).get("id") or self.run_dir.name)
+        return self.report.run.id or self.run_dir.name
 
     @property
     def run_name(self) -> str:
-        return str(self.report.get("run", {}).get("name") or "")
+        return self.report.run.name
 
     @property
-    def reference(self) -> dict[str, Any]:
-        return dict(self.report.get("reference") or {})
+    def reference(self) -> Mapping[str, Any]:
+        return self.report.reference
 
     @property
-    def dataset(self) -> dict[str, Any]:
-        return dict(self.report.get("dataset") or {})
+    def dataset(self) -> Mapping[str, Any]:
+        return self.report.dataset
 
     @property
-    def options(self) -> dict[str, Any]:
-        return dict(self.report.get("options") or {})
+    def options(self) -> Mapping[str, Any]:
+        return self.report.options
 
     @property
-    def environment(self) -> dict[str, Any]:
-        return dict(self.report.get("environment") or {})
+    def environment(self) -> Mapping[str, Any]:
+        return self.report.environment
 
     @property
     def threshold_pct(self) -> float:
-        """The agreement a variant needs to pass, in % (default 95)."""
-        value = self.options.get("min_agreement_pct")
-        return 95.0 if value is None else float(value)
+        """The agreement a variant needs to pass, in % (the default when not recorded)."""
+        return self.report.threshold_pct
 
     @property
-    def variants(self) -> list[dict[str, Any]]:
-        return [dict(v) for v in self.report.get("variants") or []]
+    def variants(self) -> list[Variant]:
+        return list(self.report.variants)
 
     def variant_names(self, *, finished_only: bool = False) -> list[str]:
         """Variant names in report order; with `finished_only`, only those whose status is done."""
-        return [
-            str(v.get("name") or v.get("mode"))
-            for v in self.variants
-            if not finished_only or v.get("status", _FINISHED_OK) == _FINISHED_OK
-        ]
+        return [v.name for v in self.variants if not finished_only or v.result.finished_ok]
 
-    def variant(self, name: str) -> dict[str, Any]:
-        """The report entry of one variant.
+    def variant(self, name: str) -> Variant:
+        """One variant of the run.
 
         Raises:
             QuantLensError: no variant of that name in this run.
         """
-        for v in self.variants:
-            if (v.get("name") or v.get("mode")) == name:
-                return v
+        found = self.report.variant(name)
+        if found is not None:
+            return found
         raise QuantLensError(
             f"run {self.run_id} has no variant {name!r}; pick one of "
             f"{', '.join(self.variant_names()) or 'none'}"
@@ -194,7 +194,7 @@ class RunResults:
     @property
     def dataset_root(self) -> Path | None:
         """The folder sample `relpath`s are relative to (a CSV data set: the CSV's folder)."""
-        return rundir.dataset_root(self.dataset)
+        return rundir.dataset_root(dict(self.dataset))
 
     def image_path(self, relpath: str) -> Path | None:
         """Absolute path of a sample image, or None if missing or outside the data set root."""
@@ -206,25 +206,12 @@ class RunResults:
 
 
 def load_results(run_dir: Path) -> RunResults:
-    """Read `run_dir/report.json` into a RunResults.
+    """Read `run_dir/report.json` (any schema) into a RunResults.
 
     Raises:
         QuantLensError: the run has no report yet, or the report is not valid JSON.
     """
-    path = Path(run_dir) / rundir.REPORT
-    if not path.is_file():
-        raise QuantLensError(
-            f"run {Path(run_dir).name} has no report yet; wait for it to finish or pick another run"
-        )
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise QuantLensError(
-            f"report of run {Path(run_dir).name} is unreadable ({exc}); re-run the job"
-        ) from None
-    if not isinstance(report, dict):
-        raise QuantLensError(f"report of run {Path(run_dir).name} is not a JSON object; re-run it")
-    return RunResults(run_dir=Path(run_dir), report=report)
+    return RunResults(run_dir=Path(run_dir), report=read_report(run_dir))
 
 
 def report_mtime(run_dir: Path) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -9,6 +10,8 @@ from typing import Any
 from core.errors import QuantLensError
 from core.metrics.latency import quotable_p99
 from core.reporting.report import size_change_pct
+from core.reporting.runmodel import RunReport, VariantIdentity, report_from
+from core.types import DEFAULT_MIN_AGREEMENT_PCT
 
 MISSING = "—"
 # Modes whose converter reads the representative data set; for the others the count is unused.
@@ -17,21 +20,28 @@ CALIBRATED_MODES = frozenset({"int8", "int16x8"})
 
 @dataclass(frozen=True, eq=False)
 class Compared:
-    """One column of a comparison: a variant of a run, with the run's report.json dict."""
+    """One column of a comparison: a variant of a run, with the run's report."""
 
     label: str  # unique display label, "run name · variant"
     run_id: str
     run_name: str
     variant_name: str
-    report: Mapping[str, Any]
+    report: RunReport
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.report, RunReport):
+            object.__setattr__(self, "report", report_from(self.report))
 
     @property
-    def variant(self) -> dict[str, Any]:
-        """The variant's entry in the report."""
-        for v in self.report.get("variants") or []:
-            if (v.get("name") or v.get("mode")) == self.variant_name:
-                return dict(v)
-        return {}
+    def variant(self) -> Mapping[str, Any]:
+        """The variant (a read-only mapping of its report.json entry; empty when absent)."""
+        found = self.report.variant(self.variant_name)
+        return {} if found is None else found
+
+    @property
+    def identity(self) -> VariantIdentity | None:
+        found = self.report.variant(self.variant_name)
+        return None if found is None else found.identity
 
 
 @dataclass(frozen=True)
@@ -64,7 +74,7 @@ def unique_labels(items: Sequence[tuple[str, str, str]]) -> list[str]:
 
 
 def compared_items(
-    selections: Sequence[tuple[str, str, str, Mapping[str, Any]]],
+    selections: Sequence[tuple[str, str, str, RunReport | Mapping[str, Any]]],
 ) -> list[Compared]:
     """Build comparison columns from (run_id, run_name, variant, report) tuples.
 
@@ -74,13 +84,13 @@ def compared_items(
     labels = unique_labels([(rid, name, variant) for rid, name, variant, _ in selections])
     out: list[Compared] = []
     for label, (rid, name, variant, report) in zip(labels, selections, strict=True):
-        names = [v.get("name") or v.get("mode") for v in report.get("variants") or []]
-        if variant not in names:
+        typed = report_from(report)
+        if typed.variant(variant) is None:
             raise QuantLensError(
                 f"run {name or rid!r} has no variant {variant!r}; pick one of "
-                f"{', '.join(str(n) for n in names) or 'none'}"
+                f"{', '.join(typed.variant_names) or 'none'}"
             )
-        out.append(Compared(label, rid, name, variant, report))
+        out.append(Compared(label, rid, name, variant, typed))
     return out
 
 
@@ -136,18 +146,29 @@ def _get(*path: str) -> Callable[[Compared], Any]:
     return read
 
 
-def _variant(key: str) -> Callable[[Compared], Any]:
-    return lambda item: item.variant.get(key)
+def _identity(key: str) -> Callable[[Compared], Any]:
+    """A field of the variant's identity (enums as their text; None without a variant)."""
 
+    def read(item: Compared) -> Any:
+        value = None if item.identity is None else getattr(item.identity, key)
+        return str(value) if isinstance(value, enum.Enum) else value
 
-def _backend(item: Compared) -> Any:
-    # Reports written before the quantizer backend existed were all made by the converter.
-    return item.variant.get("backend") or "converter"
+    return read
 
 
 def _layers(key: str) -> Callable[[Compared], Any]:
     # Absent (older reports) and empty mean the same: no layer overridden.
-    return lambda item: ", ".join(item.variant.get(key) or []) or "none"
+    return lambda item: ", ".join(_identity(key)(item) or []) or "none"
+
+
+def _calibration(index: int) -> Callable[[Compared], Any]:
+    """The calibration size (0) or seed (1) the variant was made with: its own, else the run's."""
+
+    def read(item: Compared) -> Any:
+        variant = item.report.variant(item.variant_name)
+        return None if variant is None else item.report.calibration_of(variant)[index]
+
+    return read
 
 
 def _input_size(item: Compared) -> Any:
@@ -167,13 +188,14 @@ CHANGE_FIELDS: tuple[tuple[str, str, Callable[[Compared], Any]], ...] = (
     ("model", "model path", _get("reference", "path")),
     ("model", "model sha256", _get("reference", "sha256")),
     ("model", "model format", _get("reference", "format")),
-    ("variant", "mode", _variant("mode")),
-    ("variant", "backend", _backend),
+    ("variant", "mode", _identity("mode")),
+    ("variant", "backend", _identity("backend")),
+    ("variant", "parent variant", _identity("parent")),
     ("variant", "layers kept in float", _layers("float_layers")),
     ("variant", "layers with int16 activations", _layers("int16_layers")),
-    ("variant", "I/O type", _variant("io_type")),
-    ("variant", "SELECT_TF_OPS allowed", _variant("allow_select_tf_ops")),
-    ("variant", "calibration samples", _get("options", "calibration_samples")),
+    ("variant", "I/O type", _identity("io_type")),
+    ("variant", "SELECT_TF_OPS allowed", _identity("allow_select_tf_ops")),
+    ("variant", "calibration samples", _calibration(0)),
     ("preprocessing", "preset", _get("preprocessing", "preset")),
     ("preprocessing", "input size (H×W×C)", _input_size),
     ("preprocessing", "value range", _get("preprocessing", "value_range")),
@@ -184,7 +206,7 @@ CHANGE_FIELDS: tuple[tuple[str, str, Callable[[Compared], Any]], ...] = (
     ("data", "samples skipped", _get("dataset", "num_skipped")),
     ("options", "max samples", _get("options", "max_samples")),
     ("options", "threads", _threads),
-    ("options", "seed", _get("options", "seed")),
+    ("options", "seed", _calibration(1)),
     ("options", "latency runs", _get("options", "latency_runs")),
     ("options", "warm-up runs", _get("options", "warmup_runs")),
     ("options", "min agreement (%)", _get("options", "min_agreement_pct")),
@@ -210,7 +232,7 @@ def _display(field: str, value: Any, item: Compared) -> str:
     else:
         text = str(value)
     if field == "calibration samples":
-        mode = str(item.variant.get("mode") or "")
+        mode = "" if item.identity is None else str(item.identity.mode)
         if mode and mode not in CALIBRATED_MODES:
             text += f" (unused by {mode})"
     return text
@@ -272,7 +294,7 @@ def latency_percentiles(items: Sequence[Compared]) -> dict[str, dict[str, float 
 
 
 def threshold_pct(items: Sequence[Compared]) -> float:
-    """The strictest agreement threshold among the items' runs (default 95 %)."""
-    values = [_num((item.report.get("options") or {}).get("min_agreement_pct")) for item in items]
+    """The strictest agreement threshold among the items' runs (the default when none says)."""
+    values = [_num(item.report.options.get("min_agreement_pct")) for item in items]
     known = [v for v in values if v is not None]
-    return max(known) if known else 95.0
+    return max(known) if known else DEFAULT_MIN_AGREEMENT_PCT

@@ -18,10 +18,12 @@ import os
 import sys
 import tempfile
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from core.inputs import rundir
+from core.reporting.runmodel import RunReport, Variant, read_report, write_report
 
 EXPERIMENT = "QuantLens"
 EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"  # MLflow's own variable names another experiment
@@ -80,22 +82,21 @@ def log_finished_run(run_dir: Path, uri: str, *, status: str | None = None) -> d
     Returns:
         The `tracking` entry written to report.json: uri, experiment and run ids, or error.
     """
-    report_path = run_dir / rundir.REPORT
-    report = rundir.read_json(report_path)
+    report = read_report(run_dir)
     if status is not None:
-        report["run"]["status"] = status
+        report = replace(report, run=replace(report.run, status=status))
     try:
         entry = _log(run_dir, report, uri)
     except Exception as exc:  # any failure of the tracking side; the run itself is complete
         entry = {"uri": uri, "error": short_reason(exc)}
         local = uri.startswith(("sqlite:", "file:"))
         fix = "the store is writable" if local else "the tracking server is up"
-        report.setdefault("warnings", []).append(
+        warning = (
             f"MLflow logging to {uri} failed: {entry['error']}; the run's results are complete "
             f"in its folder (check that {fix})"
         )
-    report["tracking"] = entry
-    rundir.write_json_atomic(report_path, report)
+        report = replace(report, warnings=(*report.warnings, warning))
+    write_report(run_dir, replace(report, extra={**report.extra, "tracking": entry}))
     return entry
 
 
@@ -108,7 +109,7 @@ def short_reason(exc: BaseException) -> str:
     return text[:200] + ("..." if len(text) > 200 else "")
 
 
-def _log(run_dir: Path, report: dict[str, Any], uri: str) -> dict[str, Any]:
+def _log(run_dir: Path, report: RunReport, uri: str) -> dict[str, Any]:
     for name, value in _HTTP_LIMITS.items():
         os.environ.setdefault(name, value)
     from mlflow.tracking import MlflowClient
@@ -119,31 +120,31 @@ def _log(run_dir: Path, report: dict[str, Any], uri: str) -> dict[str, Any]:
     parent = client.create_run(
         experiment_id,
         run_name=_run_name(run_dir, report),
-        tags={"quantlens.run_id": run_id, "quantlens.status": str(report["run"].get("status"))},
+        tags={"quantlens.run_id": run_id, "quantlens.status": str(report.run.status)},
     ).info.run_id
     try:
         _log_values(client, parent, run_params(report), run_metrics(report))
-        for variant in report["variants"]:
+        for variant in report.variants:
             _log_variant(client, experiment_id, parent, run_dir, report, variant)
         _log_reports(client, parent, run_dir)
     except BaseException:
         with contextlib.suppress(Exception):  # the store may be what failed
             client.set_terminated(parent, "FAILED")
         raise
-    client.set_terminated(parent, _RUN_STATUS.get(str(report["run"].get("status")), "FAILED"))
+    client.set_terminated(parent, _RUN_STATUS.get(str(report.run.status), "FAILED"))
     return {"uri": uri, "experiment_id": experiment_id, "run_id": parent, "error": None}
 
 
-def _run_name(run_dir: Path, report: dict[str, Any]) -> str:
+def _run_name(run_dir: Path, report: RunReport) -> str:
     """The name History shows: `create_run` names every run (by default `model · HH:MM`)."""
-    return str(report["run"].get("name") or run_dir.name)
+    return report.run.name or run_dir.name
 
 
-def quantlens_run_id(run_dir: Path, report: dict[str, Any]) -> str:
+def quantlens_run_id(run_dir: Path, report: RunReport) -> str:
     """The store's id of the run: status.json knows it for a CLI run kept in an --out folder."""
     status = run_dir / rundir.STATUS
     known = rundir.read_json(status).get("run_id") if status.exists() else None
-    return str(known or report["run"].get("id") or run_dir.name)
+    return str(known or report.run.id or run_dir.name)
 
 
 def _experiment_id(client: Any, uri: str) -> str:
@@ -164,30 +165,30 @@ def _log_variant(
     experiment_id: str,
     parent: str,
     run_dir: Path,
-    report: dict[str, Any],
-    variant: dict[str, Any],
+    report: RunReport,
+    variant: Variant,
 ) -> None:
     run_id = quantlens_run_id(run_dir, report)
     child = client.create_run(
         experiment_id,
-        run_name=variant["name"],
+        run_name=variant.name,
         tags={
             "mlflow.parentRunId": parent,
             "quantlens.run_id": run_id,
-            "quantlens.variant": variant["name"],
-            "quantlens.status": str(variant.get("status")),
+            "quantlens.variant": variant.name,
+            "quantlens.status": variant.status,
         },
     ).info.run_id
     try:
         _log_values(client, child, variant_params(report, variant), variant_metrics(variant))
-        tflite = rundir.tflite_path(run_dir, variant["name"])
+        tflite = rundir.tflite_path(run_dir, variant.name)
         if tflite.is_file():
             client.log_artifact(child, str(tflite))
     except BaseException:
         with contextlib.suppress(Exception):
             client.set_terminated(child, "FAILED")
         raise
-    client.set_terminated(child, _RUN_STATUS.get(str(variant.get("status")), "FAILED"))
+    client.set_terminated(child, _RUN_STATUS.get(variant.status, "FAILED"))
 
 
 def _log_reports(client: Any, parent: str, run_dir: Path) -> None:
@@ -231,7 +232,7 @@ def _numbers(pairs: Iterable[tuple[str, Any]]) -> dict[str, float]:
     return out
 
 
-def run_params(report: dict[str, Any]) -> dict[str, str]:
+def run_params(report: RunReport) -> dict[str, str]:
     """The whole run's inputs: model, data, preprocessing and options."""
     ref, data, options = report["reference"], report["dataset"], report["options"]
     return {
@@ -249,14 +250,14 @@ def run_params(report: dict[str, Any]) -> dict[str, str]:
             "threads": report.get("environment", {}).get("threads"),
             "seed": options.get("seed"),
             "latency_runs": options.get("latency_runs"),
-            "variants": [v["name"] for v in report["variants"]],
+            "variants": report.variant_names,
             "tensorflow": report.get("environment", {}).get("tensorflow"),
             "litert": report.get("environment", {}).get("litert"),
         }.items()
     }
 
 
-def run_metrics(report: dict[str, Any]) -> dict[str, float]:
+def run_metrics(report: RunReport) -> dict[str, float]:
     """The original model's numbers and the run's counts."""
     ref, data = report["reference"], report["dataset"]
     latency = ref.get("latency_ms") or {}
@@ -266,29 +267,31 @@ def run_metrics(report: dict[str, Any]) -> dict[str, float]:
             ("reference_size_bytes", ref.get("size_bytes")),
             ("num_samples", data.get("num_samples")),
             ("num_skipped", data.get("num_skipped")),
-            ("variants_passed", sum(v.get("passed") is True for v in report["variants"])),
+            ("variants_passed", sum(v.result.passed is True for v in report.variants)),
             *((f"reference_latency_{k}_ms", latency.get(k)) for k in _LATENCY_KEYS),
         ]
     )
 
 
-def variant_params(report: dict[str, Any], variant: dict[str, Any]) -> dict[str, str]:
+def variant_params(report: RunReport, variant: Variant) -> dict[str, str]:
     """A variant's identity (DESIGN §9) and the run inputs it shares, so each child stands alone."""
-    from core.types import NEEDS_CALIBRATION, Mode
+    from core.types import NEEDS_CALIBRATION
 
     shared = run_params(report)
-    calibrated = Mode(variant["mode"]) in NEEDS_CALIBRATION
+    ident = variant.identity
+    calibrated = ident.mode in NEEDS_CALIBRATION
+    calibration_samples = report.calibration_of(variant)[0]
     return {
         # Only the modes that calibrate used the images: "-" says so where a count would mislead.
-        "calibration_samples": shared["calibration_samples"] if calibrated else "-",
-        "variant": _param(variant["name"]),
-        "mode": _param(variant.get("mode")),
-        "backend": _param(variant.get("backend")),
-        "io_type": _param(variant.get("io_type")),
-        "select_tf_ops": _param(variant.get("allow_select_tf_ops")),
-        "float_layers": _param(variant.get("float_layers")),
-        "int16_layers": _param(variant.get("int16_layers")),
-        "conversion_route": _param(variant.get("conversion_route")),
+        "calibration_samples": _param(calibration_samples) if calibrated else "-",
+        "variant": _param(variant.name),
+        "mode": _param(str(ident.mode)),
+        "backend": _param(str(ident.backend)),
+        "io_type": _param(None if ident.io_type is None else str(ident.io_type)),
+        "select_tf_ops": _param(ident.allow_select_tf_ops),
+        "float_layers": _param(list(ident.float_layers)),
+        "int16_layers": _param(list(ident.int16_layers)),
+        "conversion_route": _param(variant.result.conversion_route),
         **{
             k: shared[k]
             for k in (
@@ -302,36 +305,37 @@ def variant_params(report: dict[str, Any], variant: dict[str, Any]) -> dict[str,
     }
 
 
-def variant_metrics(variant: dict[str, Any]) -> dict[str, float]:
+def variant_metrics(variant: Variant) -> dict[str, float]:
     """Agreement with its 95 % bounds and n, accuracy of both models, size, latency, KL, Δp."""
     from core.reporting.report import size_change_pct
 
-    ci = variant.get("top1_agreement_ci95") or (None, None)
-    latency = variant.get("latency_ms") or {}
+    r = variant.result
+    ci = r.top1_agreement_ci95 or (None, None)
+    latency = r.latency_ms or {}
     return _numbers(
         [
-            ("top1_agreement_pct", variant.get("top1_agreement_pct")),
+            ("top1_agreement_pct", r.top1_agreement_pct),
             ("top1_agreement_ci95_low", ci[0]),
             ("top1_agreement_ci95_high", ci[1]),
-            ("n", variant.get("n")),
-            ("topk_agreement_pct", variant.get("topk_agreement_pct")),
-            ("k", variant.get("k")),
-            ("disagreements", variant.get("disagreements")),
-            ("reference_accuracy_pct", variant.get("reference_accuracy_pct")),
-            ("tflite_accuracy_pct", variant.get("tflite_accuracy_pct")),
-            ("accuracy_delta_pct", variant.get("accuracy_delta_pct")),
-            ("size_bytes", variant.get("size_bytes")),
-            ("size_change_pct", size_change_pct(variant.get("size_reduction_pct"))),
+            ("n", r.n),
+            ("topk_agreement_pct", r.topk_agreement_pct),
+            ("k", r.k),
+            ("disagreements", r.disagreements),
+            ("reference_accuracy_pct", r.reference_accuracy_pct),
+            ("tflite_accuracy_pct", r.tflite_accuracy_pct),
+            ("accuracy_delta_pct", r.accuracy_delta_pct),
+            ("size_bytes", r.size_bytes),
+            ("size_change_pct", size_change_pct(r.size_reduction_pct)),
             (
                 "size_change_vs_float32_pct",
-                size_change_pct(variant.get("size_reduction_vs_float32_pct")),
+                size_change_pct(r.size_reduction_vs_float32_pct),
             ),
-            ("mean_kl", variant.get("mean_kl")),
-            ("max_abs_prob_delta", variant.get("max_abs_prob_delta")),
-            ("mean_abs_top1_prob_delta", variant.get("mean_abs_top1_prob_delta")),
-            ("nan_outputs", variant.get("nan_outputs")),
-            ("speedup_vs_reference", variant.get("speedup_vs_reference")),
-            ("passed", variant.get("passed")),
+            ("mean_kl", r.mean_kl),
+            ("max_abs_prob_delta", r.max_abs_prob_delta),
+            ("mean_abs_top1_prob_delta", r.mean_abs_top1_prob_delta),
+            ("nan_outputs", r.nan_outputs),
+            ("speedup_vs_reference", r.speedup_vs_reference),
+            ("passed", r.passed),
             *((f"latency_{k}_ms", latency.get(k)) for k in _LATENCY_KEYS),
         ]
     )

@@ -55,6 +55,7 @@ def _variant(
 ) -> dict[str, Any]:
     return {
         "name": name,
+        "mode": "float16",  # any mode: the pick reads the stored name, never the mode
         "status": status,
         "size_bytes": size,
         "latency_ms": None if p50 is None else {"p50": p50},

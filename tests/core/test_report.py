@@ -208,9 +208,11 @@ def test_cli_table_prefers_the_error_of_a_failed_variant() -> None:
 
 
 def test_run_status_is_done_once_every_variant_ended() -> None:
-    done = {"status": "done"}
-    assert run_status({"variants": [done, {"status": "crashed"}]}) is RunStatus.DONE
-    assert run_status({"variants": [done, {"status": "running"}]}) is RunStatus.RUNNING
+    done = {"mode": "int8", "status": "done"}
+    crashed = {"mode": "float16", "status": "crashed"}
+    running = {"mode": "float16", "status": "running"}
+    assert run_status({"variants": [done, crashed]}) is RunStatus.DONE
+    assert run_status({"variants": [done, running]}) is RunStatus.RUNNING
 
 
 def test_cli_table_warns_about_unstable_latency() -> None:

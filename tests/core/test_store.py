@@ -472,7 +472,8 @@ s.create_run("inflight", name="inflight", run_dir=home / "runs" / "inflight", jo
 s.set_status("inflight", RunStatus.RUNNING)
 i = 0
 while True:
-    s.upsert_variant("inflight", {"name": f"v{i % 50}", "status": "running", "size_bytes": i,
+    s.upsert_variant("inflight", {"name": f"v{i % 50}", "mode": "int8", "status": "running",
+                                  "size_bytes": i,
                                   "latency_ms": {"p50": float(i), "n": i}})
     i += 1
     if i == 20:

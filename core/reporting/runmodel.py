@@ -1,0 +1,554 @@
+"""The typed run model: report.json as frozen dataclasses, written and read in one place each.
+
+A run is a `RunReport`; each of its variants is a `Variant`: a `VariantIdentity` (what was
+made) plus a `VariantResult` (what it measured). `write_report` is the one function that
+serialises report.json and `read_report` the one that reads it back, whatever its schema.
+
+Keys this model does not know (other features add `diagnosis`, `sweep`, `engine`, ...) are kept
+in `extra` and written back unchanged, so a reader never drops what a newer writer stored.
+Each object is also a read-only mapping over its report.json form (`variant["n"]`), so code
+that reads report fields by key sees exactly what the file holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from core.errors import QuantLensError
+from core.inputs import rundir
+from core.types import (
+    DEFAULT_MIN_AGREEMENT_PCT,
+    Backend,
+    IOType,
+    Mode,
+    RunStatus,
+    VariantSpec,
+)
+
+# 1: what QuantLens wrote before the typed model (`schema_version` 1, or none at all).
+# 2: the same keys and values; a variant may add `parent`, `calibration_samples` and
+#    `calibration_seed` to its identity.
+SCHEMA_VERSION = 2
+
+# A variant's `role`: chosen by the user and judged, or the float32 pivot QuantLens added itself
+# to split the quantized variants' disagreements (evaluated like any variant, never judged).
+ROLE_SELECTED = "selected"
+ROLE_PIVOT = "pivot"
+
+VERDICT_POINT = "point"
+
+
+class _MappingView(Mapping[str, Any]):
+    """Read-only `obj[key]` / `obj.get(key)` over the object's report.json form."""
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @cached_property
+    def _as_dict(self) -> dict[str, Any]:
+        # Frozen, so the serialised form never goes stale.
+        return self.to_dict()
+
+    def __getitem__(self, key: str) -> Any:
+        return self._as_dict[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._as_dict)
+
+    def __len__(self) -> int:
+        return len(self._as_dict)
+
+
+def _as_read(obj: Any, d: dict[str, Any]) -> dict[str, Any]:
+    """`d` without the keys the file it was read from lacked and that still hold their default.
+
+    A report rewritten (a rename, an MLflow note) then keeps exactly the keys it had; an object
+    built in code (`present` None) writes every key.
+    """
+    present: frozenset[str] | None = obj.present
+    if present is None:
+        return d
+    defaults = {f.name: f for f in dataclasses.fields(obj)}
+
+    def default(key: str) -> Any:
+        f = defaults.get(key)
+        if f is None or key in ("present", "extra"):
+            return dataclasses.MISSING
+        if f.default is not dataclasses.MISSING:
+            return _jsonable(f.default)
+        if f.default_factory is not dataclasses.MISSING:
+            return _jsonable(f.default_factory())
+        return dataclasses.MISSING
+
+    return {k: v for k, v in d.items() if k in present or v != default(k)}
+
+
+def _split(entry: Mapping[str, Any], known: tuple[str, ...]) -> dict[str, Any]:
+    """The entries of `entry` whose keys are not in `known`, in their order."""
+    return {k: v for k, v in entry.items() if k not in known}
+
+
+# -- a variant's identity ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VariantIdentity(_MappingView):
+    """What a variant is: how its model was made, and why it is in the run.
+
+    `name` is stored as written (report.json and file names use it) and never re-derived.
+    `calibration_samples` / `calibration_seed` are None when the run's options apply (every
+    variant of one run shares them today); `parent` names the variant this one derives from.
+    """
+
+    name: str
+    mode: Mode
+    io_type: IOType | None = None
+    allow_select_tf_ops: bool = False
+    backend: Backend = Backend.CONVERTER
+    float_layers: tuple[str, ...] = ()
+    int16_layers: tuple[str, ...] = ()
+    role: str = ROLE_SELECTED
+    parent: str | None = None
+    calibration_samples: int | None = None
+    calibration_seed: int | None = None
+    # The keys of the entry this was read from (None: built in code); see `_as_read`.
+    present: frozenset[str] | None = field(default=None, compare=False, repr=False)
+
+    # Keys of a variant entry that belong to its identity, in report.json order.
+    KEYS = (
+        "name",
+        "mode",
+        "io_type",
+        "allow_select_tf_ops",
+        "backend",
+        "float_layers",
+        "int16_layers",
+        "parent",
+        "calibration_samples",
+        "calibration_seed",
+        "role",
+    )
+
+    @classmethod
+    def from_spec(cls, spec: VariantSpec, *, role: str = ROLE_SELECTED) -> VariantIdentity:
+        """The identity of a variant the job asks for."""
+        return cls(
+            name=spec.name,
+            mode=spec.mode,
+            io_type=spec.io_type,
+            allow_select_tf_ops=spec.allow_select_tf_ops,
+            backend=spec.backend,
+            float_layers=spec.float_layers,
+            int16_layers=spec.int16_layers,
+            role=role,
+        )
+
+    @classmethod
+    def from_dict(cls, entry: Mapping[str, Any]) -> VariantIdentity:
+        """Read the identity keys of a variant entry (schema 1 or 2)."""
+        mode = Mode(str(entry["mode"]))
+        # The only place a missing name is filled in: the first reports had no `name` key,
+        # and then the mode was the variant's name.
+        name = str(entry["name"]) if entry.get("name") else str(mode)
+        io_type = entry.get("io_type")
+        return cls(
+            name=name,
+            mode=mode,
+            io_type=None if io_type is None else IOType(str(io_type)),
+            allow_select_tf_ops=bool(entry.get("allow_select_tf_ops", False)),
+            # Reports written before the quantizer backend existed were all the converter's.
+            backend=Backend(str(entry.get("backend") or Backend.CONVERTER)),
+            float_layers=tuple(str(x) for x in entry.get("float_layers") or ()),
+            int16_layers=tuple(str(x) for x in entry.get("int16_layers") or ()),
+            role=str(entry.get("role") or ROLE_SELECTED),
+            parent=entry.get("parent"),
+            calibration_samples=entry.get("calibration_samples"),
+            calibration_seed=entry.get("calibration_seed"),
+            present=frozenset(entry),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "name": self.name,
+            "mode": str(self.mode),
+            "io_type": None if self.io_type is None else str(self.io_type),
+            "allow_select_tf_ops": self.allow_select_tf_ops,
+            "backend": str(self.backend),
+            "float_layers": list(self.float_layers),
+            "int16_layers": list(self.int16_layers),
+        }
+        # Written only when set, so schema-1 content stays as it was.
+        for key in ("parent", "calibration_samples", "calibration_seed"):
+            value = getattr(self, key)
+            if value is not None:
+                d[key] = value
+        d["role"] = self.role
+        return _as_read(self, d)
+
+    @property
+    def is_pivot(self) -> bool:
+        """True for the float32 pivot QuantLens added itself: shown, never judged."""
+        return self.role == ROLE_PIVOT
+
+    @property
+    def spec(self) -> VariantSpec:
+        """The conversion this identity asks for."""
+        return VariantSpec(
+            mode=self.mode,
+            io_type=self.io_type,
+            allow_select_tf_ops=self.allow_select_tf_ops,
+            backend=self.backend,
+            float_layers=self.float_layers,
+            int16_layers=self.int16_layers,
+        )
+
+
+# -- a variant's result -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VariantResult(_MappingView):
+    """What a variant measured: status, size, agreement, accuracy, latency and its verdict.
+
+    Every metric is None until measured. Values are kept as report.json holds them (JSON
+    lists become tuples; mappings stay mappings).
+    """
+
+    status: str = "pending"
+    error: str | None = None
+    size_bytes: int | None = None
+    size_reduction_pct: float | None = None
+    size_reduction_vs_float32_pct: float | None = None
+    n: int | None = None
+    top1_agreement_pct: float | None = None
+    top1_agreement_ci95: tuple[float, float] | None = None
+    k: int | None = None
+    topk_agreement_pct: float | None = None
+    disagreements: int | None = None
+    reference_accuracy_pct: float | None = None
+    tflite_accuracy_pct: float | None = None
+    accuracy_delta_pct: float | None = None
+    mcnemar_p: float | None = None
+    max_abs_prob_delta: float | None = None
+    mean_abs_top1_prob_delta: float | None = None
+    mean_kl: float | None = None
+    nan_outputs: int | None = None
+    flip_matrix: tuple[tuple[int, ...], ...] | None = None
+    disagreement_split: Mapping[str, int] | None = None
+    latency_ms: Mapping[str, Any] | None = None
+    speedup_vs_reference: float | None = None
+    conversion_seconds: float | None = None
+    conversion_cached: bool | None = None
+    conversion_route: str | None = None
+    select_tf_ops_used: tuple[str, ...] = ()
+    softmax_applied: bool | None = None
+    io: Mapping[str, Any] | None = None
+    warnings: tuple[str, ...] = ()
+    passed: bool | None = None
+    verdict_reason: str | None = None
+    n_needed: int | None = None
+    # Written by later phases only when they have something to say (see `to_dict`).
+    latency_warning: str | None = None
+    latency_note: str | None = None
+    stderr_tail: str | None = None
+    present: frozenset[str] | None = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def keys_in_order(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls) if f.name != "present")
+
+    @classmethod
+    def from_dict(cls, entry: Mapping[str, Any]) -> VariantResult:
+        """Read the result keys of a variant entry; missing keys are unmeasured (None)."""
+        values = {k: entry[k] for k in cls.keys_in_order() if k in entry}
+        if values.get("top1_agreement_ci95") is not None:
+            values["top1_agreement_ci95"] = tuple(values["top1_agreement_ci95"])
+        if values.get("flip_matrix") is not None:
+            values["flip_matrix"] = tuple(tuple(row) for row in values["flip_matrix"])
+        for key in ("select_tf_ops_used", "warnings"):
+            values[key] = tuple(values.get(key) or ())
+        values["status"] = str(values.get("status") or "pending")
+        return cls(**values, present=frozenset(entry))
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {}
+        for key in self.keys_in_order():
+            value = getattr(self, key)
+            if key in ("latency_note", "stderr_tail") and value is None:
+                continue
+            # The timing phase writes latency_ms and latency_warning together.
+            if key == "latency_warning" and value is None and self.latency_ms is None:
+                continue
+            d[key] = _jsonable(value)
+        return _as_read(self, d)
+
+    @property
+    def finished_ok(self) -> bool:
+        """True when the variant ran to the end (status done), whatever its verdict."""
+        return self.status == RunStatus.DONE
+
+    @property
+    def p50_ms(self) -> float | None:
+        """The median batch-1 latency in ms, once timed."""
+        value = (self.latency_ms or {}).get("p50")
+        return None if value is None else float(value)
+
+
+def _jsonable(value: Any) -> Any:
+    """Tuples back to lists and mappings back to dicts, as json.dumps and json.loads expect."""
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+# -- a variant ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Variant(_MappingView):
+    """One variant entry of report.json: identity, result, and any keys this model lacks."""
+
+    identity: VariantIdentity
+    result: VariantResult = field(default_factory=VariantResult)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, entry: Mapping[str, Any]) -> Variant:
+        """Read one variant entry.
+
+        Raises:
+            QuantLensError: the entry has no mode, or a mode, backend or I/O type QuantLens
+                does not know.
+        """
+        try:
+            identity = VariantIdentity.from_dict(entry)
+        except (KeyError, ValueError) as exc:
+            raise QuantLensError(
+                f"a variant entry of report.json is not readable ({exc!s}); re-run the job"
+            ) from None
+        known = VariantIdentity.KEYS + VariantResult.keys_in_order()
+        return cls(identity, VariantResult.from_dict(entry), _split(entry, known))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.identity.to_dict(), **self.result.to_dict(), **dict(self.extra)}
+
+    @property
+    def name(self) -> str:
+        """The variant's name, as stored: `int8`, `int8-uint8`, `int8_q:keep=conv2d`, ..."""
+        return self.identity.name
+
+    @property
+    def mode(self) -> Mode:
+        return self.identity.mode
+
+    @property
+    def status(self) -> str:
+        return self.result.status
+
+    @property
+    def is_pivot(self) -> bool:
+        return self.identity.is_pivot
+
+    def with_result(self, **changes: Any) -> Variant:
+        """A copy with some result fields changed (the object itself is frozen)."""
+        return dataclasses.replace(self, result=dataclasses.replace(self.result, **changes))
+
+
+# -- a run -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunInfo(_MappingView):
+    """The `run` entry: id, name, when, status, the command that reproduces it, trusted mode."""
+
+    id: str = ""
+    name: str = ""
+    created: str | None = None
+    status: str | None = None
+    command: str | None = None
+    trusted: bool | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    present: frozenset[str] | None = field(default=None, compare=False, repr=False)
+
+    KEYS = ("id", "name", "created", "status", "command", "trusted")
+
+    @classmethod
+    def from_dict(cls, entry: Mapping[str, Any]) -> RunInfo:
+        values = {k: entry[k] for k in cls.KEYS if k in entry}
+        for key in ("id", "name"):
+            values[key] = str(values.get(key) or "")
+        return cls(**values, extra=_split(entry, cls.KEYS), present=frozenset(entry))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in self.KEYS}
+        return {**_as_read(self, d), **dict(self.extra)}
+
+
+# Top-level keys the model reads into typed fields, in report.json order.
+_RUN_KEYS = (
+    "schema_version",
+    "run",
+    "reference",
+    "dataset",
+    "preprocessing",
+    "options",
+    "pivot",
+    "variants",
+    "environment",
+    "warnings",
+    "recommendation",
+)
+
+
+@dataclass(frozen=True)
+class RunReport(_MappingView):
+    """One run's report.json.
+
+    The measured sections (`reference`, `dataset`, `preprocessing`, `options`, `environment`)
+    stay mappings as written; what readers judge by has typed accessors (`threshold_pct`,
+    `verdict_rule`, `calibration_of`).
+    """
+
+    run: RunInfo = field(default_factory=RunInfo)
+    variants: tuple[Variant, ...] = ()
+    reference: Mapping[str, Any] = field(default_factory=dict)
+    dataset: Mapping[str, Any] = field(default_factory=dict)
+    preprocessing: Mapping[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)
+    environment: Mapping[str, Any] = field(default_factory=dict)
+    pivot: str | None = None
+    warnings: tuple[str, ...] = ()
+    recommendation: Mapping[str, Any] | None = None
+    schema_version: int = SCHEMA_VERSION
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    present: frozenset[str] | None = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunReport:
+        """Read a report.json object of any schema this version knows.
+
+        Raises:
+            QuantLensError: a newer schema than this QuantLens reads, or an unreadable entry.
+        """
+        version = int(data.get("schema_version") or 1)  # the first reports had no version
+        if version > SCHEMA_VERSION:
+            raise QuantLensError(
+                f"report.json has schema {version}, newer than this QuantLens reads "
+                f"({SCHEMA_VERSION}); upgrade QuantLens to open it"
+            )
+        variants = tuple(
+            Variant.from_dict(v) for v in data.get("variants") or [] if isinstance(v, Mapping)
+        )
+        return cls(
+            run=RunInfo.from_dict(data.get("run") or {}),
+            variants=variants,
+            reference=dict(data.get("reference") or {}),
+            dataset=dict(data.get("dataset") or {}),
+            preprocessing=dict(data.get("preprocessing") or {}),
+            options=dict(data.get("options") or {}),
+            environment=dict(data.get("environment") or {}),
+            pivot=data.get("pivot"),
+            warnings=tuple(str(w) for w in data.get("warnings") or ()),
+            recommendation=data.get("recommendation"),
+            schema_version=version,
+            extra=_split(data, _RUN_KEYS),
+            present=frozenset(data) | {"schema_version"},  # always written
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report.json object; written as schema `SCHEMA_VERSION` whatever it was read as."""
+        d: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "run": self.run.to_dict(),
+            "reference": _jsonable(self.reference),
+            "dataset": _jsonable(self.dataset),
+            "preprocessing": _jsonable(self.preprocessing),
+            "options": _jsonable(self.options),
+            "pivot": self.pivot,
+            "variants": [v.to_dict() for v in self.variants],
+            "environment": _jsonable(self.environment),
+            "warnings": list(self.warnings),
+        }
+        if self.recommendation is not None:
+            d["recommendation"] = _jsonable(self.recommendation)
+        return {**_as_read(self, d), **_jsonable(self.extra)}
+
+    def __getitem__(self, key: str) -> Any:
+        # Readers that index the report get the typed variants, not their dicts.
+        if key == "variants":
+            return self.variants
+        return self._as_dict[key]
+
+    # -- what readers judge by --------------------------------------------------------------
+    @property
+    def threshold_pct(self) -> float:
+        """The agreement a variant needs to pass, in % (the default when not recorded)."""
+        value = self.options.get("min_agreement_pct")
+        return DEFAULT_MIN_AGREEMENT_PCT if value is None else float(value)
+
+    @property
+    def verdict_rule(self) -> str:
+        """The verdict rule the run was judged by; reports older than `--verdict`: the point."""
+        return str(self.options.get("verdict") or VERDICT_POINT)
+
+    @property
+    def variant_names(self) -> list[str]:
+        return [v.name for v in self.variants]
+
+    def variant(self, name: str) -> Variant | None:
+        """The variant of that name, or None."""
+        return next((v for v in self.variants if v.name == name), None)
+
+    def calibration_of(self, variant: Variant) -> tuple[int | None, int | None]:
+        """(calibration samples, seed) a variant was made with: its own, else the run's."""
+        ident = variant.identity
+        samples = ident.calibration_samples
+        seed = ident.calibration_seed
+        return (
+            self.options.get("calibration_samples") if samples is None else samples,
+            self.options.get("seed") if seed is None else seed,
+        )
+
+    def display_name(self, variant: Variant) -> str:
+        """A variant's name as listed: `float32 (pivot)` for the run's pivot."""
+        return f"{variant.name} (pivot)" if variant.name == self.pivot else variant.name
+
+
+def report_from(report: RunReport | Mapping[str, Any]) -> RunReport:
+    """The typed report of a report.json object, or the report itself when already typed."""
+    return report if isinstance(report, RunReport) else RunReport.from_dict(report)
+
+
+def write_report(run_dir: Path, report: RunReport | Mapping[str, Any]) -> None:
+    """Write `run_dir/report.json` atomically: the one place report.json is serialised."""
+    rundir.write_json_atomic(Path(run_dir) / rundir.REPORT, report_from(report).to_dict())
+
+
+def read_report(run_dir: Path) -> RunReport:
+    """Read `run_dir/report.json` (schema 1 or 2): the one place report.json is parsed.
+
+    Raises:
+        QuantLensError: no report yet, not JSON, not an object, or an unreadable entry.
+    """
+    path = Path(run_dir) / rundir.REPORT
+    name = Path(run_dir).name
+    if not path.is_file():
+        raise QuantLensError(
+            f"run {name} has no report yet; wait for it to finish or pick another run"
+        )
+    try:
+        data = rundir.read_json(path)
+    except (OSError, ValueError) as exc:
+        raise QuantLensError(
+            f"report of run {name} is unreadable ({exc}); re-run the job"
+        ) from None
+    if not isinstance(data, dict):
+        raise QuantLensError(f"report of run {name} is not a JSON object; re-run it")
+    return RunReport.from_dict(data)

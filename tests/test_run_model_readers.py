@@ -1,0 +1,51 @@
+"""Every reader takes a variant's identity from the typed run model, and the shared constants
+are written once: a grep over the source, since a re-derived name reads fine until it is wrong."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = [
+    ROOT / "app.py",
+    *sorted(p for d in ("core", "ui", "pages") for p in (ROOT / d).rglob("*.py")),
+]
+
+# `v.get("name") or v.get("mode")`, `x.get('name') or ...`: a name rebuilt from other fields.
+NAME_REDERIVED = re.compile(r"""\.get\(\s*["']name["']\s*\)\s*or\b""")
+# The five statuses a run or variant ends in, spelled out again instead of FINISHED_STATUSES.
+FINISHED_SPELLED_OUT = re.compile(r'"failed",\s*"crashed",\s*"timeout",\s*"cancelled"')
+# The default threshold as a literal instead of DEFAULT_MIN_AGREEMENT_PCT (`95.0` quoted in a
+# docstring is prose, not a default).
+DEFAULT_THRESHOLD = re.compile(r"(?<![\w.`])95\.0(?![\d`])")
+
+
+def _hits(pattern: re.Pattern[str], *, allowed: tuple[str, ...] = ()) -> list[str]:
+    found = []
+    for path in SOURCES:
+        rel = path.relative_to(ROOT).as_posix()
+        if rel in allowed:
+            continue
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if pattern.search(line):
+                found.append(f"{rel}:{number}: {line.strip()}")
+    return found
+
+
+def test_the_sources_are_found() -> None:
+    names = {p.relative_to(ROOT).as_posix() for p in SOURCES}
+    assert {"app.py", "core/reporting/runmodel.py", "ui/widgets.py", "pages/overview.py"} <= names
+
+
+def test_no_reader_rederives_a_variant_name() -> None:
+    assert _hits(NAME_REDERIVED) == []
+
+
+def test_the_finished_statuses_are_written_once() -> None:
+    assert _hits(FINISHED_SPELLED_OUT) == []
+
+
+def test_the_default_threshold_is_written_once() -> None:
+    [hit] = _hits(DEFAULT_THRESHOLD)
+    assert hit.startswith("core/types.py:") and "DEFAULT_MIN_AGREEMENT_PCT = 95.0" in hit
