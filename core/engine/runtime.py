@@ -216,10 +216,10 @@ class TFLiteRunner:
     def run(self, image: np.ndarray) -> np.ndarray:
         """Float32 outputs [C] for one float32 image [H,W,C] or [1,H,W,C] (a batch-1 runner)."""
         if self.batch != 1:
-            return self.run_batch(np.asarray(image).reshape(1, *self.input_shape[1:]))[0]
+            return self.run_batch(np.asarray(image).reshape(1, *self.input_shape[1:])).reshape(-1)
         self._feed(image)
         self._interpreter.invoke()
-        return self._read()[0]
+        return self._read().reshape(-1)
 
     def run_batch(self, images: np.ndarray) -> np.ndarray:
         """Float32 outputs [N, C] for float32 images [N,H,W,C], `self.batch` per invoke.
