@@ -105,10 +105,32 @@ def write_reference(
     samples: list[Sample],
     skipped: list[SkippedSample],
 ) -> None:
-    """The stage's files, and the original's accuracy and the data counts in report.json."""
-    from core.reporting.report import near_chance
+    """The stage's files and report.json's reference and data counts; the state file last."""
+    _write_sample_tables(run, result, samples, skipped)
+    save_npy(run.run_dir / rundir.REFERENCE_PROBS, result.probs.astype(np.float32))
+    _note_in_report(run, result, samples, skipped)
+    run.report.save()
+    if result.calibration is not None:
+        save_npy(run.run_dir / CALIBRATION_CACHE, result.calibration)
+    # Written last: its presence tells a restarted worker that everything above is on disk.
+    rundir.write_json_atomic(
+        run.run_dir / DECODE_STATE,
+        {
+            "labels": result.labels.tolist(),
+            "has_calibration": result.calibration is not None,
+            "softmax": result.softmax,
+        },
+    )
 
-    probs, labels = result.probs, result.labels
+
+def _write_sample_tables(
+    run: RunContext,
+    result: ReferenceOutputs,
+    samples: list[Sample],
+    skipped: list[SkippedSample],
+) -> None:
+    """samples.csv (the original's top-1, its probability and margin per sample), skipped.csv."""
+    probs = result.probs
     ref_top1 = top1(probs)
     ordered = np.sort(np.nan_to_num(probs, nan=-1.0), axis=1)
     margin = ordered[:, -1] - (ordered[:, -2] if probs.shape[1] > 1 else 0.0)
@@ -130,7 +152,19 @@ def write_reference(
         run.run_dir / rundir.SKIPPED,
         {"relpath": [s.relpath for s in skipped], "reason": [s.reason for s in skipped]},
     )
-    save_npy(run.run_dir / rundir.REFERENCE_PROBS, probs.astype(np.float32))
+
+
+def _note_in_report(
+    run: RunContext,
+    result: ReferenceOutputs,
+    samples: list[Sample],
+    skipped: list[SkippedSample],
+) -> None:
+    """The original's accuracy, the logits decision, the data counts and warnings."""
+    from core.reporting.report import near_chance
+
+    probs, labels = result.probs, result.labels
+    ref_top1 = top1(probs)
     report = run.report.data
     labelled = labels >= 0
     reference = report["reference"]
@@ -150,18 +184,6 @@ def write_reference(
             f"labels (chance is {100.0 / classes:.1f}%): the preprocessing preset or the labels "
             "are probably wrong"
         )
-    run.report.save()
-    if result.calibration is not None:
-        save_npy(run.run_dir / CALIBRATION_CACHE, result.calibration)
-    # Written last: its presence tells a restarted worker that everything above is on disk.
-    rundir.write_json_atomic(
-        run.run_dir / DECODE_STATE,
-        {
-            "labels": labels.tolist(),
-            "has_calibration": result.calibration is not None,
-            "softmax": result.softmax,
-        },
-    )
 
 
 def nonfinite_warnings(outputs: np.ndarray, who: str) -> list[str]:
