@@ -17,11 +17,23 @@ from core.engine.runtime import EVALUATION_BATCH, TFLiteRunner
 
 pytestmark = pytest.mark.slow
 
-VARIANTS = ("float32", "dynamic", "int8", "int8-uint8", "int8-float32", "float16")
-# Integer-only graphs accumulate in int32 and requantize per element: the batch size cannot
-# change a single bit. Float kernels may tile a batch differently (another summation order), so
-# float outputs are equal only up to float32 rounding.
-EXACT = {"int8", "int8-uint8"}
+# Both backends: the converter's modes, and the LiteRT Quantizer's recipes (`_q`).
+VARIANTS = (
+    "float32",
+    "float16",
+    "dynamic",
+    "int8",
+    "int8-uint8",
+    "int8-float32",
+    "int16x8",
+    "int8_q",
+    "dynamic_q",
+    "int4w_q",
+)
+# Integer-only graphs with integer I/O accumulate in int32 and requantize per element: the
+# batch size cannot change a single bit. Float kernels (and the float ends of int8-float32) may
+# tile a batch differently, another summation order, so they are equal up to float32 rounding.
+EXACT = {"int8", "int8-uint8", "int16x8", "int8_q"}
 FLOAT_ATOL = 1e-5
 
 
