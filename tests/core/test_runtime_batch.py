@@ -13,9 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from core.engine.runtime import EVALUATION_BATCH, TFLiteRunner
-
-pytestmark = pytest.mark.slow
+from core.engine.runtime import EVALUATION_BATCH, TFLiteRunner, evaluation_batch
 
 # Both backends: the converter's modes, and the LiteRT Quantizer's recipes (`_q`).
 VARIANTS = (
@@ -85,6 +83,7 @@ def _one_by_one(tflite: bytes, images: np.ndarray) -> np.ndarray:
     return np.stack(rows)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_batched_outputs_equal_batch_one(converted: dict[str, Any], variant: str) -> None:
     images = converted["images"]
@@ -115,6 +114,7 @@ def _fixed_batch_tflite() -> bytes:
     return bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
 
 
+@pytest.mark.slow
 def test_a_fixed_batch_model_runs_one_image_per_invoke() -> None:
     tflite = _fixed_batch_tflite()
     images = np.random.default_rng(0).normal(size=(5, 8, 8, 3)).astype(np.float32)
@@ -123,7 +123,16 @@ def test_a_fixed_batch_model_runs_one_image_per_invoke() -> None:
     np.testing.assert_array_equal(runner.run_batch(images), _one_by_one(tflite, images))
 
 
+@pytest.mark.slow
 def test_latency_is_never_timed_on_a_batched_runner(converted: dict[str, Any]) -> None:
     runner = TFLiteRunner(converted["float32"], threads=1, batch=EVALUATION_BATCH)
     with pytest.raises(ValueError, match="batch 1"):
         runner.timed_invoke(converted["images"][0])
+
+
+def test_small_images_run_in_batches_and_large_ones_one_at_a_time() -> None:
+    """Batching is chosen by image size: 224x224 MobileNets ran slower in batches here."""
+    assert evaluation_batch(16 * 16 * 3) == EVALUATION_BATCH
+    assert evaluation_batch(32 * 32 * 3) == EVALUATION_BATCH
+    assert evaluation_batch(96 * 96 * 3) == 2
+    assert evaluation_batch(224 * 224 * 3) == 1

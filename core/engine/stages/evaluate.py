@@ -17,7 +17,7 @@ import numpy as np
 
 from core.engine.convert import ConversionResult
 from core.engine.faults import maybe_inject
-from core.engine.runtime import EVALUATION_BATCH
+from core.engine.runtime import evaluation_batch
 from core.engine.stages.context import RunContext
 from core.engine.stages.convert import Conversion
 from core.engine.stages.files import DECODED_CACHE, DecodedCache, save_npy, write_csv
@@ -127,17 +127,17 @@ def evaluate_converted(
 def tflite_outputs(run: RunContext, tflite: bytes, name: str) -> tuple[np.ndarray, dict[str, Any]]:
     """One model's float outputs [N, C] on every decoded image, and its I/O description.
 
-    Runs EVALUATION_BATCH images per invoke where the model's batch dimension allows it (the
-    numbers equal batch 1's: tests/core/test_runtime_batch.py), else one image per invoke.
+    Runs several small images per invoke where the model's batch dimension allows it (the
+    numbers equal batch 1's: tests/core/test_runtime_batch.py); large images, and models with
+    a fixed batch, run one per invoke (core.engine.runtime.evaluation_batch says why).
     """
     from core.engine.runtime import TFLiteRunner
     from core.inputs.data import apply_preset
 
     run.emit("infer", 0.0, f"{name}: preparing the interpreter", name)
     maybe_inject("infer", name)
-    runner = TFLiteRunner(
-        tflite, threads=run.threads, name=f"{name}.tflite", batch=EVALUATION_BATCH
-    )
+    batch = evaluation_batch(int(np.prod(run.image_shape)))
+    runner = TFLiteRunner(tflite, threads=run.threads, name=f"{name}.tflite", batch=batch)
     cache = DecodedCache(run.run_dir / DECODED_CACHE, run.image_shape)
     total = len(cache)
     rows = np.empty((total, run.model.signature.num_classes), dtype=np.float32)
