@@ -44,18 +44,17 @@ def progress_writer(run_dir: Path) -> Callable[[ProgressEvent], None]:
 
 
 def run_job(run_dir: Path) -> int:
-    from core.engine.pipeline import JobRunner, effective_threads
+    from core.engine import pipeline
 
     job = JobSpec.from_dict(rundir.read_json(run_dir / rundir.JOB))
-    configure_threads(effective_threads(job))
+    configure_threads(pipeline.effective_threads(job))
     cache_dir = (
         Path(os.environ["QUANTLENS_CACHE"])
         if os.environ.get("QUANTLENS_CACHE")
         else rundir.cache_root() / "tflite"
     )
-    runner = JobRunner(job, run_dir, progress=progress_writer(run_dir), cache_dir=cache_dir)
     try:
-        runner.run()
+        pipeline.run_job(job, run_dir, progress=progress_writer(run_dir), cache_dir=cache_dir)
     except QuantLensError as exc:
         protocol.write_status(run_dir, RunStatus.FAILED, error=str(exc))
         print(f"error: {exc}", file=sys.stderr)

@@ -9,23 +9,17 @@ import json
 import shlex
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from core.engine.pipeline import (
-    DECODED_CACHE,
-    DecodedCache,
-    JobRunner,
-    _decode_batch,
-    drop_labels_outside,
-    reproduce_command,
-    select_samples,
-)
-from core.types import Dataset, JobSpec, ModelSignature, Preset, Sample, SkippedSample
+from core.engine.pipeline import JobRunner
+from core.engine.stages.decode import calibration_set, decode_batch, select_samples
+from core.engine.stages.files import DECODED_CACHE, DecodedCache
+from core.engine.stages.start import drop_labels_outside, reproduce_command
+from core.types import Dataset, JobSpec, Preset, Sample, SkippedSample
 
 
 def _samples(n: int, labels: list[int | None] | None = None) -> tuple[Sample, ...]:
@@ -127,9 +121,10 @@ def mixed_data(tmp_path: Path) -> Path:
     return tmp_path / "data.csv"
 
 
-def _runner_for_calibration(
+def _calibration_inputs(
     tmp_path: Path, data: Path, wanted: int, evaluate: int
-) -> tuple[JobRunner, Dataset, list[Sample], list[Sample], DecodedCache]:
+) -> tuple[JobSpec, Dataset, list[Sample], list[Sample], DecodedCache]:
+    """What the decode stage hands the calibration draw: no model is needed for this step."""
     from core.inputs.datasets import load_dataset
 
     job = JobSpec(
@@ -141,26 +136,12 @@ def _runner_for_calibration(
     )
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    runner = JobRunner(job, run_dir, progress=lambda _e: None, cache_dir=None)
-    # Only the signature's image size is read by this step; no model is needed.
-    runner.model = SimpleNamespace(  # type: ignore[assignment]
-        signature=ModelSignature(
-            format="keras",
-            input_shape=(None, 4, 4, 3),
-            input_dtype="float32",
-            height=4,
-            width=4,
-            channels=3,
-            num_classes=1,
-            outputs_probabilities=True,
-        )
-    )
     dataset = load_dataset(data)
     evaluated = select_samples(dataset.samples, evaluate, seed=job.seed)
-    kept, images, _ = _decode_batch(evaluated, height=4, width=4, channels=3)
+    kept, images, _ = decode_batch(evaluated, height=4, width=4, channels=3)
     cache = DecodedCache(run_dir / DECODED_CACHE, (4, 4, 3))
     cache.append(np.stack(images))
-    return runner, dataset, evaluated, kept, cache
+    return job, dataset, evaluated, kept, cache
 
 
 def _which(calibration: np.ndarray) -> list[int]:
@@ -170,27 +151,27 @@ def _which(calibration: np.ndarray) -> list[int]:
 
 
 def test_calibration_replaces_undecodable_draws(tmp_path: Path, mixed_data: Path) -> None:
-    runner, dataset, evaluated, kept, cache = _runner_for_calibration(
+    job, dataset, evaluated, kept, cache = _calibration_inputs(
         tmp_path, mixed_data, wanted=10, evaluate=9
     )
     assert len(kept) < len(evaluated)  # some evaluated images are broken too
-    calibration = runner._calibration_set(dataset, evaluated, kept, cache)
+    calibration = calibration_set(dataset, evaluated, kept, cache, job=job)
     assert calibration is not None
     assert calibration.dtype == np.float32 and calibration.shape == (10, 4, 4, 3)
     drawn = _which(calibration)
     assert len(set(drawn)) == 10
     assert all(i % 3 != 1 for i in drawn)  # no broken file, and still 10 images
-    again = runner._calibration_set(dataset, evaluated, kept, cache)
+    again = calibration_set(dataset, evaluated, kept, cache, job=job)
     np.testing.assert_array_equal(again, calibration)
 
 
 def test_calibration_takes_every_decodable_image_when_asked_for_more(
     tmp_path: Path, mixed_data: Path
 ) -> None:
-    runner, dataset, evaluated, kept, cache = _runner_for_calibration(
+    job, dataset, evaluated, kept, cache = _calibration_inputs(
         tmp_path, mixed_data, wanted=100, evaluate=5
     )
-    calibration = runner._calibration_set(dataset, evaluated, kept, cache)
+    calibration = calibration_set(dataset, evaluated, kept, cache, job=job)
     assert calibration is not None
     assert sorted(_which(calibration)) == [i for i in range(GOOD + BROKEN) if i % 3 != 1]
 
@@ -367,8 +348,8 @@ def test_a_restarted_worker_keeps_the_reference_decision(
     tiny_models: dict[str, Path], tiny_data: Path, tmp_path: Path
 ) -> None:
     """After a crash, the next worker reads the decision back with the reference's outputs."""
-    from core.engine.pipeline import DECODE_STATE
     from core.inputs import rundir
+    from core.jobs.protocol import DECODE_STATE
     from core.types import ProgressEvent
 
     class Crash(Exception):

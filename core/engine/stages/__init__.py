@@ -1,0 +1,17 @@
+"""The job as stages, run in this order by core.engine.pipeline.run_job:
+
+    start      resolve the model and data, load the model, open report.json
+    decode     every evaluation image once, into the decoded cache (.decoded.u8)
+    reference  the original on each decoded batch, streamed with decode: samples.csv,
+               skipped.csv, reference.probs.npy, the calibration set (.calibration.npy)
+    convert    each variant's .tflite on a background thread (convert_in_background)
+    evaluate   each converted model on the decoded images: <variant>.samples.csv and
+               <variant>.probs.npy (evaluate_converted; another engine can replace it)
+    diagnose   (issue 12 plugs in here, between evaluate and time)
+    time       batch-1 latency of the original and every finished variant, machine quiet
+    finish     the run's status and recommendation; scratch files removed
+
+Each stage takes the run's typed context (core.engine.stages.context.RunContext) and what the
+stages before it returned, and writes its outputs into the run folder, so a restarted worker
+finds them there.
+"""

@@ -1,0 +1,110 @@
+"""What every stage receives: the job, its run folder, the loaded model, and report.json."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from core.inputs import rundir
+from core.types import FINISHED_STATUSES, Dataset, JobSpec, ProgressEvent, VariantSpec
+
+if TYPE_CHECKING:
+    from core.engine.models import ReferenceModel
+
+ProgressFn = Callable[[ProgressEvent], None]
+
+
+class ReportFile:
+    """report.json of the run, held as a dict and rewritten atomically on every `save()`.
+
+    The report's shape belongs to core.reporting.report; this only keeps it on disk, current.
+    """
+
+    def __init__(self, path: Path, data: dict[str, Any]) -> None:
+        self.path = path
+        self.data = data
+
+    @classmethod
+    def open(cls, run_dir: Path) -> ReportFile:
+        """The run's report.json as a restarted worker left it; empty for a new run."""
+        path = run_dir / rundir.REPORT
+        return cls(path, rundir.read_json(path) if path.exists() else {})
+
+    def save(self) -> None:
+        from core.reporting.report import fill_float32_reductions
+        from core.reporting.runmodel import write_report
+
+        fill_float32_reductions(self.data)
+        write_report(self.path.parent, self.data)
+
+    def variant(self, name: str) -> dict[str, Any]:
+        return next(v for v in self.data["variants"] if v["name"] == name)
+
+    def replace_variant(self, entry: dict[str, Any]) -> None:
+        self.data["variants"] = [
+            entry if v["name"] == entry["name"] else v for v in self.data["variants"]
+        ]
+
+    @property
+    def pivot(self) -> str | None:
+        """The float32 TFLite variant quantized variants are split against, if the run has one."""
+        pivot: str | None = self.data.get("pivot")
+        return pivot
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """One job in the worker: its inputs, its folder, the loaded original, and its report."""
+
+    job: JobSpec
+    run_dir: Path
+    progress: ProgressFn
+    cache_dir: Path | None
+    model: ReferenceModel
+    model_sha: str
+    dataset: Dataset  # samples whose labels the model can predict (the rest are skipped)
+    specs: tuple[VariantSpec, ...]  # the user's variants plus the float32 pivot
+    report: ReportFile
+
+    @property
+    def threads(self) -> int:
+        return effective_threads(self.job)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        sig = self.model.signature
+        return (sig.height, sig.width, sig.channels)
+
+    def emit(self, step: str, fraction: float, message: str, variant: str | None = None) -> None:
+        """Send one progress event (the step named is the one about to run)."""
+        emit(self.progress, step, fraction, message, variant)
+
+    def pending(self) -> list[VariantSpec]:
+        """Variants not finished yet (all of them unless a worker is restarted), pivot first.
+
+        The pivot runs first, so its outputs exist when each quantized variant is split.
+        """
+        waiting = [
+            s for s in self.specs if self.report.variant(s.name)["status"] not in FINISHED_STATUSES
+        ]
+        return sorted(waiting, key=lambda s: s.name != self.report.pivot)
+
+
+def emit(
+    progress: ProgressFn, step: str, fraction: float, message: str, variant: str | None = None
+) -> None:
+    progress(
+        ProgressEvent(
+            step=step, fraction=fraction, message=message, variant=variant, time=time.time()
+        )
+    )
+
+
+def effective_threads(job: JobSpec) -> int:
+    """The thread count both models run with: the job's, else every core but one."""
+    from core.metrics.latency import default_threads
+
+    return job.threads or default_threads()

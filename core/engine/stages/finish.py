@@ -1,0 +1,18 @@
+"""The finish stage: the run's status and recommendation in report.json; scratch files removed."""
+
+from __future__ import annotations
+
+from core.engine.stages.context import RunContext
+from core.engine.stages.files import remove_scratch
+
+
+def finish(run: RunContext) -> None:
+    from core.reporting.recommend import recommendation
+    from core.reporting.report import run_status
+
+    report = run.report.data
+    report["run"]["status"] = str(run_status(report))
+    report["recommendation"] = recommendation(report)
+    run.report.save()
+    remove_scratch(run.run_dir)
+    run.emit("done", 1.0, "all variants finished")

@@ -1,0 +1,260 @@
+"""The start stage: resolve the model and data, load the original, and open report.json.
+
+Writes report.json (every variant pending) and labels.txt; a restarted worker reopens the
+report it finds instead of starting a new one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from core.engine.faults import maybe_inject
+from core.engine.stages.context import ProgressFn, ReportFile, RunContext, effective_threads, emit
+from core.inputs import rundir
+from core.types import Dataset, JobSpec, RunStatus, SkippedSample, VariantSpec
+
+if TYPE_CHECKING:
+    from core.engine.models import ReferenceModel
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The resolved model and data of a job (zips extracted, paths checked)."""
+
+    model_path: Path
+    dataset: Dataset
+
+
+def open_run(
+    job: JobSpec, run_dir: Path, *, progress: ProgressFn, cache_dir: Path | None
+) -> RunContext:
+    """Load the job's model and data and open its report; the context every later stage takes."""
+    from core.engine.models import load_reference, model_sha256
+    from core.reporting.report import with_pivot
+
+    emit(progress, "load", 0.0, "reading the data set and the model")
+    maybe_inject("load")
+    inputs = resolve_inputs(job, run_dir)
+    input_size = tuple(job.input_size) if job.input_size else None
+    model = load_reference(
+        inputs.model_path,
+        trusted=job.trusted,
+        input_size=input_size,  # type: ignore[arg-type]
+        signature_key=job.signature_key,
+    )
+    selected = [VariantSpec.parse(name) for name in job.variants]
+    # The float32 pivot joins whenever a variant is quantized (core.reporting.report.with_pivot).
+    specs = tuple(with_pivot(selected))
+    report = ReportFile.open(run_dir)
+    sha = model_sha256(inputs.model_path)
+    if not report.data:
+        report.data = new_report(
+            job, run_dir, inputs, model, sha, specs, {s.name for s in selected}
+        )
+        report.data["warnings"].extend(class_count_warnings(inputs.dataset, model))
+        report.save()
+    if inputs.dataset.class_names:
+        rundir.write_atomic(
+            run_dir / rundir.LABELS, ("\n".join(inputs.dataset.class_names) + "\n").encode()
+        )
+    return RunContext(
+        job=job,
+        run_dir=run_dir,
+        progress=progress,
+        cache_dir=cache_dir,
+        model=model,
+        model_sha=sha,
+        dataset=drop_labels_outside(inputs.dataset, model.signature.num_classes),
+        specs=specs,
+        report=report,
+    )
+
+
+def resolve_inputs(job: JobSpec, run_dir: Path) -> Inputs:
+    """Extract zipped models or data into the run directory and enumerate the data set."""
+    from core.errors import UnsupportedModel
+    from core.inputs.archives import extract_once, find_saved_model_dir
+    from core.inputs.datasets import load_dataset
+    from core.inputs.paths import allowed_roots, require_under_roots
+
+    roots = allowed_roots()
+    model_path = require_under_roots(Path(job.model_path), roots, what="model")
+    if model_path.suffix.lower() == ".zip":
+        target = extract_once(model_path, run_dir / "model")
+        kerases = sorted(p for p in target.rglob("*.keras") if "__MACOSX" not in p.parts)
+        if (list(target.rglob("saved_model.pb"))) or not kerases:
+            model_path = find_saved_model_dir(target)
+        elif len(kerases) == 1:
+            model_path = kerases[0]
+        else:
+            raise UnsupportedModel(
+                f"{Path(job.model_path).name} holds {len(kerases)} .keras files; zip one model"
+            )
+    # A restarted worker reuses run_dir/data through the same call, so it reads the same samples.
+    dataset = load_dataset(
+        job.data_path,
+        labels_file=job.labels_file,
+        extract_dir=run_dir / "data",
+        allowed_roots=roots,
+    )
+    return Inputs(model_path=model_path, dataset=dataset)
+
+
+def drop_labels_outside(dataset: Dataset, num_classes: int) -> Dataset:
+    """Skip samples whose integer label the model cannot predict; they are listed, not scored."""
+    kept = tuple(s for s in dataset.samples if s.label is None or s.label < num_classes)
+    if len(kept) == len(dataset.samples):
+        return dataset
+    skipped = tuple(
+        SkippedSample(
+            relpath=s.relpath,
+            reason=f"label {s.label} is outside the model's {num_classes} classes",
+        )
+        for s in dataset.samples
+        if s.label is not None and s.label >= num_classes
+    )
+    return replace(dataset, samples=kept, skipped=dataset.skipped + skipped)
+
+
+def class_count_warnings(dataset: Dataset, model: ReferenceModel) -> list[str]:
+    names, num_classes = dataset.class_names, model.signature.num_classes
+    if names and len(names) != num_classes:
+        return [
+            f"the data set names {len(names)} classes but the model outputs {num_classes}; "
+            "check labels.txt or the class folders"
+        ]
+    return []
+
+
+def new_report(
+    job: JobSpec,
+    run_dir: Path,
+    inputs: Inputs,
+    model: ReferenceModel,
+    model_sha: str,
+    specs: tuple[VariantSpec, ...],
+    selected_names: set[str],
+) -> dict[str, Any]:
+    """report.json before any work: the run, the original, the data, every variant pending."""
+    from core.engine.models import model_size_bytes
+    from core.inputs.datasets import dataset_sha256
+    from core.inputs.presets import preset_value_range
+    from core.reporting.report import (
+        ROLE_PIVOT,
+        ROLE_SELECTED,
+        SCHEMA_VERSION,
+        environment,
+        pending_variant,
+        pivot_name,
+    )
+
+    sig = model.signature
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run": {
+            "id": run_dir.name,
+            "name": job.name,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "status": str(RunStatus.RUNNING),
+            "command": reproduce_command(job),
+            "trusted": job.trusted,
+        },
+        "reference": {
+            "path": str(inputs.model_path),
+            "format": sig.format,
+            "size_bytes": model_size_bytes(inputs.model_path),
+            "sha256": model_sha,
+            "input_shape": list(sig.input_shape),
+            "input_dtype": sig.input_dtype,
+            "num_classes": sig.num_classes,
+            "outputs_probabilities": sig.outputs_probabilities,
+            "accuracy_pct": None,
+            "latency_ms": None,
+        },
+        "dataset": {
+            "path": inputs.dataset.path,
+            "file": job.data_path,  # the CSV (or folder, zip) the user named
+            "sha256": dataset_sha256(inputs.dataset),
+            "kind": inputs.dataset.kind,
+            "num_samples": 0,
+            "num_skipped": len(inputs.dataset.skipped),
+            "has_labels": inputs.dataset.has_labels,
+            "class_names": list(inputs.dataset.class_names) if inputs.dataset.class_names else None,
+            "skipped": [s.to_dict() for s in inputs.dataset.skipped],
+        },
+        "preprocessing": {
+            "preset": str(job.preset),
+            "height": sig.height,
+            "width": sig.width,
+            "channels": sig.channels,
+            "value_range": list(preset_value_range(job.preset)),
+        },
+        "options": {
+            "calibration_samples": job.calibration_samples,
+            "max_samples": job.max_samples,
+            "threads": job.threads,
+            "min_agreement_pct": job.min_agreement_pct,
+            "verdict": job.verdict,
+            "seed": job.seed,
+            "latency_runs": job.latency_runs,  # None: as many as the budget allows
+            "latency_budget_s": None if job.latency_runs else job.latency_budget_s,
+            "warmup_runs": job.warmup_runs,
+        },
+        "pivot": pivot_name(list(specs)),
+        "variants": [
+            pending_variant(spec, role=ROLE_SELECTED if spec.name in selected_names else ROLE_PIVOT)
+            for spec in specs
+        ],
+        "environment": environment(threads=effective_threads(job)),
+        "warnings": [],
+    }
+
+
+def reproduce_command(job: JobSpec) -> str:
+    """The CLI command that reproduces this job."""
+    import shlex
+
+    parts = [
+        "python -m core run",
+        shlex.quote(job.model_path),
+        "--data",
+        shlex.quote(job.data_path),
+        "--modes",
+        ",".join(job.variants),
+        "--preprocess",
+        str(job.preset),
+        "--calibration-samples",
+        str(job.calibration_samples),
+        "--min-agreement",
+        _exact_number(job.min_agreement_pct),
+    ]
+    if job.verdict != JobSpec.verdict:
+        parts += ["--verdict", job.verdict]
+    if job.latency_runs is not None:
+        parts += ["--latency-runs", str(job.latency_runs)]
+    if job.latency_budget_s != JobSpec.latency_budget_s:
+        parts += ["--latency-budget", _exact_number(job.latency_budget_s)]
+    if job.max_samples is not None:
+        parts += ["--samples", str(job.max_samples)]
+    if job.threads is not None:
+        parts += ["--threads", str(job.threads)]
+    if job.input_size:
+        parts += ["--input-size", f"{job.input_size[0]}x{job.input_size[1]}"]
+    if job.signature_key:
+        parts += ["--signature", shlex.quote(job.signature_key)]
+    if job.labels_file:
+        parts += ["--labels", shlex.quote(job.labels_file)]
+    if job.trusted:
+        parts.append("--trusted")
+    if job.mlflow_uri:
+        parts.append(f"--mlflow={shlex.quote(job.mlflow_uri)}")
+    return " ".join(parts)
+
+
+def _exact_number(value: float) -> str:
+    """`95` rather than `95.0`, but never rounded: `:g` alone turns 99.99999 into 100."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(value)

@@ -1,0 +1,254 @@
+"""Each stage of the job on its own, with the real tiny model: what it takes, what it writes in
+the run folder, what a restarted worker reads back, and the evaluation engine as a seam."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.engine.pipeline import run_job
+from core.engine.stages.context import RunContext
+from core.engine.stages.convert import Conversion
+from core.engine.stages.evaluate import (
+    EvaluatedVariant,
+    FailedVariant,
+    VariantOutcome,
+    evaluate_converted,
+)
+from core.engine.stages.files import DECODE_STATE, DECODED_CACHE
+from core.engine.stages.reference import ReferenceOutputs, run_reference
+from core.engine.stages.start import open_run
+from core.inputs import rundir
+from core.types import JobSpec, Preset, ProgressEvent, VariantSpec
+
+pytestmark = pytest.mark.slow
+
+
+def _job(model: Path, data: Path, variants: tuple[str, ...] = ("float32",)) -> JobSpec:
+    return JobSpec(
+        model_path=str(model),
+        data_path=str(data),
+        variants=variants,
+        preset=Preset.UNIT,
+        threads=1,
+        latency_runs=2,
+        warmup_runs=1,
+    )
+
+
+def _with_broken_files(tiny_data: Path, root: Path) -> Path:
+    """The tiny data set plus two files that are not images, listed in the same CSV."""
+    with tiny_data.open(encoding="utf-8", newline="") as f:
+        rows = [(r["filepath"], r["label"]) for r in csv.DictReader(f)]
+    for rel, _ in rows:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes((tiny_data.parent / rel).read_bytes())
+    for name in ("broken_a.png", "broken_b.png"):
+        (root / name).write_text("not an image", encoding="utf-8")
+        rows.append((name, "0"))
+    out = root / "data.csv"
+    with out.open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([("filepath", "label"), *rows])
+    return out
+
+
+def _opened(job: JobSpec, run_dir: Path, events: list[ProgressEvent] | None = None) -> RunContext:
+    run_dir.mkdir(exist_ok=True)
+    sink: Callable[[ProgressEvent], None] = (
+        events.append if events is not None else (lambda _event: None)
+    )
+    return open_run(job, run_dir, progress=sink, cache_dir=None)
+
+
+# -- start --------------------------------------------------------------------------------------
+def test_start_writes_a_pending_report_and_a_restart_reopens_it(
+    tiny_models: dict[str, Path], tiny_data: Path, tmp_path: Path
+) -> None:
+    job = _job(tiny_models["keras"], tiny_data, ("int8",))
+    run = _opened(job, tmp_path / "run")
+    on_disk = rundir.read_json(tmp_path / "run" / rundir.REPORT)
+    # int8 plus the float32 pivot the split needs, both pending before any work.
+    assert [(v["name"], v["status"]) for v in on_disk["variants"]] == [
+        ("int8", "pending"),
+        ("float32", "pending"),
+    ]
+    assert [s.name for s in run.pending()] == ["float32", "int8"]  # the pivot runs first
+    on_disk["variants"][1]["status"] = "done"  # as a crashed worker's report would say
+    rundir.write_json_atomic(tmp_path / "run" / rundir.REPORT, on_disk)
+    again = _opened(job, tmp_path / "run")
+    assert again.report.data["run"]["created"] == on_disk["run"]["created"]
+    assert [s.name for s in again.pending()] == ["int8"]
+
+
+# -- decode + reference -----------------------------------------------------------------------
+def test_reference_writes_its_files_and_lists_undecodable_images(
+    tiny_models: dict[str, Path], tiny_data: Path, tmp_path: Path
+) -> None:
+    data = _with_broken_files(tiny_data, tmp_path / "data")
+    job = _job(tiny_models["keras"], data)
+    events: list[ProgressEvent] = []
+    run = _opened(job, tmp_path / "run", events)
+    out = run_reference(run)
+    run_dir = tmp_path / "run"
+    assert len(out.sample_indices) == 24 and out.labels.tolist() == [i // 6 for i in range(24)]
+    # The decoded cache holds exactly the 24 good images, as uint8 pixels.
+    assert (run_dir / DECODED_CACHE).stat().st_size == 24 * 16 * 16 * 3
+    with (run_dir / rundir.SKIPPED).open(encoding="utf-8") as f:
+        skipped = [row["relpath"] for row in csv.DictReader(f)]
+    assert skipped == ["broken_a.png", "broken_b.png"]
+    # Independently: the original on the same pixels, decoded here with Pillow, in [0, 1].
+    with tiny_data.open(encoding="utf-8") as f:
+        paths = [tiny_data.parent / r["filepath"] for r in csv.DictReader(f)]
+    pixels = np.stack(
+        [
+            np.asarray(Image.open(p).convert("RGB").resize((16, 16), Image.Resampling.BILINEAR))
+            for p in paths
+        ]
+    ).astype(np.float32) / np.float32(255.0)
+    import keras
+
+    expected = keras.models.load_model(tiny_models["keras"]).predict(pixels, verbose=0)
+    np.testing.assert_allclose(np.load(run_dir / rundir.REFERENCE_PROBS), expected, atol=1e-5)
+    assert out.calibration is not None and out.calibration.shape == (24, 16, 16, 3)
+    steps = [e.step for e in events]
+    assert steps.index("decode") < steps.index("reference")
+
+
+def test_a_restarted_reference_stage_reads_its_files_back(
+    tiny_models: dict[str, Path], tiny_data: Path, tmp_path: Path
+) -> None:
+    job = _job(tiny_models["keras"], tiny_data)
+    first = run_reference(_opened(job, tmp_path / "run"))
+    assert (tmp_path / "run" / DECODE_STATE).exists()
+    events: list[ProgressEvent] = []
+    again = run_reference(_opened(job, tmp_path / "run", events))
+    assert not any(e.step in ("decode", "reference") for e in events)  # nothing ran again
+    np.testing.assert_allclose(again.probs, first.probs, atol=1e-7)  # float32 on disk
+    assert again.softmax == first.softmax
+    assert again.labels.tolist() == first.labels.tolist()
+    assert again.sample_indices == first.sample_indices
+    assert first.calibration is not None and again.calibration is not None
+    np.testing.assert_array_equal(again.calibration, first.calibration)
+
+
+# -- evaluate: the engine is a seam -------------------------------------------------------------
+def test_another_evaluator_replaces_the_local_engine(
+    tiny_models: dict[str, Path], tiny_data: Path, tmp_path: Path
+) -> None:
+    """An engine that refuses dynamic and runs the rest locally: the report shows exactly that,
+    and the stages around evaluation (timing, finish) work on what it produced."""
+    seen: list[str] = []
+
+    def refusing_dynamic(
+        run: RunContext,
+        reference: ReferenceOutputs,
+        conversions: Sequence[Conversion],
+        *,
+        on_start: Callable[[VariantSpec], None],
+    ) -> Iterator[VariantOutcome]:
+        for conversion in conversions:
+            seen.append(conversion.spec.name)
+            if conversion.spec.name == "dynamic":
+                on_start(conversion.spec)
+                yield FailedVariant(spec=conversion.spec, error="the cluster refused dynamic")
+            else:
+                yield from evaluate_converted(run, reference, [conversion], on_start=on_start)
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    report = run_job(
+        _job(tiny_models["keras"], tiny_data, ("dynamic", "float16")),
+        run_dir,
+        progress=lambda _e: None,
+        cache_dir=None,
+        evaluator=refusing_dynamic,
+    )
+    assert seen == ["float32", "dynamic", "float16"]  # the pivot first, then the user's order
+    by_name = {v["name"]: v for v in report["variants"]}
+    assert by_name["dynamic"]["status"] == "failed"
+    assert by_name["dynamic"]["error"] == "the cluster refused dynamic"
+    assert not (run_dir / "dynamic.samples.csv").exists()
+    for name in ("float32", "float16"):
+        assert by_name[name]["status"] == "done"
+        assert by_name[name]["latency_ms"]["n"] == 2  # timed after evaluation, at batch 1
+        assert (run_dir / f"{name}.samples.csv").exists()
+    assert report["run"]["status"] == "done"
+    assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith(".")) == []
+
+
+def test_local_evaluation_writes_what_the_interpreter_outputs(
+    tiny_models: dict[str, Path], tiny_data: Path, tmp_path: Path
+) -> None:
+    """The local engine's outcome and files hold the .tflite's own outputs, recomputed here
+    with the bare interpreter one image at a time."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from core.engine.stages.convert import conversions_started
+
+    job = _job(tiny_models["keras"], tiny_data, ("float16",))
+    run = _opened(job, tmp_path / "run")
+    reference = run_reference(run)
+    statuses: list[str] = []
+
+    def started(spec: VariantSpec) -> None:
+        statuses.append(spec.name)
+
+    with conversions_started(run, run.pending(), reference) as conversions:
+        outcomes = list(evaluate_converted(run, reference, conversions, on_start=started))
+    assert statuses == ["float32", "float16"]
+    for outcome in outcomes:
+        assert isinstance(outcome, EvaluatedVariant)
+        name = outcome.spec.name
+        interpreter = Interpreter(
+            model_content=(tmp_path / "run" / f"{name}.tflite").read_bytes(), num_threads=1
+        )
+        interpreter.allocate_tensors()
+        inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+        rows = []
+        for image in _unit_images(tiny_data):
+            interpreter.set_tensor(inp["index"], image[None])
+            interpreter.invoke()
+            rows.append(interpreter.get_tensor(out["index"])[0].copy())
+        np.testing.assert_allclose(outcome.outputs, np.stack(rows), rtol=0, atol=1e-5)
+        written = np.load(tmp_path / "run" / f"{name}.probs.npy")
+        np.testing.assert_allclose(written, np.stack(rows), rtol=0, atol=1e-5)
+
+
+def _unit_images(csv_path: Path) -> np.ndarray:
+    with csv_path.open(encoding="utf-8") as f:
+        paths = [csv_path.parent / r["filepath"] for r in csv.DictReader(f)]
+    pixels = [
+        np.asarray(Image.open(p).convert("RGB").resize((16, 16), Image.Resampling.BILINEAR))
+        for p in paths
+    ]
+    return np.stack(pixels).astype(np.float32) / np.float32(255.0)
+
+
+# -- the driver ---------------------------------------------------------------------------------
+def test_the_driver_runs_the_stages_in_order(
+    tiny_models: dict[str, Path], tiny_data: Path, tmp_path: Path
+) -> None:
+    events: list[ProgressEvent] = []
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    run_job(
+        _job(tiny_models["keras"], tiny_data, ("float16",)),
+        run_dir,
+        progress=events.append,
+        cache_dir=None,
+    )
+    # The main thread's steps (conversion events come from the other thread, interleaved).
+    main: list[str] = []
+    for event in events:
+        if event.step != "convert" and (not main or main[-1] != event.step):
+            main.append(event.step)
+    first = {step: main.index(step) for step in dict.fromkeys(main)}
+    order = ["load", "decode", "reference", "infer", "variant", "latency", "done"]
+    assert [s for s in order if s in first] == order
+    assert sorted(first, key=first.__getitem__) == order
+    assert main[-1] == "done"
