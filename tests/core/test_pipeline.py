@@ -17,8 +17,9 @@ from PIL import Image
 
 from core.engine.pipeline import JobRunner
 from core.engine.stages.decode import calibration_set, decode_batch, select_samples
-from core.engine.stages.files import DECODED_CACHE, DecodedCache
+from core.engine.stages.files import DecodedCache
 from core.engine.stages.start import drop_labels_outside, reproduce_command
+from core.jobs.protocol import DECODED_CACHE
 from core.types import Dataset, JobSpec, Preset, Sample, SkippedSample
 
 

@@ -20,10 +20,10 @@ from core.engine.stages.evaluate import (
     VariantOutcome,
     evaluate_converted,
 )
-from core.engine.stages.files import DECODE_STATE, DECODED_CACHE
 from core.engine.stages.reference import ReferenceOutputs, run_reference
 from core.engine.stages.start import open_run
 from core.inputs import rundir
+from core.jobs.protocol import DECODE_STATE, DECODED_CACHE
 from core.types import JobSpec, Preset, ProgressEvent, VariantSpec
 
 pytestmark = pytest.mark.slow
