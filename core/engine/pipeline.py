@@ -334,6 +334,7 @@ class JobRunner:
                     for spec in self.specs
                 ],
                 "environment": environment(threads=effective_threads(job)),
+                "engine": local_engine_info(),  # a Ray run replaces it once it has a cluster
                 "warnings": [],
             }
             self._check_classes(inputs.dataset, sig.num_classes)
@@ -347,6 +348,16 @@ class JobRunner:
         pending = [s for s in self.specs if self.variant_entry(s.name)["status"] not in FINISHED]
         # The pivot runs first, so its outputs exist when each quantized variant is split.
         pending.sort(key=lambda s: s.name != self.report.get("pivot"))
+        if job.engine == "ray":
+            self._run_on_ray(dataset, pending)
+        else:
+            self._run_locally(dataset, pending)
+        # Timing waits until no conversion competes for the cores; it runs here, on the head.
+        self._time_models(tf)
+        self._finish()
+        return self.report
+
+    def _run_locally(self, dataset: Dataset, pending: list[VariantSpec]) -> None:
         self.labels, self.calibration = self._decode_and_reference(dataset)
         # Conversions run one after another on a second thread (the converter releases the
         # GIL) while this thread runs each converted model on the images. They start after
@@ -369,10 +380,106 @@ class JobRunner:
                 self._run_variant(spec, futures[spec.name])
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
-        # Timing waits until no conversion competes for the cores.
-        self._time_models(tf)
-        self._finish()
-        return self.report
+
+    def _run_on_ray(self, dataset: Dataset, pending: list[VariantSpec]) -> None:
+        """The Ray engine: convert here, then evaluate the original and every variant on shards.
+
+        The head decodes only what conversion needs (the probe images and the calibration set);
+        the cluster decodes and evaluates the whole set (core.engine.ray_engine). Its raw outputs
+        are written by the same code as the local engine's, so the files and numbers match.
+        """
+        from core.engine import ray_engine
+
+        # Join (or start) the cluster first: a wrong address fails in seconds, not after
+        # every conversion.
+        with ray_engine.ray_session(self.job.ray_address) as cluster:
+            self.report["engine"] = cluster.to_dict()
+            self.save_report()
+            self._convert_and_evaluate_on_ray(dataset, pending, cpus=cluster.cpus)
+
+    def _convert_and_evaluate_on_ray(
+        self, dataset: Dataset, pending: list[VariantSpec], *, cpus: int
+    ) -> None:
+        from core.engine import ray_engine
+
+        sig = self.model.signature
+        evaluated = select_samples(dataset.samples, self.job.max_samples, seed=self.job.seed)
+        cache = self._decode_probe(evaluated)
+        self.calibration = self._calibration_set(dataset, [], [], cache)
+        probe = self._first_images(PROBE_IMAGES)
+        converted: list[tuple[VariantSpec, ConversionResult, dict[str, Any]]] = []
+        for spec in pending:
+            try:
+                calibration = self.calibration if spec.mode in NEEDS_CALIBRATION else None
+                result = convert_in_background(self, spec, calibration, probe)
+                # Prepared here once: a model the kernels refuse fails alone, as it does locally.
+                io_types = self._runner(spec.name, result.tflite).describe()
+            except QuantLensError as exc:
+                self._fail_variant(spec.name, exc)
+                continue
+            converted.append((spec, result, io_types))
+            self.variant_entry(spec.name)["status"] = "running"
+        self.save_report()
+        reference = ray_engine.ReferenceSource(
+            path=self.model.path,
+            trusted=self.job.trusted,
+            signature_key=self.job.signature_key,
+            input_size=tuple(self.job.input_size) if self.job.input_size else None,  # type: ignore[arg-type]
+        )
+        variants = [(s.name, rundir.tflite_path(self.run_dir, s.name)) for s, _, _ in converted]
+
+        def shard_progress(done: int, total: int) -> None:
+            message = f"ran the original and {len(variants)} variants on {done}/{total} images"
+            _event(self.progress, "evaluate", done / max(total, 1), message)
+
+        _event(self.progress, "evaluate", 0.0, f"evaluating on Ray ({cpus} CPUs)")
+        outputs = ray_engine.evaluate(
+            evaluated,
+            preset=self.job.preset,
+            image_shape=(sig.height, sig.width, sig.channels),
+            reference=reference,
+            variants=variants,
+            progress=shard_progress,
+        )
+        if not outputs.kept:
+            from core.errors import DatasetError
+
+            reasons = sorted({s.reason for s in outputs.skipped})
+            raise DatasetError(
+                f"none of the {len(evaluated)} images could be decoded ({'; '.join(reasons[:3])}); check the data set"
+            )
+        self.labels = self._record_reference(
+            outputs.kept, outputs.reference, [*dataset.skipped, *outputs.skipped]
+        )
+        for spec, result, io_types in converted:  # the pivot first, as `pending` is ordered
+            if spec.name in outputs.errors:
+                self._fail_variant(spec.name, QuantLensError(outputs.errors[spec.name]))
+            else:
+                self._record_variant(spec, result, outputs.variants[spec.name], io_types)
+
+    def _decode_probe(self, evaluated: list[Sample]) -> DecodedCache:
+        """Cache the first PROBE_IMAGES decodable evaluation images (the local engine's probe)."""
+        sig = self.model.signature
+        cache = DecodedCache(self.run_dir / DECODED_CACHE, (sig.height, sig.width, sig.channels))
+        cache.path.unlink(missing_ok=True)
+        for start in range(0, len(evaluated), BATCH):
+            _, images, _ = _decode_batch(
+                evaluated[start : start + BATCH],
+                height=sig.height,
+                width=sig.width,
+                channels=sig.channels,
+            )
+            if images:
+                cache.append(np.stack(images[: PROBE_IMAGES - len(cache)]))
+            if len(cache) >= PROBE_IMAGES:
+                break
+        if not len(cache):
+            from core.errors import DatasetError
+
+            raise DatasetError(
+                f"none of the {len(evaluated)} images could be decoded; check the data set"
+            )
+        return cache
 
     def _check_classes(self, dataset: Dataset, num_classes: int) -> None:
         names = dataset.class_names
@@ -441,17 +548,7 @@ class JobRunner:
                 f"none of the {total} images could be decoded ({'; '.join(reasons[:3])}); check the data set"
             )
         calibration_array = self._calibration_set(dataset, evaluated, kept_samples, cache)
-
-        raw = np.concatenate(outputs)
-        # Logits or probabilities is decided here, once, from the original's outputs; every
-        # variant inherits the decision (a quantized softmax must not be softmaxed again).
-        self.softmax = not outputs_are_probabilities(raw)
-        ref_probs = to_probabilities(raw, softmax=self.softmax)
-        self.ref_probs = ref_probs
-        labels = np.asarray(
-            [-1 if s.label is None else s.label for s in kept_samples], dtype=np.int64
-        )
-        self._write_reference(kept_samples, labels, ref_probs, self.softmax, skipped)
+        labels = self._record_reference(kept_samples, np.concatenate(outputs), skipped)
         if calibration_array is not None:
             _save_npy(self.run_dir / CALIBRATION_CACHE, calibration_array)
         rundir.write_json_atomic(
@@ -463,6 +560,18 @@ class JobRunner:
             },
         )
         return labels, calibration_array
+
+    def _record_reference(
+        self, kept: list[Sample], raw: np.ndarray, skipped: list[SkippedSample]
+    ) -> np.ndarray:
+        """Turn the original's raw outputs into probabilities and write them; returns the labels."""
+        # Logits or probabilities is decided here, once, from the original's outputs; every
+        # variant inherits the decision (a quantized softmax must not be softmaxed again).
+        self.softmax = not outputs_are_probabilities(raw)
+        self.ref_probs = to_probabilities(raw, softmax=self.softmax)
+        labels = np.asarray([-1 if s.label is None else s.label for s in kept], dtype=np.int64)
+        self._write_reference(kept, labels, self.ref_probs, self.softmax, skipped)
+        return labels
 
     def _calibration_set(
         self, dataset: Dataset, evaluated: list[Sample], kept: list[Sample], cache: DecodedCache
@@ -654,23 +763,27 @@ class JobRunner:
                 )
             self._measure_variant(spec, conversion.result())
         except QuantLensError as exc:
-            entry = self.variant_entry(spec.name)
-            entry["status"] = "failed"
-            entry["error"] = str(exc)
-            self.save_report()
-            _event(self.progress, "variant", 1.0, f"{spec.name} failed: {exc}", spec.name)
+            self._fail_variant(spec.name, exc)
+
+    def _fail_variant(self, name: str, exc: QuantLensError) -> None:
+        entry = self.variant_entry(name)
+        entry["status"] = "failed"
+        entry["error"] = str(exc)
+        self.save_report()
+        _event(self.progress, "variant", 1.0, f"{name} failed: {exc}", name)
+
+    def _runner(self, name: str, tflite: bytes) -> Any:
+        from core.engine.runtime import TFLiteRunner
+
+        return TFLiteRunner(tflite, threads=effective_threads(self.job), name=f"{name}.tflite")
 
     def _measure_variant(self, spec: VariantSpec, result: ConversionResult) -> None:
-        from core.engine.runtime import TFLiteRunner
         from core.inputs.data import apply_preset
-        from core.reporting.report import finished_variant, verdict
 
         name = spec.name
         _event(self.progress, "infer", 0.0, f"{name}: preparing the interpreter", name)
         maybe_inject("infer", name)
-        runner = TFLiteRunner(
-            result.tflite, threads=effective_threads(self.job), name=f"{name}.tflite"
-        )
+        runner = self._runner(name, result.tflite)
         sig = self.model.signature
         cache = DecodedCache(self.run_dir / DECODED_CACHE, (sig.height, sig.width, sig.channels))
         total = len(cache)
@@ -686,6 +799,15 @@ class JobRunner:
                 _event(
                     self.progress, "infer", done / total, f"{name}: ran {done}/{total} images", name
                 )
+        self._record_variant(spec, result, rows, runner.describe())
+
+    def _record_variant(
+        self, spec: VariantSpec, result: ConversionResult, rows: np.ndarray, io: dict[str, Any]
+    ) -> None:
+        """Write a variant's per-sample files and its report entry from its raw outputs."""
+        from core.reporting.report import finished_variant, verdict
+
+        name = spec.name
         probs = to_probabilities(rows, softmax=self.softmax)
         records = sample_records(self.ref_probs, probs)
         columns: dict[str, Any] = {"index": self.sample_indices}
@@ -709,7 +831,7 @@ class JobRunner:
             conversion_route=result.route,
             select_tf_ops_used=result.select_tf_ops_used,
             softmax_applied=self.softmax,
-            io=runner.describe(),
+            io=io,
             warnings=nonfinite_warnings(rows, "the converted model")
             + self._split_warnings(spec, causes),
             disagreement_split=None if causes is None else split_counts(causes),
@@ -776,6 +898,14 @@ def nonfinite_warnings(outputs: np.ndarray, who: str) -> list[str]:
         f"{who} outputs NaN/Inf on {bad} of {len(outputs)} images; "
         "they count as disagreements and are left out of the probability deltas"
     ]
+
+
+def local_engine_info() -> dict[str, Any]:
+    """report.json's `engine` for a run on this machine alone (it also times the models)."""
+    import socket
+
+    host = socket.gethostname()
+    return {"name": "local", "address": None, "nodes": [host], "latency_node": host}
 
 
 def effective_threads(job: JobSpec) -> int:
@@ -873,6 +1003,10 @@ def reproduce_command(job: JobSpec) -> str:
         parts += ["--labels", shlex.quote(job.labels_file)]
     if job.trusted:
         parts.append("--trusted")
+    if job.engine != JobSpec.engine:
+        parts += ["--engine", job.engine]
+    if job.ray_address:
+        parts += ["--ray-address", shlex.quote(job.ray_address)]
     if job.mlflow_uri:
         parts.append(f"--mlflow={shlex.quote(job.mlflow_uri)}")
     return " ".join(parts)
