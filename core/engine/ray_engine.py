@@ -86,6 +86,7 @@ class Evaluation:
     reference: np.ndarray
     variants: dict[str, np.ndarray] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    passes: int = 1  # Ray Data passes over the images: more than 1 when a variant was isolated
 
 
 def _check_reachable(address: str) -> None:
@@ -322,6 +323,8 @@ def _one_pass(
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=min(cpus, len(chunks))),
         num_cpus=1,
+        # Ray 2.60 takes these only as plain remote args (it warns they move in Ray 2.64); the
+        # default (-1, forever) would re-run a variant that kills its worker without end.
         max_restarts=RETRIES,
         max_task_retries=RETRIES,
         runtime_env=_runtime_env(),
@@ -381,6 +384,7 @@ def evaluate(
         "progress": progress or (lambda done, total: None),
     }
     errors: dict[str, str] = {}
+    passes = 1
     try:
         columns = _one_pass(samples, variants=variants, **common)  # type: ignore[arg-type]
     except Exception as first:
@@ -388,7 +392,10 @@ def evaluate(
             raise _lost(first) from None
         # Some model kills its worker every time: give each variant a pass of its own.
         columns, errors = _isolated_passes(samples, variants, common)
-    return _evaluation(samples, columns, [name for name, _ in variants], errors)
+        passes += 1 + len(variants)
+    evaluation = _evaluation(samples, columns, [name for name, _ in variants], errors)
+    evaluation.passes = passes
+    return evaluation
 
 
 def _isolated_passes(

@@ -217,6 +217,7 @@ def test_worker_killed_mid_shard_reruns_it(
     monkeypatch.setenv("QUANTLENS_FAULT_ONCE", str(marker))
     retried = _evaluate(model, tiny_data, two_variants)
     assert marker.exists()  # a worker really died with SIGSEGV in a shard
+    assert retried.passes == 1  # Ray re-ran the shard; no fallback pass was needed
     assert [s.index for s in retried.kept] == [s.index for s in clean.kept]
     assert len(retried.kept) == 24 and retried.errors == {}
     np.testing.assert_array_equal(retried.reference, clean.reference)
@@ -236,6 +237,7 @@ def test_a_variant_that_kills_its_workers_fails_alone(
     monkeypatch.setenv("QUANTLENS_FAULT", "segv@infer:dynamic")
     crashed = _evaluate(model, tiny_data, two_variants)
     assert set(crashed.errors) == {"dynamic"}
+    assert crashed.passes == 4  # all together, then the original alone, then each variant
     assert "dynamic crashed its Ray worker" in crashed.errors["dynamic"]
     assert "\n" not in crashed.errors["dynamic"]
     np.testing.assert_array_equal(crashed.reference, clean.reference)
