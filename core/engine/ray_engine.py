@@ -35,6 +35,7 @@ from core.types import Preset, Sample, SkippedSample
 BATCH = 32  # the local engine's decode/reference batch (core.engine.pipeline.BATCH)
 RETRIES = 2  # restarts of a dead actor, and re-runs of its chunk, before a pass gives up
 CONNECT_TIMEOUT_S = 5.0
+LOCAL_RAY_TEMP = "/tmp/ray"
 # Environment the Ray workers must see as the head does (test-only fault injection).
 FORWARDED_ENV = (FAULT_ENV, FAULT_ONCE_ENV)
 ShardProgress = Callable[[int, int], None]  # (samples done, samples in total)
@@ -138,6 +139,9 @@ def ray_session(address: str | None) -> Iterator[ClusterInfo]:
                 address=address or None,
                 num_cpus=None if address else (os.cpu_count() or 1),
                 include_dashboard=False if not address else None,
+                # Ray's own default: the job's TMPDIR lies inside its run folder, too deep for
+                # the Unix socket paths Ray puts under it (107 bytes at most).
+                _temp_dir=None if address else LOCAL_RAY_TEMP,
                 logging_level=logging.WARNING,
                 log_to_driver=False,
             )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -242,6 +243,39 @@ def test_a_variant_that_kills_its_workers_fails_alone(
     assert "\n" not in crashed.errors["dynamic"]
     np.testing.assert_array_equal(crashed.reference, clean.reference)
     np.testing.assert_array_equal(crashed.variants["float16"], clean.variants["float16"])
+
+
+def test_without_an_address_the_run_starts_its_own_ray(
+    ray_address: str, tiny_models: dict[str, Path], tiny_data: Path, tmp_path: Path
+) -> None:
+    """A local Ray sized to the machine, started and stopped by the job, even when the run
+    folder is deep (the worker's TMPDIR is inside it; Ray's socket paths must stay short)."""
+    out = tmp_path / ("a-long-folder-name-" * 4) / "run"
+    done = run_cli(
+        "run",
+        str(tiny_models["saved_model"]),
+        "--data",
+        str(tiny_data),
+        "--modes",
+        "float16",
+        "--preprocess",
+        "unit",
+        "--latency-runs",
+        "10",
+        "--engine",
+        "ray",
+        "--out",
+        str(out),
+        home=tmp_path,
+    )
+    assert done.returncode == 1, done.stderr[-3000:]  # near chance: no verdict, exit 1
+    report = json.loads((out / "report.json").read_text())
+    assert report["engine"]["address"] is None
+    assert report["engine"]["cpus"] == os.cpu_count()
+    assert {v["name"]: v["status"] for v in report["variants"]} == {
+        "float16": "done",
+        "float32": "done",
+    }
 
 
 def test_unreachable_ray_address_fails_the_run_in_one_line(
