@@ -60,6 +60,20 @@ def _parser() -> argparse.ArgumentParser:
         help="converter (a TFLiteConverter run per mode, default), quantizer (LiteRT Quantizer recipes on one float32 conversion; names end in _q) or both side by side",
     )
     run.add_argument(
+        "--engine",
+        default="local",
+        choices=["local", "ray"],
+        help="local (this machine, default) or ray (decode and evaluate on a Ray cluster's "
+        "shards; conversion and latency stay on this machine)",
+    )
+    run.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="HOST:PORT of a running Ray cluster (printed by `ray start --head`); without it "
+        "--engine ray starts a local Ray sized to this machine",
+    )
+    run.add_argument(
         "--samples", type=int, default=None, help="evaluate at most N images (seeded draw)"
     )
     run.add_argument("--calibration-samples", type=int, default=100)
@@ -202,6 +216,10 @@ def _job_from_args(args: argparse.Namespace) -> JobSpec:
         raise QuantLensError(
             f"--min-agreement is a percentage from 0 to 100; got {args.min_agreement:g}"
         )
+    if args.ray_address and args.engine != "ray":
+        raise QuantLensError(
+            f"--ray-address {args.ray_address} needs --engine ray; add it, or drop the address"
+        )
     input_size = None
     if args.input_size:
         try:
@@ -229,6 +247,8 @@ def _job_from_args(args: argparse.Namespace) -> JobSpec:
         signature_key=args.signature,
         mlflow_uri=resolve_uri(args.mlflow),
         verdict=args.verdict,
+        engine=args.engine,
+        ray_address=args.ray_address,
     )
 
 

@@ -418,6 +418,8 @@ class JobSpec:
         None  # log the finished run to this MLflow tracking URI (core.reporting.tracking)
     )
     verdict: str = "point"  # "point" or "lower-bound" (core.reporting.report.VERDICT_RULES)
+    engine: str = "local"  # "local" or "ray" (core.engine.ray_engine evaluates on shards)
+    ray_address: str | None = None  # a Ray cluster's HOST:PORT; None starts a local Ray
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

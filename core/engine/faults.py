@@ -2,7 +2,7 @@
 
 Enabled only when the environment variable QUANTLENS_FAULT is set, as `KIND@STEP` or
 `KIND@STEP:VARIANT`, e.g. `segv@convert:int8`. KIND is segv, abort, hang or oom. Nothing in
-normal use sets it.
+normal use sets it. QUANTLENS_FAULT_ONCE=PATH makes the fault fire once across processes.
 """
 
 from __future__ import annotations
@@ -15,6 +15,9 @@ import threading
 import time
 
 FAULT_ENV = "QUANTLENS_FAULT"
+# A file path: the fault fires only in the first process that creates this file, so a retried
+# task (a Ray shard re-run after its worker died) then succeeds.
+FAULT_ONCE_ENV = "QUANTLENS_FAULT_ONCE"
 
 
 def maybe_inject(step: str, variant: str | None = None) -> None:
@@ -25,6 +28,9 @@ def maybe_inject(step: str, variant: str | None = None) -> None:
     kind, _, where = spec.partition("@")
     target_step, _, target_variant = where.partition(":")
     if target_step != step or (target_variant and target_variant != variant):
+        return
+    once = os.environ.get(FAULT_ONCE_ENV)
+    if once and not _first_time(once):
         return
     if kind == "segv":
         # A real segfault hits the faulting thread; os.kill would hit an arbitrary one.
@@ -43,3 +49,12 @@ def maybe_inject(step: str, variant: str | None = None) -> None:
         hoard = []
         while True:  # grows until the memory limit stops it
             hoard.append(bytearray(256 * 2**20))
+
+
+def _first_time(marker: str) -> bool:
+    """Create `marker` exclusively; False when another process (or an earlier try) did."""
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True

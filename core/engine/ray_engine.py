@@ -1,0 +1,472 @@
+"""Evaluate the original and every converted variant on a Ray cluster, shard by shard.
+
+The head (the job's worker process) converts; this module only evaluates. The model and each
+variant's `.tflite` go into Ray's object store once; Ray Data reads the sample list in chunks
+of `BATCH` and `map_batches` decodes each chunk with the one decoder
+(core.inputs.images.decode_image) and the preset, then runs the original and every variant on it.
+The raw outputs come back in sample order; the head turns them into probabilities, metrics and
+files exactly as the local engine does, so the numbers are the local engine's.
+
+Chunks are the local engine's batches (the same 32 samples in the same order), so the original
+sees the same batches on both engines. A worker that dies re-runs its chunk (Ray restarts the
+actor and retries the task); a variant that kills its worker every time is isolated by running
+each variant in a pass of its own, and fails alone.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import socket
+import tarfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.engine.faults import FAULT_ENV, FAULT_ONCE_ENV
+from core.engine.stages.files import BATCH  # the local engine's decode/reference batch
+from core.errors import QuantLensError
+from core.types import Preset, Sample, SkippedSample
+
+RETRIES = 2  # restarts of a dead actor, and re-runs of its chunk, before a pass gives up
+CONNECT_TIMEOUT_S = 5.0
+LOCAL_RAY_TEMP = "/tmp/ray"
+# Environment the Ray workers must see as the head does (test-only fault injection).
+FORWARDED_ENV = (FAULT_ENV, FAULT_ONCE_ENV)
+ShardProgress = Callable[[int, int], None]  # (samples done, samples in total)
+
+
+class ClusterUnavailable(QuantLensError):
+    """The Ray cluster named by --ray-address cannot be reached, or was lost during the run."""
+
+
+@dataclass(frozen=True)
+class ReferenceSource:
+    """Where the original model is and how to load it (core.engine.models.load_reference)."""
+
+    path: Path
+    trusted: bool = False
+    signature_key: str | None = None
+    input_size: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    """The Ray cluster a run used, for report.json's `engine`."""
+
+    address: str | None  # None: a local Ray started for this run
+    nodes: tuple[str, ...]  # IP addresses of the alive nodes
+    cpus: int
+    head_node: str  # the node the job ran on: conversions and latency
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": "ray",
+            "address": self.address,
+            "nodes": list(self.nodes),
+            "cpus": self.cpus,
+            "latency_node": self.head_node,
+        }
+
+
+@dataclass
+class Evaluation:
+    """Raw outputs in sample order: the samples that decoded, and those skipped with a reason.
+
+    `variants` maps a variant name to its raw outputs [N, C] (aligned with `kept`); a variant
+    that failed on the cluster is in `errors` instead.
+    """
+
+    kept: list[Sample]
+    skipped: list[SkippedSample]
+    reference: np.ndarray
+    variants: dict[str, np.ndarray] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    passes: int = 1  # Ray Data passes over the images: more than 1 when a variant was isolated
+
+
+def _check_reachable(address: str) -> None:
+    """Fail in seconds on an address nobody listens on (ray.init would retry for minutes)."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        raise ClusterUnavailable(
+            f"--ray-address {address!r} is not HOST:PORT; give the address `ray start --head` "
+            "printed, such as 10.0.0.5:6379"
+        )
+    try:
+        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        raise ClusterUnavailable(
+            f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); start it with "
+            "`ray start --head` on that machine and pass the address it prints, or leave out "
+            "--ray-address to run on a local Ray"
+        ) from None
+
+
+def _runtime_env() -> dict[str, Any]:
+    """Workers import QuantLens from the head's source tree and see its fault settings."""
+    import core
+
+    source_root = str(Path(core.__file__).resolve().parent.parent)
+    env = {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)}
+    path = os.pathsep.join(p for p in (source_root, os.environ.get("PYTHONPATH")) if p)
+    return {"env_vars": {**env, "PYTHONPATH": path}}
+
+
+@contextmanager
+def ray_session(address: str | None) -> Iterator[ClusterInfo]:
+    """Connect to the cluster at `address`, or start a local Ray sized to this machine.
+
+    A session the caller already opened (ray.init in a test) is used as it is and left open.
+
+    Raises:
+        ClusterUnavailable: nobody answers at `address`, or Ray refuses to connect.
+    """
+    import ray
+
+    owned = not ray.is_initialized()
+    if owned:
+        if address:
+            _check_reachable(address)
+        try:
+            ray.init(
+                address=address or None,
+                num_cpus=None if address else (os.cpu_count() or 1),
+                include_dashboard=False if not address else None,
+                # Ray's own default: the job's TMPDIR lies inside its run folder, too deep for
+                # the Unix socket paths Ray puts under it (107 bytes at most).
+                _temp_dir=None if address else LOCAL_RAY_TEMP,
+                logging_level=logging.WARNING,
+                log_to_driver=False,
+            )
+        except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError ...
+            where = f"at {address}" if address else "on this machine"
+            raise ClusterUnavailable(
+                f"cannot start or join Ray {where} ({str(exc).splitlines()[0][:160]}); check "
+                "the address and that the cluster runs the same Ray version"
+            ) from None
+    try:
+        yield _cluster_info(address)
+    finally:
+        if owned:
+            ray.shutdown()
+
+
+def _untyped_ray() -> Any:
+    """The ray module, for its calls that carry no type hints (mypy strict refuses them)."""
+    import ray
+
+    return ray
+
+
+def _cluster_info(address: str | None) -> ClusterInfo:
+    ray = _untyped_ray()
+
+    nodes = tuple(sorted(n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")))
+    cpus = int(ray.cluster_resources().get("CPU", 0))
+    head = f"{socket.gethostname()} ({ray.util.get_node_ip_address()})"
+    return ClusterInfo(address=address, nodes=nodes, cpus=cpus, head_node=head)
+
+
+def model_bytes(path: Path) -> bytes:
+    """The model as one blob for the object store: a `.keras` file, or a SavedModel folder as tar."""
+    if path.is_file():
+        return path.read_bytes()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        tar.add(path, arcname=path.name)
+    return buffer.getvalue()
+
+
+def _unpack_model(blob: bytes, name: str, folder: bool, target: Path) -> Path:
+    if not folder:
+        path = target / name
+        path.write_bytes(blob)
+        return path
+    with tarfile.open(fileobj=io.BytesIO(blob), mode="r") as tar:
+        tar.extractall(target, filter="data")  # written by model_bytes; "data" refuses links out
+    return target / name
+
+
+class ShardEvaluator:
+    """A Ray Data actor: loads the original and every variant once, then evaluates chunks."""
+
+    def __init__(
+        self,
+        *,
+        refs: list[Any],
+        model_name: str,
+        model_is_folder: bool,
+        reference: ReferenceSource,
+        variant_names: list[str],
+        preset: str,
+        image_shape: tuple[int, int, int],
+    ) -> None:
+        import tempfile
+
+        import ray
+
+        from core.engine.models import load_reference
+        from core.engine.runtime import TFLiteRunner
+
+        blobs = ray.get(refs)  # the model first, then each variant's .tflite
+        self._folder = tempfile.TemporaryDirectory(prefix="quantlens-ray-")
+        path = _unpack_model(blobs[0], model_name, model_is_folder, Path(self._folder.name))
+        self.model = load_reference(
+            path,
+            trusted=reference.trusted,
+            signature_key=reference.signature_key,
+            input_size=reference.input_size,
+        )
+        self.runners = [
+            (name, TFLiteRunner(blob, threads=1, name=f"{name}.tflite"))
+            for name, blob in zip(variant_names, blobs[1:], strict=True)
+        ]
+        self.preset = Preset(preset)
+        self.shape = image_shape
+
+    def __call__(self, chunk: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from core.engine.faults import maybe_inject
+
+        maybe_inject("shard")
+        out: dict[str, list[Any]] = {"position": [], "reason": []}
+        for start, paths in zip(chunk["start"], chunk["paths"], strict=True):
+            self._evaluate_chunk(int(start), [str(p) for p in paths], out)
+        return {key: np.asarray(values) for key, values in out.items()}
+
+    def _evaluate_chunk(self, start: int, paths: list[str], out: dict[str, list[Any]]) -> None:
+        from core.errors import ImageDecodeError
+        from core.inputs.images import decode_image
+        from core.inputs.presets import apply_preset
+
+        height, width, channels = self.shape
+        images: list[np.ndarray] = []
+        decoded: list[int] = []
+        for position, path in enumerate(paths, start=start):
+            try:
+                images.append(decode_image(path, height=height, width=width, channels=channels))
+                decoded.append(position)
+            except ImageDecodeError as exc:
+                self._append(out, [position], [str(exc)], self._blank(1), {})
+        if not decoded:
+            return
+        floats = apply_preset(np.stack(images), self.preset)
+        reference = self.model.predict(floats)
+        outputs = {name: self._run_variant(name, runner, floats) for name, runner in self.runners}
+        self._append(out, decoded, [""] * len(decoded), reference, outputs)
+
+    def _blank(self, count: int) -> np.ndarray:
+        """NaN rows: a skipped sample keeps every column aligned with `position`."""
+        return np.full((count, self.model.signature.num_classes), np.nan, dtype=np.float32)
+
+    def _append(
+        self,
+        out: dict[str, list[Any]],
+        positions: list[int],
+        reasons: list[str],
+        reference: np.ndarray,
+        outputs: dict[str, tuple[np.ndarray, str]],
+    ) -> None:
+        count = len(positions)
+        out["position"].extend(positions)
+        out["reason"].extend(reasons)
+        out.setdefault("reference", []).extend(np.asarray(reference, dtype=np.float32))
+        for name, _runner in self.runners:
+            rows, error = outputs.get(name, (self._blank(count), ""))
+            out.setdefault(f"v:{name}", []).extend(rows)
+            out.setdefault(f"e:{name}", []).extend([error] * count)
+
+    def _run_variant(self, name: str, runner: Any, floats: np.ndarray) -> tuple[np.ndarray, str]:
+        """The variant's raw outputs on one chunk; NaN rows and the reason if it raised."""
+        from core.engine.faults import maybe_inject
+
+        maybe_inject("infer", name)
+        try:
+            return np.stack([runner.run(image) for image in floats]).astype(np.float32), ""
+        except QuantLensError as exc:
+            return self._blank(len(floats)), str(exc)
+
+
+def _chunks(samples: Sequence[Sample]) -> list[dict[str, Any]]:
+    """The sample list as the local engine's batches: (first position, paths)."""
+    return [
+        {"start": start, "paths": [s.path for s in samples[start : start + BATCH]]}
+        for start in range(0, len(samples), BATCH)
+    ]
+
+
+def _one_pass(
+    samples: Sequence[Sample],
+    *,
+    preset: str,
+    image_shape: tuple[int, int, int],
+    reference: ReferenceSource,
+    variants: Sequence[tuple[str, Path]],
+    progress: ShardProgress,
+) -> dict[str, np.ndarray]:
+    """One Ray Data pass over every chunk; the columns come back sorted by sample position."""
+    import ray
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.execution_options.preserve_order = True
+    refs = [ray.put(model_bytes(reference.path))]
+    refs += [ray.put(path.read_bytes()) for _, path in variants]
+    cpus = max(1, int(_untyped_ray().cluster_resources().get("CPU", 1)))
+    chunks = _chunks(samples)
+    dataset = ray.data.from_items(chunks, override_num_blocks=len(chunks))
+    evaluated = dataset.map_batches(
+        ShardEvaluator,
+        batch_size=1,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=min(cpus, len(chunks))),
+        num_cpus=1,
+        # Ray 2.60 takes these only as plain remote args (it warns they move in Ray 2.64); the
+        # default (-1, forever) would re-run a variant that kills its worker without end.
+        max_restarts=RETRIES,
+        max_task_retries=RETRIES,
+        runtime_env=_runtime_env(),
+        fn_constructor_kwargs={
+            "refs": refs,
+            "model_name": reference.path.name,
+            "model_is_folder": reference.path.is_dir(),
+            "reference": reference,
+            "variant_names": [name for name, _ in variants],
+            "preset": preset,
+            "image_shape": image_shape,
+        },
+    )
+    columns: dict[str, list[np.ndarray]] = {}
+    done = 0
+    for batch in evaluated.iter_batches(batch_size=None, batch_format="numpy"):
+        for key, values in batch.items():
+            columns.setdefault(key, []).append(np.asarray(values))
+        done += len(batch["position"])
+        progress(done, len(samples))
+    merged = {key: np.concatenate(parts) for key, parts in columns.items()}
+    order = np.argsort(merged["position"], kind="stable")
+    return {key: values[order] for key, values in merged.items()}
+
+
+def evaluate(
+    samples: Sequence[Sample],
+    *,
+    preset: Preset | str,
+    image_shape: tuple[int, int, int],
+    reference: ReferenceSource,
+    variants: Sequence[tuple[str, Path]],
+    progress: ShardProgress | None = None,
+) -> Evaluation:
+    """Run the original and every variant on `samples` on the Ray session that is open.
+
+    Args:
+        samples: the evaluation samples, in the order their rows are written.
+        preset: the preprocessing preset both models are fed with.
+        image_shape: (height, width, channels) of the model input.
+        reference: the original model and how to load it.
+        variants: (variant name, .tflite path) for each converted variant.
+        progress: called with (samples done, samples in total) as chunks come back.
+
+    Returns:
+        Raw outputs of the original and of each variant, in sample order, for the samples
+        that decoded; the undecodable ones as skipped samples with their reason.
+
+    Raises:
+        ClusterUnavailable: even the original alone cannot be evaluated (the workers keep
+            dying, or the cluster went away).
+    """
+    common = {
+        "preset": str(preset),
+        "image_shape": image_shape,
+        "reference": reference,
+        "progress": progress or (lambda done, total: None),
+    }
+    errors: dict[str, str] = {}
+    passes = 1
+    try:
+        columns = _one_pass(samples, variants=variants, **common)  # type: ignore[arg-type]
+    except Exception as first:
+        if not variants:
+            raise _lost(first) from None
+        # Some model kills its worker every time: give each variant a pass of its own.
+        columns, errors = _isolated_passes(samples, variants, common)
+        passes += 1 + len(variants)
+    evaluation = _evaluation(samples, columns, [name for name, _ in variants], errors)
+    evaluation.passes = passes
+    return evaluation
+
+
+def _isolated_passes(
+    samples: Sequence[Sample], variants: Sequence[tuple[str, Path]], common: dict[str, Any]
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    try:
+        columns = _one_pass(samples, variants=[], **common)
+    except Exception as exc:
+        raise _lost(exc) from None
+    errors: dict[str, str] = {}
+    for name, path in variants:
+        try:
+            alone = _one_pass(samples, variants=[(name, path)], **common)
+        except Exception as exc:
+            errors[name] = (
+                f"{name} crashed its Ray worker {RETRIES + 1} times while running on the images "
+                f"({_first_line(exc)}); it fails alone, the other variants are kept"
+            )
+            continue
+        columns[f"v:{name}"] = alone[f"v:{name}"]
+        columns[f"e:{name}"] = alone[f"e:{name}"]
+    return columns, errors
+
+
+def _evaluation(
+    samples: Sequence[Sample],
+    columns: dict[str, np.ndarray],
+    names: list[str],
+    errors: dict[str, str],
+) -> Evaluation:
+    positions = columns["position"].astype(np.int64)
+    if not np.array_equal(positions, np.arange(len(samples))):
+        raise QuantLensError(
+            f"the Ray pass returned {len(positions)} rows for {len(samples)} samples; "
+            "run again, or use --engine local"
+        )
+    reasons = columns["reason"]
+    ok = reasons == ""
+    evaluation = Evaluation(
+        kept=[s for s, good in zip(samples, ok, strict=True) if good],
+        skipped=[
+            SkippedSample(relpath=s.relpath, reason=str(reason))
+            for s, reason, good in zip(samples, reasons, ok, strict=True)
+            if not good
+        ],
+        reference=np.stack(columns["reference"][ok]).astype(np.float32),
+        errors=errors,
+    )
+    for name in names:
+        if name in errors:
+            continue
+        failures = {str(e) for e in columns[f"e:{name}"][ok] if e}
+        if failures:
+            evaluation.errors[name] = sorted(failures)[0]
+        else:
+            evaluation.variants[name] = np.stack(columns[f"v:{name}"][ok]).astype(np.float32)
+    return evaluation
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return (lines[-1] if lines else type(exc).__name__)[:200]
+
+
+def _lost(exc: BaseException) -> ClusterUnavailable:
+    return ClusterUnavailable(
+        f"the Ray cluster could not evaluate the original model ({_first_line(exc)}); check "
+        "that every node is up and sees the data set at the same path, or use --engine local"
+    )

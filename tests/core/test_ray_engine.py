@@ -1,0 +1,306 @@
+"""The Ray engine (`--engine ray`) on a real local Ray: the same numbers as the local engine, a
+dead worker's shard re-run, a crashing variant failing alone, and a wrong address in one line.
+
+One Ray instance on 127.0.0.1 serves the whole module (starting Ray takes many seconds); the
+CLI runs join it through --ray-address, the in-process tests through the open session.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.core.test_cli import data_with_broken_images, run_cli  # noqa: F401 (a fixture)
+
+pytestmark = pytest.mark.slow
+
+MODES = "float32,float16,int8"
+
+
+@pytest.fixture(scope="module")
+def ray_address() -> Iterator[str]:
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+def _run(engine: str, model: Path, data: Path, home: Path, *extra: str) -> Path:
+    out = home / f"run-{engine}"
+    done = run_cli(
+        "run",
+        str(model),
+        "--data",
+        str(data),
+        "--modes",
+        MODES,
+        "--preprocess",
+        "unit",
+        "--latency-runs",
+        "10",
+        "--threads",
+        "1",
+        "--engine",
+        engine,
+        *extra,
+        "--out",
+        str(out),
+        home=home,
+    )
+    # The tiny model is near chance on these labels, so no variant may PASS: exit 1.
+    assert done.returncode == 1, done.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def both_runs(
+    ray_address: str,
+    tiny_models: dict[str, Path],
+    data_with_broken_images: Path,  # noqa: F811 (the fixture imported above)
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, Path]:
+    home = tmp_path_factory.mktemp("ray_home")
+    model = tiny_models["logits_saved_model"]  # logits: the softmax decision crosses engines
+    local = _run("local", model, data_with_broken_images, home)
+    on_ray = _run("ray", model, data_with_broken_images, home, "--ray-address", ray_address)
+    return local, on_ray
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _assert_same_table(local: Path, on_ray: Path) -> None:
+    """Every column of a per-sample CSV: text and integers equal, floats within 1e-5."""
+    a, b = _rows(local), _rows(on_ray)
+    assert len(a) == len(b) > 0
+    assert list(a[0]) == list(b[0])
+    for row_a, row_b in zip(a, b, strict=True):
+        for column in row_a:
+            x, y = row_a[column], row_b[column]
+            try:
+                assert float(x) == pytest.approx(float(y), abs=1e-5), (column, row_a, row_b)
+            except ValueError:
+                assert x == y, (column, row_a, row_b)
+
+
+def test_ray_engine_writes_the_local_engines_numbers(both_runs: tuple[Path, Path]) -> None:
+    local, on_ray = both_runs
+    _assert_same_table(local / "samples.csv", on_ray / "samples.csv")
+    assert _rows(local / "skipped.csv") == _rows(on_ray / "skipped.csv")
+    assert len(_rows(on_ray / "skipped.csv")) == 2  # the truncated PNG and the text file
+    np.testing.assert_allclose(
+        np.load(on_ray / "reference.probs.npy"), np.load(local / "reference.probs.npy"), atol=1e-6
+    )
+    report_local = json.loads((local / "report.json").read_text())
+    report_ray = json.loads((on_ray / "report.json").read_text())
+    variants = {v["name"]: v for v in report_ray["variants"]}
+    assert set(variants) == set(MODES.split(","))
+    for expected in report_local["variants"]:
+        name = expected["name"]
+        got = variants[name]
+        assert got["status"] == expected["status"] == "done", got.get("error")
+        _assert_same_table(local / f"{name}.samples.csv", on_ray / f"{name}.samples.csv")
+        np.testing.assert_allclose(
+            np.load(on_ray / f"{name}.probs.npy"), np.load(local / f"{name}.probs.npy"), atol=1e-6
+        )
+        for key in ("top1_agreement_pct", "disagreements", "disagreement_split", "size_bytes"):
+            assert got[key] == expected[key], key
+        assert got["top1_agreement_ci95"] == pytest.approx(expected["top1_agreement_ci95"])
+
+
+def test_ray_agreement_recomputed_from_its_files(both_runs: tuple[Path, Path]) -> None:
+    """Agreement straight from the probability files, without QuantLens's comparison code."""
+    _, on_ray = both_runs
+    report = json.loads((on_ray / "report.json").read_text())
+    reference = np.load(on_ray / "reference.probs.npy")
+    assert reference.shape[0] == report["dataset"]["num_samples"] == 24
+    for variant in report["variants"]:
+        probs = np.load(on_ray / f"{variant['name']}.probs.npy")
+        agree = np.argmax(probs, axis=1) == np.argmax(reference, axis=1)
+        assert variant["top1_agreement_pct"] == pytest.approx(100 * agree.mean())
+
+
+def test_ray_run_records_its_engine_and_nodes(
+    ray_address: str, both_runs: tuple[Path, Path]
+) -> None:
+    local, on_ray = both_runs
+    engine = json.loads((on_ray / "report.json").read_text())["engine"]
+    assert engine["name"] == "ray"
+    import ray
+
+    assert engine["nodes"] == [n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]]
+    assert engine["cpus"] == 2
+    assert socket.gethostname() in engine["latency_node"]
+    assert json.loads((local / "report.json").read_text())["engine"]["name"] == "local"
+    command = json.loads((on_ray / "report.json").read_text())["run"]["command"]
+    assert "--engine ray" in command and f"--ray-address {engine['address']}" in command
+
+
+def _samples(csv_path: Path) -> list:  # type: ignore[type-arg]
+    from core.types import Sample
+
+    rows = _rows(csv_path)
+    return [
+        Sample(index=i, path=str(csv_path.parent / r["filepath"]), relpath=r["filepath"])
+        for i, r in enumerate(rows)
+    ]
+
+
+def _convert(model: Path, mode: str, images: np.ndarray, target: Path) -> Path:
+    from core.engine.backends import tflite_from_reference
+    from core.engine.models import load_reference, model_sha256
+    from core.types import VariantSpec
+
+    reference = load_reference(model)
+    result = tflite_from_reference(
+        reference,
+        VariantSpec.parse(mode),
+        model_sha256=model_sha256(model),
+        calibration=images,
+        preset="unit",
+        probe=images[:2],
+        cache_dir=None,
+    )
+    target.write_bytes(result.tflite)
+    return target
+
+
+@pytest.fixture(scope="module")
+def two_variants(
+    tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> list[tuple[str, Path]]:
+    rng = np.random.default_rng(0)
+    images = rng.random((8, 16, 16, 3), dtype=np.float32)
+    folder = tmp_path_factory.mktemp("ray_variants")
+    model = tiny_models["saved_model"]
+    return [
+        (mode, _convert(model, mode, images, folder / f"{mode}.tflite"))
+        for mode in ("float16", "dynamic")
+    ]
+
+
+def _evaluate(model: Path, data: Path, variants: list[tuple[str, Path]]):  # type: ignore[no-untyped-def]
+    from core.engine.ray_engine import ReferenceSource, evaluate
+
+    return evaluate(
+        _samples(data),
+        preset="unit",
+        image_shape=(16, 16, 3),
+        reference=ReferenceSource(path=model),
+        variants=variants,
+    )
+
+
+def test_worker_killed_mid_shard_reruns_it(
+    ray_address: str,
+    tiny_models: dict[str, Path],
+    tiny_data: Path,
+    two_variants: list[tuple[str, Path]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model = tiny_models["saved_model"]
+    clean = _evaluate(model, tiny_data, two_variants)
+    marker = tmp_path / "fired"
+    monkeypatch.setenv("QUANTLENS_FAULT", "segv@shard")
+    monkeypatch.setenv("QUANTLENS_FAULT_ONCE", str(marker))
+    retried = _evaluate(model, tiny_data, two_variants)
+    assert marker.exists()  # a worker really died with SIGSEGV in a shard
+    assert retried.passes == 1  # Ray re-ran the shard; no fallback pass was needed
+    assert [s.index for s in retried.kept] == [s.index for s in clean.kept]
+    assert len(retried.kept) == 24 and retried.errors == {}
+    np.testing.assert_array_equal(retried.reference, clean.reference)
+    for name, _ in two_variants:
+        np.testing.assert_array_equal(retried.variants[name], clean.variants[name])
+
+
+def test_a_variant_that_kills_its_workers_fails_alone(
+    ray_address: str,
+    tiny_models: dict[str, Path],
+    tiny_data: Path,
+    two_variants: list[tuple[str, Path]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model = tiny_models["saved_model"]
+    clean = _evaluate(model, tiny_data, two_variants)
+    monkeypatch.setenv("QUANTLENS_FAULT", "segv@infer:dynamic")
+    crashed = _evaluate(model, tiny_data, two_variants)
+    assert set(crashed.errors) == {"dynamic"}
+    assert crashed.passes == 4  # all together, then the original alone, then each variant
+    assert "dynamic crashed its Ray worker" in crashed.errors["dynamic"]
+    assert "\n" not in crashed.errors["dynamic"]
+    np.testing.assert_array_equal(crashed.reference, clean.reference)
+    np.testing.assert_array_equal(crashed.variants["float16"], clean.variants["float16"])
+
+
+def test_without_an_address_the_run_starts_its_own_ray(
+    ray_address: str, tiny_models: dict[str, Path], tiny_data: Path, tmp_path: Path
+) -> None:
+    """A local Ray sized to the machine, started and stopped by the job, even when the run
+    folder is deep (the worker's TMPDIR is inside it; Ray's socket paths must stay short)."""
+    out = tmp_path / ("a-long-folder-name-" * 4) / "run"
+    done = run_cli(
+        "run",
+        str(tiny_models["saved_model"]),
+        "--data",
+        str(tiny_data),
+        "--modes",
+        "float16",
+        "--preprocess",
+        "unit",
+        "--latency-runs",
+        "10",
+        "--engine",
+        "ray",
+        "--out",
+        str(out),
+        home=tmp_path,
+    )
+    assert done.returncode == 1, done.stderr[-3000:]  # near chance: no verdict, exit 1
+    report = json.loads((out / "report.json").read_text())
+    assert report["engine"]["address"] is None
+    assert report["engine"]["cpus"] == os.cpu_count()
+    assert {v["name"]: v["status"] for v in report["variants"]} == {
+        "float16": "done",
+        "float32": "done",
+    }
+
+
+def test_unreachable_ray_address_fails_the_run_in_one_line(
+    tiny_models: dict[str, Path], tiny_data: Path, tmp_path: Path
+) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    done = run_cli(
+        "run",
+        str(tiny_models["saved_model"]),
+        "--data",
+        str(tiny_data),
+        "--modes",
+        "float16",
+        "--engine",
+        "ray",
+        "--ray-address",
+        address,
+        "--out",
+        str(tmp_path / "run"),
+        home=tmp_path,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    error = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1
+    assert f"cannot reach the Ray cluster at {address}" in error[0]
+    assert "ray start --head" in error[0]

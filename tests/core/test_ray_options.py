@@ -1,0 +1,63 @@
+"""`--engine` and `--ray-address` before any model work: parsing, refusals, and the reproduce
+command (no TensorFlow, no Ray cluster: these run in the fast suite)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from core.cli import main
+from core.engine.pipeline import reproduce_command
+from core.engine.ray_engine import ClusterUnavailable, _check_reachable
+from core.types import JobSpec
+
+
+def test_ray_address_without_the_ray_engine_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model, data = tmp_path / "model.keras", tmp_path / "data.csv"
+    model.write_bytes(b"x")
+    data.write_text("filepath,label\n", encoding="utf-8")
+    code = main(["run", str(model), "--data", str(data), "--ray-address", "10.0.0.5:6379"])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err == "error: --ray-address 10.0.0.5:6379 needs --engine ray; add it, or drop the address"
+    )
+
+
+def test_unknown_engine_is_refused_by_the_parser(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main(["run", "m", "--data", "d", "--engine", "spark"])
+    assert stop.value.code == 2
+    assert "invalid choice: 'spark'" in capsys.readouterr().err
+
+
+def test_a_closed_port_is_named_in_one_line() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    with pytest.raises(ClusterUnavailable) as refused:
+        _check_reachable(address)
+    message = str(refused.value)
+    assert message.startswith(f"cannot reach the Ray cluster at {address} (")
+    assert "ray start --head" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("address", ["10.0.0.5", "head:port", ":6379x"])
+def test_an_address_without_a_port_says_the_form(address: str) -> None:
+    with pytest.raises(ClusterUnavailable, match="is not HOST:PORT"):
+        _check_reachable(address)
+
+
+def test_the_engine_is_part_of_the_job_and_its_command() -> None:
+    job = JobSpec(model_path="/m", data_path="/d", engine="ray", ray_address="10.0.0.5:6379")
+    assert JobSpec.from_dict(job.to_dict()) == job
+    command = reproduce_command(job)
+    assert command.endswith("--engine ray --ray-address 10.0.0.5:6379")
+    local = reproduce_command(JobSpec(model_path="/m", data_path="/d"))
+    assert "--engine" not in local and "--ray-address" not in local
