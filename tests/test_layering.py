@@ -23,12 +23,12 @@ def _files(*parts: str, root: Path = ROOT) -> list[Path]:
 
 # -- the import graph, read from the source (imports inside functions included) ---------------
 #
-# The rule, in one sentence: only core/engine/ imports TensorFlow or LiteRT, and only inside
+# The rule, in one sentence: only core/engine/ imports TensorFlow, LiteRT or Ray, and only inside
 # functions; only the worker (core/jobs/worker.py) imports core/engine/; nothing in core/ imports
 # Streamlit. It holds for what ships (core/, ui/, pages/, app.py); tests/ and bench/ drive the
 # engine in-process on purpose.
 PRODUCT = ("core", "ui", "pages", "app.py")
-MODEL_FRAMEWORKS = HEAVY | {"litert_quantizer"}
+MODEL_FRAMEWORKS = HEAVY | {"litert_quantizer", "ray"}
 ENGINE = "core.engine"
 WORKER = "core.jobs.worker"
 
@@ -241,10 +241,11 @@ def test_the_graph_checks_name_each_cycle_and_each_breach(tmp_path: Path) -> Non
 # What a module may load when it is imported: core stays a plain package (no streamlit, and
 # the model frameworks only inside the functions that need them); the web layer never loads a
 # model framework, since the server must stay light and never run a user's model.
-# MLflow too: it is loaded only by the process that logs a finished run (core.reporting.tracking).
+# MLflow too: it is loaded only by the process that logs a finished run (core.reporting.tracking),
+# and Ray only by a job that runs on it (core.engine.ray_engine).
 FORBIDDEN = {
-    "core": HEAVY | {"streamlit", "mlflow"},
-    "web": HEAVY | {"mlflow"},
+    "core": HEAVY | {"streamlit", "mlflow", "ray"},
+    "web": HEAVY | {"mlflow", "ray"},
 }
 
 # Imports each name in a fresh interpreter and prints the forbidden modules that got loaded.

@@ -2,6 +2,10 @@
 
     start → decode → reference → convert → evaluate → diagnose → time → finish
 
+With --engine ray, one Ray stage (stages.ray_evaluate) replaces decode, reference, convert and
+evaluate: the head converts, the cluster decodes and evaluates, the local stages' functions
+record the outputs.
+
 Images are decoded once, streamed through the original into an on-disk uint8 cache; each
 converted model then reads that cache batch by batch, so memory does not grow with the number
 of images beyond the per-sample records. Every stage keeps report.json current (atomically),
@@ -19,6 +23,7 @@ from core.engine.stages.evaluate import Evaluator, run_evaluation
 from core.engine.stages.files import DecodedCache
 from core.engine.stages.finish import finish
 from core.engine.stages.latency import time_models
+from core.engine.stages.ray_evaluate import evaluate_on_ray
 from core.engine.stages.reference import run_reference
 from core.engine.stages.start import open_run, reproduce_command, resolve_inputs
 from core.types import JobSpec
@@ -50,7 +55,9 @@ def run_job(
     Cancelling is the supervisor's: it stops the worker process; the files stay consistent.
     """
     run = open_run(job, run_dir, progress=progress, cache_dir=cache_dir)
-    reference = run_reference(run)  # pulls the decode stage batch by batch
+    # Locally the reference stage pulls the decode stage batch by batch; on Ray one cluster
+    # pass runs the original and every variant and records them all, so none is pending below.
+    reference = evaluate_on_ray(run) if job.engine == "ray" else run_reference(run)
     # Conversions run on a background thread while this thread evaluates each one.
     with conversions_started(run, run.pending(), reference) as conversions:
         run_evaluation(run, reference, conversions, evaluator=evaluator)

@@ -213,7 +213,7 @@ class ShardEvaluator:
         import ray
 
         from core.engine.models import load_reference
-        from core.engine.runtime import TFLiteRunner
+        from core.engine.runtime import TFLiteRunner, evaluation_batch
 
         blobs = ray.get(refs)  # the model first, then each variant's .tflite
         self._folder = tempfile.TemporaryDirectory(prefix="quantlens-ray-")
@@ -224,8 +224,10 @@ class ShardEvaluator:
             signature_key=reference.signature_key,
             input_size=reference.input_size,
         )
+        # As many images per invoke as the local engine (stages.evaluate.tflite_outputs).
+        batch = evaluation_batch(int(np.prod(image_shape)))
         self.runners = [
-            (name, TFLiteRunner(blob, threads=1, name=f"{name}.tflite"))
+            (name, TFLiteRunner(blob, threads=1, name=f"{name}.tflite", batch=batch))
             for name, blob in zip(variant_names, blobs[1:], strict=True)
         ]
         self.preset = Preset(preset)
@@ -288,7 +290,7 @@ class ShardEvaluator:
 
         maybe_inject("infer", name)
         try:
-            return np.stack([runner.run(image) for image in floats]).astype(np.float32), ""
+            return np.asarray(runner.run_batch(floats), dtype=np.float32), ""
         except QuantLensError as exc:
             return self._blank(len(floats)), str(exc)
 

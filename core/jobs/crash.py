@@ -35,6 +35,7 @@ STEP_WORDS = {
     "reference": "reference inference",
     "convert": "conversion",
     "infer": "TFLite inference",
+    "evaluate": "evaluation on the Ray cluster",
     "latency": "latency timing",
 }
 # faulthandler's header for the thread that received the fatal signal (ident in hex).

@@ -304,3 +304,99 @@ def test_unreachable_ray_address_fails_the_run_in_one_line(
     assert len(error) == 1
     assert f"cannot reach the Ray cluster at {address}" in error[0]
     assert "ray start --head" in error[0]
+
+
+def _events(run_dir: Path) -> list[dict[str, str]]:
+    lines = (run_dir / "progress.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def _cluster_passes(run_dir: Path) -> int:
+    return sum(e["message"].startswith("evaluating on Ray") for e in _events(run_dir))
+
+
+def test_a_crash_converting_on_the_head_fails_that_variant_alone(
+    ray_address: str, tiny_models: dict[str, Path], tiny_data: Path, tmp_path: Path
+) -> None:
+    """The head converts: a segfault there is the variant's, and a new worker runs the rest."""
+    out = tmp_path / "run"
+    done = run_cli(
+        "run", str(tiny_models["saved_model"]), "--data", str(tiny_data),
+        "--modes", "float16,int8", "--preprocess", "unit", "--latency-runs", "3",
+        "--threads", "1", "--engine", "ray", "--ray-address", ray_address, "--out", str(out),
+        home=tmp_path, env={"QUANTLENS_FAULT": "segv@convert:float16"},
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    variants = {v["name"]: v for v in report["variants"]}
+    assert variants["float16"]["status"] == "crashed"
+    assert variants["float16"]["error"] == "crashed (SIGSEGV) during conversion"
+    for name in ("float32", "int8"):
+        assert variants[name]["status"] == "done", variants[name].get("error")
+        assert variants[name]["n"] == 24
+    assert report["engine"]["name"] == "ray"
+    assert _cluster_passes(out) == 1  # the first worker died before its pass
+
+
+def test_a_crash_of_the_head_during_the_cluster_pass_is_blamed_on_no_variant(
+    ray_address: str, tiny_models: dict[str, Path], tiny_data: Path, tmp_path: Path
+) -> None:
+    """Every variant is in the one pass: none of them caused a crash of the head, so the run
+    ends with one line and no variant is restarted as if it had."""
+    out = tmp_path / "run"
+    done = run_cli(
+        "run", str(tiny_models["saved_model"]), "--data", str(tiny_data),
+        "--modes", "float16", "--preprocess", "unit", "--latency-runs", "3",
+        "--engine", "ray", "--ray-address", ray_address, "--out", str(out),
+        home=tmp_path, env={"QUANTLENS_FAULT": "segv@evaluate"},
+    )  # fmt: skip
+    assert done.returncode == 3, done.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["run"]["status"] == "crashed"
+    reason = "crashed (SIGSEGV) during evaluation on the Ray cluster"
+    for variant in report["variants"]:
+        assert (variant["status"], variant["error"]) == ("crashed", f"not run: {reason}")
+    assert _cluster_passes(out) == 1
+
+
+def test_the_ray_stage_records_every_variant_and_a_restart_reads_it_back(
+    ray_address: str, tiny_models: dict[str, Path], tiny_data: Path, tmp_path: Path
+) -> None:
+    from core.engine.stages.ray_evaluate import evaluate_on_ray
+    from core.engine.stages.start import open_run
+    from core.inputs import rundir
+    from core.types import JobSpec, Preset, ProgressEvent
+
+    job = JobSpec(
+        model_path=str(tiny_models["saved_model"]),
+        data_path=str(tiny_data),
+        variants=("float16",),
+        preset=Preset.UNIT,
+        threads=1,
+        engine="ray",
+    )
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    events: list[ProgressEvent] = []
+    run = open_run(job, run_dir, progress=events.append, cache_dir=None)
+    first = evaluate_on_ray(run)
+    assert run.pending() == []  # the local stages after it have nothing left to do
+    report = rundir.read_json(run_dir / rundir.REPORT)
+    assert {v["name"]: (v["status"], v["n"]) for v in report["variants"]} == {
+        "float16": ("done", 24),
+        "float32": ("done", 24),
+    }
+    # Agreement straight from the files the stage wrote.
+    reference = np.load(run_dir / rundir.REFERENCE_PROBS)
+    float16 = np.load(run_dir / "float16.probs.npy")
+    agree = np.argmax(float16, axis=1) == np.argmax(reference, axis=1)
+    assert report["variants"][0]["top1_agreement_pct"] == pytest.approx(100 * agree.mean())
+    assert sum(e.step == "evaluate" and "on Ray" in e.message for e in events) == 1
+    # A restarted worker with nothing pending reads the recorded outputs back, without Ray.
+    before = (run_dir / rundir.REPORT).read_bytes()
+    again_events: list[ProgressEvent] = []
+    again = evaluate_on_ray(open_run(job, run_dir, progress=again_events.append, cache_dir=None))
+    assert again_events == [] or all(e.step == "load" for e in again_events)
+    np.testing.assert_array_equal(again.probs, first.probs.astype(np.float32))
+    assert again.sample_indices == first.sample_indices
+    assert (run_dir / rundir.REPORT).read_bytes() == before

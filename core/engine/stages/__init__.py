@@ -7,6 +7,8 @@
     convert    each variant's .tflite on a background thread (convert_in_background)
     evaluate   each converted model on the decoded images: <variant>.samples.csv and
                <variant>.probs.npy (evaluate_converted; another engine can replace it)
+    ray        (--engine ray, instead of decode, reference, convert and evaluate) the head
+               converts, a Ray cluster decodes and evaluates, the same files are written
     diagnose   (issue 12 plugs in here, between evaluate and time)
     time       batch-1 latency of the original and every finished variant, machine quiet
     finish     the run's status and recommendation; scratch files removed

@@ -115,14 +115,30 @@ def evaluate_converted(
                 run.emit("convert", 0.0, f"waiting for {spec.name} to convert", spec.name)
             result = conversion.result()
             outputs, io = tflite_outputs(run, result.tflite, spec.name)
-            probs = to_probabilities(outputs, softmax=reference.softmax)
-            causes = write_variant_samples(run, reference, spec, probs)
+            evaluated = evaluated_variant(run, reference, spec, result, outputs, io)
         except QuantLensError as exc:
             yield FailedVariant(spec=spec, error=str(exc))
             continue
-        yield EvaluatedVariant(
-            spec=spec, conversion=result, outputs=outputs, probs=probs, causes=causes, io=io
-        )
+        yield evaluated
+
+
+def evaluated_variant(
+    run: RunContext,
+    reference: ReferenceOutputs,
+    spec: VariantSpec,
+    conversion: ConversionResult,
+    outputs: np.ndarray,
+    io: dict[str, Any],
+) -> EvaluatedVariant:
+    """A converted model's raw outputs [N, C] (rows as in samples.csv), its files written.
+
+    Every engine ends a variant here, so the files and the probabilities are built one way.
+    """
+    probs = to_probabilities(outputs, softmax=reference.softmax)
+    causes = write_variant_samples(run, reference, spec, probs)
+    return EvaluatedVariant(
+        spec=spec, conversion=conversion, outputs=outputs, probs=probs, causes=causes, io=io
+    )
 
 
 def tflite_outputs(run: RunContext, tflite: bytes, name: str) -> tuple[np.ndarray, dict[str, Any]]:

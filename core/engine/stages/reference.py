@@ -14,6 +14,7 @@ from core.engine.faults import maybe_inject
 from core.engine.stages.context import RunContext
 from core.engine.stages.decode import DecodedImages, calibration_set
 from core.engine.stages.files import save_npy, write_csv
+from core.errors import DatasetError
 from core.inputs import rundir
 from core.jobs.protocol import CALIBRATION_CACHE, DECODE_STATE
 from core.metrics.agreement import outputs_are_probabilities, to_probabilities, top1
@@ -53,31 +54,38 @@ def run_reference(run: RunContext) -> ReferenceOutputs:
         maybe_inject("reference")
         outputs.append(run.model.predict(apply_preset(batch.pixels, run.job.preset)))
     if not decoded.kept:
-        from core.errors import DatasetError
-
-        reasons = sorted({s.reason for s in decoded.skipped})
-        raise DatasetError(
-            f"none of the {len(decoded.evaluated)} images could be decoded "
-            f"({'; '.join(reasons[:3])}); check the data set"
-        )
+        raise nothing_decoded(len(decoded.evaluated), decoded.skipped)
     calibration = calibration_set(
         run.dataset, decoded.evaluated, decoded.kept, decoded.cache, job=run.job
     )
-    raw = np.concatenate(outputs)
+    result = reference_outputs(np.concatenate(outputs), decoded.kept, calibration)
+    write_reference(run, result, decoded.kept, decoded.skipped)
+    return result
+
+
+def reference_outputs(
+    raw: np.ndarray, kept: list[Sample], calibration: np.ndarray | None
+) -> ReferenceOutputs:
+    """The original's raw outputs [N, C] on the `kept` samples, as every later stage reads them."""
     # Logits or probabilities is decided here, once, from the original's outputs; every
     # variant inherits the decision (a quantized softmax must not be softmaxed again).
     softmax = not outputs_are_probabilities(raw)
-    result = ReferenceOutputs(
+    return ReferenceOutputs(
         probs=to_probabilities(raw, softmax=softmax),
         softmax=softmax,
-        labels=np.asarray(
-            [-1 if s.label is None else s.label for s in decoded.kept], dtype=np.int64
-        ),
-        sample_indices=[s.index for s in decoded.kept],
+        labels=np.asarray([-1 if s.label is None else s.label for s in kept], dtype=np.int64),
+        sample_indices=[s.index for s in kept],
         calibration=calibration,
     )
-    write_reference(run, result, decoded.kept, decoded.skipped)
-    return result
+
+
+def nothing_decoded(evaluated: int, skipped: list[SkippedSample]) -> DatasetError:
+    """The error of a data set none of whose `evaluated` images decodes, with a few reasons."""
+    reasons = sorted({s.reason for s in skipped})
+    return DatasetError(
+        f"none of the {evaluated} images could be decoded "
+        f"({'; '.join(reasons[:3])}); check the data set"
+    )
 
 
 def saved_reference(run: RunContext) -> ReferenceOutputs | None:

@@ -209,8 +209,17 @@ def new_report(
             for spec in specs
         ],
         "environment": environment(threads=effective_threads(job)),
+        "engine": local_engine_info(),  # the Ray stage replaces it once it has joined a cluster
         "warnings": [],
     }
+
+
+def local_engine_info() -> dict[str, Any]:
+    """report.json's `engine` for a run on this machine alone (it also times the models)."""
+    import socket
+
+    host = socket.gethostname()
+    return {"name": "local", "address": None, "nodes": [host], "latency_node": host}
 
 
 def reproduce_command(job: JobSpec) -> str:
@@ -249,6 +258,10 @@ def reproduce_command(job: JobSpec) -> str:
         parts += ["--labels", shlex.quote(job.labels_file)]
     if job.trusted:
         parts.append("--trusted")
+    if job.engine != JobSpec.engine:
+        parts += ["--engine", job.engine]
+    if job.ray_address:
+        parts += ["--ray-address", shlex.quote(job.ray_address)]
     if job.mlflow_uri:
         parts.append(f"--mlflow={shlex.quote(job.mlflow_uri)}")
     return " ".join(parts)
