@@ -66,8 +66,8 @@ def evaluate_on_ray(run: RunContext) -> ReferenceOutputs:
 
     saved = saved_reference(run)  # a restarted worker keeps the original's recorded outputs
     if saved is not None and not run.pending():
-        # Restarted after every variant was evaluated (a crash while timing): the decoded
-        # cache still holds the probe images the time stage reads; the cluster is not needed.
+        # Restarted with every variant already recorded: the decoded cache still holds the
+        # probe images the time stage reads, so the cluster is not needed.
         return saved
     with ray_engine.ray_session(run.job.ray_address) as cluster:
         run.report.data["engine"] = cluster.to_dict()
@@ -78,13 +78,13 @@ def evaluate_on_ray(run: RunContext) -> ReferenceOutputs:
         # skipped the same way).
         calibration = (
             saved.calibration
-            if saved
+            if saved is not None
             else calibration_set(run.dataset, [], [], decoded.cache, job=run.job)
         )
         converted = _convert_pending(run, calibration)
         run.emit("evaluate", 0.0, f"evaluating on Ray ({cluster.cpus} CPUs)")
         evaluation = _evaluate_on_cluster(run, decoded.evaluated, converted)
-    reference = saved or _record_reference(run, evaluation, calibration)
+    reference = saved if saved is not None else _record_reference(run, evaluation, calibration)
     if [s.index for s in evaluation.kept] != reference.sample_indices:
         raise QuantLensError(
             "the Ray pass decoded other images than this run's first pass; the data set "
