@@ -241,6 +241,10 @@ def _converter_for(model: ReferenceModel, route: str) -> Any:
 def _convert_by(
     model: ReferenceModel, spec: VariantSpec, calibration: np.ndarray | None, route: str
 ) -> bytes:
+    if spec.float_layers and calibration is not None:
+        from core.engine.selective import tflite_keeping_float
+
+        return tflite_keeping_float(model, spec, calibration, route)
     converter = _converter_for(model, route)
     _configure(converter, spec, calibration)
     try:

@@ -6,6 +6,7 @@ import math
 import os
 import platform
 import sys
+from dataclasses import replace
 from typing import Any
 
 from core.types import Agreement, Mode, RunStatus, VariantSpec
@@ -87,10 +88,27 @@ def display_name(report: dict[str, Any], variant: dict[str, Any]) -> str:
     return f"{name} (pivot)" if name == report.get("pivot") else name
 
 
+def parent_name(spec: VariantSpec) -> str | None:
+    """The variant a per-layer override derives from (`int8` for `int8:keep=conv2d`), else None."""
+    if not (spec.float_layers or spec.int16_layers):
+        return None
+    return replace(spec, float_layers=(), int16_layers=()).name
+
+
+def record_diagnosis(report: dict[str, Any], name: str, summary: dict[str, Any] | None) -> None:
+    """A variant's per-layer diagnosis (core.engine.diagnose): on its entry, and its suspects'
+    layer names in the top-level `diagnosis` (DESIGN §9; the full table is `<name>.layers.csv`)."""
+    entry = next(v for v in report["variants"] if v["name"] == name)
+    entry["diagnosis"] = summary
+    top = report.setdefault("diagnosis", {})
+    top[name] = None if summary is None else [s["layer"] for s in summary["suspects"]]
+
+
 def pending_variant(spec: VariantSpec, *, role: str = ROLE_SELECTED) -> dict[str, Any]:
     """A variant entry before its work starts: every metric null."""
     return {
         **spec.to_dict(),
+        "parent": parent_name(spec),
         "role": role,
         "status": "pending",
         "error": None,
@@ -113,6 +131,7 @@ def pending_variant(spec: VariantSpec, *, role: str = ROLE_SELECTED) -> dict[str
         "nan_outputs": None,
         "flip_matrix": None,
         "disagreement_split": None,
+        "diagnosis": None,
         "latency_ms": None,
         "speedup_vs_reference": None,
         "conversion_seconds": None,
