@@ -230,6 +230,11 @@ class JobRunner:
         report_path = run_dir / rundir.REPORT
         # A restarted worker (after a crash in one variant) continues the same report.
         self.report: dict[str, Any] = rundir.read_json(report_path) if report_path.exists() else {}
+        # Variants --auto-fix added before a crash are part of the job from then on.
+        known = {spec.name for spec in self.specs}
+        for entry in self.report.get("variants") or []:
+            if entry.get("derived_by") and entry["name"] not in known:
+                self.specs.append(VariantSpec.parse(entry["name"]))
 
     # -- report ---------------------------------------------------------------------------
     def save_report(self) -> None:

@@ -174,3 +174,39 @@ def test_auto_fix_stops_at_the_threshold_with_a_variant_that_reproduces(tmp_path
     ops = _ops((out / f"{derived['name']}.tflite").read_bytes())
     assert [o for o, _ in _of(ops, "CONV_2D", "wide_1")] == ["FLOAT32"]
     assert "--auto-fix=4" in report["run"]["command"]
+
+
+@pytest.mark.slow
+def test_a_variant_auto_fix_added_survives_a_worker_restart(tmp_path: Path) -> None:
+    """int8's fix is added and evaluated, then int8_q's fix crashes its worker (an injected
+    segfault); the restarted worker still counts int8's fix as part of the job and times it."""
+    model = build_outlier_model(tmp_path / "outlier")
+    data = _write_images(tmp_path / "data")
+    out = tmp_path / "out"
+    # The name the greedy search reaches on this model and data (measured once, deterministic).
+    crashing = "int8_q:keep=mix+pool+wide"
+    run_cli(
+        "run",
+        str(model),
+        "--data",
+        str(data),
+        "--modes",
+        "int8,int8_q",
+        "--auto-fix=4",
+        "--preprocess",
+        "unit",
+        "--min-agreement",
+        "99",
+        "--latency-runs",
+        "3",
+        "--out",
+        str(out),
+        home=tmp_path,
+        env={"QUANTLENS_FAULT": f"segv@infer:{crashing}"},
+    )
+    report = json.loads((out / "report.json").read_text())
+    by_name = {v["name"]: v for v in report["variants"]}
+    assert by_name[crashing]["status"] == "crashed"
+    survivor = by_name[by_name["int8"]["auto_fix"]["variant"]]
+    assert survivor["parent"] == "int8" and survivor["status"] == "done"
+    assert survivor["latency_ms"] is not None and survivor["latency_ms"]["n"] == 3
