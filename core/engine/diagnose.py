@@ -28,6 +28,7 @@ import numpy as np
 
 from core.engine.models import ReferenceModel
 from core.engine.quantizer import layers_in_tensor_name
+from core.errors import ConversionFailed
 from core.inputs.rundir import write_atomic
 from core.types import Backend, Mode, VariantSpec
 
@@ -75,8 +76,8 @@ class LayerRow:
 
 def can_diagnose(spec: VariantSpec) -> bool:
     """Whether per-layer statistics exist for this variant (a quantized mode the tools read)."""
-    if spec.mode is Mode.FLOAT32:
-        return False
+    if spec.mode is Mode.FLOAT32 or spec.allow_select_tf_ops:
+        return False  # nothing quantized; or TF ops this LiteRT cannot run for the debugger
     return spec.backend is Backend.QUANTIZER or spec.mode in CONVERTER_MODES
 
 
@@ -150,9 +151,15 @@ def converter_debugger(
 
     converter = _converter_for(model, route)
     _configure(converter, spec, calibration)
-    debugger = tf.lite.experimental.QuantizationDebugger(
-        converter=converter, debug_dataset=_batches_of_one(debug_images)
-    )
+    try:
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=converter, debug_dataset=_batches_of_one(debug_images)
+        )
+    except Exception as exc:  # ConverterError, ValueError, RuntimeError from MLIR or LiteRT
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise ConversionFailed(
+            f"{spec.name}: the quantization debugger could not calibrate the model: {first}"
+        ) from None
     if spec.float_layers:
         # A derived variant is measured as it was made: its float layers denylisted.
         debugger.options = tf.lite.experimental.QuantizationDebugOptions(
@@ -288,14 +295,18 @@ def _quantizer_stats(
     key, io_names = next(iter(signatures.items()))
     (input_name,) = io_names["inputs"]
     data = {key: [{input_name: images[i : i + 1].astype(np.float32)} for i in range(len(images))]}
-    with contextlib.redirect_stdout(sys.stderr):
-        result = model_validator.compare_model(
-            float_tflite,
-            tflite,
-            data,
-            [ValidationErrorMetric.MSE, ValidationErrorMetric.COSINE_SIMILARITY],
-            num_threads=1,
-        )
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            result = model_validator.compare_model(
+                float_tflite,
+                tflite,
+                data,
+                [ValidationErrorMetric.MSE, ValidationErrorMetric.COSINE_SIMILARITY],
+                num_threads=1,
+            )
+    except Exception as exc:  # ValueError / RuntimeError / KeyError from the quantizer or LiteRT
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise ConversionFailed(f"the quantizer's tensor comparison failed: {first}") from None
     found: dict[str, dict[str, float]] = result.get_all_tensor_results()
     return found
 

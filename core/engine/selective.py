@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from core.engine.models import ReferenceModel
-from core.errors import ConversionFailed
+from core.errors import QuantLensError
 from core.types import Backend, IOType, VariantSpec
 
 
@@ -49,12 +49,8 @@ class ConverterKeepFloat:
         from core.engine.diagnose import converter_debugger
 
         self.spec = spec
-        try:
-            with contextlib.redirect_stdout(sys.stderr):
-                self.debugger = converter_debugger(model, spec, route, calibration, calibration[:1])
-        except (ValueError, RuntimeError) as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-            raise ConversionFailed(f"{spec.name}: the TFLite converter failed: {first}") from None
+        with contextlib.redirect_stdout(sys.stderr):
+            self.debugger = converter_debugger(model, spec, route, calibration, calibration[:1])
 
     def __call__(self, layers: tuple[str, ...]) -> bytes:
         import tensorflow as tf
@@ -140,7 +136,7 @@ def sensitivity_scan(
         progress(rank / max(len(candidates), 1), f"sensitivity: {layer} kept in float")
         try:
             result = evaluate(make((layer,)))
-        except ConversionFailed:
+        except QuantLensError:  # that layer cannot be kept float, or LiteRT refuses the result
             continue
         measured.append({"layer": layer, "stat_rank": rank + 1, **asdict(result)})
     return sorted(measured, key=lambda m: (m["mean_kl"], -m["agreement_pct"]))
