@@ -374,7 +374,9 @@ class JobRunner:
                 self._run_variant(spec, futures[spec.name])
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
-        self._auto_fix()
+        from core.engine.layer_stage import auto_fix
+
+        auto_fix(self)
         # Timing waits until no conversion competes for the cores.
         self._time_models(tf)
         self._finish()
@@ -725,7 +727,9 @@ class JobRunner:
             entry if v["name"] == name else v for v in self.report["variants"]
         ]
         self.save_report()
-        self._diagnose(spec, result, records.agree)
+        from core.engine.layer_stage import diagnose_finished
+
+        diagnose_finished(self, spec, result, records.agree)
         _event(
             self.progress,
             "variant",
@@ -733,182 +737,6 @@ class JobRunner:
             f"{name}: {metrics.top1_agreement_pct:.2f}% agreement (n={metrics.n}) {verdict(entry)}",
             name,
         )
-
-    def _diagnose(self, spec: VariantSpec, result: ConversionResult, agree: np.ndarray) -> None:
-        """Per-layer error of a finished quantized variant (issue 12): `<variant>.layers.csv`
-        and the entry's `diagnosis`. A diagnosis that fails is a warning; the variant stands."""
-        from core.engine.diagnose import LAYERS_SUFFIX, can_diagnose, diagnose_variant
-        from core.reporting.report import record_diagnosis
-
-        if not can_diagnose(spec) or self.calibration is None:
-            return
-        name = spec.name
-        try:
-            summary = diagnose_variant(
-                self.model,
-                spec,
-                result.tflite,
-                float_tflite=self._float_tflite(),
-                route=result.route,
-                calibration=self.calibration,
-                flipped=self._images_at(np.flatnonzero(~agree)),
-                out_csv=self.run_dir / f"{name}{LAYERS_SUFFIX}",
-                progress=lambda f, msg: _event(self.progress, "diagnose", f, msg, name),
-            )
-        except (QuantLensError, ValueError, RuntimeError) as exc:
-            summary = None
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-            self.variant_entry(name)["warnings"].append(f"no per-layer diagnosis: {first}")
-        record_diagnosis(self.report, name, summary)
-        self.save_report()
-
-    def _auto_fix(self) -> None:
-        """`--auto-fix K` (issue 12): each judged variant below the bar that can keep layers in
-        float gets a measured sensitivity scan, a greedy fix, and the result as a derived variant."""
-        if not self.job.auto_fix:
-            return
-        for spec in list(self.specs):
-            entry = self.variant_entry(spec.name)
-            if auto_fix_applies(spec, entry, self.job):
-                self._auto_fix_variant(spec, entry)
-
-    def _auto_fix_variant(self, spec: VariantSpec, entry: dict[str, Any]) -> None:
-        from dataclasses import replace
-
-        from core.engine import selective
-        from core.engine.diagnose import LAYERS_SUFFIX, candidate_layers
-        from core.reporting.report import ROLE_SELECTED, pending_variant
-
-        name = spec.name
-        table = self.run_dir / f"{name}{LAYERS_SUFFIX}"
-        if not table.is_file() or self.calibration is None:
-            entry["auto_fix"] = {"error": "no per-layer statistics to propose candidates from"}
-            return
-
-        def progress(fraction: float, message: str) -> None:
-            _event(self.progress, "auto-fix", fraction, f"{name}: {message}", name)
-
-        candidates = candidate_layers(table, selective.SCAN_CANDIDATES)
-        try:
-            make = selective.keep_float_maker(
-                self.model,
-                spec,
-                calibration=self.calibration,
-                route=entry.get("conversion_route") or "",
-                float_tflite=self._float_tflite(),
-            )
-            scan = selective.sensitivity_scan(
-                make,
-                lambda t: self._measure_tflite(t, limit=selective.SCAN_IMAGES),
-                candidates,
-                progress=progress,
-            )
-            steps = selective.greedy_fix(
-                make,
-                lambda t: self._measure_tflite(t, limit=None),
-                [m["layer"] for m in scan],
-                max_layers=int(self.job.auto_fix or 0),
-                meets=self._meets_bar,
-                progress=progress,
-            )
-        except QuantLensError as exc:
-            entry["auto_fix"] = {"error": str(exc)}
-            self.save_report()
-            return
-        derived = replace(spec, float_layers=tuple(steps[-1]["layers"])) if steps else None
-        entry["auto_fix"] = {
-            "candidates_by": "the per-layer statistics (" + table.name + ")",
-            "ranked_by": "measured mean KL with one layer in float, then agreement",
-            "scan_images": min(selective.SCAN_IMAGES, len(self.ref_probs)),
-            "sensitivity": scan,
-            "steps": steps,
-            "variant": None if derived is None else derived.name,
-        }
-        if derived is None or any(v["name"] == derived.name for v in self.report["variants"]):
-            self.save_report()
-            return
-        self.report["variants"].append(
-            {**pending_variant(derived, role=ROLE_SELECTED), "derived_by": "auto-fix"}
-        )
-        self.specs.append(derived)
-        self.save_report()
-        conversion: Future[ConversionResult] = Future()
-        try:
-            conversion.set_result(
-                convert_in_background(self, derived, self.calibration, self._first_images(8))
-            )
-        except QuantLensError as exc:
-            conversion.set_exception(exc)
-        self._run_variant(derived, conversion)
-
-    def _meets_bar(self, measured: Any) -> bool:
-        from core.metrics.agreement import wilson_interval
-        from core.reporting.report import meets_threshold
-
-        agreeing = round(measured.agreement_pct * measured.n / 100.0)
-        low, high = wilson_interval(agreeing, measured.n)
-        return meets_threshold(
-            measured.agreement_pct,
-            (100.0 * low, 100.0 * high),
-            self.job.min_agreement_pct,
-            self.job.verdict,
-        )
-
-    def _measure_tflite(self, tflite: bytes, *, limit: int | None) -> Any:
-        """Agreement and mean KL of a model against the original on the first `limit`
-        evaluation images (all of them when None)."""
-        from core.engine.runtime import TFLiteRunner
-        from core.engine.selective import Measurement
-        from core.inputs.data import apply_preset
-
-        runner = TFLiteRunner(tflite, threads=effective_threads(self.job), name="candidate")
-        sig = self.model.signature
-        cache = DecodedCache(self.run_dir / DECODED_CACHE, (sig.height, sig.width, sig.channels))
-        total = len(cache) if limit is None else min(limit, len(cache))
-        rows = np.empty((total, sig.num_classes), dtype=np.float32)
-        done = 0
-        for pixels in cache.batches():
-            for image in apply_preset(pixels[: total - done], self.job.preset):
-                rows[done] = runner.run(image)
-                done += 1
-            if done >= total:
-                break
-        records = sample_records(
-            self.ref_probs[:total], to_probabilities(rows, softmax=self.softmax)
-        )
-        kl = records.kl[np.isfinite(records.kl)]
-        return Measurement(
-            agreement_pct=float(100.0 * records.agree.mean()),
-            mean_kl=float(kl.mean()) if kl.size else float("inf"),
-            size_bytes=len(tflite),
-            n=total,
-        )
-
-    def _float_tflite(self) -> bytes:
-        """The float32 TFLite model the quantizer starts from: the pivot's file when it exists."""
-        from core.engine.convert import tflite_from_reference
-
-        pivot = rundir.tflite_path(self.run_dir, VariantSpec(mode=Mode.FLOAT32).name)
-        if pivot.is_file():
-            return pivot.read_bytes()
-        return tflite_from_reference(
-            self.model,
-            VariantSpec(mode=Mode.FLOAT32),
-            model_sha256=self.model_sha,
-            cache_dir=self.cache_dir,
-        ).tflite
-
-    def _images_at(self, positions: np.ndarray) -> np.ndarray:
-        """Preprocessed evaluation images (float32 [N,H,W,C]) by their row positions."""
-        from core.engine.diagnose import MAX_IMAGES
-        from core.inputs.data import apply_preset
-
-        sig = self.model.signature
-        cache = DecodedCache(self.run_dir / DECODED_CACHE, (sig.height, sig.width, sig.channels))
-        chosen = [cache.read(int(p)) for p in positions[:MAX_IMAGES]]
-        if not chosen:
-            return np.zeros((0, sig.height, sig.width, sig.channels), dtype=np.float32)
-        return apply_preset(np.stack(chosen), self.job.preset).astype(np.float32)
 
     def _disagreement_causes(self, spec: VariantSpec, agree: np.ndarray) -> np.ndarray | None:
         """Per sample, "conversion", "quantization" or "" for a quantized variant; None when
@@ -948,33 +776,6 @@ class JobRunner:
         for leftover in (DECODED_CACHE, DECODE_STATE, CALIBRATION_CACHE):
             (self.run_dir / leftover).unlink(missing_ok=True)
         _event(self.progress, "done", 1.0, "all variants finished")
-
-
-def auto_fix_applies(spec: VariantSpec, entry: dict[str, Any], job: JobSpec) -> bool:
-    """Whether `--auto-fix` works on this variant: a finished, judged variant without overrides,
-    below the bar (not for want of a verdict), on a mode that can keep layers in float."""
-    from dataclasses import replace
-
-    from core.reporting.report import ROLE_SELECTED, meets_threshold
-
-    if spec.float_layers or spec.int16_layers or entry.get("auto_fix") is not None:
-        return False
-    if entry.get("role") != ROLE_SELECTED or entry.get("status") != "done":
-        return False
-    if entry.get("verdict_reason") or entry.get("top1_agreement_pct") is None:
-        return False
-    if meets_threshold(
-        entry["top1_agreement_pct"],
-        entry.get("top1_agreement_ci95"),
-        job.min_agreement_pct,
-        job.verdict,
-    ):
-        return False
-    try:
-        replace(spec, float_layers=("any",)).check()
-    except QuantLensError:
-        return False
-    return True
 
 
 def nonfinite_warnings(outputs: np.ndarray, who: str) -> list[str]:
