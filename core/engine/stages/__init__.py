@@ -7,7 +7,8 @@
     convert    each variant's .tflite on a background thread (convert_in_background)
     evaluate   each converted model on the decoded images: <variant>.samples.csv and
                <variant>.probs.npy (evaluate_converted; another engine can replace it)
-    diagnose   (issue 12 plugs in here, between evaluate and time)
+    diagnose   per-layer error of each quantized variant (<variant>.layers.csv), then
+               --auto-fix: a measured search whose result joins as a derived variant
     time       batch-1 latency of the original and every finished variant, machine quiet
     finish     the run's status and recommendation; scratch files removed
 
