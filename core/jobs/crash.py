@@ -35,6 +35,8 @@ STEP_WORDS = {
     "reference": "reference inference",
     "convert": "conversion",
     "infer": "TFLite inference",
+    "diagnose": "per-layer diagnosis",
+    "auto-fix": "the auto-fix search",
     "latency": "latency timing",
 }
 # faulthandler's header for the thread that received the fatal signal (ident in hex).
