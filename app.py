@@ -22,6 +22,7 @@ PAGES: dict[str, list[st.Page]] = {
         st.Page("pages/disagreements.py", title="Disagreements", icon=":material/image_search:"),
         st.Page("pages/deltas.py", title="Probability deltas", icon=":material/bar_chart:"),
         st.Page("pages/latency.py", title="Latency", icon=":material/speed:"),
+        st.Page("pages/layers.py", title="Layers", icon=":material/layers:"),
     ],
 }
 

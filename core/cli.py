@@ -17,6 +17,7 @@ from core.types import (
     Preset,
     ProgressEvent,
     RunStatus,
+    VariantSpec,
     variants_for_backend,
 )
 
@@ -72,6 +73,24 @@ def _parser() -> argparse.ArgumentParser:
         metavar="ADDR",
         help="HOST:PORT of a running Ray cluster (printed by `ray start --head`); without it "
         "--engine ray starts a local Ray sized to this machine",
+    )
+    run.add_argument(
+        "--keep-float",
+        default=None,
+        metavar="LAYER[,LAYER]",
+        help="also run each int8 (or quantizer) variant with these Keras layers kept in float, "
+        "as a variant derived from it (int8:keep=LAYER+LAYER)",
+    )
+    run.add_argument(
+        "--auto-fix",
+        nargs="?",
+        type=int,
+        const=5,
+        default=None,
+        metavar="K",
+        help="for each int8 (or quantizer) variant below --min-agreement, keep up to K layers "
+        "(default 5) in float, most sensitive first as measured, until it meets the bar; the "
+        "result is a derived variant (write --auto-fix=K before MODEL)",
     )
     run.add_argument(
         "--samples", type=int, default=None, help="evaluate at most N images (seeded draw)"
@@ -197,6 +216,8 @@ def _job_from_args(args: argparse.Namespace) -> JobSpec:
     if args.select_tf_ops:
         names = [_with_select_tf_ops(v) for v in names]
     variants = variants_for_backend(names, args.backend)
+    if args.keep_float is not None:
+        variants = with_keep_float(variants, args.keep_float)
     if not variants:
         raise QuantLensError(
             "--modes is empty; give at least one of float32,dynamic,float16,int8,int16x8"
@@ -208,6 +229,7 @@ def _job_from_args(args: argparse.Namespace) -> JobSpec:
         ("--calibration-samples", args.calibration_samples, 1),
         ("--threads", args.threads, 1),
         ("--latency-runs", args.latency_runs, 1),
+        ("--auto-fix", args.auto_fix, 1),
         ("--latency-budget", args.latency_budget, 0.01),
     ):
         if value is not None and value < low:
@@ -219,6 +241,11 @@ def _job_from_args(args: argparse.Namespace) -> JobSpec:
     if args.ray_address and args.engine != "ray":
         raise QuantLensError(
             f"--ray-address {args.ray_address} needs --engine ray; add it, or drop the address"
+        )
+    if args.auto_fix is not None and args.engine == "ray":
+        raise QuantLensError(
+            "--auto-fix measures layers on the images decoded on this machine, which --engine ray "
+            "does not keep; run it with --engine local"
         )
     input_size = None
     if args.input_size:
@@ -249,7 +276,41 @@ def _job_from_args(args: argparse.Namespace) -> JobSpec:
         verdict=args.verdict,
         engine=args.engine,
         ray_address=args.ray_address,
+        auto_fix=args.auto_fix,
     )
+
+
+def with_keep_float(variants: tuple[str, ...], layers_text: str) -> tuple[str, ...]:
+    """Each variant that can keep layers in float, followed by its derived `:keep=` variant.
+
+    Raises:
+        QuantLensError: no layer named, or no selected variant can keep layers in float.
+    """
+    from dataclasses import replace
+
+    layers = tuple(sorted({n.strip() for n in layers_text.split(",") if n.strip()}))
+    if not layers:
+        raise QuantLensError(
+            "--keep-float names no layer; give Keras layer names, e.g. conv2d,dense"
+        )
+    out: list[str] = []
+    for name in variants:
+        out.append(name)
+        spec = VariantSpec.parse(name)
+        if spec.float_layers or spec.int16_layers:
+            continue
+        derived = replace(spec, float_layers=layers)
+        try:
+            derived.check()
+        except QuantLensError:
+            continue  # this mode cannot keep layers float on its backend (float16, float32)
+        out.append(derived.name)
+    if len(out) == len(variants):
+        raise QuantLensError(
+            "--keep-float needs an int8 variant (or a quantizer variant) to derive from; add int8 "
+            "to --modes"
+        )
+    return tuple(out)
 
 
 def _with_select_tf_ops(name: str) -> str:

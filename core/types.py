@@ -33,6 +33,8 @@ BACKEND_CHOICES = ("converter", "quantizer", "both")
 QUANTIZER_SUFFIX = "_q"
 QUANTIZER_ONLY_MODES = frozenset({Mode.INT4W})
 NEEDS_CALIBRATION = frozenset({Mode.INT8, Mode.INT16X8})  # on both backends
+# Modes whose converter variant can keep layers in float (the QuantizationDebugger's denylist).
+CONVERTER_KEEP_MODES = frozenset({Mode.INT8})
 # Per-layer overrides in a variant name: `int8_q:keep=conv2d+dense:int16=conv2d_1`.
 _OVERRIDE_KEYS = ("keep", "int16")
 
@@ -184,9 +186,9 @@ class VariantSpec:
                     f"{self.mode} runs on the quantizer backend only; use {self.mode}"
                     f"{QUANTIZER_SUFFIX} (--backend quantizer or both)"
                 )
-            if overrides:
+            if self.int16_layers or (self.float_layers and self.mode not in CONVERTER_KEEP_MODES):
                 raise QuantLensError(
-                    f"{name}: per-layer overrides (keep=, int16=) need the quantizer backend; "
+                    f"{name}: on the converter backend only int8 keeps layers in float (keep=); "
                     f"write {self.mode!s}{QUANTIZER_SUFFIX}:... or use --backend quantizer"
                 )
             return
@@ -273,7 +275,8 @@ def variants_for_backend(names: Sequence[str], backend: str) -> tuple[str, ...]:
             candidates = [replace(parsed, backend=Backend.QUANTIZER)]
         else:
             candidates = [replace(parsed, backend=b) for b in Backend]
-            if parsed.mode in QUANTIZER_ONLY_MODES or parsed.float_layers or parsed.int16_layers:
+            quantizer_only = parsed.mode in QUANTIZER_ONLY_MODES or parsed.int16_layers
+            if quantizer_only or (parsed.float_layers and parsed.mode not in CONVERTER_KEEP_MODES):
                 candidates = candidates[1:]
         for spec in candidates:
             spec.check()
@@ -420,6 +423,7 @@ class JobSpec:
     verdict: str = "point"  # "point" or "lower-bound" (core.reporting.report.VERDICT_RULES)
     engine: str = "local"  # "local" or "ray" (core.engine.ray_engine evaluates on shards)
     ray_address: str | None = None  # a Ray cluster's HOST:PORT; None starts a local Ray
+    auto_fix: int | None = None  # keep up to K layers float in a variant below the bar (issue 12)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -84,3 +84,6 @@ COMPARE_LOG = "compare.log_scale"
 
 # downloads (buttons are keyed "<prefix>.<run folder>.<file>")
 DOWNLOADS = "downloads"
+
+# layers
+LAYERS_VARIANT = "layers.variant"

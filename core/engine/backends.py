@@ -13,6 +13,7 @@ import numpy as np
 from core.engine.convert import ConversionResult, tflite_from_converter
 from core.engine.models import ReferenceModel
 from core.engine.quantizer import tflite_from_quantizer
+from core.engine.selective import tflite_keeping_float
 from core.types import Backend, VariantSpec
 
 
@@ -34,8 +35,17 @@ def tflite_from_reference(
         ConversionFailed: the backend refused the model or the calibration data, or every
             conversion route gives NaN/Inf outputs.
     """
-    make = tflite_from_quantizer if spec.backend is Backend.QUANTIZER else tflite_from_converter
-    return make(
+    if spec.backend is Backend.QUANTIZER:
+        return tflite_from_quantizer(
+            model,
+            spec,
+            model_sha256=model_sha256,
+            calibration=calibration,
+            preset=preset,
+            probe=probe,
+            cache_dir=cache_dir,
+        )
+    return tflite_from_converter(
         model,
         spec,
         model_sha256=model_sha256,
@@ -43,4 +53,5 @@ def tflite_from_reference(
         preset=preset,
         probe=probe,
         cache_dir=cache_dir,
+        keep_float=tflite_keeping_float,
     )

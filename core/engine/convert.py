@@ -10,6 +10,7 @@ import hashlib
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -232,9 +233,24 @@ def _converter_for(model: ReferenceModel, route: str) -> Any:
     )
 
 
+# Makes an int8 model with `spec.float_layers` kept float (core.engine.selective, passed in by
+# core.engine.backends, which sits above both modules: a direct import would be a cycle).
+KeepFloat = Callable[[ReferenceModel, VariantSpec, np.ndarray, str], bytes]
+
+
 def _convert_by(
-    model: ReferenceModel, spec: VariantSpec, calibration: np.ndarray | None, route: str
+    model: ReferenceModel,
+    spec: VariantSpec,
+    calibration: np.ndarray | None,
+    route: str,
+    keep_float: KeepFloat | None,
 ) -> bytes:
+    if spec.float_layers and calibration is not None:
+        if keep_float is None:
+            raise ValueError(
+                f"{spec.name} keeps layers float: convert it through core.engine.backends"
+            )
+        return keep_float(model, spec, calibration, route)
     converter = _converter_for(model, route)
     _configure(converter, spec, calibration)
     try:
@@ -287,6 +303,7 @@ def tflite_from_converter(
     preset: str | None = None,
     probe: np.ndarray | None = None,
     cache_dir: Path | None = None,
+    keep_float: KeepFloat | None = None,
 ) -> ConversionResult:
     """Convert the reference model for one converter variant, or return the cached bytes.
 
@@ -304,6 +321,8 @@ def tflite_from_converter(
         probe: float32 [N,H,W,C] preprocessed images to check each conversion on (the first
             PROBE_IMAGES are used); None skips the check.
         cache_dir: where converted models are kept by content hash; None disables the cache.
+        keep_float: how a variant with `float_layers` is made (core.engine.backends passes
+            core.engine.selective.tflite_keeping_float).
 
     Raises:
         ConversionFailed: the converter refused the model, calibration data is unusable, or
@@ -335,7 +354,7 @@ def tflite_from_converter(
         else:
             started = time.perf_counter()
             try:
-                data = _convert_by(model, spec, calibration, route)
+                data = _convert_by(model, spec, calibration, route, keep_float)
             except ConversionFailed as exc:
                 # Lost variables can also fail calibration (READ_VARIABLE); the next route may work.
                 refused = refused or exc

@@ -19,6 +19,7 @@ from typing import Any
 
 from core.engine.stages.context import ProgressFn, RunContext, effective_threads
 from core.engine.stages.convert import conversions_started, convert_in_background
+from core.engine.stages.diagnose import auto_fix, diagnose_variants
 from core.engine.stages.evaluate import Evaluator, run_evaluation
 from core.engine.stages.files import DecodedCache
 from core.engine.stages.finish import finish
@@ -61,7 +62,9 @@ def run_job(
     # Conversions run on a background thread while this thread evaluates each one.
     with conversions_started(run, run.pending(), reference) as conversions:
         run_evaluation(run, reference, conversions, evaluator=evaluator)
-    # diagnose (issue 12) goes here: it reads each variant's .tflite and the decoded images.
+    diagnose_variants(run, reference)
+    # Variants --auto-fix derives join the run here, so the time stage times them too.
+    run = auto_fix(run, reference, evaluator=evaluator)
     # Timing waits until no conversion competes for the cores.
     time_models(run)
     finish(run)

@@ -36,6 +36,8 @@ STEP_WORDS = {
     "convert": "conversion",
     "infer": "TFLite inference",
     "evaluate": "evaluation on the Ray cluster",
+    "diagnose": "per-layer diagnosis",
+    "auto-fix": "the auto-fix search",
     "latency": "latency timing",
 }
 # faulthandler's header for the thread that received the fatal signal (ident in hex).

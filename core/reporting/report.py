@@ -7,6 +7,7 @@ import os
 import platform
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from core.reporting.runmodel import (
@@ -97,9 +98,26 @@ def display_name(report: RunReport | Mapping[str, Any], variant: Variant) -> str
     return report_from(report).display_name(variant)
 
 
+def parent_name(spec: VariantSpec) -> str | None:
+    """The variant a per-layer override derives from (`int8` for `int8:keep=conv2d`), else None."""
+    if not (spec.float_layers or spec.int16_layers):
+        return None
+    return replace(spec, float_layers=(), int16_layers=()).name
+
+
+def record_diagnosis(report: dict[str, Any], name: str, summary: dict[str, Any] | None) -> None:
+    """A variant's per-layer diagnosis (core.engine.diagnose): on its entry, and its suspects'
+    layer names in the top-level `diagnosis` (DESIGN §9; the full table is `<name>.layers.csv`)."""
+    entry = next(v for v in report["variants"] if v["name"] == name)
+    entry["diagnosis"] = summary
+    top = report.setdefault("diagnosis", {})
+    top[name] = None if summary is None else [s["layer"] for s in summary["suspects"]]
+
+
 def pending_variant(spec: VariantSpec, *, role: str = ROLE_SELECTED) -> dict[str, Any]:
-    """A variant entry before its work starts: every metric null."""
-    return Variant(VariantIdentity.from_spec(spec, role=role)).to_dict()
+    """A variant entry before its work starts: every metric null (`parent` for a derived one)."""
+    identity = replace(VariantIdentity.from_spec(spec, role=role), parent=parent_name(spec))
+    return Variant(identity).to_dict()
 
 
 def reduction_pct(size: int, baseline: int | None) -> float | None:

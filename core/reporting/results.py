@@ -171,6 +171,21 @@ class RunResults:
         out: pd.DataFrame = self._memo[key]
         return out
 
+    def layer_rows(self, name: str) -> list[dict[str, str]]:
+        """The rows of `<name>.layers.csv` (core.engine.diagnose), as written; [] if absent."""
+        import csv
+
+        key = f"layers:{name}"
+        if key not in self._memo:
+            path = self.run_dir / f"{name}.layers.csv"
+            rows: list[dict[str, str]] = []
+            if path.is_file():
+                with path.open(encoding="utf-8") as f:
+                    rows = list(csv.DictReader(f))
+            self._memo[key] = rows
+        out: list[dict[str, str]] = self._memo[key]
+        return out
+
     # ---- arrays ---------------------------------------------------------------------------
     def probs(self, name: str) -> np.ndarray | None:
         """[N, C] probabilities of `reference` or a variant, memory-mapped; None if absent."""

@@ -139,3 +139,13 @@ def test_the_marker_names_the_calling_thread_and_is_cleared(tmp_path: Path) -> N
     protocol.clear_converting(tmp_path)  # twice is fine: a refused conversion clears it too
     assert protocol.read_converting(tmp_path) is None
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("step", "words"),
+    [("diagnose", "per-layer diagnosis"), ("auto-fix", "the auto-fix search")],
+)
+def test_a_crash_in_the_diagnose_stage_is_named_in_words(step: str, words: str) -> None:
+    """The diagnose stage's steps read as words in the one-line reason, like the others."""
+    status, reason = describe_exit(-11, step=step, timed_out=False, limit_gb=16, stderr_tail="")
+    assert (status, reason) == (RunStatus.CRASHED, f"crashed (SIGSEGV) during {words}")

@@ -120,6 +120,23 @@ def test_ray_engine_writes_the_local_engines_numbers(both_runs: tuple[Path, Path
         assert got["top1_agreement_ci95"] == pytest.approx(expected["top1_agreement_ci95"])
 
 
+def test_a_ray_run_says_it_has_no_per_layer_diagnosis(both_runs: tuple[Path, Path]) -> None:
+    """The images stay on the cluster, so int8 is diagnosed locally and only flagged on Ray."""
+    local, on_ray = both_runs
+    assert "int8" in json.loads((local / "report.json").read_text())["diagnosis"]
+    assert (local / "int8.layers.csv").is_file()
+    int8 = next(
+        v
+        for v in json.loads((on_ray / "report.json").read_text())["variants"]
+        if v["name"] == "int8"
+    )
+    assert (
+        "no per-layer diagnosis: it runs on the local engine only (--engine local)"
+        in int8["warnings"]
+    )
+    assert not (on_ray / "int8.layers.csv").exists()
+
+
 def test_ray_agreement_recomputed_from_its_files(both_runs: tuple[Path, Path]) -> None:
     """Agreement straight from the probability files, without QuantLens's comparison code."""
     _, on_ray = both_runs

@@ -38,7 +38,7 @@ FLOAT_ATOL = 1e-5
 @pytest.fixture(scope="module")
 def converted(tiny_models: dict[str, Path], tiny_data: Path) -> dict[str, Any]:
     """The tiny model in every variant above, plus its 24 images (one full batch and a tail)."""
-    from core.engine.convert import tflite_from_reference
+    from core.engine.backends import tflite_from_reference
     from core.engine.models import load_reference, model_sha256
     from core.inputs.datasets import load_dataset
     from core.inputs.images import decode_image

@@ -85,6 +85,24 @@ def test_start_writes_a_pending_report_and_a_restart_reopens_it(
     assert [s.name for s in again.pending()] == ["int8"]
 
 
+def test_a_restarted_start_keeps_the_variants_auto_fix_added(
+    tiny_models: dict[str, Path], tiny_data: Path, tmp_path: Path
+) -> None:
+    """A derived variant --auto-fix wrote into report.json before a crash is part of the job
+    after the restart: pending (so converted and evaluated) and among the specs (so timed)."""
+    job = _job(tiny_models["keras"], tiny_data, ("int8",))
+    _opened(job, tmp_path / "run")
+    on_disk = rundir.read_json(tmp_path / "run" / rundir.REPORT)
+    derived = {**on_disk["variants"][0], "name": "int8:keep=dense", "float_layers": ["dense"]}
+    on_disk["variants"].append({**derived, "parent": "int8", "derived_by": "auto-fix"})
+    for entry in on_disk["variants"][:2]:
+        entry["status"] = "done"
+    rundir.write_json_atomic(tmp_path / "run" / rundir.REPORT, on_disk)
+    again = _opened(job, tmp_path / "run")
+    assert [s.name for s in again.specs] == ["int8", "float32", "int8:keep=dense"]
+    assert [s.name for s in again.pending()] == ["int8:keep=dense"]
+
+
 # -- decode + reference -----------------------------------------------------------------------
 def test_reference_writes_its_files_and_lists_undecodable_images(
     tiny_models: dict[str, Path], tiny_data: Path, tmp_path: Path
@@ -252,3 +270,32 @@ def test_the_driver_runs_the_stages_in_order(
     assert [s for s in order if s in first] == order
     assert sorted(first, key=first.__getitem__) == order
     assert main[-1] == "done"
+
+
+def test_the_diagnose_stage_runs_between_evaluation_and_timing(
+    tiny_models: dict[str, Path], tiny_data: Path, tmp_path: Path
+) -> None:
+    """Each finished int8 variant is diagnosed after evaluation and before timing; the float32
+    pivot, which has no per-layer statistics, is not."""
+    events: list[ProgressEvent] = []
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    report = run_job(
+        _job(tiny_models["keras"], tiny_data, ("int8",)),
+        run_dir,
+        progress=events.append,
+        cache_dir=None,
+    )
+    steps = [e.step for e in events if e.step != "convert"]
+    last_variant = max(i for i, s in enumerate(steps) if s == "variant")
+    diagnosed = [i for i, s in enumerate(steps) if s == "diagnose"]
+    first_timing = steps.index("latency")
+    assert diagnosed and last_variant < min(diagnosed) and max(diagnosed) < first_timing
+    assert {e.variant for e in events if e.step == "diagnose"} == {"int8"}
+    by_name = {v["name"]: v for v in report["variants"]}
+    assert by_name["int8"]["diagnosis"]["table"] == "int8.layers.csv"
+    assert (run_dir / "int8.layers.csv").is_file()
+    assert report["diagnosis"] == {
+        "int8": [s["layer"] for s in by_name["int8"]["diagnosis"]["suspects"]]
+    }
+    assert not (run_dir / "float32.layers.csv").exists()

@@ -76,7 +76,13 @@ def test_backend_choice_expands_the_modes() -> None:
         "int4w_q",
     )
     assert variants_for_backend(["int8", "int8_q"], "converter") == ("int8", "int8_q")
-    assert variants_for_backend(["int8:keep=dense"], "both") == ("int8_q:keep=dense",)
+    # int8 keeps layers float on both backends; int16= and other modes only on the quantizer.
+    assert variants_for_backend(["int8:keep=dense"], "both") == (
+        "int8:keep=dense",
+        "int8_q:keep=dense",
+    )
+    assert variants_for_backend(["int8:int16=dense"], "both") == ("int8_q:int16=dense",)
+    assert variants_for_backend(["float16:keep=dense"], "both") == ("float16_q:keep=dense",)
 
 
 @pytest.mark.parametrize(
@@ -84,9 +90,14 @@ def test_backend_choice_expands_the_modes() -> None:
     [
         (["int4w"], "converter", "int4w runs on the quantizer backend only; use int4w_q"),
         (
-            ["int8:keep=dense"],
+            ["float16:keep=dense"],
             "converter",
-            "per-layer overrides (keep=, int16=) need the quantizer",
+            "on the converter backend only int8 keeps layers in float (keep=)",
+        ),
+        (
+            ["int8:int16=dense"],
+            "converter",
+            "only int8 keeps layers in float (keep=); write int8_q",
         ),
         (
             ["float16+tf"],

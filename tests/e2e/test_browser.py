@@ -116,4 +116,11 @@ def test_demo_loop(server: str, tmp_path: Path) -> None:
         expect(page.locator(".js-plotly-plot").nth(1)).to_be_attached(timeout=60_000)
         expect(page.get_by_text("latency (ms, log scale)").first).to_be_attached()
         page.screenshot(path=str(ARTIFACTS / "06-latency.png"), full_page=True)
+
+        # The run's int8 is diagnosed per layer: its error along the network and the ranking.
+        _visit(page, "Layers", 2500)
+        expect(page.get_by_text("Ranked layers")).to_be_visible(timeout=60_000)
+        expect(page.locator(".js-plotly-plot").first).to_be_attached(timeout=60_000)
+        expect(page.get_by_text("op order in the model").first).to_be_attached()
+        page.screenshot(path=str(ARTIFACTS / "07-layers.png"), full_page=True)
         browser.close()

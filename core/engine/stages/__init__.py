@@ -9,7 +9,8 @@
                <variant>.probs.npy (evaluate_converted; another engine can replace it)
     ray        (--engine ray, instead of decode, reference, convert and evaluate) the head
                converts, a Ray cluster decodes and evaluates, the same files are written
-    diagnose   (issue 12 plugs in here, between evaluate and time)
+    diagnose   per-layer error of each quantized variant (<variant>.layers.csv), then
+               --auto-fix: a measured search whose result joins as a derived variant
     time       batch-1 latency of the original and every finished variant, machine quiet
     finish     the run's status and recommendation; scratch files removed
 

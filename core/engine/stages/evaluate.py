@@ -190,8 +190,6 @@ def _disagreement_causes(
 ) -> np.ndarray | None:
     """Per sample, "conversion", "quantization" or "" for a quantized variant; None when
     the variant is float32 or the pivot has no outputs (it failed)."""
-    import csv
-
     pivot = run.report.pivot
     if spec.mode is Mode.FLOAT32 or not pivot:
         return None
@@ -199,9 +197,15 @@ def _disagreement_causes(
     if run.report.variant(pivot)["status"] != "done" or not path.exists():
         return None
     # The pivot's own written `agree` column, so the split matches what its row reports.
-    with path.open(encoding="utf-8") as f:
-        pivot_agree = np.array([row["agree"] == "1" for row in csv.DictReader(f)])
-    return disagreement_causes(agree, pivot_agree)
+    return disagreement_causes(agree, written_agreement(run, pivot))
+
+
+def written_agreement(run: RunContext, name: str) -> np.ndarray:
+    """A finished variant's per-sample top-1 agreement [N] bool, as its samples file says."""
+    import csv
+
+    with rundir.variant_samples_path(run.run_dir, name).open(encoding="utf-8") as f:
+        return np.array([row["agree"] == "1" for row in csv.DictReader(f)], dtype=bool)
 
 
 def record_result(run: RunContext, reference: ReferenceOutputs, done: EvaluatedVariant) -> None:

@@ -49,6 +49,7 @@ def open_run(
     # The float32 pivot joins whenever a variant is quantized (core.reporting.report.with_pivot).
     specs = tuple(with_pivot(selected))
     report = ReportFile.open(run_dir)
+    specs += derived_specs(report.data, specs)
     sha = model_sha256(inputs.model_path)
     if not report.data:
         report.data = new_report(
@@ -70,6 +71,18 @@ def open_run(
         dataset=drop_labels_outside(inputs.dataset, model.signature.num_classes),
         specs=specs,
         report=report,
+    )
+
+
+def derived_specs(
+    report: dict[str, Any], specs: tuple[VariantSpec, ...]
+) -> tuple[VariantSpec, ...]:
+    """Variants `--auto-fix` added before a worker restart: part of the job from then on."""
+    known = {spec.name for spec in specs}
+    return tuple(
+        VariantSpec.parse(entry["name"])
+        for entry in report.get("variants") or []
+        if entry.get("derived_by") and entry["name"] not in known
     )
 
 
@@ -264,6 +277,8 @@ def reproduce_command(job: JobSpec) -> str:
         parts += ["--ray-address", shlex.quote(job.ray_address)]
     if job.mlflow_uri:
         parts.append(f"--mlflow={shlex.quote(job.mlflow_uri)}")
+    if job.auto_fix:
+        parts.append(f"--auto-fix={job.auto_fix}")
     return " ".join(parts)
 
 

@@ -1,0 +1,169 @@
+"""Selective quantization: layers kept in float, and the measured search for which ones.
+
+On the converter backend an int8 model keeps named Keras layers in float through the
+QuantizationDebugger's denylist (`int8:keep=conv2d+dense`), reached through
+`core.engine.backends.tflite_from_reference`; the quantizer backend does it with its own recipe
+(core.engine.quantizer). `sensitivity_scan` and `greedy_fix` drive `--auto-fix` on either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from core.engine.models import ReferenceModel
+from core.errors import QuantLensError
+from core.types import Backend, IOType, VariantSpec
+
+
+def tflite_keeping_float(
+    model: ReferenceModel, spec: VariantSpec, calibration: np.ndarray, route: str
+) -> bytes:
+    """The int8 model of `spec` with the ops of `spec.float_layers` left in float.
+
+    The model is calibrated as the plain int8 conversion is (same converter settings and
+    images), then re-quantized with those ops' output tensors denylisted. I/O follows the
+    variant: int8 I/O is quantized fully, float32 I/O is left float, uint8 I/O is the int8
+    model with uint8 ends (as on the quantizer backend).
+
+    Raises:
+        ConversionFailed: a named layer has no op in the model, or the converter refused it.
+    """
+    maker = ConverterKeepFloat(model, replace(spec, float_layers=()), calibration, route)
+    return maker(spec.float_layers)
+
+
+class ConverterKeepFloat:
+    """Calibrate a converter int8 variant once, then re-quantize it with any layers kept float
+    (about 0.1 s each: what makes a sensitivity scan affordable)."""
+
+    def __init__(
+        self, model: ReferenceModel, spec: VariantSpec, calibration: np.ndarray, route: str
+    ) -> None:
+        from core.engine.diagnose import converter_debugger
+
+        self.spec = spec
+        with contextlib.redirect_stdout(sys.stderr):
+            self.debugger = converter_debugger(model, spec, route, calibration, calibration[:1])
+
+    def __call__(self, layers: tuple[str, ...]) -> bytes:
+        import tensorflow as tf
+
+        from core.engine.diagnose import float_nodes
+        from core.engine.quantizer import int8_io_to_uint8
+
+        spec = replace(self.spec, float_layers=layers)
+        self.debugger.options = tf.lite.experimental.QuantizationDebugOptions(
+            denylisted_nodes=float_nodes(self.debugger.calibrated_model, spec),
+            fully_quantize=spec.io_type is not IOType.FLOAT32,
+        )
+        with contextlib.redirect_stdout(sys.stderr):
+            data = bytes(self.debugger.get_nondebug_quantized_model())
+        if spec.io_type is IOType.UINT8:
+            data = int8_io_to_uint8(data, name=spec.name)
+        return data
+
+
+def keep_float_maker(
+    model: ReferenceModel,
+    spec: VariantSpec,
+    *,
+    calibration: np.ndarray,
+    route: str,
+    float_tflite: bytes,
+) -> Callable[[tuple[str, ...]], bytes]:
+    """layers -> the `.tflite` of `spec` with those layers kept float, on the variant's backend."""
+    if spec.backend is Backend.CONVERTER:
+        return ConverterKeepFloat(model, spec, calibration, route)
+
+    def quantize(layers: tuple[str, ...]) -> bytes:
+        from core.engine.quantizer import quantize_float_tflite
+
+        return quantize_float_tflite(float_tflite, replace(spec, float_layers=layers), calibration)
+
+    return quantize
+
+
+# -- measured sensitivity and auto-fix ---------------------------------------------------------
+
+SCAN_CANDIDATES = 20  # layers the statistics propose for the scan
+SCAN_IMAGES = 300  # evaluation images each candidate is measured on (the notes: ~300 suffice)
+SCAN_SECONDS = 180.0  # the scan stops measuring new candidates after this long
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """A model measured against the original on a set of images."""
+
+    agreement_pct: float
+    mean_kl: float
+    size_bytes: int
+    n: int  # images measured
+
+
+Evaluate = Callable[[bytes], Measurement]
+
+
+def sensitivity_scan(
+    make: Callable[[tuple[str, ...]], bytes],
+    evaluate: Evaluate,
+    candidates: list[str],
+    *,
+    progress: Callable[[float, str], None],
+    budget_s: float = SCAN_SECONDS,
+) -> list[dict[str, Any]]:
+    """Keep one candidate layer float at a time and measure the model; the best first.
+
+    Ranked by measured mean KL (lower is better), then agreement: a continuous measure, since a
+    few flipped images out of a few hundred are within noise. Each entry keeps the candidate's
+    rank by the statistics (`stat_rank`), so both rankings can be shown.
+
+    Raises:
+        ConversionFailed: a candidate cannot be made (it is skipped with the others kept,
+            unless none can be made).
+    """
+    started = time.monotonic()
+    measured: list[dict[str, Any]] = []
+    for rank, layer in enumerate(candidates):
+        if time.monotonic() - started > budget_s:
+            progress(1.0, f"sensitivity scan stopped at its {budget_s:g} s budget")
+            break
+        progress(rank / max(len(candidates), 1), f"sensitivity: {layer} kept in float")
+        try:
+            result = evaluate(make((layer,)))
+        except QuantLensError:  # that layer cannot be kept float, or LiteRT refuses the result
+            continue
+        measured.append({"layer": layer, "stat_rank": rank + 1, **asdict(result)})
+    return sorted(measured, key=lambda m: (m["mean_kl"], -m["agreement_pct"]))
+
+
+def greedy_fix(
+    make: Callable[[tuple[str, ...]], bytes],
+    evaluate: Evaluate,
+    ranked: list[str],
+    *,
+    max_layers: int,
+    meets: Callable[[Measurement], bool],
+    progress: Callable[[float, str], None],
+) -> list[dict[str, Any]]:
+    """Keep the first 1, 2, ... `max_layers` ranked layers float until the model `meets` the bar.
+
+    Returns every step tried, in order: its layers, agreement, mean KL, size and whether it met
+    the bar; the last step is the one to keep (it met the bar, or it is the K-th).
+    """
+    steps: list[dict[str, Any]] = []
+    for count in range(1, min(max_layers, len(ranked)) + 1):
+        layers = tuple(sorted(ranked[:count]))
+        progress(count / max_layers, f"auto-fix: {count} layer(s) in float")
+        result = evaluate(make(layers))
+        met = meets(result)
+        steps.append({"layers": list(layers), **asdict(result), "meets_threshold": met})
+        if met:
+            break
+    return steps

@@ -1,0 +1,297 @@
+"""The diagnose stage (issue 12): per-layer error of each finished quantized variant, then
+`--auto-fix` for the ones below the bar, with a measured search whose result joins the run as
+a derived variant (converted, evaluated and diagnosed here; timed with the others).
+
+Writes <variant>.layers.csv, each variant's `diagnosis` and `auto_fix` in report.json, and the
+derived variants' usual files. Reads the variants' .tflite and the decoded images, so it works
+whichever engine evaluated them. A restarted worker skips what report.json says is done.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from core.engine.convert import PROBE_IMAGES, ConversionResult
+from core.engine.stages.context import RunContext
+from core.engine.stages.convert import Conversion, convert_in_background
+from core.engine.stages.decode import first_images
+from core.engine.stages.evaluate import Evaluator, run_evaluation, written_agreement
+from core.engine.stages.files import DecodedCache
+from core.engine.stages.reference import ReferenceOutputs
+from core.errors import QuantLensError
+from core.inputs import rundir
+from core.jobs.protocol import DECODED_CACHE
+from core.types import NEEDS_CALIBRATION, JobSpec, Mode, VariantSpec
+
+if TYPE_CHECKING:
+    from core.engine.selective import Measurement
+
+DERIVED_BY_AUTO_FIX = "auto-fix"  # a variant entry's `derived_by`: added by --auto-fix
+
+
+def diagnose_variants(run: RunContext, reference: ReferenceOutputs) -> None:
+    """Diagnose every finished variant that has per-layer statistics and no diagnosis yet.
+
+    On --engine ray the images stayed on the cluster (the head decodes only a probe batch), so
+    a diagnosis would read images this machine does not have: each variant says so instead.
+    """
+    if run.job.engine == "ray":
+        _say_not_diagnosed_on_ray(run)
+        return
+    for spec in run.specs:
+        if needs_diagnosis(run, spec):
+            diagnose_finished(run, reference, spec)
+
+
+def _say_not_diagnosed_on_ray(run: RunContext) -> None:
+    note = "no per-layer diagnosis: it runs on the local engine only (--engine local)"
+    for spec in run.specs:
+        entry = run.report.variant(spec.name)
+        if needs_diagnosis(run, spec) and note not in entry["warnings"]:
+            entry["warnings"].append(note)
+    run.report.save()
+
+
+def needs_diagnosis(run: RunContext, spec: VariantSpec) -> bool:
+    """A finished quantized variant not diagnosed yet (a restarted worker does not repeat one)."""
+    from core.engine.diagnose import can_diagnose
+
+    if not can_diagnose(spec) or run.report.variant(spec.name)["status"] != "done":
+        return False
+    return spec.name not in (run.report.data.get("diagnosis") or {})
+
+
+def diagnose_finished(run: RunContext, reference: ReferenceOutputs, spec: VariantSpec) -> None:
+    """Per-layer error of a finished quantized variant: `<variant>.layers.csv` and the entry's
+    `diagnosis`. A diagnosis that fails is a warning; the variant's results stand."""
+    from core.engine.diagnose import LAYERS_SUFFIX, diagnose_variant
+    from core.reporting.report import record_diagnosis
+
+    if reference.calibration is None:
+        return
+    name = spec.name
+    entry = run.report.variant(name)
+    try:
+        summary = diagnose_variant(
+            run.model,
+            spec,
+            rundir.tflite_path(run.run_dir, name).read_bytes(),
+            float_tflite=float_tflite(run),
+            route=entry.get("conversion_route") or "",
+            calibration=reference.calibration,
+            flipped=images_at(run, np.flatnonzero(~written_agreement(run, name))),
+            out_csv=run.run_dir / f"{name}{LAYERS_SUFFIX}",
+            progress=lambda f, msg: run.emit("diagnose", f, msg, name),
+        )
+    except (QuantLensError, ValueError, RuntimeError, OSError) as exc:
+        summary = None
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        entry["warnings"].append(f"no per-layer diagnosis: {first}")
+    record_diagnosis(run.report.data, name, summary)
+    run.report.save()
+
+
+def auto_fix(
+    run: RunContext, reference: ReferenceOutputs, *, evaluator: Evaluator | None = None
+) -> RunContext:
+    """`--auto-fix K`: each judged variant below the bar that can keep layers in float gets a
+    measured sensitivity scan, a greedy fix, and the result as a derived variant.
+
+    Returns the context with the derived variants among its specs, so the time stage times them.
+    """
+    if not run.job.auto_fix:
+        return run
+    for spec in run.specs:
+        if auto_fix_applies(spec, run.report.variant(spec.name), run.job):
+            derived = _auto_fix_variant(run, reference, spec)
+            if derived is not None:
+                run = replace(run, specs=(*run.specs, derived))
+                _convert_and_evaluate(run, reference, derived, evaluator)
+    return run
+
+
+def auto_fix_applies(spec: VariantSpec, entry: dict[str, Any], job: JobSpec) -> bool:
+    """Whether `--auto-fix` works on this variant: a finished, judged variant without overrides,
+    below the bar (not for want of a verdict), on a mode that can keep layers in float."""
+    from core.reporting.report import ROLE_SELECTED, meets_threshold
+
+    if spec.float_layers or spec.int16_layers or entry.get("auto_fix") is not None:
+        return False
+    if entry.get("role") != ROLE_SELECTED or entry.get("status") != "done":
+        return False
+    if entry.get("verdict_reason") or entry.get("top1_agreement_pct") is None:
+        return False
+    if meets_threshold(
+        entry["top1_agreement_pct"],
+        entry.get("top1_agreement_ci95"),
+        job.min_agreement_pct,
+        job.verdict,
+    ):
+        return False
+    try:
+        replace(spec, float_layers=("any",)).check()
+    except QuantLensError:
+        return False
+    return True
+
+
+def _auto_fix_variant(
+    run: RunContext, reference: ReferenceOutputs, spec: VariantSpec
+) -> VariantSpec | None:
+    """Scan and fix one variant; records `auto_fix` on its entry and, when the fix is a new
+    variant, adds its pending entry to report.json and returns its spec."""
+    from core.engine import selective
+    from core.engine.diagnose import LAYERS_SUFFIX, candidate_layers
+    from core.reporting.report import ROLE_SELECTED, pending_variant
+
+    name = spec.name
+    entry = run.report.variant(name)
+    table = run.run_dir / f"{name}{LAYERS_SUFFIX}"
+    if not table.is_file() or reference.calibration is None:
+        entry["auto_fix"] = {"error": "no per-layer statistics to propose candidates from"}
+        run.report.save()
+        return None
+
+    def progress(fraction: float, message: str) -> None:
+        run.emit("auto-fix", fraction, f"{name}: {message}", name)
+
+    try:
+        make = selective.keep_float_maker(
+            run.model,
+            spec,
+            calibration=reference.calibration,
+            route=entry.get("conversion_route") or "",
+            float_tflite=float_tflite(run),
+        )
+        scan = selective.sensitivity_scan(
+            make,
+            lambda t: measure_tflite(run, reference, t, limit=selective.SCAN_IMAGES),
+            candidate_layers(table, selective.SCAN_CANDIDATES),
+            progress=progress,
+        )
+        steps = selective.greedy_fix(
+            make,
+            lambda t: measure_tflite(run, reference, t, limit=None),
+            [m["layer"] for m in scan],
+            max_layers=int(run.job.auto_fix or 0),
+            meets=lambda m: _meets_bar(run.job, m),
+            progress=progress,
+        )
+    except QuantLensError as exc:
+        entry["auto_fix"] = {"error": str(exc)}
+        run.report.save()
+        return None
+    derived = replace(spec, float_layers=tuple(steps[-1]["layers"])) if steps else None
+    entry["auto_fix"] = {
+        "candidates_by": f"the per-layer statistics ({table.name})",
+        "ranked_by": "measured mean KL with one layer in float, then agreement",
+        "scan_images": min(selective.SCAN_IMAGES, len(reference.probs)),
+        "sensitivity": scan,
+        "steps": steps,
+        "variant": None if derived is None else derived.name,
+    }
+    if derived is None or any(v["name"] == derived.name for v in run.report.data["variants"]):
+        run.report.save()
+        return None
+    # Saved before any work on it: a restarted worker re-adds it to the job (stages.start).
+    run.report.data["variants"].append(
+        {**pending_variant(derived, role=ROLE_SELECTED), "derived_by": DERIVED_BY_AUTO_FIX}
+    )
+    run.report.save()
+    return derived
+
+
+def _convert_and_evaluate(
+    run: RunContext,
+    reference: ReferenceOutputs,
+    spec: VariantSpec,
+    evaluator: Evaluator | None,
+) -> None:
+    """Convert a derived variant and evaluate it as the evaluate stage does any other, then
+    diagnose it."""
+    calibration = reference.calibration if spec.mode in NEEDS_CALIBRATION else None
+    future: Future[ConversionResult] = Future()
+    try:
+        future.set_result(
+            convert_in_background(run, spec, calibration, first_images(run, PROBE_IMAGES))
+        )
+    except QuantLensError as exc:
+        future.set_exception(exc)
+    run_evaluation(run, reference, [Conversion(spec=spec, future=future)], evaluator=evaluator)
+    if needs_diagnosis(run, spec):
+        diagnose_finished(run, reference, spec)
+
+
+def _meets_bar(job: JobSpec, measured: Measurement) -> bool:
+    """The verdict rule of the job, applied to a measurement (its Wilson interval recomputed)."""
+    from core.metrics.agreement import wilson_interval
+    from core.reporting.report import meets_threshold
+
+    agreeing = round(measured.agreement_pct * measured.n / 100.0)
+    low, high = wilson_interval(agreeing, measured.n)
+    return meets_threshold(
+        measured.agreement_pct, (100.0 * low, 100.0 * high), job.min_agreement_pct, job.verdict
+    )
+
+
+def measure_tflite(
+    run: RunContext, reference: ReferenceOutputs, tflite: bytes, *, limit: int | None
+) -> Measurement:
+    """Agreement and mean KL of a model against the original on the first `limit` evaluation
+    images (all of them when None), read from the run's decoded-image cache."""
+    from core.engine.runtime import TFLiteRunner, evaluation_batch
+    from core.engine.selective import Measurement
+    from core.inputs.presets import apply_preset
+    from core.metrics.agreement import sample_records, to_probabilities
+
+    batch = evaluation_batch(int(np.prod(run.image_shape)))
+    model = TFLiteRunner(tflite, threads=run.threads, name="candidate", batch=batch)
+    cache = DecodedCache(run.run_dir / DECODED_CACHE, run.image_shape)
+    total = len(cache) if limit is None else min(limit, len(cache))
+    outputs: list[np.ndarray] = []
+    done = 0
+    for pixels in cache.batches():
+        chunk = pixels[: total - done]
+        outputs.append(model.run_batch(apply_preset(chunk, run.job.preset)))
+        done += len(chunk)
+        if done >= total:
+            break
+    probs = to_probabilities(np.concatenate(outputs), softmax=reference.softmax)
+    records = sample_records(reference.probs[:total], probs)
+    kl = records.kl[np.isfinite(records.kl)]
+    return Measurement(
+        agreement_pct=float(100.0 * records.agree.mean()),
+        mean_kl=float(kl.mean()) if kl.size else float("inf"),
+        size_bytes=len(tflite),
+        n=total,
+    )
+
+
+def float_tflite(run: RunContext) -> bytes:
+    """The float32 TFLite model the quantizer starts from: the pivot's file when it exists."""
+    from core.engine.backends import tflite_from_reference
+
+    float32 = VariantSpec(mode=Mode.FLOAT32)
+    pivot = rundir.tflite_path(run.run_dir, float32.name)
+    if pivot.is_file():
+        return pivot.read_bytes()
+    return tflite_from_reference(
+        run.model, float32, model_sha256=run.model_sha, cache_dir=run.cache_dir
+    ).tflite
+
+
+def images_at(run: RunContext, positions: np.ndarray) -> np.ndarray:
+    """Preprocessed evaluation images (float32 [N,H,W,C]) by their row positions, at most
+    core.engine.diagnose.MAX_IMAGES of them."""
+    from core.engine.diagnose import MAX_IMAGES
+    from core.inputs.presets import apply_preset
+
+    cache = DecodedCache(run.run_dir / DECODED_CACHE, run.image_shape)
+    chosen = [cache.read(int(p)) for p in positions[:MAX_IMAGES]]
+    if not chosen:
+        return np.zeros((0, *run.image_shape), dtype=np.float32)
+    return apply_preset(np.stack(chosen), run.job.preset).astype(np.float32)

@@ -1,0 +1,170 @@
+"""Pure plotly figures of the per-layer diagnosis and the auto-fix path (the Layers page)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from core.reporting.figures import FAIL_COLOR, ORIGINAL_COLOR, TFLITE_COLOR, _layout
+
+RMSE_SCALE = "rmse/scale"
+SUSPICIOUS_RMSE_SCALE = 0.7  # the TF guide's rule of thumb
+
+
+def _value(row: Mapping[str, Any], column: str) -> float | None:
+    raw = row.get(column)
+    if raw is None or raw == "":
+        return None
+    return float(raw)
+
+
+def layer_error(row: Mapping[str, Any], *, ranked_by: str, flipped: bool) -> float | None:
+    """A `<variant>.layers.csv` row's error under the diagnosis's ranking rule: rmse/scale, or
+    1 − cosine where the variant keeps float activations."""
+    prefix = "flipped_" if flipped else ""
+    if ranked_by == RMSE_SCALE:
+        return _value(row, f"{prefix}rmse_per_scale")
+    cosine = _value(row, f"{prefix}cosine")
+    return None if cosine is None else 1.0 - cosine
+
+
+def layer_error_figure(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    ranked_by: str,
+    suspects: Sequence[int],
+    height: int = 420,
+) -> go.Figure:
+    """Per-op error along the network's depth, on the calibration and the flipped images.
+
+    Args:
+        rows: `<variant>.layers.csv` rows in graph order.
+        ranked_by: "rmse/scale" or "1 - cosine" (the diagnosis's `ranked_by`).
+        suspects: `order` values of the suspect ops, drawn as red rings.
+        height: figure height in pixels.
+    """
+    fig = go.Figure()
+    order = [int(r["order"]) for r in rows]
+    hover = [f"{r['layer']} ({r['op']})<br>order {r['order']}" for r in rows]
+    for flipped, label, color in (
+        (False, "calibration images", ORIGINAL_COLOR),
+        (True, "flipped images", TFLITE_COLOR),
+    ):
+        values = [layer_error(r, ranked_by=ranked_by, flipped=flipped) for r in rows]
+        if all(v is None for v in values):
+            continue
+        fig.add_trace(
+            go.Scatter(
+                x=order,
+                y=values,
+                mode="lines+markers",
+                name=label,
+                line={"color": color},
+                text=hover,
+                hovertemplate="%{text}<br>" + ranked_by + " %{y:.3g}<extra>" + label + "</extra>",
+            )
+        )
+    marked = [r for r in rows if int(r["order"]) in set(suspects)]
+    if marked:
+        flipped_known = any(_value(r, "flipped_rmse_per_scale") is not None for r in marked) or any(
+            _value(r, "flipped_cosine") is not None for r in marked
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=[int(r["order"]) for r in marked],
+                y=[layer_error(r, ranked_by=ranked_by, flipped=flipped_known) for r in marked],
+                mode="markers",
+                name="suspect",
+                marker={
+                    "size": 16,
+                    "color": "rgba(0,0,0,0)",
+                    "line": {"color": FAIL_COLOR, "width": 2},
+                },
+                text=[f"{r['layer']} ({r['op']})" for r in marked],
+                hovertemplate="suspect: %{text}<extra></extra>",
+            )
+        )
+    if ranked_by == RMSE_SCALE:
+        fig.add_hline(
+            y=SUSPICIOUS_RMSE_SCALE,
+            line={"dash": "dot", "color": "#888"},
+            annotation_text="0.7: more than rounding explains",
+        )
+    # Integer ticks: an op has an order, not a position between two.
+    fig.update_xaxes(tick0=0, dtick=max(1, len(rows) // 12))
+    y_title = (
+        "rmse / scale (quantization steps)" if ranked_by == RMSE_SCALE else "1 − cosine similarity"
+    )
+    return _layout(
+        fig,
+        title="Quantization error along the network",
+        x_title="op order in the model (input → output)",
+        y_title=y_title,
+        height=height,
+    )
+
+
+def autofix_path_figure(
+    steps: Sequence[Mapping[str, Any]],
+    *,
+    parent_agreement_pct: float,
+    parent_size_bytes: int,
+    threshold_pct: float,
+    height: int = 380,
+) -> go.Figure:
+    """Agreement and size against the number of layers kept in float, from the parent (0) on.
+
+    Args:
+        steps: the parent's `auto_fix.steps` (layers, agreement_pct, size_bytes).
+        parent_agreement_pct: the parent's top-1 agreement, the path's start.
+        parent_size_bytes: the parent's size, the path's start.
+        threshold_pct: the agreement bar, drawn as a dashed line.
+        height: figure height in pixels.
+    """
+    counts = [0, *[len(s["layers"]) for s in steps]]
+    agreement = [parent_agreement_pct, *[float(s["agreement_pct"]) for s in steps]]
+    sizes = [parent_size_bytes / 1e6, *[int(s["size_bytes"]) / 1e6 for s in steps]]
+    layers = ["(the parent)", *[" + ".join(s["layers"]) for s in steps]]
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    fig.add_trace(
+        go.Scatter(
+            x=counts,
+            y=agreement,
+            mode="lines+markers",
+            name="top-1 agreement",
+            line={"color": TFLITE_COLOR},
+            text=layers,
+            hovertemplate="%{text}<br>agreement %{y:.2f} %<extra></extra>",
+        ),
+        secondary_y=False,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=counts,
+            y=sizes,
+            mode="lines+markers",
+            name="size",
+            line={"color": ORIGINAL_COLOR, "dash": "dash"},
+            text=layers,
+            hovertemplate="%{text}<br>%{y:.3f} MB<extra></extra>",
+        ),
+        secondary_y=True,
+    )
+    fig.add_hline(
+        y=threshold_pct,
+        line={"dash": "dot", "color": FAIL_COLOR},
+        annotation_text=f"threshold {threshold_pct:g} %",
+    )
+    _layout(
+        fig,
+        title="Auto-fix path",
+        x_title="layers kept in float",
+        y_title="top-1 agreement (%)",
+        height=height,
+    )
+    fig.update_yaxes(title_text="size (MB)", secondary_y=True, showgrid=False)
+    fig.update_xaxes(dtick=1)
+    return fig

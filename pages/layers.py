@@ -1,0 +1,116 @@
+"""Layers: which ops lose the most under quantization, the measured sensitivity, and the
+auto-fix path (issue 12)."""
+
+import streamlit as st
+
+from core.reporting.layer_figures import autofix_path_figure, layer_error, layer_error_figure
+from ui import fmt, keys, widgets
+
+st.title("Layers")
+res = widgets.require_results()
+widgets.run_header(res)
+
+diagnosed = [v for v in res.variants if v.extra.get("diagnosis")]
+if not diagnosed:
+    st.info(
+        "No per-layer diagnosis in this run. Int8 variants (both backends) and every quantizer "
+        "variant are diagnosed when they finish; float16 and dynamic on the converter have no "
+        "per-layer statistics.",
+        icon=":material/info:",
+    )
+    st.stop()
+
+names = [v.name for v in diagnosed]
+name = st.selectbox("Variant", names, key=keys.LAYERS_VARIANT)
+entry = res.variant(name)
+diagnosis = entry.extra["diagnosis"]
+rows = res.layer_rows(name)
+ranked_by = str(diagnosis.get("ranked_by") or "rmse/scale")
+st.caption(
+    f"{fmt.text(diagnosis.get('source', ''))}: {diagnosis.get('calibration_images', 0)} "
+    f"calibration images and {diagnosis.get('flipped_images', 0)} images this variant flipped. "
+    f"Suspects are ranked by {fmt.text(ranked_by)} on the flipped images."
+    + (
+        f" Derived from **{fmt.text(entry.identity.parent)}** with "
+        f"{fmt.text(', '.join(entry.identity.float_layers))} in float."
+        if entry.identity.parent
+        else ""
+    )
+)
+if not rows:
+    st.warning(f"{name}.layers.csv is missing from the run folder; only the summary is shown.")
+else:
+    suspect_orders = [int(s["order"]) for s in diagnosis.get("suspects") or []]
+    st.plotly_chart(
+        layer_error_figure(rows, ranked_by=ranked_by, suspects=suspect_orders),
+        key="layers.depth",
+    )
+
+# The ranked table: the statistics' ranking, and the measured one when auto-fix ran.
+fix = entry.extra.get("auto_fix") or {}
+measured = {m["layer"]: (rank, m) for rank, m in enumerate(fix.get("sensitivity") or [], 1)}
+
+
+def _stat_error(row: dict[str, str]) -> float | None:
+    flipped = layer_error(row, ranked_by=ranked_by, flipped=True)
+    return flipped if flipped is not None else layer_error(row, ranked_by=ranked_by, flipped=False)
+
+
+scored = sorted(
+    (r for r in rows if _stat_error(r) is not None), key=lambda r: -(_stat_error(r) or 0)
+)
+stat_rank = {r["order"]: rank for rank, r in enumerate(scored, 1)}
+table = []
+for row in sorted(rows, key=lambda r: stat_rank.get(r["order"], len(rows) + 1)):
+    hit = measured.get(row["layer"])
+    table.append(
+        {
+            "rank by statistics": stat_rank.get(row["order"]),
+            "rank measured": hit[0] if hit else None,
+            "layer": row["layer"],
+            "op": row["op"],
+            "order": int(row["order"]),
+            f"{ranked_by} (calibration)": layer_error(row, ranked_by=ranked_by, flipped=False),
+            f"{ranked_by} (flipped)": layer_error(row, ranked_by=ranked_by, flipped=True),
+            "mean KL, layer in float": hit[1]["mean_kl"] if hit else None,
+            "agreement %, layer in float": hit[1]["agreement_pct"] if hit else None,
+            "shape": row["shape"],
+            "scale": row["scale"],
+            "zero point": row["zero_point"],
+        }
+    )
+st.subheader("Ranked layers")
+st.dataframe(table, hide_index=True, key="layers.table")
+st.caption(
+    "Rank by statistics: the error on the flipped images (calibration when none flipped). "
+    + (
+        "Rank measured: each layer alone kept in float, the model re-run on "
+        f"{fix.get('scan_images')} images, ranked by mean KL(original ‖ model); "
+        "**the auto-fix proposal uses the measured ranking.**"
+        if measured
+        else "Run with --auto-fix to measure each layer's effect; the statistics alone can "
+        "pick layers whose float version makes agreement worse."
+    )
+)
+
+steps = fix.get("steps") or []
+if steps:
+    st.subheader("Auto-fix path")
+    st.plotly_chart(
+        autofix_path_figure(
+            steps,
+            parent_agreement_pct=float(entry.result.top1_agreement_pct or 0.0),
+            parent_size_bytes=int(entry.result.size_bytes or 0),
+            threshold_pct=res.threshold_pct,
+        ),
+        key="layers.autofix",
+    )
+    last = steps[-1]
+    verdict = "meets" if last["meets_threshold"] else "does not meet"
+    st.markdown(
+        f"**{fmt.text(fix.get('variant') or '')}**: {len(last['layers'])} layer(s) in float, "
+        f"{last['agreement_pct']:.2f} % agreement ({verdict} the {res.threshold_pct:g} % bar), "
+        f"{fmt.mb(int(last['size_bytes']))} against {fmt.mb(int(entry.result.size_bytes or 0))}."
+    )
+elif fix.get("error"):
+    st.warning(f"Auto-fix did not run: {fix['error']}")

@@ -1,0 +1,90 @@
+"""The Layers page against a hand-built run with a per-layer table, a diagnosis and an auto-fix
+path: what the user reads matches the files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from core.inputs import rundir
+from tests.app.conftest import OpenPage
+from tests.app.fixtures import build_run, read_report
+
+LAYERS_CSV = """order,layer,layers,op,shape,scale,zero_point,rmse_per_scale,mean_error,max_abs_error,cosine,flipped_rmse_per_scale,flipped_mean_error,flipped_max_abs_error,flipped_cosine,tensor_name
+0,conv2d,re_lu+conv2d,CONV_2D,1x16x16x24,0.0046,-128,0.29,0,0.006,,0.31,0,0.006,,m/re_lu_1/Relu6;m/conv2d_1/convolution
+1,depthwise_conv2d,depthwise_conv2d,DEPTHWISE_CONV_2D,1x16x16x24,0.0011,-128,0.21,0,0.001,,1.42,0,0.004,,m/depthwise_conv2d_1/depthwise
+2,dense,dense,FULLY_CONNECTED,1x64,0.00006,-128,0.41,0,0.0001,,0.40,0,0.0001,,m/dense_1/MatMul
+3,(model output),,SOFTMAX,1x4,0.0039,-128,0.34,0,0.0017,,0.35,0,0.0017,,StatefulPartitionedCall_1:0
+"""
+
+
+def _diagnosed_run(home: Path) -> Path:
+    run_dir = build_run(home, flips={"float16": 0, "int8": 6})
+    report = read_report(run_dir)
+    int8 = next(v for v in report["variants"] if v["name"] == "int8")
+    int8["diagnosis"] = {
+        "source": "quantization debugger (per op, fed the quantized input)",
+        "calibration_images": 40,
+        "flipped_images": 6,
+        "ranked_by": "rmse/scale",
+        "suspects": [{"layer": "depthwise_conv2d", "op": "DEPTHWISE_CONV_2D", "order": 1}],
+        "table": "int8.layers.csv",
+    }
+    int8["auto_fix"] = {
+        "scan_images": 40,
+        "sensitivity": [
+            {"layer": "dense", "stat_rank": 2, "agreement_pct": 95.0, "mean_kl": 0.01},
+            {"layer": "depthwise_conv2d", "stat_rank": 1, "agreement_pct": 87.5, "mean_kl": 0.03},
+        ],
+        "steps": [
+            {
+                "layers": ["dense"],
+                "agreement_pct": 95.0,
+                "mean_kl": 0.01,
+                "size_bytes": int8["size_bytes"] + 9000,
+                "n": 40,
+                "meets_threshold": True,
+            }
+        ],
+        "variant": "int8:keep=dense",
+    }
+    (run_dir / "int8.layers.csv").write_text(LAYERS_CSV, encoding="utf-8")
+    (run_dir / rundir.REPORT).write_text(json.dumps(report), encoding="utf-8")
+    return run_dir
+
+
+def test_layers_page_shows_depth_chart_both_rankings_and_the_path(
+    home: Path, open_page: OpenPage
+) -> None:
+    run_dir = _diagnosed_run(home)
+    at = open_page("layers")
+    assert [s.value for s in at.selectbox] == ["int8"]  # float16 has no diagnosis
+    charts = at.get("plotly_chart")
+    assert len(charts) == 2  # error along depth, and the auto-fix path
+    depth = json.loads(charts[0].proto.spec)
+    traces = {t["name"]: t for t in depth["data"]}
+    assert traces["calibration images"]["y"] == [0.29, 0.21, 0.41, 0.34]
+    assert traces["flipped images"]["y"] == [0.31, 1.42, 0.40, 0.35]
+    assert traces["suspect"]["x"] == [1]  # the suspect is ringed at its depth
+    assert depth["layout"]["xaxis"]["title"]["text"] == "op order in the model (input → output)"
+    table = at.dataframe[0].value
+    # Ranked by the flipped images' rmse/scale: the depthwise conv first, the softmax row ranked too.
+    assert list(table["layer"]) == ["depthwise_conv2d", "dense", "(model output)", "conv2d"]
+    assert list(table["rank by statistics"]) == [1, 2, 3, 4]
+    measured = dict(zip(table["layer"], table["rank measured"], strict=True))
+    assert measured["dense"] == 1 and measured["depthwise_conv2d"] == 2
+    path = json.loads(charts[1].proto.spec)
+    agreement = next(t for t in path["data"] if t["name"] == "top-1 agreement")
+    assert agreement["x"] == [0, 1]
+    parent = next(v for v in read_report(run_dir)["variants"] if v["name"] == "int8")
+    assert agreement["y"] == [parent["top1_agreement_pct"], 95.0]
+    text = " ".join(m.value for m in at.markdown) + " ".join(c.value for c in at.caption)
+    assert "the auto-fix proposal uses the measured ranking" in text
+    assert "1 layer(s) in float, 95.00 % agreement (meets the 95 % bar)" in text
+
+
+def test_layers_page_explains_a_run_without_diagnosis(home: Path, open_page: OpenPage) -> None:
+    build_run(home, flips={"float16": 0, "int8": 6})
+    at = open_page("layers")
+    assert not at.get("plotly_chart")
+    assert any("No per-layer diagnosis in this run" in i.value for i in at.info)

@@ -1,0 +1,212 @@
+"""`--auto-fix K` (issue 12): the greedy search stops at the threshold or at K, each step is
+recorded, and the derived variant it leaves is real: its agreement is recomputed here from its
+own `.tflite` with ai_edge_litert and the original with TensorFlow."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.engine.selective import Measurement, greedy_fix, sensitivity_scan
+from core.errors import ConversionFailed
+from tests.core.test_cli import run_cli
+from tests.core.test_cli_quantizer import _inputs, _reference_probs, _tflite_probs
+from tests.core.test_selective import _of, _ops, _write_images
+
+# -- the search itself, on scripted measurements ------------------------------------------------
+
+
+def _scripted(agreement: dict[tuple[str, ...], float]) -> tuple[object, object]:
+    """make: layers -> bytes naming them; evaluate: bytes -> the scripted agreement (KL falls
+    as agreement rises)."""
+
+    def make(layers: tuple[str, ...]) -> bytes:
+        if "broken" in layers:
+            raise ConversionFailed("broken: cannot be kept in float")
+        return "+".join(sorted(layers)).encode()
+
+    def evaluate(data: bytes) -> Measurement:
+        layers = tuple(sorted(data.decode().split("+")))
+        pct = agreement.get(layers, 50.0)
+        return Measurement(
+            agreement_pct=pct, mean_kl=(100 - pct) / 100, size_bytes=len(data), n=100
+        )
+
+    return make, evaluate
+
+
+def test_greedy_fix_stops_at_the_first_step_that_meets_the_bar() -> None:
+    make, evaluate = _scripted({("a",): 80.0, ("a", "b"): 96.0, ("a", "b", "c"): 99.0})
+    steps = greedy_fix(
+        make,  # type: ignore[arg-type]
+        evaluate,  # type: ignore[arg-type]
+        ["a", "b", "c", "d"],
+        max_layers=4,
+        meets=lambda m: m.agreement_pct >= 95.0,
+        progress=lambda f, m: None,
+    )
+    assert [s["layers"] for s in steps] == [["a"], ["a", "b"]]
+    assert [s["meets_threshold"] for s in steps] == [False, True]
+    assert steps[-1]["agreement_pct"] == 96.0 and steps[-1]["mean_kl"] == pytest.approx(0.04)
+
+
+def test_greedy_fix_stops_at_k_when_the_bar_is_never_met() -> None:
+    make, evaluate = _scripted({("a",): 80.0, ("a", "b"): 90.0})
+    steps = greedy_fix(
+        make,  # type: ignore[arg-type]
+        evaluate,  # type: ignore[arg-type]
+        ["a", "b", "c"],
+        max_layers=2,
+        meets=lambda m: m.agreement_pct >= 95.0,
+        progress=lambda f, m: None,
+    )
+    assert [s["layers"] for s in steps] == [["a"], ["a", "b"]]
+    assert not any(s["meets_threshold"] for s in steps)
+
+
+def test_sensitivity_ranks_by_measured_error_and_keeps_the_statistics_rank() -> None:
+    make, evaluate = _scripted({("a",): 51.0, ("b",): 70.0, ("c",): 60.0})
+    ranked = sensitivity_scan(
+        make,  # type: ignore[arg-type]
+        evaluate,  # type: ignore[arg-type]
+        ["a", "broken", "b", "c"],
+        progress=lambda f, m: None,
+    )
+    # b helps most although the statistics ranked it third; a layer that cannot be made is left out.
+    assert [(m["layer"], m["stat_rank"]) for m in ranked] == [("b", 3), ("c", 4), ("a", 1)]
+
+
+def test_sensitivity_scan_respects_its_time_budget() -> None:
+    make, evaluate = _scripted({})
+    ranked = sensitivity_scan(
+        make,  # type: ignore[arg-type]
+        evaluate,  # type: ignore[arg-type]
+        ["a", "b", "c"],
+        progress=lambda f, m: None,
+        budget_s=-1.0,
+    )
+    assert ranked == []
+
+
+# -- end to end on a model int8 really breaks ---------------------------------------------------
+
+
+def build_outlier_model(path: Path) -> Path:
+    """A conv whose one outlier channel (5000x the others) sets its output's int8 scale, followed
+    by a 1x1 conv that ignores that channel: int8 loses the information the logits need, and
+    keeping those two layers in float gives it back. A real, known failure mode of per-tensor
+    activation quantization, built on purpose so the test knows where the damage is."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 16, 3), name="image")
+    x = layers.Conv2D(8, 3, padding="same", name="wide")(inputs)
+    x = layers.ReLU(name="wide_relu")(x)
+    x = layers.Conv2D(8, 1, name="mix")(x)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = layers.Dense(4, name="head")(x)
+    model = keras.Model(inputs, outputs)
+    weights, bias = model.get_layer("wide").get_weights()
+    weights[..., 0] *= 5000.0
+    model.get_layer("wide").set_weights([weights, bias])
+    weights, bias = model.get_layer("mix").get_weights()
+    weights[:, :, 0, :] = 0.0
+    model.get_layer("mix").set_weights([weights, bias])
+    model.export(str(path), verbose=False)
+    return path
+
+
+@pytest.mark.slow
+def test_auto_fix_stops_at_the_threshold_with_a_variant_that_reproduces(tmp_path: Path) -> None:
+    model = build_outlier_model(tmp_path / "outlier")
+    data = _write_images(tmp_path / "data")
+    out = tmp_path / "out"
+    done = run_cli(
+        "run",
+        str(model),
+        "--data",
+        str(data),
+        "--modes",
+        "int8",
+        "--auto-fix=4",
+        "--preprocess",
+        "unit",
+        "--min-agreement",
+        "99",
+        "--latency-runs",
+        "3",
+        "--out",
+        str(out),
+        home=tmp_path,
+    )
+    report = json.loads((out / "report.json").read_text())
+    by_name = {v["name"]: v for v in report["variants"]}
+    parent = by_name["int8"]
+    assert parent["top1_agreement_pct"] < 99
+    fix = parent["auto_fix"]
+    steps = fix["steps"]
+    # It stopped at the first step that met the bar, within K, and recorded every step.
+    assert 1 <= len(steps) <= 4
+    assert steps[-1]["meets_threshold"] and steps[-1]["agreement_pct"] >= 99
+    assert not any(s["meets_threshold"] or s["agreement_pct"] >= 99 for s in steps[:-1])
+    assert [len(s["layers"]) for s in steps] == list(range(1, len(steps) + 1))
+    assert all(s["n"] == 24 and s["size_bytes"] > 0 and s["mean_kl"] >= 0 for s in steps)
+    # Both rankings are there: the measured order and each layer's rank by the statistics.
+    assert {m["layer"] for m in fix["sensitivity"]} >= {"wide", "mix"}
+    assert all(m["stat_rank"] >= 1 for m in fix["sensitivity"])
+    # The derived variant: named by its layers, with parent and float_layers, and real.
+    derived = by_name[fix["variant"]]
+    assert derived["parent"] == "int8" and derived["float_layers"] == steps[-1]["layers"]
+    assert {"wide", "mix"} <= set(derived["float_layers"])
+    assert derived["status"] == "done" and derived["latency_ms"]["n"] == 3
+    assert derived["passed"] is True and done.returncode == 1  # the parent still fails
+    images = _inputs(data)
+    ref = _reference_probs(model, images).argmax(axis=1)
+    for name in ("int8", derived["name"]):
+        tfl = _tflite_probs(out / f"{name}.tflite", images).argmax(axis=1)
+        assert by_name[name]["top1_agreement_pct"] == pytest.approx(100 * np.mean(ref == tfl))
+    assert derived["top1_agreement_pct"] > parent["top1_agreement_pct"]
+    assert derived["size_bytes"] == steps[-1]["size_bytes"]
+    ops = _ops((out / f"{derived['name']}.tflite").read_bytes())
+    assert [o for o, _ in _of(ops, "CONV_2D", "wide_1")] == ["FLOAT32"]
+    assert "--auto-fix=4" in report["run"]["command"]
+
+
+@pytest.mark.slow
+def test_a_variant_auto_fix_added_survives_a_worker_restart(tmp_path: Path) -> None:
+    """int8's fix is added and evaluated, then int8_q's fix crashes its worker (an injected
+    segfault); the restarted worker still counts int8's fix as part of the job and times it."""
+    model = build_outlier_model(tmp_path / "outlier")
+    data = _write_images(tmp_path / "data")
+    out = tmp_path / "out"
+    # The name the greedy search reaches on this model and data (measured once, deterministic).
+    crashing = "int8_q:keep=mix+pool+wide"
+    run_cli(
+        "run",
+        str(model),
+        "--data",
+        str(data),
+        "--modes",
+        "int8,int8_q",
+        "--auto-fix=4",
+        "--preprocess",
+        "unit",
+        "--min-agreement",
+        "99",
+        "--latency-runs",
+        "3",
+        "--out",
+        str(out),
+        home=tmp_path,
+        env={"QUANTLENS_FAULT": f"segv@infer:{crashing}"},
+    )
+    report = json.loads((out / "report.json").read_text())
+    by_name = {v["name"]: v for v in report["variants"]}
+    assert by_name[crashing]["status"] == "crashed"
+    survivor = by_name[by_name["int8"]["auto_fix"]["variant"]]
+    assert survivor["parent"] == "int8" and survivor["status"] == "done"
+    assert survivor["latency_ms"] is not None and survivor["latency_ms"]["n"] == 3
