@@ -341,6 +341,7 @@ def test_ctrl_c_cancels_the_run_and_exits_130(
         [sys.executable, "-m", "core", "run", str(tiny_models["keras"]), "--data",
          str(tiny_data), "--modes", "float16", "--out", str(out)],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_default_sigint,
     )  # fmt: skip
     try:
         deadline = time.time() + 300
@@ -357,6 +358,12 @@ def test_ctrl_c_cancels_the_run_and_exits_130(
     report = json.loads((out / "report.json").read_text())
     assert report["run"]["status"] == "cancelled"
     assert report["variants"][0]["status"] == "cancelled"
+
+
+def _default_sigint() -> None:
+    """Ctrl-C as a terminal delivers it: a suite started in the background (`make test &`)
+    inherits SIGINT ignored, which would make the CLI deaf to it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _read(path: Path) -> bytes:
