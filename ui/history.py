@@ -18,6 +18,7 @@ from core.history import cleanup
 from core.history.store import RunRow, RunStore, open_store
 from core.inputs import rundir
 from core.jobs import launch as jobs
+from core.reporting.report import NO_VERDICT
 from core.reporting.results import report_mtime
 from core.reporting.runmodel import RunReport, read_report, write_report
 from core.types import RunStatus
@@ -123,10 +124,13 @@ def status_text(row: RunRow) -> str:
 
 
 def verdict(row: RunRow) -> str:
-    """PASS when every judged variant passed, FAIL when one did not, blank when none was judged."""
-    if row.all_passed is None:
-        return ""
-    return "PASS" if row.all_passed else "FAIL"
+    """FAIL when a judged variant failed; NO VERDICT when a variant could not be judged (its
+    original is near chance); PASS when every variant passed; blank when none was judged."""
+    if row.all_passed is False:
+        return "FAIL"
+    if row.no_verdict:
+        return NO_VERDICT
+    return "" if row.all_passed is None else "PASS"
 
 
 def runs_table(rows: Sequence[RunRow], *, base: Path | None = None) -> pd.DataFrame:

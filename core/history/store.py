@@ -118,21 +118,25 @@ _JOB_OPTION_KEYS = (
 # A unit separator cannot appear in a variant name, so it safely joins them in group_concat.
 _SEP = "\x1f"
 
+_JUDGED = "json_extract(metrics_json, '$.verdict_reason') IS NULL"
 _SELECT_RUNS = f"""
     SELECT r.id, r.name, r.created, r.finished, r.status, r.model_path, r.model_format,
            r.data_path, r.preset, r.job_json, r.trusted, r.error, r.run_dir,
            r.model_sha256, r.data_sha256, r.cpu, r.threads,
-           v.names, v.best, v.passed_min, v.n_passed
+           v.names, v.best, v.passed_min, v.n_passed, v.n_no_verdict
     FROM runs AS r
     LEFT JOIN (
         SELECT run_id,
                group_concat(name, '{_SEP}') AS names,
-               -- passed is NULL on a float32 pivot the run added on its own: not judged,
-               -- so its agreement is not the run's best.
-               max(CASE WHEN status = 'done' AND passed IS NOT NULL
+               -- passed is NULL on a float32 pivot the run added on its own, and a variant
+               -- with no verdict agrees with a near-chance original: neither is the best.
+               max(CASE WHEN status = 'done' AND passed IS NOT NULL AND {_JUDGED}
                         THEN top1_agreement_pct END) AS best,
-               min(passed) AS passed_min,
-               count(passed) AS n_passed
+               -- A variant with no verdict (its original is near chance) is stored with
+               -- passed = 0, as it never passes; but the run did not FAIL on it.
+               min(CASE WHEN {_JUDGED} THEN passed END) AS passed_min,
+               count(CASE WHEN {_JUDGED} THEN passed END) AS n_passed,
+               count(CASE WHEN NOT ({_JUDGED}) THEN 1 END) AS n_no_verdict
         FROM variants GROUP BY run_id
     ) AS v ON v.run_id = r.id
 """
@@ -161,6 +165,7 @@ class RunRow:
     cpu: str | None = None
     threads: int | None = None
     trusted: bool = False
+    no_verdict: bool = False  # some finished variant has no verdict (original near chance)
 
 
 def open_store(
@@ -995,6 +1000,7 @@ class RunStore:
             best,
             passed_min,
             n_passed,
+            n_no_verdict,
         ) = r
         # Requested variants first, in the job's order; then any others the worker wrote.
         modes: list[str] = []
@@ -1016,6 +1022,7 @@ class RunStore:
             modes=modes,
             best_agreement_pct=best,
             all_passed=None if not n_passed else bool(passed_min),
+            no_verdict=bool(n_no_verdict),
             run_dir=Path(run_dir),
             error=error,
             preset=preset,

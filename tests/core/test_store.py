@@ -716,3 +716,38 @@ def test_remove_run_removes_rows_only(tmp_path: Path, store: RunStore) -> None:
     assert store.get_run("r") is None
     assert store.variants("r") == []
     assert (run_dir / "int8.tflite").read_bytes() == b"model"  # files are cleanup's job
+
+
+def test_a_variant_without_a_verdict_does_not_fail_the_run(tmp_path: Path, store: RunStore) -> None:
+    """Agreement with a near-chance original means nothing: History says NO VERDICT, not FAIL,
+    and that agreement is not the run's best."""
+    from ui.history import verdict
+
+    reason = "the original's accuracy is 11.0 %, near chance (10 classes)"
+    runs = {
+        "nv": [_variant("int8", 99.0, passed=False, verdict_reason=reason)],
+        "mixed": [
+            _variant("float16", 96.0, passed=True),
+            _variant("int8", 99.5, passed=False, verdict_reason=reason),
+        ],
+        "failed": [
+            _variant("float16", 90.0, passed=False),
+            _variant("int8", 99.0, passed=False, verdict_reason=reason),
+        ],
+    }
+    for run_id, variants in runs.items():
+        _new_run(store, tmp_path, run_id, name=run_id)
+        store.sync_report(run_id, {"run": {"id": run_id}, "variants": variants})
+        store.set_status(run_id, RunStatus.DONE)
+    rows = {r.id: r for r in store.list_runs()}
+    assert (rows["nv"].all_passed, rows["nv"].no_verdict, rows["nv"].best_agreement_pct) == (
+        None,
+        True,
+        None,
+    )
+    assert [verdict(rows[r]) for r in ("nv", "mixed", "failed")] == [
+        "NO VERDICT",
+        "NO VERDICT",
+        "FAIL",
+    ]
+    assert rows["mixed"].best_agreement_pct == 96.0
