@@ -137,3 +137,42 @@ def test_a_separate_calibration_set_is_used_and_changes_int8(
     assert "--calibration-data" in report["run"]["command"]
     # Other calibration images, other int8 ranges: the model bytes differ.
     assert (out / "int8.tflite").read_bytes() != (held_out / "int8.tflite").read_bytes()
+
+
+def test_cancelling_the_sweep_keeps_the_runs_finished_results(
+    tiny_models: dict[str, Path], data: Path, tmp_path: Path
+) -> None:
+    """Ctrl-C while a sweep point is being made: the run is cancelled, every variant it had
+    finished stays done with its numbers, and the sweep has no point it did not finish."""
+    import os
+    import signal
+    import sys
+    import time
+
+    from tests.core.test_cli import REPO, _default_sigint, _read
+
+    out = tmp_path / "out"
+    env = {**os.environ, "QUANTLENS_HOME": str(tmp_path), "QUANTLENS_FAULT": "hang@sweep"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "core", "run", str(tiny_models["keras"]), "--data", str(data),
+         *COMMON, "--calibration-sweep", "4", "--sweep-seeds", "1", "--out", str(out)],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_default_sigint,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and b"sweep int8 n=4 seed 1 (1/2)" not in _read(
+            out / "progress.jsonl"
+        ):
+            time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["run"]["status"] == "cancelled"
+    for variant in report["variants"]:
+        assert variant["status"] == "done" and variant["n"] == 16
+        assert variant["latency_ms"] is not None  # timed before the sweep began
+    assert report["sweep"]["modes"]["int8"]["points"] == []

@@ -184,7 +184,7 @@ def test_calibration_replaces_undecodable_draws(tmp_path: Path, mixed_data: Path
 def test_calibration_takes_every_decodable_image_when_asked_for_more(
     tmp_path: Path, mixed_data: Path
 ) -> None:
-    job, dataset, evaluated, kept, cache = _calibration_inputs(
+    job, dataset, _evaluated, kept, cache = _calibration_inputs(
         tmp_path, mixed_data, wanted=100, evaluate=5
     )
     calibration = _calibration_draw(job, dataset, kept, cache)
