@@ -69,6 +69,12 @@ def statement(mode: str, summary: Sequence[Mapping[str, Any]], run_size: int) ->
         f"seeds, within {FLAT_WITHIN_PP:g} pp of {last['agreement_mean']:.2f} % at "
         f"n={last['size']})"
     )
+    # Top-1 agreement saturates on easy data; the mean KL still shows whether more images help.
+    first = summary[0]
+    where += (
+        f"; mean KL {first['mean_kl_mean']:.3g} at n={first['size']}, "
+        f"{last['mean_kl_mean']:.3g} at n={last['size']}"
+    )
     if run_size >= flat:
         return f"{where}; the run's {run_size} calibration images are enough"
     return f"{where}; the run's {run_size} calibration images are fewer: use at least {flat}"

@@ -117,6 +117,7 @@ def test_the_curve_flattens_at_the_smallest_size_within_half_a_point_of_the_larg
     assert flattens_at(summary) == 50
     text = statement("int8", summary, 100)
     assert "flattens at n=50" in text and "the run's 100 calibration images are enough" in text
+    assert "mean KL 0.01 at n=10, 0.0005 at n=200" in text  # 0.1 / size, as built above
     assert "use at least 50" in statement("int8", summary, 10)
 
 

@@ -105,7 +105,10 @@ def test_the_sweep_writes_every_point_and_one_reproduces_independently(
     scale, zero = inp["quantization"]
     top1 = []
     for image in pixels:
-        q = np.clip(np.round(image / scale) + zero, -128, 127).astype(inp["dtype"])
+        # Half away from zero, as TFLite's Quantize kernel rounds (np.round rounds half to even).
+        scaled = image.astype(np.float64) / scale
+        rounded = np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)
+        q = np.clip(rounded + zero, -128, 127).astype(inp["dtype"])
         interpreter.set_tensor(inp["index"], q[None])
         interpreter.invoke()
         top1.append(int(np.argmax(interpreter.get_tensor(outp["index"])[0])))

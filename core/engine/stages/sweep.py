@@ -99,6 +99,8 @@ def _new_section(run: RunContext, source: str, pool: int, sizes: list[int]) -> d
             f"sizes {', '.join(map(str, capped))} exceed the {pool} calibration images available "
             f"({source}); they ran with {pool}"
         )
+    if sizes and sizes[-1] == pool and job.sweep_seeds > 1:
+        notes.append(f"at n={pool} every seed draws the whole pool, so that size shows no spread")
     section: dict[str, Any] = {
         "backend": str(Backend.QUANTIZER),
         "requested_sizes": list(job.calibration_sweep),
