@@ -93,7 +93,10 @@ def _parser() -> argparse.ArgumentParser:
         "result is a derived variant (write --auto-fix=K before MODEL)",
     )
     run.add_argument(
-        "--samples", type=int, default=None, help="evaluate at most N images (seeded draw)"
+        "--samples",
+        type=int,
+        default=None,
+        help="evaluate at most N images (seeded draw from those not held out for calibration)",
     )
     run.add_argument(
         "--calibration-samples",
