@@ -179,3 +179,33 @@ def test_cancelling_the_sweep_keeps_the_runs_finished_results(
         assert variant["status"] == "done" and variant["n"] == 16
         assert variant["latency_ms"] is not None  # timed before the sweep began
     assert report["sweep"]["modes"]["int8"]["points"] == []
+
+
+def test_the_ray_stage_holds_the_calibration_images_out_too(
+    tiny_models: dict[str, Path], data: Path, tmp_path: Path
+) -> None:
+    """--engine ray draws the evaluated images through the same plan: disjoint from the
+    calibration images its head decodes, asserted from the files."""
+    from core.engine.stages.ray_evaluate import evaluate_on_ray
+    from core.engine.stages.start import open_run
+    from core.types import JobSpec, Preset
+
+    job = JobSpec(
+        model_path=str(tiny_models["saved_model"]),
+        data_path=str(data),
+        variants=("int8",),
+        preset=Preset.UNIT,
+        calibration_samples=8,
+        threads=1,
+        engine="ray",
+    )
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    evaluate_on_ray(open_run(job, run_dir, progress=lambda _event: None, cache_dir=None))
+    evaluated = _relpaths(run_dir / "samples.csv")
+    calibrated = _relpaths(run_dir / "calibration.csv")
+    assert (len(evaluated), len(calibrated)) == (16, 8)
+    assert set(evaluated).isdisjoint(calibrated)
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["calibration"]["source"] == "held-out"
+    assert {v["name"]: v["n"] for v in report["variants"]} == {"int8": 16, "float32": 16}
