@@ -93,9 +93,45 @@ def _parser() -> argparse.ArgumentParser:
         "result is a derived variant (write --auto-fix=K before MODEL)",
     )
     run.add_argument(
-        "--samples", type=int, default=None, help="evaluate at most N images (seeded draw)"
+        "--samples",
+        type=int,
+        default=None,
+        help="evaluate at most N images (seeded draw from those not held out for calibration)",
     )
-    run.add_argument("--calibration-samples", type=int, default=100)
+    run.add_argument(
+        "--calibration-samples",
+        type=int,
+        default=100,
+        help="images int8/int16x8 are calibrated with (default 100); held out of evaluation "
+        "when the data set has at least twice as many",
+    )
+    run.add_argument(
+        "--calibration-data",
+        default=None,
+        metavar="PATH",
+        help="calibrate on this separate set (CSV, folder or .zip, as --data); nothing is "
+        "held out of --data then",
+    )
+    run.add_argument(
+        "--calibration-overlap",
+        action="store_true",
+        help="draw calibration images from the whole data set, also evaluated (the old "
+        "behaviour); by default they are held out",
+    )
+    run.add_argument(
+        "--calibration-sweep",
+        default=None,
+        metavar="N,N,...",
+        help="also quantize int8 (and int16x8) with each of these calibration sizes and "
+        "--sweep-seeds draws, on the quantizer backend, and evaluate each on the run's images",
+    )
+    run.add_argument(
+        "--sweep-seeds",
+        type=int,
+        default=3,
+        metavar="S",
+        help="calibration draws per sweep size (default 3)",
+    )
     run.add_argument(
         "--preprocess", default=str(Preset.MOBILENET_V2), choices=[str(p) for p in Preset]
     )
@@ -234,6 +270,24 @@ def _job_from_args(args: argparse.Namespace) -> JobSpec:
     ):
         if value is not None and value < low:
             raise QuantLensError(f"{flag} must be at least {low}; got {value}")
+    if args.sweep_seeds < 1:
+        raise QuantLensError(f"--sweep-seeds must be at least 1; got {args.sweep_seeds}")
+    sweep = parse_sweep_sizes(args.calibration_sweep)
+    if sweep and args.engine == "ray":
+        raise QuantLensError(
+            "--calibration-sweep evaluates on the images decoded on this machine, which "
+            "--engine ray does not keep; run it with --engine local"
+        )
+    calibration_data = args.calibration_data
+    if calibration_data is not None and not Path(calibration_data).exists():
+        raise QuantLensError(
+            f"--calibration-data {calibration_data} does not exist; check the path"
+        )
+    if calibration_data is not None and args.calibration_overlap:
+        raise QuantLensError(
+            "--calibration-overlap draws from --data, --calibration-data from another set; "
+            "give one of them"
+        )
     if not 0 <= args.min_agreement <= 100:
         raise QuantLensError(
             f"--min-agreement is a percentage from 0 to 100; got {args.min_agreement:g}"
@@ -277,7 +331,32 @@ def _job_from_args(args: argparse.Namespace) -> JobSpec:
         engine=args.engine,
         ray_address=args.ray_address,
         auto_fix=args.auto_fix,
+        calibration_data=str(Path(calibration_data).resolve()) if calibration_data else None,
+        calibration_overlap=args.calibration_overlap,
+        calibration_sweep=sweep,
+        sweep_seeds=args.sweep_seeds,
     )
+
+
+def parse_sweep_sizes(text: str | None) -> tuple[int, ...]:
+    """`10,50,100` -> (10, 50, 100), sorted and de-duplicated; () when no sweep.
+
+    Raises:
+        QuantLensError: a size that is not a whole number of at least 1.
+    """
+    if text is None:
+        return ()
+    try:
+        sizes = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise QuantLensError(
+            f"--calibration-sweep takes whole numbers such as 10,25,50,100; got {text!r}"
+        ) from None
+    if not sizes or sizes[0] < 1:
+        raise QuantLensError(
+            f"--calibration-sweep takes sizes of at least 1, such as 10,25,50,100; got {text!r}"
+        )
+    return tuple(sizes)
 
 
 def with_keep_float(variants: tuple[str, ...], layers_text: str) -> tuple[str, ...]:
@@ -342,7 +421,7 @@ class ProgressPrinter:
 
     def __call__(self, event: ProgressEvent) -> None:
         if not self.interactive:
-            if event.step in ("variant", "done", "load", "queued"):
+            if event.step in ("variant", "done", "load", "queued", "sweep"):
                 print(event.message, file=sys.stderr, flush=True)
             return
         from tqdm import tqdm
@@ -399,6 +478,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if status is RunStatus.DONE and report_path.exists():
         report = read_report(directory)
         print(format_table(report))
+        _print_calibration(report)
         if args.report == "html":
             from core.reporting.html import write_report_html
 
@@ -417,6 +497,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _fail(error)
     log = directory / rundir.WORKER_LOG
     return _fail(f"{error}; the worker's output is in {log}", EXIT_JOB_FAILED)
+
+
+def _print_calibration(report: RunReport) -> None:
+    """Where the calibration images came from, and the sweep's conclusion when one ran."""
+    from core.reporting.calibration import calibration_line
+
+    line = calibration_line(report.calibration)
+    if line:
+        print(line)
+    sweep = report.sweep
+    if sweep and sweep.get("statement"):
+        print(f"calibration sweep: {sweep['statement']}")
 
 
 def _print_tracking(report: RunReport) -> None:

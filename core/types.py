@@ -424,11 +424,18 @@ class JobSpec:
     engine: str = "local"  # "local" or "ray" (core.engine.ray_engine evaluates on shards)
     ray_address: str | None = None  # a Ray cluster's HOST:PORT; None starts a local Ray
     auto_fix: int | None = None  # keep up to K layers float in a variant below the bar (issue 12)
+    # Calibration (issue 13): a separate set (nothing held out), or calibrate on images that are
+    # also evaluated; by default they are held out when the data set has 2x calibration_samples.
+    calibration_data: str | None = None
+    calibration_overlap: bool = False
+    calibration_sweep: tuple[int, ...] = ()  # calibration sizes to sweep int8/int16x8 over
+    sweep_seeds: int = 3  # draws per sweep size
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["preset"] = str(self.preset)
         d["variants"] = list(self.variants)
+        d["calibration_sweep"] = list(self.calibration_sweep)
         return d
 
     @classmethod
@@ -439,4 +446,5 @@ class JobSpec:
         kwargs["preset"] = Preset(kwargs.get("preset", Preset.MOBILENET_V2))
         if kwargs.get("input_size"):
             kwargs["input_size"] = tuple(kwargs["input_size"])
+        kwargs["calibration_sweep"] = tuple(kwargs.get("calibration_sweep", ()))
         return cls(**kwargs)

@@ -9,6 +9,7 @@ from core.reporting.figures import (
     per_class_agreement_figure,
 )
 from core.reporting.results import per_class_agreement
+from core.reporting.sweep import sweep_figure, swept_modes
 from ui import fmt, keys, widgets
 
 PER_CLASS_CHART_LIMIT = 30  # more bars than this are unreadable; the table lists every class
@@ -69,6 +70,21 @@ if split_rows:
         "quantization-caused where it agrees and the quantized variant does not."
     )
     st.dataframe(split_rows, hide_index=True, key="agreement.split")
+
+sweep = res.report.sweep
+if sweep is not None and swept_modes(sweep):
+    st.subheader("Calibration sweep")
+    st.markdown(str(sweep.get("statement") or ""))
+    st.plotly_chart(sweep_figure(sweep), key="agreement.sweep_chart")
+    st.caption(
+        f"Each point is quantized on the {sweep.get('backend')} backend with that many "
+        f"calibration images ({sweep.get('seeds')} seeded draws per size from "
+        f"{sweep.get('pool_images')} {sweep.get('pool_source')} images) and evaluated on the "
+        f"run's {sweep.get('evaluated_n')} images; line: mean over seeds, bars: min–max. "
+        "Flattens: the smallest size within "
+        f"{sweep.get('flat_within_pp')} pp of the largest size's mean agreement. The .tflite "
+        "of every point is in the run folder's sweep/."
+    )
 
 st.subheader("Which variant")
 counts = {v.name: int(v.result.disagreements or 0) for v in done}

@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from core.reporting.calibration import calibration_line
 from core.reporting.report import NO_VERDICT, judged_variants, verdict_rule_text
 from ui import choose, fmt, keys, runs, widgets
 from ui.downloads import render_downloads
@@ -32,6 +33,9 @@ else:
         + (f"; {failed} fall below it." if failed else ".")
     )
 st.caption(f"Verdict: {verdict_rule_text(res.report.verdict_rule, res.threshold_pct)}.")
+calibration = calibration_line(res.report.calibration)
+if calibration:
+    st.caption(calibration[0].upper() + calibration[1:] + ".")
 
 per_row = 4
 for start in range(0, len(variants), per_row):

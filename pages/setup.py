@@ -56,6 +56,8 @@ if not variants:
     problems.append("at least one quantization mode")
 if setup_form.tracking_uri_refused():
     problems.append("an http(s) MLflow tracking server, or a blank one")
+if setup_form.calibration_path_refused():
+    problems.append("an existing separate calibration set, or a blank one")
 left, right = st.columns([1, 3])
 clicked = left.button(
     "Run",

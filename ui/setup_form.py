@@ -75,6 +75,7 @@ _FORM_DEFAULTS: dict[str, object] = {
     keys.SETUP_INT8_IO: IOType.INT8.value,
     keys.SETUP_SELECT_TF_OPS: False,
     keys.SETUP_CALIBRATION: 100,
+    keys.SETUP_CALIBRATION_OVERLAP: False,
     keys.SETUP_MAX_SAMPLES: 0,
     keys.SETUP_THREADS: default_threads(),  # every core but one: the server keeps its own
     keys.SETUP_THRESHOLD: DEFAULT_MIN_AGREEMENT_PCT,
@@ -110,7 +111,7 @@ def _usable(key: str, value: object) -> bool:
         return isinstance(value, list) and all(v in modes for v in value)
     if key == keys.SETUP_INT8_IO:
         return value in {t.value for t in IOType}
-    if key == keys.SETUP_SELECT_TF_OPS:
+    if key in (keys.SETUP_SELECT_TF_OPS, keys.SETUP_CALIBRATION_OVERLAP):
         return isinstance(value, bool)
     if key in _INT_RANGES:
         lo, hi = _INT_RANGES[key]
@@ -451,6 +452,8 @@ class RunOptions(TypedDict):
     """The Options section's values, named as JobSpec's fields."""
 
     calibration_samples: int
+    calibration_overlap: bool
+    calibration_data: str | None
     max_samples: int | None
     threads: int
     min_agreement_pct: float
@@ -503,7 +506,8 @@ def options_section(num_samples: int | None) -> RunOptions:
         max_value=10_000,
         step=10,
         key=keys.SETUP_CALIBRATION,
-        help="Drawn from the data with a fixed seed (int8, int16x8).",
+        help="Drawn from the data with a fixed seed (int8, int16x8) and held out of evaluation "
+        "when the data set has at least twice as many.",
     )
     cap = c2.number_input(
         "Evaluation sample cap (0 = all)",
@@ -564,8 +568,11 @@ def options_section(num_samples: int | None) -> RunOptions:
         )
     trusted = trusted_requested()
     mlflow_uri = tracking_option()
+    overlap, calibration_data = calibration_source_option()
     return {
         "calibration_samples": int(calib),
+        "calibration_overlap": overlap,
+        "calibration_data": calibration_data,
         "max_samples": int(cap) or None,
         "threads": int(threads),
         "min_agreement_pct": float(threshold),
@@ -574,6 +581,35 @@ def options_section(num_samples: int | None) -> RunOptions:
         "trusted": bool(trusted),
         "mlflow_uri": mlflow_uri,
     }
+
+
+def calibration_source_option() -> tuple[bool, str | None]:
+    """(calibration images may also be evaluated, a separate calibration set's path or None)."""
+    c1, c2 = st.columns([1, 3])
+    raw = c2.text_input(
+        "Separate calibration set (optional path)",
+        key=keys.SETUP_CALIBRATION_DATA,
+        placeholder="/data/calibration.csv, a class-folder tree or a .zip",
+        help="Calibrate int8 on these images instead of drawing them from the data set; "
+        "nothing is held out of evaluation then.",
+    ).strip()
+    overlap = c1.checkbox(
+        "Calibrate on evaluated images too",
+        key=keys.SETUP_CALIBRATION_OVERLAP,
+        disabled=bool(raw),
+        help="Off (default): calibration images are held out of evaluation when the data set "
+        "has at least twice the calibration count.",
+    )
+    if calibration_path_refused():
+        c2.error(f"{raw} does not exist; give the path of a CSV, folder or .zip of images.")
+        return False, None
+    return (bool(overlap) and not raw), (str(Path(raw).resolve()) if raw else None)
+
+
+def calibration_path_refused() -> bool:
+    """True when a separate calibration set is named that does not exist."""
+    raw = str(st.session_state.get(keys.SETUP_CALIBRATION_DATA) or "").strip()
+    return bool(raw) and not Path(raw).exists()
 
 
 def launch(

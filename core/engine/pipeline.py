@@ -1,6 +1,6 @@
 """Run one job inside the worker: the stages of core.engine.stages, in order.
 
-    start → decode → reference → convert → evaluate → diagnose → time → finish
+    start → decode → reference → convert → evaluate → diagnose → time → sweep → finish
 
 With --engine ray, one Ray stage (stages.ray_evaluate) replaces decode, reference, convert and
 evaluate: the head converts, the cluster decodes and evaluates, the local stages' functions
@@ -27,6 +27,7 @@ from core.engine.stages.latency import time_models
 from core.engine.stages.ray_evaluate import evaluate_on_ray
 from core.engine.stages.reference import run_reference
 from core.engine.stages.start import open_run, reproduce_command, resolve_inputs
+from core.engine.stages.sweep import run_sweep
 from core.types import JobSpec
 
 # What the worker and the tests reach through the pipeline.
@@ -67,6 +68,9 @@ def run_job(
     run = auto_fix(run, reference, evaluator=evaluator)
     # Timing waits until no conversion competes for the cores.
     time_models(run)
+    # The calibration sweep comes after the run's own results are complete: cancelling it
+    # loses only sweep points.
+    run_sweep(run, reference)
     finish(run)
     return run.report.data
 

@@ -13,6 +13,7 @@ from typing import Any
 from core.inputs import rundir
 from core.inputs.paths import resolve_inside
 from core.metrics.latency import tail_latency
+from core.reporting.calibration import calibration_line
 from core.reporting.report import (
     NO_VERDICT,
     PIVOT,
@@ -109,6 +110,7 @@ def render_report_html(run_dir: Path, *, name: str | None = None) -> str:
         _reference_table(report),
         "<h2>Charts</h2>",
         _charts(report, variants, threshold),
+        _sweep_statement(report),
         "<h2>Top disagreements</h2>",
         _galleries(run_dir, report, variants),
         "<h2>Data set</h2>",
@@ -399,6 +401,7 @@ def _charts(report: RunReport, variants: list[Variant], threshold: float) -> str
         tradeoff_figure,
     )
     from core.reporting.recommend import pareto_frontier, tradeoff_points
+    from core.reporting.sweep import sweep_figure, swept_modes
 
     ref = report.get("reference") or {}
     names = [v.name for v in variants]
@@ -449,6 +452,10 @@ def _charts(report: RunReport, variants: list[Variant], threshold: float) -> str
     if points:
         pick = (report.get("recommendation") or {}).get("variant")
         figures.append(tradeoff_figure(points, frontier=pareto_frontier(points), pick=pick))
+
+    sweep = report.sweep
+    if sweep is not None and swept_modes(sweep):
+        figures.append(sweep_figure(sweep))
 
     if not figures:
         return '<p class="na">No measurements to chart yet.</p>'
@@ -568,6 +575,14 @@ def thumbnail_data_uri(path: Path, *, size: int = THUMB_PX) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
+def _sweep_statement(report: RunReport) -> str:
+    """The calibration sweep's conclusion in words (its chart is among the charts)."""
+    sweep = report.sweep
+    if not sweep or not sweep.get("statement"):
+        return ""
+    return f'<h3>Calibration sweep</h3><p id="sweep">{_e(sweep["statement"])}</p>'
+
+
 def _dataset_section(report: RunReport) -> str:
     dataset = report.get("dataset") or {}
     prep = report.get("preprocessing") or {}
@@ -590,6 +605,9 @@ def _dataset_section(report: RunReport) -> str:
         ("calibration samples", _e(options.get("calibration_samples"))),
         ("seed", _e(options.get("seed"))),
     ]
+    line = calibration_line(report.calibration)
+    if line is not None:
+        rows.append(("calibration images", _e(line.removeprefix("calibration: "))))
     body = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
     out = f'<table id="dataset">{body}</table>'
     if skipped:

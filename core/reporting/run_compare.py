@@ -171,6 +171,11 @@ def _calibration(index: int) -> Callable[[Compared], Any]:
     return read
 
 
+def _calibration_source(item: Compared) -> Any:
+    """held-out, overlapping, separate or none (issue 13); None in older reports."""
+    return (item.report.calibration or {}).get("source")
+
+
 def _input_size(item: Compared) -> Any:
     p = item.report.get("preprocessing") or {}
     dims = [p.get("height"), p.get("width"), p.get("channels")]
@@ -196,6 +201,7 @@ CHANGE_FIELDS: tuple[tuple[str, str, Callable[[Compared], Any]], ...] = (
     ("variant", "I/O type", _identity("io_type")),
     ("variant", "SELECT_TF_OPS allowed", _identity("allow_select_tf_ops")),
     ("variant", "calibration samples", _calibration(0)),
+    ("variant", "calibration images from", _calibration_source),
     ("preprocessing", "preset", _get("preprocessing", "preset")),
     ("preprocessing", "input size (H×W×C)", _input_size),
     ("preprocessing", "value range", _get("preprocessing", "value_range")),

@@ -516,6 +516,19 @@ class RunReport(_MappingView):
             self.options.get("seed") if seed is None else seed,
         )
 
+    @property
+    def calibration(self) -> Mapping[str, Any] | None:
+        """Where the calibration images came from (source held-out | overlapping | separate |
+        none, `images`, `held_out`, `evaluable`, `path`); None in runs older than issue 13."""
+        value = self.extra.get("calibration")
+        return value if isinstance(value, Mapping) else None
+
+    @property
+    def sweep(self) -> Mapping[str, Any] | None:
+        """The calibration sweep (`modes` -> per-point rows and summary, `statement`), if run."""
+        value = self.extra.get("sweep")
+        return value if isinstance(value, Mapping) else None
+
     def display_name(self, variant: Variant) -> str:
         """A variant's name as listed: `float32 (pivot)` for the run's pivot."""
         return f"{variant.name} (pivot)" if variant.name == self.pivot else variant.name

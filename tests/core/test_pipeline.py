@@ -16,7 +16,13 @@ import pytest
 from PIL import Image
 
 from core.engine.pipeline import JobRunner
-from core.engine.stages.decode import calibration_set, decode_batch, select_samples
+from core.engine.stages.decode import (
+    OVERLAPPING,
+    calibration_plan,
+    decode_batch,
+    decode_pool,
+    select_samples,
+)
 from core.engine.stages.files import DecodedCache
 from core.engine.stages.start import drop_labels_outside, reproduce_command
 from core.jobs.protocol import DECODED_CACHE
@@ -145,6 +151,16 @@ def _calibration_inputs(
     return job, dataset, evaluated, kept, cache
 
 
+def _calibration_draw(
+    job: JobSpec, dataset: Dataset, kept: list[Sample], cache: DecodedCache
+) -> np.ndarray:
+    """The run's calibration pixels: 18 images are fewer than twice the count, so they overlap."""
+    plan = calibration_plan(dataset, job, None)
+    assert plan.source == OVERLAPPING
+    _, pixels = decode_pool(plan, job.calibration_samples, [s.index for s in kept], cache)
+    return pixels
+
+
 def _which(calibration: np.ndarray) -> list[int]:
     """The sample each calibration image shows, from its colour."""
     colours = {_colour(i): i for i in range(GOOD + BROKEN)}
@@ -156,24 +172,22 @@ def test_calibration_replaces_undecodable_draws(tmp_path: Path, mixed_data: Path
         tmp_path, mixed_data, wanted=10, evaluate=9
     )
     assert len(kept) < len(evaluated)  # some evaluated images are broken too
-    calibration = calibration_set(dataset, evaluated, kept, cache, job=job)
-    assert calibration is not None
-    assert calibration.dtype == np.float32 and calibration.shape == (10, 4, 4, 3)
+    calibration = _calibration_draw(job, dataset, kept, cache)
+    assert calibration.shape == (10, 4, 4, 3)
     drawn = _which(calibration)
     assert len(set(drawn)) == 10
     assert all(i % 3 != 1 for i in drawn)  # no broken file, and still 10 images
-    again = calibration_set(dataset, evaluated, kept, cache, job=job)
+    again = _calibration_draw(job, dataset, kept, cache)
     np.testing.assert_array_equal(again, calibration)
 
 
 def test_calibration_takes_every_decodable_image_when_asked_for_more(
     tmp_path: Path, mixed_data: Path
 ) -> None:
-    job, dataset, evaluated, kept, cache = _calibration_inputs(
+    job, dataset, _evaluated, kept, cache = _calibration_inputs(
         tmp_path, mixed_data, wanted=100, evaluate=5
     )
-    calibration = calibration_set(dataset, evaluated, kept, cache, job=job)
-    assert calibration is not None
+    calibration = _calibration_draw(job, dataset, kept, cache)
     assert sorted(_which(calibration)) == [i for i in range(GOOD + BROKEN) if i % 3 != 1]
 
 
@@ -202,6 +216,9 @@ def test_reproduce_command_round_trips_through_the_cli_parser(tmp_path: Path) ->
         input_size=(96, 128),
         signature_key="my sig",
         mlflow_uri="http://mlflow.test:5000",  # the reproduced run is logged as this one was
+        calibration_data=str(folder),  # a separate calibration set (issue 13)
+        calibration_sweep=(10, 50),
+        sweep_seeds=2,
     )
     argv = shlex.split(reproduce_command(job))
     assert argv[:3] == ["python", "-m", "core"]

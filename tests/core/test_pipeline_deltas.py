@@ -89,6 +89,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         variants=VARIANTS,
         preset=Preset.UNIT,
         calibration_samples=60,
+        calibration_overlap=True,  # every image evaluated, in the order the test wrote them
         threads=1,
         latency_runs=2,
         warmup_runs=1,

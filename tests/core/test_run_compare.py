@@ -159,3 +159,14 @@ def test_chart_inputs_feed_the_shared_figure_builders() -> None:
     lat = figures.latency_percentiles_figure(latency_percentiles(items))
     assert [t.name for t in lat.data] == ["p50", "p90", "tail"]
     assert list(lat.data[2].y) == [3.5, 3.5] and list(lat.data[2].text) == ["max", "max"]
+
+
+def test_what_changed_names_where_the_calibration_images_came_from() -> None:
+    a = _report(mode="int8")
+    b = copy.deepcopy(a)
+    a["calibration"] = {"source": "overlapping", "images": 100}
+    b["calibration"] = {"source": "held-out", "images": 100}
+    items = compared_items([("r1", "A", "int8", a), ("r2", "B", "int8", b)])
+    rows = {r.field: r for r in what_changed(items)}
+    assert rows["calibration images from"].differs
+    assert rows["calibration images from"].values == ("overlapping", "held-out")

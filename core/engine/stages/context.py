@@ -68,6 +68,7 @@ class RunContext:
     dataset: Dataset  # samples whose labels the model can predict (the rest are skipped)
     specs: tuple[VariantSpec, ...]  # the user's variants plus the float32 pivot
     report: ReportFile
+    calibration_data: Dataset | None = None  # --calibration-data's set, when given
 
     @property
     def threads(self) -> int:

@@ -2,6 +2,11 @@
 
 Decoding is streamed: the reference stage takes each batch as soon as it is decoded, so memory
 holds one batch whatever the number of images. Writes .decoded.u8 (raw uint8 [N,H,W,C]).
+
+It also decides which images calibrate (`calibration_plan`): by default a seeded pool is held
+out of evaluation when the data set has at least twice the calibration count; below that, or
+with --calibration-overlap, calibration images may also be evaluated; --calibration-data
+calibrates on a separate set. The images used are listed in calibration.csv.
 """
 
 from __future__ import annotations
@@ -13,9 +18,75 @@ import numpy as np
 
 from core.engine.faults import maybe_inject
 from core.engine.stages.context import RunContext
-from core.engine.stages.files import BATCH, DecodedCache
+from core.engine.stages.files import BATCH, DecodedCache, write_csv
 from core.jobs.protocol import DECODED_CACHE
-from core.types import Dataset, JobSpec, Sample, SkippedSample
+from core.types import NEEDS_CALIBRATION, Dataset, JobSpec, Sample, SkippedSample, VariantSpec
+
+# calibration.csv: the images the run's variants were calibrated with.
+CALIBRATION_LIST = "calibration.csv"
+# Where the calibration images come from (report.json `calibration.source`).
+HELD_OUT = "held-out"  # drawn from the data set and kept out of evaluation
+OVERLAPPING = "overlapping"  # drawn from the whole data set; may also be evaluated
+SEPARATE = "separate"  # --calibration-data
+NO_CALIBRATION = "none"  # no variant needs calibration
+
+
+@dataclass(frozen=True)
+class CalibrationPlan:
+    """Which samples may calibrate (`pool`, in seeded draw order) and which may be evaluated."""
+
+    source: str  # HELD_OUT, OVERLAPPING, SEPARATE or NO_CALIBRATION (drawn as OVERLAPPING)
+    pool: tuple[Sample, ...]
+    evaluable: tuple[Sample, ...]  # in data set order; --samples draws from these
+    reason: str  # one line: why this source
+
+    @property
+    def held_out(self) -> int:
+        return len(self.pool) if self.source == HELD_OUT else 0
+
+
+def needs_calibration(job: JobSpec) -> bool:
+    """True when some variant (or the sweep) is calibrated: int8 or int16x8."""
+    modes = {VariantSpec.parse(name).mode for name in job.variants}
+    return bool(job.calibration_sweep) or bool(modes & NEEDS_CALIBRATION)
+
+
+def calibration_plan(dataset: Dataset, job: JobSpec, separate: Dataset | None) -> CalibrationPlan:
+    """Where the run's calibration images come from (see the module docstring).
+
+    The held-out pool holds the calibration count, or the largest sweep size when larger, but
+    never more than half the data set, so at least half stays for evaluation.
+    """
+    samples = dataset.samples
+    shuffled = _seeded_order(samples, job.seed)
+    if not needs_calibration(job):
+        # Nothing to hold out for: the images only measure per-layer error (diagnosis).
+        reason = "no variant is calibrated; these images only measure per-layer error"
+        return CalibrationPlan(NO_CALIBRATION, shuffled, samples, reason)
+    if separate is not None:
+        return CalibrationPlan(
+            SEPARATE, _seeded_order(separate.samples, job.seed), samples, "--calibration-data"
+        )
+    if job.calibration_overlap:
+        return CalibrationPlan(OVERLAPPING, shuffled, samples, "--calibration-overlap")
+    if len(samples) < 2 * job.calibration_samples:
+        reason = (
+            f"the data set has {len(samples)} images, fewer than twice the "
+            f"{job.calibration_samples} calibration images, so calibration images are also "
+            "evaluated"
+        )
+        return CalibrationPlan(OVERLAPPING, shuffled, samples, reason)
+    wanted = max((job.calibration_samples, *job.calibration_sweep))
+    pool = shuffled[: min(wanted, len(samples) // 2)]
+    held = {s.index for s in pool}
+    rest = tuple(s for s in samples if s.index not in held)
+    return CalibrationPlan(HELD_OUT, pool, rest, f"{len(pool)} images held out of evaluation")
+
+
+def _seeded_order(samples: Sequence[Sample], seed: int) -> tuple[Sample, ...]:
+    # seed + 1: the evaluated draw (select_samples) uses `seed` itself.
+    order = np.random.default_rng(seed + 1).permutation(len(samples))
+    return tuple(samples[int(i)] for i in order)
 
 
 @dataclass(frozen=True)
@@ -36,7 +107,8 @@ class DecodedImages:
     def __init__(self, run: RunContext) -> None:
         self.run = run
         self.cache = DecodedCache(run.run_dir / DECODED_CACHE, run.image_shape)
-        self.evaluated = select_samples(run.dataset.samples, run.job.max_samples, seed=run.job.seed)
+        self.plan = calibration_plan(run.dataset, run.job, run.calibration_data)
+        self.evaluated = select_samples(self.plan.evaluable, run.job.max_samples, seed=run.job.seed)
         self.kept: list[Sample] = []
         self.skipped: list[SkippedSample] = list(run.dataset.skipped)
 
@@ -98,44 +170,81 @@ def decode_batch(
 
 
 def calibration_set(
-    dataset: Dataset,
-    evaluated: list[Sample],
-    kept: list[Sample],
-    cache: DecodedCache,
-    *,
-    job: JobSpec,
+    run: RunContext, plan: CalibrationPlan, kept: list[Sample], cache: DecodedCache
 ) -> np.ndarray | None:
-    """`job.calibration_samples` images drawn from the whole data set with a fixed seed.
+    """The run's calibration images (float32, preprocessed), listed in calibration.csv and
+    described in report.json's `calibration`; None when nothing is calibrated or none decodes.
 
-    Drawn images that cannot be decoded are replaced by the next ones in the same seeded
-    order, so a few broken files never starve int8 of calibration data. Images already
-    decoded for evaluation are read back from the cache, not decoded again.
+    `kept` are the decoded evaluation samples, read back from `cache` instead of decoding again.
+    """
+    from core.inputs.presets import apply_preset
+
+    cached = [s.index for s in kept]
+    used, pixels = decode_pool(plan, run.job.calibration_samples, cached, cache)
+    write_calibration_record(run, plan, used)
+    if not used:
+        return None
+    return apply_preset(pixels, run.job.preset).astype(np.float32)
+
+
+def decode_pool(
+    plan: CalibrationPlan, count: int, cached: Sequence[int], cache: DecodedCache
+) -> tuple[list[Sample], np.ndarray]:
+    """The first `count` decodable images of the pool, in draw order, as uint8 [n,H,W,C].
+
+    `cached` are the data set indices of the images in `cache`, in its order; those are read
+    back instead of decoded again.
+
+    Undecodable images are replaced by the next ones in the same order, so a few broken files
+    never starve int8 of calibration data (a held-out pool has no spare: it yields fewer).
     """
     from core.errors import ImageDecodeError
     from core.inputs.images import decode_image
-    from core.inputs.presets import apply_preset
 
     height, width, channels = cache.shape
-    position = {s.index: i for i, s in enumerate(kept)}
-    evaluated_ids = {s.index for s in evaluated}
-    order = np.random.default_rng(job.seed + 1).permutation(len(dataset.samples))
+    # Only evaluated images of this data set are in the cache; a separate set's never are.
+    position = {} if plan.source == SEPARATE else {index: i for i, index in enumerate(cached)}
+    used: list[Sample] = []
     chosen: list[np.ndarray] = []
-    for i in order:
-        if len(chosen) >= job.calibration_samples:
+    for sample in plan.pool:
+        if len(chosen) >= count:
             break
-        sample = dataset.samples[int(i)]
-        if sample.index in position:
-            chosen.append(cache.read(position[sample.index]))
-        elif sample.index not in evaluated_ids:  # evaluated but undecodable: skip it
-            try:
+        try:
+            if sample.index in position:
+                chosen.append(cache.read(position[sample.index]))
+            else:
                 chosen.append(
                     decode_image(sample.path, height=height, width=width, channels=channels)
                 )
-            except ImageDecodeError:
-                continue
-    if not chosen:
-        return None
-    return apply_preset(np.stack(chosen), job.preset).astype(np.float32)
+        except ImageDecodeError:
+            continue
+        used.append(sample)
+    empty = np.zeros((0, height, width, channels), dtype=np.uint8)
+    return used, (np.stack(chosen) if chosen else empty)
+
+
+def write_calibration_record(run: RunContext, plan: CalibrationPlan, used: list[Sample]) -> None:
+    """calibration.csv (the images used) and report.json's `calibration` section."""
+    write_csv(
+        run.run_dir / CALIBRATION_LIST,
+        {"index": [s.index for s in used], "relpath": [s.relpath for s in used]},
+    )
+    report = run.report.data
+    report["calibration"] = {
+        "source": plan.source,
+        "reason": plan.reason,
+        "requested": run.job.calibration_samples,
+        "images": len(used),
+        "held_out": plan.held_out,
+        "evaluable": len(plan.evaluable),
+        "path": run.job.calibration_data,
+        "file": CALIBRATION_LIST,
+    }
+    if plan.source != NO_CALIBRATION and len(used) < run.job.calibration_samples:
+        report["warnings"].append(
+            f"only {len(used)} of the {run.job.calibration_samples} calibration images could "
+            "be used; int8 ranges rest on fewer images"
+        )
 
 
 def first_images(run: RunContext, count: int) -> np.ndarray:

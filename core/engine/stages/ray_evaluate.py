@@ -79,7 +79,7 @@ def evaluate_on_ray(run: RunContext) -> ReferenceOutputs:
         calibration = (
             saved.calibration
             if saved is not None
-            else calibration_set(run.dataset, [], [], decoded.cache, job=run.job)
+            else calibration_set(run, decoded.plan, [], decoded.cache)
         )
         converted = _convert_pending(run, calibration)
         run.emit("evaluate", 0.0, f"evaluating on Ray ({cluster.cpus} CPUs)")

@@ -55,9 +55,7 @@ def run_reference(run: RunContext) -> ReferenceOutputs:
         outputs.append(run.model.predict(apply_preset(batch.pixels, run.job.preset)))
     if not decoded.kept:
         raise nothing_decoded(len(decoded.evaluated), decoded.skipped)
-    calibration = calibration_set(
-        run.dataset, decoded.evaluated, decoded.kept, decoded.cache, job=run.job
-    )
+    calibration = calibration_set(run, decoded.plan, decoded.kept, decoded.cache)
     result = reference_outputs(np.concatenate(outputs), decoded.kept, calibration)
     write_reference(run, result, decoded.kept, decoded.skipped)
     return result

@@ -26,6 +26,7 @@ class Inputs:
 
     model_path: Path
     dataset: Dataset
+    calibration_data: Dataset | None = None  # --calibration-data, enumerated
 
 
 def open_run(
@@ -71,6 +72,7 @@ def open_run(
         dataset=drop_labels_outside(inputs.dataset, model.signature.num_classes),
         specs=specs,
         report=report,
+        calibration_data=inputs.calibration_data,
     )
 
 
@@ -88,7 +90,7 @@ def derived_specs(
 
 def resolve_inputs(job: JobSpec, run_dir: Path) -> Inputs:
     """Extract zipped models or data into the run directory and enumerate the data set."""
-    from core.errors import UnsupportedModel
+    from core.errors import DatasetError, UnsupportedModel
     from core.inputs.archives import extract_once, find_saved_model_dir
     from core.inputs.datasets import load_dataset
     from core.inputs.paths import allowed_roots, require_under_roots
@@ -113,7 +115,17 @@ def resolve_inputs(job: JobSpec, run_dir: Path) -> Inputs:
         extract_dir=run_dir / "data",
         allowed_roots=roots,
     )
-    return Inputs(model_path=model_path, dataset=dataset)
+    calibration_data = None
+    if job.calibration_data:
+        calibration_data = load_dataset(
+            job.calibration_data, extract_dir=run_dir / "calibration-data", allowed_roots=roots
+        )
+        if not calibration_data.samples:
+            raise DatasetError(
+                f"--calibration-data {job.calibration_data} holds no usable image; point it at "
+                "a folder, zip or CSV of images"
+            )
+    return Inputs(model_path=model_path, dataset=dataset, calibration_data=calibration_data)
 
 
 def drop_labels_outside(dataset: Dataset, num_classes: int) -> Dataset:
@@ -215,6 +227,10 @@ def new_report(
             "latency_runs": job.latency_runs,  # None: as many as the budget allows
             "latency_budget_s": None if job.latency_runs else job.latency_budget_s,
             "warmup_runs": job.warmup_runs,
+            "calibration_data": job.calibration_data,
+            "calibration_overlap": job.calibration_overlap,
+            "calibration_sweep": list(job.calibration_sweep),
+            "sweep_seeds": job.sweep_seeds if job.calibration_sweep else None,
         },
         "pivot": pivot_name(list(specs)),
         "variants": [
@@ -279,6 +295,13 @@ def reproduce_command(job: JobSpec) -> str:
         parts.append(f"--mlflow={shlex.quote(job.mlflow_uri)}")
     if job.auto_fix:
         parts.append(f"--auto-fix={job.auto_fix}")
+    if job.calibration_data:
+        parts += ["--calibration-data", shlex.quote(job.calibration_data)]
+    if job.calibration_overlap:
+        parts.append("--calibration-overlap")
+    if job.calibration_sweep:
+        parts += ["--calibration-sweep", ",".join(str(n) for n in job.calibration_sweep)]
+        parts += ["--sweep-seeds", str(job.sweep_seeds)]
     return " ".join(parts)
 
 

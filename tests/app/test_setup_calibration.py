@@ -1,0 +1,49 @@
+"""Setup's calibration choices: a separate set's path (checked) and calibrating on evaluated
+images too; both reach the job the Run button launches."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from core.jobs import launch as jobs
+from tests.app.conftest import OpenPage
+from ui import keys
+
+
+def test_a_missing_calibration_set_is_a_one_line_error_and_blocks_run(
+    home: Path, open_page: OpenPage
+) -> None:
+    (home / "demo-build.pid").write_text("999999")  # no demo: nothing else is preselected
+    at = open_page("setup")
+    missing = home / "calibration.csv"
+    at.text_input(key=keys.SETUP_CALIBRATION_DATA).input(str(missing)).run()
+    assert f"{missing} does not exist; give the path of a CSV, folder or .zip of images." in [
+        e.value for e in at.error
+    ]
+    assert at.button(key=keys.SETUP_RUN).disabled
+    assert any("an existing separate calibration set" in c.value for c in at.caption)
+    # With a separate set named, "calibrate on evaluated images too" does not apply.
+    assert at.checkbox(key=keys.SETUP_CALIBRATION_OVERLAP).disabled
+
+
+@pytest.mark.slow
+def test_the_calibration_choices_reach_the_launched_job(
+    fresh_demo_home: Path, open_page: OpenPage
+) -> None:
+    at = open_page("setup", timeout=180)
+    at.multiselect(key=keys.SETUP_MODES).set_value(["float16"]).run()
+    calibration_set = fresh_demo_home / "demo" / "data" / "digits.csv"
+    at.text_input(key=keys.SETUP_CALIBRATION_DATA).input(str(calibration_set)).run()
+    at.button(key=keys.SETUP_RUN).click().run(timeout=60)
+    rid = at.session_state[keys.SELECTED_RUN]
+    job = json.loads((fresh_demo_home / "runs" / rid / "job.json").read_text())
+    assert job["calibration_data"] == str(calibration_set.resolve())
+    assert job["calibration_overlap"] is False
+    deadline = time.time() + 300
+    while jobs.active_run_id() is not None and time.time() < deadline:
+        time.sleep(2)
+    assert jobs.read_status(fresh_demo_home / "runs" / rid)["status"] == "done"

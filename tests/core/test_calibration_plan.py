@@ -1,0 +1,128 @@
+"""Which images calibrate and which are evaluated (held out by default at 2x the calibration
+count), the new flags in the reproduce command and the CLI parser, and the sweep's summary and
+flattening statement, on hand-made inputs whose answers are worked out here."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.cli import parse_sweep_sizes
+from core.engine.stages.decode import (
+    HELD_OUT,
+    NO_CALIBRATION,
+    OVERLAPPING,
+    SEPARATE,
+    calibration_plan,
+    select_samples,
+)
+from core.engine.stages.start import reproduce_command
+from core.errors import QuantLensError
+from core.reporting.sweep import flattens_at, size_summary, statement
+from core.types import Dataset, JobSpec, Sample
+
+
+def _dataset(n: int, prefix: str = "img") -> Dataset:
+    samples = tuple(
+        Sample(index=i, path=f"/d/{prefix}{i}.png", relpath=f"{prefix}{i}.png") for i in range(n)
+    )
+    return Dataset(path="/d", kind="folder", samples=samples)
+
+
+def _job(**kw: object) -> JobSpec:
+    return JobSpec(model_path="/m", data_path="/d", variants=("int8",), **kw)  # type: ignore[arg-type]
+
+
+def test_at_twice_the_calibration_count_the_pool_is_held_out_of_evaluation() -> None:
+    data = _dataset(200)
+    plan = calibration_plan(data, _job(calibration_samples=100), None)
+    assert plan.source == HELD_OUT
+    pool = {s.index for s in plan.pool}
+    evaluable = {s.index for s in plan.evaluable}
+    assert len(pool) == 100 and len(evaluable) == 100
+    assert pool.isdisjoint(evaluable) and pool | evaluable == set(range(200))
+    # --samples draws from what is left, never from the pool.
+    drawn = select_samples(plan.evaluable, 30, seed=0)
+    assert len(drawn) == 30 and pool.isdisjoint(s.index for s in drawn)
+
+
+def test_below_twice_the_count_calibration_overlaps_and_says_why() -> None:
+    plan = calibration_plan(_dataset(199), _job(calibration_samples=100), None)
+    assert plan.source == OVERLAPPING
+    assert len(plan.evaluable) == 199 and len(plan.pool) == 199
+    assert "fewer than twice the 100" in plan.reason
+
+
+def test_the_overlap_flag_keeps_every_image_in_evaluation() -> None:
+    plan = calibration_plan(_dataset(1000), _job(calibration_overlap=True), None)
+    assert plan.source == OVERLAPPING and len(plan.evaluable) == 1000
+
+
+def test_a_separate_set_calibrates_and_nothing_is_held_out() -> None:
+    other = _dataset(50, prefix="cal")
+    plan = calibration_plan(_dataset(1000), _job(), other)
+    assert plan.source == SEPARATE and len(plan.evaluable) == 1000
+    assert sorted(s.relpath for s in plan.pool) == sorted(s.relpath for s in other.samples)
+
+
+def test_the_sweep_widens_the_pool_to_its_largest_size_but_leaves_half_for_evaluation() -> None:
+    plan = calibration_plan(_dataset(1000), _job(calibration_sweep=(10, 200)), None)
+    assert len(plan.pool) == 200 and len(plan.evaluable) == 800
+    small = calibration_plan(_dataset(300), _job(calibration_sweep=(10, 200)), None)
+    assert len(small.pool) == 150 and len(small.evaluable) == 150  # capped at half
+
+
+def test_nothing_is_held_out_when_no_variant_is_calibrated() -> None:
+    job = JobSpec(model_path="/m", data_path="/d", variants=("float16", "dynamic"))
+    plan = calibration_plan(_dataset(1000), job, None)
+    assert plan.source == NO_CALIBRATION and len(plan.evaluable) == 1000
+
+
+def test_the_reproduce_command_carries_the_calibration_flags() -> None:
+    job = _job(
+        calibration_data="/data/cal set",
+        calibration_sweep=(10, 50, 100),
+        sweep_seeds=2,
+    )
+    command = reproduce_command(job)
+    assert "--calibration-data '/data/cal set'" in command
+    assert "--calibration-sweep 10,50,100 --sweep-seeds 2" in command
+    assert "--calibration-overlap" in reproduce_command(_job(calibration_overlap=True))
+    assert "--calibration" not in reproduce_command(_job()).replace("--calibration-samples", "")
+
+
+def test_sweep_sizes_parse_sorted_and_refuse_nonsense() -> None:
+    assert parse_sweep_sizes("100, 10,50,10") == (10, 50, 100)
+    assert parse_sweep_sizes(None) == ()
+    for bad in ("ten", "0,10", ","):
+        with pytest.raises(QuantLensError, match="--calibration-sweep"):
+            parse_sweep_sizes(bad)
+
+
+def _points(values: dict[int, list[float]]) -> list[dict[str, float]]:
+    return [
+        {"size": size, "seed": seed, "agreement_pct": a, "mean_kl": 0.1 / size}
+        for size, agreements in values.items()
+        for seed, a in enumerate(agreements, start=1)
+    ]
+
+
+def test_the_curve_flattens_at_the_smallest_size_within_half_a_point_of_the_largest() -> None:
+    # Means: n=10 90.0, n=50 97.0, n=100 97.4, n=200 97.3 -> 50 is within 0.5 of 97.3.
+    points = _points({10: [89.0, 91.0], 50: [96.5, 97.5], 100: [97.4, 97.4], 200: [97.2, 97.4]})
+    summary = size_summary(points)
+    assert [r["size"] for r in summary] == [10, 50, 100, 200]
+    assert summary[0]["agreement_mean"] == pytest.approx(90.0)
+    assert (summary[0]["agreement_min"], summary[0]["agreement_max"]) == (89.0, 91.0)
+    assert summary[1]["mean_kl_mean"] == pytest.approx(0.002)
+    assert flattens_at(summary) == 50
+    text = statement("int8", summary, 100)
+    assert "flattens at n=50" in text and "the run's 100 calibration images are enough" in text
+    assert "mean KL 0.01 at n=10, 0.0005 at n=200" in text  # 0.1 / size, as built above
+    assert "use at least 50" in statement("int8", summary, 10)
+
+
+def test_a_curve_still_rising_at_the_largest_size_says_so() -> None:
+    summary = size_summary(_points({10: [80.0], 50: [90.0], 100: [95.0]}))
+    assert flattens_at(summary) == 100
+    assert "still changing at the largest size tried (n=100" in statement("int8", summary, 100)
+    assert flattens_at(size_summary(_points({10: [80.0]}))) is None

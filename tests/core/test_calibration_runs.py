@@ -1,0 +1,211 @@
+"""Calibration kept apart from evaluation, and the calibration sweep, through the real CLI on the
+tiny model: asserted from the files the run wrote, and one sweep point re-evaluated here with
+its own interpreter loop against the original run in Keras."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.core.conftest import unlabelled_copy, write_tiny_images
+from tests.core.test_cli import run_cli
+
+pytestmark = pytest.mark.slow
+
+COMMON = ("--modes", "int8", "--preprocess", "unit", "--threads", "1", "--latency-runs", "2")
+COMMON += ("--min-agreement", "0", "--calibration-samples", "8")
+
+
+def _relpaths(path: Path) -> list[str]:
+    with path.open(encoding="utf-8") as f:
+        return [row["relpath"] for row in csv.DictReader(f)]
+
+
+@pytest.fixture(scope="module")
+def data(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny images unlabelled: the random tiny model is near chance on any labels, and such
+    a run exits 1 (no PASS); these tests are about which images calibrate."""
+    return unlabelled_copy(tiny_data, tmp_path_factory.mktemp("calib_data"))
+
+
+@pytest.fixture(scope="module")
+def swept_run(
+    tiny_models: dict[str, Path], data: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """24 images, 8 calibrating: held out; a sweep over 4 and 8 images with 2 seeds."""
+    home = tmp_path_factory.mktemp("calib_home")
+    out = home / "swept"
+    done = run_cli(
+        "run", str(tiny_models["keras"]), "--data", str(data), *COMMON,
+        "--calibration-sweep", "4,8", "--sweep-seeds", "2", "--out", str(out), home=home,
+    )  # fmt: skip
+    return done, out
+
+
+def test_held_out_calibration_images_are_never_evaluated(
+    swept_run: tuple[subprocess.CompletedProcess[str], Path],
+) -> None:
+    done, out = swept_run
+    assert done.returncode == 0, done.stderr
+    evaluated = _relpaths(out / "samples.csv")
+    calibrated = _relpaths(out / "calibration.csv")
+    assert len(calibrated) == 8 and len(evaluated) == 16
+    assert set(calibrated).isdisjoint(evaluated)
+    assert len(set(calibrated) | set(evaluated)) == 24  # nothing else was left out
+    report = json.loads((out / "report.json").read_text())
+    calibration = report["calibration"]
+    assert calibration["source"] == "held-out"
+    assert (calibration["images"], calibration["held_out"], calibration["evaluable"]) == (8, 8, 16)
+    assert report["dataset"]["num_samples"] == 16
+    assert "--calibration-sweep 4,8 --sweep-seeds 2" in report["run"]["command"]
+
+
+def test_the_sweep_writes_every_point_and_one_reproduces_independently(
+    swept_run: tuple[subprocess.CompletedProcess[str], Path], tiny_models: dict[str, Path],
+    data: Path,
+) -> None:  # fmt: skip
+    _, out = swept_run
+    sweep = json.loads((out / "report.json").read_text())["sweep"]
+    int8 = sweep["modes"]["int8"]
+    assert [(p["size"], p["seed"]) for p in int8["points"]] == [(4, 1), (4, 2), (8, 1), (8, 2)]
+    for point in int8["points"]:
+        assert (out / point["file"]).read_bytes()[4:8] == b"TFL3" and point["n"] == 16
+    assert sweep["modes"]["int16x8"].get("error") or len(sweep["modes"]["int16x8"]["points"]) == 4
+    assert int8["flattens_at"] in (4, 8) and sweep["statement"]
+    # Sweep points are not variants.
+    report = json.loads((out / "report.json").read_text())
+    assert [v["name"] for v in report["variants"]] == ["int8", "float32"]
+
+    # Independently: the original in Keras and the point's model in our own interpreter loop,
+    # on the evaluated images as samples.csv lists them, decoded here with Pillow.
+    import keras
+    from ai_edge_litert.interpreter import Interpreter
+
+    pixels = np.stack(
+        [
+            np.asarray(
+                Image.open(data.parent / rel)
+                .convert("RGB")
+                .resize((16, 16), Image.Resampling.BILINEAR)
+            )
+            for rel in _relpaths(out / "samples.csv")
+        ]
+    ).astype(np.float32) / np.float32(255.0)
+    original = keras.models.load_model(tiny_models["keras"]).predict(pixels, verbose=0)
+    point = int8["points"][-1]
+    interpreter = Interpreter(model_content=(out / point["file"]).read_bytes())
+    interpreter.allocate_tensors()
+    inp, outp = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    scale, zero = inp["quantization"]
+    top1 = []
+    for image in pixels:
+        # Half away from zero, as TFLite's Quantize kernel rounds (np.round rounds half to even).
+        scaled = image.astype(np.float64) / scale
+        rounded = np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)
+        q = np.clip(rounded + zero, -128, 127).astype(inp["dtype"])
+        interpreter.set_tensor(inp["index"], q[None])
+        interpreter.invoke()
+        top1.append(int(np.argmax(interpreter.get_tensor(outp["index"])[0])))
+    expected = 100.0 * np.mean(np.asarray(top1) == original.argmax(axis=1))
+    assert point["agreement_pct"] == pytest.approx(expected)
+
+
+def test_a_separate_calibration_set_is_used_and_changes_int8(
+    swept_run: tuple[subprocess.CompletedProcess[str], Path],
+    tiny_models: dict[str, Path],
+    data: Path,
+    tmp_path: Path,
+) -> None:
+    _, held_out = swept_run
+    other = write_tiny_images(tmp_path / "calset", per_class=3, seed=7)
+    out = tmp_path / "separate"
+    done = run_cli(
+        "run", str(tiny_models["keras"]), "--data", str(data), *COMMON,
+        "--calibration-data", str(other), "--out", str(out), home=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["calibration"]["source"] == "separate"
+    assert report["calibration"]["path"] == str(other.resolve())
+    assert report["calibration"]["images"] == 8 and report["dataset"]["num_samples"] == 24
+    with other.open(encoding="utf-8") as f:
+        listed = {row["filepath"] for row in csv.DictReader(f)}
+    assert set(_relpaths(out / "calibration.csv")) <= listed
+    assert "--calibration-data" in report["run"]["command"]
+    # Other calibration images, other int8 ranges: the model bytes differ.
+    assert (out / "int8.tflite").read_bytes() != (held_out / "int8.tflite").read_bytes()
+
+
+def test_cancelling_the_sweep_keeps_the_runs_finished_results(
+    tiny_models: dict[str, Path], data: Path, tmp_path: Path
+) -> None:
+    """Ctrl-C while a sweep point is being made: the run is cancelled, every variant it had
+    finished stays done with its numbers, and the sweep has no point it did not finish."""
+    import os
+    import signal
+    import sys
+    import time
+
+    from tests.core.test_cli import REPO, _default_sigint, _read
+
+    out = tmp_path / "out"
+    env = {**os.environ, "QUANTLENS_HOME": str(tmp_path), "QUANTLENS_FAULT": "hang@sweep"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "core", "run", str(tiny_models["keras"]), "--data", str(data),
+         *COMMON, "--calibration-sweep", "4", "--sweep-seeds", "1", "--out", str(out)],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_default_sigint,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and b"sweep int8 n=4 seed 1 (1/2)" not in _read(
+            out / "progress.jsonl"
+        ):
+            time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["run"]["status"] == "cancelled"
+    for variant in report["variants"]:
+        assert variant["status"] == "done" and variant["n"] == 16
+        assert variant["latency_ms"] is not None  # timed before the sweep began
+    assert report["sweep"]["modes"]["int8"]["points"] == []
+
+
+def test_the_ray_stage_holds_the_calibration_images_out_too(
+    tiny_models: dict[str, Path], data: Path, tmp_path: Path
+) -> None:
+    """--engine ray draws the evaluated images through the same plan: disjoint from the
+    calibration images its head decodes, asserted from the files."""
+    from core.engine.stages.ray_evaluate import evaluate_on_ray
+    from core.engine.stages.start import open_run
+    from core.types import JobSpec, Preset
+
+    job = JobSpec(
+        model_path=str(tiny_models["saved_model"]),
+        data_path=str(data),
+        variants=("int8",),
+        preset=Preset.UNIT,
+        calibration_samples=8,
+        threads=1,
+        engine="ray",
+    )
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    evaluate_on_ray(open_run(job, run_dir, progress=lambda _event: None, cache_dir=None))
+    evaluated = _relpaths(run_dir / "samples.csv")
+    calibrated = _relpaths(run_dir / "calibration.csv")
+    assert (len(evaluated), len(calibrated)) == (16, 8)
+    assert set(evaluated).isdisjoint(calibrated)
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["calibration"]["source"] == "held-out"
+    assert {v["name"]: v["n"] for v in report["variants"]} == {"int8": 16, "float32": 16}
