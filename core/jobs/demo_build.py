@@ -47,11 +47,23 @@ def demo_build_state(*, home: Path | None = None, which: str = SMALL) -> tuple[s
             pid = int(pid_file.read_text().strip())
         except ValueError:
             pid = 0
+        progress = _progress_message(message)
         if posix.pid_alive(pid):
-            # Progress lines are "<fraction> <message>"; show the message.
-            return "building", message.partition(" ")[2] or "starting"
+            return "building", progress or "starting"
+        if progress is not None:  # killed without a word (out of memory, a signal)
+            return "failed", f"the build stopped while {progress}"
         return "failed", message or "the demo build stopped"
     return "missing", ""
+
+
+def _progress_message(line: str) -> str | None:
+    """The message of a "<fraction> <message>" progress line; None for any other line."""
+    head, _, rest = line.partition(" ")
+    try:
+        float(head)
+    except ValueError:
+        return None
+    return rest
 
 
 def _last_line(log: Path) -> str:

@@ -52,7 +52,12 @@ def test_mobilenet_build_states(tmp_path: Path) -> None:
         "training epoch 3/6 (train accuracy 0.827)",
     )
 
-    pid_file.write_text(DEAD_PID)  # it stopped without a model: failed, with its last words
+    pid_file.write_text(DEAD_PID)  # killed mid-epoch (no error line): failed, saying where
+    assert demo_build_state(home=tmp_path, which=MOBILENET) == (
+        "failed",
+        "the build stopped while training epoch 3/6 (train accuracy 0.827)",
+    )
+    # it stopped on an error, without a model: failed, with its last words
     log.write_text(log.read_text() + "RuntimeError: out of disk space\n")
     assert demo_build_state(home=tmp_path, which=MOBILENET) == (
         "failed",
