@@ -117,7 +117,7 @@ def test_auto_fix_on_the_demo_is_reproduced_by_an_independent_evaluation(
     paths = mobilenet_demo_paths(built)
     out = tmp_path / "run"
     command = [sys.executable, "-m", "core", "run", str(paths.saved_model)]
-    command += ["--data", str(paths.data_csv), "--modes", "int8", "--samples", "200"]
+    command += ["--data", str(paths.data_csv), "--modes", "int8", "--samples", "120"]
     command += ["--auto-fix", "2", "--min-agreement", "100", "--out", str(out)]
     env = dict(os.environ, QUANTLENS_HOME=str(built), TF_CPP_MIN_LOG_LEVEL="3")
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
@@ -134,6 +134,6 @@ def test_auto_fix_on_the_demo_is_reproduced_by_an_independent_evaluation(
     recomputed = independent_agreements(out, paths.keras_model, paths.data_csv.parent)
     for name, disagreements in recomputed.items():
         entry = variants[name]
-        assert entry["n"] == 200
+        assert entry["n"] == 120
         assert entry["disagreements"] == disagreements, name
-        assert entry["top1_agreement_pct"] == pytest.approx(100 * (200 - disagreements) / 200)
+        assert entry["top1_agreement_pct"] == pytest.approx(100 * (120 - disagreements) / 120)
