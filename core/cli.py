@@ -9,6 +9,7 @@ from typing import Any
 
 from core.errors import QuantLensError
 from core.inputs import rundir
+from core.inputs.demo import DemoPaths
 from core.reporting.runmodel import RunReport
 from core.types import (
     BACKEND_CHOICES,
@@ -210,8 +211,17 @@ def _parser() -> argparse.ArgumentParser:
         "(write --mlflow=URI before MODEL)",
     )
 
-    demo = sub.add_parser("demo", help="build the embedded demo model and data set")
+    demo = sub.add_parser(
+        "demo", help="build the embedded demo data set and both demo models (small, MobileNetV2)"
+    )
     demo.add_argument("--out", default=None, help="demo folder (default <workspace>/demo)")
+    demo.add_argument(
+        "--only",
+        choices=["small", "mobilenetv2"],
+        default=None,
+        help="build one model: small (about a minute, what `run` needs) or mobilenetv2 "
+        "(MobileNetV2-0.35 at 96x96, about two minutes more; needs the small one's data)",
+    )
 
     history = sub.add_parser("history", help="list stored runs")
     history.add_argument("--search", default=None)
@@ -398,16 +408,17 @@ def _with_select_tf_ops(name: str) -> str:
     return (head if head.endswith("+tf") else head + "+tf") + sep + rest
 
 
-def _build_demo_in_worker(root: Path) -> None:
-    """Model work stays in a worker process, also for the CLI."""
+def _build_demo_in_worker(root: Path, command: str = "demo") -> None:
+    """Model work stays in a worker process, also for the CLI (command: demo | demo-mobilenetv2)."""
     import subprocess
 
     done = subprocess.run(
-        [sys.executable, "-m", "core.jobs.worker", "demo", str(root)], check=False
+        [sys.executable, "-m", "core.jobs.worker", command, str(root)], check=False
     )
     if done.returncode != 0:
+        what = "MobileNetV2 demo" if command == "demo-mobilenetv2" else "demo"
         raise QuantLensError(
-            "building the demo failed (see the output above); run `python -m core demo` again"
+            f"building the {what} failed (see the output above); run `python -m core demo` again"
         )
 
 
@@ -519,16 +530,29 @@ def _print_tracking(report: RunReport) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from core.inputs.demo import demo_paths, demo_root
+    from core.inputs.demo import demo_paths, demo_root, mobilenet_demo_paths
 
     root = Path(args.out).resolve() if args.out else demo_root()
-    _build_demo_in_worker(root)
-    paths = demo_paths(root=root)
-    print(
-        f"demo model:  {paths.saved_model}\n             {paths.keras_model}\ndemo data:   {paths.data_csv}"
-    )
-    print(f"try:         python -m core run {paths.saved_model} --data {paths.data_csv}")
+    small = demo_paths(root=root)
+    if args.only == "mobilenetv2" and not small.data_csv.is_file():
+        raise QuantLensError(
+            f"the MobileNetV2 demo trains on the small demo's data, missing in {root}; "
+            "run `python -m core demo --only small` first"
+        )
+    if args.only != "mobilenetv2":
+        _build_demo_in_worker(root)
+        _print_demo("demo model:", small)
+    if args.only != "small":
+        print("building the MobileNetV2-0.35 demo (about two minutes, once)...", file=sys.stderr)
+        _build_demo_in_worker(root, "demo-mobilenetv2")
+        _print_demo("MobileNetV2: ", mobilenet_demo_paths(root=root))
     return EXIT_PASS
+
+
+def _print_demo(title: str, paths: DemoPaths) -> None:
+    print(f"{title:<13}{paths.saved_model}\n{'':<13}{paths.keras_model}")
+    print(f"{'demo data:':<13}{paths.data_csv}")
+    print(f"{'try:':<13}python -m core run {paths.saved_model} --data {paths.data_csv}")
 
 
 def cmd_history(args: argparse.Namespace) -> int:

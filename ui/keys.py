@@ -36,6 +36,8 @@ SETUP_CANCEL = "setup.cancel"
 SETUP_LAUNCH_ERROR = "setup.launch_error"
 SETUP_SKIP_DEMO = "setup.skip_demo"
 SETUP_SKIP_DEMO_BUTTON = "setup.skip_demo_button"
+SETUP_DEMO_MODEL = "setup.demo_model"
+SETUP_BUILD_MOBILENET = "setup.build_mobilenet"
 
 # overview
 OVERVIEW_TABLE = "overview.table"

@@ -13,6 +13,7 @@ import streamlit as st
 
 from core.errors import QuantLensError
 from core.inputs import uploads
+from core.inputs.demo import DemoPaths, demo_paths, mobilenet_demo_paths
 from core.inputs.paths import allowed_roots, existing_under_roots
 from core.inputs.rundir import workspace_home, write_json_atomic
 from core.jobs import launch as jobs
@@ -36,6 +37,7 @@ from ui import cache, fmt, keys, runs
 # The operator's switch for trusted mode (off unless set to 1); users then confirm per run.
 TRUSTED_ENV = "QUANTLENS_ALLOW_TRUSTED"
 MODEL_SOURCES = ("Demo model", "Path on the server", "Upload")
+DEMO_MODELS = ("Small (32×32)", "MobileNetV2-0.35 (96×96)")
 DATA_SOURCES = ("Demo data", "CSV file on the server", "Image folder on the server", "Upload .zip")
 MODE_HELP = {
     "float32": "plain conversion, the honest TFLite baseline",
@@ -213,6 +215,60 @@ def _demo_wait() -> None:
         st.write(fmt.text(message or "working"))
 
 
+def _demo_model_choice() -> DemoPaths:
+    """The small demo, or the MobileNetV2-0.35 demo once its background build is ready.
+
+    Until then the small one stays preselected and the larger build's status shows here.
+    """
+    state, message = jobs.demo_build_state(which=jobs.MOBILENET)
+    if state != "ready":
+        _mobilenet_status(state, message)
+        return demo_paths()
+    choice = st.radio(
+        "Demo model",
+        DEMO_MODELS,
+        key=keys.SETUP_DEMO_MODEL,
+        horizontal=True,
+        help="Both are trained on the same digits. On the small one int8 flips almost nothing; "
+        "on MobileNetV2-0.35 it loses a few percent, which the Layers page can diagnose.",
+    )
+    return mobilenet_demo_paths() if choice == DEMO_MODELS[1] else demo_paths()
+
+
+def _mobilenet_status(state: str, message: str) -> None:
+    if state == "building":
+        _mobilenet_building()
+        return
+    if state == "failed":
+        st.warning(
+            f"The MobileNetV2-0.35 demo could not be built: {fmt.text(message)}. "
+            "The small demo is unaffected.",
+            icon=":material/error:",
+        )
+        label = "Retry the MobileNetV2-0.35 demo build"
+    else:
+        label = "Build the MobileNetV2-0.35 demo (a few minutes, in the background)"
+    if st.button(label, key=keys.SETUP_BUILD_MOBILENET, icon=":material/model_training:"):
+        try:
+            jobs.start_demo_build(which=jobs.MOBILENET)
+        except (QuantLensError, OSError) as exc:
+            st.error(f"Could not start the MobileNetV2-0.35 demo build: {exc}")
+        else:
+            st.rerun()
+
+
+@st.fragment(run_every=2.0)
+def _mobilenet_building() -> None:
+    state, message = jobs.demo_build_state(which=jobs.MOBILENET)
+    if state != "building":
+        st.rerun(scope="app")
+    st.info(
+        f"Building the MobileNetV2-0.35 demo in the background: {fmt.text(message)}. "
+        "The small demo is ready to run meanwhile.",
+        icon=":material/hourglass_top:",
+    )
+
+
 def _picked_upload(
     up: st.runtime.uploaded_file_manager.UploadedFile | None, remembered: str
 ) -> Path | None:
@@ -248,9 +304,7 @@ def model_section(demo_ok: bool) -> Picked:
         st.session_state.pop(keys.SETUP_MODEL_SOURCE, None)
     source = st.radio("Model source", options, key=keys.SETUP_MODEL_SOURCE, horizontal=True)
     if source == "Demo model":
-        from core.inputs.demo import demo_paths
-
-        paths = demo_paths()
+        paths = _demo_model_choice()
         p = paths.saved_model if paths.saved_model.exists() else paths.keras_model
         st.caption(f"Embedded demo classifier: {fmt.code(p)}")
         return Picked(str(p))
@@ -297,8 +351,6 @@ def data_section(demo_ok: bool) -> tuple[Picked, str | None]:
     source = st.radio("Data source", options, key=keys.SETUP_DATA_SOURCE, horizontal=True)
     labels: str | None = None
     if source == "Demo data":
-        from core.inputs.demo import demo_paths
-
         p = demo_paths().data_csv
         st.caption(f"Embedded demo data set: {fmt.code(p)}")
         return Picked(str(p)), None

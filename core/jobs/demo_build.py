@@ -1,4 +1,10 @@
-"""Build the embedded demo in a detached worker, and tell whether it is ready, building or failed."""
+"""Build the embedded demos in detached workers, and tell whether each is ready, building or failed.
+
+The small demo is built first (the first launch waits for it, about a minute); its worker then
+starts the MobileNetV2-0.35 demo's build in a second worker, so Run is clickable on the small
+demo while the larger model trains. Each build has its own log and pid file in the workspace:
+a failed large build leaves the small demo, and the server, untouched.
+"""
 
 from __future__ import annotations
 
@@ -9,48 +15,94 @@ import threading
 from pathlib import Path
 
 from core import posix
-from core.inputs.demo import demo_paths, demo_root
+from core.inputs.demo import DemoPaths, demo_paths, demo_root, mobilenet_demo_paths
 from core.jobs.workspace import SOURCE_ROOT, resolved_home
 
+SMALL = "small"
+MOBILENET = "mobilenetv2"
+DEMOS = (SMALL, MOBILENET)
+_FILE_STEM = {SMALL: "demo-build", MOBILENET: "demo-mobilenetv2-build"}
 
-def demo_build_state(*, home: Path | None = None) -> tuple[str, str]:
-    """("ready" | "building" | "failed" | "missing", the last progress message)."""
+
+def _paths(which: str, workspace: Path) -> DemoPaths:
+    return mobilenet_demo_paths(workspace) if which == MOBILENET else demo_paths(workspace)
+
+
+def build_files(which: str, *, home: Path | None = None) -> tuple[Path, Path]:
+    """(log, pid file) of one demo's build, in the workspace."""
     workspace = resolved_home(home)
-    if demo_paths(workspace).ready():
+    stem = _FILE_STEM[which]
+    return workspace / f"{stem}.log", workspace / f"{stem}.pid"
+
+
+def demo_build_state(*, home: Path | None = None, which: str = SMALL) -> tuple[str, str]:
+    """("ready" | "building" | "failed" | "missing", the last progress message) of one demo."""
+    workspace = resolved_home(home)
+    if _paths(which, workspace).ready():
         return "ready", "the demo is built"
-    root = demo_root(workspace)
-    log = root.parent / "demo-build.log"
-    pid_file = root.parent / "demo-build.pid"
-    message = ""
-    if log.exists():
-        lines = [
-            ln
-            for ln in log.read_text(encoding="utf-8", errors="replace").splitlines()
-            if ln.strip()
-        ]
-        message = lines[-1] if lines else ""
+    log, pid_file = build_files(which, home=workspace)
+    message = _last_line(log)
     if pid_file.exists():
         try:
             pid = int(pid_file.read_text().strip())
         except ValueError:
             pid = 0
+        progress = _progress_message(message)
         if posix.pid_alive(pid):
-            return "building", message.partition(" ")[2] or "starting"
+            return "building", progress or "starting"
+        if progress is not None:  # killed without a word (out of memory, a signal)
+            return "failed", f"the build stopped while {progress}"
         return "failed", message or "the demo build stopped"
     return "missing", ""
 
 
-def start_demo_build(*, home: Path | None = None) -> None:
-    """Build the demo in a detached worker unless it is ready or already being built."""
-    state, _ = demo_build_state(home=home)
+def _progress_message(line: str) -> str | None:
+    """The message of a "<fraction> <message>" progress line; None for any other line."""
+    head, _, rest = line.partition(" ")
+    try:
+        float(head)
+    except ValueError:
+        return None
+    return rest
+
+
+def _last_line(log: Path) -> str:
+    if not log.exists():
+        return ""
+    lines = [ln for ln in log.read_text(encoding="utf-8", errors="replace").splitlines() if ln]
+    return lines[-1].strip() if lines else ""
+
+
+def start_demo_build(
+    *,
+    home: Path | None = None,
+    which: str = SMALL,
+    then_mobilenet: bool = True,
+    epochs: int | None = None,
+) -> None:
+    """Build a demo in a detached worker unless it is ready or already being built.
+
+    The small demo's worker goes on to start the MobileNetV2 build (unless `then_mobilenet` is
+    False). The MobileNetV2 build trains on the small demo's data, so it waits for it: until
+    that exists, this does nothing. `epochs` shortens the MobileNetV2 training (tests).
+    """
+    state, _ = demo_build_state(home=home, which=which)
     if state in ("ready", "building"):
         return
     workspace = resolved_home(home)
+    if which == MOBILENET and not demo_paths(workspace).data_csv.is_file():
+        return
     root = demo_root(workspace)
     root.parent.mkdir(parents=True, exist_ok=True)
-    with (root.parent / "demo-build.log").open("wb") as log:
+    command = ["demo", str(root)] if which == SMALL else ["demo-mobilenetv2", str(root)]
+    if which == SMALL and then_mobilenet:
+        command.append("--then-mobilenetv2")
+    if which == MOBILENET and epochs is not None:
+        command += ["--epochs", str(epochs)]
+    log_file, pid_file = build_files(which, home=workspace)
+    with log_file.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "core.jobs.worker", "demo", str(root)],
+            [sys.executable, "-m", "core.jobs.worker", *command],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -58,5 +110,5 @@ def start_demo_build(*, home: Path | None = None) -> None:
             cwd=str(SOURCE_ROOT),
             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", QUANTLENS_HOME=str(workspace)),
         )
-    (root.parent / "demo-build.pid").write_text(str(process.pid))
+    pid_file.write_text(str(process.pid))
     threading.Thread(target=process.wait, daemon=True).start()

@@ -24,7 +24,7 @@ from core import posix
 from core.errors import QuantLensError
 from core.inputs import rundir
 from core.jobs import outcome, protocol, queue
-from core.jobs.demo_build import demo_build_state, start_demo_build
+from core.jobs.demo_build import MOBILENET, demo_build_state, start_demo_build
 from core.jobs.inspection import inspect_model
 from core.jobs.protocol import read_progress, read_status
 from core.jobs.queue import active_run_id, active_runs, queue_position
@@ -32,6 +32,7 @@ from core.jobs.workspace import SOURCE_ROOT, opened_store, resolved_home, run_di
 from core.types import JobSpec, RunStatus
 
 __all__ = [
+    "MOBILENET",
     "active_run_id",
     "active_runs",
     "cancel_run",

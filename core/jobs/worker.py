@@ -3,6 +3,9 @@
     python -m core.jobs.worker run RUN_DIR        run the job in RUN_DIR/job.json
     python -m core.jobs.worker inspect MODEL      print the model's signature as JSON
     python -m core.jobs.worker demo DEMO_DIR      build the embedded demo
+        [--then-mobilenetv2]                      ...then start the MobileNetV2 demo's build
+    python -m core.jobs.worker demo-mobilenetv2 DEMO_DIR [--epochs N]
+                                                  build the MobileNetV2-0.35 demo (after demo)
 
 The supervisor (core.jobs.supervisor) starts it in its own process group with a wall-clock
 timeout and, through QUANTLENS_MEMORY_LIMIT_BYTES, an address-space limit it applies to itself
@@ -13,13 +16,14 @@ Exit codes: 0 done, 2 a QuantLensError (written to status.json), 3 out of memory
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import functools
 import json
 import os
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from core import posix
@@ -106,15 +110,56 @@ def remember_demo_signature(model: Path) -> None:
         rundir.write_json_atomic(target, load_reference(model).signature.to_dict())
 
 
+def print_progress(fraction: float, message: str) -> None:
+    """One "<fraction> <message>" line: the demo build's log, read by core.jobs.demo_build."""
+    print(f"{fraction:.2f} {message}", flush=True)
+
+
+def build_mobilenet_demo(demo_dir: Path, *, epochs: int | None) -> int:
+    """Train the MobileNetV2 demo at the lowest CPU priority, taking turns with latency timing.
+
+    It trains for a minute or two on the cores a run's latency timing uses. Each epoch holds
+    the host's timing lock, so no latency is measured while it trains, and a run that reaches
+    its timing waits one epoch at most (the build waits a moment between epochs to let it in).
+    """
+    import time
+
+    from core.engine import demo
+
+    os.nice(19)
+
+    @contextlib.contextmanager
+    def timing_turn() -> Iterator[None]:
+        time.sleep(0.5)  # a job blocked on the lock gets it now, not after the whole build
+
+        def say_waiting() -> None:
+            print_progress(0.0, "waiting for a run's latency timing to finish")
+
+        with posix.host_lock(posix.TIMING_LOCK, on_wait=say_waiting):
+            yield
+
+    paths = demo.build_mobilenet_demo(
+        demo_dir,
+        progress=print_progress,
+        epochs=demo.MOBILENET_EPOCHS if epochs is None else epochs,
+        min_accuracy=demo.MOBILENET_MIN_ACCURACY if epochs is None else 0.0,
+        epoch_lock=timing_turn,
+    )
+    remember_demo_signature(paths.saved_model)
+    return EXIT_OK
+
+
 def main(argv: list[str]) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m core.jobs.worker")
-    parser.add_argument("command", choices=["run", "inspect", "demo"])
+    parser.add_argument("command", choices=["run", "inspect", "demo", "demo-mobilenetv2"])
     parser.add_argument("target")
     parser.add_argument("--trusted", action="store_true")
     parser.add_argument("--input-size", default=None, help="HxW for models with None spatial dims")
     parser.add_argument("--signature", default=None, help="SavedModel signature key")
+    parser.add_argument("--then-mobilenetv2", action="store_true", help="chain the large demo")
+    parser.add_argument("--epochs", type=int, default=None, help="MobileNetV2 demo epochs")
     args = parser.parse_args(argv)
     # A native crash (SIGSEGV/SIGABRT in the converter or interpreter) then leaves the Python
     # stack in stderr, whose tail the supervisor saves with the crashed variant.
@@ -133,9 +178,15 @@ def main(argv: list[str]) -> int:
                 input_size=size,  # type: ignore[arg-type]
                 signature_key=args.signature,
             )
+        if args.command == "demo-mobilenetv2":
+            return build_mobilenet_demo(target, epochs=args.epochs)
         from core.engine.demo import build_demo
 
-        paths = build_demo(target, progress=lambda f, m: print(f"{f:.2f} {m}", flush=True))
+        paths = build_demo(target, progress=print_progress)
+        if args.then_mobilenetv2:
+            from core.jobs.demo_build import MOBILENET, start_demo_build
+
+            start_demo_build(home=target.parent, which=MOBILENET)
         remember_demo_signature(paths.saved_model)
         return EXIT_OK
     except MemoryError:

@@ -61,7 +61,7 @@ def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     h = tmp_path_factory.mktemp("demo_home")
     env = dict(os.environ, QUANTLENS_HOME=str(h), TF_CPP_MIN_LOG_LEVEL="3")
     subprocess.run(
-        [sys.executable, "-m", "core", "demo"],
+        [sys.executable, "-m", "core", "demo", "--only", "small"],
         cwd=ROOT,
         env=env,
         check=True,

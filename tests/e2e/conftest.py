@@ -127,7 +127,7 @@ def demo_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("demo_template") / "demo"
     env = dict(os.environ, QUANTLENS_HOME=str(root.parent), TF_CPP_MIN_LOG_LEVEL="3")
     subprocess.run(
-        [sys.executable, "-m", "core", "demo", "--out", str(root)],
+        [sys.executable, "-m", "core", "demo", "--only", "small", "--out", str(root)],
         cwd=ROOT, env=env, check=True, capture_output=True, timeout=900,
     )  # fmt: skip
     return root

@@ -1,0 +1,93 @@
+"""The two demo builds' states (missing -> building -> ready | failed), read from the files a
+detached build leaves in the workspace: the MobileNetV2 build's state is its own, and its
+failure never touches the small demo's."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from core.inputs.demo import demo_paths, mobilenet_demo_paths
+from core.jobs.demo_build import MOBILENET, SMALL, build_files, demo_build_state, start_demo_build
+
+DEAD_PID = "999999"  # beyond the default pid_max of 32768 on most boxes: never alive
+
+
+def _make_ready(saved_model: Path, keras_model: Path) -> None:
+    """The two model files a finished build leaves (stand-ins: only their presence counts)."""
+    saved_model.mkdir(parents=True, exist_ok=True)
+    (saved_model / "saved_model.pb").write_bytes(b"pb")
+    keras_model.parent.mkdir(parents=True, exist_ok=True)
+    keras_model.write_bytes(b"keras")
+
+
+def _small_demo(home: Path) -> None:
+    small = demo_paths(home)
+    _make_ready(small.saved_model, small.keras_model)
+    small.data_csv.parent.mkdir(parents=True, exist_ok=True)
+    small.data_csv.write_text("filepath,label\n", encoding="utf-8")
+
+
+def test_mobilenet_demo_lives_in_the_demo_and_shares_its_data(tmp_path: Path) -> None:
+    small, large = demo_paths(tmp_path), mobilenet_demo_paths(tmp_path)
+    assert large.root == tmp_path / "demo" / "mobilenetv2"
+    assert large.saved_model == large.root / "saved_model"
+    assert large.keras_model == large.root / "digits_mobilenetv2.keras"
+    assert (large.data_csv, large.labels) == (small.data_csv, small.labels)
+    assert mobilenet_demo_paths(root=tmp_path / "x").root == tmp_path / "x" / "mobilenetv2"
+
+
+def test_mobilenet_build_states(tmp_path: Path) -> None:
+    _small_demo(tmp_path)
+    assert demo_build_state(home=tmp_path, which=SMALL)[0] == "ready"
+    assert demo_build_state(home=tmp_path, which=MOBILENET) == ("missing", "")
+
+    log, pid_file = build_files(MOBILENET, home=tmp_path)
+    assert (log.name, pid_file.name) == ("demo-mobilenetv2-build.log", "demo-mobilenetv2-build.pid")
+    pid_file.write_text(str(os.getpid()))  # a live process: the build is running
+    assert demo_build_state(home=tmp_path, which=MOBILENET) == ("building", "starting")
+    log.write_text("0.05 training epoch 0/6\n0.47 training epoch 3/6 (train accuracy 0.827)\n")
+    assert demo_build_state(home=tmp_path, which=MOBILENET) == (
+        "building",
+        "training epoch 3/6 (train accuracy 0.827)",
+    )
+
+    pid_file.write_text(DEAD_PID)  # killed mid-epoch (no error line): failed, saying where
+    assert demo_build_state(home=tmp_path, which=MOBILENET) == (
+        "failed",
+        "the build stopped while training epoch 3/6 (train accuracy 0.827)",
+    )
+    # it stopped on an error, without a model: failed, with its last words
+    log.write_text(log.read_text() + "RuntimeError: out of disk space\n")
+    assert demo_build_state(home=tmp_path, which=MOBILENET) == (
+        "failed",
+        "RuntimeError: out of disk space",
+    )
+    assert demo_build_state(home=tmp_path, which=SMALL)[0] == "ready"  # untouched
+
+    large = mobilenet_demo_paths(tmp_path)
+    _make_ready(large.saved_model, large.keras_model)
+    assert demo_build_state(home=tmp_path, which=MOBILENET)[0] == "ready"
+
+
+def test_a_failed_small_build_is_not_the_mobilenet_builds(tmp_path: Path) -> None:
+    small_log, small_pid = build_files(SMALL, home=tmp_path)
+    small_pid.write_text(DEAD_PID)
+    small_log.write_text("RuntimeError: boom\n")
+    assert demo_build_state(home=tmp_path, which=SMALL) == ("failed", "RuntimeError: boom")
+    assert demo_build_state(home=tmp_path, which=MOBILENET) == ("missing", "")
+
+
+def test_the_mobilenet_build_waits_for_the_small_demos_data(tmp_path: Path) -> None:
+    start_demo_build(home=tmp_path, which=MOBILENET)  # nothing to train on yet: no process
+    assert not any(p.exists() for p in build_files(MOBILENET, home=tmp_path))
+    assert demo_build_state(home=tmp_path, which=MOBILENET) == ("missing", "")
+
+
+def test_a_ready_or_running_build_is_not_started_again(tmp_path: Path) -> None:
+    _small_demo(tmp_path)
+    log, pid_file = build_files(MOBILENET, home=tmp_path)
+    pid_file.write_text(str(os.getpid()))
+    start_demo_build(home=tmp_path, which=MOBILENET)
+    assert pid_file.read_text() == str(os.getpid())  # the running one was kept
+    assert not log.exists()
