@@ -146,7 +146,7 @@ def test_a_restarted_reference_stage_reads_its_files_back(
     events: list[ProgressEvent] = []
     again = run_reference(_opened(job, tmp_path / "run", events))
     assert not any(e.step in ("decode", "reference") for e in events)  # nothing ran again
-    np.testing.assert_allclose(again.probs, first.probs, atol=1e-7)  # float32 on disk
+    np.testing.assert_array_equal(again.prob_rows(0, len(again)), first.prob_rows(0, len(first)))
     assert again.softmax == first.softmax
     assert again.labels.tolist() == first.labels.tolist()
     assert again.sample_indices == first.sample_indices
@@ -232,7 +232,6 @@ def test_local_evaluation_writes_what_the_interpreter_outputs(
             interpreter.set_tensor(inp["index"], image[None])
             interpreter.invoke()
             rows.append(interpreter.get_tensor(out["index"])[0].copy())
-        np.testing.assert_allclose(outcome.outputs, np.stack(rows), rtol=0, atol=1e-5)
         written = np.load(tmp_path / "run" / f"{name}.probs.npy")
         np.testing.assert_allclose(written, np.stack(rows), rtol=0, atol=1e-5)
 
