@@ -23,7 +23,7 @@ from core.engine.stages.evaluate import (
 from core.engine.stages.reference import ReferenceOutputs, run_reference
 from core.engine.stages.start import open_run
 from core.inputs import rundir
-from core.jobs.protocol import DECODE_STATE, DECODED_CACHE
+from core.jobs.protocol import DECODE_STATE, DECODED_CACHE, REFERENCE_OUTPUTS
 from core.types import JobSpec, Preset, ProgressEvent, VariantSpec
 
 pytestmark = pytest.mark.slow
@@ -152,6 +152,46 @@ def test_a_restarted_reference_stage_reads_its_files_back(
     assert again.sample_indices == first.sample_indices
     assert first.calibration is not None and again.calibration is not None
     np.testing.assert_array_equal(again.calibration, first.calibration)
+
+
+class _Stopped(Exception):
+    """Raised by a progress sink to stop a stage between two batches, like a crash."""
+
+
+def test_a_reference_pass_stopped_after_one_batch_left_that_batch_and_restarts_clean(
+    tiny_models: dict[str, Path], tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The original's outputs are on disk batch by batch (never only in memory); a stage that
+    did not finish is not taken for done, and its restart writes what an unbroken run does."""
+    import keras
+
+    monkeypatch.setattr("core.engine.stages.decode.BATCH", 8)
+    job = _job(tiny_models["keras"], tiny_data)
+    run_dir = tmp_path / "run"
+    seen: list[str] = []
+
+    def stop_at_second_batch(event: ProgressEvent) -> None:
+        seen.append(event.step)
+        if seen.count("reference") == 2:
+            raise _Stopped
+
+    run_dir.mkdir()
+    with pytest.raises(_Stopped):
+        run_reference(open_run(job, run_dir, progress=stop_at_second_batch, cache_dir=None))
+    expected = keras.models.load_model(tiny_models["keras"]).predict(
+        _unit_images(tiny_data), verbose=0
+    )
+    first_batch = np.fromfile(run_dir / REFERENCE_OUTPUTS, dtype=np.float32)
+    first_batch = first_batch.reshape(-1, expected.shape[1])
+    np.testing.assert_allclose(first_batch, expected[:8], atol=1e-5)
+    assert not (run_dir / DECODE_STATE).exists()  # not done: a restart runs it again
+
+    out = run_reference(_opened(job, run_dir))
+    assert len(out) == 24
+    np.testing.assert_allclose(np.load(run_dir / rundir.REFERENCE_PROBS), expected, atol=1e-5)
+    with (run_dir / rundir.SAMPLES).open(encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["ref_top1"]) for r in rows] == expected.argmax(axis=1).tolist()
 
 
 # -- evaluate: the engine is a seam -------------------------------------------------------------
