@@ -190,7 +190,6 @@ class VariantWriter:
         self.topk.append(topk_hits(records, probs, TOP_K))
         self.nonfinite += int((~np.isfinite(outputs).all(axis=1)).sum())
         self.done = stop
-        maybe_inject("written", self.spec.name)
 
     def finish(self, conversion: ConversionResult, io: dict[str, Any]) -> EvaluatedVariant:
         """The variant's metrics from every row added (all of the original's rows)."""

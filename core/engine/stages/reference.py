@@ -87,7 +87,6 @@ def run_reference(run: RunContext) -> ReferenceOutputs:
         outputs = run.model.predict(apply_preset(batch.pixels, run.job.preset))
         raw.append(outputs)
         probabilities = probabilities and outputs_are_probabilities(outputs)
-        maybe_inject("reference-written")
     if not decoded.kept:
         raise nothing_decoded(len(decoded.evaluated), decoded.skipped)
     calibration = calibration_set(
