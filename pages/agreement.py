@@ -100,7 +100,7 @@ variant = st.selectbox(
 v = res.variant(variant)
 
 st.subheader("Agreement per class")
-per_class = per_class_agreement(res.variant_samples(variant))
+per_class = per_class_agreement(res.variant_summary(variant))
 if per_class.empty:
     st.info("Per-sample results of this variant were not saved; no per-class view.")
 else:

@@ -25,7 +25,7 @@ if not shown:
     st.info("Pick at least one variant.")
     st.stop()
 
-tables = {n: res.variant_samples(n) for n in shown}
+tables = {n: res.variant_summary(n) for n in shown}  # no text columns; the strip reads its rows
 values = {n: t[metric].to_numpy(dtype=float) for n, t in tables.items()}
 st.caption("Per sample, in probability units (0..1). Click a bar to see its samples.")
 event = st.plotly_chart(

@@ -61,7 +61,7 @@ if flip and flip[0] == variant and not at_risk:
         st.session_state.pop(keys.DISAGREE_FLIP, None)
         st.rerun()
 
-table = res.variant_samples(variant)
+table = res.variant_summary(variant)  # the filter and sort columns; the gallery reads its page
 risk_margin = float(margin) if at_risk else None
 chosen_class = None if isinstance(ref_class, str) else int(ref_class)
 rows = pick_samples(

@@ -371,8 +371,7 @@ def sample_dialog(run_id: str, variant: str, row: int) -> None:
     except QuantLensError as exc:
         st.error(str(exc))
         return
-    df = res.variant_samples(variant)
-    rec = df[df["row"] == row]
+    rec = res.variant_rows(variant, [row])
     if rec.empty:
         st.warning("This sample is no longer in the run.")
         return
@@ -439,7 +438,8 @@ def gallery(
 ) -> None:
     """A grid of sample tiles (image + both predictions); each tile opens `sample_dialog`."""
     start = (page - 1) * page_size
-    chunk = df.iloc[start : start + page_size]
+    # `df` may hold only the columns the page filtered and sorted by: read the shown rows whole.
+    chunk = res.variant_rows(variant, df["row"].iloc[start : start + page_size].tolist())
     for offset in range(0, len(chunk), columns):
         cols = st.columns(columns)
         for col, (_, r) in zip(

@@ -91,6 +91,7 @@ def close_unfinished_variants(directory: Path, status: str, reason: str) -> None
         if variant["status"] in ("pending", "running"):
             variant["status"] = status
             variant["error"] = reason
+            remove_partial_outputs(directory, variant["name"])
     runmodel.write_report(directory, report)
 
 
@@ -101,13 +102,24 @@ def mark_variant(
     report = read_report(directory)
     if report is None:
         return
+    evaluated = False
     for variant in report["variants"]:
         if variant["name"] == name:
+            evaluated = variant["status"] == "done"  # e.g. a crash while timing it
             variant["status"] = status
             variant["error"] = reason
             variant["stderr_tail"] = tail
     runmodel.write_report(directory, report)
+    if not evaluated:
+        remove_partial_outputs(directory, name)
     sync_report_to_store(directory, home=home)
+
+
+def remove_partial_outputs(directory: Path, name: str) -> None:
+    """Delete the per-sample files a variant that ended mid-evaluation left half written
+    (they are appended batch by batch); readers then see no table, not a truncated one."""
+    rundir.variant_samples_path(directory, name).unlink(missing_ok=True)
+    rundir.probs_path(directory, name).unlink(missing_ok=True)
 
 
 def sync_report_to_store(directory: Path, *, home: Path | None) -> None:

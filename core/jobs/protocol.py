@@ -35,9 +35,10 @@ WORKER_TMP = ".tmp"  # the worker's TMPDIR inside its run directory
 DECODED_CACHE = ".decoded.u8"  # raw uint8 [N,H,W,C]
 DECODE_STATE = ".decoded.json"
 CALIBRATION_CACHE = ".calibration.npy"
+REFERENCE_OUTPUTS = ".reference.f32"  # raw float32 [N,C]: the original's outputs, batch by batch
 # Present while a conversion runs: which variant, on which thread (see ConversionMarker).
 CONVERTING = ".converting.json"
-SCRATCH_FILES = (DECODED_CACHE, DECODE_STATE, CALIBRATION_CACHE, CONVERTING)
+SCRATCH_FILES = (DECODED_CACHE, DECODE_STATE, CALIBRATION_CACHE, CONVERTING, REFERENCE_OUTPUTS)
 
 
 def write_status(run_dir: Path, status: RunStatus, *, error: str | None = None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ SUM_TOLERANCE = 1e-3
 # KL(ref||tfl) clips the TFLite probabilities here so a hard zero gives a large, finite value.
 KL_EPSILON = 1e-12
 Z95 = 1.959963984540054
+TOP_K = 5  # the k of top-k agreement unless a caller asks for another
 
 
 def _as_2d_float(outputs: npt.ArrayLike, name: str) -> FloatArray:
@@ -267,7 +269,7 @@ def agreement(
     tfl_probs: np.ndarray,
     *,
     labels: np.ndarray | None = None,
-    k: int = 5,
+    k: int = TOP_K,
 ) -> Agreement:
     """Aggregate metrics of one variant against the reference (DESIGN §6).
 
@@ -289,22 +291,56 @@ def agreement(
         ValueError: on shape mismatches, N == 0, or k < 1.
     """
     records = sample_records(ref_probs, tfl_probs)
-    ref = np.asarray(ref_probs, dtype=np.float64)
-    tfl = np.asarray(tfl_probs, dtype=np.float64)
-    n, num_classes = ref.shape
+    n, num_classes = np.shape(ref_probs)
     if n == 0:
         raise ValueError("agreement needs at least one sample; got an empty output array")
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     k = min(k, num_classes)
+    return agreement_of_records(
+        records, topk_hits(records, tfl_probs, k), num_classes=num_classes, k=k, labels=labels
+    )
 
+
+def topk_hits(records: SampleRecords, tfl_probs: np.ndarray, k: int) -> BoolArray:
+    """Per sample: the original's top-1 is among the variant's top-k (False on NaN rows).
+
+    `records` and `tfl_probs` cover the same rows; a caller streaming batches asks per batch.
+    """
+    valid = (records.ref_top1 >= 0) & (records.tfl_top1 >= 0)
+    tfl = np.asarray(tfl_probs, dtype=np.float64)
+    topk = topk_indices(tfl, min(k, tfl.shape[1]))
+    hits: BoolArray = (topk == records.ref_top1[:, None]).any(axis=1) & valid
+    return hits
+
+
+def concat_records(parts: list[SampleRecords]) -> SampleRecords:
+    """The records of consecutive batches as one (each field concatenated in order)."""
+    return SampleRecords(
+        **{
+            f.name: np.concatenate([getattr(p, f.name) for p in parts])
+            for f in dataclasses.fields(SampleRecords)
+        }
+    )
+
+
+def agreement_of_records(
+    records: SampleRecords,
+    in_topk: BoolArray,
+    *,
+    num_classes: int,
+    k: int,
+    labels: np.ndarray | None = None,
+) -> Agreement:
+    """`agreement` from per-sample records and top-k hits: no [N, C] array is needed, so an
+    engine that streams batches keeps only these N-long columns."""
+    n = len(records)
+    if n == 0:
+        raise ValueError("agreement needs at least one sample; got an empty output array")
     agree_count = int(records.agree.sum())
     lo, hi = wilson_interval(agree_count, n)
 
     valid = (records.ref_top1 >= 0) & (records.tfl_top1 >= 0)
-    topk = topk_indices(tfl, k)
-    in_topk = (topk == records.ref_top1[:, None]).any(axis=1) & valid
-
     flips = np.zeros((num_classes, num_classes), dtype=np.int64)
     flipped = valid & ~records.agree
     np.add.at(flips, (records.ref_top1[flipped], records.tfl_top1[flipped]), 1)
@@ -347,16 +383,13 @@ def agreement(
     )
 
 
+# The variant's per-sample CSV columns after `index`, in file order (see core/rundir.py).
+RECORD_COLUMNS = ("tfl_top1", "tfl_top1_prob", "agree", "max_abs_delta", "top1_prob_delta", "kl")
+
+
 def records_table(records: SampleRecords) -> dict[str, np.ndarray]:
     """The variant's per-sample CSV columns, in file order (see core/rundir.py)."""
-    return {
-        "tfl_top1": records.tfl_top1,
-        "tfl_top1_prob": records.tfl_top1_prob,
-        "agree": records.agree,
-        "max_abs_delta": records.max_abs_delta,
-        "top1_prob_delta": records.top1_prob_delta,
-        "kl": records.kl,
-    }
+    return {name: getattr(records, name) for name in RECORD_COLUMNS}
 
 
 # A quantized variant's disagreement with the original is "conversion"-caused when the float32

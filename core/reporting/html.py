@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import csv
+import heapq
 import html
 import math
 import shlex
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -140,15 +142,6 @@ def write_report_html(run_dir: Path, *, name: str | None = None) -> Path:
 
 
 # -- reading -------------------------------------------------------------------------------------
-
-
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    """Rows of a CSV as dicts; a missing or unreadable file gives no rows (the report goes on)."""
-    try:
-        with path.open(newline="", encoding="utf-8") as f:
-            return list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return []
 
 
 # -- formatting ----------------------------------------------------------------------------------
@@ -498,26 +491,27 @@ def _split_cell(variant: Variant) -> str:
 
 
 def _galleries(run_dir: Path, report: RunReport, variants: list[Variant]) -> str:
-    reference_rows = {r.get("index"): r for r in _read_csv(run_dir / rundir.SAMPLES)}
     root = rundir.dataset_root(report.get("dataset") or {})
     out = []
     for v in variants:
         name = v.name
-        rows = _read_csv(rundir.variant_samples_path(run_dir, name))
-        if not rows:
+        count, disagree_count, disagreeing = _most_different(
+            rundir.variant_samples_path(run_dir, name), MAX_GALLERY
+        )
+        if not count:
             if v.get("status") == "done":
                 out.append(f"<h3>{_e(name)}</h3><p class='na'>No per-sample table.</p>")
             continue
-        disagreeing = [r for r in rows if not _truthy(r.get("agree"))]
-        # Most different first: the flips a reviewer should look at before shipping.
-        disagreeing.sort(key=lambda r: -(_num(r.get("max_abs_delta")) or 0.0))
         header = (
-            f"<h3>{_e(name)}: {len(disagreeing)} of {len(rows)} samples disagree</h3>"
-            if disagreeing
+            f"<h3>{_e(name)}: {disagree_count} of {count} samples disagree</h3>"
+            if disagree_count
             else f"<h3>{_e(name)}: every sample agrees</h3>"
         )
+        reference_rows = _rows_with_index(
+            run_dir / rundir.SAMPLES, {r.get("index") for r in disagreeing}
+        )
         cards = []
-        for r in disagreeing[:MAX_GALLERY]:
+        for r in disagreeing:
             ref = reference_rows.get(r.get("index"), {})
             relpath = ref.get("relpath") or ""
             cards.append(
@@ -539,6 +533,39 @@ def _galleries(run_dir: Path, report: RunReport, variants: list[Variant]) -> str
         gallery = f'<div class="gallery">{"".join(cards)}</div>' if cards else ""
         out.append(header + gallery)
     return "\n".join(out) or '<p class="na">No per-sample results yet.</p>'
+
+
+def _most_different(path: Path, keep: int) -> tuple[int, int, list[dict[str, str]]]:
+    """(rows, disagreeing rows, the `keep` disagreeing rows of largest max |Δp|) of a variant's
+    samples file, read as a stream: a 50,000-row file is never held whole."""
+    count = disagree_count = 0
+
+    def disagreeing() -> Iterator[dict[str, str]]:
+        nonlocal count, disagree_count
+        for row in _iter_csv(path):
+            count += 1
+            if not _truthy(row.get("agree")):
+                disagree_count += 1
+                yield row
+
+    # Most different first: the flips a reviewer should look at before shipping. nsmallest is
+    # sorted(...)[:keep], stable: equal deltas keep file order.
+    top = heapq.nsmallest(keep, disagreeing(), key=lambda r: -(_num(r.get("max_abs_delta")) or 0.0))
+    return count, disagree_count, top
+
+
+def _rows_with_index(path: Path, indices: set[str | None]) -> dict[str | None, dict[str, str]]:
+    """The rows of a CSV whose `index` is in `indices`, by index (streamed)."""
+    return {r.get("index"): r for r in _iter_csv(path) if r.get("index") in indices}
+
+
+def _iter_csv(path: Path) -> Iterator[dict[str, str]]:
+    """Rows of a CSV as dicts, one at a time; a missing or unreadable file ends the rows."""
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            yield from csv.DictReader(f)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return
 
 
 def _truthy(value: Any) -> bool:

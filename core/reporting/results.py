@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,8 +133,7 @@ class RunResults:
         """samples.csv: index, relpath, label, ref_top1, ref_top1_prob, ref_margin (empty if absent)."""
         if "samples" not in self._memo:
             path = self.run_dir / rundir.SAMPLES
-            cols = ["index", "relpath", "label", "ref_top1", "ref_top1_prob", "ref_margin"]
-            df = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=cols)
+            df = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=SAMPLE_COLUMNS)
             self._memo["samples"] = df
         out: pd.DataFrame = self._memo["samples"]
         return out
@@ -142,7 +141,9 @@ class RunResults:
     def variant_samples(self, name: str) -> pd.DataFrame:
         """samples.csv joined with `<variant>.samples.csv` on `index` (empty if not written yet).
 
-        Adds `row` (position in the probability arrays) and `abs_top1_prob_delta`.
+        Adds `row` (position in the probability arrays) and `abs_top1_prob_delta`. Every row
+        and column: a page that filters, sorts or counts reads `variant_summary`, and the rows
+        it shows with `variant_rows`.
         """
         key = f"samples:{name}"
         if key not in self._memo:
@@ -150,26 +151,55 @@ class RunResults:
             base["row"] = np.arange(len(base))
             path = rundir.variant_samples_path(self.run_dir, name)
             if not path.is_file() or base.empty:
-                self._memo[key] = base.iloc[0:0].assign(
-                    tfl_top1=[],
-                    tfl_top1_prob=[],
-                    agree=[],
-                    max_abs_delta=[],
-                    top1_prob_delta=[],
-                    kl=[],
-                    abs_top1_prob_delta=[],
-                    cause=[],
-                )
+                self._memo[key] = _empty_joined(base)
             else:
-                var = pd.read_csv(path)
-                df = base.merge(var, on="index", how="inner", validate="one_to_one")
-                df["agree"] = df["agree"].astype(str).str.lower().isin(["true", "1", "1.0"])
-                df["abs_top1_prob_delta"] = df["top1_prob_delta"].abs()
-                # "" where the variant agrees, or when the run has no pivot to split against.
-                df["cause"] = df["cause"].fillna("").astype(str) if "cause" in df else ""
-                self._memo[key] = df
+                self._memo[key] = _joined(base, pd.read_csv(path))
         out: pd.DataFrame = self._memo[key]
         return out
+
+    def variant_summary(self, name: str) -> pd.DataFrame:
+        """The columns of `variant_samples` that filters, sorts and aggregates need, for every
+        sample, without the text columns (relpath, label) or the unused ones: a page on a
+        50,000-sample run keeps a few MB, not the whole table. Read once per file version."""
+        path = rundir.variant_samples_path(self.run_dir, name)
+        key = f"summary:{name}:{_mtime(path)}:{_mtime(self.run_dir / rundir.SAMPLES)}"
+        if key not in self._memo:
+            wanted = set(SUMMARY_COLUMNS)
+            base = self._sample_columns(lambda c: c in wanted)
+            base["row"] = np.arange(len(base))
+            if not path.is_file() or base.empty:
+                table = _empty_joined(base)
+            else:
+                table = _joined(base, pd.read_csv(path, usecols=lambda c: c in wanted))
+            self._memo[key] = table[[c for c in table.columns if c in wanted or c == "row"]]
+        out: pd.DataFrame = self._memo[key]
+        return out
+
+    def variant_rows(self, name: str, rows: Sequence[int]) -> pd.DataFrame:
+        """Every column of `variant_samples` for the given row positions only, in that order:
+        the files are scanned, but only those rows are parsed and kept (one gallery page)."""
+        wanted = {int(r) for r in rows}
+        if not wanted:
+            return self.variant_summary(name).iloc[0:0]
+
+        def skip(line: int) -> bool:  # line 0 is the header
+            return line > 0 and (line - 1) not in wanted
+
+        base = self._sample_columns(lambda _c: True, skiprows=skip)
+        base["row"] = sorted(wanted)[: len(base)]
+        path = rundir.variant_samples_path(self.run_dir, name)
+        if not path.is_file() or base.empty:
+            return _empty_joined(base)
+        table = _joined(base, pd.read_csv(path, skiprows=skip))
+        order = {r: i for i, r in enumerate(int(r) for r in rows)}
+        return table.sort_values("row", key=lambda col: col.map(order)).reset_index(drop=True)
+
+    def _sample_columns(self, usecols: Callable[[str], bool], **read: Any) -> pd.DataFrame:
+        """Some columns (and, with `skiprows`, some rows) of samples.csv, empty if absent."""
+        path = self.run_dir / rundir.SAMPLES
+        if not path.is_file():
+            return pd.DataFrame(columns=[c for c in SAMPLE_COLUMNS if usecols(c)])
+        return pd.read_csv(path, usecols=usecols, **read)
 
     def layer_rows(self, name: str) -> list[dict[str, str]]:
         """The rows of `<name>.layers.csv` (core.engine.diagnose), as written; [] if absent."""
@@ -218,6 +248,51 @@ class RunResults:
             return None
         p = resolve_inside(root, str(relpath))
         return p if p is not None and p.is_file() else None
+
+
+SAMPLE_COLUMNS = ["index", "relpath", "label", "ref_top1", "ref_top1_prob", "ref_margin"]
+# What the pages filter, sort and count by (see `RunResults.variant_summary`).
+SUMMARY_COLUMNS = (
+    "index",
+    "ref_top1",
+    "ref_margin",
+    "tfl_top1",
+    "agree",
+    "max_abs_delta",
+    "top1_prob_delta",
+    "abs_top1_prob_delta",
+    "cause",
+)
+
+
+def _joined(base: pd.DataFrame, var: pd.DataFrame) -> pd.DataFrame:
+    """samples.csv rows joined with a variant's rows on `index`, with the derived columns."""
+    df = base.merge(var, on="index", how="inner", validate="one_to_one")
+    df["agree"] = df["agree"].astype(str).str.lower().isin(["true", "1", "1.0"])
+    df["abs_top1_prob_delta"] = df["top1_prob_delta"].abs()
+    # "" where the variant agrees, or when the run has no pivot to split against.
+    df["cause"] = df["cause"].fillna("").astype(str) if "cause" in df else ""
+    return df
+
+
+def _empty_joined(base: pd.DataFrame) -> pd.DataFrame:
+    return base.iloc[0:0].assign(
+        tfl_top1=[],
+        tfl_top1_prob=[],
+        agree=[],
+        max_abs_delta=[],
+        top1_prob_delta=[],
+        kl=[],
+        abs_top1_prob_delta=[],
+        cause=[],
+    )
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def load_results(run_dir: Path) -> RunResults:

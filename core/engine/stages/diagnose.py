@@ -189,7 +189,7 @@ def _auto_fix_variant(
     entry["auto_fix"] = {
         "candidates_by": f"the per-layer statistics ({table.name})",
         "ranked_by": "measured mean KL with one layer in float, then agreement",
-        "scan_images": min(selective.SCAN_IMAGES, len(reference.probs)),
+        "scan_images": min(selective.SCAN_IMAGES, len(reference)),
         "sensitivity": scan,
         "steps": steps,
         "variant": None if derived is None else derived.name,
@@ -261,7 +261,7 @@ def measure_tflite(
         if done >= total:
             break
     probs = to_probabilities(np.concatenate(outputs), softmax=reference.softmax)
-    records = sample_records(reference.probs[:total], probs)
+    records = sample_records(reference.prob_rows(0, total), probs)
     kl = records.kl[np.isfinite(records.kl)]
     return Measurement(
         agreement_pct=float(100.0 * records.agree.mean()),

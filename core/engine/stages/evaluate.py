@@ -20,30 +20,40 @@ from core.engine.faults import maybe_inject
 from core.engine.runtime import evaluation_batch
 from core.engine.stages.context import RunContext
 from core.engine.stages.convert import Conversion
-from core.engine.stages.files import DecodedCache, save_npy, write_csv
-from core.engine.stages.reference import ReferenceOutputs, nonfinite_warnings
+from core.engine.stages.files import BATCH, CsvAppender, DecodedCache, NpyAppender
+from core.engine.stages.reference import ReferenceOutputs, nonfinite_warning
 from core.errors import QuantLensError
 from core.inputs import rundir
 from core.jobs.protocol import DECODED_CACHE
 from core.metrics.agreement import (
-    agreement,
+    RECORD_COLUMNS,
+    TOP_K,
+    SampleRecords,
+    agreement_of_records,
+    concat_records,
     disagreement_causes,
     records_table,
     sample_records,
     split_counts,
     to_probabilities,
+    topk_hits,
 )
-from core.types import Mode, VariantSpec
+from core.types import Agreement, Mode, VariantSpec
 
 
 @dataclass(frozen=True)
 class EvaluatedVariant:
-    """A converted model's outputs on every evaluation image, its per-sample files written."""
+    """A converted model evaluated on every image, its per-sample files written.
+
+    It holds the aggregates only; the per-sample outputs are on disk (<variant>.probs.npy,
+    <variant>.samples.csv), written batch by batch, so memory does not grow with the data set.
+    """
 
     spec: VariantSpec
     conversion: ConversionResult
-    outputs: np.ndarray  # float32 [N, C] as the model gave them (dequantized)
-    probs: np.ndarray  # [N, C] after the original's logits-or-probabilities decision
+    metrics: Agreement  # against the original, from every sample
+    num_classes: int
+    nonfinite: int  # samples where the model's own outputs held NaN/Inf
     causes: np.ndarray | None  # per sample "conversion" / "quantization" / "", or no split
     io: dict[str, Any]  # the interpreter's input/output types (TFLiteRunner.describe)
 
@@ -110,13 +120,17 @@ def evaluate_converted(
     for conversion in conversions:
         spec = conversion.spec
         on_start(spec)
+        writer: VariantWriter | None = None
         try:
             if not conversion.done():
                 run.emit("convert", 0.0, f"waiting for {spec.name} to convert", spec.name)
             result = conversion.result()
-            outputs, io = tflite_outputs(run, result.tflite, spec.name)
-            evaluated = evaluated_variant(run, reference, spec, result, outputs, io)
+            writer = VariantWriter(run, reference, spec)
+            io = tflite_outputs(run, result.tflite, spec.name, writer.add)
+            evaluated = writer.finish(result, io)
         except QuantLensError as exc:
+            if writer is not None:
+                writer.discard()  # a failed variant leaves no half-written per-sample files
             yield FailedVariant(spec=spec, error=str(exc))
             continue
         yield evaluated
@@ -130,19 +144,93 @@ def evaluated_variant(
     outputs: np.ndarray,
     io: dict[str, Any],
 ) -> EvaluatedVariant:
-    """A converted model's raw outputs [N, C] (rows as in samples.csv), its files written.
+    """A converted model's raw outputs [N, C] gathered whole (rows as in samples.csv), its
+    files written through the same `VariantWriter` as the local engine's batches."""
+    writer = VariantWriter(run, reference, spec)
+    for start in range(0, len(outputs), BATCH):
+        writer.add(outputs[start : start + BATCH])
+    return writer.finish(conversion, io)
 
-    Every engine ends a variant here, so the files and the probabilities are built one way.
+
+class VariantWriter:
+    """One variant's per-sample files, written as its output batches arrive, and the N-long
+    columns its metrics need (no [N, C] array is kept: memory stays flat as N grows).
+
+    <variant>.samples.csv and <variant>.probs.npy always hold every batch added so far; a
+    crashed worker's restart evaluates the variant again and rewrites them.
     """
-    probs = to_probabilities(outputs, softmax=reference.softmax)
-    causes = write_variant_samples(run, reference, spec, probs)
-    return EvaluatedVariant(
-        spec=spec, conversion=conversion, outputs=outputs, probs=probs, causes=causes, io=io
-    )
+
+    def __init__(self, run: RunContext, reference: ReferenceOutputs, spec: VariantSpec) -> None:
+        self.reference = reference
+        self.spec = spec
+        self.pivot_agree = _pivot_agreement(run, spec)
+        names = ["index", *RECORD_COLUMNS] + (["cause"] if self.pivot_agree is not None else [])
+        self.table = CsvAppender(rundir.variant_samples_path(run.run_dir, spec.name), names)
+        self.probs = NpyAppender(
+            rundir.probs_path(run.run_dir, spec.name), len(reference), reference.num_classes
+        )
+        self.records: list[SampleRecords] = []
+        self.topk: list[np.ndarray] = []
+        self.nonfinite = 0
+        self.done = 0  # rows added so far
+
+    def add(self, outputs: np.ndarray) -> None:
+        """The model's raw outputs for the next rows: compared, appended to both files."""
+        start = self.done
+        stop = start + len(outputs)
+        probs = to_probabilities(outputs, softmax=self.reference.softmax)
+        records = sample_records(self.reference.prob_rows(start, stop), probs)
+        columns: dict[str, Any] = {"index": self.reference.sample_indices[start:stop]}
+        columns.update(records_table(records))
+        if self.pivot_agree is not None:
+            columns["cause"] = disagreement_causes(records.agree, self.pivot_agree[start:stop])
+        self.table.append(columns)
+        self.probs.append(probs)
+        self.records.append(records)
+        self.topk.append(topk_hits(records, probs, TOP_K))
+        self.nonfinite += int((~np.isfinite(outputs).all(axis=1)).sum())
+        self.done = stop
+
+    def finish(self, conversion: ConversionResult, io: dict[str, Any]) -> EvaluatedVariant:
+        """The variant's metrics from every row added (all of the original's rows)."""
+        if self.done != len(self.reference):
+            raise QuantLensError(
+                f"{self.spec.name} gave outputs for {self.done} of {len(self.reference)} "
+                "images; run it again"
+            )
+        records = concat_records(self.records)
+        metrics = agreement_of_records(
+            records,
+            np.concatenate(self.topk),
+            num_classes=self.reference.num_classes,
+            k=min(TOP_K, self.reference.num_classes),
+            labels=self.reference.labels_or_none,
+        )
+        causes = (
+            None
+            if self.pivot_agree is None
+            else disagreement_causes(records.agree, self.pivot_agree)
+        )
+        return EvaluatedVariant(
+            spec=self.spec,
+            conversion=conversion,
+            metrics=metrics,
+            num_classes=self.reference.num_classes,
+            nonfinite=self.nonfinite,
+            causes=causes,
+            io=io,
+        )
+
+    def discard(self) -> None:
+        self.table.path.unlink(missing_ok=True)
+        self.probs.path.unlink(missing_ok=True)
 
 
-def tflite_outputs(run: RunContext, tflite: bytes, name: str) -> tuple[np.ndarray, dict[str, Any]]:
-    """One model's float outputs [N, C] on every decoded image, and its I/O description.
+def tflite_outputs(
+    run: RunContext, tflite: bytes, name: str, sink: Callable[[np.ndarray], None]
+) -> dict[str, Any]:
+    """Run one model on every decoded image, handing each batch's float outputs to `sink` as
+    it comes; returns the model's I/O description.
 
     Runs several small images per invoke where the model's batch dimension allows it (the
     numbers equal batch 1's: tests/core/test_runtime_batch.py); large images, and models with
@@ -157,39 +245,21 @@ def tflite_outputs(run: RunContext, tflite: bytes, name: str) -> tuple[np.ndarra
     runner = TFLiteRunner(tflite, threads=run.threads, name=f"{name}.tflite", batch=batch)
     cache = DecodedCache(run.run_dir / DECODED_CACHE, run.image_shape)
     total = len(cache)
-    rows = np.empty((total, run.model.signature.num_classes), dtype=np.float32)
     done = 0
     last_report = 0.0
     for pixels in cache.batches():
         outputs = runner.run_batch(apply_preset(pixels, run.job.preset))
-        rows[done : done + len(outputs)] = outputs
+        sink(outputs)
         done += len(outputs)
         if time.monotonic() - last_report > 0.5 or done == total:
             last_report = time.monotonic()
             run.emit("infer", done / total, f"{name}: ran {done}/{total} images", name)
-    return rows, runner.describe()
+    return runner.describe()
 
 
-def write_variant_samples(
-    run: RunContext, reference: ReferenceOutputs, spec: VariantSpec, probs: np.ndarray
-) -> np.ndarray | None:
-    """Write <variant>.samples.csv and <variant>.probs.npy; return the disagreement causes."""
-    records = sample_records(reference.probs, probs)
-    columns: dict[str, Any] = {"index": reference.sample_indices}
-    columns.update(records_table(records))
-    causes = _disagreement_causes(run, spec, records.agree)
-    if causes is not None:
-        columns["cause"] = causes
-    write_csv(rundir.variant_samples_path(run.run_dir, spec.name), columns)
-    save_npy(rundir.probs_path(run.run_dir, spec.name), probs.astype(np.float32))
-    return causes
-
-
-def _disagreement_causes(
-    run: RunContext, spec: VariantSpec, agree: np.ndarray
-) -> np.ndarray | None:
-    """Per sample, "conversion", "quantization" or "" for a quantized variant; None when
-    the variant is float32 or the pivot has no outputs (it failed)."""
+def _pivot_agreement(run: RunContext, spec: VariantSpec) -> np.ndarray | None:
+    """The pivot's per-sample agreement a quantized variant is split against; None when the
+    variant is float32 or the pivot has no outputs (it failed)."""
     pivot = run.report.pivot
     if spec.mode is Mode.FLOAT32 or not pivot:
         return None
@@ -197,7 +267,7 @@ def _disagreement_causes(
     if run.report.variant(pivot)["status"] != "done" or not path.exists():
         return None
     # The pivot's own written `agree` column, so the split matches what its row reports.
-    return disagreement_causes(agree, written_agreement(run, pivot))
+    return written_agreement(run, pivot)
 
 
 def written_agreement(run: RunContext, name: str) -> np.ndarray:
@@ -212,14 +282,13 @@ def record_result(run: RunContext, reference: ReferenceOutputs, done: EvaluatedV
     """The variant's finished row in report.json (metrics, verdict), then its progress event."""
     from core.reporting.report import finished_variant, verdict
 
-    name, result = done.spec.name, done.conversion
-    metrics = agreement(reference.probs, done.probs, labels=reference.labels_or_none)
+    name, result, metrics = done.spec.name, done.conversion, done.metrics
     entry = finished_variant(
         run.report.variant(name),
         size_bytes=result.size_bytes,
         reference_size=run.report.data["reference"]["size_bytes"],
         agreement=metrics,
-        num_classes=done.probs.shape[1],
+        num_classes=done.num_classes,
         min_agreement_pct=run.job.min_agreement_pct,
         conversion_seconds=result.seconds,
         conversion_cached=result.cached,
@@ -227,7 +296,7 @@ def record_result(run: RunContext, reference: ReferenceOutputs, done: EvaluatedV
         select_tf_ops_used=result.select_tf_ops_used,
         softmax_applied=reference.softmax,
         io=done.io,
-        warnings=nonfinite_warnings(done.outputs, "the converted model")
+        warnings=nonfinite_warning(done.nonfinite, metrics.n, "the converted model")
         + _split_warnings(run, done.spec, done.causes),
         disagreement_split=None if done.causes is None else split_counts(done.causes),
         verdict_rule=run.job.verdict,

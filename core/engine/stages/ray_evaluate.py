@@ -5,7 +5,7 @@ first, so a wrong address fails in seconds, not after every conversion. It decod
 conversion needs (the probe images, into the decoded cache where the time stage also finds its
 image, and the calibration set) and converts every pending variant, one after another.
 core.engine.ray_engine then runs the original and every variant on the cluster's shards, and
-the outputs are recorded by the local stages' own functions (reference.write_reference,
+the outputs are recorded by the local stages' own functions (reference.record_reference,
 evaluate.evaluated_variant, record_result, record_failure), so the files and the numbers are
 the local engine's. Time and finish then run on the head as usual.
 """
@@ -31,9 +31,8 @@ from core.engine.stages.evaluate import (
 from core.engine.stages.reference import (
     ReferenceOutputs,
     nothing_decoded,
-    reference_outputs,
+    record_reference,
     saved_reference,
-    write_reference,
 )
 from core.errors import QuantLensError
 from core.inputs import rundir
@@ -177,10 +176,8 @@ def _record_reference(
     run: RunContext, evaluation: Evaluation, calibration: np.ndarray | None
 ) -> ReferenceOutputs:
     """The reference stage's files and report entries, from the cluster's outputs."""
-    reference = reference_outputs(evaluation.reference, evaluation.kept, calibration)
     skipped = [*run.dataset.skipped, *evaluation.skipped]  # as the decode stage lists them
-    write_reference(run, reference, evaluation.kept, skipped)
-    return reference
+    return record_reference(run, evaluation.reference, evaluation.kept, skipped, calibration)
 
 
 def _record_variant(

@@ -149,8 +149,8 @@ def _sweep_point(
 ) -> dict[str, Any]:
     """Quantize, write and evaluate one point; its row in the `sweep` section."""
     from core.engine.quantizer import quantize_float_tflite
-    from core.engine.stages.evaluate import tflite_outputs
-    from core.metrics.agreement import agreement, to_probabilities
+    from core.engine.stages.diagnose import measure_tflite
+    from core.metrics.agreement import wilson_interval
 
     spec = VariantSpec(
         mode=mode,
@@ -161,16 +161,17 @@ def _sweep_point(
     file = point_file(mode, size, seed)
     (run.run_dir / SWEEP_DIR).mkdir(exist_ok=True)
     rundir.write_atomic(run.run_dir / file, tflite)
-    outputs, _ = tflite_outputs(run, tflite, file)
-    metrics = agreement(reference.probs, to_probabilities(outputs, softmax=reference.softmax))
-    low, high = metrics.top1_agreement_ci95
+    # The same measurement the sensitivity scan uses, on every evaluated image.
+    measured = measure_tflite(run, reference, tflite, limit=None)
+    agreeing = round(measured.agreement_pct * measured.n / 100.0)
+    low, high = wilson_interval(agreeing, measured.n)  # fractions; the report says %
     return {
         "size": size,
         "seed": seed,
-        "agreement_pct": metrics.top1_agreement_pct,
-        "ci95": [low, high],
-        "n": metrics.n,
-        "mean_kl": metrics.mean_kl,
+        "agreement_pct": measured.agreement_pct,
+        "ci95": [100.0 * low, 100.0 * high],
+        "n": measured.n,
+        "mean_kl": measured.mean_kl,
         "size_bytes": len(tflite),
         "file": file,
     }
