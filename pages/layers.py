@@ -1,14 +1,26 @@
 """Layers: which ops lose the most under quantization, the measured sensitivity, and the
 auto-fix path (issue 12)."""
 
+from typing import Any
+
 import streamlit as st
 
+from core.errors import QuantLensError
+from core.jobs import launch as jobs
 from core.reporting.layer_figures import autofix_path_figure, layer_error, layer_error_figure
-from ui import fmt, keys, widgets
+from core.reporting.model_explorer import node_data_json
+from core.reporting.results import RunResults
+from core.reporting.runmodel import Variant
+from core.types import RunStatus
+from ui import fmt, history, keys, runs, widgets
 
 st.title("Layers")
 res = widgets.require_results()
 widgets.run_header(res)
+if runs.run_status(res.run_id).get("status") in (RunStatus.QUEUED, RunStatus.RUNNING):
+    # A re-score (or the run itself) in flight: the Run page's live panel; the page reruns
+    # with the new variant when it ends.
+    runs.live_progress(res.run_id)
 
 diagnosed = [v for v in res.variants if v.extra.get("diagnosis")]
 if not diagnosed:
@@ -28,7 +40,8 @@ rows = res.layer_rows(name)
 ranked_by = str(diagnosis.get("ranked_by") or "rmse/scale")
 st.caption(
     f"{fmt.text(diagnosis.get('source', ''))}: {diagnosis.get('calibration_images', 0)} "
-    f"calibration images and {diagnosis.get('flipped_images', 0)} images this variant flipped. "
+    f"calibration images and {fmt.count(int(diagnosis.get('flipped_images') or 0), 'image')} "
+    "this variant flipped. "
     f"Suspects are ranked by {fmt.text(ranked_by)} on the flipped images."
     + (
         f" Derived from **{fmt.text(entry.identity.parent)}** with "
@@ -61,7 +74,8 @@ scored = sorted(
 )
 stat_rank = {r["order"]: rank for rank, r in enumerate(scored, 1)}
 table = []
-for row in sorted(rows, key=lambda r: stat_rank.get(r["order"], len(rows) + 1)):
+ranked_rows = sorted(rows, key=lambda r: stat_rank.get(r["order"], len(rows) + 1))
+for row in ranked_rows:
     hit = measured.get(row["layer"])
     table.append(
         {
@@ -85,7 +99,8 @@ st.caption(
     "Rank by statistics: the error on the flipped images (calibration when none flipped). "
     + (
         "Rank measured: each layer alone kept in float, the model re-run on "
-        f"{fix.get('scan_images')} images, ranked by mean KL(original ‖ model); "
+        f"{fmt.count(int(fix.get('scan_images') or 0), 'image')}, ranked by mean "
+        "KL(original ‖ model); "
         "**the auto-fix proposal uses the measured ranking.**"
         if measured
         else "Run with --auto-fix to measure each layer's effect; the statistics alone can "
@@ -114,3 +129,71 @@ if steps:
     )
 elif fix.get("error"):
     st.warning(f"Auto-fix did not run: {fix['error']}")
+
+
+# -- keep layers in float and re-score, on the run's own images -------------------------------
+
+
+def keras_layers(rows: list[dict[str, str]]) -> list[str]:
+    """The Keras layer names of the table's ops, in the order given (each once); the rows an
+    op names in parentheses, such as the model output, are not layers."""
+    names: list[str] = []
+    for row in rows:
+        for name in [row["layer"], *(row.get("layers") or "").split("+")]:
+            if name and not name.startswith("(") and name not in names:
+                names.append(name)
+    return names
+
+
+def rescore_controls(res: RunResults, entry: Variant, ranked: list[dict[str, str]]) -> None:
+    """The "Keep in float" multi-select and the button that re-scores the parent with them."""
+    parent = entry.identity.parent or entry.name
+    st.subheader("Keep in float and re-score")
+    chosen = st.multiselect(
+        "Keep in float",
+        keras_layers(ranked),
+        default=list(entry.identity.float_layers),
+        key=f"{keys.LAYERS_KEEP_FLOAT}.{parent}",
+        help="Keras layers, most suspect first. The re-score converts "
+        f"{parent} again with these layers in float and evaluates it on this run's images.",
+    )
+    if st.button(
+        "Re-score with these layers in float", icon=":material/replay:", key="layers.rescore"
+    ):
+        try:
+            jobs.rescore_run(res.run_id, parent, chosen, home=history.home())
+        except QuantLensError as exc:
+            st.session_state[keys.LAYERS_RESCORE_ERROR] = str(exc)
+        else:
+            st.session_state.pop(keys.LAYERS_RESCORE_ERROR, None)
+            st.rerun()
+    error = st.session_state.get(keys.LAYERS_RESCORE_ERROR)
+    if error:
+        st.error(error)
+    st.caption(
+        f"The result is a variant derived from **{fmt.text(parent)}**, added to this run: sized, "
+        "timed and diagnosed like the others, on every page, in the report and in Compare."
+    )
+
+
+def model_explorer_download(
+    name: str, rows: list[dict[str, str]], diagnosis: dict[str, Any]
+) -> None:
+    st.download_button(
+        "Model Explorer node data",
+        node_data_json(name, rows, diagnosis),
+        file_name=f"{name}.model-explorer.json",
+        mime="application/json",
+        icon=":material/download:",
+        key="layers.model_explorer",
+    )
+    st.caption(
+        f"Open {fmt.code(name + '.tflite')} (Downloads on Overview) in Google's Model Explorer "
+        "(`pip install ai-edge-model-explorer`, then `model-explorer`) and add this file as node "
+        "data: each op is coloured by its error, green (low) to red (high)."
+    )
+
+
+if rows:
+    rescore_controls(res, entry, ranked_rows)
+    model_explorer_download(name, rows, diagnosis)

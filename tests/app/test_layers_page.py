@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from core.inputs import rundir
 from tests.app.conftest import OpenPage
 from tests.app.fixtures import build_run, read_report
@@ -88,3 +90,74 @@ def test_layers_page_explains_a_run_without_diagnosis(home: Path, open_page: Ope
     at = open_page("layers")
     assert not at.get("plotly_chart")
     assert any("No per-layer diagnosis in this run" in i.value for i in at.info)
+
+
+def test_rescore_button_adds_the_derived_variant_and_queues_the_run(
+    home: Path, open_page: OpenPage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The button writes the pending derived variant into the run and starts its job; the
+    supervisor itself is not started here (tests/core/test_rescore.py runs the real job)."""
+    from core.jobs import launch
+
+    run_dir = _diagnosed_run(home)
+    started: list[str] = []
+    monkeypatch.setattr(launch, "launch_run", lambda run_id, **_: started.append(run_id))
+    at = open_page("layers")
+    keep = at.multiselect(key="layers.keep_float.int8")
+    # The Keras layers of the table, most suspect first; the model output is not a layer.
+    assert keep.options == ["depthwise_conv2d", "dense", "conv2d", "re_lu"]
+    keep.set_value(["dense", "conv2d"])
+    at.button(key="layers.rescore").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert started == ["run-fixture"]
+    entry = next(
+        v for v in read_report(run_dir)["variants"] if v["name"] == "int8:keep=conv2d+dense"
+    )
+    assert entry["parent"] == "int8" and entry["float_layers"] == ["conv2d", "dense"]
+    assert entry["status"] == "pending" and entry["derived_by"] == "re-score"
+    status = rundir.read_json(run_dir / rundir.STATUS)
+    assert status["status"] == "queued" and status["rescore"]["previous_status"] == "done"
+    assert not at.error
+
+
+def test_rescore_errors_are_one_line_on_the_page(
+    home: Path, open_page: OpenPage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core.jobs import launch
+
+    run_dir = _diagnosed_run(home)
+    monkeypatch.setattr(launch, "launch_run", lambda run_id, **_: None)
+    before = read_report(run_dir)
+    at = open_page("layers")
+    at.button(key="layers.rescore").click()  # nothing chosen
+    at.run()
+    assert [e.value for e in at.error] == [
+        "no layer chosen; pick at least one layer to keep in float"
+    ]
+    status = rundir.read_json(run_dir / rundir.STATUS)
+    rundir.write_json_atomic(run_dir / rundir.STATUS, {**status, "status": "running"})
+    at.multiselect(key="layers.keep_float.int8").set_value(["dense"])
+    at.button(key="layers.rescore").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [e.value for e in at.error] == [
+        "the run is still running; re-score it once it has finished (or cancel it)"
+    ]
+    assert read_report(run_dir)["variants"] == before["variants"]  # nothing was added
+
+
+def test_layers_page_offers_model_explorer_node_data(home: Path, open_page: OpenPage) -> None:
+    run_dir = _diagnosed_run(home)
+    report = read_report(run_dir)
+    int8 = next(v for v in report["variants"] if v["name"] == "int8")
+    int8["diagnosis"]["flipped_images"] = 1
+    (run_dir / rundir.REPORT).write_text(json.dumps(report), encoding="utf-8")
+    at = open_page("layers")
+    (button,) = [
+        b for b in at.get("download_button") if b.proto.label == "Model Explorer node data"
+    ]
+    captions = " ".join(c.value for c in at.caption)
+    assert "Model Explorer" in captions and "green (low) to red (high)" in captions
+    text = " ".join(c.value for c in at.caption)
+    assert "40 calibration images and 1 image this variant flipped" in text
