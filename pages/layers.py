@@ -7,7 +7,12 @@ import streamlit as st
 
 from core.errors import QuantLensError
 from core.jobs import launch as jobs
-from core.reporting.layer_figures import autofix_path_figure, layer_error, layer_error_figure
+from core.reporting.layer_figures import (
+    activation_histogram_figure,
+    autofix_path_figure,
+    layer_error,
+    layer_error_figure,
+)
 from core.reporting.model_explorer import node_data_json
 from core.reporting.results import RunResults
 from core.reporting.runmodel import Variant
@@ -194,6 +199,62 @@ def model_explorer_download(
     )
 
 
+def _number(value: str | None) -> str:
+    return "—" if value in (None, "") else f"{float(value):.6g}"
+
+
+def layer_details(res: RunResults, name: str, ranked: list[dict[str, str]]) -> None:
+    """One op: its scale and zero point, its weight range, its activations float vs quantized."""
+    st.subheader("Layer details")
+    by_order = {row["order"]: row for row in ranked}
+    order = st.selectbox(
+        "Layer",
+        list(by_order),
+        format_func=lambda o: f"{by_order[o]['layer']} ({by_order[o]['op']}, order {o})",
+        key=f"{keys.LAYERS_DETAIL}.{name}",
+    )
+    row = by_order[order]
+    details = res.layer_details(name)
+    op = ((details or {}).get("ops") or {}).get(order) or {}
+    low, high = op.get("weight_min"), op.get("weight_max")
+    cols = st.columns(3)
+    cols[0].metric("Scale (output)", _number(row["scale"]))
+    cols[1].metric("Zero point (output)", "—" if row["zero_point"] == "" else row["zero_point"])
+    cols[2].metric(
+        "Weight range",
+        "no weights" if low is None else f"{low:.4g} … {high:.4g}",
+        help="Minimum and maximum of the op's weights (kernels, not biases) in the variant's "
+        ".tflite, in float units (int8 weights dequantized per channel).",
+    )
+    st.caption(
+        f"Keras layers {fmt.code(row.get('layers') or row['layer'])} · output "
+        f"{fmt.code(row['tensor_name'])} · shape {fmt.text(row['shape'])}"
+    )
+    histogram = op.get("histogram")
+    if details is None:
+        st.info(
+            "This run has no layer details (runs diagnosed before they were added); re-score a "
+            "variant to get them.",
+            icon=":material/info:",
+        )
+    elif histogram is None:
+        st.info(
+            "No activation histogram for this op: the float32 model has no tensor of its name.",
+            icon=":material/info:",
+        )
+    else:
+        st.plotly_chart(
+            activation_histogram_figure(
+                histogram,
+                layer=row["layer"],
+                images=str(details["images"]),
+                n_images=int(details["n_images"]),
+            ),
+            key="layers.histogram",
+        )
+
+
 if rows:
+    layer_details(res, name, ranked_rows)
     rescore_controls(res, entry, ranked_rows)
     model_explorer_download(name, rows, diagnosis)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -168,3 +169,54 @@ def autofix_path_figure(
     fig.update_yaxes(title_text="size (MB)", secondary_y=True, showgrid=False)
     fig.update_xaxes(dtick=1)
     return fig
+
+
+def activation_histogram_figure(
+    histogram: Mapping[str, Any],
+    *,
+    layer: str,
+    images: str,
+    n_images: int,
+    height: int = 360,
+) -> go.Figure:
+    """The float and the quantized model's output activations of one op, overlaid on the same
+    bins (core.engine.layer_details).
+
+    Args:
+        histogram: `edges` (BINS + 1), `float` and `quantized` counts, `values` per model.
+        layer: the op's layer, for the title.
+        images: "flipped" or "calibration": which images were measured.
+        n_images: how many.
+        height: figure height in pixels.
+    """
+    edges = [float(e) for e in histogram["edges"]]
+    centres = [(a + b) / 2 for a, b in itertools.pairwise(edges)]
+    widths = [b - a for a, b in itertools.pairwise(edges)]
+    fig = go.Figure()
+    for key, label, color in (
+        ("float", "float32 model", ORIGINAL_COLOR),
+        ("quantized", "quantized model", TFLITE_COLOR),
+    ):
+        fig.add_trace(
+            go.Bar(
+                x=centres,
+                y=histogram[key],
+                width=widths,
+                name=label,
+                marker={"color": color},
+                opacity=0.55,
+                hovertemplate="%{x:.4g}: %{y} values<extra>" + label + "</extra>",
+            )
+        )
+    fig.update_layout(barmode="overlay")
+    noun = "image" if n_images == 1 else "images"
+    return _layout(
+        fig,
+        title=(
+            f"{layer}: output activations on {n_images} {images} {noun} "
+            f"(n = {int(histogram['values'])} values per model)"
+        ),
+        x_title="activation value (float units, dequantized)",
+        y_title="count of values",
+        height=height,
+    )

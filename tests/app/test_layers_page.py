@@ -154,10 +154,82 @@ def test_layers_page_offers_model_explorer_node_data(home: Path, open_page: Open
     int8["diagnosis"]["flipped_images"] = 1
     (run_dir / rundir.REPORT).write_text(json.dumps(report), encoding="utf-8")
     at = open_page("layers")
-    (button,) = [
+    (_button,) = [
         b for b in at.get("download_button") if b.proto.label == "Model Explorer node data"
     ]
     captions = " ".join(c.value for c in at.caption)
     assert "Model Explorer" in captions and "green (low) to red (high)" in captions
     text = " ".join(c.value for c in at.caption)
     assert "40 calibration images and 1 image this variant flipped" in text
+
+
+def _with_details(run_dir: Path) -> dict:  # type: ignore[type-arg]
+    """A layer_details.json for the fixture's int8 (as core.engine.layer_details writes it)."""
+    details = {
+        "images": "flipped",
+        "n_images": 6,
+        "ops": {
+            "1": {
+                "tensor_name": "m/depthwise_conv2d_1/depthwise",
+                "weight_min": -0.75,
+                "weight_max": 1.25,
+                "histogram": {
+                    "edges": [0.0, 0.5, 1.0, 1.5],
+                    "float": [10, 20, 6],
+                    "quantized": [12, 0, 24],
+                    "values": 36,
+                },
+            },
+            "0": {
+                "tensor_name": "x",
+                "weight_min": None,
+                "weight_max": None,
+                "histogram": None,
+            },
+        },
+    }
+    (run_dir / "int8.layer_details.json").write_text(json.dumps(details), encoding="utf-8")
+    report = read_report(run_dir)
+    int8 = next(v for v in report["variants"] if v["name"] == "int8")
+    int8["diagnosis"]["details"] = "int8.layer_details.json"
+    (run_dir / rundir.REPORT).write_text(json.dumps(report), encoding="utf-8")
+    return details
+
+
+def test_layer_details_show_scale_weights_and_both_histograms(
+    home: Path, open_page: OpenPage
+) -> None:
+    run_dir = _diagnosed_run(home)
+    _with_details(run_dir)
+    at = open_page("layers")
+    # The most suspect op is shown first: the depthwise conv (order 1).
+    detail = at.selectbox(key="layers.detail.int8")
+    assert detail.value == "1"
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Scale (output)"] == "0.0011"
+    assert metrics["Zero point (output)"] == "-128"
+    assert metrics["Weight range"] == "-0.75 … 1.25"
+    histogram = json.loads(at.get("plotly_chart")[2].proto.spec)
+    bars = {t["name"]: t for t in histogram["data"]}
+    assert bars["float32 model"]["y"] == [10, 20, 6]
+    assert bars["quantized model"]["y"] == [12, 0, 24]
+    assert bars["float32 model"]["x"] == [0.25, 0.75, 1.25]
+    layout = histogram["layout"]
+    assert layout["barmode"] == "overlay"
+    assert layout["xaxis"]["title"]["text"] == "activation value (float units, dequantized)"
+    assert layout["yaxis"]["title"]["text"] == "count of values"
+    assert "on 6 flipped images (n = 36 values per model)" in layout["title"]["text"]
+    # An op without weights or a float tensor says so instead of drawing zeros.
+    detail.set_value("0").run()
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Weight range"] == "no weights"
+    assert any("the float32 model has no tensor of its name" in i.value for i in at.info)
+    assert len(at.get("plotly_chart")) == 2
+
+
+def test_layer_details_missing_from_an_older_run_are_explained(
+    home: Path, open_page: OpenPage
+) -> None:
+    _diagnosed_run(home)
+    at = open_page("layers")
+    assert any("This run has no layer details" in i.value for i in at.info)
