@@ -222,7 +222,7 @@ def layer_details(res: RunResults, name: str, ranked: list[dict[str, str]]) -> N
     cols[1].metric("Zero point (output)", "—" if row["zero_point"] == "" else row["zero_point"])
     cols[2].metric(
         "Weight range",
-        "no weights" if low is None else f"{low:.4g} … {high:.4g}",
+        "—" if details is None else "no weights" if low is None else f"{low:.4g} … {high:.4g}",
         help="Minimum and maximum of the op's weights (kernels, not biases) in the variant's "
         ".tflite, in float units (int8 weights dequantized per channel).",
     )
