@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from core.reporting.figures import FAIL_COLOR, ORIGINAL_COLOR, TFLITE_COLOR, _layout
+from core.reporting.report import counted
 
 RMSE_SCALE = "rmse/scale"
 SUSPICIOUS_RMSE_SCALE = 0.7  # the TF guide's rule of thumb
@@ -209,14 +210,16 @@ def activation_histogram_figure(
             )
         )
     fig.update_layout(barmode="overlay")
-    noun = "image" if n_images == 1 else "images"
-    return _layout(
+    fig = _layout(
         fig,
         title=(
-            f"{layer}: output activations on {n_images} {images} {noun} "
+            f"{layer}: output activations on {counted(n_images, images + ' image')} "
             f"(n = {int(histogram['values'])} values per model)"
         ),
         x_title="activation value (float units, dequantized)",
-        y_title="count of values",
+        y_title="count of values (log scale)",
         height=height,
     )
+    # Log counts: a ReLU output is mostly exact zeros, which would flatten every other bar.
+    fig.update_yaxes(type="log")
+    return fig

@@ -60,7 +60,7 @@ def test_layers_page_shows_depth_chart_both_rankings_and_the_path(
 ) -> None:
     run_dir = _diagnosed_run(home)
     at = open_page("layers")
-    assert [s.value for s in at.selectbox] == ["int8"]  # float16 has no diagnosis
+    assert at.selectbox(key="layers.variant").options == ["int8"]  # float16 has no diagnosis
     charts = at.get("plotly_chart")
     assert len(charts) == 2  # error along depth, and the auto-fix path
     depth = json.loads(charts[0].proto.spec)
@@ -217,7 +217,8 @@ def test_layer_details_show_scale_weights_and_both_histograms(
     layout = histogram["layout"]
     assert layout["barmode"] == "overlay"
     assert layout["xaxis"]["title"]["text"] == "activation value (float units, dequantized)"
-    assert layout["yaxis"]["title"]["text"] == "count of values"
+    assert layout["yaxis"]["title"]["text"] == "count of values (log scale)"
+    assert layout["yaxis"]["type"] == "log"
     assert "on 6 flipped images (n = 36 values per model)" in layout["title"]["text"]
     # An op without weights or a float tensor says so instead of drawing zeros.
     detail.set_value("0").run()
