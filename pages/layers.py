@@ -24,8 +24,15 @@ res = widgets.require_results()
 widgets.run_header(res)
 if runs.run_status(res.run_id).get("status") in (RunStatus.QUEUED, RunStatus.RUNNING):
     # A re-score (or the run itself) in flight: the Run page's live panel; the page reruns
-    # with the new variant when it ends.
+    # with the new variant when it ends. Cancelling a re-score leaves the run as it was.
     runs.live_progress(res.run_id)
+    if st.button("Cancel", icon=":material/stop:", key="layers.cancel"):
+        try:
+            jobs.cancel_run(res.run_id, home=history.home())
+        except QuantLensError as exc:
+            st.error(str(exc))
+        else:
+            history.invalidate()
 
 diagnosed = [v for v in res.variants if v.extra.get("diagnosis")]
 if not diagnosed:

@@ -188,6 +188,8 @@ def cancel_run(run_id: str, *, home: Path | None = None) -> None:
     if not RunStatus(status.get("status", "queued")).finished and not posix.pid_alive(
         status.get("supervisor_pid")
     ):
+        # A re-scored run's report holds the pending variant: it ends cancelled, not pending.
+        outcome.close_unfinished_variants(directory, "cancelled", "cancelled before it started")
         outcome.finish_run(directory, RunStatus.CANCELLED, "cancelled before it started", home=home)
 
 

@@ -234,3 +234,28 @@ def test_layer_details_missing_from_an_older_run_are_explained(
     _diagnosed_run(home)
     at = open_page("layers")
     assert any("This run has no layer details" in i.value for i in at.info)
+
+
+def test_cancelling_a_queued_rescore_gives_the_run_back(
+    home: Path, open_page: OpenPage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancel on the Layers page while the re-score waits: no supervisor ever started, the run
+    is `done` again and the new variant says it was cancelled."""
+    from core.jobs import launch
+
+    run_dir = _diagnosed_run(home)
+    monkeypatch.setattr(launch, "launch_run", lambda run_id, **_: None)
+    at = open_page("layers")
+    at.multiselect(key="layers.keep_float.int8").set_value(["dense"])
+    at.button(key="layers.rescore").click()
+    at.run()
+    at.button(key="layers.cancel").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    status = rundir.read_json(run_dir / rundir.STATUS)
+    assert status["status"] == "done"
+    assert status["error"] == ("re-scoring int8:keep=dense cancelled: cancelled before it started")
+    report = read_report(run_dir)
+    assert report["run"]["status"] == "done"
+    derived = next(v for v in report["variants"] if v["name"] == "int8:keep=dense")
+    assert derived["status"] == "cancelled" and derived["error"] == "cancelled before it started"
