@@ -1,4 +1,4 @@
-"""The command line: `python -m core run|demo|history` (DESIGN §7)."""
+"""The command line: `python -m core run|rescore|export|demo|history` (DESIGN §7)."""
 
 from __future__ import annotations
 
@@ -29,6 +29,11 @@ EXIT_BAD_INPUT = 2  # an argument, path, model, data set or the workspace was re
 EXIT_JOB_FAILED = 3  # the job itself did not finish: crash, out of memory or time outside a variant
 EXIT_CANCELLED = 130  # stopped by the user: Ctrl-C, or Cancel in the dashboard
 DEFAULT_MODES = "float32,dynamic,float16,int8"
+EXPORT_MODEL_EXPLORER = "model-explorer"
+EXPORT_HELP = (
+    "model-explorer: write <variant>.model-explorer.json per diagnosed variant, node data "
+    "that colours the variant's .tflite by per-layer error in Google's Model Explorer"
+)
 
 
 def _program_name() -> str:
@@ -200,6 +205,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--report", choices=["json", "html"], default="json", help="html also writes report.html"
     )
+    run.add_argument("--export", choices=[EXPORT_MODEL_EXPLORER], default=None, help=EXPORT_HELP)
     run.add_argument(
         "--mlflow",
         nargs="?",
@@ -209,6 +215,38 @@ def _parser() -> argparse.ArgumentParser:
         help="log the run to MLflow, a nested run per variant: alone, the workspace store "
         "(sqlite:///<workspace>/mlflow.db); or a tracking URI such as http://host:5000 "
         "(write --mlflow=URI before MODEL)",
+    )
+
+    rescore = sub.add_parser(
+        "rescore",
+        help="add a variant with layers kept in float to a finished run, scored on its images",
+    )
+    rescore.add_argument("run", help="the run folder (its --out) or its run id")
+    rescore.add_argument(
+        "--variant", required=True, help="the parent variant in the run, e.g. int8 or int8_q"
+    )
+    rescore.add_argument(
+        "--keep-float",
+        required=True,
+        metavar="LAYER[,LAYER]",
+        help="Keras layer names to keep in float (see the parent's <variant>.layers.csv)",
+    )
+    for flag, kind, text in (
+        ("--timeout", float, "wall-clock limit of the job in seconds, > 0 (default 3600)"),
+        ("--memory-gb", float, "memory limit of the worker, > 0 (default 16)"),
+    ):
+        rescore.add_argument(flag, type=kind, default=None, help=text)
+    rescore.add_argument(
+        "--report", choices=["json", "html"], default="json", help="html also writes report.html"
+    )
+    rescore.add_argument(
+        "--export", choices=[EXPORT_MODEL_EXPLORER], default=None, help=EXPORT_HELP
+    )
+
+    export = sub.add_parser("export", help="export a finished run's per-layer error")
+    export.add_argument("run", help="the run folder (its --out) or its run id")
+    export.add_argument(
+        "--export", choices=[EXPORT_MODEL_EXPLORER], default=EXPORT_MODEL_EXPLORER, help=EXPORT_HELP
     )
 
     demo = sub.add_parser(
@@ -463,11 +501,7 @@ class ProgressPrinter:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from core.jobs.launch import create_run, read_status, recover_interrupted
-    from core.jobs.protocol import DEFAULT_MEMORY_LIMIT_GB, DEFAULT_TIMEOUT_S
-    from core.jobs.supervisor import Supervisor
-    from core.reporting.report import exit_status, format_table
-    from core.reporting.runmodel import read_report
+    from core.jobs.launch import create_run, recover_interrupted
 
     _check_limits(args)
     job = _job_from_args(args)
@@ -475,6 +509,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve() if args.out else None
     run_id = create_run(job, directory=out)
     directory = out or rundir.runs_root() / run_id
+    return _supervise(directory, run_id, args)
+
+
+def _supervise(directory: Path, run_id: str, args: argparse.Namespace) -> int:
+    """Run the queued job in `directory` to its end, print its table, return the exit status."""
+    from core.jobs.launch import read_status
+    from core.jobs.protocol import DEFAULT_MEMORY_LIMIT_GB, DEFAULT_TIMEOUT_S
+    from core.jobs.supervisor import Supervisor
+    from core.reporting.report import exit_status, format_table
+    from core.reporting.runmodel import read_report
+
     printer = ProgressPrinter()
     supervisor = Supervisor(
         directory,
@@ -494,6 +539,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             from core.reporting.html import write_report_html
 
             print(f"report: {write_report_html(directory)}")
+        if args.export == EXPORT_MODEL_EXPLORER:
+            _print_model_explorer_export(directory)
         print(f"run {run_id}: {report_path}")
         _print_tracking(report)
         return exit_status(report)
@@ -527,6 +574,58 @@ def _print_tracking(report: RunReport) -> None:
     tracking = report.extra.get("tracking") or {}
     if tracking.get("run_id"):
         print(f"mlflow: run {tracking['run_id']} at {tracking['uri']}")
+
+
+def _print_model_explorer_export(directory: Path) -> None:
+    from core.reporting.model_explorer import export_run
+
+    written = export_run(directory)
+    for path in written:
+        print(f"model explorer node data: {path}")
+    if not written:
+        print("model explorer node data: none (no variant has a per-layer diagnosis)")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """`export RUN --export model-explorer`: the node data of a finished run's diagnosed variants."""
+    directory = _run_folder(args.run)
+    if not (directory / rundir.REPORT).is_file():
+        raise QuantLensError(
+            f"{directory} has no report.json yet; export once the run has finished"
+        )
+    _print_model_explorer_export(directory)
+    return EXIT_PASS
+
+
+def _run_folder(run: str) -> Path:
+    """A run given as its folder or as its stored id, resolved to its folder."""
+    from core.jobs.workspace import opened_store
+
+    directory = Path(run)
+    if (directory / rundir.REPORT).is_file():
+        return directory.resolve()
+    with opened_store(None) as store:
+        row = store.get_run(run)
+    if row is None:
+        raise QuantLensError(
+            f"{run} is neither a run folder with report.json nor a stored run id; "
+            "give the run's --out folder or an id from `history`"
+        )
+    return row.run_dir
+
+
+def cmd_rescore(args: argparse.Namespace) -> int:
+    """`rescore RUN --variant P --keep-float A,B`: the Layers page's re-score, in the terminal."""
+    from core.jobs.launch import recover_interrupted
+    from core.jobs.rescore import add_rescore_variant
+
+    _check_limits(args)
+    recover_interrupted()
+    directory = _run_folder(args.run)
+    name = add_rescore_variant(directory, args.variant, args.keep_float.split(","), home=None)
+    print(f"re-scoring {name} on the run's images", file=sys.stderr)
+    run_id = str(rundir.read_json(directory / rundir.STATUS).get("run_id") or directory.name)
+    return _supervise(directory, run_id, args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -582,6 +681,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args)
         if args.command == "demo":
             return cmd_demo(args)
+        if args.command == "rescore":
+            return cmd_rescore(args)
+        if args.command == "export":
+            return cmd_export(args)
         return cmd_history(args)
     except QuantLensError as exc:
         return _fail(str(exc))

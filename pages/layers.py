@@ -1,14 +1,38 @@
 """Layers: which ops lose the most under quantization, the measured sensitivity, and the
 auto-fix path (issue 12)."""
 
+from typing import Any
+
 import streamlit as st
 
-from core.reporting.layer_figures import autofix_path_figure, layer_error, layer_error_figure
-from ui import fmt, keys, widgets
+from core.errors import QuantLensError
+from core.jobs import launch as jobs
+from core.reporting.layer_figures import (
+    activation_histogram_figure,
+    autofix_path_figure,
+    layer_error,
+    layer_error_figure,
+)
+from core.reporting.model_explorer import node_data_json
+from core.reporting.results import RunResults
+from core.reporting.runmodel import Variant
+from core.types import RunStatus
+from ui import fmt, history, keys, runs, widgets
 
 st.title("Layers")
 res = widgets.require_results()
 widgets.run_header(res)
+if runs.run_status(res.run_id).get("status") in (RunStatus.QUEUED, RunStatus.RUNNING):
+    # A re-score (or the run itself) in flight: the Run page's live panel; the page reruns
+    # with the new variant when it ends. Cancelling a re-score leaves the run as it was.
+    runs.live_progress(res.run_id)
+    if st.button("Cancel", icon=":material/stop:", key="layers.cancel"):
+        try:
+            jobs.cancel_run(res.run_id, home=history.home())
+        except QuantLensError as exc:
+            st.error(str(exc))
+        else:
+            history.invalidate()
 
 diagnosed = [v for v in res.variants if v.extra.get("diagnosis")]
 if not diagnosed:
@@ -28,7 +52,8 @@ rows = res.layer_rows(name)
 ranked_by = str(diagnosis.get("ranked_by") or "rmse/scale")
 st.caption(
     f"{fmt.text(diagnosis.get('source', ''))}: {diagnosis.get('calibration_images', 0)} "
-    f"calibration images and {diagnosis.get('flipped_images', 0)} images this variant flipped. "
+    f"calibration images and {fmt.count(int(diagnosis.get('flipped_images') or 0), 'image')} "
+    "this variant flipped. "
     f"Suspects are ranked by {fmt.text(ranked_by)} on the flipped images."
     + (
         f" Derived from **{fmt.text(entry.identity.parent)}** with "
@@ -61,7 +86,8 @@ scored = sorted(
 )
 stat_rank = {r["order"]: rank for rank, r in enumerate(scored, 1)}
 table = []
-for row in sorted(rows, key=lambda r: stat_rank.get(r["order"], len(rows) + 1)):
+ranked_rows = sorted(rows, key=lambda r: stat_rank.get(r["order"], len(rows) + 1))
+for row in ranked_rows:
     hit = measured.get(row["layer"])
     table.append(
         {
@@ -85,7 +111,8 @@ st.caption(
     "Rank by statistics: the error on the flipped images (calibration when none flipped). "
     + (
         "Rank measured: each layer alone kept in float, the model re-run on "
-        f"{fix.get('scan_images')} images, ranked by mean KL(original ‖ model); "
+        f"{fmt.count(int(fix.get('scan_images') or 0), 'image')}, ranked by mean "
+        "KL(original ‖ model); "
         "**the auto-fix proposal uses the measured ranking.**"
         if measured
         else "Run with --auto-fix to measure each layer's effect; the statistics alone can "
@@ -114,3 +141,127 @@ if steps:
     )
 elif fix.get("error"):
     st.warning(f"Auto-fix did not run: {fix['error']}")
+
+
+# -- keep layers in float and re-score, on the run's own images -------------------------------
+
+
+def keras_layers(rows: list[dict[str, str]]) -> list[str]:
+    """The Keras layer names of the table's ops, in the order given (each once); the rows an
+    op names in parentheses, such as the model output, are not layers."""
+    names: list[str] = []
+    for row in rows:
+        for name in [row["layer"], *(row.get("layers") or "").split("+")]:
+            if name and not name.startswith("(") and name not in names:
+                names.append(name)
+    return names
+
+
+def rescore_controls(res: RunResults, entry: Variant, ranked: list[dict[str, str]]) -> None:
+    """The "Keep in float" multi-select and the button that re-scores the parent with them."""
+    parent = entry.identity.parent or entry.name
+    st.subheader("Keep in float and re-score")
+    chosen = st.multiselect(
+        "Keep in float",
+        keras_layers(ranked),
+        default=list(entry.identity.float_layers),
+        key=f"{keys.LAYERS_KEEP_FLOAT}.{parent}",
+        help="Keras layers, most suspect first. The re-score converts "
+        f"{parent} again with these layers in float and evaluates it on this run's images.",
+    )
+    if st.button(
+        "Re-score with these layers in float", icon=":material/replay:", key="layers.rescore"
+    ):
+        try:
+            jobs.rescore_run(res.run_id, parent, chosen, home=history.home())
+        except QuantLensError as exc:
+            st.session_state[keys.LAYERS_RESCORE_ERROR] = str(exc)
+        else:
+            st.session_state.pop(keys.LAYERS_RESCORE_ERROR, None)
+            st.rerun()
+    error = st.session_state.get(keys.LAYERS_RESCORE_ERROR)
+    if error:
+        st.error(error)
+    st.caption(
+        f"The result is a variant derived from **{fmt.text(parent)}**, added to this run: sized, "
+        "timed and diagnosed like the others, on every page, in the report and in Compare."
+    )
+
+
+def model_explorer_download(
+    name: str, rows: list[dict[str, str]], diagnosis: dict[str, Any]
+) -> None:
+    st.download_button(
+        "Model Explorer node data",
+        node_data_json(name, rows, diagnosis),
+        file_name=f"{name}.model-explorer.json",
+        mime="application/json",
+        icon=":material/download:",
+        key="layers.model_explorer",
+    )
+    st.caption(
+        f"Open {fmt.code(name + '.tflite')} (Downloads on Overview) in Google's Model Explorer "
+        "(`pip install ai-edge-model-explorer`, then `model-explorer`) and add this file as node "
+        "data: each op is coloured by its error, green (low) to red (high)."
+    )
+
+
+def _number(value: str | None) -> str:
+    return "—" if value in (None, "") else f"{float(value):.6g}"
+
+
+def layer_details(res: RunResults, name: str, ranked: list[dict[str, str]]) -> None:
+    """One op: its scale and zero point, its weight range, its activations float vs quantized."""
+    st.subheader("Layer details")
+    by_order = {row["order"]: row for row in ranked}
+    order = st.selectbox(
+        "Layer",
+        list(by_order),
+        format_func=lambda o: f"{by_order[o]['layer']} ({by_order[o]['op']}, order {o})",
+        key=f"{keys.LAYERS_DETAIL}.{name}",
+    )
+    row = by_order[order]
+    details = res.layer_details(name)
+    op = ((details or {}).get("ops") or {}).get(order) or {}
+    low, high = op.get("weight_min"), op.get("weight_max")
+    cols = st.columns(3)
+    cols[0].metric("Scale (output)", _number(row["scale"]))
+    cols[1].metric("Zero point (output)", "—" if row["zero_point"] == "" else row["zero_point"])
+    cols[2].metric(
+        "Weight range",
+        "—" if details is None else "no weights" if low is None else f"{low:.4g} … {high:.4g}",
+        help="Minimum and maximum of the op's weights (kernels, not biases) in the variant's "
+        ".tflite, in float units (int8 weights dequantized per channel).",
+    )
+    st.caption(
+        f"Keras layers {fmt.code(row.get('layers') or row['layer'])} · output "
+        f"{fmt.code(row['tensor_name'])} · shape {fmt.text(row['shape'])}"
+    )
+    histogram = op.get("histogram")
+    if details is None:
+        st.info(
+            "This run has no layer details (runs diagnosed before they were added); re-score a "
+            "variant to get them.",
+            icon=":material/info:",
+        )
+    elif histogram is None:
+        st.info(
+            "No activation histogram for this op: the float32 model has no tensor of its name.",
+            icon=":material/info:",
+        )
+    else:
+        st.plotly_chart(
+            activation_histogram_figure(
+                histogram,
+                layer=row["layer"],
+                images=str(details["images"]),
+                n_images=int(details["n_images"]),
+            ),
+            key="layers.histogram",
+        )
+
+
+if rows:
+    layer_details(res, name, ranked_rows)
+    rescore_controls(res, entry, ranked_rows)
+    model_explorer_download(name, rows, diagnosis)

@@ -61,3 +61,10 @@ def speedup(value: float | None) -> str:
 def code(value: object) -> str:
     """User-provided text as an inline code span (no escaping inside; backticks neutralised)."""
     return "`" + str(value).replace("`", "'").replace("\n", " ") + "`"
+
+
+def count(n: int, noun: str) -> str:
+    """`1 image`, `2 images` (core.reporting.report.counted)."""
+    from core.reporting.report import counted
+
+    return counted(n, noun)

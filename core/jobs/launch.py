@@ -46,6 +46,7 @@ __all__ = [
     "read_progress",
     "read_status",
     "recover_interrupted",
+    "rescore_run",
     "run_dir",
     "start_demo_build",
 ]
@@ -123,7 +124,7 @@ def launch_run(
 ) -> None:
     """Start a detached supervisor for the run and return at once; the job outlives the browser tab."""
     home_path = resolved_home(home)
-    directory = run_dir(run_id, home=home_path)
+    directory = _stored_run_dir(run_id, home_path)
     command = [
         sys.executable,
         "-m",
@@ -150,6 +151,33 @@ def launch_run(
     threading.Thread(target=process.wait, daemon=True).start()
 
 
+def _stored_run_dir(run_id: str, home: Path) -> Path:
+    """runs/<id> in the workspace, else the folder the store names (a CLI run made with --out)."""
+    local = run_dir(run_id, home=home)
+    if local.is_dir():
+        return local
+    with opened_store(home) as store:
+        row = store.get_run(run_id)
+    return row.run_dir if row is not None else local
+
+
+def rescore_run(
+    run_id: str, parent: str, layers: list[str] | tuple[str, ...], *, home: Path | None = None
+) -> str:
+    """Add `parent` with `layers` kept in float to the finished run and start its job
+    (core.jobs.rescore); returns the new variant's name.
+
+    Raises:
+        QuantLensError: why it cannot be re-scored, in one line.
+    """
+    from core.jobs.rescore import add_rescore_variant
+
+    home_path = resolved_home(home)
+    name = add_rescore_variant(_stored_run_dir(run_id, home_path), parent, layers, home=home_path)
+    launch_run(run_id, home=home_path)
+    return name
+
+
 def cancel_run(run_id: str, *, home: Path | None = None) -> None:
     """Ask the supervisor to stop the run; a run with no live supervisor is marked cancelled now."""
     with opened_store(home) as store:
@@ -161,6 +189,8 @@ def cancel_run(run_id: str, *, home: Path | None = None) -> None:
     if not RunStatus(status.get("status", "queued")).finished and not posix.pid_alive(
         status.get("supervisor_pid")
     ):
+        # A re-scored run's report holds the pending variant: it ends cancelled, not pending.
+        outcome.close_unfinished_variants(directory, "cancelled", "cancelled before it started")
         outcome.finish_run(directory, RunStatus.CANCELLED, "cancelled before it started", home=home)
 
 

@@ -39,6 +39,9 @@ def read_report(directory: Path) -> dict[str, Any] | None:
 
 def finish_run(directory: Path, status: RunStatus, error: str | None, *, home: Path | None) -> None:
     """Give the run its final status everywhere, and delete the worker's scratch."""
+    from core.jobs.rescore import status_after
+
+    status, error = status_after(directory, status, error)
     remove_scratch(directory)
     report = read_report(directory)
     run_id = run_id_of(directory)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -9,6 +10,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from core.reporting.figures import FAIL_COLOR, ORIGINAL_COLOR, TFLITE_COLOR, _layout
+from core.reporting.report import counted
 
 RMSE_SCALE = "rmse/scale"
 SUSPICIOUS_RMSE_SCALE = 0.7  # the TF guide's rule of thumb
@@ -167,4 +169,57 @@ def autofix_path_figure(
     )
     fig.update_yaxes(title_text="size (MB)", secondary_y=True, showgrid=False)
     fig.update_xaxes(dtick=1)
+    return fig
+
+
+def activation_histogram_figure(
+    histogram: Mapping[str, Any],
+    *,
+    layer: str,
+    images: str,
+    n_images: int,
+    height: int = 360,
+) -> go.Figure:
+    """The float and the quantized model's output activations of one op, overlaid on the same
+    bins (core.engine.layer_details).
+
+    Args:
+        histogram: `edges` (BINS + 1), `float` and `quantized` counts, `values` per model.
+        layer: the op's layer, for the title.
+        images: "flipped" or "calibration": which images were measured.
+        n_images: how many.
+        height: figure height in pixels.
+    """
+    edges = [float(e) for e in histogram["edges"]]
+    centres = [(a + b) / 2 for a, b in itertools.pairwise(edges)]
+    widths = [b - a for a, b in itertools.pairwise(edges)]
+    fig = go.Figure()
+    for key, label, color in (
+        ("float", "float32 model", ORIGINAL_COLOR),
+        ("quantized", "quantized model", TFLITE_COLOR),
+    ):
+        fig.add_trace(
+            go.Bar(
+                x=centres,
+                y=histogram[key],
+                width=widths,
+                name=label,
+                marker={"color": color},
+                opacity=0.55,
+                hovertemplate="%{x:.4g}: %{y} values<extra>" + label + "</extra>",
+            )
+        )
+    fig.update_layout(barmode="overlay")
+    fig = _layout(
+        fig,
+        title=(
+            f"{layer}: output activations on {counted(n_images, images + ' image')} "
+            f"(n = {int(histogram['values'])} values per model)"
+        ),
+        x_title="activation value (float units, dequantized)",
+        y_title="count of values (log scale)",
+        height=height,
+    )
+    # Log counts: a ReLU output is mostly exact zeros, which would flatten every other bar.
+    fig.update_yaxes(type="log")
     return fig

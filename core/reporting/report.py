@@ -120,6 +120,11 @@ def pending_variant(spec: VariantSpec, *, role: str = ROLE_SELECTED) -> dict[str
     return Variant(identity).to_dict()
 
 
+def counted(n: int, noun: str) -> str:
+    """`1 image`, `2 images`: a count with its noun in the right number."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def reduction_pct(size: int, baseline: int | None) -> float | None:
     """How much smaller `size` is than `baseline`, in percent (negative when larger)."""
     if not baseline:
@@ -213,7 +218,8 @@ def too_few_samples_note(n: int | None, threshold_pct: float) -> str | None:
     if n >= needed:
         return None
     return (
-        f"{n} images are too few for the lower 95 % bound to reach {threshold_pct:g} % even at "
+        f"{counted(n, 'image')} {'is' if n == 1 else 'are'} too few for the lower 95 % bound to "
+        f"reach {threshold_pct:g} % even at "
         f"100 % agreement; at least {needed} are needed"
     )
 
@@ -424,7 +430,7 @@ def format_table(report: RunReport | Mapping[str, Any]) -> str:
     data = report.dataset
     lines.append("")
     lines.append(
-        f"{data['num_samples']} images compared, {data['num_skipped']} skipped; "
+        f"{counted(data['num_samples'], 'image')} compared, {data['num_skipped']} skipped; "
         f"threshold {threshold:g}% top-1 agreement; {report.environment.get('threads') or 'all'} threads"
     )
     rule = report.verdict_rule

@@ -216,6 +216,19 @@ class RunResults:
         out: list[dict[str, str]] = self._memo[key]
         return out
 
+    def layer_details(self, name: str) -> dict[str, Any] | None:
+        """`<name>.layer_details.json` (core.engine.layer_details): weight ranges and activation
+        histograms per op, keyed by the op's order as text; None when the run has none."""
+        diagnosis = self.variant(name).extra.get("diagnosis") or {}
+        path = self.run_dir / str(diagnosis.get("details") or "")
+        if not diagnosis.get("details") or not path.is_file():
+            return None
+        try:
+            details: dict[str, Any] = rundir.read_json(path)
+        except (OSError, ValueError):
+            return None
+        return details
+
     # ---- arrays ---------------------------------------------------------------------------
     def probs(self, name: str) -> np.ndarray | None:
         """[N, C] probabilities of `reference` or a variant, memory-mapped; None if absent."""

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from core.inputs import rundir
 from tests.app.conftest import OpenPage
 from tests.app.fixtures import build_run, read_report
@@ -58,7 +60,7 @@ def test_layers_page_shows_depth_chart_both_rankings_and_the_path(
 ) -> None:
     run_dir = _diagnosed_run(home)
     at = open_page("layers")
-    assert [s.value for s in at.selectbox] == ["int8"]  # float16 has no diagnosis
+    assert at.selectbox(key="layers.variant").options == ["int8"]  # float16 has no diagnosis
     charts = at.get("plotly_chart")
     assert len(charts) == 2  # error along depth, and the auto-fix path
     depth = json.loads(charts[0].proto.spec)
@@ -88,3 +90,172 @@ def test_layers_page_explains_a_run_without_diagnosis(home: Path, open_page: Ope
     at = open_page("layers")
     assert not at.get("plotly_chart")
     assert any("No per-layer diagnosis in this run" in i.value for i in at.info)
+
+
+def test_rescore_button_adds_the_derived_variant_and_queues_the_run(
+    home: Path, open_page: OpenPage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The button writes the pending derived variant into the run and starts its job; the
+    supervisor itself is not started here (tests/core/test_rescore.py runs the real job)."""
+    from core.jobs import launch
+
+    run_dir = _diagnosed_run(home)
+    started: list[str] = []
+    monkeypatch.setattr(launch, "launch_run", lambda run_id, **_: started.append(run_id))
+    at = open_page("layers")
+    keep = at.multiselect(key="layers.keep_float.int8")
+    # The Keras layers of the table, most suspect first; the model output is not a layer.
+    assert keep.options == ["depthwise_conv2d", "dense", "conv2d", "re_lu"]
+    keep.set_value(["dense", "conv2d"])
+    at.button(key="layers.rescore").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert started == ["run-fixture"]
+    entry = next(
+        v for v in read_report(run_dir)["variants"] if v["name"] == "int8:keep=conv2d+dense"
+    )
+    assert entry["parent"] == "int8" and entry["float_layers"] == ["conv2d", "dense"]
+    assert entry["status"] == "pending" and entry["derived_by"] == "re-score"
+    status = rundir.read_json(run_dir / rundir.STATUS)
+    assert status["status"] == "queued" and status["rescore"]["previous_status"] == "done"
+    assert not at.error
+
+
+def test_rescore_errors_are_one_line_on_the_page(
+    home: Path, open_page: OpenPage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core.jobs import launch
+
+    run_dir = _diagnosed_run(home)
+    monkeypatch.setattr(launch, "launch_run", lambda run_id, **_: None)
+    before = read_report(run_dir)
+    at = open_page("layers")
+    at.button(key="layers.rescore").click()  # nothing chosen
+    at.run()
+    assert [e.value for e in at.error] == [
+        "no layer chosen; pick at least one layer to keep in float"
+    ]
+    status = rundir.read_json(run_dir / rundir.STATUS)
+    rundir.write_json_atomic(run_dir / rundir.STATUS, {**status, "status": "running"})
+    at.multiselect(key="layers.keep_float.int8").set_value(["dense"])
+    at.button(key="layers.rescore").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [e.value for e in at.error] == [
+        "the run is still running; re-score it once it has finished (or cancel it)"
+    ]
+    assert read_report(run_dir)["variants"] == before["variants"]  # nothing was added
+
+
+def test_layers_page_offers_model_explorer_node_data(home: Path, open_page: OpenPage) -> None:
+    run_dir = _diagnosed_run(home)
+    report = read_report(run_dir)
+    int8 = next(v for v in report["variants"] if v["name"] == "int8")
+    int8["diagnosis"]["flipped_images"] = 1
+    (run_dir / rundir.REPORT).write_text(json.dumps(report), encoding="utf-8")
+    at = open_page("layers")
+    (_button,) = [
+        b for b in at.get("download_button") if b.proto.label == "Model Explorer node data"
+    ]
+    captions = " ".join(c.value for c in at.caption)
+    assert "Model Explorer" in captions and "green (low) to red (high)" in captions
+    text = " ".join(c.value for c in at.caption)
+    assert "40 calibration images and 1 image this variant flipped" in text
+
+
+def _with_details(run_dir: Path) -> dict:  # type: ignore[type-arg]
+    """A layer_details.json for the fixture's int8 (as core.engine.layer_details writes it)."""
+    details = {
+        "images": "flipped",
+        "n_images": 6,
+        "ops": {
+            "1": {
+                "tensor_name": "m/depthwise_conv2d_1/depthwise",
+                "weight_min": -0.75,
+                "weight_max": 1.25,
+                "histogram": {
+                    "edges": [0.0, 0.5, 1.0, 1.5],
+                    "float": [10, 20, 6],
+                    "quantized": [12, 0, 24],
+                    "values": 36,
+                },
+            },
+            "0": {
+                "tensor_name": "x",
+                "weight_min": None,
+                "weight_max": None,
+                "histogram": None,
+            },
+        },
+    }
+    (run_dir / "int8.layer_details.json").write_text(json.dumps(details), encoding="utf-8")
+    report = read_report(run_dir)
+    int8 = next(v for v in report["variants"] if v["name"] == "int8")
+    int8["diagnosis"]["details"] = "int8.layer_details.json"
+    (run_dir / rundir.REPORT).write_text(json.dumps(report), encoding="utf-8")
+    return details
+
+
+def test_layer_details_show_scale_weights_and_both_histograms(
+    home: Path, open_page: OpenPage
+) -> None:
+    run_dir = _diagnosed_run(home)
+    _with_details(run_dir)
+    at = open_page("layers")
+    # The most suspect op is shown first: the depthwise conv (order 1).
+    detail = at.selectbox(key="layers.detail.int8")
+    assert detail.value == "1"
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Scale (output)"] == "0.0011"
+    assert metrics["Zero point (output)"] == "-128"
+    assert metrics["Weight range"] == "-0.75 … 1.25"
+    histogram = json.loads(at.get("plotly_chart")[2].proto.spec)
+    bars = {t["name"]: t for t in histogram["data"]}
+    assert bars["float32 model"]["y"] == [10, 20, 6]
+    assert bars["quantized model"]["y"] == [12, 0, 24]
+    assert bars["float32 model"]["x"] == [0.25, 0.75, 1.25]
+    layout = histogram["layout"]
+    assert layout["barmode"] == "overlay"
+    assert layout["xaxis"]["title"]["text"] == "activation value (float units, dequantized)"
+    assert layout["yaxis"]["title"]["text"] == "count of values (log scale)"
+    assert layout["yaxis"]["type"] == "log"
+    assert "on 6 flipped images (n = 36 values per model)" in layout["title"]["text"]
+    # An op without weights or a float tensor says so instead of drawing zeros.
+    detail.set_value("0").run()
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Weight range"] == "no weights"
+    assert any("the float32 model has no tensor of its name" in i.value for i in at.info)
+    assert len(at.get("plotly_chart")) == 2
+
+
+def test_layer_details_missing_from_an_older_run_are_explained(
+    home: Path, open_page: OpenPage
+) -> None:
+    _diagnosed_run(home)
+    at = open_page("layers")
+    assert any("This run has no layer details" in i.value for i in at.info)
+
+
+def test_cancelling_a_queued_rescore_gives_the_run_back(
+    home: Path, open_page: OpenPage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancel on the Layers page while the re-score waits: no supervisor ever started, the run
+    is `done` again and the new variant says it was cancelled."""
+    from core.jobs import launch
+
+    run_dir = _diagnosed_run(home)
+    monkeypatch.setattr(launch, "launch_run", lambda run_id, **_: None)
+    at = open_page("layers")
+    at.multiselect(key="layers.keep_float.int8").set_value(["dense"])
+    at.button(key="layers.rescore").click()
+    at.run()
+    at.button(key="layers.cancel").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    status = rundir.read_json(run_dir / rundir.STATUS)
+    assert status["status"] == "done"
+    assert status["error"] == ("re-scoring int8:keep=dense cancelled: cancelled before it started")
+    report = read_report(run_dir)
+    assert report["run"]["status"] == "done"
+    derived = next(v for v in report["variants"] if v["name"] == "int8:keep=dense")
+    assert derived["status"] == "cancelled" and derived["error"] == "cancelled before it started"

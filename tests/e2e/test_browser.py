@@ -122,5 +122,12 @@ def test_demo_loop(server: str, tmp_path: Path) -> None:
         expect(page.get_by_text("Ranked layers")).to_be_visible(timeout=60_000)
         expect(page.locator(".js-plotly-plot").first).to_be_attached(timeout=60_000)
         expect(page.get_by_text("op order in the model").first).to_be_attached()
+        # One layer's details, and the re-score controls (tests/core/test_rescore.py runs one).
+        expect(page.get_by_text("Layer details", exact=True)).to_be_visible()
+        expect(page.get_by_text("Weight range", exact=True)).to_be_visible()
+        expect(
+            page.get_by_role("button", name="Re-score with these layers in float")
+        ).to_be_visible()
+        _assert_no_error_on(page, "Layers")
         page.screenshot(path=str(ARTIFACTS / "07-layers.png"), full_page=True)
         browser.close()

@@ -75,6 +75,7 @@ def diagnose_finished(run: RunContext, reference: ReferenceOutputs, spec: Varian
         return
     name = spec.name
     entry = run.report.variant(name)
+    flipped = images_at(run, np.flatnonzero(~written_agreement(run, name)))
     try:
         summary = diagnose_variant(
             run.model,
@@ -83,16 +84,55 @@ def diagnose_finished(run: RunContext, reference: ReferenceOutputs, spec: Varian
             float_tflite=float_tflite(run),
             route=entry.get("conversion_route") or "",
             calibration=reference.calibration,
-            flipped=images_at(run, np.flatnonzero(~written_agreement(run, name))),
+            flipped=flipped,
             out_csv=run.run_dir / f"{name}{LAYERS_SUFFIX}",
             progress=lambda f, msg: run.emit("diagnose", f, msg, name),
         )
     except (QuantLensError, ValueError, RuntimeError, OSError) as exc:
         summary = None
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        entry["warnings"].append(f"no per-layer diagnosis: {first}")
+        entry["warnings"].append(f"no per-layer diagnosis: {_first_line(exc)}")
+    if summary is not None:
+        summary["details"] = write_layer_details(run, name, flipped, reference.calibration)
     record_diagnosis(run.report.data, name, summary)
     run.report.save()
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
+def write_layer_details(
+    run: RunContext, name: str, flipped: np.ndarray, calibration: np.ndarray
+) -> str | None:
+    """`<variant>.layer_details.json` (core.engine.layer_details) for every op of its table, on
+    the flipped images (the calibration images when it flipped none); its file name, or None
+    with a warning when it cannot be made (the diagnosis stands)."""
+    import csv
+    import json
+
+    from core.engine.diagnose import LAYERS_SUFFIX, MAX_IMAGES
+    from core.engine.layer_details import DETAILS_SUFFIX, layer_details
+
+    run.emit("diagnose", 0.9, f"{name}: weight ranges and activation histograms", name)
+    with (run.run_dir / f"{name}{LAYERS_SUFFIX}").open(encoding="utf-8") as f:
+        rows = [(int(r["order"]), r["tensor_name"]) for r in csv.DictReader(f)]
+    images, images_are = (
+        (flipped, "flipped") if len(flipped) else (calibration[:MAX_IMAGES], "calibration")
+    )
+    try:
+        details = layer_details(
+            float_tflite(run),
+            rundir.tflite_path(run.run_dir, name).read_bytes(),
+            rows,
+            images,
+            images_are=images_are,
+        )
+    except (QuantLensError, ValueError, RuntimeError, OSError) as exc:
+        run.report.variant(name)["warnings"].append(f"no layer details: {_first_line(exc)}")
+        return None
+    target = run.run_dir / f"{name}{DETAILS_SUFFIX}"
+    rundir.write_atomic(target, json.dumps(details).encode("utf-8"))
+    return target.name
 
 
 def auto_fix(

@@ -240,7 +240,11 @@ def _note_in_report(
     labelled = labels >= 0
     reference = report["reference"]
     reference["softmax_applied"] = result.softmax
-    report["warnings"].extend(nonfinite_warning(nonfinite, len(labels), "the original model"))
+    # A re-score runs this stage again on the same images: each warning is said once.
+    said = report["warnings"]
+    said.extend(
+        w for w in nonfinite_warning(nonfinite, len(labels), "the original model") if w not in said
+    )
     reference["accuracy_pct"] = (
         float(100.0 * np.mean(ref_top1[labelled] == labels[labelled])) if labelled.any() else None
     )
@@ -250,11 +254,13 @@ def _note_in_report(
     dataset["skipped"] = [s.to_dict() for s in skipped]
     classes = result.num_classes
     if near_chance(reference["accuracy_pct"], classes):
-        report["warnings"].append(
+        chance = (
             f"the original model is only {reference['accuracy_pct']:.1f}% accurate on these "
             f"labels (chance is {100.0 / classes:.1f}%): the preprocessing preset or the labels "
             "are probably wrong"
         )
+        if chance not in said:
+            said.append(chance)
 
 
 def nonfinite_warning(bad: int, total: int, who: str) -> list[str]:

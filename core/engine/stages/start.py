@@ -52,6 +52,8 @@ def open_run(
     report = ReportFile.open(run_dir)
     specs += derived_specs(report.data, specs)
     sha = model_sha256(inputs.model_path)
+    if report.data:
+        require_same_inputs(report.data, model_sha=sha, dataset=inputs.dataset)
     if not report.data:
         report.data = new_report(
             job, run_dir, inputs, model, sha, specs, {s.name for s in selected}
@@ -86,6 +88,27 @@ def derived_specs(
         for entry in report.get("variants") or []
         if entry.get("derived_by") and entry["name"] not in known
     )
+
+
+def require_same_inputs(report: dict[str, Any], *, model_sha: str, dataset: Dataset) -> None:
+    """A reopened run (a restarted worker, a re-score) must see the model and images it was
+    scored on, or its new variant would be compared on other images than the finished ones.
+
+    Raises:
+        QuantLensError: the model file or the data set changed since the run was made.
+    """
+    from core.errors import QuantLensError
+    from core.inputs.datasets import dataset_sha256
+
+    if report["reference"].get("sha256") not in (None, model_sha):
+        raise QuantLensError(
+            "the model file changed since this run was made; start a new run to score it"
+        )
+    if report["dataset"].get("sha256") not in (None, dataset_sha256(dataset)):
+        raise QuantLensError(
+            "the data set changed since this run was made (images or labels differ); start a "
+            "new run to score it"
+        )
 
 
 def resolve_inputs(job: JobSpec, run_dir: Path) -> Inputs:

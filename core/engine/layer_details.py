@@ -1,0 +1,170 @@
+"""Details of each op of a diagnosed variant (issue 12 item 5): the range of its weights, and a
+histogram of its output activations in the float32 model and in the quantized one, on the
+images the variant flipped (the calibration images when it flipped none).
+
+Written by the diagnose stage as `<variant>.layer_details.json`, so the Layers page shows them
+without TensorFlow or LiteRT. Histograms, not values: a MobileNet conv output is tens of
+thousands of values per image, a histogram is 2 x BINS numbers whatever the data set size.
+The float activations are the float32 TFLite model's tensor of the same name (the converter
+and the quantizer keep the float model's tensor names); an op without one has none.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from core.engine.tensors import dequantize, quantize
+
+DETAILS_SUFFIX = ".layer_details.json"  # `<variant>.layer_details.json` in the run folder
+BINS = 40
+
+
+def layer_details(
+    float_tflite: bytes,
+    tflite: bytes,
+    rows: list[tuple[int, str]],
+    images: np.ndarray,
+    *,
+    images_are: str,
+) -> dict[str, Any]:
+    """Weight range and float/quantized activation histograms per op.
+
+    Args:
+        float_tflite: the float32 TFLite model (the pivot).
+        tflite: the variant's model.
+        rows: (order, output tensor name) of the ops of `<variant>.layers.csv`.
+        images: preprocessed float32 [N,H,W,C] images the activations are measured on.
+        images_are: "flipped" or "calibration", said on the page.
+
+    Returns:
+        {"images": images_are, "n_images": N, "ops": {order: {...}}}; an op's `histogram` is
+        None when the float model has no tensor of its name.
+    """
+    names = [name for _, name in rows]
+    quantized = _activations(tflite, names, images)
+    floated = _activations(float_tflite, names, images)
+    weights = weight_ranges(tflite)
+    ops: dict[str, Any] = {}
+    for order, name in rows:
+        low_high = weights.get(name)
+        ops[str(order)] = {
+            "tensor_name": name,
+            "weight_min": None if low_high is None else low_high[0],
+            "weight_max": None if low_high is None else low_high[1],
+            "histogram": _histogram(floated.get(name), quantized.get(name)),
+        }
+    return {"images": images_are, "n_images": len(images), "ops": ops}
+
+
+def _histogram(floated: np.ndarray | None, quantized: np.ndarray | None) -> dict[str, Any] | None:
+    """Counts of both on the same BINS edges spanning both (so the bars overlay exactly)."""
+    if floated is None or quantized is None or not floated.size or not quantized.size:
+        return None
+    finite_f, finite_q = floated[np.isfinite(floated)], quantized[np.isfinite(quantized)]
+    both = np.concatenate([finite_f, finite_q])
+    if not both.size:
+        return None
+    low, high = float(both.min()), float(both.max())
+    if high <= low:
+        high = low + 1.0
+    edges = np.linspace(low, high, BINS + 1)
+    return {
+        "edges": edges.tolist(),
+        "float": np.histogram(finite_f, bins=edges)[0].tolist(),
+        "quantized": np.histogram(finite_q, bins=edges)[0].tolist(),
+        "values": int(floated.size),  # per model: every element of the tensor on every image
+    }
+
+
+def _activations(tflite: bytes, names: list[str], images: np.ndarray) -> dict[str, np.ndarray]:
+    """Tensor name -> its float values (dequantized) on every image, flattened, for the named
+    tensors the model has."""
+    import warnings
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    with warnings.catch_warnings():  # "for debugging only": bounded here by MAX_IMAGES images
+        warnings.simplefilter("ignore", UserWarning)
+        interpreter = Interpreter(
+            model_content=tflite, num_threads=1, experimental_preserve_all_tensors=True
+        )
+    interpreter.allocate_tensors()
+    details = {d["name"]: d for d in interpreter.get_tensor_details()}
+    wanted = {n: details[n] for n in names if n in details}
+    source = interpreter.get_input_details()[0]
+    found: dict[str, list[np.ndarray]] = {n: [] for n in wanted}
+    for image in images:
+        x = image[None].astype(np.float32)
+        if np.dtype(source["dtype"]).kind in "iu":
+            scale, zero_point = source["quantization"]
+            x = quantize(x, scale, zero_point, source["dtype"])
+        interpreter.set_tensor(source["index"], x)
+        interpreter.invoke()
+        for name, detail in wanted.items():
+            found[name].append(_as_float(interpreter.get_tensor(detail["index"]), detail))
+    return {n: np.concatenate(v) for n, v in found.items() if v}
+
+
+def _as_float(values: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    scale, zero_point = detail["quantization"]
+    if np.asarray(values).dtype.kind in "iu" and scale:
+        return dequantize(values, scale, zero_point).ravel()
+    return np.asarray(values, dtype=np.float32).ravel()
+
+
+def weight_ranges(tflite: bytes) -> dict[str, tuple[float, float]]:
+    """Output tensor name -> (min, max) of each op's weights in float units: its constant
+    inputs of rank 2 or more (kernels, not biases), dequantized per channel where quantized."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(tflite))
+    graph = model.subgraphs[0]
+    ranges: dict[str, tuple[float, float]] = {}
+    for op in graph.operators:
+        values = [
+            _constant(model, graph.tensors[i])
+            for i in op.inputs
+            if i >= 0 and i < len(graph.tensors)
+        ]
+        kernels = [v for v in values if v is not None and v.ndim >= 2 and v.size]
+        if not kernels or not len(op.outputs):
+            continue
+        name = _text(graph.tensors[op.outputs[0]].name)
+        ranges[name] = (
+            float(min(v.min() for v in kernels)),
+            float(max(v.max() for v in kernels)),
+        )
+    return ranges
+
+
+_TYPES = {0: np.float32, 1: np.float16, 9: np.int8, 3: np.uint8}  # schema.TensorType
+
+
+def _constant(model: Any, tensor: Any) -> np.ndarray | None:
+    """A constant tensor's values in float units, or None (not constant, or a type not read)."""
+    buffer = model.buffers[tensor.buffer] if tensor.buffer < len(model.buffers) else None
+    dtype = _TYPES.get(int(tensor.type))
+    if buffer is None or buffer.data is None or dtype is None or not len(buffer.data):
+        return None
+    raw = np.frombuffer(np.asarray(buffer.data, dtype=np.uint8).tobytes(), dtype=dtype)
+    shape = tuple(int(d) for d in tensor.shape)
+    if int(np.prod(shape)) != raw.size:
+        return None
+    values = raw.reshape(shape)
+    q = tensor.quantization
+    if np.dtype(dtype).kind not in "iu" or q is None or q.scale is None or not len(q.scale):
+        return values.astype(np.float32)
+    scale = np.asarray(q.scale, dtype=np.float64)
+    zero = np.asarray(q.zeroPoint if q.zeroPoint is not None else [0], dtype=np.int64)
+    if scale.size > 1:  # per channel, along quantizedDimension
+        axis = int(q.quantizedDimension)
+        view = [1] * values.ndim
+        view[axis] = scale.size
+        scale, zero = scale.reshape(view), zero.reshape(view) if zero.size > 1 else zero
+    return ((values.astype(np.int64) - zero) * scale).astype(np.float32)
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value or "")

@@ -1,0 +1,177 @@
+"""Re-score a finished run with chosen layers kept in float (issue 12, the Layers page's button
+and `python -m core rescore`).
+
+The derived variant joins the SAME run: its pending entry is added to report.json (with
+`derived_by`), and the run is queued again. The worker the supervisor then starts treats it as
+a restarted worker does a variant `--auto-fix` added (core.engine.stages.start.derived_specs):
+it decodes the same samples again, converts, evaluates, diagnoses and times only the new
+variant, and leaves every finished one as it was. If the re-score fails, crashes or is
+cancelled, the run gets its previous status back (core.jobs.outcome) and only the new variant
+says what went wrong.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from core.errors import QuantLensError
+from core.inputs import rundir
+from core.jobs import protocol
+from core.jobs.workspace import opened_store
+from core.reporting import runmodel
+from core.types import RunStatus, VariantSpec
+
+DERIVED_BY_RESCORE = "re-score"  # a variant entry's `derived_by`: added by a re-score
+RESCORE_KEY = "rescore"  # status.json: the re-score in flight and the run's status before it
+
+
+def add_rescore_variant(
+    directory: Path, parent: str, layers: list[str] | tuple[str, ...], *, home: Path | None
+) -> str:
+    """Add `parent` with `layers` kept in float to the finished run in `directory`, and queue
+    the run again; the caller starts its supervisor.
+
+    Returns:
+        The derived variant's name (e.g. `int8:keep=conv2d+dense`).
+
+    Raises:
+        QuantLensError: no layer chosen, the run is not finished, the parent is unknown, not
+            done or cannot keep layers in float, a layer is unknown, or the variant exists.
+    """
+    chosen = tuple(sorted({name.strip() for name in layers if name.strip()}))
+    if not chosen:
+        raise QuantLensError("no layer chosen; pick at least one layer to keep in float")
+    status = protocol.read_status(directory)
+    state = RunStatus(status.get("status") or RunStatus.QUEUED)
+    if not state.finished:
+        raise QuantLensError(
+            f"the run is still {state}; re-score it once it has finished (or cancel it)"
+        )
+    report = runmodel.read_report(directory).to_dict()
+    entry = _parent_entry(report, parent)
+    if rundir.read_json(directory / rundir.JOB).get("engine") == "ray":
+        raise QuantLensError(
+            "this run was evaluated on Ray, whose images stay on the cluster; re-score a run "
+            "made with --engine local"
+        )
+    derived = _derived_spec(parent, chosen)
+    _require_known_layers(directory, entry, chosen)
+    if any(v["name"] == derived.name for v in report["variants"]):
+        raise QuantLensError(f"{derived.name} is already in this run; choose other layers")
+    run_id = str(status.get("run_id") or directory.name)
+    with opened_store(home) as store:
+        if store.get_run(run_id) is None:
+            raise QuantLensError(
+                f"run {run_id} is not in this workspace's history; set QUANTLENS_HOME to the "
+                "workspace that made it"
+            )
+        _queue_again(directory, report, derived, status)
+        store.sync_report(run_id, report)
+        store.set_status(run_id, RunStatus.QUEUED)
+    return derived.name
+
+
+def _parent_entry(report: dict[str, Any], parent: str) -> dict[str, Any]:
+    entry: dict[str, Any] | None = next(
+        (v for v in report["variants"] if v["name"] == parent), None
+    )
+    if entry is None:
+        names = ", ".join(v["name"] for v in report["variants"])
+        raise QuantLensError(f"this run has no variant {parent}; choose one of {names}")
+    if entry.get("status") != "done":
+        raise QuantLensError(f"{parent} did not finish ({entry.get('status')}); choose another")
+    return entry
+
+
+def _derived_spec(parent: str, layers: tuple[str, ...]) -> VariantSpec:
+    """`parent` with `layers` in float (a derived parent's own layers are replaced, not added)."""
+    spec = VariantSpec.parse(parent)
+    if spec.float_layers or spec.int16_layers:
+        raise QuantLensError(
+            f"{parent} is itself derived; re-score its parent {_root_name(spec)} instead"
+        )
+    derived = replace(spec, float_layers=layers)
+    try:
+        derived.check()
+    except QuantLensError:
+        raise QuantLensError(
+            f"{parent} cannot keep layers in float; choose an int8 or a quantizer (_q) variant"
+        ) from None
+    return derived
+
+
+def _root_name(spec: VariantSpec) -> str:
+    return replace(spec, float_layers=(), int16_layers=()).name
+
+
+def known_layers(directory: Path, entry: dict[str, Any]) -> set[str] | None:
+    """The Keras layer names of the parent's per-layer table, or None when it has none (the
+    worker's conversion then names an unknown layer itself)."""
+    table = (entry.get("diagnosis") or {}).get("table")
+    path = directory / str(table) if table else None
+    if path is None or not path.is_file():
+        return None
+    names: set[str] = set()
+    with path.open(encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            # `layers` lists every Keras layer fused into the op (re_lu+conv2d), `layer` the main one.
+            names.update(n for n in (row.get("layers") or "").split("+") if n)
+            if row.get("layer") and not row["layer"].startswith("("):
+                names.add(row["layer"])
+    return names
+
+
+def _require_known_layers(directory: Path, entry: dict[str, Any], layers: tuple[str, ...]) -> None:
+    names = known_layers(directory, entry)
+    unknown = sorted(set(layers) - names) if names is not None else []
+    if unknown:
+        raise QuantLensError(
+            f"{entry['name']} has no layer named {', '.join(unknown)}; pick names from its "
+            "per-layer table"
+        )
+
+
+def _queue_again(
+    directory: Path, report: dict[str, Any], derived: VariantSpec, status: dict[str, Any]
+) -> None:
+    """The pending entry first (the worker reads it), then a fresh queued status.json."""
+    from core.reporting.report import ROLE_SELECTED, pending_variant
+
+    report["variants"].append(
+        {**pending_variant(derived, role=ROLE_SELECTED), "derived_by": DERIVED_BY_RESCORE}
+    )
+    report["run"]["status"] = str(RunStatus.QUEUED)
+    runmodel.write_report(directory, report)
+    for stale in (protocol.CANCEL_FLAG, rundir.PROGRESS):
+        (directory / stale).unlink(missing_ok=True)
+    rundir.write_json_atomic(
+        directory / rundir.STATUS,
+        {
+            "status": str(RunStatus.QUEUED),
+            "error": None,
+            "run_id": status.get("run_id") or directory.name,
+            "created": time.time(),
+            "finished": None,
+            RESCORE_KEY: {
+                "variant": derived.name,
+                "previous_status": status.get("status"),
+                "previous_error": status.get("error"),
+            },
+        },
+    )
+
+
+def status_after(
+    directory: Path, status: RunStatus, error: str | None
+) -> tuple[RunStatus, str | None]:
+    """The run's final status and error: a re-score that did not finish gives the run back its
+    previous status (its finished variants stand); the error names the re-scored variant."""
+    rescore = protocol.read_status(directory).get(RESCORE_KEY)
+    if not rescore or status is RunStatus.DONE:
+        return status, error
+    previous = RunStatus(rescore.get("previous_status") or RunStatus.DONE)
+    return previous, f"re-scoring {rescore['variant']} {status}: {error or 'no reason given'}"

@@ -1,0 +1,68 @@
+"""Details of one layer (issue 12 item 5): a run's `<variant>.layer_details.json` holds each op's
+weight range and the float/quantized activation histograms on the flipped images. Checked
+against the SavedModel's own variables and a TensorFlow recomputation of the op, not against
+the LiteRT code that wrote them."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.core.test_autofix import build_outlier_model
+from tests.core.test_cli import run_cli
+from tests.core.test_cli_quantizer import _inputs, _reference_probs, _tflite_probs
+from tests.core.test_selective import _write_images
+
+
+@pytest.mark.slow
+def test_a_run_writes_weight_ranges_and_activation_histograms(tmp_path: Path) -> None:
+    import tensorflow as tf
+
+    model = build_outlier_model(tmp_path / "outlier")
+    data = _write_images(tmp_path / "data")
+    out = tmp_path / "out"
+    run_cli(
+        "run", str(model), "--data", str(data), "--modes", "int8", "--preprocess", "unit",
+        "--latency-runs", "3", "--out", str(out), home=tmp_path,
+    )  # fmt: skip
+    report = json.loads((out / "report.json").read_text())
+    int8 = next(v for v in report["variants"] if v["name"] == "int8")
+    assert int8["diagnosis"]["details"] == "int8.layer_details.json"
+    details = json.loads((out / "int8.layer_details.json").read_text())
+    with (out / "int8.layers.csv").open() as f:
+        table = {r["layer"]: r for r in csv.DictReader(f)}
+    # Measured on the images int8 flipped, recomputed here with TF and LiteRT.
+    images = _inputs(data)
+    ref = _reference_probs(model, images).argmax(axis=1)
+    flipped = images[ref != _tflite_probs(out / "int8.tflite", images).argmax(axis=1)]
+    assert details["images"] == "flipped" and details["n_images"] == len(flipped) > 0
+    wide = details["ops"][table["wide"]["order"]]
+    variables = {v.name: v.numpy() for v in tf.saved_model.load(str(model)).variables}
+    kernel, bias = variables["wide/kernel:0"], variables["wide/bias:0"]
+    # int8 weights are per-channel: each is within half a step (|channel max| / 127) of float.
+    step = float(np.abs(kernel).max()) / 127
+    assert wide["weight_min"] == pytest.approx(float(kernel.min()), abs=step)
+    assert wide["weight_max"] == pytest.approx(float(kernel.max()), abs=step)
+    assert details["ops"][table["pool"]["order"]]["weight_min"] is None  # a mean has no weights
+    # The float activations: the conv and its ReLU in TensorFlow, on the same bins.
+    hist = wide["histogram"]
+    activations = tf.nn.relu(tf.nn.conv2d(flipped, kernel, 1, "SAME") + bias).numpy()
+    assert hist["values"] == activations.size == len(flipped) * 16 * 16 * 8
+    expected = np.histogram(activations, bins=np.asarray(hist["edges"]))[0]
+    assert sum(hist["float"]) == activations.size
+    assert np.abs(np.asarray(hist["float"]) - expected).sum() <= 0.005 * activations.size
+    # The quantized activations: every value is one of the op's int8 levels (q - zp) * scale.
+    assert sum(hist["quantized"]) == activations.size
+    scale, zero = float(table["wide"]["scale"]), int(table["wide"]["zero_point"])
+    levels = (np.arange(-128, 128) - zero) * scale
+    edges = hist["edges"]
+    for i, count in enumerate(hist["quantized"]):
+        if count:
+            low, high = edges[i] - 1e-6 * scale, edges[i + 1] + 1e-6 * scale
+            assert ((levels >= low) & (levels <= high)).any(), (i, edges[i], edges[i + 1])
+    # Quantization visibly coarsens this layer: the two histograms differ.
+    assert hist["float"] != hist["quantized"]

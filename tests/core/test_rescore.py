@@ -1,0 +1,193 @@
+"""Re-scoring a finished run with chosen layers in float (issue 12 item 5, the Layers page's
+button and `python -m core rescore`): the derived variant joins the same run, evaluated on the
+same images, and its agreement is recomputed here from its own `.tflite` with ai_edge_litert
+and the original with TensorFlow."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.errors import QuantLensError
+from core.history.store import open_store
+from core.inputs import rundir
+from core.jobs.outcome import finish_run
+from core.jobs.rescore import add_rescore_variant
+from core.types import RunStatus
+from tests.core.test_autofix import build_outlier_model
+from tests.core.test_cli import run_cli
+from tests.core.test_cli_quantizer import _inputs, _reference_probs, _tflite_probs
+from tests.core.test_selective import _of, _ops, _write_images
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path, Path]:
+    """(home, model, data csv, run folder) of a finished int8 run of the outlier model."""
+    root = tmp_path_factory.mktemp("rescore")
+    model = build_outlier_model(root / "outlier")
+    data = _write_images(root / "data")
+    out = root / "out"
+    done = run_cli(
+        "run",
+        str(model),
+        "--data",
+        str(data),
+        "--modes",
+        "int8",
+        "--preprocess",
+        "unit",
+        "--min-agreement",
+        "99",
+        "--latency-runs",
+        "3",
+        "--out",
+        str(out),
+        home=root,
+    )
+    assert done.returncode == 1, done.stderr  # int8 is below the bar: something to fix
+    return root, model, data, out
+
+
+def _report(run_dir: Path) -> dict:  # type: ignore[type-arg]
+    return json.loads((run_dir / rundir.REPORT).read_text())
+
+
+@pytest.mark.slow
+def test_rescore_adds_a_float_layer_variant_to_the_same_run(
+    finished_run: tuple[Path, Path, Path, Path], tmp_path: Path
+) -> None:
+    home, model, data, original = finished_run
+    out = tmp_path / "out"
+    shutil.copytree(original, out)
+    _register_copy(home, original, out)
+    before = {v["name"]: v for v in _report(out)["variants"]}
+    done = run_cli("rescore", str(out), "--variant", "int8", "--keep-float", "wide,mix", home=home)
+    assert done.returncode == 1, done.stderr  # the parent still fails the 99 % bar
+    report = _report(out)
+    by_name = {v["name"]: v for v in report["variants"]}
+    derived = by_name["int8:keep=mix+wide"]
+    assert derived["parent"] == "int8" and derived["float_layers"] == ["mix", "wide"]
+    assert derived["derived_by"] == "re-score" and derived["status"] == "done"
+    assert derived["latency_ms"]["n"] == 3 and derived["n"] == 24
+    assert derived["size_bytes"] == (out / "int8:keep=mix+wide.tflite").stat().st_size
+    # Diagnosed like any other variant, so the Layers page lists it.
+    assert (out / "int8:keep=mix+wide.layers.csv").is_file()
+    # The finished variants are left exactly as they were.
+    for name in ("int8", "float32"):
+        assert by_name[name] == before[name]
+    assert report["run"]["status"] == "done"
+    # Independently: the original in TensorFlow, the .tflite in LiteRT, on the CSV's images.
+    images = _inputs(data)
+    ref = _reference_probs(model, images).argmax(axis=1)
+    tfl = _tflite_probs(out / "int8:keep=mix+wide.tflite", images).argmax(axis=1)
+    assert derived["top1_agreement_pct"] == pytest.approx(100 * np.mean(ref == tfl))
+    assert derived["top1_agreement_pct"] > by_name["int8"]["top1_agreement_pct"]
+    # The named ops really are float: float outputs, float weights; the others stay int8.
+    ops = _ops((out / "int8:keep=mix+wide.tflite").read_bytes())
+    assert [o for o, _ in _of(ops, "CONV_2D", "wide_1")] == ["FLOAT32"]
+    assert [o for o, _ in _of(ops, "CONV_2D", "mix_1")] == ["FLOAT32"]
+    assert [o for o, _ in _of(ops, "MEAN", "pool_1")] == ["INT8"]
+    assert [out for op, out, _, _ in ops if op == "FULLY_CONNECTED"] == ["INT8"]  # the head
+    with open_store(home) as store:
+        row = store.get_run(report["run"]["id"])
+    assert row is not None and row.status is RunStatus.DONE
+
+
+def _register_copy(home: Path, original: Path, copy: Path) -> None:
+    """Give the copied run folder its own store row (a new id), so each test re-scores its own."""
+    from core.jobs.launch import new_run_id
+
+    run_id = new_run_id()
+    status = rundir.read_json(original / rundir.STATUS)
+    rundir.write_json_atomic(copy / rundir.STATUS, {**status, "run_id": run_id})
+    with open_store(home) as store:
+        job = rundir.read_json(original / rundir.JOB)
+        store.create_run(run_id, name="copy", run_dir=copy, job=job)
+        store.sync_report(run_id, _report(copy))
+        store.set_status(run_id, RunStatus.DONE)
+
+
+@pytest.mark.slow
+def test_rescore_refuses_with_one_line(
+    finished_run: tuple[Path, Path, Path, Path], tmp_path: Path
+) -> None:
+    home, _model, _data, original = finished_run
+    out = tmp_path / "out"
+    shutil.copytree(original, out)
+    _register_copy(home, original, out)
+    cases = [
+        ("int8", [" "], "no layer chosen"),
+        ("int8", ["wide", "nope"], "int8 has no layer named nope"),
+        ("float32", ["wide"], "float32 cannot keep layers in float"),
+        ("int4", ["wide"], "this run has no variant int4"),
+    ]
+    for parent, layers, message in cases:
+        with pytest.raises(QuantLensError, match=message):
+            add_rescore_variant(out, parent, layers, home=home)
+    unchanged = _report(out)
+    assert sorted(v["name"] for v in unchanged["variants"]) == ["float32", "int8"]
+    status = rundir.read_json(out / rundir.STATUS)
+    rundir.write_json_atomic(out / rundir.STATUS, {**status, "status": "running"})
+    with pytest.raises(QuantLensError, match="the run is still running"):
+        add_rescore_variant(out, "int8", ["wide"], home=home)
+    done = run_cli("rescore", str(out), "--variant", "int8", "--keep-float", "wide", home=home)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("error: the run is still running")
+
+
+@pytest.mark.slow
+def test_a_failed_rescore_gives_the_run_its_status_back(
+    finished_run: tuple[Path, Path, Path, Path], tmp_path: Path
+) -> None:
+    """The re-score is queued, then ends as cancelled: the run is `done` again, its finished
+    variants stand, and the new variant says it was cancelled."""
+    home, _model, _data, original = finished_run
+    out = tmp_path / "out"
+    shutil.copytree(original, out)
+    _register_copy(home, original, out)
+    name = add_rescore_variant(out, "int8", ["wide"], home=home)
+    assert rundir.read_json(out / rundir.STATUS)["status"] == "queued"
+    from core.jobs.outcome import close_unfinished_variants
+
+    close_unfinished_variants(out, "cancelled", "cancelled by the user")
+    finish_run(out, RunStatus.CANCELLED, "cancelled by the user", home=home)
+    status = rundir.read_json(out / rundir.STATUS)
+    assert status["status"] == "done"
+    assert status["error"] == f"re-scoring {name} cancelled: cancelled by the user"
+    report = _report(out)
+    assert report["run"]["status"] == "done"
+    by_name = {v["name"]: v for v in report["variants"]}
+    assert by_name[name]["status"] == "cancelled" and by_name["int8"]["status"] == "done"
+
+
+@pytest.mark.slow
+def test_rescore_refuses_images_that_changed_since_the_run(
+    finished_run: tuple[Path, Path, Path, Path], tmp_path: Path
+) -> None:
+    """A re-score on other images than the finished variants' would compare it on a different
+    footing: the worker refuses, the run keeps its status, the new variant says why."""
+    from PIL import Image
+
+    home, _model, data, original = finished_run
+    out = tmp_path / "out"
+    shutil.copytree(original, out)
+    _register_copy(home, original, out)
+    moved = tmp_path / "data"
+    shutil.copytree(data.parent, moved)
+    Image.new("RGB", (16, 16), (255, 0, 0)).save(moved / "0.png")  # one image edited
+    job = rundir.read_json(out / rundir.JOB)
+    rundir.write_json_atomic(out / rundir.JOB, {**job, "data_path": str(moved / data.name)})
+    done = run_cli("rescore", str(out), "--variant", "int8", "--keep-float", "wide", home=home)
+    assert done.returncode == 2
+    last = done.stderr.strip().splitlines()[-1]
+    assert "the data set changed since this run was made" in last
+    status = rundir.read_json(out / rundir.STATUS)
+    assert status["status"] == "done" and status["error"].startswith("re-scoring int8:keep=wide")
+    by_name = {v["name"]: v for v in _report(out)["variants"]}
+    assert by_name["int8:keep=wide"]["status"] == "failed"
+    assert "the data set changed" in by_name["int8:keep=wide"]["error"]
+    assert by_name["int8"]["status"] == "done" and _report(out)["run"]["status"] == "done"
