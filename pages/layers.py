@@ -14,6 +14,7 @@ from core.reporting.layer_figures import (
     layer_error_figure,
 )
 from core.reporting.model_explorer import node_data_json
+from core.reporting.report import chosen_step
 from core.reporting.results import RunResults
 from core.reporting.runmodel import Variant
 from core.types import RunStatus
@@ -132,12 +133,25 @@ if steps:
         ),
         key="layers.autofix",
     )
-    last = steps[-1]
-    verdict = "meets" if last["meets_threshold"] else "does not meet"
-    st.markdown(
-        f"**{fmt.text(fix.get('variant') or '')}**: {len(last['layers'])} layer(s) in float, "
-        f"{last['agreement_pct']:.2f} % agreement ({verdict} the {res.threshold_pct:g} % bar), "
-        f"{fmt.mb(int(last['size_bytes']))} against {fmt.mb(int(entry.result.size_bytes or 0))}."
+    chosen = chosen_step(steps)
+    if chosen is None:
+        st.markdown(
+            f"No layer kept in float beat the parent's agreement on "
+            f"{fmt.count(int(steps[0]['n']), 'image')}: no variant was derived."
+        )
+    else:
+        verdict = "meets" if chosen["meets_threshold"] else "does not meet"
+        st.markdown(
+            f"**{fmt.text(fix.get('variant') or '')}**: "
+            f"{fmt.count(len(chosen['layers']), 'layer')} in float, "
+            f"{chosen['agreement_pct']:.2f} % agreement on "
+            f"{fmt.count(int(chosen['n']), 'image')} ({verdict} the {res.threshold_pct:g} % "
+            f"bar), {fmt.mb(int(chosen['size_bytes']))} against "
+            f"{fmt.mb(int(entry.result.size_bytes or 0))}."
+        )
+    st.caption(
+        "Each layer in the measured order is added to the float set and kept only if agreement "
+        "rises (or holds with a lower mean KL); hollow markers are layers tried and not kept."
     )
 elif fix.get("error"):
     st.warning(f"Auto-fix did not run: {fix['error']}")

@@ -148,22 +148,44 @@ def greedy_fix(
     evaluate: Evaluate,
     ranked: list[str],
     *,
+    parent: Measurement,
     max_layers: int,
     meets: Callable[[Measurement], bool],
     progress: Callable[[float, str], None],
 ) -> list[dict[str, Any]]:
-    """Keep the first 1, 2, ... `max_layers` ranked layers float until the model `meets` the bar.
+    """Walk the ranked layers in order, keeping each in float only if that beats the best model
+    so far (the parent at first); stop when the kept set meets the bar, holds `max_layers`
+    layers, or the ranked layers run out.
 
-    Returns every step tried, in order: its layers, agreement, mean KL, size and whether it met
-    the bar; the last step is the one to keep (it met the bar, or it is the K-th).
+    "Beats" is higher agreement, or the same agreement with lower mean KL. Taking the first K
+    ranked layers blindly was measured to end below its own first step (on the MobileNetV2 demo:
+    98.57 % with one layer, 98.09 % with five): one-at-a-time sensitivity does not add up.
+
+    Returns every step tried, in order: its layers, agreement, mean KL, size, whether it met the
+    bar and whether it was `kept`; core.reporting.report.chosen_step gives the one to keep.
     """
     steps: list[dict[str, Any]] = []
-    for count in range(1, min(max_layers, len(ranked)) + 1):
-        layers = tuple(sorted(ranked[:count]))
-        progress(count / max_layers, f"auto-fix: {count} layer(s) in float")
+    kept: tuple[str, ...] = ()
+    best = parent
+    for tried, layer in enumerate(ranked):
+        if len(kept) >= max_layers:
+            break
+        layers = tuple(sorted((*kept, layer)))
+        progress(tried / len(ranked), f"auto-fix: {layer} added, {len(layers)} layer(s) in float")
         result = evaluate(make(layers))
-        met = meets(result)
-        steps.append({"layers": list(layers), **asdict(result), "meets_threshold": met})
+        better = _beats(result, best)
+        met = better and meets(result)
+        steps.append(
+            {"layers": list(layers), **asdict(result), "meets_threshold": met, "kept": better}
+        )
+        if better:
+            kept, best = layers, result
         if met:
             break
     return steps
+
+
+def _beats(candidate: Measurement, best: Measurement) -> bool:
+    if candidate.agreement_pct != best.agreement_pct:
+        return candidate.agreement_pct > best.agreement_pct
+    return candidate.mean_kl < best.mean_kl

@@ -120,17 +120,33 @@ def autofix_path_figure(
     """Agreement and size against the number of layers kept in float, from the parent (0) on.
 
     Args:
-        steps: the parent's `auto_fix.steps` (layers, agreement_pct, size_bytes).
+        steps: the parent's `auto_fix.steps` (layers, agreement_pct, size_bytes, kept); the kept
+            ones draw the path, the others hollow markers.
         parent_agreement_pct: the parent's top-1 agreement, the path's start.
         parent_size_bytes: the parent's size, the path's start.
         threshold_pct: the agreement bar, drawn as a dashed line.
         height: figure height in pixels.
     """
-    counts = [0, *[len(s["layers"]) for s in steps]]
-    agreement = [parent_agreement_pct, *[float(s["agreement_pct"]) for s in steps]]
-    sizes = [parent_size_bytes / 1e6, *[int(s["size_bytes"]) / 1e6 for s in steps]]
-    layers = ["(the parent)", *[" + ".join(s["layers"]) for s in steps]]
+    kept = [s for s in steps if s.get("kept", True)]
+    tried = [s for s in steps if not s.get("kept", True)]
+    counts = [0, *[len(s["layers"]) for s in kept]]
+    agreement = [parent_agreement_pct, *[float(s["agreement_pct"]) for s in kept]]
+    sizes = [parent_size_bytes / 1e6, *[int(s["size_bytes"]) / 1e6 for s in kept]]
+    layers = ["(the parent)", *[" + ".join(s["layers"]) for s in kept]]
     fig = make_subplots(specs=[[{"secondary_y": True}]])
+    if tried:
+        fig.add_trace(
+            go.Scatter(
+                x=[len(s["layers"]) for s in tried],
+                y=[float(s["agreement_pct"]) for s in tried],
+                mode="markers",
+                name="tried, not kept",
+                marker={"color": TFLITE_COLOR, "symbol": "circle-open", "size": 9},
+                text=[" + ".join(s["layers"]) for s in tried],
+                hovertemplate="%{text}<br>agreement %{y:.2f} % (not kept)<extra></extra>",
+            ),
+            secondary_y=False,
+        )
     fig.add_trace(
         go.Scatter(
             x=counts,

@@ -114,6 +114,13 @@ def record_diagnosis(report: dict[str, Any], name: str, summary: dict[str, Any] 
     top[name] = None if summary is None else [s["layer"] for s in summary["suspects"]]
 
 
+def chosen_step(steps: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The auto-fix step a derived variant is made from: the last one kept (an older report's
+    steps, from before a step could be tried and not kept, were all kept)."""
+    kept = [s for s in steps if s.get("kept", True)]
+    return kept[-1] if kept else None
+
+
 def pending_variant(spec: VariantSpec, *, role: str = ROLE_SELECTED) -> dict[str, Any]:
     """A variant entry before its work starts: every metric null (`parent` for a derived one)."""
     identity = replace(VariantIdentity.from_spec(spec, role=role), parent=parent_name(spec))

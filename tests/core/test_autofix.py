@@ -12,6 +12,7 @@ import pytest
 
 from core.engine.selective import Measurement, greedy_fix, sensitivity_scan
 from core.errors import ConversionFailed
+from core.reporting.report import chosen_step
 from tests.core.test_cli import run_cli
 from tests.core.test_cli_quantizer import _inputs, _reference_probs, _tflite_probs
 from tests.core.test_selective import _of, _ops, _write_images
@@ -38,18 +39,23 @@ def _scripted(agreement: dict[tuple[str, ...], float]) -> tuple[object, object]:
     return make, evaluate
 
 
+PARENT = Measurement(agreement_pct=50.0, mean_kl=0.5, size_bytes=10, n=100)
+
+
 def test_greedy_fix_stops_at_the_first_step_that_meets_the_bar() -> None:
     make, evaluate = _scripted({("a",): 80.0, ("a", "b"): 96.0, ("a", "b", "c"): 99.0})
     steps = greedy_fix(
         make,  # type: ignore[arg-type]
         evaluate,  # type: ignore[arg-type]
         ["a", "b", "c", "d"],
+        parent=PARENT,
         max_layers=4,
         meets=lambda m: m.agreement_pct >= 95.0,
         progress=lambda f, m: None,
     )
     assert [s["layers"] for s in steps] == [["a"], ["a", "b"]]
     assert [s["meets_threshold"] for s in steps] == [False, True]
+    assert [s["kept"] for s in steps] == [True, True]
     assert steps[-1]["agreement_pct"] == 96.0 and steps[-1]["mean_kl"] == pytest.approx(0.04)
 
 
@@ -59,12 +65,54 @@ def test_greedy_fix_stops_at_k_when_the_bar_is_never_met() -> None:
         make,  # type: ignore[arg-type]
         evaluate,  # type: ignore[arg-type]
         ["a", "b", "c"],
+        parent=PARENT,
         max_layers=2,
         meets=lambda m: m.agreement_pct >= 95.0,
         progress=lambda f, m: None,
     )
     assert [s["layers"] for s in steps] == [["a"], ["a", "b"]]
     assert not any(s["meets_threshold"] for s in steps)
+    assert chosen_step(steps) == steps[-1]
+
+
+def test_greedy_fix_keeps_a_layer_only_when_it_beats_the_best_so_far() -> None:
+    """b alone helps, but on top of a it hurts: it is tried, not kept, and c is tried instead.
+    Ties on agreement go to the lower mean KL; a layer worse than the parent is never kept."""
+    make, evaluate = _scripted(
+        {("z",): 40.0, ("a",): 80.0, ("a", "b"): 70.0, ("a", "c"): 90.0, ("a", "c", "d"): 90.0}
+    )
+    steps = greedy_fix(
+        make,  # type: ignore[arg-type]
+        evaluate,  # type: ignore[arg-type]
+        ["z", "a", "b", "c", "d"],
+        parent=PARENT,
+        max_layers=2,
+        meets=lambda m: m.agreement_pct >= 95.0,
+        progress=lambda f, m: None,
+    )
+    assert [(s["layers"], s["kept"]) for s in steps] == [
+        (["z"], False),
+        (["a"], True),
+        (["a", "b"], False),
+        (["a", "c"], True),
+    ]
+    chosen = chosen_step(steps)
+    assert chosen is not None and chosen["layers"] == ["a", "c"] and chosen["agreement_pct"] == 90
+
+
+def test_greedy_fix_keeps_nothing_when_no_layer_beats_the_parent() -> None:
+    make, evaluate = _scripted({("a",): 49.0, ("b",): 50.0})
+    steps = greedy_fix(
+        make,  # type: ignore[arg-type]
+        evaluate,  # type: ignore[arg-type]
+        ["a", "b"],
+        parent=Measurement(agreement_pct=50.0, mean_kl=0.0, size_bytes=10, n=100),
+        max_layers=3,
+        meets=lambda m: m.agreement_pct >= 95.0,
+        progress=lambda f, m: None,
+    )
+    assert [s["kept"] for s in steps] == [False, False]  # b ties on agreement, loses on KL
+    assert chosen_step(steps) is None
 
 
 def test_sensitivity_ranks_by_measured_error_and_keeps_the_statistics_rank() -> None:
@@ -153,7 +201,9 @@ def test_auto_fix_stops_at_the_threshold_with_a_variant_that_reproduces(tmp_path
     assert 1 <= len(steps) <= 4
     assert steps[-1]["meets_threshold"] and steps[-1]["agreement_pct"] >= 99
     assert not any(s["meets_threshold"] or s["agreement_pct"] >= 99 for s in steps[:-1])
-    assert [len(s["layers"]) for s in steps] == list(range(1, len(steps) + 1))
+    kept = [s for s in steps if s["kept"]]
+    assert [len(s["layers"]) for s in kept] == list(range(1, len(kept) + 1))
+    assert all(b["agreement_pct"] >= a["agreement_pct"] for a, b in zip(kept, kept[1:]))
     assert all(s["n"] == 24 and s["size_bytes"] > 0 and s["mean_kl"] >= 0 for s in steps)
     # Both rankings are there: the measured order and each layer's rank by the statistics.
     assert {m["layer"] for m in fix["sensitivity"]} >= {"wide", "mix"}

@@ -150,3 +150,22 @@ def test_a_single_valued_delta_column_is_one_selectable_bar() -> None:
     (lo, hi), *_ = np.asarray(fig.data[0].customdata)
     assert fig.data[0].y[0] == 3
     assert figures.delta_bar_mask(deltas["float16"], lo, hi, deltas=deltas).all()
+
+
+def test_autofix_path_draws_kept_steps_as_the_path_and_the_rest_as_tried() -> None:
+    from core.reporting.layer_figures import autofix_path_figure
+
+    steps = [
+        {"layers": ["a"], "agreement_pct": 98.5, "size_bytes": 1_100_000, "kept": True},
+        {"layers": ["a", "b"], "agreement_pct": 98.0, "size_bytes": 1_200_000, "kept": False},
+        {"layers": ["a", "c"], "agreement_pct": 99.1, "size_bytes": 1_250_000, "kept": True},
+    ]
+    fig = autofix_path_figure(
+        steps, parent_agreement_pct=98.0, parent_size_bytes=1_000_000, threshold_pct=99.0
+    )
+    by_name = {t.name: t for t in fig.data}
+    assert list(by_name["top-1 agreement"].x) == [0, 1, 2]
+    assert list(by_name["top-1 agreement"].y) == [98.0, 98.5, 99.1]
+    assert list(by_name["size"].y) == [1.0, 1.1, 1.25]  # MB
+    assert list(by_name["tried, not kept"].x) == [2]
+    assert list(by_name["tried, not kept"].text) == ["a + b"]

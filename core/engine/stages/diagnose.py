@@ -186,7 +186,7 @@ def _auto_fix_variant(
     variant, adds its pending entry to report.json and returns its spec."""
     from core.engine import selective
     from core.engine.diagnose import LAYERS_SUFFIX, candidate_layers
-    from core.reporting.report import ROLE_SELECTED, pending_variant
+    from core.reporting.report import ROLE_SELECTED, chosen_step, pending_variant
 
     name = spec.name
     entry = run.report.variant(name)
@@ -217,6 +217,7 @@ def _auto_fix_variant(
             make,
             lambda t: measure_tflite(run, reference, t, limit=None),
             [m["layer"] for m in scan],
+            parent=parent_measurement(entry),
             max_layers=int(run.job.auto_fix or 0),
             meets=lambda m: _meets_bar(run.job, m),
             progress=progress,
@@ -225,10 +226,13 @@ def _auto_fix_variant(
         entry["auto_fix"] = {"error": str(exc)}
         run.report.save()
         return None
-    derived = replace(spec, float_layers=tuple(steps[-1]["layers"])) if steps else None
+    chosen = chosen_step(steps)
+    derived = None if chosen is None else replace(spec, float_layers=tuple(chosen["layers"]))
     entry["auto_fix"] = {
         "candidates_by": f"the per-layer statistics ({table.name})",
         "ranked_by": "measured mean KL with one layer in float, then agreement",
+        "search": "each ranked layer added in turn, kept only if agreement rises (or holds "
+        "with a lower mean KL) on every evaluated image",
         "scan_images": min(selective.SCAN_IMAGES, len(reference)),
         "sensitivity": scan,
         "steps": steps,
@@ -275,6 +279,21 @@ def _meets_bar(job: JobSpec, measured: Measurement) -> bool:
     low, high = wilson_interval(agreeing, measured.n)
     return meets_threshold(
         measured.agreement_pct, (100.0 * low, 100.0 * high), job.min_agreement_pct, job.verdict
+    )
+
+
+def parent_measurement(entry: dict[str, Any]) -> Measurement:
+    """The parent variant as auto-fix's search starts from it: its own evaluation, which is the
+    measurement `measure_tflite(limit=None)` would repeat."""
+    from core.engine.selective import Measurement
+
+    kl = entry.get("mean_kl")
+    return Measurement(
+        agreement_pct=float(entry["top1_agreement_pct"]),
+        # No finite KL (NaN outputs): any candidate with one is better.
+        mean_kl=float(kl) if kl is not None and np.isfinite(kl) else float("inf"),
+        size_bytes=int(entry["size_bytes"]),
+        n=int(entry["n"]),
     )
 
 
