@@ -4,6 +4,7 @@ own `.tflite` with ai_edge_litert and the original with TensorFlow."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -203,7 +204,7 @@ def test_auto_fix_stops_at_the_threshold_with_a_variant_that_reproduces(tmp_path
     assert not any(s["meets_threshold"] or s["agreement_pct"] >= 99 for s in steps[:-1])
     kept = [s for s in steps if s["kept"]]
     assert [len(s["layers"]) for s in kept] == list(range(1, len(kept) + 1))
-    assert all(b["agreement_pct"] >= a["agreement_pct"] for a, b in zip(kept, kept[1:]))
+    assert all(b["agreement_pct"] >= a["agreement_pct"] for a, b in itertools.pairwise(kept))
     assert all(s["n"] == 24 and s["size_bytes"] > 0 and s["mean_kl"] >= 0 for s in steps)
     # Both rankings are there: the measured order and each layer's rank by the statistics.
     assert {m["layer"] for m in fix["sensitivity"]} >= {"wide", "mix"}
