@@ -6,6 +6,7 @@ last one marks the stage done, so a restarted worker reads these back instead of
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,8 +37,14 @@ class ReferenceOutputs:
         return self.labels if (self.labels >= 0).any() else None
 
 
-def run_reference(run: RunContext) -> ReferenceOutputs:
-    """Decode every evaluation image once and run the original on each batch as it comes."""
+def run_reference(
+    run: RunContext, *, on_decoded: Callable[[int], None] | None = None
+) -> ReferenceOutputs:
+    """Decode every evaluation image once and run the original on each batch as it comes.
+
+    `on_decoded(count)` hears how many images the decoded cache holds after each batch (the
+    convert stage starts its first conversion from the first ones).
+    """
     from core.inputs.presets import apply_preset
 
     saved = saved_reference(run)
@@ -46,6 +53,8 @@ def run_reference(run: RunContext) -> ReferenceOutputs:
     decoded = DecodedImages(run)
     outputs: list[np.ndarray] = []
     for batch in decoded.batches():
+        if on_decoded is not None:
+            on_decoded(len(decoded.kept))
         run.emit(
             "reference",
             batch.done / batch.total,
