@@ -17,7 +17,10 @@ JPEG files, with modes float32,float16,dynamic,int8, this measures in one sessio
 
 The floor does no latency timing; ours does (a budget of seconds per model, at batch 1, after
 the rest). So each run's timing stage (first latency event to the end, from its progress.jsonl)
-is printed apart, and the ratios are given both whole and without it (like for like).
+is printed apart, and the ratios are given both whole and without it (like for like). The
+floor does no per-layer diagnosis either; the quantizer's ratio is also given without both.
+Each run's seconds per stage (process start, load, decode + reference, waiting for the
+float32 pivot's conversion, evaluation, diagnosis, timing) are printed from its events.
 
 The machine is shared and noisy, so only ratios measured in the same run are meaningful.
 Usage: python bench/pipeline.py [--images 500] [--size 224] [--threads 2] [--skip-naive]
