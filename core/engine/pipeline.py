@@ -1,6 +1,7 @@
 """Run one job inside the worker: the stages of core.engine.stages, in order.
 
-    start → decode → reference → convert → evaluate → diagnose → time → sweep → finish
+    start → decode → reference → evaluate → diagnose → time → sweep → finish
+                     convert ────┘  (a second thread, started with the reference pass)
 
 With --engine ray, one Ray stage (stages.ray_evaluate) replaces decode, reference, convert and
 evaluate: the head converts, the cluster decodes and evaluates, the local stages' functions
@@ -18,14 +19,18 @@ from pathlib import Path
 from typing import Any
 
 from core.engine.stages.context import ProgressFn, RunContext, effective_threads
-from core.engine.stages.convert import conversions_started, convert_in_background
+from core.engine.stages.convert import (
+    ConversionInputs,
+    conversions_started,
+    convert_in_background,
+)
 from core.engine.stages.diagnose import auto_fix, diagnose_variants
 from core.engine.stages.evaluate import Evaluator, run_evaluation
 from core.engine.stages.files import DecodedCache
 from core.engine.stages.finish import finish
 from core.engine.stages.latency import time_models
 from core.engine.stages.ray_evaluate import evaluate_on_ray
-from core.engine.stages.reference import run_reference
+from core.engine.stages.reference import ReferenceOutputs, run_reference
 from core.engine.stages.start import open_run, reproduce_command, resolve_inputs
 from core.engine.stages.sweep import run_sweep
 from core.types import JobSpec
@@ -57,12 +62,11 @@ def run_job(
     Cancelling is the supervisor's: it stops the worker process; the files stay consistent.
     """
     run = open_run(job, run_dir, progress=progress, cache_dir=cache_dir)
-    # Locally the reference stage pulls the decode stage batch by batch; on Ray one cluster
-    # pass runs the original and every variant and records them all, so none is pending below.
-    reference = evaluate_on_ray(run) if job.engine == "ray" else run_reference(run)
-    # Conversions run on a background thread while this thread evaluates each one.
-    with conversions_started(run, run.pending(), reference) as conversions:
-        run_evaluation(run, reference, conversions, evaluator=evaluator)
+    if job.engine == "ray":
+        # One cluster pass runs the original and every variant and records them all.
+        reference = evaluate_on_ray(run)
+    else:
+        reference = reference_and_evaluation(run, evaluator)
     diagnose_variants(run, reference)
     # Variants --auto-fix derives join the run here, so the time stage times them too.
     run = auto_fix(run, reference, evaluator=evaluator)
@@ -73,6 +77,18 @@ def run_job(
     run_sweep(run, reference)
     finish(run)
     return run.report.data
+
+
+def reference_and_evaluation(run: RunContext, evaluator: Evaluator | None) -> ReferenceOutputs:
+    """The local engine: the reference stage pulls the decode stage batch by batch while the
+    conversion thread converts what needs no calibration (the float32 pivot first, which every
+    quantizer recipe starts from); then this thread evaluates each conversion in turn."""
+    inputs = ConversionInputs()
+    with conversions_started(run, run.pending(), inputs) as conversions:
+        reference = run_reference(run, on_decoded=lambda count: inputs.images_decoded(run, count))
+        inputs.reference_done(run, reference)
+        run_evaluation(run, reference, conversions, evaluator=evaluator)
+    return reference
 
 
 class JobRunner:

@@ -1,9 +1,12 @@
 """The convert stage: each pending variant's .tflite, converted on a background thread.
 
-Conversions run one after another on a second thread (the converter releases the GIL) while
-the main thread evaluates each converted model. They start after the original's pass, so the
-two largest memory users never overlap: peak memory is one conversion's, whatever the number
-of images. Writes <variant>.tflite, and .converting while a conversion is in flight.
+Conversions run one after another on a second thread (the converter releases the GIL). The
+thread starts with the original's pass, not after it: a variant that does not calibrate (the
+float32 pivot first, which every quantizer recipe starts from) converts while the original runs,
+as soon as the probe images are decoded; a variant that calibrates waits for the calibration
+set, which exists when the pass ends. The main thread then evaluates each converted model in
+turn. Peak memory is the original's pass plus one conversion, whatever the number of images.
+Writes <variant>.tflite, and .converting while a conversion is in flight.
 """
 
 from __future__ import annotations
@@ -39,33 +42,83 @@ class Conversion:
         return self.future.result()
 
 
+class ConversionsAbandoned(Exception):
+    """The original's pass failed, so conversions still waiting for its outputs never start."""
+
+
+class ConversionInputs:
+    """What conversions need from the decode and reference stages, handed over as it comes.
+
+    The probe images (the first PROBE_IMAGES evaluation images, which each conversion must
+    answer finitely) once that many are decoded; the calibration set when the pass ends.
+    """
+
+    def __init__(self) -> None:
+        self._probe: Future[np.ndarray] = Future()
+        self._calibration: Future[np.ndarray | None] = Future()
+
+    @classmethod
+    def ready(cls, run: RunContext, reference: ReferenceOutputs) -> ConversionInputs:
+        """The inputs of a finished reference stage, all handed over at once."""
+        inputs = cls()
+        inputs.reference_done(run, reference)
+        return inputs
+
+    def images_decoded(self, run: RunContext, count: int) -> None:
+        """`count` evaluation images are in the decoded cache: hand the probe over once it is
+        complete (the same images a probe read after the whole pass would hold)."""
+        if count >= PROBE_IMAGES and not self._probe.done():
+            self._probe.set_result(first_images(run, PROBE_IMAGES))
+
+    def reference_done(self, run: RunContext, reference: ReferenceOutputs) -> None:
+        if not self._probe.done():  # fewer than PROBE_IMAGES images decoded: all of them
+            self._probe.set_result(first_images(run, PROBE_IMAGES))
+        self._calibration.set_result(reference.calibration)
+
+    def abandon(self) -> None:
+        """Release a conversion thread waiting for inputs that will never come."""
+        for future in (self._probe, self._calibration):
+            if not future.done():
+                future.set_exception(ConversionsAbandoned())
+
+    def probe(self) -> np.ndarray:
+        return self._probe.result()
+
+    def calibration_for(self, spec: VariantSpec) -> np.ndarray | None:
+        """The calibration set for a mode that calibrates (waiting for the pass), else None."""
+        return self._calibration.result() if spec.mode in NEEDS_CALIBRATION else None
+
+
 @contextmanager
 def conversions_started(
-    run: RunContext, specs: list[VariantSpec], reference: ReferenceOutputs
+    run: RunContext, specs: list[VariantSpec], inputs: ConversionInputs | ReferenceOutputs
 ) -> Iterator[list[Conversion]]:
     """Start converting `specs` in order on one background thread; yields one Conversion each.
 
-    Leaving the block cancels conversions not started yet and does not wait for a running one
-    (the worker exits right after a failure, and a finished run has none left).
+    `inputs` may still be filling (the original's pass runs inside the block), or be a
+    finished reference stage's outputs. Leaving the block releases conversions waiting for
+    inputs, cancels those not started and does not wait for a running one (the worker exits
+    right after a failure, and a finished run has none left).
     """
+    if isinstance(inputs, ReferenceOutputs):
+        inputs = ConversionInputs.ready(run, inputs)
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="quantlens-convert")
-    probe = first_images(run, PROBE_IMAGES)
     try:
         yield [
-            Conversion(
-                spec=spec,
-                future=pool.submit(
-                    convert_in_background,
-                    run,
-                    spec,
-                    reference.calibration if spec.mode in NEEDS_CALIBRATION else None,
-                    probe,
-                ),
-            )
+            Conversion(spec=spec, future=pool.submit(_convert_when_ready, run, spec, inputs))
             for spec in specs
         ]
     finally:
+        inputs.abandon()
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _convert_when_ready(
+    run: RunContext, spec: VariantSpec, inputs: ConversionInputs
+) -> ConversionResult:
+    """On the conversion thread: wait for what this variant needs, then convert it."""
+    probe = inputs.probe()
+    return convert_in_background(run, spec, inputs.calibration_for(spec), probe)
 
 
 def convert_in_background(

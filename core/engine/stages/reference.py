@@ -6,7 +6,7 @@ last one marks the stage done, so a restarted worker reads these back instead of
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,11 +60,15 @@ class ReferenceOutputs:
         return self.labels if (self.labels >= 0).any() else None
 
 
-def run_reference(run: RunContext) -> ReferenceOutputs:
+def run_reference(
+    run: RunContext, *, on_decoded: Callable[[int], None] | None = None
+) -> ReferenceOutputs:
     """Decode every evaluation image once and run the original on each batch as it comes.
 
     Each batch's raw outputs are appended to a scratch file at once; only the logits-or-
     probabilities decision is carried from batch to batch (it holds row by row).
+    `on_decoded(count)` hears how many images the decoded cache holds after each batch (the
+    convert stage starts its first conversion from the first ones).
     """
     from core.inputs.presets import apply_preset
 
@@ -78,6 +82,8 @@ def run_reference(run: RunContext) -> ReferenceOutputs:
     raw.path.unlink(missing_ok=True)
     probabilities = True
     for batch in decoded.batches():
+        if on_decoded is not None:
+            on_decoded(len(decoded.kept))
         run.emit(
             "reference",
             batch.done / batch.total,
