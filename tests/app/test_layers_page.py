@@ -82,7 +82,7 @@ def test_layers_page_shows_depth_chart_both_rankings_and_the_path(
     assert agreement["y"] == [parent["top1_agreement_pct"], 95.0]
     text = " ".join(m.value for m in at.markdown) + " ".join(c.value for c in at.caption)
     assert "the auto-fix proposal uses the measured ranking" in text
-    assert "1 layer(s) in float, 95.00 % agreement (meets the 95 % bar)" in text
+    assert "1 layer in float, 95.00 % agreement on 40 images (meets the 95 % bar)" in text
 
 
 def test_layers_page_explains_a_run_without_diagnosis(home: Path, open_page: OpenPage) -> None:
