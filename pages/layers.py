@@ -150,8 +150,8 @@ if steps:
             f"{fmt.mb(int(entry.result.size_bytes or 0))}."
         )
     st.caption(
-        "Each layer in the measured order is added to the float set and kept only if agreement "
-        "rises (or holds with a lower mean KL); hollow markers are layers tried and not kept."
+        "Each layer in the measured order is added to the float set and kept unless agreement "
+        "falls (or holds with a higher mean KL); hollow markers are layers tried and not kept."
     )
 elif fix.get("error"):
     st.warning(f"Auto-fix did not run: {fix['error']}")

@@ -76,9 +76,9 @@ def test_greedy_fix_stops_at_k_when_the_bar_is_never_met() -> None:
     assert chosen_step(steps) == steps[-1]
 
 
-def test_greedy_fix_keeps_a_layer_only_when_it_beats_the_best_so_far() -> None:
-    """b alone helps, but on top of a it hurts: it is tried, not kept, and c is tried instead.
-    Ties on agreement go to the lower mean KL; a layer worse than the parent is never kept."""
+def test_greedy_fix_drops_a_layer_that_makes_the_best_so_far_worse() -> None:
+    """On top of a, b hurts: it is tried, not kept, and c is tried instead; a layer worse than
+    the parent is never kept."""
     make, evaluate = _scripted(
         {("z",): 40.0, ("a",): 80.0, ("a", "b"): 70.0, ("a", "c"): 90.0, ("a", "c", "d"): 90.0}
     )
@@ -101,7 +101,26 @@ def test_greedy_fix_keeps_a_layer_only_when_it_beats_the_best_so_far() -> None:
     assert chosen is not None and chosen["layers"] == ["a", "c"] and chosen["agreement_pct"] == 90
 
 
-def test_greedy_fix_keeps_nothing_when_no_layer_beats_the_parent() -> None:
+def test_greedy_fix_keeps_a_layer_that_changes_nothing_for_the_one_that_needs_it() -> None:
+    """Either of a and b alone changes nothing; both together fix the model (an outlier
+    channel and the op that reads it)."""
+    make, evaluate = _scripted({("a",): 50.0, ("b",): 50.0, ("a", "b"): 100.0})
+    steps = greedy_fix(
+        make,  # type: ignore[arg-type]
+        evaluate,  # type: ignore[arg-type]
+        ["a", "b"],
+        parent=PARENT,
+        max_layers=3,
+        meets=lambda m: m.agreement_pct >= 95.0,
+        progress=lambda f, m: None,
+    )
+    assert [(s["layers"], s["kept"], s["meets_threshold"]) for s in steps] == [
+        (["a"], True, False),
+        (["a", "b"], True, True),
+    ]
+
+
+def test_greedy_fix_keeps_nothing_when_every_layer_makes_it_worse() -> None:
     make, evaluate = _scripted({("a",): 49.0, ("b",): 50.0})
     steps = greedy_fix(
         make,  # type: ignore[arg-type]

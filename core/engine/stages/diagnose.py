@@ -231,8 +231,8 @@ def _auto_fix_variant(
     entry["auto_fix"] = {
         "candidates_by": f"the per-layer statistics ({table.name})",
         "ranked_by": "measured mean KL with one layer in float, then agreement",
-        "search": "each ranked layer added in turn, kept only if agreement rises (or holds "
-        "with a lower mean KL) on every evaluated image",
+        "search": "each ranked layer added in turn and kept unless agreement falls (or holds "
+        "with a higher mean KL) on every evaluated image",
         "scan_images": min(selective.SCAN_IMAGES, len(reference)),
         "sensitivity": scan,
         "steps": steps,
