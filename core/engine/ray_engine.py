@@ -18,8 +18,11 @@ from __future__ import annotations
 import io
 import logging
 import os
+import signal
 import socket
 import tarfile
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,6 +38,10 @@ from core.types import Preset, Sample, SkippedSample
 
 RETRIES = 2  # restarts of a dead actor, and re-runs of its chunk, before a pass gives up
 CONNECT_TIMEOUT_S = 5.0
+# During a cluster pass the head checks the cluster's address every WATCH_INTERVAL_S; silent
+# for LOST_AFTER_S, the cluster is lost (Ray itself would wait 60 s, then kill the process).
+WATCH_INTERVAL_S = 1.0
+LOST_AFTER_S = 8.0
 LOCAL_RAY_TEMP = "/tmp/ray"
 # Environment the Ray workers must see as the head does (test-only fault injection).
 FORWARDED_ENV = (FAULT_ENV, FAULT_ONCE_ENV)
@@ -109,6 +116,68 @@ def _check_reachable(address: str) -> None:
         ) from None
 
 
+def _answers(address: str) -> bool:
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def lost_message(address: str) -> str:
+    """The one line a run ends with when its cluster went away."""
+    return (
+        f"lost the Ray cluster at {address} during the evaluation: nobody answers there any "
+        "more; restart it (`ray start --head` on that machine, check with `ray status --address "
+        f"{address}`) and run again, or use --engine local"
+    )
+
+
+@contextmanager
+def _watching(address: str | None) -> Iterator[None]:
+    """Turn a cluster that stops answering into ClusterUnavailable in this (the main) thread.
+
+    A lost cluster leaves the head blocked in Ray for a minute, after which Ray ends the
+    process from C++, which no `except` can catch: a watcher thread probes the address and,
+    after LOST_AFTER_S of silence, interrupts the main thread with SIGUSR1, whose handler
+    raises. Only for a cluster at an address (a local Ray ends with this process), and only
+    on the main thread (the only one a signal handler runs on).
+    """
+    if not address or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    stop = threading.Event()
+    lost = threading.Event()
+    main = threading.main_thread().ident
+
+    def on_signal(signum: int, frame: object) -> None:
+        if lost.is_set():
+            raise ClusterUnavailable(lost_message(address))
+
+    def watch() -> None:
+        silent_since: float | None = None
+        while not stop.wait(WATCH_INTERVAL_S):
+            if _answers(address):
+                silent_since = None
+                continue
+            silent_since = silent_since or time.monotonic()
+            if time.monotonic() - silent_since >= LOST_AFTER_S and main is not None:
+                lost.set()
+                signal.pthread_kill(main, signal.SIGUSR1)
+                return
+
+    previous = signal.signal(signal.SIGUSR1, on_signal)
+    watcher = threading.Thread(target=watch, name="ray-cluster-watch", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        watcher.join()
+        signal.signal(signal.SIGUSR1, previous)
+
+
 def _runtime_env() -> dict[str, Any]:
     """Workers import QuantLens from the head's source tree and see its fault settings."""
     import core
@@ -130,6 +199,9 @@ def ray_session(address: str | None) -> Iterator[ClusterInfo]:
     """
     import ray
 
+    # Ray Data reports usage to an actor on the cluster, even while failing a pass: with the
+    # cluster gone that call blocks until Ray ends the process. QuantLens sends no usage data.
+    os.environ.setdefault("RAY_DATA_USAGE_DISABLED", "1")
     owned = not ray.is_initialized()
     if owned:
         if address:
@@ -365,6 +437,7 @@ def evaluate(
     reference: ReferenceSource,
     variants: Sequence[tuple[str, Path]],
     progress: ShardProgress | None = None,
+    address: str | None = None,
 ) -> Evaluation:
     """Run the original and every variant on `samples` on the Ray session that is open.
 
@@ -375,14 +448,16 @@ def evaluate(
         reference: the original model and how to load it.
         variants: (variant name, .tflite path) for each converted variant.
         progress: called with (samples done, samples in total) as chunks come back.
+        address: the cluster's address (--ray-address), watched during the pass: a cluster
+            that stops answering ends the evaluation with ClusterUnavailable in seconds.
 
     Returns:
         Raw outputs of the original and of each variant, in sample order, for the samples
         that decoded; the undecodable ones as skipped samples with their reason.
 
     Raises:
-        ClusterUnavailable: even the original alone cannot be evaluated (the workers keep
-            dying, or the cluster went away).
+        ClusterUnavailable: the cluster went away, or even the original alone cannot be
+            evaluated (the workers keep dying).
     """
     common = {
         "preset": str(preset),
@@ -392,14 +467,19 @@ def evaluate(
     }
     errors: dict[str, str] = {}
     passes = 1
-    try:
-        columns = _one_pass(samples, variants=variants, **common)  # type: ignore[arg-type]
-    except Exception as first:
-        if not variants:
-            raise _lost(first) from None
-        # Some model kills its worker every time: give each variant a pass of its own.
-        columns, errors = _isolated_passes(samples, variants, common)
-        passes += 1 + len(variants)
+    with _watching(address):
+        try:
+            columns = _one_pass(samples, variants=variants, **common)  # type: ignore[arg-type]
+        except ClusterUnavailable:
+            raise
+        except Exception as first:
+            if address and not _answers(address):  # not a variant's fault: the cluster is gone
+                raise ClusterUnavailable(lost_message(address)) from None
+            if not variants:
+                raise _lost(first) from None
+            # Some model kills its worker every time: give each variant a pass of its own.
+            columns, errors = _isolated_passes(samples, variants, common)
+            passes += 1 + len(variants)
     evaluation = _evaluation(samples, columns, [name for name, _ in variants], errors)
     evaluation.passes = passes
     return evaluation
@@ -410,12 +490,16 @@ def _isolated_passes(
 ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     try:
         columns = _one_pass(samples, variants=[], **common)
+    except ClusterUnavailable:
+        raise
     except Exception as exc:
         raise _lost(exc) from None
     errors: dict[str, str] = {}
     for name, path in variants:
         try:
             alone = _one_pass(samples, variants=[(name, path)], **common)
+        except ClusterUnavailable:
+            raise
         except Exception as exc:
             errors[name] = (
                 f"{name} crashed its Ray worker {RETRIES + 1} times while running on the images "
@@ -472,3 +556,4 @@ def _lost(exc: BaseException) -> ClusterUnavailable:
         f"the Ray cluster could not evaluate the original model ({_first_line(exc)}); check "
         "that every node is up and sees the data set at the same path, or use --engine local"
     )
+

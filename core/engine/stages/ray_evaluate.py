@@ -167,6 +167,7 @@ def _evaluate_on_cluster(
         reference=source,
         variants=variants,
         progress=shard_progress,
+        address=job.ray_address,
     )
     if not evaluation.kept:
         raise nothing_decoded(len(samples), evaluation.skipped)
