@@ -34,7 +34,7 @@ import numpy as np
 from core.engine.faults import FAULT_ENV, FAULT_ONCE_ENV
 from core.engine.stages.files import BATCH  # the local engine's decode/reference batch
 from core.errors import QuantLensError
-from core.types import Preset, Sample, SkippedSample
+from core.types import Preset, Sample, SkippedSample, VariantSpec
 
 RETRIES = 2  # restarts of a dead actor, and re-runs of its chunk, before a pass gives up
 CONNECT_TIMEOUT_S = 5.0
@@ -557,3 +557,269 @@ def _lost(exc: BaseException) -> ClusterUnavailable:
         "that every node is up and sees the data set at the same path, or use --engine local"
     )
 
+
+# -- keep-float candidates (sensitivity scan, auto-fix steps) as Ray tasks ---------------------
+
+
+@dataclass(frozen=True)
+class KeepFloatSource:
+    """What a task needs to make a variant with some layers kept float, as the head would
+    (core.engine.selective.keep_float_maker): the original, the variant, its calibration."""
+
+    reference: ReferenceSource
+    spec: VariantSpec
+    route: str
+    calibration: np.ndarray  # float32 preprocessed calibration images
+    float_tflite: bytes  # the float32 model the quantizer backend starts from
+
+
+@dataclass(frozen=True)
+class CandidateOutputs:
+    """One keep-float candidate's `.tflite` size and raw outputs on the images, or its error."""
+
+    layers: tuple[str, ...]
+    size_bytes: int = 0
+    outputs: np.ndarray | None = None
+    error: str | None = None
+
+
+def keep_float_candidates(
+    source: KeepFloatSource,
+    candidates: Sequence[tuple[str, ...]],
+    samples: Sequence[Sample],
+    *,
+    preset: Preset | str,
+    image_shape: tuple[int, int, int],
+    address: str | None = None,
+) -> list[CandidateOutputs]:
+    """Make and run each candidate (a tuple of layers kept float) on `samples`, as Ray tasks.
+
+    The model, the calibration images and the float32 model go into the object store once;
+    each task makes its candidates with one maker (one calibration for the converter's
+    debugger) and runs them on the samples, decoded on the worker with the one decoder.
+    Results come back in the order of `candidates`; one that cannot be made or run carries
+    its error instead of outputs.
+
+    Raises:
+        ClusterUnavailable: the cluster went away, or its workers keep dying.
+    """
+    import ray
+
+    cpus = max(1, int(_untyped_ray().cluster_resources().get("CPU", 1)))
+    groups = [list(candidates[i::cpus]) for i in range(min(cpus, len(candidates)))]
+    shared = ray.put(
+        {
+            "model": model_bytes(source.reference.path),
+            "calibration": source.calibration,
+            "float_tflite": source.float_tflite,
+        }
+    )
+    task = ray.remote(num_cpus=1, max_retries=RETRIES, runtime_env=_runtime_env())(_candidates_task)
+    paths = [s.path for s in samples]
+    refs = [
+        task.remote(
+            shared,
+            source.reference,
+            source.spec,
+            source.route,
+            group,
+            paths,
+            str(preset),
+            image_shape,
+        )
+        for group in groups
+    ]
+    results: list[list[CandidateOutputs]] = _gather(refs, address, "the keep-float candidates")
+    by_layers = {r.layers: r for group in results for r in group}
+    return [by_layers[tuple(layers)] for layers in candidates]
+
+
+def _candidates_task(
+    shared: dict[str, Any],
+    reference: ReferenceSource,
+    spec: VariantSpec,
+    route: str,
+    candidates: list[tuple[str, ...]],
+    paths: list[str],
+    preset: str,
+    image_shape: tuple[int, int, int],
+) -> list[CandidateOutputs]:
+    """On a worker: load the original, make each candidate, run it on the images."""
+    import tempfile
+
+    from core.engine.models import load_reference
+    from core.engine.selective import keep_float_maker
+
+    with tempfile.TemporaryDirectory(prefix="quantlens-ray-") as folder:
+        path = _unpack_model(
+            shared["model"], reference.path.name, reference.path.is_dir(), Path(folder)
+        )
+        model = load_reference(
+            path,
+            trusted=reference.trusted,
+            signature_key=reference.signature_key,
+            input_size=reference.input_size,
+        )
+        try:
+            make = keep_float_maker(
+                model,
+                spec,
+                calibration=shared["calibration"],
+                route=route,
+                float_tflite=shared["float_tflite"],
+            )
+        except QuantLensError as exc:
+            return [CandidateOutputs(layers=tuple(c), error=str(exc)) for c in candidates]
+        images = _decoded_batches(paths, Preset(preset), image_shape)
+        found = []
+        for layers in candidates:
+            try:
+                tflite = make(tuple(layers))
+                outputs = _run_tflite(tflite, images, image_shape)
+            except QuantLensError as exc:
+                found.append(CandidateOutputs(layers=tuple(layers), error=str(exc)))
+                continue
+            found.append(
+                CandidateOutputs(layers=tuple(layers), size_bytes=len(tflite), outputs=outputs)
+            )
+        return found
+
+
+def _decoded_batches(
+    paths: list[str], preset: Preset, image_shape: tuple[int, int, int]
+) -> list[np.ndarray]:
+    """The images, decoded and preprocessed as the head's cache holds them, in BATCH chunks."""
+    from core.inputs.images import decode_image
+    from core.inputs.presets import apply_preset
+
+    height, width, channels = image_shape
+    batches = []
+    for start in range(0, len(paths), BATCH):
+        pixels = np.stack(
+            [
+                decode_image(p, height=height, width=width, channels=channels)
+                for p in paths[start : start + BATCH]
+            ]
+        )
+        batches.append(apply_preset(pixels, preset))
+    return batches
+
+
+def _run_tflite(
+    tflite: bytes, batches: list[np.ndarray], image_shape: tuple[int, int, int]
+) -> np.ndarray:
+    from core.engine.runtime import TFLiteRunner, evaluation_batch
+
+    batch = evaluation_batch(int(np.prod(image_shape)))
+    runner = TFLiteRunner(tflite, threads=1, name="candidate", batch=batch)
+    return np.concatenate([np.asarray(runner.run_batch(b), dtype=np.float32) for b in batches])
+
+
+# -- the calibration sweep's seam: (variant, calibration images) pairs as Ray tasks ------------
+
+
+def variants_as_tasks(
+    reference: ReferenceSource,
+    model_sha256: str,
+    variants: Sequence[tuple[VariantSpec, np.ndarray | None]],
+    samples: Sequence[Sample],
+    *,
+    preset: Preset | str,
+    image_shape: tuple[int, int, int],
+    probe: np.ndarray,
+    address: str | None = None,
+) -> list[CandidateOutputs]:
+    """Convert each (variant, calibration images) pair and run it on `samples`, one Ray task
+    per pair; results in the order of `variants` (`layers` is empty, `error` set on failure).
+
+    The seam for a calibration sweep (sizes x seeds) on the Ray engine: the caller draws each
+    pair's calibration images and turns the outputs into measurements on the head (e.g. with
+    core.engine.stages.diagnose.measurement). Each conversion is the head's own
+    (core.engine.backends.tflite_from_reference, no cache), so a pair converts as it would
+    locally. Runs on the Ray session that is open.
+
+    Raises:
+        ClusterUnavailable: the cluster went away, or its workers keep dying.
+    """
+    import ray
+
+    model = ray.put(model_bytes(reference.path))
+    task = ray.remote(num_cpus=1, max_retries=RETRIES, runtime_env=_runtime_env())(_variant_task)
+    paths = [s.path for s in samples]
+    refs = [
+        task.remote(
+            model,
+            reference,
+            model_sha256,
+            spec,
+            calibration,
+            paths,
+            str(preset),
+            image_shape,
+            probe,
+        )
+        for spec, calibration in variants
+    ]
+    return _gather(refs, address, "the variants")
+
+
+def _gather(refs: list[Any], address: str | None, what: str) -> list[Any]:
+    """ray.get on tasks, with a lost cluster or dying workers as ClusterUnavailable."""
+    import ray
+
+    with _watching(address):
+        try:
+            found: list[Any] = ray.get(refs)
+        except ClusterUnavailable:
+            raise
+        except Exception as exc:
+            if address and not _answers(address):
+                raise ClusterUnavailable(lost_message(address)) from None
+            raise ClusterUnavailable(
+                f"running {what} on the Ray cluster failed ({_first_line(exc)}); check that "
+                "every node is up and sees the data set at the same path, or use --engine local"
+            ) from None
+    return found
+
+
+def _variant_task(
+    model_blob: bytes,
+    reference: ReferenceSource,
+    model_sha256: str,
+    spec: VariantSpec,
+    calibration: np.ndarray | None,
+    paths: list[str],
+    preset: str,
+    image_shape: tuple[int, int, int],
+    probe: np.ndarray,
+) -> CandidateOutputs:
+    """On a worker: convert one variant with its calibration images, run it on the images."""
+    import tempfile
+
+    from core.engine.backends import tflite_from_reference
+    from core.engine.models import load_reference
+
+    with tempfile.TemporaryDirectory(prefix="quantlens-ray-") as folder:
+        path = _unpack_model(model_blob, reference.path.name, reference.path.is_dir(), Path(folder))
+        model = load_reference(
+            path,
+            trusted=reference.trusted,
+            signature_key=reference.signature_key,
+            input_size=reference.input_size,
+        )
+        try:
+            tflite = tflite_from_reference(
+                model,
+                spec,
+                model_sha256=model_sha256,
+                calibration=calibration,
+                preset=preset,
+                probe=probe,
+                cache_dir=None,
+            ).tflite
+            outputs = _run_tflite(
+                tflite, _decoded_batches(paths, Preset(preset), image_shape), image_shape
+            )
+        except QuantLensError as exc:
+            return CandidateOutputs(layers=(), error=str(exc))
+    return CandidateOutputs(layers=(), size_bytes=len(tflite), outputs=outputs)
