@@ -344,11 +344,6 @@ def _job_from_args(args: argparse.Namespace) -> JobSpec:
         raise QuantLensError(
             f"--ray-address {args.ray_address} needs --engine ray; add it, or drop the address"
         )
-    if args.auto_fix is not None and args.engine == "ray":
-        raise QuantLensError(
-            "--auto-fix measures layers on the images decoded on this machine, which --engine ray "
-            "does not keep; run it with --engine local"
-        )
     input_size = None
     if args.input_size:
         try:

@@ -36,6 +36,9 @@ from ui import cache, fmt, keys, runs
 
 # The operator's switch for trusted mode (off unless set to 1); users then confirm per run.
 TRUSTED_ENV = "QUANTLENS_ALLOW_TRUSTED"
+# The operator's Ray cluster (HOST:PORT); when set, Setup offers to evaluate on it.
+RAY_ADDRESS_ENV = "QUANTLENS_RAY_ADDRESS"
+ENGINES = ("local", "ray")
 MODEL_SOURCES = ("Demo model", "Path on the server", "Upload")
 DEMO_MODELS = ("Small (32×32)", "MobileNetV2-0.35 (96×96)")
 DATA_SOURCES = ("Demo data", "CSV file on the server", "Image folder on the server", "Upload .zip")
@@ -513,6 +516,8 @@ class RunOptions(TypedDict):
     name: str
     trusted: bool
     mlflow_uri: str | None
+    engine: str
+    ray_address: str | None
 
 
 def tracking_option() -> str | None:
@@ -546,6 +551,25 @@ def tracking_uri_refused() -> bool:
     raw = str(st.session_state.get(keys.SETUP_MLFLOW_URI) or "").strip()
     on = bool(st.session_state.get(keys.SETUP_MLFLOW))
     return on and bool(raw) and not raw.lower().startswith(("http://", "https://"))
+
+
+def engine_option() -> tuple[str, str | None]:
+    """(engine, Ray address) for the job: the radio is shown only when the operator set
+    QUANTLENS_RAY_ADDRESS; without it every run is local, as before."""
+    address = os.environ.get(RAY_ADDRESS_ENV, "").strip()
+    if not address:
+        return "local", None
+    labels = {"local": "Local (this machine)", "ray": f"Ray cluster at {address}"}
+    engine = st.radio(
+        "Engine",
+        ENGINES,
+        key=keys.SETUP_ENGINE,
+        horizontal=True,
+        format_func=labels.get,
+        help="Ray decodes and evaluates the images on the cluster's workers; conversion and "
+        "latency stay on this machine. Every node must see the data set at the same path.",
+    )
+    return ("ray", address) if engine == "ray" else ("local", None)
 
 
 def options_section(num_samples: int | None) -> RunOptions:
@@ -621,6 +645,7 @@ def options_section(num_samples: int | None) -> RunOptions:
     trusted = trusted_requested()
     mlflow_uri = tracking_option()
     overlap, calibration_data = calibration_source_option()
+    engine, ray_address = engine_option()
     return {
         "calibration_samples": int(calib),
         "calibration_overlap": overlap,
@@ -632,6 +657,8 @@ def options_section(num_samples: int | None) -> RunOptions:
         "name": str(name),
         "trusted": bool(trusted),
         "mlflow_uri": mlflow_uri,
+        "engine": engine,
+        "ray_address": ray_address,
     }
 
 

@@ -18,8 +18,11 @@ from __future__ import annotations
 import io
 import logging
 import os
+import signal
 import socket
 import tarfile
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,10 +34,14 @@ import numpy as np
 from core.engine.faults import FAULT_ENV, FAULT_ONCE_ENV
 from core.engine.stages.files import BATCH  # the local engine's decode/reference batch
 from core.errors import QuantLensError
-from core.types import Preset, Sample, SkippedSample
+from core.types import Preset, Sample, SkippedSample, VariantSpec
 
 RETRIES = 2  # restarts of a dead actor, and re-runs of its chunk, before a pass gives up
 CONNECT_TIMEOUT_S = 5.0
+# During a cluster pass the head checks the cluster's address every WATCH_INTERVAL_S; silent
+# for LOST_AFTER_S, the cluster is lost (Ray itself would wait 60 s, then kill the process).
+WATCH_INTERVAL_S = 1.0
+LOST_AFTER_S = 8.0
 LOCAL_RAY_TEMP = "/tmp/ray"
 # Environment the Ray workers must see as the head does (test-only fault injection).
 FORWARDED_ENV = (FAULT_ENV, FAULT_ONCE_ENV)
@@ -109,6 +116,68 @@ def _check_reachable(address: str) -> None:
         ) from None
 
 
+def _answers(address: str) -> bool:
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def lost_message(address: str) -> str:
+    """The one line a run ends with when its cluster went away."""
+    return (
+        f"lost the Ray cluster at {address} during the evaluation: nobody answers there any "
+        "more; restart it (`ray start --head` on that machine, check with `ray status --address "
+        f"{address}`) and run again, or use --engine local"
+    )
+
+
+@contextmanager
+def _watching(address: str | None) -> Iterator[None]:
+    """Turn a cluster that stops answering into ClusterUnavailable in this (the main) thread.
+
+    A lost cluster leaves the head blocked in Ray for a minute, after which Ray ends the
+    process from C++, which no `except` can catch: a watcher thread probes the address and,
+    after LOST_AFTER_S of silence, interrupts the main thread with SIGUSR1, whose handler
+    raises. Only for a cluster at an address (a local Ray ends with this process), and only
+    on the main thread (the only one a signal handler runs on).
+    """
+    if not address or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    stop = threading.Event()
+    lost = threading.Event()
+    main = threading.main_thread().ident
+
+    def on_signal(signum: int, frame: object) -> None:
+        if lost.is_set():
+            raise ClusterUnavailable(lost_message(address))
+
+    def watch() -> None:
+        silent_since: float | None = None
+        while not stop.wait(WATCH_INTERVAL_S):
+            if _answers(address):
+                silent_since = None
+                continue
+            silent_since = silent_since or time.monotonic()
+            if time.monotonic() - silent_since >= LOST_AFTER_S and main is not None:
+                lost.set()
+                signal.pthread_kill(main, signal.SIGUSR1)
+                return
+
+    previous = signal.signal(signal.SIGUSR1, on_signal)
+    watcher = threading.Thread(target=watch, name="ray-cluster-watch", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        watcher.join()
+        signal.signal(signal.SIGUSR1, previous)
+
+
 def _runtime_env() -> dict[str, Any]:
     """Workers import QuantLens from the head's source tree and see its fault settings."""
     import core
@@ -130,6 +199,9 @@ def ray_session(address: str | None) -> Iterator[ClusterInfo]:
     """
     import ray
 
+    # Ray Data reports usage to an actor on the cluster, even while failing a pass: with the
+    # cluster gone that call blocks until Ray ends the process. QuantLens sends no usage data.
+    os.environ.setdefault("RAY_DATA_USAGE_DISABLED", "1")
     owned = not ray.is_initialized()
     if owned:
         if address:
@@ -365,6 +437,7 @@ def evaluate(
     reference: ReferenceSource,
     variants: Sequence[tuple[str, Path]],
     progress: ShardProgress | None = None,
+    address: str | None = None,
 ) -> Evaluation:
     """Run the original and every variant on `samples` on the Ray session that is open.
 
@@ -375,14 +448,16 @@ def evaluate(
         reference: the original model and how to load it.
         variants: (variant name, .tflite path) for each converted variant.
         progress: called with (samples done, samples in total) as chunks come back.
+        address: the cluster's address (--ray-address), watched during the pass: a cluster
+            that stops answering ends the evaluation with ClusterUnavailable in seconds.
 
     Returns:
         Raw outputs of the original and of each variant, in sample order, for the samples
         that decoded; the undecodable ones as skipped samples with their reason.
 
     Raises:
-        ClusterUnavailable: even the original alone cannot be evaluated (the workers keep
-            dying, or the cluster went away).
+        ClusterUnavailable: the cluster went away, or even the original alone cannot be
+            evaluated (the workers keep dying).
     """
     common = {
         "preset": str(preset),
@@ -392,14 +467,19 @@ def evaluate(
     }
     errors: dict[str, str] = {}
     passes = 1
-    try:
-        columns = _one_pass(samples, variants=variants, **common)  # type: ignore[arg-type]
-    except Exception as first:
-        if not variants:
-            raise _lost(first) from None
-        # Some model kills its worker every time: give each variant a pass of its own.
-        columns, errors = _isolated_passes(samples, variants, common)
-        passes += 1 + len(variants)
+    with _watching(address):
+        try:
+            columns = _one_pass(samples, variants=variants, **common)  # type: ignore[arg-type]
+        except ClusterUnavailable:
+            raise
+        except Exception as first:
+            if address and not _answers(address):  # not a variant's fault: the cluster is gone
+                raise ClusterUnavailable(lost_message(address)) from None
+            if not variants:
+                raise _lost(first) from None
+            # Some model kills its worker every time: give each variant a pass of its own.
+            columns, errors = _isolated_passes(samples, variants, common)
+            passes += 1 + len(variants)
     evaluation = _evaluation(samples, columns, [name for name, _ in variants], errors)
     evaluation.passes = passes
     return evaluation
@@ -410,12 +490,16 @@ def _isolated_passes(
 ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     try:
         columns = _one_pass(samples, variants=[], **common)
+    except ClusterUnavailable:
+        raise
     except Exception as exc:
         raise _lost(exc) from None
     errors: dict[str, str] = {}
     for name, path in variants:
         try:
             alone = _one_pass(samples, variants=[(name, path)], **common)
+        except ClusterUnavailable:
+            raise
         except Exception as exc:
             errors[name] = (
                 f"{name} crashed its Ray worker {RETRIES + 1} times while running on the images "
@@ -472,3 +556,270 @@ def _lost(exc: BaseException) -> ClusterUnavailable:
         f"the Ray cluster could not evaluate the original model ({_first_line(exc)}); check "
         "that every node is up and sees the data set at the same path, or use --engine local"
     )
+
+
+# -- keep-float candidates (sensitivity scan, auto-fix steps) as Ray tasks ---------------------
+
+
+@dataclass(frozen=True)
+class KeepFloatSource:
+    """What a task needs to make a variant with some layers kept float, as the head would
+    (core.engine.selective.keep_float_maker): the original, the variant, its calibration."""
+
+    reference: ReferenceSource
+    spec: VariantSpec
+    route: str
+    calibration: np.ndarray  # float32 preprocessed calibration images
+    float_tflite: bytes  # the float32 model the quantizer backend starts from
+
+
+@dataclass(frozen=True)
+class CandidateOutputs:
+    """One keep-float candidate's `.tflite` size and raw outputs on the images, or its error."""
+
+    layers: tuple[str, ...]
+    size_bytes: int = 0
+    outputs: np.ndarray | None = None
+    error: str | None = None
+
+
+def keep_float_candidates(
+    source: KeepFloatSource,
+    candidates: Sequence[tuple[str, ...]],
+    samples: Sequence[Sample],
+    *,
+    preset: Preset | str,
+    image_shape: tuple[int, int, int],
+    address: str | None = None,
+) -> list[CandidateOutputs]:
+    """Make and run each candidate (a tuple of layers kept float) on `samples`, as Ray tasks.
+
+    The model, the calibration images and the float32 model go into the object store once;
+    each task makes its candidates with one maker (one calibration for the converter's
+    debugger) and runs them on the samples, decoded on the worker with the one decoder.
+    Results come back in the order of `candidates`; one that cannot be made or run carries
+    its error instead of outputs.
+
+    Raises:
+        ClusterUnavailable: the cluster went away, or its workers keep dying.
+    """
+    import ray
+
+    cpus = max(1, int(_untyped_ray().cluster_resources().get("CPU", 1)))
+    groups = [list(candidates[i::cpus]) for i in range(min(cpus, len(candidates)))]
+    shared = ray.put(
+        {
+            "model": model_bytes(source.reference.path),
+            "calibration": source.calibration,
+            "float_tflite": source.float_tflite,
+        }
+    )
+    task = ray.remote(num_cpus=1, max_retries=RETRIES, runtime_env=_runtime_env())(_candidates_task)
+    paths = [s.path for s in samples]
+    refs = [
+        task.remote(
+            shared,
+            source.reference,
+            source.spec,
+            source.route,
+            group,
+            paths,
+            str(preset),
+            image_shape,
+        )
+        for group in groups
+    ]
+    results: list[list[CandidateOutputs]] = _gather(refs, address, "the keep-float candidates")
+    by_layers = {r.layers: r for group in results for r in group}
+    return [by_layers[tuple(layers)] for layers in candidates]
+
+
+def _candidates_task(
+    shared: dict[str, Any],
+    reference: ReferenceSource,
+    spec: VariantSpec,
+    route: str,
+    candidates: list[tuple[str, ...]],
+    paths: list[str],
+    preset: str,
+    image_shape: tuple[int, int, int],
+) -> list[CandidateOutputs]:
+    """On a worker: load the original, make each candidate, run it on the images."""
+    import tempfile
+
+    from core.engine.models import load_reference
+    from core.engine.selective import keep_float_maker
+
+    with tempfile.TemporaryDirectory(prefix="quantlens-ray-") as folder:
+        path = _unpack_model(
+            shared["model"], reference.path.name, reference.path.is_dir(), Path(folder)
+        )
+        model = load_reference(
+            path,
+            trusted=reference.trusted,
+            signature_key=reference.signature_key,
+            input_size=reference.input_size,
+        )
+        try:
+            make = keep_float_maker(
+                model,
+                spec,
+                calibration=shared["calibration"],
+                route=route,
+                float_tflite=shared["float_tflite"],
+            )
+        except QuantLensError as exc:
+            return [CandidateOutputs(layers=tuple(c), error=str(exc)) for c in candidates]
+        images = _decoded_batches(paths, Preset(preset), image_shape)
+        found = []
+        for layers in candidates:
+            try:
+                tflite = make(tuple(layers))
+                outputs = _run_tflite(tflite, images, image_shape)
+            except QuantLensError as exc:
+                found.append(CandidateOutputs(layers=tuple(layers), error=str(exc)))
+                continue
+            found.append(
+                CandidateOutputs(layers=tuple(layers), size_bytes=len(tflite), outputs=outputs)
+            )
+        return found
+
+
+def _decoded_batches(
+    paths: list[str], preset: Preset, image_shape: tuple[int, int, int]
+) -> list[np.ndarray]:
+    """The images, decoded and preprocessed as the head's cache holds them, in BATCH chunks."""
+    from core.inputs.images import decode_image
+    from core.inputs.presets import apply_preset
+
+    height, width, channels = image_shape
+    batches = []
+    for start in range(0, len(paths), BATCH):
+        pixels = np.stack(
+            [
+                decode_image(p, height=height, width=width, channels=channels)
+                for p in paths[start : start + BATCH]
+            ]
+        )
+        batches.append(apply_preset(pixels, preset))
+    return batches
+
+
+def _run_tflite(
+    tflite: bytes, batches: list[np.ndarray], image_shape: tuple[int, int, int]
+) -> np.ndarray:
+    from core.engine.runtime import TFLiteRunner, evaluation_batch
+
+    batch = evaluation_batch(int(np.prod(image_shape)))
+    runner = TFLiteRunner(tflite, threads=1, name="candidate", batch=batch)
+    return np.concatenate([np.asarray(runner.run_batch(b), dtype=np.float32) for b in batches])
+
+
+# -- the calibration sweep's seam: (variant, calibration images) pairs as Ray tasks ------------
+
+
+def variants_as_tasks(
+    reference: ReferenceSource,
+    model_sha256: str,
+    variants: Sequence[tuple[VariantSpec, np.ndarray | None]],
+    samples: Sequence[Sample],
+    *,
+    preset: Preset | str,
+    image_shape: tuple[int, int, int],
+    probe: np.ndarray,
+    address: str | None = None,
+) -> list[CandidateOutputs]:
+    """Convert each (variant, calibration images) pair and run it on `samples`, one Ray task
+    per pair; results in the order of `variants` (`layers` is empty, `error` set on failure).
+
+    The seam for a calibration sweep (sizes x seeds) on the Ray engine: the caller draws each
+    pair's calibration images and turns the outputs into measurements on the head (e.g. with
+    core.engine.stages.diagnose.measurement). Each conversion is the head's own
+    (core.engine.backends.tflite_from_reference, no cache), so a pair converts as it would
+    locally. Runs on the Ray session that is open.
+
+    Raises:
+        ClusterUnavailable: the cluster went away, or its workers keep dying.
+    """
+    import ray
+
+    model = ray.put(model_bytes(reference.path))
+    task = ray.remote(num_cpus=1, max_retries=RETRIES, runtime_env=_runtime_env())(_variant_task)
+    paths = [s.path for s in samples]
+    refs = [
+        task.remote(
+            model,
+            reference,
+            model_sha256,
+            spec,
+            calibration,
+            paths,
+            str(preset),
+            image_shape,
+            probe,
+        )
+        for spec, calibration in variants
+    ]
+    return _gather(refs, address, "the variants")
+
+
+def _gather(refs: list[Any], address: str | None, what: str) -> list[Any]:
+    """ray.get on tasks, with a lost cluster or dying workers as ClusterUnavailable."""
+    import ray
+
+    with _watching(address):
+        try:
+            found: list[Any] = ray.get(refs)
+        except ClusterUnavailable:
+            raise
+        except Exception as exc:
+            if address and not _answers(address):
+                raise ClusterUnavailable(lost_message(address)) from None
+            raise ClusterUnavailable(
+                f"running {what} on the Ray cluster failed ({_first_line(exc)}); check that "
+                "every node is up and sees the data set at the same path, or use --engine local"
+            ) from None
+    return found
+
+
+def _variant_task(
+    model_blob: bytes,
+    reference: ReferenceSource,
+    model_sha256: str,
+    spec: VariantSpec,
+    calibration: np.ndarray | None,
+    paths: list[str],
+    preset: str,
+    image_shape: tuple[int, int, int],
+    probe: np.ndarray,
+) -> CandidateOutputs:
+    """On a worker: convert one variant with its calibration images, run it on the images."""
+    import tempfile
+
+    from core.engine.backends import tflite_from_reference
+    from core.engine.models import load_reference
+
+    with tempfile.TemporaryDirectory(prefix="quantlens-ray-") as folder:
+        path = _unpack_model(model_blob, reference.path.name, reference.path.is_dir(), Path(folder))
+        model = load_reference(
+            path,
+            trusted=reference.trusted,
+            signature_key=reference.signature_key,
+            input_size=reference.input_size,
+        )
+        try:
+            tflite = tflite_from_reference(
+                model,
+                spec,
+                model_sha256=model_sha256,
+                calibration=calibration,
+                preset=preset,
+                probe=probe,
+                cache_dir=None,
+            ).tflite
+            outputs = _run_tflite(
+                tflite, _decoded_batches(paths, Preset(preset), image_shape), image_shape
+            )
+        except QuantLensError as exc:
+            return CandidateOutputs(layers=(), error=str(exc))
+    return CandidateOutputs(layers=(), size_bytes=len(tflite), outputs=outputs)

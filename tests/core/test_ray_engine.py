@@ -120,21 +120,16 @@ def test_ray_engine_writes_the_local_engines_numbers(both_runs: tuple[Path, Path
         assert got["top1_agreement_ci95"] == pytest.approx(expected["top1_agreement_ci95"])
 
 
-def test_a_ray_run_says_it_has_no_per_layer_diagnosis(both_runs: tuple[Path, Path]) -> None:
-    """The images stay on the cluster, so int8 is diagnosed locally and only flagged on Ray."""
+def test_a_ray_run_diagnoses_as_the_local_engine(both_runs: tuple[Path, Path]) -> None:
+    """The head diagnoses int8 on Ray too, decoding the flipped images itself: the same table."""
     local, on_ray = both_runs
-    assert "int8" in json.loads((local / "report.json").read_text())["diagnosis"]
-    assert (local / "int8.layers.csv").is_file()
-    int8 = next(
-        v
-        for v in json.loads((on_ray / "report.json").read_text())["variants"]
-        if v["name"] == "int8"
-    )
-    assert (
-        "no per-layer diagnosis: it runs on the local engine only (--engine local)"
-        in int8["warnings"]
-    )
-    assert not (on_ray / "int8.layers.csv").exists()
+    diagnosis = {
+        where: json.loads((where / "report.json").read_text())["diagnosis"]
+        for where in (local, on_ray)
+    }
+    assert "int8" in diagnosis[local] and "int8" in diagnosis[on_ray]
+    _assert_same_table(local / "int8.layers.csv", on_ray / "int8.layers.csv")
+    assert diagnosis[on_ray]["int8"] == diagnosis[local]["int8"]  # the suspects, in order
 
 
 def test_ray_agreement_recomputed_from_its_files(both_runs: tuple[Path, Path]) -> None:
@@ -417,3 +412,135 @@ def test_the_ray_stage_records_every_variant_and_a_restart_reads_it_back(
     np.testing.assert_array_equal(again.prob_rows(0, len(again)), first.prob_rows(0, len(first)))
     assert again.sample_indices == first.sample_indices
     assert (run_dir / rundir.REPORT).read_bytes() == before
+
+
+def _auto_fix_run(engine: str, model: Path, data: Path, home: Path, *extra: str) -> Path:
+    out = home / f"autofix-{engine}"
+    run_cli(
+        "run",
+        str(model),
+        "--data",
+        str(data),
+        "--modes",
+        "int8",
+        "--auto-fix=4",
+        "--preprocess",
+        "unit",
+        "--min-agreement",
+        "99",
+        "--latency-runs",
+        "3",
+        "--threads",
+        "1",
+        "--engine",
+        engine,
+        *extra,
+        "--out",
+        str(out),
+        home=home,
+    )
+    return out
+
+
+def test_auto_fix_on_ray_ranks_and_fixes_as_the_local_engine(
+    ray_address: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The scan's candidates and the fix's steps run as Ray tasks: the same ranking, the same
+    steps and the same derived variant as locally, and that variant reproduces from its file."""
+    from tests.core.test_autofix import build_outlier_model
+    from tests.core.test_cli_quantizer import _inputs, _reference_probs, _tflite_probs
+    from tests.core.test_selective import _write_images
+
+    home = tmp_path_factory.mktemp("ray_autofix")
+    model = build_outlier_model(home / "outlier")
+    data = _write_images(home / "data")
+    local = _auto_fix_run("local", model, data, home)
+    on_ray = _auto_fix_run("ray", model, data, home, "--ray-address", ray_address)
+    reports = [json.loads((d / "report.json").read_text()) for d in (local, on_ray)]
+    by_name = [{v["name"]: v for v in r["variants"]} for r in reports]
+    fixes = [b["int8"]["auto_fix"] for b in by_name]
+    assert "error" not in fixes[1], fixes[1]
+    # The same ranking: layers in measured order, each with its statistics rank and numbers.
+    for got, expected in zip(fixes[1]["sensitivity"], fixes[0]["sensitivity"], strict=True):
+        assert (got["layer"], got["stat_rank"], got["n"]) == (
+            expected["layer"],
+            expected["stat_rank"],
+            expected["n"],
+        )
+        assert got["agreement_pct"] == expected["agreement_pct"]
+        assert got["mean_kl"] == pytest.approx(expected["mean_kl"], rel=1e-4, abs=1e-7)
+    # The same steps, stopping at the same one.
+    for got, expected in zip(fixes[1]["steps"], fixes[0]["steps"], strict=True):
+        assert got["layers"] == expected["layers"]
+        assert got["agreement_pct"] == expected["agreement_pct"]
+        assert got["meets_threshold"] == expected["meets_threshold"]
+        assert got["size_bytes"] == expected["size_bytes"]
+    assert fixes[1]["steps"][-1]["meets_threshold"]
+    # The same derived variant, evaluated on the cluster with the same agreement.
+    name = fixes[0]["variant"]
+    assert name is not None and fixes[1]["variant"] == name
+    derived = by_name[1][name]
+    assert derived["status"] == "done", derived.get("error")
+    assert derived["top1_agreement_pct"] == by_name[0][name]["top1_agreement_pct"]
+    assert derived["latency_ms"]["n"] == 3
+    _assert_same_table(local / f"{name}.samples.csv", on_ray / f"{name}.samples.csv")
+    # Recomputed without QuantLens: the original in TensorFlow, the file in ai_edge_litert.
+    images = _inputs(data)
+    reference = _reference_probs(model, images).argmax(axis=1)
+    derived_top1 = _tflite_probs(on_ray / f"{name}.tflite", images).argmax(axis=1)
+    assert derived["top1_agreement_pct"] == pytest.approx(100 * np.mean(reference == derived_top1))
+    assert "--auto-fix=4" in reports[1]["run"]["command"]
+
+
+def test_the_sweep_seam_converts_and_runs_each_pair_as_a_task(
+    ray_address: str, tiny_models: dict[str, Path], tiny_data: Path, tmp_path: Path
+) -> None:
+    """ray_engine.variants_as_tasks, the seam a calibration sweep fans out through: each
+    (variant, calibration images) pair converts as it does locally and runs on every image."""
+    from core.engine.backends import tflite_from_reference
+    from core.engine.models import load_reference, model_sha256
+    from core.engine.ray_engine import ReferenceSource, variants_as_tasks
+    from core.inputs.images import decode_image
+    from core.types import VariantSpec
+    from tests.core.test_cli_quantizer import _tflite_probs
+
+    model = tiny_models["logits_saved_model"]
+    samples = _samples(tiny_data)
+    # The unit preset by its definition, on the decoder's 16x16 pixels (the images are 20x20).
+    pixels = [decode_image(s.path, height=16, width=16, channels=3) for s in samples]
+    images = np.stack(pixels).astype(np.float32) / np.float32(255.0)
+    pairs = [
+        (VariantSpec.parse("float16"), None),
+        (VariantSpec.parse("int8"), images[:4]),
+        (VariantSpec.parse("int8"), images[4:16]),
+    ]
+    found = variants_as_tasks(
+        ReferenceSource(path=model),
+        model_sha256(model),
+        pairs,
+        samples,
+        preset="unit",
+        image_shape=(16, 16, 3),
+        probe=images[:2],
+    )
+    original = load_reference(model)
+    local_files = []
+    for index, ((spec, calibration), got) in enumerate(zip(pairs, found, strict=True)):
+        assert got.error is None and got.outputs is not None, got.error
+        local = tflite_from_reference(
+            original,
+            spec,
+            model_sha256=model_sha256(model),
+            calibration=calibration,
+            preset="unit",
+            probe=images[:2],
+            cache_dir=None,
+        ).tflite
+        assert got.size_bytes == len(local)
+        local_files.append(local)
+        path = tmp_path / f"{index}.tflite"
+        path.write_bytes(local)
+        expected = _tflite_probs(path, images)
+        np.testing.assert_allclose(got.outputs, expected, atol=1e-5)
+    # The two calibrations are really different inputs: their int8 models differ.
+    assert local_files[1] != local_files[2]

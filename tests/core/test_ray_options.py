@@ -28,20 +28,6 @@ def test_ray_address_without_the_ray_engine_is_refused(
     )
 
 
-def test_auto_fix_on_the_ray_engine_is_refused(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    model, data = tmp_path / "model.keras", tmp_path / "data.csv"
-    model.write_bytes(b"x")
-    data.write_text("filepath,label\n", encoding="utf-8")
-    code = main(["run", "--auto-fix=3", str(model), "--data", str(data), "--engine", "ray"])
-    assert code == 2
-    assert capsys.readouterr().err.strip() == (
-        "error: --auto-fix measures layers on the images decoded on this machine, which "
-        "--engine ray does not keep; run it with --engine local"
-    )
-
-
 def test_unknown_engine_is_refused_by_the_parser(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

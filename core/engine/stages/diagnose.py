@@ -5,11 +5,17 @@ a derived variant (converted, evaluated and diagnosed here; timed with the other
 Writes <variant>.layers.csv, each variant's `diagnosis` and `auto_fix` in report.json, and the
 derived variants' usual files. Reads the variants' .tflite and the decoded images, so it works
 whichever engine evaluated them. A restarted worker skips what report.json says is done.
+
+On --engine ray the head diagnoses (decoding the few flipped images itself), the search's
+candidates are made and measured as Ray tasks (core.engine.ray_engine.keep_float_candidates),
+and the derived variant is evaluated on the cluster (stages.ray_evaluate).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Future
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -22,10 +28,10 @@ from core.engine.stages.decode import first_images
 from core.engine.stages.evaluate import Evaluator, run_evaluation, written_agreement
 from core.engine.stages.files import DecodedCache
 from core.engine.stages.reference import ReferenceOutputs
-from core.errors import QuantLensError
+from core.errors import ConversionFailed, QuantLensError
 from core.inputs import rundir
 from core.jobs.protocol import DECODED_CACHE
-from core.types import NEEDS_CALIBRATION, JobSpec, Mode, VariantSpec
+from core.types import NEEDS_CALIBRATION, JobSpec, Mode, Sample, VariantSpec
 
 if TYPE_CHECKING:
     from core.engine.selective import Measurement
@@ -36,24 +42,12 @@ DERIVED_BY_AUTO_FIX = "auto-fix"  # a variant entry's `derived_by`: added by --a
 def diagnose_variants(run: RunContext, reference: ReferenceOutputs) -> None:
     """Diagnose every finished variant that has per-layer statistics and no diagnosis yet.
 
-    On --engine ray the images stayed on the cluster (the head decodes only a probe batch), so
-    a diagnosis would read images this machine does not have: each variant says so instead.
+    On --engine ray too: the diagnosis reads at most core.engine.diagnose.MAX_IMAGES flipped
+    images, which the head decodes from the data set (stages.ray_evaluate keeps no cache).
     """
-    if run.job.engine == "ray":
-        _say_not_diagnosed_on_ray(run)
-        return
     for spec in run.specs:
         if needs_diagnosis(run, spec):
             diagnose_finished(run, reference, spec)
-
-
-def _say_not_diagnosed_on_ray(run: RunContext) -> None:
-    note = "no per-layer diagnosis: it runs on the local engine only (--engine local)"
-    for spec in run.specs:
-        entry = run.report.variant(spec.name)
-        if needs_diagnosis(run, spec) and note not in entry["warnings"]:
-            entry["warnings"].append(note)
-    run.report.save()
 
 
 def needs_diagnosis(run: RunContext, spec: VariantSpec) -> bool:
@@ -75,7 +69,7 @@ def diagnose_finished(run: RunContext, reference: ReferenceOutputs, spec: Varian
         return
     name = spec.name
     entry = run.report.variant(name)
-    flipped = images_at(run, np.flatnonzero(~written_agreement(run, name)))
+    flipped = images_at(run, reference, np.flatnonzero(~written_agreement(run, name)))
     try:
         summary = diagnose_variant(
             run.model,
@@ -145,13 +139,24 @@ def auto_fix(
     """
     if not run.job.auto_fix:
         return run
-    for spec in run.specs:
-        if auto_fix_applies(spec, run.report.variant(spec.name), run.job):
+    todo = [s for s in run.specs if auto_fix_applies(s, run.report.variant(s.name), run.job)]
+    if not todo:
+        return run
+    with _cluster_session(run):  # on --engine ray, one session for every scan and fix
+        for spec in todo:
             derived = _auto_fix_variant(run, reference, spec)
             if derived is not None:
                 run = replace(run, specs=(*run.specs, derived))
                 _convert_and_evaluate(run, reference, derived, evaluator)
     return run
+
+
+def _cluster_session(run: RunContext) -> AbstractContextManager[object]:
+    if run.job.engine != "ray":
+        return nullcontext()
+    from core.engine import ray_engine
+
+    return ray_engine.ray_session(run.job.ray_address)
 
 
 def auto_fix_applies(spec: VariantSpec, entry: dict[str, Any], job: JobSpec) -> bool:
@@ -199,29 +204,10 @@ def _auto_fix_variant(
     def progress(fraction: float, message: str) -> None:
         run.emit("auto-fix", fraction, f"{name}: {message}", name)
 
+    candidates = candidate_layers(table, selective.SCAN_CANDIDATES)
+    search = _search_on_ray if run.job.engine == "ray" else _search_here
     try:
-        make = selective.keep_float_maker(
-            run.model,
-            spec,
-            calibration=reference.calibration,
-            route=entry.get("conversion_route") or "",
-            float_tflite=float_tflite(run),
-        )
-        scan = selective.sensitivity_scan(
-            make,
-            lambda t: measure_tflite(run, reference, t, limit=selective.SCAN_IMAGES),
-            candidate_layers(table, selective.SCAN_CANDIDATES),
-            progress=progress,
-        )
-        steps = selective.greedy_fix(
-            make,
-            lambda t: measure_tflite(run, reference, t, limit=None),
-            [m["layer"] for m in scan],
-            parent=parent_measurement(entry),
-            max_layers=int(run.job.auto_fix or 0),
-            meets=lambda m: _meets_bar(run.job, m),
-            progress=progress,
-        )
+        scan, steps = search(run, reference, spec, candidates, progress)
     except QuantLensError as exc:
         entry["auto_fix"] = {"error": str(exc)}
         run.report.save()
@@ -249,6 +235,126 @@ def _auto_fix_variant(
     return derived
 
 
+Progress = Callable[[float, str], None]
+Search = tuple[list[dict[str, Any]], list[dict[str, Any]]]  # (sensitivity scan, greedy steps)
+
+
+def _search_here(
+    run: RunContext,
+    reference: ReferenceOutputs,
+    spec: VariantSpec,
+    candidates: list[str],
+    progress: Progress,
+) -> Search:
+    """The scan and the greedy fix on this machine, on the decoded-image cache."""
+    from core.engine import selective
+
+    assert reference.calibration is not None  # checked by the caller
+    make = selective.keep_float_maker(
+        run.model,
+        spec,
+        calibration=reference.calibration,
+        route=run.report.variant(spec.name).get("conversion_route") or "",
+        float_tflite=float_tflite(run),
+    )
+    scan = selective.sensitivity_scan(
+        make,
+        lambda t: measure_tflite(run, reference, t, limit=selective.SCAN_IMAGES),
+        candidates,
+        progress=progress,
+    )
+    steps = selective.greedy_fix(
+        make,
+        lambda t: measure_tflite(run, reference, t, limit=None),
+        [m["layer"] for m in scan],
+        parent=parent_measurement(run.report.variant(spec.name)),
+        max_layers=int(run.job.auto_fix or 0),
+        meets=lambda m: _meets_bar(run.job, m),
+        progress=progress,
+    )
+    return scan, steps
+
+
+def _search_on_ray(
+    run: RunContext,
+    reference: ReferenceOutputs,
+    spec: VariantSpec,
+    candidates: list[str],
+    progress: Progress,
+) -> Search:
+    """The same scan and greedy fix, each candidate made and run as a Ray task.
+
+    The scan's candidates run side by side. The greedy fix's steps run one after another (each
+    step's layers depend on whether the previous one was kept), each as a Ray task. The head
+    ranks and picks with selective's own functions, the measurements computed as
+    measure_tflite does. The scan has no time budget here: it runs in parallel.
+    """
+    from core.engine import ray_engine, selective
+    from core.engine.stages.ray_evaluate import reference_source
+
+    assert reference.calibration is not None  # checked by the caller
+    source = ray_engine.KeepFloatSource(
+        reference=reference_source(run),
+        spec=spec,
+        route=run.report.variant(spec.name).get("conversion_route") or "",
+        calibration=reference.calibration,
+        float_tflite=float_tflite(run),
+    )
+    rows = row_samples(run, reference)
+
+    def measured_on(
+        count: int, layer_sets: list[tuple[str, ...]]
+    ) -> Callable[[bytes], Measurement]:
+        found = ray_engine.keep_float_candidates(
+            source,
+            layer_sets,
+            rows[:count],
+            preset=run.job.preset,
+            image_shape=run.image_shape,
+            address=run.job.ray_address,
+        )
+        by_key = {_key(c.layers): c for c in found}
+
+        def lookup(key: bytes) -> Measurement:
+            candidate = by_key[key]
+            if candidate.outputs is None:
+                raise ConversionFailed(candidate.error or "the candidate could not be made")
+            return measurement(reference, candidate.outputs, candidate.size_bytes)
+
+        return lookup
+
+    progress(0.0, f"sensitivity: {len(candidates)} layers, one at a time, as Ray tasks")
+    scan_images = min(selective.SCAN_IMAGES, len(rows))
+    scan = selective.sensitivity_scan(
+        _key,
+        measured_on(scan_images, [(layer,) for layer in candidates]),
+        candidates,
+        progress=progress,
+        budget_s=float("inf"),
+    )
+    ranked = [m["layer"] for m in scan]
+    progress(0.5, "auto-fix: each step as a Ray task")
+
+    def one_step(key: bytes) -> Measurement:
+        return measured_on(len(rows), [tuple(key.decode().split("\n"))])(key)
+
+    steps = selective.greedy_fix(
+        _key,
+        one_step,
+        ranked,
+        parent=parent_measurement(run.report.variant(spec.name)),
+        max_layers=int(run.job.auto_fix or 0),
+        meets=lambda m: _meets_bar(run.job, m),
+        progress=progress,
+    )
+    return scan, steps
+
+
+def _key(layers: tuple[str, ...]) -> bytes:
+    """A candidate's stand-in for its `.tflite` in selective's search (the task made it)."""
+    return "\n".join(sorted(layers)).encode()
+
+
 def _convert_and_evaluate(
     run: RunContext,
     reference: ReferenceOutputs,
@@ -257,6 +363,13 @@ def _convert_and_evaluate(
 ) -> None:
     """Convert a derived variant and evaluate it as the evaluate stage does any other, then
     diagnose it."""
+    if run.job.engine == "ray":
+        from core.engine.stages.ray_evaluate import evaluate_added_on_ray
+
+        evaluate_added_on_ray(run, reference, row_samples(run, reference))
+        if needs_diagnosis(run, spec):
+            diagnose_finished(run, reference, spec)
+        return
     calibration = reference.calibration if spec.mode in NEEDS_CALIBRATION else None
     future: Future[ConversionResult] = Future()
     try:
@@ -303,9 +416,7 @@ def measure_tflite(
     """Agreement and mean KL of a model against the original on the first `limit` evaluation
     images (all of them when None), read from the run's decoded-image cache."""
     from core.engine.runtime import TFLiteRunner, evaluation_batch
-    from core.engine.selective import Measurement
     from core.inputs.presets import apply_preset
-    from core.metrics.agreement import sample_records, to_probabilities
 
     batch = evaluation_batch(int(np.prod(run.image_shape)))
     model = TFLiteRunner(tflite, threads=run.threads, name="candidate", batch=batch)
@@ -319,13 +430,22 @@ def measure_tflite(
         done += len(chunk)
         if done >= total:
             break
-    probs = to_probabilities(np.concatenate(outputs), softmax=reference.softmax)
+    return measurement(reference, np.concatenate(outputs), len(tflite))
+
+
+def measurement(reference: ReferenceOutputs, outputs: np.ndarray, size_bytes: int) -> Measurement:
+    """Agreement and mean KL of a model's raw outputs on the first len(outputs) rows."""
+    from core.engine.selective import Measurement
+    from core.metrics.agreement import sample_records, to_probabilities
+
+    total = len(outputs)
+    probs = to_probabilities(outputs, softmax=reference.softmax)
     records = sample_records(reference.prob_rows(0, total), probs)
     kl = records.kl[np.isfinite(records.kl)]
     return Measurement(
         agreement_pct=float(100.0 * records.agree.mean()),
         mean_kl=float(kl.mean()) if kl.size else float("inf"),
-        size_bytes=len(tflite),
+        size_bytes=size_bytes,
         n=total,
     )
 
@@ -343,14 +463,33 @@ def float_tflite(run: RunContext) -> bytes:
     ).tflite
 
 
-def images_at(run: RunContext, positions: np.ndarray) -> np.ndarray:
+def images_at(run: RunContext, reference: ReferenceOutputs, positions: np.ndarray) -> np.ndarray:
     """Preprocessed evaluation images (float32 [N,H,W,C]) by their row positions, at most
-    core.engine.diagnose.MAX_IMAGES of them."""
+    core.engine.diagnose.MAX_IMAGES of them: from the decoded-image cache, or on --engine ray
+    (whose head caches only the probe images) decoded from the data set by the same decoder."""
     from core.engine.diagnose import MAX_IMAGES
     from core.inputs.presets import apply_preset
 
-    cache = DecodedCache(run.run_dir / DECODED_CACHE, run.image_shape)
-    chosen = [cache.read(int(p)) for p in positions[:MAX_IMAGES]]
+    chosen = [int(p) for p in positions[:MAX_IMAGES]]
     if not chosen:
         return np.zeros((0, *run.image_shape), dtype=np.float32)
-    return apply_preset(np.stack(chosen), run.job.preset).astype(np.float32)
+    if run.job.engine == "ray":
+        rows = row_samples(run, reference)
+        pixels = np.stack([_decode(run, rows[p]) for p in chosen])
+    else:
+        cache = DecodedCache(run.run_dir / DECODED_CACHE, run.image_shape)
+        pixels = np.stack([cache.read(p) for p in chosen])
+    return apply_preset(pixels, run.job.preset).astype(np.float32)
+
+
+def row_samples(run: RunContext, reference: ReferenceOutputs) -> list[Sample]:
+    """The evaluated samples in row (samples.csv) order."""
+    by_index = {s.index: s for s in run.dataset.samples}
+    return [by_index[i] for i in reference.sample_indices]
+
+
+def _decode(run: RunContext, sample: Sample) -> np.ndarray:
+    from core.inputs.images import decode_image
+
+    height, width, channels = run.image_shape
+    return decode_image(sample.path, height=height, width=width, channels=channels)

@@ -39,6 +39,7 @@ from core.inputs import rundir
 from core.types import NEEDS_CALIBRATION, Sample, VariantSpec
 
 if TYPE_CHECKING:
+    from core.engine import ray_engine
     from core.engine.ray_engine import Evaluation
 
 
@@ -97,6 +98,39 @@ def evaluate_on_ray(run: RunContext) -> ReferenceOutputs:
     return reference
 
 
+def evaluate_added_on_ray(run: RunContext, reference: ReferenceOutputs, rows: list[Sample]) -> None:
+    """Variants added after the cluster pass (--auto-fix's derived ones): convert each pending
+    one on the head, evaluate it on the cluster on the rows the original was recorded on
+    (`rows`, in samples.csv order), and record it as the first pass does."""
+    from core.engine import ray_engine
+
+    with ray_engine.ray_session(run.job.ray_address):
+        converted = _convert_pending(run, reference.calibration)
+        if not converted:
+            return
+        evaluation = _evaluate_on_cluster(run, rows, converted)
+    if [s.index for s in evaluation.kept] != reference.sample_indices:
+        raise QuantLensError(
+            "the Ray pass decoded other images than this run's first pass; the data set "
+            "changed during the run: start a new run"
+        )
+    for item in converted:
+        _record_variant(run, reference, item, evaluation)
+
+
+def reference_source(run: RunContext) -> ray_engine.ReferenceSource:
+    """Where the cluster's workers load the original from, and how."""
+    from core.engine import ray_engine
+
+    job = run.job
+    return ray_engine.ReferenceSource(
+        path=run.model.path,
+        trusted=job.trusted,
+        signature_key=job.signature_key,
+        input_size=(job.input_size[0], job.input_size[1]) if job.input_size else None,
+    )
+
+
 def _decode_probe(run: RunContext) -> DecodedImages:
     """Decode the first evaluation images, until PROBE_IMAGES of them are in the decoded cache.
 
@@ -146,12 +180,7 @@ def _evaluate_on_cluster(
     from core.engine import ray_engine
 
     job = run.job
-    source = ray_engine.ReferenceSource(
-        path=run.model.path,
-        trusted=job.trusted,
-        signature_key=job.signature_key,
-        input_size=(job.input_size[0], job.input_size[1]) if job.input_size else None,
-    )
+    source = reference_source(run)
     variants = [(c.spec.name, rundir.tflite_path(run.run_dir, c.spec.name)) for c in converted]
 
     def shard_progress(done: int, total: int) -> None:
@@ -166,6 +195,7 @@ def _evaluate_on_cluster(
         reference=source,
         variants=variants,
         progress=shard_progress,
+        address=job.ray_address,
     )
     if not evaluation.kept:
         raise nothing_decoded(len(samples), evaluation.skipped)
