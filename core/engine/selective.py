@@ -164,7 +164,7 @@ def greedy_fix(
     tests/core/test_autofix.py's model), where either alone changes nothing.
 
     Returns every step tried, in order: its layers, agreement, mean KL, size, whether it met the
-    bar and whether it was `kept`; core.reporting.report.chosen_step gives the one to keep.
+    bar and whether it was `kept`; core.reporting.report.chosen_step picks the variant.
     """
     steps: list[dict[str, Any]] = []
     kept: tuple[str, ...] = ()

@@ -120,6 +120,29 @@ def test_greedy_fix_keeps_a_layer_that_changes_nothing_for_the_one_that_needs_it
     ]
 
 
+def test_the_chosen_step_is_the_first_to_reach_the_paths_best_agreement() -> None:
+    """Layers kept later for a lower KL alone do not earn their bytes."""
+    make, evaluate = _scripted({("a",): 90.0, ("a", "b"): 95.0})
+    steps = greedy_fix(
+        make,  # type: ignore[arg-type]
+        evaluate,  # type: ignore[arg-type]
+        ["a", "b", "c", "d"],
+        parent=PARENT,
+        max_layers=4,
+        meets=lambda m: m.agreement_pct >= 99.0,
+        progress=lambda f, m: None,
+    )
+    # c and d change nothing (50 %, scripted), so they are worse than a+b and dropped; now say
+    # a later step held 95 % with a lower KL: it is kept but not chosen.
+    later = {**steps[1], "layers": ["a", "b", "e"], "mean_kl": 0.01}
+    chosen = chosen_step([*steps, later])
+    assert chosen is not None and chosen["layers"] == ["a", "b"]
+    assert chosen_step([{"layers": ["x"], "agreement_pct": 1.0}]) == {  # an older report
+        "layers": ["x"],
+        "agreement_pct": 1.0,
+    }
+
+
 def test_greedy_fix_keeps_nothing_when_every_layer_makes_it_worse() -> None:
     make, evaluate = _scripted({("a",): 49.0, ("b",): 50.0})
     steps = greedy_fix(
