@@ -7,9 +7,14 @@ fixtures were set up, so a session fixture that builds a model is caught too.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
+
+# No test wants the MobileNetV2 demo trained behind its back: a first launch would chain that
+# build in a detached worker that outlives the test (core.jobs.demo_build.CHAIN_ENV).
+os.environ.setdefault("QUANTLENS_MOBILENET_DEMO", "0")
 
 HEAVY = ("tensorflow", "keras")
 _LOADED_BEFORE = pytest.StashKey[bool]()

@@ -7,8 +7,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from core.inputs.demo import demo_paths, mobilenet_demo_paths
-from core.jobs.demo_build import MOBILENET, SMALL, build_files, demo_build_state, start_demo_build
+from core.jobs.demo_build import (
+    CHAIN_ENV,
+    MOBILENET,
+    SMALL,
+    build_files,
+    demo_build_state,
+    start_demo_build,
+    worker_command,
+)
 
 DEAD_PID = "999999"  # beyond the default pid_max of 32768 on most boxes: never alive
 
@@ -91,3 +101,22 @@ def test_a_ready_or_running_build_is_not_started_again(tmp_path: Path) -> None:
     start_demo_build(home=tmp_path, which=MOBILENET)
     assert pid_file.read_text() == str(os.getpid())  # the running one was kept
     assert not log.exists()
+
+
+def test_a_first_launch_chains_the_mobilenet_build_unless_the_operator_says_0(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(CHAIN_ENV, raising=False)
+    chained = worker_command(tmp_path, SMALL, then_mobilenet=True, epochs=None)
+    assert chained == ["demo", str(tmp_path), "--then-mobilenetv2"]
+    monkeypatch.setenv(CHAIN_ENV, "0")
+    assert worker_command(tmp_path, SMALL, then_mobilenet=True, epochs=None) == [
+        "demo",
+        str(tmp_path),
+    ]
+    assert worker_command(tmp_path, MOBILENET, then_mobilenet=True, epochs=1) == [
+        "demo-mobilenetv2",
+        str(tmp_path),
+        "--epochs",
+        "1",
+    ]
