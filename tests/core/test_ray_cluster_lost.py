@@ -138,6 +138,9 @@ def test_a_cluster_lost_mid_run_fails_the_run_in_one_line(
         # Every Ray worker hangs in its first shard: the run is surely in the cluster pass
         # when the cluster is killed.
         "QUANTLENS_FAULT": "hang@shard",
+        # The cluster has no authentication; an earlier ray.init in this test process leaves
+        # RAY_AUTH_MODE=token in os.environ, and a driver that inherits it is refused.
+        "RAY_AUTH_MODE": "disabled",
     }
     started = time.monotonic()
     cli = subprocess.Popen(
