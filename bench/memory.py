@@ -145,7 +145,7 @@ def run_local(model: Path, data: Path, home: Path, run_id: str) -> dict[str, flo
 
 
 def page_seconds(home: Path, run_id: str, page: str) -> tuple[float, float]:
-    """Server seconds of a cold and a warm AppTest render of `pages/<page>.py` for the run."""
+    """Server seconds of a cold and a warm AppTest render of `views/<page>.py` for the run."""
     from streamlit.testing.v1 import AppTest
 
     os.environ["QUANTLENS_HOME"] = str(home)
@@ -153,7 +153,7 @@ def page_seconds(home: Path, run_id: str, page: str) -> tuple[float, float]:
     from ui import keys
 
     at.session_state[keys.SELECTED_RUN] = run_id
-    at.switch_page(f"pages/{page}.py")
+    at.switch_page(f"views/{page}.py")
     times = []
     for _ in range(2):
         started = time.perf_counter()

@@ -25,9 +25,9 @@ def _files(*parts: str, root: Path = ROOT) -> list[Path]:
 #
 # The rule, in one sentence: only core/engine/ imports TensorFlow, LiteRT or Ray, and only inside
 # functions; only the worker (core/jobs/worker.py) imports core/engine/; nothing in core/ imports
-# Streamlit. It holds for what ships (core/, ui/, pages/, app.py); tests/ and bench/ drive the
+# Streamlit. It holds for what ships (core/, ui/, views/, app.py); tests/ and bench/ drive the
 # engine in-process on purpose.
-PRODUCT = ("core", "ui", "pages", "app.py")
+PRODUCT = ("core", "ui", "views", "app.py")
 MODEL_FRAMEWORKS = HEAVY | {"litert_quantizer", "ray"}
 ENGINE = "core.engine"
 WORKER = "core.jobs.worker"
@@ -294,7 +294,7 @@ def _probes() -> list[tuple[str, list[str], set[str]]]:
     probes += [(_module_name(f), [_module_name(f)], FORBIDDEN["web"]) for f in _files("ui")]
     probes += [
         (str(f.relative_to(ROOT)), _script_imports(f), FORBIDDEN["web"])
-        for f in _files("app.py", "pages")
+        for f in _files("app.py", "views")
     ]
     return probes
 

@@ -9,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = [
     ROOT / "app.py",
-    *sorted(p for d in ("core", "ui", "pages") for p in (ROOT / d).rglob("*.py")),
+    *sorted(p for d in ("core", "ui", "views") for p in (ROOT / d).rglob("*.py")),
 ]
 
 # `v.get("name") or v.get("mode")`, `x.get('name') or ...`: a name rebuilt from other fields.
@@ -35,7 +35,7 @@ def _hits(pattern: re.Pattern[str], *, allowed: tuple[str, ...] = ()) -> list[st
 
 def test_the_sources_are_found() -> None:
     names = {p.relative_to(ROOT).as_posix() for p in SOURCES}
-    assert {"app.py", "core/reporting/runmodel.py", "ui/widgets.py", "pages/overview.py"} <= names
+    assert {"app.py", "core/reporting/runmodel.py", "ui/widgets.py", "views/overview.py"} <= names
 
 
 def test_no_reader_rederives_a_variant_name() -> None:

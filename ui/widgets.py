@@ -38,7 +38,7 @@ def require_results() -> RunResults:
             "No run yet. Go to **Setup**, pick a model and data, and press **Run**.",
             icon=":material/info:",
         )
-        st.page_link("pages/setup.py", label="Open Setup", icon=":material/tune:")
+        st.page_link("views/setup.py", label="Open Setup", icon=":material/tune:")
         st.stop()
     try:
         res = cache.results(rid)

@@ -33,13 +33,13 @@ OpenPage = Callable[..., AppTest]
 
 @pytest.fixture
 def open_page() -> OpenPage:
-    """Open app.py, then switch to `pages/<name>.py`; optional session values set before."""
+    """Open app.py, then switch to `views/<name>.py`; optional session values set before."""
 
     def _open(name: str, *, state: dict[str, object] | None = None, timeout: float = 60) -> AppTest:
         at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=timeout)
         for k, v in (state or {}).items():
             at.session_state[k] = v
-        at.switch_page(f"pages/{name}.py")
+        at.switch_page(f"views/{name}.py")
         at.run()
         assert not at.exception, [e.value for e in at.exception]
         return at

@@ -155,8 +155,8 @@ def test_compare_keeps_its_picks_across_page_switches_and_reloads(
     assert at.multiselect(key=keys.COMPARE_ITEMS).value != picks  # not the default already
     at.multiselect(key=keys.COMPARE_ITEMS).set_value(picks).run()
     # Away and back: Streamlit forgets the state of a widget it does not draw.
-    at.switch_page("pages/latency.py").run()
-    at.switch_page("pages/compare.py").run()
+    at.switch_page("views/latency.py").run()
+    at.switch_page("views/compare.py").run()
     assert not at.exception
     assert at.multiselect(key=keys.COMPARE_ITEMS).value == picks
     # A reload is a new session: the picks come back from the workspace.

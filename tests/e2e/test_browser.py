@@ -130,4 +130,13 @@ def test_demo_loop(server: str, tmp_path: Path) -> None:
         ).to_be_visible()
         _assert_no_error_on(page, "Layers")
         page.screenshot(path=str(ARTIFACTS / "07-layers.png"), full_page=True)
+
+        # A reload (or a shared link) on a page keeps the sectioned navigation: with the pages
+        # in a folder named pages/, Streamlit listed its files there instead (app, agreement, …).
+        page.goto(server.rstrip("/") + "/layers")
+        expect(page.get_by_text("Ranked layers")).to_be_visible(timeout=60_000)
+        nav = page.locator("[data-testid=stSidebarNav]")
+        expect(nav.get_by_text("Results", exact=True)).to_be_visible()
+        expect(nav.get_by_text("Probability deltas", exact=True)).to_be_visible()
+        expect(nav.get_by_text("app", exact=True)).to_have_count(0)
         browser.close()

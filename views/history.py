@@ -48,7 +48,7 @@ if not rows:
             "`python -m core run` in this workspace.",
             icon=":material/info:",
         )
-        st.page_link("pages/setup.py", label="Open Setup", icon=":material/tune:")
+        st.page_link("views/setup.py", label="Open Setup", icon=":material/tune:")
     st.stop()
 
 ids = [r.id for r in rows]
@@ -95,7 +95,7 @@ if len(selected) > 1:
             st.session_state[keys.COMPARE_ITEMS] = [
                 f"{rid}/{mode}" for rid in selected for mode in by_id[rid].modes
             ]
-            st.switch_page("pages/compare.py")
+            st.switch_page("views/compare.py")
     finished = [rid for rid in selected if by_id[rid].status.finished]
     with right:
         if st.button(
@@ -133,7 +133,7 @@ with actions[0]:
         else "This run has no report.json to show (its folder was moved or deleted).",
     ):
         runs.select_run(str(folder_id))
-        st.switch_page("pages/overview.py")
+        st.switch_page("views/overview.py")
 with actions[1]:
     if row.status.finished:
         if st.button("Delete…", key=keys.HISTORY_DELETE, icon=":material/delete:"):

@@ -88,7 +88,7 @@ if shown and shown in {r.id for r in active}:
     runs.live_progress(shown)
 elif shown:
     runs.draw_progress(shown)
-    st.page_link("pages/overview.py", label="Open the overview", icon=":material/dashboard:")
+    st.page_link("views/overview.py", label="Open the overview", icon=":material/dashboard:")
 
 # Below the progress box, so the box keeps its place on the page when its run ends.
 if active:

@@ -163,7 +163,7 @@ else:
         st.session_state[keys.DISAGREE_VARIANT] = variant
         st.session_state[keys.DISAGREE_AT_RISK] = False
         st.session_state[keys.DISAGREE_PAGE] = 1
-        st.switch_page("pages/disagreements.py")
+        st.switch_page("views/disagreements.py")
 
 st.subheader("Flips between classes")
 matrix = v.result.flip_matrix
@@ -189,4 +189,4 @@ if points:
     st.session_state[keys.DISAGREE_VARIANT] = variant
     st.session_state[keys.DISAGREE_AT_RISK] = False
     st.session_state[keys.DISAGREE_PAGE] = 1
-    st.switch_page("pages/disagreements.py")
+    st.switch_page("views/disagreements.py")
