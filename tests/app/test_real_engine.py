@@ -58,7 +58,7 @@ def test_latency_page_on_real_run(real_home: Path, open_page: OpenPage) -> None:
     rows = at.dataframe[0].value
     assert list(rows["model"]) == ["original", *[v["name"] for v in rep["variants"]]]
     assert rows["n"].tolist()[0] == rep["reference"]["latency_ms"]["n"]
-    assert f"TensorFlow {rep['environment']['tensorflow']}" in at.caption[-1].value
+    assert f"TensorFlow {rep['environment']['tensorflow']}" in at.main.caption[-1].value
 
 
 @pytest.mark.parametrize("page", ["size", "agreement", "deltas"])

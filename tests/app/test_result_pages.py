@@ -124,7 +124,7 @@ def test_latency_card_colours_follow_the_time_change(home: Path, open_page: Open
 
 def test_run_name_is_shown_as_text_not_html(crafted: Path, open_page: OpenPage) -> None:
     at = open_page("overview")
-    header = at.caption[0].value
+    header = at.main.caption[0].value
     assert "\\<b\\>fixture\\</b\\>" in header  # markdown-escaped, so the tags show literally
 
 
@@ -234,7 +234,7 @@ def test_latency_table_matches_report(crafted: Path, open_page: OpenPage) -> Non
         [rep["reference"]["latency_ms"]["p50"]]
         + [v["latency_ms"]["p50"] for v in rep["variants"] if v["status"] == "done"]
     )
-    assert "threads 2" in at.caption[-1].value and "LiteRT 2.3.0" in at.caption[-1].value
+    assert "threads 2" in at.main.caption[-1].value and "LiteRT 2.3.0" in at.main.caption[-1].value
 
 
 def test_agreement_page_shows_accuracy_and_flip_matrix(crafted: Path, open_page: OpenPage) -> None:
@@ -333,7 +333,7 @@ def test_latency_quotes_p99_from_100_runs_and_max_below(crafted: Path, open_page
     assert rows.loc["float16", "p99 (ms)"] == pytest.approx(float16["latency_ms"]["p99"])
     assert pd.isna(rows.loc["int8", "p99 (ms)"]) and pd.isna(rows.loc["original", "p99 (ms)"])
     assert rows.loc["int8", "max (ms)"] == pytest.approx(float(int8_samples.max()))
-    caption = at.caption[-1].value
+    caption = at.main.caption[-1].value
     assert "LiteRT interpreter invoke" in caption and "TensorFlow serving call" in caption
     assert any("float16" in w.value and "unstable timing" in w.value for w in at.warning)
 
