@@ -175,18 +175,39 @@ def build_demo(
                 f"demo model reached only {accuracy:.1%} held-out accuracy; expected >= 95%"
             )
         report(0.92, f"held-out accuracy {accuracy:.1%} on {len(y_test)} images; saving the model")
-        staged.keras_model.parent.mkdir(parents=True, exist_ok=True)
-        model.save(staged.keras_model)
-        model.export(str(staged.saved_model), verbose=False)
-        (staging / "ACCURACY").write_text(f"{accuracy:.4f}\n", encoding="utf-8")
-        if paths.root.exists():
-            shutil.rmtree(paths.root)
-        staging.rename(paths.root)
+        _save_and_publish(
+            model,
+            staging,
+            paths.root,
+            staged.keras_model,
+            staged.saved_model,
+            {"ACCURACY": f"{accuracy:.4f}\n"},
+        )
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     report(1.0, f"demo ready in {paths.root}")
     return paths
+
+
+def _save_and_publish(
+    model: Any,
+    staging: Path,
+    root: Path,
+    keras_model: Path,
+    saved_model: Path,
+    notes: dict[str, str],
+) -> None:
+    """Save a trained demo model (and its note files) into `staging`, then swap it in for
+    `root` with one rename, so a half-built demo is never taken for a ready one."""
+    keras_model.parent.mkdir(parents=True, exist_ok=True)
+    model.save(keras_model)
+    model.export(str(saved_model), verbose=False)
+    for name, text in notes.items():
+        (staging / name).write_text(text, encoding="utf-8")
+    if root.exists():
+        shutil.rmtree(root)
+    staging.rename(root)
 
 
 def mobilenet_v2_digits(num_classes: int = 10) -> Any:
@@ -280,13 +301,14 @@ def build_mobilenet_demo(
                 f"{epochs} epoch(s); expected >= {min_accuracy:.0%}"
             )
         report(0.92, f"held-out accuracy {accuracy:.1%} on {len(y_test)} images; saving")
-        model.save(staging / paths.keras_model.name)
-        model.export(str(staging / paths.saved_model.name), verbose=False)
-        (staging / "ACCURACY").write_text(f"{accuracy:.4f}\n", encoding="utf-8")
-        (staging / "EPOCHS").write_text(f"{epochs}\n", encoding="utf-8")
-        if paths.root.exists():
-            shutil.rmtree(paths.root)
-        staging.rename(paths.root)
+        _save_and_publish(
+            model,
+            staging,
+            paths.root,
+            staging / paths.keras_model.name,
+            staging / paths.saved_model.name,
+            {"ACCURACY": f"{accuracy:.4f}\n", "EPOCHS": f"{epochs}\n"},
+        )
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
