@@ -321,11 +321,6 @@ def _job_from_args(args: argparse.Namespace) -> JobSpec:
     if args.sweep_seeds < 1:
         raise QuantLensError(f"--sweep-seeds must be at least 1; got {args.sweep_seeds}")
     sweep = parse_sweep_sizes(args.calibration_sweep)
-    if sweep and args.engine == "ray":
-        raise QuantLensError(
-            "--calibration-sweep evaluates on the images decoded on this machine, which "
-            "--engine ray does not keep; run it with --engine local"
-        )
     calibration_data = args.calibration_data
     if calibration_data is not None and not Path(calibration_data).exists():
         raise QuantLensError(

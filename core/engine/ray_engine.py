@@ -11,6 +11,9 @@ Chunks are the local engine's batches (the same 32 samples in the same order), s
 sees the same batches on both engines. A worker that dies re-runs its chunk (Ray restarts the
 actor and retries the task); a variant that kills its worker every time is isolated by running
 each variant in a pass of its own, and fails alone.
+
+Sweeps fan out as Ray tasks: the auto-fix search's keep-float candidates
+(`keep_float_candidates`) and the calibration sweep's points (`quantize_as_tasks`).
 """
 
 from __future__ import annotations
@@ -715,54 +718,6 @@ def _run_tflite(
     return np.concatenate([np.asarray(runner.run_batch(b), dtype=np.float32) for b in batches])
 
 
-# -- the calibration sweep's seam: (variant, calibration images) pairs as Ray tasks ------------
-
-
-def variants_as_tasks(
-    reference: ReferenceSource,
-    model_sha256: str,
-    variants: Sequence[tuple[VariantSpec, np.ndarray | None]],
-    samples: Sequence[Sample],
-    *,
-    preset: Preset | str,
-    image_shape: tuple[int, int, int],
-    probe: np.ndarray,
-    address: str | None = None,
-) -> list[CandidateOutputs]:
-    """Convert each (variant, calibration images) pair and run it on `samples`, one Ray task
-    per pair; results in the order of `variants` (`layers` is empty, `error` set on failure).
-
-    The seam for a calibration sweep (sizes x seeds) on the Ray engine: the caller draws each
-    pair's calibration images and turns the outputs into measurements on the head (e.g. with
-    core.engine.stages.diagnose.measurement). Each conversion is the head's own
-    (core.engine.backends.tflite_from_reference, no cache), so a pair converts as it would
-    locally. Runs on the Ray session that is open.
-
-    Raises:
-        ClusterUnavailable: the cluster went away, or its workers keep dying.
-    """
-    import ray
-
-    model = ray.put(model_bytes(reference.path))
-    task = ray.remote(num_cpus=1, max_retries=RETRIES, runtime_env=_runtime_env())(_variant_task)
-    paths = [s.path for s in samples]
-    refs = [
-        task.remote(
-            model,
-            reference,
-            model_sha256,
-            spec,
-            calibration,
-            paths,
-            str(preset),
-            image_shape,
-            probe,
-        )
-        for spec, calibration in variants
-    ]
-    return _gather(refs, address, "the variants")
-
-
 def _gather(refs: list[Any], address: str | None, what: str) -> list[Any]:
     """ray.get on tasks, with a lost cluster or dying workers as ClusterUnavailable."""
     import ray
@@ -782,44 +737,65 @@ def _gather(refs: list[Any], address: str | None, what: str) -> list[Any]:
     return found
 
 
-def _variant_task(
-    model_blob: bytes,
-    reference: ReferenceSource,
-    model_sha256: str,
-    spec: VariantSpec,
-    calibration: np.ndarray | None,
-    paths: list[str],
-    preset: str,
-    image_shape: tuple[int, int, int],
-    probe: np.ndarray,
-) -> CandidateOutputs:
-    """On a worker: convert one variant with its calibration images, run it on the images."""
-    import tempfile
+# -- the calibration sweep's points, quantized as Ray tasks ------------------------------------
 
-    from core.engine.backends import tflite_from_reference
-    from core.engine.models import load_reference
 
-    with tempfile.TemporaryDirectory(prefix="quantlens-ray-") as folder:
-        path = _unpack_model(model_blob, reference.path.name, reference.path.is_dir(), Path(folder))
-        model = load_reference(
-            path,
-            trusted=reference.trusted,
-            signature_key=reference.signature_key,
-            input_size=reference.input_size,
-        )
-        try:
-            tflite = tflite_from_reference(
-                model,
-                spec,
-                model_sha256=model_sha256,
-                calibration=calibration,
-                preset=preset,
-                probe=probe,
-                cache_dir=None,
-            ).tflite
-            outputs = _run_tflite(
-                tflite, _decoded_batches(paths, Preset(preset), image_shape), image_shape
-            )
-        except QuantLensError as exc:
-            return CandidateOutputs(layers=(), error=str(exc))
-    return CandidateOutputs(layers=(), size_bytes=len(tflite), outputs=outputs)
+@dataclass(frozen=True)
+class Quantized:
+    """One sweep point's quantized `.tflite`, or the quantizer's reason for refusing it."""
+
+    tflite: bytes | None = None
+    error: str | None = None
+
+
+def quantize_as_tasks(
+    float_tflite: bytes,
+    images: np.ndarray,
+    points: Sequence[tuple[VariantSpec, np.ndarray]],
+    *,
+    progress: Callable[[int], None] | None = None,
+    address: str | None = None,
+) -> list[Quantized]:
+    """Quantize the float32 model once per point, one Ray task per point, on the Ray session
+    that is open: the quantizer backend's recipe (core.engine.quantizer.quantize_float_tflite),
+    so a point's bytes are those the head would make from the same inputs.
+
+    The float32 model and the calibration pool go into the object store once; a task gets its
+    variant and the positions of its calibration images in the pool.
+
+    Args:
+        float_tflite: the float32 `.tflite` every point starts from.
+        images: the preprocessed calibration pool, float32 [N,H,W,C].
+        points: (variant, positions in `images` that calibrate it), one per task.
+        progress: called with a point's position in `points` once its result is on the head
+            (in that order).
+        address: the cluster's address (--ray-address), watched while the tasks run.
+
+    Returns:
+        One result per point, in the order of `points`.
+
+    Raises:
+        ClusterUnavailable: the cluster went away, or a task's workers kept dying.
+    """
+    import ray
+
+    shared = ray.put({"float_tflite": float_tflite, "images": images})
+    task = ray.remote(num_cpus=1, max_retries=RETRIES, runtime_env=_runtime_env())(_quantize_task)
+    refs = [task.remote(shared, spec, draw) for spec, draw in points]
+    found: list[Quantized] = []
+    for position, ref in enumerate(refs):
+        found.extend(_gather([ref], address, "the sweep's quantization"))
+        if progress is not None:
+            progress(position)
+    return found
+
+
+def _quantize_task(shared: dict[str, Any], spec: VariantSpec, draw: np.ndarray) -> Quantized:
+    """On a worker: one point's recipe, calibrated on its images of the pool."""
+    from core.engine.quantizer import quantize_float_tflite
+
+    try:
+        tflite = quantize_float_tflite(shared["float_tflite"], spec, shared["images"][draw])
+    except QuantLensError as exc:
+        return Quantized(error=str(exc))
+    return Quantized(tflite=tflite)

@@ -15,6 +15,7 @@ from PIL import Image
 
 from tests.core.conftest import unlabelled_copy, write_tiny_images
 from tests.core.test_cli import run_cli
+from tests.core.test_ray_engine import ray_address  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -82,8 +83,16 @@ def test_the_sweep_writes_every_point_and_one_reproduces_independently(
     report = json.loads((out / "report.json").read_text())
     assert [v["name"] for v in report["variants"]] == ["int8", "float32"]
 
-    # Independently: the original in Keras and the point's model in our own interpreter loop,
-    # on the evaluated images as samples.csv lists them, decoded here with Pillow.
+    point = int8["points"][-1]
+    assert point["agreement_pct"] == pytest.approx(
+        _agreement_recomputed(out, point["file"], tiny_models["keras"], data)
+    )
+
+
+def _agreement_recomputed(out: Path, point_file: str, model: Path, data: Path) -> float:
+    """A sweep point's agreement without QuantLens: the original in Keras and the point's model
+    in our own interpreter loop, on the evaluated images as samples.csv lists them, decoded
+    here with Pillow."""
     import keras
     from ai_edge_litert.interpreter import Interpreter
 
@@ -97,9 +106,8 @@ def test_the_sweep_writes_every_point_and_one_reproduces_independently(
             for rel in _relpaths(out / "samples.csv")
         ]
     ).astype(np.float32) / np.float32(255.0)
-    original = keras.models.load_model(tiny_models["keras"]).predict(pixels, verbose=0)
-    point = int8["points"][-1]
-    interpreter = Interpreter(model_content=(out / point["file"]).read_bytes())
+    original = keras.models.load_model(model).predict(pixels, verbose=0)
+    interpreter = Interpreter(model_content=(out / point_file).read_bytes())
     interpreter.allocate_tensors()
     inp, outp = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     scale, zero = inp["quantization"]
@@ -112,8 +120,68 @@ def test_the_sweep_writes_every_point_and_one_reproduces_independently(
         interpreter.set_tensor(inp["index"], q[None])
         interpreter.invoke()
         top1.append(int(np.argmax(interpreter.get_tensor(outp["index"])[0])))
-    expected = 100.0 * np.mean(np.asarray(top1) == original.argmax(axis=1))
-    assert point["agreement_pct"] == pytest.approx(expected)
+    return float(100.0 * np.mean(np.asarray(top1) == original.argmax(axis=1)))
+
+
+@pytest.fixture(scope="module")
+def swept_on_ray(
+    ray_address: str,  # noqa: F811 (the fixture imported above)
+    tiny_models: dict[str, Path],
+    data: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """The swept run's command on --engine ray, joining the module's Ray."""
+    home = tmp_path_factory.mktemp("calib_ray_home")
+    out = home / "swept-ray"
+    done = run_cli(
+        "run", str(tiny_models["keras"]), "--data", str(data), *COMMON,
+        "--calibration-sweep", "4,8", "--sweep-seeds", "2",
+        "--engine", "ray", "--ray-address", ray_address, "--out", str(out), home=home,
+    )  # fmt: skip
+    return done, out
+
+
+def test_the_sweep_on_ray_gives_the_local_engines_points_and_files(
+    swept_run: tuple[subprocess.CompletedProcess[str], Path],
+    swept_on_ray: tuple[subprocess.CompletedProcess[str], Path],
+    tiny_models: dict[str, Path],
+    data: Path,
+) -> None:
+    """Points quantized as Ray tasks and evaluated in one cluster pass: every point's numbers
+    and `.tflite` are the local engine's, and one reproduces independently."""
+    done, on_ray = swept_on_ray
+    assert done.returncode == 0, done.stderr[-3000:]
+    local = swept_run[1]
+    sweeps = [json.loads((d / "report.json").read_text())["sweep"] for d in (local, on_ray)]
+    for key in ("sizes", "seeds", "pool_source", "pool_images", "evaluated_n", "notes"):
+        assert sweeps[1][key] == sweeps[0][key], key
+    assert sweeps[1]["evaluated_n"] == 16
+    for mode, expected in sweeps[0]["modes"].items():
+        got = sweeps[1]["modes"][mode]
+        assert got.get("error") == expected.get("error")
+        assert len(got["points"]) == len(expected["points"])
+        for point, want in zip(got["points"], expected["points"], strict=True):
+            for key in ("size", "seed", "agreement_pct", "n", "size_bytes", "file"):
+                assert point[key] == want[key], (mode, key, point, want)
+            assert point["mean_kl"] == pytest.approx(want["mean_kl"], abs=1e-6)
+            assert point["ci95"] == pytest.approx(want["ci95"])
+            assert (on_ray / point["file"]).read_bytes() == (local / point["file"]).read_bytes()
+    assert len(sweeps[1]["modes"]["int8"]["points"]) == 4
+    report = json.loads((on_ray / "report.json").read_text())
+    assert report["engine"]["name"] == "ray"
+    assert not any("sweep" in w for w in report["warnings"]), report["warnings"]
+    messages = [
+        json.loads(line)["message"]
+        for line in (on_ray / "progress.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
+    points = 4 + len(sweeps[1]["modes"]["int16x8"]["points"])
+    assert "sweep int8 n=4 seed 1 (1/8)" in messages
+    assert f"sweep: evaluating {points} points on Ray (16/16 images)" in messages
+    # One point, recomputed without QuantLens.
+    point = sweeps[1]["modes"]["int8"]["points"][0]
+    assert point["agreement_pct"] == pytest.approx(
+        _agreement_recomputed(on_ray, point["file"], tiny_models["keras"], data)
+    )
 
 
 def test_a_separate_calibration_set_is_used_and_changes_int8(

@@ -492,55 +492,42 @@ def test_auto_fix_on_ray_ranks_and_fixes_as_the_local_engine(
     assert "--auto-fix=4" in reports[1]["run"]["command"]
 
 
-def test_the_sweep_seam_converts_and_runs_each_pair_as_a_task(
-    ray_address: str, tiny_models: dict[str, Path], tiny_data: Path, tmp_path: Path
+def test_sweep_points_quantize_as_tasks_into_the_heads_bytes(
+    ray_address: str, tiny_models: dict[str, Path]
 ) -> None:
-    """ray_engine.variants_as_tasks, the seam a calibration sweep fans out through: each
-    (variant, calibration images) pair converts as it does locally and runs on every image."""
+    """ray_engine.quantize_as_tasks: each point's recipe runs as a Ray task and returns the bytes
+    the head makes from the same float32 model and calibration images; a point the quantizer
+    refuses carries its error, and the others are kept."""
     from core.engine.backends import tflite_from_reference
     from core.engine.models import load_reference, model_sha256
-    from core.engine.ray_engine import ReferenceSource, variants_as_tasks
-    from core.inputs.images import decode_image
-    from core.types import VariantSpec
-    from tests.core.test_cli_quantizer import _tflite_probs
+    from core.engine.quantizer import quantize_float_tflite
+    from core.engine.ray_engine import quantize_as_tasks
+    from core.types import Backend, Mode, VariantSpec
 
     model = tiny_models["logits_saved_model"]
-    samples = _samples(tiny_data)
-    # The unit preset by its definition, on the decoder's 16x16 pixels (the images are 20x20).
-    pixels = [decode_image(s.path, height=16, width=16, channels=3) for s in samples]
-    images = np.stack(pixels).astype(np.float32) / np.float32(255.0)
-    pairs = [
-        (VariantSpec.parse("float16"), None),
-        (VariantSpec.parse("int8"), images[:4]),
-        (VariantSpec.parse("int8"), images[4:16]),
+    float_tflite = tflite_from_reference(
+        load_reference(model),
+        VariantSpec(mode=Mode.FLOAT32),
+        model_sha256=model_sha256(model),
+        cache_dir=None,
+    ).tflite
+    images = np.random.default_rng(3).random((8, 16, 16, 3), dtype=np.float32)
+    int8 = VariantSpec(mode=Mode.INT8, backend=Backend.QUANTIZER)
+    int16x8 = VariantSpec(mode=Mode.INT16X8, backend=Backend.QUANTIZER)
+    refused = VariantSpec(mode=Mode.INT8, backend=Backend.QUANTIZER, float_layers=("no_such",))
+    points = [
+        (int8, np.array([0, 2, 5])),
+        (int8, np.array([1, 3, 4, 6, 7])),
+        (refused, np.array([0, 1])),
+        (int16x8, np.array([0, 2, 5])),
     ]
-    found = variants_as_tasks(
-        ReferenceSource(path=model),
-        model_sha256(model),
-        pairs,
-        samples,
-        preset="unit",
-        image_shape=(16, 16, 3),
-        probe=images[:2],
-    )
-    original = load_reference(model)
-    local_files = []
-    for index, ((spec, calibration), got) in enumerate(zip(pairs, found, strict=True)):
-        assert got.error is None and got.outputs is not None, got.error
-        local = tflite_from_reference(
-            original,
-            spec,
-            model_sha256=model_sha256(model),
-            calibration=calibration,
-            preset="unit",
-            probe=images[:2],
-            cache_dir=None,
-        ).tflite
-        assert got.size_bytes == len(local)
-        local_files.append(local)
-        path = tmp_path / f"{index}.tflite"
-        path.write_bytes(local)
-        expected = _tflite_probs(path, images)
-        np.testing.assert_allclose(got.outputs, expected, atol=1e-5)
-    # The two calibrations are really different inputs: their int8 models differ.
-    assert local_files[1] != local_files[2]
+    reported: list[int] = []
+    found = quantize_as_tasks(float_tflite, images, points, progress=reported.append)
+    assert reported == [0, 1, 2, 3]
+    assert found[2].tflite is None and found[2].error and "no_such" in found[2].error
+    for position in (0, 1, 3):
+        spec, draw = points[position]
+        assert found[position].error is None, found[position].error
+        assert found[position].tflite == quantize_float_tflite(float_tflite, spec, images[draw])
+    # Really different inputs: other calibration images, other ranges, other bytes.
+    assert found[0].tflite != found[1].tflite

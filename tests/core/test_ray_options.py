@@ -61,3 +61,17 @@ def test_the_engine_is_part_of_the_job_and_its_command() -> None:
     assert command.endswith("--engine ray --ray-address 10.0.0.5:6379")
     local = reproduce_command(JobSpec(model_path="/m", data_path="/d"))
     assert "--engine" not in local and "--ray-address" not in local
+
+
+def test_a_calibration_sweep_on_the_ray_engine_is_accepted(tmp_path: Path) -> None:
+    """The sweep runs on Ray (its points quantize as Ray tasks): the options make a job."""
+    from core.cli import _job_from_args, _parser
+
+    (tmp_path / "m.keras").write_bytes(b"")
+    (tmp_path / "d.csv").write_text("filepath,label\n", encoding="utf-8")
+    args = _parser().parse_args(
+        ["run", str(tmp_path / "m.keras"), "--data", str(tmp_path / "d.csv"), "--engine", "ray",
+         "--calibration-sweep", "4,8", "--sweep-seeds", "2"]
+    )  # fmt: skip
+    job = _job_from_args(args)
+    assert (job.engine, job.calibration_sweep, job.sweep_seeds) == ("ray", (4, 8), 2)

@@ -109,13 +109,19 @@ def evaluate_added_on_ray(run: RunContext, reference: ReferenceOutputs, rows: li
         if not converted:
             return
         evaluation = _evaluate_on_cluster(run, rows, converted)
+    check_same_rows(evaluation, reference)
+    for item in converted:
+        _record_variant(run, reference, item, evaluation)
+
+
+def check_same_rows(evaluation: Evaluation, reference: ReferenceOutputs) -> None:
+    """A later cluster pass (auto-fix's variants, the sweep's points) must have decoded the
+    images the original was recorded on, in the same order, or no row would compare."""
     if [s.index for s in evaluation.kept] != reference.sample_indices:
         raise QuantLensError(
             "the Ray pass decoded other images than this run's first pass; the data set "
             "changed during the run: start a new run"
         )
-    for item in converted:
-        _record_variant(run, reference, item, evaluation)
 
 
 def reference_source(run: RunContext) -> ray_engine.ReferenceSource:

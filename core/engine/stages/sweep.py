@@ -6,12 +6,16 @@ one), so each costs a recipe, not a conversion. Their calibration images are dra
 run's calibration pool (core.engine.stages.decode.calibration_plan): held out of evaluation by
 default. Writes sweep/<mode>-n<size>-s<seed>.tflite and report.json's `sweep` section, which is
 saved after every point. Sweep points are not variants: no page lists them as such.
+
+On --engine ray the points are quantized as Ray tasks (core.engine.ray_engine.quantize_as_tasks)
+and evaluated together in a cluster pass; their rows come from the measurement the local
+engine's points end in (stages.diagnose.measurement), so the numbers are the same.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,8 +30,13 @@ from core.inputs import rundir
 from core.jobs.protocol import DECODED_CACHE
 from core.types import Backend, Mode, VariantSpec
 
+if TYPE_CHECKING:
+    from core.engine.selective import Measurement
+
 SWEEP_DIR = "sweep"
 SWEEP_MODES = (Mode.INT8, Mode.INT16X8)
+# On --engine ray, the points' raw outputs the head holds at once (a cluster pass's worth).
+HELD_OUTPUTS_BYTES = 2**30
 
 
 def point_file(mode: Mode, size: int, seed: int) -> str:
@@ -41,50 +50,266 @@ def point_draw(pool_size: int, size: int, seed: int, run_seed: int) -> np.ndarra
     return np.sort(rng.choice(pool_size, size=size, replace=False))
 
 
-def run_sweep(run: RunContext, reference: ReferenceOutputs) -> None:
-    """Every sweep point of the job, in order (size, then seed), recorded as it finishes."""
-    from core.inputs.presets import apply_preset
+@dataclass(frozen=True)
+class SweepPoint:
+    """One point of the sweep: a mode quantized with `size` pool images drawn with `seed`."""
 
+    mode: Mode
+    size: int
+    seed: int
+    draw: np.ndarray = field(compare=False)  # positions in the calibration pool (point_draw)
+
+    @property
+    def file(self) -> str:
+        return point_file(self.mode, self.size, self.seed)
+
+    @property
+    def name(self) -> str:
+        """The point's model name on the cluster: `int8-n50-s1`."""
+        return self.file.removeprefix(f"{SWEEP_DIR}/").removesuffix(".tflite")
+
+    @property
+    def spec(self) -> VariantSpec:
+        return VariantSpec(
+            mode=self.mode,
+            io_type=VariantSpec.parse(str(self.mode)).io_type,
+            backend=Backend.QUANTIZER,
+        )
+
+
+def run_sweep(run: RunContext, reference: ReferenceOutputs) -> None:
+    """Every sweep point of the job, recorded in order (size, then seed).
+
+    On the local engine each point is quantized and measured in turn, and recorded as it
+    finishes; on --engine ray the points are quantized as Ray tasks, evaluated together in
+    cluster passes (one unless the data set is large), then recorded. Either way a point's row comes from the same measurement.
+    """
     job = run.job
     if not job.calibration_sweep:
         return
-    if job.engine == "ray":  # the cluster decodes the images; this machine holds a few only
-        run.report.data["warnings"].append(
-            "the calibration sweep needs --engine local (the images stay on the cluster); "
-            "it was skipped"
-        )
-        return
+    source, images = _calibration_pool(run, reference)
+    sizes = sorted({min(n, len(images)) for n in job.calibration_sweep if len(images)})
+    section = _new_section(run, source, len(images), sizes)
+    float_tflite = _float_model(run)
+    points = [
+        SweepPoint(mode, n, s, point_draw(len(images), n, s, job.seed))
+        for mode in SWEEP_MODES
+        for n in sizes
+        for s in range(1, job.sweep_seeds + 1)
+    ]
+    sweep = _sweep_on_ray if job.engine == "ray" else _sweep_here
+    if points:  # none when no pool image decodes (the section's notes say so)
+        sweep(run, reference, section, float_tflite, images, points)
+    run.emit("sweep", 1.0, f"sweep: {len(points)} points done")
+
+
+def _calibration_pool(run: RunContext, reference: ReferenceOutputs) -> tuple[str, np.ndarray]:
+    """Where the pool comes from, and its first images (up to the largest size), preprocessed.
+
+    Evaluated images are read back from the decoded cache; on --engine ray the head's cache
+    holds only the first few (the probe images), so only those positions are looked up there.
+    """
+    from core.inputs.presets import apply_preset
+
+    job = run.job
     plan = calibration_plan(run.dataset, job, run.calibration_data)
     cache = DecodedCache(run.run_dir / DECODED_CACHE, run.image_shape)
     run.emit("sweep", 0.0, f"sweep: decoding up to {max(job.calibration_sweep)} pool images")
-    _, pool = decode_pool(plan, max(job.calibration_sweep), reference.sample_indices, cache)
-    sizes = sorted({min(n, len(pool)) for n in job.calibration_sweep if len(pool)})
-    section = _new_section(run, plan.source, len(pool), sizes)
-    float_tflite = _float_model(run)
-    seeds = range(1, job.sweep_seeds + 1)
-    points = [(mode, n, s) for mode in SWEEP_MODES for n in sizes for s in seeds]
+    cached = reference.sample_indices[: len(cache)]
+    _, pool = decode_pool(plan, max(job.calibration_sweep), cached, cache)
+    # Presets work pixel by pixel: a point's draw from this array is the draw preprocessed.
+    return plan.source, apply_preset(pool, job.preset).astype(np.float32)
+
+
+def _sweep_here(
+    run: RunContext,
+    reference: ReferenceOutputs,
+    section: dict[str, Any],
+    float_tflite: bytes,
+    images: np.ndarray,
+    points: list[SweepPoint],
+) -> None:
+    """The local engine: quantize, write and measure each point in turn, saving each row."""
+    from core.engine.quantizer import quantize_float_tflite
+    from core.engine.stages.diagnose import measure_tflite
+
     failed: set[Mode] = set()
-    quiet = replace(run, progress=lambda _event: None)  # the runner's per-batch events
-    for done, (mode, size, seed) in enumerate(points, start=1):
-        if mode in failed:
+    for done, point in enumerate(points, start=1):
+        if point.mode in failed:
             continue
-        run.emit(
-            "sweep",
-            (done - 1) / len(points),
-            f"sweep {mode} n={size} seed {seed} ({done}/{len(points)})",
-        )
+        _announce(run, point, done, len(points), (done - 1) / len(points))
         maybe_inject("sweep")
-        calibration = apply_preset(pool[point_draw(len(pool), size, seed, job.seed)], job.preset)
         try:
-            point = _sweep_point(quiet, reference, float_tflite, mode, size, seed, calibration)
+            tflite = quantize_float_tflite(float_tflite, point.spec, images[point.draw])
+            _write_point(run, point, tflite)
+            # The same measurement the sensitivity scan uses, on every evaluated image.
+            outcome: Measurement | str = measure_tflite(run, reference, tflite, limit=None)
         except QuantLensError as exc:
-            failed.add(mode)
-            section["modes"][str(mode)] = {"error": str(exc), "points": []}
-        else:
-            section["modes"][str(mode)]["points"].append(point)
-        _summarise(section, job.calibration_samples)
+            outcome = str(exc)
+            failed.add(point.mode)
+        _record_point(section, point, outcome)
+        _summarise(section, run.job.calibration_samples)
         run.report.save()
-    run.emit("sweep", 1.0, f"sweep: {len(points)} points done")
+
+
+def _sweep_on_ray(
+    run: RunContext,
+    reference: ReferenceOutputs,
+    section: dict[str, Any],
+    float_tflite: bytes,
+    images: np.ndarray,
+    points: list[SweepPoint],
+) -> None:
+    """--engine ray: every point quantized as a Ray task and written here, then evaluated
+    together (cluster_passes), then recorded in point order as the local engine records them
+    (a mode's first failure, quantizing or evaluating, is its error).
+
+    Raises:
+        ClusterUnavailable: the cluster cannot be joined, or was lost.
+    """
+    from core.engine import ray_engine
+
+    with ray_engine.ray_session(run.job.ray_address):
+        outcomes, written = _quantized_on_ray(run, float_tflite, images, points)
+        passes = cluster_passes(list(written), len(reference), reference.num_classes)
+        for number, group in enumerate(passes):
+            outcomes.update(_measured_on_ray(run, reference, written, group, (number, len(passes))))
+    record_in_order(section, points, outcomes)
+    _summarise(section, run.job.calibration_samples)
+    run.report.save()
+
+
+def record_in_order(
+    section: dict[str, Any], points: list[SweepPoint], outcomes: dict[str, Measurement | str]
+) -> None:
+    """Record the points' outcomes (by point name) in point order, as the local engine records
+    them one by one: a mode's first error replaces its rows, and its later points are left out
+    (as are points with no outcome: they were not made)."""
+    failed: set[Mode] = set()
+    for point in points:
+        if point.mode in failed or point.name not in outcomes:
+            continue
+        outcome = outcomes[point.name]
+        if isinstance(outcome, str):
+            failed.add(point.mode)
+        _record_point(section, point, outcome)
+
+
+def _quantized_on_ray(
+    run: RunContext, float_tflite: bytes, images: np.ndarray, points: list[SweepPoint]
+) -> tuple[dict[str, Measurement | str], dict[SweepPoint, int]]:
+    """Quantize every point as a Ray task and write each file, in point order, up to a mode's
+    first failure (its later points are not made, as locally). Returns the failures by point
+    name, and the written points with their sizes in bytes."""
+    from core.engine import ray_engine
+
+    def quantized(position: int) -> None:
+        _announce(run, points[position], position + 1, len(points), 0.5 * position / len(points))
+
+    made = ray_engine.quantize_as_tasks(
+        float_tflite,
+        images,
+        [(p.spec, p.draw) for p in points],
+        progress=quantized,
+        address=run.job.ray_address,
+    )
+    failures: dict[str, Measurement | str] = {}
+    written: dict[SweepPoint, int] = {}
+    unmade: set[Mode] = set()
+    for point, result in zip(points, made, strict=True):
+        if point.mode in unmade:
+            continue
+        maybe_inject("sweep")
+        if result.tflite is None:
+            unmade.add(point.mode)
+            failures[point.name] = result.error or "the quantizer made no model"
+            continue
+        _write_point(run, point, result.tflite)
+        written[point] = len(result.tflite)
+    return failures, written
+
+
+def cluster_passes(points: list[SweepPoint], rows: int, classes: int) -> list[list[SweepPoint]]:
+    """The points in cluster passes, in order, whose raw outputs (float32, rows x classes a
+    point) the head can hold at once: one pass unless the data set is large (ImageNet's
+    50,000 x 1,000 is 200 MB a point, so 5 a pass)."""
+    per_pass = max(1, HELD_OUTPUTS_BYTES // max(1, rows * classes * 4))
+    return [points[start : start + per_pass] for start in range(0, len(points), per_pass)]
+
+
+def _measured_on_ray(
+    run: RunContext,
+    reference: ReferenceOutputs,
+    written: dict[SweepPoint, int],
+    group: list[SweepPoint],
+    which: tuple[int, int],
+) -> dict[str, Measurement | str]:
+    """The group's points on the rows the original was recorded on, in one cluster pass
+    (`which`: its number from 0, and how many there are): each point's measurement from its
+    outputs and the size of its file (`written`), or the error of a point that failed there."""
+    from core.engine import ray_engine
+    from core.engine.stages.diagnose import measurement, row_samples
+    from core.engine.stages.ray_evaluate import check_same_rows, reference_source
+
+    number, passes = which
+    what = f"{len(group)} points" + (f" (pass {number + 1}/{passes})" if passes > 1 else "")
+
+    def evaluated(done: int, total: int) -> None:
+        fraction = 0.5 + 0.5 * (number + done / max(total, 1)) / passes
+        run.emit("sweep", fraction, f"sweep: evaluating {what} on Ray ({done}/{total} images)")
+
+    evaluation = ray_engine.evaluate(
+        row_samples(run, reference),
+        preset=run.job.preset,
+        image_shape=run.image_shape,
+        reference=reference_source(run),
+        variants=[(p.name, run.run_dir / p.file) for p in group],
+        progress=evaluated,
+        address=run.job.ray_address,
+    )
+    check_same_rows(evaluation, reference)
+    outcomes: dict[str, Measurement | str] = dict(evaluation.errors)
+    for point in group:
+        if point.name in evaluation.variants:
+            outputs = evaluation.variants[point.name]
+            outcomes[point.name] = measurement(reference, outputs, written[point])
+    return outcomes
+
+
+def _announce(run: RunContext, point: SweepPoint, done: int, total: int, fraction: float) -> None:
+    message = f"sweep {point.mode} n={point.size} seed {point.seed} ({done}/{total})"
+    run.emit("sweep", fraction, message)
+
+
+def _write_point(run: RunContext, point: SweepPoint, tflite: bytes) -> None:
+    (run.run_dir / SWEEP_DIR).mkdir(exist_ok=True)
+    rundir.write_atomic(run.run_dir / point.file, tflite)
+
+
+def _record_point(section: dict[str, Any], point: SweepPoint, outcome: Measurement | str) -> None:
+    """A point's row in its mode, or its error as the mode's (which then has no points)."""
+    if isinstance(outcome, str):
+        section["modes"][str(point.mode)] = {"error": outcome, "points": []}
+    else:
+        section["modes"][str(point.mode)]["points"].append(_point_row(point, outcome))
+
+
+def _point_row(point: SweepPoint, measured: Measurement) -> dict[str, Any]:
+    """A point's row in the `sweep` section, from its measurement on every evaluated image."""
+    from core.metrics.agreement import wilson_interval
+
+    agreeing = round(measured.agreement_pct * measured.n / 100.0)
+    low, high = wilson_interval(agreeing, measured.n)  # fractions; the report says %
+    return {
+        "size": point.size,
+        "seed": point.seed,
+        "agreement_pct": measured.agreement_pct,
+        "ci95": [100.0 * low, 100.0 * high],
+        "n": measured.n,
+        "mean_kl": measured.mean_kl,
+        "size_bytes": measured.size_bytes,
+        "file": point.file,
+    }
 
 
 def _new_section(run: RunContext, source: str, pool: int, sizes: list[int]) -> dict[str, Any]:
@@ -136,45 +361,6 @@ def _float_model(run: RunContext) -> bytes:
         probe=first_images(run, PROBE_IMAGES),
         cache_dir=run.cache_dir,
     ).tflite
-
-
-def _sweep_point(
-    run: RunContext,
-    reference: ReferenceOutputs,
-    float_tflite: bytes,
-    mode: Mode,
-    size: int,
-    seed: int,
-    calibration: np.ndarray,
-) -> dict[str, Any]:
-    """Quantize, write and evaluate one point; its row in the `sweep` section."""
-    from core.engine.quantizer import quantize_float_tflite
-    from core.engine.stages.diagnose import measure_tflite
-    from core.metrics.agreement import wilson_interval
-
-    spec = VariantSpec(
-        mode=mode,
-        io_type=VariantSpec.parse(str(mode)).io_type,
-        backend=Backend.QUANTIZER,
-    )
-    tflite = quantize_float_tflite(float_tflite, spec, calibration.astype(np.float32))
-    file = point_file(mode, size, seed)
-    (run.run_dir / SWEEP_DIR).mkdir(exist_ok=True)
-    rundir.write_atomic(run.run_dir / file, tflite)
-    # The same measurement the sensitivity scan uses, on every evaluated image.
-    measured = measure_tflite(run, reference, tflite, limit=None)
-    agreeing = round(measured.agreement_pct * measured.n / 100.0)
-    low, high = wilson_interval(agreeing, measured.n)  # fractions; the report says %
-    return {
-        "size": size,
-        "seed": seed,
-        "agreement_pct": measured.agreement_pct,
-        "ci95": [100.0 * low, 100.0 * high],
-        "n": measured.n,
-        "mean_kl": measured.mean_kl,
-        "size_bytes": len(tflite),
-        "file": file,
-    }
 
 
 def _summarise(section: dict[str, Any], run_size: int) -> None:
