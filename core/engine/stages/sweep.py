@@ -252,7 +252,8 @@ def _measured_on_ray(
     from core.engine.stages.ray_evaluate import check_same_rows, reference_source
 
     number, passes = which
-    what = f"{len(group)} points" + (f" (pass {number + 1}/{passes})" if passes > 1 else "")
+    what = f"{len(group)} point{'s' if len(group) > 1 else ''}"
+    what += f" (pass {number + 1}/{passes})" if passes > 1 else ""
 
     def evaluated(done: int, total: int) -> None:
         fraction = 0.5 + 0.5 * (number + done / max(total, 1)) / passes
