@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from core.engine.tensors import dequantize, quantize
+from core.engine.tensors import dequantize_per_channel
 
 DETAILS_SUFFIX = ".layer_details.json"  # `<variant>.layer_details.json` in the run folder
 BINS = 40
@@ -81,37 +81,16 @@ def _histogram(floated: np.ndarray | None, quantized: np.ndarray | None) -> dict
 def _activations(tflite: bytes, names: list[str], images: np.ndarray) -> dict[str, np.ndarray]:
     """Tensor name -> its float values (dequantized) on every image, flattened, for the named
     tensors the model has."""
-    import warnings
+    from core.engine.intermediates import IntermediateTensors
 
-    from ai_edge_litert.interpreter import Interpreter
-
-    with warnings.catch_warnings():  # "for debugging only": bounded here by MAX_IMAGES images
-        warnings.simplefilter("ignore", UserWarning)
-        interpreter = Interpreter(
-            model_content=tflite, num_threads=1, experimental_preserve_all_tensors=True
-        )
-    interpreter.allocate_tensors()
-    details = {d["name"]: d for d in interpreter.get_tensor_details()}
-    wanted = {n: details[n] for n in names if n in details}
-    source = interpreter.get_input_details()[0]
+    model = IntermediateTensors(tflite)
+    wanted = [n for n in names if n in model.details]
     found: dict[str, list[np.ndarray]] = {n: [] for n in wanted}
     for image in images:
-        x = image[None].astype(np.float32)
-        if np.dtype(source["dtype"]).kind in "iu":
-            scale, zero_point = source["quantization"]
-            x = quantize(x, scale, zero_point, source["dtype"])
-        interpreter.set_tensor(source["index"], x)
-        interpreter.invoke()
-        for name, detail in wanted.items():
-            found[name].append(_as_float(interpreter.get_tensor(detail["index"]), detail))
+        model.run(image)
+        for name in wanted:
+            found[name].append(model.values(name))
     return {n: np.concatenate(v) for n, v in found.items() if v}
-
-
-def _as_float(values: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
-    scale, zero_point = detail["quantization"]
-    if np.asarray(values).dtype.kind in "iu" and scale:
-        return dequantize(values, scale, zero_point).ravel()
-    return np.asarray(values, dtype=np.float32).ravel()
 
 
 def weight_ranges(tflite: bytes) -> dict[str, tuple[float, float]]:
@@ -156,14 +135,8 @@ def _constant(model: Any, tensor: Any) -> np.ndarray | None:
     q = tensor.quantization
     if np.dtype(dtype).kind not in "iu" or q is None or q.scale is None or not len(q.scale):
         return values.astype(np.float32)
-    scale = np.asarray(q.scale, dtype=np.float64)
-    zero = np.asarray(q.zeroPoint if q.zeroPoint is not None else [0], dtype=np.int64)
-    if scale.size > 1:  # per channel, along quantizedDimension
-        axis = int(q.quantizedDimension)
-        view = [1] * values.ndim
-        view[axis] = scale.size
-        scale, zero = scale.reshape(view), zero.reshape(view) if zero.size > 1 else zero
-    return ((values.astype(np.int64) - zero) * scale).astype(np.float32)
+    zero = q.zeroPoint if q.zeroPoint is not None else [0]
+    return dequantize_per_channel(values, q.scale, zero, int(q.quantizedDimension))
 
 
 def _text(value: Any) -> str:
