@@ -47,10 +47,19 @@ class IntermediateTensors:
         self._interpreter.set_tensor(self._input["index"], x)
         self._interpreter.invoke()
 
-    def values(self, name: str) -> np.ndarray:
-        """A tensor's values after the last run, flat float32, dequantized when quantized."""
+    def size(self, name: str) -> int:
+        """Elements of a tensor per image."""
+        return int(np.prod(self.details[name]["shape"]))
+
+    def values(self, name: str, *, at: np.ndarray | None = None) -> np.ndarray:
+        """A tensor's values after the last run, flat float32, dequantized when quantized;
+        only the flat positions `at` when given (dequantizing what is read, not the rest)."""
         detail = self.details[name]
         raw = self._interpreter.get_tensor(detail["index"])
+        if at is not None:
+            if len(detail["quantization_parameters"]["scales"]) > 1:
+                raise ValueError(f"{name} is quantized per channel; read it whole")
+            raw = np.ravel(raw)[at]
         if raw.dtype.kind not in "iu":
             return np.ravel(raw).astype(np.float32, copy=False)
         params = detail["quantization_parameters"]
