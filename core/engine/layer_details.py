@@ -11,14 +11,18 @@ and the quantizer keep the float model's tensor names); an op without one has no
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from core.engine.tensors import dequantize, quantize
+from core.engine.tensors import dequantize_per_channel
 
 DETAILS_SUFFIX = ".layer_details.json"  # `<variant>.layer_details.json` in the run folder
 BINS = 40
+# Values per op and model a histogram counts: a 40-bin shape is steady long before this, and a
+# large model's tensors are sampled down to it (core.engine.layer_details._activations).
+MAX_VALUES = 100_000
 
 
 def layer_details(
@@ -28,6 +32,7 @@ def layer_details(
     images: np.ndarray,
     *,
     images_are: str,
+    max_values: int = MAX_VALUES,
 ) -> dict[str, Any]:
     """Weight range and float/quantized activation histograms per op.
 
@@ -37,14 +42,15 @@ def layer_details(
         rows: (order, output tensor name) of the ops of `<variant>.layers.csv`.
         images: preprocessed float32 [N,H,W,C] images the activations are measured on.
         images_are: "flipped" or "calibration", said on the page.
+        max_values: at most this many values per op and model; a larger tensor is sampled
+            (seeded, uniform per image, the same positions in both models).
 
     Returns:
         {"images": images_are, "n_images": N, "ops": {order: {...}}}; an op's `histogram` is
         None when the float model has no tensor of its name.
     """
     names = [name for _, name in rows]
-    quantized = _activations(tflite, names, images)
-    floated = _activations(float_tflite, names, images)
+    floated, quantized = _activations(float_tflite, tflite, names, images, max_values)
     weights = weight_ranges(tflite)
     ops: dict[str, Any] = {}
     for order, name in rows:
@@ -58,11 +64,12 @@ def layer_details(
     return {"images": images_are, "n_images": len(images), "ops": ops}
 
 
-def _histogram(floated: np.ndarray | None, quantized: np.ndarray | None) -> dict[str, Any] | None:
+def _histogram(floated: _Sampled | None, quantized: _Sampled | None) -> dict[str, Any] | None:
     """Counts of both on the same BINS edges spanning both (so the bars overlay exactly)."""
-    if floated is None or quantized is None or not floated.size or not quantized.size:
+    if floated is None or quantized is None or not floated.values.size:
         return None
-    finite_f, finite_q = floated[np.isfinite(floated)], quantized[np.isfinite(quantized)]
+    finite_f = floated.values[np.isfinite(floated.values)]
+    finite_q = quantized.values[np.isfinite(quantized.values)]
     both = np.concatenate([finite_f, finite_q])
     if not both.size:
         return None
@@ -74,44 +81,52 @@ def _histogram(floated: np.ndarray | None, quantized: np.ndarray | None) -> dict
         "edges": edges.tolist(),
         "float": np.histogram(finite_f, bins=edges)[0].tolist(),
         "quantized": np.histogram(finite_q, bins=edges)[0].tolist(),
-        "values": int(floated.size),  # per model: every element of the tensor on every image
+        "values": int(floated.values.size),  # per model: what the counts are counted over
+        "tensor_values": floated.tensor_values,  # every element on every image: more if sampled
     }
 
 
-def _activations(tflite: bytes, names: list[str], images: np.ndarray) -> dict[str, np.ndarray]:
-    """Tensor name -> its float values (dequantized) on every image, flattened, for the named
-    tensors the model has."""
-    import warnings
+@dataclass(frozen=True)
+class _Sampled:
+    values: np.ndarray  # flat float32, the sampled elements of every image
+    tensor_values: int  # elements of the tensor on every image
 
-    from ai_edge_litert.interpreter import Interpreter
 
-    with warnings.catch_warnings():  # "for debugging only": bounded here by MAX_IMAGES images
-        warnings.simplefilter("ignore", UserWarning)
-        interpreter = Interpreter(
-            model_content=tflite, num_threads=1, experimental_preserve_all_tensors=True
-        )
-    interpreter.allocate_tensors()
-    details = {d["name"]: d for d in interpreter.get_tensor_details()}
-    wanted = {n: details[n] for n in names if n in details}
-    source = interpreter.get_input_details()[0]
-    found: dict[str, list[np.ndarray]] = {n: [] for n in wanted}
+def _activations(
+    float_tflite: bytes, tflite: bytes, names: list[str], images: np.ndarray, max_values: int
+) -> tuple[dict[str, _Sampled], dict[str, _Sampled]]:
+    """Per named tensor both models have: its float values (dequantized) on every image, in
+    each model, at most `max_values` of them, streamed so no whole tensor is kept.
+
+    A MobileNetV2 at 224x224 has about 7 million activation values per image: keeping them
+    all for 50 images took gigabytes and minutes of histogramming. The same positions are
+    read in both models, so the two histograms count the same elements.
+    """
+    from core.engine.intermediates import IntermediateTensors
+
+    float_model, quantized_model = IntermediateTensors(float_tflite), IntermediateTensors(tflite)
+    per_image = max(1, max_values // max(len(images), 1))
+    rng = np.random.default_rng(0)
+    sizes = {
+        name: float_model.size(name)
+        for name in names
+        if name in float_model.details
+        and name in quantized_model.details
+        and float_model.size(name) == quantized_model.size(name)  # the same tensor in both
+    }
+    found: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {n: ([], []) for n in sizes}
     for image in images:
-        x = image[None].astype(np.float32)
-        if np.dtype(source["dtype"]).kind in "iu":
-            scale, zero_point = source["quantization"]
-            x = quantize(x, scale, zero_point, source["dtype"])
-        interpreter.set_tensor(source["index"], x)
-        interpreter.invoke()
-        for name, detail in wanted.items():
-            found[name].append(_as_float(interpreter.get_tensor(detail["index"]), detail))
-    return {n: np.concatenate(v) for n, v in found.items() if v}
-
-
-def _as_float(values: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
-    scale, zero_point = detail["quantization"]
-    if np.asarray(values).dtype.kind in "iu" and scale:
-        return dequantize(values, scale, zero_point).ravel()
-    return np.asarray(values, dtype=np.float32).ravel()
+        float_model.run(image)
+        quantized_model.run(image)
+        for name, size in sizes.items():
+            # A fresh uniform draw per image (with replacement: i.i.d., and cheap on millions).
+            at = None if size <= per_image else rng.integers(0, size, per_image)
+            found[name][0].append(float_model.values(name, at=at))
+            found[name][1].append(quantized_model.values(name, at=at))
+    total = {n: size * len(images) for n, size in sizes.items()}
+    floated = {n: _Sampled(np.concatenate(f), total[n]) for n, (f, _) in found.items() if f}
+    quantized = {n: _Sampled(np.concatenate(q), total[n]) for n, (_, q) in found.items() if q}
+    return floated, quantized
 
 
 def weight_ranges(tflite: bytes) -> dict[str, tuple[float, float]]:
@@ -156,14 +171,8 @@ def _constant(model: Any, tensor: Any) -> np.ndarray | None:
     q = tensor.quantization
     if np.dtype(dtype).kind not in "iu" or q is None or q.scale is None or not len(q.scale):
         return values.astype(np.float32)
-    scale = np.asarray(q.scale, dtype=np.float64)
-    zero = np.asarray(q.zeroPoint if q.zeroPoint is not None else [0], dtype=np.int64)
-    if scale.size > 1:  # per channel, along quantizedDimension
-        axis = int(q.quantizedDimension)
-        view = [1] * values.ndim
-        view[axis] = scale.size
-        scale, zero = scale.reshape(view), zero.reshape(view) if zero.size > 1 else zero
-    return ((values.astype(np.int64) - zero) * scale).astype(np.float32)
+    zero = q.zeroPoint if q.zeroPoint is not None else [0]
+    return dequantize_per_channel(values, q.scale, zero, int(q.quantizedDimension))
 
 
 def _text(value: Any) -> str:

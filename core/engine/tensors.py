@@ -32,6 +32,21 @@ def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     return np.asarray(wide.astype(np.float64) * s, dtype=np.float32)
 
 
+def dequantize_per_channel(
+    q: np.ndarray, scales: npt.ArrayLike, zero_points: npt.ArrayLike, axis: int
+) -> np.ndarray:
+    """Float32 values of a tensor quantized per channel along `axis` (a TFLite kernel's
+    quantizedDimension): (q - zero_point[c]) * scale[c]; one scale or zero point may serve all."""
+    scale = np.asarray(scales, dtype=np.float64)
+    zero = np.asarray(zero_points, dtype=np.int64)
+    if scale.size > 1:
+        view = [1] * np.ndim(q)
+        view[axis] = scale.size
+        scale = scale.reshape(view)
+        zero = zero.reshape(view) if zero.size > 1 else zero
+    return np.asarray((np.asarray(q).astype(np.int64) - zero) * scale, dtype=np.float32)
+
+
 def quantize(x: np.ndarray, scale: float, zero_point: int, dtype: npt.DTypeLike) -> np.ndarray:
     """Quantize float values for an integer input tensor: clip(round(x / scale) + zp).
 

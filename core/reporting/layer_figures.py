@@ -200,7 +200,8 @@ def activation_histogram_figure(
     bins (core.engine.layer_details).
 
     Args:
-        histogram: `edges` (BINS + 1), `float` and `quantized` counts, `values` per model.
+        histogram: `edges` (BINS + 1), `float` and `quantized` counts, `values` counted per
+            model, and `tensor_values`, every element on every image (more when sampled).
         layer: the op's layer, for the title.
         images: "flipped" or "calibration": which images were measured.
         n_images: how many.
@@ -230,7 +231,7 @@ def activation_histogram_figure(
         fig,
         title=(
             f"{layer}: output activations on {counted(n_images, images + ' image')} "
-            f"(n = {int(histogram['values'])} values per model)"
+            f"(n = {_values_counted(histogram)} per model)"
         ),
         x_title="activation value (float units, dequantized)",
         y_title="count of values (log scale)",
@@ -239,3 +240,12 @@ def activation_histogram_figure(
     # Log counts: a ReLU output is mostly exact zeros, which would flatten every other bar.
     fig.update_yaxes(type="log")
     return fig
+
+
+def _values_counted(histogram: Mapping[str, Any]) -> str:
+    """ "40,000 values", or "100,000 values sampled from 40,140,800" for a large tensor."""
+    counted_values = int(histogram["values"])
+    every = int(histogram.get("tensor_values") or counted_values)  # older runs: none sampled
+    if every > counted_values:
+        return f"{counted_values:,} values sampled from {every:,}"
+    return f"{counted_values:,} values"

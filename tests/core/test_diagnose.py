@@ -150,9 +150,11 @@ def test_quantizer_statistics_match_an_independent_recomputation(
         for image in images[:MAX_IMAGES]:
             x = image[None]
             if inp["dtype"] != np.float32:
-                # In float32, as the quantizer's comparison quantizes its inputs.
+                # As the run's evaluation quantizes its inputs (TFLite's Quantize kernel,
+                # std::round: half away from zero); these images sit on exact halves.
                 s, z = inp["quantization"]
-                x = np.clip(np.rint(x / np.float32(s)) + z, -128, 127)
+                scaled = x.astype(np.float64) / s
+                x = np.clip(np.sign(scaled) * np.floor(np.abs(scaled) + 0.5) + z, -128, 127)
             interpreter.set_tensor(inp["index"], x.astype(inp["dtype"]))
             interpreter.invoke()
             ys.append(interpreter.get_tensor(out["index"])[0].astype(np.float64))
@@ -167,6 +169,55 @@ def test_quantizer_statistics_match_an_independent_recomputation(
     assert float(output_row["scale"]) == pytest.approx(scale, rel=1e-6)
     assert float(output_row["rmse_per_scale"]) == pytest.approx(rmse / scale, rel=1e-3)
     assert summary["source"].startswith("LiteRT Quantizer")
+
+
+@pytest.mark.parametrize("variant", ["int8_q", "float16_q", "dynamic_q", "int16x8_q"])
+def test_the_tensor_comparison_equals_the_quantizers_own_compare_model(
+    tiny_ref: ReferenceModel, tiny_models: dict[str, Path], images: np.ndarray, variant: str
+) -> None:
+    """tensor_comparison is compare_model's statistics computed in one pass per model: the
+    library's own function, run here, is the oracle, on every op output of every recipe."""
+    import contextlib
+    import sys
+
+    from litert_quantizer import model_validator
+    from litert_quantizer.utils.validation_utils import ValidationErrorMetric
+
+    from core.engine.diagnose import _float_ops, tensor_comparison
+
+    path = tiny_models["keras"]
+    float_tflite = _convert(tiny_ref, path, "float32", None).tflite
+    tflite = _convert(tiny_ref, path, variant, images).tflite
+    names = [name for _, name, _ in _float_ops(float_tflite)]
+    # Random inputs: compare_model rounds an integer input half to even, the run's evaluation
+    # (and so tensor_comparison) half away from zero; they differ only on exact halves, where
+    # the preprocessed digit images sit.
+    subset = np.random.default_rng(3).uniform(-1, 1, size=(7, *images.shape[1:]))
+    subset = subset.astype(np.float32)
+    ours = tensor_comparison(float_tflite, tflite, subset, names)
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    key, io_names = next(iter(Interpreter(model_content=float_tflite).get_signature_list().items()))
+    (input_name,) = io_names["inputs"]
+    data = {key: [{input_name: subset[i : i + 1]} for i in range(len(subset))]}
+    with contextlib.redirect_stdout(sys.stderr):
+        library = model_validator.compare_model(
+            float_tflite,
+            tflite,
+            data,
+            [ValidationErrorMetric.MSE, ValidationErrorMetric.COSINE_SIMILARITY],
+            num_threads=1,
+        ).get_all_tensor_results()
+    expected = {name: library[name] for name in names if name in library}
+    assert set(ours) == set(expected) and len(ours) >= len(TINY_LAYERS)
+    for name, stats in expected.items():
+        assert ours[name]["mse"] == pytest.approx(stats["mse"], rel=1e-5, abs=1e-12), name
+        assert ours[name]["cosine_similarity"] == pytest.approx(
+            stats["cosine_similarity"], abs=1e-6
+        ), name
+    if variant != "float16_q":  # float16 weights: some tensors are exact, others are not
+        assert any(stats["mse"] > 0 for stats in ours.values())
 
 
 def test_a_run_writes_the_layer_table_and_the_summary(

@@ -169,3 +169,23 @@ def test_autofix_path_draws_kept_steps_as_the_path_and_the_rest_as_tried() -> No
     assert list(by_name["size"].y) == [1.0, 1.1, 1.25]  # MB
     assert list(by_name["tried, not kept"].x) == [2]
     assert list(by_name["tried, not kept"].text) == ["a + b"]
+
+
+def test_a_sampled_activation_histogram_says_how_many_values_it_counts_of_how_many() -> None:
+    from core.reporting.layer_figures import activation_histogram_figure
+
+    histogram = {
+        "edges": [0.0, 1.0, 2.0],
+        "float": [60_000, 40_000],
+        "quantized": [70_000, 30_000],
+        "values": 100_000,
+        "tensor_values": 40_140_800,  # 50 images x 112 x 112 x 64
+    }
+    fig = activation_histogram_figure(histogram, layer="conv1", images="calibration", n_images=50)
+    assert fig.layout.title.text == (
+        "conv1: output activations on 50 calibration images "
+        "(n = 100,000 values sampled from 40,140,800 per model)"
+    )
+    whole = {**histogram, "tensor_values": 100_000}
+    fig = activation_histogram_figure(whole, layer="conv1", images="flipped", n_images=1)
+    assert fig.layout.title.text.endswith("on 1 flipped image (n = 100,000 values per model)")

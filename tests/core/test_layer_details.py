@@ -66,3 +66,57 @@ def test_a_run_writes_weight_ranges_and_activation_histograms(tmp_path: Path) ->
             assert ((levels >= low) & (levels <= high)).any(), (i, edges[i], edges[i + 1])
     # Quantization visibly coarsens this layer: the two histograms differ.
     assert hist["float"] != hist["quantized"]
+
+
+@pytest.mark.slow
+def test_a_large_tensor_is_sampled_and_its_histogram_keeps_its_shape(
+    tiny_models: dict[str, Path], tiny_data: Path
+) -> None:
+    """Past max_values an op's activations are sampled (a 224x224 MobileNetV2 has millions per
+    image): the counts cover the sample, say how many values there were, and still match the
+    whole tensor's distribution, recomputed here with ai_edge_litert on every value."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from core.engine.backends import tflite_from_reference
+    from core.engine.diagnose import _float_ops
+    from core.engine.layer_details import layer_details
+    from core.engine.models import load_reference, model_sha256
+    from core.inputs.datasets import load_dataset
+    from core.inputs.images import decode_image
+    from core.inputs.presets import apply_preset
+    from core.types import Preset, VariantSpec
+
+    path = tiny_models["keras"]
+    model = load_reference(path)
+    samples = load_dataset(tiny_data).samples
+    pixels = np.stack([decode_image(s.path, height=16, width=16, channels=3) for s in samples])
+    images = apply_preset(pixels, Preset.MOBILENET_V2).astype(np.float32)
+
+    def convert(variant: str) -> bytes:
+        spec = VariantSpec.parse(variant)
+        sha = model_sha256(path)
+        return tflite_from_reference(model, spec, model_sha256=sha, calibration=images).tflite
+
+    float_tflite, int8 = convert("float32"), convert("int8_q")
+    first_conv = _float_ops(float_tflite)[0][1]  # 16 x 16 x 24 = 6,144 values per image
+    details = layer_details(
+        float_tflite, int8, [(0, first_conv)], images, images_are="calibration", max_values=2400
+    )
+    hist = details["ops"]["0"]["histogram"]
+    per_image = 2400 // len(images)
+    assert hist["values"] == per_image * len(images) < 6144 * len(images)
+    assert hist["tensor_values"] == 6144 * len(images)
+    assert sum(hist["float"]) == sum(hist["quantized"]) == hist["values"]
+
+    interpreter = Interpreter(model_content=float_tflite, experimental_preserve_all_tensors=True)
+    interpreter.allocate_tensors()
+    index = next(d["index"] for d in interpreter.get_tensor_details() if d["name"] == first_conv)
+    every = []
+    for image in images:
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], image[None])
+        interpreter.invoke()
+        every.append(interpreter.get_tensor(index).ravel())
+    whole = np.histogram(np.concatenate(every), bins=np.asarray(hist["edges"]))[0]
+    sampled = np.asarray(hist["float"]) / hist["values"]
+    variation = 0.5 * np.abs(sampled - whole / whole.sum()).sum()
+    assert variation < 0.05
