@@ -19,10 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from core.engine.convert import PROBE_IMAGES
 from core.engine.faults import maybe_inject
 from core.engine.stages.context import RunContext
-from core.engine.stages.decode import calibration_plan, decode_pool, first_images
+from core.engine.stages.decode import calibration_plan, decode_pool
 from core.engine.stages.files import DecodedCache
 from core.engine.stages.reference import ReferenceOutputs
 from core.errors import QuantLensError
@@ -348,20 +347,11 @@ def _new_section(run: RunContext, source: str, pool: int, sizes: list[int]) -> d
 
 def _float_model(run: RunContext) -> bytes:
     """The float32 .tflite every point quantizes: the run's own pivot, else a conversion."""
-    from core.engine.convert import tflite_from_converter
+    from core.engine.stages.diagnose import float_tflite
 
-    pivot = rundir.tflite_path(run.run_dir, "float32")
-    if pivot.is_file():
-        return pivot.read_bytes()
-    run.emit("sweep", 0.0, "sweep: converting the float32 model the points start from")
-    return tflite_from_converter(
-        run.model,
-        VariantSpec(mode=Mode.FLOAT32),
-        model_sha256=run.model_sha,
-        preset=str(run.job.preset),
-        probe=first_images(run, PROBE_IMAGES),
-        cache_dir=run.cache_dir,
-    ).tflite
+    if not rundir.tflite_path(run.run_dir, "float32").is_file():
+        run.emit("sweep", 0.0, "sweep: converting the float32 model the points start from")
+    return float_tflite(run)
 
 
 def _summarise(section: dict[str, Any], run_size: int) -> None:
