@@ -254,3 +254,42 @@ def test_a_run_writes_the_layer_table_and_the_summary(
     assert by_name["float16"].get("diagnosis") is None  # never diagnosed: no key
     assert not (out / "float16.layers.csv").exists()
     assert not (out / "float32.layers.csv").exists()
+
+
+def test_quantizer_variants_diagnosed_side_by_side_each_get_their_own_table(
+    tiny_models: dict[str, Path], tiny_data: Path, tmp_path: Path
+) -> None:
+    """Three quantizer variants are diagnosed on two threads: each table is its own variant's,
+    equal to the comparison run here on its `.tflite` and the calibration images the run
+    lists, one variant at a time."""
+    from core.engine.diagnose import _float_ops, tensor_comparison
+    from core.inputs.images import decode_image
+    from core.inputs.presets import apply_preset
+    from core.types import Preset
+
+    out = tmp_path / "out"
+    data = unlabelled_copy(tiny_data, tmp_path / "data")
+    done = run_cli(
+        "run", str(tiny_models["saved_model"]), "--data", str(data), "--backend", "quantizer",
+        "--modes", "float16,dynamic,int8", "--calibration-overlap", "--min-agreement", "0",
+        "--latency-runs", "3", "--out", str(out), home=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    with (out / "calibration.csv").open(encoding="utf-8") as f:
+        listed = [data.parent / r["relpath"] for r in csv.DictReader(f)]
+    pixels = np.stack([decode_image(p, height=16, width=16, channels=3) for p in listed])
+    calibration = apply_preset(pixels, Preset(report["preprocessing"]["preset"]))[:MAX_IMAGES]
+    float_tflite = (out / "float32.tflite").read_bytes()
+    names = [name for _, name, _ in _float_ops(float_tflite)]
+    tables = {}
+    for variant in ("float16_q", "dynamic_q", "int8_q"):
+        with (out / f"{variant}.layers.csv").open(encoding="utf-8") as f:
+            tables[variant] = {r["tensor_name"]: r for r in csv.DictReader(f)}
+        tflite = (out / f"{variant}.tflite").read_bytes()
+        expected = tensor_comparison(float_tflite, tflite, calibration.astype(np.float32), names)
+        assert set(tables[variant]) == set(expected), variant
+        for name, stats in expected.items():
+            cosine = float(tables[variant][name]["cosine"])
+            assert cosine == pytest.approx(stats["cosine_similarity"], rel=1e-6), (variant, name)
+    assert tables["int8_q"] != tables["float16_q"] != tables["dynamic_q"]
