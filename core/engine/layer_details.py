@@ -136,10 +136,17 @@ def weight_ranges(tflite: bytes) -> dict[str, tuple[float, float]]:
 
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(tflite))
     graph = model.subgraphs[0]
+    # float16 weights reach their op through a DEQUANTIZE op (float16 -> float32): the
+    # weights are that op's constant input.
+    dequantized = {
+        op.outputs[0]: op.inputs[0]
+        for op in graph.operators
+        if _builtin(model, op) == DEQUANTIZE and len(op.inputs) and len(op.outputs)
+    }
     ranges: dict[str, tuple[float, float]] = {}
     for op in graph.operators:
         values = [
-            _constant(model, graph.tensors[i])
+            _constant(model, graph.tensors[dequantized.get(i, i)])
             for i in op.inputs
             if i >= 0 and i < len(graph.tensors)
         ]
@@ -152,6 +159,14 @@ def weight_ranges(tflite: bytes) -> dict[str, tuple[float, float]]:
             float(max(v.max() for v in kernels)),
         )
     return ranges
+
+
+DEQUANTIZE = 6  # schema.BuiltinOperator.DEQUANTIZE
+
+
+def _builtin(model: Any, op: Any) -> int:
+    code = model.operatorCodes[op.opcodeIndex]
+    return int(max(code.builtinCode, code.deprecatedBuiltinCode))
 
 
 _TYPES = {0: np.float32, 1: np.float16, 9: np.int8, 3: np.uint8}  # schema.TensorType

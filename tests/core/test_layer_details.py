@@ -120,3 +120,32 @@ def test_a_large_tensor_is_sampled_and_its_histogram_keeps_its_shape(
     sampled = np.asarray(hist["float"]) / hist["values"]
     variation = 0.5 * np.abs(sampled - whole / whole.sum()).sum()
     assert variation < 0.05
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["float16", "float16_q"])
+def test_float16_weights_are_found_behind_their_dequantize_op(
+    tiny_models: dict[str, Path], variant: str
+) -> None:
+    """float16 kernels feed their conv through a DEQUANTIZE op, not as its constant input: the
+    page said "no weights" for every conv of a float16 variant. The range is the float32
+    model's, to float16 precision."""
+    from core.engine.backends import tflite_from_reference
+    from core.engine.diagnose import _float_ops
+    from core.engine.layer_details import weight_ranges
+    from core.engine.models import load_reference, model_sha256
+    from core.types import VariantSpec
+
+    path = tiny_models["keras"]
+    model = load_reference(path)
+
+    def convert(name: str) -> bytes:
+        spec = VariantSpec.parse(name)
+        return tflite_from_reference(model, spec, model_sha256=model_sha256(path)).tflite
+
+    float32, float16 = convert("float32"), convert(variant)
+    convs = [name for op, name, _ in _float_ops(float32) if op in ("CONV_2D", "FULLY_CONNECTED")]
+    assert len(convs) >= 2
+    exact, halved = weight_ranges(float32), weight_ranges(float16)
+    for name in convs:
+        assert halved[name] == pytest.approx(exact[name], rel=1e-3), name
