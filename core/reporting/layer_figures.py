@@ -100,13 +100,16 @@ def layer_error_figure(
     y_title = (
         "rmse / scale (quantization steps)" if ranked_by == RMSE_SCALE else "1 − cosine similarity"
     )
-    return _layout(
+    fig = _layout(
         fig,
         title="Quantization error along the network",
         x_title="op order in the model (input → output)",
         y_title=y_title,
         height=height,
     )
+    # 1 - cosine of a float16 variant is about 1e-7: plotly's SI ticks read "400n".
+    fig.update_yaxes(exponentformat="e")
+    return fig
 
 
 def autofix_path_figure(

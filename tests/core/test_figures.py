@@ -189,3 +189,17 @@ def test_a_sampled_activation_histogram_says_how_many_values_it_counts_of_how_ma
     whole = {**histogram, "tensor_values": 100_000}
     fig = activation_histogram_figure(whole, layer="conv1", images="flipped", n_images=1)
     assert fig.layout.title.text.endswith("on 1 flipped image (n = 100,000 values per model)")
+
+
+def test_the_error_along_the_network_reads_tiny_cosine_errors_in_exponent_ticks() -> None:
+    """A float16 variant's 1 - cosine is about 1e-7; plotly's default SI ticks read "400n"."""
+    from core.reporting.layer_figures import layer_error_figure
+
+    rows = [
+        {"order": str(i), "layer": f"conv{i}", "op": "CONV_2D", "cosine": str(1 - e)}
+        for i, e in enumerate([2e-7, 4e-7, 1e-7])
+    ]
+    fig = layer_error_figure(rows, ranked_by="1 - cosine", suspects=[1])
+    assert fig.layout.yaxis.exponentformat == "e"
+    assert fig.layout.yaxis.title.text == "1 − cosine similarity"
+    assert list(fig.data[0].y) == pytest.approx([2e-7, 4e-7, 1e-7], rel=1e-6)
