@@ -124,6 +124,7 @@ def _log(run_dir: Path, report: RunReport, uri: str) -> dict[str, Any]:
     ).info.run_id
     try:
         _log_values(client, parent, run_params(report), run_metrics(report))
+        _log_history(client, parent, sweep_metrics(report))
         for variant in report.variants:
             _log_variant(client, experiment_id, parent, run_dir, report, variant)
         _log_reports(client, parent, run_dir)
@@ -214,6 +215,14 @@ def _log_values(
     )
 
 
+def _log_history(client: Any, run_id: str, points: list[tuple[str, float, int]]) -> None:
+    """Metrics with a step each (key, value, step), for MLflow's metric-against-step charts."""
+    from mlflow.entities import Metric
+
+    if points:
+        client.log_batch(run_id, metrics=[Metric(k, v, 0, step) for k, v, step in points])
+
+
 def _param(value: Any) -> str:
     if isinstance(value, list | tuple):
         value = ",".join(str(v) for v in value) or "-"
@@ -245,6 +254,9 @@ def run_params(report: RunReport) -> dict[str, str]:
             "data_sha256": data.get("sha256"),
             "preprocessing_preset": report["preprocessing"].get("preset"),
             "calibration_samples": options.get("calibration_samples"),
+            **calibration_params(report),
+            "calibration_sweep": options.get("calibration_sweep") or None,
+            "sweep_seeds": options.get("sweep_seeds"),
             "max_samples": options.get("max_samples"),
             "min_agreement_pct": options.get("min_agreement_pct"),
             "threads": report.get("environment", {}).get("threads"),
@@ -255,6 +267,34 @@ def run_params(report: RunReport) -> dict[str, str]:
             "litert": report.get("environment", {}).get("litert"),
         }.items()
     }
+
+
+def calibration_params(report: RunReport) -> dict[str, Any]:
+    """Where the calibration images came from and how many were used (report.json's
+    `calibration`): a requested count of 100 on a 24-image set calibrates with 24."""
+    calibration = report.calibration or {}
+    return {
+        "calibration_source": calibration.get("source"),
+        "calibration_images": calibration.get("images"),
+        "calibration_held_out": calibration.get("held_out"),
+        "calibration_data": calibration.get("path"),
+    }
+
+
+def sweep_metrics(report: RunReport) -> list[tuple[str, float, int]]:
+    """The calibration sweep as metric histories, one step per calibration size: each mode's
+    agreement and mean KL, mean over seeds (MLflow draws them against the step)."""
+    sweep = report.sweep or {}
+    found = []
+    for mode, entry in (sweep.get("modes") or {}).items():
+        for row in entry.get("summary") or []:
+            for key, value in (
+                (f"sweep_{mode}_agreement_pct", row["agreement_mean"]),
+                (f"sweep_{mode}_mean_kl", row["mean_kl_mean"]),
+            ):
+                if isinstance(value, int | float) and math.isfinite(value):
+                    found.append((key, float(value), int(row["size"])))
+    return found
 
 
 def run_metrics(report: RunReport) -> dict[str, float]:
@@ -281,9 +321,16 @@ def variant_params(report: RunReport, variant: Variant) -> dict[str, str]:
     ident = variant.identity
     calibrated = ident.mode in NEEDS_CALIBRATION
     calibration_samples = report.calibration_of(variant)[0]
+    # The run's calibration set, unless the variant asked for its own count.
+    own_set = variant.identity.calibration_samples is not None
+    calibration = {
+        k: "-" if not calibrated or (own_set and k != "calibration_source") else _param(v)
+        for k, v in calibration_params(report).items()
+    }
     return {
         # Only the modes that calibrate used the images: "-" says so where a count would mislead.
         "calibration_samples": _param(calibration_samples) if calibrated else "-",
+        **calibration,
         "variant": _param(variant.name),
         "mode": _param(str(ident.mode)),
         "backend": _param(str(ident.backend)),

@@ -277,3 +277,50 @@ def test_the_ray_stage_holds_the_calibration_images_out_too(
     report = json.loads((run_dir / "report.json").read_text())
     assert report["calibration"]["source"] == "held-out"
     assert {v["name"]: v["n"] for v in report["variants"]} == {"int8": 16, "float32": 16}
+
+
+def test_mlflow_logs_where_calibration_came_from_and_the_sweep_against_size(
+    swept_run: tuple[subprocess.CompletedProcess[str], Path], tmp_path: Path
+) -> None:
+    """The calibration source and the images used are MLflow params (a requested 100 on a
+    small set used fewer), and each swept mode's mean agreement and KL are metric histories
+    with the calibration size as the step, read back with MLflow's own client."""
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    from core.reporting.tracking import log_finished_run
+
+    _, out = swept_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(out, run_dir)  # logging writes `tracking` into the report
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    logged = log_finished_run(run_dir, uri)
+    assert logged["error"] is None
+    client = MlflowClient(tracking_uri=uri)
+    parent = client.get_run(logged["run_id"])
+    params = parent.data.params
+    assert (params["calibration_source"], params["calibration_images"]) == ("held-out", "8")
+    assert (params["calibration_held_out"], params["calibration_data"]) == ("8", "-")
+    assert (params["calibration_sweep"], params["sweep_seeds"]) == ("4,8", "2")
+    children = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+    )
+    int8 = next(c for c in children if c.data.tags["quantlens.variant"] == "int8")
+    assert int8.data.params["calibration_source"] == "held-out"
+    assert int8.data.params["calibration_images"] == "8"
+    points = json.loads((out / "report.json").read_text())["sweep"]["modes"]["int8"]["points"]
+    for key, column in (
+        ("sweep_int8_agreement_pct", "agreement_pct"),
+        ("sweep_int8_mean_kl", "mean_kl"),
+    ):
+        history = sorted(
+            (m.step, m.value) for m in client.get_metric_history(parent.info.run_id, key)
+        )
+        expected = [
+            (size, float(np.mean([p[column] for p in points if p["size"] == size])))
+            for size in (4, 8)
+        ]
+        assert [step for step, _ in history] == [4, 8]
+        assert [value for _, value in history] == pytest.approx([v for _, v in expected])

@@ -93,6 +93,11 @@ def check_logged_run(uri: str, out: Path, tmp_path: Path) -> None:
     assert parent.info.run_name == "tracked"
     assert parent.data.params["preprocessing_preset"] == "unit"
     assert parent.data.params["calibration_samples"] == "100"
+    # 100 were asked for; the 24-image set cannot hold any out, so all 24 calibrated.
+    calibration = report["calibration"]
+    assert calibration["images"] == 24 and calibration["held_out"] == 0
+    assert parent.data.params["calibration_images"] == "24"
+    assert parent.data.params["calibration_source"] == calibration["source"]
     assert parent.data.params["model_sha256"] == report["reference"]["sha256"]
     assert parent.data.params["data_sha256"] == report["dataset"]["sha256"]
     assert parent.data.metrics["num_samples"] == report["dataset"]["num_samples"] == 24
@@ -113,6 +118,7 @@ def check_logged_run(uri: str, out: Path, tmp_path: Path) -> None:
         assert params["float_layers"] == "-"
         # Only int8 calibrates: float32 used no calibration images.
         assert params["calibration_samples"] == ("100" if variant["name"] == "int8" else "-")
+        assert params["calibration_images"] == ("24" if variant["name"] == "int8" else "-")
         assert params["preprocessing_preset"] == "unit"
         lo, hi = variant["top1_agreement_ci95"]
         assert metrics["top1_agreement_pct"] == variant["top1_agreement_pct"]
