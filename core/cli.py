@@ -19,6 +19,7 @@ from core.types import (
     ProgressEvent,
     RunStatus,
     VariantSpec,
+    parse_sweep_sizes,
     variants_for_backend,
 )
 
@@ -374,27 +375,6 @@ def _job_from_args(args: argparse.Namespace) -> JobSpec:
         calibration_sweep=sweep,
         sweep_seeds=args.sweep_seeds,
     )
-
-
-def parse_sweep_sizes(text: str | None) -> tuple[int, ...]:
-    """`10,50,100` -> (10, 50, 100), sorted and de-duplicated; () when no sweep.
-
-    Raises:
-        QuantLensError: a size that is not a whole number of at least 1.
-    """
-    if text is None:
-        return ()
-    try:
-        sizes = sorted({int(part) for part in text.split(",") if part.strip()})
-    except ValueError:
-        raise QuantLensError(
-            f"--calibration-sweep takes whole numbers such as 10,25,50,100; got {text!r}"
-        ) from None
-    if not sizes or sizes[0] < 1:
-        raise QuantLensError(
-            f"--calibration-sweep takes sizes of at least 1, such as 10,25,50,100; got {text!r}"
-        )
-    return tuple(sizes)
 
 
 def with_keep_float(variants: tuple[str, ...], layers_text: str) -> tuple[str, ...]:

@@ -448,3 +448,27 @@ class JobSpec:
             kwargs["input_size"] = tuple(kwargs["input_size"])
         kwargs["calibration_sweep"] = tuple(kwargs.get("calibration_sweep", ()))
         return cls(**kwargs)
+
+
+def parse_sweep_sizes(text: str | None) -> tuple[int, ...]:
+    """`10,50,100` -> (10, 50, 100), sorted and de-duplicated; () when no sweep (None, or
+    blank as Setup's field leaves it).
+
+    Raises:
+        QuantLensError: a size that is not a whole number of at least 1.
+    """
+    from core.errors import QuantLensError
+
+    if text is None or not text.strip():
+        return ()
+    try:
+        sizes = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise QuantLensError(
+            f"calibration sweep sizes are whole numbers such as 10,25,50,100; got {text!r}"
+        ) from None
+    if not sizes or sizes[0] < 1:
+        raise QuantLensError(
+            f"calibration sweep sizes are at least 1, such as 10,25,50,100; got {text!r}"
+        )
+    return tuple(sizes)

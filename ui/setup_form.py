@@ -30,6 +30,7 @@ from core.types import (
     ModelSignature,
     Preset,
     VariantSpec,
+    parse_sweep_sizes,
     variants_for_backend,
 )
 from ui import cache, fmt, keys, runs
@@ -63,6 +64,7 @@ PRESET_HELP = {
 # (Streamlit drops the state of widgets it does not draw) opens Setup as the user left it.
 # Run name and trusted mode are per run and deliberately not kept.
 FORM_FILE = "setup-form.json"
+MAX_SWEEP_SEEDS = 10
 _VERDICT_LABELS = {
     VERDICT_POINT: "point: agreement ≥ threshold",
     VERDICT_LOWER_BOUND: "lower bound: 95 % CI low end ≥ threshold",
@@ -74,6 +76,7 @@ _INT_RANGES = {
     keys.SETUP_CALIBRATION: (1, 10_000),
     keys.SETUP_MAX_SAMPLES: (0, 10**9),
     keys.SETUP_THREADS: (1, max(1, os.cpu_count() or 1)),
+    keys.SETUP_SWEEP_SEEDS: (1, MAX_SWEEP_SEEDS),
 }
 _FORM_DEFAULTS: dict[str, object] = {
     keys.SETUP_MODES: ["float32", "dynamic", "float16", "int8"],
@@ -81,6 +84,8 @@ _FORM_DEFAULTS: dict[str, object] = {
     keys.SETUP_SELECT_TF_OPS: False,
     keys.SETUP_CALIBRATION: 100,
     keys.SETUP_CALIBRATION_OVERLAP: False,
+    keys.SETUP_SWEEP: "",
+    keys.SETUP_SWEEP_SEEDS: 3,
     keys.SETUP_MAX_SAMPLES: 0,
     keys.SETUP_THREADS: default_threads(),  # every core but one: the server keeps its own
     keys.SETUP_THRESHOLD: DEFAULT_MIN_AGREEMENT_PCT,
@@ -118,6 +123,8 @@ def _usable(key: str, value: object) -> bool:
         return value in {t.value for t in IOType}
     if key in (keys.SETUP_SELECT_TF_OPS, keys.SETUP_CALIBRATION_OVERLAP):
         return isinstance(value, bool)
+    if key == keys.SETUP_SWEEP:
+        return isinstance(value, str)
     if key in _INT_RANGES:
         lo, hi = _INT_RANGES[key]
         return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
@@ -509,6 +516,8 @@ class RunOptions(TypedDict):
     calibration_samples: int
     calibration_overlap: bool
     calibration_data: str | None
+    calibration_sweep: tuple[int, ...]
+    sweep_seeds: int
     max_samples: int | None
     threads: int
     min_agreement_pct: float
@@ -645,11 +654,14 @@ def options_section(num_samples: int | None) -> RunOptions:
     trusted = trusted_requested()
     mlflow_uri = tracking_option()
     overlap, calibration_data = calibration_source_option()
+    sweep_sizes, sweep_seeds = sweep_option()
     engine, ray_address = engine_option()
     return {
         "calibration_samples": int(calib),
         "calibration_overlap": overlap,
         "calibration_data": calibration_data,
+        "calibration_sweep": sweep_sizes,
+        "sweep_seeds": sweep_seeds,
         "max_samples": int(cap) or None,
         "threads": int(threads),
         "min_agreement_pct": float(threshold),
@@ -683,6 +695,46 @@ def calibration_source_option() -> tuple[bool, str | None]:
         c2.error(f"{raw} does not exist; give the path of a CSV, folder or .zip of images.")
         return False, None
     return (bool(overlap) and not raw), (str(Path(raw).resolve()) if raw else None)
+
+
+def sweep_option() -> tuple[tuple[int, ...], int]:
+    """(calibration sizes to sweep, seeds per size): `--calibration-sweep` and `--sweep-seeds`;
+    no sizes, no sweep."""
+    c1, c2 = st.columns([3, 1])
+    c1.text_input(
+        "Calibration sweep sizes (optional)",
+        key=keys.SETUP_SWEEP,
+        placeholder="10,25,50,100,200",
+        help="After the run's own results: int8 and int16x8 quantized with each number of "
+        "calibration images and each seed (quantizer backend), each evaluated on the run's "
+        "images. The Agreement page plots agreement and KL against the size.",
+    )
+    seeds = c2.number_input(
+        "Seeds per size",
+        min_value=1,
+        max_value=MAX_SWEEP_SEEDS,
+        key=keys.SETUP_SWEEP_SEEDS,
+        help="Draws of calibration images per size: the spread says how much the choice of "
+        "images matters.",
+    )
+    try:
+        return _sweep_sizes(), int(seeds)
+    except QuantLensError as exc:
+        c1.error(f"{exc}.")
+        return (), int(seeds)
+
+
+def _sweep_sizes() -> tuple[int, ...]:
+    return parse_sweep_sizes(str(st.session_state.get(keys.SETUP_SWEEP) or ""))
+
+
+def sweep_refused() -> bool:
+    """True when the sweep sizes are not whole numbers of at least 1."""
+    try:
+        _sweep_sizes()
+    except QuantLensError:
+        return True
+    return False
 
 
 def calibration_path_refused() -> bool:

@@ -58,6 +58,8 @@ if setup_form.tracking_uri_refused():
     problems.append("an http(s) MLflow tracking server, or a blank one")
 if setup_form.calibration_path_refused():
     problems.append("an existing separate calibration set, or a blank one")
+if setup_form.sweep_refused():
+    problems.append("sweep sizes such as 10,50,100, or none")
 left, right = st.columns([1, 3])
 clicked = left.button(
     "Run",

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 
-from core.cli import parse_sweep_sizes
 from core.engine.stages.decode import (
     HELD_OUT,
     NO_CALIBRATION,
@@ -18,7 +17,7 @@ from core.engine.stages.decode import (
 from core.engine.stages.start import reproduce_command
 from core.errors import QuantLensError
 from core.reporting.sweep import flattens_at, size_summary, statement
-from core.types import Dataset, JobSpec, Sample
+from core.types import Dataset, JobSpec, Sample, parse_sweep_sizes
 
 
 def _dataset(n: int, prefix: str = "img") -> Dataset:
@@ -92,9 +91,9 @@ def test_the_reproduce_command_carries_the_calibration_flags() -> None:
 
 def test_sweep_sizes_parse_sorted_and_refuse_nonsense() -> None:
     assert parse_sweep_sizes("100, 10,50,10") == (10, 50, 100)
-    assert parse_sweep_sizes(None) == ()
+    assert parse_sweep_sizes(None) == () == parse_sweep_sizes("  ")
     for bad in ("ten", "0,10", ","):
-        with pytest.raises(QuantLensError, match="--calibration-sweep"):
+        with pytest.raises(QuantLensError, match="calibration sweep sizes"):
             parse_sweep_sizes(bad)
 
 
