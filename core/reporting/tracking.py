@@ -117,6 +117,9 @@ def _log(run_dir: Path, report: RunReport, uri: str) -> dict[str, Any]:
     client = MlflowClient(tracking_uri=uri)
     experiment_id = _experiment_id(client, uri)
     run_id = quantlens_run_id(run_dir, report)
+    earlier = _logged_parent(client, report, uri, run_id)
+    if earlier is not None:  # logged before: a re-score added a variant
+        return _log_added_variants(client, experiment_id, earlier, run_dir, report, uri)
     parent = client.create_run(
         experiment_id,
         run_name=_run_name(run_dir, report),
@@ -133,6 +136,41 @@ def _log(run_dir: Path, report: RunReport, uri: str) -> dict[str, Any]:
             client.set_terminated(parent, "FAILED")
         raise
     client.set_terminated(parent, _RUN_STATUS.get(str(report.run.status), "FAILED"))
+    return {"uri": uri, "experiment_id": experiment_id, "run_id": parent, "error": None}
+
+
+def _logged_parent(client: Any, report: RunReport, uri: str, run_id: str) -> str | None:
+    """The MLflow run this QuantLens run was logged to before, in this store, if it is there."""
+    earlier = report.extra.get("tracking") or {}
+    if earlier.get("uri") != uri or not earlier.get("run_id") or earlier.get("error"):
+        return None
+    try:
+        found = client.get_run(earlier["run_id"])
+    except Exception:  # deleted, or another store under the same URI: log it anew
+        return None
+    if found.data.tags.get("quantlens.run_id") != run_id:
+        return None
+    return str(earlier["run_id"])
+
+
+def _log_added_variants(
+    client: Any, experiment_id: str, parent: str, run_dir: Path, report: RunReport, uri: str
+) -> dict[str, Any]:
+    """Log the variants the parent has no nested run for yet, and the reports again: a
+    re-score adds a variant to a finished run, which must not become a second MLflow run.
+    The parent's parameters stay as first logged (MLflow never changes a parameter)."""
+    logged = {
+        r.data.tags.get("quantlens.variant")
+        for r in client.search_runs(
+            [experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'"
+        )
+    }
+    for variant in report.variants:
+        if variant.name not in logged:
+            _log_variant(client, experiment_id, parent, run_dir, report, variant)
+    _log_reports(client, parent, run_dir)
+    client.set_tag(parent, "quantlens.status", str(report.run.status))
+    client.set_tag(parent, "quantlens.variants", ",".join(report.variant_names))
     return {"uri": uri, "experiment_id": experiment_id, "run_id": parent, "error": None}
 
 

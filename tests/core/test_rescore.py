@@ -191,3 +191,42 @@ def test_rescore_refuses_images_that_changed_since_the_run(
     assert by_name["int8:keep=wide"]["status"] == "failed"
     assert "the data set changed" in by_name["int8:keep=wide"]["error"]
     assert by_name["int8"]["status"] == "done" and _report(out)["run"]["status"] == "done"
+
+
+@pytest.mark.slow
+def test_rescoring_a_tracked_run_adds_its_variant_to_the_same_mlflow_run(
+    finished_run: tuple[Path, Path, Path, Path], tmp_path: Path
+) -> None:
+    """A run logged with --mlflow and then re-scored is still one MLflow run: the derived
+    variant joins it as one more nested run, read back with MLflow's own client."""
+    from mlflow.tracking import MlflowClient
+
+    from core.reporting.tracking import log_finished_run
+
+    home, _, _, original = finished_run
+    out = tmp_path / "out"
+    shutil.copytree(original, out)
+    _register_copy(home, original, out)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first = log_finished_run(out, uri)
+    assert first["error"] is None
+    job = json.loads((out / rundir.JOB).read_text())
+    (out / rundir.JOB).write_text(json.dumps({**job, "mlflow_uri": uri}))  # as --mlflow does
+    done = run_cli("rescore", str(out), "--variant", "int8", "--keep-float", "wide,mix", home=home)
+    assert done.returncode == 1, done.stderr
+    assert _report(out)["tracking"]["run_id"] == first["run_id"]
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([first["experiment_id"]])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert [p.info.run_id for p in parents] == [first["run_id"]]
+    children = {r.data.tags["quantlens.variant"]: r for r in runs if r not in parents}
+    assert sorted(children) == ["float32", "int8", "int8:keep=mix+wide"]
+    derived = children["int8:keep=mix+wide"]
+    assert derived.data.params["float_layers"] == "mix,wide"
+    assert derived.data.metrics["top1_agreement_pct"] == next(
+        v["top1_agreement_pct"]
+        for v in _report(out)["variants"]
+        if v["name"] == derived.info.run_name
+    )
+    tags = client.get_run(first["run_id"]).data.tags
+    assert tags["quantlens.variants"] == ",".join(v["name"] for v in _report(out)["variants"])
