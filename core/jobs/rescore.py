@@ -142,7 +142,11 @@ def _queue_again(
     from core.reporting.report import ROLE_SELECTED, pending_variant
 
     report["variants"].append(
-        {**pending_variant(derived, role=ROLE_SELECTED), "derived_by": DERIVED_BY_RESCORE}
+        {
+            **pending_variant(derived, role=ROLE_SELECTED),
+            "derived_by": DERIVED_BY_RESCORE,
+            "command": rescore_command(directory, derived),
+        }
     )
     report["run"]["status"] = str(RunStatus.QUEUED)
     runmodel.write_report(directory, report)
@@ -162,6 +166,18 @@ def _queue_again(
                 "previous_error": status.get("error"),
             },
         },
+    )
+
+
+def rescore_command(directory: Path, derived: VariantSpec) -> str:
+    """The command that adds this variant to the run, as `run.command` is the run's own."""
+    import shlex
+
+    parent = _root_name(derived)
+    layers = ",".join(derived.float_layers)
+    return (
+        f"python -m core rescore {shlex.quote(str(directory))} --variant {shlex.quote(parent)} "
+        f"--keep-float {shlex.quote(layers)}"
     )
 
 

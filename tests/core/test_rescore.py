@@ -72,6 +72,9 @@ def test_rescore_adds_a_float_layer_variant_to_the_same_run(
     derived = by_name["int8:keep=mix+wide"]
     assert derived["parent"] == "int8" and derived["float_layers"] == ["mix", "wide"]
     assert derived["derived_by"] == "re-score" and derived["status"] == "done"
+    assert (
+        derived["command"] == f"python -m core rescore {out} --variant int8 --keep-float mix,wide"
+    )
     assert derived["latency_ms"]["n"] == 3 and derived["n"] == 24
     assert derived["size_bytes"] == (out / "int8:keep=mix+wide.tflite").stat().st_size
     # Diagnosed like any other variant, so the Layers page lists it.
