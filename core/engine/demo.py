@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -134,7 +135,7 @@ def build_demo(
         return paths
     report = progress or (lambda fraction, message: None)
     paths.root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".demo-", dir=paths.root.parent))
+    staging = _staging_folder(paths.root.parent, ".demo-")
     try:
         staged = demo_paths(root=staging)
         report(0.02, "writing scikit-learn's handwritten digits as PNG files")
@@ -188,6 +189,18 @@ def build_demo(
             shutil.rmtree(staging, ignore_errors=True)
     report(1.0, f"demo ready in {paths.root}")
     return paths
+
+
+def _staging_folder(parent: Path, prefix: str) -> Path:
+    """A new staging folder `<prefix><pid>-<random>` in `parent`, after removing those a
+    killed build left (its process is gone; a build that is still running keeps its own)."""
+    from core.posix import pid_alive
+
+    for left in parent.glob(f"{prefix}*"):
+        owner = left.name.removeprefix(prefix).split("-", 1)[0]
+        if left.is_dir() and owner.isdigit() and not pid_alive(int(owner)):
+            shutil.rmtree(left, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent))
 
 
 def _save_and_publish(
@@ -269,7 +282,7 @@ def build_mobilenet_demo(
     if not small.data_csv.is_file():
         raise RuntimeError(f"the small demo's data is missing in {small.root}; build it first")
     report = progress or (lambda fraction, message: None)
-    staging = Path(tempfile.mkdtemp(prefix=".mobilenetv2-", dir=small.root))
+    staging = _staging_folder(small.root, ".mobilenetv2-")
     try:
         report(0.02, "decoding the digits at 96x96")
         size = MOBILENET_INPUT_SIZE

@@ -120,3 +120,19 @@ def test_a_first_launch_chains_the_mobilenet_build_unless_the_operator_says_0(
         "--epochs",
         "1",
     ]
+
+
+def test_a_killed_builds_staging_folder_is_removed_by_the_next_build(tmp_path: Path) -> None:
+    """A build killed with SIGKILL cannot clean up: the next one removes its staging folder,
+    and leaves alone one whose build is still running."""
+    from core.engine.demo import _staging_folder
+
+    dead = tmp_path / ".mobilenetv2-999999-abc"  # no such process
+    running = tmp_path / f".mobilenetv2-{os.getppid()}-xyz"  # the test runner's parent is alive
+    other = tmp_path / ".mobilenetv2-notes"  # not a staging folder's name
+    for folder in (dead, running, other):
+        (folder / "saved_model").mkdir(parents=True)
+    made = _staging_folder(tmp_path, ".mobilenetv2-")
+    assert not dead.exists()
+    assert running.is_dir() and other.is_dir()
+    assert made.is_dir() and made.name.startswith(f".mobilenetv2-{os.getpid()}-")
