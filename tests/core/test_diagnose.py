@@ -272,6 +272,7 @@ def test_quantizer_variants_diagnosed_side_by_side_each_get_their_own_table(
     done = run_cli(
         "run", str(tiny_models["saved_model"]), "--data", str(data), "--backend", "quantizer",
         "--modes", "float16,dynamic,int8", "--calibration-overlap", "--min-agreement", "0",
+        "--threads", "2",  # two diagnoses at a time
         "--latency-runs", "3", "--out", str(out), home=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]

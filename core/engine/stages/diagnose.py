@@ -43,9 +43,10 @@ DIAGNOSIS_THREADS = 2  # quantizer variants diagnosed at once (the machines here
 def diagnose_variants(run: RunContext, reference: ReferenceOutputs) -> None:
     """Diagnose every finished variant that has per-layer statistics and no diagnosis yet.
 
-    Quantizer variants are diagnosed DIAGNOSIS_THREADS at a time: each diagnosis runs its
-    models on one LiteRT thread, and LiteRT's invoke and numpy's array work release the GIL
-    (on MobileNetV2-224 three variants took 13.0 s one after another). Converter variants run
+    Quantizer variants are diagnosed up to DIAGNOSIS_THREADS at a time, never more than the
+    run's --threads: each diagnosis runs its models on one LiteRT thread, and LiteRT's invoke
+    and numpy's array work release the GIL (on MobileNetV2-224 three variants took 13.0 s one
+    after another, 9.8 s two at a time). Converter variants run
     the QuantizationDebugger, a TensorFlow conversion, one at a time alongside. Results are
     recorded in variant order on this thread, which alone writes report.json.
 
@@ -60,7 +61,7 @@ def diagnose_variants(run: RunContext, reference: ReferenceOutputs) -> None:
     if reference.calibration is None or not pending:
         return
     float_model = float_tflite(run)
-    with ThreadPoolExecutor(max_workers=DIAGNOSIS_THREADS) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, min(DIAGNOSIS_THREADS, run.threads))) as pool:
         found = {
             spec.name: pool.submit(_diagnosis, run, reference, spec, float_model)
             for spec in pending
