@@ -324,3 +324,23 @@ def test_mlflow_logs_where_calibration_came_from_and_the_sweep_against_size(
         ]
         assert [step for step, _ in history] == [4, 8]
         assert [value for _, value in history] == pytest.approx([v for _, v in expected])
+
+
+@pytest.mark.slow
+def test_seeds_draw_different_images_at_the_largest_size_below_the_calibration_count(
+    tiny_models: dict[str, Path], data: Path, tmp_path: Path
+) -> None:
+    """A sweep of 4 with 8 calibration images: each seed draws 4 of the 8, so the two seeds'
+    models differ (the pool was once only as large as the largest size: every seed drew it
+    all, and the largest size never showed a spread)."""
+    out = tmp_path / "out"
+    done = run_cli(
+        "run", str(tiny_models["keras"]), "--data", str(data), *COMMON,
+        "--calibration-sweep", "4", "--sweep-seeds", "2", "--out", str(out), home=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    sweep = json.loads((out / "report.json").read_text())["sweep"]
+    assert sweep["pool_images"] == 8
+    assert not any("every seed draws the whole pool" in note for note in sweep["notes"])
+    first, second = (out / "sweep" / f"int8-n4-s{seed}.tflite" for seed in (1, 2))
+    assert first.read_bytes() != second.read_bytes()

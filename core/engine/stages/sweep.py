@@ -103,7 +103,9 @@ def run_sweep(run: RunContext, reference: ReferenceOutputs) -> None:
 
 
 def _calibration_pool(run: RunContext, reference: ReferenceOutputs) -> tuple[str, np.ndarray]:
-    """Where the pool comes from, and its first images (up to the largest size), preprocessed.
+    """Where the pool comes from, and its first images, preprocessed: as many as the run's
+    calibration count or the largest size, whichever is more, so that seeds draw different
+    images at the largest size too (when it is below the calibration count).
 
     Evaluated images are read back from the decoded cache; on --engine ray the head's cache
     holds only the first few (the probe images), so only those positions are looked up there.
@@ -113,9 +115,10 @@ def _calibration_pool(run: RunContext, reference: ReferenceOutputs) -> tuple[str
     job = run.job
     plan = calibration_plan(run.dataset, job, run.calibration_data)
     cache = DecodedCache(run.run_dir / DECODED_CACHE, run.image_shape)
-    run.emit("sweep", 0.0, f"sweep: decoding up to {max(job.calibration_sweep)} pool images")
+    wanted = max(job.calibration_samples, *job.calibration_sweep)
+    run.emit("sweep", 0.0, f"sweep: decoding up to {wanted} pool images")
     cached = reference.sample_indices[: len(cache)]
-    _, pool = decode_pool(plan, max(job.calibration_sweep), cached, cache)
+    _, pool = decode_pool(plan, wanted, cached, cache)
     # Presets work pixel by pixel: a point's draw from this array is the draw preprocessed.
     return plan.source, apply_preset(pool, job.preset).astype(np.float32)
 
