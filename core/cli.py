@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from core import posix
 from core.errors import QuantLensError
 from core.inputs import rundir
 from core.inputs.demo import DemoPaths
@@ -29,6 +30,9 @@ EXIT_BELOW_THRESHOLD = 1  # the job finished; some variant is below the bar or f
 EXIT_BAD_INPUT = 2  # an argument, path, model, data set or the workspace was refused
 EXIT_JOB_FAILED = 3  # the job itself did not finish: crash, out of memory or time outside a variant
 EXIT_CANCELLED = 130  # stopped by the user: Ctrl-C, or Cancel in the dashboard
+# Stopped by a signal: 128 + its number, as a shell reports it (SIGINT 130, SIGHUP 129,
+# SIGTERM 143); the run ends cancelled either way.
+EXIT_SIGNAL_BASE = 128
 DEFAULT_MODES = "float32,dynamic,float16,int8"
 EXPORT_MODEL_EXPLORER = "model-explorer"
 EXPORT_HELP = (
@@ -520,7 +524,8 @@ def _supervise(directory: Path, run_id: str, args: argparse.Namespace) -> int:
         print(f"run {run_id}: {report_path}")
         _print_tracking(report)
     if status is RunStatus.CANCELLED:
-        return _fail(error, EXIT_CANCELLED)
+        signum = supervisor.interrupted_by
+        return _fail(error, EXIT_CANCELLED if signum is None else EXIT_SIGNAL_BASE + signum)
     if supervisor.bad_input:
         return _fail(error)
     log = directory / rundir.WORKER_LOG
@@ -646,6 +651,13 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # SIGTERM and SIGHUP (CI cancel, `timeout`, a closed terminal, `docker stop`) end a run
+    # as Ctrl-C does: the worker group is stopped and the run is finished as cancelled.
+    with posix.termination_as_interrupt():
+        return _dispatch(args)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     try:
         if args.command == "run":
             return cmd_run(args)
@@ -658,5 +670,5 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_history(args)
     except QuantLensError as exc:
         return _fail(str(exc))
-    except KeyboardInterrupt:
-        return _fail("interrupted", EXIT_CANCELLED)
+    except KeyboardInterrupt as exc:
+        return _fail("interrupted", EXIT_SIGNAL_BASE + posix.interrupt_signal(exc))

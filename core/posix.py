@@ -17,6 +17,8 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
@@ -24,6 +26,86 @@ from typing import IO
 PROC = Path("/proc")  # a module attribute so tests can take /proc away, as on macOS
 # One lock file for the whole host, in the system temp folder every user and workspace shares.
 TIMING_LOCK = Path(tempfile.gettempdir()) / "quantlens-timing.lock"
+# Signals that ask a command-line process to stop (`timeout`, CI cancel, `docker stop`, a
+# closed terminal); handled as Ctrl-C is. The exit status says which: 128 + the signal.
+TERMINATION_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+PARENT_POLL_S = 0.5  # the parent watch where the kernel cannot do it (not Linux)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where Ctrl-C raises KeyboardInterrupt, so both end alike."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def interrupt_signal(exc: KeyboardInterrupt) -> int:
+    """The signal behind an interrupt: SIGTERM/SIGHUP for Terminated, else SIGINT (Ctrl-C)."""
+    return exc.signum if isinstance(exc, Terminated) else int(signal.SIGINT)
+
+
+@contextlib.contextmanager
+def termination_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM and SIGHUP raise Terminated (a KeyboardInterrupt).
+
+    Only the first one raises: a second signal must not cut short the cleanup the first one
+    started (stopping the worker, finishing the run as cancelled). Signal handlers can only
+    be set on the main thread; elsewhere the block runs with the handlers it has.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    raised = False
+
+    def handler(signum: int, frame: object) -> None:
+        nonlocal raised
+        if not raised:
+            raised = True
+            raise Terminated(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in TERMINATION_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """End this process (and its process group) when its parent `parent_pid` ends.
+
+    A worker must never outlive its supervisor, however the supervisor dies (SIGKILL
+    included): on Linux the kernel sends SIGKILL (PR_SET_PDEATHSIG); elsewhere a thread
+    watches the parent pid and kills this process's group when it changes.
+    """
+    if sys.platform.startswith("linux") and _set_parent_death_signal(signal.SIGKILL):
+        if os.getppid() != parent_pid:  # the parent died before the kernel was told to watch
+            os.kill(os.getpid(), signal.SIGKILL)
+        return
+    threading.Thread(
+        target=_watch_parent, args=(parent_pid,), name="parent-watch", daemon=True
+    ).start()
+
+
+def _set_parent_death_signal(signum: int) -> bool:
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(_PR_SET_PDEATHSIG, int(signum), 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(PARENT_POLL_S)
+    # The worker leads its own group (start_new_session): whatever it started ends with it.
+    with contextlib.suppress(OSError):
+        os.killpg(os.getpgid(0), signal.SIGKILL)
+    os._exit(1)
 
 
 def kill_group(pid: int) -> None:

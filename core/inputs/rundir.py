@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -87,26 +87,35 @@ def write_atomic(path: Path, data: bytes) -> None:
     """Write `data` under a temporary name in the same folder, then rename it into place.
 
     A reader (or a crash) never sees a half-written file: it sees the old one or the new one.
+    The file gets the mode a plain open() gives (0666 minus the umask).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_temporary(path)
     try:
-        # mkstemp creates 0600; give the file the mode a plain open() would (0666 minus umask).
-        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
+def _create_temporary(path: Path) -> tuple[int, Path]:
+    """A new, exclusive file beside `path`, opened for writing.
+
+    Mode 0o666 lets the kernel apply the umask, as open() does. Reading the umask would mean
+    setting it (os.umask has no read-only form), and for that moment every other thread of
+    the process would create its files and folders with no umask at all.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue  # another writer drew the same name: draw again
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

@@ -25,6 +25,7 @@ from core.types import ProgressEvent, RunStatus
 # memory, a bug. A native crash shows as a negative code (the signal).
 EXIT_OK, EXIT_BAD_INPUT, EXIT_OOM, EXIT_BUG = 0, 2, 3, 4
 MEMORY_LIMIT_ENV = "QUANTLENS_MEMORY_LIMIT_BYTES"  # the worker caps its address space to it
+SUPERVISOR_PID_ENV = "QUANTLENS_SUPERVISOR_PID"  # the worker dies when this process does
 # The limits a worker runs under unless the caller gives others (--timeout, --memory-gb).
 DEFAULT_TIMEOUT_S = 3600.0
 DEFAULT_MEMORY_LIMIT_GB = 16.0

@@ -100,6 +100,9 @@ def claim_turn(
 ) -> int | None:
     """Block until this run may use the machine; None when it was cancelled while queued.
 
+    Ctrl-C (or SIGTERM/SIGHUP turned into one) while waiting propagates to the caller, which
+    ends the run as cancelled.
+
     Returns:
         The descriptor holding the runner lock (closing it lets the next run go), or None.
     """
@@ -125,18 +128,15 @@ def _queue_until_free(
 ) -> bool:
     """True once this run holds the runner lock; False when cancelled while queued."""
     said = None
-    try:
-        while not (directory / protocol.CANCEL_FLAG).exists():
-            ahead = runs_ahead(run_id, home=home)
-            if not any(r.status is RunStatus.QUEUED for r in ahead):
-                with contextlib.suppress(BlockingIOError):
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    return True
-            message = queue_message(ahead)
-            if message != said and on_event is not None:
-                on_event(ProgressEvent("queued", 0.0, message, time=time.time()))
-            said = message
-            time.sleep(QUEUE_POLL_S)
-    except KeyboardInterrupt:  # Ctrl-C in the CLI while queued: the run never started
-        pass
+    while not (directory / protocol.CANCEL_FLAG).exists():
+        ahead = runs_ahead(run_id, home=home)
+        if not any(r.status is RunStatus.QUEUED for r in ahead):
+            with contextlib.suppress(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+        message = queue_message(ahead)
+        if message != said and on_event is not None:
+            on_event(ProgressEvent("queued", 0.0, message, time=time.time()))
+        said = message
+        time.sleep(QUEUE_POLL_S)
     return False

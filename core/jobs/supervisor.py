@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -63,6 +64,9 @@ class Supervisor:
         self._events_seen = 0
         # The worker refused the job's input (a QuantLensError): the CLI's exit status 2.
         self.bad_input = False
+        # The signal that cancelled the run (SIGINT for Ctrl-C, SIGTERM, SIGHUP), else None:
+        # the CLI exits with 128 + it.
+        self.interrupted_by: int | None = None
 
     def run(self) -> RunStatus:
         """Wait for this run's turn, then supervise it until the job ends.
@@ -74,9 +78,15 @@ class Supervisor:
         with opened_store(self.home):
             self._set_status(supervisor_pid=os.getpid())  # from now on the run counts as alive
             run_id = outcome.run_id_of(self.directory)
-            slot = queue.claim_turn(self.directory, run_id, home=self.home, on_event=self.on_event)
+            try:
+                slot = queue.claim_turn(
+                    self.directory, run_id, home=self.home, on_event=self.on_event
+                )
+            except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM or SIGHUP while queued
+                self.interrupted_by = posix.interrupt_signal(exc)
+                slot = None
             if slot is None:
-                self._finish(RunStatus.CANCELLED, "cancelled while queued")
+                self._finish(RunStatus.CANCELLED, self._cancel_reason("cancelled while queued"))
                 return RunStatus.CANCELLED
             try:
                 return self._run_workers()
@@ -111,7 +121,10 @@ class Supervisor:
                 if cancelled or timed_out:
                     break
                 time.sleep(POLL_S)
-        except KeyboardInterrupt:  # Ctrl-C in the CLI: the worker is in its own group
+        except (
+            KeyboardInterrupt
+        ) as exc:  # Ctrl-C, SIGTERM or SIGHUP: the worker is in its own group
+            self.interrupted_by = posix.interrupt_signal(exc)
             cancelled = True
         if cancelled or timed_out:  # the whole group: whatever the model started ends too
             self._kill_group(process)
@@ -122,8 +135,9 @@ class Supervisor:
     def _settle(self, end: WorkerEnd) -> RunStatus | None:
         """The run's final status after this worker, or None to start another one."""
         if end.cancelled:
-            outcome.close_unfinished_variants(self.directory, "cancelled", "cancelled by the user")
-            self._end(RunStatus.CANCELLED, "cancelled by the user")
+            reason = self._cancel_reason("cancelled by the user")
+            outcome.close_unfinished_variants(self.directory, "cancelled", reason)
+            self._end(RunStatus.CANCELLED, reason)
             return RunStatus.CANCELLED
         if end.returncode == protocol.EXIT_OK:
             self._finish(RunStatus.DONE, None)
@@ -154,6 +168,13 @@ class Supervisor:
         event = ProgressEvent("variant", 1.0, f"{variant}: {reason}", variant, time=time.time())
         protocol.append_progress(self.directory, event)
         return None
+
+    def _cancel_reason(self, by_user: str) -> str:
+        """Ctrl-C and Cancel are the user's; SIGTERM and SIGHUP come from elsewhere (a CI
+        cancel, `timeout`, a closed terminal), which the reason names."""
+        if self.interrupted_by in posix.TERMINATION_SIGNALS:
+            return f"cancelled by {signal.Signals(self.interrupted_by).name}"
+        return by_user
 
     @staticmethod
     def _kill_group(process: subprocess.Popen[bytes]) -> None:
@@ -187,6 +208,7 @@ def start_worker(
     """Start `python -m core.jobs.worker run` on the run, in a process group of its own."""
     env = dict(os.environ)
     env[protocol.MEMORY_LIMIT_ENV] = str(int(memory_limit_gb * 2**30))
+    env[protocol.SUPERVISOR_PID_ENV] = str(os.getpid())
     env.setdefault("QUANTLENS_HOME", str(resolved_home(home)))
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # The converter writes a SavedModel copy to TMPDIR and a native crash leaves it behind;
@@ -245,7 +267,8 @@ def main(argv: list[str]) -> int:
     supervisor = Supervisor(
         Path(args.run_dir), home=home, timeout_s=args.timeout, memory_limit_gb=args.memory_gb
     )
-    status = supervisor.run()
+    with posix.termination_as_interrupt():  # `kill` of a dashboard run's supervisor cancels it
+        status = supervisor.run()
     return 0 if status is RunStatus.DONE else 1
 
 

@@ -31,7 +31,14 @@ from core.engine.frameworks import configure_threads, quiet_tensorflow
 from core.errors import QuantLensError
 from core.inputs import rundir
 from core.jobs import protocol
-from core.jobs.protocol import EXIT_BAD_INPUT, EXIT_BUG, EXIT_OK, EXIT_OOM, MEMORY_LIMIT_ENV
+from core.jobs.protocol import (
+    EXIT_BAD_INPUT,
+    EXIT_BUG,
+    EXIT_OK,
+    EXIT_OOM,
+    MEMORY_LIMIT_ENV,
+    SUPERVISOR_PID_ENV,
+)
 from core.types import JobSpec, ProgressEvent, RunStatus
 
 
@@ -40,6 +47,14 @@ def apply_memory_limit() -> None:
     limit = os.environ.get(MEMORY_LIMIT_ENV)
     if limit:
         posix.limit_address_space(int(limit))
+
+
+def die_with_supervisor() -> None:
+    """A supervised worker ends when its supervisor does, even one killed by SIGKILL: a worker
+    left running would have no time limit, and the queue would start the next run beside it."""
+    supervisor = os.environ.get(SUPERVISOR_PID_ENV)
+    if supervisor:
+        posix.die_with_parent(int(supervisor))
 
 
 def progress_writer(run_dir: Path) -> Callable[[ProgressEvent], None]:
@@ -161,6 +176,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--then-mobilenetv2", action="store_true", help="chain the large demo")
     parser.add_argument("--epochs", type=int, default=None, help="MobileNetV2 demo epochs")
     args = parser.parse_args(argv)
+    die_with_supervisor()
     # A native crash (SIGSEGV/SIGABRT in the converter or interpreter) then leaves the Python
     # stack in stderr, whose tail the supervisor saves with the crashed variant.
     faulthandler.enable()

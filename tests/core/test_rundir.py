@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -67,3 +69,79 @@ def test_a_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
         rundir.write_atomic(target, "text, not bytes")  # type: ignore[arg-type]
     assert rundir.read_json(target) == {"kept": True}
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+def test_atomic_writes_never_open_the_umask_to_other_threads(tmp_path: Path) -> None:
+    """Threads creating folders while others write atomically: no folder comes out
+    world-writable (the umask is never set to 0, even for a moment), and every written file
+    has the mode a plain open() gives."""
+    folders = tmp_path / "folders"
+    folders.mkdir()
+    writers_done = threading.Event()
+    made: list[Path] = []
+
+    def make_folders(worker: int) -> None:
+        i = 0
+        while not writers_done.is_set():
+            folder = folders / f"{worker}-{i}"
+            folder.mkdir()
+            made.append(folder)
+            i += 1
+
+    def write_files(worker: int) -> None:
+        for i in range(200):
+            rundir.write_atomic(tmp_path / f"w{worker}" / f"{i % 7}.bin", b"x")
+
+    old_umask = os.umask(0o022)
+    old_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often, as a busy server does at some point
+    try:
+        makers = [threading.Thread(target=make_folders, args=(n,)) for n in range(2)]
+        writers = [threading.Thread(target=write_files, args=(n,)) for n in range(4)]
+        for thread in makers + writers:
+            thread.start()
+        for thread in writers:
+            thread.join()
+        writers_done.set()
+        for thread in makers:
+            thread.join()
+    finally:
+        sys.setswitchinterval(old_interval)
+        os.umask(old_umask)
+    modes = {stat.S_IMODE(folder.stat().st_mode) for folder in made}
+    assert modes == {0o755}, sorted(oct(m) for m in modes)
+    written = {stat.S_IMODE(p.stat().st_mode) for p in tmp_path.glob("w*/*.bin")}
+    assert written == {0o644}
+    assert not list(tmp_path.glob("w*/.*.tmp"))  # no temporary file left behind
+
+
+def _process_umask() -> int:
+    """The umask as the kernel reports it, read without setting it (os.umask cannot)."""
+    for line in Path("/proc/self/status").read_text(encoding="utf-8").splitlines():
+        if line.startswith("Umask:"):
+            return int(line.split()[1], 8)
+    pytest.skip("this kernel does not report the umask in /proc/self/status")
+
+
+def test_the_atomic_writer_never_changes_the_process_umask(tmp_path: Path) -> None:
+    """What any other thread would see between the writer's system calls: always 022.
+
+    The threaded test above catches the race only now and then; this one looks after every
+    call the writer makes into C (os.umask, os.open, fsync, ...), so it never misses it.
+    """
+    seen: set[int] = set()
+
+    def after_each_c_call(frame: object, event: str, arg: object) -> None:
+        if event == "c_return":
+            seen.add(_process_umask())
+
+    old_umask = os.umask(0o022)
+    _process_umask()  # skips before profiling when the kernel does not say
+    sys.setprofile(after_each_c_call)
+    try:
+        rundir.write_json_atomic(tmp_path / "status.json", {"status": "running"})
+    finally:
+        sys.setprofile(None)
+        os.umask(old_umask)
+    assert seen == {0o022}, sorted(oct(m) for m in seen)
+    assert stat.S_IMODE((tmp_path / "status.json").stat().st_mode) == 0o644
