@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from core.inputs import rundir
-from core.types import ProgressEvent, RunStatus
+from core.jobs.progress import append_progress as append_progress  # progress.jsonl's two
+from core.jobs.progress import read_progress as read_progress  # ends, as callers know them
+from core.types import RunStatus
 
 # The worker's exit codes: done, a QuantLensError (its message is in status.json), out of
 # memory, a bug. A native crash shows as a negative code (the signal).
@@ -59,27 +61,6 @@ def read_status(run_dir: Path) -> dict[str, Any]:
         return dict(rundir.read_json(path))
     except (OSError, json.JSONDecodeError):
         return {"status": str(RunStatus.QUEUED), "error": None, "started": None, "finished": None}
-
-
-def append_progress(run_dir: Path, event: ProgressEvent) -> None:
-    """Add one event to progress.jsonl, as one line."""
-    with (run_dir / rundir.PROGRESS).open("a", encoding="utf-8") as f:
-        f.write(json.dumps(event.to_dict()) + "\n")
-
-
-def read_progress(run_dir: Path) -> list[ProgressEvent]:
-    """Every progress event the worker wrote, oldest first (a half-written last line is ignored)."""
-    events: list[ProgressEvent] = []
-    try:
-        lines = (run_dir / rundir.PROGRESS).read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return events
-    for line in lines:
-        try:
-            events.append(ProgressEvent(**json.loads(line)))
-        except (json.JSONDecodeError, TypeError):
-            continue
-    return events
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from pathlib import Path
 from core import posix
 from core.inputs import rundir
 from core.jobs import crash, outcome, protocol, queue
+from core.jobs.progress import ProgressReader
 from core.jobs.protocol import DEFAULT_MEMORY_LIMIT_GB, DEFAULT_TIMEOUT_S
 from core.jobs.workspace import SOURCE_ROOT, opened_store, resolved_home
 from core.types import ProgressEvent, RunStatus
@@ -61,7 +62,7 @@ class Supervisor:
         self.timeout_s = timeout_s
         self.memory_limit_gb = memory_limit_gb
         self.on_event = on_event
-        self._events_seen = 0
+        self._progress = ProgressReader(directory)  # only new lines are read at each poll
         # The worker refused the job's input (a QuantLensError): the CLI's exit status 2.
         self.bad_input = False
         # The signal that cancelled the run (SIGINT for Ctrl-C, SIGTERM, SIGHUP), else None:
@@ -183,11 +184,10 @@ class Supervisor:
         process.wait()
 
     def _poll_events(self) -> None:
-        events = protocol.read_progress(self.directory)
-        if self.on_event is not None:
-            for event in events[self._events_seen :]:
-                self.on_event(event)
-        self._events_seen = len(events)
+        if self.on_event is None:  # nobody to tell (a dashboard run): nothing to read
+            return
+        for event in self._progress.read_new():
+            self.on_event(event)
 
     def _set_status(self, **fields: object) -> None:
         status = {**protocol.read_status(self.directory), **fields}

@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
-import functools
 import json
 import os
 import sys
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 from core import posix
@@ -31,6 +30,7 @@ from core.engine.frameworks import configure_threads, quiet_tensorflow
 from core.errors import QuantLensError
 from core.inputs import rundir
 from core.jobs import protocol
+from core.jobs.progress import ThrottledProgress
 from core.jobs.protocol import (
     EXIT_BAD_INPUT,
     EXIT_BUG,
@@ -39,7 +39,7 @@ from core.jobs.protocol import (
     MEMORY_LIMIT_ENV,
     SUPERVISOR_PID_ENV,
 )
-from core.types import JobSpec, ProgressEvent, RunStatus
+from core.types import JobSpec, RunStatus
 
 
 def apply_memory_limit() -> None:
@@ -57,9 +57,10 @@ def die_with_supervisor() -> None:
         posix.die_with_parent(int(supervisor))
 
 
-def progress_writer(run_dir: Path) -> Callable[[ProgressEvent], None]:
-    """A progress callback that appends each event to progress.jsonl as one line."""
-    return functools.partial(protocol.append_progress, run_dir)
+def progress_writer(run_dir: Path) -> ThrottledProgress:
+    """The progress callback: events appended to progress.jsonl, per-batch ones throttled
+    (flush it when the job ends)."""
+    return ThrottledProgress(run_dir)
 
 
 def run_job(run_dir: Path) -> int:
@@ -72,12 +73,15 @@ def run_job(run_dir: Path) -> int:
         if os.environ.get("QUANTLENS_CACHE")
         else rundir.cache_root() / "tflite"
     )
+    progress = progress_writer(run_dir)
     try:
-        pipeline.run_job(job, run_dir, progress=progress_writer(run_dir), cache_dir=cache_dir)
+        pipeline.run_job(job, run_dir, progress=progress, cache_dir=cache_dir)
     except QuantLensError as exc:
         protocol.write_status(run_dir, RunStatus.FAILED, error=str(exc))
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    finally:
+        progress.flush()
     if job.mlflow_uri:
         track_run(run_dir, job.mlflow_uri)
     return EXIT_OK
