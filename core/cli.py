@@ -269,6 +269,12 @@ def _parser() -> argparse.ArgumentParser:
     history = sub.add_parser("history", help="list stored runs")
     history.add_argument("--search", default=None)
     history.add_argument("--limit", type=int, default=50)
+    history.add_argument(
+        "--reindex",
+        action="store_true",
+        help="add to the history every run whose folder (under runs/, or a noted --out) "
+        "the history lacks, e.g. after a damaged database was moved aside",
+    )
     return parser
 
 
@@ -634,6 +640,12 @@ def cmd_history(args: argparse.Namespace) -> int:
 
     store = open_store()
     try:
+        if args.reindex:
+            found, added = store.reindex()
+            print(
+                f"indexed {added} runs from their folders ({found} found, {found - added} were already in the history)"
+            )
+            return EXIT_PASS
         rows = store.list_runs(search=args.search, limit=args.limit)
     finally:
         store.close()

@@ -18,8 +18,8 @@ except QuantLensError as exc:
 if store.recovered_from is not None:
     st.warning(
         "The run database was damaged and has been moved aside to "
-        f"{fmt.code(store.recovered_from)}; a fresh, empty one was started. Earlier run folders "
-        "are still on disk under runs/.",
+        f"{fmt.code(store.recovered_from)}; a fresh one was started and "
+        f"{store.reindexed or 0} runs were re-added from their folders.",
         icon=":material/warning:",
     )
 

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 from core.errors import StoreError
+from core.history.reindex import forget_folder
 from core.history.store import RunStore
 from core.inputs.rundir import runs_root
 
@@ -67,3 +68,5 @@ def delete_run(store: RunStore, run_id: str) -> None:
         raise
     if trash is not None:
         shutil.rmtree(trash, ignore_errors=True)
+    else:  # its folder stays on disk: a rebuilt index must not bring the run back
+        forget_folder(store.home, row.run_dir)

@@ -9,13 +9,14 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from core.errors import StoreError
+from core.errors import QuantLensError, StoreError
+from core.history.reindex import FoundRun, candidate_folders, read_run_folder, remember_folder
 from core.history.rows import (
     LATENCY_KEYS,
     VariantRow,
@@ -242,6 +243,7 @@ class _Shared:
     busy_timeout_ms: int
     recovered_from: Path | None
     users: int = 0
+    reindexed: int | None = None  # runs re-added from their folders after recovery
 
 
 _REGISTRY: dict[Path, _Shared] = {}
@@ -313,6 +315,29 @@ class RunStore:
         self._key = key
         self._shared: _Shared | None = shared
         self.recovered_from: Path | None = shared.recovered_from
+        if shared.recovered_from is not None:
+            self._rebuild_after_recovery(shared)
+
+    def _rebuild_after_recovery(self, shared: _Shared) -> None:
+        """A fresh database replaced a corrupt one: re-add every run its folder still records.
+
+        Once per process and database; a failure leaves the index as it is (the History page
+        says the database was moved aside, and `history --reindex` can try again).
+        """
+        with shared.lock:
+            if shared.reindexed is not None:
+                return
+            assert shared.recovered_from is not None
+            try:
+                shared.reindexed = self.reindex(databases=[shared.recovered_from])[1]
+            except (QuantLensError, OSError):
+                shared.reindexed = 0
+
+    @property
+    def reindexed(self) -> int | None:
+        """How many runs were re-added from their folders after a corrupt database was moved
+        aside (None when nothing was recovered)."""
+        return None if self._shared is None else self._shared.reindexed
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -613,6 +638,65 @@ class RunStore:
                     f"a run with id {run_id!r} exists already; pick a new run id"
                 ) from None
             raise
+        # A --out folder outside runs/ is noted, so a rebuilt index finds it again.
+        with contextlib.suppress(OSError):
+            remember_folder(self.home, run_dir)
+
+    def reindex(self, *, databases: Sequence[Path] = ()) -> tuple[int, int]:
+        """Add every run that a run folder records and the index lacks.
+
+        The folders are the workspace's `runs/`, the `--out` folders noted when their run was
+        created, and those `databases` (damaged ones, read-only) name. A run the index holds
+        already is left as it is.
+
+        Returns:
+            (runs found in folders, runs added to the index).
+        """
+        found = [
+            run
+            for folder in candidate_folders(self.home, databases)
+            if (run := read_run_folder(folder)) is not None
+        ]
+        added = 0
+        for run in found:
+            if self.get_run(run.run_id) is None and self._restore(run):
+                added += 1
+        return len(found), added
+
+    def _restore(self, run: FoundRun) -> bool:
+        """Insert a run found in its folder, with its variants from its report."""
+        job = run.job
+        options = {k: job[k] for k in _JOB_OPTION_KEYS if k in job}
+        with self._write() as conn:
+            cur = conn.execute(
+                """
+                INSERT OR IGNORE INTO runs (id, name, created, finished, status, error,
+                                            model_path, data_path, preset, options_json,
+                                            job_json, threads, trusted, run_dir)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """,
+                (
+                    run.run_id,
+                    run.name,
+                    run.created,
+                    run.finished if run.status.finished else None,
+                    str(run.status),
+                    run.error,
+                    job.get("model_path"),
+                    job.get("data_path"),
+                    None if job.get("preset") is None else str(job["preset"]),
+                    _dumps(options),
+                    _dumps(job),
+                    job.get("threads"),
+                    int(bool(job.get("trusted", False))),
+                    str(run.run_dir),
+                ),
+            )
+            if cur.rowcount == 0:
+                return False  # another process added it meanwhile
+        if run.report is not None:
+            self.sync_report(run.run_id, run.report)
+        return True
 
     def set_status(self, run_id: str, status: RunStatus, *, error: str | None = None) -> None:
         """Move a run to `status`; a finished status also stamps `finished`.

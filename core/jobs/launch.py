@@ -215,7 +215,14 @@ def recover_interrupted(*, home: Path | None = None) -> list[str]:
 def _stop_orphan_worker(directory: Path) -> None:
     """Kill the worker group of a run whose supervisor died, if it still runs this run."""
     pid = read_status(directory).get("worker_pid")
-    if not isinstance(pid, int) or not posix.pid_alive(pid):
+    if not isinstance(pid, int):
+        return
+    if not posix.pid_alive(pid):
+        # The worker died with its supervisor (PR_SET_PDEATHSIG), but what it started may
+        # still run in its group. Linux never gives a pid to a new process while a group of
+        # that id has members, so a group answering to this id is the dead worker's.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
         return
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
