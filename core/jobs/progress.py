@@ -15,6 +15,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from core.inputs import rundir
 from core.types import ProgressEvent
@@ -96,6 +97,7 @@ class ProgressReader:
         self.path = run_dir / rundir.PROGRESS
         self._offset = 0
         self._file: tuple[int, int] | None = None  # (device, inode) of the file read so far
+        self._head = b""  # its first line, which a new file would not start with
         self._events: list[ProgressEvent] = []
         self._lock = threading.Lock()
 
@@ -113,18 +115,29 @@ class ProgressReader:
     def _read_new(self) -> list[ProgressEvent]:
         try:
             with self.path.open("rb") as f:
-                info = os.fstat(f.fileno())
-                if (info.st_dev, info.st_ino) != self._file or info.st_size < self._offset:
-                    self._file, self._offset, self._events = (info.st_dev, info.st_ino), 0, []
+                if not self._same_file(f):
+                    self._file, self._offset, self._head, self._events = None, 0, b"", []
+                    info = os.fstat(f.fileno())
+                    self._file = (info.st_dev, info.st_ino)
                 f.seek(self._offset)
                 chunk = f.read()
         except OSError:
             return []
         complete = chunk[: chunk.rfind(b"\n") + 1]
+        if not self._head and complete:
+            self._head = complete[: complete.find(b"\n") + 1]
         self._offset += len(complete)
         new = _parse(complete)
         self._events.extend(new)
         return new
+
+    def _same_file(self, f: BinaryIO) -> bool:
+        """Whether `f` is the log read so far: same inode, not shorter, same first line (a
+        new file can get a deleted one's inode number)."""
+        info = os.fstat(f.fileno())
+        if (info.st_dev, info.st_ino) != self._file or info.st_size < self._offset:
+            return False
+        return not self._head or os.pread(f.fileno(), len(self._head), 0) == self._head
 
 
 def _parse(lines: bytes) -> list[ProgressEvent]:

@@ -68,8 +68,10 @@ def test_a_second_read_parses_only_the_appended_lines(tmp_path: Path) -> None:
     path.write_bytes(first)
     before = read_progress(tmp_path)
     assert len(before) == 50
-    with path.open("r+b") as f:  # the same bytes count, no longer JSON
-        f.write(b"x" * (len(first) - 1))
+    head = len(_lines(1))
+    with path.open("r+b") as f:  # every line after the first: the same bytes count, not JSON
+        f.seek(head)
+        f.write(b"x" * (len(first) - head - 1))
     with path.open("ab") as f:
         f.write(_lines(51)[len(first) :])
     after = read_progress(tmp_path)
@@ -85,6 +87,11 @@ def test_a_replaced_log_is_read_from_its_start(tmp_path: Path) -> None:
     path.unlink()
     path.write_bytes(_lines(2))
     assert [e.message for e in read_progress(tmp_path)] == ["event 0 · ü", "event 1 · ü"]
+    # Replaced by a longer log whose inode number may be the old one's: its first line differs.
+    path.unlink()
+    path.write_bytes(_lines(60)[len(_lines(1)) :])
+    assert [e.message for e in read_progress(tmp_path)][:2] == ["event 1 · ü", "event 2 · ü"]
+    assert len(read_progress(tmp_path)) == 59
 
 
 def test_throttled_writer_writes_far_fewer_lines_and_keeps_each_steps_last(
