@@ -52,7 +52,8 @@ def apply_memory_limit() -> None:
 def die_with_supervisor() -> None:
     """A supervised worker ends when its supervisor does, even one killed by SIGKILL: a worker
     left running would have no time limit, and the queue would start the next run beside it."""
-    supervisor = os.environ.get(SUPERVISOR_PID_ENV)
+    # Popped: a process this worker starts has another parent and must not inherit the watch.
+    supervisor = os.environ.pop(SUPERVISOR_PID_ENV, None)
     if supervisor:
         posix.die_with_parent(int(supervisor))
 
