@@ -642,8 +642,10 @@ def cmd_history(args: argparse.Namespace) -> int:
     try:
         if args.reindex:
             found, added = store.reindex()
+            already = found - added
             print(
-                f"indexed {added} runs from their folders ({found} found, {found - added} were already in the history)"
+                f"indexed {added} runs from their folders "
+                f"({found} found, {already} were already in the history)"
             )
             return EXIT_PASS
         rows = store.list_runs(search=args.search, limit=args.limit)

@@ -122,9 +122,8 @@ class Supervisor:
                 if cancelled or timed_out:
                     break
                 time.sleep(POLL_S)
-        except (
-            KeyboardInterrupt
-        ) as exc:  # Ctrl-C, SIGTERM or SIGHUP: the worker is in its own group
+        except KeyboardInterrupt as exc:
+            # Ctrl-C, SIGTERM or SIGHUP to the CLI: the worker, in its own group, got none.
             self.interrupted_by = posix.interrupt_signal(exc)
             cancelled = True
         if cancelled or timed_out:  # the whole group: whatever the model started ends too
