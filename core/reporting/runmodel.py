@@ -282,7 +282,7 @@ class VariantResult(_MappingView):
         d: dict[str, Any] = {}
         for key in self.keys_in_order():
             value = getattr(self, key)
-            if key in ("latency_note", "stderr_tail") and value is None:
+            if key in ("latency_note", "stderr_tail", "speedup") and value is None:
                 continue
             # The timing phase writes latency_ms and latency_warning together.
             if key == "latency_warning" and value is None and self.latency_ms is None:
