@@ -237,3 +237,34 @@ def test_a_real_run_states_its_speed_ups_from_interleaved_same_session_samples(
     env = report["environment"]
     assert env["cpu_count"] == os.cpu_count()
     assert 1 <= env["usable_cpus"] <= env["cpu_count"]
+
+
+@pytest.mark.slow
+def test_a_run_without_a_float32_variant_still_times_float32_tflite_as_the_baseline(
+    tiny_models: dict[str, Path], tiny_data: Path, tmp_path: Path
+) -> None:
+    """`float32+tf` alone adds no pivot: float32 TFLite is converted and timed anyway, so the
+    speed-up still has its baseline on the same runtime."""
+    from core.engine.pipeline import run_job
+    from core.types import JobSpec, Preset
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    job = JobSpec(
+        model_path=str(tiny_models["keras"]),
+        data_path=str(tiny_data),
+        variants=("float32+tf",),
+        preset=Preset.UNIT,
+        threads=1,
+        latency_runs=4,
+        warmup_runs=1,
+    )
+    events: list = []  # type: ignore[type-arg]
+    report = run_job(job, run_dir, progress=events.append, cache_dir=None)
+    assert [v["name"] for v in report["variants"]] == ["float32+tf"]
+    speedup = report["variants"][0]["speedup"]
+    assert speedup["baseline"] == "float32" and speedup.get("missing") is None
+    assert speedup["blocks"] == 4 and len(speedup["baseline_block_p50_ms"]) == 4
+    ratios = np.array(speedup["baseline_block_p50_ms"]) / np.array(speedup["block_p50_ms"])
+    assert speedup["value"] == pytest.approx(float(np.median(ratios)))
+    assert any("float32" in e.message and "interleaved" in e.message for e in events)
