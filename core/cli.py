@@ -150,7 +150,7 @@ def _parser() -> argparse.ArgumentParser:
         "--threads",
         type=int,
         default=None,
-        help="threads for both models (default: every core but one)",
+        help="threads for both models (default: every usable CPU but one)",
     )
     run.add_argument(
         "--min-agreement",

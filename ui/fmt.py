@@ -50,14 +50,6 @@ def change(value_pct: float) -> str:
     return f"{float(value_pct):+.1f} %"
 
 
-def speedup(value: float | None) -> str:
-    """A speed-up factor as "3.2× faster" / "0.8× (slower)"."""
-    if value is None:
-        return "—"
-    v = float(value)
-    return f"{v:.1f}× faster" if v >= 1 else f"{v:.2f}× (slower)"
-
-
 def code(value: object) -> str:
     """User-provided text as an inline code span (no escaping inside; backticks neutralised)."""
     return "`" + str(value).replace("`", "'").replace("\n", " ") + "`"

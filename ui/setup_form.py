@@ -17,7 +17,7 @@ from core.inputs.demo import DemoPaths, demo_paths, mobilenet_demo_paths
 from core.inputs.paths import allowed_roots, existing_under_roots
 from core.inputs.rundir import workspace_home, write_json_atomic
 from core.jobs import launch as jobs
-from core.metrics.latency import default_threads
+from core.metrics.latency import default_threads, usable_cpus
 from core.reporting.report import VERDICT_LOWER_BOUND, VERDICT_POINT, VERDICT_RULES
 from core.reporting.tracking import resolve_uri
 from core.types import (
@@ -75,7 +75,7 @@ _UPLOADED = (keys.SETUP_MODEL_UPLOADED, keys.SETUP_DATA_UPLOADED)
 _INT_RANGES = {
     keys.SETUP_CALIBRATION: (1, 10_000),
     keys.SETUP_MAX_SAMPLES: (0, 10**9),
-    keys.SETUP_THREADS: (1, max(1, os.cpu_count() or 1)),
+    keys.SETUP_THREADS: (1, usable_cpus()),
     keys.SETUP_SWEEP_SEEDS: (1, MAX_SWEEP_SEEDS),
 }
 _FORM_DEFAULTS: dict[str, object] = {
@@ -604,7 +604,7 @@ def options_section(num_samples: int | None) -> RunOptions:
     threads = c3.number_input(
         "Threads",
         min_value=1,
-        max_value=max(1, os.cpu_count() or 1),
+        max_value=usable_cpus(),
         key=keys.SETUP_THREADS,
     )
     threshold = c4.slider(

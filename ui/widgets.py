@@ -24,6 +24,7 @@ from core.reporting.report import (
 )
 from core.reporting.results import RunResults
 from core.reporting.runmodel import Variant
+from core.reporting.speedup import BASELINE_LABEL, speedup_lines, times
 from core.types import UNSUCCESSFUL_STATUSES
 from ui import cache, fmt, runs
 
@@ -183,18 +184,24 @@ def verdict_card(res: RunResults, v: Variant) -> None:
             delta_color=_lower_is_better(size_change),
         )
         lat = v.result.latency_ms or {}
-        sp = v.result.speedup_vs_reference
+        speed = speedup_lines(v.name, v.result.speedup, v.result.speedup_vs_reference)
+        sp = speed.value
         # A speed-up s means p50 changed by (1/s − 1): 2× faster is −50 %, 0.8× is +25 %.
-        time_change = None if not sp else 100.0 * (1.0 / float(sp) - 1.0)
+        time_change = None if not sp else 100.0 * (1.0 / sp - 1.0)
         st.metric(
             "p50 latency",
             fmt.ms(lat.get("p50")),
-            delta=None if time_change is None else f"{fmt.change(time_change)} ({_times(sp)})",
+            delta=None
+            if sp is None or time_change is None
+            else f"{fmt.change(time_change)} ({times(sp)} vs {BASELINE_LABEL})",
             delta_color=_lower_is_better(time_change),
             help=SPEEDUP_COMPARES,
         )
-        if sp:
-            st.caption("LiteRT invoke vs the original's TensorFlow serving call, batch 1")
+        for line in (speed.headline, speed.vs_original):
+            if line:
+                st.caption(fmt.text(line))
+        if speed.unstable:
+            st.warning(fmt.text(speed.unstable), icon=":material/speed:")
         if v.result.latency_warning:
             st.warning(fmt.text(v.result.latency_warning), icon=":material/speed:")
         if not lat and v.result.latency_note:  # e.g. the run was cancelled before timing
@@ -231,15 +238,12 @@ def split_rows(variants: list[Variant]) -> list[dict[str, Any]]:
 
 
 SPEEDUP_COMPARES = (
-    "p50 of one LiteRT interpreter invoke of this variant against p50 of one TensorFlow serving "
-    "call of the original model: batch 1, same input, same thread count, after warm-up."
+    "Speed-up: p50 of this variant's LiteRT invoke against p50 of float32 TFLite on the same "
+    "runtime, block by block: the models are timed in interleaved blocks (A B A B …), the "
+    "ratio is taken in each block, and the median ratio is shown with the range over blocks. "
+    "The TensorFlow original's serving call is the second comparison. Batch 1, same input, "
+    "same thread count, after warm-up."
 )
-
-
-def _times(speedup: Any) -> str:
-    """A speed-up as a short card label: 3.2× faster, 1.3× slower."""
-    v = float(speedup)
-    return f"{v:.1f}× faster" if v >= 1 else f"{1 / v:.1f}× slower"
 
 
 def _lower_is_better(change_pct: float | None) -> Literal["inverse", "off"]:

@@ -9,6 +9,7 @@ from core.reporting.figures import (
     latency_distribution_figure,
     latency_percentiles_figure,
 )
+from core.reporting.speedup import speedup_lines
 from ui import fmt, keys, widgets
 
 st.title("Latency")
@@ -52,10 +53,14 @@ with right:
     st.plotly_chart(latency_percentiles_figure(percentiles, log_y=log_y), key="latency.percentiles")
 
 rows = []
-ref_p50 = (percentiles.get(ORIGINAL_LABEL) or {}).get("p50")
 for name, p in percentiles.items():
-    p50 = p.get("p50")
-    speed = ref_p50 / float(p50) if ref_p50 and p50 else None
+    speed = (
+        None
+        if name == ORIGINAL_LABEL
+        else speedup_lines(
+            name, res.variant(name).result.speedup, res.variant(name).result.speedup_vs_reference
+        )
+    )
     rows.append(
         {
             "model": name,
@@ -67,7 +72,9 @@ for name, p in percentiles.items():
             "max (ms)": p.get("max"),
             "mean (ms)": p.get("mean"),
             "std (ms)": p.get("std"),
-            "speed-up vs original": "—" if name == ORIGINAL_LABEL else fmt.speedup(speed),
+            "speed-up vs float32 TFLite": (speed.headline if speed else None) or "—",
+            "second: vs the TensorFlow original": (speed.vs_original if speed else None) or "—",
+            "stability": (speed.unstable if speed else None) or "—",
         }
     )
 st.dataframe(
@@ -103,12 +110,19 @@ runs = (
     f" ({MIN_BUDGETED_RUNS} to {MAX_BUDGETED_RUNS} runs, n above)"
 )
 st.caption(
-    "Speed-up compares one LiteRT interpreter invoke of each variant with one TensorFlow "
-    "serving call of the original (p50 against p50). "
+    "Speed-up compares each variant's LiteRT invoke with float32 TFLite on the same runtime; "
+    "the TensorFlow original's serving call comes second. The models are timed in interleaved "
+    "blocks (A B A B …); a speed-up is the median over blocks of the ratio of block medians, "
+    "with the range over blocks. "
     f"Batch 1, same input, after {opts.get('warmup_runs', '?')} warm-up runs; {runs}; "
     f"p99 is shown from {P99_MIN_RUNS} runs, below that only max; "
-    f"threads {env.get('threads', opts.get('threads', '?'))}. "
-    f"TensorFlow {env.get('tensorflow', '?')} · LiteRT {env.get('litert', '?')} · "
+    f"threads {env.get('threads', opts.get('threads', '?'))}"
+    + (
+        f" on {env['usable_cpus']} usable CPUs (host: {env.get('cpu_count', '?')}). "
+        if env.get("usable_cpus")
+        else ". "
+    )
+    + f"TensorFlow {env.get('tensorflow', '?')} · LiteRT {env.get('litert', '?')} · "
     f"Keras {env.get('keras', '?')} · Python {env.get('python', '?')} · "
     f"CPU {fmt.text(env.get('cpu', '?'))}. The original runs through its serving signature."
 )

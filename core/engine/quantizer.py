@@ -13,7 +13,6 @@ import contextlib
 import difflib
 import hashlib
 import json
-import os
 import re
 import sys
 import time
@@ -27,6 +26,7 @@ from core.engine.convert import ConversionResult, _check_calibration, tflite_fro
 from core.engine.models import ReferenceModel
 from core.errors import ConversionFailed
 from core.inputs.rundir import write_atomic
+from core.metrics.latency import usable_cpus
 from core.types import Backend, IOType, Mode, VariantSpec
 
 # Part of every quantizer cache key: bump it when QuantLens changes a recipe.
@@ -184,7 +184,7 @@ def _min_max_ranges(
     recipes.load_quantization_recipe(quantizer.get_quantization_recipe())
     calib = calibrator.Calibrator(
         bytearray(float_tflite),
-        num_threads=os.cpu_count() or 1,
+        num_threads=usable_cpus(),
         mode=calibrator.CalibrationMode.CALIBRATION_PROFILER_BASED,
         qsv_update_func=qsv_utils.min_max_update,
     )

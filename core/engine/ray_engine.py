@@ -37,6 +37,7 @@ import numpy as np
 from core.engine.faults import FAULT_ENV, FAULT_ONCE_ENV
 from core.engine.stages.files import BATCH  # the local engine's decode/reference batch
 from core.errors import QuantLensError
+from core.metrics.latency import usable_cpus
 from core.types import Preset, Sample, SkippedSample, VariantSpec
 
 RETRIES = 2  # restarts of a dead actor, and re-runs of its chunk, before a pass gives up
@@ -212,7 +213,7 @@ def ray_session(address: str | None) -> Iterator[ClusterInfo]:
         try:
             ray.init(
                 address=address or None,
-                num_cpus=None if address else (os.cpu_count() or 1),
+                num_cpus=None if address else usable_cpus(),
                 include_dashboard=False if not address else None,
                 # Ray's own default: the job's TMPDIR lies inside its run folder, too deep for
                 # the Unix socket paths Ray puts under it (107 bytes at most).

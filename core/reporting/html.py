@@ -31,6 +31,7 @@ from core.reporting.report import (
     verdict_rule_text,
 )
 from core.reporting.runmodel import RunReport, Variant, read_report
+from core.reporting.speedup import BASELINE_LABEL, speedup_lines
 
 THUMB_PX = 96
 MAX_GALLERY = 12
@@ -110,6 +111,8 @@ def render_report_html(run_dir: Path, *, name: str | None = None) -> str:
         "<h2>Recommendation</h2>",
         _recommendation_section(report),
         _reference_table(report),
+        "<h2>Speed-up</h2>",
+        _speedup_table(report, variants),
         "<h2>Charts</h2>",
         _charts(report, variants, threshold),
         _sweep_statement(report),
@@ -652,6 +655,34 @@ def _dataset_section(report: RunReport) -> str:
             f"{items}</table>{more}"
         )
     return out
+
+
+def _speedup_table(report: RunReport, variants: list[Variant]) -> str:
+    """Each timed variant's speed-up: vs float32 TFLite with its block spread, then vs the
+    TensorFlow original, and the flag when the timing blocks disagree."""
+    rows = []
+    for v in variants:
+        lines = speedup_lines(v.name, v.result.speedup, v.result.speedup_vs_reference)
+        if lines.headline is None and lines.vs_original is None:
+            continue
+        flag = f'<span class="fail">{_e(lines.unstable)}</span>' if lines.unstable else ""
+        rows.append(
+            f"<tr><td><strong>{_e(display_name(report, v))}</strong></td>"
+            f"<td>{_e(lines.headline or '—')}</td><td>{_e(lines.vs_original or '—')}</td>"
+            f"<td>{flag}</td></tr>"
+        )
+    if not rows:
+        return '<p class="na">Not timed yet.</p>'
+    head = (
+        f"<tr><th>variant</th><th>vs {BASELINE_LABEL} (the baseline)</th>"
+        "<th>second: vs the TensorFlow original</th><th>stability</th></tr>"
+    )
+    note = (
+        "<p><small>The models were timed in interleaved blocks (A B A B …) at batch 1; each "
+        "speed-up is the median over blocks of the ratio of the blocks' median latencies, with "
+        "the range over blocks.</small></p>"
+    )
+    return f'<table id="speedup">{head}{"".join(rows)}</table>{note}'
 
 
 def _environment_table(report: RunReport) -> str:

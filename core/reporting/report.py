@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import platform
 import sys
 from collections.abc import Mapping, Sequence
@@ -31,6 +30,8 @@ def environment(*, threads: int | None) -> dict[str, Any]:
 
     import numpy as np
 
+    from core.metrics.latency import host_cpus, usable_cpus
+
     def installed(name: str) -> str | None:
         try:
             return version(name)
@@ -45,7 +46,8 @@ def environment(*, threads: int | None) -> dict[str, Any]:
         "numpy": np.__version__,
         "platform": platform.platform(),
         "cpu": cpu_name(),
-        "cpu_count": os.cpu_count(),
+        "cpu_count": host_cpus(),  # the host's CPUs
+        "usable_cpus": usable_cpus(),  # the CPUs this process may run on (affinity, cgroup)
         "threads": threads,
     }
 
@@ -308,6 +310,7 @@ def finished_variant(
         # Filled in by the timing phase, once no conversion competes for the cores.
         latency_ms=None,
         speedup_vs_reference=None,
+        speedup=None,
         conversion_seconds=conversion_seconds,
         conversion_cached=conversion_cached,
         conversion_route=conversion_route,

@@ -241,7 +241,10 @@ class VariantResult(_MappingView):
     flip_matrix: tuple[tuple[int, ...], ...] | None = None
     disagreement_split: Mapping[str, int] | None = None
     latency_ms: Mapping[str, Any] | None = None
-    speedup_vs_reference: float | None = None
+    speedup_vs_reference: float | None = None  # vs the TensorFlow original (vs_original's value)
+    # vs float32 TFLite on the same runtime, with its spread over paired timing blocks
+    # (core.engine.stages.latency.speedup_entry); None before timing and in older reports.
+    speedup: Mapping[str, Any] | None = None
     conversion_seconds: float | None = None
     conversion_cached: bool | None = None
     conversion_route: str | None = None
@@ -279,7 +282,7 @@ class VariantResult(_MappingView):
         d: dict[str, Any] = {}
         for key in self.keys_in_order():
             value = getattr(self, key)
-            if key in ("latency_note", "stderr_tail") and value is None:
+            if key in ("latency_note", "stderr_tail", "speedup") and value is None:
                 continue
             # The timing phase writes latency_ms and latency_warning together.
             if key == "latency_warning" and value is None and self.latency_ms is None:

@@ -420,6 +420,7 @@ def variant_metrics(variant: Variant) -> dict[str, float]:
             ("mean_abs_top1_prob_delta", r.mean_abs_top1_prob_delta),
             ("nan_outputs", r.nan_outputs),
             ("speedup_vs_reference", r.speedup_vs_reference),
+            ("speedup_vs_float32", (r.speedup or {}).get("value")),
             ("passed", r.passed),
             *((f"latency_{k}_ms", latency.get(k)) for k in _LATENCY_KEYS),
         ]

@@ -38,6 +38,31 @@ def _latency(arr: np.ndarray) -> dict[str, float | int]:
     }
 
 
+TIMING_BLOCKS = 5  # the fixture's latency samples are five paired blocks of twelve runs
+
+
+def _block_medians(arr: np.ndarray) -> list[float]:
+    return [float(np.median(b)) for b in np.array_split(arr, TIMING_BLOCKS)]
+
+
+def _speedup(base: np.ndarray, mine: np.ndarray) -> dict[str, object]:
+    """A speed-up entry as the engine writes it, computed here from the arrays."""
+    ratios = np.array(_block_medians(base)) / np.array(_block_medians(mine))
+    disagree = float(ratios.max() / ratios.min())
+    return {
+        "value": float(np.median(ratios)),
+        "low": float(ratios.min()),
+        "high": float(ratios.max()),
+        "q1": float(np.percentile(ratios, 25)),
+        "q3": float(np.percentile(ratios, 75)),
+        "blocks": TIMING_BLOCKS,
+        "block_ratios": ratios.tolist(),
+        "baseline_block_p50_ms": _block_medians(base),
+        "block_p50_ms": _block_medians(mine),
+        "unstable": f"unstable: blocks disagree by {disagree:.1f}×" if disagree > 1.5 else None,
+    }
+
+
 def build_data(root: Path, *, n: int = 40, seed: int = 0) -> Path:
     """n tiny 8x8 grey PNGs plus data.csv (filepath,label); returns the CSV path."""
     rng = np.random.default_rng(seed)
@@ -66,6 +91,7 @@ def build_run(
     seed: int = 0,
     sizes: dict[str, int] | None = None,
     legacy_report: bool = False,
+    busy_blocks: str | None = None,
 ) -> Path:
     """Write a complete, self-consistent run directory under `home/runs/run_id`.
 
@@ -74,7 +100,9 @@ def build_run(
     written here, the way the engine defines it. `near_chance` shifts the original's
     predictions off the labels; the variants then carry the engine's no-verdict reason, unless
     `legacy_report` writes them as a report from before that rule (passed by agreement alone).
-    `sizes` overrides variant sizes in bytes (the original is 2.4 MB).
+    `sizes` overrides variant sizes in bytes (the original is 2.4 MB). Speed-ups are against a
+    float32 TFLite baseline timed in the same blocks; `busy_blocks` names a variant whose last
+    two blocks ran on a busy machine (its speed-up's blocks then disagree).
     """
     flips = {"float16": 0, "int8": 5} if flips is None else flips
     rng = np.random.default_rng(seed)
@@ -102,7 +130,9 @@ def build_run(
         }
     ).to_csv(d / rundir.SAMPLES, index=False)
     np.save(d / rundir.REFERENCE_PROBS, ref.astype(np.float32))
-    ref_lat = rng.gamma(4, 0.5, 60) + 2.0
+    ref_lat = 0.5 * rng.gamma(4, 0.5, 60) + 3.0  # quiet enough that the blocks agree
+    # float32 TFLite, timed in the same session; its own generator keeps the others' draws.
+    baseline_lat = 0.5 * np.random.default_rng(seed + 1).gamma(4, 0.2, 60) + 1.6
     np.save(d / rundir.REFERENCE_LATENCY, ref_lat)
     ref_size = 2_400_000
     ref_acc = 100 * float((ref_top == labels).mean())
@@ -147,8 +177,15 @@ def build_run(
             }
         ).to_csv(rundir.variant_samples_path(d, name), index=False)
         np.save(rundir.probs_path(d, name), noisy.astype(np.float32))
-        lat = rng.gamma(4, 0.2, 60) + 0.5
+        lat = 0.5 * rng.gamma(4, 0.2, 60) + 1.0
+        if name == busy_blocks:
+            lat[36:] *= 4.0
         np.save(rundir.latency_path(d, name), lat)
+        speedup = {
+            "baseline": "float32",
+            **_speedup(baseline_lat, lat),
+            "vs_original": _speedup(ref_lat, lat),
+        }
         flip_m = np.zeros((c, c), int)
         for i in np.flatnonzero(~agree):
             flip_m[ref_top[i], tfl_top[i]] += 1
@@ -184,8 +221,9 @@ def build_run(
                 "mean_kl": float(kl.mean()),
                 "nan_outputs": 0,
                 "flip_matrix": flip_m.tolist(),
-                "latency_ms": _latency(lat),
-                "speedup_vs_reference": float(np.percentile(ref_lat, 50) / np.percentile(lat, 50)),
+                "latency_ms": {**_latency(lat), "blocks": [12] * TIMING_BLOCKS},
+                "speedup_vs_reference": speedup["vs_original"]["value"],  # type: ignore[index]
+                "speedup": speedup,
                 "conversion_seconds": 1.5,
                 "select_tf_ops_used": [],
                 "passed": no_verdict is None and agree_pct >= 95.0,

@@ -105,6 +105,8 @@ def test_a_larger_model_is_shown_as_a_red_increase(home: Path, open_page: OpenPa
 
 
 def test_latency_card_colours_follow_the_time_change(home: Path, open_page: OpenPage) -> None:
+    """The card's change is against float32 TFLite on the same runtime (the speed-up's
+    baseline), not against the TensorFlow original."""
     from streamlit.proto.Metric_pb2 import Metric
 
     d = build_run(home)
@@ -114,12 +116,50 @@ def test_latency_card_colours_follow_the_time_change(home: Path, open_page: Open
     done = [v for v in rep["variants"] if v["status"] == "done"]
     assert len(cards) == len(done)
     for card, v in zip(cards, done, strict=True):
-        change = 100.0 * (v["latency_ms"]["p50"] / rep["reference"]["latency_ms"]["p50"] - 1.0)
-        speed = rep["reference"]["latency_ms"]["p50"] / v["latency_ms"]["p50"]
+        speed = v["speedup"]["value"]
+        change = 100.0 * (1.0 / speed - 1.0)
         times = f"{speed:.1f}× faster" if speed >= 1 else f"{1 / speed:.1f}× slower"
-        assert card.proto.delta == f"{change:+.1f} % ({times})"
+        assert card.proto.delta == f"{change:+.1f} % ({times} vs float32 TFLite)"
         faster = change < 0
         assert card.proto.color == (Metric.MetricColor.GREEN if faster else Metric.MetricColor.RED)
+
+
+def test_the_speed_up_names_float32_tflite_as_its_baseline_and_shows_its_spread(
+    home: Path, open_page: OpenPage
+) -> None:
+    """Each card states the speed-up against float32 TFLite with the range over timing blocks,
+    then the TensorFlow original labelled as such; a variant whose blocks disagree is flagged."""
+    d = build_run(home, busy_blocks="int8")
+    rep = read_report(d)
+    at = open_page("overview")
+    captions = [c.value.replace("\\", "") for c in at.caption]
+    for v in rep["variants"]:
+        if v["status"] != "done":
+            continue
+        sp, original = v["speedup"], v["speedup"]["vs_original"]
+        # Recomputed from the block medians the report keeps: baseline over variant, per block.
+        ratios = np.array(sp["baseline_block_p50_ms"]) / np.array(sp["block_p50_ms"])
+        assert sp["value"] == pytest.approx(float(np.median(ratios)))
+        x = sp["value"]
+        times = f"{x:.1f}× faster" if x >= 1 else f"{1 / x:.1f}× slower"
+        headline = (
+            f"vs float32 TFLite (same LiteRT runtime): {times} "
+            f"(blocks {ratios.min():.2f}–{ratios.max():.2f}×, 5 blocks)"
+        )
+        assert headline in captions, (headline, captions)
+        y = original["value"]
+        second = (
+            f"vs the TensorFlow original: {y:.1f}× faster" if y >= 1 else f"{1 / y:.1f}× slower"
+        )
+        assert any(c.startswith(second) for c in captions), (second, captions)
+    int8 = next(v for v in rep["variants"] if v["name"] == "int8")
+    ratios = np.array(int8["speedup"]["block_ratios"])
+    flag = f"unstable: blocks disagree by {ratios.max() / ratios.min():.1f}×"
+    warnings = [w.value.replace("\\", "") for w in at.warning]
+    assert any(w.startswith(flag) for w in warnings), warnings
+    float16 = next(v for v in rep["variants"] if v["name"] == "float16")
+    assert float16["speedup"]["unstable"] is None  # its card has no such warning
+    assert sum("blocks disagree" in w for w in warnings) == 1
 
 
 def test_run_name_is_shown_as_text_not_html(crafted: Path, open_page: OpenPage) -> None:
@@ -334,7 +374,10 @@ def test_latency_quotes_p99_from_100_runs_and_max_below(crafted: Path, open_page
     assert pd.isna(rows.loc["int8", "p99 (ms)"]) and pd.isna(rows.loc["original", "p99 (ms)"])
     assert rows.loc["int8", "max (ms)"] == pytest.approx(float(int8_samples.max()))
     caption = at.main.caption[-1].value
-    assert "LiteRT interpreter invoke" in caption and "TensorFlow serving call" in caption
+    assert "float32 TFLite on the same runtime" in caption and "interleaved" in caption
+    assert "TensorFlow original's serving call comes second" in caption
+    assert rows.loc["int8", "speed-up vs float32 TFLite"].startswith("vs float32 TFLite")
+    assert rows.loc["int8", "second: vs the TensorFlow original"].startswith("vs the TensorFlow")
     assert any("float16" in w.value and "unstable timing" in w.value for w in at.warning)
 
 
@@ -350,5 +393,6 @@ def test_card_says_what_the_speed_up_compares_and_warns_on_unstable_timing(
     int8["latency_warning"] = "unstable timing (wide spread), measured twice"
     (crafted / rundir.REPORT).write_text(json.dumps(rep), encoding="utf-8")
     at = open_page("overview")
-    assert any("TensorFlow serving call" in c.value for c in at.caption)
+    assert any("vs float32 TFLite \\(same LiteRT runtime\\)" in c.value for c in at.caption)
+    assert any("vs the TensorFlow original" in c.value for c in at.caption)
     assert [w.value for w in at.warning if "unstable timing" in w.value]

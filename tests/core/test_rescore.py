@@ -76,6 +76,18 @@ def test_rescore_adds_a_float_layer_variant_to_the_same_run(
         derived["command"] == f"python -m core rescore {out} --variant int8 --keep-float mix,wide"
     )
     assert derived["latency_ms"]["n"] == 3 and derived["n"] == 24
+    # Its speed-up comes from the re-score's own process: float32 TFLite was timed again there,
+    # interleaved with it, not taken from the original run's samples.
+    speedup = derived["speedup"]
+    mine = np.load(out / "int8:keep=mix+wide.latency.npy")
+    cuts = np.cumsum(derived["latency_ms"]["blocks"])[:-1]
+    own = [float(np.median(block)) for block in np.split(mine, cuts)]
+    assert speedup["baseline"] == "float32" and speedup["block_p50_ms"] == pytest.approx(own)
+    ratios = [b / m for b, m in zip(speedup["baseline_block_p50_ms"], own, strict=True)]
+    assert speedup["value"] == pytest.approx(float(np.median(ratios)))
+    earlier = np.load(out / "float32.latency.npy")
+    earlier_blocks = np.split(earlier, np.cumsum(before["float32"]["latency_ms"]["blocks"])[:-1])
+    assert speedup["baseline_block_p50_ms"] != [float(np.median(b)) for b in earlier_blocks]
     assert derived["size_bytes"] == (out / "int8:keep=mix+wide.tflite").stat().st_size
     # Diagnosed like any other variant, so the Layers page lists it.
     assert (out / "int8:keep=mix+wide.layers.csv").is_file()

@@ -1,13 +1,21 @@
 """The time stage: per-invoke latency at batch 1 of the original and every finished variant.
 
 Runs after every conversion is over, under a host-wide lock, so nothing else of ours competes
-for the cores. Writes reference.latency.npy and <variant>.latency.npy, and the summaries in
+for the cores. Every model timed in one worker is timed in one session, in interleaved blocks
+(core.engine.timing.time_interleaved), together with the two baselines a speed-up is stated
+against: float32 TFLite on the same LiteRT runtime (the headline), and the TensorFlow original
+(second, labelled as such). A re-score or a restarted worker times its new variants with both
+baselines again, so every speed-up comes from timings of one process.
+
+Writes reference.latency.npy and <variant>.latency.npy (per-call samples in call order; the
+block sizes are `latency_ms.blocks`), the summaries and each variant's `speedup` in
 report.json; a restarted worker skips what is already timed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -15,10 +23,12 @@ from core.engine.faults import maybe_inject
 from core.engine.stages.context import RunContext
 from core.engine.stages.decode import first_images
 from core.engine.stages.files import save_npy
-from core.engine.timing import time_invocations
+from core.engine.timing import TimedModel, time_interleaved
 from core.inputs import rundir
-from core.metrics.latency import latency_stats, unstable_timing
-from core.types import LatencyStats
+from core.metrics.latency import latency_stats, speedup_spread, unstable_timing
+
+ORIGINAL = "reference"  # the TensorFlow original's key in a timing session
+BASELINE = "float32"  # the float32 TFLite variant's name: the headline speed-up's baseline
 
 
 def time_models(run: RunContext) -> None:
@@ -34,73 +44,148 @@ def time_models(run: RunContext) -> None:
         run.emit("latency", 0.0, "waiting for another QuantLens job to finish timing")
 
     with posix.host_lock(posix.TIMING_LOCK, on_wait=say_waiting):
-        reference = reference_latency(run)
-        image = first_images(run, 1)[0]
-        for spec in run.specs:
-            entry = run.report.variant(spec.name)
-            if entry["status"] != "done" or entry.get("latency_ms"):
-                continue
-            stats = variant_latency(run, spec.name, image)
-            entry["speedup_vs_reference"] = reference.p50 / stats.p50 if stats.p50 > 0 else None
-            run.report.save()
+        time_session(run)
 
 
-def variant_latency(run: RunContext, name: str, image: np.ndarray) -> LatencyStats:
-    """Time one written .tflite at batch 1; its samples file and summary are recorded."""
-    from core.engine.runtime import TFLiteRunner
-
-    run.emit("latency", 0.0, f"timing {name} at batch 1", name)
-    maybe_inject("latency", name)
-    tflite = rundir.tflite_path(run.run_dir, name).read_bytes()
-    runner = TFLiteRunner(tflite, threads=run.threads, name=f"{name}.tflite")
-    samples, warning = stable_samples(run, runner.timed_invoke(image), name)
-    save_npy(rundir.latency_path(run.run_dir, name), samples)
-    stats = latency_stats(samples)
-    entry = run.report.variant(name)
-    entry["latency_ms"] = stats.to_dict()
-    entry["latency_warning"] = warning
-    return stats
+def untimed_variants(run: RunContext) -> list[str]:
+    """The finished variants with no latency yet (all of them on a first pass)."""
+    names = []
+    for spec in run.specs:
+        entry = run.report.variant(spec.name)
+        if entry["status"] == "done" and not entry.get("latency_ms"):
+            names.append(spec.name)
+    return names
 
 
-def reference_latency(run: RunContext) -> LatencyStats:
-    """The original's batch-1 latency through its serving function (timed once per run)."""
-    import tensorflow as tf
-
+def time_session(run: RunContext) -> None:
+    """Time the untimed variants interleaved with the original and the float32 baseline."""
+    todo = untimed_variants(run)
     reference = run.report.data["reference"]
-    path = run.run_dir / rundir.REFERENCE_LATENCY
-    if reference.get("latency_ms") and path.exists():
-        return latency_stats(np.load(path))
-    run.emit("latency", 0.0, "timing the original model at batch 1")
-    x = tf.constant(first_images(run, 1))
-    serve = run.model.concrete_function
-    samples, warning = stable_samples(run, lambda: serve(x), None)
-    save_npy(path, samples)
-    stats = latency_stats(samples)
-    reference["latency_ms"] = stats.to_dict()
-    reference["latency_warning"] = warning
+    reference_path = run.run_dir / rundir.REFERENCE_LATENCY
+    reference_timed = bool(reference.get("latency_ms")) and reference_path.exists()
+    if not todo and reference_timed:
+        return
+    for name in todo:
+        maybe_inject("latency", name)
+    image = first_images(run, 1)[0]
+    invokes = {ORIGINAL: original_invoke(run)}
+    baseline, missing = baseline_invoke(run, image, todo)
+    if baseline is not None:
+        invokes[BASELINE] = baseline
+    for name in todo:
+        if name not in invokes:
+            invokes[name] = variant_invoke(run, name, image)
+    who = ", ".join(["the original", *(n for n in invokes if n != ORIGINAL)])
+    run.emit("latency", 0.0, f"timing {who} at batch 1, in interleaved blocks")
+    timed, warnings = stable_session(run, invokes, todo)
+
+    if not reference_timed:
+        record_latency(reference, timed[ORIGINAL], warnings.get(ORIGINAL))
+        save_npy(reference_path, timed[ORIGINAL].samples)
+    for name in todo:
+        entry = run.report.variant(name)
+        save_npy(rundir.latency_path(run.run_dir, name), timed[name].samples)
+        record_latency(entry, timed[name], warnings.get(name))
+        entry["speedup"] = speedup_entry(timed, name, missing)
+        entry["speedup_vs_reference"] = entry["speedup"]["vs_original"]["value"]
     run.report.save()
-    return stats
 
 
-def stable_samples(
-    run: RunContext, invoke: Callable[[], object], who: str | None
-) -> tuple[np.ndarray, str | None]:
-    """Time `invoke`; if the spread says the machine was busy, time it once more.
+def record_latency(entry: dict[str, Any], timed: TimedModel, warning: str | None) -> None:
+    """The summary of one model's samples, with the sizes of its blocks in call order."""
+    entry["latency_ms"] = {**latency_stats(timed.samples).to_dict(), "blocks": timed.blocks}
+    entry["latency_warning"] = warning
 
-    Returns the samples and, when the second measurement is still unstable, a one-line
-    warning for the card (the numbers are kept: a flagged number beats no number).
+
+def speedup_entry(
+    timed: Mapping[str, TimedModel], name: str, missing: str | None
+) -> dict[str, Any]:
+    """A variant's `speedup`: against float32 TFLite (the headline) with its block spread, and
+    against the TensorFlow original under `vs_original`."""
+    model = timed[name].split()
+    vs_original = speedup_spread(timed[ORIGINAL].split(), model).to_dict()
+    if missing is not None:
+        return {"baseline": None, "value": None, "missing": missing, "vs_original": vs_original}
+    if name == BASELINE:
+        return {"baseline": BASELINE, "value": None, "vs_original": vs_original}
+    spread = speedup_spread(timed[BASELINE].split(), model).to_dict()
+    return {"baseline": BASELINE, **spread, "vs_original": vs_original}
+
+
+def stable_session(
+    run: RunContext, invokes: Mapping[str, Callable[[], object]], todo: list[str]
+) -> tuple[dict[str, TimedModel], dict[str, str]]:
+    """Time the session; if a model's spread or a speed-up's blocks say the machine was busy,
+    time it once more.
+
+    Returns the timings and, per model still unstable the second time, a one-line warning for
+    its card (the numbers are kept: a flagged number beats no number).
     """
     job = run.job
-    runs, warmup, budget = job.latency_runs, job.warmup_runs, job.latency_budget_s
-    samples = time_invocations(invoke, runs=runs, warmup=warmup, budget_s=budget)
-    if unstable_timing(samples) is None:
-        return samples, None
-    run.emit("latency", 0.5, "timing was unstable; measuring again", who)
-    samples = time_invocations(invoke, runs=runs, warmup=warmup, budget_s=budget)
-    reason = unstable_timing(samples)
-    if reason is None:
-        return samples, None
-    return (
-        samples,
-        f"unstable timing ({reason}), measured twice; another load was likely running",
-    )
+
+    def measure() -> tuple[dict[str, TimedModel], dict[str, str], bool]:
+        timed = time_interleaved(
+            invokes, runs=job.latency_runs, warmup=job.warmup_runs, budget_s=job.latency_budget_s
+        )
+        reasons = {n: r for n, t in timed.items() if (r := unstable_timing(t.samples))}
+        baseline = timed.get(BASELINE)
+        blocks_disagree = baseline is not None and any(
+            speedup_spread(baseline.split(), timed[name].split()).unstable
+            for name in todo
+            if name != BASELINE
+        )
+        return timed, reasons, blocks_disagree
+
+    timed, reasons, blocks_disagree = measure()
+    if not reasons and not blocks_disagree:
+        return timed, {}
+    run.emit("latency", 0.5, "timing was unstable; measuring again")
+    timed, reasons, _ = measure()  # a speed-up whose blocks still disagree says so itself
+    warnings = {
+        name: f"unstable timing ({reason}), measured twice; another load was likely running"
+        for name, reason in reasons.items()
+    }
+    return timed, warnings
+
+
+def original_invoke(run: RunContext) -> Callable[[], object]:
+    """The original's serving function on the first image (DESIGN §6: not model.predict)."""
+    import tensorflow as tf
+
+    x = tf.constant(first_images(run, 1))
+    serve = run.model.concrete_function
+    return lambda: serve(x)
+
+
+def variant_invoke(run: RunContext, name: str, image: np.ndarray) -> Callable[[], None]:
+    """One written .tflite's invoke at batch 1 on `image`."""
+    from core.engine.runtime import TFLiteRunner
+
+    tflite = rundir.tflite_path(run.run_dir, name).read_bytes()
+    runner = TFLiteRunner(tflite, threads=run.threads, name=f"{name}.tflite")
+    return runner.timed_invoke(image)
+
+
+def baseline_invoke(
+    run: RunContext, image: np.ndarray, todo: list[str]
+) -> tuple[Callable[[], None] | None, str | None]:
+    """float32 TFLite's invoke, and None or why there is no baseline.
+
+    The run's float32 variant when it finished; otherwise the float32 conversion the diagnosis
+    starts from (cached), converted here only to be timed.
+    """
+    from core.engine.runtime import TFLiteRunner
+    from core.engine.stages.diagnose import float_tflite
+    from core.errors import QuantLensError
+
+    if not todo:
+        return None, None  # only the original is timed: there is no speed-up to state
+    entry = next((v for v in run.report.data["variants"] if v["name"] == BASELINE), None)
+    if entry is not None and entry.get("status") == "done":
+        return variant_invoke(run, BASELINE, image), None
+    try:
+        tflite = float_tflite(run)
+        runner = TFLiteRunner(tflite, threads=run.threads, name="float32.tflite")
+        return runner.timed_invoke(image), None
+    except (QuantLensError, RuntimeError, ValueError) as exc:
+        return None, f"float32 TFLite could not be made to time against ({exc})"
