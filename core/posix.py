@@ -25,7 +25,12 @@ from typing import IO
 
 PROC = Path("/proc")  # a module attribute so tests can take /proc away, as on macOS
 # One lock file for the whole host, in the system temp folder every user and workspace shares.
-TIMING_LOCK = Path(tempfile.gettempdir()) / "quantlens-timing.lock"
+# A worker's TMPDIR is its run folder's scratch, so its supervisor hands it the host's path
+# through this variable: otherwise every worker would lock a file of its own.
+TIMING_LOCK_ENV = "QUANTLENS_TIMING_LOCK"
+TIMING_LOCK = Path(
+    os.environ.get(TIMING_LOCK_ENV) or Path(tempfile.gettempdir()) / "quantlens-timing.lock"
+)
 # Signals that ask a command-line process to stop (`timeout`, CI cancel, `docker stop`, a
 # closed terminal); handled as Ctrl-C is. The exit status says which: 128 + the signal.
 TERMINATION_SIGNALS = (signal.SIGTERM, signal.SIGHUP)

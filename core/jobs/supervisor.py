@@ -205,16 +205,7 @@ def start_worker(
     directory: Path, memory_limit_gb: float, *, home: Path | None
 ) -> subprocess.Popen[bytes]:
     """Start `python -m core.jobs.worker run` on the run, in a process group of its own."""
-    env = dict(os.environ)
-    env[protocol.MEMORY_LIMIT_ENV] = str(int(memory_limit_gb * 2**30))
-    env[protocol.SUPERVISOR_PID_ENV] = str(os.getpid())
-    env.setdefault("QUANTLENS_HOME", str(resolved_home(home)))
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    # The converter writes a SavedModel copy to TMPDIR and a native crash leaves it behind;
-    # inside the run directory it is removed with the run's other scratch.
-    scratch = directory / protocol.WORKER_TMP
-    scratch.mkdir(exist_ok=True)
-    env["TMPDIR"] = str(scratch)
+    env = worker_environment(directory, memory_limit_gb, home=home)
     with (directory / rundir.WORKER_LOG).open("ab") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "core.jobs.worker", "run", str(directory)],
@@ -225,6 +216,25 @@ def start_worker(
             start_new_session=True,  # its own process group, killed as a whole
             cwd=str(SOURCE_ROOT),
         )
+
+
+def worker_environment(
+    directory: Path, memory_limit_gb: float, *, home: Path | None
+) -> dict[str, str]:
+    """The environment a run's worker starts with: this one plus its limits and scratch."""
+    env = dict(os.environ)
+    env[protocol.MEMORY_LIMIT_ENV] = str(int(memory_limit_gb * 2**30))
+    env[protocol.SUPERVISOR_PID_ENV] = str(os.getpid())
+    env.setdefault("QUANTLENS_HOME", str(resolved_home(home)))
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # The host's timing lock, named before TMPDIR moves (posix.TIMING_LOCK reads TMPDIR).
+    env.setdefault(posix.TIMING_LOCK_ENV, str(posix.TIMING_LOCK))
+    # The converter writes a SavedModel copy to TMPDIR and a native crash leaves it behind;
+    # inside the run directory it is removed with the run's other scratch.
+    scratch = directory / protocol.WORKER_TMP
+    scratch.mkdir(exist_ok=True)
+    env["TMPDIR"] = str(scratch)
+    return env
 
 
 def track_ended_run(directory: Path, status: RunStatus) -> None:

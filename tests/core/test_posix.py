@@ -161,3 +161,22 @@ def test_a_killed_holder_does_not_block_the_next_job(tmp_path: Path) -> None:
     first.wait(timeout=30)
     out, _ = _holder(lock, 0.0).communicate(timeout=60)
     assert out.splitlines()[0].startswith("acquired")
+
+
+def test_a_worker_locks_the_hosts_timing_file_not_one_in_its_scratch(tmp_path: Path) -> None:
+    """A worker's TMPDIR is its run folder's scratch; the lock two runs share must not move
+    with it, or two runs would time their models on the same cores at once."""
+    from core.jobs.supervisor import worker_environment
+
+    env = worker_environment(tmp_path, 1.0, home=tmp_path)
+    assert env["TMPDIR"].startswith(str(tmp_path))
+    seen = subprocess.run(
+        [sys.executable, "-c", "from core import posix; print(posix.TIMING_LOCK)"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    ).stdout.strip()
+    assert seen == str(posix.TIMING_LOCK)
+    assert not seen.startswith(str(tmp_path))
