@@ -72,7 +72,9 @@ def _train(images: np.ndarray, labels: np.ndarray, *, classes: int) -> Any:
     return model
 
 
-def _run(root: Path, model: Any, data: Path, calibration: Path) -> dict[str, Any]:
+def _run(root: Path, model: Any, data: Path, *calibration: str) -> dict[str, Any]:
+    """The CLI on the model; `calibration` says where int8's calibration images come from so
+    that nothing is held out of evaluation: every held-out digit is evaluated."""
     model.save(root / "model.keras")
     out = root / "run"
     done = run_cli(
@@ -80,8 +82,7 @@ def _run(root: Path, model: Any, data: Path, calibration: Path) -> dict[str, Any
         str(root / "model.keras"),
         "--data",
         str(data),
-        "--calibration-data",
-        str(calibration),  # nothing held out: every held-out digit is evaluated
+        *calibration,
         "--modes",
         ",".join(MODES),
         "--preprocess",
@@ -110,8 +111,9 @@ def held_out(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, An
     odd = digits % 2
     binary = _train(images[train], odd[train], classes=2)
     data = _write_set(root / "binary" / "data", images[held], odd[held])
-    calib = _write_set(root / "binary" / "calib", images[:100], odd[:100])
-    runs["binary"] = {**_run(root / "binary", binary, data, calib), "model": binary}
+    # Calibration drawn from the evaluated images themselves, both classes among them.
+    overlap = _run(root / "binary", binary, data, "--calibration-overlap")
+    runs["binary"] = {**overlap, "model": binary}
     runs["binary"].update(inputs=images[held], labels=odd[held])
 
     # Digits 0, 1, 2, trained balanced, scored on held-out digits where 0 is the majority.
@@ -122,7 +124,8 @@ def held_out(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, An
     chosen = np.concatenate([pools[0], pools[1][: count * 2 // 5], pools[2][: count // 5]])
     data = _write_set(root / "three" / "data", images[chosen], digits[chosen])
     calib = _write_set(root / "three" / "calib", images[keep[:60]], digits[keep[:60]])
-    runs["three"] = {**_run(root / "three", three, data, calib), "model": three}
+    separate = _run(root / "three", three, data, "--calibration-data", str(calib))
+    runs["three"] = {**separate, "model": three}
     runs["three"].update(inputs=images[chosen], labels=digits[chosen])
     return runs
 
@@ -233,6 +236,11 @@ def test_binary_model_scores_both_classes(held_out: dict[str, dict[str, Any]]) -
     with (run["out"] / "samples.csv").open(encoding="utf-8") as f:
         predicted = np.array([int(r["ref_top1"]) for r in csv.DictReader(f)])
     assert set(predicted.tolist()) == {0, 1}
+    # int8 was calibrated on both classes (label-1 images used to be dropped before the draw).
+    with (run["out"] / "calibration.csv").open(encoding="utf-8") as f:
+        calibrated = [int(r["relpath"].split(".")[0]) for r in csv.DictReader(f)]
+    assert len(calibrated) == 100
+    assert set(labels[calibrated].tolist()) == {0, 1}
     report = run["report"]
     assert report["reference"]["output_columns"] == 1
     float32 = next(v for v in report["variants"] if v["name"] == "float32")
