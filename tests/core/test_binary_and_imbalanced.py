@@ -72,9 +72,24 @@ def _train(images: np.ndarray, labels: np.ndarray, *, classes: int) -> Any:
     return model
 
 
+def _without_sigmoid(model: Any) -> Any:
+    """The binary model's architecture and weights, its one output left a logit."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = layers.Conv2D(16, 3, padding="same", activation="relu")(inputs)
+    x = layers.Flatten()(x)
+    x = layers.Dense(32, activation="relu")(x)
+    logit = keras.Model(inputs, layers.Dense(1, name="logit_odd")(x))
+    logit.set_weights(model.get_weights())
+    return logit
+
+
 def _run(root: Path, model: Any, data: Path, *calibration: str) -> dict[str, Any]:
     """The CLI on the model; `calibration` says where int8's calibration images come from so
     that nothing is held out of evaluation: every held-out digit is evaluated."""
+    root.mkdir(parents=True, exist_ok=True)
     model.save(root / "model.keras")
     out = root / "run"
     done = run_cli(
@@ -115,6 +130,10 @@ def held_out(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, An
     overlap = _run(root / "binary", binary, data, "--calibration-overlap")
     runs["binary"] = {**overlap, "model": binary}
     runs["binary"].update(inputs=images[held], labels=odd[held])
+    # The same classifier ending in its logit (no sigmoid): values outside [0, 1].
+    logit = _without_sigmoid(binary)
+    overlap = _run(root / "logit", logit, data, "--calibration-overlap")
+    runs["logit"] = {**overlap, "model": logit, "inputs": images[held], "labels": odd[held]}
 
     # Digits 0, 1, 2, trained balanced, scored on held-out digits where 0 is the majority.
     keep = train[digits[train] < 3]
@@ -160,12 +179,16 @@ def _litert_outputs(tflite: bytes, inputs: np.ndarray) -> np.ndarray:
     return np.stack(rows)
 
 
-def _as_classes(outputs: np.ndarray) -> np.ndarray:
-    """One sigmoid column p as the two classes [1 - p, p]; a softmax as it is."""
-    return np.hstack([1.0 - outputs, outputs]) if outputs.shape[1] == 1 else outputs
+def _as_classes(outputs: np.ndarray, *, logit: bool) -> np.ndarray:
+    """One column p (a logit x: p = sigmoid(x)) as the two classes [1 - p, p]; a softmax as
+    it is."""
+    if outputs.shape[1] != 1:
+        return outputs
+    p = 1.0 / (1.0 + np.exp(-outputs)) if logit else outputs
+    return np.hstack([1.0 - p, p])
 
 
-@pytest.mark.parametrize("which", ["binary", "three"])
+@pytest.mark.parametrize("which", ["binary", "logit", "three"])
 def test_held_out_model_gets_correct_agreement_and_a_verdict(
     held_out: dict[str, dict[str, Any]], which: str
 ) -> None:
@@ -175,9 +198,14 @@ def test_held_out_model_gets_correct_agreement_and_a_verdict(
     labels: np.ndarray = run["labels"]
     n = len(labels)
     inputs = run["inputs"].astype(np.float32) / np.float32(255.0)
-    ref = _as_classes(np.asarray(run["model"](inputs, training=False), dtype=np.float64))
+    logit = which == "logit"
+    raw = np.asarray(run["model"](inputs, training=False), dtype=np.float64)
+    if logit:
+        assert raw.min() < 0.0 or raw.max() > 1.0  # the premise: logits, not probabilities
+    ref = _as_classes(raw, logit=logit)
     ref_top1 = ref.argmax(axis=1)
-    classes = 2 if which == "binary" else 3
+    classes = 3 if which == "three" else 2
+    assert report["reference"]["softmax_applied"] is logit
 
     # Every image evaluated: a label-1 image is no longer "outside the model's 1 classes".
     assert report["dataset"]["num_samples"] == n and report["dataset"]["num_skipped"] == 0
@@ -209,7 +237,8 @@ def test_held_out_model_gets_correct_agreement_and_a_verdict(
     for name in MODES:
         variant = next(v for v in report["variants"] if v["name"] == name)
         assert variant["status"] == "done", variant["error"]
-        tfl = _as_classes(_litert_outputs((out / f"{name}.tflite").read_bytes(), inputs))
+        tfl_raw = _litert_outputs((out / f"{name}.tflite").read_bytes(), inputs)
+        tfl = _as_classes(tfl_raw, logit=logit)
         tfl_top1 = tfl.argmax(axis=1)
         agree = int(np.sum(tfl_top1 == ref_top1))
         assert variant["n"] == n
