@@ -295,10 +295,9 @@ def finished_variant(
     """Fill a variant entry with its comparison results and verdict (latency comes later).
 
     `passed` follows `verdict_rule` (the point estimate or the lower 95 % bound against
-    `min_agreement_pct`). Agreement with an original that is near chance (`reference`, report
-    .json's section, says) means nothing (both models agree on garbage), so such a variant
-    never passes: `passed` is False and
-    `verdict_reason` says why. A pivot the user did not select is never judged: `passed` stays
+    `min_agreement_pct`). Agreement with an original that is near chance (`near_chance` of
+    `reference`, report.json's section) means nothing (both models agree on garbage), so such
+    a variant never passes: `passed` is False and `verdict_reason` says why. A pivot the user did not select is never judged: `passed` stays
     None. `n_needed` is the image count the lower bound would need to reach the threshold at
     100 % agreement, when n is below it (else None).
     """

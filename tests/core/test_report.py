@@ -1,6 +1,6 @@
 """core.reporting.report: the verdict (and the one near-chance rule, a binomial test against the
-labels' majority class), size changes, the CLI table and the
-exit status, on hand-made entries whose expected values are worked out here."""
+labels' majority class), size changes, the CLI table and the exit status, on hand-made entries
+whose expected values are worked out here."""
 
 from __future__ import annotations
 
