@@ -294,11 +294,17 @@ class ModelSignature:
     height: int
     width: int
     channels: int
-    num_classes: int
-    outputs_probabilities: bool  # False: logits, softmax is applied before comparing
+    num_classes: int  # 2 for a one-column (sigmoid) head, read as [1 - p, p]
+    outputs_probabilities: bool  # False: logits, softmax (sigmoid for one column) is applied
     signature_key: str = "serving_default"
     input_name: str = ""
     output_name: str = ""
+    output_columns: int = 0  # the raw output's width when it differs from num_classes (1)
+
+    @property
+    def raw_columns(self) -> int:
+        """The width of the model's own output rows (1 for a one-sigmoid binary head)."""
+        return self.output_columns or self.num_classes
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

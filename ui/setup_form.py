@@ -345,10 +345,13 @@ def show_signature(sig: ModelSignature) -> None:
     c1.metric("Input", f"{sig.height}×{sig.width}×{sig.channels}")
     c2.metric("Input dtype", sig.input_dtype)
     c3.metric("Classes", sig.num_classes)
-    c4.metric("Output", "probabilities" if sig.outputs_probabilities else "logits")
+    binary = sig.raw_columns == 1
+    kind = "probabilities" if sig.outputs_probabilities else "logits"
+    c4.metric("Output", f"one sigmoid ({kind})" if binary else kind)
     st.caption(
         f"Format {sig.format} · declared input shape {tuple(sig.input_shape)}"
-        + ("" if sig.outputs_probabilities else " · softmax is applied before comparing")
+        + (" · its one output p is read as the two classes [1 − p, p]" if binary else "")
+        + ("" if sig.outputs_probabilities or binary else " · softmax is applied before comparing")
     )
 
 

@@ -86,11 +86,10 @@ def finished_variants_or_stop(res: RunResults) -> list[str]:
 
 def chance_warning(res: RunResults) -> None:
     """A loud error when the original's accuracy is near chance: the preset is probably wrong."""
-    if res.reference_near_chance:
-        c = res.num_classes
+    reason = no_verdict_reason(res.reference)
+    if reason is not None:
         st.error(
-            f"**Original model accuracy is {fmt.pct(res.reference.get('accuracy_pct'))}, near "
-            f"chance ({100.0 / c:.1f} % for {c} classes): preprocessing is probably wrong.** "
+            f"**{fmt.text(reason[0].upper() + reason[1:])}.** "
             "Agreement numbers are meaningless when both models see garbage. Check the preset "
             f"(this run used {fmt.code(res.report.preprocessing.get('preset', '?'))}) "
             "and the labels.",
@@ -127,9 +126,7 @@ def variant_verdict(res: RunResults, v: Variant) -> str:
 
 def no_verdict_text(res: RunResults, v: Variant) -> str:
     """Why a variant has no verdict: the report's reason, else one rebuilt from the original."""
-    reason = v.result.verdict_reason or no_verdict_reason(
-        res.reference.get("accuracy_pct"), res.num_classes
-    )
+    reason = v.result.verdict_reason or no_verdict_reason(res.reference)
     return str(reason or "no verdict")
 
 

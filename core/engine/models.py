@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from core.errors import UnsafeModel, UnsupportedModel
+from core.metrics.agreement import output_form, probability_columns
 from core.types import ModelSignature
 
 # Graph ops that touch the file system or run code outside the graph. A SavedModel is a
@@ -276,16 +277,26 @@ def _single(items: dict[str, Any], what: str, path: Path) -> tuple[str, Any]:
 
 
 def _output_is_probabilities(
-    serve: Callable[[Any], Any], height: int, width: int, channels: int
+    serve: Callable[[Any], Any], height: int, width: int, channels: int, name: str
 ) -> bool:
+    """Whether the model emits probabilities, from a few random images; a multi-label head
+    (independent sigmoids) is refused here, before any work.
+
+    Raises:
+        UnsupportedModel: the output is several scores in [0, 1] that do not sum to 1.
+    """
     import tensorflow as tf
 
     rng = np.random.default_rng(0)
     probe = rng.uniform(-1, 1, size=(4, height, width, channels)).astype(np.float32)
-    out = np.asarray(serve(tf.constant(probe)), dtype=np.float64)
-    from core.metrics.agreement import outputs_are_probabilities
-
-    return outputs_are_probabilities(out)
+    form = output_form(np.asarray(serve(tf.constant(probe)), dtype=np.float64))
+    if form.multi_label:
+        raise UnsupportedModel(
+            f"{name} outputs {form.columns} independent scores in [0, 1] that do not sum to 1 "
+            "(a multi-label head); QuantLens judges single-label classifiers: end the model in "
+            "a softmax, or give a two-class model one sigmoid output"
+        )
+    return form.probabilities
 
 
 def load_reference(
@@ -375,7 +386,7 @@ def load_reference(
             f"input '{input_name}' of {path.name} is {spec.dtype.name}; QuantLens feeds float32 "
             "images (export the model with a float input)"
         )
-    num_classes = int(out_shape[-1])
+    output_columns = int(out_shape[-1])
     fixed = tf.TensorSpec((None, height, width, channels), tf.float32, name="input")
 
     if fmt == SAVED_MODEL_FORMAT:
@@ -392,7 +403,7 @@ def load_reference(
             return model(tf.cast(x, spec.dtype), training=False)
 
     concrete = serve.get_concrete_function()
-    probabilities = _output_is_probabilities(serve, height, width, channels)
+    probabilities = _output_is_probabilities(serve, height, width, channels, path.name)
     signature = ModelSignature(
         format=fmt,
         input_shape=shape,
@@ -400,11 +411,12 @@ def load_reference(
         height=height,
         width=width,
         channels=channels,
-        num_classes=num_classes,
+        num_classes=probability_columns(output_columns),
         outputs_probabilities=probabilities,
         signature_key=key,
         input_name=input_name,
         output_name=output_name,
+        output_columns=output_columns if output_columns == 1 else 0,
     )
     return ReferenceModel(
         path=path, signature=signature, serve=serve, concrete_function=concrete, trackable=trackable

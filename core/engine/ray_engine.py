@@ -341,7 +341,7 @@ class ShardEvaluator:
 
     def _blank(self, count: int) -> np.ndarray:
         """NaN rows: a skipped sample keeps every column aligned with `position`."""
-        return np.full((count, self.model.signature.num_classes), np.nan, dtype=np.float32)
+        return np.full((count, self.model.signature.raw_columns), np.nan, dtype=np.float32)
 
     def _append(
         self,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -35,14 +37,40 @@ def _bad_rows(arr: FloatArray) -> BoolArray:
     return np.asarray(~np.isfinite(arr).all(axis=1), dtype=np.bool_)
 
 
-def outputs_are_probabilities(outputs: np.ndarray) -> bool:
-    """Whether a model's [N, C] outputs already are probabilities (DESIGN §6).
+@dataclass(frozen=True)
+class OutputForm:
+    """What a model's raw [N, C] outputs look like, gathered batch by batch (`output_form`).
 
-    They are when every finite value lies in [0, 1] and every all-finite row sums to 1
-    within 1e-3; rows holding NaN or Inf are left out of the decision. Ask this once, of the
-    reference model, and apply the answer to every variant (`to_probabilities`): a quantized
-    variant's softmax output sits on a 1/256 grid whose rows miss 1 by more than 1e-3, and
-    asking it again would softmax its probabilities a second time.
+    `in_range`: every finite value lies in [0, 1]; `sums_to_one`: every all-finite row sums to
+    1 within 1e-3 (rows holding NaN or Inf are left out of both).
+    """
+
+    columns: int
+    in_range: bool = True
+    sums_to_one: bool = True
+
+    def combine(self, other: OutputForm) -> OutputForm:
+        """The form of both batches together."""
+        return OutputForm(
+            columns=other.columns,
+            in_range=self.in_range and other.in_range,
+            sums_to_one=self.sums_to_one and other.sums_to_one,
+        )
+
+    @property
+    def probabilities(self) -> bool:
+        """Already probabilities: a distribution per row, or one column of P(class 1)."""
+        return self.in_range and (self.columns == 1 or self.sums_to_one)
+
+    @property
+    def multi_label(self) -> bool:
+        """Several independent scores in [0, 1] (sigmoids) that do not sum to 1: a multi-label
+        head, which has no single top-1 class to agree on."""
+        return self.columns > 1 and self.in_range and not self.sums_to_one
+
+
+def output_form(outputs: np.ndarray) -> OutputForm:
+    """The `OutputForm` of one batch of a model's [N, C] outputs.
 
     Raises:
         ValueError: if `outputs` is not 2-D.
@@ -50,10 +78,33 @@ def outputs_are_probabilities(outputs: np.ndarray) -> bool:
     arr = _as_2d_float(outputs, "outputs")
     good = arr[~_bad_rows(arr)]
     if good.size == 0:
-        return True
-    in_range = bool(np.all((good >= 0.0) & (good <= 1.0)))
-    sums_to_one = bool(np.all(np.abs(good.sum(axis=1) - 1.0) <= SUM_TOLERANCE))
-    return in_range and sums_to_one
+        return OutputForm(columns=arr.shape[1])
+    return OutputForm(
+        columns=arr.shape[1],
+        in_range=bool(np.all((good >= 0.0) & (good <= 1.0))),
+        sums_to_one=bool(np.all(np.abs(good.sum(axis=1) - 1.0) <= SUM_TOLERANCE)),
+    )
+
+
+def outputs_are_probabilities(outputs: np.ndarray) -> bool:
+    """Whether a model's [N, C] outputs already are probabilities (DESIGN §6).
+
+    They are when every finite value lies in [0, 1] and every all-finite row sums to 1
+    within 1e-3; rows holding NaN or Inf are left out of the decision. A one-column output
+    (one sigmoid: P(class 1)) is a probability when it lies in [0, 1], else a logit. Ask this
+    once, of the reference model, and apply the answer to every variant (`to_probabilities`):
+    a quantized variant's softmax output sits on a 1/256 grid whose rows miss 1 by more than
+    1e-3, and asking it again would softmax its probabilities a second time.
+
+    Raises:
+        ValueError: if `outputs` is not 2-D.
+    """
+    return output_form(outputs).probabilities
+
+
+def probability_columns(output_columns: int) -> int:
+    """How many classes a model with this output width scores: a one-column head is binary."""
+    return 2 if output_columns == 1 else output_columns
 
 
 def to_probabilities(outputs: np.ndarray, *, softmax: bool) -> np.ndarray:
@@ -63,14 +114,24 @@ def to_probabilities(outputs: np.ndarray, *, softmax: bool) -> np.ndarray:
     applied to every model of the run, never re-guessed from a variant's own output. Rows
     holding NaN or Inf become all-NaN either way, so they can never agree with anything.
 
+    A one-column output is a binary classifier's P(class 1): it becomes the two-class
+    distribution [1 - p, p] (p the sigmoid of the value when the reference emits logits; the
+    sigmoid of x is the softmax of the logits [0, x]), so top-1, agreement, deltas and KL
+    compare both classes. Read as one column, top-1 would always be class 0.
+
     Args:
         outputs: [N, C] model outputs (already dequantized if the model is quantized).
-        softmax: True when the reference emits logits: softmax every row.
+        softmax: True when the reference emits logits: softmax every row (a sigmoid for one
+            column).
 
     Raises:
         ValueError: if `outputs` is not 2-D.
     """
     arr = _as_2d_float(outputs, "outputs")
+    if arr.shape[1] == 1:
+        # P(class 0) is 1 - p; as logits, class 0's logit is 0 (softmax of [0, x] = sigmoid).
+        base = np.zeros_like(arr) if softmax else 1.0 - arr
+        arr = np.concatenate([base, arr], axis=1)
     bad = _bad_rows(arr)
     probs = arr.copy()
     good = arr[~bad]
@@ -447,3 +508,77 @@ def delta_stats(values: np.ndarray) -> dict[str, float | int | None]:
         "p99": float(np.nanpercentile(v, 99)),
         "max |value|": float(np.nanmax(np.abs(v))),
     }
+
+
+@dataclass(frozen=True)
+class AccuracyBaseline:
+    """The original's accuracy against always answering the labels' most common class.
+
+    `p_value` is the one-sided binomial test of `correct` of `n` against the majority rate:
+    how likely a model no better than "always the majority class" is to score this well.
+    """
+
+    majority_class: int
+    majority_count: int
+    n: int  # labelled images
+    correct: int  # of them, how many the original got right
+    p_value: float
+
+    @property
+    def rate_pct(self) -> float:
+        return 100.0 * self.majority_count / self.n
+
+    @property
+    def accuracy_pct(self) -> float:
+        return 100.0 * self.correct / self.n
+
+    def text(self) -> str:
+        """The baseline in words: `majority class 7 at 52.0 % of n=400`."""
+        return f"majority class {self.majority_class} at {self.rate_pct:.1f} % of n={self.n}"
+
+    def to_dict(self) -> dict[str, int | float]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AccuracyBaseline:
+        return cls(
+            majority_class=int(data["majority_class"]),
+            majority_count=int(data["majority_count"]),
+            n=int(data["n"]),
+            correct=int(data["correct"]),
+            p_value=float(data["p_value"]),
+        )
+
+
+def accuracy_baseline(labels: np.ndarray, predictions: np.ndarray) -> AccuracyBaseline | None:
+    """The original's accuracy tested against the labels' majority-class rate.
+
+    Args:
+        labels: [N] int labels, negative where a sample has none (left out).
+        predictions: [N] the original's top-1 (-1 on a NaN row, which is wrong).
+
+    Returns:
+        None when no sample is labelled. With all labels one class the rate is 100 % and
+        nothing can beat it (p = 1).
+    """
+    lab = np.asarray(labels, dtype=np.int64)
+    pred = np.asarray(predictions, dtype=np.int64)
+    labelled = lab >= 0
+    n = int(labelled.sum())
+    if not n:
+        return None
+    counts = np.bincount(lab[labelled])
+    majority = int(np.argmax(counts))  # ties go to the lowest class
+    correct = int((pred[labelled] == lab[labelled]).sum())
+    # Imported here: scipy.stats is slow to import and only the engine calls this.
+    from scipy.stats import binomtest
+
+    rate = float(counts[majority]) / n
+    p_value = float(binomtest(correct, n, rate, alternative="greater").pvalue)
+    return AccuracyBaseline(
+        majority_class=majority,
+        majority_count=int(counts[majority]),
+        n=n,
+        correct=correct,
+        p_value=p_value,
+    )

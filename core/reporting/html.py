@@ -8,7 +8,7 @@ import heapq
 import html
 import math
 import shlex
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +19,13 @@ from core.reporting.calibration import calibration_line
 from core.reporting.report import (
     NO_VERDICT,
     PIVOT,
+    accuracy_baseline_of,
     display_name,
     fail_reason,
     is_pivot_only,
     judged_variants,
-    near_chance,
+    no_verdict_reason,
+    output_kind_text,
     sample_counts,
     size_change_label,
     too_few_samples_note,
@@ -278,16 +280,12 @@ def _recommendation_section(report: RunReport) -> str:
 
 def _chance_warning(report: RunReport) -> str:
     """Warn when the reference is near chance: wrong preprocessing looks like agreement."""
-    ref = report.get("reference") or {}
-    acc = _num(ref.get("accuracy_pct"))
-    classes = _num(ref.get("num_classes"))
-    if acc is None or not classes or not near_chance(acc, int(classes)):
+    reason = no_verdict_reason(report.get("reference"))
+    if reason is None:
         return ""
-    chance = 100.0 / classes
     return (
-        f'<p class="warn">The original model is only {acc:.1f} % accurate on these labels '
-        f"(chance is {chance:.1f} %). Check the preprocessing preset and the labels: two models "
-        "fed garbage agree with each other.</p>"
+        f'<p class="warn">{_e(reason[0].upper() + reason[1:])}. Two models fed garbage agree '
+        "with each other.</p>"
     )
 
 
@@ -378,13 +376,23 @@ def _reference_table(report: RunReport) -> str:
         ("sha256", f"<code>{_e(ref.get('sha256'))}</code>"),
         ("input", f"{_e(ref.get('input_shape'))} {_e(ref.get('input_dtype'))}"),
         ("classes", _e(ref.get("num_classes"))),
-        ("outputs", "probabilities" if ref.get("outputs_probabilities") else "logits (softmaxed)"),
+        ("outputs", _e(output_kind_text(ref))),
         ("accuracy", _fmt(ref.get("accuracy_pct"), ".2f", " %")),
+        ("accuracy baseline", _e(_baseline_text(ref))),
         ("latency p50 (ms)", _fmt(latency.get("p50"), ".3f")),
         ("latency tail (ms)", _tail(latency)),
     ]
     body = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
     return f'<h3>Original model</h3><table id="reference">{body}</table>'
+
+
+def _baseline_text(ref: Mapping[str, Any]) -> str:
+    """The majority-class test the verdict rests on, e.g. `majority class 7 at 52.0 % of
+    n=400 (one-sided binomial p = 1e-30)`; "—" without labels."""
+    baseline = accuracy_baseline_of(ref)
+    if baseline is None:
+        return "—"
+    return f"{baseline.text()} (one-sided binomial p = {baseline.p_value:.2g})"
 
 
 def _charts(report: RunReport, variants: list[Variant], threshold: float) -> str:

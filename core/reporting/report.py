@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+from core.metrics.agreement import AccuracyBaseline
 from core.reporting.runmodel import (
     ROLE_PIVOT,
     ROLE_SELECTED,
@@ -147,29 +148,50 @@ def reduction_pct(size: int, baseline: int | None) -> float | None:
     return 100.0 * (1.0 - size / baseline)
 
 
-# The original counts as "near chance" below this multiple of 100 / classes: one wrong preset
-# (e.g. [0, 255] pixels into a [-1, 1] model) lands a 10-class model here, a working one never.
-NEAR_CHANCE_FACTOR = 1.5
+# The original must beat "always answer the labels' majority class" at this one-sided binomial
+# p-value, or agreement with it means nothing: one wrong preset (e.g. [0, 255] pixels into a
+# [-1, 1] model) lands an original there, a working one on a few dozen images never.
+CHANCE_P_VALUE = 1e-3
 
 
-def near_chance(accuracy_pct: float | None, num_classes: int | None) -> bool:
-    """True when labels exist and the original's accuracy is below 1.5 x chance (100 / C %).
+def accuracy_baseline_of(reference: Mapping[str, Any] | None) -> AccuracyBaseline | None:
+    """The majority-class test the reference stage stored in report.json's `reference`
+    (None without labels, and in reports from before it was stored)."""
+    stored = (reference or {}).get("accuracy_baseline")
+    return AccuracyBaseline.from_dict(stored) if stored else None
 
-    The one rule behind the pipeline's warning, the verdict and every page's warning.
+
+def near_chance(reference: Mapping[str, Any] | None) -> bool:
+    """True when labels exist and the original's accuracy is not significantly above the
+    labels' majority-class rate (one-sided binomial test, p >= 1e-3).
+
+    The one rule behind the pipeline's warning, the verdict, the store's no-verdict flag and
+    every page's warning; `reference` is report.json's `reference` section.
     """
-    if accuracy_pct is None or not num_classes or num_classes < 2:
-        return False
-    return float(accuracy_pct) < NEAR_CHANCE_FACTOR * 100.0 / num_classes
+    baseline = accuracy_baseline_of(reference)
+    return baseline is not None and not baseline.p_value < CHANCE_P_VALUE
 
 
-def no_verdict_reason(accuracy_pct: float | None, num_classes: int | None) -> str | None:
-    """Why no variant can pass when the original is near chance, else None."""
-    if accuracy_pct is None or num_classes is None or not near_chance(accuracy_pct, num_classes):
+def no_verdict_reason(reference: Mapping[str, Any] | None) -> str | None:
+    """Why no variant can pass when the original is near chance (`near_chance`), else None."""
+    baseline = accuracy_baseline_of(reference)
+    if baseline is None or not near_chance(reference):
         return None
     return (
-        f"the original is {float(accuracy_pct):.1f} % accurate, near chance "
-        f"({100.0 / num_classes:.1f} %): check the preprocessing preset or the labels"
+        f"the original is {baseline.accuracy_pct:.1f} % accurate, not clearly above always "
+        f"answering the {baseline.text()} (one-sided binomial p = {baseline.p_value:.2g}): "
+        "check the preprocessing preset or the labels"
     )
+
+
+def output_kind_text(reference: Mapping[str, Any]) -> str:
+    """How the original's outputs are read, from report.json's `reference` section."""
+    probabilities = bool(reference.get("outputs_probabilities"))
+    if reference.get("output_columns") == 1:
+        if probabilities:
+            return "one sigmoid probability p, read as the classes [1 − p, p]"
+        return "one logit x, read as the classes [1 − sigmoid(x), sigmoid(x)]"
+    return "probabilities" if probabilities else "logits (softmaxed)"
 
 
 # How a variant is judged against the threshold (`--verdict`): its point estimate of top-1
@@ -260,7 +282,7 @@ def finished_variant(
     size_bytes: int,
     reference_size: int,
     agreement: Agreement,
-    num_classes: int,
+    reference: Mapping[str, Any],
     min_agreement_pct: float,
     conversion_seconds: float,
     conversion_cached: bool,
@@ -275,17 +297,15 @@ def finished_variant(
     """Fill a variant entry with its comparison results and verdict (latency comes later).
 
     `passed` follows `verdict_rule` (the point estimate or the lower 95 % bound against
-    `min_agreement_pct`). Agreement with an original that is near chance means nothing (both
-    models agree on garbage), so such a variant never passes: `passed` is False and
-    `verdict_reason` says why. A pivot the user did not select is never judged: `passed` stays
+    `min_agreement_pct`). Agreement with an original that is near chance (`near_chance` of
+    `reference`, report.json's section) means nothing (both models agree on garbage), so such
+    a variant never passes: `passed` is False and `verdict_reason` says why. A pivot the user did not select is never judged: `passed` stays
     None. `n_needed` is the image count the lower bound would need to reach the threshold at
     100 % agreement, when n is below it (else None).
     """
     typed = Variant.from_dict(entry)
     pivot_only = typed.is_pivot
-    reason = (
-        None if pivot_only else no_verdict_reason(agreement.reference_accuracy_pct, num_classes)
-    )
+    reason = None if pivot_only else no_verdict_reason(reference)
     passed = (
         None
         if pivot_only

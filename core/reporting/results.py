@@ -124,8 +124,9 @@ class RunResults:
 
     @property
     def reference_near_chance(self) -> bool:
-        """True when the original's accuracy is below 1.5 x chance: preprocessing is suspect."""
-        return near_chance(self.reference.get("accuracy_pct"), self.num_classes)
+        """True when the original is not clearly above the labels' majority class
+        (core.reporting.report.near_chance): preprocessing or labels are suspect."""
+        return near_chance(self.reference)
 
     # ---- per-sample tables ---------------------------------------------------------------
     @property

@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
+from scipy.stats import binomtest
 
 from core.inputs import rundir
+from core.reporting.report import no_verdict_reason
 from tests.app.expected import mcnemar_p
 
 CLASSES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -145,13 +147,18 @@ def build_run(
         "int8": 650_000,
         **(sizes or {}),
     }
-    chance = 100.0 / c
-    no_verdict = (
-        f"the original is {ref_acc:.1f} % accurate, near chance ({chance:.1f} %): "
-        "check the preprocessing preset or the labels"
-        if ref_acc < 1.5 * chance and not legacy_report
-        else None
-    )
+    # The engine's majority-class test, worked out here: P(X >= correct), X ~ B(n, majority).
+    counts = np.bincount(labels)
+    correct = int((ref_top == labels).sum())
+    baseline = {
+        "majority_class": int(counts.argmax()),
+        "majority_count": int(counts.max()),
+        "n": n,
+        "correct": correct,
+        "p_value": float(binomtest(correct, n, counts.max() / n, alternative="greater").pvalue),
+    }
+    ref_section = {"accuracy_pct": ref_acc, "accuracy_baseline": baseline}
+    no_verdict = None if legacy_report else no_verdict_reason(ref_section)
     for name, k_flip in flips.items():
         noisy = ref + rng.normal(0, 0.01, ref.shape)
         flipped = rng.choice(n, size=k_flip, replace=False) if k_flip else np.array([], int)
@@ -262,7 +269,7 @@ def build_run(
             "input_dtype": "float32",
             "num_classes": c,
             "outputs_probabilities": True,
-            "accuracy_pct": ref_acc,
+            **ref_section,
             "latency_ms": _latency(ref_lat),
         },
         "dataset": {

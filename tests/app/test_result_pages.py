@@ -51,7 +51,7 @@ def test_overview_warns_loudly_when_accuracy_is_near_chance(
 ) -> None:
     build_run(home, near_chance=True)
     at = open_page("overview")
-    assert any("preprocessing is probably wrong" in e.value for e in at.error)
+    assert any("not clearly above always answering the majority class" in e.value for e in at.error)
 
 
 def _card_badges(at) -> dict[str, str]:  # type: ignore[no-untyped-def]
@@ -74,9 +74,12 @@ def test_near_chance_run_shows_no_pass_anywhere(
     for name in ("float16", "int8"):
         assert "NO VERDICT" in badges[name] and "PASS" not in badges[name].replace("NO VERDICT", "")
     acc = rep["reference"]["accuracy_pct"]
+    baseline = rep["reference"]["accuracy_baseline"]
     reason = (
-        f"the original is {acc:.1f} % accurate, near chance (10.0 %): "
-        "check the preprocessing preset or the labels"
+        f"the original is {acc:.1f} % accurate, not clearly above always answering the "
+        f"majority class {baseline['majority_class']} at "
+        f"{100 * baseline['majority_count'] / baseline['n']:.1f} % of n=40 (one-sided binomial "
+        f"p = {baseline['p_value']:.2g}): check the preprocessing preset or the labels"
     )
     assert sum(shown_as_text(c.value, reason) for c in at.caption) == 2
     table = at.dataframe[0].value

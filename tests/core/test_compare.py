@@ -13,6 +13,7 @@ from core.metrics.agreement import (
     agreement,
     delta_stats,
     mcnemar_exact,
+    output_form,
     outputs_are_probabilities,
     records_table,
     sample_records,
@@ -442,3 +443,52 @@ def test_delta_stats_by_hand() -> None:
     assert stats["p99"] == pytest.approx(0.198)
     assert stats["max |value|"] == pytest.approx(0.4)
     assert delta_stats(np.array([])) == {"n": 0, "mean": None, "p99": None, "max |value|": None}
+
+
+# A binary classifier with one sigmoid output: P(class 1) per image.
+P1 = np.array([[0.9], [0.2], [0.6], [0.05]])
+
+
+def test_one_sigmoid_column_is_the_two_class_distribution() -> None:
+    assert outputs_are_probabilities(P1)
+    probs = to_probabilities(P1, softmax=False)
+    np.testing.assert_allclose(probs, [[0.1, 0.9], [0.8, 0.2], [0.4, 0.6], [0.95, 0.05]])
+    np.testing.assert_array_equal(top1(probs), [1, 0, 1, 0])
+
+
+def test_one_logit_column_is_read_through_a_sigmoid() -> None:
+    logits = np.array([[2.0], [-1.0], [0.0], [NAN]])
+    assert not outputs_are_probabilities(logits)
+    probs = to_probabilities(logits, softmax=True)
+    p = 1.0 / (1.0 + np.exp(-np.array([2.0, -1.0, 0.0])))
+    np.testing.assert_allclose(probs[:3], np.stack([1 - p, p], axis=1))
+    assert np.isnan(probs[3]).all()
+
+
+def test_an_inverting_variant_on_a_binary_head_disagrees_everywhere() -> None:
+    # A variant answering 1 - p on every image picks the other class on every image: read as
+    # one column, both would be "class 0" and agree 100 % with KL 0.
+    ref = to_probabilities(P1, softmax=False)
+    inverted = to_probabilities(1.0 - P1, softmax=False)
+    result = agreement(ref, inverted, labels=np.array([1, 0, 1, 0]))
+    assert result.top1_agreement_pct == 0.0
+    assert result.disagreements == 4
+    assert result.flip_matrix == ((0, 2), (2, 0))
+    assert result.reference_accuracy_pct == 100.0 and result.tflite_accuracy_pct == 0.0
+    expected_kl = np.mean(
+        [q * math.log(q / (1 - q)) + (1 - q) * math.log((1 - q) / q) for q in P1[:, 0]]
+    )
+    assert result.mean_kl == pytest.approx(expected_kl)
+    assert result.max_abs_prob_delta == pytest.approx(max(abs(2 * q - 1) for q in P1[:, 0]))
+
+
+def test_several_sigmoids_are_a_multi_label_head_not_logits() -> None:
+    multi = output_form(np.array([[0.9, 0.8, 0.1], [0.2, 0.7, 0.6]]))
+    assert multi.multi_label and not multi.probabilities
+    softmaxed = output_form(np.array([[0.7, 0.2, 0.1]]))
+    assert softmaxed.probabilities and not softmaxed.multi_label
+    logits = output_form(np.array([[2.5, -1.0, 0.3]]))
+    assert not logits.probabilities and not logits.multi_label
+    assert not output_form(P1).multi_label  # one column: a binary head
+    # Decided over every batch: one batch outside [0, 1] makes the whole output logits.
+    assert not multi.combine(logits).multi_label

@@ -124,7 +124,7 @@ def _finished(role: str, agreement_pct: float) -> dict[str, object]:
         size_bytes=10,
         reference_size=40,
         agreement=metrics,
-        num_classes=10,
+        reference={},  # unlabelled: agreement alone decides
         min_agreement_pct=95.0,
         conversion_seconds=1.0,
         conversion_cached=False,

@@ -1,12 +1,16 @@
-"""core.reporting.report: the verdict (and the one near-chance rule), size changes, the CLI table and the
-exit status, on hand-made entries whose expected values are worked out here."""
+"""core.reporting.report: the verdict (and the one near-chance rule, a binomial test against the
+labels' majority class), size changes, the CLI table and the exit status, on hand-made entries
+whose expected values are worked out here."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+import numpy as np
 import pytest
 
+from core.metrics.agreement import accuracy_baseline
 from core.reporting.report import (
     exit_status,
     fill_float32_reductions,
@@ -44,15 +48,35 @@ def _agreement(*, agree_pct: float, ref_acc: float | None) -> Agreement:
     )
 
 
+def _binomial_tail(correct: int, n: int, rate: float) -> float:
+    """P(X >= correct), X ~ Binomial(n, rate): summed here, independently of scipy."""
+    return sum(math.comb(n, k) * rate**k * (1 - rate) ** (n - k) for k in range(correct, n + 1))
+
+
+def _reference(
+    ref_acc: float | None, *, n: int = 100, majority_pct: float = 10.0
+) -> dict[str, Any]:
+    """report.json's `reference` as the engine writes it: the original right on ref_acc % of
+    n images whose most common class (3) holds majority_pct % of them."""
+    if ref_acc is None:
+        return {"accuracy_pct": None, "accuracy_baseline": None}
+    correct, count = round(n * ref_acc / 100), round(n * majority_pct / 100)
+    labels = np.array([3] * count + [4 + i % 5 for i in range(n - count)])
+    predictions = np.where(np.arange(n) < correct, labels, -1)
+    baseline = accuracy_baseline(labels, predictions)
+    assert baseline is not None
+    return {"accuracy_pct": ref_acc, "accuracy_baseline": baseline.to_dict()}
+
+
 def _finished(
-    *, agree_pct: float, ref_acc: float | None, classes: int = 10, name: str = "int8"
+    *, agree_pct: float, ref_acc: float | None, name: str = "int8", **shape: Any
 ) -> dict[str, Any]:
     return finished_variant(
         pending_variant(VariantSpec.parse(name)),
         size_bytes=250_000,
         reference_size=1_000_000,
         agreement=_agreement(agree_pct=agree_pct, ref_acc=ref_acc),
-        num_classes=classes,
+        reference=_reference(ref_acc, **shape),
         min_agreement_pct=95.0,
         conversion_seconds=1.0,
         conversion_cached=False,
@@ -64,37 +88,71 @@ def _finished(
     )
 
 
+def test_the_majority_baseline_is_a_one_sided_binomial_test() -> None:
+    labels = np.array([7] * 208 + [1] * 100 + [2] * 92 + [-1] * 5)  # 5 unlabelled
+    predictions = np.where(np.arange(len(labels)) < 250, labels, 0)
+    baseline = accuracy_baseline(labels, predictions)
+    assert baseline is not None
+    assert (baseline.majority_class, baseline.majority_count, baseline.n) == (7, 208, 400)
+    assert baseline.correct == 250
+    assert baseline.text() == "majority class 7 at 52.0 % of n=400"
+    assert baseline.p_value == pytest.approx(_binomial_tail(250, 400, 0.52), rel=1e-6)
+    assert accuracy_baseline(np.array([-1, -1]), np.array([0, 1])) is None
+
+
 @pytest.mark.parametrize(
-    ("accuracy", "classes", "expected"),
+    ("accuracy", "n", "majority_pct", "expected"),
     [
-        (8.0, 10, True),  # the issue's case: 8 % on 10 classes
-        (14.99, 10, True),  # just under 1.5 x 10 %
-        (15.0, 10, False),  # 1.5 x chance exactly is not "below"
-        (97.3, 10, False),
-        (37.4, 4, True),  # 1.5 x 25 % = 37.5 %
-        (None, 10, False),  # no labels: no rule
-        (0.0, 1, False),  # one class has no chance level
+        (74.0, 100, 50.0, False),  # a 74 %-accurate binary model on balanced labels: judged
+        (74.0, 400, 50.0, False),
+        (52.0, 400, 52.0, True),  # at the majority rate of an imbalanced set: no verdict
+        (55.0, 400, 52.0, True),  # above it, but not clearly (p ~ 0.12)
+        (8.0, 100, 10.0, True),  # a wrong preset on 10 classes
+        (97.0, 100, 10.0, False),
+        (100.0, 100, 100.0, True),  # one class only: nothing can beat "always that class"
+        (None, 100, 10.0, False),  # no labels: no rule
     ],
 )
-def test_near_chance_is_below_one_and_a_half_times_chance(
-    accuracy: float | None, classes: int, expected: bool
+def test_near_chance_is_not_clearly_above_the_majority_class(
+    accuracy: float | None, n: int, majority_pct: float, expected: bool
 ) -> None:
-    assert near_chance(accuracy, classes) is expected
+    reference = _reference(accuracy, n=n, majority_pct=majority_pct)
+    assert near_chance(reference) is expected
+    if accuracy is not None:
+        p = _binomial_tail(round(n * accuracy / 100), n, majority_pct / 100)
+        assert (p >= 1e-3) is expected
 
 
-def test_no_verdict_reason_says_what_and_what_to_do() -> None:
-    assert no_verdict_reason(8.0, 10) == (
-        "the original is 8.0 % accurate, near chance (10.0 %): "
-        "check the preprocessing preset or the labels"
+def test_a_74_percent_binary_model_on_balanced_labels_gets_a_verdict() -> None:
+    # The rule this replaces (below 1.5 x 1/C) called this model broken: 74 < 75.
+    entry = _finished(agree_pct=99.0, ref_acc=74.0, n=400, majority_pct=50.0)
+    assert entry["verdict_reason"] is None
+    assert verdict(entry) == "PASS"
+
+
+def test_an_original_at_the_majority_rate_gets_no_verdict_naming_the_baseline() -> None:
+    # 52 % of an imbalanced 3-class set: 1.5 x 1/3 = 50 % would have judged it.
+    entry = _finished(agree_pct=100.0, ref_acc=52.0, n=400, majority_pct=52.0)
+    p = _binomial_tail(208, 400, 0.52)
+    assert entry["verdict_reason"] == (
+        "the original is 52.0 % accurate, not clearly above always answering the majority "
+        f"class 3 at 52.0 % of n=400 (one-sided binomial p = {p:.2g}): check the "
+        "preprocessing preset or the labels"
     )
-    assert no_verdict_reason(90.0, 10) is None
-    assert no_verdict_reason(None, 10) is None
+    assert entry["passed"] is False
+    assert verdict(entry) == "NO VERDICT"
+
+
+def test_no_verdict_reason_is_none_without_labels_or_when_clearly_above() -> None:
+    assert no_verdict_reason(_reference(90.0)) is None
+    assert no_verdict_reason(_reference(None)) is None
+    assert no_verdict_reason({}) is None  # a report from before the baseline was stored
 
 
 def test_a_near_chance_original_means_no_pass_even_at_full_agreement() -> None:
     entry = _finished(agree_pct=100.0, ref_acc=8.0)
     assert entry["passed"] is False
-    assert entry["verdict_reason"] == no_verdict_reason(8.0, 10)
+    assert entry["verdict_reason"] == no_verdict_reason(_reference(8.0))
     assert verdict(entry) == "NO VERDICT"
     assert exit_status({"variants": [entry]}) == 1
 
@@ -188,10 +246,7 @@ def test_cli_table_names_the_no_verdict_reason_on_its_own_line() -> None:
     assert "100.00% [97.0, 100.0] n=100" in float16
     assert "0.25 MB  75.0%" in int8
     assert lines[6] == "100 images compared, 2 skipped; threshold 95% top-1 agreement; 2 threads"
-    reason = (
-        "NO VERDICT — the original is 8.0 % accurate, near chance (10.0 %): "
-        "check the preprocessing preset or the labels"
-    )
+    reason = "NO VERDICT — " + str(no_verdict_reason(_reference(8.0)))
     assert lines[7] == ("verdict: PASS when top-1 agreement (the point estimate) is at least 95 %")
     assert lines[8:] == [f"float16: {reason}", f"int8: {reason}"]
 

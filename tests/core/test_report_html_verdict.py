@@ -17,14 +17,20 @@ def _verdict_row(html: str, name: str) -> str:
 
 def test_near_chance_run_has_no_pass_and_says_why(tmp_path: Path) -> None:
     run = build_run(tmp_path, near_chance=True, legacy_report=False)
-    acc = read_report(run)["reference"]["accuracy_pct"]
+    reference = read_report(run)["reference"]
+    acc, baseline = reference["accuracy_pct"], reference["accuracy_baseline"]
     html = render_report_html(run)
+    rate = 100 * baseline["majority_count"] / baseline["n"]
+    named = f"majority class {baseline['majority_class']} at {rate:.1f} % of n=40"
+    p = f"{baseline['p_value']:.2g}"
+    # report.html says which baseline the verdict was tested against.
+    assert f"<th>accuracy baseline</th><td>{named} (one-sided binomial p = {p})</td>" in html
     for name in ("float16", "int8"):
         row = _verdict_row(html, name)
         assert "NO VERDICT" in row and 'class="pass"' not in row
         reason = (
-            f"the original is {acc:.1f} % accurate, near chance (10.0 %): "
-            "check the preprocessing preset or the labels"
+            f"the original is {acc:.1f} % accurate, not clearly above always answering the "
+            f"{named} (one-sided binomial p = {p}): check the preprocessing preset or the labels"
         )
         assert f'<td>{name} NO VERDICT</td><td colspan="11" class="err">{reason}</td>' in html
     assert ">PASS<" not in html

@@ -87,7 +87,7 @@ def _judged(rule: str, *, k: int, n: int, lower: float, upper: float = 100.0) ->
         size_bytes=250_000,
         reference_size=1_000_000,
         agreement=_agreement(k=k, n=n, lower=lower, upper=upper),
-        num_classes=10,
+        reference={},  # unlabelled: agreement alone decides
         min_agreement_pct=95.0,
         conversion_seconds=1.0,
         conversion_cached=False,

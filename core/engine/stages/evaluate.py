@@ -288,7 +288,7 @@ def record_result(run: RunContext, reference: ReferenceOutputs, done: EvaluatedV
         size_bytes=result.size_bytes,
         reference_size=run.report.data["reference"]["size_bytes"],
         agreement=metrics,
-        num_classes=done.num_classes,
+        reference=run.report.data["reference"],
         min_agreement_pct=run.job.min_agreement_pct,
         conversion_seconds=result.seconds,
         conversion_cached=result.cached,

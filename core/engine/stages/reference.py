@@ -29,7 +29,12 @@ from core.engine.stages.files import (
 from core.errors import DatasetError
 from core.inputs import rundir
 from core.jobs.protocol import CALIBRATION_CACHE, DECODE_STATE, REFERENCE_OUTPUTS
-from core.metrics.agreement import outputs_are_probabilities, to_probabilities, top1
+from core.metrics.agreement import (
+    accuracy_baseline,
+    outputs_are_probabilities,
+    to_probabilities,
+    top1,
+)
 from core.types import Sample, SkippedSample
 
 
@@ -77,7 +82,7 @@ def run_reference(
         return saved
     decoded = DecodedImages(run)
     raw = DecodedCache(
-        run.run_dir / REFERENCE_OUTPUTS, (run.model.signature.num_classes,), np.float32
+        run.run_dir / REFERENCE_OUTPUTS, (run.model.signature.raw_columns,), np.float32
     )
     raw.path.unlink(missing_ok=True)
     probabilities = True
@@ -238,8 +243,9 @@ def _note_in_report(
     nonfinite: int,
     skipped: list[SkippedSample],
 ) -> None:
-    """The original's accuracy, the logits decision, the data counts and warnings."""
-    from core.reporting.report import near_chance
+    """The original's accuracy and its majority-class test, the logits decision, the data
+    counts and warnings."""
+    from core.reporting.report import no_verdict_reason
 
     labels = result.labels
     report = run.report.data
@@ -254,19 +260,15 @@ def _note_in_report(
     reference["accuracy_pct"] = (
         float(100.0 * np.mean(ref_top1[labelled] == labels[labelled])) if labelled.any() else None
     )
+    baseline = accuracy_baseline(labels, ref_top1)
+    reference["accuracy_baseline"] = None if baseline is None else baseline.to_dict()
     dataset = report["dataset"]
     dataset["num_samples"] = len(labels)
     dataset["num_skipped"] = len(skipped)
     dataset["skipped"] = [s.to_dict() for s in skipped]
-    classes = result.num_classes
-    if near_chance(reference["accuracy_pct"], classes):
-        chance = (
-            f"the original model is only {reference['accuracy_pct']:.1f}% accurate on these "
-            f"labels (chance is {100.0 / classes:.1f}%): the preprocessing preset or the labels "
-            "are probably wrong"
-        )
-        if chance not in said:
-            said.append(chance)
+    chance = no_verdict_reason(reference)
+    if chance is not None and chance not in said:
+        said.append(chance)
 
 
 def nonfinite_warning(bad: int, total: int, who: str) -> list[str]:

@@ -218,6 +218,7 @@ def new_report(
             "input_shape": list(sig.input_shape),
             "input_dtype": sig.input_dtype,
             "num_classes": sig.num_classes,
+            "output_columns": sig.raw_columns,
             "outputs_probabilities": sig.outputs_probabilities,
             "accuracy_pct": None,
             "latency_ms": None,
