@@ -21,7 +21,7 @@ from typing import Any
 
 from core.errors import QuantLensError
 from core.inputs import rundir
-from core.reporting.runmodel import RunReport, read_report
+from core.reporting.runmodel import RunInfo, RunReport, read_report
 from core.types import RunStatus
 
 FOLDERS_FILE = "run-folders.jsonl"  # in the workspace: run folders outside runs/, one a line
@@ -128,8 +128,7 @@ def read_run_folder(directory: Path) -> FoundRun | None:
     run = report.run if report is not None else None
     return FoundRun(
         run_id=str(status.get("run_id") or (run.id if run else "") or directory.name),
-        # A rename reaches a finished run's report.json; job.json keeps the first name.
-        name=str((run.name if run else "") or job.get("name") or directory.name),
+        name=_run_name(run, job, directory),
         run_dir=directory,
         created=_created(status, run.created if run else None, directory),
         status=_status(status.get("status"), run.status if run else None),
@@ -138,6 +137,15 @@ def read_run_folder(directory: Path) -> FoundRun | None:
         job=job,
         report=report,
     )
+
+
+def _run_name(run: RunInfo | None, job: dict[str, Any], directory: Path) -> str:
+    """A run's name (not a variant's): a rename reaches a finished run's report.json, while
+    job.json keeps the first name; a folder with neither is named after itself."""
+    if run is not None and run.name:
+        return str(run.name)
+    first = job.get("name")
+    return str(first) if first else directory.name
 
 
 def _json_object(path: Path) -> dict[str, Any]:
