@@ -281,19 +281,24 @@ def _mobilenet_building() -> None:
 
 def _picked_upload(
     up: st.runtime.uploaded_file_manager.UploadedFile | None, remembered: str
-) -> Path | None:
-    """The file just uploaded, else the one uploaded earlier (a reload empties the uploader)."""
+) -> Picked:
+    """The file just uploaded, else the one uploaded earlier (a reload empties the uploader);
+    a refused file name is the one-line error."""
     if up is not None:
-        saved = uploads.save_upload(up.getvalue(), up.name)
+        try:
+            saved = uploads.save_upload(up.getvalue(), up.name)
+        except QuantLensError as exc:
+            st.session_state.pop(remembered, None)
+            return Picked(None, str(exc))
         st.session_state[remembered] = str(saved)
-        return saved
+        return Picked(str(saved))
     earlier = st.session_state.get(remembered)
     if not (isinstance(earlier, str) and uploads.is_stored_upload(earlier)):
-        return None
+        return Picked(None)
     st.caption(
         f"Using {fmt.code(Path(earlier).name)}, uploaded earlier; upload a file to replace it."
     )
-    return Path(earlier)
+    return Picked(earlier)
 
 
 def _server_path(raw: str, *, what: str) -> Picked:
@@ -330,11 +335,11 @@ def model_section(demo_ok: bool) -> Picked:
         type=["keras", "zip"],
         key=keys.SETUP_MODEL_UPLOAD,
     )
-    saved = _picked_upload(up, keys.SETUP_MODEL_UPLOADED)
-    if saved is None:
-        return Picked(None)
+    picked = _picked_upload(up, keys.SETUP_MODEL_UPLOADED)
+    if picked.path is None:
+        return picked
     try:
-        return Picked(str(uploads.model_from_upload(saved)))
+        return Picked(str(uploads.model_from_upload(Path(picked.path))))
     except QuantLensError as exc:
         return Picked(None, str(exc))
 
@@ -386,9 +391,10 @@ def data_section(demo_ok: bool) -> tuple[Picked, str | None]:
     up = st.file_uploader(
         "A .zip of a CSV data set or of class folders", type=["zip"], key=keys.SETUP_DATA_UPLOAD
     )
-    saved = _picked_upload(up, keys.SETUP_DATA_UPLOADED)
-    if saved is None:
-        return Picked(None), None
+    picked = _picked_upload(up, keys.SETUP_DATA_UPLOADED)
+    if picked.path is None:
+        return picked, None
+    saved = Path(picked.path)
     # The run gets the zip itself and extracts it into its own folder exactly as the CLI does
     # (core.inputs.datasets.data_root_from_zip); the preview extracts it once next to the upload.
     return Picked(str(saved), extract_dir=str(uploads.extracted_dir(saved))), None
