@@ -240,7 +240,8 @@ def _verdict_banner(variants: list[Variant], threshold: float) -> str:
 def _verdict_rule_notes(report: RunReport, threshold: float) -> str:
     """The verdict rule in words, each failing variant's reason and any too-small-n note."""
     rule = verdict_rule_of(report)
-    lines = [f"Verdict: {_e(verdict_rule_text(rule, threshold))}."]
+    preset = report.preprocessing.get("preset")
+    lines = [f"Verdict: {_e(verdict_rule_text(rule, threshold, preset))}."]
     for v in report.variants:
         if reason := fail_reason(v, threshold, rule):
             lines.append(f"{_e(v.name)}: FAIL — {_e(reason)}.")

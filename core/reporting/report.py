@@ -176,11 +176,14 @@ VERDICT_LOWER_BOUND = "lower-bound"
 VERDICT_RULES = (VERDICT_POINT, VERDICT_LOWER_BOUND)
 
 
-def verdict_rule_text(rule: str, threshold_pct: float) -> str:
-    """The verdict rule in words, for the CLI, the cards and report.html."""
+def verdict_rule_text(rule: str, threshold_pct: float, preset: str | None = None) -> str:
+    """The verdict rule in words, for the CLI, the cards and report.html; with the preset the
+    images were preprocessed with (a wrong one makes every verdict meaningless)."""
     if rule == VERDICT_LOWER_BOUND:
-        return f"PASS when the lower 95 % Wilson bound of top-1 agreement is at least {threshold_pct:g} %"
-    return f"PASS when top-1 agreement (the point estimate) is at least {threshold_pct:g} %"
+        text = f"PASS when the lower 95 % Wilson bound of top-1 agreement is at least {threshold_pct:g} %"
+    else:
+        text = f"PASS when top-1 agreement (the point estimate) is at least {threshold_pct:g} %"
+    return f"{text}; images preprocessed with preset {preset}" if preset else text
 
 
 def meets_threshold(
@@ -447,7 +450,8 @@ def format_table(report: RunReport | Mapping[str, Any]) -> str:
         f"threshold {threshold:g}% top-1 agreement; {report.environment.get('threads') or 'all'} threads"
     )
     rule = report.verdict_rule
-    lines.append(f"verdict: {verdict_rule_text(rule, threshold)}")
+    preset = report.preprocessing.get("preset")
+    lines.append(f"verdict: {verdict_rule_text(rule, threshold, preset)}")
     for v in report.variants:
         r = v.result
         if r.disagreement_split and r.disagreements:
