@@ -7,7 +7,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import streamlit as st
 
@@ -18,6 +18,7 @@ from core.inputs.paths import allowed_roots, existing_under_roots
 from core.inputs.rundir import workspace_home, write_json_atomic
 from core.jobs import launch as jobs
 from core.metrics.latency import default_threads
+from core.metrics.preset_check import judge_presets, preset_summary
 from core.reporting.report import VERDICT_LOWER_BOUND, VERDICT_POINT, VERDICT_RULES
 from core.reporting.tracking import resolve_uri
 from core.types import (
@@ -91,7 +92,10 @@ _FORM_DEFAULTS: dict[str, object] = {
     keys.SETUP_THRESHOLD: DEFAULT_MIN_AGREEMENT_PCT,
     keys.SETUP_VERDICT: VERDICT_POINT,
 }
-REMEMBERED = (*_SOURCES, *_TEXTS, *_UPLOADED, keys.SETUP_PRESET, *_FORM_DEFAULTS)
+# The preset and the model and data it was checked for: a reload keeps the user's choice
+# instead of pre-selecting the check's again.
+_PRESET_KEYS = (keys.SETUP_PRESET, keys.SETUP_PRESET_CHECKED)
+REMEMBERED = (*_SOURCES, *_TEXTS, *_UPLOADED, *_PRESET_KEYS, *_FORM_DEFAULTS)
 
 
 def _form_path() -> Path:
@@ -116,6 +120,8 @@ def _usable(key: str, value: object) -> bool:
         return isinstance(value, str) and uploads.is_stored_upload(value)
     if key == keys.SETUP_PRESET:
         return value in {p.value for p in Preset}
+    if key == keys.SETUP_PRESET_CHECKED:
+        return isinstance(value, str)
     if key == keys.SETUP_MODES:
         modes = {m.value for m in Mode}
         return isinstance(value, list) and all(v in modes for v in value)
@@ -430,12 +436,63 @@ def show_dataset(ds: Dataset, sig: ModelSignature | None = None) -> None:
             )
 
 
-def preset_section(sig: ModelSignature | None, ds: Dataset | None, default: Preset) -> Preset:
-    """Preset selectbox and three samples as the model will see them."""
+@dataclass(frozen=True)
+class PresetTrial:
+    """The original under every preset (core.metrics.preset_check's trial) for one model and
+    data set; `inputs` names them, so the best preset is pre-selected once per pair."""
+
+    trial: dict[str, Any]
+    inputs: str
+
+
+def preset_trial(model: Picked, data: Picked, labels: str | None) -> PresetTrial | None:
+    """Run the original under every preset on a few dozen of the data set's images (in a
+    worker, cached); None, with a caption saying why, when it cannot run."""
+    if not (model.path and data.path):
+        return None
+    try:
+        with st.spinner("Checking the preprocessing preset on a few dozen images…"):
+            trial = cache.preset_trial(
+                model.path,
+                data.path,
+                labels_file=labels,
+                extract_dir=data.extract_dir,
+                trusted=trusted_requested(),
+            )
+    except QuantLensError as exc:
+        st.caption(f"The preset could not be checked: {fmt.text(str(exc))}")
+        return None
+    return PresetTrial(trial, f"{model.path}|{data.path}|{labels or ''}")
+
+
+def _preselect_best_preset(checked: PresetTrial) -> str | None:
+    """Select the preset the check finds clearly better than the current one, once per model
+    and data set (a later choice of the user's stands). Returns the preset selected, if any."""
+    state = st.session_state
+    if state.get(keys.SETUP_PRESET_CHECKED) == checked.inputs:
+        return None
+    state[keys.SETUP_PRESET_CHECKED] = checked.inputs
+    current = str(state.get(keys.SETUP_PRESET) or Preset.MOBILENET_V2.value)
+    better = judge_presets(checked.trial, current)["better"]
+    if better:
+        state[keys.SETUP_PRESET] = better
+    return str(better) if better else None
+
+
+def preset_section(
+    sig: ModelSignature | None,
+    ds: Dataset | None,
+    default: Preset,
+    checked: PresetTrial | None = None,
+) -> Preset:
+    """Preset selectbox (the best preset pre-selected after the check) and three samples as the
+    model will see them."""
     st.subheader("3 · Preprocessing")
     names = [p.value for p in Preset]
     if keys.SETUP_PRESET not in st.session_state:
         st.session_state[keys.SETUP_PRESET] = default.value
+    switched_from = str(st.session_state[keys.SETUP_PRESET])
+    selected = _preselect_best_preset(checked) if checked else None
     preset = Preset(
         st.selectbox(
             "Preset",
@@ -445,6 +502,8 @@ def preset_section(sig: ModelSignature | None, ds: Dataset | None, default: Pres
             help="How decoded RGB pixels become the float input; the same array feeds both models.",
         )
     )
+    if checked:
+        _say_preset_check(judge_presets(checked.trial, preset.value), selected, switched_from)
     if sig is None or ds is None or not ds.samples:
         st.caption("Pick a model and data to preview the input.")
         return preset
@@ -468,6 +527,24 @@ def preset_section(sig: ModelSignature | None, ds: Dataset | None, default: Pres
             st.image(cache.array_png(img), width=cache.THUMB_PX)
             st.caption(f"{fmt.text(Path(sample.relpath).name)}  \nmin {vmin:.2f} · max {vmax:.2f}")
     return preset
+
+
+def _say_preset_check(check: dict[str, Any], selected: str | None, switched_from: str) -> None:
+    """One line: the preset the check pre-selected and why, a warning when the preset chosen
+    is clearly worse than another, else each preset's figure."""
+    figures = ", ".join(preset_summary(check))
+    what = "accuracy" if check["basis"] == "accuracy" else "mean top-1 probability"
+    if check["advice"]:
+        st.warning(fmt.text(check["advice"]), icon=":material/warning:")
+    elif selected:
+        st.info(
+            f"Preset check: {fmt.code(selected)} was selected instead of "
+            f"{fmt.code(switched_from)}: the original's {what} on {check['n']} images is "
+            f"{fmt.text(figures)}.",
+            icon=":material/tune:",
+        )
+    else:
+        st.caption(f"Preset check, the original's {what} on {check['n']} images: {figures}.")
 
 
 def variants_section() -> list[str]:

@@ -39,8 +39,14 @@ elif data.path:
     except QuantLensError as exc:
         st.error(str(exc))
 
-# The demo model is trained on mobilenet_v2 input ([-1, 1]), the common Keras default.
-preset = setup_form.preset_section(signature, dataset, Preset.MOBILENET_V2)
+# The demo model is trained on mobilenet_v2 input ([-1, 1]), the common Keras default; once a
+# model and data are chosen, the preset check pre-selects a clearly better preset.
+checked = (
+    setup_form.preset_trial(model, data, labels)
+    if signature is not None and dataset is not None and dataset.samples
+    else None
+)
+preset = setup_form.preset_section(signature, dataset, Preset.MOBILENET_V2, checked)
 variants = setup_form.variants_section()
 options = setup_form.options_section(None if dataset is None else len(dataset.samples))
 setup_form.remember_form()
