@@ -20,7 +20,7 @@ from core.jobs import launch as jobs
 from core.metrics.latency import default_threads
 from core.metrics.preset_check import judge_presets, preset_summary
 from core.reporting.report import VERDICT_LOWER_BOUND, VERDICT_POINT, VERDICT_RULES
-from core.reporting.tracking import resolve_uri
+from core.reporting.tracking import dashboard_uri_refusal, resolve_uri
 from core.types import (
     BACKEND_CHOICES,
     DEFAULT_MIN_AGREEMENT_PCT,
@@ -613,10 +613,11 @@ class RunOptions(TypedDict):
 
 
 def tracking_option() -> str | None:
-    """MLflow tracking: the workspace store, or a tracking server's http(s) URI; None when off.
+    """MLflow tracking: the workspace store, or a tracking server's http(s) URI on the
+    operator's allow-list (QUANTLENS_MLFLOW_ALLOWED); None when off.
 
     Local stores other than the workspace's are the CLI's (`--mlflow PATH`): a web form does
-    not get to write files anywhere on the server.
+    not get to write files anywhere on the server, nor send the models to any server.
     """
     c1, c2 = st.columns([1, 3])
     on = c1.toggle(
@@ -632,17 +633,19 @@ def tracking_option() -> str | None:
         key=keys.SETUP_MLFLOW_URI,
         placeholder="http://mlflow.example:5000",
     ).strip()
-    if tracking_uri_refused():
-        c2.error("Give an http:// or https:// tracking server, or leave it blank.")
+    refusal = tracking_uri_refusal()
+    if refusal:
+        c2.error(refusal)
         return None
     return resolve_uri(raw)
 
 
-def tracking_uri_refused() -> bool:
-    """True when MLflow logging is on with a URI that is not a tracking server's."""
-    raw = str(st.session_state.get(keys.SETUP_MLFLOW_URI) or "").strip()
-    on = bool(st.session_state.get(keys.SETUP_MLFLOW))
-    return on and bool(raw) and not raw.lower().startswith(("http://", "https://"))
+def tracking_uri_refusal() -> str | None:
+    """Why MLflow logging, when on, may not go to the URI given (not an http(s) server on the
+    operator's allow-list), else None."""
+    if not st.session_state.get(keys.SETUP_MLFLOW):
+        return None
+    return dashboard_uri_refusal(str(st.session_state.get(keys.SETUP_MLFLOW_URI) or ""))
 
 
 def engine_option() -> tuple[str, str | None]:

@@ -60,8 +60,8 @@ if dataset is None or not dataset.samples:
     problems.append("a data set with at least one image")
 if not variants:
     problems.append("at least one quantization mode")
-if setup_form.tracking_uri_refused():
-    problems.append("an http(s) MLflow tracking server, or a blank one")
+if setup_form.tracking_uri_refusal():
+    problems.append("an allowed MLflow tracking server, or a blank one")
 if setup_form.calibration_path_refused():
     problems.append("an existing separate calibration set, or a blank one")
 if setup_form.sweep_refused():

@@ -42,6 +42,52 @@ _RUN_STATUS = {"done": "FINISHED", "cancelled": "KILLED"}  # every other end is 
 _LATENCY_KEYS = ("min", "p50", "p90", "p99", "mean", "std")
 
 
+# The tracking servers a dashboard user may send runs (and their models) to: comma-separated
+# http(s) URIs set by the operator, as QUANTLENS_RAY_ADDRESS is. The CLI, run by an operator,
+# is not restricted.
+ALLOWED_SERVERS_ENV = "QUANTLENS_MLFLOW_ALLOWED"
+
+
+def _origin_and_path(uri: str) -> tuple[str, str, str]:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri.strip())
+    return parts.scheme.lower(), parts.netloc.lower(), parts.path.rstrip("/")
+
+
+def allowed_servers() -> list[str]:
+    """The operator's allow-list of tracking servers (empty: none but the workspace store)."""
+    raw = os.environ.get(ALLOWED_SERVERS_ENV, "")
+    return [entry.strip() for entry in raw.split(",") if entry.strip()]
+
+
+def dashboard_uri_refusal(uri: str) -> str | None:
+    """Why the dashboard may not log to `uri` (one line), or None when it may.
+
+    Blank (the workspace store) is always allowed; anything else must be an http(s) server on
+    the operator's allow-list: the same scheme, host and port, and a path under the entry's.
+    """
+    text = uri.strip()
+    if not text:
+        return None
+    if not text.lower().startswith(("http://", "https://")):
+        return "Give an http:// or https:// tracking server, or leave it blank."
+    scheme, netloc, path = _origin_and_path(text)
+    for entry in allowed_servers():
+        e_scheme, e_netloc, e_path = _origin_and_path(entry)
+        if (scheme, netloc) == (e_scheme, e_netloc) and (
+            path == e_path or path.startswith(e_path + "/")
+        ):
+            return None
+    servers = ", ".join(allowed_servers())
+    if servers:
+        return f"{text} is not an allowed tracking server ({servers}); pick one or leave it blank."
+    return (
+        f"{text} is not an allowed tracking server: the operator allows servers with "
+        f"{ALLOWED_SERVERS_ENV}; leave it blank for the workspace store."
+    )
+
+
 def default_uri(home: Path | None = None) -> str:
     """The workspace's own store: `sqlite:///<workspace>/mlflow.db`."""
     return f"sqlite:///{(home or rundir.workspace_home()).resolve() / STORE_FILE}"

@@ -312,3 +312,26 @@ def test_a_store_that_cannot_be_written_is_one_warning_on_the_report(tmp_path: P
         "its folder (check that the store is writable)",
     ]
     assert after["variants"] == before["variants"]
+
+
+def test_the_dashboards_tracking_servers_are_the_operators_allow_list(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from core.reporting.tracking import dashboard_uri_refusal
+
+    monkeypatch.delenv("QUANTLENS_MLFLOW_ALLOWED", raising=False)
+    assert dashboard_uri_refusal("") is None  # the workspace store
+    assert "QUANTLENS_MLFLOW_ALLOWED" in (dashboard_uri_refusal("https://x.example") or "")
+    assert "http:// or https://" in (dashboard_uri_refusal("/etc/x.db") or "")
+    monkeypatch.setenv("QUANTLENS_MLFLOW_ALLOWED", "https://ml.example/team, http://10.0.0.5:5000")
+    assert dashboard_uri_refusal("https://ml.example/team") is None
+    assert dashboard_uri_refusal("https://ml.example/team/sub") is None
+    assert dashboard_uri_refusal("http://10.0.0.5:5000") is None
+    for refused in (
+        "https://ml.example/teamx",  # not under the entry's path
+        "https://ml.example",
+        "http://ml.example/team",  # another scheme
+        "http://10.0.0.5:5001",  # another port
+        "http://10.0.0.5:5000@evil.example",  # user info: the host is evil.example
+    ):
+        assert dashboard_uri_refusal(refused), refused
