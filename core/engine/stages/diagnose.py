@@ -25,7 +25,7 @@ from core.engine.convert import PROBE_IMAGES, ConversionResult
 from core.engine.stages.context import RunContext
 from core.engine.stages.convert import Conversion, convert_in_background
 from core.engine.stages.decode import first_images
-from core.engine.stages.evaluate import Evaluator, run_evaluation, written_agreement
+from core.engine.stages.evaluate import run_evaluation, written_agreement
 from core.engine.stages.files import DecodedCache
 from core.engine.stages.reference import ReferenceOutputs
 from core.errors import ConversionFailed, QuantLensError
@@ -174,9 +174,7 @@ def write_layer_details(
     return target.name, None
 
 
-def auto_fix(
-    run: RunContext, reference: ReferenceOutputs, *, evaluator: Evaluator | None = None
-) -> RunContext:
+def auto_fix(run: RunContext, reference: ReferenceOutputs) -> RunContext:
     """`--auto-fix K`: each judged variant below the bar that can keep layers in float gets a
     measured sensitivity scan, a greedy fix, and the result as a derived variant.
 
@@ -192,7 +190,7 @@ def auto_fix(
             derived = _auto_fix_variant(run, reference, spec)
             if derived is not None:
                 run = replace(run, specs=(*run.specs, derived))
-                _convert_and_evaluate(run, reference, derived, evaluator)
+                _convert_and_evaluate(run, reference, derived)
     return run
 
 
@@ -404,7 +402,6 @@ def _convert_and_evaluate(
     run: RunContext,
     reference: ReferenceOutputs,
     spec: VariantSpec,
-    evaluator: Evaluator | None,
 ) -> None:
     """Convert a derived variant and evaluate it as the evaluate stage does any other, then
     diagnose it."""
@@ -423,7 +420,7 @@ def _convert_and_evaluate(
         )
     except QuantLensError as exc:
         future.set_exception(exc)
-    run_evaluation(run, reference, [Conversion(spec=spec, future=future)], evaluator=evaluator)
+    run_evaluation(run, reference, [Conversion(spec=spec, future=future)])
     if needs_diagnosis(run, spec):
         diagnose_finished(run, reference, spec)
 
