@@ -134,13 +134,20 @@ def draw_progress(run_id: str) -> bool:
         if status.get("error"):
             st.error(str(status["error"]))
         for name, vstate, detail in _variant_lines(d, events):
-            icon = _ICONS.get(vstate, ":material/schedule:")
-            line = f"{icon} **{fmt.text(name)}** — {fmt.text(vstate)}: {fmt.text(detail)}"
+            line = variant_line(name, vstate, detail)
             if vstate in ("failed", "crashed", "timeout"):
                 st.markdown(f":red[{line}]")
             else:
                 st.markdown(line)
     return running
+
+
+def variant_line(name: str, state: str, detail: str) -> str:
+    """One variant's line in the status box: icon, name, state and, when it says more than the
+    state itself (a pending variant has nothing else to say), the detail."""
+    icon = _ICONS.get(state, ":material/schedule:")
+    line = f"{icon} **{fmt.text(name)}** — {fmt.text(state)}"
+    return f"{line}: {fmt.text(detail)}" if detail and detail != state else line
 
 
 def _running_label(run_id: str, state: str, last: ProgressEvent | None) -> str:
@@ -170,8 +177,12 @@ def run_label(row: RunRow) -> str:
     this render, not a cached one; the short id (the random end of the run id) keeps two runs
     started in the same second apart.
     """
-    name = row.name if len(row.name) <= _LABEL_NAME_CHARS else row.name[:_LABEL_NAME_CHARS] + "…"
+    shown = len(row.name) <= _LABEL_NAME_CHARS
+    name = row.name if shown else row.name[:_LABEL_NAME_CHARS] + "…"
     when = history.when(row.created)[-8:]  # HH:MM:SS, local time
+    if shown and row.name.endswith(when[:5]):
+        # A default name ("saved_model · 14:03") shows the time already: say it once.
+        return f"{row.status} · {name} · {row.id[-6:]}"
     return f"{row.status} · {name} · {when} · {row.id[-6:]}"
 
 
