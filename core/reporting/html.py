@@ -207,13 +207,26 @@ def _verdict(variant: Variant, threshold: float) -> str:
 # -- sections ------------------------------------------------------------------------------------
 
 
+def local_time(iso: object) -> str:
+    """An ISO 8601 time in this machine's local time with its UTC offset, as the dashboard
+    shows local times: "2025-01-02 04:04:05 (UTC+01:00)"; the text itself if unparsable."""
+    from datetime import datetime
+
+    try:
+        moment = datetime.fromisoformat(str(iso)).astimezone()
+    except ValueError:
+        return str(iso)
+    offset = moment.strftime("%z")  # "+0100"
+    return f"{moment:%Y-%m-%d %H:%M:%S} (UTC{offset[:3]}:{offset[3:]})"
+
+
 def _subtitle(report: RunReport) -> str:
     run = report.get("run") or {}
     ref = report.get("reference") or {}
     dataset = report.get("dataset") or {}
     bits = [
         f"run <code>{_e(run.get('id'))}</code>" if run.get("id") else "",
-        f"created {_e(run.get('created'))}" if run.get("created") else "",
+        f"created {_e(local_time(run.get('created')))}" if run.get("created") else "",
         f"status {_e(run.get('status'))}" if run.get("status") else "",
         f"model <code>{_e(ref.get('path'))}</code>" if ref.get("path") else "",
         f"data <code>{_e(dataset.get('path'))}</code>" if dataset.get("path") else "",

@@ -552,3 +552,19 @@ def test_thumbnail_of_a_non_image_raises_for_the_caller(tmp_path: Path) -> None:
     path.write_text("hello")
     with pytest.raises(QuantLensError, match="not an image file"):
         thumbnail_data_uri(path)
+
+
+def test_the_report_says_when_in_local_time_with_its_offset(
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    monkeypatch.setenv("TZ", "Europe/Paris")  # UTC+1 in January
+    time.tzset()
+    try:
+        html = render_report_html(run_dir)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert "created 2025-01-02 04:04:05 (UTC+01:00)" in html  # 03:04:05 UTC
+    assert "2025-01-02T03:04:05+00:00" not in html.split("<pre")[0]
