@@ -127,18 +127,13 @@ def agreement_figure(
             hovertemplate="%{x}: %{y:.2f} % (n=%{customdata[0]})<extra></extra>",
         )
     )
-    fig.add_hline(
-        y=threshold_pct,
-        line_dash="dash",
-        line_color=FAIL_COLOR,
-        annotation_text=f"threshold {threshold_pct:g} %",
-        annotation_position="bottom right",
-    )
+    # The line is named in the title, not by a label on the plot, which landed on a bar.
+    fig.add_hline(y=threshold_pct, line_dash="dash", line_color=FAIL_COLOR)
     finite = [v for v in ys if not np.isnan(v)] + [threshold_pct]
     low = max(0.0, min(finite) - 5.0)
     _layout(
         fig,
-        title="Top-1 agreement with the original (95 % CI)",
+        title=f"Top-1 agreement with the original (95 % CI); dashed: threshold {threshold_pct:g} %",
         x_title="variant",
         y_title="agreement (%)",
         height=height,
@@ -449,7 +444,10 @@ def per_class_agreement_figure(
     fig = agreement_figure(
         classes, agreement_pct, ci95, threshold_pct=threshold_pct, n=n, height=height
     )
-    fig.update_layout(title_text="Agreement per class of the original (95 % CI)")
+    fig.update_layout(
+        title_text=f"Agreement per class of the original (95 % CI); dashed: threshold "
+        f"{threshold_pct:g} %"
+    )
     fig.update_xaxes(title_text="original's top-1 class", type="category")
     return fig
 

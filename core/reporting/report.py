@@ -464,6 +464,9 @@ def format_table(report: RunReport | Mapping[str, Any]) -> str:
             lines.append(f"{v.name}: FAIL — {reason}")
         for warning in r.warnings:
             lines.append(f"warning: {v.name}: {warning}")
+        nothing_to_fix = (v.extra.get("auto_fix") or {}).get("nothing_to_fix")
+        if nothing_to_fix:
+            lines.append(f"auto-fix: {nothing_to_fix}")
     latency_warnings: list[tuple[str, str | None]] = [("original", ref.get("latency_warning"))]
     latency_warnings += [(v.name, v.result.latency_warning) for v in report.variants]
     for who, latency_warning in latency_warnings:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from tests.app.conftest import OpenPage
 from ui import runs
 
 
@@ -13,7 +16,6 @@ def test_a_pending_variant_says_pending_once() -> None:
 
 def test_a_sidebar_label_says_the_time_once() -> None:
     from datetime import UTC, datetime
-    from pathlib import Path
 
     from core.history.store import RunRow
     from core.jobs.launch import default_run_name
@@ -41,3 +43,34 @@ def test_a_sidebar_label_says_the_time_once() -> None:
     label = runs.run_label(row(default))
     assert label == f"done · saved_model · {local:%H:%M} · abc123"
     assert runs.run_label(row("my run")) == f"done · my run · {local:%H:%M:%S} · abc123"
+
+
+def test_agreement_lists_a_nameless_class_by_its_index_once(
+    home: Path, open_page: OpenPage
+) -> None:
+    import json
+
+    from tests.app.fixtures import build_run
+
+    run = build_run(home, flips={"float16": 0, "int8": 6})
+    report = json.loads((run / "report.json").read_text())
+    report["dataset"]["class_names"] = None  # a data set without names: classes are indices
+    (run / "report.json").write_text(json.dumps(report))
+    (run / "labels.txt").unlink(missing_ok=True)
+    at = open_page("agreement")
+    assert not at.exception
+    table = next(df.value for df in at.dataframe if "class" in df.value.columns)
+    classes = [str(c) for c in table["class"]]
+    assert classes and all(c.isdigit() for c in classes), classes  # "7", never "7: 7"
+    picker = next(s for s in at.selectbox if s.label == "Class to inspect")
+    assert all(":" not in o for o in picker.options)
+
+
+def test_the_agreement_chart_names_its_threshold_off_the_bars() -> None:
+    from core.reporting.figures import agreement_figure
+
+    fig = agreement_figure(
+        ["float16", "int8"], [100.0, 96.0], [(90.0, 100.0), (88.0, 99.0)], threshold_pct=95.0
+    )
+    assert not fig.layout.annotations  # a label on the plot landed on a bar
+    assert "dashed: threshold 95 %" in fig.layout.title.text

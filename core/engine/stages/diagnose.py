@@ -182,6 +182,7 @@ def auto_fix(run: RunContext, reference: ReferenceOutputs) -> RunContext:
     """
     if not run.job.auto_fix:
         return run
+    _note_nothing_to_fix(run)
     todo = [s for s in run.specs if auto_fix_applies(s, run.report.variant(s.name), run.job)]
     if not todo:
         return run
@@ -205,7 +206,13 @@ def _cluster_session(run: RunContext) -> AbstractContextManager[object]:
 def auto_fix_applies(spec: VariantSpec, entry: dict[str, Any], job: JobSpec) -> bool:
     """Whether `--auto-fix` works on this variant: a finished, judged variant without overrides,
     below the bar (not for want of a verdict), on a mode that can keep layers in float."""
-    from core.reporting.report import ROLE_SELECTED, meets_threshold
+    return _fixable(spec, entry) and not _entry_meets_bar(entry, job)
+
+
+def _fixable(spec: VariantSpec, entry: dict[str, Any]) -> bool:
+    """A finished, judged variant the user selected, without overrides, not fixed yet, on a mode
+    that can keep layers in float."""
+    from core.reporting.report import ROLE_SELECTED
 
     if spec.float_layers or spec.int16_layers or entry.get("auto_fix") is not None:
         return False
@@ -213,18 +220,41 @@ def auto_fix_applies(spec: VariantSpec, entry: dict[str, Any], job: JobSpec) -> 
         return False
     if entry.get("verdict_reason") or entry.get("top1_agreement_pct") is None:
         return False
-    if meets_threshold(
-        entry["top1_agreement_pct"],
-        entry.get("top1_agreement_ci95"),
-        job.min_agreement_pct,
-        job.verdict,
-    ):
-        return False
     try:
         replace(spec, float_layers=("any",)).check()
     except QuantLensError:
         return False
     return True
+
+
+def _entry_meets_bar(entry: dict[str, Any], job: JobSpec) -> bool:
+    from core.reporting.report import meets_threshold
+
+    return meets_threshold(
+        entry["top1_agreement_pct"],
+        entry.get("top1_agreement_ci95"),
+        job.min_agreement_pct,
+        job.verdict,
+    )
+
+
+def _note_nothing_to_fix(run: RunContext) -> None:
+    """`--auto-fix` on a variant that already meets the bar says so instead of staying silent
+    (report.json's `auto_fix.nothing_to_fix`, which the CLI prints)."""
+    from core.reporting.report import VERDICT_LOWER_BOUND
+
+    noted = False
+    for spec in run.specs:
+        entry = run.report.variant(spec.name)
+        if _fixable(spec, entry) and _entry_meets_bar(entry, run.job):
+            bound = " (lower 95 % bound)" if run.job.verdict == VERDICT_LOWER_BOUND else ""
+            entry["auto_fix"] = {
+                "nothing_to_fix": f"{spec.name} meets {run.job.min_agreement_pct:g} %{bound}, "
+                "nothing to fix"
+            }
+            noted = True
+    if noted:
+        run.report.save()
 
 
 def _auto_fix_variant(
