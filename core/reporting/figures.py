@@ -204,6 +204,10 @@ def tradeoff_figure(
     """
     by_name = {p.name: p for p in points}
     agreement = [p.agreement_pct for p in points]
+    # Plotly widens an empty colour range around its one value ("100.4 %" when every variant
+    # agrees fully): give it a one-point range inside [0, 100] instead.
+    cmax = min(100.0, max(agreement, default=100.0))
+    cmin = max(0.0, min(min(agreement, default=0.0), cmax - 1.0))
     custom = [
         [
             p.size_mb,
@@ -228,8 +232,8 @@ def tradeoff_figure(
                 "size": 14,
                 "color": agreement,
                 "colorscale": "Viridis",
-                "cmin": min(agreement, default=0.0),
-                "cmax": max(agreement, default=100.0),
+                "cmin": cmin,
+                "cmax": cmax if cmax > cmin else cmin + 1.0,
                 "colorbar": {"title": {"text": "top-1 agreement (%)"}, "ticksuffix": " %"},
                 "line": {"width": 1, "color": "#333333"},
             },
@@ -563,7 +567,10 @@ def _log_axis_with_decades(fig: go.Figure, values: Sequence[float | int | None])
         type="log",
         tickvals=tickvals or None,
         ticktext=ticktext or None,
-        minor={"ticks": "outside", "showgrid": True},  # unlabelled 2..9 marks between decades
+        # Unlabelled 2..9 marks between decades, inside the plot: outside, they were drawn
+        # over the decade labels (which sit just outside the axis line).
+        minor={"ticks": "inside", "ticklen": 4, "showgrid": True},
+        automargin=True,
     )
 
 
