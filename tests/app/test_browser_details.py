@@ -74,3 +74,14 @@ def test_the_agreement_chart_names_its_threshold_off_the_bars() -> None:
     )
     assert not fig.layout.annotations  # a label on the plot landed on a bar
     assert "dashed: threshold 95 %" in fig.layout.title.text
+
+
+def test_history_sizes_its_status_column_for_cancelled(home: Path, open_page: OpenPage) -> None:
+    import json
+
+    from tests.app.fixtures import build_run
+
+    build_run(home, status="cancelled")
+    at = open_page("history")
+    config = json.loads(at.dataframe[0].proto.columns)
+    assert config["status"]["width"] >= len("interrupted") * 9, config.get("status")
