@@ -307,6 +307,18 @@ def _picked_upload(
     return Picked(earlier)
 
 
+def forget_refused_upload(what: str) -> None:
+    """Forget an uploaded model ("model") or data set ("data") the form refused, when it is the
+    source in use, so a reload does not bring the file back with its error. The uploader still
+    holds the file in this session, so the error stays on the page until it is replaced."""
+    source, upload, remembered = {
+        "model": (keys.SETUP_MODEL_SOURCE, MODEL_SOURCES[2], keys.SETUP_MODEL_UPLOADED),
+        "data": (keys.SETUP_DATA_SOURCE, DATA_SOURCES[3], keys.SETUP_DATA_UPLOADED),
+    }[what]
+    if st.session_state.get(source) == upload:
+        st.session_state.pop(remembered, None)
+
+
 def _server_path(raw: str, *, what: str) -> Picked:
     """Check a typed path against the server's allowed folders before anything reads it."""
     if not raw.strip():
@@ -347,6 +359,7 @@ def model_section(demo_ok: bool) -> Picked:
     try:
         return Picked(str(uploads.model_from_upload(Path(picked.path))))
     except QuantLensError as exc:
+        forget_refused_upload("model")
         return Picked(None, str(exc))
 
 

@@ -27,6 +27,7 @@ elif model.path:
         setup_form.show_signature(signature)
     except QuantLensError as exc:
         st.error(str(exc))
+        setup_form.forget_refused_upload("model")
 
 data, labels = setup_form.data_section(demo_ok)
 dataset = None
@@ -38,6 +39,7 @@ elif data.path:
         setup_form.show_dataset(dataset, signature)
     except QuantLensError as exc:
         st.error(str(exc))
+        setup_form.forget_refused_upload("data")
 
 # The demo model is trained on mobilenet_v2 input ([-1, 1]), the common Keras default; once a
 # model and data are chosen, the preset check pre-selects a clearly better preset.
