@@ -227,8 +227,18 @@ def _demo_wait() -> None:
     state, message = jobs.demo_build_state()
     if state == "ready":
         st.rerun(scope="app")
-    with st.status("Building the demo model and data set (first launch only)…", state="running"):
-        st.write(fmt.text(message or "working"))
+    steps = jobs.demo_build_steps()
+    now = message or "starting"
+    # Expanded, with each step so far: a collapsed box said only "Building…" for a minute.
+    with st.status(
+        f"Building the demo model and data set (first launch only): {now}…",
+        state="running",
+        expanded=True,
+    ):
+        fraction = steps[-1][0] if steps else 0.0
+        st.progress(min(1.0, max(0.0, fraction)), text=fmt.text(now))
+        for _, step in steps[:-1]:
+            st.caption(f":material/check: {fmt.text(step)}")
 
 
 def _demo_model_choice() -> DemoPaths:

@@ -24,7 +24,7 @@ from core import posix
 from core.errors import QuantLensError
 from core.inputs import rundir
 from core.jobs import outcome, protocol, queue
-from core.jobs.demo_build import MOBILENET, demo_build_state, start_demo_build
+from core.jobs.demo_build import MOBILENET, demo_build_state, demo_build_steps, start_demo_build
 from core.jobs.inspection import inspect_model, preset_trial
 from core.jobs.protocol import read_progress, read_status
 from core.jobs.queue import active_run_id, active_runs, queue_position
@@ -39,6 +39,7 @@ __all__ = [
     "create_run",
     "default_run_name",
     "demo_build_state",
+    "demo_build_steps",
     "inspect_model",
     "launch_run",
     "new_run_id",

@@ -223,6 +223,8 @@ def main(argv: list[str]) -> int:
             )
         if args.command == "demo-mobilenetv2":
             return build_mobilenet_demo(target, epochs=args.epochs)
+        # The first step a first launch shows: loading TensorFlow takes a while on its own.
+        print_progress(0.0, "loading TensorFlow")
         from core.engine.demo import build_demo
 
         paths = build_demo(target, progress=print_progress)
