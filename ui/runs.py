@@ -127,7 +127,7 @@ def draw_progress(run_id: str) -> bool:
         label, box_state = "Run finished", "complete"
     else:
         label, box_state = f"Run {state}", "error"
-    with st.status(label, state=box_state, expanded=True):  # type: ignore[arg-type]
+    with status_box(label, state=box_state):
         if running:
             frac = 0.0 if last is None else min(1.0, max(0.0, float(last.fraction)))
             st.progress(frac, text=fmt.text(last.message) if last else "waiting for the worker")
@@ -140,6 +140,14 @@ def draw_progress(run_id: str) -> bool:
             else:
                 st.markdown(line)
     return running
+
+
+def status_box(label: str, *, state: str, expanded: bool = True) -> Any:
+    """A status box that keeps `state`: content goes into a container inside it, because
+    `with st.status(...)` marks the box complete (a green check) when the block ends, which
+    showed on queued and running runs."""
+    box = st.status(label, state=state, expanded=expanded)  # type: ignore[arg-type]
+    return box.container()
 
 
 def variant_line(name: str, state: str, detail: str) -> str:

@@ -230,10 +230,8 @@ def _demo_wait() -> None:
     steps = jobs.demo_build_steps()
     now = message or "starting"
     # Expanded, with each step so far: a collapsed box said only "Building…" for a minute.
-    with st.status(
-        f"Building the demo model and data set (first launch only): {now}…",
-        state="running",
-        expanded=True,
+    with runs.status_box(
+        f"Building the demo model and data set (first launch only): {now}…", state="running"
     ):
         fraction = steps[-1][0] if steps else 0.0
         st.progress(min(1.0, max(0.0, fraction)), text=fmt.text(now))

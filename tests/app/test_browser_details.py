@@ -85,3 +85,24 @@ def test_history_sizes_its_status_column_for_cancelled(home: Path, open_page: Op
     at = open_page("history")
     config = json.loads(at.dataframe[0].proto.columns)
     assert config["status"]["width"] >= len("interrupted") * 9, config.get("status")
+
+
+def _progress_box_script() -> None:
+    from ui import runs
+
+    runs.draw_progress("run-fixture")
+
+
+def test_a_running_runs_progress_box_stays_running(home: Path) -> None:
+    """The box is drawn straight from the run folder (a page would first mark a run whose
+    supervisor is gone as failed)."""
+    from streamlit.testing.v1 import AppTest
+
+    from tests.app.fixtures import build_run
+
+    build_run(home, status="running")
+    at = AppTest.from_function(_progress_box_script, default_timeout=30).run()
+    assert not at.exception
+    [box] = at.get("status")
+    assert box.label.startswith(("Running", "Starting")), box.label
+    assert box.state == "running"  # `with st.status` ended on a green check

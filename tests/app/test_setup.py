@@ -96,6 +96,7 @@ def test_first_launch_waits_for_the_demo_build(home: Path, open_page: OpenPage) 
     [box] = [s for s in at.get("status") if "Building the demo model" in s.label]
     # What it is doing now, in the label a collapsed box still shows, and the steps done.
     assert box.label.endswith(": training epoch 1/10 (train accuracy 0.412)…")
+    assert box.state == "running"  # not the green check a `with st.status` ends on
     done = [c.value for c in at.caption if ":material/check:" in c.value]
     assert len(done) == 2 and "loading TensorFlow" in done[0]
     assert [b.key for b in at.button] == [keys.SETUP_SKIP_DEMO_BUTTON]
