@@ -43,7 +43,8 @@ _PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans-serif;
-       margin: 24px auto; max-width: 1200px; padding: 0 16px; color: #1f2328; }
+       margin: 24px auto; max-width: 1200px; padding: 0 16px; color: #1f2328;
+       overflow-wrap: break-word; }
 h1 { font-size: 1.6em; margin-bottom: 0.1em; } h2 { margin-top: 1.6em; border-bottom: 1px solid
 #d0d7de; padding-bottom: 0.2em; } h3 { margin-bottom: 0.3em; }
 .sub { color: #57606a; margin-top: 0; }
@@ -69,7 +70,10 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: now
 pre { background: #f6f8fa; padding: 10px; overflow-x: auto; white-space: pre-wrap;
       word-break: break-all; }
 .wide { overflow-x: auto; }
-.chart { margin: 0.5em 0 1.5em 0; }
+/* A long variant name (many layers kept in float) wraps inside its cell instead of widening
+   the table past the page. */
+#verdict td:first-child { overflow-wrap: anywhere; min-width: 10em; }
+.chart { margin: 0.5em 0 1.5em 0; overflow-x: auto; }
 """
 
 
