@@ -95,6 +95,14 @@ def chance_warning(res: RunResults) -> None:
             "and the labels.",
             icon=":material/warning:",
         )
+    preset_advice(res)
+
+
+def preset_advice(res: RunResults) -> None:
+    """The preset check's one line when another preset was clearly better than the run's."""
+    advice = (res.report.extra.get("preset_check") or {}).get("advice")
+    if advice:
+        st.warning(fmt.text(advice), icon=":material/tune:")
 
 
 def tracking_note(res: RunResults) -> None:

@@ -106,3 +106,22 @@ def test_a_running_runs_progress_box_stays_running(home: Path) -> None:
     [box] = at.get("status")
     assert box.label.startswith(("Running", "Starting")), box.label
     assert box.state == "running"  # `with st.status` ended on a green check
+
+
+def test_overview_says_when_the_preset_check_found_a_better_preset(
+    home: Path, open_page: OpenPage
+) -> None:
+    import json
+
+    from tests.app.fixtures import build_run
+
+    run = build_run(home)
+    report = json.loads((run / "report.json").read_text())
+    advice = (
+        "preset check: the original is 100.0 % accurate with preset raw but 25.0 % with unit "
+        "on the same 40 labelled images (McNemar p = 4e-09); the preset is probably wrong: use raw"
+    )
+    report["preset_check"] = {"used": "unit", "better": "raw", "advice": advice}
+    (run / "report.json").write_text(json.dumps(report))
+    at = open_page("overview")
+    assert [w.value.replace("\\", "") for w in at.warning if "preset check" in w.value] == [advice]
