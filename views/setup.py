@@ -41,11 +41,14 @@ elif data.path:
         st.error(str(exc))
         setup_form.forget_refused_upload("data")
 
-# The demo model is trained on mobilenet_v2 input ([-1, 1]), the common Keras default; once a
-# model and data are chosen, the preset check pre-selects a clearly better preset.
+# The demo model is trained on mobilenet_v2 input ([-1, 1]), the common Keras default; once
+# another model and data are chosen, the preset check pre-selects a clearly better preset.
 checked = (
     setup_form.preset_trial(model, data, labels)
-    if signature is not None and dataset is not None and dataset.samples
+    if signature is not None
+    and dataset is not None
+    and dataset.samples
+    and st.session_state.get(keys.SETUP_MODEL_SOURCE) != setup_form.MODEL_SOURCES[0]
     else None
 )
 preset = setup_form.preset_section(signature, dataset, Preset.MOBILENET_V2, checked)
