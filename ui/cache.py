@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import streamlit as st
@@ -108,6 +109,48 @@ def model_signature(path: str, *, trusted: bool = False) -> ModelSignature:
         QuantLensError: the model cannot be read (one-line reason).
     """
     return _signature(path, _mtime(Path(path)), trusted)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _preset_trial(
+    model: str,
+    model_mtime: float,
+    trusted: bool,
+    data: str,
+    data_mtime: float,
+    labels_file: str | None,
+    extract_dir: str | None,
+) -> dict[str, Any]:
+    del model_mtime, data_mtime
+    from core.jobs.launch import preset_trial as run_trial
+
+    samples = dataset(data, labels_file=labels_file, extract_dir=extract_dir).samples
+    return run_trial(model, samples, trusted=trusted)
+
+
+def preset_trial(
+    model: str,
+    data: str,
+    *,
+    labels_file: str | None = None,
+    extract_dir: str | None = None,
+    trusted: bool = False,
+) -> dict[str, Any]:
+    """The original under every preset on a few dozen images of the data set, run in a worker
+    once per (model, data) as they are on disk (core.metrics.preset_check judges it).
+
+    Raises:
+        QuantLensError: the model cannot be run (one-line reason).
+    """
+    return _preset_trial(
+        model,
+        _mtime(Path(model)),
+        trusted,
+        data,
+        _mtime(Path(data)),
+        labels_file or None,
+        extract_dir,
+    )
 
 
 @st.cache_data(max_entries=8, show_spinner=False)

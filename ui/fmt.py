@@ -42,12 +42,16 @@ def ci(bounds: list[float] | tuple[float, float] | None) -> str:
     return f"{float(bounds[0]):.1f}–{float(bounds[1]):.1f} %"
 
 
-def change(value_pct: float) -> str:
-    """A relative change with its true sign: "-86.1 %" (smaller), "+5.0 %" (larger).
+MINUS = "\u2212"  # the minus sign the tables use; a hyphen reads as a dash
 
-    ASCII signs on purpose: st.metric picks its arrow and colour from a leading "-".
-    """
-    return f"{float(value_pct):+.1f} %"
+
+def change(value_pct: float) -> str:
+    """A relative change with its true sign: "−86.1 %" (smaller), "+5.0 %" (larger).
+
+    The minus is U+2212, as in the tables: a metric card given this text must set its arrow
+    and colour itself (ui.widgets.change_metric_style), since Streamlit reads them from a
+    leading ASCII "-"."""
+    return f"{float(value_pct):+.1f} %".replace("-", MINUS)
 
 
 def code(value: object) -> str:

@@ -15,6 +15,7 @@ SETUP_MODEL_UPLOADED = "setup.model_uploaded"  # the stored upload, kept across 
 SETUP_DATA_UPLOADED = "setup.data_uploaded"
 SETUP_LABELS_PATH = "setup.labels_path"
 SETUP_PRESET = "setup.preset"
+SETUP_PRESET_CHECKED = "setup.preset_checked"  # the model and data the preset was checked for
 SETUP_MODES = "setup.modes"
 SETUP_INT8_IO = "setup.int8_io"
 SETUP_BACKEND = "setup.backend"

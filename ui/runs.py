@@ -127,20 +127,35 @@ def draw_progress(run_id: str) -> bool:
         label, box_state = "Run finished", "complete"
     else:
         label, box_state = f"Run {state}", "error"
-    with st.status(label, state=box_state, expanded=True):  # type: ignore[arg-type]
+    with status_box(label, state=box_state):
         if running:
             frac = 0.0 if last is None else min(1.0, max(0.0, float(last.fraction)))
             st.progress(frac, text=fmt.text(last.message) if last else "waiting for the worker")
         if status.get("error"):
             st.error(str(status["error"]))
         for name, vstate, detail in _variant_lines(d, events):
-            icon = _ICONS.get(vstate, ":material/schedule:")
-            line = f"{icon} **{fmt.text(name)}** — {fmt.text(vstate)}: {fmt.text(detail)}"
+            line = variant_line(name, vstate, detail)
             if vstate in ("failed", "crashed", "timeout"):
                 st.markdown(f":red[{line}]")
             else:
                 st.markdown(line)
     return running
+
+
+def status_box(label: str, *, state: str, expanded: bool = True) -> Any:
+    """A status box that keeps `state`: content goes into a container inside it, because
+    `with st.status(...)` marks the box complete (a green check) when the block ends, which
+    showed on queued and running runs."""
+    box = st.status(label, state=state, expanded=expanded)  # type: ignore[arg-type]
+    return box.container()
+
+
+def variant_line(name: str, state: str, detail: str) -> str:
+    """One variant's line in the status box: icon, name, state and, when it says more than the
+    state itself (a pending variant has nothing else to say), the detail."""
+    icon = _ICONS.get(state, ":material/schedule:")
+    line = f"{icon} **{fmt.text(name)}** — {fmt.text(state)}"
+    return f"{line}: {fmt.text(detail)}" if detail and detail != state else line
 
 
 def _running_label(run_id: str, state: str, last: ProgressEvent | None) -> str:
@@ -170,8 +185,12 @@ def run_label(row: RunRow) -> str:
     this render, not a cached one; the short id (the random end of the run id) keeps two runs
     started in the same second apart.
     """
-    name = row.name if len(row.name) <= _LABEL_NAME_CHARS else row.name[:_LABEL_NAME_CHARS] + "…"
+    shown = len(row.name) <= _LABEL_NAME_CHARS
+    name = row.name if shown else row.name[:_LABEL_NAME_CHARS] + "…"
     when = history.when(row.created)[-8:]  # HH:MM:SS, local time
+    if shown and row.name.endswith(when[:5]):
+        # A default name ("saved_model · 14:03") shows the time already: say it once.
+        return f"{row.status} · {name} · {row.id[-6:]}"
     return f"{row.status} · {name} · {when} · {row.id[-6:]}"
 
 

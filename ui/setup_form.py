@@ -7,7 +7,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import streamlit as st
 
@@ -18,8 +18,9 @@ from core.inputs.paths import allowed_roots, existing_under_roots
 from core.inputs.rundir import workspace_home, write_json_atomic
 from core.jobs import launch as jobs
 from core.metrics.latency import default_threads, usable_cpus
+from core.metrics.preset_check import judge_presets, preset_summary
 from core.reporting.report import VERDICT_LOWER_BOUND, VERDICT_POINT, VERDICT_RULES
-from core.reporting.tracking import resolve_uri
+from core.reporting.tracking import dashboard_uri_refusal, resolve_uri
 from core.types import (
     BACKEND_CHOICES,
     DEFAULT_MIN_AGREEMENT_PCT,
@@ -91,7 +92,10 @@ _FORM_DEFAULTS: dict[str, object] = {
     keys.SETUP_THRESHOLD: DEFAULT_MIN_AGREEMENT_PCT,
     keys.SETUP_VERDICT: VERDICT_POINT,
 }
-REMEMBERED = (*_SOURCES, *_TEXTS, *_UPLOADED, keys.SETUP_PRESET, *_FORM_DEFAULTS)
+# The preset and the model and data it was checked for: a reload keeps the user's choice
+# instead of pre-selecting the check's again.
+_PRESET_KEYS = (keys.SETUP_PRESET, keys.SETUP_PRESET_CHECKED)
+REMEMBERED = (*_SOURCES, *_TEXTS, *_UPLOADED, *_PRESET_KEYS, *_FORM_DEFAULTS)
 
 
 def _form_path() -> Path:
@@ -116,6 +120,8 @@ def _usable(key: str, value: object) -> bool:
         return isinstance(value, str) and uploads.is_stored_upload(value)
     if key == keys.SETUP_PRESET:
         return value in {p.value for p in Preset}
+    if key == keys.SETUP_PRESET_CHECKED:
+        return isinstance(value, str)
     if key == keys.SETUP_MODES:
         modes = {m.value for m in Mode}
         return isinstance(value, list) and all(v in modes for v in value)
@@ -221,8 +227,16 @@ def _demo_wait() -> None:
     state, message = jobs.demo_build_state()
     if state == "ready":
         st.rerun(scope="app")
-    with st.status("Building the demo model and data set (first launch only)…", state="running"):
-        st.write(fmt.text(message or "working"))
+    steps = jobs.demo_build_steps()
+    now = message or "starting"
+    # Expanded, with each step so far: a collapsed box said only "Building…" for a minute.
+    with runs.status_box(
+        f"Building the demo model and data set (first launch only): {now}…", state="running"
+    ):
+        fraction = steps[-1][0] if steps else 0.0
+        st.progress(min(1.0, max(0.0, fraction)), text=fmt.text(now))
+        for _, step in steps[:-1]:
+            st.caption(f":material/check: {fmt.text(step)}")
 
 
 def _demo_model_choice() -> DemoPaths:
@@ -281,19 +295,36 @@ def _mobilenet_building() -> None:
 
 def _picked_upload(
     up: st.runtime.uploaded_file_manager.UploadedFile | None, remembered: str
-) -> Path | None:
-    """The file just uploaded, else the one uploaded earlier (a reload empties the uploader)."""
+) -> Picked:
+    """The file just uploaded, else the one uploaded earlier (a reload empties the uploader);
+    a refused file name is the one-line error."""
     if up is not None:
-        saved = uploads.save_upload(up.getvalue(), up.name)
+        try:
+            saved = uploads.save_upload(up.getvalue(), up.name)
+        except QuantLensError as exc:
+            st.session_state.pop(remembered, None)
+            return Picked(None, str(exc))
         st.session_state[remembered] = str(saved)
-        return saved
+        return Picked(str(saved))
     earlier = st.session_state.get(remembered)
     if not (isinstance(earlier, str) and uploads.is_stored_upload(earlier)):
-        return None
+        return Picked(None)
     st.caption(
         f"Using {fmt.code(Path(earlier).name)}, uploaded earlier; upload a file to replace it."
     )
-    return Path(earlier)
+    return Picked(earlier)
+
+
+def forget_refused_upload(what: str) -> None:
+    """Forget an uploaded model ("model") or data set ("data") the form refused, when it is the
+    source in use, so a reload does not bring the file back with its error. The uploader still
+    holds the file in this session, so the error stays on the page until it is replaced."""
+    source, upload, remembered = {
+        "model": (keys.SETUP_MODEL_SOURCE, MODEL_SOURCES[2], keys.SETUP_MODEL_UPLOADED),
+        "data": (keys.SETUP_DATA_SOURCE, DATA_SOURCES[3], keys.SETUP_DATA_UPLOADED),
+    }[what]
+    if st.session_state.get(source) == upload:
+        st.session_state.pop(remembered, None)
 
 
 def _server_path(raw: str, *, what: str) -> Picked:
@@ -330,12 +361,13 @@ def model_section(demo_ok: bool) -> Picked:
         type=["keras", "zip"],
         key=keys.SETUP_MODEL_UPLOAD,
     )
-    saved = _picked_upload(up, keys.SETUP_MODEL_UPLOADED)
-    if saved is None:
-        return Picked(None)
+    picked = _picked_upload(up, keys.SETUP_MODEL_UPLOADED)
+    if picked.path is None:
+        return picked
     try:
-        return Picked(str(uploads.model_from_upload(saved)))
+        return Picked(str(uploads.model_from_upload(Path(picked.path))))
     except QuantLensError as exc:
+        forget_refused_upload("model")
         return Picked(None, str(exc))
 
 
@@ -389,9 +421,10 @@ def data_section(demo_ok: bool) -> tuple[Picked, str | None]:
     up = st.file_uploader(
         "A .zip of a CSV data set or of class folders", type=["zip"], key=keys.SETUP_DATA_UPLOAD
     )
-    saved = _picked_upload(up, keys.SETUP_DATA_UPLOADED)
-    if saved is None:
-        return Picked(None), None
+    picked = _picked_upload(up, keys.SETUP_DATA_UPLOADED)
+    if picked.path is None:
+        return picked, None
+    saved = Path(picked.path)
     # The run gets the zip itself and extracts it into its own folder exactly as the CLI does
     # (core.inputs.datasets.data_root_from_zip); the preview extracts it once next to the upload.
     return Picked(str(saved), extract_dir=str(uploads.extracted_dir(saved))), None
@@ -427,12 +460,63 @@ def show_dataset(ds: Dataset, sig: ModelSignature | None = None) -> None:
             )
 
 
-def preset_section(sig: ModelSignature | None, ds: Dataset | None, default: Preset) -> Preset:
-    """Preset selectbox and three samples as the model will see them."""
+@dataclass(frozen=True)
+class PresetTrial:
+    """The original under every preset (core.metrics.preset_check's trial) for one model and
+    data set; `inputs` names them, so the best preset is pre-selected once per pair."""
+
+    trial: dict[str, Any]
+    inputs: str
+
+
+def preset_trial(model: Picked, data: Picked, labels: str | None) -> PresetTrial | None:
+    """Run the original under every preset on a few dozen of the data set's images (in a
+    worker, cached); None, with a caption saying why, when it cannot run."""
+    if not (model.path and data.path):
+        return None
+    try:
+        with st.spinner("Checking the preprocessing preset on a few dozen images…"):
+            trial = cache.preset_trial(
+                model.path,
+                data.path,
+                labels_file=labels,
+                extract_dir=data.extract_dir,
+                trusted=trusted_requested(),
+            )
+    except QuantLensError as exc:
+        st.caption(f"The preset could not be checked: {fmt.text(str(exc))}")
+        return None
+    return PresetTrial(trial, f"{model.path}|{data.path}|{labels or ''}")
+
+
+def _preselect_best_preset(checked: PresetTrial) -> str | None:
+    """Select the preset the check finds clearly better than the current one, once per model
+    and data set (a later choice of the user's stands). Returns the preset selected, if any."""
+    state = st.session_state
+    if state.get(keys.SETUP_PRESET_CHECKED) == checked.inputs:
+        return None
+    state[keys.SETUP_PRESET_CHECKED] = checked.inputs
+    current = str(state.get(keys.SETUP_PRESET) or Preset.MOBILENET_V2.value)
+    better = judge_presets(checked.trial, current)["better"]
+    if better:
+        state[keys.SETUP_PRESET] = better
+    return str(better) if better else None
+
+
+def preset_section(
+    sig: ModelSignature | None,
+    ds: Dataset | None,
+    default: Preset,
+    checked: PresetTrial | None = None,
+) -> Preset:
+    """Preset selectbox (the best preset pre-selected after the check) and three samples as the
+    model will see them."""
     st.subheader("3 · Preprocessing")
     names = [p.value for p in Preset]
     if keys.SETUP_PRESET not in st.session_state:
         st.session_state[keys.SETUP_PRESET] = default.value
+    switched_from = str(st.session_state[keys.SETUP_PRESET])
+    selected = _preselect_best_preset(checked) if checked else None
     preset = Preset(
         st.selectbox(
             "Preset",
@@ -442,6 +526,8 @@ def preset_section(sig: ModelSignature | None, ds: Dataset | None, default: Pres
             help="How decoded RGB pixels become the float input; the same array feeds both models.",
         )
     )
+    if checked:
+        _say_preset_check(judge_presets(checked.trial, preset.value), selected, switched_from)
     if sig is None or ds is None or not ds.samples:
         st.caption("Pick a model and data to preview the input.")
         return preset
@@ -465,6 +551,24 @@ def preset_section(sig: ModelSignature | None, ds: Dataset | None, default: Pres
             st.image(cache.array_png(img), width=cache.THUMB_PX)
             st.caption(f"{fmt.text(Path(sample.relpath).name)}  \nmin {vmin:.2f} · max {vmax:.2f}")
     return preset
+
+
+def _say_preset_check(check: dict[str, Any], selected: str | None, switched_from: str) -> None:
+    """One line: the preset the check pre-selected and why, a warning when the preset chosen
+    is clearly worse than another, else each preset's figure."""
+    figures = ", ".join(preset_summary(check))
+    what = "accuracy" if check["basis"] == "accuracy" else "mean top-1 probability"
+    if check["advice"]:
+        st.warning(fmt.text(check["advice"]), icon=":material/warning:")
+    elif selected:
+        st.info(
+            f"Preset check: {fmt.code(selected)} was selected instead of "
+            f"{fmt.code(switched_from)}: the original's {what} on {check['n']} images is "
+            f"{fmt.text(figures)}.",
+            icon=":material/tune:",
+        )
+    else:
+        st.caption(f"Preset check, the original's {what} on {check['n']} images: {figures}.")
 
 
 def variants_section() -> list[str]:
@@ -533,10 +637,11 @@ class RunOptions(TypedDict):
 
 
 def tracking_option() -> str | None:
-    """MLflow tracking: the workspace store, or a tracking server's http(s) URI; None when off.
+    """MLflow tracking: the workspace store, or a tracking server's http(s) URI on the
+    operator's allow-list (QUANTLENS_MLFLOW_ALLOWED); None when off.
 
     Local stores other than the workspace's are the CLI's (`--mlflow PATH`): a web form does
-    not get to write files anywhere on the server.
+    not get to write files anywhere on the server, nor send the models to any server.
     """
     c1, c2 = st.columns([1, 3])
     on = c1.toggle(
@@ -552,17 +657,19 @@ def tracking_option() -> str | None:
         key=keys.SETUP_MLFLOW_URI,
         placeholder="http://mlflow.example:5000",
     ).strip()
-    if tracking_uri_refused():
-        c2.error("Give an http:// or https:// tracking server, or leave it blank.")
+    refusal = tracking_uri_refusal()
+    if refusal:
+        c2.error(refusal)
         return None
     return resolve_uri(raw)
 
 
-def tracking_uri_refused() -> bool:
-    """True when MLflow logging is on with a URI that is not a tracking server's."""
-    raw = str(st.session_state.get(keys.SETUP_MLFLOW_URI) or "").strip()
-    on = bool(st.session_state.get(keys.SETUP_MLFLOW))
-    return on and bool(raw) and not raw.lower().startswith(("http://", "https://"))
+def tracking_uri_refusal() -> str | None:
+    """Why MLflow logging, when on, may not go to the URI given (not an http(s) server on the
+    operator's allow-list), else None."""
+    if not st.session_state.get(keys.SETUP_MLFLOW):
+        return None
+    return dashboard_uri_refusal(str(st.session_state.get(keys.SETUP_MLFLOW_URI) or ""))
 
 
 def engine_option() -> tuple[str, str | None]:

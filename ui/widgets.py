@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 import numpy as np
 import pandas as pd
@@ -95,6 +95,14 @@ def chance_warning(res: RunResults) -> None:
             "and the labels.",
             icon=":material/warning:",
         )
+    preset_advice(res)
+
+
+def preset_advice(res: RunResults) -> None:
+    """The preset check's one line when another preset was clearly better than the run's."""
+    advice = (res.report.extra.get("preset_check") or {}).get("advice")
+    if advice:
+        st.warning(fmt.text(advice), icon=":material/tune:")
 
 
 def tracking_note(res: RunResults) -> None:
@@ -178,7 +186,7 @@ def verdict_card(res: RunResults, v: Variant) -> None:
             "Size",
             fmt.mb(v.result.size_bytes),
             delta=None if size_change is None else fmt.change(size_change) + " vs original",
-            delta_color=_lower_is_better(size_change),
+            **change_metric_style(size_change),
         )
         lat = v.result.latency_ms or {}
         speed = speedup_lines(v.name, v.result.speedup, v.result.speedup_vs_reference)
@@ -191,7 +199,7 @@ def verdict_card(res: RunResults, v: Variant) -> None:
             delta=None
             if sp is None or time_change is None
             else f"{fmt.change(time_change)} ({times(sp)} vs {BASELINE_LABEL})",
-            delta_color=_lower_is_better(time_change),
+            **change_metric_style(time_change),
             help=SPEEDUP_COMPARES,
         )
         for line in (speed.headline, speed.vs_original):
@@ -243,15 +251,20 @@ SPEEDUP_COMPARES = (
 )
 
 
-def _lower_is_better(change_pct: float | None) -> Literal["inverse", "off"]:
-    """Metric colours for a size or time change: a decrease is green, an increase red.
+class MetricStyle(TypedDict):
+    delta_color: Literal["green", "red", "off"]
+    delta_arrow: Literal["up", "down", "off"]
 
-    Streamlit reads the arrow and the colour from the sign that starts the delta text, so the
-    text must carry the true sign ("+5.0 %" for a larger model), never a "−" glued in front.
-    """
+
+def change_metric_style(change_pct: float | None) -> MetricStyle:
+    """Arrow and colour of a size or time change's metric card: a decrease is green and points
+    down, an increase red and up. Set here, not read by Streamlit from the text, because the
+    text carries a true minus sign (U+2212), as the tables do."""
     if change_pct is None or round(change_pct, 1) == 0.0:
-        return "off"
-    return "inverse"
+        return {"delta_color": "off", "delta_arrow": "off"}
+    if change_pct < 0:
+        return {"delta_color": "green", "delta_arrow": "down"}
+    return {"delta_color": "red", "delta_arrow": "up"}
 
 
 EMPTY_CELL = "—"  # an unknown or not-applicable number: never Streamlit's grey "None"

@@ -57,7 +57,12 @@ with right:
             }
             for n_, v in zip(names, done, strict=True)
         ]
-        st.dataframe(rows, hide_index=True, key="agreement.accuracy_table")
+        st.dataframe(
+            rows,
+            hide_index=True,
+            key="agreement.accuracy_table",
+            column_config={"n": st.column_config.NumberColumn(width="small")},
+        )
     else:
         st.info("The data set has no labels, so accuracy cannot be measured; agreement only.")
 
@@ -104,7 +109,7 @@ per_class = per_class_agreement(res.variant_summary(variant))
 if per_class.empty:
     st.info("Per-sample results of this variant were not saved; no per-class view.")
 else:
-    labels = [f"{c}: {res.class_name(c)}" for c in per_class["class"]]
+    labels = [res.class_label(c) for c in per_class["class"]]
     shown = min(len(per_class), PER_CLASS_CHART_LIMIT)
     st.plotly_chart(
         per_class_agreement_figure(
@@ -144,7 +149,12 @@ else:
         ],
         hide_index=True,
         key="agreement.per_class_table",
-        column_config={"agreement (%)": st.column_config.NumberColumn(format="%.1f")},
+        column_config={
+            "agreement (%)": st.column_config.NumberColumn(format="%.1f"),
+            # A one-letter header sizes the column to one digit: "52" showed for 528.
+            "n": st.column_config.NumberColumn(width="small"),
+            "agree": st.column_config.NumberColumn(width="small"),
+        },
     )
     if st.session_state.get(keys.AGREEMENT_CLASS) not in per_class["class"].tolist():
         st.session_state.pop(keys.AGREEMENT_CLASS, None)  # from another variant: start at worst

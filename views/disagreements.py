@@ -30,7 +30,7 @@ ref_class = c3.selectbox(
     "Original's class",
     class_options,
     key=keys.DISAGREE_CLASS,
-    format_func=lambda c: c if isinstance(c, str) else f"{c}: {res.class_name(c)}",
+    format_func=lambda c: c if isinstance(c, str) else res.class_label(c),
 )
 c4, c5 = st.columns([1, 3])
 at_risk = c4.toggle(

@@ -71,6 +71,8 @@ event = st.dataframe(
             help="PASS: every judged variant meets the run's agreement threshold."
         ),
         "id": st.column_config.TextColumn(width="small"),
+        # Sized for the longest status, "interrupted": a one-word header made it cut "cancelled".
+        "status": st.column_config.TextColumn(width=110),
     },
 )
 selected = history.selected_ids(ids, event)

@@ -32,7 +32,10 @@ else:
         f"**{res.threshold_pct:g} %** top-1 agreement threshold"
         + (f"; {failed} fall below it." if failed else ".")
     )
-st.caption(f"Verdict: {verdict_rule_text(res.report.verdict_rule, res.threshold_pct)}.")
+preset_used = res.report.preprocessing.get("preset")
+st.caption(
+    f"Verdict: {verdict_rule_text(res.report.verdict_rule, res.threshold_pct, preset_used)}."
+)
 calibration = calibration_line(res.report.calibration)
 if calibration:
     st.caption(calibration[0].upper() + calibration[1:] + ".")

@@ -27,6 +27,7 @@ elif model.path:
         setup_form.show_signature(signature)
     except QuantLensError as exc:
         st.error(str(exc))
+        setup_form.forget_refused_upload("model")
 
 data, labels = setup_form.data_section(demo_ok)
 dataset = None
@@ -38,9 +39,19 @@ elif data.path:
         setup_form.show_dataset(dataset, signature)
     except QuantLensError as exc:
         st.error(str(exc))
+        setup_form.forget_refused_upload("data")
 
-# The demo model is trained on mobilenet_v2 input ([-1, 1]), the common Keras default.
-preset = setup_form.preset_section(signature, dataset, Preset.MOBILENET_V2)
+# The demo model is trained on mobilenet_v2 input ([-1, 1]), the common Keras default; once
+# another model and data are chosen, the preset check pre-selects a clearly better preset.
+checked = (
+    setup_form.preset_trial(model, data, labels)
+    if signature is not None
+    and dataset is not None
+    and dataset.samples
+    and st.session_state.get(keys.SETUP_MODEL_SOURCE) != setup_form.MODEL_SOURCES[0]
+    else None
+)
+preset = setup_form.preset_section(signature, dataset, Preset.MOBILENET_V2, checked)
 variants = setup_form.variants_section()
 options = setup_form.options_section(None if dataset is None else len(dataset.samples))
 setup_form.remember_form()
@@ -54,8 +65,8 @@ if dataset is None or not dataset.samples:
     problems.append("a data set with at least one image")
 if not variants:
     problems.append("at least one quantization mode")
-if setup_form.tracking_uri_refused():
-    problems.append("an http(s) MLflow tracking server, or a blank one")
+if setup_form.tracking_uri_refusal():
+    problems.append("an allowed MLflow tracking server, or a blank one")
 if setup_form.calibration_path_refused():
     problems.append("an existing separate calibration set, or a blank one")
 if setup_form.sweep_refused():

@@ -25,7 +25,7 @@ from core.engine.stages.convert import (
     convert_in_background,
 )
 from core.engine.stages.diagnose import auto_fix, diagnose_variants
-from core.engine.stages.evaluate import Evaluator, run_evaluation
+from core.engine.stages.evaluate import run_evaluation
 from core.engine.stages.files import DecodedCache
 from core.engine.stages.finish import finish
 from core.engine.stages.latency import time_models
@@ -38,7 +38,6 @@ from core.types import JobSpec
 # What the worker and the tests reach through the pipeline.
 __all__ = [
     "DecodedCache",
-    "JobRunner",
     "RunContext",
     "convert_in_background",
     "effective_threads",
@@ -54,22 +53,17 @@ def run_job(
     *,
     progress: ProgressFn,
     cache_dir: Path | None,
-    evaluator: Evaluator | None = None,
 ) -> dict[str, Any]:
     """Run every stage of one job in its run folder; returns the final report.json.
 
-    `evaluator` replaces the local evaluation engine (stages.evaluate.evaluate_converted).
     Cancelling is the supervisor's: it stops the worker process; the files stay consistent.
     """
     run = open_run(job, run_dir, progress=progress, cache_dir=cache_dir)
-    if job.engine == "ray":
-        # One cluster pass runs the original and every variant and records them all.
-        reference = evaluate_on_ray(run)
-    else:
-        reference = reference_and_evaluation(run, evaluator)
+    # With --engine ray, one cluster pass runs the original and every variant and records them.
+    reference = evaluate_on_ray(run) if job.engine == "ray" else reference_and_evaluation(run)
     diagnose_variants(run, reference)
     # Variants --auto-fix derives join the run here, so the time stage times them too.
-    run = auto_fix(run, reference, evaluator=evaluator)
+    run = auto_fix(run, reference)
     # Timing waits until no conversion competes for the cores.
     time_models(run)
     # The calibration sweep comes after the run's own results are complete: cancelling it
@@ -79,7 +73,7 @@ def run_job(
     return run.report.data
 
 
-def reference_and_evaluation(run: RunContext, evaluator: Evaluator | None) -> ReferenceOutputs:
+def reference_and_evaluation(run: RunContext) -> ReferenceOutputs:
     """The local engine: the reference stage pulls the decode stage batch by batch while the
     conversion thread converts what needs no calibration (the float32 pivot first, which every
     quantizer recipe starts from); then this thread evaluates each conversion in turn."""
@@ -87,33 +81,5 @@ def reference_and_evaluation(run: RunContext, evaluator: Evaluator | None) -> Re
     with conversions_started(run, run.pending(), inputs) as conversions:
         reference = run_reference(run, on_decoded=lambda count: inputs.images_decoded(run, count))
         inputs.reference_done(run, reference)
-        run_evaluation(run, reference, conversions, evaluator=evaluator)
+        run_evaluation(run, reference, conversions)
     return reference
-
-
-class JobRunner:
-    """One job in the worker (kept for callers of the earlier class): `run()` runs the stages."""
-
-    def __init__(
-        self,
-        job: JobSpec,
-        run_dir: Path,
-        *,
-        progress: ProgressFn,
-        cache_dir: Path | None,
-        evaluator: Evaluator | None = None,
-    ) -> None:
-        self.job = job
-        self.run_dir = run_dir
-        self.progress = progress
-        self.cache_dir = cache_dir
-        self.evaluator = evaluator
-
-    def run(self) -> dict[str, Any]:
-        return run_job(
-            self.job,
-            self.run_dir,
-            progress=self.progress,
-            cache_dir=self.cache_dir,
-            evaluator=self.evaluator,
-        )

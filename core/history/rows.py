@@ -54,7 +54,9 @@ def run_columns(report: RunReport) -> RunColumns:
         model_path=reference.get("path"),
         model_format=reference.get("format"),
         model_sha256=reference.get("sha256"),
-        data_path=dataset.get("path"),
+        # The data set as the user named it (the job's CSV, folder or zip), as a queued run's
+        # row has it: `path` is where it was read from (a zip's extracted folder).
+        data_path=dataset.get("file") or dataset.get("path"),
         data_sha256=dataset.get("sha256"),
         preset=report.preprocessing.get("preset"),
         options=report.options or None,

@@ -712,41 +712,6 @@ class RunStore:
             )
             self._require(cur, run_id)
 
-    def set_identity(
-        self,
-        run_id: str,
-        *,
-        model_sha256: str | None,
-        data_sha256: str | None,
-        model_format: str | None,
-        versions: dict[str, Any],
-        cpu: str | None,
-        threads: int | None,
-    ) -> None:
-        """Record what exactly was measured: content hashes, format, library versions, CPU.
-
-        Raises:
-            StoreError: no such run, or the database is locked.
-        """
-        with self._write() as conn:
-            cur = conn.execute(
-                """
-                UPDATE runs SET model_sha256 = ?, data_sha256 = ?, model_format = ?,
-                                versions_json = ?, cpu = ?, threads = ?
-                WHERE id = ?
-                """,
-                (
-                    model_sha256,
-                    data_sha256,
-                    model_format,
-                    _dumps(versions),
-                    cpu,
-                    threads,
-                    run_id,
-                ),
-            )
-            self._require(cur, run_id)
-
     def upsert_variant(self, run_id: str, variant: Variant | Mapping[str, Any]) -> None:
         """Insert or replace one variant and its latency summary.
 

@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from core.errors import QuantLensError
 from core.inputs.rundir import runs_root, workspace_home
 
 UPLOADS = "uploads"
@@ -40,22 +41,39 @@ def save_upload(data: bytes, name: str, *, home: Path | None = None) -> Path:
 
     Args:
         data: the file's bytes.
-        name: the name the browser gave it; only its last component is kept.
+        name: the name the browser gave it, a bare file name.
         home: the workspace; default $QUANTLENS_HOME or ./workspace.
 
     Returns:
         The stored file.
+
+    Raises:
+        QuantLensError: the name is empty, `.`, `..` or holds a path separator (a browser
+            sends a bare file name; anything else would be written outside the upload folder
+            or fail as a folder).
     """
+    check_upload_name(name)
     digest = hashlib.sha256(data).hexdigest()[:16]
     folder = uploads_root(home) / digest
     folder.mkdir(parents=True, exist_ok=True)
-    target = folder / (Path(name).name or "upload")
+    target = folder / name
     if not target.is_file():
         from core.inputs.rundir import write_atomic
 
         write_atomic(target, data)
     (folder / PICKED).touch()
     return target
+
+
+def check_upload_name(name: str) -> None:
+    """Refuse an upload name that is not a plain file name, in one line (the folder's own
+    entries are refused too: an upload named `extracted` would take the zip's folder)."""
+    reserved = ("", ".", "..", PICKED, EXTRACTED, USED_BY)
+    if name.strip() in reserved or any(c in name for c in ("/", "\\", "\0")):
+        raise QuantLensError(
+            f"upload name {name!r} is not a file name; rename the file (e.g. model.keras) "
+            "and upload it again"
+        )
 
 
 def extracted_dir(upload: Path) -> Path:
@@ -164,7 +182,6 @@ def clean_workspace_uploads(*, home: Path | None = None) -> list[Path]:
     A store that cannot be read removes nothing: without the list of runs, no upload is known
     to be unused.
     """
-    from core.errors import QuantLensError
     from core.history.store import open_store
 
     try:

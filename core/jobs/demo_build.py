@@ -56,6 +56,20 @@ def demo_build_state(*, home: Path | None = None, which: str = SMALL) -> tuple[s
     return "missing", ""
 
 
+def demo_build_steps(*, home: Path | None = None, which: str = SMALL) -> list[tuple[float, str]]:
+    """Every (fraction, message) progress line of one demo's build so far, in order: what a
+    first launch shows while it waits."""
+    log, _ = build_files(which, home=resolved_home(home))
+    if not log.exists():
+        return []
+    steps = []
+    for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
+        message = _progress_message(line.strip())
+        if message:
+            steps.append((float(line.split(" ", 1)[0]), message))
+    return steps
+
+
 def _progress_message(line: str) -> str | None:
     """The message of a "<fraction> <message>" progress line; None for any other line."""
     head, _, rest = line.partition(" ")

@@ -1,4 +1,5 @@
-"""Read a model's signature in a worker process, so the caller never loads TensorFlow."""
+"""Read a model's signature, or try it under every preset, in a worker process, so the caller
+never loads TensorFlow."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from core import errors
@@ -14,7 +18,7 @@ from core.inputs import rundir
 from core.jobs import protocol
 from core.jobs.crash import describe_exit
 from core.jobs.workspace import SOURCE_ROOT
-from core.types import ModelSignature
+from core.types import ModelSignature, Sample
 
 
 def inspect_model(
@@ -48,7 +52,7 @@ def inspect_model(
         input_size=input_size,
         signature_key=signature_key,
     )
-    signature = _answer(done.stdout.decode("utf-8", "replace"))
+    signature = _answer(done.stdout.decode("utf-8", "replace"), "signature")
     if signature is not None:
         if cached is not None:
             rundir.write_json_atomic(cached, signature)
@@ -63,6 +67,44 @@ def inspect_model(
     raise UnsupportedModel(f"the model could not be read: {reason}")
 
 
+def preset_trial(
+    path: str,
+    samples: Sequence[Sample],
+    *,
+    trusted: bool = False,
+    timeout_s: float = 180,
+) -> dict[str, Any]:
+    """The original under every preprocessing preset on a few dozen of `samples`, run in a
+    worker process (core.engine.preset_trial); core.metrics.preset_check judges it.
+
+    Raises:
+        QuantLensError subclasses with the worker's one-line message; UnsupportedModel when the
+        worker crashes or times out.
+    """
+    from core.metrics.preset_check import check_indices
+
+    chosen = [samples[i] for i in check_indices(len(samples))]
+    with tempfile.TemporaryDirectory(prefix="quantlens-presets-") as folder:
+        listing = Path(folder) / "samples.json"
+        listing.write_text(
+            json.dumps([{"path": s.path, "relpath": s.relpath, "label": s.label} for s in chosen]),
+            encoding="utf-8",
+        )
+        extra = ["--images", str(listing)] + (["--trusted"] if trusted else [])
+        done = _run_worker("preset-check", path, extra, timeout_s=timeout_s)
+    trial = _answer(done.stdout.decode("utf-8", "replace"), "preset_trial")
+    if trial is not None:
+        return trial
+    _, reason = describe_exit(
+        done.returncode,
+        step="load",
+        timed_out=False,
+        limit_gb=protocol.DEFAULT_MEMORY_LIMIT_GB,
+        stderr_tail=done.stderr.decode("utf-8", "replace"),
+    )
+    raise UnsupportedModel(f"the preset check could not run the model: {reason}")
+
+
 def _run_inspect_worker(
     path: str,
     *,
@@ -71,13 +113,18 @@ def _run_inspect_worker(
     input_size: tuple[int, int] | None,
     signature_key: str | None,
 ) -> subprocess.CompletedProcess[bytes]:
-    command = [sys.executable, "-m", "core.jobs.worker", "inspect", path]
-    if trusted:
-        command.append("--trusted")
+    extra = ["--trusted"] if trusted else []
     if input_size:
-        command += ["--input-size", f"{input_size[0]}x{input_size[1]}"]
+        extra += ["--input-size", f"{input_size[0]}x{input_size[1]}"]
     if signature_key:
-        command += ["--signature", signature_key]
+        extra += ["--signature", signature_key]
+    return _run_worker("inspect", path, extra, timeout_s=timeout_s)
+
+
+def _run_worker(
+    command_name: str, path: str, extra: list[str], *, timeout_s: float
+) -> subprocess.CompletedProcess[bytes]:
+    command = [sys.executable, "-m", "core.jobs.worker", command_name, path, *extra]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     env.setdefault(protocol.MEMORY_LIMIT_ENV, str(int(protocol.DEFAULT_MEMORY_LIMIT_GB * 2**30)))
     try:
@@ -96,15 +143,18 @@ def _run_inspect_worker(
         ) from None
 
 
-def _answer(stdout: str) -> dict[str, Any] | None:
-    """The signature the worker printed (its last JSON line); raise the error it printed."""
+def _answer(stdout: str, key: str) -> dict[str, Any] | None:
+    """The answer under `key` the worker printed (its last JSON line); raise the error it
+    printed."""
     for line in reversed(stdout.splitlines()):
         try:
             answer = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if "signature" in answer:
-            return dict(answer["signature"])
+        if not isinstance(answer, dict):
+            continue
+        if key in answer:
+            return dict(answer[key])
         if "error" in answer:
             cls = getattr(errors, answer.get("kind", ""), QuantLensError)
             if not (isinstance(cls, type) and issubclass(cls, QuantLensError)):

@@ -24,8 +24,8 @@ from core import posix
 from core.errors import QuantLensError
 from core.inputs import rundir
 from core.jobs import outcome, protocol, queue
-from core.jobs.demo_build import MOBILENET, demo_build_state, start_demo_build
-from core.jobs.inspection import inspect_model
+from core.jobs.demo_build import MOBILENET, demo_build_state, demo_build_steps, start_demo_build
+from core.jobs.inspection import inspect_model, preset_trial
 from core.jobs.protocol import read_progress, read_status
 from core.jobs.queue import active_run_id, active_runs, queue_position
 from core.jobs.workspace import SOURCE_ROOT, opened_store, resolved_home, run_dir
@@ -39,9 +39,11 @@ __all__ = [
     "create_run",
     "default_run_name",
     "demo_build_state",
+    "demo_build_steps",
     "inspect_model",
     "launch_run",
     "new_run_id",
+    "preset_trial",
     "queue_position",
     "read_progress",
     "read_status",

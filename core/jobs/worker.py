@@ -2,6 +2,8 @@
 
     python -m core.jobs.worker run RUN_DIR        run the job in RUN_DIR/job.json
     python -m core.jobs.worker inspect MODEL      print the model's signature as JSON
+    python -m core.jobs.worker preset-check MODEL --images LIST.json
+                                                  the original under every preset, as JSON
     python -m core.jobs.worker demo DEMO_DIR      build the embedded demo
         [--then-mobilenetv2]                      ...then start the MobileNetV2 demo's build
     python -m core.jobs.worker demo-mobilenetv2 DEMO_DIR [--epochs N]
@@ -121,6 +123,36 @@ def inspect(
     return EXIT_OK
 
 
+def preset_check(
+    model: str, images: Path, *, trusted: bool, input_size: tuple[int, int] | None
+) -> int:
+    """Print the original's outputs under every preset on the images listed in `images`."""
+    from core.engine.models import load_reference
+    from core.engine.preset_trial import preset_trial
+    from core.types import Sample
+
+    listed = json.loads(images.read_text(encoding="utf-8"))
+    try:
+        reference = load_reference(Path(model), trusted=trusted, input_size=input_size)
+        classes = reference.signature.num_classes
+        samples = [
+            Sample(
+                index=i,
+                path=str(s["path"]),
+                relpath=str(s["relpath"]),
+                # A label the model cannot predict is left out, as the run leaves it out.
+                label=s["label"] if isinstance(s["label"], int) and s["label"] < classes else None,
+            )
+            for i, s in enumerate(listed)
+        ]
+        trial = preset_trial(reference, samples)
+    except QuantLensError as exc:
+        print(json.dumps({"error": str(exc), "kind": type(exc).__name__}))
+        return EXIT_BAD_INPUT
+    print(json.dumps({"preset_trial": trial}))
+    return EXIT_OK
+
+
 def remember_demo_signature(model: Path) -> None:
     """Warm the signature cache, so the dashboard shows the fresh demo without a second TF start."""
     from core.engine.models import load_reference
@@ -173,13 +205,16 @@ def main(argv: list[str]) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m core.jobs.worker")
-    parser.add_argument("command", choices=["run", "inspect", "demo", "demo-mobilenetv2"])
+    parser.add_argument(
+        "command", choices=["run", "inspect", "preset-check", "demo", "demo-mobilenetv2"]
+    )
     parser.add_argument("target")
     parser.add_argument("--trusted", action="store_true")
     parser.add_argument("--input-size", default=None, help="HxW for models with None spatial dims")
     parser.add_argument("--signature", default=None, help="SavedModel signature key")
     parser.add_argument("--then-mobilenetv2", action="store_true", help="chain the large demo")
     parser.add_argument("--epochs", type=int, default=None, help="MobileNetV2 demo epochs")
+    parser.add_argument("--images", default=None, help="preset-check: JSON list of images")
     args = parser.parse_args(argv)
     die_with_supervisor()
     # A native crash (SIGSEGV/SIGABRT in the converter or interpreter) then leaves the Python
@@ -199,8 +234,18 @@ def main(argv: list[str]) -> int:
                 input_size=size,  # type: ignore[arg-type]
                 signature_key=args.signature,
             )
+        if args.command == "preset-check":
+            size = tuple(int(v) for v in args.input_size.split("x")) if args.input_size else None
+            return preset_check(
+                str(target),
+                Path(args.images),
+                trusted=args.trusted,
+                input_size=size,  # type: ignore[arg-type]
+            )
         if args.command == "demo-mobilenetv2":
             return build_mobilenet_demo(target, epochs=args.epochs)
+        # The first step a first launch shows: loading TensorFlow takes a while on its own.
+        print_progress(0.0, "loading TensorFlow")
         from core.engine.demo import build_demo
 
         paths = build_demo(target, progress=print_progress)

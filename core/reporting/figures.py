@@ -127,18 +127,13 @@ def agreement_figure(
             hovertemplate="%{x}: %{y:.2f} % (n=%{customdata[0]})<extra></extra>",
         )
     )
-    fig.add_hline(
-        y=threshold_pct,
-        line_dash="dash",
-        line_color=FAIL_COLOR,
-        annotation_text=f"threshold {threshold_pct:g} %",
-        annotation_position="bottom right",
-    )
+    # The line is named in the title, not by a label on the plot, which landed on a bar.
+    fig.add_hline(y=threshold_pct, line_dash="dash", line_color=FAIL_COLOR)
     finite = [v for v in ys if not np.isnan(v)] + [threshold_pct]
     low = max(0.0, min(finite) - 5.0)
     _layout(
         fig,
-        title="Top-1 agreement with the original (95 % CI)",
+        title=f"Top-1 agreement with the original (95 % CI); dashed: threshold {threshold_pct:g} %",
         x_title="variant",
         y_title="agreement (%)",
         height=height,
@@ -209,6 +204,10 @@ def tradeoff_figure(
     """
     by_name = {p.name: p for p in points}
     agreement = [p.agreement_pct for p in points]
+    # Plotly widens an empty colour range around its one value ("100.4 %" when every variant
+    # agrees fully): give it a one-point range inside [0, 100] instead.
+    cmax = min(100.0, max(agreement, default=100.0))
+    cmin = max(0.0, min(min(agreement, default=0.0), cmax - 1.0))
     custom = [
         [
             p.size_mb,
@@ -233,8 +232,8 @@ def tradeoff_figure(
                 "size": 14,
                 "color": agreement,
                 "colorscale": "Viridis",
-                "cmin": min(agreement, default=0.0),
-                "cmax": max(agreement, default=100.0),
+                "cmin": cmin,
+                "cmax": cmax if cmax > cmin else cmin + 1.0,
                 "colorbar": {"title": {"text": "top-1 agreement (%)"}, "ticksuffix": " %"},
                 "line": {"width": 1, "color": "#333333"},
             },
@@ -449,7 +448,10 @@ def per_class_agreement_figure(
     fig = agreement_figure(
         classes, agreement_pct, ci95, threshold_pct=threshold_pct, n=n, height=height
     )
-    fig.update_layout(title_text="Agreement per class of the original (95 % CI)")
+    fig.update_layout(
+        title_text=f"Agreement per class of the original (95 % CI); dashed: threshold "
+        f"{threshold_pct:g} %"
+    )
     fig.update_xaxes(title_text="original's top-1 class", type="category")
     return fig
 
@@ -565,7 +567,10 @@ def _log_axis_with_decades(fig: go.Figure, values: Sequence[float | int | None])
         type="log",
         tickvals=tickvals or None,
         ticktext=ticktext or None,
-        minor={"ticks": "outside", "showgrid": True},  # unlabelled 2..9 marks between decades
+        # Unlabelled 2..9 marks between decades, inside the plot: outside, they were drawn
+        # over the decade labels (which sit just outside the axis line).
+        minor={"ticks": "inside", "ticklen": 4, "showgrid": True},
+        automargin=True,
     )
 
 

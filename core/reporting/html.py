@@ -46,7 +46,8 @@ _PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans-serif;
-       margin: 24px auto; max-width: 1200px; padding: 0 16px; color: #1f2328; }
+       margin: 24px auto; max-width: 1200px; padding: 0 16px; color: #1f2328;
+       overflow-wrap: break-word; }
 h1 { font-size: 1.6em; margin-bottom: 0.1em; } h2 { margin-top: 1.6em; border-bottom: 1px solid
 #d0d7de; padding-bottom: 0.2em; } h3 { margin-bottom: 0.3em; }
 .sub { color: #57606a; margin-top: 0; }
@@ -72,7 +73,10 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: now
 pre { background: #f6f8fa; padding: 10px; overflow-x: auto; white-space: pre-wrap;
       word-break: break-all; }
 .wide { overflow-x: auto; }
-.chart { margin: 0.5em 0 1.5em 0; }
+/* A long variant name (many layers kept in float) wraps inside its cell instead of widening
+   the table past the page. */
+#verdict td:first-child { overflow-wrap: anywhere; min-width: 10em; }
+.chart { margin: 0.5em 0 1.5em 0; overflow-x: auto; }
 """
 
 
@@ -212,13 +216,26 @@ def _verdict(variant: Variant, threshold: float) -> str:
 # -- sections ------------------------------------------------------------------------------------
 
 
+def local_time(iso: object) -> str:
+    """An ISO 8601 time in this machine's local time with its UTC offset, as the dashboard
+    shows local times: "2025-01-02 04:04:05 (UTC+01:00)"; the text itself if unparsable."""
+    from datetime import datetime
+
+    try:
+        moment = datetime.fromisoformat(str(iso)).astimezone()
+    except ValueError:
+        return str(iso)
+    offset = moment.strftime("%z")  # "+0100"
+    return f"{moment:%Y-%m-%d %H:%M:%S} (UTC{offset[:3]}:{offset[3:]})"
+
+
 def _subtitle(report: RunReport) -> str:
     run = report.get("run") or {}
     ref = report.get("reference") or {}
     dataset = report.get("dataset") or {}
     bits = [
         f"run <code>{_e(run.get('id'))}</code>" if run.get("id") else "",
-        f"created {_e(run.get('created'))}" if run.get("created") else "",
+        f"created {_e(local_time(run.get('created')))}" if run.get("created") else "",
         f"status {_e(run.get('status'))}" if run.get("status") else "",
         f"model <code>{_e(ref.get('path'))}</code>" if ref.get("path") else "",
         f"data <code>{_e(dataset.get('path'))}</code>" if dataset.get("path") else "",
@@ -245,7 +262,8 @@ def _verdict_banner(variants: list[Variant], threshold: float) -> str:
 def _verdict_rule_notes(report: RunReport, threshold: float) -> str:
     """The verdict rule in words, each failing variant's reason and any too-small-n note."""
     rule = verdict_rule_of(report)
-    lines = [f"Verdict: {_e(verdict_rule_text(rule, threshold))}."]
+    preset = report.preprocessing.get("preset")
+    lines = [f"Verdict: {_e(verdict_rule_text(rule, threshold, preset))}."]
     for v in report.variants:
         if reason := fail_reason(v, threshold, rule):
             lines.append(f"{_e(v.name)}: FAIL — {_e(reason)}.")

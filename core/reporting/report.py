@@ -200,11 +200,14 @@ VERDICT_LOWER_BOUND = "lower-bound"
 VERDICT_RULES = (VERDICT_POINT, VERDICT_LOWER_BOUND)
 
 
-def verdict_rule_text(rule: str, threshold_pct: float) -> str:
-    """The verdict rule in words, for the CLI, the cards and report.html."""
+def verdict_rule_text(rule: str, threshold_pct: float, preset: str | None = None) -> str:
+    """The verdict rule in words, for the CLI, the cards and report.html; with the preset the
+    images were preprocessed with (a wrong one makes every verdict meaningless)."""
     if rule == VERDICT_LOWER_BOUND:
-        return f"PASS when the lower 95 % Wilson bound of top-1 agreement is at least {threshold_pct:g} %"
-    return f"PASS when top-1 agreement (the point estimate) is at least {threshold_pct:g} %"
+        text = f"PASS when the lower 95 % Wilson bound of top-1 agreement is at least {threshold_pct:g} %"
+    else:
+        text = f"PASS when top-1 agreement (the point estimate) is at least {threshold_pct:g} %"
+    return f"{text}; images preprocessed with preset {preset}" if preset else text
 
 
 def meets_threshold(
@@ -470,7 +473,8 @@ def format_table(report: RunReport | Mapping[str, Any]) -> str:
         f"threshold {threshold:g}% top-1 agreement; {report.environment.get('threads') or 'all'} threads"
     )
     rule = report.verdict_rule
-    lines.append(f"verdict: {verdict_rule_text(rule, threshold)}")
+    preset = report.preprocessing.get("preset")
+    lines.append(f"verdict: {verdict_rule_text(rule, threshold, preset)}")
     for v in report.variants:
         r = v.result
         if r.disagreement_split and r.disagreements:
@@ -483,6 +487,9 @@ def format_table(report: RunReport | Mapping[str, Any]) -> str:
             lines.append(f"{v.name}: FAIL — {reason}")
         for warning in r.warnings:
             lines.append(f"warning: {v.name}: {warning}")
+        nothing_to_fix = (v.extra.get("auto_fix") or {}).get("nothing_to_fix")
+        if nothing_to_fix:
+            lines.append(f"auto-fix: {nothing_to_fix}")
     latency_warnings: list[tuple[str, str | None]] = [("original", ref.get("latency_warning"))]
     latency_warnings += [(v.name, v.result.latency_warning) for v in report.variants]
     for who, latency_warning in latency_warnings:

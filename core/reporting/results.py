@@ -122,6 +122,12 @@ class RunResults:
         names = self.class_names
         return names[index] if index < len(names) else str(index)
 
+    def class_label(self, index: int | None) -> str:
+        """A class as the pages list it: "3: cat", or "7" when the name is the index itself
+        (a data set without class names), never "7: 7"."""
+        name = self.class_name(index)
+        return name if name == str(index) or index is None or index < 0 else f"{index}: {name}"
+
     @property
     def reference_near_chance(self) -> bool:
         """True when the original is not clearly above the labels' majority class

@@ -274,11 +274,6 @@ def data_unverified(items: Sequence[Compared]) -> bool:
     return any(not _get("dataset", "sha256")(item) for item in items)
 
 
-def changed_fields(items: Sequence[Compared]) -> list[str]:
-    """Names of the properties whose values differ between the items."""
-    return [row.field for row in what_changed(items) if row.differs]
-
-
 def sizes_bytes(items: Sequence[Compared]) -> dict[str, int]:
     """label -> .tflite size in bytes, for the items that have one (input of `size_figure`)."""
     out: dict[str, int] = {}

@@ -39,17 +39,22 @@ def size_summary(points: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def flattens_at(summary: Sequence[Mapping[str, Any]]) -> int | None:
-    """The smallest size whose mean agreement is within FLAT_WITHIN_PP of the largest size's.
+    """The smallest size from which every larger size's mean agreement stays within
+    FLAT_WITHIN_PP of the largest size's.
 
+    A size inside the band followed by one that falls out of it again is not where the curve
+    flattens: the search starts after the last size outside the band.
     None with fewer than two sizes: one point shows no curve.
     """
     if len(summary) < 2:
         return None
     target = float(summary[-1]["agreement_mean"])
-    for row in summary:
-        if abs(float(row["agreement_mean"]) - target) <= FLAT_WITHIN_PP:
-            return int(row["size"])
-    return int(summary[-1]["size"])  # unreachable: the largest is within 0 of itself
+    flat = int(summary[-1]["size"])  # the largest is within 0 of itself
+    for row in reversed(summary):
+        if abs(float(row["agreement_mean"]) - target) > FLAT_WITHIN_PP:
+            break
+        flat = int(row["size"])
+    return flat
 
 
 def statement(mode: str, summary: Sequence[Mapping[str, Any]], run_size: int) -> str:

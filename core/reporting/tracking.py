@@ -39,7 +39,57 @@ _HTTP_LIMITS = {
 }
 _MAX_PARAM = 500  # MLflow allows 6000 characters; long layer lists are cut with "..."
 _RUN_STATUS = {"done": "FINISHED", "cancelled": "KILLED"}  # every other end is FAILED
+# MLflow 3 opens an experiment on its GenAI overview unless its kind says otherwise; this tag
+# (the one MLflow's UI reads) makes it open on the runs table, as for model training.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 _LATENCY_KEYS = ("min", "p50", "p90", "p99", "mean", "std")
+
+
+# The tracking servers a dashboard user may send runs (and their models) to: comma-separated
+# http(s) URIs set by the operator, as QUANTLENS_RAY_ADDRESS is. The CLI, run by an operator,
+# is not restricted.
+ALLOWED_SERVERS_ENV = "QUANTLENS_MLFLOW_ALLOWED"
+
+
+def _origin_and_path(uri: str) -> tuple[str, str, str]:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri.strip())
+    return parts.scheme.lower(), parts.netloc.lower(), parts.path.rstrip("/")
+
+
+def allowed_servers() -> list[str]:
+    """The operator's allow-list of tracking servers (empty: none but the workspace store)."""
+    raw = os.environ.get(ALLOWED_SERVERS_ENV, "")
+    return [entry.strip() for entry in raw.split(",") if entry.strip()]
+
+
+def dashboard_uri_refusal(uri: str) -> str | None:
+    """Why the dashboard may not log to `uri` (one line), or None when it may.
+
+    Blank (the workspace store) is always allowed; anything else must be an http(s) server on
+    the operator's allow-list: the same scheme, host and port, and a path under the entry's.
+    """
+    text = uri.strip()
+    if not text:
+        return None
+    if not text.lower().startswith(("http://", "https://")):
+        return "Give an http:// or https:// tracking server, or leave it blank."
+    scheme, netloc, path = _origin_and_path(text)
+    for entry in allowed_servers():
+        e_scheme, e_netloc, e_path = _origin_and_path(entry)
+        if (scheme, netloc) == (e_scheme, e_netloc) and (
+            path == e_path or path.startswith(e_path + "/")
+        ):
+            return None
+    servers = ", ".join(allowed_servers())
+    if servers:
+        return f"{text} is not an allowed tracking server ({servers}); pick one or leave it blank."
+    return (
+        f"{text} is not an allowed tracking server: the operator allows servers with "
+        f"{ALLOWED_SERVERS_ENV}; leave it blank for the workspace store."
+    )
 
 
 def default_uri(home: Path | None = None) -> str:
@@ -120,8 +170,10 @@ def _log(run_dir: Path, report: RunReport, uri: str) -> dict[str, Any]:
     earlier = _logged_parent(client, report, uri, run_id)
     if earlier is not None:  # logged before: a re-score added a variant
         return _log_added_variants(client, experiment_id, earlier, run_dir, report, uri)
+    start_ms, end_ms = job_times_ms(run_dir)
     parent = client.create_run(
         experiment_id,
+        start_time=start_ms,
         run_name=_run_name(run_dir, report),
         tags={"quantlens.run_id": run_id, "quantlens.status": str(report.run.status)},
     ).info.run_id
@@ -133,9 +185,11 @@ def _log(run_dir: Path, report: RunReport, uri: str) -> dict[str, Any]:
         _log_reports(client, parent, run_dir)
     except BaseException:
         with contextlib.suppress(Exception):  # the store may be what failed
-            client.set_terminated(parent, "FAILED")
+            client.set_terminated(parent, "FAILED", end_time=end_ms)
         raise
-    client.set_terminated(parent, _RUN_STATUS.get(str(report.run.status), "FAILED"))
+    client.set_terminated(
+        parent, _RUN_STATUS.get(str(report.run.status), "FAILED"), end_time=end_ms
+    )
     return {"uri": uri, "experiment_id": experiment_id, "run_id": parent, "error": None}
 
 
@@ -186,17 +240,38 @@ def quantlens_run_id(run_dir: Path, report: RunReport) -> str:
     return str(known or report.run.id or run_dir.name)
 
 
+def job_times_ms(run_dir: Path) -> tuple[int | None, int | None]:
+    """When the job started and ended (status.json, epoch ms), so an MLflow run's duration is
+    the job's, not the time logging took; None where unknown (MLflow then uses now). A run
+    logged by its own worker is not marked finished yet: it ends now, as the job does."""
+    status = run_dir / rundir.STATUS
+    data = rundir.read_json(status) if status.exists() else {}
+
+    def ms(key: str) -> int | None:
+        value = data.get(key)
+        return int(float(value) * 1000) if isinstance(value, int | float) and value > 0 else None
+
+    return ms("started"), ms("finished")
+
+
 def _experiment_id(client: Any, uri: str) -> str:
-    """The experiment's id, creating it (with its artefacts next to a local SQLite store)."""
+    """The experiment's id, creating it (with its artefacts next to a local SQLite store) and
+    marking it as model development, not GenAI."""
     name = os.environ.get(EXPERIMENT_ENV) or EXPERIMENT
     found = client.get_experiment_by_name(name)
     if found is not None:
+        if EXPERIMENT_KIND_TAG not in found.tags:  # made by an earlier QuantLens
+            client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return str(found.experiment_id)
     location = None
     if uri.startswith("sqlite:///"):
         # Without a location MLflow puts artefacts in ./mlruns of the worker's working folder.
         location = (Path(uri.removeprefix("sqlite:///")).parent / ARTIFACTS_DIR).as_uri()
-    return str(client.create_experiment(name, artifact_location=location))
+    return str(
+        client.create_experiment(
+            name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+        )
+    )
 
 
 def _log_variant(
@@ -208,8 +283,10 @@ def _log_variant(
     variant: Variant,
 ) -> None:
     run_id = quantlens_run_id(run_dir, report)
+    start_ms, end_ms = job_times_ms(run_dir)
     child = client.create_run(
         experiment_id,
+        start_time=start_ms,
         run_name=variant.name,
         tags={
             "mlflow.parentRunId": parent,
@@ -225,9 +302,9 @@ def _log_variant(
             client.log_artifact(child, str(tflite))
     except BaseException:
         with contextlib.suppress(Exception):
-            client.set_terminated(child, "FAILED")
+            client.set_terminated(child, "FAILED", end_time=end_ms)
         raise
-    client.set_terminated(child, _RUN_STATUS.get(variant.status, "FAILED"))
+    client.set_terminated(child, _RUN_STATUS.get(variant.status, "FAILED"), end_time=end_ms)
 
 
 def _log_reports(client: Any, parent: str, run_dir: Path) -> None:

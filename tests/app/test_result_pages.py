@@ -99,7 +99,7 @@ def test_a_larger_model_is_shown_as_a_red_increase(home: Path, open_page: OpenPa
     assert larger.proto.delta == "+5.0 % vs original"
     assert larger.proto.color == Metric.MetricColor.RED
     assert larger.proto.direction == Metric.MetricDirection.UP
-    assert smaller.proto.delta == "-75.0 % vs original"
+    assert smaller.proto.delta == "\u221275.0 % vs original"  # a true minus, as the tables
     assert smaller.proto.color == Metric.MetricColor.GREEN
     assert smaller.proto.direction == Metric.MetricDirection.DOWN
     table = at.dataframe[0].value.set_index("model")
@@ -122,7 +122,9 @@ def test_latency_card_colours_follow_the_time_change(home: Path, open_page: Open
         speed = v["speedup"]["value"]
         change = 100.0 * (1.0 / speed - 1.0)
         times = f"{speed:.1f}× faster" if speed >= 1 else f"{1 / speed:.1f}× slower"
-        assert card.proto.delta == f"{change:+.1f} % ({times} vs float32 TFLite)"
+        assert card.proto.delta == f"{change:+.1f} % ({times} vs float32 TFLite)".replace(
+            "-", "\u2212"
+        )
         faster = change < 0
         assert card.proto.color == (Metric.MetricColor.GREEN if faster else Metric.MetricColor.RED)
 

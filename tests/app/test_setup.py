@@ -86,10 +86,19 @@ def test_last_run_status_lists_each_variant_and_crash_reason(
 def test_first_launch_waits_for_the_demo_build(home: Path, open_page: OpenPage) -> None:
     import os
 
-    # a live pid and no demo yet: the build is in progress
+    # a live pid and no demo yet: the build is in progress, two steps along
     (home / "demo-build.pid").write_text(str(os.getpid()))
+    (home / "demo-build.log").write_text(
+        "0.00 loading TensorFlow\n0.02 writing the digits as PNG files\n"
+        "0.14 training epoch 1/10 (train accuracy 0.412)\n"
+    )
     at = open_page("setup")
-    assert any("Building the demo model" in s.label for s in at.get("status"))
+    [box] = [s for s in at.get("status") if "Building the demo model" in s.label]
+    # What it is doing now, in the label a collapsed box still shows, and the steps done.
+    assert box.label.endswith(": training epoch 1/10 (train accuracy 0.412)…")
+    assert box.state == "running"  # not the green check a `with st.status` ends on
+    done = [c.value for c in at.caption if ":material/check:" in c.value]
+    assert len(done) == 2 and "loading TensorFlow" in done[0]
     assert [b.key for b in at.button] == [keys.SETUP_SKIP_DEMO_BUTTON]
     at.button(key=keys.SETUP_SKIP_DEMO_BUTTON).click().run()
     assert at.radio(key=keys.SETUP_MODEL_SOURCE).value == "Path on the server"

@@ -201,6 +201,23 @@ def test_a_reload_keeps_the_uploaded_data_set(
     assert not _errors(third)
 
 
+def test_a_reload_does_not_bring_back_a_refused_upload(home: Path, open_page: OpenPage) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("notes.txt", "no images and no CSV here")
+    _no_demo(home)
+    at = open_page("setup")
+    at.radio(key=keys.SETUP_DATA_SOURCE).set_value(UPLOAD).run()
+    at.file_uploader(key=keys.SETUP_DATA_UPLOAD).upload("notes.zip", buffer.getvalue()).run()
+    refused = _errors(at)
+    assert refused and "Samples" not in _metrics(at)
+
+    again = open_page("setup")  # a reload: the uploader is empty; the refused file is gone
+    assert again.radio(key=keys.SETUP_DATA_SOURCE).value == UPLOAD
+    assert not _errors(again), _errors(again)
+    assert not any("uploaded earlier" in c.value for c in again.caption)
+
+
 def test_a_damaged_or_stale_saved_form_opens_with_defaults(home: Path, open_page: OpenPage) -> None:
     (home / "setup-form.json").write_text(
         json.dumps(

@@ -51,8 +51,38 @@ def test_a_tracking_uri_that_is_no_server_blocks_run(home: Path, open_page: Open
     assert "Give an http:// or https:// tracking server, or leave it blank." in [
         e.value for e in at.error
     ]
-    assert any("an http(s) MLflow tracking server" in c.value for c in at.caption)
+    assert any("an allowed MLflow tracking server" in c.value for c in at.caption)
     assert at.button(key=keys.SETUP_RUN).disabled
+
+
+def test_a_tracking_server_off_the_operators_allow_list_blocks_run(
+    home: Path, open_page: OpenPage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dashboard user must not make the server send models to any address: only the servers
+    the operator lists in QUANTLENS_MLFLOW_ALLOWED (none by default) are accepted."""
+    (home / "demo-build.pid").write_text("999999")
+    at = open_page("setup")
+    at.toggle(key=keys.SETUP_MLFLOW).set_value(True).run()
+    at.text_input(key=keys.SETUP_MLFLOW_URI).input("http://attacker.example:5000").run()
+    errors = [e.value for e in at.error]
+    assert any(
+        "http://attacker.example:5000 is not an allowed tracking server" in e
+        and "QUANTLENS_MLFLOW_ALLOWED" in e
+        for e in errors
+    ), errors
+    assert any("an allowed MLflow tracking server" in c.value for c in at.caption)
+    assert at.button(key=keys.SETUP_RUN).disabled
+
+    monkeypatch.setenv("QUANTLENS_MLFLOW_ALLOWED", "http://mlflow.internal:5000")
+    at = open_page("setup")
+    at.toggle(key=keys.SETUP_MLFLOW).set_value(True).run()
+    at.text_input(key=keys.SETUP_MLFLOW_URI).input("http://attacker.example:5000").run()
+    assert any(
+        "not an allowed tracking server (http://mlflow.internal:5000)" in e.value for e in at.error
+    )
+    at.text_input(key=keys.SETUP_MLFLOW_URI).input("http://MLflow.internal:5000/").run()
+    assert not [e.value for e in at.error if "tracking server" in e.value]
+    assert not any("MLflow tracking server" in c.value for c in at.caption)
 
 
 @pytest.mark.slow

@@ -270,6 +270,44 @@ def test_auto_fix_stops_at_the_threshold_with_a_variant_that_reproduces(tmp_path
 
 
 @pytest.mark.slow
+def test_auto_fix_on_a_variant_that_meets_the_bar_says_there_is_nothing_to_fix(
+    tmp_path: Path,
+) -> None:
+    from tests.core.conftest import write_tiny_images
+    from tests.core.test_preset_check import build_raw_input_model
+
+    model = tmp_path / "raw_input.keras"
+    build_raw_input_model().save(model)  # int8 agrees on every image
+    data = write_tiny_images(tmp_path / "data")
+    out = tmp_path / "out"
+    done = run_cli(
+        "run",
+        str(model),
+        "--data",
+        str(data),
+        "--modes",
+        "int8,float16",
+        "--auto-fix=4",
+        "--preprocess",
+        "raw",
+        "--min-agreement",
+        "90",
+        "--latency-runs",
+        "3",
+        "--out",
+        str(out),
+        home=tmp_path,
+    )
+    report = json.loads((out / "report.json").read_text())
+    by_name = {v["name"]: v for v in report["variants"]}
+    assert by_name["int8"]["top1_agreement_pct"] >= 90  # the bar is met: nothing to search
+    assert by_name["int8"]["auto_fix"] == {"nothing_to_fix": "int8 meets 90 %, nothing to fix"}
+    assert "auto-fix: int8 meets 90 %, nothing to fix" in done.stdout, done.stdout
+    assert "auto_fix" not in by_name["float16"]  # float16 keeps no layers in float
+    assert sorted(by_name) == ["float16", "float32", "int8"]  # no derived variant
+
+
+@pytest.mark.slow
 def test_a_variant_auto_fix_added_survives_a_worker_restart(tmp_path: Path) -> None:
     """int8's fix is added and evaluated, then int8_q's fix crashes its worker (an injected
     segfault); the restarted worker still counts int8's fix as part of the job and times it."""

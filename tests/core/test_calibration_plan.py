@@ -127,6 +127,16 @@ def test_a_curve_still_rising_at_the_largest_size_says_so() -> None:
     assert flattens_at(size_summary(_points({10: [80.0]}))) is None
 
 
+def test_a_curve_that_dips_back_out_of_the_band_flattens_only_after_the_dip() -> None:
+    # Means: n=10 97.2 (in the band of 97.3), n=50 95.0 (out), n=100 97.1, n=200 97.3: the
+    # curve has not flattened at 10, since 50 falls out of the band again; it has at 100.
+    summary = size_summary(_points({10: [97.2], 50: [95.0], 100: [97.1], 200: [97.3]}))
+    assert flattens_at(summary) == 100
+    assert "flattens at n=100" in statement("int8", summary, 100)
+    # Every size in the band, even a non-monotone one: the smallest.
+    assert flattens_at(size_summary(_points({10: [97.0], 50: [97.4], 100: [97.3]}))) == 10
+
+
 def test_ray_sweep_outcomes_are_recorded_as_the_local_loop_records_them() -> None:
     """The Ray sweep gets every point's outcome at once; recorded in point order, a mode's
     first failure is its error (its earlier rows dropped, its later points left out), as when

@@ -126,7 +126,7 @@ def _expected(signature: str, csv_path: Path) -> np.ndarray:
 def test_two_signatures_never_share_a_cached_tflite(
     first: str, tiny_data: Path, tmp_path: Path
 ) -> None:
-    from core.engine.pipeline import JobRunner
+    from core.engine.pipeline import run_job
     from core.inputs import rundir
     from core.types import JobSpec, Preset
 
@@ -146,7 +146,7 @@ def test_two_signatures_never_share_a_cached_tflite(
             latency_runs=2,
             warmup_runs=1,
         )
-        JobRunner(job, run_dir, progress=lambda _event: None, cache_dir=cache).run()
+        run_job(job, run_dir, progress=lambda _event: None, cache_dir=cache)
         reports[signature] = rundir.read_json(run_dir / rundir.REPORT)
 
     for signature, report in reports.items():

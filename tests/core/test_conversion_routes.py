@@ -117,7 +117,7 @@ def test_no_route_with_finite_outputs_fails_with_one_line(tiny_models: dict[str,
 
 
 def _run(model_path: Path, data: Path, run_dir: Path, variants: tuple[str, ...]) -> dict[str, Any]:
-    from core.engine.pipeline import JobRunner
+    from core.engine.pipeline import run_job
     from core.inputs import rundir
     from core.types import JobSpec, Preset
 
@@ -130,7 +130,7 @@ def _run(model_path: Path, data: Path, run_dir: Path, variants: tuple[str, ...])
         latency_runs=2,
         warmup_runs=1,
     )
-    JobRunner(job, run_dir, progress=lambda _event: None, cache_dir=None).run()
+    run_job(job, run_dir, progress=lambda _event: None, cache_dir=None)
     report: dict[str, Any] = rundir.read_json(run_dir / rundir.REPORT)
     return report
 

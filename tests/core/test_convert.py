@@ -342,7 +342,7 @@ def run_dead_depthwise_job(tmp_path: Path, variants: tuple[str, ...]) -> dict[st
 
     from PIL import Image
 
-    from core.engine.pipeline import JobRunner
+    from core.engine.pipeline import run_job
     from core.inputs import rundir
     from core.types import JobSpec, Preset
 
@@ -364,7 +364,7 @@ def run_dead_depthwise_job(tmp_path: Path, variants: tuple[str, ...]) -> dict[st
         latency_runs=2,
         warmup_runs=1,
     )
-    JobRunner(job, run_dir, progress=lambda _event: None, cache_dir=None).run()
+    run_job(job, run_dir, progress=lambda _event: None, cache_dir=None)
     report: dict[str, Any] = rundir.read_json(run_dir / rundir.REPORT)
     return report
 

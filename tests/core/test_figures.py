@@ -203,3 +203,20 @@ def test_the_error_along_the_network_reads_tiny_cosine_errors_in_exponent_ticks(
     assert fig.layout.yaxis.exponentformat == "e"
     assert fig.layout.yaxis.title.text == "1 − cosine similarity"
     assert list(fig.data[0].y) == pytest.approx([2e-7, 4e-7, 1e-7], rel=1e-6)
+
+
+def test_log_latency_axes_keep_their_minor_ticks_off_the_decade_labels() -> None:
+    import numpy as np
+
+    from core.reporting.figures import latency_distribution_figure, latency_percentiles_figure
+
+    times = {"original": np.array([0.15, 0.2, 0.4]), "int8": np.array([0.002, 0.003])}
+    stats = {"original": {"p50": 0.17, "p90": 0.4, "max": 0.5, "n": 3}}
+    for fig in (
+        latency_distribution_figure(times, log_y=True),
+        latency_percentiles_figure(stats, log_y=True),
+    ):
+        axis = fig.layout.yaxis
+        assert axis.type == "log"
+        assert axis.minor.ticks == "inside"  # outside, they covered the labels
+        assert axis.automargin is True

@@ -239,7 +239,7 @@ def test_logits_model_report_applies_softmax(
     tiny_models: dict[str, Path], tiny_data: Path, tmp_path: Path
 ) -> None:
     """End to end (the worker's job code, in-process): the report says softmax was applied."""
-    from core.engine.pipeline import JobRunner
+    from core.engine.pipeline import run_job
     from core.inputs import rundir
     from core.inputs.datasets import load_dataset
     from core.inputs.images import decode_image
@@ -256,7 +256,7 @@ def test_logits_model_report_applies_softmax(
         latency_runs=2,
         warmup_runs=1,
     )
-    JobRunner(job, run_dir, progress=lambda _event: None, cache_dir=None).run()
+    run_job(job, run_dir, progress=lambda _event: None, cache_dir=None)
     report = rundir.read_json(run_dir / rundir.REPORT)
     assert report["reference"]["outputs_probabilities"] is False
     assert report["reference"]["softmax_applied"] is True

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.engine.pipeline import JobRunner
+from core.engine.pipeline import run_job
 from core.engine.stages.decode import (
     OVERLAPPING,
     calibration_plan,
@@ -298,7 +298,7 @@ def _run_job(
         latency_runs=2,
         warmup_runs=1,
     )
-    JobRunner(job, run_dir, progress=progress, cache_dir=None).run()
+    run_job(job, run_dir, progress=progress, cache_dir=None)
     report: dict[str, Any] = rundir.read_json(run_dir / rundir.REPORT)
     return report
 
@@ -389,9 +389,9 @@ def test_a_restarted_worker_keeps_the_reference_decision(
         warmup_runs=1,
     )
     with pytest.raises(Crash):
-        JobRunner(job, run_dir, progress=crash_in_float16, cache_dir=None).run()
+        run_job(job, run_dir, progress=crash_in_float16, cache_dir=None)
     assert (run_dir / DECODE_STATE).exists()  # the restart takes the saved reference pass
-    JobRunner(job, run_dir, progress=lambda _e: None, cache_dir=None).run()
+    run_job(job, run_dir, progress=lambda _e: None, cache_dir=None)
     report = rundir.read_json(run_dir / rundir.REPORT)
     assert report["reference"]["softmax_applied"] is True
     inputs = _unit_inputs(tiny_data)
@@ -464,7 +464,7 @@ def test_timing_waits_for_another_job_and_records_how_it_timed(
         if event.message == waiting:
             (tmp_path / "release").touch()
 
-    JobRunner(job, run_dir, progress=record, cache_dir=None).run()
+    run_job(job, run_dir, progress=record, cache_dir=None)
     released = float(holder.communicate(timeout=60)[0].split()[-1])
     messages = [e.message for e in events]
     assert waiting in messages

@@ -1,7 +1,7 @@
 """Every per-sample delta the pipeline writes, recomputed independently for every mode.
 
 A held-out model (built, trained and exported by this file only) is run through the real
-JobRunner. Then, for each variant, the test runs the written `.tflite` itself with
+run_job. Then, for each variant, the test runs the written `.tflite` itself with
 `ai_edge_litert`, quantizing inputs and dequantizing outputs with the tensors' own parameters,
 and recomputes max |Δp|, Δp of the original's top-1, KL and agreement with a few lines of
 numpy. Nothing from core.metrics.agreement, core.engine.runtime or core.inputs (images, presets) is used for the expected values.
@@ -61,7 +61,7 @@ def _train_model(images: np.ndarray, labels: np.ndarray) -> Any:
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    from core.engine.pipeline import JobRunner
+    from core.engine.pipeline import run_job
     from core.inputs import rundir
     from core.types import JobSpec, Preset
 
@@ -94,7 +94,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         latency_runs=2,
         warmup_runs=1,
     )
-    JobRunner(job, run_dir, progress=lambda _event: None, cache_dir=None).run()
+    run_job(job, run_dir, progress=lambda _event: None, cache_dir=None)
     # The test's own inputs: the PNG pixels it wrote, scaled to [0, 1] ("unit").
     x = np.stack([np.asarray(Image.open(root / r).convert("RGB")) for r, _ in rows])
     inputs = x.astype(np.float32) / np.float32(255.0)

@@ -33,7 +33,10 @@ def test_the_pick_its_rule_and_the_chart_are_in_the_report(tmp_path: Path) -> No
         "Rule: among variants whose lower 95 % Wilson bound of top-1 agreement is at least 95 %, "
         "the smallest, then the fastest (p50)." in html
     )
-    assert "Verdict: PASS when top-1 agreement (the point estimate) is at least 95 %." in html
+    assert (
+        "Verdict: PASS when top-1 agreement (the point estimate) is at least 95 %; images "
+        "preprocessed with preset unit." in html
+    )
     assert "Too few images" not in html  # 200 >= 73
     chart = _tradeoff_spec(html)
     assert chart["data"][0]["text"] == ["float16", "int8"]

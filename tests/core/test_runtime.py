@@ -199,7 +199,7 @@ def test_confident_model_int8_probabilities_are_not_softmaxed_again(
     Its dequantized rows sum to 1 only within C * scale / 2, not 1e-3; a softmax on top would
     flatten them and report a false probability delta of about 0.5.
     """
-    from core.engine.pipeline import JobRunner
+    from core.engine.pipeline import run_job
     from core.inputs import rundir
     from core.types import JobSpec, Preset
     from tests.core.conftest import build_tiny_model
@@ -219,7 +219,7 @@ def test_confident_model_int8_probabilities_are_not_softmaxed_again(
         latency_runs=2,
         warmup_runs=1,
     )
-    JobRunner(job, run_dir, progress=lambda _event: None, cache_dir=None).run()
+    run_job(job, run_dir, progress=lambda _event: None, cache_dir=None)
     report = rundir.read_json(run_dir / rundir.REPORT)
     # int8-uint8, then the float32 pivot the run adds for the conversion/quantization split.
     variant = next(v for v in report["variants"] if v["name"] == "int8-uint8")

@@ -1,10 +1,10 @@
 """Each stage of the job on its own, with the real tiny model: what it takes, what it writes in
-the run folder, what a restarted worker reads back, and the evaluation engine as a seam."""
+the run folder, what a restarted worker reads back, and the local evaluation engine."""
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,14 +13,11 @@ from PIL import Image
 
 from core.engine.pipeline import run_job
 from core.engine.stages.context import RunContext
-from core.engine.stages.convert import Conversion
 from core.engine.stages.evaluate import (
     EvaluatedVariant,
-    FailedVariant,
-    VariantOutcome,
     evaluate_converted,
 )
-from core.engine.stages.reference import ReferenceOutputs, run_reference
+from core.engine.stages.reference import run_reference
 from core.engine.stages.start import open_run
 from core.inputs import rundir
 from core.jobs.protocol import DECODE_STATE, DECODED_CACHE, REFERENCE_OUTPUTS
@@ -194,51 +191,7 @@ def test_a_reference_pass_stopped_after_one_batch_left_that_batch_and_restarts_c
     assert [int(r["ref_top1"]) for r in rows] == expected.argmax(axis=1).tolist()
 
 
-# -- evaluate: the engine is a seam -------------------------------------------------------------
-def test_another_evaluator_replaces_the_local_engine(
-    tiny_models: dict[str, Path], tiny_data: Path, tmp_path: Path
-) -> None:
-    """An engine that refuses dynamic and runs the rest locally: the report shows exactly that,
-    and the stages around evaluation (timing, finish) work on what it produced."""
-    seen: list[str] = []
-
-    def refusing_dynamic(
-        run: RunContext,
-        reference: ReferenceOutputs,
-        conversions: Sequence[Conversion],
-        *,
-        on_start: Callable[[VariantSpec], None],
-    ) -> Iterator[VariantOutcome]:
-        for conversion in conversions:
-            seen.append(conversion.spec.name)
-            if conversion.spec.name == "dynamic":
-                on_start(conversion.spec)
-                yield FailedVariant(spec=conversion.spec, error="the cluster refused dynamic")
-            else:
-                yield from evaluate_converted(run, reference, [conversion], on_start=on_start)
-
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    report = run_job(
-        _job(tiny_models["keras"], tiny_data, ("dynamic", "float16")),
-        run_dir,
-        progress=lambda _e: None,
-        cache_dir=None,
-        evaluator=refusing_dynamic,
-    )
-    assert seen == ["float32", "dynamic", "float16"]  # the pivot first, then the user's order
-    by_name = {v["name"]: v for v in report["variants"]}
-    assert by_name["dynamic"]["status"] == "failed"
-    assert by_name["dynamic"]["error"] == "the cluster refused dynamic"
-    assert not (run_dir / "dynamic.samples.csv").exists()
-    for name in ("float32", "float16"):
-        assert by_name[name]["status"] == "done"
-        assert by_name[name]["latency_ms"]["n"] == 2  # timed after evaluation, at batch 1
-        assert (run_dir / f"{name}.samples.csv").exists()
-    assert report["run"]["status"] == "done"
-    assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith(".")) == []
-
-
+# -- evaluate: the local engine --------------------------------------------------------------
 def test_local_evaluation_writes_what_the_interpreter_outputs(
     tiny_models: dict[str, Path], tiny_data: Path, tmp_path: Path
 ) -> None:

@@ -199,15 +199,6 @@ def test_run_life_cycle_and_report_sync(tmp_path: Path, store: RunStore) -> None
     assert row.all_passed is None
 
     store.set_status("r1", RunStatus.RUNNING)
-    store.set_identity(
-        "r1",
-        model_sha256="a" * 64,
-        data_sha256="b" * 64,
-        model_format="keras",
-        versions={"tensorflow": "2.21"},
-        cpu="Test CPU",
-        threads=2,
-    )
     report = {
         "run": {"id": "r1", "name": "renamed in report", "trusted": True},
         "reference": {
@@ -216,7 +207,7 @@ def test_run_life_cycle_and_report_sync(tmp_path: Path, store: RunStore) -> None
             "sha256": "a" * 64,
             "latency_ms": {"min": 5, "p50": 6, "p90": 7, "p99": 8, "mean": 6.2, "std": 1, "n": 9},
         },
-        "dataset": {"path": "/data/flowers"},
+        "dataset": {"path": "/data/flowers", "sha256": "b" * 64},
         "environment": {"tensorflow": "2.21", "cpu": "Test CPU", "threads": 2},
         "variants": [
             _variant("float32", 100.0),

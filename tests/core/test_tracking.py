@@ -312,3 +312,56 @@ def test_a_store_that_cannot_be_written_is_one_warning_on_the_report(tmp_path: P
         "its folder (check that the store is writable)",
     ]
     assert after["variants"] == before["variants"]
+
+
+def test_the_dashboards_tracking_servers_are_the_operators_allow_list(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from core.reporting.tracking import dashboard_uri_refusal
+
+    monkeypatch.delenv("QUANTLENS_MLFLOW_ALLOWED", raising=False)
+    assert dashboard_uri_refusal("") is None  # the workspace store
+    assert "QUANTLENS_MLFLOW_ALLOWED" in (dashboard_uri_refusal("https://x.example") or "")
+    assert "http:// or https://" in (dashboard_uri_refusal("/etc/x.db") or "")
+    monkeypatch.setenv("QUANTLENS_MLFLOW_ALLOWED", "https://ml.example/team, http://10.0.0.5:5000")
+    assert dashboard_uri_refusal("https://ml.example/team") is None
+    assert dashboard_uri_refusal("https://ml.example/team/sub") is None
+    assert dashboard_uri_refusal("http://10.0.0.5:5000") is None
+    for refused in (
+        "https://ml.example/teamx",  # not under the entry's path
+        "https://ml.example",
+        "http://ml.example/team",  # another scheme
+        "http://10.0.0.5:5001",  # another port
+        "http://10.0.0.5:5000@evil.example",  # user info: the host is evil.example
+    ):
+        assert dashboard_uri_refusal(refused), refused
+
+
+@pytest.mark.slow
+def test_the_experiment_is_model_development_and_a_run_lasts_as_long_as_its_job(
+    tmp_path: Path,
+) -> None:
+    """MLflow 3 opens an untagged experiment on its GenAI overview; and the MLflow run's start
+    and end are the job's (status.json), not the moments logging took."""
+    from mlflow.tracking import MlflowClient
+
+    from core.inputs import rundir
+    from tests.app.fixtures import build_run
+
+    build_run(tmp_path)
+    run_dir = tmp_path / "runs" / "run-fixture"
+    status = rundir.read_json(run_dir / "status.json")
+    status.update(started=1_700_000_000.25, finished=1_700_000_754.5)  # a 754 s job, long ago
+    rundir.write_json_atomic(run_dir / "status.json", status)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    entry = log_finished_run(run_dir, uri)
+    assert entry["error"] is None, entry
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment(entry["experiment_id"])
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    parent = client.get_run(entry["run_id"])
+    assert (parent.info.start_time, parent.info.end_time) == (1_700_000_000_250, 1_700_000_754_500)
+    children = client.search_runs(
+        [entry["experiment_id"]], filter_string=f"tags.`mlflow.parentRunId` = '{entry['run_id']}'"
+    )
+    assert children and all(c.info.start_time == 1_700_000_000_250 for c in children)

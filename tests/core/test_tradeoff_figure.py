@@ -52,3 +52,14 @@ def test_hover_shows_the_card_numbers() -> None:
     template = points.hovertemplate
     for piece in ("MB", "ms", "95 % CI", "n=", "verdict"):
         assert piece in template
+
+
+def test_the_colour_range_stays_within_0_and_100_when_every_variant_agrees_fully() -> None:
+    full = [
+        TradeoffPoint("float16", 2.0, 1.0, 100.0, (99.2, 100.0), 500, "PASS"),
+        TradeoffPoint("int8", 1.0, 0.8, 100.0, (99.2, 100.0), 500, "PASS"),
+    ]
+    marker = tradeoff_figure(full, frontier=[], pick=None).data[0].marker
+    assert (marker.cmin, marker.cmax) == (99.0, 100.0)  # not Plotly's 99.6-100.4
+    marker = tradeoff_figure(POINTS, frontier=[], pick=None).data[0].marker
+    assert (marker.cmin, marker.cmax) == (97.0, 100.0)

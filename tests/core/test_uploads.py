@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import UnsupportedModel
+from core.errors import QuantLensError, UnsupportedModel
 from core.history import cleanup
 from core.history.store import open_store
 from core.inputs import uploads
@@ -46,7 +46,7 @@ def _delete_run(home: Path, run_id: str) -> None:
 
 def test_an_upload_is_stored_once_under_its_content_hash(tmp_path: Path) -> None:
     home = tmp_path / "ws"
-    first = uploads.save_upload(b"zip bytes", "../../evil/name.zip", home=home)
+    first = uploads.save_upload(b"zip bytes", "name.zip", home=home)
     again = uploads.save_upload(b"zip bytes", "name.zip", home=home)
     digest = hashlib.sha256(b"zip bytes").hexdigest()[:16]
     assert first == again == home / "uploads" / digest / "name.zip"
@@ -55,6 +55,18 @@ def test_an_upload_is_stored_once_under_its_content_hash(tmp_path: Path) -> None
         (home / "uploads" / digest).resolve()
     )
     assert uploads.upload_folder(tmp_path / "elsewhere.zip", home=home) is None
+
+
+@pytest.mark.parametrize(
+    "name", ["..", ".", "", "  ", "../../evil/name.zip", "a\\b.zip", "extracted", "used-by"]
+)
+def test_an_upload_name_that_is_not_a_file_name_is_refused_in_one_line(
+    tmp_path: Path, name: str
+) -> None:
+    with pytest.raises(QuantLensError, match="is not a file name; rename the file") as caught:
+        uploads.save_upload(b"bytes", name, home=tmp_path / "ws")
+    assert "\n" not in str(caught.value)
+    assert not list((tmp_path / "ws").rglob("*.zip"))
 
 
 def test_stale_uploads_are_removed_and_those_runs_need_are_kept(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from core.engine.convert import PROBE_IMAGES, ConversionResult
 from core.engine.stages.context import RunContext
 from core.engine.stages.convert import Conversion, convert_in_background
 from core.engine.stages.decode import first_images
-from core.engine.stages.evaluate import Evaluator, run_evaluation, written_agreement
+from core.engine.stages.evaluate import run_evaluation, written_agreement
 from core.engine.stages.files import DecodedCache
 from core.engine.stages.reference import ReferenceOutputs
 from core.errors import ConversionFailed, QuantLensError
@@ -174,9 +174,7 @@ def write_layer_details(
     return target.name, None
 
 
-def auto_fix(
-    run: RunContext, reference: ReferenceOutputs, *, evaluator: Evaluator | None = None
-) -> RunContext:
+def auto_fix(run: RunContext, reference: ReferenceOutputs) -> RunContext:
     """`--auto-fix K`: each judged variant below the bar that can keep layers in float gets a
     measured sensitivity scan, a greedy fix, and the result as a derived variant.
 
@@ -184,6 +182,7 @@ def auto_fix(
     """
     if not run.job.auto_fix:
         return run
+    _note_nothing_to_fix(run)
     todo = [s for s in run.specs if auto_fix_applies(s, run.report.variant(s.name), run.job)]
     if not todo:
         return run
@@ -192,7 +191,7 @@ def auto_fix(
             derived = _auto_fix_variant(run, reference, spec)
             if derived is not None:
                 run = replace(run, specs=(*run.specs, derived))
-                _convert_and_evaluate(run, reference, derived, evaluator)
+                _convert_and_evaluate(run, reference, derived)
     return run
 
 
@@ -207,7 +206,13 @@ def _cluster_session(run: RunContext) -> AbstractContextManager[object]:
 def auto_fix_applies(spec: VariantSpec, entry: dict[str, Any], job: JobSpec) -> bool:
     """Whether `--auto-fix` works on this variant: a finished, judged variant without overrides,
     below the bar (not for want of a verdict), on a mode that can keep layers in float."""
-    from core.reporting.report import ROLE_SELECTED, meets_threshold
+    return _fixable(spec, entry) and not _entry_meets_bar(entry, job)
+
+
+def _fixable(spec: VariantSpec, entry: dict[str, Any]) -> bool:
+    """A finished, judged variant the user selected, without overrides, not fixed yet, on a mode
+    that can keep layers in float."""
+    from core.reporting.report import ROLE_SELECTED
 
     if spec.float_layers or spec.int16_layers or entry.get("auto_fix") is not None:
         return False
@@ -215,18 +220,41 @@ def auto_fix_applies(spec: VariantSpec, entry: dict[str, Any], job: JobSpec) -> 
         return False
     if entry.get("verdict_reason") or entry.get("top1_agreement_pct") is None:
         return False
-    if meets_threshold(
-        entry["top1_agreement_pct"],
-        entry.get("top1_agreement_ci95"),
-        job.min_agreement_pct,
-        job.verdict,
-    ):
-        return False
     try:
         replace(spec, float_layers=("any",)).check()
     except QuantLensError:
         return False
     return True
+
+
+def _entry_meets_bar(entry: dict[str, Any], job: JobSpec) -> bool:
+    from core.reporting.report import meets_threshold
+
+    return meets_threshold(
+        entry["top1_agreement_pct"],
+        entry.get("top1_agreement_ci95"),
+        job.min_agreement_pct,
+        job.verdict,
+    )
+
+
+def _note_nothing_to_fix(run: RunContext) -> None:
+    """`--auto-fix` on a variant that already meets the bar says so instead of staying silent
+    (report.json's `auto_fix.nothing_to_fix`, which the CLI prints)."""
+    from core.reporting.report import VERDICT_LOWER_BOUND
+
+    noted = False
+    for spec in run.specs:
+        entry = run.report.variant(spec.name)
+        if _fixable(spec, entry) and _entry_meets_bar(entry, run.job):
+            bound = " (lower 95 % bound)" if run.job.verdict == VERDICT_LOWER_BOUND else ""
+            entry["auto_fix"] = {
+                "nothing_to_fix": f"{spec.name} meets {run.job.min_agreement_pct:g} %{bound}, "
+                "nothing to fix"
+            }
+            noted = True
+    if noted:
+        run.report.save()
 
 
 def _auto_fix_variant(
@@ -404,7 +432,6 @@ def _convert_and_evaluate(
     run: RunContext,
     reference: ReferenceOutputs,
     spec: VariantSpec,
-    evaluator: Evaluator | None,
 ) -> None:
     """Convert a derived variant and evaluate it as the evaluate stage does any other, then
     diagnose it."""
@@ -423,7 +450,7 @@ def _convert_and_evaluate(
         )
     except QuantLensError as exc:
         future.set_exception(exc)
-    run_evaluation(run, reference, [Conversion(spec=spec, future=future)], evaluator=evaluator)
+    run_evaluation(run, reference, [Conversion(spec=spec, future=future)])
     if needs_diagnosis(run, spec):
         diagnose_finished(run, reference, spec)
 

@@ -2,8 +2,9 @@
 
 The work itself is `evaluate_converted`, the local engine: it runs a list of converted models
 on the decoded images and writes each one's per-sample files (<variant>.samples.csv,
-<variant>.probs.npy). Another engine (a cluster) replaces it by passing its own `Evaluator`
-to `run_evaluation`; the report rows, verdicts and progress stay the same.
+<variant>.probs.npy). The Ray engine (stages.ray_evaluate) evaluates on its cluster and
+records its outcomes with this module's `record_result` / `record_failure`, so the report rows,
+verdicts and progress stay the same.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -69,40 +70,17 @@ class FailedVariant:
 VariantOutcome = EvaluatedVariant | FailedVariant
 
 
-class Evaluator(Protocol):
-    """Runs converted models on the decoded images and yields one outcome per conversion.
-
-    Outcomes come in the order of `conversions` (the pivot first), each after its per-sample
-    files are written; `on_start(spec)` is called before a variant's work begins, so a crash
-    is blamed on the right one.
-    """
-
-    def __call__(
-        self,
-        run: RunContext,
-        reference: ReferenceOutputs,
-        conversions: Sequence[Conversion],
-        *,
-        on_start: Callable[[VariantSpec], None],
-    ) -> Iterator[VariantOutcome]: ...
-
-
 def run_evaluation(
-    run: RunContext,
-    reference: ReferenceOutputs,
-    conversions: Sequence[Conversion],
-    *,
-    evaluator: Evaluator | None = None,
+    run: RunContext, reference: ReferenceOutputs, conversions: Sequence[Conversion]
 ) -> None:
-    """Evaluate every conversion (locally unless another `evaluator` is given) and record each
-    outcome in report.json as soon as it arrives."""
+    """Evaluate every conversion locally and record each outcome in report.json as soon as it
+    arrives (outcomes come in the order of `conversions`, the pivot first)."""
 
     def started(spec: VariantSpec) -> None:
         run.report.variant(spec.name)["status"] = "running"
         run.report.save()
 
-    evaluate = evaluator or evaluate_converted
-    for outcome in evaluate(run, reference, conversions, on_start=started):
+    for outcome in evaluate_converted(run, reference, conversions, on_start=started):
         if isinstance(outcome, FailedVariant):
             record_failure(run, outcome)
         else:

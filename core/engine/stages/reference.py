@@ -279,8 +279,3 @@ def nonfinite_warning(bad: int, total: int, who: str) -> list[str]:
         f"{who} outputs NaN/Inf on {bad} of {total} images; "
         "they count as disagreements and are left out of the probability deltas"
     ]
-
-
-def nonfinite_warnings(outputs: np.ndarray, who: str) -> list[str]:
-    """A one-line warning when some of a model's [N, C] outputs hold NaN or Inf, else none."""
-    return nonfinite_warning(int((~np.isfinite(outputs).all(axis=1)).sum()), len(outputs), who)

@@ -64,6 +64,11 @@ def open_run(
         rundir.write_atomic(
             run_dir / rundir.LABELS, ("\n".join(inputs.dataset.class_names) + "\n").encode()
         )
+    dataset = drop_labels_outside(inputs.dataset, model.signature.num_classes)
+    if "preset_check" not in report.data:
+        emit(progress, "load", 0.5, "checking the preprocessing preset on a few dozen images")
+        check_preset(report.data, model, dataset, job)
+        report.save()
     return RunContext(
         job=job,
         run_dir=run_dir,
@@ -71,11 +76,25 @@ def open_run(
         cache_dir=cache_dir,
         model=model,
         model_sha=sha,
-        dataset=drop_labels_outside(inputs.dataset, model.signature.num_classes),
+        dataset=dataset,
         specs=specs,
         report=report,
         calibration_data=inputs.calibration_data,
     )
+
+
+def check_preset(
+    report: dict[str, Any], model: ReferenceModel, dataset: Dataset, job: JobSpec
+) -> None:
+    """report.json's `preset_check`: the original under every preset on a few dozen images;
+    when another preset is clearly better, its one line joins the run's warnings."""
+    from core.engine.preset_trial import preset_trial
+    from core.metrics.preset_check import judge_presets
+
+    check = judge_presets(preset_trial(model, dataset.samples), str(job.preset))
+    report["preset_check"] = check
+    if check["advice"] and check["advice"] not in report["warnings"]:
+        report["warnings"].append(check["advice"])
 
 
 def derived_specs(
