@@ -41,8 +41,13 @@ def probabilities(rng: np.random.Generator, n: int, classes: int, top: np.ndarra
     return probs
 
 
-def build_report(run_dir: Path, *, classes: int, variants: int, images: int) -> None:
-    """A finished report.json in `run_dir`, written the way the worker writes it."""
+def build_report(
+    run_dir: Path, *, classes: int, variants: int, images: int
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """A finished report.json in `run_dir`, written the way the worker writes it.
+
+    Returns each variant's (original's top-1, variant's top-1) per image, for a check.
+    """
     from core.engine.stages.context import ReportFile
     from core.metrics.agreement import agreement
     from core.reporting.report import ROLE_SELECTED, finished_variant, pending_variant
@@ -69,6 +74,7 @@ def build_report(run_dir: Path, *, classes: int, variants: int, images: int) -> 
         },
     )
     report.save()
+    tops: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for i, spec in enumerate(specs):
         # Each variant flips 1-8 % of the images, mostly to a neighbouring class.
         flip = rng.random(images) < 0.01 + 0.015 * i
@@ -91,6 +97,8 @@ def build_report(run_dir: Path, *, classes: int, variants: int, images: int) -> 
         )
         report.replace_variant(entry)
         report.save()
+        tops[spec.name] = (ref.argmax(axis=1), tfl.argmax(axis=1))
+    return tops
 
 
 def main() -> None:

@@ -233,10 +233,7 @@ class FlipMatrix(_MappingView):
     def from_rows(cls, rows: Sequence[Sequence[int]]) -> FlipMatrix:
         """The sparse form of dense rows (rows = original's class, columns = variant's)."""
         cells = tuple(
-            (i, j, int(count))
-            for i, row in enumerate(rows)
-            for j, count in enumerate(row)
-            if count
+            (i, j, int(count)) for i, row in enumerate(rows) for j, count in enumerate(row) if count
         )
         return cls(classes=len(rows), cells=cells)
 
