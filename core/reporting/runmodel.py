@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -37,9 +38,6 @@ from core.types import (
 # 3: a variant's `flip_matrix` is sparse, `{"classes": C, "cells": [[ref, tfl, count], ...]}`
 #    (see `FlipMatrix`); schemas 1 and 2 hold the dense C x C rows.
 SCHEMA_VERSION = 3
-
-# The lock file beside report.json that every read-modify-write holds (see `update_report`).
-REPORT_LOCK = ".report.json.lock"
 
 # A variant's `role`: chosen by the user and judged, or the float32 pivot QuantLens added itself
 # to split the quantized variants' disagreements (evaluated like any variant, never judged).
@@ -613,23 +611,28 @@ def report_from(report: RunReport | Mapping[str, Any]) -> RunReport:
 
 @contextlib.contextmanager
 def report_lock(run_dir: Path) -> Iterator[None]:
-    """Hold the run's report lock (an exclusive `flock` on a file beside report.json).
+    """Hold the run's report lock: an exclusive `flock` on the run folder itself.
 
     Every writer of report.json (the worker, the supervisor, a re-score, a rename, MLflow)
     reads, changes and writes it under this lock, so none of them writes back a copy read
-    before another's change. The kernel drops the lock when its holder dies, even on SIGKILL.
-    Not re-entrant: a holder calls `_write_unlocked`, never `write_report`.
+    before another's change. The folder, not report.json, is locked: an atomic write replaces
+    the file's inode, and a lock file would be one more file in the user's `--out`. The kernel
+    drops the lock when its holder dies, even on SIGKILL. Not re-entrant: a holder calls
+    `_write_unlocked`, never `write_report`.
     """
     import fcntl
 
-    path = Path(run_dir) / REPORT_LOCK
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a+b") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    folder = Path(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             yield
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def _write_unlocked(run_dir: Path, report: RunReport | Mapping[str, Any]) -> dict[str, Any]:
