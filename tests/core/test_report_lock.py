@@ -111,3 +111,30 @@ def test_an_absent_report_is_left_absent(tmp_path: Path) -> None:
     calls: list[dict[str, Any]] = []
     assert update_report(tmp_path, calls.append) is None
     assert calls == [] and not (tmp_path / "report.json").exists()
+
+
+def test_the_merge_applies_only_what_the_other_writer_changed() -> None:
+    from core.reporting.report_merge import merge_into
+
+    base = {
+        "run": {"name": "old", "status": "running"},
+        "warnings": [],
+        "variants": [{"name": "a", "status": "running"}, {"name": "b", "status": "done"}],
+    }
+    theirs = json.loads(json.dumps(base))
+    theirs["run"]["name"] = "renamed"  # theirs only: taken
+    theirs["run"]["status"] = "cancelled"  # both changed it: the worker's value stands
+    theirs["variants"] = [base["variants"][0], {"name": "c", "status": "pending"}]  # b gone, c new
+    theirs["tracking"] = {"run_id": "x"}
+    mine = json.loads(json.dumps(base))
+    reference = mine["variants"][0]  # a stage's reference into the worker's copy
+    mine["run"]["status"] = "done"
+    reference["status"] = "done"
+    merge_into(mine, base, theirs)
+    assert mine == {
+        "run": {"name": "renamed", "status": "done"},
+        "warnings": [],
+        "variants": [{"name": "a", "status": "done"}, {"name": "c", "status": "pending"}],
+        "tracking": {"run_id": "x"},
+    }
+    assert mine["variants"][0] is reference  # merged in place, so the stage's reference is live
