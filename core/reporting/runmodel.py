@@ -248,10 +248,6 @@ class FlipMatrix(_MappingView):
     def to_dict(self) -> dict[str, Any]:
         return {"classes": self.classes, "cells": [list(c) for c in self.cells]}
 
-    def count(self, ref: int, tfl: int) -> int:
-        """Samples the original put in class `ref` and the variant in class `tfl`."""
-        return next((n for r, t, n in self.cells if r == ref and t == tfl), 0)
-
     @property
     def total(self) -> int:
         """Every flip counted (NaN outputs are disagreements but not flips)."""
@@ -268,8 +264,8 @@ class FlipMatrix(_MappingView):
         return out
 
     def busiest_classes(self, limit: int) -> list[int]:
-        """At most `limit` classes, those in the most flips first, then in class order: what
-        a heatmap of many classes shows."""
+        """The `limit` classes in the most flips (ties to the lower class number), in class
+        order: what a heatmap of many classes shows."""
         weight: dict[int, int] = {}
         for r, t, n in self.cells:
             weight[r] = weight.get(r, 0) + n
