@@ -266,6 +266,15 @@ def _parser() -> argparse.ArgumentParser:
         "(MobileNetV2-0.35 at 96x96, about two minutes more; needs the small one's data)",
     )
 
+    clean = sub.add_parser(
+        "clean",
+        help="free disk space: trim the conversion cache to its cap "
+        "(QUANTLENS_CACHE_MAX_BYTES, default 2 GiB), least recently used first",
+    )
+    clean.add_argument(
+        "--cache", action="store_true", help="empty the conversion cache instead of trimming it"
+    )
+
     history = sub.add_parser("history", help="list stored runs")
     history.add_argument("--search", default=None)
     history.add_argument("--limit", type=int, default=50)
@@ -635,6 +644,15 @@ def _print_demo(title: str, paths: DemoPaths) -> None:
     print(f"{'try:':<13}python -m core run {paths.saved_model} --data {paths.data_csv}")
 
 
+def cmd_clean(args: argparse.Namespace) -> int:
+    """`clean [--cache]`: trim (or empty) the conversion cache and say what was freed."""
+    from core.inputs import convcache
+
+    folder = convcache.cache_dir()
+    print(convcache.freed_sentence(convcache.clean(folder, everything=args.cache), folder))
+    return EXIT_PASS
+
+
 def cmd_history(args: argparse.Namespace) -> int:
     from core.history.store import open_store
 
@@ -681,6 +699,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             return cmd_rescore(args)
         if args.command == "export":
             return cmd_export(args)
+        if args.command == "clean":
+            return cmd_clean(args)
         return cmd_history(args)
     except QuantLensError as exc:
         return _fail(str(exc))

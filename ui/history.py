@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from core.inputs import rundir
 from core.jobs import launch as jobs
 from core.reporting.report import NO_VERDICT
 from core.reporting.results import report_mtime
-from core.reporting.runmodel import RunReport, read_report, write_report
+from core.reporting.runmodel import RunReport, read_report, update_report
 from core.types import RunStatus
 from ui import keys
 
@@ -204,22 +204,23 @@ def folder_run_id(row: RunRow) -> str | None:
 
 
 def rename(row: RunRow, name: str) -> None:
-    """Rename a run in the store and, for a finished run, in its report.json too.
+    """Rename a run in the store and in its report.json.
 
-    The report carries the name into the result pages and report.html; a running worker
-    rewrites its report, so only a finished run's file is touched.
+    The report carries the name into the result pages and report.html. A running worker
+    merges other writers' changes into each save, so the new name stays.
 
     Raises:
         StoreError: blank name, unknown run, or a locked database.
     """
     store().rename_run(row.id, name)
     invalidate()
-    if row.status.finished and (row.run_dir / rundir.REPORT).is_file():
-        try:
-            report = read_report(row.run_dir)
-            write_report(row.run_dir, replace(report, run=replace(report.run, name=name)))
-        except (OSError, QuantLensError):
-            pass  # the store holds the name; an unreadable report keeps its old one
+
+    def named(report: dict[str, Any]) -> None:
+        report["run"]["name"] = name
+
+    # The store holds the name; an unreadable report keeps its old one.
+    with contextlib.suppress(OSError, QuantLensError):
+        update_report(row.run_dir, named)
 
 
 def delete(run_ids: Sequence[str]) -> list[str]:

@@ -20,7 +20,7 @@ import numpy as np
 from core.engine.flatbuffer import flex_ops
 from core.engine.models import ReferenceModel
 from core.errors import ConversionFailed
-from core.inputs.rundir import write_atomic
+from core.inputs.convcache import read_cached, write_cached
 from core.types import NEEDS_CALIBRATION, Backend, IOType, Mode, ModelSignature, VariantSpec
 
 # Part of every cache key: bump it when QuantLens changes how it converts, so bytes made by an
@@ -348,9 +348,10 @@ def tflite_from_converter(
             preset=preset,
         )
         cached_file = cache_dir / f"{key}.tflite" if cache_dir is not None else None
-        cached = cached_file is not None and cached_file.is_file()
-        if cached_file is not None and cached:
-            data = cached_file.read_bytes()
+        hit = None if cached_file is None else read_cached(cached_file)
+        cached = hit is not None
+        if hit is not None:
+            data = hit
         else:
             started = time.perf_counter()
             try:
@@ -366,7 +367,7 @@ def tflite_from_converter(
             if bad:
                 continue  # never cached: the next route may convert it correctly
         if cached_file is not None and not cached:
-            write_atomic(cached_file, data)
+            write_cached(cached_file, data)
         return ConversionResult(
             spec=spec,
             tflite=data,

@@ -25,7 +25,7 @@ import numpy as np
 from core.engine.convert import ConversionResult, _check_calibration, tflite_from_converter
 from core.engine.models import ReferenceModel
 from core.errors import ConversionFailed
-from core.inputs.rundir import write_atomic
+from core.inputs.convcache import read_cached, write_cached
 from core.metrics.latency import usable_cpus
 from core.types import Backend, IOType, Mode, VariantSpec
 
@@ -83,10 +83,11 @@ def tflite_from_quantizer(
     float_seconds = 0.0 if float_result.cached else float_result.seconds
     key = quantizer_cache_key(float_result.tflite, spec, calibration)
     cached_file = cache_dir / f"{key}.tflite" if cache_dir is not None else None
-    if cached_file is not None and cached_file.is_file():
+    hit = None if cached_file is None else read_cached(cached_file)
+    if hit is not None:
         return ConversionResult(
             spec=spec,
-            tflite=cached_file.read_bytes(),
+            tflite=hit,
             seconds=float_seconds,
             cached=True,
             route=float_result.route,
@@ -95,7 +96,7 @@ def tflite_from_quantizer(
     data = quantize_float_tflite(float_result.tflite, spec, calibration)
     seconds = float_seconds + time.perf_counter() - started
     if cached_file is not None:
-        write_atomic(cached_file, data)
+        write_cached(cached_file, data)
     return ConversionResult(
         spec=spec, tflite=data, seconds=seconds, cached=False, route=float_result.route
     )

@@ -8,6 +8,10 @@ from typing import Any
 
 from core.reporting.runmodel import RunReport, Variant
 
+# Variant keys the store leaves in the run folder: they grow with the class count, and the
+# pages read them from report.json, never from the store.
+RUN_FOLDER_ONLY = ("flip_matrix",)
+
 # The latency table's columns, in order; the summary keys of report.json's `latency_ms`.
 LATENCY_KEYS = ("min", "p50", "p90", "p99", "mean", "std", "n")
 
@@ -31,7 +35,8 @@ class RunColumns:
 
 @dataclass(frozen=True)
 class VariantRow:
-    """One row of the variants table, with the variant's whole entry as its metrics JSON."""
+    """One row of the variants table, with the variant's entry as its metrics JSON (less
+    `RUN_FOLDER_ONLY`)."""
 
     name: str
     mode: str
@@ -83,7 +88,7 @@ def variant_row(variant: Variant) -> VariantRow:
         status=result.status,
         error=result.error,
         size_bytes=result.size_bytes,
-        metrics=entry,
+        metrics={k: v for k, v in entry.items() if k not in RUN_FOLDER_ONLY},
         top1_agreement_pct=result.top1_agreement_pct,
         passed=None if result.passed is None else int(bool(result.passed)),
         latency=result.latency_ms,

@@ -43,15 +43,17 @@ def finish_run(directory: Path, status: RunStatus, error: str | None, *, home: P
 
     status, error = status_after(directory, status, error)
     remove_scratch(directory)
-    report = read_report(directory)
     run_id = run_id_of(directory)
+
+    def ended(report: dict[str, Any]) -> None:
+        report["run"]["status"] = str(status)
+        report["run"]["id"] = run_id
+        if status is not RunStatus.DONE:
+            note_untimed_variants(report, status)
+
     with opened_store(home) as store:
+        report = runmodel.update_report(directory, ended)
         if report is not None:
-            report["run"]["status"] = str(status)
-            report["run"]["id"] = run_id
-            if status is not RunStatus.DONE:
-                note_untimed_variants(report, status)
-            runmodel.write_report(directory, report)
             store.sync_report(run_id, report)
         store.set_status(run_id, status, error=error)
     # status.json is what watchers poll: it turns final only once the report and the store
@@ -87,32 +89,37 @@ def note_untimed_variants(report: dict[str, Any], status: RunStatus) -> None:
 
 def close_unfinished_variants(directory: Path, status: str, reason: str) -> None:
     """Give every pending/running variant of report.json its final status and reason."""
-    report = read_report(directory)
-    if report is None:
-        return
-    for variant in report["variants"]:
-        if variant["status"] in ("pending", "running"):
-            variant["status"] = status
-            variant["error"] = reason
-            remove_partial_outputs(directory, variant["name"])
-    runmodel.write_report(directory, report)
+    closed: list[str] = []
+
+    def close(report: dict[str, Any]) -> None:
+        for variant in report["variants"]:
+            if variant["status"] in ("pending", "running"):
+                variant["status"] = status
+                variant["error"] = reason
+                closed.append(variant["name"])
+
+    runmodel.update_report(directory, close)
+    for name in closed:
+        remove_partial_outputs(directory, name)
 
 
 def mark_variant(
     directory: Path, name: str, status: str, reason: str, tail: str, *, home: Path | None
 ) -> None:
     """Record one variant's end (a crash, a timeout) with the worker's stderr tail."""
-    report = read_report(directory)
-    if report is None:
-        return
     evaluated = False
-    for variant in report["variants"]:
-        if variant["name"] == name:
-            evaluated = variant["status"] == "done"  # e.g. a crash while timing it
-            variant["status"] = status
-            variant["error"] = reason
-            variant["stderr_tail"] = tail
-    runmodel.write_report(directory, report)
+
+    def mark(report: dict[str, Any]) -> None:
+        nonlocal evaluated
+        for variant in report["variants"]:
+            if variant["name"] == name:
+                evaluated = variant["status"] == "done"  # e.g. a crash while timing it
+                variant["status"] = status
+                variant["error"] = reason
+                variant["stderr_tail"] = tail
+
+    if runmodel.update_report(directory, mark) is None:
+        return
     if not evaluated:
         remove_partial_outputs(directory, name)
     sync_report_to_store(directory, home=home)

@@ -45,34 +45,46 @@ def add_rescore_variant(
     chosen = tuple(sorted({name.strip() for name in layers if name.strip()}))
     if not chosen:
         raise QuantLensError("no layer chosen; pick at least one layer to keep in float")
-    status = protocol.read_status(directory)
-    state = RunStatus(status.get("status") or RunStatus.QUEUED)
-    if not state.finished:
-        raise QuantLensError(
-            f"the run is still {state}; re-score it once it has finished (or cancel it)"
-        )
-    report = runmodel.read_report(directory).to_dict()
-    entry = _parent_entry(report, parent)
-    if rundir.read_json(directory / rundir.JOB).get("engine") == "ray":
-        raise QuantLensError(
-            "this run was evaluated on Ray, whose images stay on the cluster; re-score a run "
-            "made with --engine local"
-        )
-    derived = _derived_spec(parent, chosen)
-    _require_known_layers(directory, entry, chosen)
-    if any(v["name"] == derived.name for v in report["variants"]):
-        raise QuantLensError(f"{derived.name} is already in this run; choose other layers")
-    run_id = str(status.get("run_id") or directory.name)
-    with opened_store(home) as store:
-        if store.get_run(run_id) is None:
+    added: list[VariantSpec] = []
+
+    def queue(report: dict[str, Any]) -> None:
+        # Under the report lock: a second re-score of this run waits here, then finds it queued.
+        status = protocol.read_status(directory)
+        state = RunStatus(status.get("status") or RunStatus.QUEUED)
+        if not state.finished:
             raise QuantLensError(
-                f"run {run_id} is not in this workspace's history; set QUANTLENS_HOME to the "
-                "workspace that made it"
+                f"the run is still {state}; re-score it once it has finished (or cancel it)"
             )
+        entry = _parent_entry(report, parent)
+        if rundir.read_json(directory / rundir.JOB).get("engine") == "ray":
+            raise QuantLensError(
+                "this run was evaluated on Ray, whose images stay on the cluster; re-score a "
+                "run made with --engine local"
+            )
+        derived = _derived_spec(parent, chosen)
+        _require_known_layers(directory, entry, chosen)
+        if any(v["name"] == derived.name for v in report["variants"]):
+            raise QuantLensError(f"{derived.name} is already in this run; choose other layers")
+        run_id = str(status.get("run_id") or directory.name)
+        with opened_store(home) as store:
+            if store.get_run(run_id) is None:
+                raise QuantLensError(
+                    f"run {run_id} is not in this workspace's history; set QUANTLENS_HOME to "
+                    "the workspace that made it"
+                )
         _queue_again(directory, report, derived, status)
+        added.append(derived)
+
+    report = runmodel.update_report(directory, queue)
+    if report is None:
+        raise QuantLensError(
+            f"run {directory.name} has no report yet; wait for it to finish or pick another run"
+        )
+    run_id = str(protocol.read_status(directory).get("run_id") or directory.name)
+    with opened_store(home) as store:
         store.sync_report(run_id, report)
         store.set_status(run_id, RunStatus.QUEUED)
-    return derived.name
+    return added[0].name
 
 
 def _parent_entry(report: dict[str, Any], parent: str) -> dict[str, Any]:
@@ -138,7 +150,11 @@ def _require_known_layers(directory: Path, entry: dict[str, Any], layers: tuple[
 def _queue_again(
     directory: Path, report: dict[str, Any], derived: VariantSpec, status: dict[str, Any]
 ) -> None:
-    """The pending entry first (the worker reads it), then a fresh queued status.json."""
+    """The pending entry (written as the lock is released) and a fresh queued status.json.
+
+    Called under the report lock, so a second re-score sees the run queued; the worker
+    starts only once the caller has queued the run in the store, after both are written.
+    """
     from core.reporting.report import ROLE_SELECTED, pending_variant
 
     report["variants"].append(
@@ -149,7 +165,6 @@ def _queue_again(
         }
     )
     report["run"]["status"] = str(RunStatus.QUEUED)
-    runmodel.write_report(directory, report)
     for stale in (protocol.CANCEL_FLAG, rundir.PROGRESS):
         (directory / stale).unlink(missing_ok=True)
     rundir.write_json_atomic(

@@ -30,7 +30,7 @@ from pathlib import Path
 from core import posix
 from core.engine.frameworks import configure_threads, quiet_tensorflow
 from core.errors import QuantLensError
-from core.inputs import rundir
+from core.inputs import convcache, rundir
 from core.jobs import protocol
 from core.jobs.progress import ThrottledProgress
 from core.jobs.protocol import (
@@ -71,11 +71,7 @@ def run_job(run_dir: Path) -> int:
 
     job = JobSpec.from_dict(rundir.read_json(run_dir / rundir.JOB))
     configure_threads(pipeline.effective_threads(job))
-    cache_dir = (
-        Path(os.environ["QUANTLENS_CACHE"])
-        if os.environ.get("QUANTLENS_CACHE")
-        else rundir.cache_root() / "tflite"
-    )
+    cache_dir = convcache.cache_dir()
     progress = progress_writer(run_dir)
     try:
         pipeline.run_job(job, run_dir, progress=progress, cache_dir=cache_dir)

@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 from core.metrics.latency import tail_latency
 from core.reporting.recommend import TradeoffPoint
 from core.reporting.report import size_change_label
+from core.reporting.runmodel import FlipMatrix
 
 # One colour per side of the comparison, used by every chart so a reader learns it once.
 ORIGINAL_COLOR = "#2F5D8A"  # the reference TensorFlow model
@@ -285,8 +286,12 @@ def tradeoff_figure(
     return fig
 
 
+# A heatmap wider than this many classes is unreadable: larger runs show their busiest classes.
+FLIP_MATRIX_MAX_CLASSES = 40
+
+
 def flip_matrix_figure(
-    matrix: Sequence[Sequence[int]],
+    matrix: FlipMatrix | Sequence[Sequence[int]],
     class_names: Sequence[str],
     *,
     height: int | None = None,
@@ -294,14 +299,25 @@ def flip_matrix_figure(
     """Heatmap of disagreements: rows = original's class, columns = TFLite's class, cell = count.
 
     Zero cells are left blank so the few flips stand out; `customdata` holds (ref, tfl) indices
-    so a selected cell maps back to classes without string parsing.
+    so a selected cell maps back to classes without string parsing. Beyond
+    `FLIP_MATRIX_MAX_CLASSES` classes only those in the most flips are drawn (the title says so).
     """
-    m = np.asarray(matrix, dtype=float)
-    c = m.shape[0]
-    labels = [str(x) for x in class_names][:c]
+    flips = matrix if isinstance(matrix, FlipMatrix) else FlipMatrix.from_rows(matrix)
+    shown = (
+        flips.busiest_classes(FLIP_MATRIX_MAX_CLASSES)
+        if flips.classes > FLIP_MATRIX_MAX_CLASSES
+        else list(range(flips.classes))
+    )
+    m = np.asarray(flips.rows(shown), dtype=float).reshape(len(shown), len(shown))
+    names = [str(x) for x in class_names]
+    labels = [names[i] if i < len(names) else str(i) for i in shown]
     z = np.where(m > 0, m, np.nan)
     text = [[("" if v == 0 else str(int(v))) for v in row] for row in m]
-    custom = [[[i, j] for j in range(c)] for i in range(c)]
+    custom = [[[i, j] for j in shown] for i in shown]
+    title = "Flip matrix (disagreeing samples only)"
+    if len(shown) < flips.classes:
+        title = f"Flip matrix: the {len(shown)} classes in most flips, of {flips.classes}"
+    c = len(shown)
     fig = go.Figure(
         go.Heatmap(
             z=z,
@@ -320,7 +336,7 @@ def flip_matrix_figure(
     size = height or max(360, min(900, 60 + 28 * c))
     _layout(
         fig,
-        title="Flip matrix (disagreeing samples only)",
+        title=title,
         x_title="TFLite top-1 class",
         y_title="original top-1 class",
         height=size,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import platform
 import sys
@@ -15,6 +16,7 @@ from core.reporting.runmodel import (
     ROLE_SELECTED,
     SCHEMA_VERSION,
     VERDICT_POINT,
+    FlipMatrix,
     RunReport,
     Variant,
     VariantIdentity,
@@ -320,10 +322,13 @@ def finished_variant(
             verdict_rule,
         )
     )
-    metrics = agreement.to_dict()
-    metrics.pop("labelled_n", None)
-    metrics["top1_agreement_ci95"] = agreement.top1_agreement_ci95
-    metrics["flip_matrix"] = agreement.flip_matrix
+    # Field by field, not `to_dict()`: that copies the dense C x C flip matrix into lists.
+    metrics = {
+        f.name: getattr(agreement, f.name)
+        for f in dataclasses.fields(agreement)
+        if f.name != "labelled_n"
+    }
+    metrics["flip_matrix"] = FlipMatrix.from_rows(agreement.flip_matrix)
     done = typed.with_result(
         **metrics,
         status="done",

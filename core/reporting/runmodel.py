@@ -12,8 +12,10 @@ that reads report fields by key sees exactly what the file holds.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Iterator, Mapping
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -33,7 +35,9 @@ from core.types import (
 # 1: what QuantLens wrote before the typed model (`schema_version` 1, or none at all).
 # 2: the same keys and values; a variant may add `parent`, `calibration_samples` and
 #    `calibration_seed` to its identity.
-SCHEMA_VERSION = 2
+# 3: a variant's `flip_matrix` is sparse, `{"classes": C, "cells": [[ref, tfl, count], ...]}`
+#    (see `FlipMatrix`); schemas 1 and 2 hold the dense C x C rows.
+SCHEMA_VERSION = 3
 
 # A variant's `role`: chosen by the user and judged, or the float32 pivot QuantLens added itself
 # to split the quantized variants' disagreements (evaluated like any variant, never judged).
@@ -208,6 +212,68 @@ class VariantIdentity(_MappingView):
         )
 
 
+# -- a variant's flips ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FlipMatrix(_MappingView):
+    """The disagreeing samples of a variant by (original's class, variant's class), sparse.
+
+    report.json holds only the non-zero cells: dense, the matrix made the report grow with
+    the square of the class count (1,000 classes: a million numbers per variant, rewritten
+    after every step). Reports of schema 1 and 2 hold the dense rows; both read into this.
+    """
+
+    classes: int
+    cells: tuple[tuple[int, int, int], ...] = ()  # (ref, tfl, count), count > 0, row-major
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[Sequence[int]]) -> FlipMatrix:
+        """The sparse form of dense rows (rows = original's class, columns = variant's)."""
+        cells = tuple(
+            (i, j, int(count)) for i, row in enumerate(rows) for j, count in enumerate(row) if count
+        )
+        return cls(classes=len(rows), cells=cells)
+
+    @classmethod
+    def from_json(cls, value: Any) -> FlipMatrix:
+        """Read report.json's `flip_matrix`: dense rows (schema 1, 2) or the sparse object."""
+        if isinstance(value, FlipMatrix):
+            return value
+        if isinstance(value, Mapping):
+            cells = tuple(sorted((int(r), int(t), int(n)) for r, t, n in value["cells"] if n))
+            return cls(classes=int(value["classes"]), cells=cells)
+        return cls.from_rows(value)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"classes": self.classes, "cells": [list(c) for c in self.cells]}
+
+    @property
+    def total(self) -> int:
+        """Every flip counted (NaN outputs are disagreements but not flips)."""
+        return sum(n for _, _, n in self.cells)
+
+    def rows(self, classes: Sequence[int] | None = None) -> list[list[int]]:
+        """Dense rows over `classes` (all of them by default), in that order."""
+        order = list(range(self.classes)) if classes is None else list(classes)
+        at = {c: i for i, c in enumerate(order)}
+        out = [[0] * len(order) for _ in order]
+        for r, t, n in self.cells:
+            if r in at and t in at:
+                out[at[r]][at[t]] = n
+        return out
+
+    def busiest_classes(self, limit: int) -> list[int]:
+        """The `limit` classes in the most flips (ties to the lower class number), in class
+        order: what a heatmap of many classes shows."""
+        weight: dict[int, int] = {}
+        for r, t, n in self.cells:
+            weight[r] = weight.get(r, 0) + n
+            weight[t] = weight.get(t, 0) + n
+        top = sorted(weight, key=lambda c: (-weight[c], c))[:limit]
+        return sorted(top)
+
+
 # -- a variant's result -----------------------------------------------------------------------
 
 
@@ -238,7 +304,7 @@ class VariantResult(_MappingView):
     mean_abs_top1_prob_delta: float | None = None
     mean_kl: float | None = None
     nan_outputs: int | None = None
-    flip_matrix: tuple[tuple[int, ...], ...] | None = None
+    flip_matrix: FlipMatrix | None = None
     disagreement_split: Mapping[str, int] | None = None
     latency_ms: Mapping[str, Any] | None = None
     speedup_vs_reference: float | None = None  # vs the TensorFlow original (vs_original's value)
@@ -272,7 +338,7 @@ class VariantResult(_MappingView):
         if values.get("top1_agreement_ci95") is not None:
             values["top1_agreement_ci95"] = tuple(values["top1_agreement_ci95"])
         if values.get("flip_matrix") is not None:
-            values["flip_matrix"] = tuple(tuple(row) for row in values["flip_matrix"])
+            values["flip_matrix"] = FlipMatrix.from_json(values["flip_matrix"])
         for key in ("select_tf_ops_used", "warnings"):
             values[key] = tuple(values.get(key) or ())
         values["status"] = str(values.get("status") or "pending")
@@ -542,9 +608,79 @@ def report_from(report: RunReport | Mapping[str, Any]) -> RunReport:
     return report if isinstance(report, RunReport) else RunReport.from_dict(report)
 
 
+@contextlib.contextmanager
+def report_lock(run_dir: Path) -> Iterator[None]:
+    """Hold the run's report lock: an exclusive `flock` on the run folder itself.
+
+    Every writer of report.json (the worker, the supervisor, a re-score, a rename, MLflow)
+    reads, changes and writes it under this lock, so none of them writes back a copy read
+    before another's change. The folder, not report.json, is locked: an atomic write replaces
+    the file's inode, and a lock file would be one more file in the user's `--out`. The kernel
+    drops the lock when its holder dies, even on SIGKILL. Not re-entrant: a holder calls
+    `_write_unlocked`, never `write_report`.
+    """
+    import fcntl
+
+    folder = Path(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _write_unlocked(run_dir: Path, report: RunReport | Mapping[str, Any]) -> dict[str, Any]:
+    data = report_from(report).to_dict()
+    rundir.write_json_atomic(Path(run_dir) / rundir.REPORT, data)
+    return data
+
+
 def write_report(run_dir: Path, report: RunReport | Mapping[str, Any]) -> None:
-    """Write `run_dir/report.json` atomically: the one place report.json is serialised."""
-    rundir.write_json_atomic(Path(run_dir) / rundir.REPORT, report_from(report).to_dict())
+    """Write `run_dir/report.json` whole and atomically, under the report lock.
+
+    For a new report only: a change to an existing one goes through `update_report`, which
+    reads the current file under the same lock.
+    """
+    with report_lock(run_dir):
+        _write_unlocked(run_dir, report)
+
+
+ReportChange = Callable[[dict[str, Any]], "RunReport | Mapping[str, Any] | None"]
+
+
+def update_report(
+    run_dir: Path, change: ReportChange, *, create: bool = False
+) -> dict[str, Any] | None:
+    """Read report.json, apply `change`, and write the result, all under the report lock.
+
+    Args:
+        run_dir: the run folder.
+        change: called with the current report as a dict (read through `RunReport`, so in
+            this version's schema); it changes the dict in place and returns None, or
+            returns the new report.
+        create: when report.json does not exist yet, call `change` with `{}` (the worker
+            opening a new run) instead of doing nothing.
+
+    Returns:
+        The report as written (a dict), or None when there was no report and not `create`.
+
+    Raises:
+        QuantLensError: the current report is not readable (see `read_report`).
+    """
+    with report_lock(run_dir):
+        if (Path(run_dir) / rundir.REPORT).is_file():
+            current = read_report(run_dir).to_dict()
+        elif create:
+            current = {}
+        else:
+            return None
+        changed = change(current)
+        return _write_unlocked(run_dir, current if changed is None else changed)
 
 
 def read_report(run_dir: Path) -> RunReport:

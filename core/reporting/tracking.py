@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from core.inputs import rundir
-from core.reporting.runmodel import RunReport, Variant, read_report, write_report
+from core.reporting.runmodel import RunReport, Variant, read_report, update_report
 
 EXPERIMENT = "QuantLens"
 EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"  # MLflow's own variable names another experiment
@@ -135,6 +135,7 @@ def log_finished_run(run_dir: Path, uri: str, *, status: str | None = None) -> d
     report = read_report(run_dir)
     if status is not None:
         report = replace(report, run=replace(report.run, status=status))
+    warning = None
     try:
         entry = _log(run_dir, report, uri)
     except Exception as exc:  # any failure of the tracking side; the run itself is complete
@@ -145,8 +146,16 @@ def log_finished_run(run_dir: Path, uri: str, *, status: str | None = None) -> d
             f"MLflow logging to {uri} failed: {entry['error']}; the run's results are complete "
             f"in its folder (check that {fix})"
         )
-        report = replace(report, warnings=(*report.warnings, warning))
-    write_report(run_dir, replace(report, extra={**report.extra, "tracking": entry}))
+
+    # Logging takes seconds: the outcome joins the report as it is now, not as it was read.
+    def note(current: dict[str, Any]) -> None:
+        if status is not None:
+            current["run"]["status"] = status
+        if warning is not None:
+            current["warnings"] = [*current.get("warnings", []), warning]
+        current["tracking"] = entry
+
+    update_report(run_dir, note)
     return entry
 
 

@@ -245,3 +245,33 @@ def test_rescoring_a_tracked_run_adds_its_variant_to_the_same_mlflow_run(
     )
     tags = client.get_run(first["run_id"]).data.tags
     assert tags["quantlens.variants"] == ",".join(v["name"] for v in _report(out)["variants"])
+
+
+@pytest.mark.slow
+def test_rescore_refuses_calibration_images_that_changed_since_the_run(tmp_path: Path) -> None:
+    """A run calibrated on --calibration-data records that set's content hash; after one of
+    its images is edited, a re-score refuses in one line instead of calibrating the new
+    variant on other images than its siblings."""
+    from PIL import Image
+
+    model = build_outlier_model(tmp_path / "outlier")
+    data = _write_images(tmp_path / "data")
+    calibration = _write_images(tmp_path / "calibration")
+    out = tmp_path / "out"
+    done = run_cli(
+        "run", str(model), "--data", str(data), "--modes", "int8", "--preprocess", "unit",
+        "--calibration-data", str(calibration.parent), "--calibration-samples", "8",
+        "--latency-runs", "3", "--out", str(out), home=tmp_path,
+    )  # fmt: skip
+    assert done.returncode in (0, 1), done.stderr
+    recorded = _report(out)["calibration"]
+    assert recorded["source"] == "separate" and len(recorded["sha256"]) == 64
+    Image.new("RGB", (16, 16), (0, 0, 255)).save(calibration.parent / "5.png")  # one edited
+    done = run_cli("rescore", str(out), "--variant", "int8", "--keep-float", "wide", home=tmp_path)
+    assert done.returncode == 2
+    last = done.stderr.strip().splitlines()[-1]
+    assert "the calibration data (--calibration-data) changed since this run was made" in last
+    by_name = {v["name"]: v for v in _report(out)["variants"]}
+    assert by_name["int8:keep=wide"]["status"] == "failed"
+    assert by_name["int8"]["status"] == "done" and _report(out)["run"]["status"] == "done"
+    assert not (out / "int8:keep=wide.tflite").exists()

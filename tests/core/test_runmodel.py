@@ -46,9 +46,14 @@ def _written(run_dir: Path) -> dict[str, Any]:
     return data
 
 
+def _sparse(dense: list[list[int]]) -> dict[str, Any]:
+    cells = [[i, j, n] for i, row in enumerate(dense) for j, n in enumerate(row) if n != 0]
+    return {"classes": len(dense), "cells": cells}
+
+
 def test_the_fixture_is_a_schema_1_report() -> None:
     assert _raw()["schema_version"] == 1
-    assert SCHEMA_VERSION == 2
+    assert SCHEMA_VERSION == 3
 
 
 def test_a_schema_1_report_opens_with_its_names_and_numbers(tmp_path: Path) -> None:
@@ -78,8 +83,14 @@ def test_rewriting_a_schema_1_report_changes_only_its_version(tmp_path: Path) ->
     raw = _raw()
     write_report(run, read_report(run))
     out = _written(run)
-    assert out.pop("schema_version") == 2
+    assert out.pop("schema_version") == 3
     raw.pop("schema_version")
+    for new, old in zip(out["variants"], raw["variants"], strict=True):
+        # Schema 3 keeps only the non-zero cells of the dense rows schema 1 wrote.
+        dense = old["flip_matrix"]
+        old["flip_matrix"] = None if dense is None else _sparse(dense)
+        assert new["flip_matrix"] == old["flip_matrix"]
+    assert any(v["flip_matrix"] and v["flip_matrix"]["cells"] for v in raw["variants"])
     assert out == raw  # same keys, same values
     assert list(out) == list(raw)  # and in the same order
     for new, old in zip(out["variants"], raw["variants"], strict=True):
@@ -150,6 +161,9 @@ def test_unknown_keys_survive_a_rewrite(tmp_path: Path) -> None:
     out = _written(run)
     out.pop("schema_version")
     raw.pop("schema_version")
+    for entry in raw["variants"]:
+        if entry["flip_matrix"] is not None:
+            entry["flip_matrix"] = _sparse(entry["flip_matrix"])
     assert out == raw
 
 
@@ -169,7 +183,7 @@ def test_a_newer_schema_is_refused_in_one_line(tmp_path: Path) -> None:
     raw = _raw()
     raw["schema_version"] = SCHEMA_VERSION + 1
     (run / "report.json").write_text(json.dumps(raw), encoding="utf-8")
-    with pytest.raises(QuantLensError, match=r"^report.json has schema 3, newer .*; upgrade"):
+    with pytest.raises(QuantLensError, match=r"^report.json has schema 4, newer .*; upgrade"):
         read_report(run)
 
 
@@ -195,8 +209,13 @@ def test_a_pending_variant_has_the_keys_of_a_schema_1_entry() -> None:
 def test_a_variant_reads_like_its_entry() -> None:
     entry = _raw()["variants"][3]
     variant = Variant.from_dict(entry)
-    assert dict(variant) == entry
+    # The dense flip rows of schema 1 read as the sparse matrix this version writes.
+    assert dict(variant) == {**entry, "flip_matrix": _sparse(entry["flip_matrix"])}
     assert variant["top1_agreement_ci95"] == entry["top1_agreement_ci95"]
+    flips = variant.result.flip_matrix
+    assert flips is not None
+    assert flips.rows() == entry["flip_matrix"]
+    assert flips.total == sum(map(sum, entry["flip_matrix"])) > 0
 
 
 def test_report_html_of_a_schema_1_run_shows_its_numbers(tmp_path: Path) -> None:
@@ -236,6 +255,9 @@ def test_a_report_missing_keys_is_rewritten_with_the_keys_it_had(tmp_path: Path)
     (run / "report.json").write_text(json.dumps(raw), encoding="utf-8")
     write_report(run, read_report(run))
     out = _written(run)
-    assert out.pop("schema_version") == 2
+    assert out.pop("schema_version") == 3
     raw.pop("schema_version")
+    for entry in raw["variants"]:
+        if entry["flip_matrix"] is not None:
+            entry["flip_matrix"] = _sparse(entry["flip_matrix"])
     assert out == raw

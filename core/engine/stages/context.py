@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,14 +19,19 @@ ProgressFn = Callable[[ProgressEvent], None]
 
 
 class ReportFile:
-    """report.json of the run, held as a dict and rewritten atomically on every `save()`.
+    """report.json of the run, held as a dict and saved after every step.
 
     The report's shape belongs to core.reporting.report; this only keeps it on disk, current.
+    Other writers may change the file while the worker runs (a rename, the supervisor), so a
+    save merges: under the report lock it applies their changes since the last save to this
+    copy, then writes it (core.reporting.report_merge).
     """
 
     def __init__(self, path: Path, data: dict[str, Any]) -> None:
         self.path = path
         self.data = data
+        # The report as this worker last read or wrote it: what other writers changed since.
+        self._base: dict[str, Any] = _snapshot(data)
 
     @classmethod
     def open(cls, run_dir: Path) -> ReportFile:
@@ -35,10 +41,18 @@ class ReportFile:
 
     def save(self) -> None:
         from core.reporting.report import fill_float32_reductions
-        from core.reporting.runmodel import write_report
+        from core.reporting.report_merge import merge_into
+        from core.reporting.runmodel import update_report
 
         fill_float32_reductions(self.data)
-        write_report(self.path.parent, self.data)
+
+        def merged(current: dict[str, Any]) -> dict[str, Any]:
+            if current:  # no file yet (a new run): nothing to merge
+                merge_into(self.data, self._base, current)
+            return self.data
+
+        update_report(self.path.parent, merged, create=True)
+        self._base = _snapshot(self.data)
 
     def variant(self, name: str) -> dict[str, Any]:
         return next(v for v in self.data["variants"] if v["name"] == name)
@@ -53,6 +67,12 @@ class ReportFile:
         """The float32 TFLite variant quantized variants are split against, if the run has one."""
         pivot: str | None = self.data.get("pivot")
         return pivot
+
+
+def _snapshot(data: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of a JSON object (a round trip through the C encoder: fast, and exactly
+    what comparing with the file needs)."""
+    return json.loads(json.dumps(data))  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)

@@ -225,6 +225,8 @@ def decode_pool(
 
 def write_calibration_record(run: RunContext, plan: CalibrationPlan, used: list[Sample]) -> None:
     """calibration.csv (the images used) and report.json's `calibration` section."""
+    from core.inputs.datasets import dataset_sha256
+
     write_csv(
         run.run_dir / CALIBRATION_LIST,
         {"index": [s.index for s in used], "relpath": [s.relpath for s in used]},
@@ -238,6 +240,8 @@ def write_calibration_record(run: RunContext, plan: CalibrationPlan, used: list[
         "held_out": plan.held_out,
         "evaluable": len(plan.evaluable),
         "path": run.job.calibration_data,
+        # A content hash of --calibration-data, as the data set's: a re-score checks it.
+        "sha256": None if run.calibration_data is None else dataset_sha256(run.calibration_data),
         "file": CALIBRATION_LIST,
     }
     if plan.source != NO_CALIBRATION and len(used) < run.job.calibration_samples:

@@ -53,7 +53,12 @@ def open_run(
     specs += derived_specs(report.data, specs)
     sha = model_sha256(inputs.model_path)
     if report.data:
-        require_same_inputs(report.data, model_sha=sha, dataset=inputs.dataset)
+        require_same_inputs(
+            report.data,
+            model_sha=sha,
+            dataset=inputs.dataset,
+            calibration_data=inputs.calibration_data,
+        )
     if not report.data:
         report.data = new_report(
             job, run_dir, inputs, model, sha, specs, {s.name for s in selected}
@@ -109,12 +114,20 @@ def derived_specs(
     )
 
 
-def require_same_inputs(report: dict[str, Any], *, model_sha: str, dataset: Dataset) -> None:
-    """A reopened run (a restarted worker, a re-score) must see the model and images it was
-    scored on, or its new variant would be compared on other images than the finished ones.
+def require_same_inputs(
+    report: dict[str, Any],
+    *,
+    model_sha: str,
+    dataset: Dataset,
+    calibration_data: Dataset | None = None,
+) -> None:
+    """A reopened run (a restarted worker, a re-score) must see the model, images and
+    calibration images it was scored on, or its new variant would be compared on other images
+    than the finished ones, or calibrated on others.
 
     Raises:
-        QuantLensError: the model file or the data set changed since the run was made.
+        QuantLensError: the model file, the data set or the --calibration-data set changed
+            since the run was made.
     """
     from core.errors import QuantLensError
     from core.inputs.datasets import dataset_sha256
@@ -127,6 +140,15 @@ def require_same_inputs(report: dict[str, Any], *, model_sha: str, dataset: Data
         raise QuantLensError(
             "the data set changed since this run was made (images or labels differ); start a "
             "new run to score it"
+        )
+    # Recorded by the decode stage (core.engine.stages.decode.write_calibration_record).
+    calibrated_on = (report.get("calibration") or {}).get("sha256")
+    if calibrated_on is not None and (
+        calibration_data is None or dataset_sha256(calibration_data) != calibrated_on
+    ):
+        raise QuantLensError(
+            "the calibration data (--calibration-data) changed since this run was made; start "
+            "a new run to calibrate on it"
         )
 
 
