@@ -160,15 +160,17 @@ elif fix.get("error"):
 # -- keep layers in float and re-score, on the run's own images -------------------------------
 
 
-def keras_layers(rows: list[dict[str, str]]) -> list[str]:
-    """The Keras layer names of the table's ops, in the order given (each once); the rows an
-    op names in parentheses, such as the model output, are not layers."""
+def keras_layers(rows: list[dict[str, str]], kept: tuple[str, ...] = ()) -> list[str]:
+    """The Keras layer names of the table's ops, in the order given (each once), then the layers
+    `kept` in float that no row names: a derived variant's table has no row for an op it keeps
+    in float (nothing of it is quantized), yet those layers are its selection. The rows an op
+    names in parentheses, such as the model output, are not layers."""
     names: list[str] = []
     for row in rows:
         for name in [row["layer"], *(row.get("layers") or "").split("+")]:
             if name and not name.startswith("(") and name not in names:
                 names.append(name)
-    return names
+    return names + [layer for layer in kept if layer not in names]
 
 
 def rescore_controls(res: RunResults, entry: Variant, ranked: list[dict[str, str]]) -> None:
@@ -177,9 +179,11 @@ def rescore_controls(res: RunResults, entry: Variant, ranked: list[dict[str, str
     st.subheader("Keep in float and re-score")
     chosen = st.multiselect(
         "Keep in float",
-        keras_layers(ranked),
+        keras_layers(ranked, entry.identity.float_layers),
         default=list(entry.identity.float_layers),
-        key=f"{keys.LAYERS_KEEP_FLOAT}.{parent}",
+        # One selection per variant shown: a derived variant opens on its own float layers,
+        # not on what was picked on its parent.
+        key=f"{keys.LAYERS_KEEP_FLOAT}.{entry.name}",
         help="Keras layers, most suspect first. The re-score converts "
         f"{parent} again with these layers in float and evaluates it on this run's images.",
     )
