@@ -31,6 +31,7 @@ from core.engine.models import ReferenceModel
 from core.engine.quantizer import layers_in_tensor_name
 from core.errors import ConversionFailed
 from core.inputs.rundir import write_atomic
+from core.reporting import layer_rank
 from core.types import Backend, Mode, VariantSpec
 
 # Images each statistic is computed on, per set (calibration, flipped): the debugger costs about
@@ -411,56 +412,35 @@ def _main_layer(tensor_name: str) -> str:
     return layers[-1] if layers else OUTPUT_LAYER
 
 
-def _score(error: TensorError, by: str) -> float:
-    if by == "rmse/scale":
-        return error.rmse_per_scale if error.rmse_per_scale is not None else -1.0
-    return 1.0 - error.cosine if error.cosine is not None else -1.0
-
-
 def ranking_rule(rows: list[LayerRow]) -> str:
     """rmse/scale when the variant quantizes activations; otherwise 1 − cosine similarity
-    (float16 and dynamic-range tensors carry no activation scale). Ops kept in float have no
-    scale and are not ranked by rmse/scale."""
-    if any(r.calibration.rmse_per_scale is not None for r in rows):
-        return "rmse/scale"
-    return "1 - cosine"
+    (core.reporting.layer_rank.ranking_rule, on the table these rows make)."""
+    return layer_rank.ranking_rule(table_rows(rows))
 
 
 def suspects(rows: list[LayerRow], *, count: int = TOP_SUSPECTS) -> list[LayerRow]:
-    """The rows with the largest error on the flipped images (the calibration images when the
-    variant flipped none): a layer whose error jumps where the answer flipped is the suspect."""
-    by = ranking_rule(rows)
+    """The `count` best-ranked rows (core.reporting.layer_rank: the largest error on the flipped
+    images, the calibration images' when the variant flipped none) with an error above zero."""
+    table = table_rows(rows)
+    by = layer_rank.ranking_rule(table)
+    ranks = layer_rank.op_ranks(table, ranked_by=by)
+    by_order = {str(row.order): row for row in rows}
+    found = [
+        by_order[str(r["order"])]
+        for r in layer_rank.ranked_rows(table, ranks)
+        if str(r["order"]) in ranks and (layer_rank.statistic(r, ranked_by=by) or 0.0) > 0
+    ]
+    return found[:count]
 
-    def key(row: LayerRow) -> float:
-        return _score(row.flipped or row.calibration, by)
 
-    ranked = sorted(rows, key=key, reverse=True)
-    return [r for r in ranked if key(r) > 0][:count]
-
-
-def candidate_layers(table: Path, count: int) -> list[str]:
-    """The `count` Keras layers a `<variant>.layers.csv` ranks worst, for the sensitivity scan.
-
-    Ranked as the suspects are (the flipped images' error when there is one, else the
-    calibration images'); each layer once, the model output row left out (it is no layer).
-    """
+def statistic_ranks(table: Path) -> dict[str, int]:
+    """Keras layer -> its rank by the statistics in a `<variant>.layers.csv` (the rank of its
+    best-ranked op, as the Layers page shows it), most suspect first; the model output row is
+    no layer. The sensitivity scan records it as each candidate's `stat_rank`."""
     with table.open(encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    by_scale = any(r["rmse_per_scale"] for r in rows)
-
-    def score(row: dict[str, str]) -> float:
-        prefix = "flipped_" if row[f"flipped_{'rmse_per_scale' if by_scale else 'cosine'}"] else ""
-        if by_scale:
-            value = row[f"{prefix}rmse_per_scale"]
-            return float(value) if value else -1.0
-        value = row[f"{prefix}cosine"]
-        return 1.0 - float(value) if value else -1.0
-
-    layers: list[str] = []
-    for row in sorted(rows, key=score, reverse=True):
-        if row["layer"] != OUTPUT_LAYER and score(row) >= 0 and row["layer"] not in layers:
-            layers.append(row["layer"])
-    return layers[:count]
+    by = layer_rank.ranking_rule(rows)
+    return layer_rank.layer_ranks(rows, layer_rank.table_ranks(rows, ranked_by=by))
 
 
 def _suspect(row: LayerRow) -> dict[str, Any]:
@@ -491,31 +471,43 @@ LAYER_COLUMNS = (
     "flipped_max_abs_error",
     "flipped_cosine",
     "tensor_name",
+    layer_rank.STAT_RANK,  # last: core.reporting.layer_rank's rank of the op, "" when unranked
 )
 
 
+def table_rows(rows: list[LayerRow]) -> list[dict[str, str]]:
+    """The rows as `<variant>.layers.csv` holds them (text cells, "" where a value is missing),
+    without the rank."""
+    empty = TensorError(None, None, None, None)
+    table = []
+    for row in rows:
+        flip = row.flipped or empty
+        cells = [
+            str(row.order),
+            row.layer,
+            "+".join(row.layers),
+            row.op,
+            "x".join(str(d) for d in row.shape),
+            _cell(row.scale),
+            "" if row.zero_point is None else str(row.zero_point),
+            *(_cell(v) for v in astuple_error(row.calibration)),
+            *(_cell(v) for v in astuple_error(flip)),
+            row.tensor_name,
+        ]
+        table.append(dict(zip(LAYER_COLUMNS, cells, strict=False)))
+    return table
+
+
 def layers_csv(rows: list[LayerRow]) -> str:
-    """The `<variant>.layers.csv` text: one row per op, empty cells where a value is missing."""
+    """The `<variant>.layers.csv` text: one row per op, empty cells where a value is missing,
+    and each op's rank by the statistics (core.reporting.layer_rank; empty when unranked)."""
+    table = table_rows(rows)
+    ranks = layer_rank.op_ranks(table, ranked_by=layer_rank.ranking_rule(table))
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(LAYER_COLUMNS)
-    empty = TensorError(None, None, None, None)
-    for row in rows:
-        flip = row.flipped or empty
-        writer.writerow(
-            [
-                row.order,
-                row.layer,
-                "+".join(row.layers),
-                row.op,
-                "x".join(str(d) for d in row.shape),
-                _cell(row.scale),
-                "" if row.zero_point is None else row.zero_point,
-                *(_cell(v) for v in astuple_error(row.calibration)),
-                *(_cell(v) for v in astuple_error(flip)),
-                row.tensor_name,
-            ]
-        )
+    for row in table:
+        writer.writerow([*row.values(), ranks.get(row["order"], "")])
     return out.getvalue()
 
 
