@@ -27,8 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from core.engine.flatbuffer import op_outputs, tensor_shapes
 from core.engine.models import ReferenceModel
-from core.engine.quantizer import layers_in_tensor_name
+from core.engine.quantizer import keras3_scopes, layers_in_tensor_name
 from core.errors import ConversionFailed
 from core.inputs.rundir import write_atomic
 from core.reporting import layer_rank
@@ -209,11 +210,10 @@ def _converter_rows(
     on_flipped: dict[int, dict[str, str]] = {}
     if len(flipped):
         progress(0.6, f"{spec.name}: per-layer error on {len(flipped)} flipped images")
-        # The debugger reads its images through this attribute at every run(); swapping it
-        # re-measures without calibrating again.
-        debugger._data_gen = _batches_of_one(flipped)
-        on_flipped = _debugger_stats(debugger)
-    details = debugger._quant_interpreter
+        on_flipped = _debugger_stats(_debugger_on(debugger, flipped))
+    # The stats' tensor indices are those of the debugger's instrumented model.
+    shapes = tensor_shapes(debugger.quant_model)
+    keras3 = keras3_scopes(name for _, name in op_outputs(debugger.calibrated_model))
     rows = []
     for order, (index, stats) in enumerate(sorted(on_calibration.items())):
         name = stats["tensor_name"]
@@ -221,11 +221,11 @@ def _converter_rows(
         rows.append(
             LayerRow(
                 order=order,
-                layer=_main_layer(name),
-                layers=tuple(layers_in_tensor_name(name)),
+                layer=_main_layer(name, keras3=keras3),
+                layers=tuple(layers_in_tensor_name(name, keras3=keras3)),
                 tensor_name=name,
                 op=stats["op_name"],
-                shape=tuple(int(d) for d in details._get_tensor_details(index, 0)["shape"]),
+                shape=shapes[index],
                 scale=float(stats["scale"]),
                 zero_point=int(float(stats["zero_point"])),
                 calibration=_debugger_error(stats),
@@ -233,6 +233,18 @@ def _converter_rows(
             )
         )
     return rows
+
+
+def _debugger_on(debugger: Any, images: np.ndarray) -> Any:
+    """A debugger measuring the same instrumented model (`quant_model`: calibrated, with the
+    same options) on other images, without calibrating again."""
+    import tensorflow as tf
+
+    return tf.lite.experimental.QuantizationDebugger(
+        quant_debug_model_content=debugger.quant_model,
+        debug_dataset=_batches_of_one(images),
+        debug_options=debugger.options,
+    )
 
 
 def _debugger_stats(debugger: Any) -> dict[int, dict[str, str]]:
@@ -277,6 +289,7 @@ def _quantizer_rows(
         progress(0.5, f"per-tensor comparison on {len(flipped)} flipped images")
         on_flipped = tensor_comparison(float_tflite, tflite, flipped, names)
     quantization = _tensor_quantization(tflite)
+    keras3 = keras3_scopes(names)
     rows: list[LayerRow] = []
     for op, name, shape in ops:
         if name not in on_calibration:
@@ -286,8 +299,8 @@ def _quantizer_rows(
         rows.append(
             LayerRow(
                 order=len(rows),
-                layer=_main_layer(name),
-                layers=tuple(layers_in_tensor_name(name)),
+                layer=_main_layer(name, keras3=keras3),
+                layers=tuple(layers_in_tensor_name(name, keras3=keras3)),
                 tensor_name=name,
                 op=op,
                 shape=shape,
@@ -405,10 +418,10 @@ def _quantizer_error(stats: dict[str, float], scale: float | None) -> TensorErro
 # -- naming, ranking, the table ---------------------------------------------------------------
 
 
-def _main_layer(tensor_name: str) -> str:
+def _main_layer(tensor_name: str, *, keras3: bool) -> str:
     """The layer an op computes: TF lists a fused op's scopes activation first, the layer that
     owns the op (conv, dense) last. The model's output tensor carries no layer scope."""
-    layers = layers_in_tensor_name(tensor_name)
+    layers = layers_in_tensor_name(tensor_name, keras3=keras3)
     return layers[-1] if layers else OUTPUT_LAYER
 
 
