@@ -64,6 +64,8 @@ def test_keep_float_by_a_bare_name_keeps_exactly_that_op(tmp_path: Path) -> None
         str(data),
         "--modes",
         "int8,int8:keep=conv2d",
+        "--backend",
+        "both",  # the converter's denylist and the quantizer's recipe regex alike
         "--preprocess",
         "unit",
         "--latency-runs",
@@ -73,25 +75,26 @@ def test_keep_float_by_a_bare_name_keeps_exactly_that_op(tmp_path: Path) -> None
         home=tmp_path,
     )
     assert done.returncode in (0, 1), done.stderr[-2000:]
-    # Independently, from the flatbuffer: which conv computes in float.
-    convs = {
-        _scope(tensor): output
-        for op, output, _, tensor in _ops((out / "int8:keep=conv2d.tflite").read_bytes())
-        if op == "CONV_2D"
-    }
-    assert convs == {"conv2d": "FLOAT32", "conv2d_1": "INT8"}
-    plain = {
-        _scope(tensor): output
-        for op, output, _, tensor in _ops((out / "int8.tflite").read_bytes())
-        if op == "CONV_2D"
-    }
-    assert plain == {"conv2d": "INT8", "conv2d_1": "INT8"}
-    # report.json records the ops kept in float, for every variant.
     by_name = {v["name"]: v for v in json.loads((out / "report.json").read_text())["variants"]}
-    kept = by_name["int8:keep=conv2d"]["float_ops"]
-    assert [(o["op"], _scope(o["tensor"])) for o in kept] == [("CONV_2D", "conv2d")]
-    assert by_name["int8"]["float_ops"] == []
-    assert any("raw op scopes" in w for w in by_name["int8:keep=conv2d"]["warnings"])
+    for plain_name, kept_name in (("int8", "int8:keep=conv2d"), ("int8_q", "int8_q:keep=conv2d")):
+        # Independently, from the flatbuffer: which conv computes in float.
+        convs = {
+            _scope(tensor): output
+            for op, output, _, tensor in _ops((out / f"{kept_name}.tflite").read_bytes())
+            if op == "CONV_2D"
+        }
+        assert convs == {"conv2d": "FLOAT32", "conv2d_1": "INT8"}, kept_name
+        plain = {
+            _scope(tensor): output
+            for op, output, _, tensor in _ops((out / f"{plain_name}.tflite").read_bytes())
+            if op == "CONV_2D"
+        }
+        assert plain == {"conv2d": "INT8", "conv2d_1": "INT8"}, plain_name
+        # report.json records the ops kept in float, for every variant.
+        kept = by_name[kept_name]["float_ops"]
+        assert [(o["op"], _scope(o["tensor"])) for o in kept] == [("CONV_2D", "conv2d")]
+        assert by_name[plain_name]["float_ops"] == []
+        assert any("raw op scopes" in w for w in by_name[kept_name]["warnings"])
     # The per-layer table names both convolutions by their own names.
     with (out / "int8.layers.csv").open(encoding="utf-8") as f:
         layers = {row["layer"] for row in csv.DictReader(f)}
