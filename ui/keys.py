@@ -95,6 +95,6 @@ DOWNLOADS = "downloads"
 
 # layers
 LAYERS_VARIANT = "layers.variant"
-LAYERS_KEEP_FLOAT = "layers.keep_float"  # + ".<parent variant>": the layers chosen for it
+LAYERS_KEEP_FLOAT = "layers.keep_float"  # + ".<variant>": the layers chosen on its page
 LAYERS_RESCORE_ERROR = "layers.rescore_error"  # why the last re-score could not start
 LAYERS_DETAIL = "layers.detail"  # + ".<variant>": the layer whose details are shown

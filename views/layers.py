@@ -7,12 +7,13 @@ import streamlit as st
 
 from core.errors import QuantLensError
 from core.jobs import launch as jobs
+from core.reporting import layer_rank
 from core.reporting.layer_figures import (
     activation_histogram_figure,
     autofix_path_figure,
-    layer_error,
     layer_error_figure,
 )
+from core.reporting.layer_rank import layer_error
 from core.reporting.model_explorer import node_data_json
 from core.reporting.report import chosen_step
 from core.reporting.results import RunResults
@@ -77,17 +78,17 @@ fix = entry.extra.get("auto_fix") or {}
 measured = {m["layer"]: (rank, m) for rank, m in enumerate(fix.get("sensitivity") or [], 1)}
 
 
-def _stat_error(row: dict[str, str]) -> float | None:
-    flipped = layer_error(row, ranked_by=ranked_by, flipped=True)
-    return flipped if flipped is not None else layer_error(row, ranked_by=ranked_by, flipped=False)
+# The diagnosis's own ranking (the table's stat_rank column, core.reporting.layer_rank), the one
+# report.json's suspects and auto-fix `stat_rank` come from.
+stat_rank = layer_rank.table_ranks(rows, ranked_by=ranked_by)
+ranked_rows = [dict(r) for r in layer_rank.ranked_rows(rows, stat_rank)]
 
 
-scored = sorted(
-    (r for r in rows if _stat_error(r) is not None), key=lambda r: -(_stat_error(r) or 0)
-)
-stat_rank = {r["order"]: rank for rank, r in enumerate(scored, 1)}
+def _number(value: str | None) -> float | None:
+    return None if value in (None, "") else float(value)
+
+
 table = []
-ranked_rows = sorted(rows, key=lambda r: stat_rank.get(r["order"], len(rows) + 1))
 for row in ranked_rows:
     hit = measured.get(row["layer"])
     table.append(
@@ -102,12 +103,20 @@ for row in ranked_rows:
             "mean KL, layer in float": hit[1]["mean_kl"] if hit else None,
             "agreement %, layer in float": hit[1]["agreement_pct"] if hit else None,
             "shape": row["shape"],
-            "scale": row["scale"],
-            "zero point": row["zero_point"],
+            "scale": _number(row["scale"]),
+            "zero point": _number(row["zero_point"]),
         }
     )
 st.subheader("Ranked layers")
-st.dataframe(table, hide_index=True, key="layers.table")
+# Integers in a column with a gap become floats: shown without ".0", and "—" in empty cells.
+whole = st.column_config.NumberColumn(format="%d")
+st.dataframe(
+    table,
+    hide_index=True,
+    key="layers.table",
+    placeholder=widgets.EMPTY_CELL,
+    column_config={"rank by statistics": whole, "rank measured": whole, "zero point": whole},
+)
 st.caption(
     "Rank by statistics: the error on the flipped images (calibration when none flipped). "
     + (
@@ -160,15 +169,17 @@ elif fix.get("error"):
 # -- keep layers in float and re-score, on the run's own images -------------------------------
 
 
-def keras_layers(rows: list[dict[str, str]]) -> list[str]:
-    """The Keras layer names of the table's ops, in the order given (each once); the rows an
-    op names in parentheses, such as the model output, are not layers."""
+def keras_layers(rows: list[dict[str, str]], kept: tuple[str, ...] = ()) -> list[str]:
+    """The Keras layer names of the table's ops, in the order given (each once), then the layers
+    `kept` in float that no row names: a derived variant's table has no row for an op it keeps
+    in float (nothing of it is quantized), yet those layers are its selection. The rows an op
+    names in parentheses, such as the model output, are not layers."""
     names: list[str] = []
     for row in rows:
         for name in [row["layer"], *(row.get("layers") or "").split("+")]:
             if name and not name.startswith("(") and name not in names:
                 names.append(name)
-    return names
+    return names + [layer for layer in kept if layer not in names]
 
 
 def rescore_controls(res: RunResults, entry: Variant, ranked: list[dict[str, str]]) -> None:
@@ -177,9 +188,11 @@ def rescore_controls(res: RunResults, entry: Variant, ranked: list[dict[str, str
     st.subheader("Keep in float and re-score")
     chosen = st.multiselect(
         "Keep in float",
-        keras_layers(ranked),
+        keras_layers(ranked, entry.identity.float_layers),
         default=list(entry.identity.float_layers),
-        key=f"{keys.LAYERS_KEEP_FLOAT}.{parent}",
+        # One selection per variant shown: a derived variant opens on its own float layers,
+        # not on what was picked on its parent.
+        key=f"{keys.LAYERS_KEEP_FLOAT}.{entry.name}",
         help="Keras layers, most suspect first. The re-score converts "
         f"{parent} again with these layers in float and evaluates it on this run's images.",
     )
@@ -220,8 +233,8 @@ def model_explorer_download(
     )
 
 
-def _number(value: str | None) -> str:
-    return "—" if value in (None, "") else f"{float(value):.6g}"
+def _metric_number(value: str | None) -> str:
+    return widgets.EMPTY_CELL if value in (None, "") else f"{float(value):.6g}"
 
 
 def layer_details(res: RunResults, name: str, ranked: list[dict[str, str]]) -> None:
@@ -239,7 +252,7 @@ def layer_details(res: RunResults, name: str, ranked: list[dict[str, str]]) -> N
     op = ((details or {}).get("ops") or {}).get(order) or {}
     low, high = op.get("weight_min"), op.get("weight_max")
     cols = st.columns(3)
-    cols[0].metric("Scale (output)", _number(row["scale"]))
+    cols[0].metric("Scale (output)", _metric_number(row["scale"]))
     cols[1].metric("Zero point (output)", "—" if row["zero_point"] == "" else row["zero_point"])
     cols[2].metric(
         "Weight range",

@@ -27,10 +27,12 @@ from typing import Any
 
 import numpy as np
 
+from core.engine.flatbuffer import op_outputs, tensor_shapes
 from core.engine.models import ReferenceModel
-from core.engine.quantizer import layers_in_tensor_name
+from core.engine.quantizer import keras3_scopes, layers_in_tensor_name
 from core.errors import ConversionFailed
 from core.inputs.rundir import write_atomic
+from core.reporting import layer_rank
 from core.types import Backend, Mode, VariantSpec
 
 # Images each statistic is computed on, per set (calibration, flipped): the debugger costs about
@@ -208,11 +210,10 @@ def _converter_rows(
     on_flipped: dict[int, dict[str, str]] = {}
     if len(flipped):
         progress(0.6, f"{spec.name}: per-layer error on {len(flipped)} flipped images")
-        # The debugger reads its images through this attribute at every run(); swapping it
-        # re-measures without calibrating again.
-        debugger._data_gen = _batches_of_one(flipped)
-        on_flipped = _debugger_stats(debugger)
-    details = debugger._quant_interpreter
+        on_flipped = _debugger_stats(_debugger_on(debugger, flipped))
+    # The stats' tensor indices are those of the debugger's instrumented model.
+    shapes = tensor_shapes(debugger.quant_model)
+    keras3 = keras3_scopes(name for _, name in op_outputs(debugger.calibrated_model))
     rows = []
     for order, (index, stats) in enumerate(sorted(on_calibration.items())):
         name = stats["tensor_name"]
@@ -220,11 +221,11 @@ def _converter_rows(
         rows.append(
             LayerRow(
                 order=order,
-                layer=_main_layer(name),
-                layers=tuple(layers_in_tensor_name(name)),
+                layer=_main_layer(name, keras3=keras3),
+                layers=tuple(layers_in_tensor_name(name, keras3=keras3)),
                 tensor_name=name,
                 op=stats["op_name"],
-                shape=tuple(int(d) for d in details._get_tensor_details(index, 0)["shape"]),
+                shape=shapes[index],
                 scale=float(stats["scale"]),
                 zero_point=int(float(stats["zero_point"])),
                 calibration=_debugger_error(stats),
@@ -232,6 +233,18 @@ def _converter_rows(
             )
         )
     return rows
+
+
+def _debugger_on(debugger: Any, images: np.ndarray) -> Any:
+    """A debugger measuring the same instrumented model (`quant_model`: calibrated, with the
+    same options) on other images, without calibrating again."""
+    import tensorflow as tf
+
+    return tf.lite.experimental.QuantizationDebugger(
+        quant_debug_model_content=debugger.quant_model,
+        debug_dataset=_batches_of_one(images),
+        debug_options=debugger.options,
+    )
 
 
 def _debugger_stats(debugger: Any) -> dict[int, dict[str, str]]:
@@ -276,6 +289,7 @@ def _quantizer_rows(
         progress(0.5, f"per-tensor comparison on {len(flipped)} flipped images")
         on_flipped = tensor_comparison(float_tflite, tflite, flipped, names)
     quantization = _tensor_quantization(tflite)
+    keras3 = keras3_scopes(names)
     rows: list[LayerRow] = []
     for op, name, shape in ops:
         if name not in on_calibration:
@@ -285,8 +299,8 @@ def _quantizer_rows(
         rows.append(
             LayerRow(
                 order=len(rows),
-                layer=_main_layer(name),
-                layers=tuple(layers_in_tensor_name(name)),
+                layer=_main_layer(name, keras3=keras3),
+                layers=tuple(layers_in_tensor_name(name, keras3=keras3)),
                 tensor_name=name,
                 op=op,
                 shape=shape,
@@ -404,63 +418,42 @@ def _quantizer_error(stats: dict[str, float], scale: float | None) -> TensorErro
 # -- naming, ranking, the table ---------------------------------------------------------------
 
 
-def _main_layer(tensor_name: str) -> str:
+def _main_layer(tensor_name: str, *, keras3: bool) -> str:
     """The layer an op computes: TF lists a fused op's scopes activation first, the layer that
     owns the op (conv, dense) last. The model's output tensor carries no layer scope."""
-    layers = layers_in_tensor_name(tensor_name)
+    layers = layers_in_tensor_name(tensor_name, keras3=keras3)
     return layers[-1] if layers else OUTPUT_LAYER
-
-
-def _score(error: TensorError, by: str) -> float:
-    if by == "rmse/scale":
-        return error.rmse_per_scale if error.rmse_per_scale is not None else -1.0
-    return 1.0 - error.cosine if error.cosine is not None else -1.0
 
 
 def ranking_rule(rows: list[LayerRow]) -> str:
     """rmse/scale when the variant quantizes activations; otherwise 1 − cosine similarity
-    (float16 and dynamic-range tensors carry no activation scale). Ops kept in float have no
-    scale and are not ranked by rmse/scale."""
-    if any(r.calibration.rmse_per_scale is not None for r in rows):
-        return "rmse/scale"
-    return "1 - cosine"
+    (core.reporting.layer_rank.ranking_rule, on the table these rows make)."""
+    return layer_rank.ranking_rule(table_rows(rows))
 
 
 def suspects(rows: list[LayerRow], *, count: int = TOP_SUSPECTS) -> list[LayerRow]:
-    """The rows with the largest error on the flipped images (the calibration images when the
-    variant flipped none): a layer whose error jumps where the answer flipped is the suspect."""
-    by = ranking_rule(rows)
+    """The `count` best-ranked rows (core.reporting.layer_rank: the largest error on the flipped
+    images, the calibration images' when the variant flipped none) with an error above zero."""
+    table = table_rows(rows)
+    by = layer_rank.ranking_rule(table)
+    ranks = layer_rank.op_ranks(table, ranked_by=by)
+    by_order = {str(row.order): row for row in rows}
+    found = [
+        by_order[str(r["order"])]
+        for r in layer_rank.ranked_rows(table, ranks)
+        if str(r["order"]) in ranks and (layer_rank.statistic(r, ranked_by=by) or 0.0) > 0
+    ]
+    return found[:count]
 
-    def key(row: LayerRow) -> float:
-        return _score(row.flipped or row.calibration, by)
 
-    ranked = sorted(rows, key=key, reverse=True)
-    return [r for r in ranked if key(r) > 0][:count]
-
-
-def candidate_layers(table: Path, count: int) -> list[str]:
-    """The `count` Keras layers a `<variant>.layers.csv` ranks worst, for the sensitivity scan.
-
-    Ranked as the suspects are (the flipped images' error when there is one, else the
-    calibration images'); each layer once, the model output row left out (it is no layer).
-    """
+def statistic_ranks(table: Path) -> dict[str, int]:
+    """Keras layer -> its rank by the statistics in a `<variant>.layers.csv` (the rank of its
+    best-ranked op, as the Layers page shows it), most suspect first; the model output row is
+    no layer. The sensitivity scan records it as each candidate's `stat_rank`."""
     with table.open(encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    by_scale = any(r["rmse_per_scale"] for r in rows)
-
-    def score(row: dict[str, str]) -> float:
-        prefix = "flipped_" if row[f"flipped_{'rmse_per_scale' if by_scale else 'cosine'}"] else ""
-        if by_scale:
-            value = row[f"{prefix}rmse_per_scale"]
-            return float(value) if value else -1.0
-        value = row[f"{prefix}cosine"]
-        return 1.0 - float(value) if value else -1.0
-
-    layers: list[str] = []
-    for row in sorted(rows, key=score, reverse=True):
-        if row["layer"] != OUTPUT_LAYER and score(row) >= 0 and row["layer"] not in layers:
-            layers.append(row["layer"])
-    return layers[:count]
+    by = layer_rank.ranking_rule(rows)
+    return layer_rank.layer_ranks(rows, layer_rank.table_ranks(rows, ranked_by=by))
 
 
 def _suspect(row: LayerRow) -> dict[str, Any]:
@@ -491,31 +484,43 @@ LAYER_COLUMNS = (
     "flipped_max_abs_error",
     "flipped_cosine",
     "tensor_name",
+    layer_rank.STAT_RANK,  # last: core.reporting.layer_rank's rank of the op, "" when unranked
 )
 
 
+def table_rows(rows: list[LayerRow]) -> list[dict[str, str]]:
+    """The rows as `<variant>.layers.csv` holds them (text cells, "" where a value is missing),
+    without the rank."""
+    empty = TensorError(None, None, None, None)
+    table = []
+    for row in rows:
+        flip = row.flipped or empty
+        cells = [
+            str(row.order),
+            row.layer,
+            "+".join(row.layers),
+            row.op,
+            "x".join(str(d) for d in row.shape),
+            _cell(row.scale),
+            "" if row.zero_point is None else str(row.zero_point),
+            *(_cell(v) for v in astuple_error(row.calibration)),
+            *(_cell(v) for v in astuple_error(flip)),
+            row.tensor_name,
+        ]
+        table.append(dict(zip(LAYER_COLUMNS, cells, strict=False)))
+    return table
+
+
 def layers_csv(rows: list[LayerRow]) -> str:
-    """The `<variant>.layers.csv` text: one row per op, empty cells where a value is missing."""
+    """The `<variant>.layers.csv` text: one row per op, empty cells where a value is missing,
+    and each op's rank by the statistics (core.reporting.layer_rank; empty when unranked)."""
+    table = table_rows(rows)
+    ranks = layer_rank.op_ranks(table, ranked_by=layer_rank.ranking_rule(table))
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(LAYER_COLUMNS)
-    empty = TensorError(None, None, None, None)
-    for row in rows:
-        flip = row.flipped or empty
-        writer.writerow(
-            [
-                row.order,
-                row.layer,
-                "+".join(row.layers),
-                row.op,
-                "x".join(str(d) for d in row.shape),
-                _cell(row.scale),
-                "" if row.zero_point is None else row.zero_point,
-                *(_cell(v) for v in astuple_error(row.calibration)),
-                *(_cell(v) for v in astuple_error(flip)),
-                row.tensor_name,
-            ]
-        )
+    for row in table:
+        writer.writerow([*row.values(), ranks.get(row["order"], "")])
     return out.getvalue()
 
 

@@ -16,7 +16,7 @@ import json
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -138,10 +138,13 @@ def quantize_float_tflite(
     """
     from litert_quantizer import Quantizer
 
+    from core.engine.flatbuffer import op_outputs
+
     layers = layer_scopes(float_tflite)
+    keras3 = keras3_scopes(name for _, name in op_outputs(float_tflite))
     quantizer = Quantizer(bytearray(float_tflite))
     try:
-        _configure(quantizer, spec, layers)
+        _configure(quantizer, spec, layers, keras3=keras3)
         with _quantizer_output_to_stderr():
             qsvs = None
             if quantizer.need_calibration:
@@ -202,7 +205,9 @@ def _quantizer_output_to_stderr() -> Iterator[None]:
         yield
 
 
-def _configure(quantizer: Any, spec: VariantSpec, layers: dict[str, list[str]]) -> None:
+def _configure(
+    quantizer: Any, spec: VariantSpec, layers: dict[str, list[str]], *, keras3: bool
+) -> None:
     """Load the mode's recipe, then the I/O and per-layer overrides (later rules win)."""
     from litert_quantizer import recipe
     from litert_quantizer.algorithm_manager import AlgorithmName
@@ -237,12 +242,12 @@ def _configure(quantizer: Any, spec: VariantSpec, layers: dict[str, list[str]]) 
     for layer in spec.float_layers:
         _require_layer(spec, layer, layers)
         quantizer.update_quantization_recipe(
-            layer_regex(layer), every_op, algorithm_key=AlgorithmName.NO_QUANTIZE
+            layer_regex(layer, keras3=keras3), every_op, algorithm_key=AlgorithmName.NO_QUANTIZE
         )
     for layer in spec.int16_layers:
         _require_layer(spec, layer, layers)
         quantizer.add_static_config(
-            layer_regex(layer), every_op, activation_num_bits=16, weight_num_bits=8
+            layer_regex(layer, keras3=keras3), every_op, activation_num_bits=16, weight_num_bits=8
         )
 
 
@@ -250,41 +255,69 @@ def layer_scopes(float_tflite: bytes) -> dict[str, list[str]]:
     """Keras layer name -> output tensor names of the ops it produced, in the float model.
 
     A fused op (conv + batch norm + ReLU6) names every layer it fused, so it belongs to each.
+    The names follow the model's scope convention (keras3_scopes).
     """
-    from ai_edge_litert.tools import flatbuffer_utils
+    from core.engine.flatbuffer import op_outputs
 
-    model = flatbuffer_utils.read_model_from_bytearray(bytearray(float_tflite))
-    graph = model.subgraphs[0]
+    names = [name for _, name in op_outputs(float_tflite)]
+    keras3 = keras3_scopes(names)
     found: dict[str, list[str]] = {}
-    for op in graph.operators:
-        for index in op.outputs:
-            name = _text(graph.tensors[index].name)
-            for layer in layers_in_tensor_name(name):
-                found.setdefault(layer, []).append(name)
+    for name in names:
+        for layer in layers_in_tensor_name(name, keras3=keras3):
+            found.setdefault(layer, []).append(name)
     return found
 
 
-def layers_in_tensor_name(name: str) -> list[str]:
+def _scope_components(name: str, *, outer: bool = False) -> list[str]:
+    """The components of a tensor name between the model's own scope (first) and the TF op
+    (last), for each `;`-joined part: the layer scopes (only the outermost with `outer`)."""
+    return [c for part in name.split(";") for c in part.split("/")[1:-1][: 1 if outer else None]]
+
+
+def keras3_scopes(names: Iterable[str]) -> bool:
+    """Whether these op output names follow Keras 3's scopes, `<layer>_<n>` for every layer
+    (conv2d -> conv2d_1, conv2d_1 -> conv2d_1_2), one scope per layer.
+
+    Not so for bare names (tf.keras 2 exports, a plain tf.Module's name scopes: conv2d and
+    conv2d_1 side by side), where stripping the suffix would report conv2d_1 as conv2d and drop
+    conv2d: there the scope names are the layer names as they are.
+    """
+    layer_of: dict[str, str] = {}
+    for name in names:
+        # The scope right under the model's is a layer's (deeper ones may be TF's own, such as
+        # a batch norm's `batchnorm`).
+        for component in _scope_components(name, outer=True):
+            match = _KERAS_SCOPE.match(component)
+            if match is None:
+                return False
+            if layer_of.setdefault(match.group(1), component) != component:
+                return False  # two scopes would name one layer: not one-to-one
+    return True
+
+
+def layers_in_tensor_name(name: str, *, keras3: bool = True) -> list[str]:
     """The Keras layer names in a TFLite tensor name such as
     `functional_1/re_lu_1_2/Relu6;functional_1/conv2d_1_2/convolution` -> re_lu_1, conv2d_1.
 
     The first path component is the model's own scope and the last is the TF op, so only the
-    components between them name layers, each with Keras's `_<n>` scope suffix removed.
+    components between them name layers: with Keras's `_<n>` scope suffix removed when the
+    model's scopes are Keras 3's (keras3_scopes), as they are otherwise.
     """
     layers = []
-    for part in name.split(";"):
-        components = part.split("/")
-        for component in components[1:-1]:
-            match = _KERAS_SCOPE.match(component)
-            if match and match.group(1) not in layers:
-                layers.append(match.group(1))
+    # Raw scopes: the outermost names the layer; deeper ones are TF's own (a batch norm's
+    # `batchnorm`) or a sub-block's.
+    for component in _scope_components(name, outer=not keras3):
+        match = _KERAS_SCOPE.match(component) if keras3 else None
+        layer = match.group(1) if match else component if not keras3 else None
+        if layer is not None and layer not in layers:
+            layers.append(layer)
     return layers
 
 
-def layer_regex(layer: str) -> str:
+def layer_regex(layer: str, *, keras3: bool = True) -> str:
     """The quantizer's scope regex for one layer: the op scope (its output tensor names) holds
-    `/<layer>_<n>/`, the same rule `layers_in_tensor_name` reads."""
-    return f"/{re.escape(layer)}_\\d+/"
+    `/<layer>_<n>/` under Keras 3's scopes, `/<layer>/` otherwise (layers_in_tensor_name)."""
+    return f"/{re.escape(layer)}_\\d+/" if keras3 else f"/{re.escape(layer)}/"
 
 
 def _require_layer(spec: VariantSpec, layer: str, layers: dict[str, list[str]]) -> None:

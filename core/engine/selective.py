@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -117,12 +117,15 @@ def sensitivity_scan(
     *,
     progress: Callable[[float, str], None],
     budget_s: float = SCAN_SECONDS,
+    stat_ranks: Mapping[str, int] | None = None,
 ) -> list[dict[str, Any]]:
     """Keep one candidate layer float at a time and measure the model; the best first.
 
     Ranked by measured mean KL (lower is better), then agreement: a continuous measure, since a
     few flipped images out of a few hundred are within noise. Each entry keeps the candidate's
-    rank by the statistics (`stat_rank`), so both rankings can be shown.
+    rank by the statistics (`stat_rank`: from `stat_ranks`, the rank the Layers page shows,
+    core.engine.diagnose.statistic_ranks; its place among the candidates without it), so both
+    rankings can be shown.
 
     Raises:
         ConversionFailed: a candidate cannot be made (it is skipped with the others kept,
@@ -139,7 +142,8 @@ def sensitivity_scan(
             result = evaluate(make((layer,)))
         except QuantLensError:  # that layer cannot be kept float, or LiteRT refuses the result
             continue
-        measured.append({"layer": layer, "stat_rank": rank + 1, **asdict(result)})
+        stat_rank = rank + 1 if stat_ranks is None else stat_ranks[layer]
+        measured.append({"layer": layer, "stat_rank": stat_rank, **asdict(result)})
     return sorted(measured, key=lambda m: (m["mean_kl"], -m["agreement_pct"]))
 
 

@@ -10,9 +10,9 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from core.reporting.figures import FAIL_COLOR, ORIGINAL_COLOR, TFLITE_COLOR, _layout
+from core.reporting.layer_rank import RMSE_SCALE, layer_error
 from core.reporting.report import counted
 
-RMSE_SCALE = "rmse/scale"
 SUSPICIOUS_RMSE_SCALE = 0.7  # the TF guide's rule of thumb
 
 
@@ -21,16 +21,6 @@ def _value(row: Mapping[str, Any], column: str) -> float | None:
     if raw is None or raw == "":
         return None
     return float(raw)
-
-
-def layer_error(row: Mapping[str, Any], *, ranked_by: str, flipped: bool) -> float | None:
-    """A `<variant>.layers.csv` row's error under the diagnosis's ranking rule: rmse/scale, or
-    1 − cosine where the variant keeps float activations."""
-    prefix = "flipped_" if flipped else ""
-    if ranked_by == RMSE_SCALE:
-        return _value(row, f"{prefix}rmse_per_scale")
-    cosine = _value(row, f"{prefix}cosine")
-    return None if cosine is None else 1.0 - cosine
 
 
 def layer_error_figure(

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from core.inputs import rundir
-from core.reporting.layer_figures import layer_error
+from core.reporting.layer_rank import layer_error
 
 SUFFIX = ".model-explorer.json"  # `<variant>.model-explorer.json` in the run folder
 GRADIENT = [

@@ -259,3 +259,22 @@ def test_cancelling_a_queued_rescore_gives_the_run_back(
     assert report["run"]["status"] == "done"
     derived = next(v for v in report["variants"] if v["name"] == "int8:keep=dense")
     assert derived["status"] == "cancelled" and derived["error"] == "cancelled before it started"
+
+
+def test_ranked_table_cells_without_a_value_read_a_dash(home: Path, open_page: OpenPage) -> None:
+    """A layer the sensitivity scan did not measure has no measured rank, KL or agreement: the
+    grid draws its placeholder there ("—", as every other table), never the text "None"."""
+    import math
+
+    _diagnosed_run(home)
+    at = open_page("layers")
+    frame = at.dataframe[0]
+    assert frame.proto.placeholder == "—"
+    table = frame.value.set_index("layer")
+    for layer in ("conv2d", "(model output)"):  # not among the scan's measured layers
+        for column in ("rank measured", "mean KL, layer in float", "agreement %, layer in float"):
+            cell = table.loc[layer, column]
+            assert cell is None or math.isnan(cell), (layer, column, cell)
+    assert table.loc["dense", "rank measured"] == 1
+    # Numbers stay numbers (sortable in the grid): the zero point is -128, not the text "-128".
+    assert table.loc["dense", "zero point"] == -128 and table.loc["dense", "scale"] == 0.00006

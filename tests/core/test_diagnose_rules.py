@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from core.engine.diagnose import OUTPUT_LAYER, can_diagnose, candidate_layers
+from core.engine.diagnose import OUTPUT_LAYER, can_diagnose, statistic_ranks
 from core.types import VariantSpec
 
 
@@ -50,5 +50,25 @@ def test_candidates_follow_the_flipped_error_once_per_layer_without_the_output(
     )
     # dense's error jumps on the flipped images: it comes first, conv2d after, each once; the
     # output row is no layer and a float (kept) op has nothing to rank.
-    assert candidate_layers(table, 5) == ["dense", "conv2d"]
-    assert candidate_layers(table, 1) == ["dense"]
+    # Each layer carries the rank of its best op as the Layers page shows it: the output row
+    # ranks first (it is in the table) and takes no layer's place.
+    assert statistic_ranks(table) == {"dense": 2, "conv2d": 4}
+
+
+def test_the_engine_reaches_into_no_private_tensorflow_attribute() -> None:
+    """The QuantizationDebugger's and the interpreter's underscored attributes change between TF
+    releases without notice: the diagnosis uses their public calls and the flatbuffer."""
+    import re
+
+    root = Path(__file__).resolve().parents[2] / "core"
+    private = re.compile(
+        r"\.(_data_gen|_quant_interpreter|_float_interpreter|_get_tensor_details|"
+        r"_get_ops_details|_get_op_details|_numeric_verify\w*|_defining_op)\b"
+    )
+    found = [
+        f"{path.relative_to(root)}:{number}"
+        for path in sorted(root.rglob("*.py"))
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if private.search(line)
+    ]
+    assert found == []

@@ -263,7 +263,7 @@ def _auto_fix_variant(
     """Scan and fix one variant; records `auto_fix` on its entry and, when the fix is a new
     variant, adds its pending entry to report.json and returns its spec."""
     from core.engine import selective
-    from core.engine.diagnose import LAYERS_SUFFIX, candidate_layers
+    from core.engine.diagnose import LAYERS_SUFFIX, statistic_ranks
     from core.reporting.report import ROLE_SELECTED, chosen_step, pending_variant
 
     name = spec.name
@@ -277,10 +277,11 @@ def _auto_fix_variant(
     def progress(fraction: float, message: str) -> None:
         run.emit("auto-fix", fraction, f"{name}: {message}", name)
 
-    candidates = candidate_layers(table, selective.SCAN_CANDIDATES)
+    ranks = statistic_ranks(table)  # the Layers page's ranking, recorded as `stat_rank`
+    candidates = list(ranks)[: selective.SCAN_CANDIDATES]
     search = _search_on_ray if run.job.engine == "ray" else _search_here
     try:
-        scan, steps = search(run, reference, spec, candidates, progress)
+        scan, steps = search(run, reference, spec, candidates, ranks, progress)
     except QuantLensError as exc:
         entry["auto_fix"] = {"error": str(exc)}
         run.report.save()
@@ -317,6 +318,7 @@ def _search_here(
     reference: ReferenceOutputs,
     spec: VariantSpec,
     candidates: list[str],
+    ranks: dict[str, int],
     progress: Progress,
 ) -> Search:
     """The scan and the greedy fix on this machine, on the decoded-image cache."""
@@ -335,6 +337,7 @@ def _search_here(
         lambda t: measure_tflite(run, reference, t, limit=selective.SCAN_IMAGES),
         candidates,
         progress=progress,
+        stat_ranks=ranks,
     )
     steps = selective.greedy_fix(
         make,
@@ -353,6 +356,7 @@ def _search_on_ray(
     reference: ReferenceOutputs,
     spec: VariantSpec,
     candidates: list[str],
+    ranks: dict[str, int],
     progress: Progress,
 ) -> Search:
     """The same scan and greedy fix, each candidate made and run as a Ray task.
@@ -404,6 +408,7 @@ def _search_on_ray(
         candidates,
         progress=progress,
         budget_s=float("inf"),
+        stat_ranks=ranks,
     )
     ranked = [m["layer"] for m in scan]
     progress(0.5, "auto-fix: each step as a Ray task")

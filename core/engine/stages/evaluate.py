@@ -258,6 +258,7 @@ def written_agreement(run: RunContext, name: str) -> np.ndarray:
 
 def record_result(run: RunContext, reference: ReferenceOutputs, done: EvaluatedVariant) -> None:
     """The variant's finished row in report.json (metrics, verdict), then its progress event."""
+    from core.engine.flatbuffer import float_ops
     from core.reporting.report import finished_variant, verdict
 
     name, result, metrics = done.spec.name, done.conversion, done.metrics
@@ -275,10 +276,12 @@ def record_result(run: RunContext, reference: ReferenceOutputs, done: EvaluatedV
         softmax_applied=reference.softmax,
         io=done.io,
         warnings=nonfinite_warning(done.nonfinite, metrics.n, "the converted model")
-        + _split_warnings(run, done.spec, done.causes),
+        + _split_warnings(run, done.spec, done.causes)
+        + _scope_warnings(done.spec, result.tflite),
         disagreement_split=None if done.causes is None else split_counts(done.causes),
         verdict_rule=run.job.verdict,
     )
+    entry["float_ops"] = float_ops(result.tflite)  # what was done, read back from the file
     run.report.replace_variant(entry)
     run.report.save()
     run.emit(
@@ -287,6 +290,23 @@ def record_result(run: RunContext, reference: ReferenceOutputs, done: EvaluatedV
         f"{name}: {metrics.top1_agreement_pct:.2f}% agreement (n={metrics.n}) {verdict(entry)}",
         name,
     )
+
+
+RAW_SCOPE_NAMES = (
+    "layer names are the model's raw op scopes (not Keras 3 `<layer>_<n>` scopes); "
+    "float_ops lists the ops kept in float"
+)
+
+
+def _scope_warnings(spec: VariantSpec, tflite: bytes) -> list[str]:
+    """A variant keeping layers in float by name, on a model whose scopes are not Keras 3's:
+    its names were matched to the raw scopes (core.engine.quantizer.keras3_scopes)."""
+    from core.engine.flatbuffer import op_outputs
+    from core.engine.quantizer import keras3_scopes
+
+    if not spec.float_layers or keras3_scopes(n for _, n in op_outputs(tflite)):
+        return []
+    return [RAW_SCOPE_NAMES]
 
 
 def record_failure(run: RunContext, failed: FailedVariant) -> None:
