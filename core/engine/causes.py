@@ -54,7 +54,7 @@ FIX_ORDER: tuple[FixKind, ...] = (
 MAX_IMAGES = 50
 # Values per tensor kept for the per-channel percentiles (sampled by spatial position): enough
 # for a steady 99.9th percentile on a narrow tensor, bounded memory on a wide one.
-SAMPLES_PER_TENSOR = 50_000
+SAMPLES_PER_TENSOR = 20_000
 # A channel's range statistics need a few channels to have a "typical" one.
 MIN_CHANNELS = 4
 
@@ -73,6 +73,12 @@ COLLAPSE_LEVELS = 4.0
 # vanishing share. A thousandth of a tensor's values cut off means the calibration images do
 # not cover the evaluated ones.
 CLIP_RATE = 1e-3
+# ... and by more than a fifth of the range: a new image's extremes overshoot 50 calibration
+# images' extremes by a little (a tiny logits tensor does so at a rate above CLIP_RATE), and
+# saturating a value a few percent early costs about a rounding step.
+CLIP_OVER = 1.2
+# Ops whose output range is fixed by the op (softmax in [0, 1)), not by calibration.
+FIXED_RANGE = frozenset({"SOFTMAX", "LOG_SOFTMAX", "LOGISTIC", "TANH"})
 # Weight outliers: in a quantization group whose largest |w| is 32 x its median |w|, the
 # typical weight keeps fewer than 4 of the 127 steps (Gaussian weights give 4-6 x, Laplacian
 # about 11 x). Groups of fewer than 32 weights (a 3x3 depthwise channel has 9) are too small
@@ -348,7 +354,9 @@ def range_collapse_cause(s: ActivationSignals) -> Cause | None:
 def clipping_cause(s: ActivationSignals) -> Cause | None:
     """Values on the evaluated images beyond the calibrated range, where the op's inputs do not
     already clip (clipping propagates: the cause is named where it starts)."""
-    if s.clip_rate is None or s.clip_rate < CLIP_RATE:
+    if s.clip_rate is None or s.clip_rate < CLIP_RATE or s.op in FIXED_RANGE:
+        return None
+    if s.max_over_range is None or s.max_over_range < CLIP_OVER:
         return None
     if s.input_clip_rate is not None and s.input_clip_rate >= CLIP_RATE:
         return None
@@ -507,33 +515,57 @@ def measure_signals(
 
 
 class _Graph:
-    """The ops and tensors of a `.tflite` (subgraph 0), read from its flatbuffer."""
+    """The ops and tensors of a `.tflite` (subgraph 0), read in place from its flatbuffer.
+
+    The generated accessors read only what is asked for: unpacking a whole MobileNetV2 into
+    objects (flatbuffer_utils) took 0.2 s per model, most of the time budget.
+    """
 
     def __init__(self, tflite: bytes) -> None:
         from ai_edge_litert import schema_py_generated as schema
-        from ai_edge_litert.tools import flatbuffer_utils
 
-        from core.engine.layer_details import _builtin
-
+        self._schema = schema
         kinds = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-        self.model = flatbuffer_utils.read_model_from_bytearray(bytearray(tflite))
-        graph = self.model.subgraphs[0]
-        self.tensors = graph.tensors
-        self.names = [_text(t.name) for t in graph.tensors]
+        self.model = schema.Model.GetRootAs(tflite, 0)
+        graph = self.model.Subgraphs(0)
+        self._tensors = [graph.Tensors(i) for i in range(graph.TensorsLength())]
+        self.names = [_text(t.Name()) for t in self._tensors]
         self.index = {name: i for i, name in enumerate(self.names)}
-        self.inputs = [int(i) for i in graph.inputs]
-        self.ops = graph.operators
-        self.kinds = [kinds.get(_builtin(self.model, op), "CUSTOM") for op in graph.operators]
-        self.producer = {int(o): n for n, op in enumerate(graph.operators) for o in op.outputs}
+        self.inputs = [int(i) for i in _ints(graph.InputsAsNumpy())]
+        self._ops = [graph.Operators(i) for i in range(graph.OperatorsLength())]
+        self.op_inputs = [_ints(op.InputsAsNumpy()) for op in self._ops]
+        self.op_outputs = [_ints(op.OutputsAsNumpy()) for op in self._ops]
+        codes = [self.model.OperatorCodes(i) for i in range(self.model.OperatorCodesLength())]
+        self.kinds = [
+            kinds.get(
+                max(
+                    codes[op.OpcodeIndex()].BuiltinCode(),
+                    codes[op.OpcodeIndex()].DeprecatedBuiltinCode(),
+                ),
+                "CUSTOM",
+            )
+            for op in self._ops
+        ]
+        self.producer = {o: n for n, outs in enumerate(self.op_outputs) for o in outs}
         self.consumers: dict[int, list[int]] = {}
-        for n, op in enumerate(graph.operators):
-            for i in op.inputs:
-                self.consumers.setdefault(int(i), []).append(n)
+        for n, ins in enumerate(self.op_inputs):
+            for i in ins:
+                self.consumers.setdefault(i, []).append(n)
 
     def activation(self, op: int) -> str:
-        options = self.ops[op].builtinOptions
-        code = getattr(options, "fusedActivationFunction", 0) if options is not None else 0
-        return _ACTIVATIONS.get(int(code), str(code))
+        """The op's fused activation (NONE when it has no such option)."""
+        options = {
+            "CONV_2D": self._schema.Conv2DOptions,
+            "DEPTHWISE_CONV_2D": self._schema.DepthwiseConv2DOptions,
+            "FULLY_CONNECTED": self._schema.FullyConnectedOptions,
+        }.get(self.kinds[op])
+        table = self._ops[op].BuiltinOptions()
+        if options is None or table is None:
+            return "NONE"
+        parsed = options()
+        parsed.Init(table.Bytes, table.Pos)
+        code = int(parsed.FusedActivationFunction())
+        return _ACTIVATIONS.get(code, str(code))
 
     def layer(self, tensor: int) -> str:
         from core.engine.diagnose import _main_layer
@@ -542,10 +574,35 @@ class _Graph:
             return INPUT_LAYER
         return _main_layer(self.names[tensor])
 
-    def constant(self, tensor: int) -> np.ndarray | None:
-        from core.engine.layer_details import _constant
+    def shape(self, tensor: int) -> tuple[int, ...]:
+        return tuple(int(d) for d in _ints(self._tensors[tensor].ShapeAsNumpy()))
 
-        return _constant(self.model, self.tensors[tensor])
+    def dtype(self, tensor: int) -> int:
+        return int(self._tensors[tensor].Type())
+
+    def quantization(self, tensor: int) -> tuple[np.ndarray, np.ndarray, int] | None:
+        """(scales, zero points, quantized dimension), or None when not quantized."""
+        q = self._tensors[tensor].Quantization()
+        if q is None or not q.ScaleLength():
+            return None
+        zero = q.ZeroPointAsNumpy() if q.ZeroPointLength() else np.zeros(1, dtype=np.int64)
+        return np.asarray(q.ScaleAsNumpy()), np.asarray(zero), int(q.QuantizedDimension())
+
+    def constant(self, tensor: int) -> np.ndarray | None:
+        """A float32 constant's values (a float model's kernel), or None."""
+        t = self._tensors[tensor]
+        if int(t.Type()) != 0 or t.Buffer() >= self.model.BuffersLength():
+            return None  # 0: TensorType.FLOAT32
+        data = self.model.Buffers(t.Buffer()).DataAsNumpy()
+        shape = self.shape(tensor)
+        if isinstance(data, int) or data.size != 4 * int(np.prod(shape)):
+            return None  # no data: not a constant
+        return np.asarray(data.view(np.float32).reshape(shape))
+
+
+def _ints(values: Any) -> list[int]:
+    """A flatbuffer int vector as a list (the accessors give 0 for an empty one)."""
+    return [] if isinstance(values, int) else [int(v) for v in values]
 
 
 @dataclass
@@ -581,23 +638,28 @@ def _activation_signals(
 
     model = IntermediateTensors(float_tflite, xnnpack=False)
     tracked = _tracked_tensors(quantized, floated, model.details)
-    rng = np.random.default_rng(0)
-    for image in calibration:
+    # Cheap per image (the budget is about 1 s for a MobileNetV2 on 100 images): per-channel
+    # max and min, every step-th spatial position kept for the percentiles (a different offset
+    # per image), and values counted against the range only when the extremes leave it.
+    for n, image in enumerate(calibration):
         model.run(image)
         for t in tracked:
             v = model.values(t.float_name).reshape(-1, t.channels)
-            np.maximum(t.channel_max, np.abs(v).max(axis=0), out=t.channel_max)
-            rows = max(1, SAMPLES_PER_TENSOR // (len(calibration) * t.channels))
-            t.samples.append(v if rows >= len(v) else v[rng.integers(0, len(v), rows)])
-            t.clipped_calibration += int(np.count_nonzero((v < t.low) | (v > t.high)))
+            top, bottom = v.max(axis=0), v.min(axis=0)
+            np.maximum(t.channel_max, np.maximum(top, -bottom), out=t.channel_max)
+            step = max(1, len(v) * len(calibration) * t.channels // SAMPLES_PER_TENSOR)
+            t.samples.append(v if step == 1 else v[n % step :: step].copy())
+            if top.max() > t.high or bottom.min() < t.low:
+                t.clipped_calibration += int(np.count_nonzero((v < t.low) | (v > t.high)))
             t.values_calibration += v.size
     for image in evaluated:
         model.run(image)
         for t in tracked:
             v = model.values(t.float_name)
-            t.clipped += int(np.count_nonzero((v < t.low) | (v > t.high)))
             t.values += v.size
-            t.largest_over = max(t.largest_over, _over_range(v, t))
+            if float(v.max()) > t.high or float(v.min()) < t.low:
+                t.clipped += int(np.count_nonzero((v < t.low) | (v > t.high)))
+                t.largest_over = max(t.largest_over, _over_range(v, t))
     clip_rates = {t.tensor: (t.clipped / t.values if t.values else None) for t in tracked}
     return [_finish(t, quantized, clip_rates, len(calibration), len(evaluated)) for t in tracked]
 
@@ -608,27 +670,26 @@ def _tracked_tensors(
     """Every op output the variant quantizes per tensor (int8, uint8, int16), with its float
     twin: the same name, or for a QUANTIZE op the float tensor it quantizes."""
     tracked = []
-    for n, op in enumerate(quantized.ops):
-        for out in op.outputs:
-            tensor = quantized.tensors[out]
-            q = tensor.quantization
-            grid = _GRID.get(int(tensor.type))
-            if grid is None or q is None or q.scale is None or len(q.scale) != 1:
+    for n, outputs in enumerate(quantized.op_outputs):
+        for out in outputs:
+            grid = _GRID.get(quantized.dtype(out))
+            q = quantized.quantization(out)
+            if grid is None or q is None or len(q[0]) != 1:
                 continue
             name = quantized.names[out]
-            if quantized.kinds[n] == "QUANTIZE" and len(op.inputs):
-                name = quantized.names[op.inputs[0]]
+            if quantized.kinds[n] == "QUANTIZE" and quantized.op_inputs[n]:
+                name = quantized.names[quantized.op_inputs[n][0]]
             detail = float_details.get(name)
-            shape = tuple(int(d) for d in tensor.shape)
+            shape = quantized.shape(out)
             if detail is None or int(np.prod(detail["shape"])) != int(np.prod(shape)):
                 continue
-            scale, zero = float(q.scale[0]), int(q.zeroPoint[0])
+            scale, zero = float(q[0][0]), int(q[1][0])
             if not (scale > 0 and math.isfinite(scale)):
                 continue
             channels = int(shape[-1]) if shape else 1
             tracked.append(
                 _Tracked(
-                    tensor=int(out),
+                    tensor=out,
                     float_name=name,
                     channels=channels,
                     low=(grid[0] - zero - 0.5) * scale,
@@ -672,12 +733,16 @@ def _finish(
         )
     used: float | None = None
     if t.samples and live.size:
-        samples = np.concatenate(t.samples)
-        low, high = np.percentile(samples, [0.1, 99.9], axis=0)
+        samples = np.ascontiguousarray(np.concatenate(t.samples).T)  # channel-major
+        # Nearest-rank percentiles by one partition (np.percentile sorts more than it needs).
+        last = samples.shape[1] - 1
+        k_low, k_high = round(0.001 * last), round(0.999 * last)
+        parted = np.partition(samples, sorted({k_low, k_high}), axis=1)
+        low, high = parted[:, k_low], parted[:, k_high]
         span = (np.maximum(high, 0) - np.minimum(low, 0))[t.channel_max > 0]
         used = float(np.median(span)) / t.scale
     producer = quantized.producer.get(t.tensor)
-    inputs = [] if producer is None else [int(i) for i in quantized.ops[producer].inputs]
+    inputs = [] if producer is None else quantized.op_inputs[producer]
     input_clips = [clip_rates[i] for i in inputs if clip_rates.get(i) is not None]
     chain, equalizable = _chain(quantized, t.tensor)
     return ActivationSignals(
@@ -720,13 +785,13 @@ def _chain(graph: _Graph, tensor: int) -> tuple[tuple[str, ...], bool]:
         current = frontier.pop(0)
         for op in graph.consumers.get(current, []):
             kind = graph.kinds[op]
-            for out in graph.ops[op].outputs:
-                layer = graph.layer(int(out))
+            for out in graph.op_outputs[op]:
+                layer = graph.layer(out)
                 if layer not in chain:
                     chain.append(layer)
-                if kind in PASS_THROUGH and int(out) not in seen:
-                    seen.add(int(out))
-                    frontier.append(int(out))
+                if kind in PASS_THROUGH and out not in seen:
+                    seen.add(out)
+                    frontier.append(out)
             if kind in PASS_THROUGH:
                 exact = exact and kind in EQUALIZE_THROUGH
             else:
@@ -737,22 +802,22 @@ def _chain(graph: _Graph, tensor: int) -> tuple[tuple[str, ...], bool]:
 
 def _weight_signals(quantized: _Graph, floated: _Graph) -> list[WeightSignals]:
     found = []
-    for n, op in enumerate(quantized.ops):
+    for n, outputs in enumerate(quantized.op_outputs):
         kind = quantized.kinds[n]
-        if kind not in WEIGHTED or not len(op.outputs):
+        if kind not in WEIGHTED or not outputs:
             continue
-        out = int(op.outputs[0])
+        out = outputs[0]
         float_op = floated.producer.get(floated.index.get(quantized.names[out], -1))
         if float_op is None:
             continue
-        for position, index in enumerate(floated.ops[float_op].inputs):
-            kernel = floated.constant(int(index)) if index >= 0 else None
-            if kernel is None or kernel.ndim < 2 or position >= len(op.inputs):
+        for position, index in enumerate(floated.op_inputs[float_op]):
+            kernel = floated.constant(index) if index >= 0 else None
+            if kernel is None or kernel.ndim < 2 or position >= len(quantized.op_inputs[n]):
                 continue
-            q = quantized.tensors[op.inputs[position]].quantization
-            if q is None or q.scale is None or not len(q.scale):
+            q = quantized.quantization(quantized.op_inputs[n][position])
+            if q is None:
                 break  # the variant keeps this kernel in float: nothing to judge
-            axis = int(q.quantizedDimension) if len(q.scale) > 1 else None
+            axis = q[2] if len(q[0]) > 1 else None
             found.append(
                 _kernel_signals(kernel, quantized.names[out], quantized.layer(out), kind, axis)
             )
@@ -800,12 +865,17 @@ def _kernel_signals(
 def _group_spread(groups: np.ndarray) -> np.ndarray:
     """Per group: largest |w| / median of its nonzero |w| (pruned zeros are not typical
     weights); NaN for a group with no nonzero weight."""
-    import warnings
-
-    masked = np.where(groups > 0, groups, np.nan)
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore", RuntimeWarning)  # an all-zero group: NaN, as said
-        return np.asarray(groups.max(axis=1) / np.nanmedian(masked, axis=1), dtype=np.float64)
+    if np.all(groups > 0):  # the usual case: no pruned weight, a plain median
+        return np.asarray(groups.max(axis=1) / np.median(groups, axis=1), dtype=np.float64)
+    ordered = np.sort(groups, axis=1)  # |w| >= 0: the nonzero ones are the last `live`
+    size = groups.shape[1]
+    live = np.count_nonzero(groups > 0, axis=1)
+    rows = np.arange(len(groups))
+    lower = np.clip(size - live + (live - 1) // 2, 0, size - 1)
+    upper = np.clip(size - live + live // 2, 0, size - 1)
+    median = (ordered[rows, lower] + ordered[rows, upper]) / 2
+    with np.errstate(all="ignore"):
+        return np.where(live > 0, ordered[:, -1] / median, np.nan)
 
 
 def _kurtosis(values: np.ndarray) -> float | None:
