@@ -77,6 +77,9 @@ CLIP_RATE = 1e-3
 # images' extremes by a little (a tiny logits tensor does so at a rate above CLIP_RATE), and
 # saturating a value a few percent early costs about a rounding step.
 CLIP_OVER = 1.2
+# ... and on a tenth of the evaluated images: an image of the calibration images' own
+# distribution goes beyond the range of N of them with chance about 1 / (N + 1), 2 % for 50.
+CLIP_IMAGES = 0.1
 # Ops whose output range is fixed by the op (softmax in [0, 1)), not by calibration.
 FIXED_RANGE = frozenset({"SOFTMAX", "LOG_SOFTMAX", "LOGISTIC", "TANH"})
 # Weight outliers: in a quantization group whose largest |w| is 32 x its median |w|, the
@@ -147,6 +150,7 @@ class ActivationSignals:
     clip_rate: float | None  # share of values outside the representable range (evaluated)
     calibration_clip_rate: float  # the same on the calibration images
     max_over_range: float | None  # largest evaluated |a| / the representable edge on its side
+    clipped_images: float  # share of the evaluated images with a value outside the range
     evaluated_images: int
     input_clip_rate: float | None  # the largest clip rate among its op's activation inputs
 
@@ -358,6 +362,8 @@ def clipping_cause(s: ActivationSignals) -> Cause | None:
         return None
     if s.max_over_range is None or s.max_over_range < CLIP_OVER:
         return None
+    if s.clipped_images < CLIP_IMAGES:
+        return None
     if s.input_clip_rate is not None and s.input_clip_rate >= CLIP_RATE:
         return None
     over = "" if s.max_over_range is None else f" (up to {s.max_over_range:.1f}× the edge)"
@@ -370,6 +376,7 @@ def clipping_cause(s: ActivationSignals) -> Cause | None:
             "clip_rate": s.clip_rate,
             "calibration_clip_rate": s.calibration_clip_rate,
             "max_over_range": s.max_over_range,
+            "clipped_images": s.clipped_images,
             "scale": s.scale,
             "zero_point": s.zero_point,
             "evaluated_images": s.evaluated_images,
@@ -622,6 +629,7 @@ class _Tracked:
     samples: list[np.ndarray] = field(default_factory=list)
     clipped_calibration: int = 0
     clipped: int = 0
+    clipped_images: int = 0
     values_calibration: int = 0
     values: int = 0
     largest_over: float = 0.0
@@ -659,6 +667,7 @@ def _activation_signals(
             t.values += v.size
             if float(v.max()) > t.high or float(v.min()) < t.low:
                 t.clipped += int(np.count_nonzero((v < t.low) | (v > t.high)))
+                t.clipped_images += 1
                 t.largest_over = max(t.largest_over, _over_range(v, t))
     clip_rates = {t.tensor: (t.clipped / t.values if t.values else None) for t in tracked}
     return [_finish(t, quantized, clip_rates, len(calibration), len(evaluated)) for t in tracked]
@@ -744,12 +753,12 @@ def _finish(
     producer = quantized.producer.get(t.tensor)
     inputs = [] if producer is None else quantized.op_inputs[producer]
     input_clips = [clip_rates[i] for i in inputs if clip_rates.get(i) is not None]
-    chain, equalizable = _chain(quantized, t.tensor)
+    quantizes = producer is not None and quantized.kinds[producer] == "QUANTIZE" and inputs
+    layer = quantized.layer(inputs[0] if quantizes else t.tensor)  # an input's QUANTIZE: input
+    chain, equalizable = _chain(quantized, t.tensor, layer)
     return ActivationSignals(
         tensor=quantized.names[t.tensor],
-        layer=quantized.layer(t.tensor)
-        if producer is None or quantized.kinds[producer] != "QUANTIZE"
-        else quantized.layer(inputs[0]),
+        layer=layer,
         op="INPUT" if producer is None else quantized.kinds[producer],
         chain=chain,
         equalizable=equalizable,
@@ -766,16 +775,17 @@ def _finish(
             t.clipped_calibration / t.values_calibration if t.values_calibration else 0.0
         ),
         max_over_range=t.largest_over or None,
+        clipped_images=t.clipped_images / evaluated_images if evaluated_images else 0.0,
         evaluated_images=evaluated_images,
         input_clip_rate=max((r for r in input_clips if r is not None), default=None),
     )
 
 
-def _chain(graph: _Graph, tensor: int) -> tuple[tuple[str, ...], bool]:
+def _chain(graph: _Graph, tensor: int, layer: str) -> tuple[tuple[str, ...], bool]:
     """The layers from the op that writes `tensor`, through pass-through ops, to the ops that
     read it; and whether cross-layer equalization can pair the writer with every reader."""
     producer = graph.producer.get(tensor)
-    chain = [graph.layer(tensor)]
+    chain = [layer]
     exact = producer is not None and graph.kinds[producer] in WEIGHTED
     if producer is not None:
         exact = exact and graph.activation(producer) in _EQUALIZE_ACTIVATIONS
