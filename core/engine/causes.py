@@ -28,6 +28,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from core.errors import ConversionFailed
+
 CauseKind = Literal[
     "outlier_channel",
     "weight_outliers",
@@ -245,11 +247,18 @@ def find_causes(
         runtimes: top-1 agreement (%) per runtime, when the runtime matrix measured it.
 
     Raises:
-        ValueError, RuntimeError: LiteRT cannot run the float model on these images.
+        ConversionFailed: LiteRT cannot read either model or run the float one on these images.
     """
     calibration = _spaced(calibration, MAX_IMAGES)
     evaluated = _spaced(evaluated, MAX_IMAGES)
-    activations, weights = measure_signals(float_tflite, tflite, calibration, evaluated)
+    try:
+        activations, weights = measure_signals(float_tflite, tflite, calibration, evaluated)
+    except (ValueError, RuntimeError, IndexError) as exc:  # from LiteRT or the flatbuffer
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise ConversionFailed(
+            f"the root-cause signals could not be measured: {first}; check that the images "
+            "are preprocessed to the model's input shape"
+        ) from None
     causes = name_causes(activations, weights, suspects=suspects, preset=preset, runtimes=runtimes)
     return VariantCauses(
         causes=tuple(causes),
@@ -347,7 +356,7 @@ def range_collapse_cause(s: ActivationSignals) -> Cause | None:
             "calibration_images": s.calibration_images,
         },
         words=(
-            f"{s.layer}: the typical channel uses about {s.used_levels:.1f} of the "
+            f"{s.layer}: the typical channel uses about {s.used_levels:.2g} of the "
             f"{s.grid_levels} {_bits(s)} levels; rare extreme values set the range and the "
             "rest round to the same few levels"
         ),

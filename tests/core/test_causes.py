@@ -30,6 +30,7 @@ from core.engine.causes import (
     find_causes,
     name_causes,
 )
+from core.errors import ConversionFailed
 
 SIZE = 16
 RESCALE = 400.0
@@ -246,6 +247,25 @@ def test_brighter_images_than_calibration_name_clipping_where_it_starts(
         evaluated=built["evaluated"],
     )
     assert not _of(fine, "clipping")
+
+
+@pytest.mark.slow
+def test_images_the_model_cannot_take_give_one_line_that_says_what_to_do(
+    built: dict[str, Any],
+) -> None:
+    wrong = np.zeros((3, SIZE + 1, SIZE, 3), dtype=np.float32)
+    with pytest.raises(ConversionFailed) as caught:
+        find_causes(
+            built["original_float"], built["original_int8"], calibration=wrong, evaluated=wrong
+        )
+    message = str(caught.value)
+    assert "\n" not in message and "preprocessed to the model's input shape" in message
+    # No images at all: no signal to name a cause from, and no crash.
+    none = np.zeros((0, SIZE, SIZE, 3), dtype=np.float32)
+    found = find_causes(
+        built["original_float"], built["original_int8"], calibration=none, evaluated=none
+    )
+    assert found.causes == () and found.evaluated_images == 0
 
 
 # -- the naming rules, on crafted signals ----------------------------------------------------------
