@@ -64,7 +64,8 @@ MIN_CHANNELS = 4
 # Outlier channel: with one channel at R x the median channel's range, the per-tensor scale
 # leaves the typical channel about 255 / R levels. At R = 16 that is 16 levels (4 bits), where
 # rounding noise starts to rival the signal. Ordinary layers of a trained MobileNetV2 stay
-# below this (see bench/causes.py, which prints the largest ratio it met).
+# below this (see bench/causes.py, which prints the largest ratio it met). Scaled by the grid:
+# 16-bit activations leave 256 x more levels, so only a 256 x larger ratio costs as much.
 ACTIVATION_RANGE_RATIO = 16.0
 # Range collapse: the typical channel spans fewer than 4 grid steps (2 bits) although no single
 # channel stands out: the range is set by rare extreme values, and most values round to the
@@ -301,7 +302,7 @@ def name_causes(
 def outlier_channel_cause(s: ActivationSignals) -> Cause | None:
     """A few channels whose calibration range dwarfs the rest: they set the per-tensor scale,
     and the other channels round onto a sliver of the grid."""
-    if s.range_ratio is None or s.range_ratio < ACTIVATION_RANGE_RATIO:
+    if s.range_ratio is None or s.range_ratio < ACTIVATION_RANGE_RATIO * s.grid_levels / 256:
         return None
     if s.op in PASS_THROUGH:  # inherited from the op before, whose chain already covers it
         return None

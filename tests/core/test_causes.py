@@ -332,6 +332,8 @@ def test_an_outlier_ratio_names_the_pair_and_says_how_much_grid_is_left() -> Non
     assert name_causes([_act(range_ratio=ACTIVATION_RANGE_RATIO * 0.9)], []) == []
     (unpaired,) = name_causes([_act(range_ratio=50.0, equalizable=False, used_levels=5.0)], [])
     assert "equalize" not in unpaired.fixes
+    # With 16-bit activations the same ratio leaves the other channels 164 levels: no cause.
+    assert name_causes([_act(range_ratio=400.0, grid_levels=65536, used_levels=164.0)], []) == []
     # A max-pool after the outlier conv carries the same outlier: named once, at the conv.
     assert name_causes([_act(op="MAX_POOL_2D", range_ratio=400.0)], []) == []
 
