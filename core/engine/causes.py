@@ -97,6 +97,17 @@ PRESET_GAP_POINTS = 5.0
 # Runtime only: the same `.tflite` agrees this many points less under one runtime than under
 # another (XNNPACK vs built-in kernels flipped 2 % of a MobileNetV2's images, see the notes).
 RUNTIME_GAP_POINTS = 1.0
+THRESHOLDS = {
+    "activation_range_ratio": ACTIVATION_RANGE_RATIO,
+    "collapse_levels": COLLAPSE_LEVELS,
+    "clip_rate": CLIP_RATE,
+    "clip_over": CLIP_OVER,
+    "clip_images": CLIP_IMAGES,
+    "weight_spread": WEIGHT_SPREAD,
+    "min_group": MIN_GROUP,
+    "preset_gap_points": PRESET_GAP_POINTS,
+    "runtime_gap_points": RUNTIME_GAP_POINTS,
+}
 
 # Ops a channel passes through unchanged in meaning (per channel, positively homogeneous or a
 # re-layout): an outlier channel's consumer is found across them, and they belong to the chain
@@ -218,6 +229,7 @@ class VariantCauses:
             "causes_measured_on": {
                 "calibration_images": self.calibration_images,
                 "evaluated_images": self.evaluated_images,
+                "thresholds": THRESHOLDS,  # so a reader can re-apply the rules to the evidence
             },
         }
 

@@ -13,6 +13,7 @@ Expected numbers are recomputed here from a Keras sub-model's output with numpy,
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +184,9 @@ def test_an_outlier_channel_is_named_at_the_rescaled_pair_with_its_ratio(
     assert "other 15 channels" in cause.words
     d = cause.to_dict()
     assert set(d) >= {"layer", "cause", "evidence", "fixes", "words"}
+    report = json.loads(json.dumps(found.to_dict()))  # report.json-ready as it is
+    assert report["causes"][0]["cause"] == "outlier_channel"
+    assert report["causes_measured_on"]["calibration_images"] == CALIBRATION
 
 
 @pytest.mark.slow
