@@ -539,7 +539,7 @@ def measure_signals(
     """
     quantized = _Graph(tflite)
     floated = _Graph(float_tflite)
-    activations = _activation_signals(float_tflite, quantized, floated, calibration, evaluated)
+    activations = _activation_signals(float_tflite, quantized, calibration, evaluated)
     return activations, _weight_signals(quantized, floated)
 
 
@@ -660,14 +660,13 @@ class _Tracked:
 def _activation_signals(
     float_tflite: bytes,
     quantized: _Graph,
-    floated: _Graph,
     calibration: np.ndarray,
     evaluated: np.ndarray,
 ) -> list[ActivationSignals]:
     from core.engine.intermediates import IntermediateTensors
 
     model = IntermediateTensors(float_tflite, xnnpack=False)
-    tracked = _tracked_tensors(quantized, floated, model.details)
+    tracked = _tracked_tensors(quantized, model.details)
     # Cheap per image (the budget is about 1 s for a MobileNetV2 on 100 images): per-channel
     # max and min, every step-th spatial position kept for the percentiles (a different offset
     # per image), and values counted against the range only when the extremes leave it.
@@ -696,7 +695,7 @@ def _activation_signals(
 
 
 def _tracked_tensors(
-    quantized: _Graph, floated: _Graph, float_details: Mapping[str, Mapping[str, Any]]
+    quantized: _Graph, float_details: Mapping[str, Mapping[str, Any]]
 ) -> list[_Tracked]:
     """Every op output the variant quantizes per tensor (int8, uint8, int16), with its float
     twin: the same name, or for a QUANTIZE op the float tensor it quantizes."""
