@@ -18,15 +18,23 @@ from core.engine.tensors import dequantize, dequantize_per_channel, quantize
 class IntermediateTensors:
     """One model in LiteRT with every intermediate tensor kept after each invoke."""
 
-    def __init__(self, tflite: bytes) -> None:
+    def __init__(self, tflite: bytes, *, xnnpack: bool = True) -> None:
+        """`xnnpack=False` runs the built-in kernels with no default delegate: XNNPACK fuses
+        ops and may leave the tensors inside its fused nodes unwritten."""
         import warnings
 
-        from ai_edge_litert.interpreter import Interpreter
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
+        resolver = (
+            OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        )
         with warnings.catch_warnings():  # "for debugging only": callers bound the image count
             warnings.simplefilter("ignore", UserWarning)
             self._interpreter = Interpreter(
-                model_content=tflite, num_threads=1, experimental_preserve_all_tensors=True
+                model_content=tflite,
+                num_threads=1,
+                experimental_preserve_all_tensors=True,
+                experimental_op_resolver_type=resolver,
             )
         self._interpreter.allocate_tensors()
         # Named, non-empty tensors only: unnamed ones are scratch space.
