@@ -187,9 +187,9 @@ def equalize(
             skipped=tuple(skipped), reason=reason, clone_seconds=clone_seconds
         )
 
-    started = time.perf_counter()
-    stats = _pre_activation_stats(clone, chains, images) if images is not None else {}
     act_before = _activation_ratios(clone, chains, images) if images is not None else {}
+    started = time.perf_counter()  # the images' statistics and the arithmetic on the weights
+    stats = _pre_activation_stats(clone, chains, images) if images is not None else {}
     pairs, sweeps = _equalize_chains(clone, chains, stats, iterations, absorb_bias, replaced)
     equalize_seconds = time.perf_counter() - started
     if images is not None:
@@ -465,7 +465,7 @@ class _Weights:
                 store[(layer.name, attr)] = np.array(getattr(layer, attr).numpy(), np.float64)
         if bn is not None:
             var = np.array(bn.moving_variance.numpy(), dtype=np.float64)
-            self.bn_std = np.sqrt(var + bn.epsilon)
+            self.bn_std: np.ndarray = np.sqrt(var + bn.epsilon)
 
     def __contains__(self, key: str) -> bool:
         return key in self._keys or (key == "bn_std" and hasattr(self, "bn_std"))
@@ -494,7 +494,7 @@ def _out_ranges(chain: _Chain, w: _Weights) -> np.ndarray:
         flat = k.reshape(k.shape[0] * k.shape[1], -1)
     else:
         flat = k.reshape(-1, k.shape[-1])
-    ranges = np.max(np.abs(flat), axis=0)
+    ranges: np.ndarray = np.max(np.abs(flat), axis=0)
     if chain.bn is not None:
         ranges = ranges * np.abs(w["gamma"]) / w["bn_std"]
     return ranges
@@ -503,9 +503,8 @@ def _out_ranges(chain: _Chain, w: _Weights) -> np.ndarray:
 def _in_ranges(chain: _Chain, w: _Weights) -> np.ndarray:
     """max |w| per input channel of B."""
     k = w["k2"]
-    if k.ndim == 2:
-        return np.max(np.abs(k), axis=1)
-    return np.max(np.abs(k), axis=(0, 1, 3))
+    ranges: np.ndarray = np.max(np.abs(k), axis=1 if k.ndim == 2 else (0, 1, 3))
+    return ranges
 
 
 def _scale(chain: _Chain, w: _Weights, s: np.ndarray) -> None:
@@ -605,9 +604,9 @@ def _equalize_chains(
     _write_all(model, store)
     pairs = []
     for i, chain in enumerate(chains):
-        kind = ""
-        if chain.relu6 is not None:
-            kind = "replaced" if chain.relu6.name in replaced else "unclipped"
+        kind = "unclipped" if chain.relu6 is not None else ""
+        if any(x.name in replaced for x in [chain.first, *chain.between]):
+            kind = "replaced"
         pairs.append(
             EqualizedPair(
                 first=chain.first.name,
