@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -117,7 +117,7 @@ class EqualizationRecord:
     clone_seconds: float = 0.0
     equalize_seconds: float = 0.0
     float_change: Verification | None = None  # measured when images were given
-    layers: tuple[str, ...] = field(default=())
+    layers: tuple[str, ...] = ()  # every layer whose weights changed
 
     @property
     def equalized(self) -> bool:
@@ -158,13 +158,33 @@ def equalize(
         (equalized clone, record), or (None, record with `reason`) when nothing could be paired.
 
     Raises:
-        EqualizationError: only for a model that cannot be read at all.
+        EqualizationError: the images do not fit the model, or the model's graph cannot be read
+            (one line; a model that merely cannot be paired returns a record instead).
     """
-    if not _traceable(model):
-        kind = type(model).__name__
-        return None, EqualizationRecord(
-            reason=f"{kind} is a subclassed model: its layers' connections cannot be traced"
-        )
+    untraceable = _untraceable(model)
+    if untraceable:
+        return None, EqualizationRecord(reason=untraceable)
+    if images is not None:
+        _check_images(model, images)
+    try:
+        return _equalize(model, images, relu6, iterations, absorb_bias)
+    except QuantLensError:
+        raise
+    except Exception as exc:  # a layer this code does not understand: say so, never crash
+        first = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise EqualizationError(
+            f"equalization could not read this model ({type(exc).__name__}: {first}); "
+            "quantize it without equalization"
+        ) from exc
+
+
+def _equalize(
+    model: Any,
+    images: np.ndarray | None,
+    relu6: Relu6Policy,
+    iterations: int,
+    absorb_bias: bool,
+) -> tuple[Any | None, EqualizationRecord]:
     started = time.perf_counter()
     try:
         clone = _clone(model)
@@ -208,7 +228,7 @@ def equalize(
         clone_seconds=clone_seconds,
         equalize_seconds=equalize_seconds,
         float_change=change,
-        layers=tuple(name for p in pairs for name in (p.first, p.second)),
+        layers=tuple(dict.fromkeys(name for p in pairs for name in (p.first, p.second))),
     )
 
 
@@ -224,8 +244,8 @@ def verify_equalized(
     """Run both float models on `images` and compare their outputs.
 
     Returns:
-        top-1 agreement and the largest |Δ| over every output value (logits or probabilities,
-        whatever the model outputs).
+        top-1 agreement and the largest |Δ| over every value of the first output (logits or
+        probabilities, whatever the model outputs).
 
     Raises:
         EqualizationError: max |Δ| above `tolerance` or agreement below `min_agreement`.
@@ -253,10 +273,9 @@ def rescale_channels(model: Any, first: str, second: str, scales: np.ndarray) ->
     Raises:
         EqualizationError: the two layers are not such a chain.
     """
-    if not _traceable(model):
-        raise EqualizationError(
-            f"{type(model).__name__} is a subclassed model; use a functional one"
-        )
+    untraceable = _untraceable(model)
+    if untraceable:
+        raise EqualizationError(untraceable)
     clone = _clone(model)
     chains, skipped = find_chains(clone, relu6="skip", have_images=False)
     chain = next((c for c in chains if c.first.name == first and c.second.name == second), None)
@@ -276,12 +295,39 @@ def rescale_channels(model: Any, first: str, second: str, scales: np.ndarray) ->
 # --- the graph -----------------------------------------------------------------------------
 
 
-def _traceable(model: Any) -> bool:
-    """A functional or Sequential model: its graph of layers can be read."""
+def _untraceable(model: Any) -> str | None:
+    """Why the model's graph of layers cannot be read, or None for a built functional or
+    Sequential Keras model."""
     import keras
     from keras.src.models.functional import Functional
 
-    return type(model) in (Functional, keras.Sequential) and bool(model.built)
+    kind = type(model).__name__
+    if not isinstance(model, keras.Model):
+        return f"{kind} is not a Keras model: equalization needs the .keras file's layers"
+    if type(model) not in (Functional, keras.Sequential):
+        return f"{kind} is a subclassed model: its layers' connections cannot be traced"
+    if not model.built:
+        return f"{kind} is not built: call it on an input once"
+    return None
+
+
+def _check_images(model: Any, images: np.ndarray) -> None:
+    """One input, and images shaped as it expects (the batch first)."""
+    if len(model.inputs) != 1:
+        raise EqualizationError(
+            f"the model takes {len(model.inputs)} inputs; equalize it without images"
+        )
+    expected = tuple(model.inputs[0].shape[1:])
+    got = tuple(np.shape(images)[1:])
+    if (
+        len(images) == 0
+        or len(got) != len(expected)
+        or any(e is not None and e != g for e, g in zip(expected, got, strict=True))
+    ):
+        raise EqualizationError(
+            f"images of shape {np.shape(images)} do not fit the model's input {expected}; "
+            "give a batch of preprocessed images"
+        )
 
 
 def _clone(model: Any, relu_for: set[str] | None = None) -> Any:
@@ -370,7 +416,7 @@ def _follow(
                 return SkippedPair(name, problem, layer.name)
             absorb_ok = absorb_ok and _padding_free(layer)
             return _Chain(first, layer, between, bn, relu6_layer, absorb_ok)
-        if not layer.__class__.__module__.startswith("keras."):
+        if kind.startswith("custom "):
             return SkippedPair(
                 name, f"custom layer {layer.name} ({layer.__class__.__name__}) follows it"
             )
@@ -432,7 +478,9 @@ def _padding_free(second: Any) -> bool:
 
 
 def _kind(layer: Any) -> str:
-    return str(layer.__class__.__name__)
+    """The Keras class name; a class defined outside Keras (even a Conv2D subclass) is custom."""
+    cls = layer.__class__
+    return str(cls.__name__) if cls.__module__.startswith("keras.") else f"custom {cls.__name__}"
 
 
 def _act(layer: Any) -> str:
@@ -597,7 +645,8 @@ def _equalize_chains(
             if chain.bn is not None and "beta" not in weights[i]:
                 continue
             low = stats[chain.first.name][0] / total[i]
-            c = np.where(low > 0, low, 0.0)
+            # a clipped ReLU6 channel is not shifted: relu6(z - c) != relu6(z) - c above 6
+            c = np.where((low > 0) & ~frozen[i], low, 0.0)
             if np.any(c > 0):
                 _absorb(chain, weights[i], c)
                 absorbed[i] = int(np.count_nonzero(c))
@@ -673,8 +722,6 @@ def _activation_ratios(model: Any, chains: list[_Chain], images: np.ndarray) -> 
 def _with_activation(
     pair: EqualizedPair, before: float | None, after: float | None
 ) -> EqualizedPair:
-    from dataclasses import replace
-
     return replace(pair, activation_ratio_before=before, activation_ratio_after=after)
 
 

@@ -13,8 +13,9 @@ The construction (function-preserving, so the float model's answers do not chang
 
 The activation between conv2 and conv3 now has one channel spanning about 400x the range of the
 others. Full-integer quantization gives that tensor one scale (per-tensor activations), set by
-the outlier, so the other 31 channels keep about 1/400 of the int8 grid (a level or two): top-1
-agreement with the float model collapses. This is the failure MobileNet- and EfficientNet-style
+the outlier, so the other 31 channels keep about 1/400 of the int8 grid: 256 / 400, less than
+one step, and most of their values round to zero. Top-1 agreement with the float model
+collapses (measured: 13 % on 697 held-out digits, against 100 % for float32 TFLite). This is the failure MobileNet- and EfficientNet-style
 networks show in practice (Nagel et al. 2019), made reproducible and explained. Cross-layer
 equalization (core.engine.equalize) undoes it exactly.
 """

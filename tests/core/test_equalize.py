@@ -340,6 +340,8 @@ def test_a_sequential_model_is_equalized() -> None:
     assert np.max(np.abs(_keras(model, images) - _keras(equalized, images))) < 1e-4
     result = verify_equalized(model, equalized, images)
     assert result.top1_agreement == 1.0 and result.images == len(images)
+    with pytest.raises(EqualizationError, match="do not fit the model's input"):
+        equalize(model, images[:, :4])
 
 
 def test_branching_is_skipped_and_an_always_positive_bias_is_absorbed() -> None:
