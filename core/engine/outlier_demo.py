@@ -15,7 +15,8 @@ The activation between conv2 and conv3 now has one channel spanning about 400x t
 others. Full-integer quantization gives that tensor one scale (per-tensor activations), set by
 the outlier, so the other 31 channels keep about 1/400 of the int8 grid: 256 / 400, less than
 one step, and most of their values round to zero. Top-1 agreement with the float model
-collapses (measured: 13 % on 697 held-out digits, against 100 % for float32 TFLite). This is the failure MobileNet- and EfficientNet-style
+collapses: measured on the demo's 628 held-out digits, int8 agrees on 9.7 % (float32 TFLite
+100 %), and on 99.5 % after equalization, at the same 21,512 bytes. This is the failure MobileNet- and EfficientNet-style
 networks show in practice (Nagel et al. 2019), made reproducible and explained. Cross-layer
 equalization (core.engine.equalize) undoes it exactly.
 """
@@ -29,18 +30,21 @@ from typing import Any
 
 import numpy as np
 
-from core.engine.demo import INPUT_SIZE, SEED, load_split
+from core.engine.demo import SEED, load_split
 from core.engine.equalize import rescale_channels
 
 OUTLIER_FACTOR = 400.0
 OUTLIER_FIRST = "conv2"  # the layer whose output channel is blown up
 OUTLIER_SECOND = "conv3"  # the layer that absorbs it
 OUTLIER_FOLDER = "outlier"
-OUTLIER_EPOCHS = 8
+OUTLIER_EPOCHS = 10
+# The 8x8 digits decoded at 16x16 (the same decoder and preset as the other demos): two
+# max-pools leave 4x4, and training takes seconds rather than a minute.
+OUTLIER_INPUT_SIZE = 16
 OUTLIER_MIN_ACCURACY = 0.90  # a broken-build guard, not a target
 
 
-def outlier_net(input_size: int = INPUT_SIZE, num_classes: int = 10) -> Any:
+def outlier_net(input_size: int = OUTLIER_INPUT_SIZE, num_classes: int = 10) -> Any:
     """The small conv net of step 1 (ReLU and max-pool only between convs: rescaling is exact)."""
     import keras
     from keras import layers
@@ -135,8 +139,8 @@ def build_outlier_demo(
     staging = _staging_folder(demo_root, ".outlier-")
     try:
         report(0.05, "decoding the digits")
-        x_train, y_train = load_split(train_csv)
-        x_test, y_test = load_split(test_csv)
+        x_train, y_train = load_split(train_csv, OUTLIER_INPUT_SIZE)
+        x_test, y_test = load_split(test_csv, OUTLIER_INPUT_SIZE)
         report(0.1, "training the small conv net")
         _base, model, channel = outlier_model(x_train, y_train, epochs=epochs)
         accuracy = float(np.mean(np.argmax(model.predict(x_test, verbose=0), -1) == y_test))

@@ -371,3 +371,22 @@ def test_branching_is_skipped_and_an_always_positive_bias_is_absorbed() -> None:
     low = np.asarray(probe(images)).min(axis=(0, 1, 2))
     assert abs(low[1]) < 1e-4 and np.array_equal(np.delete(low, 1) < 0, np.ones(5, bool))
     assert np.max(np.abs(_keras(model, images) - _keras(equalized, images))) < 1e-4
+
+
+def test_the_outlier_demo_is_built_from_the_demo_digits_and_documented(tmp_path: Any) -> None:
+    import keras
+
+    from core.engine.demo import write_digit_images
+    from core.engine.outlier_demo import OUTLIER_FACTOR, build_outlier_demo
+
+    write_digit_images(tmp_path / "data")
+    folder = build_outlier_demo(tmp_path)
+    assert (folder / "saved_model" / "saved_model.pb").is_file()
+    assert float((folder / "ACCURACY").read_text()) > 0.9
+    note = (folder / "NOTE").read_text()
+    assert "multiplied by 400" in note and "function-preserving" in note
+    model = keras.saving.load_model(folder / "digits_outlier.keras")
+    kernel = model.get_layer("conv2").get_weights()[0]
+    peaks = np.abs(kernel).max(axis=(0, 1, 2))
+    assert peaks.max() / np.median(peaks) > OUTLIER_FACTOR / 4
+    assert build_outlier_demo(tmp_path) == folder  # built once
