@@ -1,10 +1,10 @@
 """Benchmark: cross-layer equalization on keras.applications MobileNetV2 (alpha 1.0, 224x224,
 untrained weights: the arithmetic does not care what the weights learned).
 
-Prints, per ReLU6 policy, the pairs equalized and skipped and the seconds spent: cloning the
-model (Keras rebuilds every layer) apart from equalizing (reading the images' pre-activation
-ranges when given, the scale sweeps, writing the weights back). The target is equalization
-under 2 s. "if_unclipped" runs on 16 random images (it needs them to check the clip);
+Prints, per ReLU6 policy, the pairs equalized and skipped and the seconds spent, apart:
+cloning the model (Keras rebuilds every layer), the images' forward pass for per-channel
+pre-activation ranges (only when images are given), and equalizing (the scale sweeps and
+writing the weights back). The target is equalization under 2 s. "if_unclipped" runs on 16 random images (it needs them to check the clip);
 "replace" and "skip" are data-free.
 
 Usage: python bench/equalize.py
@@ -35,6 +35,7 @@ def main() -> None:
         print(
             f"relu6={policy:<13} pairs {len(record.pairs):>3}  skipped {len(record.skipped):>3}  "
             f"sweeps {record.iterations:>2}  clone {record.clone_seconds:.2f} s  "
+            f"image statistics {record.statistics_seconds:.2f} s  "
             f"equalize {record.equalize_seconds:.2f} s",
             flush=True,
         )

@@ -114,8 +114,9 @@ class EqualizationRecord:
     reason: str | None = None
     iterations: int = 0
     relu6_replaced: tuple[str, ...] = ()
-    clone_seconds: float = 0.0
-    equalize_seconds: float = 0.0
+    clone_seconds: float = 0.0  # Keras rebuilding the model (twice when ReLU6 is replaced)
+    statistics_seconds: float = 0.0  # one forward pass of the images for per-channel ranges
+    equalize_seconds: float = 0.0  # the arithmetic on the weights, and writing them back
     float_change: Verification | None = None  # measured when images were given
     layers: tuple[str, ...] = ()  # every layer whose weights changed
 
@@ -208,8 +209,10 @@ def _equalize(
         )
 
     act_before = _activation_ratios(clone, chains, images) if images is not None else {}
-    started = time.perf_counter()  # the images' statistics and the arithmetic on the weights
+    started = time.perf_counter()
     stats = _pre_activation_stats(clone, chains, images) if images is not None else {}
+    statistics_seconds = time.perf_counter() - started
+    started = time.perf_counter()
     pairs, sweeps = _equalize_chains(clone, chains, stats, iterations, absorb_bias, replaced)
     equalize_seconds = time.perf_counter() - started
     if images is not None:
@@ -226,6 +229,7 @@ def _equalize(
         iterations=sweeps,
         relu6_replaced=replaced,
         clone_seconds=clone_seconds,
+        statistics_seconds=statistics_seconds,
         equalize_seconds=equalize_seconds,
         float_change=change,
         layers=tuple(dict.fromkeys(name for p in pairs for name in (p.first, p.second))),
