@@ -119,10 +119,26 @@ class EqualizationRecord:
     equalize_seconds: float = 0.0  # the arithmetic on the weights, and writing them back
     float_change: Verification | None = None  # measured when images were given
     layers: tuple[str, ...] = ()  # every layer whose weights changed
+    relu6: str = ""  # the ReLU6 policy used
 
     @property
     def equalized(self) -> bool:
         return bool(self.pairs)
+
+    def as_fix(self) -> dict[str, Any]:
+        """The variant's typed `fix` (DESIGN §10): kind, the layers changed, the pairs, how
+        ReLU6 was treated, and the float change measured on the images when there were any."""
+        fix: dict[str, Any] = {
+            "kind": "equalize",
+            "layers": list(self.layers),
+            "pairs": [[p.first, p.second] for p in self.pairs],
+            "relu6": self.relu6,
+            "relu6_replaced": list(self.relu6_replaced),
+        }
+        if self.float_change is not None:
+            fix["float_top1_agreement"] = self.float_change.top1_agreement
+            fix["float_max_abs_delta"] = self.float_change.max_abs_delta
+        return fix
 
 
 @dataclass
@@ -233,6 +249,7 @@ def _equalize(
         equalize_seconds=equalize_seconds,
         float_change=change,
         layers=tuple(dict.fromkeys(name for p in pairs for name in (p.first, p.second))),
+        relu6=relu6,
     )
 
 

@@ -88,6 +88,9 @@ def test_equalized_float_model_equals_the_original(
     delta = np.max(np.abs(_keras(outlier["model"], calib) - _keras(equalized, calib)))
     assert record.float_change is not None and record.float_change.top1_agreement == 1.0
     assert record.float_change.max_abs_delta == pytest.approx(delta, abs=1e-6)
+    fix = record.as_fix()
+    assert fix["kind"] == "equalize" and ["conv2", "conv3"] in fix["pairs"]
+    assert fix["layers"] == ["conv1", "conv2", "conv3", "probabilities"]
 
 
 def test_range_ratio_of_the_outlier_pair_drops_from_400_to_below_2(
