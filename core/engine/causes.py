@@ -576,6 +576,7 @@ class _Graph:
             for op in self._ops
         ]
         self.producer = {o: n for n, outs in enumerate(self.op_outputs) for o in outs}
+        self._keras3: bool | None = None
         self.consumers: dict[int, list[int]] = {}
         for n, ins in enumerate(self.op_inputs):
             for i in ins:
@@ -598,10 +599,13 @@ class _Graph:
 
     def layer(self, tensor: int) -> str:
         from core.engine.diagnose import _main_layer
+        from core.engine.quantizer import keras3_scopes
 
         if tensor in self.inputs:
             return INPUT_LAYER
-        return _main_layer(self.names[tensor])
+        if self._keras3 is None:  # decided once per model, from its op outputs, as diagnose does
+            self._keras3 = keras3_scopes(self.names[o] for outs in self.op_outputs for o in outs)
+        return _main_layer(self.names[tensor], keras3=self._keras3)
 
     def shape(self, tensor: int) -> tuple[int, ...]:
         return tuple(int(d) for d in _ints(self._tensors[tensor].ShapeAsNumpy()))
