@@ -37,6 +37,7 @@ RAY_ENV = ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PAT
            "RAY_NODE_IP_ADDRESS")  # fmt: skip
 # Files that differ between two runs by design: when and where they ran, not what they found.
 RUN_RECORDS = {"report.json", "report.html", "status.json", "progress.jsonl", "job.json"}
+TIMING = re.compile(r"latency|seconds|_s$|time")  # per-invoke timings: measured, not computed
 
 
 def _free_port() -> int:
@@ -91,14 +92,15 @@ def local_run(
 
 def _assert_same_as_local(local: Path, other: Path) -> None:
     """Every file the run wrote is byte-identical, and report.json's numbers are equal."""
-    files = {p.name for p in local.iterdir() if p.is_file()} - RUN_RECORDS
-    assert files == {p.name for p in other.iterdir() if p.is_file()} - RUN_RECORDS
+    files = {p.name for p in local.iterdir() if p.is_file() and not TIMING.search(p.name)}
+    assert files == {p.name for p in other.iterdir() if p.is_file() and not TIMING.search(p.name)}
+    files -= RUN_RECORDS
     assert any(name.endswith(".probs.npy") for name in files)
     for name in sorted(files):
         assert (other / name).read_bytes() == (local / name).read_bytes(), name
     reports = [json.loads((run / "report.json").read_text()) for run in (local, other)]
     numbers = [
-        {v["name"]: {k: x for k, x in v.items() if k not in {"latency", "timing"}}
+        {v["name"]: {k: x for k, x in v.items() if not TIMING.search(k)}
          for v in report["variants"]}
         for report in reports
     ]  # fmt: skip
