@@ -102,6 +102,9 @@ class Evaluation:
     variants: dict[str, np.ndarray] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     passes: int = 1  # Ray Data passes over the images: more than 1 when a variant was isolated
+    # Ray node id -> the batches (of BATCH samples) whose outputs that node returned, in the
+    # pass that evaluated the original; report.json's engine.batches_by_node.
+    batches_by_node: dict[str, int] = field(default_factory=dict)
 
 
 def _check_reachable(address: str) -> None:
@@ -487,12 +490,13 @@ class ShardEvaluator:
         ]
         self.preset = Preset(preset)
         self.shape = image_shape
+        self.node = str(ray.get_runtime_context().get_node_id())  # where this actor runs
 
     def __call__(self, chunk: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from core.engine.faults import maybe_inject
 
         maybe_inject("shard")
-        out: dict[str, list[Any]] = {"position": [], "reason": []}
+        out: dict[str, list[Any]] = {"position": [], "reason": [], "node": []}
         for start, paths in zip(chunk["start"], chunk["paths"], strict=True):
             self._evaluate_chunk(int(start), [str(p) for p in paths], out)
         return {key: np.asarray(values) for key, values in out.items()}
@@ -533,6 +537,7 @@ class ShardEvaluator:
         count = len(positions)
         out["position"].extend(positions)
         out["reason"].extend(reasons)
+        out["node"].extend([self.node] * count)
         out.setdefault("reference", []).extend(np.asarray(reference, dtype=np.float32))
         for name, _runner in self.runners:
             rows, error = outputs.get(name, (self._blank(count), ""))
@@ -665,7 +670,16 @@ def evaluate(
             passes += 1 + len(variants)
     evaluation = _evaluation(samples, columns, [name for name, _ in variants], errors)
     evaluation.passes = passes
+    evaluation.batches_by_node = _batches_by_node(columns)
     return evaluation
+
+
+def _batches_by_node(columns: dict[str, np.ndarray]) -> dict[str, int]:
+    """How many batches each node returned: a batch is the rows of one BATCH-sized chunk."""
+    batches: dict[str, set[int]] = {}
+    for position, node in zip(columns["position"], columns["node"], strict=True):
+        batches.setdefault(str(node), set()).add(int(position) // BATCH)
+    return {node: len(chunks) for node, chunks in sorted(batches.items())}
 
 
 def _isolated_passes(
