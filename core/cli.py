@@ -15,6 +15,7 @@ from core.reporting.runmodel import RunReport
 from core.types import (
     BACKEND_CHOICES,
     DEFAULT_MIN_AGREEMENT_PCT,
+    RAY_NODE_IP_ENV,
     JobSpec,
     Preset,
     ProgressEvent,
@@ -357,9 +358,7 @@ def _job_from_args(args: argparse.Namespace) -> JobSpec:
         raise QuantLensError(
             f"--ray-address {args.ray_address} needs --engine ray; add it, or drop the address"
         )
-    from core.engine.ray_engine import NODE_IP_ENV
-
-    node_ip = args.ray_node_ip or os.environ.get(NODE_IP_ENV, "").strip() or None
+    node_ip = args.ray_node_ip or os.environ.get(RAY_NODE_IP_ENV, "").strip() or None
     if args.ray_node_ip and args.engine != "ray":
         raise QuantLensError(
             f"--ray-node-ip {args.ray_node_ip} needs --engine ray; add it, or drop the option"

@@ -396,6 +396,11 @@ class ProgressEvent:
         return asdict(self)
 
 
+# This machine's address in a Ray cluster, read by the CLI (--ray-node-ip's default) and by the
+# Ray engine (a dashboard server's environment); Ray 2.60 itself does not read it.
+RAY_NODE_IP_ENV = "RAY_NODE_IP_ADDRESS"
+
+
 @dataclass(frozen=True)
 class JobSpec:
     """Everything a worker needs to run one job; serialised as the run directory's job.json."""

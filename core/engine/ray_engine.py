@@ -37,12 +37,12 @@ import numpy as np
 from core.engine.faults import FAULT_ENV, FAULT_ONCE_ENV
 from core.engine.stages.files import BATCH  # the local engine's decode/reference batch
 from core.errors import QuantLensError
+from core.types import RAY_NODE_IP_ENV as NODE_IP_ENV
 from core.types import JobSpec, Preset, Sample, SkippedSample, VariantSpec
 
 RETRIES = 2  # restarts of a dead actor, and re-runs of its chunk, before a pass gives up
 CONNECT_TIMEOUT_S = 5.0  # one probe of the address (a TCP connect, one GCS call)
 DEFAULT_CONNECT_TIMEOUT_S = 30.0  # connect to the cluster's first answer (--ray-connect-timeout)
-NODE_IP_ENV = "RAY_NODE_IP_ADDRESS"  # this machine's address in the cluster (--ray-node-ip)
 AUTH_MODE_ENV = "RAY_AUTH_MODE"  # Ray's switch for token authentication
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 # During a cluster pass the head checks the cluster's address every WATCH_INTERVAL_S; silent
