@@ -50,8 +50,10 @@ LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 WATCH_INTERVAL_S = 1.0
 LOST_AFTER_S = 8.0
 LOCAL_RAY_TEMP = "/tmp/ray"
-# Environment the Ray workers must see as the head does (test-only fault injection).
-FORWARDED_ENV = (FAULT_ENV, FAULT_ONCE_ENV)
+# Environment the Ray workers must see as the head does: TensorFlow's switches, read once at
+# import (the job's worker turns oneDNN's ops off; left on, the original's outputs differ from
+# the local engine's in the last bits), and test-only fault injection.
+FORWARDED_ENV = ("TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL", FAULT_ENV, FAULT_ONCE_ENV)
 ShardProgress = Callable[[int, int], None]  # (samples done, samples in total)
 
 
@@ -222,9 +224,10 @@ def ray_session(
     # cluster gone that call blocks until Ray ends the process. QuantLens sends no usage data.
     os.environ.setdefault("RAY_DATA_USAGE_DISABLED", "1")
     owned = not ray.is_initialized()
+    done = threading.Event()  # the session is over: the thread that started Ray may end
     if owned:
         node_ip = node_ip or os.environ.get(NODE_IP_ENV, "").strip() or None
-        info = _connect(address, node_ip, connect_timeout_s)
+        info = _connect(address, node_ip, connect_timeout_s, done)
     else:
         info = _cluster_info(address)
     try:
@@ -232,6 +235,7 @@ def ray_session(
     finally:
         if owned:
             ray.shutdown()
+        done.set()
 
 
 def job_session(job: JobSpec) -> AbstractContextManager[ClusterInfo]:
@@ -241,12 +245,17 @@ def job_session(job: JobSpec) -> AbstractContextManager[ClusterInfo]:
     )
 
 
-def _connect(address: str | None, node_ip: str | None, limit_s: float) -> ClusterInfo:
+def _connect(
+    address: str | None, node_ip: str | None, limit_s: float, done: threading.Event
+) -> ClusterInfo:
     """ray.init and the cluster's first answer, on a thread this one stops waiting for after
     `limit_s`: Ray retries an address it cannot use for minutes (forever, for a loopback
     cluster it reaches at another interface), in C++ that nothing can interrupt. The thread
     is abandoned (the worker process ends with os._exit); should it connect after all, it
-    disconnects at once, so nothing is left running."""
+    disconnects at once, so nothing is left running.
+
+    Once connected, the thread waits for `done` (the session's end): the processes of a local
+    Ray die with the thread that started them (Ray ties them to it with PR_SET_PDEATHSIG)."""
     started = time.monotonic()
     if address:
         _check_reachable(address)
@@ -263,8 +272,9 @@ def _connect(address: str | None, node_ip: str | None, limit_s: float) -> Cluste
         with lock:
             if abandoned:
                 _untyped_ray().shutdown()
-            else:
-                outcome["info"] = info
+                return
+            outcome["info"] = info
+        done.wait()
 
     thread = threading.Thread(target=attempt, name="ray-connect", daemon=True)
     quiet = _NotMainThreadWarning()
