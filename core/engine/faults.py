@@ -47,6 +47,9 @@ def maybe_inject(step: str, variant: str | None = None) -> None:
         while True:
             time.sleep(3600)
     elif kind == "slow":
+        # Logged so a test can tell which process (Ray: which node) has run the step.
+        sys.stderr.write(f"fault: slow {step}\n")
+        sys.stderr.flush()
         time.sleep(1.0)
     elif kind == "oom":
         hoard = []
