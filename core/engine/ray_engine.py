@@ -598,7 +598,11 @@ def _one_pass(
         ShardEvaluator,
         batch_size=1,
         batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=min(cpus, len(chunks))),
+        # Every actor starts at once (each loads TensorFlow and the model, on every node), not
+        # as Ray Data's autoscaling gets to it; one alive is enough to finish (a lost node).
+        compute=ray.data.ActorPoolStrategy(
+            min_size=1, max_size=min(cpus, len(chunks)), initial_size=min(cpus, len(chunks))
+        ),
         num_cpus=1,
         # Ray 2.60 takes these only as plain remote args (it warns they move in Ray 2.64); the
         # default (-1, forever) would re-run a variant that kills its worker without end.
