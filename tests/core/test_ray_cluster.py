@@ -230,9 +230,9 @@ def test_without_an_address_the_run_uses_a_private_ray_beside_a_running_head(
 
 
 @pytest.mark.xfail(
-    strict=True,
-    reason="Ray Data 2.60 re-creates the lost node's shard actor, which waits for a CPU that "
-    "the surviving actors hold until the pass ends: the pass stalls",
+    strict=False,
+    reason="not always survived: Ray Data 2.60 re-creates the lost node's shard actor, which "
+    "can wait for a CPU that the surviving actors hold until the pass ends (the pass stalls)",
 )
 def test_a_node_killed_mid_pass_leaves_the_run_the_local_numbers(
     two_nodes: TwoNodes, local_run: Path, tiny_models: dict[str, Path], images: Path,
