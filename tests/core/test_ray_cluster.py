@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -399,6 +400,7 @@ def test_the_readmes_cluster_recipe_works_as_written(
         for group in groups:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(group, signal.SIGKILL)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _one_machine_flags(temp_dir: Path, *, head: bool) -> list[str]:
