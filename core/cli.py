@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from core.reporting.runmodel import RunReport
 from core.types import (
     BACKEND_CHOICES,
     DEFAULT_MIN_AGREEMENT_PCT,
+    RAY_NODE_IP_ENV,
     JobSpec,
     Preset,
     ProgressEvent,
@@ -84,6 +86,22 @@ def _parser() -> argparse.ArgumentParser:
         metavar="ADDR",
         help="HOST:PORT of a running Ray cluster (printed by `ray start --head`); without it "
         "--engine ray starts a local Ray sized to this machine",
+    )
+    run.add_argument(
+        "--ray-node-ip",
+        default=None,
+        metavar="IP",
+        help="this machine's address in the Ray cluster, as its nodes are bound (`ray start "
+        "--node-ip-address`), such as 127.0.0.1 for a cluster on loopback (default: "
+        "RAY_NODE_IP_ADDRESS, else Ray's choice)",
+    )
+    run.add_argument(
+        "--ray-connect-timeout",
+        type=float,
+        default=JobSpec.ray_connect_timeout_s,
+        metavar="S",
+        help=f"seconds to join the Ray cluster (or start the local Ray) before the run fails "
+        f"(default {JobSpec.ray_connect_timeout_s:g})",
     )
     run.add_argument(
         "--keep-float",
@@ -359,6 +377,15 @@ def _job_from_args(args: argparse.Namespace) -> JobSpec:
         raise QuantLensError(
             f"--ray-address {args.ray_address} needs --engine ray; add it, or drop the address"
         )
+    node_ip = args.ray_node_ip or os.environ.get(RAY_NODE_IP_ENV, "").strip() or None
+    if args.ray_node_ip and args.engine != "ray":
+        raise QuantLensError(
+            f"--ray-node-ip {args.ray_node_ip} needs --engine ray; add it, or drop the option"
+        )
+    if args.ray_connect_timeout <= 0:
+        raise QuantLensError(
+            f"--ray-connect-timeout is a number of seconds above 0; got {args.ray_connect_timeout:g}"
+        )
     input_size = None
     if args.input_size:
         try:
@@ -388,6 +415,8 @@ def _job_from_args(args: argparse.Namespace) -> JobSpec:
         verdict=args.verdict,
         engine=args.engine,
         ray_address=args.ray_address,
+        ray_node_ip=node_ip if args.engine == "ray" else None,
+        ray_connect_timeout_s=args.ray_connect_timeout,
         auto_fix=args.auto_fix,
         calibration_data=str(Path(calibration_data).resolve()) if calibration_data else None,
         calibration_overlap=args.calibration_overlap,

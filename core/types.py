@@ -402,6 +402,11 @@ class ProgressEvent:
         return asdict(self)
 
 
+# This machine's address in a Ray cluster, read by the CLI (--ray-node-ip's default) and by the
+# Ray engine (a dashboard server's environment); Ray 2.60 itself does not read it.
+RAY_NODE_IP_ENV = "RAY_NODE_IP_ADDRESS"
+
+
 @dataclass(frozen=True)
 class JobSpec:
     """Everything a worker needs to run one job; serialised as the run directory's job.json."""
@@ -429,6 +434,8 @@ class JobSpec:
     verdict: str = "point"  # "point" or "lower-bound" (core.reporting.report.VERDICT_RULES)
     engine: str = "local"  # "local" or "ray" (core.engine.ray_engine evaluates on shards)
     ray_address: str | None = None  # a Ray cluster's HOST:PORT; None starts a local Ray
+    ray_node_ip: str | None = None  # this machine's address in the cluster (--ray-node-ip)
+    ray_connect_timeout_s: float = 30.0  # connect to the cluster's first answer, at most
     auto_fix: int | None = None  # keep up to K layers float in a variant below the bar (issue 12)
     # Calibration (issue 13): a separate set (nothing held out), or calibrate on images that are
     # also evaluated; by default they are held out when the data set has 2x calibration_samples.

@@ -1,7 +1,8 @@
 """Test-only fault injection: make the worker segfault, abort, hang or exhaust memory at a step.
 
 Enabled only when the environment variable QUANTLENS_FAULT is set, as `KIND@STEP` or
-`KIND@STEP:VARIANT`, e.g. `segv@convert:int8`. KIND is segv, abort, hang or oom. Nothing in
+`KIND@STEP:VARIANT`, e.g. `segv@convert:int8`. KIND is segv, abort, hang, oom or slow (the
+step takes a second longer, so a test can act while it runs). Nothing in
 normal use sets it. QUANTLENS_FAULT_ONCE=PATH makes the fault fire once across processes.
 """
 
@@ -45,6 +46,11 @@ def maybe_inject(step: str, variant: str | None = None) -> None:
         sys.stderr.flush()
         while True:
             time.sleep(3600)
+    elif kind == "slow":
+        # Logged so a test can tell which process (Ray: which node) has run the step.
+        sys.stderr.write(f"fault: slow {step}\n")
+        sys.stderr.flush()
+        time.sleep(1.0)
     elif kind == "oom":
         hoard = []
         while True:  # grows until the memory limit stops it

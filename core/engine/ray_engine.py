@@ -27,7 +27,7 @@ import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,17 +38,23 @@ from core.engine.faults import FAULT_ENV, FAULT_ONCE_ENV
 from core.engine.stages.files import BATCH  # the local engine's decode/reference batch
 from core.errors import QuantLensError
 from core.metrics.latency import usable_cpus
-from core.types import Preset, Sample, SkippedSample, VariantSpec
+from core.types import RAY_NODE_IP_ENV as NODE_IP_ENV
+from core.types import JobSpec, Preset, Sample, SkippedSample, VariantSpec
 
 RETRIES = 2  # restarts of a dead actor, and re-runs of its chunk, before a pass gives up
-CONNECT_TIMEOUT_S = 5.0
+CONNECT_TIMEOUT_S = 5.0  # one probe of the address (a TCP connect, one GCS call)
+DEFAULT_CONNECT_TIMEOUT_S = 30.0  # connect to the cluster's first answer (--ray-connect-timeout)
+AUTH_MODE_ENV = "RAY_AUTH_MODE"  # Ray's switch for token authentication
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 # During a cluster pass the head checks the cluster's address every WATCH_INTERVAL_S; silent
 # for LOST_AFTER_S, the cluster is lost (Ray itself would wait 60 s, then kill the process).
 WATCH_INTERVAL_S = 1.0
 LOST_AFTER_S = 8.0
 LOCAL_RAY_TEMP = "/tmp/ray"
-# Environment the Ray workers must see as the head does (test-only fault injection).
-FORWARDED_ENV = (FAULT_ENV, FAULT_ONCE_ENV)
+# Environment the Ray workers must see as the head does: TensorFlow's switches, read once at
+# import (the job's worker turns oneDNN's ops off; left on, the original's outputs differ from
+# the local engine's in the last bits), and test-only fault injection.
+FORWARDED_ENV = ("TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL", FAULT_ENV, FAULT_ONCE_ENV)
 ShardProgress = Callable[[int, int], None]  # (samples done, samples in total)
 
 
@@ -99,6 +105,9 @@ class Evaluation:
     variants: dict[str, np.ndarray] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     passes: int = 1  # Ray Data passes over the images: more than 1 when a variant was isolated
+    # Ray node id -> the batches (of BATCH samples) whose outputs that node returned, in the
+    # pass that evaluated the original; report.json's engine.batches_by_node.
+    batches_by_node: dict[str, int] = field(default_factory=dict)
 
 
 def _check_reachable(address: str) -> None:
@@ -193,13 +202,22 @@ def _runtime_env() -> dict[str, Any]:
 
 
 @contextmanager
-def ray_session(address: str | None) -> Iterator[ClusterInfo]:
-    """Connect to the cluster at `address`, or start a local Ray sized to this machine.
+def ray_session(
+    address: str | None,
+    *,
+    node_ip: str | None = None,
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+) -> Iterator[ClusterInfo]:
+    """Connect to exactly the cluster at `address`, or start a private local Ray sized to this
+    machine; everything up to the cluster's first answer takes at most `connect_timeout_s`.
 
-    A session the caller already opened (ray.init in a test) is used as it is and left open.
+    `node_ip` (else RAY_NODE_IP_ADDRESS) is this machine's address in the cluster, as the
+    operator bound it (`ray start --node-ip-address`). A session the caller already opened
+    (ray.init in a test) is used as it is and left open.
 
     Raises:
-        ClusterUnavailable: nobody answers at `address`, or Ray refuses to connect.
+        ClusterUnavailable: nobody answers at `address`, the cluster refuses this process's
+            authentication, it does not answer in time, or Ray refuses to connect.
     """
     import ray
 
@@ -207,31 +225,206 @@ def ray_session(address: str | None) -> Iterator[ClusterInfo]:
     # cluster gone that call blocks until Ray ends the process. QuantLens sends no usage data.
     os.environ.setdefault("RAY_DATA_USAGE_DISABLED", "1")
     owned = not ray.is_initialized()
+    done = threading.Event()  # the session is over: the thread that started Ray may end
     if owned:
-        if address:
-            _check_reachable(address)
+        node_ip = node_ip or os.environ.get(NODE_IP_ENV, "").strip() or None
+        info = _connect(address, node_ip, connect_timeout_s, done)
+    else:
+        info = _cluster_info(address)
+    try:
+        yield info
+    finally:
+        if owned:
+            ray.shutdown()
+        done.set()
+
+
+def job_session(job: JobSpec) -> AbstractContextManager[ClusterInfo]:
+    """ray_session for a job: its --ray-address, --ray-node-ip and --ray-connect-timeout."""
+    return ray_session(
+        job.ray_address, node_ip=job.ray_node_ip, connect_timeout_s=job.ray_connect_timeout_s
+    )
+
+
+def _connect(
+    address: str | None, node_ip: str | None, limit_s: float, done: threading.Event
+) -> ClusterInfo:
+    """ray.init and the cluster's first answer, on a thread this one stops waiting for after
+    `limit_s`: Ray retries an address it cannot use for minutes (forever, for a loopback
+    cluster it reaches at another interface), in C++ that nothing can interrupt. The thread
+    is abandoned (the worker process ends with os._exit); should it connect after all, it
+    disconnects at once, so nothing is left running.
+
+    Once connected, the thread waits for `done` (the session's end): the processes of a local
+    Ray die with the thread that started them (Ray ties them to it with PR_SET_PDEATHSIG)."""
+    started = time.monotonic()
+    if address:
+        _check_reachable(address)
+    lock = threading.Lock()
+    outcome: dict[str, Any] = {}
+    abandoned = False
+
+    def attempt() -> None:
+        try:
+            info = _init(address, node_ip)
+        except BaseException as exc:  # handed to the waiting thread, which raises it
+            outcome["error"] = exc
+            return
+        with lock:
+            if abandoned:
+                _untyped_ray().shutdown()
+                return
+            outcome["info"] = info
+        done.wait()
+
+    thread = threading.Thread(target=attempt, name="ray-connect", daemon=True)
+    quiet = _NotMainThreadWarning()
+    logging.getLogger("ray._private.worker").addFilter(quiet)
+    thread.start()
+    thread.join(max(0.0, limit_s - (time.monotonic() - started)))
+    logging.getLogger("ray._private.worker").removeFilter(quiet)
+    with lock:
+        if "error" in outcome:
+            raise outcome["error"]
+        if "info" not in outcome:
+            abandoned = True
+            raise ClusterUnavailable(_too_slow(address, node_ip, limit_s))
+        info: ClusterInfo = outcome["info"]
+    return info
+
+
+class _NotMainThreadWarning(logging.Filter):
+    """Drops Ray's warning that ray.init off the main thread sets no SIGTERM handler: the
+    worker keeps its own (Ray's would end the job with sys.exit)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "SIGTERM handler is not set" not in record.getMessage()
+
+
+def _init(address: str | None, node_ip: str | None) -> ClusterInfo:
+    """Join the cluster at `address` (or start a private local Ray) and ask it who it is."""
+    ray = _untyped_ray()
+
+    if address and not address.startswith("ray://"):
+        nodes = _probe(address)
+        node_ip = node_ip or _loopback_node(address, nodes)
+    with _loopback_kept(node_ip):
         try:
             ray.init(
-                address=address or None,
+                # "local", never None: None joins whatever head RAY_ADDRESS or /tmp/ray names.
+                address=address or "local",
                 num_cpus=None if address else usable_cpus(),
                 include_dashboard=False if not address else None,
                 # Ray's own default: the job's TMPDIR lies inside its run folder, too deep for
                 # the Unix socket paths Ray puts under it (107 bytes at most).
                 _temp_dir=None if address else LOCAL_RAY_TEMP,
+                _node_ip_address=node_ip,
                 logging_level=logging.WARNING,
                 log_to_driver=False,
             )
         except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError ...
+            if address and _is_auth_error(exc):
+                raise ClusterUnavailable(_auth_message(address)) from None
             where = f"at {address}" if address else "on this machine"
             raise ClusterUnavailable(
-                f"cannot start or join Ray {where} ({str(exc).splitlines()[0][:160]}); check "
+                f"cannot start or join Ray {where} ({_first_line(exc)[:160]}); check "
                 "the address and that the cluster runs the same Ray version"
             ) from None
+    return _cluster_info(address)
+
+
+def _probe(address: str) -> list[str]:
+    """The addresses of the cluster's alive nodes, asked of its GCS at `address` as given.
+
+    ray.init meets a refused token with 20 s of retries and "Failed to connect"; this one
+    call hears InvalidAuthToken at once and names it.
+    """
+    gcs = _untyped_ray()._raylet.GcsClient
     try:
-        yield _cluster_info(address)
+        nodes = gcs(address=address).get_all_node_info(timeout=CONNECT_TIMEOUT_S)
+    except Exception as exc:
+        if _is_auth_error(exc):
+            raise ClusterUnavailable(_auth_message(address)) from None
+        return []  # ray.init, which knows more ways to connect, says what is wrong
+    return [str(n.node_manager_address) for n in nodes.values() if int(n.state) == 0]
+
+
+def _is_auth_error(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__} {exc} {exc.__cause__}"
+    return any(
+        word in text for word in ("InvalidAuthToken", "AuthenticationError", "Unauthenticated")
+    )
+
+
+def _auth_message(address: str) -> str:
+    if os.environ.get(AUTH_MODE_ENV, "").lower() == "token":
+        return (
+            f"the Ray cluster at {address} refused this machine's token (InvalidAuthToken); "
+            "put the cluster's token (`ray get-auth-token` on its head prints it) in "
+            "RAY_AUTH_TOKEN or ~/.ray/auth_token where QuantLens runs, and run again"
+        )
+    return (
+        f"the Ray cluster at {address} requires token authentication (InvalidAuthToken); set "
+        "RAY_AUTH_MODE=token where QuantLens runs (the CLI's or the dashboard server's "
+        "environment), with the cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN "
+        "(`ray get-auth-token` on its head prints it), and run again"
+    )
+
+
+def _loopback_node(address: str, nodes: list[str]) -> str | None:
+    """127.0.0.1 when `address` is loopback and every node of the cluster is bound there:
+    Ray would otherwise move the address to this machine's other interface, where nobody
+    listens (ray.cluster_utils.Cluster, a raylet bound to loopback)."""
+    host = address.rpartition(":")[0]
+    if host in LOOPBACK and nodes and all(n in LOOPBACK for n in nodes):
+        return "127.0.0.1"
+    return None
+
+
+@contextmanager
+def _loopback_kept(node_ip: str | None) -> Iterator[None]:
+    """Keep a loopback node address (and cluster address) as given while ray.init runs.
+
+    Ray replaces 127.0.0.1 with this machine's first interface address everywhere, except
+    where clusters are off (its macOS/Windows switch, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER, read
+    once at import): the switch is turned off for the connect only, and only for loopback.
+    """
+    if node_ip not in LOOPBACK:
+        yield
+        return
+    constants = _untyped_ray()._private.ray_constants
+    before = constants.ENABLE_RAY_CLUSTER
+    constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
     finally:
-        if owned:
-            ray.shutdown()
+        constants.ENABLE_RAY_CLUSTER = before
+
+
+def _tried(address: str, node_ip: str | None) -> str:
+    """The address Ray itself dials for `address` (it rewrites a loopback host)."""
+    try:
+        with _loopback_kept(node_ip):
+            tried = _untyped_ray()._private.services.canonicalize_bootstrap_address(address)
+    except Exception:
+        return address
+    return str(tried or address)
+
+
+def _too_slow(address: str | None, node_ip: str | None, limit_s: float) -> str:
+    if not address:
+        return (
+            f"a local Ray did not start within {limit_s:g} s; the machine may be busy: raise "
+            "--ray-connect-timeout, or use --engine local"
+        )
+    node = f" as node {node_ip}" if node_ip else ""
+    return (
+        f"the Ray cluster at {address} did not answer within {limit_s:g} s (Ray tried "
+        f"{_tried(address, node_ip)}{node}); if the cluster is bound to another interface "
+        "(such as `ray start --node-ip-address 127.0.0.1`), give this machine's address there "
+        "with --ray-node-ip or RAY_NODE_IP_ADDRESS, raise --ray-connect-timeout on a slow "
+        "network, or use --engine local"
+    )
 
 
 def _untyped_ray() -> Any:
@@ -308,12 +501,13 @@ class ShardEvaluator:
         ]
         self.preset = Preset(preset)
         self.shape = image_shape
+        self.node = str(ray.get_runtime_context().get_node_id())  # where this actor runs
 
     def __call__(self, chunk: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from core.engine.faults import maybe_inject
 
         maybe_inject("shard")
-        out: dict[str, list[Any]] = {"position": [], "reason": []}
+        out: dict[str, list[Any]] = {"position": [], "reason": [], "node": []}
         for start, paths in zip(chunk["start"], chunk["paths"], strict=True):
             self._evaluate_chunk(int(start), [str(p) for p in paths], out)
         return {key: np.asarray(values) for key, values in out.items()}
@@ -354,6 +548,7 @@ class ShardEvaluator:
         count = len(positions)
         out["position"].extend(positions)
         out["reason"].extend(reasons)
+        out["node"].extend([self.node] * count)
         out.setdefault("reference", []).extend(np.asarray(reference, dtype=np.float32))
         for name, _runner in self.runners:
             rows, error = outputs.get(name, (self._blank(count), ""))
@@ -404,7 +599,11 @@ def _one_pass(
         ShardEvaluator,
         batch_size=1,
         batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=min(cpus, len(chunks))),
+        # Every actor starts at once (each loads TensorFlow and the model, on every node), not
+        # as Ray Data's autoscaling gets to it; one alive is enough to finish (a lost node).
+        compute=ray.data.ActorPoolStrategy(
+            min_size=1, max_size=min(cpus, len(chunks)), initial_size=min(cpus, len(chunks))
+        ),
         num_cpus=1,
         # Ray 2.60 takes these only as plain remote args (it warns they move in Ray 2.64); the
         # default (-1, forever) would re-run a variant that kills its worker without end.
@@ -486,7 +685,16 @@ def evaluate(
             passes += 1 + len(variants)
     evaluation = _evaluation(samples, columns, [name for name, _ in variants], errors)
     evaluation.passes = passes
+    evaluation.batches_by_node = _batches_by_node(columns)
     return evaluation
+
+
+def _batches_by_node(columns: dict[str, np.ndarray]) -> dict[str, int]:
+    """How many batches each node returned: a batch is the rows of one BATCH-sized chunk."""
+    batches: dict[str, set[int]] = {}
+    for position, node in zip(columns["position"], columns["node"], strict=True):
+        batches.setdefault(str(node), set()).add(int(position) // BATCH)
+    return {node: len(chunks) for node, chunks in sorted(batches.items())}
 
 
 def _isolated_passes(

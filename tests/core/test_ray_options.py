@@ -10,7 +10,8 @@ import pytest
 
 from core.cli import main
 from core.engine.pipeline import reproduce_command
-from core.engine.ray_engine import ClusterUnavailable, _check_reachable
+from core.engine.ray_engine import ClusterUnavailable, _check_reachable, _loopback_node
+from core.errors import QuantLensError
 from core.types import JobSpec
 
 
@@ -75,3 +76,59 @@ def test_a_calibration_sweep_on_the_ray_engine_is_accepted(tmp_path: Path) -> No
     )  # fmt: skip
     job = _job_from_args(args)
     assert (job.engine, job.calibration_sweep, job.sweep_seeds) == ("ray", (4, 8), 2)
+
+
+def _ray_job(tmp_path: Path, *extra: str) -> JobSpec:
+    from core.cli import _job_from_args, _parser
+
+    (tmp_path / "m.keras").write_bytes(b"")
+    (tmp_path / "d.csv").write_text("filepath,label\n", encoding="utf-8")
+    args = _parser().parse_args(
+        ["run", str(tmp_path / "m.keras"), "--data", str(tmp_path / "d.csv"), *extra]
+    )
+    return _job_from_args(args)
+
+
+def test_the_node_address_and_connect_limit_reach_the_job_and_its_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--ray-node-ip, else RAY_NODE_IP_ADDRESS in the CLI's environment, travels in job.json to
+    the worker (which hands it to ray.init), and the reproduce command repeats both options."""
+    monkeypatch.delenv("RAY_NODE_IP_ADDRESS", raising=False)
+    job = _ray_job(tmp_path, "--engine", "ray", "--ray-address", "127.0.0.1:6379",
+                   "--ray-node-ip", "127.0.0.1", "--ray-connect-timeout", "12.5")  # fmt: skip
+    assert (job.ray_node_ip, job.ray_connect_timeout_s) == ("127.0.0.1", 12.5)
+    assert JobSpec.from_dict(job.to_dict()) == job
+    assert reproduce_command(job).endswith(
+        "--engine ray --ray-address 127.0.0.1:6379 --ray-node-ip 127.0.0.1 "
+        "--ray-connect-timeout 12.5"
+    )
+    monkeypatch.setenv("RAY_NODE_IP_ADDRESS", "10.0.0.7")
+    from_env = _ray_job(tmp_path, "--engine", "ray", "--ray-address", "10.0.0.5:6379")
+    assert (from_env.ray_node_ip, from_env.ray_connect_timeout_s) == ("10.0.0.7", 30.0)
+    assert "--ray-connect-timeout" not in reproduce_command(from_env)
+    assert _ray_job(tmp_path).ray_node_ip is None  # the local engine has no node address
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--ray-node-ip", "127.0.0.1"], "--ray-node-ip 127.0.0.1 needs --engine ray"),
+        (["--engine", "ray", "--ray-connect-timeout", "0"], "--ray-connect-timeout is a number"),
+    ],
+)
+def test_ray_options_that_cannot_work_are_refused(
+    tmp_path: Path, extra: list[str], message: str
+) -> None:
+    with pytest.raises(QuantLensError, match=message):
+        _ray_job(tmp_path, *extra)
+
+
+def test_a_loopback_cluster_is_joined_from_loopback() -> None:
+    """Every node bound to 127.0.0.1 and a loopback address: join as 127.0.0.1, where Ray
+    would move the address to this machine's other interface (nobody listens there)."""
+    assert _loopback_node("127.0.0.1:6379", ["127.0.0.1", "127.0.0.1"]) == "127.0.0.1"
+    assert _loopback_node("localhost:6379", ["127.0.0.1"]) == "127.0.0.1"
+    assert _loopback_node("127.0.0.1:6379", ["127.0.0.1", "10.0.0.5"]) is None
+    assert _loopback_node("10.0.0.5:6379", ["127.0.0.1"]) is None
+    assert _loopback_node("127.0.0.1:6379", []) is None

@@ -200,7 +200,7 @@ def _cluster_session(run: RunContext) -> AbstractContextManager[object]:
         return nullcontext()
     from core.engine import ray_engine
 
-    return ray_engine.ray_session(run.job.ray_address)
+    return ray_engine.job_session(run.job)
 
 
 def auto_fix_applies(spec: VariantSpec, entry: dict[str, Any], job: JobSpec) -> bool:

@@ -69,7 +69,7 @@ def evaluate_on_ray(run: RunContext) -> ReferenceOutputs:
         # Restarted with every variant already recorded: the decoded cache still holds the
         # probe images the time stage reads, so the cluster is not needed.
         return saved
-    with ray_engine.ray_session(run.job.ray_address) as cluster:
+    with ray_engine.job_session(run.job) as cluster:
         run.report.data["engine"] = cluster.to_dict()
         run.report.save()
         decoded = _decode_probe(run)
@@ -84,6 +84,8 @@ def evaluate_on_ray(run: RunContext) -> ReferenceOutputs:
         converted = _convert_pending(run, calibration)
         run.emit("evaluate", 0.0, f"evaluating on Ray ({cluster.cpus} CPUs)")
         evaluation = _evaluate_on_cluster(run, decoded.evaluated, converted)
+        run.report.data["engine"]["batches_by_node"] = evaluation.batches_by_node
+        run.report.save()
     reference = saved if saved is not None else _record_reference(run, evaluation, calibration)
     if [s.index for s in evaluation.kept] != reference.sample_indices:
         raise QuantLensError(
@@ -104,7 +106,7 @@ def evaluate_added_on_ray(run: RunContext, reference: ReferenceOutputs, rows: li
     (`rows`, in samples.csv order), and record it as the first pass does."""
     from core.engine import ray_engine
 
-    with ray_engine.ray_session(run.job.ray_address):
+    with ray_engine.job_session(run.job):
         converted = _convert_pending(run, reference.calibration)
         if not converted:
             return

@@ -356,6 +356,10 @@ def reproduce_command(job: JobSpec) -> str:
         parts += ["--engine", job.engine]
     if job.ray_address:
         parts += ["--ray-address", shlex.quote(job.ray_address)]
+    if job.ray_node_ip:
+        parts += ["--ray-node-ip", shlex.quote(job.ray_node_ip)]
+    if job.ray_connect_timeout_s != JobSpec.ray_connect_timeout_s:
+        parts += ["--ray-connect-timeout", _exact_number(job.ray_connect_timeout_s)]
     if job.mlflow_uri:
         parts.append(f"--mlflow={shlex.quote(job.mlflow_uri)}")
     if job.auto_fix:

@@ -171,7 +171,7 @@ def _sweep_on_ray(
     """
     from core.engine import ray_engine
 
-    with ray_engine.ray_session(run.job.ray_address):
+    with ray_engine.job_session(run.job):
         outcomes, written = _quantized_on_ray(run, float_tflite, images, points)
         passes = cluster_passes(list(written), len(reference), reference.num_classes)
         for number, group in enumerate(passes):
