@@ -18,12 +18,16 @@ A run directory holds everything a finished run needs to be shown again, without
     labels.txt               class names, one per line, index order (when known)
     worker.log               the worker's stderr (its tail explains crashes)
     report.html              self-contained report (written on request)
+    model-<hash>/, data-<hash>/, calibration-data-<hash>/   zipped inputs, extracted
+    sweep/                   the calibration sweep's models
+    .<name>                  caches and temporary files (decoded images, calibration, ...)
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -39,6 +43,36 @@ LABELS = "labels.txt"
 WORKER_LOG = "worker.log"
 REFERENCE_PROBS = "reference.probs.npy"
 REFERENCE_LATENCY = "reference.latency.npy"
+SUPERVISOR_LOG = "supervisor.log"
+
+# What a run writes besides the names above: per-variant files by their suffix, folders by
+# their name (extractions carry a `-<hash>` suffix), and hidden caches (a leading dot).
+VARIANT_SUFFIXES = (
+    ".tflite",
+    ".samples.csv",
+    ".probs.npy",
+    ".latency.npy",
+    ".layers.csv",
+    ".layer_details.json",
+    ".model-explorer.json",
+)
+RUN_FOLDERS = ("model", "data", "calibration-data", "sweep")
+_RUN_FILES = frozenset(
+    {
+        JOB,
+        STATUS,
+        PROGRESS,
+        REPORT,
+        REPORT_HTML,
+        SAMPLES,
+        SKIPPED,
+        LABELS,
+        WORKER_LOG,
+        SUPERVISOR_LOG,
+        REFERENCE_PROBS,
+        REFERENCE_LATENCY,
+    }
+)
 
 
 def tflite_path(run_dir: Path, variant: str) -> Path:
@@ -55,6 +89,42 @@ def variant_samples_path(run_dir: Path, variant: str) -> Path:
 
 def latency_path(run_dir: Path, variant: str) -> Path:
     return run_dir / f"{variant}.latency.npy"
+
+
+def _written_by_a_run(entry: Path) -> bool:
+    name = entry.name
+    if entry.is_dir() and not entry.is_symlink():
+        return name.startswith(".") or any(
+            name == f or name.startswith(f"{f}-") for f in RUN_FOLDERS
+        )
+    return name.startswith(".") or name in _RUN_FILES or name.endswith(VARIANT_SUFFIXES)
+
+
+def clear_previous_run(folder: Path) -> list[str]:
+    """Remove every file an earlier run left in `folder` (a reused --out), keep anything else.
+
+    A second run into the same folder must not show the first run's variants, samples or
+    extracted data as its own. Only what a run writes goes (the names above); a folder that
+    never held a run (no job.json, status.json or report.json) is left untouched.
+
+    Returns:
+        The names removed, sorted.
+
+    Raises:
+        OSError: an entry cannot be removed.
+    """
+    if not any((folder / n).exists() for n in (JOB, STATUS, REPORT)):
+        return []
+    removed = []
+    for entry in sorted(folder.iterdir()):
+        if not _written_by_a_run(entry):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+        removed.append(entry.name)
+    return removed
 
 
 def dataset_root(dataset: dict[str, Any]) -> Path | None:
