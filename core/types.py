@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import hashlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -111,6 +112,17 @@ class VariantSpec:
             if layers:
                 base += f":{key}={'+'.join(layers)}"
         return base
+
+    @property
+    def file_id(self) -> str:
+        """The name of the variant's files (`<file_id>.tflite`, `.samples.csv`, ...; DESIGN §10).
+
+        The name itself while it has no per-layer overrides (`int8`, `int8-uint8`, `int8_q`),
+        so those files keep their names; with overrides, the name without them plus a short
+        hash of the whole name (`int8-k3f9a2c1`): twelve kept layers would otherwise make a
+        name longer than a file name may be. The readable `name` stays the variant's identity.
+        """
+        return file_id_for(replace(self, float_layers=(), int16_layers=()).name, self.name)
 
     @classmethod
     def parse(cls, text: str) -> VariantSpec:
@@ -224,6 +236,38 @@ class VariantSpec:
             "float_layers": list(self.float_layers),
             "int16_layers": list(self.int16_layers),
         }
+
+
+# How many layers of a `keep=` / `int16=` list a page or the CLI table shows before "… and N
+# more", and the longest name they show whole.
+SHOWN_LAYERS = 3
+SHOWN_NAME_CHARS = 80
+
+
+def short_name(name: str) -> str:
+    """A variant's name as pages and the CLI table show it: each layer list cut to its first
+    layers plus "… and N more" (`int8:keep=a+b+c … and 9 more`), the whole capped in length.
+    report.json keeps the full name."""
+    head, *overrides = name.split(":")
+    parts = [head]
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        layers = value.split("+") if sep else []
+        if len(layers) > SHOWN_LAYERS:
+            hidden = len(layers) - SHOWN_LAYERS
+            override = f"{key}={'+'.join(layers[:SHOWN_LAYERS])} … and {hidden} more"
+        parts.append(override)
+    shown = ":".join(parts)
+    return shown if len(shown) <= SHOWN_NAME_CHARS else shown[: SHOWN_NAME_CHARS - 1] + "…"
+
+
+def file_id_for(base: str, identity: str) -> str:
+    """`base` when the variant is nothing more than `base`, else `base-k<8 hex>`: a short,
+    stable file name for a variant whose full `identity` (its name with overrides, and
+    whatever else makes it differ) may be arbitrarily long."""
+    if identity == base:
+        return base
+    return f"{base}-k{hashlib.sha256(identity.encode('utf-8')).hexdigest()[:8]}"
 
 
 def _parse_overrides(text: str, overrides: list[str]) -> dict[str, tuple[str, ...]]:

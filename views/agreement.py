@@ -10,6 +10,7 @@ from core.reporting.figures import (
 )
 from core.reporting.results import per_class_agreement
 from core.reporting.sweep import sweep_figure, swept_modes
+from core.types import short_name
 from ui import fmt, keys, widgets
 
 PER_CLASS_CHART_LIMIT = 30  # more bars than this are unreadable; the table lists every class
@@ -95,7 +96,7 @@ variant = st.selectbox(
     "Variant",
     names,
     key=keys.AGREEMENT_VARIANT,
-    format_func=lambda n: f"{n} — {counts[n]} disagree",
+    format_func=lambda n: f"{short_name(n)} — {counts[n]} disagree",
 )
 v = res.variant(variant)
 

@@ -30,14 +30,14 @@ import numpy as np
 from core.engine.models import ReferenceModel
 from core.engine.quantizer import layers_in_tensor_name
 from core.errors import ConversionFailed
-from core.inputs.rundir import write_atomic
+from core.inputs.rundir import LAYERS, write_atomic
 from core.types import Backend, Mode, VariantSpec
 
 # Images each statistic is computed on, per set (calibration, flipped): the debugger costs about
 # 5 ms per image on a MobileNetV2-0.35 here, the quantizer's comparison about 20 ms.
 MAX_IMAGES = 50
 TOP_SUSPECTS = 5
-LAYERS_SUFFIX = ".layers.csv"  # `<variant>.layers.csv` in the run folder
+LAYERS_SUFFIX = LAYERS  # `<file_id>.layers.csv` in the run folder
 # The TF guide's rule of thumb: rmse/scale above about 0.7 means the op loses more than a
 # rounding step would explain.
 RMSE_SCALE_SUSPICIOUS = 0.7

@@ -10,7 +10,8 @@ A run directory holds everything a finished run needs to be shown again, without
     skipped.csv              relpath, reason for every sample that was not evaluated
     reference.probs.npy      float32 [N, C] reference probabilities, rows in samples.csv order
     reference.latency.npy    float64 per-invoke milliseconds of the reference
-    <variant>.tflite         the converted model
+    <variant>.tflite         the converted model (every <variant> file is named by the
+                             variant's short file_id, not its readable name: variant_file)
     <variant>.probs.npy      float32 [N, C] dequantized TFLite probabilities
     <variant>.samples.csv    per sample: index, tfl_top1, tfl_top1_prob, agree, max_abs_delta,
                              top1_prob_delta, kl
@@ -29,8 +30,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 JOB = "job.json"
 STATUS = "status.json"
@@ -44,6 +47,9 @@ WORKER_LOG = "worker.log"
 REFERENCE_PROBS = "reference.probs.npy"
 REFERENCE_LATENCY = "reference.latency.npy"
 SUPERVISOR_LOG = "supervisor.log"
+LAYERS = ".layers.csv"  # a variant's per-layer error table (core.engine.diagnose)
+LAYER_DETAILS = ".layer_details.json"  # its weight ranges and histograms (layer_details)
+MODEL_EXPLORER = ".model-explorer.json"  # its per-layer error for Model Explorer
 
 # What a run writes besides the names above: per-variant files by their suffix, folders by
 # their name (extractions carry a `-<hash>` suffix), and hidden caches (a leading dot).
@@ -52,9 +58,9 @@ VARIANT_SUFFIXES = (
     ".samples.csv",
     ".probs.npy",
     ".latency.npy",
-    ".layers.csv",
-    ".layer_details.json",
-    ".model-explorer.json",
+    LAYERS,
+    LAYER_DETAILS,
+    MODEL_EXPLORER,
 )
 RUN_FOLDERS = ("model", "data", "calibration-data", "sweep")
 _RUN_FILES = frozenset(
@@ -75,20 +81,46 @@ _RUN_FILES = frozenset(
 )
 
 
-def tflite_path(run_dir: Path, variant: str) -> Path:
-    return run_dir / f"{variant}.tflite"
+class HasFileId(Protocol):
+    """A variant as its files know it: a VariantSpec, a report's Variant or VariantIdentity."""
+
+    @property
+    def file_id(self) -> str: ...
 
 
-def probs_path(run_dir: Path, variant: str) -> Path:
-    return run_dir / f"{variant}.probs.npy"
+@dataclass(frozen=True)
+class FileId:
+    """A bare file id, for a file named before file ids existed (by the variant's name)."""
+
+    file_id: str
 
 
-def variant_samples_path(run_dir: Path, variant: str) -> Path:
-    return run_dir / f"{variant}.samples.csv"
+def entry_files(entry: Mapping[str, Any]) -> FileId:
+    """What a report.json variant entry's files are named by: its `file_id`, else its name
+    (reports written before file ids named the files by the name)."""
+    return FileId(str(entry.get("file_id") or entry["name"]))
 
 
-def latency_path(run_dir: Path, variant: str) -> Path:
-    return run_dir / f"{variant}.latency.npy"
+def variant_file(run_dir: Path, variant: HasFileId, suffix: str) -> Path:
+    """The file `<file_id><suffix>` of a variant: the one way every writer and reader names a
+    variant's files (DESIGN §10). Its readable name may be too long for a file name."""
+    return Path(run_dir) / f"{variant.file_id}{suffix}"
+
+
+def tflite_path(run_dir: Path, variant: HasFileId) -> Path:
+    return variant_file(run_dir, variant, ".tflite")
+
+
+def probs_path(run_dir: Path, variant: HasFileId) -> Path:
+    return variant_file(run_dir, variant, ".probs.npy")
+
+
+def variant_samples_path(run_dir: Path, variant: HasFileId) -> Path:
+    return variant_file(run_dir, variant, ".samples.csv")
+
+
+def latency_path(run_dir: Path, variant: HasFileId) -> Path:
+    return variant_file(run_dir, variant, ".latency.npy")
 
 
 def _written_by_a_run(entry: Path) -> bool:

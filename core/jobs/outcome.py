@@ -94,7 +94,7 @@ def close_unfinished_variants(directory: Path, status: str, reason: str) -> None
         if variant["status"] in ("pending", "running"):
             variant["status"] = status
             variant["error"] = reason
-            remove_partial_outputs(directory, variant["name"])
+            remove_partial_outputs(directory, rundir.entry_files(variant))
     runmodel.write_report(directory, report)
 
 
@@ -106,23 +106,25 @@ def mark_variant(
     if report is None:
         return
     evaluated = False
+    files: rundir.HasFileId = rundir.FileId(name)
     for variant in report["variants"]:
         if variant["name"] == name:
+            files = rundir.entry_files(variant)
             evaluated = variant["status"] == "done"  # e.g. a crash while timing it
             variant["status"] = status
             variant["error"] = reason
             variant["stderr_tail"] = tail
     runmodel.write_report(directory, report)
     if not evaluated:
-        remove_partial_outputs(directory, name)
+        remove_partial_outputs(directory, files)
     sync_report_to_store(directory, home=home)
 
 
-def remove_partial_outputs(directory: Path, name: str) -> None:
+def remove_partial_outputs(directory: Path, variant: rundir.HasFileId) -> None:
     """Delete the per-sample files a variant that ended mid-evaluation left half written
     (they are appended batch by batch); readers then see no table, not a truncated one."""
-    rundir.variant_samples_path(directory, name).unlink(missing_ok=True)
-    rundir.probs_path(directory, name).unlink(missing_ok=True)
+    rundir.variant_samples_path(directory, variant).unlink(missing_ok=True)
+    rundir.probs_path(directory, variant).unlink(missing_ok=True)
 
 
 def sync_report_to_store(directory: Path, *, home: Path | None) -> None:

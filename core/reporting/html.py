@@ -496,7 +496,7 @@ def _galleries(run_dir: Path, report: RunReport, variants: list[Variant]) -> str
     for v in variants:
         name = v.name
         count, disagree_count, disagreeing = _most_different(
-            rundir.variant_samples_path(run_dir, name), MAX_GALLERY
+            rundir.variant_samples_path(run_dir, v), MAX_GALLERY
         )
         if not count:
             if v.get("status") == "done":

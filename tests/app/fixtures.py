@@ -145,10 +145,10 @@ def build_run(
                 "top1_prob_delta": d1,
                 "kl": kl,
             }
-        ).to_csv(rundir.variant_samples_path(d, name), index=False)
-        np.save(rundir.probs_path(d, name), noisy.astype(np.float32))
+        ).to_csv(rundir.variant_samples_path(d, rundir.FileId(name)), index=False)
+        np.save(rundir.probs_path(d, rundir.FileId(name)), noisy.astype(np.float32))
         lat = rng.gamma(4, 0.2, 60) + 0.5
-        np.save(rundir.latency_path(d, name), lat)
+        np.save(rundir.latency_path(d, rundir.FileId(name)), lat)
         flip_m = np.zeros((c, c), int)
         for i in np.flatnonzero(~agree):
             flip_m[ref_top[i], tfl_top[i]] += 1

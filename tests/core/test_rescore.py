@@ -76,9 +76,9 @@ def test_rescore_adds_a_float_layer_variant_to_the_same_run(
         derived["command"] == f"python -m core rescore {out} --variant int8 --keep-float mix,wide"
     )
     assert derived["latency_ms"]["n"] == 3 and derived["n"] == 24
-    assert derived["size_bytes"] == (out / "int8:keep=mix+wide.tflite").stat().st_size
+    assert derived["size_bytes"] == (out / f"{derived['file_id']}.tflite").stat().st_size
     # Diagnosed like any other variant, so the Layers page lists it.
-    assert (out / "int8:keep=mix+wide.layers.csv").is_file()
+    assert (out / f"{derived['file_id']}.layers.csv").is_file()
     # The finished variants are left exactly as they were.
     for name in ("int8", "float32"):
         assert by_name[name] == before[name]
@@ -86,11 +86,11 @@ def test_rescore_adds_a_float_layer_variant_to_the_same_run(
     # Independently: the original in TensorFlow, the .tflite in LiteRT, on the CSV's images.
     images = _inputs(data)
     ref = _reference_probs(model, images).argmax(axis=1)
-    tfl = _tflite_probs(out / "int8:keep=mix+wide.tflite", images).argmax(axis=1)
+    tfl = _tflite_probs(out / f"{derived['file_id']}.tflite", images).argmax(axis=1)
     assert derived["top1_agreement_pct"] == pytest.approx(100 * np.mean(ref == tfl))
     assert derived["top1_agreement_pct"] > by_name["int8"]["top1_agreement_pct"]
     # The named ops really are float: float outputs, float weights; the others stay int8.
-    ops = _ops((out / "int8:keep=mix+wide.tflite").read_bytes())
+    ops = _ops((out / f"{derived['file_id']}.tflite").read_bytes())
     assert [o for o, _ in _of(ops, "CONV_2D", "wide_1")] == ["FLOAT32"]
     assert [o for o, _ in _of(ops, "CONV_2D", "mix_1")] == ["FLOAT32"]
     assert [o for o, _ in _of(ops, "MEAN", "pool_1")] == ["INT8"]

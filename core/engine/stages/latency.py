@@ -18,7 +18,7 @@ from core.engine.stages.files import save_npy
 from core.engine.timing import time_invocations
 from core.inputs import rundir
 from core.metrics.latency import latency_stats, unstable_timing
-from core.types import LatencyStats
+from core.types import LatencyStats, VariantSpec
 
 
 def time_models(run: RunContext) -> None:
@@ -40,21 +40,22 @@ def time_models(run: RunContext) -> None:
             entry = run.report.variant(spec.name)
             if entry["status"] != "done" or entry.get("latency_ms"):
                 continue
-            stats = variant_latency(run, spec.name, image)
+            stats = variant_latency(run, spec, image)
             entry["speedup_vs_reference"] = reference.p50 / stats.p50 if stats.p50 > 0 else None
             run.report.save()
 
 
-def variant_latency(run: RunContext, name: str, image: np.ndarray) -> LatencyStats:
+def variant_latency(run: RunContext, spec: VariantSpec, image: np.ndarray) -> LatencyStats:
     """Time one written .tflite at batch 1; its samples file and summary are recorded."""
     from core.engine.runtime import TFLiteRunner
 
+    name = spec.name
     run.emit("latency", 0.0, f"timing {name} at batch 1", name)
     maybe_inject("latency", name)
-    tflite = rundir.tflite_path(run.run_dir, name).read_bytes()
+    tflite = rundir.tflite_path(run.run_dir, spec).read_bytes()
     runner = TFLiteRunner(tflite, threads=run.threads, name=f"{name}.tflite")
     samples, warning = stable_samples(run, runner.timed_invoke(image), name)
-    save_npy(rundir.latency_path(run.run_dir, name), samples)
+    save_npy(rundir.latency_path(run.run_dir, spec), samples)
     stats = latency_stats(samples)
     entry = run.report.variant(name)
     entry["latency_ms"] = stats.to_dict()
