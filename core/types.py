@@ -238,27 +238,35 @@ class VariantSpec:
         }
 
 
-# How many layers of a `keep=` / `int16=` list a page or the CLI table shows before "… and N
-# more", and the longest name they show whole.
-SHOWN_LAYERS = 3
+# A name up to this long is shown whole; a longer one shows at most SHOWN_LAYERS layers of each
+# `keep=` / `int16=` list (as many as fit in SHOWN_LIST_CHARS, at least one) and "… and N more".
 SHOWN_NAME_CHARS = 80
+SHOWN_LAYERS = 3
+SHOWN_LIST_CHARS = 48
 
 
 def short_name(name: str) -> str:
-    """A variant's name as pages and the CLI table show it: each layer list cut to its first
-    layers plus "… and N more" (`int8:keep=a+b+c … and 9 more`), the whole capped in length.
+    """A variant's name as pages and the CLI table show it: whole when short, else each layer
+    list cut to its first layers and "… and N more" (`int8:keep=conv2d+dense … and 10 more`).
     report.json keeps the full name."""
+    if len(name) <= SHOWN_NAME_CHARS:
+        return name
     head, *overrides = name.split(":")
     parts = [head]
     for override in overrides:
         key, sep, value = override.partition("=")
-        layers = value.split("+") if sep else []
-        if len(layers) > SHOWN_LAYERS:
-            hidden = len(layers) - SHOWN_LAYERS
-            override = f"{key}={'+'.join(layers[:SHOWN_LAYERS])} … and {hidden} more"
-        parts.append(override)
-    shown = ":".join(parts)
-    return shown if len(shown) <= SHOWN_NAME_CHARS else shown[: SHOWN_NAME_CHARS - 1] + "…"
+        layers = value.split("+") if sep else [override]
+        shown = layers[:1]
+        for layer in layers[1:SHOWN_LAYERS]:
+            if len("+".join([*shown, layer])) > SHOWN_LIST_CHARS:
+                break
+            shown.append(layer)
+        text = f"{key}={'+'.join(shown)}" if sep else override
+        hidden = len(layers) - len(shown)
+        parts.append(f"{text} … and {hidden} more" if hidden else text)
+    shown_name = ":".join(parts)
+    limit = 2 * SHOWN_NAME_CHARS  # one layer name that is itself very long
+    return shown_name if len(shown_name) <= limit else shown_name[: limit - 1] + "…"
 
 
 def file_id_for(base: str, identity: str) -> str:
