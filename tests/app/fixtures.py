@@ -159,7 +159,7 @@ def build_run(
         variants.append(
             {
                 "name": name,
-                "mode": name.split("-")[0],
+                "mode": name.split(":")[0].split("-")[0],
                 "io_type": None,
                 "allow_select_tf_ops": False,
                 "status": "done",
