@@ -185,9 +185,12 @@ class VariantIdentity(_MappingView):
         )
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {
-            "name": self.name,
-            "file_id": self.file_id,
+        d: dict[str, Any] = {"name": self.name}
+        # On every variant made now; a report read without file ids keeps its keys when the
+        # names still name its files (a rewrite changes nothing a schema-1 reader sees).
+        if self.present is None or "file_id" in self.present or self.file_id != self.name:
+            d["file_id"] = self.file_id
+        d |= {
             "mode": str(self.mode),
             "io_type": None if self.io_type is None else str(self.io_type),
             "allow_select_tf_ops": self.allow_select_tf_ops,
