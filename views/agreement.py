@@ -49,7 +49,7 @@ with right:
         )
         rows = [
             {
-                "variant": n_,
+                "variant": short_name(n_),
                 "accuracy original": fmt.pct(v.result.reference_accuracy_pct, digits=2),
                 "accuracy TFLite": fmt.pct(v.result.tflite_accuracy_pct, digits=2),
                 "Δ (pp)": v.result.accuracy_delta_pct,

@@ -38,7 +38,7 @@ event = st.plotly_chart(
     selection_mode="points",
 )
 st.dataframe(
-    [{"variant": n, **delta_stats(v)} for n, v in values.items()],
+    [{"variant": short_name(n), **delta_stats(v)} for n, v in values.items()],
     hide_index=True,
     key="deltas.stats",
     column_config={

@@ -217,7 +217,7 @@ def model_explorer_download(
         key="layers.model_explorer",
     )
     st.caption(
-        f"Open {fmt.code(name + '.tflite')} (Downloads on Overview) in Google's Model Explorer "
+        f"Open {fmt.code(variant.file_id + '.tflite')} (Downloads on Overview) in Google's Model Explorer "
         "(`pip install ai-edge-model-explorer`, then `model-explorer`) and add this file as node "
         "data: each op is coloured by its error, green (low) to red (high)."
     )
