@@ -21,6 +21,7 @@ A run directory holds everything a finished run needs to be shown again, without
     report.html              self-contained report (written on request)
     model-<hash>/, data-<hash>/, calibration-data-<hash>/   zipped inputs, extracted
     sweep/                   the calibration sweep's models
+    calibration.csv          the images int8 was calibrated on
     .<name>                  caches and temporary files (decoded images, calibration, ...)
 """
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -51,8 +53,12 @@ LAYERS = ".layers.csv"  # a variant's per-layer error table (core.engine.diagnos
 LAYER_DETAILS = ".layer_details.json"  # its weight ranges and histograms (layer_details)
 MODEL_EXPLORER = ".model-explorer.json"  # its per-layer error for Model Explorer
 
-# What a run writes besides the names above: per-variant files by their suffix, folders by
-# their name (extractions carry a `-<hash>` suffix), and hidden caches (a leading dot).
+CALIBRATION_LIST = "calibration.csv"  # the images int8 was calibrated on (decode stage)
+CANCEL_FLAG = "cancel"  # touched by whoever cancels a run
+
+# What a run writes besides the names above: per-variant files by their suffix, the worker's
+# hidden caches (core.jobs.protocol names them), temporary files, the sweep's folder, and zips
+# extracted into `<model|data|calibration-data>-<16 hex>` folders.
 VARIANT_SUFFIXES = (
     ".tflite",
     ".samples.csv",
@@ -62,7 +68,18 @@ VARIANT_SUFFIXES = (
     LAYER_DETAILS,
     MODEL_EXPLORER,
 )
-RUN_FOLDERS = ("model", "data", "calibration-data", "sweep")
+HIDDEN_RUN_FILES = frozenset(
+    {
+        ".tmp",
+        ".decoded.u8",
+        ".decoded.json",
+        ".calibration.npy",
+        ".reference.f32",
+        ".converting.json",
+    }
+)
+SWEEP_FOLDER = "sweep"
+_EXTRACTED = re.compile(r"(model|data|calibration-data)-[0-9a-f]{16}")
 _RUN_FILES = frozenset(
     {
         JOB,
@@ -77,6 +94,8 @@ _RUN_FILES = frozenset(
         SUPERVISOR_LOG,
         REFERENCE_PROBS,
         REFERENCE_LATENCY,
+        CALIBRATION_LIST,
+        CANCEL_FLAG,
     }
 )
 
@@ -124,12 +143,17 @@ def latency_path(run_dir: Path, variant: HasFileId) -> Path:
 
 
 def _written_by_a_run(entry: Path) -> bool:
+    """True for what a run writes; never for a user's own `data/`, `.git` or notes."""
     name = entry.name
-    if entry.is_dir() and not entry.is_symlink():
-        return name.startswith(".") or any(
-            name == f or name.startswith(f"{f}-") for f in RUN_FOLDERS
+    if name in HIDDEN_RUN_FILES or (name.startswith(".") and ".partial-" in name):
+        return True  # caches, the worker's TMPDIR, a killed extraction's staging folder
+    if entry.is_dir() or entry.is_symlink():
+        return not entry.is_symlink() and (
+            name == SWEEP_FOLDER or _EXTRACTED.fullmatch(name) is not None
         )
-    return name.startswith(".") or name in _RUN_FILES or name.endswith(VARIANT_SUFFIXES)
+    if name.startswith(".") and name.endswith(".tmp"):
+        return True  # write_atomic's temporary file, left by a killed writer
+    return name in _RUN_FILES or name.endswith(VARIANT_SUFFIXES)
 
 
 def clear_previous_run(folder: Path) -> list[str]:

@@ -114,7 +114,6 @@ def _prepare_run_folder(target: Path, job: JobSpec, run_id: str) -> None:
     """Create the run folder, first removing every file an earlier run left there (--out)."""
     target.mkdir(parents=True, exist_ok=True)
     rundir.clear_previous_run(target)
-    (target / protocol.CANCEL_FLAG).unlink(missing_ok=True)
     rundir.write_json_atomic(target / rundir.JOB, job.to_dict())
     rundir.write_json_atomic(
         target / rundir.STATUS,

@@ -30,15 +30,31 @@ def test_a_reused_folder_loses_the_earlier_runs_files_and_row_only(
     for name in written:
         (out / name).write_bytes(b"x")
     (out / "data-0123456789abcdef" / "set").mkdir(parents=True)
-    (out / "notes.txt").write_text("mine")
-    (out / "model.keras").write_bytes(b"the user's model")
+    (out / ".data.partial-12-ab").mkdir()
+    (out / ".report.json.x1y2.tmp").write_bytes(b"x")
+    # A user's own files and folders, even ones named like a run's, stay.
+    mine = ["notes.txt", "model.keras", ".gitignore", "data", "model", ".git", "data-old"]
+    for name in mine:
+        (out / name).mkdir() if "." not in name[1:] else (out / name).write_text("mine")
     second = create_run(job, home=workspace, directory=out)
-    assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["notes.txt", "model.keras", rundir.JOB, rundir.STATUS]
-    )
+    assert sorted(p.name for p in out.iterdir()) == sorted([*mine, rundir.JOB, rundir.STATUS])
     store = open_store(workspace)
     try:
         assert store.get_run(first) is None
         assert store.get_run(second) is not None
     finally:
         store.close()
+
+
+def test_every_hidden_file_the_worker_writes_is_known_to_the_clearing() -> None:
+    from core.jobs import protocol
+
+    hidden = {
+        protocol.WORKER_TMP,
+        protocol.DECODED_CACHE,
+        protocol.DECODE_STATE,
+        protocol.CALIBRATION_CACHE,
+        protocol.REFERENCE_OUTPUTS,
+        protocol.CONVERTING,
+    }
+    assert hidden <= rundir.HIDDEN_RUN_FILES
