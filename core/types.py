@@ -447,6 +447,13 @@ class ProgressEvent:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def shown_message(self) -> str:
+        """The message as the CLI and the dashboard show it: a long variant name summarised."""
+        if not self.variant or self.variant == short_name(self.variant):
+            return self.message
+        return self.message.replace(self.variant, short_name(self.variant))
+
 
 @dataclass(frozen=True)
 class JobSpec:

@@ -81,6 +81,7 @@ def test_twelve_kept_layers_run_under_a_short_file_id_and_the_pages_open(
     shown = f"int8:keep={LAYERS[0]} … and 11 more"
     assert shown in done.stdout
     assert LAYERS[11] not in done.stdout
+    assert f"{shown}: " in done.stderr  # the finished variant's progress line, summarised too
 
     monkeypatch.setenv("QUANTLENS_HOME", str(home))
     overview = open_page("overview")
