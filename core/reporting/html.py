@@ -495,7 +495,7 @@ def _galleries(run_dir: Path, report: RunReport, variants: list[Variant]) -> str
     root = rundir.dataset_root(report.get("dataset") or {})
     out = []
     for v in variants:
-        name = v.name
+        name = short_name(v.name)
         count, disagree_count, disagreeing = _most_different(
             rundir.variant_samples_path(run_dir, v), MAX_GALLERY
         )
