@@ -23,6 +23,7 @@ from core.types import (
     RunStatus,
     VariantSpec,
     parse_sweep_sizes,
+    short_name,
     variants_for_backend,
 )
 
@@ -489,7 +490,7 @@ class ProgressPrinter:
     def __call__(self, event: ProgressEvent) -> None:
         if not self.interactive:
             if event.step in ("variant", "done", "load", "queued", "sweep"):
-                print(event.message, file=sys.stderr, flush=True)
+                print(event.shown_message, file=sys.stderr, flush=True)
             return
         from tqdm import tqdm
 
@@ -497,7 +498,7 @@ class ProgressPrinter:
         if key != self.key:
             self.close()
             self.key = key
-            label = f"{event.variant}: {event.step}" if event.variant else event.step
+            label = f"{short_name(event.variant)}: {event.step}" if event.variant else event.step
             self.bar = tqdm(
                 total=100,
                 desc=label,
@@ -507,10 +508,10 @@ class ProgressPrinter:
                 bar_format="{desc:<22} {bar} {percentage:3.0f}% {postfix}",
             )
         self.bar.n = round(event.fraction * 100)
-        self.bar.set_postfix_str(event.message[-60:], refresh=True)
+        self.bar.set_postfix_str(event.shown_message[-60:], refresh=True)
         if event.step in ("variant", "done"):
             self.close()
-            print(event.message, file=sys.stderr, flush=True)
+            print(event.shown_message, file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

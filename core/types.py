@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import hashlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -111,6 +112,17 @@ class VariantSpec:
             if layers:
                 base += f":{key}={'+'.join(layers)}"
         return base
+
+    @property
+    def file_id(self) -> str:
+        """The name of the variant's files (`<file_id>.tflite`, `.samples.csv`, ...; DESIGN §10).
+
+        The name itself while it has no per-layer overrides (`int8`, `int8-uint8`, `int8_q`),
+        so those files keep their names; with overrides, the name without them plus a short
+        hash of the whole name (`int8-k3f9a2c1`): twelve kept layers would otherwise make a
+        name longer than a file name may be. The readable `name` stays the variant's identity.
+        """
+        return file_id_for(replace(self, float_layers=(), int16_layers=()).name, self.name)
 
     @classmethod
     def parse(cls, text: str) -> VariantSpec:
@@ -224,6 +236,46 @@ class VariantSpec:
             "float_layers": list(self.float_layers),
             "int16_layers": list(self.int16_layers),
         }
+
+
+# A name up to this long is shown whole; a longer one shows at most SHOWN_LAYERS layers of each
+# `keep=` / `int16=` list (as many as fit in SHOWN_LIST_CHARS, at least one) and "… and N more".
+SHOWN_NAME_CHARS = 80
+SHOWN_LAYERS = 3
+SHOWN_LIST_CHARS = 48
+
+
+def short_name(name: str) -> str:
+    """A variant's name as pages and the CLI table show it: whole when short, else each layer
+    list cut to its first layers and "… and N more" (`int8:keep=conv2d+dense … and 10 more`).
+    report.json keeps the full name."""
+    if len(name) <= SHOWN_NAME_CHARS:
+        return name
+    head, *overrides = name.split(":")
+    parts = [head]
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        layers = value.split("+") if sep else [override]
+        shown = layers[:1]
+        for layer in layers[1:SHOWN_LAYERS]:
+            if len("+".join([*shown, layer])) > SHOWN_LIST_CHARS:
+                break
+            shown.append(layer)
+        text = f"{key}={'+'.join(shown)}" if sep else override
+        hidden = len(layers) - len(shown)
+        parts.append(f"{text} … and {hidden} more" if hidden else text)
+    shown_name = ":".join(parts)
+    limit = 2 * SHOWN_NAME_CHARS  # one layer name that is itself very long
+    return shown_name if len(shown_name) <= limit else shown_name[: limit - 1] + "…"
+
+
+def file_id_for(base: str, identity: str) -> str:
+    """`base` when the variant is nothing more than `base`, else `base-k<8 hex>`: a short,
+    stable file name for a variant whose full `identity` (its name with overrides, and
+    whatever else makes it differ) may be arbitrarily long."""
+    if identity == base:
+        return base
+    return f"{base}-k{hashlib.sha256(identity.encode('utf-8')).hexdigest()[:8]}"
 
 
 def _parse_overrides(text: str, overrides: list[str]) -> dict[str, tuple[str, ...]]:
@@ -400,6 +452,13 @@ class ProgressEvent:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def shown_message(self) -> str:
+        """The message as the CLI and the dashboard show it: a long variant name summarised."""
+        if not self.variant or self.variant == short_name(self.variant):
+            return self.message
+        return self.message.replace(self.variant, short_name(self.variant))
 
 
 # This machine's address in a Ray cluster, read by the CLI (--ray-node-ip's default) and by the

@@ -13,7 +13,8 @@ from core.errors import QuantLensError
 from core.inputs import rundir
 from core.reporting.html import render_report_html
 from core.reporting.results import report_mtime
-from core.reporting.runmodel import RunReport, read_report
+from core.reporting.runmodel import RunReport, Variant, read_report
+from core.types import short_name
 from ui import keys
 
 _OCTET = "application/octet-stream"
@@ -27,7 +28,7 @@ PER_SAMPLE_COLUMNS = (
 )
 
 
-def per_sample_csv(run_dir: Path, variant: str) -> bytes:
+def per_sample_csv(run_dir: Path, variant: Variant) -> bytes:
     """samples.csv joined with `<variant>.samples.csv` on `index`, as CSV bytes.
 
     Every evaluated sample keeps its row (a left join), so a row the variant did not score
@@ -41,7 +42,7 @@ def per_sample_csv(run_dir: Path, variant: str) -> bytes:
         per_variant = pd.read_csv(rundir.variant_samples_path(run_dir, variant))
     except (OSError, ValueError) as exc:
         raise QuantLensError(
-            f"the per-sample tables of {variant!r} cannot be read ({exc}); re-run the variant"
+            f"the per-sample tables of {variant.name!r} cannot be read ({exc}); re-run the variant"
         ) from None
     overlap = [c for c in per_variant.columns if c in samples.columns and c != "index"]
     joined = samples.merge(per_variant.drop(columns=overlap), on="index", how="left")
@@ -146,16 +147,16 @@ def render_downloads(run_dir: Path | str, *, name: str | None = None) -> None:
                 key=f"{prefix}.labels",
             )
 
-    variants = report.variant_names
-    if not variants:
+    if not report.variants:
         return
     st.markdown("**Per variant**")
     st.caption(PER_SAMPLE_COLUMNS)
-    for variant in variants:
-        tflite = rundir.tflite_path(d, variant)
-        table = rundir.variant_samples_path(d, variant)
+    for entry in report.variants:
+        variant = entry.name
+        tflite = rundir.tflite_path(d, entry)
+        table = rundir.variant_samples_path(d, entry)
         row = st.columns([1, 2, 2])
-        row[0].text(variant)  # a variant name is data: shown as plain text
+        row[0].text(short_name(variant))  # a variant name is data: shown as plain text
         if tflite.is_file():
             with row[1]:
                 _button(
@@ -168,11 +169,11 @@ def render_downloads(run_dir: Path | str, *, name: str | None = None) -> None:
         else:
             row[1].caption("no .tflite (variant did not convert)")
         if table.is_file() and (d / rundir.SAMPLES).is_file():
-            csv_name = f"{variant}.per_sample.csv"
+            csv_name = f"{entry.file_id}.per_sample.csv"
             with row[2]:
                 _button(
                     csv_name,
-                    functools.partial(per_sample_csv, d, variant),
+                    functools.partial(per_sample_csv, d, entry),
                     file_name=csv_name,
                     mime="text/csv",
                     key=f"{prefix}.{variant}.csv",

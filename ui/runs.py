@@ -10,7 +10,7 @@ import streamlit as st
 from core.errors import QuantLensError
 from core.history.store import RunRow
 from core.jobs import launch as jobs
-from core.types import UNSUCCESSFUL_STATUSES, ProgressEvent, RunStatus
+from core.types import UNSUCCESSFUL_STATUSES, ProgressEvent, RunStatus, short_name
 from ui import fmt, history, keys
 from ui.cache import run_path
 
@@ -84,7 +84,7 @@ def _variant_lines(run_dir: Path, events: list[ProgressEvent]) -> list[tuple[str
     rows: dict[str, tuple[str, str]] = {}
     for ev in events:
         if ev.variant:
-            rows[ev.variant] = ("running", f"{ev.step}: {ev.message}")
+            rows[ev.variant] = ("running", f"{ev.step}: {ev.shown_message}")
     try:
         res = load_results(run_dir)
     except QuantLensError:
@@ -130,11 +130,13 @@ def draw_progress(run_id: str) -> bool:
     with status_box(label, state=box_state):
         if running:
             frac = 0.0 if last is None else min(1.0, max(0.0, float(last.fraction)))
-            st.progress(frac, text=fmt.text(last.message) if last else "waiting for the worker")
+            st.progress(
+                frac, text=fmt.text(last.shown_message) if last else "waiting for the worker"
+            )
         if status.get("error"):
             st.error(str(status["error"]))
         for name, vstate, detail in _variant_lines(d, events):
-            line = variant_line(name, vstate, detail)
+            line = variant_line(short_name(name), vstate, detail)
             if vstate in ("failed", "crashed", "timeout"):
                 st.markdown(f":red[{line}]")
             else:

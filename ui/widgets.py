@@ -25,7 +25,7 @@ from core.reporting.report import (
 from core.reporting.results import RunResults
 from core.reporting.runmodel import Variant
 from core.reporting.speedup import BASELINE_LABEL, speedup_lines, times
-from core.types import UNSUCCESSFUL_STATUSES
+from core.types import UNSUCCESSFUL_STATUSES, short_name
 from ui import cache, fmt, runs
 
 _BAD_STATES = UNSUCCESSFUL_STATUSES
@@ -233,7 +233,7 @@ def split_rows(variants: list[Variant]) -> list[dict[str, Any]]:
             continue
         rows.append(
             {
-                "variant": v.name,
+                "variant": short_name(v.name),
                 "disagreements": v.result.disagreements,
                 "conversion-caused": split.get("conversion"),
                 "quantization-caused": split.get("quantization"),
@@ -337,7 +337,7 @@ def summary_table(res: RunResults) -> pd.DataFrame:
         lat = v.result.latency_ms or {}
         rows.append(
             {
-                "model": v.name,
+                "model": short_name(v.name),
                 "status": str(v.result.status),
                 "verdict": variant_verdict(res, v),
                 "size (MB)": None if v.result.size_bytes is None else v.result.size_bytes / 1e6,

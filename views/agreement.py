@@ -10,6 +10,7 @@ from core.reporting.figures import (
 )
 from core.reporting.results import per_class_agreement
 from core.reporting.sweep import sweep_figure, swept_modes
+from core.types import short_name
 from ui import fmt, keys, widgets
 
 PER_CLASS_CHART_LIMIT = 30  # more bars than this are unreadable; the table lists every class
@@ -48,7 +49,7 @@ with right:
         )
         rows = [
             {
-                "variant": n_,
+                "variant": short_name(n_),
                 "accuracy original": fmt.pct(v.result.reference_accuracy_pct, digits=2),
                 "accuracy TFLite": fmt.pct(v.result.tflite_accuracy_pct, digits=2),
                 "Δ (pp)": v.result.accuracy_delta_pct,
@@ -100,7 +101,7 @@ variant = st.selectbox(
     "Variant",
     names,
     key=keys.AGREEMENT_VARIANT,
-    format_func=lambda n: f"{n} — {counts[n]} disagree",
+    format_func=lambda n: f"{short_name(n)} — {counts[n]} disagree",
 )
 v = res.variant(variant)
 

@@ -4,6 +4,7 @@ import streamlit as st
 
 from core.metrics.agreement import delta_stats
 from core.reporting.figures import delta_bar_mask, delta_histogram_figure
+from core.types import short_name
 from ui import keys, widgets
 
 METRICS = {
@@ -20,7 +21,9 @@ widgets.run_header(res)
 names = widgets.finished_variants_or_stop(res)
 c1, c2 = st.columns([1, 2])
 metric = c1.radio("Metric", list(METRICS), key=keys.DELTAS_METRIC, format_func=lambda m: METRICS[m])
-shown = c2.multiselect("Variants", names, default=names, key=keys.DELTAS_VARIANTS)
+shown = c2.multiselect(
+    "Variants", names, default=names, key=keys.DELTAS_VARIANTS, format_func=short_name
+)
 if not shown:
     st.info("Pick at least one variant.")
     st.stop()
@@ -35,7 +38,7 @@ event = st.plotly_chart(
     selection_mode="points",
 )
 st.dataframe(
-    [{"variant": n, **delta_stats(v)} for n, v in values.items()],
+    [{"variant": short_name(n), **delta_stats(v)} for n, v in values.items()],
     hide_index=True,
     key="deltas.stats",
     column_config={

@@ -5,6 +5,7 @@ import math
 import streamlit as st
 
 from core.reporting.results import SORTS, pick_samples
+from core.types import short_name
 from ui import keys, widgets
 
 PAGE_SIZE = 24
@@ -22,7 +23,10 @@ if st.session_state.get(keys.DISAGREE_VARIANT) not in names:
     st.session_state[keys.DISAGREE_VARIANT] = max(names, key=lambda n: counts[n])
 c1, c2, c3 = st.columns([1, 1.4, 1])
 variant = c1.selectbox(
-    "Variant", names, key=keys.DISAGREE_VARIANT, format_func=lambda n: f"{n} — {counts[n]} disagree"
+    "Variant",
+    names,
+    key=keys.DISAGREE_VARIANT,
+    format_func=lambda n: f"{short_name(n)} — {counts[n]} disagree",
 )
 sort = c2.selectbox("Sort by", list(SORTS), key=keys.DISAGREE_SORT)
 class_options = ["all classes", *range(res.num_classes)]

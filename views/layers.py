@@ -6,6 +6,7 @@ from typing import Any
 import streamlit as st
 
 from core.errors import QuantLensError
+from core.inputs.rundir import MODEL_EXPLORER
 from core.jobs import launch as jobs
 from core.reporting import layer_rank
 from core.reporting.layer_figures import (
@@ -18,7 +19,7 @@ from core.reporting.model_explorer import node_data_json
 from core.reporting.report import chosen_step
 from core.reporting.results import RunResults
 from core.reporting.runmodel import Variant
-from core.types import RunStatus
+from core.types import RunStatus, short_name
 from ui import fmt, history, keys, runs, widgets
 
 st.title("Layers")
@@ -47,7 +48,7 @@ if not diagnosed:
     st.stop()
 
 names = [v.name for v in diagnosed]
-name = st.selectbox("Variant", names, key=keys.LAYERS_VARIANT)
+name = st.selectbox("Variant", names, key=keys.LAYERS_VARIANT, format_func=short_name)
 entry = res.variant(name)
 diagnosis = entry.extra["diagnosis"]
 rows = res.layer_rows(name)
@@ -65,7 +66,9 @@ st.caption(
     )
 )
 if not rows:
-    st.warning(f"{name}.layers.csv is missing from the run folder; only the summary is shown.")
+    st.warning(
+        f"{entry.file_id}.layers.csv is missing from the run folder; only the summary is shown."
+    )
 else:
     suspect_orders = [int(s["order"]) for s in diagnosis.get("suspects") or []]
     st.plotly_chart(
@@ -216,18 +219,18 @@ def rescore_controls(res: RunResults, entry: Variant, ranked: list[dict[str, str
 
 
 def model_explorer_download(
-    name: str, rows: list[dict[str, str]], diagnosis: dict[str, Any]
+    variant: Variant, rows: list[dict[str, str]], diagnosis: dict[str, Any]
 ) -> None:
     st.download_button(
         "Model Explorer node data",
-        node_data_json(name, rows, diagnosis),
-        file_name=f"{name}.model-explorer.json",
+        node_data_json(variant.name, rows, diagnosis),
+        file_name=f"{variant.file_id}{MODEL_EXPLORER}",
         mime="application/json",
         icon=":material/download:",
         key="layers.model_explorer",
     )
     st.caption(
-        f"Open {fmt.code(name + '.tflite')} (Downloads on Overview) in Google's Model Explorer "
+        f"Open {fmt.code(variant.file_id + '.tflite')} (Downloads on Overview) in Google's Model Explorer "
         "(`pip install ai-edge-model-explorer`, then `model-explorer`) and add this file as node "
         "data: each op is coloured by its error, green (low) to red (high)."
     )
@@ -291,4 +294,4 @@ def layer_details(res: RunResults, name: str, ranked: list[dict[str, str]]) -> N
 if rows:
     layer_details(res, name, ranked_rows)
     rescore_controls(res, entry, ranked_rows)
-    model_explorer_download(name, rows, diagnosis)
+    model_explorer_download(entry, rows, diagnosis)

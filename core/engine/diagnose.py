@@ -31,7 +31,7 @@ from core.engine.flatbuffer import op_outputs, tensor_shapes
 from core.engine.models import ReferenceModel
 from core.engine.quantizer import keras3_scopes, layers_in_tensor_name
 from core.errors import ConversionFailed
-from core.inputs.rundir import write_atomic
+from core.inputs.rundir import LAYERS, write_atomic
 from core.reporting import layer_rank
 from core.types import Backend, Mode, VariantSpec
 
@@ -39,7 +39,7 @@ from core.types import Backend, Mode, VariantSpec
 # 5 ms per image on a MobileNetV2-0.35 here, the quantizer's comparison about 20 ms.
 MAX_IMAGES = 50
 TOP_SUSPECTS = 5
-LAYERS_SUFFIX = ".layers.csv"  # `<variant>.layers.csv` in the run folder
+LAYERS_SUFFIX = LAYERS  # `<file_id>.layers.csv` in the run folder
 # The TF guide's rule of thumb: rmse/scale above about 0.7 means the op loses more than a
 # rounding step would explain.
 RMSE_SCALE_SUSPICIOUS = 0.7

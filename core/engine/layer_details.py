@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 
 from core.engine.tensors import dequantize_per_channel
+from core.inputs.rundir import LAYER_DETAILS
 
-DETAILS_SUFFIX = ".layer_details.json"  # `<variant>.layer_details.json` in the run folder
+DETAILS_SUFFIX = LAYER_DETAILS  # `<file_id>.layer_details.json` in the run folder
 BINS = 40
 # Values per op and model a histogram counts: a 40-bin shape is steady long before this, and a
 # large model's tensors are sampled down to it (core.engine.layer_details._activations).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shutil
 import stat
@@ -297,6 +298,26 @@ def find_saved_model_dir(root: Path) -> Path:
             f"{root.name} holds several SavedModels ({listed}); upload one at a time"
         )
     return found[0]
+
+
+def content_named(dest: Path, zip_path: Path) -> Path:
+    """`dest` suffixed with the archive's content hash: `<run>/data-<16 hex>`.
+
+    A run folder reused for another archive (a second CLI run into the same --out) then
+    extracts into a new folder instead of reading the first archive's files, while a restarted
+    worker, which sees the same bytes, finds and reuses its own extraction.
+
+    Raises:
+        QuantLensError: the archive cannot be read.
+    """
+    try:
+        with open(zip_path, "rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError as exc:
+        raise QuantLensError(
+            f"cannot read {Path(zip_path).name} ({exc.strerror or exc}); check the path"
+        ) from None
+    return Path(dest).with_name(f"{Path(dest).name}-{digest[:16]}")
 
 
 def extract_once(zip_path: Path, dest: Path) -> Path:

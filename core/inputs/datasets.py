@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 from core.errors import DatasetError, QuantLensError
-from core.inputs.archives import extract_once
+from core.inputs.archives import content_named, extract_once
 from core.inputs.images import IMAGE_EXTENSIONS, NOT_FOUND
 from core.inputs.paths import require_under_roots, resolve_inside
 from core.types import Dataset, Sample, SkippedSample
@@ -383,7 +383,8 @@ def data_root_from_zip(zip_path: Path, extract_dir: Path) -> Path:
 
     Args:
         zip_path: the archive.
-        extract_dir: where it is (or was already) extracted.
+        extract_dir: where it is (or was already) extracted, suffixed with the archive's content
+            hash (`content_named`), so another archive never reads this one's files.
 
     Returns:
         The folder holding the CSV listing, the class folders or the images.
@@ -392,7 +393,7 @@ def data_root_from_zip(zip_path: Path, extract_dir: Path) -> Path:
         UnsafeArchive: the archive is refused.
         QuantLensError: the folder cannot be written.
     """
-    return _unwrap(extract_once(zip_path, extract_dir).resolve())
+    return _unwrap(extract_once(zip_path, content_named(extract_dir, zip_path)).resolve())
 
 
 def load_dataset(
@@ -417,8 +418,8 @@ def load_dataset(
     Args:
         path: the CSV, folder or zip.
         labels_file: a labels.txt to use instead of the one in the data root.
-        extract_dir: the folder a zip is extracted into (required for zips); an earlier,
-            complete extraction there is reused.
+        extract_dir: the folder a zip is extracted into, suffixed with its content hash
+            (required for zips); an earlier, complete extraction of the same bytes is reused.
         allowed_roots: if given, `path` (and `labels_file`) must lie under one of these.
 
     Returns:

@@ -10,7 +10,8 @@ A run directory holds everything a finished run needs to be shown again, without
     skipped.csv              relpath, reason for every sample that was not evaluated
     reference.probs.npy      float32 [N, C] reference probabilities, rows in samples.csv order
     reference.latency.npy    float64 per-invoke milliseconds of the reference
-    <variant>.tflite         the converted model
+    <variant>.tflite         the converted model (every <variant> file is named by the
+                             variant's short file_id, not its readable name: variant_file)
     <variant>.probs.npy      float32 [N, C] dequantized TFLite probabilities
     <variant>.samples.csv    per sample: index, tfl_top1, tfl_top1_prob, agree, max_abs_delta,
                              top1_prob_delta, kl
@@ -18,15 +19,23 @@ A run directory holds everything a finished run needs to be shown again, without
     labels.txt               class names, one per line, index order (when known)
     worker.log               the worker's stderr (its tail explains crashes)
     report.html              self-contained report (written on request)
+    model-<hash>/, data-<hash>/, calibration-data-<hash>/   zipped inputs, extracted
+    sweep/                   the calibration sweep's models
+    calibration.csv          the images int8 was calibrated on
+    .<name>                  caches and temporary files (decoded images, calibration, ...)
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 JOB = "job.json"
 STATUS = "status.json"
@@ -39,22 +48,139 @@ LABELS = "labels.txt"
 WORKER_LOG = "worker.log"
 REFERENCE_PROBS = "reference.probs.npy"
 REFERENCE_LATENCY = "reference.latency.npy"
+SUPERVISOR_LOG = "supervisor.log"
+LAYERS = ".layers.csv"  # a variant's per-layer error table (core.engine.diagnose)
+LAYER_DETAILS = ".layer_details.json"  # its weight ranges and histograms (layer_details)
+MODEL_EXPLORER = ".model-explorer.json"  # its per-layer error for Model Explorer
+
+CALIBRATION_LIST = "calibration.csv"  # the images int8 was calibrated on (decode stage)
+CANCEL_FLAG = "cancel"  # touched by whoever cancels a run
+
+# What a run writes besides the names above: per-variant files by their suffix, the worker's
+# hidden caches (core.jobs.protocol names them), temporary files, the sweep's folder, and zips
+# extracted into `<model|data|calibration-data>-<16 hex>` folders.
+VARIANT_SUFFIXES = (
+    ".tflite",
+    ".samples.csv",
+    ".probs.npy",
+    ".latency.npy",
+    LAYERS,
+    LAYER_DETAILS,
+    MODEL_EXPLORER,
+)
+HIDDEN_RUN_FILES = frozenset(
+    {
+        ".tmp",
+        ".decoded.u8",
+        ".decoded.json",
+        ".calibration.npy",
+        ".reference.f32",
+        ".converting.json",
+    }
+)
+SWEEP_FOLDER = "sweep"
+_EXTRACTED = re.compile(r"(model|data|calibration-data)-[0-9a-f]{16}")
+_RUN_FILES = frozenset(
+    {
+        JOB,
+        STATUS,
+        PROGRESS,
+        REPORT,
+        REPORT_HTML,
+        SAMPLES,
+        SKIPPED,
+        LABELS,
+        WORKER_LOG,
+        SUPERVISOR_LOG,
+        REFERENCE_PROBS,
+        REFERENCE_LATENCY,
+        CALIBRATION_LIST,
+        CANCEL_FLAG,
+    }
+)
 
 
-def tflite_path(run_dir: Path, variant: str) -> Path:
-    return run_dir / f"{variant}.tflite"
+class HasFileId(Protocol):
+    """A variant as its files know it: a VariantSpec, a report's Variant or VariantIdentity."""
+
+    @property
+    def file_id(self) -> str: ...
 
 
-def probs_path(run_dir: Path, variant: str) -> Path:
-    return run_dir / f"{variant}.probs.npy"
+@dataclass(frozen=True)
+class FileId:
+    """A bare file id, for a file named before file ids existed (by the variant's name)."""
+
+    file_id: str
 
 
-def variant_samples_path(run_dir: Path, variant: str) -> Path:
-    return run_dir / f"{variant}.samples.csv"
+def entry_files(entry: Mapping[str, Any]) -> FileId:
+    """What a report.json variant entry's files are named by: its `file_id`, else its name
+    (reports written before file ids named the files by the name)."""
+    return FileId(str(entry.get("file_id") or entry["name"]))
 
 
-def latency_path(run_dir: Path, variant: str) -> Path:
-    return run_dir / f"{variant}.latency.npy"
+def variant_file(run_dir: Path, variant: HasFileId, suffix: str) -> Path:
+    """The file `<file_id><suffix>` of a variant: the one way every writer and reader names a
+    variant's files (DESIGN §10). Its readable name may be too long for a file name."""
+    return Path(run_dir) / f"{variant.file_id}{suffix}"
+
+
+def tflite_path(run_dir: Path, variant: HasFileId) -> Path:
+    return variant_file(run_dir, variant, ".tflite")
+
+
+def probs_path(run_dir: Path, variant: HasFileId) -> Path:
+    return variant_file(run_dir, variant, ".probs.npy")
+
+
+def variant_samples_path(run_dir: Path, variant: HasFileId) -> Path:
+    return variant_file(run_dir, variant, ".samples.csv")
+
+
+def latency_path(run_dir: Path, variant: HasFileId) -> Path:
+    return variant_file(run_dir, variant, ".latency.npy")
+
+
+def _written_by_a_run(entry: Path) -> bool:
+    """True for what a run writes; never for a user's own `data/`, `.git` or notes."""
+    name = entry.name
+    if name in HIDDEN_RUN_FILES or (name.startswith(".") and ".partial-" in name):
+        return True  # caches, the worker's TMPDIR, a killed extraction's staging folder
+    if entry.is_dir() or entry.is_symlink():
+        return not entry.is_symlink() and (
+            name == SWEEP_FOLDER or _EXTRACTED.fullmatch(name) is not None
+        )
+    if name.startswith(".") and name.endswith(".tmp"):
+        return True  # write_atomic's temporary file, left by a killed writer
+    return name in _RUN_FILES or name.endswith(VARIANT_SUFFIXES)
+
+
+def clear_previous_run(folder: Path) -> list[str]:
+    """Remove every file an earlier run left in `folder` (a reused --out), keep anything else.
+
+    A second run into the same folder must not show the first run's variants, samples or
+    extracted data as its own. Only what a run writes goes (the names above); a folder that
+    never held a run (no job.json, status.json or report.json) is left untouched.
+
+    Returns:
+        The names removed, sorted.
+
+    Raises:
+        OSError: an entry cannot be removed.
+    """
+    if not any((folder / n).exists() for n in (JOB, STATUS, REPORT)):
+        return []
+    removed = []
+    for entry in sorted(folder.iterdir()):
+        if not _written_by_a_run(entry):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+        removed.append(entry.name)
+    return removed
 
 
 def dataset_root(dataset: dict[str, Any]) -> Path | None:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from core import posix
 from core.errors import QuantLensError
+from core.history.store import RunStore
 from core.inputs import rundir
 from core.jobs import outcome, protocol, queue
 from core.jobs.demo_build import MOBILENET, demo_build_state, demo_build_steps, start_demo_build
@@ -76,23 +77,45 @@ def create_run(job: JobSpec, *, home: Path | None = None, directory: Path | None
     if not job.name:  # named once here, so job.json, report.json and the store agree
         job = dataclasses.replace(job, name=default_run_name(job.model_path, datetime.now()))
     target = (directory or run_dir(run_id, home=home)).resolve()
-    try:
-        _prepare_run_folder(target, job, run_id)
-    except OSError as exc:
-        raise QuantLensError(
-            f"cannot write the run folder {target}: {exc.strerror or exc}; "
-            "choose a writable folder (--out, or QUANTLENS_HOME)"
-        ) from None
     with opened_store(home) as store:
+        previous = _previous_run(target, store)
+        try:
+            _prepare_run_folder(target, job, run_id)
+        except OSError as exc:
+            raise QuantLensError(
+                f"cannot write the run folder {target}: {exc.strerror or exc}; "
+                "choose a writable folder (--out, or QUANTLENS_HOME)"
+            ) from None
         store.create_run(run_id, name=job.name, run_dir=target, job=job.to_dict())
+        if previous is not None:
+            # Its files are gone: a History row for it would show this run's files as its own.
+            store.remove_run(previous)
     return run_id
 
 
+def _previous_run(target: Path, store: RunStore) -> str | None:
+    """The id of the earlier run whose files `target` (a reused --out) holds, if the store has it.
+
+    Raises:
+        QuantLensError: that run is still queued or running there.
+    """
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        previous = str(rundir.read_json(target / rundir.STATUS).get("run_id") or "")
+        row = store.get_run(previous) if previous else None
+        if row is not None and row.run_dir.resolve() == target:
+            if not row.status.finished:
+                raise QuantLensError(
+                    f"{target} holds run {previous}, which is still {row.status}; wait for it, "
+                    "cancel it, or choose another --out"
+                )
+            return previous
+    return None
+
+
 def _prepare_run_folder(target: Path, job: JobSpec, run_id: str) -> None:
+    """Create the run folder, first removing every file an earlier run left there (--out)."""
     target.mkdir(parents=True, exist_ok=True)
-    stale = (rundir.PROGRESS, rundir.REPORT, protocol.CANCEL_FLAG, rundir.STATUS, rundir.WORKER_LOG)
-    for name in stale:
-        (target / name).unlink(missing_ok=True)
+    rundir.clear_previous_run(target)
     rundir.write_json_atomic(target / rundir.JOB, job.to_dict())
     rundir.write_json_atomic(
         target / rundir.STATUS,
@@ -140,7 +163,7 @@ def launch_run(
         command += ["--timeout", str(timeout_s)]
     if memory_limit_gb is not None:
         command += ["--memory-gb", str(memory_limit_gb)]
-    with (directory / "supervisor.log").open("ab") as log:
+    with (directory / rundir.SUPERVISOR_LOG).open("ab") as log:
         process = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,

@@ -89,18 +89,18 @@ def note_untimed_variants(report: dict[str, Any], status: RunStatus) -> None:
 
 def close_unfinished_variants(directory: Path, status: str, reason: str) -> None:
     """Give every pending/running variant of report.json its final status and reason."""
-    closed: list[str] = []
+    closed: list[rundir.HasFileId] = []
 
     def close(report: dict[str, Any]) -> None:
         for variant in report["variants"]:
             if variant["status"] in ("pending", "running"):
                 variant["status"] = status
                 variant["error"] = reason
-                closed.append(variant["name"])
+                closed.append(rundir.entry_files(variant))
 
     runmodel.update_report(directory, close)
-    for name in closed:
-        remove_partial_outputs(directory, name)
+    for files in closed:
+        remove_partial_outputs(directory, files)
 
 
 def mark_variant(
@@ -109,10 +109,13 @@ def mark_variant(
     """Record one variant's end (a crash, a timeout) with the worker's stderr tail."""
     evaluated = False
 
+    files: rundir.HasFileId = rundir.FileId(name)
+
     def mark(report: dict[str, Any]) -> None:
-        nonlocal evaluated
+        nonlocal evaluated, files
         for variant in report["variants"]:
             if variant["name"] == name:
+                files = rundir.entry_files(variant)
                 evaluated = variant["status"] == "done"  # e.g. a crash while timing it
                 variant["status"] = status
                 variant["error"] = reason
@@ -121,15 +124,15 @@ def mark_variant(
     if runmodel.update_report(directory, mark) is None:
         return
     if not evaluated:
-        remove_partial_outputs(directory, name)
+        remove_partial_outputs(directory, files)
     sync_report_to_store(directory, home=home)
 
 
-def remove_partial_outputs(directory: Path, name: str) -> None:
+def remove_partial_outputs(directory: Path, variant: rundir.HasFileId) -> None:
     """Delete the per-sample files a variant that ended mid-evaluation left half written
     (they are appended batch by batch); readers then see no table, not a truncated one."""
-    rundir.variant_samples_path(directory, name).unlink(missing_ok=True)
-    rundir.probs_path(directory, name).unlink(missing_ok=True)
+    rundir.variant_samples_path(directory, variant).unlink(missing_ok=True)
+    rundir.probs_path(directory, variant).unlink(missing_ok=True)
 
 
 def sync_report_to_store(directory: Path, *, home: Path | None) -> None:

@@ -32,7 +32,7 @@ SUPERVISOR_PID_ENV = "QUANTLENS_SUPERVISOR_PID"  # the worker dies when this pro
 DEFAULT_TIMEOUT_S = 3600.0
 DEFAULT_MEMORY_LIMIT_GB = 16.0
 
-CANCEL_FLAG = "cancel"  # touched by whoever cancels; the supervisor stops the worker
+CANCEL_FLAG = rundir.CANCEL_FLAG  # touched by whoever cancels; the supervisor stops the worker
 WORKER_TMP = ".tmp"  # the worker's TMPDIR inside its run directory
 # Scratch the worker keeps while it runs, removed when the run ends, however it ends.
 DECODED_CACHE = ".decoded.u8"  # raw uint8 [N,H,W,C]

@@ -34,6 +34,7 @@ from core.reporting.report import (
 )
 from core.reporting.runmodel import RunReport, Variant, read_report
 from core.reporting.speedup import BASELINE_LABEL, speedup_lines
+from core.types import short_name
 
 THUMB_PX = 96
 MAX_GALLERY = 12
@@ -266,7 +267,7 @@ def _verdict_rule_notes(report: RunReport, threshold: float) -> str:
     lines = [f"Verdict: {_e(verdict_rule_text(rule, threshold, preset))}."]
     for v in report.variants:
         if reason := fail_reason(v, threshold, rule):
-            lines.append(f"{_e(v.name)}: FAIL — {_e(reason)}.")
+            lines.append(f"{_e(short_name(v.name))}: FAIL — {_e(reason)}.")
     for n in sample_counts(report):
         note = too_few_samples_note(n, threshold)
         if note:
@@ -360,18 +361,18 @@ def _verdict_table(report: RunReport, variants: list[Variant], threshold: float)
         if v.get("error"):
             # A full-width row under the variant: error text is long and must stay readable.
             rows.append(
-                f'<tr class="errrow"><td>{_e(v.name)} error</td>'
+                f'<tr class="errrow"><td>{_e(short_name(v.name))} error</td>'
                 f'<td colspan="11" class="err">{_e(v["error"])}</td></tr>'
             )
         elif v.get("verdict_reason"):
             rows.append(
-                f'<tr class="errrow"><td>{_e(v.name)} {NO_VERDICT}</td>'
+                f'<tr class="errrow"><td>{_e(short_name(v.name))} {NO_VERDICT}</td>'
                 f'<td colspan="11" class="err">{_e(v["verdict_reason"])}</td></tr>'
             )
         for warning in v.get("warnings") or []:
             # NaN/Inf outputs on some images: counted as disagreements, so say how many.
             rows.append(
-                f'<tr class="errrow"><td>{_e(v.name)} warning</td>'
+                f'<tr class="errrow"><td>{_e(short_name(v.name))} warning</td>'
                 f'<td colspan="11" class="err">{_e(warning)}</td></tr>'
             )
     return (
@@ -523,9 +524,9 @@ def _galleries(run_dir: Path, report: RunReport, variants: list[Variant]) -> str
     root = rundir.dataset_root(report.get("dataset") or {})
     out = []
     for v in variants:
-        name = v.name
+        name = short_name(v.name)
         count, disagree_count, disagreeing = _most_different(
-            rundir.variant_samples_path(run_dir, name), MAX_GALLERY
+            rundir.variant_samples_path(run_dir, v), MAX_GALLERY
         )
         if not count:
             if v.get("status") == "done":

@@ -18,7 +18,7 @@ from typing import Any
 from core.inputs import rundir
 from core.reporting.layer_rank import layer_error
 
-SUFFIX = ".model-explorer.json"  # `<variant>.model-explorer.json` in the run folder
+SUFFIX = rundir.MODEL_EXPLORER  # `<file_id>.model-explorer.json` in the run folder
 GRADIENT = [
     {"stop": 0, "bgColor": "#1a9850"},
     {"stop": 0.5, "bgColor": "#fee08b"},
@@ -58,7 +58,7 @@ def node_data_json(
 
 
 def export_run(run_dir: Path) -> list[Path]:
-    """Write `<variant>.model-explorer.json` for every diagnosed variant of a finished run.
+    """Write `<file_id>.model-explorer.json` for every diagnosed variant of a finished run.
 
     Returns:
         The files written (none when no variant has a per-layer table).
@@ -72,7 +72,7 @@ def export_run(run_dir: Path) -> list[Path]:
         rows = res.layer_rows(variant.name) if diagnosis else []
         if not diagnosis or not rows:
             continue
-        path = run_dir / f"{variant.name}{SUFFIX}"
+        path = rundir.variant_file(run_dir, variant, SUFFIX)
         rundir.write_atomic(path, node_data_json(variant.name, rows, diagnosis).encode())
         written.append(path)
     return written

@@ -8,6 +8,7 @@ from typing import Any
 
 from core.reporting.report import variant_of, verdict
 from core.reporting.runmodel import RunReport, Variant, report_from
+from core.types import short_name
 
 # The dominance rule of the frontier, stated once for the captions and report.html.
 FRONTIER_RULE = (
@@ -143,11 +144,9 @@ def recommendation(report: RunReport | Mapping[str, Any]) -> dict[str, Any]:
     if qualified:
         pick = qualified[0]
         runner_up = qualified[1] if len(qualified) > 1 else None
-        reason = (
-            f"{pick.name}: lower 95 % bound {_lower(pick):.1f} % ≥ {threshold:g} % at {_mb(pick)}"
-        )
+        reason = f"{short_name(pick.name)}: lower 95 % bound {_lower(pick):.1f} % ≥ {threshold:g} % at {_mb(pick)}"
         if runner_up is not None:
-            reason += f"; next: {runner_up.name} at {_mb(runner_up)}"
+            reason += f"; next: {short_name(runner_up.name)} at {_mb(runner_up)}"
         return {
             "variant": pick.name,
             "rule": rule,
@@ -170,7 +169,7 @@ def recommendation(report: RunReport | Mapping[str, Any]) -> dict[str, Any]:
         "runner_up": None,
         "reason": (
             f"no variant's lower 95 % bound reaches {threshold:g} %; closest: "
-            f"{closest.name} at {_lower(closest):.1f} % (n={closest.result.n})"
+            f"{short_name(closest.name)} at {_lower(closest):.1f} % (n={closest.result.n})"
         ),
         "closest": closest.name,
     }

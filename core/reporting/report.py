@@ -22,7 +22,14 @@ from core.reporting.runmodel import (
     VariantIdentity,
     report_from,
 )
-from core.types import FINISHED_STATUSES, Agreement, Mode, RunStatus, VariantSpec
+from core.types import (
+    FINISHED_STATUSES,
+    Agreement,
+    Mode,
+    RunStatus,
+    VariantSpec,
+    short_name,
+)
 
 __all__ = ["ROLE_PIVOT", "ROLE_SELECTED", "SCHEMA_VERSION", "VERDICT_POINT"]
 
@@ -482,21 +489,22 @@ def format_table(report: RunReport | Mapping[str, Any]) -> str:
     lines.append(f"verdict: {verdict_rule_text(rule, threshold, preset)}")
     for v in report.variants:
         r = v.result
+        shown = short_name(v.name)
         if r.disagreement_split and r.disagreements:
-            lines.append(f"{v.name}: {split_sentence(r.disagreement_split)}")
+            lines.append(f"{shown}: {split_sentence(r.disagreement_split)}")
         if r.error:
-            lines.append(f"{v.name}: {r.error}")
+            lines.append(f"{shown}: {r.error}")
         elif r.verdict_reason:
-            lines.append(f"{v.name}: {NO_VERDICT} — {r.verdict_reason}")
+            lines.append(f"{shown}: {NO_VERDICT} — {r.verdict_reason}")
         elif reason := fail_reason(v, threshold, rule):
-            lines.append(f"{v.name}: FAIL — {reason}")
+            lines.append(f"{shown}: FAIL — {reason}")
         for warning in r.warnings:
-            lines.append(f"warning: {v.name}: {warning}")
+            lines.append(f"warning: {shown}: {warning}")
         nothing_to_fix = (v.extra.get("auto_fix") or {}).get("nothing_to_fix")
         if nothing_to_fix:
             lines.append(f"auto-fix: {nothing_to_fix}")
     latency_warnings: list[tuple[str, str | None]] = [("original", ref.get("latency_warning"))]
-    latency_warnings += [(v.name, v.result.latency_warning) for v in report.variants]
+    latency_warnings += [(short_name(v.name), v.result.latency_warning) for v in report.variants]
     for who, latency_warning in latency_warnings:
         if latency_warning:
             lines.append(f"warning: {who} latency: {latency_warning}")
@@ -537,9 +545,9 @@ def recommendation_lines(rec: Mapping[str, Any] | None) -> list[str]:
     if not rec:
         return []
     if rec.get("variant"):
-        head = f"recommended: {rec['variant']}"
+        head = f"recommended: {short_name(rec['variant'])}"
         if rec.get("runner_up"):
-            head += f" (runner-up: {rec['runner_up']})"
+            head += f" (runner-up: {short_name(rec['runner_up'])})"
     else:
         head = "recommended: none"
     return [head, f"  rule: {rec['rule']}", f"  why: {rec['reason']}"]

@@ -156,7 +156,7 @@ class RunResults:
         if key not in self._memo:
             base = self.samples.reset_index(drop=True).copy()
             base["row"] = np.arange(len(base))
-            path = rundir.variant_samples_path(self.run_dir, name)
+            path = rundir.variant_samples_path(self.run_dir, self.report.files_of(name))
             if not path.is_file() or base.empty:
                 self._memo[key] = _empty_joined(base)
             else:
@@ -168,7 +168,7 @@ class RunResults:
         """The columns of `variant_samples` that filters, sorts and aggregates need, for every
         sample, without the text columns (relpath, label) or the unused ones: a page on a
         50,000-sample run keeps a few MB, not the whole table. Read once per file version."""
-        path = rundir.variant_samples_path(self.run_dir, name)
+        path = rundir.variant_samples_path(self.run_dir, self.report.files_of(name))
         key = f"summary:{name}:{_mtime(path)}:{_mtime(self.run_dir / rundir.SAMPLES)}"
         if key not in self._memo:
             wanted = set(SUMMARY_COLUMNS)
@@ -194,7 +194,7 @@ class RunResults:
 
         base = self._sample_columns(lambda _c: True, skiprows=skip)
         base["row"] = sorted(wanted)[: len(base)]
-        path = rundir.variant_samples_path(self.run_dir, name)
+        path = rundir.variant_samples_path(self.run_dir, self.report.files_of(name))
         if not path.is_file() or base.empty:
             return _empty_joined(base)
         table = _joined(base, pd.read_csv(path, skiprows=skip))
@@ -214,7 +214,7 @@ class RunResults:
 
         key = f"layers:{name}"
         if key not in self._memo:
-            path = self.run_dir / f"{name}.layers.csv"
+            path = rundir.variant_file(self.run_dir, self.report.files_of(name), rundir.LAYERS)
             rows: list[dict[str, str]] = []
             if path.is_file():
                 with path.open(encoding="utf-8") as f:
@@ -241,7 +241,7 @@ class RunResults:
         """[N, C] probabilities of `reference` or a variant, memory-mapped; None if absent."""
         key = f"probs:{name}"
         if key not in self._memo:
-            path = rundir.probs_path(self.run_dir, name)
+            path = rundir.probs_path(self.run_dir, self.report.files_of(name))
             self._memo[key] = np.load(path, mmap_mode="r") if path.is_file() else None
         arr: np.ndarray | None = self._memo[key]
         return arr
@@ -250,7 +250,7 @@ class RunResults:
         """Per-invoke milliseconds of `reference` or a variant; None if absent."""
         key = f"latency:{name}"
         if key not in self._memo:
-            path = rundir.latency_path(self.run_dir, name)
+            path = rundir.latency_path(self.run_dir, self.report.files_of(name))
             self._memo[key] = np.load(path) if path.is_file() else None
         arr: np.ndarray | None = self._memo[key]
         return arr

@@ -30,6 +30,7 @@ from core.types import (
     Mode,
     RunStatus,
     VariantSpec,
+    short_name,
 )
 
 # 1: what QuantLens wrote before the typed model (`schema_version` 1, or none at all).
@@ -104,13 +105,17 @@ def _split(entry: Mapping[str, Any], known: tuple[str, ...]) -> dict[str, Any]:
 class VariantIdentity(_MappingView):
     """What a variant is: how its model was made, and why it is in the run.
 
-    `name` is stored as written (report.json and file names use it) and never re-derived.
+    `name` is stored as written (report.json, pages and tables show it) and never re-derived.
+    `file_id` names the variant's files (`<file_id>.tflite`, ...; DESIGN §10): the spec's
+    `file_id` for a variant made now, the name for a report written before file ids (its
+    files carry the name), and the name when built in code without one.
     `calibration_samples` / `calibration_seed` are None when the run's options apply (every
     variant of one run shares them today); `parent` names the variant this one derives from.
     """
 
     name: str
     mode: Mode
+    file_id: str = ""
     io_type: IOType | None = None
     allow_select_tf_ops: bool = False
     backend: Backend = Backend.CONVERTER
@@ -123,9 +128,14 @@ class VariantIdentity(_MappingView):
     # The keys of the entry this was read from (None: built in code); see `_as_read`.
     present: frozenset[str] | None = field(default=None, compare=False, repr=False)
 
+    def __post_init__(self) -> None:
+        if not self.file_id:  # a report written before file ids: its files carry the name
+            object.__setattr__(self, "file_id", self.name)
+
     # Keys of a variant entry that belong to its identity, in report.json order.
     KEYS = (
         "name",
+        "file_id",
         "mode",
         "io_type",
         "allow_select_tf_ops",
@@ -143,6 +153,7 @@ class VariantIdentity(_MappingView):
         """The identity of a variant the job asks for."""
         return cls(
             name=spec.name,
+            file_id=spec.file_id,
             mode=spec.mode,
             io_type=spec.io_type,
             allow_select_tf_ops=spec.allow_select_tf_ops,
@@ -162,6 +173,7 @@ class VariantIdentity(_MappingView):
         io_type = entry.get("io_type")
         return cls(
             name=name,
+            file_id=str(entry.get("file_id") or ""),
             mode=mode,
             io_type=None if io_type is None else IOType(str(io_type)),
             allow_select_tf_ops=bool(entry.get("allow_select_tf_ops", False)),
@@ -177,8 +189,12 @@ class VariantIdentity(_MappingView):
         )
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {
-            "name": self.name,
+        d: dict[str, Any] = {"name": self.name}
+        # On every variant made now; a report read without file ids keeps its keys when the
+        # names still name its files (a rewrite changes nothing a schema-1 reader sees).
+        if self.present is None or "file_id" in self.present or self.file_id != self.name:
+            d["file_id"] = self.file_id
+        d |= {
             "mode": str(self.mode),
             "io_type": None if self.io_type is None else str(self.io_type),
             "allow_select_tf_ops": self.allow_select_tf_ops,
@@ -414,6 +430,11 @@ class Variant(_MappingView):
         return self.identity.name
 
     @property
+    def file_id(self) -> str:
+        """What the variant's files are named by (`rundir.variant_file`); see VariantIdentity."""
+        return self.identity.file_id
+
+    @property
     def mode(self) -> Mode:
         return self.identity.mode
 
@@ -575,6 +596,11 @@ class RunReport(_MappingView):
         """The variant of that name, or None."""
         return next((v for v in self.variants if v.name == name), None)
 
+    def files_of(self, name: str) -> rundir.HasFileId:
+        """What the files of the variant called `name` are named by: its entry, or (a name
+        the report does not list) the name itself, as files were named before file ids."""
+        return self.variant(name) or rundir.FileId(name)
+
     def calibration_of(self, variant: Variant) -> tuple[int | None, int | None]:
         """(calibration samples, seed) a variant was made with: its own, else the run's."""
         ident = variant.identity
@@ -599,8 +625,10 @@ class RunReport(_MappingView):
         return value if isinstance(value, Mapping) else None
 
     def display_name(self, variant: Variant) -> str:
-        """A variant's name as listed: `float32 (pivot)` for the run's pivot."""
-        return f"{variant.name} (pivot)" if variant.name == self.pivot else variant.name
+        """A variant's name as listed: `float32 (pivot)` for the run's pivot; a long name is
+        summarised (`int8:keep=a+b+c … and 9 more`, core.types.short_name)."""
+        shown = short_name(variant.name)
+        return f"{shown} (pivot)" if variant.name == self.pivot else shown
 
 
 def report_from(report: RunReport | Mapping[str, Any]) -> RunReport:

@@ -306,7 +306,7 @@ def _log_variant(
     ).info.run_id
     try:
         _log_values(client, child, variant_params(report, variant), variant_metrics(variant))
-        tflite = rundir.tflite_path(run_dir, variant.name)
+        tflite = rundir.tflite_path(run_dir, variant)
         if tflite.is_file():
             client.log_artifact(child, str(tflite))
     except BaseException:

@@ -182,12 +182,12 @@ def build_run(
                 "top1_prob_delta": d1,
                 "kl": kl,
             }
-        ).to_csv(rundir.variant_samples_path(d, name), index=False)
-        np.save(rundir.probs_path(d, name), noisy.astype(np.float32))
+        ).to_csv(rundir.variant_samples_path(d, rundir.FileId(name)), index=False)
+        np.save(rundir.probs_path(d, rundir.FileId(name)), noisy.astype(np.float32))
         lat = 0.5 * rng.gamma(4, 0.2, 60) + 1.0
         if name == busy_blocks:
             lat[36:] *= 4.0
-        np.save(rundir.latency_path(d, name), lat)
+        np.save(rundir.latency_path(d, rundir.FileId(name)), lat)
         speedup = {
             "baseline": "float32",
             **_speedup(baseline_lat, lat),
@@ -203,7 +203,7 @@ def build_run(
         variants.append(
             {
                 "name": name,
-                "mode": name.split("-")[0],
+                "mode": name.split(":")[0].split("-")[0],
                 "io_type": None,
                 "allow_select_tf_ops": False,
                 "status": "done",

@@ -13,6 +13,7 @@ from streamlit.testing.v1 import AppTest
 from core.history.store import DB_NAME, open_store
 from core.inputs import rundir
 from core.jobs import launch as jobs
+from core.reporting.runmodel import read_report
 from core.types import JobSpec, RunStatus
 from tests.app.conftest import OpenPage
 from tests.app.expected import pct2, shown_as_text
@@ -156,7 +157,9 @@ def test_download_contents(two_runs: Path) -> None:
     d = two_runs / "runs" / rid
     rep = json.loads((d / rundir.REPORT).read_text())
     v = rep["variants"][0]
-    table = pd.read_csv(io.BytesIO(per_sample_csv(d, "float16")))
+    float16 = read_report(d).variant("float16")
+    assert float16 is not None
+    table = pd.read_csv(io.BytesIO(per_sample_csv(d, float16)))
     assert len(table) == v["n"]
     assert int((~table["agree"].astype(bool)).sum()) == v["disagreements"]
     assert {"relpath", "ref_top1", "tfl_top1", "max_abs_delta"} <= set(table.columns)

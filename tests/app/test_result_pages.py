@@ -374,7 +374,7 @@ def test_latency_quotes_p99_from_100_runs_and_max_below(crafted: Path, open_page
     (crafted / rundir.REPORT).write_text(json.dumps(rep), encoding="utf-8")
     at = open_page("latency")
     rows = at.dataframe[0].value.set_index("model")
-    int8_samples = np.load(rundir.latency_path(crafted, "int8"))
+    int8_samples = np.load(rundir.latency_path(crafted, rundir.FileId("int8")))
     assert rows.loc["float16", "p99 (ms)"] == pytest.approx(float16["latency_ms"]["p99"])
     assert pd.isna(rows.loc["int8", "p99 (ms)"]) and pd.isna(rows.loc["original", "p99 (ms)"])
     assert rows.loc["int8", "max (ms)"] == pytest.approx(float(int8_samples.max()))

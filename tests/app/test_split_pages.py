@@ -30,9 +30,9 @@ def pivoted(home: Path) -> Path:
     run_dir = build_run(home, flips={"int8": 10, "float32": 10}, failed_variant=None)
     report = read_report(run_dir)
     causes = _causes(run_dir)
-    samples = pd.read_csv(rundir.variant_samples_path(run_dir, "int8"))
+    samples = pd.read_csv(rundir.variant_samples_path(run_dir, rundir.FileId("int8")))
     samples["cause"] = causes
-    samples.to_csv(rundir.variant_samples_path(run_dir, "int8"), index=False)
+    samples.to_csv(rundir.variant_samples_path(run_dir, rundir.FileId("int8")), index=False)
     report["pivot"] = "float32"
     for v in report["variants"]:
         v["role"] = "pivot" if v["name"] == "float32" else "selected"

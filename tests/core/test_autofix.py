@@ -260,11 +260,11 @@ def test_auto_fix_stops_at_the_threshold_with_a_variant_that_reproduces(tmp_path
     images = _inputs(data)
     ref = _reference_probs(model, images).argmax(axis=1)
     for name in ("int8", derived["name"]):
-        tfl = _tflite_probs(out / f"{name}.tflite", images).argmax(axis=1)
+        tfl = _tflite_probs(out / f"{by_name[name]['file_id']}.tflite", images).argmax(axis=1)
         assert by_name[name]["top1_agreement_pct"] == pytest.approx(100 * np.mean(ref == tfl))
     assert derived["top1_agreement_pct"] > parent["top1_agreement_pct"]
     assert derived["size_bytes"] == steps[-1]["size_bytes"]
-    ops = _ops((out / f"{derived['name']}.tflite").read_bytes())
+    ops = _ops((out / f"{derived['file_id']}.tflite").read_bytes())
     assert [o for o, _ in _of(ops, "CONV_2D", "wide_1")] == ["FLOAT32"]
     assert "--auto-fix=4" in report["run"]["command"]
 

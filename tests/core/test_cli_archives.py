@@ -52,9 +52,10 @@ def test_zipped_saved_model_in_a_wrapper_folder_and_zipped_data_run(
     )
     assert done.returncode == 0, done.stderr
     report = json.loads((out / "report.json").read_text())
-    assert report["reference"]["path"] == str(out / "model" / "export" / "my_model")
+    model_folder = next(out.glob("model-*"))  # named by the zip's content hash
+    assert report["reference"]["path"] == str(model_folder / "export" / "my_model")
     assert report["dataset"]["num_samples"] == 24
-    assert not (out / "model" / "__MACOSX").exists()
+    assert not (model_folder / "__MACOSX").exists()
 
 
 def test_an_archive_with_a_dotdot_member_is_refused_before_anything_is_written(

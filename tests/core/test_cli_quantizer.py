@@ -213,7 +213,7 @@ def test_both_backends_side_by_side_with_overrides(
         assert kept["parent"] == parent
         # Keeping a layer in float costs its float weights.
         assert kept["size_bytes"] > by_name[parent]["size_bytes"]
-        assert (out / f"{parent}:keep=dense.tflite").stat().st_size == kept["size_bytes"]
+        assert (out / f"{kept['file_id']}.tflite").stat().st_size == kept["size_bytes"]
         failed = by_name[f"{parent}:keep=dens"]
         assert failed["status"] == "failed"
         assert "\n" not in failed["error"]

@@ -64,7 +64,7 @@ def test_the_pivot_converts_while_the_original_runs(
         "float16_q": "done",
         "int8_q": "done",
     }
-    assert rundir.tflite_path(run_dir, "int8_q").exists()
+    assert rundir.tflite_path(run_dir, rundir.FileId("int8_q")).exists()
 
 
 def test_a_failed_reference_pass_releases_the_waiting_conversions(

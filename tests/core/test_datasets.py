@@ -458,8 +458,8 @@ def test_zip_of_class_folders_in_a_wrapper(tmp_path: Path) -> None:
     zip_path = zip_folder(src, tmp_path / "upload.zip", prefix="flowers/")
     with zipfile.ZipFile(zip_path, "a") as zf:
         zf.writestr("__MACOSX/flowers/._cat", b"junk")
-    dest = tmp_path / "run" / "data"
-    ds = load_dataset(zip_path, extract_dir=dest)
+    ds = load_dataset(zip_path, extract_dir=tmp_path / "run" / "data")
+    dest = next((tmp_path / "run").glob("data-*"))  # named by the zip's content hash
     assert ds.path == str((dest / "flowers").resolve())
     assert ds.kind == "folder"
     assert ds.class_names == ("dog", "cat")
@@ -473,7 +473,7 @@ def test_zip_of_a_csv_data_set(tmp_path: Path) -> None:
     write_csv(src / "data.csv", ["filepath,label", "img/a.png,0", "img/missing.png,0"])
     ds = load_dataset(zip_folder(src, tmp_path / "u.zip"), extract_dir=tmp_path / "x")
     assert ds.kind == "csv"
-    assert ds.path == str((tmp_path / "x").resolve())
+    assert ds.path == str(next(tmp_path.glob("x-*")).resolve())  # named by the zip's hash
     assert relpaths(ds) == ["img/a.png"]
     assert skipped(ds) == {"img/missing.png": "file not found"}
 

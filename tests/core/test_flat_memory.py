@@ -84,18 +84,20 @@ def test_a_variants_files_hold_each_batch_as_soon_as_it_is_added(tmp_path: Path)
 
     writer.add(outputs[:BATCH])
     # What a crash right now would leave: exactly the first batch, in both files.
-    rows = _csv_rows(rundir.variant_samples_path(run.run_dir, "float16"))
+    rows = _csv_rows(rundir.variant_samples_path(run.run_dir, rundir.FileId("float16")))
     assert [int(r["index"]) for r in rows] == list(range(1000, 1000 + BATCH))
     agree = ref[:BATCH].argmax(1) == outputs[:BATCH].argmax(1)
     assert [r["agree"] == "1" for r in rows] == agree.tolist()
-    on_disk = _npy_data_rows(rundir.probs_path(run.run_dir, "float16"))
+    on_disk = _npy_data_rows(rundir.probs_path(run.run_dir, rundir.FileId("float16")))
     np.testing.assert_array_equal(on_disk, outputs[:BATCH])
 
     writer.add(outputs[BATCH : 2 * BATCH])
     writer.add(outputs[2 * BATCH :])
     done = writer.finish(cast(Any, None), {})
-    np.testing.assert_array_equal(np.load(rundir.probs_path(run.run_dir, "float16")), outputs)
-    assert len(_csv_rows(rundir.variant_samples_path(run.run_dir, "float16"))) == n
+    np.testing.assert_array_equal(
+        np.load(rundir.probs_path(run.run_dir, rundir.FileId("float16"))), outputs
+    )
+    assert len(_csv_rows(rundir.variant_samples_path(run.run_dir, rundir.FileId("float16")))) == n
     expected_agree = ref.argmax(1) == outputs.argmax(1)
     assert done.metrics.n == n
     assert done.metrics.disagreements == int((~expected_agree).sum()) == len(range(0, n, 5))
@@ -136,7 +138,9 @@ def _large_run_folder(run_dir: Path) -> None:
         w.writerow(["index", "relpath", "label", "ref_top1", "ref_top1_prob", "ref_margin"])
         for i in range(LARGE):
             w.writerow([i, f"images/some/long/folder/name/{i:06d}.png", i % 7, i % 7, 0.9, 0.5])
-    with rundir.variant_samples_path(run_dir, "v").open("w", newline="", encoding="utf-8") as f:
+    with rundir.variant_samples_path(run_dir, rundir.FileId("v")).open(
+        "w", newline="", encoding="utf-8"
+    ) as f:
         w = csv.writer(f)
         columns = ["index", "tfl_top1", "tfl_top1_prob", "agree", "max_abs_delta", "kl"]
         w.writerow([*columns, "top1_prob_delta"])

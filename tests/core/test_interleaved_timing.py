@@ -213,7 +213,7 @@ def test_a_real_run_states_its_speed_ups_from_interleaved_same_session_samples(
     samples = {"reference": np.load(run_dir / rundir.REFERENCE_LATENCY)}
     blocks = {"reference": report["reference"]["latency_ms"]["blocks"]}
     for name, v in by_name.items():
-        samples[name] = np.load(rundir.latency_path(run_dir, name))
+        samples[name] = np.load(rundir.latency_path(run_dir, rundir.entry_files(v)))
         blocks[name] = v["latency_ms"]["blocks"]
     # Every model was timed in the same five paired blocks of two runs: one session.
     for name, arr in samples.items():

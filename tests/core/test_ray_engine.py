@@ -111,9 +111,10 @@ def test_ray_engine_writes_the_local_engines_numbers(both_runs: tuple[Path, Path
         name = expected["name"]
         got = variants[name]
         assert got["status"] == expected["status"] == "done", got.get("error")
-        _assert_same_table(local / f"{name}.samples.csv", on_ray / f"{name}.samples.csv")
+        files = got["file_id"]
+        _assert_same_table(local / f"{files}.samples.csv", on_ray / f"{files}.samples.csv")
         np.testing.assert_allclose(
-            np.load(on_ray / f"{name}.probs.npy"), np.load(local / f"{name}.probs.npy"), atol=1e-6
+            np.load(on_ray / f"{files}.probs.npy"), np.load(local / f"{files}.probs.npy"), atol=1e-6
         )
         for key in ("top1_agreement_pct", "disagreements", "disagreement_split", "size_bytes"):
             assert got[key] == expected[key], key
@@ -139,7 +140,7 @@ def test_ray_agreement_recomputed_from_its_files(both_runs: tuple[Path, Path]) -
     reference = np.load(on_ray / "reference.probs.npy")
     assert reference.shape[0] == report["dataset"]["num_samples"] == 24
     for variant in report["variants"]:
-        probs = np.load(on_ray / f"{variant['name']}.probs.npy")
+        probs = np.load(on_ray / f"{variant['file_id']}.probs.npy")
         agree = np.argmax(probs, axis=1) == np.argmax(reference, axis=1)
         assert variant["top1_agreement_pct"] == pytest.approx(100 * agree.mean())
 
@@ -483,11 +484,12 @@ def test_auto_fix_on_ray_ranks_and_fixes_as_the_local_engine(
     assert derived["status"] == "done", derived.get("error")
     assert derived["top1_agreement_pct"] == by_name[0][name]["top1_agreement_pct"]
     assert derived["latency_ms"]["n"] == 3
-    _assert_same_table(local / f"{name}.samples.csv", on_ray / f"{name}.samples.csv")
+    files = derived["file_id"]
+    _assert_same_table(local / f"{files}.samples.csv", on_ray / f"{files}.samples.csv")
     # Recomputed without QuantLens: the original in TensorFlow, the file in ai_edge_litert.
     images = _inputs(data)
     reference = _reference_probs(model, images).argmax(axis=1)
-    derived_top1 = _tflite_probs(on_ray / f"{name}.tflite", images).argmax(axis=1)
+    derived_top1 = _tflite_probs(on_ray / f"{files}.tflite", images).argmax(axis=1)
     assert derived["top1_agreement_pct"] == pytest.approx(100 * np.mean(reference == derived_top1))
     assert "--auto-fix=4" in reports[1]["run"]["command"]
 

@@ -79,7 +79,7 @@ def test_rescore_adds_a_float_layer_variant_to_the_same_run(
     # Its speed-up comes from the re-score's own process: float32 TFLite was timed again there,
     # interleaved with it, not taken from the original run's samples.
     speedup = derived["speedup"]
-    mine = np.load(out / "int8:keep=mix+wide.latency.npy")
+    mine = np.load(out / f"{derived['file_id']}.latency.npy")
     cuts = np.cumsum(derived["latency_ms"]["blocks"])[:-1]
     own = [float(np.median(block)) for block in np.split(mine, cuts)]
     assert speedup["baseline"] == "float32" and speedup["block_p50_ms"] == pytest.approx(own)
@@ -88,9 +88,9 @@ def test_rescore_adds_a_float_layer_variant_to_the_same_run(
     earlier = np.load(out / "float32.latency.npy")
     earlier_blocks = np.split(earlier, np.cumsum(before["float32"]["latency_ms"]["blocks"])[:-1])
     assert speedup["baseline_block_p50_ms"] != [float(np.median(b)) for b in earlier_blocks]
-    assert derived["size_bytes"] == (out / "int8:keep=mix+wide.tflite").stat().st_size
+    assert derived["size_bytes"] == (out / f"{derived['file_id']}.tflite").stat().st_size
     # Diagnosed like any other variant, so the Layers page lists it.
-    assert (out / "int8:keep=mix+wide.layers.csv").is_file()
+    assert (out / f"{derived['file_id']}.layers.csv").is_file()
     # The finished variants are left exactly as they were.
     for name in ("int8", "float32"):
         assert by_name[name] == before[name]
@@ -98,11 +98,11 @@ def test_rescore_adds_a_float_layer_variant_to_the_same_run(
     # Independently: the original in TensorFlow, the .tflite in LiteRT, on the CSV's images.
     images = _inputs(data)
     ref = _reference_probs(model, images).argmax(axis=1)
-    tfl = _tflite_probs(out / "int8:keep=mix+wide.tflite", images).argmax(axis=1)
+    tfl = _tflite_probs(out / f"{derived['file_id']}.tflite", images).argmax(axis=1)
     assert derived["top1_agreement_pct"] == pytest.approx(100 * np.mean(ref == tfl))
     assert derived["top1_agreement_pct"] > by_name["int8"]["top1_agreement_pct"]
     # The named ops really are float: float outputs, float weights; the others stay int8.
-    ops = _ops((out / "int8:keep=mix+wide.tflite").read_bytes())
+    ops = _ops((out / f"{derived['file_id']}.tflite").read_bytes())
     assert [o for o, _ in _of(ops, "CONV_2D", "wide_1")] == ["FLOAT32"]
     assert [o for o, _ in _of(ops, "CONV_2D", "mix_1")] == ["FLOAT32"]
     assert [o for o, _ in _of(ops, "MEAN", "pool_1")] == ["INT8"]
@@ -274,4 +274,4 @@ def test_rescore_refuses_calibration_images_that_changed_since_the_run(tmp_path:
     by_name = {v["name"]: v for v in _report(out)["variants"]}
     assert by_name["int8:keep=wide"]["status"] == "failed"
     assert by_name["int8"]["status"] == "done" and _report(out)["run"]["status"] == "done"
-    assert not (out / "int8:keep=wide.tflite").exists()
+    assert not list(out.glob("int8-k*.tflite"))  # no file of the refused variant

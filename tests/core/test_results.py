@@ -33,7 +33,7 @@ def test_report_fields_and_variant_lookup(run: Path) -> None:
 def test_variant_samples_join_and_disagreement_count(run: Path) -> None:
     res = load_results(run)
     df = res.variant_samples("int8")
-    raw = pd.read_csv(rundir.variant_samples_path(run, "int8"))
+    raw = pd.read_csv(rundir.variant_samples_path(run, rundir.FileId("int8")))
     assert len(df) == len(raw) == 40
     assert int((~df["agree"]).sum()) == res.variant("int8")["disagreements"] == 6
     assert (df["row"].to_numpy() == np.arange(40)).all()

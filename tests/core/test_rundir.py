@@ -14,13 +14,22 @@ from core.inputs import rundir
 
 
 def test_variant_files_are_named_after_the_variant(tmp_path: Path) -> None:
-    assert rundir.tflite_path(tmp_path, "int8-uint8") == tmp_path / "int8-uint8.tflite"
-    assert rundir.probs_path(tmp_path, "int8") == tmp_path / "int8.probs.npy"
-    assert rundir.variant_samples_path(tmp_path, "int8") == tmp_path / "int8.samples.csv"
-    assert rundir.latency_path(tmp_path, "float16") == tmp_path / "float16.latency.npy"
+    assert (
+        rundir.tflite_path(tmp_path, rundir.FileId("int8-uint8")) == tmp_path / "int8-uint8.tflite"
+    )
+    assert rundir.probs_path(tmp_path, rundir.FileId("int8")) == tmp_path / "int8.probs.npy"
+    assert (
+        rundir.variant_samples_path(tmp_path, rundir.FileId("int8"))
+        == tmp_path / "int8.samples.csv"
+    )
+    assert (
+        rundir.latency_path(tmp_path, rundir.FileId("float16")) == tmp_path / "float16.latency.npy"
+    )
     # the reference's arrays follow the same scheme, so readers need no special case
-    assert rundir.probs_path(tmp_path, "reference").name == rundir.REFERENCE_PROBS
-    assert rundir.latency_path(tmp_path, "reference").name == rundir.REFERENCE_LATENCY
+    assert rundir.probs_path(tmp_path, rundir.FileId("reference")).name == rundir.REFERENCE_PROBS
+    assert (
+        rundir.latency_path(tmp_path, rundir.FileId("reference")).name == rundir.REFERENCE_LATENCY
+    )
 
 
 def test_workspace_follows_quantlens_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

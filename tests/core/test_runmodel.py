@@ -199,8 +199,11 @@ def test_a_variant_without_a_mode_is_refused_in_one_line(tmp_path: Path) -> None
 def test_a_pending_variant_has_the_keys_of_a_schema_1_entry() -> None:
     entry = pending_variant(VariantSpec(Mode.INT8, IOType.INT8))
     written = _raw()["variants"][3]  # int8, done and timed
-    # The timing phase adds latency_warning; everything else exists from the start.
-    assert list(entry) == [k for k in written if k != "latency_warning"]
+    # The timing phase adds latency_warning; everything else exists from the start, plus the
+    # file id (schema 2) that names the variant's files.
+    keys = [k for k in written if k != "latency_warning"]
+    assert list(entry) == [keys[0], "file_id", *keys[1:]]
+    assert entry["file_id"] == "int8"
     assert entry["status"] == "pending"
     assert entry["select_tf_ops_used"] == [] and entry["warnings"] == []
     assert all(entry[k] is None for k in ("n", "top1_agreement_pct", "latency_ms", "passed"))

@@ -3,6 +3,7 @@ the same samples again for a restarted worker, and the workspace always allowed.
 
 from __future__ import annotations
 
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from PIL import Image
 from core.engine.pipeline import resolve_inputs
 from core.errors import QuantLensError, UnsafeArchive
 from core.inputs.archives import extract_once
-from core.inputs.datasets import data_root_from_zip, load_dataset
+from core.inputs.datasets import load_dataset
 from core.types import JobSpec
 
 CLASSES = ("cat", "dog", "owl")
@@ -126,8 +127,8 @@ def test_extract_once_reuses_a_complete_extraction_and_leaves_nothing_when_refus
     dest = tmp_path / "x" / "data"
     assert extract_once(archive, dest) == dest
     before = sorted(p.relative_to(dest) for p in dest.rglob("*"))
-    archive.unlink()  # a restart must not need the archive again, nor re-read it
-    assert data_root_from_zip(archive, dest) == (dest / "w").resolve()
+    archive.unlink()  # a complete extraction is reused without reading the archive again
+    assert extract_once(archive, dest) == dest
     assert sorted(p.relative_to(dest) for p in dest.rglob("*")) == before
     evil = tmp_path / "evil.zip"
     with zipfile.ZipFile(evil, "w") as zf:
@@ -136,3 +137,18 @@ def test_extract_once_reuses_a_complete_extraction_and_leaves_nothing_when_refus
     with pytest.raises(UnsafeArchive):
         extract_once(evil, tmp_path / "y" / "data")
     assert list((tmp_path / "y").iterdir()) == []  # no partial folder a later call could reuse
+
+
+def test_another_zip_into_the_same_run_folder_is_read_not_the_first(tmp_path: Path) -> None:
+    """A reused --out: the second archive's samples, not the first archive's extraction."""
+    first = _zip(_class_folders(tmp_path / "a"), tmp_path / "a.zip", prefix="data/")
+    second_files = _class_folders(tmp_path / "b")
+    shutil.copytree(second_files / "cat", second_files / "zebra")
+    second = _zip(second_files, tmp_path / "b.zip", prefix="data/")
+    extract_dir = tmp_path / "run" / "data"
+    a = load_dataset(first, extract_dir=extract_dir)
+    b = load_dataset(second, extract_dir=extract_dir)
+    assert len(b.samples) == len(a.samples) + 2  # zebra's two images
+    assert b.path != a.path
+    # The same bytes again (a restarted worker) reuse their own extraction.
+    assert load_dataset(second, extract_dir=extract_dir).path == b.path

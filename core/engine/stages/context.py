@@ -57,6 +57,11 @@ class ReportFile:
     def variant(self, name: str) -> dict[str, Any]:
         return next(v for v in self.data["variants"] if v["name"] == name)
 
+    def files_of(self, name: str) -> rundir.HasFileId:
+        """What the files of the variant called `name` are named by (its entry's file_id)."""
+        entry = next((v for v in self.data.get("variants") or () if v["name"] == name), None)
+        return rundir.FileId(name) if entry is None else rundir.entry_files(entry)
+
     def replace_variant(self, entry: dict[str, Any]) -> None:
         self.data["variants"] = [
             entry if v["name"] == entry["name"] else v for v in self.data["variants"]

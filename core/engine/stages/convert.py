@@ -159,6 +159,6 @@ def convert_in_background(
         os._exit(EXIT_OOM)
     finally:
         clear_converting(run.run_dir)
-    rundir.write_atomic(rundir.tflite_path(run.run_dir, name), result.tflite)
+    rundir.write_atomic(rundir.tflite_path(run.run_dir, spec), result.tflite)
     run.emit("convert", 1.0, f"converted {name} ({result.size_bytes / 1e6:.2f} MB)", name)
     return result

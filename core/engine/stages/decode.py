@@ -19,11 +19,12 @@ import numpy as np
 from core.engine.faults import maybe_inject
 from core.engine.stages.context import RunContext
 from core.engine.stages.files import BATCH, DecodedCache, write_csv
+from core.inputs import rundir
 from core.jobs.protocol import DECODED_CACHE
 from core.types import NEEDS_CALIBRATION, Dataset, JobSpec, Sample, SkippedSample, VariantSpec
 
 # calibration.csv: the images the run's variants were calibrated with.
-CALIBRATION_LIST = "calibration.csv"
+CALIBRATION_LIST = rundir.CALIBRATION_LIST
 # Where the calibration images come from (report.json `calibration.source`).
 HELD_OUT = "held-out"  # drawn from the data set and kept out of evaluation
 OVERLAPPING = "overlapping"  # drawn from the whole data set; may also be evaluated

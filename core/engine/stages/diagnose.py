@@ -109,22 +109,22 @@ def _diagnosis(
 
     assert reference.calibration is not None  # checked by both callers
     name = spec.name
-    flipped = images_at(run, reference, np.flatnonzero(~written_agreement(run, name)))
+    flipped = images_at(run, reference, np.flatnonzero(~written_agreement(run, spec)))
     try:
         summary = diagnose_variant(
             run.model,
             spec,
-            rundir.tflite_path(run.run_dir, name).read_bytes(),
+            rundir.tflite_path(run.run_dir, spec).read_bytes(),
             float_tflite=float_model,
             route=run.report.variant(name).get("conversion_route") or "",
             calibration=reference.calibration,
             flipped=flipped,
-            out_csv=run.run_dir / f"{name}{LAYERS_SUFFIX}",
+            out_csv=rundir.variant_file(run.run_dir, spec, LAYERS_SUFFIX),
             progress=lambda f, msg: run.emit("diagnose", f, msg, name),
         )
     except (QuantLensError, ValueError, RuntimeError, OSError) as exc:
         return _Diagnosis(None, [f"no per-layer diagnosis: {_first_line(exc)}"])
-    details, warning = write_layer_details(run, name, flipped, reference.calibration, float_model)
+    details, warning = write_layer_details(run, spec, flipped, reference.calibration, float_model)
     summary["details"] = details
     return _Diagnosis(summary, [warning] if warning else [])
 
@@ -142,7 +142,11 @@ def _first_line(exc: BaseException) -> str:
 
 
 def write_layer_details(
-    run: RunContext, name: str, flipped: np.ndarray, calibration: np.ndarray, float_model: bytes
+    run: RunContext,
+    spec: VariantSpec,
+    flipped: np.ndarray,
+    calibration: np.ndarray,
+    float_model: bytes,
 ) -> tuple[str | None, str | None]:
     """`<variant>.layer_details.json` (core.engine.layer_details) for every op of its table, on
     the flipped images (the calibration images when it flipped none): its file name, or None
@@ -153,8 +157,9 @@ def write_layer_details(
     from core.engine.diagnose import LAYERS_SUFFIX, MAX_IMAGES
     from core.engine.layer_details import DETAILS_SUFFIX, layer_details
 
+    name = spec.name
     run.emit("diagnose", 0.9, f"{name}: weight ranges and activation histograms", name)
-    with (run.run_dir / f"{name}{LAYERS_SUFFIX}").open(encoding="utf-8") as f:
+    with rundir.variant_file(run.run_dir, spec, LAYERS_SUFFIX).open(encoding="utf-8") as f:
         rows = [(int(r["order"]), r["tensor_name"]) for r in csv.DictReader(f)]
     images, images_are = (
         (flipped, "flipped") if len(flipped) else (calibration[:MAX_IMAGES], "calibration")
@@ -162,14 +167,14 @@ def write_layer_details(
     try:
         details = layer_details(
             float_model,
-            rundir.tflite_path(run.run_dir, name).read_bytes(),
+            rundir.tflite_path(run.run_dir, spec).read_bytes(),
             rows,
             images,
             images_are=images_are,
         )
     except (QuantLensError, ValueError, RuntimeError, OSError) as exc:
         return None, f"no layer details: {_first_line(exc)}"
-    target = run.run_dir / f"{name}{DETAILS_SUFFIX}"
+    target = rundir.variant_file(run.run_dir, spec, DETAILS_SUFFIX)
     rundir.write_atomic(target, json.dumps(details).encode("utf-8"))
     return target.name, None
 
@@ -268,7 +273,7 @@ def _auto_fix_variant(
 
     name = spec.name
     entry = run.report.variant(name)
-    table = run.run_dir / f"{name}{LAYERS_SUFFIX}"
+    table = rundir.variant_file(run.run_dir, spec, LAYERS_SUFFIX)
     if not table.is_file() or reference.calibration is None:
         entry["auto_fix"] = {"error": "no per-layer statistics to propose candidates from"}
         run.report.save()
@@ -532,7 +537,7 @@ def float_tflite(run: RunContext) -> bytes:
     from core.engine.backends import tflite_from_reference
 
     float32 = VariantSpec(mode=Mode.FLOAT32)
-    pivot = rundir.tflite_path(run.run_dir, float32.name)
+    pivot = rundir.tflite_path(run.run_dir, float32)
     if pivot.is_file():
         return pivot.read_bytes()
     return tflite_from_reference(

@@ -143,9 +143,9 @@ class VariantWriter:
         self.spec = spec
         self.pivot_agree = _pivot_agreement(run, spec)
         names = ["index", *RECORD_COLUMNS] + (["cause"] if self.pivot_agree is not None else [])
-        self.table = CsvAppender(rundir.variant_samples_path(run.run_dir, spec.name), names)
+        self.table = CsvAppender(rundir.variant_samples_path(run.run_dir, spec), names)
         self.probs = NpyAppender(
-            rundir.probs_path(run.run_dir, spec.name), len(reference), reference.num_classes
+            rundir.probs_path(run.run_dir, spec), len(reference), reference.num_classes
         )
         self.records: list[SampleRecords] = []
         self.topk: list[np.ndarray] = []
@@ -241,18 +241,18 @@ def _pivot_agreement(run: RunContext, spec: VariantSpec) -> np.ndarray | None:
     pivot = run.report.pivot
     if spec.mode is Mode.FLOAT32 or not pivot:
         return None
-    path = rundir.variant_samples_path(run.run_dir, pivot)
+    path = rundir.variant_samples_path(run.run_dir, run.report.files_of(pivot))
     if run.report.variant(pivot)["status"] != "done" or not path.exists():
         return None
     # The pivot's own written `agree` column, so the split matches what its row reports.
-    return written_agreement(run, pivot)
+    return written_agreement(run, run.report.files_of(pivot))
 
 
-def written_agreement(run: RunContext, name: str) -> np.ndarray:
+def written_agreement(run: RunContext, variant: rundir.HasFileId) -> np.ndarray:
     """A finished variant's per-sample top-1 agreement [N] bool, as its samples file says."""
     import csv
 
-    with rundir.variant_samples_path(run.run_dir, name).open(encoding="utf-8") as f:
+    with rundir.variant_samples_path(run.run_dir, variant).open(encoding="utf-8") as f:
         return np.array([row["agree"] == "1" for row in csv.DictReader(f)], dtype=bool)
 
 

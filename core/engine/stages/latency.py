@@ -84,7 +84,7 @@ def time_session(run: RunContext) -> None:
         save_npy(reference_path, timed[ORIGINAL].samples)
     for name in todo:
         entry = run.report.variant(name)
-        save_npy(rundir.latency_path(run.run_dir, name), timed[name].samples)
+        save_npy(rundir.latency_path(run.run_dir, rundir.entry_files(entry)), timed[name].samples)
         record_latency(entry, timed[name], warnings.get(name))
         entry["speedup"] = speedup_entry(timed, name, missing)
         entry["speedup_vs_reference"] = entry["speedup"]["vs_original"]["value"]
@@ -161,7 +161,8 @@ def variant_invoke(run: RunContext, name: str, image: np.ndarray) -> Callable[[]
     """One written .tflite's invoke at batch 1 on `image`."""
     from core.engine.runtime import TFLiteRunner
 
-    tflite = rundir.tflite_path(run.run_dir, name).read_bytes()
+    files = rundir.entry_files(run.report.variant(name))
+    tflite = rundir.tflite_path(run.run_dir, files).read_bytes()
     runner = TFLiteRunner(tflite, threads=run.threads, name=f"{name}.tflite")
     return runner.timed_invoke(image)
 

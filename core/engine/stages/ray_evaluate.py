@@ -189,7 +189,7 @@ def _evaluate_on_cluster(
 
     job = run.job
     source = reference_source(run)
-    variants = [(c.spec.name, rundir.tflite_path(run.run_dir, c.spec.name)) for c in converted]
+    variants = [(c.spec.name, rundir.tflite_path(run.run_dir, c.spec)) for c in converted]
 
     def shard_progress(done: int, total: int) -> None:
         message = f"ran the original and {len(variants)} variants on {done}/{total} images"

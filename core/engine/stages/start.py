@@ -155,14 +155,14 @@ def require_same_inputs(
 def resolve_inputs(job: JobSpec, run_dir: Path) -> Inputs:
     """Extract zipped models or data into the run directory and enumerate the data set."""
     from core.errors import DatasetError, UnsupportedModel
-    from core.inputs.archives import extract_once, find_saved_model_dir
+    from core.inputs.archives import content_named, extract_once, find_saved_model_dir
     from core.inputs.datasets import load_dataset
     from core.inputs.paths import allowed_roots, require_under_roots
 
     roots = allowed_roots()
     model_path = require_under_roots(Path(job.model_path), roots, what="model")
     if model_path.suffix.lower() == ".zip":
-        target = extract_once(model_path, run_dir / "model")
+        target = extract_once(model_path, content_named(run_dir / "model", model_path))
         kerases = sorted(p for p in target.rglob("*.keras") if "__MACOSX" not in p.parts)
         if (list(target.rglob("saved_model.pb"))) or not kerases:
             model_path = find_saved_model_dir(target)
@@ -172,7 +172,8 @@ def resolve_inputs(job: JobSpec, run_dir: Path) -> Inputs:
             raise UnsupportedModel(
                 f"{Path(job.model_path).name} holds {len(kerases)} .keras files; zip one model"
             )
-    # A restarted worker reuses run_dir/data through the same call, so it reads the same samples.
+    # A restarted worker reuses run_dir/data-<hash> through the same call, so it reads the same
+    # samples; another archive (a rerun into the same --out) gets its own folder.
     dataset = load_dataset(
         job.data_path,
         labels_file=job.labels_file,

@@ -352,7 +352,7 @@ def _float_model(run: RunContext) -> bytes:
     """The float32 .tflite every point quantizes: the run's own pivot, else a conversion."""
     from core.engine.stages.diagnose import float_tflite
 
-    if not rundir.tflite_path(run.run_dir, "float32").is_file():
+    if not rundir.tflite_path(run.run_dir, VariantSpec(mode=Mode.FLOAT32)).is_file():
         run.emit("sweep", 0.0, "sweep: converting the float32 model the points start from")
     return float_tflite(run)
 
