@@ -23,7 +23,7 @@ from core.types import (
     variants_for_backend,
 )
 
-# The exit status table (README "Exit status"); every row is tested through the real CLI.
+# The exit status table (docs/command-line.md, "Exit status"); every row is tested through the real CLI.
 EXIT_PASS = 0  # every variant was judged and meets --min-agreement
 EXIT_BELOW_THRESHOLD = 1  # the job finished; some variant is below the bar or failed on its own
 EXIT_BAD_INPUT = 2  # an argument, path, model, data set or the workspace was refused
