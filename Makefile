@@ -35,7 +35,7 @@ browser:
 	  else echo "the browser tests need Debian's chromium: sudo apt-get install -y chromium"; exit 1; fi; }
 
 test: install browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow and not e2e"
