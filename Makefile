@@ -4,16 +4,22 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8501
 
-.PHONY: install run demo test test-fast lint bench bench-memory browser clean
+.PHONY: install lock run demo test test-fast lint bench bench-memory browser clean
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
+# requirements.lock pins every package, transitive ones included, so a fresh machine gets the
+# versions CI tested; `make lock` regenerates it from the three requirements files.
+$(VENV)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install --quiet -r requirements.lock
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
 install: $(VENV)/.installed
+
+lock: install
+	$(VENV)/bin/uv pip compile --universal --python-version 3.11 \
+	  requirements.txt requirements-extras.txt requirements-dev.txt -o requirements.lock
 
 # The dashboard builds the demo on first launch (with a progress message) and preselects it.
 run: install
@@ -29,7 +35,7 @@ browser:
 	  else echo "the browser tests need Debian's chromium: sudo apt-get install -y chromium"; exit 1; fi; }
 
 test: install browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow and not e2e"

@@ -27,7 +27,7 @@ from core.types import (
     variants_for_backend,
 )
 
-# The exit status table (README "Exit status"); every row is tested through the real CLI.
+# The exit status table (docs/command-line.md, "Exit status"); every row is tested through the real CLI.
 EXIT_PASS = 0  # every variant was judged and meets --min-agreement
 EXIT_BELOW_THRESHOLD = 1  # the job finished; some variant is below the bar or failed on its own
 EXIT_BAD_INPUT = 2  # an argument, path, model, data set or the workspace was refused
@@ -320,9 +320,19 @@ def _check_limits(args: argparse.Namespace) -> None:
             )
 
 
+def _tracking_uri(value: str | None) -> str | None:
+    """The tracking URI of `--mlflow`, refused before any work when MLflow cannot log there."""
+    from core.reporting.tracking import missing_package, resolve_uri
+
+    uri = resolve_uri(value)
+    missing = missing_package(uri) if uri else None
+    if missing:
+        raise QuantLensError(missing)
+    return uri
+
+
 def _job_from_args(args: argparse.Namespace) -> JobSpec:
     from core.inputs.demo import demo_paths
-    from core.reporting.tracking import resolve_uri
 
     model, data, labels = args.model, args.data, args.labels
     if model is None or data is None:
@@ -412,7 +422,7 @@ def _job_from_args(args: argparse.Namespace) -> JobSpec:
         name=args.name,
         input_size=input_size,
         signature_key=args.signature,
-        mlflow_uri=resolve_uri(args.mlflow),
+        mlflow_uri=_tracking_uri(args.mlflow),
         verdict=args.verdict,
         engine=args.engine,
         ray_address=args.ray_address,

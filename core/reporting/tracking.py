@@ -13,6 +13,7 @@ line in report.json's `warnings` and its `tracking` entry, which the CLI and Ove
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import math
 import os
 import sys
@@ -118,6 +119,24 @@ def resolve_uri(value: str | None, home: Path | None = None) -> str | None:
     return text
 
 
+def missing_package(uri: str) -> str | None:
+    """Why this installation cannot log to `uri`, in one line; None when it can.
+
+    The runtime requirements hold only MLflow's client (`mlflow-skinny`), which logs to a
+    tracking server; a local store (SQLite or files) needs the full package, an optional extra.
+    """
+    extra = "pip install -r requirements-extras.txt"
+    if importlib.util.find_spec("mlflow") is None:
+        return f"--mlflow needs MLflow, which is not installed: {extra} (or `pip install mlflow`)"
+    local = not uri.startswith(("http://", "https://", "databricks"))
+    if local and importlib.util.find_spec("sqlalchemy") is None:
+        return (
+            f"logging to a local MLflow store ({uri}) needs the full MLflow package: {extra}, "
+            "or log to a tracking server with --mlflow=http://HOST:PORT"
+        )
+    return None
+
+
 def log_finished_run(run_dir: Path, uri: str, *, status: str | None = None) -> dict[str, Any]:
     """Log the run in `run_dir` to MLflow and record the outcome in its report.json.
 
@@ -137,6 +156,9 @@ def log_finished_run(run_dir: Path, uri: str, *, status: str | None = None) -> d
         report = replace(report, run=replace(report.run, status=status))
     warning = None
     try:
+        missing = missing_package(uri)
+        if missing:
+            raise ModuleNotFoundError(missing)
         entry = _log(run_dir, report, uri)
     except Exception as exc:  # any failure of the tracking side; the run itself is complete
         entry = {"uri": uri, "error": short_reason(exc)}

@@ -263,7 +263,7 @@ def test_bad_input_exits_2_with_one_line(
     assert "Traceback" not in done.stderr
 
 
-# -- the exit status table (README "Exit status"): every row through the real CLI ---------------
+# -- the exit status table (docs/command-line.md, "Exit status"): every row through the real CLI ---------------
 
 
 def one_error_line(stderr: str) -> str:

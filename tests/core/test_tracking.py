@@ -367,3 +367,30 @@ def test_the_experiment_is_model_development_and_a_run_lasts_as_long_as_its_job(
         [entry["experiment_id"]], filter_string=f"tags.`mlflow.parentRunId` = '{entry['run_id']}'"
     )
     assert children and all(c.info.start_time == 1_700_000_000_250 for c in children)
+
+
+
+def test_a_local_store_without_the_full_mlflow_is_refused_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The runtime requirements hold only MLflow's client: a local store needs the extra, and
+    the CLI says so before any work (exit 2); a tracking server needs only the client."""
+    from core import cli
+    from core.reporting.tracking import missing_package
+
+    monkeypatch.setitem(sys.modules, "sqlalchemy", None)  # what mlflow-skinny alone looks like
+    assert missing_package("http://127.0.0.1:5000") is None
+    message = missing_package(f"sqlite:///{tmp_path}/mlflow.db")
+    assert message is not None and "requirements-extras.txt" in message
+    model, data = tmp_path / "m.keras", tmp_path / "d.csv"
+    model.write_bytes(b"x")
+    data.write_text("filepath,label\n")
+    code = cli.main(
+        ["run", str(model), "--data", str(data), "--mlflow", "--out", str(tmp_path / "o")]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1
+    assert err[0].startswith("error: logging to a local MLflow store (sqlite:///")
+    assert "requirements-extras.txt" in err[0]
+    assert not (tmp_path / "o").exists()  # refused before any work
