@@ -9,7 +9,7 @@ from core.reporting.figures import (
     latency_distribution_figure,
     latency_percentiles_figure,
 )
-from core.reporting.speedup import speedup_lines
+from core.reporting.speedup import speedup_cells, speedup_lines
 from ui import fmt, keys, widgets
 
 st.title("Latency")
@@ -61,6 +61,11 @@ for name, p in percentiles.items():
             name, res.variant(name).result.speedup, res.variant(name).result.speedup_vs_reference
         )
     )
+    cells = (
+        ("—", "—")
+        if name == ORIGINAL_LABEL
+        else speedup_cells(name, res.variant(name).result.speedup)
+    )
     rows.append(
         {
             "model": name,
@@ -72,8 +77,8 @@ for name, p in percentiles.items():
             "max (ms)": p.get("max"),
             "mean (ms)": p.get("mean"),
             "std (ms)": p.get("std"),
-            "speed-up vs float32 TFLite": (speed.headline if speed else None) or "—",
-            "second: vs the TensorFlow original": (speed.vs_original if speed else None) or "—",
+            "speed-up vs float32 TFLite": cells[0],
+            "second: vs the TensorFlow original": cells[1],
             "stability": (speed.unstable if speed else None) or "—",
         }
     )

@@ -381,8 +381,19 @@ def test_latency_quotes_p99_from_100_runs_and_max_below(crafted: Path, open_page
     caption = at.main.caption[-1].value
     assert "float32 TFLite on the same runtime" in caption and "interleaved" in caption
     assert "TensorFlow original's serving call comes second" in caption
-    assert rows.loc["int8", "speed-up vs float32 TFLite"].startswith("vs float32 TFLite")
-    assert rows.loc["int8", "second: vs the TensorFlow original"].startswith("vs the TensorFlow")
+    # The headers name the baselines, so a cell is the number with its spread, whole.
+    speedup = next(v for v in rep["variants"] if v["name"] == "int8")["speedup"]
+    for column, spread in (
+        ("speed-up vs float32 TFLite", speedup),
+        ("second: vs the TensorFlow original", speedup["vs_original"]),
+    ):
+        cell = rows.loc["int8", column]
+        word = "faster" if spread["value"] >= 1 else "slower"
+        factor = spread["value"] if spread["value"] >= 1 else 1 / spread["value"]
+        assert cell == (
+            f"{factor:.1f}× {word} (blocks {spread['low']:.2f}–{spread['high']:.2f}×, "
+            f"{spread['blocks']} blocks)"
+        ), column
     assert any("float16" in w.value and "unstable timing" in w.value for w in at.warning)
 
 
