@@ -369,7 +369,6 @@ def test_the_experiment_is_model_development_and_a_run_lasts_as_long_as_its_job(
     assert children and all(c.info.start_time == 1_700_000_000_250 for c in children)
 
 
-
 def test_a_local_store_without_the_full_mlflow_is_refused_in_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
