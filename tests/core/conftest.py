@@ -21,18 +21,21 @@ def build_tiny_model(*, softmax: bool = True, seed: int = 0, spatial: int | None
     from keras import layers
 
     keras.utils.set_random_seed(seed)
+    # Names pinned to what Keras gives them in a fresh process: Keras numbers unnamed layers
+    # per process, so after another test built a model in-process, `dense` would be `dense_3`
+    # and every test that names a layer (keep=dense) would name one that is not there.
     inputs = keras.Input((spatial, spatial, 3), name="image")
-    x = layers.Conv2D(24, 3, padding="same", use_bias=False)(inputs)
-    x = layers.BatchNormalization()(x)
-    x = layers.ReLU(6.0)(x)
-    x = layers.DepthwiseConv2D(3, padding="same", use_bias=False)(x)
-    x = layers.BatchNormalization()(x)
-    x = layers.ReLU(6.0)(x)
-    x = layers.Conv2D(48, 1, use_bias=False)(x)
-    x = layers.BatchNormalization()(x)
-    x = layers.ReLU(6.0)(x)
-    x = layers.GlobalAveragePooling2D()(x)
-    x = layers.Dense(64, activation="relu")(x)
+    x = layers.Conv2D(24, 3, padding="same", use_bias=False, name="conv2d")(inputs)
+    x = layers.BatchNormalization(name="batch_normalization")(x)
+    x = layers.ReLU(6.0, name="re_lu")(x)
+    x = layers.DepthwiseConv2D(3, padding="same", use_bias=False, name="depthwise_conv2d")(x)
+    x = layers.BatchNormalization(name="batch_normalization_1")(x)
+    x = layers.ReLU(6.0, name="re_lu_1")(x)
+    x = layers.Conv2D(48, 1, use_bias=False, name="conv2d_1")(x)
+    x = layers.BatchNormalization(name="batch_normalization_2")(x)
+    x = layers.ReLU(6.0, name="re_lu_2")(x)
+    x = layers.GlobalAveragePooling2D(name="global_average_pooling2d")(x)
+    x = layers.Dense(64, activation="relu", name="dense")(x)
     outputs = layers.Dense(TINY_CLASSES, activation="softmax" if softmax else None, name="scores")(
         x
     )
