@@ -80,7 +80,9 @@ def test_keep_float_by_a_bare_name_keeps_exactly_that_op(tmp_path: Path) -> None
         # Independently, from the flatbuffer: which conv computes in float.
         convs = {
             _scope(tensor): output
-            for op, output, _, tensor in _ops((out / f"{kept_name}.tflite").read_bytes())
+            for op, output, _, tensor in _ops(
+                (out / f"{by_name[kept_name]['file_id']}.tflite").read_bytes()
+            )
             if op == "CONV_2D"
         }
         assert convs == {"conv2d": "FLOAT32", "conv2d_1": "INT8"}, kept_name

@@ -205,13 +205,14 @@ def test_cli_keep_float_reports_a_derived_variant_that_reproduces(
     assert kept["parent"] == "int8" and kept["float_layers"] == ["dense"]
     assert kept["status"] == "done" and kept["latency_ms"]["n"] == 3
     assert "parent" not in by_name["int8"]  # schema 2 writes `parent` only on a derived variant
+    assert kept["file_id"].startswith("int8-k")  # its files are named by its short id
     for suffix in (".tflite", ".samples.csv", ".probs.npy", ".layers.csv"):
-        assert (out / f"int8:keep=dense{suffix}").is_file()
+        assert (out / f"{kept['file_id']}{suffix}").is_file()
     # Its agreement, recomputed from its own .tflite with LiteRT and the original with TF.
     images = _inputs(csv_path)
     ref = _reference_probs(tiny_models["saved_model"], images).argmax(axis=1)
     for name in ("int8", "int8:keep=dense"):
-        tfl = _tflite_probs(out / f"{name}.tflite", images).argmax(axis=1)
+        tfl = _tflite_probs(out / f"{by_name[name]['file_id']}.tflite", images).argmax(axis=1)
         assert by_name[name]["top1_agreement_pct"] == pytest.approx(100 * np.mean(ref == tfl))
     assert kept["size_bytes"] > by_name["int8"]["size_bytes"]  # dense's float weights
     assert "--modes int8,int8:keep=dense" in report["run"]["command"]
