@@ -388,7 +388,7 @@ def clipping_cause(s: ActivationSignals) -> Cause | None:
         return None
     if s.input_clip_rate is not None and s.input_clip_rate >= CLIP_RATE:
         return None
-    over = "" if s.max_over_range is None else f" (up to {s.max_over_range:.1f}× the edge)"
+    over = f" (up to {s.max_over_range:.1f}× the edge)"  # None was refused above
     return Cause(
         layer=s.layer,
         layers=(s.layer,),
