@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 
 def flex_ops(tflite: bytes) -> tuple[str, ...]:
@@ -69,3 +70,56 @@ def float_ops(tflite: bytes) -> list[dict[str, str]]:
 
 def _text(value: object) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value or "")
+
+
+@dataclass(frozen=True)
+class IntegerOnlyCheck:
+    """Whether every op of a model computes in integers, as an NPU, an Edge TPU or a
+    microcontroller needs. `float_io` says whether the graph's own inputs or outputs are float:
+    the QUANTIZE and DEQUANTIZE at those edges run on the host CPU on every such target, so they
+    are reported but do not make a model non-integer."""
+
+    integer_only: bool
+    float_io: bool
+    blockers: tuple[str, ...]  # "CONV_2D conv2d_1 (FLOAT32)": each op that computes in float
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "integer_only": self.integer_only,
+            "float_io": self.float_io,
+            "blockers": list(self.blockers),
+        }
+
+
+_FLOAT_TYPES = ("FLOAT32", "FLOAT16", "FLOAT64", "BFLOAT16")
+
+
+def integer_only(tflite: bytes) -> IntegerOnlyCheck:
+    """Checks every op's input and output tensor types in the flatbuffer (not only outputs: an
+    ARG_MAX over a float tensor returns integers but computes in float). Casts are never
+    blockers on their own: a cast that feeds a float op leaves that op to be named."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    names = _op_names()
+    type_names = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(tflite))
+    graph = model.subgraphs[0]
+
+    def kind(index: int) -> str:
+        return type_names.get(graph.tensors[index].type, "UNKNOWN")
+
+    blockers: list[str] = []
+    for op in graph.operators:
+        code = model.operatorCodes[op.opcodeIndex]
+        op_type = names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
+        if op_type in _CASTS:
+            continue
+        tensors = [i for i in list(op.inputs) + list(op.outputs) if i >= 0]
+        floats = sorted({kind(i) for i in tensors if kind(i) in _FLOAT_TYPES})
+        if floats:
+            name = _text(graph.tensors[op.outputs[0]].name) if len(op.outputs) else "?"
+            blockers.append(f"{op_type} {name} ({', '.join(floats)})")
+    edges = [i for i in list(graph.inputs) + list(graph.outputs) if i >= 0]
+    float_io = any(kind(i) in _FLOAT_TYPES for i in edges)
+    return IntegerOnlyCheck(not blockers, float_io, tuple(blockers))
