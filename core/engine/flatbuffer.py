@@ -107,7 +107,7 @@ def integer_only(tflite: bytes) -> IntegerOnlyCheck:
     graph = model.subgraphs[0]
 
     def kind(index: int) -> str:
-        return type_names.get(graph.tensors[index].type, "UNKNOWN")
+        return str(type_names.get(graph.tensors[index].type, "UNKNOWN"))
 
     blockers: list[str] = []
     for op in graph.operators:
