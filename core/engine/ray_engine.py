@@ -26,8 +26,8 @@ import socket
 import tarfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable, Generator, Iterator, Sequence
+from contextlib import AbstractContextManager, closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,12 @@ LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 # for LOST_AFTER_S, the cluster is lost (Ray itself would wait 60 s, then kill the process).
 WATCH_INTERVAL_S = 1.0
 LOST_AFTER_S = 8.0
+# A node of the cluster lost during a pass: the pass is stopped and the batches that did not
+# come back run again on the nodes left, at most this many times in one evaluation.
+MAX_NODE_LOSSES = 4
+# A fresh pass on the nodes left waits at most this long for its actors to start (each loads
+# TensorFlow and the model); Ray Data's default waits for ever.
+FRESH_PASS_ACTOR_WAIT_S = 180
 LOCAL_RAY_TEMP = "/tmp/ray"
 # Environment the Ray workers must see as the head does: TensorFlow's switches, read once at
 # import (the job's worker turns oneDNN's ops off; left on, the original's outputs differ from
@@ -108,6 +114,8 @@ class Evaluation:
     # Ray node id -> the batches (of BATCH samples) whose outputs that node returned, in the
     # pass that evaluated the original; report.json's engine.batches_by_node.
     batches_by_node: dict[str, int] = field(default_factory=dict)
+    # Ray node ids lost during the passes (their unfinished batches ran again on the others).
+    nodes_lost: list[str] = field(default_factory=list)
 
 
 def _check_reachable(address: str) -> None:
@@ -147,36 +155,51 @@ def lost_message(address: str) -> str:
     )
 
 
+class _NodeLost(Exception):
+    """A node the pass started with left the cluster (raised in the main thread by the watch)."""
+
+
 @contextmanager
-def _watching(address: str | None) -> Iterator[None]:
-    """Turn a cluster that stops answering into ClusterUnavailable in this (the main) thread.
+def _watching(address: str | None, nodes: dict[str, _Node] | None = None) -> Iterator[None]:
+    """Turn a cluster that stops answering into ClusterUnavailable, and the loss of one of
+    `nodes` (by Ray node id) into _NodeLost, in this (the main) thread.
 
     A lost cluster leaves the head blocked in Ray for a minute, after which Ray ends the
-    process from C++, which no `except` can catch: a watcher thread probes the address and,
-    after LOST_AFTER_S of silence, interrupts the main thread with SIGUSR1, whose handler
-    raises. Only for a cluster at an address (a local Ray ends with this process), and only
-    on the main thread (the only one a signal handler runs on).
+    process from C++, which no `except` can catch; a lost node leaves Ray Data waiting, maybe
+    for ever, for the actor it re-creates on a node whose CPUs the surviving actors hold. A
+    watcher thread probes the address and the nodes' liveness in the GCS and interrupts the
+    main thread with SIGUSR1, whose handler raises. The address is watched only for a cluster
+    at an address (a local Ray ends with this process), and only on the main thread (the only
+    one a signal handler runs on).
     """
-    if not address or threading.current_thread() is not threading.main_thread():
+    if (not address and not nodes) or threading.current_thread() is not threading.main_thread():
         yield
         return
     stop = threading.Event()
     lost = threading.Event()
+    node_lost = threading.Event()
     main = threading.main_thread().ident
 
     def on_signal(signum: int, frame: object) -> None:
         if lost.is_set():
-            raise ClusterUnavailable(lost_message(address))
+            raise ClusterUnavailable(lost_message(address or "this machine"))
+        if node_lost.is_set():
+            node_lost.clear()  # raised once: the pass stops, the caller runs what is left
+            raise _NodeLost()
 
     def watch() -> None:
         silent_since: float | None = None
         while not stop.wait(WATCH_INTERVAL_S):
-            if _answers(address):
-                silent_since = None
+            if address and not _answers(address):
+                silent_since = silent_since or time.monotonic()
+                if time.monotonic() - silent_since >= LOST_AFTER_S and main is not None:
+                    lost.set()
+                    signal.pthread_kill(main, signal.SIGUSR1)
+                    return
                 continue
-            silent_since = silent_since or time.monotonic()
-            if time.monotonic() - silent_since >= LOST_AFTER_S and main is not None:
-                lost.set()
+            silent_since = None
+            if nodes and main is not None and _gone(nodes):
+                node_lost.set()
                 signal.pthread_kill(main, signal.SIGUSR1)
                 return
 
@@ -189,6 +212,56 @@ def _watching(address: str | None) -> Iterator[None]:
         stop.set()
         watcher.join()
         signal.signal(signal.SIGUSR1, previous)
+
+
+@dataclass(frozen=True)
+class _Node:
+    """An alive node of the cluster, as the GCS lists it: its CPUs and its raylet's address."""
+
+    cpus: int
+    host: str
+    port: int
+
+
+def _alive_nodes() -> dict[str, _Node]:
+    """The cluster's alive nodes by Ray node id ({} when the GCS cannot be asked)."""
+    try:
+        table = _untyped_ray().nodes()
+    except Exception:
+        return {}
+    return {
+        str(n["NodeID"]): _Node(
+            cpus=int(n.get("Resources", {}).get("CPU", 0)),
+            host=str(n.get("NodeManagerAddress", "")),
+            port=int(n.get("NodeManagerPort", 0)),
+        )
+        for n in table
+        if n.get("Alive")
+    }
+
+
+def _gone(nodes: dict[str, _Node]) -> set[str]:
+    """Those of `nodes` that left the cluster: the GCS lists them dead, or their raylet
+    refuses connections (a killed node does at once; the GCS says so after its heartbeats
+    time out, 10 to 30 s later). A GCS that cannot be asked is not a verdict."""
+    listed = _alive_nodes()
+    gone = set(nodes) - set(listed) if listed else set()
+    for node_id, node in nodes.items():
+        if node_id not in gone and _refuses(node.host, node.port):
+            gone.add(node_id)
+    return gone
+
+
+def _refuses(host: str, port: int) -> bool:
+    if not host or not port:
+        return False
+    try:
+        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S):
+            return False
+    except ConnectionRefusedError:
+        return True
+    except OSError:  # slow or unreachable is not proof: the GCS decides
+        return False
 
 
 def _runtime_env() -> dict[str, Any]:
@@ -582,54 +655,148 @@ def _one_pass(
     reference: ReferenceSource,
     variants: Sequence[tuple[str, Path]],
     progress: ShardProgress,
+    address: str | None,
+    nodes_lost: list[str],
 ) -> dict[str, np.ndarray]:
-    """One Ray Data pass over every chunk; the columns come back sorted by sample position."""
+    """One pass over every chunk; the columns come back sorted by sample position.
+
+    A node lost during the pass (its id goes to `nodes_lost`) stops the Ray Data pass: the
+    chunks that came back are kept, and a fresh pass, its actors sized to the nodes left, runs
+    the others. Ray's own recovery re-creates the lost node's actor, which may wait until the
+    pass ends for a CPU the surviving actors hold: the pass would never end.
+    """
+    import ray
+
+    refs = [ray.put(model_bytes(reference.path))]
+    refs += [ray.put(path.read_bytes()) for _, path in variants]
+    arguments = {
+        "model_name": reference.path.name,
+        "model_is_folder": reference.path.is_dir(),
+        "reference": reference,
+        "variant_names": [name for name, _ in variants],
+        "preset": preset,
+        "image_shape": image_shape,
+    }
+    chunks = _chunks(samples)
+    received: list[dict[str, np.ndarray]] = []  # one item per chunk that came back
+    done: set[int] = set()  # the positions that came back
+    for attempt in range(MAX_NODE_LOSSES + 1):
+        remaining = [c for c in chunks if not _chunk_done(c, done)]
+        if not remaining:
+            break
+        alive = {i: n for i, n in _alive_nodes().items() if i not in nodes_lost}
+        cpus = sum(n.cpus for n in alive.values())
+        if cpus < 1:
+            raise ClusterUnavailable(_shrunk_message(address, nodes_lost, "has no CPU left"))
+        if attempt:
+            # The stopped pass's actors, the lost node's re-created one included, would hold
+            # or wait for the CPUs the fresh pass needs.
+            _end_shard_actors()
+        # One node alone is the whole cluster: its loss is the lost-cluster case.
+        watched = alive if len(alive) > 1 else {}
+        actors = min(cpus, len(remaining))
+        wait_s = FRESH_PASS_ACTOR_WAIT_S if attempt else -1
+        stream = closing(_stream(remaining, refs, actors, arguments, actor_wait_s=wait_s))
+        try:
+            with _watching(address, watched), stream as batches:
+                for batch in batches:
+                    received.append(batch)  # one append: a signal never leaves half a batch
+                    done.update(int(p) for p in batch["position"])
+                    progress(len(done), len(samples))
+        except _NodeLost:
+            nodes_lost.extend(sorted(_gone(watched)))
+        except ClusterUnavailable:
+            raise
+        except Exception as exc:
+            gone = _gone(watched)
+            if not gone and not attempt:
+                raise  # not a lost node: a variant's or the data's (evaluate isolates it)
+            if not gone:  # the nodes left cannot finish what the lost one held
+                raise ClusterUnavailable(
+                    _shrunk_message(address, nodes_lost, f"failed after ({_first_line(exc)})")
+                ) from None
+            nodes_lost.extend(sorted(gone))  # Ray gave up on the lost node's chunks first
+    else:
+        if any(not _chunk_done(c, done) for c in chunks):
+            raise ClusterUnavailable(_shrunk_message(address, nodes_lost, "kept losing nodes"))
+    merged = {key: np.concatenate([b[key] for b in received]) for key in received[0]}
+    order = np.argsort(merged["position"], kind="stable")
+    return {key: values[order] for key, values in merged.items()}
+
+
+def _end_shard_actors() -> None:
+    """Kill this job's shard actors that are not dead yet (alive, restarting, or waiting to
+    be placed): a stopped Ray Data pass may leave them holding or waiting for CPUs."""
+    ray = _untyped_ray()
+    try:
+        job = ray.get_runtime_context().job_id
+        table = ray._private.state.actors(job_id=job)
+        core_worker = ray._private.worker.global_worker.core_worker
+        for actor_id, info in table.items():
+            if "ShardEvaluator" in info["ActorClassName"] and info["State"] != "DEAD":
+                core_worker.kill_actor(ray.ActorID.from_hex(actor_id), True)
+    except Exception:  # best effort: the fresh pass then waits as Ray Data does
+        logging.getLogger(__name__).warning("could not end the stopped pass's actors")
+
+
+def _chunk_done(chunk: dict[str, Any], done: set[int]) -> bool:
+    start = int(chunk["start"])
+    return all(p in done for p in range(start, start + len(chunk["paths"])))
+
+
+def _shrunk_message(address: str | None, nodes_lost: list[str], what: str) -> str:
+    where = f"at {address}" if address else "on this machine"
+    return (
+        f"the Ray cluster {where} lost {len(nodes_lost)} node(s) during the evaluation and "
+        f"{what}; bring its nodes back (`ray status` lists them) and run again, or use "
+        "--engine local"
+    )
+
+
+def _stream(
+    chunks: list[dict[str, Any]],
+    refs: list[Any],
+    actors: int,
+    arguments: dict[str, Any],
+    *,
+    actor_wait_s: int,
+) -> Generator[dict[str, np.ndarray], None, None]:
+    """A Ray Data pass of ShardEvaluator over `chunks`, with `actors` actors from the start
+    (waited for at most `actor_wait_s`, or for ever when negative); one output per chunk, as
+    it comes back. Closing it (or an exception in the consumer's loop) shuts the pass down."""
     import ray
     import ray.data
 
     context = ray.data.DataContext.get_current()
+    context.wait_for_min_actors_s = actor_wait_s
     context.enable_progress_bars = False
-    context.execution_options.preserve_order = True
-    refs = [ray.put(model_bytes(reference.path))]
-    refs += [ray.put(path.read_bytes()) for _, path in variants]
-    cpus = max(1, int(_untyped_ray().cluster_resources().get("CPU", 1)))
-    chunks = _chunks(samples)
+    # Chunks come back as they finish (the head sorts them by position): a chunk that is done
+    # is on the head at once, so a node lost later takes only its unfinished chunks with it.
+    context.execution_options.preserve_order = False
     dataset = ray.data.from_items(chunks, override_num_blocks=len(chunks))
     evaluated = dataset.map_batches(
         ShardEvaluator,
         batch_size=1,
         batch_format="numpy",
         # Every actor starts at once (each loads TensorFlow and the model, on every node), not
-        # as Ray Data's autoscaling gets to it; one alive is enough to finish (a lost node).
-        compute=ray.data.ActorPoolStrategy(
-            min_size=1, max_size=min(cpus, len(chunks)), initial_size=min(cpus, len(chunks))
-        ),
+        # as Ray Data's autoscaling gets to it.
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors, initial_size=actors),
         num_cpus=1,
         # Ray 2.60 takes these only as plain remote args (it warns they move in Ray 2.64); the
         # default (-1, forever) would re-run a variant that kills its worker without end.
         max_restarts=RETRIES,
         max_task_retries=RETRIES,
         runtime_env=_runtime_env(),
-        fn_constructor_kwargs={
-            "refs": refs,
-            "model_name": reference.path.name,
-            "model_is_folder": reference.path.is_dir(),
-            "reference": reference,
-            "variant_names": [name for name, _ in variants],
-            "preset": preset,
-            "image_shape": image_shape,
-        },
+        fn_constructor_kwargs={"refs": refs, **arguments},
     )
-    columns: dict[str, list[np.ndarray]] = {}
-    done = 0
-    for batch in evaluated.iter_batches(batch_size=None, batch_format="numpy"):
-        for key, values in batch.items():
-            columns.setdefault(key, []).append(np.asarray(values))
-        done += len(batch["position"])
-        progress(done, len(samples))
-    merged = {key: np.concatenate(parts) for key, parts in columns.items()}
-    order = np.argsort(merged["position"], kind="stable")
-    return {key: values[order] for key, values in merged.items()}
+    batches = iter(evaluated.iter_batches(batch_size=None, batch_format="numpy"))
+    try:
+        for batch in batches:
+            yield {key: np.asarray(values) for key, values in batch.items()}
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
 
 
 def evaluate(
@@ -662,30 +829,32 @@ def evaluate(
         ClusterUnavailable: the cluster went away, or even the original alone cannot be
             evaluated (the workers keep dying).
     """
-    common = {
+    common: dict[str, Any] = {
         "preset": str(preset),
         "image_shape": image_shape,
         "reference": reference,
         "progress": progress or (lambda done, total: None),
+        "address": address,
     }
     errors: dict[str, str] = {}
     passes = 1
-    with _watching(address):
-        try:
-            columns = _one_pass(samples, variants=variants, **common)  # type: ignore[arg-type]
-        except ClusterUnavailable:
-            raise
-        except Exception as first:
-            if address and not _answers(address):  # not a variant's fault: the cluster is gone
-                raise ClusterUnavailable(lost_message(address)) from None
-            if not variants:
-                raise _lost(first) from None
-            # Some model kills its worker every time: give each variant a pass of its own.
-            columns, errors = _isolated_passes(samples, variants, common)
-            passes += 1 + len(variants)
+    nodes_lost: list[str] = []
+    try:
+        columns = _one_pass(samples, variants=variants, **common, nodes_lost=nodes_lost)
+    except ClusterUnavailable:
+        raise
+    except Exception as first:
+        if address and not _answers(address):  # not a variant's fault: the cluster is gone
+            raise ClusterUnavailable(lost_message(address)) from None
+        if not variants:
+            raise _lost(first) from None
+        # Some model kills its worker every time: give each variant a pass of its own.
+        columns, errors = _isolated_passes(samples, variants, {**common, "nodes_lost": nodes_lost})
+        passes += 1 + len(variants)
     evaluation = _evaluation(samples, columns, [name for name, _ in variants], errors)
     evaluation.passes = passes
     evaluation.batches_by_node = _batches_by_node(columns)
+    evaluation.nodes_lost = nodes_lost
     return evaluation
 
 

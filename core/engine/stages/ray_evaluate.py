@@ -85,6 +85,7 @@ def evaluate_on_ray(run: RunContext) -> ReferenceOutputs:
         run.emit("evaluate", 0.0, f"evaluating on Ray ({cluster.cpus} CPUs)")
         evaluation = _evaluate_on_cluster(run, decoded.evaluated, converted)
         run.report.data["engine"]["batches_by_node"] = evaluation.batches_by_node
+        run.report.data["engine"]["nodes_lost"] = evaluation.nodes_lost
         run.report.save()
     reference = saved if saved is not None else _record_reference(run, evaluation, calibration)
     if [s.index for s in evaluation.kept] != reference.sample_indices:
