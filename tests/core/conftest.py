@@ -3,8 +3,17 @@ and quantization really happen)."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -107,3 +116,62 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "workspace"
     monkeypatch.setenv("QUANTLENS_HOME", str(home))
     return home
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def ray_address() -> Iterator[str]:
+    """One real Ray head on 127.0.0.1 with 2 CPUs for the whole session: every test that
+    needs only "a Ray" joins it, the CLI through --ray-address, in-process calls through
+    `ray_connected`. Starting Ray costs seconds to tens of seconds on a busy machine; only the
+    tests about how a run starts, joins or loses a Ray start their own.
+
+    `ray start --head` in its own process group and temp folder, every port chosen free (a
+    test's own cluster may run beside it), stopped with its whole group at the end."""
+    temp_dir = Path(tempfile.mkdtemp(prefix="qls", dir="/tmp"))  # Ray's sockets: a short path
+    port = free_port()
+    flags = ["--port", str(port), "--node-ip-address", "127.0.0.1", "--num-cpus", "2",
+             "--include-dashboard", "false", "--disable-usage-stats",
+             "--temp-dir", str(temp_dir)]  # fmt: skip
+    for flag in ("--dashboard-port", "--ray-client-server-port", "--dashboard-agent-listen-port",
+                 "--metrics-export-port", "--runtime-env-agent-port"):  # fmt: skip
+        flags += [flag, str(free_port())]
+    head = subprocess.Popen(
+        [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", *flags],
+        # Ray 2.60 turns token authentication on by default; the session's Ray needs none.
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert head.poll() is None, "ray start --head ended"
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                break
+            assert time.monotonic() < deadline, f"ray start --head did not listen on {port}"
+            time.sleep(0.5)
+        yield f"127.0.0.1:{port}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGKILL)
+        head.wait(timeout=30)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ray_connected(ray_address: str) -> Iterator[str]:
+    """This test process joined to the session's Ray for one module's in-process calls,
+    through QuantLens's own connect (which keeps the loopback address); left at its end, so
+    no Ray state outlives the module."""
+    from core.engine.ray_engine import ray_session
+
+    with ray_session(ray_address, connect_timeout_s=120):
+        yield ray_address

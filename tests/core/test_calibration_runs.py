@@ -15,7 +15,6 @@ from PIL import Image
 
 from tests.core.conftest import unlabelled_copy, write_tiny_images
 from tests.core.test_cli import run_cli
-from tests.core.test_ray_engine import ray_address  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -125,12 +124,12 @@ def _agreement_recomputed(out: Path, point_file: str, model: Path, data: Path) -
 
 @pytest.fixture(scope="module")
 def swept_on_ray(
-    ray_address: str,  # noqa: F811 (the fixture imported above)
+    ray_address: str,
     tiny_models: dict[str, Path],
     data: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[subprocess.CompletedProcess[str], Path]:
-    """The swept run's command on --engine ray, joining the module's Ray."""
+    """The swept run's command on --engine ray, joining the session's Ray."""
     home = tmp_path_factory.mktemp("calib_ray_home")
     out = home / "swept-ray"
     done = run_cli(
@@ -250,7 +249,7 @@ def test_cancelling_the_sweep_keeps_the_runs_finished_results(
 
 
 def test_the_ray_stage_holds_the_calibration_images_out_too(
-    tiny_models: dict[str, Path], data: Path, tmp_path: Path
+    ray_connected: str, tiny_models: dict[str, Path], data: Path, tmp_path: Path
 ) -> None:
     """--engine ray draws the evaluated images through the same plan: disjoint from the
     calibration images its head decodes, asserted from the files."""

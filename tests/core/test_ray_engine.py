@@ -1,38 +1,30 @@
 """The Ray engine (`--engine ray`) on a real local Ray: the same numbers as the local engine, a
 dead worker's shard re-run, a crashing variant failing alone, and a wrong address in one line.
 
-One Ray instance on 127.0.0.1 serves the whole module (starting Ray takes many seconds); the
-CLI runs join it through --ray-address, the in-process tests through the open session.
+The session's one Ray on 127.0.0.1 (tests/core/conftest.py's `ray_address`) serves every test
+here: the CLI runs join it through --ray-address, the in-process tests through the open session.
+The private local Ray a run starts without an address is tested in test_ray_cluster.py.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import os
 import socket
-from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 
 from tests.core.test_cli import data_with_broken_images, run_cli  # noqa: F401 (a fixture)
 
+if TYPE_CHECKING:
+    from core.engine.ray_engine import Evaluation
+
 pytestmark = pytest.mark.slow
 
 MODES = "float32,float16,int8"
-
-
-@pytest.fixture(scope="module")
-def ray_address() -> Iterator[str]:
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
-    try:
-        yield ray.get_runtime_context().gcs_address
-    finally:
-        ray.shutdown()
 
 
 def _run(engine: str, model: Path, data: Path, home: Path, *extra: str) -> Path:
@@ -146,7 +138,7 @@ def test_ray_agreement_recomputed_from_its_files(both_runs: tuple[Path, Path]) -
 
 
 def test_ray_run_records_its_engine_and_nodes(
-    ray_address: str, both_runs: tuple[Path, Path]
+    ray_connected: str, both_runs: tuple[Path, Path]
 ) -> None:
     local, on_ray = both_runs
     engine = json.loads((on_ray / "report.json").read_text())["engine"]
@@ -204,7 +196,7 @@ def two_variants(
     ]
 
 
-def _evaluate(model: Path, data: Path, variants: list[tuple[str, Path]]):  # type: ignore[no-untyped-def]
+def _evaluate(model: Path, data: Path, variants: list[tuple[str, Path]]) -> Evaluation:
     from core.engine.ray_engine import ReferenceSource, evaluate
 
     return evaluate(
@@ -216,8 +208,20 @@ def _evaluate(model: Path, data: Path, variants: list[tuple[str, Path]]):  # typ
     )
 
 
+@pytest.fixture(scope="module")
+def clean(
+    ray_connected: str,
+    tiny_models: dict[str, Path],
+    tiny_data: Path,
+    two_variants: list[tuple[str, Path]],
+) -> Evaluation:
+    """The pass without any fault, once for the tests that inject one."""
+    return _evaluate(tiny_models["saved_model"], tiny_data, two_variants)
+
+
 def test_worker_killed_mid_shard_reruns_it(
-    ray_address: str,
+    ray_connected: str,
+    clean: Evaluation,
     tiny_models: dict[str, Path],
     tiny_data: Path,
     two_variants: list[tuple[str, Path]],
@@ -225,7 +229,6 @@ def test_worker_killed_mid_shard_reruns_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     model = tiny_models["saved_model"]
-    clean = _evaluate(model, tiny_data, two_variants)
     marker = tmp_path / "fired"
     monkeypatch.setenv("QUANTLENS_FAULT", "segv@shard")
     monkeypatch.setenv("QUANTLENS_FAULT_ONCE", str(marker))
@@ -240,14 +243,14 @@ def test_worker_killed_mid_shard_reruns_it(
 
 
 def test_a_variant_that_kills_its_workers_fails_alone(
-    ray_address: str,
+    ray_connected: str,
+    clean: Evaluation,
     tiny_models: dict[str, Path],
     tiny_data: Path,
     two_variants: list[tuple[str, Path]],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     model = tiny_models["saved_model"]
-    clean = _evaluate(model, tiny_data, two_variants)
     monkeypatch.setenv("QUANTLENS_FAULT", "segv@infer:dynamic")
     crashed = _evaluate(model, tiny_data, two_variants)
     assert set(crashed.errors) == {"dynamic"}
@@ -256,39 +259,6 @@ def test_a_variant_that_kills_its_workers_fails_alone(
     assert "\n" not in crashed.errors["dynamic"]
     np.testing.assert_array_equal(crashed.reference, clean.reference)
     np.testing.assert_array_equal(crashed.variants["float16"], clean.variants["float16"])
-
-
-def test_without_an_address_the_run_starts_its_own_ray(
-    ray_address: str, tiny_models: dict[str, Path], tiny_data: Path, tmp_path: Path
-) -> None:
-    """A local Ray sized to the machine, started and stopped by the job, even when the run
-    folder is deep (the worker's TMPDIR is inside it; Ray's socket paths must stay short)."""
-    out = tmp_path / ("a-long-folder-name-" * 4) / "run"
-    done = run_cli(
-        "run",
-        str(tiny_models["saved_model"]),
-        "--data",
-        str(tiny_data),
-        "--modes",
-        "float16",
-        "--preprocess",
-        "unit",
-        "--latency-runs",
-        "10",
-        "--engine",
-        "ray",
-        "--out",
-        str(out),
-        home=tmp_path,
-    )
-    assert done.returncode == 1, done.stderr[-3000:]  # near chance: no verdict, exit 1
-    report = json.loads((out / "report.json").read_text())
-    assert report["engine"]["address"] is None
-    assert report["engine"]["cpus"] == os.cpu_count()
-    assert {v["name"]: v["status"] for v in report["variants"]} == {
-        "float16": "done",
-        "float32": "done",
-    }
 
 
 def test_unreachable_ray_address_fails_the_run_in_one_line(
@@ -373,7 +343,7 @@ def test_a_crash_of_the_head_during_the_cluster_pass_is_blamed_on_no_variant(
 
 
 def test_the_ray_stage_records_every_variant_and_a_restart_reads_it_back(
-    ray_address: str, tiny_models: dict[str, Path], tiny_data: Path, tmp_path: Path
+    ray_connected: str, tiny_models: dict[str, Path], tiny_data: Path, tmp_path: Path
 ) -> None:
     from core.engine.stages.ray_evaluate import evaluate_on_ray
     from core.engine.stages.start import open_run
@@ -495,7 +465,7 @@ def test_auto_fix_on_ray_ranks_and_fixes_as_the_local_engine(
 
 
 def test_sweep_points_quantize_as_tasks_into_the_heads_bytes(
-    ray_address: str, tiny_models: dict[str, Path]
+    ray_connected: str, tiny_models: dict[str, Path]
 ) -> None:
     """ray_engine.quantize_as_tasks: each point's recipe runs as a Ray task and returns the bytes
     the head makes from the same float32 model and calibration images; a point the quantizer

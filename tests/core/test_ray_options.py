@@ -132,3 +132,22 @@ def test_a_loopback_cluster_is_joined_from_loopback() -> None:
     assert _loopback_node("127.0.0.1:6379", ["127.0.0.1", "10.0.0.5"]) is None
     assert _loopback_node("10.0.0.5:6379", ["127.0.0.1"]) is None
     assert _loopback_node("127.0.0.1:6379", []) is None
+
+
+def test_a_node_whose_raylet_refuses_connections_is_lost_at_once() -> None:
+    """A killed node's raylet port refuses connections seconds before the GCS lists the node
+    dead: that is enough to stop the pass. A port that answers is not lost, and without a GCS
+    to ask (no Ray session here) nothing else is decided."""
+    from core.engine.ray_engine import _gone, _Node
+
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(1)
+        with socket.socket() as probe:  # a port nobody listens on
+            probe.bind(("127.0.0.1", 0))
+            closed = probe.getsockname()[1]
+        nodes = {
+            "killed": _Node(cpus=1, host="127.0.0.1", port=closed),
+            "alive": _Node(cpus=1, host="127.0.0.1", port=listening.getsockname()[1]),
+        }
+        assert _gone(nodes) == {"killed"}
