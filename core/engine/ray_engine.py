@@ -337,24 +337,29 @@ def _connect(
     outcome: dict[str, Any] = {}
     abandoned = False
 
+    answered = threading.Event()  # the attempt has an outcome: the waiting thread goes on
+
     def attempt() -> None:
         try:
             info = _init(address, node_ip)
         except BaseException as exc:  # handed to the waiting thread, which raises it
             outcome["error"] = exc
+            answered.set()
             return
         with lock:
             if abandoned:
                 _untyped_ray().shutdown()
                 return
             outcome["info"] = info
+        answered.set()
         done.wait()
 
     thread = threading.Thread(target=attempt, name="ray-connect", daemon=True)
     quiet = _NotMainThreadWarning()
     logging.getLogger("ray._private.worker").addFilter(quiet)
     thread.start()
-    thread.join(max(0.0, limit_s - (time.monotonic() - started)))
+    # Not thread.join: once connected, the thread stays alive until the session ends.
+    answered.wait(max(0.0, limit_s - (time.monotonic() - started)))
     logging.getLogger("ray._private.worker").removeFilter(quiet)
     with lock:
         if "error" in outcome:
