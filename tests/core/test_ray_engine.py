@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 
-from tests.core.test_cli import data_with_broken_images, run_cli  # noqa: F401 (a fixture)
+from tests.core.test_cli import REPO, data_with_broken_images, run_cli  # noqa: F401 (a fixture)
 
 if TYPE_CHECKING:
     from core.engine.ray_engine import Evaluation
@@ -259,6 +262,25 @@ def test_a_variant_that_kills_its_workers_fails_alone(
     assert "\n" not in crashed.errors["dynamic"]
     np.testing.assert_array_equal(crashed.reference, clean.reference)
     np.testing.assert_array_equal(crashed.variants["float16"], clean.variants["float16"])
+
+
+def test_a_connect_goes_on_as_soon_as_the_cluster_answers(ray_address: str) -> None:
+    """The connect limit bounds a connect; it is not a wait. With a limit of 10**6 s, joining
+    the session's Ray (in a fresh process, as the job's worker does) returns as soon as the
+    cluster answers: the connect's thread stays alive for the session, so waiting for that
+    thread would wait out the whole limit."""
+    code = (
+        "import sys\n"
+        "from core.engine.ray_engine import ray_session\n"
+        "with ray_session(sys.argv[1], connect_timeout_s=10**6) as info:\n"
+        "    print(info.cpus)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, ray_address], cwd=REPO, capture_output=True, text=True,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"}, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["2"]
 
 
 def test_unreachable_ray_address_fails_the_run_in_one_line(
