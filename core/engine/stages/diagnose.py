@@ -27,6 +27,7 @@ from core.engine.stages.convert import Conversion, convert_in_background
 from core.engine.stages.decode import first_images
 from core.engine.stages.evaluate import run_evaluation, written_agreement
 from core.engine.stages.files import DecodedCache
+from core.engine.stages.measure import measure_tflite, measurement, parent_measurement
 from core.engine.stages.reference import ReferenceOutputs
 from core.errors import ConversionFailed, QuantLensError
 from core.inputs import rundir
@@ -474,61 +475,6 @@ def _meets_bar(job: JobSpec, measured: Measurement) -> bool:
     low, high = wilson_interval(agreeing, measured.n)
     return meets_threshold(
         measured.agreement_pct, (100.0 * low, 100.0 * high), job.min_agreement_pct, job.verdict
-    )
-
-
-def parent_measurement(entry: dict[str, Any]) -> Measurement:
-    """The parent variant as auto-fix's search starts from it: its own evaluation, which is the
-    measurement `measure_tflite(limit=None)` would repeat."""
-    from core.engine.selective import Measurement
-
-    kl = entry.get("mean_kl")
-    return Measurement(
-        agreement_pct=float(entry["top1_agreement_pct"]),
-        # No finite KL (NaN outputs): any candidate with one is better.
-        mean_kl=float(kl) if kl is not None and np.isfinite(kl) else float("inf"),
-        size_bytes=int(entry["size_bytes"]),
-        n=int(entry["n"]),
-    )
-
-
-def measure_tflite(
-    run: RunContext, reference: ReferenceOutputs, tflite: bytes, *, limit: int | None
-) -> Measurement:
-    """Agreement and mean KL of a model against the original on the first `limit` evaluation
-    images (all of them when None), read from the run's decoded-image cache."""
-    from core.engine.runtime import TFLiteRunner, evaluation_batch
-    from core.inputs.presets import apply_preset
-
-    batch = evaluation_batch(int(np.prod(run.image_shape)))
-    model = TFLiteRunner(tflite, threads=run.threads, name="candidate", batch=batch)
-    cache = DecodedCache(run.run_dir / DECODED_CACHE, run.image_shape)
-    total = len(cache) if limit is None else min(limit, len(cache))
-    outputs: list[np.ndarray] = []
-    done = 0
-    for pixels in cache.batches():
-        chunk = pixels[: total - done]
-        outputs.append(model.run_batch(apply_preset(chunk, run.job.preset)))
-        done += len(chunk)
-        if done >= total:
-            break
-    return measurement(reference, np.concatenate(outputs), len(tflite))
-
-
-def measurement(reference: ReferenceOutputs, outputs: np.ndarray, size_bytes: int) -> Measurement:
-    """Agreement and mean KL of a model's raw outputs on the first len(outputs) rows."""
-    from core.engine.selective import Measurement
-    from core.metrics.agreement import sample_records, to_probabilities
-
-    total = len(outputs)
-    probs = to_probabilities(outputs, softmax=reference.softmax)
-    records = sample_records(reference.prob_rows(0, total), probs)
-    kl = records.kl[np.isfinite(records.kl)]
-    return Measurement(
-        agreement_pct=float(100.0 * records.agree.mean()),
-        mean_kl=float(kl.mean()) if kl.size else float("inf"),
-        size_bytes=size_bytes,
-        n=total,
     )
 
 
