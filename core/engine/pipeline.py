@@ -1,6 +1,6 @@
 """Run one job inside the worker: the stages of core.engine.stages, in order.
 
-    start → decode → reference → evaluate → diagnose → time → sweep → finish
+    start → decode → reference → evaluate → diagnose → runtimes → time → sweep → finish
                      convert ────┘  (a second thread, started with the reference pass)
 
 With --engine ray, one Ray stage (stages.ray_evaluate) replaces decode, reference, convert and
@@ -31,6 +31,7 @@ from core.engine.stages.finish import finish
 from core.engine.stages.latency import time_models
 from core.engine.stages.ray_evaluate import evaluate_on_ray
 from core.engine.stages.reference import ReferenceOutputs, run_reference
+from core.engine.stages.runtimes import run_runtime_matrix
 from core.engine.stages.start import open_run, reproduce_command, resolve_inputs
 from core.engine.stages.sweep import run_sweep
 from core.types import JobSpec
@@ -64,6 +65,8 @@ def run_job(
     diagnose_variants(run, reference)
     # Variants --auto-fix derives join the run here, so the time stage times them too.
     run = auto_fix(run, reference)
+    # Every finished variant, derived ones included, under the runtimes --runtimes asks for.
+    run_runtime_matrix(run, reference)
     # Timing waits until no conversion competes for the cores.
     time_models(run)
     # The calibration sweep comes after the run's own results are complete: cancelling it
