@@ -32,9 +32,12 @@ def _model_calls(tree: ast.AST) -> list[tuple[int, str]]:
             and node.func.attr == "invoke"
         ):
             found.append((node.lineno, ".invoke("))
-        if isinstance(node, ast.Attribute) and node.attr in ("serve", "concrete_function"):
-            if isinstance(node.ctx, ast.Load):
-                found.append((node.lineno, f".{node.attr}"))
+        if (
+            isinstance(node, ast.Attribute)
+            and node.attr in ("serve", "concrete_function")
+            and isinstance(node.ctx, ast.Load)
+        ):
+            found.append((node.lineno, f".{node.attr}"))
     return found
 
 

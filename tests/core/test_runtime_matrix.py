@@ -125,7 +125,7 @@ def test_each_cell_is_what_a_bare_interpreter_gives(
     assert set(entries) == {"int8", "float32"}  # the pivot joins the matrix
     for name, entry in entries.items():
         tflite = rundir.tflite_path(run_dir, rundir.entry_files(entry)).read_bytes()
-        all_images, all_labels = _images(tiny_data, every)
+        all_images, _ = _images(tiny_data, every)
         xnnpack = dict(zip(every, _top1_bare(tflite, all_images, "xnnpack"), strict=True))
         for runtime in ("xnnpack", "xnnpack1", "builtin", "reference"):
             cell = cells[(name, runtime)]

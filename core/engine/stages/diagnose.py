@@ -31,7 +31,7 @@ from core.engine.stages.measure import measure_tflite, measurement, parent_measu
 from core.engine.stages.reference import ReferenceOutputs
 from core.errors import ConversionFailed, QuantLensError
 from core.inputs import rundir
-from core.jobs.protocol import DECODED_CACHE
+from core.runfolder.protocol import DECODED_CACHE
 from core.types import NEEDS_CALIBRATION, JobSpec, Mode, Sample, VariantSpec
 
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ import numpy as np
 from core.engine.stages.context import RunContext
 from core.engine.stages.files import DecodedCache
 from core.engine.stages.reference import ReferenceOutputs
-from core.jobs.protocol import DECODED_CACHE
+from core.runfolder.protocol import DECODED_CACHE
 
 if TYPE_CHECKING:
     from core.engine.runtime import TFLiteRunner

@@ -29,8 +29,8 @@ from core.engine.stages.files import BATCH, DecodedCache
 from core.engine.stages.reference import ReferenceOutputs
 from core.errors import QuantLensError
 from core.inputs import rundir
-from core.jobs.protocol import DECODED_CACHE
 from core.reporting.runmodel import RuntimeCell, RuntimeMatrix, record_runtimes
+from core.runfolder.protocol import DECODED_CACHE
 from core.types import Mode, Runtime
 
 RUNTIME_THREADS = 1  # built-in kernels at 2 threads ran 13-50x slower than at 1 on 2 cores
