@@ -39,6 +39,30 @@ def test_runtimes_parse_in_column_order_and_refuse_unknown_names() -> None:
     assert JobSpec.from_dict(job.to_dict()) == job
 
 
+@pytest.mark.parametrize("images", [None, 50, 200])
+def test_the_runtimes_flag_round_trips_through_the_reproduce_command(
+    tmp_path: Path, images: int | None
+) -> None:
+    import shlex
+
+    from core.cli import _job_from_args, _parser
+    from core.options import reproduce_command
+
+    (tmp_path / "m.keras").write_bytes(b"")
+    (tmp_path / "d.csv").write_text("filepath,label\n", encoding="utf-8")
+    job = JobSpec(
+        model_path=str(tmp_path / "m.keras"),
+        data_path=str(tmp_path / "d.csv"),
+        runtimes=(Runtime.BUILTIN, Runtime.TFLM),
+        runtime_images=images,
+    )
+    argv = shlex.split(reproduce_command(job))
+    assert argv[argv.index("--runtimes") + 1] == "builtin,tflm"
+    assert _job_from_args(_parser().parse_args(argv[3:])) == job
+    plain = JobSpec(model_path=job.model_path, data_path=job.data_path)
+    assert "--runtimes" not in reproduce_command(plain)  # a run without the matrix says nothing
+
+
 def _top1_bare(tflite: bytes, floats: np.ndarray, runtime: str) -> np.ndarray:
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
@@ -172,3 +196,25 @@ def test_the_matrix_reads_back_typed(matrix_run: dict[str, Any]) -> None:
     assert matrix.variants == ["float32", "int8"]
     cell = matrix.cell("int8", "reference")
     assert cell is not None and cell.measured and cell.n == SUBSET
+
+
+@pytest.mark.slow
+def test_the_cli_summary_and_report_html_show_the_matrix(matrix_run: dict[str, Any]) -> None:
+    from core.reporting.html import render_report_html
+    from core.reporting.runmodel import read_report
+    from core.reporting.runtimes import cell_text, format_runtime_table
+
+    report = read_report(matrix_run["dir"])
+    matrix = report.runtimes
+    assert matrix is not None
+    cell = matrix.cell("int8", "reference")
+    assert cell is not None
+    words = cell_text(cell)
+    assert f"n={SUBSET}" in words and "runtime flip" in words
+    table = format_runtime_table(report)
+    assert "reference kernels" in table and "TFLite-Micro" in table
+    int8_row = next(line for line in table.splitlines() if line.startswith("int8"))
+    assert words in int8_row
+    assert f"on {SUBSET} of them, drawn with seed 0" in table
+    html = render_report_html(matrix_run["dir"])
+    assert '<table id="runtimes">' in html and words in html
