@@ -24,6 +24,7 @@ SETUP_CALIBRATION = "setup.calibration_samples"
 SETUP_CALIBRATION_OVERLAP = "setup.calibration_overlap"
 SETUP_CALIBRATION_DATA = "setup.calibration_data"
 SETUP_SWEEP = "setup.calibration_sweep"
+SETUP_RUNTIMES = "setup.runtimes"
 SETUP_SWEEP_SEEDS = "setup.sweep_seeds"
 SETUP_MAX_SAMPLES = "setup.max_samples"
 SETUP_THREADS = "setup.threads"
@@ -61,6 +62,8 @@ DISAGREE_MARGIN = "disagreements.margin"
 DISAGREE_PAGE = "disagreements.page"
 DISAGREE_FLIP = "disagreements.flip"  # (variant, ref_class, tfl_class) set by the agreement page
 DISAGREE_CLEAR_FLIP = "disagreements.clear_flip"
+DISAGREE_RUNTIME = "disagreements.runtime"  # a runtime whose flips (vs XNNPACK) the gallery shows
+OVERVIEW_RUNTIMES = "overview.runtimes"
 
 # probability deltas
 DELTAS_METRIC = "deltas.metric"

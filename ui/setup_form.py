@@ -20,6 +20,7 @@ from core.inputs.rundir import workspace_home, write_json_atomic
 from core.jobs import launch as jobs
 from core.metrics.latency import default_threads, usable_cpus
 from core.metrics.preset_check import judge_presets, preset_summary
+from core.options import option
 from core.reporting.report import VERDICT_LOWER_BOUND, VERDICT_POINT, VERDICT_RULES
 from core.reporting.tracking import dashboard_uri_refusal, resolve_uri
 from core.types import (
@@ -31,7 +32,9 @@ from core.types import (
     Mode,
     ModelSignature,
     Preset,
+    Runtime,
     VariantSpec,
+    parse_runtimes,
     parse_sweep_sizes,
     variants_for_backend,
 )
@@ -626,6 +629,7 @@ class RunOptions(TypedDict):
     calibration_data: str | None
     calibration_sweep: tuple[int, ...]
     sweep_seeds: int
+    runtimes: tuple[Runtime, ...]
     max_samples: int | None
     threads: int
     min_agreement_pct: float
@@ -766,6 +770,7 @@ def options_section(num_samples: int | None) -> RunOptions:
     mlflow_uri = tracking_option()
     overlap, calibration_data = calibration_source_option()
     sweep_sizes, sweep_seeds = sweep_option()
+    chosen_runtimes = runtimes_option()
     engine, ray_address = engine_option()
     return {
         "calibration_samples": int(calib),
@@ -773,6 +778,7 @@ def options_section(num_samples: int | None) -> RunOptions:
         "calibration_data": calibration_data,
         "calibration_sweep": sweep_sizes,
         "sweep_seeds": sweep_seeds,
+        "runtimes": chosen_runtimes,
         "max_samples": int(cap) or None,
         "threads": int(threads),
         "min_agreement_pct": float(threshold),
@@ -833,6 +839,21 @@ def sweep_option() -> tuple[tuple[int, ...], int]:
     except QuantLensError as exc:
         c1.error(f"{exc}.")
         return (), int(seeds)
+
+
+def runtimes_option() -> tuple[Runtime, ...]:
+    """The runtime matrix's runtimes (`--runtimes`): one multiselect; none runs no matrix."""
+    widget = option("runtimes").widget
+    assert widget is not None and widget.choice_labels is not None
+    labels = widget.choice_labels
+    chosen = st.multiselect(
+        widget.label,
+        list(labels),
+        key=keys.SETUP_RUNTIMES,
+        format_func=lambda r: labels[r],
+        help=widget.help,
+    )
+    return parse_runtimes(",".join(chosen))
 
 
 def _sweep_sizes() -> tuple[int, ...]:
