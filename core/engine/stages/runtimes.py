@@ -79,11 +79,12 @@ def run_runtime_matrix(run: RunContext, reference: ReferenceOutputs) -> None:
     todo = len(variants) * len(runtimes)
     for i, variant in enumerate(variants):
         for j, runtime in enumerate(runtimes):
+            # No variant named: every one here has finished, and a crash now must not turn a
+            # finished variant's result into "crashed".
             run.emit(
                 "runtimes",
                 (i * len(runtimes) + j) / max(todo, 1),
                 f"{variant.name} under {runtime.label}",
-                variant.name,
             )
             positions = subset if runtime.on_subset else np.arange(total)
             old = kept.get((variant.name, runtime.value))
