@@ -171,6 +171,59 @@ def test_each_cell_is_what_a_bare_interpreter_gives(
         )
 
 
+def _top1_tflm(tflite: bytes, floats: np.ndarray) -> np.ndarray:
+    """Top-1 answers from TFLite-Micro's own interpreter, the input quantized here."""
+    import contextlib
+    import io
+
+    from ai_edge_litert.interpreter import Interpreter
+    from tflite_micro.python.tflite_micro import runtime as tflm
+
+    details = Interpreter(model_content=tflite).get_input_details()[0]
+    with contextlib.redirect_stdout(io.StringIO()):
+        micro = tflm.Interpreter.from_bytes(tflite)
+    answers = []
+    for image in floats:
+        x = image[None]
+        if details["dtype"] != np.float32:
+            scale, zero_point = details["quantization"]
+            scaled = x.astype(np.float64) / scale
+            q = np.sign(scaled) * np.floor(np.abs(scaled) + 0.5) + zero_point
+            info = np.iinfo(details["dtype"])
+            x = np.clip(q, info.min, info.max).astype(details["dtype"])
+        micro.set_input(x, 0)
+        micro.invoke()
+        answers.append(int(np.argmax(micro.get_output(0)[0])))
+    return np.asarray(answers)
+
+
+@pytest.mark.slow
+def test_the_tflite_micro_cell_is_what_tflite_micro_gives(
+    matrix_run: dict[str, Any], tiny_data: Path
+) -> None:
+    pytest.importorskip("tflite_micro")
+    from core.inputs import rundir
+
+    report, run_dir = matrix_run["report"], matrix_run["dir"]
+    matrix = report["runtimes"]
+    subset = matrix["subset_indices"]
+    cell = next(c for c in matrix["cells"] if (c["variant"], c["runtime"]) == ("int8", "tflm"))
+    entry = next(v for v in report["variants"] if v["name"] == "int8")
+    tflite = rundir.tflite_path(run_dir, rundir.entry_files(entry)).read_bytes()
+    with (run_dir / rundir.SAMPLES).open(encoding="utf-8") as f:
+        original = {int(r["index"]): int(r["ref_top1"]) for r in csv.DictReader(f)}
+    images, _ = _images(tiny_data, subset)
+    top1 = _top1_tflm(tflite, images)
+    assert cell["reason"] is None and cell["n"] == len(subset)
+    assert cell["agree"] == int((top1 == np.asarray([original[i] for i in subset])).sum())
+    every = sorted(original)
+    all_images, _ = _images(tiny_data, every)
+    xnnpack = dict(zip(every, _top1_bare(tflite, all_images, "xnnpack"), strict=True))
+    assert cell["runtime_flips"] == [
+        i for i, t in zip(subset, top1, strict=True) if t != xnnpack[i]
+    ]
+
+
 @pytest.mark.slow
 def test_a_runtime_that_cannot_run_a_variant_says_why_and_the_rest_is_filled(
     matrix_run: dict[str, Any],
@@ -182,7 +235,8 @@ def test_a_runtime_that_cannot_run_a_variant_says_why_and_the_rest_is_filled(
     if tflm_available() is not None:
         assert float_cell["reason"] == int8_cell["reason"] == TFLM_INSTALL
     else:
-        assert "is not integer-only" in float_cell["reason"]
+        assert float_cell["reason"].startswith("float32 is not integer-only (")
+        assert float_cell["reason"].endswith("TFLite-Micro runs integer models")
         assert int8_cell["reason"] is None and int8_cell["n"] == SUBSET
     assert all(c["reason"] is None for (_, r), c in cells.items() if r != "tflm")
 

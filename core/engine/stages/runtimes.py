@@ -257,9 +257,11 @@ def _runner(run: RunContext, variant: _Evaluated, runtime: Runtime) -> Any:
 
         check = integer_only(variant.tflite)
         if not check.integer_only:
-            ops = "; ".join(check.blockers[:3])
+            # A blocker reads "CONV_2D <tensor name> (FLOAT32)": the op types say enough here.
+            kinds = ", ".join(dict.fromkeys(b.split(" ", 1)[0] for b in check.blockers))
             raise QuantLensError(
-                f"{variant.name} is not integer-only ({ops}); TFLite-Micro runs integer models"
+                f"{variant.name} is not integer-only ({len(check.blockers)} ops compute in "
+                f"float: {kinds}); TFLite-Micro runs integer models"
             )
         return TFLMRunner(variant.tflite, name=name, preset=run.job.preset)
     if runtime is Runtime.XNNPACK1:
