@@ -91,6 +91,16 @@ def _resolver(interpreter_cls: Any, kernels: Kernels) -> Any:
     return getattr(resolvers, kernels.resolver_name())
 
 
+def model_input(images: np.ndarray, preset: Preset | None) -> np.ndarray:
+    """What every runner feeds its model: the preset applied to decoded uint8 pixels when a
+    runner has one, the images as float32 otherwise (preprocessed already)."""
+    if preset is None:
+        return np.asarray(images, dtype=np.float32)
+    from core.inputs.presets import apply_preset
+
+    return np.asarray(apply_preset(images, preset), dtype=np.float32)
+
+
 def _quantization(detail: dict[str, Any]) -> tuple[float, int]:
     scale, zero_point = detail["quantization"]
     return float(scale), int(zero_point)
@@ -121,7 +131,28 @@ def _refused(name: str, tflite: bytes, exc: Exception) -> InvalidTFLiteModel:
     )
 
 
-class TFLiteRunner:
+class Runner:
+    """What every runner offers: `infer` on one batch of images, `outputs` streamed over
+    batches, the preset applied on the way in (`model_input`). A runner elsewhere (a device
+    over adb, a vendor cloud) would subclass this and implement `infer`."""
+
+    preset: Preset | None = None
+
+    def prepare(self, images: np.ndarray) -> np.ndarray:
+        """The float32 model input for `images` (`model_input`)."""
+        return model_input(images, self.preset)
+
+    def infer(self, images: np.ndarray) -> np.ndarray:
+        """Raw float32 outputs [N, C] for a batch of images."""
+        raise NotImplementedError
+
+    def outputs(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """`infer` on each batch in turn, as they come (a streamed data set stays on disk)."""
+        for images in batches:
+            yield self.infer(images)
+
+
+class TFLiteRunner(Runner):
     """One LiteRT interpreter, prepared for float32 images at batch 1 or on batches.
 
     Inputs are quantized and outputs dequantized with the tensors' own (scale, zero_point),
@@ -269,15 +300,6 @@ class TFLiteRunner:
             self._interpreter.resize_tensor_input(detail["index"], shape)
         self._interpreter.allocate_tensors()
 
-    def prepare(self, images: np.ndarray) -> np.ndarray:
-        """The float32 model input for `images`: the preset applied when the runner has one
-        (decoded uint8 pixels in), the images as float32 otherwise (preprocessed already)."""
-        if self.preset is None:
-            return np.asarray(images, dtype=np.float32)
-        from core.inputs.presets import apply_preset
-
-        return np.asarray(apply_preset(images, self.preset), dtype=np.float32)
-
     def input_tensor(self, floats: np.ndarray) -> np.ndarray:
         """The tensor the interpreter is fed for preprocessed float32 images: quantized with
         the input's own (scale, zero point) when the input is integer. Quantize once and feed
@@ -337,11 +359,6 @@ class TFLiteRunner:
             rows.append(self._invoke(chunk))
         return np.concatenate(rows)
 
-    def outputs(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-        """`infer` on each batch in turn, as they come (a streamed data set stays on disk)."""
-        for images in batches:
-            yield self.infer(images)
-
     def timed_invoke(self, image: np.ndarray) -> Callable[[], None]:
         """An invoke with `image` already set, for latency runs (the same input every time).
 
@@ -390,7 +407,7 @@ class Servable(Protocol):
         """Its concrete function, the cheapest call to time."""
 
 
-class OriginalRunner:
+class OriginalRunner(Runner):
     """The original (TensorFlow/Keras) model run through its serving function, never
     `model.predict` (DESIGN §6), with the same preset handling as `TFLiteRunner`."""
 
@@ -398,25 +415,12 @@ class OriginalRunner:
         self.model = model
         self.preset = None if preset is None else Preset(preset)
 
-    def prepare(self, images: np.ndarray) -> np.ndarray:
-        """The float32 model input: the preset applied when the runner has one."""
-        if self.preset is None:
-            return np.asarray(images, dtype=np.float32)
-        from core.inputs.presets import apply_preset
-
-        return np.asarray(apply_preset(images, self.preset), dtype=np.float32)
-
     def infer(self, images: np.ndarray) -> np.ndarray:
         """Raw outputs (probabilities or logits) float32 [N, C] for a batch of images."""
         import tensorflow as tf
 
         out = self.model.serve(tf.constant(self.prepare(images), dtype=tf.float32))
         return np.asarray(out, dtype=np.float32)
-
-    def outputs(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-        """`infer` on each batch in turn, as they come."""
-        for images in batches:
-            yield self.infer(images)
 
     def timed_call(self, image: np.ndarray) -> Callable[[], object]:
         """The concrete serving function's call on one image, its input built once, for
@@ -447,7 +451,7 @@ def tflm_available() -> str | None:
     return None
 
 
-class TFLMRunner:
+class TFLMRunner(Runner):
     """A `.tflite` run by TFLite-Micro's interpreter, one image per invoke.
 
     The input tensor is quantized, and the output dequantized, by a LiteRT runner of the same
@@ -479,14 +483,6 @@ class TFLMRunner:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             raise InvalidTFLiteModel(f"TFLite-Micro cannot run {name} ({first})") from None
 
-    def prepare(self, images: np.ndarray) -> np.ndarray:
-        """The float32 model input: the preset applied when the runner has one."""
-        if self.preset is None:
-            return np.asarray(images, dtype=np.float32)
-        from core.inputs.presets import apply_preset
-
-        return np.asarray(apply_preset(images, self.preset), dtype=np.float32)
-
     def infer(self, images: np.ndarray) -> np.ndarray:
         """Float32 outputs [N, C], one invoke per image."""
         rows = []
@@ -504,8 +500,3 @@ class TFLMRunner:
                 out = dequantize(out, scale, zero_point)
             rows.append(np.asarray(out, dtype=np.float32).reshape(1, -1))
         return np.concatenate(rows)
-
-    def outputs(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-        """`infer` on each batch in turn, as they come."""
-        for images in batches:
-            yield self.infer(images)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,6 +32,9 @@ from core.inputs import rundir
 from core.reporting.runmodel import RuntimeCell, RuntimeMatrix, record_runtimes
 from core.runfolder.protocol import DECODED_CACHE
 from core.types import Mode, Runtime
+
+if TYPE_CHECKING:
+    from core.engine.runtime import Runner
 
 RUNTIME_THREADS = 1  # built-in kernels at 2 threads ran 13-50x slower than at 1 on 2 cores
 
@@ -243,7 +246,7 @@ def _split(agree: np.ndarray, pivot_agree: np.ndarray) -> dict[str, int]:
     return split_counts(disagreement_causes(agree, pivot_agree))
 
 
-def _runner(run: RunContext, variant: _Evaluated, runtime: Runtime) -> Any:
+def _runner(run: RunContext, variant: _Evaluated, runtime: Runtime) -> Runner:
     """The runner of `variant` under `runtime`, or QuantLensError saying why it cannot run."""
     from core.engine.runtime import Kernels, TFLiteRunner, TFLMRunner, tflm_available
     from core.engine.stages.measure import run_runner
@@ -278,9 +281,12 @@ def _runner(run: RunContext, variant: _Evaluated, runtime: Runtime) -> Any:
     )
 
 
-def _delegate(runner: Any) -> str | None:
-    describe = getattr(runner, "describe", None)
-    return "tflite-micro" if describe is None else str(describe()["delegate"])
+def _delegate(runner: Runner) -> str:
+    from core.engine.runtime import TFLiteRunner
+
+    return (
+        str(runner.describe()["delegate"]) if isinstance(runner, TFLiteRunner) else "tflite-micro"
+    )
 
 
 def _reference_rows(reference: ReferenceOutputs, positions: np.ndarray) -> np.ndarray:
