@@ -272,3 +272,28 @@ def test_the_cli_summary_and_report_html_show_the_matrix(matrix_run: dict[str, A
     assert f"on {SUBSET} of them, drawn with seed 0" in table
     html = render_report_html(matrix_run["dir"])
     assert '<table id="runtimes">' in html and words in html
+
+
+def test_a_run_that_asks_for_no_runtimes_runs_nothing(tmp_path: Path) -> None:
+    """No --runtimes: the stage returns before it reads a file or builds a runner."""
+    from types import SimpleNamespace
+    from typing import cast
+
+    from core.engine.stages.context import RunContext
+    from core.engine.stages.reference import ReferenceOutputs
+    from core.engine.stages.runtimes import run_runtime_matrix
+
+    run = SimpleNamespace(job=JobSpec(model_path="m", data_path="d"), run_dir=tmp_path)
+    run_runtime_matrix(cast(RunContext, run), cast(ReferenceOutputs, None))
+    assert list(tmp_path.iterdir()) == []  # no report written, nothing read
+
+
+def test_the_subset_is_seeded_distinct_and_bounded() -> None:
+    from core.engine.stages.runtimes import subset_positions
+
+    first = subset_positions(540, 200, seed=0)
+    assert len(set(first.tolist())) == 200 and list(first) == sorted(first)
+    assert (subset_positions(540, 200, seed=0) == first).all()
+    assert not (subset_positions(540, 200, seed=1) == first).all()
+    assert list(subset_positions(24, 200, seed=0)) == list(range(24))
+    assert list(subset_positions(24, None, seed=0)) == list(range(24))
