@@ -23,10 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import QuantLensError
+from core.reporting.report import VERDICT_LOWER_BOUND, VERDICT_POINT, VERDICT_RULES
 from core.types import (
     BACKEND_CHOICES,
     RAY_NODE_IP_ENV,
     JobSpec,
+    Mode,
     Preset,
     VariantSpec,
     parse_sweep_sizes,
@@ -85,10 +87,12 @@ class WidgetKind(enum.StrEnum):
 class SetupWidget:
     """How Setup asks for an option: the widget, its words, its limits and its first value.
 
-    `key` names the widget's session state (and its place in the remembered form);
-    `default` is the form's first value when it differs from the CLI's (threads: a number,
-    where the CLI's None means the same). `zero_is_none`: the number 0 stands for the job's
-    None ("0 = all").
+    `key` names the widget's session state and its place in the form Setup remembers across
+    reloads (`remember`: False for what is per run). `choices` are the widget's when they are
+    not the option's (the modes Setup offers); `choice_labels` replace a choice's shown text,
+    `choice_help` follows it in brackets (a select box) or explains it in the widget's help.
+    `default` is the form's first value when it is not the CLI's. `zero_is_none`: the number 0
+    stands for the job's None ("0 = all").
     """
 
     kind: WidgetKind
@@ -100,9 +104,12 @@ class SetupWidget:
     step: float | None = None
     placeholder: str | None = None
     max_chars: int | None = None
+    choices: tuple[str, ...] | None = None
     choice_labels: Mapping[str, str] | None = None
+    choice_help: Mapping[str, str] | None = None
     default: Any = UNSET
     zero_is_none: bool = False
+    remember: bool = True
 
 
 @dataclass(frozen=True)
@@ -159,6 +166,13 @@ class RunOption:
         if self.widget is not None and self.widget.default is not UNSET:
             return self.widget.default
         return self.cli_default
+
+    @property
+    def form_choices(self) -> tuple[str, ...]:
+        """The choices Setup offers (a radio's, a select box's, a multiselect's)."""
+        if self.widget is not None and self.widget.choices is not None:
+            return self.widget.choices
+        return self.choices or ()
 
 
 def job_default(field_name: str) -> Any:
@@ -360,6 +374,22 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
         to_job=_variants,
         in_command=InCommand.ALWAYS,
         to_text=_joined,
+        # Setup offers modes; the int8 I/O type and the backend make the variant names.
+        widget=SetupWidget(
+            WidgetKind.MULTISELECT,
+            "Quantization modes",
+            key="setup.modes",
+            choices=tuple(m.value for m in Mode),
+            choice_help={
+                "float32": "plain conversion, the honest TFLite baseline",
+                "dynamic": "int8 weights, float activations",
+                "float16": "float16 weights",
+                "int8": "full integer; needs calibration images",
+                "int16x8": "int16 activations, int8 weights",
+                "int4w": "int4 weights, float activations; quantizer backend only",
+            },
+            default=JobSpec.variants,
+        ),
     ),
     RunOption(
         "backend",
@@ -374,6 +404,7 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
             key="setup.backend",
             help="converter: a TFLiteConverter run per mode. quantizer: LiteRT Quantizer "
             "recipes on one float32 conversion (variant names end in _q). both: side by side.",
+            remember=False,
         ),
     ),
     RunOption(
@@ -411,7 +442,7 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
             "Preset",
             key="setup.preset",
             help="How decoded RGB pixels become the float input; the same array feeds both models.",
-            choice_labels={
+            choice_help={
                 "mobilenet_v2": "[-1, 1]",
                 "unit": "[0, 1]",
                 "raw": "[0, 255]",
@@ -461,7 +492,7 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
     RunOption(
         "verdict",
         ("--verdict",),
-        choices=("point", "lower-bound"),
+        choices=VERDICT_RULES,
         help="judge each variant by its agreement (point, default) or by the lower end of its "
         "95 %% Wilson interval (lower-bound: a PASS that sampling noise cannot explain)",
         field="verdict",
@@ -474,8 +505,8 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
             "interval meets the threshold, so a PASS on a few images cannot be luck. Exit "
             "codes follow it.",
             choice_labels={
-                "point": "point: agreement ≥ threshold",
-                "lower-bound": "lower bound: 95 % CI low end ≥ threshold",
+                VERDICT_POINT: "point: agreement ≥ threshold",
+                VERDICT_LOWER_BOUND: "lower bound: 95 % CI low end ≥ threshold",
             },
         ),
     ),
@@ -566,6 +597,7 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
             key="setup.trusted",
             help="Runs the model's own code: Lambda layers, custom objects, .h5 files and "
             "file-system ops. Only for models whose author you trust.",
+            remember=False,
         ),
     ),
     RunOption(
@@ -583,6 +615,7 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
             help="Ray decodes and evaluates the images on the cluster's workers; conversion "
             "and latency stay on this machine. Every node must see the data set at the same "
             "path.",
+            remember=False,
         ),
     ),
     RunOption(
@@ -638,6 +671,7 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
             key="setup.mlflow",
             help="One MLflow run for this run and a nested run per variant, with the .tflite "
             "files and reports, logged by the worker once the run ends.",
+            remember=False,
         ),
     ),
     RunOption(
@@ -672,6 +706,7 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
             help="Calibrate int8 on these images instead of drawing them from the data set; "
             "nothing is held out of evaluation then.",
             default="",
+            remember=False,
         ),
     ),
     RunOption(
@@ -743,6 +778,7 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
             key="setup.run_name",
             max_chars=120,
             help="Left empty, the run is named after the model and the time: saved_model · 14:03.",
+            remember=False,
         ),
     ),
     # Fixed for every run: recorded in job.json and report.json, asked for nowhere.
