@@ -188,10 +188,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _supervise(directory: Path, run_id: str, args: argparse.Namespace) -> int:
     """Run the queued job in `directory` to its end, print its table, return the exit status."""
     from core.jobs.launch import read_status
-    from core.jobs.protocol import DEFAULT_MEMORY_LIMIT_GB, DEFAULT_TIMEOUT_S
     from core.jobs.supervisor import Supervisor
     from core.reporting.report import exit_status, format_table
     from core.reporting.runmodel import read_report
+    from core.runfolder.protocol import DEFAULT_MEMORY_LIMIT_GB, DEFAULT_TIMEOUT_S
 
     printer = ProgressPrinter()
     supervisor = Supervisor(
