@@ -6,9 +6,23 @@ from parsed arguments (`job_from_values`), the command that reproduces a job
 (`reproduce_command`) and the Setup page's widgets (`setup_options`; `ui/setup_form.py` maps a
 widget kind to its Streamlit call, since core never imports Streamlit).
 
-Adding an option is one `RunOption` here (and a `JobSpec` field when the job carries it) plus
-the code that uses it. `tests/core/test_options.py` checks that every `JobSpec` field is
-declared and that one added entry reaches the parser, the job, the command and Setup.
+Adding an option is one `RunOption` in `RUN_OPTIONS` (and a `JobSpec` field when the job
+carries it) plus the code that uses it, for example:
+
+    RunOption(
+        "fix_budget",                      # argparse dest, Setup's name for it
+        ("--fix-budget",),
+        value_type=int,
+        help="... (default 5)",
+        field="fix_budget",                # the JobSpec field it fills (default: JobSpec's)
+        checks=(at_least(1),),             # one-line refusals, the same on the CLI and Setup
+        in_command=InCommand.UNLESS_DEFAULT,
+        widget=SetupWidget(WidgetKind.NUMBER, "Fix budget", key="setup.fix_budget", minimum=1),
+    )
+
+`tests/core/test_options.py` checks that every `JobSpec` field is declared;
+`tests/app/test_setup_options.py` that one added entry reaches the parser, the job, the
+reproduce command and Setup.
 """
 
 from __future__ import annotations
