@@ -54,10 +54,6 @@ EXPORT_HELP = (
     "model-explorer: write <variant>.model-explorer.json per diagnosed variant, node data "
     "that colours the variant's .tflite by per-layer error in Google's Model Explorer"
 )
-LIMIT_HELP = {
-    "timeout": "wall-clock limit of the job in seconds, > 0 (default 3600)",
-    "memory_gb": "memory limit of the worker, > 0 (default 16)",
-}
 
 # Parsed values by argparse dest (`vars(args)`); a check or a conversion may read the others.
 Values = Mapping[str, Any]
@@ -810,7 +806,7 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
         ("--timeout",),
         value_type=float,
         default=None,
-        help=LIMIT_HELP["timeout"],
+        help="wall-clock limit of the job in seconds, > 0 (default 3600)",
         checks=(above_zero_limit,),
         commands=("run", "rescore"),
     ),
@@ -819,7 +815,7 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
         ("--memory-gb",),
         value_type=float,
         default=None,
-        help=LIMIT_HELP["memory_gb"],
+        help="memory limit of the worker, > 0 (default 16)",
         checks=(above_zero_limit,),
         commands=("run", "rescore"),
     ),
