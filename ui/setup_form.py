@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,9 +18,8 @@ from core.inputs.demo import DemoPaths, demo_paths, mobilenet_demo_paths
 from core.inputs.paths import allowed_roots, existing_under_roots
 from core.inputs.rundir import workspace_home, write_json_atomic
 from core.jobs import launch as jobs
-from core.metrics.latency import default_threads, usable_cpus
 from core.metrics.preset_check import judge_presets, preset_summary
-from core.options import RunOption, WidgetKind, option, setup_options
+from core.options import RunOption, setup_options
 from core.reporting.tracking import dashboard_uri_refusal, resolve_uri
 from core.types import (
     Dataset,
@@ -34,7 +32,8 @@ from core.types import (
     parse_sweep_sizes,
     variants_for_backend,
 )
-from ui import cache, fmt, keys, runs
+from ui import cache, fmt, keys, option_widgets, runs
+from ui.option_widgets import option_widget
 
 # The operator's switch for trusted mode (off unless set to 1); users then confirm per run.
 TRUSTED_ENV = "QUANTLENS_ALLOW_TRUSTED"
@@ -44,9 +43,9 @@ MODEL_SOURCES = ("Demo model", "Path on the server", "Upload")
 DEMO_MODELS = ("Small (32×32)", "MobileNetV2-0.35 (96×96)")
 DATA_SOURCES = ("Demo data", "CSV file on the server", "Image folder on the server", "Upload .zip")
 
-# The run options' widgets are declared in core.options (label, help, limits, choices, first
-# value); this module draws them (`option_widget`). The sections below place these by hand;
-# every other declared widget is drawn in the Options section by `more_options`.
+# The run options' widgets are declared in core.options and drawn by ui.option_widgets. The
+# sections below place these by hand; every other declared widget is drawn in the Options
+# section by `option_widgets.more_options`.
 PLACED_OPTIONS = frozenset(
     {
         "modes",
@@ -68,10 +67,6 @@ PLACED_OPTIONS = frozenset(
         "engine",
     }
 )
-# What only the running server knows: this machine's CPUs (the first value leaves one core
-# for the server).
-_SERVER_MAXIMUM: dict[str, Callable[[], int]] = {"threads": usable_cpus}
-_SERVER_DEFAULT: dict[str, Callable[[], object]] = {"threads": default_threads}
 # A run's options by JobSpec field name, as `launch` passes them to JobSpec.
 RunOptions = dict[str, Any]
 
@@ -109,47 +104,6 @@ def remembered_keys() -> tuple[str, ...]:
     )
 
 
-def first_value(opt: RunOption) -> object:
-    """An option's widget value on a fresh form: the declared default, in the widget's terms."""
-    assert opt.widget is not None
-    if opt.name in _SERVER_DEFAULT:
-        return _SERVER_DEFAULT[opt.name]()
-    value = opt.form_default
-    kind = opt.widget.kind
-    if kind is WidgetKind.MULTISELECT:
-        return list(value or ())
-    if kind in (WidgetKind.TOGGLE, WidgetKind.CHECKBOX):
-        return bool(value)
-    if kind is WidgetKind.TEXT:
-        return "" if value is None else str(value)
-    return value
-
-
-def _limits(opt: RunOption) -> tuple[float | None, float | None]:
-    assert opt.widget is not None
-    high = _SERVER_MAXIMUM[opt.name]() if opt.name in _SERVER_MAXIMUM else opt.widget.maximum
-    return opt.widget.minimum, high
-
-
-def _fits(opt: RunOption, value: object) -> bool:
-    """Whether a remembered value still fits the option's widget (choices and limits change)."""
-    assert opt.widget is not None
-    kind = opt.widget.kind
-    if kind in (WidgetKind.TOGGLE, WidgetKind.CHECKBOX):
-        return isinstance(value, bool)
-    if kind is WidgetKind.TEXT:
-        return isinstance(value, str)
-    if kind in (WidgetKind.RADIO, WidgetKind.SELECT):
-        return value in opt.form_choices
-    if kind is WidgetKind.MULTISELECT:
-        return isinstance(value, list) and all(v in opt.form_choices for v in value)
-    number = float if opt.value_type is float else int
-    if isinstance(value, bool) or not isinstance(value, number):
-        return False
-    low, high = _limits(opt)
-    return (low is None or low <= value) and (high is None or value <= high)
-
-
 def _form_path() -> Path:
     return workspace_home() / FORM_FILE
 
@@ -175,7 +129,7 @@ def _usable(key: str, value: object) -> bool:
     if key == keys.SETUP_INT8_IO:
         return value in {t.value for t in IOType}
     opt = _remembered_options().get(key)
-    return opt is not None and _fits(opt, value)
+    return opt is not None and option_widgets.fits(opt, value)
 
 
 def restore_form() -> None:
@@ -191,7 +145,7 @@ def restore_form() -> None:
         elif key in _FORM_ONLY_DEFAULTS:
             state[key] = _FORM_ONLY_DEFAULTS[key]
         elif key in declared:
-            state[key] = first_value(declared[key])
+            state[key] = option_widgets.first_value(declared[key])
 
 
 def remember_form() -> None:
@@ -202,119 +156,6 @@ def remember_form() -> None:
         # A read-only workspace only loses the convenience, never the run.
         with contextlib.suppress(OSError):
             write_json_atomic(_form_path(), current)
-
-
-def option_widget(name: str, where: Any = None, **overrides: Any) -> Any:
-    """Draw the declared widget of run option `name` in `where` (the page or a column) and
-    return its value. `overrides` are what the page decides as it draws (disabled, a help
-    that names the data set's size, labels that name the server's cluster)."""
-    opt = option(name)
-    widget = opt.widget
-    if widget is None:
-        raise KeyError(f"{name} has no Setup widget")
-    where = st if where is None else where
-    if widget.key not in st.session_state:  # a page switch dropped it, or it is not remembered
-        st.session_state[widget.key] = first_value(opt)
-    kwargs: dict[str, Any] = {"key": widget.key, "help": widget.help, **overrides}
-    kind = widget.kind
-    if kind in (WidgetKind.NUMBER, WidgetKind.SLIDER):
-        low, high = _limits(opt)
-        kwargs = {"min_value": low, "max_value": high, **kwargs}
-        if widget.step is not None:
-            kwargs.setdefault("step", widget.step)
-        elif opt.value_type is int:  # a whole step keeps the value an int (else Streamlit's float)
-            kwargs.setdefault("step", 1)
-        draw = where.number_input if kind is WidgetKind.NUMBER else where.slider
-        return draw(widget.label, **kwargs)
-    if kind is WidgetKind.TEXT:
-        kwargs = {"placeholder": widget.placeholder, "max_chars": widget.max_chars, **kwargs}
-        return where.text_input(widget.label, **kwargs)
-    if kind is WidgetKind.TOGGLE:
-        return where.toggle(widget.label, **kwargs)
-    if kind is WidgetKind.CHECKBOX:
-        return where.checkbox(widget.label, **kwargs)
-    choices = list(opt.form_choices)
-    described = widget.choice_help or {}
-    if kind is WidgetKind.MULTISELECT:
-        if described and "help" not in overrides:
-            kwargs["help"] = "  \n".join(f"**{c}**: {described[c]}" for c in choices)
-        return where.multiselect(widget.label, choices, **kwargs)
-    labels = widget.choice_labels
-    if labels is not None:
-        kwargs.setdefault("format_func", lambda c: labels.get(c, c))
-    elif described:
-        kwargs.setdefault("format_func", lambda c: f"{c}  ({described.get(c, '')})")
-    if kind is WidgetKind.RADIO:
-        kwargs.setdefault("horizontal", True)
-        return where.radio(widget.label, choices, **kwargs)
-    return where.selectbox(widget.label, choices, **kwargs)
-
-
-def _as_typed(opt: RunOption, value: Any) -> Any:
-    """A widget's value as the command line would give it: None for a blank text or a 0 that
-    means "all", a multiselect's choices joined by commas."""
-    assert opt.widget is not None
-    if opt.widget.zero_is_none and not value:
-        return None
-    if opt.widget.kind is WidgetKind.TEXT:
-        return str(value).strip() or None
-    if opt.widget.kind is WidgetKind.MULTISELECT:
-        return ",".join(value)
-    return value
-
-
-def _job_value(opt: RunOption, value: Any) -> Any:
-    """A widget's value checked as the CLI checks it, then turned into the JobSpec field's.
-
-    Raises:
-        QuantLensError: the option's declared check refuses it.
-    """
-    typed = _as_typed(opt, value)
-    for check in opt.checks:
-        check(opt, typed, {})
-    return typed if opt.to_job is None else opt.to_job(typed, {})
-
-
-def _unplaced_options() -> tuple[RunOption, ...]:
-    return tuple(
-        opt for opt in setup_options() if opt.name not in PLACED_OPTIONS and opt.field is not None
-    )
-
-
-def more_options() -> RunOptions:
-    """Every declared option the sections do not place by hand, four to a row, checked as
-    the CLI checks it; returns their values by JobSpec field (a refused one keeps JobSpec's
-    default, and `option_refusal` blocks Run)."""
-    values: RunOptions = {}
-    declared = _unplaced_options()
-    for start in range(0, len(declared), 4):
-        row = declared[start : start + 4]
-        for column, opt in zip(st.columns(4), row, strict=False):
-            raw = option_widget(opt.name, column)
-            refusal = _refusal(opt, raw)
-            if refusal:
-                column.error(refusal)
-                continue
-            assert opt.field is not None
-            values[opt.field] = _job_value(opt, raw)
-    return values
-
-
-def _refusal(opt: RunOption, raw: Any) -> str | None:
-    try:
-        _job_value(opt, raw)
-    except QuantLensError as exc:
-        return str(exc)
-    return None
-
-
-def option_refusal() -> str | None:
-    """The label of the first option `more_options` draws whose value its checks refuse."""
-    for opt in _unplaced_options():
-        assert opt.widget is not None
-        if opt.widget.key in st.session_state and _refusal(opt, st.session_state[opt.widget.key]):
-            return opt.widget.label
-    return None
 
 
 def trusted_allowed() -> bool:
@@ -820,7 +661,7 @@ def options_section(num_samples: int | None) -> RunOptions:
     overlap, calibration_data = calibration_source_option()
     sweep_sizes, sweep_seeds = sweep_option()
     engine, ray_address = engine_option()
-    declared = more_options()
+    declared = option_widgets.more_options(PLACED_OPTIONS)
     return {
         "calibration_samples": int(calib),
         "calibration_overlap": overlap,
@@ -875,6 +716,11 @@ def sweep_refused() -> bool:
     except QuantLensError:
         return True
     return False
+
+
+def option_refusal() -> str | None:
+    """The label of an option drawn by `more_options` whose value is refused, else None."""
+    return option_widgets.option_refusal(PLACED_OPTIONS)
 
 
 def calibration_path_refused() -> bool:
