@@ -107,19 +107,19 @@ def option_widget(name: str, where: Any = None, **overrides: Any) -> Any:
 
 
 def _as_typed(opt: RunOption, value: Any) -> Any:
-    """A widget's value as the command line would give it: None for a blank text or a 0 that
-    means "all", a multiselect's choices joined by commas."""
+    """A widget's value as the command line would give it: the CLI's default for a blank text,
+    None for a 0 that means "all", a multiselect's choices joined by commas."""
     assert opt.widget is not None
     if opt.widget.zero_is_none and not value:
         return None
     if opt.widget.kind is WidgetKind.TEXT:
-        return str(value).strip() or None
+        return str(value).strip() or opt.cli_default
     if opt.widget.kind is WidgetKind.MULTISELECT:
         return ",".join(value)
     return value
 
 
-def _job_value(opt: RunOption, value: Any) -> Any:
+def job_value(opt: RunOption, value: Any) -> Any:
     """A widget's value checked as the CLI checks it, then turned into the JobSpec field's.
 
     Raises:
@@ -129,6 +129,11 @@ def _job_value(opt: RunOption, value: Any) -> Any:
     for check in opt.checks:
         check(opt, typed, {})
     return typed if opt.to_job is None else opt.to_job(typed, {})
+
+
+def value_of(name: str, raw: Any) -> Any:
+    """The JobSpec field's value of option `name`'s widget value `raw`."""
+    return job_value(option(name), raw)
 
 
 def _unplaced(placed: frozenset[str]) -> tuple[RunOption, ...]:
@@ -150,13 +155,13 @@ def more_options(placed: frozenset[str]) -> dict[str, Any]:
                 column.error(refusal)
                 continue
             assert opt.field is not None
-            values[opt.field] = _job_value(opt, raw)
+            values[opt.field] = job_value(opt, raw)
     return values
 
 
 def _refusal(opt: RunOption, raw: Any) -> str | None:
     try:
-        _job_value(opt, raw)
+        job_value(opt, raw)
     except QuantLensError as exc:
         return str(exc)
     return None

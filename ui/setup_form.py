@@ -33,7 +33,7 @@ from core.types import (
     variants_for_backend,
 )
 from ui import cache, fmt, keys, option_widgets, runs
-from ui.option_widgets import option_widget
+from ui.option_widgets import option_widget, value_of
 
 # The operator's switch for trusted mode (off unless set to 1); users then confirm per run.
 TRUSTED_ENV = "QUANTLENS_ALLOW_TRUSTED"
@@ -663,16 +663,16 @@ def options_section(num_samples: int | None) -> RunOptions:
     engine, ray_address = engine_option()
     declared = option_widgets.more_options(PLACED_OPTIONS)
     return {
-        "calibration_samples": int(calib),
+        "calibration_samples": value_of("calibration_samples", calib),
         "calibration_overlap": overlap,
         "calibration_data": calibration_data,
         "calibration_sweep": sweep_sizes,
         "sweep_seeds": sweep_seeds,
-        "max_samples": int(cap) or None,
-        "threads": int(threads),
-        "min_agreement_pct": float(threshold),
-        "verdict": str(verdict),
-        "name": str(name),
+        "max_samples": value_of("samples", cap),
+        "threads": value_of("threads", threads),
+        "min_agreement_pct": value_of("min_agreement", threshold),
+        "verdict": value_of("verdict", verdict),
+        "name": value_of("name", name),
         "trusted": bool(trusted),
         "mlflow_uri": mlflow_uri,
         "engine": engine,
@@ -689,7 +689,7 @@ def calibration_source_option() -> tuple[bool, str | None]:
     if calibration_path_refused():
         c2.error(f"{raw} does not exist; give the path of a CSV, folder or .zip of images.")
         return False, None
-    return (bool(overlap) and not raw), (str(Path(raw).resolve()) if raw else None)
+    return (bool(overlap) and not raw), value_of("calibration_data", raw)
 
 
 def sweep_option() -> tuple[tuple[int, ...], int]:
