@@ -179,10 +179,16 @@ class RunOption:
 
     @property
     def form_choices(self) -> tuple[str, ...]:
-        """The choices Setup offers (a radio's, a select box's, a multiselect's)."""
-        if self.widget is not None and self.widget.choices is not None:
-            return self.widget.choices
-        return self.choices or ()
+        """The choices Setup offers (a radio's, a select box's, a multiselect's): the widget's,
+        else the option's, else those the widget labels or explains."""
+        widget = self.widget
+        if widget is not None and widget.choices is not None:
+            return widget.choices
+        if self.choices is not None:
+            return self.choices
+        if widget is not None:
+            return tuple(widget.choice_labels or widget.choice_help or ())
+        return ()
 
 
 def job_default(field_name: str) -> Any:

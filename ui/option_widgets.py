@@ -91,14 +91,14 @@ def option_widget(name: str, where: Any = None, **overrides: Any) -> Any:
         return where.checkbox(widget.label, **kwargs)
     choices = list(opt.form_choices)
     described = widget.choice_help or {}
+    labels = widget.choice_labels
+    if labels is not None:
+        kwargs.setdefault("format_func", lambda c: labels.get(c, c))
     if kind is WidgetKind.MULTISELECT:
         if described and "help" not in overrides:
             kwargs["help"] = "  \n".join(f"**{c}**: {described[c]}" for c in choices)
         return where.multiselect(widget.label, choices, **kwargs)
-    labels = widget.choice_labels
-    if labels is not None:
-        kwargs.setdefault("format_func", lambda c: labels.get(c, c))
-    elif described:
+    if labels is None and described:
         kwargs.setdefault("format_func", lambda c: f"{c}  ({described.get(c, '')})")
     if kind is WidgetKind.RADIO:
         kwargs.setdefault("horizontal", True)

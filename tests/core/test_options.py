@@ -12,7 +12,7 @@ import pytest
 
 from core import options
 from core.cli import _job_from_args, _parser, main
-from core.options import InCommand
+from core.options import InCommand, RunOption, SetupWidget, WidgetKind
 from core.types import JobSpec
 
 
@@ -75,3 +75,21 @@ def test_a_refused_value_is_one_line_naming_its_flag(
     data.write_text("filepath,label\n", encoding="utf-8")
     assert main(["run", str(model), "--data", str(data), *extra]) == 2
     assert capsys.readouterr().err.strip() == f"error: {message}"
+
+
+def test_setup_offers_the_choices_a_widget_labels_when_the_cli_takes_free_text() -> None:
+    """A multiselect for a comma-separated option (--modes, --runtimes) offers the widget's
+    choices, else the option's, else the ones its labels name."""
+    labelled = RunOption(
+        "kernels",
+        ("--kernels",),
+        widget=SetupWidget(
+            WidgetKind.MULTISELECT,
+            "Kernels",
+            key="setup.kernels",
+            choice_labels={"a": "A", "b": "B"},
+        ),
+    )
+    assert labelled.form_choices == ("a", "b")
+    assert options.option("modes").form_choices[:4] == ("float32", "dynamic", "float16", "int8")
+    assert options.option("verdict").form_choices == ("point", "lower-bound")
