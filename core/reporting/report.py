@@ -111,10 +111,11 @@ def display_name(report: RunReport | Mapping[str, Any], variant: Variant) -> str
 
 
 def parent_name(spec: VariantSpec) -> str | None:
-    """The variant a per-layer override derives from (`int8` for `int8:keep=conv2d`), else None."""
-    if not (spec.float_layers or spec.int16_layers):
+    """The variant a per-layer override or equalization derives from (`int8` for
+    `int8:keep=conv2d`), else None."""
+    if not spec.has_overrides:
         return None
-    return replace(spec, float_layers=(), int16_layers=()).name
+    return spec.without_overrides().name
 
 
 def record_diagnosis(report: dict[str, Any], name: str, summary: dict[str, Any] | None) -> None:
@@ -500,6 +501,9 @@ def format_table(report: RunReport | Mapping[str, Any]) -> str:
             lines.append(f"{shown}: FAIL — {reason}")
         for warning in r.warnings:
             lines.append(f"warning: {shown}: {warning}")
+        causes = v.causes
+        for line in causes.lines() if causes is not None else ():
+            lines.append(f"cause: {shown}: {line}")
         nothing_to_fix = (v.extra.get("auto_fix") or {}).get("nothing_to_fix")
         if nothing_to_fix:
             lines.append(f"auto-fix: {nothing_to_fix}")

@@ -121,6 +121,7 @@ class VariantIdentity(_MappingView):
     backend: Backend = Backend.CONVERTER
     float_layers: tuple[str, ...] = ()
     int16_layers: tuple[str, ...] = ()
+    equalized: bool = False
     role: str = ROLE_SELECTED
     parent: str | None = None
     calibration_samples: int | None = None
@@ -142,6 +143,7 @@ class VariantIdentity(_MappingView):
         "backend",
         "float_layers",
         "int16_layers",
+        "equalized",
         "parent",
         "calibration_samples",
         "calibration_seed",
@@ -160,6 +162,7 @@ class VariantIdentity(_MappingView):
             backend=spec.backend,
             float_layers=spec.float_layers,
             int16_layers=spec.int16_layers,
+            equalized=spec.equalized,
             role=role,
         )
 
@@ -181,6 +184,7 @@ class VariantIdentity(_MappingView):
             backend=Backend(str(entry.get("backend") or Backend.CONVERTER)),
             float_layers=tuple(str(x) for x in entry.get("float_layers") or ()),
             int16_layers=tuple(str(x) for x in entry.get("int16_layers") or ()),
+            equalized=bool(entry.get("equalized", False)),
             role=str(entry.get("role") or ROLE_SELECTED),
             parent=entry.get("parent"),
             calibration_samples=entry.get("calibration_samples"),
@@ -202,6 +206,8 @@ class VariantIdentity(_MappingView):
             "float_layers": list(self.float_layers),
             "int16_layers": list(self.int16_layers),
         }
+        if self.equalized:  # written only when set, so other variants' entries stay as they were
+            d["equalized"] = True
         # Written only when set, so schema-1 content stays as it was.
         for key in ("parent", "calibration_samples", "calibration_seed"):
             value = getattr(self, key)
@@ -225,6 +231,7 @@ class VariantIdentity(_MappingView):
             backend=self.backend,
             float_layers=self.float_layers,
             int16_layers=self.int16_layers,
+            equalized=self.equalized,
         )
 
 
@@ -393,6 +400,84 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+# -- a variant's root causes and fixes (diagnosis.causes, auto_fix) ----------------------------
+
+
+@dataclass(frozen=True)
+class RootCause(_MappingView):
+    """One named cause of a quantized variant's error (core.engine.causes): where (`layer`, and
+    `layers`, the chain the cause and its fixes involve, in graph order), what (`cause`: one of
+    outlier_channel, weight_outliers, clipping, range_collapse, preprocessing, runtime_only,
+    diffuse), one sentence (`words`), the numbers behind it (`evidence`, e.g.
+    `channel_max_abs`, `range_ratio`, `used_levels`) and the fixes that apply, cheapest first
+    (equalize, bias_correction, int16_activations, weight_only, keep_float)."""
+
+    layer: str
+    layers: tuple[str, ...]
+    cause: str
+    words: str
+    fixes: tuple[str, ...] = ()
+    evidence: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RootCause:
+        return cls(
+            layer=str(d["layer"]),
+            layers=tuple(str(x) for x in d.get("layers") or ()),
+            cause=str(d["cause"]),
+            words=str(d.get("words") or ""),
+            fixes=tuple(str(x) for x in d.get("fixes") or ()),
+            evidence=dict(d.get("evidence") or {}),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "layer": self.layer,
+            "layers": list(self.layers),
+            "cause": self.cause,
+            "evidence": _jsonable(self.evidence),
+            "fixes": list(self.fixes),
+            "words": self.words,
+        }
+
+
+@dataclass(frozen=True)
+class VariantCauses(_MappingView):
+    """A variant's `diagnosis.causes` and what they were measured on (`causes_measured_on`:
+    calibration and evaluated image counts, the thresholds the rules applied)."""
+
+    causes: tuple[RootCause, ...] = ()
+    calibration_images: int = 0
+    evaluated_images: int = 0
+    thresholds: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> VariantCauses:
+        """Read the `causes` keys of a variant's `diagnosis` (core.engine.causes.VariantCauses
+        writes the same keys)."""
+        measured = d.get("causes_measured_on") or {}
+        return cls(
+            causes=tuple(RootCause.from_dict(c) for c in d.get("causes") or ()),
+            calibration_images=int(measured.get("calibration_images") or 0),
+            evaluated_images=int(measured.get("evaluated_images") or 0),
+            thresholds=dict(measured.get("thresholds") or {}),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "causes": [c.to_dict() for c in self.causes],
+            "causes_measured_on": {
+                "calibration_images": self.calibration_images,
+                "evaluated_images": self.evaluated_images,
+                "thresholds": _jsonable(self.thresholds),
+            },
+        }
+
+    def lines(self) -> list[str]:
+        """One line per cause, as the CLI summary and report.html list them."""
+        return [f"{c.layer}: {c.words}" for c in self.causes]
+
+
 # -- a variant ---------------------------------------------------------------------------------
 
 
@@ -445,6 +530,15 @@ class Variant(_MappingView):
     @property
     def is_pivot(self) -> bool:
         return self.identity.is_pivot
+
+    @property
+    def causes(self) -> VariantCauses | None:
+        """The root causes its diagnosis named (`diagnosis.causes`); None when it was not
+        diagnosed, or diagnosed before causes were named."""
+        diagnosis = self.extra.get("diagnosis")
+        if not isinstance(diagnosis, Mapping) or "causes" not in diagnosis:
+            return None
+        return VariantCauses.from_dict(diagnosis)
 
     def with_result(self, **changes: Any) -> Variant:
         """A copy with some result fields changed (the object itself is frozen)."""

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.engine.selective import Measurement, greedy_fix, sensitivity_scan
+from core.engine.fixes.keep_float import Measurement, greedy_fix, sensitivity_scan
 from core.errors import ConversionFailed
 from core.reporting.report import chosen_step
 from tests.core.test_cli import run_cli

@@ -34,7 +34,7 @@ from core.jobs.protocol import DECODED_CACHE
 from core.types import NEEDS_CALIBRATION, JobSpec, Mode, Sample, VariantSpec
 
 if TYPE_CHECKING:
-    from core.engine.selective import Measurement
+    from core.engine.fixes.keep_float import Measurement
 
 DERIVED_BY_AUTO_FIX = "auto-fix"  # a variant entry's `derived_by`: added by --auto-fix
 DIAGNOSIS_THREADS = 2  # quantizer variants diagnosed at once (the machines here have 2 cores)
@@ -126,7 +126,39 @@ def _diagnosis(
         return _Diagnosis(None, [f"no per-layer diagnosis: {_first_line(exc)}"])
     details, warning = write_layer_details(run, spec, flipped, reference.calibration, float_model)
     summary["details"] = details
-    return _Diagnosis(summary, [warning] if warning else [])
+    warnings = [warning] if warning else []
+    causes, cause_warning = root_causes(run, spec, summary, flipped, reference.calibration, float_model)
+    summary.update(causes)
+    warnings += [cause_warning] if cause_warning else []
+    return _Diagnosis(summary, warnings)
+
+
+def root_causes(
+    run: RunContext,
+    spec: VariantSpec,
+    summary: dict[str, Any],
+    flipped: np.ndarray,
+    calibration: np.ndarray,
+    float_model: bytes,
+) -> tuple[dict[str, Any], str | None]:
+    """The variant's root causes in words (core.engine.causes) for its diagnosis's suspects,
+    measured on the calibration images and the flipped ones (the calibration images when it
+    flipped none), as the typed `diagnosis.causes`; or nothing and a warning."""
+    from core.engine.causes import find_causes
+    from core.reporting.runmodel import VariantCauses
+
+    run.emit("diagnose", 0.95, f"{spec.name}: root causes", spec.name)
+    try:
+        found = find_causes(
+            float_model,
+            rundir.tflite_path(run.run_dir, spec).read_bytes(),
+            calibration=calibration,
+            evaluated=flipped if len(flipped) else calibration,
+            suspects=[s["layer"] for s in summary.get("suspects") or ()],
+        )
+    except (QuantLensError, ValueError, RuntimeError, OSError) as exc:
+        return {}, f"no root causes: {_first_line(exc)}"
+    return VariantCauses.from_dict(found.to_dict()).to_dict(), None
 
 
 def _record(run: RunContext, spec: VariantSpec, found: _Diagnosis) -> None:
@@ -267,7 +299,7 @@ def _auto_fix_variant(
 ) -> VariantSpec | None:
     """Scan and fix one variant; records `auto_fix` on its entry and, when the fix is a new
     variant, adds its pending entry to report.json and returns its spec."""
-    from core.engine import selective
+    from core.engine.fixes import keep_float as selective
     from core.engine.diagnose import LAYERS_SUFFIX, statistic_ranks
     from core.reporting.report import ROLE_SELECTED, chosen_step, pending_variant
 
@@ -327,7 +359,7 @@ def _search_here(
     progress: Progress,
 ) -> Search:
     """The scan and the greedy fix on this machine, on the decoded-image cache."""
-    from core.engine import selective
+    from core.engine.fixes import keep_float as selective
 
     assert reference.calibration is not None  # checked by the caller
     make = selective.keep_float_maker(
@@ -371,7 +403,8 @@ def _search_on_ray(
     ranks and picks with selective's own functions, the measurements computed as
     measure_tflite does. The scan has no time budget here: it runs in parallel.
     """
-    from core.engine import ray_engine, selective
+    from core.engine import ray_engine
+    from core.engine.fixes import keep_float as selective
     from core.engine.stages.ray_evaluate import reference_source
 
     assert reference.calibration is not None  # checked by the caller
@@ -480,7 +513,7 @@ def _meets_bar(job: JobSpec, measured: Measurement) -> bool:
 def parent_measurement(entry: dict[str, Any]) -> Measurement:
     """The parent variant as auto-fix's search starts from it: its own evaluation, which is the
     measurement `measure_tflite(limit=None)` would repeat."""
-    from core.engine.selective import Measurement
+    from core.engine.fixes.keep_float import Measurement
 
     kl = entry.get("mean_kl")
     return Measurement(
@@ -517,7 +550,7 @@ def measure_tflite(
 
 def measurement(reference: ReferenceOutputs, outputs: np.ndarray, size_bytes: int) -> Measurement:
     """Agreement and mean KL of a model's raw outputs on the first len(outputs) rows."""
-    from core.engine.selective import Measurement
+    from core.engine.fixes.keep_float import Measurement
     from core.metrics.agreement import sample_records, to_probabilities
 
     total = len(outputs)
