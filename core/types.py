@@ -519,7 +519,11 @@ class JobSpec:
     ray_address: str | None = None  # a Ray cluster's HOST:PORT; None starts a local Ray
     ray_node_ip: str | None = None  # this machine's address in the cluster (--ray-node-ip)
     ray_connect_timeout_s: float = 30.0  # connect to the cluster's first answer, at most
-    auto_fix: int | None = None  # keep up to K layers float in a variant below the bar (issue 12)
+    auto_fix: int | None = (
+        None  # the fix ladder for variants below the bar; K: most layers kept float
+    )
+    fix: str | None = None  # "integer-only": the ladder's rungs that keep the model integer-only
+    fix_budget: int | None = None  # candidate evaluations per variant (None: the default)
     # Calibration (issue 13): a separate set (nothing held out), or calibrate on images that are
     # also evaluated; by default they are held out when the data set has 2x calibration_samples.
     calibration_data: str | None = None

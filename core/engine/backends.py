@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from core.engine.convert import ConversionResult, tflite_from_converter
+from core.engine.fixes.keep_float import tflite_keeping_float
 from core.engine.models import ReferenceModel
 from core.engine.quantizer import tflite_from_quantizer
-from core.engine.fixes.keep_float import tflite_keeping_float
 from core.types import Backend, VariantSpec
 
 

@@ -18,13 +18,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from core.engine.stages.auto_fix import auto_fix
 from core.engine.stages.context import ProgressFn, RunContext, effective_threads
 from core.engine.stages.convert import (
     ConversionInputs,
     conversions_started,
     convert_in_background,
 )
-from core.engine.stages.diagnose import auto_fix, diagnose_variants
+from core.engine.stages.diagnose import diagnose_variants
 from core.engine.stages.evaluate import run_evaluation
 from core.engine.stages.files import DecodedCache
 from core.engine.stages.finish import finish

@@ -859,8 +859,8 @@ def _candidates_task(
     """On a worker: load the original, make each candidate, run it on the images."""
     import tempfile
 
-    from core.engine.models import load_reference
     from core.engine.fixes.keep_float import keep_float_maker
+    from core.engine.models import load_reference
 
     with tempfile.TemporaryDirectory(prefix="quantlens-ray-") as folder:
         path = _unpack_model(

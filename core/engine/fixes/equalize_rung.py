@@ -69,7 +69,9 @@ def equalized_reference(model: ReferenceModel, calibration: np.ndarray) -> Equal
         return found
 
 
-def verify(model: ReferenceModel, equalized: EqualizedReference, images: np.ndarray) -> Verification:
+def verify(
+    model: ReferenceModel, equalized: EqualizedReference, images: np.ndarray
+) -> Verification:
     """The equalized float model against the original on `images`: top-1 agreement and max
     |Δ output|.
 

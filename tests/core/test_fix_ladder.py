@@ -1,0 +1,154 @@
+"""The fix ladder end to end: on a model whose int8 collapses from one outlier activation
+channel, `--auto-fix` tries equalization first, measures every rung on a seeded half of the
+images, and derives an integer-only variant judged only on the other half; its agreement there
+is recomputed here from its own `.tflite` with ai_edge_litert and the original with Keras."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.core.test_cli import run_cli
+
+
+def build_held_out_outlier_model(path: Path) -> Path:
+    """A small conv net (not the demo's: other seed, widths and pooling) whose first conv's
+    busiest output channel is multiplied by 300 and the next conv's matching input weights
+    divided by 300: the same function, and a per-tensor int8 activation scale that rounds the
+    other channels onto a sliver of the grid. Saved as `.keras` so the Keras layers can be
+    equalized."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(11)
+    inputs = keras.Input((16, 16, 3), name="image")
+    x = layers.Conv2D(12, 3, padding="same", activation="relu", name="stem")(inputs)
+    x = layers.MaxPooling2D(2, name="pool")(x)
+    x = layers.Conv2D(16, 3, padding="same", activation="relu", name="body")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = layers.Dense(6, name="logits")(x)
+    model = keras.Model(inputs, outputs)
+    probe = np.random.default_rng(1).uniform(0, 1, (32, 16, 16, 3)).astype(np.float32)
+    stem = keras.Model(inputs, model.get_layer("stem").output)
+    channel = int(np.argmax(np.abs(np.asarray(stem(probe))).mean(axis=(0, 1, 2))))
+    w, b = model.get_layer("stem").get_weights()
+    w[..., channel] *= 300.0
+    b[channel] *= 300.0
+    model.get_layer("stem").set_weights([w, b])
+    w, b = model.get_layer("body").get_weights()
+    w[:, :, channel, :] /= 300.0
+    model.get_layer("body").set_weights([w, b])
+    model.save(path)
+    return path
+
+
+def write_images(root: Path, count: int = 64) -> Path:
+    """`count` unlabelled 16x16 PNGs of smooth colour fields with noise (seeded)."""
+    from PIL import Image
+
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(5)
+    names = []
+    for i in range(count):
+        ramp = np.linspace(0, 1, 16)[None, :, None] * rng.uniform(-120, 120, (1, 1, 3))
+        base = rng.uniform(40, 215, (1, 1, 3)) + ramp
+        pixels = np.clip(base + rng.normal(0, 30, (16, 16, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(root / f"{i}.png")
+        names.append(f"{i}.png")
+    (root / "data.csv").write_text("filepath\n" + "".join(f"{n}\n" for n in names))
+    return root / "data.csv"
+
+
+def _rows(out: Path) -> list[str]:
+    """The evaluated images' paths in samples.csv row order."""
+    with (out / "samples.csv").open(encoding="utf-8") as f:
+        return [row["relpath"] for row in csv.DictReader(f)]
+
+
+def _keras_top1(model_path: Path, images: np.ndarray) -> np.ndarray:
+    import keras
+
+    model = keras.saving.load_model(model_path, compile=False)
+    return np.asarray(model(images, training=False)).argmax(axis=1)
+
+
+def _litert_top1(tflite: bytes, images: np.ndarray) -> np.ndarray:
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=tflite, num_threads=1)
+    interpreter.allocate_tensors()
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    top1 = []
+    for image in images:
+        x = image[None].astype(np.float64)
+        if inp["dtype"] != np.float32:
+            scale, zero = inp["quantization"]
+            x = np.clip(np.round(x / scale) + zero, -128, 127)
+        interpreter.set_tensor(inp["index"], x.astype(inp["dtype"]))
+        interpreter.invoke()
+        top1.append(int(np.argmax(interpreter.get_tensor(out["index"])[0])))
+    return np.array(top1)
+
+
+@pytest.mark.slow
+def test_auto_fix_derives_an_integer_only_fix_judged_on_images_the_search_did_not_see(
+    tmp_path: Path,
+) -> None:
+    from PIL import Image
+
+    model = build_held_out_outlier_model(tmp_path / "held_out_outlier.keras")
+    data = write_images(tmp_path / "data")
+    out = tmp_path / "out"
+    done = run_cli(
+        "run", str(model), "--data", str(data), "--modes", "int8", "--auto-fix=2",
+        "--preprocess", "unit", "--min-agreement", "97", "--latency-runs", "3",
+        "--out", str(out), home=tmp_path,
+    )  # fmt: skip
+    report = json.loads((out / "report.json").read_text())
+    by_name = {v["name"]: v for v in report["variants"]}
+    parent = by_name["int8"]
+    assert parent["top1_agreement_pct"] < 80, parent["top1_agreement_pct"]  # int8 collapses
+    # Its diagnosis names the outlier channel between the two convs, in words, and the CLI says so.
+    causes = parent["diagnosis"]["causes"]
+    outlier = next(c for c in causes if c["cause"] == "outlier_channel")
+    assert outlier["layer"] == "stem" and "equalize" in outlier["fixes"]
+    assert f"cause: int8: stem: {outlier['words']}" in done.stdout, done.stdout
+    search = parent["auto_fix"]["search"]
+    # The split: disjoint, covering every image, seeded.
+    selected, held_out = set(search["selected_rows"]), set(search["held_out_rows"])
+    assert not selected & held_out and len(selected | held_out) == 64 and search["seed"] == 0
+    # Every rung tried is recorded, cheapest first; equalization was verified in float first.
+    kinds = [c["kind"] for c in search["candidates"]]
+    assert kinds[0] == "equalize" and "keep_float" in kinds
+    equalized = search["candidates"][0]
+    assert equalized["status"] == "measured" and equalized["integer_only"] is True
+    assert equalized["fix"]["layers"] and equalized["fix"]["float_top1_agreement_pct"] == 100.0
+    assert equalized["fix"]["float_max_abs_delta"] < 1e-3
+    assert equalized["n"] == len(selected)
+    assert search["evaluations"] <= search["budget"]
+    assert search["chosen"] == equalized["variant"] == "int8:eq" and search["chosen_meets_bar"]
+    assert "int8:eq" in search["pareto"]
+    # The derived variant: integer-only, within 2 points of float32 TFLite, at most +1 % size.
+    derived = by_name["int8:eq"]
+    assert derived["parent"] == "int8" and derived["status"] == "done"
+    assert derived["size_bytes"] <= 1.01 * parent["size_bytes"]
+    assert derived["top1_agreement_pct"] >= by_name["float32"]["top1_agreement_pct"] - 2
+    tflite = (out / f"{derived['file_id']}.tflite").read_bytes()
+    # Recomputed without QuantLens on the held-out images only: Keras vs ai_edge_litert.
+    paths = _rows(out)
+    chosen_rows = sorted(held_out)
+    images = np.stack(
+        [
+            np.asarray(Image.open(data.parent / paths[r]).convert("RGB"), dtype=np.float32) / 255
+            for r in chosen_rows
+        ]
+    )
+    recomputed = 100 * np.mean(_keras_top1(model, images) == _litert_top1(tflite, images))
+    judged = derived["judged_on_held_out"]
+    assert judged["n"] == len(held_out)
+    assert judged["top1_agreement_pct"] == pytest.approx(recomputed)
+    assert derived["passed"] is (judged["top1_agreement_pct"] >= 97)
