@@ -118,9 +118,26 @@ def _parser() -> argparse.ArgumentParser:
         const=5,
         default=None,
         metavar="K",
-        help="for each int8 (or quantizer) variant below --min-agreement, keep up to K layers "
-        "(default 5) in float, most sensitive first as measured, until it meets the bar; the "
-        "result is a derived variant (write --auto-fix=K before MODEL)",
+        help="for each int8 (or quantizer) variant below --min-agreement, run the fix ladder, "
+        "cheapest first: cross-layer equalization, 16-bit activations for the culprit chain, "
+        "then up to K layers (default 5) kept in float; each rung is measured on a seeded half "
+        "of the images and the chosen fix, a derived variant, is judged on the other half "
+        "(write --auto-fix=K before MODEL)",
+    )
+    run.add_argument(
+        "--fix",
+        choices=("integer-only",),
+        default=None,
+        help="with --auto-fix: only rungs that keep the model integer-only (no float compute), "
+        "for NPUs, Edge TPUs and microcontrollers",
+    )
+    run.add_argument(
+        "--fix-budget",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --auto-fix: at most N candidate evaluations per variant (default 24); a "
+        "count, not seconds, so every machine derives the same fix",
     )
     run.add_argument(
         "--samples",
@@ -363,6 +380,7 @@ def _job_from_args(args: argparse.Namespace) -> JobSpec:
         ("--threads", args.threads, 1),
         ("--latency-runs", args.latency_runs, 1),
         ("--auto-fix", args.auto_fix, 1),
+        ("--fix-budget", args.fix_budget, 1),
         ("--latency-budget", args.latency_budget, 0.01),
     ):
         if value is not None and value < low:
@@ -429,6 +447,8 @@ def _job_from_args(args: argparse.Namespace) -> JobSpec:
         ray_node_ip=node_ip if args.engine == "ray" else None,
         ray_connect_timeout_s=args.ray_connect_timeout,
         auto_fix=args.auto_fix,
+        fix=args.fix,
+        fix_budget=args.fix_budget,
         calibration_data=str(Path(calibration_data).resolve()) if calibration_data else None,
         calibration_overlap=args.calibration_overlap,
         calibration_sweep=sweep,

@@ -140,9 +140,14 @@ def chosen_step(steps: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
     return next(s for s in kept if float(s["agreement_pct"]) == best)
 
 
-def pending_variant(spec: VariantSpec, *, role: str = ROLE_SELECTED) -> dict[str, Any]:
-    """A variant entry before its work starts: every metric null (`parent` for a derived one)."""
-    identity = replace(VariantIdentity.from_spec(spec, role=role), parent=parent_name(spec))
+def pending_variant(
+    spec: VariantSpec, *, role: str = ROLE_SELECTED, parent: str | None = None
+) -> dict[str, Any]:
+    """A variant entry before its work starts: every metric null (`parent` for a derived one:
+    given, e.g. `int8` for the fix ladder's `int8_q:int16=...`, or read from the name)."""
+    identity = replace(
+        VariantIdentity.from_spec(spec, role=role), parent=parent or parent_name(spec)
+    )
     return Variant(identity).to_dict()
 
 

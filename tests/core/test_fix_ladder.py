@@ -104,7 +104,7 @@ def test_auto_fix_derives_an_integer_only_fix_judged_on_images_the_search_did_no
     data = write_images(tmp_path / "data")
     out = tmp_path / "out"
     done = run_cli(
-        "run", str(model), "--data", str(data), "--modes", "int8", "--auto-fix=2",
+        "run", str(model), "--data", str(data), "--modes", "int8", "--auto-fix=2", "--fix-budget", "8",
         "--preprocess", "unit", "--min-agreement", "97", "--latency-runs", "3",
         "--out", str(out), home=tmp_path,
     )  # fmt: skip
@@ -129,7 +129,9 @@ def test_auto_fix_derives_an_integer_only_fix_judged_on_images_the_search_did_no
     assert equalized["fix"]["layers"] and equalized["fix"]["float_top1_agreement_pct"] == 100.0
     assert equalized["fix"]["float_max_abs_delta"] < 1e-3
     assert equalized["n"] == len(selected)
-    assert search["evaluations"] <= search["budget"]
+    # The budget counts evaluations: 8, spent before the keep-float scan ran out of layers.
+    assert search["budget"] == 8 and search["evaluations"] <= 8 and search["truncated"]
+    assert "--fix-budget 8" in report["run"]["command"]
     assert search["chosen"] == equalized["variant"] == "int8:eq" and search["chosen_meets_bar"]
     assert "int8:eq" in search["pareto"]
     # The derived variant: integer-only, within 2 points of float32 TFLite, at most +1 % size.

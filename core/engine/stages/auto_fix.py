@@ -244,7 +244,10 @@ def _auto_fix_variant(
         return None, split
     # Saved before any work on it: a restarted worker re-adds it to the job (stages.start).
     run.report.data["variants"].append(
-        {**pending_variant(derived, role=ROLE_SELECTED), "derived_by": DERIVED_BY_AUTO_FIX}
+        {
+            **pending_variant(derived, role=ROLE_SELECTED, parent=name),
+            "derived_by": DERIVED_BY_AUTO_FIX,
+        }
     )
     run.report.save()
     return derived, split
@@ -273,6 +276,7 @@ def _try_rung(
     """Make one rung's variant and measure it (one evaluation of the budget); a rung that
     does not apply, cannot be made or is refused is recorded with its one-line reason."""
     from core.engine.backends import tflite_from_reference
+    from core.engine.equalize import EqualizationError
     from core.engine.flatbuffer import integer_only
 
     if rung.spec is None:
@@ -302,6 +306,9 @@ def _try_rung(
             cache_dir=run.cache_dir,
         ).tflite
         measured = bench.measure(tflite)
+    except EqualizationError as exc:  # nothing to pair, or the float model changed: no fix
+        budget.used -= 1  # nothing was measured
+        return replace(base, fix=fix, status="skipped", reason=_first_line(exc))
     except (QuantLensError, ValueError, RuntimeError) as exc:
         return replace(base, fix=fix, reason=_first_line(exc))
     return replace(

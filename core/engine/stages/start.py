@@ -365,6 +365,10 @@ def reproduce_command(job: JobSpec) -> str:
         parts.append(f"--mlflow={shlex.quote(job.mlflow_uri)}")
     if job.auto_fix:
         parts.append(f"--auto-fix={job.auto_fix}")
+    if job.fix:
+        parts += ["--fix", job.fix]
+    if job.fix_budget is not None:
+        parts += ["--fix-budget", str(job.fix_budget)]
     if job.calibration_data:
         parts += ["--calibration-data", shlex.quote(job.calibration_data)]
     if job.calibration_overlap:
