@@ -338,20 +338,22 @@ def test_auto_fix_on_a_variant_that_meets_the_bar_says_there_is_nothing_to_fix(
 
 @pytest.mark.slow
 def test_a_variant_auto_fix_added_survives_a_worker_restart(tmp_path: Path) -> None:
-    """int8's fix is added and evaluated, then int8_q's fix crashes its worker (an injected
-    segfault); the restarted worker still counts int8's fix as part of the job and times it."""
+    """int8's fix is added and evaluated, then int8-float32's fix crashes its worker (an
+    injected segfault); the restarted worker still counts int8's fix as part of the job and
+    times it."""
     model = build_outlier_model(tmp_path / "outlier")
     data = _write_images(tmp_path / "data")
     out = tmp_path / "out"
-    # The name the greedy search reaches on this model and data (measured once, deterministic).
-    crashing = "int8_q:keep=mix+pool+wide"
+    # The rung the ladder reaches on this model and data (measured once, deterministic): 16-bit
+    # activations for the outlier chain, on the quantizer, with the parent's float I/O.
+    crashing = "int8-float32_q:int16=mix+wide"
     run_cli(
         "run",
         str(model),
         "--data",
         str(data),
         "--modes",
-        "int8,int8_q",
+        "int8,int8-float32",
         "--auto-fix=4",
         "--preprocess",
         "unit",

@@ -117,6 +117,7 @@ def test_auto_fix_derives_an_integer_only_fix_judged_on_images_the_search_did_no
     outlier = next(c for c in causes if c["cause"] == "outlier_channel")
     assert outlier["layer"] == "stem" and "equalize" in outlier["fixes"]
     assert f"cause: int8: stem: {outlier['words']}" in done.stdout, done.stdout
+    assert outlier["words"] in (out / "report.html").read_text(encoding="utf-8")
     search = parent["auto_fix"]["search"]
     # The split: disjoint, covering every image, seeded.
     selected, held_out = set(search["selected_rows"]), set(search["held_out_rows"])
@@ -154,3 +155,32 @@ def test_auto_fix_derives_an_integer_only_fix_judged_on_images_the_search_did_no
     assert judged["n"] == len(held_out)
     assert judged["top1_agreement_pct"] == pytest.approx(recomputed)
     assert derived["passed"] is (judged["top1_agreement_pct"] >= 97)
+
+
+def _variant(name: str, size: int, low: float, **extra: object) -> dict[str, object]:
+    return {
+        "name": name, "mode": "int8", "status": "done", "size_bytes": size, "n": 64,
+        "top1_agreement_pct": 100.0, "top1_agreement_ci95": [low, 100.0], "passed": True,
+        "latency_ms": {"p50": 0.1, "n": 3}, **extra,
+    }  # fmt: skip
+
+
+def test_the_recommendation_judges_a_derived_fix_on_its_held_out_images_only() -> None:
+    """A fix that looks perfect on every image (its search's images included) is recommended
+    only if its lower bound on the images the search did not see meets the bar."""
+    from core.reporting.recommend import recommendation
+
+    held_out = {
+        "n": 8, "agreeing": 7, "top1_agreement_pct": 87.5,
+        "top1_agreement_ci95": [52.9, 97.8], "passed": False,
+    }  # fmt: skip
+    report = {
+        "options": {"min_agreement_pct": 90.0},
+        "variants": [
+            _variant("int8:eq", 100, 94.3, parent="int8", judged_on_held_out=held_out),
+            _variant("float16", 200, 94.3),
+        ],
+    }
+    assert recommendation(report)["variant"] == "float16"
+    report["variants"][0]["judged_on_held_out"] = {**held_out, "top1_agreement_ci95": [91.0, 100]}
+    assert recommendation(report)["variant"] == "int8:eq"

@@ -63,15 +63,17 @@ def auto_fix(run: RunContext, reference: ReferenceOutputs) -> RunContext:
         return run
     _note_nothing_to_fix(run)
     todo = [s for s in run.specs if auto_fix_applies(s, run.report.variant(s.name), run.job)]
-    if not todo:
-        return run
-    with _cluster_session(run):  # on --engine ray, one session for every search
-        for spec in todo:
-            derived, split = _auto_fix_variant(run, reference, spec)
-            if derived is not None:
-                run = replace(run, specs=(*run.specs, derived))
-                _convert_and_evaluate(run, reference, derived)
-                _judge_on_held_out(run, derived, split)
+    if todo:
+        with _cluster_session(run):  # on --engine ray, one session for every search
+            for spec in todo:
+                derived = _auto_fix_variant(run, reference, spec)
+                if derived is not None:
+                    run = replace(run, specs=(*run.specs, derived))
+                    _convert_and_evaluate(run, reference, derived)
+    # Every derived fix is judged on its held-out images, including one a restarted worker
+    # evaluated with the other pending variants.
+    for spec in run.specs:
+        _judge_on_held_out(run, spec)
     return run
 
 
@@ -186,7 +188,7 @@ def _p50_ms(tflite: bytes, image_shape: tuple[int, int, int]) -> float:
 
 def _auto_fix_variant(
     run: RunContext, reference: ReferenceOutputs, spec: VariantSpec
-) -> tuple[VariantSpec | None, Split | None]:
+) -> VariantSpec | None:
     """Walk the ladder for one variant; records `auto_fix` on its entry and, when a candidate
     was measured, adds the chosen one's pending entry to report.json and returns its spec."""
     from core.reporting.report import ROLE_SELECTED, pending_variant
@@ -196,13 +198,13 @@ def _auto_fix_variant(
     if reference.calibration is None:
         entry["auto_fix"] = {"error": "no calibration images to make a fix with"}
         run.report.save()
-        return None, None
+        return None
     try:
         split = split_rows(len(reference), run.job.seed)
     except ValueError as exc:
         entry["auto_fix"] = {"error": str(exc)}
         run.report.save()
-        return None, None
+        return None
 
     def progress(fraction: float, message: str) -> None:
         run.emit("auto-fix", fraction, f"{name}: {message}", name)
@@ -241,7 +243,7 @@ def _auto_fix_variant(
     )
     if derived is None or any(v["name"] == derived.name for v in run.report.data["variants"]):
         run.report.save()
-        return None, split
+        return None
     # Saved before any work on it: a restarted worker re-adds it to the job (stages.start).
     run.report.data["variants"].append(
         {
@@ -250,7 +252,7 @@ def _auto_fix_variant(
         }
     )
     run.report.save()
-    return derived, split
+    return derived
 
 
 def _skipped(spec: VariantSpec, kind: str, reason: str) -> FixCandidate:
@@ -617,16 +619,23 @@ def _convert_and_evaluate(
         diagnose_finished(run, reference, spec)
 
 
-def _judge_on_held_out(run: RunContext, spec: VariantSpec, split: Split | None) -> None:
-    """The derived variant's verdict on the images its search did not see: `judged_on_held_out`
-    (n, agreement, Wilson interval) and `passed` from it; its other metrics stay all-image."""
+def _judge_on_held_out(run: RunContext, spec: VariantSpec) -> None:
+    """A derived fix's verdict on the images its search did not see: `judged_on_held_out`
+    (n, agreement, Wilson interval) and `passed` from it; its other metrics stay all-image.
+    Does nothing for a variant that is no finished auto-fix result or is judged already."""
     from core.metrics.agreement import wilson_interval
     from core.reporting.report import meets_threshold
 
     entry = run.report.variant(spec.name)
-    if split is None or entry.get("status") != "done" or entry.get("verdict_reason"):
+    if entry.get("derived_by") != DERIVED_BY_AUTO_FIX or "judged_on_held_out" in entry:
         return
-    agree = written_agreement(run, spec)[np.asarray(split.held_out, dtype=np.int64)]
+    if entry.get("status") != "done" or entry.get("verdict_reason"):
+        return
+    parent = Variant.from_dict(run.report.variant(entry["parent"])) if entry.get("parent") else None
+    search = None if parent is None else parent.fix_search
+    if search is None or not search.held_out_rows:
+        return
+    agree = written_agreement(run, spec)[np.asarray(search.held_out_rows, dtype=np.int64)]
     n, agreeing = int(agree.size), int(agree.sum())
     low, high = wilson_interval(agreeing, n)
     pct = 100.0 * agreeing / n
