@@ -40,7 +40,7 @@ def tflite_from_reference(
     """
     if spec.equalized:
         from core.engine.equalize import EqualizationError
-        from core.engine.fixes.equalize_rung import equalized_reference
+        from core.engine.fixes.equalize_rung import equalized_reference, equalized_sha
         from core.errors import ConversionFailed
 
         if calibration is None:
@@ -49,7 +49,7 @@ def tflite_from_reference(
             model = equalized_reference(model, calibration).reference
         except EqualizationError as exc:
             raise ConversionFailed(f"{spec.name}: {exc}") from None
-        model_sha256 = f"{model_sha256}:{spec.name}"  # the cache key names the edited weights
+        model_sha256 = equalized_sha(model_sha256, calibration)  # the edited weights' key
     if spec.backend is Backend.QUANTIZER:
         return tflite_from_quantizer(
             model,

@@ -509,6 +509,7 @@ def format_table(report: RunReport | Mapping[str, Any]) -> str:
         causes = v.causes
         for line in causes.lines() if causes is not None else ():
             lines.append(f"cause: {shown}: {line}")
+        lines.extend(fix_lines(v))
         nothing_to_fix = (v.extra.get("auto_fix") or {}).get("nothing_to_fix")
         if nothing_to_fix:
             lines.append(f"auto-fix: {nothing_to_fix}")
@@ -525,6 +526,37 @@ def format_table(report: RunReport | Mapping[str, Any]) -> str:
         lines.append(f"warning: {warning}")
     lines.extend(recommendation_lines(report.recommendation))
     return "\n".join(lines)
+
+
+def fix_lines(v: Variant) -> list[str]:
+    """The fix ladder's search on a parent (what it tried, on how many images, what it chose)
+    and a derived fix's verdict on the images that search did not see."""
+    shown = short_name(v.name)
+    lines = []
+    search = v.fix_search
+    if search is not None:
+        measured = sum(c.status == "measured" for c in search.candidates)
+        cut = ", cut short by the budget" if search.truncated else ""
+        chose = (
+            f"chose {short_name(search.chosen)}"
+            + ("" if search.chosen_meets_bar else " (best so far; below the bar)")
+            if search.chosen
+            else "nothing beat it"
+        )
+        lines.append(
+            f"auto-fix: {shown}: {measured} candidates measured on "
+            f"{counted(len(search.selected_rows), 'image')} ({search.evaluations} of "
+            f"{search.budget} evaluations{cut}); {chose}"
+        )
+    held_out = v.held_out
+    if held_out is not None:
+        low, high = held_out.top1_agreement_ci95
+        lines.append(
+            f"{shown}: verdict on the {counted(held_out.n, 'image')} its fix search did not "
+            f"see: {held_out.top1_agreement_pct:.2f} % [{low:.1f}, {high:.1f}] "
+            f"{'PASS' if held_out.passed else 'FAIL'}"
+        )
+    return lines
 
 
 def split_sentence(split: Mapping[str, int]) -> str:

@@ -529,7 +529,8 @@ class FixSearch(_MappingView):
     (`held_out_rows`). `budget` counts candidate evaluations; `truncated` says the budget ran
     out before the ladder did. `pareto` names the measured candidates no other beats on
     agreement, size, p50 latency and integer-only at once. `chosen` is the variant the search
-    derived (the cheapest rung meeting the bar, else the best so far: `chosen_meets_bar`).
+    derived (the cheapest rung meeting the bar, else the best so far when it beats the parent
+    on the same images, `parent_agreement_pct`: `chosen_meets_bar` says which).
     """
 
     seed: int
@@ -543,6 +544,7 @@ class FixSearch(_MappingView):
     pareto: tuple[str, ...]
     chosen: str | None
     chosen_meets_bar: bool
+    parent_agreement_pct: float | None = None  # the parent on the same selection images
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> FixSearch:
@@ -558,6 +560,7 @@ class FixSearch(_MappingView):
             pareto=tuple(str(x) for x in d.get("pareto") or ()),
             chosen=d.get("chosen"),
             chosen_meets_bar=bool(d.get("chosen_meets_bar")),
+            parent_agreement_pct=d.get("parent_agreement_pct"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -573,6 +576,7 @@ class FixSearch(_MappingView):
             "pareto": list(self.pareto),
             "chosen": self.chosen,
             "chosen_meets_bar": self.chosen_meets_bar,
+            "parent_agreement_pct": self.parent_agreement_pct,
         }
 
 

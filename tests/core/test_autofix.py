@@ -201,6 +201,9 @@ def test_the_cheapest_rung_that_meets_the_bar_is_chosen_and_pareto_keeps_the_res
     worse = c("keep_float", "int8:keep=b", 90.0, 150, 2.0, False)
     assert choose([eq, i16, kf, worse], integer_only=False) == (eq, True)
     assert choose([kf], integer_only=True) == (None, False)
+    # Nothing meets the bar: the best so far, only when it beats the parent on those images.
+    assert choose([worse], integer_only=False, parent_pct=80.0) == (worse, False)
+    assert choose([worse], integer_only=False, parent_pct=90.0) == (None, False)
     assert set(pareto([eq, i16, kf, worse])) == {"int8:eq", "int8_q:int16=a", "int8:keep=a"}
 
 

@@ -100,6 +100,8 @@ def test_auto_fix_derives_an_integer_only_fix_judged_on_images_the_search_did_no
 ) -> None:
     from PIL import Image
 
+    from core.reporting.html import render_report_html
+
     model = build_held_out_outlier_model(tmp_path / "held_out_outlier.keras")
     data = write_images(tmp_path / "data")
     out = tmp_path / "out"
@@ -117,7 +119,7 @@ def test_auto_fix_derives_an_integer_only_fix_judged_on_images_the_search_did_no
     outlier = next(c for c in causes if c["cause"] == "outlier_channel")
     assert outlier["layer"] == "stem" and "equalize" in outlier["fixes"]
     assert f"cause: int8: stem: {outlier['words']}" in done.stdout, done.stdout
-    assert outlier["words"] in (out / "report.html").read_text(encoding="utf-8")
+    assert outlier["words"] in render_report_html(out)
     search = parent["auto_fix"]["search"]
     # The split: disjoint, covering every image, seeded.
     selected, held_out = set(search["selected_rows"]), set(search["held_out_rows"])
@@ -155,6 +157,11 @@ def test_auto_fix_derives_an_integer_only_fix_judged_on_images_the_search_did_no
     assert judged["n"] == len(held_out)
     assert judged["top1_agreement_pct"] == pytest.approx(recomputed)
     assert derived["passed"] is (judged["top1_agreement_pct"] >= 97)
+    assert "auto-fix: int8: " in done.stdout and "; chose int8:eq" in done.stdout
+    assert f"int8:eq: verdict on the {judged['n']} images its fix search did not see" in done.stdout
+    # The fix's own diagnosis is measured against the equalized float model it came from: the
+    # outlier is gone there, so no cause names it any more.
+    assert not any(c["cause"] == "outlier_channel" for c in derived["diagnosis"]["causes"])
 
 
 def _variant(name: str, size: int, low: float, **extra: object) -> dict[str, object]:

@@ -69,6 +69,14 @@ def equalized_reference(model: ReferenceModel, calibration: np.ndarray) -> Equal
         return found
 
 
+def equalized_sha(model_sha256: str, calibration: np.ndarray) -> str:
+    """The content key of the equalized model: the original's hash and the calibration images
+    that set its ReLU6 checks and absorbed biases (caches keyed by a model hash then never
+    hand back another equalization's bytes)."""
+    digest = hashlib.sha256(np.ascontiguousarray(calibration).tobytes()).hexdigest()[:16]
+    return f"{model_sha256}:eq:{digest}"
+
+
 def verify(
     model: ReferenceModel, equalized: EqualizedReference, images: np.ndarray
 ) -> Verification:

@@ -92,12 +92,12 @@ def pareto(candidates: Sequence[FixCandidate]) -> tuple[str, ...]:
 
 
 def choose(
-    candidates: Sequence[FixCandidate], *, integer_only: bool
+    candidates: Sequence[FixCandidate], *, integer_only: bool, parent_pct: float | None = None
 ) -> tuple[FixCandidate | None, bool]:
     """(the candidate to derive, whether it meets the bar): the first measured candidate in
     ladder order (cheapest first) that meets the bar on the selection images, else the one
-    with the best agreement so far (ties: the cheaper); with `integer_only`, among the
-    integer-only candidates only."""
+    with the best agreement so far (ties: the cheaper) when it beats the parent's agreement on
+    the same images (`parent_pct`); with `integer_only`, among the integer-only candidates."""
     pool = [
         c
         for c in candidates
@@ -109,4 +109,6 @@ def choose(
     if not pool:
         return None, False
     best = max(float(c.agreement_pct or 0.0) for c in pool)
+    if parent_pct is not None and best <= parent_pct:
+        return None, False  # nothing helped: no variant is invented
     return next(c for c in pool if float(c.agreement_pct or 0.0) == best), False

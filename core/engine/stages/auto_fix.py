@@ -213,6 +213,8 @@ def _auto_fix_variant(
     budget = Budget(run.job.fix_budget or DEFAULT_BUDGET)
     bench = _Bench(run, reference, split.selected)
     causes = Variant.from_dict(entry).causes
+    # The parent on the same images (free: no candidate), the floor a best-so-far must beat.
+    parent = bench.measure(rundir.tflite_path(run.run_dir, spec).read_bytes())
     candidates: list[FixCandidate] = []
     for rung in ladder(spec, causes):
         candidates.append(_try_rung(run, reference, spec, rung, bench, budget, progress))
@@ -221,9 +223,11 @@ def _auto_fix_variant(
         reason = "--fix integer-only: layers kept in float leave integer-only targets"
         candidates.append(_skipped(spec, "keep_float", reason))
     else:
-        keep_float, found = _keep_float_rung(run, reference, spec, bench, budget, split, progress)
+        keep_float, found = _keep_float_rung(
+            run, reference, spec, bench, budget, split, parent, progress
+        )
         candidates.extend(found)
-    chosen, meets = choose(candidates, integer_only=integer_only)
+    chosen, meets = choose(candidates, integer_only=integer_only, parent_pct=parent.agreement_pct)
     search = FixSearch(
         seed=split.seed,
         selected_rows=split.selected,
@@ -236,6 +240,7 @@ def _auto_fix_variant(
         pareto=pareto(candidates),
         chosen=None if chosen is None else chosen.variant,
         chosen_meets_bar=meets,
+        parent_agreement_pct=parent.agreement_pct,
     )
     entry["auto_fix"] = {**keep_float, "search": search.to_dict(), "variant": search.chosen}
     derived = (
@@ -382,6 +387,7 @@ def _keep_float_rung(
     bench: _Bench,
     budget: Budget,
     split: Split,
+    parent: Measurement,
     progress: Progress,
 ) -> tuple[dict[str, Any], list[FixCandidate]]:
     """The measured sensitivity scan and greedy walk (core.engine.fixes.keep_float) on the
@@ -403,7 +409,9 @@ def _keep_float_rung(
         return {}, [_skipped(spec, "keep_float", "the evaluation budget ran out")]
     search = _search_on_ray if run.job.engine == "ray" else _search_here
     try:
-        scan, steps = search(run, reference, spec, candidates, ranks, bench, budget, progress)
+        scan, steps = search(
+            run, reference, spec, candidates, ranks, bench, budget, parent, progress
+        )
     except QuantLensError as exc:
         failed = FixCandidate(
             kind="keep_float",
@@ -464,6 +472,7 @@ def _search_here(
     ranks: dict[str, int],
     bench: _Bench,
     budget: Budget,
+    parent: Measurement,
     progress: Progress,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The scan and the greedy walk on this machine, on the selection images."""
@@ -481,7 +490,6 @@ def _search_here(
     scan = keep_float.sensitivity_scan(
         make, bench.measure, candidates, progress=progress, stat_ranks=ranks
     )
-    parent = bench.measure(rundir.tflite_path(run.run_dir, spec).read_bytes())
     ranked = _greedy_budget(budget, [m["layer"] for m in scan])
     steps = keep_float.greedy_fix(
         make,
@@ -504,6 +512,7 @@ def _search_on_ray(
     ranks: dict[str, int],
     bench: _Bench,
     budget: Budget,
+    parent: Measurement,
     progress: Progress,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The same scan and greedy walk, each candidate made and run as a Ray task on the
@@ -552,7 +561,6 @@ def _search_on_ray(
         progress=progress,
         stat_ranks=ranks,
     )
-    parent = bench.measure(rundir.tflite_path(run.run_dir, spec).read_bytes())
     ranked = _greedy_budget(budget, [m["layer"] for m in scan])
     progress(0.5, "auto-fix: each step as a Ray task")
 

@@ -30,6 +30,7 @@ from core.types import Mode, Sample, VariantSpec
 
 if TYPE_CHECKING:
     from core.engine.fixes.keep_float import Measurement
+    from core.engine.models import ReferenceModel
 
 DIAGNOSIS_THREADS = 2  # quantizer variants diagnosed at once (the machines here have 2 cores)
 
@@ -104,9 +105,12 @@ def _diagnosis(
     assert reference.calibration is not None  # checked by both callers
     name = spec.name
     flipped = images_at(run, reference, np.flatnonzero(~written_agreement(run, spec)))
+    model = run.model
     try:
+        if spec.equalized:  # compared with the equalized float model its tensors come from
+            model, float_model = equalized_models(run, reference.calibration)
         summary = diagnose_variant(
-            run.model,
+            model,
             spec,
             rundir.tflite_path(run.run_dir, spec).read_bytes(),
             float_tflite=float_model,
@@ -127,6 +131,23 @@ def _diagnosis(
     summary.update(causes)
     warnings += [cause_warning] if cause_warning else []
     return _Diagnosis(summary, warnings)
+
+
+def equalized_models(run: RunContext, calibration: np.ndarray) -> tuple[ReferenceModel, bytes]:
+    """The equalized reference model of an `:eq` variant and its float32 `.tflite`: what its
+    per-layer error and root causes are measured against (the original's tensors are scaled
+    per channel differently)."""
+    from core.engine.backends import tflite_from_reference
+    from core.engine.fixes.equalize_rung import equalized_reference, equalized_sha
+
+    equalized = equalized_reference(run.model, calibration).reference
+    float32 = tflite_from_reference(
+        equalized,
+        VariantSpec(mode=Mode.FLOAT32),
+        model_sha256=equalized_sha(run.model_sha, calibration),
+        cache_dir=run.cache_dir,
+    ).tflite
+    return equalized, float32
 
 
 def root_causes(
