@@ -484,8 +484,9 @@ class FixCandidate(_MappingView):
 
     `fix` is typed by its `kind` (equalize, int16_activations, keep_float, ...) with the layers
     it touches (`{"kind": "equalize", "layers": [...], "pairs": ..., "float_max_abs_delta":
-    ...}`). `status` is measured, failed (`reason`: the one-line error) or skipped (`reason`:
-    why the rung does not apply). Measured candidates carry agreement on the search's own
+    ...}`). `status` is measured, failed (`reason`: the one-line error), refused (an
+    equalized float model that changed the outputs; `reason` gives the measured difference)
+    or skipped (`reason`: why the rung does not apply). Measured candidates carry agreement on the search's own
     images (`n` of them), size, p50 latency at batch 1 (`p50_ms`, `latency_runs` runs) and
     `integer_only` (core.engine.flatbuffer.integer_only). `note` flags what a user must know
     (16-bit activations run on reference kernels on CPU).

@@ -191,3 +191,32 @@ def test_the_recommendation_judges_a_derived_fix_on_its_held_out_images_only() -
     assert recommendation(report)["variant"] == "float16"
     report["variants"][0]["judged_on_held_out"] = {**held_out, "top1_agreement_ci95": [91.0, 100]}
     assert recommendation(report)["variant"] == "int8:eq"
+
+
+@pytest.mark.slow
+def test_an_equalization_that_changes_the_float_model_is_refused_with_the_difference(
+    tmp_path: Path,
+) -> None:
+    """The equalize rung checks the equalized float model against the original before it is
+    quantized: exact, it passes with its numbers; changed (here a weight edited after
+    equalization), it is refused with the measured difference; a SavedModel has no Keras
+    layers and is refused before anything runs."""
+    from core.engine.equalize import EqualizationError
+    from core.engine.fixes.equalize_rung import EqualizationRefused, equalized_reference, verify
+    from core.engine.models import load_reference
+
+    model = load_reference(build_held_out_outlier_model(tmp_path / "m.keras"))
+    images = np.random.default_rng(2).uniform(0, 1, (40, 16, 16, 3)).astype(np.float32)
+    equalized = equalized_reference(model, images[:20])
+    assert {"stem", "body"} <= set(equalized.record.layers)
+    checked = verify(model, equalized, images[20:])
+    assert checked.images == 20 and checked.top1_agreement == 1.0
+    assert checked.max_abs_delta < 1e-4
+    body = equalized.keras_model.get_layer("body")
+    kernel, bias = body.get_weights()
+    body.set_weights([kernel * 1.5, bias])
+    with pytest.raises(EqualizationRefused, match=r"max \|Δ output\| [0-9.e-]+ \(tolerance"):
+        verify(model, equalized, images[20:])
+    model.trackable.keras_model.export(str(tmp_path / "saved"), verbose=False)
+    with pytest.raises(EqualizationError, match="SavedModel"):
+        equalized_reference(load_reference(tmp_path / "saved"), images[:20])

@@ -26,6 +26,10 @@ RELATIVE_TOLERANCE = 1e-3
 MIN_TOP1_AGREEMENT = 0.99  # the equalized float model's top-1 agreement with the original
 
 
+class EqualizationRefused(EqualizationError):
+    """The equalized float model does not give the original's outputs: it is not quantized."""
+
+
 @dataclass(frozen=True)
 class EqualizedReference:
     """The equalized clone served as a reference model, what equalization did, and the clone."""
@@ -84,7 +88,7 @@ def verify(
     |Δ output|.
 
     Raises:
-        EqualizationError: beyond RELATIVE_TOLERANCE or MIN_TOP1_AGREEMENT, with the measured
+        EqualizationRefused: beyond RELATIVE_TOLERANCE or MIN_TOP1_AGREEMENT, with the measured
             difference.
     """
     from core.engine.equalize import verify_equalized
@@ -97,7 +101,7 @@ def verify(
     scale = max(1.0, float(np.max(np.abs(model.predict(images[:64]))))) if len(images) else 1.0
     tolerance = RELATIVE_TOLERANCE * scale
     if measured.max_abs_delta > tolerance or measured.top1_agreement < MIN_TOP1_AGREEMENT:
-        raise EqualizationError(
+        raise EqualizationRefused(
             f"the equalized float model differs from the original on {measured.images} images: "
             f"max |Δ output| {measured.max_abs_delta:.3g} (tolerance {tolerance:.3g}), top-1 "
             f"agreement {measured.top1_agreement:.1%} (needs {MIN_TOP1_AGREEMENT:.0%}); refused"

@@ -284,6 +284,7 @@ def _try_rung(
     does not apply, cannot be made or is refused is recorded with its one-line reason."""
     from core.engine.backends import tflite_from_reference
     from core.engine.equalize import EqualizationError
+    from core.engine.fixes.equalize_rung import EqualizationRefused
     from core.engine.flatbuffer import integer_only
 
     if rung.spec is None:
@@ -315,7 +316,8 @@ def _try_rung(
         measured = bench.measure(tflite)
     except EqualizationError as exc:  # nothing to pair, or the float model changed: no fix
         budget.used -= 1  # nothing was measured
-        return replace(base, fix=fix, status="skipped", reason=_first_line(exc))
+        status = "refused" if isinstance(exc, EqualizationRefused) else "skipped"
+        return replace(base, fix=fix, status=status, reason=_first_line(exc))
     except (QuantLensError, ValueError, RuntimeError) as exc:
         return replace(base, fix=fix, reason=_first_line(exc))
     return replace(
