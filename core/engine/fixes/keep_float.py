@@ -1,9 +1,10 @@
-"""Selective quantization: layers kept in float, and the measured search for which ones.
+"""The fix ladder's last rung: layers kept in float, and the measured search for which ones.
 
 On the converter backend an int8 model keeps named Keras layers in float through the
 QuantizationDebugger's denylist (`int8:keep=conv2d+dense`), reached through
 `core.engine.backends.tflite_from_reference`; the quantizer backend does it with its own recipe
-(core.engine.quantizer). `sensitivity_scan` and `greedy_fix` drive `--auto-fix` on either.
+(core.engine.quantizer). `sensitivity_scan` and `greedy_fix` are the keep-float rung of
+`--auto-fix` on either (core.engine.stages.auto_fix).
 """
 
 from __future__ import annotations
@@ -163,7 +164,8 @@ def greedy_fix(
     tests/core/test_autofix.py's model), where either alone changes nothing.
 
     Returns every step tried, in order: its layers, agreement, mean KL, size, whether it met the
-    bar and whether it was `kept`; core.reporting.report.chosen_step picks the variant.
+    bar and whether it was `kept`; core.engine.fixes.search.choose picks among the kept ones
+    and the ladder's other rungs.
     """
     steps: list[dict[str, Any]] = []
     kept: tuple[str, ...] = ()
