@@ -394,7 +394,7 @@ def _keep_float_rung(
 ) -> tuple[dict[str, Any], list[FixCandidate]]:
     """The measured sensitivity scan and greedy walk (core.engine.fixes.keep_float) on the
     selection images, within what is left of the budget: (`sensitivity`/`steps` for the
-    entry's `auto_fix`, one candidate per greedy step)."""
+    entry's `auto_fix`, one candidate per kept greedy step; `steps` holds the others)."""
     from core.engine.diagnose import LAYERS_SUFFIX, statistic_ranks
     from core.engine.fixes import keep_float
 
@@ -407,7 +407,7 @@ def _keep_float_rung(
     if len(ranks) > scan_count and scan_count < keep_float.SCAN_CANDIDATES:
         budget.truncated = True
     if not candidates:
-        budget.take()  # records the truncation
+        budget.truncated = True  # the ladder ran out of evaluations before this rung
         return {}, [_skipped(spec, "keep_float", "the evaluation budget ran out")]
     search = _search_on_ray if run.job.engine == "ray" else _search_here
     try:
@@ -437,9 +437,9 @@ def _keep_float_rung(
             size_bytes=step["size_bytes"],
             integer_only=False,  # a layer kept in float computes in float
             meets_bar=bool(step["meets_threshold"]),
-            note=None if step["kept"] else "tried and not kept: it made the model worse",
         )
         for step in steps
+        if step["kept"]  # a step not kept made the model worse; `steps` records it
     ]
     recorded = {
         "candidates_by": f"the per-layer statistics ({table.name})",
@@ -450,7 +450,7 @@ def _keep_float_rung(
         "sensitivity": scan,
         "steps": steps,
     }
-    return recorded, [c for c, s in zip(found, steps, strict=True) if s["kept"]]
+    return recorded, found
 
 
 def _greedy_budget(budget: Budget, ranked: list[str]) -> list[str]:
