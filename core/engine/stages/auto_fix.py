@@ -365,7 +365,7 @@ def _selection_images(run: RunContext, bench: _Bench) -> np.ndarray:
     """The selection images, preprocessed float32."""
     from core.engine.stages.files import DecodedCache
     from core.inputs.presets import apply_preset
-    from core.jobs.protocol import DECODED_CACHE
+    from core.runfolder.protocol import DECODED_CACHE
 
     if run.job.engine != "ray":
         cache = DecodedCache(run.run_dir / DECODED_CACHE, run.image_shape)
