@@ -121,6 +121,7 @@ class VariantIdentity(_MappingView):
     backend: Backend = Backend.CONVERTER
     float_layers: tuple[str, ...] = ()
     int16_layers: tuple[str, ...] = ()
+    weight_only_layers: tuple[str, ...] = ()
     equalized: bool = False
     role: str = ROLE_SELECTED
     parent: str | None = None
@@ -143,6 +144,7 @@ class VariantIdentity(_MappingView):
         "backend",
         "float_layers",
         "int16_layers",
+        "weight_only_layers",
         "equalized",
         "parent",
         "calibration_samples",
@@ -162,6 +164,7 @@ class VariantIdentity(_MappingView):
             backend=spec.backend,
             float_layers=spec.float_layers,
             int16_layers=spec.int16_layers,
+            weight_only_layers=spec.weight_only_layers,
             equalized=spec.equalized,
             role=role,
         )
@@ -184,6 +187,7 @@ class VariantIdentity(_MappingView):
             backend=Backend(str(entry.get("backend") or Backend.CONVERTER)),
             float_layers=tuple(str(x) for x in entry.get("float_layers") or ()),
             int16_layers=tuple(str(x) for x in entry.get("int16_layers") or ()),
+            weight_only_layers=tuple(str(x) for x in entry.get("weight_only_layers") or ()),
             equalized=bool(entry.get("equalized", False)),
             role=str(entry.get("role") or ROLE_SELECTED),
             parent=entry.get("parent"),
@@ -206,7 +210,10 @@ class VariantIdentity(_MappingView):
             "float_layers": list(self.float_layers),
             "int16_layers": list(self.int16_layers),
         }
-        if self.equalized:  # written only when set, so other variants' entries stay as they were
+        # Written only when set, so other variants' entries stay as they were.
+        if self.weight_only_layers:
+            d["weight_only_layers"] = list(self.weight_only_layers)
+        if self.equalized:
             d["equalized"] = True
         # Written only when set, so schema-1 content stays as it was.
         for key in ("parent", "calibration_samples", "calibration_seed"):
@@ -231,6 +238,7 @@ class VariantIdentity(_MappingView):
             backend=self.backend,
             float_layers=self.float_layers,
             int16_layers=self.int16_layers,
+            weight_only_layers=self.weight_only_layers,
             equalized=self.equalized,
         )
 

@@ -126,7 +126,13 @@ def test_auto_fix_derives_an_integer_only_fix_judged_on_images_the_search_did_no
     assert not selected & held_out and len(selected | held_out) == 64 and search["seed"] == 0
     # Every rung tried is recorded, cheapest first; equalization was verified in float first.
     kinds = [c["kind"] for c in search["candidates"]]
-    assert kinds[0] == "equalize" and "keep_float" in kinds
+    assert kinds[:3] == ["equalize", "int16_activations", "weight_only"] and "keep_float" in kinds
+    by_kind = {c["kind"]: c for c in search["candidates"]}
+    assert by_kind["int16_activations"]["integer_only"] is True
+    assert by_kind["int16_activations"]["fix"]["layers"] == ["stem", "pool", "body"]
+    assert "reference kernels" in by_kind["int16_activations"]["note"]
+    weight_only = by_kind["weight_only"]
+    assert weight_only["variant"] == "int8_q:wo=stem" and weight_only["integer_only"] is False
     equalized = search["candidates"][0]
     assert equalized["status"] == "measured" and equalized["integer_only"] is True
     assert equalized["fix"]["layers"] and equalized["fix"]["float_top1_agreement_pct"] == 100.0

@@ -450,6 +450,9 @@ def _keep_float_rung(
         "sensitivity": scan,
         "steps": steps,
     }
+    if not found:  # every step made the model worse: say so rather than stay silent
+        reason = f"no layer kept in float improved the model ({len(steps)} steps tried)"
+        return recorded, [_skipped(spec, "keep_float", reason)]
     return recorded, found
 
 
