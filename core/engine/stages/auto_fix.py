@@ -397,6 +397,7 @@ def _keep_float_rung(
     entry's `auto_fix`, one candidate per kept greedy step; `steps` holds the others)."""
     from core.engine.diagnose import LAYERS_SUFFIX, statistic_ranks
     from core.engine.fixes import keep_float
+    from core.reporting.report import counted
 
     table = rundir.variant_file(run.run_dir, spec, LAYERS_SUFFIX)
     if not table.is_file():
@@ -451,7 +452,7 @@ def _keep_float_rung(
         "steps": steps,
     }
     if not found:  # every step made the model worse: say so rather than stay silent
-        reason = f"no layer kept in float improved the model ({len(steps)} steps tried)"
+        reason = f"no layer kept in float improved the model ({counted(len(steps), 'step')} tried)"
         return recorded, [_skipped(spec, "keep_float", reason)]
     return recorded, found
 
