@@ -226,3 +226,32 @@ def test_an_equalization_that_changes_the_float_model_is_refused_with_the_differ
     model.trackable.keras_model.export(str(tmp_path / "saved"), verbose=False)
     with pytest.raises(EqualizationError, match="SavedModel"):
         equalized_reference(load_reference(tmp_path / "saved"), images[:20])
+
+
+def test_the_ladder_offers_each_rung_its_causes_name_cheapest_first() -> None:
+    """From the causes: equalization first, 16-bit activations for each named chain (never
+    for the pseudo-layers the diagnosis names the model's ends by), weight-only for the culprit
+    op; bias correction is named as not built; a float16 variant gets no int8 rung."""
+    from core.engine.fixes.ladder import ladder
+    from core.reporting.runmodel import RootCause, VariantCauses
+    from core.types import VariantSpec
+
+    outlier = RootCause(
+        layer="stem", layers=("stem", "pool", "body"), cause="outlier_channel", words="w",
+        fixes=("equalize", "int16_activations", "weight_only", "keep_float"),
+    )  # fmt: skip
+    diffuse = RootCause(
+        layer="head", layers=("head", "(model output)"), cause="diffuse", words="w",
+        fixes=("bias_correction", "int16_activations", "keep_float"),
+    )  # fmt: skip
+    rungs = ladder(VariantSpec.parse("int8"), VariantCauses(causes=(outlier, diffuse)))
+    named = [(r.kind, None if r.spec is None else r.spec.name) for r in rungs]
+    assert named == [
+        ("equalize", "int8:eq"),
+        ("bias_correction", None),
+        ("int16_activations", "int8_q:int16=body+pool+stem"),
+        ("int16_activations", "int8_q:int16=head"),
+        ("weight_only", "int8_q:wo=stem"),
+    ]
+    assert rungs[1].reason == "bias correction is not built in this version"
+    assert [r.spec for r in ladder(VariantSpec.parse("float16"), None)] == [None, None]

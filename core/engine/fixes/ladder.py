@@ -60,7 +60,13 @@ def ladder(spec: VariantSpec, causes: VariantCauses | None) -> list[Rung]:
         rungs.append(
             Rung("bias_correction", None, {"kind": "bias_correction"}, NOT_BUILT["bias_correction"])
         )
-    chains = [c.layers for c in named if "int16_activations" in c.fixes and c.layers]
+    # Keras layers only: "(model input)" and "(model output)" name no layer a recipe can match.
+    chains = [
+        chain
+        for c in named
+        if "int16_activations" in c.fixes
+        and (chain := tuple(n for n in c.layers if not n.startswith("(")))
+    ]
     if spec.mode is not Mode.INT8:
         reason = "16-bit activations apply to int8 variants"
         rungs.append(Rung("int16_activations", None, {"kind": "int16_activations"}, reason))
