@@ -255,3 +255,29 @@ def test_the_ladder_offers_each_rung_its_causes_name_cheapest_first() -> None:
     ]
     assert rungs[1].reason == "bias correction is not built in this version"
     assert [r.spec for r in ladder(VariantSpec.parse("float16"), None)] == [None, None]
+
+
+@pytest.mark.slow
+def test_fix_integer_only_tries_only_rungs_an_integer_only_target_can_run(tmp_path: Path) -> None:
+    """`--fix integer-only`: weight-only and keep-float are recorded as skipped with the
+    reason, not measured; a budget of 1 is spent on equalization and the truncation says so."""
+    model = build_held_out_outlier_model(tmp_path / "m.keras")
+    data = write_images(tmp_path / "data", count=24)
+    out = tmp_path / "out"
+    run_cli(
+        "run", str(model), "--data", str(data), "--modes", "int8", "--auto-fix",
+        "--fix", "integer-only", "--fix-budget", "1", "--preprocess", "unit",
+        "--min-agreement", "97", "--latency-runs", "3", "--out", str(out), home=tmp_path,
+    )  # fmt: skip
+    report = json.loads((out / "report.json").read_text())
+    search = next(v for v in report["variants"] if v["name"] == "int8")["auto_fix"]["search"]
+    assert search["integer_only_required"] and search["truncated"]
+    assert search["budget"] == 1 and search["evaluations"] == 1
+    status = {c["kind"]: (c["status"], c.get("reason") or "") for c in search["candidates"]}
+    assert status["equalize"][0] == "measured"
+    assert status["int16_activations"] == ("skipped", "the evaluation budget ran out")
+    assert status["weight_only"] == ("skipped", "--fix integer-only: weight_only computes in float")
+    assert status["keep_float"][0] == "skipped" and "integer-only" in status["keep_float"][1]
+    chosen = next(c for c in search["candidates"] if c["variant"] == search["chosen"])
+    assert chosen["integer_only"] is True
+    assert "--fix integer-only" in report["run"]["command"]

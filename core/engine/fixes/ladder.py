@@ -40,6 +40,7 @@ class Rung:
     fix: dict[str, Any] = field(default_factory=dict)
     reason: str | None = None
     note: str | None = None
+    integer_only: bool = True  # whether the rung leaves an integer-only parent integer-only
 
 
 def ladder(spec: VariantSpec, causes: VariantCauses | None) -> list[Rung]:
@@ -92,5 +93,5 @@ def ladder(spec: VariantSpec, causes: VariantCauses | None) -> list[Rung]:
             spec.without_overrides(), backend=Backend.QUANTIZER, weight_only_layers=(layer,)
         )
         fix = {"kind": "weight_only", "layers": [layer]}
-        rungs.append(Rung("weight_only", derived, fix, note=WEIGHT_ONLY_NOTE))
+        rungs.append(Rung("weight_only", derived, fix, note=WEIGHT_ONLY_NOTE, integer_only=False))
     return rungs

@@ -217,6 +217,10 @@ def _auto_fix_variant(
     parent = bench.measure(rundir.tflite_path(run.run_dir, spec).read_bytes())
     candidates: list[FixCandidate] = []
     for rung in ladder(spec, causes):
+        if integer_only and rung.spec is not None and not rung.integer_only:
+            reason = f"--fix integer-only: {rung.kind} computes in float"
+            candidates.append(_skipped(spec, rung.kind, reason))
+            continue
         candidates.append(_try_rung(run, reference, spec, rung, bench, budget, progress))
     keep_float: dict[str, Any] = {}
     if integer_only:
