@@ -594,16 +594,15 @@ def _print_calibration(report: RunReport) -> None:
     line = calibration_line(report.calibration)
     if line:
         print(line)
-    sweep = report.sweep
-    if sweep and sweep.get("statement"):
-        print(f"calibration sweep: {sweep['statement']}")
+    if report.sweep is not None and report.sweep.statement:
+        print(f"calibration sweep: {report.sweep.statement}")
 
 
 def _print_tracking(report: RunReport) -> None:
     """Where the run was logged; a logging failure is already among the table's warnings."""
-    tracking = report.extra.get("tracking") or {}
-    if tracking.get("run_id"):
-        print(f"mlflow: run {tracking['run_id']} at {tracking['uri']}")
+    tracking = report.tracking
+    if tracking is not None and tracking.run_id:
+        print(f"mlflow: run {tracking.run_id} at {tracking.uri}")
 
 
 def _print_model_explorer_export(directory: Path) -> None:

@@ -95,8 +95,8 @@ def track_run(run_dir: Path, uri: str) -> None:
     except Exception as exc:  # the run is complete: a tracking bug must not turn it into a crash
         print(f"warning: MLflow logging to {uri} failed: {exc}", file=sys.stderr)
         return
-    if entry.get("error"):
-        print(f"warning: MLflow logging to {uri} failed: {entry['error']}", file=sys.stderr)
+    if entry.error:
+        print(f"warning: MLflow logging to {uri} failed: {entry.error}", file=sys.stderr)
 
 
 def inspect(

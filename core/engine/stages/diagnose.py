@@ -31,7 +31,7 @@ from core.engine.stages.reference import ReferenceOutputs
 from core.errors import ConversionFailed, QuantLensError
 from core.inputs import rundir
 from core.runfolder.protocol import DECODED_CACHE
-from core.types import NEEDS_CALIBRATION, JobSpec, Mode, Sample, VariantSpec
+from core.types import NEEDS_CALIBRATION, JobSpec, Mode, Sample, VariantSpec, VariantStatus
 
 if TYPE_CHECKING:
     from core.engine.selective import Measurement
@@ -79,7 +79,7 @@ def needs_diagnosis(run: RunContext, spec: VariantSpec) -> bool:
     """A finished quantized variant not diagnosed yet (a restarted worker does not repeat one)."""
     from core.engine.diagnose import can_diagnose
 
-    if not can_diagnose(spec) or run.report.variant(spec.name)["status"] != "done":
+    if not can_diagnose(spec) or run.report.variant(spec.name)["status"] != VariantStatus.DONE:
         return False
     return spec.name not in (run.report.data.get("diagnosis") or {})
 
@@ -221,7 +221,7 @@ def _fixable(spec: VariantSpec, entry: dict[str, Any]) -> bool:
 
     if spec.float_layers or spec.int16_layers or entry.get("auto_fix") is not None:
         return False
-    if entry.get("role") != ROLE_SELECTED or entry.get("status") != "done":
+    if entry.get("role") != ROLE_SELECTED or entry.get("status") != VariantStatus.DONE:
         return False
     if entry.get("verdict_reason") or entry.get("top1_agreement_pct") is None:
         return False
