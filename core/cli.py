@@ -11,7 +11,7 @@ from typing import Any
 from core import posix
 from core.errors import QuantLensError
 from core.inputs import rundir
-from core.inputs.demo import DemoPaths
+from core.inputs.demo_paths import DemoPaths
 from core.reporting.runmodel import RunReport
 from core.types import (
     BACKEND_CHOICES,
@@ -332,7 +332,7 @@ def _tracking_uri(value: str | None) -> str | None:
 
 
 def _job_from_args(args: argparse.Namespace) -> JobSpec:
-    from core.inputs.demo import demo_paths
+    from core.inputs.demo_paths import demo_paths
 
     model, data, labels = args.model, args.data, args.labels
     if model is None or data is None:
@@ -658,7 +658,7 @@ def cmd_rescore(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from core.inputs.demo import demo_paths, demo_root, mobilenet_demo_paths
+    from core.inputs.demo_paths import demo_paths, demo_root, mobilenet_demo_paths
 
     root = Path(args.out).resolve() if args.out else demo_root()
     small = demo_paths(root=root)
