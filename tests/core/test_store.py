@@ -746,3 +746,18 @@ def test_a_variant_without_a_verdict_does_not_fail_the_run(tmp_path: Path, store
         "FAIL",
     ]
     assert rows["mixed"].best_agreement_pct == 96.0
+
+
+def test_queries_and_the_connection_live_in_separate_modules() -> None:
+    """store.py holds the queries and rows; opening, recovering and migrating the file is
+    core.history.database's, so neither grows into the other."""
+    import inspect
+
+    from core.history import database, store
+
+    assert issubclass(RunStore, database.Database)
+    assert "sqlite3.connect(" not in inspect.getsource(store)
+    assert "CREATE TABLE" not in inspect.getsource(store)
+    assert "INSERT" not in inspect.getsource(database)
+    # Reads only tests made: the tests read the tables with their own SQL (store_rows).
+    assert not any(hasattr(RunStore, n) for n in ("upsert_variant", "variants", "latency"))
