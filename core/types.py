@@ -75,6 +75,25 @@ class RunStatus(enum.StrEnum):
         return self not in (RunStatus.QUEUED, RunStatus.RUNNING)
 
 
+class VariantStatus(enum.StrEnum):
+    """Life cycle of one variant in report.json: a run's statuses, `pending` for `queued`.
+
+    A str enum, so report.json holds the same words and a status compares equal to its word.
+    """
+
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CRASHED = "crashed"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self not in (VariantStatus.PENDING, VariantStatus.RUNNING)
+
+
 # The statuses a run or a variant ends in (DESIGN §8), and those of them that are no success.
 FINISHED_STATUSES = frozenset(str(s) for s in RunStatus if s.finished)
 UNSUCCESSFUL_STATUSES = FINISHED_STATUSES - {str(RunStatus.DONE)}

@@ -80,15 +80,15 @@ if split_rows:
 sweep = res.report.sweep
 if sweep is not None and swept_modes(sweep):
     st.subheader("Calibration sweep")
-    st.markdown(str(sweep.get("statement") or ""))
+    st.markdown(sweep.statement)
     st.plotly_chart(sweep_figure(sweep), key="agreement.sweep_chart")
     st.caption(
-        f"Each point is quantized on the {sweep.get('backend')} backend with that many "
-        f"calibration images ({sweep.get('seeds')} seeded draws per size from "
-        f"{sweep.get('pool_images')} {sweep.get('pool_source')} images) and evaluated on the "
-        f"run's {sweep.get('evaluated_n')} images; line: mean over seeds, bars: min–max. "
+        f"Each point is quantized on the {sweep.backend} backend with that many "
+        f"calibration images ({sweep.seeds} seeded draws per size from "
+        f"{sweep.pool_images} {sweep.pool_source} images) and evaluated on the "
+        f"run's {sweep.evaluated_n} images; line: mean over seeds, bars: min–max. "
         "Flattens: the smallest size within "
-        f"{sweep.get('flat_within_pp')} pp of the largest size's mean agreement. The .tflite "
+        f"{sweep.flat_within_pp} pp of the largest size's mean agreement. The .tflite "
         "of every point is in the run folder's sweep/."
     )
 

@@ -38,6 +38,7 @@ from core.engine.faults import FAULT_ENV, FAULT_ONCE_ENV
 from core.engine.stages.files import BATCH  # the local engine's decode/reference batch
 from core.errors import QuantLensError
 from core.metrics.latency import usable_cpus
+from core.reporting.runmodel import EngineInfo
 from core.types import RAY_NODE_IP_ENV as NODE_IP_ENV
 from core.types import JobSpec, Preset, Sample, SkippedSample, VariantSpec
 
@@ -81,14 +82,14 @@ class ClusterInfo:
     cpus: int
     head_node: str  # the node the job ran on: conversions and latency
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": "ray",
-            "address": self.address,
-            "nodes": list(self.nodes),
-            "cpus": self.cpus,
-            "latency_node": self.head_node,
-        }
+    def engine_info(self) -> EngineInfo:
+        return EngineInfo(
+            name="ray",
+            address=self.address,
+            nodes=self.nodes,
+            cpus=self.cpus,
+            latency_node=self.head_node,
+        )
 
 
 @dataclass

@@ -34,7 +34,7 @@ from core.reporting.report import (
 )
 from core.reporting.runmodel import RunReport, Variant, read_report
 from core.reporting.speedup import BASELINE_LABEL, speedup_lines
-from core.types import short_name
+from core.types import VariantStatus, short_name
 
 THUMB_PX = 96
 MAX_GALLERY = 12
@@ -205,7 +205,7 @@ def _verdict(variant: Variant, threshold: float) -> str:
     if variant.get("verdict_reason"):
         return f'<span class="na" title="{_e(variant["verdict_reason"])}">{NO_VERDICT}</span>'
     passed = variant.get("passed")
-    if passed is None and variant.get("status") == "done":
+    if passed is None and variant.get("status") == VariantStatus.DONE:
         agreement = _num(variant.get("top1_agreement_pct"))
         passed = None if agreement is None else agreement >= threshold
     if passed is True:
@@ -249,7 +249,9 @@ def _subtitle(report: RunReport) -> str:
 def _verdict_banner(variants: list[Variant], threshold: float) -> str:
     if not variants:
         return '<p class="banner fail">No variant was run.</p>'
-    failing = [v.name for v in variants if v.result.passed is not True or v.status != "done"]
+    failing = [
+        v.name for v in variants if v.result.passed is not True or v.status != VariantStatus.DONE
+    ]
     if not failing:
         return (
             f'<p class="banner pass">Every variant meets the {threshold:g} % top-1 agreement '
@@ -530,7 +532,7 @@ def _galleries(run_dir: Path, report: RunReport, variants: list[Variant]) -> str
             rundir.variant_samples_path(run_dir, v), MAX_GALLERY
         )
         if not count:
-            if v.get("status") == "done":
+            if v.get("status") == VariantStatus.DONE:
                 out.append(f"<h3>{_e(name)}</h3><p class='na'>No per-sample table.</p>")
             continue
         header = (
@@ -652,9 +654,9 @@ def _causes_section(variants: list[Variant]) -> str:
 def _sweep_statement(report: RunReport) -> str:
     """The calibration sweep's conclusion in words (its chart is among the charts)."""
     sweep = report.sweep
-    if not sweep or not sweep.get("statement"):
+    if sweep is None or not sweep.statement:
         return ""
-    return f'<h3>Calibration sweep</h3><p id="sweep">{_e(sweep["statement"])}</p>'
+    return f'<h3>Calibration sweep</h3><p id="sweep">{_e(sweep.statement)}</p>'
 
 
 def _dataset_section(report: RunReport) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 
 from core.reporting.report import variant_of, verdict
 from core.reporting.runmodel import RunReport, Variant, report_from
-from core.types import short_name
+from core.types import VariantStatus, short_name
 
 # The dominance rule of the frontier, stated once for the captions and report.html.
 FRONTIER_RULE = (
@@ -68,7 +68,7 @@ def tradeoff_points(
     points = []
     for v in map(variant_of, variants):
         r = v.result
-        if r.status != "done" or not r.size_bytes or r.p50_ms is None:
+        if r.status != VariantStatus.DONE or not r.size_bytes or r.p50_ms is None:
             continue
         if r.top1_agreement_pct is None:
             continue
@@ -95,7 +95,7 @@ def judged(variant: Variant) -> bool:
     """
     r = variant.result
     return (
-        r.status == "done"
+        r.status == VariantStatus.DONE
         and r.passed is not None
         and not r.verdict_reason
         and not variant.is_pivot

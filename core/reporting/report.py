@@ -28,6 +28,7 @@ from core.types import (
     Mode,
     RunStatus,
     VariantSpec,
+    VariantStatus,
     short_name,
 )
 
@@ -282,7 +283,7 @@ def too_few_samples_note(n: int | None, threshold_pct: float) -> str | None:
 def fail_reason(variant: Variant, threshold_pct: float, rule: str) -> str | None:
     """Why a finished, judged variant fails under `rule`, in one line; None when it passes."""
     result = variant.result
-    if result.status != "done" or result.passed is not False or result.verdict_reason:
+    if result.status != VariantStatus.DONE or result.passed is not False or result.verdict_reason:
         return None
     pct = result.top1_agreement_pct
     ci = result.top1_agreement_ci95
@@ -344,7 +345,7 @@ def finished_variant(
     metrics["flip_matrix"] = FlipMatrix.from_rows(agreement.flip_matrix)
     done = typed.with_result(
         **metrics,
-        status="done",
+        status=VariantStatus.DONE,
         error=None,
         size_bytes=size_bytes,
         size_reduction_pct=reduction_pct(size_bytes, reference_size),
@@ -425,7 +426,7 @@ def verdict(variant: Variant | Mapping[str, Any]) -> str:
     """PASS / FAIL / NO VERDICT for a finished variant, else its status in capitals (CRASHED, ...)."""
     typed = variant_of(variant)
     result = typed.result
-    if result.status != "done":
+    if result.status != VariantStatus.DONE:
         return result.status.upper()
     if typed.is_pivot:
         return PIVOT

@@ -4,8 +4,11 @@ A run is a `RunReport`; each of its variants is a `Variant`: a `VariantIdentity`
 made) plus a `VariantResult` (what it measured). `write_report` is the one function that
 serialises report.json and `read_report` the one that reads it back, whatever its schema.
 
-Keys this model does not know (other features add `diagnosis`, `sweep`, `engine`, ...) are kept
-in `extra` and written back unchanged, so a reader never drops what a newer writer stored.
+The sections a stage or a later process adds whole (`calibration`, `sweep`, `engine`,
+`tracking`) are `Section`s: frozen dataclasses that the writer builds and `put_section` stores,
+so no writer assembles their dicts by hand. Keys this model does not know (at the top, in a
+variant or inside a section) are kept in `extra` and written back unchanged, so a reader never
+drops what a newer writer stored.
 Each object is also a read-only mapping over its report.json form (`variant["n"]`), so code
 that reads report fields by key sees exactly what the file holds.
 """
@@ -19,7 +22,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self, TypeVar
 
 from core.errors import QuantLensError
 from core.inputs import rundir
@@ -28,8 +31,8 @@ from core.types import (
     Backend,
     IOType,
     Mode,
-    RunStatus,
     VariantSpec,
+    VariantStatus,
     short_name,
 )
 
@@ -316,7 +319,7 @@ class VariantResult(_MappingView):
     lists become tuples; mappings stay mappings).
     """
 
-    status: str = "pending"
+    status: VariantStatus = VariantStatus.PENDING
     error: str | None = None
     size_bytes: int | None = None
     size_reduction_pct: float | None = None
@@ -372,7 +375,7 @@ class VariantResult(_MappingView):
             values["flip_matrix"] = FlipMatrix.from_json(values["flip_matrix"])
         for key in ("select_tf_ops_used", "warnings"):
             values[key] = tuple(values.get(key) or ())
-        values["status"] = str(values.get("status") or "pending")
+        values["status"] = VariantStatus(str(values.get("status") or VariantStatus.PENDING))
         return cls(**values, present=frozenset(entry))
 
     def to_dict(self) -> dict[str, Any]:
@@ -390,7 +393,7 @@ class VariantResult(_MappingView):
     @property
     def finished_ok(self) -> bool:
         """True when the variant ran to the end (status done), whatever its verdict."""
-        return self.status == RunStatus.DONE
+        return self.status == VariantStatus.DONE
 
     @property
     def p50_ms(self) -> float | None:
@@ -645,12 +648,13 @@ class Variant(_MappingView):
         """
         try:
             identity = VariantIdentity.from_dict(entry)
+            result = VariantResult.from_dict(entry)
         except (KeyError, ValueError) as exc:
             raise QuantLensError(
                 f"a variant entry of report.json is not readable ({exc!s}); re-run the job"
             ) from None
         known = VariantIdentity.KEYS + VariantResult.keys_in_order()
-        return cls(identity, VariantResult.from_dict(entry), _split(entry, known))
+        return cls(identity, result, _split(entry, known))
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.identity.to_dict(), **self.result.to_dict(), **dict(self.extra)}
@@ -670,7 +674,7 @@ class Variant(_MappingView):
         return self.identity.mode
 
     @property
-    def status(self) -> str:
+    def status(self) -> VariantStatus:
         return self.result.status
 
     @property
@@ -701,6 +705,239 @@ class Variant(_MappingView):
     def with_result(self, **changes: Any) -> Variant:
         """A copy with some result fields changed (the object itself is frozen)."""
         return dataclasses.replace(self, result=dataclasses.replace(self.result, **changes))
+
+
+# -- sections a stage or a later process writes whole -------------------------------------------
+
+
+def _frozen(value: Any) -> Any:
+    """JSON lists as tuples (at any depth), so a section read from a file stays frozen."""
+    if isinstance(value, list):
+        return tuple(_frozen(v) for v in value)
+    return value
+
+
+class Section(_MappingView):
+    """A section of report.json with a shape of its own, as a frozen dataclass.
+
+    A subclass is a frozen dataclass that sets `KEY` (where it lives: a top-level key of
+    report.json, or for a nested part its name) and declares its fields in report.json order,
+    then `extra` (keys this version does not know, written back as read) and `present` (the
+    keys of the entry it was read from, see `_as_read`). Reading and writing are generic over
+    the fields: a field that holds other sections names their class in `NESTED`, and a field
+    in `OMIT_WHEN_NONE` is left out of the file while it is None (as the section was written
+    before it was typed). A new field is then one line here, plus its writer.
+
+    A writer builds the section and stores it with `put_section` (a worker through
+    `ReportFile.put`): no stage assembles these dicts by hand.
+    """
+
+    KEY: ClassVar[str] = ""
+    NESTED: ClassVar[Mapping[str, type[Section]]] = {}
+    OMIT_WHEN_NONE: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        names = (f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+        return tuple(n for n in names if n not in ("extra", "present"))
+
+    @classmethod
+    def from_dict(cls, entry: Mapping[str, Any]) -> Self:
+        """Read the section from its report.json object; unknown keys go to `extra`.
+
+        Raises:
+            QuantLensError: a field holds what it cannot (a nested entry that is no object).
+        """
+        names = cls.field_names()
+        values = {k: _frozen(entry[k]) for k in names if k in entry}
+        try:
+            for key, kind in cls.NESTED.items():
+                if key in values:
+                    values[key] = _read_nested(kind, values[key])
+            values |= {"extra": _split(entry, names), "present": frozenset(entry)}
+            return cls(**values)
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise QuantLensError(
+                f"report.json's `{cls.KEY}` is not readable ({exc!s}); re-run the job"
+            ) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {
+            k: _jsonable(v)
+            for k in self.field_names()
+            if not ((v := getattr(self, k)) is None and k in self.OMIT_WHEN_NONE)
+        }
+        extra: Mapping[str, Any] = getattr(self, "extra")  # noqa: B009 (declared by subclasses)
+        return {**_as_read(self, d), **_jsonable(extra)}
+
+
+def _read_nested(kind: type[Section], value: Any) -> Any:
+    """A nested field's value read into `kind`: entries by name (an object), or in order."""
+
+    def one(entry: Any) -> Section:
+        return entry if isinstance(entry, kind) else kind.from_dict(entry)
+
+    if isinstance(value, Mapping):
+        return {k: one(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(one(v) for v in value)
+    return value
+
+
+S = TypeVar("S", bound=Section)
+
+
+def put_section(report: dict[str, Any], section: Section) -> None:
+    """Store a section in a report.json object (as `update_report`'s change, or the worker's
+    copy through `ReportFile.put`): the one way a section enters report.json."""
+    report[section.KEY] = section.to_dict()
+
+
+def section_of(report: Mapping[str, Any], kind: type[S]) -> S | None:
+    """The section `kind` of a report.json object (a writer's copy), or None when absent."""
+    value = report.get(kind.KEY)
+    if isinstance(value, kind):
+        return value
+    return kind.from_dict(value) if isinstance(value, Mapping) else None
+
+
+@dataclass(frozen=True)
+class CalibrationRecord(Section):
+    """Where the calibration images came from (core.engine.stages.decode writes it).
+
+    `source` is held-out | overlapping | separate | none; `images` were used of `requested`;
+    `held_out` / `evaluable` split the data set; `path` and `sha256` name --calibration-data
+    (a re-score checks the hash); `file` lists the images (calibration.csv).
+    """
+
+    KEY: ClassVar[str] = "calibration"
+
+    source: str | None = None
+    reason: str | None = None
+    requested: int | None = None
+    images: int | None = None
+    held_out: int | None = None
+    evaluable: int | None = None
+    path: str | None = None
+    sha256: str | None = None
+    file: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    present: frozenset[str] | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepRow(Section):
+    """One point of the calibration sweep: a mode quantized with `size` images drawn with
+    `seed`, measured on `n` evaluated images (agreement in %, its Wilson 95 % interval in %).
+    What the chart and summary need is required; the rest may be missing from a report."""
+
+    KEY: ClassVar[str] = "point"
+
+    size: int
+    seed: int
+    agreement_pct: float
+    ci95: tuple[float, float] | None = None
+    n: int
+    mean_kl: float
+    size_bytes: int | None = None
+    file: str | None = None  # relative to the run folder: sweep/int8-n50-s1.tflite
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    present: frozenset[str] | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class SweepMode(Section):
+    """One swept mode: its rows, or the error that stopped it; then the summary per size
+    (core.reporting.sweep.size_summary), where it flattens and the statement in words."""
+
+    KEY: ClassVar[str] = "mode"
+    NESTED: ClassVar[Mapping[str, type[Section]]] = {"points": SweepRow}
+    OMIT_WHEN_NONE: ClassVar[frozenset[str]] = frozenset({"error", "summary"})
+    SUMMARISED = ("flattens_at", "run_size_enough", "statement")  # written with the summary
+
+    error: str | None = None
+    points: tuple[SweepRow, ...] = ()
+    summary: tuple[Mapping[str, Any], ...] | None = None
+    flattens_at: int | None = None
+    run_size_enough: bool | None = None
+    statement: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    present: frozenset[str] | None = field(default=None, compare=False, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        if self.summary is None:  # not summarised yet: none of its conclusions either
+            for key in self.SUMMARISED:
+                if d.get(key) is None:
+                    d.pop(key, None)
+        return d
+
+
+@dataclass(frozen=True)
+class Sweep(Section):
+    """The calibration sweep (--calibration-sweep, core.engine.stages.sweep): what was swept,
+    from which pool, each mode's points, and the statement the CLI, pages and report show."""
+
+    KEY: ClassVar[str] = "sweep"
+    NESTED: ClassVar[Mapping[str, type[Section]]] = {"modes": SweepMode}
+
+    backend: str | None = None
+    requested_sizes: tuple[int, ...] = ()
+    sizes: tuple[int, ...] = ()
+    seeds: int | None = None
+    pool_source: str | None = None
+    pool_images: int | None = None
+    evaluated_n: int | None = None
+    flat_within_pp: float | None = None
+    run_calibration_samples: int | None = None
+    notes: tuple[str, ...] = ()
+    modes: Mapping[str, SweepMode] = field(default_factory=dict)
+    statement: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    present: frozenset[str] | None = field(default=None, compare=False, repr=False)
+
+    def with_mode(self, mode: str, entry: SweepMode) -> Sweep:
+        """A copy with one mode's entry replaced (the object itself is frozen)."""
+        return dataclasses.replace(self, modes={**self.modes, mode: entry})
+
+
+@dataclass(frozen=True)
+class EngineInfo(Section):
+    """Where the run ran: `local`, or `ray` with its cluster (address, alive nodes, CPUs),
+    the node that converted and timed (`latency_node`), and on Ray the evaluation's batches
+    per node."""
+
+    KEY: ClassVar[str] = "engine"
+    OMIT_WHEN_NONE: ClassVar[frozenset[str]] = frozenset({"cpus", "batches_by_node"})
+
+    name: str = "local"
+    address: str | None = None
+    nodes: tuple[str, ...] = ()
+    cpus: int | None = None
+    latency_node: str | None = None
+    batches_by_node: Mapping[str, int] | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    present: frozenset[str] | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Tracking(Section):
+    """Where the finished run was logged (MLflow): the tracking URI and the ids there, or the
+    one-line error that kept it from being logged."""
+
+    KEY: ClassVar[str] = "tracking"
+    OMIT_WHEN_NONE: ClassVar[frozenset[str]] = frozenset({"experiment_id", "run_id"})
+
+    uri: str | None = None
+    experiment_id: str | None = None
+    run_id: str | None = None
+    error: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    present: frozenset[str] | None = field(default=None, compare=False, repr=False)
+
+
+# The sections RunReport reads into typed fields, by their report.json key.
+SECTIONS: tuple[type[Section], ...] = (CalibrationRecord, Sweep, EngineInfo, Tracking)
 
 
 # -- a run -------------------------------------------------------------------------------------
@@ -768,6 +1005,10 @@ class RunReport(_MappingView):
     pivot: str | None = None
     warnings: tuple[str, ...] = ()
     recommendation: Mapping[str, Any] | None = None
+    calibration: CalibrationRecord | None = None  # None in runs older than the record
+    sweep: Sweep | None = None  # only with --calibration-sweep
+    engine: EngineInfo | None = None
+    tracking: Tracking | None = None  # once logged to MLflow (or refused there)
     schema_version: int = SCHEMA_VERSION
     extra: Mapping[str, Any] = field(default_factory=dict)
     present: frozenset[str] | None = field(default=None, compare=False, repr=False)
@@ -788,6 +1029,8 @@ class RunReport(_MappingView):
         variants = tuple(
             Variant.from_dict(v) for v in data.get("variants") or [] if isinstance(v, Mapping)
         )
+        # A section that is not an object (no writer made one) stays in `extra` as it is.
+        typed = tuple(k.KEY for k in SECTIONS if isinstance(data.get(k.KEY), Mapping))
         return cls(
             run=RunInfo.from_dict(data.get("run") or {}),
             variants=variants,
@@ -799,8 +1042,12 @@ class RunReport(_MappingView):
             pivot=data.get("pivot"),
             warnings=tuple(str(w) for w in data.get("warnings") or ()),
             recommendation=data.get("recommendation"),
+            calibration=section_of(data, CalibrationRecord),
+            sweep=section_of(data, Sweep),
+            engine=section_of(data, EngineInfo),
+            tracking=section_of(data, Tracking),
             schema_version=version,
-            extra=_split(data, _RUN_KEYS),
+            extra=_split(data, _RUN_KEYS + typed),
             present=frozenset(data) | {"schema_version"},  # always written
         )
 
@@ -820,6 +1067,10 @@ class RunReport(_MappingView):
         }
         if self.recommendation is not None:
             d["recommendation"] = _jsonable(self.recommendation)
+        for kind in SECTIONS:
+            section = getattr(self, kind.KEY)
+            if section is not None:
+                d[kind.KEY] = section.to_dict()
         return {**_as_read(self, d), **_jsonable(self.extra)}
 
     def __getitem__(self, key: str) -> Any:
@@ -862,19 +1113,6 @@ class RunReport(_MappingView):
             self.options.get("calibration_samples") if samples is None else samples,
             self.options.get("seed") if seed is None else seed,
         )
-
-    @property
-    def calibration(self) -> Mapping[str, Any] | None:
-        """Where the calibration images came from (source held-out | overlapping | separate |
-        none, `images`, `held_out`, `evaluable`, `path`); None in runs older than issue 13."""
-        value = self.extra.get("calibration")
-        return value if isinstance(value, Mapping) else None
-
-    @property
-    def sweep(self) -> Mapping[str, Any] | None:
-        """The calibration sweep (`modes` -> per-point rows and summary, `statement`), if run."""
-        value = self.extra.get("sweep")
-        return value if isinstance(value, Mapping) else None
 
     def display_name(self, variant: Variant) -> str:
         """A variant's name as listed: `float32 (pivot)` for the run's pivot; a long name is

@@ -26,7 +26,7 @@ from core.engine.stages.reference import ReferenceOutputs
 from core.errors import QuantLensError
 from core.inputs import rundir
 from core.runfolder.protocol import DECODED_CACHE
-from core.types import Mode, Sample, VariantSpec
+from core.types import Mode, Sample, VariantSpec, VariantStatus
 
 if TYPE_CHECKING:
     from core.engine.fixes.keep_float import Measurement
@@ -74,7 +74,7 @@ def needs_diagnosis(run: RunContext, spec: VariantSpec) -> bool:
     """A finished quantized variant not diagnosed yet (a restarted worker does not repeat one)."""
     from core.engine.diagnose import can_diagnose
 
-    if not can_diagnose(spec) or run.report.variant(spec.name)["status"] != "done":
+    if not can_diagnose(spec) or run.report.variant(spec.name)["status"] != VariantStatus.DONE:
         return False
     return spec.name not in (run.report.data.get("diagnosis") or {})
 
