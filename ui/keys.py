@@ -98,3 +98,8 @@ LAYERS_VARIANT = "layers.variant"
 LAYERS_KEEP_FLOAT = "layers.keep_float"  # + ".<variant>": the layers chosen on its page
 LAYERS_RESCORE_ERROR = "layers.rescore_error"  # why the last re-score could not start
 LAYERS_DETAIL = "layers.detail"  # + ".<variant>": the layer whose details are shown
+
+# targets
+TARGETS_TARGET = "targets.target"
+TARGETS_ARENA = "targets.arena_kb"
+TARGETS_TABLE = "targets.deployability"

@@ -16,6 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from core.engine.flatbuffer import operators
 from core.reporting.runmodel import CellStatus, VelaCell
 
 ACCELERATOR = "ethos-u55-128"
@@ -95,15 +96,8 @@ def vela_check(model: Path, *, has_integer_ops: bool) -> VelaCell:
             done.stdout + done.stderr,
             summary,
             version(),
-            op_types=_op_types(model),
+            ops=operators(model.read_bytes()),
         )
-
-
-def _op_types(model: Path) -> dict[str, str]:
-    """The model's op type by output tensor name (what Vela's CPU lines name an op by)."""
-    from core.engine.flatbuffer import op_outputs
-
-    return {tensor: op for op, tensor in op_outputs(model.read_bytes())}
 
 
 def _read_summary(path: Path) -> dict[str, str]:
@@ -118,16 +112,18 @@ def cell_from_output(
     summary: dict[str, str] | None,
     release: str | None,
     *,
-    op_types: dict[str, str] | None = None,
+    ops: list[tuple[str, tuple[str, ...]]],
 ) -> VelaCell:
     """The cell Vela's printed summary and its CSV say.
 
-    The CSV's memory figures are KiB; they are stored in bytes. `op_types` maps output tensor
-    names to the model's op types, so a CPU op is named as the model names it (Vela calls
-    every op it leaves to the CPU "Passthrough"); unknown names keep Vela's type.
+    Ops are counted as the model's own (`ops`: each op's type and output tensor names): an op
+    is on the CPU when Vela's CPU list names one of its outputs. Vela's own totals count the
+    ops it lowered to (a SOFTMAX becomes about a dozen) and change with its debug flags (40 or
+    50 for one compile of the same model), so they are not what a user can check against
+    the graph. The CSV's memory figures are KiB; they are stored in bytes.
     """
     counts = {kind: int(n) for kind, n in _COUNT.findall(text)}
-    if returncode != 0 or not summary or "NPU" not in counts:
+    if returncode != 0 or not summary or "NPU" not in counts or not ops:
         lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
         last = lines[-1] if lines else f"exit code {returncode}"
         return VelaCell(
@@ -141,9 +137,13 @@ def cell_from_output(
         value = summary.get(key)
         return None if value in (None, "") else round(float(value) * 1024)
 
-    names = op_types or {}
-    cpu_types = {names.get(tensor, kind) for kind, tensor in _CPU_OP.findall(text)}
-    npu_ops = counts.get("NPU", 0)
+    cpu_lines = _CPU_OP.findall(text)
+    on_cpu_tensors = {tensor for _, tensor in cpu_lines}
+    on_cpu = [op for op, outputs in ops if on_cpu_tensors.intersection(outputs)]
+    npu_ops = len(ops) - len(on_cpu)
+    # A CPU op Vela names by no tensor of the model (one it inserted) still runs on the CPU.
+    known = {tensor for _, outputs in ops for tensor in outputs}
+    on_cpu += [kind for kind, tensor in cpu_lines if tensor not in known]
 
     def estimate(key: str) -> float | None:
         # With nothing on the NPU Vela estimates nothing (0 cycles, NaN inferences per second).
@@ -160,8 +160,8 @@ def cell_from_output(
         accelerator=ACCELERATOR,
         system_config=system.group(1) if system else summary.get("system_config"),
         npu_ops=npu_ops,
-        cpu_ops=counts.get("CPU", 0),
-        cpu_op_types=tuple(sorted(cpu_types)),
+        cpu_ops=len(on_cpu),
+        cpu_op_types=tuple(sorted(set(on_cpu))),
         sram_bytes=kib("sram_memory_used"),
         flash_bytes=(kib("off_chip_flash_memory_used") or 0)
         + (kib("on_chip_flash_memory_used") or 0),

@@ -57,6 +57,10 @@ class TradeoffPoint:
     ci95: tuple[float, float] | None
     n: int | None
     verdict: str
+    # For a chosen target: can it run this variant, and what to flag (the exclusion reason, or
+    # Vela leaving ops to the CPU). True and None when no target was asked for.
+    runnable: bool = True
+    note: str | None = None
 
 
 def dominates(a: TradeoffPoint, b: TradeoffPoint) -> bool:
@@ -69,22 +73,31 @@ def dominates(a: TradeoffPoint, b: TradeoffPoint) -> bool:
 
 
 def pareto_frontier(points: Sequence[TradeoffPoint]) -> list[str]:
-    """Names of the points no other point dominates, smallest first (then fastest).
+    """Names of the runnable points no other runnable point dominates, smallest first (then
+    fastest). A point the chosen target cannot run is not on that target's frontier.
 
     Two identical points are both on the frontier: neither is strictly better.
     """
+    points = [p for p in points if p.runnable]
     kept = [p for p in points if not any(dominates(q, p) for q in points if q is not p)]
     return [p.name for p in sorted(kept, key=lambda p: (p.size_mb, p.p50_ms, p.name))]
 
 
 def tradeoff_points(
-    variants: Sequence[Variant | Mapping[str, Any]], *, label: str = "{name}"
+    variants: Sequence[Variant | Mapping[str, Any]],
+    *,
+    label: str = "{name}",
+    target: str | None = None,
+    arena_limit_kb: float | None = None,
 ) -> list[TradeoffPoint]:
     """The chart's points: every finished variant that has a size, a p50 and an agreement.
 
     Args:
         variants: the run's variants (any backend, any kind).
         label: how to name a point; "{name}" is the variant's name (Compare prefixes the run).
+        target: mark which points this target can run (core.reporting.targets), and flag
+            those Vela leaves partly on the CPU; None: every point is runnable.
+        arena_limit_kb: the `mcu` target's arena limit.
     """
     points = []
     for v in map(variant_of, variants):
@@ -94,6 +107,12 @@ def tradeoff_points(
         if r.top1_agreement_pct is None:
             continue
         ci = r.top1_agreement_ci95
+        why: str | None = None
+        flag: str | None = None
+        if target is not None:
+            why = exclusion(v, Target(target), arena_limit_kb=arena_limit_kb)
+            if why is None and Target(target) in (Target.INTEGER_ONLY, Target.MCU):
+                flag = cpu_fallback(v)
         points.append(
             TradeoffPoint(
                 name=label.format(name=v.name),
@@ -103,6 +122,8 @@ def tradeoff_points(
                 ci95=(float(ci[0]), float(ci[1])) if ci else None,
                 n=r.n,
                 verdict=verdict(v),
+                runnable=why is None,
+                note=why if why is not None else flag,
             )
         )
     return points

@@ -514,6 +514,9 @@ def format_table(report: RunReport | Mapping[str, Any]) -> str:
         lines.append(f"note: {note}")
     for warning in report.warnings:
         lines.append(f"warning: {warning}")
+    from core.reporting.targets import deployability_lines
+
+    lines.extend(deployability_lines(report.variants))
     lines.extend(recommendation_lines(report.recommendation))
     return "\n".join(lines)
 
@@ -550,7 +553,17 @@ def recommendation_lines(rec: Mapping[str, Any] | None) -> list[str]:
             head += f" (runner-up: {short_name(rec['runner_up'])})"
     else:
         head = "recommended: none"
-    return [head, f"  rule: {rec['rule']}", f"  why: {rec['reason']}"]
+    if rec.get("target"):
+        head += f" for target {rec['target']}"
+    lines = [head, f"  rule: {rec['rule']}", f"  why: {rec['reason']}"]
+    for entry in rec.get("excluded") or ():
+        lines.append(f"  excluded: {short_name(entry['variant'])}: {entry['reason']}")
+    for entry in rec.get("listed_once") or ():
+        lines.append(
+            f"  listed once: {short_name(entry['variant'])} has the outputs of "
+            f"{short_name(entry['same_as'])}"
+        )
+    return lines
 
 
 def run_status(report: RunReport | Mapping[str, Any]) -> RunStatus:

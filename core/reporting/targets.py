@@ -11,6 +11,7 @@ nothing here runs a model.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from core.reporting.runmodel import CellStatus, Deployability, Variant
@@ -133,3 +134,92 @@ def cpu_fallback(variant: Variant) -> str | None:
     total = (vela.npu_ops or 0) + (vela.cpu_ops or 0)
     kinds = f" ({', '.join(vela.cpu_op_types)})" if vela.cpu_op_types else ""
     return f"Ethos-U: {vela.cpu_ops} of {total} ops on the CPU{kinds}"
+
+
+# -- the deployability table, as the page, report.html and the CLI show it ---------------------
+
+DEPLOYABILITY_COLUMNS = (
+    "variant",
+    "integer-only",
+    "TFLite-Micro",
+    "Ethos-U ops (NPU / CPU)",
+    "Ethos-U SRAM / flash",
+    "Ethos-U estimate",
+)
+
+
+def _integer_cell(found: Deployability) -> str:
+    check = found.integer_only
+    if check.integer_only:
+        return "yes" + (
+            " (float input/output: the casts run on the host CPU)" if check.float_io else ""
+        )
+    more = len(check.blockers) - 1
+    rest = f" and {more} more" if more > 0 else ""
+    return f"no: {check.blockers[0] if check.blockers else 'float ops'}{rest}"
+
+
+def _micro_cell(found: Deployability) -> str:
+    micro = found.micro
+    if micro.status == CellStatus.OK and micro.arena_bytes is not None:
+        return f"runs; arena {_kib(micro.arena_bytes)}"
+    return f"{micro.status}: {micro.reason}" if micro.reason else str(micro.status)
+
+
+def _vela_cells(found: Deployability) -> tuple[str, str, str]:
+    vela = found.vela
+    if vela.status != CellStatus.OK:
+        why = f"{vela.status}: {vela.reason}" if vela.reason else str(vela.status)
+        return why, "—", "—"
+    kinds = f" ({', '.join(vela.cpu_op_types)})" if vela.cpu_op_types else ""
+    ops = f"{vela.npu_ops} / {vela.cpu_ops}{kinds}"
+    if vela.cpu_ops:
+        ops += " — falls back to the CPU"
+    memory = (
+        "—"
+        if vela.sram_bytes is None
+        else f"{_kib(vela.sram_bytes)} / {_kib(vela.flash_bytes or 0)}"
+    )
+    estimate = (
+        "—"
+        if vela.cycles is None
+        else f"{vela.cycles:,} cycles"
+        + (
+            f" ({vela.inferences_per_second:,.0f} inferences/s at {vela.system_config})"
+            if vela.inferences_per_second
+            else ""
+        )
+    )
+    return ops, memory, estimate
+
+
+def deployability_rows(variants: Sequence[Variant]) -> list[dict[str, str]]:
+    """One row per variant with a pre-flight, in `DEPLOYABILITY_COLUMNS` order."""
+    rows = []
+    for v in variants:
+        found = v.result.deployability
+        if found is None:
+            continue
+        ops, memory, estimate = _vela_cells(found)
+        cells = (v.name, _integer_cell(found), _micro_cell(found), ops, memory, estimate)
+        rows.append(dict(zip(DEPLOYABILITY_COLUMNS, cells, strict=True)))
+    return rows
+
+
+def deployability_lines(variants: Sequence[Variant]) -> list[str]:
+    """The pre-flight as the CLI prints it, one line per variant."""
+    return [
+        f"deployability: {r['variant']}: integer-only {r['integer-only']}; TFLite-Micro "
+        f"{r['TFLite-Micro']}; Ethos-U NPU/CPU ops {r['Ethos-U ops (NPU / CPU)']}"
+        for r in deployability_rows(variants)
+    ]
+
+
+DEPLOYABILITY_NOTES = (
+    "Ethos-U figures are Vela's estimates for an Ethos-U55 with 128 MACs in Vela's default "
+    "system configuration; its op counts are Vela's own (it splits some ops, e.g. SOFTMAX).",
+    "TFLite-Micro's arena is what its interpreter planned for the model on this machine: the "
+    "smallest arena a device build of the same model needs (plus the application's own).",
+    GPU_ANALYZER_NOT_USED + ".",
+    CORAL_NOT_AVAILABLE + ".",
+)

@@ -1,0 +1,186 @@
+"""The deployability pre-flight on a real run (tiny model, 20 images, float32 + int8 + dynamic):
+each variant's `deployability` in report.json, checked against independent recomputations:
+the integer-only verdict from LiteRT's own tensor details, TFLite-Micro's arena by planning
+the model again at that size and 512 bytes less, and Vela's NPU/CPU split by running the Vela
+CLI here and reading its printed counts. Plus the cells that cannot be computed, and the
+per-target recommendation the finish stage stores."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from core.engine import micro, vela
+from core.reporting.runmodel import CellStatus
+from tests.core.conftest import unlabelled_copy
+from tests.core.test_cli import run_cli
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def run(
+    tiny_models: dict[str, Path], tiny_data: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any], Path]:
+    root = tmp_path_factory.mktemp("deploy")
+    data = unlabelled_copy(tiny_data, root / "data")
+    folder = root / "run"
+    done = run_cli(
+        "run",
+        str(tiny_models["keras"]),
+        "--data",
+        str(data),
+        "--modes",
+        "float32,dynamic,int8",
+        "--preprocess",
+        "unit",
+        "--samples",
+        "20",
+        "--calibration-samples",
+        "8",
+        "--latency-runs",
+        "3",
+        "--threads",
+        "1",
+        "--min-agreement",
+        "50",
+        "--out",
+        str(folder),
+        home=root / "home",
+    )
+    assert done.returncode in (0, 1), done.stdout + done.stderr[-3000:]
+    report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+    return done, report, folder
+
+
+def _variant(report: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(v for v in report["variants"] if v["name"] == name)
+
+
+def _float_tensors_inside(path: Path) -> bool:
+    """Independently of core.engine.flatbuffer: does any op (not a graph input or output, not
+    the casts at the edges) read or write a float32 tensor, by LiteRT's own op details?"""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path))
+    types = {t["index"]: t["dtype"] for t in it.get_tensor_details()}
+    for op in it._get_ops_details():
+        if op["op_name"] in ("QUANTIZE", "DEQUANTIZE"):
+            continue
+        tensors = [i for i in [*op["inputs"], *op["outputs"]] if i >= 0]
+        if any(types[i] == np.float32 for i in tensors):
+            return True
+    return False
+
+
+def test_every_variant_gets_a_preflight_matching_an_independent_check(run) -> None:  # type: ignore[no-untyped-def]
+    _, report, folder = run
+    for v in report["variants"]:
+        found = v["deployability"]
+        path = folder / f"{v['file_id']}.tflite"
+        assert found["integer_only"]["integer_only"] is not _float_tensors_inside(path), v["name"]
+    assert _variant(report, "int8")["deployability"]["integer_only"]["integer_only"] is True
+    float32 = _variant(report, "float32")["deployability"]["integer_only"]
+    assert float32["integer_only"] is False and float32["blockers"]
+
+
+def _plans(path: Path, arena: int) -> bool:
+    """Whether TFLite-Micro plans the model within `arena` bytes (in a child: it can abort)."""
+    code = (
+        "import sys\n"
+        "from tflite_micro.python.tflite_micro import runtime\n"
+        f"runtime.Interpreter.from_bytes(open({str(path)!r}, 'rb').read(), arena_size={arena})\n"
+    )
+    return (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, check=False).returncode
+        == 0
+    )
+
+
+def test_tflite_micro_arena_is_the_smallest_that_plans(run) -> None:  # type: ignore[no-untyped-def]
+    _, report, folder = run
+    cell = _variant(report, "int8")["deployability"]["micro"]
+    assert cell["status"] == "ok", cell
+    arena = cell["arena_bytes"]
+    path = folder / f"{_variant(report, 'int8')['file_id']}.tflite"
+    assert _plans(path, arena)
+    assert not _plans(path, arena - 512)
+
+
+def test_vela_split_matches_the_vela_cli_run_here(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The split in the model's own ops: Vela's CPU list (run here) matched to the op outputs
+    LiteRT's interpreter lists; SRAM from Vela's printed summary."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    _, report, folder = run
+    entry = _variant(report, "int8")
+    cell = entry["deployability"]["vela"]
+    assert cell["status"] == "ok", cell
+    path = folder / f"{entry['file_id']}.tflite"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ethosu.vela",
+            str(path),
+            "--accelerator-config",
+            "ethos-u55-128",
+            "--output-dir",
+            str(tmp_path),
+            "--show-cpu-operations",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    )
+    cpu_tensors = set(re.findall(r"CPU: \S+ = (.+?) \(outputs", done.stdout))
+    it = Interpreter(model_path=str(path))
+    names = {t["index"]: t["name"] for t in it.get_tensor_details()}
+    ops = it._get_ops_details()
+    on_cpu = [op for op in ops if {names[i] for i in op["outputs"]} & cpu_tensors]
+    assert (cell["npu_ops"], cell["cpu_ops"]) == (len(ops) - len(on_cpu), len(on_cpu))
+    assert cell["npu_ops"] > 0
+    sram_kib = float(re.search(r"Total SRAM used\s+([\d.]+) KiB", done.stdout).group(1))  # type: ignore[union-attr]
+    assert abs(cell["sram_bytes"] / 1024 - sram_kib) < 0.01
+    assert cell["cycles"] > 0
+
+
+def test_cells_that_cannot_be_computed_say_why(run) -> None:  # type: ignore[no-untyped-def]
+    _, report, _ = run
+    # float32 and dynamic range compute in float: Vela has nothing to map.
+    for name in ("float32", "dynamic"):
+        cell = _variant(report, name)["deployability"]["vela"]
+        assert cell["status"] == str(CellStatus.NOT_APPLICABLE)
+        assert cell["reason"] == vela.FLOAT_MODEL
+
+
+def test_missing_extras_say_how_to_install_them(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(micro, "installed", lambda: False)
+    monkeypatch.setattr(vela, "installed", lambda: False)
+    model = tmp_path / "m.tflite"
+    model.write_bytes(b"")
+    assert micro.micro_check(model).reason == micro.INSTALL_HINT
+    assert vela.vela_check(model, has_integer_ops=True).reason == vela.INSTALL_HINT
+    assert "pip install --pre tflite-micro" in micro.INSTALL_HINT
+    assert "pip install ethos-u-vela" in vela.INSTALL_HINT
+
+
+def test_finish_stores_a_pick_per_target_and_the_cli_prints_the_preflight(run) -> None:  # type: ignore[no-untyped-def]
+    done, report, _ = run
+    every = report["recommendations"]
+    assert list(every) == ["cpu", "integer-only", "mcu", "gpu"]
+    assert report["recommendation"]["target"] == "cpu"
+    excluded = {e["variant"] for e in every["integer-only"]["excluded"]}
+    assert {"float32", "dynamic"} <= excluded
+    assert every["gpu"]["variant"] is None
+    assert "deployability: int8: integer-only yes" in done.stdout
