@@ -6,9 +6,12 @@ import streamlit as st
 
 from core.reporting.recommend import recommendation
 from core.reporting.targets import (
+    ACCELERATOR,
     DEPLOYABILITY_COLUMNS,
     DEPLOYABILITY_NOTES,
+    MICRO_COLUMNS,
     PROFILES,
+    VELA_COLUMNS,
     Target,
     deployability_rows,
 )
@@ -69,12 +72,17 @@ choose.tradeoff_chart(
 st.subheader("Deployability pre-flight")
 rows = deployability_rows(res.variants)
 if rows:
-    st.dataframe(
-        pd.DataFrame(rows, columns=list(DEPLOYABILITY_COLUMNS)),
-        hide_index=True,
-        width="stretch",
-        key=keys.TARGETS_TABLE,
-    )
+    for title, columns in (
+        ("Integer-only check and TFLite-Micro", MICRO_COLUMNS),
+        (f"Arm Ethos-U (Vela, {ACCELERATOR})", VELA_COLUMNS),
+    ):
+        st.markdown(f"**{title}**")
+        st.dataframe(
+            pd.DataFrame(rows, columns=list(DEPLOYABILITY_COLUMNS))[list(columns)],
+            hide_index=True,
+            width="stretch",
+            key=f"{keys.TARGETS_TABLE}.{columns[-1]}",
+        )
 else:
     st.info("No deployability pre-flight in this run yet (runs made before it have none).")
 for note in DEPLOYABILITY_NOTES:

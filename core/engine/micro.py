@@ -89,7 +89,7 @@ def cell_from_output(returncode: int, stdout: str, stderr: str, release: str | N
     if returncode == 3 and lines:  # the interpreter refused the model (see _plan)
         detail = complaint or lines[0]
         return MicroCell(
-            CellStatus.FAILS, reason=f"TFLite-Micro cannot plan it: {detail}", version=release
+            CellStatus.FAILS, reason=f"TFLite-Micro cannot plan it ({detail})", version=release
         )
     last = lines[-1] if lines else f"exit code {returncode}"
     return MicroCell(CellStatus.ERROR, reason=f"TFLite-Micro failed: {last}", version=release)

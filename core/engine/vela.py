@@ -18,15 +18,12 @@ from pathlib import Path
 
 from core.engine.flatbuffer import operators
 from core.reporting.runmodel import CellStatus, VelaCell
+from core.reporting.targets import ACCELERATOR
 
-ACCELERATOR = "ethos-u55-128"
 INSTALL_HINT = (
     "Vela is not installed: pip install ethos-u-vela (an optional extra in requirements-extras.txt)"
 )
-FLOAT_MODEL = (
-    "no op computes in integers (a float or dynamic-range model): the Ethos-U NPU runs only "
-    "int8 and int16 ops, so Vela would leave every op to the CPU"
-)
+FLOAT_MODEL = "no op computes in integers, and the Ethos-U NPU runs only int8 and int16 ops"
 _TIMEOUT_S = 300
 
 _COUNT = re.compile(r"^(CPU|NPU) operators = (\d+)", re.MULTILINE)

@@ -295,12 +295,12 @@ def _target_marks(fig: go.Figure, points: Sequence[TradeoffPoint]) -> None:
     for chosen, name, marker in (
         (
             blocked,
-            "not runnable on the target",
+            "not runnable here",
             {"symbol": "x-thin", "size": 22, "line": {"width": 3, "color": "#b00020"}},
         ),
         (
             flagged,
-            "falls back to the CPU (Vela)",
+            "CPU fallback (Vela)",
             {"symbol": "diamond-open", "size": 24, "color": "#e07000", "line": {"width": 2}},
         ),
     ):

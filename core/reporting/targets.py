@@ -25,6 +25,8 @@ class Target(enum.StrEnum):
 
 
 DEFAULT_TARGET = Target.CPU
+# The Ethos-U configuration Vela compiles for (core.engine.vela): the smallest common Ethos-U55.
+ACCELERATOR = "ethos-u55-128"
 
 # Said wherever targets are listed (docs/runtimes-and-targets.md, the Deploy page, report.html).
 GPU_NOT_EVALUATED = (
@@ -82,6 +84,14 @@ PROFILES = {
 }
 
 
+def float_ops_summary(blockers: Sequence[str]) -> str:
+    """ "12 ops (CONV_2D, MEAN, SOFTMAX)": how many ops compute in float, and their types
+    (each blocker reads "CONV_2D <output tensor> (FLOAT32)")."""
+    kinds = sorted({b.split(" ", 1)[0] for b in blockers})
+    count = len(blockers)
+    return f"{count} op{'' if count == 1 else 's'} ({', '.join(kinds)})"
+
+
 def _kib(n: int) -> str:
     return f"{n / 1024:.1f} KiB"
 
@@ -103,10 +113,7 @@ def exclusion(
         return "no deployability pre-flight in this report (re-run to check it)"
     check = found.integer_only
     if not check.integer_only:
-        first = check.blockers[0] if check.blockers else "an op"
-        more = len(check.blockers) - 1
-        rest = f" and {more} more op{'' if more == 1 else 's'}" if more > 0 else ""
-        return f"computes in float: {first}{rest}"
+        return f"computes in float: {float_ops_summary(check.blockers)}"
     if target == Target.INTEGER_ONLY:
         return None
     return _micro_exclusion(found, arena_limit_kb)
@@ -146,6 +153,9 @@ DEPLOYABILITY_COLUMNS = (
     "Ethos-U SRAM / flash",
     "Ethos-U estimate",
 )
+# The page shows the pre-flight as two tables, so neither needs a horizontal scroll.
+MICRO_COLUMNS = DEPLOYABILITY_COLUMNS[:3]
+VELA_COLUMNS = (DEPLOYABILITY_COLUMNS[0], *DEPLOYABILITY_COLUMNS[3:])
 
 
 def _integer_cell(found: Deployability) -> str:
@@ -154,23 +164,20 @@ def _integer_cell(found: Deployability) -> str:
         return "yes" + (
             " (float input/output: the casts run on the host CPU)" if check.float_io else ""
         )
-    more = len(check.blockers) - 1
-    rest = f" and {more} more" if more > 0 else ""
-    return f"no: {check.blockers[0] if check.blockers else 'float ops'}{rest}"
+    return f"no: {float_ops_summary(check.blockers)} compute in float"
 
 
 def _micro_cell(found: Deployability) -> str:
     micro = found.micro
     if micro.status == CellStatus.OK and micro.arena_bytes is not None:
         return f"runs; arena {_kib(micro.arena_bytes)}"
-    return f"{micro.status}: {micro.reason}" if micro.reason else str(micro.status)
+    return micro.reason or str(micro.status)
 
 
 def _vela_cells(found: Deployability) -> tuple[str, str, str]:
     vela = found.vela
     if vela.status != CellStatus.OK:
-        why = f"{vela.status}: {vela.reason}" if vela.reason else str(vela.status)
-        return why, "—", "—"
+        return f"{vela.status}: {vela.reason}" if vela.reason else str(vela.status), "—", "—"
     kinds = f" ({', '.join(vela.cpu_op_types)})" if vela.cpu_op_types else ""
     ops = f"{vela.npu_ops} / {vela.cpu_ops}{kinds}"
     if vela.cpu_ops:
@@ -185,7 +192,7 @@ def _vela_cells(found: Deployability) -> tuple[str, str, str]:
         if vela.cycles is None
         else f"{vela.cycles:,} cycles"
         + (
-            f" ({vela.inferences_per_second:,.0f} inferences/s at {vela.system_config})"
+            f", {vela.inferences_per_second:,.0f} inferences/s"
             if vela.inferences_per_second
             else ""
         )
@@ -217,7 +224,8 @@ def deployability_lines(variants: Sequence[Variant]) -> list[str]:
 
 DEPLOYABILITY_NOTES = (
     "Ethos-U figures are Vela's estimates for an Ethos-U55 with 128 MACs in Vela's default "
-    "system configuration; its op counts are Vela's own (it splits some ops, e.g. SOFTMAX).",
+    "system configuration (Ethos_U55_High_End_Embedded); ops are counted in the model's own "
+    "ops, an op being on the CPU when Vela lists one of its outputs there.",
     "TFLite-Micro's arena is what its interpreter planned for the model on this machine: the "
     "smallest arena a device build of the same model needs (plus the application's own).",
     GPU_ANALYZER_NOT_USED + ".",

@@ -105,7 +105,7 @@ def test_held_out_case_recommends_int8_for_cpu_and_integer_only() -> None:
     assert rec["excluded"] == [
         {
             "variant": "float32",
-            "reason": "computes in float: CONV_2D conv2d (FLOAT32) and 1 more op",
+            "reason": "computes in float: 2 ops (CONV_2D, MEAN)",
         }
     ]
     # On cpu, int16x8 (31.9x slower) ranks after float32 although it is smaller.
