@@ -6,7 +6,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from core.reporting.report import VERDICT_LOWER_BOUND, VERDICT_POINT, variant_of, verdict
+from core.reporting.report import (
+    VERDICT_LOWER_BOUND,
+    VERDICT_POINT,
+    meets_threshold,
+    variant_of,
+    verdict,
+)
 from core.reporting.runmodel import RunReport, Variant, report_from
 from core.reporting.speedup import BASELINE_LABEL, ORIGINAL_LABEL, times
 from core.reporting.targets import (
@@ -203,8 +209,12 @@ def _speed_words(v: Variant, baseline: Variant | None) -> str:
     return head
 
 
-def _passes(v: Variant) -> bool:
-    return v.result.passed is True
+def _passes(v: Variant, threshold_pct: float, rule: str) -> bool:
+    """Whether `v` meets the threshold under the run's verdict rule (what its PASS says)."""
+    r = v.result
+    return meets_threshold(
+        float(r.top1_agreement_pct or 0), r.top1_agreement_ci95, threshold_pct, rule
+    )
 
 
 def _agreement_words(v: Variant) -> str:
@@ -286,7 +296,7 @@ def recommendation(
             out["excluded"].append({"variant": v.name, "reason": why})
     candidates, out["listed_once"] = listed_once(runnable)
     baseline = typed.variant(BASELINE)
-    qualified = [v for v in candidates if _passes(v)]
+    qualified = [v for v in candidates if _passes(v, threshold, typed.verdict_rule)]
     not_slower = sorted(
         (v for v in qualified if _slower_than_float32(v, baseline) is None),
         key=_smallest_then_fastest,
@@ -331,8 +341,8 @@ def recommendation(
     closest = min(candidates, key=lambda v: (-_lower(v), *_smallest_then_fastest(v)))
     out["reason"] = (
         f"no variant passes the run's verdict at {threshold:g} %; closest: "
-        f"{short_name(closest.name)} at a lower 95 % bound of {_lower(closest):.1f} % "
-        f"(n={closest.result.n})"
+        f"{short_name(closest.name)} at {_lower(closest):.1f} % (n={closest.result.n}), "
+        "its lower 95 % bound"
     )
     out["closest"] = closest.name
     return out

@@ -176,7 +176,9 @@ def test_missing_extras_say_how_to_install_them(
 
 
 def test_finish_stores_a_pick_per_target_and_the_cli_prints_the_preflight(run) -> None:  # type: ignore[no-untyped-def]
-    done, report, _ = run
+    from core.reporting.html import render_report_html
+
+    done, report, folder = run
     every = report["recommendations"]
     assert list(every) == ["cpu", "integer-only", "mcu", "gpu"]
     assert report["recommendation"]["target"] == "cpu"
@@ -184,3 +186,7 @@ def test_finish_stores_a_pick_per_target_and_the_cli_prints_the_preflight(run) -
     assert {"float32", "dynamic"} <= excluded
     assert every["gpu"]["variant"] is None
     assert "deployability: int8: integer-only yes" in done.stdout
+    vela_cell = _variant(report, "int8")["deployability"]["vela"]
+    html = render_report_html(folder)
+    assert '<table id="deployability">' in html and '<table id="targets">' in html
+    assert f"<td>{vela_cell['npu_ops']} / {vela_cell['cpu_ops']}" in html

@@ -136,8 +136,8 @@ def test_when_nothing_qualifies_the_closest_is_the_highest_lower_bound() -> None
     assert rec["variant"] is None
     assert rec["closest"] == "dynamic"
     assert rec["reason"] == (
-        "no variant passes the run's verdict at 95 %; closest: dynamic at a lower 95 % bound "
-        "of 84.5 % (n=500)"
+        "no variant passes the run's verdict at 95 %; closest: dynamic at 84.5 % (n=500), its "
+        "lower 95 % bound"
     )
 
 
