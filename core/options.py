@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import QuantLensError
+from core.reporting.targets import Target
 from core.types import (
     BACKEND_CHOICES,
     RAY_NODE_IP_ENV,
@@ -477,6 +478,44 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
                 "point": "point: agreement ≥ threshold",
                 "lower-bound": "lower bound: 95 % CI low end ≥ threshold",
             },
+        ),
+    ),
+    RunOption(
+        "target",
+        ("--target",),
+        choices=tuple(str(t) for t in Target),
+        help="where the model will run, for the recommendation: cpu (LiteRT with XNNPACK, "
+        "default), integer-only (an NPU or Edge TPU-like accelerator: every op in integers), "
+        "mcu (TFLite-Micro: integer-only, its kernels, an arena within --arena-kb) or gpu "
+        "(not evaluated on a machine without one)",
+        field="target",
+        in_command=InCommand.UNLESS_DEFAULT,
+        widget=SetupWidget(
+            WidgetKind.RADIO,
+            "Target",
+            key="setup.target",
+            help="Where the model will run. The recommendation excludes what the target cannot "
+            "run, with the reason; the Targets page shows every target's pick.",
+        ),
+    ),
+    RunOption(
+        "arena_kb",
+        ("--arena-kb",),
+        value_type=float,
+        help="the largest TFLite-Micro arena in KiB the mcu target has room for (default: no "
+        "limit)",
+        field="arena_kb",
+        checks=(at_least(1),),
+        in_command=InCommand.UNLESS_DEFAULT,
+        to_text=exact_number,
+        widget=SetupWidget(
+            WidgetKind.NUMBER,
+            "MCU arena limit (KiB, 0 = none)",
+            key="setup.arena_kb",
+            minimum=0,
+            step=16,
+            default=0,
+            zero_is_none=True,
         ),
     ),
     RunOption(

@@ -29,6 +29,8 @@ SETUP_MAX_SAMPLES = "setup.max_samples"
 SETUP_THREADS = "setup.threads"
 SETUP_THRESHOLD = "setup.threshold"
 SETUP_VERDICT = "setup.verdict"
+SETUP_TARGET = "setup.target"  # where the model will run (core.reporting.targets.Target)
+SETUP_ARENA_KB = "setup.arena_kb"  # the mcu target's arena limit in KiB; 0 = none
 SETUP_RUN_NAME = "setup.run_name"
 SETUP_TRUSTED = "setup.trusted"
 SETUP_TRUSTED_CONFIRM = "setup.trusted_confirm"

@@ -21,6 +21,7 @@ from core.jobs import launch as jobs
 from core.metrics.latency import default_threads, usable_cpus
 from core.metrics.preset_check import judge_presets, preset_summary
 from core.reporting.report import VERDICT_LOWER_BOUND, VERDICT_POINT, VERDICT_RULES
+from core.reporting.targets import DEFAULT_TARGET, PROFILES, Target
 from core.reporting.tracking import dashboard_uri_refusal, resolve_uri
 from core.types import (
     BACKEND_CHOICES,
@@ -92,6 +93,8 @@ _FORM_DEFAULTS: dict[str, object] = {
     keys.SETUP_THREADS: default_threads(),  # every core but one: the server keeps its own
     keys.SETUP_THRESHOLD: DEFAULT_MIN_AGREEMENT_PCT,
     keys.SETUP_VERDICT: VERDICT_POINT,
+    keys.SETUP_TARGET: str(DEFAULT_TARGET),
+    keys.SETUP_ARENA_KB: 0,
 }
 # The preset and the model and data it was checked for: a reload keeps the user's choice
 # instead of pre-selecting the check's again.
@@ -139,6 +142,10 @@ def _usable(key: str, value: object) -> bool:
         return isinstance(value, float) and 50.0 <= value <= 100.0
     if key == keys.SETUP_VERDICT:
         return value in VERDICT_RULES
+    if key == keys.SETUP_TARGET:
+        return value in {str(t) for t in Target}
+    if key == keys.SETUP_ARENA_KB:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
     return False
 
 
@@ -630,6 +637,8 @@ class RunOptions(TypedDict):
     threads: int
     min_agreement_pct: float
     verdict: str
+    target: str
+    arena_kb: float | None
     name: str
     trusted: bool
     mlflow_uri: str | None
@@ -734,6 +743,7 @@ def options_section(num_samples: int | None) -> RunOptions:
         help="Lower bound: a variant passes only when the low end of its 95 % Wilson interval "
         "meets the threshold, so a PASS on a few images cannot be luck. Exit codes follow it.",
     )
+    target, arena_kb = target_option()
     c5, c6 = st.columns([3, 1])
     name = c5.text_input(
         "Run name (optional)",
@@ -777,12 +787,37 @@ def options_section(num_samples: int | None) -> RunOptions:
         "threads": int(threads),
         "min_agreement_pct": float(threshold),
         "verdict": str(verdict),
+        "target": target,
+        "arena_kb": arena_kb,
         "name": str(name),
         "trusted": bool(trusted),
         "mlflow_uri": mlflow_uri,
         "engine": engine,
         "ray_address": ray_address,
     }
+
+
+def target_option() -> tuple[str, float | None]:
+    """(target, the mcu target's arena limit in KiB or None): what the recommendation is for."""
+    c1, c2 = st.columns([3, 1])
+    target = c1.radio(
+        "Target",
+        [str(t) for t in Target],
+        key=keys.SETUP_TARGET,
+        horizontal=True,
+        format_func=lambda t: f"{t}: {PROFILES[Target(t)].title}",
+        help="Where the model will run. The recommendation excludes what the target cannot "
+        "run, with the reason; the Targets page shows every target's pick.",
+    )
+    arena = c2.number_input(
+        "MCU arena limit (KiB, 0 = none)",
+        min_value=0,
+        step=16,
+        key=keys.SETUP_ARENA_KB,
+        disabled=target != str(Target.MCU),
+        help="The largest TFLite-Micro arena the microcontroller has room for.",
+    )
+    return str(target), (float(arena) if arena and target == str(Target.MCU) else None)
 
 
 def calibration_source_option() -> tuple[bool, str | None]:

@@ -94,3 +94,25 @@ def test_each_target_picks_excludes_and_shows_the_preflight(
     at.segmented_control(key=keys.TARGETS_TARGET).set_value("gpu").run()
     assert not at.success
     assert GPU_NOT_EVALUATED in _text(at)
+
+
+def test_setup_asks_for_the_target_and_the_arena_only_for_mcu(
+    home: Path, open_page: OpenPage
+) -> None:
+    from ui.setup_form import RunOptions
+
+    (home / "demo-build.pid").write_text("999999")  # no demo: the form alone
+    at = open_page("setup")
+    target = at.radio(key=keys.SETUP_TARGET)
+    assert target.value == "cpu"
+    assert target.options[:4] == [
+        "cpu: CPU (LiteRT with XNNPACK)",
+        "integer-only: integer-only accelerator (NPU, Edge TPU-like)",
+        "mcu: microcontroller (TFLite-Micro)",
+        "gpu: mobile GPU (float16 numerics)",
+    ]
+    assert at.number_input(key=keys.SETUP_ARENA_KB).disabled
+    target.set_value("mcu").run()
+    assert not at.number_input(key=keys.SETUP_ARENA_KB).disabled
+    # The form's values are the JobSpec's fields (setup_form builds JobSpec(**options)).
+    assert {"target", "arena_kb"} <= set(RunOptions.__annotations__)

@@ -51,6 +51,10 @@ def run(
         "1",
         "--min-agreement",
         "50",
+        "--target",
+        "integer-only",
+        "--arena-kb",
+        "512",
         "--out",
         str(folder),
         home=root / "home",
@@ -181,7 +185,10 @@ def test_finish_stores_a_pick_per_target_and_the_cli_prints_the_preflight(run) -
     done, report, folder = run
     every = report["recommendations"]
     assert list(every) == ["cpu", "integer-only", "mcu", "gpu"]
-    assert report["recommendation"]["target"] == "cpu"
+    assert report["recommendation"]["target"] == "integer-only"  # the run's --target
+    assert report["options"]["target"] == "integer-only"
+    assert report["options"]["arena_kb"] == 512
+    assert "--target integer-only --arena-kb 512" in report["run"]["command"]
     excluded = {e["variant"] for e in every["integer-only"]["excluded"]}
     assert {"float32", "dynamic"} <= excluded
     assert every["gpu"]["variant"] is None

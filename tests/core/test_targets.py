@@ -215,3 +215,26 @@ def test_a_report_without_a_preflight_excludes_it_from_integer_only_saying_why()
         "no deployability pre-flight in this report (re-run to check it)"
     }
     assert recommendation(report, "cpu")["variant"] == "int8"
+
+
+def test_target_and_arena_limit_reach_the_job_and_the_reproduce_command(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from core import options
+    from core.cli import _job_from_args, _parser
+    from core.errors import QuantLensError
+
+    model, data = tmp_path / "m.keras", tmp_path / "d.csv"
+    model.write_bytes(b"")
+    data.write_text("filepath,label\n", encoding="utf-8")
+    base = ["run", str(model), "--data", str(data)]
+    job = _job_from_args(_parser().parse_args([*base, "--target", "mcu", "--arena-kb", "256"]))
+    assert (job.target, job.arena_kb) == ("mcu", 256.0)
+    assert "--target mcu --arena-kb 256" in options.reproduce_command(job)
+    plain = _job_from_args(_parser().parse_args(base))
+    assert (plain.target, plain.arena_kb) == ("cpu", None)
+    assert "--target" not in options.reproduce_command(plain)  # the default stays implicit
+    try:
+        _job_from_args(_parser().parse_args([*base, "--arena-kb", "0"]))
+    except QuantLensError as exc:
+        assert str(exc) == "--arena-kb must be at least 1; got 0.0"
+    else:
+        raise AssertionError("--arena-kb 0 was accepted")
