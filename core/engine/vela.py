@@ -23,7 +23,6 @@ from core.reporting.targets import ACCELERATOR
 INSTALL_HINT = (
     "Vela is not installed: pip install ethos-u-vela (an optional extra in requirements-extras.txt)"
 )
-FLOAT_MODEL = "no op computes in integers, and the Ethos-U NPU runs only int8 and int16 ops"
 _TIMEOUT_S = 300
 
 _COUNT = re.compile(r"^(CPU|NPU) operators = (\d+)", re.MULTILINE)
@@ -47,16 +46,8 @@ def version() -> str | None:
         return None
 
 
-def vela_check(model: Path, *, has_integer_ops: bool) -> VelaCell:
-    """Compile `model` with Vela for an Ethos-U55-128 (Vela's default system configuration).
-
-    Args:
-        model: the variant's `.tflite`.
-        has_integer_ops: False for a model with no quantized op at all; Vela is then not run
-            (it would put every op on the CPU) and the cell says why.
-    """
-    if not has_integer_ops:
-        return VelaCell(CellStatus.NOT_APPLICABLE, accelerator=ACCELERATOR, reason=FLOAT_MODEL)
+def vela_check(model: Path) -> VelaCell:
+    """Compile `model` with Vela for an Ethos-U55-128 (Vela's default system configuration)."""
     if not installed():
         return VelaCell(CellStatus.MISSING_EXTRA, accelerator=ACCELERATOR, reason=INSTALL_HINT)
     with tempfile.TemporaryDirectory(prefix="quantlens-vela-") as scratch:

@@ -25,6 +25,12 @@ class Target(enum.StrEnum):
 
 
 DEFAULT_TARGET = Target.CPU
+# The TFLite-Micro and Vela cells of a model none of whose ops computes in integers: neither
+# tool is run on it (core.engine.stages.deploy).
+NO_INTEGER_OPS = (
+    "no op computes in integers, and the mcu target and the Ethos-U NPU run only int8 and int16 ops"
+)
+NOT_RUN = "not run: no op computes in integers"
 # The Ethos-U configuration Vela compiles for (core.engine.vela): the smallest common Ethos-U55.
 ACCELERATOR = "ethos-u55-128"
 
@@ -171,11 +177,15 @@ def _micro_cell(found: Deployability) -> str:
     micro = found.micro
     if micro.status == CellStatus.OK and micro.arena_bytes is not None:
         return f"runs; arena {_kib(micro.arena_bytes)}"
+    if micro.status == CellStatus.NOT_APPLICABLE and micro.reason == NO_INTEGER_OPS:
+        return NOT_RUN
     return micro.reason or str(micro.status)
 
 
 def _vela_cells(found: Deployability) -> tuple[str, str, str]:
     vela = found.vela
+    if vela.status == CellStatus.NOT_APPLICABLE and vela.reason == NO_INTEGER_OPS:
+        return NOT_RUN, "—", "—"
     if vela.status != CellStatus.OK:
         return f"{vela.status}: {vela.reason}" if vela.reason else str(vela.status), "—", "—"
     kinds = f" ({', '.join(vela.cpu_op_types)})" if vela.cpu_op_types else ""

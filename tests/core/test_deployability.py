@@ -19,6 +19,7 @@ import pytest
 
 from core.engine import micro, vela
 from core.reporting.runmodel import CellStatus
+from core.reporting.targets import NO_INTEGER_OPS
 from tests.core.conftest import unlabelled_copy
 from tests.core.test_cli import run_cli
 
@@ -159,11 +160,12 @@ def test_vela_split_matches_the_vela_cli_run_here(run, tmp_path: Path) -> None: 
 
 def test_cells_that_cannot_be_computed_say_why(run) -> None:  # type: ignore[no-untyped-def]
     _, report, _ = run
-    # float32 and dynamic range compute in float: Vela has nothing to map.
+    # float32 and dynamic range compute in float: neither TFLite-Micro nor Vela is run.
     for name in ("float32", "dynamic"):
-        cell = _variant(report, name)["deployability"]["vela"]
-        assert cell["status"] == str(CellStatus.NOT_APPLICABLE)
-        assert cell["reason"] == vela.FLOAT_MODEL
+        for tool in ("vela", "micro"):
+            cell = _variant(report, name)["deployability"][tool]
+            assert cell["status"] == str(CellStatus.NOT_APPLICABLE)
+            assert cell["reason"] == NO_INTEGER_OPS
 
 
 def test_missing_extras_say_how_to_install_them(
@@ -174,7 +176,7 @@ def test_missing_extras_say_how_to_install_them(
     model = tmp_path / "m.tflite"
     model.write_bytes(b"")
     assert micro.micro_check(model).reason == micro.INSTALL_HINT
-    assert vela.vela_check(model, has_integer_ops=True).reason == vela.INSTALL_HINT
+    assert vela.vela_check(model).reason == vela.INSTALL_HINT
     assert "pip install --pre tflite-micro" in micro.INSTALL_HINT
     assert "pip install ethos-u-vela" in vela.INSTALL_HINT
 
@@ -192,6 +194,10 @@ def test_finish_stores_a_pick_per_target_and_the_cli_prints_the_preflight(run) -
     excluded = {e["variant"] for e in every["integer-only"]["excluded"]}
     assert {"float32", "dynamic"} <= excluded
     assert every["gpu"]["variant"] is None
+    # int8 is integer-only and passes at 50 %: the integer-only pick (float32 and dynamic are
+    # excluded, and nothing else remains).
+    assert _variant(report, "int8")["passed"] is True
+    assert every["integer-only"]["variant"] == "int8"
     assert "deployability: int8: integer-only yes" in done.stdout
     vela_cell = _variant(report, "int8")["deployability"]["vela"]
     html = render_report_html(folder)

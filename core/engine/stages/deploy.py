@@ -17,7 +17,14 @@ import numpy as np
 
 from core.engine.stages.context import RunContext
 from core.inputs import rundir
-from core.reporting.runmodel import Deployability, IntegerOnlyCell
+from core.reporting.runmodel import (
+    CellStatus,
+    Deployability,
+    IntegerOnlyCell,
+    MicroCell,
+    VelaCell,
+)
+from core.reporting.targets import ACCELERATOR, NO_INTEGER_OPS
 
 
 def check_deployability(run: RunContext) -> None:
@@ -61,14 +68,19 @@ def preflight(model: Path) -> Deployability:
     computing = [op for op, _ in op_outputs(data) if op not in ("QUANTIZE", "DEQUANTIZE", "CAST")]
     # A model none of whose ops computes in integers gives Vela nothing to map.
     has_integer_ops = len(check.blockers) < len(computing)
+    integer = IntegerOnlyCell(check.integer_only, check.float_io, check.blockers)
+    if not has_integer_ops:
+        # Neither tool can say anything a target uses (mcu and Ethos-U run integer ops only),
+        # and skipping them keeps a float variant's pre-flight to this flatbuffer read.
+        return Deployability(
+            integer,
+            MicroCell(CellStatus.NOT_APPLICABLE, reason=NO_INTEGER_OPS),
+            VelaCell(CellStatus.NOT_APPLICABLE, accelerator=ACCELERATOR, reason=NO_INTEGER_OPS),
+        )
     with ThreadPoolExecutor(max_workers=2) as pool:
         micro = pool.submit(micro_check, model)
-        vela = pool.submit(vela_check, model, has_integer_ops=has_integer_ops)
-        return Deployability(
-            IntegerOnlyCell(check.integer_only, check.float_io, check.blockers),
-            micro.result(),
-            vela.result(),
-        )
+        vela = pool.submit(vela_check, model)
+        return Deployability(integer, micro.result(), vela.result())
 
 
 def identical_outputs(a: Path, b: Path) -> bool:
