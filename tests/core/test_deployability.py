@@ -203,3 +203,26 @@ def test_finish_stores_a_pick_per_target_and_the_cli_prints_the_preflight(run) -
     html = render_report_html(folder)
     assert '<table id="deployability">' in html and '<table id="targets">' in html
     assert f"<td>{vela_cell['npu_ops']} / {vela_cell['cpu_ops']}" in html
+
+
+def test_an_op_tflite_micro_lacks_is_named(tmp_path: Path) -> None:
+    """A real model with TOPK_V2, which TFLite-Micro has no kernel for."""
+    import tensorflow as tf
+
+    class TopK(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([1, 10], tf.float32)])
+        def f(self, x: tf.Tensor) -> tf.Tensor:
+            values, _ = tf.math.top_k(x, k=3)
+            return values
+
+    module = TopK()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [module.f.get_concrete_function()], module
+    )
+    model = tmp_path / "topk.tflite"
+    model.write_bytes(converter.convert())
+    cell = micro.micro_check(model)
+    assert (cell.status, cell.missing_op) == (CellStatus.FAILS, "TOPK_V2")
+    assert (
+        cell.reason == "TFLite-Micro has no kernel for TOPK_V2 (it names only the first missing op)"
+    )
