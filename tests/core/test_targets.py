@@ -238,3 +238,26 @@ def test_target_and_arena_limit_reach_the_job_and_the_reproduce_command(tmp_path
         assert str(exc) == "--arena-kb must be at least 1; got 0.0"
     else:
         raise AssertionError("--arena-kb 0 was accepted")
+
+
+def test_identical_outputs_means_the_same_bits(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    from core.engine.stages.deploy import identical_outputs
+
+    probs = np.random.default_rng(0).random((6, 4)).astype(np.float32)
+    changed = probs.copy()
+    changed[1, 1] = np.nextafter(changed[1, 1], np.float32(2))  # one value, one ulp up
+    paths = {}
+    for name, array in (
+        ("parent", probs),
+        ("same", probs.copy()),
+        ("changed", changed),
+        ("float64", probs.astype(np.float64)),
+    ):
+        paths[name] = tmp_path / f"{name}.probs.npy"
+        np.save(paths[name], array)
+    assert identical_outputs(paths["same"], paths["parent"])
+    assert not identical_outputs(paths["changed"], paths["parent"])  # one value moved
+    assert not identical_outputs(paths["float64"], paths["parent"])  # same numbers, other type
+    assert not identical_outputs(tmp_path / "missing.npy", paths["parent"])
