@@ -519,6 +519,24 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
         ),
     ),
     RunOption(
+        "perturb",
+        ("--perturb",),
+        is_flag=True,
+        help="flip hunt: each variant's agreement under brightness ±10 %%, JPEG quality 75, a "
+        "92 %% crop and noise σ=2/255, on the images whose original answer did not change "
+        "(runs every model five more times)",
+        field="perturb",
+        in_command=InCommand.UNLESS_DEFAULT,
+        widget=SetupWidget(
+            WidgetKind.CHECKBOX,
+            "Flip hunt under small perturbations",
+            key="setup.perturb",
+            help="Agreement under brightness ±10 %, JPEG quality 75, a 92 % crop and noise "
+            "σ=2/255, counted on the images whose original answer did not change. Runs every "
+            "model five more times.",
+        ),
+    ),
+    RunOption(
         "latency_runs",
         ("--latency-runs",),
         value_type=int,

@@ -505,6 +505,7 @@ class JobSpec:
     # Where the model will run (core.reporting.targets.Target): the recommendation's target.
     target: str = "cpu"
     arena_kb: float | None = None  # the largest TFLite-Micro arena the mcu target allows
+    perturb: bool = False  # the flip hunt: agreement under small perturbations
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

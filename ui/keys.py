@@ -31,6 +31,7 @@ SETUP_THRESHOLD = "setup.threshold"
 SETUP_VERDICT = "setup.verdict"
 SETUP_TARGET = "setup.target"  # where the model will run (core.reporting.targets.Target)
 SETUP_ARENA_KB = "setup.arena_kb"  # the mcu target's arena limit in KiB; 0 = none
+SETUP_PERTURB = "setup.perturb"  # the flip hunt under small perturbations
 SETUP_RUN_NAME = "setup.run_name"
 SETUP_TRUSTED = "setup.trusted"
 SETUP_TRUSTED_CONFIRM = "setup.trusted_confirm"
@@ -100,6 +101,8 @@ LAYERS_VARIANT = "layers.variant"
 LAYERS_KEEP_FLOAT = "layers.keep_float"  # + ".<variant>": the layers chosen on its page
 LAYERS_RESCORE_ERROR = "layers.rescore_error"  # why the last re-score could not start
 LAYERS_DETAIL = "layers.detail"  # + ".<variant>": the layer whose details are shown
+
+AGREEMENT_FLIP_HUNT = "agreement.flip_hunt"
 
 # targets
 TARGETS_TARGET = "targets.target"

@@ -95,6 +95,7 @@ _FORM_DEFAULTS: dict[str, object] = {
     keys.SETUP_VERDICT: VERDICT_POINT,
     keys.SETUP_TARGET: str(DEFAULT_TARGET),
     keys.SETUP_ARENA_KB: 0,
+    keys.SETUP_PERTURB: False,
 }
 # The preset and the model and data it was checked for: a reload keeps the user's choice
 # instead of pre-selecting the check's again.
@@ -131,7 +132,7 @@ def _usable(key: str, value: object) -> bool:
         return isinstance(value, list) and all(v in modes for v in value)
     if key == keys.SETUP_INT8_IO:
         return value in {t.value for t in IOType}
-    if key in (keys.SETUP_SELECT_TF_OPS, keys.SETUP_CALIBRATION_OVERLAP):
+    if key in (keys.SETUP_SELECT_TF_OPS, keys.SETUP_CALIBRATION_OVERLAP, keys.SETUP_PERTURB):
         return isinstance(value, bool)
     if key == keys.SETUP_SWEEP:
         return isinstance(value, str)
@@ -639,6 +640,7 @@ class RunOptions(TypedDict):
     verdict: str
     target: str
     arena_kb: float | None
+    perturb: bool
     name: str
     trusted: bool
     mlflow_uri: str | None
@@ -744,6 +746,13 @@ def options_section(num_samples: int | None) -> RunOptions:
         "meets the threshold, so a PASS on a few images cannot be luck. Exit codes follow it.",
     )
     target, arena_kb = target_option()
+    perturb = st.checkbox(
+        "Flip hunt under small perturbations",
+        key=keys.SETUP_PERTURB,
+        help="Agreement under brightness ±10 %, JPEG quality 75, a 92 % crop and noise "
+        "σ=2/255, counted on the images whose original answer did not change. Runs every "
+        "model five more times.",
+    )
     c5, c6 = st.columns([3, 1])
     name = c5.text_input(
         "Run name (optional)",
@@ -789,6 +798,7 @@ def options_section(num_samples: int | None) -> RunOptions:
         "verdict": str(verdict),
         "target": target,
         "arena_kb": arena_kb,
+        "perturb": bool(perturb),
         "name": str(name),
         "trusted": bool(trusted),
         "mlflow_uri": mlflow_uri,

@@ -517,8 +517,35 @@ def format_table(report: RunReport | Mapping[str, Any]) -> str:
     from core.reporting.targets import deployability_lines
 
     lines.extend(deployability_lines(report.variants))
+    lines.extend(flip_hunt_lines(report.variants))
     lines.extend(recommendation_lines(report.recommendation))
     return "\n".join(lines)
+
+
+def flip_hunt_line(p: Mapping[str, Any]) -> str:
+    """One perturbation's figures in words: agreement on the counted images, with n, and the
+    original's own flips beside it."""
+    ci = p.get("ci95")
+    if p.get("agreement_pct") is None or ci is None:
+        agreement = "no image left to count"
+    else:
+        agreement = (
+            f"{float(p['agreement_pct']):.1f} % agree [{float(ci[0]):.1f}, {float(ci[1]):.1f}] "
+            f"n={p['counted']}"
+        )
+    return (
+        f"{p['perturbation']}: {agreement}; {p['new_flips']} new flips; the original changed "
+        f"its own answer on {p['original_changed']} of {p['n']}"
+    )
+
+
+def flip_hunt_lines(variants: Sequence[Variant]) -> list[str]:
+    """The flip hunt as the CLI prints it: per variant, one line per perturbation."""
+    lines = []
+    for v in variants:
+        for p in v.result.flip_hunt or ():
+            lines.append(f"flip hunt: {short_name(v.name)}: {flip_hunt_line(p)}")
+    return lines
 
 
 def split_sentence(split: Mapping[str, int]) -> str:

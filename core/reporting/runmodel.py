@@ -460,6 +460,57 @@ class Deployability(_MappingView):
         }
 
 
+# -- a variant under small perturbations (the flip hunt) -------------------------------------
+
+
+@dataclass(frozen=True)
+class PerturbedAgreement(_MappingView):
+    """A variant's agreement with the original under one perturbation (`--perturb`).
+
+    Counted only on the images whose original answer did not change under the perturbation
+    (`counted` = `n` - `original_changed`): the perturbations are not label-preserving for a
+    weak model, and a flip of the original is not the variant's. `new_flips`: counted images
+    the variant agreed on unperturbed and disagrees on now (`<variant>.flip-hunt.csv` lists
+    them); flips also go the other way, so agreement can rise.
+    """
+
+    perturbation: str
+    n: int
+    original_changed: int
+    counted: int
+    agreeing: int
+    agreement_pct: float | None
+    ci95: tuple[float, float] | None
+    new_flips: int
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PerturbedAgreement:
+        ci = d.get("ci95")
+        pct = d.get("agreement_pct")
+        return cls(
+            perturbation=str(d["perturbation"]),
+            n=int(d["n"]),
+            original_changed=int(d["original_changed"]),
+            counted=int(d["counted"]),
+            agreeing=int(d["agreeing"]),
+            agreement_pct=None if pct is None else float(pct),
+            ci95=None if ci is None else (float(ci[0]), float(ci[1])),
+            new_flips=int(d["new_flips"]),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "perturbation": self.perturbation,
+            "n": self.n,
+            "original_changed": self.original_changed,
+            "counted": self.counted,
+            "agreeing": self.agreeing,
+            "agreement_pct": self.agreement_pct,
+            "ci95": None if self.ci95 is None else list(self.ci95),
+            "new_flips": self.new_flips,
+        }
+
+
 # -- a variant's result -----------------------------------------------------------------------
 
 
@@ -513,6 +564,8 @@ class VariantResult(_MappingView):
     stderr_tail: str | None = None
     # The deployability pre-flight (core.engine.stages.deploy); None until it ran.
     deployability: Deployability | None = None
+    # The flip hunt (--perturb, core.engine.stages.perturb): one entry per perturbation.
+    flip_hunt: tuple[PerturbedAgreement, ...] | None = None
     present: frozenset[str] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
@@ -529,6 +582,11 @@ class VariantResult(_MappingView):
             values["flip_matrix"] = FlipMatrix.from_json(values["flip_matrix"])
         if values.get("deployability") is not None:
             values["deployability"] = Deployability.from_json(values["deployability"])
+        if values.get("flip_hunt") is not None:
+            values["flip_hunt"] = tuple(
+                p if isinstance(p, PerturbedAgreement) else PerturbedAgreement.from_dict(p)
+                for p in values["flip_hunt"]
+            )
         for key in ("select_tf_ops_used", "warnings"):
             values[key] = tuple(values.get(key) or ())
         values["status"] = str(values.get("status") or "pending")
@@ -538,7 +596,10 @@ class VariantResult(_MappingView):
         d: dict[str, Any] = {}
         for key in self.keys_in_order():
             value = getattr(self, key)
-            if key in ("latency_note", "stderr_tail", "speedup", "deployability") and value is None:
+            if (
+                key in ("latency_note", "stderr_tail", "speedup", "deployability", "flip_hunt")
+                and value is None
+            ):
                 continue
             # The timing phase writes latency_ms and latency_warning together.
             if key == "latency_warning" and value is None and self.latency_ms is None:

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from core.engine import micro, vela
+from core.inputs import rundir
 from core.reporting.runmodel import CellStatus
 from core.reporting.targets import NO_INTEGER_OPS
 from tests.core.conftest import unlabelled_copy
@@ -56,6 +57,7 @@ def run(
         "integer-only",
         "--arena-kb",
         "512",
+        "--perturb",
         "--out",
         str(folder),
         home=root / "home",
@@ -226,3 +228,59 @@ def test_an_op_tflite_micro_lacks_is_named(tmp_path: Path) -> None:
     assert (
         cell.reason == "TFLite-Micro has no kernel for TOPK_V2 (it names only the first missing op)"
     )
+
+
+def test_flip_hunt_matches_an_independent_recomputation(run) -> None:  # type: ignore[no-untyped-def]
+    """Brightness +10 % on int8, recomputed here: the images decoded again, scaled by 1.1 with
+    numpy, the original through Keras and int8 through LiteRT's interpreter directly."""
+    import csv
+
+    import keras
+    from ai_edge_litert.interpreter import Interpreter
+
+    from core.inputs.images import decode_image
+
+    done, report, folder = run
+    with (folder / "samples.csv").open(encoding="utf-8") as f:
+        relpaths = [r["relpath"] for r in csv.DictReader(f)]
+    data_root = rundir.dataset_root(report["dataset"])
+    assert data_root is not None
+    pixels = np.stack(
+        [decode_image(data_root / rel, height=16, width=16, channels=3) for rel in relpaths]
+    )
+    bright = np.clip(np.rint(pixels.astype(np.float64) * 1.1), 0, 255).astype(np.uint8)
+    model = keras.models.load_model(report["reference"]["path"])
+
+    def original(images: np.ndarray) -> np.ndarray:
+        return np.argmax(model.predict(images.astype(np.float32) / 255.0, verbose=0), axis=1)
+
+    entry = _variant(report, "int8")
+    it = Interpreter(model_path=str(folder / f"{entry['file_id']}.tflite"))
+    it.allocate_tensors()
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    scale, zero = inp["quantization"]
+
+    def int8(images: np.ndarray) -> np.ndarray:
+        answers = []
+        for image in images.astype(np.float32) / 255.0:
+            q = np.clip(np.rint(image / scale + zero), -128, 127).astype(np.int8)
+            it.set_tensor(inp["index"], q[None])
+            it.invoke()
+            answers.append(int(np.argmax(it.get_tensor(out["index"])[0])))
+        return np.array(answers)
+
+    clean_ref, clean_int8 = original(pixels), int8(pixels)
+    ref, var = original(bright), int8(bright)
+    kept = ref == clean_ref
+    row = next(p for p in entry["flip_hunt"] if p["perturbation"] == "brightness +10 %")
+    assert row["n"] == len(relpaths)
+    assert row["original_changed"] == int((~kept).sum())
+    assert row["counted"] == int(kept.sum())
+    assert row["agreeing"] == int((kept & (var == ref)).sum())
+    assert row["new_flips"] == int((kept & (clean_int8 == clean_ref) & (var != ref)).sum())
+    assert [p["perturbation"] for p in entry["flip_hunt"]][:2] == [
+        "brightness +10 %",
+        "brightness -10 %",
+    ]
+    assert (folder / f"{entry['file_id']}.flip-hunt.csv").is_file()
+    assert "flip hunt: int8: brightness +10 %:" in done.stdout

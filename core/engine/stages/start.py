@@ -292,6 +292,7 @@ def new_report(
             "verdict": job.verdict,
             "target": job.target,
             "arena_kb": job.arena_kb,
+            "perturb": job.perturb,
             "seed": job.seed,
             "latency_runs": job.latency_runs,  # None: as many as the budget allows
             "latency_budget_s": None if job.latency_runs else job.latency_budget_s,
