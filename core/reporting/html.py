@@ -122,6 +122,7 @@ def render_report_html(run_dir: Path, *, name: str | None = None) -> str:
         _speedup_table(report, variants),
         "<h2>Targets and deployability</h2>",
         _targets_section(report, variants),
+        _flip_hunt_section(variants),
         "<h2>Charts</h2>",
         _charts(report, variants, threshold),
         _sweep_statement(report),
@@ -758,6 +759,24 @@ def _targets_section(report: RunReport, variants: list[Variant]) -> str:
         table = f'<table id="deployability"><tr>{head}</tr>{body}</table>'
     footnotes = "".join(f"<p><small>{_e(n)}</small></p>" for n in DEPLOYABILITY_NOTES)
     return picks + table + footnotes
+
+
+def _flip_hunt_section(variants: list[Variant]) -> str:
+    """The flip hunt (--perturb), when the run has one: a row per variant and perturbation."""
+    from core.reporting.report import flip_hunt_line
+
+    rows = [
+        f"<tr><td><strong>{_e(short_name(v.name))}</strong></td><td>{_e(flip_hunt_line(p))}</td></tr>"
+        for v in variants
+        for p in v.result.flip_hunt or ()
+    ]
+    if not rows:
+        return ""
+    return (
+        "<h2>Under small perturbations (flip hunt)</h2>"
+        '<table id="flip-hunt"><tr><th>variant</th><th>perturbation: agreement with the original '
+        "on the images whose original answer held</th></tr>" + "".join(rows) + "</table>"
+    )
 
 
 def _environment_table(report: RunReport) -> str:

@@ -116,3 +116,37 @@ def test_setup_asks_for_the_target_and_the_arena_only_for_mcu(
     assert not at.number_input(key=keys.SETUP_ARENA_KB).disabled
     # The form's values are the JobSpec's fields (setup_form builds JobSpec(**options)).
     assert {"target", "arena_kb"} <= set(RunOptions.__annotations__)
+
+
+def test_the_flip_hunt_shows_on_the_agreement_page_and_in_report_html(
+    home: Path, open_page: OpenPage
+) -> None:
+    from core.reporting.html import render_report_html
+    from core.reporting.runmodel import PerturbedAgreement
+
+    # 40 images; under JPEG the original changed its answer on 4, int8 agrees on 33 of the
+    # other 36 (91.7 %), 2 of them new flips.
+    row = PerturbedAgreement("JPEG quality 75", 40, 4, 36, 33, 100 * 33 / 36, (78.2, 97.1), 2)
+    run = build_run(home, flips={"float16": 0, "int8": 6})
+
+    def add(report: dict[str, Any]) -> None:
+        for v in report["variants"]:
+            if v["name"] == "int8":
+                v["flip_hunt"] = [row.to_dict()]
+
+    update_report(run, add)
+    at = open_page("agreement")
+    table = next(t.value for t in at.dataframe if "perturbation" in t.value.columns)
+    first = table.iloc[0]
+    assert (first["variant"], first["perturbation"], first["n counted"]) == (
+        "int8",
+        "JPEG quality 75",
+        36,
+    )
+    assert round(float(first["agreement (%)"]), 1) == 91.7
+    assert first["original changed its answer"] == "4 of 40"
+    html = render_report_html(run)
+    assert (
+        "JPEG quality 75: 91.7 % agree [78.2, 97.1] n=36; 2 new flips; the original changed its "
+        "own answer on 4 of 40" in html
+    )
