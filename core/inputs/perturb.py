@@ -74,6 +74,6 @@ PERTURBATIONS = (
     Perturbation("brightness +10 %", brightness(1.1)),
     Perturbation("brightness -10 %", brightness(0.9)),
     Perturbation(f"JPEG quality {JPEG_QUALITY}", jpeg),
-    Perturbation(f"crop {CROP_FRACTION:.0%}", crop),
+    Perturbation(f"crop {CROP_FRACTION * 100:.0f} %", crop),
     Perturbation("noise σ=2/255", noise),
 )

@@ -534,7 +534,8 @@ def flip_hunt_line(p: Mapping[str, Any]) -> str:
             f"n={p['counted']}"
         )
     return (
-        f"{p['perturbation']}: {agreement}; {p['new_flips']} new flips; the original changed "
+        f"{p['perturbation']}: {agreement}; {counted(int(p['new_flips']), 'new flip')}; the "
+        "original changed "
         f"its own answer on {p['original_changed']} of {p['n']}"
     )
 

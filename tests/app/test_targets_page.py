@@ -114,8 +114,9 @@ def test_setup_asks_for_the_target_and_the_arena_only_for_mcu(
     assert at.number_input(key=keys.SETUP_ARENA_KB).disabled
     target.set_value("mcu").run()
     assert not at.number_input(key=keys.SETUP_ARENA_KB).disabled
+    assert at.checkbox(key=keys.SETUP_PERTURB).value is False  # the flip hunt is off by default
     # The form's values are the JobSpec's fields (setup_form builds JobSpec(**options)).
-    assert {"target", "arena_kb"} <= set(RunOptions.__annotations__)
+    assert {"target", "arena_kb", "perturb"} <= set(RunOptions.__annotations__)
 
 
 def test_the_flip_hunt_shows_on_the_agreement_page_and_in_report_html(

@@ -45,6 +45,6 @@ def test_five_perturbations_named_as_the_pages_show_them() -> None:
         "brightness +10 %",
         "brightness -10 %",
         "JPEG quality 75",
-        "crop 92%",
+        "crop 92 %",
         "noise σ=2/255",
     ]
