@@ -174,14 +174,16 @@ def _mb(v: Variant) -> str:
 
 def _slower_than_float32(v: Variant, baseline: Variant | None) -> float | None:
     """How many times slower than float32 TFLite `v` is (> 1), or None when it is not slower
-    or there is no baseline. The paired timing blocks' median ratio when the run has it, else
-    the two p50s."""
+    or there is no baseline. From the paired timing blocks when the run has them: slower only
+    when every block says so (the fastest block's ratio is still below 1), so timing noise
+    between two equally fast variants never demotes one; else from the two p50s."""
     if v.name == BASELINE:
         return None
     speed = v.result.speedup or {}
     value = speed.get("value")
     if value is not None and speed.get("baseline") == BASELINE:
-        return 1.0 / float(value) if float(value) < 1.0 else None
+        best = float(speed.get("high") if speed.get("high") is not None else value)
+        return 1.0 / float(value) if best < 1.0 else None
     if baseline is None or baseline.result.p50_ms is None or v.result.p50_ms is None:
         return None
     ratio = v.result.p50_ms / baseline.result.p50_ms

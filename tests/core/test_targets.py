@@ -261,3 +261,15 @@ def test_identical_outputs_means_the_same_bits(tmp_path) -> None:  # type: ignor
     assert not identical_outputs(paths["changed"], paths["parent"])  # one value moved
     assert not identical_outputs(paths["float64"], paths["parent"])  # same numbers, other type
     assert not identical_outputs(tmp_path / "missing.npy", paths["parent"])
+
+
+def test_a_variant_is_slower_only_when_every_timing_block_says_so() -> None:
+    report = _held_out("lower-bound")
+    int16 = report["variants"][2]
+    # Median block 0.9 (1.1x slower) but one block at 1.05: timing noise, not slower.
+    int16["speedup"] = {"baseline": "float32", "value": 0.9, "low": 0.8, "high": 1.05}
+    assert recommendation(report, "integer-only")["slower_than_float32"] is None
+    # Every block below 1 (0.8-0.95): slower, by the median block's 1/0.9 = 1.1x.
+    int16["speedup"] = {"baseline": "float32", "value": 0.9, "low": 0.8, "high": 0.95}
+    said = recommendation(report, "integer-only")["slower_than_float32"]
+    assert said.startswith("int16x8 is 1.1× slower than float32 TFLite")
