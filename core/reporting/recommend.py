@@ -182,7 +182,8 @@ def _slower_than_float32(v: Variant, baseline: Variant | None) -> float | None:
     speed = v.result.speedup or {}
     value = speed.get("value")
     if value is not None and speed.get("baseline") == BASELINE:
-        best = float(speed.get("high") if speed.get("high") is not None else value)
+        high = speed.get("high")
+        best = float(value if high is None else high)
         return 1.0 / float(value) if best < 1.0 else None
     if baseline is None or baseline.result.p50_ms is None or v.result.p50_ms is None:
         return None
