@@ -184,7 +184,7 @@ if hunted:
             {
                 "variant": short_name(x.name),
                 "perturbation": p.perturbation,
-                "agreement (%)": p.agreement_pct,
+                "agreement (%)": None if p.agreement_pct is None else round(p.agreement_pct, 1),
                 "95 % CI": "—" if p.ci95 is None else f"{p.ci95[0]:.1f}–{p.ci95[1]:.1f}",
                 "n counted": p.counted,
                 "new flips": p.new_flips,
