@@ -38,6 +38,7 @@ from typing import Any
 
 from core.errors import QuantLensError
 from core.reporting.report import VERDICT_LOWER_BOUND, VERDICT_POINT, VERDICT_RULES
+from core.reporting.targets import PROFILES, Target
 from core.types import (
     BACKEND_CHOICES,
     RAY_NODE_IP_ENV,
@@ -524,6 +525,63 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
                 VERDICT_POINT: "point: agreement ≥ threshold",
                 VERDICT_LOWER_BOUND: "lower bound: 95 % CI low end ≥ threshold",
             },
+        ),
+    ),
+    RunOption(
+        "target",
+        ("--target",),
+        choices=tuple(str(t) for t in Target),
+        help="where the model will run, for the recommendation: cpu (LiteRT with XNNPACK, "
+        "default), integer-only (an NPU or Edge TPU-like accelerator: every op in integers), "
+        "mcu (TFLite-Micro: integer-only, its kernels, an arena within --arena-kb) or gpu "
+        "(not evaluated on a machine without one)",
+        field="target",
+        in_command=InCommand.UNLESS_DEFAULT,
+        widget=SetupWidget(
+            WidgetKind.RADIO,
+            "Target",
+            key="setup.target",
+            help="Where the model will run. The recommendation excludes what the target cannot "
+            "run, with the reason; the Targets page shows every target's pick.",
+            choice_labels={str(t): f"{t}: {PROFILES[t].title}" for t in Target},
+        ),
+    ),
+    RunOption(
+        "arena_kb",
+        ("--arena-kb",),
+        value_type=float,
+        help="the largest TFLite-Micro arena in KiB the mcu target has room for (default: no "
+        "limit)",
+        field="arena_kb",
+        checks=(at_least(1),),
+        in_command=InCommand.UNLESS_DEFAULT,
+        to_text=exact_number,
+        widget=SetupWidget(
+            WidgetKind.NUMBER,
+            "MCU arena limit (KiB, 0 = none; mcu target only)",
+            key="setup.arena_kb",
+            minimum=0,
+            step=16,
+            default=0,
+            zero_is_none=True,
+        ),
+    ),
+    RunOption(
+        "perturb",
+        ("--perturb",),
+        is_flag=True,
+        help="flip hunt: each variant's agreement under brightness ±10 %%, JPEG quality 75, a "
+        "92 %% crop and noise σ=2/255, on the images whose original answer did not change "
+        "(runs every model five more times)",
+        field="perturb",
+        in_command=InCommand.UNLESS_DEFAULT,
+        widget=SetupWidget(
+            WidgetKind.CHECKBOX,
+            "Flip hunt under small perturbations",
+            key="setup.perturb",
+            help="Agreement under brightness ±10 %, JPEG quality 75, a 92 % crop and noise "
+            "σ=2/255, counted on the images whose original answer did not change. Runs every "
+            "model five more times.",
         ),
     ),
     RunOption(

@@ -587,6 +587,10 @@ class JobSpec:
     calibration_overlap: bool = False
     calibration_sweep: tuple[int, ...] = ()  # calibration sizes to sweep int8/int16x8 over
     sweep_seeds: int = 3  # draws per sweep size
+    # Where the model will run (core.reporting.targets.Target): the recommendation's target.
+    target: str = "cpu"
+    arena_kb: float | None = None  # the largest TFLite-Micro arena the mcu target allows
+    perturb: bool = False  # the flip hunt: agreement under small perturbations
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

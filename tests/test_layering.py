@@ -28,7 +28,7 @@ def _files(*parts: str, root: Path = ROOT) -> list[Path]:
 # Streamlit. It holds for what ships (core/, ui/, views/, app.py); tests/ and bench/ drive the
 # engine in-process on purpose.
 PRODUCT = ("core", "ui", "views", "app.py")
-MODEL_FRAMEWORKS = HEAVY | {"litert_quantizer", "ray"}
+MODEL_FRAMEWORKS = HEAVY | {"litert_quantizer", "ray", "tflite_micro", "ethosu"}
 ENGINE = "core.engine"
 WORKER = "core.jobs.worker"
 

@@ -176,6 +176,34 @@ else:
         st.session_state[keys.DISAGREE_PAGE] = 1
         st.switch_page("views/disagreements.py")
 
+hunted = [x for x in done if x.result.flip_hunt]
+if hunted:
+    st.subheader("Under small perturbations (flip hunt)")
+    st.dataframe(
+        [
+            {
+                "variant": short_name(x.name),
+                "perturbation": p.perturbation,
+                "agreement (%)": None if p.agreement_pct is None else round(p.agreement_pct, 1),
+                "95 % CI": "—" if p.ci95 is None else f"{p.ci95[0]:.1f}–{p.ci95[1]:.1f}",
+                "n counted": p.counted,
+                "new flips": p.new_flips,
+                "original changed its answer": f"{p.original_changed} of {p.n}",
+            }
+            for x in hunted
+            for p in x.result.flip_hunt or ()
+        ],
+        hide_index=True,
+        width="stretch",
+        key=keys.AGREEMENT_FLIP_HUNT,
+    )
+    st.caption(
+        "Agreement with the original on the perturbed images, counted only where the "
+        "original's own answer did not change (its own changes beside it). New flips: images "
+        "the variant agreed on unperturbed and not under the perturbation "
+        "(`<variant>.flip-hunt.csv`)."
+    )
+
 st.subheader("Flips between classes")
 matrix = v.result.flip_matrix
 if not matrix or int(v.result.disagreements or 0) == 0:

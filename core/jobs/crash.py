@@ -39,6 +39,8 @@ STEP_WORDS = {
     "diagnose": "per-layer diagnosis",
     "auto-fix": "the auto-fix search",
     "latency": "latency timing",
+    "deploy": "the deployability pre-flight",
+    "perturb": "the flip hunt",
 }
 # faulthandler's header for the thread that received the fatal signal (ident in hex).
 _FAULTING_THREAD = re.compile(r"^Current thread (0x[0-9a-fA-F]+)", re.MULTILINE)

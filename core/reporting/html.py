@@ -121,6 +121,9 @@ def render_report_html(run_dir: Path, *, name: str | None = None) -> str:
         _reference_table(report),
         "<h2>Speed-up</h2>",
         _speedup_table(report, variants),
+        "<h2>Targets and deployability</h2>",
+        _targets_section(report, variants),
+        _flip_hunt_section(variants),
         "<h2>Charts</h2>",
         _charts(report, variants, threshold),
         _sweep_statement(report),
@@ -729,6 +732,70 @@ def _speedup_table(report: RunReport, variants: list[Variant]) -> str:
         "the range over blocks.</small></p>"
     )
     return f'<table id="speedup">{head}{"".join(rows)}</table>{note}'
+
+
+def _targets_section(report: RunReport, variants: list[Variant]) -> str:
+    """The pick for every target (with what each excludes) and the deployability pre-flight."""
+    from core.reporting.recommend import recommendations
+    from core.reporting.targets import (
+        DEPLOYABILITY_COLUMNS,
+        DEPLOYABILITY_NOTES,
+        deployability_rows,
+    )
+
+    if not variants or "min_agreement_pct" not in report.options:
+        return '<p class="na">No variant to place on a target yet.</p>'
+    every = report.get("recommendations") or recommendations(report)
+    rows = []
+    for target, rec in every.items():
+        pick = _e(rec["variant"]) if rec.get("variant") else "none"
+        notes = [_e(rec["reason"])]
+        notes += [
+            f"excluded {_e(e['variant'])}: {_e(e['reason'])}" for e in rec.get("excluded") or ()
+        ]
+        notes += [
+            f"{_e(e['variant'])} listed once, as {_e(e['same_as'])} (identical outputs)"
+            for e in rec.get("listed_once") or ()
+        ]
+        rows.append(
+            f"<tr><td><strong>{_e(target)}</strong></td><td>{pick}</td>"
+            f"<td>{'<br>'.join(notes)}</td></tr>"
+        )
+    picks = (
+        '<table id="targets"><tr><th>target</th><th>recommended</th><th>why</th></tr>'
+        + "".join(rows)
+        + "</table>"
+    )
+    found = deployability_rows(variants)
+    if not found:
+        table = '<p class="na">No deployability pre-flight in this run.</p>'
+    else:
+        head = "".join(f"<th>{_e(c)}</th>" for c in DEPLOYABILITY_COLUMNS)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{_e(r[c])}</td>" for c in DEPLOYABILITY_COLUMNS) + "</tr>"
+            for r in found
+        )
+        table = f'<table id="deployability"><tr>{head}</tr>{body}</table>'
+    footnotes = "".join(f"<p><small>{_e(n)}</small></p>" for n in DEPLOYABILITY_NOTES)
+    return picks + table + footnotes
+
+
+def _flip_hunt_section(variants: list[Variant]) -> str:
+    """The flip hunt (--perturb), when the run has one: a row per variant and perturbation."""
+    from core.reporting.report import flip_hunt_line
+
+    rows = [
+        f"<tr><td><strong>{_e(short_name(v.name))}</strong></td><td>{_e(flip_hunt_line(p))}</td></tr>"
+        for v in variants
+        for p in v.result.flip_hunt or ()
+    ]
+    if not rows:
+        return ""
+    return (
+        "<h2>Under small perturbations (flip hunt)</h2>"
+        '<table id="flip-hunt"><tr><th>variant</th><th>perturbation: agreement with the original '
+        "on the images whose original answer held</th></tr>" + "".join(rows) + "</table>"
+    )
 
 
 def _environment_table(report: RunReport) -> str:

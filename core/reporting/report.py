@@ -525,6 +525,10 @@ def format_table(report: RunReport | Mapping[str, Any]) -> str:
         lines.append(f"note: {note}")
     for warning in report.warnings:
         lines.append(f"warning: {warning}")
+    from core.reporting.targets import deployability_lines
+
+    lines.extend(deployability_lines(report.variants))
+    lines.extend(flip_hunt_lines(report.variants))
     lines.extend(recommendation_lines(report.recommendation))
     return "\n".join(lines)
 
@@ -560,6 +564,33 @@ def fix_lines(v: Variant) -> list[str]:
     return lines
 
 
+def flip_hunt_line(p: Mapping[str, Any]) -> str:
+    """One perturbation's figures in words: agreement on the counted images, with n, and the
+    original's own flips beside it."""
+    ci = p.get("ci95")
+    if p.get("agreement_pct") is None or ci is None:
+        agreement = "no image left to count"
+    else:
+        agreement = (
+            f"{float(p['agreement_pct']):.1f} % agree [{float(ci[0]):.1f}, {float(ci[1]):.1f}] "
+            f"n={p['counted']}"
+        )
+    return (
+        f"{p['perturbation']}: {agreement}; {counted(int(p['new_flips']), 'new flip')}; the "
+        "original changed "
+        f"its own answer on {p['original_changed']} of {p['n']}"
+    )
+
+
+def flip_hunt_lines(variants: Sequence[Variant]) -> list[str]:
+    """The flip hunt as the CLI prints it: per variant, one line per perturbation."""
+    lines = []
+    for v in variants:
+        for p in v.result.flip_hunt or ():
+            lines.append(f"flip hunt: {short_name(v.name)}: {flip_hunt_line(p)}")
+    return lines
+
+
 def split_sentence(split: Mapping[str, int]) -> str:
     """The three-way split in words, e.g. "4 disagreements: 1 conversion-caused, 3 ..."."""
     conversion, quantization = int(split["conversion"]), int(split["quantization"])
@@ -592,7 +623,17 @@ def recommendation_lines(rec: Mapping[str, Any] | None) -> list[str]:
             head += f" (runner-up: {short_name(rec['runner_up'])})"
     else:
         head = "recommended: none"
-    return [head, f"  rule: {rec['rule']}", f"  why: {rec['reason']}"]
+    if rec.get("target"):
+        head += f" for target {rec['target']}"
+    lines = [head, f"  rule: {rec['rule']}", f"  why: {rec['reason']}"]
+    for entry in rec.get("excluded") or ():
+        lines.append(f"  excluded: {short_name(entry['variant'])}: {entry['reason']}")
+    for entry in rec.get("listed_once") or ():
+        lines.append(
+            f"  listed once: {short_name(entry['variant'])} has the outputs of "
+            f"{short_name(entry['same_as'])}"
+        )
+    return lines
 
 
 def run_status(report: RunReport | Mapping[str, Any]) -> RunStatus:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import enum
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -308,6 +309,226 @@ class FlipMatrix(_MappingView):
         return sorted(top)
 
 
+# -- a variant's deployability ---------------------------------------------------------------
+
+
+class CellStatus(enum.StrEnum):
+    """How one deployability check of one variant ended."""
+
+    OK = "ok"  # measured: the numbers are in the cell
+    FAILS = "fails"  # the target cannot run the variant; `reason` says why
+    NOT_APPLICABLE = "not applicable"  # the check means nothing for this variant; `reason` says why
+    MISSING_EXTRA = "missing extra"  # the optional package is not installed; `reason` says how
+    ERROR = "error"  # the tool itself failed; `reason` holds its last line
+
+
+@dataclass(frozen=True)
+class IntegerOnlyCell(_MappingView):
+    """Whether every op computes in integers (core.engine.flatbuffer.integer_only)."""
+
+    integer_only: bool
+    float_io: bool
+    blockers: tuple[str, ...] = ()  # "CONV_2D conv2d_1 (FLOAT32)", one per op computing in float
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> IntegerOnlyCell:
+        return cls(
+            integer_only=bool(d["integer_only"]),
+            float_io=bool(d.get("float_io")),
+            blockers=tuple(str(b) for b in d.get("blockers") or ()),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "integer_only": self.integer_only,
+            "float_io": self.float_io,
+            "blockers": list(self.blockers),
+        }
+
+
+@dataclass(frozen=True)
+class MicroCell(_MappingView):
+    """TFLite-Micro: does its interpreter load and plan the model, and how big is the arena.
+
+    `arena_bytes` is the arena TFLite-Micro allocated for the model (its recording allocator's
+    total): the smallest `arena_size` a device build of the same model needs.
+    `missing_op` is the first op TFLite-Micro has no kernel for (it stops at the first one).
+    """
+
+    status: CellStatus
+    arena_bytes: int | None = None
+    missing_op: str | None = None
+    reason: str | None = None
+    version: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> MicroCell:
+        arena = d.get("arena_bytes")
+        return cls(
+            status=CellStatus(str(d["status"])),
+            arena_bytes=None if arena is None else int(arena),
+            missing_op=d.get("missing_op"),
+            reason=d.get("reason"),
+            version=d.get("version"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": str(self.status),
+            "arena_bytes": self.arena_bytes,
+            "missing_op": self.missing_op,
+            "reason": self.reason,
+            "version": self.version,
+        }
+
+
+@dataclass(frozen=True)
+class VelaCell(_MappingView):
+    """Arm Ethos-U: how Vela maps the model (ops on the NPU vs the CPU, memory, cycles).
+
+    Counts are Vela's own operators (it splits some TFLite ops, e.g. SOFTMAX, into several).
+    `sram_bytes` / `flash_bytes` and `cycles` are Vela's estimates for `system_config`.
+    """
+
+    status: CellStatus
+    accelerator: str | None = None
+    system_config: str | None = None
+    npu_ops: int | None = None
+    cpu_ops: int | None = None
+    cpu_op_types: tuple[str, ...] = ()  # Vela's names of the ops left to the CPU, sorted
+    sram_bytes: int | None = None
+    flash_bytes: int | None = None
+    cycles: int | None = None
+    inferences_per_second: float | None = None
+    reason: str | None = None
+    version: str | None = None
+
+    @property
+    def falls_back_to_cpu(self) -> bool:
+        """True when Vela left any op to the CPU."""
+        return self.status == CellStatus.OK and bool(self.cpu_ops)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> VelaCell:
+        def whole(key: str) -> int | None:
+            value = d.get(key)
+            return None if value is None else int(value)
+
+        ips = d.get("inferences_per_second")
+        return cls(
+            status=CellStatus(str(d["status"])),
+            accelerator=d.get("accelerator"),
+            system_config=d.get("system_config"),
+            npu_ops=whole("npu_ops"),
+            cpu_ops=whole("cpu_ops"),
+            cpu_op_types=tuple(str(x) for x in d.get("cpu_op_types") or ()),
+            sram_bytes=whole("sram_bytes"),
+            flash_bytes=whole("flash_bytes"),
+            cycles=whole("cycles"),
+            inferences_per_second=None if ips is None else float(ips),
+            reason=d.get("reason"),
+            version=d.get("version"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": str(self.status),
+            "accelerator": self.accelerator,
+            "system_config": self.system_config,
+            "npu_ops": self.npu_ops,
+            "cpu_ops": self.cpu_ops,
+            "cpu_op_types": list(self.cpu_op_types),
+            "sram_bytes": self.sram_bytes,
+            "flash_bytes": self.flash_bytes,
+            "cycles": self.cycles,
+            "inferences_per_second": self.inferences_per_second,
+            "reason": self.reason,
+            "version": self.version,
+        }
+
+
+@dataclass(frozen=True)
+class Deployability(_MappingView):
+    """A variant's deployability pre-flight (a variant entry's `deployability`): read from its
+    `.tflite` without running it on a device. `identical_to` names the parent whose outputs
+    this derived variant's equal bit for bit (the same model for the user), else None."""
+
+    integer_only: IntegerOnlyCell
+    micro: MicroCell
+    vela: VelaCell
+    identical_to: str | None = None
+
+    @classmethod
+    def from_json(cls, value: Any) -> Deployability:
+        if isinstance(value, Deployability):
+            return value
+        return cls(
+            integer_only=IntegerOnlyCell.from_dict(value["integer_only"]),
+            micro=MicroCell.from_dict(value["micro"]),
+            vela=VelaCell.from_dict(value["vela"]),
+            identical_to=value.get("identical_to"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "integer_only": self.integer_only.to_dict(),
+            "micro": self.micro.to_dict(),
+            "vela": self.vela.to_dict(),
+            "identical_to": self.identical_to,
+        }
+
+
+# -- a variant under small perturbations (the flip hunt) -------------------------------------
+
+
+@dataclass(frozen=True)
+class PerturbedAgreement(_MappingView):
+    """A variant's agreement with the original under one perturbation (`--perturb`).
+
+    Counted only on the images whose original answer did not change under the perturbation
+    (`counted` = `n` - `original_changed`): the perturbations are not label-preserving for a
+    weak model, and a flip of the original is not the variant's. `new_flips`: counted images
+    the variant agreed on unperturbed and disagrees on now (`<variant>.flip-hunt.csv` lists
+    them); flips also go the other way, so agreement can rise.
+    """
+
+    perturbation: str
+    n: int
+    original_changed: int
+    counted: int
+    agreeing: int
+    agreement_pct: float | None
+    ci95: tuple[float, float] | None
+    new_flips: int
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PerturbedAgreement:
+        ci = d.get("ci95")
+        pct = d.get("agreement_pct")
+        return cls(
+            perturbation=str(d["perturbation"]),
+            n=int(d["n"]),
+            original_changed=int(d["original_changed"]),
+            counted=int(d["counted"]),
+            agreeing=int(d["agreeing"]),
+            agreement_pct=None if pct is None else float(pct),
+            ci95=None if ci is None else (float(ci[0]), float(ci[1])),
+            new_flips=int(d["new_flips"]),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "perturbation": self.perturbation,
+            "n": self.n,
+            "original_changed": self.original_changed,
+            "counted": self.counted,
+            "agreeing": self.agreeing,
+            "agreement_pct": self.agreement_pct,
+            "ci95": None if self.ci95 is None else list(self.ci95),
+            "new_flips": self.new_flips,
+        }
+
+
 # -- a variant's result -----------------------------------------------------------------------
 
 
@@ -359,6 +580,10 @@ class VariantResult(_MappingView):
     latency_warning: str | None = None
     latency_note: str | None = None
     stderr_tail: str | None = None
+    # The deployability pre-flight (core.engine.stages.deploy); None until it ran.
+    deployability: Deployability | None = None
+    # The flip hunt (--perturb, core.engine.stages.perturb): one entry per perturbation.
+    flip_hunt: tuple[PerturbedAgreement, ...] | None = None
     present: frozenset[str] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
@@ -373,6 +598,13 @@ class VariantResult(_MappingView):
             values["top1_agreement_ci95"] = tuple(values["top1_agreement_ci95"])
         if values.get("flip_matrix") is not None:
             values["flip_matrix"] = FlipMatrix.from_json(values["flip_matrix"])
+        if values.get("deployability") is not None:
+            values["deployability"] = Deployability.from_json(values["deployability"])
+        if values.get("flip_hunt") is not None:
+            values["flip_hunt"] = tuple(
+                p if isinstance(p, PerturbedAgreement) else PerturbedAgreement.from_dict(p)
+                for p in values["flip_hunt"]
+            )
         for key in ("select_tf_ops_used", "warnings"):
             values[key] = tuple(values.get(key) or ())
         values["status"] = VariantStatus(str(values.get("status") or VariantStatus.PENDING))
@@ -382,7 +614,10 @@ class VariantResult(_MappingView):
         d: dict[str, Any] = {}
         for key in self.keys_in_order():
             value = getattr(self, key)
-            if key in ("latency_note", "stderr_tail", "speedup") and value is None:
+            if (
+                key in ("latency_note", "stderr_tail", "speedup", "deployability", "flip_hunt")
+                and value is None
+            ):
                 continue
             # The timing phase writes latency_ms and latency_warning together.
             if key == "latency_warning" and value is None and self.latency_ms is None:

@@ -294,6 +294,9 @@ def new_report(
             "threads": job.threads,
             "min_agreement_pct": job.min_agreement_pct,
             "verdict": job.verdict,
+            "target": job.target,
+            "arena_kb": job.arena_kb,
+            "perturb": job.perturb,
             "seed": job.seed,
             "latency_runs": job.latency_runs,  # None: as many as the budget allows
             "latency_budget_s": None if job.latency_runs else job.latency_budget_s,
