@@ -16,6 +16,7 @@ from core.reporting.runmodel import (
     ROLE_SELECTED,
     SCHEMA_VERSION,
     VERDICT_POINT,
+    CandidateStatus,
     FlipMatrix,
     RunReport,
     Variant,
@@ -540,7 +541,7 @@ def fix_lines(v: Variant) -> list[str]:
     lines = []
     search = v.fix_search
     if search is not None:
-        measured = sum(c.status == "measured" for c in search.candidates)
+        measured = sum(c.status == CandidateStatus.MEASURED for c in search.candidates)
         cut = ", cut short by the budget" if search.truncated else ""
         chose = (
             f"chose {short_name(search.chosen)}"

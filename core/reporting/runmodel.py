@@ -724,6 +724,15 @@ class VariantCauses(_MappingView):
         return [f"{c.layer}: {c.words}" for c in self.causes]
 
 
+class CandidateStatus(enum.StrEnum):
+    """What became of one rung the fix search tried (report.json keeps the words)."""
+
+    MEASURED = "measured"
+    FAILED = "failed"
+    REFUSED = "refused"
+    SKIPPED = "skipped"
+
+
 @dataclass(frozen=True)
 class FixCandidate(_MappingView):
     """One rung of the fix ladder as the search tried it (core.engine.fixes.search).

@@ -42,8 +42,14 @@ from core.engine.stages.evaluate import run_evaluation, written_agreement
 from core.engine.stages.reference import ReferenceOutputs
 from core.errors import ConversionFailed, QuantLensError
 from core.inputs import rundir
-from core.reporting.runmodel import FixCandidate, FixSearch, HeldOutJudgement, Variant
-from core.types import NEEDS_CALIBRATION, JobSpec, VariantSpec
+from core.reporting.runmodel import (
+    CandidateStatus,
+    FixCandidate,
+    FixSearch,
+    HeldOutJudgement,
+    Variant,
+)
+from core.types import NEEDS_CALIBRATION, JobSpec, VariantSpec, VariantStatus
 
 if TYPE_CHECKING:
     from core.engine.fixes.keep_float import Measurement
@@ -98,7 +104,7 @@ def _fixable(spec: VariantSpec, entry: dict[str, Any]) -> bool:
 
     if spec.has_overrides or entry.get("auto_fix") is not None:
         return False
-    if entry.get("role") != ROLE_SELECTED or entry.get("status") != "done":
+    if entry.get("role") != ROLE_SELECTED or entry.get("status") != VariantStatus.DONE:
         return False
     if entry.get("verdict_reason") or entry.get("top1_agreement_pct") is None:
         return False
@@ -270,7 +276,7 @@ def _skipped(spec: VariantSpec, kind: str, reason: str) -> FixCandidate:
         variant=None,
         parent=spec.name,
         fix={"kind": kind},
-        status="skipped",
+        status=CandidateStatus.SKIPPED,
         reason=reason,
     )
 
@@ -298,11 +304,11 @@ def _try_rung(
         variant=rung.spec.name,
         parent=spec.name,
         fix=rung.fix,
-        status="failed",
+        status=CandidateStatus.FAILED,
         note=rung.note,
     )
     if not budget.take():
-        return replace(base, status="skipped", reason="the evaluation budget ran out")
+        return replace(base, status=CandidateStatus.SKIPPED, reason="the evaluation budget ran out")
     progress(budget.used / max(budget.total, 1), f"fix ladder: {rung.kind} ({rung.spec.name})")
     fix = dict(rung.fix)
     try:
@@ -320,14 +326,18 @@ def _try_rung(
         measured = bench.measure(tflite)
     except EqualizationError as exc:  # nothing to pair, or the float model changed: no fix
         budget.used -= 1  # nothing was measured
-        status = "refused" if isinstance(exc, EqualizationRefused) else "skipped"
+        status = (
+            CandidateStatus.REFUSED
+            if isinstance(exc, EqualizationRefused)
+            else CandidateStatus.SKIPPED
+        )
         return replace(base, fix=fix, status=status, reason=_first_line(exc))
     except (QuantLensError, ValueError, RuntimeError) as exc:
         return replace(base, fix=fix, reason=_first_line(exc))
     return replace(
         base,
         fix=fix,
-        status="measured",
+        status=CandidateStatus.MEASURED,
         agreement_pct=measured.agreement_pct,
         n=measured.n,
         mean_kl=measured.mean_kl if np.isfinite(measured.mean_kl) else None,
@@ -425,7 +435,7 @@ def _keep_float_rung(
             variant=None,
             parent=spec.name,
             fix={"kind": "keep_float"},
-            status="failed",
+            status=CandidateStatus.FAILED,
             reason=_first_line(exc),
         )
         return {}, [failed]
@@ -435,7 +445,7 @@ def _keep_float_rung(
             variant=replace(spec, float_layers=tuple(step["layers"])).name,
             parent=spec.name,
             fix={"kind": "keep_float", "layers": list(step["layers"])},
-            status="measured",
+            status=CandidateStatus.MEASURED,
             agreement_pct=step["agreement_pct"],
             n=step["n"],
             mean_kl=step["mean_kl"] if np.isfinite(step["mean_kl"]) else None,
@@ -647,7 +657,7 @@ def _judge_on_held_out(run: RunContext, spec: VariantSpec) -> None:
     entry = run.report.variant(spec.name)
     if entry.get("derived_by") != DERIVED_BY_AUTO_FIX or "judged_on_held_out" in entry:
         return
-    if entry.get("status") != "done" or entry.get("verdict_reason"):
+    if entry.get("status") != VariantStatus.DONE or entry.get("verdict_reason"):
         return
     parent = Variant.from_dict(run.report.variant(entry["parent"])) if entry.get("parent") else None
     search = None if parent is None else parent.fix_search

@@ -25,6 +25,7 @@ from core.reporting.runmodel import (
     VelaCell,
 )
 from core.reporting.targets import ACCELERATOR, NO_INTEGER_OPS
+from core.types import VariantStatus
 
 
 def check_deployability(run: RunContext) -> None:
@@ -32,7 +33,7 @@ def check_deployability(run: RunContext) -> None:
     todo = [
         spec.name
         for spec in run.specs
-        if run.report.variant(spec.name)["status"] == "done"
+        if run.report.variant(spec.name)["status"] == VariantStatus.DONE
         and not run.report.variant(spec.name).get("deployability")
     ]
     for i, name in enumerate(todo):

@@ -21,6 +21,7 @@ from core.inputs.perturb import PERTURBATIONS, Perturbation
 from core.metrics.agreement import to_probabilities, top1, wilson_interval
 from core.reporting.runmodel import PerturbedAgreement
 from core.runfolder.protocol import DECODED_CACHE
+from core.types import VariantStatus
 
 NO_DECODED_IMAGES = (
     "the flip hunt needs the decoded images on this machine; with --engine ray they stay on "
@@ -35,7 +36,7 @@ def run_flip_hunt(run: RunContext, reference: ReferenceOutputs) -> None:
     names = [
         s.name
         for s in run.specs
-        if run.report.variant(s.name)["status"] == "done"
+        if run.report.variant(s.name)["status"] == VariantStatus.DONE
         and not run.report.variant(s.name).get("flip_hunt")
     ]
     if not names:
