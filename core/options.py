@@ -38,6 +38,7 @@ from typing import Any
 
 from core.errors import QuantLensError
 from core.reporting.report import VERDICT_LOWER_BOUND, VERDICT_POINT, VERDICT_RULES
+from core.reporting.targets import PROFILES, Target
 from core.types import (
     BACKEND_CHOICES,
     RAY_NODE_IP_ENV,
@@ -537,6 +538,63 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
         ),
     ),
     RunOption(
+        "target",
+        ("--target",),
+        choices=tuple(str(t) for t in Target),
+        help="where the model will run, for the recommendation: cpu (LiteRT with XNNPACK, "
+        "default), integer-only (an NPU or Edge TPU-like accelerator: every op in integers), "
+        "mcu (TFLite-Micro: integer-only, its kernels, an arena within --arena-kb) or gpu "
+        "(not evaluated on a machine without one)",
+        field="target",
+        in_command=InCommand.UNLESS_DEFAULT,
+        widget=SetupWidget(
+            WidgetKind.RADIO,
+            "Target",
+            key="setup.target",
+            help="Where the model will run. The recommendation excludes what the target cannot "
+            "run, with the reason; the Targets page shows every target's pick.",
+            choice_labels={str(t): f"{t}: {PROFILES[t].title}" for t in Target},
+        ),
+    ),
+    RunOption(
+        "arena_kb",
+        ("--arena-kb",),
+        value_type=float,
+        help="the largest TFLite-Micro arena in KiB the mcu target has room for (default: no "
+        "limit)",
+        field="arena_kb",
+        checks=(at_least(1),),
+        in_command=InCommand.UNLESS_DEFAULT,
+        to_text=exact_number,
+        widget=SetupWidget(
+            WidgetKind.NUMBER,
+            "MCU arena limit (KiB, 0 = none; mcu target only)",
+            key="setup.arena_kb",
+            minimum=0,
+            step=16,
+            default=0,
+            zero_is_none=True,
+        ),
+    ),
+    RunOption(
+        "perturb",
+        ("--perturb",),
+        is_flag=True,
+        help="flip hunt: each variant's agreement under brightness ±10 %%, JPEG quality 75, a "
+        "92 %% crop and noise σ=2/255, on the images whose original answer did not change "
+        "(runs every model five more times)",
+        field="perturb",
+        in_command=InCommand.UNLESS_DEFAULT,
+        widget=SetupWidget(
+            WidgetKind.CHECKBOX,
+            "Flip hunt under small perturbations",
+            key="setup.perturb",
+            help="Agreement under brightness ±10 %, JPEG quality 75, a 92 % crop and noise "
+            "σ=2/255, counted on the images whose original answer did not change. Runs every "
+            "model five more times.",
+        ),
+    ),
+    RunOption(
         "latency_runs",
         ("--latency-runs",),
         value_type=int,
@@ -707,10 +765,32 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
         value_type=int,
         const=5,
         metavar="K",
-        help="for each int8 (or quantizer) variant below --min-agreement, keep up to K layers "
-        "(default 5) in float, most sensitive first as measured, until it meets the bar; the "
-        "result is a derived variant (write --auto-fix=K before MODEL)",
+        help="for each int8 (or quantizer) variant below --min-agreement, run the fix ladder, "
+        "cheapest first: cross-layer equalization, 16-bit activations for the culprit chain, "
+        "then up to K layers (default 5) kept in float; each rung is measured on a seeded half "
+        "of the images and the chosen fix, a derived variant, is judged on the other half "
+        "(write --auto-fix=K before MODEL)",
         field="auto_fix",
+        checks=(at_least(1),),
+        in_command=InCommand.UNLESS_DEFAULT,
+    ),
+    RunOption(
+        "fix",
+        ("--fix",),
+        choices=("integer-only",),
+        help="with --auto-fix: only the rungs that keep the model integer-only (no float "
+        "compute), for NPUs, Edge TPUs and microcontrollers",
+        field="fix",
+        in_command=InCommand.UNLESS_DEFAULT,
+    ),
+    RunOption(
+        "fix_budget",
+        ("--fix-budget",),
+        value_type=int,
+        metavar="N",
+        help="with --auto-fix: at most N candidate evaluations per variant (default 24); a "
+        "count, not seconds, so every machine derives the same fix",
+        field="fix_budget",
         checks=(at_least(1),),
         in_command=InCommand.UNLESS_DEFAULT,
     ),

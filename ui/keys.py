@@ -32,6 +32,9 @@ SETUP_MAX_SAMPLES = widget_key("samples")
 SETUP_THREADS = widget_key("threads")
 SETUP_THRESHOLD = widget_key("min_agreement")
 SETUP_VERDICT = widget_key("verdict")
+SETUP_TARGET = widget_key("target")  # where the model will run (core.reporting.targets.Target)
+SETUP_ARENA_KB = widget_key("arena_kb")  # the mcu target's arena limit in KiB; 0 = none
+SETUP_PERTURB = widget_key("perturb")  # the flip hunt under small perturbations
 SETUP_RUN_NAME = widget_key("name")
 SETUP_TRUSTED = widget_key("trusted")
 SETUP_TRUSTED_CONFIRM = "setup.trusted_confirm"
@@ -103,3 +106,10 @@ LAYERS_VARIANT = "layers.variant"
 LAYERS_KEEP_FLOAT = "layers.keep_float"  # + ".<variant>": the layers chosen on its page
 LAYERS_RESCORE_ERROR = "layers.rescore_error"  # why the last re-score could not start
 LAYERS_DETAIL = "layers.detail"  # + ".<variant>": the layer whose details are shown
+
+AGREEMENT_FLIP_HUNT = "agreement.flip_hunt"
+
+# targets
+TARGETS_TARGET = "targets.target"
+TARGETS_ARENA = "targets.arena_kb"
+TARGETS_TABLE = "targets.deployability"

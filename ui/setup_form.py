@@ -14,7 +14,7 @@ import streamlit as st
 from core.errors import QuantLensError
 from core.history import stale_uploads
 from core.inputs import uploads
-from core.inputs.demo import DemoPaths, demo_paths, mobilenet_demo_paths
+from core.inputs.demo_paths import DemoPaths, demo_paths, mobilenet_demo_paths
 from core.inputs.paths import allowed_roots, existing_under_roots
 from core.inputs.rundir import workspace_home, write_json_atomic
 from core.jobs import launch as jobs

@@ -1,12 +1,13 @@
 """Measuring a model on the run's images: the run's runner (its preset, threads and batch),
 and a candidate's agreement and mean KL against the original, the numbers the sensitivity
 scan, auto-fix's search and the calibration sweep rank and record by
-(core.engine.selective.Measurement).
+(core.engine.fixes.keep_float.Measurement).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -16,8 +17,8 @@ from core.engine.stages.reference import ReferenceOutputs
 from core.runfolder.protocol import DECODED_CACHE
 
 if TYPE_CHECKING:
+    from core.engine.fixes.keep_float import Measurement
     from core.engine.runtime import TFLiteRunner
-    from core.engine.selective import Measurement
 
 
 def run_runner(
@@ -42,26 +43,19 @@ def run_runner(
     )
 
 
-def parent_measurement(entry: dict[str, Any]) -> Measurement:
-    """The parent variant as auto-fix's search starts from it: its own evaluation, which is the
-    measurement `measure_tflite(limit=None)` would repeat."""
-    from core.engine.selective import Measurement
-
-    kl = entry.get("mean_kl")
-    return Measurement(
-        agreement_pct=float(entry["top1_agreement_pct"]),
-        # No finite KL (NaN outputs): any candidate with one is better.
-        mean_kl=float(kl) if kl is not None and np.isfinite(kl) else float("inf"),
-        size_bytes=int(entry["size_bytes"]),
-        n=int(entry["n"]),
-    )
-
-
 def measure_tflite(
-    run: RunContext, reference: ReferenceOutputs, tflite: bytes, *, limit: int | None
+    run: RunContext,
+    reference: ReferenceOutputs,
+    tflite: bytes,
+    *,
+    limit: int | None = None,
+    rows: Sequence[int] | None = None,
 ) -> Measurement:
     """Agreement and mean KL of a model against the original on the first `limit` evaluation
-    images (all of them when None), read from the run's decoded-image cache."""
+    images (all of them when None), or on the images at row positions `rows`, read from the
+    run's decoded-image cache."""
+    if rows is not None:
+        return _measure_rows(run, reference, tflite, rows)
     model = run_runner(run, tflite, name="candidate")
     cache = DecodedCache(run.run_dir / DECODED_CACHE, run.image_shape)
     total = len(cache) if limit is None else min(limit, len(cache))
@@ -76,14 +70,38 @@ def measure_tflite(
     return measurement(reference, np.concatenate(outputs), len(tflite))
 
 
-def measurement(reference: ReferenceOutputs, outputs: np.ndarray, size_bytes: int) -> Measurement:
-    """Agreement and mean KL of a model's raw outputs on the first len(outputs) rows."""
-    from core.engine.selective import Measurement
+def _measure_rows(
+    run: RunContext, reference: ReferenceOutputs, tflite: bytes, rows: Sequence[int]
+) -> Measurement:
+    model = run_runner(run, tflite, name="candidate")
+    cache = DecodedCache(run.run_dir / DECODED_CACHE, run.image_shape)
+    outputs = []
+    for start in range(0, len(rows), model.batch):
+        pixels = np.stack([cache.read(int(p)) for p in rows[start : start + model.batch]])
+        outputs.append(model.infer(pixels))
+    return measurement(reference, np.concatenate(outputs), len(tflite), rows=rows)
+
+
+def measurement(
+    reference: ReferenceOutputs,
+    outputs: np.ndarray,
+    size_bytes: int,
+    *,
+    rows: Sequence[int] | None = None,
+) -> Measurement:
+    """Agreement and mean KL of a model's raw outputs on the first len(outputs) rows, or on
+    the rows at positions `rows` (in that order)."""
+    from core.engine.fixes.keep_float import Measurement
     from core.metrics.agreement import sample_records, to_probabilities
 
     total = len(outputs)
     probs = to_probabilities(outputs, softmax=reference.softmax)
-    records = sample_records(reference.prob_rows(0, total), probs)
+    if rows is None:
+        expected = reference.prob_rows(0, total)
+    else:
+        stored = np.load(reference.probs_path, mmap_mode="r")
+        expected = np.asarray(stored[np.asarray(rows, dtype=np.int64)], dtype=np.float64)
+    records = sample_records(expected, probs)
     kl = records.kl[np.isfinite(records.kl)]
     return Measurement(
         agreement_pct=float(100.0 * records.agree.mean()),
