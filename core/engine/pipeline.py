@@ -31,8 +31,9 @@ from core.engine.stages.finish import finish
 from core.engine.stages.latency import time_models
 from core.engine.stages.ray_evaluate import evaluate_on_ray
 from core.engine.stages.reference import ReferenceOutputs, run_reference
-from core.engine.stages.start import open_run, reproduce_command, resolve_inputs
+from core.engine.stages.start import open_run, resolve_inputs
 from core.engine.stages.sweep import run_sweep
+from core.options import reproduce_command
 from core.types import JobSpec
 
 # What the worker and the tests reach through the pipeline.

@@ -25,7 +25,7 @@ from core.engine.stages.decode import (
 )
 from core.engine.stages.files import DecodedCache
 from core.engine.stages.start import drop_labels_outside, reproduce_command
-from core.jobs.protocol import DECODED_CACHE
+from core.runfolder.protocol import DECODED_CACHE
 from core.types import Dataset, JobSpec, Preset, Sample, SkippedSample
 
 
@@ -367,7 +367,7 @@ def test_a_restarted_worker_keeps_the_reference_decision(
 ) -> None:
     """After a crash, the next worker reads the decision back with the reference's outputs."""
     from core.inputs import rundir
-    from core.jobs.protocol import DECODE_STATE
+    from core.runfolder.protocol import DECODE_STATE
     from core.types import ProgressEvent
 
     class Crash(Exception):

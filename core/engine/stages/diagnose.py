@@ -30,7 +30,7 @@ from core.engine.stages.files import DecodedCache
 from core.engine.stages.reference import ReferenceOutputs
 from core.errors import ConversionFailed, QuantLensError
 from core.inputs import rundir
-from core.jobs.protocol import DECODED_CACHE
+from core.runfolder.protocol import DECODED_CACHE
 from core.types import NEEDS_CALIBRATION, JobSpec, Mode, Sample, VariantSpec
 
 if TYPE_CHECKING:
