@@ -51,10 +51,13 @@ st.subheader("Trade-off and recommendation")
 finished = runs.run_status(res.run_id).get("status") not in ("queued", "running")
 if finished:
     choose.recommendation_box(res.report)
+# Drawn for the run's target (--target), as its recommendation is; the Targets page has the others.
 choose.tradeoff_chart(
     variants,
     key="overview.tradeoff_chart",
     pick=choose.report_recommendation(res.report).get("variant") if finished else None,
+    target=res.report.options.get("target"),
+    arena_limit_kb=res.report.options.get("arena_kb"),
 )
 
 st.subheader("Summary")

@@ -38,6 +38,7 @@ from core.engine.faults import FAULT_ENV, FAULT_ONCE_ENV
 from core.engine.stages.files import BATCH  # the local engine's decode/reference batch
 from core.errors import QuantLensError
 from core.metrics.latency import usable_cpus
+from core.reporting.runmodel import EngineInfo
 from core.types import RAY_NODE_IP_ENV as NODE_IP_ENV
 from core.types import JobSpec, Preset, Sample, SkippedSample, VariantSpec
 
@@ -81,14 +82,14 @@ class ClusterInfo:
     cpus: int
     head_node: str  # the node the job ran on: conversions and latency
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": "ray",
-            "address": self.address,
-            "nodes": list(self.nodes),
-            "cpus": self.cpus,
-            "latency_node": self.head_node,
-        }
+    def engine_info(self) -> EngineInfo:
+        return EngineInfo(
+            name="ray",
+            address=self.address,
+            nodes=self.nodes,
+            cpus=self.cpus,
+            latency_node=self.head_node,
+        )
 
 
 @dataclass
@@ -776,7 +777,7 @@ def _lost(exc: BaseException) -> ClusterUnavailable:
 @dataclass(frozen=True)
 class KeepFloatSource:
     """What a task needs to make a variant with some layers kept float, as the head would
-    (core.engine.selective.keep_float_maker): the original, the variant, its calibration."""
+    (core.engine.fixes.keep_float.keep_float_maker): the original, the variant, its calibration."""
 
     reference: ReferenceSource
     spec: VariantSpec
@@ -859,8 +860,8 @@ def _candidates_task(
     """On a worker: load the original, make each candidate, run it on the images."""
     import tempfile
 
+    from core.engine.fixes.keep_float import keep_float_maker
     from core.engine.models import load_reference
-    from core.engine.selective import keep_float_maker
 
     with tempfile.TemporaryDirectory(prefix="quantlens-ray-") as folder:
         path = _unpack_model(

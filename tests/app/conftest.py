@@ -59,7 +59,7 @@ def demo_home(tmp_path_factory: pytest.TempPathFactory, built_demo: Path) -> Pat
     h = tmp_path_factory.mktemp("demo_home")
     shutil.copytree(built_demo, h / "demo", symlinks=True)
     env = dict(os.environ, QUANTLENS_HOME=str(h), TF_CPP_MIN_LOG_LEVEL="3")
-    from core.inputs.demo import demo_paths
+    from core.inputs.demo_paths import demo_paths
 
     paths = demo_paths(h)
     out = h / "runs" / "20250101-000000-demo01"

@@ -39,7 +39,7 @@ from core.metrics.agreement import (
     topk_hits,
 )
 from core.runfolder.protocol import DECODED_CACHE
-from core.types import Agreement, Mode, VariantSpec
+from core.types import Agreement, Mode, VariantSpec, VariantStatus
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ def run_evaluation(
     arrives (outcomes come in the order of `conversions`, the pivot first)."""
 
     def started(spec: VariantSpec) -> None:
-        run.report.variant(spec.name)["status"] = "running"
+        run.report.variant(spec.name)["status"] = VariantStatus.RUNNING
         run.report.save()
 
     for outcome in evaluate_converted(run, reference, conversions, on_start=started):
@@ -242,7 +242,7 @@ def _pivot_agreement(run: RunContext, spec: VariantSpec) -> np.ndarray | None:
     if spec.mode is Mode.FLOAT32 or not pivot:
         return None
     path = rundir.variant_samples_path(run.run_dir, run.report.files_of(pivot))
-    if run.report.variant(pivot)["status"] != "done" or not path.exists():
+    if run.report.variant(pivot)["status"] != VariantStatus.DONE or not path.exists():
         return None
     # The pivot's own written `agree` column, so the split matches what its row reports.
     return written_agreement(run, run.report.files_of(pivot))
@@ -312,7 +312,7 @@ def _scope_warnings(spec: VariantSpec, tflite: bytes) -> list[str]:
 def record_failure(run: RunContext, failed: FailedVariant) -> None:
     name = failed.spec.name
     entry = run.report.variant(name)
-    entry["status"] = "failed"
+    entry["status"] = VariantStatus.FAILED
     entry["error"] = failed.error
     run.report.save()
     run.emit("variant", 1.0, f"{name} failed: {failed.error}", name)
