@@ -208,6 +208,7 @@ def _supervise(directory: Path, run_id: str, args: argparse.Namespace) -> int:
         report = read_report(directory)
         print(format_table(report))
         _print_calibration(report)
+        _print_runtimes(report)
         if args.report == "html":
             from core.reporting.html import write_report_html
 
@@ -240,6 +241,15 @@ def _print_calibration(report: RunReport) -> None:
         print(line)
     if report.sweep is not None and report.sweep.statement:
         print(f"calibration sweep: {report.sweep.statement}")
+
+
+def _print_runtimes(report: RunReport) -> None:
+    """The runtime matrix, when the run asked for one (--runtimes)."""
+    from core.reporting.runtimes import format_runtime_table
+
+    table = format_runtime_table(report)
+    if table:
+        print(table)
 
 
 def _print_tracking(report: RunReport) -> None:

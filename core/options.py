@@ -42,10 +42,13 @@ from core.reporting.targets import PROFILES, Target
 from core.types import (
     BACKEND_CHOICES,
     RAY_NODE_IP_ENV,
+    RUNTIME_SUBSET,
     JobSpec,
     Mode,
     Preset,
+    Runtime,
     VariantSpec,
+    parse_runtimes,
     parse_sweep_sizes,
     variants_for_backend,
 )
@@ -350,6 +353,13 @@ def exact_number(value: float) -> str:
     """`95` rather than `95.0`, but never rounded: `:g` alone turns 99.99999 into 100."""
     short = f"{value:g}"
     return short if float(short) == value else repr(value)
+
+
+def _runtimes(value: Any, values: Values) -> tuple[Runtime, ...]:
+    """--runtimes as a comma-separated string (the CLI) or a list (Setup's multiselect)."""
+    if isinstance(value, list | tuple):
+        value = ",".join(str(v) for v in value)
+    return parse_runtimes(value)
 
 
 def _joined(value: Any) -> str:
@@ -862,6 +872,45 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
             help="Draws of calibration images per size: the spread says how much the choice "
             "of images matters.",
         ),
+    ),
+    RunOption(
+        "runtimes",
+        ("--runtimes",),
+        default=None,
+        metavar="R,R,...",
+        help="also evaluate every variant under these runtimes: xnnpack (the run's threads), "
+        "xnnpack1 (1 thread), builtin (built-in kernels), reference (reference kernels, what "
+        "TFLite-Micro matches), tflm (TFLite-Micro, integer-only variants); builtin, "
+        "reference and tflm run on --runtime-images images",
+        field="runtimes",
+        to_job=_runtimes,
+        in_command=InCommand.UNLESS_DEFAULT,
+        to_text=_joined,
+        widget=SetupWidget(
+            WidgetKind.MULTISELECT,
+            "Runtimes (optional)",
+            key="setup.runtimes",
+            help="Evaluate each variant's .tflite under other kernels too: the answers of "
+            "XNNPACK, the built-in and the reference kernels (a microcontroller's stand-in) "
+            "and TFLite-Micro can differ. The slow kernels run at 1 thread on a seeded "
+            f"subset of {RUNTIME_SUBSET} images.",
+            choice_labels={str(r): r.label for r in Runtime},
+            default=[],
+        ),
+    ),
+    RunOption(
+        "runtime_images",
+        ("--runtime-images",),
+        value_type=int,
+        metavar="N",
+        help=f"images the built-in and reference kernels and TFLite-Micro run on, drawn with "
+        f"the run's seed (default {RUNTIME_SUBSET}; 0 = every image)",
+        field="runtime_images",
+        checks=(at_least(0),),
+        to_job=lambda value, values: value or None,
+        in_command=InCommand.UNLESS_DEFAULT,
+        command_when=lambda job: bool(job.runtimes),
+        to_text=lambda value: "0" if value is None else str(value),
     ),
     RunOption(
         "name",

@@ -547,6 +547,10 @@ class ProgressEvent:
 RAY_NODE_IP_ENV = "RAY_NODE_IP_ADDRESS"
 
 
+# Images the slow runtimes (built-in, reference kernels, TFLite-Micro) run on by default.
+RUNTIME_SUBSET = 200
+
+
 @dataclass(frozen=True)
 class JobSpec:
     """Everything a worker needs to run one job; serialised as the run directory's job.json."""
@@ -587,6 +591,8 @@ class JobSpec:
     calibration_overlap: bool = False
     calibration_sweep: tuple[int, ...] = ()  # calibration sizes to sweep int8/int16x8 over
     sweep_seeds: int = 3  # draws per sweep size
+    runtimes: tuple[Runtime, ...] = ()  # the runtime matrix's runtimes; () runs none
+    runtime_images: int | None = RUNTIME_SUBSET  # the slow runtimes' subset; None: every image
     # Where the model will run (core.reporting.targets.Target): the recommendation's target.
     target: str = "cpu"
     arena_kb: float | None = None  # the largest TFLite-Micro arena the mcu target allows
@@ -597,6 +603,7 @@ class JobSpec:
         d["preset"] = str(self.preset)
         d["variants"] = list(self.variants)
         d["calibration_sweep"] = list(self.calibration_sweep)
+        d["runtimes"] = [str(r) for r in self.runtimes]
         return d
 
     @classmethod
@@ -608,6 +615,7 @@ class JobSpec:
         if kwargs.get("input_size"):
             kwargs["input_size"] = tuple(kwargs["input_size"])
         kwargs["calibration_sweep"] = tuple(kwargs.get("calibration_sweep", ()))
+        kwargs["runtimes"] = tuple(Runtime(r) for r in kwargs.get("runtimes", ()))
         return cls(**kwargs)
 
 
@@ -633,3 +641,58 @@ def parse_sweep_sizes(text: str | None) -> tuple[int, ...]:
             f"calibration sweep sizes are at least 1, such as 10,25,50,100; got {text!r}"
         )
     return tuple(sizes)
+
+
+class Runtime(enum.StrEnum):
+    """A runtime a variant can be evaluated under, for the runtime matrix (the same `.tflite`
+    file, other kernels: the host's answer is not always the device's)."""
+
+    XNNPACK = "xnnpack"  # LiteRT with XNNPACK at the run's threads: the run's own evaluation
+    XNNPACK1 = "xnnpack1"  # LiteRT with XNNPACK at 1 thread
+    BUILTIN = "builtin"  # LiteRT's built-in kernels, no default delegate, 1 thread
+    REFERENCE = "reference"  # LiteRT's reference kernels (BUILTIN_REF), 1 thread: MCU stand-in
+    TFLM = "tflm"  # TFLite-Micro itself, integer-only variants, when its runtime is installed
+
+    @property
+    def label(self) -> str:
+        """How a table heads this runtime's column."""
+        return RUNTIME_LABELS[self]
+
+    @property
+    def on_subset(self) -> bool:
+        """Evaluated on a bounded seeded subset by default (13-67x slower than XNNPACK)."""
+        return self in (Runtime.BUILTIN, Runtime.REFERENCE, Runtime.TFLM)
+
+
+RUNTIME_LABELS = {
+    Runtime.XNNPACK: "XNNPACK (run's threads)",
+    Runtime.XNNPACK1: "XNNPACK, 1 thread",
+    Runtime.BUILTIN: "built-in kernels",
+    Runtime.REFERENCE: "reference kernels",
+    Runtime.TFLM: "TFLite-Micro",
+}
+
+
+def parse_runtimes(text: str | None) -> tuple[Runtime, ...]:
+    """`xnnpack,builtin,reference,tflm` -> those runtimes in the matrix's column order; ()
+    when none (None or blank).
+
+    Raises:
+        QuantLensError: an unknown runtime name.
+    """
+    from core.errors import QuantLensError
+
+    if text is None or not text.strip():
+        return ()
+    chosen: set[Runtime] = set()
+    for part in (p.strip().lower() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            chosen.add(Runtime(part))
+        except ValueError:
+            names = ",".join(r.value for r in Runtime)
+            raise QuantLensError(
+                f"unknown runtime {part!r}; choose from {names} (comma-separated)"
+            ) from None
+    return tuple(r for r in Runtime if r in chosen)

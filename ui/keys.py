@@ -26,6 +26,7 @@ SETUP_CALIBRATION = widget_key("calibration_samples")
 SETUP_CALIBRATION_OVERLAP = widget_key("calibration_overlap")
 SETUP_CALIBRATION_DATA = widget_key("calibration_data")
 SETUP_SWEEP = widget_key("calibration_sweep")
+SETUP_RUNTIMES = widget_key("runtimes")
 SETUP_SWEEP_SEEDS = widget_key("sweep_seeds")
 SETUP_MAX_SAMPLES = widget_key("samples")
 SETUP_THREADS = widget_key("threads")
@@ -66,6 +67,8 @@ DISAGREE_MARGIN = "disagreements.margin"
 DISAGREE_PAGE = "disagreements.page"
 DISAGREE_FLIP = "disagreements.flip"  # (variant, ref_class, tfl_class) set by the agreement page
 DISAGREE_CLEAR_FLIP = "disagreements.clear_flip"
+DISAGREE_RUNTIME = "disagreements.runtime"  # a runtime whose flips (vs XNNPACK) the gallery shows
+OVERVIEW_RUNTIMES = "overview.runtimes"
 
 # probability deltas
 DELTAS_METRIC = "deltas.metric"

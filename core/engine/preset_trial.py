@@ -49,7 +49,7 @@ def preset_trial(
 def _trial(
     model: ReferenceModel, labels: list[int], images: Sequence[np.ndarray]
 ) -> dict[str, Any]:
-    from core.inputs.presets import apply_preset
+    from core.engine.runtime import OriginalRunner
     from core.metrics.agreement import outputs_are_probabilities, to_probabilities, top1
 
     trial: dict[str, Any] = {
@@ -62,7 +62,7 @@ def _trial(
     pixels = np.stack(images)
     for preset in Preset:
         try:
-            raw = model.predict(apply_preset(pixels, preset))
+            raw = OriginalRunner(model, preset=preset).infer(pixels)
         except QuantLensError as exc:  # e.g. caffe on a 2-channel model
             trial["presets"][preset.value] = {"error": str(exc)}
             continue

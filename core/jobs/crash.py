@@ -39,6 +39,7 @@ STEP_WORDS = {
     "diagnose": "per-layer diagnosis",
     "auto-fix": "the auto-fix search",
     "latency": "latency timing",
+    "runtimes": "the runtime matrix",
     "deploy": "the deployability pre-flight",
     "perturb": "the flip hunt",
 }

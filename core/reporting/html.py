@@ -121,6 +121,7 @@ def render_report_html(run_dir: Path, *, name: str | None = None) -> str:
         _reference_table(report),
         "<h2>Speed-up</h2>",
         _speedup_table(report, variants),
+        _runtime_section(report),
         "<h2>Targets and deployability</h2>",
         _targets_section(report, variants),
         _flip_hunt_section(variants),
@@ -732,6 +733,32 @@ def _speedup_table(report: RunReport, variants: list[Variant]) -> str:
         "the range over blocks.</small></p>"
     )
     return f'<table id="speedup">{head}{"".join(rows)}</table>{note}'
+
+
+def _runtime_section(report: RunReport) -> str:
+    """The runtime matrix (variants x runtimes), when the run asked for one."""
+    from core.reporting.runtimes import FLIPS_MEANING, matrix_rows, subset_sentence
+
+    header, rows = matrix_rows(report)
+    matrix = report.runtimes
+    if matrix is None or not rows:
+        return ""
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join(
+        f"<tr><td><strong>{_e(row[0])}</strong></td>"
+        + "".join(
+            f'<td class="na">{_e(c)}</td>' if c.startswith("not run") else f"<td>{_e(c)}</td>"
+            for c in row[1:]
+        )
+        + "</tr>"
+        for row in rows
+    )
+    return (
+        "<h2>Runtimes</h2><p>Top-1 agreement with the original (95% CI) of each variant's "
+        "file under each runtime.</p>"
+        f'<table id="runtimes"><tr>{head}</tr>{body}</table>'
+        f"<p><small>{_e(subset_sentence(matrix))}. {_e(FLIPS_MEANING)}.</small></p>"
+    )
 
 
 def _targets_section(report: RunReport, variants: list[Variant]) -> str:

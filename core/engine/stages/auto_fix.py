@@ -33,12 +33,11 @@ from core.engine.stages.decode import first_images
 from core.engine.stages.diagnose import (
     diagnose_finished,
     float_tflite,
-    measure_tflite,
-    measurement,
     needs_diagnosis,
     row_samples,
 )
 from core.engine.stages.evaluate import run_evaluation, written_agreement
+from core.engine.stages.measure import measure_tflite, measurement
 from core.engine.stages.reference import ReferenceOutputs
 from core.errors import ConversionFailed, QuantLensError
 from core.inputs import rundir
@@ -160,11 +159,11 @@ class _Bench:
         if self.run.job.engine != "ray":
             return measure_tflite(self.run, self.reference, tflite, rows=self.rows)
         from core.engine.runtime import TFLiteRunner
-        from core.inputs.presets import apply_preset
 
-        model = TFLiteRunner(tflite, threads=self.run.threads, name="candidate")
-        images = apply_preset(self.pixels(), self.run.job.preset).astype(np.float32)
-        outputs = np.concatenate([model.run_batch(images[i : i + 1]) for i in range(len(images))])
+        model = TFLiteRunner(
+            tflite, threads=self.run.threads, name="candidate", preset=self.run.job.preset
+        )
+        outputs = model.infer(self.pixels())  # one image per invoke, the preset applied
         return measurement(self.reference, outputs, len(tflite), rows=self.rows)
 
     def pixels(self) -> np.ndarray:
@@ -184,8 +183,8 @@ def _p50_ms(tflite: bytes, image_shape: tuple[int, int, int]) -> float:
     from core.engine.timing import time_invocations
 
     model = TFLiteRunner(tflite, threads=1, name="candidate")
-    image = np.zeros((1, *image_shape), dtype=np.float32)
-    times = time_invocations(lambda: model.run_batch(image), runs=CANDIDATE_LATENCY_RUNS, warmup=3)
+    invoke = model.timed_invoke(np.zeros(image_shape, dtype=np.float32))
+    times = time_invocations(invoke, runs=CANDIDATE_LATENCY_RUNS, warmup=3)
     return float(np.median(times))
 
 

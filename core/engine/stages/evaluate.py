@@ -18,10 +18,10 @@ import numpy as np
 
 from core.engine.convert import ConversionResult
 from core.engine.faults import maybe_inject
-from core.engine.runtime import evaluation_batch
 from core.engine.stages.context import RunContext
 from core.engine.stages.convert import Conversion
 from core.engine.stages.files import BATCH, CsvAppender, DecodedCache, NpyAppender
+from core.engine.stages.measure import run_runner
 from core.engine.stages.reference import ReferenceOutputs, nonfinite_warning
 from core.errors import QuantLensError
 from core.inputs import rundir
@@ -214,19 +214,14 @@ def tflite_outputs(
     numbers equal batch 1's: tests/core/test_runtime_batch.py); large images, and models with
     a fixed batch, run one per invoke (core.engine.runtime.evaluation_batch says why).
     """
-    from core.engine.runtime import TFLiteRunner
-    from core.inputs.presets import apply_preset
-
     run.emit("infer", 0.0, f"{name}: preparing the interpreter", name)
     maybe_inject("infer", name)
-    batch = evaluation_batch(int(np.prod(run.image_shape)))
-    runner = TFLiteRunner(tflite, threads=run.threads, name=f"{name}.tflite", batch=batch)
+    runner = run_runner(run, tflite, name=f"{name}.tflite")
     cache = DecodedCache(run.run_dir / DECODED_CACHE, run.image_shape)
     total = len(cache)
     done = 0
     last_report = 0.0
-    for pixels in cache.batches():
-        outputs = runner.run_batch(apply_preset(pixels, run.job.preset))
+    for outputs in runner.outputs(cache.batches()):
         sink(outputs)
         done += len(outputs)
         if time.monotonic() - last_report > 0.5 or done == total:

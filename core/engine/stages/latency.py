@@ -153,11 +153,9 @@ def unstable_models(timed: Mapping[str, TimedModel]) -> dict[str, str]:
 
 def original_invoke(run: RunContext) -> Callable[[], object]:
     """The original's serving function on the first image (DESIGN §6: not model.predict)."""
-    import tensorflow as tf
+    from core.engine.runtime import OriginalRunner
 
-    x = tf.constant(first_images(run, 1))
-    serve = run.model.concrete_function
-    return lambda: serve(x)
+    return OriginalRunner(run.model).timed_call(first_images(run, 1)[0])
 
 
 def variant_invoke(run: RunContext, name: str, image: np.ndarray) -> Callable[[], None]:

@@ -97,28 +97,25 @@ def _perturbed_answers(
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Top-1 of the original and of each variant on every decoded image under `perturbation`
     (the same perturbed pixels for all of them, seeded by the run's seed and the perturbation)."""
-    from core.engine.runtime import TFLiteRunner, evaluation_batch
-    from core.inputs.presets import apply_preset
+    from core.engine.runtime import OriginalRunner
+    from core.engine.stages.measure import run_runner
 
     cache = DecodedCache(run.run_dir / DECODED_CACHE, run.image_shape)
     rng = np.random.default_rng([run.job.seed, seed])
-    batch = evaluation_batch(int(np.prod(run.image_shape)))
     runners = {
-        n: TFLiteRunner(
-            rundir.tflite_path(run.run_dir, run.report.files_of(n)).read_bytes(),
-            threads=run.threads,
-            name=n,
-            batch=batch,
+        n: run_runner(
+            run, rundir.tflite_path(run.run_dir, run.report.files_of(n)).read_bytes(), name=n
         )
         for n in names
     }
+    source = OriginalRunner(run.model, preset=run.job.preset)
     original: list[np.ndarray] = []
     variants: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for pixels in cache.batches():
-        inputs = apply_preset(perturbation.apply(pixels, rng), run.job.preset)
-        original.append(_top1(run.model.predict(inputs), reference.softmax))
+        perturbed = perturbation.apply(pixels, rng)  # the runners apply the run's preset
+        original.append(_top1(source.infer(perturbed), reference.softmax))
         for n, runner in runners.items():
-            variants[n].append(_top1(runner.run_batch(inputs), reference.softmax))
+            variants[n].append(_top1(runner.infer(perturbed), reference.softmax))
     return np.concatenate(original), {n: np.concatenate(v) for n, v in variants.items()}
 
 

@@ -9,7 +9,7 @@ saved after every point. Sweep points are not variants: no page lists them as su
 
 On --engine ray the points are quantized as Ray tasks (core.engine.ray_engine.quantize_as_tasks)
 and evaluated together in a cluster pass; their rows come from the measurement the local
-engine's points end in (stages.diagnose.measurement), so the numbers are the same.
+engine's points end in (stages.measure.measurement), so the numbers are the same.
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def _sweep_here(
 ) -> None:
     """The local engine: quantize, write and measure each point in turn, saving each row."""
     from core.engine.quantizer import quantize_float_tflite
-    from core.engine.stages.diagnose import measure_tflite
+    from core.engine.stages.measure import measure_tflite
 
     failed: set[Mode] = set()
     for done, point in enumerate(points, start=1):
@@ -251,7 +251,8 @@ def _measured_on_ray(
     (`which`: its number from 0, and how many there are): each point's measurement from its
     outputs and the size of its file (`written`), or the error of a point that failed there."""
     from core.engine import ray_engine
-    from core.engine.stages.diagnose import measurement, row_samples
+    from core.engine.stages.diagnose import row_samples
+    from core.engine.stages.measure import measurement
     from core.engine.stages.ray_evaluate import check_same_rows, reference_source
 
     number, passes = which
