@@ -140,7 +140,7 @@ def awaiting_diagnosis(report: Mapping[str, Any]) -> list[str]:
         str(v["name"])
         for v in report.get("variants") or []
         if v.get(DIAGNOSIS_ON_REQUEST) == ON_REQUEST_WAITING
-        and v.get("status") == "done"
+        and v.get("status") == VariantStatus.DONE
         and not v.get("diagnosis")
     ]
 
