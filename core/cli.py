@@ -10,7 +10,7 @@ from typing import Any
 from core import options, posix
 from core.errors import QuantLensError
 from core.inputs import rundir
-from core.inputs.demo import DemoPaths
+from core.inputs.demo_paths import DemoPaths
 from core.options import EXPORT_HELP, EXPORT_MODEL_EXPLORER
 from core.reporting.runmodel import RunReport
 from core.types import JobSpec, ProgressEvent, RunStatus, short_name
@@ -106,7 +106,7 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
 def _job_from_args(args: argparse.Namespace) -> JobSpec:
     """The job the `run` arguments describe (core.options declares and checks each one); with
     no MODEL or --data, the embedded demo's, built first when missing."""
-    from core.inputs.demo import demo_paths
+    from core.inputs.demo_paths import demo_paths
 
     values = vars(args).copy()
     if values["model"] is None or values["data"] is None:
@@ -208,6 +208,7 @@ def _supervise(directory: Path, run_id: str, args: argparse.Namespace) -> int:
         report = read_report(directory)
         print(format_table(report))
         _print_calibration(report)
+        _print_runtimes(report)
         if args.report == "html":
             from core.reporting.html import write_report_html
 
@@ -238,16 +239,24 @@ def _print_calibration(report: RunReport) -> None:
     line = calibration_line(report.calibration)
     if line:
         print(line)
-    sweep = report.sweep
-    if sweep and sweep.get("statement"):
-        print(f"calibration sweep: {sweep['statement']}")
+    if report.sweep is not None and report.sweep.statement:
+        print(f"calibration sweep: {report.sweep.statement}")
+
+
+def _print_runtimes(report: RunReport) -> None:
+    """The runtime matrix, when the run asked for one (--runtimes)."""
+    from core.reporting.runtimes import format_runtime_table
+
+    table = format_runtime_table(report)
+    if table:
+        print(table)
 
 
 def _print_tracking(report: RunReport) -> None:
     """Where the run was logged; a logging failure is already among the table's warnings."""
-    tracking = report.extra.get("tracking") or {}
-    if tracking.get("run_id"):
-        print(f"mlflow: run {tracking['run_id']} at {tracking['uri']}")
+    tracking = report.tracking
+    if tracking is not None and tracking.run_id:
+        print(f"mlflow: run {tracking.run_id} at {tracking.uri}")
 
 
 def _print_model_explorer_export(directory: Path) -> None:
@@ -261,14 +270,28 @@ def _print_model_explorer_export(directory: Path) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """`export RUN --export model-explorer`: the node data of a finished run's diagnosed variants."""
+    """`export RUN --export model-explorer`: the node data of a finished run's quantized
+    variants; those that flipped no image are diagnosed first (the run is re-opened for them)."""
+    from core.jobs.launch import recover_interrupted
+    from core.jobs.rescore import request_diagnosis
+
     directory = _run_folder(args.run)
     if not (directory / rundir.REPORT).is_file():
         raise QuantLensError(
             f"{directory} has no report.json yet; export once the run has finished"
         )
-    _print_model_explorer_export(directory)
-    return EXIT_PASS
+    recover_interrupted()
+    asked = request_diagnosis(directory, home=None)
+    if not asked:
+        _print_model_explorer_export(directory)
+        return EXIT_PASS
+    print(f"diagnosing {', '.join(asked)} first (they flipped no image)", file=sys.stderr)
+    run_id = str(rundir.read_json(directory / rundir.STATUS).get("run_id") or directory.name)
+    quiet = argparse.Namespace(timeout=None, memory_gb=None, report=None, export=args.export)
+    code = _supervise(directory, run_id, quiet)
+    # The run's own verdict is not the export's: a finished re-open exported what it could.
+    done = rundir.read_json(directory / rundir.STATUS).get("status") == RunStatus.DONE
+    return EXIT_PASS if done else code
 
 
 def _run_folder(run: str) -> Path:
@@ -303,7 +326,7 @@ def cmd_rescore(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from core.inputs.demo import demo_paths, demo_root, mobilenet_demo_paths
+    from core.inputs.demo_paths import demo_paths, demo_root, mobilenet_demo_paths
 
     root = Path(args.out).resolve() if args.out else demo_root()
     small = demo_paths(root=root)

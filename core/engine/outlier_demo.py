@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from core.engine.demo import SEED, load_split
+from core.engine.demo_models import SEED, load_split
 from core.engine.equalize import rescale_channels
 
 OUTLIER_FACTOR = 400.0
@@ -127,7 +127,7 @@ def build_outlier_demo(
     Raises:
         RuntimeError: the small demo's data is missing, or training failed (a bug).
     """
-    from core.engine.demo import _save_and_publish, _staging_folder
+    from core.engine.demo_models import _save_and_publish, _staging_folder
 
     target = demo_root / OUTLIER_FOLDER
     if (target / "saved_model" / "saved_model.pb").is_file():

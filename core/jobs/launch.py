@@ -25,13 +25,13 @@ from core.errors import QuantLensError
 from core.history.store import RunStore
 from core.inputs import rundir
 from core.jobs import outcome, queue
-from core.jobs.demo_build import MOBILENET, demo_build_state, demo_build_steps, start_demo_build
+from core.jobs.demo_jobs import MOBILENET, demo_build_state, demo_build_steps, start_demo_build
 from core.jobs.inspection import inspect_model, preset_trial
 from core.jobs.queue import active_run_id, active_runs, queue_position
 from core.jobs.workspace import SOURCE_ROOT, opened_store, resolved_home, run_dir
 from core.runfolder import protocol
 from core.runfolder.protocol import read_progress, read_status
-from core.types import JobSpec, RunStatus
+from core.types import JobSpec, RunStatus, VariantStatus
 
 __all__ = [
     "MOBILENET",
@@ -42,6 +42,7 @@ __all__ = [
     "default_run_name",
     "demo_build_state",
     "demo_build_steps",
+    "diagnose_run",
     "inspect_model",
     "launch_run",
     "new_run_id",
@@ -204,6 +205,23 @@ def rescore_run(
     return name
 
 
+def diagnose_run(run_id: str, *, home: Path | None = None) -> list[str]:
+    """Ask for the per-layer diagnosis of the finished run's variants that flipped no image and
+    start its job (core.jobs.rescore.request_diagnosis); returns those variants (none waiting:
+    empty, and nothing started).
+
+    Raises:
+        QuantLensError: why the run cannot be re-opened, in one line.
+    """
+    from core.jobs.rescore import request_diagnosis
+
+    home_path = resolved_home(home)
+    names = request_diagnosis(_stored_run_dir(run_id, home_path), home=home_path)
+    if names:
+        launch_run(run_id, home=home_path)
+    return names
+
+
 def cancel_run(run_id: str, *, home: Path | None = None) -> None:
     """Ask the supervisor to stop the run; a run with no live supervisor is marked cancelled now."""
     with opened_store(home) as store:
@@ -216,7 +234,9 @@ def cancel_run(run_id: str, *, home: Path | None = None) -> None:
         status.get("supervisor_pid")
     ):
         # A re-scored run's report holds the pending variant: it ends cancelled, not pending.
-        outcome.close_unfinished_variants(directory, "cancelled", "cancelled before it started")
+        outcome.close_unfinished_variants(
+            directory, VariantStatus.CANCELLED, "cancelled before it started"
+        )
         outcome.finish_run(directory, RunStatus.CANCELLED, "cancelled before it started", home=home)
 
 
@@ -233,7 +253,7 @@ def recover_interrupted(*, home: Path | None = None) -> list[str]:
         if row is None or not row.run_dir.is_dir():
             continue
         _stop_orphan_worker(row.run_dir)
-        outcome.close_unfinished_variants(row.run_dir, "failed", "interrupted")
+        outcome.close_unfinished_variants(row.run_dir, VariantStatus.FAILED, "interrupted")
         outcome.finish_run(row.run_dir, RunStatus.FAILED, "interrupted", home=home)
     return recovered
 

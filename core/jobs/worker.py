@@ -95,8 +95,8 @@ def track_run(run_dir: Path, uri: str) -> None:
     except Exception as exc:  # the run is complete: a tracking bug must not turn it into a crash
         print(f"warning: MLflow logging to {uri} failed: {exc}", file=sys.stderr)
         return
-    if entry.get("error"):
-        print(f"warning: MLflow logging to {uri} failed: {entry['error']}", file=sys.stderr)
+    if entry.error:
+        print(f"warning: MLflow logging to {uri} failed: {entry.error}", file=sys.stderr)
 
 
 def inspect(
@@ -159,7 +159,7 @@ def remember_demo_signature(model: Path) -> None:
 
 
 def print_progress(fraction: float, message: str) -> None:
-    """One "<fraction> <message>" line: the demo build's log, read by core.jobs.demo_build."""
+    """One "<fraction> <message>" line: the demo build's log, read by core.jobs.demo_jobs."""
     print(f"{fraction:.2f} {message}", flush=True)
 
 
@@ -172,7 +172,7 @@ def build_mobilenet_demo(demo_dir: Path, *, epochs: int | None) -> int:
     """
     import time
 
-    from core.engine import demo
+    from core.engine import demo_models
 
     os.nice(19)
 
@@ -186,11 +186,11 @@ def build_mobilenet_demo(demo_dir: Path, *, epochs: int | None) -> int:
         with posix.host_lock(posix.TIMING_LOCK, on_wait=say_waiting):
             yield
 
-    paths = demo.build_mobilenet_demo(
+    paths = demo_models.build_mobilenet_demo(
         demo_dir,
         progress=print_progress,
-        epochs=demo.MOBILENET_EPOCHS if epochs is None else epochs,
-        min_accuracy=demo.MOBILENET_MIN_ACCURACY if epochs is None else 0.0,
+        epochs=demo_models.MOBILENET_EPOCHS if epochs is None else epochs,
+        min_accuracy=demo_models.MOBILENET_MIN_ACCURACY if epochs is None else 0.0,
         epoch_lock=timing_turn,
     )
     remember_demo_signature(paths.saved_model)
@@ -242,11 +242,11 @@ def main(argv: list[str]) -> int:
             return build_mobilenet_demo(target, epochs=args.epochs)
         # The first step a first launch shows: loading TensorFlow takes a while on its own.
         print_progress(0.0, "loading TensorFlow")
-        from core.engine.demo import build_demo
+        from core.engine.demo_models import build_demo
 
         paths = build_demo(target, progress=print_progress)
         if args.then_mobilenetv2:
-            from core.jobs.demo_build import MOBILENET, start_demo_build
+            from core.jobs.demo_jobs import MOBILENET, start_demo_build
 
             start_demo_build(home=target.parent, which=MOBILENET)
         remember_demo_signature(paths.saved_model)

@@ -16,6 +16,7 @@ from core.reporting.runmodel import (
     ROLE_SELECTED,
     SCHEMA_VERSION,
     VERDICT_POINT,
+    CandidateStatus,
     FlipMatrix,
     RunReport,
     Variant,
@@ -28,6 +29,7 @@ from core.types import (
     Mode,
     RunStatus,
     VariantSpec,
+    VariantStatus,
     short_name,
 )
 
@@ -111,10 +113,36 @@ def display_name(report: RunReport | Mapping[str, Any], variant: Variant) -> str
 
 
 def parent_name(spec: VariantSpec) -> str | None:
-    """The variant a per-layer override derives from (`int8` for `int8:keep=conv2d`), else None."""
-    if not (spec.float_layers or spec.int16_layers):
+    """The variant a per-layer override or equalization derives from (`int8` for
+    `int8:keep=conv2d`), else None."""
+    if not spec.has_overrides:
         return None
-    return replace(spec, float_layers=(), int16_layers=()).name
+    return spec.without_overrides().name
+
+
+# A variant entry's `diagnosis_on_request`: a finished variant that flipped no image is not
+# diagnosed during its run (the diagnosis would explain no flip, and cost every run seconds);
+# the Layers page or `export` asks for it, which re-opens the run (core.jobs.rescore).
+DIAGNOSIS_ON_REQUEST = "diagnosis_on_request"
+ON_REQUEST_WAITING = "waiting"  # flipped no image; not diagnosed yet
+ON_REQUEST_ASKED = "asked"  # asked for: the re-opened run diagnoses it
+
+
+def defer_diagnosis(report: dict[str, Any], name: str) -> None:
+    """Mark a finished variant that flipped no image as diagnosed only when asked."""
+    entry = next(v for v in report["variants"] if v["name"] == name)
+    entry.setdefault(DIAGNOSIS_ON_REQUEST, ON_REQUEST_WAITING)
+
+
+def awaiting_diagnosis(report: Mapping[str, Any]) -> list[str]:
+    """The finished variants whose per-layer diagnosis waits to be asked for, in run order."""
+    return [
+        str(v["name"])
+        for v in report.get("variants") or []
+        if v.get(DIAGNOSIS_ON_REQUEST) == ON_REQUEST_WAITING
+        and v.get("status") == VariantStatus.DONE
+        and not v.get("diagnosis")
+    ]
 
 
 def record_diagnosis(report: dict[str, Any], name: str, summary: dict[str, Any] | None) -> None:
@@ -122,6 +150,7 @@ def record_diagnosis(report: dict[str, Any], name: str, summary: dict[str, Any] 
     layer names in the top-level `diagnosis` (DESIGN §9; the full table is `<name>.layers.csv`)."""
     entry = next(v for v in report["variants"] if v["name"] == name)
     entry["diagnosis"] = summary
+    entry.pop(DIAGNOSIS_ON_REQUEST, None)
     top = report.setdefault("diagnosis", {})
     top[name] = None if summary is None else [s["layer"] for s in summary["suspects"]]
 
@@ -139,9 +168,14 @@ def chosen_step(steps: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
     return next(s for s in kept if float(s["agreement_pct"]) == best)
 
 
-def pending_variant(spec: VariantSpec, *, role: str = ROLE_SELECTED) -> dict[str, Any]:
-    """A variant entry before its work starts: every metric null (`parent` for a derived one)."""
-    identity = replace(VariantIdentity.from_spec(spec, role=role), parent=parent_name(spec))
+def pending_variant(
+    spec: VariantSpec, *, role: str = ROLE_SELECTED, parent: str | None = None
+) -> dict[str, Any]:
+    """A variant entry before its work starts: every metric null (`parent` for a derived one:
+    given, e.g. `int8` for the fix ladder's `int8_q:int16=...`, or read from the name)."""
+    identity = replace(
+        VariantIdentity.from_spec(spec, role=role), parent=parent or parent_name(spec)
+    )
     return Variant(identity).to_dict()
 
 
@@ -276,7 +310,7 @@ def too_few_samples_note(n: int | None, threshold_pct: float) -> str | None:
 def fail_reason(variant: Variant, threshold_pct: float, rule: str) -> str | None:
     """Why a finished, judged variant fails under `rule`, in one line; None when it passes."""
     result = variant.result
-    if result.status != "done" or result.passed is not False or result.verdict_reason:
+    if result.status != VariantStatus.DONE or result.passed is not False or result.verdict_reason:
         return None
     pct = result.top1_agreement_pct
     ci = result.top1_agreement_ci95
@@ -338,7 +372,7 @@ def finished_variant(
     metrics["flip_matrix"] = FlipMatrix.from_rows(agreement.flip_matrix)
     done = typed.with_result(
         **metrics,
-        status="done",
+        status=VariantStatus.DONE,
         error=None,
         size_bytes=size_bytes,
         size_reduction_pct=reduction_pct(size_bytes, reference_size),
@@ -419,7 +453,7 @@ def verdict(variant: Variant | Mapping[str, Any]) -> str:
     """PASS / FAIL / NO VERDICT for a finished variant, else its status in capitals (CRASHED, ...)."""
     typed = variant_of(variant)
     result = typed.result
-    if result.status != "done":
+    if result.status != VariantStatus.DONE:
         return result.status.upper()
     if typed.is_pivot:
         return PIVOT
@@ -500,6 +534,10 @@ def format_table(report: RunReport | Mapping[str, Any]) -> str:
             lines.append(f"{shown}: FAIL — {reason}")
         for warning in r.warnings:
             lines.append(f"warning: {shown}: {warning}")
+        causes = v.causes
+        for line in causes.lines() if causes is not None else ():
+            lines.append(f"cause: {shown}: {line}")
+        lines.extend(fix_lines(v))
         nothing_to_fix = (v.extra.get("auto_fix") or {}).get("nothing_to_fix")
         if nothing_to_fix:
             lines.append(f"auto-fix: {nothing_to_fix}")
@@ -514,8 +552,70 @@ def format_table(report: RunReport | Mapping[str, Any]) -> str:
         lines.append(f"note: {note}")
     for warning in report.warnings:
         lines.append(f"warning: {warning}")
+    from core.reporting.targets import deployability_lines
+
+    lines.extend(deployability_lines(report.variants))
+    lines.extend(flip_hunt_lines(report.variants))
     lines.extend(recommendation_lines(report.recommendation))
     return "\n".join(lines)
+
+
+def fix_lines(v: Variant) -> list[str]:
+    """The fix ladder's search on a parent (what it tried, on how many images, what it chose)
+    and a derived fix's verdict on the images that search did not see."""
+    shown = short_name(v.name)
+    lines = []
+    search = v.fix_search
+    if search is not None:
+        measured = sum(c.status == CandidateStatus.MEASURED for c in search.candidates)
+        cut = ", cut short by the budget" if search.truncated else ""
+        chose = (
+            f"chose {short_name(search.chosen)}"
+            + ("" if search.chosen_meets_bar else " (best so far; below the bar)")
+            if search.chosen
+            else "nothing beat it"
+        )
+        lines.append(
+            f"auto-fix: {shown}: {measured} candidates measured on "
+            f"{counted(len(search.selected_rows), 'image')} ({search.evaluations} of "
+            f"{search.budget} evaluations{cut}); {chose}"
+        )
+    held_out = v.held_out
+    if held_out is not None:
+        low, high = held_out.top1_agreement_ci95
+        lines.append(
+            f"{shown}: verdict on the {counted(held_out.n, 'image')} its fix search did not "
+            f"see: {held_out.top1_agreement_pct:.2f} % [{low:.1f}, {high:.1f}] "
+            f"{'PASS' if held_out.passed else 'FAIL'}"
+        )
+    return lines
+
+
+def flip_hunt_line(p: Mapping[str, Any]) -> str:
+    """One perturbation's figures in words: agreement on the counted images, with n, and the
+    original's own flips beside it."""
+    ci = p.get("ci95")
+    if p.get("agreement_pct") is None or ci is None:
+        agreement = "no image left to count"
+    else:
+        agreement = (
+            f"{float(p['agreement_pct']):.1f} % agree [{float(ci[0]):.1f}, {float(ci[1]):.1f}] "
+            f"n={p['counted']}"
+        )
+    return (
+        f"{p['perturbation']}: {agreement}; {counted(int(p['new_flips']), 'new flip')}; the "
+        "original changed "
+        f"its own answer on {p['original_changed']} of {p['n']}"
+    )
+
+
+def flip_hunt_lines(variants: Sequence[Variant]) -> list[str]:
+    """The flip hunt as the CLI prints it: per variant, one line per perturbation."""
+    lines = []
+    for v in variants:
+        for p in v.result.flip_hunt or ():
+            lines.append(f"flip hunt: {short_name(v.name)}: {flip_hunt_line(p)}")
+    return lines
 
 
 def split_sentence(split: Mapping[str, int]) -> str:
@@ -550,7 +650,17 @@ def recommendation_lines(rec: Mapping[str, Any] | None) -> list[str]:
             head += f" (runner-up: {short_name(rec['runner_up'])})"
     else:
         head = "recommended: none"
-    return [head, f"  rule: {rec['rule']}", f"  why: {rec['reason']}"]
+    if rec.get("target"):
+        head += f" for target {rec['target']}"
+    lines = [head, f"  rule: {rec['rule']}", f"  why: {rec['reason']}"]
+    for entry in rec.get("excluded") or ():
+        lines.append(f"  excluded: {short_name(entry['variant'])}: {entry['reason']}")
+    for entry in rec.get("listed_once") or ():
+        lines.append(
+            f"  listed once: {short_name(entry['variant'])} has the outputs of "
+            f"{short_name(entry['same_as'])}"
+        )
+    return lines
 
 
 def run_status(report: RunReport | Mapping[str, Any]) -> RunStatus:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from core.engine.demo import write_digit_images
-from core.inputs.demo import DemoPaths, demo_paths, mobilenet_demo_paths
+from core.engine.demo_models import write_digit_images
+from core.inputs.demo_paths import DemoPaths, demo_paths, mobilenet_demo_paths
 from core.runfolder import protocol
 from tests.app.conftest import OpenPage
 from tests.app.expected import contains_escaped

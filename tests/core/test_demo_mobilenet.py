@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from core.inputs.demo import demo_paths, mobilenet_demo_paths
-from core.jobs.demo_build import MOBILENET, build_files, demo_build_state, start_demo_build
+from core.inputs.demo_paths import demo_paths, mobilenet_demo_paths
+from core.jobs.demo_jobs import MOBILENET, build_files, demo_build_state, start_demo_build
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A workspace with the digits and a MobileNetV2 demo trained for 1 epoch by its worker."""
     pytest.importorskip("sklearn")
-    from core.engine.demo import write_digit_images
+    from core.engine.demo_models import write_digit_images
 
     home = tmp_path_factory.mktemp("mnv2_home")
     write_digit_images(demo_paths(home).data_csv.parent)  # the small demo's data, no model
@@ -129,12 +129,13 @@ def test_auto_fix_on_the_demo_is_reproduced_by_an_independent_evaluation(
     assert variants["int8"]["status"] == "done"
     if variants["int8"]["disagreements"] == 0:
         assert not derived  # nothing to fix: auto-fix must not invent a variant
-    else:  # a variant only when some layer in float did not make it worse
-        steps = variants["int8"]["auto_fix"]["steps"]
-        assert len(derived) == int(any(s["kept"] for s in steps))
+    else:  # a variant only when a rung beat int8 on the images that chose it
+        search = variants["int8"]["auto_fix"]["search"]
+        assert len(derived) == int(search["chosen"] is not None)
         for d in derived:
-            assert 1 <= len(d["float_layers"]) <= 2
-            assert d["top1_agreement_pct"] >= variants["int8"]["top1_agreement_pct"]
+            assert d["name"] == search["chosen"] and len(d["float_layers"]) <= 2
+            chosen = next(c for c in search["candidates"] if c["variant"] == d["name"])
+            assert chosen["agreement_pct"] > search["parent_agreement_pct"]
     recomputed = independent_agreements(out, paths.keras_model, paths.data_csv.parent)
     for name, disagreements in recomputed.items():
         entry = variants[name]

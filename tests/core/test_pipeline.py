@@ -219,6 +219,9 @@ def test_reproduce_command_round_trips_through_the_cli_parser(tmp_path: Path) ->
         calibration_data=str(folder),  # a separate calibration set (issue 13)
         calibration_sweep=(10, 50),
         sweep_seeds=2,
+        auto_fix=3,
+        fix="integer-only",  # the fix ladder's options (core.engine.fixes)
+        fix_budget=9,
     )
     argv = shlex.split(reproduce_command(job))
     assert argv[:3] == ["python", "-m", "core"]

@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 
 from core import posix
-from core.inputs.demo import DemoPaths, demo_paths, demo_root, mobilenet_demo_paths
+from core.inputs.demo_paths import DemoPaths, demo_paths, demo_root, mobilenet_demo_paths
 from core.jobs.workspace import SOURCE_ROOT, resolved_home
 
 SMALL = "small"

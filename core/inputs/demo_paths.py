@@ -1,4 +1,4 @@
-"""Where the embedded demos' models and data live in the workspace (built by core.engine.demo).
+"""Where the embedded demos' models and data live in the workspace (built by core.engine.demo_models).
 
 Two demo models share one data set: the small MobileNet-style classifier (built on first launch)
 and a standard MobileNetV2-0.35 at 96x96 (built after it, in the background), whose int8
