@@ -274,15 +274,18 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     demo = sub.add_parser(
-        "demo", help="build the embedded demo data set and both demo models (small, MobileNetV2)"
+        "demo",
+        help="build the embedded demo data set and its three models (small, outlier, MobileNetV2)",
     )
     demo.add_argument("--out", default=None, help="demo folder (default <workspace>/demo)")
     demo.add_argument(
         "--only",
-        choices=["small", "mobilenetv2"],
+        choices=["small", "outlier", "mobilenetv2"],
         default=None,
-        help="build one model: small (about a minute, what `run` needs) or mobilenetv2 "
-        "(MobileNetV2-0.35 at 96x96, about two minutes more; needs the small one's data)",
+        help="build one model: small (about a minute, what `run` needs), outlier (a conv net "
+        "with one outlier activation channel, whose int8 collapses; seconds more) or "
+        "mobilenetv2 (MobileNetV2-0.35 at 96x96, about two minutes more); the last two need "
+        "the small one's data",
     )
 
     clean = sub.add_parser(
@@ -483,7 +486,9 @@ def _build_demo_in_worker(root: Path, command: str = "demo") -> None:
         [sys.executable, "-m", "core.jobs.worker", command, str(root)], check=False
     )
     if done.returncode != 0:
-        what = "MobileNetV2 demo" if command == "demo-mobilenetv2" else "demo"
+        what = {"demo-mobilenetv2": "MobileNetV2 demo", "demo-outlier": "outlier demo"}.get(
+            command, "demo"
+        )
         raise QuantLensError(
             f"building the {what} failed (see the output above); run `python -m core demo` again"
         )
@@ -659,19 +664,22 @@ def cmd_rescore(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from core.inputs.demo import demo_paths, demo_root, mobilenet_demo_paths
+    from core.inputs.demo import demo_paths, demo_root, mobilenet_demo_paths, outlier_demo_paths
 
     root = Path(args.out).resolve() if args.out else demo_root()
     small = demo_paths(root=root)
-    if args.only == "mobilenetv2" and not small.data_csv.is_file():
+    if args.only in ("outlier", "mobilenetv2") and not small.data_csv.is_file():
         raise QuantLensError(
-            f"the MobileNetV2 demo trains on the small demo's data, missing in {root}; "
+            f"the {args.only} demo trains on the small demo's data, missing in {root}; "
             "run `python -m core demo --only small` first"
         )
-    if args.only != "mobilenetv2":
+    if args.only is None or args.only == "small":
         _build_demo_in_worker(root)
         _print_demo("demo model:", small)
-    if args.only != "small":
+    if args.only is None or args.only == "outlier":
+        _build_demo_in_worker(root, "demo-outlier")
+        _print_demo("outlier:", outlier_demo_paths(root=root))
+    if args.only is None or args.only == "mobilenetv2":
         print("building the MobileNetV2-0.35 demo (about two minutes, once)...", file=sys.stderr)
         _build_demo_in_worker(root, "demo-mobilenetv2")
         _print_demo("MobileNetV2: ", mobilenet_demo_paths(root=root))

@@ -25,7 +25,14 @@ from core.errors import QuantLensError
 from core.history.store import RunStore
 from core.inputs import rundir
 from core.jobs import outcome, protocol, queue
-from core.jobs.demo_build import MOBILENET, demo_build_state, demo_build_steps, start_demo_build
+from core.jobs.demo_build import CHAIN_ENV as DEMO_CHAIN_ENV
+from core.jobs.demo_build import (
+    MOBILENET,
+    OUTLIER,
+    demo_build_state,
+    demo_build_steps,
+    start_demo_build,
+)
 from core.jobs.inspection import inspect_model, preset_trial
 from core.jobs.protocol import read_progress, read_status
 from core.jobs.queue import active_run_id, active_runs, queue_position
@@ -33,7 +40,9 @@ from core.jobs.workspace import SOURCE_ROOT, opened_store, resolved_home, run_di
 from core.types import JobSpec, RunStatus
 
 __all__ = [
+    "DEMO_CHAIN_ENV",
     "MOBILENET",
+    "OUTLIER",
     "active_run_id",
     "active_runs",
     "cancel_run",
