@@ -1,5 +1,7 @@
-"""Layers: which ops lose the most under quantization, the measured sensitivity, and the
-auto-fix path (issue 12)."""
+"""Layers, the fix page: why a variant lost agreement (its causes, with evidence), the fixes
+that apply cheapest first with a re-score button each, its graph in Model Explorer coloured by
+per-op error, the per-op error along the network, the measured sensitivity and the auto-fix
+path."""
 
 import streamlit as st
 
@@ -17,6 +19,7 @@ from core.reporting.results import RunResults
 from core.reporting.runmodel import Variant
 from core.types import RunStatus, short_name
 from ui import fmt, history, keys, runs, widgets
+from ui.fix_page import fix_section
 from ui.model_explorer_view import model_explorer_panel
 
 st.title("Layers")
@@ -62,6 +65,10 @@ st.caption(
         else ""
     )
 )
+fix_section(res, entry)
+if rows:
+    model_explorer_panel(res, entry, rows, diagnosis)
+
 if not rows:
     st.warning(
         f"{entry.file_id}.layers.csv is missing from the run folder; only the summary is shown."
@@ -273,4 +280,3 @@ def layer_details(res: RunResults, name: str, ranked: list[dict[str, str]]) -> N
 if rows:
     layer_details(res, name, ranked_rows)
     rescore_controls(res, entry, ranked_rows)
-    model_explorer_panel(res, entry, rows, diagnosis)
