@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import streamlit as st
-import streamlit.components.v1 as components
 
 from core.inputs import rundir
 from core.jobs import model_explorer_server as explorer
@@ -61,10 +60,8 @@ def model_explorer_panel(
             reason = str(exc)
         else:
             overlay = _overlay_file(res, variant, text)
-            components.iframe(
-                server.url(tflite, overlay, browser_host=_browser_host()),
-                height=GRAPH_HEIGHT_PX,
-                scrolling=True,
+            st.iframe(
+                server.url(tflite, overlay, browser_host=_browser_host()), height=GRAPH_HEIGHT_PX
             )
             st.caption(
                 f"{fmt.code(tflite.name)}, each op coloured by the table's error column "

@@ -1,0 +1,147 @@
+"""The Layers page as the fix page, on a real run of the embedded outlier-channel demo: the cause
+in words with its per-channel evidence, the fix ladder, and one rung's button re-scoring it into
+the run, after which the new variant is on Overview, Compare and History."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.inputs import rundir
+from core.inputs.demo import demo_paths, outlier_demo_paths
+from tests.app.conftest import ROOT
+from tests.app.history_fixtures import copy_workspace
+from tests.app.outlier_fixtures import CALIBRATION, KEEP_CHAIN, outlier_run_home
+from ui import keys
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def outlier_home(
+    demo_home: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Path:
+    """A private copy of the outlier run's workspace (the test re-scores into it)."""
+    home = copy_workspace(outlier_run_home(demo_home / "demo", tmp_path_factory), tmp_path / "ws")
+    monkeypatch.setenv("QUANTLENS_HOME", str(home))
+    return home
+
+
+def _report(home: Path) -> dict:  # type: ignore[type-arg]
+    (path,) = (home / "runs").glob("*/report.json")
+    return json.loads(path.read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+
+
+def _text(at: AppTest) -> str:
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption]
+    parts += [" ".join(map(str, d.value.to_numpy().ravel())) for d in at.dataframe]
+    return " ".join(parts).replace("\\", "")  # markdown escapes off: the text a user reads
+
+
+def _open(page: str, state: dict[str, object] | None = None) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=90)
+    for k, v in (state or {}).items():
+        at.session_state[k] = v
+    at.switch_page(f"views/{page}.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_the_cause_is_in_words_with_each_channels_range(outlier_home: Path) -> None:
+    import keras
+
+    at = _open("layers", {keys.LAYERS_VARIANT: "int8"})
+    text = _text(at)
+    assert "Outlier activation channel" in text
+    assert "conv2 → pool2 → conv3: one channel spans" in text
+    chart = next(
+        json.loads(c.proto.spec)
+        for c in at.get("plotly_chart")
+        if "per channel" in json.loads(c.proto.spec)["layout"]["title"]["text"]
+    )
+    bars = chart["data"][0]
+    assert chart["layout"]["yaxis"]["title"]["text"].startswith("max |activation| (float units")
+    assert chart["layout"]["xaxis"]["title"]["text"] == "output channel (index)"
+    # Independently: the Keras model's ReLU output after conv2 on the same 50 images (the
+    # quantized tensor is conv2 with its ReLU fused), max |a| per channel.
+    from core.engine.demo import load_split
+    from core.engine.outlier_demo import OUTLIER_INPUT_SIZE
+
+    images, _ = load_split(demo_paths(outlier_home).data_csv, OUTLIER_INPUT_SIZE)
+    model = keras.models.load_model(outlier_demo_paths(outlier_home).keras_model)
+    probe = keras.Model(model.inputs[0], model.get_layer("relu2").output)
+    expected = np.abs(np.asarray(probe(images[:CALIBRATION]))).max(axis=(0, 1, 2))
+    np.testing.assert_allclose(bars["y"], expected, rtol=1e-3, atol=1e-4)
+    # The outlier channel (red) is the one the demo's build blew up (its NOTE says which).
+    note = (outlier_demo_paths(outlier_home).root / "NOTE").read_text(encoding="utf-8")
+    channel = int(note.split("output channel ")[1].split()[0])
+    from core.reporting.figures import FAIL_COLOR
+
+    assert [c for c, colour in enumerate(bars["marker"]["color"]) if colour == FAIL_COLOR] == [
+        channel
+    ]
+
+
+def test_a_rungs_button_rescores_it_into_the_run_on_every_page(outlier_home: Path) -> None:
+    at = _open("layers", {keys.LAYERS_VARIANT: "int8"})
+    text = _text(at)
+    for rung in ("Cross-layer equalization", "16-bit activations", "Keep in float"):
+        assert rung in text
+    (button,) = [b for b in at.button if b.key.endswith(".keep_float")]
+    assert not button.disabled
+    button.click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    (run_dir,) = (outlier_home / "runs").iterdir()
+    for _ in range(900):  # a real conversion, evaluation and timing of the tiny model
+        if rundir.read_json(run_dir / rundir.STATUS).get("status") not in ("queued", "running"):
+            break
+        time.sleep(0.5)
+    assert rundir.read_json(run_dir / rundir.STATUS)["status"] == "done"
+    report = _report(outlier_home)
+    by_name = {v["name"]: v for v in report["variants"]}
+    assert by_name[KEEP_CHAIN]["status"] == "done" and by_name[KEEP_CHAIN]["parent"] == "int8"
+
+    # The rung now shows what it changed, against an independent count from the samples files.
+    at = _open("layers", {keys.LAYERS_VARIANT: "int8"})
+    samples = {
+        name: np.loadtxt(
+            rundir.variant_samples_path(run_dir, by_name_files(report, name)),
+            delimiter=",",
+            skiprows=1,
+            usecols=3,  # agree
+        )
+        for name in ("int8", KEEP_CHAIN)
+    }
+    delta = 100 * (samples[KEEP_CHAIN].mean() - samples["int8"].mean())
+    assert f"({delta:+.2f} pts, n = {len(samples['int8'])})" in _text(at)
+    repaired = int(((samples["int8"] == 0) & (samples[KEEP_CHAIN] == 1)).sum())
+    assert repaired > 0
+    toggle = next(t for t in at.toggle if t.key.endswith(".keep_float.repaired"))
+    assert toggle.label.startswith(f"Show the {repaired} image")
+    toggle.set_value(True).run()
+    assert not at.exception
+
+    overview = _open("overview")
+    assert KEEP_CHAIN in _text(overview)
+    run_id = report["run"]["id"]
+    compare = _open("compare", {keys.COMPARE_ITEMS: [f"{run_id}/int8", f"{run_id}/{KEEP_CHAIN}"]})
+    assert KEEP_CHAIN in _text(compare)
+    # History finds the run by the new variant's name (its search covers variant names).
+    history = _open("history", {keys.HISTORY_SEARCH: KEEP_CHAIN})
+    assert list(history.dataframe[0].value["name"]) == ["outlier"]
+
+
+def by_name_files(report: dict, name: str) -> object:  # type: ignore[type-arg]
+    from core.reporting.runmodel import RunReport
+
+    return RunReport.from_dict(report).files_of(name)
