@@ -270,28 +270,35 @@ def channel_range_figure(
                 "color": [FAIL_COLOR if c in outliers else TFLITE_COLOR for c in range(len(values))]
             },
             hovertemplate="channel %{x}: max |a| %{y:.4g}<extra></extra>",
-            name="max |activation|",
+            name="max |activation| of a channel (red: outlier)",
         )
     )
-    # Shapes on a log axis take log10 positions (plotly's rule for layout shapes).
+    # Reference levels as line traces (data coordinates on the log axis), named in the legend.
+    ends = [-0.5, len(values) - 0.5]
     if live:
         median = statistics.median(live)
-        fig.add_hline(
-            y=math.log10(median),
-            line={"dash": "dot", "color": "#555", "width": 2},
-            layer="above",
-            annotation_text=f"median channel {median:.3g}",
-            annotation_position="top left",
+        fig.add_trace(
+            go.Scatter(
+                x=ends,
+                y=[median, median],
+                mode="lines",
+                line={"dash": "dot", "color": "#555", "width": 2},
+                name=f"median channel ({median:.3g})",
+                hoverinfo="skip",
+            )
         )
     scale = evidence.get("scale")
     if scale:
         # The int8 step the per-tensor scale gives every channel: a channel below it rounds to 0.
-        fig.add_hline(
-            y=math.log10(float(scale)),
-            line={"dash": "dash", "color": FAIL_COLOR, "width": 2},
-            layer="above",
-            annotation_text=f"one int8 step ({float(scale):.3g})",
-            annotation_position="bottom right",
+        fig.add_trace(
+            go.Scatter(
+                x=ends,
+                y=[float(scale)] * 2,
+                mode="lines",
+                line={"dash": "dash", "color": FAIL_COLOR, "width": 2},
+                name=f"one int8 step of the tensor's scale ({float(scale):.3g})",
+                hoverinfo="skip",
+            )
         )
     n = int(evidence.get("calibration_images") or 0)
     fig = _layout(
@@ -306,5 +313,5 @@ def channel_range_figure(
         low = min([live[0], float(scale or live[0])])
         high = max([live[-1], float(scale or live[-1])])
         fig.update_yaxes(range=[math.log10(low) - 0.3, math.log10(high) + 0.3])
-    fig.update_layout(showlegend=False)
+    fig.update_xaxes(range=ends)
     return fig
