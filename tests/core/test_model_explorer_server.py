@@ -51,6 +51,16 @@ def test_the_url_carries_the_model_and_its_overlay(tmp_path: Path) -> None:
     }
 
 
+def test_without_the_package_one_line_says_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(explorer, "installed", lambda: False)
+    with pytest.raises(explorer.ModelExplorerUnavailable) as missing:
+        explorer.ensure_started("127.0.0.1")
+    assert "pip install ai-edge-model-explorer==0.1.34" in str(missing.value)
+    assert "\n" not in str(missing.value)
+
+
 # A stand-in for the dashboard's server process: starts the explorer twice (one per server),
 # reports it, then exits cleanly or waits to be killed.
 PARENT = """
