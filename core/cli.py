@@ -3,29 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from core import posix
+from core import options, posix
 from core.errors import QuantLensError
 from core.inputs import rundir
 from core.inputs.demo import DemoPaths
+from core.options import EXPORT_HELP, EXPORT_MODEL_EXPLORER
 from core.reporting.runmodel import RunReport
-from core.types import (
-    BACKEND_CHOICES,
-    DEFAULT_MIN_AGREEMENT_PCT,
-    RAY_NODE_IP_ENV,
-    JobSpec,
-    Preset,
-    ProgressEvent,
-    RunStatus,
-    VariantSpec,
-    parse_sweep_sizes,
-    short_name,
-    variants_for_backend,
-)
+from core.types import JobSpec, ProgressEvent, RunStatus, short_name
 
 # The exit status table (docs/command-line.md, "Exit status"); every row is tested through the real CLI.
 EXIT_PASS = 0  # every variant was judged and meets --min-agreement
@@ -36,12 +24,6 @@ EXIT_CANCELLED = 130  # stopped by the user: Ctrl-C, or Cancel in the dashboard
 # Stopped by a signal: 128 + its number, as a shell reports it (SIGINT 130, SIGHUP 129,
 # SIGTERM 143); the run ends cancelled either way.
 EXIT_SIGNAL_BASE = 128
-DEFAULT_MODES = "float32,dynamic,float16,int8"
-EXPORT_MODEL_EXPLORER = "model-explorer"
-EXPORT_HELP = (
-    "model-explorer: write <variant>.model-explorer.json per diagnosed variant, node data "
-    "that colours the variant's .tflite by per-layer error in Google's Model Explorer"
-)
 
 
 def _program_name() -> str:
@@ -59,187 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run", help="convert, compare and time a model (the demo when MODEL is omitted)"
     )
-    run.add_argument(
-        "model", nargs="?", help="SavedModel folder, .keras file or .zip of a SavedModel"
-    )
-    run.add_argument("--data", help="CSV (filepath,label), class-folder tree or .zip of either")
-    run.add_argument(
-        "--modes",
-        default=DEFAULT_MODES,
-        help=f"comma-separated variants (default {DEFAULT_MODES}); also int8-uint8, int8-float32, int16x8, int4w (quantizer only); append +tf to allow SELECT_TF_OPS; on the quantizer, :keep=LAYER+LAYER keeps layers in float and :int16=LAYER gives them int16 activations",
-    )
-    run.add_argument(
-        "--backend",
-        default="converter",
-        choices=list(BACKEND_CHOICES),
-        help="converter (a TFLiteConverter run per mode, default), quantizer (LiteRT Quantizer recipes on one float32 conversion; names end in _q) or both side by side",
-    )
-    run.add_argument(
-        "--engine",
-        default="local",
-        choices=["local", "ray"],
-        help="local (this machine, default) or ray (decode and evaluate on a Ray cluster's "
-        "shards; conversion and latency stay on this machine)",
-    )
-    run.add_argument(
-        "--ray-address",
-        default=None,
-        metavar="ADDR",
-        help="HOST:PORT of a running Ray cluster (printed by `ray start --head`); without it "
-        "--engine ray starts a local Ray sized to this machine",
-    )
-    run.add_argument(
-        "--ray-node-ip",
-        default=None,
-        metavar="IP",
-        help="this machine's address in the Ray cluster, as its nodes are bound (`ray start "
-        "--node-ip-address`), such as 127.0.0.1 for a cluster on loopback (default: "
-        "RAY_NODE_IP_ADDRESS, else Ray's choice)",
-    )
-    run.add_argument(
-        "--ray-connect-timeout",
-        type=float,
-        default=JobSpec.ray_connect_timeout_s,
-        metavar="S",
-        help=f"seconds to join the Ray cluster (or start the local Ray) before the run fails "
-        f"(default {JobSpec.ray_connect_timeout_s:g})",
-    )
-    run.add_argument(
-        "--keep-float",
-        default=None,
-        metavar="LAYER[,LAYER]",
-        help="also run each int8 (or quantizer) variant with these Keras layers kept in float, "
-        "as a variant derived from it (int8:keep=LAYER+LAYER)",
-    )
-    run.add_argument(
-        "--auto-fix",
-        nargs="?",
-        type=int,
-        const=5,
-        default=None,
-        metavar="K",
-        help="for each int8 (or quantizer) variant below --min-agreement, keep up to K layers "
-        "(default 5) in float, most sensitive first as measured, until it meets the bar; the "
-        "result is a derived variant (write --auto-fix=K before MODEL)",
-    )
-    run.add_argument(
-        "--samples",
-        type=int,
-        default=None,
-        help="evaluate at most N images (seeded draw from those not held out for calibration)",
-    )
-    run.add_argument(
-        "--calibration-samples",
-        type=int,
-        default=100,
-        help="images int8/int16x8 are calibrated with (default 100); held out of evaluation "
-        "when the data set has at least twice as many",
-    )
-    run.add_argument(
-        "--calibration-data",
-        default=None,
-        metavar="PATH",
-        help="calibrate on this separate set (CSV, folder or .zip, as --data); nothing is "
-        "held out of --data then",
-    )
-    run.add_argument(
-        "--calibration-overlap",
-        action="store_true",
-        help="draw calibration images from the whole data set, also evaluated (the old "
-        "behaviour); by default they are held out",
-    )
-    run.add_argument(
-        "--calibration-sweep",
-        default=None,
-        metavar="N,N,...",
-        help="also quantize int8 (and int16x8) with each of these calibration sizes and "
-        "--sweep-seeds draws, on the quantizer backend, and evaluate each on the run's images",
-    )
-    run.add_argument(
-        "--sweep-seeds",
-        type=int,
-        default=3,
-        metavar="S",
-        help="calibration draws per sweep size (default 3)",
-    )
-    run.add_argument(
-        "--preprocess", default=str(Preset.MOBILENET_V2), choices=[str(p) for p in Preset]
-    )
-    run.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="threads for both models (default: every usable CPU but one)",
-    )
-    run.add_argument(
-        "--min-agreement",
-        type=float,
-        default=DEFAULT_MIN_AGREEMENT_PCT,
-        help="top-1 agreement %% a variant needs to PASS",
-    )
-    run.add_argument(
-        "--verdict",
-        default="point",
-        choices=["point", "lower-bound"],
-        help="judge each variant by its agreement (point, default) or by the lower end of its "
-        "95 %% Wilson interval (lower-bound: a PASS that sampling noise cannot explain)",
-    )
-    run.add_argument("--out", default=None, help="run folder for report.json and the .tflite files")
-    run.add_argument("--labels", default=None, help="labels.txt with one class name per line")
-    run.add_argument(
-        "--input-size", default=None, help="HxW, for models whose spatial size is None"
-    )
-    run.add_argument(
-        "--signature",
-        default=None,
-        help="SavedModel signature to compare (default serving_default)",
-    )
-    run.add_argument(
-        "--select-tf-ops",
-        action="store_true",
-        help="allow the SELECT_TF_OPS fallback for every mode",
-    )
-    run.add_argument(
-        "--trusted",
-        action="store_true",
-        help="allow Lambda layers, custom objects and file ops: only for models you trust",
-    )
-    run.add_argument(
-        "--latency-runs",
-        type=int,
-        default=None,
-        help="timed runs per model (default: as many as fit in --latency-budget, 10 to 1000)",
-    )
-    run.add_argument(
-        "--latency-budget",
-        type=float,
-        default=JobSpec.latency_budget_s,
-        help="seconds of timing per model when --latency-runs is not given (default: 2)",
-    )
-    run.add_argument("--name", default="", help="a name for the run in the history")
-    run.add_argument(
-        "--timeout",
-        type=float,
-        default=None,
-        help="wall-clock limit of the job in seconds, > 0 (default 3600)",
-    )
-    run.add_argument(
-        "--memory-gb", type=float, default=None, help="memory limit of the worker, > 0 (default 16)"
-    )
-    run.add_argument(
-        "--report", choices=["json", "html"], default="json", help="html also writes report.html"
-    )
-    run.add_argument("--export", choices=[EXPORT_MODEL_EXPLORER], default=None, help=EXPORT_HELP)
-    run.add_argument(
-        "--mlflow",
-        nargs="?",
-        const="",
-        default=None,
-        metavar="URI",
-        help="log the run to MLflow, a nested run per variant: alone, the workspace store "
-        "(sqlite:///<workspace>/mlflow.db); or a tracking URI such as http://host:5000 "
-        "(write --mlflow=URI before MODEL)",
-    )
+    options.add_cli_arguments(run, "run")
 
     rescore = sub.add_parser(
         "rescore",
@@ -255,17 +57,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="LAYER[,LAYER]",
         help="Keras layer names to keep in float (see the parent's <variant>.layers.csv)",
     )
-    for flag, kind, text in (
-        ("--timeout", float, "wall-clock limit of the job in seconds, > 0 (default 3600)"),
-        ("--memory-gb", float, "memory limit of the worker, > 0 (default 16)"),
-    ):
-        rescore.add_argument(flag, type=kind, default=None, help=text)
-    rescore.add_argument(
-        "--report", choices=["json", "html"], default="json", help="html also writes report.html"
-    )
-    rescore.add_argument(
-        "--export", choices=[EXPORT_MODEL_EXPLORER], default=None, help=EXPORT_HELP
-    )
+    options.add_cli_arguments(rescore, "rescore")
 
     export = sub.add_parser("export", help="export a finished run's per-layer error")
     export.add_argument("run", help="the run folder (its --out) or its run id")
@@ -314,168 +106,20 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
     return code
 
 
-def _check_limits(args: argparse.Namespace) -> None:
-    """A limit of 0 would stop every job at once; there is no "no limit" value, only large ones."""
-    for flag, value in (("--timeout", args.timeout), ("--memory-gb", args.memory_gb)):
-        if value is not None and not value > 0:  # also refuses NaN
-            raise QuantLensError(
-                f"{flag} must be greater than 0; got {value:g} (leave it out for the default)"
-            )
-
-
-def _tracking_uri(value: str | None) -> str | None:
-    """The tracking URI of `--mlflow`, refused before any work when MLflow cannot log there."""
-    from core.reporting.tracking import missing_package, resolve_uri
-
-    uri = resolve_uri(value)
-    missing = missing_package(uri) if uri else None
-    if missing:
-        raise QuantLensError(missing)
-    return uri
-
-
 def _job_from_args(args: argparse.Namespace) -> JobSpec:
+    """The job the `run` arguments describe (core.options declares and checks each one); with
+    no MODEL or --data, the embedded demo's, built first when missing."""
     from core.inputs.demo import demo_paths
 
-    model, data, labels = args.model, args.data, args.labels
-    if model is None or data is None:
+    values = vars(args).copy()
+    if values["model"] is None or values["data"] is None:
         paths = demo_paths()
         if not paths.ready():
             print("building the embedded demo (about a minute, once)...", file=sys.stderr)
             _build_demo_in_worker(paths.root)
-        model = model or str(paths.saved_model)
-        data = data or str(paths.data_csv)
-    for what, path in (("model", model), ("data", data)):
-        if not Path(path).exists():
-            raise QuantLensError(f"{what} path {path} does not exist; check the path")
-    names = [v.strip() for v in args.modes.split(",") if v.strip()]
-    if args.select_tf_ops:
-        names = [_with_select_tf_ops(v) for v in names]
-    variants = variants_for_backend(names, args.backend)
-    if args.keep_float is not None:
-        variants = with_keep_float(variants, args.keep_float)
-    if not variants:
-        raise QuantLensError(
-            "--modes is empty; give at least one of float32,dynamic,float16,int8,int16x8"
-        )
-    if len(set(variants)) != len(variants):
-        raise QuantLensError(f"--modes names a variant twice ({args.modes}); list each once")
-    for flag, value, low in (
-        ("--samples", args.samples, 1),
-        ("--calibration-samples", args.calibration_samples, 1),
-        ("--threads", args.threads, 1),
-        ("--latency-runs", args.latency_runs, 1),
-        ("--auto-fix", args.auto_fix, 1),
-        ("--latency-budget", args.latency_budget, 0.01),
-    ):
-        if value is not None and value < low:
-            raise QuantLensError(f"{flag} must be at least {low}; got {value}")
-    if args.sweep_seeds < 1:
-        raise QuantLensError(f"--sweep-seeds must be at least 1; got {args.sweep_seeds}")
-    sweep = parse_sweep_sizes(args.calibration_sweep)
-    calibration_data = args.calibration_data
-    if calibration_data is not None and not Path(calibration_data).exists():
-        raise QuantLensError(
-            f"--calibration-data {calibration_data} does not exist; check the path"
-        )
-    if calibration_data is not None and args.calibration_overlap:
-        raise QuantLensError(
-            "--calibration-overlap draws from --data, --calibration-data from another set; "
-            "give one of them"
-        )
-    if not 0 <= args.min_agreement <= 100:
-        raise QuantLensError(
-            f"--min-agreement is a percentage from 0 to 100; got {args.min_agreement:g}"
-        )
-    if args.ray_address and args.engine != "ray":
-        raise QuantLensError(
-            f"--ray-address {args.ray_address} needs --engine ray; add it, or drop the address"
-        )
-    node_ip = args.ray_node_ip or os.environ.get(RAY_NODE_IP_ENV, "").strip() or None
-    if args.ray_node_ip and args.engine != "ray":
-        raise QuantLensError(
-            f"--ray-node-ip {args.ray_node_ip} needs --engine ray; add it, or drop the option"
-        )
-    if args.ray_connect_timeout <= 0:
-        raise QuantLensError(
-            f"--ray-connect-timeout is a number of seconds above 0; got {args.ray_connect_timeout:g}"
-        )
-    input_size = None
-    if args.input_size:
-        try:
-            h, w = (int(v) for v in args.input_size.lower().split("x"))
-        except ValueError:
-            raise QuantLensError(
-                f"--input-size takes HxW such as 224x224; got {args.input_size!r}"
-            ) from None
-        input_size = (h, w)
-    return JobSpec(
-        model_path=str(Path(model).resolve()),
-        data_path=str(Path(data).resolve()),
-        variants=variants,
-        preset=Preset(args.preprocess),
-        calibration_samples=args.calibration_samples,
-        max_samples=args.samples,
-        threads=args.threads,
-        min_agreement_pct=args.min_agreement,
-        latency_runs=args.latency_runs,
-        latency_budget_s=args.latency_budget,
-        labels_file=str(Path(labels).resolve()) if labels else None,
-        trusted=args.trusted,
-        name=args.name,
-        input_size=input_size,
-        signature_key=args.signature,
-        mlflow_uri=_tracking_uri(args.mlflow),
-        verdict=args.verdict,
-        engine=args.engine,
-        ray_address=args.ray_address,
-        ray_node_ip=node_ip if args.engine == "ray" else None,
-        ray_connect_timeout_s=args.ray_connect_timeout,
-        auto_fix=args.auto_fix,
-        calibration_data=str(Path(calibration_data).resolve()) if calibration_data else None,
-        calibration_overlap=args.calibration_overlap,
-        calibration_sweep=sweep,
-        sweep_seeds=args.sweep_seeds,
-    )
-
-
-def with_keep_float(variants: tuple[str, ...], layers_text: str) -> tuple[str, ...]:
-    """Each variant that can keep layers in float, followed by its derived `:keep=` variant.
-
-    Raises:
-        QuantLensError: no layer named, or no selected variant can keep layers in float.
-    """
-    from dataclasses import replace
-
-    layers = tuple(sorted({n.strip() for n in layers_text.split(",") if n.strip()}))
-    if not layers:
-        raise QuantLensError(
-            "--keep-float names no layer; give Keras layer names, e.g. conv2d,dense"
-        )
-    out: list[str] = []
-    for name in variants:
-        out.append(name)
-        spec = VariantSpec.parse(name)
-        if spec.float_layers or spec.int16_layers:
-            continue
-        derived = replace(spec, float_layers=layers)
-        try:
-            derived.check()
-        except QuantLensError:
-            continue  # this mode cannot keep layers float on its backend (float16, float32)
-        out.append(derived.name)
-    if len(out) == len(variants):
-        raise QuantLensError(
-            "--keep-float needs an int8 variant (or a quantizer variant) to derive from; add int8 "
-            "to --modes"
-        )
-    return tuple(out)
-
-
-def _with_select_tf_ops(name: str) -> str:
-    """`int8` -> `int8+tf`; the flag goes before any per-layer override (`:keep=...`)."""
-    head, sep, rest = name.partition(":")
-    return (head if head.endswith("+tf") else head + "+tf") + sep + rest
+        values["model"] = values["model"] or str(paths.saved_model)
+        values["data"] = values["data"] or str(paths.data_csv)
+    return options.job_from_values(values)
 
 
 def _build_demo_in_worker(root: Path, command: str = "demo") -> None:
@@ -537,7 +181,7 @@ class ProgressPrinter:
 def cmd_run(args: argparse.Namespace) -> int:
     from core.jobs.launch import create_run, recover_interrupted
 
-    _check_limits(args)
+    options.check_command_values(vars(args), args.command)
     job = _job_from_args(args)
     recover_interrupted()
     out = Path(args.out).resolve() if args.out else None
@@ -549,10 +193,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _supervise(directory: Path, run_id: str, args: argparse.Namespace) -> int:
     """Run the queued job in `directory` to its end, print its table, return the exit status."""
     from core.jobs.launch import read_status
-    from core.jobs.protocol import DEFAULT_MEMORY_LIMIT_GB, DEFAULT_TIMEOUT_S
     from core.jobs.supervisor import Supervisor
     from core.reporting.report import exit_status, format_table
     from core.reporting.runmodel import read_report
+    from core.runfolder.protocol import DEFAULT_MEMORY_LIMIT_GB, DEFAULT_TIMEOUT_S
 
     printer = ProgressPrinter()
     supervisor = Supervisor(
@@ -654,7 +298,7 @@ def cmd_rescore(args: argparse.Namespace) -> int:
     from core.jobs.launch import recover_interrupted
     from core.jobs.rescore import add_rescore_variant
 
-    _check_limits(args)
+    options.check_command_values(vars(args), args.command)
     recover_interrupted()
     directory = _run_folder(args.run)
     name = add_rescore_variant(directory, args.variant, args.keep_float.split(","), home=None)

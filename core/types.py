@@ -38,6 +38,7 @@ NEEDS_CALIBRATION = frozenset({Mode.INT8, Mode.INT16X8})  # on both backends
 CONVERTER_KEEP_MODES = frozenset({Mode.INT8})
 # Per-layer overrides in a variant name: `int8_q:keep=conv2d+dense:int16=conv2d_1`.
 _OVERRIDE_KEYS = ("keep", "int16")
+EQUALIZE_KEY = "eq"  # a bare override: `int8:eq`
 
 
 class IOType(enum.StrEnum):
@@ -89,8 +90,9 @@ class VariantSpec:
     Its `name` is the variant's identity in files and tables: `int8` (int8 I/O), `int8-uint8`,
     `int8-float32`, and the mode name for every other mode; `_q` is appended on the quantizer
     backend (`int8_q`), `+tf` when the SELECT_TF_OPS fallback is allowed, then the per-layer
-    overrides: `:keep=A+B` (layers kept in float) and `:int16=C` (layers given int16
-    activations), each list sorted. `parse(spec.name) == spec` for every valid spec.
+    overrides: `:eq` (the Keras model cross-layer equalized before quantizing,
+    core.engine.fixes.equalize_rung), `:keep=A+B` (layers kept in float) and `:int16=C` (layers
+    given int16 activations), each list sorted. `parse(spec.name) == spec` for every valid spec.
     """
 
     mode: Mode
@@ -99,6 +101,7 @@ class VariantSpec:
     backend: Backend = Backend.CONVERTER
     float_layers: tuple[str, ...] = ()  # Keras layer names kept in float
     int16_layers: tuple[str, ...] = ()  # Keras layer names given int16 activations
+    equalized: bool = False  # the Keras model is cross-layer equalized before it is quantized
 
     @property
     def name(self) -> str:
@@ -108,6 +111,7 @@ class VariantSpec:
         if self.backend is Backend.QUANTIZER:
             base += QUANTIZER_SUFFIX
         base += "+tf" if self.allow_select_tf_ops else ""
+        base += f":{EQUALIZE_KEY}" if self.equalized else ""
         for key, layers in (("keep", self.float_layers), ("int16", self.int16_layers)):
             if layers:
                 base += f":{key}={'+'.join(layers)}"
@@ -122,7 +126,16 @@ class VariantSpec:
         hash of the whole name (`int8-k3f9a2c1`): twelve kept layers would otherwise make a
         name longer than a file name may be. The readable `name` stays the variant's identity.
         """
-        return file_id_for(replace(self, float_layers=(), int16_layers=()).name, self.name)
+        return file_id_for(self.without_overrides().name, self.name)
+
+    def without_overrides(self) -> VariantSpec:
+        """The variant a per-layer override or equalization derives from (`int8` for
+        `int8:eq:keep=conv2d`)."""
+        return replace(self, float_layers=(), int16_layers=(), equalized=False)
+
+    @property
+    def has_overrides(self) -> bool:
+        return bool(self.float_layers or self.int16_layers or self.equalized)
 
     @classmethod
     def parse(cls, text: str) -> VariantSpec:
@@ -175,6 +188,7 @@ class VariantSpec:
             backend=Backend.QUANTIZER if quantizer else Backend.CONVERTER,
             float_layers=layers["keep"],
             int16_layers=layers["int16"],
+            equalized=bool(layers[EQUALIZE_KEY]),
         )
 
     def check(self) -> None:
@@ -186,6 +200,11 @@ class VariantSpec:
         from core.errors import QuantLensError
 
         name = self.name
+        if self.equalized and self.mode not in (Mode.INT8, Mode.INT16X8):
+            raise QuantLensError(
+                f"{name}: equalization evens out activation ranges for a fully quantized model; "
+                "use :eq with int8 or int16x8"
+            )
         overrides = self.float_layers or self.int16_layers
         if overrides and self.mode is Mode.FLOAT32:
             raise QuantLensError(
@@ -235,7 +254,7 @@ class VariantSpec:
             "backend": str(self.backend),
             "float_layers": list(self.float_layers),
             "int16_layers": list(self.int16_layers),
-        }
+        } | ({"equalized": True} if self.equalized else {})
 
 
 # A name up to this long is shown whole; a longer one shows at most SHOWN_LAYERS layers of each
@@ -282,14 +301,19 @@ def _parse_overrides(text: str, overrides: list[str]) -> dict[str, tuple[str, ..
     """`keep=A+B` and `int16=C` parts of a variant name, each list sorted and de-duplicated."""
     from core.errors import QuantLensError
 
-    found: dict[str, tuple[str, ...]] = {key: () for key in _OVERRIDE_KEYS}
+    found: dict[str, tuple[str, ...]] = {key: () for key in (*_OVERRIDE_KEYS, EQUALIZE_KEY)}
     for part in overrides:
+        if part.strip().lower() == EQUALIZE_KEY:
+            if found[EQUALIZE_KEY]:
+                raise QuantLensError(f"variant {text!r} gives :eq twice; give it once")
+            found[EQUALIZE_KEY] = (EQUALIZE_KEY,)
+            continue
         key, sep, value = part.partition("=")
         key = key.strip().lower()
         names = tuple(sorted({n.strip() for n in value.split("+") if n.strip()}))
-        if not sep or key not in found or not names:
+        if not sep or key not in _OVERRIDE_KEYS or not names:
             raise QuantLensError(
-                f"cannot read {part!r} in variant {text!r}; write keep=LAYER+LAYER or "
+                f"cannot read {part!r} in variant {text!r}; write eq, keep=LAYER+LAYER or "
                 "int16=LAYER after the mode, e.g. int8_q:keep=conv2d+dense"
             )
         if found[key]:
@@ -495,7 +519,11 @@ class JobSpec:
     ray_address: str | None = None  # a Ray cluster's HOST:PORT; None starts a local Ray
     ray_node_ip: str | None = None  # this machine's address in the cluster (--ray-node-ip)
     ray_connect_timeout_s: float = 30.0  # connect to the cluster's first answer, at most
-    auto_fix: int | None = None  # keep up to K layers float in a variant below the bar (issue 12)
+    auto_fix: int | None = (
+        None  # the fix ladder for variants below the bar; K: most layers kept float
+    )
+    fix: str | None = None  # "integer-only": the ladder's rungs that keep the model integer-only
+    fix_budget: int | None = None  # candidate evaluations per variant (None: the default)
     # Calibration (issue 13): a separate set (nothing held out), or calibrate on images that are
     # also evaluated; by default they are held out when the data set has 2x calibration_samples.
     calibration_data: str | None = None

@@ -121,6 +121,27 @@ def import_cycles(imports: list[Import], package: str) -> list[str]:
     return sorted(cycles)
 
 
+def package_cycles(imports: list[Import], package: str) -> list[str]:
+    """The cycles among `package`'s packages, as `a -> b -> a (one import for each hop)`.
+
+    A package is a direct subpackage of `package` with everything below it (`core.engine`
+    holds `core.engine.stages`); a module directly in `package` stands for itself. Two
+    packages that import each other, at any depth and inside functions too, cannot be
+    understood, tested or moved one without the other, even when their modules form no cycle.
+    """
+    depth = package.count(".") + 2
+    lifted = [
+        Import(_top(i.source, depth), _top(i.target, depth), i.where, i.in_function)
+        for i in imports
+        if _in(i.source, package) and _in(i.target, package)
+    ]
+    return import_cycles([i for i in lifted if i.source != i.target], package)
+
+
+def _top(module: str, depth: int) -> str:
+    return ".".join(module.split(".")[:depth])
+
+
 def _in(module: str, package: str) -> bool:
     return module == package or module.startswith(package + ".")
 
@@ -198,6 +219,12 @@ def test_core_has_no_import_cycle() -> None:
     assert not cycles, "import cycles in core/:\n" + "\n".join(cycles)
 
 
+def test_core_has_no_package_cycle() -> None:
+    imports = import_graph(ROOT, "core")
+    cycles = package_cycles(imports, "core")
+    assert not cycles, "package cycles in core/:\n" + "\n".join(cycles)
+
+
 def test_only_the_engine_loads_models_and_only_the_worker_loads_the_engine() -> None:
     imports = import_graph(ROOT, *PRODUCT)
     assert any(i.source.startswith("views.") for i in imports)  # the web layer was read too
@@ -221,6 +248,13 @@ def test_the_graph_checks_name_each_cycle_and_each_breach(tmp_path: Path) -> Non
         "core/cli.py": "import streamlit\n\ndef m():\n    import keras.layers\n",
         "core/tracking.py": "def t():\n    import ray.data\n",
         "ui/page.py": "from core.engine import run\n",
+        # Packages that import each other without any module cycle: p.x -> q.y, q.z -> p.w.
+        "core/p/__init__.py": "",
+        "core/p/x.py": "from core.q import y\n",
+        "core/p/w.py": "",
+        "core/q/__init__.py": "",
+        "core/q/y.py": "",
+        "core/q/z.py": "def z():\n    import core.p.w\n",
     }
     for name, text in sources.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
@@ -228,6 +262,10 @@ def test_the_graph_checks_name_each_cycle_and_each_breach(tmp_path: Path) -> Non
     imports = import_graph(tmp_path, "core", "ui")
     assert import_cycles(imports, "core") == [
         "core.a -> core.b -> core.c -> core.a (core/a.py:2, core/b.py:1, core/c.py:1)"
+    ]
+    assert package_cycles(imports, "core") == [
+        "core.a -> core.b -> core.c -> core.a (core/a.py:2, core/b.py:1, core/c.py:1)",
+        "core.p -> core.q -> core.p (core/p/x.py:1, core/q/z.py:2)",
     ]
     assert rule_breaches(imports) == [
         "core/cli.py:1 imports streamlit: nothing in core/ may",

@@ -12,6 +12,7 @@ from typing import Any, TypedDict
 import streamlit as st
 
 from core.errors import QuantLensError
+from core.history import stale_uploads
 from core.inputs import uploads
 from core.inputs.demo import DemoPaths, demo_paths, mobilenet_demo_paths, outlier_demo_paths
 from core.inputs.paths import allowed_roots, existing_under_roots
@@ -906,7 +907,7 @@ def launch(
 
 @st.cache_resource(max_entries=4, show_spinner=False)
 def _clean_uploads(home_dir: str) -> tuple[str, ...]:
-    return tuple(str(p) for p in uploads.clean_workspace_uploads(home=Path(home_dir)))
+    return tuple(str(p) for p in stale_uploads.clean_workspace_uploads(home=Path(home_dir)))
 
 
 def clean_uploads_once() -> tuple[str, ...]:

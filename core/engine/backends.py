@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from core.engine.convert import ConversionResult, tflite_from_converter
+from core.engine.fixes.keep_float import tflite_keeping_float
 from core.engine.models import ReferenceModel
 from core.engine.quantizer import tflite_from_quantizer
-from core.engine.selective import tflite_keeping_float
 from core.types import Backend, VariantSpec
 
 
@@ -31,10 +31,25 @@ def tflite_from_reference(
 
     The arguments are those of core.engine.convert.tflite_from_converter, which documents them.
 
+    An equalized variant (`int8:eq`) converts the run's Keras model after cross-layer
+    equalization on the calibration images (core.engine.fixes.equalize_rung).
+
     Raises:
         ConversionFailed: the backend refused the model or the calibration data, or every
-            conversion route gives NaN/Inf outputs.
+            conversion route gives NaN/Inf outputs; or equalization cannot run on this model.
     """
+    if spec.equalized:
+        from core.engine.equalize import EqualizationError
+        from core.engine.fixes.equalize_rung import equalized_reference, equalized_sha
+        from core.errors import ConversionFailed
+
+        if calibration is None:
+            raise ConversionFailed(f"{spec.name}: equalization needs the calibration images")
+        try:
+            model = equalized_reference(model, calibration).reference
+        except EqualizationError as exc:
+            raise ConversionFailed(f"{spec.name}: {exc}") from None
+        model_sha256 = equalized_sha(model_sha256, calibration)  # the edited weights' key
     if spec.backend is Backend.QUANTIZER:
         return tflite_from_quantizer(
             model,

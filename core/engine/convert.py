@@ -233,7 +233,7 @@ def _converter_for(model: ReferenceModel, route: str) -> Any:
     )
 
 
-# Makes an int8 model with `spec.float_layers` kept float (core.engine.selective, passed in by
+# Makes an int8 model with `spec.float_layers` kept float (core.engine.fixes.keep_float, passed in by
 # core.engine.backends, which sits above both modules: a direct import would be a cycle).
 KeepFloat = Callable[[ReferenceModel, VariantSpec, np.ndarray, str], bytes]
 
@@ -322,7 +322,7 @@ def tflite_from_converter(
             PROBE_IMAGES are used); None skips the check.
         cache_dir: where converted models are kept by content hash; None disables the cache.
         keep_float: how a variant with `float_layers` is made (core.engine.backends passes
-            core.engine.selective.tflite_keeping_float).
+            core.engine.fixes.keep_float.tflite_keeping_float).
 
     Raises:
         ConversionFailed: the converter refused the model, calibration data is unusable, or

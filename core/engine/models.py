@@ -421,3 +421,39 @@ def load_reference(
     return ReferenceModel(
         path=path, signature=signature, serve=serve, concrete_function=concrete, trackable=trackable
     )
+
+
+def keras_model_of(model: ReferenceModel) -> Any | None:
+    """The Keras model behind a reference loaded from a `.keras` file; None for a SavedModel
+    (its graph has no Keras layers to edit)."""
+    return getattr(model.trackable, "keras_model", None)
+
+
+def reference_from_keras(keras_model: Any, like: ReferenceModel) -> ReferenceModel:
+    """A reference model serving `keras_model` (an edited clone of `like`'s Keras model, such as
+    an equalized one) with `like`'s signature and input dtype, ready for the converter.
+
+    The variables are tracked as load_reference tracks them, so the converter freezes them.
+    """
+    import tensorflow as tf
+
+    signature = like.signature
+    fixed = tf.TensorSpec(
+        (None, signature.height, signature.width, signature.channels), tf.float32, name="input"
+    )
+    dtype = tf.as_dtype(signature.input_dtype)
+
+    @tf.function(input_signature=[fixed])  # type: ignore[untyped-decorator]
+    def serve(x: Any) -> Any:
+        return keras_model(tf.cast(x, dtype), training=False)
+
+    trackable = tf.Module()
+    trackable.tf_variables = [getattr(v, "value", v) for v in keras_model.variables]
+    trackable.keras_model = keras_model
+    return ReferenceModel(
+        path=like.path,
+        signature=signature,
+        serve=serve,
+        concrete_function=serve.get_concrete_function(),
+        trackable=trackable,
+    )

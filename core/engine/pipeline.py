@@ -18,21 +18,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from core.engine.stages.auto_fix import auto_fix
 from core.engine.stages.context import ProgressFn, RunContext, effective_threads
 from core.engine.stages.convert import (
     ConversionInputs,
     conversions_started,
     convert_in_background,
 )
-from core.engine.stages.diagnose import auto_fix, diagnose_variants
+from core.engine.stages.diagnose import diagnose_variants
 from core.engine.stages.evaluate import run_evaluation
 from core.engine.stages.files import DecodedCache
 from core.engine.stages.finish import finish
 from core.engine.stages.latency import time_models
 from core.engine.stages.ray_evaluate import evaluate_on_ray
 from core.engine.stages.reference import ReferenceOutputs, run_reference
-from core.engine.stages.start import open_run, reproduce_command, resolve_inputs
+from core.engine.stages.start import open_run, resolve_inputs
 from core.engine.stages.sweep import run_sweep
+from core.options import reproduce_command
 from core.types import JobSpec
 
 # What the worker and the tests reach through the pipeline.

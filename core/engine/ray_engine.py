@@ -776,7 +776,7 @@ def _lost(exc: BaseException) -> ClusterUnavailable:
 @dataclass(frozen=True)
 class KeepFloatSource:
     """What a task needs to make a variant with some layers kept float, as the head would
-    (core.engine.selective.keep_float_maker): the original, the variant, its calibration."""
+    (core.engine.fixes.keep_float.keep_float_maker): the original, the variant, its calibration."""
 
     reference: ReferenceSource
     spec: VariantSpec
@@ -859,8 +859,8 @@ def _candidates_task(
     """On a worker: load the original, make each candidate, run it on the images."""
     import tempfile
 
+    from core.engine.fixes.keep_float import keep_float_maker
     from core.engine.models import load_reference
-    from core.engine.selective import keep_float_maker
 
     with tempfile.TemporaryDirectory(prefix="quantlens-ray-") as folder:
         path = _unpack_model(

@@ -57,7 +57,7 @@ CALIBRATION_LIST = "calibration.csv"  # the images int8 was calibrated on (decod
 CANCEL_FLAG = "cancel"  # touched by whoever cancels a run
 
 # What a run writes besides the names above: per-variant files by their suffix, the worker's
-# hidden caches (core.jobs.protocol names them), temporary files, the sweep's folder, and zips
+# hidden caches (core.runfolder.protocol names them), temporary files, the sweep's folder, and zips
 # extracted into `<model|data|calibration-data>-<16 hex>` folders.
 VARIANT_SUFFIXES = (
     ".tflite",

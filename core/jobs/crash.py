@@ -15,7 +15,7 @@ import signal
 from pathlib import Path
 
 from core.inputs import rundir
-from core.jobs import protocol
+from core.runfolder import protocol
 from core.types import RunStatus
 
 STDERR_TAIL_LINES = 12

@@ -15,9 +15,9 @@ from typing import Any
 from core import errors
 from core.errors import QuantLensError, UnsupportedModel
 from core.inputs import rundir
-from core.jobs import protocol
 from core.jobs.crash import describe_exit
 from core.jobs.workspace import SOURCE_ROOT
+from core.runfolder import protocol
 from core.types import ModelSignature, Sample
 
 

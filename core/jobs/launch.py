@@ -24,7 +24,7 @@ from core import posix
 from core.errors import QuantLensError
 from core.history.store import RunStore
 from core.inputs import rundir
-from core.jobs import outcome, protocol, queue
+from core.jobs import outcome, queue
 from core.jobs.demo_build import CHAIN_ENV as DEMO_CHAIN_ENV
 from core.jobs.demo_build import (
     MOBILENET,
@@ -34,9 +34,10 @@ from core.jobs.demo_build import (
     start_demo_build,
 )
 from core.jobs.inspection import inspect_model, preset_trial
-from core.jobs.protocol import read_progress, read_status
 from core.jobs.queue import active_run_id, active_runs, queue_position
 from core.jobs.workspace import SOURCE_ROOT, opened_store, resolved_home, run_dir
+from core.runfolder import protocol
+from core.runfolder.protocol import read_progress, read_status
 from core.types import JobSpec, RunStatus
 
 __all__ = [

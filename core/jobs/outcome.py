@@ -13,9 +13,9 @@ from typing import Any
 
 from core.errors import QuantLensError
 from core.inputs import rundir
-from core.jobs import protocol
 from core.jobs.workspace import opened_store
 from core.reporting import runmodel
+from core.runfolder import protocol
 from core.types import RunStatus
 
 _ENDED_WORDS = {

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from core import posix
 from core.history.store import RunRow
-from core.jobs import protocol
 from core.jobs.workspace import opened_store, resolved_home
+from core.runfolder import protocol
 from core.types import ProgressEvent, RunStatus
 
 RUNNER_LOCK = "runner.lock"  # in the workspace: held by the one supervisor whose worker runs

@@ -24,10 +24,11 @@ from pathlib import Path
 
 from core import posix
 from core.inputs import rundir
-from core.jobs import crash, outcome, protocol, queue
-from core.jobs.progress import ProgressReader
-from core.jobs.protocol import DEFAULT_MEMORY_LIMIT_GB, DEFAULT_TIMEOUT_S
+from core.jobs import crash, outcome, queue
 from core.jobs.workspace import SOURCE_ROOT, opened_store, resolved_home
+from core.runfolder import protocol
+from core.runfolder.progress import ProgressReader
+from core.runfolder.protocol import DEFAULT_MEMORY_LIMIT_GB, DEFAULT_TIMEOUT_S
 from core.types import ProgressEvent, RunStatus
 
 TRACKING_TIMEOUT_S = 300.0  # logging a run that ended abnormally to MLflow

@@ -14,7 +14,7 @@
 The supervisor (core.jobs.supervisor) starts it in its own process group with a wall-clock
 timeout and, through QUANTLENS_MEMORY_LIMIT_BYTES, an address-space limit it applies to itself
 first. It only drives: the model work is core.engine's, and what it tells its supervisor (exit
-codes, status.json, progress, the conversion marker) is core.jobs.protocol's.
+codes, status.json, progress, the conversion marker) is core.runfolder.protocol's.
 Exit codes: 0 done, 2 a QuantLensError (written to status.json), 3 out of memory, 4 a bug.
 """
 
@@ -33,9 +33,9 @@ from core import posix
 from core.engine.frameworks import configure_threads, quiet_tensorflow
 from core.errors import QuantLensError
 from core.inputs import convcache, rundir
-from core.jobs import protocol
-from core.jobs.progress import ThrottledProgress
-from core.jobs.protocol import (
+from core.runfolder import protocol
+from core.runfolder.progress import ThrottledProgress
+from core.runfolder.protocol import (
     EXIT_BAD_INPUT,
     EXIT_BUG,
     EXIT_OK,

@@ -117,6 +117,7 @@ def render_report_html(run_dir: Path, *, name: str | None = None) -> str:
         _verdict_rule_notes(report, threshold),
         "<h2>Recommendation</h2>",
         _recommendation_section(report),
+        _causes_section(variants),
         _reference_table(report),
         "<h2>Speed-up</h2>",
         _speedup_table(report, variants),
@@ -630,6 +631,22 @@ def thumbnail_data_uri(path: Path, *, size: int = THUMB_PX) -> str:
 
     png = thumbnail_png(path, size=size, max_bytes=MAX_THUMB_SOURCE_BYTES)
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _causes_section(variants: list[Variant]) -> str:
+    """Each diagnosed variant's root causes in words (`diagnosis.causes`), one item per cause."""
+    items = []
+    for v in variants:
+        causes = v.causes
+        if causes is None or not causes.causes:
+            continue
+        listed = "".join(f"<li>{_e(line)}</li>" for line in causes.lines())
+        measured = (
+            f"measured on {causes.calibration_images} calibration and "
+            f"{causes.evaluated_images} evaluated images"
+        )
+        items.append(f"<h3>{_e(short_name(v.name))}</h3><p>{_e(measured)}</p><ul>{listed}</ul>")
+    return '<h2>Root causes</h2><div id="causes">' + "".join(items) + "</div>" if items else ""
 
 
 def _sweep_statement(report: RunReport) -> str:

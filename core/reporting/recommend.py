@@ -105,9 +105,17 @@ def judged(variant: Variant) -> bool:
 
 
 def _lower(v: Variant) -> float:
-    ci = v.result.top1_agreement_ci95
+    """The lower 95 % bound the rule ranks by: for a fix auto-fix derived, on the images its
+    search did not see only (the images that chose a fix never vouch for it)."""
+    held_out = v.held_out
+    ci = v.result.top1_agreement_ci95 if held_out is None else held_out.top1_agreement_ci95
     assert ci is not None  # only judged variants are ranked, and they all have an interval
     return float(ci[0])
+
+
+def _n(v: Variant) -> int | None:
+    held_out = v.held_out
+    return v.result.n if held_out is None else held_out.n
 
 
 def _p50(v: Variant) -> float:
@@ -169,7 +177,7 @@ def recommendation(report: RunReport | Mapping[str, Any]) -> dict[str, Any]:
         "runner_up": None,
         "reason": (
             f"no variant's lower 95 % bound reaches {threshold:g} %; closest: "
-            f"{short_name(closest.name)} at {_lower(closest):.1f} % (n={closest.result.n})"
+            f"{short_name(closest.name)} at {_lower(closest):.1f} % (n={_n(closest)})"
         ),
         "closest": closest.name,
     }

@@ -111,10 +111,11 @@ def display_name(report: RunReport | Mapping[str, Any], variant: Variant) -> str
 
 
 def parent_name(spec: VariantSpec) -> str | None:
-    """The variant a per-layer override derives from (`int8` for `int8:keep=conv2d`), else None."""
-    if not (spec.float_layers or spec.int16_layers):
+    """The variant a per-layer override or equalization derives from (`int8` for
+    `int8:keep=conv2d`), else None."""
+    if not spec.has_overrides:
         return None
-    return replace(spec, float_layers=(), int16_layers=()).name
+    return spec.without_overrides().name
 
 
 def record_diagnosis(report: dict[str, Any], name: str, summary: dict[str, Any] | None) -> None:
@@ -139,9 +140,14 @@ def chosen_step(steps: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
     return next(s for s in kept if float(s["agreement_pct"]) == best)
 
 
-def pending_variant(spec: VariantSpec, *, role: str = ROLE_SELECTED) -> dict[str, Any]:
-    """A variant entry before its work starts: every metric null (`parent` for a derived one)."""
-    identity = replace(VariantIdentity.from_spec(spec, role=role), parent=parent_name(spec))
+def pending_variant(
+    spec: VariantSpec, *, role: str = ROLE_SELECTED, parent: str | None = None
+) -> dict[str, Any]:
+    """A variant entry before its work starts: every metric null (`parent` for a derived one:
+    given, e.g. `int8` for the fix ladder's `int8_q:int16=...`, or read from the name)."""
+    identity = replace(
+        VariantIdentity.from_spec(spec, role=role), parent=parent or parent_name(spec)
+    )
     return Variant(identity).to_dict()
 
 
@@ -500,6 +506,10 @@ def format_table(report: RunReport | Mapping[str, Any]) -> str:
             lines.append(f"{shown}: FAIL — {reason}")
         for warning in r.warnings:
             lines.append(f"warning: {shown}: {warning}")
+        causes = v.causes
+        for line in causes.lines() if causes is not None else ():
+            lines.append(f"cause: {shown}: {line}")
+        lines.extend(fix_lines(v))
         nothing_to_fix = (v.extra.get("auto_fix") or {}).get("nothing_to_fix")
         if nothing_to_fix:
             lines.append(f"auto-fix: {nothing_to_fix}")
@@ -516,6 +526,37 @@ def format_table(report: RunReport | Mapping[str, Any]) -> str:
         lines.append(f"warning: {warning}")
     lines.extend(recommendation_lines(report.recommendation))
     return "\n".join(lines)
+
+
+def fix_lines(v: Variant) -> list[str]:
+    """The fix ladder's search on a parent (what it tried, on how many images, what it chose)
+    and a derived fix's verdict on the images that search did not see."""
+    shown = short_name(v.name)
+    lines = []
+    search = v.fix_search
+    if search is not None:
+        measured = sum(c.status == "measured" for c in search.candidates)
+        cut = ", cut short by the budget" if search.truncated else ""
+        chose = (
+            f"chose {short_name(search.chosen)}"
+            + ("" if search.chosen_meets_bar else " (best so far; below the bar)")
+            if search.chosen
+            else "nothing beat it"
+        )
+        lines.append(
+            f"auto-fix: {shown}: {measured} candidates measured on "
+            f"{counted(len(search.selected_rows), 'image')} ({search.evaluations} of "
+            f"{search.budget} evaluations{cut}); {chose}"
+        )
+    held_out = v.held_out
+    if held_out is not None:
+        low, high = held_out.top1_agreement_ci95
+        lines.append(
+            f"{shown}: verdict on the {counted(held_out.n, 'image')} its fix search did not "
+            f"see: {held_out.top1_agreement_pct:.2f} % [{low:.1f}, {high:.1f}] "
+            f"{'PASS' if held_out.passed else 'FAIL'}"
+        )
+    return lines
 
 
 def split_sentence(split: Mapping[str, int]) -> str:

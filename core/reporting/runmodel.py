@@ -121,6 +121,7 @@ class VariantIdentity(_MappingView):
     backend: Backend = Backend.CONVERTER
     float_layers: tuple[str, ...] = ()
     int16_layers: tuple[str, ...] = ()
+    equalized: bool = False
     role: str = ROLE_SELECTED
     parent: str | None = None
     calibration_samples: int | None = None
@@ -142,6 +143,7 @@ class VariantIdentity(_MappingView):
         "backend",
         "float_layers",
         "int16_layers",
+        "equalized",
         "parent",
         "calibration_samples",
         "calibration_seed",
@@ -160,6 +162,7 @@ class VariantIdentity(_MappingView):
             backend=spec.backend,
             float_layers=spec.float_layers,
             int16_layers=spec.int16_layers,
+            equalized=spec.equalized,
             role=role,
         )
 
@@ -181,6 +184,7 @@ class VariantIdentity(_MappingView):
             backend=Backend(str(entry.get("backend") or Backend.CONVERTER)),
             float_layers=tuple(str(x) for x in entry.get("float_layers") or ()),
             int16_layers=tuple(str(x) for x in entry.get("int16_layers") or ()),
+            equalized=bool(entry.get("equalized", False)),
             role=str(entry.get("role") or ROLE_SELECTED),
             parent=entry.get("parent"),
             calibration_samples=entry.get("calibration_samples"),
@@ -202,6 +206,8 @@ class VariantIdentity(_MappingView):
             "float_layers": list(self.float_layers),
             "int16_layers": list(self.int16_layers),
         }
+        if self.equalized:  # written only when set, so other variants' entries stay as they were
+            d["equalized"] = True
         # Written only when set, so schema-1 content stays as it was.
         for key in ("parent", "calibration_samples", "calibration_seed"):
             value = getattr(self, key)
@@ -225,6 +231,7 @@ class VariantIdentity(_MappingView):
             backend=self.backend,
             float_layers=self.float_layers,
             int16_layers=self.int16_layers,
+            equalized=self.equalized,
         )
 
 
@@ -393,6 +400,222 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+# -- a variant's root causes and fixes (diagnosis.causes, auto_fix) ----------------------------
+
+
+@dataclass(frozen=True)
+class RootCause(_MappingView):
+    """One named cause of a quantized variant's error (core.engine.causes): where (`layer`, and
+    `layers`, the chain the cause and its fixes involve, in graph order), what (`cause`: one of
+    outlier_channel, weight_outliers, clipping, range_collapse, preprocessing, runtime_only,
+    diffuse), one sentence (`words`), the numbers behind it (`evidence`, e.g.
+    `channel_max_abs`, `range_ratio`, `used_levels`) and the fixes that apply, cheapest first
+    (equalize, bias_correction, int16_activations, weight_only, keep_float)."""
+
+    layer: str
+    layers: tuple[str, ...]
+    cause: str
+    words: str
+    fixes: tuple[str, ...] = ()
+    evidence: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RootCause:
+        return cls(
+            layer=str(d["layer"]),
+            layers=tuple(str(x) for x in d.get("layers") or ()),
+            cause=str(d["cause"]),
+            words=str(d.get("words") or ""),
+            fixes=tuple(str(x) for x in d.get("fixes") or ()),
+            evidence=dict(d.get("evidence") or {}),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "layer": self.layer,
+            "layers": list(self.layers),
+            "cause": self.cause,
+            "evidence": _jsonable(self.evidence),
+            "fixes": list(self.fixes),
+            "words": self.words,
+        }
+
+
+@dataclass(frozen=True)
+class VariantCauses(_MappingView):
+    """A variant's `diagnosis.causes` and what they were measured on (`causes_measured_on`:
+    calibration and evaluated image counts, the thresholds the rules applied)."""
+
+    causes: tuple[RootCause, ...] = ()
+    calibration_images: int = 0
+    evaluated_images: int = 0
+    thresholds: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> VariantCauses:
+        """Read the `causes` keys of a variant's `diagnosis` (core.engine.causes.VariantCauses
+        writes the same keys)."""
+        measured = d.get("causes_measured_on") or {}
+        return cls(
+            causes=tuple(RootCause.from_dict(c) for c in d.get("causes") or ()),
+            calibration_images=int(measured.get("calibration_images") or 0),
+            evaluated_images=int(measured.get("evaluated_images") or 0),
+            thresholds=dict(measured.get("thresholds") or {}),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "causes": [c.to_dict() for c in self.causes],
+            "causes_measured_on": {
+                "calibration_images": self.calibration_images,
+                "evaluated_images": self.evaluated_images,
+                "thresholds": _jsonable(self.thresholds),
+            },
+        }
+
+    def lines(self) -> list[str]:
+        """One line per cause, as the CLI summary and report.html list them."""
+        return [f"{c.layer}: {c.words}" for c in self.causes]
+
+
+@dataclass(frozen=True)
+class FixCandidate(_MappingView):
+    """One rung of the fix ladder as the search tried it (core.engine.fixes.search).
+
+    `fix` is typed by its `kind` (equalize, int16_activations, keep_float, ...) with the layers
+    it touches (`{"kind": "equalize", "layers": [...], "pairs": ..., "float_max_abs_delta":
+    ...}`). `status` is measured, failed (`reason`: the one-line error), refused (an
+    equalized float model that changed the outputs; `reason` gives the measured difference)
+    or skipped (`reason`: why the rung does not apply). Measured candidates carry agreement on the search's own
+    images (`n` of them), size, p50 latency at batch 1 (`p50_ms`, `latency_runs` runs) and
+    `integer_only` (core.engine.flatbuffer.integer_only). `note` flags what a user must know
+    (16-bit activations run on reference kernels on CPU).
+    """
+
+    kind: str
+    variant: str | None
+    parent: str
+    fix: Mapping[str, Any]
+    status: str
+    reason: str | None = None
+    agreement_pct: float | None = None
+    n: int | None = None
+    mean_kl: float | None = None
+    size_bytes: int | None = None
+    p50_ms: float | None = None
+    latency_runs: int | None = None
+    integer_only: bool | None = None
+    meets_bar: bool | None = None
+    note: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> FixCandidate:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            f.name: _jsonable(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if not (f.name in ("reason", "note") and getattr(self, f.name) is None)
+        }
+
+
+@dataclass(frozen=True)
+class FixSearch(_MappingView):
+    """The fix ladder's search for one variant (its entry's `auto_fix.search`).
+
+    Candidates were selected on `selected_rows` (row positions of samples.csv, a seeded split
+    of the evaluation images) and the chosen one is judged on the other rows only
+    (`held_out_rows`). `budget` counts candidate evaluations; `truncated` says the budget ran
+    out before the ladder did. `pareto` names the measured candidates no other beats on
+    agreement, size, p50 latency and integer-only at once. `chosen` is the variant the search
+    derived (the cheapest rung meeting the bar, else the best so far when it beats the parent
+    on the same images, `parent_agreement_pct`: `chosen_meets_bar` says which).
+    """
+
+    seed: int
+    selected_rows: tuple[int, ...]
+    held_out_rows: tuple[int, ...]
+    budget: int
+    evaluations: int
+    truncated: bool
+    integer_only_required: bool
+    candidates: tuple[FixCandidate, ...]
+    pareto: tuple[str, ...]
+    chosen: str | None
+    chosen_meets_bar: bool
+    parent_agreement_pct: float | None = None  # the parent on the same selection images
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> FixSearch:
+        return cls(
+            seed=int(d["seed"]),
+            selected_rows=tuple(int(x) for x in d.get("selected_rows") or ()),
+            held_out_rows=tuple(int(x) for x in d.get("held_out_rows") or ()),
+            budget=int(d["budget"]),
+            evaluations=int(d["evaluations"]),
+            truncated=bool(d["truncated"]),
+            integer_only_required=bool(d.get("integer_only_required")),
+            candidates=tuple(FixCandidate.from_dict(c) for c in d.get("candidates") or ()),
+            pareto=tuple(str(x) for x in d.get("pareto") or ()),
+            chosen=d.get("chosen"),
+            chosen_meets_bar=bool(d.get("chosen_meets_bar")),
+            parent_agreement_pct=d.get("parent_agreement_pct"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "selected_rows": list(self.selected_rows),
+            "held_out_rows": list(self.held_out_rows),
+            "budget": self.budget,
+            "evaluations": self.evaluations,
+            "truncated": self.truncated,
+            "integer_only_required": self.integer_only_required,
+            "candidates": [c.to_dict() for c in self.candidates],
+            "pareto": list(self.pareto),
+            "chosen": self.chosen,
+            "chosen_meets_bar": self.chosen_meets_bar,
+            "parent_agreement_pct": self.parent_agreement_pct,
+        }
+
+
+@dataclass(frozen=True)
+class HeldOutJudgement(_MappingView):
+    """A derived variant judged on the images its search did not see (its entry's
+    `judged_on_held_out`): the verdict `passed` follows this, not the all-image agreement."""
+
+    n: int
+    agreeing: int
+    top1_agreement_pct: float
+    top1_agreement_ci95: tuple[float, float]
+    passed: bool
+    rows: str = "held out from the fix search (auto_fix.search.held_out_rows of the parent)"
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> HeldOutJudgement:
+        low, high = d["top1_agreement_ci95"]
+        return cls(
+            n=int(d["n"]),
+            agreeing=int(d["agreeing"]),
+            top1_agreement_pct=float(d["top1_agreement_pct"]),
+            top1_agreement_ci95=(float(low), float(high)),
+            passed=bool(d["passed"]),
+            rows=str(d.get("rows") or ""),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "n": self.n,
+            "agreeing": self.agreeing,
+            "top1_agreement_pct": self.top1_agreement_pct,
+            "top1_agreement_ci95": list(self.top1_agreement_ci95),
+            "passed": self.passed,
+            "rows": self.rows,
+        }
+
+
 # -- a variant ---------------------------------------------------------------------------------
 
 
@@ -445,6 +668,27 @@ class Variant(_MappingView):
     @property
     def is_pivot(self) -> bool:
         return self.identity.is_pivot
+
+    @property
+    def causes(self) -> VariantCauses | None:
+        """The root causes its diagnosis named (`diagnosis.causes`); None when it was not
+        diagnosed, or diagnosed before causes were named."""
+        diagnosis = self.extra.get("diagnosis")
+        if not isinstance(diagnosis, Mapping) or "causes" not in diagnosis:
+            return None
+        return VariantCauses.from_dict(diagnosis)
+
+    @property
+    def fix_search(self) -> FixSearch | None:
+        """The fix ladder's search when auto-fix ran on this variant (`auto_fix.search`)."""
+        search = (self.extra.get("auto_fix") or {}).get("search")
+        return FixSearch.from_dict(search) if isinstance(search, Mapping) else None
+
+    @property
+    def held_out(self) -> HeldOutJudgement | None:
+        """A derived variant's judgement on the images its search did not see."""
+        value = self.extra.get("judged_on_held_out")
+        return HeldOutJudgement.from_dict(value) if isinstance(value, Mapping) else None
 
     def with_result(self, **changes: Any) -> Variant:
         """A copy with some result fields changed (the object itself is frozen)."""

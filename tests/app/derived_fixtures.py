@@ -2,7 +2,8 @@
 added by `--auto-fix`, one added by a re-score (`python -m core rescore`).
 
 Built once per test session with the real engine on tests/core's outlier model (int8 fails
-there, and keeping its two damaged layers in float fixes it), in about half a minute.
+there; 16-bit activations for its two damaged layers, the ladder's cheapest rung that applies
+to this SavedModel, fix it), in about half a minute.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from tests.core.test_cli import run_cli
 from tests.core.test_selective import _write_images
 
 KEEP_FLOAT = "int8:keep=wide"  # named in --modes
-AUTO_FIX = "int8:keep=mix+wide"  # what --auto-fix derives (the outlier conv and its reader)
+AUTO_FIX = "int8_q:int16=mix+wide"  # what --auto-fix derives (the outlier conv and its reader)
 RESCORED = "int8:keep=mix"  # what the re-score adds
 _BUILT: dict[str, Path] = {}
 

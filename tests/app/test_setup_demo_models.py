@@ -16,7 +16,7 @@ import pytest
 
 from core.engine.demo import write_digit_images
 from core.inputs.demo import DemoPaths, demo_paths, mobilenet_demo_paths
-from core.jobs import protocol
+from core.runfolder import protocol
 from tests.app.conftest import OpenPage
 from tests.app.expected import contains_escaped
 from ui import keys

@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.engine.selective import Measurement, greedy_fix, sensitivity_scan
+from core.engine.fixes.keep_float import Measurement, greedy_fix, sensitivity_scan
 from core.errors import ConversionFailed
 from core.reporting.report import chosen_step
 from tests.core.test_cli import run_cli
 from tests.core.test_cli_quantizer import _inputs, _reference_probs, _tflite_probs
-from tests.core.test_selective import _of, _ops, _write_images
+from tests.core.test_selective import _write_images
 
 # -- the search itself, on scripted measurements ------------------------------------------------
 
@@ -170,16 +170,41 @@ def test_sensitivity_ranks_by_measured_error_and_keeps_the_statistics_rank() -> 
     assert [(m["layer"], m["stat_rank"]) for m in ranked] == [("b", 3), ("c", 4), ("a", 1)]
 
 
-def test_sensitivity_scan_respects_its_time_budget() -> None:
-    make, evaluate = _scripted({})
-    ranked = sensitivity_scan(
-        make,  # type: ignore[arg-type]
-        evaluate,  # type: ignore[arg-type]
-        ["a", "b", "c"],
-        progress=lambda f, m: None,
-        budget_s=-1.0,
-    )
-    assert ranked == []
+def test_the_search_budget_counts_evaluations_and_the_split_is_seeded() -> None:
+    """The fix search's budget is a number of candidate evaluations (a slow machine measures
+    the same candidates), and its split of the images is disjoint, complete and seeded."""
+    from core.engine.fixes.search import Budget, split_rows
+
+    budget = Budget(2)
+    assert [budget.take() for _ in range(3)] == [True, True, False]
+    assert budget.truncated and budget.used == 2
+    split = split_rows(64, 0)
+    assert split == split_rows(64, 0) and split != split_rows(64, 1)
+    assert len(split.selected) == 32 and not set(split.selected) & set(split.held_out)
+    assert sorted(split.selected + split.held_out) == list(range(64))
+
+
+def test_the_cheapest_rung_that_meets_the_bar_is_chosen_and_pareto_keeps_the_rest() -> None:
+    from core.engine.fixes.search import choose, pareto
+    from core.reporting.runmodel import FixCandidate
+
+    def c(kind: str, name: str, pct: float, size: int, ms: float, io: bool) -> FixCandidate:
+        return FixCandidate(
+            kind=kind, variant=name, parent="int8", fix={"kind": kind}, status="measured",
+            agreement_pct=pct, n=32, size_bytes=size, p50_ms=ms, integer_only=io,
+            meets_bar=pct >= 95,
+        )  # fmt: skip
+
+    eq = c("equalize", "int8:eq", 96.0, 100, 1.0, True)
+    i16 = c("int16_activations", "int8_q:int16=a", 99.0, 103, 9.0, True)
+    kf = c("keep_float", "int8:keep=a", 100.0, 140, 1.5, False)
+    worse = c("keep_float", "int8:keep=b", 90.0, 150, 2.0, False)
+    assert choose([eq, i16, kf, worse], integer_only=False) == (eq, True)
+    assert choose([kf], integer_only=True) == (None, False)
+    # Nothing meets the bar: the best so far, only when it beats the parent on those images.
+    assert choose([worse], integer_only=False, parent_pct=80.0) == (worse, False)
+    assert choose([worse], integer_only=False, parent_pct=90.0) == (None, False)
+    assert set(pareto([eq, i16, kf, worse])) == {"int8:eq", "int8_q:int16=a", "int8:keep=a"}
 
 
 # -- end to end on a model int8 really breaks ---------------------------------------------------
@@ -247,25 +272,32 @@ def test_auto_fix_stops_at_the_threshold_with_a_variant_that_reproduces(tmp_path
     kept = [s for s in steps if s["kept"]]
     assert [len(s["layers"]) for s in kept] == list(range(1, len(kept) + 1))
     assert all(b["agreement_pct"] >= a["agreement_pct"] for a, b in itertools.pairwise(kept))
-    assert all(s["n"] == 24 and s["size_bytes"] > 0 and s["mean_kl"] >= 0 for s in steps)
+    # Measured on the search's half of the 24 images only.
+    assert len(fix["search"]["selected_rows"]) == 12
+    assert all(s["n"] == 12 and s["size_bytes"] > 0 and s["mean_kl"] >= 0 for s in steps)
     # Both rankings are there: the measured order and each layer's rank by the statistics.
     assert {m["layer"] for m in fix["sensitivity"]} >= {"wide", "mix"}
     assert all(m["stat_rank"] >= 1 for m in fix["sensitivity"])
-    # The derived variant: named by its layers, with parent and float_layers, and real.
+    # A SavedModel has no Keras layers to equalize: that rung is skipped with its reason.
+    search = fix["search"]
+    equalize = search["candidates"][0]
+    assert equalize["kind"] == "equalize" and equalize["status"] == "skipped"
+    assert "SavedModel" in equalize["reason"]
+    # The derived variant is the cheapest rung that met the bar on the search's images, real.
     derived = by_name[fix["variant"]]
-    assert derived["parent"] == "int8" and derived["float_layers"] == steps[-1]["layers"]
-    assert {"wide", "mix"} <= set(derived["float_layers"])
+    chosen = next(c for c in search["candidates"] if c["variant"] == fix["variant"])
+    before = search["candidates"][: search["candidates"].index(chosen)]
+    assert chosen["meets_bar"] and not any(c.get("meets_bar") for c in before)
+    assert derived["parent"] == "int8" and derived["size_bytes"] == chosen["size_bytes"]
     assert derived["status"] == "done" and derived["latency_ms"]["n"] == 3
-    assert derived["passed"] is True and done.returncode == 1  # the parent still fails
+    assert derived["passed"] is derived["judged_on_held_out"]["passed"]
+    assert done.returncode == 1  # the parent still fails
     images = _inputs(data)
     ref = _reference_probs(model, images).argmax(axis=1)
     for name in ("int8", derived["name"]):
         tfl = _tflite_probs(out / f"{by_name[name]['file_id']}.tflite", images).argmax(axis=1)
         assert by_name[name]["top1_agreement_pct"] == pytest.approx(100 * np.mean(ref == tfl))
     assert derived["top1_agreement_pct"] > parent["top1_agreement_pct"]
-    assert derived["size_bytes"] == steps[-1]["size_bytes"]
-    ops = _ops((out / f"{derived['file_id']}.tflite").read_bytes())
-    assert [o for o, _ in _of(ops, "CONV_2D", "wide_1")] == ["FLOAT32"]
     assert "--auto-fix=4" in report["run"]["command"]
 
 
@@ -309,20 +341,22 @@ def test_auto_fix_on_a_variant_that_meets_the_bar_says_there_is_nothing_to_fix(
 
 @pytest.mark.slow
 def test_a_variant_auto_fix_added_survives_a_worker_restart(tmp_path: Path) -> None:
-    """int8's fix is added and evaluated, then int8_q's fix crashes its worker (an injected
-    segfault); the restarted worker still counts int8's fix as part of the job and times it."""
+    """int8's fix is added and evaluated, then int8-float32's fix crashes its worker (an
+    injected segfault); the restarted worker still counts int8's fix as part of the job and
+    times it."""
     model = build_outlier_model(tmp_path / "outlier")
     data = _write_images(tmp_path / "data")
     out = tmp_path / "out"
-    # The name the greedy search reaches on this model and data (measured once, deterministic).
-    crashing = "int8_q:keep=mix+pool+wide"
+    # The rung the ladder reaches on this model and data (measured once, deterministic): 16-bit
+    # activations for the outlier chain, on the quantizer, with the parent's float I/O.
+    crashing = "int8-float32_q:int16=mix+wide"
     run_cli(
         "run",
         str(model),
         "--data",
         str(data),
         "--modes",
-        "int8,int8_q",
+        "int8,int8-float32",
         "--auto-fix=4",
         "--preprocess",
         "unit",

@@ -143,7 +143,7 @@ def test_ray_sweep_outcomes_are_recorded_as_the_local_loop_records_them() -> Non
     the local engine stops that mode at the failing point."""
     import numpy as np
 
-    from core.engine.selective import Measurement
+    from core.engine.fixes.keep_float import Measurement
     from core.engine.stages.sweep import SweepPoint, record_in_order
     from core.types import Mode
 

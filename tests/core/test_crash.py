@@ -1,7 +1,7 @@
 """core.jobs.crash: a dead worker's crash is blamed on the right variant and step.
 
 The dumps here are real: a child process enables faulthandler, marks a conversion through
-core.jobs.protocol on a second thread, and segfaults on one of its two threads. The converting
+core.runfolder.protocol on a second thread, and segfaults on one of its two threads. The converting
 function's name is deliberately not the engine's: the blame must follow the marker's thread.
 """
 
@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from core.inputs import rundir
-from core.jobs import protocol
 from core.jobs.crash import crash_site, describe_exit, faulting_thread, stderr_tail
+from core.runfolder import protocol
 from core.types import ProgressEvent, RunStatus
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 _CRASHING_WORKER = """
 import faulthandler, signal, sys, threading, time
 from pathlib import Path
-from core.jobs import protocol
+from core.runfolder import protocol
 
 faulthandler.enable()
 run_dir, crash_on = Path(sys.argv[1]), sys.argv[2]

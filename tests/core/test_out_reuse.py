@@ -47,7 +47,7 @@ def test_a_reused_folder_loses_the_earlier_runs_files_and_row_only(
 
 
 def test_every_hidden_file_the_worker_writes_is_known_to_the_clearing() -> None:
-    from core.jobs import protocol
+    from core.runfolder import protocol
 
     hidden = {
         protocol.WORKER_TMP,

@@ -25,7 +25,7 @@ from core.engine.stages.decode import (
 )
 from core.engine.stages.files import DecodedCache
 from core.engine.stages.start import drop_labels_outside, reproduce_command
-from core.jobs.protocol import DECODED_CACHE
+from core.runfolder.protocol import DECODED_CACHE
 from core.types import Dataset, JobSpec, Preset, Sample, SkippedSample
 
 
@@ -219,6 +219,9 @@ def test_reproduce_command_round_trips_through_the_cli_parser(tmp_path: Path) ->
         calibration_data=str(folder),  # a separate calibration set (issue 13)
         calibration_sweep=(10, 50),
         sweep_seeds=2,
+        auto_fix=3,
+        fix="integer-only",  # the fix ladder's options (core.engine.fixes)
+        fix_budget=9,
     )
     argv = shlex.split(reproduce_command(job))
     assert argv[:3] == ["python", "-m", "core"]
@@ -367,7 +370,7 @@ def test_a_restarted_worker_keeps_the_reference_decision(
 ) -> None:
     """After a crash, the next worker reads the decision back with the reference's outputs."""
     from core.inputs import rundir
-    from core.jobs.protocol import DECODE_STATE
+    from core.runfolder.protocol import DECODE_STATE
     from core.types import ProgressEvent
 
     class Crash(Exception):

@@ -9,7 +9,7 @@ import random
 from pathlib import Path
 
 from core.inputs import rundir
-from core.jobs.progress import ProgressReader, ThrottledProgress, read_progress
+from core.runfolder.progress import ProgressReader, ThrottledProgress, read_progress
 from core.types import ProgressEvent
 
 

@@ -137,7 +137,7 @@ def test_unknown_layer_fails_that_variant_with_the_nearest_names(
 
 
 def test_keep_float_derives_a_variant_per_parent_that_can_keep() -> None:
-    from core.cli import with_keep_float
+    from core.options import with_keep_float
 
     derived = with_keep_float(("float16", "int8", "int8_q", "float32"), "dense, conv2d")
     assert derived == (

@@ -20,7 +20,7 @@ from core.engine.stages.evaluate import (
 from core.engine.stages.reference import run_reference
 from core.engine.stages.start import open_run
 from core.inputs import rundir
-from core.jobs.protocol import DECODE_STATE, DECODED_CACHE, REFERENCE_OUTPUTS
+from core.runfolder.protocol import DECODE_STATE, DECODED_CACHE, REFERENCE_OUTPUTS
 from core.types import JobSpec, Preset, ProgressEvent, VariantSpec
 
 pytestmark = pytest.mark.slow

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from core.errors import QuantLensError, UnsupportedModel
-from core.history import cleanup
+from core.history import cleanup, stale_uploads
 from core.history.store import open_store
 from core.inputs import uploads
 from core.types import JobSpec, RunStatus
@@ -84,7 +84,7 @@ def test_stale_uploads_are_removed_and_those_runs_need_are_kept(tmp_path: Path) 
         _age(upload.parent, 48)
     _age(fresh.parent, 1)
 
-    removed = uploads.clean_workspace_uploads(home=home)
+    removed = stale_uploads.clean_workspace_uploads(home=home)
 
     assert sorted(removed) == sorted([orphan.parent, idle.parent])
     assert used.is_file() and fresh.is_file()  # a run still points at one; one is new
@@ -98,7 +98,7 @@ def test_an_upload_holding_a_runs_model_folder_is_kept(tmp_path: Path) -> None:
     saved_model.mkdir(parents=True)
     _stored_run(home, "r1", model=str(saved_model), data=str(home / "demo" / "d.csv"))
     _age(archive.parent, 100)
-    assert uploads.clean_workspace_uploads(home=home) == []
+    assert stale_uploads.clean_workspace_uploads(home=home) == []
     assert (saved_model).is_dir()
 
 
@@ -107,7 +107,7 @@ def test_an_unreadable_store_removes_nothing(tmp_path: Path) -> None:
     idle = uploads.save_upload(b"old", "old.zip", home=home)
     _age(idle.parent, 100)
     (home / "quantlens.db").mkdir()  # a folder where the database should be: cannot open
-    assert uploads.clean_workspace_uploads(home=home) == []
+    assert stale_uploads.clean_workspace_uploads(home=home) == []
     assert idle.is_file()
 
 
@@ -120,7 +120,7 @@ def test_an_upload_whose_run_folder_still_exists_is_kept_without_a_store_row(
     uploads.bind_to_run([str(upload)], "r-folder", home=home)
     (home / "runs" / "r-folder").mkdir(parents=True)
     _age(upload.parent, 100)
-    assert uploads.clean_workspace_uploads(home=home) == []
+    assert stale_uploads.clean_workspace_uploads(home=home) == []
     assert upload.is_file()
 
 

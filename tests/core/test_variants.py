@@ -159,3 +159,20 @@ def test_importing_the_quantizer_backend_loads_no_framework() -> None:
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == ""
+
+
+def test_an_equalized_variant_is_named_parsed_and_filed_apart_from_its_parent() -> None:
+    """`int8:eq` is the int8 model made from the cross-layer equalized Keras model: its name
+    round-trips, it derives from int8, its files do not overwrite int8's, and a mode that does
+    not quantize activations refuses it in one line."""
+    from core.errors import QuantLensError
+    from core.reporting.report import parent_name
+    from core.types import VariantSpec
+
+    spec = VariantSpec.parse("int8:keep=b+a:eq")
+    assert spec.equalized and spec.name == "int8:eq:keep=a+b"
+    assert VariantSpec.parse(spec.name) == spec
+    assert parent_name(spec) == "int8" and spec.file_id != "int8"
+    assert VariantSpec.parse("int8_q:eq").name == "int8_q:eq"
+    with pytest.raises(QuantLensError, match="use :eq with int8"):
+        VariantSpec.parse("float16:eq")

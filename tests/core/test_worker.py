@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from core.inputs import rundir
-from core.jobs.protocol import MEMORY_LIMIT_ENV, write_status
 from core.jobs.worker import progress_writer
+from core.runfolder.protocol import MEMORY_LIMIT_ENV, write_status
 from core.types import ProgressEvent, RunStatus
 
 REPO = Path(__file__).resolve().parents[2]

@@ -24,7 +24,7 @@ from core.engine.stages.context import RunContext
 from core.engine.stages.decode import first_images
 from core.engine.stages.reference import ReferenceOutputs
 from core.inputs import rundir
-from core.jobs.protocol import EXIT_OOM, clear_converting, mark_converting
+from core.runfolder.protocol import EXIT_OOM, clear_converting, mark_converting
 from core.types import NEEDS_CALIBRATION, VariantSpec
 
 

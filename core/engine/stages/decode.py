@@ -20,7 +20,7 @@ from core.engine.faults import maybe_inject
 from core.engine.stages.context import RunContext
 from core.engine.stages.files import BATCH, DecodedCache, write_csv
 from core.inputs import rundir
-from core.jobs.protocol import DECODED_CACHE
+from core.runfolder.protocol import DECODED_CACHE
 from core.types import NEEDS_CALIBRATION, Dataset, JobSpec, Sample, SkippedSample, VariantSpec
 
 # calibration.csv: the images the run's variants were calibrated with.

@@ -13,30 +13,25 @@ and the derived variant is evaluated on the cluster (stages.ray_evaluate).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from concurrent.futures import Future
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from core.engine.convert import PROBE_IMAGES, ConversionResult
 from core.engine.stages.context import RunContext
-from core.engine.stages.convert import Conversion, convert_in_background
-from core.engine.stages.decode import first_images
-from core.engine.stages.evaluate import run_evaluation, written_agreement
+from core.engine.stages.evaluate import written_agreement
 from core.engine.stages.files import DecodedCache
 from core.engine.stages.reference import ReferenceOutputs
-from core.errors import ConversionFailed, QuantLensError
+from core.errors import QuantLensError
 from core.inputs import rundir
-from core.jobs.protocol import DECODED_CACHE
-from core.types import NEEDS_CALIBRATION, JobSpec, Mode, Sample, VariantSpec
+from core.runfolder.protocol import DECODED_CACHE
+from core.types import Mode, Sample, VariantSpec
 
 if TYPE_CHECKING:
-    from core.engine.selective import Measurement
+    from core.engine.fixes.keep_float import Measurement
+    from core.engine.models import ReferenceModel
 
-DERIVED_BY_AUTO_FIX = "auto-fix"  # a variant entry's `derived_by`: added by --auto-fix
 DIAGNOSIS_THREADS = 2  # quantizer variants diagnosed at once (the machines here have 2 cores)
 
 
@@ -110,9 +105,12 @@ def _diagnosis(
     assert reference.calibration is not None  # checked by both callers
     name = spec.name
     flipped = images_at(run, reference, np.flatnonzero(~written_agreement(run, spec)))
+    model = run.model
     try:
+        if spec.equalized:  # compared with the equalized float model its tensors come from
+            model, float_model = equalized_models(run, reference.calibration)
         summary = diagnose_variant(
-            run.model,
+            model,
             spec,
             rundir.tflite_path(run.run_dir, spec).read_bytes(),
             float_tflite=float_model,
@@ -126,7 +124,58 @@ def _diagnosis(
         return _Diagnosis(None, [f"no per-layer diagnosis: {_first_line(exc)}"])
     details, warning = write_layer_details(run, spec, flipped, reference.calibration, float_model)
     summary["details"] = details
-    return _Diagnosis(summary, [warning] if warning else [])
+    warnings = [warning] if warning else []
+    causes, cause_warning = root_causes(
+        run, spec, summary, flipped, reference.calibration, float_model
+    )
+    summary.update(causes)
+    warnings += [cause_warning] if cause_warning else []
+    return _Diagnosis(summary, warnings)
+
+
+def equalized_models(run: RunContext, calibration: np.ndarray) -> tuple[ReferenceModel, bytes]:
+    """The equalized reference model of an `:eq` variant and its float32 `.tflite`: what its
+    per-layer error and root causes are measured against (the original's tensors are scaled
+    per channel differently)."""
+    from core.engine.backends import tflite_from_reference
+    from core.engine.fixes.equalize_rung import equalized_reference, equalized_sha
+
+    equalized = equalized_reference(run.model, calibration).reference
+    float32 = tflite_from_reference(
+        equalized,
+        VariantSpec(mode=Mode.FLOAT32),
+        model_sha256=equalized_sha(run.model_sha, calibration),
+        cache_dir=run.cache_dir,
+    ).tflite
+    return equalized, float32
+
+
+def root_causes(
+    run: RunContext,
+    spec: VariantSpec,
+    summary: dict[str, Any],
+    flipped: np.ndarray,
+    calibration: np.ndarray,
+    float_model: bytes,
+) -> tuple[dict[str, Any], str | None]:
+    """The variant's root causes in words (core.engine.causes) for its diagnosis's suspects,
+    measured on the calibration images and the flipped ones (the calibration images when it
+    flipped none), as the typed `diagnosis.causes`; or nothing and a warning."""
+    from core.engine.causes import find_causes
+    from core.reporting.runmodel import VariantCauses
+
+    run.emit("diagnose", 0.95, f"{spec.name}: root causes", spec.name)
+    try:
+        found = find_causes(
+            float_model,
+            rundir.tflite_path(run.run_dir, spec).read_bytes(),
+            calibration=calibration,
+            evaluated=flipped if len(flipped) else calibration,
+            suspects=[s["layer"] for s in summary.get("suspects") or ()],
+        )
+    except (QuantLensError, ValueError, RuntimeError, OSError) as exc:
+        return {}, f"no root causes: {_first_line(exc)}"
+    return VariantCauses.from_dict(found.to_dict()).to_dict(), None
 
 
 def _record(run: RunContext, spec: VariantSpec, found: _Diagnosis) -> None:
@@ -179,324 +228,19 @@ def write_layer_details(
     return target.name, None
 
 
-def auto_fix(run: RunContext, reference: ReferenceOutputs) -> RunContext:
-    """`--auto-fix K`: each judged variant below the bar that can keep layers in float gets a
-    measured sensitivity scan, a greedy fix, and the result as a derived variant.
-
-    Returns the context with the derived variants among its specs, so the time stage times them.
-    """
-    if not run.job.auto_fix:
-        return run
-    _note_nothing_to_fix(run)
-    todo = [s for s in run.specs if auto_fix_applies(s, run.report.variant(s.name), run.job)]
-    if not todo:
-        return run
-    with _cluster_session(run):  # on --engine ray, one session for every scan and fix
-        for spec in todo:
-            derived = _auto_fix_variant(run, reference, spec)
-            if derived is not None:
-                run = replace(run, specs=(*run.specs, derived))
-                _convert_and_evaluate(run, reference, derived)
-    return run
-
-
-def _cluster_session(run: RunContext) -> AbstractContextManager[object]:
-    if run.job.engine != "ray":
-        return nullcontext()
-    from core.engine import ray_engine
-
-    return ray_engine.job_session(run.job)
-
-
-def auto_fix_applies(spec: VariantSpec, entry: dict[str, Any], job: JobSpec) -> bool:
-    """Whether `--auto-fix` works on this variant: a finished, judged variant without overrides,
-    below the bar (not for want of a verdict), on a mode that can keep layers in float."""
-    return _fixable(spec, entry) and not _entry_meets_bar(entry, job)
-
-
-def _fixable(spec: VariantSpec, entry: dict[str, Any]) -> bool:
-    """A finished, judged variant the user selected, without overrides, not fixed yet, on a mode
-    that can keep layers in float."""
-    from core.reporting.report import ROLE_SELECTED
-
-    if spec.float_layers or spec.int16_layers or entry.get("auto_fix") is not None:
-        return False
-    if entry.get("role") != ROLE_SELECTED or entry.get("status") != "done":
-        return False
-    if entry.get("verdict_reason") or entry.get("top1_agreement_pct") is None:
-        return False
-    try:
-        replace(spec, float_layers=("any",)).check()
-    except QuantLensError:
-        return False
-    return True
-
-
-def _entry_meets_bar(entry: dict[str, Any], job: JobSpec) -> bool:
-    from core.reporting.report import meets_threshold
-
-    return meets_threshold(
-        entry["top1_agreement_pct"],
-        entry.get("top1_agreement_ci95"),
-        job.min_agreement_pct,
-        job.verdict,
-    )
-
-
-def _note_nothing_to_fix(run: RunContext) -> None:
-    """`--auto-fix` on a variant that already meets the bar says so instead of staying silent
-    (report.json's `auto_fix.nothing_to_fix`, which the CLI prints)."""
-    from core.reporting.report import VERDICT_LOWER_BOUND
-
-    noted = False
-    for spec in run.specs:
-        entry = run.report.variant(spec.name)
-        if _fixable(spec, entry) and _entry_meets_bar(entry, run.job):
-            bound = " (lower 95 % bound)" if run.job.verdict == VERDICT_LOWER_BOUND else ""
-            entry["auto_fix"] = {
-                "nothing_to_fix": f"{spec.name} meets {run.job.min_agreement_pct:g} %{bound}, "
-                "nothing to fix"
-            }
-            noted = True
-    if noted:
-        run.report.save()
-
-
-def _auto_fix_variant(
-    run: RunContext, reference: ReferenceOutputs, spec: VariantSpec
-) -> VariantSpec | None:
-    """Scan and fix one variant; records `auto_fix` on its entry and, when the fix is a new
-    variant, adds its pending entry to report.json and returns its spec."""
-    from core.engine import selective
-    from core.engine.diagnose import LAYERS_SUFFIX, statistic_ranks
-    from core.reporting.report import ROLE_SELECTED, chosen_step, pending_variant
-
-    name = spec.name
-    entry = run.report.variant(name)
-    table = rundir.variant_file(run.run_dir, spec, LAYERS_SUFFIX)
-    if not table.is_file() or reference.calibration is None:
-        entry["auto_fix"] = {"error": "no per-layer statistics to propose candidates from"}
-        run.report.save()
-        return None
-
-    def progress(fraction: float, message: str) -> None:
-        run.emit("auto-fix", fraction, f"{name}: {message}", name)
-
-    ranks = statistic_ranks(table)  # the Layers page's ranking, recorded as `stat_rank`
-    candidates = list(ranks)[: selective.SCAN_CANDIDATES]
-    search = _search_on_ray if run.job.engine == "ray" else _search_here
-    try:
-        scan, steps = search(run, reference, spec, candidates, ranks, progress)
-    except QuantLensError as exc:
-        entry["auto_fix"] = {"error": str(exc)}
-        run.report.save()
-        return None
-    chosen = chosen_step(steps)
-    derived = None if chosen is None else replace(spec, float_layers=tuple(chosen["layers"]))
-    entry["auto_fix"] = {
-        "candidates_by": f"the per-layer statistics ({table.name})",
-        "ranked_by": "measured mean KL with one layer in float, then agreement",
-        "search": "each ranked layer added in turn and kept unless agreement falls (or holds "
-        "with a higher mean KL) on every evaluated image",
-        "scan_images": min(selective.SCAN_IMAGES, len(reference)),
-        "sensitivity": scan,
-        "steps": steps,
-        "variant": None if derived is None else derived.name,
-    }
-    if derived is None or any(v["name"] == derived.name for v in run.report.data["variants"]):
-        run.report.save()
-        return None
-    # Saved before any work on it: a restarted worker re-adds it to the job (stages.start).
-    run.report.data["variants"].append(
-        {**pending_variant(derived, role=ROLE_SELECTED), "derived_by": DERIVED_BY_AUTO_FIX}
-    )
-    run.report.save()
-    return derived
-
-
-Progress = Callable[[float, str], None]
-Search = tuple[list[dict[str, Any]], list[dict[str, Any]]]  # (sensitivity scan, greedy steps)
-
-
-def _search_here(
-    run: RunContext,
-    reference: ReferenceOutputs,
-    spec: VariantSpec,
-    candidates: list[str],
-    ranks: dict[str, int],
-    progress: Progress,
-) -> Search:
-    """The scan and the greedy fix on this machine, on the decoded-image cache."""
-    from core.engine import selective
-
-    assert reference.calibration is not None  # checked by the caller
-    make = selective.keep_float_maker(
-        run.model,
-        spec,
-        calibration=reference.calibration,
-        route=run.report.variant(spec.name).get("conversion_route") or "",
-        float_tflite=float_tflite(run),
-    )
-    scan = selective.sensitivity_scan(
-        make,
-        lambda t: measure_tflite(run, reference, t, limit=selective.SCAN_IMAGES),
-        candidates,
-        progress=progress,
-        stat_ranks=ranks,
-    )
-    steps = selective.greedy_fix(
-        make,
-        lambda t: measure_tflite(run, reference, t, limit=None),
-        [m["layer"] for m in scan],
-        parent=parent_measurement(run.report.variant(spec.name)),
-        max_layers=int(run.job.auto_fix or 0),
-        meets=lambda m: _meets_bar(run.job, m),
-        progress=progress,
-    )
-    return scan, steps
-
-
-def _search_on_ray(
-    run: RunContext,
-    reference: ReferenceOutputs,
-    spec: VariantSpec,
-    candidates: list[str],
-    ranks: dict[str, int],
-    progress: Progress,
-) -> Search:
-    """The same scan and greedy fix, each candidate made and run as a Ray task.
-
-    The scan's candidates run side by side. The greedy fix's steps run one after another (each
-    step's layers depend on whether the previous one was kept), each as a Ray task. The head
-    ranks and picks with selective's own functions, the measurements computed as
-    measure_tflite does. The scan has no time budget here: it runs in parallel.
-    """
-    from core.engine import ray_engine, selective
-    from core.engine.stages.ray_evaluate import reference_source
-
-    assert reference.calibration is not None  # checked by the caller
-    source = ray_engine.KeepFloatSource(
-        reference=reference_source(run),
-        spec=spec,
-        route=run.report.variant(spec.name).get("conversion_route") or "",
-        calibration=reference.calibration,
-        float_tflite=float_tflite(run),
-    )
-    rows = row_samples(run, reference)
-
-    def measured_on(
-        count: int, layer_sets: list[tuple[str, ...]]
-    ) -> Callable[[bytes], Measurement]:
-        found = ray_engine.keep_float_candidates(
-            source,
-            layer_sets,
-            rows[:count],
-            preset=run.job.preset,
-            image_shape=run.image_shape,
-            address=run.job.ray_address,
-        )
-        by_key = {_key(c.layers): c for c in found}
-
-        def lookup(key: bytes) -> Measurement:
-            candidate = by_key[key]
-            if candidate.outputs is None:
-                raise ConversionFailed(candidate.error or "the candidate could not be made")
-            return measurement(reference, candidate.outputs, candidate.size_bytes)
-
-        return lookup
-
-    progress(0.0, f"sensitivity: {len(candidates)} layers, one at a time, as Ray tasks")
-    scan_images = min(selective.SCAN_IMAGES, len(rows))
-    scan = selective.sensitivity_scan(
-        _key,
-        measured_on(scan_images, [(layer,) for layer in candidates]),
-        candidates,
-        progress=progress,
-        budget_s=float("inf"),
-        stat_ranks=ranks,
-    )
-    ranked = [m["layer"] for m in scan]
-    progress(0.5, "auto-fix: each step as a Ray task")
-
-    def one_step(key: bytes) -> Measurement:
-        return measured_on(len(rows), [tuple(key.decode().split("\n"))])(key)
-
-    steps = selective.greedy_fix(
-        _key,
-        one_step,
-        ranked,
-        parent=parent_measurement(run.report.variant(spec.name)),
-        max_layers=int(run.job.auto_fix or 0),
-        meets=lambda m: _meets_bar(run.job, m),
-        progress=progress,
-    )
-    return scan, steps
-
-
-def _key(layers: tuple[str, ...]) -> bytes:
-    """A candidate's stand-in for its `.tflite` in selective's search (the task made it)."""
-    return "\n".join(sorted(layers)).encode()
-
-
-def _convert_and_evaluate(
-    run: RunContext,
-    reference: ReferenceOutputs,
-    spec: VariantSpec,
-) -> None:
-    """Convert a derived variant and evaluate it as the evaluate stage does any other, then
-    diagnose it."""
-    if run.job.engine == "ray":
-        from core.engine.stages.ray_evaluate import evaluate_added_on_ray
-
-        evaluate_added_on_ray(run, reference, row_samples(run, reference))
-        if needs_diagnosis(run, spec):
-            diagnose_finished(run, reference, spec)
-        return
-    calibration = reference.calibration if spec.mode in NEEDS_CALIBRATION else None
-    future: Future[ConversionResult] = Future()
-    try:
-        future.set_result(
-            convert_in_background(run, spec, calibration, first_images(run, PROBE_IMAGES))
-        )
-    except QuantLensError as exc:
-        future.set_exception(exc)
-    run_evaluation(run, reference, [Conversion(spec=spec, future=future)])
-    if needs_diagnosis(run, spec):
-        diagnose_finished(run, reference, spec)
-
-
-def _meets_bar(job: JobSpec, measured: Measurement) -> bool:
-    """The verdict rule of the job, applied to a measurement (its Wilson interval recomputed)."""
-    from core.metrics.agreement import wilson_interval
-    from core.reporting.report import meets_threshold
-
-    agreeing = round(measured.agreement_pct * measured.n / 100.0)
-    low, high = wilson_interval(agreeing, measured.n)
-    return meets_threshold(
-        measured.agreement_pct, (100.0 * low, 100.0 * high), job.min_agreement_pct, job.verdict
-    )
-
-
-def parent_measurement(entry: dict[str, Any]) -> Measurement:
-    """The parent variant as auto-fix's search starts from it: its own evaluation, which is the
-    measurement `measure_tflite(limit=None)` would repeat."""
-    from core.engine.selective import Measurement
-
-    kl = entry.get("mean_kl")
-    return Measurement(
-        agreement_pct=float(entry["top1_agreement_pct"]),
-        # No finite KL (NaN outputs): any candidate with one is better.
-        mean_kl=float(kl) if kl is not None and np.isfinite(kl) else float("inf"),
-        size_bytes=int(entry["size_bytes"]),
-        n=int(entry["n"]),
-    )
-
-
 def measure_tflite(
-    run: RunContext, reference: ReferenceOutputs, tflite: bytes, *, limit: int | None
+    run: RunContext,
+    reference: ReferenceOutputs,
+    tflite: bytes,
+    *,
+    limit: int | None = None,
+    rows: Sequence[int] | None = None,
 ) -> Measurement:
     """Agreement and mean KL of a model against the original on the first `limit` evaluation
-    images (all of them when None), read from the run's decoded-image cache."""
+    images (all of them when None), or on the images at row positions `rows`, read from the
+    run's decoded-image cache."""
+    if rows is not None:
+        return _measure_rows(run, reference, tflite, rows)
     from core.engine.runtime import TFLiteRunner, evaluation_batch
     from core.inputs.presets import apply_preset
 
@@ -515,14 +259,42 @@ def measure_tflite(
     return measurement(reference, np.concatenate(outputs), len(tflite))
 
 
-def measurement(reference: ReferenceOutputs, outputs: np.ndarray, size_bytes: int) -> Measurement:
-    """Agreement and mean KL of a model's raw outputs on the first len(outputs) rows."""
-    from core.engine.selective import Measurement
+def _measure_rows(
+    run: RunContext, reference: ReferenceOutputs, tflite: bytes, rows: Sequence[int]
+) -> Measurement:
+    from core.engine.runtime import TFLiteRunner, evaluation_batch
+    from core.inputs.presets import apply_preset
+
+    batch = evaluation_batch(int(np.prod(run.image_shape)))
+    model = TFLiteRunner(tflite, threads=run.threads, name="candidate", batch=batch)
+    cache = DecodedCache(run.run_dir / DECODED_CACHE, run.image_shape)
+    outputs = []
+    for start in range(0, len(rows), model.batch):
+        pixels = np.stack([cache.read(int(p)) for p in rows[start : start + model.batch]])
+        outputs.append(model.run_batch(apply_preset(pixels, run.job.preset)))
+    return measurement(reference, np.concatenate(outputs), len(tflite), rows=rows)
+
+
+def measurement(
+    reference: ReferenceOutputs,
+    outputs: np.ndarray,
+    size_bytes: int,
+    *,
+    rows: Sequence[int] | None = None,
+) -> Measurement:
+    """Agreement and mean KL of a model's raw outputs on the first len(outputs) rows, or on
+    the rows at positions `rows` (in that order)."""
+    from core.engine.fixes.keep_float import Measurement
     from core.metrics.agreement import sample_records, to_probabilities
 
     total = len(outputs)
     probs = to_probabilities(outputs, softmax=reference.softmax)
-    records = sample_records(reference.prob_rows(0, total), probs)
+    if rows is None:
+        expected = reference.prob_rows(0, total)
+    else:
+        stored = np.load(reference.probs_path, mmap_mode="r")
+        expected = np.asarray(stored[np.asarray(rows, dtype=np.int64)], dtype=np.float64)
+    records = sample_records(expected, probs)
     kl = records.kl[np.isfinite(records.kl)]
     return Measurement(
         agreement_pct=float(100.0 * records.agree.mean()),
@@ -557,7 +329,7 @@ def images_at(run: RunContext, reference: ReferenceOutputs, positions: np.ndarra
         return np.zeros((0, *run.image_shape), dtype=np.float32)
     if run.job.engine == "ray":
         rows = row_samples(run, reference)
-        pixels = np.stack([_decode(run, rows[p]) for p in chosen])
+        pixels = np.stack([decode_sample(run, rows[p]) for p in chosen])
     else:
         cache = DecodedCache(run.run_dir / DECODED_CACHE, run.image_shape)
         pixels = np.stack([cache.read(p) for p in chosen])
@@ -570,7 +342,7 @@ def row_samples(run: RunContext, reference: ReferenceOutputs) -> list[Sample]:
     return [by_index[i] for i in reference.sample_indices]
 
 
-def _decode(run: RunContext, sample: Sample) -> np.ndarray:
+def decode_sample(run: RunContext, sample: Sample) -> np.ndarray:
     from core.inputs.images import decode_image
 
     height, width, channels = run.image_shape

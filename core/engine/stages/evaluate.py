@@ -25,7 +25,6 @@ from core.engine.stages.files import BATCH, CsvAppender, DecodedCache, NpyAppend
 from core.engine.stages.reference import ReferenceOutputs, nonfinite_warning
 from core.errors import QuantLensError
 from core.inputs import rundir
-from core.jobs.protocol import DECODED_CACHE
 from core.metrics.agreement import (
     RECORD_COLUMNS,
     TOP_K,
@@ -39,6 +38,7 @@ from core.metrics.agreement import (
     to_probabilities,
     topk_hits,
 )
+from core.runfolder.protocol import DECODED_CACHE
 from core.types import Agreement, Mode, VariantSpec
 
 

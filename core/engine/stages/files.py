@@ -12,7 +12,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from core.inputs import rundir
-from core.jobs.protocol import SCRATCH_FILES
+from core.runfolder.protocol import SCRATCH_FILES
 
 BATCH = 32  # images per decode / reference step
 

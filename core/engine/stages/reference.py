@@ -28,13 +28,13 @@ from core.engine.stages.files import (
 )
 from core.errors import DatasetError
 from core.inputs import rundir
-from core.jobs.protocol import CALIBRATION_CACHE, DECODE_STATE, REFERENCE_OUTPUTS
 from core.metrics.agreement import (
     accuracy_baseline,
     outputs_are_probabilities,
     to_probabilities,
     top1,
 )
+from core.runfolder.protocol import CALIBRATION_CACHE, DECODE_STATE, REFERENCE_OUTPUTS
 from core.types import Sample, SkippedSample
 
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from core.engine.faults import maybe_inject
 from core.engine.stages.context import ProgressFn, ReportFile, RunContext, effective_threads, emit
 from core.inputs import rundir
+from core.options import reproduce_command
 from core.types import Dataset, JobSpec, RunStatus, SkippedSample, VariantSpec
 
 if TYPE_CHECKING:
@@ -315,67 +316,3 @@ def local_engine_info() -> dict[str, Any]:
 
     host = socket.gethostname()
     return {"name": "local", "address": None, "nodes": [host], "latency_node": host}
-
-
-def reproduce_command(job: JobSpec) -> str:
-    """The CLI command that reproduces this job."""
-    import shlex
-
-    parts = [
-        "python -m core run",
-        shlex.quote(job.model_path),
-        "--data",
-        shlex.quote(job.data_path),
-        "--modes",
-        ",".join(job.variants),
-        "--preprocess",
-        str(job.preset),
-        "--calibration-samples",
-        str(job.calibration_samples),
-        "--min-agreement",
-        _exact_number(job.min_agreement_pct),
-    ]
-    if job.verdict != JobSpec.verdict:
-        parts += ["--verdict", job.verdict]
-    if job.latency_runs is not None:
-        parts += ["--latency-runs", str(job.latency_runs)]
-    if job.latency_budget_s != JobSpec.latency_budget_s:
-        parts += ["--latency-budget", _exact_number(job.latency_budget_s)]
-    if job.max_samples is not None:
-        parts += ["--samples", str(job.max_samples)]
-    if job.threads is not None:
-        parts += ["--threads", str(job.threads)]
-    if job.input_size:
-        parts += ["--input-size", f"{job.input_size[0]}x{job.input_size[1]}"]
-    if job.signature_key:
-        parts += ["--signature", shlex.quote(job.signature_key)]
-    if job.labels_file:
-        parts += ["--labels", shlex.quote(job.labels_file)]
-    if job.trusted:
-        parts.append("--trusted")
-    if job.engine != JobSpec.engine:
-        parts += ["--engine", job.engine]
-    if job.ray_address:
-        parts += ["--ray-address", shlex.quote(job.ray_address)]
-    if job.ray_node_ip:
-        parts += ["--ray-node-ip", shlex.quote(job.ray_node_ip)]
-    if job.ray_connect_timeout_s != JobSpec.ray_connect_timeout_s:
-        parts += ["--ray-connect-timeout", _exact_number(job.ray_connect_timeout_s)]
-    if job.mlflow_uri:
-        parts.append(f"--mlflow={shlex.quote(job.mlflow_uri)}")
-    if job.auto_fix:
-        parts.append(f"--auto-fix={job.auto_fix}")
-    if job.calibration_data:
-        parts += ["--calibration-data", shlex.quote(job.calibration_data)]
-    if job.calibration_overlap:
-        parts.append("--calibration-overlap")
-    if job.calibration_sweep:
-        parts += ["--calibration-sweep", ",".join(str(n) for n in job.calibration_sweep)]
-        parts += ["--sweep-seeds", str(job.sweep_seeds)]
-    return " ".join(parts)
-
-
-def _exact_number(value: float) -> str:
-    """`95` rather than `95.0`, but never rounded: `:g` alone turns 99.99999 into 100."""
-    short = f"{value:g}"
-    return short if float(short) == value else repr(value)

@@ -26,11 +26,11 @@ from core.engine.stages.files import DecodedCache
 from core.engine.stages.reference import ReferenceOutputs
 from core.errors import QuantLensError
 from core.inputs import rundir
-from core.jobs.protocol import DECODED_CACHE
+from core.runfolder.protocol import DECODED_CACHE
 from core.types import Backend, Mode, VariantSpec
 
 if TYPE_CHECKING:
-    from core.engine.selective import Measurement
+    from core.engine.fixes.keep_float import Measurement
 
 SWEEP_DIR = "sweep"
 SWEEP_MODES = (Mode.INT8, Mode.INT16X8)

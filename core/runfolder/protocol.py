@@ -5,7 +5,9 @@ in the run directory (status.json, progress.jsonl, the conversion marker, its sc
 and learns its memory limit from the environment. Everything both sides must agree on is here,
 so the supervisor (core.jobs.supervisor), the launcher (core.jobs.launch), the worker
 (core.jobs.worker) and the engine's stages it drives import this module and never each other.
-It imports nothing of theirs. The durable layout of a finished run is core.inputs.rundir.
+It lives outside core.jobs so that the engine never imports core.jobs: the worker (core.jobs)
+drives the engine, and the engine's stages need only these names. The durable layout
+of a finished run is core.inputs.rundir.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from core.inputs import rundir
-from core.jobs.progress import append_progress as append_progress  # progress.jsonl's two
-from core.jobs.progress import read_progress as read_progress  # ends, as callers know them
+from core.runfolder.progress import append_progress as append_progress  # progress.jsonl's two
+from core.runfolder.progress import read_progress as read_progress  # ends, as callers know them
 from core.types import RunStatus
 
 # The worker's exit codes: done, a QuantLensError (its message is in status.json), out of

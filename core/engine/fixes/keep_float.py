@@ -1,16 +1,16 @@
-"""Selective quantization: layers kept in float, and the measured search for which ones.
+"""The fix ladder's last rung: layers kept in float, and the measured search for which ones.
 
 On the converter backend an int8 model keeps named Keras layers in float through the
 QuantizationDebugger's denylist (`int8:keep=conv2d+dense`), reached through
 `core.engine.backends.tflite_from_reference`; the quantizer backend does it with its own recipe
-(core.engine.quantizer). `sensitivity_scan` and `greedy_fix` drive `--auto-fix` on either.
+(core.engine.quantizer). `sensitivity_scan` and `greedy_fix` are the keep-float rung of
+`--auto-fix` on either (core.engine.stages.auto_fix).
 """
 
 from __future__ import annotations
 
 import contextlib
 import sys
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -94,7 +94,6 @@ def keep_float_maker(
 
 SCAN_CANDIDATES = 20  # layers the statistics propose for the scan
 SCAN_IMAGES = 300  # evaluation images each candidate is measured on (the notes: ~300 suffice)
-SCAN_SECONDS = 180.0  # the scan stops measuring new candidates after this long
 
 
 @dataclass(frozen=True)
@@ -116,11 +115,12 @@ def sensitivity_scan(
     candidates: list[str],
     *,
     progress: Callable[[float, str], None],
-    budget_s: float = SCAN_SECONDS,
     stat_ranks: Mapping[str, int] | None = None,
 ) -> list[dict[str, Any]]:
     """Keep one candidate layer float at a time and measure the model; the best first.
 
+    The caller bounds the work by the candidates it passes (one evaluation each; the fix
+    search's budget counts evaluations, never seconds, so a slower machine measures the same).
     Ranked by measured mean KL (lower is better), then agreement: a continuous measure, since a
     few flipped images out of a few hundred are within noise. Each entry keeps the candidate's
     rank by the statistics (`stat_rank`: from `stat_ranks`, the rank the Layers page shows,
@@ -131,12 +131,8 @@ def sensitivity_scan(
         ConversionFailed: a candidate cannot be made (it is skipped with the others kept,
             unless none can be made).
     """
-    started = time.monotonic()
     measured: list[dict[str, Any]] = []
     for rank, layer in enumerate(candidates):
-        if time.monotonic() - started > budget_s:
-            progress(1.0, f"sensitivity scan stopped at its {budget_s:g} s budget")
-            break
         progress(rank / max(len(candidates), 1), f"sensitivity: {layer} kept in float")
         try:
             result = evaluate(make((layer,)))
@@ -168,7 +164,8 @@ def greedy_fix(
     tests/core/test_autofix.py's model), where either alone changes nothing.
 
     Returns every step tried, in order: its layers, agreement, mean KL, size, whether it met the
-    bar and whether it was `kept`; core.reporting.report.chosen_step picks the variant.
+    bar and whether it was `kept`; core.engine.fixes.search.choose picks among the kept ones
+    and the ladder's other rungs.
     """
     steps: list[dict[str, Any]] = []
     kept: tuple[str, ...] = ()

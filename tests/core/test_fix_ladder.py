@@ -1,0 +1,222 @@
+"""The fix ladder end to end: on a model whose int8 collapses from one outlier activation
+channel, `--auto-fix` tries equalization first, measures every rung on a seeded half of the
+images, and derives an integer-only variant judged only on the other half; its agreement there
+is recomputed here from its own `.tflite` with ai_edge_litert and the original with Keras."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.core.test_cli import run_cli
+
+
+def build_held_out_outlier_model(path: Path) -> Path:
+    """A small conv net (not the demo's: other seed, widths and pooling) whose first conv's
+    busiest output channel is multiplied by 300 and the next conv's matching input weights
+    divided by 300: the same function, and a per-tensor int8 activation scale that rounds the
+    other channels onto a sliver of the grid. Saved as `.keras` so the Keras layers can be
+    equalized."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(11)
+    inputs = keras.Input((16, 16, 3), name="image")
+    x = layers.Conv2D(12, 3, padding="same", activation="relu", name="stem")(inputs)
+    x = layers.MaxPooling2D(2, name="pool")(x)
+    x = layers.Conv2D(16, 3, padding="same", activation="relu", name="body")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = layers.Dense(6, name="logits")(x)
+    model = keras.Model(inputs, outputs)
+    probe = np.random.default_rng(1).uniform(0, 1, (32, 16, 16, 3)).astype(np.float32)
+    stem = keras.Model(inputs, model.get_layer("stem").output)
+    channel = int(np.argmax(np.abs(np.asarray(stem(probe))).mean(axis=(0, 1, 2))))
+    w, b = model.get_layer("stem").get_weights()
+    w[..., channel] *= 300.0
+    b[channel] *= 300.0
+    model.get_layer("stem").set_weights([w, b])
+    w, b = model.get_layer("body").get_weights()
+    w[:, :, channel, :] /= 300.0
+    model.get_layer("body").set_weights([w, b])
+    model.save(path)
+    return path
+
+
+def write_images(root: Path, count: int = 64) -> Path:
+    """`count` unlabelled 16x16 PNGs of smooth colour fields with noise (seeded)."""
+    from PIL import Image
+
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(5)
+    names = []
+    for i in range(count):
+        ramp = np.linspace(0, 1, 16)[None, :, None] * rng.uniform(-120, 120, (1, 1, 3))
+        base = rng.uniform(40, 215, (1, 1, 3)) + ramp
+        pixels = np.clip(base + rng.normal(0, 30, (16, 16, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(root / f"{i}.png")
+        names.append(f"{i}.png")
+    (root / "data.csv").write_text("filepath\n" + "".join(f"{n}\n" for n in names))
+    return root / "data.csv"
+
+
+def _rows(out: Path) -> list[str]:
+    """The evaluated images' paths in samples.csv row order."""
+    with (out / "samples.csv").open(encoding="utf-8") as f:
+        return [row["relpath"] for row in csv.DictReader(f)]
+
+
+def _keras_top1(model_path: Path, images: np.ndarray) -> np.ndarray:
+    import keras
+
+    model = keras.saving.load_model(model_path, compile=False)
+    return np.asarray(model(images, training=False)).argmax(axis=1)
+
+
+def _litert_top1(tflite: bytes, images: np.ndarray) -> np.ndarray:
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=tflite, num_threads=1)
+    interpreter.allocate_tensors()
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    top1 = []
+    for image in images:
+        x = image[None].astype(np.float64)
+        if inp["dtype"] != np.float32:
+            scale, zero = inp["quantization"]
+            x = np.clip(np.round(x / scale) + zero, -128, 127)
+        interpreter.set_tensor(inp["index"], x.astype(inp["dtype"]))
+        interpreter.invoke()
+        top1.append(int(np.argmax(interpreter.get_tensor(out["index"])[0])))
+    return np.array(top1)
+
+
+@pytest.mark.slow
+def test_auto_fix_derives_an_integer_only_fix_judged_on_images_the_search_did_not_see(
+    tmp_path: Path,
+) -> None:
+    from PIL import Image
+
+    from core.reporting.html import render_report_html
+
+    model = build_held_out_outlier_model(tmp_path / "held_out_outlier.keras")
+    data = write_images(tmp_path / "data")
+    out = tmp_path / "out"
+    done = run_cli(
+        "run", str(model), "--data", str(data), "--modes", "int8", "--auto-fix=2", "--fix-budget", "8",
+        "--preprocess", "unit", "--min-agreement", "97", "--latency-runs", "3",
+        "--out", str(out), home=tmp_path,
+    )  # fmt: skip
+    report = json.loads((out / "report.json").read_text())
+    by_name = {v["name"]: v for v in report["variants"]}
+    parent = by_name["int8"]
+    assert parent["top1_agreement_pct"] < 80, parent["top1_agreement_pct"]  # int8 collapses
+    # Its diagnosis names the outlier channel between the two convs, in words, and the CLI says so.
+    causes = parent["diagnosis"]["causes"]
+    outlier = next(c for c in causes if c["cause"] == "outlier_channel")
+    assert outlier["layer"] == "stem" and "equalize" in outlier["fixes"]
+    assert f"cause: int8: stem: {outlier['words']}" in done.stdout, done.stdout
+    assert outlier["words"] in render_report_html(out)
+    search = parent["auto_fix"]["search"]
+    # The split: disjoint, covering every image, seeded.
+    selected, held_out = set(search["selected_rows"]), set(search["held_out_rows"])
+    assert not selected & held_out and len(selected | held_out) == 64 and search["seed"] == 0
+    # Every rung tried is recorded, cheapest first; equalization was verified in float first.
+    kinds = [c["kind"] for c in search["candidates"]]
+    assert kinds[0] == "equalize" and "keep_float" in kinds
+    equalized = search["candidates"][0]
+    assert equalized["status"] == "measured" and equalized["integer_only"] is True
+    assert equalized["fix"]["layers"] and equalized["fix"]["float_top1_agreement_pct"] == 100.0
+    assert equalized["fix"]["float_max_abs_delta"] < 1e-3
+    assert equalized["n"] == len(selected)
+    # The budget counts evaluations: 8, spent before the keep-float scan ran out of layers.
+    assert search["budget"] == 8 and search["evaluations"] <= 8 and search["truncated"]
+    assert "--fix-budget 8" in report["run"]["command"]
+    assert search["chosen"] == equalized["variant"] == "int8:eq" and search["chosen_meets_bar"]
+    assert "int8:eq" in search["pareto"]
+    # The derived variant: integer-only, within 2 points of float32 TFLite, at most +1 % size.
+    derived = by_name["int8:eq"]
+    assert derived["parent"] == "int8" and derived["status"] == "done"
+    assert derived["size_bytes"] <= 1.01 * parent["size_bytes"]
+    assert derived["top1_agreement_pct"] >= by_name["float32"]["top1_agreement_pct"] - 2
+    tflite = (out / f"{derived['file_id']}.tflite").read_bytes()
+    # Recomputed without QuantLens on the held-out images only: Keras vs ai_edge_litert.
+    paths = _rows(out)
+    chosen_rows = sorted(held_out)
+    images = np.stack(
+        [
+            np.asarray(Image.open(data.parent / paths[r]).convert("RGB"), dtype=np.float32) / 255
+            for r in chosen_rows
+        ]
+    )
+    recomputed = 100 * np.mean(_keras_top1(model, images) == _litert_top1(tflite, images))
+    judged = derived["judged_on_held_out"]
+    assert judged["n"] == len(held_out)
+    assert judged["top1_agreement_pct"] == pytest.approx(recomputed)
+    assert derived["passed"] is (judged["top1_agreement_pct"] >= 97)
+    assert "auto-fix: int8: " in done.stdout and "; chose int8:eq" in done.stdout
+    assert f"int8:eq: verdict on the {judged['n']} images its fix search did not see" in done.stdout
+    # The fix's own diagnosis is measured against the equalized float model it came from: the
+    # outlier is gone there, so no cause names it any more.
+    assert not any(c["cause"] == "outlier_channel" for c in derived["diagnosis"]["causes"])
+
+
+def _variant(name: str, size: int, low: float, **extra: object) -> dict[str, object]:
+    return {
+        "name": name, "mode": "int8", "status": "done", "size_bytes": size, "n": 64,
+        "top1_agreement_pct": 100.0, "top1_agreement_ci95": [low, 100.0], "passed": True,
+        "latency_ms": {"p50": 0.1, "n": 3}, **extra,
+    }  # fmt: skip
+
+
+def test_the_recommendation_judges_a_derived_fix_on_its_held_out_images_only() -> None:
+    """A fix that looks perfect on every image (its search's images included) is recommended
+    only if its lower bound on the images the search did not see meets the bar."""
+    from core.reporting.recommend import recommendation
+
+    held_out = {
+        "n": 8, "agreeing": 7, "top1_agreement_pct": 87.5,
+        "top1_agreement_ci95": [52.9, 97.8], "passed": False,
+    }  # fmt: skip
+    report = {
+        "options": {"min_agreement_pct": 90.0},
+        "variants": [
+            _variant("int8:eq", 100, 94.3, parent="int8", judged_on_held_out=held_out),
+            _variant("float16", 200, 94.3),
+        ],
+    }
+    assert recommendation(report)["variant"] == "float16"
+    report["variants"][0]["judged_on_held_out"] = {**held_out, "top1_agreement_ci95": [91.0, 100]}
+    assert recommendation(report)["variant"] == "int8:eq"
+
+
+@pytest.mark.slow
+def test_an_equalization_that_changes_the_float_model_is_refused_with_the_difference(
+    tmp_path: Path,
+) -> None:
+    """The equalize rung checks the equalized float model against the original before it is
+    quantized: exact, it passes with its numbers; changed (here a weight edited after
+    equalization), it is refused with the measured difference; a SavedModel has no Keras
+    layers and is refused before anything runs."""
+    from core.engine.equalize import EqualizationError
+    from core.engine.fixes.equalize_rung import EqualizationRefused, equalized_reference, verify
+    from core.engine.models import load_reference
+
+    model = load_reference(build_held_out_outlier_model(tmp_path / "m.keras"))
+    images = np.random.default_rng(2).uniform(0, 1, (40, 16, 16, 3)).astype(np.float32)
+    equalized = equalized_reference(model, images[:20])
+    assert {"stem", "body"} <= set(equalized.record.layers)
+    checked = verify(model, equalized, images[20:])
+    assert checked.images == 20 and checked.top1_agreement == 1.0
+    assert checked.max_abs_delta < 1e-4
+    body = equalized.keras_model.get_layer("body")
+    kernel, bias = body.get_weights()
+    body.set_weights([kernel * 1.5, bias])
+    with pytest.raises(EqualizationRefused, match=r"max \|Δ output\| [0-9.e-]+ \(tolerance"):
+        verify(model, equalized, images[20:])
+    model.trackable.keras_model.export(str(tmp_path / "saved"), verbose=False)
+    with pytest.raises(EqualizationError, match="SavedModel"):
+        equalized_reference(load_reference(tmp_path / "saved"), images[:20])

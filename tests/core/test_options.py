@@ -1,0 +1,121 @@
+"""The run options are declared once (core.options): the declaration covers JobSpec, and one
+added entry reaches the parser, the job and the reproduce command (no TensorFlow)."""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+from pathlib import Path
+
+import pytest
+
+from core import options
+from core.cli import _job_from_args, _parser, main
+from core.options import InCommand, RunOption, SetupWidget, WidgetKind, at_least
+from core.types import JobSpec
+
+
+def test_every_jobspec_field_is_declared_once_and_every_declaration_fills_a_field() -> None:
+    job_fields = [f.name for f in dataclasses.fields(JobSpec)]
+    declared = [opt.field for opt in options.RUN_OPTIONS if opt.field is not None]
+    assert sorted(declared) == sorted(job_fields)  # each field once, no field left out
+    for opt in options.RUN_OPTIONS:
+        # An option fills a field, shapes one another option fills, or governs the command.
+        assert opt.field is None or opt.shapes is None, opt.name
+        if opt.shapes is not None:
+            assert opt.shapes in job_fields, opt.name
+        if opt.field is None and opt.shapes is None:
+            assert opt.in_command is InCommand.NEVER and opt.flags, opt.name
+    names = [opt.name for opt in options.RUN_OPTIONS]
+    assert len(set(names)) == len(names)
+
+
+def test_the_parser_defaults_make_jobspecs_defaults(tmp_path: Path) -> None:
+    """No default is written twice: the parser's defaults give the JobSpec the same values."""
+    model, data = tmp_path / "m.keras", tmp_path / "d.csv"
+    model.write_bytes(b"")
+    data.write_text("filepath,label\n", encoding="utf-8")
+    job = _job_from_args(_parser().parse_args(["run", str(model), "--data", str(data)]))
+    assert job == JobSpec(model_path=str(model.resolve()), data_path=str(data.resolve()))
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--samples", "0"], "--samples must be at least 1; got 0"),
+        (["--latency-budget", "0.001"], "--latency-budget must be at least 0.01; got 0.001"),
+        (["--sweep-seeds", "0"], "--sweep-seeds must be at least 1; got 0"),
+        (["--min-agreement", "101"], "--min-agreement is a percentage from 0 to 100; got 101"),
+        (["--input-size", "3y4"], "--input-size takes HxW such as 224x224; got '3y4'"),
+        (["--modes", "int8,int8"], "--modes names a variant twice (int8,int8); list each once"),
+        (
+            ["--timeout", "0"],
+            "--timeout must be greater than 0; got 0 (leave it out for the default)",
+        ),
+        (
+            ["--memory-gb", "nan"],
+            "--memory-gb must be greater than 0; got nan (leave it out for the default)",
+        ),
+        (
+            ["--calibration-data", "/nonexistent/cal"],
+            "--calibration-data /nonexistent/cal does not exist; check the path",
+        ),
+        (
+            ["--ray-node-ip", "10.0.0.7"],
+            "--ray-node-ip 10.0.0.7 needs --engine ray; add it, or drop the option",
+        ),
+    ],
+)
+def test_a_refused_value_is_one_line_naming_its_flag(
+    extra: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model, data = tmp_path / "m.keras", tmp_path / "d.csv"
+    model.write_bytes(b"")
+    data.write_text("filepath,label\n", encoding="utf-8")
+    assert main(["run", str(model), "--data", str(data), *extra]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {message}"
+
+
+# -- one added entry, found everywhere --------------------------------------------------------
+WARMUP = RunOption(
+    "warmup_runs",
+    ("--warmup-runs",),
+    value_type=int,
+    help="untimed runs before each model is timed",
+    field="warmup_runs",
+    checks=(at_least(0),),
+    in_command=InCommand.UNLESS_DEFAULT,
+    widget=SetupWidget(
+        WidgetKind.NUMBER, "Warm-up runs", key="setup.warmup_runs", minimum=0, maximum=100
+    ),
+)
+
+
+@pytest.fixture
+def with_warmup_option(monkeypatch: pytest.MonkeyPatch) -> RunOption:
+    """The declaration with `warmup_runs` (today fixed, asked for nowhere) as a full option."""
+    declared = tuple(WARMUP if o.name == "warmup_runs" else o for o in options.RUN_OPTIONS)
+    monkeypatch.setattr(options, "RUN_OPTIONS", declared)
+    return WARMUP
+
+
+def test_an_option_declared_once_reaches_the_parser_the_job_and_the_command(
+    with_warmup_option: RunOption, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model, data = tmp_path / "m.keras", tmp_path / "d.csv"
+    model.write_bytes(b"")
+    data.write_text("filepath,label\n", encoding="utf-8")
+    args = _parser().parse_args(["run", str(model), "--data", str(data), "--warmup-runs", "7"])
+    job = _job_from_args(args)
+    assert job.warmup_runs == 7
+    command = options.reproduce_command(job)
+    assert command.endswith("--warmup-runs 7")
+    assert _job_from_args(_parser().parse_args(shlex.split(command)[3:])) == job
+    assert "--warmup-runs" not in options.reproduce_command(dataclasses.replace(job, warmup_runs=5))
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["run", "--help"])
+    assert "untimed runs before each model is timed" in capsys.readouterr().out
+    with pytest.raises(options.QuantLensError, match="--warmup-runs must be at least 0; got -1"):
+        _job_from_args(
+            _parser().parse_args(["run", str(model), "--data", str(data), "--warmup-runs", "-1"])
+        )
