@@ -45,17 +45,28 @@ def _parser() -> argparse.ArgumentParser:
 
     rescore = sub.add_parser(
         "rescore",
-        help="add a variant with layers kept in float to a finished run, scored on its images",
+        help="add a fixed variant (layers kept in float, equalized, or 16-bit activations) to a "
+        "finished run, scored on its images",
     )
     rescore.add_argument("run", help="the run folder (its --out) or its run id")
     rescore.add_argument(
         "--variant", required=True, help="the parent variant in the run, e.g. int8 or int8_q"
     )
-    rescore.add_argument(
+    fix = rescore.add_mutually_exclusive_group(required=True)
+    fix.add_argument(
         "--keep-float",
-        required=True,
         metavar="LAYER[,LAYER]",
         help="Keras layer names to keep in float (see the parent's <variant>.layers.csv)",
+    )
+    fix.add_argument(
+        "--equalize",
+        action="store_true",
+        help="cross-layer equalize the model before quantizing it as the parent (int8:eq)",
+    )
+    fix.add_argument(
+        "--int16",
+        metavar="LAYER[,LAYER]",
+        help="Keras layers given 16-bit activations, on the quantizer backend (int8_q:int16=...)",
     )
     options.add_cli_arguments(rescore, "rescore")
 
@@ -294,14 +305,21 @@ def _run_folder(run: str) -> Path:
 
 
 def cmd_rescore(args: argparse.Namespace) -> int:
-    """`rescore RUN --variant P --keep-float A,B`: the Layers page's re-score, in the terminal."""
+    """`rescore RUN --variant P --keep-float A,B | --equalize | --int16 A,B`: the Layers page's
+    re-score, in the terminal."""
     from core.jobs.launch import recover_interrupted
     from core.jobs.rescore import add_rescore_variant
 
     options.check_command_values(vars(args), args.command)
     recover_interrupted()
     directory = _run_folder(args.run)
-    name = add_rescore_variant(directory, args.variant, args.keep_float.split(","), home=None)
+    if args.equalize:
+        fix, layers = "equalize", []
+    elif args.int16:
+        fix, layers = "int16_activations", args.int16.split(",")
+    else:
+        fix, layers = "keep_float", args.keep_float.split(",")
+    name = add_rescore_variant(directory, args.variant, layers, home=None, fix=fix)
     print(f"re-scoring {name} on the run's images", file=sys.stderr)
     run_id = str(rundir.read_json(directory / rundir.STATUS).get("run_id") or directory.name)
     return _supervise(directory, run_id, args)

@@ -9,6 +9,7 @@ import streamlit as st
 
 from core.errors import QuantLensError
 from core.jobs import launch as jobs
+from core.jobs.rescore import RESCORE_FIXES
 from core.reporting.fix_ladder import FIX_NOTE, CauseLadder, Rung, ladders, other_derived
 from core.reporting.layer_figures import channel_range_figure
 from core.reporting.results import RunResults
@@ -38,8 +39,7 @@ EVIDENCE_LABELS = {
     "evaluated_images": "evaluated images",
 }
 REPAIRED_PAGE = 12
-# Fixes the re-score path can build today: a variant name spells them (`:keep=`).
-RESCORABLE = ("keep_float",)
+COLUMNS = [3.0, 1.3, 1.0, 1.0, 1.9, 1.4]
 
 
 def _signed(value: float | None, unit: str, digits: int = 2) -> str:
@@ -65,7 +65,9 @@ def _integer_only_badge(rung: Rung) -> None:
 
 def _rescore(res: RunResults, parent: Variant, rung: Rung) -> None:
     try:
-        jobs.rescore_run(res.run_id, parent.name, list(rung.layers), home=history.home())
+        jobs.rescore_run(
+            res.run_id, parent.name, list(rung.layers), home=history.home(), fix=rung.kind
+        )
     except QuantLensError as exc:
         st.session_state[keys.LAYERS_RESCORE_ERROR] = str(exc)
     else:
@@ -86,22 +88,32 @@ def repaired_rows(res: RunResults, parent: str, rung: str) -> pd.DataFrame:
     return out
 
 
+RESCORE_HELP = {
+    "equalize": "Cross-layer equalize the model, quantize it as {parent} is",
+    "int16_activations": "Quantize {parent} again with {layers} at 16-bit activations",
+    "keep_float": "Convert {parent} again with {layers} in float",
+}
+
+
 def _rung_row(
     res: RunResults, parent: Variant, rung: Rung, key: str, *, rescore: bool = True
 ) -> None:
-    cols = st.columns([3.0, 1.3, 1.0, 1.0, 1.9, 1.4], vertical_alignment="center")
+    cols = st.columns(COLUMNS, vertical_alignment="center")
     layers = " + ".join(rung.layers) or widgets.EMPTY_CELL
     cols[0].markdown(f"**{fmt.text(rung.title)}** · {fmt.code(layers)}")
-    cols[0].caption(fmt.text(FIX_NOTE.get(rung.kind, "")))
-    if rung.tried and rung.status == "done":
+    cols[0].caption(fmt.text(rung.note or FIX_NOTE.get(rung.kind, "")))
+    measured = rung.status in ("done", "measured")
+    if measured:
         cols[1].markdown(
             f"{fmt.pct(rung.agreement_pct, digits=2)} "
             f"({_signed(rung.agreement_delta_pts, 'pts')}, n = {rung.n})"
         )
+        if rung.searched:
+            cols[1].caption("measured by the auto-fix search on its images")
         cols[2].markdown(_bytes(rung.bytes_delta))
         cols[3].markdown(_signed(rung.latency_delta_ms, "ms", 3))
-    elif rung.tried:
-        cols[1].markdown(f"{fmt.text(rung.variant or '')}: {fmt.text(rung.status or '')}")
+    elif rung.status:
+        cols[1].markdown(fmt.text(rung.status))
         if rung.error:
             cols[1].caption(fmt.text(rung.error))
     else:
@@ -112,7 +124,9 @@ def _rung_row(
         cols[5].caption(f"variant {fmt.code(rung.variant or '')}")
     elif rescore:
         reason = (
-            None if rung.kind in RESCORABLE else "this build re-scores keep-in-float rungs only"
+            None
+            if rung.kind in RESCORE_FIXES and rung.name
+            else "this fix cannot be re-scored in this version"
         )
         if cols[5].button(
             "Re-score",
@@ -120,8 +134,8 @@ def _rung_row(
             icon=":material/replay:",
             disabled=reason is not None,
             help=reason
-            or f"Convert {parent.name} again with {' + '.join(rung.layers)} in float and "
-            "evaluate it on this run's images; it joins the run as a derived variant.",
+            or RESCORE_HELP[rung.kind].format(parent=parent.name, layers=layers)
+            + f" ({rung.name}) and evaluate it on this run's images; it joins the run.",
         ):
             _rescore(res, parent, rung)
     if rung.tried and rung.status == "done" and rung.variant:
@@ -145,7 +159,7 @@ def _repaired(res: RunResults, parent: Variant, rung: Rung, key: str) -> None:
 
 
 def _header() -> None:
-    cols = st.columns([3.0, 1.3, 1.0, 1.0, 1.9, 1.4])
+    cols = st.columns(COLUMNS)
     for col, label in zip(
         cols,
         ["fix (layers)", "agreement (Δ vs parent)", "Δ size", "Δ latency p50", "target", ""],
@@ -156,10 +170,9 @@ def _header() -> None:
 
 def _evidence(ladder: CauseLadder, key: str) -> None:
     evidence = ladder.evidence
-    kind = str(ladder.cause.get("cause") or "")
-    if kind == "outlier_channel" and evidence.get("channel_max_abs"):
+    if ladder.cause.cause == "outlier_channel" and evidence.get("channel_max_abs"):
         st.plotly_chart(
-            channel_range_figure(evidence, layer=str(ladder.cause.get("layer") or "")),
+            channel_range_figure(evidence, layer=ladder.cause.layer),
             key=f"{key}.channels",
         )
     said = [
@@ -199,13 +212,27 @@ def fix_section(res: RunResults, entry: Variant) -> None:
     for i, ladder in enumerate(found):
         key = f"layers.fix.{entry.file_id}.{i}"
         with st.container(border=True):
-            title = CAUSE_TITLE.get(str(ladder.cause.get("cause")), "Cause")
+            title = CAUSE_TITLE.get(ladder.cause.cause, "Cause")
             st.markdown(f"**{title}** — {fmt.text(ladder.words)}")
             _evidence(ladder, key)
             st.markdown("**Fix ladder**, cheapest first")
             _header()
             for rung in ladder.rungs:
                 _rung_row(res, entry, rung, f"{key}.{rung.kind}")
+    search = entry.fix_search
+    if search is not None:
+        st.caption(
+            f"The auto-fix search measured {fmt.count(search.evaluations, 'candidate')} of a "
+            f"budget of {search.budget}{' (truncated)' if search.truncated else ''} on "
+            f"{fmt.count(len(search.selected_rows), 'image')} (a seeded split, seed "
+            f"{search.seed}); "
+            + (
+                f"its pick, {fmt.text(search.chosen)}, is judged on the other "
+                f"{fmt.count(len(search.held_out_rows), 'image')}, which it did not see."
+                if search.chosen
+                else "no fix beat the parent on those images."
+            )
+        )
     others = other_derived(entry, res.variants, found)
     if others:
         st.markdown(f"**Other variants derived from {fmt.text(entry.name)}**")

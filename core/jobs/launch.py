@@ -197,10 +197,15 @@ def _stored_run_dir(run_id: str, home: Path) -> Path:
 
 
 def rescore_run(
-    run_id: str, parent: str, layers: list[str] | tuple[str, ...], *, home: Path | None = None
+    run_id: str,
+    parent: str,
+    layers: list[str] | tuple[str, ...],
+    *,
+    home: Path | None = None,
+    fix: str = "keep_float",
 ) -> str:
-    """Add `parent` with `layers` kept in float to the finished run and start its job
-    (core.jobs.rescore); returns the new variant's name.
+    """Add `parent` with a fix (`layers` kept in float by default; core.jobs.rescore) to the
+    finished run and start its job; returns the new variant's name.
 
     Raises:
         QuantLensError: why it cannot be re-scored, in one line.
@@ -208,7 +213,9 @@ def rescore_run(
     from core.jobs.rescore import add_rescore_variant
 
     home_path = resolved_home(home)
-    name = add_rescore_variant(_stored_run_dir(run_id, home_path), parent, layers, home=home_path)
+    name = add_rescore_variant(
+        _stored_run_dir(run_id, home_path), parent, layers, home=home_path, fix=fix
+    )
     launch_run(run_id, home=home_path)
     return name
 

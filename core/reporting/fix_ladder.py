@@ -2,19 +2,22 @@
 `diagnosis.causes`) and, per cause, the ladder of fixes that apply, cheapest first, each with
 the derived variant that tried it (if any) and its change against the parent.
 
-Pure: it reads the typed run model and never converts anything. A rung is "tried" when the run
-holds a variant derived from the parent with that fix: its `fix` (`{"kind", "layers"}`) when
-the variant records one, else, for the two fixes a variant name spells, its layers kept in
-float (`:keep=`) or given 16-bit activations (`:int16=`).
+Pure: it reads the typed run model and never converts anything. Each rung is the variant name
+its fix makes (`int8:eq`, `int8_q:int16=conv2+conv3+pool2`, `int8:keep=...`, as the fix
+ladder and the re-score name them); a rung is "tried" when the run holds that variant, and
+"measured" when only the auto-fix search measured it (its `auto_fix.search` candidate, on the
+search's images).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from core.reporting.runmodel import Variant
+from core.errors import QuantLensError
+from core.reporting.runmodel import FixCandidate, RootCause, Variant
+from core.types import Backend, VariantSpec
 
 # Cheapest first, as core.engine.causes orders them (the web server does not import the engine).
 FIX_ORDER = ("equalize", "bias_correction", "int16_activations", "weight_only", "keep_float")
@@ -64,6 +67,9 @@ class Rung:
     latency_delta_ms: float | None = None
     integer_only: bool | None = None  # as measured on the variant's .tflite (None: unknown)
     integer_only_expected: bool | None = None  # what the fix keeps, before it is tried
+    name: str | None = None  # the variant name the fix makes (None: the fix has no variant)
+    searched: bool = False  # the numbers are the auto-fix search's, on its own images
+    note: str | None = None
 
     @property
     def title(self) -> str:
@@ -76,41 +82,62 @@ class Rung:
 
 @dataclass(frozen=True)
 class CauseLadder:
-    """One named cause (the report's dict, as written by the diagnosis) and its rungs."""
+    """One named cause (report.json's `diagnosis.causes`, typed) and its rungs."""
 
-    cause: Mapping[str, Any]
+    cause: RootCause
     rungs: tuple[Rung, ...]
 
     @property
     def words(self) -> str:
-        return str(self.cause.get("words") or self.cause.get("cause") or "")
+        return self.cause.words or self.cause.cause
 
     @property
     def evidence(self) -> Mapping[str, Any]:
-        evidence = self.cause.get("evidence")
-        return evidence if isinstance(evidence, Mapping) else {}
+        return self.cause.evidence
 
 
-def rung_layers(cause: Mapping[str, Any], kind: str) -> tuple[str, ...]:
+def fix_variant(parent: str, kind: str, layers: tuple[str, ...]) -> str | None:
+    """The name of the variant a fix makes of `parent` (the fix ladder's and the re-score's
+    naming): equalized, its chain at 16 bits on the quantizer, or its chain in float; None for
+    a fix no variant name spells (bias correction, weight-only) or a parent it does not fit."""
+    try:
+        spec = VariantSpec.parse(parent)
+        if kind == "equalize":
+            derived = replace(spec, equalized=True)
+        elif kind == "int16_activations":
+            derived = replace(
+                spec.without_overrides(),
+                backend=Backend.QUANTIZER,
+                int16_layers=tuple(sorted(layers)),
+            )
+        elif kind == "keep_float":
+            derived = replace(spec, float_layers=tuple(sorted(layers)))
+        else:
+            return None
+        derived.check()
+    except (QuantLensError, ValueError):  # a name the vocabulary refuses: no variant
+        return None
+    return derived.name
+
+
+def rung_layers(cause: RootCause, kind: str) -> tuple[str, ...]:
     """The layers a fix touches for a cause: equalization pairs the chain's first and last
     weighted layers; weight-only quantizes the culprit op; 16-bit activations and keep-in-float
     take the whole chain (conv -> pass-through ops -> conv), since the damaged tensor sits
     between them and stays int8 unless every op that writes or passes it is covered."""
-    chain = tuple(str(name) for name in cause.get("layers") or ()) or (str(cause["layer"]),)
+    chain = cause.layers or (cause.layer,)
     if kind == "equalize":
         return (chain[0], chain[-1]) if len(chain) > 1 else chain
     if kind in ("weight_only", "bias_correction"):
-        return (str(cause.get("layer") or chain[0]),)
+        return (cause.layer or chain[0],)
     return chain
 
 
 def fix_of(variant: Variant) -> tuple[str, tuple[str, ...]] | None:
-    """(kind, layers) of the fix a derived variant applies: its recorded `fix`, else what its
-    name spells (layers kept in float, or given 16-bit activations)."""
-    fix = variant.extra.get("fix")
-    if isinstance(fix, Mapping) and fix.get("kind"):
-        return str(fix["kind"]), tuple(str(name) for name in fix.get("layers") or ())
+    """(kind, layers) of the fix a derived variant's name spells."""
     identity = variant.identity
+    if identity.equalized and not (identity.float_layers or identity.int16_layers):
+        return "equalize", ()
     if identity.int16_layers and not identity.float_layers:
         return "int16_activations", tuple(identity.int16_layers)
     if identity.float_layers and not identity.int16_layers:
@@ -128,11 +155,43 @@ def _minus(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
 
 
-def rung_of(parent: Variant, kind: str, layers: tuple[str, ...], tried: Variant | None) -> Rung:
-    """The rung with its numbers against the parent (None where either side lacks one)."""
+def rung_of(
+    parent: Variant,
+    kind: str,
+    layers: tuple[str, ...],
+    tried: Variant | None,
+    searched: FixCandidate | None = None,
+) -> Rung:
+    """The rung with its numbers against the parent (None where either side lacks one): the
+    run's variant when it holds one, else the search's measurement."""
     expected = EXPECTED_INTEGER_ONLY.get(kind)
+    name = tried.name if tried is not None else fix_variant(parent.name, kind, layers)
+    if tried is None and searched is not None:
+        search = parent.fix_search
+        base = search.parent_agreement_pct if search is not None else None
+        return Rung(
+            kind=kind,
+            layers=layers,
+            name=searched.variant or name,
+            status=searched.status,
+            error=searched.reason,
+            agreement_pct=searched.agreement_pct,
+            n=searched.n,
+            agreement_delta_pts=_minus(searched.agreement_pct, base),
+            size_bytes=searched.size_bytes,
+            bytes_delta=(
+                None
+                if searched.size_bytes is None or parent.result.size_bytes is None
+                else searched.size_bytes - parent.result.size_bytes
+            ),
+            latency_p50_ms=searched.p50_ms,
+            integer_only=searched.integer_only,
+            integer_only_expected=expected,
+            searched=True,
+            note=searched.note,
+        )
     if tried is None:
-        return Rung(kind=kind, layers=layers, integer_only_expected=expected)
+        return Rung(kind=kind, layers=layers, integer_only_expected=expected, name=name)
     r, p = tried.result, parent.result
     integer_only = tried.extra.get("integer_only")
     same_images = r.n is not None and r.n == p.n
@@ -155,26 +214,39 @@ def rung_of(parent: Variant, kind: str, layers: tuple[str, ...], tried: Variant 
         latency_delta_ms=_minus(_p50(tried), _p50(parent)),
         integer_only=integer_only if isinstance(integer_only, bool) else None,
         integer_only_expected=expected,
+        name=tried.name,
     )
+
+
+def _searched(parent: Variant, kind: str, name: str | None) -> FixCandidate | None:
+    """The search's candidate for a rung: the same variant name, else (a rung the search
+    skipped, with its reason) the same kind without a variant."""
+    search = parent.fix_search
+    if search is None:
+        return None
+    for c in search.candidates:
+        if name is not None and c.variant == name:
+            return c
+    return next((c for c in search.candidates if c.kind == kind and c.variant is None), None)
 
 
 def ladders(parent: Variant, variants: Sequence[Variant]) -> list[CauseLadder]:
     """Per cause of `parent` (report order), its rungs cheapest first, each matched to the
-    variant derived from `parent` that applied that fix to those layers."""
-    diagnosis = parent.extra.get("diagnosis") or {}
-    derived: dict[tuple[str, frozenset[str]], Variant] = {}
-    for v in variants:
-        fix = fix_of(v) if v.identity.parent == parent.name else None
-        if fix is not None:
-            derived.setdefault((fix[0], frozenset(fix[1])), v)
+    run's variant of that name (derived from `parent`), else to the search's candidate."""
+    causes = parent.causes
+    if causes is None:
+        return []
+    derived = {v.name: v for v in variants if v.identity.parent == parent.name}
     out = []
-    for cause in diagnosis.get("causes") or []:
-        kinds = [k for k in FIX_ORDER if k in (cause.get("fixes") or [])]
-        kinds += [k for k in cause.get("fixes") or [] if k not in kinds]
+    for cause in causes.causes:
+        kinds = [k for k in FIX_ORDER if k in cause.fixes]
+        kinds += [k for k in cause.fixes if k not in kinds]
         rungs = []
         for kind in kinds:
             layers = rung_layers(cause, kind)
-            rungs.append(rung_of(parent, kind, layers, derived.get((kind, frozenset(layers)))))
+            name = fix_variant(parent.name, kind, layers)
+            tried = derived.get(name) if name is not None else None
+            rungs.append(rung_of(parent, kind, layers, tried, _searched(parent, kind, name)))
         out.append(CauseLadder(cause=cause, rungs=tuple(rungs)))
     return out
 

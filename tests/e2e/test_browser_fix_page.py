@@ -51,7 +51,10 @@ def test_fix_page_shows_cause_ladder_and_the_embedded_graph(
         main = page.locator("[data-testid=stMain]")
         expect(main.get_by_text("Why it broke, and the fixes")).to_be_visible(timeout=60_000)
         expect(main.get_by_text("one channel spans", exact=False)).to_be_visible()
-        expect(main.get_by_text("largest |activation| per channel", exact=False)).to_be_visible()
+        # The per-channel chart (plotly draws its title as SVG text).
+        expect(main.locator(".gtitle").filter(has_text="per channel on")).to_be_visible(
+            timeout=60_000
+        )
         for rung in ("Cross-layer equalization", "16-bit activations", "Keep in float"):
             expect(main.get_by_text(rung, exact=True).first).to_be_visible()
         # The graph: Model Explorer's own page, in the iframe, with QuantLens's overlay loaded.
