@@ -351,7 +351,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _print_demo(title: str, paths: DemoPaths) -> None:
     print(f"{title:<13}{paths.saved_model}\n{'':<13}{paths.keras_model}")
     print(f"{'demo data:':<13}{paths.data_csv}")
-    print(f"{'try:':<13}python -m core run {paths.saved_model} --data {paths.data_csv}")
+    print(f"{'try:':<13}python -m core run {paths.run_model} --data {paths.data_csv}")
 
 
 def cmd_clean(args: argparse.Namespace) -> int:

@@ -369,7 +369,7 @@ def model_section(demo_ok: bool) -> Picked:
     source = st.radio("Model source", options, key=keys.SETUP_MODEL_SOURCE, horizontal=True)
     if source == "Demo model":
         paths = _demo_model_choice()
-        p = paths.saved_model if paths.saved_model.exists() else paths.keras_model
+        p = paths.run_model if paths.run_model.exists() else paths.keras_model
         st.caption(f"Embedded demo classifier: {fmt.code(p)}")
         return Picked(str(p))
     if source == "Path on the server":

@@ -29,6 +29,14 @@ class DemoPaths:
     keras_model: Path
     data_csv: Path
     labels: Path
+    # Runs use the .keras file rather than the SavedModel (the outlier demo: the fix ladder's
+    # cross-layer equalization edits Keras layers, which a SavedModel's graph does not have).
+    prefer_keras: bool = False
+
+    @property
+    def run_model(self) -> Path:
+        """The model file a run of this demo is given."""
+        return self.keras_model if self.prefer_keras else self.saved_model
 
     def ready(self) -> bool:
         return (
@@ -85,4 +93,5 @@ def outlier_demo_paths(home: Path | None = None, *, root: Path | None = None) ->
         keras_model=base / "digits_outlier.keras",
         data_csv=small.data_csv,
         labels=small.labels,
+        prefer_keras=True,
     )

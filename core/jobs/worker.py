@@ -196,7 +196,7 @@ def build_outlier_demo(demo_dir: Path, *, then_mobilenet: bool) -> int:
         from core.jobs.demo_build import MOBILENET, start_demo_build
 
         start_demo_build(home=demo_dir.parent, which=MOBILENET)
-    remember_demo_signature(outlier_demo_paths(root=demo_dir).saved_model)
+    remember_demo_signature(outlier_demo_paths(root=demo_dir).run_model)
     return EXIT_OK
 
 

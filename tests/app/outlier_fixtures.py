@@ -74,7 +74,7 @@ def outlier_run_home(demo: Path, factory: pytest.TempPathFactory) -> Path:
     assert paths.ready()
     done = _run(
         "run",
-        str(paths.saved_model),
+        str(paths.run_model),
         "--data",
         str(paths.data_csv),
         "--modes",

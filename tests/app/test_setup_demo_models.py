@@ -29,7 +29,7 @@ def _stand_in_model(paths: DemoPaths, size: int) -> None:
     paths.saved_model.mkdir(parents=True, exist_ok=True)
     (paths.saved_model / "saved_model.pb").write_bytes(b"stand-in")
     paths.keras_model.write_bytes(b"stand-in")
-    cache = protocol.signature_cache_file(str(paths.saved_model))
+    cache = protocol.signature_cache_file(str(paths.run_model))
     assert cache is not None
     cache.parent.mkdir(parents=True, exist_ok=True)
     signature = {
@@ -141,6 +141,7 @@ def test_ready_outlier_demo_is_a_choice(small_demo: Path, open_page: OpenPage) -
     assert list(choice.options) == ["Small (32×32)", "Outlier channel (16×16)"]
     assert choice.value == "Small (32×32)"
     choice.set_value("Outlier channel (16×16)").run()
-    assert str(small_demo / "demo" / "outlier" / "saved_model") in _model_caption(at)
+    # The .keras file: the fix ladder's equalization needs Keras layers.
+    assert str(small_demo / "demo" / "outlier" / "digits_outlier.keras") in _model_caption(at)
     assert {m.label: m.value for m in at.metric}["Input"] == "16×16×3"
     assert not at.button(key=keys.SETUP_RUN).disabled
