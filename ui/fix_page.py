@@ -45,7 +45,7 @@ COLUMNS = [3.0, 1.3, 1.0, 1.0, 1.9, 1.4]
 def _signed(value: float | None, unit: str, digits: int = 2) -> str:
     if value is None:
         return widgets.EMPTY_CELL
-    return f"{value:+.{digits}f} {unit}"
+    return f"{round(value, digits) + 0.0:+.{digits}f} {unit}"  # + 0.0: no "-0.000"
 
 
 def _bytes(value: int | None) -> str:

@@ -194,6 +194,8 @@ def rung_of(
         return Rung(kind=kind, layers=layers, integer_only_expected=expected, name=name)
     r, p = tried.result, parent.result
     integer_only = tried.extra.get("integer_only")
+    if not isinstance(integer_only, bool) and searched is not None:
+        integer_only = searched.integer_only  # read from the same variant's .tflite by the search
     same_images = r.n is not None and r.n == p.n
     return Rung(
         kind=kind,

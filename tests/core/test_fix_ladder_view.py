@@ -56,6 +56,16 @@ def _run() -> list[Variant]:
                 "truncated": False,
                 "candidates": [
                     {
+                        "kind": "equalize",
+                        "variant": "int8:eq",
+                        "parent": "int8",
+                        "fix": {"kind": "equalize"},
+                        "status": "measured",
+                        "agreement_pct": 99.6,
+                        "n": 264,
+                        "integer_only": True,
+                    },
+                    {
                         "kind": "int16_activations",
                         "variant": "int8_q:int16=conv2+conv3+pool2",
                         "parent": "int8",
@@ -84,9 +94,7 @@ def _run() -> list[Variant]:
             }
         },
     )
-    equalized = _entry(
-        "int8:eq", 99.5, 21_512, 0.011, parent="int8", equalized=True, integer_only=True
-    )
+    equalized = _entry("int8:eq", 99.5, 21_512, 0.011, parent="int8", equalized=True)
     manual = _entry("int8:keep=conv3+probabilities", 33.3, 49_584, 0.009, parent="int8")
     manual["float_layers"] = ["conv3", "probabilities"]
     return [Variant.from_dict(e) for e in (parent, equalized, manual)]
@@ -98,7 +106,8 @@ def test_rungs_cheapest_first_with_the_runs_variant_or_the_searchs_numbers() -> 
     kinds = [r.kind for r in ladder.rungs]
     assert kinds == ["equalize", "int16_activations", "weight_only", "keep_float"]
     eq, int16, weight_only, keep = ladder.rungs
-    # In the run: its numbers on every image against the parent's.
+    # In the run: its numbers on every image against the parent's (integer-only as the search
+    # read it from the same variant's .tflite).
     assert eq.variant == "int8:eq" and eq.tried and eq.integer_only is True
     assert eq.agreement_delta_pts == 99.5 - 12.88 and eq.bytes_delta == 0
     assert abs((eq.latency_delta_ms or 0) - 0.001) < 1e-12
