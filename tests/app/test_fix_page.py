@@ -103,12 +103,18 @@ def test_the_cause_is_in_words_with_each_channels_range(outlier_home: Path) -> N
     ]
 
 
-def test_a_rungs_button_rescores_it_into_the_run_on_every_page(outlier_home: Path) -> None:
+@pytest.mark.parametrize(
+    ("kind", "variant"),
+    [("equalize", "int8:eq"), ("keep_float", KEEP_CHAIN)],  # the integer-only fix, the float one
+)
+def test_a_rungs_button_rescores_it_into_the_run_on_every_page(
+    outlier_home: Path, kind: str, variant: str
+) -> None:
     at = _open("layers", {keys.LAYERS_VARIANT: "int8"})
     text = _text(at)
     for rung in ("Cross-layer equalization", "16-bit activations", "Keep in float"):
         assert rung in text
-    (button,) = [b for b in at.button if b.key.endswith(".keep_float")]
+    (button,) = [b for b in at.button if b.key.endswith(f".{kind}")]
     assert not button.disabled
     button.click()
     at.run()
@@ -121,7 +127,7 @@ def test_a_rungs_button_rescores_it_into_the_run_on_every_page(outlier_home: Pat
     assert rundir.read_json(run_dir / rundir.STATUS)["status"] == "done"
     report = _report(outlier_home)
     by_name = {v["name"]: v for v in report["variants"]}
-    assert by_name[KEEP_CHAIN]["status"] == "done" and by_name[KEEP_CHAIN]["parent"] == "int8"
+    assert by_name[variant]["status"] == "done" and by_name[variant]["parent"] == "int8"
 
     # The rung now shows what it changed, against an independent count from the samples files.
     at = _open("layers", {keys.LAYERS_VARIANT: "int8"})
@@ -132,24 +138,24 @@ def test_a_rungs_button_rescores_it_into_the_run_on_every_page(outlier_home: Pat
             skiprows=1,
             usecols=3,  # agree
         )
-        for name in ("int8", KEEP_CHAIN)
+        for name in ("int8", variant)
     }
-    delta = 100 * (samples[KEEP_CHAIN].mean() - samples["int8"].mean())
+    delta = 100 * (samples[variant].mean() - samples["int8"].mean())
     assert f"({delta:+.2f} pts, n = {len(samples['int8'])})" in _text(at)
-    repaired = int(((samples["int8"] == 0) & (samples[KEEP_CHAIN] == 1)).sum())
+    repaired = int(((samples["int8"] == 0) & (samples[variant] == 1)).sum())
     assert repaired > 0
-    toggle = next(t for t in at.toggle if t.key.endswith(".keep_float.repaired"))
+    toggle = next(t for t in at.toggle if t.key.endswith(f".{kind}.repaired"))
     assert toggle.label.startswith(f"Show the {repaired} image")
     toggle.set_value(True).run()
     assert not at.exception
 
     overview = _open("overview")
-    assert KEEP_CHAIN in _text(overview)
+    assert variant in _text(overview)
     run_id = report["run"]["id"]
-    compare = _open("compare", {keys.COMPARE_ITEMS: [f"{run_id}/int8", f"{run_id}/{KEEP_CHAIN}"]})
-    assert KEEP_CHAIN in _text(compare)
+    compare = _open("compare", {keys.COMPARE_ITEMS: [f"{run_id}/int8", f"{run_id}/{variant}"]})
+    assert variant in _text(compare)
     # History finds the run by the new variant's name (its search covers variant names).
-    history = _open("history", {keys.HISTORY_SEARCH: KEEP_CHAIN})
+    history = _open("history", {keys.HISTORY_SEARCH: variant})
     assert list(history.dataframe[0].value["name"]) == ["outlier"]
 
 
