@@ -19,6 +19,7 @@ install: $(VENV)/.installed
 
 lock: install
 	$(VENV)/bin/uv pip compile --universal --python-version 3.11 \
+	  --prerelease-package tflite-micro=allow \
 	  requirements.txt requirements-extras.txt requirements-dev.txt -o requirements.lock
 
 # The dashboard builds the demo on first launch (with a progress message) and preselects it.

@@ -25,6 +25,7 @@ PAGES: dict[str, list[st.Page]] = {
         st.Page("views/deltas.py", title="Probability deltas", icon=":material/bar_chart:"),
         st.Page("views/latency.py", title="Latency", icon=":material/speed:"),
         st.Page("views/layers.py", title="Layers", icon=":material/layers:"),
+        st.Page("views/targets.py", title="Targets", icon=":material/memory:"),
     ],
 }
 

@@ -65,7 +65,7 @@ def main() -> None:
         if saved_model is None:
             import keras
 
-            from core.engine.demo import mobilenet_v2_digits
+            from core.engine.demo_models import mobilenet_v2_digits
 
             keras.utils.set_random_seed(0)
             saved_model = Path(tmp) / "mobilenet_v2"

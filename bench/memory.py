@@ -40,7 +40,7 @@ PAGES = ("overview", "disagreements", "deltas")
 def build_demo(home: Path) -> tuple[Path, Path]:
     """The demo's SavedModel and data CSV in `home`, built by `python -m core demo` if absent."""
     sys.path.insert(0, str(REPO))
-    from core.inputs.demo import demo_paths
+    from core.inputs.demo_paths import demo_paths
 
     paths = demo_paths(home)
     if not paths.ready():

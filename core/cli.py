@@ -10,7 +10,7 @@ from typing import Any
 from core import options, posix
 from core.errors import QuantLensError
 from core.inputs import rundir
-from core.inputs.demo import DemoPaths
+from core.inputs.demo_paths import DemoPaths
 from core.options import EXPORT_HELP, EXPORT_MODEL_EXPLORER
 from core.reporting.runmodel import RunReport
 from core.types import JobSpec, ProgressEvent, RunStatus, short_name
@@ -120,7 +120,7 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
 def _job_from_args(args: argparse.Namespace) -> JobSpec:
     """The job the `run` arguments describe (core.options declares and checks each one); with
     no MODEL or --data, the embedded demo's, built first when missing."""
-    from core.inputs.demo import demo_paths
+    from core.inputs.demo_paths import demo_paths
 
     values = vars(args).copy()
     if values["model"] is None or values["data"] is None:
@@ -224,6 +224,7 @@ def _supervise(directory: Path, run_id: str, args: argparse.Namespace) -> int:
         report = read_report(directory)
         print(format_table(report))
         _print_calibration(report)
+        _print_runtimes(report)
         if args.report == "html":
             from core.reporting.html import write_report_html
 
@@ -254,16 +255,24 @@ def _print_calibration(report: RunReport) -> None:
     line = calibration_line(report.calibration)
     if line:
         print(line)
-    sweep = report.sweep
-    if sweep and sweep.get("statement"):
-        print(f"calibration sweep: {sweep['statement']}")
+    if report.sweep is not None and report.sweep.statement:
+        print(f"calibration sweep: {report.sweep.statement}")
+
+
+def _print_runtimes(report: RunReport) -> None:
+    """The runtime matrix, when the run asked for one (--runtimes)."""
+    from core.reporting.runtimes import format_runtime_table
+
+    table = format_runtime_table(report)
+    if table:
+        print(table)
 
 
 def _print_tracking(report: RunReport) -> None:
     """Where the run was logged; a logging failure is already among the table's warnings."""
-    tracking = report.extra.get("tracking") or {}
-    if tracking.get("run_id"):
-        print(f"mlflow: run {tracking['run_id']} at {tracking['uri']}")
+    tracking = report.tracking
+    if tracking is not None and tracking.run_id:
+        print(f"mlflow: run {tracking.run_id} at {tracking.uri}")
 
 
 def _print_model_explorer_export(directory: Path) -> None:
@@ -326,7 +335,12 @@ def cmd_rescore(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from core.inputs.demo import demo_paths, demo_root, mobilenet_demo_paths, outlier_demo_paths
+    from core.inputs.demo_paths import (
+        demo_paths,
+        demo_root,
+        mobilenet_demo_paths,
+        outlier_demo_paths,
+    )
 
     root = Path(args.out).resolve() if args.out else demo_root()
     small = demo_paths(root=root)

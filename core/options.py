@@ -6,9 +6,23 @@ from parsed arguments (`job_from_values`), the command that reproduces a job
 (`reproduce_command`) and the Setup page's widgets (`setup_options`; `ui/setup_form.py` maps a
 widget kind to its Streamlit call, since core never imports Streamlit).
 
-Adding an option is one `RunOption` here (and a `JobSpec` field when the job carries it) plus
-the code that uses it. `tests/core/test_options.py` checks that every `JobSpec` field is
-declared and that one added entry reaches the parser, the job, the command and Setup.
+Adding an option is one `RunOption` in `RUN_OPTIONS` (and a `JobSpec` field when the job
+carries it) plus the code that uses it, for example:
+
+    RunOption(
+        "fix_budget",                      # argparse dest, Setup's name for it
+        ("--fix-budget",),
+        value_type=int,
+        help="... (default 5)",
+        field="fix_budget",                # the JobSpec field it fills (default: JobSpec's)
+        checks=(at_least(1),),             # one-line refusals, the same on the CLI and Setup
+        in_command=InCommand.UNLESS_DEFAULT,
+        widget=SetupWidget(WidgetKind.NUMBER, "Fix budget", key="setup.fix_budget", minimum=1),
+    )
+
+`tests/core/test_options.py` checks that every `JobSpec` field is declared;
+`tests/app/test_setup_options.py` that one added entry reaches the parser, the job, the
+reproduce command and Setup.
 """
 
 from __future__ import annotations
@@ -23,12 +37,18 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import QuantLensError
+from core.reporting.report import VERDICT_LOWER_BOUND, VERDICT_POINT, VERDICT_RULES
+from core.reporting.targets import PROFILES, Target
 from core.types import (
     BACKEND_CHOICES,
     RAY_NODE_IP_ENV,
+    RUNTIME_SUBSET,
     JobSpec,
+    Mode,
     Preset,
+    Runtime,
     VariantSpec,
+    parse_runtimes,
     parse_sweep_sizes,
     variants_for_backend,
 )
@@ -38,10 +58,6 @@ EXPORT_HELP = (
     "model-explorer: write <variant>.model-explorer.json per diagnosed variant, node data "
     "that colours the variant's .tflite by per-layer error in Google's Model Explorer"
 )
-LIMIT_HELP = {
-    "timeout": "wall-clock limit of the job in seconds, > 0 (default 3600)",
-    "memory_gb": "memory limit of the worker, > 0 (default 16)",
-}
 
 # Parsed values by argparse dest (`vars(args)`); a check or a conversion may read the others.
 Values = Mapping[str, Any]
@@ -85,10 +101,12 @@ class WidgetKind(enum.StrEnum):
 class SetupWidget:
     """How Setup asks for an option: the widget, its words, its limits and its first value.
 
-    `key` names the widget's session state (and its place in the remembered form);
-    `default` is the form's first value when it differs from the CLI's (threads: a number,
-    where the CLI's None means the same). `zero_is_none`: the number 0 stands for the job's
-    None ("0 = all").
+    `key` names the widget's session state and its place in the form Setup remembers across
+    reloads (`remember`: False for what is per run). `choices` are the widget's when they are
+    not the option's (the modes Setup offers); `choice_labels` replace a choice's shown text,
+    `choice_help` follows it in brackets (a select box) or explains it in the widget's help.
+    `default` is the form's first value when it is not the CLI's. `zero_is_none`: the number 0
+    stands for the job's None ("0 = all").
     """
 
     kind: WidgetKind
@@ -100,9 +118,12 @@ class SetupWidget:
     step: float | None = None
     placeholder: str | None = None
     max_chars: int | None = None
+    choices: tuple[str, ...] | None = None
     choice_labels: Mapping[str, str] | None = None
+    choice_help: Mapping[str, str] | None = None
     default: Any = UNSET
     zero_is_none: bool = False
+    remember: bool = True
 
 
 @dataclass(frozen=True)
@@ -159,6 +180,19 @@ class RunOption:
         if self.widget is not None and self.widget.default is not UNSET:
             return self.widget.default
         return self.cli_default
+
+    @property
+    def form_choices(self) -> tuple[str, ...]:
+        """The choices Setup offers (a radio's, a select box's, a multiselect's): the widget's,
+        else the option's, else those the widget labels or explains."""
+        widget = self.widget
+        if widget is not None and widget.choices is not None:
+            return widget.choices
+        if self.choices is not None:
+            return self.choices
+        if widget is not None:
+            return tuple(widget.choice_labels or widget.choice_help or ())
+        return ()
 
 
 def job_default(field_name: str) -> Any:
@@ -321,6 +355,13 @@ def exact_number(value: float) -> str:
     return short if float(short) == value else repr(value)
 
 
+def _runtimes(value: Any, values: Values) -> tuple[Runtime, ...]:
+    """--runtimes as a comma-separated string (the CLI) or a list (Setup's multiselect)."""
+    if isinstance(value, list | tuple):
+        value = ",".join(str(v) for v in value)
+    return parse_runtimes(value)
+
+
 def _joined(value: Any) -> str:
     return ",".join(str(v) for v in value)
 
@@ -360,6 +401,22 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
         to_job=_variants,
         in_command=InCommand.ALWAYS,
         to_text=_joined,
+        # Setup offers modes; the int8 I/O type and the backend make the variant names.
+        widget=SetupWidget(
+            WidgetKind.MULTISELECT,
+            "Quantization modes",
+            key="setup.modes",
+            choices=tuple(m.value for m in Mode),
+            choice_help={
+                "float32": "plain conversion, the honest TFLite baseline",
+                "dynamic": "int8 weights, float activations",
+                "float16": "float16 weights",
+                "int8": "full integer; needs calibration images",
+                "int16x8": "int16 activations, int8 weights",
+                "int4w": "int4 weights, float activations; quantizer backend only",
+            },
+            default=JobSpec.variants,
+        ),
     ),
     RunOption(
         "backend",
@@ -374,6 +431,7 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
             key="setup.backend",
             help="converter: a TFLiteConverter run per mode. quantizer: LiteRT Quantizer "
             "recipes on one float32 conversion (variant names end in _q). both: side by side.",
+            remember=False,
         ),
     ),
     RunOption(
@@ -411,7 +469,7 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
             "Preset",
             key="setup.preset",
             help="How decoded RGB pixels become the float input; the same array feeds both models.",
-            choice_labels={
+            choice_help={
                 "mobilenet_v2": "[-1, 1]",
                 "unit": "[0, 1]",
                 "raw": "[0, 255]",
@@ -461,7 +519,7 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
     RunOption(
         "verdict",
         ("--verdict",),
-        choices=("point", "lower-bound"),
+        choices=VERDICT_RULES,
         help="judge each variant by its agreement (point, default) or by the lower end of its "
         "95 %% Wilson interval (lower-bound: a PASS that sampling noise cannot explain)",
         field="verdict",
@@ -474,9 +532,66 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
             "interval meets the threshold, so a PASS on a few images cannot be luck. Exit "
             "codes follow it.",
             choice_labels={
-                "point": "point: agreement ≥ threshold",
-                "lower-bound": "lower bound: 95 % CI low end ≥ threshold",
+                VERDICT_POINT: "point: agreement ≥ threshold",
+                VERDICT_LOWER_BOUND: "lower bound: 95 % CI low end ≥ threshold",
             },
+        ),
+    ),
+    RunOption(
+        "target",
+        ("--target",),
+        choices=tuple(str(t) for t in Target),
+        help="where the model will run, for the recommendation: cpu (LiteRT with XNNPACK, "
+        "default), integer-only (an NPU or Edge TPU-like accelerator: every op in integers), "
+        "mcu (TFLite-Micro: integer-only, its kernels, an arena within --arena-kb) or gpu "
+        "(not evaluated on a machine without one)",
+        field="target",
+        in_command=InCommand.UNLESS_DEFAULT,
+        widget=SetupWidget(
+            WidgetKind.RADIO,
+            "Target",
+            key="setup.target",
+            help="Where the model will run. The recommendation excludes what the target cannot "
+            "run, with the reason; the Targets page shows every target's pick.",
+            choice_labels={str(t): f"{t}: {PROFILES[t].title}" for t in Target},
+        ),
+    ),
+    RunOption(
+        "arena_kb",
+        ("--arena-kb",),
+        value_type=float,
+        help="the largest TFLite-Micro arena in KiB the mcu target has room for (default: no "
+        "limit)",
+        field="arena_kb",
+        checks=(at_least(1),),
+        in_command=InCommand.UNLESS_DEFAULT,
+        to_text=exact_number,
+        widget=SetupWidget(
+            WidgetKind.NUMBER,
+            "MCU arena limit (KiB, 0 = none; mcu target only)",
+            key="setup.arena_kb",
+            minimum=0,
+            step=16,
+            default=0,
+            zero_is_none=True,
+        ),
+    ),
+    RunOption(
+        "perturb",
+        ("--perturb",),
+        is_flag=True,
+        help="flip hunt: each variant's agreement under brightness ±10 %%, JPEG quality 75, a "
+        "92 %% crop and noise σ=2/255, on the images whose original answer did not change "
+        "(runs every model five more times)",
+        field="perturb",
+        in_command=InCommand.UNLESS_DEFAULT,
+        widget=SetupWidget(
+            WidgetKind.CHECKBOX,
+            "Flip hunt under small perturbations",
+            key="setup.perturb",
+            help="Agreement under brightness ±10 %, JPEG quality 75, a 92 % crop and noise "
+            "σ=2/255, counted on the images whose original answer did not change. Runs every "
+            "model five more times.",
         ),
     ),
     RunOption(
@@ -566,6 +681,7 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
             key="setup.trusted",
             help="Runs the model's own code: Lambda layers, custom objects, .h5 files and "
             "file-system ops. Only for models whose author you trust.",
+            remember=False,
         ),
     ),
     RunOption(
@@ -583,6 +699,7 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
             help="Ray decodes and evaluates the images on the cluster's workers; conversion "
             "and latency stay on this machine. Every node must see the data set at the same "
             "path.",
+            remember=False,
         ),
     ),
     RunOption(
@@ -638,6 +755,7 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
             key="setup.mlflow",
             help="One MLflow run for this run and a nested run per variant, with the .tflite "
             "files and reports, logged by the worker once the run ends.",
+            remember=False,
         ),
     ),
     RunOption(
@@ -694,6 +812,7 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
             help="Calibrate int8 on these images instead of drawing them from the data set; "
             "nothing is held out of evaluation then.",
             default="",
+            remember=False,
         ),
     ),
     RunOption(
@@ -755,6 +874,45 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
         ),
     ),
     RunOption(
+        "runtimes",
+        ("--runtimes",),
+        default=None,
+        metavar="R,R,...",
+        help="also evaluate every variant under these runtimes: xnnpack (the run's threads), "
+        "xnnpack1 (1 thread), builtin (built-in kernels), reference (reference kernels, what "
+        "TFLite-Micro matches), tflm (TFLite-Micro, integer-only variants); builtin, "
+        "reference and tflm run on --runtime-images images",
+        field="runtimes",
+        to_job=_runtimes,
+        in_command=InCommand.UNLESS_DEFAULT,
+        to_text=_joined,
+        widget=SetupWidget(
+            WidgetKind.MULTISELECT,
+            "Runtimes (optional)",
+            key="setup.runtimes",
+            help="Evaluate each variant's .tflite under other kernels too: the answers of "
+            "XNNPACK, the built-in and the reference kernels (a microcontroller's stand-in) "
+            "and TFLite-Micro can differ. The slow kernels run at 1 thread on a seeded "
+            f"subset of {RUNTIME_SUBSET} images.",
+            choice_labels={str(r): r.label for r in Runtime},
+            default=[],
+        ),
+    ),
+    RunOption(
+        "runtime_images",
+        ("--runtime-images",),
+        value_type=int,
+        metavar="N",
+        help=f"images the built-in and reference kernels and TFLite-Micro run on, drawn with "
+        f"the run's seed (default {RUNTIME_SUBSET}; 0 = every image)",
+        field="runtime_images",
+        checks=(at_least(0),),
+        to_job=lambda value, values: value or None,
+        in_command=InCommand.UNLESS_DEFAULT,
+        command_when=lambda job: bool(job.runtimes),
+        to_text=lambda value: "0" if value is None else str(value),
+    ),
+    RunOption(
         "name",
         ("--name",),
         help="a name for the run in the history",
@@ -765,6 +923,7 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
             key="setup.run_name",
             max_chars=120,
             help="Left empty, the run is named after the model and the time: saved_model · 14:03.",
+            remember=False,
         ),
     ),
     # Fixed for every run: recorded in job.json and report.json, asked for nowhere.
@@ -782,7 +941,7 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
         ("--timeout",),
         value_type=float,
         default=None,
-        help=LIMIT_HELP["timeout"],
+        help="wall-clock limit of the job in seconds, > 0 (default 3600)",
         checks=(above_zero_limit,),
         commands=("run", "rescore"),
     ),
@@ -791,7 +950,7 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
         ("--memory-gb",),
         value_type=float,
         default=None,
-        help=LIMIT_HELP["memory_gb"],
+        help="memory limit of the worker, > 0 (default 16)",
         checks=(above_zero_limit,),
         commands=("run", "rescore"),
     ),

@@ -37,7 +37,7 @@ NEEDS_CALIBRATION = frozenset({Mode.INT8, Mode.INT16X8})  # on both backends
 # Modes whose converter variant can keep layers in float (the QuantizationDebugger's denylist).
 CONVERTER_KEEP_MODES = frozenset({Mode.INT8})
 # Per-layer overrides in a variant name: `int8_q:keep=conv2d+dense:int16=conv2d_1`.
-_OVERRIDE_KEYS = ("keep", "int16")
+_OVERRIDE_KEYS = ("keep", "int16", "wo")
 EQUALIZE_KEY = "eq"  # a bare override: `int8:eq`
 
 
@@ -75,6 +75,25 @@ class RunStatus(enum.StrEnum):
         return self not in (RunStatus.QUEUED, RunStatus.RUNNING)
 
 
+class VariantStatus(enum.StrEnum):
+    """Life cycle of one variant in report.json: a run's statuses, `pending` for `queued`.
+
+    A str enum, so report.json holds the same words and a status compares equal to its word.
+    """
+
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CRASHED = "crashed"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self not in (VariantStatus.PENDING, VariantStatus.RUNNING)
+
+
 # The statuses a run or a variant ends in (DESIGN §8), and those of them that are no success.
 FINISHED_STATUSES = frozenset(str(s) for s in RunStatus if s.finished)
 UNSUCCESSFUL_STATUSES = FINISHED_STATUSES - {str(RunStatus.DONE)}
@@ -92,7 +111,8 @@ class VariantSpec:
     backend (`int8_q`), `+tf` when the SELECT_TF_OPS fallback is allowed, then the per-layer
     overrides: `:eq` (the Keras model cross-layer equalized before quantizing,
     core.engine.fixes.equalize_rung), `:keep=A+B` (layers kept in float) and `:int16=C` (layers
-    given int16 activations), each list sorted. `parse(spec.name) == spec` for every valid spec.
+    given int16 activations) and `:wo=D` (layers whose weights only are quantized; quantizer
+    only), each list sorted. `parse(spec.name) == spec` for every valid spec.
     """
 
     mode: Mode
@@ -101,6 +121,7 @@ class VariantSpec:
     backend: Backend = Backend.CONVERTER
     float_layers: tuple[str, ...] = ()  # Keras layer names kept in float
     int16_layers: tuple[str, ...] = ()  # Keras layer names given int16 activations
+    weight_only_layers: tuple[str, ...] = ()  # Keras layer names quantized weight-only
     equalized: bool = False  # the Keras model is cross-layer equalized before it is quantized
 
     @property
@@ -112,7 +133,11 @@ class VariantSpec:
             base += QUANTIZER_SUFFIX
         base += "+tf" if self.allow_select_tf_ops else ""
         base += f":{EQUALIZE_KEY}" if self.equalized else ""
-        for key, layers in (("keep", self.float_layers), ("int16", self.int16_layers)):
+        for key, layers in (
+            ("keep", self.float_layers),
+            ("int16", self.int16_layers),
+            ("wo", self.weight_only_layers),
+        ):
             if layers:
                 base += f":{key}={'+'.join(layers)}"
         return base
@@ -131,11 +156,15 @@ class VariantSpec:
     def without_overrides(self) -> VariantSpec:
         """The variant a per-layer override or equalization derives from (`int8` for
         `int8:eq:keep=conv2d`)."""
-        return replace(self, float_layers=(), int16_layers=(), equalized=False)
+        return replace(
+            self, float_layers=(), int16_layers=(), weight_only_layers=(), equalized=False
+        )
 
     @property
     def has_overrides(self) -> bool:
-        return bool(self.float_layers or self.int16_layers or self.equalized)
+        return bool(
+            self.float_layers or self.int16_layers or self.weight_only_layers or self.equalized
+        )
 
     @classmethod
     def parse(cls, text: str) -> VariantSpec:
@@ -188,6 +217,7 @@ class VariantSpec:
             backend=Backend.QUANTIZER if quantizer else Backend.CONVERTER,
             float_layers=layers["keep"],
             int16_layers=layers["int16"],
+            weight_only_layers=layers["wo"],
             equalized=bool(layers[EQUALIZE_KEY]),
         )
 
@@ -205,7 +235,7 @@ class VariantSpec:
                 f"{name}: equalization evens out activation ranges for a fully quantized model; "
                 "use :eq with int8 or int16x8"
             )
-        overrides = self.float_layers or self.int16_layers
+        overrides = self.float_layers or self.int16_layers or self.weight_only_layers
         if overrides and self.mode is Mode.FLOAT32:
             raise QuantLensError(
                 f"{name}: float32 quantizes nothing, so no layer can be kept in float; give "
@@ -217,7 +247,11 @@ class VariantSpec:
                     f"{self.mode} runs on the quantizer backend only; use {self.mode}"
                     f"{QUANTIZER_SUFFIX} (--backend quantizer or both)"
                 )
-            if self.int16_layers or (self.float_layers and self.mode not in CONVERTER_KEEP_MODES):
+            if (
+                self.int16_layers
+                or self.weight_only_layers
+                or (self.float_layers and self.mode not in CONVERTER_KEEP_MODES)
+            ):
                 raise QuantLensError(
                     f"{name}: on the converter backend only int8 keeps layers in float (keep=); "
                     f"write {self.mode!s}{QUANTIZER_SUFFIX}:... or use --backend quantizer"
@@ -238,23 +272,42 @@ class VariantSpec:
                 f"{name}: int16= gives int16 activations to layers of an int8 model; use it "
                 "with int8_q"
             )
+        if self.weight_only_layers and self.mode is not Mode.INT8:
+            raise QuantLensError(
+                f"{name}: wo= quantizes the weights only of layers of an int8 model; use it "
+                "with int8_q"
+            )
         both = sorted(set(self.float_layers) & set(self.int16_layers))
         if both:
             raise QuantLensError(
                 f"{name}: {', '.join(both)} cannot be both kept in float and given int16 "
                 "activations; name each layer once"
             )
+        twice = sorted(set(self.weight_only_layers) & {*self.float_layers, *self.int16_layers})
+        if twice:
+            raise QuantLensError(
+                f"{name}: {', '.join(twice)} is named by wo= and by keep= or int16=; name each "
+                "layer once"
+            )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "mode": str(self.mode),
-            "io_type": None if self.io_type is None else str(self.io_type),
-            "allow_select_tf_ops": self.allow_select_tf_ops,
-            "backend": str(self.backend),
-            "float_layers": list(self.float_layers),
-            "int16_layers": list(self.int16_layers),
-        } | ({"equalized": True} if self.equalized else {})
+        return (
+            {
+                "name": self.name,
+                "mode": str(self.mode),
+                "io_type": None if self.io_type is None else str(self.io_type),
+                "allow_select_tf_ops": self.allow_select_tf_ops,
+                "backend": str(self.backend),
+                "float_layers": list(self.float_layers),
+                "int16_layers": list(self.int16_layers),
+            }
+            | ({"equalized": True} if self.equalized else {})
+            | (
+                {"weight_only_layers": list(self.weight_only_layers)}
+                if self.weight_only_layers
+                else {}
+            )
+        )
 
 
 # A name up to this long is shown whole; a longer one shows at most SHOWN_LAYERS layers of each
@@ -351,7 +404,11 @@ def variants_for_backend(names: Sequence[str], backend: str) -> tuple[str, ...]:
             candidates = [replace(parsed, backend=Backend.QUANTIZER)]
         else:
             candidates = [replace(parsed, backend=b) for b in Backend]
-            quantizer_only = parsed.mode in QUANTIZER_ONLY_MODES or parsed.int16_layers
+            quantizer_only = (
+                parsed.mode in QUANTIZER_ONLY_MODES
+                or parsed.int16_layers
+                or parsed.weight_only_layers
+            )
             if quantizer_only or (parsed.float_layers and parsed.mode not in CONVERTER_KEEP_MODES):
                 candidates = candidates[1:]
         for spec in candidates:
@@ -490,6 +547,10 @@ class ProgressEvent:
 RAY_NODE_IP_ENV = "RAY_NODE_IP_ADDRESS"
 
 
+# Images the slow runtimes (built-in, reference kernels, TFLite-Micro) run on by default.
+RUNTIME_SUBSET = 200
+
+
 @dataclass(frozen=True)
 class JobSpec:
     """Everything a worker needs to run one job; serialised as the run directory's job.json."""
@@ -530,12 +591,19 @@ class JobSpec:
     calibration_overlap: bool = False
     calibration_sweep: tuple[int, ...] = ()  # calibration sizes to sweep int8/int16x8 over
     sweep_seeds: int = 3  # draws per sweep size
+    runtimes: tuple[Runtime, ...] = ()  # the runtime matrix's runtimes; () runs none
+    runtime_images: int | None = RUNTIME_SUBSET  # the slow runtimes' subset; None: every image
+    # Where the model will run (core.reporting.targets.Target): the recommendation's target.
+    target: str = "cpu"
+    arena_kb: float | None = None  # the largest TFLite-Micro arena the mcu target allows
+    perturb: bool = False  # the flip hunt: agreement under small perturbations
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["preset"] = str(self.preset)
         d["variants"] = list(self.variants)
         d["calibration_sweep"] = list(self.calibration_sweep)
+        d["runtimes"] = [str(r) for r in self.runtimes]
         return d
 
     @classmethod
@@ -547,6 +615,7 @@ class JobSpec:
         if kwargs.get("input_size"):
             kwargs["input_size"] = tuple(kwargs["input_size"])
         kwargs["calibration_sweep"] = tuple(kwargs.get("calibration_sweep", ()))
+        kwargs["runtimes"] = tuple(Runtime(r) for r in kwargs.get("runtimes", ()))
         return cls(**kwargs)
 
 
@@ -572,3 +641,58 @@ def parse_sweep_sizes(text: str | None) -> tuple[int, ...]:
             f"calibration sweep sizes are at least 1, such as 10,25,50,100; got {text!r}"
         )
     return tuple(sizes)
+
+
+class Runtime(enum.StrEnum):
+    """A runtime a variant can be evaluated under, for the runtime matrix (the same `.tflite`
+    file, other kernels: the host's answer is not always the device's)."""
+
+    XNNPACK = "xnnpack"  # LiteRT with XNNPACK at the run's threads: the run's own evaluation
+    XNNPACK1 = "xnnpack1"  # LiteRT with XNNPACK at 1 thread
+    BUILTIN = "builtin"  # LiteRT's built-in kernels, no default delegate, 1 thread
+    REFERENCE = "reference"  # LiteRT's reference kernels (BUILTIN_REF), 1 thread: MCU stand-in
+    TFLM = "tflm"  # TFLite-Micro itself, integer-only variants, when its runtime is installed
+
+    @property
+    def label(self) -> str:
+        """How a table heads this runtime's column."""
+        return RUNTIME_LABELS[self]
+
+    @property
+    def on_subset(self) -> bool:
+        """Evaluated on a bounded seeded subset by default (13-67x slower than XNNPACK)."""
+        return self in (Runtime.BUILTIN, Runtime.REFERENCE, Runtime.TFLM)
+
+
+RUNTIME_LABELS = {
+    Runtime.XNNPACK: "XNNPACK (run's threads)",
+    Runtime.XNNPACK1: "XNNPACK, 1 thread",
+    Runtime.BUILTIN: "built-in kernels",
+    Runtime.REFERENCE: "reference kernels",
+    Runtime.TFLM: "TFLite-Micro",
+}
+
+
+def parse_runtimes(text: str | None) -> tuple[Runtime, ...]:
+    """`xnnpack,builtin,reference,tflm` -> those runtimes in the matrix's column order; ()
+    when none (None or blank).
+
+    Raises:
+        QuantLensError: an unknown runtime name.
+    """
+    from core.errors import QuantLensError
+
+    if text is None or not text.strip():
+        return ()
+    chosen: set[Runtime] = set()
+    for part in (p.strip().lower() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            chosen.add(Runtime(part))
+        except ValueError:
+            names = ",".join(r.value for r in Runtime)
+            raise QuantLensError(
+                f"unknown runtime {part!r}; choose from {names} (comma-separated)"
+            ) from None
+    return tuple(r for r in Runtime if r in chosen)

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 # No test wants the MobileNetV2 demo trained behind its back: a first launch would chain that
-# build in a detached worker that outlives the test (core.jobs.demo_build.CHAIN_ENV).
+# build in a detached worker that outlives the test (core.jobs.demo_jobs.CHAIN_ENV).
 os.environ.setdefault("QUANTLENS_MOBILENET_DEMO", "0")
 
 HEAVY = ("tensorflow", "keras")

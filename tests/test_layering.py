@@ -28,7 +28,7 @@ def _files(*parts: str, root: Path = ROOT) -> list[Path]:
 # Streamlit. It holds for what ships (core/, ui/, views/, app.py); tests/ and bench/ drive the
 # engine in-process on purpose.
 PRODUCT = ("core", "ui", "views", "app.py")
-MODEL_FRAMEWORKS = HEAVY | {"litert_quantizer", "ray"}
+MODEL_FRAMEWORKS = HEAVY | {"litert_quantizer", "ray", "tflite_micro", "ethosu"}
 ENGINE = "core.engine"
 WORKER = "core.jobs.worker"
 
@@ -38,7 +38,9 @@ class Import:
     """One imported name, as the importing module sees it."""
 
     source: str  # the importing module, "core.jobs.worker"
-    target: str  # a module of the product ("core.engine.demo") or a top-level package ("numpy")
+    target: (
+        str  # a module of the product ("core.engine.demo_models") or a top-level package ("numpy")
+    )
     where: str  # "core/jobs/worker.py:40", for the failure message
     in_function: bool
 
@@ -386,3 +388,19 @@ def test_the_probe_names_each_offender_in_isolation() -> None:
     probes = [("a", ["wave"], fake), ("b", ["colorsys"], fake), ("c", ["core.types"], fake)]
     assert _loaded_forbidden(["wave", "colorsys", "core.types"], fake) == ["colorsys", "wave"]
     assert _offenders(probes) == {"a": ["wave"], "b": ["colorsys"]}
+
+
+def test_no_two_modules_of_core_share_a_name() -> None:
+    """One name per concept: `from core.x import demo` and `from core.y import demo` read the
+    same and are not. A stage may share its name with the module whose work it drives
+    (core/engine/stages/convert.py runs core/engine/convert.py)."""
+    by_name: dict[str, list[str]] = {}
+    for path in _files("core"):
+        if path.name not in ("__init__.py", "__main__.py"):
+            by_name.setdefault(path.stem, []).append(path.relative_to(ROOT).as_posix())
+    shared = {
+        name: paths
+        for name, paths in by_name.items()
+        if len([p for p in paths if not p.startswith("core/engine/stages/")]) > 1
+    }
+    assert shared == {}

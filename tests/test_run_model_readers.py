@@ -49,3 +49,24 @@ def test_the_finished_statuses_are_written_once() -> None:
 def test_the_default_threshold_is_written_once() -> None:
     [hit] = _hits(DEFAULT_THRESHOLD)
     assert hit.startswith("core/types.py:") and "DEFAULT_MIN_AGREEMENT_PCT = 95.0" in hit
+
+
+# A typed section (core.reporting.runmodel.Section) assembled as a dict in report.json by hand:
+# `report["sweep"] = {...}`, `data["engine"]["batches_by_node"] = ...`.
+SECTION_WRITTEN_BY_HAND = re.compile(
+    r"""\[\s*["'](sweep|calibration|engine|tracking)["']\s*\](\s*\[[^\]]*\])*\s*=[^=]"""
+)
+# A variant status compared with or set to a bare word instead of VariantStatus (SQL's
+# single-quoted words are the store's, which holds the same words).
+STATUS_SPELLED_OUT = re.compile(
+    r'status["\')\]]*\s*(==|!=|=|in)\s*\(?"(pending|running|done|failed|crashed|timeout|cancelled)"'
+)
+
+
+def test_no_writer_assembles_a_typed_section_by_hand() -> None:
+    assert _hits(SECTION_WRITTEN_BY_HAND) == []
+
+
+def test_variant_statuses_are_the_enum_not_bare_words_in_core() -> None:
+    hits = [h for h in _hits(STATUS_SPELLED_OUT) if h.startswith("core/")]
+    assert hits == []

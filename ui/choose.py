@@ -19,22 +19,31 @@ def report_recommendation(report: RunReport) -> dict[str, Any]:
     return dict(stored) if stored else recommendation(report)
 
 
-def recommendation_box(report: RunReport) -> None:
-    """The pick (or "none" and the closest variant) with its rule in words and the reason."""
-    rec = report_recommendation(report)
+def recommendation_box(report: RunReport, rec: Mapping[str, Any] | None = None) -> None:
+    """The pick (or "none" and the closest variant) with its rule in words and the reason;
+    `rec` is one target's recommendation (default: the run's own)."""
+    rec = dict(rec) if rec is not None else report_recommendation(report)
     if rec.get("variant"):
         runner = f" · runner-up **{fmt.text(rec['runner_up'])}**" if rec.get("runner_up") else ""
         st.success(f"**Recommended: {fmt.text(rec['variant'])}**{runner}", icon=":material/star:")
+        if rec.get("slower_than_float32"):
+            st.warning(fmt.text(rec["slower_than_float32"]), icon=":material/slow_motion_video:")
     else:
         st.warning("**No variant qualifies for a recommendation.**", icon=":material/help:")
     st.caption(f"Rule: {fmt.text(rec['rule'])}. {fmt.text(rec['reason'])}.")
 
 
 def tradeoff_chart(
-    variants: Sequence[Variant | Mapping[str, Any]], *, key: str, pick: str | None = None
+    variants: Sequence[Variant | Mapping[str, Any]],
+    *,
+    key: str,
+    pick: str | None = None,
+    target: str | None = None,
+    arena_limit_kb: float | None = None,
 ) -> None:
-    """Every finished variant at (size, p50) coloured by agreement, with the frontier drawn."""
-    points = tradeoff_points(variants)
+    """Every finished variant at (size, p50) coloured by agreement, with the frontier drawn;
+    with a target, the points it cannot run are crossed out and off the frontier."""
+    points = tradeoff_points(variants, target=target, arena_limit_kb=arena_limit_kb)
     if not points:
         st.info("No variant has both a size and a measured latency yet.")
         return

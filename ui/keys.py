@@ -1,5 +1,7 @@
 """Session-state key names, one constant each, namespaced by page ("setup.modes")."""
 
+from core.options import widget_key  # a run option's key is declared with its widget
+
 # app-wide
 SELECTED_RUN = "app.selected_run"
 SIDEBAR_RUN = "app.sidebar_run"
@@ -14,27 +16,31 @@ SETUP_DATA_UPLOAD = "setup.data_upload"
 SETUP_MODEL_UPLOADED = "setup.model_uploaded"  # the stored upload, kept across reloads
 SETUP_DATA_UPLOADED = "setup.data_uploaded"
 SETUP_LABELS_PATH = "setup.labels_path"
-SETUP_PRESET = "setup.preset"
+SETUP_PRESET = widget_key("preprocess")
 SETUP_PRESET_CHECKED = "setup.preset_checked"  # the model and data the preset was checked for
-SETUP_MODES = "setup.modes"
+SETUP_MODES = widget_key("modes")
 SETUP_INT8_IO = "setup.int8_io"
-SETUP_BACKEND = "setup.backend"
-SETUP_SELECT_TF_OPS = "setup.select_tf_ops"
-SETUP_CALIBRATION = "setup.calibration_samples"
-SETUP_CALIBRATION_OVERLAP = "setup.calibration_overlap"
-SETUP_CALIBRATION_DATA = "setup.calibration_data"
-SETUP_SWEEP = "setup.calibration_sweep"
-SETUP_SWEEP_SEEDS = "setup.sweep_seeds"
-SETUP_MAX_SAMPLES = "setup.max_samples"
-SETUP_THREADS = "setup.threads"
-SETUP_THRESHOLD = "setup.threshold"
-SETUP_VERDICT = "setup.verdict"
-SETUP_RUN_NAME = "setup.run_name"
-SETUP_TRUSTED = "setup.trusted"
+SETUP_BACKEND = widget_key("backend")
+SETUP_SELECT_TF_OPS = widget_key("select_tf_ops")
+SETUP_CALIBRATION = widget_key("calibration_samples")
+SETUP_CALIBRATION_OVERLAP = widget_key("calibration_overlap")
+SETUP_CALIBRATION_DATA = widget_key("calibration_data")
+SETUP_SWEEP = widget_key("calibration_sweep")
+SETUP_RUNTIMES = widget_key("runtimes")
+SETUP_SWEEP_SEEDS = widget_key("sweep_seeds")
+SETUP_MAX_SAMPLES = widget_key("samples")
+SETUP_THREADS = widget_key("threads")
+SETUP_THRESHOLD = widget_key("min_agreement")
+SETUP_VERDICT = widget_key("verdict")
+SETUP_TARGET = widget_key("target")  # where the model will run (core.reporting.targets.Target)
+SETUP_ARENA_KB = widget_key("arena_kb")  # the mcu target's arena limit in KiB; 0 = none
+SETUP_PERTURB = widget_key("perturb")  # the flip hunt under small perturbations
+SETUP_RUN_NAME = widget_key("name")
+SETUP_TRUSTED = widget_key("trusted")
 SETUP_TRUSTED_CONFIRM = "setup.trusted_confirm"
-SETUP_MLFLOW = "setup.mlflow"
+SETUP_MLFLOW = widget_key("mlflow")
 SETUP_MLFLOW_URI = "setup.mlflow_uri"
-SETUP_ENGINE = "setup.engine"
+SETUP_ENGINE = widget_key("engine")
 SETUP_RUN = "setup.run"
 SETUP_CANCEL = "setup.cancel"
 SETUP_LAUNCH_ERROR = "setup.launch_error"
@@ -61,6 +67,8 @@ DISAGREE_MARGIN = "disagreements.margin"
 DISAGREE_PAGE = "disagreements.page"
 DISAGREE_FLIP = "disagreements.flip"  # (variant, ref_class, tfl_class) set by the agreement page
 DISAGREE_CLEAR_FLIP = "disagreements.clear_flip"
+DISAGREE_RUNTIME = "disagreements.runtime"  # a runtime whose flips (vs XNNPACK) the gallery shows
+OVERVIEW_RUNTIMES = "overview.runtimes"
 
 # probability deltas
 DELTAS_METRIC = "deltas.metric"
@@ -98,3 +106,10 @@ LAYERS_VARIANT = "layers.variant"
 LAYERS_KEEP_FLOAT = "layers.keep_float"  # + ".<variant>": the layers chosen on its page
 LAYERS_RESCORE_ERROR = "layers.rescore_error"  # why the last re-score could not start
 LAYERS_DETAIL = "layers.detail"  # + ".<variant>": the layer whose details are shown
+
+AGREEMENT_FLIP_HUNT = "agreement.flip_hunt"
+
+# targets
+TARGETS_TARGET = "targets.target"
+TARGETS_ARENA = "targets.arena_kb"
+TARGETS_TABLE = "targets.deployability"

@@ -7,24 +7,21 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any
 
 import streamlit as st
 
 from core.errors import QuantLensError
 from core.history import stale_uploads
 from core.inputs import uploads
-from core.inputs.demo import DemoPaths, demo_paths, mobilenet_demo_paths, outlier_demo_paths
+from core.inputs.demo_paths import DemoPaths, demo_paths, mobilenet_demo_paths, outlier_demo_paths
 from core.inputs.paths import allowed_roots, existing_under_roots
 from core.inputs.rundir import workspace_home, write_json_atomic
 from core.jobs import launch as jobs
-from core.metrics.latency import default_threads, usable_cpus
 from core.metrics.preset_check import judge_presets, preset_summary
-from core.reporting.report import VERDICT_LOWER_BOUND, VERDICT_POINT, VERDICT_RULES
+from core.options import RunOption, setup_options
 from core.reporting.tracking import dashboard_uri_refusal, resolve_uri
 from core.types import (
-    BACKEND_CHOICES,
-    DEFAULT_MIN_AGREEMENT_PCT,
     Dataset,
     IOType,
     JobSpec,
@@ -35,68 +32,76 @@ from core.types import (
     parse_sweep_sizes,
     variants_for_backend,
 )
-from ui import cache, fmt, keys, runs
+from ui import cache, fmt, keys, option_widgets, runs
+from ui.option_widgets import option_widget, value_of
 
 # The operator's switch for trusted mode (off unless set to 1); users then confirm per run.
 TRUSTED_ENV = "QUANTLENS_ALLOW_TRUSTED"
 # The operator's Ray cluster (HOST:PORT); when set, Setup offers to evaluate on it.
 RAY_ADDRESS_ENV = "QUANTLENS_RAY_ADDRESS"
-ENGINES = ("local", "ray")
 MODEL_SOURCES = ("Demo model", "Path on the server", "Upload")
 DEMO_MODELS = ("Small (32×32)", "MobileNetV2-0.35 (96×96)", "Outlier channel (16×16)")
 DATA_SOURCES = ("Demo data", "CSV file on the server", "Image folder on the server", "Upload .zip")
-MODE_HELP = {
-    "float32": "plain conversion, the honest TFLite baseline",
-    "dynamic": "int8 weights, float activations",
-    "float16": "float16 weights",
-    "int8": "full integer; needs calibration images",
-    "int16x8": "int16 activations, int8 weights",
-    "int4w": "int4 weights, float activations; quantizer backend only",
-}
-PRESET_HELP = {
-    "mobilenet_v2": "[-1, 1]",
-    "unit": "[0, 1]",
-    "raw": "[0, 255]",
-    "caffe": "BGR minus ImageNet mean",
-    "torch": "ImageNet mean / std",
-}
 
+# The run options' widgets are declared in core.options and drawn by ui.option_widgets. The
+# sections below place these by hand; every other declared widget is drawn in the Options
+# section by `option_widgets.more_options`.
+PLACED_OPTIONS = frozenset(
+    {
+        "modes",
+        "backend",
+        "select_tf_ops",
+        "preprocess",
+        "calibration_samples",
+        "samples",
+        "threads",
+        "min_agreement",
+        "verdict",
+        "name",
+        "trusted",
+        "mlflow",
+        "calibration_data",
+        "calibration_overlap",
+        "calibration_sweep",
+        "sweep_seeds",
+        "engine",
+    }
+)
+# A run's options by JobSpec field name, as `launch` passes them to JobSpec.
+RunOptions = dict[str, Any]
 
 # The form's choices, kept in the workspace so a reload (a new session) or a page switch
 # (Streamlit drops the state of widgets it does not draw) opens Setup as the user left it.
-# Run name and trusted mode are per run and deliberately not kept.
+# Options whose widget is not `remember`ed (run name, trusted mode) are per run.
 FORM_FILE = "setup-form.json"
-MAX_SWEEP_SEEDS = 10
-_VERDICT_LABELS = {
-    VERDICT_POINT: "point: agreement ≥ threshold",
-    VERDICT_LOWER_BOUND: "lower bound: 95 % CI low end ≥ threshold",
-}
 _SOURCES = {keys.SETUP_MODEL_SOURCE: MODEL_SOURCES, keys.SETUP_DATA_SOURCE: DATA_SOURCES}
 _TEXTS = (keys.SETUP_MODEL_PATH, keys.SETUP_DATA_PATH, keys.SETUP_LABELS_PATH)
 _UPLOADED = (keys.SETUP_MODEL_UPLOADED, keys.SETUP_DATA_UPLOADED)
-_INT_RANGES = {
-    keys.SETUP_CALIBRATION: (1, 10_000),
-    keys.SETUP_MAX_SAMPLES: (0, 10**9),
-    keys.SETUP_THREADS: (1, usable_cpus()),
-    keys.SETUP_SWEEP_SEEDS: (1, MAX_SWEEP_SEEDS),
-}
-_FORM_DEFAULTS: dict[str, object] = {
-    keys.SETUP_MODES: ["float32", "dynamic", "float16", "int8"],
-    keys.SETUP_INT8_IO: IOType.INT8.value,
-    keys.SETUP_SELECT_TF_OPS: False,
-    keys.SETUP_CALIBRATION: 100,
-    keys.SETUP_CALIBRATION_OVERLAP: False,
-    keys.SETUP_SWEEP: "",
-    keys.SETUP_SWEEP_SEEDS: 3,
-    keys.SETUP_MAX_SAMPLES: 0,
-    keys.SETUP_THREADS: default_threads(),  # every core but one: the server keeps its own
-    keys.SETUP_THRESHOLD: DEFAULT_MIN_AGREEMENT_PCT,
-    keys.SETUP_VERDICT: VERDICT_POINT,
-}
-# The preset and the model and data it was checked for: a reload keeps the user's choice
+# The int8 I/O type is part of a variant's name, not an option of its own; the preset check
+# remembers the model and data it was checked for, so a reload keeps the user's choice
 # instead of pre-selecting the check's again.
-_PRESET_KEYS = (keys.SETUP_PRESET, keys.SETUP_PRESET_CHECKED)
-REMEMBERED = (*_SOURCES, *_TEXTS, *_UPLOADED, *_PRESET_KEYS, *_FORM_DEFAULTS)
+_FORM_ONLY_DEFAULTS: dict[str, object] = {keys.SETUP_INT8_IO: IOType.INT8.value}
+
+
+def _remembered_options() -> dict[str, RunOption]:
+    """The declared options whose widget Setup remembers, by session key."""
+    return {
+        opt.widget.key: opt
+        for opt in setup_options()
+        if opt.widget is not None and opt.widget.remember
+    }
+
+
+def remembered_keys() -> tuple[str, ...]:
+    """Every session key the form keeps across reloads."""
+    return (
+        *_SOURCES,
+        *_TEXTS,
+        *_UPLOADED,
+        keys.SETUP_PRESET_CHECKED,
+        *_FORM_ONLY_DEFAULTS,
+        *_remembered_options(),
+    )
 
 
 def _form_path() -> Path:
@@ -119,46 +124,34 @@ def _usable(key: str, value: object) -> bool:
         return isinstance(value, str)
     if key in _UPLOADED:
         return isinstance(value, str) and uploads.is_stored_upload(value)
-    if key == keys.SETUP_PRESET:
-        return value in {p.value for p in Preset}
     if key == keys.SETUP_PRESET_CHECKED:
         return isinstance(value, str)
-    if key == keys.SETUP_MODES:
-        modes = {m.value for m in Mode}
-        return isinstance(value, list) and all(v in modes for v in value)
     if key == keys.SETUP_INT8_IO:
         return value in {t.value for t in IOType}
-    if key in (keys.SETUP_SELECT_TF_OPS, keys.SETUP_CALIBRATION_OVERLAP):
-        return isinstance(value, bool)
-    if key == keys.SETUP_SWEEP:
-        return isinstance(value, str)
-    if key in _INT_RANGES:
-        lo, hi = _INT_RANGES[key]
-        return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
-    if key == keys.SETUP_THRESHOLD:
-        return isinstance(value, float) and 50.0 <= value <= 100.0
-    if key == keys.SETUP_VERDICT:
-        return value in VERDICT_RULES
-    return False
+    opt = _remembered_options().get(key)
+    return opt is not None and option_widgets.fits(opt, value)
 
 
 def restore_form() -> None:
     """Fill the form's unset keys with the last choices saved in the workspace, else defaults."""
     saved = _saved_form()
     state = st.session_state
-    for key in REMEMBERED:
+    declared = _remembered_options()
+    for key in remembered_keys():
         if key in state:
             continue
         if key in saved and _usable(key, saved[key]):
             state[key] = saved[key]
-        elif key in _FORM_DEFAULTS:
-            state[key] = _FORM_DEFAULTS[key]
+        elif key in _FORM_ONLY_DEFAULTS:
+            state[key] = _FORM_ONLY_DEFAULTS[key]
+        elif key in declared:
+            state[key] = option_widgets.first_value(declared[key])
 
 
 def remember_form() -> None:
     """Save the form's current choices to the workspace when they changed."""
     state = st.session_state
-    current = {key: state[key] for key in REMEMBERED if key in state}
+    current = {key: state[key] for key in remembered_keys() if key in state}
     if current != _saved_form():
         # A read-only workspace only loses the convenience, never the run.
         with contextlib.suppress(OSError):
@@ -535,20 +528,11 @@ def preset_section(
     """Preset selectbox (the best preset pre-selected after the check) and three samples as the
     model will see them."""
     st.subheader("3 · Preprocessing")
-    names = [p.value for p in Preset]
     if keys.SETUP_PRESET not in st.session_state:
         st.session_state[keys.SETUP_PRESET] = default.value
     switched_from = str(st.session_state[keys.SETUP_PRESET])
     selected = _preselect_best_preset(checked) if checked else None
-    preset = Preset(
-        st.selectbox(
-            "Preset",
-            names,
-            key=keys.SETUP_PRESET,
-            format_func=lambda n: f"{n}  ({PRESET_HELP.get(n, '')})",
-            help="How decoded RGB pixels become the float input; the same array feeds both models.",
-        )
-    )
+    preset = Preset(option_widget("preprocess"))
     if checked:
         _say_preset_check(judge_presets(checked.trial, preset.value), selected, switched_from)
     if sig is None or ds is None or not ds.samples:
@@ -597,14 +581,8 @@ def _say_preset_check(check: dict[str, Any], selected: str | None, switched_from
 def variants_section() -> list[str]:
     """Mode multiselect (+ int8 I/O type); returns variant names such as `int8-uint8`."""
     st.subheader("4 · Variants")
-    modes = [m.value for m in Mode]
     c1, c2, c3 = st.columns([3, 1, 1])
-    chosen = c1.multiselect(
-        "Quantization modes",
-        modes,
-        key=keys.SETUP_MODES,
-        help="  \n".join(f"**{m}**: {MODE_HELP[m]}" for m in modes),
-    )
+    chosen = option_widget("modes", c1)
     io = c2.selectbox(
         "int8 I/O type",
         [t.value for t in IOType],
@@ -612,19 +590,8 @@ def variants_section() -> list[str]:
         disabled="int8" not in chosen,
         help="Tensor type of the int8 model's input and output.",
     )
-    select_ops = c3.toggle(
-        "Allow SELECT_TF_OPS",
-        key=keys.SETUP_SELECT_TF_OPS,
-        help="Fall back to TensorFlow ops the TFLite builtins lack.",
-    )
-    backend = st.radio(
-        "Backend",
-        BACKEND_CHOICES,
-        horizontal=True,
-        key=keys.SETUP_BACKEND,
-        help="converter: a TFLiteConverter run per mode. quantizer: LiteRT Quantizer recipes "
-        "on one float32 conversion (variant names end in _q). both: side by side.",
-    )
+    select_ops = option_widget("select_tf_ops", c3)
+    backend = option_widget("backend")
     names = []
     for m in chosen:
         spec = VariantSpec(
@@ -640,25 +607,6 @@ def variants_section() -> list[str]:
         return []
 
 
-class RunOptions(TypedDict):
-    """The Options section's values, named as JobSpec's fields."""
-
-    calibration_samples: int
-    calibration_overlap: bool
-    calibration_data: str | None
-    calibration_sweep: tuple[int, ...]
-    sweep_seeds: int
-    max_samples: int | None
-    threads: int
-    min_agreement_pct: float
-    verdict: str
-    name: str
-    trusted: bool
-    mlflow_uri: str | None
-    engine: str
-    ray_address: str | None
-
-
 def tracking_option() -> str | None:
     """MLflow tracking: the workspace store, or a tracking server's http(s) URI on the
     operator's allow-list (QUANTLENS_MLFLOW_ALLOWED); None when off.
@@ -667,12 +615,7 @@ def tracking_option() -> str | None:
     not get to write files anywhere on the server, nor send the models to any server.
     """
     c1, c2 = st.columns([1, 3])
-    on = c1.toggle(
-        "Log to MLflow",
-        key=keys.SETUP_MLFLOW,
-        help="One MLflow run for this run and a nested run per variant, with the .tflite "
-        "files and reports, logged by the worker once the run ends.",
-    )
+    on = option_widget("mlflow", c1)
     if not on:
         return None
     raw = c2.text_input(
@@ -702,15 +645,7 @@ def engine_option() -> tuple[str, str | None]:
     if not address:
         return "local", None
     labels = {"local": "Local (this machine)", "ray": f"Ray cluster at {address}"}
-    engine = st.radio(
-        "Engine",
-        ENGINES,
-        key=keys.SETUP_ENGINE,
-        horizontal=True,
-        format_func=labels.get,
-        help="Ray decodes and evaluates the images on the cluster's workers; conversion and "
-        "latency stay on this machine. Every node must see the data set at the same path.",
-    )
+    engine = option_widget("engine", format_func=labels.get)
     return ("ray", address) if engine == "ray" else ("local", None)
 
 
@@ -718,58 +653,17 @@ def options_section(num_samples: int | None) -> RunOptions:
     """Calibration count, evaluation cap, threads, threshold, run name and trusted mode."""
     st.subheader("5 · Options")
     c1, c2, c3, c4 = st.columns(4)
-    calib = c1.number_input(
-        "Calibration samples",
-        min_value=1,
-        max_value=10_000,
-        step=10,
-        key=keys.SETUP_CALIBRATION,
-        help="Drawn from the data with a fixed seed (int8, int16x8) and held out of evaluation "
-        "when the data set has at least twice as many.",
+    calib = option_widget("calibration_samples", c1)
+    cap = option_widget(
+        "samples", c2, help=f"The data set has {num_samples} samples." if num_samples else None
     )
-    cap = c2.number_input(
-        "Evaluation sample cap (0 = all)",
-        min_value=0,
-        step=100,
-        key=keys.SETUP_MAX_SAMPLES,
-        help=f"The data set has {num_samples} samples." if num_samples else None,
-    )
-    threads = c3.number_input(
-        "Threads",
-        min_value=1,
-        max_value=usable_cpus(),
-        key=keys.SETUP_THREADS,
-    )
-    threshold = c4.slider(
-        "Agreement threshold (%)",
-        min_value=50.0,
-        max_value=100.0,
-        step=0.5,
-        key=keys.SETUP_THRESHOLD,
-    )
-    verdict = st.radio(
-        "Verdict",
-        VERDICT_RULES,
-        key=keys.SETUP_VERDICT,
-        horizontal=True,
-        format_func=_VERDICT_LABELS.get,
-        help="Lower bound: a variant passes only when the low end of its 95 % Wilson interval "
-        "meets the threshold, so a PASS on a few images cannot be luck. Exit codes follow it.",
-    )
+    threads = option_widget("threads", c3)
+    threshold = option_widget("min_agreement", c4)
+    verdict = option_widget("verdict")
     c5, c6 = st.columns([3, 1])
-    name = c5.text_input(
-        "Run name (optional)",
-        key=keys.SETUP_RUN_NAME,
-        max_chars=120,
-        help="Left empty, the run is named after the model and the time: saved_model · 14:03.",
-    )
+    name = option_widget("name", c5)
     if trusted_allowed():
-        wanted = c6.toggle(
-            "Trusted model",
-            key=keys.SETUP_TRUSTED,
-            help="Runs the model's own code: Lambda layers, custom objects, .h5 files and "
-            "file-system ops. Only for models whose author you trust.",
-        )
+        wanted = option_widget("trusted", c6)
         if wanted:
             st.checkbox(
                 "I trust this model's author: let it run its own code on this server for this run",
@@ -789,67 +683,43 @@ def options_section(num_samples: int | None) -> RunOptions:
     overlap, calibration_data = calibration_source_option()
     sweep_sizes, sweep_seeds = sweep_option()
     engine, ray_address = engine_option()
+    declared = option_widgets.more_options(PLACED_OPTIONS)
     return {
-        "calibration_samples": int(calib),
+        "calibration_samples": value_of("calibration_samples", calib),
         "calibration_overlap": overlap,
         "calibration_data": calibration_data,
         "calibration_sweep": sweep_sizes,
         "sweep_seeds": sweep_seeds,
-        "max_samples": int(cap) or None,
-        "threads": int(threads),
-        "min_agreement_pct": float(threshold),
-        "verdict": str(verdict),
-        "name": str(name),
+        "max_samples": value_of("samples", cap),
+        "threads": value_of("threads", threads),
+        "min_agreement_pct": value_of("min_agreement", threshold),
+        "verdict": value_of("verdict", verdict),
+        "name": value_of("name", name),
         "trusted": bool(trusted),
         "mlflow_uri": mlflow_uri,
         "engine": engine,
         "ray_address": ray_address,
+        **declared,
     }
 
 
 def calibration_source_option() -> tuple[bool, str | None]:
     """(calibration images may also be evaluated, a separate calibration set's path or None)."""
     c1, c2 = st.columns([1, 3])
-    raw = c2.text_input(
-        "Separate calibration set (optional path)",
-        key=keys.SETUP_CALIBRATION_DATA,
-        placeholder="/data/calibration.csv, a class-folder tree or a .zip",
-        help="Calibrate int8 on these images instead of drawing them from the data set; "
-        "nothing is held out of evaluation then.",
-    ).strip()
-    overlap = c1.checkbox(
-        "Calibrate on evaluated images too",
-        key=keys.SETUP_CALIBRATION_OVERLAP,
-        disabled=bool(raw),
-        help="Off (default): calibration images are held out of evaluation when the data set "
-        "has at least twice the calibration count.",
-    )
+    raw = str(option_widget("calibration_data", c2)).strip()
+    overlap = option_widget("calibration_overlap", c1, disabled=bool(raw))
     if calibration_path_refused():
         c2.error(f"{raw} does not exist; give the path of a CSV, folder or .zip of images.")
         return False, None
-    return (bool(overlap) and not raw), (str(Path(raw).resolve()) if raw else None)
+    return (bool(overlap) and not raw), value_of("calibration_data", raw)
 
 
 def sweep_option() -> tuple[tuple[int, ...], int]:
     """(calibration sizes to sweep, seeds per size): `--calibration-sweep` and `--sweep-seeds`;
     no sizes, no sweep."""
     c1, c2 = st.columns([3, 1])
-    c1.text_input(
-        "Calibration sweep sizes (optional)",
-        key=keys.SETUP_SWEEP,
-        placeholder="10,25,50,100,200",
-        help="After the run's own results: int8 and int16x8 quantized with each number of "
-        "calibration images and each seed (quantizer backend), each evaluated on the run's "
-        "images. The Agreement page plots agreement and KL against the size.",
-    )
-    seeds = c2.number_input(
-        "Seeds per size",
-        min_value=1,
-        max_value=MAX_SWEEP_SEEDS,
-        key=keys.SETUP_SWEEP_SEEDS,
-        help="Draws of calibration images per size: the spread says how much the choice of "
-        "images matters.",
-    )
+    option_widget("calibration_sweep", c1)
+    seeds = option_widget("sweep_seeds", c2)
     try:
         return _sweep_sizes(), int(seeds)
     except QuantLensError as exc:
@@ -868,6 +738,11 @@ def sweep_refused() -> bool:
     except QuantLensError:
         return True
     return False
+
+
+def option_refusal() -> str | None:
+    """The label of an option drawn by `more_options` whose value is refused, else None."""
+    return option_widgets.option_refusal(PLACED_OPTIONS)
 
 
 def calibration_path_refused() -> bool:

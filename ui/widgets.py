@@ -107,15 +107,17 @@ def preset_advice(res: RunResults) -> None:
 
 def tracking_note(res: RunResults) -> None:
     """Where the run was logged in MLflow, or the one line saying why logging failed."""
-    tracking = res.report.extra.get("tracking") or {}
-    uri = tracking.get("uri")
-    if tracking.get("error"):
+    tracking = res.report.tracking
+    if tracking is None:
+        return
+    if tracking.error:
         st.warning(
-            f"MLflow logging to {uri} failed: {tracking['error']}. The run itself is complete.",
+            f"MLflow logging to {tracking.uri} failed: {tracking.error}. The run itself is "
+            "complete.",
             icon=":material/cloud_off:",
         )
-    elif tracking.get("run_id"):
-        st.caption(f"Logged to MLflow: run `{tracking['run_id']}` at `{uri}`.")
+    elif tracking.run_id:
+        st.caption(f"Logged to MLflow: run `{tracking.run_id}` at `{tracking.uri}`.")
 
 
 def variant_verdict(res: RunResults, v: Variant) -> str:

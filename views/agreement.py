@@ -80,15 +80,15 @@ if split_rows:
 sweep = res.report.sweep
 if sweep is not None and swept_modes(sweep):
     st.subheader("Calibration sweep")
-    st.markdown(str(sweep.get("statement") or ""))
+    st.markdown(sweep.statement)
     st.plotly_chart(sweep_figure(sweep), key="agreement.sweep_chart")
     st.caption(
-        f"Each point is quantized on the {sweep.get('backend')} backend with that many "
-        f"calibration images ({sweep.get('seeds')} seeded draws per size from "
-        f"{sweep.get('pool_images')} {sweep.get('pool_source')} images) and evaluated on the "
-        f"run's {sweep.get('evaluated_n')} images; line: mean over seeds, bars: min–max. "
+        f"Each point is quantized on the {sweep.backend} backend with that many "
+        f"calibration images ({sweep.seeds} seeded draws per size from "
+        f"{sweep.pool_images} {sweep.pool_source} images) and evaluated on the "
+        f"run's {sweep.evaluated_n} images; line: mean over seeds, bars: min–max. "
         "Flattens: the smallest size within "
-        f"{sweep.get('flat_within_pp')} pp of the largest size's mean agreement. The .tflite "
+        f"{sweep.flat_within_pp} pp of the largest size's mean agreement. The .tflite "
         "of every point is in the run folder's sweep/."
     )
 
@@ -175,6 +175,34 @@ else:
         st.session_state[keys.DISAGREE_AT_RISK] = False
         st.session_state[keys.DISAGREE_PAGE] = 1
         st.switch_page("views/disagreements.py")
+
+hunted = [x for x in done if x.result.flip_hunt]
+if hunted:
+    st.subheader("Under small perturbations (flip hunt)")
+    st.dataframe(
+        [
+            {
+                "variant": short_name(x.name),
+                "perturbation": p.perturbation,
+                "agreement (%)": None if p.agreement_pct is None else round(p.agreement_pct, 1),
+                "95 % CI": "—" if p.ci95 is None else f"{p.ci95[0]:.1f}–{p.ci95[1]:.1f}",
+                "n counted": p.counted,
+                "new flips": p.new_flips,
+                "original changed its answer": f"{p.original_changed} of {p.n}",
+            }
+            for x in hunted
+            for p in x.result.flip_hunt or ()
+        ],
+        hide_index=True,
+        width="stretch",
+        key=keys.AGREEMENT_FLIP_HUNT,
+    )
+    st.caption(
+        "Agreement with the original on the perturbed images, counted only where the "
+        "original's own answer did not change (its own changes beside it). New flips: images "
+        "the variant agreed on unperturbed and not under the perturbation "
+        "(`<variant>.flip-hunt.csv`)."
+    )
 
 st.subheader("Flips between classes")
 matrix = v.result.flip_matrix

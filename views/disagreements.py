@@ -5,8 +5,9 @@ import math
 import streamlit as st
 
 from core.reporting.results import SORTS, pick_samples
+from core.reporting.runtimes import runtime_label
 from core.types import short_name
-from ui import keys, widgets
+from ui import keys, runtimes, widgets
 
 PAGE_SIZE = 24
 
@@ -53,8 +54,10 @@ margin = c5.slider(
     disabled=not at_risk,
 )
 
+by_runtime = runtimes.runtime_filter(res, variant)
+
 flip_cells = None
-if flip and flip[0] == variant and not at_risk:
+if flip and flip[0] == variant and not at_risk and by_runtime is None:
     flip_cells = (int(flip[1]), int(flip[2]))
     st.info(
         f"Showing only original **{res.class_name(flip_cells[0])}** → TFLite "
@@ -69,10 +72,26 @@ table = res.variant_summary(variant)  # the filter and sort columns; the gallery
 risk_margin = float(margin) if at_risk else None
 chosen_class = None if isinstance(ref_class, str) else int(ref_class)
 rows = pick_samples(
-    table, at_risk_margin=risk_margin, ref_class=chosen_class, flip=flip_cells, sort=str(sort)
+    table,
+    at_risk_margin=risk_margin,
+    ref_class=chosen_class,
+    flip=flip_cells,
+    sort=str(sort),
+    only=None if by_runtime is None else by_runtime[1],
 )
 v = res.variant(variant)
 n = len(table)
+if by_runtime is not None:
+    runtime, flipped = by_runtime
+    st.info(
+        f"Showing the {len(flipped)} image(s) whose top-1 under **{runtime_label(runtime)}** "
+        f"differs from the same file's top-1 under XNNPACK (the answers shown): the runtime "
+        "flipped them, not the quantization.",
+        icon=":material/filter_alt:",
+    )
+if rows.empty and by_runtime is not None:
+    st.info("No runtime-flipped image matches the class filter; choose **all classes**.")
+    st.stop()
 if rows.empty:
     # Name the filter that emptied the list, not the margin or the run.
     kind = "at-risk sample" if at_risk else "disagreement"
@@ -102,7 +121,8 @@ if rows.empty:
         st.info("No disagreement matches these filters.")
     st.stop()
 
-what = ("at-risk sample" if at_risk else "disagreement") + ("" if len(rows) == 1 else "s")
+kind = "runtime-flipped image" if by_runtime else "at-risk sample" if at_risk else "disagreement"
+what = kind + ("" if len(rows) == 1 else "s")
 pages = max(1, math.ceil(len(rows) / PAGE_SIZE))
 c6, c7 = st.columns([3, 1])
 c6.markdown(

@@ -4,7 +4,7 @@ import streamlit as st
 
 from core.reporting.calibration import calibration_line
 from core.reporting.report import NO_VERDICT, judged_variants, verdict_rule_text
-from ui import choose, fmt, keys, runs, widgets
+from ui import choose, fmt, keys, runs, runtimes, widgets
 from ui.downloads import render_downloads
 
 st.title("Overview")
@@ -51,10 +51,13 @@ st.subheader("Trade-off and recommendation")
 finished = runs.run_status(res.run_id).get("status") not in ("queued", "running")
 if finished:
     choose.recommendation_box(res.report)
+# Drawn for the run's target (--target), as its recommendation is; the Targets page has the others.
 choose.tradeoff_chart(
     variants,
     key="overview.tradeoff_chart",
     pick=choose.report_recommendation(res.report).get("variant") if finished else None,
+    target=res.report.options.get("target"),
+    arena_limit_kb=res.report.options.get("arena_kb"),
 )
 
 st.subheader("Summary")
@@ -68,6 +71,8 @@ st.caption(
     f"{fmt.pct(ref.get('accuracy_pct'), digits=2)} on the labelled samples. "
     f"Sizes in MB (10⁶ bytes); latency per invoke at batch 1."
 )
+runtimes.matrix_table(res)
+
 command = res.report.run.command
 if command:
     with st.expander("Reproduce this run from the command line"):

@@ -71,6 +71,9 @@ if setup_form.calibration_path_refused():
     problems.append("an existing separate calibration set, or a blank one")
 if setup_form.sweep_refused():
     problems.append("sweep sizes such as 10,50,100, or none")
+refused = setup_form.option_refusal()
+if refused:
+    problems.append(f"an accepted value for {refused}")
 left, right = st.columns([1, 3])
 clicked = left.button(
     "Run",

@@ -123,3 +123,19 @@ def integer_only(tflite: bytes) -> IntegerOnlyCheck:
     edges = [i for i in list(graph.inputs) + list(graph.outputs) if i >= 0]
     float_io = any(kind(i) in _FLOAT_TYPES for i in edges)
     return IntegerOnlyCheck(not blockers, float_io, tuple(blockers))
+
+
+def operators(tflite: bytes) -> list[tuple[str, tuple[str, ...]]]:
+    """(op type, its output tensor names) of every op of the main subgraph, in graph order: one
+    entry per op, where `op_outputs` has one per output."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    names = _op_names()
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(tflite))
+    graph = model.subgraphs[0]
+    found: list[tuple[str, tuple[str, ...]]] = []
+    for op in graph.operators:
+        code = model.operatorCodes[op.opcodeIndex]
+        op_type = names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
+        found.append((op_type, tuple(_text(graph.tensors[i].name) for i in op.outputs)))
+    return found

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from core.engine.tensors import dequantize, dequantize_per_channel, quantize
+from core.engine.tensors import dequantize, dequantize_per_channel
 
 
 class IntermediateTensors:
@@ -21,39 +21,25 @@ class IntermediateTensors:
     def __init__(self, tflite: bytes, *, xnnpack: bool = True) -> None:
         """`xnnpack=False` runs the built-in kernels with no default delegate: XNNPACK fuses
         ops and may leave the tensors inside its fused nodes unwritten."""
-        import warnings
+        from core.engine.runtime import Kernels, TFLiteRunner
 
-        from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-        resolver = (
-            OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        # Callers bound the image count: with every tensor kept, LiteRT warns "debugging only".
+        self._runner = TFLiteRunner(
+            tflite,
+            threads=1,
+            name="model",
+            kernels=Kernels.XNNPACK if xnnpack else Kernels.BUILTIN,
+            keep_tensors=True,
         )
-        with warnings.catch_warnings():  # "for debugging only": callers bound the image count
-            warnings.simplefilter("ignore", UserWarning)
-            self._interpreter = Interpreter(
-                model_content=tflite,
-                num_threads=1,
-                experimental_preserve_all_tensors=True,
-                experimental_op_resolver_type=resolver,
-            )
-        self._interpreter.allocate_tensors()
         # Named, non-empty tensors only: unnamed ones are scratch space.
         self.details: dict[str, dict[str, Any]] = {
-            d["name"]: d
-            for d in self._interpreter.get_tensor_details()
-            if d["name"] and all(d["shape"])
+            d["name"]: d for d in self._runner.tensor_details() if d["name"] and all(d["shape"])
         }
-        self._input = self._interpreter.get_input_details()[0]
 
     def run(self, image: np.ndarray) -> None:
         """Invoke on one preprocessed float image [H,W,C]; an integer input is quantized as the
-        run's evaluation quantizes it (core.engine.tensors.quantize)."""
-        x = image[None].astype(np.float32)
-        if np.dtype(self._input["dtype"]).kind in "iu":
-            scale, zero_point = self._input["quantization"]
-            x = quantize(x, scale, zero_point, self._input["dtype"])
-        self._interpreter.set_tensor(self._input["index"], x)
-        self._interpreter.invoke()
+        run's evaluation quantizes it (the same runner)."""
+        self._runner.run(image)
 
     def size(self, name: str) -> int:
         """Elements of a tensor per image."""
@@ -63,7 +49,7 @@ class IntermediateTensors:
         """A tensor's values after the last run, flat float32, dequantized when quantized;
         only the flat positions `at` when given (dequantizing what is read, not the rest)."""
         detail = self.details[name]
-        raw = self._interpreter.get_tensor(detail["index"])
+        raw = self._runner.tensor(detail["index"])
         if at is not None:
             if len(detail["quantization_parameters"]["scales"]) > 1:
                 raise ValueError(f"{name} is quantized per channel; read it whole")

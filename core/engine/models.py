@@ -177,11 +177,11 @@ class ReferenceModel:
     trackable: Any  # the object owning the function's variables
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        """Raw outputs (probabilities or logits) for a float32 batch, through the serving function."""
-        import tensorflow as tf
+        """Raw outputs (probabilities or logits) for a preprocessed float32 batch, through the
+        serving function (run by core.engine.runtime.OriginalRunner, the one place it is called)."""
+        from core.engine.runtime import OriginalRunner
 
-        out = self.serve(tf.constant(batch, dtype=tf.float32))
-        return np.asarray(out, dtype=np.float32)
+        return OriginalRunner(self).infer(batch)
 
 
 def _keras_error_message(path: Path, exc: Exception) -> str:

@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from core.engine.demo import SEED, load_split
+from core.engine.demo_models import SEED, load_split
 from core.engine.equalize import rescale_channels
-from core.inputs.demo import OUTLIER_FOLDER, outlier_demo_paths
+from core.inputs.demo_paths import OUTLIER_FOLDER, outlier_demo_paths
 
 OUTLIER_FACTOR = 400.0
 OUTLIER_FIRST = "conv2"  # the layer whose output channel is blown up
@@ -149,7 +149,7 @@ def build_outlier_demo(
     Raises:
         RuntimeError: the small demo's data is missing, or training failed (a bug).
     """
-    from core.engine.demo import _epoch_progress, _save_and_publish, _staging_folder
+    from core.engine.demo_models import _epoch_progress, _save_and_publish, _staging_folder
 
     target = demo_root / OUTLIER_FOLDER
     if outlier_demo_paths(root=demo_root).ready():

@@ -1,6 +1,7 @@
 """Run one job inside the worker: the stages of core.engine.stages, in order.
 
-    start → decode → reference → evaluate → diagnose → time → sweep → finish
+    start → decode → reference → evaluate → diagnose → runtimes → time → deploy → perturb →
+    sweep → finish
                      convert ────┘  (a second thread, started with the reference pass)
 
 With --engine ray, one Ray stage (stages.ray_evaluate) replaces decode, reference, convert and
@@ -25,13 +26,16 @@ from core.engine.stages.convert import (
     conversions_started,
     convert_in_background,
 )
+from core.engine.stages.deploy import check_deployability
 from core.engine.stages.diagnose import diagnose_variants
 from core.engine.stages.evaluate import run_evaluation
 from core.engine.stages.files import DecodedCache
 from core.engine.stages.finish import finish
 from core.engine.stages.latency import time_models
+from core.engine.stages.perturb import run_flip_hunt
 from core.engine.stages.ray_evaluate import evaluate_on_ray
 from core.engine.stages.reference import ReferenceOutputs, run_reference
+from core.engine.stages.runtimes import run_runtime_matrix
 from core.engine.stages.start import open_run, resolve_inputs
 from core.engine.stages.sweep import run_sweep
 from core.options import reproduce_command
@@ -66,8 +70,15 @@ def run_job(
     diagnose_variants(run, reference)
     # Variants --auto-fix derives join the run here, so the time stage times them too.
     run = auto_fix(run, reference)
+    # Every finished variant, derived ones included, under the runtimes --runtimes asks for.
+    run_runtime_matrix(run, reference)
     # Timing waits until no conversion competes for the cores.
     time_models(run)
+    # Deployability reads each .tflite (two small child processes per variant): after timing,
+    # so it never competes with a timed model.
+    check_deployability(run)
+    # --perturb: every variant again under small perturbations, after the run's own results.
+    run_flip_hunt(run, reference)
     # The calibration sweep comes after the run's own results are complete: cancelling it
     # loses only sweep points.
     run_sweep(run, reference)

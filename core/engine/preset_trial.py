@@ -23,8 +23,8 @@ def preset_trial(model: ReferenceModel, samples: Sequence[Sample]) -> dict[str, 
     check runs on `CHECK_IMAGES` of them spread over the data set, those that decode.
     Returns the trial mapping core.metrics.preset_check.judge_presets reads.
     """
+    from core.engine.runtime import OriginalRunner
     from core.engine.stages.decode import decode_batch
-    from core.inputs.presets import apply_preset
     from core.metrics.agreement import outputs_are_probabilities, to_probabilities, top1
 
     sig = model.signature
@@ -42,7 +42,7 @@ def preset_trial(model: ReferenceModel, samples: Sequence[Sample]) -> dict[str, 
     pixels = np.stack(images)
     for preset in Preset:
         try:
-            raw = model.predict(apply_preset(pixels, preset))
+            raw = OriginalRunner(model, preset=preset).infer(pixels)
         except QuantLensError as exc:  # e.g. caffe on a 2-channel model
             trial["presets"][preset.value] = {"error": str(exc)}
             continue

@@ -249,6 +249,9 @@ def _configure(
         quantizer.add_static_config(
             layer_regex(layer, keras3=keras3), every_op, activation_num_bits=16, weight_num_bits=8
         )
+    for layer in spec.weight_only_layers:  # int8 weights, float activations and compute
+        _require_layer(spec, layer, layers)
+        quantizer.add_weight_only_config(layer_regex(layer, keras3=keras3), every_op, num_bits=8)
 
 
 def layer_scopes(float_tflite: bytes) -> dict[str, list[str]]:

@@ -38,6 +38,7 @@ from core.engine.faults import FAULT_ENV, FAULT_ONCE_ENV
 from core.engine.stages.files import BATCH  # the local engine's decode/reference batch
 from core.errors import QuantLensError
 from core.metrics.latency import usable_cpus
+from core.reporting.runmodel import EngineInfo
 from core.types import RAY_NODE_IP_ENV as NODE_IP_ENV
 from core.types import JobSpec, Preset, Sample, SkippedSample, VariantSpec
 
@@ -81,14 +82,14 @@ class ClusterInfo:
     cpus: int
     head_node: str  # the node the job ran on: conversions and latency
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": "ray",
-            "address": self.address,
-            "nodes": list(self.nodes),
-            "cpus": self.cpus,
-            "latency_node": self.head_node,
-        }
+    def engine_info(self) -> EngineInfo:
+        return EngineInfo(
+            name="ray",
+            address=self.address,
+            nodes=self.nodes,
+            cpus=self.cpus,
+            latency_node=self.head_node,
+        )
 
 
 @dataclass
@@ -482,7 +483,7 @@ class ShardEvaluator:
         import ray
 
         from core.engine.models import load_reference
-        from core.engine.runtime import TFLiteRunner, evaluation_batch
+        from core.engine.runtime import OriginalRunner, TFLiteRunner, evaluation_batch
 
         blobs = ray.get(refs)  # the model first, then each variant's .tflite
         self._folder = tempfile.TemporaryDirectory(prefix="quantlens-ray-")
@@ -496,10 +497,10 @@ class ShardEvaluator:
         # As many images per invoke as the local engine (stages.evaluate.tflite_outputs).
         batch = evaluation_batch(int(np.prod(image_shape)))
         self.runners = [
-            (name, TFLiteRunner(blob, threads=1, name=f"{name}.tflite", batch=batch))
+            (name, TFLiteRunner(blob, threads=1, name=f"{name}.tflite", batch=batch, preset=preset))
             for name, blob in zip(variant_names, blobs[1:], strict=True)
         ]
-        self.preset = Preset(preset)
+        self.original = OriginalRunner(self.model, preset=preset)
         self.shape = image_shape
         self.node = str(ray.get_runtime_context().get_node_id())  # where this actor runs
 
@@ -515,7 +516,6 @@ class ShardEvaluator:
     def _evaluate_chunk(self, start: int, paths: list[str], out: dict[str, list[Any]]) -> None:
         from core.errors import ImageDecodeError
         from core.inputs.images import decode_image
-        from core.inputs.presets import apply_preset
 
         height, width, channels = self.shape
         images: list[np.ndarray] = []
@@ -528,9 +528,9 @@ class ShardEvaluator:
                 self._append(out, [position], [str(exc)], self._blank(1), {})
         if not decoded:
             return
-        floats = apply_preset(np.stack(images), self.preset)
-        reference = self.model.predict(floats)
-        outputs = {name: self._run_variant(name, runner, floats) for name, runner in self.runners}
+        pixels = np.stack(images)
+        reference = self.original.infer(pixels)
+        outputs = {name: self._run_variant(name, runner, pixels) for name, runner in self.runners}
         self._append(out, decoded, [""] * len(decoded), reference, outputs)
 
     def _blank(self, count: int) -> np.ndarray:
@@ -555,15 +555,16 @@ class ShardEvaluator:
             out.setdefault(f"v:{name}", []).extend(rows)
             out.setdefault(f"e:{name}", []).extend([error] * count)
 
-    def _run_variant(self, name: str, runner: Any, floats: np.ndarray) -> tuple[np.ndarray, str]:
-        """The variant's raw outputs on one chunk; NaN rows and the reason if it raised."""
+    def _run_variant(self, name: str, runner: Any, pixels: np.ndarray) -> tuple[np.ndarray, str]:
+        """The variant's raw outputs on one chunk of decoded pixels (the runner applies the
+        preset); NaN rows and the reason if it raised."""
         from core.engine.faults import maybe_inject
 
         maybe_inject("infer", name)
         try:
-            return np.asarray(runner.run_batch(floats), dtype=np.float32), ""
+            return np.asarray(runner.infer(pixels), dtype=np.float32), ""
         except QuantLensError as exc:
-            return self._blank(len(floats)), str(exc)
+            return self._blank(len(pixels)), str(exc)
 
 
 def _chunks(samples: Sequence[Sample]) -> list[dict[str, Any]]:
@@ -924,7 +925,7 @@ def _run_tflite(
 
     batch = evaluation_batch(int(np.prod(image_shape)))
     runner = TFLiteRunner(tflite, threads=1, name="candidate", batch=batch)
-    return np.concatenate([np.asarray(runner.run_batch(b), dtype=np.float32) for b in batches])
+    return np.concatenate([np.asarray(b, dtype=np.float32) for b in runner.outputs(batches)])
 
 
 def _gather(refs: list[Any], address: str | None, what: str) -> list[Any]:

@@ -1,19 +1,28 @@
-"""Run a `.tflite` model with the LiteRT interpreter: quantize inputs, dequantize outputs, batch.
+"""The runners: the one place a model is run, LiteRT's `.tflite` files and the original alike.
+
+A loader builds a model (core.engine.models, core.engine.convert); a runner runs it. Every loop
+that pushes images through a model (evaluation, the reference pass, diagnosis and auto-fix
+measurements, Ray shards, per-layer tensors, timing) goes through `TFLiteRunner` or
+`OriginalRunner`, so kernel choice, threads, batching, presets and quantized I/O are decided
+here once (a test checks that no other module in core/ invokes a model).
 
 Evaluation runs on batches when the model's batch dimension is dynamic; latency is always
 measured at batch 1 (`timed_invoke` on a runner built with the default batch of 1)."""
 
 from __future__ import annotations
 
+import enum
 import math
-from collections.abc import Callable
-from typing import Any
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol
 
 import numpy as np
 
 from core.engine.flatbuffer import flex_ops
 from core.engine.tensors import dequantize, quantize
 from core.errors import InvalidTFLiteModel
+from core.types import Preset
 
 # Every .tflite flatbuffer carries this file identifier at bytes 4..8.
 TFLITE_IDENTIFIER = b"TFL3"
@@ -46,6 +55,52 @@ def check_tflite_bytes(data: bytes, *, name: str = "model") -> None:
         )
 
 
+class Kernels(enum.StrEnum):
+    """Which LiteRT kernels run a model (the interpreter's op resolver).
+
+    XNNPACK is the default delegate (falling back to the built-in kernels when it refuses a
+    graph); BUILTIN runs the built-in optimized kernels with no default delegate; REFERENCE
+    runs the reference kernels (`BUILTIN_REF`), the ones TFLite-Micro matches bit for bit.
+    """
+
+    XNNPACK = "xnnpack"
+    BUILTIN = "builtin"
+    REFERENCE = "reference"
+
+    def resolver_name(self) -> str:
+        """The `OpResolverType` member that selects these kernels."""
+        return {
+            Kernels.XNNPACK: "AUTO",
+            Kernels.BUILTIN: "BUILTIN_WITHOUT_DEFAULT_DELEGATES",
+            Kernels.REFERENCE: "BUILTIN_REF",
+        }[self]
+
+
+def _resolver(interpreter_cls: Any, kernels: Kernels) -> Any:
+    """The op resolver value for `kernels`, from the interpreter's own package (LiteRT's, or
+    TensorFlow's for a Flex model)."""
+    resolvers: Any
+    if interpreter_cls is _litert_interpreter():
+        from ai_edge_litert.interpreter import OpResolverType
+
+        resolvers = OpResolverType
+    else:
+        import tensorflow as tf
+
+        resolvers = tf.lite.experimental.OpResolverType
+    return getattr(resolvers, kernels.resolver_name())
+
+
+def model_input(images: np.ndarray, preset: Preset | None) -> np.ndarray:
+    """What every runner feeds its model: the preset applied to decoded uint8 pixels when a
+    runner has one, the images as float32 otherwise (preprocessed already)."""
+    if preset is None:
+        return np.asarray(images, dtype=np.float32)
+    from core.inputs.presets import apply_preset
+
+    return np.asarray(apply_preset(images, preset), dtype=np.float32)
+
+
 def _quantization(detail: dict[str, Any]) -> tuple[float, int]:
     scale, zero_point = detail["quantization"]
     return float(scale), int(zero_point)
@@ -76,21 +131,56 @@ def _refused(name: str, tflite: bytes, exc: Exception) -> InvalidTFLiteModel:
     )
 
 
-class TFLiteRunner:
+class Runner:
+    """What every runner offers: `infer` on one batch of images, `outputs` streamed over
+    batches, the preset applied on the way in (`model_input`). A runner elsewhere (a device
+    over adb, a vendor cloud) would subclass this and implement `infer`."""
+
+    preset: Preset | None = None
+
+    def prepare(self, images: np.ndarray) -> np.ndarray:
+        """The float32 model input for `images` (`model_input`)."""
+        return model_input(images, self.preset)
+
+    def infer(self, images: np.ndarray) -> np.ndarray:
+        """Raw float32 outputs [N, C] for a batch of images."""
+        raise NotImplementedError
+
+    def outputs(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """`infer` on each batch in turn, as they come (a streamed data set stays on disk)."""
+        for images in batches:
+            yield self.infer(images)
+
+
+class TFLiteRunner(Runner):
     """One LiteRT interpreter, prepared for float32 images at batch 1 or on batches.
 
     Inputs are quantized and outputs dequantized with the tensors' own (scale, zero_point),
     never with a hard-coded formula, so int8, uint8 and float I/O all compare as float.
     `batch` above 1 is a wish: it holds only when the model's batch dimension is dynamic and
     the interpreter prepares at that size; otherwise the runner runs one image per invoke
-    (`self.batch` says which).
+    (`self.batch` says which). `kernels` chooses XNNPACK, the built-in or the reference
+    kernels; `preset`, when given, makes `infer` and `outputs` take decoded uint8 pixels and
+    preprocess them here; `keep_tensors` keeps every intermediate tensor after an invoke (for
+    per-layer reads: `tensor_details`, `tensor`).
     """
 
     def __init__(
-        self, tflite: bytes, *, threads: int | None = None, name: str = "model", batch: int = 1
+        self,
+        tflite: bytes,
+        *,
+        threads: int | None = None,
+        name: str = "model",
+        batch: int = 1,
+        kernels: Kernels = Kernels.XNNPACK,
+        preset: Preset | str | None = None,
+        keep_tensors: bool = False,
     ) -> None:
         check_tflite_bytes(tflite, name=name)
         self.name = name
+        self.kernels = Kernels(kernels)
+        self.preset = None if preset is None else Preset(preset)
+        self._keep_tensors = keep_tensors
         if flex_ops(tflite):
             # ai_edge_litert has no Flex delegate; TensorFlow's interpreter links it in.
             import tensorflow as tf
@@ -98,7 +188,7 @@ class TFLiteRunner:
             interpreter_cls: Any = tf.lite.Interpreter
         else:
             interpreter_cls = _litert_interpreter()
-        self.xnnpack = True
+        self.xnnpack = self.kernels is Kernels.XNNPACK
         self.batch = 1
         if batch > 1 and self._prepare_batched(interpreter_cls, tflite, threads, name, batch):
             self.batch = batch
@@ -131,7 +221,7 @@ class TFLiteRunner:
         change, so a graph with a hard-coded batch of 1 (a Reshape to [1, -1]) is never run
         on a batch it would silently mix up.
         """
-        interpreter = self._open(interpreter_cls, tflite, threads, name, delegates=True)
+        interpreter = self._open(interpreter_cls, tflite, threads, name, kernels=self.kernels)
         self._interpreter = interpreter
         self._check_single_io(name)
         detail = interpreter.get_input_details()[0]
@@ -147,34 +237,45 @@ class TFLiteRunner:
         self, interpreter_cls: Any, tflite: bytes, threads: int | None, name: str
     ) -> None:
         """Prepare at batch 1, falling back from XNNPACK to the built-in kernels if it refuses."""
-        self._interpreter = self._open(interpreter_cls, tflite, threads, name, delegates=True)
+        self._interpreter = self._open(interpreter_cls, tflite, threads, name, kernels=self.kernels)
         try:
             self._allocate(name)
         except (ValueError, RuntimeError) as exc:
-            if "XNNPACK" not in str(exc) or interpreter_cls is not _litert_interpreter():
+            if (
+                "XNNPACK" not in str(exc)
+                or self.kernels is not Kernels.XNNPACK
+                or interpreter_cls is not _litert_interpreter()
+            ):
                 raise _refused(name, tflite, exc) from None
             # XNNPACK refuses some quantized graphs (e.g. a tiny activation scale) that the
-            # built-in reference kernels run; fall back to them rather than lose the variant.
-            self._interpreter = self._open(interpreter_cls, tflite, threads, name, delegates=False)
+            # built-in kernels run; fall back to them rather than lose the variant.
+            self._interpreter = self._open(
+                interpreter_cls, tflite, threads, name, kernels=Kernels.BUILTIN
+            )
             self.xnnpack = False
             try:
                 self._allocate(name)
             except (ValueError, RuntimeError) as again:
                 raise _refused(name, tflite, again) from None
 
-    @staticmethod
     def _open(
-        interpreter_cls: Any, tflite: bytes, threads: int | None, name: str, *, delegates: bool
+        self,
+        interpreter_cls: Any,
+        tflite: bytes,
+        threads: int | None,
+        name: str,
+        *,
+        kernels: Kernels,
     ) -> Any:
         kwargs: dict[str, Any] = {"model_content": tflite, "num_threads": threads}
-        if not delegates:
-            from ai_edge_litert.interpreter import OpResolverType
-
-            kwargs["experimental_op_resolver_type"] = (
-                OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-            )
+        if kernels is not Kernels.XNNPACK:
+            kwargs["experimental_op_resolver_type"] = _resolver(interpreter_cls, kernels)
+        if self._keep_tensors:
+            kwargs["experimental_preserve_all_tensors"] = True
         try:
-            return interpreter_cls(**kwargs)
+            with warnings.catch_warnings():  # "for debugging only": callers bound the images
+                warnings.simplefilter("ignore", UserWarning)
+                return interpreter_cls(**kwargs)
         except (ValueError, RuntimeError) as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             raise InvalidTFLiteModel(
@@ -199,12 +300,19 @@ class TFLiteRunner:
             self._interpreter.resize_tensor_input(detail["index"], shape)
         self._interpreter.allocate_tensors()
 
-    def _feed(self, images: np.ndarray) -> None:
-        x = np.asarray(images, dtype=np.float32).reshape(self.input_shape)
+    def input_tensor(self, floats: np.ndarray) -> np.ndarray:
+        """The tensor the interpreter is fed for preprocessed float32 images: quantized with
+        the input's own (scale, zero point) when the input is integer. Quantize once and feed
+        the same tensor to every runtime, or rounding ties look like kernel differences."""
+        x = np.asarray(floats, dtype=np.float32)
         if self.input_dtype != np.float32:
             scale, zero_point = self.input_quantization
-            x = quantize(x, scale, zero_point, self.input_dtype)
-        self._interpreter.set_tensor(self._input["index"], x)
+            return quantize(x, scale, zero_point, self.input_dtype)
+        return x
+
+    def _feed(self, floats: np.ndarray) -> None:
+        tensor = self.input_tensor(floats).reshape(self.input_shape)
+        self._interpreter.set_tensor(self._input["index"], tensor)
 
     def _read(self) -> np.ndarray:
         """The output as float32 [batch, C] (dequantized with the tensor's own parameters)."""
@@ -222,30 +330,33 @@ class TFLiteRunner:
         self._interpreter.allocate_tensors()
         self.input_shape = tuple(shape)
 
-    def run(self, image: np.ndarray) -> np.ndarray:
-        """Float32 outputs [C] for one float32 image [H,W,C] or [1,H,W,C] (a batch-1 runner)."""
-        if self.batch != 1:
-            return self.run_batch(np.asarray(image).reshape(1, *self.input_shape[1:])).reshape(-1)
-        self._feed(image)
+    def _invoke(self, floats: np.ndarray) -> np.ndarray:
+        """One invoke on preprocessed images (as many as the interpreter is prepared for)."""
+        self._feed(floats)
         self._interpreter.invoke()
-        return self._read().reshape(-1)
+        return self._read()
 
-    def run_batch(self, images: np.ndarray) -> np.ndarray:
-        """Float32 outputs [N, C] for float32 images [N,H,W,C], `self.batch` per invoke.
+    def run(self, image: np.ndarray) -> np.ndarray:
+        """Float32 outputs [C] for one image [H,W,C] or [1,H,W,C]."""
+        return self.infer(np.asarray(image).reshape(1, *self.input_shape[1:])).reshape(-1)
 
-        A batch-1 runner invokes once per image. A batched runner feeds up to `self.batch`
-        images per invoke and re-prepares only when a chunk has another size (the last one).
+    def infer(self, images: np.ndarray) -> np.ndarray:
+        """Float32 outputs [N, C] for images [N,H,W,C], `self.batch` per invoke.
+
+        The images are decoded uint8 pixels when the runner has a preset, preprocessed float32
+        otherwise. A batch-1 runner invokes once per image. A batched runner feeds up to
+        `self.batch` images per invoke and re-prepares only when a chunk has another size
+        (the last one).
         """
+        floats = self.prepare(images)
         if self.batch == 1:
-            return np.stack([self.run(image) for image in images])
+            return np.concatenate([self._invoke(image[None]) for image in floats])
         rows: list[np.ndarray] = []
-        for start in range(0, len(images), self.batch):
-            chunk = images[start : start + self.batch]
+        for start in range(0, len(floats), self.batch):
+            chunk = floats[start : start + self.batch]
             if len(chunk) != self.input_shape[0]:
                 self._resize_batch(len(chunk))
-            self._feed(chunk)
-            self._interpreter.invoke()
-            rows.append(self._read())
+            rows.append(self._invoke(chunk))
         return np.concatenate(rows)
 
     def timed_invoke(self, image: np.ndarray) -> Callable[[], None]:
@@ -255,9 +366,18 @@ class TFLiteRunner:
         """
         if self.batch != 1:
             raise ValueError("latency is measured at batch 1; time with a runner of batch=1")
-        self._feed(image)
+        self._feed(self.prepare(np.asarray(image)[None]))
         invoke: Callable[[], None] = self._interpreter.invoke
         return invoke
+
+    def tensor_details(self) -> list[dict[str, Any]]:
+        """The interpreter's tensor details (every tensor, for per-layer reads)."""
+        details: list[dict[str, Any]] = self._interpreter.get_tensor_details()
+        return details
+
+    def tensor(self, index: int) -> np.ndarray:
+        """A tensor's raw values after the last invoke (kept when `keep_tensors` is set)."""
+        return np.asarray(self._interpreter.get_tensor(index))
 
     def describe(self) -> dict[str, Any]:
         """Input/output types and quantization, for the report."""
@@ -266,5 +386,117 @@ class TFLiteRunner:
             "input_quantization": list(self.input_quantization),
             "output_dtype": self.output_dtype.name,
             "output_quantization": list(self.output_quantization),
-            "delegate": "xnnpack" if self.xnnpack else "none (XNNPACK refused the model)",
+            "delegate": self._delegate(),
         }
+
+    def _delegate(self) -> str:
+        if self.kernels is Kernels.XNNPACK:
+            return "xnnpack" if self.xnnpack else "none (XNNPACK refused the model)"
+        return f"none ({self.kernels.value} kernels)"
+
+
+class Servable(Protocol):
+    """What `OriginalRunner` needs of a loaded original (core.engine.models.ReferenceModel)."""
+
+    @property
+    def serve(self) -> Callable[..., Any]:
+        """The traced serving function (a tf.function), batched."""
+
+    @property
+    def concrete_function(self) -> Any:
+        """Its concrete function, the cheapest call to time."""
+
+
+class OriginalRunner(Runner):
+    """The original (TensorFlow/Keras) model run through its serving function, never
+    `model.predict` (DESIGN §6), with the same preset handling as `TFLiteRunner`."""
+
+    def __init__(self, model: Servable, *, preset: Preset | str | None = None) -> None:
+        self.model = model
+        self.preset = None if preset is None else Preset(preset)
+
+    def infer(self, images: np.ndarray) -> np.ndarray:
+        """Raw outputs (probabilities or logits) float32 [N, C] for a batch of images."""
+        import tensorflow as tf
+
+        out = self.model.serve(tf.constant(self.prepare(images), dtype=tf.float32))
+        return np.asarray(out, dtype=np.float32)
+
+    def timed_call(self, image: np.ndarray) -> Callable[[], object]:
+        """The concrete serving function's call on one image, its input built once, for
+        latency runs (no tf.function dispatch in the timed call)."""
+        import tensorflow as tf
+
+        x = tf.constant(self.prepare(np.asarray(image)[None]), dtype=tf.float32)
+        serve = self.model.concrete_function
+        return lambda: serve(x)
+
+
+TFLM_MODULE = "tflite_micro.python.tflite_micro.runtime"
+TFLM_INSTALL = (
+    "TFLite-Micro's Python runtime is not installed; install it with "
+    "`pip install --pre tflite-micro` to evaluate on TFLite-Micro"
+)
+
+
+def tflm_available() -> str | None:
+    """None when TFLite-Micro's Python runtime imports; otherwise the one line saying how to
+    install it."""
+    import importlib
+
+    try:
+        importlib.import_module(TFLM_MODULE)
+    except ImportError:
+        return TFLM_INSTALL
+    return None
+
+
+class TFLMRunner(Runner):
+    """A `.tflite` run by TFLite-Micro's interpreter, one image per invoke.
+
+    The input tensor is quantized, and the output dequantized, by a LiteRT runner of the same
+    file (reference kernels, the ones TFLite-Micro matches): the identical integer tensor goes
+    to both runtimes, so a rounding tie never looks like a kernel difference.
+    """
+
+    def __init__(
+        self,
+        tflite: bytes,
+        *,
+        name: str = "model",
+        preset: Preset | str | None = None,
+        arena_size: int | None = None,
+    ) -> None:
+        import contextlib
+        import importlib
+        import io
+
+        self.name = name
+        self._io = TFLiteRunner(tflite, threads=1, name=name, kernels=Kernels.REFERENCE)
+        self.preset = None if preset is None else Preset(preset)
+        tflm = importlib.import_module(TFLM_MODULE)
+        try:
+            # Its constructor prints to stdout; the worker's stdout is not for that.
+            with contextlib.redirect_stdout(io.StringIO()):
+                self._interpreter = tflm.Interpreter.from_bytes(tflite, arena_size=arena_size)
+        except (ValueError, RuntimeError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise InvalidTFLiteModel(f"TFLite-Micro cannot run {name} ({first})") from None
+
+    def infer(self, images: np.ndarray) -> np.ndarray:
+        """Float32 outputs [N, C], one invoke per image."""
+        rows = []
+        for image in self.prepare(images):
+            tensor = self._io.input_tensor(image[None]).reshape(self._io.input_shape)
+            try:
+                self._interpreter.set_input(tensor, 0)
+                self._interpreter.invoke()
+            except (ValueError, RuntimeError) as exc:
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                raise InvalidTFLiteModel(f"TFLite-Micro failed on {self.name} ({first})") from None
+            out = np.asarray(self._interpreter.get_output(0))
+            if self._io.output_dtype != np.float32:
+                scale, zero_point = self._io.output_quantization
+                out = dequantize(out, scale, zero_point)
+            rows.append(np.asarray(out, dtype=np.float32).reshape(1, -1))
+        return np.concatenate(rows)

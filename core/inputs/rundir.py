@@ -50,6 +50,7 @@ REFERENCE_PROBS = "reference.probs.npy"
 REFERENCE_LATENCY = "reference.latency.npy"
 SUPERVISOR_LOG = "supervisor.log"
 LAYERS = ".layers.csv"  # a variant's per-layer error table (core.engine.diagnose)
+FLIP_HUNT = ".flip-hunt.csv"  # a variant's new flips under small perturbations (--perturb)
 LAYER_DETAILS = ".layer_details.json"  # its weight ranges and histograms (layer_details)
 MODEL_EXPLORER = ".model-explorer.json"  # its per-layer error for Model Explorer
 
@@ -67,6 +68,7 @@ VARIANT_SUFFIXES = (
     LAYERS,
     LAYER_DETAILS,
     MODEL_EXPLORER,
+    FLIP_HUNT,
 )
 HIDDEN_RUN_FILES = frozenset(
     {

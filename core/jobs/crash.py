@@ -16,7 +16,7 @@ from pathlib import Path
 
 from core.inputs import rundir
 from core.runfolder import protocol
-from core.types import RunStatus
+from core.types import RunStatus, VariantStatus
 
 STDERR_TAIL_LINES = 12
 STDERR_READ_BYTES = 256 * 1024
@@ -39,6 +39,9 @@ STEP_WORDS = {
     "diagnose": "per-layer diagnosis",
     "auto-fix": "the auto-fix search",
     "latency": "latency timing",
+    "runtimes": "the runtime matrix",
+    "deploy": "the deployability pre-flight",
+    "perturb": "the flip hunt",
 }
 # faulthandler's header for the thread that received the fatal signal (ident in hex).
 _FAULTING_THREAD = re.compile(r"^Current thread (0x[0-9a-fA-F]+)", re.MULTILINE)
@@ -113,7 +116,9 @@ def _running_variant(directory: Path) -> str | None:
     if not path.exists():
         return None
     report = rundir.read_json(path)
-    return next((v["name"] for v in report["variants"] if v["status"] == "running"), None)
+    return next(
+        (v["name"] for v in report["variants"] if v["status"] == VariantStatus.RUNNING), None
+    )
 
 
 def describe_exit(

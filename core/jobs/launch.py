@@ -25,8 +25,8 @@ from core.errors import QuantLensError
 from core.history.store import RunStore
 from core.inputs import rundir
 from core.jobs import outcome, queue
-from core.jobs.demo_build import CHAIN_ENV as DEMO_CHAIN_ENV
-from core.jobs.demo_build import (
+from core.jobs.demo_jobs import CHAIN_ENV as DEMO_CHAIN_ENV
+from core.jobs.demo_jobs import (
     MOBILENET,
     OUTLIER,
     demo_build_state,
@@ -38,7 +38,7 @@ from core.jobs.queue import active_run_id, active_runs, queue_position
 from core.jobs.workspace import SOURCE_ROOT, opened_store, resolved_home, run_dir
 from core.runfolder import protocol
 from core.runfolder.protocol import read_progress, read_status
-from core.types import JobSpec, RunStatus
+from core.types import JobSpec, RunStatus, VariantStatus
 
 __all__ = [
     "DEMO_CHAIN_ENV",
@@ -232,7 +232,9 @@ def cancel_run(run_id: str, *, home: Path | None = None) -> None:
         status.get("supervisor_pid")
     ):
         # A re-scored run's report holds the pending variant: it ends cancelled, not pending.
-        outcome.close_unfinished_variants(directory, "cancelled", "cancelled before it started")
+        outcome.close_unfinished_variants(
+            directory, VariantStatus.CANCELLED, "cancelled before it started"
+        )
         outcome.finish_run(directory, RunStatus.CANCELLED, "cancelled before it started", home=home)
 
 
@@ -249,7 +251,7 @@ def recover_interrupted(*, home: Path | None = None) -> list[str]:
         if row is None or not row.run_dir.is_dir():
             continue
         _stop_orphan_worker(row.run_dir)
-        outcome.close_unfinished_variants(row.run_dir, "failed", "interrupted")
+        outcome.close_unfinished_variants(row.run_dir, VariantStatus.FAILED, "interrupted")
         outcome.finish_run(row.run_dir, RunStatus.FAILED, "interrupted", home=home)
     return recovered
 

@@ -16,7 +16,7 @@ from core.inputs import rundir
 from core.jobs.workspace import opened_store
 from core.reporting import runmodel
 from core.runfolder import protocol
-from core.types import RunStatus
+from core.types import RunStatus, VariantStatus
 
 _ENDED_WORDS = {
     RunStatus.CANCELLED: "was cancelled",
@@ -80,20 +80,20 @@ def note_untimed_variants(report: dict[str, Any], status: RunStatus) -> None:
     """
     ended = _ENDED_WORDS.get(status, f"ended ({status})")
     for variant in report["variants"]:
-        if variant.get("status") == "done" and not variant.get("latency_ms"):
+        if variant.get("status") == VariantStatus.DONE and not variant.get("latency_ms"):
             variant["latency_note"] = (
                 f"not timed: the run {ended} before its timing step, which runs last "
                 "so no conversion shares the cores"
             )
 
 
-def close_unfinished_variants(directory: Path, status: str, reason: str) -> None:
+def close_unfinished_variants(directory: Path, status: VariantStatus, reason: str) -> None:
     """Give every pending/running variant of report.json its final status and reason."""
     closed: list[rundir.HasFileId] = []
 
     def close(report: dict[str, Any]) -> None:
         for variant in report["variants"]:
-            if variant["status"] in ("pending", "running"):
+            if variant["status"] in (VariantStatus.PENDING, VariantStatus.RUNNING):
                 variant["status"] = status
                 variant["error"] = reason
                 closed.append(rundir.entry_files(variant))
@@ -104,7 +104,13 @@ def close_unfinished_variants(directory: Path, status: str, reason: str) -> None
 
 
 def mark_variant(
-    directory: Path, name: str, status: str, reason: str, tail: str, *, home: Path | None
+    directory: Path,
+    name: str,
+    status: VariantStatus,
+    reason: str,
+    tail: str,
+    *,
+    home: Path | None,
 ) -> None:
     """Record one variant's end (a crash, a timeout) with the worker's stderr tail."""
     evaluated = False
@@ -116,7 +122,7 @@ def mark_variant(
         for variant in report["variants"]:
             if variant["name"] == name:
                 files = rundir.entry_files(variant)
-                evaluated = variant["status"] == "done"  # e.g. a crash while timing it
+                evaluated = variant["status"] == VariantStatus.DONE  # e.g. a crash while timing it
                 variant["status"] = status
                 variant["error"] = reason
                 variant["stderr_tail"] = tail

@@ -23,7 +23,7 @@ from core.inputs import rundir
 from core.jobs.workspace import opened_store
 from core.reporting import runmodel
 from core.runfolder import protocol
-from core.types import Backend, RunStatus, VariantSpec
+from core.types import Backend, RunStatus, VariantSpec, VariantStatus
 
 DERIVED_BY_RESCORE = "re-score"  # a variant entry's `derived_by`: added by a re-score
 RESCORE_KEY = "rescore"  # status.json: the re-score in flight and the run's status before it
@@ -110,7 +110,7 @@ def _parent_entry(report: dict[str, Any], parent: str) -> dict[str, Any]:
     if entry is None:
         names = ", ".join(v["name"] for v in report["variants"])
         raise QuantLensError(f"this run has no variant {parent}; choose one of {names}")
-    if entry.get("status") != "done":
+    if entry.get("status") != VariantStatus.DONE:
         raise QuantLensError(f"{parent} did not finish ({entry.get('status')}); choose another")
     return entry
 

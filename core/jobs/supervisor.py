@@ -29,7 +29,7 @@ from core.jobs.workspace import SOURCE_ROOT, opened_store, resolved_home
 from core.runfolder import protocol
 from core.runfolder.progress import ProgressReader
 from core.runfolder.protocol import DEFAULT_MEMORY_LIMIT_GB, DEFAULT_TIMEOUT_S
-from core.types import ProgressEvent, RunStatus
+from core.types import ProgressEvent, RunStatus, VariantStatus
 
 TRACKING_TIMEOUT_S = 300.0  # logging a run that ended abnormally to MLflow
 MAX_WORKERS = 64  # one restart per crashed variant at most
@@ -137,7 +137,7 @@ class Supervisor:
         """The run's final status after this worker, or None to start another one."""
         if end.cancelled:
             reason = self._cancel_reason("cancelled by the user")
-            outcome.close_unfinished_variants(self.directory, "cancelled", reason)
+            outcome.close_unfinished_variants(self.directory, VariantStatus.CANCELLED, reason)
             self._end(RunStatus.CANCELLED, reason)
             return RunStatus.CANCELLED
         if end.returncode == protocol.EXIT_OK:
@@ -146,7 +146,9 @@ class Supervisor:
         if end.returncode == protocol.EXIT_BAD_INPUT:
             self.bad_input = True
             error = protocol.read_status(self.directory).get("error") or "the job failed"
-            outcome.close_unfinished_variants(self.directory, "failed", "not run: " + error)
+            outcome.close_unfinished_variants(
+                self.directory, VariantStatus.FAILED, "not run: " + error
+            )
             self._end(RunStatus.FAILED, error)
             return RunStatus.FAILED
         stderr = crash.stderr_since(self.directory, end.log_offset)
@@ -160,10 +162,14 @@ class Supervisor:
             stderr_tail=tail,
         )
         if variant is not None:
-            outcome.mark_variant(self.directory, variant, str(status), reason, tail, home=self.home)
+            outcome.mark_variant(
+                self.directory, variant, VariantStatus(str(status)), reason, tail, home=self.home
+            )
         if variant is None or end.timed_out:
             # Outside a variant (or out of time) nothing more can be saved by a restart.
-            outcome.close_unfinished_variants(self.directory, str(status), f"not run: {reason}")
+            outcome.close_unfinished_variants(
+                self.directory, VariantStatus(str(status)), f"not run: {reason}"
+            )
             self._end(status, reason)
             return status
         event = ProgressEvent("variant", 1.0, f"{variant}: {reason}", variant, time=time.time())

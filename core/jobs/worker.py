@@ -97,8 +97,8 @@ def track_run(run_dir: Path, uri: str) -> None:
     except Exception as exc:  # the run is complete: a tracking bug must not turn it into a crash
         print(f"warning: MLflow logging to {uri} failed: {exc}", file=sys.stderr)
         return
-    if entry.get("error"):
-        print(f"warning: MLflow logging to {uri} failed: {entry['error']}", file=sys.stderr)
+    if entry.error:
+        print(f"warning: MLflow logging to {uri} failed: {entry.error}", file=sys.stderr)
 
 
 def inspect(
@@ -161,7 +161,7 @@ def remember_demo_signature(model: Path) -> None:
 
 
 def print_progress(fraction: float, message: str) -> None:
-    """One "<fraction> <message>" line: the demo build's log, read by core.jobs.demo_build."""
+    """One "<fraction> <message>" line: the demo build's log, read by core.jobs.demo_jobs."""
     print(f"{fraction:.2f} {message}", flush=True)
 
 
@@ -187,13 +187,13 @@ def build_outlier_demo(demo_dir: Path, *, then_mobilenet: bool) -> int:
     """Train the outlier-channel demo (seconds) at the lowest CPU priority, taking turns with
     latency timing like the MobileNetV2 build; then start that build when asked."""
     from core.engine.outlier_demo import build_outlier_demo as build
-    from core.inputs.demo import outlier_demo_paths
+    from core.inputs.demo_paths import outlier_demo_paths
 
     os.nice(19)
     print_progress(0.0, "loading TensorFlow")
     build(demo_dir, progress=print_progress, epoch_lock=_timing_turn)
     if then_mobilenet:
-        from core.jobs.demo_build import MOBILENET, start_demo_build
+        from core.jobs.demo_jobs import MOBILENET, start_demo_build
 
         start_demo_build(home=demo_dir.parent, which=MOBILENET)
     remember_demo_signature(outlier_demo_paths(root=demo_dir).run_model)
@@ -207,14 +207,14 @@ def build_mobilenet_demo(demo_dir: Path, *, epochs: int | None) -> int:
     the host's timing lock, so no latency is measured while it trains, and a run that reaches
     its timing waits one epoch at most (the build waits a moment between epochs to let it in).
     """
-    from core.engine import demo
+    from core.engine import demo_models
 
     os.nice(19)
-    paths = demo.build_mobilenet_demo(
+    paths = demo_models.build_mobilenet_demo(
         demo_dir,
         progress=print_progress,
-        epochs=demo.MOBILENET_EPOCHS if epochs is None else epochs,
-        min_accuracy=demo.MOBILENET_MIN_ACCURACY if epochs is None else 0.0,
+        epochs=demo_models.MOBILENET_EPOCHS if epochs is None else epochs,
+        min_accuracy=demo_models.MOBILENET_MIN_ACCURACY if epochs is None else 0.0,
         epoch_lock=_timing_turn,
     )
     remember_demo_signature(paths.saved_model)
@@ -269,11 +269,11 @@ def main(argv: list[str]) -> int:
             return build_outlier_demo(target, then_mobilenet=args.then_mobilenetv2)
         # The first step a first launch shows: loading TensorFlow takes a while on its own.
         print_progress(0.0, "loading TensorFlow")
-        from core.engine.demo import build_demo
+        from core.engine.demo_models import build_demo
 
         paths = build_demo(target, progress=print_progress)
         if args.then_mobilenetv2:
-            from core.jobs.demo_build import OUTLIER, start_demo_build
+            from core.jobs.demo_jobs import OUTLIER, start_demo_build
 
             start_demo_build(home=target.parent, which=OUTLIER)
         remember_demo_signature(paths.saved_model)

@@ -6,30 +6,32 @@ path); Overview, report.html and the CLI show this one line.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from core.reporting.runmodel import CalibrationRecord
 
 
-def calibration_line(calibration: Mapping[str, Any] | None) -> str | None:
+def calibration_line(calibration: CalibrationRecord | None) -> str | None:
     """One line on the calibration images; None for runs that did not record it."""
-    if not calibration:
+    if calibration is None or calibration.source is None:
         return None
-    source = calibration.get("source")
-    images = calibration.get("images")
+    source = calibration.source
+    images = calibration.images
     if source == "held-out":
         return (
             f"calibration: {images} images held out of evaluation (seeded draw from a pool of "
-            f"{calibration.get('held_out')}); the evaluated images come from the other "
-            f"{calibration.get('evaluable')}"
+            f"{calibration.held_out}); the evaluated images come from the other "
+            f"{calibration.evaluable}"
         )
     if source == "separate":
         return (
-            f"calibration: {images} images from a separate set ({calibration.get('path')}); "
+            f"calibration: {images} images from a separate set ({calibration.path}); "
             "nothing held out of the evaluated data"
         )
     if source == "overlapping":
         return (
             f"calibration: {images} images drawn from the whole data set, so some may also be "
-            f"evaluated ({calibration.get('reason')})"
+            f"evaluated ({calibration.reason})"
         )
-    return f"calibration: none needed ({calibration.get('reason')})"
+    return f"calibration: none needed ({calibration.reason})"

@@ -257,6 +257,7 @@ def tradeoff_figure(
             hoverinfo="skip",
         )
     )
+    _target_marks(fig, points)
     if pick in by_name:
         chosen = by_name[pick]
         fig.add_trace(
@@ -284,6 +285,37 @@ def tradeoff_figure(
     fig.update_xaxes(rangemode="tozero")
     fig.update_yaxes(rangemode="tozero")
     return fig
+
+
+def _target_marks(fig: go.Figure, points: Sequence[TradeoffPoint]) -> None:
+    """Cross out the points the chosen target cannot run, and ring in orange those Vela leaves
+    partly on the CPU; each hover says why."""
+    blocked = [p for p in points if not p.runnable]
+    flagged = [p for p in points if p.runnable and p.note]
+    for chosen, name, marker in (
+        (
+            blocked,
+            "not runnable here",
+            {"symbol": "x-thin", "size": 22, "line": {"width": 3, "color": "#b00020"}},
+        ),
+        (
+            flagged,
+            "CPU fallback (Vela)",
+            {"symbol": "diamond-open", "size": 24, "color": "#e07000", "line": {"width": 2}},
+        ),
+    ):
+        if chosen:
+            fig.add_trace(
+                go.Scatter(
+                    x=[p.size_mb for p in chosen],
+                    y=[p.p50_ms for p in chosen],
+                    mode="markers",
+                    name=name,
+                    marker=marker,
+                    text=[f"{p.name}: {p.note}" for p in chosen],
+                    hovertemplate="%{text}<extra></extra>",
+                )
+            )
 
 
 # A heatmap wider than this many classes is unreadable: larger runs show their busiest classes.

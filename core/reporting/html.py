@@ -34,7 +34,7 @@ from core.reporting.report import (
 )
 from core.reporting.runmodel import RunReport, Variant, read_report
 from core.reporting.speedup import BASELINE_LABEL, speedup_lines
-from core.types import short_name
+from core.types import VariantStatus, short_name
 
 THUMB_PX = 96
 MAX_GALLERY = 12
@@ -121,6 +121,10 @@ def render_report_html(run_dir: Path, *, name: str | None = None) -> str:
         _reference_table(report),
         "<h2>Speed-up</h2>",
         _speedup_table(report, variants),
+        _runtime_section(report),
+        "<h2>Targets and deployability</h2>",
+        _targets_section(report, variants),
+        _flip_hunt_section(variants),
         "<h2>Charts</h2>",
         _charts(report, variants, threshold),
         _sweep_statement(report),
@@ -205,7 +209,7 @@ def _verdict(variant: Variant, threshold: float) -> str:
     if variant.get("verdict_reason"):
         return f'<span class="na" title="{_e(variant["verdict_reason"])}">{NO_VERDICT}</span>'
     passed = variant.get("passed")
-    if passed is None and variant.get("status") == "done":
+    if passed is None and variant.get("status") == VariantStatus.DONE:
         agreement = _num(variant.get("top1_agreement_pct"))
         passed = None if agreement is None else agreement >= threshold
     if passed is True:
@@ -249,7 +253,9 @@ def _subtitle(report: RunReport) -> str:
 def _verdict_banner(variants: list[Variant], threshold: float) -> str:
     if not variants:
         return '<p class="banner fail">No variant was run.</p>'
-    failing = [v.name for v in variants if v.result.passed is not True or v.status != "done"]
+    failing = [
+        v.name for v in variants if v.result.passed is not True or v.status != VariantStatus.DONE
+    ]
     if not failing:
         return (
             f'<p class="banner pass">Every variant meets the {threshold:g} % top-1 agreement '
@@ -530,7 +536,7 @@ def _galleries(run_dir: Path, report: RunReport, variants: list[Variant]) -> str
             rundir.variant_samples_path(run_dir, v), MAX_GALLERY
         )
         if not count:
-            if v.get("status") == "done":
+            if v.get("status") == VariantStatus.DONE:
                 out.append(f"<h3>{_e(name)}</h3><p class='na'>No per-sample table.</p>")
             continue
         header = (
@@ -652,9 +658,9 @@ def _causes_section(variants: list[Variant]) -> str:
 def _sweep_statement(report: RunReport) -> str:
     """The calibration sweep's conclusion in words (its chart is among the charts)."""
     sweep = report.sweep
-    if not sweep or not sweep.get("statement"):
+    if sweep is None or not sweep.statement:
         return ""
-    return f'<h3>Calibration sweep</h3><p id="sweep">{_e(sweep["statement"])}</p>'
+    return f'<h3>Calibration sweep</h3><p id="sweep">{_e(sweep.statement)}</p>'
 
 
 def _dataset_section(report: RunReport) -> str:
@@ -727,6 +733,96 @@ def _speedup_table(report: RunReport, variants: list[Variant]) -> str:
         "the range over blocks.</small></p>"
     )
     return f'<table id="speedup">{head}{"".join(rows)}</table>{note}'
+
+
+def _runtime_section(report: RunReport) -> str:
+    """The runtime matrix (variants x runtimes), when the run asked for one."""
+    from core.reporting.runtimes import FLIPS_MEANING, matrix_rows, subset_sentence
+
+    header, rows = matrix_rows(report)
+    matrix = report.runtimes
+    if matrix is None or not rows:
+        return ""
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join(
+        f"<tr><td><strong>{_e(row[0])}</strong></td>"
+        + "".join(
+            f'<td class="na">{_e(c)}</td>' if c.startswith("not run") else f"<td>{_e(c)}</td>"
+            for c in row[1:]
+        )
+        + "</tr>"
+        for row in rows
+    )
+    return (
+        "<h2>Runtimes</h2><p>Top-1 agreement with the original (95% CI) of each variant's "
+        "file under each runtime.</p>"
+        f'<table id="runtimes"><tr>{head}</tr>{body}</table>'
+        f"<p><small>{_e(subset_sentence(matrix))}. {_e(FLIPS_MEANING)}.</small></p>"
+    )
+
+
+def _targets_section(report: RunReport, variants: list[Variant]) -> str:
+    """The pick for every target (with what each excludes) and the deployability pre-flight."""
+    from core.reporting.recommend import recommendations
+    from core.reporting.targets import (
+        DEPLOYABILITY_COLUMNS,
+        DEPLOYABILITY_NOTES,
+        deployability_rows,
+    )
+
+    if not variants or "min_agreement_pct" not in report.options:
+        return '<p class="na">No variant to place on a target yet.</p>'
+    every = report.get("recommendations") or recommendations(report)
+    rows = []
+    for target, rec in every.items():
+        pick = _e(rec["variant"]) if rec.get("variant") else "none"
+        notes = [_e(rec["reason"])]
+        notes += [
+            f"excluded {_e(e['variant'])}: {_e(e['reason'])}" for e in rec.get("excluded") or ()
+        ]
+        notes += [
+            f"{_e(e['variant'])} listed once, as {_e(e['same_as'])} (identical outputs)"
+            for e in rec.get("listed_once") or ()
+        ]
+        rows.append(
+            f"<tr><td><strong>{_e(target)}</strong></td><td>{pick}</td>"
+            f"<td>{'<br>'.join(notes)}</td></tr>"
+        )
+    picks = (
+        '<table id="targets"><tr><th>target</th><th>recommended</th><th>why</th></tr>'
+        + "".join(rows)
+        + "</table>"
+    )
+    found = deployability_rows(variants)
+    if not found:
+        table = '<p class="na">No deployability pre-flight in this run.</p>'
+    else:
+        head = "".join(f"<th>{_e(c)}</th>" for c in DEPLOYABILITY_COLUMNS)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{_e(r[c])}</td>" for c in DEPLOYABILITY_COLUMNS) + "</tr>"
+            for r in found
+        )
+        table = f'<table id="deployability"><tr>{head}</tr>{body}</table>'
+    footnotes = "".join(f"<p><small>{_e(n)}</small></p>" for n in DEPLOYABILITY_NOTES)
+    return picks + table + footnotes
+
+
+def _flip_hunt_section(variants: list[Variant]) -> str:
+    """The flip hunt (--perturb), when the run has one: a row per variant and perturbation."""
+    from core.reporting.report import flip_hunt_line
+
+    rows = [
+        f"<tr><td><strong>{_e(short_name(v.name))}</strong></td><td>{_e(flip_hunt_line(p))}</td></tr>"
+        for v in variants
+        for p in v.result.flip_hunt or ()
+    ]
+    if not rows:
+        return ""
+    return (
+        "<h2>Under small perturbations (flip hunt)</h2>"
+        '<table id="flip-hunt"><tr><th>variant</th><th>perturbation: agreement with the original '
+        "on the images whose original answer held</th></tr>" + "".join(rows) + "</table>"
+    )
 
 
 def _environment_table(report: RunReport) -> str:

@@ -6,9 +6,26 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from core.reporting.report import variant_of, verdict
+from core.reporting.report import (
+    VERDICT_LOWER_BOUND,
+    VERDICT_POINT,
+    meets_threshold,
+    variant_of,
+    verdict,
+)
 from core.reporting.runmodel import RunReport, Variant, report_from
-from core.types import short_name
+from core.reporting.speedup import BASELINE_LABEL, ORIGINAL_LABEL, times
+from core.reporting.targets import (
+    DEFAULT_TARGET,
+    GPU_NOT_EVALUATED,
+    PROFILES,
+    Target,
+    cpu_fallback,
+    exclusion,
+)
+from core.types import VariantStatus, short_name
+
+BASELINE = "float32"  # the float32 TFLite variant's name (core.engine.stages.latency.BASELINE)
 
 # The dominance rule of the frontier, stated once for the captions and report.html.
 FRONTIER_RULE = (
@@ -17,11 +34,21 @@ FRONTIER_RULE = (
 )
 
 
-def pick_rule_text(threshold_pct: float) -> str:
-    """The recommendation rule in words."""
+def pick_rule_text(
+    threshold_pct: float, *, verdict: str = VERDICT_POINT, target: str = "cpu"
+) -> str:
+    """The recommendation rule in words, for one target."""
+    profile = PROFILES[Target(target)]
+    passes = (
+        f"the lower 95 % Wilson bound of top-1 agreement is at least {threshold_pct:g} %"
+        if verdict == VERDICT_LOWER_BOUND
+        else f"top-1 agreement is at least {threshold_pct:g} %"
+    )
     return (
-        f"among variants whose lower 95 % Wilson bound of top-1 agreement is at least "
-        f"{threshold_pct:g} %, the smallest, then the fastest (p50)"
+        f"for {profile.title}: among variants it can run whose {passes} (the run's verdict), the "
+        f"smallest that is not slower than {BASELINE_LABEL} on the same runtime, then the "
+        f"fastest (p50); a variant slower than {BASELINE_LABEL} only when no faster one passes, "
+        "and then it says so; a derived variant whose outputs equal its parent's is listed once"
     )
 
 
@@ -36,6 +63,10 @@ class TradeoffPoint:
     ci95: tuple[float, float] | None
     n: int | None
     verdict: str
+    # For a chosen target: can it run this variant, and what to flag (the exclusion reason, or
+    # Vela leaving ops to the CPU). True and None when no target was asked for.
+    runnable: bool = True
+    note: str | None = None
 
 
 def dominates(a: TradeoffPoint, b: TradeoffPoint) -> bool:
@@ -48,31 +79,46 @@ def dominates(a: TradeoffPoint, b: TradeoffPoint) -> bool:
 
 
 def pareto_frontier(points: Sequence[TradeoffPoint]) -> list[str]:
-    """Names of the points no other point dominates, smallest first (then fastest).
+    """Names of the runnable points no other runnable point dominates, smallest first (then
+    fastest). A point the chosen target cannot run is not on that target's frontier.
 
     Two identical points are both on the frontier: neither is strictly better.
     """
+    points = [p for p in points if p.runnable]
     kept = [p for p in points if not any(dominates(q, p) for q in points if q is not p)]
     return [p.name for p in sorted(kept, key=lambda p: (p.size_mb, p.p50_ms, p.name))]
 
 
 def tradeoff_points(
-    variants: Sequence[Variant | Mapping[str, Any]], *, label: str = "{name}"
+    variants: Sequence[Variant | Mapping[str, Any]],
+    *,
+    label: str = "{name}",
+    target: str | None = None,
+    arena_limit_kb: float | None = None,
 ) -> list[TradeoffPoint]:
     """The chart's points: every finished variant that has a size, a p50 and an agreement.
 
     Args:
         variants: the run's variants (any backend, any kind).
         label: how to name a point; "{name}" is the variant's name (Compare prefixes the run).
+        target: mark which points this target can run (core.reporting.targets), and flag
+            those Vela leaves partly on the CPU; None: every point is runnable.
+        arena_limit_kb: the `mcu` target's arena limit.
     """
     points = []
     for v in map(variant_of, variants):
         r = v.result
-        if r.status != "done" or not r.size_bytes or r.p50_ms is None:
+        if r.status != VariantStatus.DONE or not r.size_bytes or r.p50_ms is None:
             continue
         if r.top1_agreement_pct is None:
             continue
         ci = r.top1_agreement_ci95
+        why: str | None = None
+        flag: str | None = None
+        if target is not None:
+            why = exclusion(v, Target(target), arena_limit_kb=arena_limit_kb)
+            if why is None and Target(target) in (Target.INTEGER_ONLY, Target.MCU):
+                flag = cpu_fallback(v)
         points.append(
             TradeoffPoint(
                 name=label.format(name=v.name),
@@ -82,6 +128,8 @@ def tradeoff_points(
                 ci95=(float(ci[0]), float(ci[1])) if ci else None,
                 n=r.n,
                 verdict=verdict(v),
+                runnable=why is None,
+                note=why if why is not None else flag,
             )
         )
     return points
@@ -95,7 +143,7 @@ def judged(variant: Variant) -> bool:
     """
     r = variant.result
     return (
-        r.status == "done"
+        r.status == VariantStatus.DONE
         and r.passed is not None
         and not r.verdict_reason
         and not variant.is_pivot
@@ -132,52 +180,197 @@ def _mb(v: Variant) -> str:
     return f"{int(v.result.size_bytes or 0) / 1e6:.2f} MB"
 
 
-def recommendation(report: RunReport | Mapping[str, Any]) -> dict[str, Any]:
-    """The recommended variant of a report, with the rule, the runner-up and the reason.
+def _slower_than_float32(v: Variant, baseline: Variant | None) -> float | None:
+    """How many times slower than float32 TFLite `v` is (> 1), or None when it is not slower
+    or there is no baseline. From the paired timing blocks when the run has them: slower only
+    when every block says so (the fastest block's ratio is still below 1), so timing noise
+    between two equally fast variants never demotes one; else from the two p50s."""
+    if v.name == BASELINE:
+        return None
+    speed = v.result.speedup or {}
+    value = speed.get("value")
+    if value is not None and speed.get("baseline") == BASELINE:
+        high = speed.get("high")
+        best = float(value if high is None else high)
+        return 1.0 / float(value) if best < 1.0 else None
+    if baseline is None or baseline.result.p50_ms is None or v.result.p50_ms is None:
+        return None
+    ratio = v.result.p50_ms / baseline.result.p50_ms
+    return ratio if ratio > 1.0 else None
 
-    Rule: among judged variants whose lower 95 % Wilson bound of top-1 agreement meets the
-    threshold, the smallest, then the fastest. When none qualifies `variant` is None and
-    `closest` names the judged variant with the highest lower bound (then the smallest).
+
+def _speed_words(v: Variant, baseline: Variant | None) -> str:
+    """ "12.5× faster than float32 TFLite on the same runtime (vs the TensorFlow original: …)"."""
+    if v.name == BASELINE:
+        return f"it is the {BASELINE_LABEL} baseline"
+    speed = v.result.speedup or {}
+    value = speed.get("value")
+    if value is not None and speed.get("baseline") == BASELINE:
+        head = f"{times(float(value))} than {BASELINE_LABEL} on the same runtime"
+    elif baseline is not None and baseline.result.p50_ms and v.result.p50_ms:
+        head = (
+            f"{times(baseline.result.p50_ms / v.result.p50_ms)} than {BASELINE_LABEL} "
+            f"(p50 {v.result.p50_ms:.3g} vs {baseline.result.p50_ms:.3g} ms)"
+        )
+    else:
+        return f"no {BASELINE_LABEL} timing to compare its speed with"
+    original = (speed.get("vs_original") or {}).get("value")
+    if original is not None:
+        head += f" (vs {ORIGINAL_LABEL}: {times(float(original))})"
+    return head
+
+
+def _judged_figures(v: Variant) -> tuple[float, tuple[float, float] | None, int | None, str]:
+    """The agreement, interval and n a variant is judged by: for a fix auto-fix derived, those
+    of the images its search did not see (the images that chose a fix never vouch for it)."""
+    held_out = v.held_out
+    if held_out is not None:
+        return (
+            float(held_out.top1_agreement_pct),
+            held_out.top1_agreement_ci95,
+            held_out.n,
+            " on the images its fix search did not see",
+        )
+    r = v.result
+    return float(r.top1_agreement_pct or 0), r.top1_agreement_ci95, r.n, ""
+
+
+def _passes(v: Variant, threshold_pct: float, rule: str) -> bool:
+    """Whether `v` meets the threshold under the run's verdict rule (what its PASS says)."""
+    pct, ci, _, _ = _judged_figures(v)
+    return meets_threshold(pct, ci, threshold_pct, rule)
+
+
+def _agreement_words(v: Variant) -> str:
+    pct, ci, n, where = _judged_figures(v)
+    bound = f", lower 95 % bound {float(ci[0]):.1f} %" if ci else ""
+    return f"top-1 agreement {pct:.1f} %{bound}, n={n}{where}"
+
+
+def listed_once(variants: Sequence[Variant]) -> tuple[list[Variant], list[dict[str, str]]]:
+    """`variants` without a derived variant whose outputs equal its parent's (its pre-flight's
+    `identical_to`) when that parent is among them: the same model for the user, listed once."""
+    names = {v.name for v in variants}
+    kept, dropped = [], []
+    for v in variants:
+        found = v.result.deployability
+        parent = found.identical_to if found is not None else None
+        if parent is not None and parent in names:
+            dropped.append({"variant": v.name, "same_as": parent})
+        else:
+            kept.append(v)
+    return kept, dropped
+
+
+def recommendation(
+    report: RunReport | Mapping[str, Any],
+    target: str | None = None,
+    *,
+    arena_limit_kb: float | None = None,
+) -> dict[str, Any]:
+    """The recommended variant of a report for one target, with the rule, the runner-up and the
+    reason.
+
+    Rule (`pick_rule_text`): among judged variants the target can run that pass the run's
+    verdict, the smallest not slower than float32 TFLite, then the fastest; a slower one only
+    when no faster one passes, and the reason then says how much slower. A derived variant
+    whose outputs equal its parent's is listed once (as the parent). When nothing passes,
+    `variant` is None and `closest` names the judged variant with the highest lower bound.
+
+    Args:
+        report: the run's report.
+        target: `cpu`, `integer-only`, `mcu` or `gpu`; None: the run's `--target` (else cpu).
+        arena_limit_kb: the largest TFLite-Micro arena the `mcu` target allows; None: the
+            run's `--arena-kb` (else no limit).
 
     Returns:
-        {"variant", "rule", "runner_up", "reason", "closest"}; names are variant names.
+        {"variant", "rule", "runner_up", "reason", "closest", "target", "excluded",
+        "listed_once", "slower_than_float32"}; names are variant names; `excluded` lists
+        {"variant", "reason"} for each judged variant the target cannot run, `listed_once`
+        {"variant", "same_as"}; `slower_than_float32` is the words said when the pick is slower.
     """
     typed = report_from(report)
-    threshold = float(typed.options["min_agreement_pct"])
-    rule = pick_rule_text(threshold)
-    candidates = [v for v in typed.variants if judged(v)]
-    qualified = sorted(
-        (v for v in candidates if _lower(v) >= threshold), key=_smallest_then_fastest
-    )
-    if qualified:
-        pick = qualified[0]
-        runner_up = qualified[1] if len(qualified) > 1 else None
-        reason = f"{short_name(pick.name)}: lower 95 % bound {_lower(pick):.1f} % ≥ {threshold:g} % at {_mb(pick)}"
-        if runner_up is not None:
-            reason += f"; next: {short_name(runner_up.name)} at {_mb(runner_up)}"
-        return {
-            "variant": pick.name,
-            "rule": rule,
-            "runner_up": None if runner_up is None else runner_up.name,
-            "reason": reason,
-            "closest": None,
-        }
-    if not candidates:
-        return {
-            "variant": None,
-            "rule": rule,
-            "runner_up": None,
-            "reason": "no variant was judged (none finished with a verdict)",
-            "closest": None,
-        }
-    closest = min(candidates, key=lambda v: (-_lower(v), *_smallest_then_fastest(v)))
-    return {
+    chosen = Target(target or typed.options.get("target") or DEFAULT_TARGET)
+    if arena_limit_kb is None and typed.options.get("arena_kb") is not None:
+        arena_limit_kb = float(typed.options["arena_kb"])
+    threshold = typed.threshold_pct
+    rule = pick_rule_text(threshold, verdict=typed.verdict_rule, target=chosen)
+    out: dict[str, Any] = {
         "variant": None,
         "rule": rule,
         "runner_up": None,
-        "reason": (
-            f"no variant's lower 95 % bound reaches {threshold:g} %; closest: "
-            f"{short_name(closest.name)} at {_lower(closest):.1f} % (n={_n(closest)})"
-        ),
-        "closest": closest.name,
+        "reason": "",
+        "closest": None,
+        "target": str(chosen),
+        "excluded": [],
+        "listed_once": [],
+        "slower_than_float32": None,
     }
+    if chosen == Target.GPU:
+        out["reason"] = GPU_NOT_EVALUATED
+        return out
+    judged_ones = [v for v in typed.variants if judged(v)]
+    runnable = []
+    for v in judged_ones:
+        why = exclusion(v, chosen, arena_limit_kb=arena_limit_kb)
+        if why is None:
+            runnable.append(v)
+        else:
+            out["excluded"].append({"variant": v.name, "reason": why})
+    candidates, out["listed_once"] = listed_once(runnable)
+    baseline = typed.variant(BASELINE)
+    qualified = [v for v in candidates if _passes(v, threshold, typed.verdict_rule)]
+    not_slower = sorted(
+        (v for v in qualified if _slower_than_float32(v, baseline) is None),
+        key=_smallest_then_fastest,
+    )
+    slower = sorted(
+        (v for v in qualified if _slower_than_float32(v, baseline) is not None),
+        key=_smallest_then_fastest,
+    )
+    ranked = not_slower + slower
+    if ranked:
+        pick = ranked[0]
+        runner_up = ranked[1] if len(ranked) > 1 else None
+        reason = (
+            f"{short_name(pick.name)}: {_agreement_words(pick)}, at {_mb(pick)}; "
+            f"{_speed_words(pick, baseline)}"
+        )
+        factor = _slower_than_float32(pick, baseline)
+        if factor is not None:
+            out["slower_than_float32"] = (
+                f"{short_name(pick.name)} is {factor:.1f}× slower than {BASELINE_LABEL} on the "
+                "same runtime: no variant at least as fast passes"
+            )
+            reason += f". Note: {out['slower_than_float32']}"
+        fallback = cpu_fallback(pick) if chosen == Target.INTEGER_ONLY else None
+        if fallback:
+            reason += f". {fallback}"
+        if runner_up is not None:
+            reason += f"; next: {short_name(runner_up.name)} at {_mb(runner_up)}"
+        out.update(
+            variant=pick.name,
+            runner_up=None if runner_up is None else runner_up.name,
+            reason=reason,
+        )
+        return out
+    if not candidates:
+        out["reason"] = (
+            f"no variant the {chosen} target can run was judged"
+            if judged_ones
+            else "no variant was judged (none finished with a verdict)"
+        )
+        return out
+    closest = min(candidates, key=lambda v: (-_lower(v), *_smallest_then_fastest(v)))
+    out["reason"] = (
+        f"no variant passes the run's verdict at {threshold:g} %; closest: "
+        f"{short_name(closest.name)} at {_lower(closest):.1f} % (n={_n(closest)}), "
+        "its lower 95 % bound"
+    )
+    out["closest"] = closest.name
+    return out
+
+
+def recommendations(report: RunReport | Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The recommendation for every target, keyed by target name."""
+    return {str(t): recommendation(report, str(t)) for t in Target}

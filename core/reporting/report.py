@@ -16,6 +16,7 @@ from core.reporting.runmodel import (
     ROLE_SELECTED,
     SCHEMA_VERSION,
     VERDICT_POINT,
+    CandidateStatus,
     FlipMatrix,
     RunReport,
     Variant,
@@ -28,6 +29,7 @@ from core.types import (
     Mode,
     RunStatus,
     VariantSpec,
+    VariantStatus,
     short_name,
 )
 
@@ -282,7 +284,7 @@ def too_few_samples_note(n: int | None, threshold_pct: float) -> str | None:
 def fail_reason(variant: Variant, threshold_pct: float, rule: str) -> str | None:
     """Why a finished, judged variant fails under `rule`, in one line; None when it passes."""
     result = variant.result
-    if result.status != "done" or result.passed is not False or result.verdict_reason:
+    if result.status != VariantStatus.DONE or result.passed is not False or result.verdict_reason:
         return None
     pct = result.top1_agreement_pct
     ci = result.top1_agreement_ci95
@@ -344,7 +346,7 @@ def finished_variant(
     metrics["flip_matrix"] = FlipMatrix.from_rows(agreement.flip_matrix)
     done = typed.with_result(
         **metrics,
-        status="done",
+        status=VariantStatus.DONE,
         error=None,
         size_bytes=size_bytes,
         size_reduction_pct=reduction_pct(size_bytes, reference_size),
@@ -425,7 +427,7 @@ def verdict(variant: Variant | Mapping[str, Any]) -> str:
     """PASS / FAIL / NO VERDICT for a finished variant, else its status in capitals (CRASHED, ...)."""
     typed = variant_of(variant)
     result = typed.result
-    if result.status != "done":
+    if result.status != VariantStatus.DONE:
         return result.status.upper()
     if typed.is_pivot:
         return PIVOT
@@ -524,6 +526,10 @@ def format_table(report: RunReport | Mapping[str, Any]) -> str:
         lines.append(f"note: {note}")
     for warning in report.warnings:
         lines.append(f"warning: {warning}")
+    from core.reporting.targets import deployability_lines
+
+    lines.extend(deployability_lines(report.variants))
+    lines.extend(flip_hunt_lines(report.variants))
     lines.extend(recommendation_lines(report.recommendation))
     return "\n".join(lines)
 
@@ -535,7 +541,7 @@ def fix_lines(v: Variant) -> list[str]:
     lines = []
     search = v.fix_search
     if search is not None:
-        measured = sum(c.status == "measured" for c in search.candidates)
+        measured = sum(c.status == CandidateStatus.MEASURED for c in search.candidates)
         cut = ", cut short by the budget" if search.truncated else ""
         chose = (
             f"chose {short_name(search.chosen)}"
@@ -556,6 +562,33 @@ def fix_lines(v: Variant) -> list[str]:
             f"see: {held_out.top1_agreement_pct:.2f} % [{low:.1f}, {high:.1f}] "
             f"{'PASS' if held_out.passed else 'FAIL'}"
         )
+    return lines
+
+
+def flip_hunt_line(p: Mapping[str, Any]) -> str:
+    """One perturbation's figures in words: agreement on the counted images, with n, and the
+    original's own flips beside it."""
+    ci = p.get("ci95")
+    if p.get("agreement_pct") is None or ci is None:
+        agreement = "no image left to count"
+    else:
+        agreement = (
+            f"{float(p['agreement_pct']):.1f} % agree [{float(ci[0]):.1f}, {float(ci[1]):.1f}] "
+            f"n={p['counted']}"
+        )
+    return (
+        f"{p['perturbation']}: {agreement}; {counted(int(p['new_flips']), 'new flip')}; the "
+        "original changed "
+        f"its own answer on {p['original_changed']} of {p['n']}"
+    )
+
+
+def flip_hunt_lines(variants: Sequence[Variant]) -> list[str]:
+    """The flip hunt as the CLI prints it: per variant, one line per perturbation."""
+    lines = []
+    for v in variants:
+        for p in v.result.flip_hunt or ():
+            lines.append(f"flip hunt: {short_name(v.name)}: {flip_hunt_line(p)}")
     return lines
 
 
@@ -591,7 +624,17 @@ def recommendation_lines(rec: Mapping[str, Any] | None) -> list[str]:
             head += f" (runner-up: {short_name(rec['runner_up'])})"
     else:
         head = "recommended: none"
-    return [head, f"  rule: {rec['rule']}", f"  why: {rec['reason']}"]
+    if rec.get("target"):
+        head += f" for target {rec['target']}"
+    lines = [head, f"  rule: {rec['rule']}", f"  why: {rec['reason']}"]
+    for entry in rec.get("excluded") or ():
+        lines.append(f"  excluded: {short_name(entry['variant'])}: {entry['reason']}")
+    for entry in rec.get("listed_once") or ():
+        lines.append(
+            f"  listed once: {short_name(entry['variant'])} has the outputs of "
+            f"{short_name(entry['same_as'])}"
+        )
+    return lines
 
 
 def run_status(report: RunReport | Mapping[str, Any]) -> RunStatus:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -347,6 +347,7 @@ def pick_samples(
     ref_class: int | None = None,
     flip: tuple[int, int] | None = None,
     sort: str = "largest |Δp| of the original's class",
+    only: Collection[int] | None = None,
 ) -> pd.DataFrame:
     """The gallery's rows of a `variant_samples` table.
 
@@ -357,13 +358,17 @@ def pick_samples(
         ref_class: keep only samples whose original top-1 is this class.
         flip: keep only disagreements original class -> TFLite class (a flip-matrix cell).
         sort: a key of `SORTS`.
+        only: keep only these data set indices, agreeing or not (the images a runtime flips
+            against XNNPACK: under XNNPACK they may well agree with the original).
 
     Returns:
         The filtered, sorted rows.
     """
     if df.empty:
         return df
-    if at_risk_margin is None:
+    if only is not None:
+        out = df[df["index"].isin(list(only))]
+    elif at_risk_margin is None:
         out = df[~df["agree"]]
     else:
         out = df[df["agree"] & (df["ref_margin"] < at_risk_margin)]

@@ -173,7 +173,8 @@ def _calibration(index: int) -> Callable[[Compared], Any]:
 
 def _calibration_source(item: Compared) -> Any:
     """held-out, overlapping, separate or none (issue 13); None in older reports."""
-    return (item.report.calibration or {}).get("source")
+    calibration = item.report.calibration
+    return None if calibration is None else calibration.source
 
 
 def _input_size(item: Compared) -> Any:

@@ -4,8 +4,11 @@ A run is a `RunReport`; each of its variants is a `Variant`: a `VariantIdentity`
 made) plus a `VariantResult` (what it measured). `write_report` is the one function that
 serialises report.json and `read_report` the one that reads it back, whatever its schema.
 
-Keys this model does not know (other features add `diagnosis`, `sweep`, `engine`, ...) are kept
-in `extra` and written back unchanged, so a reader never drops what a newer writer stored.
+The sections a stage or a later process adds whole (`calibration`, `sweep`, `engine`,
+`tracking`) are `Section`s: frozen dataclasses that the writer builds and `put_section` stores,
+so no writer assembles their dicts by hand. Keys this model does not know (at the top, in a
+variant or inside a section) are kept in `extra` and written back unchanged, so a reader never
+drops what a newer writer stored.
 Each object is also a read-only mapping over its report.json form (`variant["n"]`), so code
 that reads report fields by key sees exactly what the file holds.
 """
@@ -14,12 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import enum
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self, TypeVar
 
 from core.errors import QuantLensError
 from core.inputs import rundir
@@ -28,8 +32,8 @@ from core.types import (
     Backend,
     IOType,
     Mode,
-    RunStatus,
     VariantSpec,
+    VariantStatus,
     short_name,
 )
 
@@ -121,6 +125,7 @@ class VariantIdentity(_MappingView):
     backend: Backend = Backend.CONVERTER
     float_layers: tuple[str, ...] = ()
     int16_layers: tuple[str, ...] = ()
+    weight_only_layers: tuple[str, ...] = ()
     equalized: bool = False
     role: str = ROLE_SELECTED
     parent: str | None = None
@@ -143,6 +148,7 @@ class VariantIdentity(_MappingView):
         "backend",
         "float_layers",
         "int16_layers",
+        "weight_only_layers",
         "equalized",
         "parent",
         "calibration_samples",
@@ -162,6 +168,7 @@ class VariantIdentity(_MappingView):
             backend=spec.backend,
             float_layers=spec.float_layers,
             int16_layers=spec.int16_layers,
+            weight_only_layers=spec.weight_only_layers,
             equalized=spec.equalized,
             role=role,
         )
@@ -184,6 +191,7 @@ class VariantIdentity(_MappingView):
             backend=Backend(str(entry.get("backend") or Backend.CONVERTER)),
             float_layers=tuple(str(x) for x in entry.get("float_layers") or ()),
             int16_layers=tuple(str(x) for x in entry.get("int16_layers") or ()),
+            weight_only_layers=tuple(str(x) for x in entry.get("weight_only_layers") or ()),
             equalized=bool(entry.get("equalized", False)),
             role=str(entry.get("role") or ROLE_SELECTED),
             parent=entry.get("parent"),
@@ -206,7 +214,10 @@ class VariantIdentity(_MappingView):
             "float_layers": list(self.float_layers),
             "int16_layers": list(self.int16_layers),
         }
-        if self.equalized:  # written only when set, so other variants' entries stay as they were
+        # Written only when set, so other variants' entries stay as they were.
+        if self.weight_only_layers:
+            d["weight_only_layers"] = list(self.weight_only_layers)
+        if self.equalized:
             d["equalized"] = True
         # Written only when set, so schema-1 content stays as it was.
         for key in ("parent", "calibration_samples", "calibration_seed"):
@@ -231,6 +242,7 @@ class VariantIdentity(_MappingView):
             backend=self.backend,
             float_layers=self.float_layers,
             int16_layers=self.int16_layers,
+            weight_only_layers=self.weight_only_layers,
             equalized=self.equalized,
         )
 
@@ -297,6 +309,226 @@ class FlipMatrix(_MappingView):
         return sorted(top)
 
 
+# -- a variant's deployability ---------------------------------------------------------------
+
+
+class CellStatus(enum.StrEnum):
+    """How one deployability check of one variant ended."""
+
+    OK = "ok"  # measured: the numbers are in the cell
+    FAILS = "fails"  # the target cannot run the variant; `reason` says why
+    NOT_APPLICABLE = "not applicable"  # the check means nothing for this variant; `reason` says why
+    MISSING_EXTRA = "missing extra"  # the optional package is not installed; `reason` says how
+    ERROR = "error"  # the tool itself failed; `reason` holds its last line
+
+
+@dataclass(frozen=True)
+class IntegerOnlyCell(_MappingView):
+    """Whether every op computes in integers (core.engine.flatbuffer.integer_only)."""
+
+    integer_only: bool
+    float_io: bool
+    blockers: tuple[str, ...] = ()  # "CONV_2D conv2d_1 (FLOAT32)", one per op computing in float
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> IntegerOnlyCell:
+        return cls(
+            integer_only=bool(d["integer_only"]),
+            float_io=bool(d.get("float_io")),
+            blockers=tuple(str(b) for b in d.get("blockers") or ()),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "integer_only": self.integer_only,
+            "float_io": self.float_io,
+            "blockers": list(self.blockers),
+        }
+
+
+@dataclass(frozen=True)
+class MicroCell(_MappingView):
+    """TFLite-Micro: does its interpreter load and plan the model, and how big is the arena.
+
+    `arena_bytes` is the arena TFLite-Micro allocated for the model (its recording allocator's
+    total): the smallest `arena_size` a device build of the same model needs.
+    `missing_op` is the first op TFLite-Micro has no kernel for (it stops at the first one).
+    """
+
+    status: CellStatus
+    arena_bytes: int | None = None
+    missing_op: str | None = None
+    reason: str | None = None
+    version: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> MicroCell:
+        arena = d.get("arena_bytes")
+        return cls(
+            status=CellStatus(str(d["status"])),
+            arena_bytes=None if arena is None else int(arena),
+            missing_op=d.get("missing_op"),
+            reason=d.get("reason"),
+            version=d.get("version"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": str(self.status),
+            "arena_bytes": self.arena_bytes,
+            "missing_op": self.missing_op,
+            "reason": self.reason,
+            "version": self.version,
+        }
+
+
+@dataclass(frozen=True)
+class VelaCell(_MappingView):
+    """Arm Ethos-U: how Vela maps the model (ops on the NPU vs the CPU, memory, cycles).
+
+    Counts are Vela's own operators (it splits some TFLite ops, e.g. SOFTMAX, into several).
+    `sram_bytes` / `flash_bytes` and `cycles` are Vela's estimates for `system_config`.
+    """
+
+    status: CellStatus
+    accelerator: str | None = None
+    system_config: str | None = None
+    npu_ops: int | None = None
+    cpu_ops: int | None = None
+    cpu_op_types: tuple[str, ...] = ()  # Vela's names of the ops left to the CPU, sorted
+    sram_bytes: int | None = None
+    flash_bytes: int | None = None
+    cycles: int | None = None
+    inferences_per_second: float | None = None
+    reason: str | None = None
+    version: str | None = None
+
+    @property
+    def falls_back_to_cpu(self) -> bool:
+        """True when Vela left any op to the CPU."""
+        return self.status == CellStatus.OK and bool(self.cpu_ops)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> VelaCell:
+        def whole(key: str) -> int | None:
+            value = d.get(key)
+            return None if value is None else int(value)
+
+        ips = d.get("inferences_per_second")
+        return cls(
+            status=CellStatus(str(d["status"])),
+            accelerator=d.get("accelerator"),
+            system_config=d.get("system_config"),
+            npu_ops=whole("npu_ops"),
+            cpu_ops=whole("cpu_ops"),
+            cpu_op_types=tuple(str(x) for x in d.get("cpu_op_types") or ()),
+            sram_bytes=whole("sram_bytes"),
+            flash_bytes=whole("flash_bytes"),
+            cycles=whole("cycles"),
+            inferences_per_second=None if ips is None else float(ips),
+            reason=d.get("reason"),
+            version=d.get("version"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": str(self.status),
+            "accelerator": self.accelerator,
+            "system_config": self.system_config,
+            "npu_ops": self.npu_ops,
+            "cpu_ops": self.cpu_ops,
+            "cpu_op_types": list(self.cpu_op_types),
+            "sram_bytes": self.sram_bytes,
+            "flash_bytes": self.flash_bytes,
+            "cycles": self.cycles,
+            "inferences_per_second": self.inferences_per_second,
+            "reason": self.reason,
+            "version": self.version,
+        }
+
+
+@dataclass(frozen=True)
+class Deployability(_MappingView):
+    """A variant's deployability pre-flight (a variant entry's `deployability`): read from its
+    `.tflite` without running it on a device. `identical_to` names the parent whose outputs
+    this derived variant's equal bit for bit (the same model for the user), else None."""
+
+    integer_only: IntegerOnlyCell
+    micro: MicroCell
+    vela: VelaCell
+    identical_to: str | None = None
+
+    @classmethod
+    def from_json(cls, value: Any) -> Deployability:
+        if isinstance(value, Deployability):
+            return value
+        return cls(
+            integer_only=IntegerOnlyCell.from_dict(value["integer_only"]),
+            micro=MicroCell.from_dict(value["micro"]),
+            vela=VelaCell.from_dict(value["vela"]),
+            identical_to=value.get("identical_to"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "integer_only": self.integer_only.to_dict(),
+            "micro": self.micro.to_dict(),
+            "vela": self.vela.to_dict(),
+            "identical_to": self.identical_to,
+        }
+
+
+# -- a variant under small perturbations (the flip hunt) -------------------------------------
+
+
+@dataclass(frozen=True)
+class PerturbedAgreement(_MappingView):
+    """A variant's agreement with the original under one perturbation (`--perturb`).
+
+    Counted only on the images whose original answer did not change under the perturbation
+    (`counted` = `n` - `original_changed`): the perturbations are not label-preserving for a
+    weak model, and a flip of the original is not the variant's. `new_flips`: counted images
+    the variant agreed on unperturbed and disagrees on now (`<variant>.flip-hunt.csv` lists
+    them); flips also go the other way, so agreement can rise.
+    """
+
+    perturbation: str
+    n: int
+    original_changed: int
+    counted: int
+    agreeing: int
+    agreement_pct: float | None
+    ci95: tuple[float, float] | None
+    new_flips: int
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PerturbedAgreement:
+        ci = d.get("ci95")
+        pct = d.get("agreement_pct")
+        return cls(
+            perturbation=str(d["perturbation"]),
+            n=int(d["n"]),
+            original_changed=int(d["original_changed"]),
+            counted=int(d["counted"]),
+            agreeing=int(d["agreeing"]),
+            agreement_pct=None if pct is None else float(pct),
+            ci95=None if ci is None else (float(ci[0]), float(ci[1])),
+            new_flips=int(d["new_flips"]),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "perturbation": self.perturbation,
+            "n": self.n,
+            "original_changed": self.original_changed,
+            "counted": self.counted,
+            "agreeing": self.agreeing,
+            "agreement_pct": self.agreement_pct,
+            "ci95": None if self.ci95 is None else list(self.ci95),
+            "new_flips": self.new_flips,
+        }
+
+
 # -- a variant's result -----------------------------------------------------------------------
 
 
@@ -308,7 +540,7 @@ class VariantResult(_MappingView):
     lists become tuples; mappings stay mappings).
     """
 
-    status: str = "pending"
+    status: VariantStatus = VariantStatus.PENDING
     error: str | None = None
     size_bytes: int | None = None
     size_reduction_pct: float | None = None
@@ -348,6 +580,10 @@ class VariantResult(_MappingView):
     latency_warning: str | None = None
     latency_note: str | None = None
     stderr_tail: str | None = None
+    # The deployability pre-flight (core.engine.stages.deploy); None until it ran.
+    deployability: Deployability | None = None
+    # The flip hunt (--perturb, core.engine.stages.perturb): one entry per perturbation.
+    flip_hunt: tuple[PerturbedAgreement, ...] | None = None
     present: frozenset[str] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
@@ -362,16 +598,26 @@ class VariantResult(_MappingView):
             values["top1_agreement_ci95"] = tuple(values["top1_agreement_ci95"])
         if values.get("flip_matrix") is not None:
             values["flip_matrix"] = FlipMatrix.from_json(values["flip_matrix"])
+        if values.get("deployability") is not None:
+            values["deployability"] = Deployability.from_json(values["deployability"])
+        if values.get("flip_hunt") is not None:
+            values["flip_hunt"] = tuple(
+                p if isinstance(p, PerturbedAgreement) else PerturbedAgreement.from_dict(p)
+                for p in values["flip_hunt"]
+            )
         for key in ("select_tf_ops_used", "warnings"):
             values[key] = tuple(values.get(key) or ())
-        values["status"] = str(values.get("status") or "pending")
+        values["status"] = VariantStatus(str(values.get("status") or VariantStatus.PENDING))
         return cls(**values, present=frozenset(entry))
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {}
         for key in self.keys_in_order():
             value = getattr(self, key)
-            if key in ("latency_note", "stderr_tail", "speedup") and value is None:
+            if (
+                key in ("latency_note", "stderr_tail", "speedup", "deployability", "flip_hunt")
+                and value is None
+            ):
                 continue
             # The timing phase writes latency_ms and latency_warning together.
             if key == "latency_warning" and value is None and self.latency_ms is None:
@@ -382,7 +628,7 @@ class VariantResult(_MappingView):
     @property
     def finished_ok(self) -> bool:
         """True when the variant ran to the end (status done), whatever its verdict."""
-        return self.status == RunStatus.DONE
+        return self.status == VariantStatus.DONE
 
     @property
     def p50_ms(self) -> float | None:
@@ -476,6 +722,15 @@ class VariantCauses(_MappingView):
     def lines(self) -> list[str]:
         """One line per cause, as the CLI summary and report.html list them."""
         return [f"{c.layer}: {c.words}" for c in self.causes]
+
+
+class CandidateStatus(enum.StrEnum):
+    """What became of one rung the fix search tried (report.json keeps the words)."""
+
+    MEASURED = "measured"
+    FAILED = "failed"
+    REFUSED = "refused"
+    SKIPPED = "skipped"
 
 
 @dataclass(frozen=True)
@@ -637,12 +892,13 @@ class Variant(_MappingView):
         """
         try:
             identity = VariantIdentity.from_dict(entry)
+            result = VariantResult.from_dict(entry)
         except (KeyError, ValueError) as exc:
             raise QuantLensError(
                 f"a variant entry of report.json is not readable ({exc!s}); re-run the job"
             ) from None
         known = VariantIdentity.KEYS + VariantResult.keys_in_order()
-        return cls(identity, VariantResult.from_dict(entry), _split(entry, known))
+        return cls(identity, result, _split(entry, known))
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.identity.to_dict(), **self.result.to_dict(), **dict(self.extra)}
@@ -662,7 +918,7 @@ class Variant(_MappingView):
         return self.identity.mode
 
     @property
-    def status(self) -> str:
+    def status(self) -> VariantStatus:
         return self.result.status
 
     @property
@@ -693,6 +949,239 @@ class Variant(_MappingView):
     def with_result(self, **changes: Any) -> Variant:
         """A copy with some result fields changed (the object itself is frozen)."""
         return dataclasses.replace(self, result=dataclasses.replace(self.result, **changes))
+
+
+# -- sections a stage or a later process writes whole -------------------------------------------
+
+
+def _frozen(value: Any) -> Any:
+    """JSON lists as tuples (at any depth), so a section read from a file stays frozen."""
+    if isinstance(value, list):
+        return tuple(_frozen(v) for v in value)
+    return value
+
+
+class Section(_MappingView):
+    """A section of report.json with a shape of its own, as a frozen dataclass.
+
+    A subclass is a frozen dataclass that sets `KEY` (where it lives: a top-level key of
+    report.json, or for a nested part its name) and declares its fields in report.json order,
+    then `extra` (keys this version does not know, written back as read) and `present` (the
+    keys of the entry it was read from, see `_as_read`). Reading and writing are generic over
+    the fields: a field that holds other sections names their class in `NESTED`, and a field
+    in `OMIT_WHEN_NONE` is left out of the file while it is None (as the section was written
+    before it was typed). A new field is then one line here, plus its writer.
+
+    A writer builds the section and stores it with `put_section` (a worker through
+    `ReportFile.put`): no stage assembles these dicts by hand.
+    """
+
+    KEY: ClassVar[str] = ""
+    NESTED: ClassVar[Mapping[str, type[Section]]] = {}
+    OMIT_WHEN_NONE: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        names = (f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+        return tuple(n for n in names if n not in ("extra", "present"))
+
+    @classmethod
+    def from_dict(cls, entry: Mapping[str, Any]) -> Self:
+        """Read the section from its report.json object; unknown keys go to `extra`.
+
+        Raises:
+            QuantLensError: a field holds what it cannot (a nested entry that is no object).
+        """
+        names = cls.field_names()
+        values = {k: _frozen(entry[k]) for k in names if k in entry}
+        try:
+            for key, kind in cls.NESTED.items():
+                if key in values:
+                    values[key] = _read_nested(kind, values[key])
+            values |= {"extra": _split(entry, names), "present": frozenset(entry)}
+            return cls(**values)
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise QuantLensError(
+                f"report.json's `{cls.KEY}` is not readable ({exc!s}); re-run the job"
+            ) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {
+            k: _jsonable(v)
+            for k in self.field_names()
+            if not ((v := getattr(self, k)) is None and k in self.OMIT_WHEN_NONE)
+        }
+        extra: Mapping[str, Any] = getattr(self, "extra")  # noqa: B009 (declared by subclasses)
+        return {**_as_read(self, d), **_jsonable(extra)}
+
+
+def _read_nested(kind: type[Section], value: Any) -> Any:
+    """A nested field's value read into `kind`: entries by name (an object), or in order."""
+
+    def one(entry: Any) -> Section:
+        return entry if isinstance(entry, kind) else kind.from_dict(entry)
+
+    if isinstance(value, Mapping):
+        return {k: one(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(one(v) for v in value)
+    return value
+
+
+S = TypeVar("S", bound=Section)
+
+
+def put_section(report: dict[str, Any], section: Section) -> None:
+    """Store a section in a report.json object (as `update_report`'s change, or the worker's
+    copy through `ReportFile.put`): the one way a section enters report.json."""
+    report[section.KEY] = section.to_dict()
+
+
+def section_of(report: Mapping[str, Any], kind: type[S]) -> S | None:
+    """The section `kind` of a report.json object (a writer's copy), or None when absent."""
+    value = report.get(kind.KEY)
+    if isinstance(value, kind):
+        return value
+    return kind.from_dict(value) if isinstance(value, Mapping) else None
+
+
+@dataclass(frozen=True)
+class CalibrationRecord(Section):
+    """Where the calibration images came from (core.engine.stages.decode writes it).
+
+    `source` is held-out | overlapping | separate | none; `images` were used of `requested`;
+    `held_out` / `evaluable` split the data set; `path` and `sha256` name --calibration-data
+    (a re-score checks the hash); `file` lists the images (calibration.csv).
+    """
+
+    KEY: ClassVar[str] = "calibration"
+
+    source: str | None = None
+    reason: str | None = None
+    requested: int | None = None
+    images: int | None = None
+    held_out: int | None = None
+    evaluable: int | None = None
+    path: str | None = None
+    sha256: str | None = None
+    file: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    present: frozenset[str] | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepRow(Section):
+    """One point of the calibration sweep: a mode quantized with `size` images drawn with
+    `seed`, measured on `n` evaluated images (agreement in %, its Wilson 95 % interval in %).
+    What the chart and summary need is required; the rest may be missing from a report."""
+
+    KEY: ClassVar[str] = "point"
+
+    size: int
+    seed: int
+    agreement_pct: float
+    ci95: tuple[float, float] | None = None
+    n: int
+    mean_kl: float
+    size_bytes: int | None = None
+    file: str | None = None  # relative to the run folder: sweep/int8-n50-s1.tflite
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    present: frozenset[str] | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class SweepMode(Section):
+    """One swept mode: its rows, or the error that stopped it; then the summary per size
+    (core.reporting.sweep.size_summary), where it flattens and the statement in words."""
+
+    KEY: ClassVar[str] = "mode"
+    NESTED: ClassVar[Mapping[str, type[Section]]] = {"points": SweepRow}
+    OMIT_WHEN_NONE: ClassVar[frozenset[str]] = frozenset({"error", "summary"})
+    SUMMARISED = ("flattens_at", "run_size_enough", "statement")  # written with the summary
+
+    error: str | None = None
+    points: tuple[SweepRow, ...] = ()
+    summary: tuple[Mapping[str, Any], ...] | None = None
+    flattens_at: int | None = None
+    run_size_enough: bool | None = None
+    statement: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    present: frozenset[str] | None = field(default=None, compare=False, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        if self.summary is None:  # not summarised yet: none of its conclusions either
+            for key in self.SUMMARISED:
+                if d.get(key) is None:
+                    d.pop(key, None)
+        return d
+
+
+@dataclass(frozen=True)
+class Sweep(Section):
+    """The calibration sweep (--calibration-sweep, core.engine.stages.sweep): what was swept,
+    from which pool, each mode's points, and the statement the CLI, pages and report show."""
+
+    KEY: ClassVar[str] = "sweep"
+    NESTED: ClassVar[Mapping[str, type[Section]]] = {"modes": SweepMode}
+
+    backend: str | None = None
+    requested_sizes: tuple[int, ...] = ()
+    sizes: tuple[int, ...] = ()
+    seeds: int | None = None
+    pool_source: str | None = None
+    pool_images: int | None = None
+    evaluated_n: int | None = None
+    flat_within_pp: float | None = None
+    run_calibration_samples: int | None = None
+    notes: tuple[str, ...] = ()
+    modes: Mapping[str, SweepMode] = field(default_factory=dict)
+    statement: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    present: frozenset[str] | None = field(default=None, compare=False, repr=False)
+
+    def with_mode(self, mode: str, entry: SweepMode) -> Sweep:
+        """A copy with one mode's entry replaced (the object itself is frozen)."""
+        return dataclasses.replace(self, modes={**self.modes, mode: entry})
+
+
+@dataclass(frozen=True)
+class EngineInfo(Section):
+    """Where the run ran: `local`, or `ray` with its cluster (address, alive nodes, CPUs),
+    the node that converted and timed (`latency_node`), and on Ray the evaluation's batches
+    per node."""
+
+    KEY: ClassVar[str] = "engine"
+    OMIT_WHEN_NONE: ClassVar[frozenset[str]] = frozenset({"cpus", "batches_by_node"})
+
+    name: str = "local"
+    address: str | None = None
+    nodes: tuple[str, ...] = ()
+    cpus: int | None = None
+    latency_node: str | None = None
+    batches_by_node: Mapping[str, int] | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    present: frozenset[str] | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Tracking(Section):
+    """Where the finished run was logged (MLflow): the tracking URI and the ids there, or the
+    one-line error that kept it from being logged."""
+
+    KEY: ClassVar[str] = "tracking"
+    OMIT_WHEN_NONE: ClassVar[frozenset[str]] = frozenset({"experiment_id", "run_id"})
+
+    uri: str | None = None
+    experiment_id: str | None = None
+    run_id: str | None = None
+    error: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    present: frozenset[str] | None = field(default=None, compare=False, repr=False)
+
+
+# The sections RunReport reads into typed fields, by their report.json key.
+SECTIONS: tuple[type[Section], ...] = (CalibrationRecord, Sweep, EngineInfo, Tracking)
 
 
 # -- a run -------------------------------------------------------------------------------------
@@ -760,6 +1249,10 @@ class RunReport(_MappingView):
     pivot: str | None = None
     warnings: tuple[str, ...] = ()
     recommendation: Mapping[str, Any] | None = None
+    calibration: CalibrationRecord | None = None  # None in runs older than the record
+    sweep: Sweep | None = None  # only with --calibration-sweep
+    engine: EngineInfo | None = None
+    tracking: Tracking | None = None  # once logged to MLflow (or refused there)
     schema_version: int = SCHEMA_VERSION
     extra: Mapping[str, Any] = field(default_factory=dict)
     present: frozenset[str] | None = field(default=None, compare=False, repr=False)
@@ -780,6 +1273,8 @@ class RunReport(_MappingView):
         variants = tuple(
             Variant.from_dict(v) for v in data.get("variants") or [] if isinstance(v, Mapping)
         )
+        # A section that is not an object (no writer made one) stays in `extra` as it is.
+        typed = tuple(k.KEY for k in SECTIONS if isinstance(data.get(k.KEY), Mapping))
         return cls(
             run=RunInfo.from_dict(data.get("run") or {}),
             variants=variants,
@@ -791,8 +1286,12 @@ class RunReport(_MappingView):
             pivot=data.get("pivot"),
             warnings=tuple(str(w) for w in data.get("warnings") or ()),
             recommendation=data.get("recommendation"),
+            calibration=section_of(data, CalibrationRecord),
+            sweep=section_of(data, Sweep),
+            engine=section_of(data, EngineInfo),
+            tracking=section_of(data, Tracking),
             schema_version=version,
-            extra=_split(data, _RUN_KEYS),
+            extra=_split(data, _RUN_KEYS + typed),
             present=frozenset(data) | {"schema_version"},  # always written
         )
 
@@ -812,6 +1311,10 @@ class RunReport(_MappingView):
         }
         if self.recommendation is not None:
             d["recommendation"] = _jsonable(self.recommendation)
+        for kind in SECTIONS:
+            section = getattr(self, kind.KEY)
+            if section is not None:
+                d[kind.KEY] = section.to_dict()
         return {**_as_read(self, d), **_jsonable(self.extra)}
 
     def __getitem__(self, key: str) -> Any:
@@ -856,17 +1359,10 @@ class RunReport(_MappingView):
         )
 
     @property
-    def calibration(self) -> Mapping[str, Any] | None:
-        """Where the calibration images came from (source held-out | overlapping | separate |
-        none, `images`, `held_out`, `evaluable`, `path`); None in runs older than issue 13."""
-        value = self.extra.get("calibration")
-        return value if isinstance(value, Mapping) else None
-
-    @property
-    def sweep(self) -> Mapping[str, Any] | None:
-        """The calibration sweep (`modes` -> per-point rows and summary, `statement`), if run."""
-        value = self.extra.get("sweep")
-        return value if isinstance(value, Mapping) else None
+    def runtimes(self) -> RuntimeMatrix | None:
+        """The runtime matrix (each variant under each chosen runtime), if the run made one."""
+        value = self.extra.get("runtimes")
+        return RuntimeMatrix.from_dict(value) if isinstance(value, Mapping) else None
 
     def display_name(self, variant: Variant) -> str:
         """A variant's name as listed: `float32 (pivot)` for the run's pivot; a long name is
@@ -976,3 +1472,136 @@ def read_report(run_dir: Path) -> RunReport:
     if not isinstance(data, dict):
         raise QuantLensError(f"report of run {name} is not a JSON object; re-run it")
     return RunReport.from_dict(data)
+
+
+# -- the runtime matrix -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RuntimeCell(_MappingView):
+    """One variant under one runtime: agreement with the original on `n` images, or why it
+    could not run there (`reason`, the numbers then empty).
+
+    `runtime_flips` are the data set indices of the images whose top-1 under this runtime
+    differs from the same file's top-1 under XNNPACK at the run's threads (the run's own
+    evaluation): flips of the runtime, not of the quantization.
+    """
+
+    variant: str
+    runtime: str
+    n: int = 0
+    agree: int = 0
+    agreement_pct: float | None = None
+    ci_low_pct: float | None = None
+    ci_high_pct: float | None = None
+    accuracy_pct: float | None = None
+    labelled: int = 0
+    disagreement_split: Mapping[str, int] | None = None
+    runtime_flips: tuple[int, ...] = ()
+    threads: int | None = None
+    delegate: str | None = None  # what ran it (TFLiteRunner.describe), e.g. "xnnpack"
+    reason: str | None = None  # why the cell is empty; None when measured
+
+    KEYS = (
+        "variant",
+        "runtime",
+        "n",
+        "agree",
+        "agreement_pct",
+        "ci_low_pct",
+        "ci_high_pct",
+        "accuracy_pct",
+        "labelled",
+        "disagreement_split",
+        "runtime_flips",
+        "threads",
+        "delegate",
+        "reason",
+    )
+
+    @property
+    def measured(self) -> bool:
+        return self.reason is None
+
+    @classmethod
+    def from_dict(cls, entry: Mapping[str, Any]) -> RuntimeCell:
+        values = {k: entry[k] for k in cls.KEYS if k in entry}
+        split = values.get("disagreement_split")
+        values["disagreement_split"] = None if split is None else dict(split)
+        values["runtime_flips"] = tuple(int(i) for i in values.get("runtime_flips") or ())
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in self.KEYS}
+        d["runtime_flips"] = list(self.runtime_flips)
+        d["disagreement_split"] = (
+            None if self.disagreement_split is None else dict(self.disagreement_split)
+        )
+        return d
+
+
+@dataclass(frozen=True)
+class RuntimeMatrix(_MappingView):
+    """report.json's `runtimes`: every evaluated variant under each chosen runtime.
+
+    `subset` is how many images the slow runtimes (built-in, reference kernels, TFLite-Micro)
+    ran on, drawn with `seed` from the `total` evaluated images (equal to `total` when the
+    user asked for all of them), `subset_indices` their data set indices; XNNPACK runs every
+    image.
+    """
+
+    runtimes: tuple[str, ...] = ()
+    total: int = 0
+    subset: int = 0
+    seed: int = 0
+    subset_indices: tuple[int, ...] = ()
+    cells: tuple[RuntimeCell, ...] = ()
+
+    def cell(self, variant: str, runtime: str) -> RuntimeCell | None:
+        """The cell of `variant` under `runtime`, or None when the matrix has none."""
+        return next((c for c in self.cells if c.variant == variant and c.runtime == runtime), None)
+
+    @property
+    def variants(self) -> list[str]:
+        """The variants in the matrix, in report order."""
+        return list(dict.fromkeys(c.variant for c in self.cells))
+
+    def runtime_flips(self, variant: str) -> dict[str, tuple[int, ...]]:
+        """Per runtime, the images it flips for `variant` against XNNPACK (non-empty only)."""
+        return {
+            c.runtime: c.runtime_flips
+            for c in self.cells
+            if c.variant == variant and c.runtime_flips
+        }
+
+    @classmethod
+    def from_dict(cls, entry: Mapping[str, Any]) -> RuntimeMatrix:
+        return cls(
+            runtimes=tuple(str(r) for r in entry.get("runtimes") or ()),
+            total=int(entry.get("total") or 0),
+            subset=int(entry.get("subset") or 0),
+            seed=int(entry.get("seed") or 0),
+            subset_indices=tuple(int(i) for i in entry.get("subset_indices") or ()),
+            cells=tuple(
+                RuntimeCell.from_dict(c) for c in entry.get("cells") or () if isinstance(c, Mapping)
+            ),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "runtimes": list(self.runtimes),
+            "total": self.total,
+            "subset": self.subset,
+            "seed": self.seed,
+            "subset_indices": list(self.subset_indices),
+            "cells": [c.to_dict() for c in self.cells],
+        }
+
+
+def record_runtimes(run_dir: Path, matrix: RuntimeMatrix) -> None:
+    """Write the run's `runtimes` section (the whole matrix) through `update_report`."""
+
+    def change(report: dict[str, Any]) -> None:
+        report["runtimes"] = matrix.to_dict()
+
+    update_report(run_dir, change)

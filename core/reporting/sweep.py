@@ -7,7 +7,10 @@ statement the CLI, Agreement page and report.html show is decided in one place.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from core.reporting.runmodel import Sweep
 
 # The curve has flattened at the smallest size whose mean agreement is within this many
 # percentage points of the largest size's mean.
@@ -85,17 +88,13 @@ def statement(mode: str, summary: Sequence[Mapping[str, Any]], run_size: int) ->
     return f"{where}; the run's {run_size} calibration images are fewer: use at least {flat}"
 
 
-def swept_modes(sweep: Mapping[str, Any] | None) -> dict[str, list[dict[str, Any]]]:
+def swept_modes(sweep: Sweep | None) -> dict[str, list[dict[str, Any]]]:
     """Per mode with points, its per-size summary (from the points, so it is never stale)."""
-    modes = (sweep or {}).get("modes") or {}
-    return {
-        str(mode): size_summary(entry["points"])
-        for mode, entry in modes.items()
-        if isinstance(entry, Mapping) and entry.get("points")
-    }
+    modes = {} if sweep is None else sweep.modes
+    return {mode: size_summary(entry.points) for mode, entry in modes.items() if entry.points}
 
 
-def sweep_figure(sweep: Mapping[str, Any]) -> Any:
+def sweep_figure(sweep: Sweep) -> Any:
     """Agreement (%) and mean KL (nats) against calibration size (images, log x): the mean
     over seeds per mode, with error bars spanning the min and max seed."""
     import plotly.graph_objects as go

@@ -24,7 +24,16 @@ from pathlib import Path
 from typing import Any
 
 from core.inputs import rundir
-from core.reporting.runmodel import RunReport, Variant, read_report, update_report
+from core.reporting.runmodel import (
+    CalibrationRecord,
+    RunReport,
+    Tracking,
+    Variant,
+    put_section,
+    read_report,
+    update_report,
+)
+from core.types import RunStatus
 
 EXPERIMENT = "QuantLens"
 EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"  # MLflow's own variable names another experiment
@@ -39,7 +48,8 @@ _HTTP_LIMITS = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
 }
 _MAX_PARAM = 500  # MLflow allows 6000 characters; long layer lists are cut with "..."
-_RUN_STATUS = {"done": "FINISHED", "cancelled": "KILLED"}  # every other end is FAILED
+# MLflow run statuses of a run's or a variant's end (the two share these words); any other: FAILED.
+_RUN_STATUS = {str(RunStatus.DONE): "FINISHED", str(RunStatus.CANCELLED): "KILLED"}
 # MLflow 3 opens an experiment on its GenAI overview unless its kind says otherwise; this tag
 # (the one MLflow's UI reads) makes it open on the runs table, as for model training.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -137,7 +147,7 @@ def missing_package(uri: str) -> str | None:
     return None
 
 
-def log_finished_run(run_dir: Path, uri: str, *, status: str | None = None) -> dict[str, Any]:
+def log_finished_run(run_dir: Path, uri: str, *, status: str | None = None) -> Tracking:
     """Log the run in `run_dir` to MLflow and record the outcome in its report.json.
 
     Never raises for a tracking failure: the run's results stay what they are, and the
@@ -161,11 +171,11 @@ def log_finished_run(run_dir: Path, uri: str, *, status: str | None = None) -> d
             raise ModuleNotFoundError(missing)
         entry = _log(run_dir, report, uri)
     except Exception as exc:  # any failure of the tracking side; the run itself is complete
-        entry = {"uri": uri, "error": short_reason(exc)}
+        entry = Tracking(uri=uri, error=short_reason(exc))
         local = uri.startswith(("sqlite:", "file:"))
         fix = "the store is writable" if local else "the tracking server is up"
         warning = (
-            f"MLflow logging to {uri} failed: {entry['error']}; the run's results are complete "
+            f"MLflow logging to {uri} failed: {entry.error}; the run's results are complete "
             f"in its folder (check that {fix})"
         )
 
@@ -175,7 +185,7 @@ def log_finished_run(run_dir: Path, uri: str, *, status: str | None = None) -> d
             current["run"]["status"] = status
         if warning is not None:
             current["warnings"] = [*current.get("warnings", []), warning]
-        current["tracking"] = entry
+        put_section(current, entry)
 
     update_report(run_dir, note)
     return entry
@@ -190,7 +200,7 @@ def short_reason(exc: BaseException) -> str:
     return text[:200] + ("..." if len(text) > 200 else "")
 
 
-def _log(run_dir: Path, report: RunReport, uri: str) -> dict[str, Any]:
+def _log(run_dir: Path, report: RunReport, uri: str) -> Tracking:
     for name, value in _HTTP_LIMITS.items():
         os.environ.setdefault(name, value)
     from mlflow.tracking import MlflowClient
@@ -221,26 +231,26 @@ def _log(run_dir: Path, report: RunReport, uri: str) -> dict[str, Any]:
     client.set_terminated(
         parent, _RUN_STATUS.get(str(report.run.status), "FAILED"), end_time=end_ms
     )
-    return {"uri": uri, "experiment_id": experiment_id, "run_id": parent, "error": None}
+    return Tracking(uri=uri, experiment_id=experiment_id, run_id=parent)
 
 
 def _logged_parent(client: Any, report: RunReport, uri: str, run_id: str) -> str | None:
     """The MLflow run this QuantLens run was logged to before, in this store, if it is there."""
-    earlier = report.extra.get("tracking") or {}
-    if earlier.get("uri") != uri or not earlier.get("run_id") or earlier.get("error"):
+    earlier = report.tracking
+    if earlier is None or earlier.uri != uri or not earlier.run_id or earlier.error:
         return None
     try:
-        found = client.get_run(earlier["run_id"])
+        found = client.get_run(earlier.run_id)
     except Exception:  # deleted, or another store under the same URI: log it anew
         return None
     if found.data.tags.get("quantlens.run_id") != run_id:
         return None
-    return str(earlier["run_id"])
+    return earlier.run_id
 
 
 def _log_added_variants(
     client: Any, experiment_id: str, parent: str, run_dir: Path, report: RunReport, uri: str
-) -> dict[str, Any]:
+) -> Tracking:
     """Log the variants the parent has no nested run for yet, and the reports again: a
     re-score adds a variant to a finished run, which must not become a second MLflow run.
     The parent's parameters stay as first logged (MLflow never changes a parameter)."""
@@ -256,7 +266,7 @@ def _log_added_variants(
     _log_reports(client, parent, run_dir)
     client.set_tag(parent, "quantlens.status", str(report.run.status))
     client.set_tag(parent, "quantlens.variants", ",".join(report.variant_names))
-    return {"uri": uri, "experiment_id": experiment_id, "run_id": parent, "error": None}
+    return Tracking(uri=uri, experiment_id=experiment_id, run_id=parent)
 
 
 def _run_name(run_dir: Path, report: RunReport) -> str:
@@ -418,22 +428,22 @@ def run_params(report: RunReport) -> dict[str, str]:
 def calibration_params(report: RunReport) -> dict[str, Any]:
     """Where the calibration images came from and how many were used (report.json's
     `calibration`): a requested count of 100 on a 24-image set calibrates with 24."""
-    calibration = report.calibration or {}
+    calibration = report.calibration or CalibrationRecord()
     return {
-        "calibration_source": calibration.get("source"),
-        "calibration_images": calibration.get("images"),
-        "calibration_held_out": calibration.get("held_out"),
-        "calibration_data": calibration.get("path"),
+        "calibration_source": calibration.source,
+        "calibration_images": calibration.images,
+        "calibration_held_out": calibration.held_out,
+        "calibration_data": calibration.path,
     }
 
 
 def sweep_metrics(report: RunReport) -> list[tuple[str, float, int]]:
     """The calibration sweep as metric histories, one step per calibration size: each mode's
     agreement and mean KL, mean over seeds (MLflow draws them against the step)."""
-    sweep = report.sweep or {}
+    modes = {} if report.sweep is None else report.sweep.modes
     found = []
-    for mode, entry in (sweep.get("modes") or {}).items():
-        for row in entry.get("summary") or []:
+    for mode, entry in modes.items():
+        for row in entry.summary or ():
             for key, value in (
                 (f"sweep_{mode}_agreement_pct", row["agreement_mean"]),
                 (f"sweep_{mode}_mean_kl", row["mean_kl_mean"]),
@@ -548,7 +558,7 @@ def main(argv: list[str]) -> int:
     if not uri or not (run_dir / rundir.REPORT).exists():
         return 0
     entry = log_finished_run(run_dir, uri, status=args.status)
-    return 0 if entry.get("error") is None else 1
+    return 0 if entry.error is None else 1
 
 
 if __name__ == "__main__":

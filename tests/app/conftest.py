@@ -68,7 +68,7 @@ def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
         capture_output=True,
         timeout=900,
     )
-    from core.inputs.demo import demo_paths
+    from core.inputs.demo_paths import demo_paths
 
     paths = demo_paths(h)
     out = h / "runs" / "20250101-000000-demo01"

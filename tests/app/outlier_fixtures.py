@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from core.inputs import rundir
-from core.inputs.demo import outlier_demo_paths
+from core.inputs.demo_paths import outlier_demo_paths
 from tests.app.conftest import ROOT
 
 CALIBRATION = 50  # calibration images the causes are measured on (core.engine.causes.MAX_IMAGES)

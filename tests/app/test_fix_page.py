@@ -14,7 +14,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.inputs import rundir
-from core.inputs.demo import demo_paths, outlier_demo_paths
+from core.inputs.demo_paths import demo_paths, outlier_demo_paths
 from tests.app.conftest import ROOT
 from tests.app.history_fixtures import copy_workspace
 from tests.app.outlier_fixtures import CALIBRATION, KEEP_CHAIN, outlier_run_home

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from core.engine.demo import write_digit_images
-from core.inputs.demo import DemoPaths, demo_paths, mobilenet_demo_paths
+from core.engine.demo_models import write_digit_images
+from core.inputs.demo_paths import DemoPaths, demo_paths, mobilenet_demo_paths
 from core.runfolder import protocol
 from tests.app.conftest import OpenPage
 from tests.app.expected import contains_escaped
@@ -133,7 +133,7 @@ def test_ready_mobilenet_is_a_choice_and_the_small_one_stays_preselected(
 
 
 def test_ready_outlier_demo_is_a_choice(small_demo: Path, open_page: OpenPage) -> None:
-    from core.inputs.demo import outlier_demo_paths
+    from core.inputs.demo_paths import outlier_demo_paths
 
     _stand_in_model(outlier_demo_paths(small_demo), 16)
     at = open_page("setup")

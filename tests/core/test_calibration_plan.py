@@ -145,6 +145,7 @@ def test_ray_sweep_outcomes_are_recorded_as_the_local_loop_records_them() -> Non
 
     from core.engine.fixes.keep_float import Measurement
     from core.engine.stages.sweep import SweepPoint, record_in_order
+    from core.reporting.runmodel import Sweep, SweepMode
     from core.types import Mode
 
     def point(mode: Mode, size: int, seed: int) -> SweepPoint:
@@ -156,8 +157,8 @@ def test_ray_sweep_outcomes_are_recorded_as_the_local_loop_records_them() -> Non
     outcomes["int8-n4-s2"] = "int8_q: evaluation failed"  # the mode's first failure
     outcomes["int8-n8-s1"] = "int8_q: the LiteRT Quantizer failed"  # later: not reported
     del outcomes["int8-n8-s2"]  # not made after the failure
-    section = {"modes": {"int8": {"points": []}, "int16x8": {"points": []}}}
-    record_in_order(section, points, outcomes)
+    empty = Sweep(modes={"int8": SweepMode(), "int16x8": SweepMode()})
+    section = record_in_order(empty, points, outcomes).to_dict()
     assert section["modes"]["int8"] == {"error": "int8_q: evaluation failed", "points": []}
     rows = section["modes"]["int16x8"]["points"]
     assert [(r["size"], r["seed"], r["file"]) for r in rows] == [

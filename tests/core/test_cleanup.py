@@ -14,6 +14,7 @@ from core.history.cleanup import delete_run
 from core.history.store import DB_NAME, RunStore, open_store
 from core.inputs.rundir import runs_root
 from core.types import JobSpec, RunStatus
+from tests.core.store_rows import store_variants
 
 
 @pytest.fixture
@@ -57,7 +58,7 @@ def test_delete_removes_rows_and_files(tmp_path: Path, store: RunStore) -> None:
     (run_dir / "int8.tflite").write_bytes(b"x" * 100)
     (run_dir / "sub").mkdir()
     (run_dir / "sub" / "f.txt").write_text("y")
-    store.upsert_variant("gone", _variant("int8"))
+    store_variants(store, "gone", _variant("int8"))
     assert _rows(tmp_path, "latency", "gone") == 1
 
     with pytest.raises(StoreError, match=r"is still queued; cancel it, then delete it$"):

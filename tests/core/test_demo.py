@@ -1,4 +1,4 @@
-"""core.engine.demo without training: its paths, when it counts as ready, and the digit images it
+"""core.engine.demo_models without training: its paths, when it counts as ready, and the digit images it
 writes (the model build itself is exercised by the app and e2e tests)."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.engine.demo import HELD_OUT_FRACTION, write_digit_images
-from core.inputs.demo import demo_paths, demo_root
+from core.engine.demo_models import HELD_OUT_FRACTION, write_digit_images
+from core.inputs.demo_paths import demo_paths, demo_root
 
 
 def test_demo_lives_in_the_workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from core.inputs.demo import demo_paths, mobilenet_demo_paths
-from core.jobs.demo_build import MOBILENET, build_files, demo_build_state, start_demo_build
+from core.inputs.demo_paths import demo_paths, mobilenet_demo_paths
+from core.jobs.demo_jobs import MOBILENET, build_files, demo_build_state, start_demo_build
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A workspace with the digits and a MobileNetV2 demo trained for 1 epoch by its worker."""
     pytest.importorskip("sklearn")
-    from core.engine.demo import write_digit_images
+    from core.engine.demo_models import write_digit_images
 
     home = tmp_path_factory.mktemp("mnv2_home")
     write_digit_images(demo_paths(home).data_csv.parent)  # the small demo's data, no model

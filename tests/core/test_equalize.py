@@ -379,7 +379,7 @@ def test_branching_is_skipped_and_an_always_positive_bias_is_absorbed() -> None:
 def test_the_outlier_demo_is_built_from_the_demo_digits_and_documented(tmp_path: Any) -> None:
     import keras
 
-    from core.engine.demo import write_digit_images
+    from core.engine.demo_models import write_digit_images
     from core.engine.outlier_demo import OUTLIER_FACTOR, build_outlier_demo
 
     write_digit_images(tmp_path / "data")

@@ -25,6 +25,7 @@ from core.jobs.launch import (
     run_dir,
 )
 from core.types import JobSpec, RunStatus
+from tests.core.store_rows import stored_variants
 
 
 def wait_for(predicate, *, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
@@ -236,7 +237,7 @@ def test_recovery_finishes_report_status_and_store_and_stops_the_orphan_worker(
     store = open_store(workspace)
     try:
         row = store.get_run(run_id)
-        stored = {v["name"]: v["status"] for v in store.variants(run_id)}
+        stored = {v["name"]: v["status"] for v in stored_variants(store, run_id)}
     finally:
         store.close()
     assert row is not None and (row.status, row.error) == (RunStatus.FAILED, "interrupted")

@@ -1,17 +1,18 @@
-"""The run options are declared once (core.options): the declaration covers JobSpec, and one
-added entry reaches the parser, the job and the reproduce command (no TensorFlow)."""
+"""The run options are declared once (core.options): the declaration covers JobSpec, its
+defaults are JobSpec's, and a refused value is one line naming its flag (no TensorFlow).
+tests/app/test_setup_options.py adds an option and finds it in the parser, the job, the
+reproduce command and Setup."""
 
 from __future__ import annotations
 
 import dataclasses
-import shlex
 from pathlib import Path
 
 import pytest
 
 from core import options
 from core.cli import _job_from_args, _parser, main
-from core.options import InCommand, RunOption, SetupWidget, WidgetKind, at_least
+from core.options import InCommand, RunOption, SetupWidget, WidgetKind
 from core.types import JobSpec
 
 
@@ -76,46 +77,19 @@ def test_a_refused_value_is_one_line_naming_its_flag(
     assert capsys.readouterr().err.strip() == f"error: {message}"
 
 
-# -- one added entry, found everywhere --------------------------------------------------------
-WARMUP = RunOption(
-    "warmup_runs",
-    ("--warmup-runs",),
-    value_type=int,
-    help="untimed runs before each model is timed",
-    field="warmup_runs",
-    checks=(at_least(0),),
-    in_command=InCommand.UNLESS_DEFAULT,
-    widget=SetupWidget(
-        WidgetKind.NUMBER, "Warm-up runs", key="setup.warmup_runs", minimum=0, maximum=100
-    ),
-)
-
-
-@pytest.fixture
-def with_warmup_option(monkeypatch: pytest.MonkeyPatch) -> RunOption:
-    """The declaration with `warmup_runs` (today fixed, asked for nowhere) as a full option."""
-    declared = tuple(WARMUP if o.name == "warmup_runs" else o for o in options.RUN_OPTIONS)
-    monkeypatch.setattr(options, "RUN_OPTIONS", declared)
-    return WARMUP
-
-
-def test_an_option_declared_once_reaches_the_parser_the_job_and_the_command(
-    with_warmup_option: RunOption, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    model, data = tmp_path / "m.keras", tmp_path / "d.csv"
-    model.write_bytes(b"")
-    data.write_text("filepath,label\n", encoding="utf-8")
-    args = _parser().parse_args(["run", str(model), "--data", str(data), "--warmup-runs", "7"])
-    job = _job_from_args(args)
-    assert job.warmup_runs == 7
-    command = options.reproduce_command(job)
-    assert command.endswith("--warmup-runs 7")
-    assert _job_from_args(_parser().parse_args(shlex.split(command)[3:])) == job
-    assert "--warmup-runs" not in options.reproduce_command(dataclasses.replace(job, warmup_runs=5))
-    with pytest.raises(SystemExit):
-        _parser().parse_args(["run", "--help"])
-    assert "untimed runs before each model is timed" in capsys.readouterr().out
-    with pytest.raises(options.QuantLensError, match="--warmup-runs must be at least 0; got -1"):
-        _job_from_args(
-            _parser().parse_args(["run", str(model), "--data", str(data), "--warmup-runs", "-1"])
-        )
+def test_setup_offers_the_choices_a_widget_labels_when_the_cli_takes_free_text() -> None:
+    """A multiselect for a comma-separated option (--modes, --runtimes) offers the widget's
+    choices, else the option's, else the ones its labels name."""
+    labelled = RunOption(
+        "kernels",
+        ("--kernels",),
+        widget=SetupWidget(
+            WidgetKind.MULTISELECT,
+            "Kernels",
+            key="setup.kernels",
+            choice_labels={"a": "A", "b": "B"},
+        ),
+    )
+    assert labelled.form_choices == ("a", "b")
+    assert options.option("modes").form_choices[:4] == ("float32", "dynamic", "float16", "int8")
+    assert options.option("verdict").form_choices == ("point", "lower-bound")

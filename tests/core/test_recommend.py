@@ -68,26 +68,44 @@ def _variant(
     }
 
 
-def _report(*variants: dict[str, Any]) -> dict[str, Any]:
-    return {"options": {"min_agreement_pct": 95.0}, "variants": list(variants)}
+def _report(*variants: dict[str, Any], verdict: str = "point") -> dict[str, Any]:
+    return {"options": {"min_agreement_pct": 95.0, "verdict": verdict}, "variants": list(variants)}
 
 
-def test_pick_is_the_smallest_qualifying_then_the_fastest() -> None:
+def _lower_bound(variant: dict[str, Any]) -> dict[str, Any]:
+    """The same variant judged by the lower-bound verdict."""
+    return {**variant, "passed": variant["top1_agreement_ci95"][0] >= 95.0}
+
+
+def test_pick_is_the_smallest_passing_not_slower_than_float32_then_the_fastest() -> None:
     report = _report(
-        _variant("float32", size=4_000_000, p50=2.0, lower=99.0),
-        _variant("float16", size=2_000_000, p50=2.0, lower=98.0),
-        _variant("dynamic", size=1_000_000, p50=3.0, lower=96.0),
-        _variant("int8", size=1_000_000, p50=1.0, lower=95.5),  # same size, faster: the pick
-        _variant("int4w_q", size=600_000, p50=1.0, lower=94.9, agree=97.0),  # bound too low
+        *map(
+            _lower_bound,
+            [
+                _variant("float32", size=4_000_000, p50=2.0, lower=99.0),
+                _variant("float16", size=2_000_000, p50=2.0, lower=98.0),
+                # As small as int8 but 1.5x slower than float32: ranked after every faster one.
+                _variant("dynamic", size=1_000_000, p50=3.0, lower=96.0),
+                _variant("int8", size=1_000_000, p50=1.0, lower=95.5),  # the pick
+                _variant("int4w_q", size=600_000, p50=1.0, lower=94.9, agree=97.0),  # fails
+            ],
+        ),
+        verdict="lower-bound",
     )
     rec = recommendation(report)
     assert rec["variant"] == "int8"
-    assert rec["runner_up"] == "dynamic"
-    assert rec["rule"] == (
-        "among variants whose lower 95 % Wilson bound of top-1 agreement is at least 95 %, "
-        "the smallest, then the fastest (p50)"
+    assert rec["runner_up"] == "float16"
+    assert rec["rule"].startswith(
+        "for CPU (LiteRT with XNNPACK): among variants it can run whose the lower 95 % Wilson "
+        "bound of top-1 agreement is at least 95 % (the run's verdict), the smallest that is "
+        "not slower than float32 TFLite on the same runtime, then the fastest (p50)"
     )
-    assert rec["reason"].startswith("int8: lower 95 % bound 95.5 % ≥ 95 % at 1.00 MB")
+    # 2.0 ms / 1.0 ms, from the p50s (these variants carry no paired speed-up entry).
+    assert rec["reason"].startswith(
+        "int8: top-1 agreement 99.0 %, lower 95 % bound 95.5 %, n=500, at 1.00 MB; "
+        "2.0× faster than float32 TFLite (p50 1 vs 2 ms)"
+    )
+    assert rec["slower_than_float32"] is None
 
 
 def test_unjudged_variants_are_never_picked() -> None:
@@ -104,15 +122,22 @@ def test_unjudged_variants_are_never_picked() -> None:
 
 def test_when_nothing_qualifies_the_closest_is_the_highest_lower_bound() -> None:
     report = _report(
-        _variant("int8", size=1_000_000, p50=1.0, lower=83.9, agree=100.0),
-        _variant("float16", size=2_000_000, p50=2.0, lower=84.5, agree=100.0),
-        _variant("dynamic", size=1_000_000, p50=3.0, lower=84.5, agree=100.0),  # tie: smaller
+        *map(
+            _lower_bound,
+            [
+                _variant("int8", size=1_000_000, p50=1.0, lower=83.9, agree=100.0),
+                _variant("float16", size=2_000_000, p50=2.0, lower=84.5, agree=100.0),
+                _variant("dynamic", size=1_000_000, p50=3.0, lower=84.5, agree=100.0),  # smaller
+            ],
+        ),
+        verdict="lower-bound",
     )
     rec = recommendation(report)
     assert rec["variant"] is None
     assert rec["closest"] == "dynamic"
     assert rec["reason"] == (
-        "no variant's lower 95 % bound reaches 95 %; closest: dynamic at 84.5 % (n=500)"
+        "no variant passes the run's verdict at 95 %; closest: dynamic at 84.5 % (n=500), its "
+        "lower 95 % bound"
     )
 
 

@@ -30,8 +30,9 @@ def test_the_pick_its_rule_and_the_chart_are_in_the_report(tmp_path: Path) -> No
     html = render_report_html(run)
     assert "Recommended: <strong>int8</strong> · runner-up float16" in html
     assert (
-        "Rule: among variants whose lower 95 % Wilson bound of top-1 agreement is at least 95 %, "
-        "the smallest, then the fastest (p50)." in html
+        "Rule: for CPU (LiteRT with XNNPACK): among variants it can run whose top-1 agreement "
+        "is at least 95 % (the run&#x27;s verdict), the smallest that is not slower than "
+        "float32 TFLite on the same runtime, then the fastest (p50)" in html
     )
     assert (
         "Verdict: PASS when top-1 agreement (the point estimate) is at least 95 %; images "

@@ -17,7 +17,7 @@ from core.history.store import open_store
 from core.inputs import rundir
 from core.jobs.outcome import finish_run
 from core.jobs.rescore import add_rescore_variant
-from core.types import RunStatus
+from core.types import RunStatus, VariantStatus
 from tests.core.test_autofix import build_outlier_model
 from tests.core.test_cli import run_cli
 from tests.core.test_cli_quantizer import _inputs, _reference_probs, _tflite_probs
@@ -168,7 +168,7 @@ def test_a_failed_rescore_gives_the_run_its_status_back(
     assert rundir.read_json(out / rundir.STATUS)["status"] == "queued"
     from core.jobs.outcome import close_unfinished_variants
 
-    close_unfinished_variants(out, "cancelled", "cancelled by the user")
+    close_unfinished_variants(out, VariantStatus.CANCELLED, "cancelled by the user")
     finish_run(out, RunStatus.CANCELLED, "cancelled by the user", home=home)
     status = rundir.read_json(out / rundir.STATUS)
     assert status["status"] == "done"

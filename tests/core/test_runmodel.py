@@ -264,3 +264,136 @@ def test_a_report_missing_keys_is_rewritten_with_the_keys_it_had(tmp_path: Path)
         if entry["flip_matrix"] is not None:
             entry["flip_matrix"] = _sparse(entry["flip_matrix"])
     assert out == raw
+
+
+# The four sections a stage or a later process writes whole, as QuantLens writes them (values
+# typed by hand here), each with a key this version does not know.
+_SECTIONS: dict[str, Any] = {
+    "calibration": {
+        "source": "held-out",
+        "reason": "drawn from the data set, held out of evaluation",
+        "requested": 8,
+        "images": 8,
+        "held_out": 8,
+        "evaluable": 16,
+        "path": None,
+        "sha256": None,
+        "file": "calibration.csv",
+        "from_a_newer_version": 1,
+    },
+    "sweep": {
+        "backend": "quantizer",
+        "requested_sizes": [4, 8],
+        "sizes": [4, 8],
+        "seeds": 1,
+        "pool_source": "held-out",
+        "pool_images": 8,
+        "evaluated_n": 16,
+        "flat_within_pp": 0.5,
+        "run_calibration_samples": 8,
+        "notes": [],
+        "modes": {
+            "int8": {
+                "points": [
+                    {
+                        "size": 4,
+                        "seed": 1,
+                        "agreement_pct": 93.75,
+                        "ci95": [71.7, 98.9],
+                        "n": 16,
+                        "mean_kl": 0.01,
+                        "size_bytes": 9000,
+                        "file": "sweep/int8-n4-s1.tflite",
+                        "new_point_field": "kept",
+                    }
+                ],
+                "summary": [{"size": 4, "seeds": 1, "agreement_mean": 93.75}],
+                "flattens_at": None,
+                "run_size_enough": None,
+                "statement": "int8: one size, no curve",
+            },
+            "int16x8": {"error": "int16x8_q: the LiteRT Quantizer failed", "points": []},
+        },
+        "statement": "int8: one size, no curve; int16x8: not swept",
+        "new_sweep_field": [1],
+    },
+    "engine": {
+        "name": "ray",
+        "address": "10.0.0.1:6379",
+        "nodes": ["10.0.0.1", "10.0.0.2"],
+        "cpus": 8,
+        "latency_node": "10.0.0.1",
+        "batches_by_node": {"node-a": 3, "node-b": 2},
+        "gpus": 0,
+    },
+    "tracking": {"uri": "http://mlflow:5000", "error": "connection refused", "retries": 2},
+}
+
+
+def test_the_sections_read_as_typed_objects_and_rewrite_unchanged(tmp_path: Path) -> None:
+    from core.reporting.runmodel import CalibrationRecord, EngineInfo, Sweep, SweepRow, Tracking
+
+    run = _copy(tmp_path)
+    raw = {**_raw(), **json.loads(json.dumps(_SECTIONS))}
+    (run / "report.json").write_text(json.dumps(raw), encoding="utf-8")
+    report = read_report(run)
+
+    assert isinstance(report.calibration, CalibrationRecord)
+    assert (report.calibration.source, report.calibration.images) == ("held-out", 8)
+    assert isinstance(report.sweep, Sweep)
+    [row] = report.sweep.modes["int8"].points
+    assert isinstance(row, SweepRow) and (row.size, row.ci95) == (4, (71.7, 98.9))
+    assert report.sweep.modes["int16x8"].error == "int16x8_q: the LiteRT Quantizer failed"
+    assert isinstance(report.engine, EngineInfo)
+    assert report.engine.nodes == ("10.0.0.1", "10.0.0.2")
+    assert report.engine.batches_by_node == {"node-a": 3, "node-b": 2}
+    assert isinstance(report.tracking, Tracking)
+    assert (report.tracking.error, report.tracking.run_id) == ("connection refused", None)
+    # Readers that index the report see exactly what the file holds.
+    assert report["sweep"]["modes"]["int8"]["points"][0]["new_point_field"] == "kept"
+    assert not set(_SECTIONS) & set(report.extra)  # typed, not left in `extra`
+
+    write_report(run, report)
+    out = _written(run)
+    for key, section in _SECTIONS.items():
+        assert out[key] == section  # unknown keys inside each section survive too
+
+
+def test_sections_built_in_code_write_what_the_stages_wrote_before() -> None:
+    from core.reporting.runmodel import EngineInfo, Sweep, SweepMode, Tracking, put_section
+
+    report: dict[str, Any] = {}
+    put_section(report, EngineInfo(name="local", nodes=("host",), latency_node="host"))
+    put_section(report, Tracking(uri="sqlite:///m.db", error="refused"))
+    put_section(report, Sweep(modes={"int8": SweepMode()}))
+    # Keys a writer never had are not invented: local has no cpus or batches, a refused
+    # logging has no ids, an unsummarised mode only its points.
+    assert report["engine"] == {
+        "name": "local",
+        "address": None,
+        "nodes": ["host"],
+        "latency_node": "host",
+    }
+    assert report["tracking"] == {"uri": "sqlite:///m.db", "error": "refused"}
+    assert report["sweep"]["modes"] == {"int8": {"points": []}}
+
+
+def test_a_variant_status_is_an_enum_that_reads_and_writes_the_same_words(
+    tmp_path: Path,
+) -> None:
+    from core.types import VariantStatus
+
+    report = RunReport.from_dict(_raw())
+    assert {type(v.status) for v in report.variants} == {VariantStatus}
+    assert [v.status for v in report.variants] == [v["status"] for v in _raw()["variants"]]
+    assert report.variants[0].status is VariantStatus.DONE
+    assert json.loads(json.dumps(report.to_dict()))["variants"][0]["status"] == "done"
+
+
+def test_an_unknown_variant_status_is_refused_in_one_line(tmp_path: Path) -> None:
+    run = _copy(tmp_path)
+    raw = _raw()
+    raw["variants"][0]["status"] = "half-done"
+    (run / "report.json").write_text(json.dumps(raw), encoding="utf-8")
+    with pytest.raises(QuantLensError, match=r"^a variant entry of report.json is not readable"):
+        read_report(run)

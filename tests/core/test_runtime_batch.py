@@ -92,7 +92,7 @@ def test_batched_outputs_equal_batch_one(converted: dict[str, Any], variant: str
     assert len(images) % EVALUATION_BATCH != 0  # the tail re-prepares at another size
     runner = TFLiteRunner(converted[variant], threads=1, batch=EVALUATION_BATCH)
     assert runner.batch == EVALUATION_BATCH  # the converter leaves the batch dimension open
-    got = runner.run_batch(images)
+    got = runner.infer(images)
     want = _one_by_one(converted[variant], images)
     assert got.shape == want.shape == (len(images), 4)
     if variant in EXACT:
@@ -122,7 +122,7 @@ def test_a_fixed_batch_model_runs_one_image_per_invoke() -> None:
     images = np.random.default_rng(0).normal(size=(5, 8, 8, 3)).astype(np.float32)
     runner = TFLiteRunner(tflite, threads=1, batch=EVALUATION_BATCH)
     assert runner.batch == 1
-    np.testing.assert_array_equal(runner.run_batch(images), _one_by_one(tflite, images))
+    np.testing.assert_array_equal(runner.infer(images), _one_by_one(tflite, images))
 
 
 @pytest.mark.slow

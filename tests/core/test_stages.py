@@ -258,7 +258,7 @@ def test_the_driver_runs_the_stages_in_order(
         if event.step != "convert" and (not main or main[-1] != event.step):
             main.append(event.step)
     first = {step: main.index(step) for step in dict.fromkeys(main)}
-    order = ["load", "decode", "reference", "infer", "variant", "latency", "done"]
+    order = ["load", "decode", "reference", "infer", "variant", "latency", "deploy", "done"]
     assert [s for s in order if s in first] == order
     assert sorted(first, key=first.__getitem__) == order
     assert main[-1] == "done"

@@ -14,9 +14,11 @@ from typing import Any
 import pytest
 
 from core.errors import StoreError
-from core.history.store import DB_NAME, SCHEMA_VERSION, RunStore, open_store
+from core.history.schema import SCHEMA_VERSION
+from core.history.store import DB_NAME, RunStore, open_store
 from core.inputs.rundir import runs_root
 from core.types import RunStatus
+from tests.core.store_rows import store_variants, stored_latency, stored_variants
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -157,11 +159,11 @@ def test_migrates_a_v1_file_and_keeps_its_rows(tmp_path: Path) -> None:
         assert row.modes == ["float16"]
         assert row.best_agreement_pct == 99.5
         assert row.all_passed is True
-        [v] = s.variants("old1")
+        [v] = stored_variants(s, "old1")
         assert (v["name"], v["size_bytes"], v["passed"]) == ("float16", 4321, True)
         # The v2 latency table exists and takes writes for the migrated run.
-        s.upsert_variant("old1", _variant("float16", 99.5, size_bytes=4321))
-        assert s.latency("old1")["float16"]["p99"] == 4.0
+        store_variants(s, "old1", _variant("float16", 99.5, size_bytes=4321))
+        assert stored_latency(s, "old1")["float16"]["p99"] == 4.0
 
     con = sqlite3.connect(db)
     try:
@@ -230,11 +232,11 @@ def test_run_life_cycle_and_report_sync(tmp_path: Path, store: RunStore) -> None
     )
     assert row.best_agreement_pct == 100.0
     assert row.all_passed is False  # int8 failed
-    variants = {v["name"]: v for v in store.variants("r1")}
+    variants = {v["name"]: v for v in stored_variants(store, "r1")}
     assert variants["int8"]["top1_agreement_pct"] == 91.25
     assert variants["int8"]["disagreements"] == 7
     assert variants["int8"]["passed"] is False
-    lat = store.latency("r1")
+    lat = stored_latency(store, "r1")
     assert set(lat) == {"reference", "float32", "int8"}
     assert lat["reference"]["p50"] == 6
     assert lat["int8"]["n"] == 50
@@ -242,15 +244,15 @@ def test_run_life_cycle_and_report_sync(tmp_path: Path, store: RunStore) -> None
     # A later report without int8 drops its variant and latency rows, keeps the reference.
     report["variants"] = [_variant("float32", 100.0)]
     store.sync_report("r1", report)
-    assert [v["name"] for v in store.variants("r1")] == ["float32"]
-    assert set(store.latency("r1")) == {"reference", "float32"}
+    assert [v["name"] for v in stored_variants(store, "r1")] == ["float32"]
+    assert set(stored_latency(store, "r1")) == {"reference", "float32"}
 
 
 def test_unknown_run_and_duplicate_id_are_one_line_errors(tmp_path: Path, store: RunStore) -> None:
     with pytest.raises(StoreError, match=r"^no run 'nope' in the run database; refresh"):
         store.set_status("nope", RunStatus.DONE)
     with pytest.raises(StoreError, match=r"^no run 'nope'"):
-        store.upsert_variant("nope", _variant("int8", 99.0))
+        store_variants(store, "nope", _variant("int8", 99.0))
     assert store.get_run("nope") is None
     _new_run(store, tmp_path, "dup")
     with pytest.raises(StoreError, match=r"^a run with id 'dup' exists already; pick a new run"):
@@ -286,7 +288,7 @@ def test_list_runs_order_search_and_limit(tmp_path: Path, store: RunStore) -> No
     _new_run(store, tmp_path, "a", name="alpha", model="/m/resnet.keras", data="/d/cats")
     _new_run(store, tmp_path, "b", name="beta", model="/m/mobilenet", data="/d/dogs.csv")
     _new_run(store, tmp_path, "c", name="gamma", variants=["float16"])
-    store.upsert_variant("c", _variant("int8-uint8", 97.0))
+    store_variants(store, "c", _variant("int8-uint8", 97.0))
     assert [r.id for r in store.list_runs()] == ["c", "b", "a"]  # newest first
     assert [r.id for r in store.list_runs(limit=2)] == ["c", "b"]
     assert [r.id for r in store.list_runs(search="RESNET")] == ["a"]  # case-insensitive
@@ -316,7 +318,7 @@ def test_rename_rejects_blank(tmp_path: Path, store: RunStore) -> None:
 def test_two_hundred_runs_list_fast(tmp_path: Path, store: RunStore) -> None:
     for i in range(200):
         _new_run(store, tmp_path, f"r{i:03d}", name=f"run {i}")
-        store.upsert_variant(f"r{i:03d}", _variant("int8", 90.0 + i % 10))
+        store_variants(store, f"r{i:03d}", _variant("int8", 90.0 + i % 10))
     statements: list[str] = []
     assert store._shared is not None
     conn = store._shared.conn
@@ -348,8 +350,7 @@ def test_mark_interrupted_fails_in_flight_runs_only(tmp_path: Path, store: RunSt
     _new_run(store, tmp_path, "alive")
     store.set_status("r", RunStatus.RUNNING)
     store.set_status("alive", RunStatus.RUNNING)
-    store.upsert_variant("r", _variant("int8", None, status="running"))
-    store.upsert_variant("r", _variant("float32", 100.0))
+    store_variants(store, "r", _variant("int8", None, status="running"), _variant("float32", 100.0))
     store.set_status("d", RunStatus.DONE)
     marked = store.mark_interrupted(still_running=lambda rid, _dir: rid == "alive")
     assert sorted(marked) == ["q", "r"]
@@ -358,7 +359,7 @@ def test_mark_interrupted_fails_in_flight_runs_only(tmp_path: Path, store: RunSt
         assert row is not None
         assert (row.status, row.error) == (RunStatus.FAILED, "interrupted")
         assert row.finished is not None
-    variants = {v["name"]: v for v in store.variants("r")}
+    variants = {v["name"]: v for v in stored_variants(store, "r")}
     assert (variants["int8"]["status"], variants["int8"]["error"]) == ("failed", "interrupted")
     assert variants["float32"]["status"] == "done"
     d = store.get_run("d")
@@ -456,16 +457,19 @@ s = open_store(home)
 for rid in ("done1", "done2"):
     s.create_run(rid, name=rid, run_dir=home / "runs" / rid, job={"variants": ["int8"]})
     s.set_status(rid, RunStatus.RUNNING)
-    s.upsert_variant(rid, {"name": "int8", "mode": "int8", "status": "done",
-                           "top1_agreement_pct": 98.0, "passed": True, "size_bytes": 10})
+    s.sync_report(rid, {"variants": [{"name": "int8", "mode": "int8", "status": "done",
+                                      "top1_agreement_pct": 98.0, "passed": True,
+                                      "size_bytes": 10}]})
     s.set_status(rid, RunStatus.DONE)
 s.create_run("inflight", name="inflight", run_dir=home / "runs" / "inflight", job={})
 s.set_status("inflight", RunStatus.RUNNING)
 i = 0
 while True:
-    s.upsert_variant("inflight", {"name": f"v{i % 50}", "mode": "int8", "status": "running",
-                                  "size_bytes": i,
-                                  "latency_ms": {"p50": float(i), "n": i}})
+    s.sync_report("inflight", {"variants": [
+        {"name": f"v{k}", "mode": "int8", "status": "running", "size_bytes": i,
+         "latency_ms": {"p50": float(i), "n": i}}
+        for k in range(min(i + 1, 50))
+    ]})
     i += 1
     if i == 20:
         print("mid-run", flush=True)
@@ -500,11 +504,11 @@ def test_kill_9_mid_run_keeps_earlier_runs_and_marks_in_flight_failed(tmp_path: 
             assert row is not None
             assert row.status is RunStatus.DONE
             assert row.best_agreement_pct == 98.0
-            assert [v["name"] for v in s.variants(rid)] == ["int8"]
+            assert [v["name"] for v in stored_variants(s, rid)] == ["int8"]
         inflight = s.get_run("inflight")
         assert inflight is not None
         assert inflight.status is RunStatus.RUNNING  # a ghost until the next start...
-        assert len(s.variants("inflight")) >= 20
+        assert len(stored_variants(s, "inflight")) >= 20
         assert s.mark_interrupted() == ["inflight"]  # ...which marks it
         inflight = s.get_run("inflight")
         assert inflight is not None
@@ -702,10 +706,10 @@ def test_a_forked_child_opens_its_own_connection_and_leaves_the_parents_alone(
 def test_remove_run_removes_rows_only(tmp_path: Path, store: RunStore) -> None:
     run_dir = _new_run(store, tmp_path, "r")
     (run_dir / "int8.tflite").write_bytes(b"model")
-    store.upsert_variant("r", _variant("int8", 99.0))
+    store_variants(store, "r", _variant("int8", 99.0))
     store.remove_run("r")
     assert store.get_run("r") is None
-    assert store.variants("r") == []
+    assert stored_variants(store, "r") == []
     assert (run_dir / "int8.tflite").read_bytes() == b"model"  # files are cleanup's job
 
 
@@ -742,3 +746,18 @@ def test_a_variant_without_a_verdict_does_not_fail_the_run(tmp_path: Path, store
         "FAIL",
     ]
     assert rows["mixed"].best_agreement_pct == 96.0
+
+
+def test_queries_and_the_connection_live_in_separate_modules() -> None:
+    """store.py holds the queries and rows; opening, recovering and migrating the file is
+    core.history.database's, so neither grows into the other."""
+    import inspect
+
+    from core.history import database, store
+
+    assert issubclass(RunStore, database.Database)
+    assert "sqlite3.connect(" not in inspect.getsource(store)
+    assert "CREATE TABLE" not in inspect.getsource(store)
+    assert "INSERT" not in inspect.getsource(database)
+    # Reads only tests made: the tests read the tables with their own SQL (store_rows).
+    assert not any(hasattr(RunStore, n) for n in ("upsert_variant", "variants", "latency"))

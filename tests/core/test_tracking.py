@@ -306,7 +306,7 @@ def test_a_store_that_cannot_be_written_is_one_warning_on_the_report(tmp_path: P
     after = json.loads((run_dir / "report.json").read_text())
     assert entry["uri"] == uri and entry["error"]
     assert "\n" not in entry["error"]
-    assert after["tracking"] == entry
+    assert after["tracking"] == entry.to_dict() == {"uri": uri, "error": entry.error}
     assert after["warnings"] == [
         *before.get("warnings", []),
         f"MLflow logging to {uri} failed: {entry['error']}; the run's results are complete in "

@@ -176,3 +176,18 @@ def test_an_equalized_variant_is_named_parsed_and_filed_apart_from_its_parent() 
     assert VariantSpec.parse("int8_q:eq").name == "int8_q:eq"
     with pytest.raises(QuantLensError, match="use :eq with int8"):
         VariantSpec.parse("float16:eq")
+
+
+def test_a_weight_only_layer_is_named_parsed_and_refused_where_it_cannot_be_made() -> None:
+    """`int8_q:wo=conv` quantizes that layer's weights only (float activations and compute)."""
+    from core.errors import QuantLensError
+    from core.reporting.runmodel import VariantIdentity
+    from core.types import VariantSpec
+
+    spec = VariantSpec.parse("int8_q:wo=conv")
+    assert spec.weight_only_layers == ("conv",) and spec.name == "int8_q:wo=conv"
+    assert VariantIdentity.from_dict(VariantIdentity.from_spec(spec).to_dict()).spec == spec
+    with pytest.raises(QuantLensError, match="on the converter backend"):
+        VariantSpec.parse("int8:wo=conv")
+    with pytest.raises(QuantLensError, match="named by wo= and by keep= or int16="):
+        VariantSpec.parse("int8_q:wo=conv:keep=conv")

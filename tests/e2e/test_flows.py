@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from core.history.store import DB_NAME, open_store
+from tests.core.store_rows import stored_variants
 from tests.e2e.conftest import CHROMIUM, FLAGS, ROOT, Server, settle
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
@@ -115,7 +116,7 @@ def press_run(page) -> None:  # type: ignore[no-untyped-def]
 def stored_runs(home: Path) -> dict[str, Any]:
     with open_store(home) as store:
         return {
-            r.id: {"row": r, "variants": {v["name"]: v for v in store.variants(r.id)}}
+            r.id: {"row": r, "variants": {v["name"]: v for v in stored_variants(store, r.id)}}
             for r in store.list_runs()
         }
 

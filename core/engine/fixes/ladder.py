@@ -7,7 +7,8 @@ first, from the causes its diagnosis named.
 3. int16_activations: 16-bit activations for each culprit chain (conv -> pass-through ops ->
    conv) on the quantizer backend (`int8_q:int16=...`): integer-only, a little larger, and on
    CPU it runs on reference kernels (no XNNPACK path), about 60x slower;
-4. weight-only for the culprit op: not built yet;
+4. weight_only: the culprit op's weights int8, its activations and compute float, on the
+   quantizer backend (`int8_q:wo=...`): not integer-only;
 5. keep_float: the measured sensitivity scan and greedy walk (core.engine.fixes.keep_float),
    the remedy that leaves integer-only targets.
 """
@@ -24,10 +25,10 @@ INT16_NOTE = (
     "16-bit activations have no XNNPACK kernels: on CPU they run on reference kernels, and few "
     "accelerators run them"
 )
-NOT_BUILT = {
-    "bias_correction": "bias correction is not built in this version",
-    "weight_only": "weight-only quantization of one op is not built in this version",
-}
+WEIGHT_ONLY_NOTE = (
+    "the op keeps int8 weights and computes in float: integer-only targets cannot run it"
+)
+NOT_BUILT = {"bias_correction": "bias correction is not built in this version"}
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class Rung:
     fix: dict[str, Any] = field(default_factory=dict)
     reason: str | None = None
     note: str | None = None
+    integer_only: bool = True  # whether the rung leaves an integer-only parent integer-only
 
 
 def ladder(spec: VariantSpec, causes: VariantCauses | None) -> list[Rung]:
@@ -59,7 +61,13 @@ def ladder(spec: VariantSpec, causes: VariantCauses | None) -> list[Rung]:
         rungs.append(
             Rung("bias_correction", None, {"kind": "bias_correction"}, NOT_BUILT["bias_correction"])
         )
-    chains = [c.layers for c in named if "int16_activations" in c.fixes and c.layers]
+    # Keras layers only: "(model input)" and "(model output)" name no layer a recipe can match.
+    chains = [
+        chain
+        for c in named
+        if "int16_activations" in c.fixes
+        and (chain := tuple(n for n in c.layers if not n.startswith("(")))
+    ]
     if spec.mode is not Mode.INT8:
         reason = "16-bit activations apply to int8 variants"
         rungs.append(Rung("int16_activations", None, {"kind": "int16_activations"}, reason))
@@ -72,6 +80,18 @@ def ladder(spec: VariantSpec, causes: VariantCauses | None) -> list[Rung]:
         )
         fix = {"kind": "int16_activations", "layers": list(chain)}
         rungs.append(Rung("int16_activations", derived, fix, note=INT16_NOTE))
-    if "weight_only" in wanted:
-        rungs.append(Rung("weight_only", None, {"kind": "weight_only"}, NOT_BUILT["weight_only"]))
+    culprits = [
+        c.layer
+        for c in named
+        if "weight_only" in c.fixes and c.layer and not c.layer.startswith("(")
+    ]
+    if culprits and spec.mode is not Mode.INT8:
+        reason = "weight-only quantization of one op applies to int8 variants"
+        rungs.append(Rung("weight_only", None, {"kind": "weight_only"}, reason))
+    for layer in dict.fromkeys(culprits):
+        derived = replace(
+            spec.without_overrides(), backend=Backend.QUANTIZER, weight_only_layers=(layer,)
+        )
+        fix = {"kind": "weight_only", "layers": [layer]}
+        rungs.append(Rung("weight_only", derived, fix, note=WEIGHT_ONLY_NOTE, integer_only=False))
     return rungs

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.reporting.runmodel import FixCandidate
+from core.reporting.runmodel import CandidateStatus, FixCandidate
 
 SPLIT_SEED = 0  # the split's seed when the run has none
 SELECT_IMAGES = 300  # at most this many images choose a fix (the notes: about 300 suffice)
@@ -73,7 +73,9 @@ class Budget:
 def pareto(candidates: Sequence[FixCandidate]) -> tuple[str, ...]:
     """The measured candidates no other candidate dominates: at least as good on agreement
     (higher), size (smaller), p50 latency (lower) and integer-only (True), better on one."""
-    measured = [c for c in candidates if c.status == "measured" and c.variant is not None]
+    measured = [
+        c for c in candidates if c.status == CandidateStatus.MEASURED and c.variant is not None
+    ]
 
     def key(c: FixCandidate) -> tuple[float, float, float, float]:
         return (
@@ -101,7 +103,9 @@ def choose(
     pool = [
         c
         for c in candidates
-        if c.status == "measured" and c.variant is not None and (c.integer_only or not integer_only)
+        if c.status == CandidateStatus.MEASURED
+        and c.variant is not None
+        and (c.integer_only or not integer_only)
     ]
     meeting = [c for c in pool if c.meets_bar]
     if meeting:

@@ -12,6 +12,8 @@
     diagnose   per-layer error of each quantized variant (<variant>.layers.csv), then
                --auto-fix: a measured search whose result joins as a derived variant
     time       batch-1 latency of the original and every finished variant, machine quiet
+    deploy     per variant: integer-only, TFLite-Micro's arena, Vela's Ethos-U mapping
+    perturb    (--perturb) the flip hunt: agreement under small perturbations
     finish     the run's status and recommendation; scratch files removed
 
 Each stage takes the run's typed context (core.engine.stages.context.RunContext) and what the

@@ -33,17 +33,22 @@ from core.engine.stages.decode import first_images
 from core.engine.stages.diagnose import (
     diagnose_finished,
     float_tflite,
-    measure_tflite,
-    measurement,
     needs_diagnosis,
     row_samples,
 )
 from core.engine.stages.evaluate import run_evaluation, written_agreement
+from core.engine.stages.measure import measure_tflite, measurement
 from core.engine.stages.reference import ReferenceOutputs
 from core.errors import ConversionFailed, QuantLensError
 from core.inputs import rundir
-from core.reporting.runmodel import FixCandidate, FixSearch, HeldOutJudgement, Variant
-from core.types import NEEDS_CALIBRATION, JobSpec, VariantSpec
+from core.reporting.runmodel import (
+    CandidateStatus,
+    FixCandidate,
+    FixSearch,
+    HeldOutJudgement,
+    Variant,
+)
+from core.types import NEEDS_CALIBRATION, JobSpec, VariantSpec, VariantStatus
 
 if TYPE_CHECKING:
     from core.engine.fixes.keep_float import Measurement
@@ -98,7 +103,7 @@ def _fixable(spec: VariantSpec, entry: dict[str, Any]) -> bool:
 
     if spec.has_overrides or entry.get("auto_fix") is not None:
         return False
-    if entry.get("role") != ROLE_SELECTED or entry.get("status") != "done":
+    if entry.get("role") != ROLE_SELECTED or entry.get("status") != VariantStatus.DONE:
         return False
     if entry.get("verdict_reason") or entry.get("top1_agreement_pct") is None:
         return False
@@ -154,11 +159,11 @@ class _Bench:
         if self.run.job.engine != "ray":
             return measure_tflite(self.run, self.reference, tflite, rows=self.rows)
         from core.engine.runtime import TFLiteRunner
-        from core.inputs.presets import apply_preset
 
-        model = TFLiteRunner(tflite, threads=self.run.threads, name="candidate")
-        images = apply_preset(self.pixels(), self.run.job.preset).astype(np.float32)
-        outputs = np.concatenate([model.run_batch(images[i : i + 1]) for i in range(len(images))])
+        model = TFLiteRunner(
+            tflite, threads=self.run.threads, name="candidate", preset=self.run.job.preset
+        )
+        outputs = model.infer(self.pixels())  # one image per invoke, the preset applied
         return measurement(self.reference, outputs, len(tflite), rows=self.rows)
 
     def pixels(self) -> np.ndarray:
@@ -178,8 +183,8 @@ def _p50_ms(tflite: bytes, image_shape: tuple[int, int, int]) -> float:
     from core.engine.timing import time_invocations
 
     model = TFLiteRunner(tflite, threads=1, name="candidate")
-    image = np.zeros((1, *image_shape), dtype=np.float32)
-    times = time_invocations(lambda: model.run_batch(image), runs=CANDIDATE_LATENCY_RUNS, warmup=3)
+    invoke = model.timed_invoke(np.zeros(image_shape, dtype=np.float32))
+    times = time_invocations(invoke, runs=CANDIDATE_LATENCY_RUNS, warmup=3)
     return float(np.median(times))
 
 
@@ -217,6 +222,10 @@ def _auto_fix_variant(
     parent = bench.measure(rundir.tflite_path(run.run_dir, spec).read_bytes())
     candidates: list[FixCandidate] = []
     for rung in ladder(spec, causes):
+        if integer_only and rung.spec is not None and not rung.integer_only:
+            reason = f"--fix integer-only: {rung.kind} computes in float"
+            candidates.append(_skipped(spec, rung.kind, reason))
+            continue
         candidates.append(_try_rung(run, reference, spec, rung, bench, budget, progress))
     keep_float: dict[str, Any] = {}
     if integer_only:
@@ -266,7 +275,7 @@ def _skipped(spec: VariantSpec, kind: str, reason: str) -> FixCandidate:
         variant=None,
         parent=spec.name,
         fix={"kind": kind},
-        status="skipped",
+        status=CandidateStatus.SKIPPED,
         reason=reason,
     )
 
@@ -294,11 +303,11 @@ def _try_rung(
         variant=rung.spec.name,
         parent=spec.name,
         fix=rung.fix,
-        status="failed",
+        status=CandidateStatus.FAILED,
         note=rung.note,
     )
     if not budget.take():
-        return replace(base, status="skipped", reason="the evaluation budget ran out")
+        return replace(base, status=CandidateStatus.SKIPPED, reason="the evaluation budget ran out")
     progress(budget.used / max(budget.total, 1), f"fix ladder: {rung.kind} ({rung.spec.name})")
     fix = dict(rung.fix)
     try:
@@ -316,14 +325,18 @@ def _try_rung(
         measured = bench.measure(tflite)
     except EqualizationError as exc:  # nothing to pair, or the float model changed: no fix
         budget.used -= 1  # nothing was measured
-        status = "refused" if isinstance(exc, EqualizationRefused) else "skipped"
+        status = (
+            CandidateStatus.REFUSED
+            if isinstance(exc, EqualizationRefused)
+            else CandidateStatus.SKIPPED
+        )
         return replace(base, fix=fix, status=status, reason=_first_line(exc))
     except (QuantLensError, ValueError, RuntimeError) as exc:
         return replace(base, fix=fix, reason=_first_line(exc))
     return replace(
         base,
         fix=fix,
-        status="measured",
+        status=CandidateStatus.MEASURED,
         agreement_pct=measured.agreement_pct,
         n=measured.n,
         mean_kl=measured.mean_kl if np.isfinite(measured.mean_kl) else None,
@@ -397,6 +410,7 @@ def _keep_float_rung(
     entry's `auto_fix`, one candidate per kept greedy step; `steps` holds the others)."""
     from core.engine.diagnose import LAYERS_SUFFIX, statistic_ranks
     from core.engine.fixes import keep_float
+    from core.reporting.report import counted
 
     table = rundir.variant_file(run.run_dir, spec, LAYERS_SUFFIX)
     if not table.is_file():
@@ -420,7 +434,7 @@ def _keep_float_rung(
             variant=None,
             parent=spec.name,
             fix={"kind": "keep_float"},
-            status="failed",
+            status=CandidateStatus.FAILED,
             reason=_first_line(exc),
         )
         return {}, [failed]
@@ -430,7 +444,7 @@ def _keep_float_rung(
             variant=replace(spec, float_layers=tuple(step["layers"])).name,
             parent=spec.name,
             fix={"kind": "keep_float", "layers": list(step["layers"])},
-            status="measured",
+            status=CandidateStatus.MEASURED,
             agreement_pct=step["agreement_pct"],
             n=step["n"],
             mean_kl=step["mean_kl"] if np.isfinite(step["mean_kl"]) else None,
@@ -450,6 +464,9 @@ def _keep_float_rung(
         "sensitivity": scan,
         "steps": steps,
     }
+    if not found:  # every step made the model worse: say so rather than stay silent
+        reason = f"no layer kept in float improved the model ({counted(len(steps), 'step')} tried)"
+        return recorded, [_skipped(spec, "keep_float", reason)]
     return recorded, found
 
 
@@ -639,7 +656,7 @@ def _judge_on_held_out(run: RunContext, spec: VariantSpec) -> None:
     entry = run.report.variant(spec.name)
     if entry.get("derived_by") != DERIVED_BY_AUTO_FIX or "judged_on_held_out" in entry:
         return
-    if entry.get("status") != "done" or entry.get("verdict_reason"):
+    if entry.get("status") != VariantStatus.DONE or entry.get("verdict_reason"):
         return
     parent = Variant.from_dict(run.report.variant(entry["parent"])) if entry.get("parent") else None
     search = None if parent is None else parent.fix_search

@@ -14,6 +14,7 @@ from core.types import FINISHED_STATUSES, Dataset, JobSpec, ProgressEvent, Varia
 
 if TYPE_CHECKING:
     from core.engine.models import ReferenceModel
+    from core.reporting.runmodel import Section
 
 ProgressFn = Callable[[ProgressEvent], None]
 
@@ -53,6 +54,13 @@ class ReportFile:
 
         update_report(self.path.parent, merged, create=True)
         self._base = _snapshot(self.data)
+
+    def put(self, section: Section) -> None:
+        """Store a typed section (`sweep`, `calibration`, `engine`: core.reporting.runmodel)
+        in this copy, whole; the next `save` writes it."""
+        from core.reporting.runmodel import put_section
+
+        put_section(self.data, section)
 
     def variant(self, name: str) -> dict[str, Any]:
         return next(v for v in self.data["variants"] if v["name"] == name)

@@ -227,24 +227,26 @@ def decode_pool(
 def write_calibration_record(run: RunContext, plan: CalibrationPlan, used: list[Sample]) -> None:
     """calibration.csv (the images used) and report.json's `calibration` section."""
     from core.inputs.datasets import dataset_sha256
+    from core.reporting.runmodel import CalibrationRecord
 
     write_csv(
         run.run_dir / CALIBRATION_LIST,
         {"index": [s.index for s in used], "relpath": [s.relpath for s in used]},
     )
-    report = run.report.data
-    report["calibration"] = {
-        "source": plan.source,
-        "reason": plan.reason,
-        "requested": run.job.calibration_samples,
-        "images": len(used),
-        "held_out": plan.held_out,
-        "evaluable": len(plan.evaluable),
-        "path": run.job.calibration_data,
+    record = CalibrationRecord(
+        source=plan.source,
+        reason=plan.reason,
+        requested=run.job.calibration_samples,
+        images=len(used),
+        held_out=plan.held_out,
+        evaluable=len(plan.evaluable),
+        path=run.job.calibration_data,
         # A content hash of --calibration-data, as the data set's: a re-score checks it.
-        "sha256": None if run.calibration_data is None else dataset_sha256(run.calibration_data),
-        "file": CALIBRATION_LIST,
-    }
+        sha256=None if run.calibration_data is None else dataset_sha256(run.calibration_data),
+        file=CALIBRATION_LIST,
+    )
+    run.report.put(record)
+    report = run.report.data
     if plan.source != NO_CALIBRATION and len(used) < run.job.calibration_samples:
         report["warnings"].append(
             f"only {len(used)} of the {run.job.calibration_samples} calibration images could "

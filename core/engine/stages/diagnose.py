@@ -13,7 +13,6 @@ and the derived variant is evaluated on the cluster (stages.ray_evaluate).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -26,10 +25,9 @@ from core.engine.stages.reference import ReferenceOutputs
 from core.errors import QuantLensError
 from core.inputs import rundir
 from core.runfolder.protocol import DECODED_CACHE
-from core.types import Mode, Sample, VariantSpec
+from core.types import Mode, Sample, VariantSpec, VariantStatus
 
 if TYPE_CHECKING:
-    from core.engine.fixes.keep_float import Measurement
     from core.engine.models import ReferenceModel
 
 DIAGNOSIS_THREADS = 2  # quantizer variants diagnosed at once (the machines here have 2 cores)
@@ -74,7 +72,7 @@ def needs_diagnosis(run: RunContext, spec: VariantSpec) -> bool:
     """A finished quantized variant not diagnosed yet (a restarted worker does not repeat one)."""
     from core.engine.diagnose import can_diagnose
 
-    if not can_diagnose(spec) or run.report.variant(spec.name)["status"] != "done":
+    if not can_diagnose(spec) or run.report.variant(spec.name)["status"] != VariantStatus.DONE:
         return False
     return spec.name not in (run.report.data.get("diagnosis") or {})
 
@@ -226,82 +224,6 @@ def write_layer_details(
     target = rundir.variant_file(run.run_dir, spec, DETAILS_SUFFIX)
     rundir.write_atomic(target, json.dumps(details).encode("utf-8"))
     return target.name, None
-
-
-def measure_tflite(
-    run: RunContext,
-    reference: ReferenceOutputs,
-    tflite: bytes,
-    *,
-    limit: int | None = None,
-    rows: Sequence[int] | None = None,
-) -> Measurement:
-    """Agreement and mean KL of a model against the original on the first `limit` evaluation
-    images (all of them when None), or on the images at row positions `rows`, read from the
-    run's decoded-image cache."""
-    if rows is not None:
-        return _measure_rows(run, reference, tflite, rows)
-    from core.engine.runtime import TFLiteRunner, evaluation_batch
-    from core.inputs.presets import apply_preset
-
-    batch = evaluation_batch(int(np.prod(run.image_shape)))
-    model = TFLiteRunner(tflite, threads=run.threads, name="candidate", batch=batch)
-    cache = DecodedCache(run.run_dir / DECODED_CACHE, run.image_shape)
-    total = len(cache) if limit is None else min(limit, len(cache))
-    outputs: list[np.ndarray] = []
-    done = 0
-    for pixels in cache.batches():
-        chunk = pixels[: total - done]
-        outputs.append(model.run_batch(apply_preset(chunk, run.job.preset)))
-        done += len(chunk)
-        if done >= total:
-            break
-    return measurement(reference, np.concatenate(outputs), len(tflite))
-
-
-def _measure_rows(
-    run: RunContext, reference: ReferenceOutputs, tflite: bytes, rows: Sequence[int]
-) -> Measurement:
-    from core.engine.runtime import TFLiteRunner, evaluation_batch
-    from core.inputs.presets import apply_preset
-
-    batch = evaluation_batch(int(np.prod(run.image_shape)))
-    model = TFLiteRunner(tflite, threads=run.threads, name="candidate", batch=batch)
-    cache = DecodedCache(run.run_dir / DECODED_CACHE, run.image_shape)
-    outputs = []
-    for start in range(0, len(rows), model.batch):
-        pixels = np.stack([cache.read(int(p)) for p in rows[start : start + model.batch]])
-        outputs.append(model.run_batch(apply_preset(pixels, run.job.preset)))
-    return measurement(reference, np.concatenate(outputs), len(tflite), rows=rows)
-
-
-def measurement(
-    reference: ReferenceOutputs,
-    outputs: np.ndarray,
-    size_bytes: int,
-    *,
-    rows: Sequence[int] | None = None,
-) -> Measurement:
-    """Agreement and mean KL of a model's raw outputs on the first len(outputs) rows, or on
-    the rows at positions `rows` (in that order)."""
-    from core.engine.fixes.keep_float import Measurement
-    from core.metrics.agreement import sample_records, to_probabilities
-
-    total = len(outputs)
-    probs = to_probabilities(outputs, softmax=reference.softmax)
-    if rows is None:
-        expected = reference.prob_rows(0, total)
-    else:
-        stored = np.load(reference.probs_path, mmap_mode="r")
-        expected = np.asarray(stored[np.asarray(rows, dtype=np.int64)], dtype=np.float64)
-    records = sample_records(expected, probs)
-    kl = records.kl[np.isfinite(records.kl)]
-    return Measurement(
-        agreement_pct=float(100.0 * records.agree.mean()),
-        mean_kl=float(kl.mean()) if kl.size else float("inf"),
-        size_bytes=size_bytes,
-        n=total,
-    )
 
 
 def float_tflite(run: RunContext) -> bytes:

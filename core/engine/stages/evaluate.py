@@ -18,10 +18,10 @@ import numpy as np
 
 from core.engine.convert import ConversionResult
 from core.engine.faults import maybe_inject
-from core.engine.runtime import evaluation_batch
 from core.engine.stages.context import RunContext
 from core.engine.stages.convert import Conversion
 from core.engine.stages.files import BATCH, CsvAppender, DecodedCache, NpyAppender
+from core.engine.stages.measure import run_runner
 from core.engine.stages.reference import ReferenceOutputs, nonfinite_warning
 from core.errors import QuantLensError
 from core.inputs import rundir
@@ -39,7 +39,7 @@ from core.metrics.agreement import (
     topk_hits,
 )
 from core.runfolder.protocol import DECODED_CACHE
-from core.types import Agreement, Mode, VariantSpec
+from core.types import Agreement, Mode, VariantSpec, VariantStatus
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ def run_evaluation(
     arrives (outcomes come in the order of `conversions`, the pivot first)."""
 
     def started(spec: VariantSpec) -> None:
-        run.report.variant(spec.name)["status"] = "running"
+        run.report.variant(spec.name)["status"] = VariantStatus.RUNNING
         run.report.save()
 
     for outcome in evaluate_converted(run, reference, conversions, on_start=started):
@@ -214,19 +214,14 @@ def tflite_outputs(
     numbers equal batch 1's: tests/core/test_runtime_batch.py); large images, and models with
     a fixed batch, run one per invoke (core.engine.runtime.evaluation_batch says why).
     """
-    from core.engine.runtime import TFLiteRunner
-    from core.inputs.presets import apply_preset
-
     run.emit("infer", 0.0, f"{name}: preparing the interpreter", name)
     maybe_inject("infer", name)
-    batch = evaluation_batch(int(np.prod(run.image_shape)))
-    runner = TFLiteRunner(tflite, threads=run.threads, name=f"{name}.tflite", batch=batch)
+    runner = run_runner(run, tflite, name=f"{name}.tflite")
     cache = DecodedCache(run.run_dir / DECODED_CACHE, run.image_shape)
     total = len(cache)
     done = 0
     last_report = 0.0
-    for pixels in cache.batches():
-        outputs = runner.run_batch(apply_preset(pixels, run.job.preset))
+    for outputs in runner.outputs(cache.batches()):
         sink(outputs)
         done += len(outputs)
         if time.monotonic() - last_report > 0.5 or done == total:
@@ -242,7 +237,7 @@ def _pivot_agreement(run: RunContext, spec: VariantSpec) -> np.ndarray | None:
     if spec.mode is Mode.FLOAT32 or not pivot:
         return None
     path = rundir.variant_samples_path(run.run_dir, run.report.files_of(pivot))
-    if run.report.variant(pivot)["status"] != "done" or not path.exists():
+    if run.report.variant(pivot)["status"] != VariantStatus.DONE or not path.exists():
         return None
     # The pivot's own written `agree` column, so the split matches what its row reports.
     return written_agreement(run, run.report.files_of(pivot))
@@ -312,7 +307,7 @@ def _scope_warnings(spec: VariantSpec, tflite: bytes) -> list[str]:
 def record_failure(run: RunContext, failed: FailedVariant) -> None:
     name = failed.spec.name
     entry = run.report.variant(name)
-    entry["status"] = "failed"
+    entry["status"] = VariantStatus.FAILED
     entry["error"] = failed.error
     run.report.save()
     run.emit("variant", 1.0, f"{name} failed: {failed.error}", name)

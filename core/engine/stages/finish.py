@@ -7,12 +7,14 @@ from core.engine.stages.files import remove_scratch
 
 
 def finish(run: RunContext) -> None:
-    from core.reporting.recommend import recommendation
+    from core.reporting.recommend import recommendation, recommendations
     from core.reporting.report import run_status
 
     report = run.report.data
     report["run"]["status"] = str(run_status(report))
+    # The run's target (`--target`, else cpu) is the headline; every target's pick beside it.
     report["recommendation"] = recommendation(report)
+    report["recommendations"] = recommendations(report)
     run.report.save()
     remove_scratch(run.run_dir)
     run.emit("done", 1.0, "all variants finished")

@@ -26,6 +26,7 @@ from core.engine.stages.files import save_npy
 from core.engine.timing import TimedModel, time_interleaved
 from core.inputs import rundir
 from core.metrics.latency import latency_stats, speedup_spread, unstable_timing
+from core.types import VariantStatus
 
 ORIGINAL = "reference"  # the TensorFlow original's key in a timing session
 BASELINE = "float32"  # the float32 TFLite variant's name: the headline speed-up's baseline
@@ -52,7 +53,7 @@ def untimed_variants(run: RunContext) -> list[str]:
     names = []
     for spec in run.specs:
         entry = run.report.variant(spec.name)
-        if entry["status"] == "done" and not entry.get("latency_ms"):
+        if entry["status"] == VariantStatus.DONE and not entry.get("latency_ms"):
             names.append(spec.name)
     return names
 
@@ -150,11 +151,9 @@ def stable_session(
 
 def original_invoke(run: RunContext) -> Callable[[], object]:
     """The original's serving function on the first image (DESIGN §6: not model.predict)."""
-    import tensorflow as tf
+    from core.engine.runtime import OriginalRunner
 
-    x = tf.constant(first_images(run, 1))
-    serve = run.model.concrete_function
-    return lambda: serve(x)
+    return OriginalRunner(run.model).timed_call(first_images(run, 1)[0])
 
 
 def variant_invoke(run: RunContext, name: str, image: np.ndarray) -> Callable[[], None]:
@@ -182,7 +181,7 @@ def baseline_invoke(
     if not todo:
         return None, None  # only the original is timed: there is no speed-up to state
     entry = next((v for v in run.report.data["variants"] if v["name"] == BASELINE), None)
-    if entry is not None and entry.get("status") == "done":
+    if entry is not None and entry.get("status") == VariantStatus.DONE:
         return variant_invoke(run, BASELINE, image), None
     try:
         tflite = float_tflite(run)

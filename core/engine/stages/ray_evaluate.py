@@ -12,7 +12,7 @@ the local engine's. Time and finish then run on the head as usual.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -70,7 +70,8 @@ def evaluate_on_ray(run: RunContext) -> ReferenceOutputs:
         # probe images the time stage reads, so the cluster is not needed.
         return saved
     with ray_engine.job_session(run.job) as cluster:
-        run.report.data["engine"] = cluster.to_dict()
+        engine = cluster.engine_info()
+        run.report.put(engine)
         run.report.save()
         decoded = _decode_probe(run)
         # Nothing is cached for calibration here: every drawn image is decoded afresh, which
@@ -84,7 +85,7 @@ def evaluate_on_ray(run: RunContext) -> ReferenceOutputs:
         converted = _convert_pending(run, calibration)
         run.emit("evaluate", 0.0, f"evaluating on Ray ({cluster.cpus} CPUs)")
         evaluation = _evaluate_on_cluster(run, decoded.evaluated, converted)
-        run.report.data["engine"]["batches_by_node"] = evaluation.batches_by_node
+        run.report.put(replace(engine, batches_by_node=evaluation.batches_by_node))
         run.report.save()
     reference = saved if saved is not None else _record_reference(run, evaluation, calibration)
     if [s.index for s in evaluation.kept] != reference.sample_indices:

@@ -75,7 +75,7 @@ def run_reference(
     `on_decoded(count)` hears how many images the decoded cache holds after each batch (the
     convert stage starts its first conversion from the first ones).
     """
-    from core.inputs.presets import apply_preset
+    from core.engine.runtime import OriginalRunner
 
     saved = saved_reference(run)
     if saved is not None:
@@ -86,6 +86,7 @@ def run_reference(
     )
     raw.path.unlink(missing_ok=True)
     probabilities = True
+    original = OriginalRunner(run.model, preset=run.job.preset)
     for batch in decoded.batches():
         if on_decoded is not None:
             on_decoded(len(decoded.kept))
@@ -95,7 +96,7 @@ def run_reference(
             f"running the original on {batch.done}/{batch.total} images",
         )
         maybe_inject("reference")
-        outputs = run.model.predict(apply_preset(batch.pixels, run.job.preset))
+        outputs = original.infer(batch.pixels)
         raw.append(outputs)
         probabilities = probabilities and outputs_are_probabilities(outputs)
     if not decoded.kept:

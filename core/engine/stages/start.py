@@ -19,6 +19,7 @@ from core.types import Dataset, JobSpec, RunStatus, SkippedSample, VariantSpec
 
 if TYPE_CHECKING:
     from core.engine.models import ReferenceModel
+    from core.reporting.runmodel import EngineInfo
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,7 @@ def require_same_inputs(
     """
     from core.errors import QuantLensError
     from core.inputs.datasets import dataset_sha256
+    from core.reporting.runmodel import CalibrationRecord, section_of
 
     if report["reference"].get("sha256") not in (None, model_sha):
         raise QuantLensError(
@@ -143,7 +145,8 @@ def require_same_inputs(
             "new run to score it"
         )
     # Recorded by the decode stage (core.engine.stages.decode.write_calibration_record).
-    calibrated_on = (report.get("calibration") or {}).get("sha256")
+    calibration = section_of(report, CalibrationRecord)
+    calibrated_on = None if calibration is None else calibration.sha256
     if calibrated_on is not None and (
         calibration_data is None or dataset_sha256(calibration_data) != calibrated_on
     ):
@@ -241,9 +244,10 @@ def new_report(
         pending_variant,
         pivot_name,
     )
+    from core.reporting.runmodel import put_section
 
     sig = model.signature
-    return {
+    report: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "run": {
             "id": run_dir.name,
@@ -290,6 +294,9 @@ def new_report(
             "threads": job.threads,
             "min_agreement_pct": job.min_agreement_pct,
             "verdict": job.verdict,
+            "target": job.target,
+            "arena_kb": job.arena_kb,
+            "perturb": job.perturb,
             "seed": job.seed,
             "latency_runs": job.latency_runs,  # None: as many as the budget allows
             "latency_budget_s": None if job.latency_runs else job.latency_budget_s,
@@ -305,14 +312,17 @@ def new_report(
             for spec in specs
         ],
         "environment": environment(threads=effective_threads(job)),
-        "engine": local_engine_info(),  # the Ray stage replaces it once it has joined a cluster
         "warnings": [],
     }
+    put_section(report, local_engine_info())  # the Ray stage replaces it once it joins a cluster
+    return report
 
 
-def local_engine_info() -> dict[str, Any]:
+def local_engine_info() -> EngineInfo:
     """report.json's `engine` for a run on this machine alone (it also times the models)."""
     import socket
 
+    from core.reporting.runmodel import EngineInfo
+
     host = socket.gethostname()
-    return {"name": "local", "address": None, "nodes": [host], "latency_node": host}
+    return EngineInfo(name="local", address=None, nodes=(host,), latency_node=host)

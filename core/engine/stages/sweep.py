@@ -9,13 +9,13 @@ saved after every point. Sweep points are not variants: no page lists them as su
 
 On --engine ray the points are quantized as Ray tasks (core.engine.ray_engine.quantize_as_tasks)
 and evaluated together in a cluster pass; their rows come from the measurement the local
-engine's points end in (stages.diagnose.measurement), so the numbers are the same.
+engine's points end in (stages.measure.measurement), so the numbers are the same.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,8 +26,9 @@ from core.engine.stages.files import DecodedCache
 from core.engine.stages.reference import ReferenceOutputs
 from core.errors import QuantLensError
 from core.inputs import rundir
+from core.reporting.runmodel import Sweep, SweepMode, SweepRow
 from core.runfolder.protocol import DECODED_CACHE
-from core.types import Backend, Mode, VariantSpec
+from core.types import Backend, JobSpec, Mode, VariantSpec
 
 if TYPE_CHECKING:
     from core.engine.fixes.keep_float import Measurement
@@ -88,7 +89,8 @@ def run_sweep(run: RunContext, reference: ReferenceOutputs) -> None:
         return
     source, images = _calibration_pool(run, reference)
     sizes = sorted({min(n, len(images)) for n in job.calibration_sweep if len(images)})
-    section = _new_section(run, source, len(images), sizes)
+    section = _new_section(source, len(images), sizes, run.job)
+    _save(run, section)
     float_tflite = _float_model(run)
     points = [
         SweepPoint(mode, n, s, point_draw(len(images), n, s, job.seed))
@@ -126,14 +128,14 @@ def _calibration_pool(run: RunContext, reference: ReferenceOutputs) -> tuple[str
 def _sweep_here(
     run: RunContext,
     reference: ReferenceOutputs,
-    section: dict[str, Any],
+    section: Sweep,
     float_tflite: bytes,
     images: np.ndarray,
     points: list[SweepPoint],
 ) -> None:
     """The local engine: quantize, write and measure each point in turn, saving each row."""
     from core.engine.quantizer import quantize_float_tflite
-    from core.engine.stages.diagnose import measure_tflite
+    from core.engine.stages.measure import measure_tflite
 
     failed: set[Mode] = set()
     for done, point in enumerate(points, start=1):
@@ -149,15 +151,14 @@ def _sweep_here(
         except QuantLensError as exc:
             outcome = str(exc)
             failed.add(point.mode)
-        _record_point(section, point, outcome)
-        _summarise(section, run.job.calibration_samples)
-        run.report.save()
+        section = _record_point(section, point, outcome)
+        _save(run, _summarise(section, run.job.calibration_samples))
 
 
 def _sweep_on_ray(
     run: RunContext,
     reference: ReferenceOutputs,
-    section: dict[str, Any],
+    section: Sweep,
     float_tflite: bytes,
     images: np.ndarray,
     points: list[SweepPoint],
@@ -176,14 +177,13 @@ def _sweep_on_ray(
         passes = cluster_passes(list(written), len(reference), reference.num_classes)
         for number, group in enumerate(passes):
             outcomes.update(_measured_on_ray(run, reference, written, group, (number, len(passes))))
-    record_in_order(section, points, outcomes)
-    _summarise(section, run.job.calibration_samples)
-    run.report.save()
+    section = record_in_order(section, points, outcomes)
+    _save(run, _summarise(section, run.job.calibration_samples))
 
 
 def record_in_order(
-    section: dict[str, Any], points: list[SweepPoint], outcomes: dict[str, Measurement | str]
-) -> None:
+    section: Sweep, points: list[SweepPoint], outcomes: dict[str, Measurement | str]
+) -> Sweep:
     """Record the points' outcomes (by point name) in point order, as the local engine records
     them one by one: a mode's first error replaces its rows, and its later points are left out
     (as are points with no outcome: they were not made)."""
@@ -194,7 +194,8 @@ def record_in_order(
         outcome = outcomes[point.name]
         if isinstance(outcome, str):
             failed.add(point.mode)
-        _record_point(section, point, outcome)
+        section = _record_point(section, point, outcome)
+    return section
 
 
 def _quantized_on_ray(
@@ -250,7 +251,8 @@ def _measured_on_ray(
     (`which`: its number from 0, and how many there are): each point's measurement from its
     outputs and the size of its file (`written`), or the error of a point that failed there."""
     from core.engine import ray_engine
-    from core.engine.stages.diagnose import measurement, row_samples
+    from core.engine.stages.diagnose import row_samples
+    from core.engine.stages.measure import measurement
     from core.engine.stages.ray_evaluate import check_same_rows, reference_source
 
     number, passes = which
@@ -289,37 +291,43 @@ def _write_point(run: RunContext, point: SweepPoint, tflite: bytes) -> None:
     rundir.write_atomic(run.run_dir / point.file, tflite)
 
 
-def _record_point(section: dict[str, Any], point: SweepPoint, outcome: Measurement | str) -> None:
+def _record_point(section: Sweep, point: SweepPoint, outcome: Measurement | str) -> Sweep:
     """A point's row in its mode, or its error as the mode's (which then has no points)."""
+    mode = str(point.mode)
     if isinstance(outcome, str):
-        section["modes"][str(point.mode)] = {"error": outcome, "points": []}
-    else:
-        section["modes"][str(point.mode)]["points"].append(_point_row(point, outcome))
+        return section.with_mode(mode, SweepMode(error=outcome))
+    entry = section.modes.get(mode) or SweepMode()
+    rows = (*entry.points, _point_row(point, outcome))
+    return section.with_mode(mode, replace(entry, points=rows))
 
 
-def _point_row(point: SweepPoint, measured: Measurement) -> dict[str, Any]:
+def _point_row(point: SweepPoint, measured: Measurement) -> SweepRow:
     """A point's row in the `sweep` section, from its measurement on every evaluated image."""
     from core.metrics.agreement import wilson_interval
 
     agreeing = round(measured.agreement_pct * measured.n / 100.0)
     low, high = wilson_interval(agreeing, measured.n)  # fractions; the report says %
-    return {
-        "size": point.size,
-        "seed": point.seed,
-        "agreement_pct": measured.agreement_pct,
-        "ci95": [100.0 * low, 100.0 * high],
-        "n": measured.n,
-        "mean_kl": measured.mean_kl,
-        "size_bytes": measured.size_bytes,
-        "file": point.file,
-    }
+    return SweepRow(
+        size=point.size,
+        seed=point.seed,
+        agreement_pct=measured.agreement_pct,
+        ci95=(100.0 * low, 100.0 * high),
+        n=measured.n,
+        mean_kl=measured.mean_kl,
+        size_bytes=measured.size_bytes,
+        file=point.file,
+    )
 
 
-def _new_section(run: RunContext, source: str, pool: int, sizes: list[int]) -> dict[str, Any]:
+def _save(run: RunContext, section: Sweep) -> None:
+    run.report.put(section)
+    run.report.save()
+
+
+def _new_section(source: str, pool: int, sizes: list[int], job: JobSpec) -> Sweep:
     """report.json's `sweep`, before any point: what is swept, from which pool."""
     from core.reporting.sweep import FLAT_WITHIN_PP
 
-    job = run.job
     capped = sorted(n for n in job.calibration_sweep if n > pool)
     notes = []
     if capped:
@@ -329,23 +337,20 @@ def _new_section(run: RunContext, source: str, pool: int, sizes: list[int]) -> d
         )
     if sizes and sizes[-1] == pool and job.sweep_seeds > 1:
         notes.append(f"at n={pool} every seed draws the whole pool, so that size shows no spread")
-    section: dict[str, Any] = {
-        "backend": str(Backend.QUANTIZER),
-        "requested_sizes": list(job.calibration_sweep),
-        "sizes": sizes,
-        "seeds": job.sweep_seeds,
-        "pool_source": source,
-        "pool_images": pool,
-        "evaluated_n": None,
-        "flat_within_pp": FLAT_WITHIN_PP,
-        "run_calibration_samples": job.calibration_samples,
-        "notes": notes,
-        "modes": {str(mode): {"points": []} for mode in SWEEP_MODES},
-        "statement": "",
-    }
-    run.report.data["sweep"] = section
-    run.report.save()
-    return section
+    return Sweep(
+        backend=str(Backend.QUANTIZER),
+        requested_sizes=tuple(job.calibration_sweep),
+        sizes=tuple(sizes),
+        seeds=job.sweep_seeds,
+        pool_source=source,
+        pool_images=pool,
+        evaluated_n=None,
+        flat_within_pp=FLAT_WITHIN_PP,
+        run_calibration_samples=job.calibration_samples,
+        notes=tuple(notes),
+        modes={str(mode): SweepMode() for mode in SWEEP_MODES},
+        statement="",
+    )
 
 
 def _float_model(run: RunContext) -> bytes:
@@ -357,25 +362,29 @@ def _float_model(run: RunContext) -> bytes:
     return float_tflite(run)
 
 
-def _summarise(section: dict[str, Any], run_size: int) -> None:
+def _summarise(section: Sweep, run_size: int) -> Sweep:
     """Per mode: the per-size spread and where it flattens; the section's statement."""
     from core.reporting.sweep import flattens_at, size_summary, statement
 
     lines = []
-    for mode, entry in section["modes"].items():
-        if entry.get("error"):
-            lines.append(f"{mode}: not swept ({entry['error']})")
+    for mode, entry in section.modes.items():
+        if entry.error:
+            lines.append(f"{mode}: not swept ({entry.error})")
             continue
-        if not entry["points"]:
+        if not entry.points:
             continue
-        summary = size_summary(entry["points"])
-        entry["summary"] = summary
-        entry["flattens_at"] = flattens_at(summary)
-        flat = entry["flattens_at"]
-        entry["run_size_enough"] = (
-            None if flat is None or flat == summary[-1]["size"] else (run_size >= flat)
+        summary = size_summary(entry.points)
+        flat = flattens_at(summary)
+        said = statement(mode, summary, run_size)
+        summarised = replace(
+            entry,
+            summary=tuple(summary),
+            flattens_at=flat,
+            run_size_enough=(
+                None if flat is None or flat == summary[-1]["size"] else (run_size >= flat)
+            ),
+            statement=said,
         )
-        entry["statement"] = statement(mode, summary, run_size)
-        lines.append(entry["statement"])
-        section["evaluated_n"] = entry["points"][0]["n"]
-    section["statement"] = "; ".join(lines + section["notes"])
+        section = replace(section.with_mode(mode, summarised), evaluated_n=entry.points[0].n)
+        lines.append(said)
+    return replace(section, statement="; ".join(lines + list(section.notes)))

@@ -1,5 +1,5 @@
-"""Where the embedded demos' models and data live in the workspace (built by core.engine.demo
-and core.engine.outlier_demo).
+"""Where the embedded demos' models and data live in the workspace (built by
+core.engine.demo_models and core.engine.outlier_demo).
 
 Three demo models share one data set: the small MobileNet-style classifier (built on first
 launch), a conv net with one outlier activation channel at 16x16 (built next, in seconds: a

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from core.inputs.demo import demo_paths, mobilenet_demo_paths
-from core.jobs.demo_build import (
+from core.inputs.demo_paths import demo_paths, mobilenet_demo_paths
+from core.jobs.demo_jobs import (
     CHAIN_ENV,
     MOBILENET,
     SMALL,
@@ -125,7 +125,7 @@ def test_a_first_launch_chains_the_mobilenet_build_unless_the_operator_says_0(
 def test_a_killed_builds_staging_folder_is_removed_by_the_next_build(tmp_path: Path) -> None:
     """A build killed with SIGKILL cannot clean up: the next one removes its staging folder,
     and leaves alone one whose build is still running."""
-    from core.engine.demo import _staging_folder
+    from core.engine.demo_models import _staging_folder
 
     dead = tmp_path / ".mobilenetv2-999999-abc"  # no such process
     running = tmp_path / f".mobilenetv2-{os.getppid()}-xyz"  # the test runner's parent is alive
@@ -143,8 +143,8 @@ def test_the_outlier_demo_is_built_between_the_small_and_the_mobilenet_one(
 ) -> None:
     """small -> outlier (seconds) -> MobileNetV2: each build starts the next one, and the
     operator's 0 keeps a first launch to the small demo."""
-    from core.inputs.demo import outlier_demo_paths
-    from core.jobs.demo_build import OUTLIER
+    from core.inputs.demo_paths import outlier_demo_paths
+    from core.jobs.demo_jobs import OUTLIER
 
     monkeypatch.delenv(CHAIN_ENV, raising=False)
     assert worker_command(tmp_path, OUTLIER, then_mobilenet=True, epochs=None) == [

@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 
 from core import posix
-from core.inputs.demo import (
+from core.inputs.demo_paths import (
     DemoPaths,
     demo_paths,
     demo_root,

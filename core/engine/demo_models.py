@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from core.inputs.demo import DemoPaths, demo_paths, demo_root, mobilenet_demo_paths
+from core.inputs.demo_paths import DemoPaths, demo_paths, demo_root, mobilenet_demo_paths
 
 INPUT_SIZE = 32  # digits are 8x8; 32x32 leaves room for three stride-2 blocks
 HELD_OUT_FRACTION = 0.35

@@ -1,0 +1,63 @@
+"""The runtime matrix on the dashboard: the variants x runtimes table (Overview) and the choice
+of a runtime whose flips the Disagreements gallery shows."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from core.reporting.results import RunResults
+from core.reporting.runtimes import FLIPS_MEANING, matrix_rows, runtime_label, subset_sentence
+from ui import keys
+
+NO_RUNTIME = ""  # the gallery's usual view: disagreements with the original
+
+
+def matrix_table(res: RunResults) -> None:
+    """One table, variants x runtimes, when the run has a runtime matrix (nothing otherwise)."""
+    header, rows = matrix_rows(res.report)
+    matrix = res.report.runtimes
+    if matrix is None or not rows:
+        return
+    st.subheader("Runtimes")
+    st.dataframe(
+        pd.DataFrame(rows, columns=header),
+        hide_index=True,
+        key=keys.OVERVIEW_RUNTIMES,
+    )
+    st.caption(
+        "Top-1 agreement with the original (95 % Wilson interval) of each variant's file under "
+        f"each runtime. {subset_sentence(matrix)}. {FLIPS_MEANING[0].upper()}{FLIPS_MEANING[1:]}; "
+        "the Disagreements page shows them."
+    )
+
+
+def flipping_runtimes(res: RunResults, variant: str) -> dict[str, tuple[int, ...]]:
+    """The runtimes that flip at least one image of `variant` against XNNPACK, and those images."""
+    matrix = res.report.runtimes
+    return {} if matrix is None else matrix.runtime_flips(variant)
+
+
+def runtime_filter(res: RunResults, variant: str) -> tuple[str, tuple[int, ...]] | None:
+    """The gallery filter "flipped by the runtime, not the quantization": (runtime, images) or
+    None when off or the run has no runtime that flips this variant."""
+    flips = flipping_runtimes(res, variant)
+    if not flips:
+        return None
+    options = [NO_RUNTIME, *flips]
+    if st.session_state.get(keys.DISAGREE_RUNTIME) not in options:
+        st.session_state[keys.DISAGREE_RUNTIME] = NO_RUNTIME
+    chosen = st.selectbox(
+        "Flipped by the runtime, not the quantization",
+        options,
+        key=keys.DISAGREE_RUNTIME,
+        format_func=lambda r: (
+            "off: disagreements with the original"
+            if r == NO_RUNTIME
+            else f"{runtime_label(r)}: {len(flips[r])} image(s) flipped against XNNPACK"
+        ),
+        help="Images whose top-1 under that runtime differs from the same file's top-1 under "
+        "XNNPACK: the runtime flipped them, not the quantization. The gallery shows XNNPACK's "
+        "answer.",
+    )
+    return None if chosen == NO_RUNTIME else (str(chosen), flips[str(chosen)])
