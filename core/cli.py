@@ -286,14 +286,28 @@ def _print_model_explorer_export(directory: Path) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """`export RUN --export model-explorer`: the node data of a finished run's diagnosed variants."""
+    """`export RUN --export model-explorer`: the node data of a finished run's quantized
+    variants; those that flipped no image are diagnosed first (the run is re-opened for them)."""
+    from core.jobs.launch import recover_interrupted
+    from core.jobs.rescore import request_diagnosis
+
     directory = _run_folder(args.run)
     if not (directory / rundir.REPORT).is_file():
         raise QuantLensError(
             f"{directory} has no report.json yet; export once the run has finished"
         )
-    _print_model_explorer_export(directory)
-    return EXIT_PASS
+    recover_interrupted()
+    asked = request_diagnosis(directory, home=None)
+    if not asked:
+        _print_model_explorer_export(directory)
+        return EXIT_PASS
+    print(f"diagnosing {', '.join(asked)} first (they flipped no image)", file=sys.stderr)
+    run_id = str(rundir.read_json(directory / rundir.STATUS).get("run_id") or directory.name)
+    quiet = argparse.Namespace(timeout=None, memory_gb=None, report=None, export=args.export)
+    code = _supervise(directory, run_id, quiet)
+    # The run's own verdict is not the export's: a finished re-open exported what it could.
+    done = rundir.read_json(directory / rundir.STATUS).get("status") == RunStatus.DONE
+    return EXIT_PASS if done else code
 
 
 def _run_folder(run: str) -> Path:

@@ -1,4 +1,5 @@
-"""Suite-wide guard: a test that is not marked slow (or e2e) must not load TensorFlow.
+"""Suite-wide guard: a test that is not marked slow (or e2e) must not load TensorFlow; and the
+demo, built once per test run for every test that needs it.
 
 `make test-fast` runs `-m "not slow and not e2e"` and promises seconds, not the minute that
 importing TensorFlow and building models costs. The check runs at teardown, after the test's
@@ -8,7 +9,9 @@ fixtures were set up, so a session fixture that builds a model is caught too.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -38,3 +41,20 @@ def pytest_runtest_teardown(item: pytest.Item) -> None:
             "mark it @pytest.mark.slow or keep it off the model path",
             pytrace=False,
         )
+
+
+@pytest.fixture(scope="session")
+def built_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The small demo (`python -m core demo --only small --out`), built once per test run: the
+    app tests and the browser tests copy it into their workspaces (a build trains a model)."""
+    root = tmp_path_factory.mktemp("built_demo") / "demo"
+    env = dict(os.environ, QUANTLENS_HOME=str(root.parent), TF_CPP_MIN_LOG_LEVEL="3")
+    subprocess.run(
+        [sys.executable, "-m", "core", "demo", "--only", "small", "--out", str(root)],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=900,
+    )
+    return root

@@ -14,7 +14,7 @@ from core.reporting.layer_figures import (
     layer_error_figure,
 )
 from core.reporting.layer_rank import layer_error
-from core.reporting.report import chosen_step
+from core.reporting.report import awaiting_diagnosis, chosen_step
 from core.reporting.results import RunResults
 from core.reporting.runmodel import Variant
 from core.types import RunStatus, short_name
@@ -38,11 +38,27 @@ if runs.run_status(res.run_id).get("status") in (RunStatus.QUEUED, RunStatus.RUN
             history.invalidate()
 
 diagnosed = [v for v in res.variants if v.extra.get("diagnosis")]
+waiting = awaiting_diagnosis({"variants": [v.to_dict() for v in res.variants]})
+if waiting:
+    st.info(
+        f"{fmt.text(', '.join(waiting))} flipped no image, so the run did not diagnose "
+        f"{'it' if len(waiting) == 1 else 'them'}. The per-layer statistics take a re-open of "
+        "the run (its images decoded again; every result stays as it is).",
+        icon=":material/info:",
+    )
+    if st.button("Diagnose them too", icon=":material/troubleshoot:", key="layers.diagnose"):
+        try:
+            jobs.diagnose_run(res.run_id, home=history.home())
+        except QuantLensError as exc:
+            st.error(str(exc))
+        else:
+            history.invalidate()
+            st.rerun()
 if not diagnosed:
     st.info(
         "No per-layer diagnosis in this run. Int8 variants (both backends) and every quantizer "
-        "variant are diagnosed when they finish; float16 and dynamic on the converter have no "
-        "per-layer statistics.",
+        "variant are diagnosed when they finish and flipped an image; float16 and dynamic on "
+        "the converter have no per-layer statistics.",
         icon=":material/info:",
     )
     st.stop()

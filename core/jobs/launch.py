@@ -51,6 +51,7 @@ __all__ = [
     "default_run_name",
     "demo_build_state",
     "demo_build_steps",
+    "diagnose_run",
     "inspect_model",
     "launch_run",
     "new_run_id",
@@ -218,6 +219,23 @@ def rescore_run(
     )
     launch_run(run_id, home=home_path)
     return name
+
+
+def diagnose_run(run_id: str, *, home: Path | None = None) -> list[str]:
+    """Ask for the per-layer diagnosis of the finished run's variants that flipped no image and
+    start its job (core.jobs.rescore.request_diagnosis); returns those variants (none waiting:
+    empty, and nothing started).
+
+    Raises:
+        QuantLensError: why the run cannot be re-opened, in one line.
+    """
+    from core.jobs.rescore import request_diagnosis
+
+    home_path = resolved_home(home)
+    names = request_diagnosis(_stored_run_dir(run_id, home_path), home=home_path)
+    if names:
+        launch_run(run_id, home=home_path)
+    return names
 
 
 def cancel_run(run_id: str, *, home: Path | None = None) -> None:

@@ -1,5 +1,6 @@
 """Re-score a finished run with chosen layers kept in float (issue 12, the Layers page's button
-and `python -m core rescore`).
+and `python -m core rescore`), and re-open it for the per-layer diagnosis of variants that
+flipped no image (`request_diagnosis`: the Layers page and `export` ask for it).
 
 The derived variant joins the SAME run: its pending entry is added to report.json (with
 `derived_by`), and the run is queued again. The worker the supervisor then starts treats it as
@@ -81,13 +82,7 @@ def add_rescore_variant(
         _require_known_layers(directory, entry, chosen)
         if any(v["name"] == derived.name for v in report["variants"]):
             raise QuantLensError(f"{derived.name} is already in this run; choose other layers")
-        run_id = str(status.get("run_id") or directory.name)
-        with opened_store(home) as store:
-            if store.get_run(run_id) is None:
-                raise QuantLensError(
-                    f"run {run_id} is not in this workspace's history; set QUANTLENS_HOME to "
-                    "the workspace that made it"
-                )
+        _require_stored(status, directory, home)
         _queue_again(directory, report, derived, status)
         added.append(derived)
 
@@ -187,6 +182,14 @@ def _queue_again(
             "command": rescore_command(directory, derived),
         }
     )
+    _reopen(directory, report, status, {"variant": derived.name})
+
+
+def _reopen(
+    directory: Path, report: dict[str, Any], status: dict[str, Any], what: dict[str, Any]
+) -> None:
+    """The run queued again (report.json and a fresh status.json) for the work `what` names,
+    with the status it goes back to if that work does not finish."""
     report["run"]["status"] = str(RunStatus.QUEUED)
     for stale in (protocol.CANCEL_FLAG, rundir.PROGRESS):
         (directory / stale).unlink(missing_ok=True)
@@ -199,7 +202,7 @@ def _queue_again(
             "created": time.time(),
             "finished": None,
             RESCORE_KEY: {
-                "variant": derived.name,
+                **what,
                 "previous_status": status.get("status"),
                 "previous_error": status.get("error"),
             },
@@ -230,4 +233,62 @@ def status_after(
     if not rescore or status is RunStatus.DONE:
         return status, error
     previous = RunStatus(rescore.get("previous_status") or RunStatus.DONE)
-    return previous, f"re-scoring {rescore['variant']} {status}: {error or 'no reason given'}"
+    doing = rescore.get("doing") or f"re-scoring {rescore['variant']}"
+    return previous, f"{doing} {status}: {error or 'no reason given'}"
+
+
+def request_diagnosis(directory: Path, *, home: Path | None) -> list[str]:
+    """Ask for the per-layer diagnosis of the finished run's variants that flipped no image
+    (core.reporting.report.awaiting_diagnosis) and queue the run again; the caller starts its
+    supervisor. The worker then diagnoses them, as it would a variant that flipped images, and
+    leaves every result as it was.
+
+    Returns:
+        The variants to be diagnosed; empty (and nothing queued) when none waits.
+
+    Raises:
+        QuantLensError: the run is not finished, or not in this workspace's history.
+    """
+    from core.reporting.report import DIAGNOSIS_ON_REQUEST, ON_REQUEST_ASKED, awaiting_diagnosis
+
+    asked: list[str] = []
+
+    def queue(report: dict[str, Any]) -> None:
+        status = protocol.read_status(directory)
+        state = RunStatus(status.get("status") or RunStatus.QUEUED)
+        if not state.finished:
+            raise QuantLensError(
+                f"the run is still {state}; ask for its diagnosis once it has finished"
+            )
+        names = awaiting_diagnosis(report)
+        if not names:
+            return
+        _require_stored(status, directory, home)
+        for entry in report["variants"]:
+            if entry["name"] in names:
+                entry[DIAGNOSIS_ON_REQUEST] = ON_REQUEST_ASKED
+        what = {"variant": ", ".join(names), "doing": f"diagnosing {', '.join(names)}"}
+        _reopen(directory, report, status, what)
+        asked.extend(names)
+
+    report = runmodel.update_report(directory, queue)
+    if report is None:
+        raise QuantLensError(
+            f"run {directory.name} has no report yet; wait for it to finish or pick another run"
+        )
+    if asked:
+        run_id = str(protocol.read_status(directory).get("run_id") or directory.name)
+        with opened_store(home) as store:
+            store.sync_report(run_id, report)
+            store.set_status(run_id, RunStatus.QUEUED)
+    return asked
+
+
+def _require_stored(status: dict[str, Any], directory: Path, home: Path | None) -> None:
+    run_id = str(status.get("run_id") or directory.name)
+    with opened_store(home) as store:
+        if store.get_run(run_id) is None:
+            raise QuantLensError(
+                f"run {run_id} is not in this workspace's history; set QUANTLENS_HOME to "
+                "the workspace that made it"
+            )

@@ -32,6 +32,9 @@ from core.metrics.agreement import mcnemar_exact
 CHECK_IMAGES = 48
 MIN_GAIN_PP = 15.0
 MAX_P_VALUE = 0.01
+# A run looks at this many of them first (every other one) and at the rest only when another
+# preset is at least half the gain ahead there: a right preset costs half the predictions.
+FIRST_LOOK_IMAGES = CHECK_IMAGES // 2
 # Fewer labelled images than this: judge by confidence instead of accuracy.
 MIN_LABELLED = 10
 
@@ -42,6 +45,16 @@ def check_indices(count: int, wanted: int = CHECK_IMAGES) -> list[int]:
     if count <= wanted:
         return list(range(count))
     return sorted({int(i) for i in np.linspace(0, count - 1, wanted).round()})
+
+
+def needs_all_images(first_look: Mapping[str, Any], used: str) -> bool:
+    """Whether a trial on the first look's images leaves a preset that may be clearly better
+    than `used` on all of them: one at least half of MIN_GAIN_PP ahead. Fewer images can only
+    say "not clearly better" sooner; a verdict of "better" is always made on every image."""
+    check = judge_presets(first_look, used)
+    return any(
+        (entry.get("gain_pp") or 0.0) >= MIN_GAIN_PP / 2 for entry in check["presets"].values()
+    )
 
 
 def _arrays(entry: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:

@@ -13,7 +13,7 @@ from core.reporting.report import (
     variant_of,
     verdict,
 )
-from core.reporting.runmodel import RunReport, Variant, report_from
+from core.reporting.runmodel import RunReport, RuntimeMatrix, Variant, report_from
 from core.reporting.speedup import BASELINE_LABEL, ORIGINAL_LABEL, times
 from core.reporting.targets import (
     DEFAULT_TARGET,
@@ -220,9 +220,31 @@ def _speed_words(v: Variant, baseline: Variant | None) -> str:
     return head
 
 
-def _judged_figures(v: Variant) -> tuple[float, tuple[float, float] | None, int | None, str]:
+# The runtimes whose answers stand for a microcontroller's, most faithful first: TFLite-Micro
+# itself, else LiteRT's reference kernels, which TFLite-Micro matches bit for bit.
+MCU_RUNTIMES = ("tflm", "reference")
+
+Figures = tuple[float, tuple[float, float] | None, int | None, str]
+
+
+def _device_figures(v: Variant, runtimes: RuntimeMatrix | None, target: Target) -> Figures | None:
+    """For the mcu target, a variant's agreement under TFLite-Micro or the reference kernels
+    when the run measured it there (`--runtimes`): XNNPACK's answers are not the device's."""
+    if target != Target.MCU or runtimes is None:
+        return None
+    for runtime in MCU_RUNTIMES:
+        cell = runtimes.cell(v.name, runtime)
+        if cell is not None and cell.agreement_pct is not None and cell.ci_low_pct is not None:
+            ci = (float(cell.ci_low_pct), float(cell.ci_high_pct or 100.0))
+            where = " under TFLite-Micro" if runtime == "tflm" else " under the reference kernels"
+            return float(cell.agreement_pct), ci, cell.n, where
+    return None
+
+
+def _judged_figures(v: Variant, device: Figures | None = None) -> Figures:
     """The agreement, interval and n a variant is judged by: for a fix auto-fix derived, those
-    of the images its search did not see (the images that chose a fix never vouch for it)."""
+    of the images its search did not see (the images that chose a fix never vouch for it);
+    else the target's own runtime when it was measured (`device`); else the run's."""
     held_out = v.held_out
     if held_out is not None:
         return (
@@ -231,18 +253,20 @@ def _judged_figures(v: Variant) -> tuple[float, tuple[float, float] | None, int 
             held_out.n,
             " on the images its fix search did not see",
         )
+    if device is not None:
+        return device
     r = v.result
     return float(r.top1_agreement_pct or 0), r.top1_agreement_ci95, r.n, ""
 
 
-def _passes(v: Variant, threshold_pct: float, rule: str) -> bool:
+def _passes(v: Variant, threshold_pct: float, rule: str, device: Figures | None = None) -> bool:
     """Whether `v` meets the threshold under the run's verdict rule (what its PASS says)."""
-    pct, ci, _, _ = _judged_figures(v)
+    pct, ci, _, _ = _judged_figures(v, device)
     return meets_threshold(pct, ci, threshold_pct, rule)
 
 
-def _agreement_words(v: Variant) -> str:
-    pct, ci, n, where = _judged_figures(v)
+def _agreement_words(v: Variant, device: Figures | None = None) -> str:
+    pct, ci, n, where = _judged_figures(v, device)
     bound = f", lower 95 % bound {float(ci[0]):.1f} %" if ci else ""
     return f"top-1 agreement {pct:.1f} %{bound}, n={n}{where}"
 
@@ -319,7 +343,8 @@ def recommendation(
             out["excluded"].append({"variant": v.name, "reason": why})
     candidates, out["listed_once"] = listed_once(runnable)
     baseline = typed.variant(BASELINE)
-    qualified = [v for v in candidates if _passes(v, threshold, typed.verdict_rule)]
+    device = {v.name: _device_figures(v, typed.runtimes, chosen) for v in candidates}
+    qualified = [v for v in candidates if _passes(v, threshold, typed.verdict_rule, device[v.name])]
     not_slower = sorted(
         (v for v in qualified if _slower_than_float32(v, baseline) is None),
         key=_smallest_then_fastest,
@@ -333,7 +358,7 @@ def recommendation(
         pick = ranked[0]
         runner_up = ranked[1] if len(ranked) > 1 else None
         reason = (
-            f"{short_name(pick.name)}: {_agreement_words(pick)}, at {_mb(pick)}; "
+            f"{short_name(pick.name)}: {_agreement_words(pick, device[pick.name])}, at {_mb(pick)}; "
             f"{_speed_words(pick, baseline)}"
         )
         factor = _slower_than_float32(pick, baseline)

@@ -120,11 +120,37 @@ def parent_name(spec: VariantSpec) -> str | None:
     return spec.without_overrides().name
 
 
+# A variant entry's `diagnosis_on_request`: a finished variant that flipped no image is not
+# diagnosed during its run (the diagnosis would explain no flip, and cost every run seconds);
+# the Layers page or `export` asks for it, which re-opens the run (core.jobs.rescore).
+DIAGNOSIS_ON_REQUEST = "diagnosis_on_request"
+ON_REQUEST_WAITING = "waiting"  # flipped no image; not diagnosed yet
+ON_REQUEST_ASKED = "asked"  # asked for: the re-opened run diagnoses it
+
+
+def defer_diagnosis(report: dict[str, Any], name: str) -> None:
+    """Mark a finished variant that flipped no image as diagnosed only when asked."""
+    entry = next(v for v in report["variants"] if v["name"] == name)
+    entry.setdefault(DIAGNOSIS_ON_REQUEST, ON_REQUEST_WAITING)
+
+
+def awaiting_diagnosis(report: Mapping[str, Any]) -> list[str]:
+    """The finished variants whose per-layer diagnosis waits to be asked for, in run order."""
+    return [
+        str(v["name"])
+        for v in report.get("variants") or []
+        if v.get(DIAGNOSIS_ON_REQUEST) == ON_REQUEST_WAITING
+        and v.get("status") == VariantStatus.DONE
+        and not v.get("diagnosis")
+    ]
+
+
 def record_diagnosis(report: dict[str, Any], name: str, summary: dict[str, Any] | None) -> None:
     """A variant's per-layer diagnosis (core.engine.diagnose): on its entry, and its suspects'
     layer names in the top-level `diagnosis` (DESIGN §9; the full table is `<name>.layers.csv`)."""
     entry = next(v for v in report["variants"] if v["name"] == name)
     entry["diagnosis"] = summary
+    entry.pop(DIAGNOSIS_ON_REQUEST, None)
     top = report.setdefault("diagnosis", {})
     top[name] = None if summary is None else [s["layer"] for s in summary["suspects"]]
 

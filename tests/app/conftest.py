@@ -48,26 +48,17 @@ def open_page() -> OpenPage:
 
 
 @pytest.fixture(scope="session")
-def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A workspace with the real demo built and one real run (float16, int8) in runs/.
-
-    Built once per session with the real engine (`python -m core demo`, `python -m core run`):
-    a couple of minutes on two cores.
-    """
+def demo_home(tmp_path_factory: pytest.TempPathFactory, built_demo: Path) -> Path:
+    """A workspace with the real demo (the session's one build) and one real run (float16,
+    int8) in runs/, made once per session with the real engine (`python -m core run`)."""
     import os
+    import shutil
     import subprocess
     import sys
 
     h = tmp_path_factory.mktemp("demo_home")
+    shutil.copytree(built_demo, h / "demo", symlinks=True)
     env = dict(os.environ, QUANTLENS_HOME=str(h), TF_CPP_MIN_LOG_LEVEL="3")
-    subprocess.run(
-        [sys.executable, "-m", "core", "demo", "--only", "small"],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=900,
-    )
     from core.inputs.demo_paths import demo_paths
 
     paths = demo_paths(h)

@@ -121,6 +121,36 @@ def test_rescore_button_adds_the_derived_variant_and_queues_the_run(
     assert not at.error
 
 
+def test_a_variant_waiting_for_its_diagnosis_is_offered_and_the_button_queues_the_run(
+    home: Path, open_page: OpenPage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """float16 flipped no image, so its run left it undiagnosed: the page says so and its button
+    asks for the diagnosis (tests/core/test_diagnose_on_request.py runs the real job)."""
+    from core.jobs import launch
+    from core.reporting.report import DIAGNOSIS_ON_REQUEST, ON_REQUEST_ASKED, ON_REQUEST_WAITING
+
+    run_dir = _diagnosed_run(home)
+    report = read_report(run_dir)
+    float16 = next(v for v in report["variants"] if v["name"] == "float16")
+    float16[DIAGNOSIS_ON_REQUEST] = ON_REQUEST_WAITING
+    (run_dir / rundir.REPORT).write_text(json.dumps(report), encoding="utf-8")
+    started: list[str] = []
+    monkeypatch.setattr(launch, "launch_run", lambda run_id, **_: started.append(run_id))
+    at = open_page("layers")
+    assert any("float16 flipped no image" in i.value for i in at.info), [i.value for i in at.info]
+    assert at.selectbox(key="layers.variant").options == ["int8"]  # the diagnosed one, as before
+    at.button(key="layers.diagnose").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert started == ["run-fixture"]
+    entry = next(v for v in read_report(run_dir)["variants"] if v["name"] == "float16")
+    assert entry[DIAGNOSIS_ON_REQUEST] == ON_REQUEST_ASKED
+    status = rundir.read_json(run_dir / rundir.STATUS)
+    assert status["status"] == "queued" and status["rescore"]["previous_status"] == "done"
+    assert status["rescore"]["doing"] == "diagnosing float16"
+    assert not at.error
+
+
 def test_rescore_errors_are_one_line_on_the_page(
     home: Path, open_page: OpenPage, monkeypatch: pytest.MonkeyPatch
 ) -> None:

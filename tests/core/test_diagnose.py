@@ -261,7 +261,8 @@ def test_quantizer_variants_diagnosed_side_by_side_each_get_their_own_table(
 ) -> None:
     """Three quantizer variants are diagnosed on two threads: each table is its own variant's,
     equal to the comparison run here on its `.tflite` and the calibration images the run
-    lists, one variant at a time."""
+    lists, one variant at a time. Those that flipped no image are diagnosed when `export`
+    asks (two at a time too, in the re-opened run)."""
     from core.engine.diagnose import _float_ops, tensor_comparison
     from core.inputs.images import decode_image
     from core.inputs.presets import apply_preset
@@ -276,6 +277,8 @@ def test_quantizer_variants_diagnosed_side_by_side_each_get_their_own_table(
         "--latency-runs", "3", "--out", str(out), home=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
+    exported = run_cli("export", str(out), home=tmp_path)
+    assert exported.returncode == 0, exported.stderr[-2000:]
     report = json.loads((out / "report.json").read_text())
     with (out / "calibration.csv").open(encoding="utf-8") as f:
         listed = [data.parent / r["relpath"] for r in csv.DictReader(f)]

@@ -116,6 +116,52 @@ def test_a_load_change_that_hits_both_models_alike_is_not_flagged() -> None:
     assert spread.value == pytest.approx(3.0) and spread.unstable is None
 
 
+def test_blocks_that_disagree_alone_do_not_start_a_second_session(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A speed-up whose blocks disagree carries its own `unstable` line; only a model whose own
+    samples are unstable is timed again (a second session doubled the bench's timing stage)."""
+    from types import SimpleNamespace
+
+    from core.engine.stages import latency
+    from core.engine.timing import TimedModel
+
+    def drifting(block_medians: list[float]) -> TimedModel:
+        # 20 runs per block around each median: each model's own spread stays narrow.
+        samples = np.concatenate([m * np.linspace(0.99, 1.01, 20) for m in block_medians])
+        return TimedModel(samples=samples, blocks=[20] * len(block_medians))
+
+    session = {
+        latency.ORIGINAL: drifting([5.0] * 5),
+        latency.BASELINE: drifting([1.0, 1.1, 1.2, 1.3, 1.4]),  # the load rose ...
+        "int8": drifting([1.4, 1.3, 1.2, 1.1, 1.0]),  # ... as this one's fell
+    }
+    spread = speedup_spread(session["float32"].split(), session["int8"].split())
+    assert spread.unstable is not None  # the blocks disagree (1.96×) ...
+    assert latency.unstable_models(session) == {}  # ... but no model's own samples do
+
+    sessions: list[int] = []
+
+    def timed_session(*_: object, **__: object) -> dict[str, TimedModel]:
+        sessions.append(1)
+        return session
+
+    monkeypatch.setattr(latency, "time_interleaved", timed_session)
+    job = SimpleNamespace(latency_runs=100, warmup_runs=5, latency_budget_s=2.0)
+    run = SimpleNamespace(job=job, emit=lambda *args: None)
+    timed, warnings = latency.stable_session(run, {}, ["float32", "int8"])  # type: ignore[arg-type]
+    assert (len(sessions), warnings, timed) == (1, {}, session)
+
+    # A model whose own samples split into two clusters is timed once more, and says so.
+    rng = np.random.default_rng(0)
+    session["int8"] = TimedModel(
+        samples=rng.permutation(np.r_[np.full(50, 1.0), np.full(50, 3.0)]), blocks=[20] * 5
+    )
+    _, warnings = latency.stable_session(run, {}, ["float32", "int8"])  # type: ignore[arg-type]
+    assert len(sessions) == 3 and list(warnings) == ["int8"]
+    assert "two clusters" in warnings["int8"] and "measured twice" in warnings["int8"]
+
+
 def test_split_blocks_cuts_samples_back_into_their_blocks() -> None:
     parts = split_blocks([1, 2, 3, 4, 5], [2, 3])
     assert [p.tolist() for p in parts] == [[1.0, 2.0], [3.0, 4.0, 5.0]]

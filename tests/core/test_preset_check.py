@@ -10,8 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.metrics.preset_check import MIN_GAIN_PP, check_indices, judge_presets
-from tests.core.conftest import TINY_CLASSES, TINY_SIZE
+from core.metrics.preset_check import (
+    CHECK_IMAGES,
+    FIRST_LOOK_IMAGES,
+    MIN_GAIN_PP,
+    check_indices,
+    judge_presets,
+    needs_all_images,
+)
+from tests.core.conftest import TINY_CLASSES, TINY_SIZE, write_tiny_images
 from tests.core.test_cli import run_cli
 
 # The tiny data set's class colours (tests.core.conftest.write_tiny_images), as the mean of
@@ -181,26 +188,51 @@ def test_a_run_with_the_wrong_preset_names_the_better_one(
 
 
 @pytest.mark.slow
-def test_the_right_preset_gets_no_advice(
-    raw_input_model: Path, tiny_data: Path, tmp_path: Path
+def test_a_right_preset_costs_half_the_check_and_a_wrong_one_is_judged_on_all(
+    raw_input_model: Path, tmp_path: Path
 ) -> None:
-    done = run_cli(
-        "run",
-        str(raw_input_model),
-        "--data",
-        str(tiny_data),
-        "--modes",
-        "float16",
-        "--preprocess",
-        "raw",
-        "--out",
-        str(tmp_path / "out"),
-        "--latency-runs",
-        "3",
-        home=tmp_path / "home",
+    """The run's check (stages.start.check_preset, in process: the CLI's wiring is the test
+    above): on 48 images the right preset is settled on the first look's 24, every other one;
+    a wrong preset, with another far ahead there, is judged on all 48."""
+    from core.engine.models import load_reference
+    from core.engine.stages.start import check_preset
+    from core.inputs.datasets import load_dataset
+    from core.types import JobSpec, Preset
+
+    def _job(model_path: Path, data_path: Path, preset: str) -> JobSpec:
+        return JobSpec(model_path=str(model_path), data_path=str(data_path), preset=Preset(preset))
+
+    data = write_tiny_images(tmp_path / "data", per_class=12)
+    dataset = load_dataset(data)
+    model = load_reference(raw_input_model)
+    raw_top1, labels = _mean_pixel_predictions(data, "raw")
+    assert len(labels) == CHECK_IMAGES and bool(np.all(raw_top1 == labels))
+
+    right: dict[str, object] = {"warnings": []}
+    check_preset(right, model, dataset, _job(raw_input_model, data, "raw"))
+    check = right["preset_check"]
+    assert isinstance(check, dict)
+    assert check["better"] is None and right["warnings"] == []
+    assert check["n"] == FIRST_LOOK_IMAGES == CHECK_IMAGES // 2
+    assert check["presets"]["raw"]["accuracy_pct"] == 100.0
+
+    wrong: dict[str, object] = {"warnings": []}
+    check_preset(wrong, model, dataset, _job(raw_input_model, data, "caffe"))
+    check = wrong["preset_check"]
+    assert isinstance(check, dict)
+    caffe_top1, _ = _mean_pixel_predictions(data, "caffe")
+    assert check["n"] == CHECK_IMAGES and check["better"] == "raw"
+    assert check["presets"]["caffe"]["accuracy_pct"] == pytest.approx(
+        100.0 * float(np.mean(caffe_top1 == labels))
     )
-    assert done.returncode == 0, done.stdout + done.stderr
-    report = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))
-    assert report["preset_check"]["better"] is None
-    assert report["preset_check"]["presets"]["raw"]["accuracy_pct"] == 100.0
-    assert "preset check" not in done.stdout
+    assert wrong["warnings"] == [check["advice"]]
+
+
+def test_the_first_look_asks_for_every_image_only_when_a_preset_is_half_the_gain_ahead() -> None:
+    labels = [0, 1, 2, 3] * 6
+    even = _trial(labels, raw=labels, caffe=labels)
+    assert not needs_all_images(even, "raw")
+    # raw right on 20 of 24, caffe on 18: 8.3 points ahead, more than half of MIN_GAIN_PP
+    ahead = _trial(labels, raw=labels[:20] + [0] * 4, caffe=labels[:18] + [0] * 6)
+    assert MIN_GAIN_PP / 2 <= 100.0 * 2 / 24
+    assert needs_all_images(ahead, "caffe") and not needs_all_images(ahead, "raw")

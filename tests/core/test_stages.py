@@ -264,16 +264,19 @@ def test_the_driver_runs_the_stages_in_order(
     assert main[-1] == "done"
 
 
-def test_the_diagnose_stage_runs_between_evaluation_and_timing(
-    tiny_models: dict[str, Path], tiny_data: Path, tmp_path: Path
-) -> None:
-    """Each finished int8 variant is diagnosed after evaluation and before timing; the float32
-    pivot, which has no per-layer statistics, is not."""
+def test_the_diagnose_stage_runs_between_evaluation_and_timing(tmp_path: Path) -> None:
+    """Each finished int8 variant that flipped an image is diagnosed after evaluation and before
+    timing; the float32 pivot, which has no per-layer statistics, is not. (The outlier model:
+    int8 flips some of its images, where the tiny model's int8 flips none.)"""
+    from tests.core.test_autofix import build_outlier_model
+    from tests.core.test_selective import _write_images
+
     events: list[ProgressEvent] = []
     run_dir = tmp_path / "run"
     run_dir.mkdir()
+    model = build_outlier_model(tmp_path / "outlier")
     report = run_job(
-        _job(tiny_models["keras"], tiny_data, ("int8",)),
+        _job(model, _write_images(tmp_path / "data"), ("int8",)),
         run_dir,
         progress=events.append,
         cache_dir=None,

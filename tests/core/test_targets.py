@@ -273,3 +273,28 @@ def test_a_variant_is_slower_only_when_every_timing_block_says_so() -> None:
     int16["speedup"] = {"baseline": "float32", "value": 0.9, "low": 0.8, "high": 0.95}
     said = recommendation(report, "integer-only")["slower_than_float32"]
     assert said.startswith("int16x8 is 1.1× slower than float32 TFLite")
+
+
+def test_mcu_judges_by_the_reference_kernels_when_the_run_measured_them() -> None:
+    """int8 agrees 95.7 % under XNNPACK but 93.0 % (186 of 200) under the reference kernels,
+    which a microcontroller runs: with the matrix, mcu must not pick it on XNNPACK's figure;
+    cpu still does. Without the matrix, mcu falls back to the run's figure."""
+    report = _held_out("point")
+    report["variants"] = [v for v in report["variants"] if v["name"] != "int16x8"]
+    assert recommendation(report, "mcu")["variant"] == "int8"
+    report["runtimes"] = {
+        "runtimes": ["xnnpack", "reference"],
+        "total": 500,
+        "subset": 200,
+        "cells": [
+            {"variant": "int8", "runtime": "reference", "n": 200, "agree": 186,
+             "agreement_pct": 93.0, "ci_low_pct": 88.6, "ci_high_pct": 95.8},
+        ],
+    }  # fmt: skip
+    assert recommendation(report, "cpu")["variant"] == "int8"
+    mcu = recommendation(report, "mcu")
+    assert mcu["variant"] != "int8"
+    report["runtimes"]["cells"][0].update(agree=196, agreement_pct=98.0, ci_low_pct=95.0)
+    mcu = recommendation(report, "mcu")
+    assert mcu["variant"] == "int8"
+    assert "98.0 %" in mcu["reason"] and "n=200 under the reference kernels" in mcu["reason"]

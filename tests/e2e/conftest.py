@@ -121,16 +121,10 @@ def server(tmp_path: Path, start_server: Callable[..., Server]) -> str:
 
 
 @pytest.fixture(scope="session")
-def demo_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The embedded demo, built once per session (`python -m core demo --out`)."""
+def demo_template(built_demo: Path) -> Path:
+    """The embedded demo: the session's one build (tests/conftest.py)."""
     require_chromium()
-    root = tmp_path_factory.mktemp("demo_template") / "demo"
-    env = dict(os.environ, QUANTLENS_HOME=str(root.parent), TF_CPP_MIN_LOG_LEVEL="3")
-    subprocess.run(
-        [sys.executable, "-m", "core", "demo", "--only", "small", "--out", str(root)],
-        cwd=ROOT, env=env, check=True, capture_output=True, timeout=900,
-    )  # fmt: skip
-    return root
+    return built_demo
 
 
 @pytest.fixture

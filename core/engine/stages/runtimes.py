@@ -31,7 +31,7 @@ from core.errors import QuantLensError
 from core.inputs import rundir
 from core.reporting.runmodel import RuntimeCell, RuntimeMatrix, record_runtimes
 from core.runfolder.protocol import DECODED_CACHE
-from core.types import Mode, Runtime
+from core.types import Mode, Runtime, VariantStatus
 
 if TYPE_CHECKING:
     from core.engine.runtime import Runner
@@ -112,7 +112,7 @@ def run_runtime_matrix(run: RunContext, reference: ReferenceOutputs) -> None:
 
 
 def _finished(run: RunContext) -> list[Any]:
-    return [s for s in run.specs if run.report.variant(s.name).get("status") == "done"]
+    return [s for s in run.specs if run.report.variant(s.name).get("status") == VariantStatus.DONE]
 
 
 def _kept_cells(run: RunContext, total: int, subset: int) -> dict[tuple[str, str], RuntimeCell]:

@@ -98,7 +98,8 @@ def check_preset(
     from core.engine.preset_trial import preset_trial
     from core.metrics.preset_check import judge_presets
 
-    check = judge_presets(preset_trial(model, dataset.samples), str(job.preset))
+    used = str(job.preset)
+    check = judge_presets(preset_trial(model, dataset.samples, used=used), used)
     report["preset_check"] = check
     if check["advice"] and check["advice"] not in report["warnings"]:
         report["warnings"].append(check["advice"])
