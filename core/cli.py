@@ -45,17 +45,28 @@ def _parser() -> argparse.ArgumentParser:
 
     rescore = sub.add_parser(
         "rescore",
-        help="add a variant with layers kept in float to a finished run, scored on its images",
+        help="add a fixed variant (layers kept in float, equalized, or 16-bit activations) to a "
+        "finished run, scored on its images",
     )
     rescore.add_argument("run", help="the run folder (its --out) or its run id")
     rescore.add_argument(
         "--variant", required=True, help="the parent variant in the run, e.g. int8 or int8_q"
     )
-    rescore.add_argument(
+    fix = rescore.add_mutually_exclusive_group(required=True)
+    fix.add_argument(
         "--keep-float",
-        required=True,
         metavar="LAYER[,LAYER]",
         help="Keras layer names to keep in float (see the parent's <variant>.layers.csv)",
+    )
+    fix.add_argument(
+        "--equalize",
+        action="store_true",
+        help="cross-layer equalize the model before quantizing it as the parent (int8:eq)",
+    )
+    fix.add_argument(
+        "--int16",
+        metavar="LAYER[,LAYER]",
+        help="Keras layers given 16-bit activations, on the quantizer backend (int8_q:int16=...)",
     )
     options.add_cli_arguments(rescore, "rescore")
 
@@ -66,15 +77,18 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     demo = sub.add_parser(
-        "demo", help="build the embedded demo data set and both demo models (small, MobileNetV2)"
+        "demo",
+        help="build the embedded demo data set and its three models (small, outlier, MobileNetV2)",
     )
     demo.add_argument("--out", default=None, help="demo folder (default <workspace>/demo)")
     demo.add_argument(
         "--only",
-        choices=["small", "mobilenetv2"],
+        choices=["small", "outlier", "mobilenetv2"],
         default=None,
-        help="build one model: small (about a minute, what `run` needs) or mobilenetv2 "
-        "(MobileNetV2-0.35 at 96x96, about two minutes more; needs the small one's data)",
+        help="build one model: small (about a minute, what `run` needs), outlier (a conv net "
+        "with one outlier activation channel, whose int8 collapses; seconds more) or "
+        "mobilenetv2 (MobileNetV2-0.35 at 96x96, about two minutes more); the last two need "
+        "the small one's data",
     )
 
     clean = sub.add_parser(
@@ -127,7 +141,9 @@ def _build_demo_in_worker(root: Path, command: str = "demo") -> None:
         [sys.executable, "-m", "core.jobs.worker", command, str(root)], check=False
     )
     if done.returncode != 0:
-        what = "MobileNetV2 demo" if command == "demo-mobilenetv2" else "demo"
+        what = {"demo-mobilenetv2": "MobileNetV2 demo", "demo-outlier": "outlier demo"}.get(
+            command, "demo"
+        )
         raise QuantLensError(
             f"building the {what} failed (see the output above); run `python -m core demo` again"
         )
@@ -312,33 +328,48 @@ def _run_folder(run: str) -> Path:
 
 
 def cmd_rescore(args: argparse.Namespace) -> int:
-    """`rescore RUN --variant P --keep-float A,B`: the Layers page's re-score, in the terminal."""
+    """`rescore RUN --variant P --keep-float A,B | --equalize | --int16 A,B`: the Layers page's
+    re-score, in the terminal."""
     from core.jobs.launch import recover_interrupted
     from core.jobs.rescore import add_rescore_variant
 
     options.check_command_values(vars(args), args.command)
     recover_interrupted()
     directory = _run_folder(args.run)
-    name = add_rescore_variant(directory, args.variant, args.keep_float.split(","), home=None)
+    if args.equalize:
+        fix, layers = "equalize", []
+    elif args.int16:
+        fix, layers = "int16_activations", args.int16.split(",")
+    else:
+        fix, layers = "keep_float", args.keep_float.split(",")
+    name = add_rescore_variant(directory, args.variant, layers, home=None, fix=fix)
     print(f"re-scoring {name} on the run's images", file=sys.stderr)
     run_id = str(rundir.read_json(directory / rundir.STATUS).get("run_id") or directory.name)
     return _supervise(directory, run_id, args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from core.inputs.demo_paths import demo_paths, demo_root, mobilenet_demo_paths
+    from core.inputs.demo_paths import (
+        demo_paths,
+        demo_root,
+        mobilenet_demo_paths,
+        outlier_demo_paths,
+    )
 
     root = Path(args.out).resolve() if args.out else demo_root()
     small = demo_paths(root=root)
-    if args.only == "mobilenetv2" and not small.data_csv.is_file():
+    if args.only in ("outlier", "mobilenetv2") and not small.data_csv.is_file():
         raise QuantLensError(
-            f"the MobileNetV2 demo trains on the small demo's data, missing in {root}; "
+            f"the {args.only} demo trains on the small demo's data, missing in {root}; "
             "run `python -m core demo --only small` first"
         )
-    if args.only != "mobilenetv2":
+    if args.only is None or args.only == "small":
         _build_demo_in_worker(root)
         _print_demo("demo model:", small)
-    if args.only != "small":
+    if args.only is None or args.only == "outlier":
+        _build_demo_in_worker(root, "demo-outlier")
+        _print_demo("outlier:", outlier_demo_paths(root=root))
+    if args.only is None or args.only == "mobilenetv2":
         print("building the MobileNetV2-0.35 demo (about two minutes, once)...", file=sys.stderr)
         _build_demo_in_worker(root, "demo-mobilenetv2")
         _print_demo("MobileNetV2: ", mobilenet_demo_paths(root=root))
@@ -348,7 +379,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _print_demo(title: str, paths: DemoPaths) -> None:
     print(f"{title:<13}{paths.saved_model}\n{'':<13}{paths.keras_model}")
     print(f"{'demo data:':<13}{paths.data_csv}")
-    print(f"{'try:':<13}python -m core run {paths.saved_model} --data {paths.data_csv}")
+    print(f"{'try:':<13}python -m core run {paths.run_model} --data {paths.data_csv}")
 
 
 def cmd_clean(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ import streamlit as st
 from core.errors import QuantLensError
 from core.history import stale_uploads
 from core.inputs import uploads
-from core.inputs.demo_paths import DemoPaths, demo_paths, mobilenet_demo_paths
+from core.inputs.demo_paths import DemoPaths, demo_paths, mobilenet_demo_paths, outlier_demo_paths
 from core.inputs.paths import allowed_roots, existing_under_roots
 from core.inputs.rundir import workspace_home, write_json_atomic
 from core.jobs import launch as jobs
@@ -40,7 +40,7 @@ TRUSTED_ENV = "QUANTLENS_ALLOW_TRUSTED"
 # The operator's Ray cluster (HOST:PORT); when set, Setup offers to evaluate on it.
 RAY_ADDRESS_ENV = "QUANTLENS_RAY_ADDRESS"
 MODEL_SOURCES = ("Demo model", "Path on the server", "Upload")
-DEMO_MODELS = ("Small (32×32)", "MobileNetV2-0.35 (96×96)")
+DEMO_MODELS = ("Small (32×32)", "MobileNetV2-0.35 (96×96)", "Outlier channel (16×16)")
 DATA_SOURCES = ("Demo data", "CSV file on the server", "Image folder on the server", "Upload .zip")
 
 # The run options' widgets are declared in core.options and drawn by ui.option_widgets. The
@@ -234,23 +234,45 @@ def _demo_wait() -> None:
 
 
 def _demo_model_choice() -> DemoPaths:
-    """The small demo, or the MobileNetV2-0.35 demo once its background build is ready.
+    """The small demo, or another demo model once its background build is ready.
 
-    Until then the small one stays preselected and the larger build's status shows here.
+    Until then the small one stays preselected and the MobileNetV2 build's status shows here.
     """
     state, message = jobs.demo_build_state(which=jobs.MOBILENET)
     if state != "ready":
         _mobilenet_status(state, message)
+    outlier_ready = _outlier_ready()
+    choices = [DEMO_MODELS[0]]
+    choices += [DEMO_MODELS[1]] if state == "ready" else []
+    choices += [DEMO_MODELS[2]] if outlier_ready else []
+    if len(choices) == 1:
         return demo_paths()
     choice = st.radio(
         "Demo model",
-        DEMO_MODELS,
+        choices,
         key=keys.SETUP_DEMO_MODEL,
         horizontal=True,
-        help="Both are trained on the same digits. On the small one int8 flips almost nothing; "
-        "on MobileNetV2-0.35 it loses a few percent, which the Layers page can diagnose.",
+        help="All are trained on the same digits. On the small one int8 flips almost nothing; "
+        "on MobileNetV2-0.35 it loses a few percent, which the Layers page can diagnose; on the "
+        "outlier-channel model (a trained conv net rescaled without changing its function, so "
+        "one activation channel spans 400× the others) int8 collapses, and the Layers page "
+        "shows the cause and the fixes.",
     )
-    return mobilenet_demo_paths() if choice == DEMO_MODELS[1] else demo_paths()
+    if choice == DEMO_MODELS[1]:
+        return mobilenet_demo_paths()
+    return outlier_demo_paths() if choice == DEMO_MODELS[2] else demo_paths()
+
+
+def _outlier_ready() -> bool:
+    """Whether the outlier-channel demo is built; a workspace whose small demo predates it
+    builds it now (seconds, in the background), unless first launches are kept to the small
+    demo (the test suite's setting)."""
+    state, _ = jobs.demo_build_state(which=jobs.OUTLIER)
+    if state == "missing" and os.environ.get(jobs.DEMO_CHAIN_ENV, "1") != "0":
+        # On failure the small demo stays the choice; the build's log says why.
+        with contextlib.suppress(QuantLensError, OSError):
+            jobs.start_demo_build(which=jobs.OUTLIER, then_mobilenet=False)
+    return state == "ready"
 
 
 def _mobilenet_status(state: str, message: str) -> None:
@@ -340,7 +362,7 @@ def model_section(demo_ok: bool) -> Picked:
     source = st.radio("Model source", options, key=keys.SETUP_MODEL_SOURCE, horizontal=True)
     if source == "Demo model":
         paths = _demo_model_choice()
-        p = paths.saved_model if paths.saved_model.exists() else paths.keras_model
+        p = paths.run_model if paths.run_model.exists() else paths.keras_model
         st.caption(f"Embedded demo classifier: {fmt.code(p)}")
         return Picked(str(p))
     if source == "Path on the server":

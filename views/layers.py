@@ -1,12 +1,11 @@
-"""Layers: which ops lose the most under quantization, the measured sensitivity, and the
-auto-fix path (issue 12)."""
-
-from typing import Any
+"""Layers, the fix page: why a variant lost agreement (its causes, with evidence), the fixes
+that apply cheapest first with a re-score button each, its graph in Model Explorer coloured by
+per-op error, the per-op error along the network, the measured sensitivity and the auto-fix
+path."""
 
 import streamlit as st
 
 from core.errors import QuantLensError
-from core.inputs.rundir import MODEL_EXPLORER
 from core.jobs import launch as jobs
 from core.reporting import layer_rank
 from core.reporting.layer_figures import (
@@ -15,12 +14,13 @@ from core.reporting.layer_figures import (
     layer_error_figure,
 )
 from core.reporting.layer_rank import layer_error
-from core.reporting.model_explorer import node_data_json
 from core.reporting.report import awaiting_diagnosis, chosen_step
 from core.reporting.results import RunResults
 from core.reporting.runmodel import Variant
 from core.types import RunStatus, short_name
 from ui import fmt, history, keys, runs, widgets
+from ui.fix_page import fix_section
+from ui.model_explorer_view import model_explorer_panel
 
 st.title("Layers")
 res = widgets.require_results()
@@ -81,6 +81,10 @@ st.caption(
         else ""
     )
 )
+fix_section(res, entry)
+if rows:
+    model_explorer_panel(res, entry, rows, diagnosis)
+
 if not rows:
     st.warning(
         f"{entry.file_id}.layers.csv is missing from the run folder; only the summary is shown."
@@ -234,24 +238,6 @@ def rescore_controls(res: RunResults, entry: Variant, ranked: list[dict[str, str
     )
 
 
-def model_explorer_download(
-    variant: Variant, rows: list[dict[str, str]], diagnosis: dict[str, Any]
-) -> None:
-    st.download_button(
-        "Model Explorer node data",
-        node_data_json(variant.name, rows, diagnosis),
-        file_name=f"{variant.file_id}{MODEL_EXPLORER}",
-        mime="application/json",
-        icon=":material/download:",
-        key="layers.model_explorer",
-    )
-    st.caption(
-        f"Open {fmt.code(variant.file_id + '.tflite')} (Downloads on Overview) in Google's Model Explorer "
-        "(`pip install ai-edge-model-explorer`, then `model-explorer`) and add this file as node "
-        "data: each op is coloured by its error, green (low) to red (high)."
-    )
-
-
 def _metric_number(value: str | None) -> str:
     return widgets.EMPTY_CELL if value in (None, "") else f"{float(value):.6g}"
 
@@ -310,4 +296,3 @@ def layer_details(res: RunResults, name: str, ranked: list[dict[str, str]]) -> N
 if rows:
     layer_details(res, name, ranked_rows)
     rescore_controls(res, entry, ranked_rows)
-    model_explorer_download(entry, rows, diagnosis)

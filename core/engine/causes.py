@@ -167,6 +167,9 @@ class ActivationSignals:
     clipped_images: float  # share of the evaluated images with a value outside the range
     evaluated_images: int
     input_clip_rate: float | None  # the largest clip rate among its op's activation inputs
+    # Per-channel max |a| on the calibration images, in the activation's float units: the
+    # evidence a reader plots (one bar per channel) and re-derives range_ratio from.
+    channel_max_abs: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -345,6 +348,7 @@ def outlier_channel_cause(s: ActivationSignals) -> Cause | None:
             "zero_point": s.zero_point,
             "equalizable": s.equalizable,
             "calibration_images": s.calibration_images,
+            "channel_max_abs": list(s.channel_max_abs),
         },
         words=words,
         fixes=_ordered(fixes),
@@ -803,6 +807,7 @@ def _finish(
         clipped_images=t.clipped_images / evaluated_images if evaluated_images else 0.0,
         evaluated_images=evaluated_images,
         input_clip_rate=max((r for r in input_clips if r is not None), default=None),
+        channel_max_abs=tuple(float(v) for v in t.channel_max),
     )
 
 

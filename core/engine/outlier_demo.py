@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +33,11 @@ import numpy as np
 
 from core.engine.demo_models import SEED, load_split
 from core.engine.equalize import rescale_channels
+from core.inputs.demo_paths import OUTLIER_FOLDER, outlier_demo_paths
 
 OUTLIER_FACTOR = 400.0
 OUTLIER_FIRST = "conv2"  # the layer whose output channel is blown up
 OUTLIER_SECOND = "conv3"  # the layer that absorbs it
-OUTLIER_FOLDER = "outlier"
 OUTLIER_EPOCHS = 10
 # The 8x8 digits decoded at 16x16 (the same decoder and preset as the other demos): two
 # max-pools leave 4x4, and training takes seconds rather than a minute.
@@ -63,7 +64,12 @@ def outlier_net(input_size: int = OUTLIER_INPUT_SIZE, num_classes: int = 10) -> 
 
 
 def train_outlier_base(
-    x_train: np.ndarray, y_train: np.ndarray, *, epochs: int = OUTLIER_EPOCHS, seed: int = SEED
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    *,
+    epochs: int = OUTLIER_EPOCHS,
+    seed: int = SEED,
+    callbacks: list[Any] | None = None,
 ) -> Any:
     """Step 1: train `outlier_net` (deterministic: fixed seed, deterministic ops)."""
     import keras
@@ -77,7 +83,15 @@ def train_outlier_base(
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
-    model.fit(x_train, y_train, batch_size=32, epochs=epochs, verbose=0, shuffle=True)
+    model.fit(
+        x_train,
+        y_train,
+        batch_size=32,
+        epochs=epochs,
+        verbose=0,
+        shuffle=True,
+        callbacks=callbacks or [],
+    )
     return model
 
 
@@ -107,10 +121,14 @@ def add_outlier_channel(
 
 
 def outlier_model(
-    x_train: np.ndarray, y_train: np.ndarray, *, epochs: int = OUTLIER_EPOCHS
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    *,
+    epochs: int = OUTLIER_EPOCHS,
+    callbacks: list[Any] | None = None,
 ) -> tuple[Any, Any, int]:
     """Steps 1-3: (trained model, its outlier twin, the channel blown up)."""
-    base = train_outlier_base(x_train, y_train, epochs=epochs)
+    base = train_outlier_base(x_train, y_train, epochs=epochs, callbacks=callbacks)
     channel = busiest_channel(base, OUTLIER_FIRST, x_train)
     return base, add_outlier_channel(base, channel=channel), channel
 
@@ -120,17 +138,21 @@ def build_outlier_demo(
     *,
     progress: Callable[[float, str], None] | None = None,
     epochs: int = OUTLIER_EPOCHS,
+    epoch_lock: Callable[[], AbstractContextManager[None]] | None = None,
 ) -> Path:
     """Train the outlier demo on the small demo's digits into `<demo_root>/outlier/` (a `.keras`
     file, a SavedModel, ACCURACY and NOTE) unless it is there; returns that folder.
 
+    `epoch_lock` is held during each training epoch (the worker passes the host's timing lock,
+    so no run's latency is measured while it trains).
+
     Raises:
         RuntimeError: the small demo's data is missing, or training failed (a bug).
     """
-    from core.engine.demo_models import _save_and_publish, _staging_folder
+    from core.engine.demo_models import _epoch_progress, _save_and_publish, _staging_folder
 
     target = demo_root / OUTLIER_FOLDER
-    if (target / "saved_model" / "saved_model.pb").is_file():
+    if outlier_demo_paths(root=demo_root).ready():
         return target
     train_csv, test_csv = demo_root / "data" / "train.csv", demo_root / "data" / "digits.csv"
     if not train_csv.is_file():
@@ -142,7 +164,12 @@ def build_outlier_demo(
         x_train, y_train = load_split(train_csv, OUTLIER_INPUT_SIZE)
         x_test, y_test = load_split(test_csv, OUTLIER_INPUT_SIZE)
         report(0.1, "training the small conv net")
-        _base, model, channel = outlier_model(x_train, y_train, epochs=epochs)
+        _base, model, channel = outlier_model(
+            x_train,
+            y_train,
+            epochs=epochs,
+            callbacks=[_epoch_progress(report, epochs, epoch_lock)],
+        )
         accuracy = float(np.mean(np.argmax(model.predict(x_test, verbose=0), -1) == y_test))
         if accuracy < OUTLIER_MIN_ACCURACY:
             raise RuntimeError(f"the outlier demo reached only {accuracy:.1%} held-out accuracy")

@@ -1,9 +1,10 @@
 """Build the embedded demos in detached workers, and tell whether each is ready, building or failed.
 
 The small demo is built first (the first launch waits for it, about a minute); its worker then
-starts the MobileNetV2-0.35 demo's build in a second worker, so Run is clickable on the small
-demo while the larger model trains. Each build has its own log and pid file in the workspace:
-a failed large build leaves the small demo, and the server, untouched.
+starts the outlier-channel demo's build in a second worker (seconds), which starts the
+MobileNetV2-0.35 demo's build in a third, so Run is clickable on the small demo while the
+others train. Each build has its own log and pid file in the workspace: a failed build leaves
+the small demo, and the server, untouched.
 """
 
 from __future__ import annotations
@@ -15,17 +16,31 @@ import threading
 from pathlib import Path
 
 from core import posix
-from core.inputs.demo_paths import DemoPaths, demo_paths, demo_root, mobilenet_demo_paths
+from core.inputs.demo_paths import (
+    DemoPaths,
+    demo_paths,
+    demo_root,
+    mobilenet_demo_paths,
+    outlier_demo_paths,
+)
 from core.jobs.workspace import SOURCE_ROOT, resolved_home
 
 SMALL = "small"
 MOBILENET = "mobilenetv2"
-DEMOS = (SMALL, MOBILENET)
-_FILE_STEM = {SMALL: "demo-build", MOBILENET: "demo-mobilenetv2-build"}
+OUTLIER = "outlier"
+DEMOS = (SMALL, OUTLIER, MOBILENET)
+_FILE_STEM = {
+    SMALL: "demo-build",
+    OUTLIER: "demo-outlier-build",
+    MOBILENET: "demo-mobilenetv2-build",
+}
+_WORKER_COMMAND = {SMALL: "demo", OUTLIER: "demo-outlier", MOBILENET: "demo-mobilenetv2"}
 
 
 def _paths(which: str, workspace: Path) -> DemoPaths:
-    return mobilenet_demo_paths(workspace) if which == MOBILENET else demo_paths(workspace)
+    if which == MOBILENET:
+        return mobilenet_demo_paths(workspace)
+    return outlier_demo_paths(workspace) if which == OUTLIER else demo_paths(workspace)
 
 
 def build_files(which: str, *, home: Path | None = None) -> tuple[Path, Path]:
@@ -88,17 +103,18 @@ def _last_line(log: Path) -> str:
 
 
 # Set to 0 (the test suite does) to keep a first launch to the small demo: a detached
-# MobileNetV2 training would outlive a test's server and hold the host's timing lock an epoch
-# at a time, stalling every later run's latency stage.
+# training (the outlier demo's, then MobileNetV2's) would outlive a test's server and hold the
+# host's timing lock an epoch at a time, stalling every later run's latency stage.
 CHAIN_ENV = "QUANTLENS_MOBILENET_DEMO"
 
 
 def worker_command(
     root: Path, which: str, *, then_mobilenet: bool, epochs: int | None
 ) -> list[str]:
-    """The `core.jobs.worker` arguments that build one demo."""
-    command = ["demo", str(root)] if which == SMALL else ["demo-mobilenetv2", str(root)]
-    if which == SMALL and then_mobilenet and os.environ.get(CHAIN_ENV, "1") != "0":
+    """The `core.jobs.worker` arguments that build one demo (the small one chains the outlier
+    demo's build, which chains MobileNetV2's)."""
+    command = [_WORKER_COMMAND[which], str(root)]
+    if which != MOBILENET and then_mobilenet and os.environ.get(CHAIN_ENV, "1") != "0":
         command.append("--then-mobilenetv2")
     if which == MOBILENET and epochs is not None:
         command += ["--epochs", str(epochs)]
@@ -114,15 +130,16 @@ def start_demo_build(
 ) -> None:
     """Build a demo in a detached worker unless it is ready or already being built.
 
-    The small demo's worker goes on to start the MobileNetV2 build (unless `then_mobilenet` is
-    False). The MobileNetV2 build trains on the small demo's data, so it waits for it: until
-    that exists, this does nothing. `epochs` shortens the MobileNetV2 training (tests).
+    The small demo's worker goes on to start the outlier demo's build, and that one the
+    MobileNetV2 build (unless `then_mobilenet` is False). Both train on the small demo's data,
+    so they wait for it: until that exists, this does nothing. `epochs` shortens the
+    MobileNetV2 training (tests).
     """
     state, _ = demo_build_state(home=home, which=which)
     if state in ("ready", "building"):
         return
     workspace = resolved_home(home)
-    if which == MOBILENET and not demo_paths(workspace).data_csv.is_file():
+    if which != SMALL and not demo_paths(workspace).data_csv.is_file():
         return
     root = demo_root(workspace)
     root.parent.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,14 @@ from core.errors import QuantLensError
 from core.history.store import RunStore
 from core.inputs import rundir
 from core.jobs import outcome, queue
-from core.jobs.demo_jobs import MOBILENET, demo_build_state, demo_build_steps, start_demo_build
+from core.jobs.demo_jobs import CHAIN_ENV as DEMO_CHAIN_ENV
+from core.jobs.demo_jobs import (
+    MOBILENET,
+    OUTLIER,
+    demo_build_state,
+    demo_build_steps,
+    start_demo_build,
+)
 from core.jobs.inspection import inspect_model, preset_trial
 from core.jobs.queue import active_run_id, active_runs, queue_position
 from core.jobs.workspace import SOURCE_ROOT, opened_store, resolved_home, run_dir
@@ -34,7 +41,9 @@ from core.runfolder.protocol import read_progress, read_status
 from core.types import JobSpec, RunStatus, VariantStatus
 
 __all__ = [
+    "DEMO_CHAIN_ENV",
     "MOBILENET",
+    "OUTLIER",
     "active_run_id",
     "active_runs",
     "cancel_run",
@@ -189,10 +198,15 @@ def _stored_run_dir(run_id: str, home: Path) -> Path:
 
 
 def rescore_run(
-    run_id: str, parent: str, layers: list[str] | tuple[str, ...], *, home: Path | None = None
+    run_id: str,
+    parent: str,
+    layers: list[str] | tuple[str, ...],
+    *,
+    home: Path | None = None,
+    fix: str = "keep_float",
 ) -> str:
-    """Add `parent` with `layers` kept in float to the finished run and start its job
-    (core.jobs.rescore); returns the new variant's name.
+    """Add `parent` with a fix (`layers` kept in float by default; core.jobs.rescore) to the
+    finished run and start its job; returns the new variant's name.
 
     Raises:
         QuantLensError: why it cannot be re-scored, in one line.
@@ -200,7 +214,9 @@ def rescore_run(
     from core.jobs.rescore import add_rescore_variant
 
     home_path = resolved_home(home)
-    name = add_rescore_variant(_stored_run_dir(run_id, home_path), parent, layers, home=home_path)
+    name = add_rescore_variant(
+        _stored_run_dir(run_id, home_path), parent, layers, home=home_path, fix=fix
+    )
     launch_run(run_id, home=home_path)
     return name
 

@@ -24,27 +24,43 @@ from core.inputs import rundir
 from core.jobs.workspace import opened_store
 from core.reporting import runmodel
 from core.runfolder import protocol
-from core.types import RunStatus, VariantSpec, VariantStatus
+from core.types import Backend, RunStatus, VariantSpec, VariantStatus
 
 DERIVED_BY_RESCORE = "re-score"  # a variant entry's `derived_by`: added by a re-score
 RESCORE_KEY = "rescore"  # status.json: the re-score in flight and the run's status before it
 
 
+# The fixes a re-score can build (the fix page's rungs): each is a variant name the worker
+# converts like any other (`:keep=`, `:eq`, `:int16=` on the quantizer).
+RESCORE_FIXES = ("keep_float", "equalize", "int16_activations")
+
+
 def add_rescore_variant(
-    directory: Path, parent: str, layers: list[str] | tuple[str, ...], *, home: Path | None
+    directory: Path,
+    parent: str,
+    layers: list[str] | tuple[str, ...],
+    *,
+    home: Path | None,
+    fix: str = "keep_float",
 ) -> str:
-    """Add `parent` with `layers` kept in float to the finished run in `directory`, and queue
-    the run again; the caller starts its supervisor.
+    """Add `parent` with a fix to the finished run in `directory`, and queue the run again; the
+    caller starts its supervisor. The fix is `layers` kept in float (the default), the model
+    cross-layer equalized (`fix="equalize"`, layers unused) or `layers` given 16-bit
+    activations (`fix="int16_activations"`, on the quantizer backend).
 
     Returns:
-        The derived variant's name (e.g. `int8:keep=conv2d+dense`).
+        The derived variant's name (e.g. `int8:keep=conv2d+dense`, `int8:eq`).
 
     Raises:
         QuantLensError: no layer chosen, the run is not finished, the parent is unknown, not
-            done or cannot keep layers in float, a layer is unknown, or the variant exists.
+            done or cannot take the fix, a layer is unknown, or the variant exists.
     """
+    if fix not in RESCORE_FIXES:
+        raise QuantLensError(
+            f"a re-score cannot apply {fix}; choose one of {', '.join(RESCORE_FIXES)}"
+        )
     chosen = tuple(sorted({name.strip() for name in layers if name.strip()}))
-    if not chosen:
+    if not chosen and fix != "equalize":
         raise QuantLensError("no layer chosen; pick at least one layer to keep in float")
     added: list[VariantSpec] = []
 
@@ -62,7 +78,7 @@ def add_rescore_variant(
                 "this run was evaluated on Ray, whose images stay on the cluster; re-score a "
                 "run made with --engine local"
             )
-        derived = _derived_spec(parent, chosen)
+        derived = _derived_spec(parent, chosen, fix)
         _require_known_layers(directory, entry, chosen)
         if any(v["name"] == derived.name for v in report["variants"]):
             raise QuantLensError(f"{derived.name} is already in this run; choose other layers")
@@ -94,25 +110,32 @@ def _parent_entry(report: dict[str, Any], parent: str) -> dict[str, Any]:
     return entry
 
 
-def _derived_spec(parent: str, layers: tuple[str, ...]) -> VariantSpec:
-    """`parent` with `layers` in float (a derived parent's own layers are replaced, not added)."""
+def _derived_spec(parent: str, layers: tuple[str, ...], fix: str = "keep_float") -> VariantSpec:
+    """`parent` with the fix: `layers` in float, the model equalized, or `layers` at 16 bits
+    on the quantizer backend (the fix ladder's rungs, core.engine.fixes.ladder)."""
     spec = VariantSpec.parse(parent)
-    if spec.float_layers or spec.int16_layers:
+    if spec.has_overrides:
         raise QuantLensError(
             f"{parent} is itself derived; re-score its parent {_root_name(spec)} instead"
         )
-    derived = replace(spec, float_layers=layers)
+    if fix == "equalize":
+        derived = replace(spec, equalized=True)
+        what = "be equalized; choose an int8 variant"
+    elif fix == "int16_activations":
+        derived = replace(spec, backend=Backend.QUANTIZER, int16_layers=layers)
+        what = "take 16-bit activations; choose an int8 variant"
+    else:
+        derived = replace(spec, float_layers=layers)
+        what = "keep layers in float; choose an int8 or a quantizer (_q) variant"
     try:
         derived.check()
     except QuantLensError:
-        raise QuantLensError(
-            f"{parent} cannot keep layers in float; choose an int8 or a quantizer (_q) variant"
-        ) from None
+        raise QuantLensError(f"{parent} cannot {what}") from None
     return derived
 
 
 def _root_name(spec: VariantSpec) -> str:
-    return replace(spec, float_layers=(), int16_layers=()).name
+    return spec.without_overrides().name
 
 
 def known_layers(directory: Path, entry: dict[str, Any]) -> set[str] | None:
@@ -192,11 +215,13 @@ def rescore_command(directory: Path, derived: VariantSpec) -> str:
     import shlex
 
     parent = _root_name(derived)
-    layers = ",".join(derived.float_layers)
-    return (
-        f"python -m core rescore {shlex.quote(str(directory))} --variant {shlex.quote(parent)} "
-        f"--keep-float {shlex.quote(layers)}"
-    )
+    head = f"python -m core rescore {shlex.quote(str(directory))} --variant {shlex.quote(parent)}"
+    if derived.equalized:
+        return f"{head} --equalize"
+    if derived.int16_layers:
+        layers = ",".join(derived.int16_layers)
+        return f"{head} --int16 {shlex.quote(layers)}"
+    return f"{head} --keep-float {shlex.quote(','.join(derived.float_layers))}"
 
 
 def status_after(

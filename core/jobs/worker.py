@@ -6,6 +6,8 @@
                                                   the original under every preset, as JSON
     python -m core.jobs.worker demo DEMO_DIR      build the embedded demo
         [--then-mobilenetv2]                      ...then start the MobileNetV2 demo's build
+    python -m core.jobs.worker demo-outlier DEMO_DIR  build the outlier-channel demo (after demo)
+        [--then-mobilenetv2]                      ...then start the MobileNetV2 demo's build
     python -m core.jobs.worker demo-mobilenetv2 DEMO_DIR [--epochs N]
                                                   build the MobileNetV2-0.35 demo (after demo)
 
@@ -163,22 +165,14 @@ def print_progress(fraction: float, message: str) -> None:
     print(f"{fraction:.2f} {message}", flush=True)
 
 
-def build_mobilenet_demo(demo_dir: Path, *, epochs: int | None) -> int:
-    """Train the MobileNetV2 demo at the lowest CPU priority, taking turns with latency timing.
-
-    It trains for a minute or two on the cores a run's latency timing uses. Each epoch holds
-    the host's timing lock, so no latency is measured while it trains, and a run that reaches
-    its timing waits one epoch at most (the build waits a moment between epochs to let it in).
-    """
+def _timing_turn() -> contextlib.AbstractContextManager[None]:
+    """The host's timing lock for one training epoch, after a pause that lets a waiting run's
+    latency timing in first (so it waits one epoch at most)."""
     import time
 
-    from core.engine import demo_models
-
-    os.nice(19)
-
     @contextlib.contextmanager
-    def timing_turn() -> Iterator[None]:
-        time.sleep(0.5)  # a job blocked on the lock gets it now, not after the whole build
+    def turn() -> Iterator[None]:
+        time.sleep(0.5)
 
         def say_waiting() -> None:
             print_progress(0.0, "waiting for a run's latency timing to finish")
@@ -186,12 +180,42 @@ def build_mobilenet_demo(demo_dir: Path, *, epochs: int | None) -> int:
         with posix.host_lock(posix.TIMING_LOCK, on_wait=say_waiting):
             yield
 
+    return turn()
+
+
+def build_outlier_demo(demo_dir: Path, *, then_mobilenet: bool) -> int:
+    """Train the outlier-channel demo (seconds) at the lowest CPU priority, taking turns with
+    latency timing like the MobileNetV2 build; then start that build when asked."""
+    from core.engine.outlier_demo import build_outlier_demo as build
+    from core.inputs.demo_paths import outlier_demo_paths
+
+    os.nice(19)
+    print_progress(0.0, "loading TensorFlow")
+    build(demo_dir, progress=print_progress, epoch_lock=_timing_turn)
+    if then_mobilenet:
+        from core.jobs.demo_jobs import MOBILENET, start_demo_build
+
+        start_demo_build(home=demo_dir.parent, which=MOBILENET)
+    remember_demo_signature(outlier_demo_paths(root=demo_dir).run_model)
+    return EXIT_OK
+
+
+def build_mobilenet_demo(demo_dir: Path, *, epochs: int | None) -> int:
+    """Train the MobileNetV2 demo at the lowest CPU priority, taking turns with latency timing.
+
+    It trains for a minute or two on the cores a run's latency timing uses. Each epoch holds
+    the host's timing lock, so no latency is measured while it trains, and a run that reaches
+    its timing waits one epoch at most (the build waits a moment between epochs to let it in).
+    """
+    from core.engine import demo_models
+
+    os.nice(19)
     paths = demo_models.build_mobilenet_demo(
         demo_dir,
         progress=print_progress,
         epochs=demo_models.MOBILENET_EPOCHS if epochs is None else epochs,
         min_accuracy=demo_models.MOBILENET_MIN_ACCURACY if epochs is None else 0.0,
-        epoch_lock=timing_turn,
+        epoch_lock=_timing_turn,
     )
     remember_demo_signature(paths.saved_model)
     return EXIT_OK
@@ -202,7 +226,8 @@ def main(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m core.jobs.worker")
     parser.add_argument(
-        "command", choices=["run", "inspect", "preset-check", "demo", "demo-mobilenetv2"]
+        "command",
+        choices=["run", "inspect", "preset-check", "demo", "demo-outlier", "demo-mobilenetv2"],
     )
     parser.add_argument("target")
     parser.add_argument("--trusted", action="store_true")
@@ -240,15 +265,17 @@ def main(argv: list[str]) -> int:
             )
         if args.command == "demo-mobilenetv2":
             return build_mobilenet_demo(target, epochs=args.epochs)
+        if args.command == "demo-outlier":
+            return build_outlier_demo(target, then_mobilenet=args.then_mobilenetv2)
         # The first step a first launch shows: loading TensorFlow takes a while on its own.
         print_progress(0.0, "loading TensorFlow")
         from core.engine.demo_models import build_demo
 
         paths = build_demo(target, progress=print_progress)
         if args.then_mobilenetv2:
-            from core.jobs.demo_jobs import MOBILENET, start_demo_build
+            from core.jobs.demo_jobs import OUTLIER, start_demo_build
 
-            start_demo_build(home=target.parent, which=MOBILENET)
+            start_demo_build(home=target.parent, which=OUTLIER)
         remember_demo_signature(paths.saved_model)
         return EXIT_OK
     except MemoryError:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import math
+import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -242,3 +244,74 @@ def _values_counted(histogram: Mapping[str, Any]) -> str:
     if every > counted_values:
         return f"{counted_values:,} values sampled from {every:,}"
     return f"{counted_values:,} values"
+
+
+def channel_range_figure(
+    evidence: Mapping[str, Any], *, layer: str, height: int = 340
+) -> go.Figure:
+    """One bar per channel: its largest |activation| on the calibration images (an outlier
+    channel's cause evidence, core.engine.causes), the outliers in red, log scale so the typical
+    channels stay visible beside one 1,000x taller, and a dotted line at the median channel.
+
+    Args:
+        evidence: the cause's `evidence`, with `channel_max_abs` (float units, one per channel),
+            `outlier_channels`, `calibration_images` and `scale`.
+        layer: the layer that writes the tensor, for the title.
+        height: figure height in pixels.
+    """
+    values = [float(v) for v in evidence["channel_max_abs"]]
+    outliers = {int(c) for c in evidence.get("outlier_channels") or []}
+    live = sorted(v for v in values if v > 0)
+    fig = go.Figure(
+        go.Bar(
+            x=list(range(len(values))),
+            y=values,
+            marker={
+                "color": [FAIL_COLOR if c in outliers else TFLITE_COLOR for c in range(len(values))]
+            },
+            hovertemplate="channel %{x}: max |a| %{y:.4g}<extra></extra>",
+            name="max |activation| of a channel (red: outlier)",
+        )
+    )
+    # Reference levels as line traces (data coordinates on the log axis), named in the legend.
+    ends = [-0.5, len(values) - 0.5]
+    if live:
+        median = statistics.median(live)
+        fig.add_trace(
+            go.Scatter(
+                x=ends,
+                y=[median, median],
+                mode="lines",
+                line={"dash": "dot", "color": "#555", "width": 2},
+                name=f"median channel ({median:.3g})",
+                hoverinfo="skip",
+            )
+        )
+    scale = evidence.get("scale")
+    if scale:
+        # The int8 step the per-tensor scale gives every channel: a channel below it rounds to 0.
+        fig.add_trace(
+            go.Scatter(
+                x=ends,
+                y=[float(scale)] * 2,
+                mode="lines",
+                line={"dash": "dash", "color": FAIL_COLOR, "width": 2},
+                name=f"one int8 step of the tensor's scale ({float(scale):.3g})",
+                hoverinfo="skip",
+            )
+        )
+    n = int(evidence.get("calibration_images") or 0)
+    fig = _layout(
+        fig,
+        title=f"{layer}: largest |activation| per channel on {counted(n, 'calibration image')}",
+        x_title="output channel (index)",
+        y_title="max |activation| (float units, log scale)",
+        height=height,
+    )
+    fig.update_yaxes(type="log")
+    if live:
+        low = min([live[0], float(scale or live[0])])
+        high = max([live[-1], float(scale or live[-1])])
+        fig.update_yaxes(range=[math.log10(low) - 0.3, math.log10(high) + 0.3])
+    fig.update_xaxes(range=ends)
+    return fig

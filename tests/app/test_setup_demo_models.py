@@ -29,7 +29,7 @@ def _stand_in_model(paths: DemoPaths, size: int) -> None:
     paths.saved_model.mkdir(parents=True, exist_ok=True)
     (paths.saved_model / "saved_model.pb").write_bytes(b"stand-in")
     paths.keras_model.write_bytes(b"stand-in")
-    cache = protocol.signature_cache_file(str(paths.saved_model))
+    cache = protocol.signature_cache_file(str(paths.run_model))
     assert cache is not None
     cache.parent.mkdir(parents=True, exist_ok=True)
     signature = {
@@ -129,4 +129,19 @@ def test_ready_mobilenet_is_a_choice_and_the_small_one_stays_preselected(
     choice.set_value("MobileNetV2-0.35 (96×96)").run()
     assert str(small_demo / "demo" / "mobilenetv2" / "saved_model") in _model_caption(at)
     assert {m.label: m.value for m in at.metric}["Input"] == "96×96×3"
+    assert not at.button(key=keys.SETUP_RUN).disabled
+
+
+def test_ready_outlier_demo_is_a_choice(small_demo: Path, open_page: OpenPage) -> None:
+    from core.inputs.demo_paths import outlier_demo_paths
+
+    _stand_in_model(outlier_demo_paths(small_demo), 16)
+    at = open_page("setup")
+    choice = at.radio(key=keys.SETUP_DEMO_MODEL)
+    assert list(choice.options) == ["Small (32×32)", "Outlier channel (16×16)"]
+    assert choice.value == "Small (32×32)"
+    choice.set_value("Outlier channel (16×16)").run()
+    # The .keras file: the fix ladder's equalization needs Keras layers.
+    assert str(small_demo / "demo" / "outlier" / "digits_outlier.keras") in _model_caption(at)
+    assert {m.label: m.value for m in at.metric}["Input"] == "16×16×3"
     assert not at.button(key=keys.SETUP_RUN).disabled

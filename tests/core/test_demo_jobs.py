@@ -136,3 +136,35 @@ def test_a_killed_builds_staging_folder_is_removed_by_the_next_build(tmp_path: P
     assert not dead.exists()
     assert running.is_dir() and other.is_dir()
     assert made.is_dir() and made.name.startswith(f".mobilenetv2-{os.getpid()}-")
+
+
+def test_the_outlier_demo_is_built_between_the_small_and_the_mobilenet_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """small -> outlier (seconds) -> MobileNetV2: each build starts the next one, and the
+    operator's 0 keeps a first launch to the small demo."""
+    from core.inputs.demo_paths import outlier_demo_paths
+    from core.jobs.demo_jobs import OUTLIER
+
+    monkeypatch.delenv(CHAIN_ENV, raising=False)
+    assert worker_command(tmp_path, OUTLIER, then_mobilenet=True, epochs=None) == [
+        "demo-outlier",
+        str(tmp_path),
+        "--then-mobilenetv2",
+    ]
+    monkeypatch.setenv(CHAIN_ENV, "0")
+    assert worker_command(tmp_path, OUTLIER, then_mobilenet=True, epochs=None) == [
+        "demo-outlier",
+        str(tmp_path),
+    ]
+    # Its own folder and state, on the small demo's data, which it waits for.
+    outlier = outlier_demo_paths(tmp_path)
+    assert outlier.root == tmp_path / "demo" / "outlier"
+    assert outlier.data_csv == demo_paths(tmp_path).data_csv
+    assert demo_build_state(home=tmp_path, which=OUTLIER) == ("missing", "")
+    start_demo_build(home=tmp_path, which=OUTLIER)  # nothing to train on yet: no process
+    assert not any(p.exists() for p in build_files(OUTLIER, home=tmp_path))
+    _small_demo(tmp_path)
+    _make_ready(outlier.saved_model, outlier.keras_model)
+    assert demo_build_state(home=tmp_path, which=OUTLIER)[0] == "ready"
+    assert demo_build_state(home=tmp_path, which=MOBILENET) == ("missing", "")
