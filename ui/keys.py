@@ -67,6 +67,7 @@ DISAGREE_MARGIN = "disagreements.margin"
 DISAGREE_PAGE = "disagreements.page"
 DISAGREE_FLIP = "disagreements.flip"  # (variant, ref_class, tfl_class) set by the agreement page
 DISAGREE_CLEAR_FLIP = "disagreements.clear_flip"
+DISAGREE_PERTURBATION = "disagreements.perturbation"  # a perturbation whose new flips it shows
 DISAGREE_RUNTIME = "disagreements.runtime"  # a runtime whose flips (vs XNNPACK) the gallery shows
 OVERVIEW_RUNTIMES = "overview.runtimes"
 

@@ -7,7 +7,7 @@ import streamlit as st
 from core.reporting.results import SORTS, pick_samples
 from core.reporting.runtimes import runtime_label
 from core.types import short_name
-from ui import keys, runtimes, widgets
+from ui import flip_hunt, keys, runtimes, widgets
 
 PAGE_SIZE = 24
 
@@ -55,9 +55,12 @@ margin = c5.slider(
 )
 
 by_runtime = runtimes.runtime_filter(res, variant)
+# One image filter at a time: a runtime's flips, else a perturbation's new flips.
+by_perturbation = flip_hunt.perturbation_filter(res, variant) if by_runtime is None else None
+only = by_runtime or by_perturbation
 
 flip_cells = None
-if flip and flip[0] == variant and not at_risk and by_runtime is None:
+if flip and flip[0] == variant and not at_risk and only is None:
     flip_cells = (int(flip[1]), int(flip[2]))
     st.info(
         f"Showing only original **{res.class_name(flip_cells[0])}** → TFLite "
@@ -77,7 +80,7 @@ rows = pick_samples(
     ref_class=chosen_class,
     flip=flip_cells,
     sort=str(sort),
-    only=None if by_runtime is None else by_runtime[1],
+    only=None if only is None else only[1],
 )
 v = res.variant(variant)
 n = len(table)
@@ -89,8 +92,15 @@ if by_runtime is not None:
         "flipped them, not the quantization.",
         icon=":material/filter_alt:",
     )
-if rows.empty and by_runtime is not None:
-    st.info("No runtime-flipped image matches the class filter; choose **all classes**.")
+if by_perturbation is not None:
+    perturbation, flipped = by_perturbation
+    st.info(
+        f"Showing the {len(flipped)} image(s) the variant newly flips under **{perturbation}** "
+        "(the original kept its answer there; the clean image and its answers are shown).",
+        icon=":material/filter_alt:",
+    )
+if rows.empty and only is not None:
+    st.info("No flipped image matches the class filter; choose **all classes**.")
     st.stop()
 if rows.empty:
     # Name the filter that emptied the list, not the margin or the run.
@@ -121,7 +131,15 @@ if rows.empty:
         st.info("No disagreement matches these filters.")
     st.stop()
 
-kind = "runtime-flipped image" if by_runtime else "at-risk sample" if at_risk else "disagreement"
+kind = (
+    "runtime-flipped image"
+    if by_runtime
+    else "perturbation-flipped image"
+    if by_perturbation
+    else "at-risk sample"
+    if at_risk
+    else "disagreement"
+)
 what = kind + ("" if len(rows) == 1 else "s")
 pages = max(1, math.ceil(len(rows) / PAGE_SIZE))
 c6, c7 = st.columns([3, 1])

@@ -223,6 +223,19 @@ class RunResults:
         out: list[dict[str, str]] = self._memo[key]
         return out
 
+    def perturbation_flips(self, name: str) -> dict[str, tuple[int, ...]]:
+        """Per perturbation of the flip hunt (`--perturb`), the data set indices of the images
+        `name` newly flips under it (`<name>.flip-hunt.csv`); {} when the run has none."""
+        import csv
+
+        path = rundir.variant_file(self.run_dir, self.report.files_of(name), rundir.FLIP_HUNT)
+        found: dict[str, list[int]] = {}
+        if path.is_file():
+            with path.open(encoding="utf-8", newline="") as f:
+                for row in csv.DictReader(f):
+                    found.setdefault(row["perturbation"], []).append(int(row["index"]))
+        return {p: tuple(indices) for p, indices in found.items()}
+
     def layer_details(self, name: str) -> dict[str, Any] | None:
         """`<name>.layer_details.json` (core.engine.layer_details): weight ranges and activation
         histograms per op, keyed by the op's order as text; None when the run has none."""

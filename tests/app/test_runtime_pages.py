@@ -128,3 +128,32 @@ def test_setup_chooses_the_runtimes_in_one_multiselect(
     jobs.cancel_run(rid)
     assert job["runtimes"] == ["xnnpack", "reference"]
     assert job["runtime_images"] == 200
+
+
+def test_the_gallery_shows_the_images_a_perturbation_flipped(
+    crafted: Path, open_page: OpenPage
+) -> None:
+    """A flip-hunt file naming two agreeing images under the crop: the filter shows exactly
+    those, says which perturbation, and the list goes back to the disagreements when off."""
+    report = read_report(crafted)
+    int8 = report.variant("int8")
+    assert int8 is not None
+    samples = pd.read_csv(rundir.variant_samples_path(crafted, int8))
+    flipped = [int(i) for i in samples.loc[samples["agree"] == 1, "index"][-2:]]
+    hunt = rundir.variant_file(crafted, report.files_of("int8"), rundir.FLIP_HUNT)
+    hunt.write_text(
+        "row,index,perturbation,original_class,variant_class\n"
+        + "".join(f"{i},{i},crop 92 %,0,1\n" for i in flipped)
+        + "0,0,brightness +10 %,0,1\n",
+        encoding="utf-8",
+    )
+    at = open_page(
+        "disagreements",
+        state={keys.DISAGREE_VARIANT: "int8", keys.DISAGREE_PERTURBATION: "crop 92 %"},
+    )
+    tiles = [b for b in at.button if str(b.key).startswith("disagreements.tile.")]
+    assert sorted(int(str(b.key).rsplit(".", 1)[-1]) for b in tiles) == sorted(flipped)
+    assert "**2** perturbation-flipped images of **40** samples" in at.markdown[0].value
+    assert any("newly flips under **crop 92 %**" in i.value for i in at.info)
+    at.selectbox(key=keys.DISAGREE_PERTURBATION).set_value("").run()
+    assert "**6** disagreements of **40** samples" in at.markdown[0].value

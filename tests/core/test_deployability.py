@@ -282,5 +282,13 @@ def test_flip_hunt_matches_an_independent_recomputation(run) -> None:  # type: i
         "brightness +10 %",
         "brightness -10 %",
     ]
-    assert (folder / f"{entry['file_id']}.flip-hunt.csv").is_file()
+    with (folder / "samples.csv").open(encoding="utf-8") as f:
+        indices = [int(r["index"]) for r in csv.DictReader(f)]
+    with (folder / f"{entry['file_id']}.flip-hunt.csv").open(encoding="utf-8") as f:
+        hunted = list(csv.DictReader(f))
+    # Each new flip's data set index (what the gallery filters by) is its row's, and the rows
+    # under brightness +10 % are exactly the ones recomputed here.
+    assert all(int(r["index"]) == indices[int(r["row"])] for r in hunted)
+    new = np.flatnonzero(kept & (clean_int8 == clean_ref) & (var != ref))
+    assert [int(r["row"]) for r in hunted if r["perturbation"] == "brightness +10 %"] == list(new)
     assert "flip hunt: int8: brightness +10 %:" in done.stdout

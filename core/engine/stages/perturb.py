@@ -1,7 +1,8 @@
 """The flip hunt (`--perturb`): every finished variant and the original on the decoded images
 under each small perturbation (core.inputs.perturb), agreement counted only on the images whose
 original answer did not change. Writes each variant's `flip_hunt` in report.json and its new
-flips to `<variant>.flip-hunt.csv` (row, perturbation, original's class, variant's class).
+flips to `<variant>.flip-hunt.csv` (row, data set index, perturbation, original's class,
+variant's class).
 
 Off by default: it runs the original and every variant five more times over the images.
 """
@@ -52,7 +53,7 @@ def run_flip_hunt(run: RunContext, reference: ReferenceOutputs) -> None:
         n: top1(np.load(rundir.probs_path(run.run_dir, run.report.files_of(n)))) for n in names
     }
     found: dict[str, list[PerturbedAgreement]] = {n: [] for n in names}
-    flips: dict[str, list[tuple[int, str, int, int]]] = {n: [] for n in names}
+    flips: dict[str, list[tuple[int, int, str, int, int]]] = {n: [] for n in names}
     for i, perturbation in enumerate(PERTURBATIONS):
         run.emit("perturb", i / len(PERTURBATIONS), f"flip hunt: {perturbation.name}")
         original, variants = _perturbed_answers(run, reference, perturbation, names, seed=i)
@@ -75,7 +76,13 @@ def run_flip_hunt(run: RunContext, reference: ReferenceOutputs) -> None:
                 )
             )
             flips[name] += [
-                (int(r), perturbation.name, int(original[r]), int(variants[name][r]))
+                (
+                    int(r),
+                    int(reference.sample_indices[r]),  # the data set index the gallery filters by
+                    perturbation.name,
+                    int(original[r]),
+                    int(variants[name][r]),
+                )
                 for r in np.flatnonzero(new)
             ]
     for name in names:
@@ -125,10 +132,10 @@ def _top1(outputs: np.ndarray, softmax: bool) -> np.ndarray:
     return top1(to_probabilities(outputs, softmax=softmax))
 
 
-def _write_flips(path: Path, rows: list[tuple[int, str, int, int]]) -> None:
+def _write_flips(path: Path, rows: list[tuple[int, int, str, int, int]]) -> None:
     tmp = path.with_suffix(".tmp")
     with tmp.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["row", "perturbation", "original_class", "variant_class"])
+        writer.writerow(["row", "index", "perturbation", "original_class", "variant_class"])
         writer.writerows(rows)
     tmp.replace(path)
