@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from core.reporting.runmodel import CellStatus, Deployability, Variant
+from core.types import short_name
 
 
 class Target(enum.StrEnum):
@@ -218,7 +219,14 @@ def deployability_rows(variants: Sequence[Variant]) -> list[dict[str, str]]:
         if found is None:
             continue
         ops, memory, estimate = _vela_cells(found)
-        cells = (v.name, _integer_cell(found), _micro_cell(found), ops, memory, estimate)
+        cells = (
+            short_name(v.name),
+            _integer_cell(found),
+            _micro_cell(found),
+            ops,
+            memory,
+            estimate,
+        )
         rows.append(dict(zip(DEPLOYABILITY_COLUMNS, cells, strict=True)))
     return rows
 
