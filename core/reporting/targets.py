@@ -79,8 +79,9 @@ PROFILES = {
         "microcontroller (TFLite-Micro)",
         "every op computing in integers, every op kernel in TFLite-Micro, and an arena within "
         "the limit",
-        "agreement measured here with XNNPACK (a microcontroller runs the reference kernels, "
-        "whose answers can differ: see the runtime matrix); latency is this machine's CPU",
+        "agreement under TFLite-Micro or the reference kernels when the run has them "
+        "(`--runtimes tflm,reference`; a microcontroller's answers can differ from XNNPACK's), "
+        "else under XNNPACK; latency is this machine's CPU",
     ),
     Target.GPU: TargetProfile(
         Target.GPU,
