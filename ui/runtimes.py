@@ -8,9 +8,7 @@ import streamlit as st
 
 from core.reporting.results import RunResults
 from core.reporting.runtimes import FLIPS_MEANING, matrix_rows, runtime_label, subset_sentence
-from ui import keys
-
-NO_RUNTIME = ""  # the gallery's usual view: disagreements with the original
+from ui import keys, widgets
 
 
 def matrix_table(res: RunResults) -> None:
@@ -41,23 +39,12 @@ def flipping_runtimes(res: RunResults, variant: str) -> dict[str, tuple[int, ...
 def runtime_filter(res: RunResults, variant: str) -> tuple[str, tuple[int, ...]] | None:
     """The gallery filter "flipped by the runtime, not the quantization": (runtime, images) or
     None when off or the run has no runtime that flips this variant."""
-    flips = flipping_runtimes(res, variant)
-    if not flips:
-        return None
-    options = [NO_RUNTIME, *flips]
-    if st.session_state.get(keys.DISAGREE_RUNTIME) not in options:
-        st.session_state[keys.DISAGREE_RUNTIME] = NO_RUNTIME
-    chosen = st.selectbox(
+    return widgets.gallery_image_filter(
         "Flipped by the runtime, not the quantization",
-        options,
+        flipping_runtimes(res, variant),
         key=keys.DISAGREE_RUNTIME,
-        format_func=lambda r: (
-            "off: disagreements with the original"
-            if r == NO_RUNTIME
-            else f"{runtime_label(r)}: {len(flips[r])} image(s) flipped against XNNPACK"
-        ),
+        describe=lambda r, count: f"{runtime_label(r)}: {count} image(s) flipped against XNNPACK",
         help="Images whose top-1 under that runtime differs from the same file's top-1 under "
         "XNNPACK: the runtime flipped them, not the quantization. The gallery shows XNNPACK's "
         "answer.",
     )
-    return None if chosen == NO_RUNTIME else (str(chosen), flips[str(chosen)])

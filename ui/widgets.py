@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal, TypedDict
 
 import numpy as np
@@ -478,3 +479,37 @@ def gallery(
                     use_container_width=True,
                 ):
                     sample_dialog(res.run_id, variant, int(r["row"]))
+
+
+GALLERY_FILTER_OFF = ""  # a gallery image filter's "off": disagreements with the original
+
+
+def gallery_image_filter(
+    label: str,
+    flips: dict[str, tuple[int, ...]],
+    *,
+    key: str,
+    describe: Callable[[str, int], str],
+    help: str,
+) -> tuple[str, tuple[int, ...]] | None:
+    """A Disagreements filter that swaps the gallery's disagreements for one named set of
+    images (a runtime's flips, a perturbation's new flips): (name, data set indices) when one
+    is chosen, None when off or there is nothing to choose (the choice is not drawn then).
+    `describe(name, count)` words an option."""
+    if not flips:
+        return None
+    options = [GALLERY_FILTER_OFF, *flips]
+    if st.session_state.get(key) not in options:
+        st.session_state[key] = GALLERY_FILTER_OFF
+    chosen = st.selectbox(
+        label,
+        options,
+        key=key,
+        format_func=lambda name: (
+            "off: disagreements with the original"
+            if name == GALLERY_FILTER_OFF
+            else describe(name, len(flips[name]))
+        ),
+        help=help,
+    )
+    return None if chosen == GALLERY_FILTER_OFF else (str(chosen), flips[str(chosen)])
