@@ -35,11 +35,18 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	  else echo "the browser tests need Debian's chromium: sudo apt-get install -y chromium"; exit 1; fi; }
 
+# Two workers (pytest-xdist): most of the suite waits on subprocesses, servers, chromium and
+# Ray, so two cores run it close to twice as fast. Whole files go to one worker, Ray tests to
+# one worker together, and the demo is built once for both (tests/conftest.py). The slowest
+# tests are listed at the end of every run.
+TEST_WORKERS ?= 2
+XDIST := -n $(TEST_WORKERS) --dist loadgroup
+
 test: install browser
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q $(XDIST) --durations=25
 
 test-fast: install
-	$(PY) -m pytest -q -m "not slow and not e2e"
+	$(PY) -m pytest -q $(XDIST) -m "not slow and not e2e"
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -9,6 +9,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from tests.app.fixtures import build_run
+from tests.session_builds import build_once
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,42 +51,43 @@ def open_page() -> OpenPage:
 @pytest.fixture(scope="session")
 def demo_home(tmp_path_factory: pytest.TempPathFactory, built_demo: Path) -> Path:
     """A workspace with the real demo (the session's one build) and one real run (float16,
-    int8) in runs/, made once per session with the real engine (`python -m core run`)."""
+    int8) in runs/, made once per test run with the real engine (`python -m core run`)."""
     import os
     import shutil
     import subprocess
     import sys
 
-    h = tmp_path_factory.mktemp("demo_home")
-    shutil.copytree(built_demo, h / "demo", symlinks=True)
-    env = dict(os.environ, QUANTLENS_HOME=str(h), TF_CPP_MIN_LOG_LEVEL="3")
     from core.inputs.demo_paths import demo_paths
 
-    paths = demo_paths(h)
-    out = h / "runs" / "20250101-000000-demo01"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "core",
-            "run",
-            str(paths.saved_model),
-            "--data",
-            str(paths.data_csv),
-            "--modes",
-            "float16,int8",
-            "--out",
-            str(out),
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        timeout=900,
-        check=False,
-    )
-    assert done.returncode in (0, 1), done.stderr.decode()[-2000:]
-    assert (out / "report.json").is_file() and (out / "job.json").is_file()
-    return h
+    def build(h: Path) -> None:
+        shutil.copytree(built_demo, h / "demo", symlinks=True)
+        env = dict(os.environ, QUANTLENS_HOME=str(h), TF_CPP_MIN_LOG_LEVEL="3")
+        paths = demo_paths(h)
+        out = h / "runs" / "20250101-000000-demo01"
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "core",
+                "run",
+                str(paths.saved_model),
+                "--data",
+                str(paths.data_csv),
+                "--modes",
+                "float16,int8",
+                "--out",
+                str(out),
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            timeout=900,
+            check=False,
+        )
+        assert done.returncode in (0, 1), done.stderr.decode()[-2000:]
+        assert (out / "report.json").is_file() and (out / "job.json").is_file()
+
+    return build_once(tmp_path_factory, "demo_home", build)
 
 
 @pytest.fixture

@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.session_builds import build_once
+
 TINY_SIZE = 16
 TINY_CLASSES = 4
 
@@ -90,13 +92,17 @@ def unlabelled_copy(csv_path: Path, dest: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The same tiny model as `.keras` and as a SavedModel, plus a logits-output SavedModel."""
-    root = tmp_path_factory.mktemp("tiny_models")
-    model = build_tiny_model()
-    model.save(root / "tiny.keras")
-    model.export(str(root / "tiny_saved_model"), verbose=False)
-    logits = build_tiny_model(softmax=False, seed=1)
-    logits.export(str(root / "logits_saved_model"), verbose=False)
+    """The same tiny model as `.keras` and as a SavedModel, plus a logits-output SavedModel
+    (built once per test run, whatever the number of xdist workers)."""
+
+    def build(root: Path) -> None:
+        model = build_tiny_model()
+        model.save(root / "tiny.keras")
+        model.export(str(root / "tiny_saved_model"), verbose=False)
+        logits = build_tiny_model(softmax=False, seed=1)
+        logits.export(str(root / "logits_saved_model"), verbose=False)
+
+    root = build_once(tmp_path_factory, "tiny_models", build)
     return {
         "keras": root / "tiny.keras",
         "saved_model": root / "tiny_saved_model",

@@ -25,7 +25,8 @@ from tests.core.test_cli import REPO, data_with_broken_images, run_cli  # noqa: 
 if TYPE_CHECKING:
     from core.engine.ray_engine import Evaluation
 
-pytestmark = pytest.mark.slow
+# One xdist worker runs every Ray test (tests/conftest.py: two Rays on one host meet in /tmp/ray).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
 MODES = "float32,float16,int8"
 
