@@ -40,7 +40,7 @@ browser:
 # one worker together, and the demo is built once for both (tests/conftest.py). The slowest
 # tests are listed at the end of every run.
 TEST_WORKERS ?= 2
-XDIST := -n $(TEST_WORKERS) --dist loadgroup
+XDIST := -n $(TEST_WORKERS) --dist loadfile
 
 test: install browser
 	$(PY) -m pytest -q $(XDIST) --durations=25

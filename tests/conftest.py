@@ -45,57 +45,71 @@ def pytest_runtest_teardown(item: pytest.Item) -> None:
         )
 
 
-# Tests that start or join a Ray cluster run on one xdist worker, one after another: two Rays on
-# one host would share /tmp/ray (where a driver without an address looks for a cluster), and
-# the session's Ray head (tests/core/conftest.py) is then started once per run, not per worker.
-RAY_GROUP = "ray"
-RAY_FIXTURES = {"ray_address", "ray_connected"}
+# Under pytest-xdist (`make test` runs two workers) a worker gets whole test files, so that a
+# module's fixtures (a model build, a CLI run) are made once. The files that start or join a
+# Ray cluster go to one worker together, one after another: two Rays on one host meet in
+# /tmp/ray (where a driver with no address looks for a cluster, and Ray's test cluster writes
+# its address), and the session's Ray head (tests/core/conftest.py) is started once.
+RAY_FILES = frozenset(
+    {
+        "tests/core/test_calibration_runs.py",
+        "tests/core/test_ray_cluster.py",
+        "tests/core/test_ray_cluster_lost.py",
+        "tests/core/test_ray_engine.py",
+    }
+)
+RAY_FIXTURES = frozenset({"ray_address", "ray_connected"})
+RAY_UNIT = "ray"
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook turns the group into the test's id
+def work_unit(nodeid: str) -> str:
+    """What one worker runs as a whole: the test's file, or all the Ray files together."""
+    path = nodeid.split("::", 1)[0]
+    return RAY_UNIT if path in RAY_FILES else path
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None and RAY_FIXTURES & set(
-            getattr(item, "fixturenames", ())
-        ):
-            item.add_marker(pytest.mark.xdist_group(RAY_GROUP))
+    strays = sorted(
+        {
+            item.nodeid.split("::", 1)[0]
+            for item in items
+            if RAY_FIXTURES & set(getattr(item, "fixturenames", ()))
+            and work_unit(item.nodeid) != RAY_UNIT
+        }
+    )
+    if strays:
+        raise pytest.UsageError(
+            f"{', '.join(strays)} use the session's Ray: add them to RAY_FILES in tests/conftest.py"
+        )
     if os.environ.get("PYTEST_XDIST_WORKER"):
         # Longest work first, so that no worker starts a minutes-long file while the other has
-        # nothing left: the Ray group, then files with browser tests, then files that build
+        # nothing left: the Ray files, then files with browser tests, then files that build
         # models, then the rest. Each file keeps its own order (both workers sort alike).
-        rank = {}
+        rank: dict[str, int] = {}
         for item in items:
-            scope = _scope(item)
-            mine = 0 if scope == RAY_GROUP else 1 if item.get_closest_marker("e2e") else 2
-            if mine == 2 and item.get_closest_marker("slow") is None:
-                mine = 3
-            rank[scope] = min(rank.get(scope, 3), mine)
-        items.sort(key=lambda item: rank[_scope(item)])
-
-
-def _scope(item: pytest.Item) -> str:
-    """The unit the scheduler below hands to a worker: the test's xdist group, else its file."""
-    group = item.get_closest_marker("xdist_group")
-    if group is not None:
-        return str(group.args[0] if group.args else group.kwargs.get("name", "default"))
-    return item.nodeid.split("::", 1)[0]
+            unit = work_unit(item.nodeid)
+            if unit == RAY_UNIT:
+                mine = 0
+            elif item.get_closest_marker("e2e"):
+                mine = 1
+            else:
+                mine = 2 if item.get_closest_marker("slow") else 3
+            rank[unit] = min(rank.get(unit, 3), mine)
+        items.sort(key=lambda item: rank[work_unit(item.nodeid)])
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
-    """Hand out whole files (so a module's fixtures, which build models or make CLI runs, are
-    made once), except that tests marked `xdist_group` go together wherever they are; in the
-    collection's order, which the hook above puts longest first."""
+    """xdist's scheduler by scope, with `work_unit` as the scope, handing the units out in the
+    collection's order (which the hook above puts longest first)."""
     from xdist.scheduler import LoadScopeScheduling
 
-    class FileOrGroupScheduling(LoadScopeScheduling):  # type: ignore[misc]
+    class WorkUnitScheduling(LoadScopeScheduling):  # type: ignore[misc]
         def _split_scope(self, nodeid: str) -> str:
-            if nodeid.rfind("@") > nodeid.rfind("]"):  # xdist's `@group` suffix (loadgroup)
-                return nodeid.rsplit("@", 1)[-1]
-            return nodeid.split("::", 1)[0]
+            return work_unit(nodeid)
 
     config.option.loadscopereorder = False
-    return FileOrGroupScheduling(config, log)
+    return WorkUnitScheduling(config, log)
 
 
 @pytest.fixture(scope="session")

@@ -28,8 +28,7 @@ import pytest
 from tests.core.conftest import write_tiny_images
 from tests.core.test_cli import REPO, run_cli
 
-# One xdist worker runs every Ray test (tests/conftest.py: two Rays on one host meet in /tmp/ray).
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
+pytestmark = pytest.mark.slow
 
 # Ray's CLI through this interpreter: the venv's `ray` script may carry another venv's shebang.
 RAY = [sys.executable, "-m", "ray.scripts.scripts"]

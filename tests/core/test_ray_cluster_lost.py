@@ -25,8 +25,7 @@ import pytest
 
 from tests.core.test_cli import REPO
 
-# One xdist worker runs every Ray test (tests/conftest.py: two Rays on one host meet in /tmp/ray).
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
+pytestmark = pytest.mark.slow
 
 # Ray's CLI through this interpreter: the venv's `ray` script may carry another venv's shebang.
 RAY = [sys.executable, "-m", "ray.scripts.scripts"]

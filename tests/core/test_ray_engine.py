@@ -25,8 +25,7 @@ from tests.core.test_cli import REPO, data_with_broken_images, run_cli  # noqa: 
 if TYPE_CHECKING:
     from core.engine.ray_engine import Evaluation
 
-# One xdist worker runs every Ray test (tests/conftest.py: two Rays on one host meet in /tmp/ray).
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
+pytestmark = pytest.mark.slow
 
 MODES = "float32,float16,int8"
 
