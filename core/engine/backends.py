@@ -14,7 +14,7 @@ from core.engine.convert import ConversionResult, tflite_from_converter
 from core.engine.fixes.keep_float import tflite_keeping_float
 from core.engine.models import ReferenceModel
 from core.engine.quantizer import tflite_from_quantizer
-from core.types import Backend, VariantSpec
+from core.types import Backend, Mode, VariantSpec
 
 
 def tflite_from_reference(
@@ -32,7 +32,8 @@ def tflite_from_reference(
     The arguments are those of core.engine.convert.tflite_from_converter, which documents them.
 
     An equalized variant (`int8:eq`) converts the run's Keras model after cross-layer
-    equalization on the calibration images (core.engine.fixes.equalize_rung).
+    equalization on the calibration images (core.engine.fixes.equalize_rung); a bias-corrected
+    one (`int8:bc=A`) after empirical bias correction (core.engine.fixes.bias_correct).
 
     Raises:
         ConversionFailed: the backend refused the model or the calibration data, or every
@@ -50,6 +51,8 @@ def tflite_from_reference(
         except EqualizationError as exc:
             raise ConversionFailed(f"{spec.name}: {exc}") from None
         model_sha256 = equalized_sha(model_sha256, calibration)  # the edited weights' key
+    if spec.bias_corrected_layers:
+        model, model_sha256 = _bias_corrected(model, spec, model_sha256, calibration, preset)
     if spec.backend is Backend.QUANTIZER:
         return tflite_from_quantizer(
             model,
@@ -70,3 +73,46 @@ def tflite_from_reference(
         cache_dir=cache_dir,
         keep_float=tflite_keeping_float,
     )
+
+
+def _bias_corrected(
+    model: ReferenceModel,
+    spec: VariantSpec,
+    model_sha256: str,
+    calibration: np.ndarray | None,
+    preset: str | None,
+) -> tuple[ReferenceModel, str]:
+    """The bias-corrected reference model of a `:bc=` variant and its cache key.
+
+    Raises:
+        ConversionFailed: no calibration images, or the model cannot be corrected (the reason).
+    """
+    from dataclasses import replace
+
+    from core.engine.fixes.bias_correct import (
+        BiasCorrectionError,
+        bias_corrected_reference,
+        corrected_sha,
+    )
+    from core.errors import ConversionFailed
+
+    if calibration is None:
+        raise ConversionFailed(f"{spec.name}: bias correction needs the calibration images")
+    images = calibration
+
+    def convert(reference: ReferenceModel, target: VariantSpec, sha: str) -> bytes:
+        return tflite_from_reference(
+            reference,
+            replace(target, bias_corrected_layers=()),
+            model_sha256=sha,
+            calibration=None if target.mode is Mode.FLOAT32 else images,
+            preset=preset,
+        ).tflite
+
+    try:
+        corrected = bias_corrected_reference(
+            model, spec, calibration, model_sha256=model_sha256, convert=convert
+        )
+    except BiasCorrectionError as exc:
+        raise ConversionFailed(f"{spec.name}: {exc}") from None
+    return corrected.reference, corrected_sha(model_sha256, spec, calibration)

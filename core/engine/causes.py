@@ -38,6 +38,7 @@ CauseKind = Literal[
     "preprocessing",
     "runtime_only",
     "diffuse",
+    "biased_error",  # core.engine.biased_error: measured by running the quantized model
 ]
 FixKind = Literal["equalize", "bias_correction", "int16_activations", "weight_only", "keep_float"]
 # Cheapest first: equalization keeps the model all-int8 at the same size and speed; bias
@@ -97,6 +98,15 @@ PRESET_GAP_POINTS = 5.0
 # Runtime only: the same `.tflite` agrees this many points less under one runtime than under
 # another (XNNPACK vs built-in kernels flipped 2 % of a MobileNetV2's images, see the notes).
 RUNTIME_GAP_POINTS = 1.0
+# Biased error (core.engine.biased_error): a channel is shifted when its mean int8 error is at
+# least half its spread (standard deviation) and at least half of the output's step. Plain
+# rounding gives a per-channel mean of a few hundredths of a step (weight rounding errors of
+# both signs nearly cancel); half a step is far above that, and enough to matter once a global
+# pooling adds every position's shift up. A layer is named when at least a quarter of its live
+# channels are shifted.
+BIAS_SPREAD_RATIO = 0.5
+BIAS_MIN_STEPS = 0.5
+BIASED_SHARE = 0.25
 THRESHOLDS = {
     "activation_range_ratio": ACTIVATION_RANGE_RATIO,
     "collapse_levels": COLLAPSE_LEVELS,
@@ -107,6 +117,9 @@ THRESHOLDS = {
     "min_group": MIN_GROUP,
     "preset_gap_points": PRESET_GAP_POINTS,
     "runtime_gap_points": RUNTIME_GAP_POINTS,
+    "bias_spread_ratio": BIAS_SPREAD_RATIO,
+    "bias_min_steps": BIAS_MIN_STEPS,
+    "biased_share": BIASED_SHARE,
 }
 
 # Ops a channel passes through unchanged in meaning (per channel, positively homogeneous or a
@@ -442,7 +455,7 @@ def weight_outliers_cause(w: WeightSignals) -> Cause | None:
             f"weight{kurtosis}; int8 keeps about {127 / w.group_spread:.1f} of 127 steps for "
             "the typical weight"
         ),
-        fixes=_ordered(["bias_correction", "keep_float"]),
+        fixes=_ordered(["keep_float"]),
     )
 
 
@@ -508,7 +521,7 @@ def diffuse_cause(suspects: list[str]) -> Cause:
             "channel, weight outlier, clipping or collapsed range; the error is spread "
             "across layers"
         ),
-        fixes=_ordered(["bias_correction", "int16_activations", "keep_float"]),
+        fixes=_ordered(["int16_activations", "keep_float"]),
     )
 
 

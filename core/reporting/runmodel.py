@@ -127,6 +127,7 @@ class VariantIdentity(_MappingView):
     int16_layers: tuple[str, ...] = ()
     weight_only_layers: tuple[str, ...] = ()
     equalized: bool = False
+    bias_corrected_layers: tuple[str, ...] = ()
     role: str = ROLE_SELECTED
     parent: str | None = None
     calibration_samples: int | None = None
@@ -150,6 +151,7 @@ class VariantIdentity(_MappingView):
         "int16_layers",
         "weight_only_layers",
         "equalized",
+        "bias_corrected_layers",
         "parent",
         "calibration_samples",
         "calibration_seed",
@@ -170,6 +172,7 @@ class VariantIdentity(_MappingView):
             int16_layers=spec.int16_layers,
             weight_only_layers=spec.weight_only_layers,
             equalized=spec.equalized,
+            bias_corrected_layers=spec.bias_corrected_layers,
             role=role,
         )
 
@@ -193,6 +196,7 @@ class VariantIdentity(_MappingView):
             int16_layers=tuple(str(x) for x in entry.get("int16_layers") or ()),
             weight_only_layers=tuple(str(x) for x in entry.get("weight_only_layers") or ()),
             equalized=bool(entry.get("equalized", False)),
+            bias_corrected_layers=tuple(str(x) for x in entry.get("bias_corrected_layers") or ()),
             role=str(entry.get("role") or ROLE_SELECTED),
             parent=entry.get("parent"),
             calibration_samples=entry.get("calibration_samples"),
@@ -219,6 +223,8 @@ class VariantIdentity(_MappingView):
             d["weight_only_layers"] = list(self.weight_only_layers)
         if self.equalized:
             d["equalized"] = True
+        if self.bias_corrected_layers:
+            d["bias_corrected_layers"] = list(self.bias_corrected_layers)
         # Written only when set, so schema-1 content stays as it was.
         for key in ("parent", "calibration_samples", "calibration_seed"):
             value = getattr(self, key)
@@ -244,6 +250,7 @@ class VariantIdentity(_MappingView):
             int16_layers=self.int16_layers,
             weight_only_layers=self.weight_only_layers,
             equalized=self.equalized,
+            bias_corrected_layers=self.bias_corrected_layers,
         )
 
 

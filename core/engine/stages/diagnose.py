@@ -188,18 +188,24 @@ def root_causes(
     """The variant's root causes in words (core.engine.causes) for its diagnosis's suspects,
     measured on the calibration images and the flipped ones (the calibration images when it
     flipped none), as the typed `diagnosis.causes`; or nothing and a warning."""
+    from core.engine.biased_error import layer_errors, with_biased_error
     from core.engine.causes import find_causes
     from core.reporting.runmodel import VariantCauses
 
     run.emit("diagnose", 0.95, f"{spec.name}: root causes", spec.name)
+    tflite = rundir.tflite_path(run.run_dir, spec).read_bytes()
+    suspects = [s["layer"] for s in summary.get("suspects") or ()]
     try:
         found = find_causes(
             float_model,
-            rundir.tflite_path(run.run_dir, spec).read_bytes(),
+            tflite,
             calibration=calibration,
             evaluated=flipped if len(flipped) else calibration,
-            suspects=[s["layer"] for s in summary.get("suspects") or ()],
+            suspects=suspects,
         )
+        # The one signal that runs the quantized model: its error's per-channel mean.
+        errors = layer_errors(float_model, tflite, calibration, layers=suspects)
+        found = with_biased_error(found, errors, suspects=suspects)
     except (QuantLensError, ValueError, RuntimeError, OSError) as exc:
         return {}, f"no root causes: {_first_line(exc)}"
     return VariantCauses.from_dict(found.to_dict()).to_dict(), None
