@@ -253,6 +253,11 @@ class VariantSpec:
                 f"{name}: bc= corrects the biases against the int8 error of an int8 model; use "
                 "it with int8 or int8_q"
             )
+        if self.bias_corrected_layers and replace(self, bias_corrected_layers=()).has_overrides:
+            raise QuantLensError(
+                f"{name}: bc= corrects the plain int8 model's error; give it without other "
+                "overrides"
+            )
         overrides = self.float_layers or self.int16_layers or self.weight_only_layers
         if overrides and self.mode is Mode.FLOAT32:
             raise QuantLensError(

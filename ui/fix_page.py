@@ -90,6 +90,8 @@ def repaired_rows(res: RunResults, parent: str, rung: str) -> pd.DataFrame:
 
 RESCORE_HELP = {
     "equalize": "Cross-layer equalize the model, quantize it as {parent} is",
+    "bias_correction": "Correct the biases of {layers} against {parent}'s mean int8 error, "
+    "quantize it as {parent} is",
     "int16_activations": "Quantize {parent} again with {layers} at 16-bit activations",
     "keep_float": "Convert {parent} again with {layers} in float",
 }

@@ -7,6 +7,7 @@ choosing between them happens here, above both, which keeps the two modules free
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -15,6 +16,9 @@ from core.engine.fixes.keep_float import tflite_keeping_float
 from core.engine.models import ReferenceModel
 from core.engine.quantizer import tflite_from_quantizer
 from core.types import Backend, Mode, VariantSpec
+
+if TYPE_CHECKING:
+    from core.engine.fixes.bias_correct import BiasCorrection
 
 
 def tflite_from_reference(
@@ -75,6 +79,39 @@ def tflite_from_reference(
     )
 
 
+def bias_correction(
+    model: ReferenceModel,
+    spec: VariantSpec,
+    *,
+    model_sha256: str,
+    calibration: np.ndarray,
+    preset: str | None = None,
+) -> BiasCorrection:
+    """The bias-corrected model of a `:bc=` variant (core.engine.fixes.bias_correct), its
+    error measured on the parent's conversion on this backend.
+
+    Raises:
+        BiasCorrectionError: the model or its named layers cannot be corrected (the reason).
+        ConversionFailed: a step's conversion failed.
+    """
+    from dataclasses import replace
+
+    from core.engine.fixes.bias_correct import bias_corrected_reference
+
+    def convert(reference: ReferenceModel, target: VariantSpec, sha: str) -> bytes:
+        return tflite_from_reference(
+            reference,
+            replace(target, bias_corrected_layers=()),
+            model_sha256=sha,
+            calibration=None if target.mode is Mode.FLOAT32 else calibration,
+            preset=preset,
+        ).tflite
+
+    return bias_corrected_reference(
+        model, spec, calibration, model_sha256=model_sha256, convert=convert
+    )
+
+
 def _bias_corrected(
     model: ReferenceModel,
     spec: VariantSpec,
@@ -87,31 +124,14 @@ def _bias_corrected(
     Raises:
         ConversionFailed: no calibration images, or the model cannot be corrected (the reason).
     """
-    from dataclasses import replace
-
-    from core.engine.fixes.bias_correct import (
-        BiasCorrectionError,
-        bias_corrected_reference,
-        corrected_sha,
-    )
+    from core.engine.fixes.bias_correct import BiasCorrectionError, corrected_sha
     from core.errors import ConversionFailed
 
     if calibration is None:
         raise ConversionFailed(f"{spec.name}: bias correction needs the calibration images")
-    images = calibration
-
-    def convert(reference: ReferenceModel, target: VariantSpec, sha: str) -> bytes:
-        return tflite_from_reference(
-            reference,
-            replace(target, bias_corrected_layers=()),
-            model_sha256=sha,
-            calibration=None if target.mode is Mode.FLOAT32 else images,
-            preset=preset,
-        ).tflite
-
     try:
-        corrected = bias_corrected_reference(
-            model, spec, calibration, model_sha256=model_sha256, convert=convert
+        corrected = bias_correction(
+            model, spec, model_sha256=model_sha256, calibration=calibration, preset=preset
         )
     except BiasCorrectionError as exc:
         raise ConversionFailed(f"{spec.name}: {exc}") from None

@@ -61,10 +61,11 @@ class LayerError:
         return len(self.mean)
 
     def shifted(self) -> np.ndarray:
-        """A mask of the channels whose mean error is biased (the thresholds above)."""
+        """A mask of the channels whose mean error is biased (core.engine.causes's thresholds)."""
         mean, std = np.abs(np.asarray(self.mean)), np.asarray(self.std)
         live = np.asarray(self.count) > 1
-        return live & (mean >= BIAS_MIN_STEPS * self.scale) & (mean >= BIAS_SPREAD_RATIO * std)
+        big = (mean >= BIAS_MIN_STEPS * self.scale) & (mean >= BIAS_SPREAD_RATIO * std)
+        return np.asarray(live & big, dtype=bool)
 
     def live(self) -> int:
         return int(np.count_nonzero(np.asarray(self.count) > 1))

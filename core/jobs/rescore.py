@@ -31,8 +31,8 @@ RESCORE_KEY = "rescore"  # status.json: the re-score in flight and the run's sta
 
 
 # The fixes a re-score can build (the fix page's rungs): each is a variant name the worker
-# converts like any other (`:keep=`, `:eq`, `:int16=` on the quantizer).
-RESCORE_FIXES = ("keep_float", "equalize", "int16_activations")
+# converts like any other (`:keep=`, `:eq`, `:int16=` on the quantizer, `:bc=`).
+RESCORE_FIXES = ("keep_float", "equalize", "int16_activations", "bias_correction")
 
 
 def add_rescore_variant(
@@ -45,8 +45,9 @@ def add_rescore_variant(
 ) -> str:
     """Add `parent` with a fix to the finished run in `directory`, and queue the run again; the
     caller starts its supervisor. The fix is `layers` kept in float (the default), the model
-    cross-layer equalized (`fix="equalize"`, layers unused) or `layers` given 16-bit
-    activations (`fix="int16_activations"`, on the quantizer backend).
+    cross-layer equalized (`fix="equalize"`, layers unused), `layers` given 16-bit
+    activations (`fix="int16_activations"`, on the quantizer backend) or `layers`' biases
+    corrected against the parent's int8 error (`fix="bias_correction"`).
 
     Returns:
         The derived variant's name (e.g. `int8:keep=conv2d+dense`, `int8:eq`).
@@ -124,6 +125,9 @@ def _derived_spec(parent: str, layers: tuple[str, ...], fix: str = "keep_float")
     elif fix == "int16_activations":
         derived = replace(spec, backend=Backend.QUANTIZER, int16_layers=layers)
         what = "take 16-bit activations; choose an int8 variant"
+    elif fix == "bias_correction":
+        derived = replace(spec, bias_corrected_layers=layers)
+        what = "be bias corrected; choose an int8 variant"
     else:
         derived = replace(spec, float_layers=layers)
         what = "keep layers in float; choose an int8 or a quantizer (_q) variant"
@@ -221,6 +225,9 @@ def rescore_command(directory: Path, derived: VariantSpec) -> str:
     if derived.int16_layers:
         layers = ",".join(derived.int16_layers)
         return f"{head} --int16 {shlex.quote(layers)}"
+    if derived.bias_corrected_layers:
+        layers = ",".join(derived.bias_corrected_layers)
+        return f"{head} --bias-correct {shlex.quote(layers)}"
     return f"{head} --keep-float {shlex.quote(','.join(derived.float_layers))}"
 
 

@@ -41,7 +41,8 @@ EXPECTED_INTEGER_ONLY = {
 FIX_NOTE = {
     "equalize": "rescales channel pairs in the float model (the same function), then quantizes "
     "as usual: same size and speed",
-    "bias_correction": "absorbs the mean quantization error into the biases",
+    "bias_correction": "the layer's float bias absorbs its mean int8 error (the float model "
+    "changes on purpose): same size and speed",
     "int16_activations": "the chain's activations at 16 bits: runs on reference kernels on CPU "
     "(much slower) and on few accelerators",
     "weight_only": "int8 weights, float activations and compute",
@@ -98,8 +99,8 @@ class CauseLadder:
 
 def fix_variant(parent: str, kind: str, layers: tuple[str, ...]) -> str | None:
     """The name of the variant a fix makes of `parent` (the fix ladder's and the re-score's
-    naming): equalized, its chain at 16 bits on the quantizer, or its chain in float; None for
-    a fix no variant name spells (bias correction, weight-only) or a parent it does not fit."""
+    naming): equalized, bias corrected, its chain at 16 bits on the quantizer, or its chain in
+    float; None for a fix no variant name spells (weight-only) or a parent it does not fit."""
     try:
         spec = VariantSpec.parse(parent)
         if kind == "equalize":
@@ -112,6 +113,8 @@ def fix_variant(parent: str, kind: str, layers: tuple[str, ...]) -> str | None:
             )
         elif kind == "keep_float":
             derived = replace(spec, float_layers=tuple(sorted(layers)))
+        elif kind == "bias_correction":
+            derived = replace(spec, bias_corrected_layers=tuple(sorted(layers)))
         else:
             return None
         derived.check()
@@ -136,6 +139,8 @@ def rung_layers(cause: RootCause, kind: str) -> tuple[str, ...]:
 def fix_of(variant: Variant) -> tuple[str, tuple[str, ...]] | None:
     """(kind, layers) of the fix a derived variant's name spells."""
     identity = variant.identity
+    if identity.bias_corrected_layers:  # a plain parent only (VariantSpec.check)
+        return "bias_correction", tuple(identity.bias_corrected_layers)
     if identity.equalized and not (identity.float_layers or identity.int16_layers):
         return "equalize", ()
     if identity.int16_layers and not identity.float_layers:

@@ -262,7 +262,9 @@ class FloatChange:
     max_abs_delta: float
 
 
-def float_change(model: ReferenceModel, corrected: BiasCorrection, images: np.ndarray) -> FloatChange:
+def float_change(
+    model: ReferenceModel, corrected: BiasCorrection, images: np.ndarray
+) -> FloatChange:
     """Top-1 agreement and max |Δ output| of the corrected float model against the original:
     the price of compensating the int8 error in float (not a tolerance: it differs by design)."""
     if not len(images):

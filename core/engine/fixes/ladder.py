@@ -3,7 +3,8 @@ first, from the causes its diagnosis named.
 
 1. equalize: the Keras model cross-layer equalized, quantized as the parent is (`int8:eq`):
    all-int8, same size and speed;
-2. bias correction: not built yet (the ladder says so instead of offering it);
+2. bias_correction: the biases of the layers whose int8 error a cause found biased absorb
+   that error (core.engine.fixes.bias_correct, `int8:bc=...`): all-int8, same size and speed;
 3. int16_activations: 16-bit activations for each culprit chain (conv -> pass-through ops ->
    conv) on the quantizer backend (`int8_q:int16=...`): integer-only, a little larger, and on
    CPU it runs on reference kernels (no XNNPACK path), about 60x slower;
@@ -18,17 +19,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from core.reporting.runmodel import VariantCauses
+from core.reporting.runmodel import RootCause, VariantCauses
 from core.types import Backend, Mode, VariantSpec
 
 INT16_NOTE = (
     "16-bit activations have no XNNPACK kernels: on CPU they run on reference kernels, and few "
     "accelerators run them"
 )
+BIAS_NOTE = (
+    "the float model is changed on purpose (its biases carry the opposite of the int8 error); "
+    "the fix records by how much"
+)
 WEIGHT_ONLY_NOTE = (
     "the op keeps int8 weights and computes in float: integer-only targets cannot run it"
 )
-NOT_BUILT = {"bias_correction": "bias correction is not built in this version"}
 
 
 @dataclass(frozen=True)
@@ -47,20 +51,16 @@ def ladder(spec: VariantSpec, causes: VariantCauses | None) -> list[Rung]:
     """The rungs for `spec` before keep_float (which the search walks itself), cheapest first.
 
     Equalization is offered whenever the parent is fully quantized (the rung itself finds out
-    whether layers pair up, and skips with the reason when not); 16-bit activations for each
-    chain a cause names them for.
+    whether layers pair up, and skips with the reason when not); bias correction for the layers
+    a `biased_error` cause names; 16-bit activations for each chain a cause names them for.
     """
     rungs: list[Rung] = []
     named = () if causes is None else causes.causes
-    wanted = {fix for c in named for fix in c.fixes}
     if spec.mode is Mode.INT8 and not spec.equalized:
         rungs.append(Rung("equalize", replace(spec, equalized=True), {"kind": "equalize"}))
     else:
         rungs.append(Rung("equalize", None, {"kind": "equalize"}, "equalization applies to int8"))
-    if "bias_correction" in wanted:
-        rungs.append(
-            Rung("bias_correction", None, {"kind": "bias_correction"}, NOT_BUILT["bias_correction"])
-        )
+    rungs.extend(_bias_correction(spec, named))
     # Keras layers only: "(model input)" and "(model output)" name no layer a recipe can match.
     chains = [
         chain
@@ -95,3 +95,27 @@ def ladder(spec: VariantSpec, causes: VariantCauses | None) -> list[Rung]:
         fix = {"kind": "weight_only", "layers": [layer]}
         rungs.append(Rung("weight_only", derived, fix, note=WEIGHT_ONLY_NOTE, integer_only=False))
     return rungs
+
+
+def _bias_correction(spec: VariantSpec, named: tuple[RootCause, ...]) -> list[Rung]:
+    """One rung correcting every layer a cause found biased (graph order is the rung's own):
+    none when no cause asks for it."""
+    # Keras layers only: "(model output)" names no layer whose bias the rung can find.
+    layers = sorted(
+        {
+            c.layer
+            for c in named
+            if "bias_correction" in c.fixes and c.layer and not c.layer.startswith("(")
+        }
+    )
+    if not any("bias_correction" in c.fixes for c in named):
+        return []
+    fix: dict[str, Any] = {"kind": "bias_correction"}
+    if spec.mode is not Mode.INT8 or spec.has_overrides:
+        reason = "bias correction applies to a plain int8 variant"
+        return [Rung("bias_correction", None, fix, reason)]
+    if not layers:
+        reason = "the biased layer is the model's output op, which no Keras layer name reaches"
+        return [Rung("bias_correction", None, fix, reason)]
+    derived = replace(spec, bias_corrected_layers=tuple(layers))
+    return [Rung("bias_correction", derived, {**fix, "layers": layers}, note=BIAS_NOTE)]

@@ -293,6 +293,7 @@ def _try_rung(
     does not apply, cannot be made or is refused is recorded with its one-line reason."""
     from core.engine.backends import tflite_from_reference
     from core.engine.equalize import EqualizationError
+    from core.engine.fixes.bias_correct import BiasCorrectionError
     from core.engine.fixes.equalize_rung import EqualizationRefused
     from core.engine.flatbuffer import integer_only
 
@@ -313,6 +314,8 @@ def _try_rung(
     try:
         if rung.kind == "equalize":
             fix = _verified_equalization(run, bench)
+        if rung.kind == "bias_correction":
+            fix = _bias_correction_fix(run, rung.spec, bench)
         tflite = tflite_from_reference(
             run.model,
             rung.spec,
@@ -323,7 +326,7 @@ def _try_rung(
             cache_dir=run.cache_dir,
         ).tflite
         measured = bench.measure(tflite)
-    except EqualizationError as exc:  # nothing to pair, or the float model changed: no fix
+    except (EqualizationError, BiasCorrectionError) as exc:  # no fix to make, or refused
         budget.used -= 1  # nothing was measured
         status = (
             CandidateStatus.REFUSED
@@ -371,6 +374,35 @@ def _verified_equalization(run: RunContext, bench: _Bench) -> dict[str, Any]:
         "verified_images": checked.images,
         "float_top1_agreement_pct": 100.0 * checked.top1_agreement,
         "float_max_abs_delta": checked.max_abs_delta,
+    }
+
+
+def _bias_correction_fix(run: RunContext, spec: VariantSpec, bench: _Bench) -> dict[str, Any]:
+    """Bias correct the Keras model (core.engine.fixes.bias_correct) and measure how much the
+    corrected float model differs from the original on the selection images: the rung's typed
+    `fix`. Not refused for differing: it compensates the int8 error by design.
+
+    Raises:
+        BiasCorrectionError: the model or its layers cannot be corrected (the reason).
+    """
+    from core.engine.backends import bias_correction
+    from core.engine.fixes.bias_correct import float_change
+
+    assert bench.reference.calibration is not None
+    corrected = bias_correction(
+        run.model,
+        spec,
+        model_sha256=run.model_sha,
+        calibration=bench.reference.calibration,
+        preset=run.job.preset,
+    )
+    change = float_change(run.model, corrected, _selection_images(run, bench))
+    return {
+        **corrected.as_fix(),
+        "float_checked_on": "selection images",
+        "float_images": change.images,
+        "float_top1_agreement_pct": 100.0 * change.top1_agreement,
+        "float_max_abs_delta": change.max_abs_delta,
     }
 
 
