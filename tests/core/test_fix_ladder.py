@@ -235,7 +235,8 @@ def test_an_equalization_that_changes_the_float_model_is_refused_with_the_differ
 def test_the_ladder_offers_each_rung_its_causes_name_cheapest_first() -> None:
     """From the causes: equalization first, 16-bit activations for each named chain (never
     for the pseudo-layers the diagnosis names the model's ends by), weight-only for the culprit
-    op; bias correction is named as not built; a float16 variant gets no int8 rung."""
+    op; bias correction only for the layers a biased_error cause names (none for the model's
+    output pseudo-layer); a float16 variant gets no int8 rung."""
     from core.engine.fixes.ladder import ladder
     from core.reporting.runmodel import RootCause, VariantCauses
     from core.types import VariantSpec
@@ -246,18 +247,29 @@ def test_the_ladder_offers_each_rung_its_causes_name_cheapest_first() -> None:
     )  # fmt: skip
     diffuse = RootCause(
         layer="head", layers=("head", "(model output)"), cause="diffuse", words="w",
-        fixes=("bias_correction", "int16_activations", "keep_float"),
+        fixes=("int16_activations", "keep_float"),
     )  # fmt: skip
-    rungs = ladder(VariantSpec.parse("int8"), VariantCauses(causes=(outlier, diffuse)))
+    biased = [
+        RootCause(layer=name, layers=(name,), cause="biased_error", words="w",
+                  fixes=("bias_correction", "keep_float"))
+        for name in ("head", "(model output)", "body")
+    ]  # fmt: skip
+    rungs = ladder(VariantSpec.parse("int8"), VariantCauses(causes=(outlier, diffuse, *biased)))
     named = [(r.kind, None if r.spec is None else r.spec.name) for r in rungs]
     assert named == [
         ("equalize", "int8:eq"),
-        ("bias_correction", None),
+        ("bias_correction", "int8:bc=body+head"),
         ("int16_activations", "int8_q:int16=body+pool+stem"),
         ("int16_activations", "int8_q:int16=head"),
         ("weight_only", "int8_q:wo=stem"),
     ]
-    assert rungs[1].reason == "bias correction is not built in this version"
+    assert rungs[1].integer_only and rungs[1].fix == {
+        "kind": "bias_correction",
+        "layers": ["body", "head"],
+    }
+    # No biased layer: no bias-correction rung at all.
+    plain = ladder(VariantSpec.parse("int8"), VariantCauses(causes=(outlier, diffuse)))
+    assert "bias_correction" not in [r.kind for r in plain]
     assert [r.spec for r in ladder(VariantSpec.parse("float16"), None)] == [None, None]
 
 

@@ -183,6 +183,12 @@ def _correct(
             )
             continue
         error = found[0]
+        if not _writes_layer_output(keras_model, name, float32, error.tensor, calibration[:2]):
+            skipped[name] = (
+                "the converted op that writes this layer's output computes the layers after it "
+                "too (a batch norm folded into it?); its bias cannot absorb the error there"
+            )
+            continue
         mean = np.asarray(error.mean)
         live = np.asarray(error.count) > 1
         layer = clone.get_layer(name)
@@ -214,6 +220,30 @@ def _correct(
         skipped=skipped,
         calibration_images=min(len(calibration), MAX_IMAGES),
     )
+
+
+def _writes_layer_output(
+    keras_model: Any, layer: str, float_tflite: bytes, tensor: str, images: np.ndarray
+) -> bool:
+    """Whether the float `.tflite`'s `tensor` holds what the Keras layer outputs on `images`:
+    a layer the converter fused with the next one (a batch norm) does not, and its error is
+    then in other units than its bias."""
+    import keras
+
+    from core.engine.intermediates import IntermediateTensors
+
+    probe = keras.Model(keras_model.inputs, keras_model.get_layer(layer).output)
+    expected = np.asarray(probe(images, training=False), dtype=np.float64)
+    model = IntermediateTensors(float_tflite, xnnpack=False)
+    got = []
+    for image in images:
+        model.run(image)
+        got.append(model.values(tensor))
+    found = np.stack(got).astype(np.float64)
+    if found.size != expected.size:
+        return False
+    tolerance = 1e-3 * max(1.0, float(np.max(np.abs(expected))))
+    return bool(np.max(np.abs(found.reshape(expected.shape) - expected)) <= tolerance)
 
 
 def _clone_with_biases(keras_model: Any, need_bias: set[str]) -> Any:
