@@ -326,3 +326,27 @@ def test_auto_fix_integer_only_picks_bias_correction_judged_on_held_out_images(
     monkeypatch.setenv("QUANTLENS_HOME", str(tmp_path))
     code = main(["rescore", str(out), "--variant", "int8", "--bias-correct", "shifted"])
     assert code != 0 and "int8:bc=shifted is already in this run" in capsys.readouterr().err
+
+
+def test_a_bias_corrected_variant_is_named_parsed_and_refused_in_one_line() -> None:
+    """`int8:bc=A+B` round-trips, only on a plain int8 parent; the fix page and the re-score
+    name the rung the same way."""
+    from core.errors import QuantLensError
+    from core.jobs.rescore import RESCORE_FIXES, _derived_spec
+    from core.reporting.fix_ladder import fix_variant
+    from core.types import VariantSpec
+
+    spec = VariantSpec.parse("int8_q:bc=dense+conv")
+    assert spec.bias_corrected_layers == ("conv", "dense") and spec.name == "int8_q:bc=conv+dense"
+    assert spec.without_overrides().name == "int8_q" and spec.has_overrides
+    assert spec.to_dict()["bias_corrected_layers"] == ["conv", "dense"]
+    with pytest.raises(QuantLensError, match="use it with int8 or int8_q"):
+        VariantSpec.parse("float16:bc=conv")
+    with pytest.raises(QuantLensError, match="without other overrides"):
+        VariantSpec.parse("int8:eq:bc=conv")
+    assert fix_variant("int8", "bias_correction", ("dense", "conv")) == "int8:bc=conv+dense"
+    assert fix_variant("float16", "bias_correction", ("conv",)) is None
+    assert "bias_correction" in RESCORE_FIXES
+    assert _derived_spec("int8", ("conv",), "bias_correction").name == "int8:bc=conv"
+    with pytest.raises(QuantLensError, match="int8:keep=conv is itself derived"):
+        _derived_spec("int8:keep=conv", ("conv",), "bias_correction")
