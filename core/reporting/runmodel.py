@@ -661,7 +661,7 @@ class RootCause(_MappingView):
     """One named cause of a quantized variant's error (core.engine.causes): where (`layer`, and
     `layers`, the chain the cause and its fixes involve, in graph order), what (`cause`: one of
     outlier_channel, weight_outliers, clipping, range_collapse, preprocessing, runtime_only,
-    diffuse), one sentence (`words`), the numbers behind it (`evidence`, e.g.
+    diffuse, biased_error), one sentence (`words`), the numbers behind it (`evidence`, e.g.
     `channel_max_abs`, `range_ratio`, `used_levels`) and the fixes that apply, cheapest first
     (equalize, bias_correction, int16_activations, weight_only, keep_float)."""
 
