@@ -167,9 +167,9 @@ def test_the_biased_conv_is_named_with_the_shift_its_weight_grid_predicts(tmp_pa
 def test_bias_correction_removes_the_shift_and_gives_the_agreement_back(tmp_path: Path) -> None:
     """`int8:bc=shifted`: the conv (which had no bias) gets one that absorbs its mean int8
     error; measured again with a bare interpreter the shift is gone, and on other images the
-    corrected int8 model agrees with the original far more often. A layer the converted model
-    folds away (a conv followed by batch norm), a layer without a bias to edit, or a model
-    Keras cannot clone is refused with its reason."""
+    corrected int8 model agrees with the original far more often. A conv whose batch norm the
+    converter folds has the batch norm's beta corrected; a layer without a bias to edit or a
+    model Keras cannot clone is refused with its reason."""
     from core.engine.backends import bias_correction, tflite_from_reference
     from core.engine.fixes.bias_correct import BiasCorrectionError, _clone_with_biases
     from core.engine.models import load_reference
@@ -203,13 +203,17 @@ def test_bias_correction_removes_the_shift_and_gives_the_agreement_back(tmp_path
         tflite_from_reference(
             model, VariantSpec.parse("int8:bc=gap"), model_sha256="m", calibration=calibration
         )
+    # A conv whose batch norm the converter folds into its op: the batch norm's beta is the
+    # bias that moves that op's output, and the conv gets no bias of its own.
     folded = load_reference(build_batch_norm_model(tmp_path / "bn.keras"))
-    with pytest.raises(
-        BiasCorrectionError, match="conv: the converted op that writes this layer's output computes"
-    ):
-        bias_correction(
-            folded, VariantSpec.parse("int8:bc=conv"), model_sha256="bn", calibration=calibration
-        )
+    spec = VariantSpec.parse("int8:bc=conv")
+    fixed_bn = bias_correction(folded, spec, model_sha256="bn", calibration=calibration)
+    (bn_shift,) = fixed_bn.shifts
+    assert bn_shift.corrected == "norm" and not bn_shift.added_bias
+    conv = fixed_bn.keras_model.get_layer("conv")
+    assert not conv.use_bias and len(conv.get_weights()) == 1
+    beta = fixed_bn.keras_model.get_layer("norm").get_weights()[1]
+    assert not np.allclose(beta, 0.5)  # moved from the 0.5 it was built with
     with pytest.raises(BiasCorrectionError, match="subclassed"):
         _clone_with_biases(subclassed_model(), set())
 

@@ -54,6 +54,7 @@ class LayerShift:
     mean_abs_steps: float  # mean |mean error| over the corrected channels, in output steps
     max_abs_steps: float
     added_bias: bool  # the layer had no bias; one was added
+    corrected: str = ""  # the layer whose bias changed: this one, or its folded batch norm
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -62,6 +63,7 @@ class LayerShift:
             "mean_abs_steps": self.mean_abs_steps,
             "max_abs_steps": self.max_abs_steps,
             "added_bias": self.added_bias,
+            "corrected": self.corrected or self.layer,
         }
 
 
@@ -168,7 +170,15 @@ def _correct(
             wanted.append(layer)
     if not wanted:
         raise BiasCorrectionError(f"no layer to bias correct: {_reasons(skipped)}")
-    clone = _clone_with_biases(keras_model, {layer.name for layer in wanted if not layer.use_bias})
+    # A conv followed by batch norm (and a ReLU) is one op in the converted model: its output is
+    # the batch norm's (the ReLU's) and the batch norm's beta is the bias that moves it.
+    chains = {layer.name: _folded_chain(keras_model, layer) for layer in wanted}
+    need_bias = {
+        layer.name
+        for layer in wanted
+        if not layer.use_bias and not any(_is_batch_norm(x) for x in chains[layer.name])
+    }
+    clone = _clone_with_biases(keras_model, need_bias)
     float32 = convert(model, VariantSpec(mode=Mode.FLOAT32), model_sha256)
     shifts = []
     order = [layer.name for layer in keras_model.layers if layer in wanted]  # graph order
@@ -178,28 +188,34 @@ def _correct(
         found = layer_errors(float32, quantized, calibration, layers={name})
         if not found:
             skipped[name] = (
-                "no conv or dense op of the converted model writes this layer's output (a batch "
-                "norm or activation folded into it?), so its error cannot be measured there"
+                "the model's output op, which the converted model names after its signature, not "
+                "this layer"
+                if any(id(t) == id(by_name[name].output) for t in keras_model.outputs)
+                else "no conv or dense op of the converted model writes this layer's output (a "
+                "batch norm or activation folded into it?), so its error cannot be measured there"
             )
             continue
         error = found[0]
-        if not _writes_layer_output(keras_model, name, float32, error.tensor, calibration[:2]):
+        target = _bias_holder(keras_model, chains[name], float32, error.tensor, calibration[:2])
+        if target is None:
             skipped[name] = (
-                "the converted op that writes this layer's output computes the layers after it "
-                "too (a batch norm folded into it?); its bias cannot absorb the error there"
+                "the converted op that writes this layer's output computes more than the layer, "
+                "its batch norm and its ReLU; no bias can absorb the error there"
             )
             continue
         mean = np.asarray(error.mean)
         live = np.asarray(error.count) > 1
-        layer = clone.get_layer(name)
-        kernel, bias = layer.get_weights()
-        if bias.shape != mean.shape:
+        holder = clone.get_layer(target)
+        weights = holder.get_weights()
+        at = _bias_index(holder)
+        if at is None or weights[at].shape != mean.shape:
             skipped[name] = (
-                f"its bias has {bias.size} values but its output {mean.size} channels in the "
-                "converted model"
+                f"{target} has no bias of {mean.size} values to edit (a batch norm without "
+                "center=True?)"
             )
             continue
-        layer.set_weights([kernel, (bias - np.where(live, mean, 0.0)).astype(bias.dtype)])
+        weights[at] = (weights[at] - np.where(live, mean, 0.0)).astype(weights[at].dtype)
+        holder.set_weights(weights)
         steps = np.abs(mean[live]) / error.scale if live.any() else np.zeros(1)
         shifts.append(
             LayerShift(
@@ -208,7 +224,8 @@ def _correct(
                 corrected_channels=int(live.sum()),
                 mean_abs_steps=float(steps.mean()),
                 max_abs_steps=float(steps.max()),
-                added_bias=not by_name[name].use_bias,
+                added_bias=name in need_bias,
+                corrected=target,
             )
         )
     if not shifts:
@@ -222,6 +239,55 @@ def _correct(
     )
 
 
+def _folded_chain(keras_model: Any, layer: Any) -> list[Any]:
+    """`layer` and the layers the converter folds into its op: a batch norm, then a ReLU,
+    each the only reader of the one before."""
+    chain = [layer]
+    while len(chain) < 3:
+        readers = [x for x in keras_model.layers if _reads(x, chain[-1])]
+        if len(readers) != 1 or type(readers[0]).__name__ not in FOLDED:
+            break
+        chain.append(readers[0])
+    return chain
+
+
+FOLDED = ("BatchNormalization", "ReLU", "Activation")
+
+
+def _reads(layer: Any, producer: Any) -> bool:
+    try:
+        return id(layer.input) == id(producer.output)
+    except (AttributeError, ValueError):  # several inputs or inbound nodes: not a fold
+        return False
+
+
+def _is_batch_norm(layer: Any) -> bool:
+    return type(layer).__name__ == "BatchNormalization"
+
+
+def _bias_holder(
+    keras_model: Any, chain: list[Any], float_tflite: bytes, tensor: str, images: np.ndarray
+) -> str | None:
+    """The layer whose bias moves the converted op's output: the last batch norm (else the
+    layer itself) up to the deepest layer of the chain whose Keras output is that op's output;
+    None when none is."""
+    for depth in range(len(chain), 0, -1):
+        if _writes_layer_output(keras_model, chain[depth - 1].name, float_tflite, tensor, images):
+            norms = [x for x in chain[:depth] if _is_batch_norm(x)]
+            return str((norms[-1] if norms else chain[0]).name)
+    return None
+
+
+def _bias_index(layer: Any) -> int | None:
+    """Where a layer's bias sits in its weights: a conv's or dense's second, a batch norm's
+    beta (after gamma when it scales)."""
+    if _is_batch_norm(layer):
+        if not layer.center:
+            return None
+        return 1 if layer.scale else 0
+    return 1 if getattr(layer, "use_bias", False) else None
+
+
 def _writes_layer_output(
     keras_model: Any, layer: str, float_tflite: bytes, tensor: str, images: np.ndarray
 ) -> bool:
@@ -232,7 +298,10 @@ def _writes_layer_output(
 
     from core.engine.intermediates import IntermediateTensors
 
-    probe = keras.Model(keras_model.inputs, keras_model.get_layer(layer).output)
+    inputs = keras_model.inputs
+    probe = keras.Model(
+        inputs[0] if len(inputs) == 1 else inputs, keras_model.get_layer(layer).output
+    )
     expected = np.asarray(probe(images, training=False), dtype=np.float64)
     model = IntermediateTensors(float_tflite, xnnpack=False)
     got = []
