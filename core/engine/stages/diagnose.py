@@ -203,12 +203,15 @@ def root_causes(
             evaluated=flipped if len(flipped) else calibration,
             suspects=suspects,
         )
-        # The one signal that runs the quantized model: its error's per-channel mean.
+    except (QuantLensError, ValueError, RuntimeError, OSError) as exc:
+        return {}, f"no root causes: {_first_line(exc)}"
+    warning = None
+    try:  # the one signal that runs the quantized model: its error's per-channel mean
         errors = layer_errors(float_model, tflite, calibration, layers=suspects)
         found = with_biased_error(found, errors, suspects=suspects)
     except (QuantLensError, ValueError, RuntimeError, OSError) as exc:
-        return {}, f"no root causes: {_first_line(exc)}"
-    return VariantCauses.from_dict(found.to_dict()).to_dict(), None
+        warning = f"no biased-error signal: {_first_line(exc)}"
+    return VariantCauses.from_dict(found.to_dict()).to_dict(), warning
 
 
 def _record(run: RunContext, spec: VariantSpec, found: _Diagnosis) -> None:
