@@ -126,7 +126,10 @@ def test_auto_fix_derives_an_integer_only_fix_judged_on_images_the_search_did_no
     assert not selected & held_out and len(selected | held_out) == 64 and search["seed"] == 0
     # Every rung tried is recorded, cheapest first; equalization was verified in float first.
     kinds = [c["kind"] for c in search["candidates"]]
-    assert kinds[:3] == ["equalize", "int16_activations", "weight_only"] and "keep_float" in kinds
+    # Bias correction too: the channels the outlier squeezes round towards zero at `body`, an
+    # error with a per-channel mean (a biased_error cause names it).
+    assert kinds[:4] == ["equalize", "bias_correction", "int16_activations", "weight_only"]
+    assert "keep_float" in kinds
     by_kind = {c["kind"]: c for c in search["candidates"]}
     assert by_kind["int16_activations"]["integer_only"] is True
     assert by_kind["int16_activations"]["fix"]["layers"] == ["stem", "pool", "body"]
