@@ -114,6 +114,8 @@ def fix_variant(parent: str, kind: str, layers: tuple[str, ...]) -> str | None:
         elif kind == "keep_float":
             derived = replace(spec, float_layers=tuple(sorted(layers)))
         elif kind == "bias_correction":
+            if any(name.startswith("(") for name in layers):  # "(model output)": no Keras name
+                return None
             derived = replace(spec, bias_corrected_layers=tuple(sorted(layers)))
         else:
             return None

@@ -350,6 +350,7 @@ def test_a_bias_corrected_variant_is_named_parsed_and_refused_in_one_line() -> N
         VariantSpec.parse("int8:eq:bc=conv")
     assert fix_variant("int8", "bias_correction", ("dense", "conv")) == "int8:bc=conv+dense"
     assert fix_variant("float16", "bias_correction", ("conv",)) is None
+    assert fix_variant("int8", "bias_correction", ("(model output)",)) is None
     assert "bias_correction" in RESCORE_FIXES
     assert _derived_spec("int8", ("conv",), "bias_correction").name == "int8:bc=conv"
     with pytest.raises(QuantLensError, match="int8:keep=conv is itself derived"):
