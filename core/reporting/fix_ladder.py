@@ -3,8 +3,8 @@
 the derived variant that tried it (if any) and its change against the parent.
 
 Pure: it reads the typed run model and never converts anything. Each rung is the variant name
-its fix makes (`int8:eq`, `int8_q:int16=conv2+conv3+pool2`, `int8:keep=...`, as the fix
-ladder and the re-score name them); a rung is "tried" when the run holds that variant, and
+its fix makes (`int8:eq`, `int8_q:int16=conv2+conv3+pool2`, `int8:keep=...`), by the one
+naming rule the fix ladder and the re-score use (core.fix_variants); a rung is "tried" when the run holds that variant, and
 "measured" when only the auto-fix search measured it (its `auto_fix.search` candidate, on the
 search's images).
 """
@@ -12,31 +12,18 @@ search's images).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
-from core.errors import QuantLensError
+from core.fix_variants import FIX_ORDER, KEEPS_INTEGER_ONLY, fix_variant_name
 from core.reporting.runmodel import FixCandidate, RootCause, Variant
-from core.types import Backend, VariantSpec
 
-# Cheapest first, as core.engine.causes orders them (the web server does not import the engine).
-FIX_ORDER = ("equalize", "bias_correction", "int16_activations", "weight_only", "keep_float")
 FIX_TITLE = {
     "equalize": "Cross-layer equalization",
     "bias_correction": "Bias correction",
     "int16_activations": "16-bit activations",
     "weight_only": "Weight-only (dynamic range)",
     "keep_float": "Keep in float",
-}
-# What each fix does to an integer-only target, before a variant exists to check: equalization
-# and bias correction edit float weights and quantize as usual; 16-bit activations stay integer
-# (int16 x int8 kernels); weight-only and float layers compute in float.
-EXPECTED_INTEGER_ONLY = {
-    "equalize": True,
-    "bias_correction": True,
-    "int16_activations": True,
-    "weight_only": False,
-    "keep_float": False,
 }
 FIX_NOTE = {
     "equalize": "rescales channel pairs in the float model (the same function), then quantizes "
@@ -96,30 +83,6 @@ class CauseLadder:
         return self.cause.evidence
 
 
-def fix_variant(parent: str, kind: str, layers: tuple[str, ...]) -> str | None:
-    """The name of the variant a fix makes of `parent` (the fix ladder's and the re-score's
-    naming): equalized, its chain at 16 bits on the quantizer, or its chain in float; None for
-    a fix no variant name spells (bias correction, weight-only) or a parent it does not fit."""
-    try:
-        spec = VariantSpec.parse(parent)
-        if kind == "equalize":
-            derived = replace(spec, equalized=True)
-        elif kind == "int16_activations":
-            derived = replace(
-                spec.without_overrides(),
-                backend=Backend.QUANTIZER,
-                int16_layers=tuple(sorted(layers)),
-            )
-        elif kind == "keep_float":
-            derived = replace(spec, float_layers=tuple(sorted(layers)))
-        else:
-            return None
-        derived.check()
-    except (QuantLensError, ValueError):  # a name the vocabulary refuses: no variant
-        return None
-    return derived.name
-
-
 def rung_layers(cause: RootCause, kind: str) -> tuple[str, ...]:
     """The layers a fix touches for a cause: equalization pairs the chain's first and last
     weighted layers; weight-only quantizes the culprit op; 16-bit activations and keep-in-float
@@ -164,8 +127,8 @@ def rung_of(
 ) -> Rung:
     """The rung with its numbers against the parent (None where either side lacks one): the
     run's variant when it holds one, else the search's measurement."""
-    expected = EXPECTED_INTEGER_ONLY.get(kind)
-    name = tried.name if tried is not None else fix_variant(parent.name, kind, layers)
+    expected = KEEPS_INTEGER_ONLY.get(kind)
+    name = tried.name if tried is not None else fix_variant_name(parent.name, kind, layers)
     if tried is None and searched is not None:
         search = parent.fix_search
         base = search.parent_agreement_pct if search is not None else None
@@ -241,12 +204,12 @@ def ladders(parent: Variant, variants: Sequence[Variant]) -> list[CauseLadder]:
     derived = {v.name: v for v in variants if v.identity.parent == parent.name}
     out = []
     for cause in causes.causes:
-        kinds = [k for k in FIX_ORDER if k in cause.fixes]
+        kinds: list[str] = [k for k in FIX_ORDER if k in cause.fixes]
         kinds += [k for k in cause.fixes if k not in kinds]
         rungs = []
         for kind in kinds:
             layers = rung_layers(cause, kind)
-            name = fix_variant(parent.name, kind, layers)
+            name = fix_variant_name(parent.name, kind, layers)
             tried = derived.get(name) if name is not None else None
             rungs.append(rung_of(parent, kind, layers, tried, _searched(parent, kind, name)))
         out.append(CauseLadder(cause=cause, rungs=tuple(rungs)))

@@ -15,11 +15,12 @@ first, from the causes its diagnosis named.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
+from core.fix_variants import KEEPS_INTEGER_ONLY, fixed_spec
 from core.reporting.runmodel import VariantCauses
-from core.types import Backend, Mode, VariantSpec
+from core.types import Mode, VariantSpec
 
 INT16_NOTE = (
     "16-bit activations have no XNNPACK kernels: on CPU they run on reference kernels, and few "
@@ -33,7 +34,8 @@ NOT_BUILT = {"bias_correction": "bias correction is not built in this version"}
 
 @dataclass(frozen=True)
 class Rung:
-    """One step of the ladder: the variant to make (None when skipped, with `reason`)."""
+    """One step of the ladder: the variant to make (None when skipped, with `reason`), named by
+    the one rule core.fix_variants.fixed_spec."""
 
     kind: str
     spec: VariantSpec | None
@@ -54,7 +56,7 @@ def ladder(spec: VariantSpec, causes: VariantCauses | None) -> list[Rung]:
     named = () if causes is None else causes.causes
     wanted = {fix for c in named for fix in c.fixes}
     if spec.mode is Mode.INT8 and not spec.equalized:
-        rungs.append(Rung("equalize", replace(spec, equalized=True), {"kind": "equalize"}))
+        rungs.append(Rung("equalize", fixed_spec(spec, "equalize"), {"kind": "equalize"}))
     else:
         rungs.append(Rung("equalize", None, {"kind": "equalize"}, "equalization applies to int8"))
     if "bias_correction" in wanted:
@@ -75,10 +77,8 @@ def ladder(spec: VariantSpec, causes: VariantCauses | None) -> list[Rung]:
         reason = "no cause names a chain whose activations need 16 bits"
         rungs.append(Rung("int16_activations", None, {"kind": "int16_activations"}, reason))
     for chain in dict.fromkeys(chains):
-        derived = replace(
-            spec.without_overrides(), backend=Backend.QUANTIZER, int16_layers=tuple(sorted(chain))
-        )
         fix = {"kind": "int16_activations", "layers": list(chain)}
+        derived = fixed_spec(spec, "int16_activations", chain)
         rungs.append(Rung("int16_activations", derived, fix, note=INT16_NOTE))
     culprits = [
         c.layer
@@ -89,9 +89,15 @@ def ladder(spec: VariantSpec, causes: VariantCauses | None) -> list[Rung]:
         reason = "weight-only quantization of one op applies to int8 variants"
         rungs.append(Rung("weight_only", None, {"kind": "weight_only"}, reason))
     for layer in dict.fromkeys(culprits):
-        derived = replace(
-            spec.without_overrides(), backend=Backend.QUANTIZER, weight_only_layers=(layer,)
-        )
         fix = {"kind": "weight_only", "layers": [layer]}
-        rungs.append(Rung("weight_only", derived, fix, note=WEIGHT_ONLY_NOTE, integer_only=False))
+        derived = fixed_spec(spec, "weight_only", (layer,))
+        rungs.append(
+            Rung(
+                "weight_only",
+                derived,
+                fix,
+                note=WEIGHT_ONLY_NOTE,
+                integer_only=KEEPS_INTEGER_ONLY["weight_only"],
+            )
+        )
     return rungs
