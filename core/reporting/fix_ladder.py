@@ -108,6 +108,14 @@ def fix_of(variant: Variant) -> tuple[str, tuple[str, ...]] | None:
     return None
 
 
+def _integer_only(variant: Variant) -> bool | None:
+    """Whether the variant's own `.tflite` computes in integers only, as its deployability
+    pre-flight read it (core.engine.flatbuffer.integer_only, the one check), whoever derived
+    it (auto-fix or a re-score); None until the pre-flight ran."""
+    found = variant.result.deployability
+    return None if found is None else found.integer_only.integer_only
+
+
 def _p50(variant: Variant) -> float | None:
     latency = variant.result.latency_ms or {}
     value = latency.get("p50")
@@ -156,8 +164,8 @@ def rung_of(
     if tried is None:
         return Rung(kind=kind, layers=layers, integer_only_expected=expected, name=name)
     r, p = tried.result, parent.result
-    integer_only = tried.extra.get("integer_only")
-    if not isinstance(integer_only, bool) and searched is not None:
+    integer_only = _integer_only(tried)
+    if integer_only is None and searched is not None:
         integer_only = searched.integer_only  # read from the same variant's .tflite by the search
     same_images = r.n is not None and r.n == p.n
     return Rung(
@@ -177,7 +185,7 @@ def rung_of(
         ),
         latency_p50_ms=_p50(tried),
         latency_delta_ms=_minus(_p50(tried), _p50(parent)),
-        integer_only=integer_only if isinstance(integer_only, bool) else None,
+        integer_only=integer_only,
         integer_only_expected=expected,
         name=tried.name,
     )

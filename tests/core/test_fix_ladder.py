@@ -264,19 +264,27 @@ def test_the_ladder_offers_each_rung_its_causes_name_cheapest_first() -> None:
 @pytest.mark.slow
 def test_fix_integer_only_tries_only_rungs_an_integer_only_target_can_run(tmp_path: Path) -> None:
     """`--fix integer-only`: weight-only and keep-float are recorded as skipped with the
-    reason, not measured; a budget of 1 is spent on equalization and the truncation says so."""
+    reason, not measured; a budget of 1 is spent on equalization and the truncation says so;
+    `--fix-seed` sets the split of the images, recorded in the search."""
     model = build_held_out_outlier_model(tmp_path / "m.keras")
     data = write_images(tmp_path / "data", count=24)
     out = tmp_path / "out"
     run_cli(
         "run", str(model), "--data", str(data), "--modes", "int8", "--auto-fix",
-        "--fix", "integer-only", "--fix-budget", "1", "--preprocess", "unit",
+        "--fix", "integer-only", "--fix-budget", "1", "--fix-seed", "7", "--preprocess", "unit",
         "--min-agreement", "97", "--latency-runs", "3", "--out", str(out), home=tmp_path,
     )  # fmt: skip
     report = json.loads((out / "report.json").read_text())
     search = next(v for v in report["variants"] if v["name"] == "int8")["auto_fix"]["search"]
     assert search["integer_only_required"] and search["truncated"]
     assert search["budget"] == 1 and search["evaluations"] == 1
+    # --fix-seed chose the split: recorded, and another seed would have split otherwise.
+    from core.engine.fixes.search import split_rows
+
+    assert search["seed"] == 7 and "--fix-seed 7" in report["run"]["command"]
+    assert tuple(search["selected_rows"]) == split_rows(24, 7).selected
+    assert tuple(search["held_out_rows"]) == split_rows(24, 7).held_out
+    assert split_rows(24, 7).selected != split_rows(24, 0).selected
     status = {c["kind"]: (c["status"], c.get("reason") or "") for c in search["candidates"]}
     assert status["equalize"][0] == "measured"
     assert status["int16_activations"] == ("skipped", "the evaluation budget ran out")
