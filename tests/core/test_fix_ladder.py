@@ -149,6 +149,11 @@ def test_auto_fix_derives_an_integer_only_fix_judged_on_images_the_search_did_no
     assert derived["size_bytes"] <= 1.01 * parent["size_bytes"]
     assert derived["top1_agreement_pct"] >= by_name["float32"]["top1_agreement_pct"] - 2
     tflite = (out / f"{derived['file_id']}.tflite").read_bytes()
+    # Integer-only as recorded from its own file, and by LiteRT's own tensor types.
+    from tests.core.test_deployability import _float_tensors_inside
+
+    assert derived["deployability"]["integer_only"]["integer_only"] is True
+    assert not _float_tensors_inside(out / f"{derived['file_id']}.tflite")
     # Recomputed without QuantLens on the held-out images only: Keras vs ai_edge_litert.
     paths = _rows(out)
     chosen_rows = sorted(held_out)
