@@ -266,6 +266,36 @@ def test_the_ladder_offers_each_rung_its_causes_name_cheapest_first() -> None:
     assert [r.spec for r in ladder(VariantSpec.parse("float16"), None)] == [None, None]
 
 
+def test_a_diffuse_cause_tries_its_worst_suspect_at_16_bits_before_all_of_them() -> None:
+    """A diffuse cause names the ranked suspects, not a chain: 16-bit activations for the worst
+    one alone come first (one op on reference kernels), all five only after it; an outlier's
+    chain is still tried whole (its tensor stays int8 unless the whole chain is covered)."""
+    from core.engine.fixes.ladder import ladder
+    from core.reporting.runmodel import RootCause, VariantCauses
+    from core.types import VariantSpec
+
+    diffuse = RootCause(
+        layer="c4", layers=("c4", "c1", "c5", "c2", "c3"), cause="diffuse", words="w",
+        fixes=("bias_correction", "int16_activations", "keep_float"),
+    )  # fmt: skip
+    outlier = RootCause(
+        layer="stem", layers=("stem", "pool", "body"), cause="outlier_channel", words="w",
+        fixes=("equalize", "int16_activations", "keep_float"),
+    )  # fmt: skip
+    rungs = ladder(VariantSpec.parse("int8"), VariantCauses(causes=(diffuse, outlier)))
+    int16 = [r for r in rungs if r.kind == "int16_activations"]
+    assert [r.fix["layers"] for r in int16] == [
+        ["c4"],
+        ["c4", "c1", "c5", "c2", "c3"],
+        ["stem", "pool", "body"],
+    ]
+    assert [r.spec.name for r in int16 if r.spec is not None] == [
+        "int8_q:int16=c4",
+        "int8_q:int16=c1+c2+c3+c4+c5",
+        "int8_q:int16=body+pool+stem",
+    ]
+
+
 @pytest.mark.slow
 def test_fix_integer_only_tries_only_rungs_an_integer_only_target_can_run(tmp_path: Path) -> None:
     """`--fix integer-only`: weight-only and keep-float are recorded as skipped with the

@@ -15,11 +15,12 @@ first, from the causes its diagnosis named.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from core.fix_variants import KEEPS_INTEGER_ONLY, fixed_spec
-from core.reporting.runmodel import VariantCauses
+from core.reporting.runmodel import RootCause, VariantCauses
 from core.types import Mode, VariantSpec
 
 INT16_NOTE = (
@@ -63,20 +64,14 @@ def ladder(spec: VariantSpec, causes: VariantCauses | None) -> list[Rung]:
         rungs.append(
             Rung("bias_correction", None, {"kind": "bias_correction"}, NOT_BUILT["bias_correction"])
         )
-    # Keras layers only: "(model input)" and "(model output)" name no layer a recipe can match.
-    chains = [
-        chain
-        for c in named
-        if "int16_activations" in c.fixes
-        and (chain := tuple(n for n in c.layers if not n.startswith("(")))
-    ]
+    chains = int16_layer_sets(named)
     if spec.mode is not Mode.INT8:
         reason = "16-bit activations apply to int8 variants"
         rungs.append(Rung("int16_activations", None, {"kind": "int16_activations"}, reason))
     elif not chains:
         reason = "no cause names a chain whose activations need 16 bits"
         rungs.append(Rung("int16_activations", None, {"kind": "int16_activations"}, reason))
-    for chain in dict.fromkeys(chains):
+    for chain in chains:
         fix = {"kind": "int16_activations", "layers": list(chain)}
         derived = fixed_spec(spec, "int16_activations", chain)
         rungs.append(Rung("int16_activations", derived, fix, note=INT16_NOTE))
@@ -101,3 +96,24 @@ def ladder(spec: VariantSpec, causes: VariantCauses | None) -> list[Rung]:
             )
         )
     return rungs
+
+
+def int16_layer_sets(causes: Sequence[RootCause]) -> list[tuple[str, ...]]:
+    """The layer sets the 16-bit rung tries, cheapest first (each is one candidate).
+
+    A chain a cause names (conv -> pass-through ops -> conv) is tried whole: its damaged tensor
+    stays int8 unless every op that writes or passes it is covered. A diffuse cause names no
+    chain, only the suspects ranked by their error on the flipped images (up to five, however
+    few images flipped): the worst suspect alone comes first, one op on reference kernels
+    instead of five, and all of them only after it.
+    """
+    sets: list[tuple[str, ...]] = []
+    for c in causes:
+        # Keras layers only: "(model input)" and "(model output)" name no layer a recipe matches.
+        layers = tuple(n for n in c.layers if not n.startswith("("))
+        if "int16_activations" not in c.fixes or not layers:
+            continue
+        if c.cause == "diffuse" and len(layers) > 1:
+            sets.append(layers[:1])
+        sets.append(layers)
+    return list(dict.fromkeys(sets))
