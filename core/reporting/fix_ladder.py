@@ -4,9 +4,9 @@ the derived variant that tried it (if any) and its change against the parent.
 
 Pure: it reads the typed run model and never converts anything. Each rung is the variant name
 its fix makes (`int8:eq`, `int8_q:int16=conv2+conv3+pool2`, `int8:keep=...`), by the one
-naming rule the fix ladder and the re-score use (core.fix_variants); a rung is "tried" when the run holds that variant, and
-"measured" when only the auto-fix search measured it (its `auto_fix.search` candidate, on the
-search's images).
+naming rule the fix ladder and the re-score use (core.fix_variants); a rung is "tried" when
+the run holds that variant, and "measured" when only the auto-fix search measured it (its
+`auto_fix.search` candidate, on the search's images).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 
 from core.fix_variants import FIX_ORDER, KEEPS_INTEGER_ONLY, fix_variant_name
 from core.reporting.runmodel import FixCandidate, RootCause, Variant
+from core.types import VariantSpec
 
 FIX_TITLE = {
     "equalize": "Cross-layer equalization",
@@ -203,6 +204,17 @@ def _searched(parent: Variant, kind: str, name: str | None) -> FixCandidate | No
     return next((c for c in search.candidates if c.kind == kind and c.variant is None), None)
 
 
+def _best_keep_float(parent: Variant) -> FixCandidate | None:
+    """The keep-float candidate the search measured best (its walk's end), if any."""
+    search = parent.fix_search
+    walked = [
+        c
+        for c in (search.candidates if search is not None else ())
+        if c.kind == "keep_float" and c.variant is not None and c.agreement_pct is not None
+    ]
+    return max(walked, key=lambda c: c.agreement_pct or 0.0, default=None)
+
+
 def ladders(parent: Variant, variants: Sequence[Variant]) -> list[CauseLadder]:
     """Per cause of `parent` (report order), its rungs cheapest first, each matched to the
     run's variant of that name (derived from `parent`), else to the search's candidate."""
@@ -218,8 +230,17 @@ def ladders(parent: Variant, variants: Sequence[Variant]) -> list[CauseLadder]:
         for kind in kinds:
             layers = rung_layers(cause, kind)
             name = fix_variant_name(parent.name, kind, layers)
+            searched = _searched(parent, kind, name)
+            if kind == "keep_float" and searched is None and name not in derived:
+                # The search walks its own layer sets rather than the chain: show where its walk
+                # got to, under those layers, rather than "not tried".
+                walked = _best_keep_float(parent)
+                if walked is not None and walked.variant is not None:
+                    name = walked.variant
+                    layers = VariantSpec.parse(name).float_layers
+                    searched = walked
             tried = derived.get(name) if name is not None else None
-            rungs.append(rung_of(parent, kind, layers, tried, _searched(parent, kind, name)))
+            rungs.append(rung_of(parent, kind, layers, tried, searched))
         out.append(CauseLadder(cause=cause, rungs=tuple(rungs)))
     return out
 
