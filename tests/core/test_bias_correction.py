@@ -336,8 +336,8 @@ def test_a_bias_corrected_variant_is_named_parsed_and_refused_in_one_line() -> N
     """`int8:bc=A+B` round-trips, only on a plain int8 parent; the fix page and the re-score
     name the rung the same way."""
     from core.errors import QuantLensError
+    from core.fix_variants import fix_variant_name as fix_variant
     from core.jobs.rescore import RESCORE_FIXES, _derived_spec
-    from core.reporting.fix_ladder import fix_variant
     from core.types import VariantSpec
 
     spec = VariantSpec.parse("int8_q:bc=dense+conv")

@@ -16,28 +16,31 @@ first, from the causes its diagnosis named.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+from core.fix_variants import KEEPS_INTEGER_ONLY, fixed_spec
 from core.reporting.runmodel import RootCause, VariantCauses
-from core.types import Backend, Mode, VariantSpec
+from core.types import Mode, VariantSpec
 
 INT16_NOTE = (
     "16-bit activations have no XNNPACK kernels: on CPU they run on reference kernels, and few "
     "accelerators run them"
 )
+WEIGHT_ONLY_NOTE = (
+    "the op keeps int8 weights and computes in float: integer-only targets cannot run it"
+)
 BIAS_NOTE = (
     "the float model is changed on purpose (its biases carry the opposite of the int8 error); "
     "the fix records by how much"
-)
-WEIGHT_ONLY_NOTE = (
-    "the op keeps int8 weights and computes in float: integer-only targets cannot run it"
 )
 
 
 @dataclass(frozen=True)
 class Rung:
-    """One step of the ladder: the variant to make (None when skipped, with `reason`)."""
+    """One step of the ladder: the variant to make (None when skipped, with `reason`), named by
+    the one rule core.fix_variants.fixed_spec."""
 
     kind: str
     spec: VariantSpec | None
@@ -57,28 +60,20 @@ def ladder(spec: VariantSpec, causes: VariantCauses | None) -> list[Rung]:
     rungs: list[Rung] = []
     named = () if causes is None else causes.causes
     if spec.mode is Mode.INT8 and not spec.equalized:
-        rungs.append(Rung("equalize", replace(spec, equalized=True), {"kind": "equalize"}))
+        rungs.append(Rung("equalize", fixed_spec(spec, "equalize"), {"kind": "equalize"}))
     else:
         rungs.append(Rung("equalize", None, {"kind": "equalize"}, "equalization applies to int8"))
     rungs.extend(_bias_correction(spec, named))
-    # Keras layers only: "(model input)" and "(model output)" name no layer a recipe can match.
-    chains = [
-        chain
-        for c in named
-        if "int16_activations" in c.fixes
-        and (chain := tuple(n for n in c.layers if not n.startswith("(")))
-    ]
+    chains = int16_layer_sets(named)
     if spec.mode is not Mode.INT8:
         reason = "16-bit activations apply to int8 variants"
         rungs.append(Rung("int16_activations", None, {"kind": "int16_activations"}, reason))
     elif not chains:
         reason = "no cause names a chain whose activations need 16 bits"
         rungs.append(Rung("int16_activations", None, {"kind": "int16_activations"}, reason))
-    for chain in dict.fromkeys(chains):
-        derived = replace(
-            spec.without_overrides(), backend=Backend.QUANTIZER, int16_layers=tuple(sorted(chain))
-        )
+    for chain in chains:
         fix = {"kind": "int16_activations", "layers": list(chain)}
+        derived = fixed_spec(spec, "int16_activations", chain)
         rungs.append(Rung("int16_activations", derived, fix, note=INT16_NOTE))
     culprits = [
         c.layer
@@ -89,17 +84,46 @@ def ladder(spec: VariantSpec, causes: VariantCauses | None) -> list[Rung]:
         reason = "weight-only quantization of one op applies to int8 variants"
         rungs.append(Rung("weight_only", None, {"kind": "weight_only"}, reason))
     for layer in dict.fromkeys(culprits):
-        derived = replace(
-            spec.without_overrides(), backend=Backend.QUANTIZER, weight_only_layers=(layer,)
-        )
         fix = {"kind": "weight_only", "layers": [layer]}
-        rungs.append(Rung("weight_only", derived, fix, note=WEIGHT_ONLY_NOTE, integer_only=False))
+        derived = fixed_spec(spec, "weight_only", (layer,))
+        rungs.append(
+            Rung(
+                "weight_only",
+                derived,
+                fix,
+                note=WEIGHT_ONLY_NOTE,
+                integer_only=KEEPS_INTEGER_ONLY["weight_only"],
+            )
+        )
     return rungs
 
 
-def _bias_correction(spec: VariantSpec, named: tuple[RootCause, ...]) -> list[Rung]:
-    """One rung correcting every layer a cause found biased (graph order is the rung's own):
-    none when no cause asks for it."""
+def int16_layer_sets(causes: Sequence[RootCause]) -> list[tuple[str, ...]]:
+    """The layer sets the 16-bit rung tries, cheapest first (each is one candidate).
+
+    A chain a cause names (conv -> pass-through ops -> conv) is tried whole: its damaged tensor
+    stays int8 unless every op that writes or passes it is covered. A diffuse cause names no
+    chain, only the suspects ranked by their error on the flipped images (up to five, however
+    few images flipped): the worst suspect alone comes first, one op on reference kernels
+    instead of five, and all of them only after it.
+    """
+    sets: list[tuple[str, ...]] = []
+    for c in causes:
+        # Keras layers only: "(model input)" and "(model output)" name no layer a recipe matches.
+        layers = tuple(n for n in c.layers if not n.startswith("("))
+        if "int16_activations" not in c.fixes or not layers:
+            continue
+        if c.cause == "diffuse" and len(layers) > 1:
+            sets.append(layers[:1])
+        sets.append(layers)
+    return list(dict.fromkeys(sets))
+
+
+def _bias_correction(spec: VariantSpec, named: Sequence[RootCause]) -> list[Rung]:
+    """One rung correcting every layer a cause found biased (the rung corrects them in graph
+    order); none when no cause asks for it."""
+    if not any("bias_correction" in c.fixes for c in named):
+        return []
     # Keras layers only: "(model output)" names no layer whose bias the rung can find.
     layers = sorted(
         {
@@ -108,14 +132,13 @@ def _bias_correction(spec: VariantSpec, named: tuple[RootCause, ...]) -> list[Ru
             if "bias_correction" in c.fixes and c.layer and not c.layer.startswith("(")
         }
     )
-    if not any("bias_correction" in c.fixes for c in named):
-        return []
     fix: dict[str, Any] = {"kind": "bias_correction"}
     if spec.mode is not Mode.INT8 or spec.has_overrides:
-        reason = "bias correction applies to a plain int8 variant"
-        return [Rung("bias_correction", None, fix, reason)]
+        return [
+            Rung("bias_correction", None, fix, "bias correction applies to a plain int8 variant")
+        ]
     if not layers:
-        reason = "the biased layer is the model's output op, which no Keras layer name reaches"
+        reason = "the biased op is the model's output op, which no Keras layer name reaches"
         return [Rung("bias_correction", None, fix, reason)]
-    derived = replace(spec, bias_corrected_layers=tuple(layers))
+    derived = fixed_spec(spec, "bias_correction", layers)
     return [Rung("bias_correction", derived, {**fix, "layers": layers}, note=BIAS_NOTE)]
