@@ -178,7 +178,8 @@ def biased_error_cause(e: LayerError) -> Cause | None:
             f"of a quantization step on average ({ratio.mean():.1f}× the spread of their "
             "error); their biases can absorb it"
         ),
-        fixes=_ordered(["bias_correction", "keep_float"]),
+        # Only bias correction: the layer's other causes, if any, offer the rest of the ladder.
+        fixes=_ordered(["bias_correction"]),
     )
 
 

@@ -282,7 +282,7 @@ def test_auto_fix_integer_only_picks_bias_correction_judged_on_held_out_images(
     by_name = {v["name"]: v for v in report["variants"]}
     parent = by_name["int8"]
     cause = next(c for c in parent["diagnosis"]["causes"] if c["cause"] == "biased_error")
-    assert cause["layer"] == "shifted" and cause["fixes"] == ["bias_correction", "keep_float"]
+    assert cause["layer"] == "shifted" and cause["fixes"] == ["bias_correction"]
     assert cause["words"].startswith("shifted: 8 of 8 channels are shifted down by ")
     assert f"cause: int8: shifted: {cause['words']}" in done.stdout, done.stdout
     assert cause["words"] in render_report_html(out)

@@ -259,7 +259,7 @@ def test_the_ladder_offers_each_rung_its_causes_name_cheapest_first() -> None:
     )  # fmt: skip
     biased = [
         RootCause(layer=name, layers=(name,), cause="biased_error", words="w",
-                  fixes=("bias_correction", "keep_float"))
+                  fixes=("bias_correction",))
         for name in ("head", "(model output)", "body")
     ]  # fmt: skip
     rungs = ladder(VariantSpec.parse("int8"), VariantCauses(causes=(outlier, diffuse, *biased)))
