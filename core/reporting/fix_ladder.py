@@ -16,7 +16,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from core.errors import QuantLensError
-from core.reporting.runmodel import FixCandidate, RootCause, Variant
+from core.reporting.sections.diagnosis import RootCause
+from core.reporting.sections.fixes import FixCandidate
+from core.reporting.sections.variant import Variant
 from core.types import Backend, VariantSpec
 
 # Cheapest first, as core.engine.causes orders them (the web server does not import the engine).

@@ -11,18 +11,10 @@ from dataclasses import replace
 from typing import Any
 
 from core.metrics.agreement import AccuracyBaseline
-from core.reporting.runmodel import (
-    ROLE_PIVOT,
-    ROLE_SELECTED,
-    SCHEMA_VERSION,
-    VERDICT_POINT,
-    CandidateStatus,
-    FlipMatrix,
-    RunReport,
-    Variant,
-    VariantIdentity,
-    report_from,
-)
+from core.reporting.runmodel import SCHEMA_VERSION, VERDICT_POINT, RunReport, report_from
+from core.reporting.sections.fixes import CandidateStatus
+from core.reporting.sections.flips import FlipMatrix
+from core.reporting.sections.variant import ROLE_PIVOT, ROLE_SELECTED, Variant, VariantIdentity
 from core.types import (
     FINISHED_STATUSES,
     Agreement,

@@ -24,15 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from core.inputs import rundir
-from core.reporting.runmodel import (
-    CalibrationRecord,
-    RunReport,
-    Tracking,
-    Variant,
-    put_section,
-    read_report,
-    update_report,
-)
+from core.reporting.runmodel import RunReport, read_report, update_report
+from core.reporting.sections.base import put_section
+from core.reporting.sections.calibration_record import CalibrationRecord
+from core.reporting.sections.tracking_record import Tracking
+from core.reporting.sections.variant import Variant
 from core.types import RunStatus
 
 EXPERIMENT = "QuantLens"

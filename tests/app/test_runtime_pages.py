@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from core.inputs import rundir
-from core.reporting.runmodel import RuntimeCell, RuntimeMatrix, read_report, record_runtimes
+from core.reporting.runmodel import read_report, record_runtimes
+from core.reporting.sections.runtime_matrix import RuntimeCell, RuntimeMatrix
 from tests.app.conftest import OpenPage
 from ui import keys
 

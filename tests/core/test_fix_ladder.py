@@ -237,7 +237,7 @@ def test_the_ladder_offers_each_rung_its_causes_name_cheapest_first() -> None:
     for the pseudo-layers the diagnosis names the model's ends by), weight-only for the culprit
     op; bias correction is named as not built; a float16 variant gets no int8 rung."""
     from core.engine.fixes.ladder import ladder
-    from core.reporting.runmodel import RootCause, VariantCauses
+    from core.reporting.sections.diagnosis import RootCause, VariantCauses
     from core.types import VariantSpec
 
     outlier = RootCause(

@@ -9,7 +9,7 @@ from typing import Any
 
 from core.jobs.rescore import _derived_spec, rescore_command
 from core.reporting.fix_ladder import fix_variant, ladders, other_derived
-from core.reporting.runmodel import Variant
+from core.reporting.sections.variant import Variant
 
 CHAIN = ["conv2", "pool2", "conv3"]
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from core.reporting.runmodel import VariantCauses
+from core.reporting.sections.diagnosis import VariantCauses
 from core.types import Backend, Mode, VariantSpec
 
 INT16_NOTE = (

@@ -41,13 +41,8 @@ from core.engine.stages.measure import measure_tflite, measurement
 from core.engine.stages.reference import ReferenceOutputs
 from core.errors import ConversionFailed, QuantLensError
 from core.inputs import rundir
-from core.reporting.runmodel import (
-    CandidateStatus,
-    FixCandidate,
-    FixSearch,
-    HeldOutJudgement,
-    Variant,
-)
+from core.reporting.sections.fixes import CandidateStatus, FixCandidate, FixSearch, HeldOutJudgement
+from core.reporting.sections.variant import Variant
 from core.types import NEEDS_CALIBRATION, JobSpec, VariantSpec, VariantStatus
 
 if TYPE_CHECKING:

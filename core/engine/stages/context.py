@@ -14,7 +14,7 @@ from core.types import FINISHED_STATUSES, Dataset, JobSpec, ProgressEvent, Varia
 
 if TYPE_CHECKING:
     from core.engine.models import ReferenceModel
-    from core.reporting.runmodel import Section
+    from core.reporting.sections.base import Section
 
 ProgressFn = Callable[[ProgressEvent], None]
 
@@ -58,7 +58,7 @@ class ReportFile:
     def put(self, section: Section) -> None:
         """Store a typed section (`sweep`, `calibration`, `engine`: core.reporting.runmodel)
         in this copy, whole; the next `save` writes it."""
-        from core.reporting.runmodel import put_section
+        from core.reporting.sections.base import put_section
 
         put_section(self.data, section)
 

@@ -227,7 +227,7 @@ def decode_pool(
 def write_calibration_record(run: RunContext, plan: CalibrationPlan, used: list[Sample]) -> None:
     """calibration.csv (the images used) and report.json's `calibration` section."""
     from core.inputs.datasets import dataset_sha256
-    from core.reporting.runmodel import CalibrationRecord
+    from core.reporting.sections.calibration_record import CalibrationRecord
 
     write_csv(
         run.run_dir / CALIBRATION_LIST,

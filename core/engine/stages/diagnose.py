@@ -189,7 +189,7 @@ def root_causes(
     measured on the calibration images and the flipped ones (the calibration images when it
     flipped none), as the typed `diagnosis.causes`; or nothing and a warning."""
     from core.engine.causes import find_causes
-    from core.reporting.runmodel import VariantCauses
+    from core.reporting.sections.diagnosis import VariantCauses
 
     run.emit("diagnose", 0.95, f"{spec.name}: root causes", spec.name)
     try:

@@ -20,7 +20,7 @@ from core.engine.stages.reference import ReferenceOutputs
 from core.inputs import rundir
 from core.inputs.perturb import PERTURBATIONS, Perturbation
 from core.metrics.agreement import to_probabilities, top1, wilson_interval
-from core.reporting.runmodel import PerturbedAgreement
+from core.reporting.sections.flip_hunt import PerturbedAgreement
 from core.runfolder.protocol import DECODED_CACHE
 from core.types import VariantStatus
 

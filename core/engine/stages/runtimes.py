@@ -29,7 +29,8 @@ from core.engine.stages.files import BATCH, DecodedCache
 from core.engine.stages.reference import ReferenceOutputs
 from core.errors import QuantLensError
 from core.inputs import rundir
-from core.reporting.runmodel import RuntimeCell, RuntimeMatrix, record_runtimes
+from core.reporting.runmodel import record_runtimes
+from core.reporting.sections.runtime_matrix import RuntimeCell, RuntimeMatrix
 from core.runfolder.protocol import DECODED_CACHE
 from core.types import Mode, Runtime, VariantStatus
 

@@ -19,7 +19,7 @@ from core.types import Dataset, JobSpec, RunStatus, SkippedSample, VariantSpec
 
 if TYPE_CHECKING:
     from core.engine.models import ReferenceModel
-    from core.reporting.runmodel import EngineInfo
+    from core.reporting.sections.engine_info import EngineInfo
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,8 @@ def require_same_inputs(
     """
     from core.errors import QuantLensError
     from core.inputs.datasets import dataset_sha256
-    from core.reporting.runmodel import CalibrationRecord, section_of
+    from core.reporting.sections.base import section_of
+    from core.reporting.sections.calibration_record import CalibrationRecord
 
     if report["reference"].get("sha256") not in (None, model_sha):
         raise QuantLensError(
@@ -245,7 +246,7 @@ def new_report(
         pending_variant,
         pivot_name,
     )
-    from core.reporting.runmodel import put_section
+    from core.reporting.sections.base import put_section
 
     sig = model.signature
     report: dict[str, Any] = {
@@ -323,7 +324,7 @@ def local_engine_info() -> EngineInfo:
     """report.json's `engine` for a run on this machine alone (it also times the models)."""
     import socket
 
-    from core.reporting.runmodel import EngineInfo
+    from core.reporting.sections.engine_info import EngineInfo
 
     host = socket.gethostname()
     return EngineInfo(name="local", address=None, nodes=(host,), latency_node=host)
