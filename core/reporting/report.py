@@ -120,12 +120,6 @@ ON_REQUEST_WAITING = "waiting"  # flipped no image; not diagnosed yet
 ON_REQUEST_ASKED = "asked"  # asked for: the re-opened run diagnoses it
 
 
-def defer_diagnosis(report: dict[str, Any], name: str) -> None:
-    """Mark a finished variant that flipped no image as diagnosed only when asked."""
-    entry = next(v for v in report["variants"] if v["name"] == name)
-    entry.setdefault(DIAGNOSIS_ON_REQUEST, ON_REQUEST_WAITING)
-
-
 def awaiting_diagnosis(report: Mapping[str, Any]) -> list[str]:
     """The finished variants whose per-layer diagnosis waits to be asked for, in run order."""
     return [
@@ -135,16 +129,6 @@ def awaiting_diagnosis(report: Mapping[str, Any]) -> list[str]:
         and v.get("status") == VariantStatus.DONE
         and not v.get("diagnosis")
     ]
-
-
-def record_diagnosis(report: dict[str, Any], name: str, summary: dict[str, Any] | None) -> None:
-    """A variant's per-layer diagnosis (core.engine.diagnose): on its entry, and its suspects'
-    layer names in the top-level `diagnosis` (DESIGN §9; the full table is `<name>.layers.csv`)."""
-    entry = next(v for v in report["variants"] if v["name"] == name)
-    entry["diagnosis"] = summary
-    entry.pop(DIAGNOSIS_ON_REQUEST, None)
-    top = report.setdefault("diagnosis", {})
-    top[name] = None if summary is None else [s["layer"] for s in summary["suspects"]]
 
 
 def chosen_step(steps: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
@@ -315,7 +299,7 @@ def fail_reason(variant: Variant, threshold_pct: float, rule: str) -> str | None
 
 
 def finished_variant(
-    entry: dict[str, Any],
+    entry: Mapping[str, Any],
     *,
     size_bytes: int,
     reference_size: int,

@@ -1,8 +1,8 @@
 """The typed run model: report.json as frozen dataclasses, written and read in one place each.
 
 A run is a `RunReport`: its `RunInfo`, its variants (core.reporting.sections.variant) and the
-sections a stage or a later process adds whole (`calibration`, `sweep`, `engine`, `tracking`:
-`Section`s in core.reporting.sections, which the writer builds and `put_section` stores, so no
+sections a stage or a later process adds whole (`calibration`, `sweep`, `engine`, `tracking`,
+`runtimes`: `Section`s in core.reporting.sections, which the writer builds and `put_section` stores, so no
 writer assembles their dicts by hand). `write_report` is the one function that serialises
 report.json, `update_report` the one read-change-write under the report lock, and
 `read_report` the one that reads it back, whatever its schema.
@@ -46,7 +46,16 @@ VERDICT_POINT = "point"
 
 
 # The sections RunReport reads into typed fields, by their report.json key.
-SECTIONS: tuple[type[Section], ...] = (CalibrationRecord, Sweep, EngineInfo, Tracking)
+# Sections typed after report.json had them untyped, written where the file had them among the
+# keys this model does not know (a rewrite then moves no key), not in this order.
+LATE_SECTIONS = frozenset({"runtimes"})
+SECTIONS: tuple[type[Section], ...] = (
+    CalibrationRecord,
+    Sweep,
+    EngineInfo,
+    Tracking,
+    RuntimeMatrix,
+)
 
 
 # -- a run -------------------------------------------------------------------------------------
@@ -118,9 +127,12 @@ class RunReport(MappingView):
     sweep: Sweep | None = None  # only with --calibration-sweep
     engine: EngineInfo | None = None
     tracking: Tracking | None = None  # once logged to MLflow (or refused there)
+    runtimes: RuntimeMatrix | None = None  # only with --runtimes
     schema_version: int = SCHEMA_VERSION
     extra: Mapping[str, Any] = field(default_factory=dict)
     present: frozenset[str] | None = field(default=None, compare=False, repr=False)
+    # The order of the keys of the object this was read from: where `LATE` keys are written.
+    key_order: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunReport:
@@ -155,9 +167,11 @@ class RunReport(MappingView):
             sweep=section_of(data, Sweep),
             engine=section_of(data, EngineInfo),
             tracking=section_of(data, Tracking),
+            runtimes=section_of(data, RuntimeMatrix),
             schema_version=version,
             extra=unknown_keys(data, _RUN_KEYS + typed),
             present=frozenset(data) | {"schema_version"},  # always written
+            key_order=tuple(data),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -176,11 +190,16 @@ class RunReport(MappingView):
         }
         if self.recommendation is not None:
             d["recommendation"] = jsonable(self.recommendation)
+        late: dict[str, Any] = {}
         for kind in SECTIONS:
             section = getattr(self, kind.KEY)
             if section is not None:
-                d[kind.KEY] = section.to_dict()
-        return {**as_read(self, d), **jsonable(self.extra)}
+                (late if kind.KEY in LATE_SECTIONS else d)[kind.KEY] = section.to_dict()
+        late |= jsonable(self.extra)
+        # Where the object read held them, new ones last (sorted is stable).
+        position = {k: i for i, k in enumerate(self.key_order)}
+        late = dict(sorted(late.items(), key=lambda kv: position.get(kv[0], len(position))))
+        return {**as_read(self, d), **late}
 
     def __getitem__(self, key: str) -> Any:
         # Readers that index the report get the typed variants, not their dicts.
@@ -222,12 +241,6 @@ class RunReport(MappingView):
             self.options.get("calibration_samples") if samples is None else samples,
             self.options.get("seed") if seed is None else seed,
         )
-
-    @property
-    def runtimes(self) -> RuntimeMatrix | None:
-        """The runtime matrix (each variant under each chosen runtime), if the run made one."""
-        value = self.extra.get("runtimes")
-        return RuntimeMatrix.from_dict(value) if isinstance(value, Mapping) else None
 
     def display_name(self, variant: Variant) -> str:
         """A variant's name as listed: `float32 (pivot)` for the run's pivot; a long name is
@@ -337,12 +350,3 @@ def read_report(run_dir: Path) -> RunReport:
     if not isinstance(data, dict):
         raise QuantLensError(f"report of run {name} is not a JSON object; re-run it")
     return RunReport.from_dict(data)
-
-
-def record_runtimes(run_dir: Path, matrix: RuntimeMatrix) -> None:
-    """Write the run's `runtimes` section (the whole matrix) through `update_report`."""
-
-    def change(report: dict[str, Any]) -> None:
-        report["runtimes"] = matrix.to_dict()
-
-    update_report(run_dir, change)

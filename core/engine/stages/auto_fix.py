@@ -16,7 +16,7 @@ head on the same decoded pixels, so local and Ray runs reach the same result for
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
@@ -85,13 +85,13 @@ def _cluster_session(run: RunContext) -> AbstractContextManager[object]:
     return ray_engine.job_session(run.job)
 
 
-def auto_fix_applies(spec: VariantSpec, entry: dict[str, Any], job: JobSpec) -> bool:
+def auto_fix_applies(spec: VariantSpec, entry: Mapping[str, Any], job: JobSpec) -> bool:
     """Whether `--auto-fix` works on this variant: a finished, judged variant without overrides,
     below the bar (not for want of a verdict), on a mode that can keep layers in float."""
     return _fixable(spec, entry) and not _entry_meets_bar(entry, job)
 
 
-def _fixable(spec: VariantSpec, entry: dict[str, Any]) -> bool:
+def _fixable(spec: VariantSpec, entry: Mapping[str, Any]) -> bool:
     """A finished, judged variant the user selected, without overrides, not fixed yet, on a mode
     that can keep layers in float."""
     from core.reporting.report import ROLE_SELECTED
@@ -109,7 +109,7 @@ def _fixable(spec: VariantSpec, entry: dict[str, Any]) -> bool:
     return True
 
 
-def _entry_meets_bar(entry: dict[str, Any], job: JobSpec) -> bool:
+def _entry_meets_bar(entry: Mapping[str, Any], job: JobSpec) -> bool:
     from core.reporting.report import meets_threshold
 
     return meets_threshold(
@@ -130,10 +130,14 @@ def _note_nothing_to_fix(run: RunContext) -> None:
         entry = run.report.variant(spec.name)
         if _fixable(spec, entry) and _entry_meets_bar(entry, run.job):
             bound = " (lower 95 % bound)" if run.job.verdict == VERDICT_LOWER_BOUND else ""
-            entry["auto_fix"] = {
-                "nothing_to_fix": f"{spec.name} meets {run.job.min_agreement_pct:g} %{bound}, "
-                "nothing to fix"
-            }
+            run.report.set_part(
+                spec.name,
+                "auto_fix",
+                {
+                    "nothing_to_fix": f"{spec.name} meets {run.job.min_agreement_pct:g} %{bound}, "
+                    "nothing to fix"
+                },
+            )
             noted = True
     if noted:
         run.report.save()
@@ -196,13 +200,13 @@ def _auto_fix_variant(
     name = spec.name
     entry = run.report.variant(name)
     if reference.calibration is None:
-        entry["auto_fix"] = {"error": "no calibration images to make a fix with"}
+        run.report.set_part(name, "auto_fix", {"error": "no calibration images to make a fix with"})
         run.report.save()
         return None
     try:
         split = split_rows(len(reference), run.job.seed)
     except ValueError as exc:
-        entry["auto_fix"] = {"error": str(exc)}
+        run.report.set_part(name, "auto_fix", {"error": str(exc)})
         run.report.save()
         return None
 
@@ -246,20 +250,20 @@ def _auto_fix_variant(
         chosen_meets_bar=meets,
         parent_agreement_pct=parent.agreement_pct,
     )
-    entry["auto_fix"] = {**keep_float, "search": search.to_dict(), "variant": search.chosen}
+    run.report.set_part(
+        name, "auto_fix", {**keep_float, "search": search.to_dict(), "variant": search.chosen}
+    )
     derived = (
         None if chosen is None or chosen.variant is None else VariantSpec.parse(chosen.variant)
     )
-    if derived is None or any(v["name"] == derived.name for v in run.report.data["variants"]):
+    if derived is None or derived.name in run.report.variant_names:
         run.report.save()
         return None
     # Saved before any work on it: a restarted worker re-adds it to the job (stages.start).
-    run.report.data["variants"].append(
-        {
-            **pending_variant(derived, role=ROLE_SELECTED, parent=name),
-            "derived_by": DERIVED_BY_AUTO_FIX,
-        }
+    run.report.put_variant(
+        Variant.from_dict(pending_variant(derived, role=ROLE_SELECTED, parent=name))
     )
+    run.report.set_part(derived.name, "derived_by", DERIVED_BY_AUTO_FIX)
     run.report.save()
     return derived
 
@@ -666,6 +670,6 @@ def _judge_on_held_out(run: RunContext, spec: VariantSpec) -> None:
     judged = HeldOutJudgement(
         n=n, agreeing=agreeing, top1_agreement_pct=pct, top1_agreement_ci95=ci, passed=passed
     )
-    entry["judged_on_held_out"] = judged.to_dict()
-    entry["passed"] = passed
+    run.report.set_part(spec.name, "judged_on_held_out", judged)
+    run.report.set_result(spec.name, passed=passed)
     run.report.save()

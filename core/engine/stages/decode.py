@@ -246,11 +246,12 @@ def write_calibration_record(run: RunContext, plan: CalibrationPlan, used: list[
         file=CALIBRATION_LIST,
     )
     run.report.put(record)
-    report = run.report.data
     if plan.source != NO_CALIBRATION and len(used) < run.job.calibration_samples:
-        report["warnings"].append(
-            f"only {len(used)} of the {run.job.calibration_samples} calibration images could "
-            "be used; int8 ranges rest on fewer images"
+        run.report.add_warnings(
+            [
+                f"only {len(used)} of the {run.job.calibration_samples} calibration images "
+                "could be used; int8 ranges rest on fewer images"
+            ]
         )
 
 

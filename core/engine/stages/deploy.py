@@ -51,9 +51,12 @@ def check_deployability(run: RunContext) -> None:
             rundir.probs_path(run.run_dir, run.report.files_of(parent)),
         )
         found = preflight(rundir.tflite_path(run.run_dir, files))
-        entry["deployability"] = Deployability(
-            found.integer_only, found.micro, found.vela, identical_to=parent if same else None
-        ).to_dict()
+        run.report.set_result(
+            name,
+            deployability=Deployability(
+                found.integer_only, found.micro, found.vela, identical_to=parent if same else None
+            ),
+        )
         run.report.save()
 
 

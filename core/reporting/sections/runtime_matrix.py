@@ -4,14 +4,14 @@ each chosen runtime."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
-from core.reporting.sections.base import MappingView
+from core.reporting.sections.base import Section
 
 
 @dataclass(frozen=True)
-class RuntimeCell(MappingView):
+class RuntimeCell(Section):
     """One variant under one runtime: agreement with the original on `n` images, or why it
     could not run there (`reason`, the numbers then empty).
 
@@ -19,6 +19,8 @@ class RuntimeCell(MappingView):
     differs from the same file's top-1 under XNNPACK at the run's threads (the run's own
     evaluation): flips of the runtime, not of the quantization.
     """
+
+    KEY: ClassVar[str] = "cell"
 
     variant: str
     runtime: str
@@ -34,54 +36,26 @@ class RuntimeCell(MappingView):
     threads: int | None = None
     delegate: str | None = None  # what ran it (TFLiteRunner.describe), e.g. "xnnpack"
     reason: str | None = None  # why the cell is empty; None when measured
-
-    KEYS = (
-        "variant",
-        "runtime",
-        "n",
-        "agree",
-        "agreement_pct",
-        "ci_low_pct",
-        "ci_high_pct",
-        "accuracy_pct",
-        "labelled",
-        "disagreement_split",
-        "runtime_flips",
-        "threads",
-        "delegate",
-        "reason",
-    )
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    present: frozenset[str] | None = field(default=None, compare=False, repr=False)
 
     @property
     def measured(self) -> bool:
         return self.reason is None
 
-    @classmethod
-    def from_dict(cls, entry: Mapping[str, Any]) -> RuntimeCell:
-        values = {k: entry[k] for k in cls.KEYS if k in entry}
-        split = values.get("disagreement_split")
-        values["disagreement_split"] = None if split is None else dict(split)
-        values["runtime_flips"] = tuple(int(i) for i in values.get("runtime_flips") or ())
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {k: getattr(self, k) for k in self.KEYS}
-        d["runtime_flips"] = list(self.runtime_flips)
-        d["disagreement_split"] = (
-            None if self.disagreement_split is None else dict(self.disagreement_split)
-        )
-        return d
-
 
 @dataclass(frozen=True)
-class RuntimeMatrix(MappingView):
+class RuntimeMatrix(Section):
     """report.json's `runtimes`: every evaluated variant under each chosen runtime.
 
     `subset` is how many images the slow runtimes (built-in, reference kernels, TFLite-Micro)
     ran on, drawn with `seed` from the `total` evaluated images (equal to `total` when the
     user asked for all of them), `subset_indices` their data set indices; XNNPACK runs every
-    image.
+    image. The runtimes stage builds it whole and stores it with `ReportFile.put`.
     """
+
+    KEY: ClassVar[str] = "runtimes"
+    NESTED: ClassVar[Mapping[str, type[Section]]] = {"cells": RuntimeCell}
 
     runtimes: tuple[str, ...] = ()
     total: int = 0
@@ -89,6 +63,8 @@ class RuntimeMatrix(MappingView):
     seed: int = 0
     subset_indices: tuple[int, ...] = ()
     cells: tuple[RuntimeCell, ...] = ()
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    present: frozenset[str] | None = field(default=None, compare=False, repr=False)
 
     def cell(self, variant: str, runtime: str) -> RuntimeCell | None:
         """The cell of `variant` under `runtime`, or None when the matrix has none."""
@@ -105,27 +81,4 @@ class RuntimeMatrix(MappingView):
             c.runtime: c.runtime_flips
             for c in self.cells
             if c.variant == variant and c.runtime_flips
-        }
-
-    @classmethod
-    def from_dict(cls, entry: Mapping[str, Any]) -> RuntimeMatrix:
-        return cls(
-            runtimes=tuple(str(r) for r in entry.get("runtimes") or ()),
-            total=int(entry.get("total") or 0),
-            subset=int(entry.get("subset") or 0),
-            seed=int(entry.get("seed") or 0),
-            subset_indices=tuple(int(i) for i in entry.get("subset_indices") or ()),
-            cells=tuple(
-                RuntimeCell.from_dict(c) for c in entry.get("cells") or () if isinstance(c, Mapping)
-            ),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "runtimes": list(self.runtimes),
-            "total": self.total,
-            "subset": self.subset,
-            "seed": self.seed,
-            "subset_indices": list(self.subset_indices),
-            "cells": [c.to_dict() for c in self.cells],
         }

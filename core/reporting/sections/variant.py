@@ -344,5 +344,10 @@ class Variant(MappingView):
         return HeldOutJudgement.from_dict(value) if isinstance(value, Mapping) else None
 
     def with_result(self, **changes: Any) -> Variant:
-        """A copy with some result fields changed (the object itself is frozen)."""
-        return dataclasses.replace(self, result=dataclasses.replace(self.result, **changes))
+        """A copy with some result fields changed (the object itself is frozen). A field set
+        here is written even when it holds its default (`latency_warning` None beside a
+        timing), as a key set in the entry's dict was."""
+        result = dataclasses.replace(self.result, **changes)
+        if result.present is not None:
+            result = dataclasses.replace(result, present=result.present | changes.keys())
+        return dataclasses.replace(self, result=result)
