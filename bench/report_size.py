@@ -86,7 +86,7 @@ def build_report(
             size_bytes=14_000_000 // (i + 1),
             reference_size=14_000_000,
             agreement=agreement(ref, tfl, labels=labels),
-            reference=report.data["reference"],
+            reference=report.reference,
             min_agreement_pct=95.0,
             conversion_seconds=1.0,
             conversion_cached=False,
