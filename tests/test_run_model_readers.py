@@ -99,6 +99,25 @@ def test_no_stage_writes_a_report_key_by_hand() -> None:
     assert _engine_hits(KEY_WRITTEN_BY_HAND) == []
 
 
+# The other writers (the supervisor's outcome, a re-score, MLflow, History's rename) change
+# the dict `update_report` hands them: through core.reporting.report_changes as well.
+DICT_WRITTEN_BY_HAND = re.compile(
+    r"\b(report|current|variant|entry)(\[[^\]]*\])+\s*"
+    + _GROWS
+    + r"|\b(report|current)\.setdefault\("
+)
+# What may assign report.json's keys: the model itself, and status.json's writer (its own file).
+REPORT_OWNERS = (
+    "core/reporting/report_changes.py",
+    "core/reporting/sections/base.py",
+    "core/runfolder/protocol.py",
+)
+
+
+def test_no_writer_changes_report_json_by_hand() -> None:
+    assert _hits(DICT_WRITTEN_BY_HAND, allowed=REPORT_OWNERS) == []
+
+
 def test_the_hand_written_key_check_sees_each_form() -> None:
     written = [
         'run.report.variant(spec.name)["status"] = VariantStatus.RUNNING',
@@ -110,6 +129,9 @@ def test_the_hand_written_key_check_sees_each_form() -> None:
         "report = run.report.data",
         "record_diagnosis(run.report.data, spec.name, summary)",
     ]
+    assert all(DICT_WRITTEN_BY_HAND.search(line) for line in written[2:4])
+    assert DICT_WRITTEN_BY_HAND.search('current["run"]["status"] = status')
+    assert DICT_WRITTEN_BY_HAND.search('variant["status"] = status')
     read = [
         'if run.report.variant(s.name)["status"] == VariantStatus.DONE',
         'run.report.set_result(name, status=VariantStatus.FAILED, error="x")',

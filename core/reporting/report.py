@@ -389,19 +389,6 @@ def size_change_label(reduction_pct: float) -> str:
     return f"{change:+.1f} %".replace("-", "−")
 
 
-def fill_float32_reductions(report: dict[str, Any]) -> None:
-    """Reduction against the float32 TFLite baseline, once that variant exists."""
-    baseline = next(
-        (v["size_bytes"] for v in report["variants"] if v["mode"] == "float32" and v["size_bytes"]),
-        None,
-    )
-    for variant in report["variants"]:
-        if variant["size_bytes"]:
-            variant["size_reduction_vs_float32_pct"] = reduction_pct(
-                variant["size_bytes"], baseline
-            )
-
-
 def exit_status(report: RunReport | Mapping[str, Any]) -> int:
     """0: every judged variant meets the threshold; 1: some is below it or did not finish.
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from core.reporting.report import DIAGNOSIS_ON_REQUEST, ON_REQUEST_WAITING
+from core.reporting.report import DIAGNOSIS_ON_REQUEST, ON_REQUEST_WAITING, reduction_pct
+from core.reporting.runmodel import RunInfo
 from core.reporting.sections.base import MappingView, jsonable
 from core.reporting.sections.variant import Variant
 
@@ -24,7 +25,8 @@ VARIANT_PARTS = frozenset(
         DIAGNOSIS_ON_REQUEST,  # waiting | asked: diagnosed only when asked (diagnose)
         "auto_fix",  # the fix ladder's search, or why it could not run (auto-fix)
         "judged_on_held_out",  # a derived variant's judgement on held-out images (auto-fix)
-        "derived_by",  # what made a derived variant (auto-fix)
+        "derived_by",  # what made a derived variant (auto-fix, a re-score)
+        "command",  # the command that re-scores a derived variant (a re-score)
     }
 )
 
@@ -107,9 +109,14 @@ def set_measured(report: dict[str, Any], section: str, **fields: Any) -> None:
     report.setdefault(section, {}).update({k: _value(v) for k, v in fields.items()})
 
 
-def set_run_status(report: dict[str, Any], status: str) -> None:
-    """The run's status (`run.status`), as its words."""
-    report.setdefault("run", {})["status"] = str(status)
+def set_run(report: dict[str, Any], **fields: Any) -> None:
+    """Change fields of the `run` entry (`RunInfo`'s: id, name, status, ...); a status is
+    written as its words."""
+    for key in fields:
+        _known(key, frozenset(RunInfo.KEYS), "the `run` entry")
+    if "status" in fields:
+        fields["status"] = str(fields["status"])
+    report.setdefault("run", {}).update(fields)
 
 
 def add_warnings(
@@ -141,3 +148,19 @@ def record_diagnosis(report: dict[str, Any], name: str, summary: Mapping[str, An
     drop_variant_part(report, name, DIAGNOSIS_ON_REQUEST)
     top = report.setdefault("diagnosis", {})
     top[name] = None if summary is None else [s["layer"] for s in summary["suspects"]]
+
+
+def fill_float32_reductions(report: dict[str, Any]) -> None:
+    """Reduction against the float32 TFLite baseline, once that variant exists (each save)."""
+    baseline = next(
+        (v["size_bytes"] for v in report["variants"] if v["mode"] == "float32" and v["size_bytes"]),
+        None,
+    )
+    for variant in report["variants"]:
+        if variant["size_bytes"]:
+            value = reduction_pct(variant["size_bytes"], baseline)
+            # Only a change goes through the model: this runs at every save.
+            if "size_reduction_vs_float32_pct" not in variant or (
+                variant["size_reduction_vs_float32_pct"] != value
+            ):
+                set_result(report, variant["name"], size_reduction_vs_float32_pct=value)

@@ -46,7 +46,7 @@ class ReportFile:
         return cls(path, rundir.read_json(path) if path.exists() else {})
 
     def save(self) -> None:
-        from core.reporting.report import fill_float32_reductions
+        from core.reporting.report_changes import fill_float32_reductions
         from core.reporting.report_merge import merge_into
         from core.reporting.runmodel import update_report
 
@@ -143,9 +143,9 @@ class ReportFile:
         record_diagnosis(self.data, name, summary)
 
     def set_run_status(self, status: str) -> None:
-        from core.reporting.report_changes import set_run_status
+        from core.reporting.report_changes import set_run
 
-        set_run_status(self.data, status)
+        set_run(self.data, status=status)
 
     def add_warnings(self, lines: Iterable[str], *, variant: str | None = None) -> bool:
         """Warnings for the run (or variant `variant`), each said once; True when one was new."""
