@@ -51,7 +51,7 @@ def test_the_default_threshold_is_written_once() -> None:
     assert hit.startswith("core/types.py:") and "DEFAULT_MIN_AGREEMENT_PCT = 95.0" in hit
 
 
-# A typed section (core.reporting.runmodel.Section) assembled as a dict in report.json by hand:
+# A typed section (core.reporting.sections.base.Section) assembled as a dict in report.json by hand:
 # `report["sweep"] = {...}`, `data["engine"]["batches_by_node"] = ...`.
 SECTION_WRITTEN_BY_HAND = re.compile(
     r"""\[\s*["'](sweep|calibration|engine|tracking)["']\s*\](\s*\[[^\]]*\])*\s*=[^=]"""
