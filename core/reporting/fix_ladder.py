@@ -100,8 +100,9 @@ class CauseLadder:
 
 def fix_variant(parent: str, kind: str, layers: tuple[str, ...]) -> str | None:
     """The name of the variant a fix makes of `parent` (the fix ladder's and the re-score's
-    naming): equalized, its chain at 16 bits on the quantizer, or its chain in float; None for
-    a fix no variant name spells (bias correction, weight-only) or a parent it does not fit."""
+    naming): equalized, its chain at 16 bits or its culprit weight-only on the quantizer, or its
+    chain in float; None for a fix no variant name spells (bias correction) or a parent it does
+    not fit."""
     try:
         spec = VariantSpec.parse(parent)
         if kind == "equalize":
@@ -111,6 +112,12 @@ def fix_variant(parent: str, kind: str, layers: tuple[str, ...]) -> str | None:
                 spec.without_overrides(),
                 backend=Backend.QUANTIZER,
                 int16_layers=tuple(sorted(layers)),
+            )
+        elif kind == "weight_only":
+            derived = replace(
+                spec.without_overrides(),
+                backend=Backend.QUANTIZER,
+                weight_only_layers=tuple(sorted(layers)),
             )
         elif kind == "keep_float":
             derived = replace(spec, float_layers=tuple(sorted(layers)))
@@ -234,6 +241,17 @@ def _searched(parent: Variant, kind: str, name: str | None) -> FixCandidate | No
     return next((c for c in search.candidates if c.kind == kind and c.variant is None), None)
 
 
+def _best_keep_float(parent: Variant) -> FixCandidate | None:
+    """The keep-float candidate the search measured best (its walk's end), if any."""
+    search = parent.fix_search
+    walked = [
+        c
+        for c in (search.candidates if search is not None else ())
+        if c.kind == "keep_float" and c.variant is not None and c.agreement_pct is not None
+    ]
+    return max(walked, key=lambda c: c.agreement_pct or 0.0, default=None)
+
+
 def ladders(parent: Variant, variants: Sequence[Variant]) -> list[CauseLadder]:
     """Per cause of `parent` (report order), its rungs cheapest first, each matched to the
     run's variant of that name (derived from `parent`), else to the search's candidate."""
@@ -249,8 +267,17 @@ def ladders(parent: Variant, variants: Sequence[Variant]) -> list[CauseLadder]:
         for kind in kinds:
             layers = rung_layers(cause, kind)
             name = fix_variant(parent.name, kind, layers)
+            searched = _searched(parent, kind, name)
+            if kind == "keep_float" and searched is None and name not in derived:
+                # The search walks its own layer sets rather than the chain: show where its walk
+                # got to, under those layers, rather than "not tried".
+                walked = _best_keep_float(parent)
+                if walked is not None and walked.variant is not None:
+                    name = walked.variant
+                    layers = VariantSpec.parse(name).float_layers
+                    searched = walked
             tried = derived.get(name) if name is not None else None
-            rungs.append(rung_of(parent, kind, layers, tried, _searched(parent, kind, name)))
+            rungs.append(rung_of(parent, kind, layers, tried, searched))
         out.append(CauseLadder(cause=cause, rungs=tuple(rungs)))
     return out
 

@@ -27,7 +27,7 @@ def _entry(name: str, agreement: float, size: int, p50: float, **extra: Any) -> 
     }
 
 
-def _run() -> list[Variant]:
+def _entries() -> list[dict[str, Any]]:
     parent = _entry(
         "int8",
         12.88,
@@ -97,7 +97,11 @@ def _run() -> list[Variant]:
     equalized = _entry("int8:eq", 99.5, 21_512, 0.011, parent="int8", equalized=True)
     manual = _entry("int8:keep=conv3+probabilities", 33.3, 49_584, 0.009, parent="int8")
     manual["float_layers"] = ["conv3", "probabilities"]
-    return [Variant.from_dict(e) for e in (parent, equalized, manual)]
+    return [parent, equalized, manual]
+
+
+def _run() -> list[Variant]:
+    return [Variant.from_dict(e) for e in _entries()]
 
 
 def test_rungs_cheapest_first_with_the_runs_variant_or_the_searchs_numbers() -> None:
@@ -115,9 +119,9 @@ def test_rungs_cheapest_first_with_the_runs_variant_or_the_searchs_numbers() -> 
     assert not int16.tried and int16.searched and int16.n == 264
     assert int16.agreement_delta_pts == 99.0 - 13.0 and int16.bytes_delta == 22_000 - 21_512
     assert int16.name == "int8_q:int16=conv2+conv3+pool2" and int16.integer_only is True
-    # Skipped by the search, with its reason; not a variant a re-score can make.
+    # Skipped by the search, with its reason, under the name the fix would make.
     assert weight_only.status == "skipped" and weight_only.error == "not built in this version"
-    assert weight_only.name is None
+    assert weight_only.name == "int8_q:wo=conv2" and not weight_only.tried
     # Never tried: the whole chain in float, the variant name a re-score would add.
     assert keep.status is None and keep.name == "int8:keep=conv2+conv3+pool2"
     assert keep.integer_only_expected is False
@@ -138,3 +142,41 @@ def test_a_rescore_makes_the_variant_the_rung_names() -> None:
     assert rescore_command(Path("/r"), eq).endswith("--variant int8 --equalize")
     int16 = _derived_spec("int8", ("conv2", "conv3"), "int16_activations")
     assert rescore_command(Path("/r"), int16).endswith("--int16 conv2,conv3")
+
+
+def test_a_measured_weight_only_rung_and_the_keep_float_walk_show_their_numbers() -> None:
+    """The search measured weight-only on the culprit and walked keep-float over its own layer
+    sets (never the chain itself): both rungs carry the search's numbers, not "not tried"."""
+    entries = _entries()
+    search = entries[0]["auto_fix"]["search"]
+    search["candidates"][2] = {
+        "kind": "weight_only",
+        "variant": "int8_q:wo=conv2",
+        "parent": "int8",
+        "fix": {"kind": "weight_only", "layers": ["conv2"]},
+        "status": "measured",
+        "agreement_pct": 11.7,
+        "n": 264,
+        "integer_only": False,
+    }
+    for layers, agreement in ((["conv3"], 36.4), (["conv2", "conv3", "pool1", "pool2"], 100.0)):
+        search["candidates"].append(
+            {
+                "kind": "keep_float",
+                "variant": "int8:keep=" + "+".join(layers),
+                "parent": "int8",
+                "fix": {"kind": "keep_float", "layers": layers},
+                "status": "measured",
+                "agreement_pct": agreement,
+                "n": 264,
+                "size_bytes": 61_592,
+                "integer_only": False,
+            }
+        )
+    variants = [Variant.from_dict(e) for e in entries]
+    (ladder,) = ladders(variants[0], variants)
+    weight_only, keep = ladder.rungs[2], ladder.rungs[3]
+    assert weight_only.name == "int8_q:wo=conv2" and weight_only.searched
+    assert weight_only.agreement_pct == 11.7 and weight_only.integer_only is False
+    assert keep.searched and keep.name == "int8:keep=conv2+conv3+pool1+pool2"
+    assert keep.layers == ("conv2", "conv3", "pool1", "pool2") and keep.agreement_pct == 100.0
