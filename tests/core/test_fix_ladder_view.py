@@ -1,14 +1,18 @@
 """The fix page's reading of a run (core.reporting.fix_ladder): each cause's rungs, cheapest
 first, matched to the run's derived variants by the name the fix makes, else to the auto-fix
-search's measurement; and the re-score builds the same names."""
+search's measurement; and the one naming rule the ladder, the re-score and the page share."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from core.errors import QuantLensError
+from core.fix_variants import fix_variant_name
 from core.jobs.rescore import _derived_spec, rescore_command
-from core.reporting.fix_ladder import fix_variant, ladders, other_derived
+from core.reporting.fix_ladder import ladders, other_derived
 from core.reporting.sections.variant import Variant
 
 CHAIN = ["conv2", "pool2", "conv3"]
@@ -129,19 +133,45 @@ def test_rungs_cheapest_first_with_the_runs_variant_or_the_searchs_numbers() -> 
     assert other.variant == "int8:keep=conv3+probabilities" and other.kind == "keep_float"
 
 
-def test_a_rescore_makes_the_variant_the_rung_names() -> None:
-    for kind, layers in (
-        ("equalize", ()),
-        ("int16_activations", ("conv3", "conv2", "pool2")),
-        ("keep_float", ("pool2", "conv2", "conv3")),
+def test_one_rule_names_each_fixs_variant_and_refuses_what_it_cannot_make() -> None:
+    """core.fix_variants is the only place a fix's variant is named: the ladder, the re-score
+    and the fix page all call it. The names are the variant vocabulary's (parsed back to the
+    same fix); a fix no name spells, or a parent that cannot take it, is refused in one line."""
+    from core.errors import QuantLensError
+    from core.fix_variants import fixed_spec
+    from core.types import Backend, VariantSpec
+
+    int8 = VariantSpec.parse("int8")
+    for kind, layers, name in (
+        ("equalize", (), "int8:eq"),
+        ("int16_activations", ("conv3", "conv2", "pool2"), "int8_q:int16=conv2+conv3+pool2"),
+        ("weight_only", ("conv2",), "int8_q:wo=conv2"),
+        ("keep_float", ("pool2", "conv2", "conv3", "conv2"), "int8:keep=conv2+conv3+pool2"),
     ):
-        derived = _derived_spec("int8", tuple(sorted(layers)), kind)
-        assert derived.name == fix_variant("int8", kind, tuple(layers))
+        derived = fixed_spec(int8, kind, layers)
+        assert derived.name == name and VariantSpec.parse(name) == derived
+        assert fix_variant_name("int8", kind, layers) == name
+    assert fixed_spec(int8, "int16_activations", ("a",)).backend is Backend.QUANTIZER
+    # A derived parent's 16-bit chain starts from its root: the overrides do not stack.
+    assert fixed_spec(VariantSpec.parse("int8:eq"), "int16_activations", ("a",)).name == (
+        "int8_q:int16=a"
+    )
+    with pytest.raises(QuantLensError, match="bias_correction makes no variant"):
+        fixed_spec(int8, "bias_correction", ("conv2",))
+    with pytest.raises(QuantLensError, match=r"float16.*:eq"):
+        fixed_spec(VariantSpec.parse("float16"), "equalize")
+    assert fix_variant_name("float16", "equalize", ()) is None
+    assert fix_variant_name("float32", "keep_float", ("conv2",)) is None
+
+
+def test_a_rescore_adds_the_variant_its_rung_names_with_the_command_that_adds_it() -> None:
     eq = _derived_spec("int8", (), "equalize")
-    assert eq.name == "int8:eq"
+    assert eq.name == fix_variant_name("int8", "equalize", ()) == "int8:eq"
     assert rescore_command(Path("/r"), eq).endswith("--variant int8 --equalize")
     int16 = _derived_spec("int8", ("conv2", "conv3"), "int16_activations")
     assert rescore_command(Path("/r"), int16).endswith("--int16 conv2,conv3")
+    with pytest.raises(QuantLensError, match="float16 cannot be equalized"):
+        _derived_spec("float16", (), "equalize")
 
 
 def test_a_measured_weight_only_rung_and_the_keep_float_walk_show_their_numbers() -> None:

@@ -61,8 +61,8 @@ class ReportFile:
         self._base = _snapshot(self.data)
 
     def put(self, section: Section) -> None:
-        """Store a typed section (`sweep`, `calibration`, `engine`: core.reporting.runmodel)
-        in this copy, whole; the next `save` writes it."""
+        """Store a typed section (`sweep`, `calibration`, `engine`, `runtimes`:
+        core.reporting.sections) in this copy, whole; the next `save` writes it."""
         from core.reporting.sections.base import put_section
 
         put_section(self.data, section)
