@@ -585,6 +585,7 @@ class JobSpec:
     )
     fix: str | None = None  # "integer-only": the ladder's rungs that keep the model integer-only
     fix_budget: int | None = None  # candidate evaluations per variant (None: the default)
+    fix_seed: int = 0  # the seed of the fix search's split into selection and held-out images
     # Calibration (issue 13): a separate set (nothing held out), or calibrate on images that are
     # also evaluated; by default they are held out when the data set has 2x calibration_samples.
     calibration_data: str | None = None

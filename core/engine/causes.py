@@ -29,6 +29,7 @@ from typing import Any, Literal
 import numpy as np
 
 from core.errors import ConversionFailed
+from core.fix_variants import FIX_ORDER, FixKind
 
 CauseKind = Literal[
     "outlier_channel",
@@ -39,17 +40,6 @@ CauseKind = Literal[
     "runtime_only",
     "diffuse",
 ]
-FixKind = Literal["equalize", "bias_correction", "int16_activations", "weight_only", "keep_float"]
-# Cheapest first: equalization keeps the model all-int8 at the same size and speed; bias
-# correction too; 16-bit activations grow the model a little and leave the fast kernels;
-# weight-only and float layers leave integer-only targets.
-FIX_ORDER: tuple[FixKind, ...] = (
-    "equalize",
-    "bias_correction",
-    "int16_activations",
-    "weight_only",
-    "keep_float",
-)
 
 # Images per set the signals are measured on (evenly spaced through each set): the same bound
 # as the per-layer diagnosis, so the signals describe the images the diagnosis measured.

@@ -15,24 +15,29 @@ from __future__ import annotations
 
 import csv
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from core.errors import QuantLensError
+from core.fix_variants import fixed_spec
 from core.inputs import rundir
 from core.jobs.workspace import opened_store
 from core.reporting import runmodel
 from core.runfolder import protocol
-from core.types import Backend, RunStatus, VariantSpec, VariantStatus
+from core.types import RunStatus, VariantSpec, VariantStatus
 
 DERIVED_BY_RESCORE = "re-score"  # a variant entry's `derived_by`: added by a re-score
 RESCORE_KEY = "rescore"  # status.json: the re-score in flight and the run's status before it
 
 
-# The fixes a re-score can build (the fix page's rungs): each is a variant name the worker
-# converts like any other (`:keep=`, `:eq`, `:int16=` on the quantizer).
-RESCORE_FIXES = ("keep_float", "equalize", "int16_activations")
+# The fixes a re-score can build (the fix page's rungs), each with what a parent that cannot
+# take it cannot do: each is a variant name the worker converts like any other (`:keep=`,
+# `:eq`, `:int16=` on the quantizer).
+RESCORE_FIXES = {
+    "keep_float": "keep layers in float; choose an int8 or a quantizer (_q) variant",
+    "equalize": "be equalized; choose an int8 variant",
+    "int16_activations": "take 16-bit activations; choose an int8 variant",
+}
 
 
 def add_rescore_variant(
@@ -112,26 +117,16 @@ def _parent_entry(report: dict[str, Any], parent: str) -> dict[str, Any]:
 
 def _derived_spec(parent: str, layers: tuple[str, ...], fix: str = "keep_float") -> VariantSpec:
     """`parent` with the fix: `layers` in float, the model equalized, or `layers` at 16 bits
-    on the quantizer backend (the fix ladder's rungs, core.engine.fixes.ladder)."""
+    on the quantizer backend, named as the fix ladder names it (core.fix_variants)."""
     spec = VariantSpec.parse(parent)
     if spec.has_overrides:
         raise QuantLensError(
             f"{parent} is itself derived; re-score its parent {_root_name(spec)} instead"
         )
-    if fix == "equalize":
-        derived = replace(spec, equalized=True)
-        what = "be equalized; choose an int8 variant"
-    elif fix == "int16_activations":
-        derived = replace(spec, backend=Backend.QUANTIZER, int16_layers=layers)
-        what = "take 16-bit activations; choose an int8 variant"
-    else:
-        derived = replace(spec, float_layers=layers)
-        what = "keep layers in float; choose an int8 or a quantizer (_q) variant"
     try:
-        derived.check()
+        return fixed_spec(spec, fix, layers)
     except QuantLensError:
-        raise QuantLensError(f"{parent} cannot {what}") from None
-    return derived
+        raise QuantLensError(f"{parent} cannot {RESCORE_FIXES[fix]}") from None
 
 
 def _root_name(spec: VariantSpec) -> str:

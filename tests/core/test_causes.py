@@ -23,7 +23,6 @@ import pytest
 from core.engine.causes import (
     ACTIVATION_RANGE_RATIO,
     COLLAPSE_LEVELS,
-    FIX_ORDER,
     INPUT_LAYER,
     ActivationSignals,
     PresetCheck,
@@ -32,6 +31,7 @@ from core.engine.causes import (
     name_causes,
 )
 from core.errors import ConversionFailed
+from core.fix_variants import FIX_ORDER
 
 SIZE = 16
 RESCALE = 400.0

@@ -15,11 +15,13 @@ first, from the causes its diagnosis named.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from core.reporting.runmodel import VariantCauses
-from core.types import Backend, Mode, VariantSpec
+from core.fix_variants import KEEPS_INTEGER_ONLY, fixed_spec
+from core.reporting.runmodel import RootCause, VariantCauses
+from core.types import Mode, VariantSpec
 
 INT16_NOTE = (
     "16-bit activations have no XNNPACK kernels: on CPU they run on reference kernels, and few "
@@ -33,7 +35,8 @@ NOT_BUILT = {"bias_correction": "bias correction is not built in this version"}
 
 @dataclass(frozen=True)
 class Rung:
-    """One step of the ladder: the variant to make (None when skipped, with `reason`)."""
+    """One step of the ladder: the variant to make (None when skipped, with `reason`), named by
+    the one rule core.fix_variants.fixed_spec."""
 
     kind: str
     spec: VariantSpec | None
@@ -54,31 +57,23 @@ def ladder(spec: VariantSpec, causes: VariantCauses | None) -> list[Rung]:
     named = () if causes is None else causes.causes
     wanted = {fix for c in named for fix in c.fixes}
     if spec.mode is Mode.INT8 and not spec.equalized:
-        rungs.append(Rung("equalize", replace(spec, equalized=True), {"kind": "equalize"}))
+        rungs.append(Rung("equalize", fixed_spec(spec, "equalize"), {"kind": "equalize"}))
     else:
         rungs.append(Rung("equalize", None, {"kind": "equalize"}, "equalization applies to int8"))
     if "bias_correction" in wanted:
         rungs.append(
             Rung("bias_correction", None, {"kind": "bias_correction"}, NOT_BUILT["bias_correction"])
         )
-    # Keras layers only: "(model input)" and "(model output)" name no layer a recipe can match.
-    chains = [
-        chain
-        for c in named
-        if "int16_activations" in c.fixes
-        and (chain := tuple(n for n in c.layers if not n.startswith("(")))
-    ]
+    chains = int16_layer_sets(named)
     if spec.mode is not Mode.INT8:
         reason = "16-bit activations apply to int8 variants"
         rungs.append(Rung("int16_activations", None, {"kind": "int16_activations"}, reason))
     elif not chains:
         reason = "no cause names a chain whose activations need 16 bits"
         rungs.append(Rung("int16_activations", None, {"kind": "int16_activations"}, reason))
-    for chain in dict.fromkeys(chains):
-        derived = replace(
-            spec.without_overrides(), backend=Backend.QUANTIZER, int16_layers=tuple(sorted(chain))
-        )
+    for chain in chains:
         fix = {"kind": "int16_activations", "layers": list(chain)}
+        derived = fixed_spec(spec, "int16_activations", chain)
         rungs.append(Rung("int16_activations", derived, fix, note=INT16_NOTE))
     culprits = [
         c.layer
@@ -89,9 +84,36 @@ def ladder(spec: VariantSpec, causes: VariantCauses | None) -> list[Rung]:
         reason = "weight-only quantization of one op applies to int8 variants"
         rungs.append(Rung("weight_only", None, {"kind": "weight_only"}, reason))
     for layer in dict.fromkeys(culprits):
-        derived = replace(
-            spec.without_overrides(), backend=Backend.QUANTIZER, weight_only_layers=(layer,)
-        )
         fix = {"kind": "weight_only", "layers": [layer]}
-        rungs.append(Rung("weight_only", derived, fix, note=WEIGHT_ONLY_NOTE, integer_only=False))
+        derived = fixed_spec(spec, "weight_only", (layer,))
+        rungs.append(
+            Rung(
+                "weight_only",
+                derived,
+                fix,
+                note=WEIGHT_ONLY_NOTE,
+                integer_only=KEEPS_INTEGER_ONLY["weight_only"],
+            )
+        )
     return rungs
+
+
+def int16_layer_sets(causes: Sequence[RootCause]) -> list[tuple[str, ...]]:
+    """The layer sets the 16-bit rung tries, cheapest first (each is one candidate).
+
+    A chain a cause names (conv -> pass-through ops -> conv) is tried whole: its damaged tensor
+    stays int8 unless every op that writes or passes it is covered. A diffuse cause names no
+    chain, only the suspects ranked by their error on the flipped images (up to five, however
+    few images flipped): the worst suspect alone comes first, one op on reference kernels
+    instead of five, and all of them only after it.
+    """
+    sets: list[tuple[str, ...]] = []
+    for c in causes:
+        # Keras layers only: "(model input)" and "(model output)" name no layer a recipe matches.
+        layers = tuple(n for n in c.layers if not n.startswith("("))
+        if "int16_activations" not in c.fixes or not layers:
+            continue
+        if c.cause == "diffuse" and len(layers) > 1:
+            sets.append(layers[:1])
+        sets.append(layers)
+    return list(dict.fromkeys(sets))
