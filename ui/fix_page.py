@@ -13,7 +13,7 @@ from core.jobs.rescore import RESCORE_FIXES
 from core.reporting.fix_ladder import FIX_NOTE, CauseLadder, Rung, ladders, other_derived
 from core.reporting.layer_figures import channel_range_figure
 from core.reporting.results import RunResults
-from core.reporting.runmodel import Variant
+from core.reporting.sections.variant import Variant
 from ui import fmt, history, keys, widgets
 
 CAUSE_TITLE = {

@@ -16,7 +16,7 @@ from core.reporting.layer_figures import (
 from core.reporting.layer_rank import layer_error
 from core.reporting.report import awaiting_diagnosis, chosen_step
 from core.reporting.results import RunResults
-from core.reporting.runmodel import Variant
+from core.reporting.sections.variant import Variant
 from core.types import RunStatus, VariantSpec, short_name
 from ui import fmt, history, keys, runs, widgets
 from ui.fix_page import fix_section

@@ -30,10 +30,14 @@ def tflite_from_reference(
     preset: str | None = None,
     probe: np.ndarray | None = None,
     cache_dir: Path | None = None,
+    float32: ConversionResult | None = None,
 ) -> ConversionResult:
     """Convert the reference model for one variant on its backend, or return the cached bytes.
 
-    The arguments are those of core.engine.convert.tflite_from_converter, which documents them.
+    The arguments are those of core.engine.convert.tflite_from_converter, which documents them;
+    `float32` is the run's own float32 conversion of the model, which a quantizer recipe starts
+    from (core.engine.quantizer.tflite_from_quantizer); ignored for an equalized or bias-corrected
+    variant, whose model differs.
 
     An equalized variant (`int8:eq`) converts the run's Keras model after cross-layer
     equalization on the calibration images (core.engine.fixes.equalize_rung); a bias-corrected
@@ -55,8 +59,10 @@ def tflite_from_reference(
         except EqualizationError as exc:
             raise ConversionFailed(f"{spec.name}: {exc}") from None
         model_sha256 = equalized_sha(model_sha256, calibration)  # the edited weights' key
+        float32 = None  # the pivot converted the original, not the equalized model
     if spec.bias_corrected_layers:
         model, model_sha256 = _bias_corrected(model, spec, model_sha256, calibration, preset)
+        float32 = None  # nor the bias-corrected one
     if spec.backend is Backend.QUANTIZER:
         return tflite_from_quantizer(
             model,
@@ -66,6 +72,7 @@ def tflite_from_reference(
             preset=preset,
             probe=probe,
             cache_dir=cache_dir,
+            float32=float32,
         )
     return tflite_from_converter(
         model,

@@ -23,6 +23,8 @@ from core.fix_variants import fixed_spec
 from core.inputs import rundir
 from core.jobs.workspace import opened_store
 from core.reporting import runmodel
+from core.reporting.report_changes import put_variant, set_run, set_variant_part
+from core.reporting.sections.variant import Variant
 from core.runfolder import protocol
 from core.types import RunStatus, VariantSpec, VariantStatus
 
@@ -172,13 +174,9 @@ def _queue_again(
     """
     from core.reporting.report import ROLE_SELECTED, pending_variant
 
-    report["variants"].append(
-        {
-            **pending_variant(derived, role=ROLE_SELECTED),
-            "derived_by": DERIVED_BY_RESCORE,
-            "command": rescore_command(directory, derived),
-        }
-    )
+    put_variant(report, Variant.from_dict(pending_variant(derived, role=ROLE_SELECTED)))
+    set_variant_part(report, derived.name, "derived_by", DERIVED_BY_RESCORE)
+    set_variant_part(report, derived.name, "command", rescore_command(directory, derived))
     _reopen(directory, report, status, {"variant": derived.name})
 
 
@@ -187,7 +185,7 @@ def _reopen(
 ) -> None:
     """The run queued again (report.json and a fresh status.json) for the work `what` names,
     with the status it goes back to if that work does not finish."""
-    report["run"]["status"] = str(RunStatus.QUEUED)
+    set_run(report, status=RunStatus.QUEUED)
     for stale in (protocol.CANCEL_FLAG, rundir.PROGRESS):
         (directory / stale).unlink(missing_ok=True)
     rundir.write_json_atomic(
@@ -264,9 +262,8 @@ def request_diagnosis(directory: Path, *, home: Path | None) -> list[str]:
         if not names:
             return
         _require_stored(status, directory, home)
-        for entry in report["variants"]:
-            if entry["name"] in names:
-                entry[DIAGNOSIS_ON_REQUEST] = ON_REQUEST_ASKED
+        for name in names:
+            set_variant_part(report, name, DIAGNOSIS_ON_REQUEST, ON_REQUEST_ASKED)
         what = {"variant": ", ".join(names), "doing": f"diagnosing {', '.join(names)}"}
         _reopen(directory, report, status, what)
         asked.extend(names)

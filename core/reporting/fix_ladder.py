@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.fix_variants import FIX_ORDER, KEEPS_INTEGER_ONLY, fix_variant_name
-from core.reporting.runmodel import FixCandidate, RootCause, Variant
+from core.reporting.sections.diagnosis import RootCause
+from core.reporting.sections.fixes import FixCandidate
+from core.reporting.sections.variant import Variant
 from core.types import VariantSpec
 
 FIX_TITLE = {

@@ -246,7 +246,7 @@ def test_the_ladder_offers_each_rung_its_causes_name_cheapest_first() -> None:
     op; bias correction only for the layers a biased_error cause names (none for the model's
     output pseudo-layer); a float16 variant gets no int8 rung."""
     from core.engine.fixes.ladder import ladder
-    from core.reporting.runmodel import RootCause, VariantCauses
+    from core.reporting.sections.diagnosis import RootCause, VariantCauses
     from core.types import VariantSpec
 
     outlier = RootCause(
@@ -286,7 +286,7 @@ def test_a_diffuse_cause_tries_its_worst_suspect_at_16_bits_before_all_of_them()
     one alone come first (one op on reference kernels), all five only after it; an outlier's
     chain is still tried whole (its tensor stays int8 unless the whole chain is covered)."""
     from core.engine.fixes.ladder import ladder
-    from core.reporting.runmodel import RootCause, VariantCauses
+    from core.reporting.sections.diagnosis import RootCause, VariantCauses
     from core.types import VariantSpec
 
     diffuse = RootCause(

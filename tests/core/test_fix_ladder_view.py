@@ -13,7 +13,7 @@ from core.errors import QuantLensError
 from core.fix_variants import fix_variant_name
 from core.jobs.rescore import _derived_spec, rescore_command
 from core.reporting.fix_ladder import ladders, other_derived
-from core.reporting.runmodel import Variant
+from core.reporting.sections.variant import Variant
 
 CHAIN = ["conv2", "pool2", "conv3"]
 

@@ -21,7 +21,7 @@ from core.engine.fixes.search import Budget
 from core.engine.fixes.selection import CANDIDATE_LATENCY_RUNS, SelectionBench, p50_ms
 from core.engine.fixes.verdict import meets_bar
 from core.errors import QuantLensError
-from core.reporting.runmodel import CandidateStatus, FixCandidate
+from core.reporting.sections.fixes import CandidateStatus, FixCandidate
 from core.types import VariantSpec
 
 Progress = Callable[[float, str], None]

@@ -21,7 +21,7 @@ from core.engine.fixes.search import Budget
 from core.engine.fixes.selection import SelectionBench
 from core.engine.fixes.verdict import meets_bar
 from core.errors import ConversionFailed, QuantLensError
-from core.reporting.runmodel import CandidateStatus, FixCandidate
+from core.reporting.sections.fixes import CandidateStatus, FixCandidate
 from core.types import VariantSpec
 
 KIND = "keep_float"

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.fix_variants import KEEPS_INTEGER_ONLY, fixed_spec
-from core.reporting.runmodel import RootCause, VariantCauses
+from core.reporting.sections.diagnosis import RootCause, VariantCauses
 from core.types import Mode, VariantSpec
 
 INT16_NOTE = (

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from core.engine.stages.context import RunContext
-from core.reporting.runmodel import HeldOutJudgement, Variant
+from core.reporting.sections.fixes import HeldOutJudgement
+from core.reporting.sections.variant import Variant
 from core.types import JobSpec, VariantSpec, VariantStatus
 
 if TYPE_CHECKING:
@@ -59,6 +60,6 @@ def judge_on_held_out(run: RunContext, spec: VariantSpec) -> None:
     judged = HeldOutJudgement(
         n=n, agreeing=agreeing, top1_agreement_pct=pct, top1_agreement_ci95=ci, passed=passed
     )
-    entry["judged_on_held_out"] = judged.to_dict()
-    entry["passed"] = passed
+    run.report.set_part(spec.name, "judged_on_held_out", judged)
+    run.report.set_result(spec.name, passed=passed)
     run.report.save()

@@ -1,7 +1,7 @@
 """The fix search for one variant below the bar: walk the ladder, cheapest first, on the
 selection images, within the budget, and record everything tried.
 
-Records the variant's `auto_fix` (its `search`, typed as core.reporting.runmodel.FixSearch,
+Records the variant's `auto_fix` (its `search`, typed as core.reporting.sections.fixes.FixSearch,
 and the keep-float rung's `sensitivity` and `steps`); the chosen fix joins report.json as a
 pending derived variant (`parent`, `derived_by: "auto-fix"`) that the auto-fix stage then
 converts and evaluates like any other.
@@ -21,7 +21,8 @@ from core.engine.fixes.verdict import DERIVED_BY_AUTO_FIX
 from core.engine.stages.context import RunContext
 from core.engine.stages.reference import ReferenceOutputs
 from core.inputs import rundir
-from core.reporting.runmodel import FixCandidate, FixSearch, Variant
+from core.reporting.sections.fixes import FixCandidate, FixSearch
+from core.reporting.sections.variant import Variant
 from core.types import VariantSpec
 
 INTEGER_ONLY = "integer-only"  # --fix's value: only the rungs that keep the model integer-only
@@ -35,13 +36,13 @@ def search_variant(
     name = spec.name
     entry = run.report.variant(name)
     if reference.calibration is None:
-        entry["auto_fix"] = {"error": "no calibration images to make a fix with"}
+        run.report.set_part(name, "auto_fix", {"error": "no calibration images to make a fix with"})
         run.report.save()
         return None
     try:
         split = split_rows(len(reference), run.job.fix_seed)
     except ValueError as exc:
-        entry["auto_fix"] = {"error": str(exc)}
+        run.report.set_part(name, "auto_fix", {"error": str(exc)})
         run.report.save()
         return None
 
@@ -83,9 +84,11 @@ def search_variant(
         chosen_meets_bar=meets,
         parent_agreement_pct=parent.agreement_pct,
     )
-    entry["auto_fix"] = {**keep_float, "search": search.to_dict(), "variant": search.chosen}
+    run.report.set_part(
+        name, "auto_fix", {**keep_float, "search": search.to_dict(), "variant": search.chosen}
+    )
     derived = None if search.chosen is None else VariantSpec.parse(search.chosen)
-    if derived is None or any(v["name"] == derived.name for v in run.report.data["variants"]):
+    if derived is None or derived.name in run.report.variant_names:
         run.report.save()
         return None
     _add_pending(run, derived, parent=name)
@@ -97,10 +100,8 @@ def _add_pending(run: RunContext, derived: VariantSpec, *, parent: str) -> None:
     the job (core.engine.stages.start)."""
     from core.reporting.report import ROLE_SELECTED, pending_variant
 
-    run.report.data["variants"].append(
-        {
-            **pending_variant(derived, role=ROLE_SELECTED, parent=parent),
-            "derived_by": DERIVED_BY_AUTO_FIX,
-        }
+    run.report.put_variant(
+        Variant.from_dict(pending_variant(derived, role=ROLE_SELECTED, parent=parent))
     )
+    run.report.set_part(derived.name, "derived_by", DERIVED_BY_AUTO_FIX)
     run.report.save()

@@ -9,6 +9,7 @@ others), then judges every derived fix on the images its search did not see
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from concurrent.futures import Future
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
@@ -59,13 +60,13 @@ def _cluster_session(run: RunContext) -> AbstractContextManager[object]:
     return ray_engine.job_session(run.job)
 
 
-def auto_fix_applies(spec: VariantSpec, entry: dict[str, Any], job: JobSpec) -> bool:
+def auto_fix_applies(spec: VariantSpec, entry: Mapping[str, Any], job: JobSpec) -> bool:
     """Whether `--auto-fix` works on this variant: a finished, judged variant without overrides,
     below the bar (not for want of a verdict), on a mode that can keep layers in float."""
     return _fixable(spec, entry) and not _entry_meets_bar(entry, job)
 
 
-def _fixable(spec: VariantSpec, entry: dict[str, Any]) -> bool:
+def _fixable(spec: VariantSpec, entry: Mapping[str, Any]) -> bool:
     """A finished, judged variant the user selected, without overrides, not fixed yet, on a mode
     that can keep layers in float."""
     from core.reporting.report import ROLE_SELECTED
@@ -83,7 +84,7 @@ def _fixable(spec: VariantSpec, entry: dict[str, Any]) -> bool:
     return True
 
 
-def _entry_meets_bar(entry: dict[str, Any], job: JobSpec) -> bool:
+def _entry_meets_bar(entry: Mapping[str, Any], job: JobSpec) -> bool:
     from core.reporting.report import meets_threshold
 
     return meets_threshold(
@@ -104,10 +105,14 @@ def _note_nothing_to_fix(run: RunContext) -> None:
         entry = run.report.variant(spec.name)
         if _fixable(spec, entry) and _entry_meets_bar(entry, run.job):
             bound = " (lower 95 % bound)" if run.job.verdict == VERDICT_LOWER_BOUND else ""
-            entry["auto_fix"] = {
-                "nothing_to_fix": f"{spec.name} meets {run.job.min_agreement_pct:g} %{bound}, "
-                "nothing to fix"
-            }
+            run.report.set_part(
+                spec.name,
+                "auto_fix",
+                {
+                    "nothing_to_fix": f"{spec.name} meets {run.job.min_agreement_pct:g} %{bound}, "
+                    "nothing to fix"
+                },
+            )
             noted = True
     if noted:
         run.report.save()

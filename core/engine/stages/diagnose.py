@@ -49,7 +49,6 @@ def diagnose_variants(run: RunContext, reference: ReferenceOutputs) -> None:
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from core.reporting.report import defer_diagnosis
     from core.types import Backend
 
     pending = [spec for spec in run.specs if needs_diagnosis(run, spec)]
@@ -57,7 +56,7 @@ def diagnose_variants(run: RunContext, reference: ReferenceOutputs) -> None:
         return
     later = [spec for spec in pending if not diagnose_now(run, spec)]
     for spec in later:
-        defer_diagnosis(run.report.data, spec.name)
+        run.report.defer_diagnosis(spec.name)
     if later:
         run.report.save()
     pending = [spec for spec in pending if spec not in later]
@@ -84,7 +83,7 @@ def needs_diagnosis(run: RunContext, spec: VariantSpec) -> bool:
 
     if not can_diagnose(spec) or run.report.variant(spec.name)["status"] != VariantStatus.DONE:
         return False
-    return spec.name not in (run.report.data.get("diagnosis") or {})
+    return spec.name not in (run.report.read_only.get("diagnosis") or {})
 
 
 def diagnose_now(run: RunContext, spec: VariantSpec) -> bool:
@@ -190,7 +189,7 @@ def root_causes(
     flipped none), as the typed `diagnosis.causes`; or nothing and a warning."""
     from core.engine.biased_error import layer_errors, with_biased_error
     from core.engine.causes import find_causes
-    from core.reporting.runmodel import VariantCauses
+    from core.reporting.sections.diagnosis import VariantCauses
 
     run.emit("diagnose", 0.95, f"{spec.name}: root causes", spec.name)
     tflite = rundir.tflite_path(run.run_dir, spec).read_bytes()
@@ -215,10 +214,8 @@ def root_causes(
 
 
 def _record(run: RunContext, spec: VariantSpec, found: _Diagnosis) -> None:
-    from core.reporting.report import record_diagnosis
-
-    run.report.variant(spec.name)["warnings"].extend(found.warnings)
-    record_diagnosis(run.report.data, spec.name, found.summary)
+    run.report.add_warnings(found.warnings, variant=spec.name)
+    run.report.record_diagnosis(spec.name, found.summary)
     run.report.save()
 
 
