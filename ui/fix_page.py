@@ -93,6 +93,8 @@ RESCORE_HELP = {
     "bias_correction": "Correct the biases of {layers} against {parent}'s mean int8 error, "
     "quantize it as {parent} is",
     "int16_activations": "Quantize {parent} again with {layers} at 16-bit activations",
+    "weight_only": "Quantize {parent} again with {layers} weight-only (int8 weights, float "
+    "compute)",
     "keep_float": "Convert {parent} again with {layers} in float",
 }
 

@@ -39,6 +39,7 @@ RESCORE_FIXES = {
     "keep_float": "keep layers in float; choose an int8 or a quantizer (_q) variant",
     "equalize": "be equalized; choose an int8 variant",
     "int16_activations": "take 16-bit activations; choose an int8 variant",
+    "weight_only": "be quantized weight-only; choose an int8 variant",
     "bias_correction": "be bias corrected; choose an int8 variant",
 }
 
@@ -92,7 +93,7 @@ def add_rescore_variant(
         if any(v["name"] == derived.name for v in report["variants"]):
             raise QuantLensError(f"{derived.name} is already in this run; choose other layers")
         _require_stored(status, directory, home)
-        _queue_again(directory, report, derived, status)
+        _queue_again(directory, report, derived, status, parent=parent)
         added.append(derived)
 
     report = runmodel.update_report(directory, queue)
@@ -165,7 +166,12 @@ def _require_known_layers(directory: Path, entry: dict[str, Any], layers: tuple[
 
 
 def _queue_again(
-    directory: Path, report: dict[str, Any], derived: VariantSpec, status: dict[str, Any]
+    directory: Path,
+    report: dict[str, Any],
+    derived: VariantSpec,
+    status: dict[str, Any],
+    *,
+    parent: str,
 ) -> None:
     """The pending entry (written as the lock is released) and a fresh queued status.json.
 
@@ -174,9 +180,15 @@ def _queue_again(
     """
     from core.reporting.report import ROLE_SELECTED, pending_variant
 
-    put_variant(report, Variant.from_dict(pending_variant(derived, role=ROLE_SELECTED)))
+    # The parent is the variant the user chose: `int8` for `int8_q:int16=...`, which its name
+    # alone would give as `int8_q` (the fix page finds a rung's variant by its parent).
+    put_variant(
+        report, Variant.from_dict(pending_variant(derived, role=ROLE_SELECTED, parent=parent))
+    )
     set_variant_part(report, derived.name, "derived_by", DERIVED_BY_RESCORE)
-    set_variant_part(report, derived.name, "command", rescore_command(directory, derived))
+    set_variant_part(
+        report, derived.name, "command", rescore_command(directory, derived, parent=parent)
+    )
     _reopen(directory, report, status, {"variant": derived.name})
 
 
@@ -205,17 +217,21 @@ def _reopen(
     )
 
 
-def rescore_command(directory: Path, derived: VariantSpec) -> str:
-    """The command that adds this variant to the run, as `run.command` is the run's own."""
+def rescore_command(directory: Path, derived: VariantSpec, *, parent: str | None = None) -> str:
+    """The command that adds this variant to the run, as `run.command` is the run's own (from
+    `parent`, else from the variant its name derives from)."""
     import shlex
 
-    parent = _root_name(derived)
+    parent = parent or _root_name(derived)
     head = f"python -m core rescore {shlex.quote(str(directory))} --variant {shlex.quote(parent)}"
     if derived.equalized:
         return f"{head} --equalize"
     if derived.int16_layers:
         layers = ",".join(derived.int16_layers)
         return f"{head} --int16 {shlex.quote(layers)}"
+    if derived.weight_only_layers:
+        layers = ",".join(derived.weight_only_layers)
+        return f"{head} --weight-only {shlex.quote(layers)}"
     if derived.bias_corrected_layers:
         layers = ",".join(derived.bias_corrected_layers)
         return f"{head} --bias-correct {shlex.quote(layers)}"

@@ -144,11 +144,33 @@ def test_a_rescored_rung_records_whether_it_is_integer_only(
     report = _report(out)
     derived = next(v for v in report["variants"] if v["name"] == "int8_q:int16=mix+wide+wide_relu")
     assert derived["status"] == "done" and derived["derived_by"] == "re-score"
+    # Its parent is the variant chosen, not the quantizer variant its name derives from, and its
+    # command re-scores from that variant (the run has no int8_q).
+    assert derived["parent"] == "int8"
+    assert derived["command"].endswith("--variant int8 --int16 mix,wide,wide_relu")
     recorded = derived["deployability"]["integer_only"]["integer_only"]
     assert recorded is not _float_tensors_inside(out / f"{derived['file_id']}.tflite")
     assert recorded is True  # 16-bit activations keep the model integer
     rung = _rung(report, "int16_activations", ("mix", "wide", "wide_relu"), derived["name"])
     assert rung.tried and rung.integer_only is True
+    # The weight-only rung re-scores too: int8 weights, float compute, so not integer-only.
+    done = run_cli("rescore", str(out), "--variant", "int8", "--weight-only", "wide", home=home)
+    assert done.returncode in (0, 1), done.stderr
+    report = _report(out)
+    weight_only = next(v for v in report["variants"] if v["name"] == "int8_q:wo=wide")
+    assert weight_only["status"] == "done" and weight_only["parent"] == "int8"
+    assert weight_only["command"].endswith("--variant int8 --weight-only wide")
+    tflite = out / f"{weight_only['file_id']}.tflite"
+    assert weight_only["deployability"]["integer_only"]["integer_only"] is False
+    assert _float_tensors_inside(tflite)  # LiteRT's own tensor types say the same
+    rung = _rung(report, "weight_only", ("wide",), weight_only["name"])
+    assert rung.tried and rung.integer_only is False
+    # Its agreement, recomputed from its .tflite and the original on the CSV's images.
+    _, model, data, _ = finished_run
+    images = _inputs(data)
+    ref = _reference_probs(model, images).argmax(axis=1)
+    tfl = _tflite_probs(tflite, images).argmax(axis=1)
+    assert weight_only["top1_agreement_pct"] == pytest.approx(100 * np.mean(ref == tfl))
 
 
 def _register_copy(home: Path, original: Path, copy: Path) -> None:
