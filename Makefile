@@ -55,6 +55,7 @@ lint: install
 
 bench: install
 	$(PY) bench/pipeline.py
+	$(PY) bench/auto_fix.py
 
 bench-memory: install
 	$(PY) bench/memory.py

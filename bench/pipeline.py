@@ -349,6 +349,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    load_start = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="quantlens-bench-"))
     print(f"bench folder: {work}", flush=True)
     model = make_model(work, args.size)
@@ -439,7 +440,14 @@ def main() -> None:
         results["naive_loop_over_ours_without_conversions"] = naive_phases["loop"] / (
             ours_s - floor_phases["convert"]
         )
-    print(f"\nours / floor = {ours_s / floor_s:.2f}x (target <= 1.1x)")
+    # The machine may be shared: the ratios hold only when the load stayed level, so say it.
+    load_end = os.getloadavg()[0]
+    results["load_average"] = [load_start, load_end]
+    print(
+        f"\nload average {load_start:.1f} at the start, {load_end:.1f} at the end "
+        f"({os.cpu_count()} cores)"
+    )
+    print(f"ours / floor = {ours_s / floor_s:.2f}x (target <= 1.1x)")
     if "naive_s" in results:
         print(
             f"naive / ours = {results['naive_over_ours']:.2f}x (target >= 5x); without the four "

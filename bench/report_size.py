@@ -52,6 +52,7 @@ def build_report(
     from core.metrics.agreement import agreement
     from core.reporting.report import ROLE_SELECTED, finished_variant, pending_variant
     from core.reporting.runmodel import SCHEMA_VERSION
+    from core.reporting.sections.variant import Variant
     from core.types import VariantSpec
 
     rng = np.random.default_rng(0)
@@ -85,7 +86,7 @@ def build_report(
             size_bytes=14_000_000 // (i + 1),
             reference_size=14_000_000,
             agreement=agreement(ref, tfl, labels=labels),
-            reference=report.data["reference"],
+            reference=report.reference,
             min_agreement_pct=95.0,
             conversion_seconds=1.0,
             conversion_cached=False,
@@ -95,7 +96,7 @@ def build_report(
             io={},
             warnings=[],
         )
-        report.replace_variant(entry)
+        report.put_variant(Variant.from_dict(entry))
         report.save()
         tops[spec.name] = (ref.argmax(axis=1), tfl.argmax(axis=1))
     return tops

@@ -45,8 +45,8 @@ def _parser() -> argparse.ArgumentParser:
 
     rescore = sub.add_parser(
         "rescore",
-        help="add a fixed variant (layers kept in float, equalized, or 16-bit activations) to a "
-        "finished run, scored on its images",
+        help="add a fixed variant (layers kept in float, equalized, 16-bit activations, "
+        "weight-only or bias corrected) to a finished run, scored on its images",
     )
     rescore.add_argument("run", help="the run folder (its --out) or its run id")
     rescore.add_argument(
@@ -67,6 +67,17 @@ def _parser() -> argparse.ArgumentParser:
         "--int16",
         metavar="LAYER[,LAYER]",
         help="Keras layers given 16-bit activations, on the quantizer backend (int8_q:int16=...)",
+    )
+    fix.add_argument(
+        "--weight-only",
+        metavar="LAYER[,LAYER]",
+        help="Keras layers quantized weight-only (int8 weights, float compute), on the "
+        "quantizer backend (int8_q:wo=...)",
+    )
+    fix.add_argument(
+        "--bias-correct",
+        metavar="LAYER[,LAYER]",
+        help="conv/dense layers whose biases absorb the parent's mean int8 error (int8:bc=...)",
     )
     options.add_cli_arguments(rescore, "rescore")
 
@@ -328,8 +339,8 @@ def _run_folder(run: str) -> Path:
 
 
 def cmd_rescore(args: argparse.Namespace) -> int:
-    """`rescore RUN --variant P --keep-float A,B | --equalize | --int16 A,B`: the Layers page's
-    re-score, in the terminal."""
+    """`rescore RUN --variant P --keep-float A,B | --equalize | --int16 A,B | --weight-only A |
+    --bias-correct A`: the fix page's re-score, in the terminal."""
     from core.jobs.launch import recover_interrupted
     from core.jobs.rescore import add_rescore_variant
 
@@ -340,6 +351,10 @@ def cmd_rescore(args: argparse.Namespace) -> int:
         fix, layers = "equalize", []
     elif args.int16:
         fix, layers = "int16_activations", args.int16.split(",")
+    elif args.weight_only:
+        fix, layers = "weight_only", args.weight_only.split(",")
+    elif args.bias_correct:
+        fix, layers = "bias_correction", args.bias_correct.split(",")
     else:
         fix, layers = "keep_float", args.keep_float.split(",")
     name = add_rescore_variant(directory, args.variant, layers, home=None, fix=fix)

@@ -795,6 +795,17 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
         in_command=InCommand.UNLESS_DEFAULT,
     ),
     RunOption(
+        "fix_seed",
+        ("--fix-seed",),
+        value_type=int,
+        metavar="SEED",
+        help="with --auto-fix: the seed that splits the images into those that choose a fix "
+        "and those that judge it (default 0)",
+        field="fix_seed",
+        checks=(at_least(0),),
+        in_command=InCommand.UNLESS_DEFAULT,
+    ),
+    RunOption(
         "calibration_data",
         ("--calibration-data",),
         metavar="PATH",

@@ -37,7 +37,7 @@ NEEDS_CALIBRATION = frozenset({Mode.INT8, Mode.INT16X8})  # on both backends
 # Modes whose converter variant can keep layers in float (the QuantizationDebugger's denylist).
 CONVERTER_KEEP_MODES = frozenset({Mode.INT8})
 # Per-layer overrides in a variant name: `int8_q:keep=conv2d+dense:int16=conv2d_1`.
-_OVERRIDE_KEYS = ("keep", "int16", "wo")
+_OVERRIDE_KEYS = ("keep", "int16", "wo", "bc")
 EQUALIZE_KEY = "eq"  # a bare override: `int8:eq`
 
 
@@ -112,7 +112,8 @@ class VariantSpec:
     overrides: `:eq` (the Keras model cross-layer equalized before quantizing,
     core.engine.fixes.equalize_rung), `:keep=A+B` (layers kept in float) and `:int16=C` (layers
     given int16 activations) and `:wo=D` (layers whose weights only are quantized; quantizer
-    only), each list sorted. `parse(spec.name) == spec` for every valid spec.
+    only) and `:bc=E` (layers whose biases absorb their mean int8 error,
+    core.engine.fixes.bias_correct), each list sorted. `parse(spec.name) == spec` for every valid spec.
     """
 
     mode: Mode
@@ -123,6 +124,7 @@ class VariantSpec:
     int16_layers: tuple[str, ...] = ()  # Keras layer names given int16 activations
     weight_only_layers: tuple[str, ...] = ()  # Keras layer names quantized weight-only
     equalized: bool = False  # the Keras model is cross-layer equalized before it is quantized
+    bias_corrected_layers: tuple[str, ...] = ()  # Keras layers whose bias absorbs the int8 error
 
     @property
     def name(self) -> str:
@@ -137,6 +139,7 @@ class VariantSpec:
             ("keep", self.float_layers),
             ("int16", self.int16_layers),
             ("wo", self.weight_only_layers),
+            ("bc", self.bias_corrected_layers),
         ):
             if layers:
                 base += f":{key}={'+'.join(layers)}"
@@ -157,13 +160,22 @@ class VariantSpec:
         """The variant a per-layer override or equalization derives from (`int8` for
         `int8:eq:keep=conv2d`)."""
         return replace(
-            self, float_layers=(), int16_layers=(), weight_only_layers=(), equalized=False
+            self,
+            float_layers=(),
+            int16_layers=(),
+            weight_only_layers=(),
+            equalized=False,
+            bias_corrected_layers=(),
         )
 
     @property
     def has_overrides(self) -> bool:
         return bool(
-            self.float_layers or self.int16_layers or self.weight_only_layers or self.equalized
+            self.float_layers
+            or self.int16_layers
+            or self.weight_only_layers
+            or self.equalized
+            or self.bias_corrected_layers
         )
 
     @classmethod
@@ -219,6 +231,7 @@ class VariantSpec:
             int16_layers=layers["int16"],
             weight_only_layers=layers["wo"],
             equalized=bool(layers[EQUALIZE_KEY]),
+            bias_corrected_layers=layers["bc"],
         )
 
     def check(self) -> None:
@@ -234,6 +247,16 @@ class VariantSpec:
             raise QuantLensError(
                 f"{name}: equalization evens out activation ranges for a fully quantized model; "
                 "use :eq with int8 or int16x8"
+            )
+        if self.bias_corrected_layers and self.mode is not Mode.INT8:
+            raise QuantLensError(
+                f"{name}: bc= corrects the biases against the int8 error of an int8 model; use "
+                "it with int8 or int8_q"
+            )
+        if self.bias_corrected_layers and replace(self, bias_corrected_layers=()).has_overrides:
+            raise QuantLensError(
+                f"{name}: bc= corrects the plain int8 model's error; give it without other "
+                "overrides"
             )
         overrides = self.float_layers or self.int16_layers or self.weight_only_layers
         if overrides and self.mode is Mode.FLOAT32:
@@ -305,6 +328,11 @@ class VariantSpec:
             | (
                 {"weight_only_layers": list(self.weight_only_layers)}
                 if self.weight_only_layers
+                else {}
+            )
+            | (
+                {"bias_corrected_layers": list(self.bias_corrected_layers)}
+                if self.bias_corrected_layers
                 else {}
             )
         )
@@ -585,6 +613,7 @@ class JobSpec:
     )
     fix: str | None = None  # "integer-only": the ladder's rungs that keep the model integer-only
     fix_budget: int | None = None  # candidate evaluations per variant (None: the default)
+    fix_seed: int = 0  # the seed of the fix search's split into selection and held-out images
     # Calibration (issue 13): a separate set (nothing held out), or calibrate on images that are
     # also evaluated; by default they are held out when the data set has 2x calibration_samples.
     calibration_data: str | None = None

@@ -9,7 +9,8 @@ import streamlit as st
 
 from core.reporting.figures import tradeoff_figure
 from core.reporting.recommend import FRONTIER_RULE, pareto_frontier, recommendation, tradeoff_points
-from core.reporting.runmodel import RunReport, Variant
+from core.reporting.runmodel import RunReport
+from core.reporting.sections.variant import Variant
 from ui import fmt
 
 

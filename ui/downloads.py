@@ -13,7 +13,8 @@ from core.errors import QuantLensError
 from core.inputs import rundir
 from core.reporting.html import render_report_html
 from core.reporting.results import report_mtime
-from core.reporting.runmodel import RunReport, Variant, read_report
+from core.reporting.runmodel import RunReport, read_report
+from core.reporting.sections.variant import Variant
 from core.types import short_name
 from ui import keys
 

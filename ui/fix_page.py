@@ -13,7 +13,7 @@ from core.jobs.rescore import RESCORE_FIXES
 from core.reporting.fix_ladder import FIX_NOTE, CauseLadder, Rung, ladders, other_derived
 from core.reporting.layer_figures import channel_range_figure
 from core.reporting.results import RunResults
-from core.reporting.runmodel import Variant
+from core.reporting.sections.variant import Variant
 from ui import fmt, history, keys, widgets
 
 CAUSE_TITLE = {
@@ -90,7 +90,11 @@ def repaired_rows(res: RunResults, parent: str, rung: str) -> pd.DataFrame:
 
 RESCORE_HELP = {
     "equalize": "Cross-layer equalize the model, quantize it as {parent} is",
+    "bias_correction": "Correct the biases of {layers} against {parent}'s mean int8 error, "
+    "quantize it as {parent} is",
     "int16_activations": "Quantize {parent} again with {layers} at 16-bit activations",
+    "weight_only": "Quantize {parent} again with {layers} weight-only (int8 weights, float "
+    "compute)",
     "keep_float": "Convert {parent} again with {layers} in float",
 }
 

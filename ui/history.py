@@ -19,6 +19,7 @@ from core.history.store import RunRow, RunStore, open_store
 from core.inputs import rundir
 from core.jobs import launch as jobs
 from core.reporting.report import NO_VERDICT
+from core.reporting.report_changes import set_run
 from core.reporting.results import report_mtime
 from core.reporting.runmodel import RunReport, read_report, update_report
 from core.types import RunStatus
@@ -216,7 +217,7 @@ def rename(row: RunRow, name: str) -> None:
     invalidate()
 
     def named(report: dict[str, Any]) -> None:
-        report["run"]["name"] = name
+        set_run(report, name=name)
 
     # The store holds the name; an unreadable report keeps its old one.
     with contextlib.suppress(OSError, QuantLensError):

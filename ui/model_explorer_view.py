@@ -12,7 +12,7 @@ from core.inputs import rundir
 from core.jobs import model_explorer_server as explorer
 from core.reporting.model_explorer import SUFFIX, node_data_json
 from core.reporting.results import RunResults
-from core.reporting.runmodel import Variant
+from core.reporting.sections.variant import Variant
 from ui import fmt, history
 
 GRAPH_HEIGHT_PX = 640

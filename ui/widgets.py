@@ -24,7 +24,7 @@ from core.reporting.report import (
     too_few_samples_note,
 )
 from core.reporting.results import RunResults
-from core.reporting.runmodel import Variant
+from core.reporting.sections.variant import Variant
 from core.reporting.speedup import BASELINE_LABEL, speedup_lines, times
 from core.types import UNSUCCESSFUL_STATUSES, short_name
 from ui import cache, fmt, runs

@@ -16,8 +16,8 @@ from core.reporting.layer_figures import (
 from core.reporting.layer_rank import layer_error
 from core.reporting.report import awaiting_diagnosis, chosen_step
 from core.reporting.results import RunResults
-from core.reporting.runmodel import Variant
-from core.types import RunStatus, short_name
+from core.reporting.sections.variant import Variant
+from core.types import RunStatus, VariantSpec, short_name
 from ui import fmt, history, keys, runs, widgets
 from ui.fix_page import fix_section
 from ui.model_explorer_view import model_explorer_panel
@@ -173,13 +173,26 @@ if steps:
         )
     else:
         verdict = "meets" if chosen["meets_threshold"] else "does not meet"
+        # The path is the keep-float rung only; the search may have chosen a cheaper rung, so
+        # the derived variant is named only when it is this path's end.
+        derived = str(fix.get("variant") or "")
+        path_end = bool(derived) and VariantSpec.parse(derived).float_layers == tuple(
+            sorted(chosen["layers"])
+        )
         st.markdown(
-            f"**{fmt.text(fix.get('variant') or '')}**: "
+            f"**Keep in float** ({fmt.text(' + '.join(chosen['layers']))}): "
             f"{fmt.count(len(chosen['layers']), 'layer')} in float, "
             f"{chosen['agreement_pct']:.2f} % agreement on "
             f"{fmt.count(int(chosen['n']), 'image')} ({verdict} the {res.threshold_pct:g} % "
             f"bar), {fmt.mb(int(chosen['size_bytes']))} against "
             f"{fmt.mb(int(entry.result.size_bytes or 0))}."
+            + (
+                f" Derived as **{fmt.text(derived)}**."
+                if path_end
+                else f" The search chose **{fmt.text(derived)}**, a rung of the ladder above."
+                if derived
+                else ""
+            )
         )
     st.caption(
         "Each layer in the measured order is added to the float set and kept unless agreement "

@@ -29,6 +29,7 @@ from typing import Any, Literal
 import numpy as np
 
 from core.errors import ConversionFailed
+from core.fix_variants import FIX_ORDER, FixKind
 
 CauseKind = Literal[
     "outlier_channel",
@@ -38,18 +39,8 @@ CauseKind = Literal[
     "preprocessing",
     "runtime_only",
     "diffuse",
+    "biased_error",  # core.engine.biased_error: measured by running the quantized model
 ]
-FixKind = Literal["equalize", "bias_correction", "int16_activations", "weight_only", "keep_float"]
-# Cheapest first: equalization keeps the model all-int8 at the same size and speed; bias
-# correction too; 16-bit activations grow the model a little and leave the fast kernels;
-# weight-only and float layers leave integer-only targets.
-FIX_ORDER: tuple[FixKind, ...] = (
-    "equalize",
-    "bias_correction",
-    "int16_activations",
-    "weight_only",
-    "keep_float",
-)
 
 # Images per set the signals are measured on (evenly spaced through each set): the same bound
 # as the per-layer diagnosis, so the signals describe the images the diagnosis measured.
@@ -97,6 +88,16 @@ PRESET_GAP_POINTS = 5.0
 # Runtime only: the same `.tflite` agrees this many points less under one runtime than under
 # another (XNNPACK vs built-in kernels flipped 2 % of a MobileNetV2's images, see the notes).
 RUNTIME_GAP_POINTS = 1.0
+# Biased error (core.engine.biased_error): a channel is shifted when its mean int8 error is at
+# least half its spread (standard deviation) and at least half of the output's step; a layer is
+# named when at least a quarter of its live channels are. Below half a step a channel's shift
+# rarely outweighs its own rounding (at most half a step). On the MobileNetV2 demo (int8, 50
+# calibration images) 5 of its 53 weighted ops meet this, all in its first two blocks, and
+# correcting those 5 leaves none; a test model built to round every weight one way meets it
+# with every channel at about 3x its spread.
+BIAS_SPREAD_RATIO = 0.5
+BIAS_MIN_STEPS = 0.5
+BIASED_SHARE = 0.25
 THRESHOLDS = {
     "activation_range_ratio": ACTIVATION_RANGE_RATIO,
     "collapse_levels": COLLAPSE_LEVELS,
@@ -107,6 +108,9 @@ THRESHOLDS = {
     "min_group": MIN_GROUP,
     "preset_gap_points": PRESET_GAP_POINTS,
     "runtime_gap_points": RUNTIME_GAP_POINTS,
+    "bias_spread_ratio": BIAS_SPREAD_RATIO,
+    "bias_min_steps": BIAS_MIN_STEPS,
+    "biased_share": BIASED_SHARE,
 }
 
 # Ops a channel passes through unchanged in meaning (per channel, positively homogeneous or a
@@ -442,7 +446,7 @@ def weight_outliers_cause(w: WeightSignals) -> Cause | None:
             f"weight{kurtosis}; int8 keeps about {127 / w.group_spread:.1f} of 127 steps for "
             "the typical weight"
         ),
-        fixes=_ordered(["bias_correction", "keep_float"]),
+        fixes=_ordered(["keep_float"]),
     )
 
 
@@ -508,7 +512,7 @@ def diffuse_cause(suspects: list[str]) -> Cause:
             "channel, weight outlier, clipping or collapsed range; the error is spread "
             "across layers"
         ),
-        fixes=_ordered(["bias_correction", "int16_activations", "keep_float"]),
+        fixes=_ordered(["int16_activations", "keep_float"]),
     )
 
 

@@ -12,7 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from core.reporting.runmodel import CellStatus, MicroCell
+from core.reporting.sections.deployability import CellStatus, MicroCell
 
 # The pinned pre-release (requirements-extras.txt): TFLite-Micro publishes no stable release.
 INSTALL_HINT = (

@@ -45,6 +45,7 @@ def tflite_from_quantizer(
     preset: str | None = None,
     probe: np.ndarray | None = None,
     cache_dir: Path | None = None,
+    float32: ConversionResult | None = None,
 ) -> ConversionResult:
     """Quantize the reference model's float32 `.tflite` with the recipe of `spec`.
 
@@ -57,6 +58,9 @@ def tflite_from_quantizer(
         preset: the preprocessing preset, for the float32 conversion's cache key.
         probe: a few evaluation images the float32 conversion must answer finitely.
         cache_dir: where models are kept by content hash; None disables the cache.
+        float32: this model's float32 conversion already made by the caller (the run's pivot,
+            converted with the same preset and probe), used instead of converting again or
+            reading the cache and re-running the probe check.
 
     Raises:
         ConversionFailed: the float conversion or the quantizer failed, a named layer does not
@@ -66,7 +70,7 @@ def tflite_from_quantizer(
         raise ValueError(f"{spec.name} is not a quantizer variant")
     calibration = _check_calibration(spec, calibration)
     try:
-        float_result = tflite_from_converter(
+        float_result = float32 or tflite_from_converter(
             model,
             VariantSpec(mode=Mode.FLOAT32),
             model_sha256=model_sha256,
@@ -79,8 +83,9 @@ def tflite_from_quantizer(
             f"{spec.name}: the quantizer starts from the float32 model and that conversion "
             f"failed: {exc}"
         ) from None
-    # A float conversion made for this variant is part of what it cost; a cached one is not.
-    float_seconds = 0.0 if float_result.cached else float_result.seconds
+    # A float conversion made for this variant is part of what it cost; a cached one, or the
+    # pivot's, is not.
+    float_seconds = 0.0 if float_result.cached or float32 is not None else float_result.seconds
     key = quantizer_cache_key(float_result.tflite, spec, calibration)
     cached_file = cache_dir / f"{key}.tflite" if cache_dir is not None else None
     hit = None if cached_file is None else read_cached(cached_file)

@@ -38,7 +38,7 @@ from core.engine.faults import FAULT_ENV, FAULT_ONCE_ENV
 from core.engine.stages.files import BATCH  # the local engine's decode/reference batch
 from core.errors import QuantLensError
 from core.metrics.latency import usable_cpus
-from core.reporting.runmodel import EngineInfo
+from core.reporting.sections.engine_info import EngineInfo
 from core.types import RAY_NODE_IP_ENV as NODE_IP_ENV
 from core.types import JobSpec, Preset, Sample, SkippedSample, VariantSpec
 

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from core.engine.flatbuffer import operators
-from core.reporting.runmodel import CellStatus, VelaCell
+from core.reporting.sections.deployability import CellStatus, VelaCell
 from core.reporting.targets import ACCELERATOR
 
 INSTALL_HINT = (

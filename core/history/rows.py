@@ -6,7 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from core.reporting.runmodel import RunReport, Variant
+from core.reporting.runmodel import RunReport
+from core.reporting.sections.variant import Variant
 
 # Variant keys the store leaves in the run folder: they grow with the class count, and the
 # pages read them from report.json, never from the store.

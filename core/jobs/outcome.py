@@ -15,6 +15,7 @@ from core.errors import QuantLensError
 from core.inputs import rundir
 from core.jobs.workspace import opened_store
 from core.reporting import runmodel
+from core.reporting.report_changes import set_result, set_run
 from core.runfolder import protocol
 from core.types import RunStatus, VariantStatus
 
@@ -46,8 +47,7 @@ def finish_run(directory: Path, status: RunStatus, error: str | None, *, home: P
     run_id = run_id_of(directory)
 
     def ended(report: dict[str, Any]) -> None:
-        report["run"]["status"] = str(status)
-        report["run"]["id"] = run_id
+        set_run(report, status=status, id=run_id)
         if status is not RunStatus.DONE:
             note_untimed_variants(report, status)
 
@@ -81,9 +81,11 @@ def note_untimed_variants(report: dict[str, Any], status: RunStatus) -> None:
     ended = _ENDED_WORDS.get(status, f"ended ({status})")
     for variant in report["variants"]:
         if variant.get("status") == VariantStatus.DONE and not variant.get("latency_ms"):
-            variant["latency_note"] = (
-                f"not timed: the run {ended} before its timing step, which runs last "
-                "so no conversion shares the cores"
+            set_result(
+                report,
+                variant["name"],
+                latency_note=f"not timed: the run {ended} before its timing step, which runs "
+                "last so no conversion shares the cores",
             )
 
 
@@ -94,8 +96,7 @@ def close_unfinished_variants(directory: Path, status: VariantStatus, reason: st
     def close(report: dict[str, Any]) -> None:
         for variant in report["variants"]:
             if variant["status"] in (VariantStatus.PENDING, VariantStatus.RUNNING):
-                variant["status"] = status
-                variant["error"] = reason
+                set_result(report, variant["name"], status=status, error=reason)
                 closed.append(rundir.entry_files(variant))
 
     runmodel.update_report(directory, close)
@@ -123,9 +124,7 @@ def mark_variant(
             if variant["name"] == name:
                 files = rundir.entry_files(variant)
                 evaluated = variant["status"] == VariantStatus.DONE  # e.g. a crash while timing it
-                variant["status"] = status
-                variant["error"] = reason
-                variant["stderr_tail"] = tail
+                set_result(report, name, status=status, error=reason, stderr_tail=tail)
 
     if runmodel.update_report(directory, mark) is None:
         return

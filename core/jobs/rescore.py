@@ -15,24 +15,33 @@ from __future__ import annotations
 
 import csv
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from core.errors import QuantLensError
+from core.fix_variants import fixed_spec
 from core.inputs import rundir
 from core.jobs.workspace import opened_store
 from core.reporting import runmodel
+from core.reporting.report_changes import put_variant, set_run, set_variant_part
+from core.reporting.sections.variant import Variant
 from core.runfolder import protocol
-from core.types import Backend, RunStatus, VariantSpec, VariantStatus
+from core.types import RunStatus, VariantSpec, VariantStatus
 
 DERIVED_BY_RESCORE = "re-score"  # a variant entry's `derived_by`: added by a re-score
 RESCORE_KEY = "rescore"  # status.json: the re-score in flight and the run's status before it
 
 
-# The fixes a re-score can build (the fix page's rungs): each is a variant name the worker
-# converts like any other (`:keep=`, `:eq`, `:int16=` on the quantizer).
-RESCORE_FIXES = ("keep_float", "equalize", "int16_activations")
+# The fixes a re-score can build (the fix page's rungs), each with what a parent that cannot
+# take it cannot do: each is a variant name the worker converts like any other (`:keep=`,
+# `:eq`, `:int16=` on the quantizer, `:bc=`).
+RESCORE_FIXES = {
+    "keep_float": "keep layers in float; choose an int8 or a quantizer (_q) variant",
+    "equalize": "be equalized; choose an int8 variant",
+    "int16_activations": "take 16-bit activations; choose an int8 variant",
+    "weight_only": "be quantized weight-only; choose an int8 variant",
+    "bias_correction": "be bias corrected; choose an int8 variant",
+}
 
 
 def add_rescore_variant(
@@ -45,8 +54,9 @@ def add_rescore_variant(
 ) -> str:
     """Add `parent` with a fix to the finished run in `directory`, and queue the run again; the
     caller starts its supervisor. The fix is `layers` kept in float (the default), the model
-    cross-layer equalized (`fix="equalize"`, layers unused) or `layers` given 16-bit
-    activations (`fix="int16_activations"`, on the quantizer backend).
+    cross-layer equalized (`fix="equalize"`, layers unused), `layers` given 16-bit
+    activations (`fix="int16_activations"`, on the quantizer backend) or `layers`' biases
+    corrected against the parent's int8 error (`fix="bias_correction"`).
 
     Returns:
         The derived variant's name (e.g. `int8:keep=conv2d+dense`, `int8:eq`).
@@ -83,7 +93,7 @@ def add_rescore_variant(
         if any(v["name"] == derived.name for v in report["variants"]):
             raise QuantLensError(f"{derived.name} is already in this run; choose other layers")
         _require_stored(status, directory, home)
-        _queue_again(directory, report, derived, status)
+        _queue_again(directory, report, derived, status, parent=parent)
         added.append(derived)
 
     report = runmodel.update_report(directory, queue)
@@ -112,26 +122,16 @@ def _parent_entry(report: dict[str, Any], parent: str) -> dict[str, Any]:
 
 def _derived_spec(parent: str, layers: tuple[str, ...], fix: str = "keep_float") -> VariantSpec:
     """`parent` with the fix: `layers` in float, the model equalized, or `layers` at 16 bits
-    on the quantizer backend (the fix ladder's rungs, core.engine.fixes.ladder)."""
+    on the quantizer backend, named as the fix ladder names it (core.fix_variants)."""
     spec = VariantSpec.parse(parent)
     if spec.has_overrides:
         raise QuantLensError(
             f"{parent} is itself derived; re-score its parent {_root_name(spec)} instead"
         )
-    if fix == "equalize":
-        derived = replace(spec, equalized=True)
-        what = "be equalized; choose an int8 variant"
-    elif fix == "int16_activations":
-        derived = replace(spec, backend=Backend.QUANTIZER, int16_layers=layers)
-        what = "take 16-bit activations; choose an int8 variant"
-    else:
-        derived = replace(spec, float_layers=layers)
-        what = "keep layers in float; choose an int8 or a quantizer (_q) variant"
     try:
-        derived.check()
+        return fixed_spec(spec, fix, layers)
     except QuantLensError:
-        raise QuantLensError(f"{parent} cannot {what}") from None
-    return derived
+        raise QuantLensError(f"{parent} cannot {RESCORE_FIXES[fix]}") from None
 
 
 def _root_name(spec: VariantSpec) -> str:
@@ -166,7 +166,12 @@ def _require_known_layers(directory: Path, entry: dict[str, Any], layers: tuple[
 
 
 def _queue_again(
-    directory: Path, report: dict[str, Any], derived: VariantSpec, status: dict[str, Any]
+    directory: Path,
+    report: dict[str, Any],
+    derived: VariantSpec,
+    status: dict[str, Any],
+    *,
+    parent: str,
 ) -> None:
     """The pending entry (written as the lock is released) and a fresh queued status.json.
 
@@ -175,12 +180,14 @@ def _queue_again(
     """
     from core.reporting.report import ROLE_SELECTED, pending_variant
 
-    report["variants"].append(
-        {
-            **pending_variant(derived, role=ROLE_SELECTED),
-            "derived_by": DERIVED_BY_RESCORE,
-            "command": rescore_command(directory, derived),
-        }
+    # The parent is the variant the user chose: `int8` for `int8_q:int16=...`, which its name
+    # alone would give as `int8_q` (the fix page finds a rung's variant by its parent).
+    put_variant(
+        report, Variant.from_dict(pending_variant(derived, role=ROLE_SELECTED, parent=parent))
+    )
+    set_variant_part(report, derived.name, "derived_by", DERIVED_BY_RESCORE)
+    set_variant_part(
+        report, derived.name, "command", rescore_command(directory, derived, parent=parent)
     )
     _reopen(directory, report, status, {"variant": derived.name})
 
@@ -190,7 +197,7 @@ def _reopen(
 ) -> None:
     """The run queued again (report.json and a fresh status.json) for the work `what` names,
     with the status it goes back to if that work does not finish."""
-    report["run"]["status"] = str(RunStatus.QUEUED)
+    set_run(report, status=RunStatus.QUEUED)
     for stale in (protocol.CANCEL_FLAG, rundir.PROGRESS):
         (directory / stale).unlink(missing_ok=True)
     rundir.write_json_atomic(
@@ -210,17 +217,24 @@ def _reopen(
     )
 
 
-def rescore_command(directory: Path, derived: VariantSpec) -> str:
-    """The command that adds this variant to the run, as `run.command` is the run's own."""
+def rescore_command(directory: Path, derived: VariantSpec, *, parent: str | None = None) -> str:
+    """The command that adds this variant to the run, as `run.command` is the run's own (from
+    `parent`, else from the variant its name derives from)."""
     import shlex
 
-    parent = _root_name(derived)
+    parent = parent or _root_name(derived)
     head = f"python -m core rescore {shlex.quote(str(directory))} --variant {shlex.quote(parent)}"
     if derived.equalized:
         return f"{head} --equalize"
     if derived.int16_layers:
         layers = ",".join(derived.int16_layers)
         return f"{head} --int16 {shlex.quote(layers)}"
+    if derived.weight_only_layers:
+        layers = ",".join(derived.weight_only_layers)
+        return f"{head} --weight-only {shlex.quote(layers)}"
+    if derived.bias_corrected_layers:
+        layers = ",".join(derived.bias_corrected_layers)
+        return f"{head} --bias-correct {shlex.quote(layers)}"
     return f"{head} --keep-float {shlex.quote(','.join(derived.float_layers))}"
 
 
@@ -264,9 +278,8 @@ def request_diagnosis(directory: Path, *, home: Path | None) -> list[str]:
         if not names:
             return
         _require_stored(status, directory, home)
-        for entry in report["variants"]:
-            if entry["name"] in names:
-                entry[DIAGNOSIS_ON_REQUEST] = ON_REQUEST_ASKED
+        for name in names:
+            set_variant_part(report, name, DIAGNOSIS_ON_REQUEST, ON_REQUEST_ASKED)
         what = {"variant": ", ".join(names), "doing": f"diagnosing {', '.join(names)}"}
         _reopen(directory, report, status, what)
         asked.extend(names)

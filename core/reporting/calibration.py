@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from core.reporting.runmodel import CalibrationRecord
+    from core.reporting.sections.calibration_record import CalibrationRecord
 
 
 def calibration_line(calibration: CalibrationRecord | None) -> str | None:

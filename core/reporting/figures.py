@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 from core.metrics.latency import tail_latency
 from core.reporting.recommend import TradeoffPoint
 from core.reporting.report import size_change_label
-from core.reporting.runmodel import FlipMatrix
+from core.reporting.sections.flips import FlipMatrix
 
 # One colour per side of the comparison, used by every chart so a reader learns it once.
 ORIGINAL_COLOR = "#2F5D8A"  # the reference TensorFlow model

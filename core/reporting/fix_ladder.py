@@ -3,24 +3,24 @@
 the derived variant that tried it (if any) and its change against the parent.
 
 Pure: it reads the typed run model and never converts anything. Each rung is the variant name
-its fix makes (`int8:eq`, `int8_q:int16=conv2+conv3+pool2`, `int8:keep=...`, as the fix
-ladder and the re-score name them); a rung is "tried" when the run holds that variant, and
-"measured" when only the auto-fix search measured it (its `auto_fix.search` candidate, on the
-search's images).
+its fix makes (`int8:eq`, `int8_q:int16=conv2+conv3+pool2`, `int8:keep=...`), by the one
+naming rule the fix ladder and the re-score use (core.fix_variants); a rung is "tried" when
+the run holds that variant, and "measured" when only the auto-fix search measured it (its
+`auto_fix.search` candidate, on the search's images).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
-from core.errors import QuantLensError
-from core.reporting.runmodel import FixCandidate, RootCause, Variant
-from core.types import Backend, VariantSpec
+from core.fix_variants import FIX_ORDER, KEEPS_INTEGER_ONLY, fix_variant_name
+from core.reporting.sections.diagnosis import RootCause
+from core.reporting.sections.fixes import FixCandidate
+from core.reporting.sections.variant import Variant
+from core.types import VariantSpec
 
-# Cheapest first, as core.engine.causes orders them (the web server does not import the engine).
-FIX_ORDER = ("equalize", "bias_correction", "int16_activations", "weight_only", "keep_float")
 FIX_TITLE = {
     "equalize": "Cross-layer equalization",
     "bias_correction": "Bias correction",
@@ -28,20 +28,11 @@ FIX_TITLE = {
     "weight_only": "Weight-only (dynamic range)",
     "keep_float": "Keep in float",
 }
-# What each fix does to an integer-only target, before a variant exists to check: equalization
-# and bias correction edit float weights and quantize as usual; 16-bit activations stay integer
-# (int16 x int8 kernels); weight-only and float layers compute in float.
-EXPECTED_INTEGER_ONLY = {
-    "equalize": True,
-    "bias_correction": True,
-    "int16_activations": True,
-    "weight_only": False,
-    "keep_float": False,
-}
 FIX_NOTE = {
     "equalize": "rescales channel pairs in the float model (the same function), then quantizes "
     "as usual: same size and speed",
-    "bias_correction": "absorbs the mean quantization error into the biases",
+    "bias_correction": "the layer's float bias absorbs its mean int8 error (the float model "
+    "changes on purpose): same size and speed",
     "int16_activations": "the chain's activations at 16 bits: runs on reference kernels on CPU "
     "(much slower) and on few accelerators",
     "weight_only": "int8 weights, float activations and compute",
@@ -96,30 +87,6 @@ class CauseLadder:
         return self.cause.evidence
 
 
-def fix_variant(parent: str, kind: str, layers: tuple[str, ...]) -> str | None:
-    """The name of the variant a fix makes of `parent` (the fix ladder's and the re-score's
-    naming): equalized, its chain at 16 bits on the quantizer, or its chain in float; None for
-    a fix no variant name spells (bias correction, weight-only) or a parent it does not fit."""
-    try:
-        spec = VariantSpec.parse(parent)
-        if kind == "equalize":
-            derived = replace(spec, equalized=True)
-        elif kind == "int16_activations":
-            derived = replace(
-                spec.without_overrides(),
-                backend=Backend.QUANTIZER,
-                int16_layers=tuple(sorted(layers)),
-            )
-        elif kind == "keep_float":
-            derived = replace(spec, float_layers=tuple(sorted(layers)))
-        else:
-            return None
-        derived.check()
-    except (QuantLensError, ValueError):  # a name the vocabulary refuses: no variant
-        return None
-    return derived.name
-
-
 def rung_layers(cause: RootCause, kind: str) -> tuple[str, ...]:
     """The layers a fix touches for a cause: equalization pairs the chain's first and last
     weighted layers; weight-only quantizes the culprit op; 16-bit activations and keep-in-float
@@ -136,6 +103,8 @@ def rung_layers(cause: RootCause, kind: str) -> tuple[str, ...]:
 def fix_of(variant: Variant) -> tuple[str, tuple[str, ...]] | None:
     """(kind, layers) of the fix a derived variant's name spells."""
     identity = variant.identity
+    if identity.bias_corrected_layers:  # a plain parent only (VariantSpec.check)
+        return "bias_correction", tuple(identity.bias_corrected_layers)
     if identity.equalized and not (identity.float_layers or identity.int16_layers):
         return "equalize", ()
     if identity.int16_layers and not identity.float_layers:
@@ -143,6 +112,14 @@ def fix_of(variant: Variant) -> tuple[str, tuple[str, ...]] | None:
     if identity.float_layers and not identity.int16_layers:
         return "keep_float", tuple(identity.float_layers)
     return None
+
+
+def _integer_only(variant: Variant) -> bool | None:
+    """Whether the variant's own `.tflite` computes in integers only, as its deployability
+    pre-flight read it (core.engine.flatbuffer.integer_only, the one check), whoever derived
+    it (auto-fix or a re-score); None until the pre-flight ran."""
+    found = variant.result.deployability
+    return None if found is None else found.integer_only.integer_only
 
 
 def _p50(variant: Variant) -> float | None:
@@ -164,8 +141,8 @@ def rung_of(
 ) -> Rung:
     """The rung with its numbers against the parent (None where either side lacks one): the
     run's variant when it holds one, else the search's measurement."""
-    expected = EXPECTED_INTEGER_ONLY.get(kind)
-    name = tried.name if tried is not None else fix_variant(parent.name, kind, layers)
+    expected = KEEPS_INTEGER_ONLY.get(kind)
+    name = tried.name if tried is not None else fix_variant_name(parent.name, kind, layers)
     if tried is None and searched is not None:
         search = parent.fix_search
         base = search.parent_agreement_pct if search is not None else None
@@ -193,8 +170,8 @@ def rung_of(
     if tried is None:
         return Rung(kind=kind, layers=layers, integer_only_expected=expected, name=name)
     r, p = tried.result, parent.result
-    integer_only = tried.extra.get("integer_only")
-    if not isinstance(integer_only, bool) and searched is not None:
+    integer_only = _integer_only(tried)
+    if integer_only is None and searched is not None:
         integer_only = searched.integer_only  # read from the same variant's .tflite by the search
     same_images = r.n is not None and r.n == p.n
     return Rung(
@@ -214,7 +191,7 @@ def rung_of(
         ),
         latency_p50_ms=_p50(tried),
         latency_delta_ms=_minus(_p50(tried), _p50(parent)),
-        integer_only=integer_only if isinstance(integer_only, bool) else None,
+        integer_only=integer_only,
         integer_only_expected=expected,
         name=tried.name,
     )
@@ -232,6 +209,17 @@ def _searched(parent: Variant, kind: str, name: str | None) -> FixCandidate | No
     return next((c for c in search.candidates if c.kind == kind and c.variant is None), None)
 
 
+def _best_keep_float(parent: Variant) -> FixCandidate | None:
+    """The keep-float candidate the search measured best (its walk's end), if any."""
+    search = parent.fix_search
+    walked = [
+        c
+        for c in (search.candidates if search is not None else ())
+        if c.kind == "keep_float" and c.variant is not None and c.agreement_pct is not None
+    ]
+    return max(walked, key=lambda c: c.agreement_pct or 0.0, default=None)
+
+
 def ladders(parent: Variant, variants: Sequence[Variant]) -> list[CauseLadder]:
     """Per cause of `parent` (report order), its rungs cheapest first, each matched to the
     run's variant of that name (derived from `parent`), else to the search's candidate."""
@@ -241,14 +229,23 @@ def ladders(parent: Variant, variants: Sequence[Variant]) -> list[CauseLadder]:
     derived = {v.name: v for v in variants if v.identity.parent == parent.name}
     out = []
     for cause in causes.causes:
-        kinds = [k for k in FIX_ORDER if k in cause.fixes]
+        kinds: list[str] = [k for k in FIX_ORDER if k in cause.fixes]
         kinds += [k for k in cause.fixes if k not in kinds]
         rungs = []
         for kind in kinds:
             layers = rung_layers(cause, kind)
-            name = fix_variant(parent.name, kind, layers)
+            name = fix_variant_name(parent.name, kind, layers)
+            searched = _searched(parent, kind, name)
+            if kind == "keep_float" and searched is None and name not in derived:
+                # The search walks its own layer sets rather than the chain: show where its walk
+                # got to, under those layers, rather than "not tried".
+                walked = _best_keep_float(parent)
+                if walked is not None and walked.variant is not None:
+                    name = walked.variant
+                    layers = VariantSpec.parse(name).float_layers
+                    searched = walked
             tried = derived.get(name) if name is not None else None
-            rungs.append(rung_of(parent, kind, layers, tried, _searched(parent, kind, name)))
+            rungs.append(rung_of(parent, kind, layers, tried, searched))
         out.append(CauseLadder(cause=cause, rungs=tuple(rungs)))
     return out
 

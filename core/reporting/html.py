@@ -32,7 +32,8 @@ from core.reporting.report import (
     verdict_rule_of,
     verdict_rule_text,
 )
-from core.reporting.runmodel import RunReport, Variant, read_report
+from core.reporting.runmodel import RunReport, read_report
+from core.reporting.sections.variant import Variant
 from core.reporting.speedup import BASELINE_LABEL, speedup_lines
 from core.types import VariantStatus, short_name
 

@@ -13,7 +13,9 @@ from core.reporting.report import (
     variant_of,
     verdict,
 )
-from core.reporting.runmodel import RunReport, RuntimeMatrix, Variant, report_from
+from core.reporting.runmodel import RunReport, report_from
+from core.reporting.sections.runtime_matrix import RuntimeMatrix
+from core.reporting.sections.variant import Variant
 from core.reporting.speedup import BASELINE_LABEL, ORIGINAL_LABEL, times
 from core.reporting.targets import (
     DEFAULT_TARGET,

@@ -11,18 +11,10 @@ from dataclasses import replace
 from typing import Any
 
 from core.metrics.agreement import AccuracyBaseline
-from core.reporting.runmodel import (
-    ROLE_PIVOT,
-    ROLE_SELECTED,
-    SCHEMA_VERSION,
-    VERDICT_POINT,
-    CandidateStatus,
-    FlipMatrix,
-    RunReport,
-    Variant,
-    VariantIdentity,
-    report_from,
-)
+from core.reporting.runmodel import SCHEMA_VERSION, VERDICT_POINT, RunReport, report_from
+from core.reporting.sections.fixes import CandidateStatus
+from core.reporting.sections.flips import FlipMatrix
+from core.reporting.sections.variant import ROLE_PIVOT, ROLE_SELECTED, Variant, VariantIdentity
 from core.types import (
     FINISHED_STATUSES,
     Agreement,
@@ -128,12 +120,6 @@ ON_REQUEST_WAITING = "waiting"  # flipped no image; not diagnosed yet
 ON_REQUEST_ASKED = "asked"  # asked for: the re-opened run diagnoses it
 
 
-def defer_diagnosis(report: dict[str, Any], name: str) -> None:
-    """Mark a finished variant that flipped no image as diagnosed only when asked."""
-    entry = next(v for v in report["variants"] if v["name"] == name)
-    entry.setdefault(DIAGNOSIS_ON_REQUEST, ON_REQUEST_WAITING)
-
-
 def awaiting_diagnosis(report: Mapping[str, Any]) -> list[str]:
     """The finished variants whose per-layer diagnosis waits to be asked for, in run order."""
     return [
@@ -143,16 +129,6 @@ def awaiting_diagnosis(report: Mapping[str, Any]) -> list[str]:
         and v.get("status") == VariantStatus.DONE
         and not v.get("diagnosis")
     ]
-
-
-def record_diagnosis(report: dict[str, Any], name: str, summary: dict[str, Any] | None) -> None:
-    """A variant's per-layer diagnosis (core.engine.diagnose): on its entry, and its suspects'
-    layer names in the top-level `diagnosis` (DESIGN §9; the full table is `<name>.layers.csv`)."""
-    entry = next(v for v in report["variants"] if v["name"] == name)
-    entry["diagnosis"] = summary
-    entry.pop(DIAGNOSIS_ON_REQUEST, None)
-    top = report.setdefault("diagnosis", {})
-    top[name] = None if summary is None else [s["layer"] for s in summary["suspects"]]
 
 
 def chosen_step(steps: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
@@ -323,7 +299,7 @@ def fail_reason(variant: Variant, threshold_pct: float, rule: str) -> str | None
 
 
 def finished_variant(
-    entry: dict[str, Any],
+    entry: Mapping[str, Any],
     *,
     size_bytes: int,
     reference_size: int,
@@ -411,19 +387,6 @@ def size_change_label(reduction_pct: float) -> str:
     if round(change, 1) == 0.0:
         return "±0.0 %"
     return f"{change:+.1f} %".replace("-", "−")
-
-
-def fill_float32_reductions(report: dict[str, Any]) -> None:
-    """Reduction against the float32 TFLite baseline, once that variant exists."""
-    baseline = next(
-        (v["size_bytes"] for v in report["variants"] if v["mode"] == "float32" and v["size_bytes"]),
-        None,
-    )
-    for variant in report["variants"]:
-        if variant["size_bytes"]:
-            variant["size_reduction_vs_float32_pct"] = reduction_pct(
-                variant["size_bytes"], baseline
-            )
 
 
 def exit_status(report: RunReport | Mapping[str, Any]) -> int:

@@ -14,7 +14,8 @@ from core.errors import QuantLensError
 from core.inputs import rundir
 from core.inputs.paths import resolve_inside
 from core.reporting.report import near_chance
-from core.reporting.runmodel import RunReport, Variant, read_report, report_from
+from core.reporting.runmodel import RunReport, read_report, report_from
+from core.reporting.sections.variant import Variant
 
 REFERENCE = "reference"  # file-name stem of the reference model's arrays
 

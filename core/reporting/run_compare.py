@@ -10,7 +10,8 @@ from typing import Any
 from core.errors import QuantLensError
 from core.metrics.latency import quotable_p99
 from core.reporting.report import size_change_pct
-from core.reporting.runmodel import RunReport, VariantIdentity, report_from
+from core.reporting.runmodel import RunReport, report_from
+from core.reporting.sections.variant import VariantIdentity
 from core.types import DEFAULT_MIN_AGREEMENT_PCT
 
 MISSING = "—"

@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from core.reporting.runmodel import RunReport, RuntimeCell, RuntimeMatrix, report_from
+from core.reporting.runmodel import RunReport, report_from
+from core.reporting.sections.runtime_matrix import RuntimeCell, RuntimeMatrix
 from core.types import Runtime, short_name
 
 

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from core.reporting.runmodel import Sweep
+    from core.reporting.sections.sweep_record import Sweep
 
 # The curve has flattened at the smallest size whose mean agreement is within this many
 # percentage points of the largest size's mean.

@@ -4,7 +4,7 @@ A target is where the user will ship: `cpu` (LiteRT with XNNPACK, what QuantLens
 `integer-only` (an NPU or Edge TPU-like accelerator: every op must compute in integers), `mcu`
 (TFLite-Micro: integer-only, reference kernels, an arena no larger than the user's limit) and
 `gpu` (float16 numerics on a mobile GPU: not evaluated on this machine). Whether a variant can
-run on one is read from its deployability pre-flight (core.reporting.runmodel.Deployability);
+run on one is read from its deployability pre-flight (core.reporting.sections.deployability.Deployability);
 nothing here runs a model.
 """
 
@@ -14,7 +14,8 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from core.reporting.runmodel import CellStatus, Deployability, Variant
+from core.reporting.sections.deployability import CellStatus, Deployability
+from core.reporting.sections.variant import Variant
 from core.types import short_name
 
 

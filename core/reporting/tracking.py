@@ -24,15 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from core.inputs import rundir
-from core.reporting.runmodel import (
-    CalibrationRecord,
-    RunReport,
-    Tracking,
-    Variant,
-    put_section,
-    read_report,
-    update_report,
-)
+from core.reporting.report_changes import add_warnings, set_run
+from core.reporting.runmodel import RunReport, read_report, update_report
+from core.reporting.sections.base import put_section
+from core.reporting.sections.calibration_record import CalibrationRecord
+from core.reporting.sections.tracking_record import Tracking
+from core.reporting.sections.variant import Variant
 from core.types import RunStatus
 
 EXPERIMENT = "QuantLens"
@@ -182,9 +179,9 @@ def log_finished_run(run_dir: Path, uri: str, *, status: str | None = None) -> T
     # Logging takes seconds: the outcome joins the report as it is now, not as it was read.
     def note(current: dict[str, Any]) -> None:
         if status is not None:
-            current["run"]["status"] = status
+            set_run(current, status=status)
         if warning is not None:
-            current["warnings"] = [*current.get("warnings", []), warning]
+            add_warnings(current, [warning])
         put_section(current, entry)
 
     update_report(run_dir, note)

@@ -10,7 +10,8 @@ from pathlib import Path
 from core.inputs import rundir
 from core.reporting.report import format_table
 from core.reporting.results import load_results
-from core.reporting.runmodel import RunReport, Variant, VariantIdentity, read_report
+from core.reporting.runmodel import RunReport, read_report
+from core.reporting.sections.variant import Variant, VariantIdentity
 from core.types import Mode, VariantSpec, short_name
 from tests.app.conftest import OpenPage
 from tests.app.fixtures import build_run

@@ -128,6 +128,19 @@ def test_a_rungs_button_rescores_it_into_the_run_on_every_page(
     report = _report(outlier_home)
     by_name = {v["name"]: v for v in report["variants"]}
     assert by_name[variant]["status"] == "done" and by_name[variant]["parent"] == "int8"
+    # Whether it computes in integers only is recorded from its own .tflite (as LiteRT's tensor
+    # types say), and its rung shows that instead of the expectation.
+    from core.reporting.fix_ladder import ladders
+    from core.reporting.runmodel import RunReport
+    from tests.core.test_deployability import _float_tensors_inside
+
+    recorded = by_name[variant]["deployability"]["integer_only"]["integer_only"]
+    assert recorded is (kind == "equalize")
+    tflite = rundir.tflite_path(run_dir, by_name_files(report, variant))
+    assert recorded is not _float_tensors_inside(tflite)
+    read = {v.name: v for v in RunReport.from_dict(report).variants}
+    rungs = [r for ladder in ladders(read["int8"], list(read.values())) for r in ladder.rungs]
+    assert next(r for r in rungs if r.variant == variant).integer_only is recorded
 
     # The rung now shows what it changed, against an independent count from the samples files.
     at = _open("layers", {keys.LAYERS_VARIANT: "int8"})

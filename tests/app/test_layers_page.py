@@ -20,7 +20,7 @@ LAYERS_CSV = """order,layer,layers,op,shape,scale,zero_point,rmse_per_scale,mean
 """
 
 
-def _diagnosed_run(home: Path) -> Path:
+def _diagnosed_run(home: Path, *, derived: str = "int8:keep=dense") -> Path:
     run_dir = build_run(home, flips={"float16": 0, "int8": 6})
     report = read_report(run_dir)
     int8 = next(v for v in report["variants"] if v["name"] == "int8")
@@ -48,7 +48,7 @@ def _diagnosed_run(home: Path) -> Path:
                 "meets_threshold": True,
             }
         ],
-        "variant": "int8:keep=dense",
+        "variant": derived,
     }
     (run_dir / "int8.layers.csv").write_text(LAYERS_CSV, encoding="utf-8")
     (run_dir / rundir.REPORT).write_text(json.dumps(report), encoding="utf-8")
@@ -83,6 +83,21 @@ def test_layers_page_shows_depth_chart_both_rankings_and_the_path(
     text = " ".join(m.value for m in at.markdown) + " ".join(c.value for c in at.caption)
     assert "the auto-fix proposal uses the measured ranking" in text
     assert "1 layer in float, 95.00 % agreement on 40 images (meets the 95 % bar)" in text
+    assert r"Derived as **int8\:keep=dense**." in text  # ":" escaped for markdown
+
+
+def test_the_keep_float_path_is_not_credited_to_a_rung_the_search_chose_instead(
+    home: Path, open_page: OpenPage
+) -> None:
+    """The path charts the keep-float rung alone: when the search chose equalization, the
+    sentence under it names the path's layers and the chosen rung, never "int8:eq: 1 layer in
+    float"."""
+    _diagnosed_run(home, derived="int8:eq")
+    at = open_page("layers")
+    text = " ".join(m.value for m in at.markdown)
+    assert "**Keep in float** (dense): 1 layer in float, 95.00 % agreement on 40 images" in text
+    assert r"The search chose **int8\:eq**, a rung of the ladder above." in text
+    assert r"**int8\:eq**: 1 layer" not in text
 
 
 def test_layers_page_explains_a_run_without_diagnosis(home: Path, open_page: OpenPage) -> None:

@@ -11,7 +11,9 @@ import pandas as pd
 import pytest
 
 from core.inputs import rundir
-from core.reporting.runmodel import RuntimeCell, RuntimeMatrix, read_report, record_runtimes
+from core.reporting.runmodel import read_report, update_report
+from core.reporting.sections.base import put_section
+from core.reporting.sections.runtime_matrix import RuntimeCell, RuntimeMatrix
 from tests.app.conftest import OpenPage
 from ui import keys
 
@@ -62,10 +64,10 @@ def _with_matrix(run_dir: Path) -> list[int]:
         ),
         RuntimeCell("int8", "tflm", reason=TFLM_REASON),
     )
-    record_runtimes(
-        run_dir,
-        RuntimeMatrix(runtimes=("xnnpack", "reference", "tflm"), total=n, subset=n, cells=cells),
+    matrix = RuntimeMatrix(
+        runtimes=("xnnpack", "reference", "tflm"), total=n, subset=n, cells=cells
     )
+    update_report(run_dir, lambda report: put_section(report, matrix))
     return flipped
 
 

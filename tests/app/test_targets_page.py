@@ -9,13 +9,13 @@ import re
 from pathlib import Path
 from typing import Any
 
-from core.reporting.runmodel import (
+from core.reporting.runmodel import update_report
+from core.reporting.sections.deployability import (
     CellStatus,
     Deployability,
     IntegerOnlyCell,
     MicroCell,
     VelaCell,
-    update_report,
 )
 from core.reporting.targets import GPU_NOT_EVALUATED
 from tests.app.conftest import OpenPage
@@ -117,7 +117,7 @@ def test_the_flip_hunt_shows_on_the_agreement_page_and_in_report_html(
     home: Path, open_page: OpenPage
 ) -> None:
     from core.reporting.html import render_report_html
-    from core.reporting.runmodel import PerturbedAgreement
+    from core.reporting.sections.flip_hunt import PerturbedAgreement
 
     # 40 images; under JPEG the original changed its answer on 4, int8 agrees on 33 of the
     # other 36 (91.7 %), 2 of them new flips.

@@ -186,7 +186,7 @@ def test_the_search_budget_counts_evaluations_and_the_split_is_seeded() -> None:
 
 def test_the_cheapest_rung_that_meets_the_bar_is_chosen_and_pareto_keeps_the_rest() -> None:
     from core.engine.fixes.search import choose, pareto
-    from core.reporting.runmodel import FixCandidate
+    from core.reporting.sections.fixes import FixCandidate
 
     def c(kind: str, name: str, pct: float, size: int, ms: float, io: bool) -> FixCandidate:
         return FixCandidate(

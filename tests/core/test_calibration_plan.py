@@ -145,7 +145,7 @@ def test_ray_sweep_outcomes_are_recorded_as_the_local_loop_records_them() -> Non
 
     from core.engine.fixes.keep_float import Measurement
     from core.engine.stages.sweep import SweepPoint, record_in_order
-    from core.reporting.runmodel import Sweep, SweepMode
+    from core.reporting.sections.sweep_record import Sweep, SweepMode
     from core.types import Mode
 
     def point(mode: Mode, size: int, seed: int) -> SweepPoint:

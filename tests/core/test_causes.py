@@ -23,7 +23,6 @@ import pytest
 from core.engine.causes import (
     ACTIVATION_RANGE_RATIO,
     COLLAPSE_LEVELS,
-    FIX_ORDER,
     INPUT_LAYER,
     ActivationSignals,
     PresetCheck,
@@ -32,6 +31,7 @@ from core.engine.causes import (
     name_causes,
 )
 from core.errors import ConversionFailed
+from core.fix_variants import FIX_ORDER
 
 SIZE = 16
 RESCALE = 400.0
@@ -373,7 +373,8 @@ def test_weight_outliers_need_a_large_spread_in_a_group_big_enough_to_judge() ->
     (cause,) = name_causes([], [_weights(group_spread=100.0, group_kurtosis=140.0)])
     assert cause.cause == "weight_outliers" and cause.layer == "conv2d_4"
     assert "output channel 7" in cause.words and "kurtosis 140" in cause.words
-    assert cause.fixes == ("bias_correction", "keep_float")
+    # Bias correction is offered on a measured biased error only (core.engine.biased_error).
+    assert cause.fixes == ("keep_float",)
     assert name_causes([], [_weights(group_spread=None, worst_group=None, group_size=9)]) == []
 
 
@@ -396,4 +397,4 @@ def test_suspects_keep_their_causes_and_name_diffuse_when_none_explains_them() -
     assert [c.layer for c in kept] == ["conv2d_3"]  # the suspect reads the outlier tensor
     (diffuse,) = name_causes([_act()], [_weights()], suspects=["block_9", "block_12"])
     assert diffuse.cause == "diffuse" and diffuse.layers == ("block_9", "block_12")
-    assert diffuse.fixes == ("bias_correction", "int16_activations", "keep_float")
+    assert diffuse.fixes == ("int16_activations", "keep_float")

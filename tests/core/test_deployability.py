@@ -19,7 +19,7 @@ import pytest
 
 from core.engine import micro, vela
 from core.inputs import rundir
-from core.reporting.runmodel import CellStatus
+from core.reporting.sections.deployability import CellStatus
 from core.reporting.targets import NO_INTEGER_OPS
 from tests.core.conftest import unlabelled_copy
 from tests.core.test_cli import run_cli

@@ -19,9 +19,8 @@ from core.reporting.report import (
     ON_REQUEST_ASKED,
     ON_REQUEST_WAITING,
     awaiting_diagnosis,
-    defer_diagnosis,
-    record_diagnosis,
 )
+from core.reporting.report_changes import defer_diagnosis, record_diagnosis
 from core.types import RunStatus
 from tests.core.test_autofix import build_outlier_model
 from tests.core.test_cli import run_cli

@@ -126,7 +126,10 @@ def test_auto_fix_derives_an_integer_only_fix_judged_on_images_the_search_did_no
     assert not selected & held_out and len(selected | held_out) == 64 and search["seed"] == 0
     # Every rung tried is recorded, cheapest first; equalization was verified in float first.
     kinds = [c["kind"] for c in search["candidates"]]
-    assert kinds[:3] == ["equalize", "int16_activations", "weight_only"] and "keep_float" in kinds
+    # Bias correction too: the channels the outlier squeezes round towards zero at `body`, an
+    # error with a per-channel mean (a biased_error cause names it).
+    assert kinds[:4] == ["equalize", "bias_correction", "int16_activations", "weight_only"]
+    assert "keep_float" in kinds
     by_kind = {c["kind"]: c for c in search["candidates"]}
     assert by_kind["int16_activations"]["integer_only"] is True
     assert by_kind["int16_activations"]["fix"]["layers"] == ["stem", "pool", "body"]
@@ -149,6 +152,11 @@ def test_auto_fix_derives_an_integer_only_fix_judged_on_images_the_search_did_no
     assert derived["size_bytes"] <= 1.01 * parent["size_bytes"]
     assert derived["top1_agreement_pct"] >= by_name["float32"]["top1_agreement_pct"] - 2
     tflite = (out / f"{derived['file_id']}.tflite").read_bytes()
+    # Integer-only as recorded from its own file, and by LiteRT's own tensor types.
+    from tests.core.test_deployability import _float_tensors_inside
+
+    assert derived["deployability"]["integer_only"]["integer_only"] is True
+    assert not _float_tensors_inside(out / f"{derived['file_id']}.tflite")
     # Recomputed without QuantLens on the held-out images only: Keras vs ai_edge_litert.
     paths = _rows(out)
     chosen_rows = sorted(held_out)
@@ -235,9 +243,10 @@ def test_an_equalization_that_changes_the_float_model_is_refused_with_the_differ
 def test_the_ladder_offers_each_rung_its_causes_name_cheapest_first() -> None:
     """From the causes: equalization first, 16-bit activations for each named chain (never
     for the pseudo-layers the diagnosis names the model's ends by), weight-only for the culprit
-    op; bias correction is named as not built; a float16 variant gets no int8 rung."""
+    op; bias correction only for the layers a biased_error cause names (none for the model's
+    output pseudo-layer); a float16 variant gets no int8 rung."""
     from core.engine.fixes.ladder import ladder
-    from core.reporting.runmodel import RootCause, VariantCauses
+    from core.reporting.sections.diagnosis import RootCause, VariantCauses
     from core.types import VariantSpec
 
     outlier = RootCause(
@@ -246,37 +255,86 @@ def test_the_ladder_offers_each_rung_its_causes_name_cheapest_first() -> None:
     )  # fmt: skip
     diffuse = RootCause(
         layer="head", layers=("head", "(model output)"), cause="diffuse", words="w",
-        fixes=("bias_correction", "int16_activations", "keep_float"),
+        fixes=("int16_activations", "keep_float"),
     )  # fmt: skip
-    rungs = ladder(VariantSpec.parse("int8"), VariantCauses(causes=(outlier, diffuse)))
+    biased = [
+        RootCause(layer=name, layers=(name,), cause="biased_error", words="w",
+                  fixes=("bias_correction",))
+        for name in ("head", "(model output)", "body")
+    ]  # fmt: skip
+    rungs = ladder(VariantSpec.parse("int8"), VariantCauses(causes=(outlier, diffuse, *biased)))
     named = [(r.kind, None if r.spec is None else r.spec.name) for r in rungs]
     assert named == [
         ("equalize", "int8:eq"),
-        ("bias_correction", None),
+        ("bias_correction", "int8:bc=body+head"),
         ("int16_activations", "int8_q:int16=body+pool+stem"),
         ("int16_activations", "int8_q:int16=head"),
         ("weight_only", "int8_q:wo=stem"),
     ]
-    assert rungs[1].reason == "bias correction is not built in this version"
+    assert rungs[1].integer_only and rungs[1].fix == {
+        "kind": "bias_correction",
+        "layers": ["body", "head"],
+    }
+    # No biased layer: no bias-correction rung at all.
+    plain = ladder(VariantSpec.parse("int8"), VariantCauses(causes=(outlier, diffuse)))
+    assert "bias_correction" not in [r.kind for r in plain]
     assert [r.spec for r in ladder(VariantSpec.parse("float16"), None)] == [None, None]
+
+
+def test_a_diffuse_cause_tries_its_worst_suspect_at_16_bits_before_all_of_them() -> None:
+    """A diffuse cause names the ranked suspects, not a chain: 16-bit activations for the worst
+    one alone come first (one op on reference kernels), all five only after it; an outlier's
+    chain is still tried whole (its tensor stays int8 unless the whole chain is covered)."""
+    from core.engine.fixes.ladder import ladder
+    from core.reporting.sections.diagnosis import RootCause, VariantCauses
+    from core.types import VariantSpec
+
+    diffuse = RootCause(
+        layer="c4", layers=("c4", "c1", "c5", "c2", "c3"), cause="diffuse", words="w",
+        fixes=("bias_correction", "int16_activations", "keep_float"),
+    )  # fmt: skip
+    outlier = RootCause(
+        layer="stem", layers=("stem", "pool", "body"), cause="outlier_channel", words="w",
+        fixes=("equalize", "int16_activations", "keep_float"),
+    )  # fmt: skip
+    rungs = ladder(VariantSpec.parse("int8"), VariantCauses(causes=(diffuse, outlier)))
+    int16 = [r for r in rungs if r.kind == "int16_activations"]
+    assert [r.fix["layers"] for r in int16] == [
+        ["c4"],
+        ["c4", "c1", "c5", "c2", "c3"],
+        ["stem", "pool", "body"],
+    ]
+    assert [r.spec.name for r in int16 if r.spec is not None] == [
+        "int8_q:int16=c4",
+        "int8_q:int16=c1+c2+c3+c4+c5",
+        "int8_q:int16=body+pool+stem",
+    ]
 
 
 @pytest.mark.slow
 def test_fix_integer_only_tries_only_rungs_an_integer_only_target_can_run(tmp_path: Path) -> None:
     """`--fix integer-only`: weight-only and keep-float are recorded as skipped with the
-    reason, not measured; a budget of 1 is spent on equalization and the truncation says so."""
+    reason, not measured; a budget of 1 is spent on equalization and the truncation says so;
+    `--fix-seed` sets the split of the images, recorded in the search."""
     model = build_held_out_outlier_model(tmp_path / "m.keras")
     data = write_images(tmp_path / "data", count=24)
     out = tmp_path / "out"
     run_cli(
         "run", str(model), "--data", str(data), "--modes", "int8", "--auto-fix",
-        "--fix", "integer-only", "--fix-budget", "1", "--preprocess", "unit",
+        "--fix", "integer-only", "--fix-budget", "1", "--fix-seed", "7", "--preprocess", "unit",
         "--min-agreement", "97", "--latency-runs", "3", "--out", str(out), home=tmp_path,
     )  # fmt: skip
     report = json.loads((out / "report.json").read_text())
     search = next(v for v in report["variants"] if v["name"] == "int8")["auto_fix"]["search"]
     assert search["integer_only_required"] and search["truncated"]
     assert search["budget"] == 1 and search["evaluations"] == 1
+    # --fix-seed chose the split: recorded, and another seed would have split otherwise.
+    from core.engine.fixes.search import split_rows
+
+    assert search["seed"] == 7 and "--fix-seed 7" in report["run"]["command"]
+    assert tuple(search["selected_rows"]) == split_rows(24, 7).selected
+    assert tuple(search["held_out_rows"]) == split_rows(24, 7).held_out
+    assert split_rows(24, 7).selected != split_rows(24, 0).selected
     status = {c["kind"]: (c["status"], c.get("reason") or "") for c in search["candidates"]}
     assert status["equalize"][0] == "measured"
     assert status["int16_activations"] == ("skipped", "the evaluation budget ran out")

@@ -40,12 +40,35 @@ def test_the_parser_defaults_make_jobspecs_defaults(tmp_path: Path) -> None:
     assert job == JobSpec(model_path=str(model.resolve()), data_path=str(data.resolve()))
 
 
+def test_the_fix_searchs_split_seed_reaches_the_job_and_the_reproduce_command(
+    tmp_path: Path,
+) -> None:
+    """`--fix-seed` fills JobSpec.fix_seed (the auto-fix search splits its images with it) and
+    the reproduce command repeats it, so the command gives the same split; the default (0) is
+    left out of the command."""
+    import shlex
+
+    model, data = tmp_path / "m.keras", tmp_path / "d.csv"
+    model.write_bytes(b"")
+    data.write_text("filepath,label\n", encoding="utf-8")
+    base = ["run", str(model), "--data", str(data), "--auto-fix"]
+    job = _job_from_args(_parser().parse_args([*base, "--fix-seed", "7"]))
+    assert job.fix_seed == 7
+    command = options.reproduce_command(job)
+    assert "--fix-seed 7" in command
+    again = _job_from_args(_parser().parse_args(shlex.split(command)[3:]))
+    assert again == job
+    default = _job_from_args(_parser().parse_args(base))
+    assert default.fix_seed == 0 and "--fix-seed" not in options.reproduce_command(default)
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
         (["--samples", "0"], "--samples must be at least 1; got 0"),
         (["--latency-budget", "0.001"], "--latency-budget must be at least 0.01; got 0.001"),
         (["--sweep-seeds", "0"], "--sweep-seeds must be at least 1; got 0"),
+        (["--fix-seed", "-1"], "--fix-seed must be at least 0; got -1"),
         (["--min-agreement", "101"], "--min-agreement is a percentage from 0 to 100; got 101"),
         (["--input-size", "3y4"], "--input-size takes HxW such as 224x224; got '3y4'"),
         (["--modes", "int8,int8"], "--modes names a variant twice (int8,int8); list each once"),

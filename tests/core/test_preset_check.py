@@ -208,16 +208,20 @@ def test_a_right_preset_costs_half_the_check_and_a_wrong_one_is_judged_on_all(
     raw_top1, labels = _mean_pixel_predictions(data, "raw")
     assert len(labels) == CHECK_IMAGES and bool(np.all(raw_top1 == labels))
 
-    right: dict[str, object] = {"warnings": []}
-    check_preset(right, model, dataset, _job(raw_input_model, data, "raw"))
+    from core.engine.stages.context import ReportFile
+
+    right_file = ReportFile(tmp_path / "report.json", {"warnings": []})
+    check_preset(right_file, model, dataset, _job(raw_input_model, data, "raw"))
+    right = right_file.read_only
     check = right["preset_check"]
     assert isinstance(check, dict)
     assert check["better"] is None and right["warnings"] == []
     assert check["n"] == FIRST_LOOK_IMAGES == CHECK_IMAGES // 2
     assert check["presets"]["raw"]["accuracy_pct"] == 100.0
 
-    wrong: dict[str, object] = {"warnings": []}
-    check_preset(wrong, model, dataset, _job(raw_input_model, data, "caffe"))
+    wrong_file = ReportFile(tmp_path / "report.json", {"warnings": []})
+    check_preset(wrong_file, model, dataset, _job(raw_input_model, data, "caffe"))
+    wrong = wrong_file.read_only
     check = wrong["preset_check"]
     assert isinstance(check, dict)
     caffe_top1, _ = _mean_pixel_predictions(data, "caffe")

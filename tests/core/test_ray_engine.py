@@ -423,6 +423,8 @@ def _auto_fix_run(engine: str, model: Path, data: Path, home: Path, *extra: str)
         "--modes",
         "int8",
         "--auto-fix=4",
+        "--fix-seed",
+        "5",
         "--preprocess",
         "unit",
         "--min-agreement",
@@ -459,6 +461,14 @@ def test_auto_fix_on_ray_ranks_and_fixes_as_the_local_engine(
     by_name = [{v["name"]: v for v in r["variants"]} for r in reports]
     fixes = [b["int8"]["auto_fix"] for b in by_name]
     assert "error" not in fixes[1], fixes[1]
+    # The same --fix-seed splits the images the same way on both engines.
+    searches = [f["search"] for f in fixes]
+    assert searches[0]["seed"] == searches[1]["seed"] == 5
+    assert searches[0]["selected_rows"] == searches[1]["selected_rows"]
+    assert searches[0]["held_out_rows"] == searches[1]["held_out_rows"]
+    assert [c["variant"] for c in searches[0]["candidates"]] == [
+        c["variant"] for c in searches[1]["candidates"]
+    ]
     # The same ranking: layers in measured order, each with its statistics rank and numbers.
     for got, expected in zip(fixes[1]["sensitivity"], fixes[0]["sensitivity"], strict=True):
         assert (got["layer"], got["stat_rank"], got["n"]) == (
@@ -490,6 +500,7 @@ def test_auto_fix_on_ray_ranks_and_fixes_as_the_local_engine(
     derived_top1 = _tflite_probs(on_ray / f"{files}.tflite", images).argmax(axis=1)
     assert derived["top1_agreement_pct"] == pytest.approx(100 * np.mean(reference == derived_top1))
     assert "--auto-fix=4" in reports[1]["run"]["command"]
+    assert "--fix-seed 5" in reports[1]["run"]["command"]
 
 
 def test_sweep_points_quantize_as_tasks_into_the_heads_bytes(

@@ -13,7 +13,6 @@ import pytest
 from core.metrics.agreement import accuracy_baseline
 from core.reporting.report import (
     exit_status,
-    fill_float32_reductions,
     finished_variant,
     format_table,
     near_chance,
@@ -24,6 +23,7 @@ from core.reporting.report import (
     size_change_label,
     verdict,
 )
+from core.reporting.report_changes import fill_float32_reductions
 from core.types import Agreement, RunStatus, VariantSpec
 
 
@@ -212,9 +212,9 @@ def test_size_change_label_carries_the_true_sign(reduction: float, label: str) -
 def test_float32_reductions_use_the_float32_variant_as_baseline() -> None:
     report = {
         "variants": [
-            {"mode": "float32", "size_bytes": 400},
-            {"mode": "int8", "size_bytes": 100},
-            {"mode": "float16", "size_bytes": None},
+            {"name": "float32", "mode": "float32", "size_bytes": 400},
+            {"name": "int8", "mode": "int8", "size_bytes": 100},
+            {"name": "float16", "mode": "float16", "size_bytes": None},
         ]
     }
     fill_float32_reductions(report)

@@ -15,7 +15,8 @@ from typing import Any
 from core.engine.stages.context import ReportFile
 from core.reporting.report import pending_variant
 from core.reporting.runmodel import read_report, update_report
-from core.types import VariantSpec
+from core.reporting.sections.variant import Variant
+from core.types import VariantSpec, VariantStatus
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "schema1_run"
 ROUNDS = 50
@@ -39,7 +40,7 @@ def _add_by_worker(run_dir: str, prefix: str) -> None:
     """The worker: one copy opened at start, changed and saved after every step."""
     report = ReportFile.open(Path(run_dir))
     for i in range(ROUNDS):
-        report.data["variants"].append(_entry(f"{prefix}-{i}"))
+        report.put_variant(Variant.from_dict(_entry(f"{prefix}-{i}")))
         report.save()
 
 
@@ -86,16 +87,15 @@ def test_the_worker_keeps_variants_another_process_adds_meanwhile(tmp_path: Path
 def test_a_rename_while_the_worker_runs_is_not_undone_by_its_next_save(tmp_path: Path) -> None:
     run = _copy(tmp_path)
     worker = ReportFile.open(run)  # as a re-score's worker opens the finished run
-    int8 = worker.variant("int8")
-    int8["status"] = "running"
+    worker.set_result("int8", status=VariantStatus.RUNNING)
     worker.save()
 
     def renamed(report: dict[str, Any]) -> None:  # what History's rename does
         report["run"]["name"] = "renamed in History"
 
     update_report(run, renamed)
-    int8["status"] = "done"  # the worker goes on with its copy, read before the rename
-    int8["latency_note"] = "timed later"
+    # The worker goes on with its copy, read before the rename.
+    worker.set_result("int8", status=VariantStatus.DONE, latency_note="timed later")
     worker.save()
     report = read_report(run)
     assert report.run.name == "renamed in History"

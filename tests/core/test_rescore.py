@@ -17,6 +17,8 @@ from core.history.store import open_store
 from core.inputs import rundir
 from core.jobs.outcome import finish_run
 from core.jobs.rescore import add_rescore_variant
+from core.reporting.fix_ladder import Rung, rung_of
+from core.reporting.runmodel import RunReport
 from core.types import RunStatus, VariantStatus
 from tests.core.test_autofix import build_outlier_model
 from tests.core.test_cli import run_cli
@@ -91,6 +93,9 @@ def test_rescore_adds_a_float_layer_variant_to_the_same_run(
     assert derived["size_bytes"] == (out / f"{derived['file_id']}.tflite").stat().st_size
     # Diagnosed like any other variant, so the Layers page lists it.
     assert (out / f"{derived['file_id']}.layers.csv").is_file()
+    # Layers in float: not integer-only, recorded from its .tflite and shown so by its rung.
+    assert derived["deployability"]["integer_only"]["integer_only"] is False
+    assert _rung(report, "keep_float", ("mix", "wide"), derived["name"]).integer_only is False
     # The finished variants are left exactly as they were.
     for name in ("int8", "float32"):
         assert by_name[name] == before[name]
@@ -110,6 +115,62 @@ def test_rescore_adds_a_float_layer_variant_to_the_same_run(
     with open_store(home) as store:
         row = store.get_run(report["run"]["id"])
     assert row is not None and row.status is RunStatus.DONE
+
+
+def _rung(report: dict, kind: str, layers: tuple[str, ...], name: str) -> Rung:  # type: ignore[type-arg]
+    """The fix page's rung for a variant derived from int8, read back from report.json."""
+    run = RunReport.from_dict(report)
+    by_name = {v.name: v for v in run.variants}
+    return rung_of(by_name["int8"], kind, layers, by_name[name])
+
+
+@pytest.mark.slow
+def test_a_rescored_rung_records_whether_it_is_integer_only(
+    finished_run: tuple[Path, Path, Path, Path], tmp_path: Path
+) -> None:
+    """A rung re-scored into a run (not measured by any auto-fix search) records whether its
+    model computes in integers only, from its own .tflite; LiteRT's own tensor types say the
+    same, and the fix page's rung shows it instead of the expectation."""
+    from tests.core.test_deployability import _float_tensors_inside
+
+    home, _, _, original = finished_run
+    out = tmp_path / "out"
+    shutil.copytree(original, out)
+    _register_copy(home, original, out)
+    done = run_cli(
+        "rescore", str(out), "--variant", "int8", "--int16", "wide,wide_relu,mix", home=home
+    )
+    assert done.returncode in (0, 1), done.stderr
+    report = _report(out)
+    derived = next(v for v in report["variants"] if v["name"] == "int8_q:int16=mix+wide+wide_relu")
+    assert derived["status"] == "done" and derived["derived_by"] == "re-score"
+    # Its parent is the variant chosen, not the quantizer variant its name derives from, and its
+    # command re-scores from that variant (the run has no int8_q).
+    assert derived["parent"] == "int8"
+    assert derived["command"].endswith("--variant int8 --int16 mix,wide,wide_relu")
+    recorded = derived["deployability"]["integer_only"]["integer_only"]
+    assert recorded is not _float_tensors_inside(out / f"{derived['file_id']}.tflite")
+    assert recorded is True  # 16-bit activations keep the model integer
+    rung = _rung(report, "int16_activations", ("mix", "wide", "wide_relu"), derived["name"])
+    assert rung.tried and rung.integer_only is True
+    # The weight-only rung re-scores too: int8 weights, float compute, so not integer-only.
+    done = run_cli("rescore", str(out), "--variant", "int8", "--weight-only", "wide", home=home)
+    assert done.returncode in (0, 1), done.stderr
+    report = _report(out)
+    weight_only = next(v for v in report["variants"] if v["name"] == "int8_q:wo=wide")
+    assert weight_only["status"] == "done" and weight_only["parent"] == "int8"
+    assert weight_only["command"].endswith("--variant int8 --weight-only wide")
+    tflite = out / f"{weight_only['file_id']}.tflite"
+    assert weight_only["deployability"]["integer_only"]["integer_only"] is False
+    assert _float_tensors_inside(tflite)  # LiteRT's own tensor types say the same
+    rung = _rung(report, "weight_only", ("wide",), weight_only["name"])
+    assert rung.tried and rung.integer_only is False
+    # Its agreement, recomputed from its .tflite and the original on the CSV's images.
+    _, model, data, _ = finished_run
+    images = _inputs(data)
+    ref = _reference_probs(model, images).argmax(axis=1)
+    tfl = _tflite_probs(tflite, images).argmax(axis=1)
+    assert weight_only["top1_agreement_pct"] == pytest.approx(100 * np.mean(ref == tfl))
 
 
 def _register_copy(home: Path, original: Path, copy: Path) -> None:

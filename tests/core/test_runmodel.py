@@ -16,15 +16,8 @@ import pytest
 
 from core.errors import QuantLensError
 from core.reporting.report import format_table, pending_variant
-from core.reporting.runmodel import (
-    SCHEMA_VERSION,
-    RunReport,
-    Variant,
-    VariantIdentity,
-    VariantResult,
-    read_report,
-    write_report,
-)
+from core.reporting.runmodel import SCHEMA_VERSION, RunReport, read_report, write_report
+from core.reporting.sections.variant import Variant, VariantIdentity, VariantResult
 from core.types import Backend, IOType, Mode, VariantSpec
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "schema1_run"
@@ -331,7 +324,10 @@ _SECTIONS: dict[str, Any] = {
 
 
 def test_the_sections_read_as_typed_objects_and_rewrite_unchanged(tmp_path: Path) -> None:
-    from core.reporting.runmodel import CalibrationRecord, EngineInfo, Sweep, SweepRow, Tracking
+    from core.reporting.sections.calibration_record import CalibrationRecord
+    from core.reporting.sections.engine_info import EngineInfo
+    from core.reporting.sections.sweep_record import Sweep, SweepRow
+    from core.reporting.sections.tracking_record import Tracking
 
     run = _copy(tmp_path)
     raw = {**_raw(), **json.loads(json.dumps(_SECTIONS))}
@@ -360,7 +356,10 @@ def test_the_sections_read_as_typed_objects_and_rewrite_unchanged(tmp_path: Path
 
 
 def test_sections_built_in_code_write_what_the_stages_wrote_before() -> None:
-    from core.reporting.runmodel import EngineInfo, Sweep, SweepMode, Tracking, put_section
+    from core.reporting.sections.base import put_section
+    from core.reporting.sections.engine_info import EngineInfo
+    from core.reporting.sections.sweep_record import Sweep, SweepMode
+    from core.reporting.sections.tracking_record import Tracking
 
     report: dict[str, Any] = {}
     put_section(report, EngineInfo(name="local", nodes=("host",), latency_node="host"))

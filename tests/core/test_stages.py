@@ -134,6 +134,46 @@ def test_reference_writes_its_files_and_lists_undecodable_images(
     assert steps.index("decode") < steps.index("reference")
 
 
+def test_decoding_runs_one_batch_ahead_of_the_original(
+    tiny_models: dict[str, Path], tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the caller works on a decoded batch (the original's pass), the next batch is being
+    decoded on a second thread; the batches and the cache are those of a one-by-one decode."""
+    import threading
+
+    from core.engine.stages import decode
+
+    monkeypatch.setattr(decode, "BATCH", 4)
+    serial = decode.decode_batch
+    second_started = threading.Event()
+    calls: list[list[int]] = []
+
+    def spying(samples, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append([s.index for s in samples])
+        if len(calls) == 2:
+            second_started.set()
+        return serial(samples, **kwargs)
+
+    run = _opened(_job(tiny_models["keras"], tiny_data), tmp_path / "run")
+    images = decode.DecodedImages(run)
+    monkeypatch.setattr(decode, "decode_batch", spying)
+    batches = images.batches()
+    first = next(batches)
+    assert second_started.wait(timeout=60), "the next batch waited for the caller"
+    got = [first, *batches]
+    height, width, channels = run.image_shape
+    one_by_one = [
+        serial(images.evaluated[i : i + 4], height=height, width=width, channels=channels)
+        for i in range(0, len(images.evaluated), 4)
+    ]
+    assert [[s.index for s in b.samples] for b in got] == [
+        [s.index for s in kept] for kept, _, _ in one_by_one
+    ]
+    expected = np.stack([image for _, decoded, _ in one_by_one for image in decoded])
+    np.testing.assert_array_equal(np.concatenate([b.pixels for b in got]), expected)
+    np.testing.assert_array_equal(images.cache.read(len(expected) - 1), expected[-1])
+
+
 def test_a_restarted_reference_stage_reads_its_files_back(
     tiny_models: dict[str, Path], tiny_data: Path, tmp_path: Path
 ) -> None:
@@ -227,6 +267,38 @@ def test_local_evaluation_writes_what_the_interpreter_outputs(
             rows.append(interpreter.get_tensor(out["index"])[0].copy())
         written = np.load(tmp_path / "run" / f"{name}.probs.npy")
         np.testing.assert_allclose(written, np.stack(rows), rtol=0, atol=1e-5)
+
+
+def test_quantizer_recipes_start_from_the_pivots_own_float32_conversion(
+    tiny_models: dict[str, Path], tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The float32 model is converted once per run, the pivot's conversion, and every
+    quantizer recipe quantizes those bytes (no conversion cache here, which used to hide a
+    float32 conversion per recipe)."""
+    from core.engine import convert
+    from core.engine.quantizer import quantize_float_tflite
+    from core.engine.stages.convert import conversions_started
+
+    made: list[str] = []
+    real_convert_by = convert._convert_by
+
+    def counting(model, spec, *args, **kwargs):  # type: ignore[no-untyped-def]
+        made.append(spec.name)
+        return real_convert_by(model, spec, *args, **kwargs)
+
+    monkeypatch.setattr(convert, "_convert_by", counting)
+    job = _job(tiny_models["keras"], tiny_data, ("float16_q", "dynamic_q"))
+    run = _opened(job, tmp_path / "run")
+    reference = run_reference(run)
+    with conversions_started(run, run.pending(), reference) as conversions:
+        outcomes = list(evaluate_converted(run, reference, conversions, on_start=lambda _: None))
+    assert [o.spec.name for o in outcomes] == ["float32", "float16_q", "dynamic_q"]
+    assert made == ["float32"]
+    pivot = (tmp_path / "run" / "float32.tflite").read_bytes()
+    for outcome in outcomes[1:]:
+        assert isinstance(outcome, EvaluatedVariant)
+        written = (tmp_path / "run" / f"{outcome.spec.name}.tflite").read_bytes()
+        assert written == quantize_float_tflite(pivot, outcome.spec, None)
 
 
 def _unit_images(csv_path: Path) -> np.ndarray:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from core.reporting.recommend import recommendation, recommendations
-from core.reporting.runmodel import (
+from core.reporting.sections.deployability import (
     CellStatus,
     Deployability,
     IntegerOnlyCell,

@@ -181,7 +181,7 @@ def test_an_equalized_variant_is_named_parsed_and_filed_apart_from_its_parent() 
 def test_a_weight_only_layer_is_named_parsed_and_refused_where_it_cannot_be_made() -> None:
     """`int8_q:wo=conv` quantizes that layer's weights only (float activations and compute)."""
     from core.errors import QuantLensError
-    from core.reporting.runmodel import VariantIdentity
+    from core.reporting.sections.variant import VariantIdentity
     from core.types import VariantSpec
 
     spec = VariantSpec.parse("int8_q:wo=conv")

@@ -107,3 +107,27 @@ def verify(
             f"agreement {measured.top1_agreement:.1%} (needs {MIN_TOP1_AGREEMENT:.0%}); refused"
         )
     return measured
+
+
+def verified_fix(
+    model: ReferenceModel, calibration: np.ndarray, images: np.ndarray
+) -> dict[str, Any]:
+    """Equalize the Keras model and check the float result against the original on `images`
+    (the fix search's selection images) before it is quantized: the rung's typed `fix`, with
+    that agreement and max |Δ output|.
+
+    Raises:
+        EqualizationError: no pairs (the reason), or the float model changed beyond tolerance.
+    """
+    equalized = equalized_reference(model, calibration)
+    checked = verify(model, equalized, images)
+    fix = equalized.record.as_fix()
+    fix.pop("float_top1_agreement", None)  # measured on the calibration images; these replace it
+    fix.pop("float_max_abs_delta", None)
+    return {
+        **fix,
+        "verified_on": "selection images",
+        "verified_images": checked.images,
+        "float_top1_agreement_pct": 100.0 * checked.top1_agreement,
+        "float_max_abs_delta": checked.max_abs_delta,
+    }

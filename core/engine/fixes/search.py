@@ -16,9 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.reporting.runmodel import CandidateStatus, FixCandidate
+from core.reporting.sections.fixes import CandidateStatus, FixCandidate
 
-SPLIT_SEED = 0  # the split's seed when the run has none
 SELECT_IMAGES = 300  # at most this many images choose a fix (the notes: about 300 suffice)
 DEFAULT_BUDGET = 24  # candidate evaluations per variant when --fix-budget is not given
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from core.inputs import rundir
@@ -14,7 +15,8 @@ from core.types import FINISHED_STATUSES, Dataset, JobSpec, ProgressEvent, Varia
 
 if TYPE_CHECKING:
     from core.engine.models import ReferenceModel
-    from core.reporting.runmodel import Section
+    from core.reporting.sections.base import S, Section
+    from core.reporting.sections.variant import Variant
 
 ProgressFn = Callable[[ProgressEvent], None]
 
@@ -22,7 +24,10 @@ ProgressFn = Callable[[ProgressEvent], None]
 class ReportFile:
     """report.json of the run, held as a dict and saved after every step.
 
-    The report's shape belongs to core.reporting.report; this only keeps it on disk, current.
+    The report's shape belongs to the typed model (core.reporting.runmodel and its sections);
+    a stage reads this copy through `variant` and `read_only` (read-only mappings) and changes
+    it only through the methods below (core.reporting.report_changes), never by assigning keys.
+    This keeps it on disk, current.
     Other writers may change the file while the worker runs (a rename, the supervisor), so a
     save merges: under the report lock it applies their changes since the last save to this
     copy, then writes it (core.reporting.report_merge).
@@ -41,7 +46,7 @@ class ReportFile:
         return cls(path, rundir.read_json(path) if path.exists() else {})
 
     def save(self) -> None:
-        from core.reporting.report import fill_float32_reductions
+        from core.reporting.report_changes import fill_float32_reductions
         from core.reporting.report_merge import merge_into
         from core.reporting.runmodel import update_report
 
@@ -56,24 +61,108 @@ class ReportFile:
         self._base = _snapshot(self.data)
 
     def put(self, section: Section) -> None:
-        """Store a typed section (`sweep`, `calibration`, `engine`: core.reporting.runmodel)
-        in this copy, whole; the next `save` writes it."""
-        from core.reporting.runmodel import put_section
+        """Store a typed section (`sweep`, `calibration`, `engine`, `runtimes`:
+        core.reporting.sections) in this copy, whole; the next `save` writes it."""
+        from core.reporting.sections.base import put_section
 
         put_section(self.data, section)
 
-    def variant(self, name: str) -> dict[str, Any]:
-        return next(v for v in self.data["variants"] if v["name"] == name)
+    def section(self, kind: type[S]) -> S | None:
+        """The section `kind` as this copy holds it, typed; None when absent."""
+        from core.reporting.sections.base import section_of
+
+        return section_of(self.data, kind)
+
+    def variant(self, name: str) -> Mapping[str, Any]:
+        """Variant `name`'s entry as this copy holds it, read-only (change it with `set_result`,
+        `set_part`, `add_warnings`)."""
+        return MappingProxyType(next(v for v in self.data["variants"] if v["name"] == name))
+
+    @property
+    def variant_names(self) -> list[str]:
+        return [v["name"] for v in self.data.get("variants") or ()]
+
+    @property
+    def read_only(self) -> Mapping[str, Any]:
+        """This copy, read-only, for readers of the whole report (the verdict, recommendations)."""
+        return MappingProxyType(self.data)
+
+    @property
+    def reference(self) -> Mapping[str, Any]:
+        """The original's measured section (`reference`), read-only."""
+        return MappingProxyType(self.data["reference"])
+
+    def typed_variant(self, name: str) -> Variant:
+        from core.reporting.report_changes import variant_of
+
+        return variant_of(self.data, name)
+
+    def start(self, data: dict[str, Any]) -> None:
+        """Hold a new run's report (core.reporting.report.new_report) in place of an empty one."""
+        self.data = data
+
+    def set_result(self, name: str, **fields: Any) -> None:
+        """Change result fields of variant `name` by `VariantResult`'s names."""
+        from core.reporting.report_changes import set_result
+
+        set_result(self.data, name, **fields)
+
+    def set_part(self, name: str, part: str, value: Any) -> None:
+        """Store a declared part (`float_ops`, `diagnosis`, `auto_fix`, ...) on variant `name`."""
+        from core.reporting.report_changes import set_variant_part
+
+        set_variant_part(self.data, name, part, value)
+
+    def drop_part(self, name: str, part: str) -> None:
+        from core.reporting.report_changes import drop_variant_part
+
+        drop_variant_part(self.data, name, part)
+
+    def set_run_part(self, part: str, value: Any) -> None:
+        """Store a declared top-level part (`preset_check`, `recommendation`, ...) whole."""
+        from core.reporting.report_changes import set_run_part
+
+        set_run_part(self.data, part, value)
+
+    def set_measured(self, section: str, **fields: Any) -> None:
+        """Fill fields of a measured section (`reference`, `dataset`)."""
+        from core.reporting.report_changes import set_measured
+
+        set_measured(self.data, section, **fields)
+
+    def defer_diagnosis(self, name: str) -> None:
+        """Variant `name` (it flipped no image) is diagnosed only when asked."""
+        from core.reporting.report_changes import defer_diagnosis
+
+        defer_diagnosis(self.data, name)
+
+    def record_diagnosis(self, name: str, summary: Mapping[str, Any] | None) -> None:
+        """Variant `name`'s per-layer diagnosis, and its suspects at the top of the report."""
+        from core.reporting.report_changes import record_diagnosis
+
+        record_diagnosis(self.data, name, summary)
+
+    def set_run_status(self, status: str) -> None:
+        from core.reporting.report_changes import set_run
+
+        set_run(self.data, status=status)
+
+    def add_warnings(self, lines: Iterable[str], *, variant: str | None = None) -> bool:
+        """Warnings for the run (or variant `variant`), each said once; True when one was new."""
+        from core.reporting.report_changes import add_warnings
+
+        return add_warnings(self.data, lines, variant=variant)
+
+    def put_variant(self, variant: Variant) -> None:
+        """Store a variant whole: in place of the entry of its name, else after the others."""
+        from core.reporting.report_changes import put_variant
+
+        put_variant(self.data, variant)
 
     def files_of(self, name: str) -> rundir.HasFileId:
         """What the files of the variant called `name` are named by (its entry's file_id)."""
         entry = next((v for v in self.data.get("variants") or () if v["name"] == name), None)
         return rundir.FileId(name) if entry is None else rundir.entry_files(entry)
-
-    def replace_variant(self, entry: dict[str, Any]) -> None:
-        self.data["variants"] = [
-            entry if v["name"] == entry["name"] else v for v in self.data["variants"]
-        ]
 
     @property
     def pivot(self) -> str | None:

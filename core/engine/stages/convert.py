@@ -25,7 +25,10 @@ from core.engine.stages.decode import first_images
 from core.engine.stages.reference import ReferenceOutputs
 from core.inputs import rundir
 from core.runfolder.protocol import EXIT_OOM, clear_converting, mark_converting
-from core.types import NEEDS_CALIBRATION, VariantSpec
+from core.types import NEEDS_CALIBRATION, Mode, VariantSpec
+
+# The float32 pivot (the converter's float32, no options): what every quantizer recipe starts from.
+FLOAT32 = VariantSpec(mode=Mode.FLOAT32)
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,10 @@ class ConversionInputs:
     def __init__(self) -> None:
         self._probe: Future[np.ndarray] = Future()
         self._calibration: Future[np.ndarray | None] = Future()
+        # The float32 pivot's conversion once made on the conversion thread: every quantizer
+        # recipe starts from it (rather than reading it back from the cache and running the
+        # probe check again per recipe). Set and read on that one thread.
+        self.float32: ConversionResult | None = None
 
     @classmethod
     def ready(cls, run: RunContext, reference: ReferenceOutputs) -> ConversionInputs:
@@ -118,15 +125,26 @@ def _convert_when_ready(
 ) -> ConversionResult:
     """On the conversion thread: wait for what this variant needs, then convert it."""
     probe = inputs.probe()
-    return convert_in_background(run, spec, inputs.calibration_for(spec), probe)
+    result = convert_in_background(
+        run, spec, inputs.calibration_for(spec), probe, float32=inputs.float32
+    )
+    if spec == FLOAT32:
+        inputs.float32 = result
+    return result
 
 
 def convert_in_background(
-    run: RunContext, spec: VariantSpec, calibration: np.ndarray | None, probe: np.ndarray
+    run: RunContext,
+    spec: VariantSpec,
+    calibration: np.ndarray | None,
+    probe: np.ndarray,
+    *,
+    float32: ConversionResult | None = None,
 ) -> ConversionResult:
     """Convert one variant on the conversion thread and write its .tflite file.
 
-    `probe` holds a few evaluation images the new model must answer with finite outputs.
+    `probe` holds a few evaluation images the new model must answer with finite outputs;
+    `float32` is the run's float32 conversion when already made (a quantizer recipe's start).
 
     The conversion marker names this variant and this thread while it runs: the supervisor
     blames a crash on this thread on the variant, and one on the main thread on the running one.
@@ -146,6 +164,7 @@ def convert_in_background(
             preset=str(run.job.preset),
             probe=probe,
             cache_dir=run.cache_dir,
+            float32=float32,
         )
     except MemoryError:
         # Out of memory in the converter: end the worker at once with the marker still

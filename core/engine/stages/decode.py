@@ -12,6 +12,7 @@ calibrates on a separate set. The images used are listed in calibration.csv.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -114,32 +115,51 @@ class DecodedImages:
         self.skipped: list[SkippedSample] = list(run.dataset.skipped)
 
     def batches(self) -> Iterator[DecodedBatch]:
+        """The decoded batches in order. The next batch is decoded on a second thread while the
+        caller works on this one (the original's pass: Pillow and TensorFlow both release the
+        GIL), so decoding overlaps the pass instead of adding to it; the batches, their order
+        and the cache are those of decoding one batch after another."""
         run, total = self.run, len(self.evaluated)
         height, width, channels = run.image_shape
         self.cache.path.unlink(missing_ok=True)
-        for start in range(0, total, BATCH):
-            # Each event names the step about to run, so a crash inside it is reported there.
-            run.emit(
-                "decode",
-                start / total,
-                f"decoding images {start + 1}-{min(start + BATCH, total)} of {total}",
-            )
-            maybe_inject("decode")
-            kept, images, bad = decode_batch(
-                self.evaluated[start : start + BATCH],
-                height=height,
-                width=width,
-                channels=channels,
-            )
-            self.skipped.extend(bad)
-            if not kept:
-                continue
-            pixels = np.stack(images)
-            self.cache.append(pixels)
-            self.kept.extend(kept)
-            yield DecodedBatch(
-                samples=kept, pixels=pixels, done=min(start + BATCH, total), total=total
-            )
+
+        def decode_from(start: int) -> tuple[list[Sample], list[np.ndarray], list[SkippedSample]]:
+            batch = self.evaluated[start : start + BATCH]
+            return decode_batch(batch, height=height, width=width, channels=channels)
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="quantlens-decode") as ahead:
+            next_batch = ahead.submit(decode_from, 0)
+            for start in range(0, total, BATCH):
+                # Each event names the step about to run, so a crash inside it is reported there.
+                run.emit(
+                    "decode",
+                    start / total,
+                    f"decoding images {start + 1}-{min(start + BATCH, total)} of {total}",
+                )
+                maybe_inject("decode")
+                kept, images, bad = next_batch.result()
+                following = start + BATCH
+                if following < total:
+                    next_batch = ahead.submit(decode_from, following)
+                yield from self._keep(kept, images, bad, done=min(following, total), total=total)
+
+    def _keep(
+        self,
+        kept: list[Sample],
+        images: list[np.ndarray],
+        bad: list[SkippedSample],
+        *,
+        done: int,
+        total: int,
+    ) -> Iterator[DecodedBatch]:
+        """One decoded batch into the cache and the lists; yields it unless none decoded."""
+        self.skipped.extend(bad)
+        if not kept:
+            return
+        pixels = np.stack(images)
+        self.cache.append(pixels)
+        self.kept.extend(kept)
+        yield DecodedBatch(samples=kept, pixels=pixels, done=done, total=total)
 
 
 def select_samples(samples: Sequence[Sample], count: int | None, *, seed: int) -> list[Sample]:
@@ -227,7 +247,7 @@ def decode_pool(
 def write_calibration_record(run: RunContext, plan: CalibrationPlan, used: list[Sample]) -> None:
     """calibration.csv (the images used) and report.json's `calibration` section."""
     from core.inputs.datasets import dataset_sha256
-    from core.reporting.runmodel import CalibrationRecord
+    from core.reporting.sections.calibration_record import CalibrationRecord
 
     write_csv(
         run.run_dir / CALIBRATION_LIST,
@@ -246,11 +266,12 @@ def write_calibration_record(run: RunContext, plan: CalibrationPlan, used: list[
         file=CALIBRATION_LIST,
     )
     run.report.put(record)
-    report = run.report.data
     if plan.source != NO_CALIBRATION and len(used) < run.job.calibration_samples:
-        report["warnings"].append(
-            f"only {len(used)} of the {run.job.calibration_samples} calibration images could "
-            "be used; int8 ranges rest on fewer images"
+        run.report.add_warnings(
+            [
+                f"only {len(used)} of the {run.job.calibration_samples} calibration images "
+                "could be used; int8 ranges rest on fewer images"
+            ]
         )
 
 

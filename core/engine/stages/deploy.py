@@ -2,7 +2,7 @@
 whether an integer-only target runs it (core.engine.flatbuffer.integer_only), whether
 TFLite-Micro plans it and with what arena (core.engine.micro), and how Vela maps it to an Arm
 Ethos-U NPU (core.engine.vela); plus, for a derived variant, whether its outputs equal its
-parent's bit for bit. Writes each variant's `deployability` (core.reporting.runmodel.Deployability).
+parent's bit for bit. Writes each variant's `deployability` (core.reporting.sections.deployability.Deployability).
 
 Runs after timing, so its two child processes never compete with a timed model; a restarted
 worker skips the variants that already have one.
@@ -17,7 +17,7 @@ import numpy as np
 
 from core.engine.stages.context import RunContext
 from core.inputs import rundir
-from core.reporting.runmodel import (
+from core.reporting.sections.deployability import (
     CellStatus,
     Deployability,
     IntegerOnlyCell,
@@ -51,9 +51,12 @@ def check_deployability(run: RunContext) -> None:
             rundir.probs_path(run.run_dir, run.report.files_of(parent)),
         )
         found = preflight(rundir.tflite_path(run.run_dir, files))
-        entry["deployability"] = Deployability(
-            found.integer_only, found.micro, found.vela, identical_to=parent if same else None
-        ).to_dict()
+        run.report.set_result(
+            name,
+            deployability=Deployability(
+                found.integer_only, found.micro, found.vela, identical_to=parent if same else None
+            ),
+        )
         run.report.save()
 
 

@@ -49,7 +49,6 @@ def diagnose_variants(run: RunContext, reference: ReferenceOutputs) -> None:
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from core.reporting.report import defer_diagnosis
     from core.types import Backend
 
     pending = [spec for spec in run.specs if needs_diagnosis(run, spec)]
@@ -57,7 +56,7 @@ def diagnose_variants(run: RunContext, reference: ReferenceOutputs) -> None:
         return
     later = [spec for spec in pending if not diagnose_now(run, spec)]
     for spec in later:
-        defer_diagnosis(run.report.data, spec.name)
+        run.report.defer_diagnosis(spec.name)
     if later:
         run.report.save()
     pending = [spec for spec in pending if spec not in later]
@@ -84,7 +83,7 @@ def needs_diagnosis(run: RunContext, spec: VariantSpec) -> bool:
 
     if not can_diagnose(spec) or run.report.variant(spec.name)["status"] != VariantStatus.DONE:
         return False
-    return spec.name not in (run.report.data.get("diagnosis") or {})
+    return spec.name not in (run.report.read_only.get("diagnosis") or {})
 
 
 def diagnose_now(run: RunContext, spec: VariantSpec) -> bool:
@@ -188,28 +187,35 @@ def root_causes(
     """The variant's root causes in words (core.engine.causes) for its diagnosis's suspects,
     measured on the calibration images and the flipped ones (the calibration images when it
     flipped none), as the typed `diagnosis.causes`; or nothing and a warning."""
+    from core.engine.biased_error import layer_errors, with_biased_error
     from core.engine.causes import find_causes
-    from core.reporting.runmodel import VariantCauses
+    from core.reporting.sections.diagnosis import VariantCauses
 
     run.emit("diagnose", 0.95, f"{spec.name}: root causes", spec.name)
+    tflite = rundir.tflite_path(run.run_dir, spec).read_bytes()
+    suspects = [s["layer"] for s in summary.get("suspects") or ()]
     try:
         found = find_causes(
             float_model,
-            rundir.tflite_path(run.run_dir, spec).read_bytes(),
+            tflite,
             calibration=calibration,
             evaluated=flipped if len(flipped) else calibration,
-            suspects=[s["layer"] for s in summary.get("suspects") or ()],
+            suspects=suspects,
         )
     except (QuantLensError, ValueError, RuntimeError, OSError) as exc:
         return {}, f"no root causes: {_first_line(exc)}"
-    return VariantCauses.from_dict(found.to_dict()).to_dict(), None
+    warning = None
+    try:  # the one signal that runs the quantized model: its error's per-channel mean
+        errors = layer_errors(float_model, tflite, calibration, layers=suspects)
+        found = with_biased_error(found, errors, suspects=suspects)
+    except (QuantLensError, ValueError, RuntimeError, OSError) as exc:
+        warning = f"no biased-error signal: {_first_line(exc)}"
+    return VariantCauses.from_dict(found.to_dict()).to_dict(), warning
 
 
 def _record(run: RunContext, spec: VariantSpec, found: _Diagnosis) -> None:
-    from core.reporting.report import record_diagnosis
-
-    run.report.variant(spec.name)["warnings"].extend(found.warnings)
-    record_diagnosis(run.report.data, spec.name, found.summary)
+    run.report.add_warnings(found.warnings, variant=spec.name)
+    run.report.record_diagnosis(spec.name, found.summary)
     run.report.save()
 
 

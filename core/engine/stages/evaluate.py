@@ -77,7 +77,7 @@ def run_evaluation(
     arrives (outcomes come in the order of `conversions`, the pivot first)."""
 
     def started(spec: VariantSpec) -> None:
-        run.report.variant(spec.name)["status"] = VariantStatus.RUNNING
+        run.report.set_result(spec.name, status=VariantStatus.RUNNING)
         run.report.save()
 
     for outcome in evaluate_converted(run, reference, conversions, on_start=started):
@@ -255,14 +255,15 @@ def record_result(run: RunContext, reference: ReferenceOutputs, done: EvaluatedV
     """The variant's finished row in report.json (metrics, verdict), then its progress event."""
     from core.engine.flatbuffer import float_ops
     from core.reporting.report import finished_variant, verdict
+    from core.reporting.sections.variant import Variant
 
     name, result, metrics = done.spec.name, done.conversion, done.metrics
     entry = finished_variant(
         run.report.variant(name),
         size_bytes=result.size_bytes,
-        reference_size=run.report.data["reference"]["size_bytes"],
+        reference_size=run.report.reference["size_bytes"],
         agreement=metrics,
-        reference=run.report.data["reference"],
+        reference=run.report.reference,
         min_agreement_pct=run.job.min_agreement_pct,
         conversion_seconds=result.seconds,
         conversion_cached=result.cached,
@@ -276,13 +277,15 @@ def record_result(run: RunContext, reference: ReferenceOutputs, done: EvaluatedV
         disagreement_split=None if done.causes is None else split_counts(done.causes),
         verdict_rule=run.job.verdict,
     )
-    entry["float_ops"] = float_ops(result.tflite)  # what was done, read back from the file
-    run.report.replace_variant(entry)
+    done_variant = Variant.from_dict(entry)
+    run.report.put_variant(done_variant)
+    # What was done, read back from the file.
+    run.report.set_part(name, "float_ops", float_ops(result.tflite))
     run.report.save()
     run.emit(
         "variant",
         1.0,
-        f"{name}: {metrics.top1_agreement_pct:.2f}% agreement (n={metrics.n}) {verdict(entry)}",
+        f"{name}: {metrics.top1_agreement_pct:.2f}% agreement (n={metrics.n}) {verdict(done_variant)}",
         name,
     )
 
@@ -306,9 +309,7 @@ def _scope_warnings(spec: VariantSpec, tflite: bytes) -> list[str]:
 
 def record_failure(run: RunContext, failed: FailedVariant) -> None:
     name = failed.spec.name
-    entry = run.report.variant(name)
-    entry["status"] = VariantStatus.FAILED
-    entry["error"] = failed.error
+    run.report.set_result(name, status=VariantStatus.FAILED, error=failed.error)
     run.report.save()
     run.emit("variant", 1.0, f"{name} failed: {failed.error}", name)
 

@@ -61,7 +61,7 @@ def untimed_variants(run: RunContext) -> list[str]:
 def time_session(run: RunContext) -> None:
     """Time the untimed variants interleaved with the original and the float32 baseline."""
     todo = untimed_variants(run)
-    reference = run.report.data["reference"]
+    reference = run.report.reference
     reference_path = run.run_dir / rundir.REFERENCE_LATENCY
     reference_timed = bool(reference.get("latency_ms")) and reference_path.exists()
     if not todo and reference_timed:
@@ -81,21 +81,29 @@ def time_session(run: RunContext) -> None:
     timed, warnings = stable_session(run, invokes, todo)
 
     if not reference_timed:
-        record_latency(reference, timed[ORIGINAL], warnings.get(ORIGINAL))
+        run.report.set_measured(
+            "reference", **latency_fields(timed[ORIGINAL], warnings.get(ORIGINAL))
+        )
         save_npy(reference_path, timed[ORIGINAL].samples)
     for name in todo:
-        entry = run.report.variant(name)
-        save_npy(rundir.latency_path(run.run_dir, rundir.entry_files(entry)), timed[name].samples)
-        record_latency(entry, timed[name], warnings.get(name))
-        entry["speedup"] = speedup_entry(timed, name, missing)
-        entry["speedup_vs_reference"] = entry["speedup"]["vs_original"]["value"]
+        files = rundir.entry_files(run.report.variant(name))
+        save_npy(rundir.latency_path(run.run_dir, files), timed[name].samples)
+        speedup = speedup_entry(timed, name, missing)
+        run.report.set_result(
+            name,
+            **latency_fields(timed[name], warnings.get(name)),
+            speedup=speedup,
+            speedup_vs_reference=speedup["vs_original"]["value"],
+        )
     run.report.save()
 
 
-def record_latency(entry: dict[str, Any], timed: TimedModel, warning: str | None) -> None:
+def latency_fields(timed: TimedModel, warning: str | None) -> dict[str, Any]:
     """The summary of one model's samples, with the sizes of its blocks in call order."""
-    entry["latency_ms"] = {**latency_stats(timed.samples).to_dict(), "blocks": timed.blocks}
-    entry["latency_warning"] = warning
+    return {
+        "latency_ms": {**latency_stats(timed.samples).to_dict(), "blocks": timed.blocks},
+        "latency_warning": warning,
+    }
 
 
 def speedup_entry(
@@ -182,7 +190,7 @@ def baseline_invoke(
 
     if not todo:
         return None, None  # only the original is timed: there is no speed-up to state
-    entry = next((v for v in run.report.data["variants"] if v["name"] == BASELINE), None)
+    entry = next((v for v in run.report.read_only["variants"] if v["name"] == BASELINE), None)
     if entry is not None and entry.get("status") == VariantStatus.DONE:
         return variant_invoke(run, BASELINE, image), None
     try:

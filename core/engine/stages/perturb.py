@@ -20,7 +20,7 @@ from core.engine.stages.reference import ReferenceOutputs
 from core.inputs import rundir
 from core.inputs.perturb import PERTURBATIONS, Perturbation
 from core.metrics.agreement import to_probabilities, top1, wilson_interval
-from core.reporting.runmodel import PerturbedAgreement
+from core.reporting.sections.flip_hunt import PerturbedAgreement
 from core.runfolder.protocol import DECODED_CACHE
 from core.types import VariantStatus
 
@@ -43,9 +43,7 @@ def run_flip_hunt(run: RunContext, reference: ReferenceOutputs) -> None:
     if not names:
         return
     if not (run.run_dir / DECODED_CACHE).is_file():
-        warnings = run.report.data.setdefault("warnings", [])
-        if NO_DECODED_IMAGES not in warnings:
-            warnings.append(NO_DECODED_IMAGES)
+        if run.report.add_warnings([NO_DECODED_IMAGES]):
             run.report.save()
         return
     clean_original = top1(np.load(reference.probs_path))
@@ -90,7 +88,7 @@ def run_flip_hunt(run: RunContext, reference: ReferenceOutputs) -> None:
             rundir.variant_file(run.run_dir, run.report.files_of(name), rundir.FLIP_HUNT),
             flips[name],
         )
-        run.report.variant(name)["flip_hunt"] = [p.to_dict() for p in found[name]]
+        run.report.set_result(name, flip_hunt=tuple(found[name]))
     run.report.save()
 
 

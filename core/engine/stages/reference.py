@@ -249,27 +249,29 @@ def _note_in_report(
     from core.reporting.report import no_verdict_reason
 
     labels = result.labels
-    report = run.report.data
     labelled = labels >= 0
-    reference = report["reference"]
-    reference["softmax_applied"] = result.softmax
+    run.report.set_measured("reference", softmax_applied=result.softmax)
     # A re-score runs this stage again on the same images: each warning is said once.
-    said = report["warnings"]
-    said.extend(
-        w for w in nonfinite_warning(nonfinite, len(labels), "the original model") if w not in said
-    )
-    reference["accuracy_pct"] = (
-        float(100.0 * np.mean(ref_top1[labelled] == labels[labelled])) if labelled.any() else None
-    )
+    run.report.add_warnings(nonfinite_warning(nonfinite, len(labels), "the original model"))
     baseline = accuracy_baseline(labels, ref_top1)
-    reference["accuracy_baseline"] = None if baseline is None else baseline.to_dict()
-    dataset = report["dataset"]
-    dataset["num_samples"] = len(labels)
-    dataset["num_skipped"] = len(skipped)
-    dataset["skipped"] = [s.to_dict() for s in skipped]
-    chance = no_verdict_reason(reference)
-    if chance is not None and chance not in said:
-        said.append(chance)
+    run.report.set_measured(
+        "reference",
+        accuracy_pct=(
+            float(100.0 * np.mean(ref_top1[labelled] == labels[labelled]))
+            if labelled.any()
+            else None
+        ),
+        accuracy_baseline=None if baseline is None else baseline.to_dict(),
+    )
+    run.report.set_measured(
+        "dataset",
+        num_samples=len(labels),
+        num_skipped=len(skipped),
+        skipped=[s.to_dict() for s in skipped],
+    )
+    chance = no_verdict_reason(run.report.reference)
+    if chance is not None:
+        run.report.add_warnings([chance])
 
 
 def nonfinite_warning(bad: int, total: int, who: str) -> list[str]:

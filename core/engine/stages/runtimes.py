@@ -29,7 +29,7 @@ from core.engine.stages.files import BATCH, DecodedCache
 from core.engine.stages.reference import ReferenceOutputs
 from core.errors import QuantLensError
 from core.inputs import rundir
-from core.reporting.runmodel import RuntimeCell, RuntimeMatrix, record_runtimes
+from core.reporting.sections.runtime_matrix import RuntimeCell, RuntimeMatrix
 from core.runfolder.protocol import DECODED_CACHE
 from core.types import Mode, Runtime, VariantStatus
 
@@ -107,7 +107,8 @@ def run_runtime_matrix(run: RunContext, reference: ReferenceOutputs) -> None:
         subset_indices=tuple(int(reference.sample_indices[p]) for p in subset),
         cells=tuple(cells),
     )
-    record_runtimes(run.run_dir, matrix)
+    run.report.put(matrix)
+    run.report.save()
     run.emit("runtimes", 1.0, f"runtime matrix: {len(variants)} variants x {len(runtimes)}")
 
 
@@ -117,10 +118,9 @@ def _finished(run: RunContext) -> list[Any]:
 
 def _kept_cells(run: RunContext, total: int, subset: int) -> dict[tuple[str, str], RuntimeCell]:
     """The measured cells of an earlier pass over the same images, by (variant, runtime)."""
-    saved = run.report.data.get("runtimes")
-    if not isinstance(saved, dict):
+    matrix = run.report.section(RuntimeMatrix)
+    if matrix is None:
         return {}
-    matrix = RuntimeMatrix.from_dict(saved)
     if (matrix.total, matrix.subset, matrix.seed) != (total, subset, run.job.seed):
         return {}
     return {(c.variant, c.runtime): c for c in matrix.cells if c.measured}

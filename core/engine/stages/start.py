@@ -6,6 +6,7 @@ report it finds instead of starting a new one.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,7 +20,7 @@ from core.types import Dataset, JobSpec, RunStatus, SkippedSample, VariantSpec
 
 if TYPE_CHECKING:
     from core.engine.models import ReferenceModel
-    from core.reporting.runmodel import EngineInfo
+    from core.reporting.sections.engine_info import EngineInfo
 
 
 @dataclass(frozen=True)
@@ -52,29 +53,29 @@ def open_run(
     # The float32 pivot joins whenever a variant is quantized (core.reporting.report.with_pivot).
     specs = tuple(with_pivot(selected))
     report = ReportFile.open(run_dir)
-    specs += derived_specs(report.data, specs)
+    specs += derived_specs(report.read_only, specs)
     sha = model_sha256(inputs.model_path)
-    if report.data:
+    if report.read_only:
         require_same_inputs(
-            report.data,
+            report.read_only,
             model_sha=sha,
             dataset=inputs.dataset,
             calibration_data=inputs.calibration_data,
         )
-    if not report.data:
-        report.data = new_report(
-            job, run_dir, inputs, model, sha, specs, {s.name for s in selected}
+    if not report.read_only:
+        report.start(
+            new_report(job, run_dir, inputs, model, sha, specs, {s.name for s in selected})
         )
-        report.data["warnings"].extend(class_count_warnings(inputs.dataset, model))
+        report.add_warnings(class_count_warnings(inputs.dataset, model))
         report.save()
     if inputs.dataset.class_names:
         rundir.write_atomic(
             run_dir / rundir.LABELS, ("\n".join(inputs.dataset.class_names) + "\n").encode()
         )
     dataset = drop_labels_outside(inputs.dataset, model.signature.num_classes)
-    if "preset_check" not in report.data:
+    if "preset_check" not in report.read_only:
         emit(progress, "load", 0.5, "checking the preprocessing preset on a few dozen images")
-        check_preset(report.data, model, dataset, job)
+        check_preset(report, model, dataset, job)
         report.save()
     return RunContext(
         job=job,
@@ -90,9 +91,7 @@ def open_run(
     )
 
 
-def check_preset(
-    report: dict[str, Any], model: ReferenceModel, dataset: Dataset, job: JobSpec
-) -> None:
+def check_preset(report: ReportFile, model: ReferenceModel, dataset: Dataset, job: JobSpec) -> None:
     """report.json's `preset_check`: the original under every preset on a few dozen images;
     when another preset is clearly better, its one line joins the run's warnings."""
     from core.engine.preset_trial import preset_trial
@@ -100,13 +99,13 @@ def check_preset(
 
     used = str(job.preset)
     check = judge_presets(preset_trial(model, dataset.samples, used=used), used)
-    report["preset_check"] = check
-    if check["advice"] and check["advice"] not in report["warnings"]:
-        report["warnings"].append(check["advice"])
+    report.set_run_part("preset_check", check)
+    if check["advice"]:
+        report.add_warnings([check["advice"]])
 
 
 def derived_specs(
-    report: dict[str, Any], specs: tuple[VariantSpec, ...]
+    report: Mapping[str, Any], specs: tuple[VariantSpec, ...]
 ) -> tuple[VariantSpec, ...]:
     """Variants `--auto-fix` added before a worker restart: part of the job from then on."""
     known = {spec.name for spec in specs}
@@ -118,7 +117,7 @@ def derived_specs(
 
 
 def require_same_inputs(
-    report: dict[str, Any],
+    report: Mapping[str, Any],
     *,
     model_sha: str,
     dataset: Dataset,
@@ -134,7 +133,8 @@ def require_same_inputs(
     """
     from core.errors import QuantLensError
     from core.inputs.datasets import dataset_sha256
-    from core.reporting.runmodel import CalibrationRecord, section_of
+    from core.reporting.sections.base import section_of
+    from core.reporting.sections.calibration_record import CalibrationRecord
 
     if report["reference"].get("sha256") not in (None, model_sha):
         raise QuantLensError(
@@ -245,7 +245,7 @@ def new_report(
         pending_variant,
         pivot_name,
     )
-    from core.reporting.runmodel import put_section
+    from core.reporting.sections.base import put_section
 
     sig = model.signature
     report: dict[str, Any] = {
@@ -323,7 +323,7 @@ def local_engine_info() -> EngineInfo:
     """report.json's `engine` for a run on this machine alone (it also times the models)."""
     import socket
 
-    from core.reporting.runmodel import EngineInfo
+    from core.reporting.sections.engine_info import EngineInfo
 
     host = socket.gethostname()
     return EngineInfo(name="local", address=None, nodes=(host,), latency_node=host)

@@ -26,7 +26,7 @@ from core.engine.stages.files import DecodedCache
 from core.engine.stages.reference import ReferenceOutputs
 from core.errors import QuantLensError
 from core.inputs import rundir
-from core.reporting.runmodel import Sweep, SweepMode, SweepRow
+from core.reporting.sections.sweep_record import Sweep, SweepMode, SweepRow
 from core.runfolder.protocol import DECODED_CACHE
 from core.types import Backend, JobSpec, Mode, VariantSpec
 
