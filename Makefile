@@ -35,8 +35,8 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	  else echo "the browser tests need Debian's chromium: sudo apt-get install -y chromium"; exit 1; fi; }
 
-# Two workers (pytest-xdist): most of the suite waits on subprocesses, servers, chromium and
-# Ray, so two cores run it close to twice as fast. Whole files go to one worker, Ray tests to
+# Two workers (pytest-xdist): much of the suite waits on subprocesses, servers, chromium and
+# Ray, so the second core has work while the first waits. Whole files go to one worker, Ray tests to
 # one worker together, and the demo is built once for both (tests/conftest.py). The slowest
 # tests are listed at the end of every run.
 TEST_WORKERS ?= 2
