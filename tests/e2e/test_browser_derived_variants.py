@@ -43,7 +43,7 @@ def test_layers_and_overview_open_on_derived_variants(
         expect(page.get_by_text("Ranked layers")).to_be_visible(timeout=60_000)
         picker = page.locator("[data-testid=stMain] [data-testid=stSelectbox]").first
         for name in ("int8", KEEP_FLOAT, AUTO_FIX, RESCORED):
-            picker.click()
+            picker.click(timeout=60_000)  # the page may still be drawing on a busy machine
             page.get_by_role("option", name=name, exact=True).click(timeout=60_000)
             settle(page)
             _no_exception(page, f"Layers: {name}")
