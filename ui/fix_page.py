@@ -24,6 +24,7 @@ CAUSE_TITLE = {
     "preprocessing": "Input preprocessing mismatch",
     "runtime_only": "Error under one runtime only",
     "diffuse": "No single cause",
+    "biased_error": "Biased error (channels shifted one way)",
 }
 # The evidence numbers shown in words (the chart shows the per-channel ranges).
 EVIDENCE_LABELS = {

@@ -176,3 +176,13 @@ def by_name_files(report: dict, name: str) -> object:  # type: ignore[type-arg]
     from core.reporting.runmodel import RunReport
 
     return RunReport.from_dict(report).files_of(name)
+
+
+def test_every_cause_kind_has_a_title_on_the_fix_page() -> None:
+    """A cause kind the engine can name gets its own heading, not the generic "Cause"."""
+    from typing import get_args
+
+    from core.engine.causes import CauseKind
+    from ui.fix_page import CAUSE_TITLE
+
+    assert set(get_args(CauseKind)) == set(CAUSE_TITLE)
