@@ -54,6 +54,9 @@ def test_the_url_carries_the_model_and_its_overlay(tmp_path: Path) -> None:
 def test_without_the_package_one_line_says_how_to_install_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # A fresh server state: an app test earlier in this worker process may have started one,
+    # and a running explorer is rightly reused whatever is installed now.
+    monkeypatch.setattr(explorer, "_SERVER", explorer._Server())
     monkeypatch.setattr(explorer, "installed", lambda: False)
     with pytest.raises(explorer.ModelExplorerUnavailable) as missing:
         explorer.ensure_started("127.0.0.1")
