@@ -11,11 +11,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.session_builds import build_once
+from core.inputs.convcache import CACHE_ENV
+from tests.session_builds import build_once, shared_root
 
 # No test wants the MobileNetV2 demo trained behind its back: a first launch would chain that
 # build in a detached worker that outlives the test (core.jobs.demo_jobs.CHAIN_ENV).
@@ -110,6 +112,25 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
 
     config.option.loadscopereorder = False
     return WorkUnitScheduling(config, log)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_conversion_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One conversion cache for every job this test run starts (CLI, dashboard, Ray head), on
+    every xdist worker: each test gets a fresh workspace, and without this each of them converted
+    the same tiny models again, the suite's largest repeated cost after TensorFlow's import. The
+    cache is keyed by the model's bytes, the mode, the calibration images and the preset (its own
+    tests check that), so a hit is the bytes the same conversion made; a fault injected at
+    `convert` still fires, before the lookup. In-process calls pass their own `cache_dir`, and
+    a test of the workspace's cache removes the variable (tests/core/test_convcache.py)."""
+    folder = shared_root(tmp_path_factory) / "conversion-cache"
+    previous = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = previous
 
 
 @pytest.fixture(scope="session")

@@ -56,7 +56,10 @@ def test_the_cap_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
         convcache.cap_bytes()
 
 
-def test_clean_trims_to_the_cap_then_empties_the_cache(tmp_path: Path) -> None:
+def test_clean_trims_to_the_cap_then_empties_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(convcache.CACHE_ENV, raising=False)  # the workspace's own cache
     folder = tmp_path / "cache" / "tflite"
     _files(folder, ["a", "b", "c", "d", "e"])
     trimmed = run_cli("clean", home=tmp_path, env={convcache.CAP_ENV: str(2 * SIZE)})
