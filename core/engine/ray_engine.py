@@ -560,6 +560,9 @@ class ShardEvaluator:
 
         import ray
 
+        from core.engine.frameworks import skip_framework_extras
+
+        skip_framework_extras()  # before this Ray worker process imports TensorFlow
         from core.engine.models import load_reference
         from core.engine.runtime import OriginalRunner, TFLiteRunner, evaluation_batch
 

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from core import posix
-from core.engine.frameworks import configure_threads, quiet_tensorflow
+from core.engine.frameworks import configure_threads, quiet_tensorflow, skip_framework_extras
 from core.errors import QuantLensError
 from core.inputs import convcache, rundir
 from core.runfolder import protocol
@@ -242,6 +242,7 @@ def main(argv: list[str]) -> int:
     # stack in stderr, whose tail the supervisor saves with the crashed variant.
     faulthandler.enable()
     quiet_tensorflow()
+    skip_framework_extras()
     apply_memory_limit()
     target = Path(args.target)
     try:
