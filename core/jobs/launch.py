@@ -279,18 +279,19 @@ def _stop_orphan_worker(directory: Path) -> None:
     pid = read_status(directory).get("worker_pid")
     if not isinstance(pid, int):
         return
-    if not posix.pid_alive(pid):
-        # The worker died with its supervisor (PR_SET_PDEATHSIG), but what it started may
-        # still run in its group. Linux never gives a pid to a new process while a group of
-        # that id has members, so a group answering to this id is the dead worker's.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
-        return
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
     except OSError:
+        cmdline = b""
+    # A recycled pid belongs to another program: only a worker of this very run is stopped. The
+    # cmdline is read before asking whether the pid runs: a worker that ends between the two
+    # looks (its PR_SET_PDEATHSIG arriving) is a zombie with an empty cmdline, and its group
+    # must still go.
+    ours = b"core.jobs.worker" in cmdline and str(directory).encode() in cmdline
+    if cmdline and posix.pid_alive(pid) and not ours:
         return
-    # A recycled pid belongs to another program: only a worker of this very run is stopped.
-    if b"core.jobs.worker" in cmdline and str(directory).encode() in cmdline:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
+    # This run's worker, or what a dead one started and left in its group (the worker died
+    # with its supervisor). Linux never gives a pid to a new process while a group of that id
+    # has members, so a group answering to this id is the dead worker's.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)

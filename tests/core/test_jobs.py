@@ -329,3 +329,40 @@ def test_an_unnamed_run_gets_the_default_name_in_job_and_store(tmp_path: Path) -
     # Either minute is right if the clock turned while the run was created.
     expected = {f"saved_model · {t:%H:%M}" for t in (before, after)}
     assert row is not None and row.name in expected and stored_job.name == row.name
+
+
+def test_a_worker_that_ends_while_recovery_looks_at_it_still_has_its_group_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The orphan worker dies (its parent-death signal) between recovery's "does it run?" and
+    its look at the command line: the zombie's command line is empty, yet the process it
+    started must not outlive it. A shell stands in for the worker, exits, and leaves a sleep
+    in its group, unreaped, so it stays a zombie; pid_alive answers as it did a moment before."""
+    from core import posix
+    from core.jobs import launch
+
+    still_running = posix.pid_alive
+    leader = subprocess.Popen(
+        ["sh", "-c", "sleep 600 & echo $!; exit 0"],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert leader.stdout is not None
+    child = int(leader.stdout.readline())
+    deadline = time.time() + 30
+    while still_running(leader.pid):
+        assert time.time() < deadline, "the stand-in worker did not exit"
+        time.sleep(0.05)
+    rundir.write_json_atomic(tmp_path / rundir.STATUS, {"status": "running", "worker_pid": leader.pid})
+    monkeypatch.setattr(posix, "pid_alive", lambda pid: True)
+    try:
+        launch._stop_orphan_worker(tmp_path)
+        deadline = time.time() + 30
+        while still_running(child) and time.time() < deadline:
+            time.sleep(0.05)
+        assert not still_running(child), "the dead worker's group was left running"
+    finally:
+        if still_running(child):
+            os.kill(child, 9)
+        leader.wait(timeout=30)
