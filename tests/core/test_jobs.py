@@ -354,7 +354,9 @@ def test_a_worker_that_ends_while_recovery_looks_at_it_still_has_its_group_stopp
     while still_running(leader.pid):
         assert time.time() < deadline, "the stand-in worker did not exit"
         time.sleep(0.05)
-    rundir.write_json_atomic(tmp_path / rundir.STATUS, {"status": "running", "worker_pid": leader.pid})
+    rundir.write_json_atomic(
+        tmp_path / rundir.STATUS, {"status": "running", "worker_pid": leader.pid}
+    )
     monkeypatch.setattr(posix, "pid_alive", lambda pid: True)
     try:
         launch._stop_orphan_worker(tmp_path)
