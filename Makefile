@@ -35,11 +35,12 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	  else echo "the browser tests need Debian's chromium: sudo apt-get install -y chromium"; exit 1; fi; }
 
-# Two workers (pytest-xdist): much of the suite waits on subprocesses, servers, chromium and
-# Ray, so the second core has work while the first waits. Whole files go to one worker, Ray tests to
-# one worker together, and the demo is built once for both (tests/conftest.py). The slowest
+# Three workers (pytest-xdist) on two cores: much of the suite waits on subprocesses, servers,
+# chromium and Ray, so a third worker keeps both cores busy while the others wait (measured: 98 %
+# busy against 93 % with two; docs/speed-and-memory.md). Whole files go to one worker, Ray tests
+# to one worker together, and the demo is built once for all (tests/conftest.py). The slowest
 # tests are listed at the end of every run.
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= 3
 XDIST := -n $(TEST_WORKERS) --dist loadfile
 
 test: install browser

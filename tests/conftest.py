@@ -47,7 +47,7 @@ def pytest_runtest_teardown(item: pytest.Item) -> None:
         )
 
 
-# Under pytest-xdist (`make test` runs two workers) a worker gets whole test files, so that a
+# Under pytest-xdist (`make test` runs three) a worker gets whole test files, so that a
 # module's fixtures (a model build, a CLI run) are made once. The files that start or join a
 # Ray cluster go to one worker together, one after another: two Rays on one host meet in
 # /tmp/ray (where a driver with no address looks for a cluster, and Ray's test cluster writes
@@ -86,7 +86,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if os.environ.get("PYTEST_XDIST_WORKER"):
         # Longest work first, so that no worker starts a minutes-long file while the other has
         # nothing left: the Ray files, then files with browser tests, then files that build
-        # models, then the rest. Each file keeps its own order (both workers sort alike).
+        # models, then the rest. Each file keeps its own order (every worker sorts alike).
         rank: dict[str, int] = {}
         for item in items:
             unit = work_unit(item.nodeid)

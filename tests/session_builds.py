@@ -1,7 +1,7 @@
 """Heavy test inputs (the demo, real runs, tiny models) built once per test run, however many
 pytest-xdist workers the run has.
 
-A session fixture is per process: with `-n 2` each worker would train the demo and make the
+A session fixture is per process: with `-n 3` each worker would train the demo and make the
 same real runs again. `build_once` puts the build in a folder every worker of the run sees
 (the parent of the workers' base temp folders) and takes a file lock around it, so the first
 worker to ask builds and the others wait for it and reuse the result. Readers must copy what
