@@ -27,10 +27,10 @@ from core.engine.causes import (
     MAX_IMAGES,
     WEIGHTED,
     Cause,
+    TFLiteGraph,
     VariantCauses,
-    _Graph,
-    _ordered,
-    _spaced,
+    evenly_spaced,
+    in_fix_order,
 )
 
 # The open range in which a fused activation passes its input unchanged (None: not at all).
@@ -86,8 +86,8 @@ def layer_errors(
     """
     from core.engine.intermediates import IntermediateTensors
 
-    quantized = _Graph(tflite)
-    images = _spaced(images, MAX_IMAGES)
+    quantized = TFLiteGraph(tflite)
+    images = evenly_spaced(images, MAX_IMAGES)
     floated = IntermediateTensors(float_tflite, xnnpack=False)
     model = IntermediateTensors(tflite, xnnpack=False)
     targets = []
@@ -179,7 +179,7 @@ def biased_error_cause(e: LayerError) -> Cause | None:
             "error); their biases can absorb it"
         ),
         # Only bias correction: the layer's other causes, if any, offer the rest of the ladder.
-        fixes=_ordered(["bias_correction"]),
+        fixes=in_fix_order(["bias_correction"]),
     )
 
 

@@ -269,8 +269,8 @@ def find_causes(
     Raises:
         ConversionFailed: LiteRT cannot read either model or run the float one on these images.
     """
-    calibration = _spaced(calibration, MAX_IMAGES)
-    evaluated = _spaced(evaluated, MAX_IMAGES)
+    calibration = evenly_spaced(calibration, MAX_IMAGES)
+    evaluated = evenly_spaced(evaluated, MAX_IMAGES)
     try:
         activations, weights = measure_signals(float_tflite, tflite, calibration, evaluated)
     except (ValueError, RuntimeError, IndexError) as exc:  # from LiteRT or the flatbuffer
@@ -355,7 +355,7 @@ def outlier_channel_cause(s: ActivationSignals) -> Cause | None:
             "channel_max_abs": list(s.channel_max_abs),
         },
         words=words,
-        fixes=_ordered(fixes),
+        fixes=in_fix_order(fixes),
     )
 
 
@@ -381,7 +381,7 @@ def range_collapse_cause(s: ActivationSignals) -> Cause | None:
             f"{s.grid_levels} {_bits(s)} levels; rare extreme values set the range and the "
             "rest round to the same few levels"
         ),
-        fixes=_ordered(["int16_activations", "weight_only", "keep_float"]),
+        fixes=in_fix_order(["int16_activations", "weight_only", "keep_float"]),
     )
 
 
@@ -417,7 +417,7 @@ def clipping_cause(s: ActivationSignals) -> Cause | None:
             f"outside the {_bits(s)} range calibrated for it{over}; the calibration images do "
             "not cover the evaluated ones"
         ),
-        fixes=_ordered(["weight_only", "keep_float"]),
+        fixes=in_fix_order(["weight_only", "keep_float"]),
     )
 
 
@@ -446,7 +446,7 @@ def weight_outliers_cause(w: WeightSignals) -> Cause | None:
             f"weight{kurtosis}; int8 keeps about {127 / w.group_spread:.1f} of 127 steps for "
             "the typical weight"
         ),
-        fixes=_ordered(["keep_float"]),
+        fixes=in_fix_order(["keep_float"]),
     )
 
 
@@ -512,11 +512,11 @@ def diffuse_cause(suspects: list[str]) -> Cause:
             "channel, weight outlier, clipping or collapsed range; the error is spread "
             "across layers"
         ),
-        fixes=_ordered(["int16_activations", "keep_float"]),
+        fixes=in_fix_order(["int16_activations", "keep_float"]),
     )
 
 
-def _ordered(fixes: Collection[FixKind]) -> tuple[FixKind, ...]:
+def in_fix_order(fixes: Collection[FixKind]) -> tuple[FixKind, ...]:
     return tuple(f for f in FIX_ORDER if f in fixes)
 
 
@@ -545,13 +545,13 @@ def measure_signals(
     Runs the float model once per image with every tensor kept and XNNPACK off (it may leave
     the tensors inside its fused nodes unwritten); reads only the flatbuffer of `tflite`.
     """
-    quantized = _Graph(tflite)
-    floated = _Graph(float_tflite)
+    quantized = TFLiteGraph(tflite)
+    floated = TFLiteGraph(float_tflite)
     activations = _activation_signals(float_tflite, quantized, calibration, evaluated)
     return activations, _weight_signals(quantized, floated)
 
 
-class _Graph:
+class TFLiteGraph:
     """The ops and tensors of a `.tflite` (subgraph 0), read in place from its flatbuffer.
 
     The generated accessors read only what is asked for: unpacking a whole MobileNetV2 into
@@ -671,7 +671,7 @@ class _Tracked:
 
 def _activation_signals(
     float_tflite: bytes,
-    quantized: _Graph,
+    quantized: TFLiteGraph,
     calibration: np.ndarray,
     evaluated: np.ndarray,
 ) -> list[ActivationSignals]:
@@ -707,7 +707,7 @@ def _activation_signals(
 
 
 def _tracked_tensors(
-    quantized: _Graph, float_details: Mapping[str, Mapping[str, Any]]
+    quantized: TFLiteGraph, float_details: Mapping[str, Mapping[str, Any]]
 ) -> list[_Tracked]:
     """Every op output the variant quantizes per tensor (int8, uint8, int16), with its float
     twin: the same name, or for a QUANTIZE op the float tensor it quantizes."""
@@ -759,7 +759,7 @@ def _over_range(v: np.ndarray, t: _Tracked) -> float:
 
 def _finish(
     t: _Tracked,
-    quantized: _Graph,
+    quantized: TFLiteGraph,
     clip_rates: Mapping[int, float | None],
     calibration_images: int,
     evaluated_images: int,
@@ -815,7 +815,7 @@ def _finish(
     )
 
 
-def _chain(graph: _Graph, tensor: int, layer: str) -> tuple[tuple[str, ...], bool]:
+def _chain(graph: TFLiteGraph, tensor: int, layer: str) -> tuple[tuple[str, ...], bool]:
     """The layers from the op that writes `tensor`, through pass-through ops, to the ops that
     read it; and whether cross-layer equalization can pair the writer with every reader."""
     producer = graph.producer.get(tensor)
@@ -844,7 +844,7 @@ def _chain(graph: _Graph, tensor: int, layer: str) -> tuple[tuple[str, ...], boo
     return tuple(chain), exact and readers > 0
 
 
-def _weight_signals(quantized: _Graph, floated: _Graph) -> list[WeightSignals]:
+def _weight_signals(quantized: TFLiteGraph, floated: TFLiteGraph) -> list[WeightSignals]:
     found = []
     for n, outputs in enumerate(quantized.op_outputs):
         kind = quantized.kinds[n]
@@ -934,7 +934,7 @@ def _kurtosis(values: np.ndarray) -> float | None:
     return float(np.mean(centred**4) / m2**2 - 3.0)
 
 
-def _spaced(images: np.ndarray, count: int) -> np.ndarray:
+def evenly_spaced(images: np.ndarray, count: int) -> np.ndarray:
     """At most `count` images, evenly spaced (a data set is often sorted by class)."""
     if len(images) <= count:
         return images
