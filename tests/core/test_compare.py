@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +15,7 @@ from core.metrics.agreement import (
     SampleRecords,
     agreement,
     delta_stats,
+    accuracy_baseline,
     mcnemar_exact,
     output_form,
     outputs_are_probabilities,
@@ -24,6 +28,7 @@ from core.metrics.agreement import (
 )
 
 NAN = math.nan
+REPO = Path(__file__).resolve().parents[2]
 
 # Four samples, three classes; only sample 3 flips (reference class 0 -> TFLite class 1).
 REF = np.array(
@@ -195,6 +200,38 @@ def test_mcnemar_exact_by_hand() -> None:
     assert mcnemar_exact(0, 1) == 1.0  # 2 * 1/2, capped at 1
     with pytest.raises(ValueError):
         mcnemar_exact(-1, 3)
+
+
+def test_the_binomial_p_values_are_scipy_stats_bit_for_bit() -> None:
+    """The engine computes them without importing scipy.stats; the numbers must not move."""
+    from scipy.stats import binom, binomtest
+
+    for n in (*range(1, 60), 997, 5000):
+        for k in range(0, n + 1, max(1, n // 40)):
+            if k <= n - k:
+                assert mcnemar_exact(k, n - k) == min(1.0, 2.0 * float(binom.cdf(k, n, 0.5)))
+            labels = np.array([0] * max(1, n // 3) + [1] * (n - max(1, n // 3)))
+            predictions = np.where(np.arange(n) < k, labels, 1 - labels)  # k correct
+            baseline = accuracy_baseline(labels, predictions)
+            assert baseline is not None and baseline.correct == k
+            rate = baseline.majority_count / n
+            expected = binomtest(k, n, rate, alternative="greater").pvalue
+            assert baseline.p_value == expected, (k, n)
+
+
+def test_computing_the_p_values_leaves_scipy_stats_unimported() -> None:
+    """scipy.stats costs every job about a CPU-second to import (checked in a fresh process)."""
+    code = (
+        "import sys, numpy as np\n"
+        "from core.metrics.agreement import accuracy_baseline, mcnemar_exact\n"
+        "mcnemar_exact(3, 9)\n"
+        "accuracy_baseline(np.array([0, 1, 1]), np.array([0, 1, 0]))\n"
+        "print('scipy.stats' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
+    )
+    assert done.stdout.strip() == "False"
 
 
 # --- per-sample records ----------------------------------------------------------------------
