@@ -9,13 +9,14 @@ from collections.abc import Sequence
 from importlib.machinery import ModuleSpec
 from types import FrameType, ModuleType
 
-# Keras imports scikit-learn (for its estimator wrappers, and through it scipy.stats) and
-# matplotlib.pyplot (for its plotting helpers) when it is imported, if they are installed: about a
+# Keras imports scikit-learn (for its estimator wrappers, and through it scipy.stats),
+# matplotlib.pyplot (for its plotting helpers), pandas (to slice DataFrames given to `fit`) and
+# IPython (for its notebook file editor) when it is imported, if they are installed: about a
 # third of the CPU seconds of `import tensorflow, keras`, paid by every worker process for code
 # the engine never calls. Keras falls back to None when the import fails, so they are refused
 # to TensorFlow's and Keras's own imports; anyone else (the demo build's digits) still gets them.
 FRAMEWORKS = ("tensorflow", "keras")
-FRAMEWORK_EXTRAS = ("sklearn", "matplotlib")
+FRAMEWORK_EXTRAS = ("sklearn", "matplotlib", "pandas", "IPython")
 
 
 def quiet_tensorflow() -> None:
