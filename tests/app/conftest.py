@@ -109,11 +109,13 @@ def fresh_demo_home(demo_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 @pytest.fixture
-def derived_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+def derived_home(
+    tmp_path_factory: pytest.TempPathFactory, built_demo: Path, monkeypatch: pytest.MonkeyPatch
+) -> Path:
     """The session's real run with derived variants (keep-float, auto-fix, re-scored)."""
     from tests.app.derived_fixtures import derived_run_home
 
-    h = derived_run_home(tmp_path_factory)
+    h = derived_run_home(tmp_path_factory, built_demo)
     monkeypatch.setenv("QUANTLENS_HOME", str(h))
     return h
 

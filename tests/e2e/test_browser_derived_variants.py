@@ -27,12 +27,13 @@ def _no_exception(page, where: str) -> None:  # type: ignore[no-untyped-def]
 
 def test_layers_and_overview_open_on_derived_variants(
     tmp_path_factory: pytest.TempPathFactory,
+    built_demo: Path,
     tmp_path: Path,
     start_server: Callable[..., Server],
 ) -> None:
     from playwright.sync_api import expect, sync_playwright
 
-    home = copy_workspace(derived_run_home(tmp_path_factory), tmp_path / "ws")
+    home = copy_workspace(derived_run_home(tmp_path_factory, built_demo), tmp_path / "ws")
     server = start_server(home)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
