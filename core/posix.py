@@ -178,6 +178,33 @@ def pid_alive(pid: int | None) -> bool:
     return not _is_zombie(pid)
 
 
+def process_started(pid: int) -> int | None:
+    """When process `pid` started, in clock ticks since boot (/proc/<pid>/stat, field 22).
+
+    None where there is no /proc or the pid is gone. Linux gives a freed pid to the next
+    process or thread (ids wrap at /proc/sys/kernel/pid_max, 32768 on many hosts, and a busy
+    machine's threads use them up in minutes): a pid and its start together name one process.
+    """
+    try:
+        fields = (PROC / str(pid) / "stat").read_text(encoding="utf-8").rpartition(")")[2].split()
+        return int(fields[19])  # fields after the command name start at field 3, the state
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def same_process_alive(pid: int | None, started: int | None) -> bool:
+    """Whether `pid` runs and is still the process whose start was recorded as `started`.
+
+    Without a recorded start (a status file written before starts were kept), or without
+    /proc to read one, this is `pid_alive`.
+    """
+    if pid is None or not pid_alive(pid):
+        return False
+    if started is None or not PROC.is_dir():
+        return True
+    return process_started(pid) == started
+
+
 def cpu_name() -> str:
     """The CPU model name: /proc/cpuinfo on Linux, sysctl on macOS, else what platform says."""
     with contextlib.suppress(OSError), (PROC / "cpuinfo").open(encoding="utf-8") as f:

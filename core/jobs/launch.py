@@ -246,8 +246,8 @@ def cancel_run(run_id: str, *, home: Path | None = None) -> None:
     directory = row.run_dir if row is not None else run_dir(run_id, home=home)
     (directory / protocol.CANCEL_FLAG).touch()
     status = read_status(directory)
-    if not RunStatus(status.get("status", "queued")).finished and not posix.pid_alive(
-        status.get("supervisor_pid")
+    if not RunStatus(status.get("status", "queued")).finished and not protocol.supervisor_running(
+        status
     ):
         # A re-scored run's report holds the pending variant: it ends cancelled, not pending.
         outcome.close_unfinished_variants(

@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from core import posix
 from core.history.store import RunRow
 from core.jobs.workspace import opened_store, resolved_home
 from core.runfolder import protocol
@@ -28,7 +27,7 @@ STARTING_GRACE_S = 30.0  # a queued run this young counts as alive before its su
 def supervisor_alive(run_id: str, directory: Path) -> bool:
     """Whether the run's supervisor runs (or, just created, is about to)."""
     status = protocol.read_status(directory)
-    if posix.pid_alive(status.get("supervisor_pid")):  # a zombie counts as gone
+    if protocol.supervisor_running(status):
         return True
     # Just created: its supervisor may not have written its pid yet.
     return (

@@ -78,7 +78,8 @@ class Supervisor:
         """
         # One store handle for the run's life: every store use inside shares its connection.
         with opened_store(self.home):
-            self._set_status(supervisor_pid=os.getpid())  # from now on the run counts as alive
+            # From now on the run counts as alive, while this very process runs.
+            self._set_status(**protocol.supervisor_fields(os.getpid()))
             run_id = outcome.run_id_of(self.directory)
             try:
                 slot = queue.claim_turn(

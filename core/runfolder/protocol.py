@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core import posix
 from core.inputs import rundir
 from core.runfolder.progress import append_progress as append_progress  # progress.jsonl's two
 from core.runfolder.progress import read_progress as read_progress  # ends, as callers know them
@@ -54,6 +55,21 @@ def write_status(run_dir: Path, status: RunStatus, *, error: str | None = None) 
     if status.finished:
         current["finished"] = time.time()
     rundir.write_json_atomic(path, current)
+
+
+def supervisor_fields(pid: int) -> dict[str, int | None]:
+    """status.json's fields that name a run's supervisor: its pid, and when it started (the
+    system gives a freed pid to another process or thread, so a pid alone can name a stranger)."""
+    return {"supervisor_pid": pid, "supervisor_started": posix.process_started(pid)}
+
+
+def supervisor_running(status: dict[str, Any]) -> bool:
+    """Whether the supervisor that `status` names still runs: a zombie, or another process that
+    was given its pid, counts as gone."""
+    pid, started = status.get("supervisor_pid"), status.get("supervisor_started")
+    return posix.same_process_alive(
+        pid if isinstance(pid, int) else None, started if isinstance(started, int) else None
+    )
 
 
 def read_status(run_dir: Path) -> dict[str, Any]:

@@ -13,9 +13,9 @@ import pytest
 from core.engine.tensors import dequantize
 from core.metrics.agreement import (
     SampleRecords,
+    accuracy_baseline,
     agreement,
     delta_stats,
-    accuracy_baseline,
     mcnemar_exact,
     output_form,
     outputs_are_probabilities,

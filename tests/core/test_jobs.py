@@ -171,6 +171,34 @@ def test_a_live_supervisor_is_not_marked_interrupted(
     assert read_status(directory)["status"] == "running"
 
 
+@pytest.mark.slow  # the tiny_models fixture builds real models: TensorFlow
+def test_a_supervisor_pid_now_held_by_another_process_is_interrupted(
+    workspace: Path, tiny_models: dict[str, Path], tiny_data: Path
+) -> None:
+    """status.json names the supervisor by pid and start: a live process that got the pid later
+    (here this test process, with another start) does not keep the run running forever."""
+    from core import posix
+    from core.runfolder import protocol
+
+    run_id = create_run(tiny_job(tiny_models, tiny_data), home=workspace)
+    directory = run_dir(run_id, home=workspace)
+    status = read_status(directory)
+    status.update(protocol.supervisor_fields(os.getpid()))
+    assert status["supervisor_started"] == posix.process_started(os.getpid())
+    status.update({"status": "running", "created": time.time() - 3600})
+    status["supervisor_started"] += 1  # the recorded supervisor started a tick later than us
+    rundir.write_json_atomic(directory / rundir.STATUS, status)
+    store = open_store(workspace)
+    try:
+        store.set_status(run_id, RunStatus.RUNNING)
+    finally:
+        store.close()
+
+    assert recover_interrupted(home=workspace) == [run_id]
+    assert read_status(directory)["status"] == "failed"
+    assert read_status(directory)["error"] == "interrupted"
+
+
 @pytest.mark.slow
 def test_a_models_signature_is_read_once_then_remembered(
     workspace: Path, tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -67,6 +68,44 @@ def test_pid_alive_tells_running_reaped_and_zombie_processes_apart(proc: str) ->
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_a_pid_now_held_by_another_process_or_thread_is_not_the_recorded_process(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A freed pid goes to the next process or thread: only the recorded (pid, start) pair names
+    the process. A thread of this process stands in for the stranger: Linux numbers threads from
+    the same pool, and kill(tid, 0) answers for it."""
+    me = os.getpid()
+    started = posix.process_started(me)
+    assert started == int(Path(f"/proc/{me}/stat").read_text().rpartition(")")[2].split()[19])
+    assert posix.same_process_alive(me, started)
+    assert not posix.same_process_alive(me, started + 1)  # another process once had this pid
+    assert posix.same_process_alive(me, None)  # nothing recorded: the pid alone decides
+    assert not posix.same_process_alive(None, started)
+
+    ready, done = threading.Event(), threading.Event()
+    tid: list[int] = []
+
+    def hold() -> None:
+        time.sleep(0.05)  # a clock tick (10 ms) or more after the test process started
+        tid.append(threading.get_native_id())
+        ready.set()
+        done.wait(30)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        assert ready.wait(30)
+        assert tid[0] != me and posix.pid_alive(tid[0])  # the pid answers ...
+        assert not posix.same_process_alive(tid[0], started)  # ... but it is not the process
+    finally:
+        done.set()
+        thread.join()
+
+    monkeypatch.setattr(posix, "PROC", tmp_path / "no-proc")  # macOS: no start to compare
+    assert posix.process_started(me) is None
+    assert posix.same_process_alive(me, started + 1)
 
 
 def test_kill_group_ends_the_worker_and_what_it_started() -> None:
