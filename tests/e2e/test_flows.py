@@ -346,8 +346,16 @@ def test_kill_everything_mid_run_then_restart_says_interrupted_everywhere(
 
         server.start()
         page = open_app(browser, server.url)  # the first page load recovers the run
-        recovered = read_json(run_dir / "report.json")
-        assert not {v["status"] for v in recovered["variants"]} & {"pending", "running"}
+        # On a loaded machine settle() can return before a fresh server's first script run has
+        # reached the recovery: wait for it (it never comes if recovery is broken).
+        wait_until(
+            lambda: (
+                not {v["status"] for v in read_json(run_dir / "report.json")["variants"]}
+                & {"pending", "running"}
+            ),
+            timeout=60,
+            what="the first page load to recover the run",
+        )
         go(page, "Setup")
         expect(page.get_by_text("Run failed", exact=True).first).to_be_visible()
         expect(page.get_by_text("interrupted").first).to_be_visible()
