@@ -126,6 +126,20 @@ def test_cancel_stops_the_worker_group_and_marks_the_run(
     assert active_run_id(home=workspace) is None
 
 
+def running_an_hour(home: Path, run_id: str, **supervisor: int | None) -> None:
+    """Make a created run look as if it had been running for an hour under `supervisor`
+    (status.json's supervisor fields), in status.json and in the store."""
+    directory = run_dir(run_id, home=home)
+    status = read_status(directory)
+    status.update({"status": "running", "created": time.time() - 3600, **supervisor})
+    rundir.write_json_atomic(directory / rundir.STATUS, status)
+    store = open_store(home)
+    try:
+        store.set_status(run_id, RunStatus.RUNNING)
+    finally:
+        store.close()
+
+
 @pytest.mark.slow  # the tiny_models fixture builds real models: TensorFlow
 def test_a_run_whose_supervisor_died_becomes_failed_interrupted(
     workspace: Path, tiny_models: dict[str, Path], tiny_data: Path
@@ -134,14 +148,7 @@ def test_a_run_whose_supervisor_died_becomes_failed_interrupted(
     directory = run_dir(run_id, home=workspace)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    status = read_status(directory)
-    status.update({"status": "running", "supervisor_pid": dead.pid, "created": time.time() - 3600})
-    rundir.write_json_atomic(directory / rundir.STATUS, status)
-    store = open_store(workspace)
-    try:
-        store.set_status(run_id, RunStatus.RUNNING)
-    finally:
-        store.close()
+    running_an_hour(workspace, run_id, supervisor_pid=dead.pid)
 
     assert recover_interrupted(home=workspace) == [run_id]
 
@@ -182,17 +189,11 @@ def test_a_supervisor_pid_now_held_by_another_process_is_interrupted(
 
     run_id = create_run(tiny_job(tiny_models, tiny_data), home=workspace)
     directory = run_dir(run_id, home=workspace)
-    status = read_status(directory)
-    status.update(protocol.supervisor_fields(os.getpid()))
-    assert status["supervisor_started"] == posix.process_started(os.getpid())
-    status.update({"status": "running", "created": time.time() - 3600})
-    status["supervisor_started"] += 1  # the recorded supervisor started a tick later than us
-    rundir.write_json_atomic(directory / rundir.STATUS, status)
-    store = open_store(workspace)
-    try:
-        store.set_status(run_id, RunStatus.RUNNING)
-    finally:
-        store.close()
+    me, started = os.getpid(), posix.process_started(os.getpid())
+    assert started is not None
+    assert protocol.supervisor_fields(me) == {"supervisor_pid": me, "supervisor_started": started}
+    # The recorded supervisor had this test's pid but started a tick later.
+    running_an_hour(workspace, run_id, supervisor_pid=me, supervisor_started=started + 1)
 
     assert recover_interrupted(home=workspace) == [run_id]
     assert read_status(directory)["status"] == "failed"
