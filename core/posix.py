@@ -141,14 +141,9 @@ def limit_address_space(limit_bytes: int) -> bool:
 
 def _is_zombie(pid: int) -> bool:
     """Whether `pid` has exited but not been reaped yet (it still answers kill(pid, 0))."""
-    stat = PROC / str(pid) / "stat"
     if PROC.is_dir():
-        try:
-            # The state letter follows the command name, which is in parentheses and may hold
-            # spaces or parentheses itself: split after the last ")".
-            return stat.read_text(encoding="utf-8").rpartition(")")[2].split()[0] == "Z"
-        except (OSError, IndexError):
-            return False
+        fields = _stat_fields(pid)
+        return bool(fields) and fields[0] == "Z"  # field 3, the state letter
     try:
         done = subprocess.run(
             ["ps", "-o", "stat=", "-p", str(pid)],
@@ -185,11 +180,23 @@ def process_started(pid: int) -> int | None:
     process or thread (ids wrap at /proc/sys/kernel/pid_max, 32768 on many hosts, and a busy
     machine's threads use them up in minutes): a pid and its start together name one process.
     """
+    fields = _stat_fields(pid)
     try:
-        fields = (PROC / str(pid) / "stat").read_text(encoding="utf-8").rpartition(")")[2].split()
-        return int(fields[19])  # fields after the command name start at field 3, the state
-    except (OSError, IndexError, ValueError):
+        return int(fields[19])  # field 22: the list starts at field 3
+    except (IndexError, ValueError):
         return None
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/<pid>/stat from field 3 (the state) on; empty when it cannot be read.
+
+    The command name before it is in parentheses and may hold spaces or parentheses itself:
+    the fields are split after the last ")".
+    """
+    try:
+        return (PROC / str(pid) / "stat").read_text(encoding="utf-8").rpartition(")")[2].split()
+    except OSError:
+        return []
 
 
 def same_process_alive(pid: int | None, started: int | None) -> bool:
