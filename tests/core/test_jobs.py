@@ -169,11 +169,7 @@ def test_a_live_supervisor_is_not_marked_interrupted(
 ) -> None:
     run_id = create_run(tiny_job(tiny_models, tiny_data), home=workspace)
     directory = run_dir(run_id, home=workspace)
-    status = read_status(directory)
-    status.update(
-        {"status": "running", "supervisor_pid": os.getpid(), "created": time.time() - 3600}
-    )
-    rundir.write_json_atomic(directory / rundir.STATUS, status)
+    running_an_hour(workspace, run_id, supervisor_pid=os.getpid())
     assert recover_interrupted(home=workspace) == []
     assert read_status(directory)["status"] == "running"
 
