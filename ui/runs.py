@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -212,19 +213,18 @@ def sidebar() -> None:
             if row is not None:
                 rows[selected] = row
                 ids.insert(0, selected)
-        if selected and st.session_state.get(keys.SIDEBAR_RUN) != selected:
-            st.session_state[keys.SIDEBAR_RUN] = selected
+        labels = {rid: run_label(rows[rid]) if rid in rows else rid for rid in ids}
+        # The browser keeps a select box's option texts while its key stays the same: a run
+        # that had finished still read "queued" there. The key carries the labels, so a run
+        # whose status moved on gets a new box (the choice itself is SELECTED_RUN).
+        key = f"{keys.SIDEBAR_RUN}.{zlib.crc32(' | '.join(labels.values()).encode()):08x}"
+        if selected and st.session_state.get(key) != selected:
+            st.session_state[key] = selected
 
         def _changed() -> None:
-            select_run(str(st.session_state[keys.SIDEBAR_RUN]))
+            select_run(str(st.session_state[key]))
 
-        st.selectbox(
-            "Run shown",
-            ids,
-            key=keys.SIDEBAR_RUN,
-            format_func=lambda rid: run_label(rows[rid]) if rid in rows else rid,
-            on_change=_changed,
-        )
+        st.selectbox("Run shown", ids, key=key, format_func=labels.__getitem__, on_change=_changed)
         active = active_runs()
         if active:
             st.info(
