@@ -47,6 +47,9 @@ SETUP_LAUNCH_ERROR = "setup.launch_error"
 SETUP_SKIP_DEMO = "setup.skip_demo"
 SETUP_SKIP_DEMO_BUTTON = "setup.skip_demo_button"
 SETUP_DEMO_MODEL = "setup.demo_model"
+# The form as the user left it: its values at this session's last Setup render, and every
+# choice made since (ui.option_widgets.note_choice).
+SETUP_FORM_SHOWN = "setup.form_shown"
 SETUP_BUILD_MOBILENET = "setup.build_mobilenet"
 
 # overview

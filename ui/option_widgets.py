@@ -4,6 +4,7 @@ JobSpec field's through the option's declared checks and conversion."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -12,11 +13,21 @@ import streamlit as st
 from core.errors import QuantLensError
 from core.metrics.latency import default_threads, usable_cpus
 from core.options import RunOption, WidgetKind, option, setup_options
+from ui import keys
 
 # What only the running server knows: this machine's CPUs (the first value leaves one core
 # for the server).
 _SERVER_MAXIMUM: dict[str, Callable[[], int]] = {"threads": usable_cpus}
 _SERVER_DEFAULT: dict[str, Callable[[], object]] = {"threads": default_threads}
+
+
+def note_choice(key: str) -> None:
+    """The on_change of every widget Setup remembers: the user's new value joins the form as
+    they left it, so `setup_form.restore_form` tells a choice from a value Streamlit hands
+    back on its own."""
+    shown = st.session_state.get(keys.SETUP_FORM_SHOWN)
+    if isinstance(shown, dict) and key in st.session_state:
+        shown[key] = copy.deepcopy(st.session_state[key])
 
 
 def first_value(opt: RunOption) -> object:
@@ -72,6 +83,8 @@ def option_widget(name: str, where: Any = None, **overrides: Any) -> Any:
     if widget.key not in st.session_state:  # a page switch dropped it, or it is not remembered
         st.session_state[widget.key] = first_value(opt)
     kwargs: dict[str, Any] = {"key": widget.key, "help": widget.help, **overrides}
+    if widget.remember:
+        kwargs.update(on_change=note_choice, args=(widget.key,))
     kind = widget.kind
     if kind in (WidgetKind.NUMBER, WidgetKind.SLIDER):
         low, high = limits(opt)

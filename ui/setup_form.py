@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 from dataclasses import dataclass
@@ -133,9 +134,18 @@ def _usable(key: str, value: object) -> bool:
 
 
 def restore_form() -> None:
-    """Fill the form's unset keys with the last choices saved in the workspace, else defaults."""
-    saved = _saved_form()
+    """Reopen the form as the user left it.
+
+    Every key takes its value in the form as this session left it (its last Setup render and
+    the choices since): a page switch that lands as a run ends can get a widget's first value
+    back from Streamlit, and the modes the user had removed came back. Keys still unset take
+    the choices saved in the workspace (a reload is a new session), else the defaults.
+    """
     state = st.session_state
+    for key, value in dict(state.get(keys.SETUP_FORM_SHOWN) or {}).items():
+        if key not in state or state[key] != value:
+            state[key] = copy.deepcopy(value)
+    saved = _saved_form()
     declared = _remembered_options()
     for key in remembered_keys():
         if key in state:
@@ -148,10 +158,16 @@ def restore_form() -> None:
             state[key] = option_widgets.first_value(declared[key])
 
 
+def _remembered(key: str) -> dict[str, Any]:
+    """A remembered widget's key, and the callback that notes the user's choices in it."""
+    return {"key": key, "on_change": option_widgets.note_choice, "args": (key,)}
+
+
 def remember_form() -> None:
     """Save the form's current choices to the workspace when they changed."""
     state = st.session_state
     current = {key: state[key] for key in remembered_keys() if key in state}
+    state[keys.SETUP_FORM_SHOWN] = copy.deepcopy(current)
     if current != _saved_form():
         # A read-only workspace only loses the convenience, never the run.
         with contextlib.suppress(OSError):
@@ -359,7 +375,9 @@ def model_section(demo_ok: bool) -> Picked:
     options = MODEL_SOURCES if demo_ok else MODEL_SOURCES[1:]
     if st.session_state.get(keys.SETUP_MODEL_SOURCE) not in options:
         st.session_state.pop(keys.SETUP_MODEL_SOURCE, None)
-    source = st.radio("Model source", options, key=keys.SETUP_MODEL_SOURCE, horizontal=True)
+    source = st.radio(
+        "Model source", options, horizontal=True, **_remembered(keys.SETUP_MODEL_SOURCE)
+    )
     if source == "Demo model":
         paths = _demo_model_choice()
         p = paths.run_model if paths.run_model.exists() else paths.keras_model
@@ -368,7 +386,7 @@ def model_section(demo_ok: bool) -> Picked:
     if source == "Path on the server":
         raw = st.text_input(
             "SavedModel folder or .keras file",
-            key=keys.SETUP_MODEL_PATH,
+            **_remembered(keys.SETUP_MODEL_PATH),
             placeholder="/models/my_classifier or /models/net.keras",
         )
         return _server_path(raw, what="model")
@@ -409,7 +427,9 @@ def data_section(demo_ok: bool) -> tuple[Picked, str | None]:
     options = DATA_SOURCES if demo_ok else DATA_SOURCES[1:]
     if st.session_state.get(keys.SETUP_DATA_SOURCE) not in options:
         st.session_state.pop(keys.SETUP_DATA_SOURCE, None)
-    source = st.radio("Data source", options, key=keys.SETUP_DATA_SOURCE, horizontal=True)
+    source = st.radio(
+        "Data source", options, horizontal=True, **_remembered(keys.SETUP_DATA_SOURCE)
+    )
     labels: str | None = None
     if source == "Demo data":
         p = demo_paths().data_csv
@@ -421,11 +441,12 @@ def data_section(demo_ok: bool) -> tuple[Picked, str | None]:
             "CSV with filepath,label (paths relative to the CSV)"
             if is_csv
             else "Folder with one sub-folder per class",
-            key=keys.SETUP_DATA_PATH,
+            **_remembered(keys.SETUP_DATA_PATH),
             placeholder="/data/val.csv" if is_csv else "/data/val/",
         )
         lab = st.text_input(
-            "labels.txt (optional, one class name per line)", key=keys.SETUP_LABELS_PATH
+            "labels.txt (optional, one class name per line)",
+            **_remembered(keys.SETUP_LABELS_PATH),
         )
         data = _server_path(raw, what="data set")
         if lab.strip():
@@ -586,7 +607,7 @@ def variants_section() -> list[str]:
     io = c2.selectbox(
         "int8 I/O type",
         [t.value for t in IOType],
-        key=keys.SETUP_INT8_IO,
+        **_remembered(keys.SETUP_INT8_IO),
         disabled="int8" not in chosen,
         help="Tensor type of the int8 model's input and output.",
     )

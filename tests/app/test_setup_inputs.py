@@ -180,6 +180,29 @@ def test_a_reload_keeps_what_the_user_picked(
     assert not again.warning  # no "value set via Session State API" warning
 
 
+def test_back_from_another_page_the_form_is_as_the_user_left_it(
+    home: Path, open_page: OpenPage
+) -> None:
+    _no_demo(home)
+    at = open_page("setup")
+    at.multiselect(key=keys.SETUP_MODES).set_value(["float16", "int8"]).run()
+    at.slider(key=keys.SETUP_THRESHOLD).set_value(90.5).run()
+    at.switch_page("views/overview.py").run()
+    # What Streamlit did to a page switch that landed as a run ended: the widget's first value.
+    at.session_state[keys.SETUP_MODES] = ["float32", "dynamic", "float16", "int8"]
+    at.session_state[keys.SETUP_THRESHOLD] = 95.0
+    at.switch_page("views/setup.py").run()
+    assert at.multiselect(key=keys.SETUP_MODES).value == ["float16", "int8"]
+    assert at.slider(key=keys.SETUP_THRESHOLD).value == 90.5
+    # On Setup itself the user's own change is kept, and becomes what a return restores.
+    at.multiselect(key=keys.SETUP_MODES).set_value(["int8"]).run()
+    assert at.multiselect(key=keys.SETUP_MODES).value == ["int8"]
+    at.switch_page("views/history.py").run()
+    at.switch_page("views/setup.py").run()
+    assert at.multiselect(key=keys.SETUP_MODES).value == ["int8"]
+    assert not at.exception and not at.warning
+
+
 def test_a_reload_keeps_the_uploaded_data_set(
     home: Path, tmp_path: Path, open_page: OpenPage
 ) -> None:
