@@ -10,6 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from core.errors import QuantLensError
+from core.inputs import rundir
 from core.metrics.agreement import CAUSE_CONVERSION, CAUSE_QUANTIZATION
 from core.metrics.latency import quotable_p99
 from core.reporting.figures import topk_figure
@@ -26,7 +27,7 @@ from core.reporting.report import (
 from core.reporting.results import RunResults
 from core.reporting.sections.variant import Variant
 from core.reporting.speedup import BASELINE_LABEL, speedup_lines, times
-from core.types import UNSUCCESSFUL_STATUSES, short_name
+from core.types import UNSUCCESSFUL_STATUSES, RunStatus, short_name
 from ui import cache, fmt, runs
 
 _BAD_STATES = UNSUCCESSFUL_STATUSES
@@ -53,9 +54,34 @@ def require_results() -> RunResults:
             )
             runs.live_progress(rid)
         else:
-            st.error(str(exc))
+            st.error(fmt.text(_why_no_results(rid, exc)))
         st.stop()
     return res
+
+
+_ENDED = {
+    RunStatus.CANCELLED: "was cancelled",
+    RunStatus.FAILED: "failed",
+    RunStatus.CRASHED: "crashed",
+    RunStatus.TIMEOUT: "hit its time limit",
+}
+
+
+def _why_no_results(rid: str, exc: QuantLensError) -> str:
+    """A run that ended before its report was written has nothing to show: say how it ended
+    (the reader's "wait for it to finish" is for runs that will)."""
+    if (cache.run_path(rid) / rundir.REPORT).is_file():
+        return str(exc)  # a report that cannot be read says so itself
+    status = runs.run_status(rid)
+    try:
+        ended = _ENDED.get(RunStatus(str(status.get("status"))), "ended")
+    except ValueError:
+        return str(exc)
+    why = f" ({status['error']})" if status.get("error") else ""
+    return (
+        f"Run {rid} {ended} before any variant finished{why}, so it has no results. "
+        "Pick another run in the sidebar, or start it again on Setup."
+    )
 
 
 def run_header(res: RunResults) -> None:

@@ -200,6 +200,23 @@ def test_queued_run_can_be_cancelled_not_deleted(home: Path, open_page: OpenPage
     assert _table(at)["status"].iloc[0].startswith("cancelled")
 
 
+@pytest.mark.parametrize("page", ["overview", "layers", "latency"])
+def test_a_run_cancelled_before_any_result_says_so_not_wait(
+    home: Path, open_page: OpenPage, page: str
+) -> None:
+    rid = jobs.create_run(
+        JobSpec(model_path=str(home), data_path=str(home), variants=("int8",), name="Q"),
+        home=home,
+    )
+    jobs.cancel_run(rid, home=home)
+    at = open_page(page, state={keys.SELECTED_RUN: rid})
+    said = (
+        f"Run {rid} was cancelled before any variant finished (cancelled before it started), "
+        "so it has no results. Pick another run in the sidebar, or start it again on Setup."
+    )
+    assert [shown_as_text(e.value, said) for e in at.error] == [True], [e.value for e in at.error]
+
+
 def test_run_killed_with_the_server_shows_as_interrupted(home: Path, open_page: OpenPage) -> None:
     with open_store(home) as store:
         store.create_run("ghost", name="ghost", run_dir=home / "runs" / "ghost", job={})
