@@ -143,3 +143,27 @@ def settle(page, ms: int = 1500) -> None:  # type: ignore[no-untyped-def]
         if page.locator("[data-testid=stStatusWidget]").count() == 0:
             break
     page.wait_for_timeout(ms)
+
+
+def open_page(page, title: str, ms: int = 1500) -> None:  # type: ignore[no-untyped-def]
+    """Open a page from the sidebar, wait until the browser is on it, then let it settle.
+
+    Streamlit merges the requests that reach the server while a script runs, and the newer
+    one's page wins: a click that lands just as the page reruns itself (a run that ends, a
+    fragment's tick) can be dropped. A person clicks again when the page did not change; so
+    does this, up to twice, and fails if the page never opens.
+    """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
+    link = page.locator("[data-testid=stSidebarNav]").get_by_role("link", name=title, exact=True)
+    href = link.get_attribute("href", timeout=60_000)
+    for _ in range(3):
+        link.click(timeout=60_000)
+        try:
+            page.wait_for_url(href, timeout=20_000)
+            break
+        except PlaywrightTimeoutError:
+            continue
+    else:
+        raise AssertionError(f"the sidebar's {title!r} did not open its page ({href})")
+    settle(page, ms)

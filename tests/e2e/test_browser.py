@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import CHROMIUM, FLAGS, settle
+from tests.e2e.conftest import CHROMIUM, FLAGS, open_page, settle
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -23,8 +23,7 @@ def _assert_no_error_on(page, where: str) -> None:  # type: ignore[no-untyped-de
 
 def _visit(page, title: str, ms: int = 1500) -> None:  # type: ignore[no-untyped-def]
     """Open a page from the sidebar, let it settle, and check it for errors."""
-    page.get_by_text(title, exact=True).first.click()
-    settle(page, ms)
+    open_page(page, title, ms)
     _assert_no_error_on(page, title)
 
 
@@ -80,18 +79,26 @@ def test_demo_loop(server: str, tmp_path: Path) -> None:
         page.screenshot(path=str(ARTIFACTS / "02-setup.png"), full_page=True)
         run.click()
         expect(page.get_by_text("Run finished")).to_be_visible(timeout=600_000)
+        # The run's end reruns the whole page, which then links to the overview.
+        expect(page.get_by_role("link", name="Open the overview")).to_be_visible(timeout=120_000)
+        settle(page)
         _assert_no_error_on(page, "Setup after the run")
+        # The sidebar says the run is done (its label said "queued" until the next page), and
+        # the form still has the modes the run was asked for.
+        sidebar = page.locator("[data-testid=stSidebar]").aria_snapshot()
+        assert re.search(r'combobox "Run shown": done · ', sidebar), sidebar
+        expect(page.get_by_text("2 variant(s): float16, int8", exact=True)).to_be_visible()
         page.screenshot(path=str(ARTIFACTS / "03-run-finished.png"), full_page=True)
 
         _visit(page, "Overview")
-        expect(page.get_by_text("top-1 agreement threshold")).to_be_visible()
+        expect(page.get_by_text("top-1 agreement threshold")).to_be_visible(timeout=60_000)
         # one verdict badge per variant (the badge text carries its icon name: "check PASS")
         badges = page.get_by_text(re.compile(r"\b(PASS|FAIL)\b"))
         assert badges.count() >= 2, badges.all_inner_texts()
         page.screenshot(path=str(ARTIFACTS / "04-overview.png"), full_page=True)
 
         # The report a stakeholder gets: downloaded from the dashboard, opened with no network.
-        page.get_by_text("Downloads", exact=True).first.click()
+        page.get_by_text("Downloads", exact=True).first.click()  # an expander, not a page
         settle(page, 500)
         with page.expect_download(timeout=120_000) as download:
             page.get_by_role("button", name="report.html").click()

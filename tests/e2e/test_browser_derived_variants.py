@@ -11,7 +11,7 @@ import pytest
 
 from tests.app.derived_fixtures import AUTO_FIX, KEEP_FLOAT, RESCORED, derived_run_home
 from tests.app.history_fixtures import copy_workspace
-from tests.e2e.conftest import CHROMIUM, FLAGS, Server, settle
+from tests.e2e.conftest import CHROMIUM, FLAGS, Server, open_page, settle
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -50,8 +50,7 @@ def test_layers_and_overview_open_on_derived_variants(
             _no_exception(page, f"Layers: {name}")
             # The page drew to its end: the re-score controls come last.
             expect(page.get_by_text("Keep in float and re-score")).to_be_visible(timeout=60_000)
-        page.locator("[data-testid=stSidebarNav]").get_by_text("Overview", exact=True).click()
-        settle(page)
+        open_page(page, "Overview")
         _no_exception(page, "Overview")
         body = page.locator("[data-testid=stMain]").inner_text()
         assert all(name in body for name in (KEEP_FLOAT, AUTO_FIX, RESCORED)), body[:1000]

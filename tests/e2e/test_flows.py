@@ -23,7 +23,7 @@ import pytest
 
 from core.history.store import DB_NAME, open_store
 from tests.core.store_rows import stored_variants
-from tests.e2e.conftest import CHROMIUM, FLAGS, ROOT, Server, settle
+from tests.e2e.conftest import CHROMIUM, FLAGS, ROOT, Server, open_page, settle
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -40,14 +40,9 @@ def open_app(browser, url: str):  # type: ignore[no-untyped-def]
     return page
 
 
-def go(page, title: str, ms: int = 1500) -> None:  # type: ignore[no-untyped-def]
-    page.locator("[data-testid=stSidebarNav]").get_by_text(title, exact=True).first.click()
-    settle(page, ms)
-
-
 def history_cells(page) -> list[str]:  # type: ignore[no-untyped-def]
     """Every visible cell of the History table (name, when, status, …, id per row)."""
-    go(page, "History", 2500)
+    open_page(page, "History", 2500)
     cells = page.locator("[role=gridcell]")
     # The table draws after the script ends; on a loaded machine that takes a while.
     if page.get_by_text("No runs stored yet").count() == 0:
@@ -87,7 +82,7 @@ def prepare_setup(page, modes: tuple[str, ...], name: str) -> None:  # type: ign
     """On Setup with the demo: keep only `modes`, cap the samples, name the run."""
     from playwright.sync_api import expect
 
-    go(page, "Setup")
+    open_page(page, "Setup")
     expect(page.get_by_text("4 · Variants")).to_be_visible(timeout=120_000)
     # Setup reopens with the workspace's last choices (setup-form.json), which another tab may
     # already have narrowed: remove only what is still picked. On a loaded machine a click that
@@ -182,7 +177,7 @@ def test_cli_runs_next_to_the_dashboard_show_up_and_a_rename_survives_a_restart(
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         page = open_app(browser, server.url)
-        go(page, "History")
+        open_page(page, "History")
         expect(page.get_by_text("No runs stored yet")).to_be_visible()  # the store is open
 
         # Started together: the second waits for the first (one run at a time per workspace).
@@ -303,7 +298,7 @@ def test_cancel_then_reload_says_cancelled_everywhere(
         assert page.get_by_text(re.compile(r"^(Running|Queued)")).count() == 0
         cells = history_cells(page)
         assert any(c.startswith("cancelled") for c in cells), cells
-        go(page, "Overview", 2500)
+        open_page(page, "Overview", 2500)
         overview = page.locator("[data-testid=stMain]").inner_text()
         assert "CANCELLED" in overview
         assert "RUNNING" not in overview and "PENDING" not in overview
@@ -361,13 +356,13 @@ def test_kill_everything_mid_run_then_restart_says_interrupted_everywhere(
             timeout=60,
             what="the first page load to recover the run",
         )
-        go(page, "Setup")
+        open_page(page, "Setup")
         expect(page.get_by_text("Run failed", exact=True).first).to_be_visible()
         expect(page.get_by_text("interrupted").first).to_be_visible()
         assert page.get_by_text(re.compile(r"^(Running|Queued)")).count() == 0
         cells = history_cells(page)
         assert "failed: interrupted" in cells, cells
-        go(page, "Overview", 2500)
+        open_page(page, "Overview", 2500)
         overview = page.locator("[data-testid=stMain]").inner_text()
         assert "RUNNING" not in overview and "PENDING" not in overview
         assert "Running —" not in overview
