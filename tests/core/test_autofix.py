@@ -204,6 +204,10 @@ def test_the_cheapest_rung_that_meets_the_bar_is_chosen_and_pareto_keeps_the_res
     # Nothing meets the bar: the best so far, only when it beats the parent on those images.
     assert choose([worse], integer_only=False, parent_pct=80.0) == (worse, False)
     assert choose([worse], integer_only=False, parent_pct=90.0) == (None, False)
+    # A rung that meets the bar but only ties its parent there is passed over for one that
+    # beats it, and chosen by no one when none does.
+    assert choose([eq, i16], integer_only=False, parent_pct=96.0) == (i16, True)
+    assert choose([eq], integer_only=False, parent_pct=96.0) == (None, False)
     assert set(pareto([eq, i16, kf, worse])) == {"int8:eq", "int8_q:int16=a", "int8:keep=a"}
 
 

@@ -97,21 +97,22 @@ def choose(
 ) -> tuple[FixCandidate | None, bool]:
     """(the candidate to derive, whether it meets the bar): the first measured candidate in
     ladder order (cheapest first) that meets the bar on the selection images, else the one
-    with the best agreement so far (ties: the cheaper) when it beats the parent's agreement on
-    the same images (`parent_pct`); with `integer_only`, among the integer-only candidates."""
+    with the best agreement so far (ties: the cheaper); with `integer_only`, among the
+    integer-only candidates. Either way it must beat the parent's agreement on the same images
+    (`parent_pct`): a rung that only ties its parent (the parent can meet the bar on the
+    selection half while missing it overall) changed nothing those images can see."""
     pool = [
         c
         for c in candidates
         if c.status == CandidateStatus.MEASURED
         and c.variant is not None
         and (c.integer_only or not integer_only)
+        and (parent_pct is None or float(c.agreement_pct or 0.0) > parent_pct)
     ]
     meeting = [c for c in pool if c.meets_bar]
     if meeting:
         return meeting[0], True
     if not pool:
-        return None, False
-    best = max(float(c.agreement_pct or 0.0) for c in pool)
-    if parent_pct is not None and best <= parent_pct:
         return None, False  # nothing helped: no variant is invented
+    best = max(float(c.agreement_pct or 0.0) for c in pool)
     return next(c for c in pool if float(c.agreement_pct or 0.0) == best), False
