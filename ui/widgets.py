@@ -26,7 +26,7 @@ from core.reporting.report import (
 )
 from core.reporting.results import RunResults
 from core.reporting.sections.variant import Variant
-from core.reporting.speedup import BASELINE_LABEL, speedup_lines, times
+from core.reporting.speedup import BASELINE_LABEL, speedup_lines
 from core.types import UNSUCCESSFUL_STATUSES, RunStatus, short_name
 from ui import cache, fmt, runs
 
@@ -220,14 +220,15 @@ def verdict_card(res: RunResults, v: Variant) -> None:
         lat = v.result.latency_ms or {}
         speed = speedup_lines(v.name, v.result.speedup, v.result.speedup_vs_reference)
         sp = speed.value
-        # A speed-up s means p50 changed by (1/s − 1): 2× faster is −50 %, 0.8× is +25 %.
+        # A speed-up s means p50 changed by (1/s − 1): 2× faster is −50 %, 0.8× is +25 %. The
+        # factor itself is the caption's, just below: in the badge it was cut off mid-word.
         time_change = None if not sp else 100.0 * (1.0 / sp - 1.0)
         st.metric(
             "p50 latency",
             fmt.ms(lat.get("p50")),
             delta=None
             if sp is None or time_change is None
-            else f"{fmt.change(time_change)} ({times(sp)} vs {BASELINE_LABEL})",
+            else f"{fmt.change(time_change)} vs {BASELINE_LABEL}",
             **change_metric_style(time_change),
             help=SPEEDUP_COMPARES,
         )
