@@ -120,7 +120,8 @@ def status_text(row: RunRow) -> str:
     text = str(row.status)
     if row.error and row.status is not RunStatus.DONE:
         reason = row.error if len(row.error) <= _ERROR_CHARS else row.error[:_ERROR_CHARS] + "…"
-        text += f": {reason}"
+        # "cancelled by the user" says its status itself ("cancelled: cancelled by…" was cut).
+        text = reason if reason.startswith(text) else f"{text}: {reason}"
     return text
 
 
