@@ -71,9 +71,8 @@ event = st.dataframe(
             help="PASS: every judged variant meets the run's agreement threshold."
         ),
         "id": st.column_config.TextColumn(width="small"),
-        # Sized for "cancelled by the user" and "failed: interrupted"; a longer reason is cut
-        # here, and the selected row's details under the table show more of it.
-        "status": st.column_config.TextColumn(width=150),
+        # Sized for the longest status, "interrupted": a one-word header made it cut "cancelled".
+        "status": st.column_config.TextColumn(width=110),
     },
 )
 selected = history.selected_ids(ids, event)
