@@ -89,6 +89,9 @@ def prepare_setup(page, modes: tuple[str, ...], name: str) -> None:  # type: ign
     # lands while the page reruns can be lost (the flow then runs all four modes: slower, and
     # still a valid flow), so look again a few times; what the flows check does not depend on it.
     unwanted = [m for m in ("float32", "dynamic", "float16", "int8") if m not in modes]
+    # The section's heading draws before its widgets: wait for the modes' chips themselves.
+    chips = page.get_by_role("button", name=re.compile(r"^Remove (float32|dynamic|float16|int8)$"))
+    expect(chips.first).to_be_visible(timeout=60_000)
     for _ in range(5):
         picked = [m for m in unwanted if page.get_by_role("button", name=f"Remove {m}").count()]
         if not picked:
