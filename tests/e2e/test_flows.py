@@ -85,20 +85,24 @@ def prepare_setup(page, modes: tuple[str, ...], name: str) -> None:  # type: ign
     open_page(page, "Setup")
     expect(page.get_by_text("4 · Variants")).to_be_visible(timeout=120_000)
     # Setup reopens with the workspace's last choices (setup-form.json), which another tab may
-    # already have narrowed: remove only what is still picked. On a loaded machine a click that
-    # lands while the page reruns can be lost (the flow then runs all four modes: slower, and
-    # still a valid flow), so look again a few times; what the flows check does not depend on it.
+    # already have narrowed: remove only what is still picked. A click that lands while the
+    # page reruns itself can be dropped (Streamlit's, docs/dashboard.md), so look again; a mode
+    # still there after five looks is Setup losing the user's choice, and fails the flow.
     unwanted = [m for m in ("float32", "dynamic", "float16", "int8") if m not in modes]
     # The section's heading draws before its widgets: wait for the modes' chips themselves.
     chips = page.get_by_role("button", name=re.compile(r"^Remove (float32|dynamic|float16|int8)$"))
     expect(chips.first).to_be_visible(timeout=60_000)
+
+    def still_picked() -> list[str]:
+        return [m for m in unwanted if page.get_by_role("button", name=f"Remove {m}").count()]
+
     for _ in range(5):
-        picked = [m for m in unwanted if page.get_by_role("button", name=f"Remove {m}").count()]
-        if not picked:
+        if not still_picked():
             break
-        for mode in picked:
+        for mode in still_picked():
             page.get_by_role("button", name=f"Remove {mode}").click()
             settle(page, 600)
+    assert not still_picked(), f"Setup kept {still_picked()} after five removals"
     cap = page.get_by_label("Evaluation sample cap (0 = all)", exact=True)
     cap.fill(SAMPLES)
     cap.press("Enter")
