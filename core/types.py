@@ -74,6 +74,19 @@ class RunStatus(enum.StrEnum):
     def finished(self) -> bool:
         return self not in (RunStatus.QUEUED, RunStatus.RUNNING)
 
+    @property
+    def ended_words(self) -> str:
+        """How a run that ended so is said after "the run": "was cancelled", "timed out"."""
+        return _ENDED_WORDS.get(self, f"ended ({self})")
+
+
+_ENDED_WORDS = {
+    RunStatus.CANCELLED: "was cancelled",
+    RunStatus.FAILED: "failed",
+    RunStatus.CRASHED: "crashed",
+    RunStatus.TIMEOUT: "timed out",
+}
+
 
 class VariantStatus(enum.StrEnum):
     """Life cycle of one variant in report.json: a run's statuses, `pending` for `queued`.

@@ -46,35 +46,27 @@ def require_results() -> RunResults:
     try:
         res = cache.results(rid)
     except QuantLensError as exc:
-        status = runs.run_status(rid).get("status")
-        if status in ("queued", "running"):
+        status = runs.run_status(rid)
+        if status.get("status") in ("queued", "running"):
             st.info(
-                f"Run {rid} is {status}; results appear here as soon as the first variant is done.",
+                f"Run {rid} is {status['status']}; results appear here as soon as the first "
+                "variant is done.",
                 icon=":material/hourglass_top:",
             )
             runs.live_progress(rid)
         else:
-            st.error(fmt.text(_why_no_results(rid, exc)))
+            st.error(fmt.text(_why_no_results(rid, status, exc)))
         st.stop()
     return res
 
 
-_ENDED = {
-    RunStatus.CANCELLED: "was cancelled",
-    RunStatus.FAILED: "failed",
-    RunStatus.CRASHED: "crashed",
-    RunStatus.TIMEOUT: "hit its time limit",
-}
-
-
-def _why_no_results(rid: str, exc: QuantLensError) -> str:
+def _why_no_results(rid: str, status: dict[str, Any], exc: QuantLensError) -> str:
     """A run that ended before its report was written has nothing to show: say how it ended
     (the reader's "wait for it to finish" is for runs that will)."""
     if (cache.run_path(rid) / rundir.REPORT).is_file():
         return str(exc)  # a report that cannot be read says so itself
-    status = runs.run_status(rid)
     try:
-        ended = _ENDED.get(RunStatus(str(status.get("status"))), "ended")
+        ended = RunStatus(str(status.get("status"))).ended_words
     except ValueError:
         return str(exc)
     why = f" ({status['error']})" if status.get("error") else ""

@@ -19,13 +19,6 @@ from core.reporting.report_changes import set_result, set_run
 from core.runfolder import protocol
 from core.types import RunStatus, VariantStatus
 
-_ENDED_WORDS = {
-    RunStatus.CANCELLED: "was cancelled",
-    RunStatus.FAILED: "failed",
-    RunStatus.CRASHED: "crashed",
-    RunStatus.TIMEOUT: "timed out",
-}
-
 
 def run_id_of(directory: Path) -> str:
     """The run's id, as its status.json records it (its folder's name for older runs)."""
@@ -78,7 +71,7 @@ def note_untimed_variants(report: dict[str, Any], status: RunStatus) -> None:
     Timing runs last, once every conversion is over, so no conversion shares the cores with
     it; timing after a cancel would go against what the user asked for.
     """
-    ended = _ENDED_WORDS.get(status, f"ended ({status})")
+    ended = status.ended_words
     for variant in report["variants"]:
         if variant.get("status") == VariantStatus.DONE and not variant.get("latency_ms"):
             set_result(
