@@ -142,7 +142,7 @@ def limit_address_space(limit_bytes: int) -> bool:
 def _is_zombie(pid: int) -> bool:
     """Whether `pid` has exited but not been reaped yet (it still answers kill(pid, 0))."""
     if PROC.is_dir():
-        fields = _stat_fields(pid)
+        fields = stat_fields(pid)
         return bool(fields) and fields[0] == "Z"  # field 3, the state letter
     try:
         done = subprocess.run(
@@ -180,14 +180,14 @@ def process_started(pid: int) -> int | None:
     process or thread (ids wrap at /proc/sys/kernel/pid_max, 32768 on many hosts, and a busy
     machine's threads use them up in minutes): a pid and its start together name one process.
     """
-    fields = _stat_fields(pid)
+    fields = stat_fields(pid)
     try:
         return int(fields[19])  # field 22: the list starts at field 3
     except (IndexError, ValueError):
         return None
 
 
-def _stat_fields(pid: int) -> list[str]:
+def stat_fields(pid: int) -> list[str]:
     """/proc/<pid>/stat from field 3 (the state) on; empty when it cannot be read.
 
     The command name before it is in parentheses and may hold spaces or parentheses itself:

@@ -180,12 +180,13 @@ def ray_address() -> Iterator[str]:
 
 def descendants(root: int) -> list[int]:
     """Every live process under `root` (children, their children, ...), from /proc."""
+    from core import posix
+
     parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
+    for entry in posix.PROC.iterdir():
         if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                stat = (entry / "stat").read_text(encoding="utf-8")
-                parents[int(entry.name)] = int(stat.rpartition(")")[2].split()[1])
+            with contextlib.suppress(IndexError, ValueError):
+                parents[int(entry.name)] = int(posix.stat_fields(int(entry.name))[1])  # field 4
     found: list[int] = []
     frontier = [root]
     while frontier:
