@@ -567,14 +567,17 @@ class ShardEvaluator:
         from core.engine.runtime import OriginalRunner, TFLiteRunner, evaluation_batch
 
         blobs = ray.get(refs)  # the model first, then each variant's .tflite
-        self._folder = tempfile.TemporaryDirectory(prefix="quantlens-ray-")
-        path = _unpack_model(blobs[0], model_name, model_is_folder, Path(self._folder.name))
-        self.model = load_reference(
-            path,
-            trusted=reference.trusted,
-            signature_key=reference.signature_key,
-            input_size=reference.input_size,
-        )
+        # The model's files are needed only to load it: Ray ends a pool's actors without running
+        # their finalizers, so a folder kept for the actor's life stayed behind on every node,
+        # a copy of the user's model per run.
+        with tempfile.TemporaryDirectory(prefix="quantlens-ray-") as folder:
+            path = _unpack_model(blobs[0], model_name, model_is_folder, Path(folder))
+            self.model = load_reference(
+                path,
+                trusted=reference.trusted,
+                signature_key=reference.signature_key,
+                input_size=reference.input_size,
+            )
         # As many images per invoke as the local engine (stages.evaluate.tflite_outputs).
         batch = evaluation_batch(int(np.prod(image_shape)))
         self.runners = [

@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -228,6 +229,11 @@ def clean(
     return _evaluate(tiny_models["saved_model"], tiny_data, two_variants)
 
 
+def _unpacked_models() -> set[Path]:
+    """The folders the Ray actors unpack the model into, in this host's temp folder."""
+    return set(Path(tempfile.gettempdir()).glob("quantlens-ray-*"))
+
+
 def test_worker_killed_mid_shard_reruns_it(
     ray_connected: str,
     clean: Evaluation,
@@ -241,8 +247,11 @@ def test_worker_killed_mid_shard_reruns_it(
     marker = tmp_path / "fired"
     monkeypatch.setenv("QUANTLENS_FAULT", "segv@shard")
     monkeypatch.setenv("QUANTLENS_FAULT_ONCE", str(marker))
+    unpacked_before = _unpacked_models()
     retried = _evaluate(model, tiny_data, two_variants)
     assert marker.exists()  # a worker really died with SIGSEGV in a shard
+    # The dead actor had loaded the model: no copy of it stays behind in the temp folder.
+    assert _unpacked_models() - unpacked_before == set()
     assert retried.passes == 1  # Ray re-ran the shard; no fallback pass was needed
     assert [s.index for s in retried.kept] == [s.index for s in clean.kept]
     assert len(retried.kept) == 24 and retried.errors == {}
