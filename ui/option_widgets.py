@@ -153,15 +153,19 @@ def _unplaced(placed: frozenset[str]) -> tuple[RunOption, ...]:
     return tuple(opt for opt in setup_options() if opt.name not in placed and opt.field is not None)
 
 
+PER_ROW = 3  # options in a row of the form's generated part
+
+
 def more_options(placed: frozenset[str]) -> dict[str, Any]:
-    """Every declared option the page does not place by hand (`placed`), four to a row, checked
-    as the CLI checks it; returns their values by JobSpec field (a refused one keeps JobSpec's
-    default, and `option_refusal` says so)."""
+    """Every declared option the page does not place by hand (`placed`), three to a row (a
+    checkbox's label does not wrap, and four to a row cut them), checked as the CLI checks it;
+    returns their values by JobSpec field (a refused one keeps JobSpec's default, and
+    `option_refusal` says so)."""
     values: dict[str, Any] = {}
     declared = _unplaced(placed)
-    for start in range(0, len(declared), 4):
-        row = declared[start : start + 4]
-        for column, opt in zip(st.columns(4), row, strict=False):
+    for start in range(0, len(declared), PER_ROW):
+        row = declared[start : start + PER_ROW]
+        for column, opt in zip(st.columns(PER_ROW), row, strict=False):
             raw = option_widget(opt.name, column)
             refusal = _refusal(opt, raw)
             if refusal:

@@ -602,7 +602,8 @@ def _say_preset_check(check: dict[str, Any], selected: str | None, switched_from
 def variants_section() -> list[str]:
     """Mode multiselect (+ int8 I/O type); returns variant names such as `int8-uint8`."""
     st.subheader("4 · Variants")
-    c1, c2, c3 = st.columns([3, 1, 1])
+    # Toggle and checkbox labels do not wrap: their columns are wide enough for the label.
+    c1, c2, c3 = st.columns([4, 2, 2])
     chosen = option_widget("modes", c1)
     io = c2.selectbox(
         "int8 I/O type",
@@ -726,7 +727,7 @@ def options_section(num_samples: int | None) -> RunOptions:
 
 def calibration_source_option() -> tuple[bool, str | None]:
     """(calibration images may also be evaluated, a separate calibration set's path or None)."""
-    c1, c2 = st.columns([1, 3])
+    c1, c2 = st.columns([2, 3])  # the checkbox's label does not wrap
     raw = str(option_widget("calibration_data", c2)).strip()
     overlap = option_widget("calibration_overlap", c1, disabled=bool(raw))
     if calibration_path_refused():

@@ -14,11 +14,20 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1800)]
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 
 
+# A widget label that does not fit its column is cut with an ellipsis (Streamlit does not wrap
+# toggle and checkbox labels): the labels that are cut, as the browser lays them out.
+CUT_LABELS = """() => Array.from(document.querySelectorAll('[data-testid=stWidgetLabel] *'))
+  .filter(e => getComputedStyle(e).textOverflow === 'ellipsis' && e.scrollWidth > e.clientWidth + 1)
+  .map(e => e.textContent)"""
+
+
 def _assert_no_error_on(page, where: str) -> None:  # type: ignore[no-untyped-def]
-    """The page shows no uncaught exception and no error alert (checked on every page visited)."""
+    """The page shows no uncaught exception, no error alert and no cut widget label (checked on
+    every page visited)."""
     exceptions = page.locator("[data-testid=stException]").all_inner_texts()
     errors = page.locator("[data-testid=stAlertContentError]").all_inner_texts()
     assert exceptions == [] and errors == [], (where, exceptions, errors)
+    assert page.evaluate(CUT_LABELS) == [], where
 
 
 def _visit(page, title: str, ms: int = 1500) -> None:  # type: ignore[no-untyped-def]
