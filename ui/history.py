@@ -136,31 +136,23 @@ def verdict(row: RunRow) -> str:
 
 
 def runs_table(rows: Sequence[RunRow], *, base: Path | None = None) -> pd.DataFrame:
-    """The history table: one row per run, user text kept verbatim (st.dataframe shows text)."""
+    """The history table: one row per run, user text kept verbatim (st.dataframe shows text).
+
+    What a run came to (status, verdict, best agreement) comes before its inputs: the paths are
+    wide, and after them the verdict was off the right edge of the table in a laptop window."""
     base = base or home()
     return pd.DataFrame(
         {
             "name": [r.name for r in rows],
             "when": [when(r.created) for r in rows],
             "status": [status_text(r) for r in rows],
+            "verdict": [verdict(r) for r in rows],
+            "best agreement (%)": [r.best_agreement_pct for r in rows],
+            "modes": [", ".join(r.modes) for r in rows],
             "model": [short_path(r.model_path, base=base) for r in rows],
             "data": [short_path(r.data_path, base=base) for r in rows],
-            "modes": [", ".join(r.modes) for r in rows],
-            "best agreement (%)": [r.best_agreement_pct for r in rows],
-            "verdict": [verdict(r) for r in rows],
             "id": [r.id for r in rows],
-        },
-        columns=[
-            "name",
-            "when",
-            "status",
-            "model",
-            "data",
-            "modes",
-            "best agreement (%)",
-            "verdict",
-            "id",
-        ],
+        }
     )
 
 

@@ -54,6 +54,8 @@ def test_lists_both_runs_with_their_best_agreement(two_runs: Path, open_page: Op
     at = open_page("history")
     df = _table(at)
     assert list(df["name"]) == ["B", "A"]  # newest first
+    # What each run came to, before the wide paths that pushed it off a laptop's screen.
+    assert list(df.columns)[:5] == ["name", "when", "status", "verdict", "best agreement (%)"]
     reps = reports(two_runs)
     for name in ("A", "B"):
         best = max(v["top1_agreement_pct"] for v in reps[name]["variants"])
