@@ -37,8 +37,9 @@ with left:
         ),
         key="agreement.bars",
     )
+labelled = bool(res.dataset.get("has_labels")) and res.reference.get("accuracy_pct") is not None
 with right:
-    if res.dataset.get("has_labels") and res.reference.get("accuracy_pct") is not None:
+    if labelled:
         st.plotly_chart(
             accuracy_figure(
                 names,
@@ -47,7 +48,12 @@ with right:
             ),
             key="agreement.accuracy",
         )
-        rows = [
+    else:
+        st.info("The data set has no labels, so accuracy cannot be measured; agreement only.")
+if labelled:
+    # Below both charts, at full width: in the right half its last column, n, was cut off.
+    st.dataframe(
+        [
             {
                 "variant": short_name(n_),
                 "accuracy original": fmt.pct(v.result.reference_accuracy_pct, digits=2),
@@ -57,15 +63,10 @@ with right:
                 "n": v.result.n,
             }
             for n_, v in zip(names, done, strict=True)
-        ]
-        st.dataframe(
-            rows,
-            hide_index=True,
-            key="agreement.accuracy_table",
-            column_config={"n": st.column_config.NumberColumn(width="small")},
-        )
-    else:
-        st.info("The data set has no labels, so accuracy cannot be measured; agreement only.")
+        ],
+        hide_index=True,
+        key="agreement.accuracy_table",
+    )
 
 split_rows = widgets.split_rows(done)
 if split_rows:

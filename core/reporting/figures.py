@@ -134,7 +134,7 @@ def agreement_figure(
     low = max(0.0, min(finite) - 5.0)
     _layout(
         fig,
-        title=f"Top-1 agreement with the original (95 % CI); dashed: threshold {threshold_pct:g} %",
+        title=f"Top-1 agreement with the original (95 % CI){_threshold_line(threshold_pct)}",
         x_title="variant",
         y_title="agreement (%)",
         height=height,
@@ -142,6 +142,12 @@ def agreement_figure(
     fig.update_yaxes(range=[low, 100.5])
     fig.update_layout(showlegend=False)
     return fig
+
+
+def _threshold_line(threshold_pct: float) -> str:
+    """The title's second line naming the dashed line: a plotly title does not wrap, and on one
+    line a half-width chart cut it off."""
+    return f"<br><sup>dashed: threshold {threshold_pct:g} %</sup>"
 
 
 def accuracy_figure(
@@ -497,8 +503,7 @@ def per_class_agreement_figure(
         classes, agreement_pct, ci95, threshold_pct=threshold_pct, n=n, height=height
     )
     fig.update_layout(
-        title_text=f"Agreement per class of the original (95 % CI); dashed: threshold "
-        f"{threshold_pct:g} %"
+        title_text=f"Agreement per class of the original (95 % CI){_threshold_line(threshold_pct)}"
     )
     fig.update_xaxes(title_text="original's top-1 class", type="category")
     return fig

@@ -286,6 +286,7 @@ def test_agreement_page_shows_accuracy_and_flip_matrix(crafted: Path, open_page:
     assert list(rows["variant"]) == ["float16", "int8"]
     int8 = next(v for v in rep["variants"] if v["name"] == "int8")
     assert rows["accuracy TFLite"].tolist()[1] == pct2(int8["tflite_accuracy_pct"])
+    assert rows["n"].tolist()[1] == int8["n"]
     keys_drawn = [str(getattr(e, "key", "")) for e in at.get("plotly_chart")]
     assert keys.AGREEMENT_FLIP_CHART in keys_drawn
     at.selectbox(key=keys.AGREEMENT_VARIANT).set_value("float16").run()
