@@ -233,10 +233,11 @@ def tradeoff_figure(
             mode="markers+text",
             name="variants",
             text=[p.name for p in points],
-            textposition="top center",
+            textposition=label_positions(points, pick=pick),
             customdata=custom,
             marker={
-                "size": 14,
+                # The pick's marker is as large as its ring, so that its name sits outside it.
+                "size": [PICK_MARKER_PX if p.name == pick else MARKER_PX for p in points],
                 "color": agreement,
                 "colorscale": "Viridis",
                 "cmin": cmin,
@@ -273,7 +274,7 @@ def tradeoff_figure(
                 mode="markers",
                 name=f"recommended: {pick}",
                 marker={
-                    "size": 26,
+                    "size": PICK_MARKER_PX + 2,
                     "symbol": "circle-open",
                     "color": PASS_COLOR,
                     "line": {"width": 3},
@@ -291,6 +292,48 @@ def tradeoff_figure(
     fig.update_xaxes(rangemode="tozero")
     fig.update_yaxes(rangemode="tozero")
     return fig
+
+
+MARKER_PX = 14  # a variant's marker on the trade-off chart (diameter)
+PICK_MARKER_PX = 24  # the recommended one's, inside its ring
+# The trade-off chart's plot area as usually drawn (the page's width, the figure's height less
+# its margins), for placing the names; a wider page only spreads the points further apart.
+TRADEOFF_PLOT_PX = (600.0, 330.0)
+LABEL_CHAR_PX, LABEL_HEIGHT_PX = 7.0, 14.0
+
+
+def label_positions(points: Sequence[TradeoffPoint], *, pick: str | None) -> list[str]:
+    """Where each point's name goes, above or below it, so that no name covers another name or
+    another point: each point in turn takes the first place that is free, above first.
+
+    Plotly places a marker's text without regard to the others; variants of nearly the same
+    size and latency (float16 and dynamic often are) had their names run into one.
+    """
+    if not points:
+        return []
+    width, height = TRADEOFF_PLOT_PX
+    # Both axes start at 0 and plotly pads the largest value by about 5 %.
+    x_scale = width / (max(p.size_mb for p in points) * 1.05 or 1.0)
+    y_scale = height / (max(p.p50_ms for p in points) * 1.05 or 1.0)
+    centres = [(p.size_mb * x_scale, height - p.p50_ms * y_scale) for p in points]
+    radii = [(PICK_MARKER_PX if p.name == pick else MARKER_PX) / 2 for p in points]
+    markers = [(x - r, y - r, x + r, y + r) for (x, y), r in zip(centres, radii, strict=True)]
+    names: list[tuple[float, ...]] = []
+    positions = []
+    for i, (point, (x, y), radius) in enumerate(zip(points, centres, radii, strict=True)):
+        half = LABEL_CHAR_PX * len(point.name) / 2
+        above = (x - half, y - radius - LABEL_HEIGHT_PX, x + half, y - radius)
+        below = (x - half, y + radius, x + half, y + radius + LABEL_HEIGHT_PX)
+        others = markers[:i] + markers[i + 1 :] + names
+        free = [box for box in (above, below) if not any(_overlap(box, o) for o in others)]
+        box = free[0] if free else above
+        positions.append("top center" if box == above else "bottom center")
+        names.append(box)
+    return positions
+
+
+def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def _target_marks(fig: go.Figure, points: Sequence[TradeoffPoint]) -> None:

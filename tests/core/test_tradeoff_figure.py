@@ -3,7 +3,7 @@ on every axis and the colour bar, and the card numbers on hover."""
 
 from __future__ import annotations
 
-from core.reporting.figures import tradeoff_figure
+from core.reporting.figures import PICK_MARKER_PX, label_positions, tradeoff_figure
 from core.reporting.recommend import TradeoffPoint
 
 POINTS = [
@@ -63,3 +63,25 @@ def test_the_colour_range_stays_within_0_and_100_when_every_variant_agrees_fully
     assert (marker.cmin, marker.cmax) == (99.0, 100.0)  # not Plotly's 99.6-100.4
     marker = tradeoff_figure(POINTS, frontier=[], pick=None).data[0].marker
     assert (marker.cmin, marker.cmax) == (97.0, 100.0)
+
+
+def test_names_of_close_points_go_above_and_below_and_a_lone_one_above() -> None:
+    """The demo's float16 and dynamic sit 4 KB and 0.5 µs apart: their names ran into one."""
+    demo = [
+        TradeoffPoint("float32", 0.058, 0.0250, 100.0, (99.3, 100.0), 528, "PASS"),
+        TradeoffPoint("dynamic", 0.035, 0.0250, 100.0, (99.3, 100.0), 528, "PASS"),
+        TradeoffPoint("float16", 0.039, 0.0246, 100.0, (99.3, 100.0), 528, "PASS"),
+        TradeoffPoint("int8", 0.033, 0.0190, 99.8, (98.9, 100.0), 528, "PASS"),
+    ]
+    positions = label_positions(demo, pick="int8")
+    assert positions[0] == "top center"  # float32: nothing near it
+    assert {positions[1], positions[2]} == {"top center", "bottom center"}
+    assert label_positions(POINTS[:1], pick=None) == ["top center"]
+    assert label_positions([], pick=None) == []
+
+
+def test_the_picks_marker_fills_its_ring_so_its_name_sits_outside() -> None:
+    fig = tradeoff_figure(POINTS, frontier=[], pick="int8")
+    assert list(fig.data[0].marker.size) == [14, 14, PICK_MARKER_PX]
+    ring = next(t for t in fig.data if str(t.name).startswith("recommended"))
+    assert ring.marker.size >= PICK_MARKER_PX
