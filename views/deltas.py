@@ -3,14 +3,15 @@
 import streamlit as st
 
 from core.metrics.agreement import delta_stats
-from core.reporting.figures import delta_bar_mask, delta_histogram_figure
+from core.reporting.figures import (
+    DELTA_AXES,
+    DELTA_METRICS,
+    delta_bar_mask,
+    delta_histogram_figure,
+)
 from core.types import short_name
 from ui import keys, widgets
 
-METRICS = {
-    "max_abs_delta": "max |Δ probability| over classes",
-    "top1_prob_delta": "Δ probability of the original's top-1 class",
-}
 BINS = 30
 STRIP = 12
 
@@ -20,7 +21,9 @@ widgets.run_header(res)
 
 names = widgets.finished_variants_or_stop(res)
 c1, c2 = st.columns([1, 2])
-metric = c1.radio("Metric", list(METRICS), key=keys.DELTAS_METRIC, format_func=lambda m: METRICS[m])
+metric = c1.radio(
+    "Metric", list(DELTA_METRICS), key=keys.DELTAS_METRIC, format_func=DELTA_METRICS.__getitem__
+)
 shown = c2.multiselect(
     "Variants", names, default=names, key=keys.DELTAS_VARIANTS, format_func=short_name
 )
@@ -54,5 +57,5 @@ if points:
     t = tables[variant]
     picked = t[delta_bar_mask(t[metric].to_numpy(dtype=float), lo, hi, deltas=values)]
     picked = picked.sort_values("abs_top1_prob_delta", ascending=False)
-    st.subheader(f"{variant}: {metric} in [{lo:.4f}, {hi:.4f}] — {len(picked)} samples")
+    st.subheader(f"{variant}: {DELTA_AXES[metric]} in [{lo:.4f}, {hi:.4f}] — {len(picked)} samples")
     widgets.gallery(res, variant, picked, key="deltas", page_size=STRIP, columns=6)

@@ -469,6 +469,15 @@ def delta_bar_mask(
     return (v >= lo) & ((v <= hi) if last else (v < hi))
 
 
+# The per-sample probability deltas a page can show: the samples table's column, its title,
+# and its short name on an axis.
+DELTA_METRICS = {
+    "max_abs_delta": "max |Δ probability| over classes",
+    "top1_prob_delta": "Δ probability of the original's top-1 class (TFLite − original)",
+}
+DELTA_AXES = {"max_abs_delta": "max |Δp|", "top1_prob_delta": "Δp of the original's top-1 class"}
+
+
 def delta_histogram_figure(
     deltas: Mapping[str, np.ndarray],
     *,
@@ -479,8 +488,8 @@ def delta_histogram_figure(
     """One histogram row per variant of a per-sample probability delta, on a shared x range.
 
     Bars (not plotly's own histogram) so a selected bar carries its bin edges in `customdata`
-    and the page can find exactly those samples. `metric` is the column name shown in the title
-    (`max_abs_delta` or `top1_prob_delta`).
+    and the page can find exactly those samples. `metric` is the samples table's column, a key
+    of `DELTA_METRICS`.
     """
     names = list(deltas)
     lo, hi = delta_range(deltas)
@@ -514,20 +523,16 @@ def delta_histogram_figure(
             col=1,
         )
         fig.update_yaxes(title_text="samples", row=i, col=1)
-    pretty = {
-        "max_abs_delta": "max |Δ probability| over classes",
-        "top1_prob_delta": "Δ probability of the original's top-1 class (TFLite − original)",
-    }
     _layout(
         fig,
-        title=pretty.get(metric, metric),
+        title=DELTA_METRICS.get(metric, metric),
         x_title="",
         y_title="samples",
         height=height or 140 + 170 * rows,
     )
     for i in range(1, rows + 1):
         fig.update_yaxes(title_text="samples", row=i, col=1)
-    fig.update_xaxes(title_text=f"{metric} (probability)", row=rows, col=1)
+    fig.update_xaxes(title_text=f"{DELTA_AXES.get(metric, metric)} (probability)", row=rows, col=1)
     fig.update_layout(showlegend=False, bargap=0.05)
     return fig
 

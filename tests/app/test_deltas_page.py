@@ -45,7 +45,7 @@ def test_every_bar_lists_as_many_samples_as_it_counts(crafted: Path, open_page: 
             at.run()
             assert not at.exception, [e.value for e in at.exception]
             heading = at.subheader[0].value
-            assert heading.startswith(f"{trace['name']}: max_abs_delta in [")
+            assert heading.startswith(f"{trace['name']}: max |Δp| in [")
             assert heading.endswith(f"— {int(count)} samples")
             checked += 1
         top = values.max()

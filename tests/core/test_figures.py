@@ -58,7 +58,7 @@ def test_delta_histogram_counts_match_numpy_and_bins_are_shared() -> None:
     assert list(fig.data[0].y) == list(expected)
     assert sum(fig.data[1].y) == 2
     assert np.asarray(fig.data[1].customdata)[0, 0] == pytest.approx(edges[0])
-    assert fig.layout.xaxis2.title.text == "max_abs_delta (probability)"
+    assert fig.layout.xaxis2.title.text == "max |Δp| (probability)"
     assert fig.layout.yaxis.title.text == "samples"
 
 
