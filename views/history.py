@@ -3,7 +3,7 @@
 import streamlit as st
 
 from core.errors import QuantLensError
-from ui import fmt, history, keys, runs
+from ui import fmt, history, keys, runs, widgets
 from ui.downloads import render_downloads
 
 st.title("History")
@@ -63,6 +63,7 @@ event = st.dataframe(
     key=history.table_key(ids),
     on_select="rerun",
     selection_mode="multi-row",
+    placeholder=widgets.EMPTY_CELL,  # a run with no finished variant has no best agreement
     column_config={
         "best agreement (%)": st.column_config.NumberColumn(
             format="%.2f", help="Best top-1 agreement over the run's finished variants."

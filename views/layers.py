@@ -138,7 +138,14 @@ st.dataframe(
     hide_index=True,
     key="layers.table",
     placeholder=widgets.EMPTY_CELL,
-    column_config={"rank by statistics": whole, "rank measured": whole, "zero point": whole},
+    column_config={
+        "rank by statistics": whole,
+        "rank measured": whole,
+        "zero point": whole,
+        # Four decimals throughout: a value such as 0.2240 lost its last digit.
+        f"{ranked_by} (calibration)": st.column_config.NumberColumn(format="%.4f"),
+        f"{ranked_by} (flipped)": st.column_config.NumberColumn(format="%.4f"),
+    },
 )
 st.caption(
     "Rank by statistics: the error on the flipped images (calibration when none flipped). "

@@ -56,6 +56,9 @@ def test_lists_both_runs_with_their_best_agreement(two_runs: Path, open_page: Op
     assert list(df["name"]) == ["B", "A"]  # newest first
     # What each run came to, before the wide paths that pushed it off a laptop's screen.
     assert list(df.columns)[:5] == ["name", "when", "status", "verdict", "best agreement (%)"]
+    # A run with no finished variant has no best agreement: "—", not the grid's grey "None".
+    table = next(d for d in at.dataframe if "verdict" in d.value.columns)
+    assert table.proto.placeholder == "—"
     reps = reports(two_runs)
     for name in ("A", "B"):
         best = max(v["top1_agreement_pct"] for v in reps[name]["variants"])
