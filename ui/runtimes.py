@@ -21,6 +21,7 @@ def matrix_table(res: RunResults) -> None:
     st.dataframe(
         pd.DataFrame(rows, columns=header),
         hide_index=True,
+        placeholder=widgets.EMPTY_CELL,
         key=keys.OVERVIEW_RUNTIMES,
     )
     st.caption(

@@ -65,6 +65,7 @@ if labelled:
             for n_, v in zip(names, done, strict=True)
         ],
         hide_index=True,
+        placeholder=widgets.EMPTY_CELL,
         key="agreement.accuracy_table",
     )
 
@@ -76,7 +77,7 @@ if split_rows:
         "conversion-caused where the float32 TFLite already disagrees with the original, "
         "quantization-caused where it agrees and the quantized variant does not."
     )
-    st.dataframe(split_rows, hide_index=True, key="agreement.split")
+    st.dataframe(split_rows, hide_index=True, key="agreement.split", placeholder=widgets.EMPTY_CELL)
 
 sweep = res.report.sweep
 if sweep is not None and swept_modes(sweep):
@@ -150,6 +151,7 @@ else:
             for label, row in zip(labels, per_class.itertuples(index=False), strict=True)
         ],
         hide_index=True,
+        placeholder=widgets.EMPTY_CELL,
         key="agreement.per_class_table",
         column_config={
             "agreement (%)": st.column_config.NumberColumn(format="%.1f"),
@@ -195,6 +197,7 @@ if hunted:
             for p in x.result.flip_hunt or ()
         ],
         hide_index=True,
+        placeholder=widgets.EMPTY_CELL,
         width="stretch",
         key=keys.AGREEMENT_FLIP_HUNT,
     )

@@ -90,6 +90,7 @@ changes_df = changes.changes_frame(what_changed(items, only_changed=only_changed
 st.dataframe(
     changes.styled(changes_df, item_labels),
     hide_index=True,
+    placeholder=widgets.EMPTY_CELL,
     key="compare.changes",
     height=changes.table_height(changes_df),
     column_config={"changed": st.column_config.TextColumn(width="small")},

@@ -85,6 +85,7 @@ for name, p in percentiles.items():
 st.dataframe(
     rows,
     hide_index=True,
+    placeholder=widgets.EMPTY_CELL,
     key="latency.table",
     column_config={
         c: st.column_config.NumberColumn(format="%.3f")
@@ -98,7 +99,6 @@ st.dataframe(
             "std (ms)",
         )
     },
-    placeholder="—",
 )
 warnings = {
     ORIGINAL_LABEL: res.reference.get("latency_warning"),

@@ -80,6 +80,7 @@ if rows:
         st.dataframe(
             pd.DataFrame(rows, columns=list(DEPLOYABILITY_COLUMNS))[list(columns)],
             hide_index=True,
+            placeholder=widgets.EMPTY_CELL,
             width="stretch",
             key=f"{keys.TARGETS_TABLE}.{columns[-1]}",
         )

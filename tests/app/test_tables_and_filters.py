@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from tests.app.conftest import OpenPage
 from tests.app.fixtures import CLASSES, read_report
@@ -36,6 +37,23 @@ def _samples(run: Path, variant: str) -> pd.DataFrame:
     return pd.read_csv(run / "samples.csv").merge(
         pd.read_csv(run / f"{variant}.samples.csv"), on="index"
     )
+
+
+@pytest.mark.parametrize(
+    # Layers' table has its own test (test_layers_page); this run has no diagnosis to show, and
+    # no deployability pre-flight for Targets' tables.
+    "page",
+    ["overview", "size", "agreement", "deltas", "latency", "history"],
+)
+def test_every_table_on_a_page_draws_a_dash_in_empty_cells(
+    page: str, crafted: Path, open_page: OpenPage
+) -> None:
+    """The crafted run has a crashed variant (no size, no agreement, no latency): wherever such
+    a cell is drawn it reads "—", on every table of every page, not the grid's grey "None"."""
+    at = open_page(page)
+    assert not at.exception, [e.value for e in at.exception]
+    assert len(at.dataframe) > 0
+    assert [t.proto.placeholder for t in at.dataframe] == ["—"] * len(at.dataframe)
 
 
 def test_an_empty_gallery_names_the_class_filter_that_emptied_it(
