@@ -398,3 +398,28 @@ def test_suspects_keep_their_causes_and_name_diffuse_when_none_explains_them() -
     (diffuse,) = name_causes([_act()], [_weights()], suspects=["block_9", "block_12"])
     assert diffuse.cause == "diffuse" and diffuse.layers == ("block_9", "block_12")
     assert diffuse.fixes == ("int16_activations", "keep_float")
+
+
+def test_a_cause_line_names_its_layer_once() -> None:
+    """The words name their layer first; the CLI and report.html line once said it twice
+    ("conv1: conv1: 6 of 16 channels …"). Words that do not (an older report's) keep the layer
+    in front, and conv1's words are not taken for conv10's."""
+    from core.reporting.sections.diagnosis import RootCause, VariantCauses
+
+    def cause(layer: str, words: str) -> RootCause:
+        return RootCause(layer=layer, layers=(layer,), cause="biased_error", words=words)
+
+    causes = VariantCauses(
+        causes=(
+            cause("conv1", "conv1: 6 of 16 channels are shifted down"),
+            cause("conv2", "conv2 → pool2 → conv3: one channel spans 935× the range"),
+            cause("conv1", "conv10: a neighbour's words"),
+            cause("dense", "the error is spread across layers"),
+        )
+    )
+    assert causes.lines() == [
+        "conv1: 6 of 16 channels are shifted down",
+        "conv2 → pool2 → conv3: one channel spans 935× the range",
+        "conv1: conv10: a neighbour's words",
+        "dense: the error is spread across layers",
+    ]

@@ -80,5 +80,15 @@ class VariantCauses(MappingView):
         }
 
     def lines(self) -> list[str]:
-        """One line per cause, as the CLI summary and report.html list them."""
-        return [f"{c.layer}: {c.words}" for c in self.causes]
+        """One line per cause, as the CLI summary and report.html list them: its words, which
+        name the layer first (core.engine.causes), else the layer and then the words."""
+        return [
+            c.words if _names_first(c.words, c.layer) else f"{c.layer}: {c.words}"
+            for c in self.causes
+        ]
+
+
+def _names_first(words: str, layer: str) -> bool:
+    """Whether `words` start with `layer` as a name ("conv1: …", "conv2 → pool2 …"), not only
+    with its letters ("conv10: …" for conv1)."""
+    return words.startswith(layer) and words[len(layer) : len(layer) + 1] in (":", " ", ",")
