@@ -284,9 +284,8 @@ def test_auto_fix_integer_only_picks_bias_correction_judged_on_held_out_images(
     cause = next(c for c in parent["diagnosis"]["causes"] if c["cause"] == "biased_error")
     assert cause["layer"] == "shifted" and cause["fixes"] == ["bias_correction"]
     assert cause["words"].startswith("shifted: 8 of 8 channels are shifted down by ")
-    assert (
-        f"cause: int8: {cause['words']}\n" in done.stdout
-    )  # the words name the layer, done.stdout
+    # The words name the layer first, so the line names it once.
+    assert f"cause: int8: {cause['words']}\n" in done.stdout, done.stdout
     assert cause["words"] in render_report_html(out)
     thresholds = parent["diagnosis"]["causes_measured_on"]["thresholds"]
     assert thresholds["bias_min_steps"] == 0.5 and thresholds["bias_spread_ratio"] == 0.5

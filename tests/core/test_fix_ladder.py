@@ -118,9 +118,8 @@ def test_auto_fix_derives_an_integer_only_fix_judged_on_images_the_search_did_no
     causes = parent["diagnosis"]["causes"]
     outlier = next(c for c in causes if c["cause"] == "outlier_channel")
     assert outlier["layer"] == "stem" and "equalize" in outlier["fixes"]
-    assert (
-        f"cause: int8: {outlier['words']}\n" in done.stdout
-    )  # the words name the layer, done.stdout
+    # The words name the layer first, so the line names it once.
+    assert f"cause: int8: {outlier['words']}\n" in done.stdout, done.stdout
     assert outlier["words"] in render_report_html(out)
     search = parent["auto_fix"]["search"]
     # The split: disjoint, covering every image, seeded.
