@@ -18,10 +18,8 @@ def matrix_table(res: RunResults) -> None:
     if matrix is None or not rows:
         return
     st.subheader("Runtimes")
-    st.dataframe(
+    widgets.table(
         pd.DataFrame(rows, columns=header),
-        hide_index=True,
-        placeholder=widgets.EMPTY_CELL,
         key=keys.OVERVIEW_RUNTIMES,
     )
     st.caption(

@@ -317,18 +317,18 @@ def summary_columns() -> dict[str, Any]:
     }
 
 
-def summary_dataframe(table: pd.DataFrame, *, key: str) -> None:
+def table(data: Any, *, key: str, **options: Any) -> Any:
+    """`st.dataframe` as every page draws a table: no index column, and "—" in an empty cell
+    (Streamlit's own is a grey "None"). Returns the selection event when `on_select` is given."""
+    return st.dataframe(data, hide_index=True, placeholder=EMPTY_CELL, key=key, **options)
+
+
+def summary_dataframe(summary: pd.DataFrame, *, key: str) -> None:
     """Draw a summary table (Overview, Compare): formatted numbers, "—" in empty cells.
 
     The values stay numbers, so sorting a column in the browser still sorts by value.
     """
-    st.dataframe(
-        table,
-        hide_index=True,
-        key=key,
-        column_config=summary_columns(),
-        placeholder=EMPTY_CELL,
-    )
+    table(summary, key=key, column_config=summary_columns())
 
 
 def summary_table(res: RunResults) -> pd.DataFrame:

@@ -52,7 +52,7 @@ with right:
         st.info("The data set has no labels, so accuracy cannot be measured; agreement only.")
 if labelled:
     # Below both charts, at full width: in the right half its last column, n, was cut off.
-    st.dataframe(
+    widgets.table(
         [
             {
                 "variant": short_name(n_),
@@ -64,8 +64,6 @@ if labelled:
             }
             for n_, v in zip(names, done, strict=True)
         ],
-        hide_index=True,
-        placeholder=widgets.EMPTY_CELL,
         key="agreement.accuracy_table",
     )
 
@@ -77,7 +75,7 @@ if split_rows:
         "conversion-caused where the float32 TFLite already disagrees with the original, "
         "quantization-caused where it agrees and the quantized variant does not."
     )
-    st.dataframe(split_rows, hide_index=True, key="agreement.split", placeholder=widgets.EMPTY_CELL)
+    widgets.table(split_rows, key="agreement.split")
 
 sweep = res.report.sweep
 if sweep is not None and swept_modes(sweep):
@@ -139,7 +137,7 @@ else:
         )
         + " Few samples in a class give a wide interval: read n before blaming a class."
     )
-    st.dataframe(
+    widgets.table(
         [
             {
                 "class": label,
@@ -150,8 +148,6 @@ else:
             }
             for label, row in zip(labels, per_class.itertuples(index=False), strict=True)
         ],
-        hide_index=True,
-        placeholder=widgets.EMPTY_CELL,
         key="agreement.per_class_table",
         column_config={
             "agreement (%)": st.column_config.NumberColumn(format="%.1f"),
@@ -182,7 +178,7 @@ else:
 hunted = [x for x in done if x.result.flip_hunt]
 if hunted:
     st.subheader("Under small perturbations (flip hunt)")
-    st.dataframe(
+    widgets.table(
         [
             {
                 "variant": short_name(x.name),
@@ -196,8 +192,6 @@ if hunted:
             for x in hunted
             for p in x.result.flip_hunt or ()
         ],
-        hide_index=True,
-        placeholder=widgets.EMPTY_CELL,
         width="stretch",
         key=keys.AGREEMENT_FLIP_HUNT,
     )

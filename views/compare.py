@@ -87,10 +87,8 @@ only_changed = st.toggle("Only rows that differ", key=keys.COMPARE_ONLY_CHANGED,
 st.markdown(changes.headline(what_changed(items), data_unverified=data_unverified(items)))
 item_labels = [i.label for i in items]
 changes_df = changes.changes_frame(what_changed(items, only_changed=only_changed), item_labels)
-st.dataframe(
+widgets.table(
     changes.styled(changes_df, item_labels),
-    hide_index=True,
-    placeholder=widgets.EMPTY_CELL,
     key="compare.changes",
     height=changes.table_height(changes_df),
     column_config={"changed": st.column_config.TextColumn(width="small")},

@@ -40,10 +40,8 @@ event = st.plotly_chart(
     on_select="rerun",
     selection_mode="points",
 )
-st.dataframe(
+widgets.table(
     [{"variant": short_name(n), **delta_stats(v)} for n, v in values.items()],
-    hide_index=True,
-    placeholder=widgets.EMPTY_CELL,
     key="deltas.stats",
     column_config={
         c: st.column_config.NumberColumn(format="%.5f") for c in ("mean", "p99", "max |value|")

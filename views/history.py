@@ -57,13 +57,11 @@ st.caption(
     f"{len(rows)} run(s){' matching the search' if search.strip() else ''}, newest first. "
     "Select rows to open, rename, delete or compare them. Times are local."
 )
-event = st.dataframe(
+event = widgets.table(
     history.runs_table(rows),
-    hide_index=True,
     key=history.table_key(ids),
     on_select="rerun",
     selection_mode="multi-row",
-    placeholder=widgets.EMPTY_CELL,  # a run with no finished variant has no best agreement
     column_config={
         "best agreement (%)": st.column_config.NumberColumn(
             format="%.2f", help="Best top-1 agreement over the run's finished variants."

@@ -82,10 +82,8 @@ for name, p in percentiles.items():
             "stability": (speed.unstable if speed else None) or "—",
         }
     )
-st.dataframe(
+widgets.table(
     rows,
-    hide_index=True,
-    placeholder=widgets.EMPTY_CELL,
     key="latency.table",
     column_config={
         c: st.column_config.NumberColumn(format="%.3f")

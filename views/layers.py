@@ -133,11 +133,9 @@ for row in ranked_rows:
 st.subheader("Ranked layers")
 # Integers in a column with a gap become floats: shown without ".0", and "—" in empty cells.
 whole = st.column_config.NumberColumn(format="%d")
-st.dataframe(
+widgets.table(
     table,
-    hide_index=True,
     key="layers.table",
-    placeholder=widgets.EMPTY_CELL,
     column_config={
         "rank by statistics": whole,
         "rank measured": whole,

@@ -40,7 +40,7 @@ rows = [
     }
     for name, b in sizes.items()
 ]
-st.dataframe(rows, hide_index=True, key="size.table", placeholder=widgets.EMPTY_CELL)
+widgets.table(rows, key="size.table")
 st.caption(
     "Original: the .keras file or the SavedModel folder's total bytes; variants: the "
     ".tflite file. MB = 10⁶ bytes. Changes are signed: −75.0 % is smaller, +5.0 % larger."

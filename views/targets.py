@@ -77,10 +77,8 @@ if rows:
         (f"Arm Ethos-U (Vela, {ACCELERATOR})", VELA_COLUMNS),
     ):
         st.markdown(f"**{title}**")
-        st.dataframe(
+        widgets.table(
             pd.DataFrame(rows, columns=list(DEPLOYABILITY_COLUMNS))[list(columns)],
-            hide_index=True,
-            placeholder=widgets.EMPTY_CELL,
             width="stretch",
             key=f"{keys.TARGETS_TABLE}.{columns[-1]}",
         )
